@@ -1,0 +1,1 @@
+"""Acquisition: cameras, stages and raw recordings (the first stage; imports no other chdl stage)."""

@@ -1,0 +1,111 @@
+"""What every camera backend and every stage provides. Capture code talks only to these two classes.
+
+Backends: GenTL through harvesters (real cameras, and the viky test producer), the simulator, replay of
+recorded streams, and optionally Aravis. A backend returns frames whose pixels are *copies* owned by
+Python, so a driver buffer can be re-queued the moment ``fetch`` returns.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+
+import numpy as np
+
+
+class CameraError(RuntimeError):
+    """A camera could not be found, opened, configured or read. The message says which and why."""
+
+
+@dataclasses.dataclass
+class CameraInfo:
+    """Who a camera is, as listed by ``chdl cameras``."""
+
+    vendor: str
+    model: str
+    serial: str
+    user_name: str  # the user-defined name stored on the device ("" if none)
+    transport: str  # "GEV", "U3V", "Custom", "Sim", "Replay", ...
+    backend: str  # "gentl" | "sim" | "replay" | "aravis"
+    producer: str | None = None  # path of the GenTL producer (.cti) that exposes it, if any
+    address: str | None = None  # transport address (IP for GigE Vision), if known
+
+
+@dataclasses.dataclass
+class CaptureSettings:
+    """Acquisition settings, as requested and as read back from the device."""
+
+    width: int
+    height: int
+    pixel_format: str  # "Mono8" | "Mono16"
+    fps: float
+    exposure_us: float | None = None  # None: leave the camera's exposure as it is (or it has none)
+
+
+@dataclasses.dataclass
+class Frame:
+    """One delivered frame."""
+
+    pixels: np.ndarray  # (H, W) uint8/uint16, a copy owned by Python
+    frame_id: int | None  # device frame counter, if the backend has one
+    device_timestamp_ns: int | None  # device clock, if the camera provides one
+    incomplete: bool = False  # the buffer arrived partially filled
+
+
+class Stage(abc.ABC):
+    """Moves the field of view along a lane. Real stages (the dicing machine) implement this too."""
+
+    lane: int = 0
+    position_um: float = 0.0
+
+    @abc.abstractmethod
+    def move_to(self, lane: int, position_um: float) -> None:
+        """Command a move (may return before the stage has settled)."""
+
+    @abc.abstractmethod
+    def wait_settled(self, timeout_s: float) -> None:
+        """Block until the last move has settled; TimeoutError after ``timeout_s``."""
+
+
+class Camera(abc.ABC):
+    """A camera opened through one backend."""
+
+    info: CameraInfo
+
+    @abc.abstractmethod
+    def open(self) -> None: ...
+
+    @abc.abstractmethod
+    def close(self) -> None: ...
+
+    @abc.abstractmethod
+    def apply(self, settings: CaptureSettings) -> CaptureSettings:
+        """Write settings to the device and return what it reports back. CameraError names a refused
+        feature and its valid range."""
+
+    @abc.abstractmethod
+    def trigger_modes(self) -> set[str]:
+        """The trigger strategies this camera supports: a subset of {"software", "line", "freerun"}."""
+
+    @abc.abstractmethod
+    def start(self, trigger_mode: str) -> None: ...
+
+    @abc.abstractmethod
+    def stop(self) -> None: ...
+
+    def software_trigger(self) -> None:
+        raise CameraError(f"{self.info.model}: no software trigger")
+
+    @abc.abstractmethod
+    def fetch(self, timeout_s: float) -> Frame:
+        """The next frame; TimeoutError if none arrives within ``timeout_s``."""
+
+    def attach_stage(self, stage: Stage) -> None:
+        """Give the camera the stage it looks through (a simulated camera renders what it sees)."""
+
+    def __enter__(self) -> "Camera":
+        self.open()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -1,0 +1,3 @@
+from chdl.cli import main
+
+main()

@@ -1,0 +1,55 @@
+"""The ``chdl`` command line: one click group whose subcommands are imported only when run.
+
+Lazy loading keeps ``chdl --help`` instant (no torch import) and keeps one broken stage from taking
+the whole CLI down. Each stage owns one module under ``chdl/cli/``; this table is the only place that
+lists them.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import click
+
+import chdl
+
+# command name -> (module, attribute, one-line help shown by `chdl --help`)
+COMMANDS: dict[str, tuple[str, str, str]] = {
+    "cameras": ("chdl.cli.acquire", "cameras", "List the cameras every configured GenTL producer sees."),
+    "capture": ("chdl.cli.acquire", "capture", "Capture lane passes from a camera (or replay a recording) into a raw recording."),
+    "simulate": ("chdl.cli.simulate", "simulate", "Render simulated dicing-lane recordings with ground-truth fault labels."),
+    "curate": ("chdl.cli.curate", "curate", "QC, reconstruct and pack raw recordings into a curated zarr dataset."),
+    "import": ("chdl.cli.importers", "import_", "Import public benchmarks (Moving MNIST, WeatherBench) into the dataset format."),
+    "info": ("chdl.cli.info", "info", "Summarise a curated dataset (shape, splits, QC counts, provenance)."),
+    "model-info": ("chdl.cli.model", "model_info", "Print parameter counts and FLOPs of the model presets."),
+    "train": ("chdl.cli.train", "train", "Train DIFFUMA or a baseline on a curated dataset."),
+    "eval": ("chdl.cli.train", "eval_", "Evaluate a checkpoint: MSE, MAE, SSIM, PSNR overall and per frame."),
+    "predict": ("chdl.cli.train", "predict", "Predict future frames from a checkpoint: PNGs, GIF and zarr."),
+    "bench": ("chdl.cli.bench", "bench", "Train and compare DIFFUMA with the paper's baselines under one budget."),
+}
+
+
+class LazyGroup(click.Group):
+    """A click group that imports a subcommand's module only when that subcommand is invoked."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(COMMANDS)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        if name not in COMMANDS:
+            return None
+        module, attr, _ = COMMANDS[name]
+        command = getattr(importlib.import_module(module), attr)
+        command.name = name
+        return command
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows = [(name, help_) for name, (_, _, help_) in COMMANDS.items()]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(chdl.__version__, prog_name="chdl")
+def main() -> None:
+    """chdl: capture, curate and predict wafer dicing-lane video (DIFFUMA)."""

@@ -1,0 +1,345 @@
+"""The curated dataset format (``chdl.dataset/1``): a zarr v3 group. Defined here, and only here.
+
+Curation writes it, importers write it, diffuma reads it; this module imports none of them. The layout
+is documented for readers with plain zarr in ``docs/dataset-format.md``. In short (N sequences of T
+frames, S sequences per shard, K QC scores)::
+
+    frames          (N, T, C, H, W) uint8|uint16   chunk (1,T,C,H,W), shard (S,T,C,H,W), blosc zstd
+    qc_flags        (N, T) uint8                    FLAG_* bits
+    qc_scores       (N, T, K) float32               detector scores, names in attrs["qc_score_names"]
+    split           (N,) uint8                      SPLIT_TRAIN / SPLIT_VAL / SPLIT_EXCLUDED
+    run_index       (N,) int32                      index into attrs["runs"]
+    lane            (N,) int32
+    position_um     (N, T) float64
+    timestamp_ns    (N, T) int64                    -1 where unknown
+    shard_done      (n_shards,) uint8               1 once a shard's every array is written
+    originals/<s>, originals_index/<s>              pixels of frames replaced by reconstructions, per shard
+
+Concurrency and crash safety: zarr rewrites a whole shard (or chunk) on any partial write, so every
+array is chunked so that one shard of sequences maps to whole chunks/shards of every array, and a
+writer process always writes whole shards. ``shard_done[s]`` is set only after all of shard ``s`` is
+written, and the group's ``complete`` attribute only after every shard is done: a dataset cut off
+mid-write is never read as complete, and a rerun can resume at the first undone shard.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import math
+import os
+import shutil
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import zarr
+from zarr.codecs import BloscCodec
+
+SCHEMA = "chdl.dataset/1"
+
+FLAG_VIBRATION = 1  # blur, defocus or misregistration beyond threshold
+FLAG_ILLUMINATION = 2  # brightness/contrast outlier
+FLAG_RECONSTRUCTED = 4  # pixels are a reconstruction; the original is under originals/
+FLAG_MISSING = 8  # the frame never arrived (dropped / absent position); pixels are reconstructed or zero
+FLAG_NAMES = {FLAG_VIBRATION: "vibration", FLAG_ILLUMINATION: "illumination",
+              FLAG_RECONSTRUCTED: "reconstructed", FLAG_MISSING: "missing"}
+
+SPLIT_TRAIN, SPLIT_VAL, SPLIT_EXCLUDED = 0, 1, 2
+SPLIT_CODES = {"train": SPLIT_TRAIN, "val": SPLIT_VAL, "excluded": SPLIT_EXCLUDED}
+
+DIMS = {
+    "frames": ("sequence", "time", "channel", "height", "width"),
+    "qc_flags": ("sequence", "time"),
+    "qc_scores": ("sequence", "time", "score"),
+    "split": ("sequence",),
+    "run_index": ("sequence",),
+    "lane": ("sequence",),
+    "position_um": ("sequence", "time"),
+    "timestamp_ns": ("sequence", "time"),
+}
+_PER_SEQUENCE = ("qc_flags", "qc_scores", "split", "run_index", "lane", "position_um", "timestamp_ns")
+
+
+class DatasetFormatError(ValueError):
+    """A path that is not a readable ``chdl.dataset/1`` group. The message names the path."""
+
+
+class DatasetIncompleteError(DatasetFormatError):
+    """A dataset whose writing was interrupted (or is still in progress)."""
+
+
+def _compressor() -> BloscCodec:
+    return BloscCodec(cname="zstd", clevel=3, shuffle="bitshuffle")
+
+
+def _open_group(path: Path, mode: str) -> zarr.Group:
+    if not (path / "zarr.json").is_file():
+        raise DatasetFormatError(f"{path}: not a zarr v3 group (no zarr.json)")
+    try:
+        return zarr.open_group(str(path), mode=mode, zarr_format=3)
+    except Exception as e:  # zarr raises a variety of errors for malformed metadata
+        raise DatasetFormatError(f"{path}: cannot open zarr group ({e})") from None
+
+
+class DatasetWriter:
+    """Creates (or resumes) a dataset and writes it one whole shard at a time."""
+
+    def __init__(self, path: Path, group: zarr.Group):
+        self.path = path
+        self.group = group
+        self.attrs = dict(group.attrs)
+        self.n_sequences = int(self.attrs["n_sequences"])
+        self.sequences_per_shard = int(self.attrs["sequences_per_shard"])
+
+    @classmethod
+    def create(
+        cls,
+        path: str | os.PathLike,
+        *,
+        n_sequences: int,
+        frames_per_sequence: int,
+        channels: int,
+        height: int,
+        width: int,
+        dtype: Any = np.uint8,
+        sequences_per_shard: int = 16,
+        in_frames: int = 5,
+        out_frames: int = 5,
+        pixel_format: str = "Mono8",
+        max_value: float | None = None,
+        qc_score_names: Sequence[str] = (),
+        runs: Sequence[str] = (),
+        provenance: dict | None = None,
+        extra: dict | None = None,
+        overwrite: bool = False,
+    ) -> "DatasetWriter":
+        """Lay out an empty, incomplete dataset at ``path``. An existing path is refused unless ``overwrite``."""
+        path = Path(path)
+        dtype = np.dtype(dtype)
+        if dtype not in (np.uint8, np.uint16):
+            raise ValueError(f"frames dtype must be uint8 or uint16, not {dtype}")
+        if n_sequences < 1:
+            raise ValueError("a dataset needs at least one sequence")
+        if in_frames + out_frames > frames_per_sequence:
+            raise ValueError(f"in_frames + out_frames ({in_frames}+{out_frames}) exceeds frames_per_sequence ({frames_per_sequence})")
+        if path.exists():
+            if not overwrite:
+                raise FileExistsError(f"{path}: already exists (use --overwrite to replace it)")
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+        n_shards = math.ceil(n_sequences / sequences_per_shard)
+        T, S, K = frames_per_sequence, sequences_per_shard, len(qc_score_names)
+        provenance = dict(provenance or {})
+        provenance.setdefault("created", _dt.datetime.now(_dt.timezone.utc).isoformat())
+        from chdl import __version__
+
+        provenance.setdefault("tool_version", __version__)
+        attrs = {
+            "schema": SCHEMA,
+            "complete": False,
+            "n_sequences": n_sequences,
+            "frames_per_sequence": T,
+            "in_frames": in_frames,
+            "out_frames": out_frames,
+            "pixel_format": pixel_format,
+            "max_value": float(max_value if max_value is not None else np.iinfo(dtype).max),
+            "sequences_per_shard": S,
+            "n_shards": n_shards,
+            "qc_score_names": list(qc_score_names),
+            "flag_bits": {name: bit for bit, name in FLAG_NAMES.items()},
+            "split_codes": dict(SPLIT_CODES),
+            "runs": list(runs),
+            "provenance": provenance,
+            "extra": dict(extra or {}),
+        }
+        group = zarr.open_group(str(path), mode="w", zarr_format=3, attributes=attrs)
+        N = n_sequences
+        group.create_array("frames", shape=(N, T, channels, height, width), dtype=dtype,
+                           chunks=(1, T, channels, height, width), shards=(S, T, channels, height, width),
+                           compressors=_compressor(), fill_value=0, dimension_names=DIMS["frames"])
+        small = {
+            "qc_flags": ((N, T), np.uint8, 0),
+            "qc_scores": ((N, T, K), np.float32, np.nan),
+            "split": ((N,), np.uint8, SPLIT_EXCLUDED),
+            "run_index": ((N,), np.int32, -1),
+            "lane": ((N,), np.int32, -1),
+            "position_um": ((N, T), np.float64, np.nan),
+            "timestamp_ns": ((N, T), np.int64, -1),
+        }
+        for name, (shape, dt, fill) in small.items():
+            # One chunk per shard of sequences, so a shard writer owns its chunk of every array.
+            chunks = (S,) + tuple(max(1, d) for d in shape[1:])
+            group.create_array(name, shape=shape, dtype=dt, chunks=chunks, compressors=_compressor(),
+                               fill_value=fill, dimension_names=DIMS[name])
+        group.create_array("shard_done", shape=(n_shards,), dtype=np.uint8, chunks=(1,), fill_value=0,
+                           dimension_names=("shard",))
+        group.create_group("originals")
+        group.create_group("originals_index")
+        return cls(path, group)
+
+    @classmethod
+    def open(cls, path: str | os.PathLike) -> "DatasetWriter":
+        """Reopen an incomplete dataset to write its remaining shards."""
+        path = Path(path)
+        group = _open_group(path, "r+")
+        if group.attrs.get("schema") != SCHEMA:
+            raise DatasetFormatError(f"{path}: not a chdl dataset (schema {group.attrs.get('schema')!r})")
+        return cls(path, group)
+
+    @property
+    def n_shards(self) -> int:
+        return int(self.attrs["n_shards"])
+
+    @property
+    def complete(self) -> bool:
+        return bool(self.group.attrs.get("complete", False))
+
+    def shard_range(self, shard: int) -> range:
+        start = shard * self.sequences_per_shard
+        return range(start, min(start + self.sequences_per_shard, self.n_sequences))
+
+    def done_shards(self) -> set[int]:
+        return {int(i) for i in np.flatnonzero(self.group["shard_done"][:])}
+
+    def write_shard(
+        self,
+        shard: int,
+        *,
+        frames: np.ndarray,
+        qc_flags: np.ndarray | None = None,
+        qc_scores: np.ndarray | None = None,
+        split: np.ndarray | None = None,
+        run_index: np.ndarray | None = None,
+        lane: np.ndarray | None = None,
+        position_um: np.ndarray | None = None,
+        timestamp_ns: np.ndarray | None = None,
+        originals: Sequence[tuple[int, int, np.ndarray]] = (),
+    ) -> None:
+        """Write every array's part of shard ``shard`` (all its sequences at once), then mark it done.
+
+        ``originals`` lists ``(sequence_within_shard, t, pixels (C,H,W))`` for each frame whose stored
+        pixels are a reconstruction, so the original is kept.
+        """
+        rng = self.shard_range(shard)
+        k = len(rng)
+        sl = slice(rng.start, rng.stop)
+        fr = self.group["frames"]
+        if frames.shape != (k,) + fr.shape[1:]:
+            raise ValueError(f"shard {shard}: frames shape {frames.shape} != expected {(k,) + fr.shape[1:]}")
+        fr[sl] = frames.astype(fr.dtype, copy=False)
+        given = dict(qc_flags=qc_flags, qc_scores=qc_scores, split=split, run_index=run_index, lane=lane,
+                     position_um=position_um, timestamp_ns=timestamp_ns)
+        for name in _PER_SEQUENCE:
+            arr = self.group[name]
+            value = given[name]
+            expected = (k,) + arr.shape[1:]
+            if value is None:
+                value = np.full(expected, arr.fill_value, dtype=arr.dtype)
+            value = np.asarray(value)
+            if value.shape != expected:
+                raise ValueError(f"shard {shard}: {name} shape {value.shape} != expected {expected}")
+            arr[sl] = value.astype(arr.dtype, copy=False)
+        for key in ("originals", "originals_index"):
+            if str(shard) in self.group[key]:
+                del self.group[key][str(shard)]  # a rerun of this shard replaces what an interrupted one left
+        if originals:
+            pix = np.stack([np.asarray(p) for _, _, p in originals]).astype(fr.dtype, copy=False)
+            idx = np.array([(rng.start + s, t) for s, t, _ in originals], dtype=np.int64)
+            self.group["originals"].create_array(str(shard), data=pix, chunks=(1,) + pix.shape[1:],
+                                                 compressors=_compressor(),
+                                                 dimension_names=("frame", "channel", "height", "width"))
+            self.group["originals_index"].create_array(str(shard), data=idx, chunks=idx.shape,
+                                                       dimension_names=("frame", "sequence_time"))
+        self.group["shard_done"][shard] = 1
+
+    def finalize(self, **provenance_updates: Any) -> None:
+        """Mark the dataset complete. DatasetIncompleteError if any shard is still missing."""
+        missing = sorted(set(range(self.n_shards)) - self.done_shards())
+        if missing:
+            raise DatasetIncompleteError(f"{self.path}: cannot finalize, {len(missing)} shard(s) not written (first: {missing[0]})")
+        attrs = dict(self.group.attrs)
+        if provenance_updates:
+            attrs["provenance"] = {**attrs.get("provenance", {}), **provenance_updates}
+        attrs["complete"] = True
+        self.group.attrs.update(attrs)
+
+
+class DatasetReader:
+    """A complete dataset opened for reading. Arrays are zarr arrays: slicing reads only what it needs."""
+
+    def __init__(self, path: Path, group: zarr.Group):
+        self.path = path
+        self.group = group
+        self.attrs = dict(group.attrs)
+        self.frames = group["frames"]
+        self.n_sequences = int(self.attrs["n_sequences"])
+
+    @property
+    def qc_flags(self) -> np.ndarray:
+        return self.group["qc_flags"][:]
+
+    @property
+    def qc_scores(self) -> np.ndarray:
+        return self.group["qc_scores"][:]
+
+    @property
+    def split(self) -> np.ndarray:
+        return self.group["split"][:]
+
+    def indices(self, split: str = "all") -> np.ndarray:
+        """Sequence indices of a split ("train", "val", "excluded", or "all" = train + val)."""
+        codes = self.split
+        if split == "all":
+            return np.flatnonzero(codes != SPLIT_EXCLUDED)
+        if split not in SPLIT_CODES:
+            raise ValueError(f"unknown split {split!r} (known: all, {', '.join(SPLIT_CODES)})")
+        return np.flatnonzero(codes == SPLIT_CODES[split])
+
+    def originals(self) -> list[tuple[int, int, np.ndarray]]:
+        """``(sequence, t, pixels (C,H,W))`` of every original frame that a reconstruction replaced."""
+        out = []
+        for key in sorted(self.group["originals_index"].array_keys(), key=int):
+            idx = self.group["originals_index"][key][:]
+            pix = self.group["originals"][key][:]
+            out += [(int(s), int(t), p) for (s, t), p in zip(idx, pix)]
+        return out
+
+    def summary(self) -> dict:
+        flags = self.qc_flags
+        split = self.split
+        return {
+            "path": str(self.path),
+            "schema": self.attrs["schema"],
+            "shape": list(self.frames.shape),
+            "dims": list(DIMS["frames"]),
+            "dtype": str(self.frames.dtype),
+            "pixel_format": self.attrs["pixel_format"],
+            "in_frames": self.attrs["in_frames"],
+            "out_frames": self.attrs["out_frames"],
+            "sequences_per_shard": self.attrs["sequences_per_shard"],
+            "n_shards": self.attrs["n_shards"],
+            "splits": {name: int((split == code).sum()) for name, code in SPLIT_CODES.items()},
+            "qc_frames_flagged": {name: int(((flags & bit) != 0).sum()) for bit, name in FLAG_NAMES.items()},
+            "qc_frames_total": int(flags.size),
+            "runs": self.attrs["runs"],
+            "provenance": self.attrs["provenance"],
+        }
+
+
+def open_dataset(path: str | os.PathLike) -> DatasetReader:
+    """Open a complete dataset; DatasetIncompleteError / DatasetFormatError (naming the path) otherwise."""
+    path = Path(path)
+    if not path.exists():
+        raise DatasetFormatError(f"{path}: no such dataset")
+    group = _open_group(path, "r")
+    attrs = group.attrs
+    if attrs.get("schema") != SCHEMA:
+        raise DatasetFormatError(f"{path}: not a chdl dataset (schema {attrs.get('schema')!r}, expected {SCHEMA!r})")
+    missing = [name for name in ("frames", "shard_done") + _PER_SEQUENCE if name not in group]
+    if missing:
+        raise DatasetFormatError(f"{path}: malformed dataset (missing arrays: {', '.join(missing)})")
+    done = group["shard_done"][:]
+    if not attrs.get("complete", False) or not done.all():
+        raise DatasetIncompleteError(
+            f"{path}: incomplete dataset ({int(done.sum())}/{done.size} shards written); "
+            "its writer was interrupted — rerun the command that made it to resume")
+    return DatasetReader(path, group)

@@ -1,0 +1,1 @@
+"""DIFFUMA and baselines: models, training, evaluation."""

@@ -1,0 +1,1 @@
+"""Video-prediction models. Build them through :mod:`diffuma.models.registry`."""

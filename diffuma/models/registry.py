@@ -1,0 +1,57 @@
+"""The model registry: name -> model class, imported lazily so one model's import cost (or failure)
+never touches another. Every model module defines a ``Config`` dataclass (on the class) and a
+module-level ``PRESETS`` dict of named field overrides; see ``docs/model.md``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+
+import torch.nn as nn
+
+# name -> "module:Class". The class has a ``Config`` dataclass attribute and its module a PRESETS dict.
+MODELS: dict[str, str] = {
+    "diffuma": "diffuma.models.diffuma:DIFFUMA",
+    "convlstm": "diffuma.models.convlstm:ConvLSTM",
+    "predrnn": "diffuma.models.predrnn:PredRNN",
+    "predrnn_v2": "diffuma.models.predrnn_v2:PredRNNv2",
+    "e3dlstm": "diffuma.models.e3dlstm:E3DLSTM",
+    "simvp": "diffuma.models.simvp:SimVP",
+    "pastnet": "diffuma.models.pastnet:PastNet",
+}
+
+
+def list_models() -> list[str]:
+    return list(MODELS)
+
+
+def model_class(name: str) -> type[nn.Module]:
+    if name not in MODELS:
+        raise KeyError(f"unknown model {name!r} (known: {', '.join(MODELS)})")
+    module, cls = MODELS[name].split(":")
+    return getattr(importlib.import_module(module), cls)
+
+
+def list_presets(name: str) -> list[str]:
+    cls = model_class(name)
+    return list(importlib.import_module(cls.__module__).PRESETS)
+
+
+def model_config(name: str, preset: str = "default", **overrides):
+    """The model's config dataclass: the preset's fields, then ``overrides``. Unknown fields are an error."""
+    cls = model_class(name)
+    presets = importlib.import_module(cls.__module__).PRESETS
+    if preset not in presets:
+        raise KeyError(f"unknown preset {preset!r} for model {name!r} (known: {', '.join(presets)})")
+    fields = {f.name for f in dataclasses.fields(cls.Config)}
+    values = {**presets[preset], **overrides}
+    unknown = sorted(set(values) - fields)
+    if unknown:
+        raise TypeError(f"unknown config field(s) for {name}: {', '.join(unknown)} (known: {', '.join(sorted(fields))})")
+    return cls.Config(**values)
+
+
+def build_model(name: str, preset: str = "default", **overrides) -> nn.Module:
+    """Instantiate a registered model from a preset plus field overrides."""
+    return model_class(name)(model_config(name, preset, **overrides))
