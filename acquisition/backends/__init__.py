@@ -36,25 +36,29 @@ from __future__ import annotations
 import importlib
 import re
 import warnings
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from acquisition.backends.base import Camera, CameraError, CameraInfo
-from acquisition.camera_config import CameraConfig
+
+if TYPE_CHECKING:  # camera_config imports backends.base, so only for annotations here
+    from acquisition.camera_config import CameraConfig
 
 # backend name -> "module:function" that opens a camera of that backend (lazy import string)
 BACKENDS: dict[str, str] = {
     "gentl": "acquisition.backends.gentl:open_gentl_camera",
     "sim": "acquisition.backends.sim:open_sim_camera",
     "replay": "acquisition.backends.replay:open_replay_camera",
+    "aravis": "acquisition.backends.aravis:open_aravis_camera",  # optional: needs the system libaravis-0.8
 }
 
-# backend name -> "module:function" listing its cameras for `chdl cameras` (optional per backend)
+# backend name -> "module:function" listing its cameras for `chdl cameras` (optional per backend; aravis has
+# none on purpose: its discovery broadcasts on every network interface)
 LISTERS: dict[str, str] = {
     "gentl": "acquisition.backends.gentl:list_gentl_cameras",
     "sim": "acquisition.backends.sim:list_sim_cameras",
 }
 
-_ALIAS = re.compile(r"^([A-Za-z]+)(\d+)$")
+_ALIAS = re.compile(r"^([A-Za-z][A-Za-z0-9]*?)(\d+)$")
 
 
 def _load(target: str) -> Callable:
@@ -76,7 +80,7 @@ def resolve_alias(alias: str, config: CameraConfig) -> tuple[str, dict]:
         prefix, index = m.group(1).lower(), int(m.group(2))
         if prefix in BACKENDS and prefix != "gentl":
             return prefix, {"index": index}
-        from acquisition.backends.gentl import FALLBACK_TRANSPORTS  # light import (no harvesters)
+        from acquisition.backends.gentl import FALLBACK_TRANSPORTS
 
         if prefix in FALLBACK_TRANSPORTS:
             return "gentl", {"fallback": FALLBACK_TRANSPORTS[prefix], "index": index}

@@ -1,17 +1,194 @@
-"""Placeholder: this stage is not implemented yet (exits non-zero)."""
+"""``chdl cameras`` and ``chdl capture``: list cameras, capture lane passes (or replay a recording).
+
+See docs/acquisition.md. Exit status of ``capture``: 0 complete; 1 error (bad option, camera not found,
+refused setting, camera lost mid-run, disk full: the recording made so far is kept, marked incomplete);
+130 interrupted by Ctrl-C/SIGTERM (recording kept, marked incomplete).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import sys
+import warnings
+from pathlib import Path
 
 import click
 
-
-@click.command('cameras', context_settings={'ignore_unknown_options': True})
-@click.argument('args', nargs=-1, type=click.UNPROCESSED)
-def cameras(args):
-    """Not implemented yet."""
-    raise click.ClickException('cameras' + ': not implemented yet')
+PIXEL_FORMATS = ("Mono8", "Mono16")
 
 
-@click.command('capture', context_settings={'ignore_unknown_options': True})
-@click.argument('args', nargs=-1, type=click.UNPROCESSED)
-def capture(args):
-    """Not implemented yet."""
-    raise click.ClickException('capture' + ': not implemented yet')
+@contextlib.contextmanager
+def _user_errors():
+    """Library errors -> one-line ClickException; warnings -> 'warning: ...' on stderr."""
+    from acquisition.backends.base import CameraError
+    from acquisition.raw import RawFormatError
+
+    previous = warnings.showwarning
+    warnings.showwarning = lambda message, *a, **k: click.echo(f"warning: {message}", err=True)
+    try:
+        yield
+    except (CameraError, RawFormatError) as e:
+        raise click.ClickException(str(e)) from None
+    except OSError as e:  # e.g. the output folder cannot be created, or the disk is full before the first frame
+        raise click.ClickException(f"{e.filename or ''}: {e.strerror or e}".lstrip(": ")) from None
+    finally:
+        warnings.showwarning = previous
+
+
+def _config_options(f):
+    f = click.option("--cti", "cti", multiple=True, metavar="PATH",
+                     help="Extra GenTL producer (.cti) to load; repeatable. 'viky' = the test producer in the genicam wheel.")(f)
+    f = click.option("--camera-config", type=click.Path(dir_okay=False, path_type=Path), default=None,
+                     help="Camera config YAML (default: $CHDL_CAMERAS, else ~/.config/chdl/cameras.yaml if present).")(f)
+    return f
+
+
+@click.command("cameras")
+@_config_options
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def cameras(camera_config, cti, as_json):
+    """List the cameras every configured GenTL producer (and the simulator) sees, with the alias that selects each."""
+    from acquisition.backends import list_cameras
+    from acquisition.camera_config import load_camera_config
+
+    with _user_errors():
+        config = load_camera_config(camera_config, tuple(cti))
+        rows = list_cameras(config)
+    if as_json:
+        click.echo(json.dumps([{"alias": a, **dataclasses.asdict(i)} for a, i in rows], indent=2))
+        return
+    if not config.producer_paths():
+        click.echo("no GenTL producer configured (set GENICAM_GENTL64_PATH, add 'producers:' to the camera config, "
+                   "or pass --cti PATH; --cti viky for the test producer)", err=True)
+    if not rows:
+        click.echo(f"no cameras found (producers: {', '.join(config.producer_paths()) or 'none'}; config: {config.source})")
+        return
+    header = ("ALIAS", "BACKEND", "TRANSPORT", "VENDOR", "MODEL", "SERIAL", "USER NAME", "ADDRESS", "PRODUCER")
+    table = [header] + [(a, i.backend, i.transport, i.vendor, i.model, i.serial, i.user_name or "-", i.address or "-",
+                         Path(i.producer).name if i.producer else "-") for a, i in rows]
+    table = [tuple(v if len(v) <= 40 else v[:39] + "…" for v in map(str, r)) for r in table]
+    widths = [max(len(r[c]) for r in table) for c in range(len(header))]
+    for r in table:
+        click.echo("  ".join(str(v).ljust(w) for v, w in zip(r, widths)).rstrip())
+    if any(a == "-" for a, _ in rows):
+        click.echo("('-': no alias selects this camera; add it to the camera config with its serial)", err=True)
+
+
+@click.command("capture")
+@click.option("--camera", "alias", metavar="ALIAS", help="Camera alias (camera config entry, or gige<N>/u3v<N>/custom<N>/sim<N>).")
+@click.option("--replay", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Replay a recording (or a folder of recordings) instead of using a camera.")
+@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Folder of runs; each run is written to OUT/<run-id>/.")
+@click.option("--run-id", help="Run folder name (default: UTC time + alias; for replay: the source run's id).")
+@click.option("--lanes", default=1, show_default=True, type=click.IntRange(min=1), help="Lane passes to capture.")
+@click.option("--positions", default=10, show_default=True, type=click.IntRange(min=1), help="Equidistant positions per lane.")
+@click.option("--step-um", default=100.0, show_default=True, type=float, help="Distance between positions (micrometres).")
+@click.option("--fps", default=5.0, show_default=True, type=float, help="Camera frame rate.")
+@click.option("--width", default=800, show_default=True, type=int)
+@click.option("--height", default=600, show_default=True, type=int)
+@click.option("--pixel-format", default="Mono8", show_default=True, type=click.Choice(PIXEL_FORMATS))
+@click.option("--exposure-us", type=float, default=None, help="Exposure time (default: leave the camera's).")
+@click.option("--trigger", default="auto", show_default=True, type=click.Choice(["auto", "software", "line", "freerun"]),
+              help="auto = software trigger if the camera has one, else free-run.")
+@click.option("--settle-s", default=0.0, show_default=True, type=float, help="Simulated stage settle time per move.")
+@click.option("--frame-timeout", type=float, default=None, help="Seconds to wait for a position's frame (default max(1, 3/fps)).")
+@click.option("--as-fast-as-possible", "afap", is_flag=True, help="Replay without pacing at the recorded rate.")
+@click.option("--quiet", is_flag=True, help="No progress line.")
+@_config_options
+@click.pass_context
+def capture(ctx, alias, replay, out, run_id, lanes, positions, step_um, fps, width, height, pixel_format,
+            exposure_us, trigger, settle_s, frame_timeout, afap, quiet, camera_config, cti):
+    """Capture lane passes into a raw recording (chdl.raw/1), from a camera or a recorded stream."""
+    from acquisition.backends.base import CaptureSettings
+    from acquisition.capture import CapturePlan, default_run_id
+
+    if bool(alias) == bool(replay):
+        raise click.UsageError("give exactly one of --camera ALIAS or --replay RECORDING")
+    if afap and not replay:
+        raise click.UsageError("--as-fast-as-possible only applies to --replay")
+    if replay:
+        fixed = [p for p in ("lanes", "positions", "step_um", "fps", "width", "height", "pixel_format", "exposure_us",
+                             "trigger", "settle_s", "camera_config", "cti")
+                 if ctx.get_parameter_source(p) is click.core.ParameterSource.COMMANDLINE]
+        if fixed:
+            raise click.UsageError(f"--{fixed[0].replace('_', '-')} does not apply to --replay "
+                                   "(settings and plan come from the recording)")
+    results = []
+    with _user_errors():
+        if replay:
+            from acquisition.raw import find_recordings
+
+            runs = find_recordings(replay)
+            if run_id and len(runs) > 1:
+                raise click.UsageError("--run-id needs a single recording to replay")
+            for run in runs:
+                results.append(_replay_one(run, out, run_id, not afap, frame_timeout, quiet))
+                if results[-1].stopped_by == "interrupted":
+                    break
+        else:
+            from acquisition.backends import open_camera
+            from acquisition.camera_config import load_camera_config
+            from acquisition.stage import SimulatedStage
+
+            config = load_camera_config(camera_config, tuple(cti))
+            camera = open_camera(alias, config)
+            plan = CapturePlan.evenly(lanes, positions, step_um, trigger=trigger, frame_timeout_s=frame_timeout)
+            settings = CaptureSettings(width, height, pixel_format, fps, exposure_us)
+            results.append(_run(camera, SimulatedStage(settle_s), out / (run_id or default_run_id(alias)),
+                                settings, plan, {"alias": alias}, quiet))
+    for r in results:
+        click.echo(f"{r.message} ({r.frames} frames, {r.dropped_positions} dropped positions, {r.dropped_frames} "
+                   f"dropped frames, {r.incomplete} incomplete, {r.frames / max(r.elapsed_s, 1e-9):.2f} frames/s)")
+    worst = next((r for r in results if r.stopped_by is not None), None)
+    if worst is not None:
+        if worst.stopped_by == "interrupted":
+            click.echo(f"interrupted: device closed, recording kept (incomplete) at {worst.path}", err=True)
+            ctx.exit(130)
+        raise click.ClickException(worst.message)
+
+
+def _replay_one(run: Path, out: Path, run_id: str | None, pace: bool, frame_timeout: float | None, quiet: bool):
+    from acquisition.backends.replay import ReplayCamera, recorded_settings
+    from acquisition.capture import CapturePlan
+    from acquisition.raw import Recording
+    from acquisition.stage import SimulatedStage
+
+    rec = Recording.open(run)
+    camera = ReplayCamera(run, pace=pace)
+    settings = recorded_settings(rec)
+    plan_m = rec.manifest.get("plan") or {}
+    positions_um = plan_m.get("positions_um") or sorted({f.position_um for f in rec.frames})
+    lanes = int(plan_m.get("lanes") or (max((f.lane for f in rec.frames), default=0) + 1))
+    stamps = [f.host_monotonic_ns for f in rec.frames]
+    longest_gap = max((b - a for a, b in zip(stamps, stamps[1:])), default=0) / 1e9 if pace else 0.0
+    plan = CapturePlan(lanes=lanes, positions_um=[float(p) for p in positions_um], trigger="software",
+                       frame_timeout_s=frame_timeout or longest_gap + 1.0, max_consecutive_timeouts=rec.manifest.get("frames", len(rec.frames)) + 1)
+    notes = {"replay_of": str(run.resolve()), "source_run_id": rec.manifest.get("run_id"), "paced": pace,
+             "source_complete": rec.complete}
+    return _run(camera, SimulatedStage(0.0), out / (run_id or rec.manifest.get("run_id") or run.name), settings, plan,
+                notes, quiet)
+
+
+def _run(camera, stage, path: Path, settings, plan, notes: dict, quiet: bool):
+    from tqdm import tqdm
+
+    from acquisition.capture import run_capture
+
+    bar = None  # created on the first frame, so a camera that fails to open prints only its error
+
+    def on_frame(record, p):
+        nonlocal bar
+        if bar is None:
+            bar = tqdm(total=plan.total, unit="frame", file=sys.stderr, dynamic_ncols=True, desc=path.name)
+        bar.set_postfix_str(f"lane {p.lane + 1}/{plan.lanes} pos {p.position_index + 1}/{len(plan.positions_um)} "
+                            f"{p.fps:.1f} fps drops {p.dropped} incomplete {p.incomplete}", refresh=False)
+        bar.update(1)
+
+    try:
+        return run_capture(camera, stage, path, settings, plan, on_frame=None if quiet else on_frame, notes=notes)
+    finally:
+        if bar is not None:
+            bar.close()

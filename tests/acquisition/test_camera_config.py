@@ -1,0 +1,63 @@
+"""The camera config file: producers, aliases, and one-line errors naming the file."""
+
+import pytest
+
+from acquisition.backends import resolve_alias
+from acquisition.backends.base import CameraError
+from acquisition.camera_config import load_camera_config, viky_cti
+
+
+def test_viky_and_relative_producers_resolve(tmp_path):
+    (tmp_path / "cfg").mkdir()
+    path = tmp_path / "cfg" / "cameras.yaml"
+    path.write_text("producers: [viky, vendor/x.cti]\ncameras:\n  gige0: {serial: 1234}\n  sim3: {backend: sim, seed: 7}\n")
+    config = load_camera_config(path, extra_producers=("viky",))
+    assert config.producers[0] == viky_cti()
+    assert str(tmp_path / "cfg" / "vendor" / "x.cti") in config.producers
+    assert config.producers.count(viky_cti()) == 1  # named on the command line and in the file: loaded once
+    assert config.cameras["gige0"] == {"serial": "1234"}  # keys are strings even when YAML reads a number
+    assert resolve_alias("gige0", config) == ("gentl", {"serial": "1234"})
+    assert resolve_alias("sim3", config) == ("sim", {"backend": "sim", "seed": 7})
+
+
+def test_env_var_location(tmp_path, monkeypatch):
+    path = tmp_path / "c.yaml"
+    path.write_text("cameras:\n  cam: {user_name: left}\n")
+    monkeypatch.setenv("CHDL_CAMERAS", str(path))
+    assert load_camera_config().cameras == {"cam": {"user_name": "left"}}
+
+
+def test_no_config_file_and_fallback_aliases(tmp_path, monkeypatch):
+    monkeypatch.delenv("CHDL_CAMERAS", raising=False)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path))
+    config = load_camera_config()
+    assert config.cameras == {} and config.source == "no camera config file"
+    assert resolve_alias("gige2", config) == ("gentl", {"fallback": "GEV", "index": 2})
+    assert resolve_alias("u3v0", config) == ("gentl", {"fallback": "U3V", "index": 0})
+    assert resolve_alias("sim1", config) == ("sim", {"index": 1})
+    with pytest.raises(CameraError, match="unknown camera alias 'front'"):
+        resolve_alias("front", config)
+
+
+@pytest.mark.parametrize("text,problem", [
+    ("cameras: [unclosed", "malformed YAML"),
+    ("- a\n- b\n", "must be a mapping"),
+    ("cameras:\n  cam0: {producer: x.cti}\n", "needs one of serial, user_name, address"),
+    ("producers: x.cti\n", "'producers' must be a list"),
+    ("cameras:\n  cam0: {backend: warp, serial: 1}\n", None),
+])
+def test_bad_config_names_file(tmp_path, text, problem):
+    path = tmp_path / "cameras.yaml"
+    path.write_text(text)
+    if problem is None:  # loads, but the backend is unknown when the alias is used
+        with pytest.raises(CameraError, match=rf"{path}: camera 'cam0' has unknown backend 'warp'"):
+            resolve_alias("cam0", load_camera_config(path))
+        return
+    with pytest.raises(CameraError) as e:
+        load_camera_config(path)
+    assert str(e.value).startswith(f"{path}: ") and problem in str(e.value)
+
+
+def test_missing_config_file(tmp_path):
+    with pytest.raises(CameraError, match="camera config not found"):
+        load_camera_config(tmp_path / "nope.yaml")

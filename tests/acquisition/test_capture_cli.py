@@ -1,0 +1,172 @@
+"""`chdl cameras` / `chdl capture` through the real CLI in a subprocess: replay round trip, signals, kill -9."""
+
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+from acq_helpers import chdl, chdl_popen, viky_config
+
+from acquisition.raw import Recording
+
+
+def test_cameras_lists_aliases(tmp_path):
+    out = chdl("cameras", "--camera-config", viky_config(tmp_path), "--json")
+    assert out.returncode == 0, out.stderr
+    rows = [r for r in json.loads(out.stdout) if r["backend"] == "gentl"]
+    assert [(r["alias"], r["serial"], r["model"], r["transport"]) for r in rows] == [
+        ("viky0", "0", "Viky", "Custom"), ("viky1", "1", "Viky", "Custom"), ("custom2", "2", "Viky", "Custom")]
+    table = chdl("cameras", "--cti", "viky")
+    assert table.returncode == 0 and "custom1" in table.stdout and "Machine Vision Games Ltd." in table.stdout
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--camera", "custom0", "--cti", "/nonexistent/x.cti"], "Error: /nonexistent/x.cti: GenTL producer (.cti) not found"),
+    (["--camera", "custom0", "--cti", "viky", "--width", "1000"], "Width=1000 refused; valid range 100..800"),
+    (["--camera", "gige0", "--cti", "viky"], "no GEV device number 0"),
+    (["--camera", "custom0", "--cti", "viky", "--trigger", "software"], "'software' not offered by this camera"),
+])
+def test_capture_errors_are_one_line_and_write_nothing(tmp_path, args, message):
+    out = chdl("capture", "--out", tmp_path / "raw", *args)
+    assert out.returncode == 1 and message in out.stderr
+    assert "Traceback" not in out.stderr
+    assert not (tmp_path / "raw").exists()
+
+
+def test_usage_errors(tmp_path):
+    out = chdl("capture", "--out", tmp_path)
+    assert out.returncode == 2 and "exactly one of --camera ALIAS or --replay" in out.stderr
+    out = chdl("capture", "--replay", tmp_path, "--out", tmp_path / "o", "--fps", "3")
+    assert out.returncode == 2 and "--fps does not apply to --replay" in out.stderr
+    out = chdl("capture", "--replay", tmp_path, "--out", tmp_path / "o")
+    assert out.returncode == 1 and f"Error: {tmp_path}: empty folder" in out.stderr
+
+
+def _same_frames(a: Recording, b: Recording) -> None:
+    keys = ("lane", "position_index", "position_um", "frame_id", "device_timestamp_ns", "status", "dropped_before",
+            "file", "width", "height", "pixel_format")
+    assert [[getattr(f, k) for k in keys] for f in a.frames] == [[getattr(f, k) for k in keys] for f in b.frames]
+    for fa, fb in zip(a.frames, b.frames):
+        if fa.file:
+            assert (a.path / fa.file).read_bytes() == (b.path / fb.file).read_bytes()  # byte-identical PNGs
+
+
+def test_record_replay_record_round_trip(tmp_path):
+    config = viky_config(tmp_path)
+    rec = chdl("capture", "--camera", "viky0", "--camera-config", config, "--out", tmp_path / "a", "--run-id", "run1",
+               "--lanes", "2", "--positions", "4", "--fps", "50", "--width", "320", "--height", "240", "--quiet")
+    assert rec.returncode == 0, rec.stderr
+    assert "captured 8 frames" in rec.stdout
+    first = Recording.open(tmp_path / "a" / "run1")
+    rep = chdl("capture", "--replay", tmp_path / "a" / "run1", "--out", tmp_path / "b", "--as-fast-as-possible", "--quiet")
+    assert rep.returncode == 0, rep.stderr
+    second = Recording.open(tmp_path / "b" / "run1")
+    rep2 = chdl("capture", "--replay", tmp_path / "b", "--out", tmp_path / "c", "--quiet")  # a folder of runs, paced
+    assert rep2.returncode == 0, rep2.stderr
+    third = Recording.open(tmp_path / "c" / "run1")
+    assert first.complete and second.complete and third.complete and len(first) == 8
+    _same_frames(first, second)
+    _same_frames(second, third)
+    assert second.manifest["settings"] == first.manifest["settings"]
+    assert second.manifest["plan"]["positions_um"] == first.manifest["plan"]["positions_um"]
+    assert second.manifest["camera"]["backend"] == "replay" and second.manifest["notes"]["source_run_id"] == "run1"
+    assert third.manifest["notes"]["paced"] is True and second.manifest["notes"]["paced"] is False
+
+
+def test_replay_keeps_dropped_and_incomplete_frames(tmp_path):
+    from acquisition.raw import RecordingWriter
+
+    manifest = {"camera": {"vendor": "v", "model": "m", "serial": "s", "user_name": "", "transport": "GEV"},
+                "settings": {"width": 16, "height": 8, "pixel_format": "Mono16", "fps": 5.0, "exposure_us": 100.0},
+                "plan": {"lanes": 1, "positions": 3, "step_um": 10.0, "positions_um": [0.0, 10.0, 20.0], "trigger": "software"}}
+    rng = np.random.default_rng(0)
+    with RecordingWriter.create(tmp_path / "src", manifest) as w:
+        for p, status in enumerate(["ok", "dropped", "incomplete"]):
+            pixels = None if status == "dropped" else rng.integers(0, 65535, (8, 16), dtype=np.uint16)
+            w.append(pixels, lane=0, position_index=p, position_um=10.0 * p, frame_id=None if pixels is None else 7 + p,
+                     device_timestamp_ns=None, host_wall_ns=0, host_monotonic_ns=p * 1000, status=status,
+                     dropped_before=3 if p == 2 else 0)
+    out = chdl("capture", "--replay", tmp_path / "src", "--out", tmp_path / "out", "--as-fast-as-possible", "--quiet")
+    assert out.returncode == 0, out.stderr
+    _same_frames(Recording.open(tmp_path / "src"), Recording.open(tmp_path / "out" / "src"))
+
+
+def _wait_for_frames(run, n, proc, limit=60.0):
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        index = run / "frames.jsonl"
+        if index.exists() and index.read_bytes().count(b"\n") >= n:
+            return
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.05)
+    raise AssertionError(f"no {n} frames in {run} within {limit} s")
+
+
+def _long_capture(tmp_path):
+    run = tmp_path / "raw" / "long"
+    proc = chdl_popen("capture", "--camera", "viky0", "--camera-config", viky_config(tmp_path), "--out", tmp_path / "raw",
+                      "--run-id", "long", "--lanes", "100", "--positions", "10", "--fps", "50", "--width", "320",
+                      "--height", "240")
+    _wait_for_frames(run, 3, proc)
+    return run, proc
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_stops_cleanly_and_closes_the_device(tmp_path, sig):
+    run, proc = _long_capture(tmp_path)
+    proc.send_signal(sig)
+    stdout, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == 130, stderr
+    assert "interrupted: device closed, recording kept (incomplete)" in stderr and "Traceback" not in stderr
+    rec = Recording.open(run)
+    assert not rec.complete and rec.manifest["status"] == "incomplete" and rec.manifest["notes"]["stopped_by"] == "interrupted"
+    assert len(rec) >= 3 and not rec.torn_tail and all(rec.read(f).shape == (240, 320) for f in rec.frames)
+
+
+def test_kill_9_leaves_a_readable_incomplete_recording(tmp_path):
+    run, proc = _long_capture(tmp_path)
+    time.sleep(0.3)
+    proc.kill()
+    proc.communicate(timeout=30)
+    assert proc.returncode == -signal.SIGKILL
+    rec = Recording.open(run)
+    assert not rec.complete and rec.manifest["status"] == "recording"
+    assert len(rec) >= 3 and all(rec.read(f).shape == (240, 320) for f in rec.frames)
+    assert [f.index for f in rec.frames] == list(range(len(rec)))
+
+
+def _can_mount_tmpfs() -> bool:
+    if not shutil.which("unshare"):
+        return False
+    probe = subprocess.run(["unshare", "-m", "sh", "-c", "mount -t tmpfs -o size=64k tmpfs /mnt"], capture_output=True)
+    return probe.returncode == 0
+
+
+@pytest.mark.skipif(not _can_mount_tmpfs(), reason="needs `unshare -m` and mount rights for a private tmpfs")
+def test_real_full_disk(tmp_path):
+    """A 160 KiB tmpfs in a private mount namespace fills up after a few dozen frames."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    config = viky_config(tmp_path)
+    check = textwrap.dedent(f"""
+        import json
+        from acquisition.raw import Recording
+        rec = Recording.open({str(disk / 'run')!r})
+        print(json.dumps({{"complete": rec.complete, "status": rec.manifest["status"], "n": len(rec),
+                           "notes": rec.manifest.get("notes"), "readable": all(rec.read(f) is not None for f in rec.frames)}}))
+    """)
+    (tmp_path / "check.py").write_text(check)
+    script = (f"mount -t tmpfs -o size=160k tmpfs {disk} && "
+              f"{sys.executable} -m chdl capture --camera viky0 --camera-config {config} --out {disk} --run-id run "
+              f"--lanes 50 --positions 10 --fps 100 --quiet; echo RC=$?; {sys.executable} {tmp_path / 'check.py'}")
+    out = subprocess.run(["unshare", "-m", "sh", "-c", script], capture_output=True, text=True, timeout=120)
+    assert "RC=1" in out.stdout, out.stdout + out.stderr
+    assert "disk full (No space left on device)" in out.stderr and "Traceback" not in out.stderr
+    state = json.loads(out.stdout.strip().splitlines()[-1])
+    assert state["complete"] is False and state["n"] >= 3 and state["readable"]
+    assert state["status"] == "incomplete" and state["notes"]["stopped_by"] == "disk full"  # the reserve made room to close

@@ -1,0 +1,130 @@
+"""The capture loop (in process) against viky and the simulator: content, drops, lost cameras, full disks."""
+
+import errno
+
+import numpy as np
+import pytest
+from acq_helpers import square, viky_config
+
+from acquisition.backends import open_camera
+from acquisition.backends.base import CaptureSettings
+from acquisition.capture import CapturePlan, run_capture
+from acquisition.camera_config import load_camera_config
+from acquisition.raw import Recording
+from acquisition.stage import SimulatedStage
+
+FAST = CaptureSettings(320, 240, "Mono8", 100.0)
+
+
+@pytest.fixture
+def config(tmp_path):
+    return load_camera_config(viky_config(tmp_path))
+
+
+class Spy:
+    """Wraps a real camera and keeps a copy of every frame it delivers (the witness for the test)."""
+
+    def __init__(self, camera):
+        self.camera, self.delivered = camera, {}
+
+    def __getattr__(self, name):
+        return getattr(self.camera, name)
+
+    def __enter__(self):
+        self.camera.open()
+        return self
+
+    def __exit__(self, *exc):
+        self.camera.close()
+
+    def fetch(self, timeout_s):
+        frame = self.camera.fetch(timeout_s)
+        self.delivered[frame.frame_id] = frame.pixels.copy()
+        return frame
+
+
+def test_capture_records_the_frames_the_camera_sent(config, tmp_path):
+    spy = Spy(open_camera("viky0", config))
+    progress = []
+    plan = CapturePlan.evenly(lanes=2, positions=5, step_um=250.0)
+    result = run_capture(spy, SimulatedStage(), tmp_path / "run", FAST, plan, on_frame=lambda r, p: progress.append(p))
+    assert result.status == "complete" and result.stopped_by is None and result.frames == 10
+    rec = Recording.open(tmp_path / "run")
+    assert rec.complete and rec.manifest["plan"]["trigger"] == "freerun" and rec.manifest["camera"]["serial"] == "0"
+    assert rec.manifest["settings"] == {"width": 320, "height": 240, "pixel_format": "Mono8", "fps": 100.0, "exposure_us": None}
+    assert [(f.lane, f.position_index, f.position_um) for f in rec.frames] == [(l, p, 250.0 * p) for l in range(2) for p in range(5)]
+    ids = [f.frame_id for f in rec.frames]
+    assert ids == sorted(ids) and len(set(ids)) == 10
+    for f in rec.frames:
+        assert f.status == "ok"
+        assert np.array_equal(rec.read(f), spy.delivered[f.frame_id])  # byte for byte what viky sent
+    for prev, f in zip(rec.frames, rec.frames[1:]):  # drops = id gap minus the frames delivered but skipped
+        skipped = sum(prev.frame_id < i < f.frame_id for i in spy.delivered)
+        assert f.dropped_before == f.frame_id - prev.frame_id - 1 - skipped
+    assert len({square(rec.read(f)) for f in rec.frames}) > 1  # viky's square moves: real, distinct frames
+    assert [p.done for p in progress] == list(range(1, 11)) and progress[-1].lane == 1
+
+
+def test_simulator_camera_uses_software_trigger(tmp_path):
+    pytest.importorskip("acquisition.backends.sim")
+    config = load_camera_config(None)
+    plan = CapturePlan.evenly(lanes=1, positions=3, step_um=100.0)
+    result = run_capture(open_camera("sim0", config), SimulatedStage(), tmp_path / "sim",
+                         CaptureSettings(64, 48, "Mono16", 50.0), plan)
+    rec = Recording.open(tmp_path / "sim")
+    assert result.trigger == "software" and rec.complete and len(rec) == 3
+    assert rec.read(rec.frames[0]).dtype == np.uint16
+
+
+def test_camera_lost_mid_run_keeps_frames(config, tmp_path):
+    cam = open_camera("viky0", config)
+
+    def unplug_after_three(record, progress):
+        if record.index == 2:
+            cam._ia.device.module.close()  # the camera disappears (cable pulled)
+
+    plan = CapturePlan.evenly(lanes=5, positions=10, step_um=100.0)
+    result = run_capture(cam, SimulatedStage(), tmp_path / "run", FAST, plan, on_frame=unplug_after_three)
+    assert result.stopped_by == "camera lost" and result.status == "incomplete"
+    assert "camera 'viky0' lost" in result.message and "recording kept" in result.message
+    rec = Recording.open(tmp_path / "run")
+    assert not rec.complete and rec.manifest["status"] == "incomplete"
+    assert rec.manifest["notes"]["stopped_by"] == "camera lost"
+    ok = [f for f in rec.frames if f.status == "ok"]
+    assert len(ok) >= 3 and all(rec.read(f).shape == (240, 320) for f in ok)
+    assert cam._ia is None and cam._h is None  # device and producer released
+
+
+def test_silent_camera_ends_as_lost_after_consecutive_timeouts(config, tmp_path):
+    cam = open_camera("viky0", config)
+    cam.fetch = lambda timeout_s: (_ for _ in ()).throw(TimeoutError("nothing"))  # delivers nothing at all
+    plan = CapturePlan.evenly(lanes=1, positions=10, step_um=100.0, frame_timeout_s=0.05, max_consecutive_timeouts=2)
+    result = run_capture(cam, SimulatedStage(), tmp_path / "run", FAST, plan)
+    rec = Recording.open(tmp_path / "run")
+    assert result.stopped_by == "camera lost" and "no frame for 2 positions in a row" in result.message
+    assert [f.status for f in rec.frames] == ["dropped", "dropped"] and [f.file for f in rec.frames] == [None, None]
+
+
+def test_disk_full_stops_with_clear_error_and_readable_recording(config, tmp_path, monkeypatch):
+    """ENOSPC from the frame writer (simulated here; the real-tmpfs test is in test_capture_cli.py)."""
+    import acquisition.raw as raw
+
+    real = raw._atomic_write_bytes
+    writes = {"n": 0}
+
+    def filling_disk(path, data):
+        writes["n"] += 1
+        if writes["n"] > 4 and path.suffix == ".png":
+            tmp = path.with_name(f".{path.name}.tmp")
+            tmp.write_bytes(data[: len(data) // 2])  # a half-written frame, as a real full disk leaves
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(path, data)
+
+    monkeypatch.setattr(raw, "_atomic_write_bytes", filling_disk)
+    plan = CapturePlan.evenly(lanes=3, positions=10, step_um=100.0)
+    result = run_capture(open_camera("viky0", config), SimulatedStage(), tmp_path / "run", FAST, plan)
+    assert result.stopped_by == "disk full" and "disk full (No space left on device)" in result.message
+    rec = Recording.open(tmp_path / "run")
+    assert not rec.complete and rec.manifest["notes"]["stopped_by"] == "disk full"
+    assert len(rec) >= 3 and all(rec.read(f).shape == (240, 320) for f in rec.frames)
+    assert not list((tmp_path / "run" / "frames").glob(".*.tmp"))  # the half-written frame was removed

@@ -1,0 +1,162 @@
+"""The ``sim`` camera backend: Contract 2 behaviour, recordings through the real capture path, truth, corpora."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from acquisition.backends import list_cameras, open_camera
+from acquisition.backends.base import CameraError, CaptureSettings
+from acquisition.backends.sim import SimCamera, parse_sim_address, write_recording_truth
+from acquisition.camera_config import load_camera_config
+from acquisition.capture import CapturePlan, run_capture
+from acquisition.raw import Recording
+from acquisition.simulator import DicingLaneSimulator, SimConfig, load_truth
+from acquisition.stage import SimulatedStage
+
+SETTINGS = CaptureSettings(200, 150, "Mono8", 5.0, None)
+
+
+def test_alias_opens_through_the_registry_and_is_listed(tmp_path):
+    config_file = tmp_path / "cameras.yaml"
+    config_file.write_text("cameras:\n  faulty: {backend: sim, seed: 9, fault_rate: 0.5}\n")
+    config = load_camera_config(config_file)
+    cam = open_camera("sim3", config)
+    assert isinstance(cam, SimCamera) and cam.info.backend == "sim" and cam.info.user_name == "sim3"
+    assert parse_sim_address(cam.info.address)[1]["seed"] == 3
+    faulty = open_camera("faulty", config)
+    assert parse_sim_address(faulty.info.address)[1]["fault_rate"] == 0.5
+    aliases = [alias for alias, info in list_cameras(config) if info.backend == "sim"]
+    assert aliases == ["sim0", "faulty"]
+    with pytest.raises(CameraError, match="unknown simulator option"):
+        SimCamera("bad", {"blur": 3})
+
+
+def test_settings_are_applied_read_back_and_range_checked():
+    with SimCamera("sim0", {"index": 0}) as cam:
+        got = cam.apply(CaptureSettings(320, 240, "Mono16", 10.0, 4000.0))
+        assert (got.width, got.height, got.pixel_format, got.fps, got.exposure_us) == (320, 240, "Mono16", 10.0, 4000.0)
+        assert cam.config.bit_depth == 12 and cam.config.exposure == 2.0
+        assert cam.apply(CaptureSettings(320, 240, "Mono8", 10.0, None)).exposure_us == 4000.0  # None keeps it
+        for bad, what in [(CaptureSettings(8, 8, "Mono8", 5, None), "Width x Height"),
+                          (CaptureSettings(64, 64, "RGB8", 5, None), "PixelFormat"),
+                          (CaptureSettings(64, 64, "Mono8", 0, None), "AcquisitionFrameRate"),
+                          (CaptureSettings(64, 64, "Mono8", 5, 1.0), "ExposureTime")]:
+            with pytest.raises(CameraError, match=what):
+                cam.apply(bad)
+
+
+def test_software_trigger_renders_what_the_stage_sees():
+    stage = SimulatedStage()
+    with SimCamera("sim0", {"index": 4, "fault_rate": 0.0}) as cam:
+        cam.apply(SETTINGS)
+        cam.attach_stage(stage)
+        assert cam.trigger_modes() == {"software", "freerun"}
+        cam.start("software")
+        with pytest.raises(TimeoutError):
+            cam.fetch(0.01)
+        frames = []
+        for x in (300.0, 360.0):
+            stage.move_to(2, x)
+            cam.software_trigger()
+            frames.append(cam.fetch(1.0))
+        cam.stop()
+        sim = DicingLaneSimulator(cam.config)
+    assert [f.frame_id for f in frames] == [0, 1]
+    assert frames[1].device_timestamp_ns == 200_000_000  # frame 1 at 5 fps on the simulated clock
+    assert frames[0].pixels.shape == (150, 200) and frames[0].pixels.dtype == np.uint8
+    assert np.array_equal(frames[0].pixels, sim.render(2, 0, 300.0).pixels)  # t counts frames on the lane
+    assert np.array_equal(frames[1].pixels, sim.render(2, 1, 360.0).pixels)
+
+
+def test_without_a_stage_the_camera_scans_lanes_itself():
+    with SimCamera("sim0", {"index": 1, "realtime": False, "positions": 3, "step_um": 50.0}) as cam:
+        cam.apply(SETTINGS)
+        cam.start("freerun")
+        got = [cam.fetch(1.0).pixels for _ in range(4)]
+        sim = DicingLaneSimulator(cam.config)
+    assert np.array_equal(got[2], sim.render(0, 2, 100.0).pixels)
+    assert np.array_equal(got[3], sim.render(1, 0, 0.0).pixels)
+
+
+def test_capture_from_the_sim_camera_is_a_valid_recording_with_truth(tmp_path):
+    camera = SimCamera("sim2", {"index": 2, "fault_rate": 0.2})
+    result = run_capture(camera, SimulatedStage(), tmp_path / "run", SETTINGS, CapturePlan.evenly(3, 5, 60.0))
+    assert result.status == "complete" and result.frames == 15
+    rec = Recording.open(tmp_path / "run")
+    assert rec.complete and len(rec) == 15 and rec.manifest["camera"]["backend"] == "sim"
+    assert all(rec.read(f).shape == (150, 200) for f in rec.frames)
+    counts = write_recording_truth(tmp_path / "run")
+    truth = load_truth(tmp_path / "run")
+    assert len(truth.labels) == 15 and counts["faulty"] == len(truth.faulty()) > 0
+    sim = DicingLaneSimulator(SimConfig.from_dict({**truth.config["config"]}))
+    for lb in truth.faulty():  # the clean frame is the recorded frame's lane/position rendered without the fault
+        f = rec.frames[lb["index"]]
+        assert np.array_equal(truth.clean(lb["index"]), sim.render(f.lane, f.position_index, f.position_um, fault=None).pixels)
+        assert not np.array_equal(truth.clean(lb["index"]), rec.read(f))
+
+
+def test_mono16_recording_truth_keeps_16_bit_clean_frames(tmp_path):
+    camera = SimCamera("sim5", {"index": 5, "fault_rate": 1.0, "bit_depth": 16})
+    run_capture(camera, SimulatedStage(), tmp_path / "run", CaptureSettings(96, 72, "Mono16", 5.0, None),
+                CapturePlan.evenly(1, 3, 60.0))
+    write_recording_truth(tmp_path / "run")
+    truth = load_truth(tmp_path / "run")
+    assert [lb["index"] for lb in truth.faulty()] == [0, 1, 2]
+    clean = truth.clean(1)
+    assert clean.dtype == np.uint16 and clean.max() > 4095  # full 16-bit data, not 12
+
+
+def test_truth_refuses_a_recording_the_simulator_did_not_make(tmp_path):
+    run_capture(SimCamera("sim0", {"index": 0}), SimulatedStage(), tmp_path / "run", SETTINGS, CapturePlan.evenly(1, 2, 60.0))
+    manifest = tmp_path / "run" / "manifest.json"
+    m = json.loads(manifest.read_text())
+    m["camera"]["address"] = m["camera"]["address"].replace("seed=0", "seed=1")
+    manifest.write_text(json.dumps(m))
+    with pytest.raises(ValueError, match=r"000000\.png: differs from the simulator's re-render"):
+        write_recording_truth(tmp_path / "run")
+    m["camera"]["backend"] = "gentl"
+    manifest.write_text(json.dumps(m))
+    with pytest.raises(ValueError, match="not recorded from a sim camera"):
+        write_recording_truth(tmp_path / "run")
+
+
+def test_chdl_capture_then_simulate_truth_cli(tmp_path):
+    """The samples' path: `chdl capture --camera sim0`, then `chdl simulate truth`."""
+    run = [sys.executable, "-m", "chdl"]
+    subprocess.run(run + ["capture", "--camera", "sim0", "--out", str(tmp_path), "--run-id", "r", "--lanes", "1",
+                          "--positions", "3", "--step-um", "60", "--width", "160", "--height", "120", "--quiet"],
+                   check=True, capture_output=True)
+    out = subprocess.run(run + ["simulate", "truth", str(tmp_path / "r")], check=True, capture_output=True, text=True)
+    assert "truth for 3 frames" in out.stdout
+    assert len(load_truth(tmp_path / "r").labels) == 3
+    folder = subprocess.run(run + ["simulate", "truth", str(tmp_path)], capture_output=True, text=True)
+    assert folder.returncode == 0 and "truth for 3 frames" in folder.stdout  # a folder of runs: each gets its truth
+    err = subprocess.run(run + ["simulate", "truth", str(tmp_path / "r" / "frames")], capture_output=True, text=True)
+    assert err.returncode == 1 and "frames" in err.stderr
+
+
+def test_simulate_corpus_writes_labelled_recordings_and_resumes(tmp_path):
+    from chdl.cli.simulate import simulate
+
+    args = ["corpus", str(tmp_path / "c"), "--sequences", "3", "--positions", "4", "--lanes-per-run", "2",
+            "--width", "96", "--height", "72", "--fault-rate", "0.3", "--workers", "1"]
+    res = CliRunner().invoke(simulate, args)
+    assert res.exit_code == 0, res.output
+    runs = sorted((tmp_path / "c").iterdir())
+    assert [r.name for r in runs] == ["run_00000", "run_00001"]
+    recs = [Recording.open(r) for r in runs]
+    assert [len(r) for r in recs] == [8, 4] and all(r.complete for r in recs)
+    truth = load_truth(runs[0])
+    assert len(truth.labels) == 8 and truth.faulty()
+    # the directly written corpus is exactly what the camera records: its truth re-derives identically
+    (runs[0] / "truth" / "labels.jsonl").rename(tmp_path / "labels.orig")
+    write_recording_truth(runs[0])
+    assert (runs[0] / "truth" / "labels.jsonl").read_text() == (tmp_path / "labels.orig").read_text()
+    stamp = (runs[1] / "manifest.json").stat().st_mtime_ns
+    res = CliRunner().invoke(simulate, args)
+    assert res.exit_code == 0 and "2 finished runs kept" in res.output
+    assert (runs[1] / "manifest.json").stat().st_mtime_ns == stamp

@@ -1,0 +1,114 @@
+"""Drop counting from frame ids, trigger strategy choice, and the simulated stage."""
+
+import pytest
+
+from acquisition.backends.base import CameraError
+from acquisition.stage import SimulatedStage
+from acquisition.trigger import FrameIdTracker, choose_trigger
+
+
+def gaps(ids):
+    t = FrameIdTracker()
+    return [t.observe(i) for i in ids]
+
+
+def test_consecutive_ids_have_no_drops():
+    assert gaps([1, 2, 3, 4]) == [0, 0, 0, 0]
+
+
+def test_gaps_are_counted():
+    assert gaps([5, 6, 9, 10, 20]) == [0, 0, 2, 0, 9]
+
+
+def test_16_bit_wrap_skipping_zero_is_not_a_drop():
+    assert gaps([65534, 65535, 1, 2]) == [0, 0, 0, 0]  # GigE Vision 1.x block ids: 0 is reserved
+    assert gaps([65533, 2]) == [0, 3]  # 65534, 65535, 1 missing
+
+
+def test_16_bit_wrap_through_zero_when_the_stream_uses_zero():
+    assert gaps([0, 1, 65535, 0, 1]) == [0, 0, 65533, 0, 0]
+    assert gaps([0, 65534, 1]) == [0, 65533, 2]  # 65535 and 0 missing
+
+
+def test_counter_reset_and_missing_ids_count_nothing():
+    t = FrameIdTracker()
+    assert [t.observe(i) for i in [100, 101, 3, 4, None, 6]] == [0, 0, 0, 0, 0, 1]
+    assert t.resets == 1
+    assert gaps([70000, 70001, 70005]) == [0, 0, 3]  # 64-bit counters have no wrap
+
+
+def test_trigger_choice():
+    assert choose_trigger({"freerun"}) == "freerun"
+    assert choose_trigger({"freerun", "software", "line"}) == "software"
+    assert choose_trigger({"freerun", "line"}, "line") == "line"
+    with pytest.raises(CameraError, match=r"'software' not offered by this camera \(it offers: freerun\)"):
+        choose_trigger({"freerun"}, "software")
+    with pytest.raises(CameraError, match="unknown trigger strategy"):
+        choose_trigger({"freerun"}, "sometimes")
+
+
+def test_simulated_stage_moves_and_times_out():
+    stage = SimulatedStage(settle_s=0.0)
+    stage.move_to(2, 350.0)
+    stage.wait_settled(0.1)
+    assert (stage.lane, stage.position_um, stage.moves) == (2, 350.0, 1)
+    slow = SimulatedStage(settle_s=30.0)
+    slow.move_to(0, 100.0)
+    with pytest.raises(TimeoutError, match="not settled within"):
+        slow.wait_settled(0.01)
+
+
+class _Scripted:
+    """A camera whose frames arrive exactly when the test releases them (viky has no line trigger)."""
+
+    def __init__(self):
+        import queue
+
+        self.queue, self.started, self.stopped = queue.Queue(), None, False
+
+    def release(self, *ids):
+        import numpy as np
+
+        from acquisition.backends.base import Frame
+
+        for i in ids:
+            self.queue.put(Frame(np.full((2, 2), i, np.uint8), i, None))
+
+    def start(self, mode):
+        self.started = mode
+
+    def stop(self):
+        self.stopped = True
+
+    def fetch(self, timeout_s):
+        import queue
+
+        try:
+            return self.queue.get(timeout=timeout_s)
+        except queue.Empty:
+            raise TimeoutError("nothing") from None
+
+
+def test_streamed_source_takes_first_frame_after_settle_and_carries_drops():
+    import time
+
+    from acquisition.trigger import StreamedSource
+
+    cam = _Scripted()
+    source = StreamedSource(cam, "line")
+    source.start()
+    cam.release(1, 2)  # arrive while the stage is still moving
+    while source.stats.delivered < 2:
+        time.sleep(0.01)
+    settled = time.monotonic_ns()
+    cam.release(5, 6)  # 3 and 4 never arrive
+    got = source.next_frame(settled, 2.0)
+    assert (got.frame.frame_id, got.dropped_before, int(got.frame.pixels[0, 0])) == (5, 2, 5)
+    assert source.stats.skipped == 2
+    got = source.next_frame(got.host_monotonic_ns, 2.0)
+    assert (got.frame.frame_id, got.dropped_before) == (6, 0)
+    with pytest.raises(TimeoutError):
+        source.next_frame(time.monotonic_ns(), 0.2)
+    source.stop()
+    assert cam.started == "line" and cam.stopped
+    assert (source.stats.delivered, source.stats.dropped) == (4, 2)

@@ -1,0 +1,44 @@
+"""The importers' shared write loop: complete-marked output, nothing left behind on failure."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from chdl.dataset import open_dataset
+from curation.importers.common import write_sequences
+
+LAYOUT = dict(frames_per_sequence=4, channels=1, height=8, width=8, dtype=np.uint8, sequences_per_shard=2,
+              in_frames=2, out_frames=2)
+
+
+def shard(rng: range) -> dict:
+    k = len(rng)
+    frames = np.stack([np.full((4, 1, 8, 8), i, np.uint8) for i in rng])
+    return dict(frames=frames, split=np.zeros(k, np.uint8))
+
+
+def test_writes_every_shard_and_marks_complete(tmp_path: Path):
+    out = write_sequences(tmp_path / "d.zarr", shard, n_sequences=5, progress=False, **LAYOUT)
+    ds = open_dataset(out)
+    assert ds.attrs["complete"] and ds.frames.shape == (5, 4, 1, 8, 8)
+    assert [int(ds.frames[i, 0, 0, 0, 0]) for i in range(5)] == [0, 1, 2, 3, 4]
+
+
+def test_failure_midway_leaves_nothing_and_existing_output_is_refused(tmp_path: Path):
+    def failing(rng: range) -> dict:
+        if rng.start >= 2:
+            raise ValueError("bad input in shard 1")
+        return shard(rng)
+
+    out = tmp_path / "d.zarr"
+    with pytest.raises(ValueError, match="shard 1"):
+        write_sequences(out, failing, n_sequences=5, progress=False, **LAYOUT)
+    assert not out.exists()
+    write_sequences(out, shard, n_sequences=3, progress=False, **LAYOUT)
+    with pytest.raises(FileExistsError):
+        write_sequences(out, shard, n_sequences=3, progress=False, **LAYOUT)
+    write_sequences(out, shard, n_sequences=1, progress=False, overwrite=True, **LAYOUT)
+    assert open_dataset(out).n_sequences == 1
