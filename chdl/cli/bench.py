@@ -1,10 +1,61 @@
-"""Placeholder: this stage is not implemented yet (exits non-zero)."""
+"""``chdl bench``: DIFFUMA and the baselines side by side under one training budget (docs/bench.md)."""
+
+from __future__ import annotations
 
 import click
 
 
-@click.command('bench', context_settings={'ignore_unknown_options': True})
-@click.argument('args', nargs=-1, type=click.UNPROCESSED)
-def bench(args):
-    """Not implemented yet."""
-    raise click.ClickException('bench' + ': not implemented yet')
+@click.command("bench")
+@click.option("--data", required=True, type=click.Path(exists=True, file_okay=False, dir_okay=True),
+              help="Curated dataset (zarr folder).")
+@click.option("--models", required=True,
+              help="Comma-separated registry names, optionally name:preset (e.g. diffuma,simvp,simvp:v1,pastnet).")
+@click.option("--epochs", default="10,20,40", show_default=True,
+              help="Epoch counts to report; each model trains once for the largest, evaluated at each.")
+@click.option("--pred-len", "pred_len", default=None,
+              help="Prediction lengths for the metric-by-length table, e.g. 3,6,9,12.")
+@click.option("--pred-len-mode", type=click.Choice(["retrain", "horizon"]), default="retrain", show_default=True,
+              help="retrain: one run per length (as the paper); horizon: first k frames of the main runs.")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Output folder.")
+@click.option("--preset", default="default", show_default=True, help="Model preset for models given without one.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="run.<field>=v (all runs), model.<field>=v (all models) or <model>.<field>=v; repeatable.")
+@click.option("--convention", type=click.Choice(["per_pixel", "openstl"]), default="per_pixel", show_default=True,
+              help="Metric convention (docs/training.md).")
+@click.option("--split", type=click.Choice(["val", "train", "all"]), default="val", show_default=True,
+              help="Split to evaluate on.")
+@click.option("--max-eval-sequences", type=click.IntRange(min=1), default=None,
+              help="Evaluate on the first N sequences of the split only.")
+@click.option("--grid-sequences", type=click.IntRange(min=0), default=2, show_default=True,
+              help="Sequences in the prediction grid (0 = no grid).")
+@click.option("--throughput-steps", type=click.IntRange(min=0), default=5, show_default=True,
+              help="Timed steps for the samples/s columns (0 = skip).")
+@click.option("--resume", is_flag=True, help="Continue a bench in --out (finished runs are not retrained).")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def bench(data, models, epochs, pred_len, pred_len_mode, out, preset, overrides, convention, split,
+          max_eval_sequences, grid_sequences, throughput_steps, resume, quiet):
+    """Train each model under the same budget and data, evaluate with the same metric code, and write the
+    paper's comparison tables (Markdown + JSON), plots and a prediction grid to --out."""
+    from chdl.dataset import DatasetFormatError
+    from diffuma.bench import BenchError, parse_int_list, run_bench
+    from diffuma.training import ConfigError, TrainingDiverged
+    from diffuma.training.checkpoint import CheckpointError
+
+    try:
+        epoch_list = parse_int_list(epochs, "--epochs")
+        if not epoch_list:
+            raise BenchError("--epochs: give at least one epoch count")
+        report = run_bench(data, models, epoch_list, out, pred_lens=parse_int_list(pred_len, "--pred-len"),
+                           pred_len_mode=pred_len_mode, preset=preset, overrides=list(overrides),
+                           convention=convention, split=split, max_eval_sequences=max_eval_sequences,
+                           grid_sequences=grid_sequences, throughput_steps=throughput_steps, resume=resume,
+                           progress=not quiet)
+    except (BenchError, DatasetFormatError, ConfigError, CheckpointError, TrainingDiverged, FileExistsError) as e:
+        raise click.ClickException(str(e)) from e
+    click.echo(f"{out}/bench.md")
+    for label, r in report["models"].items():
+        o = r["final"]["overall"]
+        click.echo(f"  {label:<16} MSE {o['mse']:.5g}  MAE {o['mae']:.5g}  SSIM {o['ssim']:.4f}")
+    o = report["copy_last_frame"]["overall"]
+    click.echo(f"  {'copy-last-frame':<16} MSE {o['mse']:.5g}  MAE {o['mae']:.5g}  SSIM {o['ssim']:.4f}"
+               f"  ({report['convention']})")

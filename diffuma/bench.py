@@ -1,0 +1,519 @@
+"""``chdl bench``: train several models under one budget on one dataset, evaluate them with one metric code,
+and write the paper's comparison tables (Markdown + JSON), plots and prediction grids.
+
+For models M and epoch counts E = [e1 < ... < eN]:
+
+1. Every model is trained once, for eN epochs, by the trainer (``diffuma.training.trainer.build_trainer``
+   + ``fit``, what ``train_from_config`` does), with the same run settings (``--set run.<field>=...``):
+   only the model differs. The trainer's ``last.pt`` after each epoch in E is also kept as
+   ``checkpoints/epoch_NNNN.pt``.
+2. Each kept checkpoint is evaluated by ``diffuma.evaluation.evaluate_checkpoint`` on the chosen split:
+   the "metric by epoch" table comes from one run per model, not from retraining; the "overall" table is
+   the eN checkpoint.
+3. Prediction length (``--pred-len 3,6,9,12``): by default every model is retrained (eN epochs) per length
+   with ``run.out_frames`` = that length, as the paper's Table 5 (whose numbers are not monotone in the
+   length, i.e. separate trainings); ``--pred-len-mode horizon`` instead averages the first k predicted
+   frames of the main runs (free, but needs the main runs to predict at least max(k) frames).
+4. Throughput: training samples/s (``training_loss`` + backward + AdamW step) and inference samples/s
+   (no-grad forward), timed here on the run's device, batch size and precision after warm-up steps, on
+   one batch of the training split; and the parameter count.
+
+Every table has a copy-last-frame row (same code, same sequences) and names its metric convention.
+Output folder: bench.json, bench.md, plots/{by_epoch,per_frame,by_pred_len}.png, grid_seq<i>.png,
+runs/<model>[-pl<k>]/ (ordinary trainer run folders). Files are written to a temporary name and renamed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import shutil
+import sys
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+
+COPY = "copy-last-frame"
+METRIC_FMT = {"mse": "{:.5g}", "mae": "{:.5g}", "ssim": "{:.4f}", "psnr": "{:.2f}"}
+
+
+class BenchError(ValueError):
+    """A problem with the bench request; the message says what (and which file, where there is one)."""
+
+
+@dataclasses.dataclass
+class ModelSpec:
+    label: str           # row name in the tables: "simvp" or "simvp:v1"
+    name: str            # registry name
+    preset: str          # preset of that model
+    overrides: dict      # model config field overrides
+
+
+# --------------------------------------------------------------------------------------------------
+# Request parsing
+# --------------------------------------------------------------------------------------------------
+
+def parse_int_list(text: str | None, what: str) -> list[int]:
+    """"10,20,40" -> [10, 20, 40] (sorted, unique, each >= 1); "" or None -> []."""
+    if text is None or str(text).strip() == "":
+        return []
+    try:
+        values = sorted({int(v) for v in str(text).split(",") if v.strip()})
+    except ValueError as e:
+        raise BenchError(f"{what}: expected comma-separated integers, got {text!r}") from e
+    if not values or values[0] < 1:
+        raise BenchError(f"{what}: values must be integers >= 1, got {text!r}")
+    return values
+
+
+def parse_models(text: str, preset: str, overrides: list[str]) -> tuple[list[ModelSpec], dict]:
+    """``"diffuma,simvp,simvp:v1"`` + ``--set`` entries -> model specs and the shared run overrides.
+
+    ``--set run.<field>=v`` applies to every run; ``--set model.<field>=v`` to every model (each must have the
+    field); ``--set <model>.<field>=v`` (a registry name) to that model only. Values are parsed as YAML."""
+    from diffuma.models.registry import list_models, list_presets, model_config
+
+    known = list_models()
+    specs: list[ModelSpec] = []
+    for item in [m.strip() for m in text.split(",") if m.strip()]:
+        name, _, p = item.partition(":")
+        if name not in known:
+            raise BenchError(f"--models: unknown model {name!r} (known: {', '.join(known)})")
+        p = p or preset
+        if p not in list_presets(name):
+            raise BenchError(f"--models: {name} has no preset {p!r} (presets: {', '.join(list_presets(name))})")
+        if any(s.label == item for s in specs):
+            raise BenchError(f"--models: {item!r} is listed twice")
+        specs.append(ModelSpec(item, name, p, {}))
+    if not specs:
+        raise BenchError("--models: give at least one model, e.g. --models diffuma,simvp")
+    run: dict = {}
+    for text_ in overrides:
+        key, eq, raw = text_.partition("=")
+        section, dot, field = key.strip().partition(".")
+        if not eq or not dot or not field:
+            raise BenchError(f"--set {text_!r}: expected run.<field>=v, model.<field>=v or <model>.<field>=v")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError as e:
+            raise BenchError(f"--set {text_!r}: value is not valid YAML") from e
+        if section == "run":
+            run[field] = value
+        elif section == "model" or section in known:
+            hit = [s for s in specs if section in ("model", s.name)]
+            if not hit:
+                raise BenchError(f"--set {text_!r}: model {section!r} is not in --models")
+            for s in hit:
+                s.overrides[field] = value
+        else:
+            raise BenchError(f"--set {text_!r}: key must start with run., model. or a model name ({', '.join(known)})")
+    for s in specs:
+        try:
+            model_config(s.name, s.preset, **s.overrides)
+        except (TypeError, ValueError, KeyError) as e:
+            raise BenchError(f"--set: model {s.label}: {e}") from e
+    return specs, run
+
+
+# --------------------------------------------------------------------------------------------------
+# Training, evaluation, throughput
+# --------------------------------------------------------------------------------------------------
+
+def _log(msg: str) -> None:
+    print(f"[bench] {msg}", file=sys.stderr, flush=True)
+
+
+def keep_epoch_checkpoints(trainer, epochs) -> None:
+    """Makes ``trainer`` also keep ``checkpoints/epoch_NNNN.pt``, a copy of ``last.pt``, at the end of every
+    epoch in ``epochs``. The trainer saves ``last.pt`` right after finishing an epoch (with batch_in_epoch
+    reset to 0), so the copy is exactly that epoch's state; its run config has no such option."""
+    epochs = frozenset(int(e) for e in epochs)
+    save = trainer.save
+
+    def save_and_keep(name: str = "last.pt") -> None:
+        save(name)
+        if name == "last.pt" and trainer.batch_in_epoch == 0 and trainer.epoch in epochs and trainer.dist.main:
+            dst = trainer.ckpt_dir / f"epoch_{trainer.epoch:04d}.pt"
+            tmp = dst.with_name(f".{dst.name}.tmp{os.getpid()}")
+            shutil.copyfile(trainer.ckpt_dir / "last.pt", tmp)
+            os.replace(tmp, dst)
+
+    trainer.save = save_and_keep
+
+
+def train_run(spec: ModelSpec, run: dict, data: Path, out: Path, keep_epochs, *, resume: bool = False,
+              progress: bool = True) -> Path:
+    """One training run (``diffuma.training.trainer.build_trainer`` + ``fit``, i.e. ``train_from_config``) to
+    the end of its schedule (``run["epochs"]``), keeping the epoch checkpoints in ``keep_epochs``. With
+    ``resume``, a run already in ``out`` continues (a finished one is left as it is)."""
+    from diffuma.training.trainer import build_trainer
+
+    resume = resume and (out / "checkpoints" / "last.pt").is_file()
+    config = {"model": {"name": spec.name, "preset": spec.preset, **spec.overrides}, "run": dict(run)}
+    trainer = build_trainer(config, data, out, resume=resume, progress=progress)
+    keep_epoch_checkpoints(trainer, keep_epochs)
+    return Path(trainer.fit(resume=resume))
+
+
+def epoch_checkpoint(run_dir: Path, epoch: int) -> Path:
+    path = Path(run_dir) / "checkpoints" / f"epoch_{epoch:04d}.pt"
+    if not path.is_file():
+        raise BenchError(f"{path}: missing (the run did not reach epoch {epoch})")
+    return path
+
+
+def _horizon(result: dict, k: int) -> dict:
+    """Overall metrics over the first k predicted frames (every metric is a mean over frames)."""
+    frames = result["per_frame"][:k]
+    return {m: float(np.mean([f[m] for f in frames])) for m in METRIC_FMT}
+
+
+def amp_dtype_for(precision: str, device: torch.device):
+    """The autocast dtype the trainer uses for run.precision on this device (None = fp32)."""
+    if device.type != "cuda" or precision == "fp32":
+        return None
+    if precision == "fp16" or (precision == "auto" and not torch.cuda.is_bf16_supported()):
+        return torch.float16
+    return torch.bfloat16
+
+
+def measure_throughput(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, device: torch.device,
+                       amp_dtype=None, steps: int = 5, warmup: int = 2) -> dict:
+    """Samples/s of training steps (training_loss + backward + AdamW step) and of no-grad inference on the
+    batch (x, y), after ``warmup`` untimed steps of each. Works on a copy; ``model`` is left untouched."""
+    import copy
+
+    model = copy.deepcopy(model).to(device)
+    x, y = x.to(device), y.to(device)
+    amp = (lambda: torch.autocast("cuda", dtype=amp_dtype)) if amp_dtype is not None else nullcontext
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-6)
+    model.train()
+
+    def train_step(i):
+        with amp():
+            loss, _ = model.training_loss(x, y, step=i, total_steps=warmup + steps)
+        opt.zero_grad(set_to_none=True)
+        loss.float().backward()
+        opt.step()
+
+    for i in range(warmup):
+        train_step(i)
+    sync()
+    t0 = time.perf_counter()
+    for i in range(steps):
+        train_step(warmup + i)
+    sync()
+    train_s = time.perf_counter() - t0
+    model.eval()
+    with torch.inference_mode():
+        for _ in range(warmup):
+            with amp():
+                model(x)
+        sync()
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            with amp():
+                model(x)
+        sync()
+        infer_s = time.perf_counter() - t0
+    b = x.shape[0]
+    return {"train_samples_per_s": b * steps / train_s, "infer_samples_per_s": b * steps / infer_s,
+            "batch_size": b, "device": str(device), "timed_steps": steps,
+            "precision": str(amp_dtype).replace("torch.", "") if amp_dtype is not None else "fp32"}
+
+
+# --------------------------------------------------------------------------------------------------
+# Output: atomic writes, tables, plots
+# --------------------------------------------------------------------------------------------------
+
+def _atomic_write(path: Path, data: bytes | str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_bytes(data.encode() if isinstance(data, str) else data)
+    os.replace(tmp, path)
+
+
+def _save_figure(fig, path: Path) -> None:
+    import io
+
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    _atomic_write(path, buf.getvalue())
+
+
+def _fmt(m: str, v) -> str:
+    return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else METRIC_FMT[m].format(v)
+
+
+def _fmt_rate(v) -> str:
+    return "–" if v is None else (f"{v:.3g}" if v < 100 else f"{v:.0f}")
+
+
+def markdown_report(report: dict) -> str:
+    conv = report["convention"]
+    note = f"Metric convention: `{conv}` — {report['convention_note']}"
+    ds = report["dataset"]
+    head = (f"{report['split']} split of `{ds['path']}`: {report['n_sequences']} sequences, "
+            f"{ds['in_frames']}→{ds['out_frames']} frames of {ds['channels']}×{ds['height']}×{ds['width']}; "
+            f"every model trained {report['epochs'][-1]} epochs with the same run settings.")
+    L = ["# Benchmark", "", head, ""]
+    # Overall
+    L += ["## Overall (final epoch)", "",
+          "| model | params | train samples/s | inference samples/s | MSE ↓ | MAE ↓ | SSIM ↑ | PSNR (dB) ↑ |",
+          "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for label, r in report["models"].items():
+        t = r.get("throughput") or {}
+        o = r["final"]["overall"]
+        L.append(f"| {label} | {r['params'] / 1e6:.2f}M | {_fmt_rate(t.get('train_samples_per_s'))} | "
+                 f"{_fmt_rate(t.get('infer_samples_per_s'))} | " + " | ".join(_fmt(m, o[m]) for m in METRIC_FMT) + " |")
+    o = report["copy_last_frame"]["overall"]
+    L.append(f"| {COPY} | 0 | – | – | " + " | ".join(_fmt(m, o[m]) for m in METRIC_FMT) + " |")
+    any_t = next((r["throughput"] for r in report["models"].values() if r.get("throughput")), None)
+    L += ["", note]
+    if any_t:
+        L += ["", f"Throughput: batch {any_t['batch_size']}, {any_t['device']}, {any_t['precision']}, mean of "
+                  f"{any_t['timed_steps']} timed steps after warm-up; train = training_loss + backward + AdamW step."]
+    L.append("")
+    # By epoch
+    epochs = report["epochs"]
+    L += ["## Metric by epoch", "",
+          "| model | " + " | ".join(f"MSE@{e} | MAE@{e} | SSIM@{e}" for e in epochs) + " |",
+          "|---|" + "---:|---:|---:|" * len(epochs)]
+    for label, r in report["models"].items():
+        cells = []
+        for e in epochs:
+            o = r["by_epoch"].get(str(e))
+            cells += [_fmt(m, o["overall"][m] if o else None) for m in ("mse", "mae", "ssim")]
+        L.append(f"| {label} | " + " | ".join(cells) + " |")
+    o = report["copy_last_frame"]["overall"]
+    L.append(f"| {COPY} | " + " | ".join(_fmt(m, o[m]) for _ in epochs for m in ("mse", "mae", "ssim")) + " |")
+    L += ["", note, ""]
+    # By prediction length
+    if report.get("pred_lens"):
+        pls = report["pred_lens"]
+        mode = report["pred_len_mode"]
+        L += ["## Metric by prediction length", "",
+              ("Each model retrained for each length (run.out_frames = length)." if mode == "retrain" else
+               "First k predicted frames of the main runs."), "",
+              "| model | " + " | ".join(f"MSE PL{k} | MAE PL{k} | SSIM PL{k}" for k in pls) + " |",
+              "|---|" + "---:|---:|---:|" * len(pls)]
+        for label, r in report["models"].items():
+            cells = []
+            for k in pls:
+                o = r["by_pred_len"].get(str(k))
+                cells += [_fmt(m, o[m] if o else None) for m in ("mse", "mae", "ssim")]
+            L.append(f"| {label} | " + " | ".join(cells) + " |")
+        cells = []
+        for k in pls:
+            o = report["copy_last_frame_by_pred_len"].get(str(k))
+            cells += [_fmt(m, o[m] if o else None) for m in ("mse", "mae", "ssim")]
+        L.append(f"| {COPY} | " + " | ".join(cells) + " |")
+        L += ["", note, ""]
+    L += ["## Figures", "", "![metric by epoch](plots/by_epoch.png)", "", "![per frame](plots/per_frame.png)", ""]
+    if report.get("pred_lens"):
+        L += ["![by prediction length](plots/by_pred_len.png)", ""]
+    for g in report.get("grids", []):
+        L += [f"![predictions]({g})", ""]
+    return "\n".join(L)
+
+
+def write_plots(report: dict, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    conv = report["convention"]
+    copy_o = report["copy_last_frame"]["overall"]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    for ax, m in zip(axes, ("mse", "mae", "ssim")):
+        for label, r in report["models"].items():
+            es = [e for e in report["epochs"] if str(e) in r["by_epoch"]]
+            ax.plot(es, [r["by_epoch"][str(e)]["overall"][m] for e in es], marker="o", label=label)
+        ax.axhline(copy_o[m], color="gray", ls="--", label=COPY)
+        ax.set_xticks(report["epochs"])
+        ax.set_xlabel("epoch")
+        ax.set_title(f"{m.upper()} ({conv})")
+    axes[0].legend(fontsize=8)
+    fig.suptitle(f"{report['split']} metrics by training epoch", y=1.03)
+    _save_figure(fig, out / "plots" / "by_epoch.png")
+
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
+    for ax, m in zip(axes, ("mse", "ssim")):
+        for label, r in report["models"].items():
+            pf = r["final"]["per_frame"]
+            ax.plot([f["frame"] for f in pf], [f[m] for f in pf], marker="o", label=label)
+        pf = report["copy_last_frame"]["per_frame"]
+        ax.plot([f["frame"] for f in pf], [f[m] for f in pf], color="gray", ls="--", label=COPY)
+        ax.set_xlabel("predicted frame (t+k)")
+        ax.set_title(f"{m.upper()} per frame ({conv})")
+    axes[0].legend(fontsize=8)
+    _save_figure(fig, out / "plots" / "per_frame.png")
+
+    if report.get("pred_lens"):
+        fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
+        pls = report["pred_lens"]
+        for ax, m in zip(axes, ("mse", "ssim")):
+            for label, r in report["models"].items():
+                ks = [k for k in pls if str(k) in r["by_pred_len"]]
+                ax.plot(ks, [r["by_pred_len"][str(k)][m] for k in ks], marker="o", label=label)
+            c = report["copy_last_frame_by_pred_len"]
+            ks = [k for k in pls if str(k) in c]
+            ax.plot(ks, [c[str(k)][m] for k in ks], color="gray", ls="--", label=COPY)
+            ax.set_xlabel("prediction length")
+            ax.set_xticks(pls)
+            ax.set_title(f"{m.upper()} ({conv})")
+        axes[0].legend(fontsize=8)
+        _save_figure(fig, out / "plots" / "by_pred_len.png")
+
+
+# --------------------------------------------------------------------------------------------------
+# The bench
+# --------------------------------------------------------------------------------------------------
+
+def run_bench(data: str | Path, models: str, epochs: list[int], out: str | Path, *, pred_lens=(),
+              pred_len_mode: str = "retrain", preset: str = "default", overrides=(), convention: str = "per_pixel",
+              split: str = "val", max_eval_sequences: int | None = None, grid_sequences: int = 2,
+              throughput_steps: int = 5, resume: bool = False, progress: bool = True) -> dict:
+    """Runs the whole bench (module docstring); returns the report that is also written to bench.json."""
+    from chdl.dataset import open_dataset
+    from chdl.torch_dataset import SequenceDataset
+    from diffuma.evaluation import evaluate_checkpoint
+    from diffuma.metrics import CONVENTION_NOTES, CONVENTIONS
+    from diffuma.training.checkpoint import build_model_from_checkpoint, load_checkpoint
+    from diffuma.training.config import ConfigError, resolve_config
+    from diffuma.viz import prediction_grid
+
+    data, out = Path(data), Path(out)
+    if convention not in CONVENTIONS:
+        raise BenchError(f"--convention must be one of {', '.join(CONVENTIONS)}")
+    if pred_len_mode not in ("retrain", "horizon"):
+        raise BenchError("--pred-len-mode must be retrain or horizon")
+    epochs = sorted({int(e) for e in epochs})
+    if not epochs or epochs[0] < 1:
+        raise BenchError("--epochs: give at least one epoch count >= 1")
+    pred_lens = sorted({int(k) for k in pred_lens})
+    specs, run = parse_models(models, preset, list(overrides))
+    run = {**run, "epochs": epochs[-1]}
+    for s in specs:
+        try:
+            resolve_config({"model": {"name": s.name, "preset": s.preset, **s.overrides}, "run": run})
+        except ConfigError as e:
+            raise BenchError(f"--set: {e}") from e
+    reader = open_dataset(data)  # DatasetIncompleteError / DatasetFormatError name the path
+    attrs = reader.attrs
+    T = int(attrs["frames_per_sequence"])
+    _, _, C, H, W = reader.frames.shape
+    t_in = int(run.get("in_frames") or attrs["in_frames"])
+    t_out = int(run.get("out_frames") or attrs["out_frames"])
+    offset = int(run.get("frame_offset") or 0)
+    if len(reader.indices(split)) == 0:
+        raise BenchError(f"{data}: the {split!r} split has no sequences to evaluate on")
+    if len(reader.indices("train")) == 0:
+        raise BenchError(f"{data}: the train split has no sequences to train on")
+    if pred_lens:
+        if pred_len_mode == "horizon" and pred_lens[-1] > t_out:
+            raise BenchError(f"--pred-len {pred_lens[-1]} > the {t_out} frames the runs predict; add "
+                             f"--set run.out_frames={pred_lens[-1]} or use --pred-len-mode retrain")
+        if offset + t_in + pred_lens[-1] > T:
+            raise BenchError(f"{data}: sequences have {T} frames, too few for {t_in} input + {pred_lens[-1]} "
+                             "predicted frames")
+    if (out / "bench.json").exists() and not resume:
+        raise BenchError(f"{out}: already holds a bench (bench.json); use --resume or another --out")
+    out.mkdir(parents=True, exist_ok=True)
+
+    report: dict = {
+        "schema": "chdl.bench/1", "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "convention": convention, "convention_note": CONVENTION_NOTES[convention], "split": split,
+        "epochs": epochs, "pred_lens": pred_lens, "pred_len_mode": pred_len_mode if pred_lens else None,
+        "dataset": {"path": str(data), "in_frames": t_in, "out_frames": t_out, "channels": int(C),
+                    "height": int(H), "width": int(W), "frames_per_sequence": T},
+        "run": run, "models": {}, "copy_last_frame": None, "copy_last_frame_by_pred_len": {},
+    }
+
+    def evaluate(ck: Path) -> dict:
+        return evaluate_checkpoint(ck, data, split=split, convention=convention, max_sequences=max_eval_sequences)
+
+    final_ckpts: dict[str, Path] = {}
+    for spec in specs:
+        safe = spec.label.replace(":", "-")
+        _log(f"{spec.label}: training {epochs[-1]} epochs (keeping epochs {', '.join(map(str, epochs))})")
+        run_dir = train_run(spec, run, data, out / "runs" / safe, epochs, resume=resume, progress=progress)
+        entry: dict = {"name": spec.name, "preset": spec.preset, "overrides": spec.overrides,
+                       "run_dir": str(run_dir), "by_epoch": {}, "by_pred_len": {}}
+        for e in epochs:
+            ck = epoch_checkpoint(run_dir, e)
+            _log(f"{spec.label}: evaluating epoch {e}")
+            res = evaluate(ck)
+            entry["by_epoch"][str(e)] = {"overall": res["model"]["overall"], "checkpoint": str(ck)}
+            if e == epochs[-1]:
+                entry["final"] = res["model"]
+                final_ckpts[spec.label] = ck
+                report["copy_last_frame"] = report["copy_last_frame"] or res["copy_last_frame"]
+                report["n_sequences"] = res["n_sequences"]
+        # parameter count and throughput, on one batch of the training split, as the run trained
+        state = load_checkpoint(final_ckpts[spec.label])
+        model, _ = build_model_from_checkpoint(state)
+        entry["params"] = int(sum(p.numel() for p in model.parameters()))
+        entry["model_config"] = state["model_config"]
+        if throughput_steps > 0:
+            rc = state["config"]["run"]
+            device = torch.device("cuda" if rc["device"] != "cpu" and torch.cuda.is_available() else "cpu")
+            ds = SequenceDataset(data, "train", in_frames=t_in, out_frames=t_out, frame_offset=offset)
+            xs, ys = zip(*(ds[i] for i in range(min(int(rc["batch_size"]), len(ds)))))
+            _log(f"{spec.label}: timing {throughput_steps} training and inference steps")
+            entry["throughput"] = measure_throughput(model, torch.stack(xs), torch.stack(ys), device=device,
+                                                     amp_dtype=amp_dtype_for(rc["precision"], device),
+                                                     steps=throughput_steps)
+        for k in pred_lens:
+            if pred_len_mode == "horizon":
+                entry["by_pred_len"][str(k)] = _horizon(entry["final"], k)
+                report["copy_last_frame_by_pred_len"][str(k)] = _horizon(report["copy_last_frame"], k)
+                continue
+            if k == t_out:
+                model_o, copy_o = entry["final"]["overall"], report["copy_last_frame"]["overall"]
+            else:
+                _log(f"{spec.label}: training {epochs[-1]} epochs to predict {k} frames")
+                sub = train_run(spec, {**run, "out_frames": k}, data, out / "runs" / f"{safe}-pl{k}", [epochs[-1]],
+                                resume=resume, progress=progress)
+                res = evaluate(epoch_checkpoint(sub, epochs[-1]))
+                model_o, copy_o = res["model"]["overall"], res["copy_last_frame"]["overall"]
+            entry["by_pred_len"][str(k)] = model_o
+            report["copy_last_frame_by_pred_len"][str(k)] = copy_o
+        report["models"][spec.label] = entry
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()  # the next model starts from a clean device
+        _atomic_write(out / "bench.json", json.dumps(report, indent=2))  # progress so far, inspectable
+
+    # prediction grids: the first sequences of the split, every model's final checkpoint
+    report["grids"] = []
+    if grid_sequences > 0:
+        ds = SequenceDataset(data, split, in_frames=t_in, out_frames=t_out, frame_offset=offset)
+        device = torch.device("cuda" if run.get("device", "auto") != "cpu" and torch.cuda.is_available() else "cpu")
+        seqs = [ds[i] for i in range(min(grid_sequences, len(ds)))]
+        preds = [{} for _ in seqs]
+        for label, ck in final_ckpts.items():  # one model on the device at a time
+            model = build_model_from_checkpoint(load_checkpoint(ck))[0].to(device)
+            with torch.inference_mode():
+                for i, (x, _) in enumerate(seqs):
+                    preds[i][label] = model(x[None].to(device)).float()[0].clamp(0, 1).cpu()
+            del model
+        for i, (x, y) in enumerate(seqs):
+            name = f"grid_seq{i}.png"
+            prediction_grid(out / name, x, y, preds[i], title=f"{split} sequence {i} (final epoch {epochs[-1]})")
+            report["grids"].append(name)
+    write_plots(report, out)
+    _atomic_write(out / "bench.md", markdown_report(report))
+    _atomic_write(out / "bench.json", json.dumps(report, indent=2))
+    _log(f"wrote {out / 'bench.md'} and {out / 'bench.json'}")
+    return report

@@ -1,0 +1,120 @@
+"""``chdl bench`` end to end on a tiny dataset written with the real DatasetWriter, through the real CLI."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from chdl.cli import main
+from chdl.dataset import SPLIT_TRAIN, SPLIT_VAL, DatasetWriter
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny convolutions are fastest on one thread (and the shared CI cores are often busy)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def tiny_dataset(tmp_path_factory):
+    """8 sequences (6 train, 2 val) of 8 frames, 1x16x24: a bright square moving one pixel per frame."""
+    path = tmp_path_factory.mktemp("data") / "tiny.zarr"
+    n, t, h, w = 8, 8, 16, 24
+    rng = np.random.default_rng(0)
+    frames = np.zeros((n, t, 1, h, w), np.uint8)
+    for i in range(n):
+        r, c = rng.integers(0, h - 5), rng.integers(0, w - 12)
+        for k in range(t):
+            frames[i, k, 0, r:r + 4, c + k:c + k + 4] = 200
+    writer = DatasetWriter.create(path, n_sequences=n, frames_per_sequence=t, channels=1, height=h, width=w,
+                                  dtype=np.uint8, sequences_per_shard=4, in_frames=3, out_frames=3)
+    split = np.array([SPLIT_TRAIN] * 6 + [SPLIT_VAL] * 2, np.uint8)
+    for s in range(writer.n_shards):
+        rg = writer.shard_range(s)
+        writer.write_shard(s, frames=frames[rg.start:rg.stop], split=split[rg.start:rg.stop])
+    writer.finalize()
+    return path
+
+
+BASE = ["--preset", "tiny", "--set", "run.batch_size=3", "--set", "run.num_workers=0", "--set", "run.device=cpu",
+        "--set", "run.lr=3e-3", "--set", "run.val_every_epochs=0", "--throughput-steps", "1", "--grid-sequences", "1", "--quiet"]
+
+
+def test_bench_end_to_end(tiny_dataset, tmp_path):
+    out = tmp_path / "bench"
+    args = ["bench", "--data", str(tiny_dataset), "--models", "simvp,pastnet", "--epochs", "1,2",
+            "--pred-len", "1,3", "--pred-len-mode", "horizon", "--out", str(out), *BASE]
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == 0, res.output + repr(res.exception)
+    report = json.loads((out / "bench.json").read_text())
+    assert list(report["models"]) == ["simvp", "pastnet"]
+    assert report["convention"] == "per_pixel" and report["epochs"] == [1, 2]
+    for label, r in report["models"].items():
+        # the epoch table comes from one run: both epoch checkpoints of the same run folder, evaluated
+        assert (out / "runs" / label / "checkpoints" / "epoch_0001.pt").is_file()
+        assert (out / "runs" / label / "checkpoints" / "epoch_0002.pt").is_file()
+        e1, e2 = r["by_epoch"]["1"]["overall"], r["by_epoch"]["2"]["overall"]
+        assert e1["mse"] != e2["mse"]
+        assert e2 == r["final"]["overall"]
+        assert r["params"] > 0 and r["throughput"]["train_samples_per_s"] > 0
+        assert r["throughput"]["infer_samples_per_s"] > 0
+        # horizon mode: PL3 is the full 3-frame prediction, PL1 its first frame
+        assert r["by_pred_len"]["3"]["mse"] == pytest.approx(r["final"]["overall"]["mse"])
+        assert r["by_pred_len"]["1"]["mse"] == pytest.approx(r["final"]["per_frame"][0]["mse"])
+    copy = report["copy_last_frame"]["overall"]
+    assert 0 < copy["mse"] < 1 and copy["ssim"] < 1  # the square moves, so copying the last frame errs
+    md = (out / "bench.md").read_text()
+    for needle in ("## Overall", "## Metric by epoch", "## Metric by prediction length", "copy-last-frame",
+                   "Metric convention: `per_pixel`", "| simvp |", "| pastnet |", "samples/s"):
+        assert needle in md, needle
+    assert md.count("| copy-last-frame |") == 3  # one row in every table
+    for png in ("plots/by_epoch.png", "plots/per_frame.png", "plots/by_pred_len.png", "grid_seq0.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", png
+    assert "simvp" in res.output and "copy-last-frame" in res.output
+
+
+def test_bench_pred_len_retrains_per_length(tiny_dataset, tmp_path):
+    out = tmp_path / "bench"
+    args = ["bench", "--data", str(tiny_dataset), "--models", "simvp:tiny", "--epochs", "1", "--pred-len", "2,3",
+            "--out", str(out), "--convention", "openstl", *BASE]
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == 0, res.output + repr(res.exception)
+    report = json.loads((out / "bench.json").read_text())
+    r = report["models"]["simvp:tiny"]
+    assert (out / "runs" / "simvp-tiny-pl2" / "checkpoints" / "epoch_0001.pt").is_file()  # a 2-frame run
+    assert not (out / "runs" / "simvp-tiny-pl3").exists()  # 3 = the main runs' length: reused
+    assert r["by_pred_len"]["3"] == r["final"]["overall"]
+    assert set(report["copy_last_frame_by_pred_len"]) == {"2", "3"}
+    assert "Metric convention: `openstl`" in (out / "bench.md").read_text()
+    # the same --out again: refused without --resume; with it, nothing is retrained and the report is rebuilt
+    again = CliRunner().invoke(main, args)
+    assert again.exit_code == 1 and "--resume" in again.output
+    ck = out / "runs" / "simvp-tiny" / "checkpoints" / "epoch_0001.pt"
+    stamp = ck.stat().st_mtime_ns
+    (out / "bench.md").unlink()
+    resumed = CliRunner().invoke(main, [*args, "--resume"])
+    assert resumed.exit_code == 0, resumed.output + repr(resumed.exception)
+    assert ck.stat().st_mtime_ns == stamp and (out / "bench.md").is_file()
+    assert json.loads((out / "bench.json").read_text())["models"]["simvp:tiny"]["final"] == r["final"]
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--models", "simvp,nosuchmodel"], "unknown model 'nosuchmodel'"),
+    (["--models", "simvp", "--pred-len", "9"], "too few"),
+    (["--models", "simvp", "--set", "run.nosuchfield=1"], "nosuchfield"),
+    (["--models", "simvp", "--set", "simvp.translator=lstm"], "translator"),
+    (["--models", "simvp", "--epochs", "0"], ">= 1"),
+])
+def test_bench_bad_requests_fail_cleanly(tiny_dataset, tmp_path, extra, message):
+    out = tmp_path / "bench"
+    res = CliRunner().invoke(main, ["bench", "--data", str(tiny_dataset), "--out", str(out), *BASE, *extra])
+    assert res.exit_code == 1, res.output
+    assert message in res.output
+    assert not (out / "bench.json").exists()
