@@ -5,11 +5,13 @@ Backends (chosen per call, same parameters either way, so checkpoints move freel
   * "fused" -- mamba-ssm's CUDA `selective_scan_fn` and causal-conv1d's `causal_conv1d_fn`.
     Used when they import, the tensors are on CUDA and in fp32/fp16/bf16.
   * "torch" -- a pure-PyTorch scan that runs everywhere: a sequential loop over a time-major
-    contiguous (L, B, D, N) layout. Each step is one fused multiply-add on a contiguous slab
-    (`torch.addcmul`), the per-step slices come from one `unbind` (whose backward is a single
-    `stack`), so forward and backward are both linear in L. (Indexing `x[:, :, i]` inside the loop
-    instead makes every step's backward materialise a full-size zero gradient: quadratic in L.)
-    Half precision is upcast to fp32 inside; fp64 stays fp64 (tests).
+    contiguous (L, B, D, N) layout. The discretisation (exp(delta A), delta B u) and the readout
+    (C . h) are whole-tensor ops under autograd; only the linear recurrence h_t = a_t h_{t-1} + b_t
+    is a loop, inside one autograd.Function whose forward and backward are each one `addcmul` per
+    step into a preallocated contiguous buffer. Both are linear in L. (The reference pattern --
+    autograd through `x[:, :, i]` indexing inside the loop -- makes every step's backward
+    materialise a full-size zero gradient: quadratic in L.) Half precision is upcast to fp32
+    inside; fp64 stays fp64 (tests).
   * "auto" (default) -- fused where possible, torch otherwise.
 The backend can be forced by the `backend=` argument (the model passes its config field
 `scan_backend`), and the environment variable CHDL_SCAN_BACKEND=torch|fused|auto overrides both.
@@ -17,6 +19,7 @@ Forcing "fused" where it cannot run raises a RuntimeError rather than silently f
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 
@@ -63,6 +66,49 @@ def resolve_backend(backend: str | None, x: torch.Tensor) -> str:
 
 # ----------------------------------------------------------------------------- scans
 
+def _no_autocast(device_type: str):
+    """Disable autocast inside the scan (it would push the recurrence back to half precision)."""
+    if torch.amp.is_autocast_available(device_type):
+        return torch.autocast(device_type, enabled=False)
+    return contextlib.nullcontext()                                       # e.g. the meta device
+
+
+class _LinearRecurrence(torch.autograd.Function):
+    """H[t] = dA[t] * H[t-1] + dBu[t], H[-1] = 0, over dim 0 of time-major contiguous tensors.
+
+    Forward and backward are each one sequential loop of one `addcmul` per step, writing into a
+    preallocated contiguous output (no autograd graph per step, so no per-step engine overhead and
+    nothing quadratic). Backward is the reverse recurrence G[t] = gH[t] + dA[t+1] * G[t+1], after
+    which the input gradients are two whole-tensor products: gdBu = G, gdA = G * H[t-1].
+    Saves dA and H for backward (dBu is not needed)."""
+
+    @staticmethod
+    def forward(ctx, dA, dBu):
+        dA, dBu = dA.contiguous(), dBu.contiguous()
+        H = torch.empty_like(dBu)
+        if not dBu.is_meta:                       # meta (FLOP counting): shapes only, skip the loop
+            H[0] = dBu[0]
+            for t in range(1, H.shape[0]):
+                torch.addcmul(dBu[t], dA[t], H[t - 1], out=H[t])
+        ctx.save_for_backward(dA, H)
+        return H
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, gH):
+        dA, H = ctx.saved_tensors
+        gH = gH.contiguous()
+        G = torch.empty_like(gH)
+        if not gH.is_meta:
+            L = G.shape[0]
+            G[L - 1] = gH[L - 1]
+            for t in range(L - 2, -1, -1):
+                torch.addcmul(gH[t], dA[t + 1], G[t + 1], out=G[t])
+        gdA = torch.zeros_like(dA)
+        gdA[1:] = G[1:] * H[:-1]                  # dH[t]/ddA[t] = H[t-1]; H[-1] = 0
+        return gdA, G
+
+
 def selective_scan_torch(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=True):
     """Pure-PyTorch selective scan, same math and layout as mamba-ssm's `selective_scan_fn`.
 
@@ -72,7 +118,7 @@ def selective_scan_torch(u, delta, A, B, C, D=None, delta_bias=None, delta_softp
     """
     dtype_in = u.dtype
     compute = torch.float64 if dtype_in == torch.float64 else torch.float32
-    with torch.autocast(u.device.type, enabled=False):
+    with _no_autocast(u.device.type):
         u, delta, A, B, C = (t.to(compute) for t in (u, delta, A, B, C))
         if delta_bias is not None:
             delta = delta + delta_bias.to(compute)[:, None]
@@ -82,13 +128,8 @@ def selective_scan_torch(u, delta, A, B, C, D=None, delta_bias=None, delta_softp
         delta_t = delta.permute(2, 0, 1)                                  # (L, Bt, Dm)
         dA = torch.exp(delta_t.unsqueeze(-1) * A)                         # (L, Bt, Dm, N)
         dBu = (delta_t * u.permute(2, 0, 1)).unsqueeze(-1) * B.permute(2, 0, 1).unsqueeze(2)  # (L, Bt, Dm, N)
-        h = torch.zeros_like(dBu[0])                                      # (Bt, Dm, N)
-        hs = []
-        for dA_i, dBu_i in zip(dA.unbind(0), dBu.unbind(0)):
-            h = torch.addcmul(dBu_i, dA_i, h)                             # h = dA*h + dBu
-            hs.append(h)
-        H = torch.stack(hs, 0)                                            # (L, Bt, Dm, N)
-        y = (H * C.permute(2, 0, 1).unsqueeze(2)).sum(-1)                 # (L, Bt, Dm)
+        H = _LinearRecurrence.apply(dA, dBu)                              # (L, Bt, Dm, N)
+        y = (H @ C.permute(2, 0, 1).unsqueeze(-1)).squeeze(-1)            # (L, Bt, Dm): sum_n H C
         y = y.permute(1, 2, 0)                                            # (Bt, Dm, L)
         if D is not None:
             y = y + u * D.to(compute)[:, None]

@@ -1,0 +1,442 @@
+"""DIFFUMA: a bidirectional-Mamba video predictor with a DiT diffusion detail path
+(paper section 4; DiT-style single file: config, modules, init, forward, losses).
+
+    x (B, T_in, C, H, W) in [0, 1]
+      |-- Mamba module (4.2) -------------------------------------------------------------
+      |   encoder      per frame: stem conv + len(enc_channels) stride-2 convs -> (B, T_in, h, w, D)
+      |   Mamba blocks bidirectional (eq. 3-4), scan order per block from `scan_pattern`
+      |   time map     Linear over the time axis T_in -> T_out (per latent position and channel)
+      |   decoder      per frame: transposed convs -> preliminary prediction P (B, T_out, C, H, W)
+      |-- Diffusion module (4.3) ---------------------------------------------------------
+      |   DiT over patches of the (noised) input frames, all T_in*C channels of a patch in one
+      |   token; adaLN-Zero conditioned on c = emb(t) + MLP(pool(Mamba features))   (eq. 5-6)
+      |   output: the noise of every input frame, eps_hat (B, T_in, C, H, W)          (eq. 8)
+      '-- final = P + R(eps_hat(x, t=0)), R the Linear time map T_in -> T_out        (eq. 7)
+
+Choices where the paper is open (also in docs/model.md):
+* What the SSM scans (`scan_pattern`, cycled over the blocks): "time" = one sequence of length T_in
+  per latent position (pure temporal mixing, cheap); "spacetime" = all T_in*h*w latent tokens in
+  (t, row, col) raster order (global spatio-temporal mixing); "space" = h*w tokens per frame.
+  Default "time,spacetime": alternating blocks, so the Mamba path mixes both temporal and spatial
+  context while half the blocks stay cheap. Being bidirectional, each scan also reads its reverse.
+* T_in != T_out: both paths produce T_in frames of features/residual; a learned Linear over the
+  time axis (one for the Mamba latent, one for the DiT residual) maps them to T_out frames. It is
+  initialised to pick the latest T_out frames (end-aligned; identity when T_in == T_out), so at
+  init eq. 7 is literal for equal counts.
+* Noising: the paper's choice -- the *input* frames (scaled to [-1, 1]) are noised, DDPM schedule
+  (`beta_schedule` linear or cosine, `diffusion_steps` 1000). Training timesteps are drawn from
+  {1..T}; t = 0 is reserved for "no noise", the detail-residual mode used at inference (eq. 7).
+  The DiT therefore never has to be both a noise predictor and a residual at the same t.
+* L1 (eq. 9) is taken on the *inference-time* prediction: the DiT is run a second time (batched
+  with the noised pass) on the clean frames at t = 0, so L1 trains exactly what forward() returns,
+  and L_diff (eq. 8) trains the denoiser on noised frames. loss = L_diff + l1_weight * L1 (eq. 10).
+* Beyond the paper: `residual_to_last` adds the last input frame to the decoder output (the
+  decoder predicts change, which suits slowly varying process video), and `cond_tokens` adds the
+  time-pooled Mamba latent, resampled to the patch grid, to the DiT tokens (spatial guidance on
+  top of the paper's global adaLN condition). Both are config fields.
+* Sizes: frames are replicate-padded to a multiple of the encoder stride and cropped back; the
+  DiT pads to a multiple of the patch size (timm PatchEmbed dynamic_img_pad) and crops back; its
+  learnable positional embedding is built for (height, width) and resampled for other sizes.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from timm.layers import Attention, Mlp, PatchEmbed, resample_abs_pos_embed
+
+from diffuma.models.ssm import MambaBlock, SSMBranch
+
+SCAN_ORDERS = ("time", "space", "spacetime")
+
+
+@dataclass
+class DIFFUMAConfig:
+    # --- data
+    in_frames: int = 5                 # T_in, observed frames
+    out_frames: int = 5                # T_out, predicted frames
+    channels: int = 1                  # C (1 = grayscale microscope / one WeatherBench variable)
+    height: int = 64                   # H the positional embedding is built for (others are resampled)
+    width: int = 64                    # W
+    # --- Mamba module (4.2)
+    enc_channels: tuple = (32, 64, 128)  # widths of the stride-2 encoder stages: downsampling 2**len
+    mamba_dim: int = 128               # D, latent feature size the Mamba blocks work in
+    mamba_depth: int = 4               # number of bidirectional Mamba blocks
+    d_state: int = 16                  # N, SSM state size (fused kernel: <= 256)
+    d_conv: int = 4                    # Conv1d width before each SSM (fused kernel: 2..4)
+    expand: int = 2                    # SSM inner width = expand * mamba_dim
+    scan_pattern: str = "time,spacetime"  # comma list of "time"|"space"|"spacetime", cycled over blocks
+    scan_backend: str = "auto"         # "auto"|"torch"|"fused"; env CHDL_SCAN_BACKEND overrides
+    residual_to_last: bool = True      # preliminary = last input frame + decoder output
+    # --- Diffusion module (4.3)
+    patch_size: int = 4                # DiT patch size (pixels)
+    dit_dim: int = 384                 # DiT hidden size
+    dit_depth: int = 12                # DiT blocks (paper: 12)
+    dit_heads: int = 6                 # attention heads
+    mlp_ratio: float = 4.0             # DiT MLP hidden = mlp_ratio * dit_dim
+    cond_tokens: bool = True           # also add pooled Mamba latent to patch tokens (beyond paper)
+    diffusion_steps: int = 1000        # T of the DDPM schedule
+    beta_schedule: str = "linear"      # "linear" (DDPM, 1e-4..0.02 at T=1000) | "cosine" (Nichol&Dhariwal)
+    # --- objective (4.4)
+    l1_weight: float = 1.0             # lambda in eq. 10: L = L_diff + lambda * L1(final, target)
+
+
+# Presets: field overrides of DIFFUMAConfig. "default" == "base".
+PRESETS: dict[str, dict] = {
+    "tiny": dict(enc_channels=(8, 16, 32), mamba_dim=32, mamba_depth=2, d_state=8, patch_size=8,
+                 dit_dim=64, dit_depth=2, dit_heads=2),
+    "small": dict(enc_channels=(32, 64), mamba_dim=64, mamba_depth=4, patch_size=4,
+                  dit_dim=256, dit_depth=8, dit_heads=4),
+    "base": dict(),
+    "default": dict(),
+    # full-resolution CHDL (paper Table 1: 1x600x800, 5 -> 1): stride 16 -> 38x50 latent, 16px patches
+    "chdl-full": dict(height=600, width=800, in_frames=5, out_frames=1, enc_channels=(32, 64, 128, 128),
+                      mamba_dim=128, mamba_depth=4, patch_size=16, dit_dim=384, dit_depth=12, dit_heads=6),
+}
+
+
+# ----------------------------------------------------------------------------- diffusion pieces
+
+def make_beta_schedule(kind: str, steps: int) -> torch.Tensor:
+    """DDPM betas (steps,) in float64."""
+    if kind == "linear":
+        scale = 1000.0 / steps                        # keeps the T=1000 endpoints' meaning for other T
+        return torch.linspace(scale * 1e-4, scale * 0.02, steps, dtype=torch.float64)
+    if kind == "cosine":
+        s = 0.008
+        f = torch.cos((torch.arange(steps + 1, dtype=torch.float64) / steps + s) / (1 + s) * math.pi / 2) ** 2
+        return (1 - f[1:] / f[:-1]).clamp(max=0.999)
+    raise ValueError(f"beta_schedule must be 'linear' or 'cosine', got {kind!r}")
+
+
+def q_sample(x0, t, noise, alpha_bar):
+    """Forward noising x_t = sqrt(ab_t) x0 + sqrt(1 - ab_t) eps.  x0, noise: (B, ...);
+    t: (B,) integer in 0..T; alpha_bar: (T+1,) with alpha_bar[0] = 1 (t = 0: clean)."""
+    ab = alpha_bar[t].to(x0.dtype).view(-1, *([1] * (x0.dim() - 1)))
+    return ab.sqrt() * x0 + (1 - ab).sqrt() * noise
+
+
+def diffusion_loss(eps_pred, eps):
+    """L_diff, eq. 8: MSE between predicted and true noise."""
+    return F.mse_loss(eps_pred, eps)
+
+
+def reconstruction_loss(pred, target):
+    """L1, eq. 9: mean absolute error of the final prediction."""
+    return F.l1_loss(pred, target)
+
+
+def total_loss(loss_diff, loss_l1, l1_weight):
+    """Eq. 10."""
+    return loss_diff + l1_weight * loss_l1
+
+
+# ----------------------------------------------------------------------------- modules
+
+def _gn(ch):
+    return nn.GroupNorm(math.gcd(8, ch), ch)
+
+
+class SpatialEncoder(nn.Module):
+    """Per-frame 2D conv encoder (eq. 2). (N, C, H, W) -> (N, D, H/s, W/s), s = 2**len(chs)."""
+
+    def __init__(self, c_in, chs, d_out):
+        super().__init__()
+        layers = [nn.Conv2d(c_in, chs[0], 3, padding=1), _gn(chs[0]), nn.SiLU()]
+        prev = chs[0]
+        for ch in chs:
+            layers += [nn.Conv2d(prev, ch, 3, stride=2, padding=1), _gn(ch), nn.SiLU()]
+            prev = ch
+        layers.append(nn.Conv2d(prev, d_out, 1))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x):
+        return self.net(x)
+
+
+class SpatialDecoder(nn.Module):
+    """Per-frame transposed-conv decoder, mirror of the encoder. (N, D, h, w) -> (N, C, h*s, w*s)."""
+
+    def __init__(self, d_in, chs, c_out):
+        super().__init__()
+        rev = list(chs)[::-1]
+        layers = [nn.Conv2d(d_in, rev[0], 1), _gn(rev[0]), nn.SiLU()]
+        for i, ch in enumerate(rev):
+            nxt = rev[i + 1] if i + 1 < len(rev) else rev[-1]
+            layers += [nn.ConvTranspose2d(ch, nxt, 4, stride=2, padding=1), _gn(nxt), nn.SiLU()]
+        layers.append(nn.Conv2d(rev[-1], c_out, 3, padding=1))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, z):
+        return self.net(z)
+
+
+class TimeMap(nn.Module):
+    """Learned linear map over the time axis, T_in -> T_out: (B, T_in, ...) -> (B, T_out, ...)."""
+
+    def __init__(self, t_in, t_out):
+        super().__init__()
+        self.proj = nn.Linear(t_in, t_out)
+
+    def forward(self, x):
+        return self.proj(x.movedim(1, -1)).movedim(-1, 1)
+
+
+class TimestepEmbedder(nn.Module):
+    """DiT's timestep embedding: sinusoidal features -> MLP. t: (B,) -> (B, dim)."""
+
+    def __init__(self, dim, freq_dim=256):
+        super().__init__()
+        self.freq_dim = freq_dim
+        self.mlp = nn.Sequential(nn.Linear(freq_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
+
+    def forward(self, t):
+        half = self.freq_dim // 2
+        freqs = torch.exp(-math.log(10000) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
+        args = t.float()[:, None] * freqs[None]                                   # (B, half)
+        emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1).to(self.mlp[0].weight.dtype)
+        return self.mlp(emb)
+
+
+def modulate(x, shift, scale):
+    return x * (1 + scale.unsqueeze(1)) + shift.unsqueeze(1)
+
+
+class DiTBlock(nn.Module):
+    """DiT block with adaLN-Zero (eq. 5-6): x += g1*MHSA(mod(LN(x))); x += g2*MLP(mod(LN(x)))."""
+
+    def __init__(self, dim, heads, mlp_ratio):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.attn = Attention(dim, num_heads=heads, qkv_bias=True)       # fused SDPA
+        self.norm2 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=lambda: nn.GELU(approximate="tanh"))
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim))
+
+    def forward(self, x, c):
+        # x: (B, L, dim), c: (B, dim)
+        sh1, sc1, g1, sh2, sc2, g2 = self.adaLN_modulation(c).chunk(6, dim=1)
+        x = x + g1.unsqueeze(1) * self.attn(modulate(self.norm1(x), sh1, sc1))
+        x = x + g2.unsqueeze(1) * self.mlp(modulate(self.norm2(x), sh2, sc2))
+        return x
+
+
+class FinalLayer(nn.Module):
+    """adaLN-modulated LayerNorm + linear to patch pixels. (B, L, dim) -> (B, L, p*p*out_ch)."""
+
+    def __init__(self, dim, p, out_ch):
+        super().__init__()
+        self.norm = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.linear = nn.Linear(dim, p * p * out_ch)
+        self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, 2 * dim))
+
+    def forward(self, x, c):
+        shift, scale = self.adaLN_modulation(c).chunk(2, dim=1)
+        return self.linear(modulate(self.norm(x), shift, scale))
+
+
+def sincos_pos_embed_2d(dim, gh, gw):
+    """Fixed 2D sin-cos embedding (gh*gw, dim), used to initialise the learnable one."""
+    def one_d(d, pos):
+        omega = 1.0 / 10000 ** (torch.arange(d // 2, dtype=torch.float64) / (d / 2))
+        out = pos.reshape(-1, 1).double() * omega[None]
+        return torch.cat([torch.sin(out), torch.cos(out)], dim=1)
+    gy, gx = torch.meshgrid(torch.arange(gh), torch.arange(gw), indexing="ij")
+    return torch.cat([one_d(dim // 2, gy), one_d(dim // 2, gx)], dim=1).float()
+
+
+# ----------------------------------------------------------------------------- the model
+
+class DIFFUMA(nn.Module):
+    Config = DIFFUMAConfig
+
+    def __init__(self, config: DIFFUMAConfig):
+        super().__init__()
+        cfg = self.config = config
+        self.scan_orders = [s.strip() for s in cfg.scan_pattern.split(",") if s.strip()]
+        bad = [s for s in self.scan_orders if s not in SCAN_ORDERS]
+        if bad or not self.scan_orders:
+            raise ValueError(f"scan_pattern entries must be in {SCAN_ORDERS}, got {cfg.scan_pattern!r}")
+        T_in, T_out, C = cfg.in_frames, cfg.out_frames, cfg.channels
+        self.stride = 2 ** len(cfg.enc_channels)
+        # Mamba module
+        self.encoder = SpatialEncoder(C, cfg.enc_channels, cfg.mamba_dim)
+        self.mamba_blocks = nn.ModuleList(MambaBlock(cfg.mamba_dim, cfg.d_state, cfg.d_conv, cfg.expand)
+                                          for _ in range(cfg.mamba_depth))
+        self.mamba_norm = nn.LayerNorm(cfg.mamba_dim)
+        self.latent_time = TimeMap(T_in, T_out)
+        self.decoder = SpatialDecoder(cfg.mamba_dim, cfg.enc_channels, C)
+        # Diffusion module
+        p = cfg.patch_size
+        self.grid = (math.ceil(cfg.height / p), math.ceil(cfg.width / p))
+        self.x_embedder = PatchEmbed(img_size=(cfg.height, cfg.width), patch_size=p, in_chans=T_in * C,
+                                     embed_dim=cfg.dit_dim, strict_img_size=False, dynamic_img_pad=True)
+        self.pos_embed = nn.Parameter(torch.zeros(1, self.grid[0] * self.grid[1], cfg.dit_dim))
+        self.t_embedder = TimestepEmbedder(cfg.dit_dim)
+        self.cond_embedder = nn.Sequential(nn.Linear(cfg.mamba_dim, cfg.dit_dim), nn.SiLU(),
+                                           nn.Linear(cfg.dit_dim, cfg.dit_dim))
+        self.token_cond = nn.Linear(cfg.mamba_dim, cfg.dit_dim) if cfg.cond_tokens else None
+        self.dit_blocks = nn.ModuleList(DiTBlock(cfg.dit_dim, cfg.dit_heads, cfg.mlp_ratio)
+                                        for _ in range(cfg.dit_depth))
+        self.final_layer = FinalLayer(cfg.dit_dim, p, T_in * C)
+        self.residual_time = TimeMap(T_in, T_out)
+        # noise schedule; alpha_bar[0] = 1 is the clean t = 0 used at inference
+        alpha_bar = torch.cumprod(1 - make_beta_schedule(cfg.beta_schedule, cfg.diffusion_steps), 0)
+        self.register_buffer("alpha_bar", torch.cat([torch.ones(1, dtype=torch.float64), alpha_bar]).float(),
+                             persistent=False)
+        self._init_weights()
+
+    @torch.no_grad()
+    def _init_weights(self):
+        """All initialisation, in an order where the specific rules win over the generic one.
+        1. Generic (DiT): every Linear xavier-uniform with zero bias; norms identity; convs keep
+           PyTorch's default (kaiming-uniform, via their reset_parameters).
+        2. Patch embedding as a Linear (xavier on the flattened kernel), timestep MLP N(0, 0.02),
+           positional embedding starts from 2D sin-cos (DiT's fixed one) but stays learnable (paper).
+        3. Mamba's SSM init (SSMBranch.reset_parameters): A_log = log(1..N), D = 1, dt bias =
+           softplus^-1(logUniform[1e-3, 1e-1]), small dt_proj weight. Step 1 overwrote x_proj/dt_proj
+           with xavier; this restores the values the selective scan is designed to start from.
+        4. adaLN-Zero (DiT): every modulation Linear and the final output Linear are zero, so each
+           DiT block starts as the identity and the DiT output is exactly 0: at init the model's
+           prediction is the Mamba path's preliminary prediction.
+        5. Time maps T_in -> T_out pick the latest frames (identity when T_in == T_out).
+        """
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.xavier_uniform_(m.weight)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, (nn.LayerNorm, nn.GroupNorm)) and m.weight is not None:
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
+                m.reset_parameters()
+        w = self.x_embedder.proj.weight
+        nn.init.xavier_uniform_(w.view(w.shape[0], -1))
+        nn.init.zeros_(self.x_embedder.proj.bias)
+        self.pos_embed.copy_(sincos_pos_embed_2d(self.config.dit_dim, *self.grid).unsqueeze(0))
+        for lin in (self.t_embedder.mlp[0], self.t_embedder.mlp[2]):
+            nn.init.normal_(lin.weight, std=0.02)
+        for m in self.modules():
+            if isinstance(m, SSMBranch):
+                m.reset_parameters()
+        for m in [*self.dit_blocks, self.final_layer]:
+            nn.init.zeros_(m.adaLN_modulation[-1].weight)
+            nn.init.zeros_(m.adaLN_modulation[-1].bias)
+        nn.init.zeros_(self.final_layer.linear.weight)
+        nn.init.zeros_(self.final_layer.linear.bias)
+        T_in, T_out = self.config.in_frames, self.config.out_frames
+        for tm in (self.latent_time, self.residual_time):
+            tm.proj.weight.zero_()
+            tm.proj.bias.zero_()
+            for j in range(T_out):
+                tm.proj.weight[j, max(0, T_in - T_out + j)] = 1.0
+
+    def no_weight_decay(self) -> set[str]:
+        """Parameter names that should not be weight-decayed (SSM A_log/D, dt bias, pos embedding)."""
+        return {n for n, _ in self.named_parameters()
+                if n.endswith(("A_log", ".D", "dt_proj.bias", "pos_embed"))}
+
+    # --- Mamba module
+    def _scan(self, block, z, order):
+        # z: (B, T, h, w, D) -> same shape, mixed along `order`
+        B, T, h, w, D = z.shape
+        backend = self.config.scan_backend
+        if order == "time":        # one length-T sequence per latent position
+            s = block(z.permute(0, 2, 3, 1, 4).reshape(B * h * w, T, D), backend)
+            return s.reshape(B, h, w, T, D).permute(0, 3, 1, 2, 4)
+        if order == "space":       # one length-h*w raster sequence per frame
+            return block(z.reshape(B * T, h * w, D), backend).reshape(B, T, h, w, D)
+        return block(z.reshape(B, T * h * w, D), backend).reshape(B, T, h, w, D)   # spacetime
+
+    def mamba_mix(self, z):
+        """The stack of bidirectional Mamba blocks: (B, T, h, w, D) -> (B, T, h, w, D)."""
+        for i, block in enumerate(self.mamba_blocks):
+            z = self._scan(block, z, self.scan_orders[i % len(self.scan_orders)])
+        return self.mamba_norm(z)
+
+    def mamba_path(self, x):
+        """x (B, T_in, C, H, W) in [0,1] -> (features (B, T_in, h, w, D), preliminary (B, T_out, C, H, W))."""
+        B, T, C, H, W = x.shape
+        s = self.stride
+        ph, pw = (-H) % s, (-W) % s
+        f = F.pad(x.reshape(B * T, C, H, W), (0, pw, 0, ph), mode="replicate")   # (B*T, C, H+ph, W+pw)
+        z = self.encoder(f)                                                        # (B*T, D, h, w)
+        _, D, h, w = z.shape
+        z = z.permute(0, 2, 3, 1).reshape(B, T, h, w, D).contiguous()              # (B, T, h, w, D)
+        z = self.mamba_mix(z)                                                      # (B, T_in, h, w, D)
+        zo = self.latent_time(z)                                                   # (B, T_out, h, w, D)
+        To = zo.shape[1]
+        dec = self.decoder(zo.reshape(B * To, h, w, D).permute(0, 3, 1, 2))       # (B*T_out, C, H+ph, W+pw)
+        prelim = dec[..., :H, :W].reshape(B, To, C, H, W)
+        if self.config.residual_to_last:
+            prelim = prelim + x[:, -1:]
+        return z, prelim
+
+    def condition(self, z):
+        """Mamba features (B, T_in, h, w, D) -> (global condition (B, dit_dim), token condition
+        (B, gh*gw, dit_dim) or None) for the DiT (the paper's second condition c_m)."""
+        c = self.cond_embedder(z.mean(dim=(1, 2, 3)))                             # (B, dit_dim)
+        if self.token_cond is None:
+            return c, None
+        return c, z.mean(dim=1)                                                    # (B, h, w, D)
+
+    # --- Diffusion module
+    def denoise(self, x_t, t, c, z_tok):
+        """DiT: noised frames x_t (B, T_in, C, H, W) in [-1,1]-scale, t (B,), c (B, dit_dim),
+        z_tok (B, h, w, D) or None -> eps_hat (B, T_in, C, H, W)."""
+        B, T, C, H, W = x_t.shape
+        p = self.config.patch_size
+        gh, gw = math.ceil(H / p), math.ceil(W / p)
+        tok = self.x_embedder(x_t.reshape(B, T * C, H, W))                        # (B, gh*gw, dim)
+        pos = self.pos_embed
+        if (gh, gw) != self.grid:
+            pos = resample_abs_pos_embed(pos, new_size=[gh, gw], old_size=list(self.grid), num_prefix_tokens=0)
+        tok = tok + pos
+        if z_tok is not None:
+            zt = F.interpolate(z_tok.permute(0, 3, 1, 2), size=(gh, gw), mode="bilinear", align_corners=False)
+            tok = tok + self.token_cond(zt.flatten(2).transpose(1, 2))            # (B, gh*gw, dim)
+        cond = self.t_embedder(t) + c                                             # (B, dim)
+        for blk in self.dit_blocks:
+            tok = blk(tok, cond)
+        out = self.final_layer(tok, cond)                                         # (B, gh*gw, p*p*T*C)
+        out = out.reshape(B, gh, gw, p, p, T * C).permute(0, 5, 1, 3, 2, 4)       # (B, T*C, gh, p, gw, p)
+        out = out.reshape(B, T * C, gh * p, gw * p)[..., :H, :W]
+        return out.reshape(B, T, C, H, W)
+
+    # --- contract 4
+    def forward(self, x):
+        """Deterministic prediction (eq. 7): x (B, T_in, C, H, W) in [0,1] -> (B, T_out, C, H, W)."""
+        z, prelim = self.mamba_path(x)
+        c, z_tok = self.condition(z)
+        t0 = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
+        residual = self.denoise(2 * x - 1, t0, c, z_tok)                          # (B, T_in, C, H, W)
+        return prelim + self.residual_time(residual)                              # (B, T_out, C, H, W)
+
+    def losses(self, x, y):
+        """The pieces of eq. 10: {"loss_diff", "loss_l1", "pred", "prelim"} (tensors).
+        Draws t ~ U{1..T} and eps ~ N(0, I) from torch's global RNG (deterministic under a seed)."""
+        B = x.shape[0]
+        z, prelim = self.mamba_path(x)
+        c, z_tok = self.condition(z)
+        x0 = 2 * x - 1                                                            # (B, T_in, C, H, W)
+        t = torch.randint(1, self.config.diffusion_steps + 1, (B,), device=x.device)
+        noise = torch.randn_like(x0)
+        x_t = q_sample(x0, t, noise, self.alpha_bar)
+        # one DiT pass over [noised ; clean at t=0]: the noise prediction and the eq. 7 residual
+        both = self.denoise(torch.cat([x_t, x0]), torch.cat([t, torch.zeros_like(t)]),
+                            torch.cat([c, c]), None if z_tok is None else torch.cat([z_tok, z_tok]))
+        eps_hat, residual = both[:B], both[B:]
+        pred = prelim + self.residual_time(residual)                              # (B, T_out, C, H, W)
+        return {"loss_diff": diffusion_loss(eps_hat, noise), "loss_l1": reconstruction_loss(pred, y),
+                "pred": pred, "prelim": prelim}
+
+    def training_loss(self, x, y, step: int = 0, total_steps: int = 1):
+        """Eq. 10: L_diff + l1_weight * L1(final, y). Returns (loss, logs)."""
+        parts = self.losses(x, y)
+        loss = total_loss(parts["loss_diff"], parts["loss_l1"], self.config.l1_weight)
+        logs = {k: float("nan") if v.is_meta else v.item() for k, v in parts.items() if k.startswith("loss")}
+        return loss, logs                                   # (meta: FLOP counting in `chdl model-info`)

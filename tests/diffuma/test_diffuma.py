@@ -1,0 +1,217 @@
+"""The DIFFUMA model (diffuma/models/diffuma.py) and `chdl model-info`."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from click.testing import CliRunner
+
+from chdl.cli.model import model_info
+from diffuma.models import diffuma as dm
+from diffuma.models import ssm
+from diffuma.models.registry import build_model, list_presets, model_config
+
+def tiny(**kw):
+    torch.manual_seed(0)
+    return build_model("diffuma", "tiny", **kw)
+
+
+def test_registry_presets():
+    assert {"tiny", "small", "base", "default", "chdl-full"} <= set(list_presets("diffuma"))
+    full = model_config("diffuma", "chdl-full")
+    assert (full.height, full.width, full.in_frames, full.out_frames, full.channels) == (600, 800, 5, 1, 1)
+    assert model_config("diffuma", "default").dit_depth == 12          # paper: 12 DiT blocks
+    assert sum(p.numel() for p in tiny().parameters()) < 1_000_000
+
+
+def test_dit_output_exactly_zero_at_init_and_mamba_init_kept():
+    m = tiny()
+    x = torch.rand(2, 5, 1, 64, 64)
+    z, prelim = m.mamba_path(x)
+    c, z_tok = m.condition(z)
+    t = torch.tensor([0, 500])
+    assert torch.count_nonzero(m.denoise(2 * x - 1, t, c, z_tok)) == 0
+    assert torch.equal(m(x), prelim)                                    # eq. 7 with a zero residual
+    for blk in m.dit_blocks:                                           # adaLN-Zero
+        assert torch.count_nonzero(blk.adaLN_modulation[-1].weight) == 0
+    # ... while the SSM init survived the generic init
+    for br in [mod for mod in m.modules() if isinstance(mod, ssm.SSMBranch)]:
+        N = br.d_state
+        torch.testing.assert_close(br.A_log, torch.log(torch.arange(1, N + 1.0)).expand_as(br.A_log))
+        assert torch.equal(br.D, torch.ones_like(br.D))
+        dt = F.softplus(br.dt_proj.bias)
+        assert dt.min() >= 1e-4 - 1e-7 and dt.max() <= 0.1 + 1e-6 and dt.std() > 0
+    no_wd = m.no_weight_decay()
+    assert "mamba_blocks.0.mixer.fwd.A_log" in no_wd and "mamba_blocks.1.mixer.bwd.D" in no_wd
+    assert "pos_embed" in no_wd and not any("attn.qkv" in n for n in no_wd)
+
+
+@pytest.mark.parametrize("t_in,t_out,hw", [(5, 5, (64, 64)), (5, 1, (37, 50)), (10, 10, (32, 64)),
+                                            (12, 12, (32, 64)), (5, 1, (64, 64))])
+def test_tiny_shapes_all_frame_counts_and_sizes(t_in, t_out, hw):
+    m = tiny(in_frames=t_in, out_frames=t_out, height=hw[0], width=hw[1])
+    x = torch.rand(2, t_in, 1, *hw)
+    with torch.no_grad():
+        y = m(x)
+    assert y.shape == (2, t_out, 1, *hw) and torch.isfinite(y).all()
+    loss, logs = m.training_loss(x, torch.rand(2, t_out, 1, *hw))
+    assert loss.ndim == 0 and set(logs) == {"loss_diff", "loss_l1"}
+    assert loss.item() == pytest.approx(logs["loss_diff"] + m.config.l1_weight * logs["loss_l1"], rel=1e-5)
+
+
+@pytest.mark.parametrize("preset", ["tiny", "small", "base", "default", "chdl-full"])
+def test_every_preset_shapes_at_own_size_on_meta(preset):
+    """Full-size shapes (600x800 for chdl-full) without computing: on the meta device."""
+    cfg = model_config("diffuma", preset)
+    with torch.device("meta"):
+        m = build_model("diffuma", preset)
+        x = torch.rand(2, cfg.in_frames, cfg.channels, cfg.height, cfg.width)
+        y = m(x)
+    assert y.shape == (2, cfg.out_frames, cfg.channels, cfg.height, cfg.width)
+
+
+@pytest.mark.parametrize("preset", ["small", "base", "chdl-full"])
+def test_big_presets_compute_at_small_size(preset):
+    m = build_model("diffuma", preset, height=24, width=40, in_frames=5, out_frames=1)
+    with torch.no_grad():
+        y = m(torch.rand(1, 5, 1, 24, 40))
+    assert y.shape == (1, 1, 1, 24, 40) and torch.isfinite(y).all()
+
+
+def test_600x800_frames_and_other_sizes_than_configured():
+    # stride 16 and 16-px patches as in chdl-full, tiny widths: 600 = 37.5 * 16 is padded and cropped
+    m = tiny(enc_channels=(8, 8, 8, 8), dit_depth=1, patch_size=16, height=600, width=800, out_frames=1)
+    with torch.no_grad():
+        assert m(torch.rand(1, 5, 1, 600, 800)).shape == (1, 1, 1, 600, 800)
+        # a size the model was not built for: the positional embedding is resampled
+        assert m(torch.rand(1, 5, 1, 50, 70)).shape == (1, 1, 1, 50, 70)
+
+
+def test_multichannel_and_scan_orders():
+    for pattern in ("time", "space", "spacetime", "space,time,spacetime"):
+        m = tiny(channels=3, scan_pattern=pattern, mamba_depth=3)
+        x = torch.rand(1, 5, 3, 32, 32)
+        assert m(x).shape == (1, 5, 3, 32, 32)
+    with pytest.raises(ValueError, match="scan_pattern"):
+        tiny(scan_pattern="time,diagonal")
+
+
+def test_spacetime_scan_mixes_space_and_time_scan_does_not():
+    """A change at one latent position of frame 0 reaches other positions only through space mixing."""
+    def spread(pattern):
+        m = tiny(scan_pattern=pattern).double()
+        z = torch.randn(1, 5, 6, 7, m.config.mamba_dim, dtype=torch.float64)   # (B, T, h, w, D)
+        z2 = z.clone()
+        z2[0, 0, 0, 0] += torch.randn(z.shape[-1], dtype=torch.float64)  # first frame, top-left position
+        d = (m.mamba_mix(z) - m.mamba_mix(z2)).abs().amax(dim=-1)        # (1, T, h, w)
+        return d[0, -1, -1, -1].item(), d[0, -1, 0, 0].item()           # far corner / same position, last frame
+    far, near = spread("time")
+    assert far == 0 and near > 0
+    far, near = spread("spacetime")
+    assert far > 0 and near > 0
+
+
+def test_q_sample_and_schedules():
+    m = tiny()
+    x0 = torch.randn(3, 5, 1, 8, 8)
+    noise = torch.randn_like(x0)
+    torch.testing.assert_close(dm.q_sample(x0, torch.zeros(3, dtype=torch.long), noise, m.alpha_bar), x0)
+    assert m.alpha_bar.shape == (m.config.diffusion_steps + 1,) and m.alpha_bar[0] == 1
+    assert torch.all(m.alpha_bar[1:] < m.alpha_bar[:-1]) and m.alpha_bar[-1] < 1e-4
+    ab_cos = torch.cumprod(1 - dm.make_beta_schedule("cosine", 1000), 0)
+    assert torch.all(ab_cos[1:] < ab_cos[:-1]) and ab_cos[-1] < 1e-4
+    with pytest.raises(ValueError):
+        dm.make_beta_schedule("quadratic", 10)
+
+
+def test_few_training_steps_lower_the_loss():
+    m = tiny()
+    torch.manual_seed(1)
+    x, y = torch.rand(2, 5, 1, 32, 32), torch.rand(2, 5, 1, 32, 32)
+
+    def eval_loss():
+        torch.manual_seed(123)                                           # same t and noise every time
+        with torch.no_grad():
+            return m.training_loss(x, y)
+
+    before, logs_before = eval_loss()
+    opt = torch.optim.AdamW(m.parameters(), lr=2e-3)
+    for step in range(10):
+        loss, _ = m.training_loss(x, y, step, 10)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    after, logs_after = eval_loss()
+    assert after < 0.9 * before, (logs_before, logs_after)
+    assert logs_after["loss_l1"] < 0.8 * logs_before["loss_l1"]
+    assert logs_after["loss_diff"] < logs_before["loss_diff"]
+
+
+def test_deterministic_under_seed():
+    a, b = tiny(), tiny()
+    for (ka, va), (kb, vb) in zip(a.state_dict().items(), b.state_dict().items()):
+        assert ka == kb and torch.equal(va, vb), ka
+    x, y = torch.rand(2, 5, 1, 32, 32), torch.rand(2, 5, 1, 32, 32)
+    torch.manual_seed(7)
+    la, _ = a.training_loss(x, y)
+    la.backward()
+    torch.manual_seed(7)
+    lb, _ = b.training_loss(x, y)
+    lb.backward()
+    assert torch.equal(la, lb)
+    for pa, pb in zip(a.parameters(), b.parameters()):
+        assert (pa.grad is None and pb.grad is None) or torch.equal(pa.grad, pb.grad)
+    with torch.no_grad():
+        assert torch.equal(a(x), a(x))
+
+
+def test_scan_backend_forced_by_config_and_env(monkeypatch):
+    monkeypatch.delenv(ssm.ENV_VAR, raising=False)
+    x = torch.rand(1, 5, 1, 32, 32)
+    with pytest.raises(RuntimeError, match="fused"):
+        tiny(scan_backend="fused")(x)
+    monkeypatch.setenv(ssm.ENV_VAR, "torch")                            # env var overrides the config
+    assert tiny(scan_backend="fused")(x).shape == (1, 5, 1, 32, 32)
+
+
+def test_model_info_cli():
+    res = CliRunner().invoke(model_info, ["--preset", "tiny", "--size", "32x64", "--frames", "12:12", "--train"])
+    assert res.exit_code == 0, res.output
+    row = [line for line in res.output.splitlines() if line.startswith("diffuma")][0].split()
+    params = sum(p.numel() for p in tiny(height=32, width=64, in_frames=12, out_frames=12).parameters())
+    assert row[:5] == ["diffuma", "tiny", "12->12", "32x64", "1"]
+    assert row[5] == f"{params / 1e6:.3f}M"
+    gf_fwd, gf_train = float(row[6]), float(row[7])
+    assert 0 < gf_fwd < gf_train
+    bad = CliRunner().invoke(model_info, ["--preset", "huge"])
+    assert bad.exit_code != 0 and "unknown preset" in bad.output
+    bad = CliRunner().invoke(model_info, ["--size", "600by800"])
+    assert bad.exit_code != 0 and "HxW" in bad.output
+
+
+@pytest.mark.skipif(not (torch.cuda.is_available() and ssm.fused_available()),
+                    reason="needs CUDA and mamba-ssm (fused kernels)")
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 2e-3), (torch.bfloat16, 5e-2)])
+def test_fused_vs_torch_whole_model_parity(dtype, tol, monkeypatch):
+    """Same weights, both backends: outputs and every gradient agree (relative to their scale)."""
+    monkeypatch.delenv(ssm.ENV_VAR, raising=False)
+    torch.manual_seed(0)
+    m = build_model("diffuma", "tiny", height=48, width=64).cuda()
+    x, y = torch.rand(2, 5, 1, 48, 64, device="cuda"), torch.rand(2, 5, 1, 48, 64, device="cuda")
+    results = []
+    for backend in ("torch", "fused"):
+        m.config.scan_backend = backend
+        m.zero_grad()
+        with torch.autocast("cuda", dtype=dtype, enabled=dtype != torch.float32):
+            torch.manual_seed(1)
+            loss, _ = m.training_loss(x, y)
+            pred = m(x)
+        loss.backward()
+        results.append((pred.float(), loss.float(), {n: p.grad.float().clone() for n, p in m.named_parameters()
+                                                     if p.grad is not None}))
+    (p0, l0, g0), (p1, l1, g1) = results
+    assert (p0 - p1).abs().max() <= tol * p0.abs().max()
+    assert abs(l0.item() - l1.item()) <= tol * abs(l0.item())
+    assert g0.keys() == g1.keys()
+    for n in g0:
+        assert (g0[n] - g1[n]).abs().max() <= tol * g0[n].abs().max() + 1e-6, n
