@@ -32,6 +32,14 @@ METRICS = ("mse", "mae", "ssim", "psnr")
 # The SSIM definition used everywhere (Wang et al. 2004 settings, explicit data range of [0, 1] intensities).
 SSIM_KWARGS = dict(gaussian_weights=True, sigma=1.5, use_sample_covariance=False, data_range=1.0)
 PSNR_MSE_FLOOR = 1e-10
+# One line per convention, printed under every table and stored in every JSON result.
+CONVENTION_NOTES = {
+    "per_pixel": "MSE/MAE = mean per pixel on [0,1] intensities; SSIM = skimage, Gaussian window sigma 1.5, "
+                 "data_range 1.0, no sample covariance; PSNR = mean over frames of 10·log10(1/MSE_frame).",
+    "openstl": "MSE/MAE = per-frame error SUMMED over C·H·W on [0,1] intensities, averaged over frames "
+               "(OpenSTL, spatial_norm=False); SSIM = skimage, Gaussian window sigma 1.5, data_range 1.0, no "
+               "sample covariance; PSNR = mean over frames of 10·log10(1/MSE_frame per pixel).",
+}
 
 
 def _as_numpy(a) -> np.ndarray:

@@ -1,24 +1,209 @@
-"""Placeholder: this stage is not implemented yet (exits non-zero)."""
+"""``chdl train``, ``chdl eval``, ``chdl predict``: the trainer, evaluator and predictor of diffuma.
+
+This module composes stages: it is the only place that turns a raw recording (acquisition.raw) into the
+arrays ``diffuma.prediction`` takes, so diffuma never imports acquisition.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
 
 import click
 
 
-@click.command('train', context_settings={'ignore_unknown_options': True})
-@click.argument('args', nargs=-1, type=click.UNPROCESSED)
-def train(args):
-    """Not implemented yet."""
-    raise click.ClickException('train' + ': not implemented yet')
+def _fail(e: Exception) -> click.ClickException:
+    return click.ClickException(str(e))
 
 
-@click.command('eval', context_settings={'ignore_unknown_options': True})
-@click.argument('args', nargs=-1, type=click.UNPROCESSED)
-def eval_(args):
-    """Not implemented yet."""
-    raise click.ClickException('eval' + ': not implemented yet')
+@click.command("train")
+@click.option("--data", required=True, type=click.Path(path_type=Path), help="Curated dataset (zarr folder).")
+@click.option("--config", "config_name", default=None,
+              help="Packaged config name (e.g. diffuma_tiny, diffuma_chdl) or a YAML file. Optional with --resume.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
+              help="Override one field, e.g. --set run.lr=3e-4 --set model.l1_weight=0.5 (repeatable).")
+@click.option("--out", required=True, type=click.Path(path_type=Path),
+              help="Run folder (created): checkpoints, CSV logs, plots, resolved config.")
+@click.option("--resume", is_flag=True, help="Continue the run in --out exactly where its last checkpoint stopped.")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+def train(data, config_name, overrides, out, resume, no_progress):
+    """Train DIFFUMA or a baseline on a curated dataset.
+
+    \b
+    The same command runs on CPU, one GPU, or several GPUs under torchrun:
+      torchrun --nproc_per_node N -m chdl train --data D --config C --out R
+    """
+    from chdl.dataset import DatasetFormatError
+    from diffuma.training import ConfigError, TrainingDiverged, load_config, train_from_config
+    from diffuma.training.checkpoint import CheckpointError
+
+    try:
+        if config_name is None and not resume:
+            raise click.UsageError("--config is required (only --resume can do without it)")
+        if config_name is None and overrides:
+            raise click.UsageError("--set needs --config (a resumed run keeps its saved config)")
+        config = load_config(config_name, overrides) if config_name else None
+        run_dir = train_from_config(config, data, out, resume=resume, progress=not no_progress)
+    except (ConfigError, CheckpointError, DatasetFormatError, TrainingDiverged, FileExistsError,
+            FileNotFoundError, ValueError) as e:
+        raise _fail(e) from None
+    if int(os.environ.get("RANK", "0")) == 0:
+        click.echo(f"run folder: {run_dir}  (checkpoints/last.pt, epochs.csv, training_dynamics.png)")
 
 
-@click.command('predict', context_settings={'ignore_unknown_options': True})
-@click.argument('args', nargs=-1, type=click.UNPROCESSED)
-def predict(args):
-    """Not implemented yet."""
-    raise click.ClickException('predict' + ': not implemented yet')
+@click.command("eval")
+@click.option("--checkpoint", required=True, type=click.Path(path_type=Path, exists=True, dir_okay=False))
+@click.option("--data", required=True, type=click.Path(path_type=Path), help="Curated dataset (zarr folder).")
+@click.option("--split", default="val", type=click.Choice(["val", "train", "all"]), show_default=True)
+@click.option("--openstl", is_flag=True,
+              help="OpenSTL convention: MSE/MAE summed over C*H*W per frame (default: mean per pixel).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Default: the run's batch size.")
+@click.option("--weights", type=click.Choice(["auto", "ema", "model"]), default="auto", show_default=True,
+              help="auto = EMA weights when the run kept them.")
+@click.option("--max-sequences", type=click.IntRange(min=1), default=None, help="Evaluate the first N only.")
+@click.option("--num-workers", type=click.IntRange(min=0), default=2, show_default=True)
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="Folder for eval_<split>_<convention>.json/.md (default: <run>/eval/).")
+def eval_(checkpoint, data, split, openstl, batch_size, weights, max_sequences, num_workers, out):
+    """Evaluate a checkpoint: MSE, MAE, SSIM, PSNR overall and per predicted frame, next to copy-last-frame."""
+    from chdl.dataset import DatasetFormatError
+    from diffuma.evaluation import evaluate_checkpoint, report_markdown
+    from diffuma.training.checkpoint import CheckpointError, atomic_write_text
+
+    convention = "openstl" if openstl else "per_pixel"
+    try:
+        result = evaluate_checkpoint(checkpoint, data, split=split, convention=convention, batch_size=batch_size,
+                                     weights=weights, num_workers=num_workers, max_sequences=max_sequences,
+                                     progress=True)
+    except (CheckpointError, DatasetFormatError, ValueError) as e:
+        raise _fail(e) from None
+    if out is None:  # <run>/eval for a checkpoint in <run>/checkpoints/, else next to the checkpoint
+        parent = checkpoint.resolve().parent
+        out = (parent.parent if parent.name == "checkpoints" else parent) / "eval"
+    out.mkdir(parents=True, exist_ok=True)
+    stem = out / f"eval_{split}_{convention}"
+    md = report_markdown(result)
+    atomic_write_text(stem.with_suffix(".json"), json.dumps(result, indent=2))
+    atomic_write_text(stem.with_suffix(".md"), md)
+    click.echo(md)
+    click.echo(f"wrote {stem}.json and {stem}.md")
+
+
+@click.command("predict")
+@click.option("--checkpoint", "checkpoints", required=True, multiple=True,
+              type=click.Path(path_type=Path, exists=True, dir_okay=False),
+              help="A checkpoint; repeat to compare several models on the same sequences.")
+@click.option("--input", "input_", required=True, type=click.Path(path_type=Path, exists=True),
+              help="A curated dataset (zarr) or a raw recording folder.")
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Output folder (created).")
+@click.option("--split", default="val", type=click.Choice(["val", "train", "all"]), show_default=True,
+              help="Dataset input: which split to take sequences from.")
+@click.option("--max-sequences", type=click.IntRange(min=1), default=4, show_default=True)
+@click.option("--weights", type=click.Choice(["auto", "ema", "model"]), default="auto", show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1), default=4, show_default=True)
+@click.option("--fps", type=click.FloatRange(min=0.1), default=2.0, show_default=True, help="GIF frame rate.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing --out folder.")
+def predict(checkpoints, input_, out, split, max_sequences, weights, batch_size, fps, overwrite):
+    """Predict future frames from one or several checkpoints: PNG frames, side-by-side GIFs, grids, a zarr.
+
+    With several --checkpoint options every model predicts the same sequences (they must share frame counts and
+    frame size); the GIFs and grids show them side by side.
+    """
+    import torch
+
+    from diffuma.prediction import predict as run_model, write_predictions
+    from diffuma.training.checkpoint import CheckpointError, build_model_from_checkpoint, load_checkpoint
+
+    try:
+        states = [load_checkpoint(c) for c in checkpoints]
+        info = states[0]["data"]
+        keys = ("in_frames", "out_frames", "channels", "height", "width")
+        for c, s in zip(checkpoints[1:], states[1:]):
+            if any(s["data"][k] != info[k] for k in keys):
+                raise ValueError(f"{c}: trained on {[s['data'][k] for k in keys]} ({', '.join(keys)}), "
+                                 f"{checkpoints[0]} on {[info[k] for k in keys]}; they cannot predict the same input")
+        if (input_ / "manifest.json").is_file():
+            inputs, targets, ids, max_value = _recording_sequences(input_, info, max_sequences)
+        else:
+            inputs, targets, ids, max_value = _dataset_sequences(input_, states[0], split, max_sequences)
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        preds, used = {}, []
+        for c, s in zip(checkpoints, states):
+            model, w = build_model_from_checkpoint(s, weights)
+            label = s["model_name"]
+            if label in preds:  # a second checkpoint of the same model: name it by its run folder
+                label = f"{label}@{c.resolve().parent.parent.name}"
+            if label in preds:
+                label = f"{label}#{len(preds) + 1}"
+            preds[label] = run_model(model, inputs, batch_size=batch_size, device=device).numpy()
+            used.append(w)
+        attrs = {"checkpoints": [str(c) for c in checkpoints], "weights": used, "source": str(input_),
+                 "steps": [s["step"] for s in states]}
+        write_predictions(out, inputs, preds, targets, sequence_ids=ids, max_value=max_value, attrs=attrs,
+                          fps=fps, overwrite=overwrite)
+    except (CheckpointError, FileExistsError, ValueError) as e:  # RawFormatError/DatasetFormatError are ValueErrors
+        raise _fail(e) from None
+    click.echo(f"{len(inputs)} sequence(s) x {len(preds)} model(s) -> {out}/ (predictions.zarr, frames/, gifs/"
+               f"{', grids/' if targets is not None else ''})")
+
+
+def _dataset_sequences(path: Path, state: dict, split: str, max_sequences: int):
+    """(inputs, targets, ids, max_value) of the first sequences of a split of a curated dataset."""
+    import numpy as np
+
+    from diffuma.training.data import checkpoint_dataset
+
+    ds = checkpoint_dataset(state, path, split)
+    n = min(len(ds), max_sequences)
+    items = [ds[i] for i in range(n)]
+    inputs = np.stack([x.numpy() for x, _ in items])
+    targets = np.stack([y.numpy() for _, y in items])
+    return inputs, targets, [int(s) for s in ds.indices[:n]], 1.0 / ds.scale
+
+
+def _recording_sequences(path: Path, info: dict, max_sequences: int):
+    """(inputs, targets, ids, max_value) from a raw recording: per lane, windows of T_in + T_out consecutive
+    "ok" frames (non-overlapping) with their truth; when a recording holds no such window, its last T_in
+    consecutive ok frames are a single window without truth (a pure forecast)."""
+    import numpy as np
+
+    from acquisition.raw import PIXEL_DTYPES, Recording
+
+    rec = Recording.open(path)
+    t_in, t_out = info["in_frames"], info["out_frames"]
+    runs, current, last_lane = [], [], None  # runs of consecutive ok frames within one lane
+    for r in rec.frames:
+        if r.status != "ok" or r.file is None or r.lane != last_lane or r.dropped_before:
+            if current:
+                runs.append(current)
+            current = []
+        if r.status == "ok" and r.file is not None:
+            current.append(r)
+        last_lane = r.lane
+    if current:
+        runs.append(current)
+    windows = [run[i:i + t_in + t_out] for run in runs for i in range(0, len(run) - t_in - t_out + 1, t_in + t_out)]
+    with_truth = bool(windows)
+    if not with_truth:
+        usable = [run for run in runs if len(run) >= t_in]
+        if not usable:
+            raise ValueError(f"{path}: no {t_in} consecutive complete frames in one lane to predict from")
+        windows = [usable[-1][-t_in:]]
+    windows = windows[:max_sequences]
+    pixel_format = windows[0][0].pixel_format
+    # The dataset's scale when the recording has its pixel format, else the format's full range.
+    max_value = (info["max_value"] if pixel_format == info.get("pixel_format")
+                 else float(np.iinfo(PIXEL_DTYPES[pixel_format]).max))
+    seqs = np.stack([np.stack([rec.read(r) for r in w]) for w in windows]).astype(np.float32) / max_value
+    seqs = seqs[:, :, None]  # (N, T, 1, H, W)
+    _check_shape(path, tuple(seqs.shape[2:]), info)
+    ids = [f"lane{w[0].lane}_frame{w[0].index:06d}" for w in windows]
+    targets = seqs[:, t_in:] if with_truth else None
+    return seqs[:, :t_in], targets, ids, max_value
+
+
+def _check_shape(path: Path, shape: tuple, info: dict) -> None:
+    expected = (info["channels"], info["height"], info["width"])
+    if shape != expected:
+        raise ValueError(f"{path}: frames are {shape} (C,H,W) but the checkpoint was trained on {expected}")

@@ -6,7 +6,8 @@ Keys (format "chdl.checkpoint/1", docs/training.md "Checkpoints"):
     dict), data {path, in_frames, out_frames, channels, height, width, max_value, pixel_format},
     model (state_dict), ema (state_dict or None), ema_n_averaged, optimizer, scaler (or None),
     step (optimiser steps done), epoch (current epoch, 0-based), batch_in_epoch (batches of that epoch done),
-    rng {torch, cuda, numpy, python}, best_val_mse.
+    rng {torch, cuda, numpy, python} (rank 0), rng_per_rank (every rank's, under torchrun; else None),
+    best_val_mse.
 """
 
 from __future__ import annotations
@@ -31,6 +32,14 @@ def save_checkpoint(path: str | Path, state: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     torch.save({"format": CHECKPOINT_FORMAT, **state}, tmp)
+    os.replace(tmp, path)
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Writes a text file (run config, eval report) through a tmp file in the same folder + os.replace."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(text)
     os.replace(tmp, path)
 
 

@@ -21,7 +21,7 @@ import dataclasses
 import difflib
 import types
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
@@ -51,7 +51,7 @@ class RunConfig:
     warmup_steps: int = 0  # warm-up length in optimiser steps (onecycle: the rising phase)
     min_lr_ratio: float = 0.0  # cosine: final lr as a fraction of lr
     grad_clip: float | None = 1.0  # clip the global gradient L2 norm to this; None = no clipping
-    precision: str = "auto"  # "auto" (bf16 if the GPU supports it, else fp16 + GradScaler; fp32 on CPU) | "bf16" | "fp16" | "fp32"
+    precision: str = "auto"  # "auto" (bf16 if supported, else fp16+GradScaler; fp32 on CPU) | "bf16" | "fp16" | "fp32"
     ema_decay: float | None = None  # keep an exponential moving average of the weights with this decay; None = off
     seed: int = 0  # seeds weights, data order and the model's noise; CPU runs are bit-reproducible
     device: str = "auto"  # "auto" (cuda if available) | "cpu" | "cuda"
@@ -96,6 +96,11 @@ def _check_type(name: str, value, tp, where: str):
         return tuple(_check_type(name, v, a, where) for v, a in zip(value, args))
     if tp is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if tp is float and isinstance(value, str):  # YAML 1.1 reads `1e-3` (no dot) as a string
+        try:
+            return float(value)
+        except ValueError:
+            pass
     if tp is bool and not isinstance(value, bool) or tp is not bool and isinstance(value, bool) \
             or not isinstance(value, tp):
         raise ConfigError(f"{where}run.{name} must be {getattr(tp, '__name__', tp)}, got {value!r}")
@@ -139,7 +144,8 @@ def validate_model_section(m: dict, where: str = "") -> dict:
     from diffuma.models import registry
 
     if not isinstance(m, dict) or "name" not in m:
-        raise ConfigError(f"{where}'model' must be a mapping with at least a 'name' (one of {', '.join(registry.list_models())})")
+        raise ConfigError(f"{where}'model' must be a mapping with at least a 'name' "
+                          f"(one of {', '.join(registry.list_models())})")
     name, preset = m["name"], m.get("preset", "default")
     if name not in registry.list_models():
         raise _unknown("model name", name, registry.list_models(), where)

@@ -1,0 +1,117 @@
+"""Evaluate a model or a checkpoint on a curated dataset split: MSE, MAE, SSIM, PSNR overall and per predicted
+frame, always next to the copy-last-frame baseline computed by the same code on the same sequences.
+
+Metric definitions and the two conventions are in ``diffuma.metrics`` and docs/training.md.
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader, Dataset, Subset
+from tqdm import tqdm
+
+from diffuma.metrics import CONVENTION_NOTES, MetricAccumulator, copy_last_frame
+
+COPY_LAST_FRAME = "copy-last-frame"  # the row name of the baseline in every table
+
+
+def autocast(device: torch.device, amp_dtype: torch.dtype | None):
+    """bf16/fp16 autocast on CUDA when asked, nothing otherwise."""
+    if amp_dtype is None or device.type != "cuda":
+        return nullcontext()
+    return torch.autocast("cuda", dtype=amp_dtype)
+
+
+@torch.inference_mode()
+def evaluate(model: torch.nn.Module, dataset: Dataset, *, convention: str = "per_pixel", batch_size: int = 4,
+             device: str | torch.device = "cpu", max_sequences: int | None = None, num_workers: int = 0,
+             with_copy_last_frame: bool = True, amp_dtype: torch.dtype | None = None,
+             progress: bool = False) -> dict:
+    """Runs ``model`` over (the first ``max_sequences`` of) ``dataset`` in order.
+
+    Returns ``{"model": metrics, "copy_last_frame": metrics}`` (the latter only if ``with_copy_last_frame``),
+    each as ``MetricAccumulator.result()``. Leaves the model in eval mode.
+    """
+    device = torch.device(device)
+    if max_sequences is not None and max_sequences < len(dataset):
+        dataset = Subset(dataset, range(max_sequences))
+    if len(dataset) == 0:
+        raise ValueError("nothing to evaluate: the split has no sequences")
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                        pin_memory=device.type == "cuda")
+    acc = MetricAccumulator(convention)
+    base = MetricAccumulator(convention) if with_copy_last_frame else None
+    model.eval()
+    for x, y in tqdm(loader, desc="eval", unit="batch", disable=not progress, leave=False):
+        x = x.to(device, non_blocking=True)
+        with autocast(device, amp_dtype):
+            pred = model(x)
+        acc.update(pred.float(), y)
+        if base is not None:
+            base.update(copy_last_frame(x, y.shape[1]), y)
+    out = {"model": acc.result()}
+    if base is not None:
+        out["copy_last_frame"] = base.result()
+    return out
+
+
+def evaluate_checkpoint(checkpoint: str | Path, data: str | Path, split: str = "val", convention: str = "per_pixel",
+                        batch_size: int | None = None, *, weights: str = "auto", device: str = "auto",
+                        num_workers: int = 0, max_sequences: int | None = None, progress: bool = False) -> dict:
+    """Loads a checkpoint (weights-only) and evaluates it on ``split`` of the dataset at ``data``.
+
+    Returns a JSON-ready dict: ``checkpoint, data, split, convention, convention_note, model_name, weights
+    ("ema"|"model"), step, epoch, in_frames, out_frames, n_sequences, model {overall, per_frame},
+    copy_last_frame {overall, per_frame}``.
+    """
+    from diffuma.training.checkpoint import build_model_from_checkpoint, load_checkpoint
+    from diffuma.training.data import checkpoint_dataset
+
+    state = load_checkpoint(checkpoint)
+    model, used = build_model_from_checkpoint(state, weights)
+    info, run = state["data"], state["config"]["run"]
+    dataset = checkpoint_dataset(state, data, split)
+    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
+                       ("cpu" if device == "auto" else device))
+    res = evaluate(model.to(dev), dataset, convention=convention, batch_size=batch_size or run["batch_size"],
+                   device=dev, max_sequences=max_sequences, num_workers=num_workers, progress=progress)
+    return {
+        "checkpoint": str(checkpoint), "data": str(data), "split": split, "convention": convention,
+        "convention_note": CONVENTION_NOTES[convention], "model_name": state["model_name"], "weights": used,
+        "step": state["step"], "epoch": state["epoch"], "in_frames": info["in_frames"],
+        "out_frames": info["out_frames"], "n_sequences": res["model"]["n_sequences"],
+        "model": res["model"], "copy_last_frame": res["copy_last_frame"],
+    }
+
+
+def markdown_table(rows: dict[str, dict], convention: str, title: str | None = None) -> str:
+    """A Markdown report of ``{row name: metrics}`` (``MetricAccumulator.result()`` dicts): the overall table
+    and the per-horizon table, with the metric convention spelled out under each."""
+    fmt = {"mse": "{:.5g}", "mae": "{:.5g}", "ssim": "{:.4f}", "psnr": "{:.2f}"}
+    note = f"Metric convention: `{convention}` — {CONVENTION_NOTES[convention]}"
+    lines = [f"## {title}", ""] if title else []
+    lines += ["| model | MSE ↓ | MAE ↓ | SSIM ↑ | PSNR (dB) ↑ |", "|---|---:|---:|---:|---:|"]
+    for name, r in rows.items():
+        lines.append(f"| {name} | " + " | ".join(fmt[m].format(r["overall"][m]) for m in fmt) + " |")
+    lines += ["", note, ""]
+    n_t = max(len(r["per_frame"]) for r in rows.values())
+    lines += ["Per predicted frame:", "",
+              "| model | metric | " + " | ".join(f"t+{k + 1}" for k in range(n_t)) + " |",
+              "|---|---|" + "---:|" * n_t]
+    for name, r in rows.items():
+        for m in fmt:
+            lines.append(f"| {name} | {m.upper()} | " + " | ".join(fmt[m].format(f[m]) for f in r["per_frame"]) + " |")
+    lines += ["", note, ""]
+    return "\n".join(lines)
+
+
+def report_markdown(result: dict) -> str:
+    """The Markdown table of an ``evaluate_checkpoint`` result (model row + copy-last-frame row)."""
+    title = (f"{result['model_name']} on {Path(result['data']).name} [{result['split']}], "
+             f"{result['n_sequences']} sequences, {result['in_frames']}→{result['out_frames']} frames, "
+             f"step {result['step']} ({result['weights']} weights)")
+    rows = {result["model_name"]: result["model"], COPY_LAST_FRAME: result["copy_last_frame"]}
+    return markdown_table(rows, result["convention"], title)

@@ -1,0 +1,88 @@
+"""Predict future frames from one or several checkpoints and write them out: PNG frames, side-by-side GIFs,
+paper-style grids and a zarr of the predictions.
+
+Inputs are arrays in [0, 1] shaped (N, T_in, C, H, W) (targets, when known, (N, T_out, C, H, W)); predictions
+are ``{model label: (N, T_out, C, H, W)}``, all on the same sequences. Reading a raw recording into such arrays
+is the CLI's job (``chdl predict``), so this module never imports acquisition.
+
+Output folder (written under a temporary name, renamed into place when complete)::
+
+    predictions.zarr/       input (N,T_in,C,H,W) [, target (N,T_out,C,H,W)], prediction/<label> (N,T_out,C,H,W):
+                            float32 in [0,1]; attrs: models [labels], sequence_ids, max_value, + the caller's
+                            (checkpoints, source, ...)
+    frames/<label>/seq_<id>/pred_tNN.png  each predicted frame, lossless, at the source bit depth
+    gifs/seq_<id>.gif       input | truth | prediction | |error| per model (truth/error only with targets)
+    grids/seq_<id>.png      inputs / ground truth / prediction and |error| per model, one column per frame
+                            (only with targets)
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+import zarr
+from tqdm import tqdm
+
+from diffuma.evaluation import autocast
+from diffuma.viz import prediction_grid, save_png, side_by_side_gif
+
+
+@torch.inference_mode()
+def predict(model: torch.nn.Module, inputs, batch_size: int = 4, device: str | torch.device = "cpu",
+            amp_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Model predictions (N, T_out, C, H, W) float32 on the CPU, clipped to [0, 1]."""
+    device = torch.device(device)
+    x_all = torch.as_tensor(np.asarray(inputs, dtype=np.float32))
+    model.eval().to(device)
+    outs = []
+    for i in range(0, len(x_all), batch_size):
+        x = x_all[i:i + batch_size].to(device)
+        with autocast(device, amp_dtype):
+            outs.append(model(x).float().clamp_(0, 1).cpu())
+    return torch.cat(outs)
+
+
+def write_predictions(out: str | Path, inputs, preds: dict, targets=None, *, sequence_ids=None,
+                      max_value: float = 255.0, attrs: dict | None = None, fps: float = 2.0, overwrite: bool = False,
+                      progress: bool = True) -> Path:
+    """Writes the output folder described in the module docstring; ``preds`` = {label: (N, T_out, C, H, W)}.
+    Returns ``out``."""
+    out = Path(out)
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise FileExistsError(f"{out}: already exists and is not empty (use --overwrite)")
+    inputs = np.asarray(inputs, dtype=np.float32)
+    preds = {str(k): np.asarray(v, dtype=np.float32) for k, v in preds.items()}
+    targets = None if targets is None else np.asarray(targets, dtype=np.float32)
+    ids = [str(s) for s in (sequence_ids if sequence_ids is not None else range(len(inputs)))]
+    names = [f"seq_{s}" for s in ids]
+    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    for sub in ("frames", "gifs", "grids"):
+        (tmp / sub).mkdir(parents=True)
+    group = zarr.open_group(str(tmp / "predictions.zarr"), mode="w", zarr_format=3,
+                            attributes={**(attrs or {}), "models": list(preds), "sequence_ids": ids,
+                                        "max_value": float(max_value)})
+    arrays = {"input": inputs} | ({"target": targets} if targets is not None else {}) \
+        | {f"prediction/{label}": p for label, p in preds.items()}
+    for key, a in arrays.items():
+        group.create_array(key, data=a, chunks=(1,) + a.shape[1:],
+                           dimension_names=("sequence", "time", "channel", "height", "width"))
+    for i, name in enumerate(tqdm(names, desc="writing", unit="seq", disable=not progress)):
+        for label, p in preds.items():
+            folder = tmp / "frames" / label / name
+            folder.mkdir(parents=True)
+            for k, frame in enumerate(p[i]):
+                save_png(folder / f"pred_t{k + 1:02d}.png", frame, max_value)
+        truth = None if targets is None else targets[i]
+        seq_preds = {label: p[i] for label, p in preds.items()}
+        side_by_side_gif(tmp / "gifs" / f"{name}.gif", inputs[i], seq_preds, truth, fps=fps)
+        if truth is not None:
+            prediction_grid(tmp / "grids" / f"{name}.png", inputs[i], truth, seq_preds, title=name)
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(tmp, out)
+    return out

@@ -1,0 +1,476 @@
+"""The training loop: any registered model, through its own ``training_loss``, on a curated dataset.
+
+One code path for one CPU, one GPU or many GPUs under ``torchrun`` (DDP, DistributedSampler, rank 0 logs,
+validates and writes checkpoints). Everything that determines the next step — weights, EMA, optimiser,
+grad scaler, step, epoch, batches done in the epoch, every RNG — is in the checkpoint, and the data order is
+a pure function of (seed, epoch), so ``resume`` continues exactly; on CPU a resumed run ends with the same
+weights bit for bit as one that was never interrupted.
+
+Run folder (``out``)::
+
+    config.yaml              resolved config (data-derived model fields included)
+    checkpoints/last.pt      latest checkpoint (every epoch end, every run.checkpoint_every_steps, the end)
+    checkpoints/best.pt      lowest validation MSE so far
+    steps.csv                step, epoch, loss, lr, grad_norm, samples_per_s, elapsed_s, + the model's logs
+    epochs.csv               epoch, step, train_loss, val_mse, val_mae, val_ssim, val_psnr, elapsed_s
+    training_dynamics.png    validation MSE / MAE / SSIM per epoch (refreshed after every validation)
+    tensorboard/             only when the tensorboard package is installed
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import math
+import os
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+import yaml
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from tqdm import tqdm
+
+import chdl
+from diffuma.evaluation import autocast, evaluate
+from diffuma.training.checkpoint import (atomic_write_text, load_checkpoint, rng_state, save_checkpoint,
+                                         set_rng_state)
+from diffuma.training.config import ConfigError, RunConfig, resolve_config, run_config_from_dict
+from diffuma.training.data import ResumableSampler, dataset_info, make_loader, sequence_datasets
+from diffuma.training.schedule import lr_at
+
+STEP_FIELDS = ["step", "epoch", "loss", "lr", "grad_norm", "samples_per_s", "elapsed_s"]
+EPOCH_FIELDS = ["epoch", "step", "train_loss", "val_mse", "val_mae", "val_ssim", "val_psnr", "elapsed_s"]
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; the message names the step and the last good checkpoint."""
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+class _LossModule(nn.Module):
+    """Routes ``training_loss`` through ``forward`` so DDP's gradient hooks see it."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x, y, step: int, total_steps: int):
+        return self.model.training_loss(x, y, step=step, total_steps=total_steps)
+
+
+@dataclasses.dataclass
+class _Dist:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def _init_distributed(device_kind: str) -> _Dist:
+    """torchrun sets WORLD_SIZE/RANK/LOCAL_RANK; without them this is a single process."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return _Dist()
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device_kind == "cuda" else "gloo")
+    return _Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def _resolve_device(run: RunConfig, d: _Dist) -> torch.device:
+    if run.device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("run.device is cuda but torch.cuda.is_available() is False")
+    if run.device == "cpu" or not torch.cuda.is_available():
+        return torch.device("cpu")
+    torch.cuda.set_device(d.local_rank)
+    return torch.device("cuda", d.local_rank)
+
+
+def _amp_dtype(run: RunConfig, device: torch.device) -> torch.dtype | None:
+    """None = fp32. bf16 where the GPU supports it, else fp16 (+ GradScaler); mixed precision is off on CPU."""
+    if run.precision == "fp32":
+        return None
+    if device.type != "cuda":
+        if run.precision == "auto":
+            return None
+        raise ConfigError(f"run.precision {run.precision} needs a CUDA device (mixed precision is off on CPU); "
+                          "use auto or fp32")
+    if run.precision == "bf16" and not torch.cuda.is_bf16_supported():
+        raise ConfigError("run.precision bf16: this GPU does not support bfloat16; use auto or fp16")
+    if run.precision == "auto":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16 if run.precision == "bf16" else torch.float16
+
+
+class _CsvLog:
+    """Appends rows to a CSV; on resume drops the rows after the checkpoint so re-done steps are not doubled."""
+
+    def __init__(self, path: Path, fields: list[str], key: str, keep_upto: int | None):
+        self.path, self.key = path, key
+        rows = []
+        if path.exists() and keep_upto is not None:
+            with open(path, newline="") as f:
+                reader = csv.DictReader(f)
+                fields = list(reader.fieldnames or fields)
+                rows = [r for r in reader if r.get(key) and int(r[key]) <= keep_upto]
+        self.fields = fields
+        self.file = open(path, "w", newline="")
+        self.writer = csv.DictWriter(self.file, fieldnames=self.fields, extrasaction="ignore")
+        self.writer.writeheader()
+        self.writer.writerows(rows)
+        self.rows = rows
+        self.file.flush()
+
+    def add_fields(self, names) -> None:
+        """Adds columns (e.g. the model's loss logs) while the file still has no rows."""
+        new = [n for n in names if n not in self.fields]
+        if new and not self.rows:
+            self.fields += new
+            self.file.seek(0)
+            self.file.truncate()
+            self.writer = csv.DictWriter(self.file, fieldnames=self.fields, extrasaction="ignore")
+            self.writer.writeheader()
+
+    def write(self, row: dict) -> None:
+        self.writer.writerow(row)
+        self.rows.append(row)
+        self.file.flush()
+
+    def close(self) -> None:
+        self.file.close()
+
+
+class Trainer:
+    """Trains ``model`` (built and seeded by the caller) on ``train_set``, validating on ``val_set``.
+
+    ``config`` is the resolved ``{"model": ..., "run": ...}`` dict that goes into checkpoints; ``data_info`` is
+    ``diffuma.training.data.dataset_info(...)``.
+    """
+
+    def __init__(self, model: nn.Module, config: dict, train_set, val_set, out: str | Path, data_info: dict,
+                 progress: bool = True):
+        self.config = config
+        self.run = run_config_from_dict(config["run"])
+        self.out = Path(out)
+        self.data_info = data_info
+        self.train_set, self.val_set = train_set, val_set
+        if len(train_set) == 0:
+            raise ValueError(f"{data_info.get('path')}: the train split has no sequences")
+        self.dist = _init_distributed("cuda" if self.run.device != "cpu" and torch.cuda.is_available() else "cpu")
+        self.device = _resolve_device(self.run, self.dist)
+        self.amp_dtype = _amp_dtype(self.run, self.device)
+        self.progress = progress and self.dist.main
+        self.model = model.to(self.device)
+        if self.dist.world_size > 1:
+            # Same initial weights everywhere (DDP also broadcasts rank 0's), different noise per rank.
+            torch.manual_seed(self.run.seed + 1000003 * self.dist.rank)
+        decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
+        no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]  # biases, norms
+        groups = [{"params": decay, "weight_decay": self.run.weight_decay},
+                  {"params": no_decay, "weight_decay": 0.0}]
+        opt_cls = torch.optim.AdamW if self.run.optimizer == "adamw" else torch.optim.Adam
+        self.optimizer = opt_cls(groups, lr=self.run.lr, betas=tuple(self.run.betas))
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
+        self.ema = (AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(self.run.ema_decay), use_buffers=True)
+                    if self.run.ema_decay is not None else None)
+        self.loss_module: nn.Module = _LossModule(model)
+        if self.dist.world_size > 1:
+            self.loss_module = nn.parallel.DistributedDataParallel(
+                self.loss_module, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        self.sampler = ResumableSampler(train_set, shuffle=True, seed=self.run.seed, rank=self.dist.rank,
+                                        world_size=self.dist.world_size)
+        self.loader = make_loader(train_set, self.run.batch_size, sampler=self.sampler,
+                                  num_workers=self.run.num_workers, seed=self.run.seed,
+                                  pin_memory=self.device.type == "cuda")
+        self.steps_per_epoch = math.ceil(len(self.sampler.base) / self.run.batch_size)
+        self.total_steps = self.run.epochs * self.steps_per_epoch
+        if self.run.max_steps is not None:
+            self.total_steps = min(self.total_steps, self.run.max_steps)
+        self.step = self.epoch = self.batch_in_epoch = 0
+        self.best_val_mse = math.inf
+        self.last_saved_step: int | None = None
+        self.copy_last_frame_val: dict | None = None
+
+    # ------------------------------------------------------------------ checkpoints
+    @property
+    def ckpt_dir(self) -> Path:
+        return self.out / "checkpoints"
+
+    def state(self, rngs: list[dict]) -> dict:
+        """The checkpoint dict; ``rngs`` = every rank's ``rng_state()`` (one entry without torchrun)."""
+        return {
+            "chdl_version": getattr(chdl, "__version__", "unknown"),
+            "config": self.config,
+            "model_name": self.config["model"]["name"],
+            "model_config": dataclasses.asdict(self.model.config),
+            "data": self.data_info,
+            "model": self.model.state_dict(),
+            "ema": self.ema.module.state_dict() if self.ema is not None else None,
+            "ema_n_averaged": int(self.ema.n_averaged) if self.ema is not None else 0,
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
+            "step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
+            "rng": rngs[0],
+            "rng_per_rank": rngs if len(rngs) > 1 else None,
+            "best_val_mse": self.best_val_mse,
+        }
+
+    def save(self, name: str = "last.pt") -> None:
+        """Writes checkpoints/<name> (rank 0). Under torchrun every rank calls it: it gathers their RNG states."""
+        rngs = [rng_state()]
+        if self.dist.world_size > 1:
+            rngs = [None] * self.dist.world_size
+            dist.all_gather_object(rngs, rng_state())
+        if self.dist.main:
+            save_checkpoint(self.ckpt_dir / name, self.state(rngs))
+        if name == "last.pt":
+            self.last_saved_step = self.step
+
+    def load(self, path: Path) -> None:
+        state = load_checkpoint(path)
+        if state["config"] != self.config:
+            diff = _config_diff(state["config"], self.config)
+            raise ConfigError(f"{path}: resume with a different config ({diff}); resume uses the run's saved "
+                              "config — start a new --out to change it")
+        self.model.load_state_dict(state["model"])
+        if self.ema is not None:
+            self.ema.module.load_state_dict(state["ema"])
+            self.ema.n_averaged.fill_(state["ema_n_averaged"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if state["scaler"] is not None and self.scaler.is_enabled():
+            self.scaler.load_state_dict(state["scaler"])
+        self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
+        self.best_val_mse = state["best_val_mse"]
+        self.last_saved_step = self.step
+        per_rank = state.get("rng_per_rank")
+        saved_world = len(per_rank) if per_rank else 1
+        if saved_world != self.dist.world_size:  # data shards and noise streams would differ
+            raise ConfigError(f"{path}: saved by {saved_world} process(es), resumed with {self.dist.world_size}; "
+                              "resume with the same number of processes")
+        set_rng_state(per_rank[self.dist.rank] if self.dist.world_size > 1 else state["rng"])
+
+    # ------------------------------------------------------------------ validation
+    def validate(self) -> dict | None:
+        if len(self.val_set) == 0:
+            return None
+        model = self.ema.module if (self.ema is not None and self.run.eval_with_ema) else self.model
+        devices = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):  # validation never shifts the training RNG stream
+            res = evaluate(model, self.val_set, batch_size=self.run.val_batch_size or self.run.batch_size,
+                           device=self.device, max_sequences=self.run.val_max_sequences,
+                           with_copy_last_frame=self.copy_last_frame_val is None, amp_dtype=self.amp_dtype,
+                           progress=self.progress)
+        self.model.train()
+        if "copy_last_frame" in res:
+            self.copy_last_frame_val = res["copy_last_frame"]["overall"]
+        return res["model"]["overall"]
+
+    # ------------------------------------------------------------------ the loop
+    def fit(self, resume: bool = False, stop_after_steps: int | None = None) -> Path:
+        """Trains to the end of the schedule; returns the run folder.
+
+        resume: continue from ``checkpoints/last.pt`` (an error if there is none).
+        stop_after_steps: return abruptly after this many steps of this call without saving anything —
+        what a killed process leaves behind (used by the resume tests).
+        """
+        last = self.ckpt_dir / "last.pt"
+        if resume:
+            if not last.is_file():
+                raise FileNotFoundError(f"{last}: nothing to resume (no checkpoint in {self.out})")
+            self.load(last)
+        elif last.exists():
+            raise FileExistsError(f"{self.out}: already holds a run (checkpoints/last.pt); pass --resume to "
+                                  "continue it or choose another --out")
+        if self.dist.main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(self.out / "config.yaml", yaml.safe_dump(self.config, sort_keys=False))
+            steps_log = _CsvLog(self.out / "steps.csv", list(STEP_FIELDS), "step", self.step if resume else None)
+            epochs_log = _CsvLog(self.out / "epochs.csv", list(EPOCH_FIELDS), "epoch", self.epoch if resume else None)
+            tb = _tensorboard(self.out / "tensorboard")
+        self.model.train()
+        t0, done_now = time.perf_counter(), 0
+        try:
+            while self.epoch < self.run.epochs and self.step < self.total_steps:
+                self.sampler.set_epoch(self.epoch, skip=self.batch_in_epoch * self.run.batch_size)
+                bar = tqdm(total=self.steps_per_epoch, initial=self.batch_in_epoch, unit="step", dynamic_ncols=True,
+                           desc=f"epoch {self.epoch + 1}/{self.run.epochs}", disable=not self.progress)
+                loss_sum, loss_n, t_last = 0.0, 0, time.perf_counter()
+                for x, y in self.loader:
+                    loss, logs, grad_norm = self._train_step(x, y)
+                    self.step += 1
+                    self.batch_in_epoch += 1
+                    done_now += 1
+                    loss_sum, loss_n = loss_sum + loss, loss_n + 1
+                    now = time.perf_counter()
+                    rate = x.shape[0] * self.dist.world_size / max(now - t_last, 1e-9)
+                    t_last = now
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{loss:.4g}", lr=f"{self.optimizer.param_groups[0]['lr']:.2e}",
+                                    seq_s=f"{rate:.1f}")
+                    if self.dist.main and self.step % self.run.log_every_steps == 0:
+                        row = {"step": self.step, "epoch": self.epoch + 1, "loss": loss,
+                               "lr": self.optimizer.param_groups[0]["lr"], "grad_norm": grad_norm,
+                               "samples_per_s": rate, "elapsed_s": now - t0, **logs}
+                        steps_log.add_fields(logs)
+                        steps_log.write(row)
+                        if tb is not None:
+                            for k, v in row.items():
+                                if k not in ("step", "epoch") and v is not None:
+                                    tb.add_scalar(f"train/{k}", v, self.step)
+                    if self.run.checkpoint_every_steps and self.step % self.run.checkpoint_every_steps == 0:
+                        self.save()
+                    if stop_after_steps is not None and done_now >= stop_after_steps:
+                        bar.close()
+                        return self.out  # simulated kill: nothing more is written
+                    if self.step >= self.total_steps:
+                        break
+                bar.close()
+                if self.batch_in_epoch < self.steps_per_epoch:
+                    break  # max_steps reached mid-epoch
+                self._end_epoch(loss_sum / max(loss_n, 1), epochs_log if self.dist.main else None,
+                                tb if self.dist.main else None, t0)
+            if self.last_saved_step != self.step:
+                self.save()
+        finally:
+            if self.dist.main:
+                steps_log.close()
+                epochs_log.close()
+                if tb is not None:
+                    tb.close()
+        return self.out
+
+    def _train_step(self, x, y) -> tuple[float, dict, float | None]:
+        x = x.to(self.device, non_blocking=True)
+        y = y.to(self.device, non_blocking=True)
+        lr = lr_at(self.step, self.total_steps, self.run.lr, self.run.schedule, self.run.warmup_steps,
+                   self.run.min_lr_ratio)
+        for g in self.optimizer.param_groups:
+            g["lr"] = lr
+        with autocast(self.device, self.amp_dtype):
+            loss, logs = self.loss_module(x, y, self.step, self.total_steps)
+        bad = torch.tensor(0.0 if torch.isfinite(loss.detach()).item() else 1.0, device=self.device)
+        if self.dist.world_size > 1:
+            dist.all_reduce(bad, op=dist.ReduceOp.MAX)  # every rank stops together
+        if bad.item():
+            where = (f"last good checkpoint: {self.ckpt_dir / 'last.pt'} (step {self.last_saved_step})"
+                     if self.last_saved_step is not None else "no checkpoint had been written yet")
+            raise TrainingDiverged(f"loss is {loss.item()} at step {self.step + 1} (epoch {self.epoch + 1}); "
+                                   f"training stopped, {where}. Lower run.lr, raise run.warmup_steps or set "
+                                   "run.grad_clip.")
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        grad_norm = None
+        if self.run.grad_clip is not None:
+            self.scaler.unscale_(self.optimizer)
+            grad_norm = float(nn.utils.clip_grad_norm_(self.model.parameters(), self.run.grad_clip))
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        if self.ema is not None:
+            self.ema.update_parameters(self.model)
+        return float(loss.detach()), {k: float(v) for k, v in logs.items()}, grad_norm
+
+    def _end_epoch(self, train_loss: float, epochs_log: _CsvLog | None, tb, t0: float) -> None:
+        self.epoch += 1
+        self.batch_in_epoch = 0
+        val = None
+        if self.run.val_every_epochs and self.epoch % self.run.val_every_epochs == 0:
+            if self.dist.main:
+                val = self.validate()
+            if self.dist.world_size > 1:  # the other ranks wait here, then learn the result
+                box = [val]
+                dist.broadcast_object_list(box, src=0)
+                val = box[0]
+        if self.dist.main:
+            row = {"epoch": self.epoch, "step": self.step, "train_loss": train_loss,
+                   "elapsed_s": time.perf_counter() - t0}
+            if val is not None:
+                row.update({f"val_{k}": v for k, v in val.items()})
+                if tb is not None:
+                    for k, v in val.items():
+                        tb.add_scalar(f"val/{k}", v, self.epoch)
+            epochs_log.write(row)
+            if val is not None:
+                from diffuma.viz import plot_training_dynamics
+
+                plot_training_dynamics(epochs_log.rows, self.out / "training_dynamics.png",
+                                       baseline=self.copy_last_frame_val)
+        if val is not None and val["mse"] < self.best_val_mse:
+            self.best_val_mse = val["mse"]
+            self.save("best.pt")
+        self.save()
+
+
+def _config_diff(a: dict, b: dict) -> str:
+    out = []
+    for section in ("model", "run"):
+        sa, sb = a.get(section, {}), b.get(section, {})
+        for k in sorted(set(sa) | set(sb)):
+            if sa.get(k) != sb.get(k):
+                out.append(f"{section}.{k}: saved {sa.get(k)!r} vs given {sb.get(k)!r}")
+    return "; ".join(out) or "different structure"
+
+
+def _tensorboard(path: Path):
+    """A SummaryWriter when the tensorboard package is installed, else None (CSV logs are always written)."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return None
+    return SummaryWriter(str(path))
+
+
+DATA_FIELDS = ("in_frames", "out_frames", "channels", "height", "width")
+
+
+def build_trainer(config: dict | None, data: str | Path, out: str | Path, resume: bool = False,
+                  progress: bool = True) -> Trainer:
+    """The Trainer ``train_from_config`` runs: resolved config, dataset, seeded model. See there."""
+    out = Path(out)
+    if resume:
+        last = out / "checkpoints" / "last.pt"
+        if not last.is_file():
+            raise FileNotFoundError(f"{last}: nothing to resume (no checkpoint in {out})")
+        saved = load_checkpoint(last)["config"]
+        if config is None:
+            config = {"model": {k: v for k, v in saved["model"].items() if k not in DATA_FIELDS},
+                      "run": saved["run"]}
+    if config is None:
+        raise ConfigError("a config is needed to start a run (only --resume can do without)")
+    cfg = resolve_config(config)
+    for k in DATA_FIELDS:
+        if k in cfg["model"]:
+            raise ConfigError(f"model.{k} comes from the dataset; set run.in_frames / run.out_frames to change "
+                              "the frame counts")
+    run = run_config_from_dict(cfg["run"])
+    info = dataset_info(data, run.in_frames, run.out_frames)
+    cfg["model"].update({k: info[k] for k in DATA_FIELDS})
+    train_set, val_set = sequence_datasets(data, info, run.frame_offset)
+    from diffuma.models.registry import build_model
+
+    seed_everything(run.seed)
+    model_fields = {k: v for k, v in cfg["model"].items() if k not in ("name", "preset")}
+    model = build_model(cfg["model"]["name"], cfg["model"]["preset"], **model_fields)
+    return Trainer(model, cfg, train_set, val_set, out, info, progress=progress)
+
+
+def train_from_config(config: dict | None, data: str | Path, out: str | Path, resume: bool = False,
+                      progress: bool = True) -> Path:
+    """Trains the model ``config["model"]`` describes on the dataset at ``data``; returns the run folder ``out``.
+
+    config: ``{"model": {"name": ..., "preset": ..., **field overrides}, "run": {RunConfig fields}}``. The model's
+    in/out frame counts come from run.in_frames/out_frames or else the dataset attributes; channels, height and
+    width always come from the dataset. With ``resume=True`` config may be None (the run's saved config is used).
+    """
+    return build_trainer(config, data, out, resume, progress).fit(resume=resume)

@@ -1,0 +1,194 @@
+"""Pictures of predictions and training: PNG frames, paper-style grids, side-by-side GIFs, training curves.
+
+All inputs are float arrays/tensors in [0, 1] shaped (T, C, H, W) (or (C, H, W) for one frame). One channel
+is shown in grey, three as RGB; for other channel counts the first channel is shown. Every file is written
+to a temporary name and renamed into place.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import cv2
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
+
+ERROR_CMAP = "inferno"
+
+
+def _np(a) -> np.ndarray:
+    if isinstance(a, torch.Tensor):
+        a = a.detach().float().cpu().numpy()
+    return np.asarray(a, dtype=np.float32)
+
+
+def _tmp(path: Path) -> Path:
+    return path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
+
+
+def display(frame) -> np.ndarray:
+    """(C, H, W) in [0, 1] -> (H, W) grey or (H, W, 3) RGB float image for matplotlib."""
+    f = np.clip(_np(frame), 0.0, 1.0)
+    return f.transpose(1, 2, 0) if f.shape[0] == 3 else f[0]
+
+
+def rgb8(frame, min_width: int = 0) -> np.ndarray:
+    """(C, H, W) in [0, 1] -> (H, W, 3) uint8 RGB, enlarged by an integer factor (nearest) to >= min_width."""
+    img = display(frame)
+    if img.ndim == 2:
+        img = np.repeat(img[..., None], 3, axis=-1)
+    img = (img * 255.0 + 0.5).astype(np.uint8)
+    k = -(-min_width // img.shape[1])
+    return np.repeat(np.repeat(img, k, 0), k, 1) if k > 1 else img
+
+
+def error_rgb8(pred, truth, vmax: float, min_width: int = 0) -> np.ndarray:
+    """|pred - truth| (mean over channels) through the error colormap, 0..vmax -> (H, W, 3) uint8."""
+    err = np.abs(_np(pred) - _np(truth)).mean(0) / max(vmax, 1e-8)
+    img = (plt.get_cmap(ERROR_CMAP)(np.clip(err, 0, 1))[..., :3] * 255.0 + 0.5).astype(np.uint8)
+    k = -(-min_width // img.shape[1])
+    return np.repeat(np.repeat(img, k, 0), k, 1) if k > 1 else img
+
+
+def save_png(path: str | Path, frame, max_value: float = 255.0) -> None:
+    """One (C, H, W) frame in [0, 1] as a lossless PNG at the dataset's bit depth (8-bit when max_value <= 255,
+    else 16-bit scaled to max_value)."""
+    path = Path(path)
+    f = np.clip(_np(frame), 0.0, 1.0)
+    dtype = np.uint8 if max_value <= 255 else np.uint16
+    img = (f * max_value + 0.5).astype(dtype)
+    img = cv2.cvtColor(img.transpose(1, 2, 0), cv2.COLOR_RGB2BGR) if img.shape[0] == 3 else img[0]
+    tmp = _tmp(path)
+    if not cv2.imwrite(str(tmp), img):
+        raise OSError(f"{path}: could not write PNG")
+    os.replace(tmp, path)
+
+
+def _label(img: np.ndarray, text: str) -> np.ndarray:
+    """Adds a dark strip with ``text`` above an (H, W, 3) uint8 image."""
+    h = max(18, img.shape[0] // 16)
+    strip = np.zeros((h, img.shape[1], 3), np.uint8)
+    cv2.putText(strip, text, (4, int(h * 0.75)), cv2.FONT_HERSHEY_SIMPLEX, h / 30.0, (255, 255, 255), 1,
+                cv2.LINE_AA)
+    return np.concatenate([strip, img], axis=0)
+
+
+def side_by_side_gif(path: str | Path, inputs, preds, targets=None, fps: float = 2.0, max_width: int = 1600,
+                     min_panel_width: int = 160) -> None:
+    """An animated GIF with panels input | truth | prediction | error map (truth and error only with targets);
+    ``preds`` is one (T_out, C, H, W) array or {model name: array}, each model adding a prediction and an error
+    panel.
+
+    The animation runs over the T_in input frames (the other panels blank) and then the T_out predicted frames
+    (the input panel holding the last input frame). The error map's colour scale is 0..max error of the sequence.
+    Small frames are enlarged (nearest, integer factor) to at least ``min_panel_width`` so the labels fit.
+    """
+    preds = {k: _np(v) for k, v in preds.items()} if isinstance(preds, dict) else {"prediction": _np(preds)}
+    inputs, targets = _np(inputs), None if targets is None else _np(targets)
+    vmax = max(float(np.abs(p - targets).max()) for p in preds.values()) if targets is not None else 1.0
+    n_out = len(next(iter(preds.values())))
+    mw = min_panel_width
+
+    def rgb(f):
+        return rgb8(f, mw)
+
+    blank = np.zeros_like(rgb(inputs[0]))
+    frames = []
+    n_in = len(inputs)
+    for t in range(n_in + n_out):
+        k = t - n_in
+        panels = [_label(rgb(inputs[min(t, n_in - 1)]), f"input t{min(t, n_in - 1) - n_in + 1}")]
+        if targets is not None:
+            panels.append(_label(rgb(targets[k]) if k >= 0 else blank, f"truth t+{k + 1}" if k >= 0 else "truth"))
+        for name, p in preds.items():
+            panels.append(_label(rgb(p[k]) if k >= 0 else blank, f"{name} t+{k + 1}" if k >= 0 else name))
+            if targets is not None:
+                panels.append(_label(error_rgb8(p[k], targets[k], vmax, mw) if k >= 0 else blank,
+                                     f"|error| 0..{vmax:.3f}"))
+        sep = np.full((panels[0].shape[0], 4, 3), 128, np.uint8)
+        row = np.concatenate([p for pair in zip(panels, [sep] * len(panels)) for p in pair][:-1], axis=1)
+        if row.shape[1] > max_width:
+            s = max_width / row.shape[1]
+            row = cv2.resize(row, (max_width, max(1, round(row.shape[0] * s))), interpolation=cv2.INTER_AREA)
+        frames.append(Image.fromarray(row))
+    path = Path(path)
+    tmp = _tmp(path)
+    frames[0].save(tmp, save_all=True, append_images=frames[1:], duration=int(1000 / fps), loop=0)
+    os.replace(tmp, path)
+
+
+def prediction_grid(path: str | Path, inputs, targets, preds: dict, title: str | None = None,
+                    errors: bool = True, cell_inches: float = 1.6) -> None:
+    """A paper-style figure for one sequence: a row of inputs, a row of ground truth, then one row of
+    predictions (and, with ``errors``, one row of |error|) per model in ``preds`` ({name: (T_out, C, H, W)})."""
+    inputs, targets = _np(inputs), _np(targets)
+    preds = {k: _np(v) for k, v in preds.items()}
+    rows = [("Input", inputs), ("Ground truth", targets)]
+    vmax = max(float(np.abs(p - targets).max()) for p in preds.values()) if preds else 1.0
+    for name, p in preds.items():
+        rows.append((name, p))
+        if errors:
+            rows.append((f"|error| {name}", np.abs(p - targets).mean(1, keepdims=True)))
+    n_cols = max(len(inputs), len(targets))
+    h, w = inputs.shape[-2:]
+    fig, axes = plt.subplots(len(rows), n_cols, squeeze=False,
+                             figsize=(cell_inches * n_cols, cell_inches * h / w * len(rows) + (0.4 if title else 0)))
+    for r, (name, seq) in enumerate(rows):
+        is_err = name.startswith("|error|")
+        for c in range(n_cols):
+            ax = axes[r, c]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            for s in ax.spines.values():
+                s.set_visible(False)
+            if c >= len(seq):
+                continue
+            if is_err:
+                ax.imshow(seq[c, 0], cmap=ERROR_CMAP, vmin=0, vmax=max(vmax, 1e-8))
+            else:
+                img = display(seq[c])
+                ax.imshow(img, cmap="gray" if img.ndim == 2 else None, vmin=0, vmax=1)
+            if r == 0:
+                ax.set_title(f"t{c - len(inputs) + 1}", fontsize=8)
+            elif r == 1:
+                ax.set_title(f"t+{c + 1}", fontsize=8)
+        axes[r, 0].set_ylabel(name, fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    path = Path(path)
+    tmp = _tmp(path)
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+def plot_training_dynamics(rows: list[dict], path: str | Path, baseline: dict | None = None) -> None:
+    """The paper's training-dynamics figure: validation MSE, MAE and SSIM per epoch (rows as in epochs.csv),
+    with the copy-last-frame baseline's values as dashed lines when given."""
+    pts = [r for r in rows if r.get("val_mse") not in (None, "")]
+    if not pts:
+        return
+    epochs = [int(r["epoch"]) for r in pts]
+    fig, axes = plt.subplots(1, 3, figsize=(11, 3.2))
+    for ax, m, label in zip(axes, ("mse", "mae", "ssim"), ("MSE ↓", "MAE ↓", "SSIM ↑")):
+        ax.plot(epochs, [float(r[f"val_{m}"]) for r in pts], "o-", label="model")
+        if baseline is not None:
+            ax.axhline(baseline[m], ls="--", color="gray", label="copy-last-frame")
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+        ax.set_title(f"validation {label}")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    tmp = _tmp(path)
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, path)

@@ -1,0 +1,95 @@
+"""Metrics against hand-computed values, and the two conventions."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from skimage.metrics import structural_similarity
+
+from diffuma.metrics import MetricAccumulator, compute_metrics, copy_last_frame
+
+
+def _constant_case():
+    # 2 sequences x 2 predicted frames of 1x4x4; target 0, prediction a constant per frame.
+    target = np.zeros((2, 2, 1, 4 * 4, 4 * 4))
+    pred = np.zeros_like(target)
+    for (b, t), v in {(0, 0): 0.1, (0, 1): 0.2, (1, 0): 0.3, (1, 1): 0.4}.items():
+        pred[b, t] = v
+    return pred, target
+
+
+def test_per_pixel_mse_mae_psnr_match_hand_computed_values():
+    pred, target = _constant_case()
+    r = compute_metrics(pred, target)
+    assert [f["mse"] for f in r["per_frame"]] == pytest.approx([(0.01 + 0.09) / 2, (0.04 + 0.16) / 2])
+    assert [f["mae"] for f in r["per_frame"]] == pytest.approx([0.2, 0.3])
+    assert r["overall"]["mse"] == pytest.approx(0.075)
+    assert r["overall"]["mae"] == pytest.approx(0.25)
+    psnr = lambda m: 10 * math.log10(1 / m)  # noqa: E731
+    assert r["per_frame"][0]["psnr"] == pytest.approx((psnr(0.01) + psnr(0.09)) / 2)
+    assert r["overall"]["psnr"] == pytest.approx((psnr(0.01) + psnr(0.09) + psnr(0.04) + psnr(0.16)) / 4)
+    assert r["n_sequences"] == 2 and r["convention"] == "per_pixel"
+
+
+def test_ssim_of_constant_frames_is_the_luminance_term_with_data_range_one():
+    # For constant frames SSIM = (2*mx*my + C1) / (mx^2 + my^2 + C1), C1 = (0.01 * data_range)^2.
+    pred, target = _constant_case()
+    c1 = (0.01 * 1.0) ** 2
+    expected = [c1 / (v * v + c1) for v in (0.1, 0.2, 0.3, 0.4)]
+    r = compute_metrics(pred, target)
+    assert r["per_frame"][0]["ssim"] == pytest.approx((expected[0] + expected[2]) / 2)
+    assert r["overall"]["ssim"] == pytest.approx(sum(expected) / 4)
+
+
+def test_openstl_convention_sums_over_chw():
+    pred, target = _constant_case()
+    r = compute_metrics(pred, target, convention="openstl")
+    assert r["overall"]["mse"] == pytest.approx(0.075 * 16 * 16)
+    assert r["overall"]["mae"] == pytest.approx(0.25 * 16 * 16)
+    assert r["overall"]["ssim"] == pytest.approx(compute_metrics(pred, target)["overall"]["ssim"])
+
+
+def test_ssim_uses_the_documented_gaussian_window_and_accumulates_over_batches():
+    rng = np.random.default_rng(0)
+    target = rng.random((3, 2, 1, 24, 32))
+    pred = np.clip(target + rng.normal(0, 0.1, target.shape), 0, 1)
+    acc = MetricAccumulator()
+    acc.update(torch.tensor(pred[:2]), torch.tensor(target[:2]))  # tensors work too, batches accumulate
+    acc.update(pred[2:], target[2:])
+    r = acc.result()
+    ref = [structural_similarity(target[b, t, 0], pred[b, t, 0], data_range=1.0, gaussian_weights=True, sigma=1.5,
+                                 use_sample_covariance=False) for b in range(3) for t in range(2)]
+    assert r["overall"]["ssim"] == pytest.approx(np.mean(ref))
+    assert r["per_frame"][1]["ssim"] == pytest.approx(np.mean(ref[1::2]))
+    uniform = np.mean([structural_similarity(target[b, t, 0], pred[b, t, 0], data_range=1.0)
+                       for b in range(3) for t in range(2)])
+    assert abs(r["overall"]["ssim"] - uniform) > 1e-4  # it is not skimage's default 7x7 uniform window
+
+
+def test_predictions_are_clipped_and_perfect_frames_are_finite():
+    target = np.ones((1, 1, 1, 16, 16))
+    r = compute_metrics(target * 1.5, target)  # clipped to 1 -> perfect
+    assert r["overall"]["mse"] == 0 and r["overall"]["ssim"] == pytest.approx(1.0)
+    assert r["overall"]["psnr"] == pytest.approx(100.0)
+
+
+def test_multichannel_frames_average_ssim_over_channels():
+    rng = np.random.default_rng(1)
+    target = rng.random((1, 1, 3, 16, 16))
+    pred = target.copy()
+    pred[0, 0, 2] = 0.5
+    r = compute_metrics(pred, target)
+    per_channel = [structural_similarity(target[0, 0, c], pred[0, 0, c], data_range=1.0, gaussian_weights=True,
+                                         sigma=1.5, use_sample_covariance=False) for c in range(3)]
+    assert r["overall"]["ssim"] == pytest.approx(np.mean(per_channel))
+
+
+def test_copy_last_frame_and_bad_input():
+    x = torch.arange(2 * 3 * 1 * 2 * 2, dtype=torch.float32).reshape(2, 3, 1, 2, 2)
+    y = copy_last_frame(x, 4)
+    assert y.shape == (2, 4, 1, 2, 2) and torch.equal(y[:, 3], x[:, 2])
+    with pytest.raises(ValueError, match="must both be"):
+        compute_metrics(np.zeros((1, 2, 1, 4, 4)), np.zeros((1, 3, 1, 4, 4)))
+    with pytest.raises(ValueError, match="unknown metric convention"):
+        MetricAccumulator("psnr_only")

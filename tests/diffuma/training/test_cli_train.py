@@ -1,0 +1,107 @@
+"""`chdl train` / `chdl eval` / `chdl predict` end to end with the real tiny DIFFUMA preset on a small curated
+dataset, and a raw recording as predict input."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+import zarr
+from click.testing import CliRunner
+from PIL import Image
+
+from acquisition.raw import RecordingWriter
+from chdl.cli import main
+from train_helpers import write_moving_square_dataset
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli")
+    data = write_moving_square_dataset(root / "d.zarr", n=6, n_val=2)
+    r = CliRunner().invoke(main, ["train", "--data", str(data), "--config", "diffuma_tiny", "--out", str(root / "run"),
+                                  "--set", "run.max_steps=2", "--set", "run.epochs=1", "--set", "run.batch_size=2",
+                                  "--set", "model.l1_weight=0.5", "--no-progress"])
+    assert r.exit_code == 0, r.output
+    return root, data, root / "run"
+
+
+def test_train_writes_a_resumable_run(trained):
+    root, data, run = trained
+    state = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
+    assert state["model_name"] == "diffuma" and state["step"] == 2
+    assert state["model_config"]["l1_weight"] == 0.5 and state["model_config"]["height"] == 16
+    assert {"loss_diff", "loss_l1"} <= set((run / "steps.csv").read_text().splitlines()[0].split(","))
+    # Resuming a finished run is a no-op that keeps the step; a fresh start into the same folder is refused.
+    r = CliRunner().invoke(main, ["train", "--data", str(data), "--out", str(run), "--resume", "--no-progress"])
+    assert r.exit_code == 0, r.output
+    assert torch.load(run / "checkpoints" / "last.pt", weights_only=True)["step"] == 2
+    r = CliRunner().invoke(main, ["train", "--data", str(data), "--config", "diffuma_tiny", "--out", str(run)])
+    assert r.exit_code == 1 and "pass --resume" in r.output
+
+
+def test_eval_writes_json_and_markdown_with_baseline_row(trained):
+    root, data, run = trained
+    r = CliRunner().invoke(main, ["eval", "--checkpoint", str(run / "checkpoints" / "last.pt"), "--data", str(data),
+                                  "--num-workers", "0"])
+    assert r.exit_code == 0, r.output
+    result = json.loads((run / "eval" / "eval_val_per_pixel.json").read_text())
+    assert result["n_sequences"] == 2 and len(result["model"]["per_frame"]) == 5
+    assert 0 < result["model"]["overall"]["mse"] < 1 and result["copy_last_frame"]["overall"]["mse"] > 0
+    md = (run / "eval" / "eval_val_per_pixel.md").read_text()
+    assert "| diffuma |" in md and "| copy-last-frame |" in md and "`per_pixel`" in md
+
+
+def test_predict_from_dataset_and_from_raw_recording(trained):
+    root, data, run = trained
+    ckpt = str(run / "checkpoints" / "last.pt")
+    out = root / "preds"
+    r = CliRunner().invoke(main, ["predict", "--checkpoint", ckpt, "--input", str(data), "--out", str(out),
+                                  "--max-sequences", "1"])
+    assert r.exit_code == 0, r.output
+    g = zarr.open_group(str(out / "predictions.zarr"), mode="r")
+    assert g.attrs["models"] == ["diffuma"] and g.attrs["sequence_ids"] == ["4"]  # the first val sequence
+    assert g["prediction/diffuma"].shape == (1, 5, 1, 16, 16) and g["target"].shape == (1, 5, 1, 16, 16)
+    pngs = sorted((out / "frames" / "diffuma" / "seq_4").glob("*.png"))
+    assert len(pngs) == 5 and np.asarray(Image.open(pngs[0])).shape == (16, 16)
+    gif = Image.open(out / "gifs" / "seq_4.gif")
+    assert gif.n_frames == 10 and gif.size[0] == 4 * 160 + 3 * 4  # input | truth | prediction | error
+    assert (out / "grids" / "seq_4.png").is_file()
+
+    # Two checkpoints (the same run twice here) predict the same sequences side by side.
+    r = CliRunner().invoke(main, ["predict", "--checkpoint", ckpt, "--checkpoint", ckpt, "--input", str(data),
+                                  "--out", str(root / "two"), "--max-sequences", "1"])
+    assert r.exit_code == 0, r.output
+    g2 = zarr.open_group(str(root / "two" / "predictions.zarr"), mode="r")
+    assert g2.attrs["models"] == ["diffuma", "diffuma@run"]
+    np.testing.assert_array_equal(g2["prediction/diffuma@run"][:], g["prediction/diffuma"][:])
+    assert Image.open(root / "two" / "gifs" / "seq_4.gif").size[0] == 6 * 160 + 5 * 4
+
+    # A raw recording: 12 frames of one lane, one of them dropped -> windows of 10 consecutive ok frames.
+    rec = root / "rec"
+    frames = np.asarray(zarr.open_group(str(data), mode="r")["frames"][0, :, 0])  # (10, 16, 16) uint8
+    with RecordingWriter.create(rec, {"camera": {}, "settings": {"width": 16, "height": 16, "pixel_format": "Mono8",
+                                                                 "fps": 5}, "plan": {}}) as w:
+        for i in range(12):
+            meta = dict(lane=0, position_index=i, position_um=10.0 * i, frame_id=i, device_timestamp_ns=None,
+                        host_wall_ns=i, host_monotonic_ns=i)
+            w.append(None if i == 1 else frames[(i - 2) % 10], **meta)
+    r = CliRunner().invoke(main, ["predict", "--checkpoint", ckpt, "--input", str(rec), "--out", str(root / "p2")])
+    assert r.exit_code == 0, r.output
+    g = zarr.open_group(str(root / "p2" / "predictions.zarr"), mode="r")
+    assert g.attrs["sequence_ids"] == ["lane0_frame000002"]
+    np.testing.assert_allclose(g["input"][0, :, 0], frames[:5] / 255.0, atol=1e-6)
+    np.testing.assert_allclose(g["target"][0, :, 0], frames[5:] / 255.0, atol=1e-6)
+    r = CliRunner().invoke(main, ["predict", "--checkpoint", ckpt, "--input", str(rec), "--out", str(root / "p2")])
+    assert r.exit_code == 1 and "already exists" in r.output
+
+
+def test_real_cli_reports_config_errors_in_one_line(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "chdl", "train", "--data", str(tmp_path), "--config", "diffuma_tiny",
+                        "--set", "run.epocs=3", "--out", str(tmp_path / "run")], capture_output=True, text=True)
+    assert r.returncode == 1
+    assert r.stderr.strip() == ("Error: diffuma/configs/diffuma_tiny.yaml: unknown run key 'epocs' "
+                                "(did you mean 'epochs'?)")
+    assert not (tmp_path / "run").exists()

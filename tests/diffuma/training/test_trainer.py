@@ -1,0 +1,170 @@
+"""The trainer on CPU with a stand-in model (tests/diffuma/training/standin_model.py) and a real zarr dataset."""
+
+import csv
+import math
+
+import pytest
+import torch
+
+from diffuma.training import TrainingDiverged, train_from_config
+from diffuma.training.checkpoint import build_model_from_checkpoint, load_checkpoint
+from diffuma.training.trainer import build_trainer
+
+
+def _config(model="standin", **run):
+    base = {"epochs": 3, "batch_size": 3, "num_workers": 0, "lr": 3e-3, "warmup_steps": 1, "ema_decay": 0.8,
+            "checkpoint_every_steps": 2}
+    return {"model": {"name": model, "preset": "tiny"}, "run": {**base, **run}}
+
+
+def _rows(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_training_lowers_loss_and_writes_the_run_folder(standin, tiny_dataset, tmp_path):
+    out = train_from_config(_config(epochs=4), tiny_dataset, tmp_path / "run", progress=False)
+    steps = _rows(out / "steps.csv")
+    assert len(steps) == 4 * 3  # 8 train sequences, batch 3 -> 3 steps per epoch
+    first = sum(float(r["loss"]) for r in steps[:3]) / 3
+    last = sum(float(r["loss"]) for r in steps[-3:]) / 3
+    assert last < 0.8 * first
+    epochs = _rows(out / "epochs.csv")
+    assert [int(r["epoch"]) for r in epochs] == [1, 2, 3, 4]
+    assert all(0 <= float(r["val_ssim"]) <= 1 and float(r["val_mse"]) > 0 for r in epochs)
+    assert {"mse", "l1"} <= set(steps[0])  # the model's own loss logs are columns
+    assert (out / "training_dynamics.png").stat().st_size > 1000
+    assert (out / "checkpoints" / "best.pt").is_file() and (out / "config.yaml").is_file()
+
+
+def test_checkpoint_is_weights_only_and_rebuilds_the_model(standin, tiny_dataset, tmp_path):
+    out = train_from_config(_config(epochs=1), tiny_dataset, tmp_path / "run", progress=False)
+    state = torch.load(out / "checkpoints" / "last.pt", weights_only=True)
+    assert state["step"] == 3 and state["epoch"] == 1 and state["batch_in_epoch"] == 0
+    assert state["config"]["model"]["in_frames"] == 5 and state["config"]["model"]["height"] == 16
+    assert state["config"]["run"]["lr"] == 3e-3 and isinstance(state["chdl_version"], str)
+    assert {"model", "ema", "optimizer", "rng", "data"} <= set(state)
+    model, used = build_model_from_checkpoint(load_checkpoint(out / "checkpoints" / "last.pt"), "model")
+    assert used == "model"
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, state["model"][k])
+    ema, used = build_model_from_checkpoint(state)  # auto -> EMA weights, which differ from the raw ones
+    assert used == "ema"
+    assert not torch.equal(ema.inp.weight, model.inp.weight)
+
+
+@pytest.mark.parametrize("stop_after, workers", [(4, 0), (5, 2)])
+def test_resume_after_kill_mid_epoch_matches_uninterrupted_run(standin, tiny_dataset, tmp_path, stop_after, workers):
+    cfg = _config(num_workers=workers)
+    ref = build_trainer(cfg, tiny_dataset, tmp_path / "ref", progress=False)
+    ref.fit()
+    # "Kill" after stop_after steps: the last checkpoint is at step 4 (checkpoint_every_steps=2), i.e. one
+    # batch into epoch 2; with stop_after=5 the fifth step is lost and must be redone identically.
+    killed = build_trainer(cfg, tiny_dataset, tmp_path / "run", progress=False)
+    killed.fit(stop_after_steps=stop_after)
+    assert load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["batch_in_epoch"] == 1
+    resumed = build_trainer(None, tiny_dataset, tmp_path / "run", resume=True, progress=False)
+    resumed.fit(resume=True)
+    assert resumed.step == ref.step == 9
+    for k, v in ref.model.state_dict().items():
+        assert torch.equal(v, resumed.model.state_dict()[k]), k
+    for k, v in ref.ema.module.state_dict().items():
+        assert torch.equal(v, resumed.ema.module.state_dict()[k]), k
+    # The step log has each step once, with the same losses as the uninterrupted run.
+    a, b = _rows(tmp_path / "ref" / "steps.csv"), _rows(tmp_path / "run" / "steps.csv")
+    assert [r["step"] for r in b] == [str(i) for i in range(1, 10)]
+    assert [r["loss"] for r in a] == [r["loss"] for r in b]
+
+
+def test_resume_refuses_a_changed_config_and_a_fresh_run_refuses_an_existing_one(standin, tiny_dataset, tmp_path):
+    train_from_config(_config(epochs=1), tiny_dataset, tmp_path / "run", progress=False)
+    with pytest.raises(FileExistsError, match="--resume"):
+        train_from_config(_config(epochs=1), tiny_dataset, tmp_path / "run", progress=False)
+    with pytest.raises(ValueError, match="run.lr"):
+        train_from_config(_config(epochs=1, lr=1e-2), tiny_dataset, tmp_path / "run", resume=True, progress=False)
+    with pytest.raises(FileNotFoundError, match="nothing to resume|not found"):
+        train_from_config(_config(), tiny_dataset, tmp_path / "other", resume=True, progress=False)
+
+
+def test_nan_loss_stops_with_message_and_keeps_last_good_checkpoint(standin, tiny_dataset, tmp_path):
+    cfg = _config()
+    cfg["model"]["nan_at_step"] = 4  # the stand-in returns NaN at (0-based) step 4, i.e. the fifth step
+    with pytest.raises(TrainingDiverged, match=r"loss is nan at step 5 .*last\.pt \(step 4\)"):
+        train_from_config(cfg, tiny_dataset, tmp_path / "run", progress=False)
+    state = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
+    assert state["step"] == 4
+    assert all(torch.isfinite(v).all() for v in state["model"].values())
+
+
+def test_frame_counts_follow_the_dataset_unless_overridden(standin, tiny_dataset, tmp_path):
+    t = build_trainer(_config(out_frames=1), tiny_dataset, tmp_path / "r", progress=False)
+    assert (t.model.config.in_frames, t.model.config.out_frames) == (5, 1)
+    x, y = t.train_set[0]
+    assert x.shape == (5, 1, 16, 16) and y.shape == (1, 1, 16, 16)
+    with pytest.raises(ValueError, match="model.in_frames comes from the dataset"):
+        build_trainer({"model": {"name": "standin", "preset": "tiny", "in_frames": 3}, "run": {}}, tiny_dataset,
+                      tmp_path / "r2")
+
+
+def test_max_steps_stops_mid_epoch_and_sets_schedule_length(standin, tiny_dataset, tmp_path):
+    t = build_trainer(_config(max_steps=4, schedule="cosine", warmup_steps=0), tiny_dataset, tmp_path / "r",
+                      progress=False)
+    t.fit()
+    assert t.step == 4 and t.total_steps == 4
+    lrs = [float(r["lr"]) for r in _rows(tmp_path / "r" / "steps.csv")]
+    assert lrs[0] == pytest.approx(3e-3) and lrs[-1] == pytest.approx(3e-3 * 0.5 * (1 + math.cos(math.pi * 3 / 4)))
+    assert load_checkpoint(tmp_path / "r" / "checkpoints" / "last.pt")["step"] == 4
+
+
+def test_precision_other_than_fp32_is_refused_on_cpu(standin, tiny_dataset, tmp_path):
+    with pytest.raises(ValueError, match="needs a CUDA device"):
+        build_trainer(_config(precision="bf16", device="cpu"), tiny_dataset, tmp_path / "r", progress=False)
+
+
+def test_real_sigkill_after_a_checkpoint_then_resume_matches(standin, tiny_dataset, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    cfg = _config(epochs=3, checkpoint_every_steps=1, num_workers=0, val_every_epochs=0)
+    here = Path(__file__).parent
+    script = (f"import sys; sys.path.insert(0, {str(here)!r})\n"
+              "from diffuma.models import registry\n"
+              "registry.MODELS['standin'] = 'standin_model:StandIn'\n"
+              "from diffuma.training import train_from_config\n"
+              f"train_from_config({cfg!r}, {str(tiny_dataset)!r}, {str(tmp_path / 'run')!r}, progress=False)\n")
+    proc = subprocess.Popen([sys.executable, "-c", script])
+    last = tmp_path / "run" / "checkpoints" / "last.pt"
+    deadline = time.monotonic() + 120
+    while not last.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    killed_at = load_checkpoint(last)["step"]
+    assert 1 <= killed_at < 9
+    resumed = build_trainer(None, tiny_dataset, tmp_path / "run", resume=True, progress=False)
+    resumed.fit(resume=True)
+    ref = build_trainer(cfg, tiny_dataset, tmp_path / "ref", progress=False)
+    ref.fit()
+    for k, v in ref.model.state_dict().items():
+        assert torch.equal(v, resumed.model.state_dict()[k]), k
+
+
+def test_real_diffuma_tiny_lowers_its_loss(tmp_path):
+    from train_helpers import write_moving_square_dataset
+
+    data = write_moving_square_dataset(tmp_path / "d.zarr", n=4, n_val=2)
+    cfg = {"model": {"name": "diffuma", "preset": "tiny"},
+           "run": {"epochs": 10, "batch_size": 2, "num_workers": 0, "lr": 3e-3, "warmup_steps": 1,
+                   "val_every_epochs": 0}}
+    steps = _rows(train_from_config(cfg, data, tmp_path / "run", progress=False) / "steps.csv")
+    assert len(steps) == 10
+
+    def mean(rows, key):
+        return sum(float(r[key]) for r in rows) / len(rows)
+
+    assert mean(steps[-3:], "loss") < mean(steps[:3], "loss") - 0.05  # eq. 10 total
+    assert mean(steps[-3:], "loss_l1") < 0.6 * mean(steps[:3], "loss_l1")  # the fused prediction's L1
