@@ -1,10 +1,46 @@
-"""Placeholder: this stage is not implemented yet (exits non-zero)."""
+"""``chdl curate RAW OUT``: QC, reconstruct and pack raw recordings into a curated zarr dataset."""
+
+from __future__ import annotations
+
+import shlex
 
 import click
 
 
-@click.command('curate', context_settings={'ignore_unknown_options': True})
-@click.argument('args', nargs=-1, type=click.UNPROCESSED)
-def curate(args):
-    """Not implemented yet."""
-    raise click.ClickException('curate' + ': not implemented yet')
+@click.command("curate")
+@click.argument("raw", type=click.Path(path_type=str))
+@click.argument("out", type=click.Path(path_type=str))
+@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=str), default=None,
+              help="YAML file overriding QC thresholds, max bad frames, split, shard size (see docs/curation.md).")
+@click.option("--workers", "-j", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Worker processes; each owns whole shards.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing dataset at OUT.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar or warnings on stderr.")
+def curate(raw: str, out: str, config_path: str | None, workers: int, overwrite: bool, quiet: bool) -> None:
+    """QC, reconstruct and pack the recordings in RAW (one run folder or a folder of runs) into the
+    curated dataset OUT (a zarr folder, e.g. out.zarr), with a QC report beside it (out.qc.html,
+    out.qc.json). Rerunning an interrupted command resumes it."""
+    from acquisition.raw import RawFormatError
+    from curation.config import ConfigError, load_config
+    from curation.pipeline import CurateError, curate as run_curate
+    from curation.plan import PlanError
+
+    argv = [raw, out] + (["--config", config_path] if config_path else []) + ["--workers", str(workers)] \
+        + (["--overwrite"] if overwrite else [])
+    try:
+        cfg = load_config(config_path)
+        result = run_curate(raw, out, cfg, workers=workers, overwrite=overwrite, command="chdl curate " + shlex.join(argv),
+                            progress=not quiet, log=(lambda m: None) if quiet else (lambda m: click.echo(m, err=True)))
+    except (ConfigError, CurateError, PlanError, RawFormatError) as e:
+        raise click.ClickException(str(e)) from None
+    s = result.summary
+    sp = s["splits"]
+    click.echo(f"{result.out}: {result.n_sequences} sequences ({sp['train']} train, {sp['val']} val, "
+               f"{sp['excluded']} excluded), {result.n_frames} frames; flagged vibration {s['flags']['vibration']}, "
+               f"illumination {s['flags']['illumination']}, missing {s['flags']['missing']}, "
+               f"reconstructed {s['flags']['reconstructed']}"
+               + (f"; resumed after {result.shards_resumed} shards" if result.shards_resumed else "")
+               + f"; {result.n_frames / max(result.seconds, 1e-9):.0f} frames/s")
+    click.echo(f"QC report: {result.report_html} (summary {result.report_json})")
+    if s["warnings"]:
+        click.echo(f"{len(s['warnings'])} warning(s); see the report", err=True)

@@ -1,0 +1,278 @@
+"""``chdl curate``: raw recordings -> QC -> reconstruction -> the curated zarr dataset + QC report.
+
+Order of work:
+
+1. plan (metadata only, :mod:`curation.plan`): sequences, missing frames, train/val split;
+2. run baselines: each run's score centre/spread measured on up to ``qc.calibration_sequences``
+   evenly spaced sequences (:func:`curation.qc.calibrate`), stored in the provenance;
+3. shards: each worker process takes whole shards (``sequences_per_shard`` sequences), reads their
+   frames, curates every sequence (:func:`curation.sequence.curate_sequence`) and writes the shard with
+   :meth:`chdl.dataset.DatasetWriter.write_shard` — two workers never touch one shard;
+4. the QC report (HTML + JSON beside the dataset), then ``finalize`` marks the dataset complete.
+
+Resuming: the dataset's provenance holds a key (hash of the input runs, their frame counts, the
+config and the tool version). Rerunning with the same arguments on an incomplete dataset writes only
+the shards not yet done, with the stored baselines, so the result equals an uninterrupted run. A
+complete dataset, a dataset made with other arguments, or a folder that is not a dataset is refused
+unless ``overwrite``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import multiprocessing as mp
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import cv2
+import numpy as np
+from tqdm import tqdm
+
+from acquisition.raw import RawFormatError, Recording
+from chdl.dataset import SPLIT_EXCLUDED, DatasetFormatError, DatasetWriter
+from curation import qc
+from curation.config import CurateConfig
+from curation.plan import Plan, SequencePlan, build_plan
+from curation.sequence import curate_sequence
+
+
+class CurateError(RuntimeError):
+    """A refusal or failure with a one-line message naming the path."""
+
+
+def report_paths(out: str | os.PathLike) -> tuple[Path, Path]:
+    """The QC report files beside a dataset: ``x.zarr`` -> ``x.qc.html``, ``x.qc.json``."""
+    out = Path(out)
+    stem = out.name[:-5] if out.name.endswith(".zarr") else out.name
+    return out.with_name(stem + ".qc.html"), out.with_name(stem + ".qc.json")
+
+
+def read_sequence(seq: SequencePlan, run_path: str, height: int, width: int, dtype: np.dtype):
+    """(frames (T,H,W), available (T,), {t: error}) — an unreadable frame file is a missing frame."""
+    T = len(seq.records)
+    frames = np.zeros((T, height, width), dtype)
+    available = np.zeros(T, bool)
+    errors: dict[int, str] = {}
+    rec = Recording(Path(run_path), {}, [], False)
+    for t, r in enumerate(seq.records):
+        if r is None:
+            continue
+        try:
+            frames[t] = rec.read(r)
+            available[t] = True
+        except RawFormatError as e:
+            errors[t] = str(e)
+    return frames, available, errors
+
+
+# ---------------------------------------------------------------------------------------------------
+# worker side: the context is installed once per process; tasks are whole shards
+# ---------------------------------------------------------------------------------------------------
+
+_CTX: dict = {}
+
+
+def _init_worker(ctx: dict) -> None:
+    cv2.setNumThreads(1)  # one core per worker; parallelism is across shards
+    _CTX.clear()
+    _CTX.update(ctx)
+    _CTX["baselines"] = [qc.Baseline.from_dict(b) for b in ctx["baselines"]]
+
+
+def _calibration_task(task: tuple[int, SequencePlan]) -> tuple[int, np.ndarray]:
+    run, seq = task
+    c = _CTX
+    frames, available, _ = read_sequence(seq, c["run_paths"][run], c["height"], c["width"], c["dtype"])
+    return run, qc.measure(frames, available, c["max_value"])
+
+
+def _shard_task(task: tuple[int, list[SequencePlan]]) -> tuple[int, int, list[str]]:
+    shard, seqs = task
+    c = _CTX
+    cfg: CurateConfig = c["cfg"]
+    T, H, W = cfg.frames_per_sequence, c["height"], c["width"]
+    k = len(seqs)
+    frames = np.zeros((k, T, 1, H, W), c["dtype"])
+    flags = np.zeros((k, T), np.uint8)
+    scores = np.zeros((k, T, len(qc.SCORE_NAMES)), np.float32)
+    split = np.zeros(k, np.uint8)
+    originals = []
+    warnings = []
+    for i, seq in enumerate(seqs):
+        raw, available, errors = read_sequence(seq, c["run_paths"][seq.run], H, W, c["dtype"])
+        warnings += [f"{msg}; treated as missing" for msg in errors.values()]
+        res = curate_sequence(raw, available, c["baselines"][seq.run], c["thresholds"][seq.run],
+                              cfg.max_bad_frames, c["max_value"])
+        frames[i, :, 0] = res.frames
+        flags[i], scores[i] = res.flags, res.scores
+        split[i] = SPLIT_EXCLUDED if res.excluded else seq.split
+        originals += [(i, t, px[None]) for t, px in res.originals]
+    writer = DatasetWriter.open(c["out"])
+    writer.write_shard(shard, frames=frames, qc_flags=flags, qc_scores=scores, split=split,
+                       run_index=np.array([s.run for s in seqs], np.int32),
+                       lane=np.array([s.lane for s in seqs], np.int32),
+                       position_um=np.array([s.position_um for s in seqs], np.float64),
+                       timestamp_ns=np.array([s.timestamp_ns for s in seqs], np.int64),
+                       originals=originals)
+    return shard, k * T, warnings
+
+
+def _run_tasks(fn: Callable, tasks: list, ctx: dict, workers: int):
+    """Yield fn(task) for every task: in this process (workers <= 1) or in a pool of ``workers``."""
+    if workers <= 1 or len(tasks) <= 1:
+        saved = dict(_CTX)
+        _init_worker(ctx)
+        try:
+            for t in tasks:
+                yield fn(t)
+        finally:
+            _CTX.clear()
+            _CTX.update(saved)
+        return
+    with mp.get_context("fork" if sys.platform == "linux" else "spawn").Pool(
+            min(workers, len(tasks)), initializer=_init_worker, initargs=(ctx,)) as pool:
+        yield from pool.imap_unordered(fn, tasks)
+
+
+# ---------------------------------------------------------------------------------------------------
+# main side
+# ---------------------------------------------------------------------------------------------------
+
+@dataclasses.dataclass
+class CurateResult:
+    out: Path
+    report_html: Path
+    report_json: Path
+    n_sequences: int
+    n_frames: int
+    shards_written: int
+    shards_resumed: int  # shards that were already done (resume)
+    seconds: float
+    summary: dict
+    timings: dict  # seconds per phase: plan, calibrate, shards, report
+
+
+def _key(plan: Plan, cfg: CurateConfig) -> str:
+    from chdl import __version__
+
+    material = {"plan": plan.key_material(), "config": cfg.to_dict(), "tool_version": __version__}
+    return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()
+
+
+def _calibration_sample(plan: Plan, cfg: CurateConfig) -> list[tuple[int, SequencePlan]]:
+    tasks = []
+    for run in range(len(plan.runs)):
+        cands = [s for s in plan.sequences if s.run == run and s.n_missing <= cfg.max_bad_frames]
+        n = min(cfg.qc.calibration_sequences, len(cands))
+        if n:
+            picks = sorted(set(np.linspace(0, len(cands) - 1, n).round().astype(int).tolist()))
+            tasks += [(run, cands[i]) for i in picks]
+    return tasks
+
+
+def _thresholds(cfg: CurateConfig, baselines: list[qc.Baseline]) -> list[np.ndarray]:
+    return [qc.thresholds(cfg.qc.floors, cfg.qc.z, b) for b in baselines]
+
+
+def curate(source: str | os.PathLike, out: str | os.PathLike, cfg: CurateConfig, *, workers: int = 1,
+           overwrite: bool = False, command: str = "", progress: bool = True,
+           log: Callable[[str], None] | None = None) -> CurateResult:
+    """Curate the recordings under ``source`` into the dataset ``out`` (see the module docstring).
+    Raises CurateError / PlanError / RawFormatError (one-line messages naming the path)."""
+    t_start = time.perf_counter()
+    log = log or (lambda msg: print(msg, file=sys.stderr))
+    out = Path(out)
+    html_path, json_path = report_paths(out)
+    timings = {}
+    plan = build_plan(source, cfg)
+    timings["plan"] = time.perf_counter() - t_start
+    for w in plan.warnings:
+        log(f"warning: {w}")
+    key = _key(plan, cfg)
+    T = cfg.frames_per_sequence
+    ctx = {"out": str(out), "run_paths": [r.path for r in plan.runs], "height": plan.height, "width": plan.width,
+           "dtype": plan.dtype, "max_value": float(plan.max_value), "cfg": cfg, "baselines": [], "thresholds": []}
+
+    writer = None
+    if out.is_dir() and not any(out.iterdir()):
+        out.rmdir()  # an empty folder is as good as none
+    if out.exists() and overwrite and not (out / "zarr.json").is_file() and (not out.is_dir() or any(out.iterdir())):
+        raise CurateError(f"{out}: exists and is not a zarr dataset; refusing to delete it even with --overwrite")
+    if out.exists() and not overwrite:
+        try:
+            writer = DatasetWriter.open(out)
+        except DatasetFormatError:
+            raise CurateError(f"{out}: already exists and is not a chdl dataset; refusing to overwrite (use --overwrite)") from None
+        if writer.complete:
+            raise CurateError(f"{out}: already exists (a complete dataset); use --overwrite to replace it")
+        if writer.attrs.get("provenance", {}).get("curate_key") != key:
+            raise CurateError(f"{out}: an incomplete dataset made from other inputs or settings; "
+                              "rerun with the original arguments to resume, or use --overwrite")
+        log(f"resuming {out}: {len(writer.done_shards())}/{writer.n_shards} shards already written")
+    t_cal = time.perf_counter()
+    if writer is None:
+        for p in (html_path, json_path):
+            if overwrite and p.exists():
+                p.unlink()
+        log(f"measuring run baselines on {sum(1 for _ in _calibration_sample(plan, cfg))} sequences")
+        per_run: dict[int, list[np.ndarray]] = {}
+        for run, scores in _run_tasks(_calibration_task, _calibration_sample(plan, cfg), ctx, workers):
+            per_run.setdefault(run, []).append(scores)
+        baselines = [qc.calibrate(per_run.get(r, [])) for r in range(len(plan.runs))]
+        thresholds = _thresholds(cfg, baselines)
+        provenance = {
+            "command": command,
+            "source_runs": [r.path for r in plan.runs],
+            "curate_key": key,
+            "config": {
+                **cfg.to_dict(),
+                "qc_score_names": list(qc.SCORE_NAMES),
+                "run_baselines": {plan.runs[i].run_id: b.to_dict() for i, b in enumerate(baselines)},
+                "run_thresholds": {plan.runs[i].run_id: dict(zip(qc.SCORE_NAMES, map(float, th)))
+                                   for i, th in enumerate(thresholds)},
+            },
+        }
+        try:
+            writer = DatasetWriter.create(
+                out, n_sequences=len(plan.sequences), frames_per_sequence=T, channels=1, height=plan.height,
+                width=plan.width, dtype=plan.dtype, sequences_per_shard=cfg.sequences_per_shard,
+                in_frames=cfg.in_frames, out_frames=cfg.out_frames, pixel_format=plan.pixel_format,
+                max_value=plan.max_value, qc_score_names=qc.SCORE_NAMES,
+                runs=[r.run_id for r in plan.runs], provenance=provenance,
+                extra={"curation": {"report_html": html_path.name, "report_json": json_path.name}},
+                overwrite=overwrite)
+        except (FileExistsError, OSError) as e:
+            raise CurateError(f"{out}: cannot create dataset ({e})") from None
+    # baselines always from the stored provenance: a resumed run uses exactly what the first one did
+    stored = writer.attrs["provenance"]["config"]["run_baselines"]
+    ctx["baselines"] = [stored[r.run_id] for r in plan.runs]
+    ctx["thresholds"] = _thresholds(cfg, [qc.Baseline.from_dict(b) for b in ctx["baselines"]])
+
+    timings["calibrate"] = time.perf_counter() - t_cal
+    t_shards = time.perf_counter()
+    done = writer.done_shards()
+    pending = [s for s in range(writer.n_shards) if s not in done]
+    tasks = [(s, [plan.sequences[i] for i in writer.shard_range(s)]) for s in pending]
+    n_pending = sum(len(seqs) for _, seqs in tasks) * T
+    with tqdm(total=n_pending, unit="frame", desc="curate", file=sys.stderr, disable=not progress,
+              dynamic_ncols=True) as bar:
+        for shard, n, warns in _run_tasks(_shard_task, tasks, ctx, workers):
+            for w in warns:
+                bar.write(f"warning: {w}")
+            bar.update(n)
+
+    timings["shards"] = time.perf_counter() - t_shards
+    t_report = time.perf_counter()
+    from curation.report import write_report
+
+    summary = write_report(out, plan, cfg, html_path, json_path)
+    writer.finalize()
+    timings["report"] = time.perf_counter() - t_report
+    return CurateResult(out, html_path, json_path, len(plan.sequences), len(plan.sequences) * T,
+                        len(pending), len(done), time.perf_counter() - t_start, summary,
+                        {k: round(v, 3) for k, v in timings.items()})

@@ -1,0 +1,239 @@
+"""From raw recordings to a plan: which frames make which lane sequence, and which sequences go to
+train, val or nowhere. Reads only metadata (manifests, frame indexes, file presence) — no pixels.
+
+Grouping: a recording's frames carry ``lane`` (the lane pass) and ``position_index`` (index into the
+plan's positions). Each lane's positions 0..P-1 are cut into consecutive windows of T
+(``frames_per_sequence``); each window is one sequence. A position with no usable frame (dropped,
+incomplete buffer, absent from the index, file missing, size/format differing from the run's) is a
+*missing* frame: reconstructed if the sequence has few enough bad frames, else the sequence is
+excluded. Such problems are warnings and report entries; problems that make a whole run unusable
+(malformed manifest, runs of different sizes or pixel formats, no usable sequence) are errors.
+
+Split: lanes are grouped into blocks of ``split.block_lanes`` consecutive lanes of one run; a block goes
+wholly to train or val, so neighbouring sequences (same lane, adjacent lanes) never straddle the
+split. Blocks are dealt in a seeded hash order to whichever split keeps the val share closest to
+``val_fraction`` (the paper's even split by default). Sequences already known to be excluded (too many
+missing frames) do not count towards the balance.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import os
+from pathlib import Path
+
+import numpy as np
+
+from acquisition.raw import PIXEL_DTYPES, FrameRecord, Recording, find_recordings
+from chdl.dataset import SPLIT_TRAIN, SPLIT_VAL
+from curation.config import CurateConfig
+
+MAX_VALUES = {"Mono8": 255, "Mono16": 65535}
+
+
+class PlanError(ValueError):
+    """A problem that makes the input unusable. The message names the file and the problem."""
+
+
+@dataclasses.dataclass
+class RunInfo:
+    path: str  # recording folder (absolute)
+    run_id: str
+    complete: bool
+    n_records: int  # lines in frames.jsonl (after a torn tail is dropped)
+
+
+@dataclasses.dataclass
+class SequencePlan:
+    index: int  # sequence index in the dataset
+    run: int  # index into Plan.runs
+    lane: int
+    window: int  # which window of T positions along the lane
+    records: list[FrameRecord | None]  # per t: the frame to read, or None = missing
+    position_um: list[float]  # per t (NaN unknown)
+    timestamp_ns: list[int]  # per t (-1 unknown)
+    missing_reasons: dict[int, str]  # t -> why it is missing
+    split: int = 0  # SPLIT_TRAIN / SPLIT_VAL; SPLIT_EXCLUDED is decided after QC (or here, if too many missing)
+
+    @property
+    def n_missing(self) -> int:
+        return sum(r is None for r in self.records)
+
+
+@dataclasses.dataclass
+class Plan:
+    runs: list[RunInfo]
+    sequences: list[SequencePlan]
+    height: int
+    width: int
+    pixel_format: str
+    warnings: list[str]  # one line each, naming the file
+
+    @property
+    def dtype(self) -> np.dtype:
+        return np.dtype(PIXEL_DTYPES[self.pixel_format])
+
+    @property
+    def max_value(self) -> int:
+        return MAX_VALUES[self.pixel_format]
+
+    def key_material(self) -> dict:
+        """What identifies the input, for resuming: run folders, ids and frame counts."""
+        return {"runs": [dataclasses.asdict(r) for r in self.runs], "n_sequences": len(self.sequences)}
+
+
+def _settings(rec: Recording) -> tuple[int, int, str]:
+    manifest = rec.path / "manifest.json"
+    s = rec.manifest.get("settings")
+    if not isinstance(s, dict):
+        raise PlanError(f"{manifest}: malformed manifest (no settings)")
+    try:
+        w, h, fmt = int(s["width"]), int(s["height"]), str(s["pixel_format"])
+    except (KeyError, TypeError, ValueError):
+        raise PlanError(f"{manifest}: malformed manifest (settings need width, height, pixel_format)") from None
+    if fmt not in PIXEL_DTYPES:
+        raise PlanError(f"{manifest}: unsupported pixel format {fmt!r} (supported: {', '.join(PIXEL_DTYPES)})")
+    if w < 16 or h < 16:
+        raise PlanError(f"{manifest}: frame size {w}x{h} is too small to curate (need at least 16x16)")
+    return w, h, fmt
+
+
+def _positions_per_lane(rec: Recording) -> int:
+    plan = rec.manifest.get("plan") or {}
+    p = plan.get("positions")
+    if isinstance(p, list):
+        return len(p)
+    if isinstance(p, int) and p > 0:
+        return p
+    if isinstance(plan.get("positions_um"), list) and plan["positions_um"]:
+        return len(plan["positions_um"])
+    return 1 + max((f.position_index for f in rec.frames), default=-1)
+
+
+def _planned_um(rec: Recording) -> list[float]:
+    plan = rec.manifest.get("plan") or {}
+    um = plan.get("positions_um")
+    if isinstance(um, list):
+        try:
+            return [float(x) for x in um]
+        except (TypeError, ValueError):
+            return []
+    return []
+
+
+def build_plan(source: str | os.PathLike, cfg: CurateConfig) -> Plan:
+    """Read every recording under ``source`` and plan the dataset (PlanError / RawFormatError on
+    unusable input)."""
+    T = cfg.frames_per_sequence
+    paths = find_recordings(source)  # RawFormatError: missing path, empty folder, not a recording
+    warnings: list[str] = []
+    runs: list[RunInfo] = []
+    sequences: list[SequencePlan] = []
+    ref: tuple[int, int, str, Path] | None = None
+    seen_ids: dict[str, Path] = {}
+    for path in paths:
+        rec = Recording.open(path)  # RawFormatError: malformed manifest / frame index
+        manifest = rec.path / "manifest.json"
+        index_file = rec.path / "frames.jsonl"
+        w, h, fmt = _settings(rec)
+        if ref is None:
+            ref = (w, h, fmt, manifest)
+        elif (w, h) != ref[:2]:
+            raise PlanError(f"{manifest}: frame size {w}x{h} differs from {ref[3]} ({ref[0]}x{ref[1]}); curate runs of one size together")
+        elif fmt != ref[2]:
+            raise PlanError(f"{manifest}: pixel format {fmt} differs from {ref[3]} ({ref[2]}); curate runs of one pixel format together")
+        run_id = str(rec.manifest.get("run_id") or path.name)
+        if run_id in seen_ids:
+            raise PlanError(f"{manifest}: run_id {run_id!r} is also the id of {seen_ids[run_id]}; run ids must be unique")
+        seen_ids[run_id] = path
+        if not rec.complete:
+            warnings.append(f"{manifest}: run is {rec.manifest.get('status')!r}, not complete; using the lane sequences it holds")
+        if rec.torn_tail:
+            warnings.append(f"{index_file}: last line torn (capture was cut off); ignored")
+        P = _positions_per_lane(rec)
+        if P < T:
+            raise PlanError(f"{manifest}: {P} positions per lane, fewer than the {T} frames of a sequence")
+        if P % T:
+            warnings.append(f"{manifest}: {P} positions per lane is not a multiple of {T}; the last {P % T} of each lane are unused")
+        planned_um = _planned_um(rec)
+        run_idx = len(runs)
+        runs.append(RunInfo(str(path.resolve()), run_id, rec.complete, len(rec.frames)))
+        # (lane, position) -> record, later usable records replacing earlier ones (a re-shot position)
+        by_lane: dict[int, dict[int, FrameRecord]] = {}
+        problems: dict[tuple[int, int], str] = {}
+        for f in rec.frames:
+            if not 0 <= f.position_index < P or f.lane < 0:
+                warnings.append(f"{index_file}: frame {f.index} has lane {f.lane} / position {f.position_index} outside the plan ({P} positions); ignored")
+                continue
+            key = (f.lane, f.position_index)
+            lane_map = by_lane.setdefault(f.lane, {})
+            why = None
+            if f.status == "dropped" or f.file is None:
+                why = "dropped by the camera/host"
+            elif f.status == "incomplete":
+                why = "incomplete buffer"
+            elif (f.width, f.height) != (w, h):
+                why = f"size {f.width}x{f.height} differs from the run's {w}x{h}"
+            elif f.pixel_format != fmt:
+                why = f"pixel format {f.pixel_format} differs from the run's {fmt}"
+            elif not (rec.path / f.file).is_file():
+                why = "frame file is missing"
+            if why is not None:
+                if key not in lane_map:
+                    problems[key] = why
+                    if f.status != "dropped":
+                        where = rec.path / f.file if f.file else index_file
+                        warnings.append(f"{where}: {why}; frame {f.index} (lane {f.lane}, position {f.position_index}) treated as missing")
+                continue
+            if key in lane_map:
+                warnings.append(f"{index_file}: lane {f.lane} position {f.position_index} recorded twice; using frame {f.index}")
+            lane_map[key[1]] = f
+            problems.pop(key, None)
+        if not by_lane:
+            warnings.append(f"{index_file}: no frames recorded")
+        for lane in sorted(by_lane):
+            got = by_lane[lane]
+            for win in range(P // T):
+                pos = range(win * T, (win + 1) * T)
+                records = [got.get(p) for p in pos]
+                if all(r is None for r in records) and not any((lane, p) in problems for p in pos):
+                    continue  # a window this (cut-off) run never reached
+                reasons = {t: problems.get((lane, p), "position never recorded")
+                           for t, p in enumerate(pos) if records[t] is None}
+                for t, why in reasons.items():
+                    if why == "position never recorded":
+                        warnings.append(f"{index_file}: lane {lane} position {pos[t]} never recorded; treated as missing")
+                um = [float(r.position_um) if r is not None else
+                      (planned_um[p] if p < len(planned_um) else float("nan")) for r, p in zip(records, pos)]
+                ts = [int(r.host_wall_ns) if r is not None else -1 for r in records]
+                sequences.append(SequencePlan(len(sequences), run_idx, lane, win, records, um, ts, reasons))
+    if not sequences:
+        raise PlanError(f"{source}: no lane sequences of {T} frames in {len(runs)} recording(s)")
+    assert ref is not None
+    plan = Plan(runs, sequences, height=ref[1], width=ref[0], pixel_format=ref[2], warnings=warnings)
+    assign_split(plan, cfg)
+    return plan
+
+
+def assign_split(plan: Plan, cfg: CurateConfig) -> None:
+    """Deterministic train/val split by blocks of lanes (see module docstring)."""
+    blocks: dict[tuple[int, int], list[SequencePlan]] = {}
+    for s in plan.sequences:
+        blocks.setdefault((s.run, s.lane // cfg.split.block_lanes), []).append(s)
+
+    def order(key: tuple[int, int]) -> str:
+        run_id = plan.runs[key[0]].run_id
+        return hashlib.sha256(f"{cfg.split.seed}:{run_id}:{key[1]}".encode()).hexdigest()
+
+    frac = cfg.split.val_fraction
+    n_val = n_all = 0
+    for key in sorted(blocks, key=order):
+        members = blocks[key]
+        n = sum(s.n_missing <= cfg.max_bad_frames for s in members)
+        total = n_all + n
+        to_val = abs(n_val + n - frac * total) < abs(n_val - frac * total)
+        for s in members:
+            s.split = SPLIT_VAL if to_val else SPLIT_TRAIN
+        n_val += n if to_val else 0
+        n_all = total

@@ -1,0 +1,263 @@
+"""The QC report: one self-contained HTML page (pictures inlined) and a JSON summary, beside the dataset.
+
+Built from the written dataset (flags, scores, splits, originals) and the plan (warnings, missing
+frames), so a resumed run writes the same report as an uninterrupted one. Contents: counts per flag
+and per run, the warnings, the excluded sequences and why, a histogram of each score's deviation from
+its run baseline with the thresholds drawn in, and for each flagged frame (up to
+``MAX_THUMBNAIL_ROWS``) thumbnails of its neighbours, the original and the reconstruction.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+import zarr
+
+from acquisition.raw import RawFormatError, Recording
+from chdl.dataset import (FLAG_ILLUMINATION, FLAG_MISSING, FLAG_NAMES, FLAG_RECONSTRUCTED, FLAG_VIBRATION,
+                          SPLIT_EXCLUDED, SPLIT_TRAIN, SPLIT_VAL)
+from curation import qc
+from curation.config import CurateConfig
+from curation.plan import Plan
+
+MAX_THUMBNAIL_ROWS = 300  # flagged frames shown with pictures (all are listed in the JSON)
+HIST_BINS = 40
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def _flag_names(bits: int) -> list[str]:
+    return [name for bit, name in FLAG_NAMES.items() if bits & bit]
+
+
+def _thumb(img: np.ndarray | None, width: int, max_value: float) -> str:
+    """A JPEG data URI of a (H, W) frame scaled to ``width`` px ("" for None)."""
+    if img is None:
+        return ""
+    h, w = img.shape
+    small = cv2.resize(img.astype(np.float32), (width, max(1, round(h * width / w))), interpolation=cv2.INTER_AREA)
+    small = np.clip(small * (255.0 / max_value), 0, 255).astype(np.uint8)
+    ok, buf = cv2.imencode(".jpg", small, [cv2.IMWRITE_JPEG_QUALITY, 85])
+    return "data:image/jpeg;base64," + base64.b64encode(buf.tobytes()).decode() if ok else ""
+
+
+def _svg_histogram(name: str, counts: np.ndarray, edges: np.ndarray, thresholds: list[float], side: str) -> str:
+    """A small inline SVG bar chart (log count) with the threshold(s) as red lines."""
+    W, H, pad = 260, 130, 18
+    lo, hi = float(edges[0]), float(edges[-1])
+    sx = lambda x: pad + (x - lo) / (hi - lo) * (W - 2 * pad)
+    top = np.log10(max(1, int(counts.max())) + 1)
+    bars = []
+    for c, e0, e1 in zip(counts, edges[:-1], edges[1:]):
+        if c:
+            h = np.log10(c + 1) / top * (H - 2 * pad)
+            bars.append(f'<rect x="{sx(e0):.1f}" y="{H - pad - h:.1f}" width="{max(0.5, sx(e1) - sx(e0) - 0.5):.1f}" '
+                        f'height="{h:.1f}" fill="#4878a8"/>')
+    lines = []
+    for t in thresholds:
+        for x in ([t] if side == "high" else [-t] if side == "low" else [-t, t]):
+            if lo <= x <= hi:
+                lines.append(f'<line x1="{sx(x):.1f}" x2="{sx(x):.1f}" y1="{pad}" y2="{H - pad}" stroke="#c03030"/>')
+    return (f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" style="border:1px solid #ddd">'
+            f'<text x="{W / 2}" y="12" font-size="11" text-anchor="middle">{html.escape(name)}</text>'
+            f'{"".join(bars)}{"".join(lines)}'
+            f'<line x1="{pad}" x2="{W - pad}" y1="{H - pad}" y2="{H - pad}" stroke="#888"/>'
+            f'<text x="{pad}" y="{H - 4}" font-size="9">{lo:.3g}</text>'
+            f'<text x="{W - pad}" y="{H - 4}" font-size="9" text-anchor="end">{hi:.3g}</text></svg>')
+
+
+def _histograms(dev: np.ndarray, thr: dict[str, list[float]]) -> tuple[dict, str]:
+    """Per score: histogram of deviations from the run baseline (for the JSON) and inline SVGs."""
+    out, svgs = {}, []
+    for k, name in enumerate(qc.SCORE_NAMES):
+        v = dev[..., k].ravel()
+        v = v[np.isfinite(v)]
+        t = thr[name]
+        side = qc.SCORE_SIDES[k]
+        lo = min(float(np.percentile(v, 0.5)) if v.size else 0.0, -max(t) * 1.5 if side != "high" else 0.0)
+        hi = max(float(np.percentile(v, 99.5)) if v.size else 1.0, max(t) * 1.5 if side != "low" else 0.0)
+        if hi <= lo:
+            hi = lo + 1.0
+        counts, edges = np.histogram(np.clip(v, lo, hi), bins=HIST_BINS, range=(lo, hi))
+        out[name] = {"edges": [round(float(e), 6) for e in edges], "counts": counts.tolist(),
+                     "thresholds": sorted(set(round(x, 6) for x in t)), "side": side}
+        svgs.append(_svg_histogram(name, counts, edges, sorted(set(t)), side))
+    return out, " ".join(svgs)
+
+
+def build_summary(out: Path, plan: Plan, cfg: CurateConfig) -> tuple[dict, dict]:
+    """(summary for JSON, extra data for the HTML page)."""
+    g = zarr.open_group(str(out), mode="r")
+    attrs = dict(g.attrs)
+    flags = g["qc_flags"][:]
+    scores = g["qc_scores"][:]
+    split = g["split"][:]
+    N, T = flags.shape
+    prov_cfg = attrs["provenance"]["config"]
+    run_ids = [r.run_id for r in plan.runs]
+    run_of = np.array([s.run for s in plan.sequences])
+    centers = np.array([[prov_cfg["run_baselines"][rid]["center"][n] for n in qc.SCORE_NAMES] for rid in run_ids])
+    thr = {n: [prov_cfg["run_thresholds"][rid][n] for rid in run_ids] for n in qc.SCORE_NAMES}
+    dev = scores - centers[run_of][:, None, :]
+
+    # frames whose file was listed but could not be decoded: missing in the dataset, present in the plan
+    warnings = list(plan.warnings)
+    unreadable = []
+    for s in plan.sequences:
+        for t, rec in enumerate(s.records):
+            if rec is not None and flags[s.index, t] & FLAG_MISSING:
+                try:
+                    Recording(Path(plan.runs[s.run].path), {}, [], False).read(rec)
+                    why = "unreadable when curated"
+                except RawFormatError as e:
+                    why = str(e)
+                unreadable.append({"sequence": s.index, "t": t, "problem": why})
+                warnings.append(f"{why}; treated as missing")
+
+    def count(bit: int, sel=slice(None)) -> int:
+        return int(((flags[sel] & bit) != 0).sum())
+
+    per_run = []
+    for r, rid in enumerate(run_ids):
+        sel = run_of == r
+        per_run.append({"run_id": rid, "path": plan.runs[r].path, "complete": plan.runs[r].complete,
+                        "sequences": int(sel.sum()),
+                        "excluded": int((split[sel] == SPLIT_EXCLUDED).sum()),
+                        **{name: count(bit, sel) for bit, name in FLAG_NAMES.items()},
+                        "thresholds": prov_cfg["run_thresholds"][rid], "baseline": prov_cfg["run_baselines"][rid]})
+    excluded = []
+    for s in plan.sequences:
+        if split[s.index] == SPLIT_EXCLUDED:
+            bad = {int(t): _flag_names(int(flags[s.index, t])) for t in range(T) if flags[s.index, t]}
+            excluded.append({"sequence": s.index, "run_id": run_ids[s.run], "lane": s.lane, "window": s.window,
+                             "bad_frames": len(bad), "frames": bad,
+                             "missing_reasons": {int(t): why for t, why in s.missing_reasons.items()}})
+    flagged = []
+    for n_, t in zip(*np.nonzero(flags & (FLAG_VIBRATION | FLAG_ILLUMINATION | FLAG_MISSING))):
+        s = plan.sequences[int(n_)]
+        flagged.append({"sequence": int(n_), "t": int(t), "run_id": run_ids[s.run], "lane": s.lane,
+                        "flags": _flag_names(int(flags[n_, t])), "excluded": bool(split[n_] == SPLIT_EXCLUDED),
+                        "scores": {name: (None if not np.isfinite(scores[n_, t, k]) else round(float(scores[n_, t, k]), 5))
+                                   for k, name in enumerate(qc.SCORE_NAMES)}})
+    hists, hist_svg = _histograms(dev, thr)
+    summary = {
+        "dataset": str(out),
+        "sequences": N, "frames_per_sequence": T, "frames": N * T,
+        "splits": {"train": int((split == SPLIT_TRAIN).sum()), "val": int((split == SPLIT_VAL).sum()),
+                   "excluded": int((split == SPLIT_EXCLUDED).sum())},
+        "flags": {name: count(bit) for bit, name in FLAG_NAMES.items()},
+        "flagged_fraction": round(float(((flags & (FLAG_VIBRATION | FLAG_ILLUMINATION)) != 0).mean()), 6),
+        "max_bad_frames": cfg.max_bad_frames,
+        "runs": per_run,
+        "warnings": warnings,
+        "unreadable_frames": unreadable,
+        "excluded_sequences": excluded,
+        "flagged_frames": flagged,
+        "histograms": hists,
+        "score_names": list(qc.SCORE_NAMES),
+        "config": {k: v for k, v in prov_cfg.items() if k not in ("run_baselines", "run_thresholds")},
+    }
+    return summary, {"hist_svg": hist_svg, "group": g, "attrs": attrs, "flags": flags, "split": split}
+
+
+def _originals_map(g: zarr.Group) -> dict[tuple[int, int], tuple[str, int]]:
+    m = {}
+    for key in g["originals_index"].array_keys():
+        for row, (s, t) in enumerate(g["originals_index"][key][:]):
+            m[int(s), int(t)] = (key, row)
+    return m
+
+
+def _render_html(summary: dict, extra: dict, plan: Plan, cfg: CurateConfig) -> str:
+    g, flags, split = extra["group"], extra["flags"], extra["split"]
+    max_value = float(extra["attrs"]["max_value"])
+    frames = g["frames"]
+    orig = _originals_map(g)
+    tw = cfg.thumbnail_width
+    esc = html.escape
+    T = summary["frames_per_sequence"]
+
+    rows = []
+    cache: dict[int, np.ndarray] = {}
+    for item in summary["flagged_frames"][:MAX_THUMBNAIL_ROWS]:
+        n, t = item["sequence"], item["t"]
+        if n not in cache:
+            cache.clear()
+            cache[n] = frames[n, :, 0]  # (T, H, W) as stored (reconstructed where flagged)
+        seq = cache[n]
+        if (n, t) in orig:
+            key, row = orig[n, t]
+            original = g["originals"][key][row, 0]
+        elif flags[n, t] & FLAG_MISSING:
+            original = None
+        else:
+            original = seq[t]  # excluded sequence: stored as recorded
+        recon = seq[t] if flags[n, t] & FLAG_RECONSTRUCTED else None
+        prev = seq[t - 1] if t > 0 else None
+        nxt = seq[t + 1] if t < T - 1 else None
+        sc = ", ".join(f"{k}={v:.3g}" for k, v in item["scores"].items() if v is not None)
+        cells = "".join(f'<td>{f"<img src={_thumb(im, tw, max_value)!r}>" if im is not None else "<span class=na>—</span>"}</td>'
+                        for im in (prev, original, recon, nxt))
+        status = "excluded" if item["excluded"] else ""
+        rows.append(f"<tr><td>seq {n} t {t}<br>{esc(item['run_id'])} lane {item['lane']}<br>"
+                    f"<b>{esc(', '.join(item['flags']))}</b> {status}<br><small>{esc(sc)}</small></td>{cells}</tr>")
+    more = len(summary["flagged_frames"]) - MAX_THUMBNAIL_ROWS
+    more_note = f"<p>{more} more flagged frames are listed in the JSON summary only.</p>" if more > 0 else ""
+
+    def table(head: list[str], body: list[list]) -> str:
+        h = "".join(f"<th>{esc(str(x))}</th>" for x in head)
+        b = "".join("<tr>" + "".join(f"<td>{esc(str(x))}</td>" for x in r) + "</tr>" for r in body)
+        return f"<table><tr>{h}</tr>{b}</table>"
+
+    flag_table = table(["flag", "frames"], [[k, v] for k, v in summary["flags"].items()])
+    run_table = table(["run", "sequences", "excluded", "vibration", "illumination", "reconstructed", "missing"],
+                      [[r["run_id"], r["sequences"], r["excluded"], r["vibration"], r["illumination"],
+                        r["reconstructed"], r["missing"]] for r in summary["runs"]])
+    thr_table = table(["run"] + list(qc.SCORE_NAMES),
+                      [[r["run_id"]] + [f"{r['thresholds'][n]:.4g}" for n in qc.SCORE_NAMES] for r in summary["runs"]])
+    excl_table = table(["sequence", "run", "lane", "window", "bad frames", "why"],
+                       [[e["sequence"], e["run_id"], e["lane"], e["window"], e["bad_frames"],
+                         "; ".join(f"t{t}: {'/'.join(f)}" + (f" ({e['missing_reasons'][t]})" if t in e["missing_reasons"] else "")
+                                   for t, f in e["frames"].items())] for e in summary["excluded_sequences"]])
+    warn = "".join(f"<li>{esc(w)}</li>" for w in summary["warnings"]) or "<li>none</li>"
+    sp = summary["splits"]
+    return f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>chdl curate QC report: {esc(Path(summary['dataset']).name)}</title>
+<style>
+body{{font-family:system-ui,sans-serif;margin:1.5em;color:#222}} table{{border-collapse:collapse;margin:.5em 0 1.2em}}
+td,th{{border:1px solid #ccc;padding:3px 7px;font-size:13px;vertical-align:top}} th{{background:#f0f0f0}}
+img{{display:block}} .na{{color:#999}} small{{color:#555}}
+</style></head><body>
+<h1>QC report — {esc(summary['dataset'])}</h1>
+<p>{summary['sequences']} sequences × {T} frames = {summary['frames']} frames.
+Train {sp['train']}, val {sp['val']}, excluded {sp['excluded']} (more than {summary['max_bad_frames']} bad frames).
+Flagged (vibration or illumination): {100 * summary['flagged_fraction']:.2f}% of frames.</p>
+<h2>Counts per flag</h2>{flag_table}
+<h2>Per run</h2>{run_table}
+<h2>Thresholds (max(floor, z·σ<sub>run</sub>))</h2>{thr_table}
+<h2>Score histograms</h2><p>Deviation of each score from its run baseline (log count); red lines: thresholds.</p>
+<div>{extra['hist_svg']}</div>
+<h2>Warnings</h2><ul>{warn}</ul>
+<h2>Excluded sequences ({len(summary['excluded_sequences'])})</h2>{excl_table}
+<h2>Flagged frames ({len(summary['flagged_frames'])})</h2>{more_note}
+<table><tr><th>frame</th><th>previous (stored)</th><th>original</th><th>reconstruction</th><th>next (stored)</th></tr>
+{''.join(rows)}</table>
+</body></html>
+"""
+
+
+def write_report(out: Path, plan: Plan, cfg: CurateConfig, html_path: Path, json_path: Path) -> dict:
+    summary, extra = build_summary(out, plan, cfg)
+    _atomic_write(html_path, _render_html(summary, extra, plan, cfg).encode())
+    _atomic_write(json_path, (json.dumps(summary, indent=1, sort_keys=False) + "\n").encode())
+    return summary

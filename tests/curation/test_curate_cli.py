@@ -1,0 +1,278 @@
+"""`chdl curate` end to end through the real CLI: dataset contents, report, resume, workers, refusals,
+and the bad-input list (each a one-line error naming the file, or a warning + report entry)."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import zarr
+from click.testing import CliRunner
+
+from chdl.cli import main
+from chdl.dataset import (FLAG_ILLUMINATION, FLAG_MISSING, FLAG_RECONSTRUCTED, FLAG_VIBRATION, SPLIT_EXCLUDED,
+                          DatasetIncompleteError, open_dataset)
+from curation_helpers import T, psnr, write_run
+
+FAULTS = {(0, 4): ("blur", 2.0), (1, 0): ("gain", 0.75), (2, 6): ("jitter", 5.0),
+          (3, 2): ("blur", 2.0), (3, 5): ("blur", 2.0), (3, 8): ("gain", 1.3)}  # lane 3: 3 bad -> excluded
+
+
+def _curate(*args, ok=True):
+    r = CliRunner().invoke(main, ["curate", *map(str, args), "--quiet"])
+    if ok:
+        assert r.exit_code == 0, r.output + repr(r.exception)
+    return r
+
+
+@pytest.fixture(scope="module")
+def raw(tmp_path_factory):
+    root = tmp_path_factory.mktemp("raw")
+    truth = write_run(root / "run-a", lanes=6, faults=FAULTS, seed=1)
+    return root, truth
+
+
+@pytest.fixture(scope="module")
+def curated(raw, tmp_path_factory):
+    out = tmp_path_factory.mktemp("out") / "d.zarr"
+    _curate(raw[0], out)
+    return out
+
+
+def test_dataset_contents(raw, curated):
+    _, truth = raw
+    ds = open_dataset(curated)
+    assert ds.frames.shape == (6, T, 1, 120, 160) and ds.frames.dtype == np.uint8
+    flags = ds.qc_flags
+    assert flags[0, 4] == FLAG_VIBRATION | FLAG_RECONSTRUCTED
+    assert flags[1, 0] == FLAG_ILLUMINATION | FLAG_RECONSTRUCTED
+    assert flags[2, 6] == FLAG_VIBRATION | FLAG_RECONSTRUCTED
+    assert (flags[3, [2, 5]] & FLAG_VIBRATION).all() and flags[3, 8] & FLAG_ILLUMINATION
+    assert not (flags[3] & FLAG_RECONSTRUCTED).any()
+    clean_frames = np.ones_like(flags, bool)
+    for lane, t in FAULTS:
+        clean_frames[lane, t] = False
+    assert not flags[clean_frames].any()
+    split = ds.split
+    assert split[3] == SPLIT_EXCLUDED and set(split[[0, 1, 2, 4, 5]]) <= {0, 1}
+    # lane blocks of 2: lanes (0,1), (2,3), (4,5) each wholly on one side; both sides used
+    assert split[0] == split[1] and split[4] == split[5] and {0, 1} <= set(split)
+    # reconstructions are close to the clean frame; originals kept
+    assert psnr(ds.frames[0, 4, 0], truth[0, 4][1]) > 25
+    orig = {(s, t): px for s, t, px in ds.originals()}
+    assert set(orig) == {(0, 4), (1, 0), (2, 6)}
+    np.testing.assert_array_equal(orig[0, 4][0], truth[0, 4][0])
+    # excluded sequence stored as recorded
+    np.testing.assert_array_equal(ds.frames[3, :, 0], np.stack([truth[3, t][0] for t in range(T)]))
+    # per-sequence metadata and provenance
+    assert list(ds.group["lane"][:]) == list(range(6)) and ds.attrs["runs"] == ["run-a"]
+    np.testing.assert_allclose(ds.group["position_um"][0], 50.0 * np.arange(T))
+    assert (ds.group["timestamp_ns"][:] > 0).all()
+    prov = ds.attrs["provenance"]
+    assert prov["command"].startswith("chdl curate") and prov["source_runs"][0].endswith("run-a")
+    cfg = prov["config"]
+    assert cfg["qc"]["floors"]["sharpness"] > 0 and cfg["max_bad_frames"] == 2
+    assert set(cfg["run_thresholds"]["run-a"]) == set(ds.attrs["qc_score_names"])
+    assert np.isfinite(ds.qc_scores).all()
+
+
+def test_report(curated):
+    html = curated.with_name("d.qc.html").read_text()
+    summary = json.loads(curated.with_name("d.qc.json").read_text())
+    assert summary["splits"]["excluded"] == 1 and summary["flags"]["reconstructed"] == 3
+    assert summary["excluded_sequences"][0]["sequence"] == 3 and summary["excluded_sequences"][0]["bad_frames"] == 3
+    assert {(f["sequence"], f["t"]) for f in summary["flagged_frames"]} == set(FAULTS)
+    assert set(summary["histograms"]) == set(summary["score_names"])
+    assert all(h["thresholds"] for h in summary["histograms"].values())
+    assert html.count("data:image/jpeg;base64,") >= 6 * 3  # neighbours, original, reconstruction
+    assert html.count("<svg") == len(summary["score_names"]) and "Excluded sequences (1)" in html
+    assert "src=\"http" not in html and "<script src" not in html  # self-contained
+
+
+def test_refuses_to_overwrite(raw, curated, tmp_path):
+    r = _curate(raw[0], curated, ok=False)
+    assert r.exit_code == 1 and "already exists" in r.output and "--overwrite" in r.output
+    other = tmp_path / "not-a-dataset"
+    other.mkdir()
+    (other / "precious.txt").write_text("keep me")
+    for extra in ([], ["--overwrite"]):
+        r = CliRunner().invoke(main, ["curate", str(raw[0]), str(other), "--quiet", *extra])
+        assert r.exit_code == 1 and "not a" in r.output and (other / "precious.txt").exists()
+
+
+def test_overwrite_workers_and_resume_give_the_same_dataset(raw, curated, tmp_path, monkeypatch):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("sequences_per_shard: 2\n")
+    ref = tmp_path / "ref.zarr"
+    _curate(raw[0], ref, "--config", cfg)
+    # two workers, and --overwrite over an existing dataset
+    par = tmp_path / "par.zarr"
+    _curate(raw[0], par, "--config", cfg)
+    _curate(raw[0], par, "--config", cfg, "--workers", 2, "--overwrite")
+    # interrupted after one shard, then resumed with the same arguments
+    import curation.pipeline as pipeline
+
+    real = pipeline._shard_task
+    calls = []
+
+    def flaky(task):
+        if calls:
+            raise KeyboardInterrupt
+        calls.append(task[0])
+        return real(task)
+
+    res = tmp_path / "res.zarr"
+    monkeypatch.setattr(pipeline, "_shard_task", flaky)
+    r = _curate(raw[0], res, "--config", cfg, ok=False)
+    assert r.exit_code != 0
+    with pytest.raises(DatasetIncompleteError):
+        open_dataset(res)
+    monkeypatch.setattr(pipeline, "_shard_task", real)
+    r = _curate(raw[0], res, "--config", cfg, "--workers", 2)
+    # a different config does not resume silently
+    for p in (ref, par, res):
+        assert open_dataset(p).attrs["complete"]
+    a, b, c = (zarr.open_group(str(p), mode="r") for p in (ref, par, res))
+    names = ["frames", "qc_flags", "qc_scores", "split", "run_index", "lane", "position_um", "timestamp_ns"]
+    for name in names:
+        np.testing.assert_array_equal(a[name][:], b[name][:], err_msg=name)
+        np.testing.assert_array_equal(a[name][:], c[name][:], err_msg=name)
+    assert open_dataset(ref).originals().__len__() == open_dataset(res).originals().__len__() == 3
+    strip = lambda g: {k: v for k, v in dict(g.attrs).items() if k not in ("provenance", "extra")}
+    assert strip(a) == strip(c)
+    assert a.attrs["provenance"]["config"] == c.attrs["provenance"]["config"]
+    assert json.loads(ref.with_name("ref.qc.json").read_text())["flags"] == \
+        json.loads(res.with_name("res.qc.json").read_text())["flags"]
+
+
+def test_incomplete_dataset_from_other_settings_is_not_resumed(raw, tmp_path, monkeypatch):
+    import curation.pipeline as pipeline
+
+    out = tmp_path / "x.zarr"
+    monkeypatch.setattr(pipeline, "_shard_task", lambda task: (_ for _ in ()).throw(KeyboardInterrupt))
+    _curate(raw[0], out, ok=False)
+    monkeypatch.undo()
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("max_bad_frames: 1\n")
+    r = _curate(raw[0], out, "--config", cfg, ok=False)
+    assert r.exit_code == 1 and "other inputs or settings" in r.output
+
+
+def test_subprocess_cli_and_progress(raw, tmp_path):
+    out = tmp_path / "p.zarr"
+    p = subprocess.run([sys.executable, "-m", "chdl", "curate", str(raw[0] / "run-a"), str(out)],
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert "6 sequences" in p.stdout and "QC report" in p.stdout
+    assert "frame/s" in p.stderr  # tqdm progress bar with rate
+
+
+# ------------------------------------------------------------------------------------------------
+# bad input
+# ------------------------------------------------------------------------------------------------
+
+def _one_line_error(r, *needles):
+    assert r.exit_code == 1, r.output
+    msg = r.output.strip()
+    assert msg.startswith("Error: ") and "\n" not in msg, msg
+    for n in needles:
+        assert n in msg, msg
+
+
+def test_empty_folder_and_not_a_recording(tmp_path):
+    (tmp_path / "empty").mkdir()
+    _one_line_error(_curate(tmp_path / "empty", tmp_path / "o.zarr", ok=False), "empty", "empty folder")
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "x.txt").write_text("hi")
+    _one_line_error(_curate(tmp_path / "junk", tmp_path / "o.zarr", ok=False), "junk", "no recordings")
+    _one_line_error(_curate(tmp_path / "nope", tmp_path / "o.zarr", ok=False), "nope", "no such")
+    assert not (tmp_path / "o.zarr").exists()
+
+
+def test_malformed_manifest(tmp_path):
+    write_run(tmp_path / "raw" / "r", lanes=1)
+    (tmp_path / "raw" / "r" / "manifest.json").write_text("{not json")
+    _one_line_error(_curate(tmp_path / "raw", tmp_path / "o.zarr", ok=False), "manifest.json", "malformed")
+    assert not (tmp_path / "o.zarr").exists()
+
+
+def test_runs_of_different_sizes_or_formats(tmp_path):
+    from curation.synthetic import SynthSpec
+
+    write_run(tmp_path / "raw" / "a", lanes=1)
+    write_run(tmp_path / "raw" / "b", lanes=1, spec=SynthSpec(height=96, width=128, step_px=8.0))
+    _one_line_error(_curate(tmp_path / "raw", tmp_path / "o.zarr", ok=False), "b/manifest.json", "128x96", "differs")
+    write_run(tmp_path / "raw2" / "a", lanes=1)
+    write_run(tmp_path / "raw2" / "c", lanes=1, spec=SynthSpec(height=120, width=160, step_px=8.0, max_value=65535),
+              fmt="Mono16")
+    _one_line_error(_curate(tmp_path / "raw2", tmp_path / "o.zarr", ok=False), "c/manifest.json", "Mono16")
+    assert not (tmp_path / "o.zarr").exists()
+
+
+def test_bad_config(raw, tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("qc: {floors: {sharpnes: 0.1}}\n")
+    _one_line_error(_curate(raw[0], tmp_path / "o.zarr", "--config", cfg, ok=False), "c.yaml", "sharpnes")
+    cfg.write_text("qc: [\n")
+    _one_line_error(_curate(raw[0], tmp_path / "o.zarr", "--config", cfg, ok=False), "c.yaml", "malformed YAML")
+
+
+def test_usable_runs_with_damage_give_warnings_and_report_entries(tmp_path):
+    """Truncated and corrupt frame files, a dropped frame, a never-recorded position, a frame of the
+    wrong size, a run cut off mid-lane: the dataset is complete, the damage is reconstructed or
+    excluded, and each problem is named in the report."""
+    run = tmp_path / "raw" / "r"
+    truth = write_run(run, lanes=4, drop={(1, 3)}, skip={(2, 5)}, close="incomplete")
+    frames = run / "frames"
+    f_trunc = frames / "000002.png"  # lane 0, t 2
+    f_trunc.write_bytes(f_trunc.read_bytes()[:200])
+    f_corrupt = frames / "000007.png"  # lane 0, t 7
+    f_corrupt.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 100)
+    # a record claiming another size (lane 3, t 9 is the last frame: index 37 after one drop... find it)
+    lines = (run / "frames.jsonl").read_text().splitlines()
+    recs = [json.loads(x) for x in lines]
+    i = next(k for k, r in enumerate(recs) if r["lane"] == 3 and r["position_index"] == 1)
+    recs[i]["width"] = 320
+    # cut the run off after lane 3 position 6 (a torn last line too)
+    keep = [r for r in recs if not (r["lane"] == 3 and r["position_index"] > 6)]
+    (run / "frames.jsonl").write_text("".join(json.dumps(r) + "\n" for r in keep) + '{"index": 9')
+    out = tmp_path / "o.zarr"
+    r = CliRunner().invoke(main, ["curate", str(tmp_path / "raw"), str(out)])
+    assert r.exit_code == 0, r.output
+    ds = open_dataset(out)
+    flags = ds.qc_flags
+    for lane, t in ((0, 2), (0, 7), (1, 3), (2, 5)):
+        assert flags[lane, t] == FLAG_MISSING | FLAG_RECONSTRUCTED, (lane, t, flags[lane])
+    assert psnr(ds.frames[0, 2, 0], truth[0, 2][1]) > 25
+    assert ds.split[3] == SPLIT_EXCLUDED  # 1 wrong-size + 3 never recorded
+    assert (flags[3, 7:] == FLAG_MISSING).all() and not ds.frames[3, 7:].any()
+    s = json.loads(out.with_name("o.qc.json").read_text())
+    text = "\n".join(s["warnings"])
+    assert str(f_trunc) in text and "truncated or corrupt" in text
+    assert str(f_corrupt) in text
+    assert "position 5 never recorded" in text and "320x120 differs" in text
+    assert "not complete" in text and "torn" in text
+    assert {u["t"] for u in s["unreadable_frames"]} == {2, 7}
+    ex = s["excluded_sequences"][0]
+    assert ex["lane"] == 3 and ex["bad_frames"] == 4 and "never recorded" in ex["missing_reasons"]["8"]
+    assert f"warning: {f_trunc}" in r.output
+
+
+def test_no_usable_lane_sequence(tmp_path):
+    run = tmp_path / "r"
+    write_run(run, lanes=1)
+    m = json.loads((run / "manifest.json").read_text())
+    m["plan"]["positions"] = 5
+    (run / "manifest.json").write_text(json.dumps(m))
+    _one_line_error(_curate(run, tmp_path / "o.zarr", ok=False), "manifest.json", "5 positions per lane")
+
+
+def test_malformed_frame_index(tmp_path):
+    run = tmp_path / "r"
+    write_run(run, lanes=1)
+    lines = (run / "frames.jsonl").read_text().splitlines()
+    lines[3] = lines[3][:20]  # a cut line in the middle (not the torn tail a kill -9 leaves)
+    (run / "frames.jsonl").write_text("\n".join(lines) + "\n")
+    _one_line_error(_curate(run, tmp_path / "o.zarr", ok=False), "frames.jsonl:4", "malformed")
+    assert not (tmp_path / "o.zarr").exists()

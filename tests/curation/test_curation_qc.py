@@ -1,0 +1,159 @@
+"""QC scores, flag decisions and reconstruction on synthetic sequences (pure functions, no I/O)."""
+
+import numpy as np
+import pytest
+
+from curation import qc
+from curation.config import CurateConfig
+from curation.reconstruct import reconstruct
+from curation.sequence import curate_sequence
+from curation.synthetic import SynthSpec, make_sequence
+from chdl.dataset import FLAG_ILLUMINATION, FLAG_MISSING, FLAG_RECONSTRUCTED, FLAG_VIBRATION
+
+SPEC = SynthSpec(height=120, width=160, step_px=8.0)
+ALL = np.ones(10, bool)
+
+
+def _baseline(seeds=range(6)) -> qc.Baseline:
+    return qc.calibrate([qc.measure(make_sequence(SPEC, s)[0], ALL) for s in seeds])
+
+
+@pytest.fixture(scope="module")
+def baseline():
+    return _baseline()
+
+
+@pytest.fixture(scope="module")
+def thr(baseline):
+    return qc.thresholds(CurateConfig().qc.floors, CurateConfig().qc.z, baseline)
+
+
+def test_measure_finds_the_stage_step():
+    frames, _ = make_sequence(SPEC, 1)
+    q = qc.SequenceQC(frames, ALL)
+    # content moves left by the step each frame
+    assert q.step[0] == pytest.approx(-SPEC.step_px, abs=0.3) and abs(q.step[1]) < 0.3
+    assert np.nanmax(q.scores()[:, qc.I_MISREG]) < 1.5
+
+
+def test_clean_sequences_with_a_growing_kerf_are_not_flagged(baseline, thr):
+    flagged = 0
+    for seed in range(10, 20):  # not the calibration seeds
+        frames, _ = make_sequence(SPEC, seed)
+        _, vib, ill = qc.curate_flags(frames, ALL, baseline, thr)
+        flagged += int(vib.sum() + ill.sum())
+    assert flagged == 0  # of 100 frames, with the kerf widening 0.6 px every frame
+
+
+@pytest.mark.parametrize("kind,mag,cause", [
+    ("blur", 1.5, "vibration"), ("motion", 7.0, "vibration"), ("jitter", 4.0, "vibration"),
+    ("gain", 0.8, "illumination"), ("offset", 0.1, "illumination"), ("shading", 0.4, "illumination"),
+])
+@pytest.mark.parametrize("t", [0, 4, 9])
+def test_each_fault_is_flagged_with_its_cause(baseline, thr, kind, mag, cause, t):
+    frames, _ = make_sequence(SPEC, 3, {t: (kind, mag)})
+    _, vib, ill = qc.curate_flags(frames, ALL, baseline, thr)
+    got = vib if cause == "vibration" else ill
+    other = ill if cause == "vibration" else vib
+    assert got[t], f"{kind} at t={t} not flagged as {cause}"
+    assert not other[t], f"{kind} at t={t} also flagged as the other cause"
+    assert (vib | ill).sum() == 1, f"other frames flagged: {np.flatnonzero(vib | ill)}"
+
+
+def test_sharpness_ignores_gain_and_brightness_ignores_blur():
+    frames, _ = make_sequence(SPEC, 2, {5: ("gain", 0.7)})
+    s = qc.measure(frames, ALL)
+    assert abs(s[5, qc.I_SHARP]) < 0.05 and s[5, qc.I_BRIGHT] < -0.2
+    frames, _ = make_sequence(SPEC, 2, {5: ("blur", 2.0)})
+    s = qc.measure(frames, ALL)
+    assert s[5, qc.I_SHARP] < -0.3 and abs(s[5, qc.I_BRIGHT]) < 0.02
+
+
+def test_missing_frames_get_no_scores_and_do_not_disturb_the_rest(baseline, thr):
+    frames, _ = make_sequence(SPEC, 4)
+    avail = ALL.copy()
+    avail[[2, 7]] = False
+    frames[[2, 7]] = 0
+    s = qc.measure(frames, avail)
+    assert np.isnan(s[[2, 7]]).all() and np.isfinite(s[avail]).all()
+    vib, ill = qc.decide(s, baseline, thr)
+    assert not (vib | ill)[avail].any()
+
+
+@pytest.mark.parametrize("faulty", [[3, 4, 6], [4, 6, 7], [0, 1, 2]])
+def test_barring_flagged_references_clears_good_frames_between_faults(baseline, thr, faulty):
+    """With several faults close together, a good frame's nearest references are mostly bad and a
+    single scoring pass flags it too; barring the flagged frames as references fixes that."""
+    mixed = faulty == [0, 1, 2]
+    kinds = [("gain", 0.8), ("blur", 2.0), ("jitter", 4.0)] if mixed else [("gain", 0.8)] * 3
+    frames, _ = make_sequence(SPEC, 8, dict(zip(faulty, kinds)))
+    single_pass = qc.decide(qc.measure(frames, ALL), baseline, thr)
+    _, vib, ill = qc.curate_flags(frames, ALL, baseline, thr)
+    assert list(np.flatnonzero(vib | ill)) == faulty
+    if not mixed:
+        assert (single_pass[0] | single_pass[1]).sum() > len(faulty)
+
+
+@pytest.mark.parametrize("bad", [[4], [0], [9], [3, 4], [2, 6]])
+def test_motion_compensated_reconstruction_beats_both_references(bad):
+    from curation_helpers import psnr
+
+    frames, clean = make_sequence(SPEC, 5, {b: ("blur", 2.0) for b in bad})
+    good = ALL.copy()
+    good[bad] = False
+    out = {m: reconstruct(frames, good, method=m) for m in ("motion", "average", "nearest")}
+    assert out["motion"][1] == bad
+    for m in out:  # good frames are untouched
+        np.testing.assert_array_equal(out[m][0][good], frames[good])
+    for b in bad:
+        p = {m: psnr(o[0][b], clean[b]) for m, o in out.items()}
+        assert p["motion"] > p["average"] + 3 and p["motion"] > p["nearest"] + 3, p
+        assert p["motion"] > 25, p
+
+
+def test_reconstruction_needs_two_good_frames():
+    frames, _ = make_sequence(SPEC, 6)
+    good = np.zeros(10, bool)
+    good[3] = True
+    with pytest.raises(ValueError, match="1 good frame"):
+        reconstruct(frames, good)
+
+
+def test_curate_sequence_flags_reconstructs_and_excludes(baseline, thr):
+    frames, clean = make_sequence(SPEC, 7, {3: ("gain", 0.75), 8: ("jitter", 5.0)})
+    avail = ALL.copy()
+    avail[5] = False
+    r = curate_sequence(frames, avail, baseline, thr, max_bad_frames=3, max_value=255)
+    assert r.flags[3] == FLAG_ILLUMINATION | FLAG_RECONSTRUCTED
+    assert r.flags[8] == FLAG_VIBRATION | FLAG_RECONSTRUCTED
+    assert r.flags[5] == FLAG_MISSING | FLAG_RECONSTRUCTED
+    assert not r.excluded and r.n_bad == 3
+    assert [t for t, _ in r.originals] == [3, 8]  # the missing frame had no original
+    np.testing.assert_array_equal(r.originals[0][1], frames[3])
+    assert r.frames[5].any()  # reconstructed, not zero
+    # the same sequence with a stricter limit is excluded and stored as recorded (zeros where missing)
+    r2 = curate_sequence(frames, avail, baseline, thr, max_bad_frames=2, max_value=255)
+    assert r2.excluded and not (r2.flags & FLAG_RECONSTRUCTED).any() and r2.originals == []
+    np.testing.assert_array_equal(r2.frames[avail], frames[avail])
+    assert not r2.frames[5].any()
+
+
+def test_uint16_frames_are_scored_like_uint8(baseline, thr):
+    spec16 = SynthSpec(height=120, width=160, step_px=8.0, max_value=4095)
+    frames, _ = make_sequence(spec16, 3, {4: ("blur", 1.5)})
+    assert frames.dtype == np.uint16
+    _, vib, ill = qc.curate_flags(frames, ALL, baseline, thr, 4095)
+    assert vib[4] and vib.sum() == 1 and not ill.any()
+    out, done = reconstruct(frames, ~vib, 4095)
+    assert done == [4] and out.dtype == np.uint16 and out.max() <= 4095
+
+
+def test_scores_do_not_depend_on_memory_alignment():
+    """Resumed and uninterrupted runs must write bit-identical scores: no alignment-dependent SIMD."""
+    frames, _ = make_sequence(SPEC, 9, {4: ("blur", 1.5)})
+    ref = qc.measure(frames, ALL)
+    for off in (1, 3, 8):
+        buf = np.zeros(frames.size + off, np.uint8)
+        moved = buf[off:].reshape(frames.shape)
+        moved[:] = frames
+        np.testing.assert_array_equal(qc.measure(moved, ALL), ref)
