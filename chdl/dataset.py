@@ -69,7 +69,10 @@ class DatasetIncompleteError(DatasetFormatError):
 
 
 def _compressor() -> BloscCodec:
-    return BloscCodec(cname="zstd", clevel=3, shuffle="bitshuffle")
+    # zstd level 1 + bit-shuffle: on 800x600 simulator frames it compresses to 0.61 of raw at 0.74 ms a
+    # frame, against 0.60 at 1.74 ms for level 3 (lz4: 0.67 at 0.34 ms). Curation throughput is bounded
+    # by encode time, and level 1 costs only 2% in size.
+    return BloscCodec(cname="zstd", clevel=1, shuffle="bitshuffle")
 
 
 def _open_group(path: Path, mode: str) -> zarr.Group:
