@@ -58,9 +58,12 @@ def synth_dataset(path: Path, n: int, t: int = 10, h: int = 600, w: int = 800, s
     return path
 
 
-def loader_rate(data: Path, workers: int, batch_size: int, passes: int) -> dict:
-    """Steady-state delivery: one untimed warm-up pass (worker start-up, page cache), then ``passes`` timed."""
-    ds = SequenceDataset(data, "train")
+def loader_rate(data: Path, workers: int, batch_size: int, passes: int, integer: bool = True) -> dict:
+    """Steady-state delivery: one untimed warm-up pass (worker start-up, page cache), then ``passes`` timed.
+
+    integer=True is what the trainer uses (stored uint8 from the workers, scaled on the device);
+    integer=False yields float32 from the workers (4x the bytes between processes)."""
+    ds = SequenceDataset(data, "train", integer=integer)
     loader = torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=True, num_workers=workers,
                                          persistent_workers=workers > 0, drop_last=False)
     for _ in loader:
@@ -132,7 +135,9 @@ def main() -> int:
                   f"{time.perf_counter() - t0:.1f} s", file=sys.stderr)
         result = {"cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "workers": args.workers,
                   "batch_size": args.batch_size,
-                  "loader": loader_rate(data, args.workers, args.batch_size, args.passes)}
+                  "loader": loader_rate(data, args.workers, args.batch_size, args.passes, integer=True),
+                  "loader_float32_items": loader_rate(data, args.workers, args.batch_size, args.passes,
+                                                      integer=False)}
         model = None
         if args.model_rate is not None:
             model = {"sequences_per_s": args.model_rate, "source": "--model-rate"}

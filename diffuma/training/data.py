@@ -31,9 +31,12 @@ def dataset_info(path: str | Path, in_frames: int | None = None, out_frames: int
 
 
 def sequence_datasets(path: str | Path, info: dict, frame_offset: int = 0) -> tuple[Dataset, Dataset]:
-    """(train, val) SequenceDatasets: lazy per-sequence shard reads, safe with DataLoader workers."""
+    """(train, val) SequenceDatasets: lazy per-sequence shard reads, safe with DataLoader workers.
+
+    The train set yields stored integers (4x fewer bytes from the loader workers at uint8); the trainer
+    scales them to [0, 1] on its device with ``train_set.to_unit``."""
     kw = dict(in_frames=info["in_frames"], out_frames=info["out_frames"], frame_offset=frame_offset)
-    return SequenceDataset(path, "train", **kw), SequenceDataset(path, "val", **kw)
+    return SequenceDataset(path, "train", integer=True, **kw), SequenceDataset(path, "val", **kw)
 
 
 def checkpoint_dataset(state: dict, path: str | Path, split: str) -> SequenceDataset:

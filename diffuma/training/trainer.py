@@ -352,8 +352,11 @@ class Trainer:
         return self.out
 
     def _train_step(self, x, y) -> tuple[float, dict, float | None]:
+        to_unit = getattr(self.train_set, "to_unit", None)  # integer batches (SequenceDataset(integer=True))
         x = x.to(self.device, non_blocking=True)
         y = y.to(self.device, non_blocking=True)
+        if to_unit is not None:
+            x, y = to_unit(x), to_unit(y)
         lr = lr_at(self.step, self.total_steps, self.run.lr, self.run.schedule, self.run.warmup_steps,
                    self.run.min_lr_ratio)
         for g in self.optimizer.param_groups:

@@ -116,3 +116,15 @@ def test_torch_dataset_multiworker(tmp_path):
     assert one[0][1].shape == (1, C, H, W)
     with pytest.raises(ValueError, match="cannot take"):
         SequenceDataset(tmp_path / "d.zarr", in_frames=8, out_frames=5)
+
+
+def test_torch_dataset_integer_mode_matches_float(tmp_path):
+    frames = _frames(dtype=np.uint16)
+    _write(tmp_path / "d.zarr", frames).finalize()
+    as_float = SequenceDataset(tmp_path / "d.zarr", split="train")
+    as_int = SequenceDataset(tmp_path / "d.zarr", split="train", integer=True)
+    loader = torch.utils.data.DataLoader(as_int, batch_size=3, num_workers=2)
+    (x, y), = list(loader)
+    assert x.dtype == torch.uint16 and x.shape == (3, 5, C, H, W)
+    torch.testing.assert_close(as_int.to_unit(x)[1], as_float[1][0], rtol=0, atol=0)
+    torch.testing.assert_close(as_int.to_unit(y)[2], as_float[2][1], rtol=0, atol=0)
