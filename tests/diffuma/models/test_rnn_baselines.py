@@ -12,16 +12,6 @@ import torch.nn.functional as F
 from diffuma.models import rnn_common
 from diffuma.models.registry import build_model, list_presets, model_class, model_config
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These models are many small convolutions in a loop: on a busy 2-core machine torch's intra-op
-    threads spin against each other (measured 15x slower than one thread). Restored afterwards."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 NAMES = ["convlstm", "predrnn", "predrnn_v2", "e3dlstm"]
 CLASSES = {"convlstm": "ConvLSTM", "predrnn": "PredRNN", "predrnn_v2": "PredRNNv2", "e3dlstm": "E3DLSTM"}
 

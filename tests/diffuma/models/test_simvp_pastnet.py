@@ -7,13 +7,6 @@ import torch
 
 from diffuma.models.registry import build_model, list_presets, model_config
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny convolutions are fastest on one thread (and the shared CI cores are often busy)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 VARIANTS = [("simvp", {}), ("simvp", {"translator": "incepu"}), ("pastnet", {})]
