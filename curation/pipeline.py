@@ -26,6 +26,7 @@ import multiprocessing as mp
 import os
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable
 
@@ -75,10 +76,37 @@ def read_sequence(seq: SequencePlan, run_path: str, height: int, width: int, dty
 # ---------------------------------------------------------------------------------------------------
 
 _CTX: dict = {}
+SEQUENCE_THREADS = 2  # sequences curated concurrently inside one shard task (see _shard_task)
+
+# glibc malloc: keep freed memory in the heap instead of returning it to the OS. Every frame allocates
+# a few 0.1-2 MB arrays (decoded PNG, float copies, gradients, integral images, spectra, zarr buffers);
+# with glibc's defaults each one is a fresh mmap or a heap that was just trimmed, i.e. page faults on
+# every touch -- measured at 40% of the QC time and ~10% of PNG decode and zarr write on 800x600
+# frames. Pure allocator policy: results are bit-identical (tests/curation/test_throughput.py).
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+_MALLOC_TRIM = 256 << 20  # bytes of free heap kept before trimming
+_MALLOC_MMAP = 32 << 20  # allocations above this still get their own mmap (glibc's maximum)
+
+
+def tune_process() -> bool:
+    """Per-process settings for curation work (called in each worker; also used by the I/O-floor
+    benchmark so that the floor is measured under the same settings): one OpenCV thread per process
+    (parallelism is across shards, and ``--workers`` processes must not oversubscribe the cores), and
+    the malloc policy above. Returns whether the malloc policy could be set (glibc only)."""
+    cv2.setNumThreads(1)
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None)
+        return bool(libc.mallopt(_M_TRIM_THRESHOLD, _MALLOC_TRIM) and libc.mallopt(_M_MMAP_THRESHOLD, _MALLOC_MMAP))
+    except (OSError, AttributeError):  # not glibc (musl has no mallopt)
+        return False
 
 
 def _init_worker(ctx: dict) -> None:
-    cv2.setNumThreads(1)  # one core per worker; parallelism is across shards
+    tune_process()
     _CTX.clear()
     _CTX.update(ctx)
     _CTX["baselines"] = [qc.Baseline.from_dict(b) for b in ctx["baselines"]]
@@ -103,12 +131,24 @@ def _shard_task(task: tuple[int, list[SequencePlan]]) -> tuple[int, int, list[st
     split = np.zeros(k, np.uint8)
     originals = []
     warnings = []
-    for i, seq in enumerate(seqs):
+
+    def one(i: int):
+        seq = seqs[i]
         raw, available, errors = read_sequence(seq, c["run_paths"][seq.run], H, W, c["dtype"])
-        warnings += [f"{msg}; treated as missing" for msg in errors.values()]
         res = curate_sequence(raw, available, c["baselines"][seq.run], c["thresholds"][seq.run],
                               cfg.max_bad_frames, c["max_value"])
-        frames[i, :, 0] = res.frames
+        frames[i, :, 0] = res.frames  # each thread fills its own rows; the copy is not kept twice
+        res.frames = None
+        return errors, res
+
+    # SEQUENCE_THREADS sequences at a time (PNG decode and most of QC run in OpenCV/NumPy without the
+    # GIL): while every worker has a shard this only interleaves work on busy cores, but when the last
+    # shards are running it keeps the cores that finished early busy. Each sequence is a pure function
+    # of its pixels, so results do not depend on the thread count; pool.map keeps the order.
+    with ThreadPoolExecutor(SEQUENCE_THREADS) as pool:
+        results = list(pool.map(one, range(k)))
+    for i, (seq, (errors, res)) in enumerate(zip(seqs, results)):
+        warnings += [f"{msg}; treated as missing" for msg in errors.values()]
         flags[i], scores[i] = res.flags, res.scores
         split[i] = SPLIT_EXCLUDED if res.excluded else seq.split
         originals += [(i, t, px[None]) for t, px in res.originals]

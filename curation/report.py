@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import base64
 import html
+import itertools
 import json
 import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import cv2
@@ -178,6 +180,19 @@ def _originals_map(g: zarr.Group) -> dict[tuple[int, int], tuple[str, int]]:
     return m
 
 
+def _stored_sequences(frames: zarr.Array, seq_ids: list[int], batch: int = 8):
+    """Yield frames[n, :, 0] (T, H, W), as stored, for each n in ``seq_ids``, reading each distinct run
+    of equal ids once. Reads go ``batch`` sequences at a time on two threads (zarr's chunk decoding
+    releases the GIL; the report runs after the workers are done, so both cores are free)."""
+    runs = [n for i, n in enumerate(seq_ids) if i == 0 or seq_ids[i - 1] != n]
+    counts = [sum(1 for _ in g) for _, g in itertools.groupby(seq_ids)]
+    with ThreadPoolExecutor(2) as pool:
+        for b in range(0, len(runs), batch):
+            for seq, c in zip(pool.map(lambda n: frames[n, :, 0], runs[b:b + batch]), counts[b:b + batch]):
+                for _ in range(c):
+                    yield seq
+
+
 def _render_html(summary: dict, extra: dict, plan: Plan, cfg: CurateConfig) -> str:
     g, flags, split = extra["group"], extra["flags"], extra["split"]
     max_value = float(extra["attrs"]["max_value"])
@@ -188,13 +203,9 @@ def _render_html(summary: dict, extra: dict, plan: Plan, cfg: CurateConfig) -> s
     T = summary["frames_per_sequence"]
 
     rows = []
-    cache: dict[int, np.ndarray] = {}
-    for item in summary["flagged_frames"][:MAX_THUMBNAIL_ROWS]:
+    items = summary["flagged_frames"][:MAX_THUMBNAIL_ROWS]
+    for item, seq in zip(items, _stored_sequences(frames, [item["sequence"] for item in items])):
         n, t = item["sequence"], item["t"]
-        if n not in cache:
-            cache.clear()
-            cache[n] = frames[n, :, 0]  # (T, H, W) as stored (reconstructed where flagged)
-        seq = cache[n]
         if (n, t) in orig:
             key, row = orig[n, t]
             original = g["originals"][key][row, 0]

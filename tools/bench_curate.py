@@ -20,6 +20,7 @@ Renders simulator recordings with labelled faults (``acquisition.simulator``; fa
     python tools/bench_curate.py --quick             # < 60 s smoke run (small frames)
     python tools/bench_curate.py                     # the real figure: 800x600, 2 workers
     python tools/bench_curate.py --json out.json     # also write the numbers as JSON
+    python tools/bench_curate.py --throughput-only   # only the throughput figures (default corpus only)
 """
 
 from __future__ import annotations
@@ -301,9 +302,9 @@ def cpu_cost(run: Path, work: Path, cfg: CurateConfig, n_seq: int = 16) -> dict:
 
 
 def _single_thread():
-    import cv2
+    from curation.pipeline import tune_process
 
-    cv2.setNumThreads(1)
+    tune_process()  # the same per-process settings as the curate workers (one cv2 thread, malloc policy)
 
 
 def main() -> None:
@@ -320,6 +321,8 @@ def main() -> None:
     ap.add_argument("--keep", type=Path, default=None,
                     help="keep corpora and datasets in this folder (a corpus already there with the same parameters is reused)")
     ap.add_argument("--json", type=Path, default=None, help="write the results here")
+    ap.add_argument("--throughput-only", action="store_true",
+                    help="only the throughput figures (no elevated corpus, detection or reconstruction)")
     a = ap.parse_args()
     width = a.width or (320 if a.quick else 800)
     height = width * 3 // 4
@@ -341,7 +344,8 @@ def main() -> None:
     try:
         t = time.perf_counter()
         runs = {}
-        for name, n, rate in (("default", lanes, 0.013), ("elevated", elanes, a.elevated_rate)):
+        corpora = (("default", lanes, 0.013),) + (() if a.throughput_only else (("elevated", elanes, a.elevated_rate),))
+        for name, n, rate in corpora:
             run = work / f"raw_{name}"
             params = {"lanes": n, "width": width, "height": height, "fault_rate": rate, "seed": a.seed, "source": source}
             stamp = run / "bench_params.json"
@@ -375,6 +379,8 @@ def main() -> None:
                                  "all_floor_frames_per_s": [round(x, 1) for x in floors],
                                  "target_frames_per_s": 300, "target_fraction": 0.7, "curate_phases_s": timings}
         results["throughput"]["cpu_ms_per_frame"] = cpu_cost(run, work, cfg)
+        if a.throughput_only:
+            return _finish(results, a)
         results["detection_default_rate"] = detection(ds, labels)
         run_e, labels_e = runs["elevated"]
         ds_e = work / "elevated.zarr"
@@ -392,6 +398,10 @@ def main() -> None:
     finally:
         if a.keep is None:
             shutil.rmtree(work, ignore_errors=True)
+    _finish(results, a)
+
+
+def _finish(results: dict, a: argparse.Namespace) -> None:
     results["load_avg_at_end"] = os.getloadavg()
     _print(results)
     if a.json:
@@ -406,6 +416,8 @@ def _print(r: dict) -> None:
           f"-> {100 * tp['fraction_of_floor']:.0f}% of floor ({tp['frames']} frames; best of "
           f"{tp['all_curate_frames_per_s']} / {tp['all_floor_frames_per_s']}); curate phases (s): {tp['curate_phases_s']}")
     print(f"    single-process CPU ms/frame: {tp['cpu_ms_per_frame']}")
+    if "detection_default_rate" not in r:
+        return
     for name in ("detection_default_rate", "detection_elevated_rate"):
         d = r[name]
         print(f"{name}: frames {d['frames']} faults {d['faults']} (visible {d['visible_faults']}) flagged {d['flagged']}: "
