@@ -222,6 +222,15 @@ class DatasetWriter:
         ``originals`` lists ``(sequence_within_shard, t, pixels (C,H,W))`` for each frame whose stored
         pixels are a reconstruction, so the original is kept.
         """
+        # zarr's default (write_empty_chunks=False) scans every chunk for the fill value before writing it:
+        # 40% of the write CPU on 800x600 frames (3.66 -> 2.22 ms a frame measured). Writing all-fill
+        # chunks instead changes nothing on read.
+        with zarr.config.set({"array.write_empty_chunks": True}):
+            self._write_shard(shard, frames, qc_flags, qc_scores, split, run_index, lane, position_um,
+                              timestamp_ns, originals)
+
+    def _write_shard(self, shard, frames, qc_flags, qc_scores, split, run_index, lane, position_um,
+                     timestamp_ns, originals) -> None:
         rng = self.shard_range(shard)
         k = len(rng)
         sl = slice(rng.start, rng.stop)
