@@ -161,6 +161,11 @@ def prediction_grid(path: str | Path, inputs, targets, preds: dict, title: str |
         axes[r, 0].set_ylabel(name, fontsize=8)
     if title:
         fig.suptitle(title, fontsize=9)
+    _save_figure(fig, path)
+
+
+def _save_figure(fig, path: str | Path) -> None:
+    """Lay out, write atomically (tmp + rename) and close a matplotlib figure."""
     fig.tight_layout()
     path = Path(path)
     tmp = _tmp(path)
@@ -186,9 +191,4 @@ def plot_training_dynamics(rows: list[dict], path: str | Path, baseline: dict | 
         ax.set_title(f"validation {label}")
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
-    fig.tight_layout()
-    path = Path(path)
-    tmp = _tmp(path)
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
+    _save_figure(fig, path)
