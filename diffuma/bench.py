@@ -259,6 +259,21 @@ def _fmt_rate(v) -> str:
     return "–" if v is None else (f"{v:.3g}" if v < 100 else f"{v:.0f}")
 
 
+def _grouped_table(keys, suffix: str, rows) -> list[str]:
+    """A Markdown table with MSE, MAE and SSIM columns for each key (column names ``MSE`` + suffix.format(key));
+    ``rows`` are ``(label, metrics_of)`` pairs, ``metrics_of(key)`` giving a metrics dict or None (shown as –)."""
+    cols = ("mse", "mae", "ssim")
+    out = ["| model | " + " | ".join(" | ".join(m.upper() + suffix.format(k) for m in cols) for k in keys) + " |",
+           "|---|" + "---:|---:|---:|" * len(keys)]
+    for label, metrics_of in rows:
+        cells = []
+        for k in keys:
+            o = metrics_of(k)
+            cells += [_fmt(m, o[m] if o else None) for m in cols]
+        out.append(f"| {label} | " + " | ".join(cells) + " |")
+    return out
+
+
 def markdown_report(report: dict) -> str:
     conv = report["convention"]
     note = f"Metric convention: `{conv}` — {report['convention_note']}"
@@ -286,17 +301,12 @@ def markdown_report(report: dict) -> str:
     L.append("")
     # By epoch
     epochs = report["epochs"]
-    L += ["## Metric by epoch", "",
-          "| model | " + " | ".join(f"MSE@{e} | MAE@{e} | SSIM@{e}" for e in epochs) + " |",
-          "|---|" + "---:|---:|---:|" * len(epochs)]
-    for label, r in report["models"].items():
-        cells = []
-        for e in epochs:
-            o = r["by_epoch"].get(str(e))
-            cells += [_fmt(m, o["overall"][m] if o else None) for m in ("mse", "mae", "ssim")]
-        L.append(f"| {label} | " + " | ".join(cells) + " |")
-    o = report["copy_last_frame"]["overall"]
-    L.append(f"| {COPY} | " + " | ".join(_fmt(m, o[m]) for _ in epochs for m in ("mse", "mae", "ssim")) + " |")
+    copy_overall = report["copy_last_frame"]["overall"]
+    L += ["## Metric by epoch", ""]
+    L += _grouped_table(epochs, "@{}", [
+        *((label, lambda e, r=r: (r["by_epoch"].get(str(e)) or {}).get("overall"))
+          for label, r in report["models"].items()),
+        (COPY, lambda e: copy_overall)])
     L += ["", note, ""]
     # By prediction length
     if report.get("pred_lens"):
@@ -304,20 +314,10 @@ def markdown_report(report: dict) -> str:
         mode = report["pred_len_mode"]
         L += ["## Metric by prediction length", "",
               ("Each model retrained for each length (run.out_frames = length)." if mode == "retrain" else
-               "First k predicted frames of the main runs."), "",
-              "| model | " + " | ".join(f"MSE PL{k} | MAE PL{k} | SSIM PL{k}" for k in pls) + " |",
-              "|---|" + "---:|---:|---:|" * len(pls)]
-        for label, r in report["models"].items():
-            cells = []
-            for k in pls:
-                o = r["by_pred_len"].get(str(k))
-                cells += [_fmt(m, o[m] if o else None) for m in ("mse", "mae", "ssim")]
-            L.append(f"| {label} | " + " | ".join(cells) + " |")
-        cells = []
-        for k in pls:
-            o = report["copy_last_frame_by_pred_len"].get(str(k))
-            cells += [_fmt(m, o[m] if o else None) for m in ("mse", "mae", "ssim")]
-        L.append(f"| {COPY} | " + " | ".join(cells) + " |")
+               "First k predicted frames of the main runs."), ""]
+        L += _grouped_table(pls, " PL{}", [
+            *((label, lambda k, r=r: r["by_pred_len"].get(str(k))) for label, r in report["models"].items()),
+            (COPY, lambda k: report["copy_last_frame_by_pred_len"].get(str(k)))])
         L += ["", note, ""]
     L += ["## Figures", "", "![metric by epoch](plots/by_epoch.png)", "", "![per frame](plots/per_frame.png)", ""]
     if report.get("pred_lens"):
