@@ -21,8 +21,9 @@ import os
 from pathlib import Path
 from typing import Any, Iterator
 
-import cv2
 import numpy as np
+
+from acquisition import png
 
 RAW_SCHEMA = "chdl.raw/1"
 MANIFEST = "manifest.json"
@@ -83,10 +84,7 @@ def encode_png(pixels: np.ndarray, pixel_format: str) -> bytes:
         raise ValueError(f"unsupported pixel format {pixel_format!r} (supported: {', '.join(PIXEL_DTYPES)})")
     if pixels.ndim != 2 or pixels.dtype != dtype:
         raise ValueError(f"{pixel_format} frame must be a 2-D {np.dtype(dtype).name} array, got {pixels.dtype} {pixels.shape}")
-    ok, buf = cv2.imencode(".png", pixels, [cv2.IMWRITE_PNG_COMPRESSION, 1])
-    if not ok:
-        raise ValueError("PNG encoding failed")
-    return buf.tobytes()
+    return png.encode(pixels)
 
 
 class RecordingWriter:
@@ -250,9 +248,10 @@ class Recording:
             data = np.fromfile(file, dtype=np.uint8)
         except OSError as e:
             raise RawFormatError(f"{file}: cannot read frame ({e.strerror or e})") from None
-        pixels = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
-        if pixels is None:
-            raise RawFormatError(f"{file}: truncated or corrupt PNG")
+        try:
+            pixels = png.decode(data)
+        except png.PNGError as e:
+            raise RawFormatError(f"{file}: truncated or corrupt PNG ({e})") from None
         if pixels.ndim != 2 or pixels.dtype != dtype:
             raise RawFormatError(f"{file}: expected a single-channel {record.pixel_format} image, got {pixels.dtype} {pixels.shape}")
         if pixels.shape != (record.height, record.width):

@@ -69,30 +69,33 @@ def scales(height: int, width: int) -> tuple[int, int]:
     return f_sharp, 2 * f_sharp
 
 
-def _blocks(ii: np.ndarray, ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
-    """Sums over the grid of blocks with edges ys (G+1,), xs (G+1,) from an integral image
-    (h+1, w+1[, c]): (G, G[, c])."""
-    a = ii[ys[:, None], xs[None, :]]
-    return a[1:, 1:] - a[:-1, 1:] - a[1:, :-1] + a[:-1, :-1]
+def _block_sums(ii: np.ndarray, k: np.ndarray, ys: np.ndarray, xs: np.ndarray) -> np.ndarray:
+    """Sums over a grid of blocks, for P pairs at once, from stacked integral images.
+
+    ``ii`` (n, h+1, w+1) or (n, c, h+1, w+1); ``k`` (P,) which image; ``ys``, ``xs`` (P, G+1) block
+    edges. Returns (P, G, G) or (P, G, G, c)."""
+    if ii.ndim == 3:
+        a = ii[k[:, None, None], ys[:, :, None], xs[:, None, :]]
+    else:  # the channel slice between advanced indices puts the channel last: (P, G+1, G+1, c)
+        a = ii[k[:, None, None], :, ys[:, :, None], xs[:, None, :]]
+    return a[:, 1:, 1:] - a[:, :-1, 1:] - a[:, 1:, :-1] + a[:, :-1, :-1]
 
 
-class _Frame:
-    """Per-frame precomputation: the integral image of gradient energy at the sharpness scale; the
-    registration-scale image, its spectrum (for phase correlation) and the integral images of
-    (I, I^2, gradient energy) at that scale."""
-
-    def __init__(self, img: np.ndarray, f_sharp: int, max_value: float, window: np.ndarray | None = None):
-        # downsample in the integer domain first (averaging rounds by < 0.5 grey level), then to float
-        sh = to_unit(_down(img, f_sharp), max_value)
-        # float32 integral images: block sums agree with float64 ones to <3e-4 in every score (floors
-        # are >= 0.035) and cost 1/3 less
-        self.fine_ii = cv2.integral(_grad_energy(sh), sdepth=cv2.CV_32F)
-        small = _down(sh, 2)
-        self.small = small
-        self.reg_ii = cv2.integral(cv2.merge([small, small * small, _grad_energy(small)]), sdepth=cv2.CV_32F)
-        if window is None:
-            window = cv2.createHanningWindow((small.shape[1], small.shape[0]), cv2.CV_32F)
-        self.spectrum = whitened_spectrum(small * window)
+def _prepare(img: np.ndarray, f_sharp: int, max_value: float, window: np.ndarray, fine_ii: np.ndarray,
+             reg_ii: np.ndarray) -> np.ndarray:
+    """Per-frame precomputation, written into ``fine_ii`` (the integral image of gradient energy at the
+    sharpness scale) and ``reg_ii`` (3, h+1, w+1: integral images of I, I^2 and gradient energy at the
+    registration scale); returns the frame's whitened spectrum at the registration scale (for phase
+    correlation)."""
+    # downsample in the integer domain first (averaging rounds by < 0.5 grey level), then to float
+    sh = to_unit(_down(img, f_sharp), max_value)
+    # float32 integral images: block sums agree with float64 ones to <3e-4 in every score (floors
+    # are >= 0.035) and cost 1/3 less. Each is written straight into the sequence's stacked array.
+    cv2.integral(_grad_energy(sh), fine_ii, sdepth=cv2.CV_32F)
+    small = _down(sh, 2)
+    for c, plane in enumerate((small, cv2.multiply(small, small), _grad_energy(small))):
+        cv2.integral(plane, reg_ii[c], sdepth=cv2.CV_32F)
+    return whitened_spectrum(cv2.multiply(small, window))
 
 
 def _median(x: np.ndarray, axis: int = -1) -> np.ndarray:
@@ -104,10 +107,18 @@ def _median(x: np.ndarray, axis: int = -1) -> np.ndarray:
     return 0.5 * (x[..., (n - 1) // 2] + x[..., n // 2])
 
 
+def _masked_median(x: np.ndarray, n: np.ndarray) -> np.ndarray:
+    """Median of the first ``n[p]`` values of each row of ``x`` (P, L) (rows of different lengths)."""
+    cols = np.arange(x.shape[1])[None, :]
+    x = np.sort(np.where(cols < n[:, None], x, np.inf), axis=1)
+    rows = np.arange(x.shape[0])
+    return 0.5 * (x[rows, (n - 1) // 2] + x[rows, n // 2])
+
+
 def _grad_energy(img: np.ndarray) -> np.ndarray:
     """Squared gradient magnitude (3x3 Sobel: its smoothing keeps sensor noise from dominating).
-    (NumPy, not cv2.magnitude: that one's result depends on the buffer's memory alignment in its last
-    bits, which would make a resumed dataset differ from an uninterrupted one.)"""
+    (Elementwise multiply/add, not cv2.magnitude: that one's result depends on the buffer's memory
+    alignment in its last bits, which would make a resumed dataset differ from an uninterrupted one.)"""
     gx = cv2.Sobel(img, cv2.CV_32F, 1, 0, ksize=3)
     gy = cv2.Sobel(img, cv2.CV_32F, 0, 1, ksize=3)
     return cv2.add(cv2.multiply(gx, gx), cv2.multiply(gy, gy))
@@ -116,17 +127,19 @@ def _grad_energy(img: np.ndarray) -> np.ndarray:
 def _parabola(left: float, mid: float, right: float) -> float:
     """Sub-sample offset of the vertex of the parabola through three samples around a peak."""
     den = left - 2.0 * mid + right
-    return 0.0 if abs(den) < 1e-12 else float(np.clip(0.5 * (left - right) / den, -0.5, 0.5))
+    return 0.0 if abs(den) < 1e-12 else min(0.5, max(-0.5, 0.5 * (left - right) / den))
 
 
 def whitened_spectrum(img: np.ndarray) -> np.ndarray:
-    """The DFT of ``img`` (complex, 2 channels) scaled to unit magnitude. Phase correlation of two
+    """The DFT of ``img`` (complex64, same shape) scaled to unit magnitude. Phase correlation of two
     images is the inverse DFT of the product of one whitened spectrum with the other's conjugate, so
-    each frame's spectrum is whitened once instead of every pair's cross-power spectrum."""
+    each frame's spectrum is whitened once instead of every pair's cross-power spectrum.
+    (Correctly rounded elementwise steps only -- multiply, add, sqrt, divide -- so the result does not
+    depend on memory alignment; see _grad_energy.)"""
     f = cv2.dft(img, flags=cv2.DFT_COMPLEX_OUTPUT)
-    mag = np.sqrt(f[..., 0] * f[..., 0] + f[..., 1] * f[..., 1])  # not cv2.magnitude: see _grad_energy
-    f /= (mag + 1e-12)[..., None]
-    return f
+    re, im = cv2.split(f)
+    inv = 1.0 / (np.sqrt(cv2.add(cv2.multiply(re, re), cv2.multiply(im, im))) + np.float32(1e-12))
+    return cv2.multiply(f, cv2.merge([inv, inv])).view(np.complex64)[..., 0]
 
 
 def spectrum_shift(fa: np.ndarray, fb: np.ndarray) -> tuple[np.ndarray, float]:
@@ -134,74 +147,85 @@ def spectrum_shift(fa: np.ndarray, fb: np.ndarray) -> tuple[np.ndarray, float]:
     the displacement d = (dx, dy) with b(x) ~ a(x - d), and the peak response. Sub-pixel: a parabola
     through the peak and its two neighbours on each axis (0.06 px rms on the simulator's frames, where
     cv2.phaseCorrelate's 5x5 weighted centroid gives 0.2 px and is pulled by noise in the window)."""
-    r = cv2.mulSpectrums(fb, fa, 0, conjB=True)
-    c = cv2.idft(r, flags=cv2.DFT_REAL_OUTPUT | cv2.DFT_SCALE)
+    r = fb * np.conj(fa)  # complex64 (NumPy: half the time of cv2.mulSpectrums on these sizes)
+    c = cv2.idft(r.view(np.float32).reshape(r.shape + (2,)), flags=cv2.DFT_REAL_OUTPUT | cv2.DFT_SCALE)
     h, w = c.shape
     _, peak, _, (px, py) = cv2.minMaxLoc(c)
-    dx = px + _parabola(c[py, (px - 1) % w], peak, c[py, (px + 1) % w])
-    dy = py + _parabola(c[(py - 1) % h, px], peak, c[(py + 1) % h, px])
+    dx = px + _parabola(float(c[py, (px - 1) % w]), peak, float(c[py, (px + 1) % w]))
+    dy = py + _parabola(float(c[(py - 1) % h, px]), peak, float(c[(py + 1) % h, px]))
     dx = dx - w if dx > w / 2 else dx
     dy = dy - h if dy > h / 2 else dy
     return np.array([dx, dy]), float(peak)
 
 
-def _overlap(shape: tuple[int, int], d: np.ndarray) -> tuple[np.ndarray, np.ndarray, int, int] | None:
-    """Block grid edges (ys, xs) over the region of frame a that frame b also shows, and the integer
-    offset (dy, dx) into b, for a content displacement d = (dx, dy) from a to b (b(x) = a(x - d)):
-    a[y, x] shows what b shows at [y + dy, x + dx]."""
+def _overlaps(shape: tuple[int, int], d: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """For P content displacements d (P, 2) = (dx, dy) from frame a to frame b (b(x) = a(x - d)), in px
+    of a frame of ``shape``: block grid edges ys, xs (P, G+1) over the region of a that b also shows,
+    the integer offsets dy, dx (P,) into b (a[y, x] shows what b shows at [y + dy, x + dx]), and
+    ``ok`` (P,): False where the two share too little (the other outputs are then placeholders)."""
     h, w = shape
-    dx, dy = int(round(d[0])), int(round(d[1]))
-    y0, y1 = max(0, -dy), min(h, h - dy)
-    x0, x1 = max(0, -dx), min(w, w - dx)
-    if y1 - y0 < 2 * GRID or x1 - x0 < 2 * GRID:
-        return None
-    return y0 + _G * (y1 - y0) // GRID, x0 + _G * (x1 - x0) // GRID, dy, dx
+    dx, dy = np.rint(d[:, 0]).astype(np.int64), np.rint(d[:, 1]).astype(np.int64)
+    y0, y1 = np.maximum(0, -dy), np.minimum(h, h - dy)
+    x0, x1 = np.maximum(0, -dx), np.minimum(w, w - dx)
+    ok = (y1 - y0 >= 2 * GRID) & (x1 - x0 >= 2 * GRID)
+    y0, y1, x0, x1 = (np.where(ok, v, dflt) for v, dflt in ((y0, 0), (y1, h), (x0, 0), (x1, w)))
+    dy, dx = np.where(ok, dy, 0), np.where(ok, dx, 0)
+    ys = y0[:, None] + _G[None, :] * (y1 - y0)[:, None] // GRID
+    xs = x0[:, None] + _G[None, :] * (x1 - x0)[:, None] // GRID
+    return ys, xs, dy, dx, ok
 
 
-def _compare(fa: _Frame, fb: _Frame, d_full: np.ndarray, f_sharp: int) -> np.ndarray | None:
-    """Frame a relative to frame b over the region they share: (sharpness, brightness, contrast,
-    shading slope x, shading slope y, banding), or None if they share too little. ``d_full`` is the
-    displacement a -> b, full-res px. Each is robust over a block grid (or rows), so a local content
-    change (the kerf widening, a chip) moves a few blocks and not the score. Swapping a and b negates
-    all but banding."""
-    os_ = _overlap((fa.fine_ii.shape[0] - 1, fa.fine_ii.shape[1] - 1), d_full / f_sharp)
-    ov = _overlap(fa.small.shape, d_full / (2 * f_sharp))
-    if ov is None or os_ is None:
-        return None
-    ys, xs, dy, dx = os_
-    ea = _blocks(fa.fine_ii, ys, xs)
-    eb = _blocks(fb.fine_ii, ys + dy, xs + dx)
-    ys, xs, dy, dx = ov
-    n = ((ys[1:] - ys[:-1])[:, None] * (xs[1:] - xs[:-1])[None, :])[..., None].astype(np.float64)
-    A = _blocks(fa.reg_ii, ys, xs) / n  # per block: mean, mean of squares, mean gradient energy
-    B = _blocks(fb.reg_ii, ys + dy, xs + dx) / n
+def _compare(fine_ii: np.ndarray, reg_ii: np.ndarray, ka: np.ndarray, kb: np.ndarray, d_full: np.ndarray,
+             f_sharp: int) -> np.ndarray:
+    """Frame a relative to frame b over the region they share, for P pairs at once: (P, 6) rows of
+    (sharpness, brightness, contrast, shading slope x, shading slope y, banding), NaN where the two
+    share too little. ``fine_ii``, ``reg_ii`` the sequence's stacked integral images (see
+    :func:`_prepare`), ``ka``, ``kb`` (P,) the frames' slots in them, ``d_full`` (P, 2) the displacement
+    a -> b in full-res px. Each score is robust over a block grid (or rows), so a local content change
+    (the kerf widening, a chip) moves a few blocks and not the score. Swapping a and b negates all but
+    banding."""
+    P = len(ka)
+    ysf, xsf, dyf, dxf, ok_f = _overlaps((fine_ii.shape[1] - 1, fine_ii.shape[2] - 1), d_full / f_sharp)
+    h, w = reg_ii.shape[2] - 1, reg_ii.shape[3] - 1
+    ys, xs, dy, dx, ok_r = _overlaps((h, w), d_full / (2 * f_sharp))
+    ea = _block_sums(fine_ii, ka, ysf, xsf)  # (P, G, G)
+    eb = _block_sums(fine_ii, kb, ysf + dyf[:, None], xsf + dxf[:, None])
+    n = (np.diff(ys, axis=1)[:, :, None] * np.diff(xs, axis=1)[:, None, :])[..., None].astype(np.float64)
+    A = _block_sums(reg_ii, ka, ys, xs) / n  # (P, G, G, 3) per block: mean, mean of squares, mean gradient energy
+    B = _block_sums(reg_ii, kb, ys + dy[:, None], xs + dx[:, None]) / n
     eps, tiny = 1e-3, 1e-12
     # sharpness: per block, fine-scale over coarse-scale gradient energy (block areas cancel). Gain,
     # offset, flicker bands and shadows scale both alike (or neither); blur removes the fine scale first.
     sharp_map = np.log(((ea + tiny) * (B[..., 2] + tiny)) / ((eb + tiny) * (A[..., 2] + tiny)))
     # photometry on the registration scale (coarse, so blur barely moves it)
-    ratios = np.log((A[..., 0] + eps) / (B[..., 0] + eps))
+    ratios = np.log((A[..., 0] + eps) / (B[..., 0] + eps))  # (P, G, G)
     va = np.maximum(A[..., 1] - A[..., 0] ** 2, tiny)
     vb = np.maximum(B[..., 1] - B[..., 0] ** 2, tiny)
-    sharp, bright, contrast = _median(np.stack([sharp_map, ratios, 0.5 * np.log(va / vb)]).reshape(3, -1), axis=1)
+    med = _median(np.stack([sharp_map, ratios, 0.5 * np.log(va / vb)], axis=1).reshape(P, 3, -1))  # (P, 3)
     # shading: plane fitted to the block log-ratios; slope * frame extent = edge-to-edge change
-    h, w = fa.small.shape
-    cy = ((ys[:-1] + ys[1:]) - (ys[0] + ys[-1])) / (2.0 * h)
-    cx = ((xs[:-1] + xs[1:]) - (xs[0] + xs[-1])) / (2.0 * w)
-    r = ratios - ratios.mean()
-    gy = float((r.sum(1) @ cy) / max(GRID * float(cy @ cy), tiny))
-    gx = float((r.sum(0) @ cx) / max(GRID * float(cx @ cx), tiny))
-    # banding: per-row mean log-ratio over the full shared width, linear trend removed
-    y0, y1, x0, x1 = ys[0], ys[-1], xs[0], xs[-1]
-    ia, ib = fa.reg_ii[:, :, 0], fb.reg_ii[:, :, 0]
-    ca = ia[y0:y1 + 1, x1] - ia[y0:y1 + 1, x0]
-    cb = ib[y0 + dy:y1 + dy + 1, x1 + dx] - ib[y0 + dy:y1 + dy + 1, x0 + dx]
-    rows_a, rows_b = ca[1:] - ca[:-1], cb[1:] - cb[:-1]
-    prof = np.log((rows_a / (x1 - x0) + eps) / (rows_b / (x1 - x0) + eps))
-    yy = np.arange(prof.size) - (prof.size - 1) / 2
-    prof = prof - prof.mean() - yy * ((prof @ yy) / max(float(yy @ yy), tiny))
-    banding = 1.4826 * float(_median(np.abs(prof - _median(prof))))
-    return np.array([sharp, bright, contrast, gx, gy, banding])
+    cy = ((ys[:, :-1] + ys[:, 1:]) - (ys[:, :1] + ys[:, -1:])) / (2.0 * h)  # (P, G) block centres
+    cx = ((xs[:, :-1] + xs[:, 1:]) - (xs[:, :1] + xs[:, -1:])) / (2.0 * w)
+    r = ratios - ratios.mean(axis=(1, 2), keepdims=True)
+    gy = (r.sum(2) * cy).sum(1) / np.maximum(GRID * (cy * cy).sum(1), tiny)
+    gx = (r.sum(1) * cx).sum(1) / np.maximum(GRID * (cx * cx).sum(1), tiny)
+    # banding: per-row mean log-ratio over the full shared width, linear trend removed (rows of
+    # different pairs differ in number: rows past a pair's last are masked)
+    y0, y1, x0, x1 = ys[:, 0], ys[:, -1], xs[:, 0], xs[:, -1]
+    L = y1 - y0  # (P,) rows shared
+    ry = y0[:, None] + np.minimum(np.arange(L.max() + 1)[None, :], L[:, None])  # (P, Lmax + 1) row edges
+    ia, ib = ka[:, None], kb[:, None]
+    ca = reg_ii[ia, 0, ry, x1[:, None]] - reg_ii[ia, 0, ry, x0[:, None]]
+    cb = reg_ii[ib, 0, ry + dy[:, None], (x1 + dx)[:, None]] - reg_ii[ib, 0, ry + dy[:, None], (x0 + dx)[:, None]]
+    width = (x1 - x0)[:, None]
+    prof = np.log((np.diff(ca, axis=1) / width + eps) / (np.diff(cb, axis=1) / width + eps))  # (P, Lmax)
+    valid = np.arange(prof.shape[1])[None, :] < L[:, None]
+    prof = np.where(valid, prof, 0.0)
+    yy = np.where(valid, np.arange(prof.shape[1])[None, :] - (L[:, None] - 1) / 2, 0.0)
+    prof = prof - (prof.sum(1) / L)[:, None] - yy * ((prof * yy).sum(1) / np.maximum((yy * yy).sum(1), tiny))[:, None]
+    banding = 1.4826 * _masked_median(np.abs(prof - _masked_median(prof, L)[:, None]), L)
+    out = np.column_stack([med, gx, gy, banding])
+    out[~(ok_f & ok_r)] = np.nan
+    return out
 
 
 def phase_shift(a: np.ndarray, b: np.ndarray, window: np.ndarray | None = None) -> tuple[np.ndarray, float]:
@@ -221,9 +245,10 @@ class SequenceQC:
     """Scores of one sequence's frames. ``frames`` (T, H, W) uint8/uint16 (or float in
     [0, max_value]); ``available`` (T,) bool (False: missing, its pixels are ignored).
 
-    Pairwise measurements (phase-correlation displacement and :func:`_compare`) are made lazily and
-    cached, so :meth:`scores` can be asked again with some frames barred as references (the second
-    pass of :func:`curate_flags`) at the cost of the few extra pairs that needs."""
+    Pairwise measurements (phase-correlation displacement and :func:`_compare`) are made lazily, all
+    pairs a scoring needs in one batch, and cached, so :meth:`scores` can be asked again with some
+    frames barred as references (the second pass of :func:`curate_flags`) at the cost of the few extra
+    pairs that needs."""
 
     def __init__(self, frames: np.ndarray, available: np.ndarray, max_value: float | None = None):
         T, H, W = frames.shape
@@ -232,8 +257,14 @@ class SequenceQC:
         self.T = T
         self.f_sharp, self.f_reg = scales(H, W)
         self.avail = [t for t in range(T) if available[t]]
-        window = cv2.createHanningWindow((W // self.f_reg, H // self.f_reg), cv2.CV_32F)
-        self.prep = {t: _Frame(frames[t], self.f_sharp, max_value, window) for t in self.avail}
+        self.slot = {t: k for k, t in enumerate(self.avail)}
+        hf, wf = H // self.f_sharp, W // self.f_sharp
+        hs, ws = hf // 2, wf // 2
+        self.fine_ii = np.empty((len(self.avail), hf + 1, wf + 1), np.float32)
+        self.reg_ii = np.empty((len(self.avail), 3, hs + 1, ws + 1), np.float32)
+        window = cv2.createHanningWindow((ws, hs), cv2.CV_32F)
+        self.spectra = [_prepare(frames[t], self.f_sharp, max_value, window, self.fine_ii[k], self.reg_ii[k])
+                        for k, t in enumerate(self.avail)]
         self._disp: dict[tuple[int, int], np.ndarray] = {}
         self._pair: dict[tuple[int, int], np.ndarray | None] = {}
         adjacent = [self.displacement(a, b) / (b - a) for a, b in zip(self.avail, self.avail[1:])]
@@ -244,18 +275,25 @@ class SequenceQC:
     def displacement(self, a: int, b: int) -> np.ndarray:
         """Content displacement a -> b (full-res px) by phase correlation at the registration scale."""
         if (a, b) not in self._disp:
-            d, _ = spectrum_shift(self.prep[a].spectrum, self.prep[b].spectrum)
+            d, _ = spectrum_shift(self.spectra[self.slot[a]], self.spectra[self.slot[b]])
             self._disp[a, b] = d * self.f_reg
         return self._disp[a, b]
 
-    def pair(self, a: int, b: int) -> np.ndarray | None:
-        """a relative to b (a < b): [sharpness, brightness, contrast, slope x, slope y, banding,
-        offset x, offset y] where offset = a's position relative to b's minus what the step predicts."""
-        if (a, b) not in self._pair:
-            d = self.displacement(a, b)
-            c = _compare(self.prep[a], self.prep[b], d, self.f_sharp)
-            self._pair[a, b] = None if c is None else np.concatenate([c, (b - a) * self.step - d])
-        return self._pair[a, b]
+    def pairs(self, wanted: list[tuple[int, int]]) -> None:
+        """Measure every pair (a, b), a < b, in ``wanted`` that is not cached yet: a relative to b,
+        [sharpness, brightness, contrast, slope x, slope y, banding, offset x, offset y] where offset =
+        a's position relative to b's minus what the step predicts (None if they share too little)."""
+        new = sorted({p for p in wanted if p not in self._pair})
+        if not new:
+            return
+        d = np.array([self.displacement(a, b) for a, b in new])
+        ka = np.array([self.slot[a] for a, _ in new])
+        kb = np.array([self.slot[b] for _, b in new])
+        c = _compare(self.fine_ii, self.reg_ii, ka, kb, d, self.f_sharp)
+        gap = np.array([b - a for a, b in new], np.float64)[:, None]
+        offsets = gap * self.step[None, :] - d
+        for i, p in enumerate(new):
+            self._pair[p] = None if np.isnan(c[i, 0]) else np.concatenate([c[i], offsets[i]])
 
     def _refs(self, t: int, allowed: set[int]) -> list[int]:
         cand = [r for r in allowed if r != t and abs(r - t) <= MAX_REF_DISTANCE]
@@ -283,11 +321,8 @@ class SequenceQC:
         T = self.T
         scores = np.full((T, len(SCORE_NAMES)), np.nan, np.float32)
         allowed = set(self.avail) - set(barred)
-        refs = {}
-        for t in self.avail:
-            refs[t] = self._refs(t, allowed) or self._refs(t, set(self.avail))
-            for r in refs[t]:
-                self.pair(min(t, r), max(t, r))
+        refs = {t: self._refs(t, allowed) or self._refs(t, set(self.avail)) for t in self.avail}
+        self.pairs([(min(t, r), max(t, r)) for t in self.avail for r in refs[t]])
         # vignetting: the same scene point seen at two places in the frame differs by the fall-off
         # between them, a ratio slope proportional to the displacement. It is estimated from the
         # first pass's pairs (a fault touches few of them) and removed, so only a shadow remains.

@@ -53,6 +53,29 @@ def _thumb(img: np.ndarray | None, width: int, max_value: float) -> str:
     return "data:image/jpeg;base64," + base64.b64encode(buf.tobytes()).decode() if ok else ""
 
 
+def flagged_thumbnails(stored: np.ndarray, flags: np.ndarray, originals: dict[int, np.ndarray], width: int,
+                       max_value: float) -> dict[int, tuple[str, str, str, str]]:
+    """Thumbnails (previous, original, reconstruction, next; "" where there is none) of every flagged
+    frame t of one sequence, keyed by t. ``stored`` (T, H, W) the sequence as stored in the dataset,
+    ``flags`` (T,) its QC flags, ``originals`` {t: the original pixels of a reconstructed frame}.
+    The curate workers call this while they hold the sequence; the report calls it for sequences it
+    has to read back (shards written by an earlier, interrupted run)."""
+    T = len(flags)
+    out = {}
+    for t in np.flatnonzero(flags & (FLAG_VIBRATION | FLAG_ILLUMINATION | FLAG_MISSING)).tolist():
+        if t in originals:
+            original = originals[t]
+        elif flags[t] & FLAG_MISSING:
+            original = None
+        else:
+            original = stored[t]  # excluded sequence: stored as recorded
+        recon = stored[t] if flags[t] & FLAG_RECONSTRUCTED else None
+        prev = stored[t - 1] if t > 0 else None
+        nxt = stored[t + 1] if t < T - 1 else None
+        out[t] = tuple(_thumb(im, width, max_value) for im in (prev, original, recon, nxt))
+    return out
+
+
 def _svg_histogram(name: str, counts: np.ndarray, edges: np.ndarray, thresholds: list[float], side: str) -> str:
     """A small inline SVG bar chart (log count) with the threshold(s) as red lines."""
     W, H, pad = 260, 130, 18
@@ -193,32 +216,34 @@ def _stored_sequences(frames: zarr.Array, seq_ids: list[int], batch: int = 8):
                     yield seq
 
 
-def _render_html(summary: dict, extra: dict, plan: Plan, cfg: CurateConfig) -> str:
-    g, flags, split = extra["group"], extra["flags"], extra["split"]
+def _render_html(summary: dict, extra: dict, plan: Plan, cfg: CurateConfig,
+                 thumbnails: dict[tuple[int, int], tuple[str, str, str, str]]) -> str:
+    g, flags = extra["group"], extra["flags"]
     max_value = float(extra["attrs"]["max_value"])
-    frames = g["frames"]
-    orig = _originals_map(g)
     tw = cfg.thumbnail_width
     esc = html.escape
     T = summary["frames_per_sequence"]
 
-    rows = []
     items = summary["flagged_frames"][:MAX_THUMBNAIL_ROWS]
-    for item, seq in zip(items, _stored_sequences(frames, [item["sequence"] for item in items])):
+    thumbs = dict(thumbnails)
+    to_read = sorted({it["sequence"] for it in items if (it["sequence"], it["t"]) not in thumbs})
+    if to_read:
+        by_seq: dict[int, dict[int, tuple[str, int]]] = {}
+        for (n, t), where in _originals_map(g).items():
+            by_seq.setdefault(n, {})[t] = where
+        orig_pixels: dict[str, np.ndarray] = {}  # one read per shard's originals (opening a zarr array costs ~2 ms)
+        for n, seq in zip(to_read, _stored_sequences(g["frames"], to_read)):
+            originals = {}
+            for t, (key, row) in by_seq.get(n, {}).items():
+                if key not in orig_pixels:
+                    orig_pixels[key] = g["originals"][key][:]
+                originals[t] = orig_pixels[key][row, 0]
+            thumbs.update({(n, t): th for t, th in flagged_thumbnails(seq, flags[n], originals, tw, max_value).items()})
+    rows = []
+    for item in items:
         n, t = item["sequence"], item["t"]
-        if (n, t) in orig:
-            key, row = orig[n, t]
-            original = g["originals"][key][row, 0]
-        elif flags[n, t] & FLAG_MISSING:
-            original = None
-        else:
-            original = seq[t]  # excluded sequence: stored as recorded
-        recon = seq[t] if flags[n, t] & FLAG_RECONSTRUCTED else None
-        prev = seq[t - 1] if t > 0 else None
-        nxt = seq[t + 1] if t < T - 1 else None
         sc = ", ".join(f"{k}={v:.3g}" for k, v in item["scores"].items() if v is not None)
-        cells = "".join(f'<td>{f"<img src={_thumb(im, tw, max_value)!r}>" if im is not None else "<span class=na>—</span>"}</td>'
-                        for im in (prev, original, recon, nxt))
+        cells = "".join(f'<td>{f"<img src={uri!r}>" if uri else "<span class=na>—</span>"}</td>' for uri in thumbs[n, t])
         status = "excluded" if item["excluded"] else ""
         rows.append(f"<tr><td>seq {n} t {t}<br>{esc(item['run_id'])} lane {item['lane']}<br>"
                     f"<b>{esc(', '.join(item['flags']))}</b> {status}<br><small>{esc(sc)}</small></td>{cells}</tr>")
@@ -267,8 +292,12 @@ Flagged (vibration or illumination): {100 * summary['flagged_fraction']:.2f}% of
 """
 
 
-def write_report(out: Path, plan: Plan, cfg: CurateConfig, html_path: Path, json_path: Path) -> dict:
+def write_report(out: Path, plan: Plan, cfg: CurateConfig, html_path: Path, json_path: Path,
+                 thumbnails: dict[tuple[int, int], tuple[str, str, str, str]] | None = None) -> dict:
+    """Write the QC report of the dataset ``out``. ``thumbnails`` {(sequence, t): the four thumbnails
+    of :func:`flagged_thumbnails`} made by the curate workers; flagged frames without them are read
+    back from the dataset."""
     summary, extra = build_summary(out, plan, cfg)
-    _atomic_write(html_path, _render_html(summary, extra, plan, cfg).encode())
+    _atomic_write(html_path, _render_html(summary, extra, plan, cfg, thumbnails or {}).encode())
     _atomic_write(json_path, (json.dumps(summary, indent=1, sort_keys=False) + "\n").encode())
     return summary

@@ -34,8 +34,10 @@ def curate_sequence(frames: np.ndarray, available: np.ndarray, baseline: qc.Base
     bad = flags != 0
     n_bad = int(bad.sum())
     excluded = n_bad > max_bad_frames
-    out = frames.copy()
-    out[missing] = 0
+    out = frames  # copied below only if a frame changes
+    if missing.any():
+        out = frames.copy()
+        out[missing] = 0
     originals: list[tuple[int, np.ndarray]] = []
     if n_bad and not excluded:
         out, done = reconstruct(out, ~bad, max_value)
