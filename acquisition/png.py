@@ -29,13 +29,13 @@ from zlib_ng import zlib_ng
 # run-length strategy (LZ77 matches at distance 1 only, then Huffman coding). Sensor noise leaves
 # general LZ77 almost nothing to match, while flat regions (a saturated area, a dark frame, a test
 # pattern) are runs. "Up" is also the cheapest filter to undo (no dependency along a row, unlike
-# Sub/Average/Paeth). Measured 2026-11-24 on this 2-core machine, 800x600 frames, encode / decode with
-# :func:`decode` / size as a fraction of the raw pixels:
+# Sub/Average/Paeth). Measured by tools/bench_png.py (2026-11-24, this 2-core machine), 800x600
+# frames, encode / decode with :func:`decode` / size as a fraction of the raw pixels:
 #
 #   frames                 cv2 default (adaptive, level 1)   Up + Huffman only     Up + RLE (chosen)
-#   simulator, Mono8       11.4 / 5.9 ms / 0.529             6.0 / 2.3 ms / 0.523  6.6 / 2.1 ms / 0.521
-#   simulator, Mono16      36.6 / 15.0 ms / 0.849            12.8 / 4.4 ms / 0.854 12.9 / 4.4 ms / 0.854
-#   viky test pattern      3.5 / 0.7 ms / 0.0082             4.3 / 1.9 ms / 0.127  1.0 / 0.6 ms / 0.0030
+#   simulator, Mono8       11.3 / 6.5 ms / 0.529             6.3 / 2.8 ms / 0.523  6.2 / 2.1 ms / 0.521
+#   simulator, Mono16      37.3 / 15.5 ms / 0.849            14.1 / 4.7 ms / 0.854 14.3 / 4.7 ms / 0.854
+#   viky test pattern      3.4 / 0.7 ms / 0.0082             4.7 / 1.9 ms / 0.127  1.0 / 0.4 ms / 0.0030
 PNG_PARAMS = [cv2.IMWRITE_PNG_COMPRESSION, 1, cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_UP,
               cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_RLE]
 
