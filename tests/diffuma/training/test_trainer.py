@@ -168,3 +168,18 @@ def test_real_diffuma_tiny_lowers_its_loss(tmp_path):
 
     assert mean(steps[-3:], "loss") < mean(steps[:3], "loss") - 0.05  # eq. 10 total
     assert mean(steps[-3:], "loss_l1") < 0.6 * mean(steps[:3], "loss_l1")  # the fused prediction's L1
+
+
+def test_tensorboard_scalars_match_the_csv_logs(standin, tiny_dataset, tmp_path):
+    pytest.importorskip("tensorboard", reason="tensorboard is in the test extra; CI installs it")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = train_from_config(_config(epochs=2), tiny_dataset, tmp_path / "run", progress=False)
+    acc = EventAccumulator(str(out / "tensorboard"))
+    acc.Reload()
+    tags = set(acc.Tags()["scalars"])
+    assert {"train/loss", "train/lr", "val/mse", "val/ssim"} <= tags
+    csv_loss = [float(r["loss"]) for r in _rows(out / "steps.csv")]
+    assert [e.step for e in acc.Scalars("train/loss")] == list(range(1, len(csv_loss) + 1))
+    assert [e.value for e in acc.Scalars("train/loss")] == pytest.approx(csv_loss, rel=1e-6)
+    assert [e.value for e in acc.Scalars("val/mse")] == pytest.approx([float(r["val_mse"]) for r in _rows(out / "epochs.csv")], rel=1e-6)
