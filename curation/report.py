@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import base64
 import html
-import itertools
 import json
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -195,25 +194,22 @@ def build_summary(out: Path, plan: Plan, cfg: CurateConfig) -> tuple[dict, dict]
     return summary, {"hist_svg": hist_svg, "group": g, "attrs": attrs, "flags": flags, "split": split}
 
 
-def _originals_map(g: zarr.Group) -> dict[tuple[int, int], tuple[str, int]]:
-    m = {}
+def _originals_index(g: zarr.Group) -> dict[int, dict[int, tuple[str, int]]]:
+    """{sequence: {t: (shard key, row)}}: where the original of each reconstructed frame is kept."""
+    m: dict[int, dict[int, tuple[str, int]]] = {}
     for key in g["originals_index"].array_keys():
         for row, (s, t) in enumerate(g["originals_index"][key][:]):
-            m[int(s), int(t)] = (key, row)
+            m.setdefault(int(s), {})[int(t)] = (key, row)
     return m
 
 
 def _stored_sequences(frames: zarr.Array, seq_ids: list[int], batch: int = 8):
-    """Yield frames[n, :, 0] (T, H, W), as stored, for each n in ``seq_ids``, reading each distinct run
-    of equal ids once. Reads go ``batch`` sequences at a time on two threads (zarr's chunk decoding
-    releases the GIL; the report runs after the workers are done, so both cores are free)."""
-    runs = [n for i, n in enumerate(seq_ids) if i == 0 or seq_ids[i - 1] != n]
-    counts = [sum(1 for _ in g) for _, g in itertools.groupby(seq_ids)]
+    """Yield frames[n, :, 0] (T, H, W), as stored, for each n in ``seq_ids``. Reads go ``batch``
+    sequences at a time on two threads (zarr's chunk decoding releases the GIL; the report runs after
+    the workers are done, so both cores are free)."""
     with ThreadPoolExecutor(2) as pool:
-        for b in range(0, len(runs), batch):
-            for seq, c in zip(pool.map(lambda n: frames[n, :, 0], runs[b:b + batch]), counts[b:b + batch]):
-                for _ in range(c):
-                    yield seq
+        for b in range(0, len(seq_ids), batch):
+            yield from pool.map(lambda n: frames[n, :, 0], seq_ids[b:b + batch])
 
 
 def _render_html(summary: dict, extra: dict, plan: Plan, cfg: CurateConfig,
@@ -228,9 +224,7 @@ def _render_html(summary: dict, extra: dict, plan: Plan, cfg: CurateConfig,
     thumbs = dict(thumbnails)
     to_read = sorted({it["sequence"] for it in items if (it["sequence"], it["t"]) not in thumbs})
     if to_read:
-        by_seq: dict[int, dict[int, tuple[str, int]]] = {}
-        for (n, t), where in _originals_map(g).items():
-            by_seq.setdefault(n, {})[t] = where
+        by_seq = _originals_index(g)
         orig_pixels: dict[str, np.ndarray] = {}  # one read per shard's originals (opening a zarr array costs ~2 ms)
         for n, seq in zip(to_read, _stored_sequences(g["frames"], to_read)):
             originals = {}
