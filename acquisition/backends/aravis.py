@@ -231,9 +231,7 @@ class AravisCamera(Camera):
         return modes
 
     def start(self, trigger_mode: str) -> None:
-        if trigger_mode not in self.trigger_modes():
-            raise CameraError(f"camera {self.alias!r}: trigger mode {trigger_mode!r} not supported "
-                              f"(supported: {', '.join(sorted(self.trigger_modes()))})")
+        self._require_trigger_mode(trigger_mode, f"camera {self.alias!r}")
         if self._has("AcquisitionMode"):
             self._set("AcquisitionMode", "Continuous")
         if self._has("TriggerMode"):

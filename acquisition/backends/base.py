@@ -96,6 +96,13 @@ class Camera(abc.ABC):
     def software_trigger(self) -> None:
         raise CameraError(f"{self.info.model}: no software trigger")
 
+    def _require_trigger_mode(self, trigger_mode: str, who: str) -> None:
+        """For :meth:`start`: CameraError unless ``trigger_mode`` is one of :meth:`trigger_modes`
+        (``who`` names the camera in the message)."""
+        modes = self.trigger_modes()
+        if trigger_mode not in modes:
+            raise CameraError(f"{who}: trigger mode {trigger_mode!r} not supported (supported: {', '.join(sorted(modes))})")
+
     @abc.abstractmethod
     def fetch(self, timeout_s: float) -> Frame:
         """The next frame; TimeoutError if none arrives within ``timeout_s``."""

@@ -302,9 +302,7 @@ class GenTLCamera(Camera):
         return modes
 
     def start(self, trigger_mode: str) -> None:
-        if trigger_mode not in self.trigger_modes():
-            raise CameraError(f"camera {self.alias!r}: trigger mode {trigger_mode!r} not supported "
-                              f"(supported: {', '.join(sorted(self.trigger_modes()))})")
+        self._require_trigger_mode(trigger_mode, f"camera {self.alias!r}")
         mode = self._node("AcquisitionMode")
         if mode is not None and "Continuous" in mode.symbolics and mode.get_access_mode() == EAccessMode.RW:
             mode.value = "Continuous"

@@ -84,8 +84,7 @@ class ReplayCamera(Camera):
         return {"software"}
 
     def start(self, trigger_mode: str) -> None:
-        if trigger_mode != "software":
-            raise CameraError(f"replay: trigger mode {trigger_mode!r} not supported (only software)")
+        self._require_trigger_mode(trigger_mode, "replay")
 
     def stop(self) -> None:
         self._pending = None

@@ -156,8 +156,7 @@ class SimCamera(Camera):
 
     def start(self, trigger_mode: str) -> None:
         self._require_open()
-        if trigger_mode not in self.trigger_modes():
-            raise CameraError(f"{self.alias}: trigger mode {trigger_mode!r} not supported (valid: software, freerun)")
+        self._require_trigger_mode(trigger_mode, self.alias)
         self._mode, self._pending = trigger_mode, 0
         self._next_due = time.monotonic()
 

@@ -47,6 +47,8 @@ def test_settings_are_applied_read_back_and_range_checked():
                           (CaptureSettings(64, 64, "Mono8", 5, 1.0), "ExposureTime")]:
             with pytest.raises(CameraError, match=what):
                 cam.apply(bad)
+        with pytest.raises(CameraError, match=r"sim0: trigger mode 'line' not supported \(supported: freerun, software\)"):
+            cam.start("line")
 
 
 def test_software_trigger_renders_what_the_stage_sees():
