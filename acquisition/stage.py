@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 
-from acquisition.backends.base import Stage
+from acquisition.backends.base import Stage, sleep_until
 
 
 class SimulatedStage(Stage):
@@ -33,9 +33,4 @@ class SimulatedStage(Stage):
         self.moves += 1
 
     def wait_settled(self, timeout_s: float) -> None:
-        remaining = self._settled_at - time.monotonic()
-        if remaining > timeout_s:
-            time.sleep(max(timeout_s, 0.0))
-            raise TimeoutError(f"simulated stage: not settled within {timeout_s:.3f} s")
-        if remaining > 0:
-            time.sleep(remaining)
+        sleep_until(self._settled_at, timeout_s, f"simulated stage: not settled within {timeout_s:.3f} s")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import time
 
 import numpy as np
 
@@ -50,6 +51,17 @@ class Frame:
     frame_id: int | None  # device frame counter, if the backend has one
     device_timestamp_ns: int | None  # device clock, if the camera provides one
     incomplete: bool = False  # the buffer arrived partially filled
+
+
+def sleep_until(deadline: float, timeout_s: float, what: str) -> None:
+    """Sleep until ``time.monotonic()`` reaches ``deadline``; if that is more than ``timeout_s`` away,
+    sleep ``timeout_s`` and raise TimeoutError(``what``) (a simulated device honouring a timeout)."""
+    remaining = deadline - time.monotonic()
+    if remaining > timeout_s:
+        time.sleep(max(timeout_s, 0.0))
+        raise TimeoutError(what)
+    if remaining > 0:
+        time.sleep(remaining)
 
 
 class Stage(abc.ABC):

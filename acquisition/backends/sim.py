@@ -39,7 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
-from acquisition.backends.base import Camera, CameraError, CameraInfo, CaptureSettings, Frame, Stage
+from acquisition.backends.base import Camera, CameraError, CameraInfo, CaptureSettings, Frame, Stage, sleep_until
 from acquisition.raw import Recording, RecordingWriter
 from acquisition.simulator import SIM_VERSION, DicingLaneSimulator, SimConfig, label, write_truth
 
@@ -180,12 +180,7 @@ class SimCamera(Camera):
                     raise TimeoutError(f"{self.alias}: no frame within {timeout_s} s (no software trigger)")
                 self._pending -= 1
         elif self.realtime:
-            wait = self._next_due - time.monotonic()
-            if wait > timeout_s:
-                time.sleep(max(timeout_s, 0.0))
-                raise TimeoutError(f"{self.alias}: no frame within {timeout_s} s")
-            if wait > 0:
-                time.sleep(wait)
+            sleep_until(self._next_due, timeout_s, f"{self.alias}: no frame within {timeout_s} s")
             self._next_due = max(self._next_due + 1.0 / self.settings.fps, time.monotonic() - 1.0)
         return self._render()
 

@@ -1,8 +1,10 @@
 """Drop counting from frame ids, trigger strategy choice, and the simulated stage."""
 
+import time
+
 import pytest
 
-from acquisition.backends.base import CameraError
+from acquisition.backends.base import CameraError, sleep_until
 from acquisition.stage import SimulatedStage
 from acquisition.trigger import FrameIdTracker, choose_trigger
 
@@ -112,3 +114,13 @@ def test_streamed_source_takes_first_frame_after_settle_and_carries_drops():
     source.stop()
     assert cam.started == "line" and cam.stopped
     assert (source.stats.delivered, source.stats.dropped) == (4, 2)
+
+
+def test_sleep_until_waits_for_the_deadline_or_times_out():
+    t0 = time.monotonic()
+    sleep_until(t0 + 0.05, 1.0, "unused")
+    assert time.monotonic() - t0 >= 0.05
+    t0 = time.monotonic()
+    with pytest.raises(TimeoutError, match="^too late$"):
+        sleep_until(t0 + 10.0, 0.02, "too late")
+    assert 0.02 <= time.monotonic() - t0 < 5.0  # slept the timeout, not the 10 s
