@@ -19,7 +19,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "capture": ("chdl.cli.acquire", "capture", "Capture lane passes from a camera (or replay a recording) into a raw recording."),
     "simulate": ("chdl.cli.simulate", "simulate", "Render simulated dicing-lane recordings with ground-truth fault labels."),
     "curate": ("chdl.cli.curate", "curate", "QC, reconstruct and pack raw recordings into a curated zarr dataset."),
-    "import": ("chdl.cli.importers", "import_", "Import public benchmarks (Moving MNIST, WeatherBench) into the dataset format."),
+    "import": ("chdl.cli.importers", "import_", "Import public benchmarks (Moving MNIST, WeatherBench) and video files into the dataset format."),
     "info": ("chdl.cli.info", "info", "Summarise a curated dataset (shape, splits, QC counts, provenance)."),
     "model-info": ("chdl.cli.model", "model_info", "Print parameter counts and FLOPs of the model presets."),
     "train": ("chdl.cli.train", "train", "Train DIFFUMA or a baseline on a curated dataset."),

@@ -1,7 +1,8 @@
-"""``chdl import``: public benchmarks (Moving MNIST, WeatherBench) into the curated dataset format."""
+"""``chdl import``: public benchmarks (Moving MNIST, WeatherBench) and video files into the curated dataset format."""
 
 from __future__ import annotations
 
+import os
 import shlex
 from pathlib import Path
 
@@ -15,7 +16,7 @@ def _command_line() -> str:
     for param in ctx.command.params:
         value = ctx.params.get(param.name)
         if isinstance(param, click.Argument):
-            parts.append(str(value))
+            parts += [str(v) for v in value] if isinstance(value, (tuple, list)) else [str(value)]
         elif value not in (None, False, ()) and value != param.default:
             flag = param.opts[0]
             values = value if param.multiple else [value]
@@ -43,7 +44,7 @@ def _run(fn, *args, preview: Path | None = None, **kwargs) -> Path:
 
 @click.group("import")
 def import_() -> None:
-    """Import public benchmarks into the chdl dataset format (docs/importers.md)."""
+    """Import public benchmarks and video files into the chdl dataset format (docs/importers.md)."""
 
 
 @import_.command("mnist")
@@ -97,3 +98,54 @@ def weatherbench(root, out, variables, train_years, val_years, level, step, stri
 
     _run(import_weatherbench, root, out, variables=list(variables), train_years=_years(train_years, "--train-years"),
          val_years=_years(val_years, "--val-years"), level=level, step=step, stride=stride, overwrite=overwrite, preview=preview)
+
+
+def _size(value: str) -> tuple[int, int]:
+    from curation.importers.video import parse_size
+
+    try:
+        return parse_size(value)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--size") from None
+
+
+@import_.command("video")
+@click.argument("videos", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--out", "out", type=click.Path(path_type=Path), required=True, help="Dataset to write (.zarr).")
+@click.option("--size", default="120x160", show_default=True,
+              help="Frame size HxW: centred crop to this aspect, then area-interpolated resize.")
+@click.option("--in-frames", type=click.IntRange(min=1), default=5, show_default=True, help="Input frames per clip.")
+@click.option("--out-frames", type=click.IntRange(min=1), default=5, show_default=True, help="Target frames per clip.")
+@click.option("--frame-stride", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Keep every K-th decoded frame (temporal subsampling) before cutting clips.")
+@click.option("--train-stride", type=click.IntRange(min=1), default=None,
+              help="Kept frames between the starts of training clips [default: the clip length, non-overlapping; "
+                   "smaller = overlapping training clips].")
+@click.option("--val-stride", type=click.IntRange(min=1), default=None,
+              help="Kept frames between the starts of validation clips [default: the clip length]. Validation "
+                   "clips never share a frame with training clips, whatever the strides.")
+@click.option("--val-fraction", type=click.FloatRange(0, 1, max_open=True), default=0.2, show_default=True,
+              help="Share of each video's non-overlapping clips, at its end, held out for validation "
+                   "(after a one-clip gap).")
+@click.option("--preview", type=click.Path(path_type=Path), default=None, help="Also write a PNG grid of sequences.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing dataset at --out.")
+def video(videos, out, size, in_frames, out_frames, frame_stride, train_stride, val_stride, val_fraction, preview,
+          overwrite):
+    """Video files (any format FFmpeg decodes) as grayscale clips, split by time blocks within each video."""
+    # FFmpeg's own decoder messages ("moov atom not found", h264 slice warnings) would otherwise go to
+    # stderr; a bad file is reported as one line naming it. Set OPENCV_FFMPEG_LOGLEVEL=24 to see them.
+    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
+    from chdl.dataset import open_dataset
+    from curation.importers.video import import_video
+
+    out = _run(import_video, list(videos), out, size=_size(size), in_frames=in_frames, out_frames=out_frames,
+               frame_stride=frame_stride, train_stride=train_stride, val_stride=val_stride,
+               val_fraction=val_fraction, overwrite=overwrite, preview=preview)
+    for v in open_dataset(out).attrs["extra"]["videos"]:
+        listed = v["frames_reported"]
+        note = (f" [the container lists {listed} frames at that rate; FFmpeg decodes {v['frames_decoded']}: "
+                "empty packets are skipped, so the frame spacing is irregular]"
+                if listed - v["frames_decoded"] > max(1, 0.01 * v["frames_decoded"]) else "")
+        click.echo(f"  {v['file']}: {v['frames_decoded']} frames at {v['fps']:.2f} fps, {v['width']}x{v['height']} "
+                   f"-> train {v['train_clips']} clips (frames {v['train_frames'][0]}-{v['train_frames'][1] - 1}), "
+                   f"val {v['val_clips']} (frames {v['val_frames'][0]}-{v['val_frames'][1] - 1}){note}")

@@ -1,0 +1,221 @@
+"""Video importer: time-block split without leakage, preprocessing, provenance, errors — synthetic videos only.
+
+The test videos are written here with OpenCV's FFmpeg writer in FFV1 (lossless), so every decoded pixel is
+known: frame ``i`` has a flat top half of level ``CODE0 + CODE_STEP * i`` (its index, readable after any
+resize) and a horizontal gradient moving 3 px a frame in the bottom half, with 255-valued columns just
+outside the centre crop the importer must cut away.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from chdl.cli import main
+from chdl.dataset import SPLIT_TRAIN, SPLIT_VAL, open_dataset
+from chdl.torch_dataset import SequenceDataset
+from curation.importers.common import ImporterInputError
+from curation.importers.video import center_crop_box, import_video, parse_size, plan_clips, read_video
+
+SRC_H, SRC_W = 64, 96  # source frames: wider (3:2) than the 4:3 target, so the width is cropped
+SIZE = (24, 32)
+CODE0, CODE_STEP = 20, 3  # top-half level of frame i
+
+
+def write_video(path: Path, n_frames: int, fourcc: str = "FFV1", fps: float = 25.0) -> Path:
+    y0, x0, h, w = center_crop_box(SRC_H, SRC_W, SIZE)
+    writer = cv2.VideoWriter(str(path), cv2.CAP_FFMPEG, cv2.VideoWriter_fourcc(*fourcc), fps, (SRC_W, SRC_H), True)
+    assert writer.isOpened(), f"OpenCV cannot write {fourcc} to {path}"
+    for i in range(n_frames):
+        gray = np.empty((SRC_H, SRC_W), np.uint8)
+        gray[: SRC_H // 2] = CODE0 + CODE_STEP * i
+        gray[SRC_H // 2:] = (40 + (np.arange(SRC_W) * 5 + 3 * i) % 160)[None, :]  # 40..199, moving right
+        gray[SRC_H // 2:, :x0] = 255  # outside the centre crop
+        gray[SRC_H // 2:, x0 + w:] = 255
+        writer.write(cv2.cvtColor(gray, cv2.COLOR_GRAY2BGR))
+    writer.release()
+    return path
+
+
+def frame_index(frame: np.ndarray) -> int:
+    """The source index of a stored (H, W) frame, from its flat top rows."""
+    top = frame[: SIZE[0] // 2 - 1].astype(np.int64)
+    assert top.min() == top.max(), "top half not flat"
+    code, rem = divmod(int(top[0, 0]) - CODE0, CODE_STEP)
+    assert rem == 0
+    return code
+
+
+@pytest.fixture(scope="module")
+def videos(tmp_path_factory) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("videos")
+    return {"a": write_video(d / "a.avi", 60), "b": write_video(d / "b.avi", 37), "short": write_video(d / "short.avi", 4),
+            "twelve": write_video(d / "twelve.avi", 12)}
+
+
+def test_plan_is_a_time_block_split_with_a_one_clip_gap():
+    p = plan_clips(100, 10, val_fraction=0.2)
+    assert p.train_starts == tuple(range(0, 70, 10)) and p.val_starts == (80, 90)
+    assert p.gap_block == (70, 80) and p.train_block == (0, 70) and p.val_block == (80, 100)
+    p = plan_clips(107, 10, val_fraction=0.2, train_stride=3, val_stride=5)  # tail of 7 frames
+    assert p.train_starts == tuple(range(0, 61, 3)) and p.val_starts == (80, 85, 90, 95)
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        L, n = int(rng.integers(2, 12)), int(rng.integers(1, 400))
+        kw = dict(val_fraction=float(rng.choice([0.1, 0.2, 0.3, 0.5])), train_stride=int(rng.integers(1, 2 * L)),
+                  val_stride=int(rng.integers(1, 2 * L)))
+        n_val = max(1, int(np.floor(kw["val_fraction"] * (n // L) + 0.5)))
+        try:
+            p = plan_clips(n, L, **kw)
+        except ValueError as e:
+            assert "too short" in str(e) and n // L - n_val - 1 < 1
+            continue
+        assert p.train_starts and p.val_starts
+        last_train = max(p.train_starts) + L - 1
+        assert last_train < p.gap_block[0] == p.gap_block[1] - L and p.gap_block[1] == min(p.val_starts)
+        assert max(p.val_starts) + L <= n
+        assert min(p.val_starts) == (n // L - n_val) * L  # the last clips of the non-overlapping grid
+    assert plan_clips(25, 10, val_fraction=0).train_starts == (0, 10) and plan_clips(25, 10, val_fraction=0).val_starts == ()
+    with pytest.raises(ValueError, match="too short for one clip"):
+        plan_clips(9, 10)
+    with pytest.raises(ValueError, match="too short to split"):
+        plan_clips(29, 10)
+
+
+def test_crop_box_and_size():
+    assert center_crop_box(480, 640, (120, 160)) == (0, 0, 480, 640)
+    assert center_crop_box(528, 720, (120, 160)) == (0, 8, 528, 704)  # wider: crop the width
+    assert center_crop_box(600, 600, (120, 160)) == (75, 0, 450, 600)  # taller: crop the height
+    assert parse_size("120x160") == (120, 160) and parse_size("64×64") == (64, 64)
+    for bad in ("120", "0x10", "axb"):
+        with pytest.raises(ValueError):
+            parse_size(bad)
+
+
+def test_read_video_grayscale_crop_resize_and_stride(videos):
+    v = read_video(videos["a"], SIZE)
+    assert v.frames.shape == (60, *SIZE) and v.frames.dtype == np.uint8
+    assert v.frames_decoded == 60 and v.fps == pytest.approx(25.0) and (v.width, v.height) == (SRC_W, SRC_H)
+    assert [frame_index(f) for f in v.frames] == list(range(60))
+    bottom = v.frames[:, SIZE[0] // 2 + 1:]
+    assert bottom.min() >= 40 and bottom.max() < 200  # gradient kept, the 255 border columns cropped away
+    assert not np.array_equal(bottom[0], bottom[1])  # it moves
+    s = read_video(videos["a"], SIZE, frame_stride=4)
+    assert [frame_index(f) for f in s.frames] == list(range(0, 60, 4)) and s.frames_decoded == 60
+
+
+def check_dataset(out: Path, videos: list[Path], L: int, frame_stride: int = 1) -> dict:
+    """Shapes, splits, frame identity and no train/val overlap; returns per-video train/val frame sets."""
+    ds = open_dataset(out)
+    frames, split, run = ds.frames[:], ds.split, ds.group["run_index"][:]
+    assert frames.dtype == np.uint8 and frames.shape[1:] == (L, 1, *SIZE)
+    extra = ds.attrs["extra"]
+    assert len(extra["clip_start_frame"]) == len(frames)
+    used = {(r, s): set() for r in range(len(videos)) for s in (SPLIT_TRAIN, SPLIT_VAL)}
+    for i, seq in enumerate(frames):
+        idx = [frame_index(f) for f in seq[:, 0]]
+        start = extra["clip_start_frame"][i]
+        assert idx == [start + t * frame_stride for t in range(L)]  # consecutive (kept) frames of one video
+        used[(int(run[i]), int(split[i]))].update(idx)
+    assert list(split) == sorted(split)  # train first, then val
+    for r, meta in enumerate(extra["videos"]):
+        train, val = used[(r, SPLIT_TRAIN)], used[(r, SPLIT_VAL)]
+        assert train and val and not train & val
+        assert max(train) + L * frame_stride <= min(val)  # a full clip of unused frames between the blocks
+        assert meta["train_clips"] == int(((run == r) & (split == SPLIT_TRAIN)).sum())
+        assert meta["val_clips"] == int(((run == r) & (split == SPLIT_VAL)).sum())
+        assert meta["train_frames"] == [min(train), max(train) + 1] and meta["val_frames"] == [min(val), max(val) + 1]
+    return dict(ds=ds, used=used)
+
+
+def test_cli_imports_videos_with_time_block_split_and_provenance(tmp_path, videos):
+    out = tmp_path / "v.zarr"
+    files = [videos["a"], videos["b"]]
+    r = CliRunner().invoke(main, ["import", "video", *map(str, files), "--out", str(out), "--size", "24x32",
+                                  "--in-frames", "3", "--out-frames", "2", "--preview", str(tmp_path / "p.png")])
+    assert r.exit_code == 0, r.output
+    assert "a.avi: 60 frames at 25.00 fps" in r.output and (tmp_path / "p.png").stat().st_size > 0
+    res = check_dataset(out, files, L=5)
+    ds = res["ds"]
+    # a: 60 frames = 12 clips -> 2 val (frames 50-59), gap 45-49, 9 train; b: 37 = 7 clips (+2 tail) -> 1 val, 5 train
+    assert ds.summary()["splits"] == {"train": 14, "val": 3, "excluded": 0}
+    assert res["used"][(0, SPLIT_VAL)] == set(range(50, 60)) and res["used"][(1, SPLIT_VAL)] == set(range(30, 35))
+    assert ds.attrs["in_frames"] == 3 and ds.attrs["out_frames"] == 2 and ds.attrs["max_value"] == 255
+    assert ds.attrs["runs"] == ["a.avi", "b.avi"]
+    prov = ds.attrs["provenance"]
+    cfg = prov["config"]
+    assert [s["file"] for s in cfg["sources"]] == ["a.avi", "b.avi"]
+    assert [s["sha256"] for s in cfg["sources"]] == [hashlib.sha256(f.read_bytes()).hexdigest() for f in files]
+    assert cfg["size"] == [24, 32] and cfg["frame_stride"] == 1 and cfg["train_stride"] == 5 and cfg["val_fraction"] == 0.2
+    assert "import video" in prov["command"] and "a.avi" in prov["command"]
+    meta = ds.attrs["extra"]["videos"][0]
+    assert meta["frames_decoded"] == 60 and meta["gap_frames"] == [45, 50] and meta["crop_yxhw"] == [0, 5, 64, 85]
+    x, y = SequenceDataset(out, split="val")[0]
+    assert tuple(x.shape) == (3, 1, 24, 32) and tuple(y.shape) == (2, 1, 24, 32) and float(x.max()) <= 1
+
+
+def test_overlapping_train_clips_and_frame_stride_never_touch_val(tmp_path, videos):
+    files = [videos["a"], videos["b"]]
+    out = import_video(files, tmp_path / "o.zarr", size=SIZE, in_frames=3, out_frames=2, train_stride=2,
+                       val_stride=3, progress=False)
+    res = check_dataset(out, files, L=5)
+    assert res["ds"].summary()["splits"] == {"train": 21 + 11, "val": 2 + 1, "excluded": 0}
+    out = import_video([videos["a"]], tmp_path / "s.zarr", size=SIZE, in_frames=2, out_frames=2, frame_stride=2,
+                       train_stride=1, progress=False)
+    res = check_dataset(out, [videos["a"]], L=4, frame_stride=2)  # 30 kept frames: 7 clips, 1 val
+    assert res["ds"].attrs["provenance"]["config"]["frame_stride"] == 2
+    assert res["ds"].summary()["splits"] == {"train": 17, "val": 1, "excluded": 0}
+
+
+def test_mp4_input(tmp_path):
+    src = write_video(tmp_path / "m.mp4", 30, fourcc="mp4v")
+    out = import_video([src], tmp_path / "m.zarr", size=SIZE, progress=False)
+    ds = open_dataset(out)
+    assert ds.frames.shape == (2, 10, 1, *SIZE) and list(ds.split) == [SPLIT_TRAIN, SPLIT_VAL]
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "chdl", "import", "video", *args], capture_output=True, text=True)
+
+
+def test_bad_input_is_one_line_naming_the_file_and_writes_nothing(tmp_path, videos):
+    not_video = tmp_path / "notes.mp4"
+    not_video.write_text("not a video\n")
+    out = tmp_path / "x.zarr"
+    cases = [
+        (tmp_path / "missing.avi", "no such file"),
+        (not_video, "not a video"),
+        (videos["short"], "too short for one clip"),
+        (videos["twelve"], "too short to split"),  # 12 frames = 1 clip of 10: no room for train, gap and val
+    ]
+    for bad, problem in cases:
+        proc = run_cli(str(videos["a"]), str(bad), "--out", str(out))  # a good file first: still nothing written
+        assert proc.returncode == 1, proc.stderr
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1 and str(bad) in lines[0] and problem in lines[0], proc.stderr
+        assert not out.exists()
+    with pytest.raises(ImporterInputError, match="same content as"):
+        import_video([videos["a"], videos["a"]], out, size=SIZE, progress=False)
+    assert not out.exists()
+
+
+def test_existing_output_refused_unless_overwrite(tmp_path, videos):
+    out = tmp_path / "v.zarr"
+    args = ["import", "video", str(videos["b"]), "--out", str(out), "--size", "24x32"]
+    runner = CliRunner()
+    assert runner.invoke(main, args).exit_code == 0
+    before = open_dataset(out).frames[:]
+    r = runner.invoke(main, args + ["--in-frames", "2", "--out-frames", "2"])
+    assert r.exit_code == 1 and "already exists" in r.output
+    assert np.array_equal(open_dataset(out).frames[:], before)
+    r = runner.invoke(main, args + ["--in-frames", "2", "--out-frames", "2", "--overwrite"])
+    assert r.exit_code == 0 and open_dataset(out).frames.shape[1] == 4
+    r = runner.invoke(main, ["import", "video", str(videos["b"]), "--out", str(tmp_path / "y.zarr"), "--size", "12"])
+    assert r.exit_code == 2 and "--size" in r.output
