@@ -1,6 +1,13 @@
 """``chdl bench``: train several models under one budget on one dataset, evaluate them with one metric code,
 and write the paper's comparison tables (Markdown + JSON), plots and prediction grids.
 
+The budget is either epoch counts (``--epochs``, below) or a wall-clock training time (``--budget-minutes M``):
+then every model trains, one after the other in this process, for M minutes of training time (``run.max_minutes``:
+optimiser steps and their data loading, not validation or checkpoints; the schedule length is planned from the
+first steps' times, see ``diffuma.training.budget``), its final weights (``last.pt``) are evaluated, and the
+report records per model the budget, the steps and samples it reached, its training time and why it stopped.
+There is no metric-by-epoch table then; everything else is as below.
+
 For models M and epoch counts E = [e1 < ... < eN]:
 
 1. Every model is trained once, for eN epochs, by the trainer (``diffuma.training.trainer.build_trainer``
@@ -18,7 +25,8 @@ For models M and epoch counts E = [e1 < ... < eN]:
    (no-grad forward), timed here on the run's device, batch size and precision after warm-up steps, on
    one batch of the training split; and the parameter count.
 
-Every table has a copy-last-frame row (same code, same sequences) and names its metric convention.
+Every table has a row per baseline of ``diffuma.evaluation.BASELINES`` (copy-last-frame, constant-motion: same
+code, same sequences) and names its metric convention.
 Output folder: bench.json, bench.md, plots/{by_epoch,per_frame,by_pred_len}.png, grid_seq<i>.png,
 runs/<model>[-pl<k>]/ (ordinary trainer run folders). Files are written to a temporary name and renamed.
 """
@@ -39,8 +47,10 @@ import numpy as np
 import torch
 import yaml
 
-COPY = "copy-last-frame"
+from diffuma.evaluation import BASELINES, result_key
+
 METRIC_FMT = {"mse": "{:.5g}", "mae": "{:.5g}", "ssim": "{:.4f}", "psnr": "{:.2f}"}
+BUDGET_EPOCHS = 10**6  # run.epochs of a --budget-minutes run: a cap the budget always reaches first
 
 
 class BenchError(ValueError):
@@ -168,6 +178,21 @@ def epoch_checkpoint(run_dir: Path, epoch: int) -> Path:
     return path
 
 
+def training_record(state: dict) -> dict:
+    """What a run's final checkpoint says about its training: ``budget_minutes`` (run.max_minutes or None),
+    ``steps`` reached, ``samples`` seen, ``train_seconds`` (training time, diffuma.training.budget),
+    ``planned_steps`` (the schedule length its budget planned, or None) and ``stopped_by`` ("schedule",
+    "budget" or "epochs", ``diffuma.training.budget.stop_reason``). Keys a checkpoint lacks are None."""
+    from diffuma.training.budget import stop_reason
+
+    minutes = state["config"]["run"].get("max_minutes")
+    seconds, planned = state.get("train_seconds"), state.get("planned_total_steps")
+    return {"budget_minutes": minutes, "steps": state["step"], "samples": state.get("samples_seen"),
+            "train_seconds": seconds, "planned_steps": planned,
+            "stopped_by": stop_reason(state["step"], seconds or 0.0, None if minutes is None else 60.0 * minutes,
+                                      planned)}
+
+
 def _horizon(result: dict, k: int) -> dict:
     """Overall metrics over the first k predicted frames (every metric is a mean over frames)."""
     frames = result["per_frame"][:k]
@@ -259,6 +284,10 @@ def _fmt_rate(v) -> str:
     return "–" if v is None else (f"{v:.3g}" if v < 100 else f"{v:.0f}")
 
 
+def _fmt_seconds(v) -> str:
+    return "–" if v is None else (f"{v:.3g} s" if v < 60 else f"{v / 60:.3g} min")
+
+
 def _grouped_table(keys, suffix: str, rows) -> list[str]:
     """A Markdown table with MSE, MAE and SSIM columns for each key (column names ``MSE`` + suffix.format(key));
     ``rows`` are ``(label, metrics_of)`` pairs, ``metrics_of(key)`` giving a metrics dict or None (shown as –)."""
@@ -274,40 +303,63 @@ def _grouped_table(keys, suffix: str, rows) -> list[str]:
     return out
 
 
+def _budget_text(report: dict) -> str:
+    """"40 epochs" or "10 min of training time": what every model of the bench was given."""
+    if report.get("budget_minutes") is not None:
+        return f"{report['budget_minutes']:g} min of training time"
+    return f"{report['epochs'][-1]} epochs"
+
+
 def markdown_report(report: dict) -> str:
     conv = report["convention"]
     note = f"Metric convention: `{conv}` — {report['convention_note']}"
     ds = report["dataset"]
+    baselines = {name: report[result_key(name)] for name in BASELINES}
     head = (f"{report['split']} split of `{ds['path']}`: {report['n_sequences']} sequences, "
             f"{ds['in_frames']}→{ds['out_frames']} frames of {ds['channels']}×{ds['height']}×{ds['width']}; "
-            f"every model trained {report['epochs'][-1]} epochs with the same run settings.")
+            f"every model trained for {_budget_text(report)} with the same run settings.")
     L = ["# Benchmark", "", head, ""]
     # Overall
-    L += ["## Overall (final epoch)", "",
-          "| model | params | train samples/s | inference samples/s | MSE ↓ | MAE ↓ | SSIM ↑ | PSNR (dB) ↑ |",
-          "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    L += ["## Overall (final weights)", "",
+          "| model | params | steps | samples | train time | train samples/s | inference samples/s "
+          "| MSE ↓ | MAE ↓ | SSIM ↑ | PSNR (dB) ↑ |",
+          "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for label, r in report["models"].items():
-        t = r.get("throughput") or {}
+        t, tr = r.get("throughput") or {}, r.get("training") or {}
         o = r["final"]["overall"]
-        L.append(f"| {label} | {r['params'] / 1e6:.2f}M | {_fmt_rate(t.get('train_samples_per_s'))} | "
+        L.append(f"| {label} | {r['params'] / 1e6:.2f}M | {tr.get('steps', '–')} | {tr.get('samples') or '–'} | "
+                 f"{_fmt_seconds(tr.get('train_seconds'))} | {_fmt_rate(t.get('train_samples_per_s'))} | "
                  f"{_fmt_rate(t.get('infer_samples_per_s'))} | " + " | ".join(_fmt(m, o[m]) for m in METRIC_FMT) + " |")
-    o = report["copy_last_frame"]["overall"]
-    L.append(f"| {COPY} | 0 | – | – | " + " | ".join(_fmt(m, o[m]) for m in METRIC_FMT) + " |")
+    for name, b in baselines.items():
+        L.append(f"| {name} | 0 | – | – | – | – | – | " + " | ".join(_fmt(m, b["overall"][m]) for m in METRIC_FMT)
+                 + " |")
     any_t = next((r["throughput"] for r in report["models"].values() if r.get("throughput")), None)
     L += ["", note]
     if any_t:
         L += ["", f"Throughput: batch {any_t['batch_size']}, {any_t['device']}, {any_t['precision']}, mean of "
                   f"{any_t['timed_steps']} timed steps after warm-up; train = training_loss + backward + AdamW step."]
+    L += ["", "Train time = wall-clock of the optimiser steps and their data loading (validation and checkpoints "
+              "excluded); samples = training sequences seen."]
+    if report.get("budget_minutes") is not None:
+        L += ["", f"Budget: {report['budget_minutes']:g} min of training time per model, one model after the other "
+                  "on this machine; the schedule length was planned from each model's first steps "
+                  "(diffuma.training.budget). Stopped by:", ""]
+        for label, r in report["models"].items():
+            tr = r["training"]
+            L.append(f"- {label}: {tr['stopped_by']}, " + (
+                f"{tr['steps']} of {tr['planned_steps']} planned steps" if tr["planned_steps"] is not None else
+                f"{tr['steps']} steps, before the schedule was planned (the budget ran out during the first "
+                "timed steps)"))
     L.append("")
     # By epoch
     epochs = report["epochs"]
-    copy_overall = report["copy_last_frame"]["overall"]
-    L += ["## Metric by epoch", ""]
-    L += _grouped_table(epochs, "@{}", [
-        *((label, lambda e, r=r: (r["by_epoch"].get(str(e)) or {}).get("overall"))
-          for label, r in report["models"].items()),
-        (COPY, lambda e: copy_overall)])
-    L += ["", note, ""]
+    if epochs:
+        L += ["## Metric by epoch", ""]
+        L += _grouped_table(epochs, "@{}", [
+            *((label, lambda e, r=r: (r["by_epoch"].get(str(e)) or {}).get("overall"))
+              for label, r in report["models"].items()),
+            *((name, lambda e, b=b: b["overall"]) for name, b in baselines.items())])
+        L += ["", note, ""]
     # By prediction length
     if report.get("pred_lens"):
         pls = report["pred_lens"]
@@ -317,9 +369,13 @@ def markdown_report(report: dict) -> str:
                "First k predicted frames of the main runs."), ""]
         L += _grouped_table(pls, " PL{}", [
             *((label, lambda k, r=r: r["by_pred_len"].get(str(k))) for label, r in report["models"].items()),
-            (COPY, lambda k: report["copy_last_frame_by_pred_len"].get(str(k)))])
+            *((name, lambda k, name=name: report[f"{result_key(name)}_by_pred_len"].get(str(k)))
+              for name in BASELINES)])
         L += ["", note, ""]
-    L += ["## Figures", "", "![metric by epoch](plots/by_epoch.png)", "", "![per frame](plots/per_frame.png)", ""]
+    L += ["## Figures", ""]
+    if epochs:
+        L += ["![metric by epoch](plots/by_epoch.png)", ""]
+    L += ["![per frame](plots/per_frame.png)", ""]
     if report.get("pred_lens"):
         L += ["![by prediction length](plots/by_pred_len.png)", ""]
     for g in report.get("grids", []):
@@ -328,33 +384,40 @@ def markdown_report(report: dict) -> str:
 
 
 def write_plots(report: dict, out: Path) -> None:
+    """plots/by_epoch.png (epoch budgets only), plots/per_frame.png, plots/by_pred_len.png (with --pred-len);
+    every baseline of ``BASELINES`` as a line in its ``diffuma.viz.BASELINE_STYLES`` style."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from diffuma.viz import BASELINE_STYLES
+
     conv = report["convention"]
-    copy_o = report["copy_last_frame"]["overall"]
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
-    for ax, m in zip(axes, ("mse", "mae", "ssim")):
-        for label, r in report["models"].items():
-            es = [e for e in report["epochs"] if str(e) in r["by_epoch"]]
-            ax.plot(es, [r["by_epoch"][str(e)]["overall"][m] for e in es], marker="o", label=label)
-        ax.axhline(copy_o[m], color="gray", ls="--", label=COPY)
-        ax.set_xticks(report["epochs"])
-        ax.set_xlabel("epoch")
-        ax.set_title(f"{m.upper()} ({conv})")
-    axes[0].legend(fontsize=8)
-    fig.suptitle(f"{report['split']} metrics by training epoch", y=1.03)
-    _save_figure(fig, out / "plots" / "by_epoch.png")
+    baselines = {name: report[result_key(name)] for name in BASELINES}
+    if report["epochs"]:
+        fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+        for ax, m in zip(axes, ("mse", "mae", "ssim")):
+            for label, r in report["models"].items():
+                es = [e for e in report["epochs"] if str(e) in r["by_epoch"]]
+                ax.plot(es, [r["by_epoch"][str(e)]["overall"][m] for e in es], marker="o", label=label)
+            for name, b in baselines.items():
+                ax.axhline(b["overall"][m], label=name, **BASELINE_STYLES[name])
+            ax.set_xticks(report["epochs"])
+            ax.set_xlabel("epoch")
+            ax.set_title(f"{m.upper()} ({conv})")
+        axes[0].legend(fontsize=8)
+        fig.suptitle(f"{report['split']} metrics by training epoch", y=1.03)
+        _save_figure(fig, out / "plots" / "by_epoch.png")
 
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
     for ax, m in zip(axes, ("mse", "ssim")):
         for label, r in report["models"].items():
             pf = r["final"]["per_frame"]
             ax.plot([f["frame"] for f in pf], [f[m] for f in pf], marker="o", label=label)
-        pf = report["copy_last_frame"]["per_frame"]
-        ax.plot([f["frame"] for f in pf], [f[m] for f in pf], color="gray", ls="--", label=COPY)
+        for name, b in baselines.items():
+            pf = b["per_frame"]
+            ax.plot([f["frame"] for f in pf], [f[m] for f in pf], label=name, **BASELINE_STYLES[name])
         ax.set_xlabel("predicted frame (t+k)")
         ax.set_title(f"{m.upper()} per frame ({conv})")
     axes[0].legend(fontsize=8)
@@ -367,9 +430,10 @@ def write_plots(report: dict, out: Path) -> None:
             for label, r in report["models"].items():
                 ks = [k for k in pls if str(k) in r["by_pred_len"]]
                 ax.plot(ks, [r["by_pred_len"][str(k)][m] for k in ks], marker="o", label=label)
-            c = report["copy_last_frame_by_pred_len"]
-            ks = [k for k in pls if str(k) in c]
-            ax.plot(ks, [c[str(k)][m] for k in ks], color="gray", ls="--", label=COPY)
+            for name in BASELINES:
+                c = report[f"{result_key(name)}_by_pred_len"]
+                ks = [k for k in pls if str(k) in c]
+                ax.plot(ks, [c[str(k)][m] for k in ks], label=name, **BASELINE_STYLES[name])
             ax.set_xlabel("prediction length")
             ax.set_xticks(pls)
             ax.set_title(f"{m.upper()} ({conv})")
@@ -381,11 +445,15 @@ def write_plots(report: dict, out: Path) -> None:
 # The bench
 # --------------------------------------------------------------------------------------------------
 
-def run_bench(data: str | Path, models: str, epochs: list[int], out: str | Path, *, pred_lens=(),
-              pred_len_mode: str = "retrain", preset: str = "default", overrides=(), convention: str = "per_pixel",
-              split: str = "val", max_eval_sequences: int | None = None, grid_sequences: int = 2,
-              throughput_steps: int = 5, resume: bool = False, progress: bool = True) -> dict:
-    """Runs the whole bench (module docstring); returns the report that is also written to bench.json."""
+def run_bench(data: str | Path, models: str, epochs: list[int] | None, out: str | Path, *,
+              budget_minutes: float | None = None, pred_lens=(), pred_len_mode: str = "retrain",
+              preset: str = "default", overrides=(), convention: str = "per_pixel", split: str = "val",
+              max_eval_sequences: int | None = None, grid_sequences: int = 2, throughput_steps: int = 5,
+              resume: bool = False, progress: bool = True) -> dict:
+    """Runs the whole bench (module docstring); returns the report that is also written to bench.json.
+
+    The budget is ``epochs`` (epoch counts) or ``budget_minutes`` (minutes of training time per model), not
+    both."""
     from chdl.dataset import open_dataset
     from chdl.torch_dataset import SequenceDataset
     from diffuma.evaluation import evaluate_checkpoint
@@ -399,12 +467,17 @@ def run_bench(data: str | Path, models: str, epochs: list[int], out: str | Path,
         raise BenchError(f"--convention must be one of {', '.join(CONVENTIONS)}")
     if pred_len_mode not in ("retrain", "horizon"):
         raise BenchError("--pred-len-mode must be retrain or horizon")
-    epochs = sorted({int(e) for e in epochs})
-    if not epochs or epochs[0] < 1:
+    epochs = sorted({int(e) for e in epochs or ()})
+    if epochs and budget_minutes is not None:
+        raise BenchError("--epochs and --budget-minutes are mutually exclusive: give one of them")
+    if budget_minutes is not None and not budget_minutes > 0:
+        raise BenchError(f"--budget-minutes must be > 0, got {budget_minutes}")
+    if budget_minutes is None and (not epochs or epochs[0] < 1):
         raise BenchError("--epochs: give at least one epoch count >= 1")
     pred_lens = sorted({int(k) for k in pred_lens})
     specs, run = parse_models(models, preset, list(overrides))
-    run = {**run, "epochs": epochs[-1]}
+    run = ({**run, "epochs": epochs[-1]} if budget_minutes is None else
+           {**run, "epochs": BUDGET_EPOCHS, "max_minutes": float(budget_minutes)})
     for s in specs:
         try:
             resolve_config({"model": {"name": s.name, "preset": s.preset, **s.overrides}, "run": run})
@@ -435,34 +508,48 @@ def run_bench(data: str | Path, models: str, epochs: list[int], out: str | Path,
     report: dict = {
         "schema": "chdl.bench/1", "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "convention": convention, "convention_note": CONVENTION_NOTES[convention], "split": split,
-        "epochs": epochs, "pred_lens": pred_lens, "pred_len_mode": pred_len_mode if pred_lens else None,
+        "epochs": epochs, "budget_minutes": budget_minutes,
+        "pred_lens": pred_lens, "pred_len_mode": pred_len_mode if pred_lens else None,
         "dataset": {"path": str(data), "in_frames": t_in, "out_frames": t_out, "channels": int(C),
                     "height": int(H), "width": int(W), "frames_per_sequence": T},
-        "run": run, "models": {}, "copy_last_frame": None, "copy_last_frame_by_pred_len": {},
+        "run": run, "models": {},
+        **{result_key(name): None for name in BASELINES},
+        **{f"{result_key(name)}_by_pred_len": {} for name in BASELINES},
     }
+    budget_text = _budget_text(report)
 
     def evaluate(ck: Path) -> dict:
         return evaluate_checkpoint(ck, data, split=split, convention=convention, max_sequences=max_eval_sequences)
 
+    def final_checkpoint(run_dir: Path) -> Path:
+        """The weights a run ends with: the last epoch's checkpoint, or last.pt when a budget ended it."""
+        return epoch_checkpoint(run_dir, epochs[-1]) if epochs else Path(run_dir) / "checkpoints" / "last.pt"
+
     final_ckpts: dict[str, Path] = {}
     for spec in specs:
         safe = spec.label.replace(":", "-")
-        _log(f"{spec.label}: training {epochs[-1]} epochs (keeping epochs {', '.join(map(str, epochs))})")
+        kept = f" (keeping epochs {', '.join(map(str, epochs))})" if epochs else ""
+        _log(f"{spec.label}: training for {budget_text}{kept}")
         run_dir = train_run(spec, run, data, out / "runs" / safe, epochs, resume=resume, progress=progress)
         entry: dict = {"name": spec.name, "preset": spec.preset, "overrides": spec.overrides,
                        "run_dir": str(run_dir), "by_epoch": {}, "by_pred_len": {}}
-        for e in epochs:
+        for e in epochs[:-1]:
             ck = epoch_checkpoint(run_dir, e)
             _log(f"{spec.label}: evaluating epoch {e}")
-            res = evaluate(ck)
-            entry["by_epoch"][str(e)] = {"overall": res["model"]["overall"], "checkpoint": str(ck)}
-            if e == epochs[-1]:
-                entry["final"] = res["model"]
-                final_ckpts[spec.label] = ck
-                report["copy_last_frame"] = report["copy_last_frame"] or res["copy_last_frame"]
-                report["n_sequences"] = res["n_sequences"]
-        # parameter count and throughput, on one batch of the training split, as the run trained
-        state = load_checkpoint(final_ckpts[spec.label])
+            entry["by_epoch"][str(e)] = {"overall": evaluate(ck)["model"]["overall"], "checkpoint": str(ck)}
+        ck = final_ckpts[spec.label] = final_checkpoint(run_dir)
+        _log(f"{spec.label}: evaluating the final weights ({ck.name})")
+        res = evaluate(ck)
+        entry["final"] = res["model"]
+        if epochs:
+            entry["by_epoch"][str(epochs[-1])] = {"overall": res["model"]["overall"], "checkpoint": str(ck)}
+        for name in BASELINES:
+            report[result_key(name)] = report[result_key(name)] or res[result_key(name)]
+        report["n_sequences"] = res["n_sequences"]
+        # steps, samples and training time reached; parameter count and throughput, on one batch of the
+        # training split, as the run trained
+        state = load_checkpoint(ck)
+        entry["training"] = training_record(state)
         model, _ = build_model_from_checkpoint(state)
         entry["params"] = int(sum(p.numel() for p in model.parameters()))
         entry["model_config"] = state["model_config"]
@@ -478,18 +565,19 @@ def run_bench(data: str | Path, models: str, epochs: list[int], out: str | Path,
         for k in pred_lens:
             if pred_len_mode == "horizon":
                 entry["by_pred_len"][str(k)] = _horizon(entry["final"], k)
-                report["copy_last_frame_by_pred_len"][str(k)] = _horizon(report["copy_last_frame"], k)
+                for name in BASELINES:
+                    report[f"{result_key(name)}_by_pred_len"][str(k)] = _horizon(report[result_key(name)], k)
                 continue
             if k == t_out:
-                model_o, copy_o = entry["final"]["overall"], report["copy_last_frame"]["overall"]
+                res_k = {"model": entry["final"], **{result_key(n): report[result_key(n)] for n in BASELINES}}
             else:
-                _log(f"{spec.label}: training {epochs[-1]} epochs to predict {k} frames")
-                sub = train_run(spec, {**run, "out_frames": k}, data, out / "runs" / f"{safe}-pl{k}", [epochs[-1]],
+                _log(f"{spec.label}: training for {budget_text} to predict {k} frames")
+                sub = train_run(spec, {**run, "out_frames": k}, data, out / "runs" / f"{safe}-pl{k}", epochs[-1:],
                                 resume=resume, progress=progress)
-                res = evaluate(epoch_checkpoint(sub, epochs[-1]))
-                model_o, copy_o = res["model"]["overall"], res["copy_last_frame"]["overall"]
-            entry["by_pred_len"][str(k)] = model_o
-            report["copy_last_frame_by_pred_len"][str(k)] = copy_o
+                res_k = evaluate(final_checkpoint(sub))
+            entry["by_pred_len"][str(k)] = res_k["model"]["overall"]
+            for name in BASELINES:
+                report[f"{result_key(name)}_by_pred_len"][str(k)] = res_k[result_key(name)]["overall"]
         report["models"][spec.label] = entry
         if torch.cuda.is_available():
             torch.cuda.empty_cache()  # the next model starts from a clean device
@@ -510,7 +598,7 @@ def run_bench(data: str | Path, models: str, epochs: list[int], out: str | Path,
             del model
         for i, (x, y) in enumerate(seqs):
             name = f"grid_seq{i}.png"
-            prediction_grid(out / name, x, y, preds[i], title=f"{split} sequence {i} (final epoch {epochs[-1]})")
+            prediction_grid(out / name, x, y, preds[i], title=f"{split} sequence {i} (after {budget_text})")
             report["grids"].append(name)
     write_plots(report, out)
     _atomic_write(out / "bench.md", markdown_report(report))

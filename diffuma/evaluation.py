@@ -1,7 +1,9 @@
 """Evaluate a model or a checkpoint on a curated dataset split: MSE, MAE, SSIM, PSNR overall and per predicted
-frame, always next to the copy-last-frame baseline computed by the same code on the same sequences.
+frame, always next to the baselines of ``BASELINES`` (copy-last-frame and constant-motion) computed by the same
+code on the same sequences.
 
-Metric definitions and the two conventions are in ``diffuma.metrics`` and docs/training.md.
+Metric definitions and the two conventions are in ``diffuma.metrics`` and docs/training.md; the
+constant-motion baseline is ``diffuma.motion.constant_motion``.
 """
 
 from __future__ import annotations
@@ -14,8 +16,17 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
 from diffuma.metrics import CONVENTION_NOTES, MetricAccumulator, copy_last_frame
+from diffuma.motion import CONSTANT_MOTION, constant_motion
 
 COPY_LAST_FRAME = "copy-last-frame"  # the row name of the baseline in every table
+# Every table's baseline rows, in this order: row name -> f(x (B, T_in, C, H, W) in [0, 1], T_out) ->
+# (B, T_out, C, H, W) prediction. Their JSON key is ``result_key(row name)``.
+BASELINES = {COPY_LAST_FRAME: copy_last_frame, CONSTANT_MOTION: constant_motion}
+
+
+def result_key(name: str) -> str:
+    """The JSON key of a baseline row: "copy-last-frame" -> "copy_last_frame"."""
+    return name.replace("-", "_")
 
 
 def autocast(device: torch.device, amp_dtype: torch.dtype | None):
@@ -28,12 +39,13 @@ def autocast(device: torch.device, amp_dtype: torch.dtype | None):
 @torch.inference_mode()
 def evaluate(model: torch.nn.Module, dataset: Dataset, *, convention: str = "per_pixel", batch_size: int = 4,
              device: str | torch.device = "cpu", max_sequences: int | None = None, num_workers: int = 0,
-             with_copy_last_frame: bool = True, amp_dtype: torch.dtype | None = None,
+             with_baselines: bool = True, amp_dtype: torch.dtype | None = None,
              progress: bool = False) -> dict:
     """Runs ``model`` over (the first ``max_sequences`` of) ``dataset`` in order.
 
-    Returns ``{"model": metrics, "copy_last_frame": metrics}`` (the latter only if ``with_copy_last_frame``),
-    each as ``MetricAccumulator.result()``. Leaves the model in eval mode.
+    Returns ``{"model": metrics, "copy_last_frame": metrics, "constant_motion": metrics}`` (one entry per
+    ``BASELINES`` row, keyed by ``result_key``, only if ``with_baselines``), each as
+    ``MetricAccumulator.result()``. Leaves the model in eval mode.
     """
     device = torch.device(device)
     if max_sequences is not None and max_sequences < len(dataset):
@@ -43,19 +55,16 @@ def evaluate(model: torch.nn.Module, dataset: Dataset, *, convention: str = "per
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
                         pin_memory=device.type == "cuda")
     acc = MetricAccumulator(convention)
-    base = MetricAccumulator(convention) if with_copy_last_frame else None
+    baselines = {name: MetricAccumulator(convention) for name in (BASELINES if with_baselines else ())}
     model.eval()
     for x, y in tqdm(loader, desc="eval", unit="batch", disable=not progress, leave=False):
         x = x.to(device, non_blocking=True)
         with autocast(device, amp_dtype):
             pred = model(x)
         acc.update(pred.float(), y)
-        if base is not None:
-            base.update(copy_last_frame(x, y.shape[1]), y)
-    out = {"model": acc.result()}
-    if base is not None:
-        out["copy_last_frame"] = base.result()
-    return out
+        for name, base in baselines.items():
+            base.update(BASELINES[name](x, y.shape[1]), y)
+    return {"model": acc.result(), **{result_key(name): base.result() for name, base in baselines.items()}}
 
 
 def evaluate_checkpoint(checkpoint: str | Path, data: str | Path, split: str = "val", convention: str = "per_pixel",
@@ -65,7 +74,7 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | Path, split: str = "
 
     Returns a JSON-ready dict: ``checkpoint, data, split, convention, convention_note, model_name, weights
     ("ema"|"model"), step, epoch, in_frames, out_frames, n_sequences, model {overall, per_frame},
-    copy_last_frame {overall, per_frame}``.
+    copy_last_frame {overall, per_frame}, constant_motion {overall, per_frame}`` (one key per ``BASELINES`` row).
     """
     from diffuma.training.checkpoint import build_model_from_checkpoint, load_checkpoint
     from diffuma.training.data import checkpoint_dataset
@@ -83,7 +92,7 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | Path, split: str = "
         "convention_note": CONVENTION_NOTES[convention], "model_name": state["model_name"], "weights": used,
         "step": state["step"], "epoch": state["epoch"], "in_frames": info["in_frames"],
         "out_frames": info["out_frames"], "n_sequences": res["model"]["n_sequences"],
-        "model": res["model"], "copy_last_frame": res["copy_last_frame"],
+        "model": res["model"], **{result_key(name): res[result_key(name)] for name in BASELINES},
     }
 
 
@@ -109,9 +118,9 @@ def markdown_table(rows: dict[str, dict], convention: str, title: str | None = N
 
 
 def report_markdown(result: dict) -> str:
-    """The Markdown table of an ``evaluate_checkpoint`` result (model row + copy-last-frame row)."""
+    """The Markdown table of an ``evaluate_checkpoint`` result (the model's row, then one row per baseline)."""
     title = (f"{result['model_name']} on {Path(result['data']).name} [{result['split']}], "
              f"{result['n_sequences']} sequences, {result['in_frames']}→{result['out_frames']} frames, "
              f"step {result['step']} ({result['weights']} weights)")
-    rows = {result["model_name"]: result["model"], COPY_LAST_FRAME: result["copy_last_frame"]}
+    rows = {result["model_name"]: result["model"], **{name: result[result_key(name)] for name in BASELINES}}
     return markdown_table(rows, result["convention"], title)

@@ -19,7 +19,12 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from diffuma.evaluation import COPY_LAST_FRAME  # noqa: E402
+from diffuma.motion import CONSTANT_MOTION  # noqa: E402
+
 ERROR_CMAP = "inferno"
+# How every plot draws the baselines of diffuma.evaluation.BASELINES (matplotlib line keyword arguments).
+BASELINE_STYLES = {COPY_LAST_FRAME: {"color": "gray", "ls": "--"}, CONSTANT_MOTION: {"color": "black", "ls": ":"}}
 
 
 def _np(a) -> np.ndarray:
@@ -174,9 +179,10 @@ def _save_figure(fig, path: str | Path) -> None:
     os.replace(tmp, path)
 
 
-def plot_training_dynamics(rows: list[dict], path: str | Path, baseline: dict | None = None) -> None:
+def plot_training_dynamics(rows: list[dict], path: str | Path, baselines: dict[str, dict] | None = None) -> None:
     """The paper's training-dynamics figure: validation MSE, MAE and SSIM per epoch (rows as in epochs.csv),
-    with the copy-last-frame baseline's values as dashed lines when given."""
+    with each baseline's values ``{row name: {mse, mae, ssim, ...}}`` (e.g. copy-last-frame, constant-motion) as
+    horizontal lines in its ``BASELINE_STYLES`` style when given."""
     pts = [r for r in rows if r.get("val_mse") not in (None, "")]
     if not pts:
         return
@@ -184,8 +190,8 @@ def plot_training_dynamics(rows: list[dict], path: str | Path, baseline: dict | 
     fig, axes = plt.subplots(1, 3, figsize=(11, 3.2))
     for ax, m, label in zip(axes, ("mse", "mae", "ssim"), ("MSE ↓", "MAE ↓", "SSIM ↑")):
         ax.plot(epochs, [float(r[f"val_{m}"]) for r in pts], "o-", label="model")
-        if baseline is not None:
-            ax.axhline(baseline[m], ls="--", color="gray", label="copy-last-frame")
+        for name, values in (baselines or {}).items():
+            ax.axhline(values[m], label=name, **BASELINE_STYLES.get(name, {}))
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
         ax.set_title(f"validation {label}")

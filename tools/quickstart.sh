@@ -4,7 +4,7 @@
 # 1. capture: replay the recorded simulator stream through the real capture pipeline
 # 2. curate:  QC flags, motion-compensated reconstruction, sharded zarr + HTML QC report
 # 3. train:   a tiny DIFFUMA for a few epochs (5 frames in -> 5 out)
-# 4. eval:    MSE / MAE / SSIM / PSNR per frame, next to copy-last-frame
+# 4. eval:    MSE / MAE / SSIM / PSNR per frame, next to copy-last-frame and constant-motion
 # 5. predict: PNG frames, side-by-side GIFs and a grid of predictions
 # Everything lands in demo/ (or $CHDL_DEMO_DIR); rerunning starts afresh.
 set -euo pipefail

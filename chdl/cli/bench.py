@@ -10,8 +10,12 @@ import click
               help="Curated dataset (zarr folder).")
 @click.option("--models", required=True,
               help="Comma-separated registry names, optionally name:preset (e.g. diffuma,simvp,simvp:v1,pastnet).")
-@click.option("--epochs", default="10,20,40", show_default=True,
-              help="Epoch counts to report; each model trains once for the largest, evaluated at each.")
+@click.option("--epochs", default=None,
+              help="Epoch counts to report; each model trains once for the largest, evaluated at each "
+                   "[default: 10,20,40 unless --budget-minutes].")
+@click.option("--budget-minutes", type=float, default=None,
+              help="Instead of --epochs: train every model for this many minutes of training time (optimiser "
+                   "steps; validation excluded), one after the other, and evaluate each at the end.")
 @click.option("--pred-len", "pred_len", default=None,
               help="Prediction lengths for the metric-by-length table, e.g. 3,6,9,12.")
 @click.option("--pred-len-mode", type=click.Choice(["retrain", "horizon"]), default="retrain", show_default=True,
@@ -32,20 +36,25 @@ import click
               help="Timed steps for the samples/s columns (0 = skip).")
 @click.option("--resume", is_flag=True, help="Continue a bench in --out (finished runs are not retrained).")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
-def bench(data, models, epochs, pred_len, pred_len_mode, out, preset, overrides, convention, split,
+def bench(data, models, epochs, budget_minutes, pred_len, pred_len_mode, out, preset, overrides, convention, split,
           max_eval_sequences, grid_sequences, throughput_steps, resume, quiet):
-    """Train each model under the same budget and data, evaluate with the same metric code, and write the
-    paper's comparison tables (Markdown + JSON), plots and a prediction grid to --out."""
+    """Train each model under the same budget (epochs or minutes of training time) and data, evaluate with the
+    same metric code, and write the paper's comparison tables (Markdown + JSON), plots and a prediction grid
+    to --out."""
     from chdl.dataset import DatasetFormatError
     from diffuma.bench import BenchError, parse_int_list, run_bench
+    from diffuma.evaluation import BASELINES, result_key
     from diffuma.training import ConfigError, TrainingDiverged
     from diffuma.training.checkpoint import CheckpointError
 
     try:
+        if epochs is None and budget_minutes is None:
+            epochs = "10,20,40"
         epoch_list = parse_int_list(epochs, "--epochs")
-        if not epoch_list:
+        if epochs is not None and not epoch_list:
             raise BenchError("--epochs: give at least one epoch count")
-        report = run_bench(data, models, epoch_list, out, pred_lens=parse_int_list(pred_len, "--pred-len"),
+        report = run_bench(data, models, epoch_list, out, budget_minutes=budget_minutes,
+                           pred_lens=parse_int_list(pred_len, "--pred-len"),
                            pred_len_mode=pred_len_mode, preset=preset, overrides=list(overrides),
                            convention=convention, split=split, max_eval_sequences=max_eval_sequences,
                            grid_sequences=grid_sequences, throughput_steps=throughput_steps, resume=resume,
@@ -53,9 +62,9 @@ def bench(data, models, epochs, pred_len, pred_len_mode, out, preset, overrides,
     except (BenchError, DatasetFormatError, ConfigError, CheckpointError, TrainingDiverged, FileExistsError) as e:
         raise click.ClickException(str(e)) from e
     click.echo(f"{out}/bench.md")
-    for label, r in report["models"].items():
-        o = r["final"]["overall"]
-        click.echo(f"  {label:<16} MSE {o['mse']:.5g}  MAE {o['mae']:.5g}  SSIM {o['ssim']:.4f}")
-    o = report["copy_last_frame"]["overall"]
-    click.echo(f"  {'copy-last-frame':<16} MSE {o['mse']:.5g}  MAE {o['mae']:.5g}  SSIM {o['ssim']:.4f}"
-               f"  ({report['convention']})")
+    rows = {label: (r["final"]["overall"], r["training"]) for label, r in report["models"].items()}
+    rows.update({name: (report[result_key(name)]["overall"], None) for name in BASELINES})
+    for label, (o, training) in rows.items():
+        reached = f"  ({training['steps']} steps, {training['samples']} samples)" if training else ""
+        click.echo(f"  {label:<16} MSE {o['mse']:.5g}  MAE {o['mae']:.5g}  SSIM {o['ssim']:.4f}{reached}")
+    click.echo(f"  metric convention: {report['convention']}")

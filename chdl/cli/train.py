@@ -66,7 +66,8 @@ def train(data, config_name, overrides, out, resume, no_progress):
 @click.option("--out", type=click.Path(path_type=Path), default=None,
               help="Folder for eval_<split>_<convention>.json/.md (default: <run>/eval/).")
 def eval_(checkpoint, data, split, openstl, batch_size, weights, max_sequences, num_workers, out):
-    """Evaluate a checkpoint: MSE, MAE, SSIM, PSNR overall and per predicted frame, next to copy-last-frame."""
+    """Evaluate a checkpoint: MSE, MAE, SSIM, PSNR overall and per predicted frame, next to the copy-last-frame
+    and constant-motion baselines."""
     from chdl.dataset import DatasetFormatError
     from diffuma.evaluation import evaluate_checkpoint, report_markdown
     from diffuma.training.checkpoint import CheckpointError, atomic_write_text

@@ -6,37 +6,38 @@
       |   encoder      per frame: stem conv + len(enc_channels) stride-2 convs -> (B, T_in, h, w, D)
       |   Mamba blocks bidirectional (eq. 3-4), scan order per block from `scan_pattern`
       |   time map     Linear over the time axis T_in -> T_out (per latent position and channel)
-      |   decoder      per frame: transposed convs -> preliminary prediction P (B, T_out, C, H, W)
+      |   decoder      per frame: transposed convs -> residual [+ flow]
+      |   prior        P_k = warp(last frame, k * g_k * v + flow_k) + residual_k, v = the inputs' global
+      |                motion (diffuma.motion), g_k a learned gain: the preliminary prediction P
       |-- Diffusion module (4.3) ---------------------------------------------------------
-      |   DiT over patches of the (noised) input frames, all T_in*C channels of a patch in one
-      |   token; adaLN-Zero conditioned on c = emb(t) + MLP(pool(Mamba features))   (eq. 5-6)
-      |   output: the noise of every input frame, eps_hat (B, T_in, C, H, W)          (eq. 8)
-      '-- final = P + R(eps_hat(x, t=0)), R the Linear time map T_in -> T_out        (eq. 7)
+      |   DiT over patches of P (default) or of the input frames (paper), all frames' channels of a
+      |   patch in one token; adaLN-Zero conditioned on c = emb(t) + MLP(pool(Mamba features)) (eq. 5-6)
+      |   training: the noise of its noised input (eq. 8); inference: t = 0, its output is a residual
+      '-- final = P + DiT(P, t=0)    [paper reading: P + R(DiT(x, t=0)), R a time map T_in -> T_out] (eq. 7)
 
-Choices where the paper is open (also in docs/model.md):
+Choices where the paper is open (measured in docs/model-quality.md, explained in docs/model.md; the
+`paper` / `paper-tiny` presets keep the literal reading so tables can show both):
+* `prior`: the decoder predicts a correction of the last frame moved on by the global motion measured in
+  the inputs (sub-pixel phase correlation), not the frame itself; lane video is mostly a stage
+  translation. `learned_flow` adds a per-pixel flow for local motion. Zero-initialised decoder head and
+  adaLN-Zero DiT: the first prediction equals the prior exactly (the constant-motion baseline).
+* `dit_input="prelim"`: the DiT denoises (a detached, noised copy of) P for L_diff and refines the clean
+  P at t = 0 for eq. 7 -- the paper noises the input frames ("input").
+* `l1_weight` (lambda, eq. 10) 10: at 1 the noise MSE outweighs the L1 of the prediction 10-50x.
+* `time_map_init="last"`: every output frame starts from the last input's features ("aligned": output
+  k reads input k, a lag of T_in frames).
 * What the SSM scans (`scan_pattern`, cycled over the blocks): "time" = one sequence of length T_in
-  per latent position (pure temporal mixing, cheap); "spacetime" = all T_in*h*w latent tokens in
-  (t, row, col) raster order (global spatio-temporal mixing); "space" = h*w tokens per frame.
-  Default "time,spacetime": alternating blocks, so the Mamba path mixes both temporal and spatial
-  context while half the blocks stay cheap. Being bidirectional, each scan also reads its reverse.
-* T_in != T_out: both paths produce T_in frames of features/residual; a learned Linear over the
-  time axis (one for the Mamba latent, one for the DiT residual) maps them to T_out frames. It is
-  initialised to pick the latest T_out frames (end-aligned; identity when T_in == T_out), so at
-  init eq. 7 is literal for equal counts.
-* Noising: the paper's choice -- the *input* frames (scaled to [-1, 1]) are noised, DDPM schedule
-  (`beta_schedule` linear or cosine, `diffusion_steps` 1000). Training timesteps are drawn from
-  {1..T}; t = 0 is reserved for "no noise", the detail-residual mode used at inference (eq. 7).
-  The DiT therefore never has to be both a noise predictor and a residual at the same t.
-* L1 (eq. 9) is taken on the *inference-time* prediction: the DiT is run a second time (batched
-  with the noised pass) on the clean frames at t = 0, so L1 trains exactly what forward() returns,
-  and L_diff (eq. 8) trains the denoiser on noised frames. loss = L_diff + l1_weight * L1 (eq. 10).
-* Beyond the paper: `residual_to_last` adds the last input frame to the decoder output (the
-  decoder predicts change, which suits slowly varying process video), and `cond_tokens` adds the
-  time-pooled Mamba latent, resampled to the patch grid, to the DiT tokens (spatial guidance on
-  top of the paper's global adaLN condition). Both are config fields.
-* Sizes: frames are replicate-padded to a multiple of the encoder stride and cropped back; the
-  DiT pads to a multiple of the patch size (timm PatchEmbed dynamic_img_pad) and crops back; its
-  learnable positional embedding is built for (height, width) and resampled for other sizes.
+  per latent position; "spacetime" = all T_in*h*w latent tokens in (t, row, col) raster order;
+  "space" = h*w tokens per frame. Being bidirectional, each scan also reads its reverse.
+* Noising follows DDPM (`beta_schedule` linear or cosine, `diffusion_steps` 1000); training timesteps are
+  drawn from {1..T}; t = 0 is reserved for "no noise", the residual mode used at inference (eq. 7).
+* L1 (eq. 9) is taken on the inference-time prediction: the DiT runs on [noised ; clean at t = 0] in one
+  batched pass, so L1 trains exactly what forward() returns. loss = L_diff + l1_weight * L1 (eq. 10).
+* `cond_tokens` (beyond the paper) adds the time-pooled Mamba latent, resampled to the patch grid, to
+  the DiT tokens.
+* Sizes: frames are replicate-padded to a multiple of the encoder stride and cropped back; the DiT pads
+  to a multiple of the patch size (timm PatchEmbed dynamic_img_pad) and crops back; its learnable
+  positional embedding is built for (height, width) and resampled for other sizes.
 """
 from __future__ import annotations
 
@@ -49,6 +50,7 @@ import torch.nn.functional as F
 from timm.layers import Attention, Mlp, PatchEmbed, resample_abs_pos_embed
 
 from diffuma.models.ssm import MambaBlock, SSMBranch
+from diffuma.motion import estimate_velocity, translate, warp
 
 SCAN_ORDERS = ("time", "space", "spacetime")
 
@@ -70,7 +72,13 @@ class DIFFUMAConfig:
     expand: int = 2                    # SSM inner width = expand * mamba_dim
     scan_pattern: str = "time,spacetime"  # comma list of "time"|"space"|"spacetime", cycled over blocks
     scan_backend: str = "auto"         # "auto"|"torch"|"fused"; env CHDL_SCAN_BACKEND overrides
-    residual_to_last: bool = True      # preliminary = last input frame + decoder output
+    prior: str = "motion"              # what the preliminary prediction is a residual against: "none"
+                                       # (paper: decoder output alone) | "last" (last input frame) |
+                                       # "motion" (last frame moved by the inputs' global motion, diffuma.motion)
+    learned_flow: bool = True          # decoder also outputs a per-pixel flow (px) that warps the prior's
+                                       # source frame (local motion on top of the global one); needs a prior
+    time_map_init: str = "last"        # T_in -> T_out latent map at init: "last" (every output reads the last
+                                       # input's features) | "aligned" (output k reads input k, end-aligned)
     # --- Diffusion module (4.3)
     patch_size: int = 4                # DiT patch size (pixels)
     dit_dim: int = 384                 # DiT hidden size
@@ -78,16 +86,37 @@ class DIFFUMAConfig:
     dit_heads: int = 6                 # attention heads
     mlp_ratio: float = 4.0             # DiT MLP hidden = mlp_ratio * dit_dim
     cond_tokens: bool = True           # also add pooled Mamba latent to patch tokens (beyond paper)
+    dit_input: str = "prelim"          # what the DiT denoises: "input" (paper: the noised input frames; its
+                                       # t=0 output is mapped T_in -> T_out) | "prelim" (the preliminary
+                                       # prediction P: noised for L_diff, clean at t=0 for the eq. 7 residual)
     diffusion_steps: int = 1000        # T of the DDPM schedule
     beta_schedule: str = "linear"      # "linear" (DDPM, 1e-4..0.02 at T=1000) | "cosine" (Nichol&Dhariwal)
     # --- objective (4.4)
-    l1_weight: float = 1.0             # lambda in eq. 10: L = L_diff + lambda * L1(final, target)
+    l1_weight: float = 10.0            # lambda in eq. 10: L = L_diff + lambda * L1(final, target)
+
+    def __post_init__(self):
+        choices = {"prior": ("none", "last", "motion"), "time_map_init": ("last", "aligned"),
+                   "dit_input": ("input", "prelim")}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
+        if self.learned_flow and self.prior == "none":
+            raise ValueError("learned_flow needs a prior ('last' or 'motion') whose source frame it warps")
 
 
-# Presets: field overrides of DIFFUMAConfig. "default" == "base".
+# The literal reading of the paper where DIFFUMAConfig's defaults are chosen by ablation
+# (docs/model-quality.md): the decoder alone makes the preliminary prediction, the DiT denoises the
+# input frames, lambda = 1, no token condition, output frame k reads input frame k.
+PAPER = dict(prior="none", learned_flow=False, time_map_init="aligned", cond_tokens=False, dit_input="input",
+             l1_weight=1.0)
+TINY = dict(enc_channels=(8, 16, 32), mamba_dim=32, mamba_depth=2, d_state=8, patch_size=8,
+            dit_dim=64, dit_depth=2, dit_heads=2)
+
+# Presets: field overrides of DIFFUMAConfig. "default" == "base". "paper*" = the literal reading.
 PRESETS: dict[str, dict] = {
-    "tiny": dict(enc_channels=(8, 16, 32), mamba_dim=32, mamba_depth=2, d_state=8, patch_size=8,
-                 dit_dim=64, dit_depth=2, dit_heads=2),
+    "tiny": TINY,
+    "paper-tiny": {**TINY, **PAPER},
+    "paper": dict(PAPER),
     "small": dict(enc_channels=(32, 64), mamba_dim=64, mamba_depth=4, patch_size=4,
                   dit_dim=256, dit_depth=8, dit_heads=4),
     "base": dict(),
@@ -158,20 +187,22 @@ class SpatialEncoder(nn.Module):
 
 
 class SpatialDecoder(nn.Module):
-    """Per-frame transposed-conv decoder, mirror of the encoder. (N, D, h, w) -> (N, C, h*s, w*s)."""
+    """Per-frame transposed-conv decoder, mirror of the encoder.
+    (N, D, h, w) [+ side (N, c_side, h*s, w*s) joined before the last conv] -> (N, c_out, h*s, w*s)."""
 
-    def __init__(self, d_in, chs, c_out):
+    def __init__(self, d_in, chs, c_out, c_side=0):
         super().__init__()
         rev = list(chs)[::-1]
         layers = [nn.Conv2d(d_in, rev[0], 1), _gn(rev[0]), nn.SiLU()]
         for i, ch in enumerate(rev):
             nxt = rev[i + 1] if i + 1 < len(rev) else rev[-1]
             layers += [nn.ConvTranspose2d(ch, nxt, 4, stride=2, padding=1), _gn(nxt), nn.SiLU()]
-        layers.append(nn.Conv2d(rev[-1], c_out, 3, padding=1))
-        self.net = nn.Sequential(*layers)
+        self.body = nn.Sequential(*layers)
+        self.head = nn.Conv2d(rev[-1] + c_side, c_out, 3, padding=1)
 
-    def forward(self, z):
-        return self.net(z)
+    def forward(self, z, side=None):
+        f = self.body(z)                                                          # (N, chs[0], h*s, w*s)
+        return self.head(f if side is None else torch.cat([f, side], dim=1))
 
 
 class TimeMap(nn.Module):
@@ -268,11 +299,16 @@ class DIFFUMA(nn.Module):
                                           for _ in range(cfg.mamba_depth))
         self.mamba_norm = nn.LayerNorm(cfg.mamba_dim)
         self.latent_time = TimeMap(T_in, T_out)
-        self.decoder = SpatialDecoder(cfg.mamba_dim, cfg.enc_channels, C)
+        flow_ch = 2 if cfg.learned_flow else 0
+        self.decoder = SpatialDecoder(cfg.mamba_dim, cfg.enc_channels, C + flow_ch,
+                                      c_side=C if cfg.prior != "none" else 0)
+        # per-output-frame gain on the extrapolated global motion (1 at init: the prior is constant motion)
+        self.motion_gain = nn.Parameter(torch.ones(T_out)) if cfg.prior == "motion" else None
         # Diffusion module
         p = cfg.patch_size
         self.grid = (math.ceil(cfg.height / p), math.ceil(cfg.width / p))
-        self.x_embedder = PatchEmbed(img_size=(cfg.height, cfg.width), patch_size=p, in_chans=T_in * C,
+        T_dit = T_in if cfg.dit_input == "input" else T_out                    # frames the DiT sees
+        self.x_embedder = PatchEmbed(img_size=(cfg.height, cfg.width), patch_size=p, in_chans=T_dit * C,
                                      embed_dim=cfg.dit_dim, strict_img_size=False, dynamic_img_pad=True)
         self.pos_embed = nn.Parameter(torch.zeros(1, self.grid[0] * self.grid[1], cfg.dit_dim))
         self.t_embedder = TimestepEmbedder(cfg.dit_dim)
@@ -281,8 +317,8 @@ class DIFFUMA(nn.Module):
         self.token_cond = nn.Linear(cfg.mamba_dim, cfg.dit_dim) if cfg.cond_tokens else None
         self.dit_blocks = nn.ModuleList(DiTBlock(cfg.dit_dim, cfg.dit_heads, cfg.mlp_ratio)
                                         for _ in range(cfg.dit_depth))
-        self.final_layer = FinalLayer(cfg.dit_dim, p, T_in * C)
-        self.residual_time = TimeMap(T_in, T_out)
+        self.final_layer = FinalLayer(cfg.dit_dim, p, T_dit * C)
+        self.residual_time = TimeMap(T_in, T_out) if cfg.dit_input == "input" else None
         # noise schedule; alpha_bar[0] = 1 is the clean t = 0 used at inference
         alpha_bar = torch.cumprod(1 - make_beta_schedule(cfg.beta_schedule, cfg.diffusion_steps), 0)
         self.register_buffer("alpha_bar", torch.cat([torch.ones(1, dtype=torch.float64), alpha_bar]).float(),
@@ -300,9 +336,15 @@ class DIFFUMA(nn.Module):
            softplus^-1(logUniform[1e-3, 1e-1]), small dt_proj weight. Step 1 overwrote x_proj/dt_proj
            with xavier; this restores the values the selective scan is designed to start from.
         4. adaLN-Zero (DiT): every modulation Linear and the final output Linear are zero, so each
-           DiT block starts as the identity and the DiT output is exactly 0: at init the model's
-           prediction is the Mamba path's preliminary prediction.
-        5. Time maps T_in -> T_out pick the latest frames (identity when T_in == T_out).
+           DiT block starts as the identity and the DiT output is exactly 0.
+        5. The decoder's last conv is zero too, so the decoder's residual (and learned flow) start at 0:
+           with 4 and 5 the first prediction equals the prior exactly (the motion-extrapolated last frame,
+           the last frame, or 0 for prior="none") -- training starts from the baseline it must beat
+           instead of from the baseline plus a random offset.
+        6. Latent time map T_in -> T_out: "last" = every output frame reads the last input frame's
+           features (the freshest state; the Mamba blocks have already mixed the history into it),
+           "aligned" = output k reads input T_in - T_out + k (identity when T_in == T_out). The
+           residual time map (dit_input="input") is always aligned: it maps per-input-frame residuals.
         """
         for m in self.modules():
             if isinstance(m, nn.Linear):
@@ -328,17 +370,23 @@ class DIFFUMA(nn.Module):
             nn.init.zeros_(m.adaLN_modulation[-1].bias)
         nn.init.zeros_(self.final_layer.linear.weight)
         nn.init.zeros_(self.final_layer.linear.bias)
+        nn.init.zeros_(self.decoder.head.weight)
+        nn.init.zeros_(self.decoder.head.bias)
         T_in, T_out = self.config.in_frames, self.config.out_frames
-        for tm in (self.latent_time, self.residual_time):
+        for tm, how in ((self.latent_time, self.config.time_map_init), (self.residual_time, "aligned")):
+            if tm is None:
+                continue
             tm.proj.weight.zero_()
             tm.proj.bias.zero_()
             for j in range(T_out):
-                tm.proj.weight[j, max(0, T_in - T_out + j)] = 1.0
+                tm.proj.weight[j, T_in - 1 if how == "last" else max(0, T_in - T_out + j)] = 1.0
 
     def no_weight_decay(self) -> set[str]:
-        """Parameter names that should not be weight-decayed (SSM A_log/D, dt bias, pos embedding)."""
-        return {n for n, _ in self.named_parameters()
-                if n.endswith(("A_log", ".D", "dt_proj.bias", "pos_embed"))}
+        """The weight-decay policy (used by the trainer's optimizer groups): names of the parameters that
+        are not decayed -- the SSM's A_log and D, the dt bias, the positional embedding, the motion gain,
+        every norm weight and every bias (all vectors). Decay would pull A towards -1 (eroding the S4D
+        init's spread of time scales) and the positional code and gains towards 0."""
+        return {n for n, p in self.named_parameters() if p.ndim < 2 or n.endswith(("A_log", "pos_embed"))}
 
     # --- Mamba module
     def _scan(self, block, z, order):
@@ -358,8 +406,18 @@ class DIFFUMA(nn.Module):
             z = self._scan(block, z, self.scan_orders[i % len(self.scan_orders)])
         return self.mamba_norm(z)
 
+    def prior_shifts(self, x):
+        """Global motion of every predicted frame: (B, T_out, 2) (dy, dx) px = k * gain_k * v, v the
+        inputs' per-step motion (diffuma.motion.estimate_velocity); zeros for prior="last"."""
+        B, To = x.shape[0], self.config.out_frames
+        if self.motion_gain is None:
+            return x.new_zeros(B, To, 2)
+        k = torch.arange(1, To + 1, device=x.device, dtype=x.dtype) * self.motion_gain   # (T_out,)
+        return k[None, :, None] * estimate_velocity(x)[:, None, :]
+
     def mamba_path(self, x):
-        """x (B, T_in, C, H, W) in [0,1] -> (features (B, T_in, h, w, D), preliminary (B, T_out, C, H, W))."""
+        """x (B, T_in, C, H, W) in [0,1] -> (features (B, T_in, h, w, D), preliminary (B, T_out, C, H, W)).
+        With a prior: P_k = warp(last frame, shift_k + flow_k) + residual_k; without: P_k = residual_k."""
         B, T, C, H, W = x.shape
         s = self.stride
         ph, pw = (-H) % s, (-W) % s
@@ -370,11 +428,20 @@ class DIFFUMA(nn.Module):
         z = self.mamba_mix(z)                                                      # (B, T_in, h, w, D)
         zo = self.latent_time(z)                                                   # (B, T_out, h, w, D)
         To = zo.shape[1]
-        dec = self.decoder(zo.reshape(B * To, h, w, D).permute(0, 3, 1, 2))       # (B*T_out, C, H+ph, W+pw)
-        prelim = dec[..., :H, :W].reshape(B, To, C, H, W)
-        if self.config.residual_to_last:
-            prelim = prelim + x[:, -1:]
-        return z, prelim
+        zo = zo.reshape(B * To, h, w, D).permute(0, 3, 1, 2)                       # (B*T_out, D, h, w)
+        if self.config.prior == "none":
+            dec = self.decoder(zo)                                                 # (B*T_out, C, H+ph, W+pw)
+            return z, dec[..., :H, :W].reshape(B, To, C, H, W)
+        last = x[:, -1]                                                            # (B, C, H, W)
+        shifts = self.prior_shifts(x)                                              # (B, T_out, 2)
+        base = translate(last, shifts)                                             # (B, T_out, C, H, W)
+        side = F.pad(base.reshape(B * To, C, H, W), (0, pw, 0, ph), mode="replicate")
+        dec = self.decoder(zo, side)[..., :H, :W].reshape(B, To, -1, H, W)         # (B, T_out, C[+2], H, W)
+        resid = dec[:, :, :C]
+        if not self.config.learned_flow:
+            return z, base + resid
+        flow = dec[:, :, C:] + shifts[..., None, None]                             # (B, T_out, 2, H, W) px
+        return z, warp(last, flow) + resid
 
     def condition(self, z):
         """Mamba features (B, T_in, h, w, D) -> (global condition (B, dit_dim), token condition
@@ -408,29 +475,42 @@ class DIFFUMA(nn.Module):
         return out.reshape(B, T, C, H, W)
 
     # --- contract 4
+    def dit_source(self, x, prelim):
+        """What the DiT denoises, on the [-1, 1] scale: the input frames (paper) or the preliminary
+        prediction. (B, T_dit, C, H, W)."""
+        return 2 * (x if self.config.dit_input == "input" else prelim) - 1
+
+    def fuse(self, prelim, residual):
+        """Eq. 7: final = P + residual (mapped T_in -> T_out when the DiT saw the input frames)."""
+        if self.residual_time is not None:
+            residual = self.residual_time(residual)
+        return prelim + residual                                                  # (B, T_out, C, H, W)
+
     def forward(self, x):
         """Deterministic prediction (eq. 7): x (B, T_in, C, H, W) in [0,1] -> (B, T_out, C, H, W)."""
         z, prelim = self.mamba_path(x)
         c, z_tok = self.condition(z)
         t0 = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
-        residual = self.denoise(2 * x - 1, t0, c, z_tok)                          # (B, T_in, C, H, W)
-        return prelim + self.residual_time(residual)                              # (B, T_out, C, H, W)
+        residual = self.denoise(self.dit_source(x, prelim), t0, c, z_tok)         # (B, T_dit, C, H, W)
+        return self.fuse(prelim, residual)
 
     def losses(self, x, y):
         """The pieces of eq. 10: {"loss_diff", "loss_l1", "pred", "prelim"} (tensors).
-        Draws t ~ U{1..T} and eps ~ N(0, I) from torch's global RNG (deterministic under a seed)."""
+        Draws t ~ U{1..T} and eps ~ N(0, I) from torch's global RNG (deterministic under a seed).
+        With dit_input="prelim" the noised copy of P is detached: L_diff trains the DiT and, through
+        the condition c (and the token condition), the Mamba features -- not P itself."""
         B = x.shape[0]
         z, prelim = self.mamba_path(x)
         c, z_tok = self.condition(z)
-        x0 = 2 * x - 1                                                            # (B, T_in, C, H, W)
+        x0 = self.dit_source(x, prelim)                                           # (B, T_dit, C, H, W)
         t = torch.randint(1, self.config.diffusion_steps + 1, (B,), device=x.device)
         noise = torch.randn_like(x0)
-        x_t = q_sample(x0, t, noise, self.alpha_bar)
+        x_t = q_sample(x0.detach() if self.config.dit_input == "prelim" else x0, t, noise, self.alpha_bar)
         # one DiT pass over [noised ; clean at t=0]: the noise prediction and the eq. 7 residual
         both = self.denoise(torch.cat([x_t, x0]), torch.cat([t, torch.zeros_like(t)]),
                             torch.cat([c, c]), None if z_tok is None else torch.cat([z_tok, z_tok]))
         eps_hat, residual = both[:B], both[B:]
-        pred = prelim + self.residual_time(residual)                              # (B, T_out, C, H, W)
+        pred = self.fuse(prelim, residual)                                        # (B, T_out, C, H, W)
         return {"loss_diff": diffusion_loss(eps_hat, noise), "loss_l1": reconstruction_loss(pred, y),
                 "pred": pred, "prelim": prelim}
 

@@ -7,7 +7,8 @@ Keys (format "chdl.checkpoint/1", docs/training.md "Checkpoints"):
     model (state_dict), ema (state_dict or None), ema_n_averaged, optimizer, scaler (or None),
     step (optimiser steps done), epoch (current epoch, 0-based), batch_in_epoch (batches of that epoch done),
     rng {torch, cuda, numpy, python} (rank 0), rng_per_rank (every rank's, under torchrun; else None),
-    best_val_mse.
+    best_val_mse, train_seconds (training time of the steps so far), samples_seen, planned_total_steps (the
+    schedule length a run.max_minutes budget planned, diffuma.training.budget; else None).
 """
 
 from __future__ import annotations

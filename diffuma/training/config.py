@@ -42,6 +42,10 @@ class RunConfig:
     # --- optimisation ---
     epochs: int = 10  # passes over the training split
     max_steps: int | None = None  # stop after this many optimiser steps (also the schedule length); None = epochs
+    # Wall-clock training budget in minutes, counted over optimiser steps only (each step's wait for its batch,
+    # forward, backward, update; not validation, checkpoints, logging); the schedule length is estimated from
+    # the first steps' times (diffuma.training.budget). None = no budget
+    max_minutes: float | None = None
     batch_size: int = 4  # sequences per optimiser step PER PROCESS (global batch = batch_size x world size)
     optimizer: str = "adamw"  # "adamw" | "adam"
     lr: float = 1e-3  # peak learning rate
@@ -73,7 +77,8 @@ _CHOICES = {
 _POSITIVE = ("epochs", "batch_size", "lr", "log_every_steps")
 _NON_NEGATIVE = ("frame_offset", "num_workers", "weight_decay", "warmup_steps", "min_lr_ratio", "val_every_epochs",
                  "checkpoint_every_steps")
-_POSITIVE_OR_NONE = ("in_frames", "out_frames", "max_steps", "grad_clip", "val_max_sequences", "val_batch_size")
+_POSITIVE_OR_NONE = ("in_frames", "out_frames", "max_steps", "max_minutes", "grad_clip", "val_max_sequences",
+                     "val_batch_size")
 
 
 def _unknown(kind: str, key: str, known, where: str) -> ConfigError:

@@ -13,7 +13,8 @@ Run folder (``out``)::
     checkpoints/best.pt      lowest validation MSE so far
     steps.csv                step, epoch, loss, lr, grad_norm, samples_per_s, elapsed_s, + the model's logs
     epochs.csv               epoch, step, train_loss, val_mse, val_mae, val_ssim, val_psnr, elapsed_s
-    training_dynamics.png    validation MSE / MAE / SSIM per epoch (refreshed after every validation)
+    training_dynamics.png    validation MSE / MAE / SSIM per epoch with the baselines' lines (refreshed after
+                             every validation)
     tensorboard/             only when the tensorboard package is installed
 """
 
@@ -36,11 +37,13 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 import chdl
-from diffuma.evaluation import autocast, evaluate
+from diffuma.evaluation import BASELINES, autocast, evaluate, result_key
+from diffuma.training.budget import CALIBRATION_STEPS, planned_total_steps, step_time_estimate
 from diffuma.training.checkpoint import (atomic_write_text, load_checkpoint, rng_state, save_checkpoint,
                                          set_rng_state)
 from diffuma.training.config import ConfigError, RunConfig, resolve_config, run_config_from_dict
 from diffuma.training.data import ResumableSampler, dataset_info, make_loader, sequence_datasets
+from diffuma.training.optim import param_groups
 from diffuma.training.schedule import lr_at
 
 STEP_FIELDS = ["step", "epoch", "loss", "lr", "grad_norm", "samples_per_s", "elapsed_s"]
@@ -176,12 +179,10 @@ class Trainer:
         if self.dist.world_size > 1:
             # Same initial weights everywhere (DDP also broadcasts rank 0's), different noise per rank.
             torch.manual_seed(self.run.seed + 1000003 * self.dist.rank)
-        decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
-        no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]  # biases, norms
-        groups = [{"params": decay, "weight_decay": self.run.weight_decay},
-                  {"params": no_decay, "weight_decay": 0.0}]
+        # The model's weight-decay policy (no_weight_decay()) plus no decay on biases / norms: optim.py.
         opt_cls = torch.optim.AdamW if self.run.optimizer == "adamw" else torch.optim.Adam
-        self.optimizer = opt_cls(groups, lr=self.run.lr, betas=tuple(self.run.betas))
+        self.optimizer = opt_cls(param_groups(model, self.run.weight_decay), lr=self.run.lr,
+                                 betas=tuple(self.run.betas))
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
         self.ema = (AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(self.run.ema_decay), use_buffers=True)
                     if self.run.ema_decay is not None else None)
@@ -201,7 +202,15 @@ class Trainer:
         self.step = self.epoch = self.batch_in_epoch = 0
         self.best_val_mse = math.inf
         self.last_saved_step: int | None = None
-        self.copy_last_frame_val: dict | None = None
+        self.baselines_val: dict[str, dict] | None = None  # {baseline row name: overall val metrics}, once
+        # Training time (s) and samples of the optimiser steps so far; the budget (s) of run.max_minutes, the
+        # schedule length planned for it (None until CALIBRATION_STEPS steps are timed) and those steps' times.
+        self.clock = time.perf_counter  # seconds; tests inject their own
+        self.train_seconds, self.samples_seen = 0.0, 0
+        self.budget_s = None if self.run.max_minutes is None else 60.0 * self.run.max_minutes
+        self.planned_steps: int | None = None
+        self._calibration_s: list[float] = []
+        self._step_started = 0.0
 
     # ------------------------------------------------------------------ checkpoints
     @property
@@ -225,6 +234,8 @@ class Trainer:
             "rng": rngs[0],
             "rng_per_rank": rngs if len(rngs) > 1 else None,
             "best_val_mse": self.best_val_mse,
+            "train_seconds": self.train_seconds, "samples_seen": self.samples_seen,
+            "planned_total_steps": self.planned_steps,
         }
 
     def save(self, name: str = "last.pt") -> None:
@@ -254,6 +265,11 @@ class Trainer:
         self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
         self.best_val_mse = state["best_val_mse"]
         self.last_saved_step = self.step
+        self.train_seconds = state.get("train_seconds", 0.0)
+        self.samples_seen = state.get("samples_seen", self.step * self.run.batch_size * self.dist.world_size)
+        self.planned_steps = state.get("planned_total_steps")
+        if self.planned_steps is not None:
+            self.total_steps = self.planned_steps
         per_rank = state.get("rng_per_rank")
         saved_world = len(per_rank) if per_rank else 1
         if saved_world != self.dist.world_size:  # data shards and noise streams would differ
@@ -270,16 +286,40 @@ class Trainer:
         with torch.random.fork_rng(devices=devices):  # validation never shifts the training RNG stream
             res = evaluate(model, self.val_set, batch_size=self.run.val_batch_size or self.run.batch_size,
                            device=self.device, max_sequences=self.run.val_max_sequences,
-                           with_copy_last_frame=self.copy_last_frame_val is None, amp_dtype=self.amp_dtype,
+                           with_baselines=self.baselines_val is None, amp_dtype=self.amp_dtype,
                            progress=self.progress)
         self.model.train()
-        if "copy_last_frame" in res:
-            self.copy_last_frame_val = res["copy_last_frame"]["overall"]
+        if self.baselines_val is None:  # the same val sequences every time: scored once
+            self.baselines_val = {name: res[result_key(name)]["overall"] for name in BASELINES}
         return res["model"]["overall"]
+
+    # ------------------------------------------------------------------ training time and the budget
+    def _start_step_clock(self) -> None:
+        """Marks the start of a step: the loop is about to ask the loader for its batch."""
+        self._step_started = self.clock()
+
+    def _charge_step(self, batch_size: int) -> None:
+        """Counts the step that just ended as training time (since ``_start_step_clock``) and samples seen. A
+        budget run plans its schedule length once CALIBRATION_STEPS steps are timed (diffuma.training.budget)."""
+        seconds = self.clock() - self._step_started
+        if self.budget_s is not None and self.dist.world_size > 1:
+            seconds = _max_over_ranks(seconds, self.device)  # every rank takes the same stop decisions
+        self.train_seconds += seconds
+        self.samples_seen += batch_size * self.dist.world_size
+        if self.budget_s is not None and self.planned_steps is None:
+            self._calibration_s.append(seconds)
+            if len(self._calibration_s) >= CALIBRATION_STEPS:
+                self.planned_steps = planned_total_steps(self.step, self.train_seconds, self.budget_s,
+                                                         step_time_estimate(self._calibration_s), self.total_steps)
+                self.total_steps = self.planned_steps
+
+    def budget_spent(self) -> bool:
+        """True when run.max_minutes is set and the training time has reached it."""
+        return self.budget_s is not None and self.train_seconds >= self.budget_s
 
     # ------------------------------------------------------------------ the loop
     def fit(self, resume: bool = False, stop_after_steps: int | None = None) -> Path:
-        """Trains to the end of the schedule; returns the run folder.
+        """Trains to the end of the schedule (or of run.max_minutes of training time); returns the run folder.
 
         resume: continue from ``checkpoints/last.pt`` (an error if there is none).
         stop_after_steps: return abruptly after this many steps of this call without saving anything —
@@ -302,16 +342,18 @@ class Trainer:
         self.model.train()
         t0, done_now = time.perf_counter(), 0
         try:
-            while self.epoch < self.run.epochs and self.step < self.total_steps:
+            while self.epoch < self.run.epochs and self.step < self.total_steps and not self.budget_spent():
                 self.sampler.set_epoch(self.epoch, skip=self.batch_in_epoch * self.run.batch_size)
                 bar = tqdm(total=self.steps_per_epoch, initial=self.batch_in_epoch, unit="step", dynamic_ncols=True,
                            desc=f"epoch {self.epoch + 1}/{self.run.epochs}", disable=not self.progress)
                 loss_sum, loss_n, t_last = 0.0, 0, time.perf_counter()
+                self._start_step_clock()
                 for x, y in self.loader:
                     loss, logs, grad_norm = self._train_step(x, y)
                     self.step += 1
                     self.batch_in_epoch += 1
                     done_now += 1
+                    self._charge_step(x.shape[0])
                     loss_sum, loss_n = loss_sum + loss, loss_n + 1
                     now = time.perf_counter()
                     rate = x.shape[0] * self.dist.world_size / max(now - t_last, 1e-9)
@@ -334,11 +376,12 @@ class Trainer:
                     if stop_after_steps is not None and done_now >= stop_after_steps:
                         bar.close()
                         return self.out  # simulated kill: nothing more is written
-                    if self.step >= self.total_steps:
+                    if self.step >= self.total_steps or self.budget_spent():
                         break
+                    self._start_step_clock()
                 bar.close()
                 if self.batch_in_epoch < self.steps_per_epoch:
-                    break  # max_steps reached mid-epoch
+                    break  # max_steps, the planned steps or the budget reached mid-epoch
                 self._end_epoch(loss_sum / max(loss_n, 1), epochs_log if self.dist.main else None,
                                 tb if self.dist.main else None, t0)
             if self.last_saved_step != self.step:
@@ -408,11 +451,18 @@ class Trainer:
                 from diffuma.viz import plot_training_dynamics
 
                 plot_training_dynamics(epochs_log.rows, self.out / "training_dynamics.png",
-                                       baseline=self.copy_last_frame_val)
+                                       baselines=self.baselines_val)
         if val is not None and val["mse"] < self.best_val_mse:
             self.best_val_mse = val["mse"]
             self.save("best.pt")
         self.save()
+
+
+def _max_over_ranks(value: float, device: torch.device) -> float:
+    """The largest of every torchrun rank's ``value`` (all ranks call it)."""
+    t = torch.tensor(value, dtype=torch.float64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return float(t)
 
 
 def _config_diff(a: dict, b: dict) -> str:

@@ -68,16 +68,23 @@ def test_bench_end_to_end(tiny_dataset, tmp_path):
         # horizon mode: PL3 is the full 3-frame prediction, PL1 its first frame
         assert r["by_pred_len"]["3"]["mse"] == pytest.approx(r["final"]["overall"]["mse"])
         assert r["by_pred_len"]["1"]["mse"] == pytest.approx(r["final"]["per_frame"][0]["mse"])
+        # 6 train sequences in batches of 3, 2 epochs: 4 steps, 12 samples
+        assert (r["training"]["steps"], r["training"]["samples"]) == (4, 12)
+        assert r["training"]["budget_minutes"] is None and r["training"]["train_seconds"] > 0
     copy = report["copy_last_frame"]["overall"]
     assert 0 < copy["mse"] < 1 and copy["ssim"] < 1  # the square moves, so copying the last frame errs
+    motion = report["constant_motion"]
+    assert len(motion["per_frame"]) == 3 and motion["overall"]["mse"] != copy["mse"]
+    assert set(report["constant_motion_by_pred_len"]) == set(report["copy_last_frame_by_pred_len"]) == {"1", "3"}
+    assert report["constant_motion_by_pred_len"]["3"]["mse"] == pytest.approx(motion["overall"]["mse"])
     md = (out / "bench.md").read_text()
     for needle in ("## Overall", "## Metric by epoch", "## Metric by prediction length", "copy-last-frame",
-                   "Metric convention: `per_pixel`", "| simvp |", "| pastnet |", "samples/s"):
+                   "Metric convention: `per_pixel`", "| simvp |", "| pastnet |", "samples/s", "| steps | samples |"):
         assert needle in md, needle
-    assert md.count("| copy-last-frame |") == 3  # one row in every table
+    assert md.count("| copy-last-frame |") == md.count("| constant-motion |") == 3  # one row in every table
     for png in ("plots/by_epoch.png", "plots/per_frame.png", "plots/by_pred_len.png", "grid_seq0.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", png
-    assert "simvp" in res.output and "copy-last-frame" in res.output
+    assert "simvp" in res.output and "copy-last-frame" in res.output and "constant-motion" in res.output
 
 
 def test_bench_pred_len_retrains_per_length(tiny_dataset, tmp_path):
@@ -91,7 +98,7 @@ def test_bench_pred_len_retrains_per_length(tiny_dataset, tmp_path):
     assert (out / "runs" / "simvp-tiny-pl2" / "checkpoints" / "epoch_0001.pt").is_file()  # a 2-frame run
     assert not (out / "runs" / "simvp-tiny-pl3").exists()  # 3 = the main runs' length: reused
     assert r["by_pred_len"]["3"] == r["final"]["overall"]
-    assert set(report["copy_last_frame_by_pred_len"]) == {"2", "3"}
+    assert set(report["copy_last_frame_by_pred_len"]) == set(report["constant_motion_by_pred_len"]) == {"2", "3"}
     assert "Metric convention: `openstl`" in (out / "bench.md").read_text()
     # the same --out again: refused without --resume; with it, nothing is retrained and the report is rebuilt
     again = CliRunner().invoke(main, args)
@@ -105,12 +112,50 @@ def test_bench_pred_len_retrains_per_length(tiny_dataset, tmp_path):
     assert json.loads((out / "bench.json").read_text())["models"]["simvp:tiny"]["final"] == r["final"]
 
 
+def test_bench_with_a_time_budget_records_what_each_model_reached(tiny_dataset, tmp_path):
+    out = tmp_path / "bench"
+    args = ["bench", "--data", str(tiny_dataset), "--models", "simvp", "--budget-minutes", "0.002", "--out", str(out),
+            *BASE]
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == 0, res.output + repr(res.exception)
+    report = json.loads((out / "bench.json").read_text())
+    assert report["budget_minutes"] == 0.002 and report["epochs"] == []
+    r = report["models"]["simvp"]
+    t = r["training"]
+    assert t["budget_minutes"] == 0.002 and t["steps"] >= 1 and t["samples"] == 3 * t["steps"]  # batches of 3
+    assert t["train_seconds"] > 0 and t["stopped_by"] in ("budget", "schedule")
+    last = out / "runs" / "simvp" / "checkpoints" / "last.pt"
+    assert r["by_epoch"] == {} and r["final"]["n_sequences"] == 2  # the final weights (last.pt), evaluated
+    assert torch.load(last, weights_only=True)["step"] == t["steps"]
+    md = (out / "bench.md").read_text()
+    assert "0.002 min of training time" in md and "| steps | samples | train time |" in md
+    assert "| simvp | " in md and f"- simvp: {t['stopped_by']}, {t['steps']} " in md
+    assert "## Metric by epoch" not in md and not (out / "plots" / "by_epoch.png").exists()
+    assert md.count("| copy-last-frame |") == md.count("| constant-motion |") == 1
+    assert f"({t['steps']} steps, {t['samples']} samples)" in res.output
+    # --resume: the spent budget is not trained again
+    stamp = last.stat().st_mtime_ns
+    resumed = CliRunner().invoke(main, [*args, "--resume"])
+    assert resumed.exit_code == 0, resumed.output + repr(resumed.exception)
+    assert last.stat().st_mtime_ns == stamp
+
+
+def test_epochs_and_budget_minutes_together_are_a_one_line_error(tiny_dataset, tmp_path):
+    out = tmp_path / "bench"
+    res = CliRunner().invoke(main, ["bench", "--data", str(tiny_dataset), "--models", "simvp", "--epochs", "1",
+                                    "--budget-minutes", "1", "--out", str(out), *BASE])
+    assert res.exit_code == 1
+    assert res.output == "Error: --epochs and --budget-minutes are mutually exclusive: give one of them\n"
+    assert not out.exists()
+
+
 @pytest.mark.parametrize("extra,message", [
     (["--models", "simvp,nosuchmodel"], "unknown model 'nosuchmodel'"),
     (["--models", "simvp", "--pred-len", "9"], "too few"),
     (["--models", "simvp", "--set", "run.nosuchfield=1"], "nosuchfield"),
     (["--models", "simvp", "--set", "simvp.translator=lstm"], "translator"),
     (["--models", "simvp", "--epochs", "0"], ">= 1"),
+    (["--models", "simvp", "--budget-minutes", "0"], "--budget-minutes must be > 0"),
 ])
 def test_bench_bad_requests_fail_cleanly(tiny_dataset, tmp_path, extra, message):
     out = tmp_path / "bench"

@@ -37,7 +37,9 @@ def test_grid_with_several_models_and_training_curves(tmp_path):
     h3 = Image.open(tmp_path / "g3.png").size[1]
     assert h3 > h1 * 1.8  # 2 + 2*3 rows vs 2 + 2 rows
     rows = [{"epoch": e, "val_mse": 1 / e, "val_mae": 1 / e, "val_ssim": 1 - 1 / e} for e in (1, 2, 3)]
-    plot_training_dynamics(rows, tmp_path / "dyn.png", baseline={"mse": 0.5, "mae": 0.5, "ssim": 0.5})
+    baselines = {"copy-last-frame": {"mse": 0.5, "mae": 0.5, "ssim": 0.5},
+                 "constant-motion": {"mse": 0.2, "mae": 0.3, "ssim": 0.7}}
+    plot_training_dynamics(rows, tmp_path / "dyn.png", baselines=baselines)
     assert Image.open(tmp_path / "dyn.png").size[0] > 500
     plot_training_dynamics([{"epoch": 1, "val_mse": ""}], tmp_path / "none.png")  # nothing validated yet
     assert not (tmp_path / "none.png").exists()

@@ -52,6 +52,8 @@ def test_eval_writes_json_and_markdown_with_baseline_row(trained):
     assert 0 < result["model"]["overall"]["mse"] < 1 and result["copy_last_frame"]["overall"]["mse"] > 0
     md = (run / "eval" / "eval_val_per_pixel.md").read_text()
     assert "| diffuma |" in md and "| copy-last-frame |" in md and "`per_pixel`" in md
+    assert "| constant-motion |" in md and len(result["constant_motion"]["per_frame"]) == 5
+    assert "| constant-motion |" in r.output  # the console shows the same Markdown
 
 
 def test_predict_from_dataset_and_from_raw_recording(trained):

@@ -1,31 +1,116 @@
-"""evaluate / evaluate_checkpoint / markdown tables, with the stand-in model."""
+"""evaluate / evaluate_checkpoint / markdown tables and their baseline rows, with the stand-in model."""
 
 import json
+import math
 
 import pytest
 import torch
+from torch.utils.data import Dataset
 
 from chdl.torch_dataset import SequenceDataset
 from diffuma.evaluation import COPY_LAST_FRAME, evaluate, evaluate_checkpoint, report_markdown
 from diffuma.metrics import compute_metrics, copy_last_frame
+from diffuma.motion import CONSTANT_MOTION, constant_motion
 from diffuma.training import train_from_config
 
 
-class CopyLast(torch.nn.Module):
+# A hand-made split: 4 sequences of 2 input and 2 target frames, each frame one constant value (exact in
+# float32), so every metric can be computed by hand. Input frame 0 carries the sequence's index (i / 8), the
+# last input frame a value for the copy-last-frame baseline.
+H = W = 12  # SSIM's Gaussian window (sigma 1.5) needs at least 11 x 11 pixels
+LAST = [0.25, 0.5, 0.75, 1.0]
+TARGET = [[0.375, 0.5], [0.125, 0.875], [0.625, 0.0], [1.0, 0.25]]
+C1 = (0.01 * 1.0) ** 2  # SSIM's K1 with data_range 1
+
+
+class ConstantFrames(Dataset):
+    def __len__(self):
+        return len(TARGET)
+
+    def __getitem__(self, i):
+        x = torch.stack([torch.full((1, H, W), i / 8), torch.full((1, H, W), LAST[i])])
+        y = torch.stack([torch.full((1, H, W), v) for v in TARGET[i]])
+        return x, y
+
+
+class Constant(torch.nn.Module):
+    """Predicts ``value`` everywhere and records the sequence indices of every batch it is given."""
+
+    def __init__(self, value):
+        super().__init__()
+        self.value, self.batches = value, []
+
     def forward(self, x):
-        return copy_last_frame(x, 5)
+        self.batches.append([round(v * 8) for v in x[:, 0, 0, 0, 0].tolist()])
+        return torch.full((x.shape[0], 2, *x.shape[2:]), self.value)
 
 
-def test_evaluate_matches_metrics_on_the_whole_split_and_carries_the_baseline(tiny_dataset):
+def _by_hand(preds, seqs):
+    """Per-pixel metrics of constant frames: preds[i][k] against TARGET[i][k] for i in seqs."""
+    def frame(p, t):
+        p = min(max(p, 0.0), 1.0)  # predictions are clipped to [0, 1]
+        se = (p - t) ** 2
+        return {"mse": se, "mae": abs(p - t), "psnr": 10 * math.log10(1 / max(se, 1e-10)),
+                "ssim": (2 * p * t + C1) / (p * p + t * t + C1)}  # constant frames: luminance term only
+
+    per = [[frame(preds[i][k], TARGET[i][k]) for k in range(2)] for i in seqs]
+    per_frame = [{m: sum(f[k][m] for f in per) / len(per) for m in ("mse", "mae", "ssim", "psnr")}
+                 for k in range(2)]
+    overall = {m: (per_frame[0][m] + per_frame[1][m]) / 2 for m in per_frame[0]}
+    return overall, per_frame
+
+
+def _check(res, overall, per_frame, n):
+    assert res["n_sequences"] == n
+    assert res["overall"] == pytest.approx(overall, rel=1e-6)
+    assert [{m: f[m] for m in overall} for f in res["per_frame"]] == [pytest.approx(f, rel=1e-6) for f in per_frame]
+
+
+def test_evaluate_numbers_by_hand_in_order_and_max_sequences():
+    ds = ConstantFrames()
+    model = Constant(0.5)
+    res = evaluate(model, ds, batch_size=3)
+    assert model.batches == [[0, 1, 2], [3]]  # in order, in batches of 3 and 1
+    assert not model.training
+    overall, per_frame = _by_hand([[0.5, 0.5]] * 4, range(4))
+    _check(res["model"], overall, per_frame, 4)
+    # Frame (0, 2) is perfect: its PSNR counts as 100 dB (MSE floored at 1e-10), averaged in per frame.
+    assert per_frame[1]["psnr"] > 25 and overall["mse"] == pytest.approx((0.125**2 + 0.375**2 * 2 + 0.125**2 +
+                                                                           0.5**2 + 0.5**2 + 0.25**2) / 8)
+    # The copy-last-frame baseline, by hand from the last input frame.
+    _check(res["copy_last_frame"], *_by_hand([[v, v] for v in LAST], range(4)), 4)
+    # max_sequences takes the first sequences of the split.
+    model = Constant(0.5)
+    res = evaluate(model, ds, batch_size=3, max_sequences=2)
+    assert model.batches == [[0, 1]]
+    _check(res["model"], *_by_hand([[0.5, 0.5]] * 2, range(2)), 2)
+    _check(res["copy_last_frame"], *_by_hand([[v, v] for v in LAST[:2]], range(2)), 2)
+    assert evaluate(Constant(0.5), ds, max_sequences=10)["model"]["n_sequences"] == 4
+    # Predictions above 1 are clipped: 1.5 scores as 1.0.
+    _check(evaluate(Constant(1.5), ds)["model"], *_by_hand([[1.0, 1.0]] * 4, range(4)), 4)
+    # openstl: MSE/MAE summed over C*H*W per frame, SSIM and PSNR unchanged.
+    o = evaluate(Constant(0.5), ds, convention="openstl")["model"]["overall"]
+    assert o == pytest.approx({**overall, "mse": overall["mse"] * H * W, "mae": overall["mae"] * H * W}, rel=1e-6)
+
+
+class MeanOfInputs(torch.nn.Module):
+    def forward(self, x):
+        return x.mean(1, keepdim=True).expand(-1, 5, -1, -1, -1)
+
+
+def test_evaluate_in_batches_matches_metrics_on_the_whole_split(tiny_dataset):
     ds = SequenceDataset(tiny_dataset, "val")
-    res = evaluate(CopyLast(), ds, batch_size=3)  # 4 sequences in batches of 3 and 1
+    res = evaluate(MeanOfInputs(), ds, batch_size=3)  # 4 sequences in batches of 3 and 1
     xs = torch.stack([ds[i][0] for i in range(len(ds))])
     ys = torch.stack([ds[i][1] for i in range(len(ds))])
-    direct = compute_metrics(copy_last_frame(xs, 5), ys)
-    assert res["model"]["overall"] == pytest.approx(direct["overall"])
-    assert res["copy_last_frame"] == res["model"]
-    assert res["model"]["n_sequences"] == 4
-    assert evaluate(CopyLast(), ds, max_sequences=2, with_copy_last_frame=False)["model"]["n_sequences"] == 2
+    model, base = compute_metrics(MeanOfInputs()(xs), ys), compute_metrics(copy_last_frame(xs, 5), ys)
+    assert res["model"]["overall"] == pytest.approx(model["overall"], rel=1e-9)
+    assert res["model"]["per_frame"] == [pytest.approx(f, rel=1e-9) for f in model["per_frame"]]
+    assert res["copy_last_frame"]["overall"] == pytest.approx(base["overall"], rel=1e-9)
+    motion = compute_metrics(constant_motion(xs, 5), ys)
+    assert res["constant_motion"]["overall"] == pytest.approx(motion["overall"], rel=1e-6)
+    assert res["model"]["overall"]["mse"] != pytest.approx(base["overall"]["mse"], rel=1e-3)
+    assert res["model"]["n_sequences"] == res["copy_last_frame"]["n_sequences"] == 4
 
 
 def test_evaluate_checkpoint_and_markdown(standin, tiny_dataset, tmp_path):
@@ -39,7 +124,8 @@ def test_evaluate_checkpoint_and_markdown(standin, tiny_dataset, tmp_path):
     per_pixel = evaluate_checkpoint(run / "checkpoints" / "last.pt", tiny_dataset, weights="ema")
     assert r["model"]["overall"]["mse"] == pytest.approx(per_pixel["model"]["overall"]["mse"] * 16 * 16)
     md = report_markdown(r)
-    assert f"| {COPY_LAST_FRAME} |" in md and "| standin |" in md
+    assert f"| {COPY_LAST_FRAME} |" in md and f"| {CONSTANT_MOTION} |" in md and "| standin |" in md
+    assert r["constant_motion"]["n_sequences"] == 4 and len(r["constant_motion"]["per_frame"]) == 5
     assert "Metric convention: `openstl`" in md and "SUMMED over C·H·W" in md
     assert "| t+1 | t+2 | t+3 | t+4 | t+5 |" in md
     with pytest.raises(ValueError, match="no sequences"):

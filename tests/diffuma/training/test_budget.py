@@ -1,0 +1,102 @@
+"""The wall-clock training budget (run.max_minutes, diffuma.training.budget): the schedule planned from the first
+steps' times, the stop when the training time passes the budget, resume. Timing comes from a clock injected
+into the Trainer that advances a fixed amount per optimiser step, so nothing here depends on the machine."""
+
+import csv
+
+import pytest
+import torch
+
+from diffuma.training import ConfigError, resolve_config
+from diffuma.training.budget import CALIBRATION_STEPS, planned_total_steps, step_time_estimate, stop_reason
+from diffuma.training.checkpoint import load_checkpoint
+from diffuma.training.trainer import build_trainer
+
+LR = 3e-3
+
+
+def _config(**run):
+    """8 train sequences in batches of 3 (3, 3, 2): 3 steps per epoch; 100 epochs = a cap the budget hits first."""
+    base = {"epochs": 100, "batch_size": 3, "num_workers": 0, "lr": LR, "val_every_epochs": 0, "max_minutes": 1.0}
+    return {"model": {"name": "standin", "preset": "tiny"}, "run": {**base, **run}}
+
+
+def _seconds_per_step(trainer, first=2.0, later=None):
+    """A clock (s) for ``trainer``: each of the first CALIBRATION_STEPS steps takes ``first`` seconds, each
+    later step ``later`` (default ``first``)."""
+    later = first if later is None else later
+    k = CALIBRATION_STEPS
+    return lambda: first * trainer.step if trainer.step <= k else first * k + later * (trainer.step - k)
+
+
+def _lrs(run_dir):
+    with open(run_dir / "steps.csv", newline="") as f:
+        return [float(r["lr"]) for r in csv.DictReader(f)]
+
+
+def test_step_time_leaves_out_the_warm_up_step_and_the_plan_fits_the_budget_left():
+    assert step_time_estimate([20.0, 2.0, 2.0, 2.0, 2.0]) == 2.0
+    assert step_time_estimate([3.0]) == 3.0
+    # 5 steps done in 28 s of a 60 s budget at 2 s per step: 16 more
+    assert planned_total_steps(5, 28.0, 60.0, 2.0, cap=300) == 21
+    assert planned_total_steps(5, 10.0, 60.0, 2.0, cap=12) == 12  # run.epochs / run.max_steps cap it
+    assert planned_total_steps(5, 70.0, 60.0, 2.0, cap=300) == 5  # already spent: no more steps
+    assert stop_reason(30, 60.0, 60.0, 30) == "schedule"
+    assert stop_reason(22, 61.0, 60.0, 30) == "budget"
+    assert stop_reason(9, 1.0, None, None) == "epochs"
+
+
+def test_max_minutes_is_checked_like_the_other_run_fields(standin):
+    assert resolve_config(_config(max_minutes=2))["run"]["max_minutes"] == 2.0
+    with pytest.raises(ConfigError, match="max_minutes must be > 0"):
+        resolve_config(_config(max_minutes=0))
+
+
+def test_budget_plans_the_schedule_from_the_first_steps_and_completes_it(standin, tiny_dataset, tmp_path):
+    t = build_trainer(_config(), tiny_dataset, tmp_path / "run", progress=False)
+    t.clock = _seconds_per_step(t, 2.0)
+    t.fit()
+    # 5 calibration steps (10 s), then floor((60 - 10) s / 2 s) = 25 more: the schedule ends at step 30, at 60 s.
+    assert t.planned_steps == t.total_steps == t.step == 30
+    assert t.train_seconds == 60.0 and t.samples_seen == 10 * 8  # 10 epochs of 8 sequences
+    lrs = _lrs(tmp_path / "run")
+    assert len(lrs) == 30 and lrs[-1] < 0.01 * LR  # the cosine reached its end (a 300-step plan: ~0.98 LR)
+    state = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
+    assert (state["step"], state["planned_total_steps"], state["train_seconds"], state["samples_seen"]) == (
+        30, 30, 60.0, 80)
+
+
+def test_budget_stops_training_when_the_clock_passes_it(standin, tiny_dataset, tmp_path):
+    t = build_trainer(_config(), tiny_dataset, tmp_path / "run", progress=False)
+    t.clock = _seconds_per_step(t, 2.0, later=3.0)  # slower after the plan: 30 planned steps do not fit
+    t.fit()
+    # 10 s after 5 steps, then 3 s per step: the budget (60 s) is passed at step 22 (61 s), the first step of
+    # epoch 8 (3 steps per epoch): the stop does not wait for the epoch's end.
+    assert t.planned_steps == 30 and t.step == 22 and t.train_seconds == 61.0
+    assert t.budget_spent()
+    state = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
+    assert state["step"] == 22 and stop_reason(state["step"], state["train_seconds"], 60.0, 30) == "budget"
+    # resuming a spent budget trains nothing
+    again = build_trainer(None, tiny_dataset, tmp_path / "run", resume=True, progress=False)
+    again.clock = _seconds_per_step(again, 2.0)
+    again.fit(resume=True)
+    assert again.step == 22
+
+
+def test_a_killed_budget_run_resumes_the_same_schedule_with_the_budget_left(standin, tiny_dataset, tmp_path):
+    cfg = _config(checkpoint_every_steps=1)
+    ref = build_trainer(cfg, tiny_dataset, tmp_path / "ref", progress=False)
+    ref.clock = _seconds_per_step(ref, 2.0)
+    ref.fit()
+    killed = build_trainer(cfg, tiny_dataset, tmp_path / "run", progress=False)
+    killed.clock = _seconds_per_step(killed, 2.0)
+    killed.fit(stop_after_steps=12)  # after the plan (step 5); last.pt is step 12's
+    state = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
+    assert (state["step"], state["planned_total_steps"], state["train_seconds"]) == (12, 30, 24.0)
+    resumed = build_trainer(None, tiny_dataset, tmp_path / "run", resume=True, progress=False)
+    resumed.clock = _seconds_per_step(resumed, 2.0)
+    resumed.fit(resume=True)
+    assert (resumed.step, resumed.train_seconds, resumed.samples_seen) == (30, 60.0, 80)
+    for k, v in ref.model.state_dict().items():
+        assert torch.equal(v, resumed.model.state_dict()[k]), k
+    assert _lrs(tmp_path / "run") == _lrs(tmp_path / "ref")

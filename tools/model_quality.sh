@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# The model-quality table of docs/model-quality.md: three data families, every model trained for the same
+# wall-clock budget on this machine, one after the other (chdl bench --budget-minutes), each evaluated with
+# copy-last-frame and constant-motion rows by the same metric code.
+#
+#   bash tools/model_quality.sh [OUT_DIR] [FAMILIES]
+#
+# OUT_DIR (default quality/, git-ignored) receives the datasets and one bench folder per family.
+# FAMILIES (default "lanes opencv mmnist") chooses which to run. Environment:
+#   CHDL_QUALITY_MINUTES  training minutes per model (default 4)
+#   CHDL_QUALITY_MODELS   models (default: chosen DIFFUMA, the paper's literal reading, SimVP, PredRNN-v2)
+#   CHDL_QUALITY_THREADS  torch threads (default 2 = this machine's cores)
+# Datasets (made once, reused on a rerun):
+#   lanes   the simulator, 600 lane passes of 10 positions at 150x200 (chdl simulate corpus), curated
+#           with chdl curate; 5 -> 5, split 300/300 by the curator
+#   opencv  real footage: Debian opencv-doc's tree.avi, box.mp4, cup.mp4, Megamind.avi only (the package's
+#           other videos are held out for independent evaluation), 120x160 gray, 5 -> 5 (chdl import video)
+#   mmnist  Moving MNIST 64x64, 10 -> 10, 1024 train / 256 val sequences (chdl import mnist)
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+chdl="${CHDL:-$root/.venv/bin/chdl}"
+out="${1:-$root/quality}"
+families="${2:-lanes opencv mmnist}"
+minutes="${CHDL_QUALITY_MINUTES:-4}"
+models="${CHDL_QUALITY_MODELS:-diffuma:tiny,diffuma:paper-tiny,simvp:tiny,predrnn_v2:tiny}"
+export OMP_NUM_THREADS="${CHDL_QUALITY_THREADS:-2}"
+mkdir -p "$out"
+step() { printf '\n== %s\n' "$*" >&2; }
+
+dataset() {  # makes $out/<family>.zarr unless it exists
+  local fam="$1" z="$out/$1.zarr"
+  [ -d "$z" ] && return 0
+  case "$fam" in
+    lanes)
+      rm -rf "$out/lanes-raw"
+      "$chdl" simulate corpus "$out/lanes-raw" --sequences 600 --width 200 --height 150 --seed 7 --workers 2
+      "$chdl" curate "$out/lanes-raw" "$z" --workers 2 ;;
+    opencv)
+      bash "$root/tools/fetch_opencv_videos.sh" "$out/opencv-videos"
+      "$chdl" import video "$out"/opencv-videos/{tree.avi,box.mp4,cup.mp4,Megamind.avi} --out "$z" \
+        --size 120x160 --in-frames 5 --out-frames 5 --train-stride 3 --val-stride 5 ;;
+    mmnist)
+      "$chdl" import mnist --out "$z" --train 1024 --val 256 ;;
+    *) echo "unknown family $fam (lanes, opencv, mmnist)" >&2; exit 2 ;;
+  esac
+}
+
+for fam in $families; do
+  step "$fam: dataset"
+  dataset "$fam"
+  "$chdl" info "$out/$fam.zarr"
+  step "$fam: $models, $minutes min each"
+  rm -rf "$out/bench-$fam"
+  "$chdl" bench --data "$out/$fam.zarr" --models "$models" --budget-minutes "$minutes" --out "$out/bench-$fam" \
+    --set run.batch_size=4 --set run.lr=1e-3 --set run.warmup_steps=20 --set run.num_workers=0 \
+    --max-eval-sequences 256
+done
+step "done: $out/bench-*/bench.md"
