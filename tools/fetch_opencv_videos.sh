@@ -3,7 +3,7 @@
 #   bash tools/fetch_opencv_videos.sh [OUT_DIR]          (default: data/opencv-videos/, git-ignored)
 # then make the dataset (docs/importers.md, "Real footage: chdl import video"):
 #   chdl import video data/opencv-videos/{tree.avi,box.mp4,cup.mp4,Megamind.avi} --out data/opencv.zarr \
-#       --size 120x160 --in-frames 5 --out-frames 5 --train-stride 2
+#       --size 120x160 --in-frames 5 --out-frames 5 --train-stride 3 --val-stride 5
 #
 # ONLY tree.avi, box.mp4, cup.mp4 and Megamind.avi are extracted. Every other video or image set in the
 # package (vtest.avi, Megamind_bugy.avi, ..., any ViSP images) is HELD OUT for independent evaluation:

@@ -53,6 +53,7 @@ for fam in $families; do
   rm -rf "$out/bench-$fam"
   "$chdl" bench --data "$out/$fam.zarr" --models "$models" --budget-minutes "$minutes" --out "$out/bench-$fam" \
     --set run.batch_size=4 --set run.lr=1e-3 --set run.warmup_steps=20 --set run.num_workers=0 \
+    --set run.val_every_epochs=0 --quiet \
     --max-eval-sequences 256
 done
 step "done: $out/bench-*/bench.md"

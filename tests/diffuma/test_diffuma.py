@@ -154,14 +154,13 @@ def translating_textures(n, g, frames, size=32):
     return translate(big, k[None, :, None] * v[:, None, :])[..., 12:12 + size, 12:12 + size]
 
 
-@pytest.mark.parametrize("prior", ["last"])
-def test_learns_translation_beats_copy_last_by_30_percent(prior):
+def test_learns_translation_beats_copy_last_by_30_percent():
     """Learning, not the prior: with prior="last" the model starts as copy-last-frame, and only the learned
     flow / residual can move the texture. After a fixed number of AdamW steps its MSE on held-out clips
     must be at least 30 % below copy-last-frame's (issue 12's bar)."""
     torch.manual_seed(0)
     g = torch.Generator().manual_seed(0)
-    m = build_model("diffuma", "tiny", height=32, width=32, in_frames=3, out_frames=LEARN_OUT, prior=prior,
+    m = build_model("diffuma", "tiny", height=32, width=32, in_frames=3, out_frames=LEARN_OUT, prior="last",
                     **LEARN_MODEL)
     opt = torch.optim.AdamW(m.parameters(), lr=LEARN_LR, weight_decay=0.0)
     val = translating_textures(32, g, 3 + LEARN_OUT)
@@ -179,7 +178,7 @@ def test_learns_translation_beats_copy_last_by_30_percent(prior):
     assert mse <= 0.7 * copy_mse, (mse, copy_mse)
 
 
-LEARN_OUT, LEARN_STEPS, LEARN_LR = 1, 60, 3e-3
+LEARN_OUT, LEARN_STEPS, LEARN_LR = 1, 120, 3e-3   # measured: MSE 0.51x copy-last (bar 0.7x), ~15 s
 LEARN_MODEL = dict(enc_channels=(8, 16), dit_depth=1)
 
 

@@ -66,3 +66,15 @@ def test_constant_motion_predicts_translation_far_better_than_copy_last():
     mse_cm = F.mse_loss(pred[inner], y[inner])
     mse_copy = F.mse_loss(x[:, -1:].expand_as(y)[inner], y[inner])
     assert pred.shape == y.shape and mse_cm < 0.05 * mse_copy
+
+
+def test_inconsistent_pair_motions_are_not_extrapolated():
+    """Frames that jitter back and forth (pair shifts +0.4, -0.2, +0.5, -0.3 px, median 0.1) carry no steady
+    motion: the scatter of the pair estimates exceeds the median, so the velocity is shrunk to zero."""
+    big = texture()
+    pos = torch.tensor([0.0, 0.4, 0.2, 0.7, 0.4], dtype=torch.float64)
+    shifts = torch.stack([pos, torch.zeros_like(pos)], dim=-1)[None]                 # (1, 5, 2) dy only
+    clip = translate(big, shifts)[..., 24:72, 16:80]
+    d = phase_correlation(clip[0, :-1, 0], clip[0, 1:, 0])
+    assert abs(d[:, 0].median().item()) > 0.05                                   # the plain median would move
+    assert estimate_velocity(clip).abs().max() < 1e-6
