@@ -7,7 +7,7 @@
 #
 # OUT_DIR (default quality/, git-ignored) receives the datasets and one bench folder per family.
 # FAMILIES (default "lanes opencv mmnist") chooses which to run. Environment:
-#   CHDL_QUALITY_MINUTES  training minutes per model (default 4)
+#   CHDL_QUALITY_MINUTES  training minutes per model (default 3, as in docs/model-quality.md)
 #   CHDL_QUALITY_MODELS   models (default: chosen DIFFUMA, the paper's literal reading, SimVP, PredRNN-v2)
 #   CHDL_QUALITY_THREADS  torch threads (default 2 = this machine's cores)
 # Datasets (made once, reused on a rerun):
@@ -21,7 +21,7 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 chdl="${CHDL:-$root/.venv/bin/chdl}"
 out="${1:-$root/quality}"
 families="${2:-lanes opencv mmnist}"
-minutes="${CHDL_QUALITY_MINUTES:-4}"
+minutes="${CHDL_QUALITY_MINUTES:-3}"
 models="${CHDL_QUALITY_MODELS:-diffuma:tiny,diffuma:paper-tiny,simvp:tiny,predrnn_v2:tiny}"
 export OMP_NUM_THREADS="${CHDL_QUALITY_THREADS:-2}"
 mkdir -p "$out"
