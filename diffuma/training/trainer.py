@@ -313,6 +313,12 @@ class Trainer:
                                                          step_time_estimate(self._calibration_s), self.total_steps)
                 self.total_steps = self.planned_steps
 
+    def _bar_label(self) -> str:
+        """Progress-bar label: "epoch 3/10", or "epoch 3 (10 min budget)" when the run is bounded by time."""
+        if self.budget_s is not None:
+            return f"epoch {self.epoch + 1} ({self.run.max_minutes:g} min budget)"
+        return f"epoch {self.epoch + 1}/{self.run.epochs}"
+
     def budget_spent(self) -> bool:
         """True when run.max_minutes is set and the training time has reached it."""
         return self.budget_s is not None and self.train_seconds >= self.budget_s
@@ -345,7 +351,7 @@ class Trainer:
             while self.epoch < self.run.epochs and self.step < self.total_steps and not self.budget_spent():
                 self.sampler.set_epoch(self.epoch, skip=self.batch_in_epoch * self.run.batch_size)
                 bar = tqdm(total=self.steps_per_epoch, initial=self.batch_in_epoch, unit="step", dynamic_ncols=True,
-                           desc=f"epoch {self.epoch + 1}/{self.run.epochs}", disable=not self.progress)
+                           desc=self._bar_label(), disable=not self.progress)
                 loss_sum, loss_n, t_last = 0.0, 0, time.perf_counter()
                 self._start_step_clock()
                 for x, y in self.loader:
