@@ -3,7 +3,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from diffuma.motion import constant_motion, estimate_velocity, phase_correlation, translate, warp
+from diffuma.motion import constant_motion, estimate_velocity, motion_confidence, phase_correlation, translate, warp
 
 
 def texture(n=1, size=96, seed=0):
@@ -78,3 +78,26 @@ def test_inconsistent_pair_motions_are_not_extrapolated():
     d = phase_correlation(clip[0, :-1, 0], clip[0, 1:, 0])
     assert abs(d[:, 0].median().item()) > 0.05                                   # the plain median would move
     assert estimate_velocity(clip).abs().max() < 1e-6
+
+
+def test_motion_that_stops_at_the_last_step_is_not_extrapolated():
+    """A stage that moved 1.5 px per frame and then stopped: three of four pairs say 1.5 px (median and
+    scatter keep it), but moving the second-to-last frame by it explains the last step worse than standing
+    still, so the backtest fades it out -- while the same clip without the stop keeps its full motion."""
+    moving = translating_clip((0.0, 1.5), frames=5)
+    stopped = moving.clone()
+    stopped[:, -1] = stopped[:, -2]
+    assert (estimate_velocity(moving)[0] - torch.tensor([0.0, 1.5], dtype=moving.dtype)).abs().max() < 0.1
+    assert estimate_velocity(stopped).abs().max() < 1e-6
+
+
+def test_motion_confidence_grades_how_much_of_the_step_the_motion_explains():
+    f = texture(size=40)[:, :, 4:36, 4:36]                                   # (1, 1, 32, 32)
+    nxt = translate(f, torch.tensor([[[0.0, 2.0]]]))[:, 0]
+    pair = torch.cat([f, nxt], dim=1)                                          # (1, 2, 32, 32)
+    true, none, part = (torch.tensor([[0.0, v]], dtype=f.dtype) for v in (2.0, 0.0, 0.5))
+    assert motion_confidence(pair, true).item() == 1.0                        # explains the step
+    assert motion_confidence(pair, none).item() == 0.0                        # moves nothing: no gain
+    wrong = torch.tensor([[0.0, -2.0]], dtype=f.dtype)
+    assert motion_confidence(pair, wrong).item() == 0.0                       # worse than standing still
+    assert 0.5 < motion_confidence(pair, part).item() < 1.0                   # a quarter of the step: partial
