@@ -174,8 +174,16 @@ def extrapolate(x: torch.Tensor, out_frames: int, velocity: torch.Tensor | None 
     Returns (B, out_frames, C, H, W).
     """
     v = estimate_velocity(x) if velocity is None else velocity
-    k = torch.arange(1, out_frames + 1, device=x.device, dtype=v.dtype)
-    return translate(x[:, -1], k[None, :, None] * v[:, None, :])
+    return translate(x[:, -1], extrapolated_shifts(v, out_frames))
+
+
+def extrapolated_shifts(velocity: torch.Tensor, out_frames: int, gain: torch.Tensor | None = None) -> torch.Tensor:
+    """Shifts of the predicted frames under constant motion: velocity (B, 2) px/frame -> (B, out_frames, 2)
+    with shift_k = k * gain_k * velocity for k = 1..out_frames (gain (out_frames,), 1 when None)."""
+    k = torch.arange(1, out_frames + 1, device=velocity.device, dtype=velocity.dtype)
+    if gain is not None:
+        k = k * gain.to(velocity.dtype)
+    return k[None, :, None] * velocity[:, None, :]
 
 
 @torch.no_grad()

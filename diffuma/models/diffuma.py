@@ -50,7 +50,7 @@ import torch.nn.functional as F
 from timm.layers import Attention, Mlp, PatchEmbed, resample_abs_pos_embed
 
 from diffuma.models.ssm import MambaBlock, SSMBranch
-from diffuma.motion import estimate_velocity, translate, warp
+from diffuma.motion import estimate_velocity, extrapolated_shifts, translate, warp
 
 SCAN_ORDERS = ("time", "space", "spacetime")
 
@@ -161,9 +161,9 @@ def reconstruction_loss(pred, target, kind: str = "l1"):
     return F.l1_loss(pred, target) if kind == "l1" else F.mse_loss(pred, target)
 
 
-def total_loss(loss_diff, loss_l1, l1_weight):
+def total_loss(loss_diff, loss_rec, l1_weight):
     """Eq. 10."""
-    return loss_diff + l1_weight * loss_l1
+    return loss_diff + l1_weight * loss_rec
 
 
 # ----------------------------------------------------------------------------- modules
@@ -412,11 +412,9 @@ class DIFFUMA(nn.Module):
     def prior_shifts(self, x):
         """Global motion of every predicted frame: (B, T_out, 2) (dy, dx) px = k * gain_k * v, v the
         inputs' per-step motion (diffuma.motion.estimate_velocity); zeros for prior="last"."""
-        B, To = x.shape[0], self.config.out_frames
         if self.motion_gain is None:
-            return x.new_zeros(B, To, 2)
-        k = torch.arange(1, To + 1, device=x.device, dtype=x.dtype) * self.motion_gain   # (T_out,)
-        return k[None, :, None] * estimate_velocity(x)[:, None, :]
+            return x.new_zeros(x.shape[0], self.config.out_frames, 2)
+        return extrapolated_shifts(estimate_velocity(x), self.config.out_frames, self.motion_gain)
 
     def mamba_path(self, x):
         """x (B, T_in, C, H, W) in [0,1] -> (features (B, T_in, h, w, D), preliminary (B, T_out, C, H, W)).
@@ -498,7 +496,7 @@ class DIFFUMA(nn.Module):
         return self.fuse(prelim, residual)
 
     def losses(self, x, y):
-        """The pieces of eq. 10: {"loss_diff", "loss_l1", "pred", "prelim"} (tensors).
+        """The pieces of eq. 10: {"loss_diff", "loss_rec", "pred", "prelim"} (tensors).
         Draws t ~ U{1..T} and eps ~ N(0, I) from torch's global RNG (deterministic under a seed).
         With dit_input="prelim" the noised copy of P is detached: L_diff trains the DiT and, through
         the condition c (and the token condition), the Mamba features -- not P itself."""
@@ -514,12 +512,12 @@ class DIFFUMA(nn.Module):
                             torch.cat([c, c]), None if z_tok is None else torch.cat([z_tok, z_tok]))
         eps_hat, residual = both[:B], both[B:]
         pred = self.fuse(prelim, residual)                                        # (B, T_out, C, H, W)
-        return {"loss_diff": diffusion_loss(eps_hat, noise), "loss_l1": reconstruction_loss(pred, y, self.config.recon_loss),
+        return {"loss_diff": diffusion_loss(eps_hat, noise), "loss_rec": reconstruction_loss(pred, y, self.config.recon_loss),
                 "pred": pred, "prelim": prelim}
 
     def training_loss(self, x, y, step: int = 0, total_steps: int = 1):
         """Eq. 10: L_diff + l1_weight * L1(final, y). Returns (loss, logs)."""
         parts = self.losses(x, y)
-        loss = total_loss(parts["loss_diff"], parts["loss_l1"], self.config.l1_weight)
+        loss = total_loss(parts["loss_diff"], parts["loss_rec"], self.config.l1_weight)
         logs = {k: float("nan") if v.is_meta else v.item() for k, v in parts.items() if k.startswith("loss")}
         return loss, logs                                   # (meta: FLOP counting in `chdl model-info`)

@@ -58,7 +58,7 @@ def test_tiny_shapes_all_frame_counts_and_sizes(t_in, t_out, hw):
         y = m(x)
     assert y.shape == (2, t_out, 1, *hw) and torch.isfinite(y).all()
     loss, logs = m.training_loss(x, torch.rand(2, t_out, 1, *hw))
-    assert loss.ndim == 0 and set(logs) == {"loss_diff", "loss_l1"}
+    assert loss.ndim == 0 and set(logs) == {"loss_diff", "loss_rec"}
 
 
 @pytest.mark.parametrize("preset", ["tiny", "small", "base", "default", "chdl-full"])
@@ -245,7 +245,7 @@ def test_loss_is_diffusion_mse_plus_l1_weight_times_l1_of_forward():
     g1 = torch.autograd.grad(l1, list(m.parameters()), allow_unused=True)
     d = (hi - lo) * l1.item()
     assert loss[hi].item() - loss[lo].item() == pytest.approx(d, rel=1e-4)
-    assert logs[lo]["loss_l1"] == pytest.approx(l1.item(), rel=1e-5)
+    assert logs[lo]["loss_rec"] == pytest.approx(l1.item(), rel=1e-5)
     l_diff = loss[lo].item() - lo * l1.item()                           # what is left is lambda-free ...
     assert logs[lo]["loss_diff"] == pytest.approx(l_diff, rel=1e-4) and logs[hi]["loss_diff"] == logs[lo]["loss_diff"]
     assert l_diff > 0 and l1.item() > 0

@@ -33,7 +33,7 @@ def test_train_writes_a_resumable_run(trained):
     state = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
     assert state["model_name"] == "diffuma" and state["step"] == 2
     assert state["model_config"]["l1_weight"] == 0.5 and state["model_config"]["height"] == 16
-    assert {"loss_diff", "loss_l1"} <= set((run / "steps.csv").read_text().splitlines()[0].split(","))
+    assert {"loss_diff", "loss_rec"} <= set((run / "steps.csv").read_text().splitlines()[0].split(","))
     # Resuming a finished run is a no-op that keeps the step; a fresh start into the same folder is refused.
     r = CliRunner().invoke(main, ["train", "--data", str(data), "--out", str(run), "--resume", "--no-progress"])
     assert r.exit_code == 0, r.output

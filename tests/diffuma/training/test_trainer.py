@@ -167,7 +167,7 @@ def test_real_diffuma_tiny_lowers_its_loss(tmp_path):
         return sum(float(r[key]) for r in rows) / len(rows)
 
     assert mean(steps[-3:], "loss") < mean(steps[:3], "loss") - 0.05  # eq. 10 total
-    assert mean(steps[-3:], "loss_l1") < 0.6 * mean(steps[:3], "loss_l1")  # the fused prediction's L1
+    assert mean(steps[-3:], "loss_rec") < 0.6 * mean(steps[:3], "loss_rec")  # the fused prediction's L1
 
 
 def test_tensorboard_scalars_match_the_csv_logs(standin, tiny_dataset, tmp_path):
