@@ -33,7 +33,7 @@ from acquisition.config_validation import (ConfigError, Float, StrictConfig, Yam
                                            validate)
 
 __all__ = ["ConfigError", "RunConfig", "load_config", "resolve_config", "run_config_from_dict", "run_to_dict",
-           "packaged_configs", "parse_override", "validate_model_section"]
+           "packaged_configs", "parse_override", "read_config", "validate_model_section"]
 
 PositiveInt = Annotated[int, Field(gt=0)]
 NonNegativeInt = Annotated[int, Field(ge=0)]
@@ -176,6 +176,13 @@ def load_config(name_or_path: str | Path, overrides: typing.Iterable[str] = ()) 
     Returns the resolved config dict ``{"model": {...}, "run": {every RunConfig field}}``. Raises ConfigError
     (one line: the file, or the ``--set`` option a bad value came from, and the dotted key).
     """
+    return resolve_config(*read_config(name_or_path, overrides))
+
+
+def read_config(name_or_path: str | Path, overrides: typing.Iterable[str] = ()) -> tuple[dict, str, dict]:
+    """The first, torch-free half of :func:`load_config`: the file, its YAML, its top level, ``--set`` and the
+    run section are checked; returns ``(config, source, blame)`` for :func:`resolve_config` (which checks the
+    model section; that imports the model, and so torch)."""
     text, source = _config_text(name_or_path)
     raw = load_yaml(text, source)
     if raw is None:
@@ -189,7 +196,9 @@ def load_config(name_or_path: str | Path, overrides: typing.Iterable[str] = ()) 
             raw[section] = {}
         raw[section][key] = value
         blame[(section, key)] = f"--set {text_}"
-    return resolve_config(raw, source=source, blame=blame)
+    validate(_ConfigFile, raw, source, blame=blame)
+    run_config_from_dict(raw.get("run"), source, blame)
+    return raw, source, blame
 
 
 def resolve_config(config: dict, source: str = "", blame: dict | None = None) -> dict:
