@@ -1,7 +1,7 @@
 """``chdl train``, ``chdl eval``, ``chdl predict``: the trainer, evaluator and predictor of diffuma.
 
 This module composes stages: it is the only place that turns a raw recording (acquisition.raw) into the
-arrays ``diffuma.prediction`` takes, so diffuma never imports acquisition.
+arrays ``diffuma.prediction`` takes, so diffuma never reads raw recordings.
 """
 
 from __future__ import annotations
