@@ -82,7 +82,7 @@ def test_predict_from_dataset_and_from_raw_recording(trained):
     pngs = sorted((out / "frames" / "diffuma" / "seq_4").glob("*.png"))
     assert len(pngs) == 5 and np.asarray(Image.open(pngs[0])).shape == (16, 16)
     gif = Image.open(out / "gifs" / "seq_4.gif")
-    assert gif.n_frames == 10 and gif.size[0] == 4 * 160 + 3 * 4  # input | truth | prediction | error
+    assert gif.n_frames == 10 and gif.size[0] == 4 * 160 + 4 * 4 + 64  # input | truth | prediction | error | bar
     assert (out / "grids" / "seq_4.png").is_file()
 
     # Two checkpoints (the same run twice here) predict the same sequences side by side.
@@ -92,7 +92,7 @@ def test_predict_from_dataset_and_from_raw_recording(trained):
     g2 = zarr.open_group(str(root / "two" / "predictions.zarr"), mode="r")
     assert g2.attrs["models"] == ["diffuma", "diffuma@run"]
     np.testing.assert_array_equal(g2["prediction/diffuma@run"][:], g["prediction/diffuma"][:])
-    assert Image.open(root / "two" / "gifs" / "seq_4.gif").size[0] == 6 * 160 + 5 * 4
+    assert Image.open(root / "two" / "gifs" / "seq_4.gif").size[0] == 6 * 160 + 6 * 4 + 64
 
     # A raw recording: 12 frames of one lane, one of them dropped -> windows of 10 consecutive ok frames.
     rec = root / "rec"
