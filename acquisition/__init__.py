@@ -1,1 +1,2 @@
-"""Acquisition: cameras, stages and raw recordings (the first stage; imports no other chdl stage)."""
+"""Acquisition: cameras, stages, raw recordings, and the config validator every stage shares (the first
+stage; imports no other chdl stage)."""

@@ -17,7 +17,11 @@ fallback aliases (``gige0`` ...) work. Format (YAML)::
         trigger_line: Line1    # optional: the input the encoder is wired to (default: the first Line*)
       sim0: {backend: sim}     # backend-specific options are passed through to the backend
 
-A relative producer path is relative to the config file.
+A relative producer path is relative to the config file. The file is validated by the one config validator
+(acquisition.config_validation): unknown keys in ``gentl`` and ``aravis`` entries are errors with a
+did-you-mean suggestion, values must have the right type (a serial number must be quoted: YAML would read
+``0012`` as the number 10), and every error is one line ``<file>: cameras.<alias>.<key>: <problem>``.
+Entries of other backends (``sim``, ``replay``) are passed to the backend, which checks its own options.
 """
 
 from __future__ import annotations
@@ -25,15 +29,56 @@ from __future__ import annotations
 import dataclasses
 import os
 from pathlib import Path
+from typing import Literal
 
-import yaml
+from pydantic import ConfigDict, model_validator
 
 from acquisition.backends.base import CameraError
+from acquisition.config_validation import StrictConfig, load_yaml, validate
 
 ENV_CONFIG = "CHDL_CAMERAS"
 ENV_GENTL = "GENICAM_GENTL64_PATH"
 VIKY = "viky"  # producer name that means the viky.cti inside the installed `genicam` package
 KEYS = ("serial", "user_name", "address")  # stable keys, in the order they are tried
+
+
+class _CameraFile(StrictConfig):
+    producers: list[str] | None = None
+    cameras: dict[str, dict] | None = None
+
+
+class _Entry(StrictConfig):
+    serial: str | None = None
+    user_name: str | None = None
+    address: str | None = None
+    trigger_line: str | None = None
+
+
+class _GenTLEntry(_Entry):
+    backend: Literal["gentl"] = "gentl"
+    producer: str | None = None
+
+    @model_validator(mode="after")
+    def _identified(self):
+        if not any(getattr(self, k) for k in KEYS):
+            raise ValueError(f"needs one of {', '.join(KEYS)} to identify the camera")
+        return self
+
+
+class _AravisEntry(_Entry):
+    backend: Literal["aravis"]
+
+
+class _OtherEntry(_Entry):
+    """Any other backend: its options are checked by the backend when the camera is opened."""
+
+    model_config = ConfigDict(extra="allow")
+    backend: str
+
+
+def _entry_model(entry) -> type[_Entry]:
+    backend = entry.get("backend", "gentl") if isinstance(entry, dict) else "gentl"
+    return {"gentl": _GenTLEntry, "aravis": _AravisEntry}.get(backend, _OtherEntry)
 
 
 @dataclasses.dataclass
@@ -83,31 +128,23 @@ def load_camera_config(path: str | os.PathLike | None = None, extra_producers: t
     if path is None:
         return CameraConfig("no camera config file", producers, {})
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise CameraError(f"{path}: camera config not found") from None
     except (OSError, UnicodeDecodeError) as e:
         raise CameraError(f"{path}: cannot read camera config ({e})") from None
-    except yaml.YAMLError as e:
-        raise CameraError(f"{path}: malformed YAML ({str(e).splitlines()[0]})") from None
-    if not isinstance(data, dict) or set(data) - {"producers", "cameras"}:
-        raise CameraError(f"{path}: camera config must be a mapping with keys 'producers' and 'cameras'")
-    listed = data.get("producers") or []
-    cameras = data.get("cameras") or {}
-    if not isinstance(listed, list) or not all(isinstance(p, str) for p in listed):
-        raise CameraError(f"{path}: 'producers' must be a list of .cti paths")
-    if not isinstance(cameras, dict) or not all(isinstance(v, dict) for v in cameras.values()):
-        raise CameraError(f"{path}: 'cameras' must map each alias to a mapping")
+    data = load_yaml(text, str(path), error=CameraError)
+    parsed = validate(_CameraFile, {} if data is None else data, str(path), error=CameraError)
     base = path.resolve().parent
     entries: dict[str, dict] = {}
-    for alias, entry in cameras.items():
-        entry = {k: (str(v) if k in KEYS else v) for k, v in entry.items()}
-        if entry.get("backend", "gentl") == "gentl" and not any(entry.get(k) for k in KEYS):
-            raise CameraError(f"{path}: camera {alias!r} needs one of {', '.join(KEYS)} to identify it")
+    for alias, entry in (parsed.cameras or {}).items():
+        entry = validate(_entry_model(entry), entry, str(path), prefix=("cameras", alias),
+                         error=CameraError).model_dump(exclude_unset=True)
         if "producer" in entry:
-            entry["producer"] = _producer(str(entry["producer"]), base)
-        entries[str(alias)] = entry
-    for p in [_producer(p, base) for p in listed] + [e["producer"] for e in entries.values() if e.get("producer")]:
+            entry["producer"] = _producer(entry["producer"], base)
+        entries[alias] = entry
+    for p in [_producer(p, base) for p in parsed.producers or []] + [e["producer"] for e in entries.values()
+                                                                      if e.get("producer")]:
         if p not in producers:
             producers.append(p)
     return CameraConfig(str(path), producers, entries)

@@ -45,7 +45,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 
 from diffuma.evaluation import BASELINES, result_key
 
@@ -87,6 +86,7 @@ def parse_models(text: str, preset: str, overrides: list[str]) -> tuple[list[Mod
 
     ``--set run.<field>=v`` applies to every run; ``--set model.<field>=v`` to every model (each must have the
     field); ``--set <model>.<field>=v`` (a registry name) to that model only. Values are parsed as YAML."""
+    from acquisition.config_validation import load_yaml
     from diffuma.models.registry import list_models, list_presets, model_config
 
     known = list_models()
@@ -109,10 +109,7 @@ def parse_models(text: str, preset: str, overrides: list[str]) -> tuple[list[Mod
         section, dot, field = key.strip().partition(".")
         if not eq or not dot or not field:
             raise BenchError(f"--set {text_!r}: expected run.<field>=v, model.<field>=v or <model>.<field>=v")
-        try:
-            value = yaml.safe_load(raw) if raw.strip() else None
-        except yaml.YAMLError as e:
-            raise BenchError(f"--set {text_!r}: value is not valid YAML") from e
+        value = load_yaml(raw, f"--set {text_}", error=BenchError) if raw.strip() else None
         if section == "run":
             run[field] = value
         elif section == "model" or section in known:

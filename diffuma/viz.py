@@ -61,6 +61,20 @@ def error_rgb8(pred, truth, vmax: float, min_width: int = 0) -> np.ndarray:
     return np.repeat(np.repeat(img, k, 0), k, 1) if k > 1 else img
 
 
+def colorbar_rgb8(height: int, vmax: float, width: int = 64) -> np.ndarray:
+    """A vertical colour bar of the error colormap, 0 (bottom) .. ``vmax`` (top), with the two values written
+    beside it: (height, width, 3) uint8, for the GIF panels."""
+    bar_w = max(6, width // 4)
+    ramp = np.linspace(1.0, 0.0, height)[:, None]
+    colours = (plt.get_cmap(ERROR_CMAP)(ramp)[..., :3] * 255.0 + 0.5).astype(np.uint8)
+    img = np.zeros((height, width, 3), np.uint8)
+    img[:, :bar_w] = np.repeat(colours, bar_w, axis=1)
+    scale = max(0.3, min(0.45, height / 300))
+    for text, y in ((f"{vmax:.3g}", int(12 * scale / 0.35)), ("0", height - 3)):
+        cv2.putText(img, text, (bar_w + 3, y), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 255), 1, cv2.LINE_AA)
+    return img
+
+
 def save_png(path: str | Path, frame, max_value: float = 255.0) -> None:
     """One (C, H, W) frame in [0, 1] as a lossless PNG at the dataset's bit depth (8-bit when max_value <= 255,
     else 16-bit scaled to max_value)."""
@@ -91,7 +105,8 @@ def side_by_side_gif(path: str | Path, inputs, preds, targets=None, fps: float =
     panel.
 
     The animation runs over the T_in input frames (the other panels blank) and then the T_out predicted frames
-    (the input panel holding the last input frame). The error map's colour scale is 0..max error of the sequence.
+    (the input panel holding the last input frame). The error maps' colour scale is 0..max error of the sequence,
+    shown by a colour bar at the right end (:func:`colorbar_rgb8`).
     Small frames are enlarged (nearest, integer factor) to at least ``min_panel_width`` so the labels fit.
     """
     preds = {k: _np(v) for k, v in preds.items()} if isinstance(preds, dict) else {"prediction": _np(preds)}
@@ -116,6 +131,8 @@ def side_by_side_gif(path: str | Path, inputs, preds, targets=None, fps: float =
             if targets is not None:
                 panels.append(_label(error_rgb8(p[k], targets[k], vmax, mw) if k >= 0 else blank,
                                      f"|error| 0..{vmax:.3f}"))
+        if targets is not None:
+            panels.append(_label(colorbar_rgb8(blank.shape[0], vmax), "|error|"))
         sep = np.full((panels[0].shape[0], 4, 3), 128, np.uint8)
         row = np.concatenate([p for pair in zip(panels, [sep] * len(panels)) for p in pair][:-1], axis=1)
         if row.shape[1] > max_width:
@@ -131,7 +148,8 @@ def side_by_side_gif(path: str | Path, inputs, preds, targets=None, fps: float =
 def prediction_grid(path: str | Path, inputs, targets, preds: dict, title: str | None = None,
                     errors: bool = True, cell_inches: float = 1.6) -> None:
     """A paper-style figure for one sequence: a row of inputs, a row of ground truth, then one row of
-    predictions (and, with ``errors``, one row of |error|) per model in ``preds`` ({name: (T_out, C, H, W)})."""
+    predictions (and, with ``errors``, one row of |error| with its colour bar, 0..the largest error of any model)
+    per model in ``preds`` ({name: (T_out, C, H, W)})."""
     inputs, targets = _np(inputs), _np(targets)
     preds = {k: _np(v) for k, v in preds.items()}
     rows = [("Input", inputs), ("Ground truth", targets)]
@@ -142,10 +160,20 @@ def prediction_grid(path: str | Path, inputs, targets, preds: dict, title: str |
             rows.append((f"|error| {name}", np.abs(p - targets).mean(1, keepdims=True)))
     n_cols = max(len(inputs), len(targets))
     h, w = inputs.shape[-2:]
-    fig, axes = plt.subplots(len(rows), n_cols, squeeze=False,
-                             figsize=(cell_inches * n_cols, cell_inches * h / w * len(rows) + (0.4 if title else 0)))
+    bar = errors and bool(preds)  # one narrow extra column: the colour bar of each error row
+    fig, axes = plt.subplots(len(rows), n_cols + bar, squeeze=False,
+                             gridspec_kw={"width_ratios": [1] * n_cols + [0.1] * bar},
+                             figsize=(cell_inches * (n_cols + 0.5 * bar),
+                                      cell_inches * h / w * len(rows) + (0.4 if title else 0)))
     for r, (name, seq) in enumerate(rows):
         is_err = name.startswith("|error|")
+        if bar:
+            cax = axes[r, n_cols]
+            if is_err:
+                scale = matplotlib.cm.ScalarMappable(matplotlib.colors.Normalize(0, max(vmax, 1e-8)), ERROR_CMAP)
+                fig.colorbar(scale, cax=cax).ax.tick_params(labelsize=6)
+            else:
+                cax.axis("off")
         for c in range(n_cols):
             ax = axes[r, c]
             ax.set_xticks([])

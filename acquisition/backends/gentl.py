@@ -60,7 +60,8 @@ def check_producer(path: str) -> None:
 def _harvester(producers: list[str]) -> Harvester:
     if not producers:
         raise CameraError("no GenTL producer: set GENICAM_GENTL64_PATH, list .cti files under 'producers:' in the "
-                          "camera config, or pass --cti PATH (--cti viky for the test producer)")
+                          "camera config, or pass --cti PATH (--cti viky for the test producer); no hardware? "
+                          "--camera sim0 is the simulated camera, and `chdl cameras` lists what is available")
     for p in producers:
         check_producer(p)
     h = Harvester()

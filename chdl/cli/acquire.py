@@ -16,6 +16,8 @@ from pathlib import Path
 
 import click
 
+from chdl.cli.options import quiet_option
+
 PIXEL_FORMATS = ("Mono8", "Mono16")
 
 
@@ -96,7 +98,7 @@ def cameras(camera_config, cti, as_json):
 @click.option("--settle-s", default=0.0, show_default=True, type=float, help="Simulated stage settle time per move.")
 @click.option("--frame-timeout", type=float, default=None, help="Seconds to wait for a position's frame (default max(1, 3/fps)).")
 @click.option("--as-fast-as-possible", "afap", is_flag=True, help="Replay without pacing at the recorded rate.")
-@click.option("--quiet", is_flag=True, help="No progress line.")
+@quiet_option()
 @_config_options
 @click.pass_context
 def capture(ctx, alias, replay, out, run_id, lanes, positions, step_um, fps, width, height, pixel_format,

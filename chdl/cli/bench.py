@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import click
 
+from chdl.cli.options import quiet_option
+
 
 @click.command("bench")
 @click.option("--data", required=True, type=click.Path(exists=True, file_okay=False, dir_okay=True),
@@ -35,7 +37,7 @@ import click
 @click.option("--throughput-steps", type=click.IntRange(min=0), default=5, show_default=True,
               help="Timed steps for the samples/s columns (0 = skip).")
 @click.option("--resume", is_flag=True, help="Continue a bench in --out (finished runs are not retrained).")
-@click.option("--quiet", is_flag=True, help="No progress bars.")
+@quiet_option()
 def bench(data, models, epochs, budget_minutes, pred_len, pred_len_mode, out, preset, overrides, convention, split,
           max_eval_sequences, grid_sequences, throughput_steps, resume, quiet):
     """Train each model under the same budget (epochs or minutes of training time) and data, evaluate with the

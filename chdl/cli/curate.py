@@ -6,6 +6,8 @@ import shlex
 
 import click
 
+from chdl.cli.options import quiet_option
+
 
 @click.command("curate")
 @click.argument("raw", type=click.Path(path_type=str))
@@ -15,7 +17,7 @@ import click
 @click.option("--workers", "-j", type=click.IntRange(min=1), default=1, show_default=True,
               help="Worker processes; each owns whole shards.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing dataset at OUT.")
-@click.option("--quiet", "-q", is_flag=True, help="No progress bar or warnings on stderr.")
+@quiet_option(help="No progress bar or per-run warnings on stderr (the summary and errors still print).")
 def curate(raw: str, out: str, config_path: str | None, workers: int, overwrite: bool, quiet: bool) -> None:
     """QC, reconstruct and pack the recordings in RAW (one run folder or a folder of runs) into the
     curated dataset OUT (a zarr folder, e.g. out.zarr), with a QC report beside it (out.qc.html,
@@ -42,5 +44,9 @@ def curate(raw: str, out: str, config_path: str | None, workers: int, overwrite:
                + (f"; resumed after {result.shards_resumed} shards" if result.shards_resumed else "")
                + f"; {result.n_frames / max(result.seconds, 1e-9):.0f} frames/s")
     click.echo(f"QC report: {result.report_html} (summary {result.report_json})")
+    if sp["val"] == 0:
+        click.echo(f"warning: the validation split is empty ({sp['train']} train sequences): chdl train will run "
+                   "without validation; raise split.val_fraction, lower split.block_lanes or record more lanes",
+                   err=True)
     if s["warnings"]:
         click.echo(f"{len(s['warnings'])} warning(s); see the report", err=True)

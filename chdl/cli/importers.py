@@ -8,12 +8,16 @@ from pathlib import Path
 
 import click
 
+from chdl.cli.options import quiet_option
+
 
 def _command_line() -> str:
     """The invoked command with its explicitly set options, for provenance (also right under CliRunner)."""
     ctx = click.get_current_context()
     parts = ["chdl", *ctx.command_path.split()[1:]]
     for param in ctx.command.params:
+        if param.name == "quiet":  # how the command printed, not what it made
+            continue
         value = ctx.params.get(param.name)
         if isinstance(param, click.Argument):
             parts += [str(v) for v in value] if isinstance(value, (tuple, list)) else [str(value)]
@@ -60,12 +64,13 @@ def import_() -> None:
                    "(train-images-idx3-ubyte[.gz], t10k-images-idx3-ubyte[.gz]), one IDX file, or a CSV.")
 @click.option("--preview", type=click.Path(path_type=Path), default=None, help="Also write a PNG grid of sequences.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing dataset at --out.")
-def mnist(out, n_train, n_val, seed, val_seed, mnist, preview, overwrite):
+@quiet_option()
+def mnist(out, n_train, n_val, seed, val_seed, mnist, preview, overwrite, quiet):
     """Moving MNIST (64×64, two bouncing digits, 10 → 10) from real MNIST digits."""
     from curation.importers.moving_mnist import import_moving_mnist
 
     _run(import_moving_mnist, out, n_train=n_train, n_val=n_val, seed=seed, val_seed=val_seed, mnist=mnist,
-         overwrite=overwrite, preview=preview)
+         overwrite=overwrite, preview=preview, progress=not quiet)
 
 
 def _years(value: str, flag: str) -> tuple[int, int]:
@@ -92,12 +97,14 @@ def _years(value: str, flag: str) -> tuple[int, int]:
               help="Hours between sequence starts (1 = every window, as OpenSTL).")
 @click.option("--preview", type=click.Path(path_type=Path), default=None, help="Also write a PNG grid of sequences.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing dataset at --out.")
-def weatherbench(root, out, variables, train_years, val_years, level, step, stride, preview, overwrite):
+@quiet_option()
+def weatherbench(root, out, variables, train_years, val_years, level, step, stride, preview, overwrite, quiet):
     """WeatherBench 5.625° ERA5 netCDF (ROOT/<variable folder>/*.nc) as 12 → 12 hourly sequences."""
     from curation.importers.weatherbench import import_weatherbench
 
     _run(import_weatherbench, root, out, variables=list(variables), train_years=_years(train_years, "--train-years"),
-         val_years=_years(val_years, "--val-years"), level=level, step=step, stride=stride, overwrite=overwrite, preview=preview)
+         val_years=_years(val_years, "--val-years"), level=level, step=step, stride=stride, overwrite=overwrite, preview=preview,
+         progress=not quiet)
 
 
 def _size(value: str) -> tuple[int, int]:
@@ -129,8 +136,9 @@ def _size(value: str) -> tuple[int, int]:
                    "(after a one-clip gap).")
 @click.option("--preview", type=click.Path(path_type=Path), default=None, help="Also write a PNG grid of sequences.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing dataset at --out.")
+@quiet_option()
 def video(videos, out, size, in_frames, out_frames, frame_stride, train_stride, val_stride, val_fraction, preview,
-          overwrite):
+          overwrite, quiet):
     """Video files (any format FFmpeg decodes) as grayscale clips, split by time blocks within each video."""
     # FFmpeg's own decoder messages ("moov atom not found", h264 slice warnings) would otherwise go to
     # stderr; a bad file is reported as one line naming it. Set OPENCV_FFMPEG_LOGLEVEL=24 to see them.
@@ -140,7 +148,7 @@ def video(videos, out, size, in_frames, out_frames, frame_stride, train_stride, 
 
     out = _run(import_video, list(videos), out, size=_size(size), in_frames=in_frames, out_frames=out_frames,
                frame_stride=frame_stride, train_stride=train_stride, val_stride=val_stride,
-               val_fraction=val_fraction, overwrite=overwrite, preview=preview)
+               val_fraction=val_fraction, overwrite=overwrite, preview=preview, progress=not quiet)
     for v in open_dataset(out).attrs["extra"]["videos"]:
         listed = v["frames_reported"]
         note = (f" [the container lists {listed} frames at that rate; FFmpeg decodes {v['frames_decoded']}: "

@@ -3,6 +3,9 @@
 FLOPs are counted with torch.utils.flop_counter.FlopCounterMode (matmuls, convolutions, attention;
 elementwise ops -- including the selective scan's recurrence -- are not counted) on the "meta"
 device, so even the full 600x800 preset is counted without allocating or computing anything.
+One formula is replaced: torch's convolution-backward count ignores ``groups`` in the weight gradient, so a
+depthwise conv's backward counted ``groups`` times too much (SimVP's training step: 29x its forward pass);
+:func:`_conv_backward_flop` counts each gradient at the forward convolution's cost.
 """
 from __future__ import annotations
 
@@ -29,12 +32,23 @@ def _parse_frames(text: str) -> tuple[int, int]:
     return a, b
 
 
+def _conv_backward_flop(grad_out_shape, x_shape, w_shape, _bias, _stride, _padding, _dilation, transposed,
+                        _output_padding, _groups, output_mask, out_shape=None, **kwargs) -> int:
+    """FLOPs of aten.convolution_backward: the input gradient and the weight gradient each cost what the forward
+    convolution costs (the same multiply-adds, regrouped), grouped and depthwise convolutions included."""
+    from torch.utils.flop_counter import conv_flop_count
+
+    forward = conv_flop_count(list(x_shape), list(w_shape), list(grad_out_shape), transposed)
+    return forward * (int(bool(output_mask[0])) + int(bool(output_mask[1])))
+
+
 def count_flops(model, x, y=None) -> int:
     """FLOPs of model(x) (or, with y, of training_loss(x, y) forward + backward)."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    counter = FlopCounterMode(display=False)
+    counter = FlopCounterMode(display=False,
+                              custom_mapping={torch.ops.aten.convolution_backward: _conv_backward_flop})
     with counter:
         if y is None:
             with torch.no_grad():

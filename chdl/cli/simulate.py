@@ -19,6 +19,8 @@ from pathlib import Path
 
 import click
 
+from chdl.cli.options import quiet_option
+
 RUN_SEEDS = 10000  # run k of a corpus with seed s uses camera seed s * RUN_SEEDS + k
 
 
@@ -74,8 +76,9 @@ def _clear_partial_sim_run(run: Path) -> None:
 @click.option("--fault-rate", type=click.FloatRange(0, 1), default=0.013, show_default=True,
               help="Probability that a frame is faulty.")
 @click.option("--workers", type=click.IntRange(1), default=min(2, os.cpu_count() or 1), show_default=True)
+@quiet_option()
 def corpus(out: Path, lanes: int, positions: int, step_um: float, lanes_per_run: int, seed: int, width: int, height: int,
-           pixel_format: str, bit_depth: str, fault_rate: float, workers: int) -> None:
+           pixel_format: str, bit_depth: str, fault_rate: float, workers: int, quiet: bool) -> None:
     """Render a labelled corpus of --sequences lane passes into raw recordings (with truth/) under OUT."""
     from tqdm import tqdm
 
@@ -101,7 +104,7 @@ def corpus(out: Path, lanes: int, positions: int, step_um: float, lanes_per_run:
     total = sum(j[3] for j in jobs) * positions
     done = {"frames": 0, "faulty": 0}
     with contextlib.ExitStack() as stack:
-        bar = stack.enter_context(tqdm(total=total, unit="frame", desc="render", disable=None))
+        bar = stack.enter_context(tqdm(total=total, unit="frame", desc="render", disable=True if quiet else None))
         if workers == 1 or len(jobs) <= 1:
             results = map(_corpus_job, jobs)
         else:
@@ -119,7 +122,8 @@ def corpus(out: Path, lanes: int, positions: int, step_um: float, lanes_per_run:
 
 @simulate.command("truth")
 @click.argument("runs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False, path_type=Path))
-def truth(runs: tuple[Path, ...]) -> None:
+@quiet_option()
+def truth(runs: tuple[Path, ...], quiet: bool) -> None:
     """Write RUN/truth/ (fault labels + clean frames) for recordings captured from a sim camera."""
     from tqdm import tqdm
 
@@ -129,7 +133,8 @@ def truth(runs: tuple[Path, ...]) -> None:
     for path in runs:
         try:
             for run in find_recordings(path):
-                counts = write_recording_truth(run, progress=lambda it: tqdm(it, desc=run.name, unit="frame", disable=None))
+                bar = lambda it, name=run.name: tqdm(it, desc=name, unit="frame", disable=True if quiet else None)  # noqa: E731
+                counts = write_recording_truth(run, progress=bar)
                 click.echo(f"{run}: truth for {counts['frames']} frames ({counts['faulty']} faulty, "
                            f"{counts['visible']} visible)")
         except (RawFormatError, ValueError) as e:

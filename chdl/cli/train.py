@@ -1,7 +1,7 @@
 """``chdl train``, ``chdl eval``, ``chdl predict``: the trainer, evaluator and predictor of diffuma.
 
 This module composes stages: it is the only place that turns a raw recording (acquisition.raw) into the
-arrays ``diffuma.prediction`` takes, so diffuma never imports acquisition.
+arrays ``diffuma.prediction`` takes, so diffuma never reads raw recordings.
 """
 
 from __future__ import annotations
@@ -12,9 +12,26 @@ from pathlib import Path
 
 import click
 
+from chdl.cli.options import quiet_option
+
 
 def _fail(e: Exception) -> click.ClickException:
     return click.ClickException(str(e))
+
+
+# Files of a run folder (diffuma.training.trainer's docstring), in the order the closing message lists them.
+RUN_FILES = ("checkpoints/last.pt", "checkpoints/best.pt", "config.yaml", "steps.csv", "epochs.csv",
+             "training_dynamics.png", "tensorboard")
+
+
+def _open_data(data: Path):
+    """The dataset reader, or a one-line error, before any heavy import (torch, timm)."""
+    from chdl.dataset import DatasetFormatError, open_dataset
+
+    try:
+        return open_dataset(data)
+    except DatasetFormatError as e:
+        raise _fail(e) from None
 
 
 @click.command("train")
@@ -26,30 +43,43 @@ def _fail(e: Exception) -> click.ClickException:
 @click.option("--out", required=True, type=click.Path(path_type=Path),
               help="Run folder (created): checkpoints, CSV logs, plots, resolved config.")
 @click.option("--resume", is_flag=True, help="Continue the run in --out exactly where its last checkpoint stopped.")
-@click.option("--no-progress", is_flag=True, help="No progress bar.")
-def train(data, config_name, overrides, out, resume, no_progress):
+@quiet_option("--no-progress")
+def train(data, config_name, overrides, out, resume, quiet):
     """Train DIFFUMA or a baseline on a curated dataset.
 
     \b
     The same command runs on CPU, one GPU, or several GPUs under torchrun:
       torchrun --nproc_per_node N -m chdl train --data D --config C --out R
     """
-    from chdl.dataset import DatasetFormatError
-    from diffuma.training import ConfigError, TrainingDiverged, load_config, train_from_config
+    from diffuma.training.config import ConfigError, read_config, resolve_config
+
+    main_rank = int(os.environ.get("RANK", "0")) == 0
+    if config_name is None and not resume:
+        raise click.UsageError("--config is required (only --resume can do without it)")
+    if config_name is None and overrides:
+        raise click.UsageError("--set needs --config (a resumed run keeps its saved config)")
+    try:  # everything that can be checked without torch first: config file, run section, dataset
+        raw = read_config(config_name, overrides) if config_name else None
+    except ConfigError as e:
+        raise _fail(e) from None
+    reader = _open_data(data)
+    if main_rank and len(reader.indices("val")) == 0:
+        click.echo(f"warning: {data} has no validation sequences: training without validation (no val metrics, "
+                   "best.pt or training_dynamics.png)", err=True)
+
+    from diffuma.training import TrainingDiverged, train_from_config
     from diffuma.training.checkpoint import CheckpointError
+    from chdl.dataset import DatasetFormatError
 
     try:
-        if config_name is None and not resume:
-            raise click.UsageError("--config is required (only --resume can do without it)")
-        if config_name is None and overrides:
-            raise click.UsageError("--set needs --config (a resumed run keeps its saved config)")
-        config = load_config(config_name, overrides) if config_name else None
-        run_dir = train_from_config(config, data, out, resume=resume, progress=not no_progress)
+        config = resolve_config(*raw) if raw else None
+        run_dir = train_from_config(config, data, out, resume=resume, progress=not quiet)
     except (ConfigError, CheckpointError, DatasetFormatError, TrainingDiverged, FileExistsError,
             FileNotFoundError, ValueError) as e:
         raise _fail(e) from None
-    if int(os.environ.get("RANK", "0")) == 0:
-        click.echo(f"run folder: {run_dir}  (checkpoints/last.pt, epochs.csv, training_dynamics.png)")
+    if main_rank:
+        written = [f for f in RUN_FILES if (run_dir / f).exists()]
+        click.echo(f"run folder: {run_dir}  ({', '.join(written)})")
 
 
 @click.command("eval")
@@ -65,25 +95,35 @@ def train(data, config_name, overrides, out, resume, no_progress):
 @click.option("--num-workers", type=click.IntRange(min=0), default=2, show_default=True)
 @click.option("--out", type=click.Path(path_type=Path), default=None,
               help="Folder for eval_<split>_<convention>.json/.md (default: <run>/eval/).")
-def eval_(checkpoint, data, split, openstl, batch_size, weights, max_sequences, num_workers, out):
+@click.option("--overwrite", is_flag=True, help="Replace an earlier evaluation of the same split and convention.")
+@quiet_option()
+def eval_(checkpoint, data, split, openstl, batch_size, weights, max_sequences, num_workers, out, overwrite, quiet):
     """Evaluate a checkpoint: MSE, MAE, SSIM, PSNR overall and per predicted frame, next to the copy-last-frame
     and constant-motion baselines."""
+    convention = "openstl" if openstl else "per_pixel"
+    if out is None:  # <run>/eval for a checkpoint in <run>/checkpoints/, else next to the checkpoint
+        parent = checkpoint.resolve().parent
+        out = (parent.parent if parent.name == "checkpoints" else parent) / "eval"
+    stem = out / f"eval_{split}_{convention}"
+    earlier = [p for p in (stem.with_suffix(".json"), stem.with_suffix(".md")) if p.exists()]
+    if earlier and not overwrite:
+        raise click.ClickException(f"{earlier[0]}: an earlier evaluation is there (use --overwrite to replace it, "
+                                   "or --out for another folder)")
+    reader = _open_data(data)
+    if len(reader.indices(split)) == 0:
+        raise click.ClickException(f"{data}: the {split!r} split has no sequences to evaluate")
+
     from chdl.dataset import DatasetFormatError
     from diffuma.evaluation import evaluate_checkpoint, report_markdown
     from diffuma.training.checkpoint import CheckpointError, atomic_write_text
 
-    convention = "openstl" if openstl else "per_pixel"
     try:
         result = evaluate_checkpoint(checkpoint, data, split=split, convention=convention, batch_size=batch_size,
                                      weights=weights, num_workers=num_workers, max_sequences=max_sequences,
-                                     progress=True)
+                                     progress=not quiet)
     except (CheckpointError, DatasetFormatError, ValueError) as e:
         raise _fail(e) from None
-    if out is None:  # <run>/eval for a checkpoint in <run>/checkpoints/, else next to the checkpoint
-        parent = checkpoint.resolve().parent
-        out = (parent.parent if parent.name == "checkpoints" else parent) / "eval"
     out.mkdir(parents=True, exist_ok=True)
-    stem = out / f"eval_{split}_{convention}"
     md = report_markdown(result)
     atomic_write_text(stem.with_suffix(".json"), json.dumps(result, indent=2))
     atomic_write_text(stem.with_suffix(".md"), md)
@@ -91,12 +131,32 @@ def eval_(checkpoint, data, split, openstl, batch_size, weights, max_sequences, 
     click.echo(f"wrote {stem}.json and {stem}.md")
 
 
+def _input_kind(path: Path) -> str:
+    """"recording" or "dataset" for a predict --input; a one-line error for a folder of runs or anything else."""
+    from acquisition.raw import find_recordings
+
+    if (path / "manifest.json").is_file():
+        return "recording"
+    if (path / "zarr.json").is_file():
+        return "dataset"
+    try:
+        runs = find_recordings(path)
+    except ValueError:
+        runs = []
+    if runs:
+        raise click.ClickException(
+            f"{path}: a folder of {len(runs)} raw recordings; predict takes ONE recording (e.g. --input {runs[0]}) "
+            f"or a curated dataset: curate the folder first (chdl curate {path} OUT.zarr), then --input OUT.zarr")
+    raise click.ClickException(f"{path}: neither a raw recording (no manifest.json) nor a curated dataset "
+                               "(no zarr.json)")
+
+
 @click.command("predict")
 @click.option("--checkpoint", "checkpoints", required=True, multiple=True,
               type=click.Path(path_type=Path, exists=True, dir_okay=False),
               help="A checkpoint; repeat to compare several models on the same sequences.")
 @click.option("--input", "input_", required=True, type=click.Path(path_type=Path, exists=True),
-              help="A curated dataset (zarr) or a raw recording folder.")
+              help="A curated dataset (zarr) or one raw recording folder.")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Output folder (created).")
 @click.option("--split", default="val", type=click.Choice(["val", "train", "all"]), show_default=True,
               help="Dataset input: which split to take sequences from.")
@@ -105,12 +165,19 @@ def eval_(checkpoint, data, split, openstl, batch_size, weights, max_sequences, 
 @click.option("--batch-size", type=click.IntRange(min=1), default=4, show_default=True)
 @click.option("--fps", type=click.FloatRange(min=0.1), default=2.0, show_default=True, help="GIF frame rate.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing --out folder.")
-def predict(checkpoints, input_, out, split, max_sequences, weights, batch_size, fps, overwrite):
+@quiet_option()
+def predict(checkpoints, input_, out, split, max_sequences, weights, batch_size, fps, overwrite, quiet):
     """Predict future frames from one or several checkpoints: PNG frames, side-by-side GIFs, grids, a zarr.
 
     With several --checkpoint options every model predicts the same sequences (they must share frame counts and
     frame size); the GIFs and grids show them side by side.
     """
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
+        raise click.ClickException(f"{out}: already exists and is not empty (use --overwrite)")
+    kind = _input_kind(input_)
+    if kind == "dataset":
+        _open_data(input_)
+
     import torch
 
     from diffuma.prediction import predict as run_model, write_predictions
@@ -124,7 +191,7 @@ def predict(checkpoints, input_, out, split, max_sequences, weights, batch_size,
             if any(s["data"][k] != info[k] for k in keys):
                 raise ValueError(f"{c}: trained on {[s['data'][k] for k in keys]} ({', '.join(keys)}), "
                                  f"{checkpoints[0]} on {[info[k] for k in keys]}; they cannot predict the same input")
-        if (input_ / "manifest.json").is_file():
+        if kind == "recording":
             inputs, targets, ids, max_value = _recording_sequences(input_, info, max_sequences)
         else:
             inputs, targets, ids, max_value = _dataset_sequences(input_, states[0], split, max_sequences)
@@ -142,7 +209,7 @@ def predict(checkpoints, input_, out, split, max_sequences, weights, batch_size,
         attrs = {"checkpoints": [str(c) for c in checkpoints], "weights": used, "source": str(input_),
                  "steps": [s["step"] for s in states]}
         write_predictions(out, inputs, preds, targets, sequence_ids=ids, max_value=max_value, attrs=attrs,
-                          fps=fps, overwrite=overwrite)
+                          fps=fps, overwrite=overwrite, progress=not quiet)
     except (CheckpointError, FileExistsError, ValueError) as e:  # RawFormatError/DatasetFormatError are ValueErrors
         raise _fail(e) from None
     click.echo(f"{len(inputs)} sequence(s) x {len(preds)} model(s) -> {out}/ (predictions.zarr, frames/, gifs/"

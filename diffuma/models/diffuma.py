@@ -64,7 +64,7 @@ class DIFFUMAConfig:
     height: int = 64                   # H the positional embedding is built for (others are resampled)
     width: int = 64                    # W
     # --- Mamba module (4.2)
-    enc_channels: tuple = (32, 64, 128)  # widths of the stride-2 encoder stages: downsampling 2**len
+    enc_channels: tuple[int, ...] = (32, 64, 128)  # widths of the stride-2 encoder stages: downsampling 2**len
     mamba_dim: int = 128               # D, latent feature size the Mamba blocks work in
     mamba_depth: int = 4               # number of bidirectional Mamba blocks
     d_state: int = 16                  # N, SSM state size (fused kernel: <= 256)

@@ -1,4 +1,4 @@
-"""Run configuration: the ``RunConfig`` dataclass, YAML loading, ``--set key=value`` overrides, validation.
+"""Run configuration: the ``RunConfig`` model, YAML loading, ``--set key=value`` overrides, validation.
 
 A config file has exactly two top-level sections (docs/training.md, "Config reference")::
 
@@ -10,166 +10,129 @@ A config file has exactly two top-level sections (docs/training.md, "Config refe
       epochs: 10
       lr: 1.0e-3
 
-Unknown keys anywhere are an error (with a did-you-mean suggestion); so are values of the wrong type or out
-of range. ``--set run.lr=3e-4`` / ``--set model.depth=4`` override single fields; the value is parsed as YAML
-(``3e-4`` -> float, ``true`` -> bool, ``[1, 2]`` -> list, ``null`` -> None).
+Validated by the one config validator of chdl (acquisition.config_validation: strict pydantic models): unknown
+keys anywhere are an error (with a did-you-mean suggestion); so are values of the wrong type (no coercion:
+``2.5`` is not an int, ``true`` is not a number), NaN/inf, and values out of range; each error is one line,
+``train.yaml: run.lr: must be a finite number, got nan``. ``--set run.lr=3e-4`` / ``--set model.depth=4``
+override single fields; the value is parsed as YAML (``3e-4`` -> float, ``true`` -> bool, ``[1, 2]`` -> list,
+``null`` -> None), and a bad one is blamed on its ``--set`` option.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import difflib
-import types
 import typing
-from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import Annotated, Literal
 
-import yaml
+import pydantic
+from pydantic import Field, Strict
+
+from acquisition.config_validation import (ConfigError, Float, StrictConfig, YamlTuple, did_you_mean, load_yaml,
+                                           validate)
+
+__all__ = ["ConfigError", "RunConfig", "load_config", "resolve_config", "run_config_from_dict", "run_to_dict",
+           "packaged_configs", "parse_override", "read_config", "validate_model_section"]
+
+PositiveInt = Annotated[int, Field(gt=0)]
+NonNegativeInt = Annotated[int, Field(ge=0)]
+PositiveFloat = Annotated[float, Field(gt=0)]
+NonNegativeFloat = Annotated[float, Field(ge=0)]
+Beta = Annotated[Float, Field(ge=0, lt=1)]
 
 
-class ConfigError(ValueError):
-    """A config problem; the message names the file (when there is one) and the key."""
+class RunConfig(StrictConfig):
+    """Every ``run:`` field, with its default and its allowed range (docs/training.md, "Config reference")."""
 
-
-@dataclass
-class RunConfig:
     # --- data ---
-    in_frames: int | None = None  # input frames per sample; None = the dataset's `in_frames` attribute
-    out_frames: int | None = None  # predicted frames per sample; None = the dataset's `out_frames` attribute
-    frame_offset: int = 0  # first frame of each sequence used as input (SequenceDataset frame_offset)
-    num_workers: int = 2  # DataLoader worker processes per training process (0 = read in the main process)
+    in_frames: PositiveInt | None = None  # input frames per sample; None = the dataset's `in_frames` attribute
+    out_frames: PositiveInt | None = None  # predicted frames per sample; None = the dataset's `out_frames` attribute
+    frame_offset: NonNegativeInt = 0  # first frame of each sequence used as input (SequenceDataset frame_offset)
+    num_workers: NonNegativeInt = 2  # DataLoader worker processes per training process (0 = read in the main process)
     # --- optimisation ---
-    epochs: int = 10  # passes over the training split
-    max_steps: int | None = None  # stop after this many optimiser steps (also the schedule length); None = epochs
+    epochs: PositiveInt = 10  # passes over the training split
+    max_steps: PositiveInt | None = None  # stop after this many optimiser steps (also the schedule length); None = epochs
     # Wall-clock training budget in minutes, counted over optimiser steps only (each step's wait for its batch,
     # forward, backward, update; not validation, checkpoints, logging); the schedule length is estimated from
     # the first steps' times (diffuma.training.budget). None = no budget
-    max_minutes: float | None = None
-    batch_size: int = 4  # sequences per optimiser step PER PROCESS (global batch = batch_size x world size)
-    optimizer: str = "adamw"  # "adamw" | "adam"
-    lr: float = 1e-3  # peak learning rate
-    weight_decay: float = 0.01  # decoupled (adamw) or L2 (adam) weight decay
-    betas: tuple[float, float] = (0.9, 0.999)  # Adam betas
-    schedule: str = "cosine"  # "cosine" (linear warm-up from 0, cosine to min_lr_ratio*lr) | "onecycle" | "constant"
-    warmup_steps: int = 0  # warm-up length in optimiser steps (onecycle: the rising phase)
-    min_lr_ratio: float = 0.0  # cosine: final lr as a fraction of lr
-    grad_clip: float | None = 1.0  # clip the global gradient L2 norm to this; None = no clipping
-    precision: str = "auto"  # "auto" (bf16 if supported, else fp16+GradScaler; fp32 on CPU) | "bf16" | "fp16" | "fp32"
-    ema_decay: float | None = None  # keep an exponential moving average of the weights with this decay; None = off
+    max_minutes: PositiveFloat | None = None
+    batch_size: PositiveInt = 4  # sequences per optimiser step PER PROCESS (global batch = batch_size x world size)
+    optimizer: Literal["adamw", "adam"] = "adamw"
+    lr: PositiveFloat = 1e-3  # peak learning rate
+    weight_decay: NonNegativeFloat = 0.01  # decoupled (adamw) or L2 (adam) weight decay
+    betas: YamlTuple[Beta, Beta] = (0.9, 0.999)  # Adam betas, each in [0, 1)
+    schedule: Literal["cosine", "onecycle", "constant"] = "cosine"  # cosine: linear warm-up from 0, cosine to min_lr_ratio*lr
+    warmup_steps: NonNegativeInt = 0  # warm-up length in optimiser steps (onecycle: the rising phase)
+    min_lr_ratio: Annotated[float, Field(ge=0, le=1)] = 0.0  # cosine: final lr as a fraction of lr
+    grad_clip: PositiveFloat | None = 1.0  # clip the global gradient L2 norm to this; None = no clipping
+    # "auto" (bf16 if supported, else fp16+GradScaler; fp32 on CPU) | "bf16" | "fp16" | "fp32"
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
+    ema_decay: Annotated[float, Field(gt=0, lt=1)] | None = None  # EMA of the weights with this decay; None = off
     seed: int = 0  # seeds weights, data order and the model's noise; CPU runs are bit-reproducible
-    device: str = "auto"  # "auto" (cuda if available) | "cpu" | "cuda"
+    device: Literal["auto", "cpu", "cuda"] = "auto"  # "auto" = cuda if available
     # --- validation, logging, checkpoints ---
-    val_every_epochs: int = 1  # validate (MSE/MAE/SSIM/PSNR) every N epochs; 0 = never
-    val_max_sequences: int | None = None  # validate on the first N val sequences only; None = all
-    val_batch_size: int | None = None  # None = batch_size
+    val_every_epochs: NonNegativeInt = 1  # validate (MSE/MAE/SSIM/PSNR) every N epochs; 0 = never
+    val_max_sequences: PositiveInt | None = None  # validate on the first N val sequences only; None = all
+    val_batch_size: PositiveInt | None = None  # None = batch_size
     eval_with_ema: bool = True  # validate with the EMA weights when ema_decay is set
-    checkpoint_every_steps: int = 0  # also write checkpoints/last.pt every N steps (0 = at epoch ends only)
-    log_every_steps: int = 1  # write a steps.csv row every N steps
+    checkpoint_every_steps: NonNegativeInt = 0  # also write checkpoints/last.pt every N steps (0 = at epoch ends only)
+    log_every_steps: PositiveInt = 1  # write a steps.csv row every N steps
 
 
-_CHOICES = {
-    "optimizer": ("adamw", "adam"),
-    "schedule": ("cosine", "onecycle", "constant"),
-    "precision": ("auto", "bf16", "fp16", "fp32"),
-    "device": ("auto", "cpu", "cuda"),
-}
-_POSITIVE = ("epochs", "batch_size", "lr", "log_every_steps")
-_NON_NEGATIVE = ("frame_offset", "num_workers", "weight_decay", "warmup_steps", "min_lr_ratio", "val_every_epochs",
-                 "checkpoint_every_steps")
-_POSITIVE_OR_NONE = ("in_frames", "out_frames", "max_steps", "max_minutes", "grad_clip", "val_max_sequences",
-                     "val_batch_size")
+class _ConfigFile(StrictConfig):
+    """The top level of a training config: the two sections (each validated on its own below)."""
+
+    model: dict
+    run: dict | None = None
 
 
-def _unknown(kind: str, key: str, known, where: str) -> ConfigError:
-    close = difflib.get_close_matches(key, list(known), n=1)
-    hint = f" (did you mean {close[0]!r}?)" if close else f"; known: {', '.join(sorted(known))}"
-    return ConfigError(f"{where}unknown {kind} key {key!r}{hint}")
+def run_config_from_dict(d: dict | None, source: str = "", blame: dict | None = None) -> RunConfig:
+    """Validated RunConfig from a dict of (some) fields; ConfigError ``<source>: run.<key>: <problem>``."""
+    return validate(RunConfig, d or {}, source, prefix=("run",), blame=blame)
 
 
-def _check_type(name: str, value, tp, where: str):
-    """Returns value coerced to the annotated type (int -> float, list -> tuple) or raises ConfigError."""
-    args = typing.get_args(tp)
-    if isinstance(tp, types.UnionType) or typing.get_origin(tp) is typing.Union:
-        if value is None and type(None) in args:
-            return None
-        tp = next(a for a in args if a is not type(None))
-        args = typing.get_args(tp)
+def _yaml_type(tp):
+    """A model Config dataclass annotation as a strict pydantic type that accepts YAML lists for tuples."""
+    if tp is tuple:
+        return Annotated[tuple, Strict(False)]
     if typing.get_origin(tp) is tuple:
-        if not isinstance(value, (list, tuple)) or len(value) != len(args):
-            raise ConfigError(f"{where}run.{name} must be a list of {len(args)} numbers, got {value!r}")
-        return tuple(_check_type(name, v, a, where) for v, a in zip(value, args))
-    if tp is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if tp is float and isinstance(value, str):  # YAML 1.1 reads `1e-3` (no dot) as a string
-        try:
-            return float(value)
-        except ValueError:
-            pass
-    if tp is bool and not isinstance(value, bool) or tp is not bool and isinstance(value, bool) \
-            or not isinstance(value, tp):
-        raise ConfigError(f"{where}run.{name} must be {getattr(tp, '__name__', tp)}, got {value!r}")
-    return value
+        items = tuple(... if a is ... else _yaml_type(a) for a in typing.get_args(tp))
+        return YamlTuple[items]
+    return Annotated[tp, Strict()] if tp in (int, float, str, bool) else tp
 
 
-def run_config_from_dict(d: dict, where: str = "") -> RunConfig:
-    """Validated RunConfig from a dict of (some) fields; ``where`` prefixes error messages (e.g. a file name)."""
-    d = d or {}
-    if not isinstance(d, dict):
-        raise ConfigError(f"{where}'run' must be a mapping, got {type(d).__name__}")
-    hints = typing.get_type_hints(RunConfig)
-    known = {f.name for f in dataclasses.fields(RunConfig)}
-    values = {}
-    for key, value in d.items():
-        if key not in known:
-            raise _unknown("run", key, known, where)
-        values[key] = _check_type(key, value, hints[key], where)
-    cfg = RunConfig(**values)
-    for name, choices in _CHOICES.items():
-        if getattr(cfg, name) not in choices:
-            raise ConfigError(f"{where}run.{name} must be one of {', '.join(choices)}, got {getattr(cfg, name)!r}")
-    for name in _POSITIVE:
-        if getattr(cfg, name) <= 0:
-            raise ConfigError(f"{where}run.{name} must be > 0, got {getattr(cfg, name)!r}")
-    for name in _NON_NEGATIVE:
-        if getattr(cfg, name) < 0:
-            raise ConfigError(f"{where}run.{name} must be >= 0, got {getattr(cfg, name)!r}")
-    for name in _POSITIVE_OR_NONE:
-        if getattr(cfg, name) is not None and getattr(cfg, name) <= 0:
-            raise ConfigError(f"{where}run.{name} must be > 0 or null, got {getattr(cfg, name)!r}")
-    if cfg.ema_decay is not None and not 0.0 < cfg.ema_decay < 1.0:
-        raise ConfigError(f"{where}run.ema_decay must be in (0, 1) or null, got {cfg.ema_decay!r}")
-    if cfg.min_lr_ratio > 1.0:
-        raise ConfigError(f"{where}run.min_lr_ratio must be <= 1, got {cfg.min_lr_ratio!r}")
-    return cfg
+def _model_section_model(name: str) -> type[StrictConfig]:
+    """A strict pydantic model of ``{name, preset, <every field of the model's Config dataclass>}``."""
+    from diffuma.models import registry
+
+    cls = registry.model_class(name).Config
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: (_yaml_type(hints[f.name]), None) for f in dataclasses.fields(cls)}
+    return pydantic.create_model(f"{name}_model_section", __base__=StrictConfig,
+                                 name=(str, ...), preset=(str, "default"), **fields)
 
 
-def validate_model_section(m: dict, where: str = "") -> dict:
+def validate_model_section(m: dict, source: str = "", blame: dict | None = None) -> dict:
     """Checks the model section against the registry and the model's config dataclass; returns it unchanged."""
     from diffuma.models import registry
 
-    if not isinstance(m, dict) or "name" not in m:
-        raise ConfigError(f"{where}'model' must be a mapping with at least a 'name' "
+    at = f"{source}: " if source else ""
+    if not isinstance(m, dict) or not isinstance(m.get("name"), str):
+        raise ConfigError(f"{at}model: must be a mapping with at least a 'name' "
                           f"(one of {', '.join(registry.list_models())})")
     name, preset = m["name"], m.get("preset", "default")
     if name not in registry.list_models():
-        raise _unknown("model name", name, registry.list_models(), where)
+        raise ConfigError(f"{at}model.name: unknown model {name!r}{did_you_mean(name, registry.list_models())}")
+    validate(_model_section_model(name), m, source, prefix=("model",), blame=blame)
     if preset not in registry.list_presets(name):
-        raise ConfigError(f"{where}model.preset {preset!r} is not a preset of {name}; "
-                          f"choose one of {', '.join(registry.list_presets(name))}")
+        raise ConfigError(f"{at}model.preset: {preset!r} is not a preset of {name} "
+                          f"(known: {', '.join(registry.list_presets(name))})")
     overrides = {k: v for k, v in m.items() if k not in ("name", "preset")}
     try:
-        cfg = registry.model_config(name, preset)
-    except Exception as e:  # noqa: BLE001 - the registry's own message is the useful part
-        raise ConfigError(f"{where}model {name}/{preset}: {e}") from e
-    known = {f.name for f in dataclasses.fields(cfg)}
-    for key in overrides:
-        if key not in known:
-            raise _unknown(f"model ({name})", key, known, where)
-    try:
-        registry.model_config(name, preset, **overrides)
-    except Exception as e:  # noqa: BLE001
-        raise ConfigError(f"{where}model {name}/{preset}: {e}") from e
+        registry.model_config(name, preset, **overrides)  # the dataclass's own cross-field checks
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"{at}model ({name}/{preset}): {e}") from None
     return m
 
 
@@ -181,10 +144,7 @@ def parse_override(text: str) -> tuple[list[str], object]:
     parts = key.strip().split(".")
     if len(parts) != 2 or parts[0] not in ("model", "run") or not parts[1]:
         raise ConfigError(f"--set {text!r}: key must be model.<field> or run.<field>")
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"--set {text!r}: value is not valid YAML ({e})") from e
+    value = load_yaml(raw, f"--set {text}") if raw.strip() else None
     return parts, value
 
 
@@ -197,53 +157,63 @@ def packaged_configs() -> list[str]:
 def _config_text(name_or_path: str | Path) -> tuple[str, str]:
     p = Path(name_or_path)
     if p.is_file():
-        return p.read_text(), str(p)
+        try:
+            return p.read_text(encoding="utf-8"), str(p)
+        except (OSError, UnicodeDecodeError) as e:
+            raise ConfigError(f"{p}: cannot read config ({getattr(e, 'strerror', None) or e})") from None
     if p.suffix in (".yaml", ".yml") or p.parent != Path("."):
         raise ConfigError(f"{p}: config file not found")
     res = resources.files("diffuma") / "configs" / f"{p.name}.yaml"
     if not res.is_file():
         raise ConfigError(f"{name_or_path}: neither a config file nor a packaged config "
                           f"(packaged: {', '.join(packaged_configs())})")
-    return res.read_text(), f"diffuma/configs/{p.name}.yaml"
+    return res.read_text(encoding="utf-8"), f"diffuma/configs/{p.name}.yaml"
 
 
 def load_config(name_or_path: str | Path, overrides: typing.Iterable[str] = ()) -> dict:
     """Loads a packaged config by name or a YAML file by path, applies ``--set`` overrides, validates.
 
-    Returns the resolved config dict ``{"model": {...}, "run": {every RunConfig field}}``.
+    Returns the resolved config dict ``{"model": {...}, "run": {every RunConfig field}}``. Raises ConfigError
+    (one line: the file, or the ``--set`` option a bad value came from, and the dotted key).
     """
-    text, where = _config_text(name_or_path)
-    try:
-        raw = yaml.safe_load(text) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{where}: not valid YAML ({e})") from e
+    return resolve_config(*read_config(name_or_path, overrides))
+
+
+def read_config(name_or_path: str | Path, overrides: typing.Iterable[str] = ()) -> tuple[dict, str, dict]:
+    """The first, torch-free half of :func:`load_config`: the file, its YAML, its top level, ``--set`` and the
+    run section are checked; returns ``(config, source, blame)`` for :func:`resolve_config` (which checks the
+    model section; that imports the model, and so torch)."""
+    text, source = _config_text(name_or_path)
+    raw = load_yaml(text, source)
+    if raw is None:
+        raw = {}
     if not isinstance(raw, dict):
-        raise ConfigError(f"{where}: top level must be a mapping with 'model' and 'run'")
+        raise ConfigError(f"{source}: top level must be a mapping with 'model' and 'run'")
+    blame = {}
     for text_ in overrides:
         (section, key), value = parse_override(text_)
-        raw.setdefault(section, {})
-        if raw[section] is None:
+        if not isinstance(raw.get(section), dict):
             raw[section] = {}
         raw[section][key] = value
-    return resolve_config(raw, where=f"{where}: ")
+        blame[(section, key)] = f"--set {text_}"
+    validate(_ConfigFile, raw, source, blame=blame)
+    run_config_from_dict(raw.get("run"), source, blame)
+    return raw, source, blame
 
 
-def resolve_config(config: dict, where: str = "") -> dict:
-    """Validates a ``{"model": ..., "run": ...}`` dict and fills every run default; returns a new dict."""
-    if not isinstance(config, dict):
-        raise ConfigError(f"{where}config must be a mapping with 'model' and 'run'")
-    for key in config:
-        if key not in ("model", "run"):
-            raise _unknown("top-level", key, ("model", "run"), where)
-    if "model" not in config:
-        raise ConfigError(f"{where}missing the 'model' section")
-    model = dict(validate_model_section(config["model"], where))
+def resolve_config(config: dict, source: str = "", blame: dict | None = None) -> dict:
+    """Validates a ``{"model": ..., "run": ...}`` dict and fills every run default; returns a new dict.
+
+    ``source`` names where the dict came from in error messages (a file); ``blame`` maps (section, key) to the
+    command-line option that set it (see acquisition.config_validation.validate). The run section is checked
+    before the model section, which imports the model (and so torch)."""
+    validate(_ConfigFile, config, source, blame=blame)
+    run = run_config_from_dict(config.get("run"), source, blame)
+    model = dict(validate_model_section(config["model"], source, blame))
     model.setdefault("preset", "default")
-    run = run_config_from_dict(config.get("run") or {}, where)
     return {"model": model, "run": run_to_dict(run)}
 
 
 def run_to_dict(run: RunConfig) -> dict:
-    d = dataclasses.asdict(run)
-    d["betas"] = list(d["betas"])
-    return d
+    """Every RunConfig field as plain YAML/JSON values (betas as a list)."""
+    return run.to_dict()

@@ -201,6 +201,9 @@ class Trainer:
             self.total_steps = min(self.total_steps, self.run.max_steps)
         self.step = self.epoch = self.batch_in_epoch = 0
         self.best_val_mse = math.inf
+        # Sum and count of this epoch's step losses (checkpointed, so a resumed epoch's train_loss in
+        # epochs.csv averages every step of the epoch, not only those after the resume).
+        self.epoch_loss_sum, self.epoch_loss_n = 0.0, 0
         self.last_saved_step: int | None = None
         self.baselines_val: dict[str, dict] | None = None  # {baseline row name: overall val metrics}, once
         # Training time (s) and samples of the optimiser steps so far; the budget (s) of run.max_minutes, the
@@ -231,6 +234,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
             "step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
+            "epoch_loss_sum": self.epoch_loss_sum, "epoch_loss_n": self.epoch_loss_n,
             "rng": rngs[0],
             "rng_per_rank": rngs if len(rngs) > 1 else None,
             "best_val_mse": self.best_val_mse,
@@ -263,6 +267,8 @@ class Trainer:
         if state["scaler"] is not None and self.scaler.is_enabled():
             self.scaler.load_state_dict(state["scaler"])
         self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
+        # Checkpoints older than the running epoch loss: the epoch's mean then covers the steps after the resume.
+        self.epoch_loss_sum, self.epoch_loss_n = state.get("epoch_loss_sum", 0.0), state.get("epoch_loss_n", 0)
         self.best_val_mse = state["best_val_mse"]
         self.last_saved_step = self.step
         self.train_seconds = state.get("train_seconds", 0.0)
@@ -352,7 +358,7 @@ class Trainer:
                 self.sampler.set_epoch(self.epoch, skip=self.batch_in_epoch * self.run.batch_size)
                 bar = tqdm(total=self.steps_per_epoch, initial=self.batch_in_epoch, unit="step", dynamic_ncols=True,
                            desc=self._bar_label(), disable=not self.progress)
-                loss_sum, loss_n, t_last = 0.0, 0, time.perf_counter()
+                t_last = time.perf_counter()
                 self._start_step_clock()
                 for x, y in self.loader:
                     loss, logs, grad_norm = self._train_step(x, y)
@@ -360,7 +366,7 @@ class Trainer:
                     self.batch_in_epoch += 1
                     done_now += 1
                     self._charge_step(x.shape[0])
-                    loss_sum, loss_n = loss_sum + loss, loss_n + 1
+                    self.epoch_loss_sum, self.epoch_loss_n = self.epoch_loss_sum + loss, self.epoch_loss_n + 1
                     now = time.perf_counter()
                     rate = x.shape[0] * self.dist.world_size / max(now - t_last, 1e-9)
                     t_last = now
@@ -388,7 +394,7 @@ class Trainer:
                 bar.close()
                 if self.batch_in_epoch < self.steps_per_epoch:
                     break  # max_steps, the planned steps or the budget reached mid-epoch
-                self._end_epoch(loss_sum / max(loss_n, 1), epochs_log if self.dist.main else None,
+                self._end_epoch(self.epoch_loss_sum / max(self.epoch_loss_n, 1), epochs_log if self.dist.main else None,
                                 tb if self.dist.main else None, t0)
             if self.last_saved_step != self.step:
                 self.save()
@@ -436,6 +442,7 @@ class Trainer:
     def _end_epoch(self, train_loss: float, epochs_log: _CsvLog | None, tb, t0: float) -> None:
         self.epoch += 1
         self.batch_in_epoch = 0
+        self.epoch_loss_sum, self.epoch_loss_n = 0.0, 0
         val = None
         if self.run.val_every_epochs and self.epoch % self.run.val_every_epochs == 0:
             if self.dist.main:

@@ -1,9 +1,11 @@
 """The optional Aravis backend against Aravis' fake GigE Vision camera, on 127.0.0.1 inside a private network
 namespace (`unshare -rn`: loopback only, so GigE Vision discovery broadcasts reach nothing). Skipped unless
-`unshare`, the fake camera (`aravis-tools`) and `libaravis-0.8` are installed."""
+`unshare`, the fake camera (`aravis-tools`) and `libaravis-0.8` are installed; .ci/run installs them where it
+can and then sets CHDL_REQUIRE_ARAVIS=1, which turns the skip into a failure (CI must exercise the backend)."""
 
 import ctypes.util
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -20,6 +22,8 @@ def _available() -> bool:
     return subprocess.run(["unshare", "-rn", "true"], capture_output=True).returncode == 0
 
 
+if os.environ.get("CHDL_REQUIRE_ARAVIS") == "1" and not _available():
+    raise RuntimeError("CHDL_REQUIRE_ARAVIS=1 but unshare -rn, arv-fake-gv-camera-0.8 or libaravis-0.8 is missing")
 pytestmark = pytest.mark.skipif(not _available(), reason="needs unshare -rn, aravis-tools and libaravis-0.8")
 
 

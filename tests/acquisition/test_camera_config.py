@@ -10,12 +10,12 @@ from acquisition.camera_config import load_camera_config, viky_cti
 def test_viky_and_relative_producers_resolve(tmp_path):
     (tmp_path / "cfg").mkdir()
     path = tmp_path / "cfg" / "cameras.yaml"
-    path.write_text("producers: [viky, vendor/x.cti]\ncameras:\n  gige0: {serial: 1234}\n  sim3: {backend: sim, seed: 7}\n")
+    path.write_text("producers: [viky, vendor/x.cti]\ncameras:\n  gige0: {serial: '1234'}\n  sim3: {backend: sim, seed: 7}\n")
     config = load_camera_config(path, extra_producers=("viky",))
     assert config.producers[0] == viky_cti()
     assert str(tmp_path / "cfg" / "vendor" / "x.cti") in config.producers
     assert config.producers.count(viky_cti()) == 1  # named on the command line and in the file: loaded once
-    assert config.cameras["gige0"] == {"serial": "1234"}  # keys are strings even when YAML reads a number
+    assert config.cameras["gige0"] == {"serial": "1234"}
     assert resolve_alias("gige0", config) == ("gentl", {"serial": "1234"})
     assert resolve_alias("sim3", config) == ("sim", {"backend": "sim", "seed": 7})
 
@@ -43,8 +43,16 @@ def test_no_config_file_and_fallback_aliases(tmp_path, monkeypatch):
     ("cameras: [unclosed", "malformed YAML"),
     ("- a\n- b\n", "must be a mapping"),
     ("cameras:\n  cam0: {producer: x.cti}\n", "needs one of serial, user_name, address"),
-    ("producers: x.cti\n", "'producers' must be a list"),
-    ("cameras:\n  cam0: {backend: warp, serial: 1}\n", None),
+    ("producers: x.cti\n", "producers: must be a list, got 'x.cti'"),
+    ("camera: {}\n", "camera: unknown key (did you mean 'cameras'?)"),
+    # strict types: a serial YAML reads as a number is refused (0012 would be 10), not silently stringified
+    ("cameras:\n  cam0: {serial: 22470012}\n", "cameras.cam0.serial: must be a string, got the number 22470012 "
+                                                "(quote it in YAML: \"22470012\")"),
+    ("cameras:\n  cam0: {serail: '1'}\n", "cameras.cam0.serail: unknown key (did you mean 'serial'?)"),
+    ("cameras:\n  cam0: {backend: aravis, adress: 10.0.0.2}\n", "cameras.cam0.adress: unknown key (did you mean 'address'?)"),
+    ("cameras:\n  cam0: {serial: '1', trigger_line: 1}\n", "cameras.cam0.trigger_line: must be a string"),
+    ("cameras:\n  cam0: nope\n", "cameras.cam0: must be a mapping, got 'nope'"),
+    ("cameras:\n  cam0: {backend: warp, serial: '1'}\n", None),
 ])
 def test_bad_config_names_file(tmp_path, text, problem):
     path = tmp_path / "cameras.yaml"
@@ -55,7 +63,13 @@ def test_bad_config_names_file(tmp_path, text, problem):
         return
     with pytest.raises(CameraError) as e:
         load_camera_config(path)
-    assert str(e.value).startswith(f"{path}: ") and problem in str(e.value)
+    assert str(e.value).startswith(f"{path}: ") and problem in str(e.value) and "\n" not in str(e.value)
+
+
+def test_other_backends_options_pass_through_to_the_backend(tmp_path):
+    path = tmp_path / "cameras.yaml"
+    path.write_text("cameras:\n  s: {backend: sim, seed: 3, fault_rate: 0.05}\n")
+    assert load_camera_config(path).cameras == {"s": {"backend": "sim", "seed": 3, "fault_rate": 0.05}}
 
 
 def test_missing_config_file(tmp_path):

@@ -30,6 +30,9 @@ def test_cameras_lists_aliases(tmp_path):
     (["--camera", "custom0", "--cti", "viky", "--width", "1000"], "Width=1000 refused; valid range 100..800"),
     (["--camera", "gige0", "--cti", "viky"], "no GEV device number 0"),
     (["--camera", "custom0", "--cti", "viky", "--trigger", "software"], "'software' not offered by this camera"),
+    # no producer at all: the error points a user without hardware to the simulator and `chdl cameras`
+    (["--camera", "gige0"], "no GenTL producer: set GENICAM_GENTL64_PATH"),
+    (["--camera", "gige0"], "no hardware? --camera sim0 is the simulated camera, and `chdl cameras` lists"),
 ])
 def test_capture_errors_are_one_line_and_write_nothing(tmp_path, args, message):
     out = chdl("capture", "--out", tmp_path / "raw", *args)

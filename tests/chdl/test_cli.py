@@ -48,3 +48,59 @@ def test_info(tmp_path):
     assert j["shape"] == [2, 10, 1, 6, 8] and j["provenance"]["command"] == "chdl curate x y"
     bad = run("info", str(tmp_path / "nope"))
     assert bad.returncode == 1 and "no such dataset" in bad.stderr
+
+
+# Every command that shows progress bars, by its path under `chdl`.
+PROGRESS_COMMANDS = [("capture",), ("simulate", "corpus"), ("simulate", "truth"), ("curate",), ("import", "mnist"),
+                     ("import", "weatherbench"), ("import", "video"), ("train",), ("eval",), ("predict",), ("bench",)]
+
+
+def test_one_quiet_spelling_on_every_command_that_shows_progress():
+    import click
+
+    from chdl.cli import main
+
+    for path in PROGRESS_COMMANDS:
+        cmd = main
+        for name in path:
+            cmd = cmd.get_command(click.Context(cmd), name)
+        quiet = [p for p in cmd.params if p.name == "quiet"]
+        assert quiet and {"--quiet", "-q"} <= set(quiet[0].opts), path
+
+
+def test_old_quiet_spellings_are_hidden_aliases():
+    import click
+    from click.testing import CliRunner
+
+    from chdl.cli.options import quiet_option
+
+    @click.command()
+    @click.option("--n", default=0)
+    @quiet_option("--no-progress")
+    def cmd(n, quiet):
+        click.echo(f"quiet={quiet}")
+
+    for args, expected in [([], False), (["-q"], True), (["--quiet"], True), (["--no-progress"], True),
+                           (["--no-progress", "--quiet"], True), (["--quiet", "--no-progress"], True)]:
+        assert CliRunner().invoke(cmd, args).output.strip() == f"quiet={expected}", args
+    assert "--no-progress" not in CliRunner().invoke(cmd, ["--help"]).output
+
+
+def test_argument_errors_come_before_torch_is_imported(tmp_path):
+    """Bad configs, missing datasets and refused outputs are reported without importing torch (fast)."""
+    code = ("import sys\nfrom click.testing import CliRunner\nfrom chdl.cli import main\n"
+            "for args in {args!r}:\n"
+            "    r = CliRunner().invoke(main, args)\n"
+            "    print(r.exit_code, r.output.strip().splitlines()[-1], 'torch' in sys.modules)\n")
+    cases = [["train", "--data", str(tmp_path), "--config", "missing.yaml", "--out", str(tmp_path / "r")],
+             ["train", "--data", str(tmp_path / "nope"), "--config", "diffuma_tiny", "--out", str(tmp_path / "r")],
+             ["train", "--data", str(tmp_path), "--config", "diffuma_tiny", "--set", "run.lr=abc", "--out", "r"],
+             ["eval", "--checkpoint", __file__, "--data", str(tmp_path / "nope")],
+             ["predict", "--checkpoint", __file__, "--input", str(tmp_path), "--out", str(tmp_path / "p")]]
+    out = subprocess.run([sys.executable, "-c", code.format(args=cases)], capture_output=True, text=True, check=True)
+    lines = out.stdout.strip().splitlines()
+    assert len(lines) == len(cases), out.stdout + out.stderr
+    assert [line.split(" ")[0] for line in lines] == ["1"] * len(cases)
+    assert all(line.endswith(" False") for line in lines), lines
+    assert "missing.yaml: config file not found" in lines[0] and "nope: no such dataset" in lines[1]
+    assert "--set run.lr=abc: run.lr: must be a number, got 'abc'" in lines[2]

@@ -218,6 +218,16 @@ def test_bad_config(raw, tmp_path):
     _one_line_error(_curate(raw[0], tmp_path / "o.zarr", "--config", cfg, ok=False), "c.yaml", "malformed YAML")
 
 
+def test_empty_validation_split_is_warned_at_curate_time(raw, tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("split: {val_fraction: 0.0}\n")
+    r = CliRunner().invoke(main, ["curate", str(raw[0]), str(tmp_path / "o.zarr"), "--config", str(cfg), "-q"])
+    assert r.exit_code == 0, r.output
+    assert "warning: the validation split is empty (5 train sequences): chdl train will run without validation" \
+        in r.output
+    assert "validation split is empty" not in _curate(raw[0], tmp_path / "p.zarr").output
+
+
 def test_usable_runs_with_damage_give_warnings_and_report_entries(tmp_path):
     """Truncated and corrupt frame files, a dropped frame, a never-recorded position, a frame of the
     wrong size, a run cut off mid-lane: the dataset is complete, the damage is reconstructed or

@@ -25,7 +25,12 @@ def test_gif_panels_and_frames(tmp_path):
     side_by_side_gif(tmp_path / "forecast.gif", x, p)  # no truth: input | prediction only
     full, forecast = Image.open(tmp_path / "full.gif"), Image.open(tmp_path / "forecast.gif")
     assert full.n_frames == forecast.n_frames == 8
-    assert full.size[0] == 4 * 180 + 3 * 4 and forecast.size[0] == 2 * 180 + 4  # 30 px panels enlarged x6
+    # 30 px panels enlarged x6; with truth, the error maps' colour bar (64 px) closes the row
+    assert full.size[0] == 4 * 180 + 4 * 4 + 64 and forecast.size[0] == 2 * 180 + 4
+    full.seek(7)
+    bar = np.asarray(full.convert("RGB"))[:, -64:-50].astype(int)  # the colour ramp under its label strip
+    top, bottom = bar[20:30].mean((0, 1)), bar[-5:].mean((0, 1))
+    assert top.sum() > 500 and bottom.sum() < 60  # inferno: pale yellow at vmax (top), near black at 0
 
 
 def test_grid_with_several_models_and_training_curves(tmp_path):
@@ -36,6 +41,16 @@ def test_grid_with_several_models_and_training_curves(tmp_path):
     h1 = Image.open(tmp_path / "g1.png").size[1]
     h3 = Image.open(tmp_path / "g3.png").size[1]
     assert h3 > h1 * 1.8  # 2 + 2*3 rows vs 2 + 2 rows
+    prediction_grid(tmp_path / "g0.png", x, y, {"a": 1 - y}, errors=False)
+    prediction_grid(tmp_path / "ge.png", x, y, {"a": 1 - y})
+    g0, g1 = (np.asarray(Image.open(tmp_path / f"{n}.png").convert("RGB")) for n in ("g0", "ge"))
+    assert g1.shape[1] > g0.shape[1]  # the colour bar column
+
+    def pale_yellow(img):  # inferno at vmax, only on the colour bar (the error maps' values are below vmax)
+        right = img[:, -img.shape[1] // 8:].astype(int)
+        return int(((right[..., 0] > 235) & (right[..., 1] > 235) & (right[..., 2] > 120) & (right[..., 2] < 200)).sum())
+
+    assert pale_yellow(g1) > 20 and pale_yellow(g0) == 0
     rows = [{"epoch": e, "val_mse": 1 / e, "val_mae": 1 / e, "val_ssim": 1 - 1 / e} for e in (1, 2, 3)]
     baselines = {"copy-last-frame": {"mse": 0.5, "mae": 0.5, "ssim": 0.5},
                  "constant-motion": {"mse": 0.2, "mae": 0.3, "ssim": 0.7}}

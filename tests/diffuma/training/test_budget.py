@@ -48,7 +48,7 @@ def test_step_time_leaves_out_the_warm_up_step_and_the_plan_fits_the_budget_left
 
 def test_max_minutes_is_checked_like_the_other_run_fields(standin):
     assert resolve_config(_config(max_minutes=2))["run"]["max_minutes"] == 2.0
-    with pytest.raises(ConfigError, match="max_minutes must be > 0"):
+    with pytest.raises(ConfigError, match=r"run\.max_minutes: must be > 0, got 0"):
         resolve_config(_config(max_minutes=0))
 
 

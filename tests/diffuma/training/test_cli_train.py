@@ -25,11 +25,14 @@ def trained(tmp_path_factory):
                                   "--set", "run.max_steps=2", "--set", "run.epochs=1", "--set", "run.batch_size=2",
                                   "--set", "model.l1_weight=0.5", "--no-progress"])
     assert r.exit_code == 0, r.output
+    (root / "train.out").write_text(r.output)
     return root, data, root / "run"
 
 
 def test_train_writes_a_resumable_run(trained):
     root, data, run = trained
+    closing = (root / "train.out").read_text().strip().splitlines()[-1]
+    assert closing.startswith(f"run folder: {run}  (checkpoints/last.pt, checkpoints/best.pt, config.yaml, steps.csv")
     state = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
     assert state["model_name"] == "diffuma" and state["step"] == 2
     assert state["model_config"]["l1_weight"] == 0.5 and state["model_config"]["height"] == 16
@@ -54,6 +57,16 @@ def test_eval_writes_json_and_markdown_with_baseline_row(trained):
     assert "| diffuma |" in md and "| copy-last-frame |" in md and "`per_pixel`" in md
     assert "| constant-motion |" in md and len(result["constant_motion"]["per_frame"]) == 5
     assert "| constant-motion |" in r.output  # the console shows the same Markdown
+    # An earlier evaluation is not replaced silently (as predict): --overwrite replaces it.
+    before = (run / "eval" / "eval_val_per_pixel.json").read_bytes()
+    args = ["eval", "--checkpoint", str(run / "checkpoints" / "last.pt"), "--data", str(data), "--num-workers", "0",
+            "--max-sequences", "1", "-q"]
+    r = CliRunner().invoke(main, args)
+    assert r.exit_code == 1 and "eval_val_per_pixel.json: an earlier evaluation is there (use --overwrite" in r.output
+    assert (run / "eval" / "eval_val_per_pixel.json").read_bytes() == before
+    r = CliRunner().invoke(main, args + ["--overwrite"])
+    assert r.exit_code == 0, r.output
+    assert json.loads((run / "eval" / "eval_val_per_pixel.json").read_text())["n_sequences"] == 1
 
 
 def test_predict_from_dataset_and_from_raw_recording(trained):
@@ -69,7 +82,7 @@ def test_predict_from_dataset_and_from_raw_recording(trained):
     pngs = sorted((out / "frames" / "diffuma" / "seq_4").glob("*.png"))
     assert len(pngs) == 5 and np.asarray(Image.open(pngs[0])).shape == (16, 16)
     gif = Image.open(out / "gifs" / "seq_4.gif")
-    assert gif.n_frames == 10 and gif.size[0] == 4 * 160 + 3 * 4  # input | truth | prediction | error
+    assert gif.n_frames == 10 and gif.size[0] == 4 * 160 + 4 * 4 + 64  # input | truth | prediction | error | bar
     assert (out / "grids" / "seq_4.png").is_file()
 
     # Two checkpoints (the same run twice here) predict the same sequences side by side.
@@ -79,7 +92,7 @@ def test_predict_from_dataset_and_from_raw_recording(trained):
     g2 = zarr.open_group(str(root / "two" / "predictions.zarr"), mode="r")
     assert g2.attrs["models"] == ["diffuma", "diffuma@run"]
     np.testing.assert_array_equal(g2["prediction/diffuma@run"][:], g["prediction/diffuma"][:])
-    assert Image.open(root / "two" / "gifs" / "seq_4.gif").size[0] == 6 * 160 + 5 * 4
+    assert Image.open(root / "two" / "gifs" / "seq_4.gif").size[0] == 6 * 160 + 6 * 4 + 64
 
     # A raw recording: 12 frames of one lane, one of them dropped -> windows of 10 consecutive ok frames.
     rec = root / "rec"
@@ -98,12 +111,31 @@ def test_predict_from_dataset_and_from_raw_recording(trained):
     np.testing.assert_allclose(g["target"][0, :, 0], frames[5:] / 255.0, atol=1e-6)
     r = CliRunner().invoke(main, ["predict", "--checkpoint", ckpt, "--input", str(rec), "--out", str(root / "p2")])
     assert r.exit_code == 1 and "already exists" in r.output
+    # A folder of runs (what curate takes) is not one recording: the message says what to do.
+    runs = root / "runs"
+    runs.mkdir()
+    rec.rename(runs / "rec")
+    r = CliRunner().invoke(main, ["predict", "--checkpoint", ckpt, "--input", str(runs), "--out", str(root / "p3")])
+    assert r.exit_code == 1 and "a folder of 1 raw recordings" in r.output and f"chdl curate {runs} OUT.zarr" in r.output
+    assert not (root / "p3").exists()
+
+
+def test_empty_validation_split_warns_and_the_closing_message_lists_only_written_files(standin, tmp_path):
+    data = write_moving_square_dataset(tmp_path / "d.zarr", n=4, n_val=0)
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("model: {name: standin, preset: tiny}\nrun: {epochs: 1, batch_size: 2, num_workers: 0}\n")
+    r = CliRunner().invoke(main, ["train", "--data", str(data), "--config", str(cfg), "--out", str(tmp_path / "run"),
+                                  "-q"])
+    assert r.exit_code == 0, r.output
+    assert f"warning: {data} has no validation sequences: training without validation" in r.output
+    assert r.output.strip().splitlines()[-1] == (f"run folder: {tmp_path / 'run'}  (checkpoints/last.pt, config.yaml, "
+                                                 "steps.csv, epochs.csv" + (", tensorboard)" if (tmp_path / "run" / "tensorboard").exists() else ")"))
+    assert not (tmp_path / "run" / "training_dynamics.png").exists()
 
 
 def test_real_cli_reports_config_errors_in_one_line(tmp_path):
     r = subprocess.run([sys.executable, "-m", "chdl", "train", "--data", str(tmp_path), "--config", "diffuma_tiny",
                         "--set", "run.epocs=3", "--out", str(tmp_path / "run")], capture_output=True, text=True)
     assert r.returncode == 1
-    assert r.stderr.strip() == ("Error: diffuma/configs/diffuma_tiny.yaml: unknown run key 'epocs' "
-                                "(did you mean 'epochs'?)")
+    assert r.stderr.strip() == "Error: --set run.epocs=3: run.epocs: unknown key (did you mean 'epochs'?)"
     assert not (tmp_path / "run").exists()

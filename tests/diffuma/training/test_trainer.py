@@ -74,6 +74,10 @@ def test_resume_after_kill_mid_epoch_matches_uninterrupted_run(standin, tiny_dat
     a, b = _rows(tmp_path / "ref" / "steps.csv"), _rows(tmp_path / "run" / "steps.csv")
     assert [r["step"] for r in b] == [str(i) for i in range(1, 10)]
     assert [r["loss"] for r in a] == [r["loss"] for r in b]
+    # The resumed epoch's train_loss averages all of its steps (the running sum is in the checkpoint).
+    ea, eb = _rows(tmp_path / "ref" / "epochs.csv"), _rows(tmp_path / "run" / "epochs.csv")
+    assert [r["train_loss"] for r in ea] == [r["train_loss"] for r in eb]
+    assert float(eb[1]["train_loss"]) == pytest.approx(sum(float(r["loss"]) for r in b[3:6]) / 3, rel=1e-6)
 
 
 def test_resume_refuses_a_changed_config_and_a_fresh_run_refuses_an_existing_one(standin, tiny_dataset, tmp_path):

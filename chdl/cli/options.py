@@ -1,0 +1,31 @@
+"""Options shared by several ``chdl`` commands, spelled the same everywhere."""
+
+from __future__ import annotations
+
+import click
+
+_ALIAS_SEEN = "chdl.quiet_alias"
+
+
+def quiet_option(*old_spellings: str, help: str = "No progress bars (results, warnings and errors still print)."):
+    """``--quiet/-q``: no progress bars (results, warnings and errors still print).
+
+    ``old_spellings`` (e.g. ``--no-progress``) keep working as hidden aliases of ``--quiet``. The command
+    receives one ``quiet`` argument whichever spelling was used.
+    """
+
+    def seen_alias(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+        if value:
+            ctx.meta[_ALIAS_SEEN] = True
+            if "quiet" in ctx.params:  # --quiet was processed first: set it now
+                ctx.params["quiet"] = True
+
+    def decorate(f):
+        for name in old_spellings:
+            f = click.option(name, f"_quiet_alias_{name.strip('-').replace('-', '_')}", is_flag=True, hidden=True,
+                             expose_value=False, callback=seen_alias)(f)
+        return click.option("--quiet", "-q", "quiet", is_flag=True,
+                            callback=lambda ctx, p, v: v or ctx.meta.get(_ALIAS_SEEN, False),
+                            help=help)(f)
+
+    return decorate

@@ -1,0 +1,55 @@
+"""The one config validator shared by the camera, curation and training configs."""
+
+import re
+from pathlib import Path
+
+import pytest
+
+from acquisition.config_validation import ConfigError, Float, StrictConfig, YamlTuple, load_yaml, validate
+
+DOCS = Path(__file__).parents[2] / "docs"
+
+
+class _Inner(StrictConfig):
+    rate: float = 1.0
+
+
+class _Cfg(StrictConfig):
+    count: int = 1
+    pair: YamlTuple[Float, Float] = (0.0, 1.0)
+    inner: _Inner = _Inner()
+
+
+def test_yaml_reads_exponent_floats_without_a_dot_and_runs_no_code():
+    assert load_yaml("a: 1e-3\nb: -2E+2\nc: 1.5e3\nd: 12\ne: '1e-3'\n", "f") == \
+        {"a": 1e-3, "b": -200.0, "c": 1500.0, "d": 12, "e": "1e-3"}
+    with pytest.raises(ConfigError, match="^f: malformed YAML"):
+        load_yaml("a: !!python/object/apply:os.system ['true']\n", "f")
+
+
+@pytest.mark.parametrize("data, blame, message", [
+    ({"count": 1.0}, None, "f.yaml: count: must be an integer, got 1.0"),
+    ({"pair": [1, 2]}, None, None),  # a YAML list is a tuple; ints are exact floats
+    ({"pair": [1, True]}, None, "f.yaml: pair.1: must be a number, got True"),
+    ({"inner": {"rat": 2.0}}, None, "f.yaml: inner.rat: unknown key (did you mean 'rate'?)"),
+    ({"inner": {"rate": float("nan")}}, {("inner", "rate"): "--set inner.rate=nan"},
+     "--set inner.rate=nan: inner.rate: must be a finite number, got nan"),
+])
+def test_errors_are_one_line_with_file_or_option_and_dotted_key(data, blame, message):
+    if message is None:
+        assert validate(_Cfg, data, "f.yaml").pair == (1.0, 2.0)
+        return
+    with pytest.raises(ConfigError) as e:
+        validate(_Cfg, data, "f.yaml", blame=blame)
+    assert str(e.value) == message
+
+
+def test_documented_camera_config_is_valid(tmp_path):
+    from acquisition.camera_config import load_camera_config
+
+    block = re.search(r"```yaml\n(producers:.*?)```", (DOCS / "acquisition.md").read_text(), re.S).group(1)
+    (tmp_path / "cameras.yaml").write_text(block)
+    config = load_camera_config(tmp_path / "cameras.yaml")
+    assert config.cameras["gige0"]["serial"] == "22470012" and config.cameras["sim0"]["backend"] == "sim"
+    samples = load_camera_config(Path(__file__).parents[2] / "samples" / "cameras.yaml")
+    assert samples.cameras["simqc"]["fault_rate"] == 0.03

@@ -1,0 +1,37 @@
+"""`chdl model-info` FLOPs: a training step of grouped / depthwise convolutions is counted right."""
+
+import pytest
+import torch
+
+from chdl.cli.model import count_flops, measure
+
+
+class _Conv(torch.nn.Module):
+    def __init__(self, groups: int, transposed: bool):
+        super().__init__()
+        cls = torch.nn.ConvTranspose2d if transposed else torch.nn.Conv2d
+        self.a = torch.nn.Conv2d(8, 64, 1)  # so the grouped conv's input needs a gradient too
+        self.b = cls(64, 64, 3, padding=1, groups=groups)
+
+    def forward(self, x):
+        return self.b(self.a(x))
+
+    def training_loss(self, x, y):
+        return (self(x) - y).square().mean(), {}
+
+
+@pytest.mark.parametrize("transposed", [False, True])
+@pytest.mark.parametrize("groups", [1, 4, 64])
+def test_backward_of_grouped_convolutions_costs_twice_their_forward(groups, transposed):
+    x, y = torch.randn(2, 8, 12, 12), torch.randn(2, 64, 12, 12)
+    model = _Conv(groups, transposed)
+    forward_a = 2 * 2 * 64 * 8 * 12 * 12  # 2 FLOPs per multiply-add: N * C_out * C_in * H * W
+    forward_b = 2 * 2 * 64 * (64 // groups) * 9 * 12 * 12
+    assert count_flops(model, x) == forward_a + forward_b
+    # a: forward + weight gradient (its input needs none); b: forward + input gradient + weight gradient
+    assert count_flops(model, x, y) == 2 * forward_a + 3 * forward_b
+
+
+def test_simvp_training_step_is_about_three_forward_passes():
+    row = measure("simvp", "tiny", train=True)
+    assert 2.0 <= row["gflops_train_step"] / row["gflops_forward"] <= 3.5
