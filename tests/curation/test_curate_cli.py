@@ -264,6 +264,7 @@ def test_no_usable_lane_sequence(tmp_path):
     write_run(run, lanes=1)
     m = json.loads((run / "manifest.json").read_text())
     m["plan"]["positions"] = 5
+    m["plan"]["positions_um"] = m["plan"]["positions_um"][:5]
     (run / "manifest.json").write_text(json.dumps(m))
     _one_line_error(_curate(run, tmp_path / "o.zarr", ok=False), "manifest.json", "5 positions per lane")
 
@@ -275,4 +276,71 @@ def test_malformed_frame_index(tmp_path):
     lines[3] = lines[3][:20]  # a cut line in the middle (not the torn tail a kill -9 leaves)
     (run / "frames.jsonl").write_text("\n".join(lines) + "\n")
     _one_line_error(_curate(run, tmp_path / "o.zarr", ok=False), "frames.jsonl:4", "malformed")
+    assert not (tmp_path / "o.zarr").exists()
+
+
+def _edit_manifest(run, edit):
+    m = json.loads((run / "manifest.json").read_text())
+    edit(m)
+    (run / "manifest.json").write_text(json.dumps(m))
+
+
+def test_metadata_sizes_are_checked_against_the_disk(tmp_path):
+    """A manifest (and records) claiming 1,000,000 x 1,000,000 frames is refused from the PNG headers on
+    disk before anything is allocated; a plan of 10^9 positions per lane does not drive any loop."""
+    run = tmp_path / "r"
+    write_run(run, lanes=1)
+    _edit_manifest(run, lambda m: m["settings"].update(width=10**6, height=10**6))
+    _one_line_error(_curate(run, tmp_path / "o.zarr", ok=False), "000000.png: frame is 160x120 on disk",
+                    "says 1000000x1000000")
+    lines = [json.loads(x) for x in (run / "frames.jsonl").read_text().splitlines()]
+    (run / "frames.jsonl").write_text("".join(json.dumps({**r, "width": 10**6, "height": 10**6}) + "\n" for r in lines))
+    _one_line_error(_curate(run, tmp_path / "o.zarr", ok=False), "frame is 160x120 on disk")
+    assert not (tmp_path / "o.zarr").exists()
+    run2 = tmp_path / "r2"
+    write_run(run2, lanes=2)
+
+    def huge_plan(m):
+        m["plan"]["positions"] = 10**9
+        del m["plan"]["positions_um"]
+    _edit_manifest(run2, huge_plan)
+    from curation.config import CurateConfig
+    from curation.plan import build_plan
+
+    plan = build_plan(run2, CurateConfig())  # returns at once (was an endless loop over 10^8 windows per lane)
+    assert [(s.lane, s.window) for s in plan.sequences] == [(0, 0), (1, 0)]
+
+
+@pytest.mark.parametrize("kind", ["relative", "absolute", "symlink"])
+def test_frame_file_outside_the_run_is_refused(tmp_path, kind):
+    import os
+
+    write_run(tmp_path / "other", lanes=1)
+    run = tmp_path / "raw" / "r"
+    write_run(run, lanes=1)
+    lines = (run / "frames.jsonl").read_text().splitlines()
+    if kind == "symlink":
+        (run / "frames" / "000003.png").unlink()
+        os.symlink(tmp_path / "other" / "frames" / "000003.png", run / "frames" / "000003.png")
+    else:
+        target = "../../../other/frames/000003.png" if kind == "relative" else str(tmp_path / "other/frames/000003.png")
+        obj = json.loads(lines[3])
+        obj["file"] = target
+        lines[3] = json.dumps(obj)
+        (run / "frames.jsonl").write_text("\n".join(lines) + "\n")
+    r = _curate(tmp_path / "raw", tmp_path / "o.zarr", ok=False)
+    _one_line_error(r, "outside the run folder")
+    assert not (tmp_path / "o.zarr").exists()
+
+
+def test_wrong_types_in_frames_jsonl_through_the_cli(tmp_path):
+    run = tmp_path / "r"
+    write_run(run, lanes=1)
+    raw = (run / "frames.jsonl").read_bytes()
+    (run / "frames.jsonl").write_bytes(raw.replace(b'"lane":0', b'"lane":"one"', 1))
+    _one_line_error(_curate(run, tmp_path / "o.zarr", ok=False), "frames.jsonl:1: field 'lane' must be an integer")
+    (run / "frames.jsonl").write_bytes(raw.replace(b'"position_um":50.0', b'"position_um":NaN', 1))
+    _one_line_error(_curate(run, tmp_path / "o.zarr", ok=False), "frames.jsonl:2: field 'position_um'", "NaN")
+    (run / "frames.jsonl").write_bytes(raw.replace(b'"status":"ok"', b'"status":"\xffok"', 1))
+    _one_line_error(_curate(run, tmp_path / "o.zarr", ok=False), "frames.jsonl:1:", "not UTF-8")
     assert not (tmp_path / "o.zarr").exists()

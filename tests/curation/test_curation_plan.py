@@ -71,6 +71,7 @@ def test_twenty_positions_make_two_sequences_per_lane(tmp_path):
     (run / "frames.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
     m = json.loads((run / "manifest.json").read_text())
     m["plan"]["positions"] = 2 * T
+    m["plan"]["positions_um"] = [50.0 * p for p in range(2 * T)]  # the two must agree (raw.validate_manifest)
     (run / "manifest.json").write_text(json.dumps(m))
     plan = build_plan(run, CurateConfig())
     assert [(s.lane, s.window) for s in plan.sequences] == [(0, 0), (0, 1)]
