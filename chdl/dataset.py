@@ -19,7 +19,13 @@ Concurrency and crash safety: zarr rewrites a whole shard (or chunk) on any part
 array is chunked so that one shard of sequences maps to whole chunks/shards of every array, and a
 writer process always writes whole shards. ``shard_done[s]`` is set only after all of shard ``s`` is
 written, and the group's ``complete`` attribute only after every shard is done: a dataset cut off
-mid-write is never read as complete, and a rerun can resume at the first undone shard.
+mid-write is never read as complete, and a rerun can resume at the first undone shard. Creation is
+atomic: the empty layout is built in a hidden folder beside the target (``.<name>.creating``) and
+renamed into place, so a dataset path holds either nothing or a whole resumable layout.
+
+Opening (for reading or to resume writing) validates the attributes and arrays against each other
+(:func:`validate`): a dataset whose metadata disagrees with itself is a one-line DatasetFormatError
+naming the path and the key, never a traceback or a silently wrong result.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from __future__ import annotations
 import datetime as _dt
 import math
 import os
+import re
 import shutil
 from pathlib import Path
 from typing import Any, Sequence
@@ -58,6 +65,19 @@ DIMS = {
     "timestamp_ns": ("sequence", "time"),
 }
 _PER_SEQUENCE = ("qc_flags", "qc_scores", "split", "run_index", "lane", "position_um", "timestamp_ns")
+# the per-sequence arrays' dtype and fill value (what is stored where nothing was written)
+_SMALL = {
+    "qc_flags": (np.uint8, 0),
+    "qc_scores": (np.float32, np.nan),
+    "split": (np.uint8, SPLIT_EXCLUDED),
+    "run_index": (np.int32, -1),
+    "lane": (np.int32, -1),
+    "position_um": (np.float64, np.nan),
+    "timestamp_ns": (np.int64, -1),
+}
+_PARTIAL = re.compile(r".*\.[0-9a-f]{32}\.partial")  # zarr's atomic-write temp names (LocalStore)
+FRAME_DTYPES = (np.dtype(np.uint8), np.dtype(np.uint16))
+_INT_ATTRS = ("n_sequences", "frames_per_sequence", "in_frames", "out_frames", "sequences_per_shard", "n_shards")
 
 
 class DatasetFormatError(ValueError):
@@ -75,13 +95,81 @@ def _compressor() -> BloscCodec:
     return BloscCodec(cname="zstd", clevel=1, shuffle="bitshuffle")
 
 
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif os.path.lexists(path):
+        path.unlink()
+
+
 def _open_group(path: Path, mode: str) -> zarr.Group:
+    """Open and validate a chdl dataset group (see :func:`validate`)."""
     if not (path / "zarr.json").is_file():
         raise DatasetFormatError(f"{path}: not a zarr v3 group (no zarr.json)")
     try:
-        return zarr.open_group(str(path), mode=mode, zarr_format=3)
+        group = zarr.open_group(str(path), mode=mode, zarr_format=3)
     except Exception as e:  # zarr raises a variety of errors for malformed metadata
-        raise DatasetFormatError(f"{path}: cannot open zarr group ({e})") from None
+        raise DatasetFormatError(f"{path}: cannot open zarr group ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+    validate(group, path)
+    return group
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+
+
+def validate(group: zarr.Group, path: str | os.PathLike) -> None:
+    """Check a dataset's attributes and arrays against each other and against this format: the schema,
+    every array present with its dimensions, dtype and extents (N sequences, T frames, K scores,
+    n_shards), ``frames`` 5-D uint8/uint16, integer attributes that are integers, ``in_frames +
+    out_frames <= frames_per_sequence``, ``n_shards == ceil(N / S)``, ``0 < max_value <= the dtype's
+    maximum``. Raises DatasetFormatError naming ``path`` and the first key that is wrong. Reads
+    metadata only (no chunk is read). Used by every reader and by the writer when resuming."""
+    attrs = dict(group.attrs)
+
+    def bad(why: str) -> DatasetFormatError:
+        return DatasetFormatError(f"{path}: malformed dataset ({why})")
+
+    if attrs.get("schema") != SCHEMA:
+        raise DatasetFormatError(f"{path}: not a chdl dataset (schema {attrs.get('schema')!r}, expected {SCHEMA!r})")
+    missing = [name for name in ("frames", "shard_done") + _PER_SEQUENCE if name not in group]
+    if missing:
+        raise bad(f"missing arrays: {', '.join(missing)}")
+    for key in _INT_ATTRS:
+        v = attrs.get(key)
+        if not _is_int(v) or v < 1:
+            raise bad(f"attribute {key} must be an integer >= 1, not {v!r}")
+    N, T, S = attrs["n_sequences"], attrs["frames_per_sequence"], attrs["sequences_per_shard"]
+    if attrs["in_frames"] + attrs["out_frames"] > T:
+        raise bad(f"in_frames + out_frames ({attrs['in_frames']}+{attrs['out_frames']}) exceeds frames_per_sequence ({T})")
+    if attrs["n_shards"] != math.ceil(N / S):
+        raise bad(f"attribute n_shards is {attrs['n_shards']}, but {N} sequences in shards of {S} make {math.ceil(N / S)}")
+    for key, kind in (("pixel_format", str), ("runs", list), ("qc_score_names", list), ("provenance", dict),
+                      ("complete", bool)):
+        if not isinstance(attrs.get(key), kind):
+            raise bad(f"attribute {key} must be a {kind.__name__}, not {attrs.get(key)!r}")
+    frames = group["frames"]
+    if not isinstance(frames, zarr.Array) or frames.ndim != 5:
+        raise bad(f"frames must be a 5-D array {DIMS['frames']}, not {getattr(frames, 'ndim', 'a group')}-D")
+    if frames.dtype not in FRAME_DTYPES:
+        raise bad(f"frames must be uint8 or uint16, not {frames.dtype}")
+    if frames.shape[:2] != (N, T):
+        raise bad(f"frames holds {frames.shape[0]} sequences of {frames.shape[1]} frames, but the attributes "
+                  f"n_sequences and frames_per_sequence say {N} of {T}")
+    max_value = attrs.get("max_value")
+    top = np.iinfo(frames.dtype).max
+    if not isinstance(max_value, (int, float)) or isinstance(max_value, bool) or not 0 < max_value <= top:
+        raise bad(f"attribute max_value must be a number in (0, {top}] for {frames.dtype} frames, not {max_value!r}")
+    extent = {"sequence": N, "time": T, "score": len(attrs["qc_score_names"])}
+    for name, (dtype, _) in _SMALL.items():
+        arr = group[name]
+        expected = tuple(extent[d] for d in DIMS[name])
+        if not isinstance(arr, zarr.Array) or arr.shape != expected or arr.dtype != np.dtype(dtype):
+            got = f"{arr.dtype} {arr.shape}" if isinstance(arr, zarr.Array) else "a group"
+            raise bad(f"{name} must be {np.dtype(dtype)} {expected} (dims {', '.join(DIMS[name])}), not {got}")
+    done = group["shard_done"]
+    if not isinstance(done, zarr.Array) or done.shape != (attrs["n_shards"],):
+        raise bad(f"shard_done must have one entry per shard ({attrs['n_shards']}), not shape {getattr(done, 'shape', None)}")
 
 
 class DatasetWriter:
@@ -125,10 +213,14 @@ class DatasetWriter:
             raise ValueError("a dataset needs at least one sequence")
         if in_frames + out_frames > frames_per_sequence:
             raise ValueError(f"in_frames + out_frames ({in_frames}+{out_frames}) exceeds frames_per_sequence ({frames_per_sequence})")
-        if path.exists():
-            if not overwrite:
-                raise FileExistsError(f"{path}: already exists (use --overwrite to replace it)")
-            shutil.rmtree(path) if path.is_dir() else path.unlink()
+        if path.exists() and not overwrite:
+            raise FileExistsError(f"{path}: already exists (use --overwrite to replace it)")
+        # built under a temporary name and renamed into place, so that a kill at any moment leaves either
+        # no dataset (or the old one) or a complete empty layout; leftovers of a killed creation are removed
+        building = path.with_name(f".{path.name}.creating")
+        replaced = path.with_name(f".{path.name}.replaced")
+        for stale in (building, replaced):
+            _remove(stale)
         n_shards = math.ceil(n_sequences / sequences_per_shard)
         T, S, K = frames_per_sequence, sequences_per_shard, len(qc_score_names)
         provenance = dict(provenance or {})
@@ -154,21 +246,14 @@ class DatasetWriter:
             "provenance": provenance,
             "extra": dict(extra or {}),
         }
-        group = zarr.open_group(str(path), mode="w", zarr_format=3, attributes=attrs)
+        group = zarr.open_group(str(building), mode="w", zarr_format=3, attributes=attrs)
         N = n_sequences
         group.create_array("frames", shape=(N, T, channels, height, width), dtype=dtype,
                            chunks=(1, T, channels, height, width), shards=(S, T, channels, height, width),
                            compressors=_compressor(), fill_value=0, dimension_names=DIMS["frames"])
-        small = {
-            "qc_flags": ((N, T), np.uint8, 0),
-            "qc_scores": ((N, T, K), np.float32, np.nan),
-            "split": ((N,), np.uint8, SPLIT_EXCLUDED),
-            "run_index": ((N,), np.int32, -1),
-            "lane": ((N,), np.int32, -1),
-            "position_um": ((N, T), np.float64, np.nan),
-            "timestamp_ns": ((N, T), np.int64, -1),
-        }
-        for name, (shape, dt, fill) in small.items():
+        extent = {"sequence": N, "time": T, "score": K}
+        for name, (dt, fill) in _SMALL.items():
+            shape = tuple(extent[d] for d in DIMS[name])
             # One chunk per shard of sequences, so a shard writer owns its chunk of every array.
             chunks = (S,) + tuple(max(1, d) for d in shape[1:])
             group.create_array(name, shape=shape, dtype=dt, chunks=chunks, compressors=_compressor(),
@@ -177,16 +262,26 @@ class DatasetWriter:
                            dimension_names=("shard",))
         group.create_group("originals")
         group.create_group("originals_index")
-        return cls(path, group)
+        if path.exists():  # overwrite: the old dataset stays whole until the new layout replaces it
+            os.rename(path, replaced)
+        os.rename(building, path)
+        _remove(replaced)
+        return cls.open(path)
 
     @classmethod
     def open(cls, path: str | os.PathLike) -> "DatasetWriter":
         """Reopen an incomplete dataset to write its remaining shards."""
         path = Path(path)
-        group = _open_group(path, "r+")
-        if group.attrs.get("schema") != SCHEMA:
-            raise DatasetFormatError(f"{path}: not a chdl dataset (schema {group.attrs.get('schema')!r})")
-        return cls(path, group)
+        return cls(path, _open_group(path, "r+"))
+
+    def remove_interrupted_writes(self) -> int:
+        """Delete the temporary files of zarr writes that a kill interrupted (zarr writes each file to a
+        temporary name and renames it into place); returns how many. Call once when resuming, while no
+        other writer is at work on this dataset."""
+        leftovers = [p for p in self.path.rglob("*.partial") if _PARTIAL.fullmatch(p.name)]
+        for p in leftovers:
+            p.unlink()
+        return len(leftovers)
 
     @property
     def n_shards(self) -> int:
@@ -272,7 +367,7 @@ class DatasetWriter:
         if provenance_updates:
             attrs["provenance"] = {**attrs.get("provenance", {}), **provenance_updates}
         attrs["complete"] = True
-        self.group.attrs.update(attrs)
+        self.group.update_attributes(attrs)  # one (atomic) write of zarr.json; attrs.update writes once per key
 
 
 class DatasetReader:
@@ -344,11 +439,6 @@ def open_dataset(path: str | os.PathLike) -> DatasetReader:
         raise DatasetFormatError(f"{path}: no such dataset")
     group = _open_group(path, "r")
     attrs = group.attrs
-    if attrs.get("schema") != SCHEMA:
-        raise DatasetFormatError(f"{path}: not a chdl dataset (schema {attrs.get('schema')!r}, expected {SCHEMA!r})")
-    missing = [name for name in ("frames", "shard_done") + _PER_SEQUENCE if name not in group]
-    if missing:
-        raise DatasetFormatError(f"{path}: malformed dataset (missing arrays: {', '.join(missing)})")
     done = group["shard_done"][:]
     if not attrs.get("complete", False) or not done.all():
         raise DatasetIncompleteError(

@@ -259,6 +259,7 @@ def curate(source: str | os.PathLike, out: str | os.PathLike, cfg: CurateConfig,
         if writer.attrs.get("provenance", {}).get("curate_key") != key:
             raise CurateError(f"{out}: an incomplete dataset made from other inputs or settings; "
                               "rerun with the original arguments to resume, or use --overwrite")
+        writer.remove_interrupted_writes()
         log(f"resuming {out}: {len(writer.done_shards())}/{writer.n_shards} shards already written")
     t_cal = time.perf_counter()
     if writer is None:
