@@ -246,22 +246,26 @@ class DatasetWriter:
             "provenance": provenance,
             "extra": dict(extra or {}),
         }
-        group = zarr.open_group(str(building), mode="w", zarr_format=3, attributes=attrs)
-        N = n_sequences
-        group.create_array("frames", shape=(N, T, channels, height, width), dtype=dtype,
-                           chunks=(1, T, channels, height, width), shards=(S, T, channels, height, width),
-                           compressors=_compressor(), fill_value=0, dimension_names=DIMS["frames"])
-        extent = {"sequence": N, "time": T, "score": K}
-        for name, (dt, fill) in _SMALL.items():
-            shape = tuple(extent[d] for d in DIMS[name])
-            # One chunk per shard of sequences, so a shard writer owns its chunk of every array.
-            chunks = (S,) + tuple(max(1, d) for d in shape[1:])
-            group.create_array(name, shape=shape, dtype=dt, chunks=chunks, compressors=_compressor(),
-                               fill_value=fill, dimension_names=DIMS[name])
-        group.create_array("shard_done", shape=(n_shards,), dtype=np.uint8, chunks=(1,), fill_value=0,
-                           dimension_names=("shard",))
-        group.create_group("originals")
-        group.create_group("originals_index")
+        try:
+            group = zarr.open_group(str(building), mode="w", zarr_format=3, attributes=attrs)
+            N = n_sequences
+            group.create_array("frames", shape=(N, T, channels, height, width), dtype=dtype,
+                               chunks=(1, T, channels, height, width), shards=(S, T, channels, height, width),
+                               compressors=_compressor(), fill_value=0, dimension_names=DIMS["frames"])
+            extent = {"sequence": N, "time": T, "score": K}
+            for name, (dt, fill) in _SMALL.items():
+                shape = tuple(extent[d] for d in DIMS[name])
+                # One chunk per shard of sequences, so a shard writer owns its chunk of every array.
+                chunks = (S,) + tuple(max(1, d) for d in shape[1:])
+                group.create_array(name, shape=shape, dtype=dt, chunks=chunks, compressors=_compressor(),
+                                   fill_value=fill, dimension_names=DIMS[name])
+            group.create_array("shard_done", shape=(n_shards,), dtype=np.uint8, chunks=(1,), fill_value=0,
+                               dimension_names=("shard",))
+            group.create_group("originals")
+            group.create_group("originals_index")
+        except Exception:  # e.g. disk full: leave nothing behind (a kill leaves the folder to the next creation)
+            _remove(building)
+            raise
         if path.exists():  # overwrite: the old dataset stays whole until the new layout replaces it
             os.rename(path, replaced)
         os.rename(building, path)

@@ -344,3 +344,34 @@ def test_wrong_types_in_frames_jsonl_through_the_cli(tmp_path):
     (run / "frames.jsonl").write_bytes(raw.replace(b'"status":"ok"', b'"status":"\xffok"', 1))
     _one_line_error(_curate(run, tmp_path / "o.zarr", ok=False), "frames.jsonl:1:", "not UTF-8")
     assert not (tmp_path / "o.zarr").exists()
+
+
+def _tmpfs_available() -> bool:
+    import shutil
+
+    return bool(shutil.which("unshare")) and subprocess.run(
+        ["unshare", "-rm", "sh", "-c", "mount -t tmpfs -o size=64k tmpfs /mnt"], capture_output=True).returncode == 0
+
+
+@pytest.mark.skipif(not _tmpfs_available(), reason="needs unshare -rm and tmpfs mounts in a user namespace")
+@pytest.mark.parametrize("size", ["24k", "300k"])  # full while creating the layout / while writing shards
+def test_disk_full_is_one_line_and_the_rerun_resumes(tmp_path, size):
+    """A real full disk: a small tmpfs in a private mount namespace. The error is one line naming the
+    dataset; after the tmpfs is grown the same command resumes (or starts afresh) and completes."""
+    import shlex
+
+    write_run(tmp_path / "raw" / "r", lanes=2, faults={(0, 4): ("blur", 2.0)})
+    (tmp_path / "c.yaml").write_text("sequences_per_shard: 1\n")
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    cmd = " ".join(shlex.quote(str(a)) for a in [sys.executable, "-m", "chdl", "curate", tmp_path / "raw", mnt / "d.zarr",
+                                                 "--config", tmp_path / "c.yaml", "--quiet"])
+    script = (f"mount -t tmpfs -o size={size} tmpfs {mnt} && {cmd} 2>{tmp_path}/err1; echo rc1=$?; "
+              f"mount -o remount,size=4M {mnt} && {cmd} 2>{tmp_path}/err2; echo rc2=$?; "
+              f"cp -r {mnt}/d.zarr {tmp_path}/kept.zarr")
+    p = subprocess.run(["unshare", "-rm", "sh", "-c", script], capture_output=True, text=True, timeout=120)
+    err1 = (tmp_path / "err1").read_text().strip()
+    assert "rc1=1" in p.stdout and err1.count("\n") == 0, err1
+    assert err1.startswith(f"Error: {mnt / 'd.zarr'}") and "No space left on device" in err1, err1
+    assert "rc2=0" in p.stdout, (tmp_path / "err2").read_text()
+    assert open_dataset(tmp_path / "kept.zarr").attrs["complete"]
