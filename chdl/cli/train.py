@@ -131,7 +131,7 @@ def predict(checkpoints, input_, out, split, max_sequences, weights, batch_size,
         device = "cuda" if torch.cuda.is_available() else "cpu"
         preds, used = {}, []
         for c, s in zip(checkpoints, states):
-            model, w = build_model_from_checkpoint(s, weights)
+            model, w = build_model_from_checkpoint(s, weights, c)
             label = s["model_name"]
             if label in preds:  # a second checkpoint of the same model: name it by its run folder
                 label = f"{label}@{c.resolve().parent.parent.name}"
