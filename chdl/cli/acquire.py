@@ -16,6 +16,8 @@ from pathlib import Path
 
 import click
 
+from chdl.cli.options import NON_NEGATIVE, POSITIVE
+
 PIXEL_FORMATS = ("Mono8", "Mono16")
 
 
@@ -85,16 +87,16 @@ def cameras(camera_config, cti, as_json):
 @click.option("--run-id", help="Run folder name (default: UTC time + alias; for replay: the source run's id).")
 @click.option("--lanes", default=1, show_default=True, type=click.IntRange(min=1), help="Lane passes to capture.")
 @click.option("--positions", default=10, show_default=True, type=click.IntRange(min=1), help="Equidistant positions per lane.")
-@click.option("--step-um", default=100.0, show_default=True, type=float, help="Distance between positions (micrometres).")
-@click.option("--fps", default=5.0, show_default=True, type=float, help="Camera frame rate.")
-@click.option("--width", default=800, show_default=True, type=int)
-@click.option("--height", default=600, show_default=True, type=int)
+@click.option("--step-um", default=100.0, show_default=True, type=POSITIVE, help="Distance between positions (micrometres).")
+@click.option("--fps", default=5.0, show_default=True, type=POSITIVE, help="Camera frame rate.")
+@click.option("--width", default=800, show_default=True, type=click.IntRange(min=1))
+@click.option("--height", default=600, show_default=True, type=click.IntRange(min=1))
 @click.option("--pixel-format", default="Mono8", show_default=True, type=click.Choice(PIXEL_FORMATS))
-@click.option("--exposure-us", type=float, default=None, help="Exposure time (default: leave the camera's).")
+@click.option("--exposure-us", type=POSITIVE, default=None, help="Exposure time (default: leave the camera's).")
 @click.option("--trigger", default="auto", show_default=True, type=click.Choice(["auto", "software", "line", "freerun"]),
               help="auto = software trigger if the camera has one, else free-run.")
-@click.option("--settle-s", default=0.0, show_default=True, type=float, help="Simulated stage settle time per move.")
-@click.option("--frame-timeout", type=float, default=None, help="Seconds to wait for a position's frame (default max(1, 3/fps)).")
+@click.option("--settle-s", default=0.0, show_default=True, type=NON_NEGATIVE, help="Simulated stage settle time per move.")
+@click.option("--frame-timeout", type=POSITIVE, default=None, help="Seconds to wait for a position's frame (default max(1, 3/fps)).")
 @click.option("--as-fast-as-possible", "afap", is_flag=True, help="Replay without pacing at the recorded rate.")
 @click.option("--quiet", is_flag=True, help="No progress line.")
 @_config_options
@@ -105,8 +107,12 @@ def capture(ctx, alias, replay, out, run_id, lanes, positions, step_um, fps, wid
     from acquisition.backends.base import CaptureSettings
     from acquisition.capture import CapturePlan, default_run_id
 
+    from acquisition.raw import check_plain_name
+
     if bool(alias) == bool(replay):
         raise click.UsageError("give exactly one of --camera ALIAS or --replay RECORDING")
+    if run_id is not None and (why := check_plain_name(run_id)):
+        raise click.BadParameter(why + "; the run is written to OUT/<run-id>/", param_hint="--run-id")
     if afap and not replay:
         raise click.UsageError("--as-fast-as-possible only applies to --replay")
     if replay:

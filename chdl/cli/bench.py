@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import click
 
+from chdl.cli.options import POSITIVE
+
 
 @click.command("bench")
 @click.option("--data", required=True, type=click.Path(exists=True, file_okay=False, dir_okay=True),
@@ -13,7 +15,7 @@ import click
 @click.option("--epochs", default=None,
               help="Epoch counts to report; each model trains once for the largest, evaluated at each "
                    "[default: 10,20,40 unless --budget-minutes].")
-@click.option("--budget-minutes", type=float, default=None,
+@click.option("--budget-minutes", type=POSITIVE, default=None,
               help="Instead of --epochs: train every model for this many minutes of training time (optimiser "
                    "steps; validation excluded), one after the other, and evaluate each at the end.")
 @click.option("--pred-len", "pred_len", default=None,

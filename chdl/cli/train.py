@@ -12,6 +12,8 @@ from pathlib import Path
 
 import click
 
+from chdl.cli.options import FiniteFloat
+
 
 def _fail(e: Exception) -> click.ClickException:
     return click.ClickException(str(e))
@@ -103,7 +105,7 @@ def eval_(checkpoint, data, split, openstl, batch_size, weights, max_sequences, 
 @click.option("--max-sequences", type=click.IntRange(min=1), default=4, show_default=True)
 @click.option("--weights", type=click.Choice(["auto", "ema", "model"]), default="auto", show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=4, show_default=True)
-@click.option("--fps", type=click.FloatRange(min=0.1), default=2.0, show_default=True, help="GIF frame rate.")
+@click.option("--fps", type=FiniteFloat(min=0.1), default=2.0, show_default=True, help="GIF frame rate.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing --out folder.")
 def predict(checkpoints, input_, out, split, max_sequences, weights, batch_size, fps, overwrite):
     """Predict future frames from one or several checkpoints: PNG frames, side-by-side GIFs, grids, a zarr.
