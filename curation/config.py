@@ -14,6 +14,7 @@ per-run baselines the thresholds were combined with, so a dataset says exactly h
 from __future__ import annotations
 
 import dataclasses
+import math
 from pathlib import Path
 from typing import Any
 
@@ -84,12 +85,17 @@ def _merge(obj: Any, data: dict, where: str) -> None:
             unknown = set(value) - set(current)
             if unknown:
                 raise ConfigError(f"{where}: {key}: unknown score(s) {sorted(unknown)} (known: {', '.join(SCORE_NAMES)})")
+            for k, v in value.items():
+                if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                    raise ConfigError(f"{where}: {key}.{k} must be a finite number, got {v!r}")
             current.update({k: float(v) for k, v in value.items()})
         else:
             try:
                 setattr(obj, key, type(current)(value))
             except (TypeError, ValueError):
                 raise ConfigError(f"{where}: {key} must be {type(current).__name__}, got {value!r}") from None
+            if isinstance(getattr(obj, key), float) and not math.isfinite(getattr(obj, key)):
+                raise ConfigError(f"{where}: {key} must be a finite number, got {value!r}")
 
 
 def load_config(path: str | Path | None = None) -> CurateConfig:

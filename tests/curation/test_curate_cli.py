@@ -375,3 +375,15 @@ def test_disk_full_is_one_line_and_the_rerun_resumes(tmp_path, size):
     assert err1.startswith(f"Error: {mnt / 'd.zarr'}") and "No space left on device" in err1, err1
     assert "rc2=0" in p.stdout, (tmp_path / "err2").read_text()
     assert open_dataset(tmp_path / "kept.zarr").attrs["complete"]
+
+
+@pytest.mark.parametrize("text,needle", [
+    ("qc:\n  floors: {sharpness: .nan}\n", "qc: floors.sharpness must be a finite number, got nan"),
+    ("qc:\n  z: .inf\n", "qc: z must be a finite number, got inf"),
+    ("split:\n  val_fraction: .nan\n", "split: val_fraction must be a finite number, got nan"),
+])
+def test_nan_in_a_qc_config_is_refused_with_the_key(raw, tmp_path, text, needle):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(text)
+    _one_line_error(_curate(raw[0], tmp_path / "o.zarr", "--config", cfg, ok=False), f"{cfg}: {needle}")
+    assert not (tmp_path / "o.zarr").exists()
