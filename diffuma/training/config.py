@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass
@@ -103,12 +104,14 @@ def _check_type(name: str, value, tp, where: str):
         return float(value)
     if tp is float and isinstance(value, str):  # YAML 1.1 reads `1e-3` (no dot) as a string
         try:
-            return float(value)
+            value = float(value)
         except ValueError:
             pass
     if tp is bool and not isinstance(value, bool) or tp is not bool and isinstance(value, bool) \
             or not isinstance(value, tp):
         raise ConfigError(f"{where}run.{name} must be {getattr(tp, '__name__', tp)}, got {value!r}")
+    if tp is float and not math.isfinite(value):  # torch would say "Invalid learning rate: nan", naming no key
+        raise ConfigError(f"{where}run.{name} must be a finite number, got {value!r}")
     return value
 
 
@@ -158,6 +161,9 @@ def validate_model_section(m: dict, where: str = "") -> dict:
         raise ConfigError(f"{where}model.preset {preset!r} is not a preset of {name}; "
                           f"choose one of {', '.join(registry.list_presets(name))}")
     overrides = {k: v for k, v in m.items() if k not in ("name", "preset")}
+    for key, value in overrides.items():
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{where}model.{key} must be a finite number, got {value!r}")
     try:
         cfg = registry.model_config(name, preset)
     except Exception as e:  # noqa: BLE001 - the registry's own message is the useful part
@@ -224,8 +230,19 @@ def load_config(name_or_path: str | Path, overrides: typing.Iterable[str] = ()) 
         raw.setdefault(section, {})
         if raw[section] is None:
             raw[section] = {}
+        if section == "run":  # a bad --set is blamed on the --set, not on the file
+            _check_run_field(key, value, f"--set {text_!r}: ")
+        elif isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"--set {text_!r}: model.{key} must be a finite number, got {value!r}")
         raw[section][key] = value
     return resolve_config(raw, where=f"{where}: ")
+
+
+def _check_run_field(key: str, value, where: str) -> None:
+    known = {f.name for f in dataclasses.fields(RunConfig)}
+    if key not in known:
+        raise _unknown("run", key, known, where)
+    _check_type(key, value, typing.get_type_hints(RunConfig)[key], where)
 
 
 def resolve_config(config: dict, where: str = "") -> dict:

@@ -104,6 +104,5 @@ def test_real_cli_reports_config_errors_in_one_line(tmp_path):
     r = subprocess.run([sys.executable, "-m", "chdl", "train", "--data", str(tmp_path), "--config", "diffuma_tiny",
                         "--set", "run.epocs=3", "--out", str(tmp_path / "run")], capture_output=True, text=True)
     assert r.returncode == 1
-    assert r.stderr.strip() == ("Error: diffuma/configs/diffuma_tiny.yaml: unknown run key 'epocs' "
-                                "(did you mean 'epochs'?)")
+    assert r.stderr.strip() == "Error: --set 'run.epocs=3': unknown run key 'epocs' (did you mean 'epochs'?)"
     assert not (tmp_path / "run").exists()

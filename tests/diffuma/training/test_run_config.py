@@ -41,6 +41,14 @@ def test_yaml_file_with_overrides_resolves_every_run_field(standin, tmp_path):
     ("model: {name: standin}\n", ["lr=1"], r"key must be model.<field> or run.<field>"),
     ("model: {name: standin}\n", ["run.lr"], r"expected key=value"),
     ("model: [1, 2\n", [], r"c\.yaml: not valid YAML"),
+    # NaN/inf name the key (torch would say "Invalid learning rate: nan"); a bad --set is blamed on the --set
+    ("model: {name: standin}\nrun: {lr: .nan}\n", [], r"c\.yaml: run\.lr must be a finite number, got nan"),
+    ("model: {name: standin}\nrun: {grad_clip: .inf}\n", [], r"run\.grad_clip must be a finite number, got inf"),
+    ("model: {name: standin, dropout: .nan}\n", [], r"c\.yaml: model\.dropout must be a finite number"),
+    ("model: {name: standin}\n", ["run.lr=abc"], r"^--set 'run\.lr=abc': run\.lr must be float, got 'abc'$"),
+    ("model: {name: standin}\n", ["run.lr=nan"], r"^--set 'run\.lr=nan': run\.lr must be a finite number"),
+    ("model: {name: standin}\n", ["model.dropout=.nan"], r"^--set 'model\.dropout=\.nan': model\.dropout must be a finite"),
+    ("model: {name: standin}\n", ["run.epocs=2"], r"^--set 'run\.epocs=2': unknown run key 'epocs' \(did you mean"),
 ])
 def test_invalid_configs_fail_with_one_clear_line(standin, tmp_path, text, overrides, message):
     with pytest.raises(ConfigError, match=message):
