@@ -4,7 +4,7 @@ Layout (documented for readers without the toolkit in ``docs/raw-format.md``)::
 
     <run>/manifest.json        run identity, camera, applied settings, lane/position plan, status
     <run>/frames.jsonl         one JSON object per frame, appended in capture order
-    <run>/frames/NNNNNN.png    the pixels: lossless PNG, 8-bit for Mono8, 16-bit for Mono16
+    <run>/frames/NNNNNN.png    the pixels: lossless PNG, 8-bit for Mono8, 16-bit for Mono10/Mono12/Mono16
 
 Crash safety: a frame's PNG is written to a temporary name and renamed into place *before* its line is
 appended to ``frames.jsonl`` and flushed, so every line names a complete file. A ``kill -9`` can at worst
@@ -31,7 +31,8 @@ RAW_SCHEMA = "chdl.raw/1"
 MANIFEST = "manifest.json"
 FRAMES_INDEX = "frames.jsonl"
 FRAMES_DIR = "frames"
-PIXEL_DTYPES = {"Mono8": np.uint8, "Mono16": np.uint16}
+# Mono10/Mono12: unpacked, values in the low 10/12 bits of 16-bit pixels
+PIXEL_DTYPES = {"Mono8": np.uint8, "Mono10": np.uint16, "Mono12": np.uint16, "Mono16": np.uint16}
 STATUSES = ("ok", "incomplete", "dropped")
 RUN_STATUSES = ("recording", "complete", "incomplete")
 
@@ -57,7 +58,7 @@ class FrameRecord:
     file: str | None  # relative path of the PNG, None for a dropped frame
     width: int
     height: int
-    pixel_format: str  # "Mono8" | "Mono16"
+    pixel_format: str  # "Mono8" | "Mono10" | "Mono12" | "Mono16" (PIXEL_DTYPES)
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), separators=(",", ":"), allow_nan=False)
@@ -220,7 +221,7 @@ def _atomic_write_json(path: Path, obj: Any) -> None:
 
 
 def encode_png(pixels: np.ndarray, pixel_format: str) -> bytes:
-    """Lossless PNG bytes for one Mono8/Mono16 frame (fast compression: capture must keep up)."""
+    """Lossless PNG bytes for one frame of a PIXEL_DTYPES format (fast compression: capture must keep up)."""
     dtype = PIXEL_DTYPES.get(pixel_format)
     if dtype is None:
         raise ValueError(f"unsupported pixel format {pixel_format!r} (supported: {', '.join(PIXEL_DTYPES)})")

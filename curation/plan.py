@@ -30,7 +30,7 @@ from acquisition.raw import PIXEL_DTYPES, FrameRecord, Recording, find_recording
 from chdl.dataset import SPLIT_TRAIN, SPLIT_VAL
 from curation.config import CurateConfig
 
-MAX_VALUES = {"Mono8": 255, "Mono16": 65535}
+MAX_VALUES = {"Mono8": 255, "Mono10": 1023, "Mono12": 4095, "Mono16": 65535}
 
 
 class PlanError(ValueError):

@@ -18,7 +18,7 @@ import click
 
 from chdl.cli.options import NON_NEGATIVE, POSITIVE
 
-PIXEL_FORMATS = ("Mono8", "Mono16")
+PIXEL_FORMATS = ("Mono8", "Mono10", "Mono12", "Mono16")  # Mono10/12: unpacked, GenTL cameras only
 
 
 @contextlib.contextmanager

@@ -3,6 +3,7 @@
 import json
 
 import numpy as np
+import pytest
 from click.testing import CliRunner
 
 from chdl.cli import main
@@ -78,14 +79,16 @@ def test_twenty_positions_make_two_sequences_per_lane(tmp_path):
     assert [r.index for r in plan.sequences[1].records] == list(range(T, 2 * T))
 
 
-def test_mono16_end_to_end(tmp_path):
-    spec = SynthSpec(height=120, width=160, step_px=8.0, max_value=65535)
-    write_run(tmp_path / "r16", lanes=2, faults={(1, 5): ("blur", 2.0)}, spec=spec, fmt="Mono16")
+@pytest.mark.parametrize("fmt,top", [("Mono16", 65535), ("Mono12", 4095)])
+def test_mono16_end_to_end(tmp_path, fmt, top):
+    spec = SynthSpec(height=120, width=160, step_px=8.0, max_value=top)
+    write_run(tmp_path / "r16", lanes=2, faults={(1, 5): ("blur", 2.0)}, spec=spec, fmt=fmt)
     out = tmp_path / "d16.zarr"
     r = CliRunner().invoke(main, ["curate", str(tmp_path / "r16"), str(out), "-q"])
     assert r.exit_code == 0, r.output
     ds = open_dataset(out)
-    assert ds.frames.dtype == np.uint16 and ds.attrs["pixel_format"] == "Mono16" and ds.attrs["max_value"] == 65535
+    assert ds.frames.dtype == np.uint16 and ds.attrs["pixel_format"] == fmt and ds.attrs["max_value"] == top
+    assert ds.frames[:].max() <= top
     flagged = np.argwhere(ds.qc_flags & 3)
     assert flagged.tolist() == [[1, 5]]
     assert ds.frames[1, 5].max() > 255  # reconstructed in the 16-bit range
