@@ -33,6 +33,7 @@ FRAMES_INDEX = "frames.jsonl"
 FRAMES_DIR = "frames"
 # Mono10/Mono12: unpacked, values in the low 10/12 bits of 16-bit pixels
 PIXEL_DTYPES = {"Mono8": np.uint8, "Mono10": np.uint16, "Mono12": np.uint16, "Mono16": np.uint16}
+PIXEL_MAX = {"Mono8": 255, "Mono10": 1023, "Mono12": 4095, "Mono16": 65535}  # the largest value of each format
 STATUSES = ("ok", "incomplete", "dropped")
 RUN_STATUSES = ("recording", "complete", "incomplete")
 

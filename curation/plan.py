@@ -26,11 +26,9 @@ from pathlib import Path
 
 import numpy as np
 
-from acquisition.raw import PIXEL_DTYPES, FrameRecord, Recording, find_recordings, os_problem
+from acquisition.raw import PIXEL_DTYPES, PIXEL_MAX, FrameRecord, Recording, find_recordings, os_problem
 from chdl.dataset import SPLIT_TRAIN, SPLIT_VAL
 from curation.config import CurateConfig
-
-MAX_VALUES = {"Mono8": 255, "Mono10": 1023, "Mono12": 4095, "Mono16": 65535}
 
 
 class PlanError(ValueError):
@@ -77,7 +75,7 @@ class Plan:
 
     @property
     def max_value(self) -> int:
-        return MAX_VALUES[self.pixel_format]
+        return PIXEL_MAX[self.pixel_format]
 
     def key_material(self) -> dict:
         """What identifies the input, for resuming: run folders, ids and frame counts."""

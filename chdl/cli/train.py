@@ -171,7 +171,7 @@ def _recording_sequences(path: Path, info: dict, max_sequences: int):
     consecutive ok frames are a single window without truth (a pure forecast)."""
     import numpy as np
 
-    from acquisition.raw import PIXEL_DTYPES, Recording
+    from acquisition.raw import PIXEL_MAX, Recording
 
     rec = Recording.open(path)
     t_in, t_out = info["in_frames"], info["out_frames"]
@@ -197,7 +197,7 @@ def _recording_sequences(path: Path, info: dict, max_sequences: int):
     pixel_format = windows[0][0].pixel_format
     # The dataset's scale when the recording has its pixel format, else the format's full range.
     max_value = (info["max_value"] if pixel_format == info.get("pixel_format")
-                 else float(np.iinfo(PIXEL_DTYPES[pixel_format]).max))
+                 else float(PIXEL_MAX[pixel_format]))
     seqs = np.stack([np.stack([rec.read(r) for r in w]) for w in windows]).astype(np.float32) / max_value
     seqs = seqs[:, :, None]  # (N, T, 1, H, W)
     _check_shape(path, tuple(seqs.shape[2:]), info)
