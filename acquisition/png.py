@@ -65,8 +65,8 @@ def decode(data: bytes | bytearray | memoryview | np.ndarray) -> np.ndarray:
         return _decode_general(buf)
     bpp = depth // 8
     stride = 1 + width * bpp
-    try:
-        raw = zlib_ng.decompress(idat)
+    try:  # inflate at most one byte more than the header promises: a deflate bomb cannot exhaust memory
+        raw = zlib_ng.decompressobj().decompress(idat, height * stride + 1)
     except zlib_ng.error as e:
         raise PNGError(f"corrupt image data ({e})") from None
     if len(raw) != height * stride:

@@ -400,6 +400,9 @@ class Recording:
         except OSError as e:
             raise RawFormatError(f"{file}: cannot read frame ({e.strerror or e})") from None
         try:
+            width, height, _, _ = png.header(data[:png.HEADER_BYTES].tobytes())
+            if (width, height) != (record.width, record.height):  # checked before decoding allocates for it
+                raise RawFormatError(f"{file}: size {width}x{height} differs from its record ({record.width}x{record.height})")
             pixels = png.decode(data)
         except png.PNGError as e:
             raise RawFormatError(f"{file}: truncated or corrupt PNG ({e})") from None

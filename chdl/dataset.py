@@ -114,6 +114,17 @@ def _open_group(path: Path, mode: str) -> zarr.Group:
     return group
 
 
+def read_array(array: zarr.Array, selection: Any, path: str | os.PathLike) -> np.ndarray:
+    """``array[selection]``, with a chunk that cannot be read or decoded (truncated, corrupt, removed
+    under a shard marked done) as a one-line DatasetFormatError naming the dataset and the array."""
+    try:
+        return array[selection]
+    except Exception as e:  # noqa: BLE001 - codecs and stores raise many kinds for damaged chunks
+        first = (str(e).splitlines() or [""])[0][:200]
+        raise DatasetFormatError(f"{path}: cannot read {array.path} ({type(e).__name__}: {first}); "
+                                 "the dataset is damaged on disk") from None
+
+
 def _is_int(v: Any) -> bool:
     return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
 
@@ -300,7 +311,7 @@ class DatasetWriter:
         return range(start, min(start + self.sequences_per_shard, self.n_sequences))
 
     def done_shards(self) -> set[int]:
-        return {int(i) for i in np.flatnonzero(self.group["shard_done"][:])}
+        return {int(i) for i in np.flatnonzero(read_array(self.group["shard_done"], slice(None), self.path))}
 
     def write_shard(
         self,
@@ -386,15 +397,15 @@ class DatasetReader:
 
     @property
     def qc_flags(self) -> np.ndarray:
-        return self.group["qc_flags"][:]
+        return read_array(self.group["qc_flags"], slice(None), self.path)
 
     @property
     def qc_scores(self) -> np.ndarray:
-        return self.group["qc_scores"][:]
+        return read_array(self.group["qc_scores"], slice(None), self.path)
 
     @property
     def split(self) -> np.ndarray:
-        return self.group["split"][:]
+        return read_array(self.group["split"], slice(None), self.path)
 
     def indices(self, split: str = "all") -> np.ndarray:
         """Sequence indices of a split ("train", "val", "excluded", or "all" = train + val)."""
@@ -409,8 +420,8 @@ class DatasetReader:
         """``(sequence, t, pixels (C,H,W))`` of every original frame that a reconstruction replaced."""
         out = []
         for key in sorted(self.group["originals_index"].array_keys(), key=int):
-            idx = self.group["originals_index"][key][:]
-            pix = self.group["originals"][key][:]
+            idx = read_array(self.group["originals_index"][key], slice(None), self.path)
+            pix = read_array(self.group["originals"][key], slice(None), self.path)
             out += [(int(s), int(t), p) for (s, t), p in zip(idx, pix)]
         return out
 
@@ -443,7 +454,7 @@ def open_dataset(path: str | os.PathLike) -> DatasetReader:
         raise DatasetFormatError(f"{path}: no such dataset")
     group = _open_group(path, "r")
     attrs = group.attrs
-    done = group["shard_done"][:]
+    done = read_array(group["shard_done"], slice(None), path)
     if not attrs.get("complete", False) or not done.all():
         raise DatasetIncompleteError(
             f"{path}: incomplete dataset ({int(done.sum())}/{done.size} shards written); "

@@ -16,7 +16,13 @@ from chdl.cli.options import FiniteFloat
 
 
 def _fail(e: Exception) -> click.ClickException:
-    return click.ClickException(str(e))
+    """One line: an error raised in a DataLoader worker arrives with the worker's traceback in its message
+    ("Caught X in DataLoader worker process 0. Original Traceback ..."); keep only the error's own line."""
+    msg = str(e)
+    if "Original Traceback" in msg:
+        last = msg.strip().splitlines()[-1]
+        msg = last.split(": ", 1)[1] if last.split(": ", 1)[0].endswith(type(e).__name__) else last
+    return click.ClickException(msg)
 
 
 @click.command("train")
