@@ -289,6 +289,18 @@ class DatasetWriter:
         path = Path(path)
         return cls(path, _open_group(path, "r+"))
 
+    @staticmethod
+    def interrupted_creation(path: str | os.PathLike) -> bool:
+        """Whether ``path`` is a layout whose creation was cut off before it was whole (the chdl schema, not
+        complete, no ``shard_done`` array, so no shard can have been written): what versions before atomic
+        creation could leave. Nothing in it is worth keeping; a writer may create the dataset afresh."""
+        try:
+            group = zarr.open_group(str(path), mode="r", zarr_format=3)
+            return (group.attrs.get("schema") == SCHEMA and group.attrs.get("complete") is False
+                    and "shard_done" not in group)
+        except Exception:  # noqa: BLE001 - unreadable: not something to delete
+            return False
+
     def remove_interrupted_writes(self) -> int:
         """Delete the temporary files of zarr writes that a kill interrupted (zarr writes each file to a
         temporary name and renames it into place); returns how many. Call once when resuming, while no

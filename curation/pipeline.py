@@ -278,8 +278,14 @@ def curate(source: str | os.PathLike, out: str | os.PathLike, cfg: CurateConfig,
     if out.exists() and not overwrite:
         try:
             writer = DatasetWriter.open(out)
-        except DatasetFormatError:
-            raise CurateError(f"{out}: already exists and is not a chdl dataset; refusing to overwrite (use --overwrite)") from None
+        except DatasetFormatError as e:
+            if not DatasetWriter.interrupted_creation(out):
+                why = str(e).removeprefix(f"{out}: ")
+                raise CurateError(f"{out}: already exists and is not a chdl dataset to resume ({why}); "
+                                  "refusing to overwrite (use --overwrite)") from None
+            log(f"{out}: its creation was cut off before any shard was written; creating it afresh")
+            overwrite = True
+    if writer is not None:
         if writer.complete:
             raise CurateError(f"{out}: already exists (a complete dataset); use --overwrite to replace it")
         if writer.attrs.get("provenance", {}).get("curate_key") != key:

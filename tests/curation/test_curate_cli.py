@@ -387,3 +387,24 @@ def test_nan_in_a_qc_config_is_refused_with_the_key(raw, tmp_path, text, needle)
     cfg.write_text(text)
     _one_line_error(_curate(raw[0], tmp_path / "o.zarr", "--config", cfg, ok=False), f"{cfg}: {needle}")
     assert not (tmp_path / "o.zarr").exists()
+
+
+def test_a_layout_whose_creation_was_cut_off_is_created_afresh(raw, curated, tmp_path):
+    """What versions before atomic creation left when killed while creating (the group and some arrays,
+    no shard_done): the rerun creates the dataset afresh instead of failing with KeyError forever."""
+    out = tmp_path / "d.zarr"
+    _curate(raw[0], out)
+    g = zarr.open_group(str(out), mode="r+")
+    for name in ("shard_done", "timestamp_ns", "position_um", "originals", "originals_index"):
+        del g[name]
+    g.attrs["complete"] = False
+    r = CliRunner().invoke(main, ["curate", str(raw[0]), str(out)])
+    assert r.exit_code == 0 and "creation was cut off before any shard was written" in r.output, r.output
+    a, b = zarr.open_group(str(curated), mode="r"), zarr.open_group(str(out), mode="r")
+    for name in ("frames", "qc_flags", "split", "timestamp_ns"):
+        np.testing.assert_array_equal(a[name][:], b[name][:])
+    g = zarr.open_group(str(out), mode="r+")
+    del g["frames"]  # a dataset with shards written but damaged is not silently replaced
+    g.attrs["complete"] = False
+    _one_line_error(_curate(raw[0], out, ok=False), "not a chdl dataset to resume (malformed dataset (missing arrays: frames))",
+                    "use --overwrite")
