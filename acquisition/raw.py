@@ -66,12 +66,14 @@ class FrameRecord:
 
 
 _FIELDS = {f.name for f in dataclasses.fields(FrameRecord)}
-# field -> (kind, minimum): the one definition of what a frame record may hold (see validate_record)
-_FIELD_KINDS: dict[str, tuple[str, int | None]] = {
-    "index": ("int", 0), "lane": ("int", None), "position_index": ("int", None), "position_um": ("number", None),
-    "frame_id": ("int?", None), "device_timestamp_ns": ("int?", None), "host_wall_ns": ("int", None),
-    "host_monotonic_ns": ("int", None), "status": ("str", None), "dropped_before": ("int", 0),
-    "file": ("str?", None), "width": ("int", 0), "height": ("int", 0), "pixel_format": ("str", None),
+_I31, _I63, _U64 = (0, 2**31 - 1), (-2**63, 2**63 - 1), (0, 2**64 - 1)  # JSON integers have no size limit
+# field -> (kind, (minimum, maximum) for integers): the one definition of what a frame record may hold
+# (see validate_record). Lanes and positions index arrays (int32 in the dataset); device counters are uint64.
+_FIELD_KINDS: dict[str, tuple[str, tuple[int, int] | None]] = {
+    "index": ("int", _I31), "lane": ("int", _I31), "position_index": ("int", _I31), "position_um": ("number", None),
+    "frame_id": ("int?", _U64), "device_timestamp_ns": ("int?", _U64), "host_wall_ns": ("int", _I63),
+    "host_monotonic_ns": ("int", _I63), "status": ("str", None), "dropped_before": ("int", (0, 2**63 - 1)),
+    "file": ("str?", None), "width": ("int", _I31), "height": ("int", _I31), "pixel_format": ("str", None),
 }
 assert set(_FIELD_KINDS) == _FIELDS
 
@@ -118,7 +120,7 @@ def validate_record(obj: Any) -> str | None:
     missing = sorted(_FIELDS - set(obj))
     if missing:
         return f"malformed frame record (missing field{'s' if len(missing) > 1 else ''} {', '.join(map(repr, missing))})"
-    for name, (kind, minimum) in _FIELD_KINDS.items():
+    for name, (kind, bounds) in _FIELD_KINDS.items():
         v = obj[name]
         if kind.endswith("?") and v is None:
             continue
@@ -129,8 +131,8 @@ def validate_record(obj: Any) -> str | None:
             return f"field {name!r} must be a finite number, not {_describe(v)}"
         if base == "str" and not isinstance(v, str):
             return f"field {name!r} must be a string, not {_describe(v)}"
-        if minimum is not None and v < minimum:
-            return f"field {name!r} must be >= {minimum}, not {v}"
+        if bounds is not None and not bounds[0] <= v <= bounds[1]:
+            return f"field {name!r} must be in [{bounds[0]}, {bounds[1]}], not {v}"
     if obj["status"] not in STATUSES:
         return f"unknown frame status {obj['status']!r} (field 'status'; known: {', '.join(STATUSES)})"
     if obj["file"] is not None:

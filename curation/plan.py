@@ -196,7 +196,7 @@ def build_plan(source: str | os.PathLike, cfg: CurateConfig) -> Plan:
         by_lane: dict[int, dict[int, FrameRecord]] = {}
         problems: dict[tuple[int, int], str] = {}
         for f in rec.frames:
-            if not 0 <= f.position_index < P or f.lane < 0:
+            if f.position_index >= P:  # lane and position are >= 0 (acquisition.raw.validate_record)
                 warnings.append(f"{index_file}: frame {f.index} has lane {f.lane} / position {f.position_index} outside the plan ({P} positions); ignored")
                 continue
             key = (f.lane, f.position_index)
