@@ -357,7 +357,13 @@ class GenTLCamera(Camera):
             self.incomplete_buffers += 1
             raise TimeoutError(f"camera {self.alias!r}: unusable buffer discarded")
         try:  # copy everything out of the driver's buffer, then hand it back
-            component = buffer.payload.components[0]
+            try:  # harvesters slices and views the payload itself: a short or odd-sized one fails in there
+                component = buffer.payload.components[0]
+            except GenTLError:
+                raise
+            except Exception as e:  # noqa: BLE001 - numpy's ValueError from inside harvesters, or worse
+                raise CameraError(f"camera {self.alias!r}: buffer cannot be read as an image ({type(e).__name__}: "
+                                  f"{(str(e).splitlines() or [''])[0][:160]}); frame refused") from None
             pixels = decode_component(component, f"camera {self.alias!r}")
             frame_id = _optional(lambda: int(buffer.module.frame_id))
             stamp = _optional(lambda: int(buffer.module.timestamp_ns))

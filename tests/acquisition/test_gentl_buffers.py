@@ -95,3 +95,45 @@ def test_viky_frames_go_through_the_decoder_and_rgba_is_refused(tmp_path):
         with pytest.raises(CameraError, match="camera 'viky0': delivered RGBa8, expected one of Mono8"):
             cam.fetch(2.0)
         cam.stop()
+
+
+class _Buffer:
+    """A stand-in for harvesters' Buffer as GenTLCamera.fetch uses it."""
+
+    def __init__(self, component=None, error=None):
+        self._component, self._error, self.queued = component, error, False
+        self.module = SimpleNamespace(frame_id=7, timestamp_ns=123)
+
+    @property
+    def payload(self):
+        if self._error:
+            raise self._error  # what harvesters raises building a component from a short payload
+        return SimpleNamespace(components=[self._component])
+
+    def queue(self):
+        self.queued = True
+
+
+def _camera_delivering(buffer):
+    from acquisition.backends.gentl import GenTLCamera
+
+    cam = GenTLCamera("x", {}, config=None)
+    cam._ia = SimpleNamespace(fetch=lambda timeout: buffer)
+    return cam
+
+
+def test_fetch_decodes_padded_buffers_and_requeues_every_buffer():
+    pixels = RNG.integers(0, 4096, (6, 9)).astype(np.uint16)
+    buf = _Buffer(_component(pixels, "Mono12", padding=14))
+    frame = _camera_delivering(buf).fetch(1.0)
+    np.testing.assert_array_equal(frame.pixels, pixels)
+    assert frame.frame_id == 7 and frame.device_timestamp_ns == 123 and buf.queued
+    buf = _Buffer(error=ValueError("buffer is smaller than requested size"))
+    with pytest.raises(CameraError, match=r"camera 'x': buffer cannot be read as an image \(ValueError: buffer is "
+                                          r"smaller than requested size\); frame refused"):
+        _camera_delivering(buf).fetch(1.0)
+    assert buf.queued
+    buf = _Buffer(_component(np.zeros((6, 9), np.uint8), "Mono8", cut=5))
+    with pytest.raises(CameraError, match="does not hold 9x6 pixels"):
+        _camera_delivering(buf).fetch(1.0)
+    assert buf.queued
