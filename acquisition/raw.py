@@ -151,6 +151,8 @@ def _check_number(obj: dict, key: str, where: str, *, minimum: float | None = No
         return f"{where}{key} must be a finite number, not {_describe(v)}"
     if minimum is not None and v < minimum:
         return f"{where}{key} must be >= {minimum}, not {v}"
+    if integer and v > _I63[1]:
+        return f"{where}{key} must be < 2**63, not {v}"
     return None
 
 
@@ -187,8 +189,8 @@ def validate_manifest(manifest: Any) -> str | None:
         return f"malformed manifest (settings.pixel_format must be a string, not {_describe(settings['pixel_format'])})"
     plan = manifest.get("plan") or {}
     positions, um = plan.get("positions"), plan.get("positions_um")
-    if positions is not None and not (isinstance(positions, list) or (_is_int(positions) and positions >= 1)):
-        return f"malformed manifest (plan.positions must be a list or an integer >= 1, not {_describe(positions)})"
+    if positions is not None and not (isinstance(positions, list) or (_is_int(positions) and 1 <= positions <= _I31[1])):
+        return f"malformed manifest (plan.positions must be a list or an integer in [1, {_I31[1]}], not {_describe(positions)})"
     if um is not None:
         if not isinstance(um, list):
             return f"malformed manifest (plan.positions_um must be a list, not {_describe(um)})"

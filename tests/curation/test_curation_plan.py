@@ -92,3 +92,45 @@ def test_mono16_end_to_end(tmp_path, fmt, top):
     flagged = np.argwhere(ds.qc_flags & 3)
     assert flagged.tolist() == [[1, 5]]
     assert ds.frames[1, 5].max() > 255  # reconstructed in the 16-bit range
+
+
+BAD_VALUES = ["x", 1.5, float("nan"), float("inf"), True, None, [], {}, -1, 0, 10**30]
+
+
+def test_any_bad_value_in_any_metadata_key_is_an_error_naming_the_file_never_a_crash(tmp_path):
+    """Every frame-record field and every manifest key the toolkit reads, set to each of a list of bad values:
+    planning either succeeds (the value is legal there) or raises RawFormatError/PlanError naming the file;
+    no other exception, no hang. The kind behind the issue's "lane": "one" and "file": 13 tracebacks."""
+    from acquisition.raw import RawFormatError
+    from curation.plan import PlanError
+
+    run = tmp_path / "r"
+    write_run(run, lanes=1)
+    index, manifest = (run / "frames.jsonl").read_text(), json.loads((run / "manifest.json").read_text())
+    record = json.loads(index.splitlines()[0])
+    outcomes = {"ok": 0, "error": 0}
+
+    def plan_once(what):
+        try:
+            build_plan(run, CurateConfig())
+            outcomes["ok"] += 1
+        except (RawFormatError, PlanError) as e:
+            assert str(e).startswith(str(run)) and "\n" not in str(e), (what, str(e))
+            outcomes["error"] += 1
+
+    for key in record:
+        for bad in BAD_VALUES:
+            lines = index.splitlines()
+            lines[0] = json.dumps({**record, key: bad})
+            (run / "frames.jsonl").write_text("\n".join(lines) + "\n")
+            plan_once(("record", key, bad))
+    (run / "frames.jsonl").write_text(index)
+    paths = [(k,) for k in ("schema", "status", "run_id", "frames", "settings", "plan")] + \
+        [("settings", k) for k in manifest["settings"]] + [("plan", k) for k in manifest["plan"]]
+    for path in paths:
+        for bad in BAD_VALUES:
+            m = json.loads(json.dumps(manifest))
+            (m if len(path) == 1 else m[path[0]])[path[-1]] = bad
+            (run / "manifest.json").write_text(json.dumps(m))
+            plan_once(("manifest", path, bad))
+    assert outcomes["error"] > 150 and outcomes["ok"] > 10, outcomes
