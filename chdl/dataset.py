@@ -76,6 +76,7 @@ _SMALL = {
     "timestamp_ns": (np.int64, -1),
 }
 _PARTIAL = re.compile(r".*\.[0-9a-f]{32}\.partial")  # zarr's atomic-write temp names (LocalStore)
+_FORMAT_BITS = {"Mono8": 8, "Mono10": 10, "Mono12": 12, "Mono16": 16}  # pixel_format -> its max_value's bits
 FRAME_DTYPES = (np.dtype(np.uint8), np.dtype(np.uint16))
 _INT_ATTRS = ("n_sequences", "frames_per_sequence", "in_frames", "out_frames", "sequences_per_shard", "n_shards")
 
@@ -171,6 +172,10 @@ def validate(group: zarr.Group, path: str | os.PathLike) -> None:
     top = np.iinfo(frames.dtype).max
     if not isinstance(max_value, (int, float)) or isinstance(max_value, bool) or not 0 < max_value <= top:
         raise bad(f"attribute max_value must be a number in (0, {top}] for {frames.dtype} frames, not {max_value!r}")
+    bits = _FORMAT_BITS.get(attrs["pixel_format"])
+    if bits is not None and (max_value != 2 ** bits - 1 or frames.dtype != (np.uint8 if bits == 8 else np.uint16)):
+        raise bad(f"pixel_format {attrs['pixel_format']} means {'uint8' if bits == 8 else 'uint16'} frames with "
+                  f"max_value {2 ** bits - 1}, not {frames.dtype} with {max_value!r}")
     extent = {"sequence": N, "time": T, "score": len(attrs["qc_score_names"])}
     for name, (dtype, _) in _SMALL.items():
         arr = group[name]
@@ -207,7 +212,7 @@ class DatasetWriter:
         sequences_per_shard: int = 16,
         in_frames: int = 5,
         out_frames: int = 5,
-        pixel_format: str = "Mono8",
+        pixel_format: str | None = None,
         max_value: float | None = None,
         qc_score_names: Sequence[str] = (),
         runs: Sequence[str] = (),
@@ -215,11 +220,16 @@ class DatasetWriter:
         extra: dict | None = None,
         overwrite: bool = False,
     ) -> "DatasetWriter":
-        """Lay out an empty, incomplete dataset at ``path``. An existing path is refused unless ``overwrite``."""
+        """Lay out an empty, incomplete dataset at ``path``. An existing path is refused unless ``overwrite``.
+        ``pixel_format`` defaults to Mono8 / Mono16 by ``dtype``, ``max_value`` to the format's largest value.
+        ValueError for a layout :func:`validate` would refuse (nothing is written then)."""
         path = Path(path)
         dtype = np.dtype(dtype)
         if dtype not in (np.uint8, np.uint16):
             raise ValueError(f"frames dtype must be uint8 or uint16, not {dtype}")
+        pixel_format = pixel_format or ("Mono8" if dtype == np.uint8 else "Mono16")
+        if max_value is None:
+            max_value = 2 ** _FORMAT_BITS[pixel_format] - 1 if pixel_format in _FORMAT_BITS else np.iinfo(dtype).max
         if n_sequences < 1:
             raise ValueError("a dataset needs at least one sequence")
         if in_frames + out_frames > frames_per_sequence:
@@ -247,7 +257,7 @@ class DatasetWriter:
             "in_frames": in_frames,
             "out_frames": out_frames,
             "pixel_format": pixel_format,
-            "max_value": float(max_value if max_value is not None else np.iinfo(dtype).max),
+            "max_value": float(max_value),
             "sequences_per_shard": S,
             "n_shards": n_shards,
             "qc_score_names": list(qc_score_names),
@@ -274,6 +284,10 @@ class DatasetWriter:
                                dimension_names=("shard",))
             group.create_group("originals")
             group.create_group("originals_index")
+            try:
+                validate(group, path)
+            except DatasetFormatError as e:
+                raise ValueError(str(e).replace("malformed dataset", "refusing to create a dataset", 1)) from None
         except Exception:  # e.g. disk full: leave nothing behind (a kill leaves the folder to the next creation)
             _remove(building)
             raise

@@ -194,3 +194,40 @@ def test_creation_is_atomic_and_a_killed_creation_is_cleaned_up(tmp_path, monkey
     _write(path, _frames(seed=1), overwrite=True).finalize()
     np.testing.assert_array_equal(open_dataset(path).frames[:], _frames(seed=1))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d.zarr"]
+
+
+def test_any_bad_value_in_any_attribute_is_refused_or_harmless(tmp_path):
+    """Every attribute set to each of a list of bad values: opening either refuses it in one line naming the
+    path, or it is harmless (the summary, `chdl info` and one item of the torch Dataset all work)."""
+    from click.testing import CliRunner
+
+    from chdl.cli import main
+
+    path = tmp_path / "d.zarr"
+    _write(path, _frames()).finalize()
+    g = zarr.open_group(str(path), mode="r+")
+    attrs = dict(g.attrs)
+    bad_values = ["x", 1.5, float("nan"), float("inf"), True, None, [], {}, -1, 0, 10**30]
+    refused = 0
+    for key in attrs:
+        for bad in bad_values:
+            g.update_attributes({**attrs, key: bad})
+            try:
+                summary = open_dataset(path).summary()
+            except DatasetFormatError as e:
+                assert str(e).startswith(str(path)) and "\n" not in str(e), (key, bad, str(e))
+                refused += 1
+                continue
+            r = CliRunner().invoke(main, ["info", str(path)])
+            assert r.exit_code == 0 and summary["path"] == str(path), (key, bad, r.output)
+            x, y = SequenceDataset(path, "train")[0]
+            assert torch.isfinite(x).all() and float(x.max()) <= 1.0, (key, bad)
+    assert refused > 80, refused
+
+
+def test_create_refuses_what_readers_refuse_and_writes_nothing(tmp_path):
+    with pytest.raises(ValueError, match="refusing to create a dataset .pixel_format Mono8 means uint8 frames"):
+        _write(tmp_path / "d.zarr", _frames(dtype=np.uint16), pixel_format="Mono8")
+    assert list(tmp_path.iterdir()) == []
+    _write(tmp_path / "d.zarr", _frames(dtype=np.uint16), pixel_format="Mono12").finalize()
+    assert open_dataset(tmp_path / "d.zarr").attrs["max_value"] == 4095  # the format's default
