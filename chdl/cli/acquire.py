@@ -106,7 +106,6 @@ def capture(ctx, alias, replay, out, run_id, lanes, positions, step_um, fps, wid
     """Capture lane passes into a raw recording (chdl.raw/1), from a camera or a recorded stream."""
     from acquisition.backends.base import CaptureSettings
     from acquisition.capture import CapturePlan, default_run_id
-
     from acquisition.raw import check_plain_name
 
     if bool(alias) == bool(replay):
@@ -139,11 +138,14 @@ def capture(ctx, alias, replay, out, run_id, lanes, positions, step_um, fps, wid
             from acquisition.camera_config import load_camera_config
             from acquisition.stage import SimulatedStage
 
+            name = run_id or default_run_id(alias)
+            if why := check_plain_name(name):  # the alias names the default run folder
+                raise click.UsageError(f"{why}; pass --run-id NAME")
             config = load_camera_config(camera_config, tuple(cti))
             camera = open_camera(alias, config)
             plan = CapturePlan.evenly(lanes, positions, step_um, trigger=trigger, frame_timeout_s=frame_timeout)
             settings = CaptureSettings(width, height, pixel_format, fps, exposure_us)
-            results.append(_run(camera, SimulatedStage(settle_s), out / (run_id or default_run_id(alias)),
+            results.append(_run(camera, SimulatedStage(settle_s), out / name,
                                 settings, plan, {"alias": alias}, quiet))
     for r in results:
         click.echo(f"{r.message} ({r.frames} frames, {r.dropped_positions} dropped positions, {r.dropped_frames} "

@@ -182,6 +182,7 @@ def test_real_full_disk(tmp_path):
     (["--width", "0"], "Invalid value for '--width'"),
     (["--run-id", "../escape"], "run id '../escape' is not a plain folder name"),
     (["--run-id", "a/b"], "is not a plain folder name"),
+    (["--camera", "sim0/../../x"], "is not a plain folder name (no '/', '\\', '..' or control characters); pass --run-id NAME"),
 ])
 def test_capture_option_values_are_checked_before_anything_is_written(tmp_path, args, message):
     from click.testing import CliRunner
