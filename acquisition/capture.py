@@ -25,6 +25,7 @@ import contextlib
 import dataclasses
 import datetime as _dt
 import errno
+import math
 import os
 import queue
 import signal
@@ -46,6 +47,17 @@ class CapturePlan:
     settle_timeout_s: float = 5.0  # the stage must settle within this, else the run stops
     frame_timeout_s: float | None = None  # per-position frame timeout; None: max(1 s, 3 frame periods)
     max_consecutive_timeouts: int = 3  # this many positions in a row without a frame = camera lost
+
+    def __post_init__(self):
+        """ValueError for a plan that cannot be captured: NaN/inf positions or timeouts, no lanes."""
+        if not isinstance(self.lanes, int) or self.lanes < 1:
+            raise ValueError(f"lanes must be an integer >= 1, not {self.lanes!r}")
+        if not self.positions_um or not all(math.isfinite(p) for p in self.positions_um):
+            raise ValueError(f"positions_um must be finite numbers, not {self.positions_um[:5]!r}")
+        for name in ("settle_timeout_s", "frame_timeout_s"):
+            v = getattr(self, name)
+            if v is not None and not (math.isfinite(v) and v > 0):
+                raise ValueError(f"{name} must be a finite number > 0, not {v!r}")
 
     @classmethod
     def evenly(cls, lanes: int, positions: int, step_um: float, **kw) -> "CapturePlan":

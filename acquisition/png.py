@@ -65,8 +65,8 @@ def decode(data: bytes | bytearray | memoryview | np.ndarray) -> np.ndarray:
         return _decode_general(buf)
     bpp = depth // 8
     stride = 1 + width * bpp
-    try:
-        raw = zlib_ng.decompress(idat)
+    try:  # inflate at most one byte more than the header promises: a deflate bomb cannot exhaust memory
+        raw = zlib_ng.decompressobj().decompress(idat, height * stride + 1)
     except zlib_ng.error as e:
         raise PNGError(f"corrupt image data ({e})") from None
     if len(raw) != height * stride:
@@ -79,6 +79,20 @@ def decode(data: bytes | bytearray | memoryview | np.ndarray) -> np.ndarray:
     if bpp == 1:
         return pixels
     return pixels.view(">u2").astype(np.uint16)
+
+
+HEADER_BYTES = 33  # signature + the IHDR chunk, which a PNG must start with
+
+
+def header(data: bytes) -> tuple[int, int, int, int]:
+    """(width, height, bit depth, colour type) from the first :data:`HEADER_BYTES` bytes of a PNG:
+    what a file holds, read without decoding it. PNGError if they are not a PNG's start."""
+    if len(data) < HEADER_BYTES or data[:8] != _SIGNATURE or data[12:16] != b"IHDR":
+        raise PNGError("not a PNG (bad signature or no IHDR chunk first)")
+    if zlib.crc32(data[12:29]) != struct.unpack_from(">I", data, 29)[0]:
+        raise PNGError("CRC mismatch in the IHDR chunk")
+    width, height, depth, colour = struct.unpack_from(">IIBB", data, 16)
+    return width, height, depth, colour
 
 
 def _chunks(buf: memoryview) -> tuple[tuple, bytes]:

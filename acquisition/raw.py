@@ -4,7 +4,7 @@ Layout (documented for readers without the toolkit in ``docs/raw-format.md``)::
 
     <run>/manifest.json        run identity, camera, applied settings, lane/position plan, status
     <run>/frames.jsonl         one JSON object per frame, appended in capture order
-    <run>/frames/NNNNNN.png    the pixels: lossless PNG, 8-bit for Mono8, 16-bit for Mono16
+    <run>/frames/NNNNNN.png    the pixels: lossless PNG, 8-bit for Mono8, 16-bit for Mono10/Mono12/Mono16
 
 Crash safety: a frame's PNG is written to a temporary name and renamed into place *before* its line is
 appended to ``frames.jsonl`` and flushed, so every line names a complete file. A ``kill -9`` can at worst
@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
+import errno
 import json
+import math
 import os
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, Iterator
 
 import numpy as np
@@ -29,7 +31,9 @@ RAW_SCHEMA = "chdl.raw/1"
 MANIFEST = "manifest.json"
 FRAMES_INDEX = "frames.jsonl"
 FRAMES_DIR = "frames"
-PIXEL_DTYPES = {"Mono8": np.uint8, "Mono16": np.uint16}
+# Mono10/Mono12: unpacked, values in the low 10/12 bits of 16-bit pixels
+PIXEL_DTYPES = {"Mono8": np.uint8, "Mono10": np.uint16, "Mono12": np.uint16, "Mono16": np.uint16}
+PIXEL_MAX = {"Mono8": 255, "Mono10": 1023, "Mono12": 4095, "Mono16": 65535}  # the largest value of each format
 STATUSES = ("ok", "incomplete", "dropped")
 RUN_STATUSES = ("recording", "complete", "incomplete")
 
@@ -55,13 +59,157 @@ class FrameRecord:
     file: str | None  # relative path of the PNG, None for a dropped frame
     width: int
     height: int
-    pixel_format: str  # "Mono8" | "Mono16"
+    pixel_format: str  # "Mono8" | "Mono10" | "Mono12" | "Mono16" (PIXEL_DTYPES)
 
     def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), separators=(",", ":"))
+        return json.dumps(dataclasses.asdict(self), separators=(",", ":"), allow_nan=False)
 
 
 _FIELDS = {f.name for f in dataclasses.fields(FrameRecord)}
+_I31, _I63, _U64 = (0, 2**31 - 1), (-2**63, 2**63 - 1), (0, 2**64 - 1)  # JSON integers have no size limit
+# field -> (kind, (minimum, maximum) for integers): the one definition of what a frame record may hold
+# (see validate_record). Lanes and positions index arrays (int32 in the dataset); device counters are uint64.
+_FIELD_KINDS: dict[str, tuple[str, tuple[int, int] | None]] = {
+    "index": ("int", _I31), "lane": ("int", _I31), "position_index": ("int", _I31), "position_um": ("number", None),
+    "frame_id": ("int?", _U64), "device_timestamp_ns": ("int?", _U64), "host_wall_ns": ("int", _I63),
+    "host_monotonic_ns": ("int", _I63), "status": ("str", None), "dropped_before": ("int", (0, 2**63 - 1)),
+    "file": ("str?", None), "width": ("int", _I31), "height": ("int", _I31), "pixel_format": ("str", None),
+}
+assert set(_FIELD_KINDS) == _FIELDS
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    return (_is_int(v) or isinstance(v, float)) and math.isfinite(v)
+
+
+def _describe(v: Any) -> str:
+    return "NaN" if isinstance(v, float) and math.isnan(v) else f"{type(v).__name__} {v!r}"[:80]
+
+
+def check_plain_name(name: Any, what: str = "run id") -> str | None:
+    """Why ``name`` is not usable as a single folder name (None if it is): run ids name folders, so
+    they may not be empty, ``.``/``..``, or contain a path separator or a control character."""
+    if not isinstance(name, str) or not name:
+        return f"{what} must be a non-empty string, not {_describe(name)}"
+    if name in (".", "..") or "/" in name or "\\" in name or any(ord(c) < 32 for c in name):
+        return f"{what} {name!r} is not a plain folder name (no '/', '\\', '..' or control characters)"
+    return None
+
+
+def check_relative_file(file: str) -> str | None:
+    """Why a record's ``file`` could lead outside its run folder (None if it cannot, lexically):
+    it must be a relative path without ``..``. Symlinks are checked when the file is used."""
+    parts = PurePosixPath(file).parts
+    if not file or file.startswith("/") or "\\" in file or "\x00" in file or ".." in parts or not parts:
+        return f"file {file!r} points outside the run folder (a frame file is a relative path inside the run, without '..')"
+    return None
+
+
+def validate_record(obj: Any) -> str | None:
+    """Why ``obj`` (one parsed line of ``frames.jsonl``) is not a valid frame record, naming the field;
+    None if it is. Numbers must be finite, integers must be integers (not strings, floats or booleans)."""
+    if not isinstance(obj, dict):
+        return f"malformed frame record (expected a JSON object, got {type(obj).__name__})"
+    unknown = sorted(set(obj) - _FIELDS)
+    if unknown:
+        return f"malformed frame record (unknown field{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))})"
+    missing = sorted(_FIELDS - set(obj))
+    if missing:
+        return f"malformed frame record (missing field{'s' if len(missing) > 1 else ''} {', '.join(map(repr, missing))})"
+    for name, (kind, bounds) in _FIELD_KINDS.items():
+        v = obj[name]
+        if kind.endswith("?") and v is None:
+            continue
+        base = kind.rstrip("?")
+        if base == "int" and not _is_int(v):
+            return f"field {name!r} must be an integer, not {_describe(v)}"
+        if base == "number" and not _is_number(v):
+            return f"field {name!r} must be a finite number, not {_describe(v)}"
+        if base == "str" and not isinstance(v, str):
+            return f"field {name!r} must be a string, not {_describe(v)}"
+        if bounds is not None and not bounds[0] <= v <= bounds[1]:
+            return f"field {name!r} must be in [{bounds[0]}, {bounds[1]}], not {v}"
+    if obj["status"] not in STATUSES:
+        return f"unknown frame status {obj['status']!r} (field 'status'; known: {', '.join(STATUSES)})"
+    if obj["file"] is not None:
+        return check_relative_file(obj["file"])
+    return None
+
+
+def _check_number(obj: dict, key: str, where: str, *, minimum: float | None = None, integer: bool = False,
+                  optional: bool = True) -> str | None:
+    if key not in obj or (optional and obj[key] is None):
+        return None
+    v = obj[key]
+    if integer and not _is_int(v):
+        return f"{where}{key} must be an integer, not {_describe(v)}"
+    if not _is_number(v):
+        return f"{where}{key} must be a finite number, not {_describe(v)}"
+    if minimum is not None and v < minimum:
+        return f"{where}{key} must be >= {minimum}, not {v}"
+    if integer and v > _I63[1]:
+        return f"{where}{key} must be < 2**63, not {v}"
+    return None
+
+
+def validate_manifest(manifest: Any) -> str | None:
+    """Why a parsed ``manifest.json`` is malformed, naming the key (None if it is fine). Checks the
+    schema, status, run id (a plain folder name), and the type and range of every number the toolkit
+    reads from ``settings`` and ``plan``; the keys it does not read are free."""
+    if not isinstance(manifest, dict):
+        return "malformed manifest (expected a JSON object)"
+    if manifest.get("schema") != RAW_SCHEMA:
+        return f"unsupported schema {manifest.get('schema')!r} (expected {RAW_SCHEMA!r})"
+    if manifest.get("status") not in RUN_STATUSES:
+        return f"malformed manifest (status {manifest.get('status')!r}; expected one of {', '.join(RUN_STATUSES)})"
+    if "run_id" in manifest and (why := check_plain_name(manifest["run_id"])):
+        return f"malformed manifest (run_id: {why})"
+    why = _check_number(manifest, "frames", "", minimum=0, integer=True)
+    for section, checks in (("settings", (("width", 1, True), ("height", 1, True), ("fps", 0, False),
+                                          ("exposure_us", 0, False))),
+                            ("plan", (("lanes", 1, True), ("step_um", None, False)))):
+        if why:
+            break
+        block = manifest.get(section)
+        if block is None:
+            continue
+        if not isinstance(block, dict):
+            return f"malformed manifest ({section} must be an object, not {_describe(block)})"
+        for key, minimum, integer in checks:
+            if why := _check_number(block, key, f"{section}.", minimum=minimum, integer=integer):
+                break
+    if why:
+        return f"malformed manifest ({why})"
+    settings = manifest.get("settings") or {}
+    if "pixel_format" in settings and not isinstance(settings["pixel_format"], str):
+        return f"malformed manifest (settings.pixel_format must be a string, not {_describe(settings['pixel_format'])})"
+    plan = manifest.get("plan") or {}
+    positions, um = plan.get("positions"), plan.get("positions_um")
+    if positions is not None and not (isinstance(positions, list) or (_is_int(positions) and 1 <= positions <= _I31[1])):
+        return f"malformed manifest (plan.positions must be a list or an integer in [1, {_I31[1]}], not {_describe(positions)})"
+    if um is not None:
+        if not isinstance(um, list):
+            return f"malformed manifest (plan.positions_um must be a list, not {_describe(um)})"
+        bad = next((i for i, x in enumerate(um) if not _is_number(x)), None)
+        if bad is not None:
+            return f"malformed manifest (plan.positions_um[{bad}] must be a finite number, not {_describe(um[bad])})"
+        n = len(positions) if isinstance(positions, list) else positions
+        if n is not None and n != len(um):
+            return f"malformed manifest (plan.positions says {n} positions but plan.positions_um lists {len(um)})"
+    return None
+
+
+def os_problem(e: OSError) -> str:
+    """A short description of why a path could not be used (symlink loops named as such)."""
+    if e.errno == errno.ELOOP:
+        return "symbolic link loop"
+    if e.errno == errno.ENOENT:
+        return "no such file or folder"
+    return e.strerror or str(e)
 
 
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -74,11 +222,11 @@ def _atomic_write_bytes(path: Path, data: bytes) -> None:
 
 
 def _atomic_write_json(path: Path, obj: Any) -> None:
-    _atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+    _atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True, allow_nan=False) + "\n").encode())
 
 
 def encode_png(pixels: np.ndarray, pixel_format: str) -> bytes:
-    """Lossless PNG bytes for one Mono8/Mono16 frame (fast compression: capture must keep up)."""
+    """Lossless PNG bytes for one frame of a PIXEL_DTYPES format (fast compression: capture must keep up)."""
     dtype = PIXEL_DTYPES.get(pixel_format)
     if dtype is None:
         raise ValueError(f"unsupported pixel format {pixel_format!r} (supported: {', '.join(PIXEL_DTYPES)})")
@@ -103,13 +251,16 @@ class RecordingWriter:
         path = Path(path)
         if path.exists() and (not path.is_dir() or any(path.iterdir())):
             raise RawFormatError(f"{path}: already exists and is not an empty folder; refusing to overwrite a recording")
-        (path / FRAMES_DIR).mkdir(parents=True, exist_ok=True)
         manifest = dict(manifest)
         manifest.setdefault("run_id", path.name)
         manifest.setdefault("created", _dt.datetime.now(_dt.timezone.utc).isoformat())
         manifest.setdefault("notes", {})
         manifest["schema"] = RAW_SCHEMA
         manifest["status"] = "recording"
+        why = validate_manifest(manifest)
+        if why:  # refuse to write what the reader would refuse
+            raise RawFormatError(f"{path / MANIFEST}: {why}")
+        (path / FRAMES_DIR).mkdir(parents=True, exist_ok=True)
         _atomic_write_json(path / MANIFEST, manifest)
         return cls(path, manifest)
 
@@ -181,6 +332,7 @@ class Recording:
         self.manifest = manifest
         self.frames = frames
         self.torn_tail = torn_tail  # the last line of frames.jsonl was cut mid-write (and skipped)
+        self._root: str | None = None  # the run folder with symlinks resolved (for frame_path)
 
     @property
     def complete(self) -> bool:
@@ -196,26 +348,28 @@ class Recording:
         manifest_path = path / MANIFEST
         if not path.is_dir():
             raise RawFormatError(f"{path}: not a folder (a recording is a folder with {MANIFEST})")
-        if not manifest_path.is_file():
+        if not os.path.lexists(manifest_path):
             raise RawFormatError(f"{path}: not a recording (no {MANIFEST})")
         try:
-            manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+            manifest = json.loads(manifest_path.read_bytes().decode("utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise RawFormatError(f"{manifest_path}: malformed JSON ({e})") from None
-        if not isinstance(manifest, dict):
-            raise RawFormatError(f"{manifest_path}: malformed manifest (expected a JSON object)")
-        if manifest.get("schema") != RAW_SCHEMA:
-            raise RawFormatError(f"{manifest_path}: unsupported schema {manifest.get('schema')!r} (expected {RAW_SCHEMA!r})")
-        if manifest.get("status") not in RUN_STATUSES:
-            raise RawFormatError(f"{manifest_path}: malformed manifest (status {manifest.get('status')!r})")
+        except OSError as e:
+            what = "is a folder, not a file" if e.errno == errno.EISDIR else f"cannot be read ({os_problem(e)})"
+            raise RawFormatError(f"{manifest_path}: {what}") from None
+        why = validate_manifest(manifest)
+        if why:
+            raise RawFormatError(f"{manifest_path}: {why}")
         frames, torn = cls._read_index(path / FRAMES_INDEX)
         return cls(path, manifest, frames, torn)
 
     @staticmethod
     def _read_index(index_path: Path) -> tuple[list[FrameRecord], bool]:
-        if not index_path.is_file():
-            raise RawFormatError(f"{index_path}: missing frame index")
-        raw = index_path.read_bytes()
+        try:
+            raw = index_path.read_bytes()
+        except OSError as e:
+            what = "missing frame index" if e.errno == errno.ENOENT else f"cannot read the frame index ({os_problem(e)})"
+            raise RawFormatError(f"{index_path}: {what}") from None
         lines = raw.split(b"\n")
         torn = lines[-1] != b""  # a complete file ends with a newline
         frames: list[FrameRecord] = []
@@ -223,16 +377,17 @@ class Recording:
             if not line.strip():
                 continue
             try:
-                obj = json.loads(line)
+                obj = json.loads(line.decode("utf-8"))
+            except UnicodeDecodeError as e:
+                raise RawFormatError(f"{index_path}:{lineno}: malformed frame record (not UTF-8: byte "
+                                     f"0x{line[e.start]:02x} at column {e.start + 1})") from None
             except json.JSONDecodeError as e:
                 raise RawFormatError(f"{index_path}:{lineno}: malformed frame record ({e.msg})") from None
-            if not isinstance(obj, dict) or set(obj) != _FIELDS:
-                missing = sorted(_FIELDS - set(obj)) if isinstance(obj, dict) else []
-                raise RawFormatError(f"{index_path}:{lineno}: malformed frame record (missing {missing or 'fields'})")
+            why = validate_record(obj)
+            if why:
+                raise RawFormatError(f"{index_path}:{lineno}: {why}")
             if obj["index"] != len(frames):
                 raise RawFormatError(f"{index_path}:{lineno}: frame index {obj['index']} out of sequence (expected {len(frames)})")
-            if obj["status"] not in STATUSES:
-                raise RawFormatError(f"{index_path}:{lineno}: unknown frame status {obj['status']!r}")
             frames.append(FrameRecord(**obj))
         return frames, torn
 
@@ -240,7 +395,7 @@ class Recording:
         """The pixels of one frame as a (H, W) uint8/uint16 array; RawFormatError if unreadable."""
         if record.file is None:
             raise RawFormatError(f"{self.path / FRAMES_INDEX}: frame {record.index} was dropped (no pixels)")
-        file = self.path / record.file
+        file = self.frame_path(record)
         dtype = PIXEL_DTYPES.get(record.pixel_format)
         if dtype is None:
             raise RawFormatError(f"{file}: unsupported pixel format {record.pixel_format!r}")
@@ -249,6 +404,9 @@ class Recording:
         except OSError as e:
             raise RawFormatError(f"{file}: cannot read frame ({e.strerror or e})") from None
         try:
+            width, height, _, _ = png.header(data[:png.HEADER_BYTES].tobytes())
+            if (width, height) != (record.width, record.height):  # checked before decoding allocates for it
+                raise RawFormatError(f"{file}: size {width}x{height} differs from its record ({record.width}x{record.height})")
             pixels = png.decode(data)
         except png.PNGError as e:
             raise RawFormatError(f"{file}: truncated or corrupt PNG ({e})") from None
@@ -258,6 +416,37 @@ class Recording:
             raise RawFormatError(f"{file}: size {pixels.shape[1]}x{pixels.shape[0]} differs from its record ({record.width}x{record.height})")
         return pixels
 
+    def stored_size(self, record: FrameRecord) -> tuple[int, int] | None:
+        """(width, height) of a frame's PNG as its header on disk says, without decoding it; None if the
+        file is missing or not a PNG. For checking sizes from metadata before allocating for them."""
+        try:
+            with open(self.frame_path(record), "rb") as f:
+                width, height, _, _ = png.header(f.read(png.HEADER_BYTES))
+        except (OSError, png.PNGError):
+            return None
+        return width, height
+
+    def frame_path(self, record: FrameRecord) -> Path:
+        """The path of a frame's file, checked to lie inside the run folder: RawFormatError if its
+        ``file`` is absolute, climbs out with ``..``, or reaches outside through a symbolic link
+        (in the file or any folder on the way). A missing file is not checked here (see :meth:`read`)."""
+        if record.file is None:
+            raise RawFormatError(f"{self.path / FRAMES_INDEX}: frame {record.index} was dropped (no pixels)")
+        why = check_relative_file(record.file)
+        if why:
+            raise RawFormatError(f"{self.path / FRAMES_INDEX}: frame {record.index}: {why}")
+        file = self.path / record.file
+        if self._root is None:
+            self._root = os.path.realpath(self.path)
+        # only symbolic links can lead out of a lexically contained path: resolve when one is on the way
+        rel = PurePosixPath(record.file)
+        if any(os.path.islink(self.path.joinpath(*rel.parts[:i + 1])) for i in range(len(rel.parts))):
+            real = os.path.realpath(file)
+            if os.path.commonpath([self._root, real]) != self._root:
+                raise RawFormatError(f"{file}: symbolic link to {real}, outside the run folder {self.path}; "
+                                     "frame files must stay inside their run")
+        return file
+
     def __iter__(self) -> Iterator[FrameRecord]:
         return iter(self.frames)
 
@@ -266,14 +455,17 @@ class Recording:
 
 
 def is_recording(path: str | os.PathLike) -> bool:
-    return (Path(path) / MANIFEST).is_file()
+    """Whether ``path`` holds a ``manifest.json`` (of any kind: Recording.open says what is wrong with it)."""
+    return os.path.lexists(Path(path) / MANIFEST)
 
 
 def find_recordings(path: str | os.PathLike) -> list[Path]:
     """``path`` itself if it is a recording, else the recordings directly inside it, sorted by name."""
     path = Path(path)
-    if not path.exists():
-        raise RawFormatError(f"{path}: no such file or folder")
+    try:
+        os.stat(path)
+    except OSError as e:
+        raise RawFormatError(f"{path}: {os_problem(e)}") from None
     if not path.is_dir():
         raise RawFormatError(f"{path}: not a recording or a folder of recordings")
     if is_recording(path):

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from chdl.dataset import DatasetReader, open_dataset
+from chdl.dataset import DatasetReader, open_dataset, read_array
 
 
 class SequenceDataset(Dataset):
@@ -56,7 +56,7 @@ class SequenceDataset(Dataset):
         seq = int(self.indices[i])
         a, b = self.frame_offset, self.frame_offset + self.in_frames
         c = b + self.out_frames
-        frames = torch.from_numpy(np.asarray(self._frames()[seq, a:c]))  # (T_in+T_out, C, H, W) uint8|uint16
+        frames = torch.from_numpy(np.asarray(read_array(self._frames(), (seq, slice(a, c)), self.path)))  # (T,C,H,W)
         if not self.integer:
             frames = self.to_unit(frames)
         return frames[: self.in_frames], frames[self.in_frames:]

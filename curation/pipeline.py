@@ -225,6 +225,32 @@ def _thresholds(cfg: CurateConfig, baselines: list[qc.Baseline]) -> list[np.ndar
     return [qc.thresholds(cfg.qc.floors, cfg.qc.z, b) for b in baselines]
 
 
+def _write(plan: Plan, cfg: CurateConfig, writer: DatasetWriter, ctx: dict, out: Path, html_path: Path,
+           json_path: Path, workers: int, progress: bool, timings: dict) -> tuple[set[int], list[int], dict]:
+    """The shards not yet done, the QC report, then finalize: (shards done before, shards written, summary)."""
+    T = cfg.frames_per_sequence
+    t_shards = time.perf_counter()
+    done = writer.done_shards()
+    pending = [s for s in range(writer.n_shards) if s not in done]
+    tasks = [(s, [plan.sequences[i] for i in writer.shard_range(s)]) for s in pending]
+    n_pending = sum(len(seqs) for _, seqs in tasks) * T
+    with tqdm(total=n_pending, unit="frame", desc="curate", file=sys.stderr, disable=not progress,
+              dynamic_ncols=True) as bar:
+        thumbnails = {}
+        for shard, n, warns, thumbs in _run_tasks(_shard_task, tasks, ctx, workers):
+            for w in warns:
+                bar.write(f"warning: {w}")
+            thumbnails.update(thumbs)
+            bar.update(n)
+
+    timings["shards"] = time.perf_counter() - t_shards
+    t_report = time.perf_counter()
+    summary = write_report(out, plan, cfg, html_path, json_path, thumbnails)
+    writer.finalize()
+    timings["report"] = time.perf_counter() - t_report
+    return done, pending, summary
+
+
 def curate(source: str | os.PathLike, out: str | os.PathLike, cfg: CurateConfig, *, workers: int = 1,
            overwrite: bool = False, command: str = "", progress: bool = True,
            log: Callable[[str], None] | None = None) -> CurateResult:
@@ -252,13 +278,20 @@ def curate(source: str | os.PathLike, out: str | os.PathLike, cfg: CurateConfig,
     if out.exists() and not overwrite:
         try:
             writer = DatasetWriter.open(out)
-        except DatasetFormatError:
-            raise CurateError(f"{out}: already exists and is not a chdl dataset; refusing to overwrite (use --overwrite)") from None
+        except DatasetFormatError as e:
+            if not DatasetWriter.interrupted_creation(out):
+                why = str(e).removeprefix(f"{out}: ")
+                raise CurateError(f"{out}: already exists and is not a chdl dataset to resume ({why}); "
+                                  "refusing to overwrite (use --overwrite)") from None
+            log(f"{out}: its creation was cut off before any shard was written; creating it afresh")
+            overwrite = True
+    if writer is not None:
         if writer.complete:
             raise CurateError(f"{out}: already exists (a complete dataset); use --overwrite to replace it")
         if writer.attrs.get("provenance", {}).get("curate_key") != key:
             raise CurateError(f"{out}: an incomplete dataset made from other inputs or settings; "
                               "rerun with the original arguments to resume, or use --overwrite")
+        writer.remove_interrupted_writes()
         log(f"resuming {out}: {len(writer.done_shards())}/{writer.n_shards} shards already written")
     t_cal = time.perf_counter()
     if writer is None:
@@ -292,33 +325,20 @@ def curate(source: str | os.PathLike, out: str | os.PathLike, cfg: CurateConfig,
                 runs=[r.run_id for r in plan.runs], provenance=provenance,
                 extra={"curation": {"report_html": html_path.name, "report_json": json_path.name}},
                 overwrite=overwrite)
-        except (FileExistsError, OSError) as e:
-            raise CurateError(f"{out}: cannot create dataset ({e})") from None
+        except OSError as e:  # nothing is left at OUT: creation is atomic (chdl.dataset)
+            raise CurateError(f"{out}: cannot create dataset ({e.strerror or e})") from None
     # baselines always from the stored provenance: a resumed run uses exactly what the first one did
     stored = writer.attrs["provenance"]["config"]["run_baselines"]
     ctx["baselines"] = [stored[r.run_id] for r in plan.runs]
     ctx["thresholds"] = _thresholds(cfg, [qc.Baseline.from_dict(b) for b in ctx["baselines"]])
 
     timings["calibrate"] = time.perf_counter() - t_cal
-    t_shards = time.perf_counter()
-    done = writer.done_shards()
-    pending = [s for s in range(writer.n_shards) if s not in done]
-    tasks = [(s, [plan.sequences[i] for i in writer.shard_range(s)]) for s in pending]
-    n_pending = sum(len(seqs) for _, seqs in tasks) * T
-    with tqdm(total=n_pending, unit="frame", desc="curate", file=sys.stderr, disable=not progress,
-              dynamic_ncols=True) as bar:
-        thumbnails = {}
-        for shard, n, warns, thumbs in _run_tasks(_shard_task, tasks, ctx, workers):
-            for w in warns:
-                bar.write(f"warning: {w}")
-            thumbnails.update(thumbs)
-            bar.update(n)
-
-    timings["shards"] = time.perf_counter() - t_shards
-    t_report = time.perf_counter()
-    summary = write_report(out, plan, cfg, html_path, json_path, thumbnails)
-    writer.finalize()
-    timings["report"] = time.perf_counter() - t_report
+    try:
+        done, pending, summary = _write(plan, cfg, writer, ctx, out, html_path, json_path, workers, progress, timings)
+    except OSError as e:  # disk full, permissions, a vanished folder: what is written so far stays resumable
+        where = e.filename or out
+        raise CurateError(f"{where}: cannot write ({e.strerror or e}); {out} is incomplete — fix that and rerun "
+                          "the same command to resume") from None
     return CurateResult(out, html_path, json_path, len(plan.sequences), len(plan.sequences) * T,
                         len(pending), len(done), time.perf_counter() - t_start, summary,
                         {k: round(v, 3) for k, v in timings.items()})

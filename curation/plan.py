@@ -21,15 +21,14 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
+import stat
 from pathlib import Path
 
 import numpy as np
 
-from acquisition.raw import PIXEL_DTYPES, FrameRecord, Recording, find_recordings
+from acquisition.raw import PIXEL_DTYPES, PIXEL_MAX, FrameRecord, Recording, find_recordings, os_problem
 from chdl.dataset import SPLIT_TRAIN, SPLIT_VAL
 from curation.config import CurateConfig
-
-MAX_VALUES = {"Mono8": 255, "Mono16": 65535}
 
 
 class PlanError(ValueError):
@@ -76,7 +75,7 @@ class Plan:
 
     @property
     def max_value(self) -> int:
-        return MAX_VALUES[self.pixel_format]
+        return PIXEL_MAX[self.pixel_format]
 
     def key_material(self) -> dict:
         """What identifies the input, for resuming: run folders, ids and frame counts."""
@@ -88,15 +87,38 @@ def _settings(rec: Recording) -> tuple[int, int, str]:
     s = rec.manifest.get("settings")
     if not isinstance(s, dict):
         raise PlanError(f"{manifest}: malformed manifest (no settings)")
-    try:
-        w, h, fmt = int(s["width"]), int(s["height"]), str(s["pixel_format"])
-    except (KeyError, TypeError, ValueError):
-        raise PlanError(f"{manifest}: malformed manifest (settings need width, height, pixel_format)") from None
+    missing = [k for k in ("width", "height", "pixel_format") if s.get(k) is None]
+    if missing:
+        raise PlanError(f"{manifest}: malformed manifest (settings need width, height, pixel_format; "
+                        f"missing {', '.join(missing)})")
+    w, h, fmt = s["width"], s["height"], s["pixel_format"]  # types checked by Recording.open
     if fmt not in PIXEL_DTYPES:
         raise PlanError(f"{manifest}: unsupported pixel format {fmt!r} (supported: {', '.join(PIXEL_DTYPES)})")
     if w < 16 or h < 16:
         raise PlanError(f"{manifest}: frame size {w}x{h} is too small to curate (need at least 16x16)")
     return w, h, fmt
+
+
+def _check_stored_size(rec: Recording, w: int, h: int) -> None:
+    """Confirm the manifest's frame size with the frame files on disk before any array of that size is
+    allocated: some frame file's PNG header must say w x h (normally the first one does). PlanError
+    if none does; a run with no frame records at all has nothing to allocate for."""
+    first = None  # (file, size) of the first readable frame file, for the message
+    for f in rec.frames:
+        if f.file is None:
+            continue
+        size = rec.stored_size(f)
+        if size == (w, h):
+            return
+        if size is not None and first is None:
+            first = (rec.path / f.file, size)
+    manifest = rec.path / "manifest.json"
+    if first is not None:
+        raise PlanError(f"{first[0]}: frame is {first[1][0]}x{first[1][1]} on disk, but {manifest} says {w}x{h} "
+                        "and no frame file of the run has that size")
+    if rec.frames:
+        raise PlanError(f"{manifest}: no readable frame file confirms the frame size {w}x{h} "
+                        f"({len(rec.frames)} frame records)")
 
 
 def _positions_per_lane(rec: Recording) -> int:
@@ -120,6 +142,17 @@ def _planned_um(rec: Recording) -> list[float]:
         except (TypeError, ValueError):
             return []
     return []
+
+
+def _file_problem(rec: Recording, f: FrameRecord) -> str | None:
+    """Why a record's frame file cannot be used (None if it is a file). RawFormatError if it leads
+    outside the run folder."""
+    try:
+        if not stat.S_ISREG(os.stat(rec.frame_path(f)).st_mode):
+            return "frame file is not a regular file"
+    except OSError as e:
+        return "frame file is missing" if os_problem(e) == "no such file or folder" else f"frame file unusable ({os_problem(e)})"
+    return None
 
 
 def build_plan(source: str | os.PathLike, cfg: CurateConfig) -> Plan:
@@ -163,7 +196,7 @@ def build_plan(source: str | os.PathLike, cfg: CurateConfig) -> Plan:
         by_lane: dict[int, dict[int, FrameRecord]] = {}
         problems: dict[tuple[int, int], str] = {}
         for f in rec.frames:
-            if not 0 <= f.position_index < P or f.lane < 0:
+            if f.position_index >= P:  # lane and position are >= 0 (acquisition.raw.validate_record)
                 warnings.append(f"{index_file}: frame {f.index} has lane {f.lane} / position {f.position_index} outside the plan ({P} positions); ignored")
                 continue
             key = (f.lane, f.position_index)
@@ -177,8 +210,8 @@ def build_plan(source: str | os.PathLike, cfg: CurateConfig) -> Plan:
                 why = f"size {f.width}x{f.height} differs from the run's {w}x{h}"
             elif f.pixel_format != fmt:
                 why = f"pixel format {f.pixel_format} differs from the run's {fmt}"
-            elif not (rec.path / f.file).is_file():
-                why = "frame file is missing"
+            else:
+                why = _file_problem(rec, f)
             if why is not None:
                 if key not in lane_map:
                     problems[key] = why
@@ -192,13 +225,15 @@ def build_plan(source: str | os.PathLike, cfg: CurateConfig) -> Plan:
             problems.pop(key, None)
         if not by_lane:
             warnings.append(f"{index_file}: no frames recorded")
-        for lane in sorted(by_lane):
-            got = by_lane[lane]
-            for win in range(P // T):
+        _check_stored_size(rec, w, h)
+        for lane in sorted(by_lane.keys() | {ln for ln, _ in problems}):
+            got = by_lane.get(lane, {})
+            # only windows that hold a record: the loop is bounded by what is on disk, not by the
+            # manifest's plan (which may claim any number of positions); empty windows are never reached
+            touched = {p // T for p in got} | {p // T for ln, p in problems if ln == lane}
+            for win in sorted(w_ for w_ in touched if w_ < P // T):
                 pos = range(win * T, (win + 1) * T)
                 records = [got.get(p) for p in pos]
-                if all(r is None for r in records) and not any((lane, p) in problems for p in pos):
-                    continue  # a window this (cut-off) run never reached
                 reasons = {t: problems.get((lane, p), "position never recorded")
                            for t, p in enumerate(pos) if records[t] is None}
                 for t, why in reasons.items():

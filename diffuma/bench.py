@@ -547,7 +547,7 @@ def run_bench(data: str | Path, models: str, epochs: list[int] | None, out: str 
         # training split, as the run trained
         state = load_checkpoint(ck)
         entry["training"] = training_record(state)
-        model, _ = build_model_from_checkpoint(state)
+        model, _ = build_model_from_checkpoint(state, source=ck)
         entry["params"] = int(sum(p.numel() for p in model.parameters()))
         entry["model_config"] = state["model_config"]
         if throughput_steps > 0:

@@ -80,7 +80,7 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | Path, split: str = "
     from diffuma.training.data import checkpoint_dataset
 
     state = load_checkpoint(checkpoint)
-    model, used = build_model_from_checkpoint(state, weights)
+    model, used = build_model_from_checkpoint(state, weights, checkpoint)
     info, run = state["data"], state["config"]["run"]
     dataset = checkpoint_dataset(state, data, split)
     dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else

@@ -38,7 +38,7 @@ class CaptureSettings:
 
     width: int
     height: int
-    pixel_format: str  # "Mono8" | "Mono16"
+    pixel_format: str  # "Mono8" | "Mono10" | "Mono12" | "Mono16" (Mono10/12 unpacked, in uint16)
     fps: float
     exposure_us: float | None = None  # None: leave the camera's exposure as it is (or it has none)
 

@@ -4,7 +4,10 @@ What this module handles that plain harvesters does not:
 - a missing or invalid ``.cti`` is a :class:`CameraError` naming the file (harvesters only logs it);
 - every fetch has a timeout (``TimeoutError``); any other GenTL failure during a fetch means the camera is
   gone and is a :class:`CameraError` ("lost"), so capture can close the run cleanly;
-- pixels are copied out of the driver buffer before it is re-queued;
+- pixels are copied out of the driver buffer before it is re-queued, row by row where the producer pads
+  rows (GenTL's ``BUFFER_INFO_PADDING_X``: bytes after each row; harvesters' ``x_padding``, which its own
+  ``data`` leaves in place); a payload that cannot hold Width x Height pixels is a :class:`CameraError`;
+  unpacked Mono10/Mono12 are read with their bit depth, packed formats are refused by name;
 - incomplete buffers (which harvesters re-queues silently) are counted in ``incomplete_buffers``;
 - harvesters installs its own SIGINT handler (it destroys the acquirer and swallows Ctrl-C); we restore
   the previous handler so Ctrl-C reaches the capture loop, which stops and closes the device itself;
@@ -34,7 +37,9 @@ logging.getLogger("harvesters.core").setLevel(logging.CRITICAL + 1)
 # alias prefix -> GenTL transport layer type for the "n-th device of that transport" fallback
 FALLBACK_TRANSPORTS = {"gige": "GEV", "gev": "GEV", "u3v": "U3V", "usb": "U3V", "cxp": "CXP", "cl": "CL",
                        "custom": "Custom"}
-PIXEL_FORMATS = ("Mono8", "Mono16")
+# unpacked monochrome formats: bytes per pixel and significant bits (little-endian, LSB-aligned, as PFNC says)
+PIXEL_LAYOUTS = {"Mono8": (1, 8), "Mono10": (2, 10), "Mono12": (2, 12), "Mono16": (2, 16)}
+PIXEL_FORMATS = tuple(PIXEL_LAYOUTS)
 _EVENT_WAIT_MS = 50  # harvesters waits on the GenTL new-buffer event in slices of this (1 ms default = busy loop)
 
 
@@ -263,7 +268,7 @@ class GenTLCamera(Camera):
 
     def apply(self, settings: CaptureSettings) -> CaptureSettings:
         if settings.pixel_format not in PIXEL_FORMATS:
-            raise CameraError(f"pixel format {settings.pixel_format!r} not supported (use {' or '.join(PIXEL_FORMATS)})")
+            raise CameraError(f"pixel format {settings.pixel_format!r} not supported (use {', '.join(PIXEL_FORMATS)})")
         need = lambda name, node: node if node is not None else _missing(self.alias, name)  # noqa: E731
         for offset in ("OffsetX", "OffsetY"):  # so that the full width/height range is available
             node = self._node(offset)
@@ -353,10 +358,14 @@ class GenTLCamera(Camera):
             self.incomplete_buffers += 1
             raise TimeoutError(f"camera {self.alias!r}: unusable buffer discarded")
         try:  # copy everything out of the driver's buffer, then hand it back
-            component = buffer.payload.components[0]
-            if component.data_format not in PIXEL_FORMATS:
-                raise CameraError(f"camera {self.alias!r}: delivered {component.data_format}, expected Mono8/Mono16")
-            pixels = np.array(component.data.reshape(component.height, component.width), copy=True)
+            try:  # harvesters slices and views the payload itself: a short or odd-sized one fails in there
+                component = buffer.payload.components[0]
+            except GenTLError:
+                raise
+            except Exception as e:  # noqa: BLE001 - numpy's ValueError from inside harvesters, or worse
+                raise CameraError(f"camera {self.alias!r}: buffer cannot be read as an image ({type(e).__name__}: "
+                                  f"{(str(e).splitlines() or [''])[0][:160]}); frame refused") from None
+            pixels = decode_component(component, f"camera {self.alias!r}")
             frame_id = _optional(lambda: int(buffer.module.frame_id))
             stamp = _optional(lambda: int(buffer.module.timestamp_ns))
         except GenTLError as e:
@@ -367,6 +376,38 @@ class GenTLCamera(Camera):
             except GenTLError as e:  # gone between delivery and re-queue: keep this frame, fail the next fetch
                 self._lost = f"camera {self.alias!r} lost: {str(e).split(' (ID:')[0]}"
         return Frame(pixels=pixels, frame_id=frame_id, device_timestamp_ns=stamp, incomplete=False)
+
+
+def decode_component(component, where: str) -> np.ndarray:
+    """A copy of a GenTL image component's pixels as a (height, width) uint8 (Mono8) or uint16 (Mono10,
+    Mono12, Mono16) array. ``component`` is harvesters' Component2DImage (or anything with its ``width``,
+    ``height``, ``x_padding``, ``data_format`` and ``data``). Rows padded with ``x_padding`` bytes are
+    decoded (the last row's padding may be absent). CameraError, naming ``where``, for a format that is not
+    unpacked Mono, a payload too short or too long for the size, or Mono10/12 values above their bit depth."""
+    fmt = component.data_format
+    if fmt not in PIXEL_LAYOUTS:
+        if fmt.startswith("Mono") and (fmt.endswith("p") or "Packed" in fmt):
+            raise CameraError(f"{where}: delivered packed {fmt}, which chdl does not decode; set the camera to an "
+                              f"unpacked format ({', '.join(PIXEL_FORMATS)})")
+        raise CameraError(f"{where}: delivered {fmt}, expected one of {', '.join(PIXEL_FORMATS)}")
+    bpp, bits = PIXEL_LAYOUTS[fmt]
+    width, height, padding = int(component.width), int(component.height), int(component.x_padding or 0)
+    data = np.asarray(component.data)
+    raw = data.reshape(-1).view(np.uint8) if data.flags.c_contiguous else np.ascontiguousarray(data).reshape(-1).view(np.uint8)
+    row, stride = width * bpp, width * bpp + padding
+    shortest, longest = stride * (height - 1) + row, stride * height  # the last row's padding may be cut
+    if width < 1 or height < 1 or padding < 0 or not shortest <= raw.size <= longest:
+        pad = f" + {padding} padding bytes per row" if padding else ""
+        raise CameraError(f"{where}: {fmt} buffer of {raw.size} bytes does not hold {width}x{height} pixels "
+                          f"({bpp} byte(s) each{pad} = {longest} bytes); frame refused")
+    rows = np.lib.stride_tricks.as_strided(raw, (height, row), (stride, 1))
+    pixels = np.array(rows, copy=True)
+    if bpp == 2:
+        pixels = pixels.view("<u2").astype(np.uint16, copy=False)
+        if bits < 16 and int(pixels.max()) >> bits:
+            raise CameraError(f"{where}: {fmt} frame has values above {(1 << bits) - 1} (not {bits}-bit, "
+                              "LSB-aligned data); frame refused")
+    return pixels
 
 
 def _optional(get):

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import click
 
-from chdl.cli.options import quiet_option
+from chdl.cli.options import NON_NEGATIVE, POSITIVE, quiet_option
 
-PIXEL_FORMATS = ("Mono8", "Mono16")
+PIXEL_FORMATS = ("Mono8", "Mono10", "Mono12", "Mono16")  # Mono10/12: unpacked, GenTL cameras only
 
 
 @contextlib.contextmanager
@@ -87,16 +87,16 @@ def cameras(camera_config, cti, as_json):
 @click.option("--run-id", help="Run folder name (default: UTC time + alias; for replay: the source run's id).")
 @click.option("--lanes", default=1, show_default=True, type=click.IntRange(min=1), help="Lane passes to capture.")
 @click.option("--positions", default=10, show_default=True, type=click.IntRange(min=1), help="Equidistant positions per lane.")
-@click.option("--step-um", default=100.0, show_default=True, type=float, help="Distance between positions (micrometres).")
-@click.option("--fps", default=5.0, show_default=True, type=float, help="Camera frame rate.")
-@click.option("--width", default=800, show_default=True, type=int)
-@click.option("--height", default=600, show_default=True, type=int)
+@click.option("--step-um", default=100.0, show_default=True, type=POSITIVE, help="Distance between positions (micrometres).")
+@click.option("--fps", default=5.0, show_default=True, type=POSITIVE, help="Camera frame rate.")
+@click.option("--width", default=800, show_default=True, type=click.IntRange(min=1))
+@click.option("--height", default=600, show_default=True, type=click.IntRange(min=1))
 @click.option("--pixel-format", default="Mono8", show_default=True, type=click.Choice(PIXEL_FORMATS))
-@click.option("--exposure-us", type=float, default=None, help="Exposure time (default: leave the camera's).")
+@click.option("--exposure-us", type=POSITIVE, default=None, help="Exposure time (default: leave the camera's).")
 @click.option("--trigger", default="auto", show_default=True, type=click.Choice(["auto", "software", "line", "freerun"]),
               help="auto = software trigger if the camera has one, else free-run.")
-@click.option("--settle-s", default=0.0, show_default=True, type=float, help="Simulated stage settle time per move.")
-@click.option("--frame-timeout", type=float, default=None, help="Seconds to wait for a position's frame (default max(1, 3/fps)).")
+@click.option("--settle-s", default=0.0, show_default=True, type=NON_NEGATIVE, help="Simulated stage settle time per move.")
+@click.option("--frame-timeout", type=POSITIVE, default=None, help="Seconds to wait for a position's frame (default max(1, 3/fps)).")
 @click.option("--as-fast-as-possible", "afap", is_flag=True, help="Replay without pacing at the recorded rate.")
 @quiet_option()
 @_config_options
@@ -106,9 +106,12 @@ def capture(ctx, alias, replay, out, run_id, lanes, positions, step_um, fps, wid
     """Capture lane passes into a raw recording (chdl.raw/1), from a camera or a recorded stream."""
     from acquisition.backends.base import CaptureSettings
     from acquisition.capture import CapturePlan, default_run_id
+    from acquisition.raw import check_plain_name
 
     if bool(alias) == bool(replay):
         raise click.UsageError("give exactly one of --camera ALIAS or --replay RECORDING")
+    if run_id is not None and (why := check_plain_name(run_id)):
+        raise click.BadParameter(why + "; the run is written to OUT/<run-id>/", param_hint="--run-id")
     if afap and not replay:
         raise click.UsageError("--as-fast-as-possible only applies to --replay")
     if replay:
@@ -135,11 +138,14 @@ def capture(ctx, alias, replay, out, run_id, lanes, positions, step_um, fps, wid
             from acquisition.camera_config import load_camera_config
             from acquisition.stage import SimulatedStage
 
+            name = run_id or default_run_id(alias)
+            if why := check_plain_name(name):  # the alias names the default run folder
+                raise click.UsageError(f"{why}; pass --run-id NAME")
             config = load_camera_config(camera_config, tuple(cti))
             camera = open_camera(alias, config)
             plan = CapturePlan.evenly(lanes, positions, step_um, trigger=trigger, frame_timeout_s=frame_timeout)
             settings = CaptureSettings(width, height, pixel_format, fps, exposure_us)
-            results.append(_run(camera, SimulatedStage(settle_s), out / (run_id or default_run_id(alias)),
+            results.append(_run(camera, SimulatedStage(settle_s), out / name,
                                 settings, plan, {"alias": alias}, quiet))
     for r in results:
         click.echo(f"{r.message} ({r.frames} frames, {r.dropped_positions} dropped positions, {r.dropped_frames} "

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from chdl.cli.options import quiet_option
+from chdl.cli.options import FINITE, quiet_option
 
 
 @click.command("bench")
@@ -15,7 +15,7 @@ from chdl.cli.options import quiet_option
 @click.option("--epochs", default=None,
               help="Epoch counts to report; each model trains once for the largest, evaluated at each "
                    "[default: 10,20,40 unless --budget-minutes].")
-@click.option("--budget-minutes", type=float, default=None,
+@click.option("--budget-minutes", type=FINITE, default=None,
               help="Instead of --epochs: train every model for this many minutes of training time (optimiser "
                    "steps; validation excluded), one after the other, and evaluate each at the end.")
 @click.option("--pred-len", "pred_len", default=None,

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from chdl.cli.options import quiet_option
+from chdl.cli.options import FINITE, FiniteFloat, quiet_option
 
 
 def _command_line() -> str:
@@ -90,7 +90,7 @@ def _years(value: str, flag: str) -> tuple[int, int]:
 @click.option("--train-years", default="2010-2015", show_default=True, help="Inclusive years.")
 @click.option("--val-years", default="2017-2018", show_default=True,
               help="Inclusive years (OpenSTL's test years; 2016 is its validation year).")
-@click.option("--level", type=float, default=None,
+@click.option("--level", type=FINITE, default=None,
               help="Pressure level (hPa) for multi-level variables (default: the file's last level, as OpenSTL).")
 @click.option("--step", type=click.IntRange(min=1), default=1, show_default=True, help="Hours between frames.")
 @click.option("--stride", type=click.IntRange(min=1), default=24, show_default=True,
@@ -131,7 +131,7 @@ def _size(value: str) -> tuple[int, int]:
 @click.option("--val-stride", type=click.IntRange(min=1), default=None,
               help="Kept frames between the starts of validation clips [default: the clip length]. Validation "
                    "clips never share a frame with training clips, whatever the strides.")
-@click.option("--val-fraction", type=click.FloatRange(0, 1, max_open=True), default=0.2, show_default=True,
+@click.option("--val-fraction", type=FiniteFloat(0, 1, max_open=True), default=0.2, show_default=True,
               help="Share of each video's non-overlapping clips, at its end, held out for validation "
                    "(after a one-clip gap).")
 @click.option("--preview", type=click.Path(path_type=Path), default=None, help="Also write a PNG grid of sequences.")

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import click
 
-from chdl.cli.options import quiet_option
+from chdl.cli.options import POSITIVE, FiniteFloat, quiet_option
 
 RUN_SEEDS = 10000  # run k of a corpus with seed s uses camera seed s * RUN_SEEDS + k
 
@@ -64,7 +64,7 @@ def _clear_partial_sim_run(run: Path) -> None:
 @click.option("--sequences", "lanes", type=click.IntRange(1), default=100, show_default=True,
               help="Lane passes (sequences) in total.")
 @click.option("--positions", type=click.IntRange(1), default=10, show_default=True, help="Frames per lane pass.")
-@click.option("--step-um", type=click.FloatRange(0, min_open=True), default=60.0, show_default=True,
+@click.option("--step-um", type=POSITIVE, default=60.0, show_default=True,
               help="Stage step between positions.")
 @click.option("--lanes-per-run", type=click.IntRange(1), default=50, show_default=True, help="Lane passes per recording.")
 @click.option("--seed", type=click.IntRange(0), default=0, show_default=True)
@@ -73,7 +73,7 @@ def _clear_partial_sim_run(run: Path) -> None:
 @click.option("--pixel-format", type=click.Choice(["Mono8", "Mono16"]), default="Mono8", show_default=True)
 @click.option("--bit-depth", type=click.Choice(["12", "16"]), default="12", show_default=True,
               help="Data depth of Mono16 frames.")
-@click.option("--fault-rate", type=click.FloatRange(0, 1), default=0.013, show_default=True,
+@click.option("--fault-rate", type=FiniteFloat(0, 1), default=0.013, show_default=True,
               help="Probability that a frame is faulty.")
 @click.option("--workers", type=click.IntRange(1), default=min(2, os.cpu_count() or 1), show_default=True)
 @quiet_option()

@@ -12,11 +12,17 @@ from pathlib import Path
 
 import click
 
-from chdl.cli.options import quiet_option
+from chdl.cli.options import FiniteFloat, quiet_option
 
 
 def _fail(e: Exception) -> click.ClickException:
-    return click.ClickException(str(e))
+    """One line: an error raised in a DataLoader worker arrives with the worker's traceback in its message
+    ("Caught X in DataLoader worker process 0. Original Traceback ..."); keep only the error's own line."""
+    msg = str(e)
+    if "Original Traceback" in msg:
+        last = msg.strip().splitlines()[-1]
+        msg = last.split(": ", 1)[1] if last.split(": ", 1)[0].endswith(type(e).__name__) else last
+    return click.ClickException(msg)
 
 
 # Files of a run folder (diffuma.training.trainer's docstring), in the order the closing message lists them.
@@ -163,7 +169,7 @@ def _input_kind(path: Path) -> str:
 @click.option("--max-sequences", type=click.IntRange(min=1), default=4, show_default=True)
 @click.option("--weights", type=click.Choice(["auto", "ema", "model"]), default="auto", show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=4, show_default=True)
-@click.option("--fps", type=click.FloatRange(min=0.1), default=2.0, show_default=True, help="GIF frame rate.")
+@click.option("--fps", type=FiniteFloat(min=0.1), default=2.0, show_default=True, help="GIF frame rate.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing --out folder.")
 @quiet_option()
 def predict(checkpoints, input_, out, split, max_sequences, weights, batch_size, fps, overwrite, quiet):
@@ -198,7 +204,7 @@ def predict(checkpoints, input_, out, split, max_sequences, weights, batch_size,
         device = "cuda" if torch.cuda.is_available() else "cpu"
         preds, used = {}, []
         for c, s in zip(checkpoints, states):
-            model, w = build_model_from_checkpoint(s, weights)
+            model, w = build_model_from_checkpoint(s, weights, c)
             label = s["model_name"]
             if label in preds:  # a second checkpoint of the same model: name it by its run folder
                 label = f"{label}@{c.resolve().parent.parent.name}"
@@ -236,7 +242,7 @@ def _recording_sequences(path: Path, info: dict, max_sequences: int):
     consecutive ok frames are a single window without truth (a pure forecast)."""
     import numpy as np
 
-    from acquisition.raw import PIXEL_DTYPES, Recording
+    from acquisition.raw import PIXEL_MAX, Recording
 
     rec = Recording.open(path)
     t_in, t_out = info["in_frames"], info["out_frames"]
@@ -262,7 +268,7 @@ def _recording_sequences(path: Path, info: dict, max_sequences: int):
     pixel_format = windows[0][0].pixel_format
     # The dataset's scale when the recording has its pixel format, else the format's full range.
     max_value = (info["max_value"] if pixel_format == info.get("pixel_format")
-                 else float(np.iinfo(PIXEL_DTYPES[pixel_format]).max))
+                 else float(PIXEL_MAX[pixel_format]))
     seqs = np.stack([np.stack([rec.read(r) for r in w]) for w in windows]).astype(np.float32) / max_value
     seqs = seqs[:, :, None]  # (N, T, 1, H, W)
     _check_shape(path, tuple(seqs.shape[2:]), info)

@@ -52,10 +52,63 @@ def load_checkpoint(path: str | Path) -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unpickling failure means "not a usable checkpoint"
-        raise CheckpointError(f"{path}: not a loadable checkpoint ({type(e).__name__}: {e})") from e
+        first = next((line.strip() for line in str(e).splitlines() if line.strip()), "")  # torch's text is 6+ lines
+        raise CheckpointError(f"{path}: not a loadable checkpoint ({type(e).__name__}: {first[:200]})") from None
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path}: not a chdl checkpoint (format {CHECKPOINT_FORMAT!r} expected)")
+    why = _check_structure(state)
+    if why:
+        raise CheckpointError(f"{path}: malformed checkpoint ({why})")
     return state
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _check_structure(state: dict) -> str | None:
+    """Why a loaded checkpoint lacks what evaluation, prediction and resuming read (None if it has it)."""
+    for key, kind in (("config", dict), ("model_name", str), ("model_config", dict), ("data", dict), ("model", dict)):
+        if key not in state:
+            return f"no {key!r} key"
+        if not isinstance(state[key], kind):
+            return f"{key!r} must be a {kind.__name__}, not {type(state[key]).__name__}"
+    for key in ("model", "run"):
+        if not isinstance(state["config"].get(key), dict):
+            return f"config has no {key!r} section"
+    data = state["data"]
+    for key in ("in_frames", "out_frames", "channels", "height", "width"):
+        if not _is_int(data.get(key)) or data[key] < 1:
+            return f"data.{key} must be an integer >= 1, not {data.get(key)!r}"
+    mv = data.get("max_value")
+    if not isinstance(mv, (int, float)) or isinstance(mv, bool) or not 0 < mv < float("inf"):
+        return f"data.max_value must be a positive number, not {mv!r}"
+    for key in ("step", "epoch"):
+        if not _is_int(state.get(key)):
+            return f"{key!r} must be an integer, not {state.get(key)!r}"
+    for key in ("model", "ema"):
+        weights = state.get(key)
+        if weights is not None and not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in weights.items()):
+            return f"{key!r} must map parameter names to tensors"
+    return None
+
+
+def load_weights(module: torch.nn.Module, weights: dict, source: str | Path, what: str = "model") -> None:
+    """``module.load_state_dict(weights)``, with a one-line CheckpointError naming ``source`` that lists
+    missing and unexpected keys and shape mismatches (torch's own message spans many lines)."""
+    own = module.state_dict()
+    problems = []
+    missing = [k for k in own if k not in weights]
+    unexpected = [k for k in weights if k not in own]
+    shapes = [f"{k} {tuple(weights[k].shape)} vs {tuple(v.shape)}" for k, v in own.items()
+              if k in weights and tuple(weights[k].shape) != tuple(v.shape)]
+    for label, keys in (("missing keys", missing), ("unexpected keys", unexpected),
+                        ("shape mismatch (checkpoint vs model)", shapes)):
+        if keys:
+            problems.append(f"{label}: {', '.join(keys[:3])}" + (f" (+{len(keys) - 3} more)" if len(keys) > 3 else ""))
+    if problems:
+        raise CheckpointError(f"{source}: {what} weights do not fit {type(module).__name__} ({'; '.join(problems)})")
+    module.load_state_dict(weights)
 
 
 def rng_state() -> dict:
@@ -81,21 +134,30 @@ def set_rng_state(state: dict) -> None:
     random.setstate((version, tuple(internal), gauss))
 
 
-def build_model_from_checkpoint(state: dict, weights: str = "auto") -> tuple[torch.nn.Module, str]:
-    """Rebuilds the model from a loaded checkpoint through the registry and loads its weights.
+def build_model_from_checkpoint(state: dict, weights: str = "auto",
+                                source: str | Path = "checkpoint") -> tuple[torch.nn.Module, str]:
+    """Rebuilds the model from a loaded checkpoint (:func:`load_checkpoint`) through the registry and loads
+    its weights.
 
     weights: "auto" (EMA weights when the checkpoint has them and run.eval_with_ema, else the raw weights),
-    "ema" or "model". Returns (model in eval mode, "ema" | "model").
+    "ema" or "model"; ``source`` names the file in errors. Returns (model in eval mode, "ema" | "model").
+    CheckpointError (one line naming ``source``) for an unknown model, a model_config the model does not
+    take, or weights that do not fit it.
     """
     from diffuma.models.registry import build_model
 
     cfg = state["config"]["model"]
-    model = build_model(state["model_name"], cfg.get("preset", "default"), **state["model_config"])
+    try:
+        model = build_model(state["model_name"], cfg.get("preset", "default"), **state["model_config"])
+    except (KeyError, TypeError, ValueError) as e:
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+        raise CheckpointError(f"{source}: model_name {state['model_name']!r} with its model_config cannot be "
+                              f"built ({str(msg).splitlines()[0]})") from None
     if weights not in ("auto", "ema", "model"):
         raise ValueError(f"weights must be auto, ema or model, got {weights!r}")
     use_ema = state.get("ema") is not None and (
         weights == "ema" or (weights == "auto" and state["config"]["run"].get("eval_with_ema", True)))
     if weights == "ema" and state.get("ema") is None:
-        raise CheckpointError("the checkpoint has no EMA weights (run.ema_decay was not set)")
-    model.load_state_dict(state["ema"] if use_ema else state["model"])
+        raise CheckpointError(f"{source}: the checkpoint has no EMA weights (run.ema_decay was not set)")
+    load_weights(model, state["ema"] if use_ema else state["model"], source, "ema" if use_ema else "model")
     return model.eval(), "ema" if use_ema else "model"

@@ -39,8 +39,8 @@ from tqdm import tqdm
 import chdl
 from diffuma.evaluation import BASELINES, autocast, evaluate, result_key
 from diffuma.training.budget import CALIBRATION_STEPS, planned_total_steps, step_time_estimate
-from diffuma.training.checkpoint import (atomic_write_text, load_checkpoint, rng_state, save_checkpoint,
-                                         set_rng_state)
+from diffuma.training.checkpoint import (CheckpointError, atomic_write_text, load_checkpoint, load_weights,
+                                         rng_state, save_checkpoint, set_rng_state)
 from diffuma.training.config import ConfigError, RunConfig, resolve_config, run_config_from_dict
 from diffuma.training.data import ResumableSampler, dataset_info, make_loader, sequence_datasets
 from diffuma.training.optim import param_groups
@@ -259,9 +259,11 @@ class Trainer:
             diff = _config_diff(state["config"], self.config)
             raise ConfigError(f"{path}: resume with a different config ({diff}); resume uses the run's saved "
                               "config — start a new --out to change it")
-        self.model.load_state_dict(state["model"])
+        load_weights(self.model, state["model"], path)
         if self.ema is not None:
-            self.ema.module.load_state_dict(state["ema"])
+            if state.get("ema") is None:
+                raise CheckpointError(f"{path}: malformed checkpoint (no EMA weights, but run.ema_decay is set)")
+            load_weights(self.ema.module, state["ema"], path, "ema")
             self.ema.n_averaged.fill_(state["ema_n_averaged"])
         self.optimizer.load_state_dict(state["optimizer"])
         if state["scaler"] is not None and self.scaler.is_enabled():

@@ -173,3 +173,49 @@ def test_real_full_disk(tmp_path):
     state = json.loads(out.stdout.strip().splitlines()[-1])
     assert state["complete"] is False and state["n"] >= 3 and state["readable"]
     assert state["status"] == "incomplete" and state["notes"]["stopped_by"] == "disk full"  # the reserve made room to close
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--step-um", "nan"], "Invalid value for '--step-um': 'nan' is not a finite number."),
+    (["--step-um", "-5"], "Invalid value for '--step-um': -5.0 is not in the range x>0."),
+    (["--frame-timeout", "-1"], "Invalid value for '--frame-timeout': -1.0 is not in the range x>0."),
+    (["--fps", "inf"], "Invalid value for '--fps': 'inf' is not a finite number."),
+    (["--settle-s", "nan"], "Invalid value for '--settle-s'"),
+    (["--exposure-us", "0"], "Invalid value for '--exposure-us'"),
+    (["--width", "0"], "Invalid value for '--width'"),
+    (["--run-id", "../escape"], "run id '../escape' is not a plain folder name"),
+    (["--run-id", "a/b"], "is not a plain folder name"),
+    (["--camera", "sim0/../../x"], "is not a plain folder name (no '/', '\\', '..' or control characters); pass --run-id NAME"),
+])
+def test_capture_option_values_are_checked_before_anything_is_written(tmp_path, args, message):
+    from click.testing import CliRunner
+
+    from chdl.cli import main
+
+    r = CliRunner().invoke(main, ["capture", "--camera", "sim0", "--positions", "2", "--out", str(tmp_path / "raw"), *args])
+    assert r.exit_code == 2 and message in r.output, r.output
+    assert not (tmp_path / "raw").exists() and not (tmp_path / "escape").exists()
+
+
+def test_every_float_option_of_the_cli_refuses_nan_and_inf():
+    """The whole kind: every float-valued option of every command is a FiniteFloat (click's float types
+    let NaN through any range)."""
+    import click
+
+    from chdl.cli import COMMANDS, main
+    from chdl.cli.options import FiniteFloat
+
+    def commands(cmd, ctx, path=()):
+        yield path, cmd
+        if isinstance(cmd, click.Group):
+            for name in cmd.list_commands(ctx):
+                yield from commands(cmd.get_command(ctx, name), ctx, path + (name,))
+
+    ctx = click.Context(main)
+    floats = [(" ".join(path), p) for path, cmd in commands(main, ctx) for p in cmd.params
+              if isinstance(p.type, (click.types.FloatParamType, click.FloatRange))]
+    names = {c.split()[0] for c, _ in floats}
+    assert len(floats) >= 10 and names >= {"capture", "simulate", "bench", "predict"}, floats
+    wrong = [(c, p.name) for c, p in floats if not isinstance(p.type, FiniteFloat)]
+    assert not wrong, f"float options that accept NaN: {wrong}"
+    assert set(COMMANDS) <= {path[0] for path, _ in commands(main, ctx) if path}

@@ -92,3 +92,20 @@ def test_damaged_files_are_errors():
         bad = b"\x89PNG\r\n\x1a\n" + ihdr + _chunk(b"IDAT", idat) + _chunk(b"IEND", b"")
         with pytest.raises(png.PNGError, match=msg):
             png.decode(bad)
+
+
+def _png(width: int, height: int, idat_payload: bytes) -> bytes:
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(idat_payload, 9)) + chunk(b"IEND", b""))
+
+
+def test_header_is_read_without_decoding_and_a_deflate_bomb_is_refused():
+    bomb = _png(16, 16, b"\x00" * (200 << 20))  # 200 MiB of zeros behind a 16x16 header, ~200 KB on disk
+    assert len(bomb) < 1 << 20
+    assert png.header(bomb[:png.HEADER_BYTES]) == (16, 16, 8, 0)
+    with pytest.raises(png.PNGError, match="image data is 273 bytes, the header says 272"):
+        png.decode(bomb)  # inflates at most one byte past what the header promises
+    with pytest.raises(png.PNGError, match="not a PNG"):
+        png.header(b"GIF89a" + bytes(40))

@@ -75,3 +75,119 @@ def test_find_recordings(tmp_path):
     assert find_recordings(tmp_path / "raw" / "a") == [tmp_path / "raw" / "a"]
     lines = (tmp_path / "raw" / "a" / "frames.jsonl").read_text().splitlines()
     assert json.loads(lines[0])["file"] == "frames/000000.png"
+
+
+# ------------------------------------------------------------------------------------------------
+# malformed input: every kind is one RawFormatError naming the file (and line) and the field
+# ------------------------------------------------------------------------------------------------
+
+def _edit_record(path, line, **fields):
+    lines = (path / "frames.jsonl").read_text().splitlines()
+    obj = json.loads(lines[line])
+    obj.update(fields)
+    lines[line] = json.dumps(obj)
+    (path / "frames.jsonl").write_text("\n".join(lines) + "\n")
+
+
+@pytest.mark.parametrize("fields,needle", [
+    ({"lane": "one"}, "field 'lane' must be an integer, not str 'one'"),
+    ({"file": 13}, "field 'file' must be a string, not int 13"),
+    ({"index": "1"}, "field 'index' must be an integer, not str '1'"),
+    ({"width": 8.5}, "field 'width' must be an integer"),
+    ({"position_index": True}, "field 'position_index' must be an integer, not bool"),
+    ({"position_um": float("nan")}, "field 'position_um' must be a finite number, not NaN"),
+    ({"position_um": float("inf")}, "field 'position_um' must be a finite number"),
+    ({"dropped_before": -1}, "field 'dropped_before' must be in [0, "),
+    ({"lane": -1}, "field 'lane' must be in [0, 2147483647], not -1"),
+    ({"host_wall_ns": 2**70}, "field 'host_wall_ns' must be in ["),
+    ({"status": 3}, "field 'status' must be a string"),
+    ({"status": "fine"}, "unknown frame status 'fine'"),
+    ({"extra": 1}, "unknown field 'extra'"),
+    ({"file": "../../other/frames/000001.png"}, "points outside the run folder"),
+    ({"file": "/etc/hostname"}, "points outside the run folder"),
+    ({"file": "frames/../../x.png"}, "points outside the run folder"),
+])
+def test_malformed_frame_record_names_line_and_field(tmp_path, fields, needle):
+    _record(tmp_path / "run")
+    _edit_record(tmp_path / "run", 1, **fields)
+    with pytest.raises(RawFormatError) as e:
+        Recording.open(tmp_path / "run")
+    msg = str(e.value)
+    assert msg.startswith(f"{tmp_path / 'run' / 'frames.jsonl'}:2: ") and needle in msg and "\n" not in msg, msg
+
+
+def test_missing_field_and_non_utf8_bytes(tmp_path):
+    _record(tmp_path / "run")
+    lines = (tmp_path / "run" / "frames.jsonl").read_text().splitlines()
+    obj = json.loads(lines[0])
+    del obj["lane"]
+    (tmp_path / "run" / "frames.jsonl").write_text(json.dumps(obj) + "\n")
+    with pytest.raises(RawFormatError, match=r"frames\.jsonl:1: malformed frame record \(missing field 'lane'\)"):
+        Recording.open(tmp_path / "run")
+    (tmp_path / "run" / "frames.jsonl").write_bytes(lines[0].replace('"ok"', '"o\xff"').encode("latin-1") + b"\n")
+    with pytest.raises(RawFormatError, match=r"frames\.jsonl:1: malformed frame record \(not UTF-8: byte 0xff"):
+        Recording.open(tmp_path / "run")
+
+
+@pytest.mark.parametrize("edit,needle", [
+    (lambda m: m["settings"].update(width="abc"), "settings.width must be an integer, not str 'abc'"),
+    (lambda m: m["settings"].update(height=0), "settings.height must be >= 1"),
+    (lambda m: m["settings"].update(fps=float("nan")), "settings.fps must be a finite number, not NaN"),
+    (lambda m: m["plan"].update(lanes="x"), "plan.lanes must be an integer"),
+    (lambda m: m["plan"].update(positions=10**9), "plan.positions says 1000000000 positions but plan.positions_um lists 2"),
+    (lambda m: m["plan"].update(positions_um=[0.0, float("nan")]), r"plan.positions_um[1] must be a finite number, not NaN"),
+    (lambda m: m.update(run_id="../escape"), "is not a plain folder name"),
+    (lambda m: m.update(run_id=5), "run id must be a non-empty string"),
+    (lambda m: m.update(frames="many"), "frames must be an integer"),
+    (lambda m: m.update(settings=[1]), "settings must be an object"),
+])
+def test_malformed_manifest_names_the_key(tmp_path, edit, needle):
+    _record(tmp_path / "run")
+    path = tmp_path / "run" / "manifest.json"
+    m = json.loads(path.read_text())
+    m["plan"]["positions_um"] = [0.0, 500.0]
+    edit(m)
+    path.write_text(json.dumps(m))
+    with pytest.raises(RawFormatError) as e:
+        Recording.open(tmp_path / "run")
+    msg = str(e.value)
+    assert msg.startswith(f"{path}: malformed manifest (") and needle in msg, msg
+
+
+def test_writer_refuses_what_the_reader_refuses(tmp_path):
+    with pytest.raises(RawFormatError, match="plan.positions_um.0. must be a finite number"):
+        RecordingWriter.create(tmp_path / "a", {**MANIFEST, "plan": {"positions_um": [float("nan")]}})
+    assert not (tmp_path / "a").exists()  # nothing written
+    with RecordingWriter.create(tmp_path / "b", MANIFEST) as w, pytest.raises(ValueError):
+        w.append(np.zeros((6, 8), np.uint8), **{**_meta(0), "position_um": float("nan")})
+
+
+def test_frame_files_stay_inside_the_run(tmp_path):
+    """A symlink (of the file, or of a folder on its way) that leads outside the run is refused when the
+    frame is used; one that stays inside is fine; a symlink loop is named as such."""
+    import os
+
+    _record(tmp_path / "other")
+    _record(tmp_path / "run")
+    frames = tmp_path / "run" / "frames"
+    (frames / "000000.png").unlink()
+    os.symlink(tmp_path / "other" / "frames" / "000000.png", frames / "000000.png")
+    (frames / "000001.png").unlink()
+    os.symlink("000002.png", frames / "000001.png")  # inside: fine
+    rec = Recording.open(tmp_path / "run")
+    with pytest.raises(RawFormatError, match=r"000000\.png: symbolic link to .*outside the run folder"):
+        rec.read(rec.frames[0])
+    np.testing.assert_array_equal(rec.read(rec.frames[1]), rec.read(rec.frames[2]))
+    os.rename(frames, tmp_path / "run" / "frames-real")
+    os.symlink(tmp_path / "other" / "frames", frames)  # the folder itself leads out
+    with pytest.raises(RawFormatError, match="outside the run folder"):
+        rec.read(rec.frames[2])
+    os.symlink("loop", tmp_path / "loop")
+    with pytest.raises(RawFormatError, match="loop: symbolic link loop"):
+        find_recordings(tmp_path / "loop")
+
+
+def test_manifest_that_is_a_folder(tmp_path):
+    (tmp_path / "run" / "manifest.json").mkdir(parents=True)
+    with pytest.raises(RawFormatError, match=r"manifest\.json: is a folder, not a file"):
+        Recording.open(find_recordings(tmp_path)[0])

@@ -128,3 +128,106 @@ def test_torch_dataset_integer_mode_matches_float(tmp_path):
     assert x.dtype == torch.uint16 and x.shape == (3, 5, C, H, W)
     torch.testing.assert_close(as_int.to_unit(x)[1], as_float[1][0], rtol=0, atol=0)
     torch.testing.assert_close(as_int.to_unit(y)[2], as_float[2][1], rtol=0, atol=0)
+
+
+# ------------------------------------------------------------------------------------------------
+# one validation of a dataset's metadata, used by every reader (info, train, eval, predict) and resume
+# ------------------------------------------------------------------------------------------------
+
+def _replace_array(group, name, data):
+    del group[name]
+    group.create_array(name, data=data)
+
+
+@pytest.mark.parametrize("damage,needle", [
+    (lambda g: _replace_array(g, "frames", np.zeros((N, T, H, W), np.uint8)), "frames must be a 5-D array"),
+    (lambda g: _replace_array(g, "frames", np.zeros((N, T, C, H, W), np.float32)), "frames must be uint8 or uint16, not float32"),
+    (lambda g: g.attrs.update({"max_value": 0}), "attribute max_value must be a number in (0, 255]"),
+    (lambda g: g.attrs.update({"max_value": 1000.0}), "attribute max_value must be a number in (0, 255]"),
+    (lambda g: g.attrs.update({"n_sequences": 5, "n_shards": 2}), "frames holds 7 sequences of 10 frames, but the attributes"),
+    (lambda g: g.attrs.update({"n_sequences": "7"}), "attribute n_sequences must be an integer >= 1"),
+    (lambda g: g.attrs.update({"n_shards": 9}), "attribute n_shards is 9, but 7 sequences in shards of 3 make 3"),
+    (lambda g: g.attrs.update({"in_frames": 8}), "in_frames + out_frames (8+5) exceeds frames_per_sequence (10)"),
+    (lambda g: g.attrs.update({"runs": "run-a"}), "attribute runs must be a list"),
+    (lambda g: _replace_array(g, "lane", np.zeros(N + 1, np.int32)), "lane must be int32 (7,)"),
+    (lambda g: _replace_array(g, "qc_scores", np.zeros((N, T, 2), np.float32)), "qc_scores must be float32 (7, 10, 1)"),
+    (lambda g: _replace_array(g, "shard_done", np.ones(2, np.uint8)), "shard_done must have one entry per shard (3)"),
+    (lambda g: g.__delitem__("split"), "missing arrays: split"),
+])
+def test_malformed_dataset_is_one_error_naming_the_key(tmp_path, damage, needle):
+    from click.testing import CliRunner
+
+    from chdl.cli import main
+
+    path = tmp_path / "d.zarr"
+    _write(path, _frames()).finalize()
+    damage(zarr.open_group(str(path), mode="r+"))
+    for opener in (open_dataset, DatasetWriter.open, SequenceDataset):
+        with pytest.raises(DatasetFormatError) as e:
+            opener(path)
+        assert str(e.value).startswith(f"{path}: malformed dataset (") and needle in str(e.value), str(e.value)
+    r = CliRunner().invoke(main, ["info", str(path)])
+    assert r.exit_code == 1 and r.output.strip() == f"Error: {e.value}", r.output
+
+
+def test_creation_is_atomic_and_a_killed_creation_is_cleaned_up(tmp_path, monkeypatch):
+    """The layout is built beside the target and renamed into place: a creation killed half-way leaves
+    no dataset at the path (so a rerun starts afresh, never a half layout that cannot resume), and the
+    next creation removes the leftovers. --overwrite keeps the old dataset whole until the new one is in."""
+    path = tmp_path / "d.zarr"
+    real = zarr.Group.create_group
+
+    def killed(self, name, **kw):  # the last step of creation: die just before it
+        raise KeyboardInterrupt
+    monkeypatch.setattr(zarr.Group, "create_group", killed)
+    with pytest.raises(KeyboardInterrupt):
+        _write(path, _frames())
+    assert not path.exists() and (tmp_path / ".d.zarr.creating").is_dir()
+    monkeypatch.setattr(zarr.Group, "create_group", real)
+    _write(path, _frames()).finalize()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d.zarr"]
+    monkeypatch.setattr(zarr.Group, "create_group", killed)
+    with pytest.raises(KeyboardInterrupt):
+        _write(path, _frames(seed=1), overwrite=True)
+    np.testing.assert_array_equal(open_dataset(path).frames[:], _frames())  # the old one, untouched
+    monkeypatch.setattr(zarr.Group, "create_group", real)
+    _write(path, _frames(seed=1), overwrite=True).finalize()
+    np.testing.assert_array_equal(open_dataset(path).frames[:], _frames(seed=1))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d.zarr"]
+
+
+def test_any_bad_value_in_any_attribute_is_refused_or_harmless(tmp_path):
+    """Every attribute set to each of a list of bad values: opening either refuses it in one line naming the
+    path, or it is harmless (the summary, `chdl info` and one item of the torch Dataset all work)."""
+    from click.testing import CliRunner
+
+    from chdl.cli import main
+
+    path = tmp_path / "d.zarr"
+    _write(path, _frames()).finalize()
+    g = zarr.open_group(str(path), mode="r+")
+    attrs = dict(g.attrs)
+    bad_values = ["x", 1.5, float("nan"), float("inf"), True, None, [], {}, -1, 0, 10**30]
+    refused = 0
+    for key in attrs:
+        for bad in bad_values:
+            g.update_attributes({**attrs, key: bad})
+            try:
+                summary = open_dataset(path).summary()
+            except DatasetFormatError as e:
+                assert str(e).startswith(str(path)) and "\n" not in str(e), (key, bad, str(e))
+                refused += 1
+                continue
+            r = CliRunner().invoke(main, ["info", str(path)])
+            assert r.exit_code == 0 and summary["path"] == str(path), (key, bad, r.output)
+            x, y = SequenceDataset(path, "train")[0]
+            assert torch.isfinite(x).all() and float(x.max()) <= 1.0, (key, bad)
+    assert refused > 80, refused
+
+
+def test_create_refuses_what_readers_refuse_and_writes_nothing(tmp_path):
+    with pytest.raises(ValueError, match="refusing to create a dataset .pixel_format Mono8 means uint8 frames"):
+        _write(tmp_path / "d.zarr", _frames(dtype=np.uint16), pixel_format="Mono8")
+    assert list(tmp_path.iterdir()) == []
+    _write(tmp_path / "d.zarr", _frames(dtype=np.uint16), pixel_format="Mono12").finalize()
+    assert open_dataset(tmp_path / "d.zarr").attrs["max_value"] == 4095  # the format's default

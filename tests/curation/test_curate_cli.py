@@ -274,6 +274,7 @@ def test_no_usable_lane_sequence(tmp_path):
     write_run(run, lanes=1)
     m = json.loads((run / "manifest.json").read_text())
     m["plan"]["positions"] = 5
+    m["plan"]["positions_um"] = m["plan"]["positions_um"][:5]
     (run / "manifest.json").write_text(json.dumps(m))
     _one_line_error(_curate(run, tmp_path / "o.zarr", ok=False), "manifest.json", "5 positions per lane")
 
@@ -286,3 +287,134 @@ def test_malformed_frame_index(tmp_path):
     (run / "frames.jsonl").write_text("\n".join(lines) + "\n")
     _one_line_error(_curate(run, tmp_path / "o.zarr", ok=False), "frames.jsonl:4", "malformed")
     assert not (tmp_path / "o.zarr").exists()
+
+
+def _edit_manifest(run, edit):
+    m = json.loads((run / "manifest.json").read_text())
+    edit(m)
+    (run / "manifest.json").write_text(json.dumps(m))
+
+
+def test_metadata_sizes_are_checked_against_the_disk(tmp_path):
+    """A manifest (and records) claiming 1,000,000 x 1,000,000 frames is refused from the PNG headers on
+    disk before anything is allocated; a plan of 10^9 positions per lane does not drive any loop."""
+    run = tmp_path / "r"
+    write_run(run, lanes=1)
+    _edit_manifest(run, lambda m: m["settings"].update(width=10**6, height=10**6))
+    _one_line_error(_curate(run, tmp_path / "o.zarr", ok=False), "000000.png: frame is 160x120 on disk",
+                    "says 1000000x1000000")
+    lines = [json.loads(x) for x in (run / "frames.jsonl").read_text().splitlines()]
+    (run / "frames.jsonl").write_text("".join(json.dumps({**r, "width": 10**6, "height": 10**6}) + "\n" for r in lines))
+    _one_line_error(_curate(run, tmp_path / "o.zarr", ok=False), "frame is 160x120 on disk")
+    assert not (tmp_path / "o.zarr").exists()
+    run2 = tmp_path / "r2"
+    write_run(run2, lanes=2)
+
+    def huge_plan(m):
+        m["plan"]["positions"] = 10**9
+        del m["plan"]["positions_um"]
+    _edit_manifest(run2, huge_plan)
+    from curation.config import CurateConfig
+    from curation.plan import build_plan
+
+    plan = build_plan(run2, CurateConfig())  # returns at once (was an endless loop over 10^8 windows per lane)
+    assert [(s.lane, s.window) for s in plan.sequences] == [(0, 0), (1, 0)]
+
+
+@pytest.mark.parametrize("kind", ["relative", "absolute", "symlink"])
+def test_frame_file_outside_the_run_is_refused(tmp_path, kind):
+    import os
+
+    write_run(tmp_path / "other", lanes=1)
+    run = tmp_path / "raw" / "r"
+    write_run(run, lanes=1)
+    lines = (run / "frames.jsonl").read_text().splitlines()
+    if kind == "symlink":
+        (run / "frames" / "000003.png").unlink()
+        os.symlink(tmp_path / "other" / "frames" / "000003.png", run / "frames" / "000003.png")
+    else:
+        target = "../../../other/frames/000003.png" if kind == "relative" else str(tmp_path / "other/frames/000003.png")
+        obj = json.loads(lines[3])
+        obj["file"] = target
+        lines[3] = json.dumps(obj)
+        (run / "frames.jsonl").write_text("\n".join(lines) + "\n")
+    r = _curate(tmp_path / "raw", tmp_path / "o.zarr", ok=False)
+    _one_line_error(r, "outside the run folder")
+    assert not (tmp_path / "o.zarr").exists()
+
+
+def test_wrong_types_in_frames_jsonl_through_the_cli(tmp_path):
+    run = tmp_path / "r"
+    write_run(run, lanes=1)
+    raw = (run / "frames.jsonl").read_bytes()
+    (run / "frames.jsonl").write_bytes(raw.replace(b'"lane":0', b'"lane":"one"', 1))
+    _one_line_error(_curate(run, tmp_path / "o.zarr", ok=False), "frames.jsonl:1: field 'lane' must be an integer")
+    (run / "frames.jsonl").write_bytes(raw.replace(b'"position_um":50.0', b'"position_um":NaN', 1))
+    _one_line_error(_curate(run, tmp_path / "o.zarr", ok=False), "frames.jsonl:2: field 'position_um'", "NaN")
+    (run / "frames.jsonl").write_bytes(raw.replace(b'"status":"ok"', b'"status":"\xffok"', 1))
+    _one_line_error(_curate(run, tmp_path / "o.zarr", ok=False), "frames.jsonl:1:", "not UTF-8")
+    assert not (tmp_path / "o.zarr").exists()
+
+
+def _tmpfs_available() -> bool:
+    import shutil
+
+    return bool(shutil.which("unshare")) and subprocess.run(
+        ["unshare", "-rm", "sh", "-c", "mount -t tmpfs -o size=64k tmpfs /mnt"], capture_output=True).returncode == 0
+
+
+@pytest.mark.skipif(not _tmpfs_available(), reason="needs unshare -rm and tmpfs mounts in a user namespace")
+@pytest.mark.parametrize("size", ["24k", "300k"])  # full while creating the layout / while writing shards
+def test_disk_full_is_one_line_and_the_rerun_resumes(tmp_path, size):
+    """A real full disk: a small tmpfs in a private mount namespace. The error is one line naming the
+    dataset; after the tmpfs is grown the same command resumes (or starts afresh) and completes."""
+    import shlex
+
+    write_run(tmp_path / "raw" / "r", lanes=2, faults={(0, 4): ("blur", 2.0)})
+    (tmp_path / "c.yaml").write_text("sequences_per_shard: 1\n")
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    cmd = " ".join(shlex.quote(str(a)) for a in [sys.executable, "-m", "chdl", "curate", tmp_path / "raw", mnt / "d.zarr",
+                                                 "--config", tmp_path / "c.yaml", "--quiet"])
+    script = (f"mount -t tmpfs -o size={size} tmpfs {mnt} && {cmd} 2>{tmp_path}/err1; echo rc1=$?; "
+              f"mount -o remount,size=4M {mnt} && {cmd} 2>{tmp_path}/err2; echo rc2=$?; "
+              f"cp -r {mnt}/d.zarr {tmp_path}/kept.zarr")
+    p = subprocess.run(["unshare", "-rm", "sh", "-c", script], capture_output=True, text=True, timeout=120)
+    err1 = (tmp_path / "err1").read_text().strip()
+    assert "rc1=1" in p.stdout and err1.count("\n") == 0, err1
+    assert err1.startswith(f"Error: {mnt / 'd.zarr'}") and "No space left on device" in err1, err1
+    assert "rc2=0" in p.stdout, (tmp_path / "err2").read_text()
+    assert open_dataset(tmp_path / "kept.zarr").attrs["complete"]
+
+
+@pytest.mark.parametrize("text,needle", [
+    ("qc:\n  floors: {sharpness: .nan}\n", "qc.floors.sharpness: must be a finite number, got nan"),
+    ("qc:\n  z: .inf\n", "qc.z: must be a finite number, got inf"),
+    ("split:\n  val_fraction: .nan\n", "split.val_fraction: must be a finite number, got nan"),
+])
+def test_nan_in_a_qc_config_is_refused_with_the_key(raw, tmp_path, text, needle):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(text)
+    _one_line_error(_curate(raw[0], tmp_path / "o.zarr", "--config", cfg, ok=False), f"{cfg}: {needle}")
+    assert not (tmp_path / "o.zarr").exists()
+
+
+def test_a_layout_whose_creation_was_cut_off_is_created_afresh(raw, curated, tmp_path):
+    """What versions before atomic creation left when killed while creating (the group and some arrays,
+    no shard_done): the rerun creates the dataset afresh instead of failing with KeyError forever."""
+    out = tmp_path / "d.zarr"
+    _curate(raw[0], out)
+    g = zarr.open_group(str(out), mode="r+")
+    for name in ("shard_done", "timestamp_ns", "position_um", "originals", "originals_index"):
+        del g[name]
+    g.attrs["complete"] = False
+    r = CliRunner().invoke(main, ["curate", str(raw[0]), str(out)])
+    assert r.exit_code == 0 and "creation was cut off before any shard was written" in r.output, r.output
+    a, b = zarr.open_group(str(curated), mode="r"), zarr.open_group(str(out), mode="r")
+    for name in ("frames", "qc_flags", "split", "timestamp_ns"):
+        np.testing.assert_array_equal(a[name][:], b[name][:])
+    g = zarr.open_group(str(out), mode="r+")
+    del g["frames"]  # a dataset with shards written but damaged is not silently replaced
+    g.attrs["complete"] = False
+    _one_line_error(_curate(raw[0], out, ok=False), "not a chdl dataset to resume (malformed dataset (missing arrays: frames))",
+                    "use --overwrite")

@@ -3,6 +3,7 @@
 import json
 
 import numpy as np
+import pytest
 from click.testing import CliRunner
 
 from chdl.cli import main
@@ -71,20 +72,65 @@ def test_twenty_positions_make_two_sequences_per_lane(tmp_path):
     (run / "frames.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
     m = json.loads((run / "manifest.json").read_text())
     m["plan"]["positions"] = 2 * T
+    m["plan"]["positions_um"] = [50.0 * p for p in range(2 * T)]  # the two must agree (raw.validate_manifest)
     (run / "manifest.json").write_text(json.dumps(m))
     plan = build_plan(run, CurateConfig())
     assert [(s.lane, s.window) for s in plan.sequences] == [(0, 0), (0, 1)]
     assert [r.index for r in plan.sequences[1].records] == list(range(T, 2 * T))
 
 
-def test_mono16_end_to_end(tmp_path):
-    spec = SynthSpec(height=120, width=160, step_px=8.0, max_value=65535)
-    write_run(tmp_path / "r16", lanes=2, faults={(1, 5): ("blur", 2.0)}, spec=spec, fmt="Mono16")
+@pytest.mark.parametrize("fmt,top", [("Mono16", 65535), ("Mono12", 4095)])
+def test_mono16_end_to_end(tmp_path, fmt, top):
+    spec = SynthSpec(height=120, width=160, step_px=8.0, max_value=top)
+    write_run(tmp_path / "r16", lanes=2, faults={(1, 5): ("blur", 2.0)}, spec=spec, fmt=fmt)
     out = tmp_path / "d16.zarr"
     r = CliRunner().invoke(main, ["curate", str(tmp_path / "r16"), str(out), "-q"])
     assert r.exit_code == 0, r.output
     ds = open_dataset(out)
-    assert ds.frames.dtype == np.uint16 and ds.attrs["pixel_format"] == "Mono16" and ds.attrs["max_value"] == 65535
+    assert ds.frames.dtype == np.uint16 and ds.attrs["pixel_format"] == fmt and ds.attrs["max_value"] == top
+    assert ds.frames[:].max() <= top
     flagged = np.argwhere(ds.qc_flags & 3)
     assert flagged.tolist() == [[1, 5]]
     assert ds.frames[1, 5].max() > 255  # reconstructed in the 16-bit range
+
+
+BAD_VALUES = ["x", 1.5, float("nan"), float("inf"), True, None, [], {}, -1, 0, 10**30]
+
+
+def test_any_bad_value_in_any_metadata_key_is_an_error_naming_the_file_never_a_crash(tmp_path):
+    """Every frame-record field and every manifest key the toolkit reads, set to each of a list of bad values:
+    planning either succeeds (the value is legal there) or raises RawFormatError/PlanError naming the file;
+    no other exception, no hang. The kind behind the issue's "lane": "one" and "file": 13 tracebacks."""
+    from acquisition.raw import RawFormatError
+    from curation.plan import PlanError
+
+    run = tmp_path / "r"
+    write_run(run, lanes=1)
+    index, manifest = (run / "frames.jsonl").read_text(), json.loads((run / "manifest.json").read_text())
+    record = json.loads(index.splitlines()[0])
+    outcomes = {"ok": 0, "error": 0}
+
+    def plan_once(what):
+        try:
+            build_plan(run, CurateConfig())
+            outcomes["ok"] += 1
+        except (RawFormatError, PlanError) as e:
+            assert str(e).startswith(str(run)) and "\n" not in str(e), (what, str(e))
+            outcomes["error"] += 1
+
+    for key in record:
+        for bad in BAD_VALUES:
+            lines = index.splitlines()
+            lines[0] = json.dumps({**record, key: bad})
+            (run / "frames.jsonl").write_text("\n".join(lines) + "\n")
+            plan_once(("record", key, bad))
+    (run / "frames.jsonl").write_text(index)
+    paths = [(k,) for k in ("schema", "status", "run_id", "frames", "settings", "plan")] + \
+        [("settings", k) for k in manifest["settings"]] + [("plan", k) for k in manifest["plan"]]
+    for path in paths:
+        for bad in BAD_VALUES:
+            m = json.loads(json.dumps(manifest))
+            (m if len(path) == 1 else m[path[0]])[path[-1]] = bad
+            (run / "manifest.json").write_text(json.dumps(m))
+            plan_once(("manifest", path, bad))
+    assert outcomes["error"] > 150 and outcomes["ok"] > 10, outcomes

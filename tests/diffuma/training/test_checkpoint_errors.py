@@ -1,0 +1,89 @@
+"""Checkpoints that cannot be used are one-line errors naming the file and what is wrong, from `chdl eval`,
+`chdl predict` and a resume: another model's name, missing or unexpected keys, a shape mismatch, no
+`model` key, wrong types, and files torch refuses to unpickle (nothing in them is run)."""
+
+import collections
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from chdl.cli import main
+from diffuma.training import train_from_config
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, tiny_dataset):
+    from diffuma.models import registry
+
+    mp = pytest.MonkeyPatch()
+    mp.setitem(registry.MODELS, "standin", "standin_model:StandIn")
+    out = train_from_config({"model": {"name": "standin", "preset": "tiny"},
+                             "run": {"epochs": 1, "batch_size": 4, "num_workers": 0, "max_steps": 1}},
+                            tiny_dataset, tmp_path_factory.mktemp("ck") / "run", progress=False)
+    yield out
+    mp.undo()
+
+
+def _tampered(run, tmp_path, edit):
+    state = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
+    edit(state)
+    path = tmp_path / "bad.pt"
+    torch.save(state, path)
+    return path
+
+
+def _first_key(state):
+    return next(iter(state["model"]))
+
+
+EDITS = {
+    "other model": (lambda s: s.update(model_name="simvp"), "model_name 'simvp' with its model_config cannot be built"),
+    "unknown model": (lambda s: s.update(model_name="nope"), "unknown model 'nope'"),
+    "missing key": (lambda s: s["model"].pop(_first_key(s)), "model weights do not fit StandIn (missing keys: "),
+    "extra key": (lambda s: s["model"].update(extra=torch.zeros(1)), "unexpected keys: extra"),
+    "shape": (lambda s: s["model"].update({_first_key(s): torch.zeros(3, 3)}), "shape mismatch (checkpoint vs model): "),
+    "no model key": (lambda s: s.pop("model"), "malformed checkpoint (no 'model' key)"),
+    "config type": (lambda s: s.update(config=[1]), "malformed checkpoint ('config' must be a dict, not list)"),
+    "data": (lambda s: s["data"].update(max_value=0), "malformed checkpoint (data.max_value must be a positive number"),
+}
+
+
+@pytest.mark.parametrize("case", list(EDITS))
+def test_eval_and_predict_refuse_unusable_checkpoints_in_one_line(run, tiny_dataset, tmp_path, standin, case):
+    edit, needle = EDITS[case]
+    ck = _tampered(run, tmp_path, edit)
+    for args in (["eval", "--checkpoint", ck, "--data", tiny_dataset, "--out", tmp_path / "e"],
+                 ["predict", "--checkpoint", ck, "--input", tiny_dataset, "--out", tmp_path / "p"]):
+        r = CliRunner().invoke(main, list(map(str, args)))
+        msg = r.output.strip()
+        assert r.exit_code == 1 and msg.startswith(f"Error: {ck}: ") and "\n" not in msg and needle in msg, msg
+
+
+def test_resume_refuses_weights_that_do_not_fit(run, tiny_dataset, tmp_path, standin):
+    import shutil
+
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    ck = copy / "checkpoints" / "last.pt"
+    state = torch.load(ck, weights_only=True)
+    state["model"][_first_key(state)] = torch.zeros(2)
+    torch.save(state, ck)
+    r = CliRunner().invoke(main, ["train", "--data", str(tiny_dataset), "--out", str(copy), "--resume", "--no-progress"])
+    msg = r.output.strip()
+    assert r.exit_code == 1 and msg.startswith(f"Error: {ck}: model weights do not fit") and "\n" not in msg, msg
+
+
+class Payload:  # a class torch's weights-only unpickler refuses (so its __reduce__ never runs)
+    def __reduce__(self):
+        return (print, ("ran",))
+
+
+def test_unpicklable_checkpoint_is_one_line_and_runs_nothing(tmp_path, tiny_dataset, capfd):
+    ck = tmp_path / "evil.pt"
+    torch.save({"format": "chdl.checkpoint/1", "x": Payload(), "y": collections.OrderedDict()}, ck)
+    r = CliRunner().invoke(main, ["eval", "--checkpoint", str(ck), "--data", str(tiny_dataset), "--out", str(tmp_path / "e")])
+    msg = r.output.strip()
+    assert r.exit_code == 1 and msg.startswith(f"Error: {ck}: not a loadable checkpoint (UnpicklingError: ") \
+        and "\n" not in msg, msg
+    assert "ran" not in capfd.readouterr().out
