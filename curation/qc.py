@@ -11,9 +11,11 @@ Scores (one value per frame; NaN for a frame that is missing):
                        offset, flicker and shadow scale both alike, so an illumination change does not
                        look like blur, while blur removes fine detail first. Negative = blurrier.
     misregistration_px distance (full-resolution px) between where the frame is relative to its
-                       neighbours (phase correlation) and where the expected stage step puts it (the
-                       median measured step of the sequence); median over the neighbours, so a
-                       neighbour whose own displacement is wrong (heavy blur) does not move it.
+                       neighbours (phase correlation, block-wise consensus: see consensus_shift) and
+                       where the stage motion fitted locally to the neighbours' steps puts it (see
+                       SequenceQC.motion_model: smooth acceleration fits, a jerk does not); median
+                       over the neighbours, so a neighbour whose own displacement is wrong (heavy
+                       blur) does not move it.
     brightness         median over a 4x4 grid of blocks of log(mean_frame / mean_neighbour).
     contrast           median over the blocks of log(std_frame / std_neighbour) (a gain change moves
                        it, an offset does not).
@@ -95,7 +97,7 @@ def _prepare(img: np.ndarray, f_sharp: int, max_value: float, window: np.ndarray
     small = _down(sh, 2)
     for c, plane in enumerate((small, cv2.multiply(small, small), _grad_energy(small))):
         cv2.integral(plane, reg_ii[c], sdepth=cv2.CV_32F)
-    return whitened_spectrum(cv2.multiply(small, window))
+    return whitened_spectrum(cv2.multiply(small, window)), block_spectra(small)
 
 
 def _median(x: np.ndarray, axis: int = -1) -> np.ndarray:
@@ -156,6 +158,36 @@ def spectrum_shift(fa: np.ndarray, fb: np.ndarray) -> tuple[np.ndarray, float]:
     dx = dx - w if dx > w / 2 else dx
     dy = dy - h if dy > h / 2 else dy
     return np.array([dx, dy]), float(peak)
+
+
+MOTION_SIGMA = 2.5  # frames: how far the local fit of the stage motion looks (see SequenceQC.motion_model)
+MOTION_RIDGE = 0.5  # ridge on the velocity's rate of change (keeps a fit on few pairs tame)
+MOTION_C = 0.5  # px/frame: Cauchy scale of the robust reweighting
+BLOCK_TOL = 0.25  # registration-scale px: block estimates this close to another count as agreeing
+
+
+def block_spectra(img: np.ndarray) -> list[np.ndarray]:
+    """Whitened spectra of the four quadrants of ``img`` (each Hanning-windowed), for the block-wise
+    consensus of :func:`consensus_shift`."""
+    h, w = img.shape[0] // 2, img.shape[1] // 2
+    win = cv2.createHanningWindow((w, h), cv2.CV_32F)
+    return [whitened_spectrum(cv2.multiply(np.ascontiguousarray(img[y:y + h, x:x + w]), win))
+            for y in (0, h) for x in (0, w)]
+
+
+def consensus_shift(whole: np.ndarray, blocks: list[np.ndarray]) -> np.ndarray:
+    """The global displacement from the whole-frame estimate and the quadrants' estimates (all (2,),
+    same px): a local motion (a walking person, debris, a growing kerf) drags the whole-frame peak but
+    only the quadrants it covers. If at least 3 of the 4 quadrants agree with the whole frame (within
+    ``BLOCK_TOL``) the whole-frame estimate is kept (it is the most precise); otherwise the candidate
+    with the most others agreeing with it wins and is averaged with them (ties: the whole frame)."""
+    cands = np.vstack([whole[None, :], np.asarray(blocks)])
+    near = np.all(np.abs(cands[:, None, :] - cands[None, :, :]) <= BLOCK_TOL, axis=2)  # (5, 5)
+    support = near.sum(1)
+    if near[0, 1:].sum() >= 3:
+        return whole
+    best = int(np.argmax(support))  # first maximum: the whole frame on ties
+    return cands[near[best]].mean(axis=0)
 
 
 def _overlaps(shape: tuple[int, int], d: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -263,8 +295,10 @@ class SequenceQC:
         self.fine_ii = np.empty((len(self.avail), hf + 1, wf + 1), np.float32)
         self.reg_ii = np.empty((len(self.avail), 3, hs + 1, ws + 1), np.float32)
         window = cv2.createHanningWindow((ws, hs), cv2.CV_32F)
-        self.spectra = [_prepare(frames[t], self.f_sharp, max_value, window, self.fine_ii[k], self.reg_ii[k])
-                        for k, t in enumerate(self.avail)]
+        prepared = [_prepare(frames[t], self.f_sharp, max_value, window, self.fine_ii[k], self.reg_ii[k])
+                    for k, t in enumerate(self.avail)]
+        self.spectra = [p[0] for p in prepared]
+        self.blocks = [p[1] for p in prepared]
         self._disp: dict[tuple[int, int], np.ndarray] = {}
         self._pair: dict[tuple[int, int], np.ndarray | None] = {}
         adjacent = [self.displacement(a, b) / (b - a) for a, b in zip(self.avail, self.avail[1:])]
@@ -275,14 +309,16 @@ class SequenceQC:
     def displacement(self, a: int, b: int) -> np.ndarray:
         """Content displacement a -> b (full-res px) by phase correlation at the registration scale."""
         if (a, b) not in self._disp:
-            d, _ = spectrum_shift(self.spectra[self.slot[a]], self.spectra[self.slot[b]])
-            self._disp[a, b] = d * self.f_reg
+            ka, kb = self.slot[a], self.slot[b]
+            d, _ = spectrum_shift(self.spectra[ka], self.spectra[kb])
+            quads = [spectrum_shift(qa, qb)[0] for qa, qb in zip(self.blocks[ka], self.blocks[kb])]
+            self._disp[a, b] = consensus_shift(d, quads) * self.f_reg
         return self._disp[a, b]
 
     def pairs(self, wanted: list[tuple[int, int]]) -> None:
         """Measure every pair (a, b), a < b, in ``wanted`` that is not cached yet: a relative to b,
-        [sharpness, brightness, contrast, slope x, slope y, banding, offset x, offset y] where offset =
-        a's position relative to b's minus what the step predicts (None if they share too little)."""
+        [sharpness, brightness, contrast, slope x, slope y, banding] (None if they share too little).
+        Their displacements are cached by :meth:`displacement`."""
         new = sorted({p for p in wanted if p not in self._pair})
         if not new:
             return
@@ -290,10 +326,45 @@ class SequenceQC:
         ka = np.array([self.slot[a] for a, _ in new])
         kb = np.array([self.slot[b] for _, b in new])
         c = _compare(self.fine_ii, self.reg_ii, ka, kb, d, self.f_sharp)
-        gap = np.array([b - a for a, b in new], np.float64)[:, None]
-        offsets = gap * self.step[None, :] - d
         for i, p in enumerate(new):
-            self._pair[p] = None if np.isnan(c[i, 0]) else np.concatenate([c[i], offsets[i]])
+            self._pair[p] = None if np.isnan(c[i, 0]) else c[i]
+
+    def motion_model(self, barred: set[int] | frozenset = frozenset()) -> tuple[np.ndarray, np.ndarray]:
+        """The stage motion expected at each available frame from its *neighbours'* steps:
+        (v0, v1), each (n_available, 2), the velocity (full-res px per frame) at the frame and its
+        rate of change, so the expected displacement from t to r is (r-t)·v0 + v1·(r-t)²/2.
+
+        Every measured displacement d(a, b) gives the mean velocity d / (b - a) at the time (a + b) / 2.
+        For each frame t a line v(s) = v0 + v1 (s - t) is fitted to the pairs that do not involve t
+        (nor a barred frame, while enough others remain), weighted by their baseline b - a and by a
+        Gaussian in time (``MOTION_SIGMA`` frames), with a little ridge on v1 and three rounds of
+        Cauchy reweighting (``MOTION_C`` px/frame) so a jittered or blurred neighbour does not move it.
+        A stage that speeds up or slows down smoothly fits the line; a frame that is not where its
+        neighbours' motion puts it (a jerk, a misfire) does not, whatever the sequence's mean step."""
+        keys = [k for k in self._disp if not (barred and (k[0] in barred or k[1] in barred))]
+        if len(keys) < 2:
+            keys = list(self._disp)
+        n = len(self.avail)
+        if not keys:
+            return np.tile(self.step, (n, 1)), np.zeros((n, 2))
+        a = np.array([k[0] for k in keys], np.float64)
+        b = np.array([k[1] for k in keys], np.float64)
+        y = np.array([self._disp[k] for k in keys]) / (b - a)[:, None]  # (P, 2)
+        t = np.array(self.avail, np.float64)[:, None]
+        x = (a + b)[None, :] / 2 - t  # (n, P)
+        w0 = (b - a)[None, :] * np.exp(-0.5 * (x / MOTION_SIGMA) ** 2) * ((a[None, :] != t) & (b[None, :] != t))
+        w = w0
+        for _ in range(3):
+            s0, s1, s2 = w.sum(1), (w * x).sum(1), (w * x * x).sum(1) + MOTION_RIDGE
+            y0, y1 = w @ y, (w * x) @ y
+            det = np.maximum(s0 * s2 - s1 * s1, 1e-12)[:, None]
+            v0 = (s2[:, None] * y0 - s1[:, None] * y1) / det
+            v1 = (s0[:, None] * y1 - s1[:, None] * y0) / det
+            r = np.hypot(*(y[None, :, :] - v0[:, None, :] - v1[:, None, :] * x[..., None]).transpose(2, 0, 1))
+            w = w0 / (1.0 + (r / MOTION_C) ** 2)
+        lonely = w0.sum(1) <= 0  # no pair without t: the sequence's median step
+        v0[lonely], v1[lonely] = self.step, 0.0
+        return v0, v1
 
     def _refs(self, t: int, allowed: set[int]) -> list[int]:
         cand = [r for r in allowed if r != t and abs(r - t) <= MAX_REF_DISTANCE]
@@ -327,8 +398,9 @@ class SequenceQC:
         # between them, a ratio slope proportional to the displacement. It is estimated from the
         # first pass's pairs (a fault touches few of them) and removed, so only a shadow remains.
         k_vig = self._vignetting_slope()
-        flip = np.array([-1.0, -1.0, -1.0, -1.0, -1.0, 1.0, -1.0, -1.0])
-        for t in self.avail:
+        v0, v1 = self.motion_model(set(barred))
+        flip = np.array([-1.0, -1.0, -1.0, -1.0, -1.0, 1.0])
+        for k, t in enumerate(self.avail):
             comps = []
             for r in refs[t]:
                 a, b = min(t, r), max(t, r)
@@ -337,7 +409,11 @@ class SequenceQC:
                     continue
                 c = c.copy()
                 c[3:5] -= k_vig * self._disp[a, b] / self.f_reg
-                comps.append(c if t < r else c * flip)
+                c = c if t < r else c * flip
+                # misregistration: where t sits relative to r, against what the neighbours' motion expects
+                measured = self._disp[a, b] if t < r else -self._disp[a, b]
+                expected = (r - t) * v0[k] + v1[k] * (r - t) ** 2 / 2
+                comps.append(np.concatenate([c, expected - measured]))
             if comps:
                 med = _median(np.stack(comps), axis=0)
                 scores[t, [I_SHARP, I_BRIGHT, I_CONTRAST, I_BANDING]] = med[[0, 1, 2, 5]]

@@ -45,6 +45,28 @@ def test_clean_sequences_with_a_growing_kerf_are_not_flagged(baseline, thr):
     assert flagged == 0  # of 100 frames, with the kerf widening 0.6 px every frame
 
 
+@pytest.mark.parametrize("spec", [
+    SynthSpec(height=120, width=160, step_px=1.0, accel_px=1.6),  # the step grows from 1 to 15 px
+    SynthSpec(height=120, width=160, step_px=14.0, accel_px=-1.4),  # a stage slowing to a stop
+    SynthSpec(height=120, width=160, step_px=8.0, mover_px=6.0),  # an object (a ninth of the view) crossing it
+    SynthSpec(height=120, width=160, step_px=0.0, mover_px=-5.0),  # static camera, moving object
+], ids=["accelerating", "decelerating", "moving-object", "static-moving-object"])
+def test_a_clean_sequence_with_an_accelerating_stage_or_a_moving_object_raises_no_flag(baseline, thr, spec):
+    for seed in (21, 22, 23):
+        frames, _ = make_sequence(spec, seed)
+        s, vib, ill = qc.curate_flags(frames, ALL, baseline, thr)
+        assert not (vib | ill).any(), f"seed {seed}: flagged {np.flatnonzero(vib | ill)}, misreg {s[:, qc.I_MISREG]}"
+        assert np.nanmax(s[:, qc.I_MISREG]) < 0.75  # the floor is 1.0 px
+
+
+def test_a_jerk_on_an_accelerating_stage_is_still_flagged(baseline, thr):
+    spec = SynthSpec(height=120, width=160, step_px=1.0, accel_px=1.6)
+    for t in (0, 5, 9):
+        frames, _ = make_sequence(spec, 24, {t: ("jitter", 2.0)})
+        _, vib, ill = qc.curate_flags(frames, ALL, baseline, thr)
+        assert list(np.flatnonzero(vib | ill)) == [t] and vib[t]
+
+
 @pytest.mark.parametrize("kind,mag,cause", [
     ("blur", 1.5, "vibration"), ("motion", 7.0, "vibration"), ("jitter", 4.0, "vibration"),
     ("gain", 0.8, "illumination"), ("offset", 0.1, "illumination"), ("shading", 0.4, "illumination"),
