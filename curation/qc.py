@@ -466,25 +466,36 @@ class Baseline:
         return cls([float(d["center"][n]) for n in SCORE_NAMES], [float(d["sigma"][n]) for n in SCORE_NAMES])
 
 
+def _centre_spread(v: np.ndarray, k: int) -> tuple[float, float]:
+    """Robust centre and sigma of one score's values ``v`` (finite)."""
+    if k == I_MISREG:  # a 2-D Gaussian residual's distance has median 1.1774 sigma
+        return 0.0, float(np.median(v) / 1.1774)
+    if k in (I_SHADING, I_BANDING):  # magnitudes, centred on 0
+        return 0.0, float(1.4826 * np.median(v))
+    m = float(np.median(v))
+    return m, float(1.4826 * np.median(np.abs(v - m)))
+
+
 def calibrate(score_sets: list[np.ndarray]) -> Baseline:
-    """Robust run baseline from the (T, K) scores of a sample of the run's sequences (median/MAD:
-    a few faulty frames in the sample do not move it)."""
-    s = np.concatenate([x for x in score_sets if x.size], axis=0) if score_sets else np.empty((0, len(SCORE_NAMES)))
+    """Robust run baseline from the (T, K) scores of a sample of the run's sequences.
+
+    Each sequence gives its own robust centre and spread per score (median / MAD of its frames: a
+    faulty frame or two barely move them), and the run's centre and spread are the medians of those
+    over the sequences, so a sequence full of faults (a shaky stretch, a flickering lamp) does not
+    lift the thresholds either. With fewer than 3 usable sequences the frames are pooled instead."""
+    sets = [x for x in score_sets if x.size]
     center, sigma = [], []
-    for k, side in enumerate(SCORE_SIDES):
-        v = s[:, k]
-        v = v[np.isfinite(v)]
-        if v.size < 5:
-            center.append(0.0), sigma.append(0.0)
-            continue
-        if k == I_MISREG:
-            # a 2-D Gaussian residual's distance has median 1.1774 sigma
-            center.append(0.0), sigma.append(float(np.median(v) / 1.1774))
-        elif k in (I_SHADING, I_BANDING):
-            center.append(0.0), sigma.append(float(1.4826 * np.median(v)))
+    for k in range(len(SCORE_NAMES)):
+        per_seq = [x[:, k][np.isfinite(x[:, k])] for x in sets]
+        per_seq = [v for v in per_seq if v.size >= 5]
+        if len(per_seq) >= 3:
+            cs = np.array([_centre_spread(v, k) for v in per_seq])
+            c, sg = float(np.median(cs[:, 0])), float(np.median(cs[:, 1]))
         else:
-            m = float(np.median(v))
-            center.append(m), sigma.append(float(1.4826 * np.median(np.abs(v - m))))
+            v = np.concatenate([x[:, k] for x in sets]) if sets else np.empty(0)
+            v = v[np.isfinite(v)]
+            c, sg = _centre_spread(v, k) if v.size >= 5 else (0.0, 0.0)
+        center.append(c), sigma.append(sg)
     return Baseline(center, sigma)
 
 
