@@ -228,7 +228,9 @@ def _compare(fine_ii: np.ndarray, reg_ii: np.ndarray, ka: np.ndarray, kb: np.nda
     eps, tiny = 1e-3, 1e-12
     # sharpness: per block, fine-scale over coarse-scale gradient energy (block areas cancel). Gain,
     # offset, flicker bands and shadows scale both alike (or neither); blur removes the fine scale first.
-    sharp_map = np.log(((ea + tiny) * (B[..., 2] + tiny)) / ((eb + tiny) * (A[..., 2] + tiny)))
+    # (float32 integral images can leave a flat block's energy a hair below 0: clamp before the log)
+    ea, eb, ga, gb = (np.maximum(v, 0.0) + tiny for v in (ea, eb, A[..., 2], B[..., 2]))
+    sharp_map = np.log((ea * gb) / (eb * ga))
     # photometry on the registration scale (coarse, so blur barely moves it)
     ratios = np.log((A[..., 0] + eps) / (B[..., 0] + eps))  # (P, G, G)
     va = np.maximum(A[..., 1] - A[..., 0] ** 2, tiny)
