@@ -193,6 +193,16 @@ def consensus_shift(whole: np.ndarray, blocks: list[np.ndarray]) -> np.ndarray:
     return cands[near].mean(axis=0)
 
 
+def motion_layers(whole: np.ndarray, blocks: list[np.ndarray]) -> np.ndarray:
+    """(k, 2) the displacements among the whole-frame and quadrant estimates that at least one other
+    estimate agrees with (within ``BLOCK_TOL``): the motion layers a pair of frames shows (a lone
+    quadrant estimate, e.g. on a textureless region, is noise and left out). Always includes the
+    consensus (:func:`consensus_shift`)."""
+    cands = np.vstack([whole[None, :], np.asarray(blocks)])
+    near = np.all(np.abs(cands[:, None, :] - cands[None, :, :]) <= BLOCK_TOL, axis=2)
+    return np.vstack([consensus_shift(whole, blocks)[None, :], cands[near.sum(1) >= 2]])
+
+
 def _overlaps(shape: tuple[int, int], d: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """For P content displacements d (P, 2) = (dx, dy) from frame a to frame b (b(x) = a(x - d)), in px
     of a frame of ``shape``: block grid edges ys, xs (P, G+1) over the region of a that b also shows,
@@ -305,6 +315,7 @@ class SequenceQC:
         self.spectra = [p[0] for p in prepared]
         self.blocks = [p[1] for p in prepared]
         self._disp: dict[tuple[int, int], np.ndarray] = {}
+        self._layers: dict[tuple[int, int], np.ndarray] = {}  # (k, 2) see motion_layers
         self._pair: dict[tuple[int, int], np.ndarray | None] = {}
         adjacent = [self.displacement(a, b) / (b - a) for a, b in zip(self.avail, self.avail[1:])]
         # the expected stage step: the median measured step (one bad pair does not move it)
@@ -318,6 +329,7 @@ class SequenceQC:
             d, _ = spectrum_shift(self.spectra[ka], self.spectra[kb])
             quads = [spectrum_shift(qa, qb)[0] for qa, qb in zip(self.blocks[ka], self.blocks[kb])]
             self._disp[a, b] = consensus_shift(d, quads) * self.f_reg
+            self._layers[a, b] = motion_layers(d, quads) * self.f_reg
         return self._disp[a, b]
 
     def pairs(self, wanted: list[tuple[int, int]]) -> None:
@@ -416,9 +428,13 @@ class SequenceQC:
                 c[3:5] -= k_vig * self._disp[a, b] / self.f_reg
                 c = c if t < r else c * flip
                 # misregistration: where t sits relative to r, against what the neighbours' motion expects
-                measured = self._disp[a, b] if t < r else -self._disp[a, b]
+                # of the motion layers the pair shows, the one nearest to the expectation: a scene with
+                # two layers (a static background, a large moving object) must not look like a jerk
+                # whenever the consensus switches between them; a jerk moves every layer
                 expected = (r - t) * v0[k] + v1[k] * (r - t) ** 2 / 2
-                comps.append(np.concatenate([c, expected - measured]))
+                layers = self._layers[a, b] if t < r else -self._layers[a, b]
+                off = expected[None, :] - layers
+                comps.append(np.concatenate([c, off[np.argmin(np.hypot(off[:, 0], off[:, 1]))]]))
             if comps:
                 med = _median(np.stack(comps), axis=0)
                 scores[t, [I_SHARP, I_BRIGHT, I_CONTRAST, I_BANDING]] = med[[0, 1, 2, 5]]
