@@ -164,7 +164,7 @@ def spectrum_shift(fa: np.ndarray, fb: np.ndarray) -> tuple[np.ndarray, float]:
 
 MOTION_SIGMA = 2.5  # frames: how far the local fit of the stage motion looks (see SequenceQC.motion_model)
 MOTION_RIDGE = 0.5  # ridge on the velocity's rate of change (keeps a fit on few pairs tame)
-MOTION_C = 0.5  # px/frame: Cauchy scale of the robust reweighting
+MOTION_C = 0.25  # px/frame: Cauchy scale of the robust reweighting
 BLOCK_TOL = 0.25  # registration-scale px: block estimates this close to another count as agreeing
 
 
@@ -194,13 +194,17 @@ def consensus_shift(whole: np.ndarray, blocks: list[np.ndarray]) -> np.ndarray:
 
 
 def motion_layers(whole: np.ndarray, blocks: list[np.ndarray]) -> np.ndarray:
-    """(k, 2) the displacements among the whole-frame and quadrant estimates that at least one other
-    estimate agrees with (within ``BLOCK_TOL``): the motion layers a pair of frames shows (a lone
-    quadrant estimate, e.g. on a textureless region, is noise and left out). Always includes the
-    consensus (:func:`consensus_shift`)."""
+    """(k, 2) the motion layers a pair of frames shows: the consensus (:func:`consensus_shift`) and,
+    for every whole-frame or quadrant estimate that at least one other agrees with (within
+    ``BLOCK_TOL``), the mean of those agreeing (a lone quadrant estimate, e.g. on a textureless
+    region, is noise and left out)."""
     cands = np.vstack([whole[None, :], np.asarray(blocks)])
     near = np.all(np.abs(cands[:, None, :] - cands[None, :, :]) <= BLOCK_TOL, axis=2)
-    return np.vstack([consensus_shift(whole, blocks)[None, :], cands[near.sum(1) >= 2]])
+    support = near.sum(1)
+    # each layer is the mean of an estimate and those agreeing with it (a single noisy quadrant must not
+    # offer a value that happens to lie nearer to what is expected)
+    means = (near[:, :, None] * cands[None, :, :]).sum(1) / support[:, None]
+    return np.vstack([consensus_shift(whole, blocks)[None, :], means[support >= 2]])
 
 
 def _overlaps(shape: tuple[int, int], d: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -354,8 +358,8 @@ class SequenceQC:
         Every measured displacement d(a, b) gives the mean velocity d / (b - a) at the time (a + b) / 2.
         For each frame t a line v(s) = v0 + v1 (s - t) is fitted to the pairs that do not involve t
         (nor a barred frame, while enough others remain), weighted by their baseline b - a and by a
-        Gaussian in time (``MOTION_SIGMA`` frames), with a little ridge on v1 and three rounds of
-        Cauchy reweighting (``MOTION_C`` px/frame) so a jittered or blurred neighbour does not move it.
+        Gaussian in time (``MOTION_SIGMA`` frames), with a little ridge on v1, from a robust start (the best fit without one more frame's pairs, or
+        none) with three rounds of Cauchy reweighting (``MOTION_C`` px/frame) so a jittered or blurred neighbour does not move it.
         A stage that speeds up or slows down smoothly fits the line; a frame that is not where its
         neighbours' motion puts it (a jerk, a misfire) does not, whatever the sequence's mean step."""
         keys = [k for k in self._disp if not (barred and (k[0] in barred or k[1] in barred))]
@@ -370,15 +374,28 @@ class SequenceQC:
         t = np.array(self.avail, np.float64)[:, None]
         x = (a + b)[None, :] / 2 - t  # (n, P)
         w0 = (b - a)[None, :] * np.exp(-0.5 * (x / MOTION_SIGMA) ** 2) * ((a[None, :] != t) & (b[None, :] != t))
-        w = w0
-        for _ in range(3):
-            s0, s1, s2 = w.sum(1), (w * x).sum(1), (w * x * x).sum(1) + MOTION_RIDGE
+        f = np.array(self.avail, np.float64)
+        drop = np.concatenate([np.ones((1, len(keys))),  # variant v > 0 leaves out the pairs of frame v - 1
+                               1.0 - ((a[None, :] == f[:, None]) | (b[None, :] == f[:, None]))])
+
+        def fit(w: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # w (..., n, P)
+            s0, s1, s2 = w.sum(-1), (w * x).sum(-1), (w * x * x).sum(-1) + MOTION_RIDGE
             y0, y1 = w @ y, (w * x) @ y
-            det = np.maximum(s0 * s2 - s1 * s1, 1e-12)[:, None]
-            v0 = (s2[:, None] * y0 - s1[:, None] * y1) / det
-            v1 = (s0[:, None] * y1 - s1[:, None] * y0) / det
-            r = np.hypot(*(y[None, :, :] - v0[:, None, :] - v1[:, None, :] * x[..., None]).transpose(2, 0, 1))
-            w = w0 / (1.0 + (r / MOTION_C) ** 2)
+            det = np.maximum(s0 * s2 - s1 * s1, 1e-12)[..., None]
+            v0 = (s2[..., None] * y0 - s1[..., None] * y1) / det
+            v1 = (s0[..., None] * y1 - s1[..., None] * y0) / det
+            r = np.hypot(*np.moveaxis(y - v0[..., None, :] - v1[..., None, :] * x[..., None], -1, 0))
+            return v0, v1, r
+
+        # start: of the fits without one more frame's pairs (or none), the one with the least robust
+        # cost over all pairs it may use -- a misplaced neighbour is in many pairs, which near a
+        # sequence end can be most of them -- then Cauchy reweighting
+        v0, v1, r = fit(w0[None] * drop[:, None, :])  # (n + 1, n, ...)
+        cost = (w0[None] * np.log1p((r / MOTION_C) ** 2)).sum(-1)  # (n + 1, n)
+        best = np.argmin(cost, axis=0)
+        r = r[best, np.arange(n)]
+        for _ in range(3):
+            v0, v1, r = fit(w0 / (1.0 + (r / MOTION_C) ** 2))
         lonely = w0.sum(1) <= 0  # no pair without t: the sequence's median step
         v0[lonely], v1[lonely] = self.step, 0.0
         return v0, v1
