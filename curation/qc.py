@@ -97,7 +97,7 @@ def _prepare(img: np.ndarray, f_sharp: int, max_value: float, window: np.ndarray
     small = _down(sh, 2)
     for c, plane in enumerate((small, cv2.multiply(small, small), _grad_energy(small))):
         cv2.integral(plane, reg_ii[c], sdepth=cv2.CV_32F)
-    return whitened_spectrum(cv2.multiply(small, window)), block_spectra(small)
+    return whitened_spectrum(cv2.multiply(small, window)), small
 
 
 def _median(x: np.ndarray, axis: int = -1) -> np.ndarray:
@@ -165,14 +165,24 @@ def spectrum_shift(fa: np.ndarray, fb: np.ndarray) -> tuple[np.ndarray, float]:
 MOTION_SIGMA = 2.5  # frames: how far the local fit of the stage motion looks (see SequenceQC.motion_model)
 MOTION_RIDGE = 0.5  # ridge on the velocity's rate of change (keeps a fit on few pairs tame)
 MOTION_C = 0.25  # px/frame: Cauchy scale of the robust reweighting
+SINGLE_LAYER_PEAK = 0.5  # whole-frame phase-correlation peak above which the quadrants are not consulted
 BLOCK_TOL = 0.25  # registration-scale px: block estimates this close to another count as agreeing
+
+
+_WINDOWS: dict[tuple[int, int], np.ndarray] = {}
+
+
+def _hanning(w: int, h: int) -> np.ndarray:
+    if (w, h) not in _WINDOWS:
+        _WINDOWS[w, h] = cv2.createHanningWindow((w, h), cv2.CV_32F)
+    return _WINDOWS[w, h]
 
 
 def block_spectra(img: np.ndarray) -> list[np.ndarray]:
     """Whitened spectra of the four quadrants of ``img`` (each Hanning-windowed), for the block-wise
     consensus of :func:`consensus_shift`."""
     h, w = img.shape[0] // 2, img.shape[1] // 2
-    win = cv2.createHanningWindow((w, h), cv2.CV_32F)
+    win = _hanning(w, h)
     return [whitened_spectrum(cv2.multiply(np.ascontiguousarray(img[y:y + h, x:x + w]), win))
             for y in (0, h) for x in (0, w)]
 
@@ -317,7 +327,8 @@ class SequenceQC:
         prepared = [_prepare(frames[t], self.f_sharp, max_value, window, self.fine_ii[k], self.reg_ii[k])
                     for k, t in enumerate(self.avail)]
         self.spectra = [p[0] for p in prepared]
-        self.blocks = [p[1] for p in prepared]
+        self._small = [p[1] for p in prepared]  # registration-scale frames, for block spectra when needed
+        self._blocks: dict[int, list[np.ndarray]] = {}
         self._disp: dict[tuple[int, int], np.ndarray] = {}
         self._layers: dict[tuple[int, int], np.ndarray] = {}  # (k, 2) see motion_layers
         self._pair: dict[tuple[int, int], np.ndarray | None] = {}
@@ -326,14 +337,24 @@ class SequenceQC:
         self.step = np.median(np.array(adjacent), axis=0) if adjacent else np.zeros(2)
         self._vignetting: np.ndarray | None = None
 
+    def block(self, k: int) -> list[np.ndarray]:
+        """The quadrant spectra of the frame in slot k (:func:`block_spectra`), made on first use."""
+        if k not in self._blocks:
+            self._blocks[k] = block_spectra(self._small[k])
+        return self._blocks[k]
+
     def displacement(self, a: int, b: int) -> np.ndarray:
         """Content displacement a -> b (full-res px) by phase correlation at the registration scale."""
         if (a, b) not in self._disp:
             ka, kb = self.slot[a], self.slot[b]
-            d, _ = spectrum_shift(self.spectra[ka], self.spectra[kb])
-            quads = [spectrum_shift(qa, qb)[0] for qa, qb in zip(self.blocks[ka], self.blocks[kb])]
-            self._disp[a, b] = consensus_shift(d, quads) * self.f_reg
-            self._layers[a, b] = motion_layers(d, quads) * self.f_reg
+            d, peak = spectrum_shift(self.spectra[ka], self.spectra[kb])
+            if peak >= SINGLE_LAYER_PEAK:  # one motion holds nearly all the correlation: no other layer to find
+                self._disp[a, b] = d * self.f_reg
+                self._layers[a, b] = self._disp[a, b][None, :]
+            else:
+                quads = [spectrum_shift(qa, qb)[0] for qa, qb in zip(self.block(ka), self.block(kb))]
+                self._disp[a, b] = consensus_shift(d, quads) * self.f_reg
+                self._layers[a, b] = motion_layers(d, quads) * self.f_reg
         return self._disp[a, b]
 
     def pairs(self, wanted: list[tuple[int, int]]) -> None:
