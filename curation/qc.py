@@ -11,9 +11,11 @@ Scores (one value per frame; NaN for a frame that is missing):
                        offset, flicker and shadow scale both alike, so an illumination change does not
                        look like blur, while blur removes fine detail first. Negative = blurrier.
     misregistration_px distance (full-resolution px) between where the frame is relative to its
-                       neighbours (phase correlation) and where the expected stage step puts it (the
-                       median measured step of the sequence); median over the neighbours, so a
-                       neighbour whose own displacement is wrong (heavy blur) does not move it.
+                       neighbours (phase correlation, block-wise consensus: see consensus_shift) and
+                       where the stage motion fitted locally to the neighbours' steps puts it (see
+                       SequenceQC.motion_model: smooth acceleration fits, a jerk does not); median
+                       over the neighbours, so a neighbour whose own displacement is wrong (heavy
+                       blur) does not move it.
     brightness         median over a 4x4 grid of blocks of log(mean_frame / mean_neighbour).
     contrast           median over the blocks of log(std_frame / std_neighbour) (a gain change moves
                        it, an offset does not).
@@ -95,7 +97,7 @@ def _prepare(img: np.ndarray, f_sharp: int, max_value: float, window: np.ndarray
     small = _down(sh, 2)
     for c, plane in enumerate((small, cv2.multiply(small, small), _grad_energy(small))):
         cv2.integral(plane, reg_ii[c], sdepth=cv2.CV_32F)
-    return whitened_spectrum(cv2.multiply(small, window))
+    return whitened_spectrum(cv2.multiply(small, window)), small
 
 
 def _median(x: np.ndarray, axis: int = -1) -> np.ndarray:
@@ -124,8 +126,10 @@ def _grad_energy(img: np.ndarray) -> np.ndarray:
     return cv2.add(cv2.multiply(gx, gx), cv2.multiply(gy, gy))
 
 
-def _parabola(left: float, mid: float, right: float) -> float:
-    """Sub-sample offset of the vertex of the parabola through three samples around a peak."""
+def _peak_offset(left: float, mid: float, right: float) -> float:
+    """Sub-sample offset of the vertex of the parabola through three samples around a peak. (The
+    Foroosh estimate, larger neighbour / (neighbour + peak), halves the error on random shifts of real
+    frames but is biased by the Hanning window near whole-sample shifts: not used.)"""
     den = left - 2.0 * mid + right
     return 0.0 if abs(den) < 1e-12 else min(0.5, max(-0.5, 0.5 * (left - right) / den))
 
@@ -144,18 +148,73 @@ def whitened_spectrum(img: np.ndarray) -> np.ndarray:
 
 def spectrum_shift(fa: np.ndarray, fb: np.ndarray) -> tuple[np.ndarray, float]:
     """Phase correlation from two whitened spectra (:func:`whitened_spectrum` of the windowed images):
-    the displacement d = (dx, dy) with b(x) ~ a(x - d), and the peak response. Sub-pixel: a parabola
-    through the peak and its two neighbours on each axis (0.06 px rms on the simulator's frames, where
-    cv2.phaseCorrelate's 5x5 weighted centroid gives 0.2 px and is pulled by noise in the window)."""
+    the displacement d = (dx, dy) with b(x) ~ a(x - d), and the peak response. Sub-pixel: from the peak
+    and its two neighbours on each axis (:func:`_peak_offset`); accuracy on known shifts of real frames
+    in docs/curation.md (tools/bench_registration.py)."""
     r = fb * np.conj(fa)  # complex64 (NumPy: half the time of cv2.mulSpectrums on these sizes)
     c = cv2.idft(r.view(np.float32).reshape(r.shape + (2,)), flags=cv2.DFT_REAL_OUTPUT | cv2.DFT_SCALE)
     h, w = c.shape
     _, peak, _, (px, py) = cv2.minMaxLoc(c)
-    dx = px + _parabola(float(c[py, (px - 1) % w]), peak, float(c[py, (px + 1) % w]))
-    dy = py + _parabola(float(c[(py - 1) % h, px]), peak, float(c[(py + 1) % h, px]))
+    dx = px + _peak_offset(float(c[py, (px - 1) % w]), peak, float(c[py, (px + 1) % w]))
+    dy = py + _peak_offset(float(c[(py - 1) % h, px]), peak, float(c[(py + 1) % h, px]))
     dx = dx - w if dx > w / 2 else dx
     dy = dy - h if dy > h / 2 else dy
     return np.array([dx, dy]), float(peak)
+
+
+MOTION_SIGMA = 2.5  # frames: how far the local fit of the stage motion looks (see SequenceQC.motion_model)
+MOTION_RIDGE = 0.5  # ridge on the velocity's rate of change (keeps a fit on few pairs tame)
+MOTION_C = 0.25  # px/frame: Cauchy scale of the robust reweighting
+SINGLE_LAYER_PEAK = 0.5  # whole-frame phase-correlation peak above which the quadrants are not consulted
+BLOCK_TOL = 0.25  # registration-scale px: block estimates this close to another count as agreeing
+
+
+_WINDOWS: dict[tuple[int, int], np.ndarray] = {}
+
+
+def _hanning(w: int, h: int) -> np.ndarray:
+    if (w, h) not in _WINDOWS:
+        _WINDOWS[w, h] = cv2.createHanningWindow((w, h), cv2.CV_32F)
+    return _WINDOWS[w, h]
+
+
+def block_spectra(img: np.ndarray) -> list[np.ndarray]:
+    """Whitened spectra of the four quadrants of ``img`` (each Hanning-windowed), for the block-wise
+    consensus of :func:`consensus_shift`."""
+    h, w = img.shape[0] // 2, img.shape[1] // 2
+    win = _hanning(w, h)
+    return [whitened_spectrum(cv2.multiply(np.ascontiguousarray(img[y:y + h, x:x + w]), win))
+            for y in (0, h) for x in (0, w)]
+
+
+def consensus_shift(whole: np.ndarray, blocks: list[np.ndarray]) -> np.ndarray:
+    """The global displacement from the whole-frame estimate and the quadrants' estimates (all (2,),
+    same px): a local motion (a walking person, debris, a growing kerf) drags the whole-frame peak but
+    only the quadrants it covers, and a low-texture quadrant can lock onto a fixed pattern (sensor
+    pattern, compression blocks) at zero. The consensus is the per-axis median of the five; the
+    estimates within ``BLOCK_TOL`` (or 15 % of the displacement, if more) of it are its supporters:
+    the whole-frame estimate if it is one of them (the most precise), else their mean."""
+    cands = np.vstack([whole[None, :], np.asarray(blocks)])
+    med = np.median(cands, axis=0)
+    tol = max(BLOCK_TOL, 0.15 * float(np.hypot(*med)))
+    near = np.all(np.abs(cands - med[None, :]) <= tol, axis=1)
+    if near[0] or not near.any():
+        return whole if near[0] else med
+    return cands[near].mean(axis=0)
+
+
+def motion_layers(whole: np.ndarray, blocks: list[np.ndarray]) -> np.ndarray:
+    """(k, 2) the motion layers a pair of frames shows: the consensus (:func:`consensus_shift`) and,
+    for every whole-frame or quadrant estimate that at least one other agrees with (within
+    ``BLOCK_TOL``), the mean of those agreeing (a lone quadrant estimate, e.g. on a textureless
+    region, is noise and left out)."""
+    cands = np.vstack([whole[None, :], np.asarray(blocks)])
+    near = np.all(np.abs(cands[:, None, :] - cands[None, :, :]) <= BLOCK_TOL, axis=2)
+    support = near.sum(1)
+    # each layer is the mean of an estimate and those agreeing with it (a single noisy quadrant must not
+    # offer a value that happens to lie nearer to what is expected)
+    means = (near[:, :, None] * cands[None, :, :]).sum(1) / support[:, None]
+    return np.vstack([consensus_shift(whole, blocks)[None, :], means[support >= 2]])
 
 
 def _overlaps(shape: tuple[int, int], d: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -196,7 +255,9 @@ def _compare(fine_ii: np.ndarray, reg_ii: np.ndarray, ka: np.ndarray, kb: np.nda
     eps, tiny = 1e-3, 1e-12
     # sharpness: per block, fine-scale over coarse-scale gradient energy (block areas cancel). Gain,
     # offset, flicker bands and shadows scale both alike (or neither); blur removes the fine scale first.
-    sharp_map = np.log(((ea + tiny) * (B[..., 2] + tiny)) / ((eb + tiny) * (A[..., 2] + tiny)))
+    # (float32 integral images can leave a flat block's energy a hair below 0: clamp before the log)
+    ea, eb, ga, gb = (np.maximum(v, 0.0) + tiny for v in (ea, eb, A[..., 2], B[..., 2]))
+    sharp_map = np.log((ea * gb) / (eb * ga))
     # photometry on the registration scale (coarse, so blur barely moves it)
     ratios = np.log((A[..., 0] + eps) / (B[..., 0] + eps))  # (P, G, G)
     va = np.maximum(A[..., 1] - A[..., 0] ** 2, tiny)
@@ -263,26 +324,43 @@ class SequenceQC:
         self.fine_ii = np.empty((len(self.avail), hf + 1, wf + 1), np.float32)
         self.reg_ii = np.empty((len(self.avail), 3, hs + 1, ws + 1), np.float32)
         window = cv2.createHanningWindow((ws, hs), cv2.CV_32F)
-        self.spectra = [_prepare(frames[t], self.f_sharp, max_value, window, self.fine_ii[k], self.reg_ii[k])
-                        for k, t in enumerate(self.avail)]
+        prepared = [_prepare(frames[t], self.f_sharp, max_value, window, self.fine_ii[k], self.reg_ii[k])
+                    for k, t in enumerate(self.avail)]
+        self.spectra = [p[0] for p in prepared]
+        self._small = [p[1] for p in prepared]  # registration-scale frames, for block spectra when needed
+        self._blocks: dict[int, list[np.ndarray]] = {}
         self._disp: dict[tuple[int, int], np.ndarray] = {}
+        self._layers: dict[tuple[int, int], np.ndarray] = {}  # (k, 2) see motion_layers
         self._pair: dict[tuple[int, int], np.ndarray | None] = {}
         adjacent = [self.displacement(a, b) / (b - a) for a, b in zip(self.avail, self.avail[1:])]
         # the expected stage step: the median measured step (one bad pair does not move it)
         self.step = np.median(np.array(adjacent), axis=0) if adjacent else np.zeros(2)
         self._vignetting: np.ndarray | None = None
 
+    def block(self, k: int) -> list[np.ndarray]:
+        """The quadrant spectra of the frame in slot k (:func:`block_spectra`), made on first use."""
+        if k not in self._blocks:
+            self._blocks[k] = block_spectra(self._small[k])
+        return self._blocks[k]
+
     def displacement(self, a: int, b: int) -> np.ndarray:
         """Content displacement a -> b (full-res px) by phase correlation at the registration scale."""
         if (a, b) not in self._disp:
-            d, _ = spectrum_shift(self.spectra[self.slot[a]], self.spectra[self.slot[b]])
-            self._disp[a, b] = d * self.f_reg
+            ka, kb = self.slot[a], self.slot[b]
+            d, peak = spectrum_shift(self.spectra[ka], self.spectra[kb])
+            if peak >= SINGLE_LAYER_PEAK:  # one motion holds nearly all the correlation: no other layer to find
+                self._disp[a, b] = d * self.f_reg
+                self._layers[a, b] = self._disp[a, b][None, :]
+            else:
+                quads = [spectrum_shift(qa, qb)[0] for qa, qb in zip(self.block(ka), self.block(kb))]
+                self._disp[a, b] = consensus_shift(d, quads) * self.f_reg
+                self._layers[a, b] = motion_layers(d, quads) * self.f_reg
         return self._disp[a, b]
 
     def pairs(self, wanted: list[tuple[int, int]]) -> None:
         """Measure every pair (a, b), a < b, in ``wanted`` that is not cached yet: a relative to b,
-        [sharpness, brightness, contrast, slope x, slope y, banding, offset x, offset y] where offset =
-        a's position relative to b's minus what the step predicts (None if they share too little)."""
+        [sharpness, brightness, contrast, slope x, slope y, banding] (None if they share too little).
+        Their displacements are cached by :meth:`displacement`."""
         new = sorted({p for p in wanted if p not in self._pair})
         if not new:
             return
@@ -290,10 +368,58 @@ class SequenceQC:
         ka = np.array([self.slot[a] for a, _ in new])
         kb = np.array([self.slot[b] for _, b in new])
         c = _compare(self.fine_ii, self.reg_ii, ka, kb, d, self.f_sharp)
-        gap = np.array([b - a for a, b in new], np.float64)[:, None]
-        offsets = gap * self.step[None, :] - d
         for i, p in enumerate(new):
-            self._pair[p] = None if np.isnan(c[i, 0]) else np.concatenate([c[i], offsets[i]])
+            self._pair[p] = None if np.isnan(c[i, 0]) else c[i]
+
+    def motion_model(self, barred: set[int] | frozenset = frozenset()) -> tuple[np.ndarray, np.ndarray]:
+        """The stage motion expected at each available frame from its *neighbours'* steps:
+        (v0, v1), each (n_available, 2), the velocity (full-res px per frame) at the frame and its
+        rate of change, so the expected displacement from t to r is (r-t)·v0 + v1·(r-t)²/2.
+
+        Every measured displacement d(a, b) gives the mean velocity d / (b - a) at the time (a + b) / 2.
+        For each frame t a line v(s) = v0 + v1 (s - t) is fitted to the pairs that do not involve t
+        (nor a barred frame, while enough others remain), weighted by their baseline b - a and by a
+        Gaussian in time (``MOTION_SIGMA`` frames), with a little ridge on v1, from a robust start (the best fit without one more frame's pairs, or
+        none) with three rounds of Cauchy reweighting (``MOTION_C`` px/frame) so a jittered or blurred neighbour does not move it.
+        A stage that speeds up or slows down smoothly fits the line; a frame that is not where its
+        neighbours' motion puts it (a jerk, a misfire) does not, whatever the sequence's mean step."""
+        keys = [k for k in self._disp if not (barred and (k[0] in barred or k[1] in barred))]
+        if len(keys) < 2:
+            keys = list(self._disp)
+        n = len(self.avail)
+        if not keys:
+            return np.tile(self.step, (n, 1)), np.zeros((n, 2))
+        a = np.array([k[0] for k in keys], np.float64)
+        b = np.array([k[1] for k in keys], np.float64)
+        y = np.array([self._disp[k] for k in keys]) / (b - a)[:, None]  # (P, 2)
+        t = np.array(self.avail, np.float64)[:, None]
+        x = (a + b)[None, :] / 2 - t  # (n, P)
+        w0 = (b - a)[None, :] * np.exp(-0.5 * (x / MOTION_SIGMA) ** 2) * ((a[None, :] != t) & (b[None, :] != t))
+        f = np.array(self.avail, np.float64)
+        drop = np.concatenate([np.ones((1, len(keys))),  # variant v > 0 leaves out the pairs of frame v - 1
+                               1.0 - ((a[None, :] == f[:, None]) | (b[None, :] == f[:, None]))])
+
+        def fit(w: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # w (..., n, P)
+            s0, s1, s2 = w.sum(-1), (w * x).sum(-1), (w * x * x).sum(-1) + MOTION_RIDGE
+            y0, y1 = w @ y, (w * x) @ y
+            det = np.maximum(s0 * s2 - s1 * s1, 1e-12)[..., None]
+            v0 = (s2[..., None] * y0 - s1[..., None] * y1) / det
+            v1 = (s0[..., None] * y1 - s1[..., None] * y0) / det
+            r = np.hypot(*np.moveaxis(y - v0[..., None, :] - v1[..., None, :] * x[..., None], -1, 0))
+            return v0, v1, r
+
+        # start: of the fits without one more frame's pairs (or none), the one with the least robust
+        # cost over all pairs it may use -- a misplaced neighbour is in many pairs, which near a
+        # sequence end can be most of them -- then Cauchy reweighting
+        v0, v1, r = fit(w0[None] * drop[:, None, :])  # (n + 1, n, ...)
+        cost = (w0[None] * np.log1p((r / MOTION_C) ** 2)).sum(-1)  # (n + 1, n)
+        best = np.argmin(cost, axis=0)
+        r = r[best, np.arange(n)]
+        for _ in range(3):
+            v0, v1, r = fit(w0 / (1.0 + (r / MOTION_C) ** 2))
+        lonely = w0.sum(1) <= 0  # no pair without t: the sequence's median step
+        v0[lonely], v1[lonely] = self.step, 0.0
+        return v0, v1
 
     def _refs(self, t: int, allowed: set[int]) -> list[int]:
         cand = [r for r in allowed if r != t and abs(r - t) <= MAX_REF_DISTANCE]
@@ -327,8 +453,9 @@ class SequenceQC:
         # between them, a ratio slope proportional to the displacement. It is estimated from the
         # first pass's pairs (a fault touches few of them) and removed, so only a shadow remains.
         k_vig = self._vignetting_slope()
-        flip = np.array([-1.0, -1.0, -1.0, -1.0, -1.0, 1.0, -1.0, -1.0])
-        for t in self.avail:
+        v0, v1 = self.motion_model(set(barred))
+        flip = np.array([-1.0, -1.0, -1.0, -1.0, -1.0, 1.0])
+        for k, t in enumerate(self.avail):
             comps = []
             for r in refs[t]:
                 a, b = min(t, r), max(t, r)
@@ -337,7 +464,15 @@ class SequenceQC:
                     continue
                 c = c.copy()
                 c[3:5] -= k_vig * self._disp[a, b] / self.f_reg
-                comps.append(c if t < r else c * flip)
+                c = c if t < r else c * flip
+                # misregistration: where t sits relative to r, against what the neighbours' motion expects
+                # of the motion layers the pair shows, the one nearest to the expectation: a scene with
+                # two layers (a static background, a large moving object) must not look like a jerk
+                # whenever the consensus switches between them; a jerk moves every layer
+                expected = (r - t) * v0[k] + v1[k] * (r - t) ** 2 / 2
+                layers = self._layers[a, b] if t < r else -self._layers[a, b]
+                off = expected[None, :] - layers
+                comps.append(np.concatenate([c, off[np.argmin(np.hypot(off[:, 0], off[:, 1]))]]))
             if comps:
                 med = _median(np.stack(comps), axis=0)
                 scores[t, [I_SHARP, I_BRIGHT, I_CONTRAST, I_BANDING]] = med[[0, 1, 2, 5]]
@@ -390,25 +525,36 @@ class Baseline:
         return cls([float(d["center"][n]) for n in SCORE_NAMES], [float(d["sigma"][n]) for n in SCORE_NAMES])
 
 
+def _centre_spread(v: np.ndarray, k: int) -> tuple[float, float]:
+    """Robust centre and sigma of one score's values ``v`` (finite)."""
+    if k == I_MISREG:  # a 2-D Gaussian residual's distance has median 1.1774 sigma
+        return 0.0, float(np.median(v) / 1.1774)
+    if k in (I_SHADING, I_BANDING):  # magnitudes, centred on 0
+        return 0.0, float(1.4826 * np.median(v))
+    m = float(np.median(v))
+    return m, float(1.4826 * np.median(np.abs(v - m)))
+
+
 def calibrate(score_sets: list[np.ndarray]) -> Baseline:
-    """Robust run baseline from the (T, K) scores of a sample of the run's sequences (median/MAD:
-    a few faulty frames in the sample do not move it)."""
-    s = np.concatenate([x for x in score_sets if x.size], axis=0) if score_sets else np.empty((0, len(SCORE_NAMES)))
+    """Robust run baseline from the (T, K) scores of a sample of the run's sequences.
+
+    Each sequence gives its own robust centre and spread per score (median / MAD of its frames: a
+    faulty frame or two barely move them), and the run's centre and spread are the medians of those
+    over the sequences, so a sequence full of faults (a shaky stretch, a flickering lamp) does not
+    lift the thresholds either. With fewer than 3 usable sequences the frames are pooled instead."""
+    sets = [x for x in score_sets if x.size]
     center, sigma = [], []
-    for k, side in enumerate(SCORE_SIDES):
-        v = s[:, k]
-        v = v[np.isfinite(v)]
-        if v.size < 5:
-            center.append(0.0), sigma.append(0.0)
-            continue
-        if k == I_MISREG:
-            # a 2-D Gaussian residual's distance has median 1.1774 sigma
-            center.append(0.0), sigma.append(float(np.median(v) / 1.1774))
-        elif k in (I_SHADING, I_BANDING):
-            center.append(0.0), sigma.append(float(1.4826 * np.median(v)))
+    for k in range(len(SCORE_NAMES)):
+        per_seq = [x[:, k][np.isfinite(x[:, k])] for x in sets]
+        per_seq = [v for v in per_seq if v.size >= 5]
+        if len(per_seq) >= 3:
+            cs = np.array([_centre_spread(v, k) for v in per_seq])
+            c, sg = float(np.median(cs[:, 0])), float(np.median(cs[:, 1]))
         else:
-            m = float(np.median(v))
-            center.append(m), sigma.append(float(1.4826 * np.median(np.abs(v - m))))
+            v = np.concatenate([x[:, k] for x in sets]) if sets else np.empty(0)
+            v = v[np.isfinite(v)]
+            c, sg = _centre_spread(v, k) if v.size >= 5 else (0.0, 0.0)
+        center.append(c), sigma.append(sg)
     return Baseline(center, sigma)
 
 

@@ -1,4 +1,9 @@
-"""Motion-compensated bilinear reconstruction of bad or missing frames from their good neighbours.
+"""Reconstruction of bad or missing frames from their good neighbours, never worse than the naive choices.
+
+Per frame, the method is chosen by a self-check (:func:`reconstruct`, method "auto"): each candidate
+-- global motion compensation, dense optical flow, the neighbour average, the nearest copy -- rebuilds
+a known-good neighbour in the same situation, and the one that did best there is used. Global motion
+compensation ("motion"):
 
 For a bad frame t between the nearest good frames a < t < b:
 
@@ -15,8 +20,9 @@ per-frame displacement d = d(n1 -> n2) / (n2 - n1); n1 and n2 are warped to t's 
 and blended with inverse-distance weights. Pixels neither warped neighbour covers (content that was
 never seen) are filled by edge replication of the nearer frame.
 
-The comparison references used by the benchmark (:func:`average_neighbours`, :func:`nearest_copy`)
-live here too, so the benchmark measures exactly the same neighbour choice.
+"flow" does the same with a dense optical flow (DIS) from a to b instead of one displacement, so
+local motion and zoom are followed. The naive references ("average", "nearest") live here too, so
+benchmarks measure exactly the same neighbour choice.
 """
 
 from __future__ import annotations
@@ -75,15 +81,121 @@ def _from_unit(x: np.ndarray, max_value: float, dtype: np.dtype) -> np.ndarray:
     return np.clip(np.rint(x * max_value), 0, max_value).astype(dtype)
 
 
+METHODS = ("auto", "motion", "flow", "average", "nearest")
+CANDIDATES = ("motion", "flow", "average", "nearest")  # what "auto" chooses from
+
+
+def _flow_field(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Dense optical flow (H, W, 2) from float frame a to frame b in [0, 1] (DIS, OpenCV): a point at x
+    in a is at x + F(x) in b. Local motion (a walking person, a zoom, a rotation) is followed where one
+    global displacement cannot."""
+    dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
+    to8 = lambda x: np.clip(np.rint(x * 255.0), 0, 255).astype(np.uint8)
+    return dis.calc(to8(a), to8(b), None)
+
+
+def _flow_warp(img: np.ndarray, flow: np.ndarray, k: float) -> np.ndarray:
+    """out(y) = img(y - k * flow(y)) (bilinear, edges replicated)."""
+    h, w = img.shape
+    gx, gy = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
+    return cv2.remap(img, gx - np.float32(k) * flow[..., 0], gy - np.float32(k) * flow[..., 1],
+                     cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+
+
+class _Rebuilder:
+    """Reconstructions of one target frame from a given set of good frames, by each method, with the
+    float frames, displacements and flows they need cached across targets and self-checks."""
+
+    def __init__(self, frames: np.ndarray, max_value: float):
+        self.frames, self.max_value = frames, max_value
+        self.unit: dict[int, np.ndarray] = {}
+        self.disp: dict[tuple[int, int], np.ndarray] = {}
+        self.flows: dict[tuple[int, int], np.ndarray] = {}
+
+    def u(self, t: int) -> np.ndarray:
+        if t not in self.unit:
+            self.unit[t] = to_unit(self.frames[t], self.max_value)
+        return self.unit[t]
+
+    def d(self, a: int, b: int) -> np.ndarray:
+        if (a, b) not in self.disp:
+            self.disp[a, b] = displacement(self.u(a), self.u(b))
+        return self.disp[a, b]
+
+    def flow(self, a: int, b: int) -> np.ndarray:
+        if (a, b) not in self.flows:
+            self.flows[a, b] = _flow_field(self.u(a), self.u(b))
+        return self.flows[a, b]
+
+    def build(self, method: str, t: int, good: list[int]) -> np.ndarray:
+        """Frame t (float, [0, 1]) by ``method`` from the sorted good frames ``good`` (t not among them)."""
+        before = [g for g in good if g < t]
+        after = [g for g in good if g > t]
+        if method == "nearest":
+            return self.u(min(good, key=lambda g: (abs(g - t), g)))
+        if before and after:
+            a, b = before[-1], after[0]
+            alpha = (t - a) / (b - a)
+            if method == "average":
+                return (1 - alpha) * self.u(a) + alpha * self.u(b)
+            if method == "flow":
+                f = self.flow(a, b)  # a point at x in a is at x + f in b
+                wa = _flow_warp(self.u(a), f, alpha)
+                wb = _flow_warp(self.u(b), f, -(1 - alpha))
+                return (1 - alpha) * wa + alpha * wb
+            d = self.d(a, b)
+            wa, ma = _warp(self.u(a), alpha * d)
+            wb, mb = _warp(self.u(b), -(1 - alpha) * d)
+            return _blend([(wa, ma, 1 - alpha), (wb, mb, alpha)])
+        n1, n2 = sorted(good, key=lambda g: (abs(g - t), g))[:2]
+        if method == "average":
+            return 0.5 * (self.u(n1) + self.u(n2))
+        if method == "flow":
+            # velocity per frame from n2 to n1, carried on from n1 to t
+            return _flow_warp(self.u(n1), self.flow(n2, n1), (t - n1) / (n1 - n2))
+        step = self.d(n1, n2) / (n2 - n1)  # displacement per frame
+        parts = []
+        for n in (n1, n2):
+            w_img, m = _warp(self.u(n), (t - n) * step)
+            parts.append((w_img, m, 1.0 / abs(t - n)))
+        return _blend(parts)
+
+    def choose(self, t: int, good: list[int]) -> str:
+        """The method for frame t by self-check: each candidate rebuilds the good frame(s) next to
+        t's gap -- in the same situation, i.e. with t (and the check frame) left out: an interior gap is
+        checked on the good frames either side of it that have good frames on both sides of their own,
+        a sequence end on the nearest good frame, which is then an end too -- and the method with the
+        smallest mean squared error there wins. With no frame to check on: the neighbour average
+        inside, the nearest copy at an end (no extrapolation without evidence that it works)."""
+        before = [g for g in good if g < t]
+        after = [g for g in good if g > t]
+        interior = bool(before and after)
+        checks = []
+        for c in ([before[-1], after[0]] if interior else [min(good, key=lambda g: (abs(g - t), g))]):
+            rest = [g for g in good if g != c]
+            has_both = any(g < c for g in rest) and any(g > c for g in rest)
+            if len(rest) >= 2 and has_both == interior:
+                checks.append((c, rest))
+        if not checks:
+            return "average" if interior else "nearest"
+        err = {m: sum(float(np.mean((self.build(m, c, rest) - self.u(c)) ** 2)) for c, rest in checks)
+               for m in CANDIDATES}
+        return min(CANDIDATES, key=lambda m: (err[m], CANDIDATES.index(m)))
+
+
 def reconstruct(frames: np.ndarray, good: np.ndarray, max_value: float | None = None,
-                method: str = "motion") -> tuple[np.ndarray, list[int]]:
+                method: str = "auto", chosen: dict[int, str] | None = None) -> tuple[np.ndarray, list[int]]:
     """Replace every frame with ``good[t] == False`` by a reconstruction from good neighbours.
 
-    ``frames`` (T, H, W) uint8/uint16; ``method``: "motion" (this module's method), "average" (plain
-    temporal average of the two neighbours, no motion compensation), "nearest" (copy of the nearest
-    good frame). Returns (new frames, list of reconstructed t). Needs at least 2 good frames
-    ("nearest" needs 1); ValueError otherwise.
+    ``frames`` (T, H, W) uint8/uint16; ``method``: "auto" (per frame, the best of the methods below
+    by a self-check on a good neighbour; see :meth:`_Rebuilder.choose`), "motion" (global
+    motion-compensated interpolation / extrapolation), "flow" (the same with dense optical flow),
+    "average" (temporal average of the two neighbours, no motion compensation), "nearest" (copy of
+    the nearest good frame). ``chosen``, if given, receives {t: method used}. Returns (new frames,
+    list of reconstructed t). Needs at least 2 good frames ("nearest" needs 1); ValueError otherwise.
     """
+    if method not in METHODS:
+        raise ValueError(f"unknown reconstruction method {method!r} (one of {', '.join(METHODS)})")
     T = frames.shape[0]
     if max_value is None:
         max_value = float(np.iinfo(frames.dtype).max)
@@ -92,52 +204,14 @@ def reconstruct(frames: np.ndarray, good: np.ndarray, max_value: float | None = 
     if len(good_idx) < need:
         raise ValueError(f"cannot reconstruct: {len(good_idx)} good frame(s) in the sequence, need {need}")
     out = frames.copy()
-    unit: dict[int, np.ndarray] = {}
-    disp: dict[tuple[int, int], np.ndarray] = {}
-
-    def u(t: int) -> np.ndarray:
-        if t not in unit:
-            unit[t] = to_unit(frames[t], max_value)
-        return unit[t]
-
-    def dd(a: int, b: int) -> np.ndarray:
-        if (a, b) not in disp:
-            disp[a, b] = displacement(u(a), u(b))
-        return disp[a, b]
-
+    rb = _Rebuilder(frames, max_value)
     done = []
     for t in range(T):
         if good[t]:
             continue
-        before = [g for g in good_idx if g < t]
-        after = [g for g in good_idx if g > t]
-        if method == "nearest":
-            src = min(good_idx, key=lambda g: (abs(g - t), g))
-            out[t] = frames[src]
-            done.append(t)
-            continue
-        if before and after:
-            a, b = before[-1], after[0]
-            alpha = (t - a) / (b - a)
-            if method == "average":
-                img = (1 - alpha) * u(a) + alpha * u(b)
-            else:
-                d = dd(a, b)
-                wa, ma = _warp(u(a), alpha * d)
-                wb, mb = _warp(u(b), -(1 - alpha) * d)
-                img = _blend([(wa, ma, 1 - alpha), (wb, mb, alpha)])
-        else:
-            near = sorted(good_idx, key=lambda g: (abs(g - t), g))[:2]
-            n1, n2 = near
-            if method == "average":
-                img = 0.5 * (u(n1) + u(n2))
-            else:
-                step = dd(n1, n2) / (n2 - n1)  # displacement per frame
-                parts = []
-                for n in (n1, n2):
-                    w_img, m = _warp(u(n), (t - n) * step)
-                    parts.append((w_img, m, 1.0 / abs(t - n)))
-                img = _blend(parts)
-        out[t] = _from_unit(img, max_value, frames.dtype)
+        m = rb.choose(t, good_idx) if method == "auto" else method
+        if chosen is not None:
+            chosen[t] = m
+        out[t] = _from_unit(rb.build(m, t, good_idx), max_value, frames.dtype)
         done.append(t)
     return out, done

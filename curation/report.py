@@ -119,6 +119,20 @@ def _histograms(dev: np.ndarray, thr: dict[str, list[float]]) -> tuple[dict, str
     return out, " ".join(svgs)
 
 
+def why_flagged(scores: np.ndarray, center: np.ndarray, thr: np.ndarray) -> list[dict]:
+    """Which scores fired for one frame (``scores``, ``center``, ``thr`` (K,)), most severe first:
+    [{score, value, center, threshold, deviation, side}] with deviation = value - center (fired when
+    beyond the threshold on the score's side). Empty for a missing frame."""
+    fired = qc.exceed(scores[None], qc.Baseline(list(center), [0.0] * len(center)), thr)[0]
+    out = []
+    for k in np.flatnonzero(fired):
+        dev = float(scores[k] - center[k])
+        out.append({"score": qc.SCORE_NAMES[k], "value": round(float(scores[k]), 5), "center": round(float(center[k]), 5),
+                    "threshold": round(float(thr[k]), 5), "deviation": round(dev, 5), "side": qc.SCORE_SIDES[k],
+                    "times_threshold": round(abs(dev) / max(float(thr[k]), 1e-12), 2)})
+    return sorted(out, key=lambda w: -w["times_threshold"])
+
+
 def build_summary(out: Path, plan: Plan, cfg: CurateConfig) -> tuple[dict, dict]:
     """(summary for JSON, extra data for the HTML page)."""
     g = zarr.open_group(str(out), mode="r")
@@ -166,13 +180,16 @@ def build_summary(out: Path, plan: Plan, cfg: CurateConfig) -> tuple[dict, dict]
             excluded.append({"sequence": s.index, "run_id": run_ids[s.run], "lane": s.lane, "window": s.window,
                              "bad_frames": len(bad), "frames": bad,
                              "missing_reasons": {int(t): why for t, why in s.missing_reasons.items()}})
+    thr_arr = np.array([[prov_cfg["run_thresholds"][rid][n] for n in qc.SCORE_NAMES] for rid in run_ids])
     flagged = []
     for n_, t in zip(*np.nonzero(flags & (FLAG_VIBRATION | FLAG_ILLUMINATION | FLAG_MISSING))):
         s = plan.sequences[int(n_)]
         flagged.append({"sequence": int(n_), "t": int(t), "run_id": run_ids[s.run], "lane": s.lane,
                         "flags": _flag_names(int(flags[n_, t])), "excluded": bool(split[n_] == SPLIT_EXCLUDED),
+                        "why": why_flagged(scores[n_, t], centers[s.run], thr_arr[s.run]),
                         "scores": {name: (None if not np.isfinite(scores[n_, t, k]) else round(float(scores[n_, t, k]), 5))
                                    for k, name in enumerate(qc.SCORE_NAMES)}})
+    both = (flags & FLAG_VIBRATION != 0) & (flags & FLAG_ILLUMINATION != 0)
     hists, hist_svg = _histograms(dev, thr)
     summary = {
         "dataset": str(out),
@@ -180,6 +197,9 @@ def build_summary(out: Path, plan: Plan, cfg: CurateConfig) -> tuple[dict, dict]
         "splits": {"train": int((split == SPLIT_TRAIN).sum()), "val": int((split == SPLIT_VAL).sum()),
                    "excluded": int((split == SPLIT_EXCLUDED).sum())},
         "flags": {name: count(bit) for bit, name in FLAG_NAMES.items()},
+        "flags_note": (f"{int(both.sum())} frame(s) carry both the vibration and the illumination flag and are "
+                       "counted under each; a frame is reconstructed once"),
+        "both_vibration_and_illumination": int(both.sum()),
         "flagged_fraction": round(float(((flags & (FLAG_VIBRATION | FLAG_ILLUMINATION)) != 0).mean()), 6),
         "max_bad_frames": cfg.max_bad_frames,
         "runs": per_run,
@@ -237,10 +257,13 @@ def _render_html(summary: dict, extra: dict, plan: Plan, cfg: CurateConfig,
     for item in items:
         n, t = item["sequence"], item["t"]
         sc = ", ".join(f"{k}={v:.3g}" for k, v in item["scores"].items() if v is not None)
+        why = "; ".join(f"{w['score']} {w['value']:.3g} (centre {w['center']:.3g}, deviation {w['deviation']:+.3g}, "
+                        f"threshold {w['threshold']:.3g}, {w['times_threshold']:.1f}x)" for w in item["why"])
         cells = "".join(f'<td>{f"<img src={uri!r}>" if uri else "<span class=na>—</span>"}</td>' for uri in thumbs[n, t])
         status = "excluded" if item["excluded"] else ""
         rows.append(f"<tr><td>seq {n} t {t}<br>{esc(item['run_id'])} lane {item['lane']}<br>"
-                    f"<b>{esc(', '.join(item['flags']))}</b> {status}<br><small>{esc(sc)}</small></td>{cells}</tr>")
+                    f"<b>{esc(', '.join(item['flags']))}</b> {status}<br>{esc('fired: ' + why) if why else ''}"
+                    f"<br><small>{esc(sc)}</small></td>{cells}</tr>")
     more = len(summary["flagged_frames"]) - MAX_THUMBNAIL_ROWS
     more_note = f"<p>{more} more flagged frames are listed in the JSON summary only.</p>" if more > 0 else ""
 
@@ -272,7 +295,7 @@ img{{display:block}} .na{{color:#999}} small{{color:#555}}
 <p>{summary['sequences']} sequences × {T} frames = {summary['frames']} frames.
 Train {sp['train']}, val {sp['val']}, excluded {sp['excluded']} (more than {summary['max_bad_frames']} bad frames).
 Flagged (vibration or illumination): {100 * summary['flagged_fraction']:.2f}% of frames.</p>
-<h2>Counts per flag</h2>{flag_table}
+<h2>Counts per flag</h2>{flag_table}<p>{esc(summary['flags_note'])}.</p>
 <h2>Per run</h2>{run_table}
 <h2>Thresholds (max(floor, z·σ<sub>run</sub>))</h2>{thr_table}
 <h2>Score histograms</h2><p>Deviation of each score from its run baseline (log count); red lines: thresholds.</p>

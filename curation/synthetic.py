@@ -32,6 +32,8 @@ class SynthSpec:
     noise: float = 2.0  # Gaussian sensor noise sigma, grey levels (8-bit scale)
     kerf_growth: float = 0.6  # kerf band widening per frame, px
     max_value: int = 255  # 255 for Mono8, 4095/65535 for Mono16
+    accel_px: float = 0.0  # stage acceleration: the step grows by this many px every frame
+    mover_px: float = 0.0  # a textured object (a ninth of the frame) crossing the view by this many px per frame
 
 
 def _canvas(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
@@ -83,32 +85,42 @@ def make_sequence(spec: SynthSpec, seed: int, faults: dict[int, tuple[str, float
     faults = faults or {}
     T, H, W = spec.frames, spec.height, spec.width
     margin = 16
-    cw = int(W + spec.step_px * T + 2 * margin)
+    travel = [spec.step_px * t + spec.accel_px * t * t / 2 for t in range(T)]
+    cw = int(W + max(max(travel), spec.step_px * T) - min(0.0, min(travel)) + 2 * margin)
     canvas = _canvas(rng, H + 2 * margin, cw)
     kerf_y = H / 2 + rng.uniform(-H / 8, H / 8)
     yy = np.arange(H + 2 * margin, dtype=np.float32)[:, None] - margin
     edge_noise = cv2.GaussianBlur(rng.standard_normal((1, cw)).astype(np.float32), (0, 0), 3)
     dtype = np.uint8 if spec.max_value <= 255 else np.uint16
+    mover = _canvas(rng, H // 3, W // 3) * 0.6 + 0.35 if spec.mover_px else None  # brighter than the canvas
     frames, clean = [], []
     for t in range(T):
         half = 2.0 + spec.kerf_growth * t
         # the kerf is cut progressively: its width grows with t everywhere on the canvas, chipped edges
         band = np.abs(yy - kerf_y) < (half + 1.5 * edge_noise * (1 + t / T))
         scene = np.where(band, 0.08, canvas).astype(np.float32)
-        x0 = margin + spec.step_px * t
+        x0 = margin + travel[t] - min(0.0, min(travel))
 
         def crop(dx=0.0, dy=0.0):
             m = np.float32([[1, 0, -(x0 + dx)], [0, 1, -(margin + dy)]])
             return cv2.warpAffine(scene, m, (W, H), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
 
-        c = crop()
+        def put_mover(img):
+            if spec.mover_px:
+                mx, my = int(round(spec.mover_px * t)) + W // 4, H // 3
+                x_lo, x_hi = max(0, mx), min(W, mx + W // 3)
+                if x_hi > x_lo:
+                    img[my:my + H // 3, x_lo:x_hi] = mover[:, x_lo - mx:x_hi - mx]
+            return img
+
+        c = put_mover(crop())
         noise = rng.standard_normal((H, W)).astype(np.float32) * (spec.noise / 255.0)
         f = c
         if t in faults:
             kind, mag = faults[t]
             if kind == "jitter":
                 ang = rng.uniform(0, 2 * np.pi)
-                f = crop(mag * np.cos(ang), mag * np.sin(ang))
+                f = put_mover(crop(mag * np.cos(ang), mag * np.sin(ang)))
             else:
                 f = apply_fault(c, kind, mag, rng)
         to_int = lambda a: np.clip(np.rint(a * spec.max_value), 0, spec.max_value).astype(dtype)

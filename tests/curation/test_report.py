@@ -27,3 +27,28 @@ def test_worker_thumbnails_equal_those_read_back(tmp_path):
     assert r.summary["splits"]["excluded"] == 1 and r.summary["flags"]["missing"] == 1
     assert "<span class=na>—</span>" in made_by_workers  # the dropped frame has no original
     assert read_back.read_text() == made_by_workers
+
+
+def test_the_report_says_why_each_frame_was_flagged(tmp_path):
+    """Each flagged frame names the score(s) that fired with value, centre, threshold and deviation;
+    the counts note frames that carry both flags."""
+    import json
+
+    from chdl.dataset import open_dataset  # noqa: F401  (the dataset must be complete for the report)
+
+    faults = {(0, 4): ("blur", 2.0), (1, 0): ("gain", 0.75), (2, 6): ("jitter", 5.0)}
+    write_run(tmp_path / "raw" / "run-a", lanes=4, faults=faults, seed=4)
+    r = curate(tmp_path / "raw", tmp_path / "out.zarr", CurateConfig(), workers=1, progress=False, log=lambda m: None)
+    summary = json.loads(r.report_json.read_text())
+    by_frame = {(f["sequence"], f["t"]): f for f in summary["flagged_frames"]}
+    assert set(by_frame) == set(faults)
+    expected = {(0, 4): "sharpness", (1, 0): "brightness", (2, 6): "misregistration_px"}
+    for key, score in expected.items():
+        why = by_frame[key]["why"]
+        assert score in [w["score"] for w in why], (key, why)
+        for w in why:
+            assert abs(w["deviation"]) > w["threshold"] and w["times_threshold"] > 1
+            assert w["deviation"] == round(w["value"] - w["center"], 5) or abs(w["deviation"] - (w["value"] - w["center"])) < 1e-4
+    assert summary["both_vibration_and_illumination"] == 0 and "carry both" in summary["flags_note"]
+    html = r.report_html.read_text()
+    assert "fired: sharpness" in html and "threshold" in html
