@@ -123,13 +123,23 @@ class Cluster:
             self.client.cancel(futures)
 
 
+def local_cluster(n_workers: int):
+    """A ``distributed.LocalCluster`` of ``n_workers`` single-threaded worker processes, listening on
+    127.0.0.1 only: no dashboard, and the scheduler's HTTP routes (health, metrics) on a free loopback
+    port rather than 8787 (so that several clusters on one machine do not collide)."""
+    from distributed import LocalCluster
+
+    return LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True, host="127.0.0.1",
+                        dashboard_address=None, scheduler_kwargs={"dashboard_address": "127.0.0.1:0"})
+
+
 @contextlib.contextmanager
 def connect(spec: str) -> Iterator[Cluster]:
     """A :class:`Cluster` for ``--scheduler`` ``spec``: ``local:N`` (a LocalCluster of N worker
     processes, one thread each, on 127.0.0.1 without dashboard, closed on exit) or a scheduler address.
     ClusterError if it cannot be used (bad spec, unreachable, no workers, other versions)."""
     try:
-        from distributed import Client, LocalCluster
+        from distributed import Client
     except ImportError:
         raise ClusterError(f"--scheduler {spec}: needs dask.distributed (pip install 'chdl[scale]')") from None
     with contextlib.ExitStack() as stack:
@@ -137,8 +147,7 @@ def connect(spec: str) -> Iterator[Cluster]:
             n = spec[len(LOCAL_PREFIX):]
             if not n.isdigit() or int(n) < 1:
                 raise ClusterError(f"--scheduler {spec}: expected local:N with N >= 1 worker processes")
-            local = stack.enter_context(LocalCluster(n_workers=int(n), threads_per_worker=1, processes=True,
-                                                     host="127.0.0.1", dashboard_address=None))
+            local = stack.enter_context(local_cluster(int(n)))
             client = stack.enter_context(Client(local))
         else:
             if "://" not in spec:

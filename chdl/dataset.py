@@ -285,10 +285,14 @@ class DatasetWriter:
         self.group["shard_done"][shard] = 1
 
     def finalize(self, **provenance_updates: Any) -> None:
-        """Mark the dataset complete. DatasetIncompleteError if any shard is still missing."""
+        """Mark the dataset complete. DatasetIncompleteError if any shard is still missing. Removes the
+        temporary files (``*.partial``) that zarr's local store leaves when a writer is killed mid-file."""
         missing = sorted(set(range(self.n_shards)) - self.done_shards())
         if missing:
             raise DatasetIncompleteError(f"{self.path}: cannot finalize, {len(missing)} shard(s) not written (first: {missing[0]})")
+        if isinstance(self.path, Path):
+            for tmp in self.path.rglob("*.partial"):
+                tmp.unlink()
         attrs = dict(self.group.attrs)
         if provenance_updates:
             attrs["provenance"] = {**attrs.get("provenance", {}), **provenance_updates}

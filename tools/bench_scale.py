@@ -11,10 +11,12 @@ process, interleaved ``--repeats`` times (best kept, every run listed; the machi
 
 Per run: frames/s as ``chdl curate`` reports it (plan -> report, in-process), the process's wall time,
 and the loopback bytes moved during the run (``psutil``, all of ``lo``: Dask's messages, plus whatever
-else used loopback then). Besides: the scheduler's own cost per task (a no-op task carrying one real
-shard task's arguments, round-tripped through the 2-worker cluster), the pickled size of a shard task
-and of its result, and the storage bytes per frame (raw PNGs read, dataset written) — on a cluster these
-cross the network to shared storage. From these a capacity plan for lines of N saws at 5 fps.
+other processes sent over loopback meanwhile — an upper bound on a shared machine). Besides: the
+scheduler's own cost per task (a no-op task carrying one real shard task's arguments, round-tripped
+through the 2-worker cluster); the bytes of Dask's messages per frame (a shard task as pickled, and
+its result, whose bulk is the flagged frames' thumbnails: the data URIs of the QC report); and the
+storage bytes per frame (raw PNGs read, dataset written), which on a cluster cross the network to
+shared storage. From these a capacity plan for lines of N saws at 5 fps.
 
     python tools/bench_scale.py --keep /dev/shm/bs --json bench_scale.json   # ~4 min on 2 cores
     python tools/bench_scale.py --quick                                       # < 1 min smoke run
@@ -138,7 +140,9 @@ def main() -> None:
     a = ap.parse_args()
     if a.quick:
         a.sequences, a.width, a.height, a.repeats = 60, 320, 240, 1
-    from distributed import Client, LocalCluster
+    from distributed import Client
+
+    from chdl.cluster import local_cluster
 
     root = a.keep or Path(tempfile.mkdtemp(prefix="bench_scale-"))
     root.mkdir(parents=True, exist_ok=True)
@@ -151,7 +155,7 @@ def main() -> None:
     clusters = {}
     try:
         for n in (1, 2):
-            c = LocalCluster(n_workers=n, threads_per_worker=1, processes=True, host="127.0.0.1", dashboard_address=None)
+            c = local_cluster(n)
             clusters[n] = (c, Client(c))
         configs = {"local w1": ["--workers", "1"], "dask w1": ["--scheduler", clusters[1][0].scheduler_address],
                    "local w2": ["--workers", "2"], "dask w2": ["--scheduler", clusters[2][0].scheduler_address],
@@ -177,8 +181,11 @@ def main() -> None:
     pair = max(pairs, key=lambda p: p[0]["frames_per_s"] + p[1]["frames_per_s"])
     n_shards = -(-(frames // 10) // 16)
     raw_bytes, out_bytes = _du(corpus), _du(out)
-    dask_msgs = [(d["loopback_bytes"] - l["loopback_bytes"]) / frames for l, d in pairs]
+    loopback = [(d["loopback_bytes"] - l["loopback_bytes"]) / frames for l, d in pairs]
     storage_per_frame = (raw_bytes + out_bytes) / frames
+    html = out.with_name(out.name[:-5] + ".qc.html").read_text()
+    thumbs = sum(len(m) for m in re.findall(r"data:image/jpeg;base64,[A-Za-z0-9+/=]*", html))
+    messages_per_frame = overhead["shard_task_request_bytes"] / 160 + thumbs / frames  # 160 frames a shard
     per_core = best["local w2"]["frames_per_s"] / min(2, os.cpu_count() or 2)
     result = {
         **info, "load_at_end": round(_load(), 2),
@@ -192,13 +199,14 @@ def main() -> None:
         "local2_wall_overhead_vs_local_w2": best["dask local:2"]["wall_s"] / best["local w2"]["wall_s"] - 1,
         "dask_overhead_per_shard_s": (best["dask w2"]["curate_s"] - best["local w2"]["curate_s"]) / n_shards,
         **overhead,
-        "dask_loopback_bytes_per_frame_minus_local": sorted(dask_msgs)[len(dask_msgs) // 2],
+        "loopback_bytes_per_frame_dask_minus_local": sorted(loopback)[len(loopback) // 2],
         "shard_task_request_bytes_per_frame": overhead["shard_task_request_bytes"] / 160,  # 16 sequences of 10
+        "thumbnail_result_bytes_per_frame": thumbs / frames,
+        "dask_message_bytes_per_frame": messages_per_frame,
         "storage_bytes_per_frame": storage_per_frame,
         "fps_per_core": per_core,
     }
-    result["capacity"] = capacity(per_core, storage_per_frame + max(0.0, result["dask_loopback_bytes_per_frame_minus_local"]),
-                                  [1, 10, 50, 200])
+    result["capacity"] = capacity(per_core, storage_per_frame + messages_per_frame, [1, 10, 50, 200])
     print(json.dumps({k: v for k, v in result.items() if k != "runs"}, indent=1))
     if a.json:
         a.json.write_text(json.dumps(result, indent=1) + "\n")

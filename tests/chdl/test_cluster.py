@@ -137,3 +137,16 @@ def test_simulate_corpus_on_a_cluster_equals_local_workers(dask_cluster, tmp_pat
     assert sorted(a) == sorted(b) and len(a) > 20
     for k in a:
         assert a[k] == b[k], k
+
+
+def test_local_cluster_listens_on_loopback_only(dask_cluster):
+    import psutil
+
+    cluster, client = dask_cluster
+    assert cluster.dashboard_link is None or "127.0.0.1" in cluster.dashboard_link
+    pids = [os.getpid(), *client.run(os.getpid).values()]  # scheduler and nannies here, the workers
+    listening = [c.laddr for pid in pids for c in psutil.Process(pid).net_connections("inet")
+                 if c.status == psutil.CONN_LISTEN]
+    assert len(listening) >= 5  # scheduler, its HTTP routes, 2 nannies, 2 workers
+    assert {a.ip for a in listening} == {"127.0.0.1"}
+    assert 8787 not in {a.port for a in listening}
