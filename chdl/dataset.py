@@ -68,7 +68,7 @@ class DatasetIncompleteError(DatasetFormatError):
     """A dataset whose writing was interrupted (or is still in progress)."""
 
 
-def dataset_path(path: str | os.PathLike) -> Path:
+def dataset_path(path: str | os.PathLike) -> "Path | upath.UPath":
     """Where a dataset (or its report) lives: a local path, or an fsspec URL (``s3://bucket/x.zarr``,
     ``gs://``, ``file://`` ...) as a ``upath.UPath`` with the same interface; zarr opens the URL with its
     fsspec store. The URL's filesystem takes its settings (endpoint, credentials) from fsspec's and
