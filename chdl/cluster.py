@@ -126,11 +126,15 @@ class Cluster:
 def local_cluster(n_workers: int):
     """A ``distributed.LocalCluster`` of ``n_workers`` single-threaded worker processes, listening on
     127.0.0.1 only: no dashboard, and the scheduler's HTTP routes (health, metrics) on a free loopback
-    port rather than 8787 (so that several clusters on one machine do not collide)."""
+    port rather than 8787 (so that several clusters on one machine do not collide). The workers'
+    statistical profiler, which only feeds the dashboard, is off (it samples every thread's stack
+    every 10 ms; ``DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED=False`` does the same for ``dask worker``)."""
+    import dask
     from distributed import LocalCluster
 
-    return LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True, host="127.0.0.1",
-                        dashboard_address=None, scheduler_kwargs={"dashboard_address": "127.0.0.1:0"})
+    with dask.config.set({"distributed.worker.profile.enabled": False}):
+        return LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True, host="127.0.0.1",
+                            dashboard_address=None, scheduler_kwargs={"dashboard_address": "127.0.0.1:0"})
 
 
 @contextlib.contextmanager

@@ -19,6 +19,7 @@ storage bytes per frame (raw PNGs read, dataset written), which on a cluster cro
 shared storage. From these a capacity plan for lines of N saws at 5 fps.
 
     python tools/bench_scale.py --keep /dev/shm/bs --json bench_scale.json   # ~4 min on 2 cores
+    python tools/bench_scale.py --keep /dev/shm/bs --pair-only --repeats 5    # the overhead bar only
     python tools/bench_scale.py --quick                                       # < 1 min smoke run
 """
 
@@ -135,6 +136,8 @@ def main() -> None:
     ap.add_argument("--height", type=int, default=600)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--quick", action="store_true", help="320x240, 60 sequences, 1 repeat")
+    ap.add_argument("--pair-only", action="store_true",
+                    help="only local --workers 2 and Dask with 2 workers, back to back (the overhead bar)")
     ap.add_argument("--keep", type=Path, default=None, help="keep (and reuse) the corpus here")
     ap.add_argument("--json", type=Path, default=None)
     a = ap.parse_args()
@@ -160,8 +163,11 @@ def main() -> None:
         configs = {"local w1": ["--workers", "1"], "dask w1": ["--scheduler", clusters[1][0].scheduler_address],
                    "local w2": ["--workers", "2"], "dask w2": ["--scheduler", clusters[2][0].scheduler_address],
                    "dask local:2": ["--scheduler", "local:2"]}
-        curate_once(corpus, out, configs["dask w1"])  # warm both clusters' workers (imports, page cache)
-        curate_once(corpus, out, configs["dask w2"])
+        if a.pair_only:
+            configs = {k: configs[k] for k in ("local w2", "dask w2")}
+        for name in ("dask w1", "dask w2"):  # warm the clusters' workers (imports, page cache)
+            if name in configs:
+                curate_once(corpus, out, configs[name])
         for r in range(a.repeats):
             for name, extra in configs.items():
                 res = curate_once(corpus, out, extra)
@@ -196,8 +202,10 @@ def main() -> None:
         "best_frames_per_s": {k: v["frames_per_s"] for k, v in best.items()},
         "same_repeat_w2": {"local": pair[0]["frames_per_s"], "dask": pair[1]["frames_per_s"],
                            "dask_overhead": pair[0]["frames_per_s"] / pair[1]["frames_per_s"] - 1},
+        "w2_pairs_dask_overhead": [round(l["frames_per_s"] / d["frames_per_s"] - 1, 3) for l, d in pairs],
         "best_w2_overhead": best["local w2"]["frames_per_s"] / best["dask w2"]["frames_per_s"] - 1,
-        "local2_wall_overhead_vs_local_w2": best["dask local:2"]["wall_s"] / best["local w2"]["wall_s"] - 1,
+        "local2_wall_overhead_vs_local_w2": (best["dask local:2"]["wall_s"] / best["local w2"]["wall_s"] - 1
+                                             if "dask local:2" in best else None),
         "dask_overhead_per_shard_s": (best["dask w2"]["curate_s"] - best["local w2"]["curate_s"]) / n_shards,
         **overhead,
         "loopback_bytes_per_frame_dask_minus_local": sorted(loopback)[len(loopback) // 2],

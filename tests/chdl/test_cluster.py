@@ -150,3 +150,13 @@ def test_local_cluster_listens_on_loopback_only(dask_cluster):
     assert len(listening) >= 5  # scheduler, its HTTP routes, 2 nannies, 2 workers
     assert {a.ip for a in listening} == {"127.0.0.1"}
     assert 8787 not in {a.port for a in listening}
+
+
+def _profiling() -> bool:
+    import dask
+
+    return dask.config.get("distributed.worker.profile.enabled")
+
+
+def test_local_cluster_workers_do_not_profile(dask_cluster):
+    assert set(dask_cluster[1].run(_profiling).values()) == {False}
