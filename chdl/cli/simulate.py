@@ -3,7 +3,8 @@
 - ``chdl simulate corpus OUT``: render a labelled corpus straight to raw recordings (one recording of
   ``--lanes-per-run`` lane passes per run folder, runs rendered in parallel by ``--workers`` processes).
   Run ``k`` is what camera ``sim<seed*10000+k>`` records for a plan of that many lanes; an interrupted
-  corpus resumes (finished runs are kept, a half-written sim run is redone).
+  corpus resumes (finished runs are kept, a half-written sim run is redone). ``--scheduler`` renders
+  the runs on a Dask cluster instead (:mod:`chdl.cluster`; OUT on storage every worker sees).
 - ``chdl simulate truth RUN...``: write ``<run>/truth/`` for recordings captured from a sim camera
   (``chdl capture --camera sim0``), re-rendering every frame and checking it matches.
 - ``chdl simulate contact-sheet OUT.png``: a picture of a clean lane pass and of each fault kind.
@@ -34,6 +35,8 @@ def _corpus_job(job: tuple) -> dict:
     from acquisition.backends.sim import render_recording
 
     out, options, settings, lanes, positions, step_um = job
+    if Path(out).exists():  # a retry after a lost worker: what that worker left is half a run
+        _clear_partial_sim_run(Path(out))
     return render_recording(out, options=options, settings=CaptureSettings(**settings), lanes=lanes,
                             positions=positions, step_um=step_um)
 
@@ -59,6 +62,16 @@ def _clear_partial_sim_run(run: Path) -> None:
     shutil.rmtree(run)
 
 
+@contextlib.contextmanager
+def _cluster_errors_as_click():
+    from chdl.cluster import ClusterError
+
+    try:
+        yield
+    except ClusterError as e:
+        raise click.ClickException(str(e)) from None
+
+
 @simulate.command("corpus")
 @click.argument("out", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--sequences", "lanes", type=click.IntRange(1), default=100, show_default=True,
@@ -76,9 +89,11 @@ def _clear_partial_sim_run(run: Path) -> None:
 @click.option("--fault-rate", type=FiniteFloat(0, 1), default=0.013, show_default=True,
               help="Probability that a frame is faulty.")
 @click.option("--workers", type=click.IntRange(1), default=min(2, os.cpu_count() or 1), show_default=True)
+@click.option("--scheduler", default=None, metavar="tcp://HOST:PORT|local:N",
+              help="Render the runs on a Dask cluster instead of --workers processes (see chdl curate --scheduler).")
 @quiet_option()
 def corpus(out: Path, lanes: int, positions: int, step_um: float, lanes_per_run: int, seed: int, width: int, height: int,
-           pixel_format: str, bit_depth: str, fault_rate: float, workers: int, quiet: bool) -> None:
+           pixel_format: str, bit_depth: str, fault_rate: float, workers: int, scheduler: str | None, quiet: bool) -> None:
     """Render a labelled corpus of --sequences lane passes into raw recordings (with truth/) under OUT."""
     from tqdm import tqdm
 
@@ -100,21 +115,29 @@ def corpus(out: Path, lanes: int, positions: int, step_um: float, lanes_per_run:
             _clear_partial_sim_run(run)
         options = {"alias": f"sim{seed * RUN_SEEDS + k}", "index": seed * RUN_SEEDS + k, "fault_rate": fault_rate,
                    "bit_depth": int(bit_depth)}
-        jobs.append((str(run), options, settings, n, positions, step_um))
+        jobs.append((str(run.absolute()), options, settings, n, positions, step_um))
     total = sum(j[3] for j in jobs) * positions
     done = {"frames": 0, "faulty": 0}
     with contextlib.ExitStack() as stack:
+        stack.enter_context(_cluster_errors_as_click())
         bar = stack.enter_context(tqdm(total=total, unit="frame", desc="render", disable=True if quiet else None))
-        if workers == 1 or len(jobs) <= 1:
+        if scheduler is not None:
+            from chdl.cluster import connect
+
+            cluster = stack.enter_context(connect(scheduler))
+            cluster.check_visible([str(out.absolute())])
+            results = cluster.map_unordered(_corpus_job, jobs)
+        elif workers == 1 or len(jobs) <= 1:
             results = map(_corpus_job, jobs)
         else:
             import multiprocessing as mp
 
             pool = stack.enter_context(mp.get_context("spawn").Pool(min(workers, len(jobs))))
             results = pool.imap_unordered(_corpus_job, jobs)
-        for r in results:
+        for i, r in enumerate(results, 1):
             done["frames"] += r["frames"]
             done["faulty"] += r["faulty"]
+            bar.set_postfix_str(f"runs {skipped + i}/{n_runs}", refresh=False)
             bar.update(r["frames"])
     click.echo(f"wrote {len(jobs)} recordings ({done['frames']} frames, {done['faulty']} faulty) to {out}"
                + (f"; {skipped} finished runs kept" if skipped else ""))

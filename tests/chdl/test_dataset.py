@@ -74,9 +74,14 @@ def test_interrupted_write_is_refused_then_resumed(tmp_path):
     with pytest.raises(DatasetIncompleteError, match="1 shard"):
         w.finalize()
     r = w.shard_range(1)
+    # the writer of shard 1 was killed while zarr's local store wrote a file: its temporary stays behind
+    leftover = path / "frames" / "c" / "1" / "0" / "0" / "0" / "0.0123abcd.partial"
+    leftover.parent.mkdir(parents=True, exist_ok=True)
+    leftover.write_bytes(b"torn")
     w.write_shard(1, frames=frames[r.start:r.stop])
     w.finalize()
     np.testing.assert_array_equal(open_dataset(path).frames[:], frames)
+    assert not list(path.rglob("*.partial"))  # finalize removed it
 
 
 def test_refuses_overwrite_and_bad_paths(tmp_path):

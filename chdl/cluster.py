@@ -1,0 +1,169 @@
+"""Running chdl's parallel work on a Dask ``distributed`` cluster (``--scheduler``) instead of local processes.
+
+``--scheduler local:N`` starts a ``LocalCluster`` of N single-threaded worker processes on 127.0.0.1
+(dashboard off) for the length of the command; ``--scheduler tcp://HOST:PORT`` (any address Dask
+accepts: ``tls://``, ``ucx://`` ...) uses a running cluster (``dask scheduler`` + ``dask worker``).
+
+The tasks are the ones the local path runs in its process pool — whole shards for ``chdl curate``, whole
+recordings for ``chdl simulate corpus`` — so one task still owns its output. A task whose worker is lost
+is rerun on another worker by the scheduler (up to ``distributed.scheduler.allowed-failures`` times), and
+a rerun rewrites the same bytes. Workers must run the same chdl / NumPy / zarr / numcodecs / OpenCV /
+Python versions as the client (checked on connecting: other versions could write other bytes) and see
+the inputs and outputs at the same paths or URLs (:meth:`Cluster.check_visible`).
+
+Dask is imported here only, and only when a cluster is used: ``import chdl``, ``import curation`` and
+the ``--workers`` path do not need it (it is the ``scale`` extra: ``pip install 'chdl[scale]'``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import platform
+import threading
+import uuid
+from typing import Any, Callable, Iterable, Iterator
+
+LOCAL_PREFIX = "local:"
+CONNECT_TIMEOUT_S = 20  # reaching the scheduler
+WORKERS_TIMEOUT_S = 60  # a running scheduler without any worker
+
+
+class ClusterError(RuntimeError):
+    """The cluster cannot run the work (unreachable, mismatched versions, a path workers do not see,
+    a task that kept killing workers). One-line message naming the scheduler and the worker."""
+
+
+def _versions() -> dict[str, str]:
+    """What must match between the client and every worker for byte-identical output."""
+    import cv2
+    import numcodecs
+    import numpy
+    import zarr
+
+    import chdl
+
+    return {"chdl": chdl.__version__, "numpy": numpy.__version__, "zarr": zarr.__version__,
+            "numcodecs": numcodecs.__version__, "opencv": cv2.__version__,
+            "python": ".".join(platform.python_version_tuple()[:2])}
+
+
+def _missing(paths: list[str]) -> list[str]:
+    """The paths (local or fsspec URLs) this process cannot see."""
+    from chdl.dataset import dataset_path
+
+    return [p for p in paths if not dataset_path(p).exists()]
+
+
+# worker side: the context of the current map (what a local pool's initializer installs), per process
+_installed = {"token": None}
+_install_lock = threading.Lock()
+
+
+def _run_task(fn: Callable, task: Any, init: Callable | None, ctx: Any, token: str) -> Any:
+    if init is not None:
+        with _install_lock:
+            if _installed["token"] != token:
+                init(ctx)
+                _installed["token"] = token
+    return fn(task)
+
+
+class Cluster:
+    """A connected Dask client. Use :func:`connect`."""
+
+    def __init__(self, client, spec: str):
+        self.client = client
+        self.spec = spec
+
+    @property
+    def address(self) -> str:
+        return self.client.scheduler.address
+
+    @property
+    def n_workers(self) -> int:
+        return len(self.client.scheduler_info(n_workers=-1)["workers"])
+
+    def check_versions(self) -> None:
+        """ClusterError naming the first worker whose package versions differ from this process's."""
+        mine = _versions()
+        for worker, theirs in sorted(self.client.run(_versions).items()):
+            diff = [f"{k} {theirs.get(k)} (here {v})" for k, v in mine.items() if theirs.get(k) != v]
+            if diff:
+                raise ClusterError(f"{self.spec}: worker {worker} runs {', '.join(diff)}; "
+                                   "byte-identical output needs the same versions everywhere")
+
+    def check_visible(self, paths: Iterable[str]) -> None:
+        """ClusterError unless every worker sees every path (RAW runs, OUT) at the same path or URL."""
+        paths = [str(p) for p in paths]
+        for worker, missing in sorted(self.client.run(_missing, paths).items()):
+            if missing:
+                raise ClusterError(f"{self.spec}: worker {worker} cannot see {missing[0]} "
+                                   f"({len(missing)} of {len(paths)} paths); workers need the inputs and "
+                                   "the output on shared storage, at the same path or URL")
+
+    def map_unordered(self, fn: Callable, tasks: list, init: Callable | None = None, ctx: Any = None) -> Iterator:
+        """Yield ``fn(task)`` for every task as the tasks finish, each run on some worker after
+        ``init(ctx)`` has run once in that worker process for this call (like a process pool's
+        initializer; ``fn``, ``init`` and ``ctx`` must pickle). An exception in a task is raised here;
+        a task that was running on a lost worker is rerun elsewhere. Tasks not yet started are
+        cancelled if the caller stops early."""
+        from distributed import KilledWorker, as_completed
+
+        token = uuid.uuid4().hex
+        name = getattr(fn, "__name__", "task")
+        futures = [self.client.submit(_run_task, fn, t, init, ctx, token, key=f"chdl-{name}-{i}-{token}", pure=False)
+                   for i, t in enumerate(tasks)]
+        try:
+            for _, result in as_completed(futures, with_results=True):
+                yield result
+        except KilledWorker as e:
+            raise ClusterError(f"{self.spec}: task {e.task} was running on {e.allowed_failures + 1} workers "
+                               "that died; see the worker logs") from None
+        finally:
+            self.client.cancel(futures)
+
+
+def local_cluster(n_workers: int):
+    """A ``distributed.LocalCluster`` of ``n_workers`` single-threaded worker processes, listening on
+    127.0.0.1 only: no dashboard, and the scheduler's HTTP routes (health, metrics) on a free loopback
+    port rather than 8787 (so that several clusters on one machine do not collide). The workers'
+    statistical profiler, which only feeds the dashboard, is off (it samples every thread's stack
+    every 10 ms; ``DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED=False`` does the same for ``dask worker``)."""
+    import dask
+    from distributed import LocalCluster
+
+    with dask.config.set({"distributed.worker.profile.enabled": False}):
+        return LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True, host="127.0.0.1",
+                            dashboard_address=None, scheduler_kwargs={"dashboard_address": "127.0.0.1:0"})
+
+
+@contextlib.contextmanager
+def connect(spec: str) -> Iterator[Cluster]:
+    """A :class:`Cluster` for ``--scheduler`` ``spec``: ``local:N`` (a LocalCluster of N worker
+    processes, one thread each, on 127.0.0.1 without dashboard, closed on exit) or a scheduler address.
+    ClusterError if it cannot be used (bad spec, unreachable, no workers, other versions)."""
+    try:
+        from distributed import Client
+    except ImportError:
+        raise ClusterError(f"--scheduler {spec}: needs dask.distributed (pip install 'chdl[scale]')") from None
+    with contextlib.ExitStack() as stack:
+        if spec.startswith(LOCAL_PREFIX):
+            n = spec[len(LOCAL_PREFIX):]
+            if not n.isdigit() or int(n) < 1:
+                raise ClusterError(f"--scheduler {spec}: expected local:N with N >= 1 worker processes")
+            local = stack.enter_context(local_cluster(int(n)))
+            client = stack.enter_context(Client(local))
+        else:
+            if "://" not in spec:
+                raise ClusterError(f"--scheduler {spec}: expected tcp://HOST:PORT (a Dask scheduler) or local:N")
+            try:
+                client = stack.enter_context(Client(spec, timeout=CONNECT_TIMEOUT_S))
+            except (OSError, TimeoutError, ValueError) as e:
+                raise ClusterError(f"{spec}: cannot reach the Dask scheduler ({type(e).__name__}: {e})".replace("\n", " ")) from None
+            try:
+                client.wait_for_workers(1, timeout=WORKERS_TIMEOUT_S)
+            except TimeoutError:
+                raise ClusterError(f"{spec}: no Dask worker joined the scheduler within {WORKERS_TIMEOUT_S} s") from None
+        cluster = Cluster(client, spec)
+        cluster.check_versions()
+        yield cluster
