@@ -18,7 +18,8 @@
 #   mmnist  Moving MNIST 64x64, 10 -> 10, 1024 train / 256 val sequences (chdl import mnist)
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-chdl="${CHDL:-$root/.venv/bin/chdl}"
+# CHDL may be a command with arguments, e.g. CHDL="python -m chdl" (split on spaces)
+read -r -a chdl <<< "${CHDL:-$root/.venv/bin/chdl}"
 out="${1:-$root/quality}"
 families="${2:-lanes opencv mmnist}"
 minutes="${CHDL_QUALITY_MINUTES:-3}"
@@ -33,14 +34,14 @@ dataset() {  # makes $out/<family>.zarr unless it exists
   case "$fam" in
     lanes)
       rm -rf "$out/lanes-raw"
-      "$chdl" simulate corpus "$out/lanes-raw" --sequences 600 --width 200 --height 150 --seed 7 --workers 2
-      "$chdl" curate "$out/lanes-raw" "$z" --workers 2 ;;
+      "${chdl[@]}" simulate corpus "$out/lanes-raw" --sequences 600 --width 200 --height 150 --seed 7 --workers 2
+      "${chdl[@]}" curate "$out/lanes-raw" "$z" --workers 2 ;;
     opencv)
       bash "$root/tools/fetch_opencv_videos.sh" "$out/opencv-videos"
-      "$chdl" import video "$out"/opencv-videos/{tree.avi,box.mp4,cup.mp4,Megamind.avi} --out "$z" \
+      "${chdl[@]}" import video "$out"/opencv-videos/{tree.avi,box.mp4,cup.mp4,Megamind.avi} --out "$z" \
         --size 120x160 --in-frames 5 --out-frames 5 --train-stride 3 --val-stride 5 ;;
     mmnist)
-      "$chdl" import mnist --out "$z" --train 1024 --val 256 ;;
+      "${chdl[@]}" import mnist --out "$z" --train 1024 --val 256 ;;
     *) echo "unknown family $fam (lanes, opencv, mmnist)" >&2; exit 2 ;;
   esac
 }
@@ -48,10 +49,10 @@ dataset() {  # makes $out/<family>.zarr unless it exists
 for fam in $families; do
   step "$fam: dataset"
   dataset "$fam"
-  "$chdl" info "$out/$fam.zarr"
+  "${chdl[@]}" info "$out/$fam.zarr"
   step "$fam: $models, $minutes min each"
   rm -rf "$out/bench-$fam"
-  "$chdl" bench --data "$out/$fam.zarr" --models "$models" --budget-minutes "$minutes" --out "$out/bench-$fam" \
+  "${chdl[@]}" bench --data "$out/$fam.zarr" --models "$models" --budget-minutes "$minutes" --out "$out/bench-$fam" \
     --set run.batch_size=4 --set run.lr=1e-3 --set run.warmup_steps=20 --set run.num_workers=0 \
     --set run.val_every_epochs=0 --quiet \
     --max-eval-sequences 256

@@ -9,7 +9,8 @@
 # Everything lands in demo/ (or $CHDL_DEMO_DIR); rerunning starts afresh.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-chdl="${CHDL:-$root/.venv/bin/chdl}"
+# CHDL may be a command with arguments, e.g. CHDL="python -m chdl" (split on spaces)
+read -r -a chdl <<< "${CHDL:-$root/.venv/bin/chdl}"
 demo="${CHDL_DEMO_DIR:-$root/demo}"
 epochs="${CHDL_DEMO_EPOCHS:-6}"
 rm -rf "$demo"
@@ -17,20 +18,20 @@ mkdir -p "$demo"
 step() { printf '\n== %s\n' "$*" >&2; }
 
 step "1/5 capture: replay samples/sim-200x150"
-"$chdl" capture --replay "$root/samples/sim-200x150" --out "$demo/raw" --as-fast-as-possible
+"${chdl[@]}" capture --replay "$root/samples/sim-200x150" --out "$demo/raw" --as-fast-as-possible
 
 step "2/5 curate"
-"$chdl" curate "$demo/raw" "$demo/data.zarr" --workers 2
-"$chdl" info "$demo/data.zarr"
+"${chdl[@]}" curate "$demo/raw" "$demo/data.zarr" --workers 2
+"${chdl[@]}" info "$demo/data.zarr"
 
 step "3/5 train: tiny DIFFUMA, $epochs epochs"
-"$chdl" train --data "$demo/data.zarr" --config diffuma_tiny --set run.epochs="$epochs" --out "$demo/run"
+"${chdl[@]}" train --data "$demo/data.zarr" --config diffuma_tiny --set run.epochs="$epochs" --out "$demo/run"
 
 step "4/5 eval"
-"$chdl" eval --checkpoint "$demo/run/checkpoints/last.pt" --data "$demo/data.zarr" --out "$demo/eval"
+"${chdl[@]}" eval --checkpoint "$demo/run/checkpoints/last.pt" --data "$demo/data.zarr" --out "$demo/eval"
 
 step "5/5 predict"
-"$chdl" predict --checkpoint "$demo/run/checkpoints/last.pt" --input "$demo/data.zarr" --out "$demo/predictions"
+"${chdl[@]}" predict --checkpoint "$demo/run/checkpoints/last.pt" --input "$demo/data.zarr" --out "$demo/predictions"
 
 cat >&2 <<MSG
 

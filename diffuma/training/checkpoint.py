@@ -14,7 +14,6 @@ Keys (format "chdl.checkpoint/1", docs/training.md "Checkpoints"):
 from __future__ import annotations
 
 import os
-import pickle
 import random
 from pathlib import Path
 
@@ -53,12 +52,13 @@ def load_checkpoint(path: str | Path) -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unpickling failure means "not a usable checkpoint"
-        if isinstance(e, pickle.UnpicklingError):  # torch's text is 6+ lines about its weights_only default
-            why = ("not a torch file, or it holds objects other than tensors and plain data, which chdl refuses "
-                   "to unpickle: checkpoints are loaded weights-only so that no code in them runs")
-        else:
-            why = next((line.strip() for line in str(e).splitlines() if line.strip()), "")[:200]
-        raise CheckpointError(f"{path}: not a loadable checkpoint ({type(e).__name__}: {why})") from None
+        if isinstance(e, OSError):
+            raise CheckpointError(f"{path}: cannot read checkpoint ({e.strerror or e})") from None
+        # anything else is torch.load failing on the content: a text file gives KeyError, a foreign pickle an
+        # UnpicklingError with 6+ lines about torch's weights_only default -- say what it means instead
+        raise CheckpointError(f"{path}: not a loadable checkpoint (not a torch file, or it holds objects other than "
+                              "tensors and plain data, which chdl refuses to unpickle: checkpoints are loaded "
+                              f"weights-only so that no code in them runs; {type(e).__name__})") from None
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path}: not a chdl checkpoint (format {CHECKPOINT_FORMAT!r} expected)")
     why = _check_structure(state)

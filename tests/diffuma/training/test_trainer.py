@@ -135,7 +135,10 @@ def test_real_sigkill_after_a_checkpoint_then_resume_matches(standin, tiny_datas
 
     cfg = _config(epochs=3, checkpoint_every_steps=1, num_workers=0, val_every_epochs=0)
     here = Path(__file__).parent
+    # the same intra-op thread count as this process (an earlier test may have changed it): a float reduction
+    # split over another number of threads rounds differently, and bit-identity is what is tested
     script = (f"import sys; sys.path.insert(0, {str(here)!r})\n"
+              f"import torch; torch.set_num_threads({torch.get_num_threads()})\n"
               "from diffuma.models import registry\n"
               "registry.MODELS['standin'] = 'standin_model:StandIn'\n"
               "from diffuma.training import train_from_config\n"
