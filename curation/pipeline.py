@@ -231,7 +231,7 @@ def _thresholds(cfg: CurateConfig, baselines: list[qc.Baseline]) -> list[np.ndar
 
 def _write(plan: Plan, cfg: CurateConfig, writer: DatasetWriter, ctx: dict, out: Path, html_path: Path,
            json_path: Path, workers: int, progress: bool, timings: dict,
-           cluster=None) -> tuple[set[int], list[int], dict]:
+           cluster=None, log: Callable[[str], None] = print) -> tuple[set[int], list[int], dict]:
     """The shards not yet done, the QC report, then finalize: (shards done before, shards written, summary)."""
     T = cfg.frames_per_sequence
     t_shards = time.perf_counter()
@@ -243,8 +243,8 @@ def _write(plan: Plan, cfg: CurateConfig, writer: DatasetWriter, ctx: dict, out:
               dynamic_ncols=True) as bar:
         thumbnails = {}
         for i, (shard, n, warns, thumbs) in enumerate(_run_tasks(_shard_task, tasks, ctx, workers, cluster)):
-            for w in warns:
-                bar.write(f"warning: {w}")
+            for w in warns:  # above the bar while it shows; through `log` (silent with --quiet) otherwise
+                (bar.write if progress else log)(f"warning: {w}")
             thumbnails.update(thumbs)
             bar.set_postfix_str(f"shards {len(done) + i + 1}/{writer.n_shards}", refresh=False)
             bar.update(n)
@@ -358,7 +358,7 @@ def _curate(source: str | os.PathLike, out: str | os.PathLike, cfg: CurateConfig
     timings["calibrate"] = time.perf_counter() - t_cal
     try:
         done, pending, summary = _write(plan, cfg, writer, ctx, out, html_path, json_path, workers, progress, timings,
-                                        cluster)
+                                        cluster, log)
     except OSError as e:  # disk full, permissions, a vanished folder: what is written so far stays resumable
         where = e.filename or out
         raise CurateError(f"{where}: cannot write ({e.strerror or e}); {out} is incomplete — fix that and rerun "

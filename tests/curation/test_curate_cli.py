@@ -267,6 +267,10 @@ def test_usable_runs_with_damage_give_warnings_and_report_entries(tmp_path):
     ex = s["excluded_sequences"][0]
     assert ex["lane"] == 3 and ex["bad_frames"] == 4 and "never recorded" in ex["missing_reasons"]["8"]
     assert f"warning: {f_trunc}" in r.output
+    # --quiet: the same problems are in the report, none of them on stderr (shard warnings included)
+    rq = CliRunner().invoke(main, ["curate", str(tmp_path / "raw"), str(tmp_path / "q.zarr"), "--quiet"])
+    assert rq.exit_code == 0 and "warning:" not in rq.output and "9 warning(s); see the report" in rq.output, rq.output
+    assert json.loads((tmp_path / "q.qc.json").read_text())["warnings"] == s["warnings"]
 
 
 def test_no_usable_lane_sequence(tmp_path):
