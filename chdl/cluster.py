@@ -18,6 +18,7 @@ the ``--workers`` path do not need it (it is the ``scale`` extra: ``pip install 
 from __future__ import annotations
 
 import contextlib
+import copy
 import platform
 import threading
 import uuid
@@ -132,9 +133,13 @@ def local_cluster(n_workers: int):
     import dask
     from distributed import LocalCluster
 
+    # The nannies hand this config to every worker process they start, also to one restarted after a crash
+    # (without `config=` a restarted worker gets the config current at that moment: profiling on again).
     with dask.config.set({"distributed.worker.profile.enabled": False}):
+        config = copy.deepcopy(dask.config.config)
         return LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True, host="127.0.0.1",
-                            dashboard_address=None, scheduler_kwargs={"dashboard_address": "127.0.0.1:0"})
+                            dashboard_address=None, scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
+                            config=config)
 
 
 @contextlib.contextmanager
