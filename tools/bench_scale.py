@@ -29,7 +29,6 @@ import argparse
 import datetime as dt
 import json
 import os
-import pickle
 import platform
 import re
 import shutil

@@ -1,5 +1,4 @@
 """The DIFFUMA model (diffuma/models/diffuma.py) and `chdl model-info`."""
-import math
 
 import pytest
 import torch
