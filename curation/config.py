@@ -3,7 +3,8 @@ subset can be overridden from a YAML file (``chdl curate --config qc.yaml``), e.
 
     qc:
       floors: {sharpness: 0.12, misregistration_px: 1.0}
-      z: 6.0
+      z: {misregistration_px: 16.0}   # or one number for all six scores
+      z_sequence: 4.0
     max_bad_frames: 2
     split: {block_lanes: 2, seed: 0, val_fraction: 0.5}
 
@@ -21,23 +22,13 @@ from pydantic import Field, model_validator
 from acquisition.config_validation import ConfigError, StrictConfig, load_yaml, validate
 from curation.qc import SCORE_NAMES
 
-__all__ = ["ConfigError", "CurateConfig", "QCConfig", "SplitConfig", "Floors", "load_config", "validate_config"]
+__all__ = ["ConfigError", "CurateConfig", "QCConfig", "SplitConfig", "Floors", "ZFactors", "load_config", "validate_config"]
 
 NonNegativeFloat = Annotated[float, Field(ge=0)]
 
 
-class Floors(StrictConfig):
-    """Smallest deviation that is ever flagged, per score (see curation/qc.py for the score definitions).
-
-    Chosen just below the simulator's visibility floor (docs/curation.md has the measured separation).
-    Indexable like a dict (``floors["sharpness"]``)."""
-
-    sharpness: NonNegativeFloat = 0.08  # log fine/coarse gradient energy: -0.08 = ~8% less fine detail than neighbours
-    misregistration_px: NonNegativeFloat = 1.0  # full-resolution px off where the stage step puts the frame
-    brightness: NonNegativeFloat = 0.035  # |log mean ratio|: ~3.5% brighter/darker than the aligned neighbours
-    contrast: NonNegativeFloat = 0.10  # |log std ratio|: ~10% more/less contrast (ignored where sharpness fired)
-    shading: NonNegativeFloat = 0.10  # edge-to-edge log-ratio slope: a 10% shadow gradient
-    banding: NonNegativeFloat = 0.045  # robust spread of the row log-ratio profile: ~4.5% flicker bands
+class _PerScore(StrictConfig):
+    """One value per QC score, in score order; indexable like a dict (``floors["sharpness"]``)."""
 
     def __getitem__(self, name: str) -> float:
         return getattr(self, name)
@@ -46,12 +37,49 @@ class Floors(StrictConfig):
         return [getattr(self, n) for n in SCORE_NAMES]
 
 
-assert tuple(Floors.model_fields) == SCORE_NAMES, "one floor per QC score, in score order"
+class Floors(_PerScore):
+    """Smallest deviation that is ever flagged, per score (see curation/qc.py for the score definitions).
+
+    Chosen just below the simulator's visibility floor (docs/curation.md has the measured separation)."""
+
+    sharpness: NonNegativeFloat = 0.08  # log fine/coarse gradient energy: -0.08 = ~8% less fine detail than neighbours
+    misregistration_px: NonNegativeFloat = 1.0  # full-resolution px off where the stage step puts the frame
+    brightness: NonNegativeFloat = 0.035  # |log mean ratio|: ~3.5% brighter/darker than the aligned neighbours
+    contrast: NonNegativeFloat = 0.10  # |log std ratio|: ~10% more/less contrast (ignored where sharpness fired)
+    shading: NonNegativeFloat = 0.10  # edge-to-edge log-ratio slope: a 10% shadow gradient
+    banding: NonNegativeFloat = 0.045  # robust spread of the row log-ratio profile: ~4.5% flicker bands
+
+
+class ZFactors(_PerScore):
+    """Run-noise multiplier per score: threshold = max(floor, z * sigma_run). Per score because the
+    scores' spreads differ in shape: the misregistration distance has a long tail on real footage (a
+    hand-held camera's natural jerks), the photometric scores do not. Defaults tuned on real footage
+    (tools/bench_qc_real.py on cup.mp4 + tree.avi: the smallest values from {3, ..., 30} whose flags
+    on the clean clips stay within the false-flag bars; docs/curation.md, "Real footage"). A YAML
+    scalar (``z: 6``) sets all six."""
+
+    sharpness: NonNegativeFloat = 3.0
+    misregistration_px: NonNegativeFloat = 16.0
+    brightness: NonNegativeFloat = 3.0
+    contrast: NonNegativeFloat = 3.0
+    shading: NonNegativeFloat = 3.0
+    banding: NonNegativeFloat = 3.0
+
+    @model_validator(mode="before")
+    @classmethod
+    def _scalar_sets_all(cls, data):
+        if isinstance(data, (int, float)) and not isinstance(data, bool):
+            return {n: data for n in SCORE_NAMES}
+        return data
+
+
+assert tuple(Floors.model_fields) == SCORE_NAMES == tuple(ZFactors.model_fields), "one value per QC score, in score order"
 
 
 class QCConfig(StrictConfig):
     floors: Floors = Field(default_factory=Floors)  # per-score minimum threshold
-    z: NonNegativeFloat = 6.0  # threshold = max(floor, z * run sigma); sigma = 1.4826 * MAD over the calibration sample
+    z: ZFactors = Field(default_factory=ZFactors)  # per-score run-noise multiplier (sigma = 1.4826 * MAD over the calibration sample)
+    z_sequence: NonNegativeFloat = 4.0  # thresholds rise to z_sequence x the score's spread over the sequence's own frames (0: off)
     calibration_sequences: Annotated[int, Field(ge=1)] = 8  # sequences per run (evenly spaced) the baseline is measured on
 
 

@@ -137,7 +137,7 @@ def _shard_task(task: tuple[int, list[SequencePlan]]) -> tuple[int, int, list[st
         seq = seqs[i]
         raw, available, errors = read_sequence(seq, c["run_paths"][seq.run], H, W, c["dtype"])
         res = curate_sequence(raw, available, c["baselines"][seq.run], c["thresholds"][seq.run],
-                              cfg.max_bad_frames, c["max_value"])
+                              cfg.max_bad_frames, c["max_value"], cfg.qc.z_sequence)
         frames[i, :, 0] = res.frames  # each thread fills its own rows; the copy is not kept twice
         res.frames = None
         return errors, res

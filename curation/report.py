@@ -184,12 +184,14 @@ def build_summary(out: Path, plan: Plan, cfg: CurateConfig) -> tuple[dict, dict]
                              "bad_frames": len(bad), "frames": bad,
                              "missing_reasons": {int(t): why for t, why in s.missing_reasons.items()}})
     thr_arr = np.array([[prov_cfg["run_thresholds"][rid][n] for n in qc.SCORE_NAMES] for rid in run_ids])
+    z_sequence = float(prov_cfg.get("qc", {}).get("z_sequence", 0.0))  # the sequence's own thresholds (curation.qc)
     flagged = []
     for n_, t in zip(*np.nonzero(flags & (FLAG_VIBRATION | FLAG_ILLUMINATION | FLAG_MISSING))):
         s = plan.sequences[int(n_)]
         flagged.append({"sequence": int(n_), "t": int(t), "run_id": run_ids[s.run], "lane": s.lane,
                         "flags": _flag_names(int(flags[n_, t])), "excluded": bool(split[n_] == SPLIT_EXCLUDED),
-                        "why": why_flagged(scores[n_, t], centers[s.run], thr_arr[s.run]),
+                        "why": why_flagged(scores[n_, t], centers[s.run],
+                                           qc.sequence_thresholds(scores[n_], thr_arr[s.run], z_sequence)),
                         "scores": {name: (None if not np.isfinite(scores[n_, t, k]) else round(float(scores[n_, t, k]), 5))
                                    for k, name in enumerate(qc.SCORE_NAMES)}})
     both = (flags & FLAG_VIBRATION != 0) & (flags & FLAG_ILLUMINATION != 0)

@@ -23,11 +23,12 @@ class SequenceResult:
 
 
 def curate_sequence(frames: np.ndarray, available: np.ndarray, baseline: qc.Baseline, thresholds: np.ndarray,
-                    max_bad_frames: int, max_value: float) -> SequenceResult:
+                    max_bad_frames: int, max_value: float, z_sequence: float = 0.0) -> SequenceResult:
     """``frames`` (T, H, W) uint8/uint16 (missing frames' pixels are ignored; zero them), ``available``
     (T,) bool. Bad = flagged or missing. An excluded sequence keeps its recorded pixels (zeros where
-    missing) and gets no reconstruction."""
-    scores, vib, ill = qc.curate_flags(frames, available, baseline, thresholds, max_value)
+    missing) and gets no reconstruction. ``thresholds`` (K,) the run's; ``z_sequence`` see
+    :func:`curation.qc.curate_flags`."""
+    scores, vib, ill = qc.curate_flags(frames, available, baseline, thresholds, max_value, z_sequence)
     missing = ~available
     flags = (np.where(vib & available, FLAG_VIBRATION, 0) | np.where(ill & available, FLAG_ILLUMINATION, 0)
              | np.where(missing, FLAG_MISSING, 0)).astype(np.uint8)

@@ -393,7 +393,7 @@ def test_disk_full_is_one_line_and_the_rerun_resumes(tmp_path, size):
 
 @pytest.mark.parametrize("text,needle", [
     ("qc:\n  floors: {sharpness: .nan}\n", "qc.floors.sharpness: must be a finite number, got nan"),
-    ("qc:\n  z: .inf\n", "qc.z: must be a finite number, got inf"),
+    ("qc:\n  z: .inf\n", "qc.z.sharpness: must be a finite number, got inf"),
     ("split:\n  val_fraction: .nan\n", "split.val_fraction: must be a finite number, got nan"),
 ])
 def test_nan_in_a_qc_config_is_refused_with_the_key(raw, tmp_path, text, needle):

@@ -25,7 +25,7 @@ DOCS = Path(__file__).parents[2] / "docs" / "curation.md"
     ("split: 2", "split: must be a mapping, got 2"),
     # NaN / inf
     ("qc: {floors: {sharpness: .nan}}", "qc.floors.sharpness: must be a finite number, got nan"),
-    ("qc: {z: .inf}", "qc.z: must be a finite number, got inf"),
+    ("qc: {z: .inf}", "qc.z.sharpness: must be a finite number, got inf"),
     # out of range, and the rules that relate fields
     ("split: {val_fraction: 1.5}", "split.val_fraction: must be <= 1, got 1.5"),
     ("qc: {floors: {banding: -0.1}}", "qc.floors.banding: must be >= 0, got -0.1"),
@@ -41,11 +41,19 @@ def test_bad_settings_are_one_line_naming_file_and_key(tmp_path, text, message):
         load_config(path)
 
 
+def _write(path, text):
+    path.write_text(text)
+    return path
+
+
 def test_partial_overrides_keep_the_other_defaults(tmp_path):
     path = tmp_path / "qc.yaml"
     path.write_text("qc: {floors: {sharpness: 0.12}, z: 5}\nsplit: {seed: 3}\n")
     cfg = load_config(path)
-    assert cfg.qc.floors["sharpness"] == 0.12 and cfg.qc.z == 5.0 and isinstance(cfg.qc.z, float)
+    assert cfg.qc.floors["sharpness"] == 0.12 and cfg.qc.z.values() == [5.0] * 6  # a scalar z sets every score's
+    assert all(isinstance(v, float) for v in cfg.qc.z.values())
+    one = load_config(_write(tmp_path / "one.yaml", "qc: {z: {misregistration_px: 20}}"))
+    assert one.qc.z["misregistration_px"] == 20.0 and one.qc.z["banding"] == CurateConfig().qc.z["banding"]
     assert cfg.qc.floors["banding"] == CurateConfig().qc.floors["banding"] and cfg.split.val_fraction == 0.5
     assert cfg.to_dict()["qc"]["floors"] == {**CurateConfig().to_dict()["qc"]["floors"], "sharpness": 0.12}
     assert load_config(None) == CurateConfig()

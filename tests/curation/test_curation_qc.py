@@ -12,6 +12,7 @@ from chdl.dataset import FLAG_ILLUMINATION, FLAG_MISSING, FLAG_RECONSTRUCTED, FL
 
 SPEC = SynthSpec(height=120, width=160, step_px=8.0)
 ALL = np.ones(10, bool)
+Z_SEQ = CurateConfig().qc.z_sequence  # the pipeline's default: every flag test runs as `chdl curate` does
 
 
 def _baseline(seeds=range(6)) -> qc.Baseline:
@@ -36,11 +37,37 @@ def test_measure_finds_the_stage_step():
     assert np.nanmax(q.scores()[:, qc.I_MISREG]) < 1.5
 
 
+def test_sequence_thresholds_follow_the_sequences_own_spread():
+    thr = np.array([0.08, 1.0, 0.035, 0.1, 0.1, 0.045])
+    scores = np.zeros((10, 6), np.float32)
+    scores[:, qc.I_MISREG] = [0.5, 2.0, 1.0, 3.0, 1.5, 2.5, 0.8, 1.2, 2.2, 1.8]
+    out = qc.sequence_thresholds(scores, thr, 4.0)
+    # the 0.3 quantile of the ten distances (1.11 px), over a 2-D Gaussian's 0.3 quantile of its sigma (0.8446)
+    assert out[qc.I_MISREG] == pytest.approx(4.0 * np.quantile(scores[:, qc.I_MISREG], 0.3) / 0.84460, rel=1e-5)
+    assert np.array_equal(np.delete(out, qc.I_MISREG), np.delete(thr, qc.I_MISREG))  # no spread: the run's stand
+    assert np.array_equal(qc.sequence_thresholds(scores, thr, 0.0), thr)
+    scores[4:, qc.I_MISREG] = np.nan  # fewer than 5 values: no spread to trust
+    assert qc.sequence_thresholds(scores, thr, 4.0)[qc.I_MISREG] == 1.0
+
+
+def test_a_sequence_shaking_throughout_is_judged_against_its_own_spread(baseline, thr):
+    # a hand-held camera: every frame 1.5-2.5 px off the smooth path, in a run whose other sequences are steady
+    frames, _ = make_sequence(SPEC, 31, {t: ("jitter", 1.5 + (t % 3) * 0.5) for t in range(10)})
+    _, vib_run, _ = qc.curate_flags(frames, ALL, baseline, thr, None, 0.0)
+    _, vib, ill = qc.curate_flags(frames, ALL, baseline, thr, None, Z_SEQ)
+    assert vib_run.sum() >= 3, vib_run  # against the run alone, the shaking is flagged frame by frame
+    assert not (vib | ill).any(), np.flatnonzero(vib | ill)
+    # while one jerk in a steady sequence stands out of that sequence's own spread
+    frames, _ = make_sequence(SPEC, 31, {6: ("jitter", 2.0)})
+    _, vib, ill = qc.curate_flags(frames, ALL, baseline, thr, None, Z_SEQ)
+    assert list(np.flatnonzero(vib | ill)) == [6]
+
+
 def test_clean_sequences_with_a_growing_kerf_are_not_flagged(baseline, thr):
     flagged = 0
     for seed in range(10, 20):  # not the calibration seeds
         frames, _ = make_sequence(SPEC, seed)
-        _, vib, ill = qc.curate_flags(frames, ALL, baseline, thr)
+        _, vib, ill = qc.curate_flags(frames, ALL, baseline, thr, None, Z_SEQ)
         flagged += int(vib.sum() + ill.sum())
     assert flagged == 0  # of 100 frames, with the kerf widening 0.6 px every frame
 
@@ -54,7 +81,7 @@ def test_clean_sequences_with_a_growing_kerf_are_not_flagged(baseline, thr):
 def test_a_clean_sequence_with_an_accelerating_stage_or_a_moving_object_raises_no_flag(baseline, thr, spec):
     for seed in (21, 22, 23):
         frames, _ = make_sequence(spec, seed)
-        s, vib, ill = qc.curate_flags(frames, ALL, baseline, thr)
+        s, vib, ill = qc.curate_flags(frames, ALL, baseline, thr, None, Z_SEQ)
         assert not (vib | ill).any(), f"seed {seed}: flagged {np.flatnonzero(vib | ill)}, misreg {s[:, qc.I_MISREG]}"
         assert np.nanmax(s[:, qc.I_MISREG]) < 0.75  # the floor is 1.0 px
 
@@ -63,7 +90,7 @@ def test_a_jerk_on_an_accelerating_stage_is_still_flagged(baseline, thr):
     spec = SynthSpec(height=120, width=160, step_px=1.0, accel_px=1.6)
     for t in (0, 5, 9):
         frames, _ = make_sequence(spec, 24, {t: ("jitter", 2.0)})
-        _, vib, ill = qc.curate_flags(frames, ALL, baseline, thr)
+        _, vib, ill = qc.curate_flags(frames, ALL, baseline, thr, None, Z_SEQ)
         assert list(np.flatnonzero(vib | ill)) == [t] and vib[t]
 
 
@@ -74,7 +101,7 @@ def test_a_jerk_on_an_accelerating_stage_is_still_flagged(baseline, thr):
 @pytest.mark.parametrize("t", [0, 4, 9])
 def test_each_fault_is_flagged_with_its_cause(baseline, thr, kind, mag, cause, t):
     frames, _ = make_sequence(SPEC, 3, {t: (kind, mag)})
-    _, vib, ill = qc.curate_flags(frames, ALL, baseline, thr)
+    _, vib, ill = qc.curate_flags(frames, ALL, baseline, thr, None, Z_SEQ)
     got = vib if cause == "vibration" else ill
     other = ill if cause == "vibration" else vib
     assert got[t], f"{kind} at t={t} not flagged as {cause}"
@@ -110,7 +137,7 @@ def test_barring_flagged_references_clears_good_frames_between_faults(baseline, 
     kinds = [("gain", 0.8), ("blur", 2.0), ("jitter", 4.0)] if mixed else [("gain", 0.8)] * 3
     frames, _ = make_sequence(SPEC, 8, dict(zip(faulty, kinds)))
     single_pass = qc.decide(qc.measure(frames, ALL), baseline, thr)
-    _, vib, ill = qc.curate_flags(frames, ALL, baseline, thr)
+    _, vib, ill = qc.curate_flags(frames, ALL, baseline, thr, None, Z_SEQ)
     assert list(np.flatnonzero(vib | ill)) == faulty
     if not mixed:
         assert (single_pass[0] | single_pass[1]).sum() > len(faulty)
@@ -164,7 +191,7 @@ def test_uint16_frames_are_scored_like_uint8(baseline, thr):
     spec16 = SynthSpec(height=120, width=160, step_px=8.0, max_value=4095)
     frames, _ = make_sequence(spec16, 3, {4: ("blur", 1.5)})
     assert frames.dtype == np.uint16
-    _, vib, ill = qc.curate_flags(frames, ALL, baseline, thr, 4095)
+    _, vib, ill = qc.curate_flags(frames, ALL, baseline, thr, 4095, Z_SEQ)
     assert vib[4] and vib.sum() == 1 and not ill.any()
     out, done = reconstruct(frames, ~vib, 4095)
     assert done == [4] and out.dtype == np.uint16 and out.max() <= 4095
