@@ -10,6 +10,7 @@ import os
 import select
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -263,13 +264,20 @@ def test_cli_one_line_errors_name_the_folder_or_file(tmp_path, monitor):
              ((monitor.dir, "--token-file", empty_token), f"{empty_token}: the token file is empty"),
              ((monitor.dir, "--token-file", tmp_path / "none"), f"{tmp_path / 'none'}: cannot read the token"),
              ((monitor.dir, "--token", "a", "--token-file", empty_token), "give --token or --token-file, not both")]
-    for args, message in cases:
-        r = run_cli(*args, "--port", "0")
-        lines = r.stderr.strip().splitlines()
-        assert r.returncode == 1 and len(lines) == 1 and message in lines[0], (args, r.stderr)
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen()
+    port = busy.getsockname()[1]
+    cases.append(((monitor.dir, "--port", port), f"cannot listen on 127.0.0.1:{port}: Address already in use"))
+    with busy:
+        for args, message in cases:
+            r = run_cli(*args) if "--port" in args else run_cli(*args, "--port", "0")
+            lines = r.stderr.strip().splitlines()
+            assert r.returncode == 1 and len(lines) == 1 and message in lines[0], (args, r.stderr)
 
 
-def test_cli_serves_until_ctrl_c(monitor, tmp_path):
+@pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM])
+def test_cli_serves_until_ctrl_c_or_sigterm(monitor, tmp_path, stop_signal):
     token_file = tmp_path / "token"
     token_file.write_text("tok-123\n")
     proc = subprocess.Popen([sys.executable, "-m", "chdl", "dashboard", str(monitor.dir), "--port", "0",
@@ -284,8 +292,10 @@ def test_cli_serves_until_ctrl_c(monitor, tmp_path):
         status = httpx2.get(url.replace("/?", "/api/status?"), timeout=10)
         assert status.status_code == 200 and status.json()["run_id"] == "run-1"
         assert httpx2.get(url.split("?")[0] + "api/status", timeout=10).status_code == 401
-        proc.send_signal(signal.SIGINT)
-        assert proc.wait(timeout=30) == 0
+        with httpx2.stream("GET", url.replace("/?", "/api/stream?"), timeout=10) as stream:
+            assert next(stream.iter_lines()) == "event: status"
+            proc.send_signal(stop_signal)  # while a stream is open: it ends it
+            assert proc.wait(timeout=30) == 0
         assert "dashboard stopped" in proc.stderr.read()
     finally:
         proc.kill()
