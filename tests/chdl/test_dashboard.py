@@ -190,6 +190,17 @@ def test_non_loopback_needs_a_token_and_folders_are_checked(tmp_path):
         read_status(m.dir)
 
 
+def test_serves_on_ipv6_loopback(monitor):
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+    except OSError as e:
+        pytest.skip(f"no IPv6 loopback here: {e}")
+    with serve_in_background(monitor.dir, host="::1") as server:
+        assert server.url == f"http://[::1]:{server.port}/"
+        assert httpx2.get(server.url + "api/status", timeout=10).json()["run_id"] == "run-1"
+
+
 def sse_messages(response):
     """(event, data, id) of each server-sent event of a streaming httpx2 response."""
     event, data, id_ = None, [], None
