@@ -336,6 +336,7 @@ def test_alert_appears_live_in_headless_chromium(monitor, tmp_path):
         pytest.skip(f"{missing} is not installed: the real-browser dashboard test needs it")
 
     args = ["--no-sandbox"] if os.geteuid() == 0 else []
+    monitor.score(5, float("nan"))  # Python's json writes NaN; the page shows "-" and leaves it out of the plot
     with serve_in_background(monitor.dir, token="tok-7") as server, sync_playwright() as p:
         browser = p.chromium.launch(executable_path=browser_path, args=args, timeout=30_000)
         try:
@@ -347,7 +348,8 @@ def test_alert_appears_live_in_headless_chromium(monitor, tmp_path):
             page.goto(server.url)
             page.wait_for_selector('#state[data-state="running"]', timeout=10_000)
             page.wait_for_function(f"document.getElementById('live-frame').naturalWidth === {W}", timeout=10_000)
-            assert page.text_content("#captured") == "5" and page.text_content("#scored") == "5"
+            assert page.text_content("#captured") == "6" and page.text_content("#scored") == "6"
+            assert "score - (threshold 3.000)" in page.text_content("#latest")
             assert page.query_selector("li.alert") is None
             n_points = page.eval_on_selector("#timeline polyline.score", "e => e.getAttribute('points')")
             assert len(n_points.split()) == 5
@@ -360,7 +362,7 @@ def test_alert_appears_live_in_headless_chromium(monitor, tmp_path):
             page.wait_for_function("document.querySelector('li.alert img').naturalWidth === 3 * 80", timeout=10_000)
             page.wait_for_function(f"document.getElementById('live-frame').src !== {json.dumps(old_src)}",
                                    timeout=10_000)
-            page.wait_for_function("document.getElementById('scored').textContent === '6'", timeout=10_000)
+            page.wait_for_function("document.getElementById('scored').textContent === '7'", timeout=10_000)
             assert page.text_content("#alert-count") == "1"
             assert page.query_selector_all("#timeline circle.alerting") and page.query_selector("#timeline line.event")
             shot = page.screenshot(path=tmp_path / "dashboard.png", full_page=True)
