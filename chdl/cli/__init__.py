@@ -25,6 +25,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "train": ("chdl.cli.train", "train", "Train DIFFUMA or a baseline on a curated dataset."),
     "eval": ("chdl.cli.train", "eval_", "Evaluate a checkpoint: MSE, MAE, SSIM, PSNR overall and per frame."),
     "predict": ("chdl.cli.train", "predict", "Predict future frames from a checkpoint: PNGs, GIF and zarr."),
+    "dashboard": ("chdl.cli.dashboard", "dashboard", "Serve the live dashboard of a monitor folder (frames, scores, alerts) on a local web page."),
     "bench": ("chdl.cli.bench", "bench", "Train and compare DIFFUMA with the paper's baselines under one budget."),
 }
 

@@ -1,0 +1,390 @@
+"""The live dashboard: one local web page over a monitor folder (``OUT/<run-id>.monitor/``).
+
+It only reads the files ``chdl monitor`` writes (layout: ``docs/monitor.md``), so it serves a running
+monitor and a finished one alike, in the monitor's process (``chdl monitor --serve``, through
+:func:`serve_in_background`) or on its own (``chdl dashboard``). Routes:
+
+- ``GET /`` the page (``chdl/monitor/static/dashboard.html``: HTML, CSS and JS in one file, nothing
+  fetched from elsewhere);
+- ``GET /api/status`` ``status.json``; ``GET /api/events`` every complete line of ``events.jsonl``;
+  ``GET /api/scores?last=N`` the last N complete lines of ``scores.jsonl``;
+- ``GET /api/stream`` server-sent events, as they appear in the folder: ``status`` (the status object),
+  ``scores`` and ``events`` (lists of new records), ``live`` (``{"version": str}`` when the live images
+  were replaced). Each carries an id (``<scores offset>.<events offset>``) so that a reconnecting
+  ``EventSource`` resumes where it stopped;
+- ``GET /live/{frame,prediction,error}.png`` and ``GET /snapshots/<frame:06d>.png``: only these names,
+  so no request reaches another file.
+
+A partially written last line of a ``.jsonl`` file is left until its newline arrives; a complete line
+that is not a JSON object is skipped with a warning naming the file and line. With a token, every
+request must carry it (``?token=``, ``Authorization: Bearer``, or ``X-Chdl-Token``): missing -> 401,
+wrong -> 403.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import logging
+import re
+import secrets
+import socket
+import threading
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import quote
+
+import anyio
+import uvicorn
+from fastapi import FastAPI, HTTPException, Query, Request
+from fastapi.responses import HTMLResponse, Response
+from fastapi.sse import EventSourceResponse, ServerSentEvent
+from starlette.responses import PlainTextResponse
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+log = logging.getLogger(__name__)
+
+STATUS_FORMAT = "chdl.monitor/1"
+LIVE_NAMES = ("frame.png", "prediction.png", "error.png")
+SNAPSHOT_NAME = re.compile(r"\d{6,}\.png")
+PAGE = Path(__file__).parent / "static" / "dashboard.html"
+POLL_S = 0.2  # how often a stream looks at the folder
+CHUNK_BYTES = 1 << 20  # the most of one .jsonl file a stream reads (and sends) per look
+LOOPBACK_NAMES = ("localhost",)
+
+
+class MonitorFolderError(ValueError):
+    """A path that is not a readable monitor folder; the message names it and the problem."""
+
+
+class DashboardConfigError(ValueError):
+    """Settings the dashboard refuses (e.g. a non-loopback host without a token); one-line message."""
+
+
+# ---------------------------------------------------------------------------------------------------
+# Reading the folder
+# ---------------------------------------------------------------------------------------------------
+
+
+def read_status(monitor_dir: Path) -> dict:
+    """``monitor_dir/status.json`` as a dict.
+
+    Raises:
+        MonitorFolderError: the folder or its status.json is missing, not JSON, or of another format.
+    """
+    monitor_dir = Path(monitor_dir)
+    if not monitor_dir.is_dir():
+        raise MonitorFolderError(f"{monitor_dir}: no such folder")
+    path = monitor_dir / "status.json"
+    try:
+        status = json.loads(path.read_bytes())
+    except FileNotFoundError:
+        raise MonitorFolderError(f"{monitor_dir}: not a monitor folder (no status.json)") from None
+    except (OSError, ValueError) as e:
+        raise MonitorFolderError(f"{path}: not readable as JSON ({e})") from None
+    if not isinstance(status, dict) or status.get("format") != STATUS_FORMAT:
+        got = status.get("format") if isinstance(status, dict) else type(status).__name__
+        raise MonitorFolderError(f"{path}: format: expected {STATUS_FORMAT!r}, got {got!r}")
+    return status
+
+
+@dataclass
+class JsonlTail:
+    """Follows one append-only ``.jsonl`` file: each :meth:`read` returns the records completed since
+    the last one. ``offset`` is the byte just past the last complete line read; a partial last line
+    stays unread until its newline is written. The file may not exist yet."""
+
+    path: Path
+    offset: int = 0
+    line: int = 0  # complete lines consumed (for warnings)
+    more: bool = field(default=False, init=False)  # the last read stopped at max_bytes
+
+    def read(self, max_bytes: int | None = CHUNK_BYTES) -> list[dict]:
+        """New complete records (JSON objects), at most about ``max_bytes`` of them; [] if none."""
+        try:
+            with open(self.path, "rb") as f:
+                size = f.seek(0, 2)
+                if size < self.offset:
+                    log.warning("%s: shrank from %d to %d bytes; reading it again from the start",
+                                self.path, self.offset, size)
+                    self.offset, self.line = 0, 0
+                f.seek(self.offset)
+                data = f.read(-1 if max_bytes is None else max_bytes)
+                if max_bytes is not None and len(data) == max_bytes and b"\n" not in data:
+                    data += f.read()  # one line longer than a chunk: take it whole
+        except FileNotFoundError:
+            self.more = False
+            return []
+        end = data.rfind(b"\n") + 1
+        self.more = max_bytes is not None and len(data) >= max_bytes and end > 0
+        records = []
+        for raw in data[:end].splitlines():
+            self.line += 1
+            if not raw.strip():
+                continue
+            try:
+                record = json.loads(raw)
+            except ValueError as e:
+                record = e
+            if isinstance(record, dict):
+                records.append(record)
+            else:
+                log.warning("%s: line %d: not a JSON object (%s); skipped", self.path, self.line,
+                            record if isinstance(record, ValueError) else type(record).__name__)
+        self.offset += end
+        return records
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    """Every complete record of a ``.jsonl`` file (a partial last line left out); [] if it is absent."""
+    return JsonlTail(Path(path)).read(max_bytes=None)
+
+
+def _stat_key(path: Path) -> tuple[int, int, int] | None:
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    return st.st_ino, st.st_mtime_ns, st.st_size
+
+
+class FolderFollower:
+    """What one stream has sent of a monitor folder, and what is new since (:meth:`poll`)."""
+
+    def __init__(self, monitor_dir: Path, resume_id: str | None = None):
+        self.dir = monitor_dir
+        self.scores = JsonlTail(monitor_dir / "scores.jsonl")
+        self.events = JsonlTail(monitor_dir / "events.jsonl")
+        self._status_key: tuple | None = None
+        self._live_key: tuple | None = None
+        if resume_id:  # "<scores offset>.<events offset>" from Last-Event-ID
+            m = re.fullmatch(r"(\d+)\.(\d+)", resume_id.strip())
+            if m:
+                self.scores.offset, self.events.offset = int(m[1]), int(m[2])
+
+    @property
+    def more(self) -> bool:
+        """A .jsonl file had more than one chunk to send: poll again without waiting."""
+        return self.scores.more or self.events.more
+
+    def poll(self) -> list[ServerSentEvent]:
+        """The server-sent events for what changed since the last poll (status, events, scores, live)."""
+        out = []
+        key = _stat_key(self.dir / "status.json")
+        if key is not None and key != self._status_key:
+            try:
+                status = json.loads((self.dir / "status.json").read_bytes())
+            except (OSError, ValueError):
+                status = None  # replaced atomically, so only a foreign writer gets here; try again
+            if isinstance(status, dict):
+                self._status_key = key
+                out.append(("status", status))
+        for name, tail in (("events", self.events), ("scores", self.scores)):
+            records = tail.read()
+            if records:
+                out.append((name, records))
+        keys = [_stat_key(self.dir / "live" / n) for n in LIVE_NAMES]
+        if all(keys) and keys != self._live_key:
+            self._live_key = keys
+            out.append(("live", {"version": str(max(k[1] for k in keys))}))
+        cursor = f"{self.scores.offset}.{self.events.offset}"
+        return [ServerSentEvent(event=event, data=data, id=cursor) for event, data in out]
+
+
+# ---------------------------------------------------------------------------------------------------
+# The app
+# ---------------------------------------------------------------------------------------------------
+
+
+class TokenGate:
+    """ASGI middleware: every HTTP and websocket request must carry ``token``."""
+
+    def __init__(self, app: ASGIApp, token: str):
+        self.app = app
+        self.token = token.encode()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            return await self.app(scope, receive, send)
+        request = Request(scope)
+        given = request.query_params.get("token") or request.headers.get("x-chdl-token")
+        auth = request.headers.get("authorization", "")
+        if given is None and auth.lower().startswith("bearer "):
+            given = auth[7:].strip()
+        if given is not None and secrets.compare_digest(given.encode(), self.token):
+            return await self.app(scope, receive, send)
+        if scope["type"] == "websocket":
+            return await send({"type": "websocket.close", "code": 1008})
+        if given is None:
+            response = PlainTextResponse("token required", 401, headers={"WWW-Authenticate": "Bearer"})
+        else:
+            response = PlainTextResponse("wrong token", 403)
+        await response(scope, receive, send)
+
+
+def _png(path: Path) -> Response:
+    try:
+        data = path.read_bytes()  # whole, from one inode: a concurrent os.replace cannot tear it
+    except (FileNotFoundError, IsADirectoryError):
+        raise HTTPException(404, f"{path.parent.name}/{path.name}: not written yet") from None
+    return Response(data, media_type="image/png", headers={"Cache-Control": "no-store"})
+
+
+def create_app(monitor_dir: Path, token: str | None = None) -> FastAPI:
+    """The dashboard's ASGI app over ``monitor_dir`` (a monitor folder; its files may appear later,
+    as when the monitor starts the dashboard before its first status).
+
+    ``token``: if set, every request must carry it (see the module docstring).
+    ``app.state.closing`` (a threading.Event), once set, ends every open stream.
+
+    Raises:
+        MonitorFolderError: ``monitor_dir`` is not a folder.
+        DashboardConfigError: ``token`` is the empty string.
+    """
+    monitor_dir = Path(monitor_dir)
+    if not monitor_dir.is_dir():
+        raise MonitorFolderError(f"{monitor_dir}: no such folder")
+    if token is not None and not token:
+        raise DashboardConfigError("the token is empty")
+    app = FastAPI(title="chdl dashboard", docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.monitor_dir = monitor_dir
+    app.state.closing = threading.Event()
+
+    @app.get("/", response_class=HTMLResponse)
+    def page() -> HTMLResponse:
+        return HTMLResponse(PAGE.read_text(encoding="utf-8"), headers={"Cache-Control": "no-store"})
+
+    @app.get("/api/status")
+    def status() -> dict:
+        try:
+            return read_status(monitor_dir)
+        except MonitorFolderError as e:
+            raise HTTPException(503, str(e)) from None
+
+    @app.get("/api/events")
+    def events() -> list[dict]:
+        return read_jsonl(monitor_dir / "events.jsonl")
+
+    @app.get("/api/scores")
+    def scores(last: int = Query(1000, ge=1, le=1_000_000)) -> list[dict]:
+        return read_jsonl(monitor_dir / "scores.jsonl")[-last:]
+
+    @app.get("/api/stream", response_class=EventSourceResponse)
+    async def stream(request: Request) -> AsyncIterator[ServerSentEvent]:
+        follower = FolderFollower(monitor_dir, request.headers.get("last-event-id"))
+        while not app.state.closing.is_set():
+            for event in follower.poll():
+                yield event
+            if not follower.more:
+                await anyio.sleep(POLL_S)
+
+    @app.get("/live/{name}")
+    def live(name: str) -> Response:
+        if name not in LIVE_NAMES:
+            raise HTTPException(404, f"live/{name}: not a live image (one of {', '.join(LIVE_NAMES)})")
+        return _png(monitor_dir / "live" / name)
+
+    @app.get("/snapshots/{name}")
+    def snapshot(name: str) -> Response:
+        if not SNAPSHOT_NAME.fullmatch(name):
+            raise HTTPException(404, f"snapshots/{name}: not a snapshot name (<frame:06d>.png)")
+        return _png(monitor_dir / "snapshots" / name)
+
+    if token is not None:
+        app.add_middleware(TokenGate, token=token)
+    return app
+
+
+# ---------------------------------------------------------------------------------------------------
+# Serving
+# ---------------------------------------------------------------------------------------------------
+
+
+def is_loopback(host: str) -> bool:
+    """True for localhost and loopback addresses (127.0.0.0/8, ::1)."""
+    if host.lower() in LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """A TCP socket bound to (host, port); port 0 picks a free one. Raises OSError (in use, bad host)."""
+    host = "127.0.0.1" if host.lower() == "localhost" else host.strip("[]")
+    family, kind, proto, _, addr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                                      flags=socket.AI_PASSIVE)[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(addr)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+@dataclass
+class DashboardServer:
+    """A dashboard served by uvicorn in a daemon thread (from :func:`serve_in_background`)."""
+
+    url: str  # http://HOST:PORT/ and, with a token, ?token=...
+    host: str
+    port: int
+    app: FastAPI
+    server: uvicorn.Server
+    thread: threading.Thread
+
+    @property
+    def running(self) -> bool:
+        return self.thread.is_alive()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """End the open streams, stop the server and wait for its thread (at most ``timeout`` s)."""
+        self.app.state.closing.set()
+        self.server.should_exit = True
+        self.thread.join(timeout)
+
+    def __enter__(self) -> DashboardServer:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def serve_in_background(monitor_dir: Path, host: str = "127.0.0.1", port: int = 0,
+                        token: str | None = None) -> DashboardServer:
+    """Serve the dashboard of ``monitor_dir`` on ``host:port`` from a daemon thread; returns once it
+    accepts connections. ``port=0`` picks a free port (read back from the bound socket: ``.port``,
+    ``.url``). A host other than localhost/127.0.0.0/8/::1 needs ``token``.
+
+    Raises:
+        DashboardConfigError: a non-loopback host without a token, or an empty token.
+        MonitorFolderError: ``monitor_dir`` is not a folder.
+        OSError: the address cannot be bound (in use, not an address of this machine).
+        RuntimeError: the server did not start within 30 s.
+    """
+    if not is_loopback(host) and not token:
+        raise DashboardConfigError(f"serving on {host} (not loopback) needs a token (--token or --token-file)")
+    app = create_app(Path(monitor_dir), token)
+    sock = _listen(host, port)
+    bound_port = sock.getsockname()[1]
+    config = uvicorn.Config(app, log_config=None, log_level="warning", access_log=False, ws="none",
+                            lifespan="off", timeout_graceful_shutdown=2)
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="chdl-dashboard",
+                              daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            server.should_exit = True
+            sock.close()
+            raise RuntimeError(f"the dashboard server on {host}:{bound_port} did not start")
+        time.sleep(0.01)
+    url_host = f"[{host.strip('[]')}]" if ":" in host else host
+    url = f"http://{url_host}:{bound_port}/" + (f"?token={quote(token, safe='')}" if token else "")
+    return DashboardServer(url=url, host=host, port=bound_port, app=app, server=server, thread=thread)
