@@ -188,7 +188,8 @@ def reconstruct(frames: np.ndarray, good: np.ndarray, max_value: float | None = 
     """Replace every frame with ``good[t] == False`` by a reconstruction from good neighbours.
 
     ``frames`` (T, H, W) uint8/uint16; ``method``: "auto" (per frame, the best of the methods below
-    by a self-check on a good neighbour; see :meth:`_Rebuilder.choose`), "motion" (global
+    by a self-check on a good neighbour, made at the QC sharpness scale, ~400 px wide; see
+    :meth:`_Rebuilder.choose`), "motion" (global
     motion-compensated interpolation / extrapolation), "flow" (the same with dense optical flow),
     "average" (temporal average of the two neighbours, no motion compensation), "nearest" (copy of
     the nearest good frame). ``chosen``, if given, receives {t: method used}. Returns (new frames,
@@ -205,11 +206,15 @@ def reconstruct(frames: np.ndarray, good: np.ndarray, max_value: float | None = 
         raise ValueError(f"cannot reconstruct: {len(good_idx)} good frame(s) in the sequence, need {need}")
     out = frames.copy()
     rb = _Rebuilder(frames, max_value)
+    # the self-check runs on frames at about 400 px wide (the QC sharpness scale): which method works is
+    # decided as well there, and an 800x600 check costs a quarter (DIS flow dominates it)
+    f = scales(*frames.shape[1:])[0]
+    check = rb if f == 1 else _Rebuilder(np.stack([_down(x, f) for x in frames]), max_value)
     done = []
     for t in range(T):
         if good[t]:
             continue
-        m = rb.choose(t, good_idx) if method == "auto" else method
+        m = check.choose(t, good_idx) if method == "auto" else method
         if chosen is not None:
             chosen[t] = m
         out[t] = _from_unit(rb.build(m, t, good_idx), max_value, frames.dtype)
