@@ -509,7 +509,13 @@ def curate_flags(frames: np.ndarray, available: np.ndarray, baseline: "Baseline"
     frames. (Pairwise measurements are cached: a rescoring costs medians, not image work.) The flags
     returned are exactly ``decide(scores, baseline, sequence_thresholds(scores, thr, z_sequence))`` of
     the scores returned, so a report can say why from the stored scores alone."""
-    q = SequenceQC(frames, available, max_value)
+    return flag_sequence(SequenceQC(frames, available, max_value), baseline, thr, z_sequence)
+
+
+def flag_sequence(q: SequenceQC, baseline: "Baseline", thr: np.ndarray,
+                  z_sequence: float = 0.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`curate_flags` on a prepared :class:`SequenceQC` (its pair measurements are cached, so
+    deciding again with other thresholds costs medians only: tools/bench_qc_real.py tunes this way)."""
     barred: set[int] = set()
     scores = q.scores()
     thr_s = sequence_thresholds(scores, thr, z_sequence)

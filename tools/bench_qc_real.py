@@ -216,10 +216,12 @@ def main() -> None:
             curated[n, r] = cur(n, r, cfg)
         # tuning, per score: start every score's z at the grid's smallest and, while the flags on the clean
         # tuning clips exceed the false-flag bars (0.5 % static, 1 % moving camera), raise the z of the score
-        # that fired most often relative to the bars. Flags for each z are re-decided from the stored scores
-        # (qc.decide with the sequence thresholds), so the rescoring with barred references is that of the
-        # default config: an approximation used for the choice only. The floors and z_sequence stay as they are.
+        # that fired most often relative to the bars. Each candidate is decided exactly as curate does
+        # (qc.flag_sequence: the barring loop and the sequence thresholds) on the clean tuning windows, with
+        # each run's baseline from its curate run (the baseline does not depend on z); the pair measurements
+        # are made once per window and cached. The floors and z_sequence stay as they are.
         floors = np.array(cfg.qc.floors.values())
+        prepared = {n: [qc.SequenceQC(w, np.ones(T, bool), 255.0) for w in data[n]["clean"]] for n in tune}
         idx = [0] * len(qc.SCORE_NAMES)
         steps = []
         while True:
@@ -230,12 +232,11 @@ def main() -> None:
                 c = curated[n, 0]
                 base = qc.Baseline(list(c["center"]), list(c["sigma"]))
                 thr = np.maximum(floors, np.array(z) * c["sigma"])
-                for i, st in enumerate(data[n]["static"]):
+                for q, st in zip(prepared[n], data[n]["static"]):
                     key = "static" if st else "moving"
                     frames[key] += T
-                    thr_s = qc.sequence_thresholds(c["scores"][i], thr, cfg.qc.z_sequence)
-                    vib, ill = qc.decide(c["scores"][i], base, thr_s)
-                    fired[key] += qc.exceed(c["scores"][i], base, thr_s)[vib | ill].sum(0)
+                    scores, vib, ill = qc.flag_sequence(q, base, thr, cfg.qc.z_sequence)
+                    fired[key] += qc.exceed(scores, base, qc.sequence_thresholds(scores, thr, cfg.qc.z_sequence))[vib | ill].sum(0)
             rate = {k: float(fired[k].sum()) / max(1, frames[k]) for k in fired}
             steps.append({"z": dict(zip(qc.SCORE_NAMES, z)), **rate})
             over = fired["static"] / max(1, frames["static"]) / 0.005 + fired["moving"] / max(1, frames["moving"]) / 0.01
