@@ -51,7 +51,8 @@ def test_capture_records_the_frames_the_camera_sent(config, tmp_path):
     assert result.status == "complete" and result.stopped_by is None and result.frames == 10
     rec = Recording.open(tmp_path / "run")
     assert rec.complete and rec.manifest["plan"]["trigger"] == "freerun" and rec.manifest["camera"]["serial"] == "0"
-    assert rec.manifest["settings"] == {"width": 320, "height": 240, "pixel_format": "Mono8", "fps": 100.0, "exposure_us": None}
+    assert rec.manifest["settings"] == {"width": 320, "height": 240, "pixel_format": "Mono8", "fps": 100.0, "exposure_us": None,
+                                       "bit_depth": 8}
     assert [(f.lane, f.position_index, f.position_um) for f in rec.frames] == [(l, p, 250.0 * p) for l in range(2) for p in range(5)]
     ids = [f.frame_id for f in rec.frames]
     assert ids == sorted(ids) and len(set(ids)) == 10
