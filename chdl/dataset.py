@@ -13,7 +13,7 @@ frames, S sequences per shard, K QC scores)::
     position_um     (N, T) float64
     timestamp_ns    (N, T) int64                    -1 where unknown
     shard_done      (n_shards,) uint8               1 once a shard's every array is written
-    shard_checksums (n_shards,) string              per shard, JSON {file: {sha256, bytes}} of every file it wrote
+    shard_checksums (n_shards,) string              per shard, JSON {file: {blake3, bytes}} of every file it wrote
     originals/<s>, originals_index/<s>              pixels of frames replaced by reconstructions, per shard
 
 Concurrency and crash safety: zarr rewrites a whole shard (or chunk) on any partial write, so every
@@ -28,7 +28,7 @@ Opening (for reading or to resume writing) validates the attributes and arrays a
 (:func:`validate`): a dataset whose metadata disagrees with itself is a one-line DatasetFormatError
 naming the path and the key, never a traceback or a silently wrong result.
 
-Integrity: each shard's writer records the SHA-256 and size of every file it wrote
+Integrity: each shard's writer records the BLAKE3 digest and size of every file it wrote
 (``shard_checksums[s]``, written before ``shard_done[s]``). Opening a complete dataset lists its files once
 and refuses one whose shard files are missing (:func:`missing_shard_files`); :func:`verify` reads and hashes
 them. Datasets written before checksums were recorded open as before (``DatasetReader.has_checksums``).
@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
-import hashlib
 import itertools
 import json
 import math
@@ -48,6 +47,7 @@ import shutil
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+import blake3
 import numpy as np
 import zarr
 from zarr.codecs import BloscCodec
@@ -87,7 +87,7 @@ _SMALL = {
 }
 _PARTIAL = re.compile(r".*\.[0-9a-f]{32}\.partial")  # zarr's atomic-write temp names (LocalStore)
 _FORMAT_BITS = {"Mono8": 8, "Mono10": 10, "Mono12": 12, "Mono16": 16}  # pixel_format -> the bits its dtype holds
-CHECKSUMS = "shard_checksums"  # (n_shards,) string array: per shard, JSON {file key: {"sha256", "bytes"}}
+CHECKSUMS = "shard_checksums"  # (n_shards,) string array: per shard, JSON {file key: {"blake3", "bytes"}}
 _SHARD_ARRAYS = ("frames",) + _PER_SEQUENCE  # arrays stored as one file per shard (and per array)
 _READ_BLOCK = 8 << 20  # bytes hashed at a time
 FRAME_DTYPES = (np.dtype(np.uint8), np.dtype(np.uint16))
@@ -251,12 +251,19 @@ def _array_files(array: zarr.Array, first: int | None = None) -> list[str]:
     return [f"{array.path}/{array.metadata.encode_chunk_key(tuple(c))}" for c in itertools.product(*grid)]
 
 
-def shard_files(group: zarr.Group, shard: int, *, originals: bool = True) -> list[str]:
+def _shard_arrays(group: zarr.Group, names: Sequence[str] = _SHARD_ARRAYS) -> list[tuple[zarr.Array, int]]:
+    """(array, rows per shard) of each of ``names`` (opened once: opening an array reads its metadata)."""
+    S = int(group.attrs["sequences_per_shard"])
+    return [(group[name], 1 if name == CHECKSUMS else S) for name in names]
+
+
+def shard_files(group: zarr.Group, shard: int, *, originals: bool = True,
+                arrays: list[tuple[zarr.Array, int]] | None = None) -> list[str]:
     """Keys of the files that hold shard ``shard`` (sequences ``[shard*S, (shard+1)*S)``): its part of
     ``frames`` and of every per-sequence array (one file each; none for an empty array), then, with
-    ``originals``, the files of ``originals/<shard>`` and ``originals_index/<shard>`` where it has them."""
-    S = int(group.attrs["sequences_per_shard"])
-    keys = [k for name in _SHARD_ARRAYS for k in _array_files(group[name], shard * S)]
+    ``originals``, the files of ``originals/<shard>`` and ``originals_index/<shard>`` where it has them.
+    ``arrays``: :func:`_shard_arrays` of the group, when asking for many shards."""
+    keys = [k for arr, rows in (arrays or _shard_arrays(group)) for k in _array_files(arr, shard * rows)]
     if originals:
         for name in ("originals", "originals_index"):
             if str(shard) in group[name]:
@@ -269,9 +276,10 @@ def _open_file(path: Path, key: str):
 
 
 def file_checksum(path: "Path | upath.UPath", key: str, progress: Callable[[int], Any] | None = None) -> tuple[str, int]:
-    """(SHA-256 hex digest, size in bytes) of the file ``key`` of the dataset at ``path``, read in blocks
-    (``progress(n)`` after each). OSError (FileNotFoundError) if it cannot be read."""
-    digest, size = hashlib.sha256(), 0
+    """(BLAKE3 hex digest (256 bits, what ``b3sum`` prints), size in bytes) of the file ``key`` of the dataset
+    at ``path``, read in blocks (``progress(n)`` after each). OSError (FileNotFoundError) if it cannot be read.
+    BLAKE3, not SHA-256: 4.6 GB/s against 1.4 GB/s on one core here, and the writer hashes every shard."""
+    digest, size = blake3.blake3(), 0
     with _open_file(path, key) as f:
         while block := f.read(_READ_BLOCK):
             digest.update(block)
@@ -299,14 +307,9 @@ def missing_shard_files(group: zarr.Group, path: "Path | upath.UPath") -> list[t
     before checksums were recorded, ``frames`` only (older writers skipped chunks that held only the fill
     value, which ``frames`` of real data never is)."""
     present = _listing(path)
-    names = _SHARD_ARRAYS + (CHECKSUMS,) if CHECKSUMS in group else ("frames",)
-    S = int(group.attrs["sequences_per_shard"])
-    missing = []
-    for shard in range(int(group.attrs["n_shards"])):
-        for name in names:
-            missing += [(shard, k) for k in _array_files(group[name], shard * S if name != CHECKSUMS else shard)
-                        if k not in present]
-    return missing
+    arrays = _shard_arrays(group, _SHARD_ARRAYS + (CHECKSUMS,) if CHECKSUMS in group else ("frames",))
+    return [(shard, k) for shard in range(int(group.attrs["n_shards"]))
+            for k in shard_files(group, shard, originals=False, arrays=arrays) if k not in present]
 
 
 def _files_line(problems: Sequence[tuple[int, str]], what: str, limit: int = 4) -> str:
@@ -571,8 +574,8 @@ class DatasetWriter:
             self.group["originals_index"].create_array(str(shard), data=idx, chunks=idx.shape,
                                                        dimension_names=("frame", "sequence_time"))
         if CHECKSUMS in self.group:  # (absent in a dataset begun before checksums were recorded)
-            # read back from the store: what is on disk is what gets its checksum (SHA-256 at ~1.4 GB/s here)
-            record = {key: dict(zip(("sha256", "bytes"), file_checksum(self.path, key)))
+            # read back from the store: what is on disk is what gets its checksum (docs/dataset-format.md: cost)
+            record = {key: dict(zip(("blake3", "bytes"), file_checksum(self.path, key)))
                       for key in shard_files(self.group, shard)}
             self.group[CHECKSUMS][shard] = json.dumps(record, sort_keys=True, separators=(",", ":"))
         self.group["shard_done"][shard] = 1
@@ -634,7 +637,7 @@ class DatasetReader:
         return sorted({int(i) // S for i in sequences})
 
     def verify(self, shards: Sequence[int] | None = None, *, progress: bool = False) -> VerifyResult:
-        """Read every file of ``shards`` (default: all) and compare its size and SHA-256 with those recorded
+        """Read every file of ``shards`` (default: all) and compare its size and BLAKE3 digest with those recorded
         when it was written; a missing file, a missing or unreadable record are problems too. Never raises for
         damage: the result lists it (``problems``, ``bad_shards``, ``error()``). ``progress``: a tqdm bar of
         bytes on stderr. A dataset without checksums has only the presence of its ``frames`` files checked."""
@@ -650,15 +653,16 @@ class DatasetReader:
         problems: list[ShardProblem] = []
         records: dict[int, dict] = {}
         sums = self.group[CHECKSUMS]
+        arrays = _shard_arrays(self.group)
         for s in shards:
             key = _array_files(sums, s)[0]
-            problems += [ShardProblem(s, k, "missing") for k in shard_files(self.group, s, originals=False)
-                         if k != key and k not in present]
+            problems += [ShardProblem(s, k, "missing") for k in shard_files(self.group, s, originals=False, arrays=arrays)
+                         if k not in present]
             if key not in present:
                 problems.append(ShardProblem(s, key, "missing (the shard's checksum record)"))
                 continue
             try:
-                record = json.loads(str(read_array(sums, s, self.path)))
+                record = json.loads(np.asarray(read_array(sums, s, self.path)).item())
                 if not isinstance(record, dict) or not record:
                     raise ValueError("empty")
                 records[s] = record
@@ -670,7 +674,7 @@ class DatasetReader:
                   dynamic_ncols=True) as bar:
             for s, record in records.items():
                 for key, want in sorted(record.items()):
-                    if not isinstance(want, dict) or not {"sha256", "bytes"} <= set(want):
+                    if not isinstance(want, dict) or not {"blake3", "bytes"} <= set(want):
                         problems.append(ShardProblem(s, key, "malformed checksum record"))
                         continue
                     if key not in present:
@@ -685,9 +689,9 @@ class DatasetReader:
                     files, done = files + 1, done + size
                     if size != want["bytes"]:
                         problems.append(ShardProblem(s, key, f"{size} bytes, {want['bytes']} when it was written"))
-                    elif digest != want["sha256"]:
-                        problems.append(ShardProblem(s, key, "checksum mismatch (its SHA-256 differs from the one "
-                                                             "recorded when it was written)"))
+                    elif digest != want["blake3"]:
+                        problems.append(ShardProblem(s, key, "checksum mismatch (its BLAKE3 digest differs from the "
+                                                             "one recorded when it was written)"))
         problems = sorted({(p.shard, p.file): p for p in reversed(problems)}.values(), key=lambda p: (p.shard, p.file))
         return VerifyResult(str(self.path), True, len(shards), files, done, problems)
 

@@ -49,7 +49,7 @@ def info(path: str, as_json: bool) -> None:
         lines.append(f"integrity    DAMAGED: {len(missing)} shard file(s) missing, shard(s) "
                      f"{', '.join(map(str, shards[:10]))}{' ...' if len(shards) > 10 else ''} (chdl verify {path} lists them)")
     elif reader.has_checksums:
-        lines.append(f"integrity    every shard file present; SHA-256 recorded for each (chdl verify {path} checks them)")
+        lines.append(f"integrity    every shard file present; BLAKE3 checksum recorded for each (chdl verify {path} checks them)")
     else:
         lines.append("integrity    shard files present; no checksums (written before chdl recorded them)")
     click.echo("\n".join(lines))
@@ -61,7 +61,7 @@ def info(path: str, as_json: bool) -> None:
 @click.argument("path", type=click.Path(path_type=str))
 @quiet_option()
 def verify(path: str, quiet: bool) -> None:
-    """Check every shard file of the curated dataset at PATH against the SHA-256 and size recorded when it was
+    """Check every shard file of the curated dataset at PATH against the BLAKE3 checksum and size recorded when it was
     written. Exit status 1 naming each damaged shard; 0 when all match (or there is nothing to check)."""
     try:
         reader = open_dataset(path, check_files=False)  # missing files are reported below, with the rest

@@ -252,7 +252,8 @@ def _recording_sequences(path: Path, info: dict, max_sequences: int):
     consecutive ok frames are a single window without truth (a pure forecast)."""
     import numpy as np
 
-    from acquisition.raw import PIXEL_MAX, Recording
+    from acquisition.raw import PIXEL_MAX, Recording, run_bit_depth
+    from chdl.dataset import max_value_for_bits
 
     rec = Recording.open(path)
     t_in, t_out = info["in_frames"], info["out_frames"]
@@ -276,9 +277,11 @@ def _recording_sequences(path: Path, info: dict, max_sequences: int):
         windows = [usable[-1][-t_in:]]
     windows = windows[:max_sequences]
     pixel_format = windows[0][0].pixel_format
-    # The dataset's scale when the recording has its pixel format, else the format's full range.
-    max_value = (info["max_value"] if pixel_format == info.get("pixel_format")
-                 else float(PIXEL_MAX[pixel_format]))
+    # The recording's significant bits (as chdl curate scales it); for a Mono16 run that does not say, the
+    # dataset's scale when the recording has its pixel format, else the format's full range.
+    bits = run_bit_depth(rec.manifest)
+    max_value = (float(max_value_for_bits(bits)) if bits is not None
+                 else info["max_value"] if pixel_format == info.get("pixel_format") else float(PIXEL_MAX[pixel_format]))
     seqs = np.stack([np.stack([rec.read(r) for r in w]) for w in windows]).astype(np.float32) / max_value
     seqs = seqs[:, :, None]  # (N, T, 1, H, W)
     _check_shape(path, tuple(seqs.shape[2:]), info)
