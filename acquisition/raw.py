@@ -219,7 +219,8 @@ def check_bit_depth(pixel_format: str, bits: Any) -> str | None:
     from 1 to the bits the format holds (8 for Mono8, 16 for Mono16)."""
     top = FORMAT_BITS.get(pixel_format, 16)
     if not _is_int(bits) or not 1 <= bits <= top:
-        return f"bit depth must be an integer in [1, {top}] for {pixel_format} pixels, not {_describe(bits)}"
+        what = f"{pixel_format} pixels" if pixel_format in FORMAT_BITS else "16-bit pixels"
+        return f"bit depth must be an integer in [1, {top}] for {what}, not {_describe(bits)}"
     return None
 
 

@@ -640,7 +640,8 @@ class DatasetReader:
         """Read every file of ``shards`` (default: all) and compare its size and BLAKE3 digest with those recorded
         when it was written; a missing file, a missing or unreadable record are problems too. Never raises for
         damage: the result lists it (``problems``, ``bad_shards``, ``error()``). ``progress``: a tqdm bar of
-        bytes on stderr. A dataset without checksums has only the presence of its ``frames`` files checked."""
+        bytes on stderr, once it has taken a second. A dataset without checksums has only the presence of its
+        ``frames`` files checked."""
         from tqdm import tqdm
 
         n = int(self.attrs["n_shards"])
@@ -670,8 +671,9 @@ class DatasetReader:
                 problems.append(ShardProblem(s, key, "unreadable checksum record"))
         total = sum(int(v.get("bytes", 0)) for r in records.values() for v in r.values() if isinstance(v, dict))
         files = done = 0
+        # the bar shows once hashing has taken a second (no flash of a bar for a small dataset)
         with tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc="verify", disable=not progress,
-                  dynamic_ncols=True) as bar:
+                  dynamic_ncols=True, delay=1.0) as bar:
             for s, record in records.items():
                 for key, want in sorted(record.items()):
                     if not isinstance(want, dict) or not {"blake3", "bytes"} <= set(want):
@@ -714,6 +716,7 @@ class DatasetReader:
             "dims": list(DIMS["frames"]),
             "dtype": str(self.frames.dtype),
             "pixel_format": self.attrs["pixel_format"],
+            "max_value": self.attrs["max_value"],
             "in_frames": self.attrs["in_frames"],
             "out_frames": self.attrs["out_frames"],
             "sequences_per_shard": self.attrs["sequences_per_shard"],

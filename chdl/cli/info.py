@@ -24,16 +24,19 @@ def info(path: str, as_json: bool) -> None:
     except DatasetFormatError as e:
         raise click.ClickException(str(e)) from None
     summary["integrity"] = {"checksums": reader.has_checksums, "missing_files": [k for _, k in missing]}
+    damaged = click.ClickException(f"{path}: damaged: {len(missing)} shard file(s) missing (first: "
+                                   f"{missing[0][1]})") if missing else None
     if as_json:
         click.echo(json.dumps(summary, indent=2))
-        if missing:
-            raise SystemExit(1)
+        if damaged:
+            raise damaged
         return
     n, t, c, h, w = summary["shape"]
     prov = summary["provenance"]
     lines = [
         f"dataset      {summary['path']}  ({summary['schema']})",
-        f"frames       {n} sequences x {t} frames x {c}x{h}x{w} {summary['dtype']} ({summary['pixel_format']}), "
+        f"frames       {n} sequences x {t} frames x {c}x{h}x{w} {summary['dtype']} ({summary['pixel_format']}, "
+        f"max_value {summary['max_value']:g}), "
         f"{summary['in_frames']} in -> {summary['out_frames']} out",
         f"storage      {summary['n_shards']} shards of {summary['sequences_per_shard']} sequences",
         "splits       " + ", ".join(f"{k} {v}" for k, v in summary["splits"].items()),
@@ -53,8 +56,8 @@ def info(path: str, as_json: bool) -> None:
     else:
         lines.append("integrity    shard files present; no checksums (written before chdl recorded them)")
     click.echo("\n".join(lines))
-    if missing:
-        raise click.ClickException(f"{path}: damaged: {len(missing)} shard file(s) missing (first: {missing[0][1]})")
+    if damaged:
+        raise damaged
 
 
 @click.command("verify")
