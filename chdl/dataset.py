@@ -271,16 +271,20 @@ def shard_files(group: zarr.Group, shard: int, *, originals: bool = True,
     return keys
 
 
-def _open_file(path: Path, key: str):
-    return (path / key).open("rb")
-
-
 def file_checksum(path: "Path | upath.UPath", key: str, progress: Callable[[int], Any] | None = None) -> tuple[str, int]:
     """(BLAKE3 hex digest (256 bits, what ``b3sum`` prints), size in bytes) of the file ``key`` of the dataset
-    at ``path``, read in blocks (``progress(n)`` after each). OSError (FileNotFoundError) if it cannot be read.
-    BLAKE3, not SHA-256: 4.6 GB/s against 1.4 GB/s on one core here, and the writer hashes every shard."""
+    at ``path`` (``progress(n)`` for every n bytes hashed). OSError (FileNotFoundError) if it cannot be read.
+    BLAKE3, not SHA-256: 4.6 GB/s against 1.4 GB/s on one core here, and the writer hashes every shard. A
+    local file is memory-mapped (2.7 GB/s here, against 1.1-1.3 GB/s through read()); a URL is read in blocks."""
     digest, size = blake3.blake3(), 0
-    with _open_file(path, key) as f:
+    if isinstance(path, Path):
+        file = path / key
+        size = os.path.getsize(file)
+        digest.update_mmap(file)
+        if progress is not None:
+            progress(size)
+        return digest.hexdigest(), size
+    with (path / key).open("rb") as f:
         while block := f.read(_READ_BLOCK):
             digest.update(block)
             size += len(block)
@@ -550,6 +554,7 @@ class DatasetWriter:
         if frames.shape != (k,) + fr.shape[1:]:
             raise ValueError(f"shard {shard}: frames shape {frames.shape} != expected {(k,) + fr.shape[1:]}")
         fr[sl] = frames.astype(fr.dtype, copy=False)
+        written = [(fr, self.sequences_per_shard)]  # the arrays in _SHARD_ARRAYS order, for shard_files
         given = dict(qc_flags=qc_flags, qc_scores=qc_scores, split=split, run_index=run_index, lane=lane,
                      position_um=position_um, timestamp_ns=timestamp_ns)
         for name in _PER_SEQUENCE:
@@ -562,6 +567,7 @@ class DatasetWriter:
             if value.shape != expected:
                 raise ValueError(f"shard {shard}: {name} shape {value.shape} != expected {expected}")
             arr[sl] = value.astype(arr.dtype, copy=False)
+            written.append((arr, self.sequences_per_shard))
         for key in ("originals", "originals_index"):
             if str(shard) in self.group[key]:
                 del self.group[key][str(shard)]  # a rerun of this shard replaces what an interrupted one left
@@ -576,7 +582,7 @@ class DatasetWriter:
         if CHECKSUMS in self.group:  # (absent in a dataset begun before checksums were recorded)
             # read back from the store: what is on disk is what gets its checksum (docs/dataset-format.md: cost)
             record = {key: dict(zip(("blake3", "bytes"), file_checksum(self.path, key)))
-                      for key in shard_files(self.group, shard)}
+                      for key in shard_files(self.group, shard, arrays=written)}
             self.group[CHECKSUMS][shard] = json.dumps(record, sort_keys=True, separators=(",", ":"))
         self.group["shard_done"][shard] = 1
 
