@@ -31,11 +31,12 @@ import queue
 import signal
 import threading
 import time
+import warnings
 from pathlib import Path
 from typing import Callable
 
 from acquisition.backends.base import Camera, CameraError, CaptureSettings, Stage
-from acquisition.raw import FrameRecord, RecordingWriter
+from acquisition.raw import FORMAT_BITS, FrameRecord, RecordingWriter, check_bit_depth
 from acquisition.trigger import choose_trigger, frame_source
 
 
@@ -191,6 +192,31 @@ def _reserve(path: Path) -> None:
             f.write(b"\0" * RESERVE_BYTES)
 
 
+def record_bit_depth(applied: CaptureSettings, requested: int | None) -> CaptureSettings:
+    """The settings to record, with ``bit_depth`` = the significant bits of the pixel values: ``requested``
+    (``--bit-depth``, an explicit override), else what the camera reported (Mono16: PixelDynamicRangeMax),
+    else the bits its pixel format defines (Mono8/10/12). A Mono16 run that none of these settles is
+    recorded with ``null`` and a warning (``chdl curate`` then warns and uses the full 16 bits). CameraError
+    for a requested depth the pixel format cannot hold; a reported one it cannot hold is ignored, warned."""
+    fmt = applied.pixel_format
+    if requested is not None:
+        if why := check_bit_depth(fmt, requested):
+            raise CameraError(f"--bit-depth {requested} refused: {why}")
+        return dataclasses.replace(applied, bit_depth=int(requested))
+    bits = applied.bit_depth
+    if bits is not None and (why := check_bit_depth(fmt, bits)):
+        warnings.warn(f"the camera reports {bits} significant bits, which {fmt} cannot hold ({why}); ignored",
+                      stacklevel=2)
+        bits = None
+    if bits is None and fmt != "Mono16":
+        bits = FORMAT_BITS.get(fmt)
+    if bits is None:
+        warnings.warn("the camera does not say how many of the 16 bits of its Mono16 pixels are significant (no "
+                      "PixelDynamicRangeMax); recorded as unknown: give it with chdl capture --bit-depth N (or later "
+                      "chdl curate --bit-depth N) so that the pixels are scaled right", stacklevel=2)
+    return dataclasses.replace(applied, bit_depth=bits)
+
+
 def default_run_id(alias: str) -> str:
     return _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ") + f"_{alias}"
 
@@ -206,7 +232,7 @@ def run_capture(camera: Camera, stage: Stage, out: str | Path, settings: Capture
     stopped_by, message = None, ""
     with _StopSignals() as stop, camera:
         try:
-            applied = camera.apply(settings)
+            applied = record_bit_depth(camera.apply(settings), settings.bit_depth)
             camera.attach_stage(stage)
             mode = choose_trigger(camera.trigger_modes(), plan.trigger)
             manifest = {"camera": dataclasses.asdict(camera.info), "settings": dataclasses.asdict(applied),

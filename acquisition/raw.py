@@ -33,7 +33,8 @@ FRAMES_INDEX = "frames.jsonl"
 FRAMES_DIR = "frames"
 # Mono10/Mono12: unpacked, values in the low 10/12 bits of 16-bit pixels
 PIXEL_DTYPES = {"Mono8": np.uint8, "Mono10": np.uint16, "Mono12": np.uint16, "Mono16": np.uint16}
-PIXEL_MAX = {"Mono8": 255, "Mono10": 1023, "Mono12": 4095, "Mono16": 65535}  # the largest value of each format
+FORMAT_BITS = {"Mono8": 8, "Mono10": 10, "Mono12": 12, "Mono16": 16}  # the bits each pixel format can hold
+PIXEL_MAX = {fmt: (1 << bits) - 1 for fmt, bits in FORMAT_BITS.items()}  # the largest value of each format
 STATUSES = ("ok", "incomplete", "dropped")
 RUN_STATUSES = ("recording", "complete", "incomplete")
 
@@ -187,6 +188,8 @@ def validate_manifest(manifest: Any) -> str | None:
     settings = manifest.get("settings") or {}
     if "pixel_format" in settings and not isinstance(settings["pixel_format"], str):
         return f"malformed manifest (settings.pixel_format must be a string, not {_describe(settings['pixel_format'])})"
+    if settings.get("bit_depth") is not None and (why := check_bit_depth(settings.get("pixel_format"), settings["bit_depth"])):
+        return f"malformed manifest (settings.{why.replace('bit depth', 'bit_depth', 1)})"
     plan = manifest.get("plan") or {}
     positions, um = plan.get("positions"), plan.get("positions_um")
     if positions is not None and not (isinstance(positions, list) or (_is_int(positions) and 1 <= positions <= _I31[1])):
@@ -201,6 +204,36 @@ def validate_manifest(manifest: Any) -> str | None:
         if n is not None and n != len(um):
             return f"malformed manifest (plan.positions says {n} positions but plan.positions_um lists {len(um)})"
     return None
+
+
+def bits_for_max(max_value: int) -> int:
+    """Significant bits of data whose largest value is ``max_value`` (GenICam ``PixelDynamicRangeMax``):
+    ceil(log2(max_value + 1)), e.g. 4095 -> 12, 1000 -> 10. ValueError for a value below 1."""
+    if not _is_int(max_value) or max_value < 1:
+        raise ValueError(f"a dynamic range maximum must be an integer >= 1, not {_describe(max_value)}")
+    return int(max_value).bit_length()
+
+
+def check_bit_depth(pixel_format: str, bits: Any) -> str | None:
+    """Why ``bits`` cannot be the significant bits of ``pixel_format`` data (None if it can): an integer
+    from 1 to the bits the format holds (8 for Mono8, 16 for Mono16)."""
+    top = FORMAT_BITS.get(pixel_format, 16)
+    if not _is_int(bits) or not 1 <= bits <= top:
+        what = f"{pixel_format} pixels" if pixel_format in FORMAT_BITS else "16-bit pixels"
+        return f"bit depth must be an integer in [1, {top}] for {what}, not {_describe(bits)}"
+    return None
+
+
+def run_bit_depth(manifest: dict) -> int | None:
+    """The significant bits of a run's pixel values: ``settings.bit_depth`` where recorded, else the bits of
+    its pixel format where the format defines them (Mono8/Mono10/Mono12); None for a Mono16 run that does
+    not say (recorded before chdl recorded bit depth, or by a camera that could not tell)."""
+    settings = manifest.get("settings") or {}
+    bits = settings.get("bit_depth")
+    if bits is not None:
+        return int(bits)
+    fmt = settings.get("pixel_format")
+    return FORMAT_BITS[fmt] if fmt in FORMAT_BITS and fmt != "Mono16" else None
 
 
 def os_problem(e: OSError) -> str:

@@ -45,7 +45,7 @@ class SequenceDataset(Dataset):
 
     def _frames(self):
         if self._reader is None or self._pid != os.getpid():  # a fresh handle in each worker process
-            self._reader = open_dataset(self.path)
+            self._reader = open_dataset(self.path, check_files=False)  # __init__ checked them, once
             self._pid = os.getpid()
         return self._reader.frames
 

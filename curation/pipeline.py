@@ -262,7 +262,8 @@ def curate(source: str | os.PathLike, out: str | os.PathLike, cfg: CurateConfig,
     """Curate the recordings under ``source`` into the dataset ``out`` (a path or an fsspec URL; see the
     module docstring), with ``workers`` local processes or on the Dask cluster ``scheduler``
     (``tcp://HOST:PORT`` or ``local:N``, :func:`chdl.cluster.connect`; same bytes either way).
-    ``options``: ``overwrite``, ``command`` (recorded in the provenance), ``progress``, ``log``.
+    ``options``: ``overwrite``, ``command`` (recorded in the provenance), ``progress``, ``log``, ``bit_depth``
+    (significant bits of the pixels, overriding the runs' own: :func:`curation.plan.build_plan`).
     Raises CurateError / PlanError / RawFormatError / ClusterError (one-line messages naming the path)."""
     if scheduler is None:
         return _curate(source, out, cfg, workers, None, **options)
@@ -273,14 +274,14 @@ def curate(source: str | os.PathLike, out: str | os.PathLike, cfg: CurateConfig,
 
 
 def _curate(source: str | os.PathLike, out: str | os.PathLike, cfg: CurateConfig, workers: int, cluster, *,
-            overwrite: bool = False, command: str = "", progress: bool = True,
+            overwrite: bool = False, command: str = "", progress: bool = True, bit_depth: int | None = None,
             log: Callable[[str], None] | None = None) -> CurateResult:
     t_start = time.perf_counter()
     log = log or (lambda msg: print(msg, file=sys.stderr))
     out = dataset_path(out)
     html_path, json_path = report_paths(out)
     timings = {}
-    plan = build_plan(source, cfg)
+    plan = build_plan(source, cfg, bit_depth)
     timings["plan"] = time.perf_counter() - t_start
     for w in plan.warnings:
         log(f"warning: {w}")
@@ -328,6 +329,7 @@ def _curate(source: str | os.PathLike, out: str | os.PathLike, cfg: CurateConfig
         provenance = {
             "command": command,
             "source_runs": [r.path for r in plan.runs],
+            "bit_depth": {"bits": plan.bit_depth, "from": plan.bit_depth_from},
             "curate_key": key,
             "config": {
                 **cfg.to_dict(),

@@ -26,8 +26,9 @@ from pathlib import Path
 
 import numpy as np
 
-from acquisition.raw import PIXEL_DTYPES, PIXEL_MAX, FrameRecord, Recording, find_recordings, os_problem
-from chdl.dataset import SPLIT_TRAIN, SPLIT_VAL
+from acquisition.raw import (FORMAT_BITS, PIXEL_DTYPES, FrameRecord, Recording, check_bit_depth, find_recordings,
+                            os_problem, run_bit_depth)
+from chdl.dataset import SPLIT_TRAIN, SPLIT_VAL, max_value_for_bits
 from curation.config import CurateConfig
 
 
@@ -68,6 +69,8 @@ class Plan:
     width: int
     pixel_format: str
     warnings: list[str]  # one line each, naming the file
+    bit_depth: int = 8  # significant bits of the pixel values (see build_plan)
+    bit_depth_from: str = "pixel format"  # where bit_depth comes from: "manifest", "--bit-depth" or "pixel format"
 
     @property
     def dtype(self) -> np.dtype:
@@ -75,11 +78,13 @@ class Plan:
 
     @property
     def max_value(self) -> int:
-        return PIXEL_MAX[self.pixel_format]
+        """The stored value that means intensity 1.0: 2**bit_depth - 1 (chdl.dataset.max_value_for_bits)."""
+        return max_value_for_bits(self.bit_depth)
 
     def key_material(self) -> dict:
-        """What identifies the input, for resuming: run folders, ids and frame counts."""
-        return {"runs": [dataclasses.asdict(r) for r in self.runs], "n_sequences": len(self.sequences)}
+        """What identifies the input, for resuming: run folders, ids and frame counts, the bit depth."""
+        return {"runs": [dataclasses.asdict(r) for r in self.runs], "n_sequences": len(self.sequences),
+                "bit_depth": self.bit_depth}
 
 
 def _settings(rec: Recording) -> tuple[int, int, str]:
@@ -155,15 +160,32 @@ def _file_problem(rec: Recording, f: FrameRecord) -> str | None:
     return None
 
 
-def build_plan(source: str | os.PathLike, cfg: CurateConfig) -> Plan:
+def _bit_depth(rec: Recording, fmt: str, warnings: list[str]) -> tuple[int, str]:
+    """(significant bits, where from) of one run: its manifest's ``settings.bit_depth``, else its pixel
+    format's bits (Mono8/10/12 define them); a Mono16 run that does not say is taken at the container's
+    full 16 bits, with a warning naming the run and ``--bit-depth``."""
+    bits = run_bit_depth(rec.manifest)
+    if bits is not None:
+        return bits, "manifest" if (rec.settings.get("bit_depth") is not None) else "pixel format"
+    warnings.append(f"{rec.path / 'manifest.json'}: no settings.bit_depth (recorded before chdl recorded bit depth, "
+                    f"or the camera could not tell): using the full {FORMAT_BITS[fmt]} bits of {fmt} (max_value "
+                    f"{max_value_for_bits(FORMAT_BITS[fmt])}); if the camera delivers fewer significant bits, rerun "
+                    "with chdl curate --bit-depth N (e.g. 12)")
+    return FORMAT_BITS[fmt], "pixel format"
+
+
+def build_plan(source: str | os.PathLike, cfg: CurateConfig, bit_depth: int | None = None) -> Plan:
     """Read every recording under ``source`` and plan the dataset (PlanError / RawFormatError on
-    unusable input)."""
+    unusable input). ``bit_depth``: the significant bits of the pixel values, overriding what the runs
+    record (PlanError if their pixel format cannot hold that many); without it, every run must record the
+    same (:func:`_bit_depth`)."""
     T = cfg.frames_per_sequence
     paths = find_recordings(source)  # RawFormatError: missing path, empty folder, not a recording
     warnings: list[str] = []
     runs: list[RunInfo] = []
     sequences: list[SequencePlan] = []
     ref: tuple[int, int, str, Path] | None = None
+    depth: tuple[int, str, Path] | None = None  # (bits, where from, manifest) of the first run
     seen_ids: dict[str, Path] = {}
     for path in paths:
         rec = Recording.open(path)  # RawFormatError: malformed manifest / frame index
@@ -176,6 +198,17 @@ def build_plan(source: str | os.PathLike, cfg: CurateConfig) -> Plan:
             raise PlanError(f"{manifest}: frame size {w}x{h} differs from {ref[3]} ({ref[0]}x{ref[1]}); curate runs of one size together")
         elif fmt != ref[2]:
             raise PlanError(f"{manifest}: pixel format {fmt} differs from {ref[3]} ({ref[2]}); curate runs of one pixel format together")
+        if bit_depth is not None:
+            if why := check_bit_depth(fmt, bit_depth):
+                raise PlanError(f"{manifest}: --bit-depth {bit_depth} refused: {why}")
+            depth = (bit_depth, "--bit-depth", manifest)
+        else:
+            bits, origin = _bit_depth(rec, fmt, warnings)
+            if depth is None:
+                depth = (bits, origin, manifest)
+            elif bits != depth[0]:
+                raise PlanError(f"{manifest}: {bits} significant bits differ from {depth[2]} ({depth[0]}); curate runs of "
+                                "one bit depth together, or set one with --bit-depth N")
         run_id = str(rec.manifest.get("run_id") or path.name)
         if run_id in seen_ids:
             raise PlanError(f"{manifest}: run_id {run_id!r} is also the id of {seen_ids[run_id]}; run ids must be unique")
@@ -245,8 +278,9 @@ def build_plan(source: str | os.PathLike, cfg: CurateConfig) -> Plan:
                 sequences.append(SequencePlan(len(sequences), run_idx, lane, win, records, um, ts, reasons))
     if not sequences:
         raise PlanError(f"{source}: no lane sequences of {T} frames in {len(runs)} recording(s)")
-    assert ref is not None
-    plan = Plan(runs, sequences, height=ref[1], width=ref[0], pixel_format=ref[2], warnings=warnings)
+    assert ref is not None and depth is not None
+    plan = Plan(runs, sequences, height=ref[1], width=ref[0], pixel_format=ref[2], warnings=warnings,
+                bit_depth=depth[0], bit_depth_from=depth[1])
     assign_split(plan, cfg)
     return plan
 

@@ -30,6 +30,7 @@ from ctypes import POINTER, byref, c_char_p, c_double, c_int, c_int64, c_size_t,
 import numpy as np
 
 from acquisition.backends.base import Camera, CameraError, CameraInfo, CaptureSettings, Frame
+from acquisition.raw import bits_for_max
 
 PIXEL_FORMATS = {"Mono8": (0x01080001, np.uint8), "Mono16": (0x01100007, np.uint16)}
 BUFFER_STATUS_SUCCESS = 0
@@ -215,9 +216,13 @@ class AravisCamera(Camera):
             self._set(feature, float(settings.exposure_us))
             exposure = float(_call("arv_camera_get_float", self._cam, feature.encode()))
         get_int = lambda n: int(_call("arv_camera_get_integer", self._cam, n))  # noqa: E731
-        return CaptureSettings(width=get_int(b"Width"), height=get_int(b"Height"),
-                               pixel_format=_call("arv_camera_get_string", self._cam, b"PixelFormat").decode(),
-                               fps=float(_call("arv_camera_get_float", self._cam, rate.encode())), exposure_us=exposure)
+        fmt = _call("arv_camera_get_string", self._cam, b"PixelFormat").decode()
+        # Mono16: the significant bits from PixelDynamicRangeMax where the camera has it (docs/raw-format.md)
+        top = get_int(b"PixelDynamicRangeMax") if fmt == "Mono16" and self._has("PixelDynamicRangeMax") else 0
+        bits = bits_for_max(top) if top >= 1 else None
+        return CaptureSettings(width=get_int(b"Width"), height=get_int(b"Height"), pixel_format=fmt,
+                               fps=float(_call("arv_camera_get_float", self._cam, rate.encode())), exposure_us=exposure,
+                               bit_depth=bits)
 
     # -------------------------------------------------------------------------------------- streaming
     def trigger_modes(self) -> set[str]:

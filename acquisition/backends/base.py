@@ -41,6 +41,9 @@ class CaptureSettings:
     pixel_format: str  # "Mono8" | "Mono10" | "Mono12" | "Mono16" (Mono10/12 unpacked, in uint16)
     fps: float
     exposure_us: float | None = None  # None: leave the camera's exposure as it is (or it has none)
+    # significant bits of the pixel values. Requested: an override (``chdl capture --bit-depth``); read back:
+    # what the device says (Mono16: from PixelDynamicRangeMax), None where it cannot tell
+    bit_depth: int | None = None
 
 
 @dataclasses.dataclass

@@ -31,6 +31,7 @@ from harvesters.core import Callback, Harvester, ImageAcquirer, ParameterKey, Pa
 
 from acquisition.backends.base import Camera, CameraError, CameraInfo, CaptureSettings, Frame
 from acquisition.camera_config import KEYS, CameraConfig
+from acquisition.raw import bits_for_max
 
 logging.getLogger("harvesters.core").setLevel(logging.CRITICAL + 1)
 
@@ -291,8 +292,20 @@ class GenTLCamera(Camera):
             self._set(node, float(settings.exposure_us))
             exposure = float(node.value)
         nm = self._nm
-        return CaptureSettings(width=int(nm.Width.value), height=int(nm.Height.value),
-                               pixel_format=str(nm.PixelFormat.value), fps=float(rate.value), exposure_us=exposure)
+        fmt = str(nm.PixelFormat.value)
+        return CaptureSettings(width=int(nm.Width.value), height=int(nm.Height.value), pixel_format=fmt,
+                               fps=float(rate.value), exposure_us=exposure, bit_depth=self._mono16_bits(fmt))
+
+    def _mono16_bits(self, fmt: str) -> int | None:
+        """Significant bits of Mono16 data from the camera's PixelDynamicRangeMax, where it has a readable
+        one (None otherwise, and for the other formats, whose bits the format defines)."""
+        node = self._node("PixelDynamicRangeMax") if fmt == "Mono16" else None
+        if node is None or node.get_access_mode() not in (EAccessMode.RO, EAccessMode.RW):
+            return None
+        try:
+            return bits_for_max(int(node.value))
+        except Exception:  # noqa: BLE001 - a node that cannot be read, or a nonsense value: not known
+            return None
 
     # -------------------------------------------------------------------------------------- streaming
     def trigger_modes(self) -> set[str]:

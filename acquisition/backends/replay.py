@@ -28,7 +28,7 @@ def recorded_settings(recording: Recording) -> CaptureSettings:
     s = recording.settings
     try:
         return CaptureSettings(width=int(s["width"]), height=int(s["height"]), pixel_format=s["pixel_format"],
-                               fps=float(s["fps"]), exposure_us=s.get("exposure_us"))
+                               fps=float(s["fps"]), exposure_us=s.get("exposure_us"), bit_depth=s.get("bit_depth"))
     except (KeyError, TypeError, ValueError):
         raise CameraError(f"replay: {recording.path / 'manifest.json'}: malformed settings {s!r}") from None
 

@@ -144,7 +144,8 @@ class SimCamera(Camera):
         exposure = self.settings.exposure_us if settings.exposure_us is None else float(settings.exposure_us)
         if not 10 <= exposure <= 1e6:
             raise CameraError(f"{self.alias}: ExposureTime {exposure} us out of range (10 .. 1000000)")
-        self.settings = CaptureSettings(w, h, settings.pixel_format, float(settings.fps), exposure)
+        self.settings = CaptureSettings(w, h, settings.pixel_format, float(settings.fps), exposure,
+                                        bit_depth=8 if settings.pixel_format == "Mono8" else self._base.bit_depth)
         self._configure()
         return dataclasses.replace(self.settings)
 

@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "curate": ("chdl.cli.curate", "curate", "QC, reconstruct and pack raw recordings into a curated zarr dataset."),
     "import": ("chdl.cli.importers", "import_", "Import public benchmarks (Moving MNIST, WeatherBench) and video files into the dataset format."),
     "info": ("chdl.cli.info", "info", "Summarise a curated dataset (shape, splits, QC counts, provenance)."),
+    "verify": ("chdl.cli.info", "verify", "Check every shard file of a curated dataset against its recorded checksum."),
     "model-info": ("chdl.cli.model", "model_info", "Print parameter counts and FLOPs of the model presets."),
     "train": ("chdl.cli.train", "train", "Train DIFFUMA or a baseline on a curated dataset."),
     "eval": ("chdl.cli.train", "eval_", "Evaluate a checkpoint: MSE, MAE, SSIM, PSNR overall and per frame."),

@@ -93,6 +93,9 @@ def cameras(camera_config, cti, as_json):
 @click.option("--height", default=600, show_default=True, type=click.IntRange(min=1))
 @click.option("--pixel-format", default="Mono8", show_default=True, type=click.Choice(PIXEL_FORMATS))
 @click.option("--exposure-us", type=POSITIVE, default=None, help="Exposure time (default: leave the camera's).")
+@click.option("--bit-depth", type=click.IntRange(1, 16), default=None,
+              help="Significant bits of the pixel values, recorded in the manifest (default: the pixel format's; "
+                   "Mono16: the camera's PixelDynamicRangeMax). At most the format's bits.")
 @click.option("--trigger", default="auto", show_default=True, type=click.Choice(["auto", "software", "line", "freerun"]),
               help="auto = software trigger if the camera has one, else free-run.")
 @click.option("--settle-s", default=0.0, show_default=True, type=NON_NEGATIVE, help="Simulated stage settle time per move.")
@@ -102,11 +105,11 @@ def cameras(camera_config, cti, as_json):
 @_config_options
 @click.pass_context
 def capture(ctx, alias, replay, out, run_id, lanes, positions, step_um, fps, width, height, pixel_format,
-            exposure_us, trigger, settle_s, frame_timeout, afap, quiet, camera_config, cti):
+            exposure_us, bit_depth, trigger, settle_s, frame_timeout, afap, quiet, camera_config, cti):
     """Capture lane passes into a raw recording (chdl.raw/1), from a camera or a recorded stream."""
     from acquisition.backends.base import CaptureSettings
     from acquisition.capture import CapturePlan, default_run_id
-    from acquisition.raw import check_plain_name
+    from acquisition.raw import check_bit_depth, check_plain_name
 
     if bool(alias) == bool(replay):
         raise click.UsageError("give exactly one of --camera ALIAS or --replay RECORDING")
@@ -116,11 +119,13 @@ def capture(ctx, alias, replay, out, run_id, lanes, positions, step_um, fps, wid
         raise click.UsageError("--as-fast-as-possible only applies to --replay")
     if replay:
         fixed = [p for p in ("lanes", "positions", "step_um", "fps", "width", "height", "pixel_format", "exposure_us",
-                             "trigger", "settle_s", "camera_config", "cti")
+                             "bit_depth", "trigger", "settle_s", "camera_config", "cti")
                  if ctx.get_parameter_source(p) is click.core.ParameterSource.COMMANDLINE]
         if fixed:
             raise click.UsageError(f"--{fixed[0].replace('_', '-')} does not apply to --replay "
                                    "(settings and plan come from the recording)")
+    elif bit_depth is not None and (why := check_bit_depth(pixel_format, bit_depth)):
+        raise click.BadParameter(why, param_hint="--bit-depth")
     results = []
     with _user_errors():
         if replay:
@@ -144,7 +149,7 @@ def capture(ctx, alias, replay, out, run_id, lanes, positions, step_um, fps, wid
             config = load_camera_config(camera_config, tuple(cti))
             camera = open_camera(alias, config)
             plan = CapturePlan.evenly(lanes, positions, step_um, trigger=trigger, frame_timeout_s=frame_timeout)
-            settings = CaptureSettings(width, height, pixel_format, fps, exposure_us)
+            settings = CaptureSettings(width, height, pixel_format, fps, exposure_us, bit_depth)
             results.append(_run(camera, SimulatedStage(settle_s), out / name,
                                 settings, plan, {"alias": alias}, quiet))
     for r in results:

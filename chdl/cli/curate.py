@@ -19,10 +19,13 @@ from chdl.cli.options import quiet_option
 @click.option("--scheduler", default=None, metavar="tcp://HOST:PORT|local:N",
               help="Run the shards on a Dask cluster instead: a running scheduler's address, or local:N for a "
                    "LocalCluster of N worker processes. Same bytes as --workers (docs/curation.md).")
+@click.option("--bit-depth", type=click.IntRange(1, 16), default=None,
+              help="Significant bits of the pixel values (max_value = 2^N - 1), overriding what the runs record; "
+                   "for Mono16 runs recorded without it (default then: the full 16 bits, with a warning).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing dataset at OUT.")
 @quiet_option(help="No progress bar or per-run warnings on stderr (the summary and errors still print).")
 def curate(raw: str, out: str, config_path: str | None, workers: int, scheduler: str | None,
-           overwrite: bool, quiet: bool) -> None:
+           bit_depth: int | None, overwrite: bool, quiet: bool) -> None:
     """QC, reconstruct and pack the recordings in RAW (one run folder or a folder of runs) into the
     curated dataset OUT (a zarr folder, e.g. out.zarr, or an fsspec URL, e.g. s3://bucket/out.zarr), with
     a QC report beside it (out.qc.html, out.qc.json). Rerunning an interrupted command resumes it."""
@@ -35,10 +38,12 @@ def curate(raw: str, out: str, config_path: str | None, workers: int, scheduler:
     if scheduler is not None and workers > 1:
         raise click.UsageError("--workers is for local processes; with --scheduler use local:N or the cluster's workers")
     # --workers / --scheduler are left out: they do not change a byte of the dataset
-    argv = [raw, out] + (["--config", config_path] if config_path else []) + (["--overwrite"] if overwrite else [])
+    argv = [raw, out] + (["--config", config_path] if config_path else []) + \
+        (["--bit-depth", str(bit_depth)] if bit_depth is not None else []) + (["--overwrite"] if overwrite else [])
     try:
         cfg = load_config(config_path)
-        result = run_curate(raw, out, cfg, workers=workers, scheduler=scheduler, overwrite=overwrite, command="chdl curate " + shlex.join(argv),
+        result = run_curate(raw, out, cfg, workers=workers, scheduler=scheduler, overwrite=overwrite, bit_depth=bit_depth,
+                            command="chdl curate " + shlex.join(argv),
                             progress=not quiet, log=(lambda m: None) if quiet else (lambda m: click.echo(m, err=True)))
     except (ClusterError, ConfigError, CurateError, PlanError, RawFormatError) as e:
         raise click.ClickException(str(e)) from None

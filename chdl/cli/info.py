@@ -1,4 +1,4 @@
-"""``chdl info PATH``: what a curated dataset holds."""
+"""``chdl info PATH``: what a curated dataset holds; ``chdl verify PATH``: whether its shard files are intact."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import json
 
 import click
 
+from chdl.cli.options import quiet_option
 from chdl.dataset import DatasetFormatError, open_dataset
 
 
@@ -14,18 +15,28 @@ from chdl.dataset import DatasetFormatError, open_dataset
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 def info(path: str, as_json: bool) -> None:
     """Summarise the curated dataset at PATH: shape, splits, QC counts, provenance."""
+    from chdl.dataset import missing_shard_files
+
     try:
-        summary = open_dataset(path).summary()
+        reader = open_dataset(path, check_files=False)  # a dataset with missing files is summarised, then refused
+        summary = reader.summary()
+        missing = missing_shard_files(reader.group, reader.path)
     except DatasetFormatError as e:
         raise click.ClickException(str(e)) from None
+    summary["integrity"] = {"checksums": reader.has_checksums, "missing_files": [k for _, k in missing]}
+    damaged = click.ClickException(f"{path}: damaged: {len(missing)} shard file(s) missing (first: "
+                                   f"{missing[0][1]})") if missing else None
     if as_json:
         click.echo(json.dumps(summary, indent=2))
+        if damaged:
+            raise damaged
         return
     n, t, c, h, w = summary["shape"]
     prov = summary["provenance"]
     lines = [
         f"dataset      {summary['path']}  ({summary['schema']})",
-        f"frames       {n} sequences x {t} frames x {c}x{h}x{w} {summary['dtype']} ({summary['pixel_format']}), "
+        f"frames       {n} sequences x {t} frames x {c}x{h}x{w} {summary['dtype']} ({summary['pixel_format']}, "
+        f"max_value {summary['max_value']:g}), "
         f"{summary['in_frames']} in -> {summary['out_frames']} out",
         f"storage      {summary['n_shards']} shards of {summary['sequences_per_shard']} sequences",
         "splits       " + ", ".join(f"{k} {v}" for k, v in summary["splits"].items()),
@@ -36,4 +47,39 @@ def info(path: str, as_json: bool) -> None:
     ]
     if prov.get("command"):
         lines.append(f"command      {prov['command']}")
+    if missing:
+        shards = sorted({s for s, _ in missing})
+        lines.append(f"integrity    DAMAGED: {len(missing)} shard file(s) missing, shard(s) "
+                     f"{', '.join(map(str, shards[:10]))}{' ...' if len(shards) > 10 else ''} (chdl verify {path} lists them)")
+    elif reader.has_checksums:
+        lines.append(f"integrity    every shard file present; BLAKE3 checksum recorded for each (chdl verify {path} checks them)")
+    else:
+        lines.append("integrity    shard files present; no checksums (written before chdl recorded them)")
     click.echo("\n".join(lines))
+    if damaged:
+        raise damaged
+
+
+@click.command("verify")
+@click.argument("path", type=click.Path(path_type=str))
+@quiet_option()
+def verify(path: str, quiet: bool) -> None:
+    """Check every shard file of the curated dataset at PATH against the BLAKE3 checksum and size recorded when it was
+    written. Exit status 1 naming each damaged shard; 0 when all match (or there is nothing to check)."""
+    try:
+        reader = open_dataset(path, check_files=False)  # missing files are reported below, with the rest
+        result = reader.verify(progress=not quiet)
+    except DatasetFormatError as e:
+        raise click.ClickException(str(e)) from None
+    for p in result.problems:
+        click.echo(f"shard {p.shard}: {p.file}: {p.problem}")
+    bad = result.bad_shards
+    if bad:
+        raise click.ClickException(f"{path}: {len(bad)} of {result.shards} shards damaged "
+                                   f"(shard{'s' if len(bad) > 1 else ''} {', '.join(map(str, bad))})")
+    if not result.has_checksums:
+        click.echo(f"{path}: written before chdl recorded shard checksums: nothing to verify "
+                   f"(its {result.shards} frames shard files are present)")
+        return
+    click.echo(f"{path}: {result.shards} shards, {result.files} files, {result.bytes / 2**20:.1f} MiB: every "
+               "checksum matches")

@@ -30,12 +30,22 @@ RUN_FILES = ("checkpoints/last.pt", "checkpoints/best.pt", "config.yaml", "steps
              "training_dynamics.png", "tensorboard")
 
 
-def _open_data(data: Path):
-    """The dataset reader, or a one-line error, before any heavy import (torch, timm)."""
+def _open_data(data: Path, split: str, max_sequences: int | None = None, quiet: bool = False):
+    """The dataset reader, or a one-line error, before any heavy import (torch, timm): a missing shard file
+    or one whose checksum differs from the one recorded when it was written (of the shards holding the first
+    ``max_sequences`` of ``split``: the ones the command reads) is refused naming it."""
     from chdl.dataset import DatasetFormatError, open_dataset
 
     try:
-        return open_dataset(data)
+        reader = open_dataset(data)
+        if not reader.has_checksums:
+            click.echo(f"note: {data} was written before chdl recorded shard checksums: its shard files are "
+                       "checked for presence only (recreate it to have them checked)", err=True)
+            return reader
+        result = reader.verify(reader.shards_of(reader.indices(split)[:max_sequences]), progress=not quiet)
+        if result.problems:
+            raise DatasetFormatError(result.error())
+        return reader
     except DatasetFormatError as e:
         raise _fail(e) from None
 
@@ -68,7 +78,7 @@ def train(data, config_name, overrides, out, resume, quiet):
         raw = read_config(config_name, overrides) if config_name else None
     except ConfigError as e:
         raise _fail(e) from None
-    reader = _open_data(data)
+    reader = _open_data(data, "all", quiet=quiet or not main_rank)
     if main_rank and len(reader.indices("val")) == 0:
         click.echo(f"warning: {data} has no validation sequences: training without validation (no val metrics, "
                    "best.pt or training_dynamics.png)", err=True)
@@ -115,7 +125,7 @@ def eval_(checkpoint, data, split, openstl, batch_size, weights, max_sequences, 
     if earlier and not overwrite:
         raise click.ClickException(f"{earlier[0]}: an earlier evaluation is there (use --overwrite to replace it, "
                                    "or --out for another folder)")
-    reader = _open_data(data)
+    reader = _open_data(data, split, max_sequences, quiet)
     if len(reader.indices(split)) == 0:
         raise click.ClickException(f"{data}: the {split!r} split has no sequences to evaluate")
 
@@ -182,7 +192,7 @@ def predict(checkpoints, input_, out, split, max_sequences, weights, batch_size,
         raise click.ClickException(f"{out}: already exists and is not empty (use --overwrite)")
     kind = _input_kind(input_)
     if kind == "dataset":
-        _open_data(input_)
+        _open_data(input_, split, max_sequences, quiet)
 
     import torch
 
@@ -242,7 +252,8 @@ def _recording_sequences(path: Path, info: dict, max_sequences: int):
     consecutive ok frames are a single window without truth (a pure forecast)."""
     import numpy as np
 
-    from acquisition.raw import PIXEL_MAX, Recording
+    from acquisition.raw import PIXEL_MAX, Recording, run_bit_depth
+    from chdl.dataset import max_value_for_bits
 
     rec = Recording.open(path)
     t_in, t_out = info["in_frames"], info["out_frames"]
@@ -266,9 +277,11 @@ def _recording_sequences(path: Path, info: dict, max_sequences: int):
         windows = [usable[-1][-t_in:]]
     windows = windows[:max_sequences]
     pixel_format = windows[0][0].pixel_format
-    # The dataset's scale when the recording has its pixel format, else the format's full range.
-    max_value = (info["max_value"] if pixel_format == info.get("pixel_format")
-                 else float(PIXEL_MAX[pixel_format]))
+    # The recording's significant bits (as chdl curate scales it); for a Mono16 run that does not say, the
+    # dataset's scale when the recording has its pixel format, else the format's full range.
+    bits = run_bit_depth(rec.manifest)
+    max_value = (float(max_value_for_bits(bits)) if bits is not None
+                 else info["max_value"] if pixel_format == info.get("pixel_format") else float(PIXEL_MAX[pixel_format]))
     seqs = np.stack([np.stack([rec.read(r) for r in w]) for w in windows]).astype(np.float32) / max_value
     seqs = seqs[:, :, None]  # (N, T, 1, H, W)
     _check_shape(path, tuple(seqs.shape[2:]), info)

@@ -52,7 +52,8 @@ def test_fake_gige_camera_software_trigger_timestamps_and_16_bit_wrap(tmp_path):
     assert r["complete"] and r["n"] == 150 and r["status"] == ["ok"]
     assert r["trigger"] == "software"  # the fake camera has a software trigger: auto picks it
     assert (r["camera"]["backend"], r["camera"]["transport"], r["camera"]["serial"]) == ("aravis", "GEV", "FAKE01")
-    assert r["settings"] == {"width": 320, "height": 240, "pixel_format": "Mono8", "fps": 100.0, "exposure_us": 2000.0}
+    assert r["settings"] == {"width": 320, "height": 240, "pixel_format": "Mono8", "fps": 100.0, "exposure_us": 2000.0,
+                             "bit_depth": 8}
     assert r["timestamps"]  # GigE Vision device timestamps, unlike viky
     assert r["decreases"] == [[65535, 1]] and r["drops"] == 0  # the fake camera's 16-bit block ids wrap: no drop
 

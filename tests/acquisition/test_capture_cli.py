@@ -81,6 +81,23 @@ def test_record_replay_record_round_trip(tmp_path):
     assert third.manifest["notes"]["paced"] is True and second.manifest["notes"]["paced"] is False
 
 
+def test_bit_depth_is_recorded_overridden_refused_and_kept_by_a_replay(tmp_path):
+    args = ("--camera", "sim0", "--pixel-format", "Mono16", "--width", "64", "--height", "48", "--fps", "500",
+            "--positions", "2", "--quiet")
+    rec = chdl("capture", *args, "--out", tmp_path / "a", "--run-id", "r")  # the simulator's own: 12-bit data
+    assert rec.returncode == 0, rec.stderr
+    assert Recording.open(tmp_path / "a" / "r").settings["bit_depth"] == 12
+    rec = chdl("capture", *args, "--out", tmp_path / "b", "--run-id", "r", "--bit-depth", "10")  # an override
+    assert rec.returncode == 0 and Recording.open(tmp_path / "b" / "r").settings["bit_depth"] == 10, rec.stderr
+    rep = chdl("capture", "--replay", tmp_path / "b" / "r", "--out", tmp_path / "c", "--as-fast-as-possible", "--quiet")
+    assert rep.returncode == 0 and Recording.open(tmp_path / "c" / "r").settings["bit_depth"] == 10, rep.stderr
+    bad = chdl("capture", *args[:3], "Mono8", *args[4:], "--out", tmp_path / "d", "--bit-depth", "12")
+    assert bad.returncode == 2 and "Invalid value for --bit-depth: bit depth must be an integer in [1, 8] for " \
+        "Mono8 pixels, not int 12" in bad.stderr and not (tmp_path / "d").exists()
+    bad = chdl("capture", "--replay", tmp_path / "b" / "r", "--out", tmp_path / "e", "--bit-depth", "12")
+    assert bad.returncode == 2 and "--bit-depth does not apply to --replay" in bad.stderr
+
+
 def test_replay_keeps_dropped_and_incomplete_frames(tmp_path):
     from acquisition.raw import RecordingWriter
 

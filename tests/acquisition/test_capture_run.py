@@ -51,7 +51,8 @@ def test_capture_records_the_frames_the_camera_sent(config, tmp_path):
     assert result.status == "complete" and result.stopped_by is None and result.frames == 10
     rec = Recording.open(tmp_path / "run")
     assert rec.complete and rec.manifest["plan"]["trigger"] == "freerun" and rec.manifest["camera"]["serial"] == "0"
-    assert rec.manifest["settings"] == {"width": 320, "height": 240, "pixel_format": "Mono8", "fps": 100.0, "exposure_us": None}
+    assert rec.manifest["settings"] == {"width": 320, "height": 240, "pixel_format": "Mono8", "fps": 100.0, "exposure_us": None,
+                                       "bit_depth": 8}
     assert [(f.lane, f.position_index, f.position_um) for f in rec.frames] == [(l, p, 250.0 * p) for l in range(2) for p in range(5)]
     ids = [f.frame_id for f in rec.frames]
     assert ids == sorted(ids) and len(set(ids)) == 10
@@ -128,3 +129,26 @@ def test_disk_full_stops_with_clear_error_and_readable_recording(config, tmp_pat
     assert not rec.complete and rec.manifest["notes"]["stopped_by"] == "disk full"
     assert len(rec) >= 3 and all(rec.read(f).shape == (240, 320) for f in rec.frames)
     assert not list((tmp_path / "run" / "frames").glob(".*.tmp"))  # the half-written frame was removed
+
+
+def test_the_recorded_bit_depth_rule():
+    """--bit-depth overrides; else what the camera reports (Mono16: PixelDynamicRangeMax); else the format's bits;
+    a Mono16 camera that cannot tell is recorded as unknown, with a warning."""
+    import warnings
+
+    from acquisition.backends.base import CameraError, CaptureSettings
+    from acquisition.capture import record_bit_depth
+
+    s = lambda fmt, bits=None: CaptureSettings(64, 48, fmt, 5.0, bit_depth=bits)  # noqa: E731
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert record_bit_depth(s("Mono16", 12), None).bit_depth == 12  # the camera's PixelDynamicRangeMax
+        assert record_bit_depth(s("Mono16", 12), 10).bit_depth == 10  # --bit-depth overrides it
+        assert record_bit_depth(s("Mono12"), None).bit_depth == 12
+        assert record_bit_depth(s("Mono8"), None).bit_depth == 8
+    with pytest.warns(UserWarning, match="does not say how many of the 16 bits .* --bit-depth N"):
+        assert record_bit_depth(s("Mono16"), None).bit_depth is None
+    with pytest.warns(UserWarning, match="reports 13 significant bits, which Mono12 cannot hold"):
+        assert record_bit_depth(s("Mono12", 13), None).bit_depth == 12
+    with pytest.raises(CameraError, match=r"--bit-depth 9 refused: bit depth must be an integer in \[1, 8\] for Mono8"):
+        record_bit_depth(s("Mono8"), 9)

@@ -191,3 +191,24 @@ def test_manifest_that_is_a_folder(tmp_path):
     (tmp_path / "run" / "manifest.json").mkdir(parents=True)
     with pytest.raises(RawFormatError, match=r"manifest\.json: is a folder, not a file"):
         Recording.open(find_recordings(tmp_path)[0])
+
+
+def test_bit_depth_in_the_manifest(tmp_path):
+    from acquisition.raw import bits_for_max, run_bit_depth, validate_manifest
+
+    assert [bits_for_max(v) for v in (1, 255, 1000, 1023, 4095, 4096, 65535)] == [1, 8, 10, 10, 12, 13, 16]
+    with pytest.raises(ValueError):
+        bits_for_max(0)
+    settings = MANIFEST["settings"]
+    m = lambda fmt, **kw: {**MANIFEST, "schema": "chdl.raw/1", "status": "complete",  # noqa: E731
+                           "settings": {**settings, "pixel_format": fmt, **kw}}
+    assert run_bit_depth(m("Mono16", bit_depth=12)) == 12
+    assert run_bit_depth(m("Mono12")) == 12 and run_bit_depth(m("Mono8")) == 8  # the format says
+    assert run_bit_depth(m("Mono16")) is None and run_bit_depth(m("Mono16", bit_depth=None)) is None  # unknown
+    assert validate_manifest(m("Mono16", bit_depth=12)) is None
+    assert validate_manifest(m("Mono8", bit_depth=12)) == \
+        "malformed manifest (settings.bit_depth must be an integer in [1, 8] for Mono8 pixels, not int 12)"
+    for bad in (0, 17, "12", 12.0, True):
+        assert "settings.bit_depth must be an integer in [1, 16]" in validate_manifest(m("Mono16", bit_depth=bad))
+    with pytest.raises(RawFormatError, match="manifest.json: malformed manifest .settings.bit_depth"):
+        RecordingWriter.create(tmp_path / "run", m("Mono10", bit_depth=11))  # the writer refuses it too

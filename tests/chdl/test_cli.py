@@ -44,15 +44,18 @@ def test_info(tmp_path):
     r = run("info", str(path))
     assert r.returncode == 0, r.stderr
     assert "2 sequences x 10 frames x 1x6x8 uint8" in r.stdout and "train 1, val 1" in r.stdout
+    assert "(Mono8, max_value 255)" in r.stdout and "integrity    every shard file present; BLAKE3" in r.stdout
     j = json.loads(run("info", str(path), "--json").stdout)
     assert j["shape"] == [2, 10, 1, 6, 8] and j["provenance"]["command"] == "chdl curate x y"
+    assert j["max_value"] == 255 and j["integrity"] == {"checksums": True, "missing_files": []}
     bad = run("info", str(tmp_path / "nope"))
     assert bad.returncode == 1 and "no such dataset" in bad.stderr
 
 
 # Every command that shows progress bars, by its path under `chdl`.
 PROGRESS_COMMANDS = [("capture",), ("simulate", "corpus"), ("simulate", "truth"), ("curate",), ("import", "mnist"),
-                     ("import", "weatherbench"), ("import", "video"), ("train",), ("eval",), ("predict",), ("bench",)]
+                     ("import", "weatherbench"), ("import", "video"), ("train",), ("eval",), ("predict",), ("bench",),
+                     ("verify",)]
 
 
 def test_one_quiet_spelling_on_every_command_that_shows_progress():

@@ -75,7 +75,7 @@ def test_interrupted_write_is_refused_then_resumed(tmp_path):
         w.finalize()
     r = w.shard_range(1)
     # the writer of shard 1 was killed while zarr's local store wrote a file: its temporary stays behind
-    leftover = path / "frames" / "c" / "1" / "0" / "0" / "0" / "0.0123abcd.partial"
+    leftover = path / "frames" / "c" / "1" / "0" / "0" / "0" / ("0." + "0123abcd" * 4 + ".partial")
     leftover.parent.mkdir(parents=True, exist_ok=True)
     leftover.write_bytes(b"torn")
     w.write_shard(1, frames=frames[r.start:r.stop])
@@ -236,3 +236,108 @@ def test_create_refuses_what_readers_refuse_and_writes_nothing(tmp_path):
     assert list(tmp_path.iterdir()) == []
     _write(tmp_path / "d.zarr", _frames(dtype=np.uint16), pixel_format="Mono12").finalize()
     assert open_dataset(tmp_path / "d.zarr").attrs["max_value"] == 4095  # the format's default
+
+
+def _flip_byte(file, at=None):
+    data = bytearray(file.read_bytes())
+    data[len(data) // 2 if at is None else at] ^= 0xFF
+    file.write_bytes(bytes(data))
+
+
+def test_every_shard_file_has_its_checksum_recorded(tmp_path):
+    import json
+
+    import blake3
+
+    path = tmp_path / "d.zarr"
+    _write(path, _frames()).finalize()
+    g = zarr.open_group(str(path), mode="r")
+    record = json.loads(g["shard_checksums"][1].item())
+    # frames, the 7 per-sequence arrays, and the shard's originals (its data and its index)
+    assert sorted(record) == ["frames/c/1/0/0/0/0", "lane/c/1", "originals/1/c/0/0/0/0", "originals_index/1/c/0/0",
+                              "position_um/c/1/0", "qc_flags/c/1/0", "qc_scores/c/1/0/0", "run_index/c/1", "split/c/1",
+                              "timestamp_ns/c/1/0"]
+    for key, want in record.items():
+        data = (path / key).read_bytes()
+        assert want == {"blake3": blake3.blake3(data).hexdigest(), "bytes": len(data)}, key
+    reader = open_dataset(path)
+    result = reader.verify()
+    assert reader.has_checksums and result.problems == [] and (result.shards, result.files) == (3, 30)
+    assert result.bytes == sum(v["bytes"] for s in range(3) for v in json.loads(g["shard_checksums"][s].item()).values())
+
+
+def test_a_missing_shard_file_is_refused_at_open_naming_it(tmp_path):
+    path = tmp_path / "d.zarr"
+    _write(path, _frames()).finalize()
+    (path / "frames" / "c" / "2" / "0" / "0" / "0" / "0").unlink()
+    (path / "qc_flags" / "c" / "1" / "0").unlink()
+    msg = (f"{path}: missing shard files qc_flags/c/1/0, frames/c/2/0/0/0/0 (shards 1, 2); the dataset is damaged on "
+           "disk (restore the file or recreate the dataset)")
+    with pytest.raises(DatasetFormatError) as e:
+        open_dataset(path)
+    assert str(e.value) == msg
+    with pytest.raises(DatasetFormatError, match="missing shard files"):
+        SequenceDataset(path)
+    result = open_dataset(path, check_files=False).verify()
+    assert [(p.shard, p.file, p.problem) for p in result.problems] == [
+        (1, "qc_flags/c/1/0", "missing"), (2, "frames/c/2/0/0/0/0", "missing")]
+
+
+def test_a_flipped_byte_is_found_by_verify_only_in_its_shard(tmp_path):
+    path = tmp_path / "d.zarr"
+    frames = _frames()
+    _write(path, frames).finalize()
+    _flip_byte(path / "frames" / "c" / "1" / "0" / "0" / "0" / "0")
+    reader = open_dataset(path)  # present: opening (a listing, no reads) cannot tell
+    result = reader.verify()
+    assert result.bad_shards == [1] and [p.file for p in result.problems] == ["frames/c/1/0/0/0/0"]
+    assert result.problems[0].problem.startswith("checksum mismatch")
+    assert reader.verify([0, 2]).problems == []  # the shards a command reads are all it checks
+    assert result.error() == (f"{path}: shard 1 damaged (frames/c/1/0/0/0/0: checksum mismatch (its BLAKE3 digest "
+                              "differs from the one recorded when it was written)); the dataset is damaged on disk (chdl verify "
+                              f"{path} lists every bad file)")
+    (path / "shard_checksums" / "c" / "2").unlink()  # a lost record is a problem too, named
+    assert [(p.shard, p.problem) for p in open_dataset(path, check_files=False).verify().problems] == [
+        (1, result.problems[0].problem), (2, "missing (the shard's checksum record)")]
+
+
+def test_a_dataset_written_before_checksums_opens_and_has_nothing_to_verify(tmp_path):
+    import shutil
+
+    path = tmp_path / "d.zarr"
+    frames = _frames()
+    _write(path, frames).finalize()
+    shutil.rmtree(path / "shard_checksums")  # what writers before checksums left
+    reader = open_dataset(path)
+    assert not reader.has_checksums
+    np.testing.assert_array_equal(reader.frames[:], frames)
+    result = reader.verify()
+    assert not result.has_checksums and result.problems == [] and result.files == 0
+    (path / "frames" / "c" / "0" / "0" / "0" / "0" / "0").unlink()  # its frames files are still checked for presence
+    with pytest.raises(DatasetFormatError, match="missing shard file frames/c/0/0/0/0/0 .shard 0."):
+        open_dataset(path)
+
+
+def test_a_shard_that_fails_to_decode_is_named_by_its_file(tmp_path):
+    path = tmp_path / "d.zarr"
+    _write(path, _frames()).finalize()
+    _flip_byte(path / "frames" / "c" / "2" / "0" / "0" / "0" / "0", at=8)  # the blosc header of its first chunk
+    ds = SequenceDataset(path, split="all")
+    with pytest.raises(DatasetFormatError) as e:
+        ds[len(ds) - 1]  # sequence 6, in shard 2
+    assert str(e.value).startswith(f"{path}: cannot read frames (shard file frames/c/2/0/0/0/0: RuntimeError: ")
+
+
+def test_only_zarr_temporaries_are_removed_on_resume_and_finalize(tmp_path):
+    path = tmp_path / "d.zarr"
+    w = _write(path, _frames(), shards=[0, 1])
+    tmp = path / "frames" / "c" / "0" / "0" / "0" / "0" / ("0." + "ab" * 16 + ".partial")
+    mine = path / "notes.partial"  # not a name zarr writes: kept by both
+    tmp.write_bytes(b"torn")
+    mine.write_bytes(b"keep")
+    assert w.remove_interrupted_writes() == 1 and not tmp.exists() and mine.exists()
+    tmp.write_bytes(b"torn")
+    r = w.shard_range(2)
+    w.write_shard(2, frames=_frames()[r.start:r.stop])
+    w.finalize()
+    assert not tmp.exists() and mine.exists()

@@ -18,7 +18,7 @@ from click.testing import CliRunner
 
 import curation.pipeline as pipeline
 from chdl.cli import main
-from chdl.dataset import DatasetIncompleteError, DatasetWriter, open_dataset
+from chdl.dataset import DatasetFormatError, DatasetIncompleteError, DatasetWriter, open_dataset
 from curation.config import CurateConfig
 from curation_helpers import write_run
 
@@ -232,6 +232,12 @@ def test_out_as_an_s3_url_on_a_cluster(raw, ref, s3, tmp_path):
     assert r.returncode == 1 and "already exists" in r.stderr
     info = subprocess.run([sys.executable, "-m", "chdl", "info", url], capture_output=True, text=True, timeout=120)
     assert info.returncode == 0 and "9" in info.stdout, info.stderr
+    # the shard checksums (written by the workers, through the store) verify there, and a lost object is named
+    checked = ds.verify()  # every data object but shard_done's and shard_checksums' own
+    assert not checked.problems and checked.files == len([k for k in objects if "/c/" in k]) - 2 * N_SHARDS
+    s3.rm("chdl/lines/d.zarr/frames/c/3/0/0/0/0")
+    with pytest.raises(DatasetFormatError, match=r"missing shard file frames/c/3/0/0/0/0 \(shard 3\)"):
+        open_dataset(url)
     # --overwrite replaces it in place (here without a cluster: one process writes the URL too)
     s3.pipe("chdl/lines/d.zarr/stale-object", b"x")
     pipeline.curate(raw, url, CurateConfig(sequences_per_shard=2), overwrite=True, progress=False, log=lambda m: None)

@@ -139,3 +139,51 @@ def test_real_cli_reports_config_errors_in_one_line(tmp_path):
     assert r.returncode == 1
     assert r.stderr.strip() == "Error: --set run.epocs=3: run.epocs: unknown key (did you mean 'epochs'?)"
     assert not (tmp_path / "run").exists()
+
+
+def _chdl(*args):
+    return subprocess.run([sys.executable, "-m", "chdl", *map(str, args)], capture_output=True, text=True, timeout=300)
+
+
+def test_a_damaged_or_missing_shard_is_refused_by_name(trained, tmp_path):
+    """Through the real CLI: `chdl verify` names a shard file with a flipped byte (exit 1) and passes a clean
+    dataset; eval, train and predict refuse the damaged shard by name; a deleted shard file is refused by name
+    when the dataset is opened, and `chdl info` says the dataset is damaged."""
+    import shutil
+
+    root, data, run = trained
+    ckpt = run / "checkpoints" / "last.pt"
+    ok = _chdl("verify", data, "-q")
+    assert ok.returncode == 0 and ok.stdout == f"{data}: 2 shards, 14 files, 0.0 MiB: every checksum matches\n", ok.stderr
+    bad = tmp_path / "bad.zarr"
+    shutil.copytree(data, bad)
+    shard = bad / "frames" / "c" / "1" / "0" / "0" / "0" / "0"  # sequences 4-5: the val split
+    flipped = bytearray(shard.read_bytes())
+    flipped[len(flipped) // 2] ^= 0xFF
+    shard.write_bytes(bytes(flipped))
+    v = _chdl("verify", bad, "-q")
+    assert v.returncode == 1 and v.stdout == ("shard 1: frames/c/1/0/0/0/0: checksum mismatch (its BLAKE3 digest differs "
+                                              "from the one recorded when it was written)\n")
+    assert v.stderr == f"Error: {bad}: 1 of 2 shards damaged (shard 1)\n"
+    refusal = (f"Error: {bad}: shard 1 damaged (frames/c/1/0/0/0/0: checksum mismatch (its BLAKE3 digest differs from "
+               f"the one recorded when it was written)); the dataset is damaged on disk (chdl verify {bad} lists every "
+               "bad file)\n")
+    e = _chdl("eval", "--checkpoint", ckpt, "--data", bad, "--out", tmp_path / "ev", "-q")
+    assert e.returncode == 1 and e.stderr == refusal and not (tmp_path / "ev").exists()
+    t = _chdl("train", "--data", bad, "--config", "diffuma_tiny", "--out", tmp_path / "run", "-q")
+    assert t.returncode == 1 and t.stderr == refusal and not (tmp_path / "run").exists()
+    p = CliRunner().invoke(main, ["predict", "--checkpoint", str(ckpt), "--input", str(bad), "--out", str(tmp_path / "p"),
+                                  "-q"])
+    assert p.exit_code == 1 and p.output == refusal and not (tmp_path / "p").exists()
+    gone = tmp_path / "gone.zarr"
+    shutil.copytree(data, gone)
+    (gone / "frames" / "c" / "0" / "0" / "0" / "0" / "0").unlink()
+    refusal = (f"Error: {gone}: missing shard file frames/c/0/0/0/0/0 (shard 0); the dataset is damaged on disk "
+               "(restore the file or recreate the dataset)\n")
+    e = _chdl("eval", "--checkpoint", ckpt, "--data", gone, "--split", "train", "--out", tmp_path / "ev", "-q")
+    assert e.returncode == 1 and e.stderr == refusal
+    t = _chdl("train", "--data", gone, "--config", "diffuma_tiny", "--out", tmp_path / "run", "-q")
+    assert t.returncode == 1 and t.stderr == refusal
+    i = CliRunner().invoke(main, ["info", str(gone)])
+    assert i.exit_code == 1 and "integrity    DAMAGED: 1 shard file(s) missing, shard(s) 0" in i.output
+    assert i.output.endswith(f"Error: {gone}: damaged: 1 shard file(s) missing (first: frames/c/0/0/0/0/0)\n")

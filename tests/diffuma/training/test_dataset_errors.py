@@ -34,20 +34,40 @@ def test_train_refuses_a_malformed_dataset(tiny_dataset, tmp_path, damage, needl
     assert "\n" not in msg and not (tmp_path / "run" / "checkpoints").exists()
 
 
-@pytest.mark.parametrize("workers", [0, 2])
-def test_a_damaged_chunk_is_one_line_from_info_and_train(tiny_dataset, tmp_path, workers):
-    """A frames shard overwritten with junk (and a damaged split chunk for `chdl info`): one line naming
-    the dataset and the array, also when the read fails in a DataLoader worker process."""
-    data = tmp_path / "d.zarr"
-    shutil.copytree(tiny_dataset, data)
+def _junk_frames(data):
     for f in (data / "frames" / "c").rglob("*"):
         if f.is_file():
             f.write_bytes(b"junk" * 50)
+
+
+def test_a_damaged_shard_is_refused_before_training_by_its_checksum(tiny_dataset, tmp_path):
+    data = tmp_path / "d.zarr"
+    shutil.copytree(tiny_dataset, data)
+    _junk_frames(data)
+    args = ["train", "--data", data, "--config", "diffuma_tiny", "--out", tmp_path / "run", "--no-progress"]
+    r = CliRunner().invoke(main, list(map(str, args)))
+    msg = r.output.strip()
+    assert r.exit_code == 1 and "\n" not in msg and "Traceback" not in msg, r.output
+    assert msg.startswith(f"Error: {data}: shards 0, 1, 2 damaged (frames/c/0/0/0/0/0: 200 bytes, "), msg
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_damaged_chunk_is_one_line_from_info_and_train(tiny_dataset, tmp_path, workers):
+    """A frames shard overwritten with junk in a dataset without checksums (written before chdl recorded
+    them: nothing refuses it up front), and a damaged split chunk for `chdl info`: one line naming the
+    dataset, the array and the shard file, also when the read fails in a DataLoader worker process."""
+    data = tmp_path / "d.zarr"
+    shutil.copytree(tiny_dataset, data)
+    shutil.rmtree(data / "shard_checksums")
+    _junk_frames(data)
     args = ["train", "--data", data, "--config", "diffuma_tiny", "--out", tmp_path / "run", "--no-progress",
             "--set", f"run.num_workers={workers}"]
     r = CliRunner().invoke(main, list(map(str, args)))
-    msg = r.output.strip()
-    assert "\n" not in msg and r.exit_code == 1 and msg.startswith(f"Error: {data}: cannot read frames (") and \
+    out = r.output.strip().splitlines()
+    assert out[0].startswith(f"note: {data} was written before chdl recorded shard checksums"), r.output
+    msg = out[-1]
+    assert len(out) == 2 and r.exit_code == 1 and msg.startswith(f"Error: {data}: cannot read frames (shard file frames/c/") and \
         msg.endswith("the dataset is damaged on disk"), r.output
     assert "Traceback" not in r.output
     for f in (data / "split" / "c").rglob("*"):
@@ -74,4 +94,4 @@ def test_an_error_in_a_dataloader_worker_is_reported_in_one_line(tiny_dataset, t
         next(iter(DataLoader(ds, batch_size=1, num_workers=1)))
     assert "Original Traceback" in str(e.value)  # what torch re-raises: the worker's traceback in the message
     msg = _fail(e.value).message
-    assert msg.startswith(f"{data}: cannot read frames (") and "\n" not in msg, msg
+    assert msg.startswith(f"{data}: cannot read frames (shard file frames/c/") and "\n" not in msg, msg

@@ -1,0 +1,73 @@
+"""Bit depth from the raw manifest to the dataset: `chdl curate` scales by 2^bits - 1 where bits are the
+run's significant bits (a 12-bit Mono16 capture: 4095, not 65535), through the real CLI in a subprocess."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from chdl.dataset import open_dataset
+from chdl.torch_dataset import SequenceDataset
+from curation.synthetic import SynthSpec
+from curation_helpers import write_run
+
+
+def chdl(*args):
+    return subprocess.run([sys.executable, "-m", "chdl", *map(str, args)], capture_output=True, text=True, timeout=300)
+
+
+def _capture_sim(out, fmt):
+    """A run of the simulated camera (its Mono16 data is 12-bit by default), recorded by `chdl capture`."""
+    p = chdl("capture", "--camera", "sim0", "--out", out, "--run-id", "r", "--pixel-format", fmt, "--width", 160,
+             "--height", 120, "--fps", 500, "--lanes", 2, "--positions", 10, "--quiet")
+    assert p.returncode == 0, p.stderr
+    return out / "r"
+
+
+@pytest.mark.parametrize("fmt,bits", [("Mono16", 12), ("Mono8", 8)])
+def test_a_simulated_run_curates_with_its_bit_depth(tmp_path, fmt, bits):
+    run = _capture_sim(tmp_path / "raw", fmt)
+    assert json.loads((run / "manifest.json").read_text())["settings"]["bit_depth"] == bits
+    p = chdl("curate", tmp_path / "raw", tmp_path / "d.zarr", "--quiet")
+    assert p.returncode == 0, p.stderr
+    ds = open_dataset(tmp_path / "d.zarr")
+    assert ds.attrs["max_value"] == 2 ** bits - 1
+    assert ds.attrs["provenance"]["bit_depth"] == {"bits": bits, "from": "manifest"}
+    x, y = SequenceDataset(tmp_path / "d.zarr", "all")[0]
+    values = np.concatenate([x.numpy().ravel(), y.numpy().ravel()])
+    # intensities over most of [0, 1] (at 65535 a 12-bit run would sit in 0.001-0.05)
+    assert values.max() <= 1.0 and np.percentile(values, 99.9) > 0.5 and values.min() < 0.1, (values.min(), values.max())
+
+
+def test_a_mono16_recording_without_bit_depth_warns_and_uses_the_full_range_unless_told(tmp_path):
+    spec = SynthSpec(height=120, width=160, step_px=8.0, max_value=4095)
+    write_run(tmp_path / "raw" / "old", lanes=2, spec=spec, fmt="Mono16")  # 12-bit data, no settings.bit_depth
+    p = chdl("curate", tmp_path / "raw", tmp_path / "a.zarr")
+    assert p.returncode == 0, p.stderr
+    manifest = tmp_path / "raw" / "old" / "manifest.json"
+    line = next(ln for ln in p.stderr.splitlines() if "bit_depth" in ln)
+    assert line == (f"warning: {manifest}: no settings.bit_depth (recorded before chdl recorded bit depth, or the "
+                    "camera could not tell): using the full 16 bits of Mono16 (max_value 65535); if the camera "
+                    "delivers fewer significant bits, rerun with chdl curate --bit-depth N (e.g. 12)")
+    assert open_dataset(tmp_path / "a.zarr").attrs["max_value"] == 65535
+    p = chdl("curate", tmp_path / "raw", tmp_path / "b.zarr", "--bit-depth", "12", "--quiet")
+    assert p.returncode == 0, p.stderr
+    ds = open_dataset(tmp_path / "b.zarr")
+    assert ds.attrs["max_value"] == 4095 and ds.attrs["provenance"]["bit_depth"] == {"bits": 12, "from": "--bit-depth"}
+    assert "--bit-depth 12" in ds.attrs["provenance"]["command"]
+
+
+def test_bit_depth_refusals(tmp_path):
+    write_run(tmp_path / "raw" / "a", lanes=1, bit_depth=8)
+    p = chdl("curate", tmp_path / "raw", tmp_path / "d.zarr", "--bit-depth", "12", "--quiet")
+    manifest = tmp_path / "raw" / "a" / "manifest.json"
+    assert p.returncode == 1 and p.stderr == (f"Error: {manifest}: --bit-depth 12 refused: bit depth must be an "
+                                              "integer in [1, 8] for Mono8 pixels, not int 12\n")
+    spec = SynthSpec(height=120, width=160, step_px=8.0, max_value=4095)
+    write_run(tmp_path / "mixed" / "a", lanes=1, spec=spec, fmt="Mono16", bit_depth=12)
+    write_run(tmp_path / "mixed" / "b", lanes=1, spec=spec, fmt="Mono16", bit_depth=16)
+    p = chdl("curate", tmp_path / "mixed", tmp_path / "d.zarr", "--quiet")
+    assert p.returncode == 1 and "16 significant bits differ from" in p.stderr and "--bit-depth N" in p.stderr
+    assert not (tmp_path / "d.zarr").exists()
