@@ -8,7 +8,6 @@ import json
 import logging
 import os
 import select
-import shutil
 import signal
 import socket
 import subprocess
@@ -316,58 +315,37 @@ def test_cli_serves_until_ctrl_c_or_sigterm(monitor, tmp_path, stop_signal):
 # --------------------------------------------------------------------------------------------------- browser
 
 
-def chromium_path() -> str | None:
-    return shutil.which("chromium") or (shutil.which("/usr/bin/chromium"))
-
-
-def test_alert_appears_live_in_headless_chromium(monitor, tmp_path):
+def test_alert_appears_live_in_headless_chromium(monitor, tmp_path, chromium):
     """A real browser on loopback: the page opens on a running monitor, an alert is appended while it is
     open, and the alert element, its snapshot thumbnail and the new live frame appear; screenshot saved."""
-    required = os.environ.get("CHDL_REQUIRE_CHROMIUM") == "1"
-    browser_path = chromium_path()
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        sync_playwright = None
-    if browser_path is None or sync_playwright is None:
-        missing = "chromium (apt-get install chromium)" if browser_path is None else "playwright (the test extra)"
-        if required:
-            pytest.fail(f"CHDL_REQUIRE_CHROMIUM=1 but {missing} is missing")
-        pytest.skip(f"{missing} is not installed: the real-browser dashboard test needs it")
-
-    args = ["--no-sandbox"] if os.geteuid() == 0 else []
     monitor.score(5, float("nan"))  # Python's json writes NaN; the page shows "-" and leaves it out of the plot
-    with serve_in_background(monitor.dir, token="tok-7") as server, sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=browser_path, args=args, timeout=30_000)
-        try:
-            page = browser.new_page(viewport={"width": 1280, "height": 800})
-            requests, errors = [], []
-            page.on("request", lambda req: requests.append(req.url))
-            page.on("pageerror", lambda exc: errors.append(str(exc)))
-            page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
-            page.goto(server.url)
-            page.wait_for_selector('#state[data-state="running"]', timeout=10_000)
-            page.wait_for_function(f"document.getElementById('live-frame').naturalWidth === {W}", timeout=10_000)
-            assert page.text_content("#captured") == "6" and page.text_content("#scored") == "6"
-            assert "score - (threshold 3.000)" in page.text_content("#latest")
-            assert page.query_selector("li.alert") is None
-            n_points = page.eval_on_selector("#timeline polyline.score", "e => e.getAttribute('points')")
-            assert len(n_points.split()) == 5
+    with serve_in_background(monitor.dir, token="tok-7") as server:
+        page = chromium.new_page(viewport={"width": 1280, "height": 800})
+        requests, errors = [], []
+        page.on("request", lambda req: requests.append(req.url))
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
+        page.goto(server.url)
+        page.wait_for_selector('#state[data-state="running"]', timeout=10_000)
+        page.wait_for_function(f"document.getElementById('live-frame').naturalWidth === {W}", timeout=10_000)
+        assert page.text_content("#captured") == "6" and page.text_content("#scored") == "6"
+        assert "score - (threshold 3.000)" in page.text_content("#latest")
+        assert page.query_selector("li.alert") is None
+        n_points = page.eval_on_selector("#timeline polyline.score", "e => e.getAttribute('points')")
+        assert len(n_points.split()) == 5
 
-            old_src = page.get_attribute("#live-frame", "src")
-            monitor.score(123, 7.25, alert=True)
-            monitor.event(123, lane=0)
-            alert = page.wait_for_selector('li.alert[data-frame="123"][data-lane="0"]', timeout=10_000)
-            assert alert.get_attribute("data-kind") == "process" and "frame 123" in alert.text_content()
-            page.wait_for_function("document.querySelector('li.alert img').naturalWidth === 3 * 80", timeout=10_000)
-            page.wait_for_function(f"document.getElementById('live-frame').src !== {json.dumps(old_src)}",
-                                   timeout=10_000)
-            page.wait_for_function("document.getElementById('scored').textContent === '7'", timeout=10_000)
-            assert page.text_content("#alert-count") == "1"
-            assert page.query_selector_all("#timeline circle.alerting") and page.query_selector("#timeline line.event")
-            shot = page.screenshot(path=tmp_path / "dashboard.png", full_page=True)
-        finally:
-            browser.close()
+        old_src = page.get_attribute("#live-frame", "src")
+        monitor.score(123, 7.25, alert=True)
+        monitor.event(123, lane=0)
+        alert = page.wait_for_selector('li.alert[data-frame="123"][data-lane="0"]', timeout=10_000)
+        assert alert.get_attribute("data-kind") == "process" and "frame 123" in alert.text_content()
+        page.wait_for_function("document.querySelector('li.alert img').naturalWidth === 3 * 80", timeout=10_000)
+        page.wait_for_function(f"document.getElementById('live-frame').src !== {json.dumps(old_src)}",
+                               timeout=10_000)
+        page.wait_for_function("document.getElementById('scored').textContent === '7'", timeout=10_000)
+        assert page.text_content("#alert-count") == "1"
+        assert page.query_selector_all("#timeline circle.alerting") and page.query_selector("#timeline line.event")
+        shot = page.screenshot(path=tmp_path / "dashboard.png", full_page=True)
     assert not errors, errors
     origin = f"http://127.0.0.1:{server.port}/"
     assert requests and all(u.startswith(origin) and "token=tok-7" in u for u in requests), requests
