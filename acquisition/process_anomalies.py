@@ -8,10 +8,10 @@ moves with the stage), anchored in lane coordinates at the view the camera had w
                     at magnitude 1 the chips are up to 50 um deep along 160 um of edge (natural chips:
                     mostly 3-10 um, born one at a time).
 ``crack``           a thin dark fracture running from a kerf edge into the street and the die, growing
-                    over 3-6 frames to 40 + 200 * m um long, 1.5 + 3 * m um wide.
-``debris_splash``   a burst of 10 + 30 * m bright and dark particles (radius up to 1.5 + 5 * m um) flung out
+                    over 2-4 frames to 60 + 300 * m um long, 2 + 8 * m um wide.
+``debris_splash``   a burst of 15 + 35 * m bright and dark particles (radius up to 2 + 8 * m um) flung out
                     from the kerf for 2-3 frames, fading; gone afterwards.
-``kerf_widening``   a worn blade: from a wafer position on, both kerf edges move out by up to 30 * m um,
+``kerf_widening``   a worn blade: from a wafer position on, both kerf edges move out by up to 8 + 40 * m um,
                     ramping up over 3-5 frames (then it stays).
 
 Labels: an anomaly is *active* in the frames ``onset <= t < onset + extent`` of its lane pass (it is
@@ -20,10 +20,11 @@ in the scene afterwards, as ordinary (static) features that move with the stage;
 For every active frame the truth holds the anomaly's bounding box in pixels ``[x0, y0, x1, y1]``
 (inclusive-exclusive, clipped to the frame; None if it is out of view).
 
-Visibility floor :data:`VISIBILITY_FLOOR` = 0.3: at and above it every kind changes its bounding box by at
-least ~3x the sensor noise rms at 200x150 (6 um/px; measured by ``anomaly_contrast``, table in
-docs/simulator.md); below it the thinnest kinds (crack, widening) move less than one pixel's worth at
-6 um/px. Magnitudes are drawn uniformly from [0.1, 1], so about 22 % fall below the floor.
+Visibility floor :data:`VISIBILITY_FLOOR` = 0.3, relative to the lane's normal dynamics (chips born, debris
+drifting): at and above it the onset frame of every kind changes at least ~800 um^2 by more than 10 grey
+levels (``anomaly_area_um2``; table in docs/simulator.md), over 12x the largest natural debris particle
+(64 um^2) and 5x a typical natural chip (150 um^2); at 0.1 a crack or chip burst is the size of a few
+natural chips. Magnitudes are drawn uniformly from [0.1, 1], so about 22 % fall below the floor.
 
 Draws: frame ``t >= 1`` of lane ``lane`` is an anomaly onset with probability ``anomaly_rate``, from its
 own generator ``default_rng([seed, 7, lane, t])``, so a frame's anomalies are a pure function of
@@ -42,7 +43,7 @@ ANOMALY_KINDS = ("chipping_burst", "crack", "debris_splash", "kerf_widening")
 VISIBILITY_FLOOR = 0.3  # magnitude at (and above) which an anomaly is labelled visible
 MIN_MAGNITUDE = 0.1
 PERSISTENT = {"chipping_burst", "crack", "kerf_widening"}  # stay in the scene after their extent
-EXTENTS = {"chipping_burst": (1, 2), "crack": (3, 6), "debris_splash": (2, 3), "kerf_widening": (3, 5)}
+EXTENTS = {"chipping_burst": (1, 2), "crack": (2, 4), "debris_splash": (2, 3), "kerf_widening": (3, 5)}
 _S_ANOMALY = 7  # random stream key (the simulator's streams are 1..6)
 _SHIFT = 4  # sub-pixel bits for cv2 drawing
 
@@ -113,7 +114,7 @@ def _shapes(a: ProcessAnomaly, t: int, kerf_y: float, half: float) -> dict:
             out["polys"].append(poly)
             out["cores"].append(np.stack([x + ox * length * 0.55, edge + a.side * oy * (depth + 1) * 0.55], -1))
     elif a.kind == "crack":
-        length = (40 + 200 * m) * g
+        length = (60 + 300 * m) * g
         k = 10
         ang = a.side * (np.pi / 2 + r.uniform(-0.7, 0.7))  # away from the kerf
         steps = np.linspace(0, 1, k + 1)[:, None] * length
@@ -121,21 +122,21 @@ def _shapes(a: ProcessAnomaly, t: int, kerf_y: float, half: float) -> dict:
         dirs = np.stack([np.cos(ang + wobble), np.sin(ang + wobble)], -1)
         seg = np.diff(steps[:, 0], prepend=0.0)[:, None] * dirs
         pts = np.array([a.x_um, edge]) + np.cumsum(seg, 0)
-        out["lines"].append((pts, 1.5 + 3 * m))
+        out["lines"].append((pts, 2 + 8 * m))
     elif a.kind == "debris_splash":
-        n = 10 + int(round(30 * m))
+        n = 15 + int(round(35 * m))
         age = t - a.onset
         fade = max(0.0, 1.0 - age / a.extent)
         ox, oy = a.x_um, kerf_y + a.side * half * 0.5
         ang = r.uniform(0, 2 * np.pi, n)
         speed = r.uniform(15, 50, n)
-        rad = (1.5 + 5 * m) * r.uniform(0.5, 1.0, n)
+        rad = (2 + 8 * m) * r.uniform(0.5, 1.0, n)
         level = np.where(r.random(n) < 0.6, r.uniform(0.85, 1.0, n), r.uniform(0.04, 0.12, n))
         d = speed * (age + 0.6)
         for i in range(n):
             out["dots"].append((ox + np.cos(ang[i]) * d[i], oy + np.sin(ang[i]) * d[i], rad[i], level[i], fade))
     else:  # kerf_widening
-        out["widen"] = (a.x_um, 30 * m * g)
+        out["widen"] = (a.x_um, (8 + 40 * m) * g)
     return out
 
 
@@ -200,6 +201,7 @@ def anomaly_box(a: ProcessAnomaly, t: int, x_left_um: float, y_top: float, u: fl
     for p, w in zip(pts, pad):
         xs0.append(p[:, 0].min() - w), xs1.append(p[:, 0].max() + w), ys0.append(p[:, 1].min() - w), ys1.append(p[:, 1].max() + w)
     for x, y, rad, _, fade in s["dots"]:
+        rad = max(rad, u) + u  # drawn at least 1 px in radius, anti-aliased over one more
         if fade > 0:
             xs0.append(x - rad), xs1.append(x + rad), ys0.append(y - rad), ys1.append(y + rad)
     if s["widen"] is not None and s["widen"][1] > 0:
@@ -272,3 +274,23 @@ class AnomalyLog:
     def records(self) -> list[dict]:
         out = sorted(self._by_key.values(), key=lambda r: (r["frames"][0], r["lane"]))
         return [{"anomaly": i, **r} for i, r in enumerate(out)]
+
+
+def anomaly_area_um2(kind: str, magnitude: float, lanes: int = 4, levels: float = 10.0) -> float:
+    """How large an anomaly is at its onset: the area (um^2) of the pixels its onset frame changes by more
+    than ``levels`` grey levels (8 bit, 800x600 = 1.5 um/px, noise-free), averaged over ``lanes`` lanes
+    (the anomaly placed right of the view centre, t = 4). For scale: one natural debris particle (radius
+    1-4.5 um) covers 3-64 um^2, a typical natural chip (3-10 um deep) 15-150 um^2."""
+    from acquisition.simulator import DicingLaneSimulator, SimConfig
+
+    vals = []
+    for lane in range(lanes):
+        cfg = SimConfig(seed=0, noise=False, fault_rate=0.0)
+        base = DicingLaneSimulator(cfg).render(lane, 4).pixels.astype(np.float32)
+        sim = DicingLaneSimulator(dataclasses.replace(cfg, anomaly_rate=1.0))
+        a = ProcessAnomaly(kind, lane, 4, EXTENTS[kind][0], magnitude, sim.position_um(4) + 100.0,
+                           1.0 if lane % 2 else -1.0, 1234 + lane)
+        sim.lane(lane).anomalies.at = lambda t, view_x, a=a: [a] if a.present(t) else []
+        diff = np.abs(sim.render(lane, 4).pixels.astype(np.float32) - base)
+        vals.append(float((diff > levels).sum()) * sim.config.um_per_px ** 2)
+    return float(np.mean(vals))

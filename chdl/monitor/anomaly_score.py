@@ -5,16 +5,24 @@ first predicted frame) and compared with what the camera delivered:
 
 * error map: the per-pixel squared error (frame and prediction in [0, 1]), Gaussian-smoothed (sigma 1 px)
   against sensor noise, over the region the prediction covers (``valid``: a predictor that moves the
-  last frame cannot know what entered the view; that strip is left out);
-* per-frame score: log10 of the largest mean error over blocks of ``block`` x ``block`` pixels (max-pooled:
-  the anomalies here are local, a whole-frame PSNR would dilute a 10-pixel crack in 30,000 pixels);
-* normalisation: a running robust baseline, median and 1.4826 * MAD of the last ``window`` scores that did
-  not alert (at least ``sigma_floor`` in log10 units); ``threshold = median + z_on * sigma``;
+  last frame cannot know what entered the view; that strip is left out), then opened by line segments
+  (``remove_specks``): the lane's normal dynamics put a few new debris particles into every frame, each
+  a speck no predictor can foresee; anomalies extend along a line or over an area;
+* block z-scores: log10 of the map's mean over blocks of ``block`` x ``block`` pixels, each against the
+  running median and 1.4826 * MAD of the same block row in the last ``row_window`` frames that did not
+  alert. The lane runs along x, so a block row is a band across it: the kerf band, where chips and debris
+  change every frame, gets its own wider normal range, and the same error in the quiet street stands out;
+* per-frame score: the largest block z-score (max-pooled: the anomalies here are local, a whole-frame
+  PSNR would dilute a 10-pixel crack in 30,000 pixels; ``mode="global"`` keeps that score as a baseline);
+* normalisation: a running robust baseline of the frame scores, median and 1.4826 * MAD of the last
+  ``window`` scores that did not alert (at least ``sigma_floor``); ``threshold = median + z_on * sigma``;
 * alerts with hysteresis: the alert turns on when the score exceeds ``median + z_on * sigma`` and off when it
-  falls below ``median + z_off * sigma``; a new lane pass starts with the alert off. No alert before
-  ``min_history`` scores are in the baseline;
+  falls below ``median + z_off * sigma``; a new lane pass starts with the alert off. Warm-up: the first
+  ``min_history`` frames only fill the row baseline (score NaN), the next ``min_history`` the frame
+  baseline (no alert);
 * box: the connected group of blocks around the worst one whose error is at least ``box_fraction`` of it,
-  in pixels ``[x0, y0, x1, y1]`` (inclusive-exclusive).
+  refined to the pixels there (and one block around) whose error is at least ``box_fraction`` of the
+  largest, in pixels ``[x0, y0, x1, y1]`` (inclusive-exclusive).
 
 First frames of a pass: frame 0 has nothing to predict from and frame 1 no motion to measure, so scoring
 starts at the third frame of a pass (two predecessors). With 2 .. t_in - 1 predecessors a checkpoint
@@ -48,11 +56,34 @@ def block_size(width: int) -> int:
 
 
 def motion_valid(shape: tuple[int, int], v: tuple[float, float], margin: int = 2) -> np.ndarray:
-    """(H, W) bool: pixels whose source ``(y - dy, x - dx)`` lies inside the frame (``margin`` px inside)."""
+    """(H, W) bool: pixels whose source ``(y - dy, x - dx)`` lies inside the frame; along an axis that moves
+    by half a pixel or more, ``margin`` more pixels on the side the content enters from are left out too
+    (interpolated from the replicated border)."""
     h, w = shape
     dy, dx = v
+    my, mx = (margin if abs(dy) >= 0.5 else 0), (margin if abs(dx) >= 0.5 else 0)
     ys, xs = np.arange(h)[:, None] - dy, np.arange(w)[None, :] - dx
-    return (ys >= margin) & (ys <= h - 1 - margin) & (xs >= margin) & (xs <= w - 1 - margin)
+    return (ys >= -0.01 + my * (dy > 0)) & (ys <= h - 1.0 + 0.01 - my * (dy < 0)) & \
+        (xs >= -0.01 + mx * (dx > 0)) & (xs <= w - 1.0 + 0.01 - mx * (dx < 0))
+
+
+def speck_length(width: int) -> int:
+    """Length (px) of the line openings that remove point-like errors: 7 at 200 px wide (42 um of field)."""
+    return max(3, int(round(width / 28)) | 1)
+
+
+def remove_specks(err: np.ndarray, length: int) -> np.ndarray:
+    """Grey-level opening of the error map by 4 line segments (0, 45, 90, 135 degrees) of ``length`` px, the
+    largest of the four: keeps errors that extend along some line (a crack, a widened edge, a chip cluster)
+    and removes specks smaller than ``length`` in every direction (single debris particles)."""
+    h = np.zeros((length, length), np.uint8)
+    h[length // 2] = 1
+    kernels = (h, np.ascontiguousarray(h.T), np.eye(length, dtype=np.uint8),
+               np.ascontiguousarray(np.fliplr(np.eye(length, dtype=np.uint8))))
+    out = cv2.morphologyEx(err, cv2.MORPH_OPEN, kernels[0])
+    for k in kernels[1:]:
+        np.maximum(out, cv2.morphologyEx(err, cv2.MORPH_OPEN, k), out=out)
+    return out
 
 
 class CopyLast:
@@ -144,8 +175,11 @@ class ScorerConfig:
     min_history: int = 10  # no alert before this many scores are in the baseline
     z_on: float = 6.0  # alert on above median + z_on * sigma
     z_off: float = 3.0  # ... and off below median + z_off * sigma
-    sigma_floor: float = 0.03  # log10 units: the baseline spread is at least this
-    box_fraction: float = 0.3  # blocks at >= this fraction of the worst block's error make up the box
+    sigma_floor: float = 0.1  # the frame baseline's spread is at least this (score units)
+    row_window: int = 100  # frames in the per-block-row baseline
+    row_sigma_floor: float = 0.05  # log10 units: a block row's spread is at least this
+    open_px: int | None = None  # line length of the opening that removes specks (None: speck_length(width))
+    box_fraction: float = 0.3  # blocks (then pixels) at >= this fraction of the worst one's error make up the box
 
 
 @dataclasses.dataclass
@@ -188,6 +222,7 @@ class FrameScorer:
     def __init__(self, config: ScorerConfig | None = None):
         self.config = config or ScorerConfig()
         self.baseline = RobustBaseline(self.config.window, self.config.sigma_floor)
+        self.rows: collections.deque = collections.deque(maxlen=self.config.row_window)
         self.alert = False
 
     def new_pass(self) -> None:
@@ -197,35 +232,69 @@ class FrameScorer:
     def error_map(self, frame: np.ndarray, pred: np.ndarray, valid: np.ndarray) -> np.ndarray:
         err = cv2.GaussianBlur(np.square(frame.astype(np.float32) - pred.astype(np.float32)), (0, 0), 1.0)
         err[~valid] = 0.0
+        if self.config.mode == "block":
+            err = remove_specks(err, self.config.open_px or speck_length(err.shape[1]))
         return err
 
-    def raw_score(self, err: np.ndarray, valid: np.ndarray) -> tuple[float, list[int] | None]:
-        """(log10 score, box) of an error map."""
-        cfg = self.config
-        if cfg.mode == "global":
-            return math.log10(float(err[valid].mean()) + 1e-8) if valid.any() else math.nan, None
+    def blocks(self, err: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+        """(log10 block means (nh, nw), block fully valid (nh, nw), block side)."""
         h, w = err.shape
-        b = cfg.block or block_size(w)
+        b = self.config.block or block_size(w)
         nh, nw = h // b, w // b
         e = err[:nh * b, :nw * b].reshape(nh, b, nw, b).mean(axis=(1, 3))
         ok = valid[:nh * b, :nw * b].reshape(nh, b, nw, b).all(axis=(1, 3))
+        return np.log10(e + 1e-6), ok, b
+
+    def row_z(self, logs: np.ndarray, ok: np.ndarray) -> np.ndarray | None:
+        """Block z-scores against the running median / MAD of the same block row in earlier frames
+        (None until ``min_history`` frames are in)."""
+        if len(self.rows) < self.config.min_history or self.rows[-1].shape != logs.shape:
+            return None
+        hist = np.stack(self.rows).transpose(1, 0, 2).reshape(logs.shape[0], -1)  # (nh, frames * nw)
+        with np.errstate(all="ignore"):
+            import warnings
+
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)
+                med = np.nanmedian(hist, axis=1)
+                sig = 1.4826 * np.nanmedian(np.abs(hist - med[:, None]), axis=1)
+        med = np.nan_to_num(med, nan=float(np.nanmedian(hist)) if np.isfinite(hist).any() else 0.0)
+        sig = np.maximum(np.nan_to_num(sig, nan=self.config.row_sigma_floor), self.config.row_sigma_floor)
+        return np.where(ok, (logs - med[:, None]) / sig[:, None], -np.inf)
+
+    def raw_score(self, err: np.ndarray, valid: np.ndarray) -> tuple[float, list[int] | None, np.ndarray | None]:
+        """(score, box, block log errors for the row baseline) of an error map. Block mode: the largest block
+        z-score against its row's running baseline (NaN until that baseline exists: the frame is not
+        scored, its blocks only feed the row baseline); global mode: log10 of the whole-frame mean."""
+        cfg = self.config
+        if cfg.mode == "global":
+            return (math.log10(float(err[valid].mean()) + 1e-8) if valid.any() else math.nan), None, None
+        h, w = err.shape
+        logs, ok, b = self.blocks(err, valid)
         if not ok.any():
-            return math.nan, None
-        e = np.where(ok, e, 0.0)
-        iy, ix = np.unravel_index(int(np.argmax(e)), e.shape)
-        worst = float(e[iy, ix])
-        mask = (e >= cfg.box_fraction * worst).astype(np.uint8)
+            return math.nan, None, None
+        z = self.row_z(logs, ok)
+        rank = z if z is not None else np.where(ok, logs, -np.inf)
+        iy, ix = np.unravel_index(int(np.argmax(rank)), rank.shape)
+        e = np.where(ok, 10.0 ** logs, 0.0)
+        mask = ((e >= cfg.box_fraction * e[iy, ix]) & (rank > rank[iy, ix] - 3.0)).astype(np.uint8)
         _, comp = cv2.connectedComponents(mask, connectivity=8)
         ys, xs = np.nonzero(comp == comp[iy, ix])
-        box = [int(xs.min() * b), int(ys.min() * b), int((xs.max() + 1) * b), int((ys.max() + 1) * b)]
-        return math.log10(worst + 1e-8), box
+        # refine to pixels: within those blocks and one block around, the pixels at >= box_fraction of the
+        # largest pixel error there
+        y0, y1 = max(0, (ys.min() - 1) * b), min(h, (ys.max() + 2) * b)
+        x0, x1 = max(0, (xs.min() - 1) * b), min(w, (xs.max() + 2) * b)
+        region = err[y0:y1, x0:x1]
+        py, px = np.nonzero(region >= cfg.box_fraction * region.max())
+        box = [int(x0 + px.min()), int(y0 + py.min()), int(x0 + px.max() + 1), int(y0 + py.max() + 1)]
+        return float(rank[iy, ix]) if z is not None else math.nan, box, np.where(ok, logs, np.nan)
 
     def score(self, frame: np.ndarray, pred: np.ndarray, valid: np.ndarray, learn: bool = True) -> Scored:
         """Score one frame ((H, W) in [0, 1]) against its prediction. ``learn=False``: the score does not
         enter the baseline (e.g. a frame the acquisition QC flagged) and cannot raise an alert."""
         cfg = self.config
         err = self.error_map(frame, pred, valid)
-        s, box = self.raw_score(err, valid)
+        s, box, logs = self.raw_score(err, valid)
         med, sigma = self.baseline.stats()
         ready = len(self.baseline) >= cfg.min_history
         on, off = med + cfg.z_on * sigma, med + cfg.z_off * sigma
@@ -234,8 +303,11 @@ class FrameScorer:
             self.alert = s > on if not was else s >= off
         elif not learn:
             self.alert = was and math.isfinite(s) and s >= off
-        if learn and math.isfinite(s) and not self.alert:
-            self.baseline.add(s)
+        if learn and not self.alert:
+            if math.isfinite(s):
+                self.baseline.add(s)
+            if logs is not None:
+                self.rows.append(logs)
         return Scored(score=s, threshold=on if ready else math.inf, alert=self.alert,
                       new_alert=self.alert and not was, box=box, error=err)
 

@@ -11,7 +11,8 @@ frame through the same code as the live monitor (:class:`chdl.monitor.anomaly_sc
 
 Metrics (per method):
 
-* ``auroc``: frame-level ROC AUC (scikit-learn) over scored frames; positives are the active frames of
+* ``auroc``: frame-level ROC AUC (scikit-learn) over scored frames (not the scorer's warm-up, which has no
+  score yet); positives are the active frames of
   anomalies above the visibility floor, negatives the frames no anomaly is active in (frames of anomalies
   below the floor are left out);
 * ``event_recall``: fraction of visible anomalies with an alert raised in their lane between their onset
@@ -113,13 +114,15 @@ def metrics(rows: list[dict], truth: RunTruth) -> dict:
                 events_truth.append((run, a))
     for r in rows:
         k = (r["run"], r["frame"])
+        if not math.isfinite(r["score"]):  # the scorer's warm-up: no score yet
+            continue
         if k in active_vis:
             y.append(1)
         elif k in active_any:
             continue
         else:
             y.append(0)
-        s.append(r["score"] if math.isfinite(r["score"]) else -1e9)
+        s.append(r["score"])
     alerts = [r for r in rows if r["new_alert"]]
     detected, latencies, scorable, scorable_hit = 0, [], 0, 0
     for run, a in events_truth:
