@@ -8,6 +8,7 @@ scorer failed (the recording is complete all the same).
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import click
@@ -65,21 +66,26 @@ def monitor(ctx, checkpoint, t_in, queue_depth, serve, **params):
     folder = monitor_dir(run_path)
     if folder.exists() and any(folder.iterdir()):
         raise click.ClickException(f"{folder}: already exists and is not empty (choose another --run-id or --out)")
+    serve_in_background = _dashboard() if serve else None
     spec, name, t = _predictor_spec(checkpoint, t_in)
     if run_path.exists():
         raise click.ClickException(f"{run_path}: already exists (choose another --run-id or --out)")
     mon = Monitor(spec, queue_depth)
     mon.start(run_path, run_path.name, name, t)
-    server = _serve(mon.folder) if serve else None
-
+    server = None
     state = "failed"
     try:
+        if serve_in_background is not None:
+            server = serve_in_background(mon.folder)
+            click.echo(f"dashboard: {server.url}", err=True)
         results = run_captures(ctx, **params, on_record=mon.offer)
         state = "interrupted" if any(r.stopped_by == "interrupted" for r in results) else "finished"
     finally:
         error = mon.finish(state)
         if server is not None:
             server.stop()
+        if state == "failed" and mon.captured == 0:  # nothing was recorded: leave nothing behind
+            shutil.rmtree(mon.folder, ignore_errors=True)
     status = json.loads((mon.folder / "status.json").read_text())
     click.echo(f"monitor: {status['frames_scored']} frames scored, {status['frames_skipped']} skipped, "
                f"{status['events']} events -> {mon.folder}")
@@ -90,14 +96,13 @@ def monitor(ctx, checkpoint, t_in, queue_depth, serve, **params):
         ctx.exit(1)
 
 
-def _serve(folder: Path):
+def _dashboard():
+    """``chdl.monitor.dashboard.serve_in_background``, or a one-line error if the dashboard is not installed."""
     try:
         from chdl.monitor.dashboard import serve_in_background
     except ImportError as e:
         raise click.ClickException(f"--serve: the dashboard is not available ({e})") from None
-    handle = serve_in_background(folder)
-    click.echo(f"dashboard: {handle.url}", err=True)
-    return handle
+    return serve_in_background
 
 
 @click.command("monitor-eval")

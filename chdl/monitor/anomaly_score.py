@@ -374,7 +374,7 @@ class MonitorPipeline:
         return self.stream.predictor
 
     def push(self, index: int, lane: int, position: int, raw: np.ndarray) -> FrameResult | None:
-        flag = self.qc.check(raw, lane) if self.qc is not None else None
+        flag = self.qc.check(raw, lane, position) if self.qc is not None else None
         frame = raw.astype(np.float32) * np.float32(1.0 / self.max_value)
         out = self.stream.push(frame, lane, position, learn=flag is None)
         if out is None:

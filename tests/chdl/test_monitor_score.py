@@ -132,3 +132,24 @@ def test_constant_motion_predicts_a_moving_texture_and_masks_what_entered():
     err_copy = np.abs(CopyLast().predict(frames[:5])[0] - frames[5]).mean()
     assert err_cm < 0.2 * err_copy
     assert motion_valid((4, 4), (0.0, 0.0), margin=0).all()
+
+
+def test_acquisition_faults_are_flagged_as_such_not_as_process_alerts():
+    """A frame with a gain fault (illumination) and one shaken by jitter (vibration) in a simulated pass:
+    the QC names them, they raise no process alert and stay out of the baselines."""
+    from acquisition.simulator import DicingLaneSimulator, Fault, SimConfig
+    from chdl.monitor.anomaly_score import MonitorPipeline
+
+    sim = DicingLaneSimulator(SimConfig(seed=2, width=200, height=150, fault_rate=0.0))
+    faults = {(3, 5): Fault("gain", 1.0, phase=1.0), (4, 6): Fault("jitter", 1.0, angle=1.2)}
+    pipe = MonitorPipeline(ConstantMotion(5), 255.0, ScorerConfig(min_history=5))
+    seen = {}
+    for lane in range(5):
+        for t in range(10):
+            px = sim.render(lane, t, fault=faults.get((lane, t))).pixels
+            r = pipe.push(lane * 10 + t, lane, t, px)
+            if r is not None:
+                seen[(lane, t)] = r
+    assert seen[(3, 5)].acquisition == "illumination" and seen[(4, 6)].acquisition == "vibration"
+    assert not seen[(3, 5)].new_alert and not seen[(4, 6)].new_alert
+    assert [k for k, r in seen.items() if r.acquisition] == [(3, 5), (4, 6)]
