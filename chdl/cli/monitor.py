@@ -70,6 +70,7 @@ def monitor(ctx, checkpoint, t_in, queue_depth, serve, **params):
     spec, name, t = _predictor_spec(checkpoint, t_in)
     if run_path.exists():
         raise click.ClickException(f"{run_path}: already exists (choose another --run-id or --out)")
+    new_out = not params["out"].exists()
     mon = Monitor(spec, queue_depth)
     mon.start(run_path, run_path.name, name, t)
     server = None
@@ -86,6 +87,8 @@ def monitor(ctx, checkpoint, t_in, queue_depth, serve, **params):
             server.stop()
         if state == "failed" and mon.captured == 0:  # nothing was recorded: leave nothing behind
             shutil.rmtree(mon.folder, ignore_errors=True)
+            if new_out and params["out"].is_dir() and not any(params["out"].iterdir()):
+                params["out"].rmdir()
     status = json.loads((mon.folder / "status.json").read_text())
     click.echo(f"monitor: {status['frames_scored']} frames scored, {status['frames_skipped']} skipped, "
                f"{status['events']} events -> {mon.folder}")

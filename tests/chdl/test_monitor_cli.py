@@ -170,13 +170,14 @@ def test_monitor_eval_scores_every_method_on_labelled_runs(tmp_path):
 
 
 @pytest.mark.parametrize("args,message", [
-    (["--checkpoint", "{bad}"], "Error: "),
-    (["--run-id", "a/b"], "--run-id"),
+    (["--replay", "{clean}", "--checkpoint", "{bad}"], "Error: "),
+    (["--replay", "{clean}", "--run-id", "a/b"], "--run-id"),
+    (["--camera", "gige0"], "Error: no GenTL producer"),  # fails after the scorer started: nothing left either
 ])
-def test_monitor_errors_are_one_line(clean_run, tmp_path, args, message):
+def test_monitor_errors_are_one_line_and_leave_nothing(clean_run, tmp_path, args, message):
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"not a checkpoint")
-    args = [a.replace("{bad}", str(bad)) for a in args]
-    out = chdl("monitor", "--replay", clean_run, "--out", tmp_path / "m", *args)
+    args = [a.replace("{bad}", str(bad)).replace("{clean}", str(clean_run)) for a in args]
+    out = chdl("monitor", "--out", tmp_path / "m", *args)
     assert out.returncode in (1, 2) and message in out.stderr and "Traceback" not in out.stderr
     assert not (tmp_path / "m").exists()
