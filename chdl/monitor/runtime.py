@@ -139,9 +139,7 @@ class Monitor:
             settings = json.loads((run_path / "manifest.json").read_text(encoding="utf-8")).get("settings", {})
             self.status.fields.update(width=int(settings.get("width", 0)), height=int(settings.get("height", 0)))
         self.captured += 1
-        if record.file is None or record.status != "ok":
-            self.skipped += 1
-        else:
+        if record.file is not None and record.status == "ok":  # a dropped or incomplete frame is not scored
             try:
                 self.queue.put_nowait((record.index, record.lane, record.position_index, record.file, record.pixel_format))
             except queue.Full:
@@ -158,13 +156,10 @@ class Monitor:
             if self.proc.is_alive():
                 self.proc.terminate()
                 error = "the scorer did not finish in time"
-            with_error = None
             try:
-                with_error = self.errors.get_nowait()
+                error, state = self.errors.get_nowait(), "failed"
             except queue.Empty:
                 pass
-            if with_error:
-                error, state = with_error, "failed"
         if self.status is not None:
             self.status.stop(state)
         return error

@@ -11,7 +11,6 @@ import time
 from pathlib import Path
 
 import cv2
-import numpy as np
 import pytest
 
 from acquisition.raw import Recording, encode_png
@@ -181,3 +180,17 @@ def test_monitor_errors_are_one_line_and_leave_nothing(clean_run, tmp_path, args
     out = chdl("monitor", "--out", tmp_path / "m", *args)
     assert out.returncode in (1, 2) and message in out.stderr and "Traceback" not in out.stderr
     assert not (tmp_path / "m").exists()
+
+
+def test_a_slow_scorer_skips_frames_and_says_so_the_recording_keeps_them_all(clean_run, tmp_path):
+    """Replayed as fast as possible (~300 frames/s) into a queue of one frame: the scorer (~15 ms a frame)
+    falls behind, frames are skipped and counted, and every frame is still recorded."""
+    mon = chdl("monitor", "--replay", clean_run, "--out", tmp_path / "m", "--as-fast-as-possible", "--queue-depth", "1",
+               "-q")
+    assert mon.returncode == 0, mon.stderr
+    status = json.loads((tmp_path / "m" / "run_00000.monitor" / "status.json").read_text())
+    assert status["frames_captured"] == 50 and status["frames_skipped"] > 0
+    assert status["frames_scored"] == len(_lines(tmp_path / "m" / "run_00000.monitor" / "scores.jsonl")) < 40
+    assert f"{status['frames_skipped']} skipped" in mon.stdout
+    rec = Recording.open(tmp_path / "m" / "run_00000")
+    assert rec.complete and len(rec) == 50
