@@ -177,7 +177,7 @@ class ScorerConfig:
     z_off: float = 3.0  # ... and off below median + z_off * sigma
     sigma_floor: float = 0.1  # the frame baseline's spread is at least this (score units)
     row_window: int = 100  # frames in the per-block-row baseline
-    row_sigma_floor: float = 0.05  # log10 units: a block row's spread is at least this
+    row_sigma_floor: float = 0.15  # log10 units: a block row's spread is at least this
     open_px: int | None = None  # line length of the opening that removes specks (None: speck_length(width))
     box_fraction: float = 0.3  # blocks (then pixels) at >= this fraction of the worst one's error make up the box
 
