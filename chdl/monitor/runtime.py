@@ -151,7 +151,12 @@ class Monitor:
         """Let the scorer drain the queue, stop it, write the final status. Returns its error, if any."""
         error = None
         if self.proc is not None:
-            self.queue.put(None)
+            while self.proc.is_alive():  # a full queue drains unless the scorer died
+                try:
+                    self.queue.put(None, timeout=0.5)
+                    break
+                except queue.Full:
+                    continue
             self.proc.join(timeout_s)
             if self.proc.is_alive():
                 self.proc.terminate()
