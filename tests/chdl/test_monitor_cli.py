@@ -166,6 +166,14 @@ def test_monitor_eval_scores_every_method_on_labelled_runs(tmp_path):
         assert m["positive_frames"] > 0 and m["negative_frames"] > 0
     assert "| constant-motion |" in (tmp_path / "eval" / "metrics.md").read_text() and "AUROC" in ev.stdout
     assert cv2.imread(str(tmp_path / "eval" / "scores_run_00000.png")) is not None
+    # a monitor folder stands for its recording, whose truth is that of the recording it replays
+    mon = chdl("monitor", "--replay", corpus / "run_00000", "--out", tmp_path / "m", "--as-fast-as-possible", "-q",
+               "--queue-depth", "100")
+    assert mon.returncode == 0, mon.stderr
+    ev2 = chdl("monitor-eval", tmp_path / "m" / "run_00000.monitor", "--out", tmp_path / "eval2", "--no-qc", "-q")
+    assert ev2.returncode == 0, ev2.stderr
+    again = json.loads((tmp_path / "eval2" / "metrics.json").read_text())["methods"]
+    assert again == metrics["methods"]  # the same frames, the same truth, the same scores
 
 
 @pytest.mark.parametrize("args,message", [
