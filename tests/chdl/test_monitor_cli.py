@@ -170,10 +170,10 @@ def test_monitor_eval_scores_every_method_on_labelled_runs(tmp_path):
     mon = chdl("monitor", "--replay", corpus / "run_00000", "--out", tmp_path / "m", "--as-fast-as-possible", "-q",
                "--queue-depth", "100")
     assert mon.returncode == 0, mon.stderr
-    ev2 = chdl("monitor-eval", tmp_path / "m" / "run_00000.monitor", "--out", tmp_path / "eval2", "--no-qc", "-q")
-    assert ev2.returncode == 0, ev2.stderr
-    again = json.loads((tmp_path / "eval2" / "metrics.json").read_text())["methods"]
-    assert again == metrics["methods"]  # the same frames, the same truth, the same scores
+    from chdl.monitor.evaluate import evaluate
+
+    again = evaluate([tmp_path / "m" / "run_00000.monitor"], tmp_path / "eval2", qc=False, progress=False)
+    assert again["methods"] == metrics["methods"]  # the same frames, the same truth, the same scores
 
 
 @pytest.mark.parametrize("args,message", [
