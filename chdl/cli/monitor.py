@@ -14,7 +14,7 @@ from pathlib import Path
 import click
 
 from chdl.cli.acquire import capture_options, report_captures, run_captures
-from chdl.cli.options import quiet_option
+from chdl.cli.options import POSITIVE, quiet_option
 
 
 def _predictor_spec(checkpoint: Path | None, t_in: int) -> tuple[dict, str, int]:
@@ -40,9 +40,12 @@ def _predictor_spec(checkpoint: Path | None, t_in: int) -> tuple[dict, str, int]
               help="Frames the constant-motion predictor looks back (a checkpoint brings its own).")
 @click.option("--queue-depth", type=click.IntRange(1), default=8, show_default=True,
               help="Frames waiting for the scorer; when it is full, frames are recorded but not scored (skipped).")
+@click.option("--z-on", type=POSITIVE, default=6.0, show_default=True,
+              help="Alert when the score exceeds its running median + z-on robust sigmas.")
+@click.option("--z-off", type=POSITIVE, default=3.0, show_default=True, help="... and end it below median + z-off sigmas.")
 @click.option("--serve", is_flag=True, help="Serve the live dashboard on 127.0.0.1 (chdl.monitor.dashboard).")
 @click.pass_context
-def monitor(ctx, checkpoint, t_in, queue_depth, serve, **params):
+def monitor(ctx, checkpoint, t_in, queue_depth, z_on, z_off, serve, **params):
     """Capture (exactly as chdl capture) while a separate process predicts and scores every frame; process
     anomalies and acquisition-QC flags are written as events beside the recording, in OUT/<run-id>.monitor/."""
     from acquisition.capture import default_run_id
@@ -68,6 +71,7 @@ def monitor(ctx, checkpoint, t_in, queue_depth, serve, **params):
         raise click.ClickException(f"{folder}: already exists and is not empty (choose another --run-id or --out)")
     serve_in_background = _dashboard() if serve else None
     spec, name, t = _predictor_spec(checkpoint, t_in)
+    spec["scorer"] = _alert_levels(z_on, z_off)
     if run_path.exists():
         raise click.ClickException(f"{run_path}: already exists (choose another --run-id or --out)")
     new_out = not params["out"].exists()
@@ -99,6 +103,12 @@ def monitor(ctx, checkpoint, t_in, queue_depth, serve, **params):
         ctx.exit(1)
 
 
+def _alert_levels(z_on: float, z_off: float) -> dict:
+    if z_off > z_on:
+        raise click.BadParameter(f"must not exceed --z-on ({z_on})", param_hint="--z-off")
+    return {"z_on": z_on, "z_off": z_off}
+
+
 def _dashboard():
     """``chdl.monitor.dashboard.serve_in_background``, or a one-line error if the dashboard is not installed."""
     try:
@@ -115,15 +125,18 @@ def _dashboard():
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="Folder for metrics.json, metrics.md and the score plots.")
 @click.option("--no-qc", is_flag=True, help="Skip the acquisition QC (faster; no acquisition flags).")
+@click.option("--z-on", type=POSITIVE, default=6.0, show_default=True, help="Alert level, as for chdl monitor.")
+@click.option("--z-off", type=POSITIVE, default=3.0, show_default=True, help="Alert-off level, as for chdl monitor.")
 @quiet_option()
-def monitor_eval(runs, checkpoint, out, no_qc, quiet):
+def monitor_eval(runs, checkpoint, out, no_qc, z_on, z_off, quiet):
     """Frame AUROC, event recall, detection latency and false alarms per hour on labelled (simulated)
     recordings (RUN folders, folders of runs, or monitor output folders), for every predictor next to the
     frame-difference and copy-last baselines."""
     from chdl.monitor.evaluate import EvalError, evaluate
 
     try:
-        result = evaluate(list(runs), out, checkpoint=checkpoint, qc=not no_qc, progress=not quiet)
+        result = evaluate(list(runs), out, checkpoint=checkpoint, qc=not no_qc, progress=not quiet,
+                          alert_levels=_alert_levels(z_on, z_off))
     except EvalError as e:
         raise click.ClickException(str(e)) from None
     click.echo(result["markdown"])

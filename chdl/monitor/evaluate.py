@@ -174,9 +174,11 @@ def find_runs(paths: list) -> list[Path]:
     return out
 
 
-def evaluate(paths: list, out: str | Path, checkpoint=None, qc: bool = True, progress: bool = True) -> dict:
+def evaluate(paths: list, out: str | Path, checkpoint=None, qc: bool = True, progress: bool = True,
+             alert_levels: dict | None = None) -> dict:
     """Score every run with every method, write ``out/metrics.json``, ``out/metrics.md`` and a score plot
-    per run and method (``out/scores_<run>.png``); returns the metrics and the markdown table."""
+    per run and method (``out/scores_<folder>_<run>.png``); returns the metrics and the markdown table.
+    ``alert_levels``: ScorerConfig fields for every method (e.g. ``{"z_on": 4.0, "z_off": 2.0}``)."""
     from tqdm import tqdm
 
     from acquisition.raw import Recording
@@ -204,6 +206,7 @@ def evaluate(paths: list, out: str | Path, checkpoint=None, qc: bool = True, pro
                     predictor, cfg = method_setup(m, checkpoint, shape)
                 except ValueError as e:
                     raise EvalError(str(e).splitlines()[0]) from None
+                cfg = dataclasses.replace(cfg, **(alert_levels or {}))
                 for row in score_recording(rec, predictor, cfg, qc=qc):
                     rows.append({**row, "run": run})
                 bar.update(len(rec.frames))
@@ -212,9 +215,10 @@ def evaluate(paths: list, out: str | Path, checkpoint=None, qc: bool = True, pro
     out.mkdir(parents=True, exist_ok=True)
     md = markdown(results)
     for run in recs:
-        plot_scores(out / f"scores_{Path(run).name}.png", {m: [r for r in rows_by[m] if r["run"] == run] for m in methods},
+        plot_scores(out / f"scores_{Path(run).parent.name}_{Path(run).name}.png", {m: [r for r in rows_by[m] if r["run"] == run] for m in methods},
                     truth[run], title=Path(run).name)
-    _write(out / "metrics.json", json.dumps({"runs": [str(r) for r in runs], "methods": results}, indent=2) + "\n")
+    _write(out / "metrics.json", json.dumps({"runs": [str(r) for r in runs], "alert_levels": alert_levels or {},
+                                             "methods": results}, indent=2) + "\n")
     _write(out / "metrics.md", md + "\n")
     return {"methods": results, "markdown": md}
 

@@ -185,7 +185,7 @@ def _score_loop(spec, run_path: Path, folder: Path, q, scored, events, ready) ->
     import torch
 
     from acquisition.raw import PIXEL_MAX
-    from chdl.monitor.anomaly_score import MonitorPipeline, make_predictor
+    from chdl.monitor.anomaly_score import MonitorPipeline, ScorerConfig, make_predictor
 
     torch.set_num_threads(int(spec.get("threads", 1)))
     predictor = make_predictor(spec["predictor"], spec.get("checkpoint"), spec.get("t_in", 5))
@@ -210,7 +210,7 @@ def _score_loop(spec, run_path: Path, folder: Path, q, scored, events, ready) ->
             if raw is None:
                 continue
             if pipe is None:
-                pipe = MonitorPipeline(predictor, PIXEL_MAX[pixel_format])
+                pipe = MonitorPipeline(predictor, PIXEL_MAX[pixel_format], ScorerConfig(**spec.get("scorer", {})))
             r = pipe.push(index, lane, position, raw)
             if r is None:
                 continue

@@ -165,7 +165,7 @@ def test_monitor_eval_scores_every_method_on_labelled_runs(tmp_path):
         assert 0.0 <= m["auroc"] <= 1.0 and m["events"] > 0 and 0.0 <= m["event_recall"] <= 1.0
         assert m["positive_frames"] > 0 and m["negative_frames"] > 0
     assert "| constant-motion |" in (tmp_path / "eval" / "metrics.md").read_text() and "AUROC" in ev.stdout
-    assert cv2.imread(str(tmp_path / "eval" / "scores_run_00000.png")) is not None
+    assert cv2.imread(str(tmp_path / "eval" / "scores_corpus_run_00000.png")) is not None
     # a monitor folder stands for its recording, whose truth is that of the recording it replays
     mon = chdl("monitor", "--replay", corpus / "run_00000", "--out", tmp_path / "m", "--as-fast-as-possible", "-q",
                "--queue-depth", "100")
