@@ -216,7 +216,7 @@ def evaluate(paths: list, out: str | Path, checkpoint=None, qc: bool = True, pro
     md = markdown(results)
     for run in recs:
         plot_scores(out / f"scores_{Path(run).parent.name}_{Path(run).name}.png", {m: [r for r in rows_by[m] if r["run"] == run] for m in methods},
-                    truth[run], title=Path(run).name)
+                    truth[run], title=f"{Path(run).parent.name}/{Path(run).name}")
     _write(out / "metrics.json", json.dumps({"runs": [str(r) for r in runs], "alert_levels": alert_levels or {},
                                              "methods": results}, indent=2) + "\n")
     _write(out / "metrics.md", md + "\n")
