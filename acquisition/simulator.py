@@ -58,6 +58,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from acquisition.process_anomalies import ANOMALY_KINDS, AnomalyTrack, anomaly_box, render_anomalies
 from acquisition.raw import encode_png
 
 SIM_VERSION = 1  # bump when the rendering changes (re-rendered frames would differ)
@@ -79,6 +80,7 @@ TRUTH_DIR = "truth"
 LABELS = "labels.jsonl"
 CLEAN_DIR = "clean"
 CONFIG_FILE = "simulator.json"
+ANOMALIES = "anomalies.jsonl"  # process anomalies (acquisition.process_anomalies), when anomaly_rate > 0
 
 # random streams (the second key of every generator: keeps streams independent)
 _S_WAFER, _S_LANE, _S_CHIPS, _S_DEBRIS, _S_FAULT, _S_NOISE = range(1, 7)
@@ -106,6 +108,8 @@ class SimConfig:
     black_level: float = 0.01  # offset, fraction of full scale
     psf_um: float = 0.9  # optical blur sigma (finite depth of field), um
     vignetting: float = 0.14  # relative fall-off at the corners
+    anomaly_rate: float = 0.0  # probability that a frame (t >= 1) begins a process anomaly (process_anomalies)
+    anomaly_kinds: tuple[str, ...] = ANOMALY_KINDS  # kinds drawn (uniformly) for process anomalies
 
     @property
     def um_per_px(self) -> float:
@@ -125,6 +129,11 @@ class SimConfig:
         bad = set(self.fault_kinds) - set(KINDS)
         if bad or not self.fault_kinds:
             raise ValueError(f"unknown fault kinds {sorted(bad)} (known: {', '.join(KINDS)})")
+        if not 0.0 <= self.anomaly_rate <= 1.0:
+            raise ValueError(f"anomaly_rate must be in [0, 1], not {self.anomaly_rate}")
+        bad = set(self.anomaly_kinds) - set(ANOMALY_KINDS)
+        if bad or not self.anomaly_kinds:
+            raise ValueError(f"unknown anomaly kinds {sorted(bad)} (known: {', '.join(ANOMALY_KINDS)})")
         if self.seed < 0 or self.lanes_per_wafer < 1:
             raise ValueError("seed must be >= 0 and lanes_per_wafer >= 1")
         return self
@@ -132,6 +141,7 @@ class SimConfig:
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
         d["fault_kinds"] = list(self.fault_kinds)
+        d["anomaly_kinds"] = list(self.anomaly_kinds)
         return d
 
     @classmethod
@@ -141,9 +151,10 @@ class SimConfig:
         if unknown:
             raise ValueError(f"unknown simulator option(s) {', '.join(sorted(unknown))} (known: {', '.join(sorted(known))})")
         d = dict(d)
-        if "fault_kinds" in d:
-            kinds = d["fault_kinds"]
-            d["fault_kinds"] = tuple(kinds.split(",") if isinstance(kinds, str) else kinds)
+        for key in ("fault_kinds", "anomaly_kinds"):
+            if key in d:
+                kinds = d[key]
+                d[key] = tuple(kinds.split(",") if isinstance(kinds, str) else kinds)
         return cls(**d).validate()
 
 
@@ -182,6 +193,7 @@ class Rendered:
     pixels: np.ndarray  # (H, W) uint8 | uint16: what the camera delivers
     clean: np.ndarray | None  # the same frame without the fault (same noise), None if not faulty
     fault: Fault | None
+    anomalies: list = dataclasses.field(default_factory=list)  # [(ProcessAnomaly, box | None)] active in this frame
 
 
 def _rng(*keys: int) -> np.random.Generator:
@@ -402,6 +414,7 @@ class _Lane:
             self.front = (r.uniform(200, 900) - speed * 2, speed)  # x at t=0, um/frame
         self.light = r.uniform(0.975, 1.025)  # lamp level of this pass: CHDL's 2000 +- 50 lux
         self._segments: dict[int, tuple] = {}
+        self.anomalies = AnomalyTrack(cfg.seed, lane, cfg.anomaly_rate, cfg.anomaly_kinds, cfg.step_um, FIELD_UM[0])
 
     def front_x(self, t: float) -> float:
         return math.inf if self.front is None else self.front[0] + self.front[1] * t
@@ -513,6 +526,9 @@ class _Lane:
                     cv2.circle(img, (int(x * 4), int(y * 4)), max(1, int(d["radius"][i] / u * 4)),
                                lvl * fade + float(img[int(min(max(y, 0), H - 1)), int(min(max(x, 0), W - 1))]) * (1 - fade),
                                -1, cv2.LINE_8, shift=2)
+        if self.cfg.anomaly_rate > 0:  # process anomalies, anchored where the view was at their onset
+            render_anomalies(img, self.anomalies.at(int(t), x_um + FIELD_UM[0] / 2), int(t), x_cols, y_top, u,
+                             self.kerf_y, self.kerf_w, p.levels)
         img *= np.float32(self.light)
         return img
 
@@ -579,16 +595,22 @@ class DicingLaneSimulator:
             cv2.setRNGSeed(int(np.random.SeedSequence([cfg.seed, _S_NOISE, lane, t]).generate_state(1)[0] >> 1))
             cv2.randn(noise, 0.0, 1.0)
         refl = L.reflectance(x_left, t, self._rows, cfg.width, cfg.height)
+        anomalies = []
+        if cfg.anomaly_rate > 0:  # boxes of the anomalies active (changing) in this frame
+            u = cfg.um_per_px
+            y_top = ((self._rows - cfg.height) // 2 - self._rows / 2 + 0.5) * u
+            anomalies = [(a, anomaly_box(a, t, x_left, y_top, u, cfg.width, cfg.height, L.kerf_y, L.kerf_w))
+                         for a in L.anomalies.at(t, position_um) if a.active(t)]
         clean = self._expose(self._optics(refl), noise)
         if fault is None:
-            return Rendered(clean, None, None)
+            return Rendered(clean, None, None, anomalies)
         if fault.kind == "jitter":
             d = fault.magnitude * FAULT_SCALES["jitter"] / cfg.um_per_px
             dx, dy = int(round(d * math.cos(fault.angle))), int(round(d * math.sin(fault.angle)))
             dy = max(-self._margin, min(self._margin, dy))
             refl = L.reflectance(x_left, t, self._rows, cfg.width, cfg.height, dx, dy)
         pixels = self._expose(self._optics(refl, fault), noise, fault)
-        return Rendered(pixels, clean, fault)
+        return Rendered(pixels, clean, fault, anomalies)
 
     def sequence(self, lane: int, n: int = 10) -> tuple[np.ndarray, list[dict], dict[int, np.ndarray]]:
         """A lane pass of ``n`` frames at the default positions: (frames (n,H,W), labels, {t: clean})."""
@@ -661,8 +683,10 @@ def _atomic_write(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-def write_truth(run_path: str | os.PathLike, labels: list[dict], cleans: dict[int, np.ndarray], config: SimConfig) -> Path:
-    """Write ``<run>/truth/``: labels.jsonl (one line per frame index), clean/NNNNNN.png, simulator.json."""
+def write_truth(run_path: str | os.PathLike, labels: list[dict], cleans: dict[int, np.ndarray], config: SimConfig,
+                anomalies: list[dict] | None = None) -> Path:
+    """Write ``<run>/truth/``: labels.jsonl (one line per frame index), clean/NNNNNN.png, simulator.json, and
+    anomalies.jsonl (one line per process anomaly, :class:`AnomalyLog`) when ``anomalies`` is not None."""
     truth = Path(run_path) / TRUTH_DIR
     (truth / CLEAN_DIR).mkdir(parents=True, exist_ok=True)
     for index, pixels in sorted(cleans.items()):
@@ -671,6 +695,8 @@ def write_truth(run_path: str | os.PathLike, labels: list[dict], cleans: dict[in
     lines = "".join(json.dumps(lb, separators=(",", ":")) + "\n" for lb in sorted(labels, key=lambda d: d["index"]))
     _atomic_write(truth / CONFIG_FILE, (json.dumps({"sim_version": SIM_VERSION, "config": config.to_dict()},
                                                    indent=2, sort_keys=True) + "\n").encode())
+    if anomalies is not None:
+        _atomic_write(truth / ANOMALIES, "".join(json.dumps(a, separators=(",", ":")) + "\n" for a in anomalies).encode())
     _atomic_write(truth / LABELS, lines.encode())  # written last: its presence marks the truth complete
     return truth
 
@@ -682,6 +708,7 @@ class Truth:
     path: Path  # <run>/truth
     labels: list[dict]  # one per frame index, in index order
     config: dict  # the simulator configuration (simulator.json), {} if absent
+    anomalies: list[dict] = dataclasses.field(default_factory=list)  # anomalies.jsonl (process_anomalies.AnomalyLog)
 
     def faulty(self) -> list[dict]:
         return [lb for lb in self.labels if lb["fault"] != "none"]
@@ -713,4 +740,16 @@ def load_truth(run_path: str | os.PathLike) -> Truth:
         labels.append(lb)
     cfg_file = truth / CONFIG_FILE
     config = json.loads(cfg_file.read_text(encoding="utf-8")) if cfg_file.is_file() else {}
-    return Truth(truth, labels, config)
+    anomalies = []
+    a_file = truth / ANOMALIES
+    if a_file.is_file():
+        for lineno, line in enumerate(a_file.read_text(encoding="utf-8").splitlines(), 1):
+            try:
+                a = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{a_file}:{lineno}: malformed anomaly ({e.msg})") from None
+            if not isinstance(a, dict) or not {"kind", "lane", "onset_frame", "frames", "boxes"} <= set(a) \
+                    or len(a["frames"]) != len(a["boxes"]):
+                raise ValueError(f"{a_file}:{lineno}: malformed anomaly {line[:80]!r}")
+            anomalies.append(a)
+    return Truth(truth, labels, config, anomalies)

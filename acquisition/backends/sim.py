@@ -41,6 +41,7 @@ import numpy as np
 
 from acquisition.backends.base import Camera, CameraError, CameraInfo, CaptureSettings, Frame, Stage, sleep_until
 from acquisition.raw import Recording, RecordingWriter
+from acquisition.process_anomalies import AnomalyLog
 from acquisition.simulator import SIM_VERSION, DicingLaneSimulator, SimConfig, label, write_truth
 
 NOMINAL_EXPOSURE_US = 2000.0
@@ -204,6 +205,9 @@ def sim_address(index: int, config: SimConfig) -> str:
     """``sim://<index>?...``: the simulator options (everything but the capture settings) as a URL."""
     opts = {k: v for k, v in config.to_dict().items() if k not in _SETTINGS_FIELDS}  # bit_depth: of Mono16
     opts["fault_kinds"] = ",".join(opts["fault_kinds"])
+    opts["anomaly_kinds"] = ",".join(opts["anomaly_kinds"])
+    if not config.anomaly_rate:  # no process anomalies: the address of a simulator without them
+        del opts["anomaly_rate"], opts["anomaly_kinds"]
     opts["sim_version"] = SIM_VERSION
     return f"sim://{index}?" + urllib.parse.urlencode(opts)
 
@@ -275,7 +279,7 @@ def write_recording_truth(run_path: str | os.PathLike, *, tolerance: float = 2.0
     rec = Recording.open(run_path)
     sim = recording_simulator(rec)
     scale = sim.config.max_value / 255.0
-    labels, cleans = [], {}
+    labels, cleans, anomalies = [], {}, AnomalyLog()
     lane, t, last_id = None, 0, None
     for f in (progress(rec.frames) if progress else rec.frames):
         if f.file is None or f.frame_id is None:
@@ -293,11 +297,14 @@ def write_recording_truth(run_path: str | os.PathLike, *, tolerance: float = 2.0
             raise ValueError(f"{run_path / f.file}: differs from the simulator's re-render (mean |diff| "
                              f"{diff.mean():.2f}); the run was not made by this simulator version/configuration")
         labels.append(label(f.index, out.fault))
+        anomalies.add(f.index, out.anomalies)
         if out.clean is not None:
             cleans[f.index] = out.clean
         t += 1
-    write_truth(run_path, labels, cleans, sim.config)
-    return {"frames": len(labels), "faulty": len(cleans), "visible": sum(lb["visible"] for lb in labels)}
+    records = anomalies.records()
+    write_truth(run_path, labels, cleans, sim.config, records if sim.config.anomaly_rate else None)
+    return {"frames": len(labels), "faulty": len(cleans), "visible": sum(lb["visible"] for lb in labels),
+            "anomalies": len(records)}
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -313,7 +320,7 @@ def render_recording(out: str | os.PathLike, *, options: dict, settings: Capture
                        {k: v for k, v in options.items() if k != "alias"})
     stage = SimStage()
     positions_um = [i * step_um for i in range(positions)]
-    labels, cleans = [], {}
+    labels, cleans, anomalies = [], {}, AnomalyLog()
     with camera:
         applied = camera.apply(settings)
         camera.attach_stage(stage)
@@ -333,8 +340,10 @@ def render_recording(out: str | os.PathLike, *, options: dict, settings: Capture
                                         host_wall_ns=time.time_ns(), host_monotonic_ns=time.monotonic_ns(),
                                         pixel_format=applied.pixel_format)
                     labels.append(label(rec.index, camera.last.fault))
+                    anomalies.add(rec.index, camera.last.anomalies)
                     if camera.last.clean is not None:
                         cleans[rec.index] = camera.last.clean
-            write_truth(out, labels, cleans, camera.config)
+            records = anomalies.records()
+            write_truth(out, labels, cleans, camera.config, records if camera.config.anomaly_rate else None)
         camera.stop()
-    return {"frames": len(labels), "faulty": len(cleans)}
+    return {"frames": len(labels), "faulty": len(cleans), "anomalies": len(records)}

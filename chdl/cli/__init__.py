@@ -26,6 +26,8 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "train": ("chdl.cli.train", "train", "Train DIFFUMA or a baseline on a curated dataset."),
     "eval": ("chdl.cli.train", "eval_", "Evaluate a checkpoint: MSE, MAE, SSIM, PSNR overall and per frame."),
     "predict": ("chdl.cli.train", "predict", "Predict future frames from a checkpoint: PNGs, GIF and zarr."),
+    "monitor": ("chdl.cli.monitor", "monitor", "Capture while predicting each frame: process-anomaly alerts beside the recording."),
+    "monitor-eval": ("chdl.cli.monitor", "monitor_eval", "Score monitor methods on labelled recordings: AUROC, recall, latency, false alarms."),
     "dashboard": ("chdl.cli.dashboard", "dashboard", "Serve the live dashboard of a monitor folder (frames, scores, alerts) on a local web page."),
     "bench": ("chdl.cli.bench", "bench", "Train and compare DIFFUMA with the paper's baselines under one budget."),
 }

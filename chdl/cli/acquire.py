@@ -78,37 +78,49 @@ def cameras(camera_config, cti, as_json):
         click.echo("('-': no alias selects this camera; add it to the camera config with its serial)", err=True)
 
 
+def capture_options(f):
+    """The options of ``chdl capture`` (also ``chdl monitor``'s: it records through the same code)."""
+    for option in reversed([
+        click.option("--camera", "alias", metavar="ALIAS", help="Camera alias (camera config entry, or gige<N>/u3v<N>/custom<N>/sim<N>)."),
+        click.option("--replay", type=click.Path(exists=True, file_okay=False, path_type=Path),
+                     help="Replay a recording (or a folder of recordings) instead of using a camera."),
+        click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
+                     help="Folder of runs; each run is written to OUT/<run-id>/."),
+        click.option("--run-id", help="Run folder name (default: UTC time + alias; for replay: the source run's id)."),
+        click.option("--lanes", default=1, show_default=True, type=click.IntRange(min=1), help="Lane passes to capture."),
+        click.option("--positions", default=10, show_default=True, type=click.IntRange(min=1), help="Equidistant positions per lane."),
+        click.option("--step-um", default=100.0, show_default=True, type=POSITIVE, help="Distance between positions (micrometres)."),
+        click.option("--fps", default=5.0, show_default=True, type=POSITIVE, help="Camera frame rate."),
+        click.option("--width", default=800, show_default=True, type=click.IntRange(min=1)),
+        click.option("--height", default=600, show_default=True, type=click.IntRange(min=1)),
+        click.option("--pixel-format", default="Mono8", show_default=True, type=click.Choice(PIXEL_FORMATS)),
+        click.option("--exposure-us", type=POSITIVE, default=None, help="Exposure time (default: leave the camera's)."),
+        click.option("--bit-depth", type=click.IntRange(1, 16), default=None,
+                     help="Significant bits of the pixel values, recorded in the manifest (default: the pixel format's; "
+                          "Mono16: the camera's PixelDynamicRangeMax). At most the format's bits."),
+        click.option("--trigger", default="auto", show_default=True, type=click.Choice(["auto", "software", "line", "freerun"]),
+                     help="auto = software trigger if the camera has one, else free-run."),
+        click.option("--settle-s", default=0.0, show_default=True, type=NON_NEGATIVE, help="Simulated stage settle time per move."),
+        click.option("--frame-timeout", type=POSITIVE, default=None, help="Seconds to wait for a position's frame (default max(1, 3/fps))."),
+        click.option("--as-fast-as-possible", "afap", is_flag=True, help="Replay without pacing at the recorded rate."),
+        quiet_option(),
+        _config_options,
+    ]):
+        f = option(f)
+    return f
+
+
 @click.command("capture")
-@click.option("--camera", "alias", metavar="ALIAS", help="Camera alias (camera config entry, or gige<N>/u3v<N>/custom<N>/sim<N>).")
-@click.option("--replay", type=click.Path(exists=True, file_okay=False, path_type=Path),
-              help="Replay a recording (or a folder of recordings) instead of using a camera.")
-@click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help="Folder of runs; each run is written to OUT/<run-id>/.")
-@click.option("--run-id", help="Run folder name (default: UTC time + alias; for replay: the source run's id).")
-@click.option("--lanes", default=1, show_default=True, type=click.IntRange(min=1), help="Lane passes to capture.")
-@click.option("--positions", default=10, show_default=True, type=click.IntRange(min=1), help="Equidistant positions per lane.")
-@click.option("--step-um", default=100.0, show_default=True, type=POSITIVE, help="Distance between positions (micrometres).")
-@click.option("--fps", default=5.0, show_default=True, type=POSITIVE, help="Camera frame rate.")
-@click.option("--width", default=800, show_default=True, type=click.IntRange(min=1))
-@click.option("--height", default=600, show_default=True, type=click.IntRange(min=1))
-@click.option("--pixel-format", default="Mono8", show_default=True, type=click.Choice(PIXEL_FORMATS))
-@click.option("--exposure-us", type=POSITIVE, default=None, help="Exposure time (default: leave the camera's).")
-@click.option("--bit-depth", type=click.IntRange(1, 16), default=None,
-              help="Significant bits of the pixel values, recorded in the manifest (default: the pixel format's; "
-                   "Mono16: the camera's PixelDynamicRangeMax). At most the format's bits.")
-@click.option("--trigger", default="auto", show_default=True, type=click.Choice(["auto", "software", "line", "freerun"]),
-              help="auto = software trigger if the camera has one, else free-run.")
-@click.option("--settle-s", default=0.0, show_default=True, type=NON_NEGATIVE, help="Simulated stage settle time per move.")
-@click.option("--frame-timeout", type=POSITIVE, default=None, help="Seconds to wait for a position's frame (default max(1, 3/fps)).")
-@click.option("--as-fast-as-possible", "afap", is_flag=True, help="Replay without pacing at the recorded rate.")
-@quiet_option()
-@_config_options
+@capture_options
 @click.pass_context
-def capture(ctx, alias, replay, out, run_id, lanes, positions, step_um, fps, width, height, pixel_format,
-            exposure_us, bit_depth, trigger, settle_s, frame_timeout, afap, quiet, camera_config, cti):
+def capture(ctx, **params):
     """Capture lane passes into a raw recording (chdl.raw/1), from a camera or a recorded stream."""
-    from acquisition.backends.base import CaptureSettings
-    from acquisition.capture import CapturePlan, default_run_id
+    report_captures(ctx, run_captures(ctx, **params))
+
+
+def check_capture_params(ctx, alias, replay, run_id, afap, pixel_format=None, bit_depth=None) -> None:
+    """Usage errors of a capture command line (exactly one source, a plain run id, replay-only flags, a bit
+    depth the pixel format can hold)."""
     from acquisition.raw import check_bit_depth, check_plain_name
 
     if bool(alias) == bool(replay):
@@ -126,6 +138,17 @@ def capture(ctx, alias, replay, out, run_id, lanes, positions, step_um, fps, wid
                                    "(settings and plan come from the recording)")
     elif bit_depth is not None and (why := check_bit_depth(pixel_format, bit_depth)):
         raise click.BadParameter(why, param_hint="--bit-depth")
+
+
+def run_captures(ctx, alias, replay, out, run_id, lanes, positions, step_um, fps, width, height, pixel_format,
+                 exposure_us, bit_depth, trigger, settle_s, frame_timeout, afap, quiet, camera_config, cti, on_record=None):
+    """Run the capture(s) a ``chdl capture`` command line asks for; returns their CaptureResults.
+    ``on_record(run_path, FrameRecord)`` is called for every record once it is on disk (``chdl monitor``)."""
+    from acquisition.backends.base import CaptureSettings
+    from acquisition.capture import CapturePlan, default_run_id
+    from acquisition.raw import check_plain_name
+
+    check_capture_params(ctx, alias, replay, run_id, afap, pixel_format, bit_depth)
     results = []
     with _user_errors():
         if replay:
@@ -135,7 +158,7 @@ def capture(ctx, alias, replay, out, run_id, lanes, positions, step_um, fps, wid
             if run_id and len(runs) > 1:
                 raise click.UsageError("--run-id needs a single recording to replay")
             for run in runs:
-                results.append(_replay_one(run, out, run_id, not afap, frame_timeout, quiet))
+                results.append(_replay_one(run, out, run_id, not afap, frame_timeout, quiet, on_record))
                 if results[-1].stopped_by == "interrupted":
                     break
         else:
@@ -151,7 +174,12 @@ def capture(ctx, alias, replay, out, run_id, lanes, positions, step_um, fps, wid
             plan = CapturePlan.evenly(lanes, positions, step_um, trigger=trigger, frame_timeout_s=frame_timeout)
             settings = CaptureSettings(width, height, pixel_format, fps, exposure_us, bit_depth)
             results.append(_run(camera, SimulatedStage(settle_s), out / name,
-                                settings, plan, {"alias": alias}, quiet))
+                                settings, plan, {"alias": alias}, quiet, on_record))
+    return results
+
+
+def report_captures(ctx, results) -> None:
+    """Print one line per capture; exit 130 if interrupted, 1 if a capture stopped early."""
     for r in results:
         click.echo(f"{r.message} ({r.frames} frames, {r.dropped_positions} dropped positions, {r.dropped_frames} "
                    f"dropped frames, {r.incomplete} incomplete, {r.frames / max(r.elapsed_s, 1e-9):.2f} frames/s)")
@@ -163,7 +191,15 @@ def capture(ctx, alias, replay, out, run_id, lanes, positions, step_um, fps, wid
         raise click.ClickException(worst.message)
 
 
-def _replay_one(run: Path, out: Path, run_id: str | None, pace: bool, frame_timeout: float | None, quiet: bool):
+def replay_run_path(run: Path, out: Path, run_id: str | None) -> Path:
+    """Where ``chdl capture --replay RUN --out OUT`` writes the replay of one recording."""
+    from acquisition.raw import Recording
+
+    return out / (run_id or Recording.open(run).manifest.get("run_id") or run.name)
+
+
+def _replay_one(run: Path, out: Path, run_id: str | None, pace: bool, frame_timeout: float | None, quiet: bool,
+                on_record=None):
     from acquisition.backends.replay import ReplayCamera, recorded_settings
     from acquisition.capture import CapturePlan
     from acquisition.raw import Recording
@@ -181,11 +217,10 @@ def _replay_one(run: Path, out: Path, run_id: str | None, pace: bool, frame_time
                        frame_timeout_s=frame_timeout or longest_gap + 1.0, max_consecutive_timeouts=rec.manifest.get("frames", len(rec.frames)) + 1)
     notes = {"replay_of": str(run.resolve()), "source_run_id": rec.manifest.get("run_id"), "paced": pace,
              "source_complete": rec.complete}
-    return _run(camera, SimulatedStage(0.0), out / (run_id or rec.manifest.get("run_id") or run.name), settings, plan,
-                notes, quiet)
+    return _run(camera, SimulatedStage(0.0), replay_run_path(run, out, run_id), settings, plan, notes, quiet, on_record)
 
 
-def _run(camera, stage, path: Path, settings, plan, notes: dict, quiet: bool):
+def _run(camera, stage, path: Path, settings, plan, notes: dict, quiet: bool, on_record=None):
     from tqdm import tqdm
 
     from acquisition.capture import run_capture
@@ -194,6 +229,10 @@ def _run(camera, stage, path: Path, settings, plan, notes: dict, quiet: bool):
 
     def on_frame(record, p):
         nonlocal bar
+        if on_record is not None:
+            on_record(path, record)
+        if quiet:
+            return
         if bar is None:
             bar = tqdm(total=plan.total, unit="frame", file=sys.stderr, dynamic_ncols=True, desc=path.name)
         bar.set_postfix_str(f"lane {p.lane + 1}/{plan.lanes} pos {p.position_index + 1}/{len(plan.positions_um)} "
@@ -201,7 +240,8 @@ def _run(camera, stage, path: Path, settings, plan, notes: dict, quiet: bool):
         bar.update(1)
 
     try:
-        return run_capture(camera, stage, path, settings, plan, on_frame=None if quiet else on_frame, notes=notes)
+        return run_capture(camera, stage, path, settings, plan, notes=notes,
+                           on_frame=None if quiet and on_record is None else on_frame)
     finally:
         if bar is not None:
             bar.close()

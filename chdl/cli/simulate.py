@@ -88,12 +88,16 @@ def _cluster_errors_as_click():
               help="Data depth of Mono16 frames.")
 @click.option("--fault-rate", type=FiniteFloat(0, 1), default=0.013, show_default=True,
               help="Probability that a frame is faulty.")
+@click.option("--anomaly-rate", type=FiniteFloat(0, 1), default=0.0, show_default=True,
+              help="Probability that a frame begins a process anomaly (chipping burst, crack, debris splash, kerf "
+                   "widening; labelled in truth/anomalies.jsonl).")
 @click.option("--workers", type=click.IntRange(1), default=min(2, os.cpu_count() or 1), show_default=True)
 @click.option("--scheduler", default=None, metavar="tcp://HOST:PORT|local:N",
               help="Render the runs on a Dask cluster instead of --workers processes (see chdl curate --scheduler).")
 @quiet_option()
 def corpus(out: Path, lanes: int, positions: int, step_um: float, lanes_per_run: int, seed: int, width: int, height: int,
-           pixel_format: str, bit_depth: str, fault_rate: float, workers: int, scheduler: str | None, quiet: bool) -> None:
+           pixel_format: str, bit_depth: str, fault_rate: float, anomaly_rate: float, workers: int, scheduler: str | None,
+           quiet: bool) -> None:
     """Render a labelled corpus of --sequences lane passes into raw recordings (with truth/) under OUT."""
     from tqdm import tqdm
 
@@ -115,9 +119,11 @@ def corpus(out: Path, lanes: int, positions: int, step_um: float, lanes_per_run:
             _clear_partial_sim_run(run)
         options = {"alias": f"sim{seed * RUN_SEEDS + k}", "index": seed * RUN_SEEDS + k, "fault_rate": fault_rate,
                    "bit_depth": int(bit_depth)}
+        if anomaly_rate:
+            options["anomaly_rate"] = anomaly_rate
         jobs.append((str(run.absolute()), options, settings, n, positions, step_um))
     total = sum(j[3] for j in jobs) * positions
-    done = {"frames": 0, "faulty": 0}
+    done = {"frames": 0, "faulty": 0, "anomalies": 0}
     with contextlib.ExitStack() as stack:
         stack.enter_context(_cluster_errors_as_click())
         bar = stack.enter_context(tqdm(total=total, unit="frame", desc="render", disable=True if quiet else None))
@@ -137,9 +143,11 @@ def corpus(out: Path, lanes: int, positions: int, step_um: float, lanes_per_run:
         for i, r in enumerate(results, 1):
             done["frames"] += r["frames"]
             done["faulty"] += r["faulty"]
+            done["anomalies"] += r["anomalies"]
             bar.set_postfix_str(f"runs {skipped + i}/{n_runs}", refresh=False)
             bar.update(r["frames"])
-    click.echo(f"wrote {len(jobs)} recordings ({done['frames']} frames, {done['faulty']} faulty) to {out}"
+    anomalies = f", {done['anomalies']} process anomalies" if anomaly_rate else ""
+    click.echo(f"wrote {len(jobs)} recordings ({done['frames']} frames, {done['faulty']} faulty{anomalies}) to {out}"
                + (f"; {skipped} finished runs kept" if skipped else ""))
 
 
@@ -159,7 +167,7 @@ def truth(runs: tuple[Path, ...], quiet: bool) -> None:
                 bar = lambda it, name=run.name: tqdm(it, desc=name, unit="frame", disable=True if quiet else None)  # noqa: E731
                 counts = write_recording_truth(run, progress=bar)
                 click.echo(f"{run}: truth for {counts['frames']} frames ({counts['faulty']} faulty, "
-                           f"{counts['visible']} visible)")
+                           f"{counts['visible']} visible, {counts['anomalies']} process anomalies)")
         except (RawFormatError, ValueError) as e:
             raise click.ClickException(str(e)) from None
 

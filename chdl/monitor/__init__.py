@@ -1,4 +1,6 @@
-"""Live monitoring of a running capture: next-frame prediction, anomaly alerts and the dashboard.
+"""Live monitoring of a running capture: next-frame prediction, process-anomaly scores and alerts.
 
-The layout of a monitor folder (``OUT/<run-id>.monitor/``) is documented in ``docs/monitor.md``.
+``anomaly_score`` (predictors, the frame scorer, alerts with hysteresis), ``runtime`` (``chdl monitor``: the
+capture plus a scoring process and its output folder), ``evaluate`` (``chdl monitor-eval``), ``dashboard`` (the live web page, ``chdl dashboard`` and ``--serve``). The output
+layout is documented in docs/monitor.md. Nothing in acquisition/curation/diffuma imports this package.
 """

@@ -1,0 +1,144 @@
+"""``chdl monitor`` (capture + live process-anomaly scoring) and ``chdl monitor-eval`` (metrics on labelled
+recordings). See docs/monitor.md.
+
+Exit status of ``monitor``: as ``chdl capture`` (0 complete, 1 error, 130 interrupted); 1 as well when the
+scorer failed (the recording is complete all the same).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import click
+
+from chdl.cli.acquire import capture_options, report_captures, run_captures
+from chdl.cli.options import POSITIVE, quiet_option
+
+
+def _predictor_spec(checkpoint: Path | None, t_in: int) -> tuple[dict, str, int]:
+    """(spec for the scoring process, predictor name, T_in); a checkpoint is loaded here once, so a bad
+    one is a one-line error before anything is recorded."""
+    if checkpoint is None:
+        return {"predictor": "constant-motion", "t_in": t_in}, "constant-motion", t_in
+    from diffuma.training.checkpoint import CheckpointError, load_checkpoint
+
+    try:
+        state = load_checkpoint(checkpoint)
+    except (CheckpointError, ValueError, OSError) as e:
+        raise click.ClickException(str(e).splitlines()[0]) from None
+    name = f"{state['model_name']}:{checkpoint}"
+    return {"predictor": "checkpoint", "checkpoint": str(checkpoint)}, name, int(state["data"]["in_frames"])
+
+
+@click.command("monitor")
+@capture_options
+@click.option("--checkpoint", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="Predictor: a chdl checkpoint (e.g. DIFFUMA). Default: constant-motion extrapolation.")
+@click.option("--t-in", type=click.IntRange(2), default=5, show_default=True,
+              help="Frames the constant-motion predictor looks back (a checkpoint brings its own).")
+@click.option("--queue-depth", type=click.IntRange(1), default=8, show_default=True,
+              help="Frames waiting for the scorer; when it is full, frames are recorded but not scored (skipped).")
+@click.option("--z-on", type=POSITIVE, default=6.0, show_default=True,
+              help="Alert when the score exceeds its running median + z-on robust sigmas.")
+@click.option("--z-off", type=POSITIVE, default=3.0, show_default=True, help="... and end it below median + z-off sigmas.")
+@click.option("--serve", is_flag=True, help="Serve the live dashboard on 127.0.0.1 (chdl.monitor.dashboard).")
+@click.pass_context
+def monitor(ctx, checkpoint, t_in, queue_depth, z_on, z_off, serve, **params):
+    """Capture (exactly as chdl capture) while a separate process predicts and scores every frame; process
+    anomalies and acquisition-QC flags are written as events beside the recording, in OUT/<run-id>.monitor/."""
+    from acquisition.capture import default_run_id
+    from chdl.cli.acquire import check_capture_params, replay_run_path
+    from chdl.monitor.runtime import Monitor, monitor_dir
+
+    check_capture_params(ctx, params["alias"], params["replay"], params["run_id"], params["afap"],
+                         params["pixel_format"], params["bit_depth"])
+    if params["replay"] is not None:
+        from acquisition.raw import RawFormatError, find_recordings
+
+        try:
+            runs = find_recordings(params["replay"])
+            if len(runs) != 1:
+                raise click.UsageError(f"--replay {params['replay']}: monitor replays a single recording, found {len(runs)}")
+            run_path = replay_run_path(runs[0], params["out"], params["run_id"])
+        except RawFormatError as e:
+            raise click.ClickException(str(e)) from None
+    else:
+        params["run_id"] = params["run_id"] or default_run_id(params["alias"])
+        run_path = params["out"] / params["run_id"]
+    folder = monitor_dir(run_path)
+    if folder.exists() and any(folder.iterdir()):
+        raise click.ClickException(f"{folder}: already exists and is not empty (choose another --run-id or --out)")
+    serve_in_background = _dashboard() if serve else None
+    spec, name, t = _predictor_spec(checkpoint, t_in)
+    spec["scorer"] = _alert_levels(z_on, z_off)
+    if run_path.exists():
+        raise click.ClickException(f"{run_path}: already exists (choose another --run-id or --out)")
+    new_out = not params["out"].exists()
+    mon = Monitor(spec, queue_depth)
+    mon.start(run_path, run_path.name, name, t)
+    server = None
+    state = "failed"
+    try:
+        if serve_in_background is not None:
+            server = serve_in_background(mon.folder)
+            click.echo(f"dashboard: {server.url}", err=True)
+        results = run_captures(ctx, **params, on_record=mon.offer)
+        state = "interrupted" if any(r.stopped_by == "interrupted" for r in results) else "finished"
+    finally:
+        error = mon.finish(state)
+        if server is not None:
+            server.stop()
+        if state == "failed" and mon.captured == 0:  # nothing was recorded: leave nothing behind
+            shutil.rmtree(mon.folder, ignore_errors=True)
+            if new_out and params["out"].is_dir() and not any(params["out"].iterdir()):
+                params["out"].rmdir()
+    status = json.loads((mon.folder / "status.json").read_text())
+    click.echo(f"monitor: {status['frames_scored']} frames scored, {status['frames_skipped']} skipped, "
+               f"{status['events']} events -> {mon.folder}")
+    if error:
+        click.echo(f"error: {error}", err=True)
+    report_captures(ctx, results)
+    if error:
+        ctx.exit(1)
+
+
+def _alert_levels(z_on: float, z_off: float) -> dict:
+    if z_off > z_on:
+        raise click.BadParameter(f"must not exceed --z-on ({z_on})", param_hint="--z-off")
+    return {"z_on": z_on, "z_off": z_off}
+
+
+def _dashboard():
+    """``chdl.monitor.dashboard.serve_in_background``, or a one-line error if the dashboard is not installed."""
+    try:
+        from chdl.monitor.dashboard import serve_in_background
+    except ImportError as e:
+        raise click.ClickException(f"--serve: the dashboard is not available ({e})") from None
+    return serve_in_background
+
+
+@click.command("monitor-eval")
+@click.argument("runs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--checkpoint", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="Also evaluate this model as the predictor.")
+@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Folder for metrics.json, metrics.md and the score plots.")
+@click.option("--no-qc", is_flag=True, help="Skip the acquisition QC (faster; no acquisition flags).")
+@click.option("--z-on", type=POSITIVE, default=6.0, show_default=True, help="Alert level, as for chdl monitor.")
+@click.option("--z-off", type=POSITIVE, default=3.0, show_default=True, help="Alert-off level, as for chdl monitor.")
+@quiet_option()
+def monitor_eval(runs, checkpoint, out, no_qc, z_on, z_off, quiet):
+    """Frame AUROC, event recall, detection latency and false alarms per hour on labelled (simulated)
+    recordings (RUN folders, folders of runs, or monitor output folders), for every predictor next to the
+    frame-difference and copy-last baselines."""
+    from chdl.monitor.evaluate import EvalError, evaluate
+
+    try:
+        result = evaluate(list(runs), out, checkpoint=checkpoint, qc=not no_qc, progress=not quiet,
+                          alert_levels=_alert_levels(z_on, z_off))
+    except EvalError as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(result["markdown"])
+    click.echo(f"wrote {out}/metrics.json, metrics.md, scores_*.png")

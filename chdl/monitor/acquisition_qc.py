@@ -1,0 +1,58 @@
+"""Acquisition-QC flags for a live stream: curation's QC scores (``curation.qc``) of each frame against the
+frames before it in its lane pass, so vibration and illumination faults are reported as what they are
+(kind "acquisition"), not as process anomalies.
+
+Causal version of what ``chdl curate`` does: the frame is compared with up to 4 previous frames of its pass
+(curation also uses the frames after it); thresholds are ``max(floor, z * sigma_run)`` with the run's robust
+spread re-calibrated (``curation.qc.calibrate``) from the scores of the passes seen so far, the floors and
+``z`` of :class:`curation.config.QCConfig`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from curation import qc
+from curation.config import QCConfig
+
+HISTORY = qc.MAX_REFS  # previous frames compared with each frame
+
+
+class AcquisitionQC:
+    """``check(frame, lane, position)`` -> None | "vibration" | "illumination"; frames of one stream, in
+    order (a gap in the positions, frames the monitor skipped, restarts the comparison window)."""
+
+    def __init__(self, max_value: float, config: QCConfig | None = None):
+        self.max_value = float(max_value)
+        self.config = config or QCConfig()
+        self.lane = self.position = None
+        self.frames: list[np.ndarray] = []
+        self.usable: list[bool] = []  # per frame of the window: a QC reference (False once flagged)
+        self.lane_scores: list[np.ndarray] = []
+        self.done_lanes: list[np.ndarray] = []
+        self.baseline = qc.calibrate([])
+        self.thr = qc.thresholds(self.config.floors, self.config.z, self.baseline)
+
+    def check(self, frame: np.ndarray, lane: int, position: int) -> str | None:
+        if lane != self.lane:
+            if len(self.lane_scores) >= 5:
+                self.done_lanes = (self.done_lanes + [np.stack(self.lane_scores)])[-20:]
+                self.baseline = qc.calibrate(self.done_lanes)
+                self.thr = qc.thresholds(self.config.floors, self.config.z, self.baseline)
+            self.lane, self.frames, self.usable, self.lane_scores = lane, [], [], []
+        elif position != self.position + 1:
+            self.frames, self.usable = [], []
+        self.position = position
+        self.frames = (self.frames + [frame])[-(HISTORY + 1):]
+        self.usable = (self.usable + [True])[-(HISTORY + 1):]
+        if sum(self.usable) < 2:
+            return None
+        window = np.stack(self.frames)
+        scores = qc.measure(window, np.array(self.usable), self.max_value)[-1]
+        vib, ill = qc.decide(scores[None], self.baseline, self.thr)
+        flag = "vibration" if vib[0] else "illumination" if ill[0] else None
+        if flag is None:
+            self.lane_scores.append(scores)
+        else:  # a flagged frame is no reference for the next ones (it keeps its place in time)
+            self.usable[-1] = False
+        return flag

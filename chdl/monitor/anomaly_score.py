@@ -1,0 +1,385 @@
+"""Process-anomaly scores from next-frame prediction error (Liu et al., CVPR 2018), made local.
+
+Each frame of a lane pass is predicted from the previous ``t_in`` frames of the same pass (a predictor's
+first predicted frame) and compared with what the camera delivered:
+
+* error map: the per-pixel squared error (frame and prediction in [0, 1]), Gaussian-smoothed (sigma 1 px)
+  against sensor noise, over the region the prediction covers (``valid``: a predictor that moves the
+  last frame cannot know what entered the view; that strip is left out), then opened by line segments
+  (``remove_specks``): the lane's normal dynamics put a few new debris particles into every frame, each
+  a speck no predictor can foresee; anomalies extend along a line or over an area;
+* block z-scores: log10 of the map's mean over blocks of ``block`` x ``block`` pixels, each against the
+  running median and 1.4826 * MAD of the same block row in the last ``row_window`` frames that did not
+  alert. The lane runs along x, so a block row is a band across it: the kerf band, where chips and debris
+  change every frame, gets its own wider normal range, and the same error in the quiet street stands out;
+* per-frame score: the largest block z-score (max-pooled: the anomalies here are local, a whole-frame
+  PSNR would dilute a 10-pixel crack in 30,000 pixels; ``mode="global"`` keeps that score as a baseline);
+* normalisation: a running robust baseline of the frame scores, median and 1.4826 * MAD of the last
+  ``window`` scores that did not alert (at least ``sigma_floor``); ``threshold = median + z_on * sigma``;
+* alerts with hysteresis: the alert turns on when the score exceeds ``median + z_on * sigma`` and off when it
+  falls below ``median + z_off * sigma``; a new lane pass starts with the alert off. Warm-up: the first
+  ``min_history`` frames only fill the row baseline (score NaN), the next ``min_history`` the frame
+  baseline (no alert);
+* box: the connected group of blocks around the worst one whose error is at least ``box_fraction`` of it,
+  refined to the pixels there (and one block around) whose error is at least ``box_fraction`` of the
+  largest, in pixels ``[x0, y0, x1, y1]`` (inclusive-exclusive).
+
+First frames of a pass: frame 0 has nothing to predict from and frame 1 no motion to measure, so scoring
+starts at the third frame of a pass (two predecessors). With 2 .. t_in - 1 predecessors a checkpoint
+predictor falls back to constant motion over the frames there are (a model needs exactly t_in).
+
+Predictors (all take ``history`` (T, H, W) float32 in [0, 1], oldest first, and return ``(prediction (H, W),
+valid (H, W) bool)``): :class:`ConstantMotion` (``diffuma.motion``: the last frame moved by the measured
+stage motion), :class:`CopyLast` (the last frame unchanged: a poor predictor of a moving stage, kept as a
+baseline), :class:`CheckpointPredictor` (any chdl checkpoint, e.g. DIFFUMA). Baseline (a) of the issue,
+the difference to the previous frame, is :class:`CopyLast` with ``mode="global"`` (whole-frame MSE).
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import math
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+MIN_PREDECESSORS = 2
+
+
+def block_size(width: int) -> int:
+    """Scoring block side in pixels: 16 at 200 px wide, 64 at 800 (blocks cover the same 96 um of field).
+    Chosen on simulated lanes: 8-24 px at 200x150 were tried; larger blocks average out the single debris
+    particles and chips that the lane's normal dynamics add every frame (docs/monitor.md)."""
+    return max(4, int(round(width / 12.5)))
+
+
+def motion_valid(shape: tuple[int, int], v: tuple[float, float], margin: int = 2) -> np.ndarray:
+    """(H, W) bool: pixels whose source ``(y - dy, x - dx)`` lies inside the frame; along an axis that moves
+    by half a pixel or more, ``margin`` more pixels on the side the content enters from are left out too
+    (interpolated from the replicated border)."""
+    h, w = shape
+    dy, dx = v
+    my, mx = (margin if abs(dy) >= 0.5 else 0), (margin if abs(dx) >= 0.5 else 0)
+    ys, xs = np.arange(h)[:, None] - dy, np.arange(w)[None, :] - dx
+    return (ys >= -0.01 + my * (dy > 0)) & (ys <= h - 1.0 + 0.01 - my * (dy < 0)) & \
+        (xs >= -0.01 + mx * (dx > 0)) & (xs <= w - 1.0 + 0.01 - mx * (dx < 0))
+
+
+def speck_length(width: int) -> int:
+    """Length (px) of the line openings that remove point-like errors: 7 at 200 px wide (42 um of field)."""
+    return max(3, int(round(width / 28)) | 1)
+
+
+def remove_specks(err: np.ndarray, length: int) -> np.ndarray:
+    """Grey-level opening of the error map by 4 line segments (0, 45, 90, 135 degrees) of ``length`` px, the
+    largest of the four: keeps errors that extend along some line (a crack, a widened edge, a chip cluster)
+    and removes specks smaller than ``length`` in every direction (single debris particles)."""
+    h = np.zeros((length, length), np.uint8)
+    h[length // 2] = 1
+    kernels = (h, np.ascontiguousarray(h.T), np.eye(length, dtype=np.uint8),
+               np.ascontiguousarray(np.fliplr(np.eye(length, dtype=np.uint8))))
+    out = cv2.morphologyEx(err, cv2.MORPH_OPEN, kernels[0])
+    for k in kernels[1:]:
+        np.maximum(out, cv2.morphologyEx(err, cv2.MORPH_OPEN, k), out=out)
+    return out
+
+
+class CopyLast:
+    """The last frame as the prediction (valid everywhere)."""
+
+    name = "copy-last"
+    t_in = 1
+
+    def predict(self, history: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return history[-1], np.ones(history.shape[1:], bool)
+
+
+class ConstantMotion:
+    """The last frame moved by the clip's global motion (``diffuma.motion.extrapolate``), over the last
+    ``t_in`` frames (fewer at the start of a pass); valid where the moved frame has content."""
+
+    name = "constant-motion"
+
+    def __init__(self, t_in: int = 5):
+        self.t_in = t_in
+
+    def predict(self, history: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        import torch
+
+        from diffuma.motion import estimate_velocity, translate
+
+        x = torch.from_numpy(np.ascontiguousarray(history[-self.t_in:], np.float32))[None, :, None]
+        v = estimate_velocity(x)                                             # (1, 2) dy, dx
+        pred = translate(x[:, -1], v[:, None])[0, 0, 0].numpy()
+        return pred, motion_valid(pred.shape, (float(v[0, 0]), float(v[0, 1])))
+
+
+class CheckpointPredictor:
+    """A trained chdl model (``chdl train`` checkpoint): its first predicted frame from the last ``t_in``
+    frames. Valid where constant motion has content (the model cannot know what entered the view either).
+    With fewer than ``t_in`` frames: constant motion. ValueError (one line naming the file) for a
+    checkpoint that cannot be loaded or was trained on another frame size."""
+
+    def __init__(self, path: str | Path, shape: tuple[int, int] | None = None, device: str = "cpu"):
+        import torch
+
+        from diffuma.training.checkpoint import build_model_from_checkpoint, load_checkpoint
+
+        self.path = Path(path)
+        state = load_checkpoint(self.path)
+        info = state["data"]
+        self.t_in = int(info["in_frames"])
+        if shape is not None and (info["channels"], info["height"], info["width"]) != (1, *shape):
+            raise ValueError(f"{self.path}: trained on frames {info['channels']}x{info['height']}x{info['width']} "
+                             f"(C,H,W), the camera delivers 1x{shape[0]}x{shape[1]}")
+        self.model, _ = build_model_from_checkpoint(state, "auto", self.path)
+        self.model.to(device)
+        self.device = device
+        self.name = f"{state['model_name']}:{self.path.name}"
+        self.fallback = ConstantMotion(self.t_in)
+        torch.set_grad_enabled(False)
+
+    def predict(self, history: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        import torch
+
+        if len(history) < self.t_in:
+            return self.fallback.predict(history)
+        from diffuma.motion import estimate_velocity
+
+        x = torch.from_numpy(np.ascontiguousarray(history[-self.t_in:], np.float32))[None, :, None].to(self.device)
+        with torch.inference_mode():
+            pred = self.model(x)[0, 0, 0].float().clamp(0, 1).cpu().numpy()
+            v = estimate_velocity(x)
+        return pred, motion_valid(pred.shape, (float(v[0, 0]), float(v[0, 1])))
+
+
+def make_predictor(name: str, checkpoint: str | Path | None = None, t_in: int = 5,
+                   shape: tuple[int, int] | None = None):
+    """"constant-motion", "copy-last" or "checkpoint" (needs ``checkpoint``)."""
+    if checkpoint is not None or name == "checkpoint":
+        return CheckpointPredictor(checkpoint, shape)
+    if name == "constant-motion":
+        return ConstantMotion(t_in)
+    if name == "copy-last":
+        return CopyLast()
+    raise ValueError(f"unknown predictor {name!r} (constant-motion, copy-last, or a checkpoint)")
+
+
+@dataclasses.dataclass
+class ScorerConfig:
+    mode: str = "block"  # "block": max-pooled block error; "global": whole-frame MSE (Liu et al.)
+    block: int | None = None  # block side, px (None: block_size(width))
+    window: int = 300  # scores in the running baseline
+    min_history: int = 10  # no alert before this many scores are in the baseline
+    z_on: float = 6.0  # alert on above median + z_on * sigma
+    z_off: float = 3.0  # ... and off below median + z_off * sigma
+    sigma_floor: float = 0.1  # the frame baseline's spread is at least this (score units)
+    row_window: int = 100  # frames in the per-block-row baseline
+    row_sigma_floor: float = 0.15  # log10 units: a block row's spread is at least this
+    open_px: int | None = None  # line length of the opening that removes specks (None: speck_length(width))
+    box_fraction: float = 0.3  # blocks (then pixels) at >= this fraction of the worst one's error make up the box
+
+
+@dataclasses.dataclass
+class Scored:
+    """One scored frame."""
+
+    score: float
+    threshold: float
+    alert: bool  # alert state after this frame
+    new_alert: bool  # the alert turned on at this frame
+    box: list[int] | None  # [x0, y0, x1, y1] of the worst region
+    error: np.ndarray  # (H, W) float32 error map (squared error, smoothed; 0 outside the valid region)
+
+
+class RobustBaseline:
+    """Median and 1.4826 * MAD of the last ``window`` values added."""
+
+    def __init__(self, window: int, sigma_floor: float):
+        self.values: collections.deque = collections.deque(maxlen=window)
+        self.sigma_floor = sigma_floor
+
+    def __len__(self) -> int:
+        return len(self.values)
+
+    def add(self, v: float) -> None:
+        self.values.append(float(v))
+
+    def stats(self) -> tuple[float, float]:
+        """(median, sigma); (nan, sigma_floor) while empty."""
+        if not self.values:
+            return math.nan, self.sigma_floor
+        v = np.fromiter(self.values, float)
+        med = float(np.median(v))
+        return med, max(self.sigma_floor, 1.4826 * float(np.median(np.abs(v - med))))
+
+
+class FrameScorer:
+    """Scores frames against predictions, keeps the running baseline and the alert state (one stream)."""
+
+    def __init__(self, config: ScorerConfig | None = None):
+        self.config = config or ScorerConfig()
+        self.baseline = RobustBaseline(self.config.window, self.config.sigma_floor)
+        self.rows: collections.deque = collections.deque(maxlen=self.config.row_window)
+        self.alert = False
+
+    def new_pass(self) -> None:
+        """A new lane pass: the alert is reset (the baseline is kept)."""
+        self.alert = False
+
+    def error_map(self, frame: np.ndarray, pred: np.ndarray, valid: np.ndarray) -> np.ndarray:
+        err = cv2.GaussianBlur(np.square(frame.astype(np.float32) - pred.astype(np.float32)), (0, 0), 1.0)
+        err[~valid] = 0.0
+        if self.config.mode == "block":
+            err = remove_specks(err, self.config.open_px or speck_length(err.shape[1]))
+        return err
+
+    def blocks(self, err: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+        """(log10 block means (nh, nw), block fully valid (nh, nw), block side)."""
+        h, w = err.shape
+        b = self.config.block or block_size(w)
+        nh, nw = h // b, w // b
+        e = err[:nh * b, :nw * b].reshape(nh, b, nw, b).mean(axis=(1, 3))
+        ok = valid[:nh * b, :nw * b].reshape(nh, b, nw, b).all(axis=(1, 3))
+        return np.log10(e + 1e-6), ok, b
+
+    def row_z(self, logs: np.ndarray, ok: np.ndarray) -> np.ndarray | None:
+        """Block z-scores against the running median / MAD of the same block row in earlier frames
+        (None until ``min_history`` frames are in)."""
+        if len(self.rows) < self.config.min_history or self.rows[-1].shape != logs.shape:
+            return None
+        hist = np.stack(self.rows).transpose(1, 0, 2).reshape(logs.shape[0], -1)  # (nh, frames * nw)
+        with np.errstate(all="ignore"):
+            import warnings
+
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)
+                med = np.nanmedian(hist, axis=1)
+                sig = 1.4826 * np.nanmedian(np.abs(hist - med[:, None]), axis=1)
+        med = np.nan_to_num(med, nan=float(np.nanmedian(hist)) if np.isfinite(hist).any() else 0.0)
+        sig = np.maximum(np.nan_to_num(sig, nan=self.config.row_sigma_floor), self.config.row_sigma_floor)
+        return np.where(ok, (logs - med[:, None]) / sig[:, None], -np.inf)
+
+    def raw_score(self, err: np.ndarray, valid: np.ndarray) -> tuple[float, list[int] | None, np.ndarray | None]:
+        """(score, box, block log errors for the row baseline) of an error map. Block mode: the largest block
+        z-score against its row's running baseline (NaN until that baseline exists: the frame is not
+        scored, its blocks only feed the row baseline); global mode: log10 of the whole-frame mean."""
+        cfg = self.config
+        if cfg.mode == "global":
+            return (math.log10(float(err[valid].mean()) + 1e-8) if valid.any() else math.nan), None, None
+        h, w = err.shape
+        logs, ok, b = self.blocks(err, valid)
+        if not ok.any():
+            return math.nan, None, None
+        z = self.row_z(logs, ok)
+        rank = z if z is not None else np.where(ok, logs, -np.inf)
+        iy, ix = np.unravel_index(int(np.argmax(rank)), rank.shape)
+        e = np.where(ok, 10.0 ** logs, 0.0)
+        mask = ((e >= cfg.box_fraction * e[iy, ix]) & (rank > rank[iy, ix] - 3.0)).astype(np.uint8)
+        _, comp = cv2.connectedComponents(mask, connectivity=8)
+        ys, xs = np.nonzero(comp == comp[iy, ix])
+        # refine to pixels: within those blocks and one block around, the pixels at >= box_fraction of the
+        # largest pixel error there
+        y0, y1 = max(0, (ys.min() - 1) * b), min(h, (ys.max() + 2) * b)
+        x0, x1 = max(0, (xs.min() - 1) * b), min(w, (xs.max() + 2) * b)
+        region = err[y0:y1, x0:x1]
+        py, px = np.nonzero(region >= cfg.box_fraction * region.max())
+        box = [int(x0 + px.min()), int(y0 + py.min()), int(x0 + px.max() + 1), int(y0 + py.max() + 1)]
+        return float(rank[iy, ix]) if z is not None else math.nan, box, np.where(ok, logs, np.nan)
+
+    def score(self, frame: np.ndarray, pred: np.ndarray, valid: np.ndarray, learn: bool = True) -> Scored:
+        """Score one frame ((H, W) in [0, 1]) against its prediction. ``learn=False``: the score does not
+        enter the baseline (e.g. a frame the acquisition QC flagged) and cannot raise an alert."""
+        cfg = self.config
+        err = self.error_map(frame, pred, valid)
+        s, box, logs = self.raw_score(err, valid)
+        med, sigma = self.baseline.stats()
+        ready = len(self.baseline) >= cfg.min_history
+        on, off = med + cfg.z_on * sigma, med + cfg.z_off * sigma
+        was = self.alert
+        if ready and learn and math.isfinite(s):
+            self.alert = s > on if not was else s >= off
+        elif not learn:
+            self.alert = was and math.isfinite(s) and s >= off
+        if learn and not self.alert:
+            if math.isfinite(s):
+                self.baseline.add(s)
+            if logs is not None:
+                self.rows.append(logs)
+        return Scored(score=s, threshold=on if ready else math.inf, alert=self.alert,
+                      new_alert=self.alert and not was, box=box, error=err)
+
+
+class LaneStream:
+    """Frames of a recording in order -> predictions and scores, one lane pass at a time.
+
+    ``push(frame, lane, position_index)`` returns ``(prediction, Scored)`` or None for a frame that is not
+    scored (the first two of a pass, or after a gap in the positions: frames the monitor skipped)."""
+
+    def __init__(self, predictor, scorer: FrameScorer, keep: int | None = None):
+        self.predictor, self.scorer = predictor, scorer
+        self.keep = max(getattr(predictor, "t_in", 1), MIN_PREDECESSORS, keep or 0)
+        self.history: list[np.ndarray] = []
+        self.lane = self.position = None
+
+    def push(self, frame: np.ndarray, lane: int, position_index: int, learn: bool = True):
+        if lane != self.lane:
+            self.scorer.new_pass()
+            self.history = []
+        elif self.position is not None and position_index != self.position + 1:
+            self.history = []  # a gap: the motion between the frames we have is not one step
+        self.lane, self.position = lane, position_index
+        out = None
+        if len(self.history) >= MIN_PREDECESSORS:
+            pred, valid = self.predictor.predict(np.stack(self.history))
+            out = pred, self.scorer.score(frame, pred, valid, learn=learn)
+        self.history = (self.history + [frame])[-self.keep:]
+        return out
+
+
+@dataclasses.dataclass
+class FrameResult:
+    """What the monitor reports for one scored frame (a line of scores.jsonl, plus the images)."""
+
+    frame: int
+    lane: int
+    position: int
+    score: float
+    threshold: float
+    alert: bool
+    new_alert: bool
+    acquisition: str | None  # None | "vibration" | "illumination"
+    box: list[int] | None
+    pixels: np.ndarray  # (H, W) in [0, 1]
+    prediction: np.ndarray  # (H, W) in [0, 1]
+    error: np.ndarray  # (H, W) error map
+
+
+class MonitorPipeline:
+    """Acquisition QC + prediction + scoring of one recording's frames, in order: ``push(index, lane,
+    position_index, raw_pixels)`` -> FrameResult or None (frame not scored). A frame the acquisition QC
+    flags is scored but neither enters the baseline nor raises a process alert. ``qc=False`` skips the QC."""
+
+    def __init__(self, predictor, max_value: float, scorer: ScorerConfig | None = None, qc: bool = True):
+        from chdl.monitor.acquisition_qc import AcquisitionQC
+
+        self.max_value = float(max_value)
+        self.stream = LaneStream(predictor, FrameScorer(scorer))
+        self.qc = AcquisitionQC(max_value) if qc else None
+
+    @property
+    def predictor(self):
+        return self.stream.predictor
+
+    def push(self, index: int, lane: int, position: int, raw: np.ndarray) -> FrameResult | None:
+        flag = self.qc.check(raw, lane, position) if self.qc is not None else None
+        frame = raw.astype(np.float32) * np.float32(1.0 / self.max_value)
+        out = self.stream.push(frame, lane, position, learn=flag is None)
+        if out is None:
+            return None
+        pred, s = out
+        return FrameResult(frame=index, lane=lane, position=position, score=s.score, threshold=s.threshold,
+                           alert=s.alert, new_alert=s.new_alert, acquisition=flag, box=s.box, pixels=frame,
+                           prediction=pred, error=s.error)

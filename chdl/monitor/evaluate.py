@@ -1,0 +1,273 @@
+"""``chdl monitor-eval``: how well the monitor finds labelled (simulated) process anomalies.
+
+For each recording with ground truth (``truth/anomalies.jsonl``, see acquisition.process_anomalies; a
+recording without that file but with ``truth/labels.jsonl`` counts as clean) every method scores every
+frame through the same code as the live monitor (:class:`chdl.monitor.anomaly_score.MonitorPipeline`):
+
+    frame-difference   the previous frame as prediction, whole-frame MSE (Liu et al.'s score, no blocks)
+    copy-last          the previous frame as prediction, block-wise scorer
+    constant-motion    the last frame moved by the measured stage motion, block-wise scorer
+    <checkpoint>       a trained model (``--checkpoint``), block-wise scorer
+
+Metrics (per method):
+
+* ``auroc``: frame-level ROC AUC (scikit-learn) over scored frames (not the scorer's warm-up, which has no
+  score yet); positives are the active frames of
+  anomalies above the visibility floor, negatives the frames no anomaly is active in (frames of anomalies
+  below the floor are left out);
+* ``event_recall``: fraction of visible anomalies with an alert raised in their lane between their onset
+  and one frame after their last active frame; ``recall_scorable``: the same over anomalies that begin
+  with at least two frames of their pass before them (the monitor scores no earlier frame);
+* ``latency_frames``: median / max frames from onset to that alert; ``within_one_frame``: fraction of
+  detected anomalies alerted at the onset frame or the next;
+* ``false_alarms_per_hour``: alerts raised where no anomaly (visible or not) is active, per hour of
+  clean capture at 5 fps (clean frames / 5 / 3600).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from pathlib import Path
+
+import numpy as np
+
+from chdl.monitor.anomaly_score import ConstantMotion, CopyLast, MonitorPipeline, ScorerConfig
+
+FPS = 5.0  # CHDL's capture rate, for false alarms per hour
+METHODS = ("frame-difference", "copy-last", "constant-motion")
+
+
+def method_setup(name: str, checkpoint=None, shape=None):
+    """(predictor, ScorerConfig) of a method name (or a checkpoint path for the model)."""
+    if name == "frame-difference":
+        return CopyLast(), ScorerConfig(mode="global")
+    if name == "copy-last":
+        return CopyLast(), ScorerConfig()
+    if name == "constant-motion":
+        return ConstantMotion(), ScorerConfig()
+    from chdl.monitor.anomaly_score import CheckpointPredictor
+
+    return CheckpointPredictor(checkpoint, shape), ScorerConfig()
+
+
+def score_recording(rec, predictor, scorer: ScorerConfig, qc: bool = True, progress=None) -> list[dict]:
+    """Score every frame of an opened :class:`acquisition.raw.Recording`: one dict per scored frame
+    (frame, lane, position, score, threshold, alert, new_alert, acquisition, box)."""
+    from acquisition.raw import PIXEL_MAX
+
+    rows = []
+    pipe = None
+    frames = [f for f in rec.frames if f.file is not None and f.status == "ok"]
+    for f in (progress(frames) if progress else frames):
+        if pipe is None:
+            pipe = MonitorPipeline(predictor, PIXEL_MAX[f.pixel_format], scorer, qc=qc)
+        r = pipe.push(f.index, f.lane, f.position_index, rec.read(f))
+        if r is not None:
+            rows.append({"frame": r.frame, "lane": r.lane, "position": r.position, "score": r.score,
+                         "threshold": r.threshold, "alert": r.alert, "new_alert": r.new_alert,
+                         "acquisition": r.acquisition, "box": r.box})
+    return rows
+
+
+@dataclasses.dataclass
+class RunTruth:
+    frames: int
+    lanes: dict  # frame index -> lane
+    positions: dict  # frame index -> position index
+    anomalies: list[dict]
+
+
+def run_truth(rec) -> RunTruth:
+    """The process-anomaly truth of a recording: its own truth/, else that of the recording it replays
+    (``notes.replay_of``). ValueError naming the folder if there is none."""
+    from acquisition.simulator import load_truth
+
+    candidates = [Path(rec.path)]
+    src = (rec.manifest.get("notes") or {}).get("replay_of")
+    if src:
+        candidates.append(Path(src))
+    for c in candidates:
+        if (c / "truth" / "labels.jsonl").is_file():
+            t = load_truth(c)
+            return RunTruth(len(rec.frames), {f.index: f.lane for f in rec.frames},
+                            {f.index: f.position_index for f in rec.frames}, t.anomalies)
+    raise ValueError(f"{rec.path}: no ground truth (truth/labels.jsonl) here or in the recording it replays")
+
+
+def metrics(rows: list[dict], truth: RunTruth) -> dict:
+    """The module docstring's metrics for one method on one or more recordings (rows of score_recording
+    with a ``run`` key, truth per run in ``truth``: {run: RunTruth})."""
+    from sklearn.metrics import roc_auc_score
+
+    y, s = [], []
+    active_vis, active_any = set(), set()
+    events_truth = []
+    for run, t in truth.items():
+        for a in t.anomalies:
+            keys = {(run, i) for i in a["frames"]}
+            active_any |= keys
+            if a["visible"]:
+                active_vis |= keys
+                events_truth.append((run, a))
+    for r in rows:
+        k = (r["run"], r["frame"])
+        if not math.isfinite(r["score"]):  # the scorer's warm-up: no score yet
+            continue
+        if k in active_vis:
+            y.append(1)
+        elif k in active_any:
+            continue
+        else:
+            y.append(0)
+        s.append(r["score"])
+    alerts = [r for r in rows if r["new_alert"]]
+    detected, latencies, scorable, scorable_hit = 0, [], 0, 0
+    for run, a in events_truth:
+        lane, onset, last = a["lane"], a["onset_frame"], a["frames"][-1]
+        hits = [r["frame"] - onset for r in alerts if r["run"] == run and r["lane"] == lane
+                and onset <= r["frame"] <= last + 1]
+        ok = a["onset_t"] >= 2
+        scorable += ok
+        if hits:
+            detected += 1
+            scorable_hit += ok
+            latencies.append(min(hits))
+    tolerated = set(active_any) | {(run, i + 1) for run, i in active_any}
+    false = [r for r in alerts if (r["run"], r["frame"]) not in tolerated]
+    clean_frames = sum(1 for r in rows if (r["run"], r["frame"]) not in active_any)
+    hours = clean_frames / FPS / 3600
+    n_pos = sum(y)
+    return {
+        "auroc": float(roc_auc_score(y, s)) if 0 < n_pos < len(y) else None,
+        "positive_frames": n_pos, "negative_frames": len(y) - n_pos,
+        "events": len(events_truth), "event_recall": detected / len(events_truth) if events_truth else None,
+        "events_scorable": scorable, "recall_scorable": scorable_hit / scorable if scorable else None,
+        "latency_frames_median": float(np.median(latencies)) if latencies else None,
+        "latency_frames_max": int(max(latencies)) if latencies else None,
+        "within_one_frame": sum(1 for v in latencies if v <= 1) / len(latencies) if latencies else None,
+        "false_alarms": len(false), "clean_hours": hours,
+        "false_alarms_per_hour": len(false) / hours if hours > 0 else None,
+    }
+
+
+class EvalError(ValueError):
+    """A run that cannot be evaluated (one line, naming the folder)."""
+
+
+def find_runs(paths: list) -> list[Path]:
+    """Recordings to evaluate: recordings, folders of recordings, or monitor folders (their recording)."""
+    from acquisition.raw import RawFormatError, find_recordings
+
+    out = []
+    for p in map(Path, paths):
+        if p.name.endswith(".monitor") and (p / "status.json").is_file():
+            p = p.with_name(p.name[: -len(".monitor")])
+        try:
+            out += find_recordings(p)
+        except RawFormatError as e:
+            raise EvalError(str(e)) from None
+    if not out:
+        raise EvalError(f"{', '.join(map(str, paths))}: no recordings found")
+    return out
+
+
+def evaluate(paths: list, out: str | Path, checkpoint=None, qc: bool = True, progress: bool = True,
+             alert_levels: dict | None = None) -> dict:
+    """Score every run with every method, write ``out/metrics.json``, ``out/metrics.md`` and a score plot
+    per run and method (``out/scores_<folder>_<run>.png``); returns the metrics and the markdown table.
+    ``alert_levels``: ScorerConfig fields for every method (e.g. ``{"z_on": 4.0, "z_off": 2.0}``)."""
+    from tqdm import tqdm
+
+    from acquisition.raw import Recording
+
+    out = Path(out)
+    runs = find_runs(paths)
+    recs, truth = {}, {}
+    for r in runs:
+        rec = Recording.open(r)
+        try:
+            truth[str(r)] = run_truth(rec)
+        except ValueError as e:
+            raise EvalError(str(e)) from None
+        recs[str(r)] = rec
+    methods = list(METHODS) + ([f"checkpoint:{Path(checkpoint).name}"] if checkpoint else [])
+    results, rows_by = {}, {}
+    total = sum(len(rec.frames) for rec in recs.values()) * len(methods)
+    with tqdm(total=total, unit="frame", desc="monitor-eval", disable=not progress) as bar:
+        for m in methods:
+            rows = []
+            for run, rec in recs.items():
+                first = rec.frames[0] if rec.frames else None
+                shape = rec.read(first).shape if first is not None else None
+                try:
+                    predictor, cfg = method_setup(m, checkpoint, shape)
+                except ValueError as e:
+                    raise EvalError(str(e).splitlines()[0]) from None
+                cfg = dataclasses.replace(cfg, **(alert_levels or {}))
+                for row in score_recording(rec, predictor, cfg, qc=qc):
+                    rows.append({**row, "run": run})
+                bar.update(len(rec.frames))
+            rows_by[m] = rows
+            results[m] = metrics(rows, truth)
+    out.mkdir(parents=True, exist_ok=True)
+    md = markdown(results)
+    for run in recs:
+        plot_scores(out / f"scores_{Path(run).parent.name}_{Path(run).name}.png", {m: [r for r in rows_by[m] if r["run"] == run] for m in methods},
+                    truth[run], title=f"{Path(run).parent.name}/{Path(run).name}")
+    _write(out / "metrics.json", json.dumps({"runs": [str(r) for r in runs], "alert_levels": alert_levels or {},
+                                             "methods": results}, indent=2) + "\n")
+    _write(out / "metrics.md", md + "\n")
+    return {"methods": results, "markdown": md}
+
+
+def _write(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def markdown(results: dict) -> str:
+    def f(v, fmt="{:.3f}"):
+        return "—" if v is None else fmt.format(v)
+
+    lines = ["| method | AUROC | event recall (all / scorable) | within 1 frame | latency median / max | "
+             "false alarms / h (clean 5 fps) |", "|---|---|---|---|---|---|"]
+    for m, r in results.items():
+        lines.append(f"| {m} | {f(r['auroc'])} | {f(r['event_recall'])} / {f(r['recall_scorable'])} "
+                     f"({r['events']} events) | {f(r['within_one_frame'])} | {f(r['latency_frames_median'], '{:.1f}')} / "
+                     f"{f(r['latency_frames_max'], '{}')} | {f(r['false_alarms_per_hour'], '{:.1f}')} "
+                     f"({r['false_alarms']} in {r['clean_hours']:.3f} h) |")
+    return "\n".join(lines)
+
+
+def plot_scores(path: Path, rows_by_method: dict, truth: RunTruth, title: str = "") -> None:
+    """Score (minus its threshold's baseline) vs frame per method, the anomalies' active frames shaded."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = len(rows_by_method)
+    fig, axes = plt.subplots(n, 1, figsize=(12, 2.2 * n), sharex=True, squeeze=False)
+    for ax, (m, rows) in zip(axes[:, 0], rows_by_method.items()):
+        for a in truth.anomalies:
+            ax.axvspan(a["frames"][0] - 0.5, a["frames"][-1] + 0.5, color="tab:red" if a["visible"] else "tab:orange",
+                       alpha=0.25, lw=0)
+        x = [r["frame"] for r in rows]
+        ax.plot(x, [r["score"] for r in rows], ".", ms=3, color="k", label="score")
+        ax.plot(x, [r["threshold"] if math.isfinite(r["threshold"]) else np.nan for r in rows], "-", lw=0.8,
+                color="tab:blue", label="threshold")
+        al = [r for r in rows if r["new_alert"]]
+        ax.plot([r["frame"] for r in al], [r["score"] for r in al], "v", color="tab:red", ms=6, label="alert")
+        ax.set_ylabel(m, fontsize=8)
+    axes[0, 0].set_title(f"{title}: score vs frame (red: visible anomaly active, orange: below the floor)", fontsize=9)
+    axes[-1, 0].set_xlabel("frame")
+    axes[0, 0].legend(fontsize=7, loc="upper right")
+    fig.tight_layout()
+    tmp = path.with_name(path.name + ".tmp.png")
+    fig.savefig(tmp, dpi=90)
+    plt.close(fig)
+    os.replace(tmp, path)

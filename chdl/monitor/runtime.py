@@ -1,0 +1,252 @@
+"""``chdl monitor``'s moving parts: the scoring process and the monitor folder it writes.
+
+The capture runs exactly as ``chdl capture`` (same function, same recording); after each record is on
+disk its index entry (not its pixels) is offered to a bounded ``multiprocessing`` queue (spawn context)
+with ``put_nowait``: the capture never waits. When the queue is full the frame is not scored and counted
+as skipped; the scorer then restarts that lane's history at the next frame it gets (a gap in positions).
+The scoring process reads the frame from the recording, runs :class:`MonitorPipeline` and writes
+``OUT/<run-id>.monitor/`` (layout in docs/monitor.md): ``scores.jsonl``, ``events.jsonl``,
+``snapshots/<frame:06d>.png``, ``live/{frame,prediction,error}.png``. The capture side writes
+``status.json`` (at least once a second, replaced atomically). If the parent dies (SIGKILL) the scorer
+notices within a second and exits; the recording is whatever ``run_capture`` left, which is readable.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+import multiprocessing as mp
+import os
+import queue
+import threading
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+FORMAT = "chdl.monitor/1"
+QUEUE_DEPTH = 8
+
+
+def monitor_dir(run_path: Path) -> Path:
+    """``OUT/<run-id>/`` -> ``OUT/<run-id>.monitor/`` (beside the recording, never inside it)."""
+    return run_path.with_name(run_path.name + ".monitor")
+
+
+def _atomic_bytes(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def _png8(img: np.ndarray) -> bytes:
+    ok, buf = cv2.imencode(".png", img, [cv2.IMWRITE_PNG_COMPRESSION, 1])
+    return buf.tobytes()
+
+
+def to8(x: np.ndarray, scale: float = 1.0) -> np.ndarray:
+    """[0, 1] float (times ``scale``) -> uint8."""
+    return np.clip(x * (255.0 * scale), 0, 255).astype(np.uint8)
+
+
+def error_image(error: np.ndarray) -> np.ndarray:
+    """The error map as an 8-bit image: sqrt of the squared error (an absolute error), x4 for contrast."""
+    return to8(np.sqrt(np.maximum(error, 0)), 4.0)
+
+
+def snapshot_image(pixels: np.ndarray, prediction: np.ndarray, error: np.ndarray, box) -> np.ndarray:
+    """frame | prediction | error map side by side (8-bit, the box drawn on the frame and the error map)."""
+    f, p, e = to8(pixels), to8(prediction), error_image(error)
+    if box is not None:
+        for img in (f, e):
+            cv2.rectangle(img, (box[0], box[1]), (box[2] - 1, box[3] - 1), 255, 1)
+    gap = np.full((f.shape[0], 2), 128, np.uint8)
+    return np.concatenate([f, gap, p, gap, e], 1)
+
+
+class StatusWriter:
+    """``status.json`` of a monitor folder, rewritten atomically by a thread at least once a second."""
+
+    def __init__(self, folder: Path, run_id: str, predictor: str, t_in: int, shared: dict):
+        self.folder, self.shared = folder, shared
+        self.fields = {"format": FORMAT, "run_id": run_id, "state": "running", "predictor": predictor, "t_in": t_in,
+                       "frames_captured": 0, "frames_scored": 0, "frames_skipped": 0, "events": 0,
+                       "width": 0, "height": 0}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="chdl-monitor-status", daemon=True)
+
+    def start(self) -> "StatusWriter":
+        self.write()
+        self._thread.start()
+        return self
+
+    def write(self, **fields) -> None:
+        self.fields.update(fields)
+        self.fields["frames_scored"] = int(self.shared["scored"].value)
+        self.fields["events"] = int(self.shared["events"].value)
+        self.fields["updated_utc"] = _dt.datetime.now(_dt.timezone.utc).isoformat()
+        _atomic_bytes(self.folder / "status.json", (json.dumps(self.fields, indent=1) + "\n").encode())
+
+    def _loop(self) -> None:
+        while not self._stop.wait(0.5):
+            self.write()
+
+    def stop(self, state: str) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+        self.write(state=state)
+
+
+class Monitor:
+    """The capture-side handle: ``offer(run_path, record)`` from the capture's record callback, then
+    ``finish(state)``. Starts the scoring process on the first record."""
+
+    def __init__(self, predictor_spec: dict, depth: int = QUEUE_DEPTH):
+        """``depth``: frames the queue to the scorer holds; a frame arriving when it is full is skipped."""
+        self.spec = predictor_spec
+        self.ctx = mp.get_context("spawn")
+        self.queue = self.ctx.Queue(maxsize=depth)
+        self.shared = {"scored": self.ctx.Value("q", 0), "events": self.ctx.Value("q", 0),
+                       "ready": self.ctx.Event()}
+        self.errors = self.ctx.Queue()
+        self.proc = None
+        self.status: StatusWriter | None = None
+        self.captured = self.skipped = 0
+        self.folder: Path | None = None
+
+    def start(self, run_path: Path, run_id: str, predictor_name: str, t_in: int) -> Path:
+        self.folder = monitor_dir(run_path)
+        for sub in ("snapshots", "live"):
+            (self.folder / sub).mkdir(parents=True, exist_ok=True)
+        for name in ("scores.jsonl", "events.jsonl"):
+            (self.folder / name).touch()
+        self.status = StatusWriter(self.folder, run_id, predictor_name, t_in, self.shared).start()
+        self.proc = self.ctx.Process(target=score_worker, name="chdl-monitor-scorer",
+                                     args=(self.spec, str(run_path), str(self.folder), self.queue, self.shared["scored"],
+                                           self.shared["events"], self.shared["ready"], self.errors), daemon=True)
+        self.proc.start()
+        while not self.shared["ready"].wait(0.2):  # the predictor is loaded before the first frame is taken
+            if not self.proc.is_alive():
+                break
+        return self.folder
+
+    def offer(self, run_path: Path, record) -> None:
+        """Hand a written record to the scorer without waiting; count it skipped if the scorer is behind."""
+        if self.captured == 0 and self.status is not None:  # the recording's manifest exists from here on
+            settings = json.loads((run_path / "manifest.json").read_text(encoding="utf-8")).get("settings", {})
+            self.status.fields.update(width=int(settings.get("width", 0)), height=int(settings.get("height", 0)))
+        self.captured += 1
+        if record.file is not None and record.status == "ok":  # a dropped or incomplete frame is not scored
+            try:
+                self.queue.put_nowait((record.index, record.lane, record.position_index, record.file, record.pixel_format))
+            except queue.Full:
+                self.skipped += 1
+        if self.status is not None:
+            self.status.fields.update(frames_captured=self.captured, frames_skipped=self.skipped)
+
+    def finish(self, state: str, timeout_s: float = 600.0) -> str | None:
+        """Let the scorer drain the queue, stop it, write the final status. Returns its error, if any."""
+        error = None
+        if self.proc is not None:
+            while self.proc.is_alive():  # a full queue drains unless the scorer died
+                try:
+                    self.queue.put(None, timeout=0.5)
+                    break
+                except queue.Full:
+                    continue
+            self.proc.join(timeout_s)
+            if self.proc.is_alive():
+                self.proc.terminate()
+                error = "the scorer did not finish in time"
+            try:
+                error, state = self.errors.get_nowait(), "failed"
+            except queue.Empty:
+                pass
+        if self.status is not None:
+            self.status.stop(state)
+        return error
+
+
+def score_worker(spec: dict, run_path: str, folder: str, q, scored, events, ready, errors) -> None:
+    """The scoring process: records from ``q`` until None (or the parent is gone)."""
+    import traceback
+
+    try:
+        _score_loop(spec, Path(run_path), Path(folder), q, scored, events, ready)
+    except BaseException as e:  # noqa: BLE001 - reported to the parent as one line
+        errors.put(f"scorer: {type(e).__name__}: {e}".splitlines()[0])
+        traceback.print_exc()
+
+
+def _score_loop(spec, run_path: Path, folder: Path, q, scored, events, ready) -> None:
+    import torch
+
+    from acquisition.raw import PIXEL_MAX
+    from chdl.monitor.anomaly_score import MonitorPipeline, ScorerConfig, make_predictor
+
+    torch.set_num_threads(int(spec.get("threads", 1)))
+    predictor = make_predictor(spec["predictor"], spec.get("checkpoint"), spec.get("t_in", 5))
+    parent = mp.parent_process()
+    ready.set()
+    pipe = None
+    n_events = 0
+    with open(folder / "scores.jsonl", "a", encoding="utf-8") as scores, \
+            open(folder / "events.jsonl", "a", encoding="utf-8") as ev:
+        while True:
+            try:
+                item = q.get(timeout=1.0)
+            except queue.Empty:
+                if parent is not None and not parent.is_alive():
+                    return
+                continue
+            if item is None:
+                return
+            index, lane, position, file, pixel_format = item
+            t0 = time.perf_counter()
+            raw = cv2.imread(str(run_path / file), cv2.IMREAD_UNCHANGED)
+            if raw is None:
+                continue
+            if pipe is None:
+                pipe = MonitorPipeline(predictor, PIXEL_MAX[pixel_format], ScorerConfig(**spec.get("scorer", {})))
+            r = pipe.push(index, lane, position, raw)
+            if r is None:
+                continue
+            latency = (time.perf_counter() - t0) * 1000
+            line = {"frame": r.frame, "lane": r.lane, "position": r.position, "score": _num(r.score),
+                    "threshold": _num(r.threshold), "alert": bool(r.alert), "acquisition": r.acquisition,
+                    "latency_ms": round(latency, 2)}
+            _live(folder, r)
+            event = None
+            if r.acquisition is not None:
+                event = {"kind": "acquisition", "box": None,
+                         "reason": f"acquisition QC flagged {r.acquisition} at lane {r.lane} position {r.position}"}
+            elif r.new_alert:
+                event = {"kind": "process", "box": r.box,
+                         "reason": f"prediction error {r.score:.2f} above threshold {r.threshold:.2f} "
+                                   f"(log10 block MSE) at lane {r.lane} position {r.position}"}
+            if event is not None:
+                snap = f"snapshots/{r.frame:06d}.png"
+                _atomic_bytes(folder / snap, _png8(snapshot_image(r.pixels, r.prediction, r.error, r.box)))
+                ev.write(json.dumps({"event": n_events, "kind": event["kind"], "frame": r.frame, "lane": r.lane,
+                                     "position": r.position, "score": _num(r.score), "threshold": _num(r.threshold),
+                                     "box": event["box"], "reason": event["reason"], "snapshot": snap}) + "\n")
+                ev.flush()
+                n_events += 1
+                events.value = n_events
+            scores.write(json.dumps(line) + "\n")
+            scores.flush()
+            scored.value += 1
+
+
+def _num(x: float) -> float | None:
+    return round(float(x), 5) if math.isfinite(x) else None
+
+
+def _live(folder: Path, r) -> None:
+    live = folder / "live"
+    _atomic_bytes(live / "frame.png", _png8(to8(r.pixels)))
+    _atomic_bytes(live / "prediction.png", _png8(to8(r.prediction)))
+    _atomic_bytes(live / "error.png", _png8(error_image(r.error)))

@@ -1,0 +1,204 @@
+"""`chdl monitor` / `chdl monitor-eval` through the real CLI in a subprocess: replayed recordings, an injected
+anomaly, byte-identical recordings next to `chdl capture`, SIGKILL."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import pytest
+
+from acquisition.raw import Recording, encode_png
+
+ENV = {**os.environ, "CHDL_CAMERAS": "", "GENICAM_GENTL64_PATH": "", "XDG_CONFIG_HOME": "/nonexistent-chdl-test",
+       "OMP_NUM_THREADS": "1"}
+W, H = 120, 90
+INJECTED = 36  # lane 3, position 6 of a 5 x 10 recording
+STATUS_KEYS = {"format", "run_id", "state", "predictor", "t_in", "frames_captured", "frames_scored", "frames_skipped",
+               "events", "width", "height", "updated_utc"}
+SCORE_KEYS = {"frame", "lane", "position", "score", "threshold", "alert", "acquisition", "latency_ms"}
+EVENT_KEYS = {"event", "kind", "frame", "lane", "position", "score", "threshold", "box", "reason", "snapshot"}
+
+
+def chdl(*args, timeout=180):
+    return subprocess.run([sys.executable, "-m", "chdl", *map(str, args)], capture_output=True, text=True, env=ENV,
+                          timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def clean_run(tmp_path_factory):
+    """A simulated recording without faults or anomalies: 5 lanes x 10 positions of 120x90."""
+    root = tmp_path_factory.mktemp("clean")
+    out = chdl("simulate", "corpus", root, "--sequences", "5", "--positions", "10", "--lanes-per-run", "5",
+               "--width", W, "--height", H, "--fault-rate", "0", "--seed", "1", "-q")
+    assert out.returncode == 0, out.stderr
+    return root / "run_00000"
+
+
+def _lines(path: Path) -> list[dict]:
+    return [json.loads(x) for x in path.read_text().splitlines()]
+
+
+def _index_without_host_times(run: Path) -> list[dict]:
+    return [{k: v for k, v in r.items() if not k.startswith("host_")} for r in _lines(run / "frames.jsonl")]
+
+
+def test_clean_replay_no_events_and_recording_identical_to_capture(clean_run, tmp_path):
+    mon = chdl("monitor", "--replay", clean_run, "--out", tmp_path / "m", "--as-fast-as-possible", "--queue-depth", "100",
+               "-q")
+    assert mon.returncode == 0, mon.stderr
+    assert "40 frames scored, 0 skipped, 0 events" in mon.stdout
+    cap = chdl("capture", "--replay", clean_run, "--out", tmp_path / "c", "--as-fast-as-possible", "-q")
+    assert cap.returncode == 0, cap.stderr
+    a, b = tmp_path / "m" / "run_00000", tmp_path / "c" / "run_00000"
+    names = sorted(p.name for p in (a / "frames").iterdir())
+    assert names == sorted(p.name for p in (b / "frames").iterdir()) and len(names) == 50
+    assert all((a / "frames" / n).read_bytes() == (b / "frames" / n).read_bytes() for n in names)
+    assert _index_without_host_times(a) == _index_without_host_times(b)
+    ma, mb = (json.loads((r / "manifest.json").read_text()) for r in (a, b))
+    assert {k: v for k, v in ma.items() if k != "created"} == {k: v for k, v in mb.items() if k != "created"}
+    assert sorted(p.name for p in a.iterdir()) == sorted(p.name for p in b.iterdir())  # nothing of the monitor inside
+    folder = tmp_path / "m" / "run_00000.monitor"
+    status = json.loads((folder / "status.json").read_text())
+    assert set(status) == STATUS_KEYS
+    assert (status["format"], status["state"], status["predictor"], status["t_in"]) == \
+        ("chdl.monitor/1", "finished", "constant-motion", 5)
+    assert (status["frames_captured"], status["frames_scored"], status["frames_skipped"], status["events"]) == (50, 40, 0, 0)
+    assert (status["width"], status["height"]) == (W, H)
+    scores = _lines(folder / "scores.jsonl")
+    assert len(scores) == 40 and all(set(s) == SCORE_KEYS for s in scores)
+    assert [s["position"] for s in scores[:8]] == list(range(2, 10))  # from the third frame of each pass
+    assert not any(s["alert"] for s in scores) and (folder / "events.jsonl").read_text() == ""
+    for name in ("frame", "prediction", "error"):
+        assert cv2.imread(str(folder / "live" / f"{name}.png"), cv2.IMREAD_UNCHANGED).shape == (H, W)
+
+
+def test_injected_anomaly_raises_a_process_event_at_its_frame_and_lane(clean_run, tmp_path):
+    run = tmp_path / "src" / "run_00000"
+    shutil.copytree(clean_run, run)
+    rec = Recording.open(run)
+    f = rec.frames[INJECTED]
+    assert (f.lane, f.position_index) == (3, 6)
+    pixels = rec.read(f).copy()
+    cv2.ellipse(pixels, (70, 38), (12, 6), 0, 0, 360, 10, -1)  # a dark chip-like bite at the kerf edge
+    (run / f.file).write_bytes(encode_png(pixels, "Mono8"))
+    mon = chdl("monitor", "--replay", run, "--out", tmp_path / "m", "--as-fast-as-possible", "--queue-depth", "100", "-q")
+    assert mon.returncode == 0, mon.stderr
+    folder = tmp_path / "m" / "run_00000.monitor"
+    events = _lines(folder / "events.jsonl")
+    assert [(e["event"], e["kind"], e["frame"], e["lane"], e["position"]) for e in events] == [(0, "process", INJECTED, 3, 6)]
+    e = events[0]
+    assert set(e) == EVENT_KEYS and e["score"] > e["threshold"]
+    x0, y0, x1, y1 = e["box"]
+    assert x0 <= 70 < x1 and y0 <= 38 < y1 and (x1 - x0) <= 40 and (y1 - y0) <= 30
+    snap = cv2.imread(str(folder / e["snapshot"]), cv2.IMREAD_UNCHANGED)
+    assert snap.shape == (H, 3 * W + 4) and e["snapshot"] == f"snapshots/{INJECTED:06d}.png"
+    scores = {s["frame"]: s for s in _lines(folder / "scores.jsonl")}
+    assert scores[INJECTED]["alert"] and not scores[INJECTED - 1]["alert"]
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                if int((d / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                    out.append(int(d.name))
+            except (OSError, IndexError, ValueError):
+                continue
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def test_sigkill_leaves_a_readable_recording_and_no_scorer_behind(tmp_path):
+    run = tmp_path / "raw" / "long"
+    proc = subprocess.Popen([sys.executable, "-m", "chdl", "monitor", "--camera", "sim0", "--out", tmp_path / "raw",
+                             "--run-id", "long", "--lanes", "200", "--positions", "10", "--width", "96", "--height", "72"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ENV)
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        index = run / "frames.jsonl"
+        if index.is_file() and len(index.read_text().splitlines()) >= 5:
+            break
+        time.sleep(0.1)
+    else:
+        proc.kill()
+        pytest.fail(f"no frames recorded: {proc.communicate()[1][-2000:]}")
+    children = _children(proc.pid)
+    assert children, "the scorer runs in its own process"
+    proc.kill()
+    proc.communicate(timeout=30)
+    assert proc.returncode == -signal.SIGKILL
+    rec = Recording.open(run)
+    assert not rec.complete and len(rec) >= 5 and all(rec.read(f).shape == (72, 96) for f in rec.frames)
+    assert [f.index for f in rec.frames] == list(range(len(rec)))
+    status = json.loads((tmp_path / "raw" / "long.monitor" / "status.json").read_text())
+    assert status["state"] == "running"  # it never finished; the file is whole (replaced atomically)
+    deadline = time.monotonic() + 10
+    while any(_alive(c) for c in children) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not any(_alive(c) for c in children), "the scorer outlived the killed monitor"
+
+
+def test_monitor_eval_scores_every_method_on_labelled_runs(tmp_path):
+    corpus = tmp_path / "corpus"
+    out = chdl("simulate", "corpus", corpus, "--sequences", "4", "--positions", "10", "--lanes-per-run", "4",
+               "--width", "96", "--height", "72", "--fault-rate", "0", "--anomaly-rate", "0.25", "--seed", "5", "-q")
+    assert out.returncode == 0, out.stderr
+    ev = chdl("monitor-eval", corpus, "--out", tmp_path / "eval", "--no-qc", "-q")
+    assert ev.returncode == 0, ev.stderr
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert list(metrics["methods"]) == ["frame-difference", "copy-last", "constant-motion"]
+    for m in metrics["methods"].values():
+        assert 0.0 <= m["auroc"] <= 1.0 and m["events"] > 0 and 0.0 <= m["event_recall"] <= 1.0
+        assert m["positive_frames"] > 0 and m["negative_frames"] > 0
+    assert "| constant-motion |" in (tmp_path / "eval" / "metrics.md").read_text() and "AUROC" in ev.stdout
+    assert cv2.imread(str(tmp_path / "eval" / "scores_corpus_run_00000.png")) is not None
+    # a monitor folder stands for its recording, whose truth is that of the recording it replays
+    mon = chdl("monitor", "--replay", corpus / "run_00000", "--out", tmp_path / "m", "--as-fast-as-possible", "-q",
+               "--queue-depth", "100")
+    assert mon.returncode == 0, mon.stderr
+    from chdl.monitor.evaluate import evaluate
+
+    again = evaluate([tmp_path / "m" / "run_00000.monitor"], tmp_path / "eval2", qc=False, progress=False)
+    assert again["methods"] == metrics["methods"]  # the same frames, the same truth, the same scores
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--replay", "{clean}", "--checkpoint", "{bad}"], "Error: "),
+    (["--replay", "{clean}", "--run-id", "a/b"], "--run-id"),
+    (["--camera", "gige0"], "Error: no GenTL producer"),  # fails after the scorer started: nothing left either
+])
+def test_monitor_errors_are_one_line_and_leave_nothing(clean_run, tmp_path, args, message):
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    args = [a.replace("{bad}", str(bad)).replace("{clean}", str(clean_run)) for a in args]
+    out = chdl("monitor", "--out", tmp_path / "m", *args)
+    assert out.returncode in (1, 2) and message in out.stderr and "Traceback" not in out.stderr
+    assert not (tmp_path / "m").exists()
+
+
+def test_a_slow_scorer_skips_frames_and_says_so_the_recording_keeps_them_all(clean_run, tmp_path):
+    """Replayed as fast as possible (~300 frames/s) into a queue of one frame: the scorer (~15 ms a frame)
+    falls behind, frames are skipped and counted, and every frame is still recorded."""
+    mon = chdl("monitor", "--replay", clean_run, "--out", tmp_path / "m", "--as-fast-as-possible", "--queue-depth", "1",
+               "-q")
+    assert mon.returncode == 0, mon.stderr
+    status = json.loads((tmp_path / "m" / "run_00000.monitor" / "status.json").read_text())
+    assert status["frames_captured"] == 50 and status["frames_skipped"] > 0
+    assert status["frames_scored"] == len(_lines(tmp_path / "m" / "run_00000.monitor" / "scores.jsonl")) < 40
+    assert f"{status['frames_skipped']} skipped" in mon.stdout
+    rec = Recording.open(tmp_path / "m" / "run_00000")
+    assert rec.complete and len(rec) == 50

@@ -1,0 +1,156 @@
+"""The monitor's scorer: robust baseline, hysteresis, localisation, lane handling, predictors."""
+
+import math
+
+import numpy as np
+
+from chdl.monitor.anomaly_score import (ConstantMotion, CopyLast, FrameScorer, LaneStream, RobustBaseline,
+                                        ScorerConfig, motion_valid)
+
+H, W = 64, 96
+CFG = ScorerConfig(block=8, min_history=5, z_on=6.0, z_off=3.0)
+
+
+def _noise(seed, sigma=0.01):
+    return np.random.default_rng(seed).normal(0.5, sigma, (H, W)).astype(np.float32)
+
+
+def _with_blob(img, x0, y0, size=10, level=0.0):
+    out = img.copy()
+    out[y0:y0 + size, x0:x0 + size] = level
+    return out
+
+
+def test_robust_baseline_ignores_outliers_and_has_a_floor():
+    b = RobustBaseline(window=50, sigma_floor=0.01)
+    assert math.isnan(b.stats()[0])
+    for v in [1.0, 1.1, 0.9, 1.0, 1.05, 0.95, 50.0, -40.0]:
+        b.add(v)
+    med, sigma = b.stats()
+    assert abs(med - 1.0) < 0.03 and sigma < 0.2  # two wild values barely move median and MAD
+    c = RobustBaseline(window=3, sigma_floor=0.5)
+    for v in [5.0, 5.0, 5.0, 9.0, 9.0, 9.0]:
+        c.add(v)
+    assert c.stats() == (9.0, 0.5)  # only the last 3 values; the spread never below the floor
+
+
+def _warm(scorer, n=12):
+    """Feed noise-only frames until both baselines (block rows, frame scores) are ready."""
+    valid = np.ones((H, W), bool)
+    out = [scorer.score(_noise(i), _noise(1000 + i), valid) for i in range(n)]
+    return valid, out
+
+
+def test_scores_wait_for_the_row_baseline_and_no_alert_before_min_history():
+    s = FrameScorer(CFG)
+    valid, out = _warm(s, 4)
+    assert all(math.isnan(r.score) and r.threshold == math.inf and not r.alert for r in out)
+    _, out = _warm(s, 10)
+    assert all(math.isfinite(r.score) for r in out[5:]) and not any(r.alert for r in out)
+
+
+def test_alert_turns_on_above_z_on_stays_on_above_z_off_and_the_box_finds_the_blob():
+    s = FrameScorer(CFG)
+    valid, _ = _warm(s, 14)
+    med, sigma = s.baseline.stats()
+    hit = s.score(_with_blob(_noise(20), 40, 24), _noise(2020), valid)
+    assert hit.alert and hit.new_alert and hit.score > hit.threshold
+    x0, y0, x1, y1 = hit.box
+    assert x0 <= 40 and y0 <= 24 and x1 >= 50 and y1 >= 34 and (x1 - x0) * (y1 - y0) <= 16 * 16
+    # find a blob level whose score lies between the off and the on level: it keeps the alert on
+    # (hysteresis) without raising a new one, and it does not raise one when the alert is off
+    on, off = med + CFG.z_on * sigma, med + CFG.z_off * sigma
+    lo, hi = 0.0, 0.5  # blob level: the score falls as the level nears the background (0.5); bisect
+    for _ in range(40):
+        mid = (lo + hi) / 2
+        probe = FrameScorer(CFG)
+        probe.rows, probe.baseline.values = s.rows.copy(), s.baseline.values.copy()
+        r = probe.score(_with_blob(_noise(21), 40, 24, level=mid), _noise(2021), valid)
+        if r.score > (on + off) / 2:
+            lo = mid
+        else:
+            hi = mid
+    assert off + 0.1 * sigma < r.score < on - 0.1 * sigma, "no blob level scores between the hysteresis levels"
+    kept = s.score(_with_blob(_noise(21), 40, 24, level=mid), _noise(2021), valid)
+    assert kept.alert and not kept.new_alert
+    quiet = s.score(_noise(22), _noise(2022), valid)
+    assert not quiet.alert and quiet.score < off
+    again = s.score(_with_blob(_noise(21), 40, 24, level=mid), _noise(2021), valid)
+    assert not again.alert  # the same middle frame with the alert off raises none
+    n = len(s.baseline)
+    s.score(_with_blob(_noise(23), 40, 24), _noise(2023), valid)
+    assert len(s.baseline) == n  # an alerting frame stays out of the baseline
+
+
+def test_row_baseline_makes_a_busy_row_quiet_and_a_still_row_loud():
+    """A row where big errors are normal (the kerf) needs a bigger error to stand out than a still one."""
+    s = FrameScorer(CFG)
+    valid = np.ones((H, W), bool)
+    rng = np.random.default_rng(5)
+    for i in range(14):  # block row 0 changes all the time, by amounts spread over decades
+        busy = _noise(i)
+        busy[:8] += np.repeat(rng.choice([-1, 1], W // 8) * 10 ** rng.uniform(-2.5, -0.5, W // 8), 8)[None, :]
+        s.score(busy, _noise(1000 + i), valid)
+    in_busy = s.score(_with_blob(_noise(30), 40, 0, size=8, level=0.1), _noise(3030), valid)
+    in_still = s.score(_with_blob(_noise(30), 40, 40, size=8, level=0.1), _noise(3030), valid)
+    assert in_still.score > in_busy.score + 3
+
+
+def test_invalid_region_is_not_scored_and_global_mode_dilutes_a_local_blob():
+    valid = np.ones((H, W), bool)
+    valid[:, 80:] = False
+    block = FrameScorer(CFG)
+    err = block.error_map(_with_blob(_noise(1), 84, 10), _noise(2), valid)
+    assert err[:, 80:].max() == 0
+    logs_hidden, ok, _ = block.blocks(err, valid)
+    logs_seen, _, _ = block.blocks(block.error_map(_with_blob(_noise(1), 40, 10), _noise(2), valid), valid)
+    assert logs_seen[ok].max() > logs_hidden[ok].max() + 1.5
+    glob = FrameScorer(ScorerConfig(mode="global"))
+    g_seen, box, _ = glob.raw_score(glob.error_map(_with_blob(_noise(1), 40, 10), _noise(2), valid), valid)
+    assert box is None and g_seen < logs_seen[ok].max() - 1.0  # 100 of 6144 pixels: a whole-frame MSE hardly moves
+
+
+def test_lane_stream_scores_from_the_third_frame_and_restarts_after_a_gap():
+    stream = LaneStream(CopyLast(), FrameScorer(CFG))
+    got = [stream.push(_noise(i), lane=0, position_index=i) is not None for i in range(5)]
+    assert got == [False, False, True, True, True]
+    assert stream.push(_noise(9), lane=1, position_index=0) is None  # a new lane starts over
+    assert stream.push(_noise(10), lane=1, position_index=1) is None
+    assert stream.push(_noise(11), lane=1, position_index=3) is None  # position 2 skipped: history restarts
+    assert stream.push(_noise(12), lane=1, position_index=4) is None
+    assert stream.push(_noise(13), lane=1, position_index=5) is not None
+
+
+def test_constant_motion_predicts_a_moving_texture_and_masks_what_entered():
+    rng = np.random.default_rng(3)
+    import cv2
+
+    wide = cv2.GaussianBlur(rng.random((H, W + 60)).astype(np.float32), (0, 0), 1.5)
+    frames = np.stack([wide[:, 6 * t: 6 * t + W] for t in range(6)])  # the scene moves 6 px left per frame
+    pred, valid = ConstantMotion(5).predict(frames[:5])
+    assert not valid[:, -8:].any() and valid[:, :W - 9].all()  # 6 px entered, 2 px margin
+    err_cm = np.abs(pred - frames[5])[valid].mean()
+    err_copy = np.abs(CopyLast().predict(frames[:5])[0] - frames[5]).mean()
+    assert err_cm < 0.2 * err_copy
+    assert motion_valid((4, 4), (0.0, 0.0), margin=0).all()
+
+
+def test_acquisition_faults_are_flagged_as_such_not_as_process_alerts():
+    """A frame with a gain fault (illumination) and one shaken by jitter (vibration) in a simulated pass:
+    the QC names them, they raise no process alert and stay out of the baselines."""
+    from acquisition.simulator import DicingLaneSimulator, Fault, SimConfig
+    from chdl.monitor.anomaly_score import MonitorPipeline
+
+    sim = DicingLaneSimulator(SimConfig(seed=2, width=200, height=150, fault_rate=0.0))
+    faults = {(3, 5): Fault("gain", 1.0, phase=1.0), (4, 6): Fault("jitter", 1.0, angle=1.2)}
+    pipe = MonitorPipeline(ConstantMotion(5), 255.0, ScorerConfig(min_history=5))
+    seen = {}
+    for lane in range(5):
+        for t in range(10):
+            px = sim.render(lane, t, fault=faults.get((lane, t))).pixels
+            r = pipe.push(lane * 10 + t, lane, t, px)
+            if r is not None:
+                seen[(lane, t)] = r
+    assert seen[(3, 5)].acquisition == "illumination" and seen[(4, 6)].acquisition == "vibration"
+    assert not seen[(3, 5)].new_alert and not seen[(4, 6)].new_alert
+    assert [k for k, r in seen.items() if r.acquisition] == [(3, 5), (4, 6)]
