@@ -202,3 +202,40 @@ def test_a_slow_scorer_skips_frames_and_says_so_the_recording_keeps_them_all(cle
     assert f"{status['frames_skipped']} skipped" in mon.stdout
     rec = Recording.open(tmp_path / "m" / "run_00000")
     assert rec.complete and len(rec) == 50
+
+
+def test_monitor_serve_shows_the_injected_anomaly_live_in_a_real_browser(clean_run, tmp_path, chromium):
+    """What a fab engineer watches: `chdl monitor --replay ... --serve` paced at the recorded rate, the dashboard
+    open in headless Chromium while it runs, and the anomaly injected at lane 3, position 6 appearing as a
+    process alert at its frame; a screenshot of the page."""
+    run = tmp_path / "src" / "run_00000"
+    shutil.copytree(clean_run, run)
+    rec = Recording.open(run)
+    f = rec.frames[INJECTED]
+    pixels = rec.read(f).copy()
+    cv2.ellipse(pixels, (70, 38), (12, 6), 0, 0, 360, 10, -1)
+    (run / f.file).write_bytes(encode_png(pixels, "Mono8"))
+    index = _lines(run / "frames.jsonl")  # the corpus was written at disk speed: replay it at 10 fps instead
+    for i, r in enumerate(index):
+        r["host_monotonic_ns"] = index[0]["host_monotonic_ns"] + i * 100_000_000
+        r["host_wall_ns"] = index[0]["host_wall_ns"] + i * 100_000_000
+    (run / "frames.jsonl").write_text("".join(json.dumps(r) + "\n" for r in index))
+    proc = subprocess.Popen([sys.executable, "-m", "chdl", "monitor", "--replay", str(run), "--out", str(tmp_path / "m"),
+                             "--queue-depth", "100", "--serve", "-q"], env=ENV, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        line = proc.stderr.readline()
+        assert line.startswith("dashboard: http://127.0.0.1:"), line
+        page = chromium.new_page(viewport={"width": 1280, "height": 800})
+        page.goto(line.split()[1])
+        page.wait_for_selector('#state[data-state="running"]', timeout=20_000)
+        alert = page.wait_for_selector(f'li.alert[data-frame="{INJECTED}"][data-lane="3"]', timeout=60_000)
+        assert alert.get_attribute("data-kind") == "process"
+        shot = page.screenshot(path=tmp_path / "monitor.png", full_page=True)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert proc.returncode == 0, err
+    assert "1 events" in out and len(page.query_selector_all("li.alert")) == 1
+    assert shot[:8] == b"\x89PNG\r\n\x1a\n" and len(shot) > 10_000
