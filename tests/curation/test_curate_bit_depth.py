@@ -71,3 +71,14 @@ def test_bit_depth_refusals(tmp_path):
     p = chdl("curate", tmp_path / "mixed", tmp_path / "d.zarr", "--quiet")
     assert p.returncode == 1 and "16 significant bits differ from" in p.stderr and "--bit-depth N" in p.stderr
     assert not (tmp_path / "d.zarr").exists()
+
+
+def test_pixels_above_the_bit_depth_are_refused_by_name(tmp_path):
+    spec = SynthSpec(height=120, width=160, step_px=8.0, max_value=4095)  # 12-bit data
+    write_run(tmp_path / "raw" / "a", lanes=2, spec=spec, fmt="Mono16", bit_depth=12)
+    p = chdl("curate", tmp_path / "raw", tmp_path / "d.zarr", "--bit-depth", "10", "--quiet")
+    assert p.returncode == 1, p.stderr
+    line = p.stderr.strip()
+    assert "\n" not in line and line.startswith(f"Error: {tmp_path / 'raw' / 'a'}: lane ") and \
+        "above max_value 1023 (10 significant bits, from the --bit-depth); give the right --bit-depth" in line, line
+    assert not (tmp_path / "d.zarr").exists()  # refused while measuring the baselines, before anything was written
