@@ -21,16 +21,19 @@ A relative producer path is relative to the config file. The file is validated b
 (acquisition.config_validation): unknown keys in ``gentl`` and ``aravis`` entries are errors with a
 did-you-mean suggestion, values must have the right type (a serial number must be quoted: YAML would read
 ``0012`` as the number 10), and every error is one line ``<file>: cameras.<alias>.<key>: <problem>``.
-Entries of other backends (``sim``, ``replay``) are passed to the backend, which checks its own options.
+Simulator entries (``backend: sim``) are checked here too, against the simulator's options; entries of other
+backends (``replay``) are passed to the backend, which checks its own options.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
+import typing
 from pathlib import Path
 from typing import Literal
 
+import pydantic
 from pydantic import ConfigDict, model_validator
 
 from acquisition.backends.base import CameraError
@@ -76,8 +79,27 @@ class _OtherEntry(_Entry):
     backend: str
 
 
+def _sim_entry() -> type[_Entry]:
+    """The simulator's entry, checked like the rest of the file (strict types, did-you-mean, one line): its
+    camera options and every SimConfig field except the capture settings (acquisition/backends/sim.py)."""
+    from acquisition.backends.sim import _CAMERA_OPTIONS, _SETTINGS_FIELDS
+    from acquisition.simulator import SimConfig
+
+    hints = typing.get_type_hints(SimConfig)
+    fields: dict = {"backend": (Literal["sim"], ...), "index": (int | None, None), "realtime": (bool | None, None),
+                    "positions": (int | None, None), "step_um": (float | None, None)}
+    assert set(fields) == _CAMERA_OPTIONS
+    for f in dataclasses.fields(SimConfig):
+        if f.name not in _SETTINGS_FIELDS:
+            tp = hints[f.name]
+            fields[f.name] = ((list[str] if typing.get_origin(tp) is tuple else tp) | None, None)
+    return pydantic.create_model("SimEntry", __base__=_Entry, **fields)
+
+
 def _entry_model(entry) -> type[_Entry]:
     backend = entry.get("backend", "gentl") if isinstance(entry, dict) else "gentl"
+    if backend == "sim":
+        return _sim_entry()
     return {"gentl": _GenTLEntry, "aravis": _AravisEntry}.get(backend, _OtherEntry)
 
 

@@ -53,6 +53,10 @@ def test_no_config_file_and_fallback_aliases(tmp_path, monkeypatch):
     ("cameras:\n  cam0: {serial: '1', trigger_line: 1}\n", "cameras.cam0.trigger_line: must be a string"),
     ("cameras:\n  cam0: nope\n", "cameras.cam0: must be a mapping, got 'nope'"),
     ("cameras:\n  cam0: {backend: warp, serial: '1'}\n", None),
+    # the simulator's entries are checked against its options too (they used to fail only when capturing)
+    ("cameras:\n  cam0: {backend: sim, seed: 1.5}\n", "cameras.cam0.seed: must be an integer, got 1.5"),
+    ("cameras:\n  cam0: {backend: sim, fault_rat: 0.1}\n", "cameras.cam0.fault_rat: unknown key (did you mean 'fault_rate'?)"),
+    ("cameras:\n  cam0: {backend: sim, realtime: 'no'}\n", "cameras.cam0.realtime: must be"),
 ])
 def test_bad_config_names_file(tmp_path, text, problem):
     path = tmp_path / "cameras.yaml"
@@ -66,10 +70,11 @@ def test_bad_config_names_file(tmp_path, text, problem):
     assert str(e.value).startswith(f"{path}: ") and problem in str(e.value) and "\n" not in str(e.value)
 
 
-def test_other_backends_options_pass_through_to_the_backend(tmp_path):
+def test_sim_options_pass_through_to_the_backend_once_checked(tmp_path):
     path = tmp_path / "cameras.yaml"
-    path.write_text("cameras:\n  s: {backend: sim, seed: 3, fault_rate: 0.05}\n")
-    assert load_camera_config(path).cameras == {"s": {"backend": "sim", "seed": 3, "fault_rate": 0.05}}
+    path.write_text("cameras:\n  s: {backend: sim, seed: 3, fault_rate: 0.05, fault_kinds: [blur]}\n")
+    assert load_camera_config(path).cameras == {"s": {"backend": "sim", "seed": 3, "fault_rate": 0.05,
+                                                      "fault_kinds": ["blur"]}}
 
 
 def test_missing_config_file(tmp_path):
