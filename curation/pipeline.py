@@ -24,6 +24,7 @@ import hashlib
 import json
 import multiprocessing as mp
 import os
+import signal
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -123,6 +124,15 @@ def _check_range(frames: np.ndarray, available: np.ndarray, seq: SequencePlan) -
                           f"{c['max_value']:.0f} ({c['bit_depth']}); give the right --bit-depth")
 
 
+def _init_pool_worker(ctx: dict) -> None:
+    """A local pool worker: Ctrl-C (SIGINT to the whole process group) is the parent's to handle -- it
+    ends the pool -- and SIGTERM just ends the worker, whatever handler the parent had (fork copies it):
+    an interrupted curate prints one line, not a traceback per worker."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    _init_worker(ctx)
+
+
 def _calibration_task(task: tuple[int, SequencePlan]) -> tuple[int, np.ndarray]:
     run, seq = task
     c = _CTX
@@ -197,7 +207,7 @@ def _run_tasks(fn: Callable, tasks: list, ctx: dict, workers: int, cluster=None)
             _CTX.update(saved)
         return
     with mp.get_context("fork" if sys.platform == "linux" else "spawn").Pool(
-            min(workers, len(tasks)), initializer=_init_worker, initargs=(ctx,)) as pool:
+            min(workers, len(tasks)), initializer=_init_pool_worker, initargs=(ctx,)) as pool:
         yield from pool.imap_unordered(fn, tasks)
 
 

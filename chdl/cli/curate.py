@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import shlex
+import signal
+import sys
 
 import click
 
@@ -40,6 +42,10 @@ def curate(raw: str, out: str, config_path: str | None, workers: int, scheduler:
     # --workers / --scheduler are left out: they do not change a byte of the dataset
     argv = [raw, out] + (["--config", config_path] if config_path else []) + \
         (["--bit-depth", str(bit_depth)] if bit_depth is not None else []) + (["--overwrite"] if overwrite else [])
+    def _interrupt(signum, frame):  # SIGTERM (a scheduler, `kill`) ends curate like Ctrl-C does
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
         cfg = load_config(config_path)
         result = run_curate(raw, out, cfg, workers=workers, scheduler=scheduler, overwrite=overwrite, bit_depth=bit_depth,
@@ -47,6 +53,11 @@ def curate(raw: str, out: str, config_path: str | None, workers: int, scheduler:
                             progress=not quiet, log=(lambda m: None) if quiet else (lambda m: click.echo(m, err=True)))
     except (ClusterError, ConfigError, CurateError, PlanError, RawFormatError) as e:
         raise click.ClickException(str(e)) from None
+    except KeyboardInterrupt:
+        click.echo(f"interrupted: {out} keeps the shards finished so far; rerun the same command to resume", err=True)
+        sys.exit(130)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     s = result.summary
     sp = s["splits"]
     click.echo(f"{result.out}: {result.n_sequences} sequences ({sp['train']} train, {sp['val']} val, "

@@ -422,3 +422,37 @@ def test_a_layout_whose_creation_was_cut_off_is_created_afresh(raw, curated, tmp
     g.attrs["complete"] = False
     _one_line_error(_curate(raw[0], out, ok=False), "not a chdl dataset to resume (malformed dataset (missing arrays: frames))",
                     "use --overwrite")
+
+
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT"])
+def test_an_interrupted_curate_says_so_in_one_line_and_the_rerun_resumes(tmp_path, sig):
+    import os
+    import signal
+    import time
+
+    write_run(tmp_path / "raw" / "r", lanes=16)
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("sequences_per_shard: 1\n")
+    out = tmp_path / "d.zarr"
+    cmd = [sys.executable, "-m", "chdl", "curate", str(tmp_path / "raw"), str(out), "--config", str(cfg), "--workers", "2"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            start_new_session=True)
+    deadline = time.monotonic() + 120
+    while not (out / "zarr.json").exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    # Ctrl-C reaches the whole process group (the workers too); `kill` reaches the main process only
+    if sig == "SIGINT":
+        os.killpg(proc.pid, signal.SIGINT)
+    else:
+        proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "Error" not in err, err
+    assert err.strip().splitlines()[-1] == (f"interrupted: {out} keeps the shards finished so far; rerun the same "
+                                            "command to resume"), err
+    rerun = subprocess.run(cmd + ["--quiet"], capture_output=True, text=True, env=env, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+    verify = subprocess.run([sys.executable, "-m", "chdl", "verify", str(out), "--quiet"], capture_output=True, text=True,
+                            env=env, timeout=120)
+    assert verify.returncode == 0, verify.stdout + verify.stderr
