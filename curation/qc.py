@@ -155,15 +155,25 @@ def whitened_spectrum(img: np.ndarray) -> np.ndarray:
     return cv2.multiply(f, cv2.merge([inv, inv])).view(np.complex64)[..., 0]
 
 
-def spectrum_shift(fa: np.ndarray, fb: np.ndarray) -> tuple[np.ndarray, float]:
+def spectrum_shift(fa: np.ndarray, fb: np.ndarray, near: np.ndarray | None = None,
+                   radius: int = 0) -> tuple[np.ndarray, float]:
     """Phase correlation from two whitened spectra (:func:`whitened_spectrum` of the windowed images):
     the displacement d = (dx, dy) with b(x) ~ a(x - d), and the peak response. Sub-pixel: from the peak
     and its two neighbours on each axis (:func:`_peak_offset`); accuracy on known shifts of real frames
-    in docs/curation.md (tools/bench_registration.py)."""
+    in docs/curation.md (tools/bench_registration.py). With ``near`` (dx, dy) the peak is sought only
+    within ``radius`` px of it (a periodic pattern -- dies repeating along the lane -- has a peak at
+    every multiple of its pitch; see :meth:`SequenceQC.displacement`)."""
     r = fb * np.conj(fa)  # complex64 (NumPy: half the time of cv2.mulSpectrums on these sizes)
     c = cv2.idft(r.view(np.float32).reshape(r.shape + (2,)), flags=cv2.DFT_REAL_OUTPUT | cv2.DFT_SCALE)
     h, w = c.shape
-    _, peak, _, (px, py) = cv2.minMaxLoc(c)
+    if near is None:
+        _, peak, _, (px, py) = cv2.minMaxLoc(c)
+    else:
+        ys = (int(round(near[1])) + np.arange(-radius, radius + 1)) % h
+        xs = (int(round(near[0])) + np.arange(-radius, radius + 1)) % w
+        sub = c[np.ix_(ys, xs)]
+        iy, ix = np.unravel_index(int(np.argmax(sub)), sub.shape)
+        py, px, peak = int(ys[iy]), int(xs[ix]), float(sub[iy, ix])
     dx = px + _peak_offset(float(c[py, (px - 1) % w]), peak, float(c[py, (px + 1) % w]))
     dy = py + _peak_offset(float(c[(py - 1) % h, px]), peak, float(c[(py + 1) % h, px]))
     dx = dx - w if dx > w / 2 else dx
@@ -175,6 +185,9 @@ MOTION_SIGMA = 2.5  # frames: how far the local fit of the stage motion looks (s
 MOTION_RIDGE = 0.5  # ridge on the velocity's rate of change (keeps a fit on few pairs tame)
 MOTION_C = 0.25  # px/frame: Cauchy scale of the robust reweighting
 SINGLE_LAYER_PEAK = 0.5  # whole-frame phase-correlation peak above which the quadrants are not consulted
+ALIAS_PX = 8.0  # full-res px: a pair's direct displacement this far from its chain of adjacent pairs is an alias
+END_MISREG = 1.5  # misregistration threshold factor at a sequence's first and last frames (frame_thresholds)
+ALIAS_PEAK = 0.5  # ... if the correlation near the chain peaks at least this fraction of the direct peak
 BLOCK_TOL = 0.25  # registration-scale px: block estimates this close to another count as agreeing
 
 
@@ -355,7 +368,15 @@ class SequenceQC:
         return self._blocks[k]
 
     def displacement(self, a: int, b: int) -> np.ndarray:
-        """Content displacement a -> b (full-res px) by phase correlation at the registration scale."""
+        """Content displacement a -> b (full-res px) by phase correlation at the registration scale.
+
+        A pair more than one frame apart is checked against the chain of its adjacent pairs: where the
+        two differ by more than ``ALIAS_PX`` (or a quarter of the chain), the direct peak is an alias of a
+        periodic pattern (dies repeat along the lane: at 200 px wide their pitch is ~37 px, about two stage
+        steps) and the pair is measured again with the peak sought near the chain; that peak is taken if it is
+        at least ``ALIAS_PEAK`` of the direct one (an alias is about as strong; where the chain itself is
+        wrong, through a blurred frame, nothing comparable is there). A jerk of an end frame
+        is in both the direct pair and the chain; a jerk in between cancels out of the chain."""
         if (a, b) not in self._disp:
             ka, kb = self.slot[a], self.slot[b]
             d, peak = spectrum_shift(self.spectra[ka], self.spectra[kb])
@@ -366,6 +387,15 @@ class SequenceQC:
                 quads = [spectrum_shift(qa, qb)[0] for qa, qb in zip(self.block(ka), self.block(kb))]
                 self._disp[a, b] = consensus_shift(d, quads) * self.f_reg
                 self._layers[a, b] = motion_layers(d, quads) * self.f_reg
+            if b - a > 1 and all(t in self.slot for t in range(a, b + 1)):
+                chain = sum((self.displacement(t, t + 1) for t in range(a, b)), np.zeros(2))
+                tol = max(ALIAS_PX, 0.25 * float(np.hypot(*chain)))
+                if np.hypot(*(self._disp[a, b] - chain)) > tol:
+                    d_near, p_near = spectrum_shift(self.spectra[ka], self.spectra[kb], chain / self.f_reg,
+                                                    int(np.ceil(tol / self.f_reg)))
+                    if p_near >= ALIAS_PEAK * peak:  # an alias is as strong; a chain through a blurred frame is not
+                        self._disp[a, b] = d_near * self.f_reg
+                        self._layers[a, b] = self._disp[a, b][None, :]
         return self._disp[a, b]
 
     def pairs(self, wanted: list[tuple[int, int]]) -> None:
@@ -507,7 +537,7 @@ def curate_flags(frames: np.ndarray, available: np.ndarray, baseline: "Baseline"
     all frames are scored again. So a good frame next to faulty ones, whose medians the faults could
     sway, ends up judged against good frames only, and a faulty frame is still measured against good
     frames. (Pairwise measurements are cached: a rescoring costs medians, not image work.) The flags
-    returned are exactly ``decide(scores, baseline, sequence_thresholds(scores, thr, z_sequence))`` of
+    returned are exactly ``decide(scores, baseline, frame_thresholds(scores, thr, z_sequence))`` of
     the scores returned, so a report can say why from the stored scores alone."""
     return flag_sequence(SequenceQC(frames, available, max_value), baseline, thr, z_sequence)
 
@@ -518,7 +548,7 @@ def flag_sequence(q: SequenceQC, baseline: "Baseline", thr: np.ndarray,
     deciding again with other thresholds costs medians only: tools/bench_qc_real.py tunes this way)."""
     barred: set[int] = set()
     scores = q.scores()
-    thr_s = sequence_thresholds(scores, thr, z_sequence)
+    thr_s = frame_thresholds(scores, thr, z_sequence)
     vib, ill = decide(scores, baseline, thr_s)
     for _ in range(len(q.avail)):
         pending = [t for t in np.flatnonzero(vib | ill).tolist() if t not in barred]
@@ -527,7 +557,7 @@ def flag_sequence(q: SequenceQC, baseline: "Baseline", thr: np.ndarray,
         sev = severity(scores, baseline, thr_s)
         barred.add(max(pending, key=lambda t: (sev[t], -t)))
         scores = q.scores(barred)
-        thr_s = sequence_thresholds(scores, thr, z_sequence)
+        thr_s = frame_thresholds(scores, thr, z_sequence)
         vib, ill = decide(scores, baseline, thr_s)
     return scores, vib, ill
 
@@ -613,26 +643,39 @@ def sequence_thresholds(scores: np.ndarray, thr: np.ndarray, z_sequence: float) 
     return out
 
 
+def frame_thresholds(scores: np.ndarray, thr: np.ndarray, z_sequence: float) -> np.ndarray:
+    """(T, K) the threshold of every frame of a sequence: :func:`sequence_thresholds`, with the
+    misregistration threshold ``END_MISREG`` times wider at the sequence's first and last scored frames,
+    where the frame should be is an extrapolation of its neighbours' motion (one jittered
+    neighbour, even an invisible one, moves it: measured on the simulator and on real footage)."""
+    out = np.tile(sequence_thresholds(scores, thr, z_sequence), (scores.shape[0], 1))
+    scored = np.flatnonzero(np.isfinite(scores[:, I_MISREG]))
+    if scored.size:
+        out[[scored[0], scored[-1]], I_MISREG] *= END_MISREG
+    return out
+
+
 def severity(scores: np.ndarray, baseline: "Baseline", thr: np.ndarray) -> np.ndarray:
     """(T,) largest deviation / threshold over the scores, on each score's firing side (NaN -> 0)."""
     dev = scores - np.asarray(baseline.center)[None, :]
     side = np.array([{"low": -1.0, "high": 1.0, "abs": 0.0}[x] for x in SCORE_SIDES])
-    mag = np.where(side == 0, np.abs(dev), dev * side) / np.maximum(thr, 1e-12)[None, :]
+    mag = np.where(side == 0, np.abs(dev), dev * side) / np.maximum(np.broadcast_to(thr, scores.shape), 1e-12)
     return np.nan_to_num(mag, nan=0.0).max(axis=1)
 
 
 def exceed(scores: np.ndarray, baseline: Baseline, thr: np.ndarray) -> np.ndarray:
     """(T, K) bool: which scores fire for each frame."""
     dev = scores - np.asarray(baseline.center)[None, :]
+    thr = np.broadcast_to(thr, scores.shape)  # (K,) or per frame (T, K)
     out = np.zeros(scores.shape, bool)
     with np.errstate(invalid="ignore"):
         for k, side in enumerate(SCORE_SIDES):
             if side == "low":
-                out[:, k] = dev[:, k] < -thr[k]
+                out[:, k] = dev[:, k] < -thr[:, k]
             elif side == "high":
-                out[:, k] = dev[:, k] > thr[k]
+                out[:, k] = dev[:, k] > thr[:, k]
             else:
-                out[:, k] = np.abs(dev[:, k]) > thr[k]
+                out[:, k] = np.abs(dev[:, k]) > thr[:, k]
     return out
 
 

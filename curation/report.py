@@ -191,7 +191,7 @@ def build_summary(out: Path, plan: Plan, cfg: CurateConfig) -> tuple[dict, dict]
         flagged.append({"sequence": int(n_), "t": int(t), "run_id": run_ids[s.run], "lane": s.lane,
                         "flags": _flag_names(int(flags[n_, t])), "excluded": bool(split[n_] == SPLIT_EXCLUDED),
                         "why": why_flagged(scores[n_, t], centers[s.run],
-                                           qc.sequence_thresholds(scores[n_], thr_arr[s.run], z_sequence)),
+                                           qc.frame_thresholds(scores[n_], thr_arr[s.run], z_sequence)[t]),
                         "scores": {name: (None if not np.isfinite(scores[n_, t, k]) else round(float(scores[n_, t, k]), 5))
                                    for k, name in enumerate(qc.SCORE_NAMES)}})
     both = (flags & FLAG_VIBRATION != 0) & (flags & FLAG_ILLUMINATION != 0)

@@ -236,7 +236,7 @@ def main() -> None:
                     key = "static" if st else "moving"
                     frames[key] += T
                     scores, vib, ill = qc.flag_sequence(q, base, thr, cfg.qc.z_sequence)
-                    fired[key] += qc.exceed(scores, base, qc.sequence_thresholds(scores, thr, cfg.qc.z_sequence))[vib | ill].sum(0)
+                    fired[key] += qc.exceed(scores, base, qc.frame_thresholds(scores, thr, cfg.qc.z_sequence))[vib | ill].sum(0)
             rate = {k: float(fired[k].sum()) / max(1, frames[k]) for k in fired}
             steps.append({"z": dict(zip(qc.SCORE_NAMES, z)), **rate})
             over = fired["static"] / max(1, frames["static"]) / 0.005 + fired["moving"] / max(1, frames["moving"]) / 0.01
