@@ -38,7 +38,7 @@ def info(path: str, as_json: bool) -> None:
         f"frames       {n} sequences x {t} frames x {c}x{h}x{w} {summary['dtype']} ({summary['pixel_format']}, "
         f"max_value {summary['max_value']:g}), "
         f"{summary['in_frames']} in -> {summary['out_frames']} out",
-        f"storage      {summary['n_shards']} shards of {summary['sequences_per_shard']} sequences",
+        f"storage      {_n(summary['n_shards'], 'shard')} of {_n(summary['sequences_per_shard'], 'sequence')}",
         "splits       " + ", ".join(f"{k} {v}" for k, v in summary["splits"].items()),
         f"qc           {summary['qc_frames_total']} frames; flagged: "
         + ", ".join(f"{k} {v}" for k, v in summary["qc_frames_flagged"].items()),
@@ -81,5 +81,10 @@ def verify(path: str, quiet: bool) -> None:
         click.echo(f"{path}: written before chdl recorded shard checksums: nothing to verify "
                    f"(its {result.shards} frames shard files are present)")
         return
-    click.echo(f"{path}: {result.shards} shards, {result.files} files, {result.bytes / 2**20:.1f} MiB: every "
+    click.echo(f"{path}: {_n(result.shards, 'shard')}, {_n(result.files, 'file')}, {result.bytes / 2**20:.1f} MiB: every "
                "checksum matches")
+
+
+def _n(count: int, noun: str) -> str:
+    """"1 shard", "2 shards"."""
+    return f"{count} {noun}{'' if count == 1 else 's'}"

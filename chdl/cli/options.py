@@ -45,6 +45,10 @@ class FiniteFloat(click.FloatRange):
             self.fail(f"{value!r} is not a finite number.", param, ctx)
         return super().convert(rv, param, ctx)
 
+    def _describe_range(self) -> str:
+        # click's FloatRange describes an unbounded range as "x<=None"; an unbounded finite float is just that
+        return super()._describe_range() if (self.min, self.max) != (None, None) else "finite"
+
 
 POSITIVE = FiniteFloat(min=0, min_open=True)  # > 0
 NON_NEGATIVE = FiniteFloat(min=0)  # >= 0
