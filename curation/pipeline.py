@@ -114,11 +114,11 @@ def _init_worker(ctx: dict) -> None:
     _CTX["baselines"] = [qc.Baseline.from_dict(b) for b in ctx["baselines"]]
 
 
-def _check_range(frames: np.ndarray, available: np.ndarray, seq: SequencePlan) -> None:
-    """CurateError if a pixel of the sequence is above the dataset's max_value: a wrong bit depth would
-    otherwise store intensities above 1.0 without a word (checked on every sequence: ~0.1 ms a frame)."""
+def _check_range(frames: np.ndarray, seq: SequencePlan) -> None:
+    """CurateError if a pixel of the sequence (``read_sequence``'s frames: missing ones are zeros) is above the
+    dataset's max_value: a wrong bit depth would otherwise store intensities above 1.0 without a word."""
     c = _CTX
-    top = int(frames[available].max(initial=0))
+    top = int(frames.max(initial=0))
     if top > c["max_value"]:
         raise CurateError(f"{c['run_paths'][seq.run]}: lane {seq.lane} has pixel values up to {top}, above max_value "
                           f"{c['max_value']:.0f} ({c['bit_depth']}); give the right --bit-depth")
@@ -137,7 +137,7 @@ def _calibration_task(task: tuple[int, SequencePlan]) -> tuple[int, np.ndarray]:
     run, seq = task
     c = _CTX
     frames, available, _ = read_sequence(seq, c["run_paths"][run], c["height"], c["width"], c["dtype"])
-    _check_range(frames, available, seq)
+    _check_range(frames, seq)
     return run, qc.measure(frames, available, c["max_value"])
 
 
@@ -157,7 +157,7 @@ def _shard_task(task: tuple[int, list[SequencePlan]]) -> tuple[int, int, list[st
     def one(i: int):
         seq = seqs[i]
         raw, available, errors = read_sequence(seq, c["run_paths"][seq.run], H, W, c["dtype"])
-        _check_range(raw, available, seq)
+        _check_range(raw, seq)
         res = curate_sequence(raw, available, c["baselines"][seq.run], c["thresholds"][seq.run],
                               cfg.max_bad_frames, c["max_value"], cfg.qc.z_sequence)
         frames[i, :, 0] = res.frames  # each thread fills its own rows; the copy is not kept twice

@@ -515,10 +515,11 @@ class SequenceQC:
                 off = expected[None, :] - layers
                 comps.append(np.concatenate([c, off[np.argmin(np.hypot(off[:, 0], off[:, 1]))]]))
             if comps:
-                med = _median(np.stack(comps), axis=0)
+                comps = np.stack(comps)
+                med = _median(comps, axis=0)
                 scores[t, [I_SHARP, I_BRIGHT, I_CONTRAST, I_BANDING]] = med[[0, 1, 2, 5]]
                 scores[t, I_SHADING] = np.hypot(med[3], med[4])
-                scores[t, I_MISREG] = np.min(np.hypot(*np.stack(comps)[:, 6:8].T))
+                scores[t, I_MISREG] = np.min(np.hypot(comps[:, 6], comps[:, 7]))
         return scores
 
 
@@ -577,14 +578,24 @@ class Baseline:
         return cls([float(d["center"][n]) for n in SCORE_NAMES], [float(d["sigma"][n]) for n in SCORE_NAMES])
 
 
-def _centre_spread(v: np.ndarray, k: int) -> tuple[float, float]:
-    """Robust centre and sigma of one score's values ``v`` (finite)."""
-    if k == I_MISREG:  # a 2-D Gaussian residual's distance has median 1.1774 sigma
-        return 0.0, float(np.median(v) / 1.1774)
+# Robust spread as a quantile q of the deviations, scaled to a Gaussian sigma: for the |x| of a zero-mean
+# Gaussian (signed scores around their median, and the magnitudes shading and banding) sigma = quantile *
+# ABS_SIGMA[q]; for the distance of a 2-D Gaussian (misregistration) sigma = quantile / DISTANCE_QUANTILE[q].
+# q = 0.5 is the MAD (1.4826) and the Rayleigh median (1.1774); q = 0.3 see sequence_thresholds.
+ABS_SIGMA = {0.5: 1.4826, 0.3: 1 / 0.38532}
+DISTANCE_QUANTILE = {0.5: 1.1774, 0.3: 0.84460}
+
+
+def _centre_spread(v: np.ndarray, k: int, q: float = 0.5) -> tuple[float, float]:
+    """Robust centre and sigma of one score's values ``v`` (finite), the sigma from the ``q`` quantile of
+    the deviations (q = 0.5: median / MAD)."""
+    quantile = np.median if q == 0.5 else (lambda x: np.quantile(x, q))
+    if k == I_MISREG:  # a distance, centred on 0
+        return 0.0, float(quantile(v) / DISTANCE_QUANTILE[q])
     if k in (I_SHADING, I_BANDING):  # magnitudes, centred on 0
-        return 0.0, float(1.4826 * np.median(v))
+        return 0.0, float(ABS_SIGMA[q] * quantile(v))
     m = float(np.median(v))
-    return m, float(1.4826 * np.median(np.abs(v - m)))
+    return m, float(ABS_SIGMA[q] * quantile(np.abs(v - m)))
 
 
 def calibrate(score_sets: list[np.ndarray]) -> Baseline:
@@ -616,8 +627,6 @@ def thresholds(floors: dict[str, float], z: dict[str, float], baseline: Baseline
 
 
 SEQUENCE_QUANTILE = 0.3  # of |deviation| within one sequence: robust to up to ~2/3 of its frames deviating
-# |x| of a zero-mean Gaussian: its 0.3 quantile is 0.385 sigma; a 2-D Gaussian's distance (misregistration): 0.8446 sigma
-_SEQUENCE_QUANTILE_SIGMA = {"abs": 0.38532, "distance": 0.84460}
 
 
 def sequence_thresholds(scores: np.ndarray, thr: np.ndarray, z_sequence: float) -> np.ndarray:
@@ -632,14 +641,8 @@ def sequence_thresholds(scores: np.ndarray, thr: np.ndarray, z_sequence: float) 
     out = np.array(thr, np.float64)
     for k in range(len(SCORE_NAMES)):
         v = scores[:, k][np.isfinite(scores[:, k])].astype(np.float64)
-        if v.size < 5:
-            continue
-        if k == I_MISREG:
-            spread = np.quantile(v, SEQUENCE_QUANTILE) / _SEQUENCE_QUANTILE_SIGMA["distance"]
-        else:
-            dev = v if k in (I_SHADING, I_BANDING) else v - np.median(v)
-            spread = np.quantile(np.abs(dev), SEQUENCE_QUANTILE) / _SEQUENCE_QUANTILE_SIGMA["abs"]
-        out[k] = max(out[k], z_sequence * float(spread))
+        if v.size >= 5:
+            out[k] = max(out[k], z_sequence * _centre_spread(v, k, SEQUENCE_QUANTILE)[1])
     return out
 
 
@@ -655,28 +658,27 @@ def frame_thresholds(scores: np.ndarray, thr: np.ndarray, z_sequence: float) -> 
     return out
 
 
+SIDE_SIGN = np.array([{"low": -1.0, "high": 1.0, "abs": 0.0}[x] for x in SCORE_SIDES])  # 0: either side
+
+
+def side_deviation(scores: np.ndarray, center) -> np.ndarray:
+    """(T, K) each score's deviation from ``center`` (K,) on its firing side (positive = towards firing;
+    NaN where missing): -dev for "low", dev for "high", |dev| for "abs"."""
+    dev = scores - np.asarray(center)[None, :]
+    return np.where(SIDE_SIGN == 0, np.abs(dev), dev * SIDE_SIGN)
+
+
 def severity(scores: np.ndarray, baseline: "Baseline", thr: np.ndarray) -> np.ndarray:
-    """(T,) largest deviation / threshold over the scores, on each score's firing side (NaN -> 0)."""
-    dev = scores - np.asarray(baseline.center)[None, :]
-    side = np.array([{"low": -1.0, "high": 1.0, "abs": 0.0}[x] for x in SCORE_SIDES])
-    mag = np.where(side == 0, np.abs(dev), dev * side) / np.maximum(np.broadcast_to(thr, scores.shape), 1e-12)
+    """(T,) largest deviation / threshold over the scores, on each score's firing side (NaN -> 0);
+    ``thr`` (K,) or per frame (T, K)."""
+    mag = side_deviation(scores, baseline.center) / np.maximum(np.broadcast_to(thr, scores.shape), 1e-12)
     return np.nan_to_num(mag, nan=0.0).max(axis=1)
 
 
 def exceed(scores: np.ndarray, baseline: Baseline, thr: np.ndarray) -> np.ndarray:
-    """(T, K) bool: which scores fire for each frame."""
-    dev = scores - np.asarray(baseline.center)[None, :]
-    thr = np.broadcast_to(thr, scores.shape)  # (K,) or per frame (T, K)
-    out = np.zeros(scores.shape, bool)
+    """(T, K) bool: which scores fire for each frame; ``thr`` (K,) or per frame (T, K)."""
     with np.errstate(invalid="ignore"):
-        for k, side in enumerate(SCORE_SIDES):
-            if side == "low":
-                out[:, k] = dev[:, k] < -thr[:, k]
-            elif side == "high":
-                out[:, k] = dev[:, k] > thr[:, k]
-            else:
-                out[:, k] = np.abs(dev[:, k]) > thr[:, k]
-    return out
+        return side_deviation(scores, baseline.center) > thr
 
 
 def decide(scores: np.ndarray, baseline: Baseline, thr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

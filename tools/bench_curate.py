@@ -200,12 +200,11 @@ def detection(ds_path: Path, labels: list[dict]) -> dict:
     rid = ds.attrs["runs"][0]
     center = np.array([prov["run_baselines"][rid]["center"][n] for n in qc.SCORE_NAMES])
     thr = [prov["run_thresholds"][rid][n] for n in qc.SCORE_NAMES]
-    dev = ds.qc_scores.reshape(-1, len(qc.SCORE_NAMES)) - center
-    side = {"low": -1.0, "high": 1.0}
+    dev = qc.side_deviation(ds.qc_scores.reshape(-1, len(qc.SCORE_NAMES)), center)
     clean = ~fault
     res["score_margins"] = {}
     for k, name in enumerate(qc.SCORE_NAMES):
-        v = dev[:, k] * side.get(qc.SCORE_SIDES[k], 0.0) if qc.SCORE_SIDES[k] != "abs" else np.abs(dev[:, k])
+        v = dev[:, k]
         res["score_margins"][name] = {"threshold": round(thr[k], 4),
                                       "clean_max": round(float(np.nanmax(v[clean])), 4),
                                       "clean_p99": round(float(np.nanpercentile(v[clean], 99)), 4)}

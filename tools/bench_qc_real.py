@@ -165,13 +165,6 @@ def run_curate(run: Path, ds: Path, cfg: CurateConfig, workers: int) -> dict:
             "thr": np.array([prov["run_thresholds"][rid][n] for n in qc.SCORE_NAMES])}
 
 
-def side_dev(scores: np.ndarray, center: np.ndarray) -> np.ndarray:
-    """Deviation from the run centre on each score's firing side (positive = towards firing)."""
-    dev = scores - center
-    sides = np.array([{"low": -1.0, "high": 1.0, "abs": 0.0}[s] for s in qc.SCORE_SIDES])
-    return np.where(sides == 0, np.abs(dev), dev * sides)
-
-
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
     mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
     return 99.0 if mse == 0 else 10 * np.log10(255.0 ** 2 / mse)
@@ -312,7 +305,7 @@ def detection(data: dict, curated: dict, names: list[str], replicas: int) -> dic
 
 
 def _why(name: str, rep: int, i: int, t: int, c: dict) -> dict:
-    d = side_dev(c["scores"][i, t][None], c["center"])[0] / c["thr"]
+    d = qc.side_deviation(c["scores"][i, t][None], c["center"])[0] / c["thr"]
     k = int(np.nanargmax(d))
     return {"clip": name, "replica": rep, "window": i, "t": t, "score": qc.SCORE_NAMES[k],
             "deviation_over_threshold": round(float(d[k]), 3)}

@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from chdl.monitor.anomaly_score import ConstantMotion, CopyLast, MonitorPipeline, ScorerConfig
+from chdl.monitor.runtime import atomic_write_bytes
 
 FPS = 5.0  # CHDL's capture rate, for false alarms per hour
 METHODS = ("frame-difference", "copy-last", "constant-motion")
@@ -217,16 +218,10 @@ def evaluate(paths: list, out: str | Path, checkpoint=None, qc: bool = True, pro
     for run in recs:
         plot_scores(out / f"scores_{Path(run).parent.name}_{Path(run).name}.png", {m: [r for r in rows_by[m] if r["run"] == run] for m in methods},
                     truth[run], title=f"{Path(run).parent.name}/{Path(run).name}")
-    _write(out / "metrics.json", json.dumps({"runs": [str(r) for r in runs], "alert_levels": alert_levels or {},
-                                             "methods": results}, indent=2) + "\n")
-    _write(out / "metrics.md", md + "\n")
+    atomic_write_bytes(out / "metrics.json", json.dumps({"runs": [str(r) for r in runs], "alert_levels": alert_levels or {},
+                                             "methods": results}, indent=2).encode() + b"\n")
+    atomic_write_bytes(out / "metrics.md", (md + "\n").encode())
     return {"methods": results, "markdown": md}
-
-
-def _write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def markdown(results: dict) -> str:

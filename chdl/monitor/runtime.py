@@ -35,7 +35,9 @@ def monitor_dir(run_path: Path) -> Path:
     return run_path.with_name(run_path.name + ".monitor")
 
 
-def _atomic_bytes(path: Path, data: bytes) -> None:
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Replace ``path`` by ``data`` whole (a tmp file beside it, then os.replace): a reader -- the dashboard,
+    a user -- never sees half a file. No fsync: monitor files are views, the recording is the record."""
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_bytes(data)
     os.replace(tmp, path)
@@ -87,7 +89,7 @@ class StatusWriter:
         self.fields["frames_scored"] = int(self.shared["scored"].value)
         self.fields["events"] = int(self.shared["events"].value)
         self.fields["updated_utc"] = _dt.datetime.now(_dt.timezone.utc).isoformat()
-        _atomic_bytes(self.folder / "status.json", (json.dumps(self.fields, indent=1) + "\n").encode())
+        atomic_write_bytes(self.folder / "status.json", (json.dumps(self.fields, indent=1) + "\n").encode())
 
     def _loop(self) -> None:
         while not self._stop.wait(0.5):
@@ -229,7 +231,7 @@ def _score_loop(spec, run_path: Path, folder: Path, q, scored, events, ready) ->
                                    f"(log10 block MSE) at lane {r.lane} position {r.position}"}
             if event is not None:
                 snap = f"snapshots/{r.frame:06d}.png"
-                _atomic_bytes(folder / snap, _png8(snapshot_image(r.pixels, r.prediction, r.error, r.box)))
+                atomic_write_bytes(folder / snap, _png8(snapshot_image(r.pixels, r.prediction, r.error, r.box)))
                 ev.write(json.dumps({"event": n_events, "kind": event["kind"], "frame": r.frame, "lane": r.lane,
                                      "position": r.position, "score": _num(r.score), "threshold": _num(r.threshold),
                                      "box": event["box"], "reason": event["reason"], "snapshot": snap}) + "\n")
@@ -247,6 +249,6 @@ def _num(x: float) -> float | None:
 
 def _live(folder: Path, r) -> None:
     live = folder / "live"
-    _atomic_bytes(live / "frame.png", _png8(to8(r.pixels)))
-    _atomic_bytes(live / "prediction.png", _png8(to8(r.prediction)))
-    _atomic_bytes(live / "error.png", _png8(error_image(r.error)))
+    atomic_write_bytes(live / "frame.png", _png8(to8(r.pixels)))
+    atomic_write_bytes(live / "prediction.png", _png8(to8(r.prediction)))
+    atomic_write_bytes(live / "error.png", _png8(error_image(r.error)))
