@@ -45,12 +45,15 @@ import os
 import re
 import shutil
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import blake3
 import numpy as np
 import zarr
 from zarr.codecs import BloscCodec
+
+if TYPE_CHECKING:  # annotations only: fsspec URLs (dataset_path) are universal_pathlib paths
+    import upath
 
 SCHEMA = "chdl.dataset/1"
 
