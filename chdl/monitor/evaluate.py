@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from chdl.monitor.anomaly_score import ConstantMotion, CopyLast, MonitorPipeline, ScorerConfig
-from chdl.monitor.runtime import atomic_write_bytes
+from chdl.monitor.runtime import atomic_write_bytes, run_max_value
 
 FPS = 5.0  # CHDL's capture rate, for false alarms per hour
 METHODS = ("frame-difference", "copy-last", "constant-motion")
@@ -57,14 +57,12 @@ def method_setup(name: str, checkpoint=None, shape=None):
 def score_recording(rec, predictor, scorer: ScorerConfig, qc: bool = True, progress=None) -> list[dict]:
     """Score every frame of an opened :class:`acquisition.raw.Recording`: one dict per scored frame
     (frame, lane, position, score, threshold, alert, new_alert, acquisition, box)."""
-    from acquisition.raw import PIXEL_MAX
-
     rows = []
     pipe = None
     frames = [f for f in rec.frames if f.file is not None and f.status == "ok"]
     for f in (progress(frames) if progress else frames):
         if pipe is None:
-            pipe = MonitorPipeline(predictor, PIXEL_MAX[f.pixel_format], scorer, qc=qc)
+            pipe = MonitorPipeline(predictor, run_max_value(rec.manifest), scorer, qc=qc)
         r = pipe.push(f.index, f.lane, f.position_index, rec.read(f))
         if r is not None:
             rows.append({"frame": r.frame, "lane": r.lane, "position": r.position, "score": r.score,

@@ -35,6 +35,18 @@ def monitor_dir(run_path: Path) -> Path:
     return run_path.with_name(run_path.name + ".monitor")
 
 
+def run_max_value(manifest: dict) -> int:
+    """The stored value that means intensity 1.0 in a recording (``manifest.json`` as a dict): 2**bits - 1
+    of its significant bits (``acquisition.raw.run_bit_depth``; ``chdl.dataset.max_value_for_bits``), the
+    pixel format's full range for a Mono16 run that does not say -- the rule ``chdl curate`` scales by, so a
+    model trained on curated data sees the same intensities here (a 12-bit Mono16 run: 4095, not 65535)."""
+    from acquisition.raw import FORMAT_BITS, run_bit_depth
+    from chdl.dataset import max_value_for_bits
+
+    bits = run_bit_depth(manifest)
+    return max_value_for_bits(bits if bits is not None else FORMAT_BITS[manifest["settings"]["pixel_format"]])
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Replace ``path`` by ``data`` whole (a tmp file beside it, then os.replace): a reader -- the dashboard,
     a user -- never sees half a file. No fsync: monitor files are views, the recording is the record."""
@@ -117,6 +129,7 @@ class Monitor:
         self.proc = None
         self.status: StatusWriter | None = None
         self.captured = self.skipped = 0
+        self.max_value = 0  # of the recording's pixels (run_max_value), read from its manifest at the first frame
         self.folder: Path | None = None
 
     def start(self, run_path: Path, run_id: str, predictor_name: str, t_in: int) -> Path:
@@ -137,13 +150,16 @@ class Monitor:
 
     def offer(self, run_path: Path, record) -> None:
         """Hand a written record to the scorer without waiting; count it skipped if the scorer is behind."""
-        if self.captured == 0 and self.status is not None:  # the recording's manifest exists from here on
-            settings = json.loads((run_path / "manifest.json").read_text(encoding="utf-8")).get("settings", {})
-            self.status.fields.update(width=int(settings.get("width", 0)), height=int(settings.get("height", 0)))
+        if self.captured == 0:  # the recording's manifest exists from here on
+            manifest = json.loads((run_path / "manifest.json").read_text(encoding="utf-8"))
+            self.max_value = run_max_value(manifest)
+            if self.status is not None:
+                settings = manifest.get("settings", {})
+                self.status.fields.update(width=int(settings.get("width", 0)), height=int(settings.get("height", 0)))
         self.captured += 1
         if record.file is not None and record.status == "ok":  # a dropped or incomplete frame is not scored
             try:
-                self.queue.put_nowait((record.index, record.lane, record.position_index, record.file, record.pixel_format))
+                self.queue.put_nowait((record.index, record.lane, record.position_index, record.file, self.max_value))
             except queue.Full:
                 self.skipped += 1
         if self.status is not None:
@@ -186,7 +202,6 @@ def score_worker(spec: dict, run_path: str, folder: str, q, scored, events, read
 def _score_loop(spec, run_path: Path, folder: Path, q, scored, events, ready) -> None:
     import torch
 
-    from acquisition.raw import PIXEL_MAX
     from chdl.monitor.anomaly_score import MonitorPipeline, ScorerConfig, make_predictor
 
     torch.set_num_threads(int(spec.get("threads", 1)))
@@ -206,13 +221,13 @@ def _score_loop(spec, run_path: Path, folder: Path, q, scored, events, ready) ->
                 continue
             if item is None:
                 return
-            index, lane, position, file, pixel_format = item
+            index, lane, position, file, max_value = item
             t0 = time.perf_counter()
             raw = cv2.imread(str(run_path / file), cv2.IMREAD_UNCHANGED)
             if raw is None:
                 continue
             if pipe is None:
-                pipe = MonitorPipeline(predictor, PIXEL_MAX[pixel_format], ScorerConfig(**spec.get("scorer", {})))
+                pipe = MonitorPipeline(predictor, max_value, ScorerConfig(**spec.get("scorer", {})))
             r = pipe.push(index, lane, position, raw)
             if r is None:
                 continue

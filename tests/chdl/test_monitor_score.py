@@ -154,3 +154,13 @@ def test_acquisition_faults_are_flagged_as_such_not_as_process_alerts():
     assert seen[(3, 5)].acquisition == "illumination" and seen[(4, 6)].acquisition == "vibration"
     assert not seen[(3, 5)].new_alert and not seen[(4, 6)].new_alert
     assert [k for k, r in seen.items() if r.acquisition] == [(3, 5), (4, 6)]
+
+
+def test_the_monitor_scales_a_recording_by_its_bit_depth_as_curate_does():
+    from chdl.monitor.runtime import run_max_value
+
+    mono16 = {"settings": {"pixel_format": "Mono16"}}
+    assert run_max_value({"settings": {"pixel_format": "Mono16", "bit_depth": 12}}) == 4095  # not 65535
+    assert run_max_value({"settings": {"pixel_format": "Mono8"}}) == 255
+    assert run_max_value({"settings": {"pixel_format": "Mono12"}}) == 4095
+    assert run_max_value(mono16) == 65535  # a Mono16 run that does not say: the full range (curate's rule)
