@@ -3,7 +3,8 @@ frames before it in its lane pass, so vibration and illumination faults are repo
 (kind "acquisition"), not as process anomalies.
 
 Causal version of what ``chdl curate`` does: the frame is compared with up to 4 previous frames of its pass
-(curation also uses the frames after it); thresholds are ``max(floor, z * sigma_run)`` with the run's robust
+(curation also uses the frames after it); thresholds are ``max(floor, z * sigma_run)`` (the misregistration
+one widened as at a sequence end, ``curation.qc.frame_thresholds``: the newest frame has no later neighbour) with the run's robust
 spread re-calibrated (``curation.qc.calibrate``) from the scores of the passes seen so far, the floors and
 ``z`` of :class:`curation.config.QCConfig`.
 """
@@ -48,8 +49,11 @@ class AcquisitionQC:
         if sum(self.usable) < 2:
             return None
         window = np.stack(self.frames)
-        scores = qc.measure(window, np.array(self.usable), self.max_value)[-1]
-        vib, ill = qc.decide(scores[None], self.baseline, self.thr)
+        scores = qc.measure(window, np.array(self.usable), self.max_value)
+        # the newest frame is always the window's last: curate's sequence-end rule (qc.frame_thresholds)
+        thr = qc.frame_thresholds(scores, self.thr, 0.0)[-1]
+        scores = scores[-1]
+        vib, ill = qc.decide(scores[None], self.baseline, thr)
         flag = "vibration" if vib[0] else "illumination" if ill[0] else None
         if flag is None:
             self.lane_scores.append(scores)
