@@ -52,6 +52,8 @@ import numpy as np
 import zarr
 from zarr.codecs import BloscCodec
 
+from acquisition.raw import FORMAT_BITS  # pixel_format -> the bits it holds (the raw format's table)
+
 if TYPE_CHECKING:  # annotations only: fsspec URLs (dataset_path) are universal_pathlib paths
     import upath
 
@@ -89,7 +91,6 @@ _SMALL = {
     "timestamp_ns": (np.int64, -1),
 }
 _PARTIAL = re.compile(r".*\.[0-9a-f]{32}\.partial")  # zarr's atomic-write temp names (LocalStore)
-_FORMAT_BITS = {"Mono8": 8, "Mono10": 10, "Mono12": 12, "Mono16": 16}  # pixel_format -> the bits its dtype holds
 CHECKSUMS = "shard_checksums"  # (n_shards,) string array: per shard, JSON {file key: {"blake3", "bytes"}}
 _SHARD_ARRAYS = ("frames",) + _PER_SEQUENCE  # arrays stored as one file per shard (and per array)
 _READ_BLOCK = 8 << 20  # bytes hashed at a time
@@ -214,7 +215,7 @@ def validate(group: zarr.Group, path: str | os.PathLike) -> None:
     top = np.iinfo(frames.dtype).max
     if not isinstance(max_value, (int, float)) or isinstance(max_value, bool) or not 0 < max_value <= top:
         raise bad(f"attribute max_value must be a number in (0, {top}] for {frames.dtype} frames, not {max_value!r}")
-    bits = _FORMAT_BITS.get(attrs["pixel_format"])
+    bits = FORMAT_BITS.get(attrs["pixel_format"])
     if bits is not None and (frames.dtype != (np.uint8 if bits == 8 else np.uint16)
                              or max_value not in {max_value_for_bits(b) for b in range(1, bits + 1)}):
         raise bad(f"pixel_format {attrs['pixel_format']} means {'uint8' if bits == 8 else 'uint16'} frames with "
@@ -398,7 +399,7 @@ class DatasetWriter:
             raise ValueError(f"frames dtype must be uint8 or uint16, not {dtype}")
         pixel_format = pixel_format or ("Mono8" if dtype == np.uint8 else "Mono16")
         if max_value is None:
-            max_value = 2 ** _FORMAT_BITS[pixel_format] - 1 if pixel_format in _FORMAT_BITS else np.iinfo(dtype).max
+            max_value = max_value_for_bits(FORMAT_BITS[pixel_format]) if pixel_format in FORMAT_BITS else np.iinfo(dtype).max
         if n_sequences < 1:
             raise ValueError("a dataset needs at least one sequence")
         if in_frames + out_frames > frames_per_sequence:
