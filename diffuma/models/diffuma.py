@@ -77,6 +77,12 @@ class DIFFUMAConfig:
                                        # "motion" (last frame moved by the inputs' global motion, diffuma.motion)
     learned_flow: bool = True          # decoder also outputs a per-pixel flow (px) that warps the prior's
                                        # source frame (local motion on top of the global one); needs a prior
+    prior_gate: bool = False           # decoder also outputs a per-pixel gain g = 2*sigmoid(h) (1 at init) on
+                                       # the prior: P = g * prior + residual, so it can drop the prior where
+                                       # objects leave (a linear residual cannot erase selectively); needs a prior
+    time_map: str = "shared"           # T_in -> T_out latent map: "shared" (one weight per (out, in) frame pair,
+                                       # all channels alike) | "full" (a Linear over a position's whole (T, D)
+                                       # history: output frames can read different channels)
     time_map_init: str = "last"        # T_in -> T_out latent map at init: "last" (every output reads the last
                                        # input's features) | "aligned" (output k reads input k, end-aligned)
     # --- Diffusion module (4.3)
@@ -93,16 +99,19 @@ class DIFFUMAConfig:
     beta_schedule: str = "linear"      # "linear" (DDPM, 1e-4..0.02 at T=1000) | "cosine" (Nichol&Dhariwal)
     # --- objective (4.4)
     l1_weight: float = 10.0            # lambda in eq. 10: L = L_diff + lambda * L_rec(final, target)
-    recon_loss: str = "l1"             # L_rec: "l1" (paper eq. 9) | "mse" (the metric the tables rank by)
+    recon_loss: str = "l1"             # L_rec: "l1" (paper eq. 9) | "mse" (the metric the tables rank by) |
+                                       # "berhu" (reverse Huber: L1 below c = 0.2 max|e|, quadratic above)
 
     def __post_init__(self):
-        choices = {"prior": ("none", "last", "motion"), "time_map_init": ("last", "aligned"),
-                   "dit_input": ("input", "prelim"), "recon_loss": ("l1", "mse")}
+        choices = {"prior": ("none", "last", "motion"), "time_map_init": ("last", "aligned"), "time_map": ("shared", "full"),
+                   "dit_input": ("input", "prelim"), "recon_loss": ("l1", "mse", "berhu")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
         if self.learned_flow and self.prior == "none":
             raise ValueError("learned_flow needs a prior ('last' or 'motion') whose source frame it warps")
+        if self.prior_gate and self.prior == "none":
+            raise ValueError("prior_gate needs a prior ('last' or 'motion') to gate")
 
 
 # The literal reading of the paper where DIFFUMAConfig's defaults are chosen by ablation
@@ -161,6 +170,10 @@ def reconstruction_loss(pred, target, kind: str = "l1"):
     """Eq. 9: mean absolute error of the final prediction ("l1", the paper), or its mean squared error
     ("mse": the L1 optimum is the per-pixel median, sharp but misplaced where the future is uncertain;
     the MSE optimum is the mean, which is what MSE-ranked tables reward)."""
+    if kind == "berhu":    # Laina et al. 2016 (3DV), eq. 2: c = 0.2 * the batch's largest |error|, not differentiated
+        e = (pred - target).abs()
+        c = (0.2 * e.max()).detach().clamp_min(1e-6)
+        return torch.where(e <= c, e, (e * e + c * c) / (2 * c)).mean()
     return F.l1_loss(pred, target) if kind == "l1" else F.mse_loss(pred, target)
 
 
@@ -212,14 +225,31 @@ class SpatialDecoder(nn.Module):
 
 
 class TimeMap(nn.Module):
-    """Learned linear map over the time axis, T_in -> T_out: (B, T_in, ...) -> (B, T_out, ...)."""
+    """Learned linear map over the time axis, T_in -> T_out: (B, T_in, ...) -> (B, T_out, ...).
+    With `dim` (the size of the last axis) it maps the whole (T_in, dim) history of a position to
+    (T_out, dim), mixing channels across frames; without, one T_in -> T_out weight shared by all channels."""
 
-    def __init__(self, t_in, t_out):
+    def __init__(self, t_in, t_out, dim=None):
         super().__init__()
-        self.proj = nn.Linear(t_in, t_out)
+        self.t_in, self.t_out, self.dim = t_in, t_out, dim
+        self.proj = nn.Linear(t_in * (dim or 1), t_out * (dim or 1))
+
+    @torch.no_grad()
+    def init_selection(self, sources):
+        """Output frame j copies input frame sources[j] (all channels), no bias."""
+        self.proj.weight.zero_()
+        self.proj.bias.zero_()
+        d = self.dim or 1
+        eye = torch.eye(d)
+        for j, i in enumerate(sources):
+            self.proj.weight[j * d:(j + 1) * d, i * d:(i + 1) * d] = eye
 
     def forward(self, x):
-        return self.proj(x.movedim(1, -1)).movedim(-1, 1)
+        if self.dim is None:
+            return self.proj(x.movedim(1, -1)).movedim(-1, 1)
+        B, T, *mid, D = x.shape                                                  # (B, T_in, ..., D)
+        h = self.proj(x.movedim(1, -2).reshape(B, *mid, T * D))                  # (B, ..., T_out*D)
+        return h.reshape(B, *mid, self.t_out, D).movedim(-2, 1)                  # (B, T_out, ..., D)
 
 
 class TimestepEmbedder(nn.Module):
@@ -304,9 +334,9 @@ class DIFFUMA(nn.Module):
         self.mamba_blocks = nn.ModuleList(MambaBlock(cfg.mamba_dim, cfg.d_state, cfg.d_conv, cfg.expand)
                                           for _ in range(cfg.mamba_depth))
         self.mamba_norm = nn.LayerNorm(cfg.mamba_dim)
-        self.latent_time = TimeMap(T_in, T_out)
-        flow_ch = 2 if cfg.learned_flow else 0
-        self.decoder = SpatialDecoder(cfg.mamba_dim, cfg.enc_channels, C + flow_ch,
+        self.latent_time = TimeMap(T_in, T_out, cfg.mamba_dim if cfg.time_map == "full" else None)
+        extra_ch = (2 if cfg.learned_flow else 0) + (C if cfg.prior_gate else 0)   # flow (dy, dx), gate
+        self.decoder = SpatialDecoder(cfg.mamba_dim, cfg.enc_channels, C + extra_ch,
                                       c_side=C if cfg.prior != "none" else 0)
         # per-output-frame gain on the extrapolated global motion (1 at init: the prior is constant motion)
         self.motion_gain = nn.Parameter(torch.ones(T_out)) if cfg.prior == "motion" else None
@@ -380,12 +410,8 @@ class DIFFUMA(nn.Module):
         nn.init.zeros_(self.decoder.head.bias)
         T_in, T_out = self.config.in_frames, self.config.out_frames
         for tm, how in ((self.latent_time, self.config.time_map_init), (self.residual_time, "aligned")):
-            if tm is None:
-                continue
-            tm.proj.weight.zero_()
-            tm.proj.bias.zero_()
-            for j in range(T_out):
-                tm.proj.weight[j, T_in - 1 if how == "last" else max(0, T_in - T_out + j)] = 1.0
+            if tm is not None:
+                tm.init_selection([T_in - 1 if how == "last" else max(0, T_in - T_out + j) for j in range(T_out)])
 
     def no_weight_decay(self) -> set[str]:
         """The weight-decay policy (used by the trainer's optimizer groups): names of the parameters that
@@ -440,12 +466,14 @@ class DIFFUMA(nn.Module):
         shifts = self.prior_shifts(x)                                              # (B, T_out, 2)
         base = translate(last, shifts)                                             # (B, T_out, C, H, W)
         side = F.pad(base.reshape(B * To, C, H, W), (0, pw, 0, ph), mode="replicate")
-        dec = self.decoder(zo, side)[..., :H, :W].reshape(B, To, -1, H, W)         # (B, T_out, C[+2], H, W)
+        dec = self.decoder(zo, side)[..., :H, :W].reshape(B, To, -1, H, W)         # (B, T_out, C[+2][+C], H, W)
         resid = dec[:, :, :C]
-        if not self.config.learned_flow:
-            return z, base + resid
-        flow = dec[:, :, C:] + shifts[..., None, None]                             # (B, T_out, 2, H, W) px
-        return z, warp(last, flow) + resid
+        if self.config.learned_flow:
+            flow = dec[:, :, C:C + 2] + shifts[..., None, None]                    # (B, T_out, 2, H, W) px
+            base = warp(last, flow)
+        if self.config.prior_gate:
+            base = 2 * torch.sigmoid(dec[:, :, -C:]) * base                        # gain 1 at init
+        return z, base + resid
 
     def condition(self, z):
         """Mamba features (B, T_in, h, w, D) -> (global condition (B, dit_dim), token condition

@@ -137,10 +137,43 @@ def test_first_prediction_is_the_prior_exactly():
                                    x[:, -1:].expand(-1, 3, -1, -1, -1), rtol=0, atol=1e-5)
         paper = build_model("diffuma", "paper-tiny", height=40, width=48)
         assert torch.count_nonzero(paper(x)) == 0
+        # the options start at the prior too: the gate at gain 1, the full time map as a selection
+        for extra in (dict(prior_gate=True), dict(time_map="full"), dict(time_map="full", time_map_init="aligned")):
+            torch.testing.assert_close(tiny(height=40, width=48, **extra)(x), constant_motion(x, 5), rtol=0, atol=0)
     with pytest.raises(ValueError, match="learned_flow needs a prior"):
         tiny(prior="none")
+    with pytest.raises(ValueError, match="prior_gate needs a prior"):
+        tiny(prior="none", learned_flow=False, prior_gate=True)
     with pytest.raises(ValueError, match="dit_input"):
         tiny(dit_input="target")
+
+
+def test_prior_gate_scales_the_prior_per_pixel():
+    """P = 2 sigmoid(h) * prior + residual: a gate channel driven far negative removes the prior (the
+    prediction becomes the residual, 0 at init), and the gate receives a gradient at init."""
+    torch.manual_seed(4)
+    x = torch.rand(2, 5, 1, 24, 32)
+    m = tiny(height=24, width=32, prior_gate=True)
+    loss, _ = m.training_loss(x, torch.rand(2, 5, 1, 24, 32))
+    loss.backward()
+    assert m.decoder.head.bias.grad[-1].abs() > 0                      # the gate channel learns
+    with torch.no_grad():
+        m.decoder.head.bias[-1] = -40.0                                # gain 2 sigmoid(-40) ~ 8e-18
+        assert m.mamba_path(x)[1].abs().max() < 1e-12
+
+
+def test_full_time_map_mixes_channels_across_frames():
+    """time_map="full": output frame j's channel d may read any input frame's channel; "shared" uses one
+    weight per frame pair for every channel. (B, T_in, h, w, D) -> (B, T_out, h, w, D)."""
+    m = tiny(time_map="full", in_frames=3, out_frames=2)
+    z = torch.zeros(1, 3, 2, 2, 32)
+    z[:, 0, ..., 5] = 1.0                                              # only frame 0, channel 5
+    with torch.no_grad():
+        assert m.latent_time(z).abs().sum() == 0                      # init: outputs read the last frame
+        m.latent_time.proj.weight[32 + 7, 5] = 2.0                     # out frame 1, channel 7 <- in frame 0, ch 5
+        out = m.latent_time(z)
+    assert out.shape == (1, 2, 2, 2, 32)
+    assert torch.equal(out[:, 1, ..., 7], torch.full((1, 2, 2), 2.0)) and out.abs().sum() == 2.0 * 4
 
 
 def translating_textures(n, g, frames, size=32):
