@@ -149,10 +149,10 @@ def whitened_spectrum(img: np.ndarray) -> np.ndarray:
     each frame's spectrum is whitened once instead of every pair's cross-power spectrum.
     (Correctly rounded elementwise steps only -- multiply, add, sqrt, divide -- so the result does not
     depend on memory alignment; see _grad_energy.)"""
-    f = cv2.dft(img, flags=cv2.DFT_COMPLEX_OUTPUT)
-    re, im = cv2.split(f)
-    inv = 1.0 / (np.sqrt(cv2.add(cv2.multiply(re, re), cv2.multiply(im, im))) + np.float32(1e-12))
-    return cv2.multiply(f, cv2.merge([inv, inv])).view(np.complex64)[..., 0]
+    f = cv2.dft(img, flags=cv2.DFT_COMPLEX_OUTPUT)  # (h, w, 2) float32: re, im
+    sq = cv2.multiply(f, f)  # re^2, im^2 in one pass (no split into planes: a third of the cost)
+    inv = 1.0 / (np.sqrt(sq[..., 0] + sq[..., 1]) + np.float32(1e-12))
+    return cv2.multiply(f, cv2.merge([inv, inv]), dst=f).view(np.complex64)[..., 0]
 
 
 def spectrum_shift(fa: np.ndarray, fb: np.ndarray, near: np.ndarray | None = None,
