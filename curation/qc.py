@@ -92,21 +92,31 @@ def _block_sums(ii: np.ndarray, k: np.ndarray, ys: np.ndarray, xs: np.ndarray) -
     return a[:, 1:, 1:] - a[:, :-1, 1:] - a[:, 1:, :-1] + a[:, :-1, :-1]
 
 
+def _scratch(buffers: dict, name: str, shape: tuple[int, ...]) -> np.ndarray:
+    """A float32 work array of ``shape``, kept in ``buffers`` for the next frame of a sequence: a fresh
+    array per frame costs page faults and cache misses (measured: a quarter of the per-frame preparation)."""
+    key = (name, shape)
+    if key not in buffers:
+        buffers[key] = np.empty(shape, np.float32)
+    return buffers[key]
+
+
 def _prepare(img: np.ndarray, f_sharp: int, max_value: float, window: np.ndarray, fine_ii: np.ndarray,
-             reg_ii: np.ndarray) -> np.ndarray:
+             reg_ii: np.ndarray, buffers: dict) -> tuple[np.ndarray, np.ndarray]:
     """Per-frame precomputation, written into ``fine_ii`` (the integral image of gradient energy at the
     sharpness scale) and ``reg_ii`` (3, h+1, w+1: integral images of I, I^2 and gradient energy at the
     registration scale); returns the frame's whitened spectrum at the registration scale (for phase
-    correlation)."""
+    correlation) and the frame at that scale (float32, [0, 1]). ``buffers``: see :func:`_scratch`."""
     # downsample in the integer domain first (averaging rounds by < 0.5 grey level), then to float
-    sh = to_unit(_down(img, f_sharp), max_value)
+    sh = to_unit(_down(img, f_sharp), max_value, _scratch(buffers, "unit", (img.shape[0] // f_sharp, img.shape[1] // f_sharp)))
     # float32 integral images: block sums agree with float64 ones to <3e-4 in every score (floors
     # are >= 0.035) and cost 1/3 less. Each is written straight into the sequence's stacked array.
-    cv2.integral(_grad_energy(sh), fine_ii, sdepth=cv2.CV_32F)
+    cv2.integral(_grad_energy(sh, buffers), fine_ii, sdepth=cv2.CV_32F)
     small = _down(sh, 2)
-    for c, plane in enumerate((small, cv2.multiply(small, small), _grad_energy(small))):
+    square = cv2.multiply(small, small, dst=_scratch(buffers, "square", small.shape))
+    for c, plane in enumerate((small, square, _grad_energy(small, buffers))):
         cv2.integral(plane, reg_ii[c], sdepth=cv2.CV_32F)
-    return whitened_spectrum(cv2.multiply(small, window)), small
+    return whitened_spectrum(cv2.multiply(small, window, dst=square), buffers), small
 
 
 def _median(x: np.ndarray, axis: int = -1) -> np.ndarray:
@@ -126,13 +136,16 @@ def _masked_median(x: np.ndarray, n: np.ndarray) -> np.ndarray:
     return 0.5 * (x[rows, (n - 1) // 2] + x[rows, n // 2])
 
 
-def _grad_energy(img: np.ndarray) -> np.ndarray:
-    """Squared gradient magnitude (3x3 Sobel: its smoothing keeps sensor noise from dominating).
+def _grad_energy(img: np.ndarray, buffers: dict) -> np.ndarray:
+    """Squared gradient magnitude (3x3 Sobel: its smoothing keeps sensor noise from dominating), in a
+    work array of ``buffers`` (:func:`_scratch`: valid until the next call for a frame of that size).
     (Elementwise multiply/add, not cv2.magnitude: that one's result depends on the buffer's memory
     alignment in its last bits, which would make a resumed dataset differ from an uninterrupted one.)"""
-    gx = cv2.Sobel(img, cv2.CV_32F, 1, 0, ksize=3)
-    gy = cv2.Sobel(img, cv2.CV_32F, 0, 1, ksize=3)
-    return cv2.add(cv2.multiply(gx, gx), cv2.multiply(gy, gy))
+    gx = cv2.Sobel(img, cv2.CV_32F, 1, 0, dst=_scratch(buffers, "gx", img.shape), ksize=3)
+    gy = cv2.Sobel(img, cv2.CV_32F, 0, 1, dst=_scratch(buffers, "gy", img.shape), ksize=3)
+    cv2.multiply(gx, gx, dst=gx)  # in place: each new buffer costs page faults and cache misses
+    cv2.multiply(gy, gy, dst=gy)
+    return cv2.add(gx, gy, dst=gx)
 
 
 def _peak_offset(left: float, mid: float, right: float) -> float:
@@ -143,16 +156,20 @@ def _peak_offset(left: float, mid: float, right: float) -> float:
     return 0.0 if abs(den) < 1e-12 else min(0.5, max(-0.5, 0.5 * (left - right) / den))
 
 
-def whitened_spectrum(img: np.ndarray) -> np.ndarray:
+def whitened_spectrum(img: np.ndarray, buffers: dict | None = None) -> np.ndarray:
     """The DFT of ``img`` (complex64, same shape) scaled to unit magnitude. Phase correlation of two
     images is the inverse DFT of the product of one whitened spectrum with the other's conjugate, so
     each frame's spectrum is whitened once instead of every pair's cross-power spectrum.
     (Correctly rounded elementwise steps only -- multiply, add, sqrt, divide -- so the result does not
-    depend on memory alignment; see _grad_energy.)"""
+    depend on memory alignment; see _grad_energy.) ``buffers``: work arrays to reuse, see :func:`_scratch`."""
     f = cv2.dft(img, flags=cv2.DFT_COMPLEX_OUTPUT)  # (h, w, 2) float32: re, im
-    sq = cv2.multiply(f, f)  # re^2, im^2 in one pass (no split into planes: a third of the cost)
-    inv = 1.0 / (np.sqrt(sq[..., 0] + sq[..., 1]) + np.float32(1e-12))
-    return cv2.multiply(f, cv2.merge([inv, inv]), dst=f).view(np.complex64)[..., 0]
+    buffers = {} if buffers is None else buffers
+    sq = cv2.multiply(f, f, dst=_scratch(buffers, "spectrum", f.shape))  # re^2, im^2 (no split into planes)
+    inv = np.add(sq[..., 0], sq[..., 1], out=_scratch(buffers, "inverse", f.shape[:2]))
+    np.sqrt(inv, out=inv)
+    inv += np.float32(1e-12)
+    np.divide(np.float32(1.0), inv, out=inv)
+    return cv2.multiply(f, cv2.merge([inv, inv], dst=sq), dst=f).view(np.complex64)[..., 0]
 
 
 def spectrum_shift(fa: np.ndarray, fb: np.ndarray, near: np.ndarray | None = None,
@@ -321,9 +338,14 @@ def phase_shift(a: np.ndarray, b: np.ndarray, window: np.ndarray | None = None) 
     return spectrum_shift(whitened_spectrum(a * window), whitened_spectrum(b * window))
 
 
-def to_unit(frame: np.ndarray, max_value: float) -> np.ndarray:
-    """A frame as float32 in [0, 1]."""
-    return frame.astype(np.float32) * np.float32(1.0 / max_value)
+def to_unit(frame: np.ndarray, max_value: float, out: np.ndarray | None = None) -> np.ndarray:
+    """A frame as float32 in [0, 1] (written into ``out``, float32 of its shape, if given)."""
+    if out is None:
+        out = frame.astype(np.float32)
+    else:
+        np.copyto(out, frame)
+    out *= np.float32(1.0 / max_value)
+    return out
 
 
 class SequenceQC:
@@ -348,7 +370,8 @@ class SequenceQC:
         self.fine_ii = np.empty((len(self.avail), hf + 1, wf + 1), np.float32)
         self.reg_ii = np.empty((len(self.avail), 3, hs + 1, ws + 1), np.float32)
         window = cv2.createHanningWindow((ws, hs), cv2.CV_32F)
-        prepared = [_prepare(frames[t], self.f_sharp, max_value, window, self.fine_ii[k], self.reg_ii[k])
+        buffers: dict = {}
+        prepared = [_prepare(frames[t], self.f_sharp, max_value, window, self.fine_ii[k], self.reg_ii[k], buffers)
                     for k, t in enumerate(self.avail)]
         self.spectra = [p[0] for p in prepared]
         self._small = [p[1] for p in prepared]  # registration-scale frames, for block spectra when needed
@@ -586,16 +609,19 @@ ABS_SIGMA = {0.5: 1.4826, 0.3: 1 / 0.38532}
 DISTANCE_QUANTILE = {0.5: 1.1774, 0.3: 0.84460}
 
 
-def _centre_spread(v: np.ndarray, k: int, q: float = 0.5) -> tuple[float, float]:
-    """Robust centre and sigma of one score's values ``v`` (finite), the sigma from the ``q`` quantile of
-    the deviations (q = 0.5: median / MAD)."""
-    quantile = np.median if q == 0.5 else (lambda x: np.quantile(x, q))
-    if k == I_MISREG:  # a distance, centred on 0
-        return 0.0, float(quantile(v) / DISTANCE_QUANTILE[q])
-    if k in (I_SHADING, I_BANDING):  # magnitudes, centred on 0
-        return 0.0, float(ABS_SIGMA[q] * quantile(v))
-    m = float(np.median(v))
-    return m, float(ABS_SIGMA[q] * quantile(np.abs(v - m)))
+def _centre_spread(v: np.ndarray, k, q: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
+    """Robust centre and sigma of the values ``v`` (finite) of score ``k``: ``v`` (n,) with ``k`` an int,
+    or (n, m) with ``k`` (m,) the scores of its columns (all at once: the same numbers as column by
+    column). The sigma is from the ``q`` quantile of the deviations (q = 0.5: median / MAD). Returns
+    (centre, sigma) float64, each () or (m,)."""
+    quantile = (lambda x: np.median(x, axis=0)) if q == 0.5 else (lambda x: np.quantile(x, q, axis=0))
+    k = np.asarray(k)
+    distance = k == I_MISREG  # a distance, centred on 0
+    centred = distance | (k == I_SHADING) | (k == I_BANDING)  # ... and magnitudes, centred on 0
+    centre = np.where(centred, 0, np.median(v, axis=0)).astype(v.dtype)
+    spread = quantile(np.where(centred, v, np.abs(v - centre)))
+    sigma = np.where(distance, spread / DISTANCE_QUANTILE[q], ABS_SIGMA[q] * spread)
+    return centre.astype(np.float64), sigma.astype(np.float64)
 
 
 def calibrate(score_sets: list[np.ndarray]) -> Baseline:
@@ -611,12 +637,12 @@ def calibrate(score_sets: list[np.ndarray]) -> Baseline:
         per_seq = [x[:, k][np.isfinite(x[:, k])] for x in sets]
         per_seq = [v for v in per_seq if v.size >= 5]
         if len(per_seq) >= 3:
-            cs = np.array([_centre_spread(v, k) for v in per_seq])
+            cs = np.array([_centre_spread(v, k) for v in per_seq])  # (n_seq, 2)
             c, sg = float(np.median(cs[:, 0])), float(np.median(cs[:, 1]))
         else:
             v = np.concatenate([x[:, k] for x in sets]) if sets else np.empty(0)
             v = v[np.isfinite(v)]
-            c, sg = _centre_spread(v, k) if v.size >= 5 else (0.0, 0.0)
+            c, sg = map(float, _centre_spread(v, k)) if v.size >= 5 else (0.0, 0.0)
         center.append(c), sigma.append(sg)
     return Baseline(center, sigma)
 
@@ -639,10 +665,13 @@ def sequence_thresholds(scores: np.ndarray, thr: np.ndarray, z_sequence: float) 
     if z_sequence <= 0:
         return thr
     out = np.array(thr, np.float64)
-    for k in range(len(SCORE_NAMES)):
-        v = scores[:, k][np.isfinite(scores[:, k])].astype(np.float64)
-        if v.size >= 5:
-            out[k] = max(out[k], z_sequence * _centre_spread(v, k, SEQUENCE_QUANTILE)[1])
+    finite = np.isfinite(scores)
+    # a missing frame is missing in every score: all scores in one batch (else score by score)
+    groups = [np.arange(len(SCORE_NAMES))] if (finite == finite[:, :1]).all() else [[k] for k in range(len(SCORE_NAMES))]
+    for ks in groups:
+        v = scores[finite[:, ks[0]]][:, ks].astype(np.float64)  # (n, len(ks))
+        if len(v) >= 5:
+            out[ks] = np.maximum(out[ks], z_sequence * _centre_spread(v, np.asarray(ks), SEQUENCE_QUANTILE)[1])
     return out
 
 
