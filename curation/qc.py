@@ -538,32 +538,46 @@ class SequenceQC:
         # first pass's pairs (a fault touches few of them) and removed, so only a shadow remains.
         k_vig = self._vignetting_slope()
         v0, v1 = self.motion_model(set(barred))
-        flip = np.array([-1.0, -1.0, -1.0, -1.0, -1.0, 1.0])
-        for k, t in enumerate(self.avail):
-            comps = []
-            for r in refs[t]:
-                a, b = min(t, r), max(t, r)
-                c = self._pair[a, b]
-                if c is None:
-                    continue
-                c = c.copy()
-                c[3:5] -= k_vig * self._disp[a, b] / self.f_reg
-                c = c if t < r else c * flip
-                # misregistration: where t sits relative to r, against what the neighbours' motion expects
-                # of the motion layers the pair shows, the one nearest to the expectation: a scene with
-                # two layers (a static background, a large moving object) must not look like a jerk
-                # whenever the consensus switches between them; a jerk moves every layer
-                expected = (r - t) * v0[k] + v1[k] * (r - t) ** 2 / 2
-                layers = self._layers[a, b] if t < r else -self._layers[a, b]
-                off = expected[None, :] - layers
-                comps.append(np.concatenate([c, off[np.argmin(np.hypot(off[:, 0], off[:, 1]))]]))
-            if comps:
-                comps = np.stack(comps)
-                med = _median(comps, axis=0)
-                scores[t, [I_SHARP, I_BRIGHT, I_CONTRAST, I_BANDING]] = med[[0, 1, 2, 5]]
-                scores[t, I_SHADING] = np.hypot(med[3], med[4])
-                scores[t, I_MISREG] = np.min(np.hypot(comps[:, 6], comps[:, 7]))
+        # one row per comparison of a frame t (slot k) with a reference r: (R,) each
+        rows = [(k, t, r) for k, t in enumerate(self.avail) for r in refs[t] if self._pair[min(t, r), max(t, r)] is not None]
+        if not rows:
+            return scores
+        kk, tt, rr = (np.array(v) for v in zip(*rows))
+        keys = [(min(t, r), max(t, r)) for _, t, r in rows]
+        forward = (tt < rr)[:, None]  # the pair was measured as t relative to r
+        c = np.array([self._pair[p] for p in keys])  # (R, 6)
+        c[:, 3:5] -= k_vig * np.array([self._disp[p] for p in keys]) / self.f_reg
+        c = np.where(forward, c, c * np.array([-1.0, -1.0, -1.0, -1.0, -1.0, 1.0]))
+        # misregistration: where t sits relative to r, against what the neighbours' motion expects;
+        # of the motion layers the pair shows, the one nearest to the expectation: a scene with
+        # two layers (a static background, a large moving object) must not look like a jerk
+        # whenever the consensus switches between them; a jerk moves every layer
+        dt = (rr - tt)[:, None]
+        expected = dt * v0[kk] + v1[kk] * dt ** 2 / 2  # (R, 2)
+        layers = self._stacked_layers(keys)  # (R, L, 2)
+        off = expected[:, None, :] - np.where(forward[:, :, None], layers, -layers)
+        nearest = np.argmin(np.hypot(off[..., 0], off[..., 1]), axis=1)  # padding layers are infinitely far
+        comps = np.concatenate([c, off[np.arange(len(rows)), nearest]], axis=1)  # (R, 8)
+        # per frame, the median over its comparisons (rows padded with NaN, which sorts last)
+        frames, first, n = np.unique(kk, return_index=True, return_counts=True)
+        grid = np.full((len(frames), MAX_REFS, comps.shape[1]), np.nan)
+        grid[np.searchsorted(frames, kk), np.arange(len(rows)) - np.repeat(first, n)] = comps
+        srt = np.sort(grid, axis=1)
+        g = np.arange(len(frames))
+        med = 0.5 * (srt[g, (n - 1) // 2] + srt[g, n // 2])  # (F, 8)
+        t_out = np.array(self.avail)[frames]
+        scores[t_out[:, None], [I_SHARP, I_BRIGHT, I_CONTRAST, I_BANDING]] = med[:, [0, 1, 2, 5]]
+        scores[t_out, I_SHADING] = np.hypot(med[:, 3], med[:, 4])
+        dist = np.hypot(grid[..., 6], grid[..., 7])
+        scores[t_out, I_MISREG] = np.min(np.where(np.arange(MAX_REFS)[None, :] < n[:, None], dist, np.inf), axis=1)
         return scores
+
+    def _stacked_layers(self, keys: list[tuple[int, int]]) -> np.ndarray:
+        """(P, L, 2) the motion layers of the pairs ``keys`` (:func:`motion_layers`), padded with +inf."""
+        out = np.full((len(keys), max(len(self._layers[p]) for p in keys), 2), np.inf)
+        for i, p in enumerate(keys):
+            out[i, :len(self._layers[p])] = self._layers[p]
+        return out
 
 
 def measure(frames: np.ndarray, available: np.ndarray, max_value: float | None = None) -> np.ndarray:
