@@ -278,8 +278,8 @@ def test_a_periodic_die_pattern_does_not_alias_the_registration():
 
 
 @pytest.mark.parametrize("width", [160, 161])  # odd: the half spectrum does not tell the width
-def test_numpy_phase_correlation_agrees_with_opencv(width):
-    """QC's phase correlation (NumPy real FFTs on half spectra) finds what reconstruction's (OpenCV's full
+def test_scipy_phase_correlation_agrees_with_opencv(width):
+    """QC's phase correlation (SciPy real FFTs on half spectra) finds what reconstruction's (OpenCV's full
     complex transforms) finds, on known sub-pixel shifts, to rounding; the peak sought near a given
     displacement is the same peak. (With sensor noise, as in every real frame: on a noiseless smooth
     image the whitened phase of the nearly empty high frequencies is rounding noise in either
