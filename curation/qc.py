@@ -109,7 +109,8 @@ def _prepare(img: np.ndarray, f_sharp: int, max_value: float, window: np.ndarray
     registration scale); returns the frame's whitened spectrum at the registration scale (for phase
     correlation) and the frame at that scale (float32, [0, 1]). ``buffers``: see :func:`_scratch`."""
     # downsample in the integer domain first (averaging rounds by < 0.5 grey level), then to float
-    sh = to_unit(_down(img, f_sharp), max_value, _scratch(buffers, "unit", (img.shape[0] // f_sharp, img.shape[1] // f_sharp)))
+    small_sharp = _down(img, f_sharp)
+    sh = to_unit(small_sharp, max_value, _scratch(buffers, "unit", small_sharp.shape))
     # float32 integral images: block sums agree with float64 ones to <3e-4 in every score (floors
     # are >= 0.035) and cost 1/3 less. Each is written straight into the sequence's stacked array.
     cv2.integral(_grad_energy(sh, buffers), fine_ii, sdepth=cv2.CV_32F)
@@ -356,7 +357,8 @@ def phase_shift(a: np.ndarray, b: np.ndarray, window: np.ndarray | None = None) 
         window = cv2.createHanningWindow((a.shape[1], a.shape[0]), cv2.CV_32F)
     fa, fb = (_whiten(cv2.dft(x * window, flags=cv2.DFT_COMPLEX_OUTPUT), None) for x in (a, b))
     r = fb * np.conj(fa)  # complex64 (NumPy: half the time of cv2.mulSpectrums on these sizes)
-    return _correlation_peak(cv2.idft(r.view(np.float32).reshape(r.shape + (2,)), flags=cv2.DFT_REAL_OUTPUT | cv2.DFT_SCALE))
+    c = cv2.idft(r.view(np.float32).reshape(r.shape + (2,)), flags=cv2.DFT_REAL_OUTPUT | cv2.DFT_SCALE)
+    return _correlation_peak(c)
 
 
 def to_unit(frame: np.ndarray, max_value: float, out: np.ndarray | None = None) -> np.ndarray:
@@ -541,7 +543,8 @@ class SequenceQC:
         k_vig = self._vignetting_slope()
         v0, v1 = self.motion_model(set(barred))
         # one row per comparison of a frame t (slot k) with a reference r: (R,) each
-        rows = [(k, t, r) for k, t in enumerate(self.avail) for r in refs[t] if self._pair[min(t, r), max(t, r)] is not None]
+        rows = [(k, t, r) for k, t in enumerate(self.avail) for r in refs[t]
+                if self._pair[min(t, r), max(t, r)] is not None]
         if not rows:
             return scores
         kk, tt, rr = (np.array(v) for v in zip(*rows))
@@ -703,7 +706,8 @@ def sequence_thresholds(scores: np.ndarray, thr: np.ndarray, z_sequence: float) 
     out = np.array(thr, np.float64)
     finite = np.isfinite(scores)
     # a missing frame is missing in every score: all scores in one batch (else score by score)
-    groups = [np.arange(len(SCORE_NAMES))] if (finite == finite[:, :1]).all() else [[k] for k in range(len(SCORE_NAMES))]
+    K = len(SCORE_NAMES)
+    groups = [np.arange(K)] if (finite == finite[:, :1]).all() else [[k] for k in range(K)]
     for ks in groups:
         v = scores[finite[:, ks[0]]][:, ks].astype(np.float64)  # (n, len(ks))
         if len(v) >= 5:
