@@ -7,9 +7,9 @@ accepts: ``tls://``, ``ucx://`` ...) uses a running cluster (``dask scheduler`` 
 The tasks are the ones the local path runs in its process pool — whole shards for ``chdl curate``, whole
 recordings for ``chdl simulate corpus`` — so one task still owns its output. A task whose worker is lost
 is rerun on another worker by the scheduler (up to ``distributed.scheduler.allowed-failures`` times), and
-a rerun rewrites the same bytes. Workers must run the same chdl / NumPy / zarr / numcodecs / OpenCV /
-Python versions as the client (checked on connecting: other versions could write other bytes) and see
-the inputs and outputs at the same paths or URLs (:meth:`Cluster.check_visible`).
+a rerun rewrites the same bytes. Workers must run the same chdl / NumPy / SciPy / zarr / numcodecs /
+OpenCV / Python versions as the client (checked on connecting: other versions could write other bytes)
+and see the inputs and outputs at the same paths or URLs (:meth:`Cluster.check_visible`).
 
 Dask is imported here only, and only when a cluster is used: ``import chdl``, ``import curation`` and
 the ``--workers`` path do not need it (it is the ``scale`` extra: ``pip install 'chdl[scale]'``).
@@ -39,12 +39,13 @@ def _versions() -> dict[str, str]:
     import cv2
     import numcodecs
     import numpy
+    import scipy
     import zarr
 
     import chdl
 
-    return {"chdl": chdl.__version__, "numpy": numpy.__version__, "zarr": zarr.__version__,
-            "numcodecs": numcodecs.__version__, "opencv": cv2.__version__,
+    return {"chdl": chdl.__version__, "numpy": numpy.__version__, "scipy": scipy.__version__,
+            "zarr": zarr.__version__, "numcodecs": numcodecs.__version__, "opencv": cv2.__version__,
             "python": ".".join(platform.python_version_tuple()[:2])}
 
 

@@ -53,6 +53,7 @@ import dataclasses
 
 import cv2
 import numpy as np
+import scipy.fft
 
 SCORE_NAMES = ("sharpness", "misregistration_px", "brightness", "contrast", "shading", "banding")
 I_SHARP, I_MISREG, I_BRIGHT, I_CONTRAST, I_SHADING, I_BANDING = range(len(SCORE_NAMES))
@@ -92,21 +93,32 @@ def _block_sums(ii: np.ndarray, k: np.ndarray, ys: np.ndarray, xs: np.ndarray) -
     return a[:, 1:, 1:] - a[:, :-1, 1:] - a[:, 1:, :-1] + a[:, :-1, :-1]
 
 
+def _scratch(buffers: dict, name: str, shape: tuple[int, ...]) -> np.ndarray:
+    """A float32 work array of ``shape``, kept in ``buffers`` for the next frame of a sequence: a fresh
+    array per frame costs page faults and cache misses (measured: a quarter of the per-frame preparation)."""
+    key = (name, shape)
+    if key not in buffers:
+        buffers[key] = np.empty(shape, np.float32)
+    return buffers[key]
+
+
 def _prepare(img: np.ndarray, f_sharp: int, max_value: float, window: np.ndarray, fine_ii: np.ndarray,
-             reg_ii: np.ndarray) -> np.ndarray:
+             reg_ii: np.ndarray, buffers: dict) -> tuple[np.ndarray, np.ndarray]:
     """Per-frame precomputation, written into ``fine_ii`` (the integral image of gradient energy at the
     sharpness scale) and ``reg_ii`` (3, h+1, w+1: integral images of I, I^2 and gradient energy at the
     registration scale); returns the frame's whitened spectrum at the registration scale (for phase
-    correlation)."""
+    correlation) and the frame at that scale (float32, [0, 1]). ``buffers``: see :func:`_scratch`."""
     # downsample in the integer domain first (averaging rounds by < 0.5 grey level), then to float
-    sh = to_unit(_down(img, f_sharp), max_value)
+    small_sharp = _down(img, f_sharp)
+    sh = to_unit(small_sharp, max_value, _scratch(buffers, "unit", small_sharp.shape))
     # float32 integral images: block sums agree with float64 ones to <3e-4 in every score (floors
     # are >= 0.035) and cost 1/3 less. Each is written straight into the sequence's stacked array.
-    cv2.integral(_grad_energy(sh), fine_ii, sdepth=cv2.CV_32F)
+    cv2.integral(_grad_energy(sh, buffers), fine_ii, sdepth=cv2.CV_32F)
     small = _down(sh, 2)
-    for c, plane in enumerate((small, cv2.multiply(small, small), _grad_energy(small))):
+    square = cv2.multiply(small, small, dst=_scratch(buffers, "square", small.shape))
+    for c, plane in enumerate((small, square, _grad_energy(small, buffers))):
         cv2.integral(plane, reg_ii[c], sdepth=cv2.CV_32F)
-    return whitened_spectrum(cv2.multiply(small, window)), small
+    return whitened_spectrum(cv2.multiply(small, window, dst=square), buffers), small
 
 
 def _median(x: np.ndarray, axis: int = -1) -> np.ndarray:
@@ -126,13 +138,16 @@ def _masked_median(x: np.ndarray, n: np.ndarray) -> np.ndarray:
     return 0.5 * (x[rows, (n - 1) // 2] + x[rows, n // 2])
 
 
-def _grad_energy(img: np.ndarray) -> np.ndarray:
-    """Squared gradient magnitude (3x3 Sobel: its smoothing keeps sensor noise from dominating).
+def _grad_energy(img: np.ndarray, buffers: dict) -> np.ndarray:
+    """Squared gradient magnitude (3x3 Sobel: its smoothing keeps sensor noise from dominating), in a
+    work array of ``buffers`` (:func:`_scratch`: valid until the next call for a frame of that size).
     (Elementwise multiply/add, not cv2.magnitude: that one's result depends on the buffer's memory
     alignment in its last bits, which would make a resumed dataset differ from an uninterrupted one.)"""
-    gx = cv2.Sobel(img, cv2.CV_32F, 1, 0, ksize=3)
-    gy = cv2.Sobel(img, cv2.CV_32F, 0, 1, ksize=3)
-    return cv2.add(cv2.multiply(gx, gx), cv2.multiply(gy, gy))
+    gx = cv2.Sobel(img, cv2.CV_32F, 1, 0, dst=_scratch(buffers, "gx", img.shape), ksize=3)
+    gy = cv2.Sobel(img, cv2.CV_32F, 0, 1, dst=_scratch(buffers, "gy", img.shape), ksize=3)
+    cv2.multiply(gx, gx, dst=gx)  # in place: each new buffer costs page faults and cache misses
+    cv2.multiply(gy, gy, dst=gy)
+    return cv2.add(gx, gy, dst=gx)
 
 
 def _peak_offset(left: float, mid: float, right: float) -> float:
@@ -143,28 +158,35 @@ def _peak_offset(left: float, mid: float, right: float) -> float:
     return 0.0 if abs(den) < 1e-12 else min(0.5, max(-0.5, 0.5 * (left - right) / den))
 
 
-def whitened_spectrum(img: np.ndarray) -> np.ndarray:
-    """The DFT of ``img`` (complex64, same shape) scaled to unit magnitude. Phase correlation of two
-    images is the inverse DFT of the product of one whitened spectrum with the other's conjugate, so
-    each frame's spectrum is whitened once instead of every pair's cross-power spectrum.
-    (Correctly rounded elementwise steps only -- multiply, add, sqrt, divide -- so the result does not
-    depend on memory alignment; see _grad_energy.)"""
-    f = cv2.dft(img, flags=cv2.DFT_COMPLEX_OUTPUT)
-    re, im = cv2.split(f)
-    inv = 1.0 / (np.sqrt(cv2.add(cv2.multiply(re, re), cv2.multiply(im, im))) + np.float32(1e-12))
-    return cv2.multiply(f, cv2.merge([inv, inv])).view(np.complex64)[..., 0]
+def _whiten(f: np.ndarray, buffers: dict | None) -> np.ndarray:
+    """A spectrum ``f`` (h, w', 2) float32 (re, im) scaled to unit magnitude in place, as (h, w')
+    complex64. Correctly rounded elementwise steps only -- multiply, add, sqrt, divide -- so the result
+    does not depend on memory alignment (see _grad_energy). ``buffers``: see :func:`_scratch`."""
+    buffers = {} if buffers is None else buffers
+    sq = cv2.multiply(f, f, dst=_scratch(buffers, "spectrum", f.shape))  # re^2, im^2 (no split into planes)
+    inv = np.add(sq[..., 0], sq[..., 1], out=_scratch(buffers, "inverse", f.shape[:2]))
+    np.sqrt(inv, out=inv)
+    inv += np.float32(1e-12)
+    np.divide(np.float32(1.0), inv, out=inv)
+    return cv2.multiply(f, cv2.merge([inv, inv], dst=sq), dst=f).view(np.complex64)[..., 0]
 
 
-def spectrum_shift(fa: np.ndarray, fb: np.ndarray, near: np.ndarray | None = None,
-                   radius: int = 0) -> tuple[np.ndarray, float]:
-    """Phase correlation from two whitened spectra (:func:`whitened_spectrum` of the windowed images):
-    the displacement d = (dx, dy) with b(x) ~ a(x - d), and the peak response. Sub-pixel: from the peak
-    and its two neighbours on each axis (:func:`_peak_offset`); accuracy on known shifts of real frames
-    in docs/curation.md (tools/bench_registration.py). With ``near`` (dx, dy) the peak is sought only
-    within ``radius`` px of it (a periodic pattern -- dies repeating along the lane -- has a peak at
-    every multiple of its pitch; see :meth:`SequenceQC.displacement`)."""
-    r = fb * np.conj(fa)  # complex64 (NumPy: half the time of cv2.mulSpectrums on these sizes)
-    c = cv2.idft(r.view(np.float32).reshape(r.shape + (2,)), flags=cv2.DFT_REAL_OUTPUT | cv2.DFT_SCALE)
+def whitened_spectrum(img: np.ndarray, buffers: dict | None = None) -> np.ndarray:
+    """The DFT of the real image ``img`` (h, w) float32 scaled to unit magnitude: its non-redundant half,
+    (h, w // 2 + 1) complex64 (``scipy.fft.rfft2``; the rest is its conjugate mirror). Phase correlation
+    of two images is the inverse DFT of the product of one whitened spectrum with the other's conjugate,
+    so each frame's spectrum is whitened once instead of every pair's cross-power spectrum. (SciPy's real
+    FFTs: on 200x150 the forward transform costs 0.09 ms against 0.18 with NumPy and 0.27 with OpenCV's
+    full complex output, the inverse 0.10 against 0.29 for OpenCV's complex-to-real.)
+    ``buffers``: work arrays to reuse, see :func:`_scratch`."""
+    f = np.ascontiguousarray(scipy.fft.rfft2(img)).view(np.float32).reshape(img.shape[0], -1, 2)
+    return _whiten(f, buffers)
+
+
+def _correlation_peak(c: np.ndarray, near: np.ndarray | None = None, radius: int = 0) -> tuple[np.ndarray, float]:
+    """The displacement (dx, dy) at the peak of a phase-correlation surface ``c`` (h, w) float32 (wrapped
+    to +-half the size), sub-pixel from the peak and its two neighbours on each axis (:func:`_peak_offset`),
+    and the peak value; with ``near`` (dx, dy) the peak within ``radius`` px of it."""
     h, w = c.shape
     if near is None:
         _, peak, _, (px, py) = cv2.minMaxLoc(c)
@@ -179,6 +201,18 @@ def spectrum_shift(fa: np.ndarray, fb: np.ndarray, near: np.ndarray | None = Non
     dx = dx - w if dx > w / 2 else dx
     dy = dy - h if dy > h / 2 else dy
     return np.array([dx, dy]), float(peak)
+
+
+def spectrum_shift(fa: np.ndarray, fb: np.ndarray, shape: tuple[int, int], near: np.ndarray | None = None,
+                   radius: int = 0) -> tuple[np.ndarray, float]:
+    """Phase correlation from two whitened spectra (:func:`whitened_spectrum` of the windowed images,
+    both of ``shape`` (h, w)): the displacement d = (dx, dy) with b(x) ~ a(x - d), and the peak response.
+    Sub-pixel: :func:`_correlation_peak`; accuracy on known shifts of real frames in docs/curation.md
+    (tools/bench_registration.py). With ``near`` (dx, dy) the peak is sought only within ``radius`` px
+    of it (a periodic pattern -- dies repeating along the lane -- has a peak at every multiple of its
+    pitch; see :meth:`SequenceQC.displacement`)."""
+    c = np.ascontiguousarray(scipy.fft.irfft2(fb * np.conj(fa), s=shape))  # (h, w) float32
+    return _correlation_peak(c, near, radius)
 
 
 MOTION_SIGMA = 2.5  # frames: how far the local fit of the stage motion looks (see SequenceQC.motion_model)
@@ -315,15 +349,26 @@ def _compare(fine_ii: np.ndarray, reg_ii: np.ndarray, ka: np.ndarray, kb: np.nda
 
 def phase_shift(a: np.ndarray, b: np.ndarray, window: np.ndarray | None = None) -> tuple[np.ndarray, float]:
     """Content displacement d = (dx, dy) from image a to image b (b(x) ~ a(x - d)) by phase
-    correlation (:func:`spectrum_shift`), and the peak response. a, b float32 of one shape."""
+    correlation, and the peak response. a, b float32 of one shape. This is reconstruction's registration
+    (curation.reconstruct), on OpenCV's full complex transforms, which its stored reconstructions were
+    made with: :func:`spectrum_shift`'s SciPy transforms differ in the last bits, which moves a few pixels
+    of a motion-compensated reconstruction by one grey level."""
     if window is None:
         window = cv2.createHanningWindow((a.shape[1], a.shape[0]), cv2.CV_32F)
-    return spectrum_shift(whitened_spectrum(a * window), whitened_spectrum(b * window))
+    fa, fb = (_whiten(cv2.dft(x * window, flags=cv2.DFT_COMPLEX_OUTPUT), None) for x in (a, b))
+    r = fb * np.conj(fa)  # complex64 (NumPy: half the time of cv2.mulSpectrums on these sizes)
+    c = cv2.idft(r.view(np.float32).reshape(r.shape + (2,)), flags=cv2.DFT_REAL_OUTPUT | cv2.DFT_SCALE)
+    return _correlation_peak(c)
 
 
-def to_unit(frame: np.ndarray, max_value: float) -> np.ndarray:
-    """A frame as float32 in [0, 1]."""
-    return frame.astype(np.float32) * np.float32(1.0 / max_value)
+def to_unit(frame: np.ndarray, max_value: float, out: np.ndarray | None = None) -> np.ndarray:
+    """A frame as float32 in [0, 1] (written into ``out``, float32 of its shape, if given)."""
+    if out is None:
+        out = frame.astype(np.float32)
+    else:
+        np.copyto(out, frame)
+    out *= np.float32(1.0 / max_value)
+    return out
 
 
 class SequenceQC:
@@ -348,7 +393,8 @@ class SequenceQC:
         self.fine_ii = np.empty((len(self.avail), hf + 1, wf + 1), np.float32)
         self.reg_ii = np.empty((len(self.avail), 3, hs + 1, ws + 1), np.float32)
         window = cv2.createHanningWindow((ws, hs), cv2.CV_32F)
-        prepared = [_prepare(frames[t], self.f_sharp, max_value, window, self.fine_ii[k], self.reg_ii[k])
+        buffers: dict = {}
+        prepared = [_prepare(frames[t], self.f_sharp, max_value, window, self.fine_ii[k], self.reg_ii[k], buffers)
                     for k, t in enumerate(self.avail)]
         self.spectra = [p[0] for p in prepared]
         self._small = [p[1] for p in prepared]  # registration-scale frames, for block spectra when needed
@@ -379,20 +425,21 @@ class SequenceQC:
         is in both the direct pair and the chain; a jerk in between cancels out of the chain."""
         if (a, b) not in self._disp:
             ka, kb = self.slot[a], self.slot[b]
-            d, peak = spectrum_shift(self.spectra[ka], self.spectra[kb])
+            d, peak = spectrum_shift(self.spectra[ka], self.spectra[kb], self._small[ka].shape)
             if peak >= SINGLE_LAYER_PEAK:  # one motion holds nearly all the correlation: no other layer to find
                 self._disp[a, b] = d * self.f_reg
                 self._layers[a, b] = self._disp[a, b][None, :]
             else:
-                quads = [spectrum_shift(qa, qb)[0] for qa, qb in zip(self.block(ka), self.block(kb))]
+                quad = (self._small[ka].shape[0] // 2, self._small[ka].shape[1] // 2)
+                quads = [spectrum_shift(qa, qb, quad)[0] for qa, qb in zip(self.block(ka), self.block(kb))]
                 self._disp[a, b] = consensus_shift(d, quads) * self.f_reg
                 self._layers[a, b] = motion_layers(d, quads) * self.f_reg
             if b - a > 1 and all(t in self.slot for t in range(a, b + 1)):
                 chain = sum((self.displacement(t, t + 1) for t in range(a, b)), np.zeros(2))
                 tol = max(ALIAS_PX, 0.25 * float(np.hypot(*chain)))
                 if np.hypot(*(self._disp[a, b] - chain)) > tol:
-                    d_near, p_near = spectrum_shift(self.spectra[ka], self.spectra[kb], chain / self.f_reg,
-                                                    int(np.ceil(tol / self.f_reg)))
+                    d_near, p_near = spectrum_shift(self.spectra[ka], self.spectra[kb], self._small[ka].shape,
+                                                    chain / self.f_reg, int(np.ceil(tol / self.f_reg)))
                     if p_near >= ALIAS_PEAK * peak:  # an alias is as strong; a chain through a blurred frame is not
                         self._disp[a, b] = d_near * self.f_reg
                         self._layers[a, b] = self._disp[a, b][None, :]
@@ -495,32 +542,47 @@ class SequenceQC:
         # first pass's pairs (a fault touches few of them) and removed, so only a shadow remains.
         k_vig = self._vignetting_slope()
         v0, v1 = self.motion_model(set(barred))
-        flip = np.array([-1.0, -1.0, -1.0, -1.0, -1.0, 1.0])
-        for k, t in enumerate(self.avail):
-            comps = []
-            for r in refs[t]:
-                a, b = min(t, r), max(t, r)
-                c = self._pair[a, b]
-                if c is None:
-                    continue
-                c = c.copy()
-                c[3:5] -= k_vig * self._disp[a, b] / self.f_reg
-                c = c if t < r else c * flip
-                # misregistration: where t sits relative to r, against what the neighbours' motion expects
-                # of the motion layers the pair shows, the one nearest to the expectation: a scene with
-                # two layers (a static background, a large moving object) must not look like a jerk
-                # whenever the consensus switches between them; a jerk moves every layer
-                expected = (r - t) * v0[k] + v1[k] * (r - t) ** 2 / 2
-                layers = self._layers[a, b] if t < r else -self._layers[a, b]
-                off = expected[None, :] - layers
-                comps.append(np.concatenate([c, off[np.argmin(np.hypot(off[:, 0], off[:, 1]))]]))
-            if comps:
-                comps = np.stack(comps)
-                med = _median(comps, axis=0)
-                scores[t, [I_SHARP, I_BRIGHT, I_CONTRAST, I_BANDING]] = med[[0, 1, 2, 5]]
-                scores[t, I_SHADING] = np.hypot(med[3], med[4])
-                scores[t, I_MISREG] = np.min(np.hypot(comps[:, 6], comps[:, 7]))
+        # one row per comparison of a frame t (slot k) with a reference r: (R,) each
+        rows = [(k, t, r) for k, t in enumerate(self.avail) for r in refs[t]
+                if self._pair[min(t, r), max(t, r)] is not None]
+        if not rows:
+            return scores
+        kk, tt, rr = (np.array(v) for v in zip(*rows))
+        keys = [(min(t, r), max(t, r)) for _, t, r in rows]
+        forward = (tt < rr)[:, None]  # the pair was measured as t relative to r
+        c = np.array([self._pair[p] for p in keys])  # (R, 6)
+        c[:, 3:5] -= k_vig * np.array([self._disp[p] for p in keys]) / self.f_reg
+        c = np.where(forward, c, c * np.array([-1.0, -1.0, -1.0, -1.0, -1.0, 1.0]))
+        # misregistration: where t sits relative to r, against what the neighbours' motion expects;
+        # of the motion layers the pair shows, the one nearest to the expectation: a scene with
+        # two layers (a static background, a large moving object) must not look like a jerk
+        # whenever the consensus switches between them; a jerk moves every layer
+        dt = (rr - tt)[:, None]
+        expected = dt * v0[kk] + v1[kk] * dt ** 2 / 2  # (R, 2)
+        layers = self._stacked_layers(keys)  # (R, L, 2)
+        off = expected[:, None, :] - np.where(forward[:, :, None], layers, -layers)
+        nearest = np.argmin(np.hypot(off[..., 0], off[..., 1]), axis=1)  # padding layers are infinitely far
+        comps = np.concatenate([c, off[np.arange(len(rows)), nearest]], axis=1)  # (R, 8)
+        # per frame, the median over its comparisons (rows padded with NaN, which sorts last)
+        frames, first, n = np.unique(kk, return_index=True, return_counts=True)
+        grid = np.full((len(frames), MAX_REFS, comps.shape[1]), np.nan)
+        grid[np.searchsorted(frames, kk), np.arange(len(rows)) - np.repeat(first, n)] = comps
+        srt = np.sort(grid, axis=1)
+        g = np.arange(len(frames))
+        med = 0.5 * (srt[g, (n - 1) // 2] + srt[g, n // 2])  # (F, 8)
+        t_out = np.array(self.avail)[frames]
+        scores[t_out[:, None], [I_SHARP, I_BRIGHT, I_CONTRAST, I_BANDING]] = med[:, [0, 1, 2, 5]]
+        scores[t_out, I_SHADING] = np.hypot(med[:, 3], med[:, 4])
+        dist = np.hypot(grid[..., 6], grid[..., 7])
+        scores[t_out, I_MISREG] = np.min(np.where(np.arange(MAX_REFS)[None, :] < n[:, None], dist, np.inf), axis=1)
         return scores
+
+    def _stacked_layers(self, keys: list[tuple[int, int]]) -> np.ndarray:
+        """(P, L, 2) the motion layers of the pairs ``keys`` (:func:`motion_layers`), padded with +inf."""
+        out = np.full((len(keys), max(len(self._layers[p]) for p in keys), 2), np.inf)
+        for i, p in enumerate(keys):
+            out[i, :len(self._layers[p])] = self._layers[p]
+        return out
 
 
 def measure(frames: np.ndarray, available: np.ndarray, max_value: float | None = None) -> np.ndarray:
@@ -586,16 +648,19 @@ ABS_SIGMA = {0.5: 1.4826, 0.3: 1 / 0.38532}
 DISTANCE_QUANTILE = {0.5: 1.1774, 0.3: 0.84460}
 
 
-def _centre_spread(v: np.ndarray, k: int, q: float = 0.5) -> tuple[float, float]:
-    """Robust centre and sigma of one score's values ``v`` (finite), the sigma from the ``q`` quantile of
-    the deviations (q = 0.5: median / MAD)."""
-    quantile = np.median if q == 0.5 else (lambda x: np.quantile(x, q))
-    if k == I_MISREG:  # a distance, centred on 0
-        return 0.0, float(quantile(v) / DISTANCE_QUANTILE[q])
-    if k in (I_SHADING, I_BANDING):  # magnitudes, centred on 0
-        return 0.0, float(ABS_SIGMA[q] * quantile(v))
-    m = float(np.median(v))
-    return m, float(ABS_SIGMA[q] * quantile(np.abs(v - m)))
+def _centre_spread(v: np.ndarray, k, q: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
+    """Robust centre and sigma of the values ``v`` (finite) of score ``k``: ``v`` (n,) with ``k`` an int,
+    or (n, m) with ``k`` (m,) the scores of its columns (all at once: the same numbers as column by
+    column). The sigma is from the ``q`` quantile of the deviations (q = 0.5: median / MAD). Returns
+    (centre, sigma) float64, each () or (m,)."""
+    quantile = (lambda x: np.median(x, axis=0)) if q == 0.5 else (lambda x: np.quantile(x, q, axis=0))
+    k = np.asarray(k)
+    distance = k == I_MISREG  # a distance, centred on 0
+    centred = distance | (k == I_SHADING) | (k == I_BANDING)  # ... and magnitudes, centred on 0
+    centre = np.where(centred, 0, np.median(v, axis=0)).astype(v.dtype)
+    spread = quantile(np.where(centred, v, np.abs(v - centre)))
+    sigma = np.where(distance, spread / DISTANCE_QUANTILE[q], ABS_SIGMA[q] * spread)
+    return centre.astype(np.float64), sigma.astype(np.float64)
 
 
 def calibrate(score_sets: list[np.ndarray]) -> Baseline:
@@ -611,12 +676,12 @@ def calibrate(score_sets: list[np.ndarray]) -> Baseline:
         per_seq = [x[:, k][np.isfinite(x[:, k])] for x in sets]
         per_seq = [v for v in per_seq if v.size >= 5]
         if len(per_seq) >= 3:
-            cs = np.array([_centre_spread(v, k) for v in per_seq])
+            cs = np.array([_centre_spread(v, k) for v in per_seq])  # (n_seq, 2)
             c, sg = float(np.median(cs[:, 0])), float(np.median(cs[:, 1]))
         else:
             v = np.concatenate([x[:, k] for x in sets]) if sets else np.empty(0)
             v = v[np.isfinite(v)]
-            c, sg = _centre_spread(v, k) if v.size >= 5 else (0.0, 0.0)
+            c, sg = map(float, _centre_spread(v, k)) if v.size >= 5 else (0.0, 0.0)
         center.append(c), sigma.append(sg)
     return Baseline(center, sigma)
 
@@ -639,10 +704,14 @@ def sequence_thresholds(scores: np.ndarray, thr: np.ndarray, z_sequence: float) 
     if z_sequence <= 0:
         return thr
     out = np.array(thr, np.float64)
-    for k in range(len(SCORE_NAMES)):
-        v = scores[:, k][np.isfinite(scores[:, k])].astype(np.float64)
-        if v.size >= 5:
-            out[k] = max(out[k], z_sequence * _centre_spread(v, k, SEQUENCE_QUANTILE)[1])
+    finite = np.isfinite(scores)
+    # a missing frame is missing in every score: all scores in one batch (else score by score)
+    K = len(SCORE_NAMES)
+    groups = [np.arange(K)] if (finite == finite[:, :1]).all() else [[k] for k in range(K)]
+    for ks in groups:
+        v = scores[finite[:, ks[0]]][:, ks].astype(np.float64)  # (n, len(ks))
+        if len(v) >= 5:
+            out[ks] = np.maximum(out[ks], z_sequence * _centre_spread(v, np.asarray(ks), SEQUENCE_QUANTILE)[1])
     return out
 
 

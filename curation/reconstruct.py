@@ -70,11 +70,15 @@ def displacement(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 def _blend(parts: list[tuple[np.ndarray, np.ndarray, float]]) -> np.ndarray:
     num = np.zeros_like(parts[0][0])
     den = np.zeros_like(parts[0][0])
-    for img, mask, wgt in parts:
-        num += img * (mask * wgt)
-        den += mask * wgt
+    for img, mask, wgt in parts:  # in place: each full-size temporary costs page faults and cache misses
+        weight = mask * wgt
+        den += weight
+        weight *= img
+        num += weight
     nearest = max(parts, key=lambda p: p[2])[0]  # edge-replicated nearer frame where nothing covers
-    return np.where(den > 1e-6, num / np.maximum(den, 1e-6), nearest)
+    covered = den > 1e-6
+    num /= np.maximum(den, 1e-6, out=den)
+    return np.where(covered, num, nearest)
 
 
 def _from_unit(x: np.ndarray, max_value: float, dtype: np.dtype) -> np.ndarray:

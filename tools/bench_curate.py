@@ -21,6 +21,7 @@ Renders simulator recordings with labelled faults (``acquisition.simulator``; fa
     python tools/bench_curate.py                     # the real figure: 800x600, 2 workers
     python tools/bench_curate.py --json out.json     # also write the numbers as JSON
     python tools/bench_curate.py --throughput-only   # only the throughput figures (default corpus only)
+    python tools/bench_curate.py --cpu-only --keep /dev/shm/bc   # CPU ms per frame and stage, one process
 """
 
 from __future__ import annotations
@@ -266,9 +267,12 @@ def io_floor(run: Path, out: Path, workers: int, cfg: CurateConfig) -> float:
     return n / (time.perf_counter() - t0)
 
 
-def cpu_cost(run: Path, work: Path, cfg: CurateConfig, n_seq: int = 16) -> dict:
+def cpu_cost(run: Path, work: Path, cfg: CurateConfig, n_seq: int = 40) -> dict:
     """Single-process CPU ms per frame of each stage (robust to other load on the machine, unlike the
-    wall-clock rates): read (PNG decode), qc (scoring, flagging, reconstruction), write (zarr shard)."""
+    wall-clock rates), on the first ``n_seq`` sequences: read (PNG decode), qc (scoring and flagging,
+    :func:`curation.qc.curate_flags`), reconstruct (the rest of :func:`curation.sequence.curate_sequence`:
+    reconstruction of the flagged frames), write (zarr shard). ``qc`` + ``reconstruct`` is what curate
+    spends per frame beyond the I/O floor's read + write, hence ``predicted_fraction_of_floor``."""
     import time as _t
 
     from curation import qc
@@ -280,12 +284,16 @@ def cpu_cost(run: Path, work: Path, cfg: CurateConfig, n_seq: int = 16) -> dict:
     t = _t.process_time()
     data = [read_sequence(s, plan.runs[0].path, plan.height, plan.width, plan.dtype) for s in seqs]
     read = _t.process_time() - t
-    base = qc.calibrate([qc.measure(f, a) for f, a, _ in data[:8]])
+    base = qc.calibrate([qc.measure(f, a, plan.max_value) for f, a, _ in data[:cfg.qc.calibration_sequences]])
     thr = qc.thresholds(cfg.qc.floors, cfg.qc.z, base)
-    curate_sequence(data[0][0], ~data[0][1] | data[0][1], base, thr, cfg.max_bad_frames, plan.max_value)  # warm-up
+    curate_sequence(data[0][0], data[0][1], base, thr, cfg.max_bad_frames, plan.max_value, cfg.qc.z_sequence)  # warm-up
     t = _t.process_time()
-    res = [curate_sequence(f, a, base, thr, cfg.max_bad_frames, plan.max_value) for f, a, _ in data]
-    qc_s = _t.process_time() - t
+    for f, a, _ in data:
+        qc.curate_flags(f, a, base, thr, plan.max_value, cfg.qc.z_sequence)
+    flags_s = _t.process_time() - t
+    t = _t.process_time()
+    res = [curate_sequence(f, a, base, thr, cfg.max_bad_frames, plan.max_value, cfg.qc.z_sequence) for f, a, _ in data]
+    curate_s = _t.process_time() - t
     w = DatasetWriter.create(work / "cpu.zarr", n_sequences=len(seqs), frames_per_sequence=T, channels=1,
                              height=plan.height, width=plan.width, dtype=plan.dtype,
                              sequences_per_shard=len(seqs), overwrite=True)
@@ -294,9 +302,12 @@ def cpu_cost(run: Path, work: Path, cfg: CurateConfig, n_seq: int = 16) -> dict:
     w.write_shard(0, frames=frames)
     write = _t.process_time() - t
     n = len(seqs) * T
-    out = {"read": read / n * 1e3, "qc": qc_s / n * 1e3, "write": write / n * 1e3}
+    out = {"read": read / n * 1e3, "qc": flags_s / n * 1e3, "reconstruct": max(0.0, curate_s - flags_s) / n * 1e3,
+           "write": write / n * 1e3}
     out = {k: round(v, 2) for k, v in out.items()}
-    out["predicted_fraction_of_floor"] = round((out["read"] + out["write"]) / (out["read"] + out["qc"] + out["write"]), 3)
+    io = out["read"] + out["write"]
+    out["predicted_fraction_of_floor"] = round(io / (io + curate_s / n * 1e3), 3)
+    out["sequences"], out["flagged_sequences"] = len(seqs), sum(int(r.flags.any()) for r in res)
     return out
 
 
@@ -322,6 +333,8 @@ def main() -> None:
     ap.add_argument("--json", type=Path, default=None, help="write the results here")
     ap.add_argument("--throughput-only", action="store_true",
                     help="only the throughput figures (no elevated corpus, detection or reconstruction)")
+    ap.add_argument("--cpu-only", action="store_true",
+                    help="only the single-process CPU cost per frame and stage (no wall-clock runs: fine on a busy machine)")
     a = ap.parse_args()
     width = a.width or (320 if a.quick else 800)
     height = width * 3 // 4
@@ -343,7 +356,8 @@ def main() -> None:
     try:
         t = time.perf_counter()
         runs = {}
-        corpora = (("default", lanes, 0.013),) + (() if a.throughput_only else (("elevated", elanes, a.elevated_rate),))
+        only_default = a.throughput_only or a.cpu_only
+        corpora = (("default", lanes, 0.013),) + (() if only_default else (("elevated", elanes, a.elevated_rate),))
         for name, n, rate in corpora:
             run = work / f"raw_{name}"
             params = {"lanes": n, "width": width, "height": height, "fault_rate": rate, "seed": a.seed, "source": source}
@@ -358,6 +372,9 @@ def main() -> None:
             stamp.write_text(json.dumps(params))
         results["render_s"] = round(time.perf_counter() - t, 1)
         print(f"rendered {lanes + elanes} lanes of {width}x{height} ({source}) in {results['render_s']} s", file=sys.stderr)
+        if a.cpu_only:
+            results["cpu_ms_per_frame"] = cpu_cost(runs["default"][0], work, cfg)
+            return _finish(results, a)
 
         # throughput (default-rate corpus): floor and curate interleaved, --repeats times each, best of
         # each kept (on a shared machine the best run is the least disturbed one)
@@ -410,6 +427,9 @@ def _finish(results: dict, a: argparse.Namespace) -> None:
 def _print(r: dict) -> None:
     print(f"source: {r['source']}  frames {r['width']}x{r['height']}  workers {r['workers']}  "
           f"load avg start {r['load_avg_at_start'][0]:.1f} end {r['load_avg_at_end'][0]:.1f}")
+    if "cpu_ms_per_frame" in r:
+        print(f"single-process CPU ms/frame: {r['cpu_ms_per_frame']}")
+        return
     tp = r["throughput"]
     print(f"throughput: curate {tp['curate_frames_per_s']} frames/s, I/O floor {tp['io_floor_frames_per_s']} frames/s "
           f"-> {100 * tp['fraction_of_floor']:.0f}% of floor ({tp['frames']} frames; best of "

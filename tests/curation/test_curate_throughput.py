@@ -59,3 +59,92 @@ def test_sequence_threads_do_not_change_the_dataset(tmp_path, monkeypatch):
         assert sorted(g["originals"].array_keys()) == sorted(outs[0]["originals"].array_keys())
         for key in outs[0]["originals"].array_keys():
             np.testing.assert_array_equal(outs[0]["originals"][key][:], g["originals"][key][:])
+
+
+# --- QC's per-frame speed measures (scratch buffers, batched scores and thresholds): same numbers -------
+
+from curation import qc  # noqa: E402
+from curation.synthetic import SynthSpec, make_sequence  # noqa: E402
+
+
+def test_scratch_buffers_carry_nothing_from_one_frame_to_the_next():
+    """_prepare writes every scratch value it reads: buffers full of another frame's (or NaN) values
+    give the same integral images and spectrum as fresh ones."""
+    frames, _ = make_sequence(SynthSpec(height=120, width=160), 2, {3: ("gain", 1.4)})
+    f_sharp = qc.scales(120, 160)[0]
+    window = qc._hanning(80 // f_sharp, 60 // f_sharp)
+
+    def prepare(img, buffers):
+        fine = np.empty((121 // f_sharp, 161 // f_sharp), np.float32)
+        reg = np.empty((3, 60 // f_sharp + 1, 80 // f_sharp + 1), np.float32)
+        spectrum, small = qc._prepare(img, f_sharp, 255.0, window, fine, reg, buffers)
+        return fine, reg, spectrum.copy(), small
+
+    used = {}
+    prepare(frames[7], used)
+    for b in used.values():
+        b.fill(np.nan)
+    for got, want in zip(prepare(frames[3], used), prepare(frames[3], {})):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_sequence_thresholds_in_one_batch_equal_score_by_score():
+    """All six scores at once (a missing frame is missing in every score) give the numbers that each
+    score alone gives; a score with its own missing values falls back to score by score."""
+    rng = np.random.default_rng(4)
+    thr = np.full(len(qc.SCORE_NAMES), 1e-3)
+    for trial in range(20):
+        s = (rng.standard_normal((10, 6)) * rng.uniform(0.01, 1, 6)).astype(np.float32)
+        s[:, [qc.I_MISREG, qc.I_SHADING, qc.I_BANDING]] = np.abs(s[:, [qc.I_MISREG, qc.I_SHADING, qc.I_BANDING]])
+        s[rng.choice(10, trial % 4, replace=False)] = np.nan
+        if trial % 5 == 4:
+            s[0, 2] = np.nan  # one score missing alone
+        want = np.array(thr)
+        for k in range(6):
+            v = s[:, k][np.isfinite(s[:, k])].astype(np.float64)
+            if v.size >= 5:
+                want[k] = max(want[k], 4.0 * float(qc._centre_spread(v, k, qc.SEQUENCE_QUANTILE)[1]))
+        np.testing.assert_array_equal(qc.sequence_thresholds(s, thr, 4.0), want)
+
+
+def _scores_frame_by_frame(q: qc.SequenceQC, barred: set[int]) -> np.ndarray:
+    """SequenceQC.scores written as the plain per-frame loop (the reference for its batched form);
+    needs q.scores(barred) to have run, so its pair caches are filled."""
+    out = np.full((q.T, len(qc.SCORE_NAMES)), np.nan, np.float32)
+    allowed = set(q.avail) - barred
+    v0, v1 = q.motion_model(barred)
+    for k, t in enumerate(q.avail):
+        comps = []
+        for r in q._refs(t, allowed) or q._refs(t, set(q.avail)):
+            a, b = min(t, r), max(t, r)
+            if q._pair[a, b] is None:
+                continue
+            c = q._pair[a, b].copy()
+            c[3:5] -= q._vignetting_slope() * q._disp[a, b] / q.f_reg
+            c = c if t < r else c * np.array([-1.0, -1.0, -1.0, -1.0, -1.0, 1.0])
+            off = ((r - t) * v0[k] + v1[k] * (r - t) ** 2 / 2)[None, :] - (q._layers[a, b] if t < r else -q._layers[a, b])
+            comps.append(np.concatenate([c, off[np.argmin(np.hypot(off[:, 0], off[:, 1]))]]))
+        if comps:
+            med = np.median(np.stack(comps), axis=0)
+            out[t, [qc.I_SHARP, qc.I_BRIGHT, qc.I_CONTRAST, qc.I_BANDING]] = med[[0, 1, 2, 5]]
+            out[t, qc.I_SHADING] = np.hypot(med[3], med[4])
+            out[t, qc.I_MISREG] = min(np.hypot(x[6], x[7]) for x in comps)
+    return out
+
+
+@pytest.mark.parametrize("spec,faults,missing,barred", [
+    (SynthSpec(height=120, width=160, step_px=8.0), {4: ("blur", 2.0)}, [], set()),
+    (SynthSpec(height=120, width=170, step_px=0.0, mover_px=-5.0), {2: ("jitter", 4.0)}, [7], {2}),  # two motion layers
+    (SynthSpec(height=120, width=160, step_px=1.0, accel_px=1.6), {0: ("gain", 1.4), 8: ("offset", 20)}, [5, 9], {0, 8}),
+], ids=["moving", "mover-missing-barred", "accelerating-ends"])
+def test_batched_scores_equal_the_frame_by_frame_loop(spec, faults, missing, barred):
+    frames, _ = make_sequence(spec, 11, faults)
+    avail = np.ones(10, bool)
+    avail[missing] = False
+    q = qc.SequenceQC(frames, avail)
+    q.scores()
+    got = q.scores(barred)
+    np.testing.assert_array_equal(got, _scores_frame_by_frame(q, barred))
+    assert np.isnan(got[missing]).all() and np.isfinite(got[avail]).all()
+    if spec.mover_px:  # the padding of pairs with several motion layers is exercised
+        assert max(len(v) for v in q._layers.values()) > 1
