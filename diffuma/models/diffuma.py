@@ -99,12 +99,11 @@ class DIFFUMAConfig:
     beta_schedule: str = "linear"      # "linear" (DDPM, 1e-4..0.02 at T=1000) | "cosine" (Nichol&Dhariwal)
     # --- objective (4.4)
     l1_weight: float = 10.0            # lambda in eq. 10: L = L_diff + lambda * L_rec(final, target)
-    recon_loss: str = "l1"             # L_rec: "l1" (paper eq. 9) | "mse" (the metric the tables rank by) |
-                                       # "berhu" (reverse Huber: L1 below c = 0.2 max|e|, quadratic above)
+    recon_loss: str = "l1"             # L_rec: "l1" (paper eq. 9) | "mse" (the metric the tables rank by)
 
     def __post_init__(self):
         choices = {"prior": ("none", "last", "motion"), "time_map_init": ("last", "aligned"), "time_map": ("shared", "full"),
-                   "dit_input": ("input", "prelim"), "recon_loss": ("l1", "mse", "berhu")}
+                   "dit_input": ("input", "prelim"), "recon_loss": ("l1", "mse")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
@@ -170,10 +169,6 @@ def reconstruction_loss(pred, target, kind: str = "l1"):
     """Eq. 9: mean absolute error of the final prediction ("l1", the paper), or its mean squared error
     ("mse": the L1 optimum is the per-pixel median, sharp but misplaced where the future is uncertain;
     the MSE optimum is the mean, which is what MSE-ranked tables reward)."""
-    if kind == "berhu":    # Laina et al. 2016 (3DV), eq. 2: c = 0.2 * the batch's largest |error|, not differentiated
-        e = (pred - target).abs()
-        c = (0.2 * e.max()).detach().clamp_min(1e-6)
-        return torch.where(e <= c, e, (e * e + c * c) / (2 * c)).mean()
     return F.l1_loss(pred, target) if kind == "l1" else F.mse_loss(pred, target)
 
 
