@@ -56,7 +56,7 @@ def method_setup(name: str, checkpoint=None, shape=None):
 
 def score_recording(rec, predictor, scorer: ScorerConfig, qc: bool = True, progress=None) -> list[dict]:
     """Score every frame of an opened :class:`acquisition.raw.Recording`: one dict per scored frame
-    (frame, lane, position, score, threshold, alert, new_alert, acquisition, box)."""
+    (frame, lane, position, score, threshold, z, alert, new_alert, acquisition, box)."""
     rows = []
     pipe = None
     frames = [f for f in rec.frames if f.file is not None and f.status == "ok"]
@@ -66,7 +66,7 @@ def score_recording(rec, predictor, scorer: ScorerConfig, qc: bool = True, progr
         r = pipe.push(f.index, f.lane, f.position_index, rec.read(f))
         if r is not None:
             rows.append({"frame": r.frame, "lane": r.lane, "position": r.position, "score": r.score,
-                         "threshold": r.threshold, "alert": r.alert, "new_alert": r.new_alert,
+                         "threshold": r.threshold, "z": r.z, "alert": r.alert, "new_alert": r.new_alert,
                          "acquisition": r.acquisition, "box": r.box})
     return rows
 
@@ -150,6 +150,53 @@ def metrics(rows: list[dict], truth: RunTruth) -> dict:
         "false_alarms": len(false), "clean_hours": hours,
         "false_alarms_per_hour": len(false) / hours if hours > 0 else None,
     }
+
+
+def replay_alerts(rows: list[dict], z_on: float, z_off: float) -> int:
+    """Alerts (turn-ons) that the scorer's hysteresis raises at ``z_on`` / ``z_off`` on rows of
+    :func:`score_recording` (in recording order, one recording or several with a ``run`` key), from their
+    ``z`` (the score in baseline sigmas): on above ``z_on``, off below ``z_off``, reset at a new lane pass;
+    a frame the acquisition QC flagged cannot raise an alert. Scored once with alerts off (``z_on`` = inf),
+    the baseline then also holds the frames that would have alerted: exact for a clean recording up to
+    the few frames that do."""
+    count, alert, key = 0, False, None
+    for r in rows:
+        k = (r.get("run"), r["lane"])
+        if k != key:
+            alert, key = False, k
+        z = r["z"]
+        if not math.isfinite(z):
+            continue
+        if r.get("acquisition"):
+            alert = alert and z >= z_off
+        elif alert:
+            alert = z >= z_off
+        elif z > z_on:
+            alert = True
+            count += 1
+    return count
+
+
+def operating_point(rows: list[dict], levels, fa_per_hour: float = 1.0, off_ratio: float = 0.5) -> dict:
+    """False alarms per hour of clean 5 fps capture at each alert level of ``levels`` (z_off = ``off_ratio``
+    x z_on) on the rows of clean recordings, and the lowest level from which on every level has at most
+    ``fa_per_hour``. What the
+    clean frames can resolve: one alarm is ``1 / hours`` per hour, and zero alarms bound the rate below
+    ``3 / hours`` (95 % Poisson upper limit) only. ``chosen`` is None when no level qualifies."""
+    hours = len(rows) / FPS / 3600
+    table = []
+    for z in sorted(levels):
+        n = replay_alerts(rows, z, off_ratio * z)
+        table.append({"z_on": z, "z_off": off_ratio * z, "false_alarms": n,
+                      "false_alarms_per_hour": n / hours if hours > 0 else None})
+    chosen = None  # the lowest level from which on every higher one qualifies
+    for t in reversed(table):
+        if t["false_alarms_per_hour"] is None or t["false_alarms_per_hour"] > fa_per_hour:
+            break
+        chosen = t["z_on"]
+    return {"clean_frames": len(rows), "clean_hours": hours, "one_alarm_per_hour": 1 / hours if hours else None,
+            "zero_alarm_upper_95_per_hour": 3 / hours if hours else None, "target_per_hour": fa_per_hour,
+            "chosen_z_on": chosen, "levels": table}
 
 
 class EvalError(ValueError):
