@@ -2,7 +2,12 @@
 
 import math
 
-from chdl.monitor.evaluate import FPS, operating_point, replay_alerts
+from chdl.monitor.evaluate import FPS, operating_point, replay_alerts as _replay
+
+
+def replay_alerts(rows, z_on, z_off):
+    """The number of alerts raised."""
+    return sum(r["new_alert"] for r in _replay(rows, z_on, z_off))
 
 
 def _rows(zs, lane=0, run="r", flagged=()):
@@ -19,6 +24,7 @@ def test_replay_alerts_follows_the_scorers_hysteresis():
     assert replay_alerts(_rows([7, 4]) + _rows([4, 7], lane=1), 6, 3) == 2
     assert replay_alerts(_rows([1, 9, 1], flagged={1}), 6, 3) == 0
     assert replay_alerts(_rows([9, 9], run="a") + _rows([9], run="b"), 6, 3) == 2  # runs are separate too
+    assert [r["alert"] for r in _replay(_rows([1, 7, 4, 2]), 6, 3)] == [False, True, True, False]
 
 
 def test_operating_point_picks_the_lowest_level_that_stays_under_the_target():
