@@ -45,6 +45,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from chdl.monitor import Z_OFF, Z_ON
+
 MIN_PREDECESSORS = 2
 
 
@@ -227,8 +229,8 @@ class ScorerConfig:
     block: int | None = None  # block side, px (None: block_size(width))
     window: int = 300  # scores in the running baseline
     min_history: int = 10  # no alert before this many scores are in the baseline
-    z_on: float = 6.0  # alert on above median + z_on * sigma
-    z_off: float = 3.0  # ... and off below median + z_off * sigma
+    z_on: float = Z_ON  # alert on above median + z_on * sigma (chdl.monitor.Z_ON: a measured operating point)
+    z_off: float = Z_OFF  # ... and off below median + z_off * sigma
     sigma_floor: float = 0.1  # the frame baseline's spread is at least this (score units)
     row_window: int = 100  # frames in the per-block-row baseline
     row_sigma_floor: float = 0.15  # log10 units: a block row's spread is at least this

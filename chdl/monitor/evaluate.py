@@ -220,10 +220,11 @@ def find_runs(paths: list) -> list[Path]:
 
 
 def evaluate(paths: list, out: str | Path, checkpoint=None, qc: bool = True, progress: bool = True,
-             alert_levels: dict | None = None) -> dict:
+             alert_levels: dict | None = None, methods: list | None = None) -> dict:
     """Score every run with every method, write ``out/metrics.json``, ``out/metrics.md`` and a score plot
     per run and method (``out/scores_<folder>_<run>.png``); returns the metrics and the markdown table.
-    ``alert_levels``: ScorerConfig fields for every method (e.g. ``{"z_on": 4.0, "z_off": 2.0}``)."""
+    ``alert_levels``: ScorerConfig fields for every method (e.g. ``{"z_on": 4.0, "z_off": 2.0}``); ``methods``:
+    a subset of :data:`METHODS` (default all; the checkpoint comes on top)."""
     from tqdm import tqdm
 
     from acquisition.raw import Recording
@@ -238,7 +239,7 @@ def evaluate(paths: list, out: str | Path, checkpoint=None, qc: bool = True, pro
         except ValueError as e:
             raise EvalError(str(e)) from None
         recs[str(r)] = rec
-    methods = list(METHODS) + ([f"checkpoint:{Path(checkpoint).name}"] if checkpoint else [])
+    methods = list(METHODS if methods is None else methods) + ([f"checkpoint:{Path(checkpoint).name}"] if checkpoint else [])
     results, rows_by = {}, {}
     total = sum(len(rec.frames) for rec in recs.values()) * len(methods)
     with tqdm(total=total, unit="frame", desc="monitor-eval", disable=not progress) as bar:
