@@ -178,10 +178,9 @@ def replay_alerts(rows: list[dict], z_on: float, z_off: float) -> list[dict]:
 
 def operating_point(rows: list[dict], levels, fa_per_hour: float = 1.0, off_ratio: float = 0.5) -> dict:
     """False alarms per hour of clean 5 fps capture at each alert level of ``levels`` (z_off = ``off_ratio``
-    x z_on) on the rows of clean recordings, and the lowest level from which on every level has at most
-    ``fa_per_hour``. What the
-    clean frames can resolve: one alarm is ``1 / hours`` per hour, and zero alarms bound the rate below
-    ``3 / hours`` (95 % Poisson upper limit) only. ``chosen`` is None when no level qualifies."""
+    x z_on) on the rows of clean recordings, and (``chosen_z_on``; None if there is none) the lowest level
+    from which on every level has at most ``fa_per_hour``. What the clean frames can resolve: one alarm is
+    ``1 / hours`` per hour, and zero alarms bound the rate below ``3 / hours`` (95 % Poisson upper limit)."""
     hours = len(rows) / FPS / 3600
     table = []
     for z in sorted(levels):
