@@ -15,6 +15,7 @@ import click
 
 from chdl.cli.acquire import capture_options, report_captures, run_captures
 from chdl.cli.options import POSITIVE, quiet_option
+from chdl.monitor import Z_OFF, Z_ON
 
 
 def _predictor_spec(checkpoint: Path | None, t_in: int) -> tuple[dict, str, int]:
@@ -40,9 +41,9 @@ def _predictor_spec(checkpoint: Path | None, t_in: int) -> tuple[dict, str, int]
               help="Frames the constant-motion predictor looks back (a checkpoint brings its own).")
 @click.option("--queue-depth", type=click.IntRange(1), default=8, show_default=True,
               help="Frames waiting for the scorer; when it is full, frames are recorded but not scored (skipped).")
-@click.option("--z-on", type=POSITIVE, default=6.0, show_default=True,
+@click.option("--z-on", type=POSITIVE, default=Z_ON, show_default=True,
               help="Alert when the score exceeds its running median + z-on robust sigmas.")
-@click.option("--z-off", type=POSITIVE, default=3.0, show_default=True, help="... and end it below median + z-off sigmas.")
+@click.option("--z-off", type=POSITIVE, default=Z_OFF, show_default=True, help="... and end it below median + z-off sigmas.")
 @click.option("--serve", is_flag=True, help="Serve the live dashboard on 127.0.0.1 (chdl.monitor.dashboard).")
 @click.pass_context
 def monitor(ctx, checkpoint, t_in, queue_depth, z_on, z_off, serve, **params):
@@ -126,8 +127,8 @@ def _dashboard():
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="Folder for metrics.json, metrics.md and the score plots.")
 @click.option("--no-qc", is_flag=True, help="Skip the acquisition QC (faster; no acquisition flags).")
-@click.option("--z-on", type=POSITIVE, default=6.0, show_default=True, help="Alert level, as for chdl monitor.")
-@click.option("--z-off", type=POSITIVE, default=3.0, show_default=True, help="Alert-off level, as for chdl monitor.")
+@click.option("--z-on", type=POSITIVE, default=Z_ON, show_default=True, help="Alert level, as for chdl monitor.")
+@click.option("--z-off", type=POSITIVE, default=Z_OFF, show_default=True, help="Alert-off level, as for chdl monitor.")
 @quiet_option()
 def monitor_eval(runs, checkpoint, out, no_qc, z_on, z_off, quiet):
     """Frame AUROC, event recall, detection latency and false alarms per hour on labelled (simulated)

@@ -45,6 +45,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from chdl.monitor import Z_OFF, Z_ON
+
 MIN_PREDECESSORS = 2
 
 
@@ -84,6 +86,60 @@ def remove_specks(err: np.ndarray, length: int) -> np.ndarray:
     for k in kernels[1:]:
         np.maximum(out, cv2.morphologyEx(err, cv2.MORPH_OPEN, k), out=out)
     return out
+
+
+def cut_front_zone(image: np.ndarray, dark: float = 0.45, ahead: float = 0.16, behind: float = 0.08,
+                   across: float = 0.1, min_rows: int = 3) -> np.ndarray:
+    """(H, W) bool: where an advancing cut front can change the next frame, found from ``image`` alone
+    (the prediction: the last frame moved to the current view; (H, W) float in [0, 1]).
+
+    The kerf is a long dark band along the lane (x). Where it *ends inside the frame*, the blade is cutting
+    there and the next frame shows newly cut kerf (and a debris spray) ahead of that end: a change no
+    frame-to-frame predictor foresees, and the largest error of clean lanes. Found as: pixels darker than
+    ``dark`` x the image's median, closed over 5 x 3 px (striations across the kerf, small gaps), opened
+    with a horizontal line of W/8 px; per row, the first start and the last end of runs at least W/4 long,
+    unless another run lies beyond them in that row (a band interrupted, e.g. by a debris splash, has
+    not ended); ends that line up over at least ``min_rows`` rows and 60 % of their band's rows (a kerf
+    that only widens from some point on has not ended) are a cut front. The zone around each is
+    ``ahead`` x W px in the direction the band ends towards, ``behind`` x W px back into the band, and
+    ``across`` x W px above and below it (fractions of the width, so the same field of view at any size).
+    An empty zone when no band ends inside the frame (no front in view, or no kerf at all)."""
+    h, w = image.shape
+    mask = (image < dark * float(np.median(image))).astype(np.uint8)
+    run = max(3, int(round(w / 8)))
+    mask = cv2.morphologyEx(mask, cv2.MORPH_CLOSE, np.ones((5, 3), np.uint8))
+    mask = cv2.morphologyEx(mask, cv2.MORPH_OPEN, np.ones((1, run), np.uint8))
+    steps = np.diff(np.pad(mask.astype(np.int8), ((0, 0), (1, 1))), axis=1)  # +1 at a run's start, -1 after it
+    ends = np.zeros((2, h, w), np.uint8)  # [0]: bands ending towards +x, [1]: towards -x
+    long_rows = np.zeros(h, bool)
+    for r in np.nonzero(mask.any(axis=1))[0]:
+        starts, stops = np.nonzero(steps[r] == 1)[0], np.nonzero(steps[r] == -1)[0]  # runs [start, stop)
+        long = stops - starts >= 2 * run
+        if not long.any():
+            continue
+        long_rows[r] = True
+        first, last = starts[long].min(), stops[long].max()
+        if last < w - 2 and not (starts >= last).any():
+            ends[0, r, last - 1] = 1
+        if first > 2 and not (stops <= first).any():
+            ends[1, r, first] = 1
+    zone = np.zeros((h, w), bool)
+    a, b, c = (int(round(w * f)) for f in (ahead, behind, across))
+    # bands: consecutive rows with a long run; an end must cover most of its band's rows (a band that only
+    # widens or narrows there, e.g. a worn blade's kerf, has not ended)
+    band_id = np.cumsum(np.r_[1, np.diff(long_rows.astype(np.int8)) != 0])
+    band_rows = np.bincount(band_id, weights=long_rows)
+    for side in (0, 1):
+        if not ends[side].any():
+            continue
+        n, _, stats, _ = cv2.connectedComponentsWithStats(cv2.dilate(ends[side], np.ones((1, 7), np.uint8)), connectivity=8)
+        for x, y, ww, hh, _ in stats[1:]:
+            if hh < max(min_rows, 0.6 * band_rows[band_id[y:y + hh]].max()):
+                continue
+            xc = x + ww // 2
+            x0, x1 = (xc - b, xc + a) if side == 0 else (xc - a, xc + b)
+            zone[max(0, y - c):y + hh + c, max(0, x0):max(0, x1)] = True
+    return zone
 
 
 class CopyLast:
@@ -173,13 +229,14 @@ class ScorerConfig:
     block: int | None = None  # block side, px (None: block_size(width))
     window: int = 300  # scores in the running baseline
     min_history: int = 10  # no alert before this many scores are in the baseline
-    z_on: float = 6.0  # alert on above median + z_on * sigma
-    z_off: float = 3.0  # ... and off below median + z_off * sigma
+    z_on: float = Z_ON  # alert on above median + z_on * sigma (chdl.monitor.Z_ON: a measured operating point)
+    z_off: float = Z_OFF  # ... and off below median + z_off * sigma
     sigma_floor: float = 0.1  # the frame baseline's spread is at least this (score units)
     row_window: int = 100  # frames in the per-block-row baseline
     row_sigma_floor: float = 0.15  # log10 units: a block row's spread is at least this
     open_px: int | None = None  # line length of the opening that removes specks (None: speck_length(width))
     box_fraction: float = 0.3  # blocks (then pixels) at >= this fraction of the worst one's error make up the box
+    cut_front: bool = True  # block mode: leave out the zone around a kerf that ends in view (cut_front_zone)
 
 
 @dataclasses.dataclass
@@ -188,6 +245,7 @@ class Scored:
 
     score: float
     threshold: float
+    z: float  # (score - baseline median) / baseline sigma: the level the alert compares with z_on (NaN in warm-up)
     alert: bool  # alert state after this frame
     new_alert: bool  # the alert turned on at this frame
     box: list[int] | None  # [x0, y0, x1, y1] of the worst region
@@ -293,6 +351,8 @@ class FrameScorer:
         """Score one frame ((H, W) in [0, 1]) against its prediction. ``learn=False``: the score does not
         enter the baseline (e.g. a frame the acquisition QC flagged) and cannot raise an alert."""
         cfg = self.config
+        if cfg.mode == "block" and cfg.cut_front:
+            valid = valid & ~cut_front_zone(pred)
         err = self.error_map(frame, pred, valid)
         s, box, logs = self.raw_score(err, valid)
         med, sigma = self.baseline.stats()
@@ -308,7 +368,8 @@ class FrameScorer:
                 self.baseline.add(s)
             if logs is not None:
                 self.rows.append(logs)
-        return Scored(score=s, threshold=on if ready else math.inf, alert=self.alert,
+        z = (s - med) / sigma if ready and math.isfinite(s) else math.nan
+        return Scored(score=s, threshold=on if ready else math.inf, z=z, alert=self.alert,
                       new_alert=self.alert and not was, box=box, error=err)
 
 
@@ -348,6 +409,7 @@ class FrameResult:
     position: int
     score: float
     threshold: float
+    z: float  # the score in baseline sigmas above the baseline median (Scored.z)
     alert: bool
     new_alert: bool
     acquisition: str | None  # None | "vibration" | "illumination"
@@ -381,5 +443,5 @@ class MonitorPipeline:
             return None
         pred, s = out
         return FrameResult(frame=index, lane=lane, position=position, score=s.score, threshold=s.threshold,
-                           alert=s.alert, new_alert=s.new_alert, acquisition=flag, box=s.box, pixels=frame,
+                           z=s.z, alert=s.alert, new_alert=s.new_alert, acquisition=flag, box=s.box, pixels=frame,
                            prediction=pred, error=s.error)

@@ -21,7 +21,11 @@ Metrics (per method):
 * ``latency_frames``: median / max frames from onset to that alert; ``within_one_frame``: fraction of
   detected anomalies alerted at the onset frame or the next;
 * ``false_alarms_per_hour``: alerts raised where no anomaly (visible or not) is active, per hour of
-  clean capture at 5 fps (clean frames / 5 / 3600).
+  clean capture at 5 fps (clean frames / 5 / 3600);
+* ``sweep``: event recall and false alarms per hour at other alert levels (:data:`SWEEP_LEVELS`, z_off =
+  z_on / 2), the hysteresis replayed on each frame's z (:func:`replay_alerts`), so one scoring pass shows
+  the whole trade-off; :func:`operating_point` picks the alert level from clean runs the same way
+  (``tools/monitor_operating_point.py``).
 """
 
 from __future__ import annotations
@@ -39,6 +43,7 @@ from chdl.monitor.runtime import atomic_write_bytes, run_max_value
 
 FPS = 5.0  # CHDL's capture rate, for false alarms per hour
 METHODS = ("frame-difference", "copy-last", "constant-motion")
+SWEEP_LEVELS = (3.0, 4.0, 5.0, 6.0, 8.0, 10.0, 12.0)  # alert levels (z_on) replayed in metrics.json's "sweep"
 
 
 def method_setup(name: str, checkpoint=None, shape=None):
@@ -56,7 +61,7 @@ def method_setup(name: str, checkpoint=None, shape=None):
 
 def score_recording(rec, predictor, scorer: ScorerConfig, qc: bool = True, progress=None) -> list[dict]:
     """Score every frame of an opened :class:`acquisition.raw.Recording`: one dict per scored frame
-    (frame, lane, position, score, threshold, alert, new_alert, acquisition, box)."""
+    (frame, lane, position, score, threshold, z, alert, new_alert, acquisition, box)."""
     rows = []
     pipe = None
     frames = [f for f in rec.frames if f.file is not None and f.status == "ok"]
@@ -66,7 +71,7 @@ def score_recording(rec, predictor, scorer: ScorerConfig, qc: bool = True, progr
         r = pipe.push(f.index, f.lane, f.position_index, rec.read(f))
         if r is not None:
             rows.append({"frame": r.frame, "lane": r.lane, "position": r.position, "score": r.score,
-                         "threshold": r.threshold, "alert": r.alert, "new_alert": r.new_alert,
+                         "threshold": r.threshold, "z": r.z, "alert": r.alert, "new_alert": r.new_alert,
                          "acquisition": r.acquisition, "box": r.box})
     return rows
 
@@ -152,6 +157,46 @@ def metrics(rows: list[dict], truth: RunTruth) -> dict:
     }
 
 
+def replay_alerts(rows: list[dict], z_on: float, z_off: float) -> list[dict]:
+    """The rows of :func:`score_recording` (in recording order; several recordings told apart by a ``run``
+    key) with ``alert`` and ``new_alert`` as the scorer's hysteresis sets them at ``z_on`` / ``z_off``,
+    from each row's ``z`` (the score in baseline sigmas): on above ``z_on``, off below ``z_off``, reset at a
+    new lane pass; a frame the acquisition QC flagged raises no alert. Replayed on rows scored once (best
+    with alerts off, ``z_on`` = inf), the baseline also holds the frames that would have alerted and were
+    left out of it in a live run: exact for the frames before the first alert of a recording, close after."""
+    out, alert, key = [], False, None
+    for r in rows:
+        k = (r.get("run"), r["lane"])
+        if k != key:
+            alert, key = False, k
+        was, z = alert, r["z"]
+        if math.isfinite(z):
+            alert = (alert and z >= z_off) if (was or r.get("acquisition")) else z > z_on
+        out.append({**r, "alert": alert, "new_alert": alert and not was})
+    return out
+
+
+def operating_point(rows: list[dict], levels, fa_per_hour: float = 1.0, off_ratio: float = 0.5) -> dict:
+    """False alarms per hour of clean 5 fps capture at each alert level of ``levels`` (z_off = ``off_ratio``
+    x z_on) on the rows of clean recordings, and (``chosen_z_on``; None if there is none) the lowest level
+    from which on every level has at most ``fa_per_hour``. What the clean frames can resolve: one alarm is
+    ``1 / hours`` per hour, and zero alarms bound the rate below ``3 / hours`` (95 % Poisson upper limit)."""
+    hours = len(rows) / FPS / 3600
+    table = []
+    for z in sorted(levels):
+        n = sum(r["new_alert"] for r in replay_alerts(rows, z, off_ratio * z))
+        table.append({"z_on": z, "z_off": off_ratio * z, "false_alarms": n,
+                      "false_alarms_per_hour": n / hours if hours > 0 else None})
+    chosen = None  # the lowest level from which on every higher one qualifies
+    for t in reversed(table):
+        if t["false_alarms_per_hour"] is None or t["false_alarms_per_hour"] > fa_per_hour:
+            break
+        chosen = t["z_on"]
+    return {"clean_frames": len(rows), "clean_hours": hours, "one_alarm_per_hour": 1 / hours if hours else None,
+            "zero_alarm_upper_95_per_hour": 3 / hours if hours else None, "target_per_hour": fa_per_hour,
+            "chosen_z_on": chosen, "levels": table}
+
+
 class EvalError(ValueError):
     """A run that cannot be evaluated (one line, naming the folder)."""
 
@@ -174,10 +219,11 @@ def find_runs(paths: list) -> list[Path]:
 
 
 def evaluate(paths: list, out: str | Path, checkpoint=None, qc: bool = True, progress: bool = True,
-             alert_levels: dict | None = None) -> dict:
+             alert_levels: dict | None = None, methods: list | None = None) -> dict:
     """Score every run with every method, write ``out/metrics.json``, ``out/metrics.md`` and a score plot
     per run and method (``out/scores_<folder>_<run>.png``); returns the metrics and the markdown table.
-    ``alert_levels``: ScorerConfig fields for every method (e.g. ``{"z_on": 4.0, "z_off": 2.0}``)."""
+    ``alert_levels``: ScorerConfig fields for every method (e.g. ``{"z_on": 4.0, "z_off": 2.0}``); ``methods``:
+    a subset of :data:`METHODS` (default all; the checkpoint comes on top)."""
     from tqdm import tqdm
 
     from acquisition.raw import Recording
@@ -192,7 +238,7 @@ def evaluate(paths: list, out: str | Path, checkpoint=None, qc: bool = True, pro
         except ValueError as e:
             raise EvalError(str(e)) from None
         recs[str(r)] = rec
-    methods = list(METHODS) + ([f"checkpoint:{Path(checkpoint).name}"] if checkpoint else [])
+    methods = list(METHODS if methods is None else methods) + ([f"checkpoint:{Path(checkpoint).name}"] if checkpoint else [])
     results, rows_by = {}, {}
     total = sum(len(rec.frames) for rec in recs.values()) * len(methods)
     with tqdm(total=total, unit="frame", desc="monitor-eval", disable=not progress) as bar:
@@ -211,8 +257,9 @@ def evaluate(paths: list, out: str | Path, checkpoint=None, qc: bool = True, pro
                 bar.update(len(rec.frames))
             rows_by[m] = rows
             results[m] = metrics(rows, truth)
+            results[m]["sweep"] = sweep(rows, truth)
     out.mkdir(parents=True, exist_ok=True)
-    md = markdown(results)
+    md = markdown(results) + "\n\n" + markdown_sweep(results)
     for run in recs:
         plot_scores(out / f"scores_{Path(run).parent.name}_{Path(run).name}.png", {m: [r for r in rows_by[m] if r["run"] == run] for m in methods},
                     truth[run], title=f"{Path(run).parent.name}/{Path(run).name}")
@@ -220,6 +267,29 @@ def evaluate(paths: list, out: str | Path, checkpoint=None, qc: bool = True, pro
                                              "methods": results}, indent=2).encode() + b"\n")
     atomic_write_bytes(out / "metrics.md", (md + "\n").encode())
     return {"methods": results, "markdown": md}
+
+
+def sweep(rows: list[dict], truth: dict, levels=SWEEP_LEVELS, off_ratio: float = 0.5) -> list[dict]:
+    """Event recall, within-one-frame fraction and false alarms per hour at other alert levels (z_off =
+    ``off_ratio`` x z_on), the alerts replayed on the rows' z (:func:`replay_alerts`: close to, not exactly,
+    what a live run at that level gives, whose baseline leaves its alerting frames out)."""
+    out = []
+    for z in levels:
+        m = metrics(replay_alerts(rows, z, off_ratio * z), truth)
+        out.append({"z_on": z, "z_off": off_ratio * z, **{k: m[k] for k in (
+            "event_recall", "recall_scorable", "within_one_frame", "false_alarms", "false_alarms_per_hour")}})
+    return out
+
+
+def markdown_sweep(results: dict) -> str:
+    """Event recall / false alarms per hour per method and alert level (the replayed ``sweep``)."""
+    levels = [t["z_on"] for t in next(iter(results.values()))["sweep"]]
+    lines = ["| method | " + " | ".join(f"z_on {z:g}" for z in levels) + " |", "|---|" + "---|" * len(levels)]
+    for m, r in results.items():
+        cells = ["—" if t["event_recall"] is None or t["false_alarms_per_hour"] is None else
+                 f"{t['event_recall']:.2f} @ {t['false_alarms_per_hour']:.0f}/h" for t in r["sweep"]]
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    return "event recall @ false alarms per hour at other alert levels (z_off = z_on / 2; alerts replayed on the scores)\n\n" + "\n".join(lines)
 
 
 def markdown(results: dict) -> str:

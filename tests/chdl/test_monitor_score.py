@@ -5,7 +5,7 @@ import math
 import numpy as np
 
 from chdl.monitor.anomaly_score import (ConstantMotion, CopyLast, FrameScorer, LaneStream, RobustBaseline,
-                                        ScorerConfig, motion_valid)
+                                        ScorerConfig, cut_front_zone, motion_valid)
 
 H, W = 64, 96
 CFG = ScorerConfig(block=8, min_history=5, z_on=6.0, z_off=3.0)
@@ -108,6 +108,54 @@ def test_invalid_region_is_not_scored_and_global_mode_dilutes_a_local_blob():
     glob = FrameScorer(ScorerConfig(mode="global"))
     g_seen, box, _ = glob.raw_score(glob.error_map(_with_blob(_noise(1), 40, 10), _noise(2), valid), valid)
     assert box is None and g_seen < logs_seen[ok].max() - 1.0  # 100 of 6144 pixels: a whole-frame MSE hardly moves
+
+
+def _kerf(x0, x1, width=200, height=150, rows=(70, 78)):
+    """A grey scene with a dark kerf band in ``rows`` from x0 to x1."""
+    img = np.random.default_rng(0).normal(0.5, 0.01, (height, width)).astype(np.float32)  # one still scene
+    img[rows[0]:rows[1], x0:x1] = 0.07
+    return img
+
+
+def test_cut_front_zone_lies_ahead_of_a_kerf_that_ends_in_view_and_nowhere_else():
+    zone = cut_front_zone(_kerf(0, 120))  # cut up to x = 120, the blade moving towards +x
+    assert zone[74, 121:150].all() and zone[74, 110:120].all()  # ahead (0.16 W) and a little behind (0.08 W)
+    assert not zone[74, :100].any() and not zone[74, 160:].any()
+    assert zone[52:96, 130].all() and not zone[:45].any() and not zone[105:].any()  # across: 0.1 W = 20 px
+    left = cut_front_zone(_kerf(80, 200))  # a kerf cut from the right: its end at x = 80 faces -x
+    assert left[74, 50:80].all() and not left[74, 100:].any() and not left[74, :40].any()
+    assert not cut_front_zone(_kerf(0, 200)).any()  # the kerf crosses the view: no front in it
+    assert not cut_front_zone(np.full((150, 200), 0.5, np.float32)).any()  # no kerf at all
+    broken = _kerf(0, 200)
+    broken[70:78, 90:110] = 0.9  # a bright particle across the kerf: interrupted, not ended
+    assert not cut_front_zone(broken).any()
+    widened = _kerf(0, 200)
+    widened[78:81, 100:] = 0.07  # a worn blade: the kerf widens from x = 100 on, it does not end there
+    assert not cut_front_zone(widened).any()
+
+
+def test_an_advancing_cut_front_raises_no_alert_but_an_anomaly_beside_it_does():
+    """A kerf growing 4 px per frame (a cut front moving through a still view) changes every frame where
+    no predictor can know it; the scorer leaves that zone out (cut_front=True, the default) and still
+    finds a chip elsewhere. Without it, the front alone alerts."""
+    def run(cut_front):
+        s = FrameScorer(ScorerConfig(min_history=5, cut_front=cut_front))
+        valid = np.ones((150, 200), bool)
+        out = []
+        for t in range(30):  # 15 frames of a lane cut through, then one with its front in view
+            front = 200 if t < 15 else 80 + 4 * (t - 15)
+            pred, frame = _kerf(0, front), _kerf(0, min(200, front + 4))
+            frame += np.random.default_rng(100 + t).normal(0, 0.01, frame.shape).astype(np.float32)
+            out.append(s.score(frame, pred, valid))
+        chip = _with_blob(_kerf(0, 144 + 4), 40, 110, size=12, level=0.05)  # far from the front
+        return out[15:], s.score(chip, _kerf(0, 144), valid)
+
+    with_zone, chip = run(True)
+    assert not any(r.alert for r in with_zone) and chip.new_alert
+    x0, y0, x1, y1 = chip.box
+    assert x0 <= 40 < 52 <= x1 and y0 <= 110 < 122 <= y1
+    without, _ = run(False)
+    assert any(r.new_alert for r in without)
 
 
 def test_lane_stream_scores_from_the_third_frame_and_restarts_after_a_gap():

@@ -1,0 +1,39 @@
+"""monitor-eval's operating point: the scorer's hysteresis replayed on z levels, false alarms per hour."""
+
+import math
+
+from chdl.monitor.evaluate import FPS, operating_point, replay_alerts as _replay
+
+
+def replay_alerts(rows, z_on, z_off):
+    """The number of alerts raised."""
+    return sum(r["new_alert"] for r in _replay(rows, z_on, z_off))
+
+
+def _rows(zs, lane=0, run="r", flagged=()):
+    return [{"run": run, "lane": lane, "frame": i, "z": z, "acquisition": "vibration" if i in flagged else None}
+            for i, z in enumerate(zs)]
+
+
+def test_replay_alerts_follows_the_scorers_hysteresis():
+    rows = _rows([math.nan, 1, 7, 8, 4, 2, 7, 3.5, 9])  # on at 7, held at 8 and 4, off at 2, on at 7, held
+    assert replay_alerts(rows, 6, 3) == 2
+    assert replay_alerts(rows, 6, 5) == 3  # a higher off level: the 4 ends the first alert, the 9 raises a third
+    assert replay_alerts(rows, 10, 5) == 0
+    # a new lane pass starts with the alert off; a frame the acquisition QC flagged raises none
+    assert replay_alerts(_rows([7, 4]) + _rows([4, 7], lane=1), 6, 3) == 2
+    assert replay_alerts(_rows([1, 9, 1], flagged={1}), 6, 3) == 0
+    assert replay_alerts(_rows([9, 9], run="a") + _rows([9], run="b"), 6, 3) == 2  # runs are separate too
+    assert [r["alert"] for r in _replay(_rows([1, 7, 4, 2]), 6, 3)] == [False, True, True, False]
+
+
+def test_operating_point_picks_the_lowest_level_that_stays_under_the_target():
+    # 36 frames = 7.2 s at 5 fps: one false alarm is 500 per hour
+    rows = _rows([1.0] * 30 + [4.5, 1.0, 5.5, 1.0, 9.0, 1.0])
+    op = operating_point(rows, [4, 5, 6, 8, 10], fa_per_hour=500)
+    hours = 36 / FPS / 3600
+    assert math.isclose(op["clean_hours"], hours) and math.isclose(op["one_alarm_per_hour"], 1 / hours)
+    assert [t["false_alarms"] for t in op["levels"]] == [3, 2, 1, 1, 0]
+    assert op["chosen_z_on"] == 6 and op["levels"][0]["z_off"] == 2
+    assert operating_point(rows, [4, 5], fa_per_hour=500)["chosen_z_on"] is None
+    assert operating_point(rows, [4, 5, 6, 8, 10], fa_per_hour=0)["chosen_z_on"] == 10
