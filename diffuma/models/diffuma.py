@@ -124,9 +124,17 @@ PAPER = dict(prior="none", learned_flow=False, time_map_init="aligned", cond_tok
 TINY = dict(enc_channels=(8, 16, 32), mamba_dim=32, mamba_depth=2, d_state=4, expand=1, patch_size=8,
             dit_dim=64, dit_depth=2, dit_heads=2)
 
+# tiny for scenes of objects that move on their own with no global motion (Moving MNIST), chosen by the
+# Moving MNIST ablation (docs/model-quality.md, third round): the motion prior only costs there (no global
+# motion to extrapolate), so the decoder draws the frame itself as the paper's does; an MSE reconstruction
+# (the L1 optimum, the per-pixel median, puts sharp digits where they are uncertain) weighted 100 (MSE is
+# ~10x smaller than L1); the full time map lets each predicted frame read its own channels.
+TINY_MMNIST = {**TINY, **dict(prior="none", learned_flow=False, recon_loss="mse", l1_weight=100.0, time_map="full")}
+
 # Presets: field overrides of DIFFUMAConfig. "default" == "base". "paper*" = the literal reading.
 PRESETS: dict[str, dict] = {
     "tiny": TINY,
+    "tiny-mmnist": TINY_MMNIST,
     "paper-tiny": {**TINY, **PAPER},
     "paper": dict(PAPER),
     "small": dict(enc_channels=(32, 64), mamba_dim=64, mamba_depth=4, patch_size=4,

@@ -38,7 +38,7 @@ from tqdm import tqdm
 
 import chdl
 from diffuma.evaluation import BASELINES, autocast, evaluate, result_key
-from diffuma.training.budget import CALIBRATION_STEPS, planned_total_steps, step_time_estimate
+from diffuma.training.budget import CALIBRATION_STEPS, REPLAN_FRACTION, planned_total_steps, step_time_estimate
 from diffuma.training.checkpoint import (CheckpointError, atomic_write_text, load_checkpoint, load_weights,
                                          rng_state, save_checkpoint, set_rng_state)
 from diffuma.training.config import ConfigError, RunConfig, resolve_config, run_config_from_dict
@@ -199,6 +199,7 @@ class Trainer:
         self.total_steps = self.run.epochs * self.steps_per_epoch
         if self.run.max_steps is not None:
             self.total_steps = min(self.total_steps, self.run.max_steps)
+        self.step_cap = self.total_steps                 # run.epochs / run.max_steps: a budget plan never exceeds it
         self.step = self.epoch = self.batch_in_epoch = 0
         self.best_val_mse = math.inf
         # Sum and count of this epoch's step losses (checkpointed, so a resumed epoch's train_loss in
@@ -213,6 +214,7 @@ class Trainer:
         self.budget_s = None if self.run.max_minutes is None else 60.0 * self.run.max_minutes
         self.planned_steps: int | None = None
         self._calibration_s: list[float] = []
+        self._since_plan_s: list[float] | None = []   # step times after the plan, until the re-plan (then None)
         self._step_started = 0.0
 
     # ------------------------------------------------------------------ checkpoints
@@ -308,18 +310,29 @@ class Trainer:
 
     def _charge_step(self, batch_size: int) -> None:
         """Counts the step that just ended as training time (since ``_start_step_clock``) and samples seen. A
-        budget run plans its schedule length once CALIBRATION_STEPS steps are timed (diffuma.training.budget)."""
+        budget run plans its schedule length once CALIBRATION_STEPS steps are timed, and once more from the later
+        steps when REPLAN_FRACTION of the budget is spent (diffuma.training.budget)."""
         seconds = self.clock() - self._step_started
         if self.budget_s is not None and self.dist.world_size > 1:
             seconds = _max_over_ranks(seconds, self.device)  # every rank takes the same stop decisions
         self.train_seconds += seconds
         self.samples_seen += batch_size * self.dist.world_size
-        if self.budget_s is not None and self.planned_steps is None:
+        if self.budget_s is None:
+            return
+        if self.planned_steps is None:
             self._calibration_s.append(seconds)
             if len(self._calibration_s) >= CALIBRATION_STEPS:
-                self.planned_steps = planned_total_steps(self.step, self.train_seconds, self.budget_s,
-                                                         step_time_estimate(self._calibration_s), self.total_steps)
-                self.total_steps = self.planned_steps
+                self._plan(step_time_estimate(self._calibration_s), self.total_steps)
+        elif self._since_plan_s is not None:
+            self._since_plan_s.append(seconds)
+            if len(self._since_plan_s) >= CALIBRATION_STEPS and self.train_seconds >= REPLAN_FRACTION * self.budget_s:
+                self._plan(sum(self._since_plan_s) / len(self._since_plan_s), self.step_cap)
+                self._since_plan_s = None
+
+    def _plan(self, step_s: float, cap: int) -> None:
+        """Sets the schedule length from a step time (s): diffuma.training.budget.planned_total_steps."""
+        self.planned_steps = planned_total_steps(self.step, self.train_seconds, self.budget_s, step_s, cap)
+        self.total_steps = self.planned_steps
 
     def _bar_label(self) -> str:
         """Progress-bar label: "epoch 3/10", or "epoch 3 (10 min budget)" when the run is bounded by time."""

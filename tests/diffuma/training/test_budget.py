@@ -66,21 +66,35 @@ def test_budget_plans_the_schedule_from_the_first_steps_and_completes_it(standin
         30, 30, 60.0, 80)
 
 
+def test_a_run_slower_than_its_first_steps_is_re_planned_and_completes_its_schedule(standin, tiny_dataset, tmp_path):
+    t = build_trainer(_config(), tiny_dataset, tmp_path / "run", progress=False)
+    t.clock = _seconds_per_step(t, 2.0, later=3.0)  # slower after the plan: the 30 planned steps would not fit
+    t.fit()
+    # plan at step 5 (10 s): 30 steps. Re-plan once 5 more steps are timed and 10 % of the budget is spent: step 10,
+    # 25 s, 3 s per step since the plan -> 10 + floor(35 / 3) = 21 steps, done at 58 s, within the budget.
+    assert t.planned_steps == t.total_steps == t.step == 21 and t.train_seconds == 58.0
+    assert not t.budget_spent() and stop_reason(t.step, t.train_seconds, 60.0, t.planned_steps) == "schedule"
+    lrs = _lrs(tmp_path / "run")
+    assert len(lrs) == 21 and lrs[-1] < 0.01 * LR  # the cosine reached the end of the re-planned schedule
+
+
 def test_budget_stops_training_when_the_clock_passes_it(standin, tiny_dataset, tmp_path):
     t = build_trainer(_config(), tiny_dataset, tmp_path / "run", progress=False)
-    t.clock = _seconds_per_step(t, 2.0, later=3.0)  # slower after the plan: 30 planned steps do not fit
+    # 2 s per step until the plan, 3 s until the re-plan (step 10, 25 s: 21 steps planned), then 4 s: the budget
+    # (60 s) is passed at step 19 (61 s), the first step of epoch 7 (3 steps per epoch): the stop does not wait
+    # for the epoch's end or the schedule's.
+    t.clock = lambda: (2.0 * t.step if t.step <= 5 else 10.0 + 3.0 * (t.step - 5) if t.step <= 10
+                       else 25.0 + 4.0 * (t.step - 10))
     t.fit()
-    # 10 s after 5 steps, then 3 s per step: the budget (60 s) is passed at step 22 (61 s), the first step of
-    # epoch 8 (3 steps per epoch): the stop does not wait for the epoch's end.
-    assert t.planned_steps == 30 and t.step == 22 and t.train_seconds == 61.0
+    assert t.planned_steps == 21 and t.step == 19 and t.train_seconds == 61.0
     assert t.budget_spent()
     state = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
-    assert state["step"] == 22 and stop_reason(state["step"], state["train_seconds"], 60.0, 30) == "budget"
+    assert state["step"] == 19 and stop_reason(state["step"], state["train_seconds"], 60.0, 21) == "budget"
     # resuming a spent budget trains nothing
     again = build_trainer(None, tiny_dataset, tmp_path / "run", resume=True, progress=False)
     again.clock = _seconds_per_step(again, 2.0)
     again.fit(resume=True)
-    assert again.step == 22
+    assert again.step == 19
 
 
 def test_a_killed_budget_run_resumes_the_same_schedule_with_the_budget_left(standin, tiny_dataset, tmp_path):
