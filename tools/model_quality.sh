@@ -8,7 +8,8 @@
 # OUT_DIR (default quality/, git-ignored) receives the datasets and one bench folder per family.
 # FAMILIES (default "lanes opencv mmnist") chooses which to run. Environment:
 #   CHDL_QUALITY_MINUTES  training minutes per model (default 3, as in docs/model-quality.md)
-#   CHDL_QUALITY_MODELS   models (default: chosen DIFFUMA, the paper's literal reading, SimVP, PredRNN-v2)
+#   CHDL_QUALITY_MODELS   models (default: chosen DIFFUMA, the paper's literal reading, SimVP, PredRNN-v2; on
+#                         Moving MNIST also DIFFUMA tiny-mmnist, the preset for scenes without global motion)
 #   CHDL_QUALITY_THREADS  torch threads (default 2 = this machine's cores)
 # Datasets (made once, reused on a rerun):
 #   lanes   the simulator, 600 lane passes of 10 positions at 150x200 (chdl simulate corpus), curated
@@ -23,7 +24,7 @@ read -r -a chdl <<< "${CHDL:-$root/.venv/bin/chdl}"
 out="${1:-$root/quality}"
 families="${2:-lanes opencv mmnist}"
 minutes="${CHDL_QUALITY_MINUTES:-3}"
-models="${CHDL_QUALITY_MODELS:-diffuma:tiny,diffuma:paper-tiny,simvp:tiny,predrnn_v2:tiny}"
+models_default="diffuma:tiny,diffuma:paper-tiny,simvp:tiny,predrnn_v2:tiny"
 export OMP_NUM_THREADS="${CHDL_QUALITY_THREADS:-2}"
 mkdir -p "$out"
 step() { printf '\n== %s\n' "$*" >&2; }
@@ -47,6 +48,8 @@ dataset() {  # makes $out/<family>.zarr unless it exists
 }
 
 for fam in $families; do
+  models="${CHDL_QUALITY_MODELS:-$models_default}"
+  [ -z "${CHDL_QUALITY_MODELS:-}" ] && [ "$fam" = mmnist ] && models="diffuma:tiny-mmnist,$models"
   step "$fam: dataset"
   dataset "$fam"
   "${chdl[@]}" info "$out/$fam.zarr"
