@@ -49,6 +49,7 @@ import torch
 from diffuma.evaluation import BASELINES, result_key
 
 METRIC_FMT = {"mse": "{:.5g}", "mae": "{:.5g}", "ssim": "{:.4f}", "psnr": "{:.2f}"}
+UNDERUSED_BUDGET = 0.9  # a budget run that trained for less than this share of its budget is flagged in the report
 BUDGET_EPOCHS = 10**6  # run.epochs of a --budget-minutes run: a cap the budget always reaches first
 
 
@@ -339,14 +340,20 @@ def markdown_report(report: dict) -> str:
               "excluded); samples = training sequences seen."]
     if report.get("budget_minutes") is not None:
         L += ["", f"Budget: {report['budget_minutes']:g} min of training time per model, one model after the other "
-                  "on this machine; the schedule length was planned from each model's first steps "
-                  "(diffuma.training.budget). Stopped by:", ""]
+                  "on this machine; the schedule length was planned from each model's first steps and once more "
+                  "at 10 % of the budget (diffuma.training.budget). Stopped by:", ""]
+        budget_s = report["budget_minutes"] * 60
         for label, r in report["models"].items():
             tr = r["training"]
-            L.append(f"- {label}: {tr['stopped_by']}, " + (
+            line = f"- {label}: {tr['stopped_by']}, " + (
                 f"{tr['steps']} of {tr['planned_steps']} planned steps" if tr["planned_steps"] is not None else
                 f"{tr['steps']} steps, before the schedule was planned (the budget ran out during the first "
-                "timed steps)"))
+                "timed steps)")
+            used = (tr.get("train_seconds") or 0.0) / budget_s
+            if used < UNDERUSED_BUDGET:
+                line += (f" -- **used {used:.0%} of its budget**: its steps got faster after the schedule was planned "
+                         "(a busier machine while it planned?); not an equal-compute row, re-run it on a quiet machine")
+            L.append(line)
     L.append("")
     # By epoch
     epochs = report["epochs"]

@@ -315,7 +315,9 @@ def render_recording(out: str | os.PathLike, *, options: dict, settings: Capture
                      positions: int = 10, step_um: float = 60.0) -> dict:
     """Write ``lanes`` lane passes (``positions`` frames each, software-triggered) of the sim camera with
     ``options`` as one raw recording at ``out``, with its ground truth. Pixels and manifest are what
-    ``chdl capture`` with this camera and plan records; only the host timestamps (and a note) differ."""
+    ``chdl capture`` with this camera and plan records; only the host timestamps (and a note) differ: they
+    follow the camera's simulated clock (one frame per 1/fps from the moment rendering began), not the
+    rendering, so a replay of the corpus (``chdl monitor --replay``) runs at the capture's frame rate."""
     camera = SimCamera(options.get("alias", f"sim{int(options.get('index', 0))}"),
                        {k: v for k, v in options.items() if k != "alias"})
     stage = SimStage()
@@ -329,15 +331,19 @@ def render_recording(out: str | os.PathLike, *, options: dict, settings: Capture
         manifest = {"camera": dataclasses.asdict(camera.info), "settings": dataclasses.asdict(applied), "plan": plan,
                     "notes": {"made_by": "chdl simulate corpus (sim camera driven directly, no capture loop)"}}
         camera.start("software")
+        t0_wall, t0_mono, first_device_ns = time.time_ns(), time.monotonic_ns(), None
         with RecordingWriter.create(out, manifest) as writer:
             for lane in range(lanes):
                 for p, x in enumerate(positions_um):
                     stage.move_to(lane, x)
                     camera.software_trigger()
                     frame = camera.fetch(1.0)
+                    if first_device_ns is None:
+                        first_device_ns = frame.device_timestamp_ns
+                    since_ns = frame.device_timestamp_ns - first_device_ns            # the simulated capture clock
                     rec = writer.append(frame.pixels, lane=lane, position_index=p, position_um=float(x),
                                         frame_id=frame.frame_id, device_timestamp_ns=frame.device_timestamp_ns,
-                                        host_wall_ns=time.time_ns(), host_monotonic_ns=time.monotonic_ns(),
+                                        host_wall_ns=t0_wall + since_ns, host_monotonic_ns=t0_mono + since_ns,
                                         pixel_format=applied.pixel_format)
                     labels.append(label(rec.index, camera.last.fault))
                     anomalies.add(rec.index, camera.last.anomalies)

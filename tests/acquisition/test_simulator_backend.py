@@ -154,6 +154,9 @@ def test_simulate_corpus_writes_labelled_recordings_and_resumes(tmp_path):
     assert [len(r) for r in recs] == [8, 4] and all(r.complete for r in recs)
     truth = load_truth(runs[0])
     assert len(truth.labels) == 8 and truth.faulty()
+    # host stamps follow the simulated 5 fps capture, not the (much faster) rendering: a replay runs at 5 fps
+    for stamps in ([f.host_monotonic_ns for f in recs[0].frames], [f.host_wall_ns for f in recs[0].frames]):
+        assert {b - a for a, b in zip(stamps, stamps[1:])} == {200_000_000}
     # the directly written corpus is exactly what the camera records: its truth re-derives identically
     (runs[0] / "truth" / "labels.jsonl").rename(tmp_path / "labels.orig")
     write_recording_truth(runs[0])

@@ -218,7 +218,7 @@ def test_monitor_serve_shows_the_injected_anomaly_live_in_a_real_browser(clean_r
     pixels = rec.read(f).copy()
     cv2.ellipse(pixels, (70, 38), (12, 6), 0, 0, 360, 10, -1)
     (run / f.file).write_bytes(encode_png(pixels, "Mono8"))
-    index = _lines(run / "frames.jsonl")  # the corpus was written at disk speed: replay it at 10 fps instead
+    index = _lines(run / "frames.jsonl")  # the corpus is stamped at 5 fps: replay it at 10 fps, a shorter test
     for i, r in enumerate(index):
         r["host_monotonic_ns"] = index[0]["host_monotonic_ns"] + i * 100_000_000
         r["host_wall_ns"] = index[0]["host_wall_ns"] + i * 100_000_000

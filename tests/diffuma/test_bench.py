@@ -133,6 +133,12 @@ def test_bench_with_a_time_budget_records_what_each_model_reached(tiny_dataset, 
     assert "## Metric by epoch" not in md and not (out / "plots" / "by_epoch.png").exists()
     assert md.count("| copy-last-frame |") == md.count("| constant-motion |") == 1
     assert f"({t['steps']} steps, {t['samples']} samples)" in res.output
+    # a model that trained for less than 90 % of its budget is flagged: not an equal-compute row
+    from diffuma.bench import markdown_report
+    t["train_seconds"] = 0.5 * 0.002 * 60
+    assert "used 50% of its budget" in markdown_report(report)
+    t["train_seconds"] = 0.95 * 0.002 * 60
+    assert "of its budget" not in markdown_report(report)
     # --resume: the spent budget is not trained again
     stamp = last.stat().st_mtime_ns
     resumed = CliRunner().invoke(main, [*args, "--resume"])
