@@ -371,7 +371,8 @@ def main() -> None:
                                            workers=a.workers, source=source))
             stamp.write_text(json.dumps(params))
         results["render_s"] = round(time.perf_counter() - t, 1)
-        print(f"rendered {lanes + elanes} lanes of {width}x{height} ({source}) in {results['render_s']} s", file=sys.stderr)
+        print(f"corpus: {sum(n for _, n, _ in corpora)} lanes of {width}x{height} ({source}), rendered or reused in "
+              f"{results['render_s']} s", file=sys.stderr)
         if a.cpu_only:
             results["cpu_ms_per_frame"] = cpu_cost(runs["default"][0], work, cfg)
             return _finish(results, a)

@@ -11,8 +11,10 @@
 #   2. tools/bench_model.py: chdl-full at 600x800 in bf16 with both scan backends (its CUDA section);
 #   3. tools/bench_train_gpu.py: training samples/s and peak memory at batch 4, one-sequence inference latency
 #      against the 50 ms target;
-#   4. the equal-budget quality table at 120x160 (real footage, `chdl bench --budget-minutes`) if
-#      quality/opencv.zarr was carried and the time allows (CHDL_GPU_QUALITY_MINUTES per model, default 1).
+#   4. the equal-budget quality table at 120x160 (real footage, `chdl bench --budget-minutes`, DIFFUMA tiny and
+#      SimVP tiny) if quality/opencv.zarr was carried (made here by `bash tools/model_quality.sh quality/ opencv`,
+#      31 MB) and the time allows (CHDL_GPU_QUALITY_MINUTES per model, default 1).
+# The step timeouts add up to 500 s (90 + 120 + 90 + 200) plus the wheel install: run it with timeout_s 600.
 # The figures go into docs/model-quality.md / docs/bench.md with the GPU named (see $OUT/env.txt).
 set -uo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -51,20 +53,20 @@ step env
   date -u; } 2>&1 | tee "$out/env.txt"
 
 step "1 fused parity"
-timeout 120 python3 -m pytest -q -rs tests/diffuma/test_diffuma.py tests/diffuma/test_ssm.py -k "fused or parity" \
+timeout 90 python3 -m pytest -q -rs tests/diffuma/test_diffuma.py tests/diffuma/test_ssm.py -k "fused or parity" \
   2>&1 | tee "$out/parity.log" | tail -5
 
 step "2 bench_model chdl-full bf16"
-timeout 150 python3 tools/bench_model.py --presets tiny --repeats 1 --cuda-batch 2 --json "$out/bench_model.json" \
+timeout 120 python3 tools/bench_model.py --presets tiny --repeats 1 --cuda-batch 2 --json "$out/bench_model.json" \
   2>&1 | tee "$out/bench_model.log" | tail -15
 
 step "3 bench_train_gpu"
-timeout 120 python3 tools/bench_train_gpu.py --batch-size 4 2>&1 | tee "$out/bench_train_gpu.json" | tail -3
+timeout 90 python3 tools/bench_train_gpu.py --batch-size 4 2>&1 | tee "$out/bench_train_gpu.json" | tail -3
 
 if [ -d quality/opencv.zarr ]; then
   step "4 equal-budget table, real footage 120x160"
   m="${CHDL_GPU_QUALITY_MINUTES:-1}"
-  timeout 240 python3 -m chdl bench --data quality/opencv.zarr --models diffuma:tiny,diffuma:paper-tiny,simvp:tiny \
+  timeout 200 python3 -m chdl bench --data quality/opencv.zarr --models diffuma:tiny,simvp:tiny \
     --budget-minutes "$m" --out /tmp/bench-opencv --set run.batch_size=4 --set run.lr=1e-3 \
     --set run.warmup_steps=20 --set run.num_workers=0 --set run.val_every_epochs=0 --quiet \
     2>&1 | tee "$out/bench_opencv.log" | tail -20

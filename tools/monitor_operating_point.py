@@ -23,10 +23,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("runs", nargs="+")
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].replace("\n", " "))
+    ap.add_argument("runs", nargs="+", help="clean recordings (run folders or folders of runs)")
     ap.add_argument("--checkpoint", default=None, help="a chdl train checkpoint (default: constant motion)")
-    ap.add_argument("--fa-per-hour", type=float, default=1.0)
+    ap.add_argument("--fa-per-hour", type=float, default=1.0, help="target false alarms per hour (default 1)")
     ap.add_argument("--levels", default="3:16:0.5", help="z_on grid start:stop:step (stop inclusive)")
     ap.add_argument("--out", default=None, help="write the table as JSON here")
     a = ap.parse_args(argv)
@@ -37,7 +37,12 @@ def main(argv=None) -> int:
     from chdl.monitor.anomaly_score import ScorerConfig
     from chdl.monitor.evaluate import find_runs, method_setup, operating_point, score_recording
 
-    lo, hi, step = (float(v) for v in a.levels.split(":"))
+    try:
+        lo, hi, step = (float(v) for v in a.levels.split(":"))
+        if step <= 0 or hi < lo:
+            raise ValueError
+    except ValueError:
+        ap.error(f"--levels: expected start:stop:step with step > 0 and stop >= start, got {a.levels!r}")
     levels = [round(lo + k * step, 6) for k in range(int(math.floor((hi - lo) / step + 1e-9)) + 1)]
     method = "checkpoint" if a.checkpoint else "constant-motion"
     rows = []
@@ -61,6 +66,10 @@ def main(argv=None) -> int:
     for t in op["levels"]:
         print(f"| {t['z_on']:g} | {t['z_off']:g} | {t['false_alarms']} | {t['false_alarms_per_hour']:.2f} |")
     print(f"lowest z_on with <= {a.fa_per_hour:g} false alarms/h from there on: {op['chosen_z_on']}")
+    if op["one_alarm_per_hour"] > a.fa_per_hour:
+        print(f"caution: these clean frames cannot resolve {a.fa_per_hour:g}/h (one alarm is {op['one_alarm_per_hour']:.2f}/h): "
+              f"the choice only means no false alarm here; record about {3 / a.fa_per_hour:g} h of clean capture "
+              "to show the target")
     if a.out:
         Path(a.out).write_text(json.dumps(op, indent=2) + "\n")
     return 0

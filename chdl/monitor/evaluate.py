@@ -257,9 +257,10 @@ def evaluate(paths: list, out: str | Path, checkpoint=None, qc: bool = True, pro
                 bar.update(len(rec.frames))
             rows_by[m] = rows
             results[m] = metrics(rows, truth)
-            results[m]["sweep"] = sweep(rows, truth)
+            results[m]["sweep"] = sweep(rows, truth, sorted({*SWEEP_LEVELS, cfg.z_on}))
     out.mkdir(parents=True, exist_ok=True)
-    md = markdown(results) + "\n\n" + markdown_sweep(results)
+    md = (f"alerts at z_on {cfg.z_on:g}, z_off {cfg.z_off:g} (the table below; the sweep after it replays others)"
+          "\n\n" + markdown(results) + "\n\n" + markdown_sweep(results))
     for run in recs:
         plot_scores(out / f"scores_{Path(run).parent.name}_{Path(run).name}.png", {m: [r for r in rows_by[m] if r["run"] == run] for m in methods},
                     truth[run], title=f"{Path(run).parent.name}/{Path(run).name}")

@@ -164,10 +164,12 @@ def test_monitor_eval_scores_every_method_on_labelled_runs(tmp_path):
     for m in metrics["methods"].values():
         assert 0.0 <= m["auroc"] <= 1.0 and m["events"] > 0 and 0.0 <= m["event_recall"] <= 1.0
         assert m["positive_frames"] > 0 and m["negative_frames"] > 0
-        assert [t["z_on"] for t in m["sweep"]] == [3, 4, 5, 6, 8, 10, 12]  # the trade-off, replayed
+        assert [t["z_on"] for t in m["sweep"]] == [3, 4, 5, 6, 7.5, 8, 10, 12]  # the trade-off, replayed (7.5: default)
         assert all(0.0 <= t["event_recall"] <= 1.0 and t["false_alarms_per_hour"] >= 0 for t in m["sweep"])
         assert m["sweep"][0]["false_alarms"] >= m["sweep"][-1]["false_alarms"]
-    assert "| constant-motion |" in (tmp_path / "eval" / "metrics.md").read_text() and "AUROC" in ev.stdout
+    md = (tmp_path / "eval" / "metrics.md").read_text()
+    assert "| constant-motion |" in md and "AUROC" in ev.stdout
+    assert md.startswith("alerts at z_on 7.5, z_off 3.75 (") and "| z_on 7.5 |" in md
     assert cv2.imread(str(tmp_path / "eval" / "scores_corpus_run_00000.png")) is not None
     # a monitor folder stands for its recording, whose truth is that of the recording it replays
     mon = chdl("monitor", "--replay", corpus / "run_00000", "--out", tmp_path / "m", "--as-fast-as-possible", "-q",
