@@ -125,14 +125,20 @@ def validate_model_section(m: dict, source: str = "", blame: dict | None = None)
     if name not in registry.list_models():
         raise ConfigError(f"{at}model.name: unknown model {name!r}{did_you_mean(name, registry.list_models())}")
     validate(_model_section_model(name), m, source, prefix=("model",), blame=blame)
+    blame = blame or {}
+
+    def where(key: str) -> str:  # the --set option that gave the key, else the file
+        return f"{blame[('model', key)]}: " if ("model", key) in blame else at
+
     if preset not in registry.list_presets(name):
-        raise ConfigError(f"{at}model.preset: {preset!r} is not a preset of {name} "
-                          f"(known: {', '.join(registry.list_presets(name))})")
+        raise ConfigError(f"{where('preset')}model.preset: {preset!r} is not a preset of {name}"
+                          f"{did_you_mean(preset, registry.list_presets(name))}")
     overrides = {k: v for k, v in m.items() if k not in ("name", "preset")}
     try:
         registry.model_config(name, preset, **overrides)  # the dataclass's own cross-field checks
     except (ValueError, TypeError) as e:
-        raise ConfigError(f"{at}model ({name}/{preset}): {e}") from None
+        named = [k for k in overrides if str(e).startswith(k)]          # the field the message is about
+        raise ConfigError(f"{where(named[0]) if named else at}model ({name}/{preset}): {e}") from None
     return m
 
 
