@@ -239,6 +239,7 @@ def evaluate(paths: list, out: str | Path, checkpoint=None, qc: bool = True, pro
             raise EvalError(str(e)) from None
         recs[str(r)] = rec
     methods = list(METHODS if methods is None else methods) + ([f"checkpoint:{Path(checkpoint).name}"] if checkpoint else [])
+    levels = dataclasses.replace(ScorerConfig(), **(alert_levels or {}))  # the alert levels every method gets
     results, rows_by = {}, {}
     total = sum(len(rec.frames) for rec in recs.values()) * len(methods)
     with tqdm(total=total, unit="frame", desc="monitor-eval", disable=not progress) as bar:
@@ -257,9 +258,9 @@ def evaluate(paths: list, out: str | Path, checkpoint=None, qc: bool = True, pro
                 bar.update(len(rec.frames))
             rows_by[m] = rows
             results[m] = metrics(rows, truth)
-            results[m]["sweep"] = sweep(rows, truth, sorted({*SWEEP_LEVELS, cfg.z_on}))
+            results[m]["sweep"] = sweep(rows, truth, sorted({*SWEEP_LEVELS, levels.z_on}))
     out.mkdir(parents=True, exist_ok=True)
-    md = (f"alerts at z_on {cfg.z_on:g}, z_off {cfg.z_off:g} (the table below; the sweep after it replays others)"
+    md = (f"alerts at z_on {levels.z_on:g}, z_off {levels.z_off:g} (the table below; the sweep after it replays others)"
           "\n\n" + markdown(results) + "\n\n" + markdown_sweep(results))
     for run in recs:
         plot_scores(out / f"scores_{Path(run).parent.name}_{Path(run).name}.png", {m: [r for r in rows_by[m] if r["run"] == run] for m in methods},

@@ -234,7 +234,7 @@ class TimeMap(nn.Module):
 
     def __init__(self, t_in, t_out, dim=None):
         super().__init__()
-        self.t_in, self.t_out, self.dim = t_in, t_out, dim
+        self.t_out, self.dim = t_out, dim
         self.proj = nn.Linear(t_in * (dim or 1), t_out * (dim or 1))
 
     @torch.no_grad()

@@ -20,14 +20,14 @@ later ones, so it finished its planned schedule with a sixth of its budget unuse
 more, once, with the same formula: when at least ``CALIBRATION_STEPS`` more steps have been timed and
 ``REPLAN_FRACTION`` of the budget is spent, from the mean time of the steps since the first plan. The cosine
 is then still near its peak (at 10 % of its length it is at 98 % of the peak lr), so moving its end changes
-the lr by a few percent at that step and bends the rest of the curve to the new length. The run stops at whichever comes first: ``total_steps``
-(the schedule has completed), the budget spent (the steps got slower than the estimate; the schedule is cut
-short), or the cap. ``stop_reason`` says which.
+the lr by a few percent at that step and bends the rest of the curve to the new length. The run stops at
+whichever comes first: ``total_steps`` (the schedule has completed), the budget spent (the steps got slower
+than the estimate; the schedule is cut short), or the cap. ``stop_reason`` says which.
 
 Resuming: the checkpoint keeps the training time used, the samples seen and the planned ``total_steps``, so a
 resumed run continues the same schedule with the budget that is left (a checkpoint from before the plan
-plans again from the resumed process's first steps; a resumed process re-plans once more from its own steps). Where a budget run stops depends on the machine's
-speed, so unlike an epoch-bounded run it is not reproducible step for step, resumed or not.
+plans again from the resumed process's first steps; a resumed process re-plans once more from its own
+steps). Where a budget run stops depends on the machine's speed, so unlike an epoch-bounded run it is not reproducible step for step, resumed or not.
 """
 
 from __future__ import annotations

@@ -322,16 +322,17 @@ class Trainer:
         if self.planned_steps is None:
             self._calibration_s.append(seconds)
             if len(self._calibration_s) >= CALIBRATION_STEPS:
-                self._plan(step_time_estimate(self._calibration_s), self.total_steps)
+                self._plan(step_time_estimate(self._calibration_s))
         elif self._since_plan_s is not None:
             self._since_plan_s.append(seconds)
             if len(self._since_plan_s) >= CALIBRATION_STEPS and self.train_seconds >= REPLAN_FRACTION * self.budget_s:
-                self._plan(sum(self._since_plan_s) / len(self._since_plan_s), self.step_cap)
+                self._plan(sum(self._since_plan_s) / len(self._since_plan_s))
                 self._since_plan_s = None
 
-    def _plan(self, step_s: float, cap: int) -> None:
-        """Sets the schedule length from a step time (s): diffuma.training.budget.planned_total_steps."""
-        self.planned_steps = planned_total_steps(self.step, self.train_seconds, self.budget_s, step_s, cap)
+    def _plan(self, step_s: float) -> None:
+        """Sets the schedule length from a step time (s): diffuma.training.budget.planned_total_steps, capped by
+        run.epochs / run.max_steps."""
+        self.planned_steps = planned_total_steps(self.step, self.train_seconds, self.budget_s, step_s, self.step_cap)
         self.total_steps = self.planned_steps
 
     def _bar_label(self) -> str:
