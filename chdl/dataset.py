@@ -405,6 +405,7 @@ class DatasetWriter:
         self.attrs = dict(group.attrs)
         self.n_sequences = int(self.attrs["n_sequences"])
         self.sequences_per_shard = int(self.attrs["sequences_per_shard"])
+        self._members: dict[str, zarr.Array | zarr.Group | None] = {}
 
     @classmethod
     def create(
@@ -587,12 +588,20 @@ class DatasetWriter:
             self._write_shard(shard, frames, qc_flags, qc_scores, split, run_index, lane, position_um,
                               timestamp_ns, originals)
 
+    def _member(self, name: str) -> "zarr.Array | zarr.Group | None":
+        """The array or group ``name`` of the dataset (None if absent), opened once per writer: opening reads
+        its metadata (~0.5 ms each, a dozen per shard), and a worker writes many shards with one writer.
+        Called inside :meth:`write_shard`'s ``write_empty_chunks`` setting, which an array takes when opened."""
+        if name not in self._members:
+            self._members[name] = self.group[name] if name in self.group else None
+        return self._members[name]
+
     def _write_shard(self, shard, frames, qc_flags, qc_scores, split, run_index, lane, position_um,
                      timestamp_ns, originals) -> None:
         rng = self.shard_range(shard)
         k = len(rng)
         sl = slice(rng.start, rng.stop)
-        fr = self.group["frames"]
+        fr = self._member("frames")
         if frames.shape != (k,) + fr.shape[1:]:
             raise ValueError(f"shard {shard}: frames shape {frames.shape} != expected {(k,) + fr.shape[1:]}")
         # the frames shard is encoded here and stored whole (one store write, atomic like zarr's own)
@@ -604,7 +613,7 @@ class DatasetWriter:
         given = dict(qc_flags=qc_flags, qc_scores=qc_scores, split=split, run_index=run_index, lane=lane,
                      position_um=position_um, timestamp_ns=timestamp_ns)
         for name in _PER_SEQUENCE:
-            arr = self.group[name]
+            arr = self._member(name)
             value = given[name]
             expected = (k,) + arr.shape[1:]
             if value is None:
@@ -615,25 +624,25 @@ class DatasetWriter:
             arr[sl] = value.astype(arr.dtype, copy=False)
             written.append((arr, self.sequences_per_shard))
         for key in ("originals", "originals_index"):
-            if str(shard) in self.group[key]:
-                del self.group[key][str(shard)]  # a rerun of this shard replaces what an interrupted one left
+            if str(shard) in self._member(key):
+                del self._member(key)[str(shard)]  # a rerun of this shard replaces what an interrupted one left
         if originals:
             pix = np.stack([np.asarray(p) for _, _, p in originals]).astype(fr.dtype, copy=False)
             idx = np.array([(rng.start + s, t) for s, t, _ in originals], dtype=np.int64)
-            self.group["originals"].create_array(str(shard), data=pix, chunks=(1,) + pix.shape[1:],
+            self._member("originals").create_array(str(shard), data=pix, chunks=(1,) + pix.shape[1:],
                                                  compressors=_compressor(),
                                                  dimension_names=("frame", "channel", "height", "width"))
-            self.group["originals_index"].create_array(str(shard), data=idx, chunks=idx.shape,
+            self._member("originals_index").create_array(str(shard), data=idx, chunks=idx.shape,
                                                        dimension_names=("frame", "sequence_time"))
-        if CHECKSUMS in self.group:  # (absent in a dataset begun before checksums were recorded)
+        if self._member(CHECKSUMS) is not None:  # (absent in a dataset begun before checksums were recorded)
             # the frames shard (95 % of the bytes) hashed from the bytes just stored; the small files zarr
             # wrote read back from the store (docs/dataset-format.md: cost)
             record = {key: dict(zip(("blake3", "bytes"),
                                     (blake3.blake3(frames_file).hexdigest(), len(frames_file)) if key == frames_key
                                     else file_checksum(self.path, key)))
                       for key in shard_files(self.group, shard, arrays=written)}
-            self.group[CHECKSUMS][shard] = json.dumps(record, sort_keys=True, separators=(",", ":"))
-        self.group["shard_done"][shard] = 1
+            self._member(CHECKSUMS)[shard] = json.dumps(record, sort_keys=True, separators=(",", ":"))
+        self._member("shard_done")[shard] = 1
 
     def finalize(self, **provenance_updates: Any) -> None:
         """Mark the dataset complete. DatasetIncompleteError if any shard is still missing. Removes the

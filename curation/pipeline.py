@@ -180,8 +180,9 @@ def _shard_task(task: tuple[int, list[SequencePlan]]) -> tuple[int, int, list[st
         # sequences back from the dataset afterwards cost ~0.6 s per 50 flagged sequences of 800x600)
         thumbs.update({(seq.index, t): th for t, th in flagged_thumbnails(
             frames[i, :, 0], flags[i], dict(res.originals), cfg.thumbnail_width, c["max_value"]).items()})
-    writer = DatasetWriter.open(c["out"])
-    writer.write_shard(shard, frames=frames, qc_flags=flags, qc_scores=scores, split=split,
+    if "writer" not in c:  # one writer per worker process: opening validates the dataset (~10 ms a shard)
+        c["writer"] = DatasetWriter.open(c["out"])
+    c["writer"].write_shard(shard, frames=frames, qc_flags=flags, qc_scores=scores, split=split,
                        run_index=np.array([s.run for s in seqs], np.int32),
                        lane=np.array([s.lane for s in seqs], np.int32),
                        position_um=np.array([s.position_um for s in seqs], np.float64),

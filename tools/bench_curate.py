@@ -243,12 +243,17 @@ def reconstruction(run: Path, labels: list[dict], source: str, max_bad: int) -> 
     return summary
 
 
+_FLOOR_WRITERS: dict[str, DatasetWriter] = {}  # per worker process, as curate keeps one (curation.pipeline)
+
+
 def _copy_shard(task):
     out, run_path, shard, seqs, h, w, dtype = task
     frames = np.zeros((len(seqs), T, 1, h, w), dtype)
     for i, seq in enumerate(seqs):
         frames[i, :, 0] = read_sequence(seq, run_path, h, w, dtype)[0]
-    DatasetWriter.open(out).write_shard(shard, frames=frames)
+    if out not in _FLOOR_WRITERS:
+        _FLOOR_WRITERS[out] = DatasetWriter.open(out)
+    _FLOOR_WRITERS[out].write_shard(shard, frames=frames)
     return len(seqs) * T
 
 
