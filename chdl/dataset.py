@@ -132,7 +132,7 @@ def _compressor() -> BloscCodec:
 
 def _frames_shard_bytes(frames_array: zarr.Array, frames: np.ndarray) -> bytes:
     """The file of one shard of the ``frames`` array holding ``frames`` (k, T, C, H, W), k <= S: exactly the
-    bytes zarr writes for ``frames_array[rows] = frames`` (tests/test_dataset.py compares them), made with
+    bytes zarr writes for ``frames_array[rows] = frames`` (tests/chdl/test_dataset.py compares them), made with
     zarr's own codecs for the chunks. Why not let zarr write it: for every chunk of a shard zarr allocates a
     fill-value chunk and copies the chunk's pixels into it, then copies all encoded chunks into one buffer
     (0.3 ms a frame of 800x600, an eighth of the writer's CPU); here each chunk is encoded from a view of
@@ -630,10 +630,10 @@ class DatasetWriter:
             pix = np.stack([np.asarray(p) for _, _, p in originals]).astype(fr.dtype, copy=False)
             idx = np.array([(rng.start + s, t) for s, t, _ in originals], dtype=np.int64)
             self._member("originals").create_array(str(shard), data=pix, chunks=(1,) + pix.shape[1:],
-                                                 compressors=_compressor(),
-                                                 dimension_names=("frame", "channel", "height", "width"))
+                                                   compressors=_compressor(),
+                                                   dimension_names=("frame", "channel", "height", "width"))
             self._member("originals_index").create_array(str(shard), data=idx, chunks=idx.shape,
-                                                       dimension_names=("frame", "sequence_time"))
+                                                         dimension_names=("frame", "sequence_time"))
         if self._member(CHECKSUMS) is not None:  # (absent in a dataset begun before checksums were recorded)
             # the frames shard (95 % of the bytes) hashed from the bytes just stored; the small files zarr
             # wrote read back from the store (docs/dataset-format.md: cost)
