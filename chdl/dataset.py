@@ -48,9 +48,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import blake3
+import google_crc32c
 import numpy as np
 import zarr
-from zarr.codecs import BloscCodec
+from zarr.codecs import BloscCodec, ShardingCodec
+from zarr.codecs.sharding import ShardingCodecIndexLocation
+from zarr.core.array_spec import ArrayConfig, ArraySpec
+from zarr.core.buffer import default_buffer_prototype
+from zarr.core.sync import sync
 
 from acquisition.raw import FORMAT_BITS  # pixel_format -> the bits it holds (the raw format's table)
 
@@ -123,6 +128,51 @@ def _compressor() -> BloscCodec:
     # frame, against 0.60 at 1.74 ms for level 3 (lz4: 0.67 at 0.34 ms). Curation throughput is bounded
     # by encode time, and level 1 costs only 2% in size.
     return BloscCodec(cname="zstd", clevel=1, shuffle="bitshuffle")
+
+
+def _frames_shard_bytes(frames_array: zarr.Array, frames: np.ndarray, buffer: bytearray) -> memoryview:
+    """The file of one shard of the ``frames`` array holding ``frames`` (k, T, C, H, W), k <= S: exactly the
+    bytes zarr writes for ``frames_array[rows] = frames`` (tests/chdl/test_dataset.py compares them), made with
+    zarr's own codecs for the chunks, as a view of ``buffer`` (which must be large enough: at least
+    :func:`_frames_shard_bound`). Why not let zarr write it: for every chunk of a shard zarr allocates a
+    fill-value chunk and copies the chunk's pixels into it, then copies all encoded chunks into a new buffer
+    (0.2-0.4 ms a frame of 800x600); here each chunk is encoded from a view of ``frames`` and copied once,
+    into a buffer the writer keeps (a fresh 50 MB one per shard costs page faults: 0.19 against 0.05 ms a
+    frame), and the file's bytes are at hand to hash (:meth:`DatasetWriter.write_shard`).
+
+    The sharding layout (zarr v3 ``sharding_indexed``): the encoded chunks one after another, then the
+    index, per chunk (offset, length) as little-endian uint64 (2^64 - 1 twice for a chunk not stored),
+    then its CRC-32C as a little-endian uint32. ``frames`` chunks are (1, T, C, H, W), so a shard's chunk
+    grid is (S, 1, 1, 1, 1) and its Morton order is plain row order."""
+    sharding = frames_array.metadata.codecs[0]
+    index_codecs = [type(c).__name__ for c in sharding.index_codecs] if isinstance(sharding, ShardingCodec) else []
+    if (len(frames_array.metadata.codecs) != 1 or index_codecs != ["BytesCodec", "Crc32cCodec"]
+            or sharding.index_location != ShardingCodecIndexLocation.end
+            or tuple(sharding.chunk_shape) != (1,) + frames_array.shape[1:]):
+        raise ValueError(f"frames: unexpected storage layout {frames_array.metadata.codecs}")
+    proto = default_buffer_prototype()
+    spec = ArraySpec(shape=tuple(sharding.chunk_shape), dtype=frames_array.metadata.data_type,
+                     fill_value=frames_array.metadata.fill_value,
+                     config=ArrayConfig(order="C", write_empty_chunks=True), prototype=proto)
+    encoded = sync(sharding.codec_pipeline.encode(
+        [(proto.nd_buffer.from_numpy_array(frames[i:i + 1]), spec) for i in range(len(frames))]))
+    chunks = [e.as_numpy_array() for e in encoded]
+    index = np.full((frames_array.shards[0], 2), np.iinfo(np.uint64).max, np.dtype("<u8"))
+    lengths = np.array([len(c) for c in chunks], np.uint64)
+    index[:len(chunks), 0] = np.cumsum(lengths) - lengths
+    index[:len(chunks), 1] = lengths
+    index_bytes = index.tobytes()
+    out, pos = memoryview(buffer), 0
+    for part in [*chunks, index_bytes, google_crc32c.value(index_bytes).to_bytes(4, "little")]:
+        out[pos:pos + len(part)] = part
+        pos += len(part)
+    return out[:pos]
+
+
+def _frames_shard_bound(frames_array: zarr.Array, frames: np.ndarray) -> int:
+    """An upper bound on the size of :func:`_frames_shard_bytes` for ``frames``: blosc's worst case per
+    chunk (the raw bytes plus its 16-byte header, plus a little) and the index."""
+    return frames.nbytes + len(frames) * 64 + frames_array.shards[0] * 16 + 4
 
 
 def _remove(path: Path) -> None:
@@ -367,6 +417,8 @@ class DatasetWriter:
         self.attrs = dict(group.attrs)
         self.n_sequences = int(self.attrs["n_sequences"])
         self.sequences_per_shard = int(self.attrs["sequences_per_shard"])
+        self._members: dict[str, zarr.Array | zarr.Group | None] = {}
+        self._frames_buffer = bytearray()  # a frames shard file is assembled here (_frames_shard_bytes)
 
     @classmethod
     def create(
@@ -549,20 +601,35 @@ class DatasetWriter:
             self._write_shard(shard, frames, qc_flags, qc_scores, split, run_index, lane, position_um,
                               timestamp_ns, originals)
 
+    def _member(self, name: str) -> "zarr.Array | zarr.Group | None":
+        """The array or group ``name`` of the dataset (None if absent), opened once per writer: opening reads
+        its metadata (~0.5 ms each, a dozen per shard), and a worker writes many shards with one writer.
+        Called inside :meth:`write_shard`'s ``write_empty_chunks`` setting, which an array takes when opened."""
+        if name not in self._members:
+            self._members[name] = self.group[name] if name in self.group else None
+        return self._members[name]
+
     def _write_shard(self, shard, frames, qc_flags, qc_scores, split, run_index, lane, position_um,
                      timestamp_ns, originals) -> None:
         rng = self.shard_range(shard)
         k = len(rng)
         sl = slice(rng.start, rng.stop)
-        fr = self.group["frames"]
+        fr = self._member("frames")
         if frames.shape != (k,) + fr.shape[1:]:
             raise ValueError(f"shard {shard}: frames shape {frames.shape} != expected {(k,) + fr.shape[1:]}")
-        fr[sl] = frames.astype(fr.dtype, copy=False)
+        # the frames shard is encoded here and stored whole (one store write, atomic like zarr's own)
+        frames_key = _array_files(fr, rng.start)[0]
+        frames = np.ascontiguousarray(frames, dtype=fr.dtype)
+        if len(self._frames_buffer) < (need := _frames_shard_bound(fr, frames)):
+            self._frames_buffer = bytearray(need)  # a new one: views of the old may still be alive
+        frames_file = _frames_shard_bytes(fr, frames, self._frames_buffer)
+        sync((fr.store_path / frames_key.removeprefix(f"{fr.path}/")).set(
+            default_buffer_prototype().buffer.from_bytes(frames_file)))
         written = [(fr, self.sequences_per_shard)]  # the arrays in _SHARD_ARRAYS order, for shard_files
         given = dict(qc_flags=qc_flags, qc_scores=qc_scores, split=split, run_index=run_index, lane=lane,
                      position_um=position_um, timestamp_ns=timestamp_ns)
         for name in _PER_SEQUENCE:
-            arr = self.group[name]
+            arr = self._member(name)
             value = given[name]
             expected = (k,) + arr.shape[1:]
             if value is None:
@@ -573,22 +640,25 @@ class DatasetWriter:
             arr[sl] = value.astype(arr.dtype, copy=False)
             written.append((arr, self.sequences_per_shard))
         for key in ("originals", "originals_index"):
-            if str(shard) in self.group[key]:
-                del self.group[key][str(shard)]  # a rerun of this shard replaces what an interrupted one left
+            if str(shard) in self._member(key):
+                del self._member(key)[str(shard)]  # a rerun of this shard replaces what an interrupted one left
         if originals:
             pix = np.stack([np.asarray(p) for _, _, p in originals]).astype(fr.dtype, copy=False)
             idx = np.array([(rng.start + s, t) for s, t, _ in originals], dtype=np.int64)
-            self.group["originals"].create_array(str(shard), data=pix, chunks=(1,) + pix.shape[1:],
-                                                 compressors=_compressor(),
-                                                 dimension_names=("frame", "channel", "height", "width"))
-            self.group["originals_index"].create_array(str(shard), data=idx, chunks=idx.shape,
-                                                       dimension_names=("frame", "sequence_time"))
-        if CHECKSUMS in self.group:  # (absent in a dataset begun before checksums were recorded)
-            # read back from the store: what is on disk is what gets its checksum (docs/dataset-format.md: cost)
-            record = {key: dict(zip(("blake3", "bytes"), file_checksum(self.path, key)))
+            self._member("originals").create_array(str(shard), data=pix, chunks=(1,) + pix.shape[1:],
+                                                   compressors=_compressor(),
+                                                   dimension_names=("frame", "channel", "height", "width"))
+            self._member("originals_index").create_array(str(shard), data=idx, chunks=idx.shape,
+                                                         dimension_names=("frame", "sequence_time"))
+        if self._member(CHECKSUMS) is not None:  # (absent in a dataset begun before checksums were recorded)
+            # the frames shard (95 % of the bytes) hashed from the bytes just stored; the small files zarr
+            # wrote read back from the store (docs/dataset-format.md: cost)
+            record = {key: dict(zip(("blake3", "bytes"),
+                                    (blake3.blake3(frames_file).hexdigest(), len(frames_file)) if key == frames_key
+                                    else file_checksum(self.path, key)))
                       for key in shard_files(self.group, shard, arrays=written)}
-            self.group[CHECKSUMS][shard] = json.dumps(record, sort_keys=True, separators=(",", ":"))
-        self.group["shard_done"][shard] = 1
+            self._member(CHECKSUMS)[shard] = json.dumps(record, sort_keys=True, separators=(",", ":"))
+        self._member("shard_done")[shard] = 1
 
     def finalize(self, **provenance_updates: Any) -> None:
         """Mark the dataset complete. DatasetIncompleteError if any shard is still missing. Removes the

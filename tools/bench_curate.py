@@ -243,12 +243,17 @@ def reconstruction(run: Path, labels: list[dict], source: str, max_bad: int) -> 
     return summary
 
 
+_FLOOR_KEPT: dict = {}  # per worker process, as curate keeps them (curation.pipeline._kept): writer, pixel array
+
+
 def _copy_shard(task):
-    out, run_path, shard, seqs, h, w, dtype = task
-    frames = np.zeros((len(seqs), T, 1, h, w), dtype)
+    out, run_path, shard, seqs, h, w, dtype, per_shard = task
+    if _FLOOR_KEPT.get("out") != out:
+        _FLOOR_KEPT.update(out=out, writer=DatasetWriter.open(out), frames=np.empty((per_shard, T, 1, h, w), dtype))
+    frames = _FLOOR_KEPT["frames"][:len(seqs)]
     for i, seq in enumerate(seqs):
         frames[i, :, 0] = read_sequence(seq, run_path, h, w, dtype)[0]
-    DatasetWriter.open(out).write_shard(shard, frames=frames)
+    _FLOOR_KEPT["writer"].write_shard(shard, frames=frames)
     return len(seqs) * T
 
 
@@ -260,7 +265,7 @@ def io_floor(run: Path, out: Path, workers: int, cfg: CurateConfig) -> float:
                              height=plan.height, width=plan.width, dtype=plan.dtype,
                              sequences_per_shard=cfg.sequences_per_shard, overwrite=True)
     tasks = [(str(out), plan.runs[0].path, s, [plan.sequences[i] for i in w.shard_range(s)], plan.height, plan.width,
-              plan.dtype) for s in range(w.n_shards)]
+              plan.dtype, cfg.sequences_per_shard) for s in range(w.n_shards)]
     with mp.get_context("fork").Pool(workers, initializer=_single_thread) as pool:
         n = sum(pool.imap_unordered(_copy_shard, tasks))
     w.finalize()
@@ -271,8 +276,9 @@ def cpu_cost(run: Path, work: Path, cfg: CurateConfig, n_seq: int = 40) -> dict:
     """Single-process CPU ms per frame of each stage (robust to other load on the machine, unlike the
     wall-clock rates), on the first ``n_seq`` sequences: read (PNG decode), qc (scoring and flagging,
     :func:`curation.qc.curate_flags`), reconstruct (the rest of :func:`curation.sequence.curate_sequence`:
-    reconstruction of the flagged frames), write (zarr shard). ``qc`` + ``reconstruct`` is what curate
-    spends per frame beyond the I/O floor's read + write, hence ``predicted_fraction_of_floor``."""
+    reconstruction of the flagged frames), write (the zarr shards of S sequences, with one writer as in a
+    curate worker). ``qc`` + ``reconstruct`` is what curate spends per frame beyond the I/O floor's read +
+    write, hence ``predicted_fraction_of_floor``."""
     import time as _t
 
     from curation import qc
@@ -296,10 +302,11 @@ def cpu_cost(run: Path, work: Path, cfg: CurateConfig, n_seq: int = 40) -> dict:
     curate_s = _t.process_time() - t
     w = DatasetWriter.create(work / "cpu.zarr", n_sequences=len(seqs), frames_per_sequence=T, channels=1,
                              height=plan.height, width=plan.width, dtype=plan.dtype,
-                             sequences_per_shard=len(seqs), overwrite=True)
+                             sequences_per_shard=cfg.sequences_per_shard, overwrite=True)
     frames = np.stack([r.frames for r in res])[:, :, None]
     t = _t.process_time()
-    w.write_shard(0, frames=frames)
+    for s in range(w.n_shards):  # shards of S with one writer, as a curate worker writes them
+        w.write_shard(s, frames=frames[w.shard_range(s).start:w.shard_range(s).stop])
     write = _t.process_time() - t
     n = len(seqs) * T
     out = {"read": read / n * 1e3, "qc": flags_s / n * 1e3, "reconstruct": max(0.0, curate_s - flags_s) / n * 1e3,

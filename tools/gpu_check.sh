@@ -20,7 +20,7 @@ set -uo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 # the GPU image's Python lacks these runtime dependencies of chdl (its torch, timm, numpy, scikit-* are used)
-wheels=(zarr numcodecs donfig crc32c blake3 zlib-ng universal-pathlib harvesters genicam pydantic pydantic-core
+wheels=(zarr numcodecs donfig crc32c blake3 isal universal-pathlib harvesters genicam pydantic pydantic-core
         annotated-types typing-inspection)
 
 if [ "${1:-}" = "prepare" ]; then

@@ -60,6 +60,16 @@ def test_mixed_none_and_up_rows(dtype):
     np.testing.assert_array_equal(png.decode(hand_made_png(img, filters)), img)
 
 
+@pytest.mark.parametrize("height", [1, 2, 3, 4, 5, 8, 15, 16, 17, 35, 36, 37, 99, 100, 101])
+def test_up_rows_of_any_height_with_none_rows_anywhere(height):
+    """The blocked prefix sum that undoes "Up": whole blocks, a remainder after the last block, runs that
+    restart at "None" rows of any length (1 row, a block, less than a block)."""
+    rng = np.random.default_rng(height)
+    img = rng.integers(0, 256, (height, 9), dtype=np.uint8)
+    for filters in ([2] * height, rng.choice([0, 2], size=height, p=[0.2, 0.8]).tolist()):
+        np.testing.assert_array_equal(png.decode(hand_made_png(img, filters)), img)
+
+
 def test_other_filters_go_to_libpng(monkeypatch):
     img = frame(50, 60, np.uint8, seed=2)
     calls = []

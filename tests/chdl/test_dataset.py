@@ -53,6 +53,24 @@ def test_round_trip(tmp_path, dtype):
     assert (originals[0][2] == 7).all()
 
 
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+def test_frames_shards_are_the_bytes_zarr_writes(tmp_path, dtype):
+    """The writer encodes each frames shard itself (chdl.dataset._frames_shard_bytes): every shard file --
+    whole ones, the last and partial one (7 sequences in shards of 3), a chunk of fill values, noise and
+    smooth content -- has exactly the bytes zarr writes for the same pixels."""
+    frames = _frames(dtype=dtype)
+    frames[1] = 0  # all fill value: stored all the same (write_empty_chunks)
+    frames[4] = (np.arange(H * W).reshape(H, W) * 3 % np.iinfo(dtype).max).astype(dtype)  # compresses well
+    _write(tmp_path / "d.zarr", frames).finalize()
+    group = DatasetWriter.create(tmp_path / "ref.zarr", n_sequences=N, frames_per_sequence=T, channels=C, height=H,
+                                 width=W, dtype=dtype, sequences_per_shard=3).group
+    with zarr.config.set({"array.write_empty_chunks": True}):  # what the writer set (an array takes it when opened)
+        group["frames"][:] = frames
+    for s in range(3):
+        key = f"frames/c/{s}/0/0/0/0"
+        assert (tmp_path / "d.zarr" / key).read_bytes() == (tmp_path / "ref.zarr" / key).read_bytes(), key
+
+
 def test_readable_with_plain_zarr(tmp_path):
     frames = _frames()
     _write(tmp_path / "d.zarr", frames).finalize()

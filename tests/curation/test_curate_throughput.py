@@ -148,3 +148,39 @@ def test_batched_scores_equal_the_frame_by_frame_loop(spec, faults, missing, bar
     assert np.isnan(got[missing]).all() and np.isfinite(got[avail]).all()
     if spec.mover_px:  # the padding of pairs with several motion layers is exercised
         assert max(len(v) for v in q._layers.values()) > 1
+
+
+def _files(root) -> dict:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_shard_tasks_on_threads_of_one_process_write_the_same_bytes(tmp_path, monkeypatch):
+    """A worker keeps its dataset writer and its array for a shard's pixels from one shard task to the next
+    (pipeline._kept), per thread: shard tasks run at once on three threads of one process (as a Dask worker
+    started with --nthreads 3 runs them) write the dataset of a plain run, byte for byte."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    write_run(tmp_path / "raw" / "run-a", lanes=6, faults=FAULTS, seed=3)
+    cfg = CurateConfig(sequences_per_shard=2)
+    pipeline.curate(tmp_path / "raw", tmp_path / "ref" / "d.zarr", cfg, workers=1, progress=False, log=lambda m: None)
+    real, saved = pipeline._run_tasks, dict(pipeline._CTX)
+
+    def on_threads(fn, tasks, ctx, workers, cluster=None):
+        if fn is not pipeline._shard_task:
+            yield from real(fn, tasks, ctx, workers, cluster)
+            return
+        pipeline._init_worker(ctx)
+        with ThreadPoolExecutor(3) as pool:
+            yield from pool.map(fn, tasks)
+
+    monkeypatch.setattr(pipeline, "_run_tasks", on_threads)
+    try:
+        pipeline.curate(tmp_path / "raw", tmp_path / "threads" / "d.zarr", cfg, workers=1, progress=False,
+                        log=lambda m: None)
+        assert len(pipeline._CTX["kept"]) >= 2  # several threads, each with its own writer and pixel array
+    finally:
+        pipeline._CTX.clear()
+        pipeline._CTX.update(saved)
+    ref, got = _files(tmp_path / "ref" / "d.zarr"), _files(tmp_path / "threads" / "d.zarr")
+    assert sorted(ref) == sorted(got) and any(k.startswith("originals/") for k in ref)
+    assert [k for k in ref if k != "zarr.json" and ref[k] != got[k]] == []
