@@ -46,8 +46,12 @@ METHODS = ("frame-difference", "copy-last", "constant-motion")
 SWEEP_LEVELS = (3.0, 4.0, 5.0, 6.0, 8.0, 10.0, 12.0)  # alert levels (z_on) replayed in metrics.json's "sweep"
 
 
-def method_setup(name: str, checkpoint=None, shape=None):
-    """(predictor, ScorerConfig) of a method name (or a checkpoint path for the model)."""
+def method_setup(name: str, checkpoint=None, shape=None, scorer=None):
+    """(predictor, ScorerConfig) of a method name (or a checkpoint path for the model); ``scorer``: a learned
+    scorer file (chdl.monitor.learned_score) that gives the block scorer's frame score."""
+    if scorer is not None:
+        predictor, cfg = method_setup(name, checkpoint, shape)
+        return predictor, dataclasses.replace(cfg, scorer_file=str(scorer))
     if name == "frame-difference":
         return CopyLast(), ScorerConfig(mode="global")
     if name == "copy-last":
@@ -72,7 +76,7 @@ def score_recording(rec, predictor, scorer: ScorerConfig, qc: bool = True, progr
         if r is not None:
             rows.append({"frame": r.frame, "lane": r.lane, "position": r.position, "score": r.score,
                          "threshold": r.threshold, "z": r.z, "alert": r.alert, "new_alert": r.new_alert,
-                         "acquisition": r.acquisition, "box": r.box})
+                         "acquisition": r.acquisition, "box": r.box, "features": r.features})
     return rows
 
 
@@ -218,12 +222,30 @@ def find_runs(paths: list) -> list[Path]:
     return out
 
 
+def learned_method_base(scorer, checkpoint=None) -> str:
+    """The method a learned scorer file is evaluated with: the predictor it was fitted on ("constant-motion",
+    or the checkpoint given, "checkpoint:<name>"). EvalError (one line) for a file that cannot be used or
+    one fitted on a checkpoint when none is given."""
+    from chdl.monitor.learned_score import LearnedScorer
+
+    try:
+        fitted = LearnedScorer.load(scorer).predictor
+    except ValueError as e:
+        raise EvalError(str(e)) from None
+    if fitted == "constant-motion":
+        return fitted
+    if checkpoint is None:
+        raise EvalError(f"{scorer}: fitted on the errors of {fitted}; give that checkpoint with --checkpoint")
+    return f"checkpoint:{Path(checkpoint).name}"
+
+
 def evaluate(paths: list, out: str | Path, checkpoint=None, qc: bool = True, progress: bool = True,
-             alert_levels: dict | None = None, methods: list | None = None) -> dict:
+             alert_levels: dict | None = None, methods: list | None = None, scorers: list | None = None) -> dict:
     """Score every run with every method, write ``out/metrics.json``, ``out/metrics.md`` and a score plot
     per run and method (``out/scores_<folder>_<run>.png``); returns the metrics and the markdown table.
     ``alert_levels``: ScorerConfig fields for every method (e.g. ``{"z_on": 4.0, "z_off": 2.0}``); ``methods``:
-    a subset of :data:`METHODS` (default all; the checkpoint comes on top)."""
+    a subset of :data:`METHODS` (default all; the checkpoint comes on top); ``scorers``: learned scorer files,
+    each one more method, ``<predictor>+scorer:<file name>`` (its predictor: :func:`learned_method_base`)."""
     from tqdm import tqdm
 
     from acquisition.raw import Recording
@@ -239,6 +261,11 @@ def evaluate(paths: list, out: str | Path, checkpoint=None, qc: bool = True, pro
             raise EvalError(str(e)) from None
         recs[str(r)] = rec
     methods = list(METHODS if methods is None else methods) + ([f"checkpoint:{Path(checkpoint).name}"] if checkpoint else [])
+    scorer_of = {}  # method -> learned scorer file
+    for f in scorers or []:
+        base = learned_method_base(f, checkpoint)
+        scorer_of[f"{base}+scorer:{Path(f).name}"] = (base, f)
+    methods += list(scorer_of)
     levels = dataclasses.replace(ScorerConfig(), **(alert_levels or {}))  # the alert levels every method gets
     results, rows_by = {}, {}
     total = sum(len(rec.frames) for rec in recs.values()) * len(methods)
@@ -249,7 +276,8 @@ def evaluate(paths: list, out: str | Path, checkpoint=None, qc: bool = True, pro
                 first = rec.frames[0] if rec.frames else None
                 shape = rec.read(first).shape if first is not None else None
                 try:
-                    predictor, cfg = method_setup(m, checkpoint, shape)
+                    base, scorer = scorer_of.get(m, (m, None))
+                    predictor, cfg = method_setup(base, checkpoint, shape, scorer)
                 except ValueError as e:
                     raise EvalError(str(e).splitlines()[0]) from None
                 cfg = dataclasses.replace(cfg, **(alert_levels or {}))
