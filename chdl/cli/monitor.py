@@ -44,9 +44,12 @@ def _predictor_spec(checkpoint: Path | None, t_in: int) -> tuple[dict, str, int]
 @click.option("--z-on", type=POSITIVE, default=Z_ON, show_default=True,
               help="Alert when the score exceeds its running median + z-on robust sigmas.")
 @click.option("--z-off", type=POSITIVE, default=Z_OFF, show_default=True, help="... and end it below median + z-off sigmas.")
+@click.option("--scorer", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="A learned scorer file (chdl monitor-fit-scorer) fitted with this predictor on clean recordings. "
+                   "Default: the largest block z-score.")
 @click.option("--serve", is_flag=True, help="Serve the live dashboard on 127.0.0.1 (chdl.monitor.dashboard).")
 @click.pass_context
-def monitor(ctx, checkpoint, t_in, queue_depth, z_on, z_off, serve, **params):
+def monitor(ctx, checkpoint, t_in, queue_depth, z_on, z_off, scorer, serve, **params):
     """Capture (exactly as chdl capture) while a separate process predicts and scores every frame; process
     anomalies and acquisition-QC flags are written as events beside the recording, in OUT/<run-id>.monitor/."""
     from acquisition.capture import default_run_id
@@ -56,24 +59,30 @@ def monitor(ctx, checkpoint, t_in, queue_depth, z_on, z_off, serve, **params):
     check_capture_params(ctx, params["alias"], params["replay"], params["run_id"], params["afap"],
                          params["pixel_format"], params["bit_depth"])
     if params["replay"] is not None:
-        from acquisition.raw import RawFormatError, find_recordings
+        from acquisition.raw import RawFormatError, Recording, find_recordings
 
         try:
             runs = find_recordings(params["replay"])
             if len(runs) != 1:
                 raise click.UsageError(f"--replay {params['replay']}: monitor replays a single recording, found {len(runs)}")
             run_path = replay_run_path(runs[0], params["out"], params["run_id"])
+            settings = Recording.open(runs[0]).manifest["settings"]
         except RawFormatError as e:
             raise click.ClickException(str(e)) from None
+        size = (int(settings["height"]), int(settings["width"]))
     else:
         params["run_id"] = params["run_id"] or default_run_id(params["alias"])
         run_path = params["out"] / params["run_id"]
+        size = (params["height"], params["width"])
     folder = monitor_dir(run_path)
     if folder.exists() and any(folder.iterdir()):
         raise click.ClickException(f"{folder}: already exists and is not empty (choose another --run-id or --out)")
     serve_in_background = _dashboard() if serve else None
     spec, name, t = _predictor_spec(checkpoint, t_in)
     spec["scorer"] = _alert_levels(z_on, z_off)
+    if scorer is not None:
+        _check_scorer(scorer, checkpoint, size)
+        spec["scorer"]["scorer_file"] = str(scorer.resolve())
     if run_path.exists():
         raise click.ClickException(f"{run_path}: already exists (choose another --run-id or --out)")
     new_out = not params["out"].exists()
@@ -105,6 +114,23 @@ def monitor(ctx, checkpoint, t_in, queue_depth, z_on, z_off, serve, **params):
         ctx.exit(1)
 
 
+def _check_scorer(path: Path, checkpoint: Path | None, size: tuple[int, int]) -> None:
+    """A one-line error unless ``path`` is a learned scorer fitted with this kind of predictor (constant
+    motion, or a checkpoint) on frames of ``size`` (H, W)."""
+    from chdl.monitor.learned_score import LearnedScorer
+
+    try:
+        learned = LearnedScorer.load(path)
+        learned.check_frames(size)
+    except ValueError as e:
+        raise click.ClickException(str(e)) from None
+    fitted_cm = learned.predictor == "constant-motion"
+    if fitted_cm != (checkpoint is None):
+        now = "constant motion" if checkpoint is None else f"the checkpoint {checkpoint}"
+        raise click.ClickException(f"{path}: fitted on the prediction errors of {learned.predictor}, the monitor "
+                                   f"predicts with {now} (fit one with monitor-fit-scorer for it)")
+
+
 def _alert_levels(z_on: float, z_off: float) -> dict:
     if z_off > z_on:
         raise click.BadParameter(f"must not exceed --z-on ({z_on})", param_hint="--z-off")
@@ -129,8 +155,11 @@ def _dashboard():
 @click.option("--no-qc", is_flag=True, help="Skip the acquisition QC (faster; no acquisition flags).")
 @click.option("--z-on", type=POSITIVE, default=Z_ON, show_default=True, help="Alert level, as for chdl monitor.")
 @click.option("--z-off", type=POSITIVE, default=Z_OFF, show_default=True, help="Alert-off level, as for chdl monitor.")
+@click.option("--scorer", "scorers", multiple=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Also evaluate this learned scorer (chdl monitor-fit-scorer) with the predictor it was fitted on "
+                   "(repeatable).")
 @quiet_option()
-def monitor_eval(runs, checkpoint, out, no_qc, z_on, z_off, quiet):
+def monitor_eval(runs, checkpoint, out, no_qc, z_on, z_off, scorers, quiet):
     """Frame AUROC, event recall, detection latency and false alarms per hour on labelled (simulated)
     recordings (RUN folders, folders of runs, or monitor output folders), for every predictor next to the
     frame-difference and copy-last baselines."""
@@ -138,8 +167,35 @@ def monitor_eval(runs, checkpoint, out, no_qc, z_on, z_off, quiet):
 
     try:
         result = evaluate(list(runs), out, checkpoint=checkpoint, qc=not no_qc, progress=not quiet,
-                          alert_levels=_alert_levels(z_on, z_off))
+                          alert_levels=_alert_levels(z_on, z_off), scorers=list(scorers))
     except EvalError as e:
         raise click.ClickException(str(e)) from None
     click.echo(result["markdown"])
     click.echo(f"wrote {out}/metrics.json, metrics.md, scores_*.png")
+
+
+@click.command("monitor-fit-scorer")
+@click.argument("runs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("-o", "--out", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="The scorer file to write (JSON, chdl.monitor-scorer/1).")
+@click.option("--checkpoint", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="Fit on this model's prediction errors (default: constant motion's).")
+@click.option("--components", type=click.IntRange(1, 32), default=4, show_default=True,
+              help="Gaussian mixture components.")
+@click.option("--no-qc", is_flag=True, help="Skip the acquisition QC (keep every frame).")
+@quiet_option()
+def monitor_fit_scorer(runs, out, checkpoint, components, no_qc, quiet):
+    """Fit a learned frame scorer to CLEAN recordings (RUN folders or folders of runs; no process anomalies):
+    features of every frame's prediction error, a Gaussian mixture of them. Use it with chdl monitor --scorer."""
+    from chdl.monitor.learned_score import fit_recordings
+
+    if out.parent != Path("") and not out.parent.is_dir():
+        raise click.ClickException(f"{out}: the folder {out.parent} does not exist")
+    try:
+        learned = fit_recordings(list(runs), checkpoint=checkpoint, components=components, qc=not no_qc,
+                                 progress=not quiet)
+    except ValueError as e:  # EvalError, a checkpoint or recording that cannot be used, too few frames
+        raise click.ClickException(str(e).splitlines()[0]) from None
+    learned.save(out)
+    click.echo(f"fitted on {learned.fitted_on['frames']} clean frames ({learned.predictor}, "
+               f"{learned.width}x{learned.height}) -> {out}")

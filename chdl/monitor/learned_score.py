@@ -198,7 +198,8 @@ def fit_recordings(paths: list, checkpoint=None, components: int = 4, qc: bool =
     from chdl.monitor.evaluate import find_runs, method_setup, run_truth, score_recording
 
     runs = find_runs(paths)
-    feats, shape, name = [], None, None
+    feats, shape = [], None
+    name = "constant-motion" if checkpoint is None else f"checkpoint:{Path(checkpoint).name}"
     recs = [Recording.open(r) for r in runs]
     for rec in recs:
         try:
@@ -216,10 +217,10 @@ def fit_recordings(paths: list, checkpoint=None, components: int = 4, qc: bool =
             s = rec.read(frames[0]).shape
             if shape is not None and s != shape:
                 raise ValueError(f"{rec.path}: frames {s[1]}x{s[0]}, the others {shape[1]}x{shape[0]} (one scorer per frame size)")
+            if shape is None:
+                predictor, cfg = method_setup("checkpoint" if checkpoint else "constant-motion", checkpoint, s)
+                cfg = dataclasses.replace(cfg, z_on=math.inf, z_off=math.inf, features=True)
             shape = s
-            predictor, cfg = method_setup("checkpoint" if checkpoint else "constant-motion", checkpoint, shape)
-            name = "constant-motion" if checkpoint is None else f"checkpoint:{Path(checkpoint).name}"
-            cfg = dataclasses.replace(cfg, z_on=math.inf, z_off=math.inf, features=True)
 
             def counted(it):
                 for f in it:
