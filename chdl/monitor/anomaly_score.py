@@ -289,7 +289,8 @@ class FrameScorer:
 
             self.learned = LearnedScorer.load(self.config.scorer_file)
         self._frames_checked = False
-        self.baseline = RobustBaseline(self.config.window, self.config.sigma_floor)
+        floor = self.config.sigma_floor if self.learned is None else max(self.config.sigma_floor, self.learned.score_sigma)
+        self.baseline = RobustBaseline(self.config.window, floor)
         self.rows: collections.deque = collections.deque(maxlen=self.config.row_window)
         self.alert = False
 

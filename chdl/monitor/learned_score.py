@@ -20,7 +20,9 @@ error map), :func:`frame_features`:
                  (squared-error units: absolute, not row-normalised)
 
 Each feature is raised to its clean median (only "more than usual" counts: a frame quieter than normal is
-not an anomaly), standardised by the clean standard deviation, and scored by the mixture.
+not an anomaly), standardised by the clean standard deviation, and scored by the mixture. Many quiet frames
+then share one score (all features at the floor), so the running baseline's spread could shrink to nothing;
+its least spread is the fitted frames' own (``score_sigma``, 1.4826 x MAD of their scores).
 
 The scorer file (:data:`FORMAT`, JSON, a few kB; written by ``chdl monitor-fit-scorer``, read by
 ``chdl monitor --scorer F`` and ``chdl monitor-eval --scorer F``) holds the features' names, the floors
@@ -87,6 +89,8 @@ class LearnedScorer:
     weights: np.ndarray  # (K,)
     means: np.ndarray  # (K, F)
     covariances: np.ndarray  # (K, F, F)
+    score_median: float  # median score (nats) of the frames it was fitted on
+    score_sigma: float  # 1.4826 x their MAD: the least spread of the monitor's running score baseline
     predictor: str
     width: int
     height: int
@@ -123,7 +127,7 @@ class LearnedScorer:
         return {"format": FORMAT, "kind": "gaussian-mixture", "features": list(self.features),
                 "floor": self.floor.tolist(), "scale": self.scale.tolist(), "weights": self.weights.tolist(),
                 "means": self.means.tolist(), "covariances": self.covariances.tolist(),
-                "predictor": self.predictor, "width": self.width, "height": self.height, "fitted_on": self.fitted_on}
+                "score_median": self.score_median, "score_sigma": self.score_sigma, "predictor": self.predictor, "width": self.width, "height": self.height, "fitted_on": self.fitted_on}
 
     def save(self, path: str | Path) -> None:
         """Write the scorer file atomically (JSON)."""
@@ -156,7 +160,10 @@ class LearnedScorer:
                     raise ValueError(f"{name}: expected finite numbers of shape {shape}, got {arrays[name].shape}")
             if k < 1 or (arrays["weights"] <= 0).any() or (arrays["scale"] <= 0).any():
                 raise ValueError("weights and scales must be positive")
-            return cls(**arrays, predictor=str(d["predictor"]), width=int(d["width"]), height=int(d["height"]),
+            med, sigma = float(d["score_median"]), float(d["score_sigma"])
+            if not (math.isfinite(med) and math.isfinite(sigma) and sigma > 0):
+                raise ValueError("score_median and score_sigma must be finite, score_sigma positive")
+            return cls(**arrays, score_median=med, score_sigma=sigma, predictor=str(d["predictor"]), width=int(d["width"]), height=int(d["height"]),
                        fitted_on=dict(d.get("fitted_on") or {}), path=path)
         except KeyError as e:
             raise ScorerFileError(f"{path}: scorer file lacks {e.args[0]!r}") from None
@@ -181,8 +188,13 @@ def fit(features: np.ndarray, predictor: str, width: int, height: int, component
     gm = GaussianMixture(components, covariance_type="full", reg_covar=1e-3, n_init=3, random_state=seed).fit(xs)
     meta = {"frames": int(len(x)), "components": components, "seed": seed,
             "created_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), **(fitted_on or {})}
-    return LearnedScorer(floor=floor, scale=scale, weights=gm.weights_, means=gm.means_, covariances=gm.covariances_,
-                         predictor=predictor, width=int(width), height=int(height), fitted_on=meta)
+    scorer = LearnedScorer(floor=floor, scale=scale, weights=gm.weights_, means=gm.means_, covariances=gm.covariances_,
+                           score_median=0.0, score_sigma=1.0, predictor=predictor, width=int(width), height=int(height),
+                           fitted_on=meta)
+    nll = np.array([scorer.score(v) for v in x])
+    scorer.score_median = float(np.median(nll))
+    scorer.score_sigma = max(1e-3, 1.4826 * float(np.median(np.abs(nll - scorer.score_median))))
+    return scorer
 
 
 def fit_recordings(paths: list, checkpoint=None, components: int = 4, qc: bool = True, progress: bool = True) -> LearnedScorer:

@@ -87,6 +87,8 @@ def test_scorer_file_round_trip(fitted, tmp_path):
     assert b.score(x) == a.score(x) and math.isfinite(a.score(x))
     assert a.score(x) > a.score(a.floor)  # above the clean medians in every feature: less likely
     assert math.isnan(a.score(np.r_[x[:5], np.nan]))
+    assert d["score_sigma"] > 0 and math.isfinite(d["score_median"])
+    assert FrameScorer(ScorerConfig(scorer_file=str(fitted), sigma_floor=0.1)).baseline.sigma_floor == d["score_sigma"]
     a.check_frames((H, W))
     with pytest.raises(ScorerFileError, match=rf"^{fitted}: fitted on {W}x{H} frames, these are 200x150$"):
         a.check_frames((150, 200))
@@ -101,6 +103,7 @@ def test_scorer_file_round_trip(fitted, tmp_path):
     ("SET:features=[\"z1\"]", "bad scorer file: features ['z1']"),
     ("SET:means=[[1, 2]]", "bad scorer file: means: expected finite numbers of shape"),
     ("SET:weights=[-1, 2]", "bad scorer file: weights and scales must be positive"),
+    ("SET:score_sigma=0", "bad scorer file: score_median and score_sigma must be finite, score_sigma positive"),
 ])
 def test_a_bad_scorer_file_gives_a_one_line_error_naming_it(fitted, tmp_path, content, message):
     path = tmp_path / "bad.json"
