@@ -41,9 +41,11 @@ def _predictor_spec(checkpoint: Path | None, t_in: int) -> tuple[dict, str, int]
               help="Frames the constant-motion predictor looks back (a checkpoint brings its own).")
 @click.option("--queue-depth", type=click.IntRange(1), default=8, show_default=True,
               help="Frames waiting for the scorer; when it is full, frames are recorded but not scored (skipped).")
-@click.option("--z-on", type=POSITIVE, default=Z_ON, show_default=True,
-              help="Alert when the score exceeds its running median + z-on robust sigmas.")
-@click.option("--z-off", type=POSITIVE, default=Z_OFF, show_default=True, help="... and end it below median + z-off sigmas.")
+@click.option("--z-on", type=POSITIVE, default=None,
+              help=f"Alert when the score exceeds its running median + z-on robust sigmas. [default: {Z_ON:g}, or the "
+                   "level measured for the --scorer file]")
+@click.option("--z-off", type=POSITIVE, default=None,
+              help=f"... and end it below median + z-off sigmas. [default: {Z_OFF:g}, or the --scorer file's]")
 @click.option("--scorer", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="A learned scorer file (chdl monitor-fit-scorer) fitted with this predictor on clean recordings. "
                    "Default: the largest block z-score.")
@@ -79,9 +81,9 @@ def monitor(ctx, checkpoint, t_in, queue_depth, z_on, z_off, scorer, serve, **pa
         raise click.ClickException(f"{folder}: already exists and is not empty (choose another --run-id or --out)")
     serve_in_background = _dashboard() if serve else None
     spec, name, t = _predictor_spec(checkpoint, t_in)
-    spec["scorer"] = _alert_levels(z_on, z_off)
+    learned = _check_scorer(scorer, checkpoint, size) if scorer is not None else None
+    spec["scorer"] = _alert_levels(z_on, z_off, learned)
     if scorer is not None:
-        _check_scorer(scorer, checkpoint, size)
         spec["scorer"]["scorer_file"] = str(scorer.resolve())
     if run_path.exists():
         raise click.ClickException(f"{run_path}: already exists (choose another --run-id or --out)")
@@ -114,9 +116,15 @@ def monitor(ctx, checkpoint, t_in, queue_depth, z_on, z_off, scorer, serve, **pa
         ctx.exit(1)
 
 
-def _check_scorer(path: Path, checkpoint: Path | None, size: tuple[int, int]) -> None:
-    """A one-line error unless ``path`` is a learned scorer fitted with this kind of predictor (constant
-    motion, or a checkpoint) on frames of ``size`` (H, W)."""
+def _given_levels(z_on: float | None, z_off: float | None) -> dict:
+    """The alert levels given on the command line (checked against each other and the defaults)."""
+    _alert_levels(z_on, z_off)
+    return {k: v for k, v in (("z_on", z_on), ("z_off", z_off)) if v is not None}
+
+
+def _check_scorer(path: Path, checkpoint: Path | None, size: tuple[int, int]):
+    """The learned scorer of ``path``; a one-line error unless it was fitted with this kind of predictor
+    (constant motion, or a checkpoint) on frames of ``size`` (H, W)."""
     from chdl.monitor.learned_score import LearnedScorer
 
     try:
@@ -129,12 +137,18 @@ def _check_scorer(path: Path, checkpoint: Path | None, size: tuple[int, int]) ->
         now = "constant motion" if checkpoint is None else f"the checkpoint {checkpoint}"
         raise click.ClickException(f"{path}: fitted on the prediction errors of {learned.predictor}, the monitor "
                                    f"predicts with {now} (fit one with monitor-fit-scorer for it)")
+    return learned
 
 
-def _alert_levels(z_on: float, z_off: float) -> dict:
-    if z_off > z_on:
-        raise click.BadParameter(f"must not exceed --z-on ({z_on})", param_hint="--z-off")
-    return {"z_on": z_on, "z_off": z_off}
+def _alert_levels(z_on: float | None, z_off: float | None, learned=None) -> dict:
+    """{"z_on", "z_off"}: as given, else the learned scorer's measured levels, else the defaults; a usage
+    error if z_off would exceed z_on."""
+    from chdl.monitor.learned_score import alert_levels
+
+    levels = alert_levels(learned, z_on, z_off)
+    if levels["z_off"] > levels["z_on"]:
+        raise click.BadParameter(f"must not exceed --z-on ({levels['z_on']:g})", param_hint="--z-off")
+    return levels
 
 
 def _dashboard():
@@ -153,8 +167,9 @@ def _dashboard():
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="Folder for metrics.json, metrics.md and the score plots.")
 @click.option("--no-qc", is_flag=True, help="Skip the acquisition QC (faster; no acquisition flags).")
-@click.option("--z-on", type=POSITIVE, default=Z_ON, show_default=True, help="Alert level, as for chdl monitor.")
-@click.option("--z-off", type=POSITIVE, default=Z_OFF, show_default=True, help="Alert-off level, as for chdl monitor.")
+@click.option("--z-on", type=POSITIVE, default=None,
+              help=f"Alert level, as for chdl monitor. [default: {Z_ON:g}; a --scorer method: its file's measured level]")
+@click.option("--z-off", type=POSITIVE, default=None, help=f"Alert-off level, as for chdl monitor. [default: {Z_OFF:g}, or the file's]")
 @click.option("--scorer", "scorers", multiple=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Also evaluate this learned scorer (chdl monitor-fit-scorer) with the predictor it was fitted on "
                    "(repeatable).")
@@ -167,7 +182,7 @@ def monitor_eval(runs, checkpoint, out, no_qc, z_on, z_off, scorers, quiet):
 
     try:
         result = evaluate(list(runs), out, checkpoint=checkpoint, qc=not no_qc, progress=not quiet,
-                          alert_levels=_alert_levels(z_on, z_off), scorers=list(scorers))
+                          alert_levels=_given_levels(z_on, z_off), scorers=list(scorers))
     except EvalError as e:
         raise click.ClickException(str(e)) from None
     click.echo(result["markdown"])

@@ -222,30 +222,33 @@ def find_runs(paths: list) -> list[Path]:
     return out
 
 
-def learned_method_base(scorer, checkpoint=None) -> str:
-    """The method a learned scorer file is evaluated with: the predictor it was fitted on ("constant-motion",
-    or the checkpoint given, "checkpoint:<name>"). EvalError (one line) for a file that cannot be used or
-    one fitted on a checkpoint when none is given."""
-    from chdl.monitor.learned_score import LearnedScorer
+def learned_method(scorer, checkpoint=None, given_levels: dict | None = None) -> tuple[str, dict]:
+    """(base method, alert levels) a learned scorer file is evaluated with: the predictor it was fitted on
+    ("constant-motion", or the checkpoint given, "checkpoint:<name>"), and the levels given, else those
+    measured for the file, else the defaults (learned_score.alert_levels). EvalError (one line) for a file
+    that cannot be used or one fitted on a checkpoint when none is given."""
+    from chdl.monitor.learned_score import LearnedScorer, alert_levels
 
     try:
-        fitted = LearnedScorer.load(scorer).predictor
+        learned = LearnedScorer.load(scorer)
     except ValueError as e:
         raise EvalError(str(e)) from None
-    if fitted == "constant-motion":
-        return fitted
+    levels = alert_levels(learned, **(given_levels or {}))
+    if learned.predictor == "constant-motion":
+        return learned.predictor, levels
     if checkpoint is None:
-        raise EvalError(f"{scorer}: fitted on the errors of {fitted}; give that checkpoint with --checkpoint")
-    return f"checkpoint:{Path(checkpoint).name}"
+        raise EvalError(f"{scorer}: fitted on the errors of {learned.predictor}; give that checkpoint with --checkpoint")
+    return f"checkpoint:{Path(checkpoint).name}", levels
 
 
 def evaluate(paths: list, out: str | Path, checkpoint=None, qc: bool = True, progress: bool = True,
              alert_levels: dict | None = None, methods: list | None = None, scorers: list | None = None) -> dict:
     """Score every run with every method, write ``out/metrics.json``, ``out/metrics.md`` and a score plot
     per run and method (``out/scores_<folder>_<run>.png``); returns the metrics and the markdown table.
-    ``alert_levels``: ScorerConfig fields for every method (e.g. ``{"z_on": 4.0, "z_off": 2.0}``); ``methods``:
+    ``alert_levels``: ScorerConfig fields for every method (e.g. ``{"z_on": 4.0, "z_off": 2.0}``; those not
+    given: chdl.monitor.Z_ON / Z_OFF, or for a learned scorer the levels measured for its file); ``methods``:
     a subset of :data:`METHODS` (default all; the checkpoint comes on top); ``scorers``: learned scorer files,
-    each one more method, ``<predictor>+scorer:<file name>`` (its predictor: :func:`learned_method_base`)."""
+    each one more method, ``<predictor>+scorer:<file name>`` (its predictor: :func:`learned_method`)."""
     from tqdm import tqdm
 
     from acquisition.raw import Recording
@@ -261,12 +264,15 @@ def evaluate(paths: list, out: str | Path, checkpoint=None, qc: bool = True, pro
             raise EvalError(str(e)) from None
         recs[str(r)] = rec
     methods = list(METHODS if methods is None else methods) + ([f"checkpoint:{Path(checkpoint).name}"] if checkpoint else [])
-    scorer_of = {}  # method -> learned scorer file
+    default = dataclasses.replace(ScorerConfig(), **(alert_levels or {}))
+    levels = {m: {"z_on": default.z_on, "z_off": default.z_off} for m in methods}  # method -> its alert levels
+    scorer_of = {}  # method -> (base method, learned scorer file)
     for f in scorers or []:
-        base = learned_method_base(f, checkpoint)
-        scorer_of[f"{base}+scorer:{Path(f).name}"] = (base, f)
-    methods += list(scorer_of)
-    levels = dataclasses.replace(ScorerConfig(), **(alert_levels or {}))  # the alert levels every method gets
+        base, own = learned_method(f, checkpoint, alert_levels)
+        m = f"{base}+scorer:{Path(f).name}"
+        scorer_of[m], levels[m] = (base, f), own
+        methods.append(m)
+    swept = sorted({*SWEEP_LEVELS, *(v["z_on"] for v in levels.values())})
     results, rows_by = {}, {}
     total = sum(len(rec.frames) for rec in recs.values()) * len(methods)
     with tqdm(total=total, unit="frame", desc="monitor-eval", disable=not progress) as bar:
@@ -280,15 +286,18 @@ def evaluate(paths: list, out: str | Path, checkpoint=None, qc: bool = True, pro
                     predictor, cfg = method_setup(base, checkpoint, shape, scorer)
                 except ValueError as e:
                     raise EvalError(str(e).splitlines()[0]) from None
-                cfg = dataclasses.replace(cfg, **(alert_levels or {}))
+                cfg = dataclasses.replace(cfg, **levels[m])
                 for row in score_recording(rec, predictor, cfg, qc=qc):
                     rows.append({**row, "run": run})
                 bar.update(len(rec.frames))
             rows_by[m] = rows
             results[m] = metrics(rows, truth)
-            results[m]["sweep"] = sweep(rows, truth, sorted({*SWEEP_LEVELS, levels.z_on}))
+            results[m]["alert_levels"] = levels[m]
+            results[m]["sweep"] = sweep(rows, truth, swept)
     out.mkdir(parents=True, exist_ok=True)
-    md = (f"alerts at z_on {levels.z_on:g}, z_off {levels.z_off:g} (the table below; the sweep after it replays others)"
+    own = "".join(f"; {m}: z_on {v['z_on']:g}, z_off {v['z_off']:g}" for m, v in levels.items()
+                  if (v["z_on"], v["z_off"]) != (default.z_on, default.z_off))
+    md = (f"alerts at z_on {default.z_on:g}, z_off {default.z_off:g}{own} (the table below; the sweep after it replays others)"
           "\n\n" + markdown(results) + "\n\n" + markdown_sweep(results))
     for run in recs:
         plot_scores(out / f"scores_{Path(run).parent.name}_{Path(run).name}.png", {m: [r for r in rows_by[m] if r["run"] == run] for m in methods},

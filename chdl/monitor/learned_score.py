@@ -95,6 +95,7 @@ class LearnedScorer:
     width: int
     height: int
     fitted_on: dict
+    alert_levels: dict | None = None  # {"z_on", "z_off", ...}: measured for this scorer (tools/monitor_operating_point.py)
     features: tuple = FEATURES
     path: Path | None = None
 
@@ -127,7 +128,8 @@ class LearnedScorer:
         return {"format": FORMAT, "kind": "gaussian-mixture", "features": list(self.features),
                 "floor": self.floor.tolist(), "scale": self.scale.tolist(), "weights": self.weights.tolist(),
                 "means": self.means.tolist(), "covariances": self.covariances.tolist(),
-                "score_median": self.score_median, "score_sigma": self.score_sigma, "predictor": self.predictor, "width": self.width, "height": self.height, "fitted_on": self.fitted_on}
+                "score_median": self.score_median, "score_sigma": self.score_sigma, "predictor": self.predictor, "width": self.width, "height": self.height, "fitted_on": self.fitted_on,
+                "alert_levels": self.alert_levels}
 
     def save(self, path: str | Path) -> None:
         """Write the scorer file atomically (JSON)."""
@@ -163,8 +165,13 @@ class LearnedScorer:
             med, sigma = float(d["score_median"]), float(d["score_sigma"])
             if not (math.isfinite(med) and math.isfinite(sigma) and sigma > 0):
                 raise ValueError("score_median and score_sigma must be finite, score_sigma positive")
-            return cls(**arrays, score_median=med, score_sigma=sigma, predictor=str(d["predictor"]), width=int(d["width"]), height=int(d["height"]),
-                       fitted_on=dict(d.get("fitted_on") or {}), path=path)
+            levels = d.get("alert_levels")
+            if levels is not None:
+                z_on, z_off = float(levels["z_on"]), float(levels["z_off"])
+                if not (0 < z_off <= z_on < math.inf):
+                    raise ValueError(f"alert_levels: need 0 < z_off <= z_on, got z_on {z_on}, z_off {z_off}")
+            return cls(**arrays, score_median=med, score_sigma=sigma, predictor=str(d["predictor"]), width=int(d["width"]),
+                       height=int(d["height"]), fitted_on=dict(d.get("fitted_on") or {}), alert_levels=levels, path=path)
         except KeyError as e:
             raise ScorerFileError(f"{path}: scorer file lacks {e.args[0]!r}") from None
         except (ValueError, TypeError, np.linalg.LinAlgError) as e:
@@ -245,3 +252,13 @@ def fit_recordings(paths: list, checkpoint=None, components: int = 4, qc: bool =
         raise ValueError(f"{', '.join(map(str, paths))}: no frames to fit on")
     return fit(np.array(feats).reshape(-1, len(FEATURES)), name, shape[1], shape[0], components,
                fitted_on={"recordings": [str(r) for r in runs], "qc": qc})
+
+
+def alert_levels(learned: LearnedScorer | None = None, z_on: float | None = None, z_off: float | None = None) -> dict:
+    """``{"z_on", "z_off"}``: each as given, else the scorer's measured level (``alert_levels`` of its file),
+    else the block scorer's defaults (chdl.monitor.Z_ON / Z_OFF)."""
+    from chdl.monitor import Z_OFF, Z_ON
+
+    own = (learned.alert_levels if learned is not None else None) or {}
+    return {"z_on": float(z_on if z_on is not None else own.get("z_on", Z_ON)),
+            "z_off": float(z_off if z_off is not None else own.get("z_off", Z_OFF))}

@@ -1,6 +1,7 @@
 """`chdl monitor` / `chdl monitor-eval` through the real CLI in a subprocess: replayed recordings, an injected
 anomaly, byte-identical recordings next to `chdl capture`, SIGKILL."""
 
+import importlib.util
 import json
 import os
 import shutil
@@ -128,8 +129,31 @@ def test_a_scorer_fitted_on_other_clean_runs_finds_the_injected_anomaly(clean_ru
     assert [(e["kind"], e["frame"], e["lane"], e["position"]) for e in events] == [("process", INJECTED, 3, 6)]
     assert "learned score" in events[0]["reason"]
     assert json.loads((folder / "status.json").read_text())["scorer"] == f"learned:{scorer}"
-    other = chdl("monitor", "--replay", run, "--out", tmp_path / "m2", "--scorer", scorer, "--checkpoint", scorer)
-    assert other.returncode == 1 and "Error: " in other.stderr and not (tmp_path / "m2").exists()
+    import click
+
+    from chdl.cli.monitor import _check_scorer
+
+    with pytest.raises(click.ClickException, match="fitted on the prediction errors of constant-motion, the monitor "
+                       "predicts with the checkpoint m.pt"):
+        _check_scorer(scorer, Path("m.pt"), (H, W))
+    with pytest.raises(click.ClickException, match=f"fitted on {W}x{H} frames, these are 200x150"):
+        _check_scorer(scorer, None, (150, 200))
+    # the alert level measured for the scorer goes into its file, and from there to monitor-eval (and monitor)
+    spec = importlib.util.spec_from_file_location("op_tool", Path(__file__).resolve().parents[2] / "tools" / "monitor_operating_point.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    assert tool.main([str(corpus), "--scorer", str(scorer), "--write-scorer", "--fa-per-hour", "1e6",
+                      "--out", str(tmp_path / "op.json")]) == 0
+    assert json.loads((tmp_path / "op.json").read_text())["chosen_z_on"] == 3.0  # every level qualifies at 1e6/h
+    assert json.loads(scorer.read_text())["alert_levels"] | {"runs": None} == {
+        "z_on": 3.0, "z_off": 1.5, "target_per_hour": 1e6, "clean_frames": 64, "clean_hours": 0.0036, "runs": None}
+    from chdl.monitor.evaluate import evaluate
+
+    name = "constant-motion+scorer:scorer.json"
+    ev = evaluate([corpus / "run_00000"], tmp_path / "e", qc=False, progress=False, methods=[], scorers=[scorer],
+                  alert_levels={"z_off": 1.0})
+    assert ev["methods"][name]["alert_levels"] == {"z_on": 3.0, "z_off": 1.0}  # given, else the file's
+    assert ev["markdown"].startswith(f"alerts at z_on 7.5, z_off 1; {name}: z_on 3, z_off 1 (")
 
 
 def test_monitor_fit_scorer_errors_are_one_line(tmp_path):

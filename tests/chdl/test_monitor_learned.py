@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 
 from chdl.monitor.anomaly_score import FrameScorer, ScorerConfig
-from chdl.monitor.learned_score import FEATURES, FORMAT, LearnedScorer, ScorerFileError, fit, frame_features
+from chdl.monitor import Z_OFF, Z_ON
+from chdl.monitor.learned_score import (FEATURES, FORMAT, LearnedScorer, ScorerFileError, alert_levels, fit,
+                                        frame_features)
 
 H, W = 96, 128
 BACKGROUND = np.random.default_rng(0).uniform(0.4, 0.6, (H, W)).astype(np.float32)
@@ -103,6 +105,8 @@ def test_scorer_file_round_trip(fitted, tmp_path):
     ("SET:features=[\"z1\"]", "bad scorer file: features ['z1']"),
     ("SET:means=[[1, 2]]", "bad scorer file: means: expected finite numbers of shape"),
     ("SET:weights=[-1, 2]", "bad scorer file: weights and scales must be positive"),
+    ("SET:alert_levels={\"z_on\": 2, \"z_off\": 3}", "bad scorer file: alert_levels: need 0 < z_off <= z_on"),
+    ("SET:alert_levels={\"z_on\": 2}", "scorer file lacks 'z_off'"),
     ("SET:score_sigma=0", "bad scorer file: score_median and score_sigma must be finite, score_sigma positive"),
 ])
 def test_a_bad_scorer_file_gives_a_one_line_error_naming_it(fitted, tmp_path, content, message):
@@ -120,6 +124,15 @@ def test_a_bad_scorer_file_gives_a_one_line_error_naming_it(fitted, tmp_path, co
     with pytest.raises(ScorerFileError) as e:
         FrameScorer(ScorerConfig(scorer_file=str(path)))
     assert str(e.value).startswith(f"{path}: ") and message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_alert_levels_as_given_else_the_scorers_measured_ones_else_the_defaults(fitted):
+    learned = LearnedScorer.load(fitted)
+    assert alert_levels() == alert_levels(learned) == {"z_on": Z_ON, "z_off": Z_OFF}  # none measured
+    learned.alert_levels = {"z_on": 5.0, "z_off": 2.5, "clean_hours": 0.45}
+    assert alert_levels(learned) == {"z_on": 5.0, "z_off": 2.5}
+    assert alert_levels(learned, z_on=9.0) == {"z_on": 9.0, "z_off": 2.5}
+    assert alert_levels(None, z_off=1.0) == {"z_on": Z_ON, "z_off": 1.0}
 
 
 def test_fit_needs_enough_finite_frames():
