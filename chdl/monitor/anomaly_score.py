@@ -14,6 +14,8 @@ first predicted frame) and compared with what the camera delivered:
   change every frame, gets its own wider normal range, and the same error in the quiet street stands out;
 * per-frame score: the largest block z-score (max-pooled: the anomalies here are local, a whole-frame
   PSNR would dilute a 10-pixel crack in 30,000 pixels; ``mode="global"`` keeps that score as a baseline);
+  with ``ScorerConfig.scorer_file`` instead the negative log density of a few features of the block
+  z-scores and the error map under a model fitted on clean frames (``chdl.monitor.learned_score``);
 * normalisation: a running robust baseline of the frame scores, median and 1.4826 * MAD of the last
   ``window`` scores that did not alert (at least ``sigma_floor``); ``threshold = median + z_on * sigma``;
 * alerts with hysteresis: the alert turns on when the score exceeds ``median + z_on * sigma`` and off when it
