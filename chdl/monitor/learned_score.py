@@ -12,10 +12,10 @@ Features of a frame (from :class:`chdl.monitor.anomaly_score.FrameScorer`'s bloc
 error map), :func:`frame_features`:
 
     z1, z2, z3   the three largest block z-scores (row sigmas; an invalid block counts as -5)
-    log_area     log10(1 + pixels) of the connected blob around the error map's largest pixel in the
-                 3 x 3 blocks around the worst block, at >= 0.3 x that pixel's error
-    elongation   sqrt of the ratio of that blob's principal second moments (+0.25 px^2 each): 1 for a
-                 round speck, large for a crack or an edge that moved
+    elongation   the blob around the error map's largest pixel in the 3 x 3 blocks around the worst
+                 block (connected pixels at >= 0.3 x that pixel's error): sqrt of the ratio of its
+                 principal second moments (+0.25 px^2 each), 1 for a round speck, large for a crack or an
+                 edge that moved
     log_mass     log10 of the summed error of those 3 x 3 blocks' pixels at >= 0.1 x the largest
                  (squared-error units: absolute, not row-normalised)
 
@@ -42,7 +42,7 @@ import cv2
 import numpy as np
 
 FORMAT = "chdl.monitor-scorer/1"
-FEATURES = ("z1", "z2", "z3", "log_area", "elongation", "log_mass")
+FEATURES = ("z1", "z2", "z3", "elongation", "log_mass")
 INVALID_Z = -5.0  # the z-score an invalid block counts as among the top three
 BLOB_FRACTION = 0.3  # blob: pixels at >= this fraction of the region's largest error
 MASS_FRACTION = 0.1  # mass: pixels at >= this fraction of it
@@ -66,7 +66,7 @@ def frame_features(z: np.ndarray, err: np.ndarray, block: int) -> np.ndarray:
     region = err[y0:(iy + 2) * block, x0:(ix + 2) * block]
     peak = float(region.max()) if region.size else 0.0
     if peak <= 0:
-        return np.r_[top, 0.0, 1.0, -6.0]
+        return np.r_[top, 1.0, -6.0]
     _, labels = cv2.connectedComponents((region >= BLOB_FRACTION * peak).astype(np.uint8), connectivity=8)
     py, px = np.unravel_index(int(np.argmax(region)), region.shape)
     ys, xs = np.nonzero(labels == labels[py, px])
@@ -75,7 +75,7 @@ def frame_features(z: np.ndarray, err: np.ndarray, block: int) -> np.ndarray:
         lo, hi = np.linalg.eigvalsh(np.cov(np.stack([xs, ys]).astype(float)))
         elongation = math.sqrt((max(hi, 0.0) + 0.25) / (max(lo, 0.0) + 0.25))
     mass = float(region[region >= MASS_FRACTION * peak].sum())
-    return np.r_[top, math.log10(len(ys) + 1), elongation, math.log10(mass + 1e-6)]
+    return np.r_[top, elongation, math.log10(mass + 1e-6)]
 
 
 @dataclasses.dataclass
