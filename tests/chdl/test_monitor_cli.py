@@ -110,16 +110,16 @@ def test_injected_anomaly_raises_a_process_event_at_its_frame_and_lane(clean_run
 
 
 def test_a_scorer_fitted_on_other_clean_runs_finds_the_injected_anomaly(clean_run, tmp_path):
-    """chdl monitor-fit-scorer on clean simulated lanes (another seed), then chdl monitor --scorer: one event,
+    """chdl monitor-fit-scorer on 20 clean simulated lanes (another seed), then chdl monitor --scorer: one event,
     at the injected frame and lane; the scorer file is refused for another predictor or frame size."""
     corpus = tmp_path / "fit"
-    out = chdl("simulate", "corpus", corpus, "--sequences", "8", "--positions", "10", "--lanes-per-run", "8",
+    out = chdl("simulate", "corpus", corpus, "--sequences", "20", "--positions", "10", "--lanes-per-run", "20",
                "--width", W, "--height", H, "--fault-rate", "0", "--seed", "2", "-q")
     assert out.returncode == 0, out.stderr
     scorer = tmp_path / "scorer.json"
     fit = chdl("monitor-fit-scorer", corpus, "-o", scorer, "--components", "2", "-q")
     assert fit.returncode == 0, fit.stderr
-    assert f"fitted on 54 clean frames (constant-motion, {W}x{H}) -> {scorer}" in fit.stdout  # 64 scored, 10 warm-up
+    assert f"fitted on 150 clean frames (constant-motion, {W}x{H}) -> {scorer}" in fit.stdout  # 160 scored, 10 warm-up
     run = _inject(clean_run, tmp_path)
     mon = chdl("monitor", "--replay", run, "--out", tmp_path / "m", "--as-fast-as-possible", "--queue-depth", "100",
                "--scorer", scorer, "-q")
@@ -146,7 +146,7 @@ def test_a_scorer_fitted_on_other_clean_runs_finds_the_injected_anomaly(clean_ru
                       "--out", str(tmp_path / "op.json")]) == 0
     assert json.loads((tmp_path / "op.json").read_text())["chosen_z_on"] == 3.0  # every level qualifies at 1e6/h
     assert json.loads(scorer.read_text())["alert_levels"] | {"runs": None} == {
-        "z_on": 3.0, "z_off": 1.5, "target_per_hour": 1e6, "clean_frames": 64, "clean_hours": 0.0036, "runs": None}
+        "z_on": 3.0, "z_off": 1.5, "target_per_hour": 1e6, "clean_frames": 160, "clean_hours": 0.0089, "runs": None}
     from chdl.monitor.evaluate import evaluate
 
     name = "constant-motion+scorer:scorer.json"
