@@ -18,6 +18,8 @@ first predicted frame) and compared with what the camera delivered:
   z-scores and the error map under a model fitted on clean frames (``chdl.monitor.learned_score``);
 * normalisation: a running robust baseline of the frame scores, median and 1.4826 * MAD of the last
   ``window`` scores that did not alert (at least ``sigma_floor``); ``threshold = median + z_on * sigma``;
+  a learned score instead has the fixed baseline of the clean frames it was fitted on (``score_median``,
+  ``score_sigma`` of its file);
 * alerts with hysteresis: the alert turns on when the score exceeds ``median + z_on * sigma`` and off when it
   falls below ``median + z_off * sigma``; a new lane pass starts with the alert off. Warm-up: the first
   ``min_history`` frames only fill the row baseline (score NaN), the next ``min_history`` the frame
@@ -291,8 +293,7 @@ class FrameScorer:
 
             self.learned = LearnedScorer.load(self.config.scorer_file)
         self._frames_checked = False
-        floor = self.config.sigma_floor if self.learned is None else max(self.config.sigma_floor, self.learned.score_sigma)
-        self.baseline = RobustBaseline(self.config.window, floor)
+        self.baseline = RobustBaseline(self.config.window, self.config.sigma_floor)
         self.rows: collections.deque = collections.deque(maxlen=self.config.row_window)
         self.alert = False
 
@@ -381,8 +382,11 @@ class FrameScorer:
             valid = valid & ~cut_front_zone(pred)
         err = self.error_map(frame, pred, valid)
         s, box, logs, feats = self.raw_score(err, valid)
-        med, sigma = self.baseline.stats()
-        ready = len(self.baseline) >= cfg.min_history
+        if self.learned is not None:  # a learned score is calibrated on clean frames: a fixed baseline
+            med, sigma, ready = self.learned.score_median, self.learned.score_sigma, True
+        else:
+            med, sigma = self.baseline.stats()
+            ready = len(self.baseline) >= cfg.min_history
         on, off = med + cfg.z_on * sigma, med + cfg.z_off * sigma
         was = self.alert
         if ready and learn and math.isfinite(s):

@@ -20,9 +20,11 @@ error map), :func:`frame_features`:
                  (squared-error units: absolute, not row-normalised)
 
 Each feature is raised to its clean median (only "more than usual" counts: a frame quieter than normal is
-not an anomaly), standardised by the clean standard deviation, and scored by the mixture. Many quiet frames
-then share one score (all features at the floor), so the running baseline's spread could shrink to nothing;
-its least spread is the fitted frames' own (``score_sigma``, 1.4826 x MAD of their scores).
+not an anomaly), standardised by the clean standard deviation, and scored by the mixture. The score is
+calibrated on clean frames, so the monitor compares it with a fixed baseline, the fitted frames' median
+and 1.4826 x MAD (``score_median``, ``score_sigma``), not with a running one: many quiet frames share one
+score (every feature at its floor), which let a running baseline's spread shrink to nothing, and a
+recording with many anomalies raised it.
 
 The scorer file (:data:`FORMAT`, JSON, a few kB; written by ``chdl monitor-fit-scorer``, read by
 ``chdl monitor --scorer F`` and ``chdl monitor-eval --scorer F``) holds the features' names, the floors
@@ -89,8 +91,8 @@ class LearnedScorer:
     weights: np.ndarray  # (K,)
     means: np.ndarray  # (K, F)
     covariances: np.ndarray  # (K, F, F)
-    score_median: float  # median score (nats) of the frames it was fitted on
-    score_sigma: float  # 1.4826 x their MAD: the least spread of the monitor's running score baseline
+    score_median: float  # median score (nats) of the frames it was fitted on: the alerts' fixed baseline
+    score_sigma: float  # 1.4826 x their MAD: its spread (z = (score - score_median) / score_sigma)
     predictor: str
     width: int
     height: int

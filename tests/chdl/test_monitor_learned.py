@@ -74,6 +74,11 @@ def test_a_fitted_scorer_puts_an_injected_crack_above_every_clean_frame(fitted):
     clean_learned = max(r.score for r in learned[10:-1])
     assert block[-1].score < clean_block  # a particle of the clean frames scores higher than the crack
     assert learned[-1].score > clean_learned + 1.0  # nats
+    # alerts against the fixed baseline of the fitted frames (no running one): the crack raises one
+    f = LearnedScorer.load(fitted)
+    crack = learned[-1]
+    assert crack.threshold == pytest.approx(f.score_median + Z_ON * f.score_sigma)
+    assert crack.z == pytest.approx((crack.score - f.score_median) / f.score_sigma) and crack.new_alert
     assert all(r.features is not None and len(r.features) == len(FEATURES) for r in learned[10:])
 
 
@@ -89,7 +94,6 @@ def test_scorer_file_round_trip(fitted, tmp_path):
     assert a.score(x) > a.score(a.floor)  # above the clean medians in every feature: less likely
     assert math.isnan(a.score(np.r_[x[:4], np.nan]))
     assert d["score_sigma"] > 0 and math.isfinite(d["score_median"])
-    assert FrameScorer(ScorerConfig(scorer_file=str(fitted), sigma_floor=0.1)).baseline.sigma_floor == d["score_sigma"]
     a.check_frames((H, W))
     with pytest.raises(ScorerFileError, match=rf"^{fitted}: fitted on {W}x{H} frames, these are 200x150$"):
         a.check_frames((150, 200))
