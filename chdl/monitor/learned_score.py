@@ -215,7 +215,6 @@ def fit_recordings(paths: list, checkpoint=None, components: int = 4, qc: bool =
     from tqdm import tqdm
 
     from acquisition.raw import Recording
-    from chdl.monitor.anomaly_score import ScorerConfig
     from chdl.monitor.evaluate import find_runs, method_setup, run_truth, score_recording
 
     runs = find_runs(paths)
