@@ -1,12 +1,14 @@
 """Per-frame latency of the monitor's scoring (acquisition QC + prediction + scoring), p50 / p99.
 
-    python tools/bench_monitor.py [--checkpoint RUN/checkpoints/last.pt] [--threads 2] [--frames 60]
+    python tools/bench_monitor.py [--checkpoint RUN/checkpoints/last.pt] [--scorer F] [--threads 2] [--frames 60]
 
 Renders simulated lane passes (10 positions each) at 200x150 and 800x600 and times
 ``MonitorPipeline.push`` per frame in this process with ``--threads`` torch/OpenCV threads (default 1, as
 the scorer process of ``chdl monitor``: on 2 cores, one is the capture's). The first lane pass is warm-up
 (first calls, FFT plans) and not timed. Predictors: constant motion, and the checkpoint if given
-(only at the frame size it was trained on). 5 fps needs p99 < 200 ms.
+(only at the frame size it was trained on); with ``--scorer F`` (a learned scorer file, chdl
+monitor-fit-scorer) also its predictor with that scorer, at the frame size it was fitted on. 5 fps needs
+p99 < 200 ms.
 
 The timed part runs only on a quiet machine: with a 1-minute load average of 2 or more it prints the load
 and stops (pass --force to time anyway; the figures are then marked "loaded").
@@ -35,10 +37,10 @@ def frames_for(width: int, height: int, n: int):
     return out
 
 
-def time_pipeline(predictor, frames, max_value=255.0) -> list[float]:
-    from chdl.monitor.anomaly_score import MonitorPipeline
+def time_pipeline(predictor, frames, max_value=255.0, scorer=None) -> list[float]:
+    from chdl.monitor.anomaly_score import MonitorPipeline, ScorerConfig
 
-    pipe = MonitorPipeline(predictor, max_value)
+    pipe = MonitorPipeline(predictor, max_value, ScorerConfig(scorer_file=scorer))
     times = []
     for k, lane, t, px in frames:
         t0 = time.perf_counter()
@@ -51,6 +53,7 @@ def time_pipeline(predictor, frames, max_value=255.0) -> list[float]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--checkpoint", type=Path, default=None)
+    ap.add_argument("--scorer", type=Path, default=None, help="a learned scorer file, also timed with its predictor")
     ap.add_argument("--threads", type=int, default=1, help="torch/OpenCV threads (chdl monitor's scorer uses 1)")
     ap.add_argument("--frames", type=int, default=110, help="frames rendered per size (10 per lane pass)")
     ap.add_argument("--force", action="store_true")
@@ -67,6 +70,9 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     cv2.setNumThreads(args.threads)
     from chdl.monitor.anomaly_score import CheckpointPredictor, ConstantMotion
+    from chdl.monitor.learned_score import LearnedScorer
+
+    learned = LearnedScorer.load(args.scorer) if args.scorer is not None else None
 
     tag = "" if load < 2 else " (loaded)"
     print("| size | predictor | p50 ms | p99 ms | keeps up with 5 fps |")
@@ -79,10 +85,14 @@ def main() -> None:
                 preds.append(CheckpointPredictor(args.checkpoint, (h, w)))
             except ValueError as e:
                 print(f"({e})")
-        for p in preds:
-            ms = np.array(time_pipeline(p, frames))
+        runs = [(p, None) for p in preds]
+        if learned is not None and (learned.height, learned.width) == (h, w):
+            runs += [(p, args.scorer) for p in preds if (p.name == "constant-motion") == (learned.predictor == "constant-motion")]
+        for p, scorer in runs:
+            ms = np.array(time_pipeline(p, frames, scorer=None if scorer is None else str(scorer)))
             p50, p99 = np.percentile(ms, 50), np.percentile(ms, 99)
-            print(f"| {w}x{h} | {p.name} | {p50:.1f} | {p99:.1f} | {'yes' if p99 < 200 else 'no'}{tag} |", flush=True)
+            name = p.name + (f" + learned scorer {scorer.name}" if scorer is not None else "")
+            print(f"| {w}x{h} | {name} | {p50:.1f} | {p99:.1f} | {'yes' if p99 < 200 else 'no'}{tag} |", flush=True)
 
 
 if __name__ == "__main__":

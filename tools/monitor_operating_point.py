@@ -1,19 +1,23 @@
 """The alert level (z_on) of ``chdl monitor`` from a measured operating point: false alarms per hour of
 clean 5 fps capture vs z_on on clean recordings, and the lowest z_on that keeps them at or below a target.
 
-    python tools/monitor_operating_point.py CLEAN_RUNS... [--checkpoint C] [--fa-per-hour 1] [--out op.json]
+    python tools/monitor_operating_point.py CLEAN_RUNS... [--checkpoint C] [--scorer F [--write-scorer]]
+        [--fa-per-hour 1] [--out op.json]
 
 Every frame is scored once, with alerts off, by the monitor's own pipeline (acquisition QC on), and the
 hysteresis (z_off = z_on / 2, reset at each lane pass) is replayed at each level
 (chdl.monitor.evaluate.operating_point). One false alarm per hour at 5 fps is one per 18,000 frames: the
 output says what the clean frames can resolve (one alarm = 1/hours per hour; zero alarms only bound the
 rate below 3/hours at 95 %). Recordings: as for ``chdl monitor-eval`` (clean ones: truth without
-anomalies, e.g. ``chdl simulate corpus ... --fault-rate 0``).
+anomalies, e.g. ``chdl simulate corpus ... --fault-rate 0``). With ``--scorer F --write-scorer`` the chosen
+level is written into the scorer file (``alert_levels``), which ``chdl monitor --scorer F`` and ``chdl
+monitor-eval --scorer F`` then use unless ``--z-on`` / ``--z-off`` are given.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import sys
@@ -26,6 +30,9 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].replace("\n", " "))
     ap.add_argument("runs", nargs="+", help="clean recordings (run folders or folders of runs)")
     ap.add_argument("--checkpoint", default=None, help="a chdl train checkpoint (default: constant motion)")
+    ap.add_argument("--scorer", default=None, help="a learned scorer file (chdl monitor-fit-scorer) fitted with that predictor")
+    ap.add_argument("--write-scorer", action="store_true",
+                    help="write the chosen level into the --scorer file (its alert_levels)")
     ap.add_argument("--fa-per-hour", type=float, default=1.0, help="target false alarms per hour (default 1)")
     ap.add_argument("--levels", default="3:16:0.5", help="z_on grid start:stop:step (stop inclusive)")
     ap.add_argument("--out", default=None, help="write the table as JSON here")
@@ -34,7 +41,6 @@ def main(argv=None) -> int:
     from tqdm import tqdm
 
     from acquisition.raw import Recording
-    from chdl.monitor.anomaly_score import ScorerConfig
     from chdl.monitor.evaluate import find_runs, method_setup, operating_point, score_recording
 
     try:
@@ -43,23 +49,26 @@ def main(argv=None) -> int:
             raise ValueError
     except ValueError:
         ap.error(f"--levels: expected start:stop:step with step > 0 and stop >= start, got {a.levels!r}")
+    if a.write_scorer and not a.scorer:
+        ap.error("--write-scorer needs --scorer")
     levels = [round(lo + k * step, 6) for k in range(int(math.floor((hi - lo) / step + 1e-9)) + 1)]
     method = "checkpoint" if a.checkpoint else "constant-motion"
     rows = []
     for run in find_runs(a.runs):
         rec = Recording.open(run)
         shape = rec.read(rec.frames[0]).shape
-        predictor, _ = method_setup(method, a.checkpoint, shape)
+        predictor, cfg = method_setup(method, a.checkpoint, shape, a.scorer)
         frames = [f for f in rec.frames if f.file is not None and f.status == "ok"]
         with tqdm(total=len(frames), unit="frame", desc=Path(run).name) as bar:
             def progress(it):
                 for f in it:
                     yield f
                     bar.update(1)
-            for r in score_recording(rec, predictor, ScorerConfig(z_on=math.inf, z_off=math.inf), progress=progress):
+            for r in score_recording(rec, predictor, dataclasses.replace(cfg, z_on=math.inf, z_off=math.inf), progress=progress):
                 rows.append({**r, "run": str(run)})
     op = operating_point(rows, levels, a.fa_per_hour)
     op["predictor"] = predictor.name if hasattr(predictor, "name") else method
+    op["scorer"] = a.scorer
     print(f"{op['clean_frames']} scored clean frames = {op['clean_hours']:.3f} h at 5 fps: one alarm = "
           f"{op['one_alarm_per_hour']:.2f}/h; zero alarms bound the rate below {op['zero_alarm_upper_95_per_hour']:.2f}/h (95 %)")
     print("| z_on | z_off | false alarms | per hour |\n|---|---|---|---|")
@@ -72,6 +81,18 @@ def main(argv=None) -> int:
               "to show the target")
     if a.out:
         Path(a.out).write_text(json.dumps(op, indent=2) + "\n")
+    if a.write_scorer:
+        if op["chosen_z_on"] is None:
+            print(f"no level qualifies: {a.scorer} left as it was")
+            return 1
+        from chdl.monitor.learned_score import LearnedScorer
+
+        learned = LearnedScorer.load(a.scorer)
+        learned.alert_levels = {"z_on": op["chosen_z_on"], "z_off": op["chosen_z_on"] / 2,
+                                "target_per_hour": a.fa_per_hour, "clean_frames": op["clean_frames"],
+                                "clean_hours": round(op["clean_hours"], 4), "runs": [str(r) for r in a.runs]}
+        learned.save(a.scorer)
+        print(f"wrote z_on {op['chosen_z_on']:g}, z_off {op['chosen_z_on'] / 2:g} into {a.scorer}")
     return 0
 
 

@@ -28,6 +28,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "predict": ("chdl.cli.train", "predict", "Predict future frames from a checkpoint: PNGs, GIF and zarr."),
     "monitor": ("chdl.cli.monitor", "monitor", "Capture while predicting each frame: process-anomaly alerts beside the recording."),
     "monitor-eval": ("chdl.cli.monitor", "monitor_eval", "Score monitor methods on labelled recordings: AUROC, recall, latency, false alarms."),
+    "monitor-fit-scorer": ("chdl.cli.monitor", "monitor_fit_scorer", "Fit a learned frame scorer for chdl monitor on clean recordings."),
     "dashboard": ("chdl.cli.dashboard", "dashboard", "Serve the live dashboard of a monitor folder (frames, scores, alerts) on a local web page."),
     "bench": ("chdl.cli.bench", "bench", "Train and compare DIFFUMA with the paper's baselines under one budget."),
 }

@@ -41,12 +41,17 @@ def _predictor_spec(checkpoint: Path | None, t_in: int) -> tuple[dict, str, int]
               help="Frames the constant-motion predictor looks back (a checkpoint brings its own).")
 @click.option("--queue-depth", type=click.IntRange(1), default=8, show_default=True,
               help="Frames waiting for the scorer; when it is full, frames are recorded but not scored (skipped).")
-@click.option("--z-on", type=POSITIVE, default=Z_ON, show_default=True,
-              help="Alert when the score exceeds its running median + z-on robust sigmas.")
-@click.option("--z-off", type=POSITIVE, default=Z_OFF, show_default=True, help="... and end it below median + z-off sigmas.")
+@click.option("--z-on", type=POSITIVE, default=None,
+              help=f"Alert when the score exceeds its running median + z-on robust sigmas. [default: {Z_ON:g}, or the "
+                   "level measured for the --scorer file]")
+@click.option("--z-off", type=POSITIVE, default=None,
+              help=f"... and end it below median + z-off sigmas. [default: {Z_OFF:g}, or the --scorer file's]")
+@click.option("--scorer", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="A learned scorer file (chdl monitor-fit-scorer) fitted with this predictor on clean recordings. "
+                   "Default: the largest block z-score.")
 @click.option("--serve", is_flag=True, help="Serve the live dashboard on 127.0.0.1 (chdl.monitor.dashboard).")
 @click.pass_context
-def monitor(ctx, checkpoint, t_in, queue_depth, z_on, z_off, serve, **params):
+def monitor(ctx, checkpoint, t_in, queue_depth, z_on, z_off, scorer, serve, **params):
     """Capture (exactly as chdl capture) while a separate process predicts and scores every frame; process
     anomalies and acquisition-QC flags are written as events beside the recording, in OUT/<run-id>.monitor/."""
     from acquisition.capture import default_run_id
@@ -56,24 +61,30 @@ def monitor(ctx, checkpoint, t_in, queue_depth, z_on, z_off, serve, **params):
     check_capture_params(ctx, params["alias"], params["replay"], params["run_id"], params["afap"],
                          params["pixel_format"], params["bit_depth"])
     if params["replay"] is not None:
-        from acquisition.raw import RawFormatError, find_recordings
+        from acquisition.raw import RawFormatError, Recording, find_recordings
 
         try:
             runs = find_recordings(params["replay"])
             if len(runs) != 1:
                 raise click.UsageError(f"--replay {params['replay']}: monitor replays a single recording, found {len(runs)}")
             run_path = replay_run_path(runs[0], params["out"], params["run_id"])
+            settings = Recording.open(runs[0]).manifest["settings"]
         except RawFormatError as e:
             raise click.ClickException(str(e)) from None
+        size = (int(settings["height"]), int(settings["width"]))
     else:
         params["run_id"] = params["run_id"] or default_run_id(params["alias"])
         run_path = params["out"] / params["run_id"]
+        size = (params["height"], params["width"])
     folder = monitor_dir(run_path)
     if folder.exists() and any(folder.iterdir()):
         raise click.ClickException(f"{folder}: already exists and is not empty (choose another --run-id or --out)")
     serve_in_background = _dashboard() if serve else None
     spec, name, t = _predictor_spec(checkpoint, t_in)
-    spec["scorer"] = _alert_levels(z_on, z_off)
+    learned = _check_scorer(scorer, checkpoint, size) if scorer is not None else None
+    spec["scorer"] = _alert_levels(z_on, z_off, learned)
+    if scorer is not None:
+        spec["scorer"]["scorer_file"] = str(scorer.resolve())
     if run_path.exists():
         raise click.ClickException(f"{run_path}: already exists (choose another --run-id or --out)")
     new_out = not params["out"].exists()
@@ -105,10 +116,39 @@ def monitor(ctx, checkpoint, t_in, queue_depth, z_on, z_off, serve, **params):
         ctx.exit(1)
 
 
-def _alert_levels(z_on: float, z_off: float) -> dict:
-    if z_off > z_on:
-        raise click.BadParameter(f"must not exceed --z-on ({z_on})", param_hint="--z-off")
-    return {"z_on": z_on, "z_off": z_off}
+def _given_levels(z_on: float | None, z_off: float | None) -> dict:
+    """The alert levels given on the command line (checked against each other and the defaults)."""
+    _alert_levels(z_on, z_off)
+    return {k: v for k, v in (("z_on", z_on), ("z_off", z_off)) if v is not None}
+
+
+def _check_scorer(path: Path, checkpoint: Path | None, size: tuple[int, int]):
+    """The learned scorer of ``path``; a one-line error unless it was fitted with this kind of predictor
+    (constant motion, or a checkpoint) on frames of ``size`` (H, W)."""
+    from chdl.monitor.learned_score import LearnedScorer
+
+    try:
+        learned = LearnedScorer.load(path)
+        learned.check_frames(size)
+    except ValueError as e:
+        raise click.ClickException(str(e)) from None
+    fitted_cm = learned.predictor == "constant-motion"
+    if fitted_cm != (checkpoint is None):
+        now = "constant motion" if checkpoint is None else f"the checkpoint {checkpoint}"
+        raise click.ClickException(f"{path}: fitted on the prediction errors of {learned.predictor}, the monitor "
+                                   f"predicts with {now} (fit one with monitor-fit-scorer for it)")
+    return learned
+
+
+def _alert_levels(z_on: float | None, z_off: float | None, learned=None) -> dict:
+    """{"z_on", "z_off"}: as given, else the learned scorer's measured levels, else the defaults; a usage
+    error if z_off would exceed z_on."""
+    from chdl.monitor.learned_score import alert_levels
+
+    levels = alert_levels(learned, z_on, z_off)
+    if levels["z_off"] > levels["z_on"]:
+        raise click.BadParameter(f"must not exceed --z-on ({levels['z_on']:g})", param_hint="--z-off")
+    return levels
 
 
 def _dashboard():
@@ -127,10 +167,14 @@ def _dashboard():
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
               help="Folder for metrics.json, metrics.md and the score plots.")
 @click.option("--no-qc", is_flag=True, help="Skip the acquisition QC (faster; no acquisition flags).")
-@click.option("--z-on", type=POSITIVE, default=Z_ON, show_default=True, help="Alert level, as for chdl monitor.")
-@click.option("--z-off", type=POSITIVE, default=Z_OFF, show_default=True, help="Alert-off level, as for chdl monitor.")
+@click.option("--z-on", type=POSITIVE, default=None,
+              help=f"Alert level, as for chdl monitor. [default: {Z_ON:g}; a --scorer method: its file's measured level]")
+@click.option("--z-off", type=POSITIVE, default=None, help=f"Alert-off level, as for chdl monitor. [default: {Z_OFF:g}, or the file's]")
+@click.option("--scorer", "scorers", multiple=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Also evaluate this learned scorer (chdl monitor-fit-scorer) with the predictor it was fitted on "
+                   "(repeatable).")
 @quiet_option()
-def monitor_eval(runs, checkpoint, out, no_qc, z_on, z_off, quiet):
+def monitor_eval(runs, checkpoint, out, no_qc, z_on, z_off, scorers, quiet):
     """Frame AUROC, event recall, detection latency and false alarms per hour on labelled (simulated)
     recordings (RUN folders, folders of runs, or monitor output folders), for every predictor next to the
     frame-difference and copy-last baselines."""
@@ -138,8 +182,35 @@ def monitor_eval(runs, checkpoint, out, no_qc, z_on, z_off, quiet):
 
     try:
         result = evaluate(list(runs), out, checkpoint=checkpoint, qc=not no_qc, progress=not quiet,
-                          alert_levels=_alert_levels(z_on, z_off))
+                          alert_levels=_given_levels(z_on, z_off), scorers=list(scorers))
     except EvalError as e:
         raise click.ClickException(str(e)) from None
     click.echo(result["markdown"])
     click.echo(f"wrote {out}/metrics.json, metrics.md, scores_*.png")
+
+
+@click.command("monitor-fit-scorer")
+@click.argument("runs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("-o", "--out", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="The scorer file to write (JSON, chdl.monitor-scorer/1).")
+@click.option("--checkpoint", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+              help="Fit on this model's prediction errors (default: constant motion's).")
+@click.option("--components", type=click.IntRange(1, 32), default=4, show_default=True,
+              help="Gaussian mixture components.")
+@click.option("--no-qc", is_flag=True, help="Skip the acquisition QC (keep every frame).")
+@quiet_option()
+def monitor_fit_scorer(runs, out, checkpoint, components, no_qc, quiet):
+    """Fit a learned frame scorer to CLEAN recordings (RUN folders or folders of runs; no process anomalies):
+    features of every frame's prediction error, a Gaussian mixture of them. Use it with chdl monitor --scorer."""
+    from chdl.monitor.learned_score import fit_recordings
+
+    if out.parent != Path("") and not out.parent.is_dir():
+        raise click.ClickException(f"{out}: the folder {out.parent} does not exist")
+    try:
+        learned = fit_recordings(list(runs), checkpoint=checkpoint, components=components, qc=not no_qc,
+                                 progress=not quiet)
+    except ValueError as e:  # EvalError, a checkpoint or recording that cannot be used, too few frames
+        raise click.ClickException(str(e).splitlines()[0]) from None
+    learned.save(out)
+    click.echo(f"fitted on {learned.fitted_on['frames']} clean frames ({learned.predictor}, "
+               f"{learned.width}x{learned.height}) -> {out}")

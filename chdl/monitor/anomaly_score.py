@@ -14,8 +14,12 @@ first predicted frame) and compared with what the camera delivered:
   change every frame, gets its own wider normal range, and the same error in the quiet street stands out;
 * per-frame score: the largest block z-score (max-pooled: the anomalies here are local, a whole-frame
   PSNR would dilute a 10-pixel crack in 30,000 pixels; ``mode="global"`` keeps that score as a baseline);
+  with ``ScorerConfig.scorer_file`` instead the negative log density of a few features of the block
+  z-scores and the error map under a model fitted on clean frames (``chdl.monitor.learned_score``);
 * normalisation: a running robust baseline of the frame scores, median and 1.4826 * MAD of the last
   ``window`` scores that did not alert (at least ``sigma_floor``); ``threshold = median + z_on * sigma``;
+  a learned score instead has the fixed baseline of the clean frames it was fitted on (``score_median``,
+  ``score_sigma`` of its file);
 * alerts with hysteresis: the alert turns on when the score exceeds ``median + z_on * sigma`` and off when it
   falls below ``median + z_off * sigma``; a new lane pass starts with the alert off. Warm-up: the first
   ``min_history`` frames only fill the row baseline (score NaN), the next ``min_history`` the frame
@@ -237,6 +241,8 @@ class ScorerConfig:
     open_px: int | None = None  # line length of the opening that removes specks (None: speck_length(width))
     box_fraction: float = 0.3  # blocks (then pixels) at >= this fraction of the worst one's error make up the box
     cut_front: bool = True  # block mode: leave out the zone around a kerf that ends in view (cut_front_zone)
+    scorer_file: str | None = None  # block mode: a learned scorer (chdl.monitor.learned_score) gives the frame score
+    features: bool = False  # block mode: compute the learned scorer's features (Scored.features) even without one
 
 
 @dataclasses.dataclass
@@ -250,6 +256,7 @@ class Scored:
     new_alert: bool  # the alert turned on at this frame
     box: list[int] | None  # [x0, y0, x1, y1] of the worst region
     error: np.ndarray  # (H, W) float32 error map (squared error, smoothed; 0 outside the valid region)
+    features: np.ndarray | None = None  # the learned scorer's features (learned_score.FEATURES), if computed
 
 
 class RobustBaseline:
@@ -278,7 +285,14 @@ class FrameScorer:
     """Scores frames against predictions, keeps the running baseline and the alert state (one stream)."""
 
     def __init__(self, config: ScorerConfig | None = None):
+        """ScorerFileError (a ValueError, one line naming the file) for a ``scorer_file`` that cannot be used."""
         self.config = config or ScorerConfig()
+        self.learned = None
+        if self.config.scorer_file is not None:
+            from chdl.monitor.learned_score import LearnedScorer
+
+            self.learned = LearnedScorer.load(self.config.scorer_file)
+        self._frames_checked = False
         self.baseline = RobustBaseline(self.config.window, self.config.sigma_floor)
         self.rows: collections.deque = collections.deque(maxlen=self.config.row_window)
         self.alert = False
@@ -320,17 +334,22 @@ class FrameScorer:
         sig = np.maximum(np.nan_to_num(sig, nan=self.config.row_sigma_floor), self.config.row_sigma_floor)
         return np.where(ok, (logs - med[:, None]) / sig[:, None], -np.inf)
 
-    def raw_score(self, err: np.ndarray, valid: np.ndarray) -> tuple[float, list[int] | None, np.ndarray | None]:
-        """(score, box, block log errors for the row baseline) of an error map. Block mode: the largest block
-        z-score against its row's running baseline (NaN until that baseline exists: the frame is not
-        scored, its blocks only feed the row baseline); global mode: log10 of the whole-frame mean."""
+    def raw_score(self, err: np.ndarray, valid: np.ndarray) -> tuple[float, list[int] | None, np.ndarray | None,
+                                                                   np.ndarray | None]:
+        """(score, box, block log errors for the row baseline, features or None) of an error map. Block mode:
+        the largest block z-score against its row's running baseline, or with a learned scorer the negative
+        log density of the frame's features (NaN until the row baseline exists: the frame is not scored, its
+        blocks only feed the row baseline); global mode: log10 of the whole-frame mean."""
         cfg = self.config
         if cfg.mode == "global":
-            return (math.log10(float(err[valid].mean()) + 1e-8) if valid.any() else math.nan), None, None
+            return (math.log10(float(err[valid].mean()) + 1e-8) if valid.any() else math.nan), None, None, None
         h, w = err.shape
+        if self.learned is not None and not self._frames_checked:
+            self.learned.check_frames((h, w))
+            self._frames_checked = True
         logs, ok, b = self.blocks(err, valid)
         if not ok.any():
-            return math.nan, None, None
+            return math.nan, None, None, None
         z = self.row_z(logs, ok)
         rank = z if z is not None else np.where(ok, logs, -np.inf)
         iy, ix = np.unravel_index(int(np.argmax(rank)), rank.shape)
@@ -345,7 +364,15 @@ class FrameScorer:
         region = err[y0:y1, x0:x1]
         py, px = np.nonzero(region >= cfg.box_fraction * region.max())
         box = [int(x0 + px.min()), int(y0 + py.min()), int(x0 + px.max() + 1), int(y0 + py.max() + 1)]
-        return float(rank[iy, ix]) if z is not None else math.nan, box, np.where(ok, logs, np.nan)
+        if z is None:
+            return math.nan, box, np.where(ok, logs, np.nan), None
+        feats = None
+        if self.learned is not None or cfg.features:
+            from chdl.monitor.learned_score import frame_features
+
+            feats = frame_features(z, err, b)
+        s = self.learned.score(feats) if self.learned is not None else float(rank[iy, ix])
+        return s, box, np.where(ok, logs, np.nan), feats
 
     def score(self, frame: np.ndarray, pred: np.ndarray, valid: np.ndarray, learn: bool = True) -> Scored:
         """Score one frame ((H, W) in [0, 1]) against its prediction. ``learn=False``: the score does not
@@ -354,9 +381,12 @@ class FrameScorer:
         if cfg.mode == "block" and cfg.cut_front:
             valid = valid & ~cut_front_zone(pred)
         err = self.error_map(frame, pred, valid)
-        s, box, logs = self.raw_score(err, valid)
-        med, sigma = self.baseline.stats()
-        ready = len(self.baseline) >= cfg.min_history
+        s, box, logs, feats = self.raw_score(err, valid)
+        if self.learned is not None:  # a learned score is calibrated on clean frames: a fixed baseline
+            med, sigma, ready = self.learned.score_median, self.learned.score_sigma, True
+        else:
+            med, sigma = self.baseline.stats()
+            ready = len(self.baseline) >= cfg.min_history
         on, off = med + cfg.z_on * sigma, med + cfg.z_off * sigma
         was = self.alert
         if ready and learn and math.isfinite(s):
@@ -370,7 +400,7 @@ class FrameScorer:
                 self.rows.append(logs)
         z = (s - med) / sigma if ready and math.isfinite(s) else math.nan
         return Scored(score=s, threshold=on if ready else math.inf, z=z, alert=self.alert,
-                      new_alert=self.alert and not was, box=box, error=err)
+                      new_alert=self.alert and not was, box=box, error=err, features=feats)
 
 
 class LaneStream:
@@ -417,6 +447,7 @@ class FrameResult:
     pixels: np.ndarray  # (H, W) in [0, 1]
     prediction: np.ndarray  # (H, W) in [0, 1]
     error: np.ndarray  # (H, W) error map
+    features: np.ndarray | None = None  # Scored.features
 
 
 class MonitorPipeline:
@@ -444,4 +475,4 @@ class MonitorPipeline:
         pred, s = out
         return FrameResult(frame=index, lane=lane, position=position, score=s.score, threshold=s.threshold,
                            z=s.z, alert=s.alert, new_alert=s.new_alert, acquisition=flag, box=s.box, pixels=frame,
-                           prediction=pred, error=s.error)
+                           prediction=pred, error=s.error, features=s.features)

@@ -46,8 +46,12 @@ METHODS = ("frame-difference", "copy-last", "constant-motion")
 SWEEP_LEVELS = (3.0, 4.0, 5.0, 6.0, 8.0, 10.0, 12.0)  # alert levels (z_on) replayed in metrics.json's "sweep"
 
 
-def method_setup(name: str, checkpoint=None, shape=None):
-    """(predictor, ScorerConfig) of a method name (or a checkpoint path for the model)."""
+def method_setup(name: str, checkpoint=None, shape=None, scorer=None):
+    """(predictor, ScorerConfig) of a method name (or a checkpoint path for the model); ``scorer``: a learned
+    scorer file (chdl.monitor.learned_score) that gives the block scorer's frame score."""
+    if scorer is not None:
+        predictor, cfg = method_setup(name, checkpoint, shape)
+        return predictor, dataclasses.replace(cfg, scorer_file=str(scorer))
     if name == "frame-difference":
         return CopyLast(), ScorerConfig(mode="global")
     if name == "copy-last":
@@ -72,7 +76,7 @@ def score_recording(rec, predictor, scorer: ScorerConfig, qc: bool = True, progr
         if r is not None:
             rows.append({"frame": r.frame, "lane": r.lane, "position": r.position, "score": r.score,
                          "threshold": r.threshold, "z": r.z, "alert": r.alert, "new_alert": r.new_alert,
-                         "acquisition": r.acquisition, "box": r.box})
+                         "acquisition": r.acquisition, "box": r.box, "features": r.features})
     return rows
 
 
@@ -218,12 +222,33 @@ def find_runs(paths: list) -> list[Path]:
     return out
 
 
+def learned_method(scorer, checkpoint=None, given_levels: dict | None = None) -> tuple[str, dict]:
+    """(base method, alert levels) a learned scorer file is evaluated with: the predictor it was fitted on
+    ("constant-motion", or the checkpoint given, "checkpoint:<name>"), and the levels given, else those
+    measured for the file, else the defaults (learned_score.alert_levels). EvalError (one line) for a file
+    that cannot be used or one fitted on a checkpoint when none is given."""
+    from chdl.monitor.learned_score import LearnedScorer, alert_levels
+
+    try:
+        learned = LearnedScorer.load(scorer)
+    except ValueError as e:
+        raise EvalError(str(e)) from None
+    levels = alert_levels(learned, **(given_levels or {}))
+    if learned.predictor == "constant-motion":
+        return learned.predictor, levels
+    if checkpoint is None:
+        raise EvalError(f"{scorer}: fitted on the errors of {learned.predictor}; give that checkpoint with --checkpoint")
+    return f"checkpoint:{Path(checkpoint).name}", levels
+
+
 def evaluate(paths: list, out: str | Path, checkpoint=None, qc: bool = True, progress: bool = True,
-             alert_levels: dict | None = None, methods: list | None = None) -> dict:
+             alert_levels: dict | None = None, methods: list | None = None, scorers: list | None = None) -> dict:
     """Score every run with every method, write ``out/metrics.json``, ``out/metrics.md`` and a score plot
     per run and method (``out/scores_<folder>_<run>.png``); returns the metrics and the markdown table.
-    ``alert_levels``: ScorerConfig fields for every method (e.g. ``{"z_on": 4.0, "z_off": 2.0}``); ``methods``:
-    a subset of :data:`METHODS` (default all; the checkpoint comes on top)."""
+    ``alert_levels``: ScorerConfig fields for every method (e.g. ``{"z_on": 4.0, "z_off": 2.0}``; those not
+    given: chdl.monitor.Z_ON / Z_OFF, or for a learned scorer the levels measured for its file); ``methods``:
+    a subset of :data:`METHODS` (default all; the checkpoint comes on top); ``scorers``: learned scorer files,
+    each one more method, ``<predictor>+scorer:<file name>`` (its predictor: :func:`learned_method`)."""
     from tqdm import tqdm
 
     from acquisition.raw import Recording
@@ -239,7 +264,15 @@ def evaluate(paths: list, out: str | Path, checkpoint=None, qc: bool = True, pro
             raise EvalError(str(e)) from None
         recs[str(r)] = rec
     methods = list(METHODS if methods is None else methods) + ([f"checkpoint:{Path(checkpoint).name}"] if checkpoint else [])
-    levels = dataclasses.replace(ScorerConfig(), **(alert_levels or {}))  # the alert levels every method gets
+    default = dataclasses.replace(ScorerConfig(), **(alert_levels or {}))
+    levels = {m: {"z_on": default.z_on, "z_off": default.z_off} for m in methods}  # method -> its alert levels
+    scorer_of = {}  # method -> (base method, learned scorer file)
+    for f in scorers or []:
+        base, own = learned_method(f, checkpoint, alert_levels)
+        m = f"{base}+scorer:{Path(f).name}"
+        scorer_of[m], levels[m] = (base, f), own
+        methods.append(m)
+    swept = sorted({*SWEEP_LEVELS, *(v["z_on"] for v in levels.values())})
     results, rows_by = {}, {}
     total = sum(len(rec.frames) for rec in recs.values()) * len(methods)
     with tqdm(total=total, unit="frame", desc="monitor-eval", disable=not progress) as bar:
@@ -249,18 +282,22 @@ def evaluate(paths: list, out: str | Path, checkpoint=None, qc: bool = True, pro
                 first = rec.frames[0] if rec.frames else None
                 shape = rec.read(first).shape if first is not None else None
                 try:
-                    predictor, cfg = method_setup(m, checkpoint, shape)
+                    base, scorer = scorer_of.get(m, (m, None))
+                    predictor, cfg = method_setup(base, checkpoint, shape, scorer)
                 except ValueError as e:
                     raise EvalError(str(e).splitlines()[0]) from None
-                cfg = dataclasses.replace(cfg, **(alert_levels or {}))
+                cfg = dataclasses.replace(cfg, **levels[m])
                 for row in score_recording(rec, predictor, cfg, qc=qc):
                     rows.append({**row, "run": run})
                 bar.update(len(rec.frames))
             rows_by[m] = rows
             results[m] = metrics(rows, truth)
-            results[m]["sweep"] = sweep(rows, truth, sorted({*SWEEP_LEVELS, levels.z_on}))
+            results[m]["alert_levels"] = levels[m]
+            results[m]["sweep"] = sweep(rows, truth, swept)
     out.mkdir(parents=True, exist_ok=True)
-    md = (f"alerts at z_on {levels.z_on:g}, z_off {levels.z_off:g} (the table below; the sweep after it replays others)"
+    own = "".join(f"; {m}: z_on {v['z_on']:g}, z_off {v['z_off']:g}" for m, v in levels.items()
+                  if (v["z_on"], v["z_off"]) != (default.z_on, default.z_off))
+    md = (f"alerts at z_on {default.z_on:g}, z_off {default.z_off:g}{own} (the table below; the sweep after it replays others)"
           "\n\n" + markdown(results) + "\n\n" + markdown_sweep(results))
     for run in recs:
         plot_scores(out / f"scores_{Path(run).parent.name}_{Path(run).name}.png", {m: [r for r in rows_by[m] if r["run"] == run] for m in methods},

@@ -83,9 +83,10 @@ def snapshot_image(pixels: np.ndarray, prediction: np.ndarray, error: np.ndarray
 class StatusWriter:
     """``status.json`` of a monitor folder, rewritten atomically by a thread at least once a second."""
 
-    def __init__(self, folder: Path, run_id: str, predictor: str, t_in: int, shared: dict):
+    def __init__(self, folder: Path, run_id: str, predictor: str, t_in: int, shared: dict, scorer: str = "block-z"):
         self.folder, self.shared = folder, shared
         self.fields = {"format": FORMAT, "run_id": run_id, "state": "running", "predictor": predictor, "t_in": t_in,
+                       "scorer": scorer,
                        "frames_captured": 0, "frames_scored": 0, "frames_skipped": 0, "events": 0,
                        "width": 0, "height": 0}
         self._stop = threading.Event()
@@ -138,7 +139,8 @@ class Monitor:
             (self.folder / sub).mkdir(parents=True, exist_ok=True)
         for name in ("scores.jsonl", "events.jsonl"):
             (self.folder / name).touch()
-        self.status = StatusWriter(self.folder, run_id, predictor_name, t_in, self.shared).start()
+        self.status = StatusWriter(self.folder, run_id, predictor_name, t_in, self.shared,
+                                   scorer_name(self.spec.get("scorer", {}).get("scorer_file"))).start()
         self.proc = self.ctx.Process(target=score_worker, name="chdl-monitor-scorer",
                                      args=(self.spec, str(run_path), str(self.folder), self.queue, self.shared["scored"],
                                            self.shared["events"], self.shared["ready"], self.errors), daemon=True)
@@ -186,6 +188,11 @@ class Monitor:
         if self.status is not None:
             self.status.stop(state)
         return error
+
+
+def scorer_name(scorer_file: str | None) -> str:
+    """status.json's ``scorer``: "block-z" (the largest block z-score) or "learned:<file>"."""
+    return "block-z" if scorer_file is None else f"learned:{scorer_file}"
 
 
 def score_worker(spec: dict, run_path: str, folder: str, q, scored, events, ready, errors) -> None:
@@ -241,9 +248,10 @@ def _score_loop(spec, run_path: Path, folder: Path, q, scored, events, ready) ->
                 event = {"kind": "acquisition", "box": None,
                          "reason": f"acquisition QC flagged {r.acquisition} at lane {r.lane} position {r.position}"}
             elif r.new_alert:
+                unit = "learned score, nats" if pipe.stream.scorer.learned is not None else "largest block z-score"
                 event = {"kind": "process", "box": r.box,
                          "reason": f"prediction error {r.score:.2f} above threshold {r.threshold:.2f} "
-                                   f"(log10 block MSE) at lane {r.lane} position {r.position}"}
+                                   f"({unit}) at lane {r.lane} position {r.position}"}
             if event is not None:
                 snap = f"snapshots/{r.frame:06d}.png"
                 atomic_write_bytes(folder / snap, _png8(snapshot_image(r.pixels, r.prediction, r.error, r.box)))

@@ -1,6 +1,7 @@
 """`chdl monitor` / `chdl monitor-eval` through the real CLI in a subprocess: replayed recordings, an injected
 anomaly, byte-identical recordings next to `chdl capture`, SIGKILL."""
 
+import importlib.util
 import json
 import os
 import shutil
@@ -19,7 +20,7 @@ ENV = {**os.environ, "CHDL_CAMERAS": "", "GENICAM_GENTL64_PATH": "", "XDG_CONFIG
        "OMP_NUM_THREADS": "1"}
 W, H = 120, 90
 INJECTED = 36  # lane 3, position 6 of a 5 x 10 recording
-STATUS_KEYS = {"format", "run_id", "state", "predictor", "t_in", "frames_captured", "frames_scored", "frames_skipped",
+STATUS_KEYS = {"format", "run_id", "state", "predictor", "t_in", "scorer", "frames_captured", "frames_scored", "frames_skipped",
                "events", "width", "height", "updated_utc"}
 SCORE_KEYS = {"frame", "lane", "position", "score", "threshold", "alert", "acquisition", "latency_ms"}
 EVENT_KEYS = {"event", "kind", "frame", "lane", "position", "score", "threshold", "box", "reason", "snapshot"}
@@ -66,8 +67,8 @@ def test_clean_replay_no_events_and_recording_identical_to_capture(clean_run, tm
     folder = tmp_path / "m" / "run_00000.monitor"
     status = json.loads((folder / "status.json").read_text())
     assert set(status) == STATUS_KEYS
-    assert (status["format"], status["state"], status["predictor"], status["t_in"]) == \
-        ("chdl.monitor/1", "finished", "constant-motion", 5)
+    assert (status["format"], status["state"], status["predictor"], status["t_in"], status["scorer"]) == \
+        ("chdl.monitor/1", "finished", "constant-motion", 5, "block-z")
     assert (status["frames_captured"], status["frames_scored"], status["frames_skipped"], status["events"]) == (50, 40, 0, 0)
     assert (status["width"], status["height"]) == (W, H)
     scores = _lines(folder / "scores.jsonl")
@@ -78,15 +79,21 @@ def test_clean_replay_no_events_and_recording_identical_to_capture(clean_run, tm
         assert cv2.imread(str(folder / "live" / f"{name}.png"), cv2.IMREAD_UNCHANGED).shape == (H, W)
 
 
-def test_injected_anomaly_raises_a_process_event_at_its_frame_and_lane(clean_run, tmp_path):
+def _inject(clean_run: Path, tmp_path: Path) -> Path:
+    """A copy of the clean recording with a dark chip-like bite at the kerf edge drawn into frame INJECTED."""
     run = tmp_path / "src" / "run_00000"
     shutil.copytree(clean_run, run)
     rec = Recording.open(run)
     f = rec.frames[INJECTED]
     assert (f.lane, f.position_index) == (3, 6)
     pixels = rec.read(f).copy()
-    cv2.ellipse(pixels, (70, 38), (12, 6), 0, 0, 360, 10, -1)  # a dark chip-like bite at the kerf edge
+    cv2.ellipse(pixels, (70, 38), (12, 6), 0, 0, 360, 10, -1)
     (run / f.file).write_bytes(encode_png(pixels, "Mono8"))
+    return run
+
+
+def test_injected_anomaly_raises_a_process_event_at_its_frame_and_lane(clean_run, tmp_path):
+    run = _inject(clean_run, tmp_path)
     mon = chdl("monitor", "--replay", run, "--out", tmp_path / "m", "--as-fast-as-possible", "--queue-depth", "100", "-q")
     assert mon.returncode == 0, mon.stderr
     folder = tmp_path / "m" / "run_00000.monitor"
@@ -100,6 +107,65 @@ def test_injected_anomaly_raises_a_process_event_at_its_frame_and_lane(clean_run
     assert snap.shape == (H, 3 * W + 4) and e["snapshot"] == f"snapshots/{INJECTED:06d}.png"
     scores = {s["frame"]: s for s in _lines(folder / "scores.jsonl")}
     assert scores[INJECTED]["alert"] and not scores[INJECTED - 1]["alert"]
+
+
+def test_a_scorer_fitted_on_other_clean_runs_finds_the_injected_anomaly(clean_run, tmp_path):
+    """chdl monitor-fit-scorer on 20 clean simulated lanes (another seed), then chdl monitor --scorer: one event,
+    at the injected frame and lane; the scorer file is refused for another predictor or frame size."""
+    corpus = tmp_path / "fit"
+    out = chdl("simulate", "corpus", corpus, "--sequences", "20", "--positions", "10", "--lanes-per-run", "20",
+               "--width", W, "--height", H, "--fault-rate", "0", "--seed", "2", "-q")
+    assert out.returncode == 0, out.stderr
+    scorer = tmp_path / "scorer.json"
+    fit = chdl("monitor-fit-scorer", corpus, "-o", scorer, "--components", "2", "-q")
+    assert fit.returncode == 0, fit.stderr
+    assert f"fitted on 150 clean frames (constant-motion, {W}x{H}) -> {scorer}" in fit.stdout  # 160 scored, 10 warm-up
+    run = _inject(clean_run, tmp_path)
+    mon = chdl("monitor", "--replay", run, "--out", tmp_path / "m", "--as-fast-as-possible", "--queue-depth", "100",
+               "--scorer", scorer, "-q")
+    assert mon.returncode == 0, mon.stderr
+    folder = tmp_path / "m" / "run_00000.monitor"
+    events = _lines(folder / "events.jsonl")
+    assert [(e["kind"], e["frame"], e["lane"], e["position"]) for e in events] == [("process", INJECTED, 3, 6)]
+    assert "learned score" in events[0]["reason"]
+    assert json.loads((folder / "status.json").read_text())["scorer"] == f"learned:{scorer}"
+    import click
+
+    from chdl.cli.monitor import _check_scorer
+
+    with pytest.raises(click.ClickException, match="fitted on the prediction errors of constant-motion, the monitor "
+                       "predicts with the checkpoint m.pt"):
+        _check_scorer(scorer, Path("m.pt"), (H, W))
+    with pytest.raises(click.ClickException, match=f"fitted on {W}x{H} frames, these are 200x150"):
+        _check_scorer(scorer, None, (150, 200))
+    # the alert level measured for the scorer goes into its file, and from there to monitor-eval (and monitor)
+    spec = importlib.util.spec_from_file_location("op_tool", Path(__file__).resolve().parents[2] / "tools" / "monitor_operating_point.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    assert tool.main([str(corpus), "--scorer", str(scorer), "--write-scorer", "--fa-per-hour", "1e6",
+                      "--out", str(tmp_path / "op.json")]) == 0
+    assert json.loads((tmp_path / "op.json").read_text())["chosen_z_on"] == 3.0  # every level qualifies at 1e6/h
+    assert json.loads(scorer.read_text())["alert_levels"] | {"runs": None} == {
+        "z_on": 3.0, "z_off": 1.5, "target_per_hour": 1e6, "clean_frames": 160, "clean_hours": 0.0089, "runs": None}
+    from chdl.monitor.evaluate import evaluate
+
+    name = "constant-motion+scorer:scorer.json"
+    ev = evaluate([corpus / "run_00000"], tmp_path / "e", qc=False, progress=False, methods=[], scorers=[scorer],
+                  alert_levels={"z_off": 1.0})
+    assert ev["methods"][name]["alert_levels"] == {"z_on": 3.0, "z_off": 1.0}  # given, else the file's
+    assert ev["markdown"].startswith(f"alerts at z_on 7.5, z_off 1; {name}: z_on 3, z_off 1 (")
+
+
+def test_monitor_fit_scorer_errors_are_one_line(tmp_path):
+    corpus = tmp_path / "anom"
+    out = chdl("simulate", "corpus", corpus, "--sequences", "2", "--positions", "6", "--lanes-per-run", "2",
+               "--width", "64", "--height", "48", "--fault-rate", "0", "--anomaly-rate", "0.5", "--seed", "3", "-q")
+    assert out.returncode == 0, out.stderr
+    for args, message in [([corpus, "-o", tmp_path / "s.json"], "process anomalies; fit on clean recordings only"),
+                          ([corpus, "-o", tmp_path / "no" / "s.json"], f"the folder {tmp_path / 'no'} does not exist")]:
+        fit = chdl("monitor-fit-scorer", *args, "-q")
+        assert fit.returncode == 1 and message in fit.stderr and "Traceback" not in fit.stderr
+        assert len(fit.stderr.strip().splitlines()) == 1 and not (tmp_path / "s.json").exists()
 
 
 def _children(pid: int) -> list[int]:
@@ -185,11 +251,14 @@ def test_monitor_eval_scores_every_method_on_labelled_runs(tmp_path):
     (["--replay", "{clean}", "--checkpoint", "{bad}"], "Error: "),
     (["--replay", "{clean}", "--run-id", "a/b"], "--run-id"),
     (["--camera", "gige0"], "Error: no GenTL producer"),  # fails after the scorer started: nothing left either
+    (["--replay", "{clean}", "--scorer", "{bad}"], "bad.pt: not a scorer file (not JSON"),
+    (["--replay", "{clean}", "--scorer", "{missing}"], "missing.json: cannot read the scorer file"),
 ])
 def test_monitor_errors_are_one_line_and_leave_nothing(clean_run, tmp_path, args, message):
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"not a checkpoint")
-    args = [a.replace("{bad}", str(bad)).replace("{clean}", str(clean_run)) for a in args]
+    args = [a.replace("{bad}", str(bad)).replace("{clean}", str(clean_run)).replace("{missing}", str(tmp_path / "missing.json"))
+            for a in args]
     out = chdl("monitor", "--out", tmp_path / "m", *args)
     assert out.returncode in (1, 2) and message in out.stderr and "Traceback" not in out.stderr
     assert not (tmp_path / "m").exists()

@@ -1,0 +1,265 @@
+"""A frame score learned from clean recordings: what normal prediction errors look like.
+
+The block scorer's frame score is one number, the largest block z-score; on simulated lanes a single
+debris particle or chip born in the kerf scores as high as a visible anomaly's onset. A learned scorer
+describes each frame's error by a few features (:data:`FEATURES`) that tell one small, compact blob from a
+spreading or elongated one, fits a Gaussian mixture (scikit-learn) to those of CLEAN frames only (no
+anomaly labels), and scores a frame by the negative log density of its features (nats): the rarer the
+combination among clean frames, the higher. The monitor then treats that score like any other (running
+robust baseline, hysteresis).
+
+Features of a frame (from :class:`chdl.monitor.anomaly_score.FrameScorer`'s block z-scores and its opened
+error map), :func:`frame_features`:
+
+    z1, z2, z3   the three largest block z-scores (row sigmas; an invalid block counts as -5)
+    elongation   the blob around the error map's largest pixel in the 3 x 3 blocks around the worst
+                 block (connected pixels at >= 0.3 x that pixel's error): sqrt of the ratio of its
+                 principal second moments (+0.25 px^2 each), 1 for a round speck, large for a crack or an
+                 edge that moved
+    log_mass     log10 of the summed error of those 3 x 3 blocks' pixels at >= 0.1 x the largest
+                 (squared-error units: absolute, not row-normalised)
+
+Each feature is raised to its clean median (only "more than usual" counts: a frame quieter than normal is
+not an anomaly), standardised by the clean standard deviation, and scored by the mixture. The score is
+calibrated on clean frames, so the monitor compares it with a fixed baseline, the fitted frames' median
+and 1.4826 x MAD (``score_median``, ``score_sigma``), not with a running one: many quiet frames share one
+score (every feature at its floor), which let a running baseline's spread shrink to nothing, and a
+recording with many anomalies raised it.
+
+The scorer file (:data:`FORMAT`, JSON, a few kB; written by ``chdl monitor-fit-scorer``, read by
+``chdl monitor --scorer F`` and ``chdl monitor-eval --scorer F``) holds the features' names, the floors
+and scales, the mixture (weights, means, full covariances), and what it was fitted on (predictor, frame
+size, recordings, frames): docs/monitor.md "Learned scorer".
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import json
+import math
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+FORMAT = "chdl.monitor-scorer/1"
+FEATURES = ("z1", "z2", "z3", "elongation", "log_mass")
+INVALID_Z = -5.0  # the z-score an invalid block counts as among the top three
+BLOB_FRACTION = 0.3  # blob: pixels at >= this fraction of the region's largest error
+MASS_FRACTION = 0.1  # mass: pixels at >= this fraction of it
+
+
+class ScorerFileError(ValueError):
+    """A scorer file that cannot be used (one line naming the file)."""
+
+
+def frame_features(z: np.ndarray, err: np.ndarray, block: int) -> np.ndarray:
+    """(len(FEATURES),) float64 features of one frame: ``z`` (nh, nw) block z-scores (-inf where a block
+    is not valid), ``err`` (H, W) the opened error map, ``block`` the block side in px. NaN if no block
+    is valid."""
+    zz = np.where(np.isfinite(z), z, INVALID_Z)
+    if not np.isfinite(z).any():
+        return np.full(len(FEATURES), np.nan)
+    top = np.sort(zz.ravel())[::-1]
+    top = np.r_[top, [INVALID_Z] * 3][:3]
+    iy, ix = np.unravel_index(int(np.argmax(zz)), zz.shape)
+    y0, x0 = max(0, (iy - 1) * block), max(0, (ix - 1) * block)
+    region = err[y0:(iy + 2) * block, x0:(ix + 2) * block]
+    peak = float(region.max()) if region.size else 0.0
+    if peak <= 0:
+        return np.r_[top, 1.0, -6.0]
+    _, labels = cv2.connectedComponents((region >= BLOB_FRACTION * peak).astype(np.uint8), connectivity=8)
+    py, px = np.unravel_index(int(np.argmax(region)), region.shape)
+    ys, xs = np.nonzero(labels == labels[py, px])
+    elongation = 1.0
+    if len(ys) > 2:
+        lo, hi = np.linalg.eigvalsh(np.cov(np.stack([xs, ys]).astype(float)))
+        elongation = math.sqrt((max(hi, 0.0) + 0.25) / (max(lo, 0.0) + 0.25))
+    mass = float(region[region >= MASS_FRACTION * peak].sum())
+    return np.r_[top, elongation, math.log10(mass + 1e-6)]
+
+
+@dataclasses.dataclass
+class LearnedScorer:
+    """A Gaussian mixture over the clean frames' standardised features; :meth:`score` = its negative log
+    density (nats). ``predictor``: what the errors were fitted on ("constant-motion" or "checkpoint:<file
+    name>"); ``width`` x ``height``: the frame size (the features are in pixels)."""
+
+    floor: np.ndarray  # (F,) clean medians: each feature is raised to at least this
+    scale: np.ndarray  # (F,) clean standard deviations
+    weights: np.ndarray  # (K,)
+    means: np.ndarray  # (K, F)
+    covariances: np.ndarray  # (K, F, F)
+    score_median: float  # median score (nats) of the frames it was fitted on: the alerts' fixed baseline
+    score_sigma: float  # 1.4826 x their MAD: its spread (z = (score - score_median) / score_sigma)
+    predictor: str
+    width: int
+    height: int
+    fitted_on: dict
+    alert_levels: dict | None = None  # {"z_on", "z_off", ...}: measured for this scorer (tools/monitor_operating_point.py)
+    features: tuple = FEATURES
+    path: Path | None = None
+
+    def __post_init__(self):
+        from scipy.stats import multivariate_normal
+
+        self._components = [multivariate_normal(m, c) for m, c in zip(self.means, self.covariances)]
+        self._log_w = np.log(self.weights)
+
+    def transform(self, feats: np.ndarray) -> np.ndarray:
+        """(..., F) features -> raised to the floor and standardised."""
+        return (np.maximum(feats, self.floor) - self.floor) / self.scale
+
+    def score(self, feats: np.ndarray) -> float:
+        """Negative log density (nats) of one frame's features; NaN if any is NaN."""
+        if not np.isfinite(feats).all():
+            return math.nan
+        x = self.transform(np.asarray(feats, float))
+        from scipy.special import logsumexp
+
+        return -float(logsumexp([lw + c.logpdf(x) for lw, c in zip(self._log_w, self._components)]))
+
+    def check_frames(self, shape: tuple[int, int]) -> None:
+        """ScorerFileError unless frames of ``shape`` (H, W) are the size this scorer was fitted on."""
+        if tuple(shape) != (self.height, self.width):
+            raise ScorerFileError(f"{self.path or 'scorer'}: fitted on {self.width}x{self.height} frames, "
+                                  f"these are {shape[1]}x{shape[0]}")
+
+    def to_json(self) -> dict:
+        return {"format": FORMAT, "kind": "gaussian-mixture", "features": list(self.features),
+                "floor": self.floor.tolist(), "scale": self.scale.tolist(), "weights": self.weights.tolist(),
+                "means": self.means.tolist(), "covariances": self.covariances.tolist(),
+                "score_median": self.score_median, "score_sigma": self.score_sigma, "predictor": self.predictor, "width": self.width, "height": self.height, "fitted_on": self.fitted_on,
+                "alert_levels": self.alert_levels}
+
+    def save(self, path: str | Path) -> None:
+        """Write the scorer file atomically (JSON)."""
+        from chdl.monitor.runtime import atomic_write_bytes
+
+        atomic_write_bytes(Path(path), (json.dumps(self.to_json(), indent=1) + "\n").encode())
+
+    @classmethod
+    def load(cls, path: str | Path) -> "LearnedScorer":
+        """Read a scorer file; ScorerFileError (one line naming the file) if it is missing, not JSON, of
+        another format, or inconsistent."""
+        path = Path(path)
+        try:
+            d = json.loads(path.read_text(encoding="utf-8"))
+        except OSError as e:
+            raise ScorerFileError(f"{path}: cannot read the scorer file ({e.strerror or e})") from None
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ScorerFileError(f"{path}: not a scorer file (not JSON: {str(e).splitlines()[0]})") from None
+        if not isinstance(d, dict) or d.get("format") != FORMAT:
+            got = d.get("format") if isinstance(d, dict) else type(d).__name__
+            raise ScorerFileError(f"{path}: not a scorer file (format {got!r}, expected {FORMAT!r})")
+        try:
+            if tuple(d["features"]) != FEATURES:
+                raise ValueError(f"features {d['features']} (this chdl computes {list(FEATURES)})")
+            f, k = len(FEATURES), len(d["weights"])
+            arrays = {name: np.asarray(d[name], float) for name in ("floor", "scale", "weights", "means", "covariances")}
+            shapes = {"floor": (f,), "scale": (f,), "weights": (k,), "means": (k, f), "covariances": (k, f, f)}
+            for name, shape in shapes.items():
+                if arrays[name].shape != shape or not np.isfinite(arrays[name]).all():
+                    raise ValueError(f"{name}: expected finite numbers of shape {shape}, got {arrays[name].shape}")
+            if k < 1 or (arrays["weights"] <= 0).any() or (arrays["scale"] <= 0).any():
+                raise ValueError("weights and scales must be positive")
+            med, sigma = float(d["score_median"]), float(d["score_sigma"])
+            if not (math.isfinite(med) and math.isfinite(sigma) and sigma > 0):
+                raise ValueError("score_median and score_sigma must be finite, score_sigma positive")
+            levels = d.get("alert_levels")
+            if levels is not None:
+                z_on, z_off = float(levels["z_on"]), float(levels["z_off"])
+                if not (0 < z_off <= z_on < math.inf):
+                    raise ValueError(f"alert_levels: need 0 < z_off <= z_on, got z_on {z_on}, z_off {z_off}")
+            return cls(**arrays, score_median=med, score_sigma=sigma, predictor=str(d["predictor"]), width=int(d["width"]),
+                       height=int(d["height"]), fitted_on=dict(d.get("fitted_on") or {}), alert_levels=levels, path=path)
+        except KeyError as e:
+            raise ScorerFileError(f"{path}: scorer file lacks {e.args[0]!r}") from None
+        except (ValueError, TypeError, np.linalg.LinAlgError) as e:
+            raise ScorerFileError(f"{path}: bad scorer file: {str(e).splitlines()[0]}") from None
+
+
+def fit(features: np.ndarray, predictor: str, width: int, height: int, components: int = 4, seed: int = 0,
+        fitted_on: dict | None = None) -> LearnedScorer:
+    """Fit a :class:`LearnedScorer` to (N, F) features of clean frames (rows with a NaN are dropped).
+    ValueError if fewer than 20 x ``components`` frames remain."""
+    from sklearn.mixture import GaussianMixture
+
+    x = np.asarray(features, float)
+    x = x[np.isfinite(x).all(axis=1)]
+    if len(x) < 20 * components:
+        raise ValueError(f"{len(x)} scored clean frames are too few to fit {components} components "
+                         f"(at least {20 * components})")
+    floor = np.median(x, axis=0)
+    scale = np.maximum(x.std(axis=0), 1e-6)
+    xs = (np.maximum(x, floor) - floor) / scale
+    gm = GaussianMixture(components, covariance_type="full", reg_covar=1e-3, n_init=3, random_state=seed).fit(xs)
+    meta = {"frames": int(len(x)), "components": components, "seed": seed,
+            "created_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), **(fitted_on or {})}
+    scorer = LearnedScorer(floor=floor, scale=scale, weights=gm.weights_, means=gm.means_, covariances=gm.covariances_,
+                           score_median=0.0, score_sigma=1.0, predictor=predictor, width=int(width), height=int(height),
+                           fitted_on=meta)
+    nll = np.array([scorer.score(v) for v in x])
+    scorer.score_median = float(np.median(nll))
+    scorer.score_sigma = max(1e-3, 1.4826 * float(np.median(np.abs(nll - scorer.score_median))))
+    return scorer
+
+
+def fit_recordings(paths: list, checkpoint=None, components: int = 4, qc: bool = True, progress: bool = True) -> LearnedScorer:
+    """Fit a scorer to clean recordings (recordings or folders of them): every frame scored by the monitor's
+    own pipeline (predictor: constant motion, or ``checkpoint``; acquisition QC on unless ``qc=False``;
+    alerts off), the features of every scored frame the QC did not flag. ValueError (one line) for a
+    recording whose truth lists process anomalies (fit on clean ones only), recordings of different frame
+    sizes, or too few frames."""
+    from tqdm import tqdm
+
+    from acquisition.raw import Recording
+    from chdl.monitor.evaluate import find_runs, method_setup, run_truth, score_recording
+
+    runs = find_runs(paths)
+    feats, shape = [], None
+    name = "constant-motion" if checkpoint is None else f"checkpoint:{Path(checkpoint).name}"
+    recs = [Recording.open(r) for r in runs]
+    for rec in recs:
+        try:
+            anomalies = run_truth(rec).anomalies
+        except ValueError:
+            anomalies = []  # no truth (a real capture): taken as clean, as the user says
+        if anomalies:
+            raise ValueError(f"{rec.path}: its truth lists {len(anomalies)} process anomalies; fit on clean recordings only")
+    total = sum(len(rec.frames) for rec in recs)
+    with tqdm(total=total, unit="frame", desc="fit-scorer", disable=not progress) as bar:
+        for rec in recs:
+            frames = [f for f in rec.frames if f.file is not None and f.status == "ok"]
+            if not frames:
+                continue
+            s = rec.read(frames[0]).shape
+            if shape is not None and s != shape:
+                raise ValueError(f"{rec.path}: frames {s[1]}x{s[0]}, the others {shape[1]}x{shape[0]} (one scorer per frame size)")
+            if shape is None:
+                predictor, cfg = method_setup("checkpoint" if checkpoint else "constant-motion", checkpoint, s)
+                cfg = dataclasses.replace(cfg, z_on=math.inf, z_off=math.inf, features=True)
+            shape = s
+
+            def counted(it):
+                for f in it:
+                    yield f
+                    bar.update(1)
+            for row in score_recording(rec, predictor, cfg, qc=qc, progress=counted):
+                if row["acquisition"] is None and row["features"] is not None:
+                    feats.append(row["features"])
+    if shape is None:
+        raise ValueError(f"{', '.join(map(str, paths))}: no frames to fit on")
+    return fit(np.array(feats).reshape(-1, len(FEATURES)), name, shape[1], shape[0], components,
+               fitted_on={"recordings": [str(r) for r in runs], "qc": qc})
+
+
+def alert_levels(learned: LearnedScorer | None = None, z_on: float | None = None, z_off: float | None = None) -> dict:
+    """``{"z_on", "z_off"}``: each as given, else the scorer's measured level (``alert_levels`` of its file),
+    else the block scorer's defaults (chdl.monitor.Z_ON / Z_OFF)."""
+    from chdl.monitor import Z_OFF, Z_ON
+
+    own = (learned.alert_levels if learned is not None else None) or {}
+    return {"z_on": float(z_on if z_on is not None else own.get("z_on", Z_ON)),
+            "z_off": float(z_off if z_off is not None else own.get("z_off", Z_OFF))}

@@ -1,0 +1,145 @@
+"""The learned frame score (chdl.monitor.learned_score): features, fit on clean frames, scorer file."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from chdl.monitor.anomaly_score import FrameScorer, ScorerConfig
+from chdl.monitor import Z_OFF, Z_ON
+from chdl.monitor.learned_score import (FEATURES, FORMAT, LearnedScorer, ScorerFileError, alert_levels, fit,
+                                        frame_features)
+
+H, W = 96, 128
+BACKGROUND = np.random.default_rng(0).uniform(0.4, 0.6, (H, W)).astype(np.float32)
+
+
+def _frame(seed: int, crack: bool = False) -> np.ndarray:
+    """The background with sensor noise and the "normal dynamics": one to three compact bright particles
+    (6-9 px, contrast up to 0.45) at random places; ``crack``: a thin dark line (40 x 2 px) instead, with
+    less error than the brightest particles."""
+    rng = np.random.default_rng(seed)
+    img = BACKGROUND + rng.normal(0, 0.01, (H, W)).astype(np.float32)
+    for _ in range(0 if crack else rng.integers(1, 4)):
+        s, y, x = int(rng.integers(6, 10)), int(rng.integers(0, H - 10)), int(rng.integers(0, W - 10))
+        img[y:y + s, x:x + s] += rng.uniform(0.05, 0.45)
+    if crack:
+        img[60:62, 40:80] -= 0.3
+    return np.clip(img, 0, 1)
+
+
+def _scores(cfg: ScorerConfig, seeds, crack: int | None = None) -> list:
+    """Score the frames of ``seeds`` (a crack in the one of seed ``crack``) against the exact background:
+    the prediction of a perfect predictor of the scene."""
+    scorer, valid = FrameScorer(cfg), np.ones((H, W), bool)
+    return [scorer.score(_frame(s, crack=s == crack), BACKGROUND, valid) for s in seeds]
+
+
+@pytest.fixture(scope="module")
+def fitted(tmp_path_factory):
+    """A scorer fitted on 300 clean frames, saved to a file."""
+    rows = _scores(ScorerConfig(features=True, z_on=math.inf, z_off=math.inf), range(300))
+    feats = np.array([r.features for r in rows if r.features is not None])
+    assert feats.shape == (290, len(FEATURES))  # the first 10 only fill the row baseline
+    path = tmp_path_factory.mktemp("scorer") / "scorer.json"
+    fit(feats, "constant-motion", W, H, components=2).save(path)
+    return path
+
+
+def test_features_tell_a_compact_speck_from_a_thin_line():
+    z = np.full((6, 8), -1.0)
+    z[3, 4], z[3, 5], z[2, 1] = 9.0, 6.0, np.inf * -1  # an invalid block counts as INVALID_Z, not -inf
+    err = np.zeros((H, W), np.float32)
+    err[50:58, 66:74] = 0.01  # a compact 8 x 8 blob in block (3, 4)
+    speck = frame_features(z, err, 16)
+    err = np.zeros((H, W), np.float32)
+    err[52:54, 50:90] = 0.01  # a 40 x 2 line
+    line = frame_features(z, err, 16)
+    names = dict(zip(FEATURES, zip(speck, line)))
+    assert names["z1"] == (9.0, 9.0) and names["z2"] == (6.0, 6.0) and names["z3"] == (-1.0, -1.0)
+    assert names["elongation"][0] == pytest.approx(1.0) and names["elongation"][1] > 10
+    assert names["log_mass"][0] == pytest.approx(np.log10(0.64), abs=1e-4)
+    assert np.isnan(frame_features(np.full((6, 8), -np.inf), err, 16)).all()  # no valid block: no features
+
+
+def test_a_fitted_scorer_puts_an_injected_crack_above_every_clean_frame(fitted):
+    """The crack's largest block z-score is within the clean frames' range (the block scorer cannot tell
+    it from a bright particle); the learned score, which knows clean frames have compact blobs, puts it
+    above every one of 100 new clean frames."""
+    seeds = range(1000, 1101)
+    block = _scores(ScorerConfig(), seeds, crack=1100)
+    learned = _scores(ScorerConfig(scorer_file=str(fitted)), seeds, crack=1100)
+    clean_block = max(r.score for r in block[10:-1])
+    clean_learned = max(r.score for r in learned[10:-1])
+    assert block[-1].score < clean_block  # a particle of the clean frames scores higher than the crack
+    assert learned[-1].score > clean_learned + 1.0  # nats
+    # alerts against the fixed baseline of the fitted frames (no running one): the crack raises one
+    f = LearnedScorer.load(fitted)
+    crack = learned[-1]
+    assert crack.threshold == pytest.approx(f.score_median + Z_ON * f.score_sigma)
+    assert crack.z == pytest.approx((crack.score - f.score_median) / f.score_sigma) and crack.new_alert
+    assert all(r.features is not None and len(r.features) == len(FEATURES) for r in learned[10:])
+
+
+def test_scorer_file_round_trip(fitted, tmp_path):
+    a = LearnedScorer.load(fitted)
+    d = json.loads(fitted.read_text())
+    assert d["format"] == FORMAT and d["features"] == list(FEATURES) and d["predictor"] == "constant-motion"
+    assert (d["width"], d["height"], len(d["weights"]), d["fitted_on"]["frames"]) == (W, H, 2, 290)
+    a.save(tmp_path / "again.json")
+    b = LearnedScorer.load(tmp_path / "again.json")
+    x = np.array([8.0, 5.0, 3.0, 4.0, -1.0])
+    assert b.score(x) == a.score(x) and math.isfinite(a.score(x))
+    assert a.score(x) > a.score(a.floor)  # above the clean medians in every feature: less likely
+    assert math.isnan(a.score(np.r_[x[:4], np.nan]))
+    assert d["score_sigma"] > 0 and math.isfinite(d["score_median"])
+    a.check_frames((H, W))
+    with pytest.raises(ScorerFileError, match=rf"^{fitted}: fitted on {W}x{H} frames, these are 200x150$"):
+        a.check_frames((150, 200))
+
+
+@pytest.mark.parametrize("content,message", [
+    (None, "cannot read the scorer file"),
+    ("{not json", "not a scorer file (not JSON"),
+    ('{"format": "chdl.monitor/1"}', "not a scorer file (format 'chdl.monitor/1'"),
+    ("[1, 2]", "not a scorer file (format 'list'"),
+    ("DROP:weights", "scorer file lacks 'weights'"),
+    ("SET:features=[\"z1\"]", "bad scorer file: features ['z1']"),
+    ("SET:means=[[1, 2]]", "bad scorer file: means: expected finite numbers of shape"),
+    ("SET:weights=[-1, 2]", "bad scorer file: weights and scales must be positive"),
+    ("SET:alert_levels={\"z_on\": 2, \"z_off\": 3}", "bad scorer file: alert_levels: need 0 < z_off <= z_on"),
+    ("SET:alert_levels={\"z_on\": 2}", "scorer file lacks 'z_off'"),
+    ("SET:score_sigma=0", "bad scorer file: score_median and score_sigma must be finite, score_sigma positive"),
+])
+def test_a_bad_scorer_file_gives_a_one_line_error_naming_it(fitted, tmp_path, content, message):
+    path = tmp_path / "bad.json"
+    if content is not None and content.startswith(("DROP:", "SET:")):
+        d = json.loads(fitted.read_text())
+        if content.startswith("DROP:"):
+            del d[content[5:]]
+        else:
+            key, value = content[4:].split("=", 1)
+            d[key] = json.loads(value)
+        content = json.dumps(d)
+    if content is not None:
+        path.write_text(content)
+    with pytest.raises(ScorerFileError) as e:
+        FrameScorer(ScorerConfig(scorer_file=str(path)))
+    assert str(e.value).startswith(f"{path}: ") and message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_alert_levels_as_given_else_the_scorers_measured_ones_else_the_defaults(fitted):
+    learned = LearnedScorer.load(fitted)
+    assert alert_levels() == alert_levels(learned) == {"z_on": Z_ON, "z_off": Z_OFF}  # none measured
+    learned.alert_levels = {"z_on": 5.0, "z_off": 2.5, "clean_hours": 0.45}
+    assert alert_levels(learned) == {"z_on": 5.0, "z_off": 2.5}
+    assert alert_levels(learned, z_on=9.0) == {"z_on": 9.0, "z_off": 2.5}
+    assert alert_levels(None, z_off=1.0) == {"z_on": Z_ON, "z_off": 1.0}
+
+
+def test_fit_needs_enough_finite_frames():
+    x = np.ones((50, len(FEATURES)))
+    x[:20, 0] = np.nan
+    with pytest.raises(ValueError, match="30 scored clean frames are too few to fit 2 components"):
+        fit(x, "constant-motion", W, H, components=2)
