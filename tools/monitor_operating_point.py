@@ -26,6 +26,19 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
+def check_not_fitted_on(scorer, runs) -> None:
+    """Raise ValueError if any of ``runs`` is a recording the learned ``scorer`` file was fitted on: its
+    scores there are lower than on new clean capture, so a level measured there is too low (a scorer fitted
+    on 20 lanes and measured on them chose z_on 3, where fresh clean lanes needed 11.5)."""
+    from chdl.monitor.learned_score import LearnedScorer
+
+    fitted = {Path(r).resolve() for r in LearnedScorer.load(scorer).fitted_on.get("recordings", [])}
+    same = [r for r in runs if Path(r).resolve() in fitted]
+    if same:
+        raise ValueError(f"{same[0]}: {scorer} was fitted on this recording; measure its alert level on other "
+                         "clean recordings")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].replace("\n", " "))
     ap.add_argument("runs", nargs="+", help="clean recordings (run folders or folders of runs)")
@@ -53,11 +66,22 @@ def main(argv=None) -> int:
         ap.error("--write-scorer needs --scorer")
     levels = [round(lo + k * step, 6) for k in range(int(math.floor((hi - lo) / step + 1e-9)) + 1)]
     method = "checkpoint" if a.checkpoint else "constant-motion"
+    try:
+        runs = find_runs(a.runs)
+        if a.scorer:
+            check_not_fitted_on(a.scorer, runs)
+    except ValueError as e:  # a scorer file that cannot be used, or one fitted on these recordings
+        print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
+        return 1
     rows = []
-    for run in find_runs(a.runs):
+    for run in runs:
         rec = Recording.open(run)
         shape = rec.read(rec.frames[0]).shape
-        predictor, cfg = method_setup(method, a.checkpoint, shape, a.scorer)
+        try:
+            predictor, cfg = method_setup(method, a.checkpoint, shape, a.scorer)
+        except ValueError as e:  # e.g. a scorer fitted on another frame size
+            print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
+            return 1
         frames = [f for f in rec.frames if f.file is not None and f.status == "ok"]
         with tqdm(total=len(frames), unit="frame", desc=Path(run).name) as bar:
             def progress(it):

@@ -179,10 +179,18 @@ def monitor_eval(runs, checkpoint, out, no_qc, z_on, z_off, scorers, quiet):
     recordings (RUN folders, folders of runs, or monitor output folders), for every predictor next to the
     frame-difference and copy-last baselines."""
     from chdl.monitor.evaluate import EvalError, evaluate
+    from chdl.monitor.learned_score import LearnedScorer
 
+    given = _given_levels(z_on, z_off)
+    for path in scorers:  # each file readable, and its levels with the given ones a valid hysteresis
+        try:
+            learned = LearnedScorer.load(path)
+        except ValueError as e:
+            raise click.ClickException(str(e)) from None
+        _alert_levels(z_on, z_off, learned)
     try:
         result = evaluate(list(runs), out, checkpoint=checkpoint, qc=not no_qc, progress=not quiet,
-                          alert_levels=_given_levels(z_on, z_off), scorers=list(scorers))
+                          alert_levels=given, scorers=list(scorers))
     except EvalError as e:
         raise click.ClickException(str(e)) from None
     click.echo(result["markdown"])

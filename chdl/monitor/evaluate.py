@@ -48,8 +48,14 @@ SWEEP_LEVELS = (3.0, 4.0, 5.0, 6.0, 8.0, 10.0, 12.0)  # alert levels (z_on) repl
 
 def method_setup(name: str, checkpoint=None, shape=None, scorer=None):
     """(predictor, ScorerConfig) of a method name (or a checkpoint path for the model); ``scorer``: a learned
-    scorer file (chdl.monitor.learned_score) that gives the block scorer's frame score."""
+    scorer file (chdl.monitor.learned_score) that gives the block scorer's frame score, checked here against
+    the frame ``shape`` (H, W) when given. Raises ValueError (a ScorerFileError naming the file) for a file
+    that cannot be used."""
     if scorer is not None:
+        from chdl.monitor.learned_score import LearnedScorer
+
+        if shape is not None:
+            LearnedScorer.load(scorer).check_frames(tuple(shape[:2]))
         predictor, cfg = method_setup(name, checkpoint, shape)
         return predictor, dataclasses.replace(cfg, scorer_file=str(scorer))
     if name == "frame-difference":

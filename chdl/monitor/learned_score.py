@@ -252,7 +252,7 @@ def fit_recordings(paths: list, checkpoint=None, components: int = 4, qc: bool =
     if shape is None:
         raise ValueError(f"{', '.join(map(str, paths))}: no frames to fit on")
     return fit(np.array(feats).reshape(-1, len(FEATURES)), name, shape[1], shape[0], components,
-               fitted_on={"recordings": [str(r) for r in runs], "qc": qc})
+               fitted_on={"recordings": [str(Path(r).resolve()) for r in runs], "qc": qc})
 
 
 def alert_levels(learned: LearnedScorer | None = None, z_on: float | None = None, z_off: float | None = None) -> dict:

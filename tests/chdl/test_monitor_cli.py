@@ -109,7 +109,7 @@ def test_injected_anomaly_raises_a_process_event_at_its_frame_and_lane(clean_run
     assert scores[INJECTED]["alert"] and not scores[INJECTED - 1]["alert"]
 
 
-def test_a_scorer_fitted_on_other_clean_runs_finds_the_injected_anomaly(clean_run, tmp_path):
+def test_a_scorer_fitted_on_other_clean_runs_finds_the_injected_anomaly(clean_run, tmp_path, capsys):
     """chdl monitor-fit-scorer on 20 clean simulated lanes (another seed), then chdl monitor --scorer: one event,
     at the injected frame and lane; the scorer file is refused for another predictor or frame size."""
     corpus = tmp_path / "fit"
@@ -142,11 +142,29 @@ def test_a_scorer_fitted_on_other_clean_runs_finds_the_injected_anomaly(clean_ru
     spec = importlib.util.spec_from_file_location("op_tool", Path(__file__).resolve().parents[2] / "tools" / "monitor_operating_point.py")
     tool = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tool)
-    assert tool.main([str(corpus), "--scorer", str(scorer), "--write-scorer", "--fa-per-hour", "1e6",
+    # ... measured on clean recordings it was NOT fitted on (on its own it scores low: a level far too low)
+    assert tool.main([str(corpus), "--scorer", str(scorer), "--write-scorer"]) == 1
+    assert capsys.readouterr().err == (f"error: {corpus / 'run_00000'}: {scorer} was fitted on this recording; "
+                                       "measure its alert level on other clean recordings\n")
+    assert "alert_levels" not in json.loads(scorer.read_text()) or not json.loads(scorer.read_text())["alert_levels"]
+    assert tool.main([str(clean_run), "--scorer", str(scorer), "--write-scorer", "--fa-per-hour", "1e6",
                       "--out", str(tmp_path / "op.json")]) == 0
-    assert json.loads((tmp_path / "op.json").read_text())["chosen_z_on"] == 3.0  # every level qualifies at 1e6/h
-    assert json.loads(scorer.read_text())["alert_levels"] | {"runs": None} == {
-        "z_on": 3.0, "z_off": 1.5, "target_per_hour": 1e6, "clean_frames": 160, "clean_hours": 0.0089, "runs": None}
+    op = json.loads((tmp_path / "op.json").read_text())
+    assert op["chosen_z_on"] == 3.0  # every level qualifies at 1e6/h
+    assert json.loads(scorer.read_text())["alert_levels"] == {
+        "z_on": 3.0, "z_off": 1.5, "target_per_hour": 1e6, "clean_frames": op["clean_frames"],
+        "clean_hours": round(op["clean_hours"], 4), "runs": [str(clean_run)]}
+    # monitor-eval: a z_off above the file's z_on is a usage error; a scorer of another frame size one line
+    bad = chdl("monitor-eval", run, "--out", tmp_path / "e1", "--scorer", scorer, "--z-off", "5", "--no-qc", "-q")
+    assert bad.returncode == 2 and "Invalid value for --z-off: must not exceed --z-on (3)" in bad.stderr
+    other = chdl("simulate", "corpus", tmp_path / "other", "--sequences", "2", "--positions", "10", "--lanes-per-run",
+                 "2", "--width", "80", "--height", "60", "--fault-rate", "0", "--seed", "3", "-q")
+    assert other.returncode == 0, other.stderr
+    bad = chdl("monitor-eval", tmp_path / "other" / "run_00000", "--out", tmp_path / "e2", "--scorer", scorer,
+               "--no-qc", "-q")
+    assert bad.returncode == 1 and bad.stderr.strip().splitlines() == [
+        f"Error: {scorer}: fitted on {W}x{H} frames, these are 80x60"], bad.stderr
+    assert not (tmp_path / "e2").exists()
     from chdl.monitor.evaluate import evaluate
 
     name = "constant-motion+scorer:scorer.json"
