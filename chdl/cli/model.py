@@ -116,11 +116,12 @@ def model_info(name, presets, sizes, frames, batch, train, as_json):
         for r in rows:
             click.echo(json.dumps(r))
         return
-    head = f"{'model':<10} {'preset':<10} {'frames':>7} {'size':>9} {'C':>2} {'params':>11} {'GFLOPs fwd':>11}"
+    pw = max([10, *(len(r["preset"]) for r in rows)])  # the preset column fits the longest name
+    head = f"{'model':<10} {'preset':<{pw}} {'frames':>7} {'size':>9} {'C':>2} {'params':>11} {'GFLOPs fwd':>11}"
     head += f" {'GFLOPs train':>13}" if train else ""
     click.echo(head + f"   (batch {batch})")
     for r in rows:
-        line = (f"{r['model']:<10} {r['preset']:<10} {r['frames']:>7} {r['size']:>9} {r['channels']:>2} "
+        line = (f"{r['model']:<10} {r['preset']:<{pw}} {r['frames']:>7} {r['size']:>9} {r['channels']:>2} "
                 f"{r['params'] / 1e6:>10.3f}M {r['gflops_forward']:>11.3f}")
         if train:
             line += f" {r['gflops_train_step']:>13.3f}"

@@ -308,8 +308,10 @@ def evaluate(paths: list, out: str | Path, checkpoint=None, qc: bool = True, pro
     for run in recs:
         plot_scores(out / f"scores_{Path(run).parent.name}_{Path(run).name}.png", {m: [r for r in rows_by[m] if r["run"] == run] for m in methods},
                     truth[run], title=f"{Path(run).parent.name}/{Path(run).name}")
-    atomic_write_bytes(out / "metrics.json", json.dumps({"runs": [str(r) for r in runs], "alert_levels": alert_levels or {},
-                                             "methods": results}, indent=2).encode() + b"\n")
+    # top level: the levels of every method without its own (a --scorer method's are under "methods")
+    summary = {"runs": [str(r) for r in runs], "alert_levels": {"z_on": default.z_on, "z_off": default.z_off},
+               "methods": results}
+    atomic_write_bytes(out / "metrics.json", json.dumps(summary, indent=2).encode() + b"\n")
     atomic_write_bytes(out / "metrics.md", (md + "\n").encode())
     return {"methods": results, "markdown": md}
 

@@ -35,3 +35,19 @@ def test_backward_of_grouped_convolutions_costs_twice_their_forward(groups, tran
 def test_simvp_training_step_is_about_three_forward_passes():
     row = measure("simvp", "tiny", train=True)
     assert 2.0 <= row["gflops_train_step"] / row["gflops_forward"] <= 3.5
+
+
+def test_the_table_columns_line_up_for_a_long_preset_name():
+    """The preset column is as wide as the longest name, so every row's columns sit under the header's."""
+    from click.testing import CliRunner
+
+    from chdl.cli.model import model_info
+
+    res = CliRunner().invoke(model_info, ["--preset", "tiny-mmnist", "--preset", "tiny", "--frames", "5:5"])
+    assert res.exit_code == 0, res.output
+    head, *rows = res.output.splitlines()
+    assert len(rows) == 2
+    for row in rows:  # each right-aligned column ends where its header ends
+        for col in ("frames", "params", "GFLOPs fwd"):
+            end = head.index(col) + len(col)
+            assert row[end - 1] != " " and (end == len(row) or row[end] == " "), (col, row)

@@ -245,6 +245,7 @@ def test_monitor_eval_scores_every_method_on_labelled_runs(tmp_path):
     assert ev.returncode == 0, ev.stderr
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert list(metrics["methods"]) == ["frame-difference", "copy-last", "constant-motion"]
+    assert metrics["alert_levels"] == {"z_on": 7.5, "z_off": 3.75}  # the levels in use, not only those given
     for m in metrics["methods"].values():
         assert 0.0 <= m["auroc"] <= 1.0 and m["events"] > 0 and 0.0 <= m["event_recall"] <= 1.0
         assert m["positive_frames"] > 0 and m["negative_frames"] > 0
