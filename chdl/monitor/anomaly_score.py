@@ -259,6 +259,12 @@ class Scored:
     features: np.ndarray | None = None  # the learned scorer's features (learned_score.FEATURES), if computed
 
 
+def robust_stats(values: np.ndarray, sigma_floor: float) -> tuple[float, float]:
+    """(median, max(sigma_floor, 1.4826 * MAD)) of a 1-D array of values (the robust normal-consistent spread)."""
+    med = float(np.median(values))
+    return med, max(sigma_floor, 1.4826 * float(np.median(np.abs(values - med))))
+
+
 class RobustBaseline:
     """Median and 1.4826 * MAD of the last ``window`` values added."""
 
@@ -276,9 +282,7 @@ class RobustBaseline:
         """(median, sigma); (nan, sigma_floor) while empty."""
         if not self.values:
             return math.nan, self.sigma_floor
-        v = np.fromiter(self.values, float)
-        med = float(np.median(v))
-        return med, max(self.sigma_floor, 1.4826 * float(np.median(np.abs(v - med))))
+        return robust_stats(np.fromiter(self.values, float), self.sigma_floor)
 
 
 class FrameScorer:

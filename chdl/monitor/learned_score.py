@@ -80,6 +80,12 @@ def frame_features(z: np.ndarray, err: np.ndarray, block: int) -> np.ndarray:
     return np.r_[top, elongation, math.log10(mass + 1e-6)]
 
 
+def standardise(feats: np.ndarray, floor: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """(..., F) features raised to their clean medians ``floor`` (only "more than usual" counts) and divided by
+    their clean standard deviations ``scale`` (F,)."""
+    return (np.maximum(feats, floor) - floor) / scale
+
+
 @dataclasses.dataclass
 class LearnedScorer:
     """A Gaussian mixture over the clean frames' standardised features; :meth:`score` = its negative log
@@ -109,7 +115,7 @@ class LearnedScorer:
 
     def transform(self, feats: np.ndarray) -> np.ndarray:
         """(..., F) features -> raised to the floor and standardised."""
-        return (np.maximum(feats, self.floor) - self.floor) / self.scale
+        return standardise(feats, self.floor, self.scale)
 
     def score(self, feats: np.ndarray) -> float:
         """Negative log density (nats) of one frame's features; NaN if any is NaN."""
@@ -193,16 +199,17 @@ def fit(features: np.ndarray, predictor: str, width: int, height: int, component
                          f"(at least {20 * components})")
     floor = np.median(x, axis=0)
     scale = np.maximum(x.std(axis=0), 1e-6)
-    xs = (np.maximum(x, floor) - floor) / scale
+    xs = standardise(x, floor, scale)
     gm = GaussianMixture(components, covariance_type="full", reg_covar=1e-3, n_init=3, random_state=seed).fit(xs)
     meta = {"frames": int(len(x)), "components": components, "seed": seed,
             "created_utc": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), **(fitted_on or {})}
     scorer = LearnedScorer(floor=floor, scale=scale, weights=gm.weights_, means=gm.means_, covariances=gm.covariances_,
                            score_median=0.0, score_sigma=1.0, predictor=predictor, width=int(width), height=int(height),
                            fitted_on=meta)
+    from chdl.monitor.anomaly_score import robust_stats
+
     nll = np.array([scorer.score(v) for v in x])
-    scorer.score_median = float(np.median(nll))
-    scorer.score_sigma = max(1e-3, 1.4826 * float(np.median(np.abs(nll - scorer.score_median))))
+    scorer.score_median, scorer.score_sigma = robust_stats(nll, 1e-3)
     return scorer
 
 
