@@ -119,6 +119,8 @@ def _check_range(frames: np.ndarray, seq: SequencePlan) -> None:
     """CurateError if a pixel of the sequence (``read_sequence``'s frames: missing ones are zeros) is above the
     dataset's max_value: a wrong bit depth would otherwise store intensities above 1.0 without a word."""
     c = _CTX
+    if np.iinfo(frames.dtype).max <= c["max_value"]:  # 8-bit frames at max_value 255: nothing can be above
+        return  # (a scan of the sequence, 0.17 ms at 10 x 800x600, spared)
     top = int(frames.max(initial=0))
     if top > c["max_value"]:
         raise CurateError(f"{c['run_paths'][seq.run]}: lane {seq.lane} has pixel values up to {top}, above max_value "

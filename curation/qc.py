@@ -103,11 +103,13 @@ def _scratch(buffers: dict, name: str, shape: tuple[int, ...]) -> np.ndarray:
 
 
 def _prepare(img: np.ndarray, f_sharp: int, max_value: float, window: np.ndarray, fine_ii: np.ndarray,
-             reg_ii: np.ndarray, buffers: dict) -> tuple[np.ndarray, np.ndarray]:
+             reg_ii: np.ndarray, buffers: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per-frame precomputation, written into ``fine_ii`` (the integral image of gradient energy at the
     sharpness scale) and ``reg_ii`` (3, h+1, w+1: integral images of I, I^2 and gradient energy at the
     registration scale); returns the frame's whitened spectrum at the registration scale (for phase
-    correlation) and the frame at that scale (float32, [0, 1]). ``buffers``: see :func:`_scratch`."""
+    correlation), the frame at that scale (float32, [0, 1]) and the frame at the sharpness scale (its
+    dtype: ``_down(img, f_sharp)``, what reconstruction's self-check reads). ``buffers``: see
+    :func:`_scratch`."""
     # downsample in the integer domain first (averaging rounds by < 0.5 grey level), then to float
     small_sharp = _down(img, f_sharp)
     sh = to_unit(small_sharp, max_value, _scratch(buffers, "unit", small_sharp.shape))
@@ -118,7 +120,7 @@ def _prepare(img: np.ndarray, f_sharp: int, max_value: float, window: np.ndarray
     square = cv2.multiply(small, small, dst=_scratch(buffers, "square", small.shape))
     for c, plane in enumerate((small, square, _grad_energy(small, buffers))):
         cv2.integral(plane, reg_ii[c], sdepth=cv2.CV_32F)
-    return whitened_spectrum(cv2.multiply(small, window, dst=square), buffers), small
+    return whitened_spectrum(cv2.multiply(small, window, dst=square), buffers), small, small_sharp
 
 
 def _median(x: np.ndarray, axis: int = -1) -> np.ndarray:
@@ -398,6 +400,7 @@ class SequenceQC:
                     for k, t in enumerate(self.avail)]
         self.spectra = [p[0] for p in prepared]
         self._small = [p[1] for p in prepared]  # registration-scale frames, for block spectra when needed
+        self._sharp = [p[2] for p in prepared]  # sharpness-scale frames, for reconstruction (sharp_frames)
         self._blocks: dict[int, list[np.ndarray]] = {}
         self._disp: dict[tuple[int, int], np.ndarray] = {}
         self._layers: dict[tuple[int, int], np.ndarray] = {}  # (k, 2) see motion_layers
@@ -406,6 +409,15 @@ class SequenceQC:
         # the expected stage step: the median measured step (one bad pair does not move it)
         self.step = np.median(np.array(adjacent), axis=0) if adjacent else np.zeros(2)
         self._vignetting: np.ndarray | None = None
+
+    def sharp_frames(self) -> list[np.ndarray | None]:
+        """(T,) the frames at the sharpness scale (``_down(frame, f_sharp)``, the input's dtype; None where
+        missing): reconstruction's self-check runs at this scale (:func:`curation.reconstruct.reconstruct`'s
+        ``check_frames``), so it need not downsample them again."""
+        out: list[np.ndarray | None] = [None] * self.T
+        for k, t in enumerate(self.avail):
+            out[t] = self._sharp[k]
+        return out
 
     def block(self, k: int) -> list[np.ndarray]:
         """The quadrant spectra of the frame in slot k (:func:`block_spectra`), made on first use."""

@@ -27,24 +27,25 @@ benchmarks measure exactly the same neighbour choice.
 
 from __future__ import annotations
 
+import threading
+
 import cv2
 import numpy as np
 
 from curation.qc import phase_shift, scales, to_unit, _down
 
 
-def _warp(img: np.ndarray, d: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """img moved by content displacement d = (dx, dy) (out(x) = img(x - d)), and its coverage mask."""
+def _warp(img: np.ndarray, d: np.ndarray) -> tuple[np.ndarray, tuple[slice, slice] | None]:
+    """img moved by content displacement d = (dx, dy) (out(x) = img(x - d)), and the rectangle of out
+    whose source pixels lie inside img, bilinear taps included ((rows, cols) slices; None if empty)."""
     h, w = img.shape
     m = np.float32([[1, 0, d[0]], [0, 1, d[1]]])
     out = cv2.warpAffine(img, m, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
-    # coverage: 1 where the source pixel lies inside img (bilinear taps included)
     x0, x1 = max(0.0, d[0]), min(float(w - 1), w - 1 + d[0])
     y0, y1 = max(0.0, d[1]), min(float(h - 1), h - 1 + d[1])
-    mask = np.zeros((h, w), np.float32)
-    if x1 >= x0 and y1 >= y0:
-        mask[int(np.ceil(y0)):int(np.floor(y1)) + 1, int(np.ceil(x0)):int(np.floor(x1)) + 1] = 1.0
-    return out, mask
+    if x1 < x0 or y1 < y0:
+        return out, None
+    return out, (slice(int(np.ceil(y0)), int(np.floor(y1)) + 1), slice(int(np.ceil(x0)), int(np.floor(x1)) + 1))
 
 
 def displacement(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -67,14 +68,19 @@ def displacement(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return d
 
 
-def _blend(parts: list[tuple[np.ndarray, np.ndarray, float]]) -> np.ndarray:
+def _blend(parts: list[tuple[np.ndarray, tuple[slice, slice] | None, float]]) -> np.ndarray:
+    """Warped frames (img, covered rectangle from :func:`_warp`, weight) averaged with their weights
+    over the pixels each covers; where none covers, the edge-replicated frame of largest weight. Each
+    frame is accumulated over its rectangle only: outside it the weight is 0 and adding 0 changes
+    nothing, so the sums equal those over the whole frame with a 0/1 coverage mask."""
     num = np.zeros_like(parts[0][0])
     den = np.zeros_like(parts[0][0])
-    for img, mask, wgt in parts:  # in place: each full-size temporary costs page faults and cache misses
-        weight = mask * wgt
-        den += weight
-        weight *= img
-        num += weight
+    for img, rect, wgt in parts:
+        if rect is None:
+            continue
+        weight = np.float32(wgt)
+        den[rect] += weight
+        num[rect] += weight * img[rect]
     nearest = max(parts, key=lambda p: p[2])[0]  # edge-replicated nearer frame where nothing covers
     covered = den > 1e-6
     num /= np.maximum(den, 1e-6, out=den)
@@ -82,26 +88,55 @@ def _blend(parts: list[tuple[np.ndarray, np.ndarray, float]]) -> np.ndarray:
 
 
 def _from_unit(x: np.ndarray, max_value: float, dtype: np.dtype) -> np.ndarray:
-    return np.clip(np.rint(x * max_value), 0, max_value).astype(dtype)
+    y = x * max_value  # one work array, rounded and clipped in place (``x`` may be a cached frame)
+    np.rint(y, out=y)
+    return np.clip(y, 0, max_value, out=y).astype(dtype)
+
+
+def _mse(x: np.ndarray, ref: np.ndarray) -> float:
+    """Mean squared difference of two float32 frames (``np.mean((x - ref) ** 2)``, one work array)."""
+    d = x - ref
+    return float(np.mean(np.square(d, out=d)))
 
 
 METHODS = ("auto", "motion", "flow", "average", "nearest")
 CANDIDATES = ("motion", "flow", "average", "nearest")  # what "auto" chooses from
 
 
-def _flow_field(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Dense optical flow (H, W, 2) from float frame a to frame b in [0, 1] (DIS, OpenCV): a point at x
-    in a is at x + F(x) in b. Local motion (a walking person, a zoom, a rotation) is followed where one
-    global displacement cannot."""
-    dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
-    to8 = lambda x: np.clip(np.rint(x * 255.0), 0, 255).astype(np.uint8)
-    return dis.calc(to8(a), to8(b), None)
+_PER_THREAD = threading.local()  # each thread's DIS instance (one is not safe to share between threads)
+
+
+def _to8(x: np.ndarray) -> np.ndarray:
+    """A float frame in [0, 1] as uint8 (what the optical flow reads)."""
+    return np.clip(np.rint(x * 255.0), 0, 255).astype(np.uint8)
+
+
+def _flow_field(a8: np.ndarray, b8: np.ndarray) -> np.ndarray:
+    """Dense optical flow (H, W, 2) from uint8 frame a8 to frame b8 (DIS, OpenCV; :func:`_to8`): a point
+    at x in a is at x + F(x) in b. Local motion (a walking person, a zoom, a rotation) is followed where
+    one global displacement cannot. One DIS instance per thread, reused: it keeps nothing from one call to
+    the next but its work buffers (the same flow as a fresh one: tests/curation/test_curate_throughput.py)."""
+    dis = getattr(_PER_THREAD, "dis", None)
+    if dis is None:
+        dis = _PER_THREAD.dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
+    return dis.calc(a8, b8, None)
+
+
+_GRIDS: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
+
+
+def _grid(h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pixel coordinates (x, y), each (h, w) float32, made once per frame size (read-only)."""
+    if (h, w) not in _GRIDS:
+        gx, gy = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
+        gx.flags.writeable = gy.flags.writeable = False
+        _GRIDS[h, w] = gx, gy
+    return _GRIDS[h, w]
 
 
 def _flow_warp(img: np.ndarray, flow: np.ndarray, k: float) -> np.ndarray:
     """out(y) = img(y - k * flow(y)) (bilinear, edges replicated)."""
-    h, w = img.shape
-    gx, gy = np.meshgrid(np.arange(w, dtype=np.float32), np.arange(h, dtype=np.float32))
+    gx, gy = _grid(*img.shape)
     return cv2.remap(img, gx - np.float32(k) * flow[..., 0], gy - np.float32(k) * flow[..., 1],
                      cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
 
@@ -110,8 +145,11 @@ class _Rebuilder:
     """Reconstructions of one target frame from a given set of good frames, by each method, with the
     float frames, displacements and flows they need cached across targets and self-checks."""
 
-    def __init__(self, frames: np.ndarray, max_value: float):
+    def __init__(self, frames, max_value: float):
+        """``frames``: (T, H, W) or a list of T frames (None where a frame is never used: not good)."""
         self.frames, self.max_value = frames, max_value
+        # 8-bit frames at full scale are exactly what the optical flow reads (to_unit then _to8 gives them back)
+        self.flow_reads_frames = max_value == 255.0 and all(x is None or x.dtype == np.uint8 for x in frames)
         self.unit: dict[int, np.ndarray] = {}
         self.disp: dict[tuple[int, int], np.ndarray] = {}
         self.flows: dict[tuple[int, int], np.ndarray] = {}
@@ -128,7 +166,8 @@ class _Rebuilder:
 
     def flow(self, a: int, b: int) -> np.ndarray:
         if (a, b) not in self.flows:
-            self.flows[a, b] = _flow_field(self.u(a), self.u(b))
+            self.flows[a, b] = _flow_field(*(self.frames[t] if self.flow_reads_frames else _to8(self.u(t))
+                                             for t in (a, b)))
         return self.flows[a, b]
 
     def build(self, method: str, t: int, good: list[int]) -> np.ndarray:
@@ -182,13 +221,13 @@ class _Rebuilder:
                 checks.append((c, rest))
         if not checks:
             return "average" if interior else "nearest"
-        err = {m: sum(float(np.mean((self.build(m, c, rest) - self.u(c)) ** 2)) for c, rest in checks)
-               for m in CANDIDATES}
+        err = {m: sum(_mse(self.build(m, c, rest), self.u(c)) for c, rest in checks) for m in CANDIDATES}
         return min(CANDIDATES, key=lambda m: (err[m], CANDIDATES.index(m)))
 
 
 def reconstruct(frames: np.ndarray, good: np.ndarray, max_value: float | None = None,
-                method: str = "auto", chosen: dict[int, str] | None = None) -> tuple[np.ndarray, list[int]]:
+                method: str = "auto", chosen: dict[int, str] | None = None,
+                check_frames: list[np.ndarray | None] | None = None) -> tuple[np.ndarray, list[int]]:
     """Replace every frame with ``good[t] == False`` by a reconstruction from good neighbours.
 
     ``frames`` (T, H, W) uint8/uint16; ``method``: "auto" (per frame, the best of the methods below
@@ -198,6 +237,9 @@ def reconstruct(frames: np.ndarray, good: np.ndarray, max_value: float | None = 
     "average" (temporal average of the two neighbours, no motion compensation), "nearest" (copy of
     the nearest good frame). ``chosen``, if given, receives {t: method used}. Returns (new frames,
     list of reconstructed t). Needs at least 2 good frames ("nearest" needs 1); ValueError otherwise.
+    ``check_frames``: the frames at the self-check scale, ``_down(frames[t], scales(H, W)[0])`` for
+    every good t (None elsewhere), if the caller has them (:meth:`curation.qc.SequenceQC.sharp_frames`);
+    made here otherwise.
     """
     if method not in METHODS:
         raise ValueError(f"unknown reconstruction method {method!r} (one of {', '.join(METHODS)})")
@@ -213,7 +255,9 @@ def reconstruct(frames: np.ndarray, good: np.ndarray, max_value: float | None = 
     # the self-check runs on frames at about 400 px wide (the QC sharpness scale): which method works is
     # decided as well there, and an 800x600 check costs a quarter (DIS flow dominates it)
     f = scales(*frames.shape[1:])[0]
-    check = rb if f == 1 else _Rebuilder(np.stack([_down(x, f) for x in frames]), max_value)
+    if f > 1 and check_frames is None:
+        check_frames = [_down(x, f) for x in frames]
+    check = rb if f == 1 else _Rebuilder(check_frames, max_value)
     done = []
     for t in range(T):
         if good[t]:

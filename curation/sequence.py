@@ -28,7 +28,8 @@ def curate_sequence(frames: np.ndarray, available: np.ndarray, baseline: qc.Base
     (T,) bool. Bad = flagged or missing. An excluded sequence keeps its recorded pixels (zeros where
     missing) and gets no reconstruction. ``thresholds`` (K,) the run's; ``z_sequence`` see
     :func:`curation.qc.curate_flags`."""
-    scores, vib, ill = qc.curate_flags(frames, available, baseline, thresholds, max_value, z_sequence)
+    q = qc.SequenceQC(frames, available, max_value)
+    scores, vib, ill = qc.flag_sequence(q, baseline, thresholds, z_sequence)  # = qc.curate_flags
     missing = ~available
     flags = (np.where(vib & available, FLAG_VIBRATION, 0) | np.where(ill & available, FLAG_ILLUMINATION, 0)
              | np.where(missing, FLAG_MISSING, 0)).astype(np.uint8)
@@ -41,7 +42,8 @@ def curate_sequence(frames: np.ndarray, available: np.ndarray, baseline: qc.Base
         out[missing] = 0
     originals: list[tuple[int, np.ndarray]] = []
     if n_bad and not excluded:
-        out, done = reconstruct(out, ~bad, max_value)
+        # the self-check reads the frames at the QC sharpness scale: QC made them (missing ones are not read)
+        out, done = reconstruct(out, ~bad, max_value, check_frames=q.sharp_frames())
         for t in done:
             flags[t] |= FLAG_RECONSTRUCTED
             if available[t]:

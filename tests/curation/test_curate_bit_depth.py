@@ -82,3 +82,23 @@ def test_pixels_above_the_bit_depth_are_refused_by_name(tmp_path):
     assert "\n" not in line and line.startswith(f"Error: {tmp_path / 'raw' / 'a'}: lane ") and \
         "above max_value 1023 (10 significant bits, from the --bit-depth); give the right --bit-depth" in line, line
     assert not (tmp_path / "d.zarr").exists()  # refused while measuring the baselines, before anything was written
+
+
+def test_the_range_check_is_skipped_only_where_nothing_can_be_above(monkeypatch):
+    """8-bit frames at max_value 255 are not scanned (nothing can be above); 8-bit frames of a lower bit
+    depth and 16-bit frames still are, and a pixel above is refused."""
+    from types import SimpleNamespace
+
+    from curation import pipeline
+
+    seq = SimpleNamespace(run=0, lane=3)  # what the check reads of a SequencePlan
+    for dtype, max_value, top, refused in ((np.uint8, 255.0, 255, False), (np.uint8, 63.0, 64, True),
+                                           (np.uint8, 63.0, 63, False), (np.uint16, 4095.0, 4096, True)):
+        monkeypatch.setattr(pipeline, "_CTX", {"max_value": max_value, "run_paths": ["run-a"], "bit_depth": "test"})
+        frames = np.zeros((2, 4, 4), dtype)
+        frames[1, 2, 2] = top
+        if refused:
+            with pytest.raises(pipeline.CurateError, match=f"run-a: lane 3 has pixel values up to {top}, above max_value"):
+                pipeline._check_range(frames, seq)
+        else:
+            pipeline._check_range(frames, seq)

@@ -4,6 +4,7 @@ threads inside a shard) change speed only: the same bytes come out."""
 import subprocess
 import sys
 
+import cv2
 import numpy as np
 import pytest
 import zarr
@@ -18,6 +19,7 @@ ARRAYS = ["frames", "qc_flags", "qc_scores", "split", "run_index", "lane", "posi
 # QC scores and a reconstruction of one synthetic sequence, printed as a digest (run in a fresh process)
 _DIGEST = """
 import hashlib, sys
+import cv2
 import numpy as np
 from curation import qc, pipeline
 from curation.reconstruct import reconstruct
@@ -77,7 +79,7 @@ def test_scratch_buffers_carry_nothing_from_one_frame_to_the_next():
     def prepare(img, buffers):
         fine = np.empty((121 // f_sharp, 161 // f_sharp), np.float32)
         reg = np.empty((3, 60 // f_sharp + 1, 80 // f_sharp + 1), np.float32)
-        spectrum, small = qc._prepare(img, f_sharp, 255.0, window, fine, reg, buffers)
+        spectrum, small, _ = qc._prepare(img, f_sharp, 255.0, window, fine, reg, buffers)
         return fine, reg, spectrum.copy(), small
 
     used = {}
@@ -184,3 +186,91 @@ def test_shard_tasks_on_threads_of_one_process_write_the_same_bytes(tmp_path, mo
     ref, got = _files(tmp_path / "ref" / "d.zarr"), _files(tmp_path / "threads" / "d.zarr")
     assert sorted(ref) == sorted(got) and any(k.startswith("originals/") for k in ref)
     assert [k for k in ref if k != "zarr.json" and ref[k] != got[k]] == []
+
+
+# --- reconstruction's speed measures (the self-check on QC's frames, rectangles instead of masks, one DIS
+# instance per thread, in-place rounding): the same frames and the same choices --------------------------
+
+from curation import reconstruct as rec  # noqa: E402
+from curation.sequence import curate_sequence  # noqa: E402
+
+
+@pytest.mark.parametrize("max_value,missing", [(255, [6]), (4095, []), (63, [0])], ids=["8bit-missing", "12bit", "6bit"])
+def test_self_check_on_qcs_sharp_frames_reconstructs_the_same(max_value, missing):
+    """At 800 px wide the self-check runs at half size: on the frames QC downsampled (SequenceQC.sharp_frames)
+    it makes the same choices and frames as on its own downsampling, at every bit depth."""
+    spec = SynthSpec(height=160, width=800, step_px=13.0, max_value=max_value)
+    frames, _ = make_sequence(spec, 5, {2: ("blur", 2.5), 7: ("jitter", 6.0), 9: ("gain", 0.6)})
+    if max_value < 255:
+        frames = frames.astype(np.uint8)
+    avail = np.ones(10, bool)
+    avail[missing] = False
+    frames[missing] = 0
+    good = avail.copy()
+    good[[2, 7, 9]] = False
+    q = qc.SequenceQC(frames, avail, float(max_value))
+    assert qc.scales(160, 800)[0] == 2 and [t for t, x in enumerate(q.sharp_frames()) if x is None] == missing
+    got_m, want_m = {}, {}
+    got = rec.reconstruct(frames, good, float(max_value), chosen=got_m, check_frames=q.sharp_frames())
+    want = rec.reconstruct(frames, good, float(max_value), chosen=want_m)
+    assert got_m == want_m and got[1] == want[1] == [t for t in range(10) if not good[t]]
+    np.testing.assert_array_equal(got[0], want[0])
+
+
+def test_curate_sequence_reconstructs_with_qcs_frames():
+    """curate_sequence hands QC's sharpness-scale frames to the reconstruction: the stored frames are those
+    of reconstruct() on its own."""
+    frames, _ = make_sequence(SynthSpec(height=160, width=800, step_px=9.0), 8, {4: ("blur", 3.0)})
+    avail = np.ones(10, bool)
+    base = qc.calibrate([qc.measure(frames, avail)] * 3)
+    r = curate_sequence(frames, avail, base, qc.thresholds(CurateConfig().qc.floors, CurateConfig().qc.z, base), 3, 255.0)
+    assert np.flatnonzero(r.flags).tolist() == [4] and not r.excluded
+    np.testing.assert_array_equal(r.frames, rec.reconstruct(frames, r.flags == 0, 255.0)[0])
+
+
+def test_blend_over_rectangles_equals_the_masked_sums():
+    """_blend accumulates each warped frame over its covered rectangle: the same numbers as the sums over
+    the whole frame with a 0/1 coverage mask (the formula it replaced), including a frame moved out of view."""
+    rng = np.random.default_rng(2)
+    img = [rng.random((40, 60), dtype=np.float32) for _ in range(2)]
+    for d0, d1, w0 in [((2.3, -1.6), (-4.7, 0.4), 0.7), ((0.0, 0.0), (61.0, 3.0), 0.5), ((-3.5, 7.25), (1.0, -2.0), 0.25)]:
+        parts = []
+        ref_num, ref_den = np.zeros((40, 60), np.float32), np.zeros((40, 60), np.float32)
+        for im, d, wgt in ((img[0], np.array(d0), w0), (img[1], np.array(d1), 1 - w0)):
+            out, rect = rec._warp(im, d)
+            parts.append((out, rect, wgt))
+            mask = np.zeros((40, 60), np.float32)
+            if rect is not None:
+                mask[rect] = 1.0
+            weight = mask * wgt
+            ref_den += weight
+            weight *= out
+            ref_num += weight
+        nearest = max(parts, key=lambda p: p[2])[0]
+        want = np.where(ref_den > 1e-6, ref_num / np.maximum(ref_den, 1e-6), nearest)
+        np.testing.assert_array_equal(rec._blend(parts), want)
+
+
+def test_reused_dis_instance_gives_a_fresh_instances_flow():
+    """One DIS instance per thread, reused across calls and frame sizes: each flow equals a fresh instance's."""
+    frames, _ = make_sequence(SynthSpec(height=120, width=160, step_px=5.0, mover_px=3.0), 4)
+    small = np.stack([cv2.resize(f, (80, 60), interpolation=cv2.INTER_AREA) for f in frames])
+    for a, b in [(0, 3), (2, 1), (5, 9)]:
+        for seq in (frames, small, frames):
+            fresh = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM).calc(seq[a], seq[b], None)
+            np.testing.assert_array_equal(rec._flow_field(seq[a], seq[b]), fresh)
+
+
+def test_eight_bit_frames_are_what_the_flow_reads_and_rounding_keeps_the_input():
+    """The flow reads 8-bit frames at max_value 255 directly: _to8(to_unit(v)) == v for every grey level.
+    _from_unit rounds in a work array (the frame it gets may be a cached one) and _mse is the plain formula."""
+    v = np.arange(256, dtype=np.uint8)[None, :]
+    np.testing.assert_array_equal(rec._to8(qc.to_unit(v, 255.0)), v)
+    x = np.random.default_rng(0).random((30, 40), dtype=np.float32) * np.float32(1.2) - np.float32(0.1)
+    keep = x.copy()
+    for mv, dt in ((255.0, np.uint8), (4095.0, np.uint16)):
+        np.testing.assert_array_equal(rec._from_unit(x, mv, dt), np.clip(np.rint(x * mv), 0, mv).astype(dt))
+    np.testing.assert_array_equal(x, keep)
+    y = x[::-1].copy()
+    assert rec._mse(x, y) == float(np.mean((x - y) ** 2))
+    np.testing.assert_array_equal(x, keep)
