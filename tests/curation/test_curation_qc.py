@@ -279,8 +279,8 @@ def test_a_periodic_die_pattern_does_not_alias_the_registration():
 
 @pytest.mark.parametrize("width", [160, 161])  # odd: the half spectrum does not tell the width
 def test_scipy_phase_correlation_agrees_with_opencv(width):
-    """QC's phase correlation (SciPy real FFTs on half spectra) finds what reconstruction's (OpenCV's full
-    complex transforms) finds, on known sub-pixel shifts, to rounding; the peak sought near a given
+    """QC's phase correlation (SciPy real FFTs on half spectra; reconstruction's registration too) finds what
+    OpenCV's full complex transforms find, on known sub-pixel shifts, to rounding; the peak sought near a given
     displacement is the same peak. (With sensor noise, as in every real frame: on a noiseless smooth
     image the whitened phase of the nearly empty high frequencies is rounding noise in either
     implementation, and the two estimates differ by up to ~0.01 px.)"""
@@ -297,9 +297,13 @@ def test_scipy_phase_correlation_agrees_with_opencv(width):
         fa, fb = qc.whitened_spectrum(a * win), qc.whitened_spectrum(b * win)
         assert fa.shape == (120, width // 2 + 1)
         d, peak = qc.spectrum_shift(fa, fb, a.shape)
-        d_cv, peak_cv = qc.phase_shift(a, b, win)
+        fa_cv, fb_cv = (qc._whiten(cv2.dft(x * win, flags=cv2.DFT_COMPLEX_OUTPUT), None) for x in (a, b))
+        c_cv = cv2.idft((fb_cv * np.conj(fa_cv)).view(np.float32).reshape(fa_cv.shape + (2,)),
+                        flags=cv2.DFT_REAL_OUTPUT | cv2.DFT_SCALE)
+        d_cv, peak_cv = qc._correlation_peak(c_cv)
         np.testing.assert_allclose(d, d_cv, atol=1e-4)
         assert peak == pytest.approx(peak_cv, abs=1e-5)
+        np.testing.assert_array_equal(qc.phase_shift(a, b, win)[0], d)  # reconstruction's registration
         assert np.hypot(*(d - [dx, dy])) < 0.5  # near the truth (accuracy: tools/bench_registration.py)
         d_near, peak_near = qc.spectrum_shift(fa, fb, a.shape, near=np.array([dx, dy]) + 1.0, radius=3)
         np.testing.assert_array_equal(d_near, d)
