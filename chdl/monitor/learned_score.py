@@ -24,6 +24,7 @@ error map), :func:`frame_features`:
                  or a chip cluster count as one patch), counted before the dilation. It sees what the
                  speck opening of the error map removes and ignores contrast beyond the level: one
                  natural debris particle or chip changes a few pixels, a visible anomaly's onset tens
+                 to hundreds (docs/monitor.md, "Second round")
 
 Each feature is raised to its clean median (only "more than usual" counts: a frame quieter than normal is
 not an anomaly), standardised by the clean standard deviation, and scored by the mixture. The score is
@@ -35,7 +36,8 @@ recording with many anomalies raised it.
 The scorer file (:data:`FORMAT`, JSON, a few kB; written by ``chdl monitor-fit-scorer``, read by
 ``chdl monitor --scorer F`` and ``chdl monitor-eval --scorer F``) holds the features' names, the floors
 and scales, the mixture (weights, means, full covariances), and what it was fitted on (predictor, frame
-size, recordings, frames): docs/monitor.md "Learned scorer".
+size, recordings, frames): docs/monitor.md "Learned scorer". Version 2 added ``change_area``; a version 1
+file (five features) is refused with a line saying to fit it again (:data:`OLD_FORMATS`).
 """
 
 from __future__ import annotations
