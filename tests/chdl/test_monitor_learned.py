@@ -99,6 +99,8 @@ def test_a_fitted_scorer_puts_an_injected_crack_above_every_clean_frame(fitted):
     assert crack.threshold == pytest.approx(f.score_median + Z_ON * f.score_sigma)
     assert crack.z == pytest.approx((crack.score - f.score_median) / f.score_sigma) and crack.new_alert
     assert all(r.features is not None and len(r.features) == len(FEATURES) for r in learned[10:])
+    # change_area from the scorer's own frame - prediction: the crack's 40 x 2 px (-0.3) change, one patch
+    assert 10 ** crack.features[FEATURES.index("change_area")] - 1 >= 60
 
 
 def test_scorer_file_round_trip(fitted, tmp_path):
