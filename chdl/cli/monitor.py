@@ -200,7 +200,7 @@ def monitor_eval(runs, checkpoint, out, no_qc, z_on, z_off, scorers, quiet):
 @click.command("monitor-fit-scorer")
 @click.argument("runs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("-o", "--out", type=click.Path(dir_okay=False, path_type=Path), required=True,
-              help="The scorer file to write (JSON, chdl.monitor-scorer/1).")
+              help="The scorer file to write (JSON, chdl.monitor-scorer/2).")
 @click.option("--checkpoint", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="Fit on this model's prediction errors (default: constant motion's).")
 @click.option("--components", type=click.IntRange(1, 32), default=4, show_default=True,

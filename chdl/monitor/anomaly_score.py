@@ -338,9 +338,10 @@ class FrameScorer:
         sig = np.maximum(np.nan_to_num(sig, nan=self.config.row_sigma_floor), self.config.row_sigma_floor)
         return np.where(ok, (logs - med[:, None]) / sig[:, None], -np.inf)
 
-    def raw_score(self, err: np.ndarray, valid: np.ndarray) -> tuple[float, list[int] | None, np.ndarray | None,
-                                                                   np.ndarray | None]:
-        """(score, box, block log errors for the row baseline, features or None) of an error map. Block mode:
+    def raw_score(self, err: np.ndarray, valid: np.ndarray, diff: np.ndarray) -> tuple[
+            float, list[int] | None, np.ndarray | None, np.ndarray | None]:
+        """(score, box, block log errors for the row baseline, features or None) of an error map ``err``
+        (``diff``: frame - prediction, for the learned scorer's ``change_area``). Block mode:
         the largest block z-score against its row's running baseline, or with a learned scorer the negative
         log density of the frame's features (NaN until the row baseline exists: the frame is not scored, its
         blocks only feed the row baseline); global mode: log10 of the whole-frame mean."""
@@ -374,7 +375,7 @@ class FrameScorer:
         if self.learned is not None or cfg.features:
             from chdl.monitor.learned_score import frame_features
 
-            feats = frame_features(z, err, b)
+            feats = frame_features(z, err, b, diff, valid)
         s = self.learned.score(feats) if self.learned is not None else float(rank[iy, ix])
         return s, box, np.where(ok, logs, np.nan), feats
 
@@ -385,7 +386,7 @@ class FrameScorer:
         if cfg.mode == "block" and cfg.cut_front:
             valid = valid & ~cut_front_zone(pred)
         err = self.error_map(frame, pred, valid)
-        s, box, logs, feats = self.raw_score(err, valid)
+        s, box, logs, feats = self.raw_score(err, valid, frame.astype(np.float32) - pred.astype(np.float32))
         if self.learned is not None:  # a learned score is calibrated on clean frames: a fixed baseline
             med, sigma, ready = self.learned.score_median, self.learned.score_sigma, True
         else:

@@ -18,6 +18,13 @@ error map), :func:`frame_features`:
                  edge that moved
     log_mass     log10 of the summed error of those 3 x 3 blocks' pixels at >= 0.1 x the largest
                  (squared-error units: absolute, not row-normalised)
+    change_area  log10(1 + pixels) of the largest patch of strong change anywhere in the valid region:
+                 pixels where the frame differs from the prediction by more than :data:`CHANGE_LEVEL`
+                 (after a 0.7 px Gaussian), 8-connected after a 3 x 3 dilation (so a splash's particles
+                 or a chip cluster count as one patch), counted before the dilation. It sees what the
+                 speck opening of the error map removes and ignores contrast beyond the level: one
+                 natural debris particle or chip changes a few pixels, a visible anomaly's onset tens
+                 to hundreds (docs/monitor.md, "Second round")
 
 Each feature is raised to its clean median (only "more than usual" counts: a frame quieter than normal is
 not an anomaly), standardised by the clean standard deviation, and scored by the mixture. The score is
@@ -29,7 +36,8 @@ recording with many anomalies raised it.
 The scorer file (:data:`FORMAT`, JSON, a few kB; written by ``chdl monitor-fit-scorer``, read by
 ``chdl monitor --scorer F`` and ``chdl monitor-eval --scorer F``) holds the features' names, the floors
 and scales, the mixture (weights, means, full covariances), and what it was fitted on (predictor, frame
-size, recordings, frames): docs/monitor.md "Learned scorer".
+size, recordings, frames): docs/monitor.md "Learned scorer". Version 2 added ``change_area``; a version 1
+file (five features) is refused with a line saying to fit it again (:data:`OLD_FORMATS`).
 """
 
 from __future__ import annotations
@@ -43,8 +51,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-FORMAT = "chdl.monitor-scorer/1"
-FEATURES = ("z1", "z2", "z3", "elongation", "log_mass")
+FORMAT = "chdl.monitor-scorer/2"
+FEATURES = ("z1", "z2", "z3", "elongation", "log_mass", "change_area")
+OLD_FORMATS = {"chdl.monitor-scorer/1": "five features, without change_area"}  # refused, with what to do
+CHANGE_LEVEL = 0.16  # change_area: |frame - prediction| above this (frames in [0, 1]; 41 of 255 grey levels)
 INVALID_Z = -5.0  # the z-score an invalid block counts as among the top three
 BLOB_FRACTION = 0.3  # blob: pixels at >= this fraction of the region's largest error
 MASS_FRACTION = 0.1  # mass: pixels at >= this fraction of it
@@ -54,13 +64,27 @@ class ScorerFileError(ValueError):
     """A scorer file that cannot be used (one line naming the file)."""
 
 
-def frame_features(z: np.ndarray, err: np.ndarray, block: int) -> np.ndarray:
+def change_area(diff: np.ndarray, valid: np.ndarray) -> float:
+    """The ``change_area`` feature: log10(1 + pixels) of the largest patch where ``diff`` (H, W) = frame -
+    prediction (in [0, 1] units) exceeds :data:`CHANGE_LEVEL` in magnitude after a 0.7 px Gaussian, within
+    ``valid`` (H, W) bool; patches are 8-connected after a 3 x 3 dilation, their pixels counted before it."""
+    d = cv2.GaussianBlur(diff.astype(np.float32), (0, 0), 0.7)
+    strong = ((np.abs(d) > CHANGE_LEVEL) & valid).astype(np.uint8)
+    if not strong.any():
+        return 0.0
+    n, labels = cv2.connectedComponents(cv2.dilate(strong, np.ones((3, 3), np.uint8)), connectivity=8)
+    return math.log10(1.0 + float(np.bincount(labels[strong > 0], minlength=n)[1:].max()))
+
+
+def frame_features(z: np.ndarray, err: np.ndarray, block: int, diff: np.ndarray, valid: np.ndarray) -> np.ndarray:
     """(len(FEATURES),) float64 features of one frame: ``z`` (nh, nw) block z-scores (-inf where a block
-    is not valid), ``err`` (H, W) the opened error map, ``block`` the block side in px. NaN if no block
+    is not valid), ``err`` (H, W) the opened error map, ``block`` the block side in px, ``diff`` (H, W)
+    frame - prediction and ``valid`` (H, W) bool where it counts (for ``change_area``). NaN if no block
     is valid."""
     zz = np.where(np.isfinite(z), z, INVALID_Z)
     if not np.isfinite(z).any():
         return np.full(len(FEATURES), np.nan)
+    area = change_area(diff, valid)
     top = np.sort(zz.ravel())[::-1]
     top = np.r_[top, [INVALID_Z] * 3][:3]
     iy, ix = np.unravel_index(int(np.argmax(zz)), zz.shape)
@@ -68,7 +92,7 @@ def frame_features(z: np.ndarray, err: np.ndarray, block: int) -> np.ndarray:
     region = err[y0:(iy + 2) * block, x0:(ix + 2) * block]
     peak = float(region.max()) if region.size else 0.0
     if peak <= 0:
-        return np.r_[top, 1.0, -6.0]
+        return np.r_[top, 1.0, -6.0, area]
     _, labels = cv2.connectedComponents((region >= BLOB_FRACTION * peak).astype(np.uint8), connectivity=8)
     py, px = np.unravel_index(int(np.argmax(region)), region.shape)
     ys, xs = np.nonzero(labels == labels[py, px])
@@ -77,7 +101,7 @@ def frame_features(z: np.ndarray, err: np.ndarray, block: int) -> np.ndarray:
         lo, hi = np.linalg.eigvalsh(np.cov(np.stack([xs, ys]).astype(float)))
         elongation = math.sqrt((max(hi, 0.0) + 0.25) / (max(lo, 0.0) + 0.25))
     mass = float(region[region >= MASS_FRACTION * peak].sum())
-    return np.r_[top, elongation, math.log10(mass + 1e-6)]
+    return np.r_[top, elongation, math.log10(mass + 1e-6), area]
 
 
 def standardise(feats: np.ndarray, floor: np.ndarray, scale: np.ndarray) -> np.ndarray:
@@ -156,6 +180,9 @@ class LearnedScorer:
             raise ScorerFileError(f"{path}: cannot read the scorer file ({e.strerror or e})") from None
         except (UnicodeDecodeError, json.JSONDecodeError) as e:
             raise ScorerFileError(f"{path}: not a scorer file (not JSON: {str(e).splitlines()[0]})") from None
+        if isinstance(d, dict) and d.get("format") in OLD_FORMATS:
+            raise ScorerFileError(f"{path}: a scorer file of format {d['format']} ({OLD_FORMATS[d['format']]}); "
+                                  f"this chdl reads {FORMAT}: fit it again with chdl monitor-fit-scorer")
         if not isinstance(d, dict) or d.get("format") != FORMAT:
             got = d.get("format") if isinstance(d, dict) else type(d).__name__
             raise ScorerFileError(f"{path}: not a scorer file (format {got!r}, expected {FORMAT!r})")

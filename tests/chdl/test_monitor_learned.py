@@ -8,8 +8,8 @@ import pytest
 
 from chdl.monitor.anomaly_score import FrameScorer, ScorerConfig
 from chdl.monitor import Z_OFF, Z_ON
-from chdl.monitor.learned_score import (FEATURES, FORMAT, LearnedScorer, ScorerFileError, alert_levels, fit,
-                                        frame_features)
+from chdl.monitor.learned_score import (CHANGE_LEVEL, FEATURES, FORMAT, LearnedScorer, ScorerFileError, alert_levels,
+                                        change_area, fit, frame_features)
 
 H, W = 96, 128
 BACKGROUND = np.random.default_rng(0).uniform(0.4, 0.6, (H, W)).astype(np.float32)
@@ -50,17 +50,36 @@ def fitted(tmp_path_factory):
 def test_features_tell_a_compact_speck_from_a_thin_line():
     z = np.full((6, 8), -1.0)
     z[3, 4], z[3, 5], z[2, 1] = 9.0, 6.0, np.inf * -1  # an invalid block counts as INVALID_Z, not -inf
+    none, valid = np.zeros((H, W), np.float32), np.ones((H, W), bool)
     err = np.zeros((H, W), np.float32)
     err[50:58, 66:74] = 0.01  # a compact 8 x 8 blob in block (3, 4)
-    speck = frame_features(z, err, 16)
+    speck = frame_features(z, err, 16, none, valid)
     err = np.zeros((H, W), np.float32)
     err[52:54, 50:90] = 0.01  # a 40 x 2 line
-    line = frame_features(z, err, 16)
+    line = frame_features(z, err, 16, none, valid)
     names = dict(zip(FEATURES, zip(speck, line)))
+    assert names["change_area"] == (0.0, 0.0)  # no change above CHANGE_LEVEL
     assert names["z1"] == (9.0, 9.0) and names["z2"] == (6.0, 6.0) and names["z3"] == (-1.0, -1.0)
     assert names["elongation"][0] == pytest.approx(1.0) and names["elongation"][1] > 10
     assert names["log_mass"][0] == pytest.approx(np.log10(0.64), abs=1e-4)
-    assert np.isnan(frame_features(np.full((6, 8), -np.inf), err, 16)).all()  # no valid block: no features
+    assert np.isnan(frame_features(np.full((6, 8), -np.inf), err, 16, none, valid)).all()  # no valid block: none
+
+
+def test_change_area_counts_the_largest_patch_of_strong_change_with_nearby_particles_merged():
+    diff, valid = np.zeros((H, W), np.float32), np.ones((H, W), bool)
+    diff[10:20, 10:20] = -0.3  # a dark 10 x 10 patch: 100 px (the 0.7 px blur keeps its edge pixels above 0.16)
+    assert change_area(diff, valid) == pytest.approx(np.log10(101))
+    diff[60:62, 60:62] = 0.5  # a bright 2 x 2 particle elsewhere: the largest patch is still the first
+    assert change_area(diff, valid) == pytest.approx(np.log10(101))
+    splash = np.zeros((H, W), np.float32)
+    for y, x in [(40, 40), (40, 44), (44, 42), (47, 46)]:  # four 3 x 3 particles a pixel or two apart
+        splash[y:y + 3, x:x + 3] = 0.6
+    merged = change_area(splash, valid)
+    assert 10 ** merged - 1 > 4 * 9 * 0.8  # one patch: the four particles' pixels together
+    assert change_area(diff * 0.4, valid) == 0.0  # 0.12 < CHANGE_LEVEL: no strong change
+    assert CHANGE_LEVEL == 0.16
+    valid[:, :30] = False  # outside the valid region nothing counts
+    assert change_area(diff, valid) < np.log10(10)
 
 
 def test_a_fitted_scorer_puts_an_injected_crack_above_every_clean_frame(fitted):
@@ -80,6 +99,8 @@ def test_a_fitted_scorer_puts_an_injected_crack_above_every_clean_frame(fitted):
     assert crack.threshold == pytest.approx(f.score_median + Z_ON * f.score_sigma)
     assert crack.z == pytest.approx((crack.score - f.score_median) / f.score_sigma) and crack.new_alert
     assert all(r.features is not None and len(r.features) == len(FEATURES) for r in learned[10:])
+    # change_area from the scorer's own frame - prediction: the crack's 40 x 2 px (-0.3) change, one patch
+    assert 10 ** crack.features[FEATURES.index("change_area")] - 1 >= 60
 
 
 def test_scorer_file_round_trip(fitted, tmp_path):
@@ -89,10 +110,10 @@ def test_scorer_file_round_trip(fitted, tmp_path):
     assert (d["width"], d["height"], len(d["weights"]), d["fitted_on"]["frames"]) == (W, H, 2, 290)
     a.save(tmp_path / "again.json")
     b = LearnedScorer.load(tmp_path / "again.json")
-    x = np.array([8.0, 5.0, 3.0, 4.0, -1.0])
+    x = np.array([8.0, 5.0, 3.0, 4.0, -1.0, 2.5])
     assert b.score(x) == a.score(x) and math.isfinite(a.score(x))
     assert a.score(x) > a.score(a.floor)  # above the clean medians in every feature: less likely
-    assert math.isnan(a.score(np.r_[x[:4], np.nan]))
+    assert math.isnan(a.score(np.r_[x[:5], np.nan]))
     assert d["score_sigma"] > 0 and math.isfinite(d["score_median"])
     a.check_frames((H, W))
     with pytest.raises(ScorerFileError, match=rf"^{fitted}: fitted on {W}x{H} frames, these are 200x150$"):
@@ -103,6 +124,8 @@ def test_scorer_file_round_trip(fitted, tmp_path):
     (None, "cannot read the scorer file"),
     ("{not json", "not a scorer file (not JSON"),
     ('{"format": "chdl.monitor/1"}', "not a scorer file (format 'chdl.monitor/1'"),
+    ('{"format": "chdl.monitor-scorer/1"}', "a scorer file of format chdl.monitor-scorer/1 (five features, without "
+     "change_area); this chdl reads chdl.monitor-scorer/2: fit it again with chdl monitor-fit-scorer"),
     ("[1, 2]", "not a scorer file (format 'list'"),
     ("DROP:weights", "scorer file lacks 'weights'"),
     ("SET:features=[\"z1\"]", "bad scorer file: features ['z1']"),

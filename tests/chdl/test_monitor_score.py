@@ -106,7 +106,8 @@ def test_invalid_region_is_not_scored_and_global_mode_dilutes_a_local_blob():
     logs_seen, _, _ = block.blocks(block.error_map(_with_blob(_noise(1), 40, 10), _noise(2), valid), valid)
     assert logs_seen[ok].max() > logs_hidden[ok].max() + 1.5
     glob = FrameScorer(ScorerConfig(mode="global"))
-    g_seen, box, _, _ = glob.raw_score(glob.error_map(_with_blob(_noise(1), 40, 10), _noise(2), valid), valid)
+    frame, pred = _with_blob(_noise(1), 40, 10), _noise(2)
+    g_seen, box, _, _ = glob.raw_score(glob.error_map(frame, pred, valid), valid, frame - pred)
     assert box is None and g_seen < logs_seen[ok].max() - 1.0  # 100 of 6144 pixels: a whole-frame MSE hardly moves
 
 
