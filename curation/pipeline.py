@@ -79,7 +79,20 @@ def read_sequence(seq: SequencePlan, run_path: str, height: int, width: int, dty
 # ---------------------------------------------------------------------------------------------------
 
 _CTX: dict = {}
-SEQUENCE_THREADS = 2  # sequences curated concurrently inside one shard task (see _shard_task)
+SEQUENCE_THREADS = 2  # at most this many sequences curated concurrently inside one shard task (see _shard_task)
+
+
+def sequence_threads(workers: int, cluster=None) -> int:
+    """Sequences curated concurrently inside one shard task: up to ``SEQUENCE_THREADS`` where the local
+    worker processes leave cores idle (one worker on two cores), else 1. Two threads in each of two
+    workers on two cores oversubscribe them: 315.0-318.9 frames/s against 335.5 with one thread each
+    (800x600, `tools/bench_curate.py --throughput-only`, quiet, 2026-11-30 19:34 UTC; docs/curation.md,
+    Throughput). On a Dask cluster 1: its workers already run one task per thread. Results do not depend
+    on it (tests/curation/test_curate_throughput.py)."""
+    if cluster is not None:
+        return 1
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(SEQUENCE_THREADS, cores // max(1, workers)))
 
 # glibc malloc: keep freed memory in the heap instead of returning it to the OS. Every frame allocates
 # a few 0.1-2 MB arrays (decoded PNG, float copies, gradients, integral images, spectra, zarr buffers);
@@ -185,11 +198,10 @@ def _shard_task(task: tuple[int, list[SequencePlan]]) -> tuple[int, int, list[st
         res.frames = None
         return errors, res
 
-    # SEQUENCE_THREADS sequences at a time (PNG decode and most of QC run in OpenCV/NumPy without the
-    # GIL): while every worker has a shard this only interleaves work on busy cores, but when the last
-    # shards are running it keeps the cores that finished early busy. Each sequence is a pure function
+    # c["sequence_threads"] sequences at a time (PNG decode and most of QC run in OpenCV/NumPy without
+    # the GIL), where the workers leave cores idle (sequence_threads). Each sequence is a pure function
     # of its pixels, so results do not depend on the thread count; pool.map keeps the order.
-    with ThreadPoolExecutor(SEQUENCE_THREADS) as pool:
+    with ThreadPoolExecutor(c.get("sequence_threads", 1)) as pool:
         results = list(pool.map(one, range(k)))
     thumbs = {}
     for i, (seq, (errors, res)) in enumerate(zip(seqs, results)):
@@ -334,7 +346,8 @@ def _curate(source: str | os.PathLike, out: str | os.PathLike, cfg: CurateConfig
     T = cfg.frames_per_sequence
     ctx = {"out": str(out.absolute()), "run_paths": [r.path for r in plan.runs], "height": plan.height, "width": plan.width,
            "dtype": plan.dtype, "max_value": float(plan.max_value), "cfg": cfg, "baselines": [], "thresholds": [],
-           "bit_depth": f"{plan.bit_depth} significant bits, from the {plan.bit_depth_from}"}
+           "bit_depth": f"{plan.bit_depth} significant bits, from the {plan.bit_depth_from}",
+           "sequence_threads": sequence_threads(workers, cluster)}
 
     if cluster is not None:
         cluster.check_visible(ctx["run_paths"])

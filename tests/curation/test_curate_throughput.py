@@ -50,7 +50,7 @@ def test_sequence_threads_do_not_change_the_dataset(tmp_path, monkeypatch):
     cfg = CurateConfig(sequences_per_shard=3)
     outs = []
     for threads in (1, 2, 3):
-        monkeypatch.setattr(pipeline, "SEQUENCE_THREADS", threads)
+        monkeypatch.setattr(pipeline, "sequence_threads", lambda workers, cluster=None, n=threads: n)
         out = tmp_path / f"t{threads}.zarr"
         pipeline.curate(tmp_path / "raw", out, cfg, workers=1, progress=False, log=lambda m: None)
         outs.append(zarr.open_group(str(out), mode="r"))
@@ -62,6 +62,28 @@ def test_sequence_threads_do_not_change_the_dataset(tmp_path, monkeypatch):
         for key in outs[0]["originals"].array_keys():
             np.testing.assert_array_equal(outs[0]["originals"][key][:], g["originals"][key][:])
 
+
+
+def test_sequence_threads_fill_idle_cores_only(monkeypatch):
+    monkeypatch.setattr(pipeline.os, "sched_getaffinity", lambda pid: set(range(2)), raising=False)
+    assert pipeline.sequence_threads(1) == 2          # one worker on two cores: both cores busy
+    assert pipeline.sequence_threads(2) == 1          # two workers on two cores: no oversubscription
+    assert pipeline.sequence_threads(4) == 1
+    assert pipeline.sequence_threads(1, cluster=object()) == 1
+    monkeypatch.setattr(pipeline.os, "sched_getaffinity", lambda pid: set(range(16)), raising=False)
+    assert pipeline.sequence_threads(2) == pipeline.SEQUENCE_THREADS
+
+
+def test_curate_hands_the_thread_count_to_its_workers(tmp_path, monkeypatch):
+    write_run(tmp_path / "raw" / "run-a", lanes=2, seed=3)
+    seen = []
+    real = pipeline._shard_task
+    monkeypatch.setattr(pipeline, "_shard_task", lambda task: (seen.append(pipeline._CTX["sequence_threads"]),
+                                                               real(task))[1])
+    monkeypatch.setattr(pipeline, "sequence_threads", lambda workers, cluster=None: 3)
+    pipeline.curate(tmp_path / "raw", tmp_path / "o.zarr", CurateConfig(sequences_per_shard=3), workers=1,
+                    progress=False, log=lambda m: None)
+    assert seen and set(seen) == {3}
 
 # --- QC's per-frame speed measures (scratch buffers, batched scores and thresholds): same numbers -------
 
