@@ -5,8 +5,9 @@ CPU section (always): one thread, each preset at its own frame size (chdl-full: 
 every measurement runs in a fresh subprocess so its peak RSS is its own (Linux: VmHWM of the first,
 cold step after a reset via /proc/self/clear_refs, minus the RSS just before it; model and inputs
 excluded). The first step is also the warm-up; times are the median of --repeats after it.
-CUDA section (only where CUDA is present): chdl-full at 600x800 in bf16 autocast with both scan
-backends ("torch" and, when mamba-ssm imports, "fused"); peak = torch.cuda.max_memory_allocated.
+CUDA section (only where CUDA is present): chdl-full at 600x800 in bf16 autocast with every scan
+backend that runs ("torch"; "triton" where triton imports; "fused" where mamba-ssm does);
+peak = torch.cuda.max_memory_allocated.
 
     python tools/bench_model.py --quick              # < 60 s: tiny + small, 1 repeat
     python tools/bench_model.py --json bench.json    # the real figures (quiet machine)
@@ -89,7 +90,7 @@ def cuda_section(batch: int, repeats: int, overrides: dict) -> list[dict]:
     import torch
     from diffuma.models import ssm
 
-    backends = ["torch"] + (["fused"] if ssm.fused_available() else [])
+    backends = ["torch"] + (["triton"] if ssm.triton is not None else []) + (["fused"] if ssm.fused_available() else [])
     rows = []
     for backend in backends:
         model, cfg = _build("chdl-full", {**overrides, "scan_backend": backend}, "cuda")
@@ -124,8 +125,9 @@ def cuda_section(batch: int, repeats: int, overrides: dict) -> list[dict]:
         torch.cuda.empty_cache()
     by = {(r["backend"], r["mode"]): r["seconds"] for r in rows}
     for mode in ("fwd", "fwd+bwd"):
-        if ("fused", mode) in by:
-            print(f"fused speed-up over torch scan, {mode}: {by[('torch', mode)] / by[('fused', mode)]:.2f}x")
+        for other in ("triton", "fused"):
+            if (other, mode) in by:
+                print(f"{other} speed-up over torch scan, {mode}: {by[('torch', mode)] / by[(other, mode)]:.2f}x")
     return rows
 
 

@@ -35,6 +35,8 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--latency-runs", type=int, default=50)
     ap.add_argument("--precision", choices=("bf16", "fp16", "fp32"), default="bf16")
+    ap.add_argument("--scan-backend", default="auto", choices=("auto", "torch", "fused", "triton"),
+                    help="DIFFUMA's selective-scan backend (diffuma/models/ssm.py)")
     ap.add_argument("--quick", action="store_true", help="2 warm-up + 5 timed steps, 10 inferences")
     args = ap.parse_args()
     if not torch.cuda.is_available():
@@ -50,8 +52,9 @@ def main() -> int:
     torch.backends.cudnn.allow_tf32 = True
     torch.backends.cudnn.benchmark = True
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[args.precision]
+    extra = {"scan_backend": args.scan_backend} if args.model == "diffuma" else {}
     model = build_model(args.model, args.preset, in_frames=args.in_frames, out_frames=args.out_frames, channels=1,
-                        height=args.height, width=args.width).to(dev)
+                        height=args.height, width=args.width, **extra).to(dev)
     n_params = sum(p.numel() for p in model.parameters())
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
@@ -99,6 +102,7 @@ def main() -> int:
     result = {
         "device": torch.cuda.get_device_name(0),
         "model": f"{args.model}/{args.preset}", "parameters": n_params, "precision": args.precision,
+        "scan_backend": args.scan_backend,
         "frames": f"{args.in_frames}->{args.out_frames} at {args.height}x{args.width}",
         "train": {"batch_size": args.batch_size, "timed_steps": args.steps,
                   "samples_per_s": args.steps * args.batch_size / train_s,

