@@ -83,10 +83,13 @@ def snapshot_image(pixels: np.ndarray, prediction: np.ndarray, error: np.ndarray
 class StatusWriter:
     """``status.json`` of a monitor folder, rewritten atomically by a thread at least once a second."""
 
-    def __init__(self, folder: Path, run_id: str, predictor: str, t_in: int, shared: dict, scorer: str = "block-z"):
+    def __init__(self, folder: Path, run_id: str, predictor: str, t_in: int, shared: dict, scorer: str = "block-z",
+                 levels: dict | None = None):
+        """``levels``: the alert levels in use, {"z_on", "z_off"} (null in the file where not given)."""
         self.folder, self.shared = folder, shared
+        levels = levels or {}
         self.fields = {"format": FORMAT, "run_id": run_id, "state": "running", "predictor": predictor, "t_in": t_in,
-                       "scorer": scorer,
+                       "scorer": scorer, "z_on": levels.get("z_on"), "z_off": levels.get("z_off"),
                        "frames_captured": 0, "frames_scored": 0, "frames_skipped": 0, "events": 0,
                        "width": 0, "height": 0}
         self._stop = threading.Event()
@@ -139,8 +142,9 @@ class Monitor:
             (self.folder / sub).mkdir(parents=True, exist_ok=True)
         for name in ("scores.jsonl", "events.jsonl"):
             (self.folder / name).touch()
+        scoring = self.spec.get("scorer", {})
         self.status = StatusWriter(self.folder, run_id, predictor_name, t_in, self.shared,
-                                   scorer_name(self.spec.get("scorer", {}).get("scorer_file"))).start()
+                                   scorer_name(scoring.get("scorer_file")), scoring).start()
         self.proc = self.ctx.Process(target=score_worker, name="chdl-monitor-scorer",
                                      args=(self.spec, str(run_path), str(self.folder), self.queue, self.shared["scored"],
                                            self.shared["events"], self.shared["ready"], self.errors), daemon=True)

@@ -20,7 +20,8 @@ ENV = {**os.environ, "CHDL_CAMERAS": "", "GENICAM_GENTL64_PATH": "", "XDG_CONFIG
        "OMP_NUM_THREADS": "1"}
 W, H = 120, 90
 INJECTED = 36  # lane 3, position 6 of a 5 x 10 recording
-STATUS_KEYS = {"format", "run_id", "state", "predictor", "t_in", "scorer", "frames_captured", "frames_scored", "frames_skipped",
+STATUS_KEYS = {"format", "run_id", "state", "predictor", "t_in", "scorer", "z_on", "z_off", "frames_captured",
+               "frames_scored", "frames_skipped",
                "events", "width", "height", "updated_utc"}
 SCORE_KEYS = {"frame", "lane", "position", "score", "threshold", "alert", "acquisition", "latency_ms"}
 EVENT_KEYS = {"event", "kind", "frame", "lane", "position", "score", "threshold", "box", "reason", "snapshot"}
@@ -51,7 +52,7 @@ def _index_without_host_times(run: Path) -> list[dict]:
 
 def test_clean_replay_no_events_and_recording_identical_to_capture(clean_run, tmp_path):
     mon = chdl("monitor", "--replay", clean_run, "--out", tmp_path / "m", "--as-fast-as-possible", "--queue-depth", "100",
-               "-q")
+               "--z-on", "9.5", "-q")
     assert mon.returncode == 0, mon.stderr
     assert "40 frames scored, 0 skipped, 0 events" in mon.stdout
     cap = chdl("capture", "--replay", clean_run, "--out", tmp_path / "c", "--as-fast-as-possible", "-q")
@@ -69,6 +70,8 @@ def test_clean_replay_no_events_and_recording_identical_to_capture(clean_run, tm
     assert set(status) == STATUS_KEYS
     assert (status["format"], status["state"], status["predictor"], status["t_in"], status["scorer"]) == \
         ("chdl.monitor/1", "finished", "constant-motion", 5, "block-z")
+    from chdl.monitor import Z_OFF
+    assert (status["z_on"], status["z_off"]) == (9.5, Z_OFF)  # the levels in use: --z-on as given, z_off the default
     assert (status["frames_captured"], status["frames_scored"], status["frames_skipped"], status["events"]) == (50, 40, 0, 0)
     assert (status["width"], status["height"]) == (W, H)
     scores = _lines(folder / "scores.jsonl")
@@ -128,7 +131,10 @@ def test_a_scorer_fitted_on_other_clean_runs_finds_the_injected_anomaly(clean_ru
     events = _lines(folder / "events.jsonl")
     assert [(e["kind"], e["frame"], e["lane"], e["position"]) for e in events] == [("process", INJECTED, 3, 6)]
     assert "learned score" in events[0]["reason"]
-    assert json.loads((folder / "status.json").read_text())["scorer"] == f"learned:{scorer}"
+    status = json.loads((folder / "status.json").read_text())
+    assert status["scorer"] == f"learned:{scorer}"
+    from chdl.monitor import Z_OFF, Z_ON
+    assert (status["z_on"], status["z_off"]) == (Z_ON, Z_OFF)  # the levels in use: the file has none, so the defaults
     import click
 
     from chdl.cli.monitor import _check_scorer
