@@ -88,44 +88,7 @@ def _no_autocast(device_type: str):
     return contextlib.nullcontext()                                       # e.g. the meta device
 
 
-class _LinearRecurrence(torch.autograd.Function):
-    """H[t] = dA[t] * H[t-1] + dBu[t], H[-1] = 0, over dim 0 of time-major contiguous tensors.
-
-    Forward and backward are each one sequential loop of one `addcmul` per step, writing into a
-    preallocated contiguous output (no autograd graph per step, so no per-step engine overhead and
-    nothing quadratic). Backward is the reverse recurrence G[t] = gH[t] + dA[t+1] * G[t+1], after
-    which the input gradients are two whole-tensor products: gdBu = G, gdA = G * H[t-1].
-    Saves dA and H for backward (dBu is not needed)."""
-
-    @staticmethod
-    def forward(ctx, dA, dBu):
-        dA, dBu = dA.contiguous(), dBu.contiguous()
-        H = torch.empty_like(dBu)
-        if not dBu.is_meta:                       # meta (FLOP counting): shapes only, skip the loop
-            H[0] = dBu[0]
-            for t in range(1, H.shape[0]):
-                torch.addcmul(dBu[t], dA[t], H[t - 1], out=H[t])
-        ctx.save_for_backward(dA, H)
-        return H
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, gH):
-        dA, H = ctx.saved_tensors
-        gH = gH.contiguous()
-        G = torch.empty_like(gH)
-        if not gH.is_meta:
-            L = G.shape[0]
-            G[L - 1] = gH[L - 1]
-            for t in range(L - 2, -1, -1):
-                torch.addcmul(gH[t], dA[t + 1], G[t + 1], out=G[t])
-        gdA = torch.zeros_like(dA)
-        gdA[1:] = G[1:] * H[:-1]                  # dH[t]/ddA[t] = H[t-1]; H[-1] = 0
-        return gdA, G
-
-
-
-_TRITON_BLOCK = 64  # recurrences (columns of the (L, M) layout) per program: one per thread of 2 warps
+_TRITON_BLOCK = 64  # recurrences (columns of the (L, M) layout) per Triton program: one per thread of 2 warps
 
 if triton is not None:
     @triton.jit
@@ -172,17 +135,49 @@ if triton is not None:
             pG -= M
             a_next, gh, a = a, gh_below, a_below
 
-class _TritonRecurrence(torch.autograd.Function):
-    """`_LinearRecurrence` with each direction's loop in one Triton kernel (fp32 tensors of shape (L, ...)).
-    Same saved tensors and input gradients: gdBu = G, gdA[t] = G[t] * H[t-1]."""
+
+def _forward_loop(dA, dBu, H, kernel: bool) -> None:
+    """Fill H[t] = dA[t] * H[t-1] + dBu[t]: one Triton kernel (``kernel``; fp32 CUDA tensors) or one
+    `addcmul` per step."""
+    L = H.shape[0]
+    if kernel:
+        M = H[0].numel()
+        _recurrence_fwd_kernel[(triton.cdiv(M, _TRITON_BLOCK),)](dA, dBu, H, L, M, BLOCK=_TRITON_BLOCK)
+        return
+    H[0] = dBu[0]
+    for t in range(1, L):
+        torch.addcmul(dBu[t], dA[t], H[t - 1], out=H[t])
+
+
+def _backward_loop(dA, gH, G, kernel: bool) -> None:
+    """Fill the reverse recurrence G[t] = gH[t] + dA[t+1] * G[t+1], G[L-1] = gH[L-1]; as `_forward_loop`."""
+    L = G.shape[0]
+    if kernel:
+        M = G[0].numel()
+        _recurrence_bwd_kernel[(triton.cdiv(M, _TRITON_BLOCK),)](dA, gH, G, L, M, (L - 1) * M, BLOCK=_TRITON_BLOCK)
+        return
+    G[L - 1] = gH[L - 1]
+    for t in range(L - 2, -1, -1):
+        torch.addcmul(gH[t], dA[t + 1], G[t + 1], out=G[t])
+
+
+class _LinearRecurrence(torch.autograd.Function):
+    """H[t] = dA[t] * H[t-1] + dBu[t], H[-1] = 0, over dim 0 of time-major contiguous tensors.
+
+    Forward and backward are each one sequential loop writing into a preallocated contiguous output (no
+    autograd graph per step, so no per-step engine overhead and nothing quadratic): one `addcmul` per
+    step, or with ``kernel=True`` one Triton kernel that walks L (the "triton" backend). Backward is the
+    reverse recurrence G[t] = gH[t] + dA[t+1] * G[t+1], after which the input gradients are two
+    whole-tensor products: gdBu = G, gdA = G * H[t-1]. Saves dA and H for backward (dBu is not needed)."""
 
     @staticmethod
-    def forward(ctx, dA, dBu):
+    def forward(ctx, dA, dBu, kernel=False):
         dA, dBu = dA.contiguous(), dBu.contiguous()
         H = torch.empty_like(dBu)
-        L, M = dBu.shape[0], dBu[0].numel()
-        _recurrence_fwd_kernel[(triton.cdiv(M, _TRITON_BLOCK),)](dA, dBu, H, L, M, BLOCK=_TRITON_BLOCK)
+        if not dBu.is_meta:                       # meta (FLOP counting): shapes only, skip the loop
+            _forward_loop(dA, dBu, H, kernel)
         ctx.save_for_backward(dA, H)
+        ctx.kernel = kernel
         return H
 
     @staticmethod
@@ -191,16 +186,16 @@ class _TritonRecurrence(torch.autograd.Function):
         dA, H = ctx.saved_tensors
         gH = gH.contiguous()
         G = torch.empty_like(gH)
-        L, M = gH.shape[0], gH[0].numel()
-        _recurrence_bwd_kernel[(triton.cdiv(M, _TRITON_BLOCK),)](dA, gH, G, L, M, (L - 1) * M, BLOCK=_TRITON_BLOCK)
+        if not gH.is_meta:
+            _backward_loop(dA, gH, G, ctx.kernel)
         gdA = torch.zeros_like(dA)
-        gdA[1:] = G[1:] * H[:-1]
-        return gdA, G
+        gdA[1:] = G[1:] * H[:-1]                  # dH[t]/ddA[t] = H[t-1]; H[-1] = 0
+        return gdA, G, None
 
-def selective_scan_torch(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=True, recurrence=None):
+
+def selective_scan_torch(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=True, kernel=False):
     """Pure-PyTorch selective scan, same math and layout as mamba-ssm's `selective_scan_fn`.
-    ``recurrence``: the autograd Function of the linear recurrence (default `_LinearRecurrence`; the
-    "triton" backend passes `_TritonRecurrence`).
+    ``kernel``: the recurrence as Triton kernels (the "triton" backend; fp32 CUDA) instead of a loop.
 
     u, delta: (Bt, Dm, L); A: (Dm, N); B, C: (Bt, N, L) (input-dependent); D, delta_bias: (Dm,).
     h_t = exp(delta_t A) * h_{t-1} + delta_t B_t u_t ;  y_t = C_t . h_t + D u_t      (eq. 3)
@@ -218,7 +213,7 @@ def selective_scan_torch(u, delta, A, B, C, D=None, delta_bias=None, delta_softp
         delta_t = delta.permute(2, 0, 1)                                  # (L, Bt, Dm)
         dA = torch.exp(delta_t.unsqueeze(-1) * A)                         # (L, Bt, Dm, N)
         dBu = (delta_t * u.permute(2, 0, 1)).unsqueeze(-1) * B.permute(2, 0, 1).unsqueeze(2)  # (L, Bt, Dm, N)
-        H = (recurrence or _LinearRecurrence).apply(dA, dBu)              # (L, Bt, Dm, N)
+        H = _LinearRecurrence.apply(dA, dBu, kernel)                      # (L, Bt, Dm, N)
         y = (H @ C.permute(2, 0, 1).unsqueeze(-1)).squeeze(-1)            # (L, Bt, Dm): sum_n H C
         y = y.permute(1, 2, 0)                                            # (Bt, Dm, L)
         if D is not None:
@@ -232,8 +227,7 @@ def selective_scan(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=Tr
     in fp32; this function does those casts so both paths see identical parameters."""
     chosen = resolve_backend(backend, u)
     if chosen != "fused":
-        return selective_scan_torch(u, delta, A, B, C, D, delta_bias, delta_softplus,
-                                    _TritonRecurrence if chosen == "triton" else None)
+        return selective_scan_torch(u, delta, A, B, C, D, delta_bias, delta_softplus, kernel=chosen == "triton")
     dt = u.dtype
     return _fused_scan(u.contiguous(), delta.to(dt).contiguous(), A.float().contiguous(),
                        B.to(dt).contiguous(), C.to(dt).contiguous(),

@@ -199,20 +199,29 @@ def test_fused_call_contract_on_cpu(monkeypatch):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
 
 
-needs_fused = pytest.mark.skipif(not (torch.cuda.is_available() and ssm.fused_available()),
-                                 reason="needs CUDA and mamba-ssm (fused kernels)")
+def _cuda_backend_missing(backend: str) -> str | None:
+    if not torch.cuda.is_available():
+        return "needs CUDA"
+    if backend == "fused" and not ssm.fused_available():
+        return "needs CUDA and mamba-ssm (fused kernels)"
+    if backend == "triton" and ssm.triton is None:
+        return "needs CUDA and triton"
+    return None
 
 
-@needs_fused
+@pytest.mark.parametrize("backend", ["fused", "triton"])
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-4), (torch.bfloat16, 3e-2)])
-def test_fused_scan_matches_torch_scan(dtype, tol):
+def test_cuda_scan_matches_torch_scan(backend, dtype, tol):
+    """The fused kernel and the Triton recurrence against the torch scan: output and every input gradient."""
+    if (why := _cuda_backend_missing(backend)) is not None:
+        pytest.skip(why)
     inp = {k: v.float().cuda() for k, v in scan_inputs(Bt=2, Dm=32, N=16, L=300).items()}
     for k in ("u", "delta", "B", "C"):
         inp[k] = inp[k].to(dtype)
     outs, grads = [], []
-    for backend in ("torch", "fused"):
+    for b in ("torch", backend):
         leaf = {k: v.detach().clone().requires_grad_() for k, v in inp.items()}
-        y = selective_scan(**leaf, backend=backend)
+        y = selective_scan(**leaf, backend=b)
         y.float().square().sum().backward()
         outs.append(y.float())
         grads.append({k: v.grad.float() for k, v in leaf.items()})
@@ -236,18 +245,18 @@ torch.manual_seed(0)
 for shape in [(37, 3, 5, 4), (9, 130), (1, 7)]:  # several programs, a partial block, a single step
     dA, dBu, gH = torch.rand(shape), torch.randn(shape), torch.randn(shape)
     outs = []
-    for rec in (ssm._LinearRecurrence, ssm._TritonRecurrence):
+    for kernel in (False, True):
         a, b = dA.clone().requires_grad_(), dBu.clone().requires_grad_()
-        H = rec.apply(a, b)
+        H = ssm._LinearRecurrence.apply(a, b, kernel)
         H.backward(gH)
         outs.append((H.detach(), a.grad, b.grad))
     for x, y in zip(*outs):
         torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-6)
 inp = {k: v.float() for k, v in scan_inputs(Bt=2, Dm=6, N=4, L=23).items()}
 outs = []
-for rec in (None, ssm._TritonRecurrence):
+for kernel in (False, True):
     leaf = {k: v.clone().requires_grad_() for k, v in inp.items()}
-    y = ssm.selective_scan_torch(**leaf, recurrence=rec)
+    y = ssm.selective_scan_torch(**leaf, kernel=kernel)
     y.square().sum().backward()
     outs.append([y.detach()] + [leaf[k].grad for k in sorted(leaf)])
 for x, y in zip(*outs):
@@ -268,25 +277,3 @@ def test_triton_recurrence_matches_the_torch_loop_in_the_interpreter():
     r = subprocess.run([sys.executable, "-c", _TRITON_INTERPRETED], capture_output=True, text=True, cwd=root,
                        env={**os.environ, "PYTHONPATH": root}, timeout=120)
     assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stderr[-3000:]
-
-
-needs_triton_cuda = pytest.mark.skipif(not (torch.cuda.is_available() and ssm.triton is not None),
-                                       reason="needs CUDA and triton")
-
-
-@needs_triton_cuda
-@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-4), (torch.bfloat16, 3e-2)])
-def test_triton_scan_matches_torch_scan_on_cuda(dtype, tol):
-    inp = {k: v.float().cuda() for k, v in scan_inputs(Bt=2, Dm=32, N=16, L=300).items()}
-    for k in ("u", "delta", "B", "C"):
-        inp[k] = inp[k].to(dtype)
-    outs, grads = [], []
-    for backend in ("torch", "triton"):
-        leaf = {k: v.detach().clone().requires_grad_() for k, v in inp.items()}
-        y = selective_scan(**leaf, backend=backend)
-        y.float().square().sum().backward()
-        outs.append(y.float())
-        grads.append({k: v.grad.float() for k, v in leaf.items()})
-    assert (outs[0] - outs[1]).abs().max() <= tol * outs[0].abs().max()
-    for k in inp:
-        assert (grads[0][k] - grads[1][k]).abs().max() <= tol * grads[0][k].abs().max() + 1e-6, k
