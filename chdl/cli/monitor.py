@@ -8,6 +8,7 @@ scorer failed (the recording is complete all the same).
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -29,6 +30,14 @@ def _predictor_spec(checkpoint: Path | None, t_in: int) -> tuple[dict, str, int]
         state = load_checkpoint(checkpoint)
     except (CheckpointError, ValueError, OSError) as e:
         raise click.ClickException(str(e).splitlines()[0]) from None
+    backend = (state.get("model_config") or {}).get("scan_backend")
+    if backend is not None or os.environ.get("CHDL_SCAN_BACKEND"):  # the scorer predicts on the CPU
+        from diffuma.models.ssm import check_backend
+
+        try:
+            check_backend(backend, "cpu")
+        except ValueError as e:
+            raise click.ClickException(f"{checkpoint}: {e}") from None
     name = f"{state['model_name']}:{checkpoint}"
     return {"predictor": "checkpoint", "checkpoint": str(checkpoint)}, name, int(state["data"]["in_frames"])
 

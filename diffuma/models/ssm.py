@@ -21,7 +21,8 @@ Backends (chosen per call, same parameters either way, so checkpoints move freel
   * "auto" (default) -- fused where possible, torch otherwise.
 The backend can be forced by the `backend=` argument (the model passes its config field
 `scan_backend`), and the environment variable CHDL_SCAN_BACKEND=torch|fused|triton|auto overrides both.
-Forcing "fused" or "triton" where it cannot run raises a RuntimeError rather than silently falling back.
+Forcing "fused" or "triton" where it cannot run raises a ScanBackendError (a ValueError) rather than silently
+falling back; `check_backend` raises it before any work, where the device is known.
 """
 from __future__ import annotations
 
@@ -52,6 +53,10 @@ ENV_VAR = "CHDL_SCAN_BACKEND"
 _FUSED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
+class ScanBackendError(ValueError):
+    """A scan backend was forced (config field or CHDL_SCAN_BACKEND) where it cannot run."""
+
+
 def fused_available() -> bool:
     """True when mamba-ssm's fused selective scan imported."""
     return _fused_scan is not None
@@ -69,14 +74,20 @@ def resolve_backend(backend: str | None, x: torch.Tensor) -> str:
     if choice == "fused" and not runnable:
         why = ("mamba-ssm is not importable" if not fused_available()
                else f"tensors are {x.device}/{x.dtype}, the fused kernel needs CUDA and fp32/fp16/bf16")
-        raise RuntimeError(f"scan backend 'fused' was forced but cannot run: {why}")
+        raise ScanBackendError(f"scan backend 'fused' was forced but cannot run: {why}")
     if choice == "triton" and not (triton is not None and x.is_cuda and x.dtype in _FUSED_DTYPES):
         why = ("triton is not importable" if triton is None
                else f"tensors are {x.device}/{x.dtype}, the Triton kernel needs CUDA and fp32/fp16/bf16")
-        raise RuntimeError(f"scan backend 'triton' was forced but cannot run: {why}")
+        raise ScanBackendError(f"scan backend 'triton' was forced but cannot run: {why}")
     if choice == "auto":
         return "fused" if runnable else "torch"
     return choice
+
+
+def check_backend(backend: str | None, device) -> str:
+    """`resolve_backend` for fp32 tensors on ``device``, before any work: ValueError for an unknown name,
+    ScanBackendError (a ValueError) for a forced backend that cannot run there."""
+    return resolve_backend(backend, torch.empty(0, device=device))
 
 
 # ----------------------------------------------------------------------------- scans

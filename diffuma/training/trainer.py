@@ -176,6 +176,9 @@ class Trainer:
         self.amp_dtype = _amp_dtype(self.run, self.device)
         self.progress = progress and self.dist.main
         self.model = model.to(self.device)
+        if hasattr(getattr(model, "config", None), "scan_backend"):  # a forced scan backend fails here, not mid-run
+            from diffuma.models.ssm import check_backend
+            check_backend(model.config.scan_backend, self.device)
         if self.dist.world_size > 1:
             # Same initial weights everywhere (DDP also broadcasts rank 0's), different noise per rank.
             torch.manual_seed(self.run.seed + 1000003 * self.dist.rank)

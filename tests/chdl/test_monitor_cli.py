@@ -338,3 +338,23 @@ def test_monitor_serve_shows_the_injected_anomaly_live_in_a_real_browser(clean_r
     assert proc.returncode == 0, err
     assert "1 events" in out and len(page.query_selector_all("li.alert")) == 1
     assert shot[:8] == b"\x89PNG\r\n\x1a\n" and len(shot) > 10_000
+
+
+def test_a_forced_scan_backend_that_cannot_run_is_refused_before_recording(monkeypatch):
+    """The scorer predicts on the CPU: CHDL_SCAN_BACKEND=triton (or a checkpoint whose config forces it) is one
+    line naming the checkpoint before anything is recorded, not a dead scorer mid-capture."""
+    import click
+
+    from chdl.cli.monitor import _predictor_spec
+    from diffuma.training import checkpoint as ck
+
+    state = {"model_name": "diffuma", "model_config": {"scan_backend": "auto"}, "data": {"in_frames": 4}}
+    monkeypatch.setattr(ck, "load_checkpoint", lambda path: state)
+    monkeypatch.setenv("CHDL_SCAN_BACKEND", "triton")
+    with pytest.raises(click.ClickException, match=r"^m\.pt: scan backend 'triton' was forced but cannot run"):
+        _predictor_spec(Path("m.pt"), 5)
+    monkeypatch.delenv("CHDL_SCAN_BACKEND")
+    assert _predictor_spec(Path("m.pt"), 5)[2] == 4
+    state["model_config"]["scan_backend"] = "fused"
+    with pytest.raises(click.ClickException, match=r"^m\.pt: scan backend 'fused' was forced"):
+        _predictor_spec(Path("m.pt"), 5)

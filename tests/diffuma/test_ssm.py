@@ -83,18 +83,19 @@ def test_backend_resolution(monkeypatch):
     monkeypatch.delenv(ssm.ENV_VAR, raising=False)
     assert resolve_backend("auto", x) == "torch"          # CPU: never fused
     assert resolve_backend("torch", x) == "torch"
-    with pytest.raises(RuntimeError, match="fused"):
+    with pytest.raises(ssm.ScanBackendError, match="fused"):
         resolve_backend("fused", x)
     with pytest.raises(ValueError, match="scan backend"):
         resolve_backend("cuda-please", x)
     monkeypatch.setenv(ssm.ENV_VAR, "fused")              # the env var wins over the argument
-    with pytest.raises(RuntimeError, match="forced"):
+    with pytest.raises(ssm.ScanBackendError, match="forced"):
         resolve_backend("torch", x)
     monkeypatch.setenv(ssm.ENV_VAR, "torch")
     assert resolve_backend("fused", x) == "torch"
     monkeypatch.delenv(ssm.ENV_VAR)
-    with pytest.raises(RuntimeError, match="'triton' was forced"):  # CPU: the Triton kernel needs CUDA
-        resolve_backend("triton", x)
+    with pytest.raises(ssm.ScanBackendError, match="'triton' was forced"):  # CPU: the Triton kernel needs CUDA
+        ssm.check_backend("triton", "cpu")
+    assert issubclass(ssm.ScanBackendError, ValueError)  # the CLIs' one-line errors catch ValueError
 
 
 def test_causal_conv1d_is_causal():

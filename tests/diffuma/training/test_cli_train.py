@@ -2,6 +2,7 @@
 dataset, and a raw recording as predict input."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -187,3 +188,21 @@ def test_a_damaged_or_missing_shard_is_refused_by_name(trained, tmp_path):
     i = CliRunner().invoke(main, ["info", str(gone)])
     assert i.exit_code == 1 and "integrity    DAMAGED: 1 shard file(s) missing, shard(s) 0" in i.output
     assert i.output.endswith(f"Error: {gone}: damaged: 1 shard file(s) missing (first: frames/c/0/0/0/0/0)\n")
+
+
+def test_a_forced_scan_backend_that_cannot_run_is_one_line_before_training(trained, tmp_path):
+    """CHDL_SCAN_BACKEND=triton (or fused) on a CPU: one line, exit 1, before a run folder is written; eval the
+    same (the scan would only fail at the first forward pass otherwise, with a traceback)."""
+    root, data, run = trained
+    env = {**os.environ, "CHDL_SCAN_BACKEND": "triton", "CUDA_VISIBLE_DEVICES": ""}
+    r = subprocess.run([sys.executable, "-m", "chdl", "train", "--data", str(data), "--config", "diffuma_tiny",
+                        "--set", "run.max_steps=1", "--set", "run.num_workers=0", "--out", str(tmp_path / "run"), "-q"],
+                       capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 1
+    assert r.stderr.strip() == ("Error: scan backend 'triton' was forced but cannot run: tensors are cpu/torch.float32, "
+                                "the Triton kernel needs CUDA and fp32/fp16/bf16")
+    assert not (tmp_path / "run" / "config.yaml").exists()
+    r = subprocess.run([sys.executable, "-m", "chdl", "eval", "--checkpoint", str(run / "checkpoints" / "last.pt"),
+                        "--data", str(data), "--out", str(tmp_path / "ev"), "-q"], capture_output=True, text=True,
+                       env=env, timeout=300)
+    assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1 and "'triton' was forced" in r.stderr
