@@ -55,6 +55,7 @@ def main(argv=None) -> int:
 
     from acquisition.raw import Recording
     from chdl.monitor.evaluate import find_runs, method_setup, operating_point, score_recording
+    from chdl.monitor.learned_score import refuse_anomalies
 
     try:
         lo, hi, step = (float(v) for v in a.levels.split(":"))
@@ -68,9 +69,10 @@ def main(argv=None) -> int:
     method = "checkpoint" if a.checkpoint else "constant-motion"
     try:
         runs = find_runs(a.runs)
+        refuse_anomalies([Recording.open(r) for r in runs], "the alert level is measured on clean capture only")
         if a.scorer:
             check_not_fitted_on(a.scorer, runs)
-    except ValueError as e:  # a scorer file that cannot be used, or one fitted on these recordings
+    except ValueError as e:  # anomalies in the "clean" capture, a scorer file that cannot be used or fitted on these
         print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
         return 1
     rows = []

@@ -240,6 +240,21 @@ def fit(features: np.ndarray, predictor: str, width: int, height: int, component
     return scorer
 
 
+def refuse_anomalies(recordings: list, what: str) -> None:
+    """ValueError (one line naming the recording) for the first recording whose truth lists process anomalies;
+    one without any truth (a real capture) is taken as clean, as the user says. ``what``: the advice that ends
+    the line (e.g. "fit on clean recordings only")."""
+    from chdl.monitor.evaluate import run_truth
+
+    for rec in recordings:
+        try:
+            anomalies = run_truth(rec).anomalies
+        except ValueError:
+            anomalies = []
+        if anomalies:
+            raise ValueError(f"{rec.path}: its truth lists {len(anomalies)} process anomalies; {what}")
+
+
 def fit_recordings(paths: list, checkpoint=None, components: int = 4, qc: bool = True, progress: bool = True) -> LearnedScorer:
     """Fit a scorer to clean recordings (recordings or folders of them): every frame scored by the monitor's
     own pipeline (predictor: constant motion, or ``checkpoint``; acquisition QC on unless ``qc=False``;
@@ -249,19 +264,13 @@ def fit_recordings(paths: list, checkpoint=None, components: int = 4, qc: bool =
     from tqdm import tqdm
 
     from acquisition.raw import Recording
-    from chdl.monitor.evaluate import find_runs, method_setup, run_truth, score_recording
+    from chdl.monitor.evaluate import find_runs, method_setup, score_recording
 
     runs = find_runs(paths)
     feats, shape = [], None
     name = "constant-motion" if checkpoint is None else f"checkpoint:{Path(checkpoint).name}"
     recs = [Recording.open(r) for r in runs]
-    for rec in recs:
-        try:
-            anomalies = run_truth(rec).anomalies
-        except ValueError:
-            anomalies = []  # no truth (a real capture): taken as clean, as the user says
-        if anomalies:
-            raise ValueError(f"{rec.path}: its truth lists {len(anomalies)} process anomalies; fit on clean recordings only")
+    refuse_anomalies(recs, "fit on clean recordings only")
     total = sum(len(rec.frames) for rec in recs)
     with tqdm(total=total, unit="frame", desc="fit-scorer", disable=not progress) as bar:
         for rec in recs:

@@ -358,3 +358,18 @@ def test_a_forced_scan_backend_that_cannot_run_is_refused_before_recording(monke
     state["model_config"]["scan_backend"] = "fused"
     with pytest.raises(click.ClickException, match=r"^m\.pt: scan backend 'fused' was forced"):
         _predictor_spec(Path("m.pt"), 5)
+
+
+def test_operating_point_tool_refuses_a_recording_with_anomalies(clean_run, monkeypatch, capsys):
+    """Its alerts would count as false alarms and lift the level: refused by name, as monitor-fit-scorer does."""
+    from types import SimpleNamespace
+
+    from chdl.monitor import evaluate
+
+    spec = importlib.util.spec_from_file_location("op_tool", Path(__file__).resolve().parents[2] / "tools" / "monitor_operating_point.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    monkeypatch.setattr(evaluate, "run_truth", lambda rec: SimpleNamespace(anomalies=["crack", "splash"]))
+    assert tool.main([str(clean_run)]) == 1
+    assert capsys.readouterr().err == (f"error: {clean_run}: its truth lists 2 process anomalies; the alert level is "
+                                       "measured on clean capture only\n")
