@@ -146,6 +146,10 @@ def _check_scorer(path: Path, checkpoint: Path | None, size: tuple[int, int]):
         now = "constant motion" if checkpoint is None else f"the checkpoint {checkpoint}"
         raise click.ClickException(f"{path}: fitted on the prediction errors of {learned.predictor}, the monitor "
                                    f"predicts with {now} (fit one with monitor-fit-scorer for it)")
+    try:
+        learned.check_checkpoint(checkpoint)
+    except ValueError as e:
+        raise click.ClickException(str(e)) from None
     return learned
 
 

@@ -54,8 +54,10 @@ def method_setup(name: str, checkpoint=None, shape=None, scorer=None):
     if scorer is not None:
         from chdl.monitor.learned_score import LearnedScorer
 
+        learned = LearnedScorer.load(scorer)
         if shape is not None:
-            LearnedScorer.load(scorer).check_frames(tuple(shape[:2]))
+            learned.check_frames(tuple(shape[:2]))
+        learned.check_checkpoint(checkpoint)
         predictor, cfg = method_setup(name, checkpoint, shape)
         return predictor, dataclasses.replace(cfg, scorer_file=str(scorer))
     if name == "frame-difference":

@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
+import hashlib
 import json
 import math
 from pathlib import Path
@@ -156,6 +157,19 @@ class LearnedScorer:
             raise ScorerFileError(f"{self.path or 'scorer'}: fitted on {self.width}x{self.height} frames, "
                                   f"these are {shape[1]}x{shape[0]}")
 
+    def check_checkpoint(self, checkpoint) -> None:
+        """ScorerFileError unless ``checkpoint`` is the file this scorer's errors were fitted with: its SHA-256,
+        recorded in ``fitted_on["checkpoint_sha256"]`` by monitor-fit-scorer. Nothing to check for a scorer
+        fitted on constant motion, for ``checkpoint`` None, or for a file without the hash (fitted before it
+        was recorded)."""
+        want = (self.fitted_on or {}).get("checkpoint_sha256")
+        if checkpoint is None or want is None:
+            return
+        if file_sha256(checkpoint) != want:
+            raise ScorerFileError(f"{self.path or 'scorer'}: fitted on the prediction errors of another checkpoint "
+                                  f"({self.predictor}, SHA-256 {want[:12]}...), not {checkpoint}: fit one with "
+                                  "monitor-fit-scorer for it")
+
     def to_json(self) -> dict:
         return {"format": FORMAT, "kind": "gaussian-mixture", "features": list(self.features),
                 "floor": self.floor.tolist(), "scale": self.scale.tolist(), "weights": self.weights.tolist(),
@@ -240,6 +254,15 @@ def fit(features: np.ndarray, predictor: str, width: int, height: int, component
     return scorer
 
 
+def file_sha256(path) -> str:
+    """Hex SHA-256 of a file's bytes (a checkpoint's identity for the scorers fitted with it)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def refuse_anomalies(recordings: list, what: str) -> None:
     """ValueError (one line naming the recording) for the first recording whose truth lists process anomalies;
     one without any truth (a real capture) is taken as clean, as the user says. ``what``: the advice that ends
@@ -295,7 +318,8 @@ def fit_recordings(paths: list, checkpoint=None, components: int = 4, qc: bool =
     if shape is None:
         raise ValueError(f"{', '.join(map(str, paths))}: no frames to fit on")
     return fit(np.array(feats).reshape(-1, len(FEATURES)), name, shape[1], shape[0], components,
-               fitted_on={"recordings": [str(Path(r).resolve()) for r in runs], "qc": qc})
+               fitted_on={"recordings": [str(Path(r).resolve()) for r in runs], "qc": qc,
+                          **({"checkpoint_sha256": file_sha256(checkpoint)} if checkpoint else {})})
 
 
 def alert_levels(learned: LearnedScorer | None = None, z_on: float | None = None, z_off: float | None = None) -> dict:

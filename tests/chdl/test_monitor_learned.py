@@ -166,3 +166,21 @@ def test_fit_needs_enough_finite_frames():
     x[:20, 0] = np.nan
     with pytest.raises(ValueError, match="30 scored clean frames are too few to fit 2 components"):
         fit(x, "constant-motion", W, H, components=2)
+
+
+def test_a_checkpoint_scorer_is_refused_with_another_checkpoint_file(tmp_path):
+    """The scorer records its checkpoint's SHA-256; any other file (another run's last.pt, or best.pt) is one
+    line naming both; a scorer without the hash (fitted before it was recorded) is taken as it is."""
+    from chdl.monitor.learned_score import ScorerFileError, file_sha256, fit
+
+    a, b = tmp_path / "a.pt", tmp_path / "b.pt"
+    a.write_bytes(b"weights of run A")
+    b.write_bytes(b"weights of run B")
+    feats = np.random.default_rng(0).normal(size=(200, len(FEATURES)))
+    scorer = fit(feats, "checkpoint:last.pt", 200, 150, components=1, fitted_on={"checkpoint_sha256": file_sha256(a)})
+    scorer.check_checkpoint(a)
+    scorer.check_checkpoint(None)
+    with pytest.raises(ScorerFileError, match=r"another checkpoint \(checkpoint:last.pt, SHA-256 [0-9a-f]{12}\.\.\.\), "
+                       f"not {b}"):
+        scorer.check_checkpoint(b)
+    fit(feats, "checkpoint:last.pt", 200, 150, components=1).check_checkpoint(b)
