@@ -294,7 +294,7 @@ def test_loss_is_diffusion_mse_plus_l1_weight_times_l1_of_forward():
 def test_scan_backend_forced_by_config_and_env(monkeypatch):
     monkeypatch.delenv(ssm.ENV_VAR, raising=False)
     x = torch.rand(1, 5, 1, 32, 32)
-    with pytest.raises(RuntimeError, match="fused"):
+    with pytest.raises(ssm.ScanBackendError, match="fused"):
         tiny(scan_backend="fused")(x)
     monkeypatch.setenv(ssm.ENV_VAR, "torch")                            # env var overrides the config
     assert tiny(scan_backend="fused")(x).shape == (1, 5, 1, 32, 32)
