@@ -349,15 +349,14 @@ def _compare(fine_ii: np.ndarray, reg_ii: np.ndarray, ka: np.ndarray, kb: np.nda
     return out
 
 
-def phase_shift(a: np.ndarray, b: np.ndarray, window: np.ndarray | None = None) -> tuple[np.ndarray, float]:
+def phase_shift(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, float]:
     """Content displacement d = (dx, dy) from image a to image b (b(x) ~ a(x - d)) by phase
     correlation, and the peak response (:func:`spectrum_shift` of the windowed images' whitened spectra).
-    a, b float32 of one shape; ``window`` (default Hanning) of that shape. This is reconstruction's
+    a, b float32 of one shape, windowed by the (cached) Hanning window of that shape. This is reconstruction's
     registration (curation.reconstruct). (On OpenCV's full complex transforms, which it used before,
     a 400x300 pair cost 5.0 ms against ~1.5 ms; the estimates differ in the last bits, which moved
     1 grey level in a few pixels of a motion-compensated reconstruction: docs/curation.md.)"""
-    if window is None:
-        window = _hanning(a.shape[1], a.shape[0])
+    window = _hanning(a.shape[1], a.shape[0])
     return spectrum_shift(whitened_spectrum(a * window), whitened_spectrum(b * window), a.shape)
 
 
@@ -392,7 +391,7 @@ class SequenceQC:
         hs, ws = hf // 2, wf // 2
         self.fine_ii = np.empty((len(self.avail), hf + 1, wf + 1), np.float32)
         self.reg_ii = np.empty((len(self.avail), 3, hs + 1, ws + 1), np.float32)
-        window = cv2.createHanningWindow((ws, hs), cv2.CV_32F)
+        window = _hanning(ws, hs)
         buffers: dict = {}
         prepared = [_prepare(frames[t], self.f_sharp, max_value, window, self.fine_ii[k], self.reg_ii[k], buffers)
                     for k, t in enumerate(self.avail)]

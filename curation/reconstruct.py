@@ -54,15 +54,13 @@ def displacement(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     h, w = a.shape
     f_sharp, f_reg = scales(h, w)
     sa, sb = _down(a, f_reg), _down(b, f_reg)
-    win = cv2.createHanningWindow((sa.shape[1], sa.shape[0]), cv2.CV_32F)
-    d, _ = phase_shift(sa, sb, win)
+    d, _ = phase_shift(sa, sb)
     d = d * f_reg
     if f_reg > 1:
         # refine at the finer scale: undo the coarse estimate, measure the small residual
         fa, fb = _down(a, f_sharp), _down(b, f_sharp)
         fa_w, _ = _warp(fa, d / f_sharp)
-        win = cv2.createHanningWindow((fa.shape[1], fa.shape[0]), cv2.CV_32F)
-        r, _ = phase_shift(fa_w, fb, win)
+        r, _ = phase_shift(fa_w, fb)
         if np.all(np.abs(r) < 2.0):
             d = d + r * f_sharp
     return d
