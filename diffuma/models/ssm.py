@@ -63,22 +63,23 @@ def fused_available() -> bool:
 
 
 def resolve_backend(backend: str | None, x: torch.Tensor) -> str:
-    """The backend ("torch" or "fused") that a call with tensor `x` uses.
+    """The backend ("torch", "fused" or "triton") that a call with tensor `x` uses.
 
     The environment variable CHDL_SCAN_BACKEND, when set, wins over `backend`."""
     choice = (os.environ.get(ENV_VAR) or backend or "auto").strip().lower()
     if choice not in BACKENDS:
         raise ValueError(f"scan backend must be one of {BACKENDS}, got {choice!r} "
                          f"(from {ENV_VAR} or the config field scan_backend)")
-    runnable = fused_available() and x.is_cuda and x.dtype in _FUSED_DTYPES
-    if choice == "fused" and not runnable:
-        why = ("mamba-ssm is not importable" if not fused_available()
-               else f"tensors are {x.device}/{x.dtype}, the fused kernel needs CUDA and fp32/fp16/bf16")
-        raise ScanBackendError(f"scan backend 'fused' was forced but cannot run: {why}")
-    if choice == "triton" and not (triton is not None and x.is_cuda and x.dtype in _FUSED_DTYPES):
-        why = ("triton is not importable" if triton is None
-               else f"tensors are {x.device}/{x.dtype}, the Triton kernel needs CUDA and fp32/fp16/bf16")
-        raise ScanBackendError(f"scan backend 'triton' was forced but cannot run: {why}")
+    on_gpu = x.is_cuda and x.dtype in _FUSED_DTYPES
+    # the CUDA kernels: (installed, its package, what it is)
+    kernels = {"fused": (fused_available(), "mamba-ssm", "the fused kernel"),
+               "triton": (triton is not None, "triton", "the Triton kernel")}
+    if choice in kernels and not (kernels[choice][0] and on_gpu):
+        installed, package, what = kernels[choice]
+        why = (f"{package} is not importable" if not installed
+               else f"tensors are {x.device}/{x.dtype}, {what} needs CUDA and fp32/fp16/bf16")
+        raise ScanBackendError(f"scan backend '{choice}' was forced but cannot run: {why}")
+    runnable = fused_available() and on_gpu
     if choice == "auto":
         return "fused" if runnable else "torch"
     return choice
