@@ -69,15 +69,15 @@ def main(argv=None) -> int:
     method = "checkpoint" if a.checkpoint else "constant-motion"
     try:
         runs = find_runs(a.runs)
-        refuse_anomalies([Recording.open(r) for r in runs], "the alert level is measured on clean capture only")
+        recs = [Recording.open(r) for r in runs]
+        refuse_anomalies(recs, "the alert level is measured on clean capture only")
         if a.scorer:
             check_not_fitted_on(a.scorer, runs)
     except ValueError as e:  # anomalies in the "clean" capture, a scorer file that cannot be used or fitted on these
         print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
         return 1
     rows = []
-    for run in runs:
-        rec = Recording.open(run)
+    for run, rec in zip(runs, recs):
         shape = rec.read(rec.frames[0]).shape
         try:
             predictor, cfg = method_setup(method, a.checkpoint, shape, a.scorer)
