@@ -8,7 +8,6 @@ scorer failed (the recording is complete all the same).
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
@@ -31,7 +30,7 @@ def _predictor_spec(checkpoint: Path | None, t_in: int) -> tuple[dict, str, int]
     except (CheckpointError, ValueError, OSError) as e:
         raise click.ClickException(str(e).splitlines()[0]) from None
     backend = (state.get("model_config") or {}).get("scan_backend")
-    if backend is not None or os.environ.get("CHDL_SCAN_BACKEND"):  # the scorer predicts on the CPU
+    if backend is not None:  # a model that scans (CHDL_SCAN_BACKEND overrides its field); the scorer predicts on the CPU
         from diffuma.models.ssm import check_backend
 
         try:

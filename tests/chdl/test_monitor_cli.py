@@ -358,6 +358,11 @@ def test_a_forced_scan_backend_that_cannot_run_is_refused_before_recording(monke
     state["model_config"]["scan_backend"] = "fused"
     with pytest.raises(click.ClickException, match=r"^m\.pt: scan backend 'fused' was forced"):
         _predictor_spec(Path("m.pt"), 5)
+    # a model without a scan (SimVP) does not care which scan backend the environment forces
+    monkeypatch.setenv("CHDL_SCAN_BACKEND", "triton")
+    simvp = {"model_name": "simvp", "model_config": {"spatial_hidden": 8}, "data": {"in_frames": 3}}
+    monkeypatch.setattr(ck, "load_checkpoint", lambda path: simvp)
+    assert _predictor_spec(Path("s.pt"), 5)[2] == 3
 
 
 def test_operating_point_tool_refuses_a_recording_with_anomalies(clean_run, monkeypatch, capsys):
