@@ -378,3 +378,21 @@ def test_operating_point_tool_refuses_a_recording_with_anomalies(clean_run, monk
     assert tool.main([str(clean_run)]) == 1
     assert capsys.readouterr().err == (f"error: {clean_run}: its truth lists 2 process anomalies; the alert level is "
                                        "measured on clean capture only\n")
+
+
+def test_monitor_eval_sets_each_method_up_once_per_frame_size(clean_run, tmp_path, monkeypatch):
+    """A checkpoint or scorer file is loaded (and hashed) once for all recordings of one frame size, not once
+    per recording; every recording is still scored."""
+    from chdl.monitor import evaluate as ev
+
+    copy = tmp_path / "copy" / "run_00000"
+    shutil.copytree(clean_run, copy)
+    calls, real = [], ev.method_setup
+    monkeypatch.setattr(ev, "method_setup", lambda *a, **k: calls.append(a[0]) or real(*a, **k))
+    res = ev.evaluate([clean_run, copy], tmp_path / "e", qc=False, progress=False, methods=["copy-last", "constant-motion"])
+    assert sorted(calls) == ["constant-motion", "copy-last"]
+    metrics = json.loads((tmp_path / "e" / "metrics.json").read_text())
+    assert metrics["runs"] == [str(clean_run), str(copy)]
+    one = ev.evaluate([clean_run], tmp_path / "e1", qc=False, progress=False, methods=["constant-motion"])
+    twice, once = res["methods"]["constant-motion"], one["methods"]["constant-motion"]
+    assert twice["negative_frames"] == 2 * once["negative_frames"] > 0  # both recordings scored, alike
