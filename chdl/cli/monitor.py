@@ -117,6 +117,9 @@ def monitor(ctx, checkpoint, t_in, queue_depth, z_on, z_off, scorer, serve, **pa
     status = json.loads((mon.folder / "status.json").read_text())
     click.echo(f"monitor: {status['frames_scored']} frames scored, {status['frames_skipped']} skipped, "
                f"{status['events']} events -> {mon.folder}")
+    if status["frames_skipped"] > status["frames_scored"]:  # most frames unwatched: say so, not only count it
+        click.echo(f"warning: {status['frames_skipped']} of {status['frames_captured']} frames were not scored (the scorer "
+                   "fell behind); for a replay drop --as-fast-as-possible or raise --queue-depth", err=True)
     if error:
         click.echo(f"error: {error}", err=True)
     report_captures(ctx, results)
@@ -234,3 +237,5 @@ def monitor_fit_scorer(runs, out, checkpoint, components, no_qc, quiet):
     learned.save(out)
     click.echo(f"fitted on {learned.fitted_on['frames']} clean frames ({learned.predictor}, "
                f"{learned.width}x{learned.height}) -> {out}")
+    click.echo(f"its alert level is not measured yet (--scorer uses z_on {Z_ON:g} until then): measure it on OTHER clean "
+               f"recordings with python tools/monitor_operating_point.py CLEAN_RUNS... --scorer {out} --write-scorer")

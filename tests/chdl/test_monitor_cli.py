@@ -123,6 +123,7 @@ def test_a_scorer_fitted_on_other_clean_runs_finds_the_injected_anomaly(clean_ru
     fit = chdl("monitor-fit-scorer", corpus, "-o", scorer, "--components", "2", "-q")
     assert fit.returncode == 0, fit.stderr
     assert f"fitted on 150 clean frames (constant-motion, {W}x{H}) -> {scorer}" in fit.stdout  # 160 scored, 10 warm-up
+    assert f"--scorer {scorer} --write-scorer" in fit.stdout  # how to measure its alert level, said where it is needed
     run = _inject(clean_run, tmp_path)
     mon = chdl("monitor", "--replay", run, "--out", tmp_path / "m", "--as-fast-as-possible", "--queue-depth", "100",
                "--scorer", scorer, "-q")
@@ -299,6 +300,9 @@ def test_a_slow_scorer_skips_frames_and_says_so_the_recording_keeps_them_all(cle
     assert status["frames_captured"] == 50 and status["frames_skipped"] > 0
     assert status["frames_scored"] == len(_lines(tmp_path / "m" / "run_00000.monitor" / "scores.jsonl")) < 40
     assert f"{status['frames_skipped']} skipped" in mon.stdout
+    # most frames unscored is a warning on stderr, not only a count
+    warned = f"warning: {status['frames_skipped']} of 50 frames were not scored" in mon.stderr
+    assert warned == (status["frames_skipped"] > status["frames_scored"]), mon.stderr
     rec = Recording.open(tmp_path / "m" / "run_00000")
     assert rec.complete and len(rec) == 50
 
