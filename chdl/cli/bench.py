@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import click
 
 from chdl.cli.options import FINITE, quiet_option
@@ -63,7 +65,7 @@ def bench(data, models, epochs, budget_minutes, pred_len, pred_len_mode, out, pr
                            progress=not quiet)
     except (BenchError, DatasetFormatError, ConfigError, CheckpointError, TrainingDiverged, FileExistsError) as e:
         raise click.ClickException(str(e)) from e
-    click.echo(f"{out}/bench.md")
+    click.echo(os.path.join(out, "bench.md"))
     rows = {label: (r["final"]["overall"], r["training"]) for label, r in report["models"].items()}
     rows.update({name: (report[result_key(name)]["overall"], None) for name in BASELINES})
     for label, (o, training) in rows.items():

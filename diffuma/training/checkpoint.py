@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import os
 import random
+import warnings
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -44,14 +46,26 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def _starts_with(path: Path, magic: bytes) -> bool:
+    with open(path, "rb") as f:
+        return f.read(len(magic)) == magic
+
+
 def load_checkpoint(path: str | Path) -> dict:
     """Loads a checkpoint on the CPU with ``weights_only=True``; CheckpointError if unreadable or foreign."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint not found")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch's multi-line notes on legacy pickles: the one-line error says it
+            warnings.simplefilter("ignore", UserWarning)
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unpickling failure means "not a usable checkpoint"
+        if _starts_with(path, b"PK\x03\x04") and not zipfile.is_zipfile(path):
+            # torch's zip format with its end cut off (a copy or download that stopped): torch says
+            # "Invalid argument" or "failed finding central directory" depending on where the cut is
+            raise CheckpointError(f"{path}: truncated or damaged checkpoint (a torch zip archive whose central "
+                                  "directory cannot be read)") from None
         if isinstance(e, OSError):
             raise CheckpointError(f"{path}: cannot read checkpoint ({e.strerror or e})") from None
         # anything else is torch.load failing on the content: a text file gives KeyError, a foreign pickle an

@@ -87,3 +87,26 @@ def test_unpicklable_checkpoint_is_one_line_and_runs_nothing(tmp_path, tiny_data
     assert r.exit_code == 1 and msg.startswith(f"Error: {ck}: not a loadable checkpoint (not a torch file, or it") \
         and msg.endswith("; UnpicklingError)") and "\n" not in msg, msg
     assert "ran" not in capfd.readouterr().out
+
+
+def test_truncated_checkpoint_says_truncated(run, tiny_dataset, tmp_path):
+    """A checkpoint cut short (a copy or download that stopped) is named as such, in one line."""
+    ck = tmp_path / "cut.pt"
+    whole = (run / "checkpoints" / "last.pt").read_bytes()
+    ck.write_bytes(whole[: len(whole) // 2])
+    r = CliRunner().invoke(main, ["eval", "--checkpoint", str(ck), "--data", str(tiny_dataset), "--out", str(tmp_path / "e")])
+    msg = r.output.strip()
+    assert r.exit_code == 1 and msg.startswith(f"Error: {ck}: truncated or damaged checkpoint (") and "\n" not in msg, msg
+    assert not (tmp_path / "e").exists()
+
+
+def test_a_legacy_pickle_is_one_line_without_torchs_warning(tmp_path, recwarn):
+    import pickle
+
+    from diffuma.training.checkpoint import CheckpointError, load_checkpoint
+
+    ck = tmp_path / "plain.pt"
+    ck.write_bytes(pickle.dumps({"format": "x"}))
+    with pytest.raises(CheckpointError, match=r"not a (loadable|chdl) checkpoint"):
+        load_checkpoint(ck)
+    assert not [w for w in recwarn if issubclass(w.category, UserWarning)], [str(w.message) for w in recwarn]
