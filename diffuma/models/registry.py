@@ -38,20 +38,21 @@ def list_presets(name: str) -> list[str]:
     return list(importlib.import_module(cls.__module__).PRESETS)
 
 
-def model_config(name: str, preset: str = "default", **overrides):
-    """The model's config dataclass: the preset's fields, then ``overrides``. Unknown fields are an error."""
+def model_config(name: str, preset: str | None = "default", **overrides):
+    """The model's config dataclass: the preset's fields (None: the dataclass defaults alone), then
+    ``overrides``. Unknown fields are an error."""
     cls = model_class(name)
     presets = importlib.import_module(cls.__module__).PRESETS
-    if preset not in presets:
+    if preset is not None and preset not in presets:
         raise KeyError(f"unknown preset {preset!r} for model {name!r} (known: {', '.join(presets)})")
     fields = {f.name for f in dataclasses.fields(cls.Config)}
-    values = {**presets[preset], **overrides}
+    values = {**(presets[preset] if preset is not None else {}), **overrides}
     unknown = sorted(set(values) - fields)
     if unknown:
         raise TypeError(f"unknown config field(s) for {name}: {', '.join(unknown)} (known: {', '.join(sorted(fields))})")
     return cls.Config(**values)
 
 
-def build_model(name: str, preset: str = "default", **overrides) -> nn.Module:
+def build_model(name: str, preset: str | None = "default", **overrides) -> nn.Module:
     """Instantiate a registered model from a preset plus field overrides."""
     return model_class(name)(model_config(name, preset, **overrides))

@@ -165,9 +165,11 @@ def build_model_from_checkpoint(state: dict, weights: str = "auto",
     """
     from diffuma.models.registry import build_model
 
-    cfg = state["config"]["model"]
     try:
-        model = build_model(state["model_name"], cfg.get("preset", "default"), **state["model_config"])
+        # the stored model_config is the whole config as saved; a field added to the model since takes its
+        # dataclass default, which by convention keeps the earlier behaviour (not the preset's newer value,
+        # which would not fit the saved weights)
+        model = build_model(state["model_name"], None, **state["model_config"])
     except (KeyError, TypeError, ValueError) as e:
         msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
         raise CheckpointError(f"{source}: model_name {state['model_name']!r} with its model_config cannot be "

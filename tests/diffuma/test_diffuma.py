@@ -148,6 +148,23 @@ def test_first_prediction_is_the_prior_exactly():
         tiny(dit_input="target")
 
 
+def test_decoder_kernel_below_full_resolution_keeps_exact_upsampling():
+    """up_kernel k: the transposed convs below full resolution have kernel k, the last one 4; every frame size
+    (odd ones too) comes back at its own size, and the untrained model is still its prior exactly."""
+    torch.manual_seed(5)
+    x = torch.rand(2, 5, 1, 37, 50)
+    for k in (2, 8, 12):
+        m = tiny(height=37, width=50, up_kernel=k)
+        kernels = [c.kernel_size[0] for c in m.decoder.body if isinstance(c, torch.nn.ConvTranspose2d)]
+        assert kernels == [k, k, 4]
+        with torch.no_grad():
+            torch.testing.assert_close(m(x), constant_motion(x, 5), rtol=0, atol=0)
+    assert build_model("diffuma", "tiny-mmnist").config.up_kernel == 8
+    for bad in (0, 5):
+        with pytest.raises(ValueError, match="up_kernel must be an even number >= 2"):
+            tiny(up_kernel=bad)
+
+
 def test_prior_gate_scales_the_prior_per_pixel():
     """P = 2 sigmoid(h) * prior + residual: a gate channel driven far negative removes the prior (the
     prediction becomes the residual, 0 at init), and the gate receives a gradient at init."""
