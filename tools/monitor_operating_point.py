@@ -54,7 +54,7 @@ def main(argv=None) -> int:
     from tqdm import tqdm
 
     from acquisition.raw import Recording
-    from chdl.monitor.evaluate import find_runs, method_setup, operating_point, score_recording
+    from chdl.monitor.evaluate import find_runs, method_setups, operating_point, score_recording
     from chdl.monitor.learned_score import refuse_anomalies
 
     try:
@@ -77,10 +77,11 @@ def main(argv=None) -> int:
         print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
         return 1
     rows = []
+    setup = method_setups()  # a checkpoint or scorer file loaded once per frame size, not per recording
     for run, rec in zip(runs, recs):
         shape = rec.read(rec.frames[0]).shape
         try:
-            predictor, cfg = method_setup(method, a.checkpoint, shape, a.scorer)
+            predictor, cfg = setup(method, a.checkpoint, shape, a.scorer)
         except ValueError as e:  # e.g. a scorer fitted on another frame size
             print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
             return 1

@@ -31,6 +31,7 @@ Metrics (per method):
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -69,6 +70,13 @@ def method_setup(name: str, checkpoint=None, shape=None, scorer=None):
     from chdl.monitor.anomaly_score import CheckpointPredictor
 
     return CheckpointPredictor(checkpoint, shape), ScorerConfig()
+
+
+def method_setups():
+    """:func:`method_setup` memoised for one pass over recordings: a checkpoint or scorer file is loaded (and
+    hashed) once per method and frame size, not once per recording. Predictors keep no state between calls;
+    a call that raises is not cached."""
+    return functools.cache(method_setup)
 
 
 def score_recording(rec, predictor, scorer: ScorerConfig, qc: bool = True, progress=None) -> list[dict]:
@@ -283,21 +291,18 @@ def evaluate(paths: list, out: str | Path, checkpoint=None, qc: bool = True, pro
     swept = sorted({*SWEEP_LEVELS, *(v["z_on"] for v in levels.values())})
     results, rows_by = {}, {}
     total = sum(len(rec.frames) for rec in recs.values()) * len(methods)
-    setups = {}  # (method, frame shape) -> (predictor, ScorerConfig): a checkpoint or scorer file is loaded (and
-    #              hashed) once per frame size, not once per recording; predictors keep no state between calls
+    setup = method_setups()
     with tqdm(total=total, unit="frame", desc="monitor-eval", disable=not progress) as bar:
         for m in methods:
             rows = []
             for run, rec in recs.items():
                 first = rec.frames[0] if rec.frames else None
                 shape = rec.read(first).shape if first is not None else None
-                if (m, shape) not in setups:
-                    try:
-                        base, scorer = scorer_of.get(m, (m, None))
-                        setups[m, shape] = method_setup(base, checkpoint, shape, scorer)
-                    except ValueError as e:
-                        raise EvalError(str(e).splitlines()[0]) from None
-                predictor, cfg = setups[m, shape]
+                try:
+                    base, scorer = scorer_of.get(m, (m, None))
+                    predictor, cfg = setup(base, checkpoint, shape, scorer)
+                except ValueError as e:
+                    raise EvalError(str(e).splitlines()[0]) from None
                 cfg = dataclasses.replace(cfg, **levels[m])
                 for row in score_recording(rec, predictor, cfg, qc=qc):
                     rows.append({**row, "run": run})
