@@ -3,7 +3,7 @@ subset can be overridden from a YAML file (``chdl curate --config qc.yaml``), e.
 
     qc:
       floors: {sharpness: 0.12, misregistration_px: 1.0}
-      z: {misregistration_px: 7.0}   # or one number for all six scores
+      z: {misregistration_px: 6.0}   # or one number for all six scores
       z_sequence: 4.0
     max_bad_frames: 2
     split: {block_lanes: 2, seed: 0, val_fraction: 0.5}
@@ -59,7 +59,7 @@ class ZFactors(_PerScore):
     scalar (``z: 6``) sets all six."""
 
     sharpness: NonNegativeFloat = 3.0
-    misregistration_px: NonNegativeFloat = 7.0
+    misregistration_px: NonNegativeFloat = 6.0
     brightness: NonNegativeFloat = 3.0
     contrast: NonNegativeFloat = 3.0
     shading: NonNegativeFloat = 3.0

@@ -31,8 +31,8 @@ Scores (one value per frame; NaN for a frame that is missing):
                        and flicker bands all run along x; the MAD ignores the few rows at the kerf edge.
 
 Each frame is compared with up to four nearest available frames (within 3 steps); the score is the
-median over those comparisons, so one faulty neighbour does not make a good frame look bad, and a good
-frame's neighbour being bad does not move its median. The kerf widening from frame to frame changes a
+median over those comparisons (for misregistration the smallest offset, see above), so one faulty neighbour does not make a good frame look bad, and a good frame's neighbour being bad
+does not move its median. The kerf widening from frame to frame changes a
 few blocks only, and the per-block median ignores them — this is what keeps the illumination scores
 quiet on real content change.
 
@@ -59,6 +59,11 @@ SCORE_NAMES = ("sharpness", "misregistration_px", "brightness", "contrast", "sha
 I_SHARP, I_MISREG, I_BRIGHT, I_CONTRAST, I_SHADING, I_BANDING = range(len(SCORE_NAMES))
 # how each score fires: "low" (only below centre), "abs" (either side), "high" (only above)
 SCORE_SIDES = ("low", "high", "abs", "abs", "high", "high")
+# scores that the barring loop of flag_sequence re-measures only for frames its first pass flagged: where
+# a frame sits among its neighbours' motion and blur is judged against a model of the sequence's own
+# irregularity (the local motion fit, the median over neighbours), which fewer references make worse;
+# the photometric scores are plain pairwise comparisons, exact without the barred frame
+FIRST_PASS_SCORES = np.array([True, True, False, False, False, False])
 
 ATTRIBUTION_FACTOR = 3.0  # see decide()
 MAX_REFS = 4  # neighbours compared with each frame (nearest first)
@@ -222,6 +227,8 @@ MOTION_RIDGE = 0.5  # ridge on the velocity's rate of change (keeps a fit on few
 MOTION_C = 0.25  # px/frame: Cauchy scale of the robust reweighting
 SINGLE_LAYER_PEAK = 0.5  # whole-frame phase-correlation peak above which the quadrants are not consulted
 ALIAS_PX = 8.0  # full-res px: a pair's direct displacement this far from its chain of adjacent pairs is an alias
+END_LIGHT = 3.0  # brightness/contrast threshold factor on a light level at a sequence edge (light_steps_at_edges)
+LIGHT_RUN_RATIO = 1.5  # ... the frames of such a level agree within this factor
 END_MISREG = 1.5  # misregistration threshold factor at a sequence's first and last frames (frame_thresholds)
 ALIAS_PEAK = 0.5  # ... if the correlation near the chain peaks at least this fraction of the direct peak
 BLOCK_TOL = 0.25  # registration-scale px: block estimates this close to another count as agreeing
@@ -406,6 +413,17 @@ class SequenceQC:
         # the expected stage step: the median measured step (one bad pair does not move it)
         self.step = np.median(np.array(adjacent), axis=0) if adjacent else np.zeros(2)
         self._vignetting: np.ndarray | None = None
+        self._fresh = (dict(self._disp), dict(self._layers))
+
+    def forget(self) -> None:
+        """Back to the state just after construction (the adjacent pairs' displacements only): the motion
+        model fits every displacement measured so far, so scoring again after other scorings (another
+        barring order, other thresholds) can differ from a fresh object's. tools/bench_qc_real.py tunes
+        thresholds on prepared objects and calls this before each decision, so each is made exactly as
+        ``chdl curate`` makes it. The image work (spectra, quadrant spectra) is kept."""
+        self._disp, self._layers = dict(self._fresh[0]), dict(self._fresh[1])
+        self._pair = {}
+        self._vignetting = None
 
     def sharp_frames(self) -> list[np.ndarray | None]:
         """(T,) the frames at the sharpness scale (``_down(frame, f_sharp)``, the input's dtype; None where
@@ -608,7 +626,9 @@ def curate_flags(frames: np.ndarray, available: np.ndarray, baseline: "Baseline"
     barred is flagged, the most severe one (largest score / threshold) is barred as a reference and
     all frames are scored again. So a good frame next to faulty ones, whose medians the faults could
     sway, ends up judged against good frames only, and a faulty frame is still measured against good
-    frames. (Pairwise measurements are cached: a rescoring costs medians, not image work.) The flags
+    frames. Frames the first pass did not flag keep their first sharpness and misregistration
+    (``FIRST_PASS_SCORES``). (Pairwise measurements
+    are cached: a rescoring costs medians, not image work.) The flags
     returned are exactly ``decide(scores, baseline, frame_thresholds(scores, thr, z_sequence))`` of
     the scores returned, so a report can say why from the stored scores alone."""
     return flag_sequence(SequenceQC(frames, available, max_value), baseline, thr, z_sequence)
@@ -619,16 +639,26 @@ def flag_sequence(q: SequenceQC, baseline: "Baseline", thr: np.ndarray,
     """:func:`curate_flags` on a prepared :class:`SequenceQC` (its pair measurements are cached, so
     deciding again with other thresholds costs medians only: tools/bench_qc_real.py tunes this way)."""
     barred: set[int] = set()
-    scores = q.scores()
+    first = q.scores()
+    scores = first
     thr_s = frame_thresholds(scores, thr, z_sequence)
     vib, ill = decide(scores, baseline, thr_s)
+    suspects = vib | ill  # the frames the first pass flagged: the only ones a later pass may still flag
     for _ in range(len(q.avail)):
         pending = [t for t in np.flatnonzero(vib | ill).tolist() if t not in barred]
         if not pending:
             break
         sev = severity(scores, baseline, thr_s)
         barred.add(max(pending, key=lambda t: (sev[t], -t)))
-        scores = q.scores(barred)
+        # barring clears frames, it does not accuse them by motion or blur: a frame that fitted its
+        # neighbours in the first pass keeps its first sharpness and misregistration (FIRST_PASS_SCORES).
+        # Re-scored against fewer references, with a motion model fitted on fewer pairs, a good frame of
+        # irregular footage can look misplaced, and barring it in turn cascades (real footage,
+        # tools/bench_qc_real.py: 16 of 24 false flags; docs/curation.md). (Keeping the milder of the
+        # two values instead lowers the sequence thresholds with them: 3 more false flags there.)
+        # Photometric scores are taken as measured again: a neighbour with the same exposure fault can
+        # hide a frame's until it is barred.
+        scores = np.where(suspects[:, None] | ~FIRST_PASS_SCORES[None, :], q.scores(barred), first)
         thr_s = frame_thresholds(scores, thr, z_sequence)
         vib, ill = decide(scores, baseline, thr_s)
     return scores, vib, ill
@@ -733,7 +763,46 @@ def frame_thresholds(scores: np.ndarray, thr: np.ndarray, z_sequence: float) -> 
     scored = np.flatnonzero(np.isfinite(scores[:, I_MISREG]))
     if scored.size:
         out[[scored[0], scored[-1]], I_MISREG] *= END_MISREG
+    for k in (I_BRIGHT, I_CONTRAST):
+        out[light_steps_at_edges(scores[:, k], out[:, k]), k] *= END_LIGHT
     return out
+
+
+def light_steps_at_edges(v: np.ndarray, thr: np.ndarray) -> np.ndarray:
+    """(T,) bool: the frames of a light level that starts or ends the sequence. ``v`` (T,) a light-level
+    score (brightness or contrast: each frame against the median of its neighbours), ``thr`` (T,) its
+    thresholds.
+
+    One exposure gone wrong is one frame (or a few in the middle of a sequence, each unlike its other
+    neighbours). When the edge frame and the one beside it (and any further frames in a row) share a
+    level -- each beyond half its threshold from the sequence's median, on one side, within
+    ``LIGHT_RUN_RATIO`` of the edge frame -- the scene's light changed between them and the rest (a lamp
+    warming, the object turning into the light), and the median over neighbours gives the frame just
+    past that step about half the step, the other way: those frames are marked (their thresholds are
+    widened by ``END_LIGHT``: a larger jump still fires). Two such frames and two bad exposures cannot be
+    told apart from the sequence; a lasting step is the likelier. (A level held by three or more edge
+    frames shows differently -- the edge frame sees its own level in most of its neighbours -- and is
+    not covered.) Measured on real footage (tools/bench_qc_real.py, docs/curation.md)."""
+    out = np.zeros(v.shape, bool)
+    scored = np.flatnonzero(np.isfinite(v))
+    if scored.size < 5:
+        return out
+    dev = v - np.median(v[scored])
+    for order in (scored, scored[::-1]):
+        d0 = dev[order[0]]
+        run = 0
+        for t in order:
+            d = dev[t]
+            if abs(d) < 0.5 * thr[t] or d * d0 <= 0 or not abs(d0) / LIGHT_RUN_RATIO <= abs(d) <= abs(d0) * LIGHT_RUN_RATIO:
+                break
+            run += 1
+        if run >= 2:
+            out[order[:run]] = True
+            past = order[min(run, len(order) - 1)]  # the first frame on the other level: about half the step, the other way
+            if dev[past] * d0 < 0 and abs(dev[past]) <= 0.75 * abs(d0):
+                out[past] = True
+    return out
+
 
 
 SIDE_SIGN = np.array([{"low": -1.0, "high": 1.0, "abs": 0.0}[x] for x in SCORE_SIDES])  # 0: either side

@@ -210,7 +210,8 @@ def main() -> None:
         # tuning, per score: start every score's z at the grid's smallest and, while the flags on the clean
         # tuning clips exceed the false-flag bars (0.5 % static, 1 % moving camera), raise the z of the score
         # that fired most often relative to the bars. Each candidate is decided exactly as curate does
-        # (qc.flag_sequence: the barring loop and the sequence thresholds) on the clean tuning windows, with
+        # (qc.flag_sequence on a SequenceQC reset by forget(): the barring loop and the sequence thresholds;
+        # before 2026-12-01 pairs measured for one candidate stayed in the next one's motion model) on the clean tuning windows, with
         # each run's baseline from its curate run (the baseline does not depend on z); the pair measurements
         # are made once per window and cached. The floors and z_sequence stay as they are.
         floors = np.array(cfg.qc.floors.values())
@@ -228,6 +229,7 @@ def main() -> None:
                 for q, st in zip(prepared[n], data[n]["static"]):
                     key = "static" if st else "moving"
                     frames[key] += T
+                    q.forget()  # as fresh: what earlier candidates measured must not enter this one's motion model
                     scores, vib, ill = qc.flag_sequence(q, base, thr, cfg.qc.z_sequence)
                     fired[key] += qc.exceed(scores, base, qc.frame_thresholds(scores, thr, cfg.qc.z_sequence))[vib | ill].sum(0)
             rate = {k: float(fired[k].sum()) / max(1, frames[k]) for k in fired}

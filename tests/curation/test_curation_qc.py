@@ -150,6 +150,76 @@ def test_barring_flagged_references_clears_good_frames_between_faults(baseline, 
         assert (single_pass[0] | single_pass[1]).sum() > len(faulty)
 
 
+def _lit(frames: np.ndarray, ts, gain: float) -> np.ndarray:
+    """``frames`` with frames ``ts`` multiplied by ``gain`` (a change of light or of exposure)."""
+    out = frames.astype(np.float32)
+    out[list(ts)] *= gain
+    return np.clip(np.rint(out), 0, 255).astype(frames.dtype)
+
+
+@pytest.mark.parametrize("ts", [[0, 1], [8, 9]])
+def test_a_light_level_that_starts_or_ends_the_sequence_is_no_fault(baseline, thr, ts):
+    """The first (or last) two frames sharing one level are the scene's light changing, not two bad
+    exposures; the frame just past the step (half the step by the median) is not flagged either."""
+    frames, _ = make_sequence(SPEC, 6)
+    single_pass = qc.decide(qc.measure(_lit(frames, ts, 1.08), ALL), baseline, thr)
+    assert (single_pass[0] | single_pass[1])[ts].all()  # plain medians see two bad exposures
+    _, vib, ill = qc.curate_flags(_lit(frames, ts, 1.08), ALL, baseline, thr, None, Z_SEQ)
+    assert not (vib | ill).any(), np.flatnonzero(vib | ill)
+
+
+@pytest.mark.parametrize("ts", [[0], [9], [4, 5]])
+def test_exposure_faults_are_flagged_alone_or_together_inside(baseline, thr, ts):
+    frames, _ = make_sequence(SPEC, 6)
+    _, vib, ill = qc.curate_flags(_lit(frames, ts, 1.08), ALL, baseline, thr, None, Z_SEQ)
+    assert list(np.flatnonzero(vib | ill)) == ts and ill[ts].all()
+
+
+class _StubQC:
+    """flag_sequence's view of a SequenceQC: prepared scores per barred set."""
+
+    def __init__(self, passes: dict):
+        self.avail = list(range(10))
+        self.passes = passes
+
+    def scores(self, barred=frozenset()):
+        return self.passes[frozenset(barred)].copy()
+
+
+def test_barring_rescores_photometry_but_not_motion_of_frames_that_fitted():
+    """A frame the first pass found in place keeps its misregistration when a flagged neighbour is
+    barred (fewer references and a poorer motion fit must not accuse it), while its
+    photometric scores are measured again (a neighbour with the same exposure fault hid its own)."""
+    base = qc.Baseline([0.0] * 6, [0.01] * 6)
+    thr = np.array([0.08, 1.0, 0.035, 0.1, 0.1, 0.045])
+    first = np.zeros((10, 6), np.float32)
+    first[2, qc.I_BRIGHT] = 0.3  # a bad exposure
+    first[6, qc.I_MISREG] = 0.5
+    second = first.copy()
+    second[6, qc.I_MISREG] = 3.0  # without frame 2 as a reference frame 6 looks misplaced ...
+    second[8, qc.I_BRIGHT] = 0.2  # ... and frame 8, which shared frame 2's exposure, shows its own
+    third = second.copy()
+    stub = _StubQC({frozenset(): first, frozenset({2}): second, frozenset({2, 8}): third})
+    scores, vib, ill = qc.flag_sequence(stub, base, thr, 0.0)
+    assert list(np.flatnonzero(vib | ill)) == [2, 8] and not vib.any()
+    assert scores[6, qc.I_MISREG] == 0.5
+    assert scores[8, qc.I_BRIGHT] == pytest.approx(0.2)
+    # the flags are what the stored scores say (the report's "why")
+    assert np.array_equal(ill, qc.decide(scores, base, qc.frame_thresholds(scores, thr, 0.0))[1])
+
+
+def test_forget_makes_a_used_sequence_score_as_a_fresh_one(baseline, thr):
+    frames, _ = make_sequence(SPEC, 9, {3: ("jitter", 3.0), 7: ("gain", 0.8)})
+    fresh = qc.flag_sequence(qc.SequenceQC(frames, ALL), baseline, thr, Z_SEQ)
+    q = qc.SequenceQC(frames, ALL)
+    q.scores(frozenset({0, 1, 2, 4, 5}))  # other barrings: pairs a fresh scoring would not measure
+    assert len(q._disp) > 9
+    q.forget()
+    assert sorted(q._disp) == [(t, t + 1) for t in range(9)]
+    for a, b in zip(qc.flag_sequence(q, baseline, thr, Z_SEQ), fresh):
+        assert np.array_equal(a, b, equal_nan=True)
+
+
 @pytest.mark.parametrize("bad", [[4], [0], [9], [3, 4], [2, 6]])
 def test_motion_compensated_reconstruction_beats_both_references(bad):
     from curation_helpers import psnr
