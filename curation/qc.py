@@ -31,9 +31,9 @@ Scores (one value per frame; NaN for a frame that is missing):
                        and flicker bands all run along x; the MAD ignores the few rows at the kerf edge.
 
 Each frame is compared with up to four nearest available frames (within 3 steps); the score is the
-median over those comparisons (for misregistration the smallest offset, see above), so one faulty neighbour does not make a good frame look bad, and a good frame's neighbour being bad
-does not move its median. The kerf widening from frame to frame changes a
-few blocks only, and the per-block median ignores them — this is what keeps the illumination scores
+median over those comparisons (for misregistration the smallest offset, see above), so one faulty
+neighbour does not make a good frame look bad, and a good frame's neighbour being bad does not move its
+median. The kerf widening from frame to frame changes a few blocks only, and the per-block median ignores them — this is what keeps the illumination scores
 quiet on real content change.
 
 Flags: a score fires when it is further from the run's median than
@@ -627,8 +627,8 @@ def curate_flags(frames: np.ndarray, available: np.ndarray, baseline: "Baseline"
     all frames are scored again. So a good frame next to faulty ones, whose medians the faults could
     sway, ends up judged against good frames only, and a faulty frame is still measured against good
     frames. Frames the first pass did not flag keep their first sharpness and misregistration
-    (``FIRST_PASS_SCORES``). (Pairwise measurements
-    are cached: a rescoring costs medians, not image work.) The flags
+    (``FIRST_PASS_SCORES``). (Pairwise measurements are cached: a rescoring costs medians, not image
+    work.) The flags
     returned are exactly ``decide(scores, baseline, frame_thresholds(scores, thr, z_sequence))`` of
     the scores returned, so a report can say why from the stored scores alone."""
     return flag_sequence(SequenceQC(frames, available, max_value), baseline, thr, z_sequence)
@@ -643,7 +643,7 @@ def flag_sequence(q: SequenceQC, baseline: "Baseline", thr: np.ndarray,
     scores = first
     thr_s = frame_thresholds(scores, thr, z_sequence)
     vib, ill = decide(scores, baseline, thr_s)
-    suspects = vib | ill  # the frames the first pass flagged: the only ones a later pass may still flag
+    suspects = vib | ill  # the frames the first pass flagged: their FIRST_PASS_SCORES are measured again
     for _ in range(len(q.avail)):
         pending = [t for t in np.flatnonzero(vib | ill).tolist() if t not in barred]
         if not pending:
@@ -802,7 +802,6 @@ def light_steps_at_edges(v: np.ndarray, thr: np.ndarray) -> np.ndarray:
             if dev[past] * d0 < 0 and abs(dev[past]) <= 0.75 * abs(d0):
                 out[past] = True
     return out
-
 
 
 SIDE_SIGN = np.array([{"low": -1.0, "high": 1.0, "abs": 0.0}[x] for x in SCORE_SIDES])  # 0: either side
