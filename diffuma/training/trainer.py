@@ -92,6 +92,16 @@ def _init_distributed(device_kind: str) -> _Dist:
     return _Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
 
 
+def shutdown_distributed() -> None:
+    """Ends this process's part of a torchrun job (no-op in a single process): a barrier, so no rank leaves
+    while another still talks to it, then ``destroy_process_group``. A rank that exits with the process
+    group alive can abort in gloo's threads at interpreter exit ("terminate called without an active
+    exception", SIGABRT: seen once in tests/diffuma/training/test_distributed.py under CI load)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def _resolve_device(run: RunConfig, d: _Dist) -> torch.device:
     if run.device == "cuda" and not torch.cuda.is_available():
         raise ConfigError("run.device is cuda but torch.cuda.is_available() is False")
@@ -558,4 +568,6 @@ def train_from_config(config: dict | None, data: str | Path, out: str | Path, re
     in/out frame counts come from run.in_frames/out_frames or else the dataset attributes; channels, height and
     width always come from the dataset. With ``resume=True`` config may be None (the run's saved config is used).
     """
-    return build_trainer(config, data, out, resume, progress).fit(resume=resume)
+    run_dir = build_trainer(config, data, out, resume, progress).fit(resume=resume)
+    shutdown_distributed()
+    return run_dir

@@ -17,7 +17,7 @@ from diffuma.models import registry  # noqa: E402
 
 registry.MODELS["standin"] = "standin_model:StandIn"
 
-from diffuma.training.trainer import build_trainer  # noqa: E402
+from diffuma.training.trainer import build_trainer, shutdown_distributed  # noqa: E402
 
 cfg, data, out, mode = json.loads(sys.argv[1]), sys.argv[2], Path(sys.argv[3]), sys.argv[4]
 stop = int(sys.argv[5]) if len(sys.argv) > 5 else None
@@ -30,3 +30,4 @@ else:
 state = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
 torch.save({"step": trainer.step, "world_size": trainer.dist.world_size, "model": state},
            out / f"final_rank{trainer.dist.rank}.pt")
+shutdown_distributed()
