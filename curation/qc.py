@@ -33,8 +33,8 @@ Scores (one value per frame; NaN for a frame that is missing):
 Each frame is compared with up to four nearest available frames (within 3 steps); the score is the
 median over those comparisons (for misregistration the smallest offset, see above), so one faulty
 neighbour does not make a good frame look bad, and a good frame's neighbour being bad does not move its
-median. The kerf widening from frame to frame changes a few blocks only, and the per-block median ignores them — this is what keeps the illumination scores
-quiet on real content change.
+median. The kerf widening from frame to frame changes a few blocks only, and the per-block median
+ignores them — this is what keeps the illumination scores quiet on real content change.
 
 Flags: a score fires when it is further from the run's median than
 ``max(floor, z * sigma_run, z_sequence * sigma_sequence)`` (:func:`thresholds`, :func:`sequence_thresholds`),
@@ -63,7 +63,7 @@ SCORE_SIDES = ("low", "high", "abs", "abs", "high", "high")
 # a frame sits among its neighbours' motion and blur is judged against a model of the sequence's own
 # irregularity (the local motion fit, the median over neighbours), which fewer references make worse;
 # the photometric scores are plain pairwise comparisons, exact without the barred frame
-FIRST_PASS_SCORES = np.array([True, True, False, False, False, False])
+FIRST_PASS_SCORES = np.isin(np.arange(len(SCORE_NAMES)), (I_SHARP, I_MISREG))
 
 ATTRIBUTION_FACTOR = 3.0  # see decide()
 MAX_REFS = 4  # neighbours compared with each frame (nearest first)
@@ -628,9 +628,8 @@ def curate_flags(frames: np.ndarray, available: np.ndarray, baseline: "Baseline"
     sway, ends up judged against good frames only, and a faulty frame is still measured against good
     frames. Frames the first pass did not flag keep their first sharpness and misregistration
     (``FIRST_PASS_SCORES``). (Pairwise measurements are cached: a rescoring costs medians, not image
-    work.) The flags
-    returned are exactly ``decide(scores, baseline, frame_thresholds(scores, thr, z_sequence))`` of
-    the scores returned, so a report can say why from the stored scores alone."""
+    work.) The flags returned are exactly ``decide(scores, baseline, frame_thresholds(scores, thr,
+    z_sequence))`` of the scores returned, so a report can say why from the stored scores alone."""
     return flag_sequence(SequenceQC(frames, available, max_value), baseline, thr, z_sequence)
 
 

@@ -211,9 +211,9 @@ def main() -> None:
         # tuning clips exceed the false-flag bars (0.5 % static, 1 % moving camera), raise the z of the score
         # that fired most often relative to the bars. Each candidate is decided exactly as curate does
         # (qc.flag_sequence on a SequenceQC reset by forget(): the barring loop and the sequence thresholds;
-        # before 2026-12-01 pairs measured for one candidate stayed in the next one's motion model) on the clean tuning windows, with
-        # each run's baseline from its curate run (the baseline does not depend on z); the pair measurements
-        # are made once per window and cached. The floors and z_sequence stay as they are.
+        # before 2026-12-01 pairs measured for one candidate stayed in the next one's motion model) on the
+        # clean tuning windows, with each run's baseline from its curate run (the baseline does not depend
+        # on z); the image work is done once per window. The floors and z_sequence stay as they are.
         floors = np.array(cfg.qc.floors.values())
         prepared = {n: [qc.SequenceQC(w, np.ones(T, bool), 255.0) for w in data[n]["clean"]] for n in tune}
         idx = [0] * len(qc.SCORE_NAMES)
