@@ -18,9 +18,10 @@ from chdl.cli.options import POSITIVE, quiet_option
 from chdl.monitor import Z_OFF, Z_ON
 
 
-def _predictor_spec(checkpoint: Path | None, t_in: int) -> tuple[dict, str, int]:
+def _predictor_spec(checkpoint: Path | None, t_in: int, size: tuple | None = None) -> tuple[dict, str, int]:
     """(spec for the scoring process, predictor name, T_in); a checkpoint is loaded here once, so a bad
-    one is a one-line error before anything is recorded."""
+    one, or one trained on frames of another size than ``size`` (H, W), is a one-line error before
+    anything is recorded."""
     if checkpoint is None:
         return {"predictor": "constant-motion", "t_in": t_in}, "constant-motion", t_in
     from diffuma.training.checkpoint import CheckpointError, load_checkpoint
@@ -37,6 +38,12 @@ def _predictor_spec(checkpoint: Path | None, t_in: int) -> tuple[dict, str, int]
             check_backend(backend, "cpu")
         except ValueError as e:
             raise click.ClickException(f"{checkpoint}: {e}") from None
+    data = state["data"]
+    trained = tuple(int(data.get(k, 0)) for k in ("channels", "height", "width"))
+    if size is not None and None not in size and trained != (1, *map(int, size)):
+        raise click.ClickException(f"{checkpoint}: trained on frames {trained[0]}x{trained[1]}x{trained[2]} (C,H,W), "
+                                   f"the monitored frames are 1x{size[0]}x{size[1]}: train one at this size or capture "
+                                   "at its size")
     name = f"{state['model_name']}:{checkpoint}"
     return {"predictor": "checkpoint", "checkpoint": str(checkpoint)}, name, int(state["data"]["in_frames"])
 
@@ -88,7 +95,7 @@ def monitor(ctx, checkpoint, t_in, queue_depth, z_on, z_off, scorer, serve, **pa
     if folder.exists() and any(folder.iterdir()):
         raise click.ClickException(f"{folder}: already exists and is not empty (choose another --run-id or --out)")
     serve_in_background = _dashboard() if serve else None
-    spec, name, t = _predictor_spec(checkpoint, t_in)
+    spec, name, t = _predictor_spec(checkpoint, t_in, size)
     learned = _check_scorer(scorer, checkpoint, size) if scorer is not None else None
     spec["scorer"] = _alert_levels(z_on, z_off, learned)
     if scorer is not None:

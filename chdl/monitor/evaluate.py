@@ -40,7 +40,7 @@ from pathlib import Path
 import numpy as np
 
 from chdl.monitor.anomaly_score import ConstantMotion, CopyLast, MonitorPipeline, ScorerConfig
-from chdl.monitor.runtime import atomic_write_bytes, run_max_value
+from chdl.monitor.runtime import atomic_write_bytes, run_max_value, scoring_threads
 
 FPS = 5.0  # CHDL's capture rate, for false alarms per hour
 METHODS = ("frame-difference", "copy-last", "constant-motion")
@@ -81,18 +81,20 @@ def method_setups():
 
 def score_recording(rec, predictor, scorer: ScorerConfig, qc: bool = True, progress=None) -> list[dict]:
     """Score every frame of an opened :class:`acquisition.raw.Recording`: one dict per scored frame
-    (frame, lane, position, score, threshold, z, alert, new_alert, acquisition, box)."""
+    (frame, lane, position, score, threshold, z, alert, new_alert, acquisition, box), with torch's
+    thread count as the live scorer process has it (:func:`chdl.monitor.runtime.scoring_threads`)."""
     rows = []
     pipe = None
     frames = [f for f in rec.frames if f.file is not None and f.status == "ok"]
-    for f in (progress(frames) if progress else frames):
-        if pipe is None:
-            pipe = MonitorPipeline(predictor, run_max_value(rec.manifest), scorer, qc=qc)
-        r = pipe.push(f.index, f.lane, f.position_index, rec.read(f))
-        if r is not None:
-            rows.append({"frame": r.frame, "lane": r.lane, "position": r.position, "score": r.score,
-                         "threshold": r.threshold, "z": r.z, "alert": r.alert, "new_alert": r.new_alert,
-                         "acquisition": r.acquisition, "box": r.box, "features": r.features})
+    with scoring_threads():  # as the live monitor's scorer process
+        for f in (progress(frames) if progress else frames):
+            if pipe is None:
+                pipe = MonitorPipeline(predictor, run_max_value(rec.manifest), scorer, qc=qc)
+            r = pipe.push(f.index, f.lane, f.position_index, rec.read(f))
+            if r is not None:
+                rows.append({"frame": r.frame, "lane": r.lane, "position": r.position, "score": r.score,
+                             "threshold": r.threshold, "z": r.z, "alert": r.alert, "new_alert": r.new_alert,
+                             "acquisition": r.acquisition, "box": r.box, "features": r.features})
     return rows
 
 

@@ -23,11 +23,33 @@ import threading
 import time
 from pathlib import Path
 
+import contextlib
+
 import cv2
 import numpy as np
 
 FORMAT = "chdl.monitor/1"
 QUEUE_DEPTH = 8
+SCORER_THREADS = 1  # torch intra-op threads of the scoring (see scoring_threads)
+
+
+@contextlib.contextmanager
+def scoring_threads(n: int = SCORER_THREADS):
+    """torch's intra-op thread count set to ``n`` while frames are scored, restored after. The live
+    monitor's scorer process runs with 1 (its own process beside the capture); ``monitor-eval``,
+    ``monitor-fit-scorer`` and ``tools/monitor_operating_point.py`` score the same way. The predictions
+    are small tensor operations (200x150: phase correlation, a warp), where torch's default of one thread
+    per core only adds synchronisation, and on a busy machine its OpenMP threads wait on each other:
+    constant-motion scoring measured 610 ms a frame with the default 2 threads against 91 ms with 1 on
+    the 2-core development machine with one other job running (2026-12-01, load ~5)."""
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
 
 
 def monitor_dir(run_path: Path) -> Path:
@@ -215,7 +237,7 @@ def _score_loop(spec, run_path: Path, folder: Path, q, scored, events, ready) ->
 
     from chdl.monitor.anomaly_score import MonitorPipeline, ScorerConfig, make_predictor
 
-    torch.set_num_threads(int(spec.get("threads", 1)))
+    torch.set_num_threads(int(spec.get("threads", SCORER_THREADS)))
     predictor = make_predictor(spec["predictor"], spec.get("checkpoint"), spec.get("t_in", 5))
     parent = mp.parent_process()
     ready.set()

@@ -400,3 +400,54 @@ def test_monitor_eval_sets_each_method_up_once_per_frame_size(clean_run, tmp_pat
     one = ev.evaluate([clean_run], tmp_path / "e1", qc=False, progress=False, methods=["constant-motion"])
     twice, once = res["methods"]["constant-motion"], one["methods"]["constant-motion"]
     assert twice["negative_frames"] == 2 * once["negative_frames"] > 0  # both recordings scored, alike
+
+
+def test_offline_scoring_runs_with_the_live_scorers_thread_count(clean_run):
+    """monitor-eval, monitor-fit-scorer and the operating-point tool score through score_recording with torch's
+    intra-op threads as the live scorer process has them (1; more made scoring ~7x slower on a busy 2-core
+    machine), and give the caller's count back afterwards."""
+    import torch
+
+    from chdl.monitor.anomaly_score import ConstantMotion, ScorerConfig
+    from chdl.monitor.evaluate import score_recording
+    from chdl.monitor.runtime import SCORER_THREADS
+
+    seen = []
+
+    class Spy(ConstantMotion):
+        def predict(self, history):
+            seen.append(torch.get_num_threads())
+            return super().predict(history)
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(SCORER_THREADS + 1)
+    try:
+        rows = score_recording(Recording.open(clean_run), Spy(), ScorerConfig(), qc=False)
+        assert rows and len(seen) == len(rows) and set(seen) == {SCORER_THREADS}
+        assert torch.get_num_threads() == SCORER_THREADS + 1
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_a_checkpoint_of_another_frame_size_is_refused_before_recording(clean_run, tmp_path, monkeypatch):
+    """A model trained on 200x150 cannot predict 120x90 frames: one line naming the checkpoint and both sizes,
+    exit 1, no recording or monitor folder (chdl eval refuses the same pair)."""
+    from click.testing import CliRunner
+
+    from chdl.cli import main
+    from diffuma.training import checkpoint as ck
+
+    state = {"model_name": "diffuma", "model_config": {}, "data": {"in_frames": 5, "channels": 1, "height": 150,
+                                                                  "width": 200}}
+    monkeypatch.setattr(ck, "load_checkpoint", lambda path: state)
+    model = tmp_path / "m.pt"
+    model.write_bytes(b"stands for a checkpoint")
+    out = CliRunner().invoke(main, ["monitor", "--replay", str(clean_run), "--out", str(tmp_path / "m"),
+                                    "--checkpoint", str(model), "-q"])
+    assert out.exit_code == 1
+    assert f"{model}: trained on frames 1x150x200 (C,H,W), the monitored frames are 1x{H}x{W}" in out.output
+    assert not (tmp_path / "m").exists()
+    from chdl.cli.monitor import _predictor_spec
+
+    state["data"].update(height=H, width=W)  # the right size passes
+    assert _predictor_spec(model, 5, (H, W))[2] == 5
