@@ -69,9 +69,21 @@ YamlTuple = _YamlTuple
 
 
 # PyYAML implements YAML 1.1, where `1e-3` (no dot) is a string; YAML 1.2 and every user read it as a
-# number. This loader adds the 1.2 float forms; everything else is yaml.SafeLoader (no code runs from YAML).
+# number. This loader adds the 1.2 float forms, and refuses a key given twice in one mapping (YAML forbids
+# it; PyYAML would keep the last value silently, so `{preset: tiny, preset: small}` trained `small` without a
+# word); everything else is yaml.SafeLoader (no code runs from YAML).
 class _Loader(yaml.SafeLoader):
-    pass
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen = set()
+            for key_node, _ in node.value:
+                if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
+                    continue  # a merge key (<<: *anchor) may be followed by keys that override the anchor's
+                key = self.construct_object(key_node)
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
+                seen.add(key)
+        return super().construct_mapping(node, deep=deep)
 
 
 _Loader.add_implicit_resolver(

@@ -27,6 +27,16 @@ def test_yaml_reads_exponent_floats_without_a_dot_and_runs_no_code():
         load_yaml("a: !!python/object/apply:os.system ['true']\n", "f")
 
 
+def test_yaml_refuses_a_key_given_twice_naming_it_and_its_line():
+    with pytest.raises(ConfigError, match=r"^f: malformed YAML \(duplicate key 'preset' at line 4, column 3\)$"):
+        load_yaml("model:\n  name: diffuma\n  preset: tiny\n  preset: small\n", "f")
+    with pytest.raises(ConfigError, match="duplicate key 'preset' at line 1"):
+        load_yaml("model: {name: diffuma, preset: tiny, preset: small}\n", "f")
+    # the same key in different mappings, and a merged anchor's key given again (an override), are fine
+    assert load_yaml("a: {x: 1}\nb: {x: 2}\n", "f") == {"a": {"x": 1}, "b": {"x": 2}}
+    assert load_yaml("a: &a {x: 1}\nb:\n  <<: *a\n  x: 3\n", "f") == {"a": {"x": 1}, "b": {"x": 3}}
+
+
 @pytest.mark.parametrize("data, blame, message", [
     ({"count": 1.0}, None, "f.yaml: count: must be an integer, got 1.0"),
     ({"pair": [1, 2]}, None, None),  # a YAML list is a tuple; ints are exact floats
