@@ -224,6 +224,10 @@ class Trainer:
         # schedule length planned for it (None until CALIBRATION_STEPS steps are timed) and those steps' times.
         self.clock = time.perf_counter  # seconds; tests inject their own
         self.train_seconds, self.samples_seen = 0.0, 0
+        # Wall-clock seconds of the run (steps.csv / epochs.csv elapsed_s): carried over a resume from the
+        # checkpoint, so the logs' time axis continues instead of restarting at 0 (the steps a killed process
+        # made after its last checkpoint are made again and counted once).
+        self.elapsed_before, self._t0 = 0.0, None
         self.budget_s = None if self.run.max_minutes is None else 60.0 * self.run.max_minutes
         self.planned_steps: int | None = None
         self._calibration_s: list[float] = []
@@ -255,6 +259,7 @@ class Trainer:
             "best_val_mse": self.best_val_mse,
             "train_seconds": self.train_seconds, "samples_seen": self.samples_seen,
             "planned_total_steps": self.planned_steps,
+            "elapsed_s": self.elapsed_before if self._t0 is None else time.perf_counter() - self._t0,
         }
 
     def save(self, name: str = "last.pt") -> None:
@@ -289,6 +294,7 @@ class Trainer:
         self.best_val_mse = state["best_val_mse"]
         self.last_saved_step = self.step
         self.train_seconds = state.get("train_seconds", 0.0)
+        self.elapsed_before = state.get("elapsed_s", self.train_seconds)  # older checkpoints: training time
         self.samples_seen = state.get("samples_seen", self.step * self.run.batch_size * self.dist.world_size)
         self.planned_steps = state.get("planned_total_steps")
         if self.planned_steps is not None:
@@ -381,7 +387,8 @@ class Trainer:
             epochs_log = _CsvLog(self.out / "epochs.csv", list(EPOCH_FIELDS), "epoch", self.epoch if resume else None)
             tb = _tensorboard(self.out / "tensorboard")
         self.model.train()
-        t0, done_now = time.perf_counter(), 0
+        self._t0 = t0 = time.perf_counter() - self.elapsed_before
+        done_now = 0
         try:
             while self.epoch < self.run.epochs and self.step < self.total_steps and not self.budget_spent():
                 self.sampler.set_epoch(self.epoch, skip=self.batch_in_epoch * self.run.batch_size)

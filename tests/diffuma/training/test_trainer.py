@@ -78,6 +78,10 @@ def test_resume_after_kill_mid_epoch_matches_uninterrupted_run(standin, tiny_dat
     ea, eb = _rows(tmp_path / "ref" / "epochs.csv"), _rows(tmp_path / "run" / "epochs.csv")
     assert [r["train_loss"] for r in ea] == [r["train_loss"] for r in eb]
     assert float(eb[1]["train_loss"]) == pytest.approx(sum(float(r["loss"]) for r in b[3:6]) / 3, rel=1e-6)
+    # Time runs on over the resume (elapsed_s continues from the checkpoint's, it does not restart at 0).
+    for log in (b, eb):
+        t = [float(r["elapsed_s"]) for r in log]
+        assert t == sorted(t) and t[0] > 0, t
 
 
 def test_resume_refuses_a_changed_config_and_a_fresh_run_refuses_an_existing_one(standin, tiny_dataset, tmp_path):
