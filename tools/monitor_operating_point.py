@@ -11,7 +11,10 @@ output says what the clean frames can resolve (one alarm = 1/hours per hour; zer
 rate below 3/hours at 95 %). Recordings: as for ``chdl monitor-eval`` (clean ones: truth without
 anomalies, e.g. ``chdl simulate corpus ... --fault-rate 0``). With ``--scorer F --write-scorer`` the chosen
 level is written into the scorer file (``alert_levels``), which ``chdl monitor --scorer F`` and ``chdl
-monitor-eval --scorer F`` then use unless ``--z-on`` / ``--z-off`` are given.
+monitor-eval --scorer F`` then use unless ``--z-on`` / ``--z-off`` are given. For a learned scorer the
+mixture and its splash test are measured alone first; the splash test's weight (``splash_gain`` = the
+mixture's level / the splash test's) is written with the level, which is that of the two together
+(chdl.monitor.evaluate.learned_operating_point).
 """
 
 from __future__ import annotations
@@ -54,7 +57,7 @@ def main(argv=None) -> int:
     from tqdm import tqdm
 
     from acquisition.raw import Recording
-    from chdl.monitor.evaluate import find_runs, method_setups, operating_point, score_recording
+    from chdl.monitor.evaluate import find_runs, learned_operating_point, method_setups, operating_point, score_recording
     from chdl.monitor.learned_score import refuse_anomalies
 
     try:
@@ -93,7 +96,14 @@ def main(argv=None) -> int:
                     bar.update(1)
             for r in score_recording(rec, predictor, dataclasses.replace(cfg, z_on=math.inf, z_off=math.inf), progress=progress):
                 rows.append({**r, "run": str(run)})
-    op = operating_point(rows, levels, a.fa_per_hour)
+    if a.scorer:  # the mixture's level, its splash test's, the splash weight, and the two together
+        from chdl.monitor.learned_score import LearnedScorer
+
+        op = learned_operating_point(rows, LearnedScorer.load(a.scorer), levels, a.fa_per_hour)
+        print(f"mixture alone: lowest z_on {op['mixture']['chosen_z_on']}; splash test alone: "
+              f"{op['splash']['chosen_z_on']}; splash weight {op['splash_gain']}; together (below):")
+    else:
+        op = operating_point(rows, levels, a.fa_per_hour)
     op["predictor"] = predictor.name if hasattr(predictor, "name") else method
     op["scorer"] = a.scorer
     print(f"{op['clean_frames']} scored clean frames = {op['clean_hours']:.3f} h at 5 fps: one alarm = "
@@ -115,11 +125,13 @@ def main(argv=None) -> int:
         from chdl.monitor.learned_score import LearnedScorer
 
         learned = LearnedScorer.load(a.scorer)
+        learned.splash_gain = op["splash_gain"]
         learned.alert_levels = {"z_on": op["chosen_z_on"], "z_off": op["chosen_z_on"] / 2,
                                 "target_per_hour": a.fa_per_hour, "clean_frames": op["clean_frames"],
                                 "clean_hours": round(op["clean_hours"], 4), "runs": [str(r) for r in a.runs]}
         learned.save(a.scorer)
-        print(f"wrote z_on {op['chosen_z_on']:g}, z_off {op['chosen_z_on'] / 2:g} into {a.scorer}")
+        print(f"wrote z_on {op['chosen_z_on']:g}, z_off {op['chosen_z_on'] / 2:g}, splash weight {op['splash_gain']} "
+              f"into {a.scorer}")
     return 0
 
 

@@ -26,6 +26,15 @@ error map), :func:`frame_features`:
                  natural debris particle or chip changes a few pixels, a visible anomaly's onset tens
                  to hundreds (docs/monitor.md, "Second round")
 
+The splash test (file version 3): ``splash_area``, the same largest patch at :data:`SPLASH_LEVEL` (0.05, 13
+grey levels), tested on its own: z_splash = (splash_area - the fitted frames' median) / (1.4826 x MAD). A
+debris splash flings tens of faint particles at once; no block and no blob stands out, and the mixture's
+tail, which also holds clean frames with many strong features, ranks most splash onsets as normal. The
+frame score is max(mixture score, score_median + score_sigma x splash_gain x z_splash): its z is the larger
+of the mixture's z and the weighted splash z. ``splash_gain`` = the mixture's alert level / the splash
+test's own, measured on other clean recordings by tools/monitor_operating_point.py (None until then: the
+test is off). Chosen and measured in docs/monitor.md ("The splash test").
+
 Each feature is raised to its clean median (only "more than usual" counts: a frame quieter than normal is
 not an anomaly), standardised by the clean standard deviation, and scored by the mixture. The score is
 calibrated on clean frames, so the monitor compares it with a fixed baseline, the fitted frames' median
@@ -36,8 +45,9 @@ recording with many anomalies raised it.
 The scorer file (:data:`FORMAT`, JSON, a few kB; written by ``chdl monitor-fit-scorer``, read by
 ``chdl monitor --scorer F`` and ``chdl monitor-eval --scorer F``) holds the features' names, the floors
 and scales, the mixture (weights, means, full covariances), and what it was fitted on (predictor, frame
-size, recordings, frames): docs/monitor.md "Learned scorer". Version 2 added ``change_area``; a version 1
-file (five features) is refused with a line saying to fit it again (:data:`OLD_FORMATS`).
+size, recordings, frames), the splash test's statistics and weight: docs/monitor.md "Learned scorer".
+Version 2 added ``change_area``, version 3 the splash test; older files are refused with a line saying to
+fit them again (:data:`OLD_FORMATS`).
 """
 
 from __future__ import annotations
@@ -52,10 +62,13 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-FORMAT = "chdl.monitor-scorer/2"
-FEATURES = ("z1", "z2", "z3", "elongation", "log_mass", "change_area")
-OLD_FORMATS = {"chdl.monitor-scorer/1": "five features, without change_area"}  # refused, with what to do
+FORMAT = "chdl.monitor-scorer/3"
+FEATURES = ("z1", "z2", "z3", "elongation", "log_mass", "change_area")  # the mixture's
+SPLASH_FEATURE = "splash_area"  # the splash test's (computed with the mixture's, after them)
+OLD_FORMATS = {"chdl.monitor-scorer/1": "five features, without change_area",  # refused, with what to do
+               "chdl.monitor-scorer/2": "without the splash test"}
 CHANGE_LEVEL = 0.16  # change_area: |frame - prediction| above this (frames in [0, 1]; 41 of 255 grey levels)
+SPLASH_LEVEL = 0.05  # splash_area: the same at this level (13 grey levels; chosen on the development corpora)
 INVALID_Z = -5.0  # the z-score an invalid block counts as among the top three
 BLOB_FRACTION = 0.3  # blob: pixels at >= this fraction of the region's largest error
 MASS_FRACTION = 0.1  # mass: pixels at >= this fraction of it
@@ -65,12 +78,16 @@ class ScorerFileError(ValueError):
     """A scorer file that cannot be used (one line naming the file)."""
 
 
-def change_area(diff: np.ndarray, valid: np.ndarray) -> float:
-    """The ``change_area`` feature: log10(1 + pixels) of the largest patch where ``diff`` (H, W) = frame -
-    prediction (in [0, 1] units) exceeds :data:`CHANGE_LEVEL` in magnitude after a 0.7 px Gaussian, within
-    ``valid`` (H, W) bool; patches are 8-connected after a 3 x 3 dilation, their pixels counted before it."""
-    d = cv2.GaussianBlur(diff.astype(np.float32), (0, 0), 0.7)
-    strong = ((np.abs(d) > CHANGE_LEVEL) & valid).astype(np.uint8)
+def change_area(diff: np.ndarray, valid: np.ndarray, level: float = CHANGE_LEVEL) -> float:
+    """log10(1 + pixels) of the largest patch where ``diff`` (H, W) = frame - prediction (in [0, 1] units)
+    exceeds ``level`` in magnitude after a 0.7 px Gaussian, within ``valid`` (H, W) bool; patches are
+    8-connected after a 3 x 3 dilation, their pixels counted before it. At :data:`CHANGE_LEVEL` the
+    ``change_area`` feature, at :data:`SPLASH_LEVEL` ``splash_area``."""
+    return _largest_patch(np.abs(cv2.GaussianBlur(diff.astype(np.float32), (0, 0), 0.7)), valid, level)
+
+
+def _largest_patch(absdiff: np.ndarray, valid: np.ndarray, level: float) -> float:
+    strong = ((absdiff > level) & valid).astype(np.uint8)
     if not strong.any():
         return 0.0
     n, labels = cv2.connectedComponents(cv2.dilate(strong, np.ones((3, 3), np.uint8)), connectivity=8)
@@ -78,14 +95,15 @@ def change_area(diff: np.ndarray, valid: np.ndarray) -> float:
 
 
 def frame_features(z: np.ndarray, err: np.ndarray, block: int, diff: np.ndarray, valid: np.ndarray) -> np.ndarray:
-    """(len(FEATURES),) float64 features of one frame: ``z`` (nh, nw) block z-scores (-inf where a block
-    is not valid), ``err`` (H, W) the opened error map, ``block`` the block side in px, ``diff`` (H, W)
-    frame - prediction and ``valid`` (H, W) bool where it counts (for ``change_area``). NaN if no block
-    is valid."""
+    """(len(FEATURES) + 1,) float64 features of one frame, :data:`FEATURES` then ``splash_area``: ``z``
+    (nh, nw) block z-scores (-inf where a block is not valid), ``err`` (H, W) the opened error map,
+    ``block`` the block side in px, ``diff`` (H, W) frame - prediction and ``valid`` (H, W) bool where it
+    counts (for ``change_area`` and ``splash_area``). NaN if no block is valid."""
     zz = np.where(np.isfinite(z), z, INVALID_Z)
     if not np.isfinite(z).any():
-        return np.full(len(FEATURES), np.nan)
-    area = change_area(diff, valid)
+        return np.full(len(FEATURES) + 1, np.nan)
+    absdiff = np.abs(cv2.GaussianBlur(diff.astype(np.float32), (0, 0), 0.7))
+    area, splash = _largest_patch(absdiff, valid, CHANGE_LEVEL), _largest_patch(absdiff, valid, SPLASH_LEVEL)
     top = np.sort(zz.ravel())[::-1]
     top = np.r_[top, [INVALID_Z] * 3][:3]
     iy, ix = np.unravel_index(int(np.argmax(zz)), zz.shape)
@@ -93,7 +111,7 @@ def frame_features(z: np.ndarray, err: np.ndarray, block: int, diff: np.ndarray,
     region = err[y0:(iy + 2) * block, x0:(ix + 2) * block]
     peak = float(region.max()) if region.size else 0.0
     if peak <= 0:
-        return np.r_[top, 1.0, -6.0, area]
+        return np.r_[top, 1.0, -6.0, area, splash]
     _, labels = cv2.connectedComponents((region >= BLOB_FRACTION * peak).astype(np.uint8), connectivity=8)
     py, px = np.unravel_index(int(np.argmax(region)), region.shape)
     ys, xs = np.nonzero(labels == labels[py, px])
@@ -102,7 +120,7 @@ def frame_features(z: np.ndarray, err: np.ndarray, block: int, diff: np.ndarray,
         lo, hi = np.linalg.eigvalsh(np.cov(np.stack([xs, ys]).astype(float)))
         elongation = math.sqrt((max(hi, 0.0) + 0.25) / (max(lo, 0.0) + 0.25))
     mass = float(region[region >= MASS_FRACTION * peak].sum())
-    return np.r_[top, elongation, math.log10(mass + 1e-6), area]
+    return np.r_[top, elongation, math.log10(mass + 1e-6), area, splash]
 
 
 def standardise(feats: np.ndarray, floor: np.ndarray, scale: np.ndarray) -> np.ndarray:
@@ -129,6 +147,10 @@ class LearnedScorer:
     height: int
     fitted_on: dict
     alert_levels: dict | None = None  # {"z_on", "z_off", ...}: measured for this scorer (tools/monitor_operating_point.py)
+    splash_median: float = 0.0  # splash_area (log10 px) of the fitted frames: median
+    splash_sigma: float = 1.0  # ... and 1.4826 x MAD (z_splash = (splash_area - median) / sigma)
+    splash_gain: float | None = None  # the splash test's weight: z_on / its own alert level, measured with z_on by
+    #                                   tools/monitor_operating_point.py (None: not measured yet, the test is off)
     features: tuple = FEATURES
     path: Path | None = None
 
@@ -142,14 +164,32 @@ class LearnedScorer:
         """(..., F) features -> raised to the floor and standardised."""
         return standardise(feats, self.floor, self.scale)
 
-    def score(self, feats: np.ndarray) -> float:
-        """Negative log density (nats) of one frame's features; NaN if any is NaN."""
+    def nll(self, feats: np.ndarray) -> float:
+        """The mixture's negative log density (nats) of one frame's features (:func:`frame_features`: the
+        mixture's :data:`FEATURES` first); NaN if any is NaN."""
+        feats = np.asarray(feats, float)[:len(FEATURES)]
         if not np.isfinite(feats).all():
             return math.nan
-        x = self.transform(np.asarray(feats, float))
         from scipy.special import logsumexp
 
+        x = self.transform(feats)
         return -float(logsumexp([lw + c.logpdf(x) for lw, c in zip(self._log_w, self._components)]))
+
+    def splash_z(self, feats: np.ndarray) -> float:
+        """The splash test's z: ``splash_area`` (the last of :func:`frame_features`) in robust sigmas above the
+        fitted frames' median."""
+        return (float(feats[len(FEATURES)]) - self.splash_median) / self.splash_sigma
+
+    def score(self, feats: np.ndarray) -> float:
+        """The frame score (nats): the mixture's negative log density, or where the splash test says more, its
+        z mapped onto the same scale: max(nll, score_median + score_sigma x splash_gain x z_splash), so that
+        (score - score_median) / score_sigma, what the alerts compare with z_on, is the larger of the mixture's
+        z and the weighted splash z. NaN if a feature is NaN."""
+        nll = self.nll(feats)
+        if self.splash_gain is None or not math.isfinite(nll):
+            return nll
+        z = self.splash_z(feats)
+        return nll if not math.isfinite(z) else max(nll, self.score_median + self.score_sigma * self.splash_gain * z)
 
     def check_frames(self, shape: tuple[int, int]) -> None:
         """ScorerFileError unless frames of ``shape`` (H, W) are the size this scorer was fitted on."""
@@ -174,7 +214,10 @@ class LearnedScorer:
         return {"format": FORMAT, "kind": "gaussian-mixture", "features": list(self.features),
                 "floor": self.floor.tolist(), "scale": self.scale.tolist(), "weights": self.weights.tolist(),
                 "means": self.means.tolist(), "covariances": self.covariances.tolist(),
-                "score_median": self.score_median, "score_sigma": self.score_sigma, "predictor": self.predictor, "width": self.width, "height": self.height, "fitted_on": self.fitted_on,
+                "score_median": self.score_median, "score_sigma": self.score_sigma,
+                "splash": {"feature": SPLASH_FEATURE, "level": SPLASH_LEVEL, "median": self.splash_median,
+                           "sigma": self.splash_sigma, "gain": self.splash_gain},
+                "predictor": self.predictor, "width": self.width, "height": self.height, "fitted_on": self.fitted_on,
                 "alert_levels": self.alert_levels}
 
     def save(self, path: str | Path) -> None:
@@ -214,13 +257,22 @@ class LearnedScorer:
             med, sigma = float(d["score_median"]), float(d["score_sigma"])
             if not (math.isfinite(med) and math.isfinite(sigma) and sigma > 0):
                 raise ValueError("score_median and score_sigma must be finite, score_sigma positive")
+            sp = d["splash"]
+            if not isinstance(sp, dict) or sp.get("feature") != SPLASH_FEATURE or sp.get("level") != SPLASH_LEVEL:
+                raise ValueError(f"splash: expected the {SPLASH_FEATURE} test at level {SPLASH_LEVEL}, got {sp!r}")
+            sp_med, sp_sigma = float(sp["median"]), float(sp["sigma"])
+            sp_gain = None if sp.get("gain") is None else float(sp["gain"])
+            if not (math.isfinite(sp_med) and math.isfinite(sp_sigma) and sp_sigma > 0
+                    and (sp_gain is None or (math.isfinite(sp_gain) and sp_gain > 0))):
+                raise ValueError("splash: median and sigma must be finite, sigma and gain positive")
             levels = d.get("alert_levels")
             if levels is not None:
                 z_on, z_off = float(levels["z_on"]), float(levels["z_off"])
                 if not (0 < z_off <= z_on < math.inf):
                     raise ValueError(f"alert_levels: need 0 < z_off <= z_on, got z_on {z_on}, z_off {z_off}")
             return cls(**arrays, score_median=med, score_sigma=sigma, predictor=str(d["predictor"]), width=int(d["width"]),
-                       height=int(d["height"]), fitted_on=dict(d.get("fitted_on") or {}), alert_levels=levels, path=path)
+                       height=int(d["height"]), fitted_on=dict(d.get("fitted_on") or {}), alert_levels=levels,
+                       splash_median=sp_med, splash_sigma=sp_sigma, splash_gain=sp_gain, path=path)
         except KeyError as e:
             raise ScorerFileError(f"{path}: scorer file lacks {e.args[0]!r}") from None
         except (ValueError, TypeError, np.linalg.LinAlgError) as e:
@@ -229,12 +281,18 @@ class LearnedScorer:
 
 def fit(features: np.ndarray, predictor: str, width: int, height: int, components: int = 4, seed: int = 0,
         fitted_on: dict | None = None) -> LearnedScorer:
-    """Fit a :class:`LearnedScorer` to (N, F) features of clean frames (rows with a NaN are dropped).
-    ValueError if fewer than 20 x ``components`` frames remain."""
+    """Fit a :class:`LearnedScorer` to (N, F + 1) features of clean frames (:func:`frame_features`; rows with a
+    NaN are dropped): the mixture to the first F, the splash test's median and spread to the last (its weight,
+    ``splash_gain``, is measured with the alert level: tools/monitor_operating_point.py). ValueError if fewer
+    than 20 x ``components`` frames remain."""
     from sklearn.mixture import GaussianMixture
+
+    from chdl.monitor.anomaly_score import robust_stats
 
     x = np.asarray(features, float)
     x = x[np.isfinite(x).all(axis=1)]
+    splash = x[:, len(FEATURES)]
+    x = x[:, :len(FEATURES)]
     if len(x) < 20 * components:
         raise ValueError(f"{len(x)} scored clean frames are too few to fit {components} components "
                          f"(at least {20 * components})")
@@ -247,10 +305,9 @@ def fit(features: np.ndarray, predictor: str, width: int, height: int, component
     scorer = LearnedScorer(floor=floor, scale=scale, weights=gm.weights_, means=gm.means_, covariances=gm.covariances_,
                            score_median=0.0, score_sigma=1.0, predictor=predictor, width=int(width), height=int(height),
                            fitted_on=meta)
-    from chdl.monitor.anomaly_score import robust_stats
-
-    nll = np.array([scorer.score(v) for v in x])
+    nll = np.array([scorer.nll(v) for v in x])
     scorer.score_median, scorer.score_sigma = robust_stats(nll, 1e-3)
+    scorer.splash_median, scorer.splash_sigma = robust_stats(splash, 0.05)
     return scorer
 
 
@@ -317,7 +374,7 @@ def fit_recordings(paths: list, checkpoint=None, components: int = 4, qc: bool =
                     feats.append(row["features"])
     if shape is None:
         raise ValueError(f"{', '.join(map(str, paths))}: no frames to fit on")
-    return fit(np.array(feats).reshape(-1, len(FEATURES)), name, shape[1], shape[0], components,
+    return fit(np.array(feats).reshape(-1, len(FEATURES) + 1), name, shape[1], shape[0], components,
                fitted_on={"recordings": [str(Path(r).resolve()) for r in runs], "qc": qc,
                           **({"checkpoint_sha256": file_sha256(checkpoint)} if checkpoint else {})})
 

@@ -37,3 +37,33 @@ def test_operating_point_picks_the_lowest_level_that_stays_under_the_target():
     assert op["chosen_z_on"] == 6 and op["levels"][0]["z_off"] == 2
     assert operating_point(rows, [4, 5], fa_per_hour=500)["chosen_z_on"] is None
     assert operating_point(rows, [4, 5, 6, 8, 10], fa_per_hour=0)["chosen_z_on"] == 10
+
+
+class _Mixture:
+    """Stands for a LearnedScorer: the mixture's z is the first feature, the splash z the last."""
+    score_median, score_sigma = 0.0, 1.0
+
+    def nll(self, f):
+        return f[0]
+
+    def splash_z(self, f):
+        return f[-1]
+
+
+def test_learned_operating_point_weights_the_splash_test_by_the_two_levels():
+    from chdl.monitor.evaluate import learned_operating_point
+
+    def rows(mix, splash):
+        return [{"run": "r", "lane": 0, "frame": i, "acquisition": None, "features": [m, 0, 0, 0, 0, 0, s]}
+                for i, (m, s) in enumerate(zip(mix, splash))]
+
+    quiet = [1.0] * 30
+    # one mixture spike of 5.5 and one splash spike of 11: alone they need levels 6 and 12, so the splash
+    # test weighs 0.5 and both spikes are 5.5 in the combined z, which level 6 keeps quiet
+    op = learned_operating_point(rows(quiet + [5.5, 1, 1, 1], quiet + [1, 1, 11, 1]), _Mixture(), [4, 5, 6, 8, 10, 12],
+                                 fa_per_hour=0)
+    assert (op["mixture"]["chosen_z_on"], op["splash"]["chosen_z_on"], op["splash_gain"], op["chosen_z_on"]) == (6, 12, 0.5, 6)
+    assert [t["false_alarms"] for t in op["levels"]] == [2, 2, 0, 0, 0, 0]
+    # a splash spike above every level: no splash level, the test stays off and the mixture's level stands
+    off = learned_operating_point(rows(quiet + [5.5], quiet + [20]), _Mixture(), [4, 6, 12], fa_per_hour=0)
+    assert off["splash_gain"] is None and off["chosen_z_on"] == off["mixture"]["chosen_z_on"] == 6
