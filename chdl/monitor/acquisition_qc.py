@@ -6,7 +6,12 @@ Causal version of what ``chdl curate`` does: the frame is compared with up to 4 
 (curation also uses the frames after it); thresholds are ``max(floor, z * sigma_run)`` (the misregistration
 one widened as at a sequence end, ``curation.qc.frame_thresholds``: the newest frame has no later neighbour) with the run's robust
 spread re-calibrated (``curation.qc.calibrate``) from the scores of the passes seen so far, the floors and
-``z`` of :class:`curation.config.QCConfig`.
+``z`` of :class:`curation.config.QCConfig`. Until a pass has calibrated it (at least 5 scored frames) the QC
+only measures: curate never judges against bare floors either (it calibrates on several sequences first),
+and the causal comparison extrapolates the stage motion from the frames before, so at 800x600 with CHDL's
+100 um step the first pass's clean frames reached 1.46-1.49 px of misregistration against a bare 1.5 px
+threshold, and 3 of its 10 frames were flagged as vibration in each of 4 simulator seeds (then each
+flagged frame left the next ones fewer references: a cascade). The passes after it saw none.
 """
 
 from __future__ import annotations
@@ -53,6 +58,9 @@ class AcquisitionQC:
         # the newest frame is always the window's last: curate's sequence-end rule (qc.frame_thresholds)
         thr = qc.frame_thresholds(scores, self.thr, 0.0)[-1]
         scores = scores[-1]
+        if not self.done_lanes:  # no pass calibrated yet: measure only (module docstring)
+            self.lane_scores.append(scores)
+            return None
         vib, ill = qc.decide(scores[None], self.baseline, thr)
         flag = "vibration" if vib[0] else "illumination" if ill[0] else None
         if flag is None:

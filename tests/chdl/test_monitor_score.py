@@ -213,3 +213,17 @@ def test_the_monitor_scales_a_recording_by_its_bit_depth_as_curate_does():
     assert run_max_value({"settings": {"pixel_format": "Mono8"}}) == 255
     assert run_max_value({"settings": {"pixel_format": "Mono12"}}) == 4095
     assert run_max_value(mono16) == 65535  # a Mono16 run that does not say: the full range (curate's rule)
+
+
+def test_the_first_pass_only_calibrates_the_acquisition_qc():
+    """At 800x600 with CHDL's 100 um step the causal QC, against bare floors (no run spread yet), flagged 3 of the
+    first pass's 10 clean frames as vibration; the first pass now only calibrates, and the next one, judged
+    against the run's spread, raises no flag either."""
+    from acquisition.simulator import DicingLaneSimulator, SimConfig
+    from chdl.monitor.acquisition_qc import AcquisitionQC
+
+    sim = DicingLaneSimulator(SimConfig(seed=0, width=800, height=600, fault_rate=0.0))
+    qc = AcquisitionQC(255.0)
+    flags = [(lane, p) for lane in range(2) for p in range(10)
+             if qc.check(sim.render(lane, p, p * 100.0).pixels, lane, p) is not None]
+    assert flags == [] and len(qc.done_lanes) == 1
