@@ -126,7 +126,8 @@ def monitor(ctx, checkpoint, t_in, queue_depth, z_on, z_off, scorer, serve, **pa
                f"{status['events']} events -> {mon.folder}")
     if status["frames_skipped"] > status["frames_scored"]:  # most frames unwatched: say so, not only count it
         click.echo(f"warning: {status['frames_skipped']} of {status['frames_captured']} frames were not scored (the scorer "
-                   "fell behind); for a replay drop --as-fast-as-possible or raise --queue-depth", err=True)
+                   "fell behind); for a replay drop --as-fast-as-possible or raise --queue-depth; a software-triggered sim "
+                   "camera runs at render speed unless --settle-s paces its stage (0.2 s: ~5 fps)", err=True)
     if error:
         click.echo(f"error: {error}", err=True)
     report_captures(ctx, results)

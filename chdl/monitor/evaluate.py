@@ -310,6 +310,12 @@ def evaluate(paths: list, out: str | Path, checkpoint=None, qc: bool = True, pro
         except ValueError as e:
             raise EvalError(str(e)) from None
         recs[str(r)] = rec
+    given = {Path(r).resolve(): r for r in runs}
+    for r, rec in recs.items():  # a replay and the recording it replays: the same events, counted twice
+        src = (rec.manifest.get("notes") or {}).get("replay_of")
+        if src and Path(src).resolve() in given:
+            raise EvalError(f"{r}: replays {given[Path(src).resolve()]}, which is given too: its anomalies and "
+                            "clean frames would count twice; give one of them")
     methods = list(METHODS if methods is None else methods) + ([f"checkpoint:{Path(checkpoint).name}"] if checkpoint else [])
     default = dataclasses.replace(ScorerConfig(), **(alert_levels or {}))
     levels = {m: {"z_on": default.z_on, "z_off": default.z_off} for m in methods}  # method -> its alert levels

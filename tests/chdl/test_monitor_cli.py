@@ -271,6 +271,13 @@ def test_monitor_eval_scores_every_method_on_labelled_runs(tmp_path):
 
     again = evaluate([tmp_path / "m" / "run_00000.monitor"], tmp_path / "eval2", qc=False, progress=False)
     assert again["methods"] == metrics["methods"]  # the same frames, the same truth, the same scores
+    # a replay given beside the recording it replays would count every event twice: one line, nothing written
+    from chdl.monitor.evaluate import EvalError
+
+    with pytest.raises(EvalError, match=r"run_00000: replays .*corpus/run_00000, which is given too: its anomalies"):
+        evaluate([corpus / "run_00000", tmp_path / "m" / "run_00000.monitor"], tmp_path / "eval3", qc=False,
+                 progress=False)
+    assert not (tmp_path / "eval3").exists()
 
 
 @pytest.mark.parametrize("args,message", [
