@@ -12,8 +12,8 @@ rate below 3/hours at 95 %). Recordings: as for ``chdl monitor-eval`` (clean one
 anomalies, e.g. ``chdl simulate corpus ... --fault-rate 0``). With ``--scorer F --write-scorer`` the chosen
 level is written into the scorer file (``alert_levels``), which ``chdl monitor --scorer F`` and ``chdl
 monitor-eval --scorer F`` then use unless ``--z-on`` / ``--z-off`` are given. For a learned scorer the
-mixture and its splash test are measured alone first; the splash test's weight (``splash_gain`` = the
-mixture's level / the splash test's) is written with the level, which is that of the two together
+mixture and each of its single-feature tests are measured alone first; the tests' weights (``test_gain``:
+the mixture's level / the test's) are written with the level, which is that of them all together
 (chdl.monitor.evaluate.learned_operating_point).
 """
 
@@ -96,12 +96,13 @@ def main(argv=None) -> int:
                     bar.update(1)
             for r in score_recording(rec, predictor, dataclasses.replace(cfg, z_on=math.inf, z_off=math.inf), progress=progress):
                 rows.append({**r, "run": str(run)})
-    if a.scorer:  # the mixture's level, its splash test's, the splash weight, and the two together
+    if a.scorer:  # the mixture's level, each test's, their weights, and all together
         from chdl.monitor.learned_score import LearnedScorer
 
         op = learned_operating_point(rows, LearnedScorer.load(a.scorer), levels, a.fa_per_hour)
-        print(f"mixture alone: lowest z_on {op['mixture']['chosen_z_on']}; splash test alone: "
-              f"{op['splash']['chosen_z_on']}; splash weight {op['splash_gain']}; together (below):")
+        alone = ", ".join(f"{t} {o['chosen_z_on']}" for t, o in op["tests"].items())
+        print(f"mixture alone: lowest z_on {op['mixture']['chosen_z_on']}; tests alone: {alone}; their weights "
+              f"{op['test_gains']}; together (below):")
     else:
         op = operating_point(rows, levels, a.fa_per_hour)
     op["predictor"] = predictor.name if hasattr(predictor, "name") else method
@@ -125,12 +126,12 @@ def main(argv=None) -> int:
         from chdl.monitor.learned_score import LearnedScorer
 
         learned = LearnedScorer.load(a.scorer)
-        learned.splash_gain = op["splash_gain"]
+        learned.test_gain = list(op["test_gains"])
         learned.alert_levels = {"z_on": op["chosen_z_on"], "z_off": op["chosen_z_on"] / 2,
                                 "target_per_hour": a.fa_per_hour, "clean_frames": op["clean_frames"],
                                 "clean_hours": round(op["clean_hours"], 4), "runs": [str(r) for r in a.runs]}
         learned.save(a.scorer)
-        print(f"wrote z_on {op['chosen_z_on']:g}, z_off {op['chosen_z_on'] / 2:g}, splash weight {op['splash_gain']} "
+        print(f"wrote z_on {op['chosen_z_on']:g}, z_off {op['chosen_z_on'] / 2:g}, test weights {op['test_gains']} "
               f"into {a.scorer}")
     return 0
 

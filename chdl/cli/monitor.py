@@ -245,6 +245,6 @@ def monitor_fit_scorer(runs, out, checkpoint, components, no_qc, quiet):
     learned.save(out)
     click.echo(f"fitted on {learned.fitted_on['frames']} clean frames ({learned.predictor}, "
                f"{learned.width}x{learned.height}) -> {out}")
-    click.echo(f"its alert level and splash-test weight are not measured yet (--scorer uses z_on {Z_ON:g} and no splash "
-               f"test until then): measure them on OTHER clean "
+    click.echo(f"its alert level and test weights are not measured yet (--scorer uses z_on {Z_ON:g} and no splash or "
+               f"crack test until then): measure them on OTHER clean "
                f"recordings with python tools/monitor_operating_point.py CLEAN_RUNS... --scorer {out} --write-scorer")

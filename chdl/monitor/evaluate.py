@@ -220,14 +220,13 @@ def operating_point(rows: list[dict], levels, fa_per_hour: float = 1.0, off_rati
 
 
 def learned_operating_point(rows: list[dict], learned, levels, fa_per_hour: float = 1.0) -> dict:
-    """The alert level of a learned scorer (:class:`chdl.monitor.learned_score.LearnedScorer`) and the weight of
-    its splash test, from the rows of clean recordings (:func:`score_recording`, with ``features``): the
-    mixture's z and the splash z of every frame, each test's own :func:`operating_point`, the splash weight
-    ``splash_gain`` = the mixture's level / the splash test's (so each fires alone where it does at its own
-    level), then the combined score's operating point (z = max(mixture z, gain x splash z)): ``chosen_z_on``
-    is that level (None if none qualifies). Without a splash level (none qualifies) the gain is None and the
-    test stays off."""
-    from chdl.monitor.learned_score import FEATURES
+    """The alert level of a learned scorer (:class:`chdl.monitor.learned_score.LearnedScorer`) and the weights of
+    its single-feature tests, from the rows of clean recordings (:func:`score_recording`, with ``features``):
+    the mixture's z and each test's z for every frame, each one's own :func:`operating_point`, the weight of
+    test i ``test_gains[i]`` = the mixture's level / test i's (so each fires alone where it does at its own
+    level; None, test off, where no level qualifies), then the combined score's operating point (z = max of
+    the mixture's z and the weighted test z's): ``chosen_z_on`` is that level (None if none qualifies)."""
+    from chdl.monitor.learned_score import FEATURES, TESTS
 
     def with_z(zf):
         return [{**r, "z": zf(r["features"]) if r.get("features") is not None else math.nan} for r in rows]
@@ -235,17 +234,20 @@ def learned_operating_point(rows: list[dict], learned, levels, fa_per_hour: floa
     def z_mix(f):
         return (learned.nll(f) - learned.score_median) / learned.score_sigma
 
-    def z_splash(f):
-        return learned.splash_z(f) if len(f) > len(FEATURES) else math.nan
+    def z_test(i):
+        return lambda f: float(learned.test_z(f)[i]) if len(f) >= len(FEATURES) + len(TESTS) else math.nan
 
     mixture = operating_point(with_z(z_mix), levels, fa_per_hour)
-    splash = operating_point(with_z(z_splash), levels, fa_per_hour)
-    gain = None
-    if mixture["chosen_z_on"] is not None and splash["chosen_z_on"] is not None:
-        gain = mixture["chosen_z_on"] / splash["chosen_z_on"]
-    combined = mixture if gain is None else operating_point(
-        with_z(lambda f: max(z_mix(f), gain * z_splash(f))), levels, fa_per_hour)
-    return {**combined, "splash_gain": gain, "mixture": mixture, "splash": splash}
+    tests = {t: operating_point(with_z(z_test(i)), levels, fa_per_hour) for i, t in enumerate(TESTS)}
+    gains = [mixture["chosen_z_on"] / tests[t]["chosen_z_on"]
+             if mixture["chosen_z_on"] is not None and tests[t]["chosen_z_on"] is not None else None for t in TESTS]
+
+    def z_all(f):
+        z = learned.test_z(f) if len(f) >= len(FEATURES) + len(TESTS) else [math.nan] * len(TESTS)
+        return max([z_mix(f)] + [float(g * v) for g, v in zip(gains, z) if g is not None and math.isfinite(v)])
+
+    combined = operating_point(with_z(z_all), levels, fa_per_hour)
+    return {**combined, "test_gains": gains, "mixture": mixture, "tests": tests}
 
 
 class EvalError(ValueError):

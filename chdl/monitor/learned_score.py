@@ -26,14 +26,19 @@ error map), :func:`frame_features`:
                  natural debris particle or chip changes a few pixels, a visible anomaly's onset tens
                  to hundreds (docs/monitor.md, "Second round")
 
-The splash test (file version 3): ``splash_area``, the same largest patch at :data:`SPLASH_LEVEL` (0.05, 13
-grey levels), tested on its own: z_splash = (splash_area - the fitted frames' median) / (1.4826 x MAD). A
-debris splash flings tens of faint particles at once; no block and no blob stands out, and the mixture's
-tail, which also holds clean frames with many strong features, ranks most splash onsets as normal. The
-frame score is max(mixture score, score_median + score_sigma x splash_gain x z_splash): its z is the larger
-of the mixture's z and the weighted splash z. ``splash_gain`` = the mixture's alert level / the splash
-test's own, measured on other clean recordings by tools/monitor_operating_point.py (None until then: the
-test is off). Chosen and measured in docs/monitor.md ("The splash test").
+Single-feature tests (file version 3: splash; 4: crack), each feature tested on its own beside the mixture,
+z_i = (feature - the fitted frames' median) / (1.4826 x MAD, floored):
+
+    splash_area   log10(1 + pixels) of the largest patch as ``change_area``, at :data:`SPLASH_LEVEL` (0.05):
+                  a debris splash flings tens of faint particles at once; no block and no blob stands out
+    crack_length  px, the longest thin patch of change > :data:`CRACK_LEVEL` that runs across the lane
+                  (:func:`crack_length`): a crack grows from a kerf edge into the street and the die
+
+The mixture's tail, which also holds clean frames with many strong features, ranks most such onsets as
+normal. The frame score is max(mixture score, score_median + score_sigma x gain_i x z_i): its z is the
+largest of the mixture's z and the weighted test z's. ``gain_i`` = the mixture's alert level / test i's own,
+measured on other clean recordings by tools/monitor_operating_point.py (None until then: that test is off).
+Chosen and measured in docs/monitor.md ("Single-feature tests").
 
 Each feature is raised to its clean median (only "more than usual" counts: a frame quieter than normal is
 not an anomaly), standardised by the clean standard deviation, and scored by the mixture. The score is
@@ -45,8 +50,8 @@ recording with many anomalies raised it.
 The scorer file (:data:`FORMAT`, JSON, a few kB; written by ``chdl monitor-fit-scorer``, read by
 ``chdl monitor --scorer F`` and ``chdl monitor-eval --scorer F``) holds the features' names, the floors
 and scales, the mixture (weights, means, full covariances), and what it was fitted on (predictor, frame
-size, recordings, frames), the splash test's statistics and weight: docs/monitor.md "Learned scorer".
-Version 2 added ``change_area``, version 3 the splash test; older files are refused with a line saying to
+size, recordings, frames), the tests' statistics and weights: docs/monitor.md "Learned scorer". Version 2
+added ``change_area``, version 3 the splash test, version 4 the crack test; older files are refused with a line saying to
 fit them again (:data:`OLD_FORMATS`).
 """
 
@@ -62,13 +67,19 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-FORMAT = "chdl.monitor-scorer/3"
+FORMAT = "chdl.monitor-scorer/4"
 FEATURES = ("z1", "z2", "z3", "elongation", "log_mass", "change_area")  # the mixture's
-SPLASH_FEATURE = "splash_area"  # the splash test's (computed with the mixture's, after them)
+TESTS = ("splash_area", "crack_length")  # tested one by one beside the mixture (frame_features: after FEATURES)
 OLD_FORMATS = {"chdl.monitor-scorer/1": "five features, without change_area",  # refused, with what to do
-               "chdl.monitor-scorer/2": "without the splash test"}
+               "chdl.monitor-scorer/2": "without the splash and crack tests",
+               "chdl.monitor-scorer/3": "without the crack test"}
 CHANGE_LEVEL = 0.16  # change_area: |frame - prediction| above this (frames in [0, 1]; 41 of 255 grey levels)
 SPLASH_LEVEL = 0.05  # splash_area: the same at this level (13 grey levels; chosen on the development corpora)
+CRACK_LEVEL = 0.12  # crack_length: change above this (31 grey levels; chosen on the development corpora)
+CRACK_THIN = 3.0  # ... patches whose principal axes differ by more than this factor
+CRACK_MIN_PX = 6  # ... of at least this many pixels
+TEST_LEVELS = {"splash_area": SPLASH_LEVEL, "crack_length": CRACK_LEVEL}
+TEST_SIGMA_FLOOR = {"splash_area": 0.05, "crack_length": 1.0}  # log10 px; px (most clean frames have no line: MAD 0)
 INVALID_Z = -5.0  # the z-score an invalid block counts as among the top three
 BLOB_FRACTION = 0.3  # blob: pixels at >= this fraction of the region's largest error
 MASS_FRACTION = 0.1  # mass: pixels at >= this fraction of it
@@ -86,6 +97,34 @@ def change_area(diff: np.ndarray, valid: np.ndarray, level: float = CHANGE_LEVEL
     return _largest_patch(np.abs(cv2.GaussianBlur(diff.astype(np.float32), (0, 0), 0.7)), valid, level)
 
 
+def crack_length(absdiff: np.ndarray, valid: np.ndarray, level: float = CRACK_LEVEL) -> float:
+    """The ``crack_length`` feature (px): of the 8-connected patches where ``absdiff`` (H, W) = |frame -
+    prediction| (blurred 0.7 px) exceeds ``level`` within ``valid``, those of >= :data:`CRACK_MIN_PX` pixels
+    that are thin (principal axes' ratio > :data:`CRACK_THIN`) and run across the lane (major axis within 60
+    degrees of the frame's y axis: the lane runs along x), the longest one's length (4 x the major axis's
+    standard deviation); 0 if there is none. A crack runs from a kerf edge into the street and the die; a
+    kerf edge that moved, or was predicted a little off, gives thin patches along the lane."""
+    strong = ((absdiff > level) & valid).astype(np.uint8)
+    n, labels = cv2.connectedComponents(strong, connectivity=8)
+    if n <= 1:
+        return 0.0
+    ys, xs = np.nonzero(labels)
+    lab = labels[ys, xs]
+    xs, ys = xs.astype(np.float64), ys.astype(np.float64)
+    cnt = np.bincount(lab, minlength=n).astype(np.float64)
+    c = np.maximum(cnt, 1.0)
+    mx, my = np.bincount(lab, xs, n) / c, np.bincount(lab, ys, n) / c
+    vx = np.bincount(lab, xs * xs, n) / c - mx * mx + 1.0 / 12  # + a pixel's own extent
+    vy = np.bincount(lab, ys * ys, n) / c - my * my + 1.0 / 12
+    cxy = np.bincount(lab, xs * ys, n) / c - mx * my
+    half, root = (vx + vy) / 2, np.sqrt(np.maximum(((vx - vy) / 2) ** 2 + cxy ** 2, 0.0))
+    major, minor = half + root, np.maximum(half - root, 1e-9)
+    across = np.abs(np.sin(0.5 * np.arctan2(2 * cxy, vx - vy))) > 0.5
+    ok = (cnt >= CRACK_MIN_PX) & (np.sqrt(major / minor) > CRACK_THIN) & across
+    ok[0] = False
+    return float(4.0 * np.sqrt(major[ok]).max()) if ok.any() else 0.0
+
+
 def _largest_patch(absdiff: np.ndarray, valid: np.ndarray, level: float) -> float:
     strong = ((absdiff > level) & valid).astype(np.uint8)
     if not strong.any():
@@ -95,15 +134,16 @@ def _largest_patch(absdiff: np.ndarray, valid: np.ndarray, level: float) -> floa
 
 
 def frame_features(z: np.ndarray, err: np.ndarray, block: int, diff: np.ndarray, valid: np.ndarray) -> np.ndarray:
-    """(len(FEATURES) + 1,) float64 features of one frame, :data:`FEATURES` then ``splash_area``: ``z``
+    """(len(FEATURES) + len(TESTS),) float64 features of one frame, :data:`FEATURES` then :data:`TESTS`: ``z``
     (nh, nw) block z-scores (-inf where a block is not valid), ``err`` (H, W) the opened error map,
     ``block`` the block side in px, ``diff`` (H, W) frame - prediction and ``valid`` (H, W) bool where it
-    counts (for ``change_area`` and ``splash_area``). NaN if no block is valid."""
+    counts (for ``change_area`` and the tests' features). NaN if no block is valid."""
     zz = np.where(np.isfinite(z), z, INVALID_Z)
     if not np.isfinite(z).any():
-        return np.full(len(FEATURES) + 1, np.nan)
+        return np.full(len(FEATURES) + len(TESTS), np.nan)
     absdiff = np.abs(cv2.GaussianBlur(diff.astype(np.float32), (0, 0), 0.7))
-    area, splash = _largest_patch(absdiff, valid, CHANGE_LEVEL), _largest_patch(absdiff, valid, SPLASH_LEVEL)
+    area = _largest_patch(absdiff, valid, CHANGE_LEVEL)
+    tests = [_largest_patch(absdiff, valid, SPLASH_LEVEL), crack_length(absdiff, valid)]  # TESTS' order
     top = np.sort(zz.ravel())[::-1]
     top = np.r_[top, [INVALID_Z] * 3][:3]
     iy, ix = np.unravel_index(int(np.argmax(zz)), zz.shape)
@@ -111,7 +151,7 @@ def frame_features(z: np.ndarray, err: np.ndarray, block: int, diff: np.ndarray,
     region = err[y0:(iy + 2) * block, x0:(ix + 2) * block]
     peak = float(region.max()) if region.size else 0.0
     if peak <= 0:
-        return np.r_[top, 1.0, -6.0, area, splash]
+        return np.r_[top, 1.0, -6.0, area, tests]
     _, labels = cv2.connectedComponents((region >= BLOB_FRACTION * peak).astype(np.uint8), connectivity=8)
     py, px = np.unravel_index(int(np.argmax(region)), region.shape)
     ys, xs = np.nonzero(labels == labels[py, px])
@@ -120,7 +160,7 @@ def frame_features(z: np.ndarray, err: np.ndarray, block: int, diff: np.ndarray,
         lo, hi = np.linalg.eigvalsh(np.cov(np.stack([xs, ys]).astype(float)))
         elongation = math.sqrt((max(hi, 0.0) + 0.25) / (max(lo, 0.0) + 0.25))
     mass = float(region[region >= MASS_FRACTION * peak].sum())
-    return np.r_[top, elongation, math.log10(mass + 1e-6), area, splash]
+    return np.r_[top, elongation, math.log10(mass + 1e-6), area, tests]
 
 
 def standardise(feats: np.ndarray, floor: np.ndarray, scale: np.ndarray) -> np.ndarray:
@@ -147,10 +187,10 @@ class LearnedScorer:
     height: int
     fitted_on: dict
     alert_levels: dict | None = None  # {"z_on", "z_off", ...}: measured for this scorer (tools/monitor_operating_point.py)
-    splash_median: float = 0.0  # splash_area (log10 px) of the fitted frames: median
-    splash_sigma: float = 1.0  # ... and 1.4826 x MAD (z_splash = (splash_area - median) / sigma)
-    splash_gain: float | None = None  # the splash test's weight: z_on / its own alert level, measured with z_on by
-    #                                   tools/monitor_operating_point.py (None: not measured yet, the test is off)
+    test_median: np.ndarray | None = None  # (len(TESTS),) each test feature's median over the fitted frames
+    test_sigma: np.ndarray | None = None  # (len(TESTS),) ... 1.4826 x MAD (floored: TEST_SIGMA_FLOOR); z = (x - median) / sigma
+    test_gain: list | None = None  # per test its weight, z_on / its own alert level, measured with z_on by
+    #                                tools/monitor_operating_point.py (None: not measured yet, that test is off)
     features: tuple = FEATURES
     path: Path | None = None
 
@@ -159,6 +199,12 @@ class LearnedScorer:
 
         self._components = [multivariate_normal(m, c) for m, c in zip(self.means, self.covariances)]
         self._log_w = np.log(self.weights)
+        if self.test_median is None:
+            self.test_median = np.zeros(len(TESTS))
+        if self.test_sigma is None:
+            self.test_sigma = np.ones(len(TESTS))
+        if self.test_gain is None:
+            self.test_gain = [None] * len(TESTS)
 
     def transform(self, feats: np.ndarray) -> np.ndarray:
         """(..., F) features -> raised to the floor and standardised."""
@@ -175,21 +221,23 @@ class LearnedScorer:
         x = self.transform(feats)
         return -float(logsumexp([lw + c.logpdf(x) for lw, c in zip(self._log_w, self._components)]))
 
-    def splash_z(self, feats: np.ndarray) -> float:
-        """The splash test's z: ``splash_area`` (the last of :func:`frame_features`) in robust sigmas above the
-        fitted frames' median."""
-        return (float(feats[len(FEATURES)]) - self.splash_median) / self.splash_sigma
+    def test_z(self, feats: np.ndarray) -> np.ndarray:
+        """(len(TESTS),) each test's z: its feature (after the mixture's in :func:`frame_features`) in robust
+        sigmas above the fitted frames' median."""
+        x = np.asarray(feats, float)[len(FEATURES):len(FEATURES) + len(TESTS)]
+        return (x - self.test_median) / self.test_sigma
 
     def score(self, feats: np.ndarray) -> float:
-        """The frame score (nats): the mixture's negative log density, or where the splash test says more, its
-        z mapped onto the same scale: max(nll, score_median + score_sigma x splash_gain x z_splash), so that
-        (score - score_median) / score_sigma, what the alerts compare with z_on, is the larger of the mixture's
-        z and the weighted splash z. NaN if a feature is NaN."""
+        """The frame score (nats): the mixture's negative log density, or where a test says more, its z mapped
+        onto the same scale: max(nll, score_median + score_sigma x gain_i x z_i over the tests with a gain), so
+        (score - score_median) / score_sigma, what the alerts compare with z_on, is the largest of the
+        mixture's z and the weighted test z's. NaN if a mixture feature is NaN."""
         nll = self.nll(feats)
-        if self.splash_gain is None or not math.isfinite(nll):
+        if not math.isfinite(nll):
             return nll
-        z = self.splash_z(feats)
-        return nll if not math.isfinite(z) else max(nll, self.score_median + self.score_sigma * self.splash_gain * z)
+        z = self.test_z(feats)
+        weighted = [g * v for g, v in zip(self.test_gain, z) if g is not None and math.isfinite(v)]
+        return max([nll] + [self.score_median + self.score_sigma * w for w in weighted])
 
     def check_frames(self, shape: tuple[int, int]) -> None:
         """ScorerFileError unless frames of ``shape`` (H, W) are the size this scorer was fitted on."""
@@ -215,8 +263,8 @@ class LearnedScorer:
                 "floor": self.floor.tolist(), "scale": self.scale.tolist(), "weights": self.weights.tolist(),
                 "means": self.means.tolist(), "covariances": self.covariances.tolist(),
                 "score_median": self.score_median, "score_sigma": self.score_sigma,
-                "splash": {"feature": SPLASH_FEATURE, "level": SPLASH_LEVEL, "median": self.splash_median,
-                           "sigma": self.splash_sigma, "gain": self.splash_gain},
+                "tests": [{"feature": t, "level": TEST_LEVELS[t], "median": float(m), "sigma": float(sd), "gain": g}
+                          for t, m, sd, g in zip(TESTS, self.test_median, self.test_sigma, self.test_gain)],
                 "predictor": self.predictor, "width": self.width, "height": self.height, "fitted_on": self.fitted_on,
                 "alert_levels": self.alert_levels}
 
@@ -257,14 +305,17 @@ class LearnedScorer:
             med, sigma = float(d["score_median"]), float(d["score_sigma"])
             if not (math.isfinite(med) and math.isfinite(sigma) and sigma > 0):
                 raise ValueError("score_median and score_sigma must be finite, score_sigma positive")
-            sp = d["splash"]
-            if not isinstance(sp, dict) or sp.get("feature") != SPLASH_FEATURE or sp.get("level") != SPLASH_LEVEL:
-                raise ValueError(f"splash: expected the {SPLASH_FEATURE} test at level {SPLASH_LEVEL}, got {sp!r}")
-            sp_med, sp_sigma = float(sp["median"]), float(sp["sigma"])
-            sp_gain = None if sp.get("gain") is None else float(sp["gain"])
-            if not (math.isfinite(sp_med) and math.isfinite(sp_sigma) and sp_sigma > 0
-                    and (sp_gain is None or (math.isfinite(sp_gain) and sp_gain > 0))):
-                raise ValueError("splash: median and sigma must be finite, sigma and gain positive")
+            tests = d["tests"]
+            want = [(t, TEST_LEVELS[t]) for t in TESTS]
+            if not isinstance(tests, list) or [(x.get("feature"), x.get("level")) if isinstance(x, dict) else x
+                                               for x in tests] != want:
+                raise ValueError(f"tests: expected {want} (feature, level), got {tests!r}")
+            t_med = np.array([float(x["median"]) for x in tests])
+            t_sigma = np.array([float(x["sigma"]) for x in tests])
+            t_gain = [None if x.get("gain") is None else float(x["gain"]) for x in tests]
+            if not (np.isfinite(t_med).all() and np.isfinite(t_sigma).all() and (t_sigma > 0).all()
+                    and all(g is None or (math.isfinite(g) and g > 0) for g in t_gain)):
+                raise ValueError("tests: medians and sigmas must be finite, sigmas and gains positive")
             levels = d.get("alert_levels")
             if levels is not None:
                 z_on, z_off = float(levels["z_on"]), float(levels["z_off"])
@@ -272,7 +323,7 @@ class LearnedScorer:
                     raise ValueError(f"alert_levels: need 0 < z_off <= z_on, got z_on {z_on}, z_off {z_off}")
             return cls(**arrays, score_median=med, score_sigma=sigma, predictor=str(d["predictor"]), width=int(d["width"]),
                        height=int(d["height"]), fitted_on=dict(d.get("fitted_on") or {}), alert_levels=levels,
-                       splash_median=sp_med, splash_sigma=sp_sigma, splash_gain=sp_gain, path=path)
+                       test_median=t_med, test_sigma=t_sigma, test_gain=t_gain, path=path)
         except KeyError as e:
             raise ScorerFileError(f"{path}: scorer file lacks {e.args[0]!r}") from None
         except (ValueError, TypeError, np.linalg.LinAlgError) as e:
@@ -281,9 +332,9 @@ class LearnedScorer:
 
 def fit(features: np.ndarray, predictor: str, width: int, height: int, components: int = 4, seed: int = 0,
         fitted_on: dict | None = None) -> LearnedScorer:
-    """Fit a :class:`LearnedScorer` to (N, F + 1) features of clean frames (:func:`frame_features`; rows with a
-    NaN are dropped): the mixture to the first F, the splash test's median and spread to the last (its weight,
-    ``splash_gain``, is measured with the alert level: tools/monitor_operating_point.py). ValueError if fewer
+    """Fit a :class:`LearnedScorer` to (N, F + T) features of clean frames (:func:`frame_features`; rows with a
+    NaN are dropped): the mixture to the first F, each test's median and spread to the last T (their weights,
+    ``test_gain``, are measured with the alert level: tools/monitor_operating_point.py). ValueError if fewer
     than 20 x ``components`` frames remain."""
     from sklearn.mixture import GaussianMixture
 
@@ -291,7 +342,7 @@ def fit(features: np.ndarray, predictor: str, width: int, height: int, component
 
     x = np.asarray(features, float)
     x = x[np.isfinite(x).all(axis=1)]
-    splash = x[:, len(FEATURES)]
+    tests = x[:, len(FEATURES):len(FEATURES) + len(TESTS)]
     x = x[:, :len(FEATURES)]
     if len(x) < 20 * components:
         raise ValueError(f"{len(x)} scored clean frames are too few to fit {components} components "
@@ -307,7 +358,8 @@ def fit(features: np.ndarray, predictor: str, width: int, height: int, component
                            fitted_on=meta)
     nll = np.array([scorer.nll(v) for v in x])
     scorer.score_median, scorer.score_sigma = robust_stats(nll, 1e-3)
-    scorer.splash_median, scorer.splash_sigma = robust_stats(splash, 0.05)
+    stats = [robust_stats(tests[:, i], TEST_SIGMA_FLOOR[t]) for i, t in enumerate(TESTS)]
+    scorer.test_median, scorer.test_sigma = np.array([m for m, _ in stats]), np.array([sd for _, sd in stats])
     return scorer
 
 
@@ -374,7 +426,7 @@ def fit_recordings(paths: list, checkpoint=None, components: int = 4, qc: bool =
                     feats.append(row["features"])
     if shape is None:
         raise ValueError(f"{', '.join(map(str, paths))}: no frames to fit on")
-    return fit(np.array(feats).reshape(-1, len(FEATURES) + 1), name, shape[1], shape[0], components,
+    return fit(np.array(feats).reshape(-1, len(FEATURES) + len(TESTS)), name, shape[1], shape[0], components,
                fitted_on={"recordings": [str(Path(r).resolve()) for r in runs], "qc": qc,
                           **({"checkpoint_sha256": file_sha256(checkpoint)} if checkpoint else {})})
 

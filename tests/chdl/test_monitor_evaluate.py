@@ -40,30 +40,32 @@ def test_operating_point_picks_the_lowest_level_that_stays_under_the_target():
 
 
 class _Mixture:
-    """Stands for a LearnedScorer: the mixture's z is the first feature, the splash z the last."""
+    """Stands for a LearnedScorer: the mixture's z is the first feature, the tests' z's the last two."""
     score_median, score_sigma = 0.0, 1.0
 
     def nll(self, f):
         return f[0]
 
-    def splash_z(self, f):
-        return f[-1]
+    def test_z(self, f):
+        return f[-2:]
 
 
-def test_learned_operating_point_weights_the_splash_test_by_the_two_levels():
+def test_learned_operating_point_weights_each_test_by_the_two_levels():
     from chdl.monitor.evaluate import learned_operating_point
 
-    def rows(mix, splash):
-        return [{"run": "r", "lane": 0, "frame": i, "acquisition": None, "features": [m, 0, 0, 0, 0, 0, s]}
-                for i, (m, s) in enumerate(zip(mix, splash))]
+    def rows(mix, splash, crack):
+        return [{"run": "r", "lane": 0, "frame": i, "acquisition": None, "features": [m, 0, 0, 0, 0, 0, s, c]}
+                for i, (m, s, c) in enumerate(zip(mix, splash, crack))]
 
     quiet = [1.0] * 30
-    # one mixture spike of 5.5 and one splash spike of 11: alone they need levels 6 and 12, so the splash
-    # test weighs 0.5 and both spikes are 5.5 in the combined z, which level 6 keeps quiet
-    op = learned_operating_point(rows(quiet + [5.5, 1, 1, 1], quiet + [1, 1, 11, 1]), _Mixture(), [4, 5, 6, 8, 10, 12],
-                                 fa_per_hour=0)
-    assert (op["mixture"]["chosen_z_on"], op["splash"]["chosen_z_on"], op["splash_gain"], op["chosen_z_on"]) == (6, 12, 0.5, 6)
-    assert [t["false_alarms"] for t in op["levels"]] == [2, 2, 0, 0, 0, 0]
-    # a splash spike above every level: no splash level, the test stays off and the mixture's level stands
-    off = learned_operating_point(rows(quiet + [5.5], quiet + [20]), _Mixture(), [4, 6, 12], fa_per_hour=0)
-    assert off["splash_gain"] is None and off["chosen_z_on"] == off["mixture"]["chosen_z_on"] == 6
+    # one mixture spike of 5.5, one splash spike of 11 and one crack spike of 5.5: alone they need levels 6, 12
+    # and 6, so the splash test weighs 0.5, the crack test 1, and all spikes are 5.5 in the combined z, which
+    # level 6 keeps quiet
+    op = learned_operating_point(rows(quiet + [5.5, 1, 1, 1, 1], quiet + [1, 1, 11, 1, 1], quiet + [1, 1, 1, 1, 5.5]),
+                                 _Mixture(), [4, 5, 6, 8, 10, 12], fa_per_hour=0)
+    assert (op["mixture"]["chosen_z_on"], op["tests"]["splash_area"]["chosen_z_on"], op["tests"]["crack_length"]["chosen_z_on"],
+            op["test_gains"], op["chosen_z_on"]) == (6, 12, 6, [0.5, 1.0], 6)
+    assert [t["false_alarms"] for t in op["levels"]] == [3, 3, 0, 0, 0, 0]
+    # a splash spike above every level: no splash level, that test stays off and the others' level stands
+    off = learned_operating_point(rows(quiet + [5.5], quiet + [20], quiet + [1]), _Mixture(), [4, 6, 12], fa_per_hour=0)
+    assert off["test_gains"] == [None, 6.0 / 4] and off["chosen_z_on"] == off["mixture"]["chosen_z_on"] == 6

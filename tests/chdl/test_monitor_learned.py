@@ -8,8 +8,9 @@ import pytest
 
 from chdl.monitor.anomaly_score import FrameScorer, ScorerConfig
 from chdl.monitor import Z_OFF, Z_ON
-from chdl.monitor.learned_score import (CHANGE_LEVEL, FEATURES, FORMAT, SPLASH_LEVEL, LearnedScorer, ScorerFileError,
-                                        alert_levels, change_area, fit, frame_features)
+from chdl.monitor.learned_score import (CHANGE_LEVEL, CRACK_LEVEL, FEATURES, FORMAT, SPLASH_LEVEL, TESTS, LearnedScorer,
+                                        ScorerFileError, alert_levels, change_area, crack_length, fit, frame_features)
+NF = len(FEATURES) + len(TESTS)  # frame_features: the mixture's, then the tests' (splash_area, crack_length)
 
 H, W = 96, 128
 BACKGROUND = np.random.default_rng(0).uniform(0.4, 0.6, (H, W)).astype(np.float32)
@@ -41,7 +42,7 @@ def fitted(tmp_path_factory):
     """A scorer fitted on 300 clean frames, saved to a file."""
     rows = _scores(ScorerConfig(features=True, z_on=math.inf, z_off=math.inf), range(300))
     feats = np.array([r.features for r in rows if r.features is not None])
-    assert feats.shape == (290, len(FEATURES) + 1)  # the first 10 only fill the row baseline; + splash_area
+    assert feats.shape == (290, NF)  # the first 10 only fill the row baseline
     path = tmp_path_factory.mktemp("scorer") / "scorer.json"
     fit(feats, "constant-motion", W, H, components=2).save(path)
     return path
@@ -58,7 +59,7 @@ def test_features_tell_a_compact_speck_from_a_thin_line():
     err[52:54, 50:90] = 0.01  # a 40 x 2 line
     line = frame_features(z, err, 16, none, valid)
     names = dict(zip(FEATURES, zip(speck, line)))
-    assert names["change_area"] == (0.0, 0.0) and (speck[-1], line[-1]) == (0.0, 0.0)  # no change (splash_area last)
+    assert names["change_area"] == (0.0, 0.0) and (list(speck[-2:]), list(line[-2:])) == ([0, 0], [0, 0])  # no change
     assert names["z1"] == (9.0, 9.0) and names["z2"] == (6.0, 6.0) and names["z3"] == (-1.0, -1.0)
     assert names["elongation"][0] == pytest.approx(1.0) and names["elongation"][1] > 10
     assert names["log_mass"][0] == pytest.approx(np.log10(0.64), abs=1e-4)
@@ -98,7 +99,7 @@ def test_a_fitted_scorer_puts_an_injected_crack_above_every_clean_frame(fitted):
     crack = learned[-1]
     assert crack.threshold == pytest.approx(f.score_median + Z_ON * f.score_sigma)
     assert crack.z == pytest.approx((crack.score - f.score_median) / f.score_sigma) and crack.new_alert
-    assert all(r.features is not None and len(r.features) == len(FEATURES) + 1 for r in learned[10:])
+    assert all(r.features is not None and len(r.features) == NF for r in learned[10:])
     # change_area from the scorer's own frame - prediction: the crack's 40 x 2 px (-0.3) change, one patch
     assert 10 ** crack.features[FEATURES.index("change_area")] - 1 >= 60
 
@@ -110,16 +111,17 @@ def test_scorer_file_round_trip(fitted, tmp_path):
     assert (d["width"], d["height"], len(d["weights"]), d["fitted_on"]["frames"]) == (W, H, 2, 290)
     a.save(tmp_path / "again.json")
     b = LearnedScorer.load(tmp_path / "again.json")
-    x = np.array([8.0, 5.0, 3.0, 4.0, -1.0, 2.5, 1.0])
+    x = np.array([8.0, 5.0, 3.0, 4.0, -1.0, 2.5, 1.0, 0.0])
     assert b.score(x) == a.score(x) and math.isfinite(a.score(x))
-    assert a.score(x) > a.score(np.r_[a.floor, 1.0])  # above the clean medians in every feature: less likely
-    assert math.isnan(a.score(np.r_[x[:5], np.nan, 1.0]))
+    assert a.score(x) > a.score(np.r_[a.floor, 1.0, 0.0])  # above the clean medians in every feature: less likely
+    assert math.isnan(a.score(np.r_[x[:5], np.nan, 1.0, 0.0]))
     assert d["score_sigma"] > 0 and math.isfinite(d["score_median"])
-    assert d["splash"] == {"feature": "splash_area", "level": SPLASH_LEVEL, "median": a.splash_median,
-                           "sigma": a.splash_sigma, "gain": None} and a.splash_sigma > 0
-    b.splash_gain = 0.5
+    assert d["tests"] == [{"feature": t, "level": lv, "median": float(m), "sigma": float(sd), "gain": None}
+                          for t, lv, m, sd in zip(TESTS, (SPLASH_LEVEL, CRACK_LEVEL), a.test_median, a.test_sigma)]
+    assert (a.test_sigma > 0).all()
+    b.test_gain = [0.5, None]
     b.save(tmp_path / "gain.json")
-    assert LearnedScorer.load(tmp_path / "gain.json").splash_gain == 0.5
+    assert LearnedScorer.load(tmp_path / "gain.json").test_gain == [0.5, None]
     a.check_frames((H, W))
     with pytest.raises(ScorerFileError, match=rf"^{fitted}: fitted on {W}x{H} frames, these are 200x150$"):
         a.check_frames((150, 200))
@@ -130,8 +132,9 @@ def test_scorer_file_round_trip(fitted, tmp_path):
     ("{not json", "not a scorer file (not JSON"),
     ('{"format": "chdl.monitor/1"}', "not a scorer file (format 'chdl.monitor/1'"),
     ('{"format": "chdl.monitor-scorer/1"}', "a scorer file of format chdl.monitor-scorer/1 (five features, without "
-     "change_area); this chdl reads chdl.monitor-scorer/3: fit it again with chdl monitor-fit-scorer"),
-    ('{"format": "chdl.monitor-scorer/2"}', "chdl.monitor-scorer/2 (without the splash test); this chdl reads"),
+     "change_area); this chdl reads chdl.monitor-scorer/4: fit it again with chdl monitor-fit-scorer"),
+    ('{"format": "chdl.monitor-scorer/2"}', "chdl.monitor-scorer/2 (without the splash and crack tests); this chdl reads"),
+    ('{"format": "chdl.monitor-scorer/3"}', "chdl.monitor-scorer/3 (without the crack test); this chdl reads"),
     ("[1, 2]", "not a scorer file (format 'list'"),
     ("DROP:weights", "scorer file lacks 'weights'"),
     ("SET:features=[\"z1\"]", "bad scorer file: features ['z1']"),
@@ -140,11 +143,12 @@ def test_scorer_file_round_trip(fitted, tmp_path):
     ("SET:alert_levels={\"z_on\": 2, \"z_off\": 3}", "bad scorer file: alert_levels: need 0 < z_off <= z_on"),
     ("SET:alert_levels={\"z_on\": 2}", "scorer file lacks 'z_off'"),
     ("SET:score_sigma=0", "bad scorer file: score_median and score_sigma must be finite, score_sigma positive"),
-    ("DROP:splash", "scorer file lacks 'splash'"),
-    ("SET:splash={\"feature\": \"splash_area\", \"level\": 0.2, \"median\": 1, \"sigma\": 0.1}",
-     "bad scorer file: splash: expected the splash_area test at level 0.05"),
-    ("SET:splash={\"feature\": \"splash_area\", \"level\": 0.05, \"median\": 1, \"sigma\": 0.1, \"gain\": -1}",
-     "bad scorer file: splash: median and sigma must be finite, sigma and gain positive"),
+    ("DROP:tests", "scorer file lacks 'tests'"),
+    ("SET:tests=[{\"feature\": \"splash_area\", \"level\": 0.2, \"median\": 1, \"sigma\": 0.1}]",
+     "bad scorer file: tests: expected [('splash_area', 0.05), ('crack_length', 0.12)]"),
+    ("SET:tests=[{\"feature\": \"splash_area\", \"level\": 0.05, \"median\": 1, \"sigma\": 0.1, \"gain\": -1}, "
+     "{\"feature\": \"crack_length\", \"level\": 0.12, \"median\": 0, \"sigma\": 1}]",
+     "bad scorer file: tests: medians and sigmas must be finite, sigmas and gains positive"),
 ])
 def test_a_bad_scorer_file_gives_a_one_line_error_naming_it(fitted, tmp_path, content, message):
     path = tmp_path / "bad.json"
@@ -173,7 +177,7 @@ def test_alert_levels_as_given_else_the_scorers_measured_ones_else_the_defaults(
 
 
 def test_fit_needs_enough_finite_frames():
-    x = np.ones((50, len(FEATURES) + 1))
+    x = np.ones((50, NF))
     x[:20, 0] = np.nan
     with pytest.raises(ValueError, match="30 scored clean frames are too few to fit 2 components"):
         fit(x, "constant-motion", W, H, components=2)
@@ -187,7 +191,7 @@ def test_a_checkpoint_scorer_is_refused_with_another_checkpoint_file(tmp_path):
     a, b = tmp_path / "a.pt", tmp_path / "b.pt"
     a.write_bytes(b"weights of run A")
     b.write_bytes(b"weights of run B")
-    feats = np.random.default_rng(0).normal(size=(200, len(FEATURES) + 1))
+    feats = np.random.default_rng(0).normal(size=(200, NF))
     scorer = fit(feats, "checkpoint:last.pt", 200, 150, components=1, fitted_on={"checkpoint_sha256": file_sha256(a)})
     scorer.check_checkpoint(a)
     scorer.check_checkpoint(None)
@@ -207,19 +211,45 @@ def test_splash_area_sees_a_spread_of_faint_particles_that_change_area_does_not(
     z = np.zeros((6, 8))
     f = frame_features(z, np.zeros((H, W), np.float32), 16, diff, valid)
     assert f[FEATURES.index("change_area")] == 0.0
-    assert 10 ** f[-1] - 1 > 100 and f[-1] == pytest.approx(change_area(diff, valid, SPLASH_LEVEL))
+    splash = f[len(FEATURES) + TESTS.index("splash_area")]
+    assert 10 ** splash - 1 > 100 and splash == pytest.approx(change_area(diff, valid, SPLASH_LEVEL))
 
 
-def test_the_splash_test_raises_the_score_only_when_weighted_in_and_beyond_the_mixture():
-    """score = max(mixture nll, score_median + score_sigma x gain x splash z): with no gain measured the splash
-    test is off; with one, a frame whose splash_area is far above the fitted frames' scores by it, a frame at
-    the median splash_area by its mixture alone (or at the median score: no alert level is below it)."""
+def test_a_test_raises_the_score_only_when_weighted_in_and_beyond_the_mixture():
+    """score = max(mixture nll, score_median + score_sigma x gain_i x z_i): with no gain measured a test is off;
+    with one, a frame whose splash_area is far above the fitted frames' scores by it, a frame at the median
+    by its mixture alone (or at the median score: no alert level is below it)."""
     rng = np.random.default_rng(1)
-    feats = np.c_[rng.normal(size=(300, len(FEATURES))), rng.normal(1.0, 0.1, 300)]
+    feats = np.c_[rng.normal(size=(300, len(FEATURES))), rng.normal(1.0, 0.1, 300), np.zeros(300)]
     s = fit(feats, "constant-motion", W, H, components=1)
-    quiet, splash = np.r_[np.zeros(len(FEATURES)), s.splash_median], np.r_[np.zeros(len(FEATURES)), s.splash_median + 3.0]
+    assert s.test_sigma[1] == 1.0  # crack_length: no line in any fitted frame, MAD 0: the floor (1 px)
+    quiet = np.r_[np.zeros(len(FEATURES)), s.test_median]
+    splash = quiet + np.r_[np.zeros(len(FEATURES)), 3.0, 0.0]
     assert s.score(splash) == s.score(quiet) == s.nll(quiet)  # off: the mixture alone
-    s.splash_gain = 0.5
+    s.test_gain = [0.5, None]
     z = (s.score(splash) - s.score_median) / s.score_sigma
-    assert z == pytest.approx(0.5 * s.splash_z(splash)) and z > (s.nll(splash) - s.score_median) / s.score_sigma
-    assert s.score(quiet) == max(s.nll(quiet), s.score_median)  # at the median the splash z is 0: z >= 0 only
+    assert z == pytest.approx(0.5 * s.test_z(splash)[0]) and z > (s.nll(splash) - s.score_median) / s.score_sigma
+    assert s.score(quiet) == max(s.nll(quiet), s.score_median)  # at the median a test's z is 0: z >= 0 only
+    crack = quiet + np.r_[np.zeros(len(FEATURES)), 0.0, 40.0]
+    assert s.score(crack) == s.score(quiet)  # the crack test has no weight yet
+    s.test_gain = [0.5, 0.25]
+    assert (s.score(crack) - s.score_median) / s.score_sigma == pytest.approx(0.25 * 40.0)
+
+
+def test_crack_length_measures_thin_patches_across_the_lane_only():
+    """A 30 x 2 px dark line across the lane (along y) is a crack of ~30 px; the same line along the lane (a
+    kerf edge predicted a little off), a compact blob, and a faint line below CRACK_LEVEL are not."""
+    valid = np.ones((H, W), bool)
+
+    def length(diff):
+        return crack_length(np.abs(diff), valid)
+
+    across, along, blob, faint = (np.zeros((H, W), np.float32) for _ in range(4))
+    across[30:60, 50:52] = 0.3
+    along[40:42, 30:60] = 0.3
+    blob[40:50, 40:50] = 0.3
+    faint[30:60, 50:52] = 0.5 * CRACK_LEVEL
+    assert length(across) == pytest.approx(30 * 4 / np.sqrt(12), rel=0.05)  # 4 x the std of a 30 px uniform line
+    assert length(along) == length(blob) == length(faint) == 0.0
+    valid[:, 40:60] = False  # outside the valid region nothing counts
+    assert length(across) == 0.0
