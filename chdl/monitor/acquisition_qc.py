@@ -55,14 +55,13 @@ class AcquisitionQC:
             return None
         window = np.stack(self.frames)
         scores = qc.measure(window, np.array(self.usable), self.max_value)
-        # the newest frame is always the window's last: curate's sequence-end rule (qc.frame_thresholds)
-        thr = qc.frame_thresholds(scores, self.thr, 0.0)[-1]
+        flag = None
+        if self.done_lanes:  # else no pass calibrated yet: measure only (module docstring)
+            # the newest frame is always the window's last: curate's sequence-end rule (qc.frame_thresholds)
+            thr = qc.frame_thresholds(scores, self.thr, 0.0)[-1]
+            vib, ill = qc.decide(scores[-1:], self.baseline, thr)
+            flag = "vibration" if vib[0] else "illumination" if ill[0] else None
         scores = scores[-1]
-        if not self.done_lanes:  # no pass calibrated yet: measure only (module docstring)
-            self.lane_scores.append(scores)
-            return None
-        vib, ill = qc.decide(scores[None], self.baseline, thr)
-        flag = "vibration" if vib[0] else "illumination" if ill[0] else None
         if flag is None:
             self.lane_scores.append(scores)
         else:  # a flagged frame is no reference for the next ones (it keeps its place in time)

@@ -106,13 +106,19 @@ class RunTruth:
     anomalies: list[dict]
 
 
+def replay_source(rec) -> Path | None:
+    """The recording an opened recording replays (``notes.replay_of``, written by ``--replay``), or None."""
+    src = (rec.manifest.get("notes") or {}).get("replay_of")
+    return Path(src) if src else None
+
+
 def run_truth(rec) -> RunTruth:
     """The process-anomaly truth of a recording: its own truth/, else that of the recording it replays
-    (``notes.replay_of``). ValueError naming the folder if there is none."""
+    (:func:`replay_source`). ValueError naming the folder if there is none."""
     from acquisition.simulator import load_truth
 
     candidates = [Path(rec.path)]
-    src = (rec.manifest.get("notes") or {}).get("replay_of")
+    src = replay_source(rec)
     if src:
         candidates.append(Path(src))
     for c in candidates:
@@ -226,27 +232,26 @@ def learned_operating_point(rows: list[dict], learned, levels, fa_per_hour: floa
     test i ``test_gains[i]`` = the mixture's level / test i's (so each fires alone where it does at its own
     level; None, test off, where no level qualifies), then the combined score's operating point (z = max of
     the mixture's z and the weighted test z's): ``chosen_z_on`` is that level (None if none qualifies)."""
-    from chdl.monitor.learned_score import FEATURES, TESTS
+    from chdl.monitor.learned_score import TESTS
 
-    def with_z(zf):
-        return [{**r, "z": zf(r["features"]) if r.get("features") is not None else math.nan} for r in rows]
+    # each frame's z's once: column 0 the mixture's, then one per test (NaN for a frame without features)
+    z = np.full((len(rows), 1 + len(TESTS)), np.nan)
+    for k, r in enumerate(rows):
+        if r.get("features") is not None:
+            z[k, 0] = (learned.nll(r["features"]) - learned.score_median) / learned.score_sigma
+            z[k, 1:] = learned.test_z(r["features"])
 
-    def z_mix(f):
-        return (learned.nll(f) - learned.score_median) / learned.score_sigma
+    def with_z(column):
+        return [{**r, "z": float(v)} for r, v in zip(rows, column)]
 
-    def z_test(i):
-        return lambda f: float(learned.test_z(f)[i]) if len(f) >= len(FEATURES) + len(TESTS) else math.nan
-
-    mixture = operating_point(with_z(z_mix), levels, fa_per_hour)
-    tests = {t: operating_point(with_z(z_test(i)), levels, fa_per_hour) for i, t in enumerate(TESTS)}
+    mixture = operating_point(with_z(z[:, 0]), levels, fa_per_hour)
+    tests = {t: operating_point(with_z(z[:, 1 + i]), levels, fa_per_hour) for i, t in enumerate(TESTS)}
     gains = [mixture["chosen_z_on"] / tests[t]["chosen_z_on"]
              if mixture["chosen_z_on"] is not None and tests[t]["chosen_z_on"] is not None else None for t in TESTS]
-
-    def z_all(f):
-        z = learned.test_z(f) if len(f) >= len(FEATURES) + len(TESTS) else [math.nan] * len(TESTS)
-        return max([z_mix(f)] + [float(g * v) for g, v in zip(gains, z) if g is not None and math.isfinite(v)])
-
-    combined = operating_point(with_z(z_all), levels, fa_per_hour)
+    weighted = [g * z[:, 1 + i] for i, g in enumerate(gains) if g is not None]
+    # as LearnedScorer.score: a frame the mixture cannot score is not scored; a test that cannot be is left out
+    combined = operating_point(with_z(np.where(np.isnan(z[:, 0]), np.nan, np.fmax.reduce([z[:, 0]] + weighted))),
+                               levels, fa_per_hour)
     return {**combined, "test_gains": gains, "mixture": mixture, "tests": tests}
 
 
@@ -314,9 +319,9 @@ def evaluate(paths: list, out: str | Path, checkpoint=None, qc: bool = True, pro
         recs[str(r)] = rec
     given = {Path(r).resolve(): r for r in runs}
     for r, rec in recs.items():  # a replay and the recording it replays: the same events, counted twice
-        src = (rec.manifest.get("notes") or {}).get("replay_of")
-        if src and Path(src).resolve() in given:
-            raise EvalError(f"{r}: replays {given[Path(src).resolve()]}, which is given too: its anomalies and "
+        src = replay_source(rec)
+        if src and src.resolve() in given:
+            raise EvalError(f"{r}: replays {given[src.resolve()]}, which is given too: its anomalies and "
                             "clean frames would count twice; give one of them")
     methods = list(METHODS if methods is None else methods) + ([f"checkpoint:{Path(checkpoint).name}"] if checkpoint else [])
     default = dataclasses.replace(ScorerConfig(), **(alert_levels or {}))

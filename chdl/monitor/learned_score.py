@@ -117,7 +117,7 @@ def crack_length(absdiff: np.ndarray, valid: np.ndarray, level: float = CRACK_LE
     vx = np.bincount(lab, xs * xs, n) / c - mx * mx + 1.0 / 12  # + a pixel's own extent
     vy = np.bincount(lab, ys * ys, n) / c - my * my + 1.0 / 12
     cxy = np.bincount(lab, xs * ys, n) / c - mx * my
-    half, root = (vx + vy) / 2, np.sqrt(np.maximum(((vx - vy) / 2) ** 2 + cxy ** 2, 0.0))
+    half, root = (vx + vy) / 2, np.sqrt(((vx - vy) / 2) ** 2 + cxy ** 2)
     major, minor = half + root, np.maximum(half - root, 1e-9)
     across = np.abs(np.sin(0.5 * np.arctan2(2 * cxy, vx - vy))) > 0.5
     ok = (cnt >= CRACK_MIN_PX) & (np.sqrt(major / minor) > CRACK_THIN) & across
@@ -143,7 +143,8 @@ def frame_features(z: np.ndarray, err: np.ndarray, block: int, diff: np.ndarray,
         return np.full(len(FEATURES) + len(TESTS), np.nan)
     absdiff = np.abs(cv2.GaussianBlur(diff.astype(np.float32), (0, 0), 0.7))
     area = _largest_patch(absdiff, valid, CHANGE_LEVEL)
-    tests = [_largest_patch(absdiff, valid, SPLASH_LEVEL), crack_length(absdiff, valid)]  # TESTS' order
+    measured = {"splash_area": _largest_patch(absdiff, valid, SPLASH_LEVEL), "crack_length": crack_length(absdiff, valid)}
+    tests = [measured[t] for t in TESTS]
     top = np.sort(zz.ravel())[::-1]
     top = np.r_[top, [INVALID_Z] * 3][:3]
     iy, ix = np.unravel_index(int(np.argmax(zz)), zz.shape)

@@ -13,6 +13,7 @@ notices within a second and exits; the recording is whatever ``run_capture`` lef
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
 import math
@@ -22,8 +23,6 @@ import queue
 import threading
 import time
 from pathlib import Path
-
-import contextlib
 
 import cv2
 import numpy as np
