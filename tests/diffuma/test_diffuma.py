@@ -165,6 +165,24 @@ def test_decoder_kernel_below_full_resolution_keeps_exact_upsampling():
             tiny(up_kernel=bad)
 
 
+
+def test_decoder_head_in_channels_last_computes_the_plain_convolution():
+    """The decoder's head runs in NHWC memory (a CPU speed choice): output and gradients are those of the same
+    convolution on the NCHW tensors (to float summation order), and the output comes back contiguous NCHW."""
+    torch.manual_seed(6)
+    dec = dm.SpatialDecoder(16, (8, 16), c_out=3, c_side=1)
+    with torch.no_grad():
+        dec.head.weight.normal_()                                   # the model zero-initialises it
+    z = torch.randn(6, 16, 9, 12, requires_grad=True)
+    side = torch.randn(6, 1, 36, 48)
+    out = dec(z, side)
+    assert out.shape == (6, 3, 36, 48) and out.is_contiguous()
+    ref = F.conv2d(torch.cat([dec.body(z), side], 1), dec.head.weight, dec.head.bias, padding=1)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    g_out, = torch.autograd.grad(out.square().sum(), z)
+    g_ref, = torch.autograd.grad(ref.square().sum(), z)
+    torch.testing.assert_close(g_out, g_ref, rtol=1e-3, atol=1e-5 * g_ref.abs().max().item())
+
 def test_prior_gate_scales_the_prior_per_pixel():
     """P = 2 sigmoid(h) * prior + residual: a gate channel driven far negative removes the prior (the
     prediction becomes the residual, 0 at init), and the gate receives a gradient at init."""
