@@ -180,10 +180,14 @@ def run_captures(ctx, alias, replay, out, run_id, lanes, positions, step_um, fps
 
 def report_captures(ctx, results) -> None:
     """Print one line per capture; exit 130 if interrupted, 1 if a capture stopped early."""
-    for r in results:
-        click.echo(f"{r.message} ({r.frames} frames, {r.dropped_positions} dropped positions, {r.dropped_frames} "
-                   f"dropped frames, {r.incomplete} incomplete, {r.frames / max(r.elapsed_s, 1e-9):.2f} frames/s)")
     worst = next((r for r in results if r.stopped_by is not None), None)
+    for r in results:
+        counts = (f"{r.frames} frames, {r.dropped_positions} dropped positions, {r.dropped_frames} dropped frames, "
+                  f"{r.incomplete} incomplete buffers, {r.frames / max(r.elapsed_s, 1e-9):.2f} frames/s")
+        if r is worst and worst.stopped_by != "interrupted":
+            click.echo(f"{r.path}: {counts}")            # what went wrong follows once, as the error line
+        else:
+            click.echo(f"{r.message} ({counts})")
     if worst is not None:
         if worst.stopped_by == "interrupted":
             click.echo(f"interrupted: device closed, recording kept (incomplete) at {worst.path}", err=True)

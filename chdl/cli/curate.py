@@ -75,7 +75,11 @@ def curate(raw: str, out: str, config_path: str | None, workers: int, scheduler:
                + (f"; resumed after {result.shards_resumed} shards" if result.shards_resumed else "")
                + f"; {result.n_frames / max(result.seconds, 1e-9):.0f} frames/s")
     click.echo(f"QC report: {result.report_html} (summary {result.report_json})")
-    if sp["val"] == 0:
+    if sp["train"] == 0:
+        click.echo(f"warning: the train split is empty ({sp['val']} val, {sp['excluded']} excluded sequences): chdl "
+                   "train refuses this dataset (chdl eval can still use it); record more lanes, or lower "
+                   "split.val_fraction or split.block_lanes", err=True)
+    elif sp["val"] == 0:
         click.echo(f"warning: the validation split is empty ({sp['train']} train sequences): chdl train will run "
                    "without validation; raise split.val_fraction, lower split.block_lanes or record more lanes",
                    err=True)

@@ -126,7 +126,7 @@ def corpus(out: Path, lanes: int, positions: int, step_um: float, lanes_per_run:
     done = {"frames": 0, "faulty": 0, "anomalies": 0}
     with contextlib.ExitStack() as stack:
         stack.enter_context(_cluster_errors_as_click())
-        bar = stack.enter_context(tqdm(total=total, unit="frame", desc="render", disable=True if quiet else None))
+        bar = stack.enter_context(tqdm(total=total, unit="frame", desc="render", disable=quiet))
         if scheduler is not None:
             from chdl.cluster import connect
 
@@ -164,7 +164,7 @@ def truth(runs: tuple[Path, ...], quiet: bool) -> None:
     for path in runs:
         try:
             for run in find_recordings(path):
-                bar = lambda it, name=run.name: tqdm(it, desc=name, unit="frame", disable=True if quiet else None)  # noqa: E731
+                bar = lambda it, name=run.name: tqdm(it, desc=name, unit="frame", disable=quiet)  # noqa: E731
                 counts = write_recording_truth(run, progress=bar)
                 click.echo(f"{run}: truth for {counts['frames']} frames ({counts['faulty']} faulty, "
                            f"{counts['visible']} visible, {counts['anomalies']} process anomalies)")

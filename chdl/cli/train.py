@@ -213,13 +213,9 @@ def predict(checkpoints, input_, out, split, max_sequences, weights, batch_size,
             inputs, targets, ids, max_value = _dataset_sequences(input_, states[0], split, max_sequences)
         device = "cuda" if torch.cuda.is_available() else "cpu"
         preds, used = {}, []
-        for c, s in zip(checkpoints, states):
+        labels = _prediction_labels(checkpoints, [s["model_name"] for s in states])
+        for c, s, label in zip(checkpoints, states, labels):
             model, w = build_model_from_checkpoint(s, weights, c)
-            label = s["model_name"]
-            if label in preds:  # a second checkpoint of the same model: name it by its run folder
-                label = f"{label}@{c.resolve().parent.parent.name}"
-            if label in preds:
-                label = f"{label}#{len(preds) + 1}"
             preds[label] = run_model(model, inputs, batch_size=batch_size, device=device).numpy()
             used.append(w)
         attrs = {"checkpoints": [str(c) for c in checkpoints], "weights": used, "source": str(input_),
@@ -230,6 +226,13 @@ def predict(checkpoints, input_, out, split, max_sequences, weights, batch_size,
         raise _fail(e) from None
     click.echo(f"{len(inputs)} sequence(s) x {len(preds)} model(s) -> {out}/ (predictions.zarr, frames/, gifs/"
                f"{', grids/' if targets is not None else ''})")
+
+
+def _prediction_labels(checkpoints: list[Path], names: list[str]) -> list[str]:
+    """One label per checkpoint: the model's name where it is the only checkpoint of that model; else every one
+    of them is named ``model@run-folder`` (``#k`` added where even those repeat), so the grid tells them apart."""
+    labels = [n if names.count(n) == 1 else f"{n}@{c.resolve().parent.parent.name}" for c, n in zip(checkpoints, names)]
+    return [x if labels.count(x) == 1 else f"{x}#{k + 1}" for k, x in enumerate(labels)]
 
 
 def _dataset_sequences(path: Path, state: dict, split: str, max_sequences: int):

@@ -279,7 +279,7 @@ def _score_loop(spec, run_path: Path, folder: Path, q, scored, events, ready) ->
                                    f"({unit}) at lane {r.lane} position {r.position}"}
             if event is not None:
                 snap = f"snapshots/{r.frame:06d}.png"
-                atomic_write_bytes(folder / snap, _png8(snapshot_image(r.pixels, r.prediction, r.error, r.box)))
+                atomic_write_bytes(folder / snap, _png8(snapshot_image(r.pixels, r.prediction, r.error, event["box"])))
                 ev.write(json.dumps({"event": n_events, "kind": event["kind"], "frame": r.frame, "lane": r.lane,
                                      "position": r.position, "score": _num(r.score), "threshold": _num(r.threshold),
                                      "box": event["box"], "reason": event["reason"], "snapshot": snap}) + "\n")

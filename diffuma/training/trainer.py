@@ -12,7 +12,9 @@ Run folder (``out``)::
     checkpoints/last.pt      latest checkpoint (every epoch end, every run.checkpoint_every_steps, the end)
     checkpoints/best.pt      lowest validation MSE so far
     steps.csv                step, epoch, loss, lr, grad_norm, samples_per_s, elapsed_s, + the model's logs
-    epochs.csv               epoch, step, train_loss, val_mse, val_mae, val_ssim, val_psnr, elapsed_s
+    epochs.csv               epoch, step, train_loss, val_mse, val_mae, val_ssim, val_psnr, elapsed_s (validation:
+                             every val_every_epochs-th epoch, the last one, and the last step of a run that
+                             stops mid-epoch, as a row for that unfinished epoch)
     training_dynamics.png    validation MSE / MAE / SSIM per epoch with the baselines' lines (refreshed after
                              every validation)
     tensorboard/             only when the tensorboard package is installed
@@ -429,7 +431,12 @@ class Trainer:
                     self._start_step_clock()
                 bar.close()
                 if self.batch_in_epoch < self.steps_per_epoch:
-                    break  # max_steps, the planned steps or the budget reached mid-epoch
+                    # max_steps, the planned steps or the budget reached mid-epoch: the final weights are
+                    # validated as a partial epoch (its row's step says where it ended), so best.pt covers them
+                    self._log_epoch(self.epoch + 1, self.epoch_loss_sum / max(self.epoch_loss_n, 1),
+                                    self.run.val_every_epochs > 0, epochs_log if self.dist.main else None,
+                                    tb if self.dist.main else None, t0)
+                    break
                 self._end_epoch(self.epoch_loss_sum / max(self.epoch_loss_n, 1), epochs_log if self.dist.main else None,
                                 tb if self.dist.main else None, t0)
             if self.last_saved_step != self.step:
@@ -479,8 +486,18 @@ class Trainer:
         self.epoch += 1
         self.batch_in_epoch = 0
         self.epoch_loss_sum, self.epoch_loss_n = 0.0, 0
+        last = self.epoch >= self.run.epochs or self.step >= self.total_steps or self.budget_spent()
+        # every val_every_epochs-th epoch, and the run's last one whatever the cadence (best.pt covers the end)
+        validate = self.run.val_every_epochs > 0 and (self.epoch % self.run.val_every_epochs == 0 or last)
+        self._log_epoch(self.epoch, train_loss, validate, epochs_log, tb, t0)
+        self.save()
+
+    def _log_epoch(self, epoch: int, train_loss: float, validate: bool, epochs_log: _CsvLog | None, tb,
+                   t0: float) -> None:
+        """Validates (when ``validate``), writes epochs.csv's row for ``epoch`` and best.pt when the validation
+        MSE is the lowest so far. A resumed run drops the row of an epoch it had not finished (_CsvLog)."""
         val = None
-        if self.run.val_every_epochs and self.epoch % self.run.val_every_epochs == 0:
+        if validate:
             if self.dist.main:
                 val = self.validate()
             if self.dist.world_size > 1:  # the other ranks wait here, then learn the result
@@ -488,13 +505,13 @@ class Trainer:
                 dist.broadcast_object_list(box, src=0)
                 val = box[0]
         if self.dist.main:
-            row = {"epoch": self.epoch, "step": self.step, "train_loss": train_loss,
+            row = {"epoch": epoch, "step": self.step, "train_loss": train_loss,
                    "elapsed_s": time.perf_counter() - t0}
             if val is not None:
                 row.update({f"val_{k}": v for k, v in val.items()})
                 if tb is not None:
                     for k, v in val.items():
-                        tb.add_scalar(f"val/{k}", v, self.epoch)
+                        tb.add_scalar(f"val/{k}", v, epoch)
             epochs_log.write(row)
             if val is not None:
                 from diffuma.viz import plot_training_dynamics
@@ -504,7 +521,6 @@ class Trainer:
         if val is not None and val["mse"] < self.best_val_mse:
             self.best_val_mse = val["mse"]
             self.save("best.pt")
-        self.save()
 
 
 def _max_over_ranks(value: float, device: torch.device) -> float:
@@ -553,8 +569,9 @@ def build_trainer(config: dict | None, data: str | Path, out: str | Path, resume
     cfg = resolve_config(config)
     for k in DATA_FIELDS:
         if k in cfg["model"]:
-            raise ConfigError(f"model.{k} comes from the dataset; set run.in_frames / run.out_frames to change "
-                              "the frame counts")
+            how = ("set run.in_frames / run.out_frames to change the frame counts" if k.endswith("_frames") else
+                   "curate or import the data at another size to change it")
+            raise ConfigError(f"model.{k} comes from the dataset ({data}); {how}")
     run = run_config_from_dict(cfg["run"])
     info = dataset_info(data, run.in_frames, run.out_frames)
     cfg["model"].update({k: info[k] for k in DATA_FIELDS})

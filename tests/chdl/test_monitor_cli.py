@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import cv2
+import numpy as np
 import pytest
 
 from acquisition.raw import Recording, encode_png
@@ -110,6 +111,25 @@ def test_injected_anomaly_raises_a_process_event_at_its_frame_and_lane(clean_run
     assert snap.shape == (H, 3 * W + 4) and e["snapshot"] == f"snapshots/{INJECTED:06d}.png"
     scores = {s["frame"]: s for s in _lines(folder / "scores.jsonl")}
     assert scores[INJECTED]["alert"] and not scores[INJECTED - 1]["alert"]
+
+
+def test_a_jerked_frame_is_an_acquisition_event_and_its_snapshot_has_no_box(clean_run, tmp_path):
+    """A frame moved 6 px against its lane (vibration): the acquisition QC's event, box null, and the snapshot's
+    frame panel is the recorded frame itself (no rectangle drawn from the error map's blob)."""
+    run = tmp_path / "src" / "run_00000"
+    shutil.copytree(clean_run, run)
+    rec = Recording.open(run)
+    f = rec.frames[INJECTED]
+    pixels = np.ascontiguousarray(np.roll(rec.read(f), 6, axis=1))
+    (run / f.file).write_bytes(encode_png(pixels, "Mono8"))
+    mon = chdl("monitor", "--replay", run, "--out", tmp_path / "m", "--as-fast-as-possible", "--queue-depth", "100", "-q")
+    assert mon.returncode == 0, mon.stderr
+    folder = tmp_path / "m" / "run_00000.monitor"
+    events = [e for e in _lines(folder / "events.jsonl") if e["frame"] == INJECTED]
+    assert [(e["kind"], e["box"]) for e in events] == [("acquisition", None)], events
+    assert "vibration" in events[0]["reason"]
+    snap = cv2.imread(str(folder / events[0]["snapshot"]), cv2.IMREAD_UNCHANGED)
+    assert np.array_equal(snap[:, :W], pixels)
 
 
 def test_a_scorer_fitted_on_other_clean_runs_finds_the_injected_anomaly(clean_run, tmp_path, capsys):

@@ -228,6 +228,29 @@ def test_empty_validation_split_is_warned_at_curate_time(raw, tmp_path):
     assert "validation split is empty" not in _curate(raw[0], tmp_path / "p.zarr").output
 
 
+def test_a_complete_run_whose_index_was_cut_short_says_how_many_frames_are_left_out(tmp_path):
+    """manifest.json says complete with 40 frames, frames.jsonl holds 10 and a torn line: curate goes on with
+    what the index holds, and the warning counts the frames it cannot curate."""
+    run = tmp_path / "raw" / "r"
+    write_run(run, lanes=4)
+    lines = (run / "frames.jsonl").read_text().splitlines(keepends=True)
+    (run / "frames.jsonl").write_text("".join(lines[:10]) + lines[10][:25])
+    r = CliRunner().invoke(main, ["curate", str(tmp_path / "raw"), str(tmp_path / "o.zarr")])
+    assert r.exit_code == 0, r.output
+    assert f"warning: {run / 'frames.jsonl'}: holds 10 of the 40 frames manifest.json counts (the index was cut " \
+           "short); the other 30 are not curated" in r.output
+    assert open_dataset(tmp_path / "o.zarr").n_sequences == 1
+
+
+def test_an_empty_train_split_is_warned_as_unusable_for_training(raw, tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("split: {val_fraction: 1.0}\n")
+    r = CliRunner().invoke(main, ["curate", str(raw[0]), str(tmp_path / "o.zarr"), "--config", str(cfg), "-q"])
+    assert r.exit_code == 0, r.output
+    assert "warning: the train split is empty (5 val, 1 excluded sequences): chdl train refuses this dataset" in r.output
+    assert "validation split is empty" not in r.output
+
+
 def test_usable_runs_with_damage_give_warnings_and_report_entries(tmp_path):
     """Truncated and corrupt frame files, a dropped frame, a never-recorded position, a frame of the
     wrong size, a run cut off mid-lane: the dataset is complete, the damage is reconstructed or

@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -91,8 +92,11 @@ def test_predict_from_dataset_and_from_raw_recording(trained):
                                   "--out", str(root / "two"), "--max-sequences", "1"])
     assert r.exit_code == 0, r.output
     g2 = zarr.open_group(str(root / "two" / "predictions.zarr"), mode="r")
-    assert g2.attrs["models"] == ["diffuma", "diffuma@run"]
-    np.testing.assert_array_equal(g2["prediction/diffuma@run"][:], g["prediction/diffuma"][:])
+    assert g2.attrs["models"] == ["diffuma@run#1", "diffuma@run#2"]  # the same model twice: each one named
+    np.testing.assert_array_equal(g2["prediction/diffuma@run#2"][:], g["prediction/diffuma"][:])
+    from chdl.cli.train import _prediction_labels
+    assert _prediction_labels([Path("a/checkpoints/best.pt"), Path("b/checkpoints/last.pt"), Path("c/checkpoints/x.pt")],
+                              ["diffuma", "diffuma", "simvp"]) == ["diffuma@a", "diffuma@b", "simvp"]
     assert Image.open(root / "two" / "gifs" / "seq_4.gif").size[0] == 6 * 160 + 6 * 4 + 64
 
     # A raw recording: 12 frames of one lane, one of them dropped -> windows of 10 consecutive ok frames.

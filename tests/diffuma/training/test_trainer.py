@@ -109,9 +109,12 @@ def test_frame_counts_follow_the_dataset_unless_overridden(standin, tiny_dataset
     assert (t.model.config.in_frames, t.model.config.out_frames) == (5, 1)
     x, y = t.train_set[0]
     assert x.shape == (5, 1, 16, 16) and y.shape == (1, 1, 16, 16)
-    with pytest.raises(ValueError, match="model.in_frames comes from the dataset"):
+    with pytest.raises(ValueError, match="model.in_frames comes from the dataset .*run.in_frames"):
         build_trainer({"model": {"name": "standin", "preset": "tiny", "in_frames": 3}, "run": {}}, tiny_dataset,
                       tmp_path / "r2")
+    with pytest.raises(ValueError, match="model.height comes from the dataset .*at another size"):
+        build_trainer({"model": {"name": "standin", "preset": "tiny", "height": 100}, "run": {}}, tiny_dataset,
+                      tmp_path / "r3")
 
 
 def test_max_steps_stops_mid_epoch_and_sets_schedule_length(standin, tiny_dataset, tmp_path):
@@ -122,6 +125,28 @@ def test_max_steps_stops_mid_epoch_and_sets_schedule_length(standin, tiny_datase
     lrs = [float(r["lr"]) for r in _rows(tmp_path / "r" / "steps.csv")]
     assert lrs[0] == pytest.approx(3e-3) and lrs[-1] == pytest.approx(3e-3 * 0.5 * (1 + math.cos(math.pi * 3 / 4)))
     assert load_checkpoint(tmp_path / "r" / "checkpoints" / "last.pt")["step"] == 4
+
+
+@pytest.mark.parametrize("max_steps, rows", [(2, [(1, 2)]), (4, [(1, 3), (2, 4)])])
+def test_a_run_that_stops_mid_epoch_validates_its_final_weights(standin, tiny_dataset, tmp_path, max_steps, rows):
+    """run.max_steps inside an epoch (3 steps an epoch here): the partial epoch gets its epochs.csv row with a
+    validation at the last step, and best.pt exists even when no epoch was completed."""
+    t = build_trainer(_config(max_steps=max_steps), tiny_dataset, tmp_path / "r", progress=False)
+    t.fit()
+    epochs = _rows(tmp_path / "r" / "epochs.csv")
+    assert [(int(r["epoch"]), int(r["step"])) for r in epochs] == rows
+    assert all(float(r["val_mse"]) > 0 for r in epochs)
+    best = min(epochs, key=lambda r: float(r["val_mse"]))
+    assert load_checkpoint(tmp_path / "r" / "checkpoints" / "best.pt")["step"] == int(best["step"])
+
+
+def test_the_last_epoch_is_validated_whatever_the_cadence(standin, tiny_dataset, tmp_path):
+    out = train_from_config(_config(epochs=3, val_every_epochs=2), tiny_dataset, tmp_path / "r", progress=False)
+    epochs = _rows(out / "epochs.csv")
+    assert [(int(r["epoch"]), bool(r["val_mse"])) for r in epochs] == [(1, False), (2, True), (3, True)]
+    out = train_from_config(_config(epochs=2, val_every_epochs=0), tiny_dataset, tmp_path / "off", progress=False)
+    assert not any(r["val_mse"] for r in _rows(out / "epochs.csv"))           # 0 = never, the end included
+    assert not (out / "checkpoints" / "best.pt").exists()
 
 
 def test_precision_other_than_fp32_is_refused_on_cpu(standin, tiny_dataset, tmp_path):
