@@ -182,8 +182,9 @@ def report_captures(ctx, results) -> None:
     """Print one line per capture; exit 130 if interrupted, 1 if a capture stopped early."""
     worst = next((r for r in results if r.stopped_by is not None), None)
     for r in results:
+        skipped = (f"{r.skipped} skipped (arrived before the stage settled), " if r.skipped else "")
         counts = (f"{r.frames} frames, {r.dropped_positions} dropped positions, {r.dropped_frames} dropped frames, "
-                  f"{r.incomplete} incomplete buffers, {r.frames / max(r.elapsed_s, 1e-9):.2f} frames/s")
+                  f"{r.incomplete} incomplete buffers, {skipped}{r.frames / max(r.elapsed_s, 1e-9):.2f} frames/s")
         if r is worst and worst.stopped_by != "interrupted":
             click.echo(f"{r.path}: {counts}")            # what went wrong follows once, as the error line
         else:

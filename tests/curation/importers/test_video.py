@@ -142,6 +142,10 @@ def test_cli_imports_videos_with_time_block_split_and_provenance(tmp_path, video
                                   "--in-frames", "3", "--out-frames", "2", "--preview", str(tmp_path / "p.png")])
     assert r.exit_code == 0, r.output
     assert "a.avi: 60 frames at 25.00 fps" in r.output and (tmp_path / "p.png").stat().st_size > 0
+    assert "-> train 9 clips (frames 0-44), val 2 (frames 50-59)" in r.output
+    r0 = CliRunner().invoke(main, ["import", "video", str(videos["a"]), "--out", str(tmp_path / "v0.zarr"), "--size",
+                                   "24x32", "--in-frames", "3", "--out-frames", "2", "--val-fraction", "0"])
+    assert r0.exit_code == 0 and "-> train 12 clips (frames 0-59), val 0\n" in r0.output, r0.output
     res = check_dataset(out, files, L=5)
     ds = res["ds"]
     # a: 60 frames = 12 clips -> 2 val (frames 50-59), gap 45-49, 9 train; b: 37 = 7 clips (+2 tail) -> 1 val, 5 train
