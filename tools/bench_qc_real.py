@@ -248,7 +248,7 @@ def main() -> None:
         for n, r in tqdm(jobs, desc="curate scoring clips", file=sys.stderr):
             curated[n, r] = cur(n, r, tcfg)
         for group, names in (("scoring", score), ("tuning", tune)):
-            res[group] = detection(data, curated, names, a.replicas)
+            res[group] = detection(data, curated, names, a.replicas, tcfg.qc.z_sequence)
         res["reconstruction"] = reconstruction(data, curated, score, a.replicas)
         res["windows"] = {n: {"windows": len(data[n]["clean"]), "static": int(sum(data[n]["static"]))} for n in ALLOWED}
     finally:
@@ -264,9 +264,10 @@ def main() -> None:
     report(res)
 
 
-def detection(data: dict, curated: dict, names: list[str], replicas: int) -> dict:
+def detection(data: dict, curated: dict, names: list[str], replicas: int, z_sequence: float) -> dict:
     tp = fp = 0
     found: dict = {}
+    missed: list = []
     cause_ok = n_vis_found = 0
     fp_why: list = []
     clean_flags = {"static": [0, 0], "moving": [0, 0]}  # [flagged, frames]
@@ -292,6 +293,8 @@ def detection(data: dict, curated: dict, names: list[str], replicas: int) -> dic
                         fp_why.append(_why(n, r, i, int(u), c))
                 hit = bool(flagged[i, t])
                 found.setdefault(kind, {}).setdefault(level, []).append(hit)
+                if not hit and level >= VISIBLE_FROM_LEVEL:
+                    missed.append(_why_not(n, r, i, t, kind, level, c, z_sequence))
                 if hit and level >= VISIBLE_FROM_LEVEL:
                     n_vis_found += 1
                     want = FLAG_VIBRATION if CAUSE[kind] == "vibration" else FLAG_ILLUMINATION
@@ -303,7 +306,7 @@ def detection(data: dict, curated: dict, names: list[str], replicas: int) -> dic
             "cause_right_of_found_visible": cause_ok / max(1, n_vis_found),
             "clean_false_flag_rate": {k: {"flagged": v[0], "frames": v[1], "rate": v[0] / max(1, v[1])}
                                       for k, v in clean_flags.items()},
-            "false_positives": fp_why}
+            "false_positives": fp_why, "missed_visible": missed}
 
 
 def _why(name: str, rep: int, i: int, t: int, c: dict) -> dict:
@@ -311,6 +314,19 @@ def _why(name: str, rep: int, i: int, t: int, c: dict) -> dict:
     k = int(np.nanargmax(d))
     return {"clip": name, "replica": rep, "window": i, "t": t, "score": qc.SCORE_NAMES[k],
             "deviation_over_threshold": round(float(d[k]), 3)}
+
+
+def _why_not(name: str, rep: int, i: int, t: int, kind: str, level: int, c: dict, z_sequence: float) -> dict:
+    """A visible fault curate did not flag: the score of its own cause that came closest, its deviation, the
+    frame's threshold (the run's, raised by the sequence's own spread and at the ends: qc.frame_thresholds on
+    the stored scores) and the run's threshold alone -- which of the two kept the flag off."""
+    ft = qc.frame_thresholds(c["scores"][i], c["thr"], z_sequence)[t]
+    dev = qc.side_deviation(c["scores"][i, t][None], c["center"])[0]
+    own = [k for k, n in enumerate(qc.SCORE_NAMES) if (n in ("sharpness", "misregistration_px")) == (CAUSE[kind] == "vibration")]
+    k = max(own, key=lambda j: np.nan_to_num(dev[j] / ft[j], nan=-np.inf))
+    return {"clip": name, "replica": rep, "window": i, "t": t, "kind": kind, "level": level,
+            "score": qc.SCORE_NAMES[k], "deviation": round(float(dev[k]), 3), "frame_threshold": round(float(ft[k]), 3),
+            "run_threshold": round(float(c["thr"][k]), 3)}
 
 
 def reconstruction(data: dict, curated: dict, names: list[str], replicas: int) -> dict:
@@ -396,6 +412,12 @@ def report(res: dict) -> None:
             print(f"| {k} | " + " | ".join(cells) + " |")
         if d["false_positives"]:
             print("false positives:", d["false_positives"])
+        if d["missed_visible"]:
+            print("missed visible faults (the closest score of the fault's own cause: deviation / frame threshold "
+                  "(run threshold)):")
+            for x in d["missed_visible"]:
+                print(f"  {x['clip']} r{x['replica']} w{x['window']} t{x['t']} {x['kind']} level {x['level']}: "
+                      f"{x['score']} {x['deviation']} / {x['frame_threshold']} ({x['run_threshold']})")
     print("\n## reconstruction (scoring clips), mean PSNR dB")
     print("| frames | n | curate (auto) | neighbour average | nearest copy | best of the two | global motion only |")
     print("|---|---|---|---|---|---|---|")
