@@ -116,6 +116,14 @@ class DIFFUMAConfig:
             raise ValueError("prior_gate needs a prior ('last' or 'motion') to gate")
         if self.up_kernel < 2 or self.up_kernel % 2:
             raise ValueError(f"up_kernel must be an even number >= 2 (an exact 2x upsampling), got {self.up_kernel}")
+        for name in ("diffusion_steps", "dit_heads", "dit_depth", "dit_dim", "patch_size", "mamba_dim", "mamba_depth",
+                     "d_state", "expand"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.dit_dim % self.dit_heads:
+            raise ValueError(f"dit_dim ({self.dit_dim}) must be divisible by dit_heads ({self.dit_heads})")
+        if not self.l1_weight >= 0:                       # also refuses NaN
+            raise ValueError(f"l1_weight must be >= 0 (a negative weight rewards reconstruction error), got {self.l1_weight}")
 
 
 # The literal reading of the paper where DIFFUMAConfig's defaults are chosen by ablation

@@ -166,6 +166,19 @@ def test_decoder_kernel_below_full_resolution_keeps_exact_upsampling():
 
 
 
+@pytest.mark.parametrize("field, value, message", [
+    ("dit_heads", 5, r"dit_dim \(64\) must be divisible by dit_heads \(5\)"),
+    ("diffusion_steps", 0, "diffusion_steps must be >= 1"),
+    ("diffusion_steps", -3, "diffusion_steps must be >= 1"),
+    ("l1_weight", -3.0, "l1_weight must be >= 0"),
+    ("l1_weight", float("nan"), "l1_weight must be >= 0"),
+    ("patch_size", 0, "patch_size must be >= 1"),
+])
+def test_config_values_that_cannot_work_are_refused_with_their_name(field, value, message):
+    with pytest.raises(ValueError, match=message):
+        tiny(**{field: value})
+
+
 def test_decoder_head_in_channels_last_computes_the_plain_convolution():
     """The decoder's head runs in NHWC memory (a CPU speed choice): output and gradients are those of the same
     convolution on the NCHW tensors (to float summation order), and the output comes back contiguous NCHW."""
