@@ -124,9 +124,27 @@ def run_truth(rec) -> RunTruth:
     for c in candidates:
         if (c / "truth" / "labels.jsonl").is_file():
             t = load_truth(c)
+            _check_truth_fits(c, t, rec if c == Path(rec.path) else type(rec).open(c))
             return RunTruth(len(rec.frames), {f.index: f.lane for f in rec.frames},
                             {f.index: f.position_index for f in rec.frames}, t.anomalies)
     raise ValueError(f"{rec.path}: no ground truth (truth/labels.jsonl) here or in the recording it replays")
+
+
+def _check_truth_fits(path: Path, truth, rec) -> None:
+    """ValueError naming the truth file when ``truth`` (of the recording at ``path``) cannot be this recording's:
+    another number of labels than recorded frames (fewer frames are allowed only where the run is incomplete),
+    or an anomaly at a frame the recording took in another lane or, complete, never took."""
+    n, file = len(rec.frames), path / "truth" / "labels.jsonl"
+    if len(truth.labels) < n or (len(truth.labels) > n and rec.complete):
+        raise ValueError(f"{file}: {len(truth.labels)} labels for the {n} frames of {path}; this truth is not the "
+                         "recording's")
+    lane_of = {f.index: f.lane for f in rec.frames}
+    for k, a in enumerate(truth.anomalies, 1):
+        for i in a["frames"]:
+            if (i in lane_of and lane_of[i] != a["lane"]) or (i not in lane_of and rec.complete):
+                where = f"took in lane {lane_of[i]}" if i in lane_of else "does not have"
+                raise ValueError(f"{path / 'truth' / 'anomalies.jsonl'}:{k}: an anomaly of lane {a['lane']} at frame "
+                                 f"{i}, which {path} {where}; this truth is not the recording's")
 
 
 def metrics(rows: list[dict], truth: RunTruth) -> dict:

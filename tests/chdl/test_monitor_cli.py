@@ -263,6 +263,25 @@ def test_sigkill_leaves_a_readable_recording_and_no_scorer_behind(tmp_path):
     assert not any(_alive(c) for c in children), "the scorer outlived the killed monitor"
 
 
+def test_monitor_eval_refuses_truth_that_is_not_the_recordings(clean_run, tmp_path):
+    """Truth of another length, or an anomaly at a frame of another lane or past the end: one line naming the
+    truth file, exit 1 (it scored them before, with exit 0)."""
+    run = tmp_path / "short" / "run_00000"
+    shutil.copytree(clean_run, run)
+    labels = run / "truth" / "labels.jsonl"
+    labels.write_text("".join(labels.read_text().splitlines(keepends=True)[:30]))
+    bad = chdl("monitor-eval", run, "--out", tmp_path / "e1", "--no-qc", "-q")
+    assert bad.returncode == 1 and f"{labels}: 30 labels for the 50 frames of {run}" in bad.stderr, bad.stderr
+    assert not (tmp_path / "e1" / "metrics.json").exists()
+    run2 = tmp_path / "far" / "run_00000"
+    shutil.copytree(clean_run, run2)
+    (run2 / "truth" / "anomalies.jsonl").write_text(json.dumps(
+        {"kind": "crack", "lane": 4, "onset_frame": 999, "onset_t": 2, "frames": [999, 1000], "boxes": [None, None],
+         "magnitude": 0.5, "visible": True, "extent": 2}) + "\n")
+    bad = chdl("monitor-eval", run2, "--out", tmp_path / "e2", "--no-qc", "-q")
+    assert bad.returncode == 1 and "anomalies.jsonl:1: an anomaly of lane 4 at frame 999" in bad.stderr, bad.stderr
+
+
 def test_monitor_eval_scores_every_method_on_labelled_runs(tmp_path):
     corpus = tmp_path / "corpus"
     out = chdl("simulate", "corpus", corpus, "--sequences", "4", "--positions", "10", "--lanes-per-run", "4",
