@@ -207,10 +207,12 @@ def _save_figure(fig, path: str | Path) -> None:
     os.replace(tmp, path)
 
 
-def plot_training_dynamics(rows: list[dict], path: str | Path, baselines: dict[str, dict] | None = None) -> None:
+def plot_training_dynamics(rows: list[dict], path: str | Path, baselines: dict[str, dict] | None = None,
+                           title: str | None = None) -> None:
     """The paper's training-dynamics figure: validation MSE, MAE and SSIM per epoch (rows as in epochs.csv),
     with each baseline's values ``{row name: {mse, mae, ssim, ...}}`` (e.g. copy-last-frame, constant-motion) as
-    horizontal lines in its ``BASELINE_STYLES`` style when given."""
+    horizontal lines in its ``BASELINE_STYLES`` style when given; ``title`` (the run: model, validation set)
+    above the three panels."""
     pts = [r for r in rows if r.get("val_mse") not in (None, "")]
     if not pts:
         return
@@ -221,8 +223,14 @@ def plot_training_dynamics(rows: list[dict], path: str | Path, baselines: dict[s
         for name, values in (baselines or {}).items():
             ax.axhline(values[m], label=name, **BASELINE_STYLES.get(name, {}))
         ax.set_xlabel("epoch")
-        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+        if len(set(epochs)) <= 12:                 # few epochs (one, after a short run): a tick at each
+            ax.set_xticks(sorted(set(epochs)))
+            ax.set_xlim(min(epochs) - 0.5, max(epochs) + 0.5)
+        else:
+            ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
         ax.set_title(f"validation {label}")
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=9)
     _save_figure(fig, path)

@@ -516,8 +516,12 @@ class Trainer:
             if val is not None:
                 from diffuma.viz import plot_training_dynamics
 
-                plot_training_dynamics(epochs_log.rows, self.out / "training_dynamics.png",
-                                       baselines=self.baselines_val)
+                n_val = len(self.val_set) if self.run.val_max_sequences is None else \
+                    min(len(self.val_set), self.run.val_max_sequences)
+                m = self.config["model"]
+                plot_training_dynamics(epochs_log.rows, self.out / "training_dynamics.png", baselines=self.baselines_val,
+                                       title=f"{m['name']} '{m.get('preset') or 'default'}', run {self.out.name}: validation on "
+                                             f"{n_val} of {len(self.val_set)} val sequences (run.val_max_sequences)")
         if val is not None and val["mse"] < self.best_val_mse:
             self.best_val_mse = val["mse"]
             self.save("best.pt")
