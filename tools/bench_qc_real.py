@@ -322,7 +322,8 @@ def _why_not(name: str, rep: int, i: int, t: int, kind: str, level: int, c: dict
     the stored scores) and the run's threshold alone -- which of the two kept the flag off."""
     ft = qc.frame_thresholds(c["scores"][i], c["thr"], z_sequence)[t]
     dev = qc.side_deviation(c["scores"][i, t][None], c["center"])[0]
-    own = [k for k, n in enumerate(qc.SCORE_NAMES) if (n in ("sharpness", "misregistration_px")) == (CAUSE[kind] == "vibration")]
+    vibration = (qc.I_SHARP, qc.I_MISREG)                     # the scores that flag vibration (qc.decide)
+    own = [k for k in range(len(qc.SCORE_NAMES)) if (k in vibration) == (CAUSE[kind] == "vibration")]
     k = max(own, key=lambda j: np.nan_to_num(dev[j] / ft[j], nan=-np.inf))
     return {"clip": name, "replica": rep, "window": i, "t": t, "kind": kind, "level": level,
             "score": qc.SCORE_NAMES[k], "deviation": round(float(dev[k]), 3), "frame_threshold": round(float(ft[k]), 3),

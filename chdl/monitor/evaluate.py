@@ -115,6 +115,7 @@ def replay_source(rec) -> Path | None:
 def run_truth(rec) -> RunTruth:
     """The process-anomaly truth of a recording: its own truth/, else that of the recording it replays
     (:func:`replay_source`). ValueError naming the folder if there is none."""
+    from acquisition.raw import Recording
     from acquisition.simulator import load_truth
 
     candidates = [Path(rec.path)]
@@ -124,7 +125,7 @@ def run_truth(rec) -> RunTruth:
     for c in candidates:
         if (c / "truth" / "labels.jsonl").is_file():
             t = load_truth(c)
-            _check_truth_fits(c, t, rec if c == Path(rec.path) else type(rec).open(c))
+            _check_truth_fits(c, t, rec if c == Path(rec.path) else Recording.open(c))
             return RunTruth(len(rec.frames), {f.index: f.lane for f in rec.frames},
                             {f.index: f.position_index for f in rec.frames}, t.anomalies)
     raise ValueError(f"{rec.path}: no ground truth (truth/labels.jsonl) here or in the recording it replays")

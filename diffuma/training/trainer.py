@@ -362,6 +362,11 @@ class Trainer:
             return f"epoch {self.epoch + 1} ({self.run.max_minutes:g} min budget)"
         return f"epoch {self.epoch + 1}/{self.run.epochs}"
 
+    def finished(self) -> bool:
+        """True when the run has nothing left to train: run.epochs done, the planned steps (run.max_steps or a
+        budget's plan) taken, or the training-time budget spent."""
+        return self.epoch >= self.run.epochs or self.step >= self.total_steps or self.budget_spent()
+
     def budget_spent(self) -> bool:
         """True when run.max_minutes is set and the training time has reached it."""
         return self.budget_s is not None and self.train_seconds >= self.budget_s
@@ -392,7 +397,7 @@ class Trainer:
         self._t0 = t0 = time.perf_counter() - self.elapsed_before
         done_now = 0
         try:
-            while self.epoch < self.run.epochs and self.step < self.total_steps and not self.budget_spent():
+            while not self.finished():
                 self.sampler.set_epoch(self.epoch, skip=self.batch_in_epoch * self.run.batch_size)
                 bar = tqdm(total=self.steps_per_epoch, initial=self.batch_in_epoch, unit="step", dynamic_ncols=True,
                            desc=self._bar_label(), disable=not self.progress)
@@ -486,9 +491,8 @@ class Trainer:
         self.epoch += 1
         self.batch_in_epoch = 0
         self.epoch_loss_sum, self.epoch_loss_n = 0.0, 0
-        last = self.epoch >= self.run.epochs or self.step >= self.total_steps or self.budget_spent()
         # every val_every_epochs-th epoch, and the run's last one whatever the cadence (best.pt covers the end)
-        validate = self.run.val_every_epochs > 0 and (self.epoch % self.run.val_every_epochs == 0 or last)
+        validate = self.run.val_every_epochs > 0 and (self.epoch % self.run.val_every_epochs == 0 or self.finished())
         self._log_epoch(self.epoch, train_loss, validate, epochs_log, tb, t0)
         self.save()
 

@@ -165,7 +165,6 @@ def test_decoder_kernel_below_full_resolution_keeps_exact_upsampling():
             tiny(up_kernel=bad)
 
 
-
 @pytest.mark.parametrize("field, value, message", [
     ("dit_heads", 5, r"dit_dim \(64\) must be divisible by dit_heads \(5\)"),
     ("diffusion_steps", 0, "diffusion_steps must be >= 1"),
@@ -195,6 +194,7 @@ def test_decoder_head_in_channels_last_computes_the_plain_convolution():
     g_out, = torch.autograd.grad(out.square().sum(), z)
     g_ref, = torch.autograd.grad(ref.square().sum(), z)
     torch.testing.assert_close(g_out, g_ref, rtol=1e-3, atol=1e-5 * g_ref.abs().max().item())
+
 
 def test_prior_gate_scales_the_prior_per_pixel():
     """P = 2 sigmoid(h) * prior + residual: a gate channel driven far negative removes the prior (the
