@@ -820,9 +820,13 @@ def open_dataset(path: str | os.PathLike, *, check_files: bool = True) -> Datase
     attrs = group.attrs
     done = read_array(group["shard_done"], slice(None), path)
     if not attrs.get("complete", False) or not done.all():
+        # chdl curate resumes an incomplete dataset (its provenance holds the key it checks); the importers
+        # start over (deterministic, they refuse an existing output without --overwrite)
+        resumable = "curate_key" in attrs.get("provenance", {})
+        how = "to resume" if resumable else "with --overwrite to make it again (an import does not resume)"
         raise DatasetIncompleteError(
             f"{path}: incomplete dataset ({int(done.sum())}/{done.size} shards written); "
-            "its writer was interrupted — rerun the command that made it to resume")
+            f"its writer was interrupted — rerun the command that made it {how}")
     if check_files and (missing := missing_shard_files(group, path)):
         raise DatasetFormatError(f"{path}: {_files_line(missing, 'missing')}; the dataset is damaged on disk "
                                  "(restore the file or recreate the dataset)")

@@ -78,9 +78,32 @@ def flagged_thumbnails(stored: np.ndarray, flags: np.ndarray, originals: dict[in
     return out
 
 
+# What the report's flags and scores mean (one line each; docs/curation.md, "QC scores and flags", in full)
+FLAG_MEANINGS = {
+    "vibration": "the frame is blurred or sits off where the stage motion of its neighbours puts it "
+                 "(sharpness low or misregistration_px high); reconstructed",
+    "illumination": "the frame's exposure differs from its neighbours' (brightness, contrast, shading or banding); "
+                    "reconstructed",
+    "reconstructed": "the stored pixels are a reconstruction from the neighbours (bilinear, motion-compensated); "
+                     "the original is kept in the dataset's originals/",
+    "missing": "no usable frame at that position (dropped, never recorded, unreadable); reconstructed or zeros",
+}
+SCORE_MEANINGS = {  # (unit of the deviation, what it measures, which side fires)
+    "sharpness": ("log ratio", "fine- over coarse-scale gradient energy against the neighbours", "low"),
+    "misregistration_px": ("px, full resolution", "offset from where the neighbours' stage motion puts the frame",
+                           "high"),
+    "brightness": ("log ratio", "median block mean intensity against the neighbours", "either side"),
+    "contrast": ("log ratio", "median block standard deviation against the neighbours", "either side"),
+    "shading": ("log ratio, edge to edge", "slope of a plane through the block ratios (a shadow gradient)", "high"),
+    "banding": ("log ratio", "robust spread of the row profile (flicker bands)", "high"),
+}
+
+
 def _svg_histogram(name: str, counts: np.ndarray, edges: np.ndarray, thresholds: list[float], side: str) -> str:
-    """A small inline SVG bar chart (log count) with the threshold(s) as red lines."""
-    W, H, pad = 260, 130, 18
+    """A small inline SVG bar chart (log count) with the threshold(s) as red lines, its x axis labelled
+    with the score's deviation unit (``SCORE_MEANINGS``) and its y axis with the count scale."""
+    W, H, pad = 260, 140, 18
+    unit = SCORE_MEANINGS.get(name, ("",))[0]
     lo, hi = float(edges[0]), float(edges[-1])
     sx = lambda x: pad + (x - lo) / (hi - lo) * (W - 2 * pad)
     top = np.log10(max(1, int(counts.max())) + 1)
@@ -99,8 +122,11 @@ def _svg_histogram(name: str, counts: np.ndarray, edges: np.ndarray, thresholds:
             f'<text x="{W / 2}" y="12" font-size="11" text-anchor="middle">{html.escape(name)}</text>'
             f'{"".join(bars)}{"".join(lines)}'
             f'<line x1="{pad}" x2="{W - pad}" y1="{H - pad}" y2="{H - pad}" stroke="#888"/>'
-            f'<text x="{pad}" y="{H - 4}" font-size="9">{lo:.3g}</text>'
-            f'<text x="{W - pad}" y="{H - 4}" font-size="9" text-anchor="end">{hi:.3g}</text></svg>')
+            f'<text x="{pad}" y="{H - 6}" font-size="9">{lo:.3g}</text>'
+            f'<text x="{W - pad}" y="{H - 6}" font-size="9" text-anchor="end">{hi:.3g}</text>'
+            f'<text x="{W / 2}" y="{H - 6}" font-size="9" text-anchor="middle">deviation ({html.escape(unit)})</text>'
+            f'<text x="10" y="{H / 2}" font-size="9" text-anchor="middle" transform="rotate(-90 10 {H / 2})">'
+            f'frames (log, max {int(counts.max())})</text></svg>')
 
 
 def _histograms(dev: np.ndarray, thr: dict[str, list[float]]) -> tuple[dict, str]:
@@ -277,7 +303,9 @@ def _render_html(summary: dict, extra: dict, plan: Plan, cfg: CurateConfig,
         b = "".join("<tr>" + "".join(f"<td>{esc(str(x))}</td>" for x in r) + "</tr>" for r in body)
         return f"<table><tr>{h}</tr>{b}</table>"
 
-    flag_table = table(["flag", "frames"], [[k, v] for k, v in summary["flags"].items()])
+    flag_table = table(["flag", "frames", "meaning"], [[k, v, FLAG_MEANINGS.get(k, "")] for k, v in summary["flags"].items()])
+    score_table = table(["score", "fires", "deviation in", "measures"],
+                        [[n, SCORE_MEANINGS[n][2], SCORE_MEANINGS[n][0], SCORE_MEANINGS[n][1]] for n in qc.SCORE_NAMES])
     run_table = table(["run", "sequences", "excluded", "vibration", "illumination", "reconstructed", "missing"],
                       [[r["run_id"], r["sequences"], r["excluded"], r["vibration"], r["illumination"],
                         r["reconstructed"], r["missing"]] for r in summary["runs"]])
@@ -302,8 +330,11 @@ Train {sp['train']}, val {sp['val']}, excluded {sp['excluded']} (more than {summ
 Flagged (vibration or illumination): {100 * summary['flagged_fraction']:.2f}% of frames.</p>
 <h2>Counts per flag</h2>{flag_table}<p>{esc(summary['flags_note'])}.</p>
 <h2>Per run</h2>{run_table}
+<h2>Scores</h2><p>Each frame is compared with up to 4 neighbours over the region they share after alignment;
+a score fires when its deviation from the run baseline exceeds the threshold (docs/curation.md).</p>{score_table}
 <h2>Thresholds (max(floor, z·σ<sub>run</sub>))</h2>{thr_table}
-<h2>Score histograms</h2><p>Deviation of each score from its run baseline (log count); red lines: thresholds.</p>
+<h2>Score histograms</h2><p>Deviation of each score from its run baseline, all frames, log count; red lines: the
+run thresholds (a sequence's own spread can raise them for its frames).</p>
 <div>{extra['hist_svg']}</div>
 <h2>Warnings</h2><ul>{warn}</ul>
 <h2>Excluded sequences ({len(summary['excluded_sequences'])})</h2>{excl_table}

@@ -398,6 +398,9 @@ def write_plots(report: dict, out: Path) -> None:
     from diffuma.viz import BASELINE_STYLES
 
     conv = report["convention"]
+    per = "per pixel" if conv == "per_pixel" else "summed over C·H·W"  # diffuma.metrics.CONVENTIONS
+    axis_label = {"mse": f"MSE ({per}, [0,1] intensities)", "mae": f"MAE ({per}, [0,1] intensities)",
+                   "ssim": "SSIM (Gaussian σ 1.5, data range 1)"}
     baselines = {name: report[result_key(name)] for name in BASELINES}
     if report["epochs"]:
         fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
@@ -409,13 +412,14 @@ def write_plots(report: dict, out: Path) -> None:
                 ax.axhline(b["overall"][m], label=name, **BASELINE_STYLES[name])
             ax.set_xticks(report["epochs"])
             ax.set_xlabel("epoch")
+            ax.set_ylabel(axis_label[m], fontsize=8)
             ax.set_title(f"{m.upper()} ({conv})")
         axes[0].legend(fontsize=8)
         fig.suptitle(f"{report['split']} metrics by training epoch", y=1.03)
         _save_figure(fig, out / "plots" / "by_epoch.png")
 
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
-    for ax, m in zip(axes, ("mse", "ssim")):
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    for ax, m in zip(axes, ("mse", "mae", "ssim")):
         for label, r in report["models"].items():
             pf = r["final"]["per_frame"]
             ax.plot([f["frame"] for f in pf], [f[m] for f in pf], marker="o", label=label)
@@ -423,14 +427,17 @@ def write_plots(report: dict, out: Path) -> None:
             pf = b["per_frame"]
             ax.plot([f["frame"] for f in pf], [f[m] for f in pf], label=name, **BASELINE_STYLES[name])
         ax.set_xlabel("predicted frame (t+k)")
+        if len(pf) <= 20:  # one tick per predicted frame
+            ax.set_xticks([f["frame"] for f in pf])
+        ax.set_ylabel(axis_label[m], fontsize=8)
         ax.set_title(f"{m.upper()} per frame ({conv})")
     axes[0].legend(fontsize=8)
     _save_figure(fig, out / "plots" / "per_frame.png")
 
     if report.get("pred_lens"):
-        fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
+        fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
         pls = report["pred_lens"]
-        for ax, m in zip(axes, ("mse", "ssim")):
+        for ax, m in zip(axes, ("mse", "mae", "ssim")):
             for label, r in report["models"].items():
                 ks = [k for k in pls if str(k) in r["by_pred_len"]]
                 ax.plot(ks, [r["by_pred_len"][str(k)][m] for k in ks], marker="o", label=label)
@@ -439,6 +446,7 @@ def write_plots(report: dict, out: Path) -> None:
                 ks = [k for k in pls if str(k) in c]
                 ax.plot(ks, [c[str(k)][m] for k in ks], label=name, **BASELINE_STYLES[name])
             ax.set_xlabel("prediction length")
+            ax.set_ylabel(axis_label[m], fontsize=8)
             ax.set_xticks(pls)
             ax.set_title(f"{m.upper()} ({conv})")
         axes[0].legend(fontsize=8)

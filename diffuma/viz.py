@@ -171,7 +171,9 @@ def prediction_grid(path: str | Path, inputs, targets, preds: dict, title: str |
             cax = axes[r, n_cols]
             if is_err:
                 scale = matplotlib.cm.ScalarMappable(matplotlib.colors.Normalize(0, max(vmax, 1e-8)), ERROR_CMAP)
-                fig.colorbar(scale, cax=cax).ax.tick_params(labelsize=6)
+                cb = fig.colorbar(scale, cax=cax)
+                cb.ax.tick_params(labelsize=6)
+                cb.set_label("|error| (intensity, 0-1)", fontsize=6)
             else:
                 cax.axis("off")
         for c in range(n_cols):

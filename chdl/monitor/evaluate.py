@@ -427,6 +427,13 @@ def markdown(results: dict) -> str:
     return "\n".join(lines)
 
 
+def score_unit(method: str) -> str:
+    """What a method's frame score is, for a plot axis (chdl.monitor.anomaly_score, learned_score)."""
+    if "+scorer:" in method:
+        return "score: −log density of the error features"
+    return "score: largest block z of the error"
+
+
 def plot_scores(path: Path, rows_by_method: dict, truth: RunTruth, title: str = "") -> None:
     """Score (minus its threshold's baseline) vs frame per method, the anomalies' active frames shaded."""
     import matplotlib
@@ -446,8 +453,9 @@ def plot_scores(path: Path, rows_by_method: dict, truth: RunTruth, title: str = 
                 color="tab:blue", label="threshold")
         al = [r for r in rows if r["new_alert"]]
         ax.plot([r["frame"] for r in al], [r["score"] for r in al], "v", color="tab:red", ms=6, label="alert")
-        ax.set_ylabel(m, fontsize=8)
-    axes[0, 0].set_title(f"{title}: score vs frame (red: visible anomaly active, orange: below the floor)", fontsize=9)
+        ax.set_ylabel(f"{m}\n{score_unit(m)}", fontsize=7)
+    axes[0, 0].set_title(f"{title}: score vs frame (red: visible anomaly active, orange: below the floor; "
+                         "blue: alert level = baseline median + z_on·σ)", fontsize=9)
     axes[-1, 0].set_xlabel("frame")
     axes[0, 0].legend(fontsize=7, loc="upper right")
     fig.tight_layout()

@@ -427,6 +427,10 @@ def fit_recordings(paths: list, checkpoint=None, components: int = 4, qc: bool =
                     feats.append(row["features"])
     if shape is None:
         raise ValueError(f"{', '.join(map(str, paths))}: no frames to fit on")
+    if len(feats) < 20 * components:  # fit() would say so without naming the recordings
+        raise ValueError(f"{', '.join(map(str, paths))}: {len(feats)} scored clean frames of {total} recorded are too "
+                         f"few to fit {components} components (at least {20 * components}; a frame is scored only after "
+                         "enough earlier frames of its lane): record more or longer lanes, or lower --components")
     return fit(np.array(feats).reshape(-1, len(FEATURES) + len(TESTS)), name, shape[1], shape[0], components,
                fitted_on={"recordings": [str(Path(r).resolve()) for r in runs], "qc": qc,
                           **({"checkpoint_sha256": file_sha256(checkpoint)} if checkpoint else {})})

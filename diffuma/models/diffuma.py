@@ -104,12 +104,19 @@ class DIFFUMAConfig:
     l1_weight: float = 10.0            # lambda in eq. 10: L = L_diff + lambda * L_rec(final, target)
     recon_loss: str = "l1"             # L_rec: "l1" (paper eq. 9) | "mse" (the metric the tables rank by)
 
+    def scan_orders(self) -> list[str]:
+        """``scan_pattern`` as a list, one scan order per Mamba block (cycled)."""
+        return [s.strip() for s in self.scan_pattern.split(",") if s.strip()]
+
     def __post_init__(self):
         choices = {"prior": ("none", "last", "motion"), "time_map_init": ("last", "aligned"), "time_map": ("shared", "full"),
                    "dit_input": ("input", "prelim"), "recon_loss": ("l1", "mse")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
+        bad = [s for s in self.scan_orders() if s not in SCAN_ORDERS]
+        if bad or not self.scan_orders():
+            raise ValueError(f"scan_pattern must be a comma list of {', '.join(SCAN_ORDERS)}, got {self.scan_pattern!r}")
         if self.learned_flow and self.prior == "none":
             raise ValueError("learned_flow needs a prior ('last' or 'motion') whose source frame it warps")
         if self.prior_gate and self.prior == "none":
@@ -355,10 +362,7 @@ class DIFFUMA(nn.Module):
     def __init__(self, config: DIFFUMAConfig):
         super().__init__()
         cfg = self.config = config
-        self.scan_orders = [s.strip() for s in cfg.scan_pattern.split(",") if s.strip()]
-        bad = [s for s in self.scan_orders if s not in SCAN_ORDERS]
-        if bad or not self.scan_orders:
-            raise ValueError(f"scan_pattern entries must be in {SCAN_ORDERS}, got {cfg.scan_pattern!r}")
+        self.scan_orders = cfg.scan_orders()
         T_in, T_out, C = cfg.in_frames, cfg.out_frames, cfg.channels
         self.stride = 2 ** len(cfg.enc_channels)
         # Mamba module

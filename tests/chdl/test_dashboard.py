@@ -269,7 +269,10 @@ def test_cli_refuses_a_non_loopback_host_without_a_token(monitor):
 def test_cli_one_line_errors_name_the_folder_or_file(tmp_path, monitor):
     empty_token = tmp_path / "token"
     empty_token.write_text("\n")
+    a_file = tmp_path / "events.jsonl"
+    a_file.write_text("")
     cases = [((tmp_path / "nope",), f"{tmp_path / 'nope'}: no such folder"),
+             ((a_file,), f"{a_file}: is a file, not a monitor folder"),
              ((tmp_path,), f"{tmp_path}: not a monitor folder (no status.json)"),
              ((monitor.dir, "--token-file", empty_token), f"{empty_token}: the token file is empty"),
              ((monitor.dir, "--token-file", tmp_path / "none"), f"{tmp_path / 'none'}: cannot read the token"),

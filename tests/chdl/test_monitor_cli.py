@@ -201,13 +201,16 @@ def test_a_scorer_fitted_on_other_clean_runs_finds_the_injected_anomaly(clean_ru
     assert ev["markdown"].startswith(f"alerts at z_on 7.5, z_off 1; {name}: z_on 3, z_off 1 (")
 
 
-def test_monitor_fit_scorer_errors_are_one_line(tmp_path):
+def test_monitor_fit_scorer_errors_are_one_line(clean_run, tmp_path):
     corpus = tmp_path / "anom"
     out = chdl("simulate", "corpus", corpus, "--sequences", "2", "--positions", "6", "--lanes-per-run", "2",
                "--width", "64", "--height", "48", "--fault-rate", "0", "--anomaly-rate", "0.5", "--seed", "3", "-q")
     assert out.returncode == 0, out.stderr
     for args, message in [([corpus, "-o", tmp_path / "s.json"], "process anomalies; fit on clean recordings only"),
-                          ([corpus, "-o", tmp_path / "no" / "s.json"], f"the folder {tmp_path / 'no'} does not exist")]:
+                          ([corpus, "-o", tmp_path / "no" / "s.json"], f"the folder {tmp_path / 'no'} does not exist"),
+                          # 5 lanes x 10 positions: 30 frames scored (the first of each lane only fill its history); 32 components need 640
+                          ([clean_run, "-o", tmp_path / "s.json", "--components", "32"],
+                           f"{clean_run}: 30 scored clean frames of 50 recorded are too few to fit 32 components")]:
         fit = chdl("monitor-fit-scorer", *args, "-q")
         assert fit.returncode == 1 and message in fit.stderr and "Traceback" not in fit.stderr
         assert len(fit.stderr.strip().splitlines()) == 1 and not (tmp_path / "s.json").exists()

@@ -52,3 +52,20 @@ def test_the_report_says_why_each_frame_was_flagged(tmp_path):
     assert summary["both_vibration_and_illumination"] == 0 and "carry both" in summary["flags_note"]
     html = r.report_html.read_text()
     assert "fired: sharpness" in html and "threshold" in html
+
+
+def test_the_report_defines_its_flags_and_labels_its_histogram_axes(tmp_path):
+    """A reader of the HTML alone learns what each flag and score means, and what the histograms' axes are."""
+    from curation import qc
+    from curation.report import FLAG_MEANINGS, SCORE_MEANINGS
+
+    write_run(tmp_path / "raw" / "run-a", lanes=2, faults={(0, 4): ("blur", 2.0)}, seed=4)
+    r = curate(tmp_path / "raw", tmp_path / "out.zarr", CurateConfig(), workers=1, progress=False, log=lambda m: None)
+    html = r.report_html.read_text()
+    assert set(FLAG_MEANINGS) == set(r.summary["flags"]) and set(SCORE_MEANINGS) == set(qc.SCORE_NAMES)
+    for flag, meaning in FLAG_MEANINGS.items():
+        assert f"<td>{flag}</td><td>{r.summary['flags'][flag]}</td><td>{meaning}</td>" in html.replace("&#x27;", "'")
+    svgs = re.findall(r"<svg.*?</svg>", html)
+    assert len(svgs) == len(qc.SCORE_NAMES)
+    for svg, name in zip(svgs, qc.SCORE_NAMES):
+        assert f">{name}<" in svg and f"deviation ({SCORE_MEANINGS[name][0]})" in svg and "frames (log, max " in svg

@@ -172,10 +172,14 @@ def test_decoder_kernel_below_full_resolution_keeps_exact_upsampling():
     ("l1_weight", -3.0, "l1_weight must be >= 0"),
     ("l1_weight", float("nan"), "l1_weight must be >= 0"),
     ("patch_size", 0, "patch_size must be >= 1"),
+    ("scan_pattern", "time,zigzag", "scan_pattern must be a comma list of time, space, spacetime"),
+    ("scan_pattern", " , ", "scan_pattern must be a comma list"),
 ])
 def test_config_values_that_cannot_work_are_refused_with_their_name(field, value, message):
     with pytest.raises(ValueError, match=message):
         tiny(**{field: value})
+    with pytest.raises(ValueError, match=message):  # by the config itself, so the CLI names the YAML or --set
+        dm.DIFFUMAConfig(**{**dm.PRESETS["tiny"], field: value})
 
 
 def test_decoder_head_in_channels_last_computes_the_plain_convolution():

@@ -42,3 +42,17 @@ def test_failure_midway_leaves_nothing_and_existing_output_is_refused(tmp_path: 
         write_sequences(out, shard, n_sequences=3, progress=False, **LAYOUT)
     write_sequences(out, shard, n_sequences=1, progress=False, overwrite=True, **LAYOUT)
     assert open_dataset(out).n_sequences == 1
+
+
+def test_a_dataset_larger_than_the_free_space_is_refused_before_anything_is_written(tmp_path: Path):
+    """Even at the codec's best compression (MAX_COMPRESSION) it would not fit: one line naming the output."""
+    import shutil
+
+    from curation.importers.common import MAX_COMPRESSION, ImporterInputError
+
+    free = shutil.disk_usage(tmp_path).free
+    too_many = 2 * int(free * MAX_COMPRESSION // (4 * 8 * 8))  # 256 bytes of pixels per sequence: twice what fits
+    with pytest.raises(ImporterInputError, match=rf"{tmp_path / 'd.zarr'}: {too_many:,} sequences are .* more than the "):
+        write_sequences(tmp_path / "d.zarr", shard, n_sequences=too_many, progress=False, **LAYOUT)
+    assert not (tmp_path / "d.zarr").exists()
+    write_sequences(tmp_path / "d.zarr", shard, n_sequences=3, progress=False, **LAYOUT)  # a size that fits

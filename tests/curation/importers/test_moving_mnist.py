@@ -159,3 +159,11 @@ def test_empty_folder_and_existing_output(tmp_path: Path, idx_dir: Path):
     assert np.array_equal(open_dataset(out).frames[:], before)  # untouched
     r = runner.invoke(main, args[:4] + ["--train", "3", "--val", "1", "--mnist", str(idx_dir), "--overwrite"])
     assert r.exit_code == 0 and open_dataset(out).frames.shape[0] == 4
+
+
+def test_negative_seeds_are_refused_naming_the_option(tmp_path: Path):
+    for opt in ("--seed", "--val-seed"):
+        r = CliRunner().invoke(main, ["import", "mnist", "--out", str(tmp_path / "m.zarr"), "--train", "2", "--val", "1",
+                                      opt, "-5"])
+        assert r.exit_code == 2 and f"Invalid value for '{opt}': -5 is not in the range x>=0" in r.output
+    assert not (tmp_path / "m.zarr").exists()
