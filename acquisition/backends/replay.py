@@ -3,7 +3,8 @@
 The replay camera is software-triggered: each trigger releases the next recorded frame, at the moment
 it arrived in the original run relative to the first frame (``pace=True``), or at once
 (``pace=False``, ``--as-fast-as-possible``). A recorded ``dropped`` position yields no frame (the fetch
-times out, as a real camera would), so capture records it as dropped again. Each frame carries the
+times out, as a real camera would), so capture records it as dropped again; so does a frame whose file is
+missing or does not decode, with a warning naming it. Each frame carries the
 recorded ``dropped_before`` and frame id, so record -> replay -> record reproduces the pixels and the
 per-frame status byte for byte. Settings cannot be changed: ``apply`` accepts only the recorded ones.
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+import warnings
 from pathlib import Path
 
 from acquisition.backends.base import Camera, CameraError, CameraInfo, CaptureSettings, Frame
@@ -120,6 +122,10 @@ class ReplayCamera(Camera):
         try:
             pixels = self._rec.read(record)
         except RawFormatError as e:
-            raise CameraError(f"replay: {e}") from None
+            # a frame file of the source that is gone or does not decode: replayed as a camera would deliver a
+            # frame that never arrived -- a dropped position -- with a warning (chdl curate reads such a file as
+            # a missing frame too); the replay goes on
+            warnings.warn(f"replay: {e}; recorded as a dropped frame")
+            raise TimeoutError(f"replay: frame {index} of the source is unreadable") from None
         return ReplayFrame(pixels=pixels, frame_id=record.frame_id, device_timestamp_ns=record.device_timestamp_ns,
                            incomplete=record.status == "incomplete", dropped_before=record.dropped_before)

@@ -236,3 +236,33 @@ def test_every_float_option_of_the_cli_refuses_nan_and_inf():
     wrong = [(c, p.name) for c, p in floats if not isinstance(p.type, FiniteFloat)]
     assert not wrong, f"float options that accept NaN: {wrong}"
     assert set(COMMANDS) <= {path[0] for path, _ in commands(main, ctx) if path}
+
+
+def test_replay_records_an_unreadable_source_frame_as_dropped_and_goes_on(tmp_path):
+    """A source frame file that is corrupt or gone: a warning naming it, a dropped position in the new recording
+    (as chdl curate reads it: a missing frame), every other frame replayed byte for byte, exit 0."""
+    from acquisition.raw import RecordingWriter
+
+    manifest = {"camera": {"vendor": "v", "model": "m", "serial": "s", "user_name": "", "transport": "GEV"},
+                "settings": {"width": 16, "height": 8, "pixel_format": "Mono8", "fps": 5.0, "exposure_us": 100.0},
+                "plan": {"lanes": 1, "positions": 4, "step_um": 10.0, "positions_um": [0.0, 10.0, 20.0, 30.0],
+                         "trigger": "software"}}
+    rng = np.random.default_rng(1)
+    with RecordingWriter.create(tmp_path / "src", manifest) as w:
+        for p in range(4):
+            w.append(rng.integers(0, 255, (8, 16), dtype=np.uint8), lane=0, position_index=p, position_um=10.0 * p,
+                     frame_id=p, device_timestamp_ns=None, host_wall_ns=0, host_monotonic_ns=p * 1000, status="ok",
+                     dropped_before=0)
+    src = Recording.open(tmp_path / "src")
+    bad, gone = (tmp_path / "src" / src.frames[i].file for i in (1, 2))
+    bad.write_bytes(bad.read_bytes()[:30])  # truncated
+    gone.unlink()
+    out = chdl("capture", "--replay", tmp_path / "src", "--out", tmp_path / "out", "--as-fast-as-possible", "--quiet")
+    assert out.returncode == 0, out.stderr
+    warned = [x for x in out.stderr.splitlines() if x.startswith("warning: replay:")]
+    assert len(warned) == 2 and bad.name in warned[0] and gone.name in warned[1], out.stderr
+    assert all(x.endswith("recorded as a dropped frame") for x in warned)
+    rec = Recording.open(tmp_path / "out" / "src")
+    assert [f.status for f in rec.frames] == ["ok", "dropped", "dropped", "ok"]
+    for i in (0, 3):
+        assert np.array_equal(rec.read(rec.frames[i]), src.read(src.frames[i]))
