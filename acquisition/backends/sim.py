@@ -14,8 +14,9 @@ Behaviour, like a real camera where it matters to capture code:
   a smaller frame is a coarser sampling of the same scene, like binning), ``Mono8`` or ``Mono16`` (12-bit
   data by default, option ``bit_depth: 16`` for full range), ``fps`` 0.1-500, ``exposure_us`` 10-1e6
   (nominal 2000 us; the signal scales with it and clips at full scale). ``apply`` reads back what it set.
-* triggers: ``software`` (each trigger renders one frame) and ``freerun`` (frames at ``fps``, paced in real
-  time unless ``realtime: false``).
+* triggers: ``software`` (each trigger renders one frame, at most ``fps`` frames a second: a trigger within
+  the previous frame's period waits for its end) and ``freerun`` (frames at ``fps``); both paced in real
+  time unless ``realtime: false``.
 * frame ids count from 0 since ``open``; device timestamps are ``frame_id / fps`` on a simulated clock.
 * the scene: the attached stage's lane and position (the view's centre); scene time ``t`` counts frames
   since the stage arrived on its current lane. Without a stage the camera scans on its own:
@@ -181,6 +182,15 @@ class SimCamera(Camera):
                 if not self._triggered.wait_for(lambda: self._pending > 0, timeout=max(timeout_s, 0.0)):
                     raise TimeoutError(f"{self.alias}: no frame within {timeout_s} s (no software trigger)")
                 self._pending -= 1
+            if self.realtime:
+                # the frame rate caps triggered frames too: a trigger within the previous frame's period is
+                # served at its end, as a camera that cannot expose faster. So a capture with an instant stage
+                # runs at ``fps`` (it ran at render speed, ~85 frames/s at 200x150, while the manifest and the
+                # device timestamps, frame_id / fps, said 5), and its host times agree with the device's.
+                wait = self._next_due - time.monotonic()
+                if wait > 0:
+                    time.sleep(wait)
+                self._next_due = max(self._next_due, time.monotonic()) + 1.0 / self.settings.fps
         elif self.realtime:
             sleep_until(self._next_due, timeout_s, f"{self.alias}: no frame within {timeout_s} s")
             self._next_due = max(self._next_due + 1.0 / self.settings.fps, time.monotonic() - 1.0)

@@ -85,7 +85,8 @@ def test_corpus_and_sim_camera_write_the_same_anomaly_truth(tmp_path):
     (tmp_path / "cams.yaml").write_text("cameras:\n  simA: {backend: sim, index: 20000, seed: 20000, fault_rate: 0.0, "
                                         "anomaly_rate: 0.3}\n")
     cap = chdl("capture", "--camera", "simA", "--camera-config", tmp_path / "cams.yaml", "--out", tmp_path / "raw",
-               "--run-id", "r", "--lanes", "6", "--positions", "8", "--step-um", "60", "--width", "96", "--height", "72", "-q")
+               "--run-id", "r", "--lanes", "6", "--positions", "8", "--step-um", "60", "--width", "96", "--height", "72",
+               "--fps", "200", "-q")  # (the sim camera delivers at most fps frames a second)
     assert cap.returncode == 0, cap.stderr
     tr = chdl("simulate", "truth", tmp_path / "raw" / "r", "-q")
     assert tr.returncode == 0, tr.stderr

@@ -165,3 +165,20 @@ def test_simulate_corpus_writes_labelled_recordings_and_resumes(tmp_path):
     res = CliRunner().invoke(simulate, args)
     assert res.exit_code == 0 and "2 finished runs kept" in res.output
     assert (runs[1] / "manifest.json").stat().st_mtime_ns == stamp
+
+
+def test_software_triggered_frames_come_at_most_at_the_frame_rate(tmp_path):
+    """With an instant stage the capture loop triggers as fast as it can; the camera still delivers at most fps
+    frames a second (it delivered at render speed while the manifest and the device timestamps said fps), so host
+    and device times agree. ``realtime: false`` renders at once (corpora, tests)."""
+    settings = CaptureSettings(64, 48, "Mono8", 20.0, None)
+    run_capture(SimCamera("sim0", {"index": 0}), SimulatedStage(), tmp_path / "paced", settings, CapturePlan.evenly(1, 5, 60.0))
+    rec = Recording.open(tmp_path / "paced")
+    host = np.diff([f.host_monotonic_ns for f in rec.frames]) / 1e9
+    device = np.diff([f.device_timestamp_ns for f in rec.frames]) / 1e9
+    # host times are stamped after rendering: each gap is 1/fps plus the difference of two render times
+    assert len(host) == 4 and host.sum() >= 4 * 0.05 - 0.015 and np.allclose(device, 0.05)
+    run_capture(SimCamera("sim0", {"index": 0, "realtime": False}), SimulatedStage(), tmp_path / "fast",
+                CaptureSettings(64, 48, "Mono8", 0.5, None), CapturePlan.evenly(1, 3, 60.0))
+    fast = Recording.open(tmp_path / "fast")
+    assert (fast.frames[-1].host_monotonic_ns - fast.frames[0].host_monotonic_ns) / 1e9 < 2.0  # not 2 s a frame
