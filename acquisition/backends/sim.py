@@ -328,8 +328,10 @@ def render_recording(out: str | os.PathLike, *, options: dict, settings: Capture
     ``chdl capture`` with this camera and plan records; only the host timestamps (and a note) differ: they
     follow the camera's simulated clock (one frame per 1/fps from the moment rendering began), not the
     rendering, so a replay of the corpus (``chdl monitor --replay``) runs at the capture's frame rate."""
+    # realtime off: rendered as fast as it goes (a trigger per frame would otherwise wait 1/fps); the host
+    # timestamps below are the simulated clock's
     camera = SimCamera(options.get("alias", f"sim{int(options.get('index', 0))}"),
-                       {k: v for k, v in options.items() if k != "alias"})
+                       {**{k: v for k, v in options.items() if k != "alias"}, "realtime": False})
     stage = SimStage()
     positions_um = [i * step_um for i in range(positions)]
     labels, cleans, anomalies = [], {}, AnomalyLog()

@@ -182,3 +182,18 @@ def test_software_triggered_frames_come_at_most_at_the_frame_rate(tmp_path):
                 CaptureSettings(64, 48, "Mono8", 0.5, None), CapturePlan.evenly(1, 3, 60.0))
     fast = Recording.open(tmp_path / "fast")
     assert (fast.frames[-1].host_monotonic_ns - fast.frames[0].host_monotonic_ns) / 1e9 < 2.0  # not 2 s a frame
+
+
+def test_corpus_rendering_is_not_paced_by_the_frame_rate(tmp_path):
+    """chdl simulate corpus drives the camera directly and stamps the simulated clock: at fps 0.5 three frames
+    carry host times 2 s apart but take no 2 s each to make (a paced camera would need at least 4 s)."""
+    import time
+
+    from acquisition.backends.sim import render_recording
+
+    t = time.monotonic()
+    render_recording(tmp_path / "c", options={"index": 0}, settings=CaptureSettings(64, 48, "Mono8", 0.5, None),
+                     lanes=1, positions=3)
+    assert time.monotonic() - t < 3.9
+    rec = Recording.open(tmp_path / "c")
+    assert np.diff([f.host_monotonic_ns for f in rec.frames]).tolist() == [2_000_000_000, 2_000_000_000]
