@@ -189,7 +189,12 @@ def _remove(path: Path) -> None:
 def _open_group(path: Path, mode: str) -> zarr.Group:
     """Open and validate a chdl dataset group (see :func:`validate`)."""
     if not (path / "zarr.json").is_file():
-        raise DatasetFormatError(f"{path}: not a zarr v3 group (no zarr.json)")
+        hint = ""
+        if (path / "manifest.json").is_file() and (path / "frames.jsonl").is_file():  # docs/raw-format.md
+            hint = f"; it is a raw recording: curate it first (chdl curate {path} OUT.zarr)"
+        elif path.is_dir() and any((p / "manifest.json").is_file() for p in path.iterdir() if p.is_dir()):
+            hint = f"; it holds raw recordings: curate them first (chdl curate {path} OUT.zarr)"
+        raise DatasetFormatError(f"{path}: not a zarr v3 group (no zarr.json){hint}")
     try:
         group = zarr.open_group(str(path), mode=mode, zarr_format=3)
     except Exception as e:  # zarr raises a variety of errors for malformed metadata
@@ -457,7 +462,14 @@ class DatasetWriter:
         if in_frames + out_frames > frames_per_sequence:
             raise ValueError(f"in_frames + out_frames ({in_frames}+{out_frames}) exceeds frames_per_sequence ({frames_per_sequence})")
         if path.exists() and not overwrite:
-            raise FileExistsError(f"{path}: already exists (use --overwrite to replace it)")
+            what = "already exists"
+            try:  # say what it is: an interrupted run of the same command is the usual case
+                with open(path / "zarr.json") as f:
+                    if not json.load(f).get("attributes", {}).get("complete", True):
+                        what = "already exists, an incomplete dataset (its writer was interrupted)"
+            except (OSError, ValueError, AttributeError):
+                pass
+            raise FileExistsError(f"{path}: {what} (use --overwrite to replace it)")
         # A local dataset is built under a temporary name and renamed into place, so that a kill at any moment
         # leaves either no dataset (or the old one) or a complete empty layout; leftovers of a killed creation
         # are removed. Object stores (an fsspec URL) have no atomic rename: there the layout is built in place
@@ -822,11 +834,13 @@ def open_dataset(path: str | os.PathLike, *, check_files: bool = True) -> Datase
     if not attrs.get("complete", False) or not done.all():
         # chdl curate resumes an incomplete dataset (its provenance holds the key it checks); the importers
         # start over (deterministic, they refuse an existing output without --overwrite)
-        resumable = "curate_key" in attrs.get("provenance", {})
+        provenance = attrs.get("provenance", {})
+        resumable = "curate_key" in provenance
         how = "to resume" if resumable else "with --overwrite to make it again (an import does not resume)"
+        command = f" ({provenance['command']})" if provenance.get("command") else ""
         raise DatasetIncompleteError(
             f"{path}: incomplete dataset ({int(done.sum())}/{done.size} shards written); "
-            f"its writer was interrupted — rerun the command that made it {how}")
+            f"its writer was interrupted — rerun the command that made it{command} {how}")
     if check_files and (missing := missing_shard_files(group, path)):
         raise DatasetFormatError(f"{path}: {_files_line(missing, 'missing')}; the dataset is damaged on disk "
                                  "(restore the file or recreate the dataset)")

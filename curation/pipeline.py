@@ -146,7 +146,22 @@ def _init_pool_worker(ctx: dict) -> None:
     an interrupted curate prints one line, not a traceback per worker."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    _die_with_parent()
     _init_worker(ctx)
+
+
+def _die_with_parent() -> None:
+    """Linux: SIGTERM this process when its parent dies. A curate killed with SIGKILL otherwise leaves its
+    pool workers running until they finish their shard and print BrokenPipeError tracebacks sending it to
+    the dead parent (seen in a fresh-user trial); what they leave is resumable either way."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+
+        ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
 
 
 def _calibration_task(task: tuple[int, SequencePlan]) -> tuple[int, np.ndarray]:
@@ -362,8 +377,10 @@ def _curate(source: str | os.PathLike, out: str | os.PathLike, cfg: CurateConfig
         except DatasetFormatError as e:
             if not DatasetWriter.interrupted_creation(out):
                 why = str(e).removeprefix(f"{out}: ")
-                raise CurateError(f"{out}: already exists and is not a chdl dataset to resume ({why}); "
-                                  "refusing to overwrite (use --overwrite)") from None
+                # --overwrite replaces a zarr group only (never deletes another folder: below)
+                hint = ("use --overwrite to replace it" if (out / "zarr.json").is_file()
+                        else "choose another output path (--overwrite never deletes a folder that is not a dataset)")
+                raise CurateError(f"{out}: already exists and is not a chdl dataset to resume ({why}); {hint}") from None
             log(f"{out}: its creation was cut off before any shard was written; creating it afresh")
             overwrite = True
     if writer is not None:

@@ -359,3 +359,24 @@ def test_only_zarr_temporaries_are_removed_on_resume_and_finalize(tmp_path):
     w.write_shard(2, frames=_frames()[r.start:r.stop])
     w.finalize()
     assert not tmp.exists() and mine.exists()
+
+
+def test_what_is_not_a_finished_dataset_is_named_for_what_it_is(tmp_path):
+    """A raw recording (or a folder of them) passed as a dataset says to curate it; an interrupted dataset's
+    error quotes the command that made it; creating over it says it is an incomplete dataset."""
+    run = tmp_path / "raw" / "run1"
+    run.mkdir(parents=True)
+    (run / "manifest.json").write_text("{}")
+    (run / "frames.jsonl").write_text("")
+    with pytest.raises(DatasetFormatError, match=rf"{run}: not a zarr v3 group \(no zarr.json\); it is a raw recording: "
+                       rf"curate it first \(chdl curate {run} OUT.zarr\)"):
+        open_dataset(run)
+    with pytest.raises(DatasetFormatError, match="it holds raw recordings: curate them first"):
+        open_dataset(tmp_path / "raw")
+    path = tmp_path / "d.zarr"
+    _write(path, _frames(), shards=[0], provenance={"command": "chdl import mnist --out d.zarr"})
+    with pytest.raises(DatasetIncompleteError, match=r"rerun the command that made it \(chdl import mnist --out d.zarr\) "
+                       "with --overwrite"):
+        open_dataset(path)
+    with pytest.raises(FileExistsError, match="already exists, an incomplete dataset .its writer was interrupted."):
+        _write(path, _frames())

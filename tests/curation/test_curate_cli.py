@@ -445,6 +445,12 @@ def test_a_layout_whose_creation_was_cut_off_is_created_afresh(raw, curated, tmp
     g.attrs["complete"] = False
     _one_line_error(_curate(raw[0], out, ok=False), "not a chdl dataset to resume (malformed dataset (missing arrays: frames))",
                     "use --overwrite")
+    # a folder that is not a zarr group: --overwrite would refuse to delete it, so it is not suggested
+    other = tmp_path / "notzarr"
+    other.mkdir()
+    (other / "keep.txt").write_text("x")
+    _one_line_error(_curate(raw[0], other, ok=False), "choose another output path (--overwrite never deletes")
+    assert "use --overwrite" not in _curate(raw[0], other, ok=False).output
 
 
 @pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT"])

@@ -21,3 +21,42 @@ def test_kill_at_writes_then_rerun_equals_an_uninterrupted_run(tmp_path):
     last = p.stdout.strip().splitlines()[-1]
     killed, writes = int(last.split()[0]), int(last.split()[4])
     assert writes > 40 and killed == len(range(1, writes + 1, 8)) and last.endswith("0 failures"), last
+
+
+def test_the_pool_workers_die_with_a_killed_curate(tmp_path):
+    """SIGKILL of `chdl curate --workers 2`: its workers get SIGTERM from the kernel (PR_SET_PDEATHSIG) instead of
+    finishing their shard and printing BrokenPipeError tracebacks to the dead parent."""
+    import os
+    import signal
+    import time
+
+    write_run(tmp_path / "raw" / "r", lanes=64)
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("sequences_per_shard: 32\n")  # two shards: each worker is inside its shard when the parent dies
+    proc = subprocess.Popen([sys.executable, "-m", "chdl", "curate", str(tmp_path / "raw"), str(tmp_path / "d.zarr"),
+                             "--config", str(cfg), "--workers", "2", "-q"], stderr=subprocess.PIPE, text=True)
+
+    def children() -> list[int]:
+        out = []
+        for d in Path("/proc").iterdir():
+            try:
+                if d.name.isdigit() and int((d / "stat").read_text().rsplit(")", 1)[1].split()[1]) == proc.pid:
+                    out.append(int(d.name))
+            except (OSError, IndexError, ValueError):
+                pass
+        return out
+
+    deadline = time.monotonic() + 60
+    while len(workers := children()) < 2 and time.monotonic() < deadline:  # the shard pool (2 workers) is up
+        time.sleep(0.02)
+    assert len(workers) >= 2, proc.communicate()
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    deadline = time.monotonic() + 10
+    while any(Path(f"/proc/{w}").exists() and "Z" not in Path(f"/proc/{w}/stat").read_text().rsplit(")", 1)[1][:3]
+              for w in workers) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.5)
+    alive = [w for w in workers if Path(f"/proc/{w}").exists()
+             and Path(f"/proc/{w}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"]
+    assert alive == [] and "BrokenPipeError" not in proc.stderr.read()
