@@ -2,13 +2,13 @@
 recordings). See docs/monitor.md.
 
 Exit status of ``monitor``: as ``chdl capture`` (0 complete, 1 error, 130 interrupted); 1 as well when the
-scorer failed (the recording is complete all the same).
+scorer failed or the monitor folder could not be written (the recording is complete all the same).
 """
 
 from __future__ import annotations
 
-import json
 import shutil
+import signal
 from pathlib import Path
 
 import click
@@ -71,7 +71,7 @@ def monitor(ctx, checkpoint, t_in, queue_depth, z_on, z_off, scorer, serve, **pa
     anomalies and acquisition-QC flags are written as events beside the recording, in OUT/<run-id>.monitor/."""
     from acquisition.capture import default_run_id
     from chdl.cli.acquire import check_capture_params, replay_run_path
-    from chdl.monitor.runtime import Monitor, monitor_dir
+    from chdl.monitor.runtime import Monitor, MonitorError, monitor_dir
 
     check_capture_params(ctx, params["alias"], params["replay"], params["run_id"], params["afap"],
                          params["pixel_format"], params["bit_depth"])
@@ -92,7 +92,7 @@ def monitor(ctx, checkpoint, t_in, queue_depth, z_on, z_off, scorer, serve, **pa
         run_path = params["out"] / params["run_id"]
         size = (params["height"], params["width"])
     folder = monitor_dir(run_path)
-    if folder.exists() and any(folder.iterdir()):
+    if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
         raise click.ClickException(f"{folder}: already exists and is not empty (choose another --run-id or --out)")
     serve_in_background = _dashboard() if serve else None
     spec, name, t = _predictor_spec(checkpoint, t_in, size)
@@ -104,32 +104,47 @@ def monitor(ctx, checkpoint, t_in, queue_depth, z_on, z_off, scorer, serve, **pa
         raise click.ClickException(f"{run_path}: already exists (choose another --run-id or --out)")
     new_out = not params["out"].exists()
     mon = Monitor(spec, queue_depth)
-    mon.start(run_path, run_path.name, name, t)
     server = None
-    state = "failed"
+    state, results = "failed", []
+
+    def _terminate(signum, frame):  # SIGTERM before the capture takes it over (and after) ends the run as Ctrl-C does
+        raise KeyboardInterrupt
+
+    previous_term = signal.signal(signal.SIGTERM, _terminate)
     try:
+        try:
+            mon.start(run_path, run_path.name, name, t)
+        except MonitorError as e:
+            raise click.ClickException(str(e)) from None
         if serve_in_background is not None:
             server = serve_in_background(mon.folder)
             click.echo(f"dashboard: {server.url}", err=True)
         results = run_captures(ctx, **params, on_record=mon.offer)
-        state = "interrupted" if any(r.stopped_by == "interrupted" for r in results) else "finished"
+        stops = {r.stopped_by for r in results} - {None}
+        state = "interrupted" if "interrupted" in stops else "failed" if stops else "finished"
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM before the capture began (e.g. while the scorer loads)
+        state = "interrupted"
     finally:
         error = mon.finish(state)
+        signal.signal(signal.SIGTERM, previous_term)
         if server is not None:
             server.stop()
-        if state == "failed" and mon.captured == 0:  # nothing was recorded: leave nothing behind
+        if not results and mon.captured == 0:  # nothing was recorded: leave nothing behind
             shutil.rmtree(mon.folder, ignore_errors=True)
             if new_out and params["out"].is_dir() and not any(params["out"].iterdir()):
                 params["out"].rmdir()
-    status = json.loads((mon.folder / "status.json").read_text())
+    if not results:
+        click.echo("interrupted before the capture began: nothing recorded", err=True)
+        ctx.exit(130)
+    status = mon.status.fields  # as written last (or, if that failed, as it would have been)
     click.echo(f"monitor: {status['frames_scored']} frames scored, {status['frames_skipped']} skipped, "
                f"{status['events']} events -> {mon.folder}")
-    if status["frames_skipped"] > status["frames_scored"]:  # most frames unwatched: say so, not only count it
+    if status["frames_skipped"] > status["frames_scored"] and not error:  # most frames unwatched: say so
         click.echo(f"warning: {status['frames_skipped']} of {status['frames_captured']} frames were not scored (the scorer "
-                   "fell behind); for a replay drop --as-fast-as-possible or raise --queue-depth; a software-triggered sim "
-                   "camera runs at render speed unless --settle-s paces its stage (0.2 s: ~5 fps)", err=True)
-    if error:
-        click.echo(f"error: {error}", err=True)
+                   "fell behind); for a replay drop --as-fast-as-possible or raise --queue-depth; for a camera lower --fps",
+                   err=True)
+    if error and not (mon.disk_full and any(r.stopped_by == "disk full" for r in results)):
+        click.echo(f"error: {error}", err=True)  # (a full disk that stopped the capture too is its one error line)
     report_captures(ctx, results)
     if error:
         ctx.exit(1)

@@ -3,7 +3,8 @@
 - ``chdl simulate corpus OUT``: render a labelled corpus straight to raw recordings (one recording of
   ``--lanes-per-run`` lane passes per run folder, runs rendered in parallel by ``--workers`` processes).
   Run ``k`` is what camera ``sim<seed*10000+k>`` records for a plan of that many lanes; an interrupted
-  corpus resumes (finished runs are kept, a half-written sim run is redone). ``--scheduler`` renders
+  corpus resumes (finished runs are kept, a half-written sim run is redone) when rerun with the same
+  arguments: ``OUT/corpus.json`` records them, and other ones are refused. ``--scheduler`` renders
   the runs on a Dask cluster instead (:mod:`chdl.cluster`; OUT on storage every worker sees).
 - ``chdl simulate truth RUN...``: write ``<run>/truth/`` for recordings captured from a sim camera
   (``chdl capture --camera sim0``), re-rendering every frame and checking it matches.
@@ -13,9 +14,11 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
+import urllib.parse
 from pathlib import Path
 
 import click
@@ -23,6 +26,8 @@ import click
 from chdl.cli.options import POSITIVE, FiniteFloat, quiet_option
 
 RUN_SEEDS = 10000  # run k of a corpus with seed s uses camera seed s * RUN_SEEDS + k
+CORPUS_FILE = "corpus.json"  # OUT/corpus.json: the arguments a corpus is rendered with (a rerun must match)
+CORPUS_FORMAT = "chdl.sim-corpus/1"
 
 
 @click.group("simulate")
@@ -39,6 +44,23 @@ def _corpus_job(job: tuple) -> dict:
         _clear_partial_sim_run(Path(out))
     return render_recording(out, options=options, settings=CaptureSettings(**settings), lanes=lanes,
                             positions=positions, step_um=step_um)
+
+
+def _init_corpus_worker() -> None:
+    """A local pool worker ends with its parent: the pool's workers of a SIGKILLed ``chdl simulate corpus`` went
+    on rendering their runs, and a rerun at once found those runs half-written, cleared and redid them while
+    the orphans still wrote into them (``.000172.png.tmp: No such file or directory``). What a worker leaves
+    half-written is redone by the rerun."""
+    import multiprocessing as mp
+    import threading
+
+    parent = mp.parent_process()
+    if parent is not None:
+        def watch() -> None:
+            parent.join()  # returns when the parent process is gone
+            os._exit(1)
+
+        threading.Thread(target=watch, name="chdl-parent-watch", daemon=True).start()
 
 
 def _run_done(run: Path) -> bool:
@@ -60,6 +82,84 @@ def _clear_partial_sim_run(run: Path) -> None:
     if camera.get("backend") != "sim" and any(run.iterdir()):
         raise click.ClickException(f"{run}: exists and is not a simulated run; refusing to overwrite it")
     shutil.rmtree(run)
+
+
+def _option(key: str) -> str:
+    return "simulator version" if key == "sim_version" else "--" + key.replace("_", "-")
+
+
+def _differences(made: dict, now: dict) -> str:
+    """``--width 200 (now 160), --seed 0 (now 5)``: the parameters in ``now`` that ``made`` has otherwise."""
+    return ", ".join(f"{_option(k)} {made.get(k)} (now {v})" for k, v in now.items() if made.get(k) != v)
+
+
+def _run_parameters(run: Path, k: int) -> dict:
+    """The corpus parameters run ``k``'s manifest shows ("lanes": its lane passes), for a corpus made before
+    corpus.json. A one-line error if it is not a run of ``chdl simulate corpus``."""
+    try:
+        manifest = json.loads((run / "manifest.json").read_text(encoding="utf-8"))
+        camera, settings, plan = manifest["camera"], manifest["settings"], manifest["plan"]
+        if camera.get("backend") != "sim":
+            raise ValueError("not a sim camera")
+        address = urllib.parse.urlparse(camera["address"])
+        query = dict(urllib.parse.parse_qsl(address.query))
+        seed, rest = divmod(int(address.netloc) - k, RUN_SEEDS)
+        return {"positions": plan["positions"], "step_um": float(plan["step_um"]),
+                "seed": seed if rest == 0 else f"(camera sim{address.netloc})", "width": settings["width"],
+                "height": settings["height"], "pixel_format": settings["pixel_format"],
+                "bit_depth": int(query["bit_depth"]), "fault_rate": float(query["fault_rate"]),
+                "anomaly_rate": float(query.get("anomaly_rate", 0.0)), "sim_version": int(query["sim_version"]),
+                "lanes": plan["lanes"]}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+        raise click.ClickException(f"{run}: not a run of chdl simulate corpus ({e}); use another folder") from None
+
+
+def _check_corpus(out: Path, params: dict, n_runs: int) -> bool:
+    """Refuse (one line) to resume a corpus made with other ``params``; True if ``out`` has no corpus.json yet
+    (new, or made before it existed: then every finished run must show these parameters)."""
+    file = out / CORPUS_FILE
+    advice = f"; use another folder, or delete {out} to render it anew"
+    try:
+        made = json.loads(file.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        made = None
+    except (OSError, ValueError) as e:
+        raise click.ClickException(f"{file}: cannot read the corpus parameters ({getattr(e, 'strerror', None) or e})"
+                                   f"{advice}") from None
+    if made is not None:
+        if not isinstance(made, dict) or made.get("format") != CORPUS_FORMAT or not isinstance(made.get("parameters"), dict):
+            raise click.ClickException(f"{file}: not a corpus parameter file ({CORPUS_FORMAT}){advice}")
+        if diff := _differences(made["parameters"], params):
+            raise click.ClickException(f"{out}: a corpus rendered with other arguments: {diff}{advice}")
+        return False
+    lpr = params["lanes_per_run"]
+    for run in sorted(p for p in out.glob("run_*") if p.name[4:].isdigit() and p.is_dir() and _run_done(p)):
+        k = int(run.name[4:])
+        if k >= n_runs:
+            raise click.ClickException(f"{out}: its finished {run.name} is beyond the {n_runs} runs of these "
+                                       f"arguments (other --sequences or --lanes-per-run){advice}")
+        shown = _run_parameters(run, k)
+        now = {key: params[key] for key in shown if key in params}
+        now["lanes"] = min(lpr, params["sequences"] - k * lpr)
+        if diff := _differences(shown, now):
+            diff = diff.replace("--lanes ", "--sequences/--lanes-per-run: lane passes ")
+            raise click.ClickException(f"{out}: {run.name} was rendered with other arguments: {diff}{advice}")
+    return True
+
+
+def _write_corpus_file(out: Path, params: dict) -> None:
+    """OUT/corpus.json, whole or not at all (a tmp file beside it, fsync, os.replace)."""
+    tmp = out / f".{CORPUS_FILE}.tmp"
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(json.dumps({"format": CORPUS_FORMAT, "parameters": params}, indent=1) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, out / CORPUS_FILE)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
 
 
 @contextlib.contextmanager
@@ -98,16 +198,39 @@ def _cluster_errors_as_click():
 def corpus(out: Path, lanes: int, positions: int, step_um: float, lanes_per_run: int, seed: int, width: int, height: int,
            pixel_format: str, bit_depth: str, fault_rate: float, anomaly_rate: float, workers: int, scheduler: str | None,
            quiet: bool) -> None:
-    """Render a labelled corpus of --sequences lane passes into raw recordings (with truth/) under OUT."""
-    from tqdm import tqdm
+    """Render a labelled corpus of --sequences lane passes into raw recordings (with truth/) under OUT.
+    Rerun with the same arguments, it resumes; other arguments are refused (OUT/corpus.json has them)."""
+    from acquisition.simulator import SIM_VERSION
 
     n_runs = -(-lanes // lanes_per_run)
     if n_runs > RUN_SEEDS:
         raise click.UsageError(f"at most {RUN_SEEDS} runs per corpus (raise --lanes-per-run)")
     if out.exists() and not out.is_dir():
         raise click.ClickException(f"{out}: exists and is not a folder")
-    out.mkdir(parents=True, exist_ok=True)
-    settings = dict(width=width, height=height, pixel_format=pixel_format, fps=5.0, exposure_us=None)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:  # a file on the way, a read-only folder
+        raise click.ClickException(f"{e.filename or out}: cannot create the corpus folder ({e.strerror or e})") from None
+    params = {"sequences": lanes, "positions": positions, "step_um": step_um, "lanes_per_run": lanes_per_run,
+              "seed": seed, "width": width, "height": height, "pixel_format": pixel_format, "bit_depth": int(bit_depth),
+              "fault_rate": fault_rate, "anomaly_rate": anomaly_rate, "sim_version": SIM_VERSION}
+    new = _check_corpus(out, params, n_runs)
+    try:
+        _render_corpus(out, params, new, n_runs, workers, scheduler, quiet)
+    except OSError as e:  # disk full, permissions: finished runs are kept, the rerun resumes
+        what = "disk full" if e.errno == errno.ENOSPC else "cannot write"
+        raise click.ClickException(f"{e.filename or out}: {what} ({e.strerror or e}); {out} is incomplete: fix that "
+                                   "and rerun the same command to resume") from None
+
+
+def _render_corpus(out: Path, params: dict, new: bool, n_runs: int, workers: int, scheduler: str | None,
+                   quiet: bool) -> None:
+    from tqdm import tqdm
+
+    lanes, lanes_per_run, seed, positions = params["sequences"], params["lanes_per_run"], params["seed"], params["positions"]
+    fault_rate, anomaly_rate = params["fault_rate"], params["anomaly_rate"]
+    settings = dict(width=params["width"], height=params["height"], pixel_format=params["pixel_format"], fps=5.0,
+                    exposure_us=None)
     jobs, skipped = [], 0
     for k in range(n_runs):
         run = out / f"run_{k:05d}"
@@ -118,10 +241,10 @@ def corpus(out: Path, lanes: int, positions: int, step_um: float, lanes_per_run:
                 continue
             _clear_partial_sim_run(run)
         options = {"alias": f"sim{seed * RUN_SEEDS + k}", "index": seed * RUN_SEEDS + k, "fault_rate": fault_rate,
-                   "bit_depth": int(bit_depth)}
+                   "bit_depth": params["bit_depth"]}
         if anomaly_rate:
             options["anomaly_rate"] = anomaly_rate
-        jobs.append((str(run.absolute()), options, settings, n, positions, step_um))
+        jobs.append((str(run.absolute()), options, settings, n, positions, params["step_um"]))
     total = sum(j[3] for j in jobs) * positions
     done = {"frames": 0, "faulty": 0, "anomalies": 0}
     with contextlib.ExitStack() as stack:
@@ -132,13 +255,16 @@ def corpus(out: Path, lanes: int, positions: int, step_um: float, lanes_per_run:
 
             cluster = stack.enter_context(connect(scheduler))
             cluster.check_visible([str(out.absolute())])
+        if new:  # before the first run can finish: a rerun with other arguments is refused from here on
+            _write_corpus_file(out, params)
+        if scheduler is not None:
             results = cluster.map_unordered(_corpus_job, jobs)
         elif workers == 1 or len(jobs) <= 1:
             results = map(_corpus_job, jobs)
         else:
             import multiprocessing as mp
 
-            pool = stack.enter_context(mp.get_context("spawn").Pool(min(workers, len(jobs))))
+            pool = stack.enter_context(mp.get_context("spawn").Pool(min(workers, len(jobs)), _init_corpus_worker))
             results = pool.imap_unordered(_corpus_job, jobs)
         for i, r in enumerate(results, 1):
             done["frames"] += r["frames"]

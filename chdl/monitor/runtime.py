@@ -9,17 +9,23 @@ The scoring process reads the frame from the recording, runs :class:`MonitorPipe
 ``snapshots/<frame:06d>.png``, ``live/{frame,prediction,error}.png``. The capture side writes
 ``status.json`` (at least once a second, replaced atomically). If the parent dies (SIGKILL) the scorer
 notices within a second and exits; the recording is whatever ``run_capture`` left, which is readable.
+The scorer ignores SIGINT: Ctrl-C in a terminal reaches the whole process group, and the capture side ends
+the run (it stops the capture, lets the scorer drain its queue and writes the final status), as curate's
+pool workers leave it to their parent. On a full disk the files here fail one by one; a small reserve file
+(:data:`RESERVE`), deleted before the final ``status.json`` is written, leaves room for that last write.
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import errno
 import json
 import math
 import multiprocessing as mp
 import os
 import queue
+import signal
 import threading
 import time
 from pathlib import Path
@@ -30,6 +36,19 @@ import numpy as np
 FORMAT = "chdl.monitor/1"
 QUEUE_DEPTH = 8
 SCORER_THREADS = 1  # torch intra-op threads of the scoring (see scoring_threads)
+RESERVE = ".chdl-reserve"  # in the monitor folder while it runs: room for the final status.json on a full disk
+RESERVE_BYTES = 64 * 1024
+
+
+class MonitorError(Exception):
+    """A problem with the monitor folder, as one line naming the path (e.g. it cannot be created)."""
+
+
+def write_problem(e: OSError, path) -> str:
+    """One line for an OSError writing into ``path`` (named: a write to a full disk names no file, and a
+    file's .tmp is not what a user looks for): "disk full" for ENOSPC."""
+    what = "disk full" if e.errno == errno.ENOSPC else "cannot write"
+    return f"{path}: {what} ({e.strerror or e})"
 
 
 @contextlib.contextmanager
@@ -72,8 +91,13 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Replace ``path`` by ``data`` whole (a tmp file beside it, then os.replace): a reader -- the dashboard,
     a user -- never sees half a file. No fsync: monitor files are views, the recording is the record."""
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    except BaseException:  # e.g. ENOSPC: no half-written tmp file is left behind
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
 
 
 def _png8(img: np.ndarray) -> bytes:
@@ -101,8 +125,31 @@ def snapshot_image(pixels: np.ndarray, prediction: np.ndarray, error: np.ndarray
     return np.concatenate([f, gap, p, gap, e], 1)
 
 
+@contextlib.contextmanager
+def _sigint_deferred():
+    """While the scorer process starts: SIGINT blocked in this thread, so the scorer inherits the mask (it sets
+    SIG_IGN, which discards one pending, then unblocks: no moment where Ctrl-C interrupts its start-up), and a
+    Ctrl-C meanwhile, which another thread of ours may take, is handed to the previous handler only once the
+    start is complete (a KeyboardInterrupt in the middle of it left the scorer reading half its start data)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught = []
+    handler = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        signal.signal(signal.SIGINT, handler)
+    if caught and callable(handler):
+        handler(signal.SIGINT, None)
+
+
 class StatusWriter:
-    """``status.json`` of a monitor folder, rewritten atomically by a thread at least once a second."""
+    """``status.json`` of a monitor folder, rewritten atomically by a thread at least once a second. A write
+    that fails (a full disk) is retried at the next tick; ``stop`` frees the folder's reserve (:data:`RESERVE`)
+    before the final write and raises its OSError, if that fails too."""
 
     def __init__(self, folder: Path, run_id: str, predictor: str, t_in: int, shared: dict, scorer: str = "block-z",
                  levels: dict | None = None):
@@ -117,6 +164,12 @@ class StatusWriter:
         self._thread = threading.Thread(target=self._loop, name="chdl-monitor-status", daemon=True)
 
     def start(self) -> "StatusWriter":
+        reserve = self.folder / RESERVE
+        with open(reserve, "wb") as f:
+            try:
+                os.posix_fallocate(f.fileno(), 0, RESERVE_BYTES)
+            except OSError:
+                f.write(b"\0" * RESERVE_BYTES)
         self.write()
         self._thread.start()
         return self
@@ -130,12 +183,15 @@ class StatusWriter:
 
     def _loop(self) -> None:
         while not self._stop.wait(0.5):
-            self.write()
+            with contextlib.suppress(OSError):  # a full disk: the next tick (or stop) tries again
+                self.write()
 
     def stop(self, state: str) -> None:
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join()
+        with contextlib.suppress(FileNotFoundError):
+            (self.folder / RESERVE).unlink()
         self.write(state=state)
 
 
@@ -156,20 +212,32 @@ class Monitor:
         self.captured = self.skipped = 0
         self.max_value = 0  # of the recording's pixels (run_max_value), read from its manifest at the first frame
         self.folder: Path | None = None
+        self.disk_full = False  # an error of the scorer or of status.json was ENOSPC
 
     def start(self, run_path: Path, run_id: str, predictor_name: str, t_in: int) -> Path:
+        """Create the monitor folder and start the scorer. MonitorError (one line) if the folder cannot be
+        made or written."""
         self.folder = monitor_dir(run_path)
-        for sub in ("snapshots", "live"):
-            (self.folder / sub).mkdir(parents=True, exist_ok=True)
-        for name in ("scores.jsonl", "events.jsonl"):
-            (self.folder / name).touch()
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            for sub in ("snapshots", "live"):
+                (self.folder / sub).mkdir(exist_ok=True)
+        except OSError as e:  # OUT is a file, a read-only folder, ...
+            raise MonitorError(f"{e.filename or self.folder}: cannot create the monitor folder "
+                               f"({e.strerror or e})") from None
         scoring = self.spec.get("scorer", {})
-        self.status = StatusWriter(self.folder, run_id, predictor_name, t_in, self.shared,
-                                   scorer_name(scoring.get("scorer_file")), scoring).start()
+        try:
+            for name in ("scores.jsonl", "events.jsonl"):
+                (self.folder / name).touch()
+            self.status = StatusWriter(self.folder, run_id, predictor_name, t_in, self.shared,
+                                       scorer_name(scoring.get("scorer_file")), scoring).start()
+        except OSError as e:
+            raise MonitorError(write_problem(e, self.folder)) from None
         self.proc = self.ctx.Process(target=score_worker, name="chdl-monitor-scorer",
                                      args=(self.spec, str(run_path), str(self.folder), self.queue, self.shared["scored"],
                                            self.shared["events"], self.shared["ready"], self.errors), daemon=True)
-        self.proc.start()
+        with _sigint_deferred():
+            self.proc.start()
         while not self.shared["ready"].wait(0.2):  # the predictor is loaded before the first frame is taken
             if not self.proc.is_alive():
                 break
@@ -193,25 +261,36 @@ class Monitor:
             self.status.fields.update(frames_captured=self.captured, frames_skipped=self.skipped)
 
     def finish(self, state: str, timeout_s: float = 600.0) -> str | None:
-        """Let the scorer drain the queue, stop it, write the final status. Returns its error, if any."""
+        """Let the scorer drain the queue, stop it, write the final status. Returns the error (one line) of
+        the scorer or of the final status.json, if any; the state written is then "failed". A Ctrl-C while
+        the scorer drains stops it at once (state "interrupted")."""
         error = None
-        if self.proc is not None:
-            while self.proc.is_alive():  # a full queue drains unless the scorer died
-                try:
-                    self.queue.put(None, timeout=0.5)
-                    break
-                except queue.Full:
-                    continue
-            self.proc.join(timeout_s)
-            if self.proc.is_alive():
-                self.proc.terminate()
-                error = "the scorer did not finish in time"
+        if self.proc is not None and self.proc.pid is not None:
             try:
-                error, state = self.errors.get_nowait(), "failed"
+                while self.proc.is_alive():  # a full queue drains unless the scorer died
+                    try:
+                        self.queue.put(None, timeout=0.5)
+                        break
+                    except queue.Full:
+                        continue
+                self.proc.join(timeout_s)
+                if self.proc.is_alive():
+                    self.proc.terminate()
+                    error, state = "the scorer did not finish in time", "failed"
+            except KeyboardInterrupt:  # a second Ctrl-C (or the first, after the capture): stop scoring now
+                self.proc.terminate()
+                self.proc.join(10)
+                state = "interrupted"
+            try:
+                (error, self.disk_full), state = self.errors.get_nowait(), "failed"
             except queue.Empty:
                 pass
         if self.status is not None:
-            self.status.stop(state)
+            try:
+                self.status.stop(state)
+            except OSError as e:  # the final status.json cannot be written: the file keeps its last state
+                self.disk_full = self.disk_full or e.errno == errno.ENOSPC
+                error = error or write_problem(e, self.folder / "status.json")
         return error
 
 
@@ -221,13 +300,20 @@ def scorer_name(scorer_file: str | None) -> str:
 
 
 def score_worker(spec: dict, run_path: str, folder: str, q, scored, events, ready, errors) -> None:
-    """The scoring process: records from ``q`` until None (or the parent is gone)."""
+    """The scoring process: records from ``q`` until None (or the parent is gone). Ctrl-C is the parent's to
+    handle (it reaches the whole process group): SIGINT is ignored here. Errors go to ``errors`` as
+    (one line, disk full?)."""
     import traceback
 
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # before unblocking: one pending since the start is discarded
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     try:
         _score_loop(spec, Path(run_path), Path(folder), q, scored, events, ready)
     except BaseException as e:  # noqa: BLE001 - reported to the parent as one line
-        errors.put(f"scorer: {type(e).__name__}: {e}".splitlines()[0])
+        if isinstance(e, OSError) and e.errno == errno.ENOSPC:  # a full disk: the folder and "disk full", no traceback
+            errors.put((write_problem(e, folder), True))
+            return
+        errors.put((f"scorer: {type(e).__name__}: {e}".splitlines()[0], False))
         traceback.print_exc()
 
 

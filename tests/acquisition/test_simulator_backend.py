@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -148,8 +149,8 @@ def test_simulate_corpus_writes_labelled_recordings_and_resumes(tmp_path):
             "--width", "96", "--height", "72", "--fault-rate", "0.3", "--workers", "1"]
     res = CliRunner().invoke(simulate, args)
     assert res.exit_code == 0, res.output
-    runs = sorted((tmp_path / "c").iterdir())
-    assert [r.name for r in runs] == ["run_00000", "run_00001"]
+    runs = sorted(p for p in (tmp_path / "c").iterdir() if p.is_dir())
+    assert [r.name for r in runs] == ["run_00000", "run_00001"] and (tmp_path / "c" / "corpus.json").is_file()
     recs = [Recording.open(r) for r in runs]
     assert [len(r) for r in recs] == [8, 4] and all(r.complete for r in recs)
     truth = load_truth(runs[0])
@@ -197,3 +198,142 @@ def test_corpus_rendering_is_not_paced_by_the_frame_rate(tmp_path):
     assert time.monotonic() - t < 3.9
     rec = Recording.open(tmp_path / "c")
     assert np.diff([f.host_monotonic_ns for f in rec.frames]).tolist() == [2_000_000_000, 2_000_000_000]
+
+
+def test_simulate_corpus_resumes_only_with_the_arguments_it_was_made_with(tmp_path):
+    """OUT/corpus.json records the arguments: a rerun with other ones is one line naming the folder and each
+    difference, and touches nothing (it rendered the missing runs with the new ones: a mixed corpus); the same
+    arguments resume. A corpus made before corpus.json resumes if its finished runs show these arguments (and
+    gets the file), else it is refused naming the run."""
+    import shutil
+
+    from chdl.cli.simulate import simulate
+
+    out = tmp_path / "c"
+    args = ["corpus", str(out), "--sequences", "3", "--positions", "2", "--lanes-per-run", "1", "--width", "32",
+            "--height", "24", "--workers", "1", "-q"]
+    res = CliRunner().invoke(simulate, args)
+    assert res.exit_code == 0, res.output
+    made = json.loads((out / "corpus.json").read_text())
+    assert made["format"] == "chdl.sim-corpus/1" and made["parameters"] == {
+        "sequences": 3, "positions": 2, "step_um": 60.0, "lanes_per_run": 1, "seed": 0, "width": 32, "height": 24,
+        "pixel_format": "Mono8", "bit_depth": 12, "fault_rate": 0.013, "anomaly_rate": 0.0, "sim_version": 1}
+    shutil.rmtree(out / "run_00002")  # as a killed corpus leaves it: the last run not finished
+    before = sorted((p.name, p.stat().st_mtime_ns) for p in out.iterdir())
+    advice = f"; use another folder, or delete {out} to render it anew"
+    for extra, diff in [(["--width", "48", "--height", "36"], "--width 32 (now 48), --height 24 (now 36)"),
+                        (["--seed", "5"], "--seed 0 (now 5)"), (["--sequences", "4"], "--sequences 3 (now 4)")]:
+        res = CliRunner().invoke(simulate, args + extra)  # the last of a repeated option counts
+        assert res.exit_code == 1, res.output
+        assert res.output.splitlines() == [f"Error: {out}: a corpus rendered with other arguments: {diff}{advice}"]
+        assert sorted((p.name, p.stat().st_mtime_ns) for p in out.iterdir()) == before
+    res = CliRunner().invoke(simulate, args + ["--workers", "2"])  # how it is rendered is not what it is
+    assert res.exit_code == 0 and "wrote 1 recordings" in res.output and "2 finished runs kept" in res.output
+    assert Recording.open(out / "run_00002").manifest["settings"]["width"] == 32
+    # made before corpus.json: judged by its finished runs' manifests
+    (out / "corpus.json").unlink()
+    res = CliRunner().invoke(simulate, args + ["--height", "30"])
+    assert res.exit_code == 1 and res.output.splitlines() == [
+        f"Error: {out}: run_00000 was rendered with other arguments: --height 24 (now 30){advice}"]
+    res = CliRunner().invoke(simulate, args[:3] + ["2"] + args[4:])  # --sequences 2: run_00002 is not one of them
+    assert res.exit_code == 1 and "its finished run_00002 is beyond the 2 runs of these arguments" in res.output
+    assert not (out / "corpus.json").exists()
+    res = CliRunner().invoke(simulate, args)
+    assert res.exit_code == 0 and "wrote 0 recordings" in res.output and "3 finished runs kept" in res.output
+    assert json.loads((out / "corpus.json").read_text()) == made
+
+
+@pytest.mark.parametrize("case", ["a file on the way", "a read-only folder"])
+def test_simulate_corpus_output_that_cannot_be_made_is_one_line(tmp_path, monkeypatch, case):
+    """`chdl simulate corpus afile/c` (afile a file) or into a folder nobody may write: one line naming the
+    folder, exit 1 (was a NotADirectoryError traceback)."""
+    import errno
+
+    from chdl.cli.simulate import simulate
+
+    if case == "a file on the way":
+        (tmp_path / "afile").write_text("")
+        out, why = tmp_path / "afile" / "c", "Not a directory"
+    else:  # simulated: root writes into read-only folders
+        out, why = tmp_path / "ro" / "c", "Permission denied"
+
+        def refused(self, *a, **k):
+            raise PermissionError(errno.EACCES, "Permission denied", str(self))
+
+        monkeypatch.setattr(Path, "mkdir", refused)
+    res = CliRunner().invoke(simulate, ["corpus", str(out), "--sequences", "2", "-q"])
+    assert res.exit_code == 1, res.output + repr(res.exception)
+    assert res.output.splitlines() == [f"Error: {out}: cannot create the corpus folder ({why})"]
+
+
+def test_simulate_corpus_that_cannot_write_its_runs_is_one_line(tmp_path, monkeypatch):
+    """A full disk (or a folder it may not write) while rendering: one line naming the path, exit 1, and the
+    rerun resumes (injected ENOSPC from the recording writer)."""
+    import errno
+
+    import acquisition.raw as raw
+    from chdl.cli.simulate import simulate
+
+    real = raw._atomic_write_bytes
+
+    def full(path, data):
+        if path.suffix == ".png" and path.parent.parent.name == "run_00001":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(path, data)
+
+    monkeypatch.setattr(raw, "_atomic_write_bytes", full)
+    out = tmp_path / "c"
+    args = ["corpus", str(out), "--sequences", "2", "--positions", "2", "--lanes-per-run", "1", "--width", "32",
+            "--height", "24", "--workers", "1", "-q"]
+    res = CliRunner().invoke(simulate, args)
+    assert res.exit_code == 1, res.output + repr(res.exception)
+    assert res.output.splitlines() == [f"Error: {out}: disk full (No space left on device); {out} is incomplete: fix "
+                                       "that and rerun the same command to resume"]
+    monkeypatch.setattr(raw, "_atomic_write_bytes", real)
+    res = CliRunner().invoke(simulate, args)
+    assert res.exit_code == 0 and "wrote 1 recordings" in res.output and "1 finished runs kept" in res.output
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                if int((d / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                    out.append(int(d.name))
+            except (OSError, IndexError, ValueError):
+                continue
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_a_killed_corpus_leaves_no_worker_rendering_on(tmp_path):
+    """SIGKILL of `chdl simulate corpus`: its pool workers end at once (they rendered their runs on, for
+    seconds, and a rerun meanwhile cleared and redid those runs under them: two writers in one run folder)."""
+    import os
+    import signal
+    import time
+
+    out = tmp_path / "c"
+    proc = subprocess.Popen([sys.executable, "-m", "chdl", "simulate", "corpus", str(out), "--sequences", "2",
+                             "--lanes-per-run", "1", "--positions", "2000", "--width", "200", "--height", "150",
+                             "--workers", "2", "-q"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})  # (no pipes: the orphans would hold them)
+    index = out / "run_00000" / "frames.jsonl"
+    deadline = time.monotonic() + 60
+    while not (index.is_file() and len(index.read_text().splitlines()) >= 5) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    workers = [c for c in _children(proc.pid) if b"spawn_main" in Path(f"/proc/{c}/cmdline").read_bytes()]
+    proc.kill()
+    proc.wait(timeout=30)
+    assert workers and index.is_file(), "no worker was rendering"
+    deadline = time.monotonic() + 3  # a run of 2,000 frames takes a worker ~20 s or more
+    while any(_alive(w) for w in workers) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(_alive(w) for w in workers), "a worker rendered on after its corpus was killed"

@@ -8,6 +8,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -500,3 +501,156 @@ def test_a_checkpoint_of_another_frame_size_is_refused_before_recording(clean_ru
 
     state["data"].update(height=H, width=W)  # the right size passes
     assert _predictor_spec(model, 5, (H, W))[2] == 5
+
+
+def _wait_for(path: Path, lines: int, proc, timeout: float = 90) -> None:
+    """Until ``path`` has ``lines`` lines (0: exists), or fail with the monitor's stderr."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.is_file() and len(path.read_text().splitlines()) >= lines:
+            return
+        if proc.poll() is not None:
+            break
+        time.sleep(0.01)
+    proc.kill()
+    pytest.fail(f"{path} never came: {proc.communicate()[1][-2000:]}")
+
+
+def test_ctrl_c_to_the_process_group_is_an_interrupted_run_not_a_failed_one(clean_run, tmp_path):
+    """Ctrl-C in a terminal signals the whole process group, the scorer too: it ignores SIGINT (the capture side
+    ends the run, as curate's pool workers leave it to their parent), so the run is "interrupted", with the
+    summary line and exit 130; it was "failed" with 'scorer: KeyboardInterrupt'."""
+    proc = subprocess.Popen([sys.executable, "-m", "chdl", "monitor", "--replay", clean_run, "--out", tmp_path / "m",
+                             "--queue-depth", "100", "-q"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=ENV, start_new_session=True)  # paced at the recorded 5 fps: 10 s for 50 frames
+    _wait_for(tmp_path / "m" / "run_00000" / "frames.jsonl", 5, proc)
+    children = _children(proc.pid)
+    assert children, "the scorer runs in its own process"
+    os.killpg(proc.pid, signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err and "error" not in err.lower(), err
+    status = json.loads((tmp_path / "m" / "run_00000.monitor" / "status.json").read_text())
+    assert status["state"] == "interrupted"
+    assert f"monitor: {status['frames_scored']} frames scored, 0 skipped, 0 events" in out
+    assert 0 < status["frames_scored"] <= status["frames_captured"] < 50
+    rec = Recording.open(tmp_path / "m" / "run_00000")
+    assert not rec.complete and len(rec) == status["frames_captured"] and all(rec.read(f).shape == (H, W) for f in rec.frames)
+    deadline = time.monotonic() + 10  # (the scorer ends before the monitor; multiprocessing's resource tracker after it)
+    while any(_alive(c) for c in children) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(_alive(c) for c in children)
+    assert not list((tmp_path / "m" / "run_00000.monitor").glob("*.tmp")) and \
+        not (tmp_path / "m" / "run_00000.monitor" / ".chdl-reserve").exists()
+
+
+def test_ctrl_c_while_the_scorer_loads_is_an_interruption_not_a_traceback(tmp_path):
+    """SIGINT to the process group as soon as the monitor folder exists, while the scorer still loads its
+    predictor (seconds: it imports torch) and nothing is recorded yet: one line, exit 130, nothing left (it
+    was a KeyboardInterrupt traceback, or click's 'Aborted!' and exit 1)."""
+    proc = subprocess.Popen([sys.executable, "-m", "chdl", "monitor", "--camera", "sim0", "--out", tmp_path / "raw",
+                             "--run-id", "r", "--lanes", "20", "--positions", "10", "--width", "64", "--height", "48"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV, start_new_session=True)
+    _wait_for(tmp_path / "raw" / "r.monitor" / "status.json", 0, proc)
+    os.killpg(proc.pid, signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "Traceback" not in err and "Aborted" not in err, err
+    if (tmp_path / "raw" / "r").exists():  # the scorer was quicker than ever measured: the capture had begun
+        assert json.loads((tmp_path / "raw" / "r.monitor" / "status.json").read_text())["state"] == "interrupted"
+    else:
+        assert err.strip().splitlines() == ["interrupted before the capture began: nothing recorded"]
+        assert not (tmp_path / "raw").exists()
+
+
+def _can_mount_tmpfs() -> bool:
+    if not shutil.which("unshare"):
+        return False
+    probe = subprocess.run(["unshare", "-m", "sh", "-c", "mount -t tmpfs -o size=64k tmpfs /mnt"], capture_output=True)
+    return probe.returncode == 0
+
+
+@pytest.mark.skipif(not _can_mount_tmpfs(), reason="needs `unshare -m` and mount rights for a private tmpfs")
+def test_a_full_disk_is_one_line_and_a_failed_status(clean_run, tmp_path):
+    """A 224 KiB tmpfs in a private mount namespace fills up after a few frames: one error line naming the path and
+    'disk full', exit 1, status.json "failed" (the folder's reserve left room for it), no .tmp file, the recording
+    closed and readable. It was a 65-line traceback, status.json "running" and a status.json.tmp."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    (tmp_path / "check.py").write_text(textwrap.dedent(f"""
+        import json, os
+        from acquisition.raw import Recording
+        rec = Recording.open({str(disk / 'run_00000')!r})
+        folder = {str(disk / 'run_00000.monitor')!r}
+        print(json.dumps({{"status": rec.manifest["status"], "n": len(rec), "stopped_by": rec.manifest["notes"]["stopped_by"],
+                           "readable": all(rec.read(f) is not None for f in rec.frames),
+                           "state": json.load(open(os.path.join(folder, "status.json")))["state"],
+                           "files": sorted(os.listdir(folder)) + sorted(os.listdir(os.path.join(folder, "live")))}}))
+    """))
+    script = (f"mount -t tmpfs -o size=224k tmpfs {disk} && {sys.executable} -m chdl monitor --replay {clean_run} "
+              f"--out {disk} --as-fast-as-possible --queue-depth 100 -q; echo RC=$?; {sys.executable} {tmp_path / 'check.py'}")
+    out = subprocess.run(["unshare", "-m", "sh", "-c", script], capture_output=True, text=True, timeout=120, env=ENV)
+    assert "RC=1" in out.stdout, out.stdout + out.stderr
+    assert "Traceback" not in out.stderr and out.stderr.strip().count("\n") == 0, out.stderr
+    assert out.stderr.startswith("Error: ") and "disk full (No space left on device)" in out.stderr
+    state = json.loads(out.stdout.strip().splitlines()[-1])
+    assert state["status"] == "incomplete" and state["stopped_by"] == "disk full" and state["readable"]
+    assert state["state"] == "failed"
+    assert not [f for f in state["files"] if f.endswith(".tmp") or f == ".chdl-reserve"], state["files"]
+
+
+def test_a_status_json_that_cannot_be_written_is_one_line_and_leaves_no_tmp(clean_run, tmp_path, monkeypatch):
+    """ENOSPC from every status.json write after the first (injected here; the real full disk is the test above):
+    the writes while running are retried quietly, the last one's failure is one line naming status.json and
+    'disk full', exit 1, no status.json.tmp; the recording is complete. It was a traceback per failed write."""
+    import errno
+
+    from click.testing import CliRunner
+
+    from chdl.cli import main
+
+    real, writes = Path.write_bytes, {"n": 0}
+
+    def full_disk(self, data):
+        if self.name != "status.json.tmp":
+            return real(self, data)
+        writes["n"] += 1
+        if writes["n"] == 1:
+            return real(self, data)
+        self.touch()  # created, then the write fails: what a full disk leaves
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_bytes", full_disk)
+    res = CliRunner().invoke(main, ["monitor", "--replay", str(clean_run), "--out", str(tmp_path / "m"),
+                                    "--as-fast-as-possible", "--queue-depth", "100", "-q"])
+    folder = tmp_path / "m" / "run_00000.monitor"
+    assert res.exit_code == 1, res.output + repr(res.exception)
+    assert [line for line in res.output.splitlines() if "rror" in line] == \
+        [f"error: {folder / 'status.json'}: disk full (No space left on device)"], res.output
+    assert writes["n"] >= 2 and not (folder / "status.json.tmp").exists() and not (folder / ".chdl-reserve").exists()
+    assert json.loads((folder / "status.json").read_text())["state"] == "running"  # its last whole version
+    assert "monitor: 40 frames scored" in res.output and Recording.open(tmp_path / "m" / "run_00000").complete
+
+
+@pytest.mark.parametrize("case", ["a file on the way", "a read-only folder"])
+def test_an_output_folder_that_cannot_be_made_is_one_line(tmp_path, monkeypatch, case):
+    """`--out afile/` (a file) or a folder nobody may write: one line naming the folder, exit 1 (was a traceback)."""
+    import errno
+
+    from click.testing import CliRunner
+
+    from chdl.cli import main
+
+    if case == "a file on the way":
+        out, why = tmp_path / "afile", "Not a directory"
+        out.write_text("")
+    else:  # simulated: root writes into read-only folders
+        out, why = tmp_path / "ro", "Permission denied"
+
+        def refused(self, *a, **k):
+            raise PermissionError(errno.EACCES, "Permission denied", str(self))
+
+        monkeypatch.setattr(Path, "mkdir", refused)
+    res = CliRunner().invoke(main, ["monitor", "--camera", "sim0", "--out", f"{out}/", "--run-id", "r", "--lanes", "1",
+                                    "--positions", "3", "--width", "64", "--height", "48"])
+    assert res.exit_code == 1, res.output + repr(res.exception)
+    assert res.output.splitlines() == [f"Error: {out / 'r.monitor'}: cannot create the monitor folder ({why})"]
