@@ -28,6 +28,7 @@ import zarr
 from tqdm import tqdm
 
 from diffuma.evaluation import autocast
+from diffuma.output_folder import check_output_folder, remove_stale_temporaries
 from diffuma.viz import prediction_grid, save_png, side_by_side_gif
 
 
@@ -50,10 +51,12 @@ def write_predictions(out: str | Path, inputs, preds: dict, targets=None, *, seq
                       max_value: float = 255.0, attrs: dict | None = None, fps: float = 2.0, overwrite: bool = False,
                       progress: bool = True) -> Path:
     """Writes the output folder described in the module docstring; ``preds`` = {label: (N, T_out, C, H, W)}.
-    Returns ``out``."""
+    Returns ``out``. Refuses what :func:`check_output_folder` refuses; the folder is built as a temporary
+    sibling and renamed into place, which is removed if anything fails or the run is interrupted (and, if the
+    process was killed, by the next run into ``out``). OSError (disk full, a read-only folder) as raised."""
     out = Path(out)
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise FileExistsError(f"{out}: already exists and is not empty (use --overwrite)")
+    check_output_folder(out, overwrite=overwrite)
+    remove_stale_temporaries(out)
     inputs = np.asarray(inputs, dtype=np.float32)
     preds = {str(k): np.asarray(v, dtype=np.float32) for k, v in preds.items()}
     targets = None if targets is None else np.asarray(targets, dtype=np.float32)
@@ -61,6 +64,18 @@ def write_predictions(out: str | Path, inputs, preds: dict, targets=None, *, seq
     names = [f"seq_{s}" for s in ids]
     tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        _write_folder(tmp, inputs, preds, targets, ids, names, max_value, attrs, fps, progress)
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    except BaseException:  # an error, Ctrl-C: nothing half-written stays behind
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def _write_folder(tmp: Path, inputs, preds, targets, ids, names, max_value, attrs, fps, progress) -> None:
     for sub in ("frames", "gifs", "grids"):
         (tmp / sub).mkdir(parents=True)
     group = zarr.open_group(str(tmp / "predictions.zarr"), mode="w", zarr_format=3,
@@ -82,7 +97,3 @@ def write_predictions(out: str | Path, inputs, preds: dict, targets=None, *, seq
         side_by_side_gif(tmp / "gifs" / f"{name}.gif", inputs[i], seq_preds, truth, fps=fps)
         if truth is not None:
             prediction_grid(tmp / "grids" / f"{name}.png", inputs[i], truth, seq_preds, title=name)
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(tmp, out)
-    return out

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 
 import click
@@ -66,6 +67,7 @@ def train(data, config_name, overrides, out, resume, quiet):
     \b
     The same command runs on CPU, one GPU, or several GPUs under torchrun:
       torchrun --nproc_per_node N -m chdl train --data D --config C --out R
+    Ctrl-C (or SIGTERM) stops after the current step and checkpoints it (exit 130); --resume continues.
     """
     from diffuma.training.config import ConfigError, read_config, resolve_config
 
@@ -83,16 +85,22 @@ def train(data, config_name, overrides, out, resume, quiet):
         click.echo(f"warning: {data} has no validation sequences: training without validation (no val metrics, "
                    "best.pt or training_dynamics.png)", err=True)
 
-    from diffuma.training import TrainingDiverged, train_from_config
+    from diffuma.training import RunFolderError, TrainingDiverged, TrainingInterrupted, train_from_config
     from diffuma.training.checkpoint import CheckpointError
     from chdl.dataset import DatasetFormatError
 
     try:
         config = resolve_config(*raw) if raw else None
         run_dir = train_from_config(config, data, out, resume=resume, progress=not quiet)
-    except (ConfigError, CheckpointError, DatasetFormatError, TrainingDiverged, FileExistsError,
+    except TrainingInterrupted as e:  # Ctrl-C / SIGTERM: last.pt holds the last completed step
+        if main_rank:
+            click.echo(f"interrupted at step {e.step}; rerun with --resume to continue", err=True)
+        sys.exit(130)
+    except (ConfigError, CheckpointError, DatasetFormatError, TrainingDiverged, RunFolderError, FileExistsError,
             FileNotFoundError, ValueError) as e:
         raise _fail(e) from None
+    except OSError as e:  # a log or the config that cannot be written (disk full); checkpoints say so themselves
+        raise click.ClickException(f"{e.filename or out}: cannot write the run ({e.strerror or e})") from None
     if main_rank:
         written = [f for f in RUN_FILES if (run_dir / f).exists()]
         click.echo(f"run folder: {run_dir}  ({', '.join(written)})")
@@ -139,10 +147,13 @@ def eval_(checkpoint, data, split, openstl, batch_size, weights, max_sequences, 
                                      progress=not quiet)
     except (CheckpointError, DatasetFormatError, ValueError) as e:
         raise _fail(e) from None
-    out.mkdir(parents=True, exist_ok=True)
     md = report_markdown(result)
-    atomic_write_text(stem.with_suffix(".json"), json.dumps(result, indent=2))
-    atomic_write_text(stem.with_suffix(".md"), md)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(stem.with_suffix(".json"), json.dumps(result, indent=2))
+        atomic_write_text(stem.with_suffix(".md"), md)
+    except OSError as e:  # a parent that is a file, a read-only folder, disk full
+        raise click.ClickException(f"{e.filename or out}: cannot write the evaluation ({e.strerror or e})") from None
     click.echo(md)
     click.echo(f"wrote {stem}.json and {stem}.md")
 
@@ -188,8 +199,12 @@ def predict(checkpoints, input_, out, split, max_sequences, weights, batch_size,
     With several --checkpoint options every model predicts the same sequences (they must share frame counts and
     frame size); the GIFs and grids show them side by side.
     """
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
-        raise click.ClickException(f"{out}: already exists and is not empty (use --overwrite)")
+    from diffuma.output_folder import check_output_folder
+
+    try:  # before any work: not the input, not a dataset or recording, not a full folder without --overwrite
+        check_output_folder(out, input_, overwrite)
+    except (FileExistsError, ValueError) as e:
+        raise click.ClickException(str(e)) from None
     kind = _input_kind(input_)
     if kind == "dataset":
         _open_data(input_, split, max_sequences, quiet)
@@ -224,6 +239,8 @@ def predict(checkpoints, input_, out, split, max_sequences, weights, batch_size,
                           fps=fps, overwrite=overwrite, progress=not quiet)
     except (CheckpointError, FileExistsError, ValueError) as e:  # RawFormatError/DatasetFormatError are ValueErrors
         raise _fail(e) from None
+    except OSError as e:  # disk full, a read-only folder, a parent that is a file: nothing was left behind
+        raise click.ClickException(f"{out}: cannot write the predictions ({e.strerror or e})") from None
     click.echo(f"{len(inputs)} sequence(s) x {len(preds)} model(s) -> {out}/ (predictions.zarr, frames/, gifs/"
                f"{', grids/' if targets is not None else ''})")
 

@@ -6,12 +6,12 @@ The trainer (and so torch) is imported only when one of its names is used, so co
 
 from diffuma.training.config import ConfigError, RunConfig, load_config, packaged_configs, resolve_config
 
-__all__ = ["ConfigError", "RunConfig", "Trainer", "TrainingDiverged", "load_config", "packaged_configs",
-           "resolve_config", "train_from_config"]
+__all__ = ["ConfigError", "RunConfig", "RunFolderError", "Trainer", "TrainingDiverged", "TrainingInterrupted",
+           "load_config", "packaged_configs", "resolve_config", "train_from_config"]
 
 
 def __getattr__(name: str):
-    if name in ("Trainer", "TrainingDiverged", "train_from_config"):
+    if name in ("Trainer", "TrainingDiverged", "TrainingInterrupted", "RunFolderError", "train_from_config"):
         from diffuma.training import trainer
 
         return getattr(trainer, name)

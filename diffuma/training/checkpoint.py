@@ -3,47 +3,180 @@ opens them (no pickled classes, nothing executed on load).
 
 Keys (format "chdl.checkpoint/1", docs/training.md "Checkpoints"):
     format, chdl_version, config {model, run} (resolved), model_name, model_config (the model dataclass as a
-    dict), data {path, in_frames, out_frames, channels, height, width, max_value, pixel_format},
+    dict), data {path, in_frames, out_frames, channels, height, width, max_value, pixel_format, identity
+    (diffuma.training.data.dataset_identity; absent in older checkpoints)},
     model (state_dict), ema (state_dict or None), ema_n_averaged, optimizer, scaler (or None),
     step (optimiser steps done), epoch (current epoch, 0-based), batch_in_epoch (batches of that epoch done),
     rng {torch, cuda, numpy, python} (rank 0), rng_per_rank (every rank's, under torchrun; else None),
     best_val_mse, train_seconds (training time of the steps so far), samples_seen, planned_total_steps (the
     schedule length a run.max_minutes budget planned, diffuma.training.budget; else None).
+
+Integrity: every checkpoint written here has a checksum record beside it, ``<name>.checksum.json`` (BLAKE3
+digest and size of the file, written atomically before the checkpoint is renamed into place, with the record
+it replaces kept as ``previous`` so that a kill between the two renames still leaves a matching pair);
+:func:`load_checkpoint` refuses a file that matches neither ("checksum mismatch: damaged"). A checkpoint
+without a record (written before chdl recorded them, or copied without it) loads unverified.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import random
+import re
 import warnings
 import zipfile
 from pathlib import Path
 
+import blake3
 import numpy as np
 import torch
 
 CHECKPOINT_FORMAT = "chdl.checkpoint/1"
+CHECKSUM_SUFFIX = ".checksum.json"  # last.pt -> last.pt.checksum.json
+_TMP_NAME = re.compile(r"\..+\.tmp\d+")  # what _tmp_path names (".last.pt.tmp1234"): a write cut short
 
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be used; the message names the file."""
 
 
-def save_checkpoint(path: str | Path, state: dict) -> None:
-    """Writes ``state`` atomically (tmp file in the same folder, then os.replace)."""
+class CheckpointWriteError(CheckpointError):
+    """A checkpoint that could not be written (disk full, no permission); the message names the file. Nothing
+    of the attempt is left behind: the previous checkpoint of that name is kept as it was."""
+
+
+def _tmp_path(path: Path) -> Path:
+    return path.with_name(f".{path.name}.tmp{os.getpid()}")
+
+
+def remove_stale_tmp_files(folder: str | Path) -> list[Path]:
+    """Removes the temporary files (``.<name>.tmp<pid>``) that a write cut short by a kill left in ``folder``;
+    returns them. Only for a folder no other process writes to (the trainer holds its run folder's lock)."""
+    folder = Path(folder)
+    stale = [p for p in folder.glob(".*.tmp*") if _TMP_NAME.fullmatch(p.name) and p.is_file()] \
+        if folder.is_dir() else []
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale
+
+
+class _HashingWriter:
+    """The file object ``torch.save`` writes to: passes every byte to an unbuffered file (so a full disk is an
+    OSError with its errno at the write that failed, not torch's "basic_ios::clear: iostream error") and
+    hashes it on the way (no second read of the file). ``error``: the first OSError a write raised (torch may
+    replace it by a RuntimeError of its own while it closes the archive)."""
+
+    def __init__(self, file):
+        self.file, self.digest, self.size = file, blake3.blake3(), 0
+        self.error: OSError | None = None
+
+    def write(self, data) -> int:
+        whole = view = memoryview(data).cast("B")
+        try:
+            while view:  # an unbuffered write may take only part of the bytes
+                view = view[self.file.write(view):]
+        except OSError as e:
+            self.error = self.error or e
+            raise
+        self.digest.update(whole)
+        self.size += len(whole)
+        return len(whole)
+
+    def flush(self) -> None:
+        self.file.flush()
+
+
+def checksum_path(path: str | Path) -> Path:
+    """The checksum record of the checkpoint at ``path``: ``<path>.checksum.json`` beside it."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save({"format": CHECKPOINT_FORMAT, **state}, tmp)
-    os.replace(tmp, path)
+    return path.with_name(path.name + CHECKSUM_SUFFIX)
+
+
+def save_checkpoint(path: str | Path, state: dict) -> None:
+    """Writes ``state`` atomically (tmp file in the same folder, then os.replace), with its checksum record
+    (:func:`checksum_path`) written atomically before the rename. CheckpointWriteError (one line naming ``path``:
+    ``cannot write checkpoint (No space left on device)``, or ``(disk full?)`` when the failure has no errno) if
+    any of it cannot be written; the temporary files are removed then and the previous checkpoint is kept."""
+    path = Path(path)
+    tmp, record = _tmp_path(path), checksum_path(path)
+    writer = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "wb", buffering=0) as f:
+            writer = _HashingWriter(f)
+            torch.save({"format": CHECKPOINT_FORMAT, **state}, writer)
+        entry = {"blake3": writer.digest.hexdigest(), "bytes": writer.size}
+        atomic_write_text(record, json.dumps({"file": path.name, **entry, "previous": _current_entry(path)}))
+        os.replace(tmp, path)
+    except (OSError, RuntimeError) as e:  # torch turns some write failures into a RuntimeError of its own
+        tmp.unlink(missing_ok=True)
+        cause = e if isinstance(e, OSError) else writer.error if writer is not None else None
+        why = cause.strerror if cause is not None and cause.strerror else "disk full?"
+        raise CheckpointWriteError(f"{path}: cannot write checkpoint ({why})") from None
+
+
+def _current_entry(path: Path) -> dict | None:
+    """The {blake3, bytes} of the checkpoint now at ``path``, from its record when that is readable, else by
+    hashing the file (None if there is none): kept as the new record's ``previous``, so the old file still
+    matches if the process dies between writing the record and renaming the new file into place."""
+    try:
+        old = json.loads(checksum_path(path).read_text())
+        return {"blake3": old["blake3"], "bytes": old["bytes"]}
+    except (OSError, ValueError, TypeError, KeyError):
+        pass
+    if not path.is_file():
+        return None
+    digest, size = file_digest(path)
+    return {"blake3": digest, "bytes": size}
+
+
+def file_digest(path: str | Path) -> tuple[str, int]:
+    """(BLAKE3 hex digest, size in bytes) of a file. OSError if it cannot be read."""
+    digest = blake3.blake3()
+    with open(path, "rb") as f:
+        while block := f.read(8 << 20):
+            digest.update(block)
+    return digest.hexdigest(), os.path.getsize(path)
+
+
+def verify_checksum(path: str | Path) -> None:
+    """Compares the checkpoint at ``path`` with its checksum record (:func:`checksum_path`): CheckpointError
+    (one line naming the file: "checksum mismatch: damaged") when it matches neither the recorded digest nor
+    the one the record replaced; an unreadable record is an error naming the record. No record: nothing to
+    check (checkpoints written before chdl recorded checksums, or copied without their record)."""
+    path = Path(path)
+    record = checksum_path(path)
+    if not record.is_file():
+        return
+    try:
+        saved = json.loads(record.read_text())
+        accepted = [(e["blake3"], e["bytes"]) for e in (saved, saved.get("previous")) if e is not None]
+    except (OSError, ValueError, TypeError, KeyError, AttributeError) as e:
+        raise CheckpointError(f"{record}: unreadable checksum record of {path.name} ({type(e).__name__}); delete "
+                              "it to load the checkpoint unverified") from None
+    try:
+        digest, size = file_digest(path)
+    except OSError as e:
+        raise CheckpointError(f"{path}: cannot read checkpoint ({e.strerror or e})") from None
+    if (digest, size) not in accepted:
+        how = (f"{size} bytes, {record.name} recorded {saved['bytes']} when it was written" if size != saved["bytes"]
+               else f"its BLAKE3 digest differs from the one {record.name} recorded when it was written")
+        raise CheckpointError(f"{path}: checksum mismatch: damaged ({how}; if the file was replaced on purpose, "
+                              "delete that record)")
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
-    """Writes a text file (run config, eval report) through a tmp file in the same folder + os.replace."""
+    """Writes a text file (run config, eval report) through a tmp file in the same folder + os.replace; OSError
+    if it cannot (the tmp file is removed then)."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    tmp = _tmp_path(path)
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def _starts_with(path: Path, magic: bytes) -> bool:
@@ -52,10 +185,12 @@ def _starts_with(path: Path, magic: bytes) -> bool:
 
 
 def load_checkpoint(path: str | Path) -> dict:
-    """Loads a checkpoint on the CPU with ``weights_only=True``; CheckpointError if unreadable or foreign."""
+    """Loads a checkpoint on the CPU with ``weights_only=True``; CheckpointError if unreadable, foreign, or
+    damaged (its checksum record disagrees: :func:`verify_checksum`)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint not found")
+    verify_checksum(path)
     try:
         with warnings.catch_warnings():  # torch's multi-line notes on legacy pickles: the one-line error says it
             warnings.simplefilter("ignore", UserWarning)

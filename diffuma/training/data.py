@@ -4,17 +4,21 @@
 from __future__ import annotations
 
 import itertools
+import signal
 from pathlib import Path
 
+import blake3
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
-from chdl.dataset import open_dataset
+from chdl.dataset import CHECKSUMS, open_dataset, read_array
 from chdl.torch_dataset import SequenceDataset
 
 
 def dataset_info(path: str | Path, in_frames: int | None = None, out_frames: int | None = None) -> dict:
-    """What a model needs to know about a dataset (and a checkpoint records): frame counts, shape, range.
+    """What a model needs to know about a dataset (and a checkpoint records): frame counts, shape, range, and
+    the dataset's identity (:func:`dataset_identity`; a resume compares it, :func:`dataset_mismatch`).
 
     in/out frame counts come from the dataset attributes unless given.
     """
@@ -27,7 +31,47 @@ def dataset_info(path: str | Path, in_frames: int | None = None, out_frames: int
         "channels": int(c), "height": int(h), "width": int(w),
         "max_value": float(reader.attrs["max_value"]),
         "pixel_format": str(reader.attrs.get("pixel_format", "")),
+        "identity": dataset_identity(reader),
     }
+
+
+def dataset_identity(reader) -> dict:
+    """What tells one dataset from another wherever it lies (a path can move): ``frames_shape`` (N, T, C, H, W),
+    ``created`` (its provenance's creation time), and ``content``: the BLAKE3 digest of its per-shard checksum
+    records, which hold the digest of every shard file (frames, split, QC arrays: the dataset's whole content,
+    keyed by paths inside it), or None for a dataset written before chdl recorded shard checksums. A copy or a
+    moved dataset keeps all three."""
+    content = None
+    if reader.has_checksums:
+        records = np.asarray(read_array(reader.group[CHECKSUMS], slice(None), reader.path)).reshape(-1)
+        content = blake3.blake3("\n".join(str(r) for r in records).encode()).hexdigest()
+    return {"frames_shape": [int(n) for n in reader.frames.shape],
+            "created": str(reader.attrs.get("provenance", {}).get("created", "")), "content": content}
+
+
+def dataset_mismatch(saved: dict, current: dict) -> str | None:
+    """Why the dataset ``current`` describes (:func:`dataset_info`) is not the one a checkpoint's ``saved`` data
+    was made with; None when it is. Compared: the frames' shape, max_value, and the content digest when both
+    have one, else the creation time. A checkpoint without an identity (written before chdl recorded it) is
+    not compared here (None): the caller can only compare paths."""
+    a, b = saved.get("identity"), current.get("identity")
+    if not isinstance(a, dict) or not isinstance(b, dict):
+        return None
+    why = []
+    if a.get("frames_shape") != b.get("frames_shape"):
+        why.append(f"frames {_shape(a.get('frames_shape'))} vs {_shape(b.get('frames_shape'))} (N,T,C,H,W)")
+    if saved.get("max_value") != current.get("max_value"):
+        why.append(f"max_value {saved.get('max_value')} vs {current.get('max_value')}")
+    if a.get("content") and b.get("content"):
+        if a["content"] != b["content"]:
+            why.append("its content differs (the shard checksums recorded in the two datasets are not the same)")
+    elif a.get("created") != b.get("created"):
+        why.append(f"created {a.get('created') or '?'} vs {b.get('created') or '?'}")
+    return "; ".join(why) or None
+
+
+def _shape(shape) -> str:
+    return "x".join(map(str, shape)) if isinstance(shape, list) else repr(shape)
 
 
 def sequence_datasets(path: str | Path, info: dict, frame_offset: int = 0) -> tuple[Dataset, Dataset]:
@@ -77,10 +121,19 @@ class ResumableSampler(Sampler[int]):
         return max(len(self.base) - self.skip, 0)
 
 
+def ignore_stop_signals(worker_id: int = 0) -> None:
+    """A DataLoader worker's init: SIGINT is the training process's to handle (it stops after the current step
+    and checkpoints); Ctrl-C in a terminal reaches the whole process group, and a worker that died of it would
+    fail the batches the main process still reads. (SIGTERM is left alone: multiprocessing stops leftover
+    workers with it at exit.)"""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 def make_loader(dataset: Dataset, batch_size: int, *, sampler: Sampler | None = None, num_workers: int = 0,
                 seed: int = 0, pin_memory: bool = False) -> DataLoader:
     """A DataLoader whose worker seeds come from its own generator, never from torch's global RNG (which the
-    model's noise draws from), so resuming mid-epoch replays exactly the same random numbers."""
+    model's noise draws from), so resuming mid-epoch replays exactly the same random numbers. Its workers
+    ignore SIGINT (:func:`ignore_stop_signals`)."""
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, shuffle=False, num_workers=num_workers,
                       pin_memory=pin_memory, persistent_workers=num_workers > 0, drop_last=False,
-                      generator=torch.Generator().manual_seed(seed))
+                      generator=torch.Generator().manual_seed(seed), worker_init_fn=ignore_stop_signals)

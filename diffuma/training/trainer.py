@@ -18,15 +18,25 @@ Run folder (``out``)::
     training_dynamics.png    validation MSE / MAE / SSIM per epoch with the baselines' lines (refreshed after
                              every validation)
     tensorboard/             only when the tensorboard package is installed
+    .chdl-train.lock         the run folder's lock: one trainer at a time (:func:`claim_run_folder`)
+
+Stopping: SIGINT (Ctrl-C) or SIGTERM during ``fit`` stops after the current step (or the validation in
+progress), writes ``last.pt`` at the last completed step and raises :class:`TrainingInterrupted`; a second
+signal aborts at once. A resume then ends exactly where an uninterrupted run would.
 """
 
 from __future__ import annotations
 
 import csv
 import dataclasses
+import errno
+import fcntl
 import math
 import os
 import random
+import signal
+import sys
+import threading
 import time
 from pathlib import Path
 
@@ -42,9 +52,10 @@ import chdl
 from diffuma.evaluation import BASELINES, autocast, evaluate, result_key
 from diffuma.training.budget import CALIBRATION_STEPS, REPLAN_FRACTION, planned_total_steps, step_time_estimate
 from diffuma.training.checkpoint import (CheckpointError, atomic_write_text, load_checkpoint, load_weights,
-                                         rng_state, save_checkpoint, set_rng_state)
+                                         remove_stale_tmp_files, rng_state, save_checkpoint, set_rng_state)
 from diffuma.training.config import ConfigError, RunConfig, resolve_config, run_config_from_dict
-from diffuma.training.data import ResumableSampler, dataset_info, make_loader, sequence_datasets
+from diffuma.training.data import (ResumableSampler, dataset_info, dataset_mismatch, make_loader,
+                                   sequence_datasets)
 from diffuma.training.optim import param_groups
 from diffuma.training.schedule import lr_at
 
@@ -52,8 +63,68 @@ STEP_FIELDS = ["step", "epoch", "loss", "lr", "grad_norm", "samples_per_s", "ela
 EPOCH_FIELDS = ["epoch", "step", "train_loss", "val_mse", "val_mae", "val_ssim", "val_psnr", "elapsed_s"]
 
 
+LOCK_FILE = ".chdl-train.lock"
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; the message names the step and the last good checkpoint."""
+
+
+class RunFolderError(RuntimeError):
+    """A run folder that cannot be used: it cannot be created, it is a dataset or a recording, or another
+    trainer holds it. The message names the folder."""
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """SIGINT/SIGTERM stopped the run; ``last.pt`` holds step ``step`` (``--resume`` continues from there). A
+    KeyboardInterrupt, so callers that do not know it treat it as the Ctrl-C it is."""
+
+    def __init__(self, step: int, checkpoint: Path):
+        super().__init__(f"interrupted at step {step}")
+        self.step, self.checkpoint = step, checkpoint
+
+
+def check_run_folder(out: Path) -> None:
+    """RunFolderError when ``out`` cannot be a run folder: a file, a chdl/zarr dataset (zarr.json), or a raw
+    recording (manifest.json + frames.jsonl) -- the trainer would write its files into them -- or a run folder
+    another trainer holds (:func:`claim_run_folder`)."""
+    if out.exists() and not out.is_dir():
+        raise RunFolderError(f"{out}: cannot create the run folder (a file of that name exists)")
+    if (out / "zarr.json").is_file():
+        raise RunFolderError(f"{out}: a dataset (it holds zarr.json), not a run folder; choose another --out")
+    if (out / "manifest.json").is_file() and (out / "frames.jsonl").is_file():
+        raise RunFolderError(f"{out}: a raw recording (it holds manifest.json and frames.jsonl), not a run folder; "
+                             "choose another --out")
+    if (out / LOCK_FILE).is_file():  # asked early, before a checkpoint is read; fit takes the lock for good
+        os.close(claim_run_folder(out))  # (closing it drops this process's lock: fit has not taken it yet)
+
+
+def claim_run_folder(out: Path) -> int:
+    """Creates the run folder ``out`` if needed and takes its lock for as long as the returned descriptor is open:
+    an exclusive POSIX lock (``fcntl.lockf``) on ``out/.chdl-train.lock``, which holds this process's pid. The OS
+    drops it when the process ends, however it ends (SIGKILL too), and, unlike ``flock``, the DataLoader workers
+    forked from the process do not share it (a killed trainer's workers never keep its folder locked). Being
+    per process, it does not refuse a second claim from the same process. RunFolderError when the folder cannot
+    be created (naming the OS's reason) or another process holds the lock (naming its pid). On a filesystem
+    without lock support the folder is not locked."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        fd = os.open(out / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+        raise RunFolderError(f"{out}: cannot create the run folder ({e.strerror or e})") from None
+    try:
+        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+        if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            return fd  # no lock support here (ENOLCK): unlocked, as before
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise RunFolderError(f"{out}: the folder is in use by another chdl train (pid {holder}); wait for it to "
+                             "end or stop it, or choose another --out") from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
 
 
 def seed_everything(seed: int) -> None:
@@ -235,6 +306,7 @@ class Trainer:
         self._calibration_s: list[float] = []
         self._since_plan_s: list[float] | None = []   # step times after the plan, until the re-plan (then None)
         self._step_started = 0.0
+        self._stop_signal: int | None = None  # SIGINT/SIGTERM received during fit (_on_stop_signal)
 
     # ------------------------------------------------------------------ checkpoints
     @property
@@ -277,6 +349,7 @@ class Trainer:
 
     def load(self, path: Path) -> None:
         state = load_checkpoint(path)
+        self._check_same_dataset(state["data"])
         if state["config"] != self.config:
             diff = _config_diff(state["config"], self.config)
             raise ConfigError(f"{path}: resume with a different config ({diff}); resume uses the run's saved "
@@ -307,6 +380,20 @@ class Trainer:
             raise ConfigError(f"{path}: saved by {saved_world} process(es), resumed with {self.dist.world_size}; "
                               "resume with the same number of processes")
         set_rng_state(per_rank[self.dist.rank] if self.dist.world_size > 1 else state["rng"])
+
+    def _check_same_dataset(self, saved: dict) -> None:
+        """ConfigError naming both datasets when the run's checkpoint was made with another dataset than
+        ``self.data_info``'s (diffuma.training.data.dataset_mismatch: shape, max_value, content or creation
+        time; not the path, so a moved or copied dataset resumes). A checkpoint from before chdl recorded the
+        identity can only be compared by path: a different path is a warning then."""
+        here, there = self.data_info.get("path"), saved.get("path")
+        why = dataset_mismatch(saved, self.data_info)
+        if why:
+            raise ConfigError(f"{here}: not the dataset this run was made with ({there}): {why}; resume with --data "
+                              f"{there} (or a copy of it), or start a new --out")
+        if "identity" not in saved and here != there and self.dist.main:
+            print(f"warning: the run's checkpoint does not record which dataset it was made with (written before "
+                  f"chdl did), only its path {there}: cannot check that {here} is the same data", file=sys.stderr)
 
     # ------------------------------------------------------------------ validation
     def validate(self) -> dict | None:
@@ -379,7 +466,19 @@ class Trainer:
         stop_after_steps: return abruptly after this many steps of this call without saving anything —
         what a killed process leaves behind (used by the resume tests).
         """
+        lock = claim_run_folder(self.out) if self.dist.main else None
+        try:
+            return self._fit_locked(resume, stop_after_steps)
+        finally:
+            if lock is not None:
+                os.close(lock)  # releases the run folder's lock
+
+    def _fit_locked(self, resume: bool, stop_after_steps: int | None) -> Path:
+        """:meth:`fit` once the run folder is this process's (rank 0) or rank 0's (the other ranks)."""
         last = self.ckpt_dir / "last.pt"
+        if self.dist.main:  # what a process killed while writing left behind
+            remove_stale_tmp_files(self.ckpt_dir)
+            remove_stale_tmp_files(self.out)
         if resume:
             if not last.is_file():
                 raise FileNotFoundError(f"{last}: nothing to resume (no checkpoint in {self.out})")
@@ -388,7 +487,6 @@ class Trainer:
             raise FileExistsError(f"{self.out}: already holds a run (checkpoints/last.pt); pass --resume to "
                                   "continue it or choose another --out")
         if self.dist.main:
-            self.out.mkdir(parents=True, exist_ok=True)
             atomic_write_text(self.out / "config.yaml", yaml.safe_dump(self.config, sort_keys=False))
             steps_log = _CsvLog(self.out / "steps.csv", list(STEP_FIELDS), "step", self.step if resume else None)
             epochs_log = _CsvLog(self.out / "epochs.csv", list(EPOCH_FIELDS), "epoch", self.epoch if resume else None)
@@ -396,14 +494,20 @@ class Trainer:
         self.model.train()
         self._t0 = t0 = time.perf_counter() - self.elapsed_before
         done_now = 0
+        previous_handlers = self._catch_stop_signals()
         try:
             while not self.finished():
+                if self._stop_requested():
+                    self._stop()
                 self.sampler.set_epoch(self.epoch, skip=self.batch_in_epoch * self.run.batch_size)
                 bar = tqdm(total=self.steps_per_epoch, initial=self.batch_in_epoch, unit="step", dynamic_ncols=True,
                            desc=self._bar_label(), disable=not self.progress)
                 t_last = time.perf_counter()
                 self._start_step_clock()
-                for x, y in self.loader:
+                for x, y in self._batches():
+                    if self._stop_requested():  # this batch is left for the resume
+                        bar.close()
+                        self._stop()
                     loss, logs, grad_norm = self._train_step(x, y)
                     self.step += 1
                     self.batch_in_epoch += 1
@@ -447,12 +551,70 @@ class Trainer:
             if self.last_saved_step != self.step:
                 self.save()
         finally:
+            self._restore_signal_handlers(previous_handlers)
             if self.dist.main:
                 steps_log.close()
                 epochs_log.close()
                 if tb is not None:
                     tb.close()
         return self.out
+
+    # ------------------------------------------------------------------ stopping on SIGINT / SIGTERM
+    def _catch_stop_signals(self) -> dict | None:
+        """Installs the SIGINT/SIGTERM handler for the loop (main thread only: elsewhere Python cannot);
+        returns the handlers it replaced (SIGCHLD's too, which _on_stop_signal may change)."""
+        if threading.current_thread() is not threading.main_thread():
+            return None
+        self._stop_signal = None
+        return {signal.SIGCHLD: signal.getsignal(signal.SIGCHLD),
+                **{s: signal.signal(s, self._on_stop_signal) for s in STOP_SIGNALS}}
+
+    @staticmethod
+    def _restore_signal_handlers(previous: dict | None) -> None:
+        for s, handler in (previous or {}).items():
+            signal.signal(s, handler)
+
+    def _on_stop_signal(self, signum, frame) -> None:
+        """The first signal asks the loop to stop at the next step boundary; a second one aborts at once.
+
+        The loader's workers ignore SIGINT (data.ignore_stop_signals) but die of a SIGTERM sent to the whole
+        process group (a scheduler's stop); torch's SIGCHLD handler would then raise in the middle of the step
+        in progress, so it is set aside: the loader reports the dead workers when the next batch is asked for,
+        and _batches stops there."""
+        if self._stop_signal is not None:
+            raise KeyboardInterrupt
+        self._stop_signal = signum
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+
+    def _stop_requested(self) -> bool:
+        """Whether a stop signal arrived (under torchrun: on any rank, so that all ranks stop at the same step)."""
+        stop = self._stop_signal is not None
+        if self.dist.world_size > 1:
+            flag = torch.tensor(float(stop), device=self.device)
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            stop = bool(flag.item())
+        return stop
+
+    def _stop(self) -> None:
+        """Writes last.pt at the last completed step (unless it holds it already), then raises TrainingInterrupted."""
+        if self.last_saved_step != self.step:
+            self.save()
+        raise TrainingInterrupted(self.step, self.ckpt_dir / "last.pt")
+
+    def _batches(self):
+        """The epoch's batches. A loader error after a stop signal (a worker killed by the same signal) stops the
+        run as the signal asks, in a single process; otherwise it is raised."""
+        batches = iter(self.loader)
+        while True:
+            try:
+                batch = next(batches)
+            except StopIteration:
+                return
+            except Exception:
+                if self._stop_signal is None or self.dist.world_size > 1:
+                    raise
+                self._stop()
+            yield batch
 
     def _train_step(self, x, y) -> tuple[float, dict, float | None]:
         to_unit = getattr(self.train_set, "to_unit", None)  # integer batches (SequenceDataset(integer=True))
@@ -564,6 +726,7 @@ def build_trainer(config: dict | None, data: str | Path, out: str | Path, resume
                   progress: bool = True) -> Trainer:
     """The Trainer ``train_from_config`` runs: resolved config, dataset, seeded model. See there."""
     out = Path(out)
+    check_run_folder(out)
     if resume:
         last = out / "checkpoints" / "last.pt"
         if not last.is_file():
@@ -599,7 +762,17 @@ def train_from_config(config: dict | None, data: str | Path, out: str | Path, re
     config: ``{"model": {"name": ..., "preset": ..., **field overrides}, "run": {RunConfig fields}}``. The model's
     in/out frame counts come from run.in_frames/out_frames or else the dataset attributes; channels, height and
     width always come from the dataset. With ``resume=True`` config may be None (the run's saved config is used).
+
+    Errors: ConfigError (also a resume with another config or another dataset), CheckpointError (a damaged or
+    unusable checkpoint; CheckpointWriteError when one cannot be written), RunFolderError (``out`` cannot be
+    created, is a dataset or a recording, or another trainer holds it), FileExistsError / FileNotFoundError (a
+    fresh run into a run folder / a resume with nothing to resume), TrainingDiverged, and TrainingInterrupted
+    (SIGINT/SIGTERM: ``last.pt`` holds the last completed step).
     """
-    run_dir = build_trainer(config, data, out, resume, progress).fit(resume=resume)
+    try:
+        run_dir = build_trainer(config, data, out, resume, progress).fit(resume=resume)
+    except TrainingInterrupted:
+        shutdown_distributed()  # every rank stopped at the same step: they leave the process group together
+        raise
     shutdown_distributed()
     return run_dir

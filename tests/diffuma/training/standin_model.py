@@ -1,6 +1,8 @@
 """A tiny stand-in model honouring Contract 4 (Config, PRESETS, forward, training_loss), for fast trainer tests
 that must not depend on any real model's speed or shape rules."""
 
+import os
+import time
 from dataclasses import dataclass
 
 import torch.nn as nn
@@ -40,6 +42,7 @@ class StandIn(nn.Module):
         return x[:, -1:] + self.out(z).reshape(b, self.config.out_frames, c, h, w)
 
     def training_loss(self, x, y, step: int = 0, total_steps: int = 1):
+        time.sleep(float(os.environ.get("STANDIN_STEP_SLEEP", 0)))  # a run slow enough to signal or lock mid-run
         pred = self(x)
         mse = F.mse_loss(pred, y)
         l1 = F.l1_loss(pred, y)

@@ -1,6 +1,7 @@
 """Checkpoints that cannot be used are one-line errors naming the file and what is wrong, from `chdl eval`,
 `chdl predict` and a resume: another model's name, missing or unexpected keys, a shape mismatch, no
-`model` key, wrong types, and files torch refuses to unpickle (nothing in them is run)."""
+`model` key, wrong types, files torch refuses to unpickle (nothing in them is run), and files that no longer
+match the checksum recorded when they were written."""
 
 import collections
 
@@ -10,6 +11,8 @@ from click.testing import CliRunner
 
 from chdl.cli import main
 from diffuma.training import train_from_config
+from diffuma.training.checkpoint import (CheckpointError, checksum_path, load_checkpoint, save_checkpoint,
+                                         verify_checksum)
 
 
 @pytest.fixture(scope="module")
@@ -69,9 +72,75 @@ def test_resume_refuses_weights_that_do_not_fit(run, tiny_dataset, tmp_path, sta
     state = torch.load(ck, weights_only=True)
     state["model"][_first_key(state)] = torch.zeros(2)
     torch.save(state, ck)
+    checksum_path(ck).unlink()  # its checksum record would call the edited file damaged (as it does below)
     r = CliRunner().invoke(main, ["train", "--data", str(tiny_dataset), "--out", str(copy), "--resume", "--no-progress"])
     msg = r.output.strip()
     assert r.exit_code == 1 and msg.startswith(f"Error: {ck}: model weights do not fit") and "\n" not in msg, msg
+
+
+def _flip_one_byte(path):
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+def test_a_damaged_checkpoint_is_refused_by_resume_eval_and_predict(run, tiny_dataset, tmp_path, standin):
+    """One flipped byte: the checksum recorded when the checkpoint was written no longer matches (torch alone
+    loads such a file without complaint); without its record (an older or copied checkpoint) it loads."""
+    import shutil
+
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    ck = copy / "checkpoints" / "last.pt"
+    assert checksum_path(ck).is_file()
+    _flip_one_byte(ck)
+    torch.load(ck, weights_only=True)  # what went unnoticed
+    damaged = (f"Error: {ck}: checksum mismatch: damaged (its BLAKE3 digest differs from the one last.pt.checksum.json "
+               "recorded when it was written; if the file was replaced on purpose, delete that record)")
+    for args in (["train", "--data", tiny_dataset, "--out", copy, "--resume"],
+                 ["eval", "--checkpoint", ck, "--data", tiny_dataset, "--out", tmp_path / "e"],
+                 ["predict", "--checkpoint", ck, "--input", tiny_dataset, "--out", tmp_path / "p"]):
+        r = CliRunner().invoke(main, [*map(str, args), "-q"])
+        assert (r.exit_code, r.output.strip()) == (1, damaged), args
+    assert not (tmp_path / "e").exists() and not (tmp_path / "p").exists()
+    ck.write_bytes(ck.read_bytes()[:-10])
+    with pytest.raises(CheckpointError, match=r"checksum mismatch: damaged \(\d+ bytes, last.pt.checksum.json "
+                                              r"recorded \d+ when it was written; "):
+        load_checkpoint(ck)
+    # A checkpoint with no record (written before chdl recorded checksums) loads as before.
+    legacy = tmp_path / "legacy.pt"
+    shutil.copyfile(run / "checkpoints" / "last.pt", legacy)
+    assert load_checkpoint(legacy)["step"] == 1
+    # An unreadable record is named.
+    checksum_path(legacy).write_text("{not json")
+    with pytest.raises(CheckpointError, match=rf"^{checksum_path(legacy)}: unreadable checksum record of legacy.pt "):
+        load_checkpoint(legacy)
+
+
+def test_a_kill_between_the_record_and_the_rename_leaves_a_loadable_checkpoint(tmp_path, monkeypatch):
+    """save_checkpoint writes the new checksum record before it renames the new file into place; a process killed
+    in between leaves the old file with the new record, which still accepts it (it keeps the record it replaced)."""
+    import os
+
+    path = tmp_path / "last.pt"
+    save_checkpoint(path, {"step": 1})
+    old = path.read_bytes()
+
+    def killed(src, dst):
+        if str(dst) == str(path):
+            raise KeyboardInterrupt  # not an error save_checkpoint handles: the process dies here
+        return real_replace(src, dst)
+
+    real_replace = os.replace
+    monkeypatch.setattr(os, "replace", killed)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(path, {"step": 2})
+    monkeypatch.undo()
+    assert path.read_bytes() == old and '"previous": {' in checksum_path(path).read_text()
+    verify_checksum(path)
+    save_checkpoint(path, {"step": 3})
+    verify_checksum(path)
+    assert torch.load(path, weights_only=True)["step"] == 3
 
 
 class Payload:  # a class torch's weights-only unpickler refuses (so its __reduce__ never runs)
@@ -102,8 +171,6 @@ def test_truncated_checkpoint_says_truncated(run, tiny_dataset, tmp_path):
 
 def test_a_legacy_pickle_is_one_line_without_torchs_warning(tmp_path, recwarn):
     import pickle
-
-    from diffuma.training.checkpoint import CheckpointError, load_checkpoint
 
     ck = tmp_path / "plain.pt"
     ck.write_bytes(pickle.dumps({"format": "x"}))

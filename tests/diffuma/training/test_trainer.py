@@ -189,6 +189,62 @@ def test_real_sigkill_after_a_checkpoint_then_resume_matches(standin, tiny_datas
         assert torch.equal(v, resumed.model.state_dict()[k]), k
 
 
+def _wait_for(predicate, proc, timeout=120):
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not predicate() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
+@pytest.mark.parametrize("signum, workers", [("SIGINT", 2), ("SIGTERM", 2), ("SIGTERM", 0)])
+def test_ctrl_c_or_sigterm_checkpoints_the_last_step_and_the_resume_matches(standin, tiny_dataset, tmp_path, signum,
+                                                                             workers):
+    """A real `chdl train` process signalled mid-epoch with checkpoint_every_steps 0, the signal sent to its whole
+    process group, loader workers included (as Ctrl-C in a terminal sends SIGINT, and a scheduler SIGTERM: the
+    workers ignore SIGINT and die of SIGTERM): it writes last.pt at its last completed step, says so in one line
+    and exits 130; the resumed run ends with the same weights and logs, bit for bit, as an uninterrupted one."""
+    import os
+    import re
+    import signal
+    import subprocess
+
+    import yaml
+
+    from train_helpers import standin_cli
+
+    cfg = _config(epochs=4, checkpoint_every_steps=0, num_workers=workers)
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    run = tmp_path / "run"
+    proc = subprocess.Popen(standin_cli("train", "--data", tiny_dataset, "--config", tmp_path / "c.yaml", "--out", run,
+                                        "-q", threads=torch.get_num_threads()),
+                            env={**os.environ, "STANDIN_STEP_SLEEP": "0.1"},  # 12 steps of >= 0.1 s: a signal mid-run
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    steps = run / "steps.csv"
+    _wait_for(lambda: steps.exists() and len(steps.read_text().splitlines()) >= 3, proc)  # 2 steps done
+    os.killpg(proc.pid, getattr(signal, signum))
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, (out, err)
+    m = re.fullmatch(r"interrupted at step (\d+); rerun with --resume to continue", err.strip())
+    assert m, err
+    stopped_at = int(m.group(1))
+    assert 2 <= stopped_at < 12
+    assert load_checkpoint(run / "checkpoints" / "last.pt")["step"] == stopped_at
+    assert [int(r["step"]) for r in _rows(steps)] == list(range(1, stopped_at + 1))
+    resumed = build_trainer(None, tiny_dataset, run, resume=True, progress=False)
+    resumed.fit(resume=True)
+    ref = build_trainer(cfg, tiny_dataset, tmp_path / "ref", progress=False)
+    ref.fit()
+    assert resumed.step == ref.step == 12
+    for k, v in ref.model.state_dict().items():
+        assert torch.equal(v, resumed.model.state_dict()[k]), k
+    for k, v in ref.ema.module.state_dict().items():
+        assert torch.equal(v, resumed.ema.module.state_dict()[k]), k
+    assert [r["loss"] for r in _rows(tmp_path / "ref" / "steps.csv")] == [r["loss"] for r in _rows(steps)]
+    assert [r["train_loss"] for r in _rows(tmp_path / "ref" / "epochs.csv")] == \
+        [r["train_loss"] for r in _rows(run / "epochs.csv")]
+
+
 def test_real_diffuma_tiny_lowers_its_loss(tmp_path):
     from train_helpers import write_moving_square_dataset
 

@@ -1,5 +1,8 @@
 """Test data for the trainer tests (a module of its own so test files can import it by a unique name)."""
 
+import sys
+from pathlib import Path
+
 import numpy as np
 
 from chdl.dataset import DatasetWriter
@@ -23,3 +26,18 @@ def write_moving_square_dataset(path, n=12, n_val=4, t=10, h=16, w=16, in_frames
         wr.write_shard(s, frames=frames[r.start:r.stop], split=split[r.start:r.stop])
     wr.finalize()
     return path
+
+
+def standin_cli(*args, threads: int) -> list[str]:
+    """The command line of a real ``chdl`` process (``python -c``) with the stand-in model registered as
+    "standin" and torch at ``threads`` intra-op threads (bit-identity with an in-process run needs the same
+    count), running ``chdl *args``. Run it with ``STANDIN_STEP_SLEEP=<s>`` in its environment for steps that
+    take at least that long."""
+    here = Path(__file__).parent
+    script = (f"import sys; sys.path.insert(0, {str(here)!r})\n"
+              f"import torch; torch.set_num_threads({threads})\n"
+              "from diffuma.models import registry\n"
+              "registry.MODELS['standin'] = 'standin_model:StandIn'\n"
+              "from chdl.cli import main\n"
+              f"main({[str(a) for a in args]!r}, prog_name='chdl')\n")
+    return [sys.executable, "-c", script]

@@ -1,0 +1,86 @@
+"""diffuma.prediction's output folder: never the input, never anything but an earlier predict output replaced,
+nothing half-written left behind (the folder is built aside and renamed into place)."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from chdl.cli import main
+from diffuma import prediction
+from diffuma.output_folder import check_output_folder
+from diffuma.prediction import write_predictions
+
+
+def _write(out: Path, **kw) -> Path:
+    x = np.zeros((1, 2, 1, 8, 8), np.float32)
+    return write_predictions(out, x, {"m": x[:, :1] + 0.5}, x[:, :1], progress=False, **kw)
+
+
+def test_overwrite_replaces_an_earlier_prediction_and_nothing_else(tmp_path):
+    _write(tmp_path / "p")
+    with pytest.raises(FileExistsError, match="already exists and is not empty"):
+        _write(tmp_path / "p")
+    _write(tmp_path / "p", overwrite=True)
+    assert sorted(x.name for x in (tmp_path / "p").iterdir()) == ["frames", "gifs", "grids", "predictions.zarr"]
+    for name, files in {"data.zarr": ["zarr.json"], "run": ["manifest.json", "frames.jsonl"], "notes": ["a.txt"]}.items():
+        folder = tmp_path / name
+        folder.mkdir()
+        for f in files:
+            (folder / f).write_text("{}")
+        with pytest.raises(FileExistsError, match="is not a chdl predict output .* refusing to delete it even with --overwrite"):
+            _write(folder, overwrite=True)
+        assert sorted(x.name for x in folder.iterdir()) == sorted(files)  # untouched
+
+
+def test_the_input_or_a_folder_inside_or_around_it_is_refused(tmp_path):
+    data = tmp_path / "data.zarr"
+    data.mkdir()
+    for out, where in [(data, "is the input"), (data / "p", "is inside the input"), (tmp_path, "holds the input")]:
+        with pytest.raises(ValueError, match=f"{out}: {where} {data}; choose another --out"):
+            check_output_folder(out, data, overwrite=True)
+    check_output_folder(tmp_path / "elsewhere", data)
+
+
+def test_cli_refuses_its_input_as_output_even_with_overwrite_and_keeps_it(tmp_path):
+    """The trial's data loss: `chdl predict --input cp.zarr --out cp.zarr --overwrite` deleted the dataset."""
+    data = tmp_path / "cp.zarr"
+    data.mkdir()
+    (data / "zarr.json").write_text("{}")
+    ckpt = tmp_path / "last.pt"
+    ckpt.write_bytes(b"x")  # never read: the output is checked first
+    r = CliRunner().invoke(main, ["predict", "--checkpoint", str(ckpt), "--input", str(data), "--out", str(data),
+                                  "--overwrite"])
+    assert r.exit_code == 1 and r.output.strip() == f"Error: {data}: is the input {data}; choose another --out"
+    assert (data / "zarr.json").read_text() == "{}"
+
+
+def test_a_failed_or_interrupted_write_leaves_nothing_and_stale_temporaries_are_removed(tmp_path, monkeypatch):
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(prediction, "side_by_side_gif", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        _write(tmp_path / "p")
+    assert list(tmp_path.iterdir()) == []
+    monkeypatch.undo()
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale, alive = tmp_path / f".p.tmp{dead.pid}", tmp_path / f".p.tmp{os.getpid() + 0}x"
+    stale.mkdir()
+    alive.mkdir()  # not a pid: not ours to judge
+    _write(tmp_path / "p")
+    assert not stale.exists() and alive.exists() and (tmp_path / "p" / "predictions.zarr").is_dir()
+
+
+def test_an_output_that_cannot_be_created_is_one_line(tmp_path):
+    (tmp_path / "afile").write_text("")
+    with pytest.raises(FileExistsError, match="exists and is a file"):
+        _write(tmp_path / "afile")
+    with pytest.raises(NotADirectoryError):
+        _write(tmp_path / "afile" / "p")
+    assert sorted(x.name for x in tmp_path.iterdir()) == ["afile"]

@@ -1,0 +1,200 @@
+"""The run folder of `chdl train`: a resume on another dataset is refused (a moved or copied one resumes), one
+trainer at a time holds the folder, a checkpoint that cannot be written is one line and leaves no temporary file
+(and a killed write's leftovers are removed), and a --out that cannot be a run folder is one line."""
+
+import os
+import shutil
+import signal
+import subprocess
+
+import pytest
+import torch
+import yaml
+from click.testing import CliRunner
+
+from chdl.cli import main
+from diffuma.training import train_from_config
+from diffuma.training.checkpoint import CheckpointWriteError, load_checkpoint, save_checkpoint, verify_checksum
+from train_helpers import standin_cli, write_moving_square_dataset
+
+
+def _config(**run):
+    base = {"epochs": 2, "batch_size": 3, "num_workers": 0, "lr": 3e-3, "checkpoint_every_steps": 1,
+            "val_every_epochs": 0}
+    return {"model": {"name": "standin", "preset": "tiny"}, "run": {**base, **run}}
+
+
+def _train(args):
+    r = CliRunner().invoke(main, ["train", *map(str, args), "-q"])
+    return r.exit_code, r.output.strip()
+
+
+@pytest.fixture
+def stopped_run(standin, tiny_dataset, tmp_path):
+    """A run of 6 steps killed (simulated) after 2 of them: last.pt holds step 2."""
+    from diffuma.training.trainer import build_trainer
+
+    build_trainer(_config(), tiny_dataset, tmp_path / "run", progress=False).fit(stop_after_steps=2)
+    return tmp_path / "run"
+
+
+def test_resume_refuses_another_dataset_and_accepts_a_moved_copy(stopped_run, tiny_dataset, tmp_path):
+    other = write_moving_square_dataset(tmp_path / "other.zarr", seed=1)  # the same shape, other sequences
+    code, msg = _train(["--data", other, "--out", stopped_run, "--resume"])
+    assert code == 1 and "\n" not in msg, msg
+    assert msg == (f"Error: {other}: not the dataset this run was made with ({tiny_dataset}): its content differs (the "
+                   "shard checksums recorded in the two datasets are not the same); resume with --data "
+                   f"{tiny_dataset} (or a copy of it), or start a new --out")
+    assert load_checkpoint(stopped_run / "checkpoints" / "last.pt")["step"] == 2  # nothing trained or written
+    # Without shard checksums (a dataset from before chdl recorded them) the creation time tells them apart.
+    shutil.rmtree(other / "shard_checksums")
+    code, msg = _train(["--data", other, "--out", stopped_run, "--resume"])
+    assert code == 1 and "not the dataset this run was made with" in msg and " created " in msg, msg
+    # The same dataset moved elsewhere resumes (the path is not what identifies it) and the run records the new path.
+    moved = tmp_path / "moved" / "squares.zarr"
+    shutil.copytree(tiny_dataset, moved)
+    code, msg = _train(["--data", moved, "--out", stopped_run, "--resume"])
+    assert code == 0, msg
+    state = load_checkpoint(stopped_run / "checkpoints" / "last.pt")
+    assert state["step"] == 6 and state["data"]["path"] == str(moved.resolve())
+
+
+def test_a_checkpoint_without_a_dataset_identity_resumes_with_a_warning_when_the_path_differs(stopped_run, tiny_dataset,
+                                                                                              tmp_path, capsys):
+    """Checkpoints from before chdl recorded the dataset's identity can only be compared by path."""
+    from diffuma.training.checkpoint import checksum_path
+
+    ck = stopped_run / "checkpoints" / "last.pt"
+    state = torch.load(ck, weights_only=True)
+    del state["data"]["identity"]
+    torch.save(state, ck)
+    checksum_path(ck).unlink()
+    moved = tmp_path / "moved.zarr"
+    shutil.copytree(tiny_dataset, moved)
+    train_from_config(None, moved, stopped_run, resume=True, progress=False)
+    assert capsys.readouterr().err.strip() == (
+        "warning: the run's checkpoint does not record which dataset it was made with (written before chdl did), only "
+        f"its path {tiny_dataset}: cannot check that {moved} is the same data")
+
+
+def test_a_second_trainer_on_a_run_folder_is_refused_while_the_first_runs(standin, tiny_dataset, tmp_path):
+    """Two `chdl train` on one folder: the second (a --resume, or a fresh start) is refused in one line naming
+    the first one's pid, and changes nothing; the lock goes with the process, even on SIGKILL."""
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(_config(epochs=4)))
+    run = tmp_path / "run"
+    proc = subprocess.Popen(standin_cli("train", "--data", tiny_dataset, "--config", tmp_path / "c.yaml", "--out", run,
+                                        "-q", threads=torch.get_num_threads()),
+                            env={**os.environ, "STANDIN_STEP_SLEEP": "0.2"}, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        last = run / "checkpoints" / "last.pt"
+        import time
+
+        deadline = time.monotonic() + 120
+        while not last.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        steps = (run / "steps.csv").read_text()
+        busy = (f"Error: {run}: the folder is in use by another chdl train (pid {proc.pid}); wait for it to end or "
+                "stop it, or choose another --out")
+        assert _train(["--data", tiny_dataset, "--out", run, "--resume"]) == (1, busy)
+        assert _train(["--data", tiny_dataset, "--config", tmp_path / "c.yaml", "--out", run]) == (1, busy)
+        assert (run / "steps.csv").read_text().startswith(steps)  # the second one did not rewrite the log
+        assert proc.poll() is None
+    finally:
+        proc.kill()
+        proc.wait()
+    code, msg = _train(["--data", tiny_dataset, "--out", run, "--resume"])  # the killed process holds nothing
+    assert code == 0, msg
+    assert [r.split(",")[0] for r in (run / "steps.csv").read_text().splitlines()[1:]] == [str(i) for i in range(1, 13)]
+
+
+def test_a_checkpoint_that_cannot_be_written_is_one_line_and_leaves_no_tmp_file(standin, tiny_dataset, tmp_path):
+    """A real `chdl train` whose files may not exceed 8 KiB (RLIMIT_FSIZE: writes fail with EFBIG as they do with
+    ENOSPC on a full disk): one line naming the checkpoint and the OS's reason, exit 1, no temporary file."""
+    import resource
+
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(_config()))
+    run = tmp_path / "run"
+
+    def small_files():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (8192, 8192))
+
+    r = subprocess.run(standin_cli("train", "--data", tiny_dataset, "--config", tmp_path / "c.yaml", "--out", run, "-q",
+                                   threads=1), capture_output=True, text=True, preexec_fn=small_files, timeout=300)
+    assert r.returncode == 1
+    assert r.stderr == f"Error: {run}/checkpoints/last.pt: cannot write checkpoint (File too large)\n"
+    assert os.listdir(run / "checkpoints") == []
+
+
+def test_save_checkpoint_failures_are_one_line_and_keep_the_previous_checkpoint(tmp_path, monkeypatch):
+    path = tmp_path / "checkpoints" / "last.pt"
+    save_checkpoint(path, {"step": 1})
+    before = path.read_bytes()
+
+    def torch_fails(obj, f):  # what torch raises for a full disk when it writes the file itself
+        f.write(b"PK\x03\x04 part of an archive")
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . basic_ios::clear: iostream error")
+
+    monkeypatch.setattr(torch, "save", torch_fails)
+    with pytest.raises(CheckpointWriteError, match=rf"^{path}: cannot write checkpoint \(disk full\?\)$"):
+        save_checkpoint(path, {"step": 2})
+
+    def disk_full(obj, f):
+        f.write(b"PK\x03\x04")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", disk_full)
+    with pytest.raises(CheckpointWriteError, match=rf"^{path}: cannot write checkpoint \(No space left on device\)$"):
+        save_checkpoint(path, {"step": 2})
+    assert sorted(p.name for p in path.parent.iterdir()) == ["last.pt", "last.pt.checksum.json"]
+    assert path.read_bytes() == before  # the previous checkpoint, untouched, still matching its record
+    verify_checksum(path)
+
+
+def test_a_resume_removes_what_a_killed_write_left(stopped_run, tiny_dataset):
+    ckpts = stopped_run / "checkpoints"
+    for name in (".last.pt.tmp4242", ".last.pt.checksum.json.tmp4242", ".best.pt.tmp7"):
+        (ckpts / name).write_bytes(b"half a checkpoint")
+    (stopped_run / ".config.yaml.tmp4242").write_text("model:")
+    code, msg = _train(["--data", tiny_dataset, "--out", stopped_run, "--resume"])
+    assert code == 0, msg
+    assert not [p.name for p in (*ckpts.iterdir(), *stopped_run.iterdir()) if ".tmp" in p.name]
+
+
+def test_an_out_that_cannot_be_a_run_folder_is_one_line(standin, tiny_dataset, tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump(_config()))
+    (tmp_path / "afile").write_text("x")
+    for out, why in ((tmp_path / "afile" / "run", "cannot create the run folder (Not a directory)"),
+                     (tmp_path / "afile", "cannot create the run folder (a file of that name exists)")):
+        assert _train(["--data", tiny_dataset, "--config", cfg, "--out", out]) == (1, f"Error: {out}: {why}")
+    # A dataset or a raw recording is not a run folder: nothing is written into them.
+    data = tmp_path / "d.zarr"
+    shutil.copytree(tiny_dataset, data)
+    code, msg = _train(["--data", tiny_dataset, "--config", cfg, "--out", data])
+    assert (code, msg) == (1, f"Error: {data}: a dataset (it holds zarr.json), not a run folder; choose another --out")
+    code, msg = _train(["--data", data, "--out", data, "--resume"])
+    assert code == 1 and msg.startswith(f"Error: {data}: a dataset (it holds zarr.json)"), msg
+    assert not (data / "checkpoints").exists() and not (data / "config.yaml").exists()
+    rec = tmp_path / "rec"
+    rec.mkdir()
+    (rec / "manifest.json").write_text("{}")
+    (rec / "frames.jsonl").write_text("")
+    code, msg = _train(["--data", tiny_dataset, "--config", cfg, "--out", rec])
+    assert (code, msg) == (1, f"Error: {rec}: a raw recording (it holds manifest.json and frames.jsonl), not a run "
+                              "folder; choose another --out")
+    assert sorted(p.name for p in rec.iterdir()) == ["frames.jsonl", "manifest.json"]
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+def test_a_read_only_parent_is_one_line(standin, tiny_dataset, tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump(_config()))
+    ro = tmp_path / "ro"
+    ro.mkdir(mode=0o555)
+    try:
+        code, msg = _train(["--data", tiny_dataset, "--config", cfg, "--out", ro / "run"])
+        assert (code, msg) == (1, f"Error: {ro / 'run'}: cannot create the run folder (Permission denied)")
+    finally:
+        ro.chmod(0o755)
