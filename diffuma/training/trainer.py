@@ -738,13 +738,15 @@ def build_trainer(config: dict | None, data: str | Path, out: str | Path, resume
     if config is None:
         raise ConfigError("a config is needed to start a run (only --resume can do without)")
     cfg = resolve_config(config)
-    for k in DATA_FIELDS:
-        if k in cfg["model"]:
-            how = ("set run.in_frames / run.out_frames to change the frame counts" if k.endswith("_frames") else
-                   "curate or import the data at another size to change it")
-            raise ConfigError(f"model.{k} comes from the dataset ({data}); {how}")
     run = run_config_from_dict(cfg["run"])
     info = dataset_info(data, run.in_frames, run.out_frames)
+    for k in DATA_FIELDS:
+        # a run's own config.yaml lists them as the dataset gave them: the same values are taken as they are
+        if k in cfg["model"] and cfg["model"][k] != info[k]:
+            how = ("set run.in_frames / run.out_frames to change the frame counts" if k.endswith("_frames") else
+                   "curate or import the data at another size to change it")
+            raise ConfigError(f"model.{k} {cfg['model'][k]!r} differs from the dataset's {info[k]!r} ({data}): it comes "
+                              f"from the dataset; {how}")
     cfg["model"].update({k: info[k] for k in DATA_FIELDS})
     train_set, val_set = sequence_datasets(data, info, run.frame_offset)
     from diffuma.models.registry import build_model

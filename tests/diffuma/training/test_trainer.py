@@ -109,12 +109,16 @@ def test_frame_counts_follow_the_dataset_unless_overridden(standin, tiny_dataset
     assert (t.model.config.in_frames, t.model.config.out_frames) == (5, 1)
     x, y = t.train_set[0]
     assert x.shape == (5, 1, 16, 16) and y.shape == (1, 1, 16, 16)
-    with pytest.raises(ValueError, match="model.in_frames comes from the dataset .*run.in_frames"):
+    with pytest.raises(ValueError, match="model.in_frames 3 differs from the dataset's 5 .*run.in_frames"):
         build_trainer({"model": {"name": "standin", "preset": "tiny", "in_frames": 3}, "run": {}}, tiny_dataset,
                       tmp_path / "r2")
-    with pytest.raises(ValueError, match="model.height comes from the dataset .*at another size"):
+    with pytest.raises(ValueError, match="model.height 100 differs from the dataset's 16 .*at another size"):
         build_trainer({"model": {"name": "standin", "preset": "tiny", "height": 100}, "run": {}}, tiny_dataset,
                       tmp_path / "r3")
+    # a run's own config.yaml (the dataset's values written out) starts a new run on the same dataset
+    same = {"model": {"name": "standin", "preset": "tiny", "in_frames": 5, "out_frames": 1, "channels": 1,
+                      "height": 16, "width": 16}, "run": {"out_frames": 1}}
+    assert build_trainer(same, tiny_dataset, tmp_path / "r4", progress=False).model.config.height == 16
 
 
 def test_max_steps_stops_mid_epoch_and_sets_schedule_length(standin, tiny_dataset, tmp_path):
