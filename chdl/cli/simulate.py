@@ -52,8 +52,10 @@ def _init_corpus_worker() -> None:
     the orphans still wrote into them (``.000172.png.tmp: No such file or directory``). What a worker leaves
     half-written is redone by the rerun."""
     import multiprocessing as mp
+    import signal
     import threading
 
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group: the parent ends the pool
     parent = mp.parent_process()
     if parent is not None:
         def watch() -> None:
@@ -221,6 +223,9 @@ def corpus(out: Path, lanes: int, positions: int, step_um: float, lanes_per_run:
         what = "disk full" if e.errno == errno.ENOSPC else "cannot write"
         raise click.ClickException(f"{e.filename or out}: {what} ({e.strerror or e}); {out} is incomplete: fix that "
                                    "and rerun the same command to resume") from None
+    except KeyboardInterrupt:  # Ctrl-C: finished runs are kept, a half-written one is redone by the rerun
+        click.echo(f"interrupted: {out} is incomplete; rerun the same command to resume", err=True)
+        raise SystemExit(130) from None
 
 
 def _render_corpus(out: Path, params: dict, new: bool, n_runs: int, workers: int, scheduler: str | None,

@@ -337,3 +337,29 @@ def test_a_killed_corpus_leaves_no_worker_rendering_on(tmp_path):
     while any(_alive(w) for w in workers) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not any(_alive(w) for w in workers), "a worker rendered on after its corpus was killed"
+
+
+def test_ctrl_c_on_simulate_corpus_is_one_line_and_the_rerun_finishes_it(tmp_path):
+    """SIGINT to the process group (a terminal's Ctrl-C) mid-corpus: exit 130 with one line saying how to resume (it
+    said "Aborted!", exit 1, and each pool worker printed a KeyboardInterrupt traceback); the same command again
+    finishes the corpus."""
+    import os
+    import signal
+    import time
+
+    out = tmp_path / "c"
+    cmd = [sys.executable, "-m", "chdl", "simulate", "corpus", str(out), "--sequences", "4", "--lanes-per-run", "1",
+           "--positions", "400", "--width", "96", "--height", "72", "--workers", "2", "-q"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    index = out / "run_00000" / "frames.jsonl"
+    deadline = time.monotonic() + 60
+    while not (index.is_file() and len(index.read_text().splitlines()) >= 5) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert err.strip().splitlines() == [f"interrupted: {out} is incomplete; rerun the same command to resume"], err
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert again.returncode == 0 and "wrote" in again.stdout, again.stderr
+    assert all(Recording.open(out / f"run_{k:05d}").complete for k in range(4))
