@@ -13,6 +13,8 @@ and see the inputs and outputs at the same paths or URLs (:meth:`Cluster.check_v
 
 Dask is imported here only, and only when a cluster is used: ``import chdl``, ``import curation`` and
 the ``--workers`` path do not need it (it is the ``scale`` extra: ``pip install 'chdl[scale]'``).
+
+The local path's process pools set their workers up with :func:`init_pool_worker` (both commands).
 """
 
 from __future__ import annotations
@@ -27,6 +29,32 @@ from typing import Any, Callable, Iterable, Iterator
 LOCAL_PREFIX = "local:"
 CONNECT_TIMEOUT_S = 20  # reaching the scheduler
 WORKERS_TIMEOUT_S = 60  # a running scheduler without any worker
+
+
+def init_pool_worker() -> None:
+    """Set-up of a worker of a local process pool (``--workers``; Dask workers are the cluster's own):
+
+    * Ctrl-C -- SIGINT to the whole process group -- is the parent's to handle (it ends the pool), and SIGTERM
+      just ends the worker, whatever handler a forking parent had: an interrupted command prints one line,
+      not a traceback per worker;
+    * the worker ends as soon as its parent is gone (a thread waits on the parent's sentinel; a parent that
+      is already gone ends it at once): the workers of a SIGKILLed ``chdl curate`` went on with their shard
+      and printed BrokenPipeError tracebacks sending it to the dead parent, those of ``chdl simulate corpus``
+      went on writing runs that a rerun was clearing and redoing. What a worker leaves half-written is redone
+      by the rerun."""
+    import multiprocessing as mp
+    import os
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    parent = mp.parent_process()
+    if parent is not None:
+        def exit_with_parent() -> None:
+            parent.join()  # returns when the parent process is gone
+            os._exit(1)
+
+        threading.Thread(target=exit_with_parent, name="chdl-parent-watch", daemon=True).start()
 
 
 class ClusterError(RuntimeError):

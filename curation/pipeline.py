@@ -24,7 +24,6 @@ import hashlib
 import json
 import multiprocessing as mp
 import os
-import signal
 import sys
 import threading
 import time
@@ -141,27 +140,12 @@ def _check_range(frames: np.ndarray, seq: SequencePlan) -> None:
 
 
 def _init_pool_worker(ctx: dict) -> None:
-    """A local pool worker: Ctrl-C (SIGINT to the whole process group) is the parent's to handle -- it
-    ends the pool -- and SIGTERM just ends the worker, whatever handler the parent had (fork copies it):
-    an interrupted curate prints one line, not a traceback per worker."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    _die_with_parent()
+    """A local pool worker: the pool workers' signal handling and lifetime (:func:`chdl.cluster.init_pool_worker`),
+    then the context."""
+    from chdl.cluster import init_pool_worker
+
+    init_pool_worker()
     _init_worker(ctx)
-
-
-def _die_with_parent() -> None:
-    """Linux: SIGTERM this process when its parent dies. A curate killed with SIGKILL otherwise leaves its
-    pool workers running until they finish their shard and print BrokenPipeError tracebacks sending it to
-    the dead parent (seen in a fresh-user trial); what they leave is resumable either way."""
-    if not sys.platform.startswith("linux"):
-        return
-    try:
-        import ctypes
-
-        ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
 
 
 def _calibration_task(task: tuple[int, SequencePlan]) -> tuple[int, np.ndarray]:

@@ -46,25 +46,6 @@ def _corpus_job(job: tuple) -> dict:
                             positions=positions, step_um=step_um)
 
 
-def _init_corpus_worker() -> None:
-    """A local pool worker ends with its parent: the pool's workers of a SIGKILLed ``chdl simulate corpus`` went
-    on rendering their runs, and a rerun at once found those runs half-written, cleared and redid them while
-    the orphans still wrote into them (``.000172.png.tmp: No such file or directory``). What a worker leaves
-    half-written is redone by the rerun."""
-    import multiprocessing as mp
-    import signal
-    import threading
-
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group: the parent ends the pool
-    parent = mp.parent_process()
-    if parent is not None:
-        def watch() -> None:
-            parent.join()  # returns when the parent process is gone
-            os._exit(1)
-
-        threading.Thread(target=watch, name="chdl-parent-watch", daemon=True).start()
-
-
 def _run_done(run: Path) -> bool:
     from acquisition.raw import Recording, RawFormatError
 
@@ -269,7 +250,9 @@ def _render_corpus(out: Path, params: dict, new: bool, n_runs: int, workers: int
         else:
             import multiprocessing as mp
 
-            pool = stack.enter_context(mp.get_context("spawn").Pool(min(workers, len(jobs)), _init_corpus_worker))
+            from chdl.cluster import init_pool_worker
+
+            pool = stack.enter_context(mp.get_context("spawn").Pool(min(workers, len(jobs)), init_pool_worker))
             results = pool.imap_unordered(_corpus_job, jobs)
         for i, r in enumerate(results, 1):
             done["frames"] += r["frames"]
