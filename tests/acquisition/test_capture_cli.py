@@ -1,7 +1,6 @@
 """`chdl cameras` / `chdl capture` through the real CLI in a subprocess: replay round trip, signals, kill -9."""
 
 import json
-import shutil
 import signal
 import subprocess
 import sys
@@ -11,6 +10,7 @@ import time
 import numpy as np
 import pytest
 from acq_helpers import chdl, chdl_popen, viky_config
+from process_helpers import can_mount_tmpfs
 
 from acquisition.raw import Recording
 
@@ -160,14 +160,7 @@ def test_kill_9_leaves_a_readable_incomplete_recording(tmp_path):
     assert [f.index for f in rec.frames] == list(range(len(rec)))
 
 
-def _can_mount_tmpfs() -> bool:
-    if not shutil.which("unshare"):
-        return False
-    probe = subprocess.run(["unshare", "-m", "sh", "-c", "mount -t tmpfs -o size=64k tmpfs /mnt"], capture_output=True)
-    return probe.returncode == 0
-
-
-@pytest.mark.skipif(not _can_mount_tmpfs(), reason="needs `unshare -m` and mount rights for a private tmpfs")
+@pytest.mark.skipif(not can_mount_tmpfs(), reason="needs `unshare -m` and mount rights for a private tmpfs")
 def test_real_full_disk(tmp_path):
     """A 160 KiB tmpfs in a private mount namespace fills up after a few dozen frames."""
     disk = tmp_path / "disk"

@@ -17,6 +17,7 @@ from acquisition.capture import CapturePlan, run_capture
 from acquisition.raw import Recording
 from acquisition.simulator import DicingLaneSimulator, SimConfig, load_truth
 from acquisition.stage import SimulatedStage
+from process_helpers import alive, children
 
 SETTINGS = CaptureSettings(200, 150, "Mono8", 5.0, None)
 
@@ -294,30 +295,10 @@ def test_simulate_corpus_that_cannot_write_its_runs_is_one_line(tmp_path, monkey
     assert res.exit_code == 0 and "wrote 1 recordings" in res.output and "1 finished runs kept" in res.output
 
 
-def _children(pid: int) -> list[int]:
-    out = []
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit():
-            try:
-                if int((d / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
-                    out.append(int(d.name))
-            except (OSError, IndexError, ValueError):
-                continue
-    return out
-
-
-def _alive(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
 def test_a_killed_corpus_leaves_no_worker_rendering_on(tmp_path):
     """SIGKILL of `chdl simulate corpus`: its pool workers end at once (they rendered their runs on, for
     seconds, and a rerun meanwhile cleared and redid those runs under them: two writers in one run folder)."""
     import os
-    import signal
     import time
 
     out = tmp_path / "c"
@@ -329,14 +310,14 @@ def test_a_killed_corpus_leaves_no_worker_rendering_on(tmp_path):
     deadline = time.monotonic() + 60
     while not (index.is_file() and len(index.read_text().splitlines()) >= 5) and time.monotonic() < deadline:
         time.sleep(0.05)
-    workers = [c for c in _children(proc.pid) if b"spawn_main" in Path(f"/proc/{c}/cmdline").read_bytes()]
+    workers = [c for c in children(proc.pid) if b"spawn_main" in Path(f"/proc/{c}/cmdline").read_bytes()]
     proc.kill()
     proc.wait(timeout=30)
     assert workers and index.is_file(), "no worker was rendering"
     deadline = time.monotonic() + 3  # a run of 2,000 frames takes a worker ~20 s or more
-    while any(_alive(w) for w in workers) and time.monotonic() < deadline:
+    while any(alive(w) for w in workers) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert not any(_alive(w) for w in workers), "a worker rendered on after its corpus was killed"
+    assert not any(alive(w) for w in workers), "a worker rendered on after its corpus was killed"
 
 
 def test_ctrl_c_on_simulate_corpus_is_one_line_and_the_rerun_finishes_it(tmp_path):

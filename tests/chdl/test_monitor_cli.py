@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from acquisition.raw import Recording, encode_png
+from process_helpers import alive, can_mount_tmpfs, children
 
 ENV = {**os.environ, "CHDL_CAMERAS": "", "GENICAM_GENTL64_PATH": "", "XDG_CONFIG_HOME": "/nonexistent-chdl-test",
        "OMP_NUM_THREADS": "1"}
@@ -217,26 +218,6 @@ def test_monitor_fit_scorer_errors_are_one_line(clean_run, tmp_path):
         assert len(fit.stderr.strip().splitlines()) == 1 and not (tmp_path / "s.json").exists()
 
 
-def _children(pid: int) -> list[int]:
-    out = []
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit():
-            try:
-                if int((d / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
-                    out.append(int(d.name))
-            except (OSError, IndexError, ValueError):
-                continue
-    return out
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
-
-
 def test_sigkill_leaves_a_readable_recording_and_no_scorer_behind(tmp_path):
     run = tmp_path / "raw" / "long"
     proc = subprocess.Popen([sys.executable, "-m", "chdl", "monitor", "--camera", "sim0", "--out", tmp_path / "raw",
@@ -251,8 +232,8 @@ def test_sigkill_leaves_a_readable_recording_and_no_scorer_behind(tmp_path):
     else:
         proc.kill()
         pytest.fail(f"no frames recorded: {proc.communicate()[1][-2000:]}")
-    children = _children(proc.pid)
-    assert children, "the scorer runs in its own process"
+    child_pids = children(proc.pid)
+    assert child_pids, "the scorer runs in its own process"
     proc.kill()
     proc.communicate(timeout=30)
     assert proc.returncode == -signal.SIGKILL
@@ -262,9 +243,9 @@ def test_sigkill_leaves_a_readable_recording_and_no_scorer_behind(tmp_path):
     status = json.loads((tmp_path / "raw" / "long.monitor" / "status.json").read_text())
     assert status["state"] == "running"  # it never finished; the file is whole (replaced atomically)
     deadline = time.monotonic() + 10
-    while any(_alive(c) for c in children) and time.monotonic() < deadline:
+    while any(alive(c) for c in child_pids) and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert not any(_alive(c) for c in children), "the scorer outlived the killed monitor"
+    assert not any(alive(c) for c in child_pids), "the scorer outlived the killed monitor"
 
 
 def test_monitor_eval_refuses_truth_that_is_not_the_recordings(clean_run, tmp_path):
@@ -524,8 +505,8 @@ def test_ctrl_c_to_the_process_group_is_an_interrupted_run_not_a_failed_one(clea
                              "--queue-depth", "100", "-q"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env=ENV, start_new_session=True)  # paced at the recorded 5 fps: 10 s for 50 frames
     _wait_for(tmp_path / "m" / "run_00000" / "frames.jsonl", 5, proc)
-    children = _children(proc.pid)
-    assert children, "the scorer runs in its own process"
+    child_pids = children(proc.pid)
+    assert child_pids, "the scorer runs in its own process"
     os.killpg(proc.pid, signal.SIGINT)
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
@@ -537,9 +518,9 @@ def test_ctrl_c_to_the_process_group_is_an_interrupted_run_not_a_failed_one(clea
     rec = Recording.open(tmp_path / "m" / "run_00000")
     assert not rec.complete and len(rec) == status["frames_captured"] and all(rec.read(f).shape == (H, W) for f in rec.frames)
     deadline = time.monotonic() + 10  # (the scorer ends before the monitor; multiprocessing's resource tracker after it)
-    while any(_alive(c) for c in children) and time.monotonic() < deadline:
+    while any(alive(c) for c in child_pids) and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert not any(_alive(c) for c in children)
+    assert not any(alive(c) for c in child_pids)
     assert not list((tmp_path / "m" / "run_00000.monitor").glob("*.tmp")) and \
         not (tmp_path / "m" / "run_00000.monitor" / ".chdl-reserve").exists()
 
@@ -562,14 +543,7 @@ def test_ctrl_c_while_the_scorer_loads_is_an_interruption_not_a_traceback(tmp_pa
         assert not (tmp_path / "raw").exists()
 
 
-def _can_mount_tmpfs() -> bool:
-    if not shutil.which("unshare"):
-        return False
-    probe = subprocess.run(["unshare", "-m", "sh", "-c", "mount -t tmpfs -o size=64k tmpfs /mnt"], capture_output=True)
-    return probe.returncode == 0
-
-
-@pytest.mark.skipif(not _can_mount_tmpfs(), reason="needs `unshare -m` and mount rights for a private tmpfs")
+@pytest.mark.skipif(not can_mount_tmpfs(), reason="needs `unshare -m` and mount rights for a private tmpfs")
 def test_a_full_disk_is_one_line_and_a_failed_status(clean_run, tmp_path):
     """A 224 KiB tmpfs in a private mount namespace fills up after a few frames: one error line naming the path and
     'disk full', exit 1, status.json "failed" (the folder's reserve left room for it), no .tmp file, the recording

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from curation_helpers import write_run
+from process_helpers import alive, children
 
 TOOL = Path(__file__).resolve().parents[2] / "tools" / "curate_kill_sweep.py"
 
@@ -36,27 +37,14 @@ def test_the_pool_workers_die_with_a_killed_curate(tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "chdl", "curate", str(tmp_path / "raw"), str(tmp_path / "d.zarr"),
                              "--config", str(cfg), "--workers", "2", "-q"], stderr=subprocess.PIPE, text=True)
 
-    def children() -> list[int]:
-        out = []
-        for d in Path("/proc").iterdir():
-            try:
-                if d.name.isdigit() and int((d / "stat").read_text().rsplit(")", 1)[1].split()[1]) == proc.pid:
-                    out.append(int(d.name))
-            except (OSError, IndexError, ValueError):
-                pass
-        return out
-
     deadline = time.monotonic() + 60
-    while len(workers := children()) < 2 and time.monotonic() < deadline:  # the shard pool (2 workers) is up
+    while len(workers := children(proc.pid)) < 2 and time.monotonic() < deadline:  # the shard pool (2 workers) is up
         time.sleep(0.02)
     assert len(workers) >= 2, proc.communicate()
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     deadline = time.monotonic() + 10
-    while any(Path(f"/proc/{w}").exists() and "Z" not in Path(f"/proc/{w}/stat").read_text().rsplit(")", 1)[1][:3]
-              for w in workers) and time.monotonic() < deadline:
+    while any(alive(w) for w in workers) and time.monotonic() < deadline:
         time.sleep(0.05)
     time.sleep(0.5)
-    alive = [w for w in workers if Path(f"/proc/{w}").exists()
-             and Path(f"/proc/{w}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"]
-    assert alive == [] and "BrokenPipeError" not in proc.stderr.read()
+    assert [w for w in workers if alive(w)] == [] and "BrokenPipeError" not in proc.stderr.read()
