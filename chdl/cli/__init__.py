@@ -8,6 +8,7 @@ lists them.
 from __future__ import annotations
 
 import importlib
+import sys
 
 import click
 
@@ -47,6 +48,21 @@ class LazyGroup(click.Group):
         command = getattr(importlib.import_module(module), attr)
         command.name = name
         return command
+
+    def invoke(self, ctx: click.Context):
+        """Run the subcommand; a Ctrl-C it does not handle itself (curate, train, capture, monitor and simulate
+        say what they kept) ends with one line and exit status 130, the shell's convention for SIGINT, instead of
+        click's "Aborted!" and status 1. The commands that get here write their outputs whole at the end (eval,
+        monitor-fit-scorer), into temporary folders removed on the way out (predict) or remove what they began
+        (import), so rerunning is all it takes; bench and a second Ctrl-C in train keep what they had finished
+        (--resume)."""
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:
+            name = ctx.invoked_subcommand or ""
+            hint = "rerun with --resume to continue" if name in ("bench", "train") else "rerun the same command"
+            click.echo(f"interrupted: chdl {name} stopped before it finished ({hint})", err=True)
+            sys.exit(130)
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         rows = [(name, help_) for name, (_, _, help_) in COMMANDS.items()]

@@ -107,3 +107,24 @@ def test_argument_errors_come_before_torch_is_imported(tmp_path):
     assert all(line.endswith(" False") for line in lines), lines
     assert "missing.yaml: config file not found" in lines[0] and "nope: no such dataset" in lines[1]
     assert "--set run.lr=abc: run.lr: must be a number, got 'abc'" in lines[2]
+
+
+def test_ctrl_c_in_a_command_without_its_own_handler_is_one_line_and_exit_130(tmp_path):
+    """chdl import has no Ctrl-C handler of its own: the group's says so in one line (not click's "Aborted!",
+    status 1) and the importer leaves no half-written dataset."""
+    import signal
+    import time
+
+    out = tmp_path / "m.zarr"
+    proc = subprocess.Popen([sys.executable, "-m", "chdl", "import", "mnist", "--out", str(out), "--train", "200000",
+                             "--val", "10", "-q"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not (out / "zarr.json").exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)  # the dataset is being written
+    assert proc.poll() is None, proc.communicate()
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert err.strip().splitlines()[-1] == "interrupted: chdl import stopped before it finished (rerun the same command)"
+    assert "Aborted" not in err and "Traceback" not in err
+    assert not out.exists()
