@@ -118,7 +118,7 @@ def train(data, config_name, overrides, out, resume, quiet):
 @click.option("--max-sequences", type=click.IntRange(min=1), default=None, help="Evaluate the first N only.")
 @click.option("--num-workers", type=click.IntRange(min=0), default=2, show_default=True)
 @click.option("--out", type=click.Path(path_type=Path), default=None,
-              help="Folder for eval_<split>_<convention>.json/.md (default: <run>/eval/).")
+              help="Folder for eval_<checkpoint>_<split>_<convention>.json/.md (default: <run>/eval/).")
 @click.option("--overwrite", is_flag=True, help="Replace an earlier evaluation of the same split and convention.")
 @quiet_option()
 def eval_(checkpoint, data, split, openstl, batch_size, weights, max_sequences, num_workers, out, overwrite, quiet):
@@ -128,7 +128,7 @@ def eval_(checkpoint, data, split, openstl, batch_size, weights, max_sequences, 
     if out is None:  # <run>/eval for a checkpoint in <run>/checkpoints/, else next to the checkpoint
         parent = checkpoint.resolve().parent
         out = (parent.parent if parent.name == "checkpoints" else parent) / "eval"
-    stem = out / f"eval_{split}_{convention}"
+    stem = out / f"eval_{checkpoint.stem}_{split}_{convention}"  # best.pt and last.pt side by side
     earlier = [p for p in (stem.with_suffix(".json"), stem.with_suffix(".md")) if p.exists()]
     if earlier and not overwrite:
         raise click.ClickException(f"{earlier[0]}: an earlier evaluation is there (use --overwrite to replace it, "

@@ -52,23 +52,31 @@ def test_eval_writes_json_and_markdown_with_baseline_row(trained):
     r = CliRunner().invoke(main, ["eval", "--checkpoint", str(run / "checkpoints" / "last.pt"), "--data", str(data),
                                   "--num-workers", "0"])
     assert r.exit_code == 0, r.output
-    result = json.loads((run / "eval" / "eval_val_per_pixel.json").read_text())
+    result = json.loads((run / "eval" / "eval_last_val_per_pixel.json").read_text())
     assert result["n_sequences"] == 2 and len(result["model"]["per_frame"]) == 5
     assert 0 < result["model"]["overall"]["mse"] < 1 and result["copy_last_frame"]["overall"]["mse"] > 0
-    md = (run / "eval" / "eval_val_per_pixel.md").read_text()
+    md = (run / "eval" / "eval_last_val_per_pixel.md").read_text()
     assert "| diffuma |" in md and "| copy-last-frame |" in md and "`per_pixel`" in md
     assert "| constant-motion |" in md and len(result["constant_motion"]["per_frame"]) == 5
     assert "| constant-motion |" in r.output  # the console shows the same Markdown
     # An earlier evaluation is not replaced silently (as predict): --overwrite replaces it.
-    before = (run / "eval" / "eval_val_per_pixel.json").read_bytes()
+    before = (run / "eval" / "eval_last_val_per_pixel.json").read_bytes()
     args = ["eval", "--checkpoint", str(run / "checkpoints" / "last.pt"), "--data", str(data), "--num-workers", "0",
             "--max-sequences", "1", "-q"]
     r = CliRunner().invoke(main, args)
-    assert r.exit_code == 1 and "eval_val_per_pixel.json: an earlier evaluation is there (use --overwrite" in r.output
-    assert (run / "eval" / "eval_val_per_pixel.json").read_bytes() == before
+    assert r.exit_code == 1 and "eval_last_val_per_pixel.json: an earlier evaluation is there (use --overwrite" in r.output
+    assert (run / "eval" / "eval_last_val_per_pixel.json").read_bytes() == before
     r = CliRunner().invoke(main, args + ["--overwrite"])
     assert r.exit_code == 0, r.output
-    assert json.loads((run / "eval" / "eval_val_per_pixel.json").read_text())["n_sequences"] == 1
+    assert json.loads((run / "eval" / "eval_last_val_per_pixel.json").read_text())["n_sequences"] == 1
+    # another checkpoint of the run gets its own file beside it, no --overwrite needed
+    other = run / "checkpoints" / "step2.pt"
+    other.write_bytes((run / "checkpoints" / "last.pt").read_bytes())
+    r = CliRunner().invoke(main, ["eval", "--checkpoint", str(other), "--data", str(data), "--num-workers", "0",
+                                  "--max-sequences", "1", "-q"])
+    assert r.exit_code == 0, r.output
+    assert json.loads((run / "eval" / "eval_step2_val_per_pixel.json").read_text())["checkpoint"].endswith("step2.pt")
+    assert json.loads((run / "eval" / "eval_last_val_per_pixel.json").read_text())["n_sequences"] == 1
 
 
 def test_predict_from_dataset_and_from_raw_recording(trained):
