@@ -276,6 +276,9 @@ def _recording_sequences(path: Path, info: dict, max_sequences: int):
     from chdl.dataset import max_value_for_bits
 
     rec = Recording.open(path)
+    if not rec.complete:  # as chdl curate says it
+        click.echo(f"warning: {path / 'manifest.json'}: run is {rec.manifest.get('status')!r}, not complete; "
+                   "predicting from the frames it holds", err=True)
     t_in, t_out = info["in_frames"], info["out_frames"]
     runs, current, last_lane = [], [], None  # runs of consecutive ok frames within one lane
     for r in rec.frames:

@@ -3,6 +3,7 @@ dataset, and a raw recording as predict input."""
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -122,6 +123,15 @@ def test_predict_from_dataset_and_from_raw_recording(trained):
     assert g.attrs["sequence_ids"] == ["lane0_frame000002"]
     np.testing.assert_allclose(g["input"][0, :, 0], frames[:5] / 255.0, atol=1e-6)
     np.testing.assert_allclose(g["target"][0, :, 0], frames[5:] / 255.0, atol=1e-6)
+    assert "warning" not in r.output  # a complete recording
+    # a recording whose capture was cut off (never closed): predicted from, with a warning as curate gives
+    cut = root / "cut"
+    shutil.copytree(rec, cut)
+    manifest = json.loads((cut / "manifest.json").read_text())
+    (cut / "manifest.json").write_text(json.dumps({**manifest, "status": "recording"}))
+    r = CliRunner().invoke(main, ["predict", "--checkpoint", ckpt, "--input", str(cut), "--out", str(root / "p4")])
+    assert r.exit_code == 0, r.output
+    assert f"warning: {cut / 'manifest.json'}: run is 'recording', not complete; predicting from the frames it holds" in r.output
     r = CliRunner().invoke(main, ["predict", "--checkpoint", ckpt, "--input", str(rec), "--out", str(root / "p2")])
     assert r.exit_code == 1 and "already exists" in r.output
     # A folder of runs (what curate takes) is not one recording: the message says what to do.
