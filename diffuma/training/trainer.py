@@ -490,7 +490,8 @@ class Trainer:
             atomic_write_text(self.out / "config.yaml", yaml.safe_dump(self.config, sort_keys=False))
             steps_log = _CsvLog(self.out / "steps.csv", list(STEP_FIELDS), "step", self.step if resume else None)
             epochs_log = _CsvLog(self.out / "epochs.csv", list(EPOCH_FIELDS), "epoch", self.epoch if resume else None)
-            tb = _tensorboard(self.out / "tensorboard")
+            # a resumed run redoes the steps after its checkpoint: their events from before are purged
+            tb = _tensorboard(self.out / "tensorboard", purge_step=self.step + 1 if resume else None)
         self.model.train()
         self._t0 = t0 = time.perf_counter() - self.elapsed_before
         done_now = 0
@@ -710,13 +711,16 @@ def _config_diff(a: dict, b: dict) -> str:
     return "; ".join(out) or "different structure"
 
 
-def _tensorboard(path: Path):
-    """A SummaryWriter when the tensorboard package is installed, else None (CSV logs are always written)."""
+def _tensorboard(path: Path, purge_step: int | None = None):
+    """A SummaryWriter when the tensorboard package is installed, else None (CSV logs are always written).
+    ``purge_step``: TensorBoard hides the events of earlier files at this global step and later (a resumed
+    run's first step: the steps a killed run logged after its last checkpoint are redone, not shown twice;
+    validation is logged per epoch, and epoch <= step, so it is never hidden by this)."""
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:
         return None
-    return SummaryWriter(str(path))
+    return SummaryWriter(str(path), purge_step=purge_step)
 
 
 DATA_FIELDS = ("in_frames", "out_frames", "channels", "height", "width")

@@ -74,6 +74,15 @@ def test_resume_after_kill_mid_epoch_matches_uninterrupted_run(standin, tiny_dat
     a, b = _rows(tmp_path / "ref" / "steps.csv"), _rows(tmp_path / "run" / "steps.csv")
     assert [r["step"] for r in b] == [str(i) for i in range(1, 10)]
     assert [r["loss"] for r in a] == [r["loss"] for r in b]
+    # TensorBoard shows each step once too, the redone step 5 with its redone loss (the killed run's is purged).
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    tb = EventAccumulator(str(tmp_path / "run" / "tensorboard"))
+    tb.Reload()
+    assert len(list((tmp_path / "run" / "tensorboard").glob("events.*"))) == 2  # the killed run's and the resumed one's
+    logged = tb.Scalars("train/loss")
+    assert [e.step for e in logged] == list(range(1, 10))
+    assert [e.value for e in logged] == pytest.approx([float(r["loss"]) for r in b], rel=1e-6)
     # The resumed epoch's train_loss averages all of its steps (the running sum is in the checkpoint).
     ea, eb = _rows(tmp_path / "ref" / "epochs.csv"), _rows(tmp_path / "run" / "epochs.csv")
     assert [r["train_loss"] for r in ea] == [r["train_loss"] for r in eb]
