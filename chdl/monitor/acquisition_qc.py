@@ -12,6 +12,16 @@ and the causal comparison extrapolates the stage motion from the frames before, 
 100 um step the first pass's clean frames reached 1.46-1.49 px of misregistration against a bare 1.5 px
 threshold, and 3 of its 10 frames were flagged as vibration in each of 4 simulator seeds (then each
 flagged frame left the next ones fewer references: a cascade). The passes after it saw none.
+
+**The first frames of a pass** (or after a gap) have nothing before them to be compared with: they wait
+until the third frame has come; then the first two are scored against the other two of the three and
+judged on sharpness and illumination (not on misregistration: which of three frames moved is ambiguous, a
+jerked middle frame makes both ends look moved, so they are not judged on it, as two frames never were),
+and the third against those of them not flagged. A first frame flagged then is reported late
+(:attr:`AcquisitionQC.late`) and is no reference for the next ones. Judged on arrival instead, a defocused first frame of a pass was never
+flagged (nothing before it) and, as a reference, made two clean frames after it look like illumination
+faults (frames 62 and 63 of samples/sim-200x150, 2026-12-01). From the fourth frame on each frame is
+judged on arrival against up to 4 before it. A pass of two frames is not judged.
 """
 
 from __future__ import annotations
@@ -22,48 +32,87 @@ from curation import qc
 from curation.config import QCConfig
 
 HISTORY = qc.MAX_REFS  # previous frames compared with each frame
+FIRST_JUDGED = 3  # the first frames of a pass are judged together once this many have come
 
 
 class AcquisitionQC:
-    """``check(frame, lane, position)`` -> None | "vibration" | "illumination"; frames of one stream, in
-    order (a gap in the positions, frames the monitor skipped, restarts the comparison window)."""
+    """``check(frame, lane, position)`` -> None | "vibration" | "illumination" for the frame, and in ``late``
+    the earlier frames of its pass judged only now (module docstring); frames of one stream, in order (a gap
+    in the positions, frames the monitor skipped, restarts the comparison window)."""
 
     def __init__(self, max_value: float, config: QCConfig | None = None):
         self.max_value = float(max_value)
         self.config = config or QCConfig()
         self.lane = self.position = None
         self.frames: list[np.ndarray] = []
+        self.positions: list[int] = []  # the pass position of each frame of the window
         self.usable: list[bool] = []  # per frame of the window: a QC reference (False once flagged)
+        self.judged = 0  # frames since the window's (re)start: the first FIRST_JUDGED are judged together
+        self.late: list[tuple[int, str, np.ndarray]] = []  # (position, cause, frame) flagged by the last check
+        self.first_flag: str | None = None  # the third frame's flag from _judge_first_three
         self.lane_scores: list[np.ndarray] = []
         self.done_lanes: list[np.ndarray] = []
         self.baseline = qc.calibrate([])
         self.thr = qc.thresholds(self.config.floors, self.config.z, self.baseline)
 
     def check(self, frame: np.ndarray, lane: int, position: int) -> str | None:
+        self.late = []
         if lane != self.lane:
             if len(self.lane_scores) >= 5:
                 self.done_lanes = (self.done_lanes + [np.stack(self.lane_scores)])[-20:]
                 self.baseline = qc.calibrate(self.done_lanes)
                 self.thr = qc.thresholds(self.config.floors, self.config.z, self.baseline)
-            self.lane, self.frames, self.usable, self.lane_scores = lane, [], [], []
+            self.lane, self.lane_scores = lane, []
+            self.frames, self.positions, self.usable, self.judged = [], [], [], 0
         elif position != self.position + 1:
-            self.frames, self.usable = [], []
+            self.frames, self.positions, self.usable, self.judged = [], [], [], 0
         self.position = position
+        self.judged += 1
         self.frames = (self.frames + [frame])[-(HISTORY + 1):]
+        self.positions = (self.positions + [position])[-(HISTORY + 1):]
         self.usable = (self.usable + [True])[-(HISTORY + 1):]
-        if sum(self.usable) < 2:
+        if self.judged < FIRST_JUDGED:  # the first frames wait for two later ones (module docstring)
             return None
-        window = np.stack(self.frames)
-        scores = qc.measure(window, np.array(self.usable), self.max_value)
-        flag = None
-        if self.done_lanes:  # else no pass calibrated yet: measure only (module docstring)
-            # the newest frame is always the window's last: curate's sequence-end rule (qc.frame_thresholds)
-            thr = qc.frame_thresholds(scores, self.thr, 0.0)[-1]
-            vib, ill = qc.decide(scores[-1:], self.baseline, thr)
-            flag = "vibration" if vib[0] else "illumination" if ill[0] else None
-        scores = scores[-1]
+        first = self.judged == FIRST_JUDGED  # the window's first two frames are judged now, before this one
+        calibrated = bool(self.done_lanes)  # else no pass calibrated yet: measure only (module docstring)
+        if first and calibrated:
+            self._judge_first_three()
+            if not self.usable[-1]:  # the third itself was barred there (a sharpness or illumination fault)
+                return self.first_flag
+            if sum(self.usable) < 2:
+                return None
+        scores = qc.measure(np.stack(self.frames), np.array(self.usable), self.max_value)
+        flag = self._decide(scores, len(scores) - 1) if calibrated else None
         if flag is None:
-            self.lane_scores.append(scores)
+            self.lane_scores.append(scores[-1])
         else:  # a flagged frame is no reference for the next ones (it keeps its place in time)
             self.usable[-1] = False
         return flag
+
+    def _judge_first_three(self) -> None:
+        """The window's first three frames, each scored against the others, judged as curate judges a
+        sequence (``curation.qc.curate_flags``): while one is flagged, the most severe is barred as a reference
+        and the rest scored again; but on sharpness and illumination only (module docstring). Flagged first
+        two go to ``late``; a flagged third is left in ``first_flag`` for :meth:`check` to return."""
+        self.first_flag = None
+        while True:
+            scores = qc.measure(np.stack(self.frames), np.array(self.usable), self.max_value)
+            scores[:, qc.I_MISREG] = np.where(np.isnan(scores[:, qc.I_MISREG]), np.nan, 0.0)
+            thr = qc.frame_thresholds(scores, self.thr, 0.0)
+            flags = [self._decide(scores, k) if self.usable[k] else None for k in range(len(scores))]
+            if not any(flags):
+                break
+            worst = int(np.argmax(np.where([f is not None for f in flags], qc.severity(scores, self.baseline, thr), -1)))
+            self.usable[worst] = False
+            if worst < len(scores) - 1:
+                self.late.append((self.positions[worst], flags[worst], self.frames[worst]))
+            else:
+                self.first_flag = flags[worst]
+        # (their scores do not enter the calibration: without misregistration they are not whole rows)
+
+    def _decide(self, scores: np.ndarray, k: int) -> str | None:
+        """The flag of row ``k`` of a window's (T, K) scores: curate's rule, the sequence-end thresholds included
+        (``curation.qc.frame_thresholds``, ``decide``)."""
+        thr = qc.frame_thresholds(scores, self.thr, 0.0)[k]
+        vib, ill = qc.decide(scores[k:k + 1], self.baseline, thr)
+        return "vibration" if vib[0] else "illumination" if ill[0] else None

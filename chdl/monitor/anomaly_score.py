@@ -453,6 +453,19 @@ class FrameResult:
     prediction: np.ndarray  # (H, W) in [0, 1]
     error: np.ndarray  # (H, W) error map
     features: np.ndarray | None = None  # Scored.features
+    earlier: list = dataclasses.field(default_factory=list)  # EarlierFlag of frames before this one, flagged now
+
+
+@dataclasses.dataclass
+class EarlierFlag:
+    """An earlier frame of the pass that the acquisition QC flagged late (the first frames of a pass are judged
+    when the third has come: chdl.monitor.acquisition_qc), reported with the next scored frame."""
+
+    frame: int
+    lane: int
+    position: int
+    acquisition: str  # "vibration" | "illumination"
+    pixels: np.ndarray  # (H, W) in [0, 1]
 
 
 class MonitorPipeline:
@@ -466,18 +479,27 @@ class MonitorPipeline:
         self.max_value = float(max_value)
         self.stream = LaneStream(predictor, FrameScorer(scorer))
         self.qc = AcquisitionQC(max_value) if qc else None
+        self.indices: dict[int, int] = {}  # position -> frame index in the current lane
+        self.earlier: list[EarlierFlag] = []  # late QC flags not reported yet
 
     @property
     def predictor(self):
         return self.stream.predictor
 
     def push(self, index: int, lane: int, position: int, raw: np.ndarray) -> FrameResult | None:
+        if lane != self.stream.lane:
+            self.indices = {}
+        self.indices[position] = index
         flag = self.qc.check(raw, lane, position) if self.qc is not None else None
-        frame = raw.astype(np.float32) * np.float32(1.0 / self.max_value)
+        scale = np.float32(1.0 / self.max_value)
+        for p, cause, pixels in (self.qc.late if self.qc is not None else []):
+            self.earlier.append(EarlierFlag(self.indices[p], lane, p, cause, pixels.astype(np.float32) * scale))
+        frame = raw.astype(np.float32) * scale
         out = self.stream.push(frame, lane, position, learn=flag is None)
         if out is None:
             return None
         pred, s = out
+        earlier, self.earlier = self.earlier, []
         return FrameResult(frame=index, lane=lane, position=position, score=s.score, threshold=s.threshold,
                            z=s.z, alert=s.alert, new_alert=s.new_alert, acquisition=flag, box=s.box, pixels=frame,
-                           prediction=pred, error=s.error, features=s.features)
+                           prediction=pred, error=s.error, features=s.features, earlier=earlier)

@@ -354,27 +354,41 @@ def _score_loop(spec, run_path: Path, folder: Path, q, scored, events, ready) ->
                     "threshold": _num(r.threshold), "alert": bool(r.alert), "acquisition": r.acquisition,
                     "latency_ms": round(latency, 2)}
             _live(folder, r)
-            event = None
+            for e in r.earlier:  # first frames of a pass, judged by the QC once the third had come
+                n_events = _write_event(ev, folder, n_events, "acquisition", e.frame, e.lane, e.position, None,
+                                        f"acquisition QC flagged {e.acquisition} at lane {e.lane} position "
+                                        f"{e.position} (judged with the frames after it, at frame {r.frame})",
+                                        to8(e.pixels))
             if r.acquisition is not None:
-                event = {"kind": "acquisition", "box": None,
-                         "reason": f"acquisition QC flagged {r.acquisition} at lane {r.lane} position {r.position}"}
+                n_events = _write_event(ev, folder, n_events, "acquisition", r.frame, r.lane, r.position, r,
+                                        f"acquisition QC flagged {r.acquisition} at lane {r.lane} position {r.position}",
+                                        snapshot_image(r.pixels, r.prediction, r.error, None))
             elif r.new_alert:
                 unit = "learned score, nats" if pipe.stream.scorer.learned is not None else "largest block z-score"
-                event = {"kind": "process", "box": r.box,
-                         "reason": f"prediction error {r.score:.2f} above threshold {r.threshold:.2f} "
-                                   f"({unit}) at lane {r.lane} position {r.position}"}
-            if event is not None:
-                snap = f"snapshots/{r.frame:06d}.png"
-                atomic_write_bytes(folder / snap, _png8(snapshot_image(r.pixels, r.prediction, r.error, event["box"])))
-                ev.write(json.dumps({"event": n_events, "kind": event["kind"], "frame": r.frame, "lane": r.lane,
-                                     "position": r.position, "score": _num(r.score), "threshold": _num(r.threshold),
-                                     "box": event["box"], "reason": event["reason"], "snapshot": snap}) + "\n")
-                ev.flush()
-                n_events += 1
-                events.value = n_events
+                n_events = _write_event(ev, folder, n_events, "process", r.frame, r.lane, r.position, r,
+                                        f"prediction error {r.score:.2f} above threshold {r.threshold:.2f} "
+                                        f"({unit}) at lane {r.lane} position {r.position}",
+                                        snapshot_image(r.pixels, r.prediction, r.error, r.box))
+            events.value = n_events
             scores.write(json.dumps(line) + "\n")
             scores.flush()
             scored.value += 1
+
+
+def _write_event(ev, folder: Path, n: int, kind: str, frame: int, lane: int, position: int, scored, reason: str,
+                 snapshot: np.ndarray) -> int:
+    """Write event number ``n`` (a line of events.jsonl, flushed) and its snapshot image; return n + 1.
+    ``scored``: the frame's FrameResult (score, threshold and, for a process event, the box), or None for a
+    frame that was not scored (a first frame of a pass the QC flagged late)."""
+    snap = f"snapshots/{frame:06d}.png"
+    atomic_write_bytes(folder / snap, _png8(snapshot))
+    box = scored.box if scored is not None and kind == "process" else None
+    ev.write(json.dumps({"event": n, "kind": kind, "frame": frame, "lane": lane, "position": position,
+                         "score": _num(scored.score) if scored is not None else None,
+                         "threshold": _num(scored.threshold) if scored is not None else None,
+                         "box": box, "reason": reason, "snapshot": snap}) + "\n")
+    ev.flush()
+    return n + 1
 
 
 def _num(x: float) -> float | None:

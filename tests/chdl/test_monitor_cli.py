@@ -134,6 +134,28 @@ def test_a_jerked_frame_is_an_acquisition_event_and_its_snapshot_has_no_box(clea
     assert np.array_equal(snap[:, :W], pixels)
 
 
+def test_a_defocused_first_frame_of_a_pass_is_a_late_acquisition_event(clean_run, tmp_path):
+    """The first frame of lane 3's pass blurred (defocus): never scored, it is judged once the third frame of the
+    pass has come; its event carries its own frame, lane and position, no score or box, and the frame alone as
+    the snapshot. The clean frames after it raise nothing (judged on arrival against it, two of them did)."""
+    run = tmp_path / "src" / "run_00000"
+    shutil.copytree(clean_run, run)
+    rec = Recording.open(run)
+    f = rec.frames[30]
+    assert (f.lane, f.position_index) == (3, 0)
+    pixels = cv2.GaussianBlur(rec.read(f), (0, 0), 3.0)
+    (run / f.file).write_bytes(encode_png(pixels, "Mono8"))
+    mon = chdl("monitor", "--replay", run, "--out", tmp_path / "m", "--as-fast-as-possible", "--queue-depth", "100", "-q")
+    assert mon.returncode == 0, mon.stderr
+    folder = tmp_path / "m" / "run_00000.monitor"
+    events = _lines(folder / "events.jsonl")
+    assert [(e["kind"], e["frame"], e["lane"], e["position"], e["score"], e["box"]) for e in events] == \
+        [("acquisition", 30, 3, 0, None, None)], events
+    assert set(events[0]) == EVENT_KEYS and "vibration" in events[0]["reason"] and "at frame 32" in events[0]["reason"]
+    assert np.array_equal(cv2.imread(str(folder / events[0]["snapshot"]), cv2.IMREAD_UNCHANGED), pixels)
+    assert json.loads((folder / "status.json").read_text())["events"] == 1
+
+
 def test_a_scorer_fitted_on_other_clean_runs_finds_the_injected_anomaly(clean_run, tmp_path, capsys):
     """chdl monitor-fit-scorer on 20 clean simulated lanes (another seed), then chdl monitor --scorer: one event,
     at the injected frame and lane; the scorer file is refused for another predictor or frame size."""

@@ -227,3 +227,26 @@ def test_the_first_pass_only_calibrates_the_acquisition_qc():
     flags = [(lane, p) for lane in range(2) for p in range(10)
              if qc.check(sim.render(lane, p, p * 100.0).pixels, lane, p) is not None]
     assert flags == [] and len(qc.done_lanes) == 1
+
+
+def test_a_faulty_first_frame_of_a_pass_is_flagged_late_and_is_no_reference():
+    """The first frames of a pass are judged together once the third has come (as curate judges a sequence).
+    Judged on arrival, a defocused first frame had nothing to be compared with and was never flagged, and as a
+    reference it made clean frames after it look faulty (frames 62 and 63 of samples/sim-200x150)."""
+    from acquisition.simulator import DicingLaneSimulator, Fault, SimConfig
+    from chdl.monitor.anomaly_score import MonitorPipeline
+
+    sim = DicingLaneSimulator(SimConfig(seed=2, width=200, height=150, fault_rate=0.0))
+    faults = {(2, 0): Fault("defocus", 0.7), (3, 1): Fault("gain", 1.0, phase=1.0)}
+    pipe = MonitorPipeline(ConstantMotion(5), 255.0, ScorerConfig(min_history=5))
+    flagged, late = [], []
+    for lane in range(4):
+        for t in range(10):
+            r = pipe.push(1000 + lane * 10 + t, lane, t, sim.render(lane, t, fault=faults.get((lane, t))).pixels)
+            if r is not None:
+                flagged += [(lane, t)] if r.acquisition else []
+                late += [(e.frame, e.lane, e.position, e.acquisition, r.position) for e in r.earlier]
+                assert all(e.pixels.shape == (150, 200) and e.pixels.max() <= 1.0 for e in r.earlier)
+    # reported with the pass's first scored frame (position 2), by frame index; nothing else flagged
+    assert late == [(1020, 2, 0, "vibration", 2), (1031, 3, 1, "illumination", 2)]
+    assert flagged == []
