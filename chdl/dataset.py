@@ -175,6 +175,15 @@ def _frames_shard_bound(frames_array: zarr.Array, frames: np.ndarray) -> int:
     return frames.nbytes + len(frames) * 64 + frames_array.shards[0] * 16 + 4
 
 
+def refuse_non_dataset(path) -> None:
+    """FileExistsError (one line) unless ``path`` is a zarr dataset (it holds zarr.json) or an empty folder: what
+    ``--overwrite`` may replace. Anything else there (a file, the input video, a folder of someone's work) is
+    never deleted, whatever the flag says."""
+    if path.is_dir() and ((path / "zarr.json").is_file() or not any(path.iterdir())):
+        return
+    raise FileExistsError(f"{path}: exists and is not a zarr dataset; refusing to delete it even with --overwrite")
+
+
 def _remove(path: Path) -> None:
     """Delete a file, folder or URL if it is there (a symlink itself, never what it points to)."""
     if not isinstance(path, Path):  # a URL
@@ -461,6 +470,8 @@ class DatasetWriter:
             raise ValueError("a dataset needs at least one sequence")
         if in_frames + out_frames > frames_per_sequence:
             raise ValueError(f"in_frames + out_frames ({in_frames}+{out_frames}) exceeds frames_per_sequence ({frames_per_sequence})")
+        if path.exists() and overwrite:
+            refuse_non_dataset(path)
         if path.exists() and not overwrite:
             what = "already exists"
             try:  # say what it is: an interrupted run of the same command is the usual case
@@ -532,7 +543,7 @@ class DatasetWriter:
                 validate(group, path)
             except DatasetFormatError as e:
                 raise ValueError(str(e).replace("malformed dataset", "refusing to create a dataset", 1)) from None
-        except Exception:  # e.g. disk full: leave nothing behind (a kill leaves the folder to the next creation)
+        except BaseException:  # disk full, Ctrl-C: leave nothing behind (a kill leaves it to the next creation)
             _remove(building)
             raise
         if local:

@@ -36,7 +36,7 @@ import numpy as np
 from tqdm import tqdm
 
 from acquisition.raw import RawFormatError, Recording
-from chdl.dataset import SPLIT_EXCLUDED, DatasetFormatError, DatasetWriter, dataset_path
+from chdl.dataset import SPLIT_EXCLUDED, DatasetFormatError, DatasetWriter, dataset_path, refuse_non_dataset
 from curation import qc
 from curation.config import CurateConfig
 from curation.plan import Plan, SequencePlan, build_plan
@@ -353,8 +353,11 @@ def _curate(source: str | os.PathLike, out: str | os.PathLike, cfg: CurateConfig
     writer = None
     if out.is_dir() and not any(out.iterdir()):
         out.rmdir()  # an empty folder is as good as none
-    if out.exists() and overwrite and not (out / "zarr.json").is_file() and (not out.is_dir() or any(out.iterdir())):
-        raise CurateError(f"{out}: exists and is not a zarr dataset; refusing to delete it even with --overwrite")
+    if out.exists() and overwrite:
+        try:
+            refuse_non_dataset(out)
+        except FileExistsError as e:
+            raise CurateError(str(e)) from None
     if out.exists() and not overwrite:
         try:
             writer = DatasetWriter.open(out)

@@ -302,10 +302,24 @@ def _grouped_table(keys, suffix: str, rows) -> list[str]:
 
 
 def _budget_text(report: dict) -> str:
-    """"40 epochs" or "10 min of training time": what every model of the bench was given."""
+    """"40 epochs", "1 epoch" or "10 min of training time": what every model of the bench was given."""
     if report.get("budget_minutes") is not None:
         return f"{report['budget_minutes']:g} min of training time"
-    return f"{report['epochs'][-1]} epochs"
+    n = report["epochs"][-1]
+    return f"{n} epoch{'' if n == 1 else 's'}"
+
+
+def terminal_summary(report: dict) -> list[str]:
+    """The lines ``chdl bench`` prints at the end: final MSE/MAE/SSIM per model (with the steps and samples it
+    reached) and per baseline, labels padded to the longest one so the columns line up, then the convention."""
+    rows = {label: (r["final"]["overall"], r.get("training")) for label, r in report["models"].items()}
+    rows.update({name: (report[result_key(name)]["overall"], None) for name in BASELINES})
+    width = max(map(len, rows), default=0)
+    lines = []
+    for label, (o, training) in rows.items():
+        reached = f"  ({training['steps']} steps, {training['samples']} samples)" if training else ""
+        lines.append(f"  {label:<{width}}  MSE {o['mse']:.5g}  MAE {o['mae']:.5g}  SSIM {o['ssim']:.4f}{reached}")
+    return lines + [f"  metric convention: {report['convention']}"]
 
 
 def markdown_report(report: dict) -> str:
@@ -511,8 +525,9 @@ def run_bench(data: str | Path, models: str, epochs: list[int] | None, out: str 
             raise BenchError(f"--pred-len {pred_lens[-1]} > the {t_out} frames the runs predict; add "
                              f"--set run.out_frames={pred_lens[-1]} or use --pred-len-mode retrain")
         if offset + t_in + pred_lens[-1] > T:
+            after = f" after a frame offset of {offset}" if offset else ""
             raise BenchError(f"{data}: sequences have {T} frames, too few for {t_in} input + {pred_lens[-1]} "
-                             "predicted frames")
+                             f"predicted frames{after} (--pred-len {pred_lens[-1]})")
     if (out / "bench.json").exists() and not resume:
         raise BenchError(f"{out}: already holds a bench (bench.json); use --resume or another --out")
     out.mkdir(parents=True, exist_ok=True)
@@ -540,7 +555,7 @@ def run_bench(data: str | Path, models: str, epochs: list[int] | None, out: str 
     final_ckpts: dict[str, Path] = {}
     for spec in specs:
         safe = spec.label.replace(":", "-")
-        kept = f" (keeping epochs {', '.join(map(str, epochs))})" if epochs else ""
+        kept = f" (keeping epoch{'s' if len(epochs) > 1 else ''} {', '.join(map(str, epochs))})" if epochs else ""
         _log(f"{spec.label}: training for {budget_text}{kept}")
         run_dir = train_run(spec, run, data, out / "runs" / safe, epochs, resume=resume, progress=progress)
         entry: dict = {"name": spec.name, "preset": spec.preset, "overrides": spec.overrides,

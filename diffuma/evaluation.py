@@ -98,8 +98,11 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | Path, split: str = "
 
 def markdown_table(rows: dict[str, dict], convention: str, title: str | None = None) -> str:
     """A Markdown report of ``{row name: metrics}`` (``MetricAccumulator.result()`` dicts): the overall table
-    and the per-horizon table, with the metric convention spelled out under each."""
-    fmt = {"mse": "{:.5g}", "mae": "{:.5g}", "ssim": "{:.4f}", "psnr": "{:.2f}"}
+    and the per-horizon table, with the metric convention spelled out under each. Numbers keep a fixed precision
+    per metric, trailing zeros included: MSE and MAE 5 significant digits (0.014100, 0.0086286, 248.00), SSIM 4
+    decimals, PSNR (dB) 2 decimals."""
+    fmt = {"mse": "{:#.5g}", "mae": "{:#.5g}", "ssim": "{:.4f}", "psnr": "{:.2f}"}
+    label = {"mse": "MSE", "mae": "MAE", "ssim": "SSIM", "psnr": "PSNR (dB)"}
     note = f"Metric convention: `{convention}` — {CONVENTION_NOTES[convention]}"
     lines = [f"## {title}", ""] if title else []
     lines += ["| model | MSE ↓ | MAE ↓ | SSIM ↑ | PSNR (dB) ↑ |", "|---|---:|---:|---:|---:|"]
@@ -112,7 +115,7 @@ def markdown_table(rows: dict[str, dict], convention: str, title: str | None = N
               "|---|---|" + "---:|" * n_t]
     for name, r in rows.items():
         for m in fmt:
-            lines.append(f"| {name} | {m.upper()} | " + " | ".join(fmt[m].format(f[m]) for f in r["per_frame"]) + " |")
+            lines.append(f"| {name} | {label[m]} | " + " | ".join(fmt[m].format(f[m]) for f in r["per_frame"]) + " |")
     lines += ["", note, ""]
     return "\n".join(lines)
 

@@ -210,17 +210,21 @@ def _save_figure(fig, path: str | Path) -> None:
 
 
 def plot_training_dynamics(rows: list[dict], path: str | Path, baselines: dict[str, dict] | None = None,
-                           title: str | None = None) -> None:
+                           title: str | None = None, convention: str = "per_pixel") -> None:
     """The paper's training-dynamics figure: validation MSE, MAE and SSIM per epoch (rows as in epochs.csv),
     with each baseline's values ``{row name: {mse, mae, ssim, ...}}`` (e.g. copy-last-frame, constant-motion) as
     horizontal lines in its ``BASELINE_STYLES`` style when given; ``title`` (the run: model, validation set)
-    above the three panels."""
+    above the three panels. The y axes name the metric and its ``convention`` (``diffuma.metrics.CONVENTIONS``;
+    the trainer validates per pixel), on [0, 1] intensities."""
     pts = [r for r in rows if r.get("val_mse") not in (None, "")]
     if not pts:
         return
     epochs = [int(r["epoch"]) for r in pts]
+    per = "per-pixel" if convention == "per_pixel" else "summed over C·H·W"
+    ylabel = {"mse": f"val MSE ({per}, [0,1])", "mae": f"val MAE ({per}, [0,1])", "ssim": "val SSIM"}
     fig, axes = plt.subplots(1, 3, figsize=(11, 3.2))
     for ax, m, label in zip(axes, ("mse", "mae", "ssim"), ("MSE ↓", "MAE ↓", "SSIM ↑")):
+        ax.set_ylabel(ylabel[m])
         ax.plot(epochs, [float(r[f"val_{m}"]) for r in pts], "o-", label="model")
         for name, values in (baselines or {}).items():
             ax.axhline(values[m], label=name, **BASELINE_STYLES.get(name, {}))

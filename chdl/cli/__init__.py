@@ -8,11 +8,38 @@ lists them.
 from __future__ import annotations
 
 import importlib
+import logging
+import signal
 import sys
+import warnings
 
 import click
 
 import chdl
+
+def quiet_abandoned_async() -> None:
+    """After an interrupt: zarr's store calls that it cut short are coroutines never awaited, and Python would warn
+    about each at exit, and asyncio would log their tasks and futures ("Task was destroyed but it is pending!",
+    "Future exception was never retrieved") when they are collected (seen after Ctrl-C in curate and SIGTERM in
+    import). The work they were doing is the work a rerun redoes: nothing to report."""
+    warnings.filterwarnings("ignore", message=r"coroutine .* was never awaited", category=RuntimeWarning)
+    logging.getLogger("asyncio").setLevel(logging.CRITICAL + 1)
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def _sigterm_as_interrupt():
+    """SIGTERM (a scheduler's or `kill`'s stop) raises KeyboardInterrupt as Ctrl-C does, so a command that cleans
+    up on Ctrl-C does on SIGTERM too (an import killed so left a half-written dataset and exit 143 without a
+    word). Commands with handlers of their own (curate, train, capture, monitor, the dashboard's server) install
+    them over this one. Returns the previous handler (None where signals cannot be set: not the main thread)."""
+    try:
+        return signal.signal(signal.SIGTERM, _raise_interrupt)
+    except ValueError:
+        return None
+
 
 # command name -> (module, attribute, one-line help shown by `chdl --help`)
 COMMANDS: dict[str, tuple[str, str, str]] = {
@@ -56,13 +83,18 @@ class LazyGroup(click.Group):
         monitor-fit-scorer), into temporary folders removed on the way out (predict) or remove what they began
         (import), so rerunning is all it takes; bench and a second Ctrl-C in train keep what they had finished
         (--resume)."""
+        previous = _sigterm_as_interrupt()
         try:
             return super().invoke(ctx)
         except KeyboardInterrupt:
+            quiet_abandoned_async()
             name = ctx.invoked_subcommand or ""
             hint = "rerun with --resume to continue" if name in ("bench", "train") else "rerun the same command"
             click.echo(f"interrupted: chdl {name} stopped before it finished ({hint})", err=True)
             sys.exit(130)
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         rows = [(name, help_) for name, (_, _, help_) in COMMANDS.items()]

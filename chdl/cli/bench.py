@@ -45,9 +45,18 @@ def bench(data, models, epochs, budget_minutes, pred_len, pred_len_mode, out, pr
     """Train each model under the same budget (epochs or minutes of training time) and data, evaluate with the
     same metric code, and write the paper's comparison tables (Markdown + JSON), plots and a prediction grid
     to --out."""
+    from pathlib import Path
+
+    from chdl.cli.train import open_verified_dataset
     from chdl.dataset import DatasetFormatError
-    from diffuma.bench import BenchError, parse_int_list, run_bench
-    from diffuma.evaluation import BASELINES, result_key
+    from diffuma.output_folder import check_apart_from_input
+
+    try:  # before any work: not into the dataset; every shard present and as its checksum says (train does so)
+        check_apart_from_input(out, data, data_folders_too=True)
+    except ValueError as e:
+        raise click.ClickException(str(e)) from None
+    open_verified_dataset(Path(data), "all", None, quiet)
+    from diffuma.bench import BenchError, parse_int_list, run_bench, terminal_summary
     from diffuma.training import ConfigError, TrainingDiverged
     from diffuma.training.checkpoint import CheckpointError
 
@@ -66,9 +75,5 @@ def bench(data, models, epochs, budget_minutes, pred_len, pred_len_mode, out, pr
     except (BenchError, DatasetFormatError, ConfigError, CheckpointError, TrainingDiverged, FileExistsError) as e:
         raise click.ClickException(str(e)) from e
     click.echo(os.path.join(out, "bench.md"))
-    rows = {label: (r["final"]["overall"], r["training"]) for label, r in report["models"].items()}
-    rows.update({name: (report[result_key(name)]["overall"], None) for name in BASELINES})
-    for label, (o, training) in rows.items():
-        reached = f"  ({training['steps']} steps, {training['samples']} samples)" if training else ""
-        click.echo(f"  {label:<16} MSE {o['mse']:.5g}  MAE {o['mae']:.5g}  SSIM {o['ssim']:.4f}{reached}")
-    click.echo(f"  metric convention: {report['convention']}")
+    for line in terminal_summary(report):
+        click.echo(line)

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import logging
 import shlex
 import signal
 import sys
-import warnings
 
 import click
 
+from chdl.cli import quiet_abandoned_async
 from chdl.cli.options import quiet_option
 
 
@@ -56,12 +55,7 @@ def curate(raw: str, out: str, config_path: str | None, workers: int, scheduler:
     except (ClusterError, ConfigError, CurateError, PlanError, RawFormatError) as e:
         raise click.ClickException(str(e)) from None
     except KeyboardInterrupt:
-        # zarr's store calls that the interrupt cut short are coroutines never awaited; at exit Python would warn
-        # about each after this line (seen in CI). Their shards are the ones the rerun redoes: nothing to report.
-        warnings.filterwarnings("ignore", message=r"coroutine .* was never awaited", category=RuntimeWarning)
-        # ... and asyncio logs their tasks and futures ("Task was destroyed but it is pending!", "Future exception
-        # was never retrieved") when they are collected: seen in tests/curation/test_curate_cli.py, ~1 run in 10
-        logging.getLogger("asyncio").setLevel(logging.CRITICAL + 1)
+        quiet_abandoned_async()  # seen in CI and in tests/curation/test_curate_cli.py, ~1 run in 10
         click.echo(f"interrupted: {out} keeps the shards finished so far; rerun the same command to resume", err=True)
         sys.exit(130)
     finally:

@@ -14,35 +14,70 @@ from chdl.cli.options import FINITE, FiniteFloat, quiet_option
 def _command_line() -> str:
     """The invoked command with its explicitly set options, for provenance (also right under CliRunner)."""
     ctx = click.get_current_context()
-    parts = ["chdl", *ctx.command_path.split()[1:]]
+    names, c = [], ctx
+    while c.parent is not None:  # the subcommands' names (the root's is "python -m chdl" when run so)
+        names.append(c.info_name)
+        c = c.parent
+    parts = ["chdl", *reversed(names)]
     for param in ctx.command.params:
         if param.name == "quiet":  # how the command printed, not what it made
             continue
         value = ctx.params.get(param.name)
         if isinstance(param, click.Argument):
             parts += [str(v) for v in value] if isinstance(value, (tuple, list)) else [str(value)]
-        elif value not in (None, False, ()) and value != param.default:
+        elif value is not None and value is not False and value != () and value != param.default:  # 0 is a value
             flag = param.opts[0]
             values = value if param.multiple else [value]
             parts += [flag] if param.is_flag else [x for v in values for x in (flag, str(v))]
     return shlex.join(parts)
 
 
-def _run(fn, *args, preview: Path | None = None, **kwargs) -> Path:
+def _check_paths(out: Path, inputs: list, preview: Path | None) -> None:
+    """One-line errors before any work: an --out that is or holds an input (``--overwrite`` would delete it), a
+    --preview that is a folder, not a .png, or whose folder cannot be made."""
+    for given in inputs:
+        if given is not None and given.exists() and (out.resolve() == given.resolve() or out.resolve() in given.resolve().parents):
+            raise click.ClickException(f"{out}: {'is' if out.resolve() == given.resolve() else 'holds'} the input "
+                                       f"{given}; choose another --out")
+    for path, what in ((out, "--out"), (preview, "--preview")):
+        blocker = next((a for a in (path.parents if path is not None else []) if a.exists() and not a.is_dir()), None)
+        if blocker is not None:
+            raise click.ClickException(f"{path}: cannot write {what} there: {blocker} is a file, not a folder")
+    if preview is None:
+        return
+    if preview.is_dir():
+        raise click.ClickException(f"{preview}: --preview is a folder; give a file name ending in .png")
+    if preview.suffix.lower() != ".png":
+        raise click.ClickException(f"{preview}: --preview writes a PNG; give a name ending in .png")
+    try:
+        preview.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise click.ClickException(f"{preview}: cannot write the preview there ({e.strerror or e})") from None
+
+
+def _run(fn, *args, inputs: list = (), preview: Path | None = None, **kwargs) -> Path:
     """Call an importer; turn bad input into a one-line click error, print what was written."""
     from chdl.dataset import open_dataset
     from curation.importers.common import ImporterInputError, save_preview
 
+    out = kwargs.get("out", args[-1] if args else None)
+    _check_paths(Path(out), list(inputs), preview)
     try:
         out = fn(*args, command=_command_line(), **kwargs)
     except (ImporterInputError, FileExistsError, ValueError) as e:
         raise click.ClickException(str(e).replace("\n", " ")) from None
+    except OSError as e:  # a parent that is a file, a read-only folder, disk full: the importer removed its output
+        raise click.ClickException(f"{e.filename or out}: cannot write the dataset ({e.strerror or e})") from None
     summary = open_dataset(out).summary()
     shape = "×".join(str(d) for d in summary["shape"])
     click.echo(f"wrote {out}: {shape} {summary['dtype']} (train {summary['splits']['train']}, "
                f"val {summary['splits']['val']} sequences)")
     if preview is not None:
-        click.echo(f"preview {save_preview(out, preview)}")
+        try:
+            click.echo(f"preview {save_preview(out, preview)}")
+        except OSError as e:
+            raise click.ClickException(f"{preview}: cannot write the preview ({e.strerror or e}); the dataset {out} "
+                                       "is complete") from None
     return out
 
 
@@ -69,7 +104,7 @@ def mnist(out, n_train, n_val, seed, val_seed, mnist, preview, overwrite, quiet)
     """Moving MNIST (64×64, two bouncing digits, 10 → 10) from real MNIST digits."""
     from curation.importers.moving_mnist import import_moving_mnist
 
-    _run(import_moving_mnist, out, n_train=n_train, n_val=n_val, seed=seed, val_seed=val_seed, mnist=mnist,
+    _run(import_moving_mnist, out, inputs=[mnist], n_train=n_train, n_val=n_val, seed=seed, val_seed=val_seed, mnist=mnist,
          overwrite=overwrite, preview=preview, progress=not quiet)
 
 
@@ -102,7 +137,7 @@ def weatherbench(root, out, variables, train_years, val_years, level, step, stri
     """WeatherBench 5.625° ERA5 netCDF (ROOT/<variable folder>/*.nc) as 12 → 12 hourly sequences."""
     from curation.importers.weatherbench import import_weatherbench
 
-    _run(import_weatherbench, root, out, variables=list(variables), train_years=_years(train_years, "--train-years"),
+    _run(import_weatherbench, root, out, inputs=[root], variables=list(variables), train_years=_years(train_years, "--train-years"),
          val_years=_years(val_years, "--val-years"), level=level, step=step, stride=stride, overwrite=overwrite, preview=preview,
          progress=not quiet)
 
@@ -146,7 +181,7 @@ def video(videos, out, size, in_frames, out_frames, frame_stride, train_stride, 
     from chdl.dataset import open_dataset
     from curation.importers.video import import_video
 
-    out = _run(import_video, list(videos), out, size=_size(size), in_frames=in_frames, out_frames=out_frames,
+    out = _run(import_video, list(videos), out, inputs=list(videos), size=_size(size), in_frames=in_frames, out_frames=out_frames,
                frame_stride=frame_stride, train_stride=train_stride, val_stride=val_stride,
                val_fraction=val_fraction, overwrite=overwrite, preview=preview, progress=not quiet)
     for v in open_dataset(out).attrs["extra"]["videos"]:

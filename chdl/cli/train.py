@@ -31,7 +31,7 @@ RUN_FILES = ("checkpoints/last.pt", "checkpoints/best.pt", "config.yaml", "steps
              "training_dynamics.png", "tensorboard")
 
 
-def _open_data(data: Path, split: str, max_sequences: int | None = None, quiet: bool = False):
+def open_verified_dataset(data: Path, split: str, max_sequences: int | None = None, quiet: bool = False):
     """The dataset reader, or a one-line error, before any heavy import (torch, timm): a missing shard file
     or one whose checksum differs from the one recorded when it was written (of the shards holding the first
     ``max_sequences`` of ``split``: the ones the command reads) is refused naming it."""
@@ -80,7 +80,7 @@ def train(data, config_name, overrides, out, resume, quiet):
         raw = read_config(config_name, overrides) if config_name else None
     except ConfigError as e:
         raise _fail(e) from None
-    reader = _open_data(data, "all", quiet=quiet or not main_rank)
+    reader = open_verified_dataset(data, "all", quiet=quiet or not main_rank)
     if main_rank and len(reader.indices("val")) == 0:
         click.echo(f"warning: {data} has no validation sequences: training without validation (no val metrics, "
                    "best.pt or training_dynamics.png)", err=True)
@@ -128,12 +128,18 @@ def eval_(checkpoint, data, split, openstl, batch_size, weights, max_sequences, 
     if out is None:  # <run>/eval for a checkpoint in <run>/checkpoints/, else next to the checkpoint
         parent = checkpoint.resolve().parent
         out = (parent.parent if parent.name == "checkpoints" else parent) / "eval"
+    from diffuma.output_folder import check_apart_from_input
+
+    try:
+        check_apart_from_input(out, data, data_folders_too=True)
+    except ValueError as e:
+        raise click.ClickException(str(e)) from None
     stem = out / f"eval_{checkpoint.stem}_{split}_{convention}"  # best.pt and last.pt side by side
     earlier = [p for p in (stem.with_suffix(".json"), stem.with_suffix(".md")) if p.exists()]
     if earlier and not overwrite:
         raise click.ClickException(f"{earlier[0]}: an earlier evaluation is there (use --overwrite to replace it, "
                                    "or --out for another folder)")
-    reader = _open_data(data, split, max_sequences, quiet)
+    reader = open_verified_dataset(data, split, max_sequences, quiet)
     if len(reader.indices(split)) == 0:
         raise click.ClickException(f"{data}: the {split!r} split has no sequences to evaluate")
 
@@ -207,7 +213,7 @@ def predict(checkpoints, input_, out, split, max_sequences, weights, batch_size,
         raise click.ClickException(str(e)) from None
     kind = _input_kind(input_)
     if kind == "dataset":
-        _open_data(input_, split, max_sequences, quiet)
+        open_verified_dataset(input_, split, max_sequences, quiet)
 
     import torch
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import sys
 from pathlib import Path
@@ -65,8 +66,8 @@ def write_sequences(
     """
     out = Path(out)
     check_room(out, n_sequences, create_kwargs)
-    writer = DatasetWriter.create(out, n_sequences=n_sequences, overwrite=overwrite, **create_kwargs)
-    try:
+    try:  # create inside the try: an interrupt just after the layout is renamed into place removes it too
+        writer = DatasetWriter.create(out, n_sequences=n_sequences, overwrite=overwrite, **create_kwargs)
         with tqdm(total=n_sequences, desc=desc, unit="seq", file=sys.stderr, disable=not progress) as bar:
             for shard in range(writer.n_shards):
                 rng = writer.shard_range(shard)
@@ -74,9 +75,18 @@ def write_sequences(
                 bar.update(len(rng))
         writer.finalize()
     except BaseException:
-        shutil.rmtree(out, ignore_errors=True)
+        if _unfinished(out):  # ours; never what was there before (a refused --out, a dataset left as it was)
+            shutil.rmtree(out, ignore_errors=True)
         raise
     return out
+
+
+def _unfinished(out: Path) -> bool:
+    """Whether ``out`` is a chdl dataset not marked complete: the one an interrupted import was writing."""
+    try:
+        return json.loads((out / "zarr.json").read_text())["attributes"]["complete"] is False
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
 
 
 def save_preview(dataset: str | Path, png: str | Path, n: int = 4) -> Path:
@@ -106,7 +116,11 @@ def save_preview(dataset: str | Path, png: str | Path, n: int = 4) -> Path:
     grid = np.concatenate(rows, axis=0)
     png = Path(png)
     tmp = png.with_name(png.stem + ".tmp.png")
-    if not cv2.imwrite(str(tmp), grid):
-        raise OSError(f"{png}: cannot write PNG")
-    tmp.replace(png)
+    try:
+        if not cv2.imwrite(str(tmp), grid):
+            raise OSError(f"{png}: cannot write PNG")
+        tmp.replace(png)
+    except BaseException:  # no stray .tmp.png left (e.g. png is a folder)
+        tmp.unlink(missing_ok=True)
+        raise
     return png

@@ -219,7 +219,8 @@ def import_moving_mnist(
 ) -> Path:
     """Generate ``n_train`` + ``n_val`` sequences and write them to ``out`` (train first, then val)."""
     if n_train < 0 or n_val < 0 or n_train + n_val < 1:
-        raise ValueError("need a non-negative number of train and val sequences, at least one in total")
+        raise ValueError(f"--train {n_train} and --val {n_val}: at least one sequence in total is needed (neither "
+                         "may be negative)")
     if seed < 0 or val_seed < 0:
         raise ValueError(f"seeds must be non-negative (numpy's SeedSequence), got seed {seed}, val_seed {val_seed}")
     train_digits, val_digits, source = load_digits(mnist)  # bad input fails here, before anything is written

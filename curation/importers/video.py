@@ -130,12 +130,16 @@ def file_sha256(path: Path) -> str:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
 
-def read_video(path: str | Path, size: tuple[int, int] = SIZE, frame_stride: int = 1) -> Video:
+def read_video(path: str | Path, size: tuple[int, int] = SIZE, frame_stride: int = 1, *,
+               progress: bool = False) -> Video:
     """Decode ``path`` in full -> :class:`Video` with every ``frame_stride``-th frame, gray, at ``size``.
 
+    ``progress``: a tqdm bar on stderr over the decoded frames (unit "frame"; its total is the container's
+    frame count when it reports one, else open-ended with the rate only).
     ImporterInputError naming the file if it is missing, not a file, or not a video OpenCV/FFmpeg decodes.
     """
     import cv2
+    from tqdm import tqdm
 
     path = Path(path)
     if frame_stride < 1:
@@ -163,17 +167,23 @@ def read_video(path: str | Path, size: tuple[int, int] = SIZE, frame_stride: int
         reported = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
         kept, box, shape = [], None, None
         decoded = 0
-        while True:
-            if decoded % frame_stride == 0:
-                ok, frame = cap.read()
-                if not ok or frame is None:
+        with tqdm(total=reported if reported > 0 else None, desc=f"decode {path.name}", unit="frame",
+                  file=sys.stderr, disable=not progress) as bar:
+            while True:
+                if decoded % frame_stride == 0:
+                    ok, frame = cap.read()
+                    if not ok or frame is None:
+                        break
+                    gray, box = to_gray(frame, size)
+                    shape = shape or frame.shape[:2]
+                    kept.append(gray)
+                elif not cap.grab():
                     break
-                gray, box = to_gray(frame, size)
-                shape = shape or frame.shape[:2]
-                kept.append(gray)
-            elif not cap.grab():
-                break
-            decoded += 1
+                decoded += 1
+                bar.update(1)
+            if bar.total != decoded:  # the container's count is an estimate: end the bar at what was decoded
+                bar.total = decoded
+                bar.refresh()
     finally:
         cap.release()
     if not kept:
@@ -241,7 +251,10 @@ def import_video(
     progress: bool = True,
     command: str | None = None,
 ) -> Path:
-    """Decode every file in ``paths``, cut clips, split by time blocks and write the dataset to ``out``."""
+    """Decode every file in ``paths``, cut clips, split by time blocks and write the dataset to ``out``.
+
+    ``progress``: tqdm bars on stderr while decoding (one per file, in frames) and writing (in sequences).
+    """
     import cv2
 
     paths = [Path(p) for p in paths]
@@ -264,7 +277,7 @@ def import_video(
     plans: list[ClipPlan] = []
     seen: dict[str, Path] = {}
     for name, p in zip(_run_names(paths), paths):
-        v = read_video(p, size, frame_stride)
+        v = read_video(p, size, frame_stride, progress=progress)
         v.name = name
         if v.sha256 in seen:
             raise ImporterInputError(f"{p}: same content as {seen[v.sha256]} (sha256 {v.sha256[:12]}…)")

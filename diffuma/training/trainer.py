@@ -685,13 +685,20 @@ class Trainer:
 
                 n_val = len(self.val_set) if self.run.val_max_sequences is None else \
                     min(len(self.val_set), self.run.val_max_sequences)
-                m = self.config["model"]
                 plot_training_dynamics(epochs_log.rows, self.out / "training_dynamics.png", baselines=self.baselines_val,
-                                       title=f"{m['name']} '{m.get('preset') or 'default'}', run {self.out.name}: validation on "
-                                             f"{n_val} of {len(self.val_set)} val sequences (run.val_max_sequences)")
+                                       title=dynamics_title(self.config["model"], self.out, n_val, len(self.val_set)))
         if val is not None and val["mse"] < self.best_val_mse:
             self.best_val_mse = val["mse"]
             self.save("best.pt")
+
+
+def dynamics_title(model: dict, out: Path, n_val: int, n_total: int) -> str:
+    """The title of training_dynamics.png: model, preset, run folder (with its parent: "run demo/run", where the
+    folder's name alone gave "run run") and validation set size."""
+    folder = Path(out)
+    run = f"{folder.parent.name}/{folder.name}" if folder.parent.name else folder.name
+    return (f"{model['name']} '{model.get('preset') or 'default'}', run {run}: validation on {n_val} of "
+            f"{n_total} val sequences (run.val_max_sequences)")
 
 
 def _max_over_ranks(value: float, device: torch.device) -> float:

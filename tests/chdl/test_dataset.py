@@ -196,7 +196,10 @@ def test_malformed_dataset_is_one_error_naming_the_key(tmp_path, damage, needle)
 def test_creation_is_atomic_and_a_killed_creation_is_cleaned_up(tmp_path, monkeypatch):
     """The layout is built beside the target and renamed into place: a creation killed half-way leaves
     no dataset at the path (so a rerun starts afresh, never a half layout that cannot resume), and the
-    next creation removes the leftovers. --overwrite keeps the old dataset whole until the new one is in."""
+    next creation removes the leftovers. --overwrite keeps the old dataset whole until the new one is in. An
+    interrupt (Ctrl-C) removes its own leftovers at once."""
+    import chdl.dataset
+
     path = tmp_path / "d.zarr"
     real = zarr.Group.create_group
 
@@ -205,6 +208,12 @@ def test_creation_is_atomic_and_a_killed_creation_is_cleaned_up(tmp_path, monkey
     monkeypatch.setattr(zarr.Group, "create_group", killed)
     with pytest.raises(KeyboardInterrupt):
         _write(path, _frames())
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # Ctrl-C: cleaned up on the way out
+    real_remove = chdl.dataset._remove
+    monkeypatch.setattr(chdl.dataset, "_remove", lambda p: None)  # a kill: no clean-up runs
+    with pytest.raises(KeyboardInterrupt):
+        _write(path, _frames())
+    monkeypatch.setattr(chdl.dataset, "_remove", real_remove)
     assert not path.exists() and (tmp_path / ".d.zarr.creating").is_dir()
     monkeypatch.setattr(zarr.Group, "create_group", real)
     _write(path, _frames()).finalize()

@@ -11,6 +11,7 @@ from click.testing import CliRunner
 
 from chdl.cli import main
 from chdl.dataset import SPLIT_TRAIN, SPLIT_VAL, DatasetWriter
+from diffuma.evaluation import result_key
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -157,7 +158,8 @@ def test_epochs_and_budget_minutes_together_are_a_one_line_error(tiny_dataset, t
 
 @pytest.mark.parametrize("extra,message", [
     (["--models", "simvp,nosuchmodel"], "unknown model 'nosuchmodel'"),
-    (["--models", "simvp", "--pred-len", "9"], "too few"),
+    (["--models", "simvp", "--pred-len", "9"],
+     "sequences have 8 frames, too few for 3 input + 9 predicted frames (--pred-len 9)"),
     (["--models", "simvp", "--set", "run.nosuchfield=1"], "nosuchfield"),
     (["--models", "simvp", "--set", "simvp.translator=lstm"], "translator"),
     (["--models", "simvp", "--epochs", "0"], ">= 1"),
@@ -169,3 +171,31 @@ def test_bench_bad_requests_fail_cleanly(tiny_dataset, tmp_path, extra, message)
     assert res.exit_code == 1, res.output
     assert message in res.output
     assert not (out / "bench.json").exists()
+
+
+def test_budget_text_says_1_epoch_not_1_epochs():
+    from diffuma.bench import _budget_text
+
+    assert _budget_text({"epochs": [1], "budget_minutes": None}) == "1 epoch"
+    assert _budget_text({"epochs": [1, 2], "budget_minutes": None}) == "2 epochs"
+    assert _budget_text({"epochs": [], "budget_minutes": 1.0}) == "1 min of training time"
+
+
+def test_terminal_summary_pads_labels_to_the_longest():
+    from diffuma.bench import terminal_summary
+    from diffuma.evaluation import BASELINES
+
+    def overall(mse):
+        return {"overall": {"mse": mse, "mae": 0.01, "ssim": 0.9}}
+
+    report = {"convention": "per_pixel", "models": {
+        "simvp": {"final": overall(0.0141), "training": {"steps": 10, "samples": 30}},
+        "diffuma:tiny-mmnist": {"final": overall(141.55), "training": {"steps": 12, "samples": 36}}},
+        **{result_key(name): overall(0.02) for name in BASELINES}}
+    lines = terminal_summary(report)
+    assert lines[-1] == "  metric convention: per_pixel"
+    rows = lines[:-1]
+    assert [r.split()[0] for r in rows] == ["simvp", "diffuma:tiny-mmnist", *BASELINES]
+    assert len({r.index(" MSE ") for r in rows}) == 1  # one column for every label, long ones included
+    assert rows[1].startswith("  diffuma:tiny-mmnist  MSE 141.55  MAE 0.01  SSIM 0.9000  (12 steps, 36 samples)")
+    assert "steps" not in rows[-1]  # baselines did not train

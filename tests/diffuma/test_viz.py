@@ -58,3 +58,21 @@ def test_grid_with_several_models_and_training_curves(tmp_path):
     assert Image.open(tmp_path / "dyn.png").size[0] > 500
     plot_training_dynamics([{"epoch": 1, "val_mse": ""}], tmp_path / "none.png")  # nothing validated yet
     assert not (tmp_path / "none.png").exists()
+
+
+def test_training_dynamics_axes_name_the_metric_and_convention(tmp_path, monkeypatch):
+    import diffuma.viz as viz
+
+    figs = []
+    monkeypatch.setattr(viz, "_save_figure", lambda fig, path: figs.append(fig))
+    rows = [{"epoch": e, "val_mse": 1 / e, "val_mae": 1 / e, "val_ssim": 1 - 1 / e} for e in (1, 2)]
+    plot_training_dynamics(rows, tmp_path / "dyn.png", title="standin 'tiny', demo/run")
+    plot_training_dynamics(rows, tmp_path / "dyn.png", convention="openstl")
+    try:
+        assert [ax.get_ylabel() for ax in figs[0].axes] == [
+            "val MSE (per-pixel, [0,1])", "val MAE (per-pixel, [0,1])", "val SSIM"]
+        assert figs[1].axes[0].get_ylabel() == "val MSE (summed over C·H·W, [0,1])"
+        assert [ax.get_xlabel() for ax in figs[0].axes] == ["epoch"] * 3
+    finally:
+        for fig in figs:
+            viz.plt.close(fig)

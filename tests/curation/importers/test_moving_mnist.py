@@ -167,3 +167,10 @@ def test_negative_seeds_are_refused_naming_the_option(tmp_path: Path):
                                       opt, "-5"])
         assert r.exit_code == 2 and f"Invalid value for '{opt}': -5 is not in the range x>=0" in r.output
     assert not (tmp_path / "m.zarr").exists()
+
+
+def test_no_sequences_at_all_is_refused_naming_both_options(tmp_path: Path):
+    r = CliRunner().invoke(main, ["import", "mnist", "--out", str(tmp_path / "m.zarr"), "--train", "0", "--val", "0"])
+    assert r.exit_code == 1 and r.output.strip() == ("Error: --train 0 and --val 0: at least one sequence in total is "
+                                                     "needed (neither may be negative)")
+    assert not (tmp_path / "m.zarr").exists()

@@ -111,6 +111,19 @@ def test_read_video_grayscale_crop_resize_and_stride(videos):
     assert [frame_index(f) for f in s.frames] == list(range(0, 60, 4)) and s.frames_decoded == 60
 
 
+def test_decoding_shows_a_frame_progress_bar_unless_quiet(tmp_path, videos, capsys):
+    import_video([videos["a"]], tmp_path / "p.zarr", size=SIZE, progress=True)
+    err = capsys.readouterr().err
+    decode = [line for line in err.replace("\r", "\n").splitlines() if "decode a.avi" in line]
+    assert decode and "60/60" in decode[-1] and "frame/s" in decode[-1], err  # total = the container's count
+    assert "100%" in decode[-1]
+    import_video([videos["a"]], tmp_path / "q.zarr", size=SIZE, progress=False)
+    assert capsys.readouterr().err == ""
+    r = CliRunner().invoke(main, ["import", "video", str(videos["a"]), "--out", str(tmp_path / "r.zarr"), "--size",
+                                  "24x32", "--quiet"])
+    assert r.exit_code == 0 and "decode" not in r.output and "frame/s" not in r.output, r.output
+
+
 def check_dataset(out: Path, videos: list[Path], L: int, frame_stride: int = 1) -> dict:
     """Shapes, splits, frame identity and no train/val overlap; returns per-video train/val frame sets."""
     ds = open_dataset(out)
@@ -202,8 +215,10 @@ def test_bad_input_is_one_line_naming_the_file_and_writes_nothing(tmp_path, vide
     for bad, problem in cases:
         proc = run_cli(str(videos["a"]), str(bad), "--out", str(out))  # a good file first: still nothing written
         assert proc.returncode == 1, proc.stderr
-        lines = proc.stderr.strip().splitlines()
+        lines = [line for line in proc.stderr.splitlines() if line.strip()]  # also splits the bars' \r updates
+        lines = [line for line in lines if not line.startswith("decode ")]  # the decoding progress bars
         assert len(lines) == 1 and str(bad) in lines[0] and problem in lines[0], proc.stderr
+        assert proc.stderr.rstrip().endswith(lines[0])  # the error comes last, after any bar
         assert not out.exists()
     with pytest.raises(ImporterInputError, match="same content as"):
         import_video([videos["a"], videos["a"]], out, size=SIZE, progress=False)

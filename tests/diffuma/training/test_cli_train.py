@@ -198,6 +198,8 @@ def test_a_damaged_or_missing_shard_is_refused_by_name(trained, tmp_path):
     p = CliRunner().invoke(main, ["predict", "--checkpoint", str(ckpt), "--input", str(bad), "--out", str(tmp_path / "p"),
                                   "-q"])
     assert p.exit_code == 1 and p.output == refusal and not (tmp_path / "p").exists()
+    b = _chdl("bench", "--data", bad, "--models", "simvp", "--epochs", "1", "--preset", "tiny", "--out", tmp_path / "b", "-q")
+    assert b.returncode == 1 and b.stderr == refusal and not (tmp_path / "b").exists()  # it trained on it before
     gone = tmp_path / "gone.zarr"
     shutil.copytree(data, gone)
     (gone / "frames" / "c" / "0" / "0" / "0" / "0" / "0").unlink()
@@ -228,3 +230,21 @@ def test_a_forced_scan_backend_that_cannot_run_is_one_line_before_training(train
                         "--data", str(data), "--out", str(tmp_path / "ev"), "-q"], capture_output=True, text=True,
                        env=env, timeout=300)
     assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1 and "'triton' was forced" in r.stderr
+
+
+def test_eval_and_bench_do_not_write_into_the_dataset(trained, tmp_path):
+    """`--out` the dataset itself (or a folder in it): bench wrote 1.4 GB of runs and eval its reports into it."""
+    root, data, run = trained
+    ckpt = run / "checkpoints" / "last.pt"
+    e = _chdl("eval", "--checkpoint", ckpt, "--data", data, "--out", data, "-q")
+    assert e.returncode == 1 and e.stderr == f"Error: {data}: is the input {data}; choose another --out\n"
+    e = _chdl("eval", "--checkpoint", ckpt, "--data", data, "--out", data / "ev", "-q")
+    assert e.returncode == 1 and e.stderr == f"Error: {data / 'ev'}: is inside the input {data}; choose another --out\n"
+    b = _chdl("bench", "--data", data, "--models", "simvp", "--epochs", "1", "--preset", "tiny", "--out", data, "-q")
+    assert b.returncode == 1 and b.stderr == f"Error: {data}: is the input {data}; choose another --out\n"
+    other = tmp_path / "other.zarr"
+    write_moving_square_dataset(other, n=4, n_val=2)
+    e = _chdl("eval", "--checkpoint", ckpt, "--data", data, "--out", other, "-q")
+    assert e.returncode == 1 and e.stderr == (f"Error: {other}: a dataset (it holds zarr.json), not an output folder; "
+                                              "choose another --out\n")
+    assert sorted(p.name for p in data.iterdir()) == sorted(p.name for p in other.iterdir())  # nothing added

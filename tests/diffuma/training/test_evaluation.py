@@ -8,7 +8,7 @@ import torch
 from torch.utils.data import Dataset
 
 from chdl.torch_dataset import SequenceDataset
-from diffuma.evaluation import COPY_LAST_FRAME, evaluate, evaluate_checkpoint, report_markdown
+from diffuma.evaluation import COPY_LAST_FRAME, evaluate, evaluate_checkpoint, markdown_table, report_markdown
 from diffuma.metrics import compute_metrics, copy_last_frame
 from diffuma.motion import CONSTANT_MOTION, constant_motion
 from diffuma.training import train_from_config
@@ -130,3 +130,20 @@ def test_evaluate_checkpoint_and_markdown(standin, tiny_dataset, tmp_path):
     assert "| t+1 | t+2 | t+3 | t+4 | t+5 |" in md
     with pytest.raises(ValueError, match="no sequences"):
         evaluate_checkpoint(run / "checkpoints" / "last.pt", tiny_dataset, split="train", max_sequences=0)
+
+
+def test_markdown_tables_give_psnr_in_db_and_a_fixed_precision_per_column():
+    def metrics(mse, mae, ssim, psnr):
+        return {"mse": mse, "mae": mae, "ssim": ssim, "psnr": psnr}
+
+    rows = {"model": {"overall": metrics(248.0, 0.0141, 0.9, 30.5),
+                      "per_frame": [metrics(141.55, 0.0086286, 0.95, 31.0), metrics(248.0, 0.0141, 0.8, 29.25)]},
+            COPY_LAST_FRAME: {"overall": metrics(0.5, 2.0, 1.0, 7.0),
+                              "per_frame": [metrics(0.5, 2.0, 1.0, 7.0), metrics(0.5, 2.0, 1.0, 7.0)]}}
+    md = markdown_table(rows, "openstl")
+    assert "| model | 248.00 | 0.014100 | 0.9000 | 30.50 |" in md  # overall: trailing zeros kept
+    assert "| model | MSE | 141.55 | 248.00 |" in md and "| model | MAE | 0.0086286 | 0.014100 |" in md
+    assert "| model | PSNR (dB) | 31.00 | 29.25 |" in md and "| model | SSIM | 0.9500 | 0.8000 |" in md
+    assert f"| {COPY_LAST_FRAME} | PSNR (dB) | 7.00 | 7.00 |" in md and "| PSNR |" not in md
+    assert "| PSNR (dB) ↑ |" in md
+    assert rows["model"]["per_frame"][0]["mse"] == 141.55  # the values themselves are untouched

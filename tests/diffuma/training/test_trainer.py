@@ -8,7 +8,7 @@ import torch
 
 from diffuma.training import TrainingDiverged, train_from_config
 from diffuma.training.checkpoint import build_model_from_checkpoint, load_checkpoint
-from diffuma.training.trainer import build_trainer
+from diffuma.training.trainer import build_trainer, dynamics_title
 
 
 def _config(model="standin", **run):
@@ -288,3 +288,11 @@ def test_tensorboard_scalars_match_the_csv_logs(standin, tiny_dataset, tmp_path)
     assert [e.step for e in acc.Scalars("train/loss")] == list(range(1, len(csv_loss) + 1))
     assert [e.value for e in acc.Scalars("train/loss")] == pytest.approx(csv_loss, rel=1e-6)
     assert [e.value for e in acc.Scalars("val/mse")] == pytest.approx([float(r["val_mse"]) for r in _rows(out / "epochs.csv")], rel=1e-6)
+
+
+def test_training_dynamics_title_does_not_say_run_run(tmp_path):
+    model = {"name": "simvp", "preset": "tiny"}
+    title = dynamics_title(model, tmp_path / "demo" / "run", 16, 20)
+    assert title == "simvp 'tiny', run demo/run: validation on 16 of 20 val sequences (run.val_max_sequences)"
+    assert dynamics_title(model, tmp_path / "runs" / "exp1", 4, 4).startswith("simvp 'tiny', run runs/exp1: ")
+    assert dynamics_title({"name": "simvp"}, "run", 4, 4).startswith("simvp 'default', run run: ")
