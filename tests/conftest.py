@@ -1,6 +1,15 @@
 """Fixtures shared across test packages."""
 
+import signal
+
 import pytest
+
+# Several tests send SIGINT (Ctrl-C) to the chdl processes they start. A shell that starts pytest in the background
+# (`bash .ci/run &`, nohup) leaves SIGINT ignored, and an ignored signal stays ignored in every child, so those
+# children would never see the Ctrl-C (5 tests failed so, 2026-12-01). A handled signal resets to the default in a
+# child: handle it here, as Python does when it starts in the foreground.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(scope="session")
