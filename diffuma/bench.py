@@ -160,13 +160,18 @@ def train_run(spec: ModelSpec, run: dict, data: Path, out: Path, keep_epochs, *,
     """One training run (``diffuma.training.trainer.build_trainer`` + ``fit``, i.e. ``train_from_config``) to
     the end of its schedule (``run["epochs"]``), keeping the epoch checkpoints in ``keep_epochs``. With
     ``resume``, a run already in ``out`` continues (a finished one is left as it is)."""
-    from diffuma.training.trainer import build_trainer
+    from diffuma.training.trainer import ResumeConfigMismatch, build_trainer
 
     resume = resume and (out / "checkpoints" / "last.pt").is_file()
     config = {"model": {"name": spec.name, "preset": spec.preset, **spec.overrides}, "run": dict(run)}
-    trainer = build_trainer(config, data, out, resume=resume, progress=progress)
-    keep_epoch_checkpoints(trainer, keep_epochs)
-    return Path(trainer.fit(resume=resume))
+    try:
+        trainer = build_trainer(config, data, out, resume=resume, progress=progress)
+        keep_epoch_checkpoints(trainer, keep_epochs)
+        return Path(trainer.fit(resume=resume))
+    except ResumeConfigMismatch as e:
+        raise BenchError(f"{out}: this bench's {spec.label} run was trained with other options ({e.diff}); resume "
+                         "with the --models, --preset, --epochs/--budget-minutes and --set of the bench you resume, "
+                         "or choose another --out") from None
 
 
 def epoch_checkpoint(run_dir: Path, epoch: int) -> Path:

@@ -76,6 +76,15 @@ class RunFolderError(RuntimeError):
     trainer holds it. The message names the folder."""
 
 
+class ResumeConfigMismatch(ConfigError):
+    """A run resumed with another config than the one it saved: ``diff`` names the fields that differ."""
+
+    def __init__(self, path, diff: str):
+        self.diff = diff
+        super().__init__(f"{path}: resume with a different config ({diff}); resume uses the run's saved config — "
+                         "start a new --out to change it")
+
+
 class TrainingInterrupted(KeyboardInterrupt):
     """SIGINT/SIGTERM stopped the run; ``last.pt`` holds step ``step`` (``--resume`` continues from there). A
     KeyboardInterrupt, so callers that do not know it treat it as the Ctrl-C it is."""
@@ -351,9 +360,7 @@ class Trainer:
         state = load_checkpoint(path)
         self._check_same_dataset(state["data"])
         if state["config"] != self.config:
-            diff = _config_diff(state["config"], self.config)
-            raise ConfigError(f"{path}: resume with a different config ({diff}); resume uses the run's saved "
-                              "config — start a new --out to change it")
+            raise ResumeConfigMismatch(path, _config_diff(state["config"], self.config))
         load_weights(self.model, state["model"], path)
         if self.ema is not None:
             if state.get("ema") is None:

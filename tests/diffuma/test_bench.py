@@ -111,6 +111,14 @@ def test_bench_pred_len_retrains_per_length(tiny_dataset, tmp_path):
     assert resumed.exit_code == 0, resumed.output + repr(resumed.exception)
     assert ck.stat().st_mtime_ns == stamp and (out / "bench.md").is_file()
     assert json.loads((out / "bench.json").read_text())["models"]["simvp:tiny"]["final"] == r["final"]
+    # resumed with another --set: one line saying what differs and what to do (it said "resume with a different
+    # config ... start a new --out", naming the trainer's checkpoint)
+    other = CliRunner().invoke(main, [*args, "--resume", "--set", "run.lr=0.5"])
+    assert other.exit_code == 1 and other.output.strip().splitlines()[-1] == (
+        f"Error: {out / 'runs' / 'simvp-tiny'}: this bench's simvp:tiny run was trained with other options (run.lr: "
+        "saved 0.003 vs given 0.5); resume with the --models, --preset, --epochs/--budget-minutes and --set of the "
+        "bench you resume, or choose another --out")
+    assert ck.stat().st_mtime_ns == stamp
 
 
 def test_bench_with_a_time_budget_records_what_each_model_reached(tiny_dataset, tmp_path):
