@@ -46,9 +46,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from diffuma.evaluation import BASELINES, result_key
+from diffuma.evaluation import BASELINES, METRIC_FORMATS, result_key
 
-METRIC_FMT = {"mse": "{:.5g}", "mae": "{:.5g}", "ssim": "{:.4f}", "psnr": "{:.2f}"}
+METRIC_FMT = METRIC_FORMATS  # as chdl eval prints them
 UNDERUSED_BUDGET = 0.9  # a budget run that trained for less than this share of its budget is flagged in the report
 BUDGET_EPOCHS = 10**6  # run.epochs of a --budget-minutes run: a cap the budget always reaches first
 

@@ -96,12 +96,16 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | Path, split: str = "
     }
 
 
+# How tables print each metric (eval's and bench's Markdown): a fixed precision per metric, trailing zeros kept
+METRIC_FORMATS = {"mse": "{:#.5g}", "mae": "{:#.5g}", "ssim": "{:.4f}", "psnr": "{:.2f}"}
+
+
 def markdown_table(rows: dict[str, dict], convention: str, title: str | None = None) -> str:
     """A Markdown report of ``{row name: metrics}`` (``MetricAccumulator.result()`` dicts): the overall table
     and the per-horizon table, with the metric convention spelled out under each. Numbers keep a fixed precision
     per metric, trailing zeros included: MSE and MAE 5 significant digits (0.014100, 0.0086286, 248.00), SSIM 4
     decimals, PSNR (dB) 2 decimals."""
-    fmt = {"mse": "{:#.5g}", "mae": "{:#.5g}", "ssim": "{:.4f}", "psnr": "{:.2f}"}
+    fmt = METRIC_FORMATS
     label = {"mse": "MSE", "mae": "MAE", "ssim": "SSIM", "psnr": "PSNR (dB)"}
     note = f"Metric convention: `{convention}` — {CONVENTION_NOTES[convention]}"
     lines = [f"## {title}", ""] if title else []

@@ -207,3 +207,11 @@ def test_terminal_summary_pads_labels_to_the_longest():
     assert len({r.index(" MSE ") for r in rows}) == 1  # one column for every label, long ones included
     assert rows[1].startswith("  diffuma:tiny-mmnist  MSE 141.55  MAE 0.01  SSIM 0.9000  (12 steps, 36 samples)")
     assert "steps" not in rows[-1]  # baselines did not train
+
+
+def test_bench_tables_print_metrics_as_eval_does():
+    """A fixed precision per metric, trailing zeros kept (a column mixed 0.0141 with 0.0086286)."""
+    from diffuma.bench import _fmt
+
+    assert [_fmt("mse", 0.0141), _fmt("mse", 0.0086286), _fmt("mae", 248.0), _fmt("ssim", 0.5), _fmt("psnr", 30.0)] == \
+        ["0.014100", "0.0086286", "248.00", "0.5000", "30.00"]
