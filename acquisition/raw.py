@@ -157,6 +157,9 @@ def _check_number(obj: dict, key: str, where: str, *, minimum: float | None = No
     return None
 
 
+CAMERA_TEXT_KEYS = ("vendor", "model", "serial", "user_name", "transport")  # manifest "camera" strings
+
+
 def validate_manifest(manifest: Any) -> str | None:
     """Why a parsed ``manifest.json`` is malformed, naming the key (None if it is fine). Checks the
     schema, status, run id (a plain folder name), and the type and range of every number the toolkit
@@ -185,6 +188,12 @@ def validate_manifest(manifest: Any) -> str | None:
                 break
     if why:
         return f"malformed manifest ({why})"
+    camera = manifest.get("camera")
+    if camera is not None and not isinstance(camera, dict):
+        return f"malformed manifest (camera must be an object, not {_describe(camera)})"
+    for key in CAMERA_TEXT_KEYS:  # what a replay copies into the recordings it makes
+        if camera and camera.get(key) is not None and not isinstance(camera[key], str):
+            return f"malformed manifest (camera.{key} must be a string, not {_describe(camera[key])})"
     settings = manifest.get("settings") or {}
     if "pixel_format" in settings and not isinstance(settings["pixel_format"], str):
         return f"malformed manifest (settings.pixel_format must be a string, not {_describe(settings['pixel_format'])})"
@@ -506,5 +515,8 @@ def find_recordings(path: str | os.PathLike) -> list[Path]:
     runs = sorted(p for p in path.iterdir() if p.is_dir() and is_recording(p))
     if not runs:
         what = "empty folder" if not any(path.iterdir()) else f"no recordings inside (no subfolder has {MANIFEST})"
+        if (path / "zarr.json").is_file():  # the other way round from `chdl info RECORDING`
+            what = ("a curated dataset (it holds zarr.json), not raw recordings: give the recordings it was made "
+                    "from (chdl info shows its command)")
         raise RawFormatError(f"{path}: {what}")
     return runs

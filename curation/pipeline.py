@@ -374,8 +374,10 @@ def _curate(source: str | os.PathLike, out: str | os.PathLike, cfg: CurateConfig
         if writer.complete:
             raise CurateError(f"{out}: already exists (a complete dataset); use --overwrite to replace it")
         if writer.attrs.get("provenance", {}).get("curate_key") != key:
-            raise CurateError(f"{out}: an incomplete dataset made from other inputs or settings; "
-                              "rerun with the original arguments to resume, or use --overwrite")
+            made_by = writer.attrs.get("provenance", {}).get("command")
+            raise CurateError(f"{out}: an incomplete dataset made from other inputs or settings"
+                              + (f" (by {made_by})" if made_by else "")
+                              + "; rerun that command to resume, or use --overwrite to start anew")
         writer.remove_interrupted_writes()
         log(f"resuming {out}: {len(writer.done_shards())}/{writer.n_shards} shards already written")
     t_cal = time.perf_counter()

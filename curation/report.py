@@ -84,8 +84,9 @@ FLAG_MEANINGS = {
                  "(sharpness low or misregistration_px high); reconstructed",
     "illumination": "the frame's exposure differs from its neighbours' (brightness, contrast, shading or banding); "
                     "reconstructed",
-    "reconstructed": "the stored pixels are a reconstruction from the neighbours (bilinear, motion-compensated); "
-                     "the original is kept in the dataset's originals/",
+    "reconstructed": "the stored pixels are rebuilt from the good neighbours by the method that rebuilt a known-good "
+                     "neighbour best (global-motion or optical-flow interpolation, the neighbour average or the "
+                     "nearest copy; docs/curation.md, Reconstruction); the original is kept in the dataset's originals/",
     "missing": "no usable frame at that position (dropped, never recorded, unreadable); reconstructed or zeros",
 }
 SCORE_MEANINGS = {  # (unit of the deviation, what it measures, which side fires)

@@ -52,7 +52,22 @@ def main(argv=None) -> int:
     ap.add_argument("--fa-per-hour", type=float, default=1.0, help="target false alarms per hour (default 1)")
     ap.add_argument("--levels", default="3:16:0.5", help="z_on grid start:stop:step (stop inclusive)")
     ap.add_argument("--out", default=None, help="write the table as JSON here")
+    ap.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     a = ap.parse_args(argv)
+    if a.out:  # before minutes of scoring: a place the table can be written
+        base = next((x for x in Path(a.out).resolve().parents if x.exists()), None)
+        if Path(a.out).is_dir() or base is None or not base.is_dir():
+            print(f"error: {a.out}: cannot write the table there ({'a folder' if Path(a.out).is_dir() else f'{base} is not a folder'})",
+                  file=sys.stderr)
+            return 1
+    try:
+        return _run(a, ap)
+    except KeyboardInterrupt:
+        print("interrupted: nothing was written (the scorer file is as it was)", file=sys.stderr)
+        return 130
+
+
+def _run(a, ap) -> int:
 
     from tqdm import tqdm
 
@@ -89,7 +104,7 @@ def main(argv=None) -> int:
             print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
             return 1
         frames = [f for f in rec.frames if f.file is not None and f.status == "ok"]
-        with tqdm(total=len(frames), unit="frame", desc=Path(run).name) as bar:
+        with tqdm(total=len(frames), unit="frame", desc=Path(run).name, disable=a.quiet) as bar:
             def progress(it):
                 for f in it:
                     yield f
@@ -101,8 +116,11 @@ def main(argv=None) -> int:
 
         op = learned_operating_point(rows, LearnedScorer.load(a.scorer), levels, a.fa_per_hour)
         alone = ", ".join(f"{t} {o['chosen_z_on']}" for t, o in op["tests"].items())
+        from chdl.monitor.learned_score import TESTS
+
+        weights = ", ".join(f"{t} {g:.3g}" if g is not None else f"{t} off" for t, g in zip(TESTS, op["test_gains"]))
         print(f"mixture alone: lowest z_on {op['mixture']['chosen_z_on']}; tests alone: {alone}; their weights "
-              f"{op['test_gains']}; together (below):")
+              f"(the mixture's level / the test's): {weights}; together (below):")
     else:
         op = operating_point(rows, levels, a.fa_per_hour)
     op["predictor"] = predictor.name if hasattr(predictor, "name") else method

@@ -183,7 +183,7 @@ def report_captures(ctx, results) -> None:
     worst = next((r for r in results if r.stopped_by is not None), None)
     for r in results:
         skipped = (f"{r.skipped} skipped (arrived before the stage settled), " if r.skipped else "")
-        counts = (f"{r.frames} frames, {r.dropped_positions} dropped positions, {r.dropped_frames} dropped frames, "
+        counts = (f"{r.frames} positions, {r.dropped_positions} dropped, {r.dropped_frames} dropped frames, "
                   f"{r.incomplete} incomplete buffers, {skipped}{r.frames / max(r.elapsed_s, 1e-9):.2f} frames/s")
         if r is worst and worst.stopped_by != "interrupted":
             click.echo(f"{r.path}: {counts}")            # what went wrong follows once, as the error line

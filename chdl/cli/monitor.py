@@ -15,7 +15,7 @@ import click
 
 from chdl.cli.acquire import capture_options, report_captures, run_captures
 from chdl.cli.options import POSITIVE, quiet_option
-from chdl.monitor import Z_OFF, Z_ON
+from chdl.monitor import SCORER_FORMAT, Z_OFF, Z_ON
 
 
 def _predictor_spec(checkpoint: Path | None, t_in: int, size: tuple | None = None) -> tuple[dict, str, int]:
@@ -220,6 +220,7 @@ def monitor_eval(runs, checkpoint, out, no_qc, z_on, z_off, scorers, quiet):
     from chdl.monitor.learned_score import LearnedScorer
 
     given = _given_levels(z_on, z_off)
+    _check_output_folder(out)
     for path in scorers:  # each file readable, and its levels with the given ones a valid hysteresis
         try:
             learned = LearnedScorer.load(path)
@@ -231,27 +232,47 @@ def monitor_eval(runs, checkpoint, out, no_qc, z_on, z_off, scorers, quiet):
                           alert_levels=given, scorers=list(scorers))
     except EvalError as e:
         raise click.ClickException(str(e)) from None
+    except OSError as e:  # a folder the checks above could not foresee (e.g. under /proc), a full disk
+        raise click.ClickException(f"{e.filename or out}: cannot write the evaluation ({e.strerror or e})") from None
     click.echo(result["markdown"])
     click.echo(f"wrote {out}/metrics.json, metrics.md, scores_*.png")
+
+
+def _check_output_folder(out: Path) -> None:
+    """Before minutes of scoring: --out can be made there (a file on the way, a read-only place are one line).
+    Nothing is created yet: a run refused later leaves no empty folder."""
+    import os
+
+    if out.exists() and not out.is_dir():
+        raise click.ClickException(f"{out}: a file, not an output folder")
+    base = next((a for a in (out, *out.parents) if a.exists()), Path("."))
+    if not base.is_dir():
+        raise click.ClickException(f"{out}: cannot create the output folder: {base} is a file, not a folder")
+    if not os.access(base, os.W_OK | os.X_OK):
+        raise click.ClickException(f"{out}: cannot create the output folder: {base} is not writable")
 
 
 @click.command("monitor-fit-scorer")
 @click.argument("runs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False, path_type=Path))
 @click.option("-o", "--out", type=click.Path(dir_okay=False, path_type=Path), required=True,
-              help="The scorer file to write (JSON, chdl.monitor-scorer/2).")
+              help=f"The scorer file to write (JSON, {SCORER_FORMAT}).")
 @click.option("--checkpoint", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
               help="Fit on this model's prediction errors (default: constant motion's).")
 @click.option("--components", type=click.IntRange(1, 32), default=4, show_default=True,
               help="Gaussian mixture components.")
 @click.option("--no-qc", is_flag=True, help="Skip the acquisition QC (keep every frame).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing scorer file (its measured alert level too).")
 @quiet_option()
-def monitor_fit_scorer(runs, out, checkpoint, components, no_qc, quiet):
+def monitor_fit_scorer(runs, out, checkpoint, components, no_qc, overwrite, quiet):
     """Fit a learned frame scorer to CLEAN recordings (RUN folders or folders of runs; no process anomalies):
     features of every frame's prediction error, a Gaussian mixture of them. Use it with chdl monitor --scorer."""
     from chdl.monitor.learned_score import fit_recordings
 
     if out.parent != Path("") and not out.parent.is_dir():
         raise click.ClickException(f"{out}: the folder {out.parent} does not exist")
+    if out.exists() and not overwrite:  # it may carry an alert level measured over an hour of clean capture
+        raise click.ClickException(f"{out}: already exists (use --overwrite to replace it and its measured alert "
+                                   "level, or -o another file)")
     try:
         learned = fit_recordings(list(runs), checkpoint=checkpoint, components=components, qc=not no_qc,
                                  progress=not quiet)

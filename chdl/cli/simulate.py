@@ -115,6 +115,11 @@ def _check_corpus(out: Path, params: dict, n_runs: int) -> bool:
         if diff := _differences(made["parameters"], params):
             raise click.ClickException(f"{out}: a corpus rendered with other arguments: {diff}{advice}")
         return False
+    others = sorted(p.name for p in out.iterdir() if not (p.name.startswith("run_") and p.name[4:].isdigit() and p.is_dir())
+                    and not p.name.startswith(".")) if out.is_dir() else []
+    if others:  # not a corpus (nor one begun before corpus.json was written): someone's folder, a recording
+        raise click.ClickException(f"{out}: exists and is not a corpus folder (it holds {', '.join(others[:3])}"
+                                   f"{', ...' if len(others) > 3 else ''}); choose another folder")
     lpr = params["lanes_per_run"]
     for run in sorted(p for p in out.glob("run_*") if p.name[4:].isdigit() and p.is_dir() and _run_done(p)):
         k = int(run.name[4:])
@@ -261,8 +266,13 @@ def _render_corpus(out: Path, params: dict, new: bool, n_runs: int, workers: int
             bar.set_postfix_str(f"runs {skipped + i}/{n_runs}", refresh=False)
             bar.update(r["frames"])
     anomalies = f", {done['anomalies']} process anomalies" if anomaly_rate else ""
-    click.echo(f"wrote {len(jobs)} recordings ({done['frames']} frames, {done['faulty']} faulty{anomalies}) to {out}"
-               + (f"; {skipped} finished runs kept" if skipped else ""))
+    click.echo(f"wrote {_count(len(jobs), 'recording')} ({done['frames']} frames, {done['faulty']} faulty{anomalies}) "
+               f"to {out}" + (f"; {_count(skipped, 'finished run')} kept" if skipped else ""))
+
+
+def _count(n: int, noun: str) -> str:
+    """"1 recording", "2 recordings"."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 @simulate.command("truth")

@@ -11,3 +11,5 @@ layout is documented in docs/monitor.md. Nothing in acquisition/curation/diffuma
 # and OpenCV, so the CLI can show them without importing the scorer.
 Z_ON = 7.5
 Z_OFF = 3.75
+# The learned scorer's file format (chdl.monitor.learned_score; here so that --help can name it without numpy)
+SCORER_FORMAT = "chdl.monitor-scorer/4"

@@ -375,6 +375,8 @@ def evaluate(paths: list, out: str | Path, checkpoint=None, qc: bool = True, pro
             results[m]["alert_levels"] = levels[m]
             results[m]["sweep"] = sweep(rows, truth, swept)
     out.mkdir(parents=True, exist_ok=True)
+    for stale in out.glob("scores_*.png"):  # an earlier evaluation's plots: the folder shows this one's only
+        stale.unlink()
     own = "".join(f"; {m}: z_on {v['z_on']:g}, z_off {v['z_off']:g}" for m, v in levels.items()
                   if (v["z_on"], v["z_off"]) != (default.z_on, default.z_off))
     md = (f"alerts at z_on {default.z_on:g}, z_off {default.z_off:g}{own} (the table below; the sweep after it replays others)"
@@ -417,7 +419,7 @@ def markdown(results: dict) -> str:
     def f(v, fmt="{:.3f}"):
         return "—" if v is None else fmt.format(v)
 
-    lines = ["| method | AUROC | event recall (all / scorable) | within 1 frame | latency median / max | "
+    lines = ["| method | AUROC | event recall (all / scorable) | within 1 frame | latency median / max (frames) | "
              "false alarms / h (clean 5 fps) |", "|---|---|---|---|---|---|"]
     for m, r in results.items():
         lines.append(f"| {m} | {f(r['auroc'])} | {f(r['event_recall'])} / {f(r['recall_scorable'])} "
@@ -431,6 +433,8 @@ def score_unit(method: str) -> str:
     """What a method's frame score is, for a plot axis (chdl.monitor.anomaly_score, learned_score)."""
     if "+scorer:" in method:
         return "score: −log density of the error features"
+    if method == "frame-difference":
+        return "score: log10 whole-frame MSE vs the previous frame"
     return "score: largest block z of the error"
 
 

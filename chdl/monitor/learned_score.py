@@ -67,7 +67,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-FORMAT = "chdl.monitor-scorer/4"
+from chdl.monitor import SCORER_FORMAT as FORMAT  # the file format (defined where --help can read it)
+
 FEATURES = ("z1", "z2", "z3", "elongation", "log_mass", "change_area")  # the mixture's
 TESTS = ("splash_area", "crack_length")  # tested one by one beside the mixture (frame_features: after FEATURES)
 OLD_FORMATS = {"chdl.monitor-scorer/1": "five features, without change_area",  # refused, with what to do
@@ -304,7 +305,7 @@ class LearnedScorer:
                     raise ValueError(f"{name}: expected finite numbers of shape {shape}, got {arrays[name].shape}")
             if k < 1 or (arrays["weights"] <= 0).any() or (arrays["scale"] <= 0).any():
                 raise ValueError("weights and scales must be positive")
-            med, sigma = float(d["score_median"]), float(d["score_sigma"])
+            med, sigma = _number(d, "score_median"), _number(d, "score_sigma")
             if not (math.isfinite(med) and math.isfinite(sigma) and sigma > 0):
                 raise ValueError("score_median and score_sigma must be finite, score_sigma positive")
             tests = d["tests"]
@@ -312,24 +313,37 @@ class LearnedScorer:
             if not isinstance(tests, list) or [(x.get("feature"), x.get("level")) if isinstance(x, dict) else x
                                                for x in tests] != want:
                 raise ValueError(f"tests: expected {want} (feature, level), got {tests!r}")
-            t_med = np.array([float(x["median"]) for x in tests])
-            t_sigma = np.array([float(x["sigma"]) for x in tests])
-            t_gain = [None if x.get("gain") is None else float(x["gain"]) for x in tests]
+            t_med = np.array([_number(x, "median", f"tests[{i}].") for i, x in enumerate(tests)])
+            t_sigma = np.array([_number(x, "sigma", f"tests[{i}].") for i, x in enumerate(tests)])
+            t_gain = [None if x.get("gain") is None else _number(x, "gain", f"tests[{i}].") for i, x in enumerate(tests)]
             if not (np.isfinite(t_med).all() and np.isfinite(t_sigma).all() and (t_sigma > 0).all()
                     and all(g is None or (math.isfinite(g) and g > 0) for g in t_gain)):
                 raise ValueError("tests: medians and sigmas must be finite, sigmas and gains positive")
             levels = d.get("alert_levels")
             if levels is not None:
-                z_on, z_off = float(levels["z_on"]), float(levels["z_off"])
+                z_on, z_off = _number(levels, "z_on", "alert_levels."), _number(levels, "z_off", "alert_levels.")
                 if not (0 < z_off <= z_on < math.inf):
                     raise ValueError(f"alert_levels: need 0 < z_off <= z_on, got z_on {z_on}, z_off {z_off}")
-            return cls(**arrays, score_median=med, score_sigma=sigma, predictor=str(d["predictor"]), width=int(d["width"]),
-                       height=int(d["height"]), fitted_on=dict(d.get("fitted_on") or {}), alert_levels=levels,
+            for key in ("width", "height"):
+                if not isinstance(d[key], int) or isinstance(d[key], bool) or d[key] < 1:
+                    raise ValueError(f"{key}: expected a positive integer, got {d[key]!r}")
+            if not isinstance(d["predictor"], str):
+                raise ValueError(f"predictor: expected a string, got {d['predictor']!r}")
+            return cls(**arrays, score_median=med, score_sigma=sigma, predictor=d["predictor"], width=d["width"],
+                       height=d["height"], fitted_on=dict(d.get("fitted_on") or {}), alert_levels=levels,
                        test_median=t_med, test_sigma=t_sigma, test_gain=t_gain, path=path)
         except KeyError as e:
             raise ScorerFileError(f"{path}: scorer file lacks {e.args[0]!r}") from None
         except (ValueError, TypeError, np.linalg.LinAlgError) as e:
             raise ScorerFileError(f"{path}: bad scorer file: {str(e).splitlines()[0]}") from None
+
+
+def _number(d: dict, key: str, where: str = "") -> float:
+    """``d[key]`` as a float if it is a JSON number (not a string, a bool or null); ValueError naming the key."""
+    v = d[key]
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise ValueError(f"{where}{key}: expected a number, got {v!r}")
+    return float(v)
 
 
 def fit(features: np.ndarray, predictor: str, width: int, height: int, components: int = 4, seed: int = 0,

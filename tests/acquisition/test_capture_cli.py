@@ -255,6 +255,8 @@ def test_replay_records_an_unreadable_source_frame_as_dropped_and_goes_on(tmp_pa
     warned = [x for x in out.stderr.splitlines() if x.startswith("warning: replay:")]
     assert len(warned) == 2 and bad.name in warned[0] and gone.name in warned[1], out.stderr
     assert all(x.endswith("recorded as a dropped frame") for x in warned)
+    # the summary counts frames with pixels (it said "captured 4 frames" with 2 of them dropped)
+    assert out.stdout.startswith(f"captured 2 frames into {tmp_path / 'out' / 'src'} (4 positions, 2 dropped, "), out.stdout
     rec = Recording.open(tmp_path / "out" / "src")
     assert [f.status for f in rec.frames] == ["ok", "dropped", "dropped", "ok"]
     for i in (0, 3):

@@ -140,6 +140,8 @@ def test_missing_field_and_non_utf8_bytes(tmp_path):
     (lambda m: m.update(run_id=5), "run id must be a non-empty string"),
     (lambda m: m.update(frames="many"), "frames must be an integer"),
     (lambda m: m.update(settings=[1]), "settings must be an object"),
+    (lambda m: m.update(camera="viky"), "camera must be an object, not str 'viky'"),  # replay crashed on it
+    (lambda m: m.update(camera={"transport": ["x"]}), "camera.transport must be a string, not list"),
 ])
 def test_malformed_manifest_names_the_key(tmp_path, edit, needle):
     _record(tmp_path / "run")
@@ -212,3 +214,14 @@ def test_bit_depth_in_the_manifest(tmp_path):
         assert "settings.bit_depth must be an integer in [1, 16]" in validate_manifest(m("Mono16", bit_depth=bad))
     with pytest.raises(RawFormatError, match="manifest.json: malformed manifest .settings.bit_depth"):
         RecordingWriter.create(tmp_path / "run", m("Mono10", bit_depth=11))  # the writer refuses it too
+
+
+def test_a_dataset_given_where_recordings_are_expected_says_so(tmp_path):
+    """`chdl curate out.zarr x.zarr` said "no recordings inside (no subfolder has manifest.json)"."""
+    from acquisition.raw import find_recordings
+
+    ds = tmp_path / "out.zarr"
+    ds.mkdir()
+    (ds / "zarr.json").write_text("{}")
+    with pytest.raises(RawFormatError, match=r"out\.zarr: a curated dataset \(it holds zarr\.json\), not raw recordings"):
+        find_recordings(ds)

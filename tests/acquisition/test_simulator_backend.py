@@ -229,7 +229,7 @@ def test_simulate_corpus_resumes_only_with_the_arguments_it_was_made_with(tmp_pa
         assert res.output.splitlines() == [f"Error: {out}: a corpus rendered with other arguments: {diff}{advice}"]
         assert sorted((p.name, p.stat().st_mtime_ns) for p in out.iterdir()) == before
     res = CliRunner().invoke(simulate, args + ["--workers", "2"])  # how it is rendered is not what it is
-    assert res.exit_code == 0 and "wrote 1 recordings" in res.output and "2 finished runs kept" in res.output
+    assert res.exit_code == 0 and "wrote 1 recording (" in res.output and "2 finished runs kept" in res.output
     assert Recording.open(out / "run_00002").manifest["settings"]["width"] == 32
     # made before corpus.json: judged by its finished runs' manifests
     (out / "corpus.json").unlink()
@@ -242,6 +242,27 @@ def test_simulate_corpus_resumes_only_with_the_arguments_it_was_made_with(tmp_pa
     res = CliRunner().invoke(simulate, args)
     assert res.exit_code == 0 and "wrote 0 recordings" in res.output and "3 finished runs kept" in res.output
     assert json.loads((out / "corpus.json").read_text()) == made
+
+
+def test_simulate_corpus_does_not_write_into_a_folder_that_is_not_a_corpus(tmp_path):
+    """A folder of someone's files, or a recording: refused in one line, nothing added (it wrote run_00000/ and
+    corpus.json into both)."""
+    from chdl.cli.simulate import simulate
+
+    args = ["--sequences", "1", "--positions", "2", "--width", "32", "--height", "24", "--workers", "1", "-q"]
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "important.txt").write_text("x")
+    res = CliRunner().invoke(simulate, ["corpus", str(mine), *args])
+    assert res.exit_code == 1 and res.output.splitlines() == [
+        f"Error: {mine}: exists and is not a corpus folder (it holds important.txt); choose another folder"]
+    assert sorted(p.name for p in mine.iterdir()) == ["important.txt"]
+    assert CliRunner().invoke(simulate, ["corpus", str(tmp_path / "c"), *args]).exit_code == 0
+    rec = tmp_path / "c" / "run_00000"
+    before = sorted(p.name for p in rec.iterdir())
+    res = CliRunner().invoke(simulate, ["corpus", str(rec), *args])
+    assert res.exit_code == 1 and "exists and is not a corpus folder (it holds frames, frames.jsonl, manifest.json, ...)" in res.output
+    assert sorted(p.name for p in rec.iterdir()) == before
 
 
 @pytest.mark.parametrize("case", ["a file on the way", "a read-only folder"])
@@ -292,7 +313,7 @@ def test_simulate_corpus_that_cannot_write_its_runs_is_one_line(tmp_path, monkey
                                        "that and rerun the same command to resume"]
     monkeypatch.setattr(raw, "_atomic_write_bytes", real)
     res = CliRunner().invoke(simulate, args)
-    assert res.exit_code == 0 and "wrote 1 recordings" in res.output and "1 finished runs kept" in res.output
+    assert res.exit_code == 0 and "wrote 1 recording (" in res.output and "1 finished run kept" in res.output
 
 
 def test_a_killed_corpus_leaves_no_worker_rendering_on(tmp_path):

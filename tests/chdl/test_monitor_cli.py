@@ -650,3 +650,25 @@ def test_an_output_folder_that_cannot_be_made_is_one_line(tmp_path, monkeypatch,
                                     "--positions", "3", "--width", "64", "--height", "48"])
     assert res.exit_code == 1, res.output + repr(res.exception)
     assert res.output.splitlines() == [f"Error: {out / 'r.monitor'}: cannot create the monitor folder ({why})"]
+
+
+def test_monitor_eval_fit_scorer_and_the_operating_point_tool_check_their_outputs_first(clean_run, tmp_path, capsys):
+    """An output that cannot be written is one line before any scoring (monitor-eval scored for minutes, then
+    printed a traceback); monitor-fit-scorer does not replace a scorer file, which may carry a measured alert
+    level, without --overwrite."""
+    afile = tmp_path / "a.txt"
+    afile.write_text("x")
+    r = chdl("monitor-eval", clean_run, "--out", afile / "ev", "--no-qc", "-q")
+    assert r.returncode == 1 and r.stderr.strip() == f"Error: {afile / 'ev'}: cannot create the output folder: {afile} is a file, not a folder"
+    assert r.stdout == ""  # nothing was scored
+    scorer = tmp_path / "s.json"
+    scorer.write_text("{}")
+    r = chdl("monitor-fit-scorer", clean_run, "-o", scorer, "-q")
+    assert r.returncode == 1 and r.stderr.strip() == (f"Error: {scorer}: already exists (use --overwrite to replace it and "
+                                                      "its measured alert level, or -o another file)")
+    assert scorer.read_text() == "{}"
+    spec = importlib.util.spec_from_file_location("op_tool", Path(__file__).resolve().parents[2] / "tools" / "monitor_operating_point.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    assert tool.main([str(clean_run), "--out", str(afile / "op.json"), "-q"]) == 1
+    assert capsys.readouterr().err == f"error: {afile / 'op.json'}: cannot write the table there ({afile} is not a folder)\n"

@@ -69,3 +69,12 @@ def test_learned_operating_point_weights_each_test_by_the_two_levels():
     # a splash spike above every level: no splash level, that test stays off and the others' level stands
     off = learned_operating_point(rows(quiet + [5.5], quiet + [20], quiet + [1]), _Mixture(), [4, 6, 12], fa_per_hour=0)
     assert off["test_gains"] == [None, 6.0 / 4] and off["chosen_z_on"] == off["mixture"]["chosen_z_on"] == 6
+
+
+def test_each_method_s_plot_axis_names_its_own_score():
+    """The frame-difference panel said "largest block z" over log10 whole-frame MSE values."""
+    from chdl.monitor.evaluate import score_unit
+
+    assert score_unit("frame-difference") == "score: log10 whole-frame MSE vs the previous frame"
+    assert score_unit("constant-motion") == "score: largest block z of the error"
+    assert score_unit("constant-motion+scorer:s.json") == "score: −log density of the error features"

@@ -143,6 +143,9 @@ def test_scorer_file_round_trip(fitted, tmp_path):
     ("SET:alert_levels={\"z_on\": 2, \"z_off\": 3}", "bad scorer file: alert_levels: need 0 < z_off <= z_on"),
     ("SET:alert_levels={\"z_on\": 2}", "scorer file lacks 'z_off'"),
     ("SET:score_sigma=0", "bad scorer file: score_median and score_sigma must be finite, score_sigma positive"),
+    ("SET:score_sigma=\"1.0\"", "bad scorer file: score_sigma: expected a number, got '1.0'"),  # was taken as 1.0
+    ("SET:width=\"200\"", "bad scorer file: width: expected a positive integer, got '200'"),
+    ("SET:alert_levels={\"z_on\": null, \"z_off\": 3}", "bad scorer file: alert_levels.z_on: expected a number, got None"),
     ("DROP:tests", "scorer file lacks 'tests'"),
     ("SET:tests=[{\"feature\": \"splash_area\", \"level\": 0.2, \"median\": 1, \"sigma\": 0.1}]",
      "bad scorer file: tests: expected [('splash_area', 0.05), ('crack_length', 0.12)]"),

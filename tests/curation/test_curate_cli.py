@@ -485,3 +485,17 @@ def test_an_interrupted_curate_says_so_in_one_line_and_the_rerun_resumes(tmp_pat
     verify = subprocess.run([sys.executable, "-m", "chdl", "verify", str(out), "--quiet"], capture_output=True, text=True,
                             env=env, timeout=120)
     assert verify.returncode == 0, verify.stdout + verify.stderr
+
+
+def test_resuming_with_other_arguments_names_the_command_that_made_the_dataset(tmp_path):
+    """It said only "made from other inputs or settings; rerun with the original arguments" (which ones?)."""
+    from chdl.dataset import DatasetWriter
+
+    write_run(tmp_path / "raw" / "r", lanes=2)
+    out = tmp_path / "d.zarr"
+    DatasetWriter.create(out, n_sequences=2, frames_per_sequence=T, channels=1, height=8, width=8,
+                         provenance={"curate_key": "another", "command": "chdl curate raw d.zarr --config mine.yaml"})
+    r = CliRunner().invoke(main, ["curate", str(tmp_path / "raw"), str(out), "-q"])
+    assert r.exit_code == 1 and r.output.strip().splitlines()[-1] == (
+        f"Error: {out}: an incomplete dataset made from other inputs or settings (by chdl curate raw d.zarr "
+        "--config mine.yaml); rerun that command to resume, or use --overwrite to start anew")
