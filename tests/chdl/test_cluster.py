@@ -132,7 +132,7 @@ def test_simulate_corpus_on_a_cluster_equals_local_workers(dask_cluster, tmp_pat
     (tmp_path / "dask" / "run_00001" / "truth" / "labels.jsonl").unlink()
     r = CliRunner().invoke(main, [*args, str(tmp_path / "dask"), "--scheduler", dask_cluster[0].scheduler_address])
     assert r.exit_code == 0, r.output + repr(r.exception)
-    assert "wrote 2 recordings" in r.output and "1 finished runs kept" in r.output
+    assert "wrote 2 recordings" in r.output and "1 finished run kept" in r.output
     a, b = _corpus_bytes(tmp_path / "local"), _corpus_bytes(tmp_path / "dask")
     assert sorted(a) == sorted(b) and len(a) > 20
     for k in a:
