@@ -111,11 +111,11 @@ def _chunks(buf: memoryview) -> tuple[tuple, bytes]:
         length, kind = struct.unpack_from(">I4s", buf, pos)
         end = pos + 8 + length
         if end + 4 > len(buf):
-            raise PNGError(f"truncated inside a {kind.decode('latin-1')!r} chunk")
+            raise PNGError(f"truncated inside the {kind.decode('latin-1')} chunk")
         if kind in (b"IHDR", b"IDAT"):
             (crc,) = struct.unpack_from(">I", buf, end)
             if isal_zlib.crc32(buf[pos + 4:end]) != crc:
-                raise PNGError(f"CRC mismatch in a {kind.decode()} chunk")
+                raise PNGError(f"CRC mismatch in the {kind.decode()} chunk")
             if kind == b"IHDR":
                 if length != 13:
                     raise PNGError("malformed IHDR chunk")

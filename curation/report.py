@@ -90,13 +90,13 @@ FLAG_MEANINGS = {
     "missing": "no usable frame at that position (dropped, never recorded, unreadable); reconstructed or zeros",
 }
 SCORE_MEANINGS = {  # (unit of the deviation, what it measures, which side fires)
-    "sharpness": ("log ratio", "fine- over coarse-scale gradient energy against the neighbours", "low"),
+    "sharpness": ("natural-log ratio", "fine- over coarse-scale gradient energy against the neighbours", "low"),
     "misregistration_px": ("px, full resolution", "offset from where the neighbours' stage motion puts the frame",
                            "high"),
-    "brightness": ("log ratio", "median block mean intensity against the neighbours", "either side"),
-    "contrast": ("log ratio", "median block standard deviation against the neighbours", "either side"),
-    "shading": ("log ratio, edge to edge", "slope of a plane through the block ratios (a shadow gradient)", "high"),
-    "banding": ("log ratio", "robust spread of the row profile (flicker bands)", "high"),
+    "brightness": ("natural-log ratio", "median block mean intensity against the neighbours", "either side"),
+    "contrast": ("natural-log ratio", "median block standard deviation against the neighbours", "either side"),
+    "shading": ("natural-log ratio, edge to edge", "slope of a plane through the block ratios (a shadow gradient)", "high"),
+    "banding": ("natural-log ratio", "robust spread of the row profile (flicker bands)", "high"),
 }
 
 
