@@ -105,7 +105,9 @@ def check_run_folder(out: Path) -> None:
     if (out / "manifest.json").is_file() and (out / "frames.jsonl").is_file():
         raise RunFolderError(f"{out}: a raw recording (it holds manifest.json and frames.jsonl), not a run folder; "
                              "choose another --out")
-    if (out / LOCK_FILE).is_file():  # asked early, before a checkpoint is read; fit takes the lock for good
+    # asked early, before a checkpoint is read; fit takes the lock for good. Under torchrun only rank 0 asks (as only
+    # it takes the lock): two ranks probing at once found each other's probe ("in use by another chdl train")
+    if int(os.environ.get("RANK", "0")) == 0 and (out / LOCK_FILE).is_file():
         os.close(claim_run_folder(out))  # (closing it drops this process's lock: fit has not taken it yet)
 
 
