@@ -175,6 +175,16 @@ def _frames_shard_bound(frames_array: zarr.Array, frames: np.ndarray) -> int:
     return frames.nbytes + len(frames) * 64 + frames_array.shards[0] * 16 + 4
 
 
+def marked_incomplete(path) -> bool:
+    """Whether ``path`` holds a dataset its writer has not marked complete (``complete`` false in its zarr.json):
+    one being written, or whose writer was interrupted. False for anything else, complete or unreadable."""
+    try:
+        with open(path / "zarr.json") as f:
+            return json.load(f).get("attributes", {}).get("complete", True) is False
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def refuse_non_dataset(path) -> None:
     """FileExistsError (one line) unless ``path`` is a zarr dataset (it holds zarr.json) or an empty folder: what
     ``--overwrite`` may replace. Anything else there (a file, the input video, a folder of someone's work) is
@@ -473,13 +483,9 @@ class DatasetWriter:
         if path.exists() and overwrite:
             refuse_non_dataset(path)
         if path.exists() and not overwrite:
-            what = "already exists"
-            try:  # say what it is: an interrupted run of the same command is the usual case
-                with open(path / "zarr.json") as f:
-                    if not json.load(f).get("attributes", {}).get("complete", True):
-                        what = "already exists, an incomplete dataset (its writer was interrupted)"
-            except (OSError, ValueError, AttributeError):
-                pass
+            what = "already exists"  # say what it is: an interrupted run of the same command is the usual case
+            if marked_incomplete(path):
+                what = "already exists, an incomplete dataset (its writer was interrupted)"
             raise FileExistsError(f"{path}: {what} (use --overwrite to replace it)")
         # A local dataset is built under a temporary name and renamed into place, so that a kill at any moment
         # leaves either no dataset (or the old one) or a complete empty layout; leftovers of a killed creation

@@ -48,7 +48,6 @@ import torch
 
 from diffuma.evaluation import BASELINES, METRIC_FORMATS, result_key
 
-METRIC_FMT = METRIC_FORMATS  # as chdl eval prints them
 UNDERUSED_BUDGET = 0.9  # a budget run that trained for less than this share of its budget is flagged in the report
 BUDGET_EPOCHS = 10**6  # run.epochs of a --budget-minutes run: a cap the budget always reaches first
 
@@ -199,7 +198,7 @@ def training_record(state: dict) -> dict:
 def _horizon(result: dict, k: int) -> dict:
     """Overall metrics over the first k predicted frames (every metric is a mean over frames)."""
     frames = result["per_frame"][:k]
-    return {m: float(np.mean([f[m] for f in frames])) for m in METRIC_FMT}
+    return {m: float(np.mean([f[m] for f in frames])) for m in METRIC_FORMATS}
 
 
 def amp_dtype_for(precision: str, device: torch.device):
@@ -280,7 +279,7 @@ def _save_figure(fig, path: Path) -> None:
 
 
 def _fmt(m: str, v) -> str:
-    return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else METRIC_FMT[m].format(v)
+    return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else METRIC_FORMATS[m].format(v)
 
 
 def _fmt_rate(v) -> str:
@@ -346,9 +345,9 @@ def markdown_report(report: dict) -> str:
         o = r["final"]["overall"]
         L.append(f"| {label} | {r['params'] / 1e6:.2f}M | {tr.get('steps', '–')} | {tr.get('samples') or '–'} | "
                  f"{_fmt_seconds(tr.get('train_seconds'))} | {_fmt_rate(t.get('train_samples_per_s'))} | "
-                 f"{_fmt_rate(t.get('infer_samples_per_s'))} | " + " | ".join(_fmt(m, o[m]) for m in METRIC_FMT) + " |")
+                 f"{_fmt_rate(t.get('infer_samples_per_s'))} | " + " | ".join(_fmt(m, o[m]) for m in METRIC_FORMATS) + " |")
     for name, b in baselines.items():
-        L.append(f"| {name} | 0 | – | – | – | – | – | " + " | ".join(_fmt(m, b["overall"][m]) for m in METRIC_FMT)
+        L.append(f"| {name} | 0 | – | – | – | – | – | " + " | ".join(_fmt(m, b["overall"][m]) for m in METRIC_FORMATS)
                  + " |")
     any_t = next((r["throughput"] for r in report["models"].values() if r.get("throughput")), None)
     L += ["", note]

@@ -55,9 +55,11 @@ def main(argv=None) -> int:
     ap.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     a = ap.parse_args(argv)
     if a.out:  # before minutes of scoring: a place the table can be written
-        base = next((x for x in Path(a.out).resolve().parents if x.exists()), None)
-        if Path(a.out).is_dir() or base is None or not base.is_dir():
-            print(f"error: {a.out}: cannot write the table there ({'a folder' if Path(a.out).is_dir() else f'{base} is not a folder'})",
+        from chdl.cli.options import file_in_the_way
+
+        blocker = file_in_the_way(Path(a.out).resolve())
+        if Path(a.out).is_dir() or blocker is not None:
+            print(f"error: {a.out}: cannot write the table there ({'a folder' if Path(a.out).is_dir() else f'{blocker} is not a folder'})",
                   file=sys.stderr)
             return 1
     try:

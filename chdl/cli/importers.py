@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from chdl.cli.options import FINITE, FiniteFloat, quiet_option
+from chdl.cli.options import FINITE, FiniteFloat, file_in_the_way, quiet_option
 
 
 def _command_line() -> str:
@@ -40,7 +40,7 @@ def _check_paths(out: Path, inputs: list, preview: Path | None) -> None:
             raise click.ClickException(f"{out}: {'is' if out.resolve() == given.resolve() else 'holds'} the input "
                                        f"{given}; choose another --out")
     for path, what in ((out, "--out"), (preview, "--preview")):
-        blocker = next((a for a in (path.parents if path is not None else []) if a.exists() and not a.is_dir()), None)
+        blocker = file_in_the_way(path) if path is not None else None
         if blocker is not None:
             raise click.ClickException(f"{path}: cannot write {what} there: {blocker} is a file, not a folder")
     if preview is None:

@@ -14,7 +14,7 @@ from pathlib import Path
 import click
 
 from chdl.cli.acquire import capture_options, report_captures, run_captures
-from chdl.cli.options import POSITIVE, quiet_option
+from chdl.cli.options import POSITIVE, file_in_the_way, quiet_option
 from chdl.monitor import SCORER_FORMAT, Z_OFF, Z_ON
 
 
@@ -245,9 +245,9 @@ def _check_output_folder(out: Path) -> None:
 
     if out.exists() and not out.is_dir():
         raise click.ClickException(f"{out}: a file, not an output folder")
+    if (blocker := file_in_the_way(out)) is not None:
+        raise click.ClickException(f"{out}: cannot create the output folder: {blocker} is a file, not a folder")
     base = next((a for a in (out, *out.parents) if a.exists()), Path("."))
-    if not base.is_dir():
-        raise click.ClickException(f"{out}: cannot create the output folder: {base} is a file, not a folder")
     if not os.access(base, os.W_OK | os.X_OK):
         raise click.ClickException(f"{out}: cannot create the output folder: {base} is not writable")
 

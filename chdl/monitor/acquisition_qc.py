@@ -82,7 +82,7 @@ class AcquisitionQC:
             if sum(self.usable) < 2:
                 return None
         scores = qc.measure(np.stack(self.frames), np.array(self.usable), self.max_value)
-        flag = self._decide(scores, len(scores) - 1) if calibrated else None
+        flag = self._flags(scores)[-1] if calibrated else None
         if flag is None:
             self.lane_scores.append(scores[-1])
         else:  # a flagged frame is no reference for the next ones (it keeps its place in time)
@@ -99,7 +99,7 @@ class AcquisitionQC:
             scores = qc.measure(np.stack(self.frames), np.array(self.usable), self.max_value)
             scores[:, qc.I_MISREG] = np.where(np.isnan(scores[:, qc.I_MISREG]), np.nan, 0.0)
             thr = qc.frame_thresholds(scores, self.thr, 0.0)
-            flags = [self._decide(scores, k) if self.usable[k] else None for k in range(len(scores))]
+            flags = [f if ok else None for f, ok in zip(self._flags(scores, thr), self.usable)]
             if not any(flags):
                 break
             worst = int(np.argmax(np.where([f is not None for f in flags], qc.severity(scores, self.baseline, thr), -1)))
@@ -110,9 +110,10 @@ class AcquisitionQC:
                 self.first_flag = flags[worst]
         # (their scores do not enter the calibration: without misregistration they are not whole rows)
 
-    def _decide(self, scores: np.ndarray, k: int) -> str | None:
-        """The flag of row ``k`` of a window's (T, K) scores: curate's rule, the sequence-end thresholds included
-        (``curation.qc.frame_thresholds``, ``decide``)."""
-        thr = qc.frame_thresholds(scores, self.thr, 0.0)[k]
-        vib, ill = qc.decide(scores[k:k + 1], self.baseline, thr)
-        return "vibration" if vib[0] else "illumination" if ill[0] else None
+    def _flags(self, scores: np.ndarray, thr: np.ndarray | None = None) -> list[str | None]:
+        """The flag of every row of a window's (T, K) scores: curate's rule (``curation.qc.decide``) against
+        ``thr``, the sequence-end thresholds (``curation.qc.frame_thresholds``) unless given."""
+        if thr is None:
+            thr = qc.frame_thresholds(scores, self.thr, 0.0)
+        vib, ill = qc.decide(scores, self.baseline, thr)
+        return ["vibration" if v else "illumination" if i else None for v, i in zip(vib, ill)]

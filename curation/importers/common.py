@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 import sys
 from pathlib import Path
@@ -10,7 +9,7 @@ from typing import Any, Callable
 
 from tqdm import tqdm
 
-from chdl.dataset import DatasetWriter
+from chdl.dataset import DatasetWriter, marked_incomplete
 
 
 class ImporterInputError(ValueError):
@@ -75,18 +74,10 @@ def write_sequences(
                 bar.update(len(rng))
         writer.finalize()
     except BaseException:
-        if _unfinished(out):  # ours; never what was there before (a refused --out, a dataset left as it was)
+        if marked_incomplete(out):  # ours; never what was there before (a refused --out, a dataset left as it was)
             shutil.rmtree(out, ignore_errors=True)
         raise
     return out
-
-
-def _unfinished(out: Path) -> bool:
-    """Whether ``out`` is a chdl dataset not marked complete: the one an interrupted import was writing."""
-    try:
-        return json.loads((out / "zarr.json").read_text())["attributes"]["complete"] is False
-    except (OSError, ValueError, KeyError, TypeError):
-        return False
 
 
 def save_preview(dataset: str | Path, png: str | Path, n: int = 4) -> Path:
