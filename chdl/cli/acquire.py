@@ -183,15 +183,19 @@ def report_captures(ctx, results) -> None:
     worst = next((r for r in results if r.stopped_by is not None), None)
     for r in results:
         skipped = (f"{r.skipped} skipped (arrived before the stage settled), " if r.skipped else "")
-        counts = (f"{r.frames} positions, {r.dropped_positions} dropped, {r.dropped_frames} dropped frames, "
+        counts = (f"{r.frames} positions ({r.dropped_positions} without a frame), {r.dropped_frames} frames "
+                  f"dropped by the device, "
                   f"{r.incomplete} incomplete buffers, {skipped}{r.frames / max(r.elapsed_s, 1e-9):.2f} frames/s")
-        if r is worst and worst.stopped_by != "interrupted":
+        if r is worst:
             click.echo(f"{r.path}: {counts}")            # what went wrong follows once, as the error line
         else:
             click.echo(f"{r.message} ({counts})")
     if worst is not None:
         if worst.stopped_by == "interrupted":
-            click.echo(f"interrupted: device closed, recording kept (incomplete) at {worst.path}", err=True)
+            # one line: the capture's own message says how far it got ("interrupted; stopped after 23 of 200
+            # frames, recording kept (marked incomplete) at PATH")
+            done = worst.message.removeprefix("interrupted; ").removeprefix("interrupted")
+            click.echo(f"interrupted: device closed; {done}", err=True)
             ctx.exit(130)
         raise click.ClickException(worst.message)
 

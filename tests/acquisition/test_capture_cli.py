@@ -142,7 +142,10 @@ def test_ctrl_c_stops_cleanly_and_closes_the_device(tmp_path, sig):
     proc.send_signal(sig)
     stdout, stderr = proc.communicate(timeout=30)
     assert proc.returncode == 130, stderr
-    assert "interrupted: device closed, recording kept (incomplete)" in stderr and "Traceback" not in stderr
+    lines = [ln for ln in stderr.splitlines() if "interrupted" in ln]
+    assert len(lines) == 1 and lines[0].startswith("interrupted: device closed; stopped after "), stderr
+    assert "recording kept (marked incomplete) at" in lines[0] and "Traceback" not in stderr
+    assert f"{run}: " in stdout and "interrupted" not in stdout, stdout
     rec = Recording.open(run)
     assert not rec.complete and rec.manifest["status"] == "incomplete" and rec.manifest["notes"]["stopped_by"] == "interrupted"
     assert len(rec) >= 3 and not rec.torn_tail and all(rec.read(f).shape == (240, 320) for f in rec.frames)
@@ -256,7 +259,7 @@ def test_replay_records_an_unreadable_source_frame_as_dropped_and_goes_on(tmp_pa
     assert len(warned) == 2 and bad.name in warned[0] and gone.name in warned[1], out.stderr
     assert all(x.endswith("recorded as a dropped frame") for x in warned)
     # the summary counts frames with pixels (it said "captured 4 frames" with 2 of them dropped)
-    assert out.stdout.startswith(f"captured 2 frames into {tmp_path / 'out' / 'src'} (4 positions, 2 dropped, "), out.stdout
+    assert out.stdout.startswith(f"captured 2 frames into {tmp_path / 'out' / 'src'} (4 positions (2 without a frame), "), out.stdout
     rec = Recording.open(tmp_path / "out" / "src")
     assert [f.status for f in rec.frames] == ["ok", "dropped", "dropped", "ok"]
     for i in (0, 3):
