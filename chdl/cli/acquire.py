@@ -67,10 +67,13 @@ def cameras(camera_config, cti, as_json):
     if not rows:
         click.echo(f"no cameras found (producers: {', '.join(config.producer_paths()) or 'none'}; config: {config.source})")
         return
-    header = ("ALIAS", "BACKEND", "TRANSPORT", "VENDOR", "MODEL", "SERIAL", "USER NAME", "ADDRESS", "PRODUCER")
-    table = [header] + [(a, i.backend, i.transport, i.vendor, i.model, i.serial, i.user_name or "-", i.address or "-",
-                         Path(i.producer).name if i.producer else "-") for a, i in rows]
-    table = [tuple(v if len(v) <= 40 else v[:39] + "…" for v in map(str, r)) for r in table]
+    # the address last and whole (it is what a user copies: a sim camera's carries its whole configuration);
+    # the other columns are cut at 40 characters
+    header = ("ALIAS", "BACKEND", "TRANSPORT", "VENDOR", "MODEL", "SERIAL", "USER NAME", "PRODUCER", "ADDRESS")
+    table = [header] + [(a, i.backend, i.transport, i.vendor, i.model, i.serial, i.user_name or "-",
+                         Path(i.producer).name if i.producer else "-", i.address or "-") for a, i in rows]
+    table = [tuple(v if len(v) <= 40 or c == len(header) - 1 else v[:39] + "…" for c, v in enumerate(map(str, r)))
+             for r in table]
     widths = [max(len(r[c]) for r in table) for c in range(len(header))]
     for r in table:
         click.echo("  ".join(str(v).ljust(w) for v, w in zip(r, widths)).rstrip())

@@ -23,6 +23,9 @@ def test_cameras_lists_aliases(tmp_path):
         ("viky0", "0", "Viky", "Custom"), ("viky1", "1", "Viky", "Custom"), ("custom2", "2", "Viky", "Custom")]
     table = chdl("cameras", "--cti", "viky")
     assert table.returncode == 0 and "custom1" in table.stdout and "Machine Vision Games Ltd." in table.stdout
+    # the address is printed whole (a sim camera's carries its configuration; it was cut at 40 characters)
+    sim = next(r for r in json.loads(out.stdout) if r["alias"] == "sim0")
+    assert len(sim["address"]) > 40 and any(ln.endswith(sim["address"]) for ln in table.stdout.splitlines())
 
 
 @pytest.mark.parametrize("args,message", [
