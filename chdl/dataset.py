@@ -70,6 +70,25 @@ FLAG_RECONSTRUCTED = 4  # pixels are a reconstruction; the original is under ori
 FLAG_MISSING = 8  # the frame never arrived (dropped / absent position); pixels are reconstructed or zero
 FLAG_NAMES = {FLAG_VIBRATION: "vibration", FLAG_ILLUMINATION: "illumination",
               FLAG_RECONSTRUCTED: "reconstructed", FLAG_MISSING: "missing"}
+# bits 4-6 of qc_flags: how a reconstructed frame was made, code 1 + its index here (curation.reconstruct's
+# candidates); 0: not reconstructed, or a dataset written before 2026-12-01, which did not record it
+RECONSTRUCTION_METHODS = ("motion", "flow", "average", "nearest")
+RECONSTRUCTION_SHIFT = 4
+RECONSTRUCTION_MASK = 0b111 << RECONSTRUCTION_SHIFT
+
+
+def reconstruction_bits(method: str) -> int:
+    """The qc_flags bits that record a frame reconstructed by ``method`` (one of RECONSTRUCTION_METHODS;
+    ValueError otherwise)."""
+    if method not in RECONSTRUCTION_METHODS:
+        raise ValueError(f"unknown reconstruction method {method!r} (one of {', '.join(RECONSTRUCTION_METHODS)})")
+    return (1 + RECONSTRUCTION_METHODS.index(method)) << RECONSTRUCTION_SHIFT
+
+
+def reconstruction_method(flags: int) -> str | None:
+    """How the frame with these qc_flags was reconstructed (None: not recorded, or not reconstructed)."""
+    code = (int(flags) & RECONSTRUCTION_MASK) >> RECONSTRUCTION_SHIFT
+    return RECONSTRUCTION_METHODS[code - 1] if 1 <= code <= len(RECONSTRUCTION_METHODS) else None
 
 SPLIT_TRAIN, SPLIT_VAL, SPLIT_EXCLUDED = 0, 1, 2
 SPLIT_CODES = {"train": SPLIT_TRAIN, "val": SPLIT_VAL, "excluded": SPLIT_EXCLUDED}
@@ -521,6 +540,8 @@ class DatasetWriter:
             "n_shards": n_shards,
             "qc_score_names": list(qc_score_names),
             "flag_bits": {name: bit for bit, name in FLAG_NAMES.items()},
+            "reconstruction_method_bits": {"shift": RECONSTRUCTION_SHIFT, "mask": RECONSTRUCTION_MASK,
+                                           "codes": {m: i + 1 for i, m in enumerate(RECONSTRUCTION_METHODS)}},
             "split_codes": dict(SPLIT_CODES),
             "runs": list(runs),
             "provenance": provenance,
@@ -832,10 +853,22 @@ class DatasetReader:
             "n_shards": self.attrs["n_shards"],
             "splits": {name: int((split == code).sum()) for name, code in SPLIT_CODES.items()},
             "qc_frames_flagged": {name: int(((flags & bit) != 0).sum()) for bit, name in FLAG_NAMES.items()},
+            "reconstructed_by": reconstruction_counts(flags),
             "qc_frames_total": int(flags.size),
             "runs": self.attrs["runs"],
             "provenance": self.attrs["provenance"],
         }
+
+
+def reconstruction_counts(flags: np.ndarray) -> dict[str, int]:
+    """{method: frames} over reconstructed frames of ``flags`` (any shape, qc_flags bits); "not recorded"
+    counts reconstructed frames of datasets written before the method was stored."""
+    flags = np.asarray(flags)
+    code = (flags[(flags & FLAG_RECONSTRUCTED) != 0] & RECONSTRUCTION_MASK) >> RECONSTRUCTION_SHIFT
+    counts = {m: int((code == i + 1).sum()) for i, m in enumerate(RECONSTRUCTION_METHODS)}
+    if (unknown := int((code == 0).sum())):
+        counts["not recorded"] = unknown
+    return counts
 
 
 def open_dataset(path: str | os.PathLike, *, check_files: bool = True) -> DatasetReader:

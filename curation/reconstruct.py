@@ -32,6 +32,7 @@ import threading
 import cv2
 import numpy as np
 
+from chdl.dataset import RECONSTRUCTION_METHODS
 from curation.qc import phase_shift, scales, to_unit, _down
 
 
@@ -97,8 +98,8 @@ def _mse(x: np.ndarray, ref: np.ndarray) -> float:
     return float(np.mean(np.square(d, out=d)))
 
 
-METHODS = ("auto", "motion", "flow", "average", "nearest")
-CANDIDATES = ("motion", "flow", "average", "nearest")  # what "auto" chooses from
+CANDIDATES = RECONSTRUCTION_METHODS  # what "auto" chooses from (the dataset records which: chdl.dataset)
+METHODS = ("auto",) + CANDIDATES
 
 
 _PER_THREAD = threading.local()  # each thread's DIS instance (one is not safe to share between threads)

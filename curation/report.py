@@ -22,6 +22,7 @@ import zarr
 
 from acquisition.raw import RawFormatError, Recording
 from chdl.dataset import (FLAG_ILLUMINATION, FLAG_MISSING, FLAG_NAMES, FLAG_RECONSTRUCTED, FLAG_VIBRATION,
+                          reconstruction_counts, reconstruction_method,
                           SPLIT_EXCLUDED, SPLIT_TRAIN, SPLIT_VAL)
 from curation import qc
 from curation.config import CurateConfig
@@ -217,6 +218,7 @@ def build_summary(out: Path, plan: Plan, cfg: CurateConfig) -> tuple[dict, dict]
         s = plan.sequences[int(n_)]
         flagged.append({"sequence": int(n_), "t": int(t), "run_id": run_ids[s.run], "lane": s.lane,
                         "flags": _flag_names(int(flags[n_, t])), "excluded": bool(split[n_] == SPLIT_EXCLUDED),
+                        "reconstructed_by": reconstruction_method(int(flags[n_, t])),
                         "why": why_flagged(scores[n_, t], centers[s.run],
                                            qc.frame_thresholds(scores[n_], thr_arr[s.run], z_sequence)[t]),
                         "scores": {name: (None if not np.isfinite(scores[n_, t, k]) else round(float(scores[n_, t, k]), 5))
@@ -229,6 +231,7 @@ def build_summary(out: Path, plan: Plan, cfg: CurateConfig) -> tuple[dict, dict]
         "splits": {"train": int((split == SPLIT_TRAIN).sum()), "val": int((split == SPLIT_VAL).sum()),
                    "excluded": int((split == SPLIT_EXCLUDED).sum())},
         "flags": {name: count(bit) for bit, name in FLAG_NAMES.items()},
+        "reconstructed_by": reconstruction_counts(flags),
         "flags_note": (f"{int(both.sum())} frame(s) carry both the vibration and the illumination flag and are "
                        "counted under each; a frame is reconstructed once"),
         "both_vibration_and_illumination": int(both.sum()),
@@ -292,7 +295,8 @@ def _render_html(summary: dict, extra: dict, plan: Plan, cfg: CurateConfig,
         why = "; ".join(f"{w['score']} {w['value']:.3g} (centre {w['center']:.3g}, deviation {w['deviation']:+.3g}, "
                         f"threshold {w['threshold']:.3g}, {w['times_threshold']:.1f}x)" for w in item["why"])
         cells = "".join(f'<td>{f"<img src={uri!r}>" if uri else "<span class=na>—</span>"}</td>' for uri in thumbs[n, t])
-        status = "excluded" if item["excluded"] else ""
+        status = ("excluded" if item["excluded"] else
+                  f"reconstructed by {item['reconstructed_by']}" if item["reconstructed_by"] else "")
         rows.append(f"<tr><td>seq {n} t {t}<br>{esc(item['run_id'])} lane {item['lane']}<br>"
                     f"<b>{esc(', '.join(item['flags']))}</b> {status}<br>{esc('fired: ' + why) if why else ''}"
                     f"<br><small>{esc(sc)}</small></td>{cells}</tr>")
@@ -317,6 +321,7 @@ def _render_html(summary: dict, extra: dict, plan: Plan, cfg: CurateConfig,
                          "; ".join(f"t{t}: {'/'.join(f)}" + (f" ({e['missing_reasons'][t]})" if t in e["missing_reasons"] else "")
                                    for t, f in e["frames"].items())] for e in summary["excluded_sequences"]])
     warn = "".join(f"<li>{esc(w)}</li>" for w in summary["warnings"]) or "<li>none</li>"
+    by_method = ", ".join(f"{m} {n}" for m, n in summary["reconstructed_by"].items() if n) or "none"
     sp = summary["splits"]
     return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>chdl curate QC report: {esc(Path(summary['dataset']).name)}</title>
@@ -329,7 +334,8 @@ img{{display:block}} .na{{color:#999}} small{{color:#555}}
 <p>{summary['sequences']} sequences × {T} frames = {summary['frames']} frames.
 Train {sp['train']}, val {sp['val']}, excluded {sp['excluded']} (more than {summary['max_bad_frames']} bad frames).
 Flagged (vibration or illumination): {100 * summary['flagged_fraction']:.2f}% of frames.</p>
-<h2>Counts per flag</h2>{flag_table}<p>{esc(summary['flags_note'])}.</p>
+<h2>Counts per flag</h2>{flag_table}<p>{esc(summary['flags_note'])}.
+Reconstructed frames by method (chosen per frame by the self-check, docs/curation.md): {esc(by_method)}.</p>
 <h2>Per run</h2>{run_table}
 <h2>Scores</h2><p>Each frame is compared with up to 4 neighbours over the region they share after alignment;
 a score fires when its deviation from the run baseline exceeds the threshold (docs/curation.md).</p>{score_table}

@@ -7,7 +7,7 @@ import dataclasses
 
 import numpy as np
 
-from chdl.dataset import FLAG_ILLUMINATION, FLAG_MISSING, FLAG_RECONSTRUCTED, FLAG_VIBRATION
+from chdl.dataset import FLAG_ILLUMINATION, FLAG_MISSING, FLAG_RECONSTRUCTED, FLAG_VIBRATION, reconstruction_bits
 from curation import qc
 from curation.reconstruct import reconstruct
 
@@ -15,7 +15,7 @@ from curation.reconstruct import reconstruct
 @dataclasses.dataclass
 class SequenceResult:
     frames: np.ndarray  # (T, H, W) what goes into the dataset
-    flags: np.ndarray  # (T,) uint8 FLAG_* bits
+    flags: np.ndarray  # (T,) uint8 FLAG_* bits and, for reconstructed frames, the method's (chdl.dataset)
     scores: np.ndarray  # (T, K) float32 (NaN: missing frame)
     originals: list[tuple[int, np.ndarray]]  # (t, original pixels) of each replaced frame that had pixels
     excluded: bool  # more bad frames than the config allows: kept as recorded, never trained on
@@ -43,9 +43,10 @@ def curate_sequence(frames: np.ndarray, available: np.ndarray, baseline: qc.Base
     originals: list[tuple[int, np.ndarray]] = []
     if n_bad and not excluded:
         # the self-check reads the frames at the QC sharpness scale: QC made them (missing ones are not read)
-        out, done = reconstruct(out, ~bad, max_value, check_frames=q.sharp_frames())
+        chosen: dict[int, str] = {}
+        out, done = reconstruct(out, ~bad, max_value, chosen=chosen, check_frames=q.sharp_frames())
         for t in done:
-            flags[t] |= FLAG_RECONSTRUCTED
+            flags[t] |= FLAG_RECONSTRUCTED | reconstruction_bits(chosen[t])
             if available[t]:
                 originals.append((t, frames[t]))
     return SequenceResult(out, flags, scores, originals, excluded, n_bad)

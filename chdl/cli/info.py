@@ -41,7 +41,9 @@ def info(path: str, as_json: bool) -> None:
         f"storage      {_n(summary['n_shards'], 'shard')} of {_n(summary['sequences_per_shard'], 'sequence')}",
         "splits       " + ", ".join(f"{k} {v}" for k, v in summary["splits"].items()),
         f"qc           {summary['qc_frames_total']} frames; flagged: "
-        + ", ".join(f"{k} {v}" for k, v in summary["qc_frames_flagged"].items()),
+        + ", ".join(f"{k} {v}" for k, v in summary["qc_frames_flagged"].items())
+        + ("; reconstructed by " + ", ".join(f"{k} {v}" for k, v in summary["reconstructed_by"].items() if v)
+           if any(summary["reconstructed_by"].values()) else ""),
         f"runs         {len(summary['runs'])}: " + ", ".join(summary["runs"][:5]) + (" ..." if len(summary["runs"]) > 5 else ""),
         f"provenance   chdl {prov.get('tool_version', '?')}, created {prov.get('created', '?')}",
     ]

@@ -8,7 +8,8 @@ import numpy as np
 
 import chdl
 from chdl.cli import COMMANDS
-from chdl.dataset import DatasetWriter
+from chdl.dataset import (FLAG_ILLUMINATION, FLAG_MISSING, FLAG_RECONSTRUCTED, FLAG_VIBRATION, DatasetWriter,
+                          reconstruction_bits)
 
 
 def run(*args):
@@ -37,7 +38,11 @@ def test_info(tmp_path):
     path = tmp_path / "d.zarr"
     w = DatasetWriter.create(path, n_sequences=2, frames_per_sequence=10, channels=1, height=6, width=8,
                              sequences_per_shard=2, runs=["r"], provenance={"command": "chdl curate x y"})
-    w.write_shard(0, frames=np.zeros((2, 10, 1, 6, 8), np.uint8), split=np.array([0, 1]))
+    flags = np.zeros((2, 10), np.uint8)
+    flags[0, 3] = FLAG_VIBRATION | FLAG_RECONSTRUCTED | reconstruction_bits("flow")
+    flags[1, 2] = FLAG_MISSING | FLAG_RECONSTRUCTED | reconstruction_bits("nearest")
+    flags[1, 5] = FLAG_ILLUMINATION | FLAG_RECONSTRUCTED  # written before the method was recorded
+    w.write_shard(0, frames=np.zeros((2, 10, 1, 6, 8), np.uint8), split=np.array([0, 1]), qc_flags=flags)
     r = run("info", str(path))
     assert r.returncode == 1 and "incomplete dataset" in r.stderr and str(path) in r.stderr
     w.finalize()
@@ -45,7 +50,9 @@ def test_info(tmp_path):
     assert r.returncode == 0, r.stderr
     assert "2 sequences x 10 frames x 1x6x8 uint8" in r.stdout and "train 1, val 1" in r.stdout
     assert "(Mono8, max_value 255)" in r.stdout and "integrity    every shard file present; BLAKE3" in r.stdout
+    assert "vibration 1, illumination 1, reconstructed 3, missing 1; reconstructed by flow 1, nearest 1, not recorded 1" in r.stdout
     j = json.loads(run("info", str(path), "--json").stdout)
+    assert j["reconstructed_by"] == {"motion": 0, "flow": 1, "average": 0, "nearest": 1, "not recorded": 1}
     assert j["shape"] == [2, 10, 1, 6, 8] and j["provenance"]["command"] == "chdl curate x y"
     assert j["max_value"] == 255 and j["integrity"] == {"checksums": True, "missing_files": []}
     bad = run("info", str(tmp_path / "nope"))

@@ -11,7 +11,8 @@ import zarr
 from click.testing import CliRunner
 
 from chdl.cli import main
-from chdl.dataset import (FLAG_ILLUMINATION, FLAG_MISSING, FLAG_RECONSTRUCTED, FLAG_VIBRATION, SPLIT_EXCLUDED,
+from chdl.dataset import (FLAG_ILLUMINATION, FLAG_MISSING, FLAG_RECONSTRUCTED, FLAG_VIBRATION, RECONSTRUCTION_MASK,
+                          RECONSTRUCTION_METHODS, SPLIT_EXCLUDED, reconstruction_method,
                           DatasetIncompleteError, open_dataset)
 from curation_helpers import T, psnr, write_run
 
@@ -44,10 +45,14 @@ def test_dataset_contents(raw, curated):
     _, truth = raw
     ds = open_dataset(curated)
     assert ds.frames.shape == (6, T, 1, 120, 160) and ds.frames.dtype == np.uint8
-    flags = ds.qc_flags
+    flags = ds.qc_flags & ~np.uint8(RECONSTRUCTION_MASK)
     assert flags[0, 4] == FLAG_VIBRATION | FLAG_RECONSTRUCTED
     assert flags[1, 0] == FLAG_ILLUMINATION | FLAG_RECONSTRUCTED
     assert flags[2, 6] == FLAG_VIBRATION | FLAG_RECONSTRUCTED
+    # the method of each reconstruction is recorded beside the flags, and only for reconstructed frames
+    methods = np.vectorize(lambda f: reconstruction_method(f) or "")(ds.qc_flags)
+    assert all(methods[n, t] in RECONSTRUCTION_METHODS for n, t in ((0, 4), (1, 0), (2, 6)))
+    assert ((methods != "") == ((ds.qc_flags & FLAG_RECONSTRUCTED) != 0)).all()
     assert (flags[3, [2, 5]] & FLAG_VIBRATION).all() and flags[3, 8] & FLAG_ILLUMINATION
     assert not (flags[3] & FLAG_RECONSTRUCTED).any()
     clean_frames = np.ones_like(flags, bool)
@@ -83,6 +88,11 @@ def test_report(curated):
     assert summary["splits"]["excluded"] == 1 and summary["flags"]["reconstructed"] == 3
     assert summary["excluded_sequences"][0]["sequence"] == 3 and summary["excluded_sequences"][0]["bad_frames"] == 3
     assert {(f["sequence"], f["t"]) for f in summary["flagged_frames"]} == set(FAULTS)
+    # how each frame was rebuilt: per frame (the excluded sequence's were not) and counted per method
+    by = {(f["sequence"], f["t"]): f["reconstructed_by"] for f in summary["flagged_frames"]}
+    assert all((m is None) == (n == 3) and (m is None or m in RECONSTRUCTION_METHODS) for (n, _), m in by.items())
+    assert sum(summary["reconstructed_by"].values()) == 3 and "not recorded" not in summary["reconstructed_by"]
+    assert "Reconstructed frames by method" in html and "reconstructed by " in html
     assert set(summary["histograms"]) == set(summary["score_names"])
     assert all(h["thresholds"] for h in summary["histograms"].values())
     assert html.count("data:image/jpeg;base64,") >= 6 * 3  # neighbours, original, reconstruction
@@ -276,7 +286,7 @@ def test_usable_runs_with_damage_give_warnings_and_report_entries(tmp_path):
     ds = open_dataset(out)
     flags = ds.qc_flags
     for lane, t in ((0, 2), (0, 7), (1, 3), (2, 5)):
-        assert flags[lane, t] == FLAG_MISSING | FLAG_RECONSTRUCTED, (lane, t, flags[lane])
+        assert flags[lane, t] & ~np.uint8(RECONSTRUCTION_MASK) == FLAG_MISSING | FLAG_RECONSTRUCTED, (lane, t, flags[lane])
     assert psnr(ds.frames[0, 2, 0], truth[0, 2][1]) > 25
     assert ds.split[3] == SPLIT_EXCLUDED  # 1 wrong-size + 3 never recorded
     assert (flags[3, 7:] == FLAG_MISSING).all() and not ds.frames[3, 7:].any()

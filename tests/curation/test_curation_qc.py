@@ -8,7 +8,8 @@ from curation.config import CurateConfig
 from curation.reconstruct import reconstruct
 from curation.sequence import curate_sequence
 from curation.synthetic import SynthSpec, make_sequence
-from chdl.dataset import FLAG_ILLUMINATION, FLAG_MISSING, FLAG_RECONSTRUCTED, FLAG_VIBRATION
+from chdl.dataset import (FLAG_ILLUMINATION, FLAG_MISSING, FLAG_RECONSTRUCTED, FLAG_VIBRATION, RECONSTRUCTION_MASK,
+                          reconstruction_method)
 
 SPEC = SynthSpec(height=120, width=160, step_px=8.0)
 ALL = np.ones(10, bool)
@@ -250,9 +251,18 @@ def test_curate_sequence_flags_reconstructs_and_excludes(baseline, thr):
     avail = ALL.copy()
     avail[5] = False
     r = curate_sequence(frames, avail, baseline, thr, max_bad_frames=3, max_value=255)
-    assert r.flags[3] == FLAG_ILLUMINATION | FLAG_RECONSTRUCTED
-    assert r.flags[8] == FLAG_VIBRATION | FLAG_RECONSTRUCTED
-    assert r.flags[5] == FLAG_MISSING | FLAG_RECONSTRUCTED
+    bits = r.flags & ~np.uint8(RECONSTRUCTION_MASK)
+    assert bits[3] == FLAG_ILLUMINATION | FLAG_RECONSTRUCTED
+    assert bits[8] == FLAG_VIBRATION | FLAG_RECONSTRUCTED
+    assert bits[5] == FLAG_MISSING | FLAG_RECONSTRUCTED
+    # each reconstructed frame records the method the self-check chose for it, and only those do
+    chosen: dict[int, str] = {}
+    zeroed = frames.copy()
+    zeroed[5] = 0
+    reconstruct(zeroed, (r.flags == 0), 255.0, chosen=chosen, check_frames=qc.SequenceQC(frames, avail, 255).sharp_frames())
+    assert {t: reconstruction_method(r.flags[t]) for t in range(len(r.flags))} == {
+        t: chosen.get(t) for t in range(len(r.flags))}
+    assert set(chosen) == {3, 5, 8}
     assert not r.excluded and r.n_bad == 3
     assert [t for t, _ in r.originals] == [3, 8]  # the missing frame had no original
     np.testing.assert_array_equal(r.originals[0][1], frames[3])
