@@ -318,6 +318,7 @@ class Trainer:
         self._since_plan_s: list[float] | None = []   # step times after the plan, until the re-plan (then None)
         self._step_started = 0.0
         self._stop_signal: int | None = None  # SIGINT/SIGTERM received during fit (_on_stop_signal)
+        self._validating = False  # inside validate() (what a stop signal waits for, _on_stop_signal)
 
     # ------------------------------------------------------------------ checkpoints
     @property
@@ -410,11 +411,15 @@ class Trainer:
             return None
         model = self.ema.module if (self.ema is not None and self.run.eval_with_ema) else self.model
         devices = [self.device] if self.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices):  # validation never shifts the training RNG stream
-            res = evaluate(model, self.val_set, batch_size=self.run.val_batch_size or self.run.batch_size,
-                           device=self.device, max_sequences=self.run.val_max_sequences,
-                           with_baselines=self.baselines_val is None, amp_dtype=self.amp_dtype,
-                           progress=self.progress)
+        self._validating = True
+        try:
+            with torch.random.fork_rng(devices=devices):  # validation never shifts the training RNG stream
+                res = evaluate(model, self.val_set, batch_size=self.run.val_batch_size or self.run.batch_size,
+                               device=self.device, max_sequences=self.run.val_max_sequences,
+                               with_baselines=self.baselines_val is None, amp_dtype=self.amp_dtype,
+                               progress=self.progress)
+        finally:
+            self._validating = False
         self.model.train()
         if self.baselines_val is None:  # the same val sequences every time: scored once
             self.baselines_val = {name: res[result_key(name)]["overall"] for name in BASELINES}
@@ -595,6 +600,10 @@ class Trainer:
             raise KeyboardInterrupt
         self._stop_signal = signum
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        if self.dist.main and self.progress:  # say at once that it was heard: a validation pass can take minutes
+            what = "the validation in progress" if self._validating else "the current step"
+            tqdm.write(f"stopping: finishing {what}, then saving last.pt (a second Ctrl-C stops at once, "
+                       f"without saving)", file=sys.stderr)
 
     def _stop_requested(self) -> bool:
         """Whether a stop signal arrived (under torchrun: on any rank, so that all ranks stop at the same step)."""

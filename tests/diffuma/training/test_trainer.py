@@ -296,3 +296,21 @@ def test_training_dynamics_title_does_not_say_run_run(tmp_path):
     assert title == "simvp 'tiny', run demo/run: validation on 16 of 20 val sequences (run.val_max_sequences)"
     assert dynamics_title(model, tmp_path / "runs" / "exp1", 4, 4).startswith("simvp 'tiny', run runs/exp1: ")
     assert dynamics_title({"name": "simvp"}, "run", 4, 4).startswith("simvp 'default', run run: ")
+
+
+def test_a_stop_signal_is_acknowledged_at_once_naming_what_it_waits_for(standin, tiny_dataset, tmp_path, capsys):
+    """The first Ctrl-C only asks the loop to stop at the next step boundary; during validation (which can take
+    minutes) that is a while, so the trainer says at once what it is finishing (not under -q)."""
+    import signal
+
+    trainer = build_trainer(_config(epochs=1), tiny_dataset, tmp_path / "run", progress=True)
+    trainer._validating = True
+    trainer._on_stop_signal(signal.SIGINT, None)
+    err = capsys.readouterr().err
+    assert "stopping: finishing the validation in progress, then saving last.pt" in err
+    assert trainer._stop_signal == signal.SIGINT
+    with pytest.raises(KeyboardInterrupt):  # a second one stops at once
+        trainer._on_stop_signal(signal.SIGINT, None)
+    quiet = build_trainer(_config(epochs=1), tiny_dataset, tmp_path / "quiet", progress=False)
+    quiet._on_stop_signal(signal.SIGINT, None)
+    assert capsys.readouterr().err == ""
