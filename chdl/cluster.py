@@ -74,6 +74,46 @@ class ClusterError(RuntimeError):
     a task that kept killing workers). One-line message naming the scheduler and the worker."""
 
 
+class WorkerDied(ClusterError):
+    """A local pool worker process died in the middle of the work (:func:`pool_map_unordered`)."""
+
+
+def pool_map_unordered(fn: Callable, tasks: list, workers: int, context, initializer: Callable | None = None,
+                       initargs: tuple = ()) -> Iterator[Any]:
+    """Yield ``fn(task)`` for every task, as they finish, from a pool of ``min(workers, len(tasks))`` local
+    processes of the multiprocessing ``context``, each set up by ``initializer(*initargs)`` (give it
+    :func:`init_pool_worker`'s set-up). Raises :class:`WorkerDied` when a worker process dies (killed, out of
+    memory, a crash in native code): ``multiprocessing.Pool`` replaces such a worker but loses its task and
+    waits for it for ever (a ``chdl curate`` whose worker was SIGKILLed hung at 73 %); a
+    ``concurrent.futures.ProcessPoolExecutor`` reports it (BrokenProcessPool). When the caller stops early
+    (an error, Ctrl-C) the workers are ended at once, as ``Pool``'s exit did, not left to finish their task."""
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+    from concurrent.futures.process import BrokenProcessPool
+
+    pool = ProcessPoolExecutor(min(workers, len(tasks)), mp_context=context, initializer=initializer,
+                               initargs=initargs)
+    finished = False
+    try:
+        pending = {pool.submit(fn, t) for t in tasks}
+        while pending:
+            done, pending = wait(pending, return_when=FIRST_COMPLETED)
+            for future in done:
+                try:
+                    result = future.result()
+                except BrokenProcessPool:
+                    raise WorkerDied("a worker process died (killed, out of memory, or a crash in native code)") from None
+                yield result
+        finished = True
+    finally:
+        if not finished:
+            # (the executor has no public way to end running workers before Python 3.14's terminate_workers;
+            # its process table is what that method reads)
+            for proc in list((getattr(pool, "_processes", None) or {}).values()):
+                with contextlib.suppress(Exception):
+                    proc.terminate()
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
 def _versions() -> dict[str, str]:
     """What must match between the client and every worker for byte-identical output."""
     import cv2

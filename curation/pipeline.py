@@ -36,6 +36,7 @@ import numpy as np
 from tqdm import tqdm
 
 from acquisition.raw import RawFormatError, Recording
+from chdl.cluster import WorkerDied, pool_map_unordered
 from chdl.dataset import SPLIT_EXCLUDED, DatasetFormatError, DatasetWriter, dataset_path, refuse_non_dataset
 from curation import qc
 from curation.config import CurateConfig
@@ -240,9 +241,8 @@ def _run_tasks(fn: Callable, tasks: list, ctx: dict, workers: int, cluster=None)
             _CTX.clear()
             _CTX.update(saved)
         return
-    with mp.get_context("fork" if sys.platform == "linux" else "spawn").Pool(
-            min(workers, len(tasks)), initializer=_init_pool_worker, initargs=(ctx,)) as pool:
-        yield from pool.imap_unordered(fn, tasks)
+    yield from pool_map_unordered(fn, tasks, workers, mp.get_context("fork" if sys.platform == "linux" else "spawn"),
+                                  _init_pool_worker, (ctx,))
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -387,8 +387,11 @@ def _curate(source: str | os.PathLike, out: str | os.PathLike, cfg: CurateConfig
                 p.unlink()
         log(f"measuring run baselines on {sum(1 for _ in _calibration_sample(plan, cfg))} sequences")
         per_run: dict[int, list[np.ndarray]] = {}
-        for run, scores in _run_tasks(_calibration_task, _calibration_sample(plan, cfg), ctx, workers, cluster):
-            per_run.setdefault(run, []).append(scores)
+        try:
+            for run, scores in _run_tasks(_calibration_task, _calibration_sample(plan, cfg), ctx, workers, cluster):
+                per_run.setdefault(run, []).append(scores)
+        except WorkerDied as e:
+            raise CurateError(f"{e} while measuring the run baselines; nothing was written to {out}") from None
         baselines = [qc.calibrate(per_run.get(r, [])) for r in range(len(plan.runs))]
         thresholds = _thresholds(cfg, baselines)
         provenance = {
@@ -426,6 +429,8 @@ def _curate(source: str | os.PathLike, out: str | os.PathLike, cfg: CurateConfig
     try:
         done, pending, summary = _write(plan, cfg, writer, ctx, out, html_path, json_path, workers, progress, timings,
                                         cluster, log)
+    except WorkerDied as e:
+        raise CurateError(f"{e}; {out} keeps the shards finished so far: rerun the same command to resume") from None
     except OSError as e:  # disk full, permissions, a vanished folder: what is written so far stays resumable
         where = e.filename or out
         raise CurateError(f"{where}: cannot write ({e.strerror or e}); {out} is incomplete — fix that and rerun "

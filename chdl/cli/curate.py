@@ -56,7 +56,12 @@ def curate(raw: str, out: str, config_path: str | None, workers: int, scheduler:
         raise click.ClickException(str(e)) from None
     except KeyboardInterrupt:
         quiet_abandoned_async()  # seen in CI and in tests/curation/test_curate_cli.py, ~1 run in 10
-        click.echo(f"interrupted: {out} keeps the shards finished so far; rerun the same command to resume", err=True)
+        from chdl.dataset import dataset_path
+
+        if dataset_path(out).exists():
+            click.echo(f"interrupted: {out} keeps the shards finished so far; rerun the same command to resume", err=True)
+        else:  # stopped while planning or measuring the baselines: the dataset is created after that
+            click.echo(f"interrupted before {out} was created; nothing was written", err=True)
         sys.exit(130)
     finally:
         signal.signal(signal.SIGTERM, previous)

@@ -255,11 +255,11 @@ def _render_corpus(out: Path, params: dict, new: bool, n_runs: int, workers: int
         else:
             import multiprocessing as mp
 
-            from chdl.cluster import init_pool_worker
+            from chdl.cluster import init_pool_worker, pool_map_unordered
 
-            pool = stack.enter_context(mp.get_context("spawn").Pool(min(workers, len(jobs)), init_pool_worker))
-            results = pool.imap_unordered(_corpus_job, jobs)
-        for i, r in enumerate(results, 1):
+            results = pool_map_unordered(_corpus_job, jobs, workers, mp.get_context("spawn"), init_pool_worker)
+            stack.callback(results.close)  # an error or Ctrl-C here ends the workers
+        for i, r in enumerate(_resumable(results, out), 1):
             done["frames"] += r["frames"]
             done["faulty"] += r["faulty"]
             done["anomalies"] += r["anomalies"]
@@ -268,6 +268,16 @@ def _render_corpus(out: Path, params: dict, new: bool, n_runs: int, workers: int
     anomalies = f", {done['anomalies']} process anomalies" if anomaly_rate else ""
     click.echo(f"wrote {_count(len(jobs), 'recording')} ({done['frames']} frames, {done['faulty']} faulty{anomalies}) "
                f"to {out}" + (f"; {_count(skipped, 'finished run')} kept" if skipped else ""))
+
+
+def _resumable(results, out: Path):
+    """``results``, with a dead pool worker said as what it means for OUT (one line, exit 1)."""
+    from chdl.cluster import WorkerDied
+
+    try:
+        yield from results
+    except WorkerDied as e:
+        raise click.ClickException(f"{e}; {out} keeps the runs finished so far: rerun the same command to resume") from None
 
 
 def _count(n: int, noun: str) -> str:

@@ -497,6 +497,27 @@ def test_an_interrupted_curate_says_so_in_one_line_and_the_rerun_resumes(tmp_pat
     assert verify.returncode == 0, verify.stdout + verify.stderr
 
 
+def test_an_interrupt_before_the_dataset_exists_says_nothing_was_written(tmp_path):
+    """Ctrl-C while the run baselines are measured (before OUT is created) said "OUT keeps the shards finished so
+    far; rerun the same command to resume" about a dataset that did not exist."""
+    import os
+    import signal
+
+    write_run(tmp_path / "raw" / "r", lanes=200)
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("qc:\n  calibration_sequences: 200\n")  # seconds of measuring before the dataset is created
+    out = tmp_path / "d.zarr"
+    proc = subprocess.Popen([sys.executable, "-m", "chdl", "curate", str(tmp_path / "raw"), str(out), "--config",
+                             str(cfg)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    first = proc.stderr.readline()
+    assert first.startswith("measuring run baselines on 200 sequences"), first
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and not out.exists(), err
+    assert err.strip().splitlines()[-1] == f"interrupted before {out} was created; nothing was written", err
+
+
 def test_resuming_with_other_arguments_names_the_command_that_made_the_dataset(tmp_path):
     """It said only "made from other inputs or settings; rerun with the original arguments" (which ones?)."""
     from chdl.dataset import DatasetWriter
