@@ -19,6 +19,7 @@ unless ``overwrite``.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -37,6 +38,7 @@ from tqdm import tqdm
 
 from acquisition.raw import RawFormatError, Recording
 from chdl.cluster import WorkerDied, pool_map_unordered
+from chdl.locks import LockHeld, release_lock, take_lock
 from chdl.dataset import SPLIT_EXCLUDED, DatasetFormatError, DatasetWriter, dataset_path, refuse_non_dataset
 from curation import qc
 from curation.config import CurateConfig
@@ -321,12 +323,36 @@ def curate(source: str | os.PathLike, out: str | os.PathLike, cfg: CurateConfig,
     ``options``: ``overwrite``, ``command`` (recorded in the provenance), ``progress``, ``log``, ``bit_depth``
     (significant bits of the pixels, overriding the runs' own: :func:`curation.plan.build_plan`).
     Raises CurateError / PlanError / RawFormatError / ClusterError (one-line messages naming the path)."""
-    if scheduler is None:
-        return _curate(source, out, cfg, workers, None, **options)
-    from chdl.cluster import connect
+    with _writer_lock(dataset_path(out)):
+        if scheduler is None:
+            return _curate(source, out, cfg, workers, None, **options)
+        from chdl.cluster import connect
 
-    with connect(scheduler) as cluster:
-        return _curate(source, out, cfg, 1, cluster, **options)
+        with connect(scheduler) as cluster:
+            return _curate(source, out, cfg, 1, cluster, **options)
+
+
+@contextlib.contextmanager
+def _writer_lock(out):
+    """Held while ``out`` is curated: a second ``chdl curate`` on the same OUT (which would resume the shards the first
+    is writing, or --overwrite them) is refused, naming the first's pid. The lock is ``.<name>.chdl-writer.lock``
+    beside OUT (:func:`chdl.locks.take_lock`; OUT itself may not exist yet, or be replaced); none for an fsspec URL."""
+    if "://" in str(out):  # (a upath.UPath is a pathlib.Path too)
+        yield
+        return
+    lock = out.parent / f".{out.name}.chdl-writer.lock"
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fd = take_lock(lock)
+    except LockHeld as e:
+        raise CurateError(f"{out}: in use by another chdl process writing it (pid {e.pid}); wait for it to end or "
+                          "stop it") from None
+    except OSError as e:
+        raise CurateError(f"{out}: cannot create the dataset's folder ({e.strerror or e})") from None
+    try:
+        yield
+    finally:
+        release_lock(lock, fd)
 
 
 def _curate(source: str | os.PathLike, out: str | os.PathLike, cfg: CurateConfig, workers: int, cluster, *,

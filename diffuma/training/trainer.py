@@ -29,8 +29,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import errno
-import fcntl
 import math
 import os
 import random
@@ -49,6 +47,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 import chdl
+from chdl.locks import LockHeld, take_lock
 from diffuma.evaluation import BASELINES, autocast, evaluate, result_key
 from diffuma.training.budget import CALIBRATION_STEPS, REPLAN_FRACTION, planned_total_steps, step_time_estimate
 from diffuma.training.checkpoint import (CheckpointError, atomic_write_text, load_checkpoint, load_weights,
@@ -113,29 +112,17 @@ def check_run_folder(out: Path) -> None:
 
 def claim_run_folder(out: Path) -> int:
     """Creates the run folder ``out`` if needed and takes its lock for as long as the returned descriptor is open:
-    an exclusive POSIX lock (``fcntl.lockf``) on ``out/.chdl-train.lock``, which holds this process's pid. The OS
-    drops it when the process ends, however it ends (SIGKILL too), and, unlike ``flock``, the DataLoader workers
-    forked from the process do not share it (a killed trainer's workers never keep its folder locked). Being
-    per process, it does not refuse a second claim from the same process. RunFolderError when the folder cannot
-    be created (naming the OS's reason) or another process holds the lock (naming its pid). On a filesystem
-    without lock support the folder is not locked."""
+    :func:`chdl.locks.take_lock` on ``out/.chdl-train.lock`` (held by this process only, not by its DataLoader
+    workers; dropped when it ends, SIGKILL too). RunFolderError when the folder cannot be created (naming the OS's
+    reason) or another process holds the lock (naming its pid)."""
     try:
         out.mkdir(parents=True, exist_ok=True)
-        fd = os.open(out / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        return take_lock(out / LOCK_FILE)
+    except LockHeld as e:
+        raise RunFolderError(f"{out}: the folder is in use by another chdl train (pid {e.pid}); wait for it to "
+                             "end or stop it, or choose another --out") from None
     except OSError as e:
         raise RunFolderError(f"{out}: cannot create the run folder ({e.strerror or e})") from None
-    try:
-        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as e:
-        if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-            return fd  # no lock support here (ENOLCK): unlocked, as before
-        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
-        os.close(fd)
-        raise RunFolderError(f"{out}: the folder is in use by another chdl train (pid {holder}); wait for it to "
-                             "end or stop it, or choose another --out") from None
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-    return fd
 
 
 def seed_everything(seed: int) -> None:

@@ -530,3 +530,27 @@ def test_resuming_with_other_arguments_names_the_command_that_made_the_dataset(t
     assert r.exit_code == 1 and r.output.strip().splitlines()[-1] == (
         f"Error: {out}: an incomplete dataset made from other inputs or settings (by chdl curate raw d.zarr "
         "--config mine.yaml); rerun that command to resume, or use --overwrite to start anew")
+
+
+def test_a_second_curate_on_the_same_output_is_refused_while_the_first_runs(tmp_path):
+    """Two curates on one OUT both exited 0: the second resumed (or, with --overwrite, replaced) the dataset the first
+    was writing, and the first printed counts of a dataset that was no longer on disk."""
+    import os
+    import time
+
+    write_run(tmp_path / "raw" / "r", lanes=200)
+    out = tmp_path / "d.zarr"
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("sequences_per_shard: 4\n")
+    first = subprocess.Popen([sys.executable, "-m", "chdl", "curate", str(tmp_path / "raw"), str(out), "--config",
+                              str(cfg), "-q"], stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    lock = tmp_path / ".d.zarr.chdl-writer.lock"
+    deadline = time.monotonic() + 60
+    while not lock.exists() and first.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    for extra in ([], ["--overwrite"]):
+        second = _curate(tmp_path / "raw", out, "--config", str(cfg), *extra, ok=False)
+        _one_line_error(second, f"{out}: in use by another chdl process writing it (pid {first.pid}); wait for it")
+    assert first.wait(timeout=300) == 0, first.stderr.read()
+    assert not lock.exists()  # removed by the first when it ended
+    assert _curate(tmp_path / "raw", out, "--config", str(cfg), "--overwrite").exit_code == 0  # free again

@@ -1,0 +1,52 @@
+"""Exclusive locks that keep two chdl processes from writing one output (a training run folder, a dataset).
+
+A lock is a POSIX record lock (``fcntl.lockf``) on a small file holding the holder's pid. The OS drops it when
+the process ends, however it ends (SIGKILL too), so a killed writer never leaves its output locked; and, unlike
+``flock``, processes forked from the holder (DataLoader workers, a curate pool) do not share it. Being per
+process, a second claim from the same process is not refused. On a filesystem without lock support (ENOLCK)
+nothing is locked, as before locks existed.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+from pathlib import Path
+
+
+class LockHeld(RuntimeError):
+    """Another process holds the lock; ``pid`` is what it wrote into the lock file ("unknown" if nothing)."""
+
+    def __init__(self, path: Path, pid: str):
+        super().__init__(f"{path}: locked by pid {pid}")
+        self.path, self.pid = path, pid
+
+
+def take_lock(path: Path) -> int:
+    """Open ``path`` (created if needed, mode 0644) and take its exclusive lock, held while the returned descriptor is
+    open; the file then holds this process's pid. Raises :class:`LockHeld` if another process holds it, OSError
+    if the file cannot be created."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+        if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            return fd  # no lock support here (ENOLCK): unlocked
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise LockHeld(path, holder) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
+def release_lock(path: Path, fd: int) -> None:
+    """Remove the lock file ``path`` and drop the lock ``fd`` (:func:`take_lock`), in that order: a process waiting
+    for it then finds no file and takes a new one. (A process that opened the file just before it was removed can
+    still take its lock; it then holds a lock no one else checks, the race every lock file that is removed has.)"""
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+    os.close(fd)
