@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 import platform
+import sys
 import threading
 import uuid
 from typing import Any, Callable, Iterable, Iterator
@@ -124,9 +126,31 @@ def _versions() -> dict[str, str]:
 
     import chdl
 
-    return {"chdl": chdl.__version__, "numpy": numpy.__version__, "scipy": scipy.__version__,
-            "zarr": zarr.__version__, "numcodecs": numcodecs.__version__, "opencv": cv2.__version__,
-            "python": ".".join(platform.python_version_tuple()[:2])}
+    return {"chdl": chdl.__version__, "chdl code": _code_fingerprint(), "numpy": numpy.__version__,
+            "scipy": scipy.__version__, "zarr": zarr.__version__, "numcodecs": numcodecs.__version__,
+            "opencv": cv2.__version__, "python": ".".join(platform.python_version_tuple()[:2])}
+
+
+@functools.lru_cache(maxsize=1)
+def _code_fingerprint() -> str:
+    """A BLAKE3 digest (16 hex digits) of the source of the packages whose code decides the bytes a task writes
+    (acquisition, curation, chdl): two checkouts of one version with other edits differ here (workers started
+    from another tree passed the version check)."""
+    import importlib.util
+    from pathlib import Path
+
+    import blake3
+
+    h = blake3.blake3()
+    for package in ("acquisition", "curation", "chdl"):
+        spec = importlib.util.find_spec(package)
+        root = Path(spec.origin).parent if spec and spec.origin else None
+        if root is None:
+            continue
+        for f in sorted(root.rglob("*.py")):
+            h.update(f"{package}/{f.relative_to(root).as_posix()}\0".encode())
+            h.update(f.read_bytes())
+    return h.hexdigest()[:16]
 
 
 def _missing(paths: list[str]) -> list[str]:
@@ -166,9 +190,15 @@ class Cluster:
         return len(self.client.scheduler_info(n_workers=-1)["workers"])
 
     def check_versions(self) -> None:
-        """ClusterError naming the first worker whose package versions differ from this process's."""
+        """ClusterError naming the first worker whose package versions (or chdl code) differ from this process's,
+        or that cannot tell (chdl does not import there)."""
         mine = _versions()
-        for worker, theirs in sorted(self.client.run(_versions).items()):
+        try:
+            reports = self.client.run(_versions)
+        except Exception as e:  # raised on a worker: e.g. chdl (or one of the packages) does not import there
+            raise ClusterError(f"{self.spec}: a worker could not report its package versions ({type(e).__name__}: "
+                               f"{e}); does chdl import on every worker?".replace("\n", " ")) from None
+        for worker, theirs in sorted(reports.items()):
             diff = [f"{k} {theirs.get(k)} (here {v})" for k, v in mine.items() if theirs.get(k) != v]
             if diff:
                 raise ClusterError(f"{self.spec}: worker {worker} runs {', '.join(diff)}; "
@@ -189,6 +219,8 @@ class Cluster:
         initializer; ``fn``, ``init`` and ``ctx`` must pickle). An exception in a task is raised here;
         a task that was running on a lost worker is rerun elsewhere. Tasks not yet started are
         cancelled if the caller stops early."""
+        from concurrent.futures import CancelledError
+
         from distributed import KilledWorker, as_completed
 
         token = uuid.uuid4().hex
@@ -196,13 +228,20 @@ class Cluster:
         futures = [self.client.submit(_run_task, fn, t, init, ctx, token, key=f"chdl-{name}-{i}-{token}", pure=False)
                    for i, t in enumerate(tasks)]
         try:
-            for _, result in as_completed(futures, with_results=True):
+            for future, result in as_completed(futures, with_results=True):
+                if future.cancelled() or isinstance(result, CancelledError):  # (handed back, not raised)
+                    raise ClusterError(f"{self.spec}: the Dask scheduler cancelled the work (it was lost or "
+                                       "restarted)")
                 yield result
         except KilledWorker as e:
             raise ClusterError(f"{self.spec}: task {e.task} was running on {e.allowed_failures + 1} workers "
                                "that died; see the worker logs") from None
+        except (CancelledError, OSError, TimeoutError) as e:  # the scheduler died or is unreachable mid-run
+            raise ClusterError(f"{self.spec}: lost the Dask scheduler ({type(e).__name__}: {e})".replace("\n", " ")) \
+                from None
         finally:
-            self.client.cancel(futures)
+            with contextlib.suppress(Exception):  # (nothing to cancel on a scheduler that is gone)
+                self.client.cancel(futures)
 
 
 def local_cluster(n_workers: int):
@@ -223,11 +262,70 @@ def local_cluster(n_workers: int):
                             config=config)
 
 
+def _client(spec: str):
+    """A ``distributed.Client`` of the scheduler at ``spec``, or ClusterError (one line) if none answers as a Dask
+    scheduler within CONNECT_TIMEOUT_S. The client is made in a thread that is given up on after that time: its own
+    timeout does not cover every way a wrong address fails (an HTTP server at that port kept it waiting for ever;
+    a server that sends something else made it read a length of 2.8 EiB and fail with MemoryError)."""
+    from distributed import Client
+
+    box: dict = {}
+
+    def make():
+        try:
+            box["client"] = Client(spec, timeout=CONNECT_TIMEOUT_S)
+        except BaseException as e:  # handed to the waiting thread
+            box["error"] = e
+
+    thread = threading.Thread(target=make, name="chdl-dask-connect", daemon=True)
+    thread.start()
+    thread.join(CONNECT_TIMEOUT_S + 5)
+    if thread.is_alive():
+        raise ClusterError(f"{spec}: no answer from a Dask scheduler within {CONNECT_TIMEOUT_S} s (something else "
+                           "listens there?)")
+    if "error" in box:
+        e = box["error"]
+        if isinstance(e, KeyboardInterrupt):
+            raise e
+        raise ClusterError(f"{spec}: cannot reach the Dask scheduler ({type(e).__name__}: {e})".replace("\n", " ")) \
+            from None
+    return box["client"]
+
+
 @contextlib.contextmanager
-def connect(spec: str) -> Iterator[Cluster]:
+def connect(spec: str, log: Callable[[str], None] | None = None) -> Iterator[Cluster]:
     """A :class:`Cluster` for ``--scheduler`` ``spec``: ``local:N`` (a LocalCluster of N worker
     processes, one thread each, on 127.0.0.1 without dashboard, closed on exit) or a scheduler address.
-    ClusterError if it cannot be used (bad spec, unreachable, no workers, other versions)."""
+    ClusterError if it cannot be used (bad spec, unreachable or not a Dask scheduler, no workers, other versions).
+    ``log``: where to say that it waits for a worker to join (default stderr)."""
+    log = log or (lambda msg: print(msg, file=sys.stderr))
+    with _quiet_client_logs():
+        yield from _connect(spec, log)
+
+
+@contextlib.contextmanager
+def _quiet_client_logs():
+    """The client side's own logs of a lost scheduler (a reconnect traceback from ``distributed.client``) are
+    silenced while chdl holds a client: the command says what happened in one line (ClusterError)."""
+    import logging
+
+    import importlib
+
+    with contextlib.suppress(ImportError):
+        importlib.import_module("distributed")  # (its import sets these loggers' levels: set ours after it)
+    loggers = [logging.getLogger(n) for n in ("distributed.client", "distributed.comm", "distributed.core",
+                                              "distributed.batched")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
+def _connect(spec: str, log: Callable[[str], None]) -> Iterator[Cluster]:
     try:
         from distributed import Client
     except ImportError:
@@ -242,11 +340,10 @@ def connect(spec: str) -> Iterator[Cluster]:
         else:
             if "://" not in spec:
                 raise ClusterError(f"--scheduler {spec}: expected tcp://HOST:PORT (a Dask scheduler) or local:N")
+            client = stack.enter_context(_client(spec))
             try:
-                client = stack.enter_context(Client(spec, timeout=CONNECT_TIMEOUT_S))
-            except (OSError, TimeoutError, ValueError) as e:
-                raise ClusterError(f"{spec}: cannot reach the Dask scheduler ({type(e).__name__}: {e})".replace("\n", " ")) from None
-            try:
+                if not client.scheduler_info()["workers"]:
+                    log(f"waiting up to {WORKERS_TIMEOUT_S} s for a Dask worker to join the scheduler at {spec}")
                 client.wait_for_workers(1, timeout=WORKERS_TIMEOUT_S)
             except TimeoutError:
                 raise ClusterError(f"{spec}: no Dask worker joined the scheduler within {WORKERS_TIMEOUT_S} s") from None

@@ -37,7 +37,7 @@ import numpy as np
 from tqdm import tqdm
 
 from acquisition.raw import RawFormatError, Recording
-from chdl.cluster import WorkerDied, pool_map_unordered
+from chdl.cluster import ClusterError, pool_map_unordered
 from chdl.locks import LockHeld, release_lock, take_lock
 from chdl.dataset import SPLIT_EXCLUDED, DatasetFormatError, DatasetWriter, dataset_path, refuse_non_dataset
 from curation import qc
@@ -328,7 +328,7 @@ def curate(source: str | os.PathLike, out: str | os.PathLike, cfg: CurateConfig,
             return _curate(source, out, cfg, workers, None, **options)
         from chdl.cluster import connect
 
-        with connect(scheduler) as cluster:
+        with connect(scheduler, options.get("log")) as cluster:
             return _curate(source, out, cfg, 1, cluster, **options)
 
 
@@ -416,8 +416,8 @@ def _curate(source: str | os.PathLike, out: str | os.PathLike, cfg: CurateConfig
         try:
             for run, scores in _run_tasks(_calibration_task, _calibration_sample(plan, cfg), ctx, workers, cluster):
                 per_run.setdefault(run, []).append(scores)
-        except WorkerDied as e:
-            raise CurateError(f"{e} while measuring the run baselines; nothing was written to {out}") from None
+        except ClusterError as e:  # a dead pool worker, a lost scheduler
+            raise CurateError(f"{e}, while measuring the run baselines; nothing was written to {out}") from None
         baselines = [qc.calibrate(per_run.get(r, [])) for r in range(len(plan.runs))]
         thresholds = _thresholds(cfg, baselines)
         provenance = {
@@ -455,7 +455,7 @@ def _curate(source: str | os.PathLike, out: str | os.PathLike, cfg: CurateConfig
     try:
         done, pending, summary = _write(plan, cfg, writer, ctx, out, html_path, json_path, workers, progress, timings,
                                         cluster, log)
-    except WorkerDied as e:
+    except ClusterError as e:  # a dead pool worker, a lost scheduler, a task that killed its workers
         raise CurateError(f"{e}; {out} keeps the shards finished so far: rerun the same command to resume") from None
     except OSError as e:  # disk full, permissions, a vanished folder: what is written so far stays resumable
         where = e.filename or out

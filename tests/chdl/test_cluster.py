@@ -43,6 +43,40 @@ def test_unreachable_scheduler_is_a_one_line_error(tmp_path, monkeypatch):
     _one_line_error(r, f"tcp://127.0.0.1:{port}", "cannot reach the Dask scheduler")
 
 
+@pytest.mark.parametrize("greeting", [b"SSH-2.0-OpenSSH_9.6\r\n", None])
+def test_a_server_that_is_not_a_dask_scheduler_is_a_one_line_error(tmp_path, monkeypatch, greeting):
+    """Something else listening at the address: a server that greets (it made the client read a 2.8 EiB length and
+    fail with a MemoryError traceback) or one that waits for the client to speak (an HTTP server: a hang for ever)."""
+    import socket
+    import threading
+
+    server = socket.create_server(("127.0.0.1", 0))
+    port = server.getsockname()[1]
+    conns = []
+
+    def serve():
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            conns.append(conn)
+            if greeting:
+                conn.sendall(greeting)
+
+    threading.Thread(target=serve, daemon=True).start()
+    monkeypatch.setattr(cl, "CONNECT_TIMEOUT_S", 1)
+    try:
+        r = CliRunner().invoke(main, ["curate", str(tmp_path), str(tmp_path / "o.zarr"), "--scheduler",
+                                      f"tcp://127.0.0.1:{port}"])
+    finally:
+        server.close()
+        for c in conns:
+            c.close()
+    _one_line_error(r, f"tcp://127.0.0.1:{port}: ")
+    assert "Traceback" not in r.output and not (tmp_path / "o.zarr").exists()
+
+
 def test_workers_and_scheduler_together_are_refused(tmp_path):
     r = CliRunner().invoke(main, ["curate", str(tmp_path), str(tmp_path / "o.zarr"), "--workers", "2",
                                   "--scheduler", "local:2"])
@@ -98,6 +132,12 @@ def test_checks_name_the_worker(dask_cluster, tmp_path, monkeypatch):
     c.check_versions()
     monkeypatch.setattr(chdl, "__version__", "0.0.0-other")
     with pytest.raises(cl.ClusterError, match=r"worker tcp://127\.0\.0\.1:\d+ runs chdl .* \(here 0\.0\.0-other\)"):
+        c.check_versions()
+    monkeypatch.undo()
+    # the same version number from another tree (other code) is refused too: it passed before
+    monkeypatch.setattr(cl, "_code_fingerprint", lambda: "0123456789abcdef")
+    with pytest.raises(cl.ClusterError, match=r"worker tcp://127\.0\.0\.1:\d+ runs chdl code [0-9a-f]{16} \(here "
+                                              r"0123456789abcdef\)"):
         c.check_versions()
 
 
