@@ -80,6 +80,12 @@ def train(data, config_name, overrides, out, resume, quiet):
         raw = read_config(config_name, overrides) if config_name else None
     except ConfigError as e:
         raise _fail(e) from None
+    from diffuma.output_folder import check_apart_from_input
+
+    try:  # a run inside its dataset: eval refused its default folder, and curate --overwrite deleted the run
+        check_apart_from_input(out, data)
+    except ValueError as e:
+        raise click.ClickException(str(e)) from None
     reader = open_verified_dataset(data, "all", quiet=quiet or not main_rank)
     if main_rank and len(reader.indices("val")) == 0:
         click.echo(f"warning: {data} has no validation sequences: training without validation (no val metrics, "

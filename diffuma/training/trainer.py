@@ -27,6 +27,7 @@ signal aborts at once. A resume then ends exactly where an uninterrupted run wou
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import math
@@ -47,7 +48,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 import chdl
-from chdl.locks import LockHeld, take_lock
+from chdl.locks import LockHeld, release_lock, take_lock
 from diffuma.evaluation import BASELINES, autocast, evaluate, result_key
 from diffuma.training.budget import CALIBRATION_STEPS, REPLAN_FRACTION, planned_total_steps, step_time_estimate
 from diffuma.training.checkpoint import (CheckpointError, atomic_write_text, load_checkpoint, load_weights,
@@ -93,10 +94,18 @@ class TrainingInterrupted(KeyboardInterrupt):
         self.step, self.checkpoint = step, checkpoint
 
 
-def check_run_folder(out: Path) -> None:
+# what a run folder holds (RUN_FILES in chdl/cli/train.py, the lock, eval/ and predict/ outputs): a fresh run
+# starts only in a folder that holds nothing else
+RUN_FOLDER_ENTRIES = {"checkpoints", "config.yaml", "steps.csv", "epochs.csv", "training_dynamics.png", "tensorboard",
+                      "eval", LOCK_FILE}
+
+
+def check_run_folder(out: Path, resume: bool = False) -> None:
     """RunFolderError when ``out`` cannot be a run folder: a file, a chdl/zarr dataset (zarr.json), or a raw
     recording (manifest.json + frames.jsonl) -- the trainer would write its files into them -- or a run folder
-    another trainer holds (:func:`claim_run_folder`)."""
+    another trainer holds (:func:`claim_run_folder`). For a fresh run (not ``resume``) also FileExistsError when
+    it holds a run's checkpoints (``last.pt`` or only ``best.pt``/``epoch_*.pt``: a fresh run replaced them and
+    its logs) or files that are not a run's (a fresh run scattered its files among them)."""
     if out.exists() and not out.is_dir():
         raise RunFolderError(f"{out}: cannot create the run folder (a file of that name exists)")
     if (out / "zarr.json").is_file():
@@ -108,6 +117,19 @@ def check_run_folder(out: Path) -> None:
     # it takes the lock): two ranks probing at once found each other's probe ("in use by another chdl train")
     if int(os.environ.get("RANK", "0")) == 0 and (out / LOCK_FILE).is_file():
         os.close(claim_run_folder(out))  # (closing it drops this process's lock: fit has not taken it yet)
+    if resume or not out.is_dir():
+        return
+    saved = sorted(p.name for p in (out / "checkpoints").glob("*.pt")) if (out / "checkpoints").is_dir() else []
+    if "last.pt" in saved:
+        raise FileExistsError(f"{out}: already holds a run (checkpoints/last.pt); pass --resume to continue it or "
+                              "choose another --out")
+    if saved:
+        raise FileExistsError(f"{out}: already holds a run's checkpoints ({', '.join(saved[:3])}) but no last.pt to "
+                              "resume from; choose another --out (or move that run away to start anew here)")
+    others = sorted(p.name for p in out.iterdir() if p.name not in RUN_FOLDER_ENTRIES)
+    if others:
+        raise FileExistsError(f"{out}: holds files that are not a chdl run's ({', '.join(others[:3])}"
+                              f"{', ...' if len(others) > 3 else ''}); choose another --out (an empty or new folder)")
 
 
 def claim_run_folder(out: Path) -> int:
@@ -246,6 +268,7 @@ class Trainer:
     def __init__(self, model: nn.Module, config: dict, train_set, val_set, out: str | Path, data_info: dict,
                  progress: bool = True):
         self.config = config
+        self.lock_fd: int | None = None  # the run folder's lock when build_trainer took it (fit takes it otherwise)
         self.run = run_config_from_dict(config["run"])
         self.out = Path(out)
         self.data_info = data_info
@@ -467,7 +490,9 @@ class Trainer:
         stop_after_steps: return abruptly after this many steps of this call without saving anything —
         what a killed process leaves behind (used by the resume tests).
         """
-        lock = claim_run_folder(self.out) if self.dist.main else None
+        lock, self.lock_fd = self.lock_fd, None  # taken by build_trainer, or here
+        if lock is None and self.dist.main:
+            lock = claim_run_folder(self.out)
         try:
             return self._fit_locked(resume, stop_after_steps)
         finally:
@@ -742,7 +767,27 @@ def build_trainer(config: dict | None, data: str | Path, out: str | Path, resume
                   progress: bool = True) -> Trainer:
     """The Trainer ``train_from_config`` runs: resolved config, dataset, seeded model. See there."""
     out = Path(out)
-    check_run_folder(out)
+    check_run_folder(out, resume)
+    # the folder is claimed now, not when fit starts: a second trainer in between (building a model takes seconds)
+    # found no lock and was told "nothing to resume" or started over the first
+    created = not out.exists()
+    lock = claim_run_folder(out) if int(os.environ.get("RANK", "0")) == 0 else None
+    try:
+        trainer = _build_trainer(config, data, out, resume, progress)
+    except BaseException:
+        if lock is not None:
+            if created:  # nothing but the lock was written: leave no folder behind
+                release_lock(out / LOCK_FILE, lock)
+                with contextlib.suppress(OSError):
+                    out.rmdir()
+            else:
+                os.close(lock)
+        raise
+    trainer.lock_fd = lock
+    return trainer
+
+
+def _build_trainer(config: dict | None, data: str | Path, out: Path, resume: bool, progress: bool) -> Trainer:
     if resume:
         last = out / "checkpoints" / "last.pt"
         if not last.is_file():

@@ -53,7 +53,11 @@ def test_overwrite_never_deletes_what_is_not_a_dataset_nor_the_input(tmp_path, v
     (inside / "clip.avi").write_bytes(video.read_bytes())  # a dataset folder holding the input
     assert _error(chdl("import", "video", inside / "clip.avi", "--out", inside, "--overwrite", "-q")) == \
         f"Error: {inside}: holds the input {inside / 'clip.avi'}; choose another --out"
-    # a dataset is still replaced, as --overwrite says
+    # a dataset is still replaced, as --overwrite says, once it holds nothing but the dataset
+    assert _error(chdl("import", "video", video, "--out", inside, "--overwrite", "--size", "24x32", "-q")) == \
+        f"Error: {inside}: a dataset that also holds other files (clip.avi); refusing to delete them even with " \
+        "--overwrite (move them out first)"
+    (inside / "clip.avi").unlink()
     r = chdl("import", "video", video, "--out", inside, "--overwrite", "--size", "24x32", "-q")
     assert r.returncode == 0, r.stderr
     assert tuple(open_dataset(inside).summary()["shape"][-2:]) == (24, 32)

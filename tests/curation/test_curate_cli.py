@@ -109,6 +109,16 @@ def test_refuses_to_overwrite(raw, curated, tmp_path):
     for extra in ([], ["--overwrite"]):
         r = CliRunner().invoke(main, ["curate", str(raw[0]), str(other), "--quiet", *extra])
         assert r.exit_code == 1 and "not a" in r.output and (other / "precious.txt").exists()
+    # a dataset that holds someone's files (a training run put inside it) is not deleted either
+    import shutil
+
+    holder = tmp_path / "holder.zarr"
+    shutil.copytree(curated, holder)
+    (holder / "run" / "checkpoints").mkdir(parents=True)
+    (holder / "run" / "checkpoints" / "last.pt").write_bytes(b"weights")
+    r = CliRunner().invoke(main, ["curate", str(raw[0]), str(holder), "--quiet", "--overwrite"])
+    _one_line_error(r, f"{holder}: a dataset that also holds other files (run); refusing to delete them")
+    assert (holder / "run" / "checkpoints" / "last.pt").read_bytes() == b"weights"
 
 
 def test_overwrite_workers_and_resume_give_the_same_dataset(raw, curated, tmp_path, monkeypatch):

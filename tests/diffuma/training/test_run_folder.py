@@ -175,7 +175,7 @@ def test_an_out_that_cannot_be_a_run_folder_is_one_line(standin, tiny_dataset, t
     code, msg = _train(["--data", tiny_dataset, "--config", cfg, "--out", data])
     assert (code, msg) == (1, f"Error: {data}: a dataset (it holds zarr.json), not a run folder; choose another --out")
     code, msg = _train(["--data", data, "--out", data, "--resume"])
-    assert code == 1 and msg.startswith(f"Error: {data}: a dataset (it holds zarr.json)"), msg
+    assert (code, msg) == (1, f"Error: {data}: is the input {data}; choose another --out")
     assert not (data / "checkpoints").exists() and not (data / "config.yaml").exists()
     rec = tmp_path / "rec"
     rec.mkdir()
@@ -185,6 +185,55 @@ def test_an_out_that_cannot_be_a_run_folder_is_one_line(standin, tiny_dataset, t
     assert (code, msg) == (1, f"Error: {rec}: a raw recording (it holds manifest.json and frames.jsonl), not a run "
                               "folder; choose another --out")
     assert sorted(p.name for p in rec.iterdir()) == ["frames.jsonl", "manifest.json"]
+
+
+def test_a_fresh_run_starts_only_in_a_new_empty_or_unfinished_run_folder(standin, tiny_dataset, tmp_path):
+    """A fresh run replaced a run that had best.pt but no last.pt (its checkpoints and logs), scattered its files
+    among someone's files, and went into its own dataset (where curate --overwrite later deleted it)."""
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump(_config(epochs=1)))
+    old = tmp_path / "old"
+    (old / "checkpoints").mkdir(parents=True)
+    (old / "checkpoints" / "best.pt").write_bytes(b"a SimVP run's weights")
+    assert _train(["--data", tiny_dataset, "--config", cfg, "--out", old]) == (
+        1, f"Error: {old}: already holds a run's checkpoints (best.pt) but no last.pt to resume from; choose another "
+           "--out (or move that run away to start anew here)")
+    assert (old / "checkpoints" / "best.pt").read_bytes() == b"a SimVP run's weights"
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "README.txt").write_text("mine")
+    code, msg = _train(["--data", tiny_dataset, "--config", cfg, "--out", notes])
+    assert (code, msg) == (1, f"Error: {notes}: holds files that are not a chdl run's (README.txt); choose another "
+                              "--out (an empty or new folder)")
+    assert [p.name for p in notes.iterdir()] == ["README.txt"]
+    inside = tiny_dataset / "run"
+    code, msg = _train(["--data", tiny_dataset, "--config", cfg, "--out", inside])
+    assert (code, msg) == (1, f"Error: {inside}: is inside the input {tiny_dataset}; choose another --out")
+    assert not inside.exists()
+    # a run killed before its first checkpoint (logs, no checkpoint) starts again in its folder, as before
+    unfinished = tmp_path / "unfinished"
+    (unfinished / "checkpoints").mkdir(parents=True)
+    (unfinished / "config.yaml").write_text("{}")
+    (unfinished / "steps.csv").write_text("step\n")
+    assert _train(["--data", tiny_dataset, "--config", cfg, "--out", unfinished])[0] == 0
+    assert (unfinished / "checkpoints" / "last.pt").is_file()
+
+
+def test_the_folder_is_held_from_the_moment_the_trainer_is_built(standin, tiny_dataset, tmp_path):
+    """A --resume (or a fresh start) in the seconds between a trainer's start and its training loop found no lock:
+    'nothing to resume', or a second run over the first."""
+    from diffuma.training.trainer import build_trainer
+
+    run = tmp_path / "run"
+    trainer = build_trainer(_config(), tiny_dataset, run, progress=False)  # built, not yet fitting
+    cli = standin_cli("train", "--data", tiny_dataset, "--out", run, "--resume", "-q", threads=1)
+    p = subprocess.run(cli, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 1 and p.stderr.strip() == (
+        f"Error: {run}: the folder is in use by another chdl train (pid {os.getpid()}); wait for it to end or stop it, "
+        "or choose another --out"), p.stderr
+    trainer.fit()  # the built trainer trains on (its lock is the one it took when built), then lets go
+    p = subprocess.run(cli, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
