@@ -69,7 +69,7 @@ class RunConfig(StrictConfig):
     # "auto" (bf16 if supported, else fp16+GradScaler; fp32 on CPU) | "bf16" | "fp16" | "fp32"
     precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
     ema_decay: Annotated[float, Field(gt=0, lt=1)] | None = None  # EMA of the weights with this decay; None = off
-    seed: int = 0  # seeds weights, data order and the model's noise; CPU runs are bit-reproducible
+    seed: Annotated[int, Field(ge=0, le=2**32 - 1)] = 0  # seeds weights, data order and the model's noise (NumPy takes 0..2**32-1); CPU runs are bit-reproducible
     device: Literal["auto", "cpu", "cuda"] = "auto"  # "auto" = cuda if available
     # --- validation, logging, checkpoints ---
     val_every_epochs: NonNegativeInt = 1  # validate (MSE/MAE/SSIM/PSNR) every N epochs; 0 = never
@@ -118,17 +118,22 @@ def validate_model_section(m: dict, source: str = "", blame: dict | None = None)
     from diffuma.models import registry
 
     at = f"{source}: " if source else ""
+    blame = blame or {}
+
+    def where(key: str) -> str:  # the --set option that gave the key, else the file
+        return f"{blame[('model', key)]}: " if ("model", key) in blame else at
+
+    if isinstance(m, dict) and "name" in m and not isinstance(m["name"], str):
+        raise ConfigError(f"{where('name')}model.name: must be a model name (one of {', '.join(registry.list_models())}),"
+                          f" not {m['name']!r}")
     if not isinstance(m, dict) or not isinstance(m.get("name"), str):
         raise ConfigError(f"{at}model: must be a mapping with at least a 'name' "
                           f"(one of {', '.join(registry.list_models())})")
     name, preset = m["name"], m.get("preset", "default")
     if name not in registry.list_models():
-        raise ConfigError(f"{at}model.name: unknown model {name!r}{did_you_mean(name, registry.list_models())}")
+        raise ConfigError(f"{where('name')}model.name: unknown model {name!r}"
+                          f"{did_you_mean(name, registry.list_models())}")
     validate(_model_section_model(name), m, source, prefix=("model",), blame=blame)
-    blame = blame or {}
-
-    def where(key: str) -> str:  # the --set option that gave the key, else the file
-        return f"{blame[('model', key)]}: " if ("model", key) in blame else at
 
     if preset not in registry.list_presets(name):
         raise ConfigError(f"{where('preset')}model.preset: {preset!r} is not a preset of {name}"

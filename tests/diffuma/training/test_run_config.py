@@ -61,6 +61,11 @@ def test_yaml_file_with_overrides_resolves_every_run_field(standin, tmp_path):
      r"^--set model\.time_map=bogus: model \(diffuma/tiny\): time_map must be one of shared, full, got 'bogus'$"),
     ("model: {name: diffuma}\n", ["model.preset=tiny-mnist"],
      r"^--set model\.preset=tiny-mnist: model\.preset: 'tiny-mnist' is not a preset of diffuma \(did you mean 'tiny-mmnist'\?\)$"),
+    # the model's name from --set is blamed on the option (it was blamed on the file), as is a seed NumPy refuses
+    ("model: {name: standin}\n", ["model.name=nope"], r"^--set model\.name=nope: model\.name: unknown model 'nope'"),
+    ("model: {name: standin}\n", ["model.name=3"], r"^--set model\.name=3: model\.name: must be a model name \(one of "),
+    ("model: {name: standin}\n", ["run.seed=-1"], r"^--set run\.seed=-1: run\.seed: must be >= 0, got -1$"),
+    ("model: {name: standin}\nrun: {seed: 4294967296}\n", [], r"c\.yaml: run\.seed: must be <= 4294967295"),
     ("model: {name: standin}\n", ["lr=1"], r"key must be model.<field> or run.<field>"),
     ("model: {name: standin}\n", ["run.lr"], r"expected key=value"),
     ("model: [1, 2\n", [], r"c\.yaml: malformed YAML"),
