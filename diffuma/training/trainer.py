@@ -547,7 +547,9 @@ class Trainer:
                     bar.update(1)
                     bar.set_postfix(loss=f"{loss:.4g}", lr=f"{self.optimizer.param_groups[0]['lr']:.2e}",
                                     seq_s=f"{rate:.1f}")
-                    if self.dist.main and self.step % self.run.log_every_steps == 0:
+                    last_step = self.step >= self.total_steps or self.budget_spent()
+                    # every log_every_steps-th step, and the last one (a run shorter than log_every_steps logged none)
+                    if self.dist.main and (self.step % self.run.log_every_steps == 0 or last_step):
                         row = {"step": self.step, "epoch": self.epoch + 1, "loss": loss,
                                "lr": self.optimizer.param_groups[0]["lr"], "grad_norm": grad_norm,
                                "samples_per_s": rate, "elapsed_s": now - t0, **logs}
@@ -562,7 +564,7 @@ class Trainer:
                     if stop_after_steps is not None and done_now >= stop_after_steps:
                         bar.close()
                         return self.out  # simulated kill: nothing more is written
-                    if self.step >= self.total_steps or self.budget_spent():
+                    if last_step:
                         break
                     self._start_step_clock()
                 bar.close()

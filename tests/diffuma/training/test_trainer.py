@@ -314,3 +314,14 @@ def test_a_stop_signal_is_acknowledged_at_once_naming_what_it_waits_for(standin,
     quiet = build_trainer(_config(epochs=1), tiny_dataset, tmp_path / "quiet", progress=False)
     quiet._on_stop_signal(signal.SIGINT, None)
     assert capsys.readouterr().err == ""
+
+
+def test_the_last_step_is_logged_even_off_the_logging_interval(standin, tiny_dataset, tmp_path):
+    """log_every_steps 5 on a 6-step run logs steps 5 and 6 (a run shorter than the interval logged nothing)."""
+    cfg = _config(epochs=4)
+    cfg["run"].update(log_every_steps=5, max_steps=6)
+    out = train_from_config(cfg, tiny_dataset, tmp_path / "run", progress=False)
+    assert [int(r["step"]) for r in _rows(out / "steps.csv")] == [5, 6]
+    cfg["run"].update(log_every_steps=10, max_steps=3)
+    out = train_from_config(cfg, tiny_dataset, tmp_path / "short", progress=False)
+    assert [int(r["step"]) for r in _rows(out / "steps.csv")] == [3]
