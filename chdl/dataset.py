@@ -775,21 +775,10 @@ class DatasetReader:
         S = int(self.attrs["sequences_per_shard"])
         return sorted({int(i) // S for i in sequences})
 
-    def verify(self, shards: Sequence[int] | None = None, *, progress: bool = False) -> VerifyResult:
-        """Read every file of ``shards`` (default: all) and compare its size and BLAKE3 digest with those recorded
-        when it was written; a missing file, a missing or unreadable record are problems too. Never raises for
-        damage: the result lists it (``problems``, ``bad_shards``, ``error()``). ``progress``: a tqdm bar of
-        bytes on stderr, once it has taken a second. A dataset without checksums has only the presence of its
-        ``frames`` files checked."""
-        from tqdm import tqdm
-
-        n = int(self.attrs["n_shards"])
-        shards = range(n) if shards is None else sorted({int(s) for s in shards if 0 <= int(s) < n})
-        wanted = set(shards)
-        if not self.has_checksums:
-            missing = [ShardProblem(s, k, "missing") for s, k in missing_shard_files(self.group, self.path) if s in wanted]
-            return VerifyResult(str(self.path), False, len(shards), 0, 0, missing)
-        present = _listing(self.path)
+    def _records(self, shards: Sequence[int], present: set[str]) -> tuple[dict[int, dict], list[ShardProblem]]:
+        """The checksum record of each of ``shards`` ({file key: {"blake3", "bytes"}}), and the problems seen without
+        reading a shard file: files missing from the listing ``present`` (the shard's arrays; those its record lists,
+        the originals of its reconstructed frames included), a missing or unreadable record."""
         problems: list[ShardProblem] = []
         records: dict[int, dict] = {}
         sums = self.group[CHECKSUMS]
@@ -808,6 +797,36 @@ class DatasetReader:
                 records[s] = record
             except (ValueError, DatasetFormatError):
                 problems.append(ShardProblem(s, key, "unreadable checksum record"))
+        return records, problems
+
+    def missing_files(self) -> list[tuple[int, str]]:
+        """``(shard, key)`` of every shard file that is not there, from one listing and the checksum records (no
+        shard file is read): :func:`missing_shard_files`, and with checksums also the files the records list (the
+        originals of reconstructed frames, which the listing alone cannot tell). What ``chdl info`` reports."""
+        if not self.has_checksums:
+            return missing_shard_files(self.group, self.path)
+        present = _listing(self.path)
+        records, problems = self._records(range(int(self.attrs["n_shards"])), present)
+        missing = {(p.shard, p.file) for p in problems if p.problem.startswith("missing")}
+        missing |= {(s, k) for s, r in records.items() for k in r if k not in present}
+        return sorted(missing)
+
+    def verify(self, shards: Sequence[int] | None = None, *, progress: bool = False) -> VerifyResult:
+        """Read every file of ``shards`` (default: all) and compare its size and BLAKE3 digest with those recorded
+        when it was written; a missing file, a missing or unreadable record are problems too. Never raises for
+        damage: the result lists it (``problems``, ``bad_shards``, ``error()``). ``progress``: a tqdm bar of
+        bytes on stderr, once it has taken a second. A dataset without checksums has only the presence of its
+        ``frames`` files checked."""
+        from tqdm import tqdm
+
+        n = int(self.attrs["n_shards"])
+        shards = range(n) if shards is None else sorted({int(s) for s in shards if 0 <= int(s) < n})
+        wanted = set(shards)
+        if not self.has_checksums:
+            missing = [ShardProblem(s, k, "missing") for s, k in missing_shard_files(self.group, self.path) if s in wanted]
+            return VerifyResult(str(self.path), False, len(shards), 0, 0, missing)
+        present = _listing(self.path)
+        records, problems = self._records(shards, present)
         total = sum(int(v.get("bytes", 0)) for r in records.values() for v in r.values() if isinstance(v, dict))
         files = done = 0
         # the bar shows once hashing has taken a second (no flash of a bar for a small dataset)

@@ -15,12 +15,10 @@ from chdl.dataset import DatasetFormatError, open_dataset
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 def info(path: str, as_json: bool) -> None:
     """Summarise the curated dataset at PATH: shape, splits, QC counts, provenance."""
-    from chdl.dataset import missing_shard_files
-
     try:
         reader = open_dataset(path, check_files=False)  # a dataset with missing files is summarised, then refused
         summary = reader.summary()
-        missing = missing_shard_files(reader.group, reader.path)
+        missing = reader.missing_files()
     except DatasetFormatError as e:
         raise click.ClickException(str(e)) from None
     summary["integrity"] = {"checksums": reader.has_checksums, "missing_files": [k for _, k in missing]}

@@ -564,3 +564,18 @@ def test_a_second_curate_on_the_same_output_is_refused_while_the_first_runs(tmp_
     assert first.wait(timeout=300) == 0, first.stderr.read()
     assert not lock.exists()  # removed by the first when it ended
     assert _curate(tmp_path / "raw", out, "--config", str(cfg), "--overwrite").exit_code == 0  # free again
+
+
+def test_info_finds_a_missing_original(curated, tmp_path):
+    """The original of a reconstructed frame deleted: `chdl verify` named it, `chdl info` said every shard file was
+    present (the listing alone does not say which originals a shard has; the checksum record does)."""
+    import shutil
+
+    bad = tmp_path / "bad.zarr"
+    shutil.copytree(curated, bad)
+    chunk = next(p for p in sorted((bad / "originals").rglob("*")) if p.is_file() and p.name != "zarr.json")
+    chunk.unlink()
+    key = chunk.relative_to(bad).as_posix()
+    r = CliRunner().invoke(main, ["info", str(bad)])
+    assert r.exit_code == 1 and "integrity    DAMAGED: 1 shard file(s) missing" in r.output, r.output
+    assert r.output.endswith(f"Error: {bad}: damaged: 1 shard file(s) missing (first: {key})\n"), r.output
