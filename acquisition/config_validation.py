@@ -158,7 +158,9 @@ def _problem(err: dict) -> str:
     kind, ctx, value = err["type"], err.get("ctx") or {}, err.get("input")
     got = f", got {value!r}"
     if kind == "string_type" and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return f"must be a string, got the number {value!r} (quote it in YAML: \"{value}\")"
+        # (the number is not what was written: YAML reads 0012 as 10 and 1e3 as 1000.0; no quoted suggestion from it)
+        return (f"must be a string, got the number {value!r} (YAML reads unquoted digits as a number: put the value "
+                "in quotes exactly as written, e.g. serial: \"0012\")")
     if kind in _TYPE_WORDS:
         return _TYPE_WORDS[kind] + got
     bounds = {"greater_than": "> {gt}", "greater_than_equal": ">= {ge}", "less_than": "< {lt}",
