@@ -232,9 +232,13 @@ def build_plan(source: str | os.PathLike, cfg: CurateConfig, bit_depth: int | No
         # (lane, position) -> record, later usable records replacing earlier ones (a re-shot position)
         by_lane: dict[int, dict[int, FrameRecord]] = {}
         problems: dict[tuple[int, int], str] = {}
+        lanes = (rec.manifest.get("plan") or {}).get("lanes")  # an int >= 1 where given (validate_manifest)
         for f in rec.frames:
             if f.position_index >= P:  # lane and position are >= 0 (acquisition.raw.validate_record)
                 warnings.append(f"{index_file}: frame {f.index} has lane {f.lane} / position {f.position_index} outside the plan ({P} positions); ignored")
+                continue
+            if lanes is not None and f.lane >= lanes:
+                warnings.append(f"{index_file}: frame {f.index} has lane {f.lane}, outside the plan ({lanes} lanes); ignored")
                 continue
             key = (f.lane, f.position_index)
             lane_map = by_lane.setdefault(f.lane, {})
@@ -250,13 +254,13 @@ def build_plan(source: str | os.PathLike, cfg: CurateConfig, bit_depth: int | No
             else:
                 why = _file_problem(rec, f)
             if why is not None:
-                if key not in lane_map:
+                if f.position_index not in lane_map:
                     problems[key] = why
                     if f.status != "dropped":
                         where = rec.path / f.file if f.file else index_file
                         warnings.append(f"{where}: {why}; frame {f.index} (lane {f.lane}, position {f.position_index}) treated as missing")
                 continue
-            if key in lane_map:
+            if f.position_index in lane_map:
                 warnings.append(f"{index_file}: lane {f.lane} position {f.position_index} recorded twice; using frame {f.index}")
             lane_map[key[1]] = f
             problems.pop(key, None)

@@ -61,6 +61,23 @@ def test_grouping_windows_and_missing_positions(tmp_path):
     assert not any("dropped" in w for w in plan.warnings)  # a dropped frame is routine, not a warning
 
 
+def test_a_position_recorded_twice_and_a_lane_outside_the_plan_are_warned(tmp_path):
+    """Frame 7 of lane 0 relabelled position 6 replaced frame 6 without a word (the check compared a (lane,
+    position) pair with the lane's positions), and a record of lane 9 in a 3-lane plan made a sequence of its own."""
+    run = tmp_path / "r"
+    write_run(run, lanes=3)
+    index = run / "frames.jsonl"
+    recs = [json.loads(line) for line in index.read_text().splitlines()]
+    recs[7]["position_index"] = 6
+    recs[15]["lane"] = 9
+    index.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    plan = build_plan(run, CurateConfig())
+    assert f"{index}: lane 0 position 6 recorded twice; using frame 7" in plan.warnings
+    assert f"{index}: frame 15 has lane 9, outside the plan (3 lanes); ignored" in plan.warnings
+    assert sorted({s.lane for s in plan.sequences}) == [0, 1, 2]
+    assert plan.sequences[0].records[6].index == 7 and plan.sequences[0].records[7] is None
+
+
 def test_twenty_positions_make_two_sequences_per_lane(tmp_path):
     run = tmp_path / "r"
     write_run(run, lanes=2)
