@@ -58,6 +58,7 @@ from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 
 from acquisition.raw import FORMAT_BITS  # pixel_format -> the bits it holds (the raw format's table)
+from chdl.locks import lock_holder
 
 if TYPE_CHECKING:  # annotations only: fsspec URLs (dataset_path) are universal_pathlib paths
     import upath
@@ -192,6 +193,12 @@ def _frames_shard_bound(frames_array: zarr.Array, frames: np.ndarray) -> int:
     """An upper bound on the size of :func:`_frames_shard_bytes` for ``frames``: blosc's worst case per
     chunk (the raw bytes plus its 16-byte header, plus a little) and the index."""
     return frames.nbytes + len(frames) * 64 + frames_array.shards[0] * 16 + 4
+
+
+def writer_lock_path(path: Path) -> Path:
+    """The lock file a process writing the dataset ``path`` holds (``chdl curate``: curation.pipeline), beside it:
+    the dataset itself may not exist yet, or be replaced."""
+    return path.parent / f".{path.name}.chdl-writer.lock"
 
 
 def marked_incomplete(path) -> bool:
@@ -513,7 +520,7 @@ class DatasetWriter:
         if path.exists() and not overwrite:
             what = "already exists"  # say what it is: an interrupted run of the same command is the usual case
             if marked_incomplete(path):
-                what = "already exists, an incomplete dataset (its writer was interrupted)"
+                what = "already exists, an incomplete dataset (its writer stopped before the end, or is still running)"
             raise FileExistsError(f"{path}: {what} (use --overwrite to replace it)")
         # A local dataset is built under a temporary name and renamed into place, so that a kill at any moment
         # leaves either no dataset (or the old one) or a complete empty layout; leftovers of a killed creation
@@ -909,16 +916,24 @@ def open_dataset(path: str | os.PathLike, *, check_files: bool = True) -> Datase
     group = _open_group(path, "r")
     attrs = group.attrs
     done = read_array(group["shard_done"], slice(None), path)
-    if not attrs.get("complete", False) or not done.all():
+    if attrs.get("complete", False) and not done.all():  # finalize checks every shard: a shard_done file is gone
+        first = int(np.flatnonzero(~done.astype(bool))[0])
+        raise DatasetFormatError(f"{path}: marked complete, but shard_done says shard {first} was not written (its "
+                                 f"file {_array_files(group['shard_done'], first)[0]} is missing or damaged); the "
+                                 "dataset is damaged on disk (restore the file or recreate the dataset)")
+    if not attrs.get("complete", False):
         # chdl curate resumes an incomplete dataset (its provenance holds the key it checks); the importers
         # start over (deterministic, they refuse an existing output without --overwrite)
         provenance = attrs.get("provenance", {})
+        written = f"{path}: incomplete dataset ({int(done.sum())}/{done.size} shards written)"
+        if isinstance(path, Path) and "://" not in str(path) and (pid := lock_holder(writer_lock_path(path))):
+            raise DatasetIncompleteError(f"{written}: chdl is writing it now (pid {pid}); wait for it to finish")
         resumable = "curate_key" in provenance
         how = "to resume" if resumable else "with --overwrite to make it again (an import does not resume)"
         command = f" ({provenance['command']})" if provenance.get("command") else ""
         raise DatasetIncompleteError(
-            f"{path}: incomplete dataset ({int(done.sum())}/{done.size} shards written); "
-            f"its writer was interrupted — rerun the command that made it{command} {how}")
+            f"{written}; its writer stopped before the end (interrupted, or an error) — rerun the command that made "
+            f"it{command} {how}")
     if check_files and (missing := missing_shard_files(group, path)):
         raise DatasetFormatError(f"{path}: {_files_line(missing, 'missing')}; the dataset is damaged on disk "
                                  "(restore the file or recreate the dataset)")

@@ -39,7 +39,8 @@ from tqdm import tqdm
 from acquisition.raw import RawFormatError, Recording
 from chdl.cluster import ClusterError, pool_map_unordered
 from chdl.locks import LockHeld, release_lock, take_lock
-from chdl.dataset import SPLIT_EXCLUDED, DatasetFormatError, DatasetWriter, dataset_path, refuse_non_dataset
+from chdl.dataset import (SPLIT_EXCLUDED, DatasetFormatError, DatasetWriter, dataset_path, refuse_non_dataset,
+                          writer_lock_path)
 from curation import qc
 from curation.config import CurateConfig
 from curation.plan import Plan, SequencePlan, build_plan
@@ -340,7 +341,7 @@ def _writer_lock(out):
     if "://" in str(out):  # (a upath.UPath is a pathlib.Path too)
         yield
         return
-    lock = out.parent / f".{out.name}.chdl-writer.lock"
+    lock = writer_lock_path(out)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         fd = take_lock(lock)

@@ -370,6 +370,38 @@ def test_only_zarr_temporaries_are_removed_on_resume_and_finalize(tmp_path):
     assert not tmp.exists() and mine.exists()
 
 
+def test_a_lost_shard_done_file_is_damage_and_a_dataset_being_written_says_so(tmp_path):
+    """A complete dataset with a shard_done file deleted was called 'incomplete ... its writer was interrupted —
+    rerun the command' (the command then said it is complete); a dataset still being written was called
+    interrupted too."""
+    import subprocess
+    import sys
+
+    from chdl.dataset import writer_lock_path
+
+    path = tmp_path / "d.zarr"
+    _write(path, _frames()).finalize()
+    (path / "shard_done" / "c" / "1").unlink()
+    with pytest.raises(DatasetFormatError, match=r"marked complete, but shard_done says shard 1 was not written \(its "
+                                                 r"file shard_done/c/1 is missing or damaged\); the dataset is damaged"):
+        open_dataset(path)
+    partial = tmp_path / "p.zarr"
+    _write(partial, _frames(), shards=[0], provenance={"command": "chdl curate raw p.zarr", "curate_key": "k"})
+    with pytest.raises(DatasetIncompleteError, match=r"its writer stopped before the end \(interrupted, or an error\)"):
+        open_dataset(partial)
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from pathlib import Path; "
+                               "from chdl.locks import take_lock; take_lock(Path(sys.argv[1])); print('held', flush=True); "
+                               "time.sleep(60)", str(writer_lock_path(partial))], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(DatasetIncompleteError, match=rf"\(1/3 shards written\): chdl is writing it now \(pid "
+                                                         rf"{holder.pid}\); wait for it to finish"):
+            open_dataset(partial)
+    finally:
+        holder.kill()
+        holder.wait()
+
+
 def test_what_is_not_a_finished_dataset_is_named_for_what_it_is(tmp_path):
     """A raw recording (or a folder of them) passed as a dataset says to curate it; an interrupted dataset's
     error quotes the command that made it; creating over it says it is an incomplete dataset."""
@@ -387,5 +419,5 @@ def test_what_is_not_a_finished_dataset_is_named_for_what_it_is(tmp_path):
     with pytest.raises(DatasetIncompleteError, match=r"rerun the command that made it \(chdl import mnist --out d.zarr\) "
                        "with --overwrite"):
         open_dataset(path)
-    with pytest.raises(FileExistsError, match="already exists, an incomplete dataset .its writer was interrupted."):
+    with pytest.raises(FileExistsError, match="already exists, an incomplete dataset .its writer stopped before the end, or is still running."):
         _write(path, _frames())
