@@ -52,6 +52,10 @@ class CurateError(RuntimeError):
     """A refusal or failure with a one-line message naming the path."""
 
 
+class PixelRangeError(CurateError):
+    """A pixel above the dataset's max_value: the bit depth is wrong (``_check_range``)."""
+
+
 def report_paths(out: str | os.PathLike) -> tuple[Path, Path]:
     """The QC report files beside a dataset: ``x.zarr`` -> ``x.qc.html``, ``x.qc.json``."""
     out = dataset_path(out)
@@ -139,8 +143,11 @@ def _check_range(frames: np.ndarray, seq: SequencePlan) -> None:
         return  # (a scan of the sequence, 0.17 ms at 10 x 800x600, spared)
     top = int(frames.max(initial=0))
     if top > c["max_value"]:
-        raise CurateError(f"{c['run_paths'][seq.run]}: lane {seq.lane} has pixel values up to {top}, above max_value "
-                          f"{c['max_value']:.0f} ({c['bit_depth']}); give the right --bit-depth")
+        t = int(np.argmax(frames.reshape(len(frames), -1).max(axis=1)))
+        rec = seq.records[t]
+        where = Path(c["run_paths"][seq.run]) / rec.file if rec is not None and rec.file else c["run_paths"][seq.run]
+        raise PixelRangeError(f"{where}: pixel values up to {top} (lane {seq.lane}), above max_value "
+                              f"{c['max_value']:.0f} ({c['bit_depth']}); give the right --bit-depth")
 
 
 def _init_pool_worker(ctx: dict) -> None:
@@ -458,6 +465,8 @@ def _curate(source: str | os.PathLike, out: str | os.PathLike, cfg: CurateConfig
                                         cluster, log)
     except ClusterError as e:  # a dead pool worker, a lost scheduler, a task that killed its workers
         raise CurateError(f"{e}; {out} keeps the shards finished so far: rerun the same command to resume") from None
+    except PixelRangeError as e:  # found in a shard: OUT was made with the wrong max_value, a resume cannot mend it
+        raise PixelRangeError(f"{e} and --overwrite ({out} was begun with the wrong bit depth)") from None
     except OSError as e:  # disk full, permissions, a vanished folder: what is written so far stays resumable
         where = e.filename or out
         raise CurateError(f"{where}: cannot write ({e.strerror or e}); {out} is incomplete — fix that and rerun "

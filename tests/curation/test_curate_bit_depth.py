@@ -79,9 +79,31 @@ def test_pixels_above_the_bit_depth_are_refused_by_name(tmp_path):
     p = chdl("curate", tmp_path / "raw", tmp_path / "d.zarr", "--bit-depth", "10", "--quiet")
     assert p.returncode == 1, p.stderr
     line = p.stderr.strip()
-    assert "\n" not in line and line.startswith(f"Error: {tmp_path / 'raw' / 'a'}: lane ") and \
+    assert "\n" not in line and line.startswith(f"Error: {tmp_path / 'raw' / 'a' / 'frames'}/") and \
         "above max_value 1023 (10 significant bits, from the --bit-depth); give the right --bit-depth" in line, line
     assert not (tmp_path / "d.zarr").exists()  # refused while measuring the baselines, before anything was written
+
+
+def test_a_pixel_above_found_after_the_dataset_was_begun_names_its_file_and_the_way_on(tmp_path):
+    """Found in a shard (the lane was not among the calibration sequences): the frame's file, and that the rerun
+    needs --overwrite (a resume with another --bit-depth is refused: the dataset was begun with the wrong one)."""
+    import json
+
+    import cv2
+
+    spec = SynthSpec(height=120, width=160, step_px=8.0, max_value=4095)
+    run = tmp_path / "raw" / "a"
+    write_run(run, lanes=3, spec=spec, fmt="Mono16", bit_depth=12)
+    rec = [json.loads(line) for line in (run / "frames.jsonl").read_text().splitlines()][2 * 10 + 3]  # lane 2, t 3
+    bright = cv2.imread(str(run / rec["file"]), cv2.IMREAD_UNCHANGED)
+    bright[5, 5] = 60000
+    cv2.imwrite(str(run / rec["file"]), bright)
+    (tmp_path / "c.yaml").write_text("qc:\n  calibration_sequences: 1\nsequences_per_shard: 1\n")  # lane 0 only
+    p = chdl("curate", tmp_path / "raw", tmp_path / "d.zarr", "--config", tmp_path / "c.yaml", "--quiet")
+    assert p.returncode == 1 and p.stderr.strip() == (
+        f"Error: {run / rec['file']}: pixel values up to 60000 (lane 2), above max_value 4095 (12 significant bits, "
+        f"from the manifest); give the right --bit-depth and --overwrite ({tmp_path / 'd.zarr'} was begun with the "
+        "wrong bit depth)"), p.stderr
 
 
 def test_the_range_check_is_skipped_only_where_nothing_can_be_above(monkeypatch):
@@ -91,14 +113,15 @@ def test_the_range_check_is_skipped_only_where_nothing_can_be_above(monkeypatch)
 
     from curation import pipeline
 
-    seq = SimpleNamespace(run=0, lane=3)  # what the check reads of a SequencePlan
+    seq = SimpleNamespace(run=0, lane=3, records=[None, SimpleNamespace(file="frames/000031.png")])  # (what it reads)
     for dtype, max_value, top, refused in ((np.uint8, 255.0, 255, False), (np.uint8, 63.0, 64, True),
                                            (np.uint8, 63.0, 63, False), (np.uint16, 4095.0, 4096, True)):
         monkeypatch.setattr(pipeline, "_CTX", {"max_value": max_value, "run_paths": ["run-a"], "bit_depth": "test"})
         frames = np.zeros((2, 4, 4), dtype)
         frames[1, 2, 2] = top
         if refused:
-            with pytest.raises(pipeline.CurateError, match=f"run-a: lane 3 has pixel values up to {top}, above max_value"):
+            with pytest.raises(pipeline.CurateError, match=f"run-a/frames/000031.png: pixel values up to {top} \\(lane 3\\), "
+                                                           "above max_value"):
                 pipeline._check_range(frames, seq)
         else:
             pipeline._check_range(frames, seq)
