@@ -136,6 +136,10 @@ def dataset_path(path: str | os.PathLike) -> "Path | upath.UPath":
     ``gs://``, ``file://`` ...) as a ``upath.UPath`` with the same interface; zarr opens the URL with its
     fsspec store. The URL's filesystem takes its settings (endpoint, credentials) from fsspec's and
     its own usual configuration, e.g. ``AWS_ENDPOINT_URL`` and ``AWS_ACCESS_KEY_ID`` for S3."""
+    if str(path).startswith("file://"):  # a local path written as a URL: the local path (atomic rename, locks)
+        from urllib.parse import unquote, urlparse
+
+        return Path(unquote(urlparse(str(path)).path))
     if "://" in str(path):
         from upath import UPath
 

@@ -579,3 +579,11 @@ def test_info_finds_a_missing_original(curated, tmp_path):
     r = CliRunner().invoke(main, ["info", str(bad)])
     assert r.exit_code == 1 and "integrity    DAMAGED: 1 shard file(s) missing" in r.output, r.output
     assert r.output.endswith(f"Error: {bad}: damaged: 1 shard file(s) missing (first: {key})\n"), r.output
+
+
+def test_out_as_a_file_url(raw, tmp_path):
+    """docs/dataset-format.md allows a file:// URL: curate failed creating it ('No such file or directory') while
+    info and verify read one."""
+    r = CliRunner().invoke(main, ["curate", str(raw[0]), f"file://{tmp_path}/u.zarr", "--quiet"])
+    assert r.exit_code == 0, r.output
+    assert open_dataset(tmp_path / "u.zarr").n_sequences == 6 and (tmp_path / "u.qc.html").is_file()
