@@ -101,10 +101,13 @@ SCORE_MEANINGS = {  # (unit of the deviation, what it measures, which side fires
 }
 
 
-def _svg_histogram(name: str, counts: np.ndarray, edges: np.ndarray, thresholds: list[float], side: str) -> str:
+def _svg_histogram(name: str, counts: np.ndarray, edges: np.ndarray, thresholds: list[float], side: str,
+                   below: int = 0, above: int = 0) -> str:
     """A small inline SVG bar chart (log count) with the threshold(s) as red lines, its x axis labelled
-    with the score's deviation unit (``SCORE_MEANINGS``) and its y axis with the count scale."""
-    W, H, pad = 260, 140, 18
+    with the score's deviation unit (``SCORE_MEANINGS``), its ends and 0, and its y axis with the count scale.
+    ``below``/``above``: frames outside the drawn range (the flagged extremes), written at its ends, not drawn
+    into the edge bins."""
+    W, H, pad, bottom = 260, 152, 18, 122
     unit = SCORE_MEANINGS.get(name, ("",))[0]
     lo, hi = float(edges[0]), float(edges[-1])
     sx = lambda x: pad + (x - lo) / (hi - lo) * (W - 2 * pad)
@@ -112,23 +115,29 @@ def _svg_histogram(name: str, counts: np.ndarray, edges: np.ndarray, thresholds:
     bars = []
     for c, e0, e1 in zip(counts, edges[:-1], edges[1:]):
         if c:
-            h = np.log10(c + 1) / top * (H - 2 * pad)
-            bars.append(f'<rect x="{sx(e0):.1f}" y="{H - pad - h:.1f}" width="{max(0.5, sx(e1) - sx(e0) - 0.5):.1f}" '
+            h = np.log10(c + 1) / top * (bottom - pad - 10)
+            bars.append(f'<rect x="{sx(e0):.1f}" y="{bottom - h:.1f}" width="{max(0.5, sx(e1) - sx(e0) - 0.5):.1f}" '
                         f'height="{h:.1f}" fill="#4878a8"/>')
     lines = []
     for t in thresholds:
         for x in ([t] if side == "high" else [-t] if side == "low" else [-t, t]):
             if lo <= x <= hi:
-                lines.append(f'<line x1="{sx(x):.1f}" x2="{sx(x):.1f}" y1="{pad}" y2="{H - pad}" stroke="#c03030"/>')
+                lines.append(f'<line x1="{sx(x):.1f}" x2="{sx(x):.1f}" y1="{pad + 10}" y2="{bottom}" stroke="#c03030"/>')
+    ticks = [(lo, "start"), (hi, "end")] + ([(0.0, "middle")] if lo < 0 < hi and min(-lo, hi) > 0.12 * (hi - lo) else [])
+    tick_svg = "".join(f'<line x1="{sx(x):.1f}" x2="{sx(x):.1f}" y1="{bottom}" y2="{bottom + 3}" stroke="#888"/>'
+                       f'<text x="{sx(x):.1f}" y="{bottom + 13}" font-size="9" text-anchor="{anchor}">{x:.3g}</text>'
+                       for x, anchor in ticks)
+    outside = "".join(
+        f'<text x="{x}" y="{pad + 6}" font-size="9" fill="#c03030" text-anchor="{anchor}">{label}</text>'
+        for n, x, anchor, label in ((below, pad, "start", f"◀ {below} below {lo:.3g}"),
+                                    (above, W - pad, "end", f"{above} above {hi:.3g} ▶")) if n)
     return (f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" style="border:1px solid #ddd">'
             f'<text x="{W / 2}" y="12" font-size="11" text-anchor="middle">{html.escape(name)}</text>'
-            f'{"".join(bars)}{"".join(lines)}'
-            f'<line x1="{pad}" x2="{W - pad}" y1="{H - pad}" y2="{H - pad}" stroke="#888"/>'
-            f'<text x="{pad}" y="{H - 6}" font-size="9">{lo:.3g}</text>'
-            f'<text x="{W - pad}" y="{H - 6}" font-size="9" text-anchor="end">{hi:.3g}</text>'
-            f'<text x="{W / 2}" y="{H - 6}" font-size="9" text-anchor="middle">deviation ({html.escape(unit)})</text>'
-            f'<text x="10" y="{H / 2}" font-size="9" text-anchor="middle" transform="rotate(-90 10 {H / 2})">'
-            f'frames (log, max {int(counts.max())})</text></svg>')
+            f'{"".join(bars)}{"".join(lines)}{outside}'
+            f'<line x1="{pad}" x2="{W - pad}" y1="{bottom}" y2="{bottom}" stroke="#888"/>{tick_svg}'
+            f'<text x="{W / 2}" y="{H - 5}" font-size="9" text-anchor="middle">deviation ({html.escape(unit)})</text>'
+            f'<text x="10" y="{bottom / 2 + 6}" font-size="9" text-anchor="middle" '
+            f'transform="rotate(-90 10 {bottom / 2 + 6})">frames (log, max {int(counts.max())})</text></svg>')
 
 
 def _histograms(dev: np.ndarray, thr: dict[str, list[float]]) -> tuple[dict, str]:
@@ -143,10 +152,13 @@ def _histograms(dev: np.ndarray, thr: dict[str, list[float]]) -> tuple[dict, str
         hi = max(float(np.percentile(v, 99.5)) if v.size else 1.0, max(t) * 1.5 if side != "low" else 0.0)
         if hi <= lo:
             hi = lo + 1.0
-        counts, edges = np.histogram(np.clip(v, lo, hi), bins=HIST_BINS, range=(lo, hi))
-        out[name] = {"edges": [round(float(e), 6) for e in edges], "counts": counts.tolist(),
-                     "thresholds": sorted(set(round(x, 6) for x in t)), "side": side}
-        svgs.append(_svg_histogram(name, counts, edges, sorted(set(t)), side))
+        # the range is robust (0.5-99.5 %, and the thresholds): the extremes, flagged frames mostly, are counted
+        # apart (they were drawn into the edge bins, as if they were at the range's ends)
+        below, above = int((v < lo).sum()), int((v > hi).sum())
+        counts, edges = np.histogram(v[(v >= lo) & (v <= hi)], bins=HIST_BINS, range=(lo, hi))
+        out[name] = {"edges": [round(float(e), 6) for e in edges], "counts": counts.tolist(), "below": below,
+                     "above": above, "thresholds": sorted(set(round(x, 6) for x in t)), "side": side}
+        svgs.append(_svg_histogram(name, counts, edges, sorted(set(t)), side, below, above))
     return out, " ".join(svgs)
 
 

@@ -69,3 +69,22 @@ def test_the_report_defines_its_flags_and_labels_its_histogram_axes(tmp_path):
     assert len(svgs) == len(qc.SCORE_NAMES)
     for svg, name in zip(svgs, qc.SCORE_NAMES):
         assert f">{name}<" in svg and f"deviation ({SCORE_MEANINGS[name][0]})" in svg and "frames (log, max " in svg
+
+
+def test_histograms_count_the_extremes_apart_instead_of_drawing_them_into_the_edge_bins(tmp_path):
+    """The histogram's range is robust, so a flagged frame far out (blur: sharpness ~ -0.5 on a -0.24..0.005 axis)
+    was drawn into the first bin as if it sat at the axis end. Now it is counted apart and written at the end."""
+    import numpy as np
+
+    from curation import qc
+
+    write_run(tmp_path / "raw" / "run-a", lanes=3, faults={(0, 4): ("blur", 3.0)}, seed=4)
+    r = curate(tmp_path / "raw", tmp_path / "out.zarr", CurateConfig(), workers=1, progress=False, log=lambda m: None)
+    h = r.summary["histograms"]["sharpness"]
+    k = qc.SCORE_NAMES.index("sharpness")
+    dev = np.array([f["scores"]["sharpness"] for f in r.summary["flagged_frames"]]) - \
+        r.summary["runs"][0]["baseline"]["center"]["sharpness"]
+    assert dev.min() < h["edges"][0] and h["below"] >= 1  # the blurred frame is left of the drawn range
+    assert sum(h["counts"]) + h["below"] + h["above"] == 3 * 10  # every frame counted once
+    svg = re.findall(r"<svg.*?</svg>", r.report_html.read_text())[k]
+    assert f"◀ {h['below']} below" in svg
