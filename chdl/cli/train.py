@@ -124,23 +124,33 @@ def train(data, config_name, overrides, out, resume, quiet):
 @click.option("--max-sequences", type=click.IntRange(min=1), default=None, help="Evaluate the first N only.")
 @click.option("--num-workers", type=click.IntRange(min=0), default=2, show_default=True)
 @click.option("--out", type=click.Path(path_type=Path), default=None,
-              help="Folder for eval_<checkpoint>_<split>_<convention>.json/.md (default: <run>/eval/).")
+              help="Folder for eval_[<run>_]<checkpoint>[_<weights>]_<split>_<convention>[_first<N>].json/.md (default: "
+                   "<run>/eval/, without the run's name).")
 @click.option("--overwrite", is_flag=True, help="Replace an earlier evaluation of the same split and convention.")
 @quiet_option()
 def eval_(checkpoint, data, split, openstl, batch_size, weights, max_sequences, num_workers, out, overwrite, quiet):
     """Evaluate a checkpoint: MSE, MAE, SSIM, PSNR overall and per predicted frame, next to the copy-last-frame
     and constant-motion baselines."""
     convention = "openstl" if openstl else "per_pixel"
+    parent = checkpoint.resolve().parent
+    run_dir = parent.parent if parent.name == "checkpoints" else parent
+    # the file name says what was evaluated: the checkpoint, non-default weights, split, convention, a subset; in a
+    # folder given with --out (several runs' evaluations side by side) the run's folder name comes first
+    name = "_".join([checkpoint.stem] + ([weights] if weights != "auto" else []) + [split, convention]
+                    + ([f"first{max_sequences}"] if max_sequences else []))
     if out is None:  # <run>/eval for a checkpoint in <run>/checkpoints/, else next to the checkpoint
-        parent = checkpoint.resolve().parent
-        out = (parent.parent if parent.name == "checkpoints" else parent) / "eval"
+        out = run_dir / "eval"
+    else:
+        name = f"{run_dir.name}_{name}"
+    if out.exists() and not out.is_dir():
+        raise click.ClickException(f"{out}: is a file, not a folder for the evaluation; choose another --out")
     from diffuma.output_folder import check_apart_from_input
 
     try:
         check_apart_from_input(out, data, data_folders_too=True)
     except ValueError as e:
         raise click.ClickException(str(e)) from None
-    stem = out / f"eval_{checkpoint.stem}_{split}_{convention}"  # best.pt and last.pt side by side
+    stem = out / f"eval_{name}"  # best.pt and last.pt side by side
     earlier = [p for p in (stem.with_suffix(".json"), stem.with_suffix(".md")) if p.exists()]
     if earlier and not overwrite:
         raise click.ClickException(f"{earlier[0]}: an earlier evaluation is there (use --overwrite to replace it, "

@@ -62,22 +62,37 @@ def test_eval_writes_json_and_markdown_with_baseline_row(trained):
     assert "| constant-motion |" in r.output  # the console shows the same Markdown
     # An earlier evaluation is not replaced silently (as predict): --overwrite replaces it.
     before = (run / "eval" / "eval_last_val_per_pixel.json").read_bytes()
-    args = ["eval", "--checkpoint", str(run / "checkpoints" / "last.pt"), "--data", str(data), "--num-workers", "0",
-            "--max-sequences", "1", "-q"]
+    args = ["eval", "--checkpoint", str(run / "checkpoints" / "last.pt"), "--data", str(data), "--num-workers", "0", "-q"]
     r = CliRunner().invoke(main, args)
     assert r.exit_code == 1 and "eval_last_val_per_pixel.json: an earlier evaluation is there (use --overwrite" in r.output
     assert (run / "eval" / "eval_last_val_per_pixel.json").read_bytes() == before
     r = CliRunner().invoke(main, args + ["--overwrite"])
     assert r.exit_code == 0, r.output
-    assert json.loads((run / "eval" / "eval_last_val_per_pixel.json").read_text())["n_sequences"] == 1
-    # another checkpoint of the run gets its own file beside it, no --overwrite needed
+    # a subset, other weights and another checkpoint of the run get their own files beside it
+    r = CliRunner().invoke(main, args + ["--max-sequences", "1", "--weights", "model"])
+    assert r.exit_code == 0, r.output
+    assert json.loads((run / "eval" / "eval_last_model_val_per_pixel_first1.json").read_text())["n_sequences"] == 1
     other = run / "checkpoints" / "step2.pt"
     other.write_bytes((run / "checkpoints" / "last.pt").read_bytes())
     r = CliRunner().invoke(main, ["eval", "--checkpoint", str(other), "--data", str(data), "--num-workers", "0",
                                   "--max-sequences", "1", "-q"])
     assert r.exit_code == 0, r.output
-    assert json.loads((run / "eval" / "eval_step2_val_per_pixel.json").read_text())["checkpoint"].endswith("step2.pt")
-    assert json.loads((run / "eval" / "eval_last_val_per_pixel.json").read_text())["n_sequences"] == 1
+    assert json.loads((run / "eval" / "eval_step2_val_per_pixel_first1.json").read_text())["checkpoint"].endswith("step2.pt")
+    assert json.loads((run / "eval" / "eval_last_val_per_pixel.json").read_text())["n_sequences"] == 2
+    # several runs' evaluations in one --out folder: each file names its run (two runs' last.pt collided there)
+    shared = root / "shared"
+    for r_ in (run, root / "copy"):
+        if r_ != run:
+            (r_ / "checkpoints").mkdir(parents=True, exist_ok=True)
+            (r_ / "checkpoints" / "last.pt").write_bytes((run / "checkpoints" / "last.pt").read_bytes())
+        r = CliRunner().invoke(main, ["eval", "--checkpoint", str(r_ / "checkpoints" / "last.pt"), "--data", str(data),
+                                      "--num-workers", "0", "--max-sequences", "1", "--out", str(shared), "-q"])
+        assert r.exit_code == 0, r.output
+    assert sorted(p.name for p in shared.glob("*.json")) == ["eval_copy_last_val_per_pixel_first1.json",
+                                                              f"eval_{run.name}_last_val_per_pixel_first1.json"]
+    r = CliRunner().invoke(main, ["eval", "--checkpoint", str(run / "checkpoints" / "last.pt"), "--data", str(data),
+                                  "--out", str(shared / "eval_copy_last_val_per_pixel_first1.json"), "-q"])
+    assert r.exit_code == 1 and "is a file, not a folder for the evaluation" in r.output
 
 
 def test_predict_from_dataset_and_from_raw_recording(trained):
