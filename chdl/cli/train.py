@@ -69,7 +69,7 @@ def train(data, config_name, overrides, out, resume, quiet):
       torchrun --nproc_per_node N -m chdl train --data D --config C --out R
     Ctrl-C (or SIGTERM) stops after the current step and checkpoints it (exit 130); --resume continues.
     """
-    from diffuma.training.config import ConfigError, read_config, resolve_config
+    from diffuma.training.config import ConfigError, attribute, read_config, resolve_config
 
     main_rank = int(os.environ.get("RANK", "0")) == 0
     if config_name is None and not resume:
@@ -102,7 +102,9 @@ def train(data, config_name, overrides, out, resume, quiet):
         if main_rank:
             click.echo(f"interrupted at step {e.step}; rerun with --resume to continue", err=True)
         sys.exit(130)
-    except (ConfigError, CheckpointError, DatasetFormatError, TrainingDiverged, RunFolderError, FileExistsError,
+    except ConfigError as e:  # raised where the config meets the machine or the data: say where its value came from
+        raise _fail(attribute(e, *raw[1:]) if raw else e) from None
+    except (CheckpointError, DatasetFormatError, TrainingDiverged, RunFolderError, FileExistsError,
             FileNotFoundError, ValueError) as e:
         raise _fail(e) from None
     except OSError as e:  # a log or the config that cannot be written (disk full); checkpoints say so themselves

@@ -225,6 +225,19 @@ def resolve_config(config: dict, source: str = "", blame: dict | None = None) ->
     return {"model": model, "run": run_to_dict(run)}
 
 
+def attribute(error: ConfigError, source: str, blame: dict) -> ConfigError:
+    """``error`` (a message that starts with the dotted key it is about, e.g. "model.height 64 differs from the
+    dataset's 150", raised where the config meets the machine or the data) prefixed with where that key's value came
+    from: its ``--set`` option (``blame``), else the config file ``source``; unchanged if it names no key."""
+    import re
+
+    m = re.match(r"(model|run)\.(\w+)", str(error))
+    if not m or not source or str(error).startswith(f"{source}: ") or str(error).startswith("--set "):
+        return error
+    where = blame.get((m.group(1), m.group(2)), source)
+    return ConfigError(f"{where}: {error}")
+
+
 def run_to_dict(run: RunConfig) -> dict:
     """Every RunConfig field as plain YAML/JSON values (betas as a list)."""
     return run.to_dict()

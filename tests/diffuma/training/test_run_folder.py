@@ -247,3 +247,20 @@ def test_a_read_only_parent_is_one_line(standin, tiny_dataset, tmp_path):
         assert (code, msg) == (1, f"Error: {ro / 'run'}: cannot create the run folder (Permission denied)")
     finally:
         ro.chmod(0o755)
+
+
+def test_config_errors_found_against_the_data_or_the_machine_name_where_the_value_came_from(standin, tiny_dataset,
+                                                                                          tmp_path):
+    """'model.height 64 differs from the dataset's 16' and 'run.device is cuda but ...' named no file or option,
+    unlike every other config error."""
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump(_config()))
+    code, msg = _train(["--data", tiny_dataset, "--config", cfg, "--set", "model.height=64", "--out", tmp_path / "a"])
+    assert code == 1 and msg.startswith("Error: --set model.height=64: model.height 64 differs from the dataset's 16"), msg
+    if not torch.cuda.is_available():
+        cuda = _config()
+        cuda["run"]["device"] = "cuda"
+        cfg.write_text(yaml.safe_dump(cuda))
+        code, msg = _train(["--data", tiny_dataset, "--config", cfg, "--out", tmp_path / "b"])
+        assert (code, msg) == (1, f"Error: {cfg}: run.device is cuda but torch.cuda.is_available() is False"), msg
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
