@@ -382,8 +382,8 @@ def _curate(source: str | os.PathLike, out: str | os.PathLike, cfg: CurateConfig
            "bit_depth": f"{plan.bit_depth} significant bits, from the {plan.bit_depth_from}",
            "sequence_threads": sequence_threads(workers, cluster)}
 
-    if cluster is not None:
-        cluster.check_visible(ctx["run_paths"])
+    if cluster is not None:  # a local OUT's folder too, before OUT is made (an OUT workers cannot see was left behind)
+        cluster.check_visible(ctx["run_paths"] + ([str(Path(ctx["out"]).parent)] if "://" not in ctx["out"] else []))
     writer = None
     if out.is_dir() and not any(out.iterdir()):
         out.rmdir()  # an empty folder is as good as none
@@ -419,11 +419,15 @@ def _curate(source: str | os.PathLike, out: str | os.PathLike, cfg: CurateConfig
         for p in (html_path, json_path):
             if overwrite and p.exists():
                 p.unlink()
-        log(f"measuring run baselines on {sum(1 for _ in _calibration_sample(plan, cfg))} sequences")
+        sample = _calibration_sample(plan, cfg)
+        log(f"measuring run baselines on {len(sample)} sequences")
         per_run: dict[int, list[np.ndarray]] = {}
-        try:
-            for run, scores in _run_tasks(_calibration_task, _calibration_sample(plan, cfg), ctx, workers, cluster):
-                per_run.setdefault(run, []).append(scores)
+        try:  # (the bar shows once this has taken a second: a few sequences need none)
+            with tqdm(total=len(sample) * T, unit="frame", desc="baselines", file=sys.stderr, disable=not progress,
+                      dynamic_ncols=True, delay=1.0) as bar:
+                for run, scores in _run_tasks(_calibration_task, sample, ctx, workers, cluster):
+                    per_run.setdefault(run, []).append(scores)
+                    bar.update(T)
         except ClusterError as e:  # a dead pool worker, a lost scheduler
             raise CurateError(f"{e}, while measuring the run baselines; nothing was written to {out}") from None
         baselines = [qc.calibrate(per_run.get(r, [])) for r in range(len(plan.runs))]
