@@ -205,6 +205,12 @@ def writer_lock_path(path: Path) -> Path:
     return path.parent / f".{path.name}.chdl-writer.lock"
 
 
+def previous_path(path: Path) -> Path:
+    """Where a complete dataset waits while ``--overwrite`` replaces it (:meth:`DatasetWriter.create`'s
+    ``keep_previous``), beside it."""
+    return path.with_name(f".{path.name}.previous")
+
+
 def marked_incomplete(path) -> bool:
     """Whether ``path`` holds a dataset its writer has not marked complete (``complete`` false in its zarr.json):
     one being written, or whose writer was interrupted. False for anything else, complete or unreadable."""
@@ -504,10 +510,15 @@ class DatasetWriter:
         provenance: dict | None = None,
         extra: dict | None = None,
         overwrite: bool = False,
+        keep_previous: bool = False,
     ) -> "DatasetWriter":
         """Lay out an empty, incomplete dataset at ``path``. An existing path is refused unless ``overwrite``.
         ``pixel_format`` defaults to Mono8 / Mono16 by ``dtype``, ``max_value`` to the format's largest value.
-        ValueError for a layout :func:`validate` would refuse (nothing is written then)."""
+        ValueError for a layout :func:`validate` would refuse (nothing is written then).
+        ``keep_previous`` (local paths): a complete dataset that ``overwrite`` replaces is moved aside to
+        ``.<name>.previous`` instead of deleted, until :meth:`finalize` completes the new one (a failed replacement
+        can then put it back: :meth:`restore_previous`); an incomplete one is deleted as before, and a kept
+        previous dataset of an earlier, unfinished replacement stays the one kept."""
         path = dataset_path(path)
         dtype = np.dtype(dtype)
         if dtype not in (np.uint8, np.uint16):
@@ -595,7 +606,12 @@ class DatasetWriter:
             raise
         if local:
             if path.exists():  # overwrite: the old dataset stays whole until the new layout replaces it
-                os.rename(path, replaced)
+                previous = previous_path(path)
+                if keep_previous and not marked_incomplete(path) and (path / "zarr.json").is_file():
+                    _remove(previous)  # (older than the complete dataset that replaces it as the kept one)
+                    os.rename(path, previous)
+                else:
+                    os.rename(path, replaced)
             os.rename(building, path)
             _remove(replaced)
         return cls.open(path)
@@ -743,6 +759,22 @@ class DatasetWriter:
             attrs["provenance"] = {**attrs.get("provenance", {}), **provenance_updates}
         attrs["complete"] = True
         self.group.update_attributes(attrs)  # one (atomic) write of zarr.json; attrs.update writes once per key
+        if isinstance(self.path, Path) and "://" not in str(self.path):
+            _remove(previous_path(self.path))  # the dataset this one replaced (create's keep_previous)
+
+    @staticmethod
+    def restore_previous(path) -> bool:
+        """Put back the dataset that an unfinished replacement of ``path`` moved aside (create's ``keep_previous``),
+        deleting the incomplete new one; False (nothing changed) when there is none."""
+        path = dataset_path(path)
+        if "://" in str(path) or not previous_path(path).is_dir():
+            return False
+        replaced = path.with_name(f".{path.name}.replaced")
+        if path.exists():
+            os.rename(path, replaced)
+        os.rename(previous_path(path), path)
+        _remove(replaced)
+        return True
 
 
 class DatasetReader:

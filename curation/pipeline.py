@@ -453,7 +453,7 @@ def _curate(source: str | os.PathLike, out: str | os.PathLike, cfg: CurateConfig
                 max_value=plan.max_value, qc_score_names=qc.SCORE_NAMES,
                 runs=[r.run_id for r in plan.runs], provenance=provenance,
                 extra={"curation": {"report_html": html_path.name, "report_json": json_path.name}},
-                overwrite=overwrite)
+                overwrite=overwrite, keep_previous=True)
         except OSError as e:  # nothing is left at OUT: creation is atomic (chdl.dataset)
             raise CurateError(f"{out}: cannot create dataset ({e.strerror or e})") from None
     # baselines always from the stored provenance: a resumed run uses exactly what the first one did
@@ -470,6 +470,8 @@ def _curate(source: str | os.PathLike, out: str | os.PathLike, cfg: CurateConfig
     except ClusterError as e:  # a dead pool worker, a lost scheduler, a task that killed its workers
         raise CurateError(f"{e}; {out} keeps the shards finished so far: rerun the same command to resume") from None
     except PixelRangeError as e:  # found in a shard: OUT was made with the wrong max_value, a resume cannot mend it
+        if DatasetWriter.restore_previous(out):  # an --overwrite that cannot finish: the dataset it replaced is back
+            raise PixelRangeError(f"{e}; {out} is the dataset that was there before, untouched") from None
         raise PixelRangeError(f"{e} and --overwrite ({out} was begun with the wrong bit depth)") from None
     except OSError as e:  # disk full, permissions, a vanished folder: what is written so far stays resumable
         where = e.filename or out

@@ -40,9 +40,10 @@ def curate(raw: str, out: str, config_path: str | None, workers: int, scheduler:
 
     if scheduler is not None and workers > 1:
         raise click.UsageError("--workers is for local processes; with --scheduler use local:N or the cluster's workers")
-    # --workers / --scheduler are left out: they do not change a byte of the dataset
+    # --workers / --scheduler / --overwrite are left out: they do not change a byte of the dataset, and the recorded
+    # command is the one that resumes it (with --overwrite a rerun starts again)
     argv = [raw, out] + (["--config", config_path] if config_path else []) + \
-        (["--bit-depth", str(bit_depth)] if bit_depth is not None else []) + (["--overwrite"] if overwrite else [])
+        (["--bit-depth", str(bit_depth)] if bit_depth is not None else [])
     def _interrupt(signum, frame):  # SIGTERM (a scheduler, `kill`) ends curate like Ctrl-C does
         raise KeyboardInterrupt
 
@@ -59,7 +60,9 @@ def curate(raw: str, out: str, config_path: str | None, workers: int, scheduler:
         from chdl.dataset import dataset_path
 
         if dataset_path(out).exists():
-            click.echo(f"interrupted: {out} keeps the shards finished so far; rerun the same command to resume", err=True)
+            how = ("rerun it without --overwrite to resume (the dataset it replaces is kept aside until this one is "
+                   "complete)" if overwrite else "rerun the same command to resume")
+            click.echo(f"interrupted: {out} keeps the shards finished so far; {how}", err=True)
         else:  # stopped while planning or measuring the baselines: the dataset is created after that
             click.echo(f"interrupted before {out} was created; nothing was written", err=True)
         sys.exit(130)

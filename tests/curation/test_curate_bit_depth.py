@@ -125,3 +125,35 @@ def test_the_range_check_is_skipped_only_where_nothing_can_be_above(monkeypatch)
                 pipeline._check_range(frames, seq)
         else:
             pipeline._check_range(frames, seq)
+
+
+def test_an_overwrite_that_cannot_finish_puts_the_previous_dataset_back(tmp_path):
+    """`curate RAW OUT --overwrite` that fails on a pixel above the bit depth after OUT was begun deleted the complete
+    dataset that was there (and the advice to rerun could not work). The dataset replaced is kept aside until the new
+    one is complete, and put back when the replacement cannot finish."""
+    import json
+
+    import cv2
+
+    good = tmp_path / "good" / "a"
+    write_run(good, lanes=3)
+    out = tmp_path / "d.zarr"
+    (tmp_path / "c.yaml").write_text("qc:\n  calibration_sequences: 1\nsequences_per_shard: 1\n")
+    assert chdl("curate", tmp_path / "good", out, "--config", tmp_path / "c.yaml", "--quiet").returncode == 0
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    spec = SynthSpec(height=120, width=160, step_px=8.0, max_value=4095)
+    bad = tmp_path / "bad" / "a"
+    write_run(bad, lanes=3, spec=spec, fmt="Mono16", bit_depth=12)
+    rec = [json.loads(line) for line in (bad / "frames.jsonl").read_text().splitlines()][2 * 10 + 3]
+    bright = cv2.imread(str(bad / rec["file"]), cv2.IMREAD_UNCHANGED)
+    bright[5, 5] = 60000
+    cv2.imwrite(str(bad / rec["file"]), bright)
+    p = chdl("curate", tmp_path / "bad", out, "--config", tmp_path / "c.yaml", "--overwrite", "--quiet")
+    assert p.returncode == 1 and p.stderr.strip().endswith(f"give the right --bit-depth; {out} is the dataset that was "
+                                                           "there before, untouched"), p.stderr
+    assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []  # nothing left aside
+    # a replacement that completes removes the one it replaced
+    assert chdl("curate", tmp_path / "bad", out, "--config", tmp_path / "c.yaml", "--bit-depth", "16", "--overwrite",
+                "--quiet").returncode == 0
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []

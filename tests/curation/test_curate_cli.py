@@ -587,3 +587,37 @@ def test_out_as_a_file_url(raw, tmp_path):
     r = CliRunner().invoke(main, ["curate", str(raw[0]), f"file://{tmp_path}/u.zarr", "--quiet"])
     assert r.exit_code == 0, r.output
     assert open_dataset(tmp_path / "u.zarr").n_sequences == 6 and (tmp_path / "u.qc.html").is_file()
+
+
+def test_an_interrupted_overwrite_keeps_the_replaced_dataset_until_the_resume_completes(tmp_path):
+    """Ctrl-C during `curate --overwrite` said "rerun the same command to resume", but that command (with --overwrite)
+    starts again; the recorded command carried --overwrite too. The replaced dataset waits aside meanwhile."""
+    import os
+    import signal
+    import time
+
+    write_run(tmp_path / "raw" / "r", lanes=200)
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("sequences_per_shard: 1\n")
+    out = tmp_path / "d.zarr"
+    _curate(tmp_path / "raw", out, "--config", cfg)
+    previous = tmp_path / ".d.zarr.previous"
+    cmd = [sys.executable, "-m", "chdl", "curate", str(tmp_path / "raw"), str(out), "--config", str(cfg)]
+    proc = subprocess.Popen(cmd + ["--overwrite"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    deadline = time.monotonic() + 120
+    while not previous.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert err.strip().splitlines()[-1] == (f"interrupted: {out} keeps the shards finished so far; rerun it without "
+                                            "--overwrite to resume (the dataset it replaces is kept aside until this "
+                                            "one is complete)"), err
+    assert previous.is_dir() and open_dataset(previous).n_sequences == 200
+    r = CliRunner().invoke(main, ["info", str(out)])
+    assert f"rerun the command that made it (chdl curate {tmp_path / 'raw'} {out} --config {cfg}) to resume" in r.output
+    resumed = subprocess.run(cmd + ["-q"], capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                             timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert not previous.exists() and open_dataset(out).n_sequences == 200
