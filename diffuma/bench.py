@@ -524,6 +524,14 @@ def run_bench(data: str | Path, models: str, epochs: list[int] | None, out: str 
         raise BenchError(f"{data}: the {split!r} split has no sequences to evaluate on")
     if len(reader.indices("train")) == 0:
         raise BenchError(f"{data}: the train split has no sequences to train on")
+    if epochs and run.get("max_steps"):  # the epoch checkpoints the tables read would never be written
+        from diffuma.training.config import RunConfig
+
+        per_epoch = math.ceil(len(reader.indices("train")) / int(run.get("batch_size") or RunConfig().batch_size))
+        if int(run["max_steps"]) < epochs[-1] * per_epoch:
+            raise BenchError(f"--set run.max_steps={run['max_steps']} ends every run before epoch {epochs[-1]} "
+                             f"({epochs[-1] * per_epoch} steps of {per_epoch} per epoch), which --epochs asks for; "
+                             "drop run.max_steps or ask for fewer epochs")
     if pred_lens:
         if pred_len_mode == "horizon" and pred_lens[-1] > t_out:
             raise BenchError(f"--pred-len {pred_lens[-1]} > the {t_out} frames the runs predict; add "

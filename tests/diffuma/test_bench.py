@@ -172,6 +172,9 @@ def test_epochs_and_budget_minutes_together_are_a_one_line_error(tiny_dataset, t
     (["--models", "simvp", "--set", "simvp.translator=lstm"], "translator"),
     (["--models", "simvp", "--epochs", "0"], ">= 1"),
     (["--models", "simvp", "--budget-minutes", "0"], "--budget-minutes must be > 0"),
+    # a max_steps that ends the runs before the last epoch asked for (it trained, then failed on the missing checkpoint)
+    (["--models", "simvp", "--epochs", "1,2", "--set", "run.max_steps=3"],
+     "--set run.max_steps=3 ends every run before epoch 2 (4 steps of 2 per epoch), which --epochs asks for"),
 ])
 def test_bench_bad_requests_fail_cleanly(tiny_dataset, tmp_path, extra, message):
     out = tmp_path / "bench"
