@@ -272,7 +272,11 @@ def predict(checkpoints, input_, out, split, max_sequences, weights, batch_size,
 def _prediction_labels(checkpoints: list[Path], names: list[str]) -> list[str]:
     """One label per checkpoint: the model's name where it is the only checkpoint of that model; else every one
     of them is named ``model@run-folder`` (``#k`` added where even those repeat), so the grid tells them apart."""
-    labels = [n if names.count(n) == 1 else f"{n}@{c.resolve().parent.parent.name}" for c, n in zip(checkpoints, names)]
+    def run_name(c: Path) -> str:  # <run>/checkpoints/x.pt -> run; a checkpoint elsewhere -> its file's name
+        parent = c.resolve().parent
+        return parent.parent.name if parent.name == "checkpoints" else c.stem
+
+    labels = [n if names.count(n) == 1 else f"{n}@{run_name(c)}" for c, n in zip(checkpoints, names)]
     return [x if labels.count(x) == 1 else f"{x}#{k + 1}" for k, x in enumerate(labels)]
 
 

@@ -121,6 +121,9 @@ def test_predict_from_dataset_and_from_raw_recording(trained):
     from chdl.cli.train import _prediction_labels
     assert _prediction_labels([Path("a/checkpoints/best.pt"), Path("b/checkpoints/last.pt"), Path("c/checkpoints/x.pt")],
                               ["diffuma", "diffuma", "simvp"]) == ["diffuma@a", "diffuma@b", "simvp"]
+    # checkpoints outside a run folder are named by their file (it took the folder above theirs: "simvp@trial13a")
+    assert _prediction_labels([Path("ck/copy.pt"), Path("ck/other.pt")], ["simvp", "simvp"]) == ["simvp@copy",
+                                                                                                "simvp@other"]
     assert Image.open(root / "two" / "gifs" / "seq_4.gif").size[0] == 6 * 160 + 6 * 4 + 64
 
     # A raw recording: 12 frames of one lane, one of them dropped -> windows of 10 consecutive ok frames.
