@@ -310,7 +310,7 @@ def _write(plan: Plan, cfg: CurateConfig, writer: DatasetWriter, ctx: dict, out:
         thumbnails = {}
         for i, (shard, n, warns, thumbs) in enumerate(_run_tasks(_shard_task, tasks, ctx, workers, cluster)):
             for w in warns:  # above the bar while it shows; through `log` (silent with --quiet) otherwise
-                (bar.write if progress else log)(f"warning: {w}")
+                (bar.write if progress else log)(f"warning: {plan.as_given(w)}")
             thumbnails.update(thumbs)
             bar.set_postfix_str(f"shards {len(done) + i + 1}/{writer.n_shards}", refresh=False)
             bar.update(n)

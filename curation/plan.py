@@ -42,6 +42,7 @@ class RunInfo:
     run_id: str
     complete: bool
     n_records: int  # lines in frames.jsonl (after a torn tail is dropped)
+    given: str = ""  # the recording folder as the command named it (what messages show; "" = ``path``)
 
 
 @dataclasses.dataclass
@@ -81,9 +82,19 @@ class Plan:
         """The stored value that means intensity 1.0: 2**bit_depth - 1 (chdl.dataset.max_value_for_bits)."""
         return max_value_for_bits(self.bit_depth)
 
+    def as_given(self, message: str) -> str:
+        """``message`` with each recording's absolute path (what workers read) written as the command named it, as
+        the plan's own warnings are (a missing frame was named as typed, a corrupt one by its absolute path)."""
+        for r in self.runs:
+            if r.given and r.given != r.path:
+                message = message.replace(r.path + os.sep, r.given.rstrip(os.sep) + os.sep)
+        return message
+
     def key_material(self) -> dict:
         """What identifies the input, for resuming: run folders, ids and frame counts, the bit depth."""
-        return {"runs": [dataclasses.asdict(r) for r in self.runs], "n_sequences": len(self.sequences),
+        # (how the command named a run is not what it is: `given` is left out, so a resume may name it otherwise)
+        return {"runs": [{k: v for k, v in dataclasses.asdict(r).items() if k != "given"} for r in self.runs],
+                "n_sequences": len(self.sequences),
                 "bit_depth": self.bit_depth}
 
 
@@ -228,7 +239,7 @@ def build_plan(source: str | os.PathLike, cfg: CurateConfig, bit_depth: int | No
             warnings.append(f"{manifest}: {P} positions per lane is not a multiple of {T}; the last {P % T} of each lane are unused")
         planned_um = _planned_um(rec)
         run_idx = len(runs)
-        runs.append(RunInfo(str(path.resolve()), run_id, rec.complete, len(rec.frames)))
+        runs.append(RunInfo(str(path.resolve()), run_id, rec.complete, len(rec.frames), str(path)))
         # (lane, position) -> record, later usable records replacing earlier ones (a re-shot position)
         by_lane: dict[int, dict[int, FrameRecord]] = {}
         problems: dict[tuple[int, int], str] = {}

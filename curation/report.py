@@ -201,7 +201,7 @@ def build_summary(out: Path, plan: Plan, cfg: CurateConfig) -> tuple[dict, dict]
                     Recording(Path(plan.runs[s.run].path), {}, [], False).read(rec)
                     why = "unreadable when curated"
                 except RawFormatError as e:
-                    why = str(e)
+                    why = plan.as_given(str(e))
                 unreadable.append({"sequence": s.index, "t": t, "problem": why})
                 warnings.append(f"{why}; treated as missing")
 

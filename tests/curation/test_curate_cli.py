@@ -621,3 +621,20 @@ def test_an_interrupted_overwrite_keeps_the_replaced_dataset_until_the_resume_co
                              timeout=300)
     assert resumed.returncode == 0, resumed.stderr
     assert not previous.exists() and open_dataset(out).n_sequences == 200
+
+
+def test_warnings_name_files_as_the_command_named_them(tmp_path):
+    """With RAW given as a relative path, a frame never recorded was named relative (the plan's warning) and a corrupt
+    one absolute (the worker's)."""
+    run = tmp_path / "raw" / "r"
+    write_run(run, lanes=2, skip={(1, 5)})
+    (run / "frames" / "000007.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 100)  # decodes in the worker only
+    p = subprocess.run([sys.executable, "-m", "chdl", "curate", "raw", "o.zarr"], cwd=tmp_path, capture_output=True,
+                       text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    warnings = [ln for ln in (p.stdout + p.stderr).replace("\r", "\n").splitlines() if ln.startswith("warning: ")]
+    assert any(ln.startswith("warning: raw/r/frames/000007.png: ") for ln in warnings), warnings
+    assert any(ln.startswith("warning: raw/r/frames.jsonl: lane 1 position 5 never recorded") for ln in warnings), warnings
+    assert not any(str(tmp_path) in ln for ln in warnings), warnings
+    report = json.loads((tmp_path / "o.qc.json").read_text())["warnings"]  # the report names them the same way
+    assert [w.split(":")[0] for w in report] == ["raw/r/frames.jsonl", "raw/r/frames/000007.png"], report
