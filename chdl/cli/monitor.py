@@ -211,8 +211,9 @@ def _dashboard():
 @click.option("--scorer", "scorers", multiple=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Also evaluate this learned scorer (chdl monitor-fit-scorer) with the predictor it was fitted on "
                    "(repeatable).")
+@click.option("--overwrite", is_flag=True, help="Replace an earlier evaluation in --out.")
 @quiet_option()
-def monitor_eval(runs, checkpoint, out, no_qc, z_on, z_off, scorers, quiet):
+def monitor_eval(runs, checkpoint, out, no_qc, z_on, z_off, scorers, overwrite, quiet):
     """Frame AUROC, event recall, detection latency and false alarms per hour on labelled (simulated)
     recordings (RUN folders, folders of runs, or monitor output folders), for every predictor next to the
     frame-difference and copy-last baselines."""
@@ -221,6 +222,7 @@ def monitor_eval(runs, checkpoint, out, no_qc, z_on, z_off, scorers, quiet):
 
     given = _given_levels(z_on, z_off)
     _check_output_folder(out)
+    _check_eval_folder(out, runs, overwrite)
     for path in scorers:  # each file readable, and its levels with the given ones a valid hysteresis
         try:
             learned = LearnedScorer.load(path)
@@ -236,6 +238,27 @@ def monitor_eval(runs, checkpoint, out, no_qc, z_on, z_off, scorers, quiet):
         raise click.ClickException(f"{e.filename or out}: cannot write the evaluation ({e.strerror or e})") from None
     click.echo(result["markdown"])
     click.echo(f"wrote {out}/metrics.json, metrics.md, scores_*.png")
+
+
+def _check_eval_folder(out: Path, runs, overwrite: bool) -> None:
+    """monitor-eval's --out: not inside (or holding) an input, and an existing folder only an earlier evaluation's,
+    replaced with --overwrite (it replaced one silently, and deleted other files' named scores_*.png)."""
+    from diffuma.output_folder import check_apart_from_input
+
+    for r in runs:
+        try:
+            check_apart_from_input(out, r)
+        except ValueError as e:
+            raise click.ClickException(str(e)) from None
+    if not out.is_dir() or not any(out.iterdir()):
+        return
+    from chdl.monitor.evaluate import is_eval_folder
+
+    if not is_eval_folder(out):
+        raise click.ClickException(f"{out}: not empty and not a monitor-eval folder; choose another --out")
+    if not overwrite:
+        raise click.ClickException(f"{out}: holds an earlier evaluation (metrics.json); use --overwrite to replace "
+                                   "it, or another --out")
 
 
 def _check_output_folder(out: Path) -> None:

@@ -103,7 +103,16 @@ class RunTruth:
     frames: int
     lanes: dict  # frame index -> lane
     positions: dict  # frame index -> position index
-    anomalies: list[dict]
+    anomalies: list[dict]  # those whose onset the recording has (their frames cut to the recorded ones)
+    left_out: int = 0  # anomalies of the truth after the recording's last frame (a run cut off)
+
+
+def is_eval_folder(path: Path) -> bool:
+    """Whether ``path`` holds an evaluation :func:`evaluate` wrote (its metrics.json)."""
+    try:
+        return "methods" in json.loads((Path(path) / "metrics.json").read_text())
+    except (OSError, ValueError, TypeError):
+        return False
 
 
 def replay_source(rec) -> Path | None:
@@ -126,8 +135,13 @@ def run_truth(rec) -> RunTruth:
         if (c / "truth" / "labels.jsonl").is_file():
             t = load_truth(c)
             _check_truth_fits(c, t, rec if c == Path(rec.path) else Recording.open(c))
+            # an anomaly counts only where the recording has its onset (a run cut off, or a replay of one, ends
+            # before the truth of the full run does: those anomalies were counted as missed)
+            recorded = {f.index for f in rec.frames}
+            kept = [{**a, "frames": [i for i in a["frames"] if i in recorded]} for a in t.anomalies
+                    if a["onset_frame"] in recorded]
             return RunTruth(len(rec.frames), {f.index: f.lane for f in rec.frames},
-                            {f.index: f.position_index for f in rec.frames}, t.anomalies)
+                            {f.index: f.position_index for f in rec.frames}, kept, len(t.anomalies) - len(kept))
     raise ValueError(f"{rec.path}: no ground truth (truth/labels.jsonl) here or in the recording it replays")
 
 
@@ -375,14 +389,22 @@ def evaluate(paths: list, out: str | Path, checkpoint=None, qc: bool = True, pro
             results[m]["alert_levels"] = levels[m]
             results[m]["sweep"] = sweep(rows, truth, swept)
     out.mkdir(parents=True, exist_ok=True)
-    for stale in out.glob("scores_*.png"):  # an earlier evaluation's plots: the folder shows this one's only
-        stale.unlink()
+    if is_eval_folder(out):  # an earlier evaluation's plots (the CLI replaces one only with --overwrite)
+        for stale in out.glob("scores_*.png"):
+            stale.unlink()
     own = "".join(f"; {m}: z_on {v['z_on']:g}, z_off {v['z_off']:g}" for m, v in levels.items()
                   if (v["z_on"], v["z_off"]) != (default.z_on, default.z_off))
-    md = (f"alerts at z_on {default.z_on:g}, z_off {default.z_off:g}{own} (the table below; the sweep after it replays others)"
-          "\n\n" + markdown(results) + "\n\n" + markdown_sweep(results))
+    cut = "".join(f"note: {run} ends at frame {max(t.lanes, default=-1)}: {t.left_out} anomal{'y' if t.left_out == 1 else 'ies'} "
+                  "of its truth after that are not counted\n\n" for run, t in truth.items() if t.left_out)
+    md = (f"{cut}alerts at z_on {default.z_on:g}, z_off {default.z_off:g}{own} (the table below; the sweep after it "
+          "replays others)\n\n" + markdown(results) + "\n\n" + markdown_sweep(results))
+    names: list[str] = []
     for run in recs:
-        plot_scores(out / f"scores_{Path(run).parent.name}_{Path(run).name}.png", {m: [r for r in rows_by[m] if r["run"] == run] for m in methods},
+        name = f"scores_{Path(run).parent.name}_{Path(run).name}"
+        if name in names:  # two runs of one name in folders of one name (elsewhere): the plot of each kept
+            name += f"_{sum(n.startswith(name) for n in names) + 1}"
+        names.append(name)
+        plot_scores(out / f"{name}.png", {m: [r for r in rows_by[m] if r["run"] == run] for m in methods},
                     truth[run], title=f"{Path(run).parent.name}/{Path(run).name}")
     # top level: the levels of every method without its own (a --scorer method's are under "methods")
     summary = {"runs": [str(r) for r in runs], "alert_levels": {"z_on": default.z_on, "z_off": default.z_off},

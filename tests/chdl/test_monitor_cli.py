@@ -672,3 +672,44 @@ def test_monitor_eval_fit_scorer_and_the_operating_point_tool_check_their_output
     spec.loader.exec_module(tool)
     assert tool.main([str(clean_run), "--out", str(afile / "op.json"), "-q"]) == 1
     assert capsys.readouterr().err == f"error: {afile / 'op.json'}: cannot write the table there ({afile} is not a folder)\n"
+
+
+def test_monitor_eval_counts_only_recorded_anomalies_and_replaces_an_evaluation_only_when_told(tmp_path):
+    """A run cut off (Ctrl-C, kill -9) was scored against the truth of the whole run: the anomalies after its last
+    frame counted as missed. --out replaced an earlier evaluation silently, deleted other files' scores_*.png, and
+    could lie inside an input."""
+    import shutil
+
+    corpus = tmp_path / "corpus"
+    out = chdl("simulate", "corpus", corpus, "--sequences", "4", "--positions", "10", "--lanes-per-run", "4",
+               "--width", "96", "--height", "72", "--fault-rate", "0", "--anomaly-rate", "0.25", "--seed", "5", "-q")
+    assert out.returncode == 0, out.stderr
+    run = corpus / "run_00000"
+    anomalies = [json.loads(x) for x in (run / "truth" / "anomalies.jsonl").read_text().splitlines()]
+    n = 20  # keep the first two lanes
+    assert any(a["onset_frame"] < n for a in anomalies) and any(a["onset_frame"] >= n for a in anomalies)
+    cut = tmp_path / "cut" / "run_00000"
+    shutil.copytree(run, cut)
+    (cut / "frames.jsonl").write_text("".join((run / "frames.jsonl").read_text().splitlines(keepends=True)[:n]))
+    manifest = json.loads((cut / "manifest.json").read_text())
+    (cut / "manifest.json").write_text(json.dumps({**manifest, "status": "incomplete", "frames": n}))
+    ev = chdl("monitor-eval", cut, "--out", tmp_path / "ev", "--no-qc", "-q", "--z-on", "6", "--z-off", "3")
+    assert ev.returncode == 0, ev.stderr
+    metrics = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    inside = [a for a in anomalies if a["onset_frame"] < n and a["visible"]]
+    assert {m["events"] for m in metrics["methods"].values()} == {len(inside)}
+    later = sum(a["onset_frame"] >= n for a in anomalies)
+    assert f"note: {cut} ends at frame {n - 1}: {later} anomal" in ev.stdout
+    # an earlier evaluation is replaced only with --overwrite; a folder of other files never
+    again = chdl("monitor-eval", cut, "--out", tmp_path / "ev", "--no-qc", "-q")
+    assert again.returncode == 1 and again.stderr.strip() == (f"Error: {tmp_path / 'ev'}: holds an earlier evaluation "
+                                                              "(metrics.json); use --overwrite to replace it, or another --out")
+    assert chdl("monitor-eval", cut, "--out", tmp_path / "ev", "--no-qc", "-q", "--overwrite").returncode == 0
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "scores_old_thing.png").write_bytes(b"not ours")
+    r = chdl("monitor-eval", cut, "--out", mine, "--no-qc", "-q", "--overwrite")
+    assert r.returncode == 1 and "not empty and not a monitor-eval folder" in r.stderr
+    assert (mine / "scores_old_thing.png").read_bytes() == b"not ours"
+    r = chdl("monitor-eval", cut, "--out", cut / "ev", "--no-qc", "-q")
+    assert r.returncode == 1 and f"{cut / 'ev'}: is inside the input {cut}" in r.stderr and not (cut / "ev").exists()
