@@ -12,6 +12,8 @@ How a run ends (``CaptureResult.stopped_by``):
 - ``"stage"``: the stage did not settle within ``settle_timeout_s``.
 - ``"camera lost"``: the backend reported the camera gone, or ``max_consecutive_timeouts`` positions in a
   row got no frame. The frames captured so far are kept.
+- ``"source ended"``: a replayed recording that is itself incomplete has no more frames (every one of them was
+  replayed): the replay's normal end, not a failure.
 - ``"disk full"``: writing a frame failed with ENOSPC. A 64 KiB reserve file allocated at the start of the
   run (``<run>/.chdl-reserve``, always removed at the end) and the half-written temporary frame are
   deleted, which leaves room to close the manifest; if even that fails the manifest stays
@@ -35,7 +37,7 @@ import warnings
 from pathlib import Path
 from typing import Callable
 
-from acquisition.backends.base import Camera, CameraError, CaptureSettings, Stage
+from acquisition.backends.base import Camera, CameraError, CaptureSettings, SourceEnded, Stage
 from acquisition.raw import FORMAT_BITS, FrameRecord, RecordingWriter, check_bit_depth
 from acquisition.trigger import choose_trigger, frame_source
 
@@ -78,7 +80,7 @@ class CapturePlan:
 class CaptureResult:
     path: Path
     status: str  # "complete" | "incomplete"
-    stopped_by: str | None  # None | "interrupted" | "camera lost" | "disk full"
+    stopped_by: str | None  # None | "interrupted" | "camera lost" | "disk full" | "source ended" (replay)
     message: str  # one line for the user
     frames: int  # records written (including dropped positions)
     dropped_positions: int  # positions recorded as dropped (no frame in time)
@@ -252,6 +254,8 @@ def run_capture(camera: Camera, stage: Stage, out: str | Path, settings: Capture
             stopped_by, message = "interrupted", "interrupted"
         except _Stop as e:
             stopped_by, message = e.stopped_by, str(e)
+        except SourceEnded as e:  # (a CameraError too: caught first)
+            stopped_by, message = "source ended", str(e)
         except CameraError as e:
             if writer is None:
                 raise  # nothing recorded yet: a plain configuration error

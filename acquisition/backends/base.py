@@ -18,6 +18,11 @@ class CameraError(RuntimeError):
     """A camera could not be found, opened, configured or read. The message says which and why."""
 
 
+class SourceEnded(CameraError):
+    """A replayed recording has no more frames (an incomplete one ends before its plan does): the end of the
+    replay, not a camera lost (acquisition.capture stops with ``"source ended"``)."""
+
+
 @dataclasses.dataclass
 class CameraInfo:
     """Who a camera is, as listed by ``chdl cameras``."""

@@ -16,7 +16,7 @@ import time
 import warnings
 from pathlib import Path
 
-from acquisition.backends.base import Camera, CameraError, CameraInfo, CaptureSettings, Frame
+from acquisition.backends.base import Camera, CameraError, CameraInfo, CaptureSettings, Frame, SourceEnded
 from acquisition.raw import RawFormatError, Recording
 
 
@@ -94,7 +94,7 @@ class ReplayCamera(Camera):
     def software_trigger(self) -> None:
         frames = self._rec.frames
         if self._next >= len(frames):
-            raise CameraError(f"replay: end of recording {self.path} after {len(frames)} frames")
+            raise SourceEnded(f"replay: end of recording {self.path} after {len(frames)} frames")
         now = time.monotonic()
         if self._t0 is None:
             self._t0 = now

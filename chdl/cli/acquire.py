@@ -182,8 +182,9 @@ def run_captures(ctx, alias, replay, out, run_id, lanes, positions, step_um, fps
 
 
 def report_captures(ctx, results) -> None:
-    """Print one line per capture; exit 130 if interrupted, 1 if a capture stopped early."""
-    worst = next((r for r in results if r.stopped_by is not None), None)
+    """Print one line per capture; exit 130 if interrupted, 1 if a capture stopped early (a replay of an incomplete
+    recording that replayed all of it is not: "source ended")."""
+    worst = next((r for r in results if r.stopped_by not in (None, "source ended")), None)
     for r in results:
         skipped = (f"{r.skipped} skipped (arrived before the stage settled), " if r.skipped else "")
         counts = (f"{r.frames} positions ({r.dropped_positions} without a frame), {r.dropped_frames} frames "

@@ -120,7 +120,7 @@ def monitor(ctx, checkpoint, t_in, queue_depth, z_on, z_off, scorer, serve, **pa
             server = serve_in_background(mon.folder)
             click.echo(f"dashboard: {server.url}", err=True)
         results = run_captures(ctx, **params, on_record=mon.offer)
-        stops = {r.stopped_by for r in results} - {None}
+        stops = {r.stopped_by for r in results} - {None, "source ended"}  # (all of an incomplete source replayed)
         state = "interrupted" if "interrupted" in stops else "failed" if stops else "finished"
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM before the capture began (e.g. while the scorer loads)
         state = "interrupted"

@@ -350,7 +350,10 @@ class DashboardServer:
         return self.thread.is_alive()
 
     def stop(self, timeout: float = 10.0) -> None:
-        """End the open streams, stop the server and wait for its thread (at most ``timeout`` s)."""
+        """End the open streams, stop the server and wait for its thread (at most ``timeout`` s). The streams are
+        given two polls first, so that an open page gets the folder's last state (a monitor's final "finished":
+        it stayed on "running")."""
+        time.sleep(3 * POLL_S)
         self.app.state.closing.set()
         self.server.should_exit = True
         self.thread.join(timeout)

@@ -152,6 +152,13 @@ def test_ctrl_c_stops_cleanly_and_closes_the_device(tmp_path, sig):
     rec = Recording.open(run)
     assert not rec.complete and rec.manifest["status"] == "incomplete" and rec.manifest["notes"]["stopped_by"] == "interrupted"
     assert len(rec) >= 3 and not rec.torn_tail and all(rec.read(f).shape == (240, 320) for f in rec.frames)
+    # replaying it ends where it ends: every frame replayed, exit 0 (it was "camera lost", exit 1, and chdl monitor
+    # called such a run "failed")
+    rep = chdl("capture", "--replay", run, "--out", tmp_path / "rep", "--as-fast-as-possible", "--quiet")
+    assert rep.returncode == 0, rep.stderr
+    assert f"replay: end of recording {run} after {len(rec)} frames; stopped after {len(rec)} of 1000" in rep.stdout
+    again = Recording.open(tmp_path / "rep" / "long")
+    assert len(again) == len(rec) and again.manifest["notes"]["stopped_by"] == "source ended" and not again.complete
 
 
 def test_kill_9_leaves_a_readable_incomplete_recording(tmp_path):

@@ -251,6 +251,21 @@ def test_the_stream_delivers_new_records_once_complete_and_resumes(monitor):
         assert not server.running
 
 
+def test_a_stopping_server_delivers_the_last_state_first(monitor):
+    """`chdl monitor --serve` writes the final status and stops its server at once: an open page stayed on
+    "running" (the stream was closed before its next look at the folder)."""
+    import threading
+
+    with serve_in_background(monitor.dir) as server, httpx2.Client(timeout=10) as client:
+        with client.stream("GET", server.url + "api/stream") as r:
+            messages = sse_messages(r)
+            assert next(m for m in messages if m[0] == "status")[1]["state"] == "running"
+            monitor.write_status(state="finished")
+            threading.Thread(target=server.stop).start()  # at once, as the monitor does
+            states = [data["state"] for event, data, _ in messages if event == "status"]
+    assert states[-1:] == ["finished"], states
+
+
 # --------------------------------------------------------------------------------------------------- CLI
 
 

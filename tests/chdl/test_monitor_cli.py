@@ -713,3 +713,8 @@ def test_monitor_eval_counts_only_recorded_anomalies_and_replaces_an_evaluation_
     assert (mine / "scores_old_thing.png").read_bytes() == b"not ours"
     r = chdl("monitor-eval", cut, "--out", cut / "ev", "--no-qc", "-q")
     assert r.returncode == 1 and f"{cut / 'ev'}: is inside the input {cut}" in r.stderr and not (cut / "ev").exists()
+    # monitoring a replay of the cut-off run ends when it does: "finished", exit 0 (it was "failed", camera lost)
+    mon = chdl("monitor", "--replay", cut, "--out", tmp_path / "m", "--as-fast-as-possible", "--queue-depth", "100", "-q")
+    assert mon.returncode == 0, mon.stderr
+    status = json.loads((tmp_path / "m" / "run_00000.monitor" / "status.json").read_text())
+    assert status["state"] == "finished" and status["frames_captured"] == n
