@@ -60,7 +60,8 @@ def _predictor_spec(checkpoint: Path | None, t_in: int, size: tuple | None = Non
               help=f"Alert when the score exceeds its running median + z-on robust sigmas. [default: {Z_ON:g}, or the "
                    "level measured for the --scorer file]")
 @click.option("--z-off", type=POSITIVE, default=None,
-              help=f"... and end it below median + z-off sigmas. [default: {Z_OFF:g}, or the --scorer file's]")
+              help=f"... and end it below median + z-off sigmas. [default: {Z_OFF:g}, or the --scorer file's; with "
+                   "--z-on alone, the same fraction of it]")
 @click.option("--scorer", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="A learned scorer file (chdl monitor-fit-scorer) fitted with this predictor on clean recordings. "
                    "Default: the largest block z-score.")
@@ -207,7 +208,9 @@ def _dashboard():
 @click.option("--no-qc", is_flag=True, help="Skip the acquisition QC (faster; no acquisition flags).")
 @click.option("--z-on", type=POSITIVE, default=None,
               help=f"Alert level, as for chdl monitor. [default: {Z_ON:g}; a --scorer method: its file's measured level]")
-@click.option("--z-off", type=POSITIVE, default=None, help=f"Alert-off level, as for chdl monitor. [default: {Z_OFF:g}, or the file's]")
+@click.option("--z-off", type=POSITIVE, default=None,
+              help=f"Alert-off level, as for chdl monitor. [default: {Z_OFF:g}, or the file's; with --z-on alone, the "
+                   "same fraction of it]")
 @click.option("--scorer", "scorers", multiple=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="Also evaluate this learned scorer (chdl monitor-fit-scorer) with the predictor it was fitted on "
                    "(repeatable).")

@@ -357,7 +357,9 @@ def evaluate(paths: list, out: str | Path, checkpoint=None, qc: bool = True, pro
             raise EvalError(f"{r}: replays {given[src.resolve()]}, which is given too: its anomalies and "
                             "clean frames would count twice; give one of them")
     methods = list(METHODS if methods is None else methods) + ([f"checkpoint:{Path(checkpoint).name}"] if checkpoint else [])
-    default = dataclasses.replace(ScorerConfig(), **(alert_levels or {}))
+    from chdl.monitor.learned_score import alert_levels as levels_of
+
+    default = dataclasses.replace(ScorerConfig(), **levels_of(None, **(alert_levels or {})))  # (a lone z_on: its z_off)
     levels = {m: {"z_on": default.z_on, "z_off": default.z_off} for m in methods}  # method -> its alert levels
     scorer_of = {}  # method -> (base method, learned scorer file)
     for f in scorers or []:

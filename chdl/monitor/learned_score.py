@@ -455,9 +455,12 @@ def fit_recordings(paths: list, checkpoint=None, components: int = 4, qc: bool =
 
 def alert_levels(learned: LearnedScorer | None = None, z_on: float | None = None, z_off: float | None = None) -> dict:
     """``{"z_on", "z_off"}``: each as given, else the scorer's measured level (``alert_levels`` of its file),
-    else the block scorer's defaults (chdl.monitor.Z_ON / Z_OFF)."""
+    else the block scorer's defaults (chdl.monitor.Z_ON / Z_OFF). A ``z_on`` given alone brings its ``z_off``: the
+    same fraction of it as the levels it replaces have (a lone --z-on 3 was refused: 3.75 above it)."""
     from chdl.monitor import Z_OFF, Z_ON
 
     own = (learned.alert_levels if learned is not None else None) or {}
-    return {"z_on": float(z_on if z_on is not None else own.get("z_on", Z_ON)),
-            "z_off": float(z_off if z_off is not None else own.get("z_off", Z_OFF))}
+    on, off = float(own.get("z_on", Z_ON)), float(own.get("z_off", Z_OFF))
+    if z_on is not None and z_off is None:
+        return {"z_on": float(z_on), "z_off": float(z_on) * off / on}
+    return {"z_on": float(z_on if z_on is not None else on), "z_off": float(z_off if z_off is not None else off)}

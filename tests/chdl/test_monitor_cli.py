@@ -73,8 +73,8 @@ def test_clean_replay_no_events_and_recording_identical_to_capture(clean_run, tm
     assert set(status) == STATUS_KEYS
     assert (status["format"], status["state"], status["predictor"], status["t_in"], status["scorer"]) == \
         ("chdl.monitor/1", "finished", "constant-motion", 5, "block-z")
-    from chdl.monitor import Z_OFF
-    assert (status["z_on"], status["z_off"]) == (9.5, Z_OFF)  # the levels in use: --z-on as given, z_off the default
+    from chdl.monitor import Z_OFF, Z_ON
+    assert (status["z_on"], status["z_off"]) == (9.5, 9.5 * Z_OFF / Z_ON)  # --z-on as given, z_off the same fraction of it
     assert (status["frames_captured"], status["frames_scored"], status["frames_skipped"], status["events"]) == (50, 40, 0, 0)
     assert (status["width"], status["height"]) == (W, H)
     scores = _lines(folder / "scores.jsonl")

@@ -175,7 +175,7 @@ def test_alert_levels_as_given_else_the_scorers_measured_ones_else_the_defaults(
     assert alert_levels() == alert_levels(learned) == {"z_on": Z_ON, "z_off": Z_OFF}  # none measured
     learned.alert_levels = {"z_on": 5.0, "z_off": 2.5, "clean_hours": 0.45}
     assert alert_levels(learned) == {"z_on": 5.0, "z_off": 2.5}
-    assert alert_levels(learned, z_on=9.0) == {"z_on": 9.0, "z_off": 2.5}
+    assert alert_levels(learned, z_on=9.0) == {"z_on": 9.0, "z_off": 4.5}  # z_off: the same fraction of z_on as the file's
     assert alert_levels(None, z_off=1.0) == {"z_on": Z_ON, "z_off": 1.0}
 
 
@@ -272,3 +272,10 @@ def test_the_mixture_fit_does_not_depend_on_its_seed():
     medians = [f.score_median for f in fits]
     scores = [f.nll(x[5]) for f in fits]
     assert max(medians) - min(medians) < 1e-3 and max(scores) - min(scores) < 1e-3, (medians, scores)
+
+
+def test_a_lone_z_on_below_the_default_z_off_is_a_valid_hysteresis():
+    """`--z-on 3` alone was refused ('Invalid value for --z-off: must not exceed --z-on (3)', an option never given)."""
+    from chdl.monitor import Z_OFF, Z_ON
+
+    assert alert_levels(None, z_on=3.0) == {"z_on": 3.0, "z_off": 3.0 * Z_OFF / Z_ON}
