@@ -193,7 +193,7 @@ class CheckpointPredictor:
         self.t_in = int(info["in_frames"])
         if shape is not None and (info["channels"], info["height"], info["width"]) != (1, *shape):
             raise ValueError(f"{self.path}: trained on frames {info['channels']}x{info['height']}x{info['width']} "
-                             f"(C,H,W), the camera delivers 1x{shape[0]}x{shape[1]}")
+                             f"(C,H,W), the frames to predict are 1x{shape[0]}x{shape[1]}")
         self.model, _ = build_model_from_checkpoint(state, "auto", self.path)
         self.model.to(device)
         self.device = device

@@ -34,6 +34,7 @@ import dataclasses
 import functools
 import json
 import math
+import textwrap
 import os
 from pathlib import Path
 
@@ -381,7 +382,7 @@ def evaluate(paths: list, out: str | Path, checkpoint=None, qc: bool = True, pro
                     base, scorer = scorer_of.get(m, (m, None))
                     predictor, cfg = setup(base, checkpoint, shape, scorer)
                 except ValueError as e:
-                    raise EvalError(str(e).splitlines()[0]) from None
+                    raise EvalError(f"{str(e).splitlines()[0]} (those of {run})") from None
                 cfg = dataclasses.replace(cfg, **levels[m])
                 for row in score_recording(rec, predictor, cfg, qc=qc):
                     rows.append({**row, "run": run})
@@ -481,7 +482,7 @@ def plot_scores(path: Path, rows_by_method: dict, truth: RunTruth, title: str = 
                 color="tab:blue", label="threshold")
         al = [r for r in rows if r["new_alert"]]
         ax.plot([r["frame"] for r in al], [r["score"] for r in al], "v", color="tab:red", ms=6, label="alert")
-        ax.set_ylabel(f"{m}\n{score_unit(m)}", fontsize=7)
+        ax.set_ylabel("\n".join([m] + textwrap.wrap(score_unit(m), 26)), fontsize=7)  # (one line was cut off)
     axes[0, 0].set_title(f"{title}: score vs frame (red: visible anomaly active, orange: below the floor; "
                          "blue: alert level = baseline median + z_on·σ)", fontsize=9)
     axes[-1, 0].set_xlabel("frame")
