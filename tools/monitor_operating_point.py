@@ -52,6 +52,7 @@ def main(argv=None) -> int:
     ap.add_argument("--fa-per-hour", type=float, default=1.0, help="target false alarms per hour (default 1)")
     ap.add_argument("--levels", default="3:16:0.5", help="z_on grid start:stop:step (stop inclusive)")
     ap.add_argument("--out", default=None, help="write the table as JSON here")
+    ap.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     ap.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     a = ap.parse_args(argv)
     if a.out:  # before minutes of scoring: a place the table can be written
@@ -61,6 +62,9 @@ def main(argv=None) -> int:
         if Path(a.out).is_dir() or blocker is not None:
             print(f"error: {a.out}: cannot write the table there ({'a folder' if Path(a.out).is_dir() else f'{blocker} is not a folder'})",
                   file=sys.stderr)
+            return 1
+        if Path(a.out).exists() and not a.overwrite:  # (it replaced one silently)
+            print(f"error: {a.out}: already exists (use --overwrite to replace it)", file=sys.stderr)
             return 1
     try:
         return _run(a, ap)
@@ -123,6 +127,12 @@ def _run(a, ap) -> int:
         weights = ", ".join(f"{t} {g:.3g}" if g is not None else f"{t} off" for t, g in zip(TESTS, op["test_gains"]))
         print(f"mixture alone: lowest z_on {op['mixture']['chosen_z_on']}; tests alone: {alone}; their weights "
               f"(the mixture's level / the test's): {weights}; together (below):")
+        floor = min(levels)
+        for t, o in [("the mixture", op["mixture"]), *op["tests"].items()]:
+            if o["chosen_z_on"] == floor:  # no false alarm even at the lowest level tried: the level is only a bound
+                print(f"caution: {t} raised no false alarm even at the lowest level tried ({floor:g}): its level, and "
+                      "the weight that follows from it, is where --levels starts, not a measurement; start --levels "
+                      "lower to resolve it")
     else:
         op = operating_point(rows, levels, a.fa_per_hour)
     op["predictor"] = predictor.name if hasattr(predictor, "name") else method

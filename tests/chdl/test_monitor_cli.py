@@ -202,6 +202,12 @@ def test_a_scorer_fitted_on_other_clean_runs_finds_the_injected_anomaly(clean_ru
                       "--out", str(tmp_path / "op.json")]) == 0
     op = json.loads((tmp_path / "op.json").read_text())
     assert op["chosen_z_on"] == 3.0  # every level qualifies at 1e6/h
+    # ... which is where the grid starts, not a measurement: said (the weights followed the grid's start silently)
+    assert "caution: the mixture raised no false alarm even at the lowest level tried (3): its level" in \
+        capsys.readouterr().out
+    # an existing --out is replaced only with --overwrite (it was replaced silently)
+    assert tool.main([str(clean_run), "--scorer", str(scorer), "--out", str(tmp_path / "op.json"), "-q"]) == 1
+    assert capsys.readouterr().err == f"error: {tmp_path / 'op.json'}: already exists (use --overwrite to replace it)\n"
     assert json.loads(scorer.read_text())["alert_levels"] == {
         "z_on": 3.0, "z_off": 1.5, "target_per_hour": 1e6, "clean_frames": op["clean_frames"],
         "clean_hours": round(op["clean_hours"], 4), "runs": [str(clean_run)]}
@@ -214,7 +220,8 @@ def test_a_scorer_fitted_on_other_clean_runs_finds_the_injected_anomaly(clean_ru
     bad = chdl("monitor-eval", tmp_path / "other" / "run_00000", "--out", tmp_path / "e2", "--scorer", scorer,
                "--no-qc", "-q")
     assert bad.returncode == 1 and bad.stderr.strip().splitlines() == [
-        f"Error: {scorer}: fitted on {W}x{H} frames, these are 80x60"], bad.stderr
+        f"Error: {scorer}: fitted on {W}x{H} frames, these are 80x60 (those of {tmp_path / 'other' / 'run_00000'})"], \
+        bad.stderr
     assert not (tmp_path / "e2").exists()
     from chdl.monitor.evaluate import evaluate
 
