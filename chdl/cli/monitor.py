@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import shutil
 import signal
+import sys
 from pathlib import Path
 
 import click
@@ -104,7 +105,11 @@ def monitor(ctx, checkpoint, t_in, queue_depth, z_on, z_off, scorer, serve, **pa
     if run_path.exists():
         raise click.ClickException(f"{run_path}: already exists (choose another --run-id or --out)")
     new_out = not params["out"].exists()
-    mon = Monitor(spec, queue_depth)
+    from tqdm import tqdm
+
+    # each event as a line above the capture's bar (with -q only the summary counts them)
+    mon = Monitor(spec, queue_depth,
+                  announce=None if params["quiet"] else lambda line: tqdm.write(line, file=sys.stderr))
     server = None
     state, results = "failed", []
 
@@ -140,6 +145,13 @@ def monitor(ctx, checkpoint, t_in, queue_depth, z_on, z_off, scorer, serve, **pa
     status = mon.status.fields  # as written last (or, if that failed, as it would have been)
     click.echo(f"monitor: {status['frames_scored']} frames scored, {status['frames_skipped']} skipped, "
                f"{status['events']} events -> {mon.folder}")
+    ended = not error and all(r.stopped_by in (None, "source ended") for r in results)
+    if ended and status["frames_scored"] and not _any_frame_scored(mon.folder):  # "0 events" would read as all clear
+        from chdl.monitor.anomaly_score import ScorerConfig
+
+        click.echo(f"warning: no frame could alert: the scorer first builds its baseline (about "
+                   f"{2 * ScorerConfig().min_history} frames of a recording) and this one had {status['frames_scored']} "
+                   "scored; monitor longer recordings", err=True)
     if status["frames_skipped"] > status["frames_scored"] and not error:  # most frames unwatched: say so
         click.echo(f"warning: {status['frames_skipped']} of {status['frames_captured']} frames were not scored (the scorer "
                    "fell behind); for a replay drop --as-fast-as-possible or raise --queue-depth; for a camera lower --fps",
@@ -149,6 +161,15 @@ def monitor(ctx, checkpoint, t_in, queue_depth, z_on, z_off, scorer, serve, **pa
     report_captures(ctx, results)
     if error:
         ctx.exit(1)
+
+
+def _any_frame_scored(folder) -> bool:
+    """Whether scores.jsonl of a monitor folder has a frame with an alert level (past the baseline's warm-up)."""
+    try:
+        with open(folder / "scores.jsonl", "rb") as f:
+            return any(b'"threshold": null' not in line for line in f if line.strip())
+    except OSError:
+        return True  # (nothing to say about a folder that cannot be read)
 
 
 def _given_levels(z_on: float | None, z_off: float | None) -> dict:

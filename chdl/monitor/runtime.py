@@ -199,8 +199,12 @@ class Monitor:
     """The capture-side handle: ``offer(run_path, record)`` from the capture's record callback, then
     ``finish(state)``. Starts the scoring process on the first record."""
 
-    def __init__(self, predictor_spec: dict, depth: int = QUEUE_DEPTH):
-        """``depth``: frames the queue to the scorer holds; a frame arriving when it is full is skipped."""
+    def __init__(self, predictor_spec: dict, depth: int = QUEUE_DEPTH, announce=None):
+        """``depth``: frames the queue to the scorer holds; a frame arriving when it is full is skipped.
+        ``announce``: called with one line per new event as the capture goes on (the terminal's live alerts)."""
+        self.announce = announce
+        self._events_seen = 0  # events already announced
+        self._events_offset = 0  # bytes of events.jsonl already read
         self.spec = predictor_spec
         self.ctx = mp.get_context("spawn")
         self.queue = self.ctx.Queue(maxsize=depth)
@@ -259,6 +263,28 @@ class Monitor:
                 self.skipped += 1
         if self.status is not None:
             self.status.fields.update(frames_captured=self.captured, frames_skipped=self.skipped)
+        if self.announce is not None and int(self.shared["events"].value) > self._events_seen:
+            self._announce_events()
+
+    def _announce_events(self) -> None:
+        """One line per event the scorer wrote since the last call (complete lines of events.jsonl only)."""
+        try:
+            with open(self.folder / "events.jsonl", "rb") as f:
+                f.seek(self._events_offset)
+                data = f.read()
+        except OSError:
+            return
+        end = data.rfind(b"\n") + 1
+        self._events_offset += end
+        for line in data[:end].splitlines():
+            try:
+                e = json.loads(line)
+            except ValueError:
+                continue
+            self._events_seen += 1
+            where = f"lane {e.get('lane')} position {e.get('position')}"
+            # (the reason names the score, its level, the lane and the position)
+            self.announce(f"{e.get('kind', 'process')} event at frame {e.get('frame')}: {e.get('reason') or where}")
 
     def finish(self, state: str, timeout_s: float = 600.0) -> str | None:
         """Let the scorer drain the queue, stop it, write the final status. Returns the error (one line) of
@@ -285,6 +311,8 @@ class Monitor:
                 (error, self.disk_full), state = self.errors.get_nowait(), "failed"
             except queue.Empty:
                 pass
+        if self.announce is not None and self.folder is not None:
+            self._announce_events()  # those of the frames scored after the capture ended
         if self.status is not None:
             try:
                 self.status.stop(state)

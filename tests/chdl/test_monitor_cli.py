@@ -113,6 +113,25 @@ def test_injected_anomaly_raises_a_process_event_at_its_frame_and_lane(clean_run
     assert snap.shape == (H, 3 * W + 4) and e["snapshot"] == f"snapshots/{INJECTED:06d}.png"
     scores = {s["frame"]: s for s in _lines(folder / "scores.jsonl")}
     assert scores[INJECTED]["alert"] and not scores[INJECTED - 1]["alert"]
+    # without -q each event is a line in the terminal as it comes (the summary's count was all it said)
+    loud = chdl("monitor", "--replay", run, "--out", tmp_path / "m2", "--as-fast-as-possible", "--queue-depth", "100")
+    assert loud.returncode == 0, loud.stderr
+    said = [ln for ln in loud.stderr.replace("\r", "\n").splitlines() if " event at frame " in ln]
+    assert said == [f"process event at frame {INJECTED}: {e['reason']}"], said
+    assert "no frame could alert" not in loud.stderr
+
+
+def test_a_recording_too_short_for_the_baseline_says_no_frame_could_alert(clean_run, tmp_path):
+    """A run shorter than the scorer's warm-up reported '0 events' as if all were clear."""
+    run = tmp_path / "short" / "run_00000"
+    shutil.copytree(clean_run, run)
+    (run / "frames.jsonl").write_text("".join((clean_run / "frames.jsonl").read_text().splitlines(keepends=True)[:12]))
+    m = json.loads((run / "manifest.json").read_text())
+    (run / "manifest.json").write_text(json.dumps({**m, "status": "incomplete", "frames": 12}))
+    mon = chdl("monitor", "--replay", run, "--out", tmp_path / "m", "--as-fast-as-possible", "-q")
+    assert mon.returncode == 0, mon.stderr
+    assert "warning: no frame could alert: the scorer first builds its baseline (about 20 frames of a recording) and " \
+           "this one had " in mon.stderr and " scored; monitor longer recordings" in mon.stderr, mon.stderr
 
 
 def test_a_jerked_frame_is_an_acquisition_event_and_its_snapshot_has_no_box(clean_run, tmp_path):
