@@ -126,7 +126,8 @@ def check_run_folder(out: Path, resume: bool = False) -> None:
     if saved:
         raise FileExistsError(f"{out}: already holds a run's checkpoints ({', '.join(saved[:3])}) but no last.pt to "
                               "resume from; choose another --out (or move that run away to start anew here)")
-    others = sorted(p.name for p in out.iterdir() if p.name not in RUN_FOLDER_ENTRIES)
+    # (hidden names aside: a killed write's .<name>.tmp<pid>, which the run removes, the lock, a desktop's files)
+    others = sorted(p.name for p in out.iterdir() if p.name not in RUN_FOLDER_ENTRIES and not p.name.startswith("."))
     if others:
         raise FileExistsError(f"{out}: holds files that are not a chdl run's ({', '.join(others[:3])}"
                               f"{', ...' if len(others) > 3 else ''}); choose another --out (an empty or new folder)")

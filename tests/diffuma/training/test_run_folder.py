@@ -215,6 +215,7 @@ def test_a_fresh_run_starts_only_in_a_new_empty_or_unfinished_run_folder(standin
     (unfinished / "checkpoints").mkdir(parents=True)
     (unfinished / "config.yaml").write_text("{}")
     (unfinished / "steps.csv").write_text("step\n")
+    (unfinished / ".config.yaml.tmp12345").write_text("cut short")  # what a kill mid-write leaves (removed by the run)
     assert _train(["--data", tiny_dataset, "--config", cfg, "--out", unfinished])[0] == 0
     assert (unfinished / "checkpoints" / "last.pt").is_file()
 
