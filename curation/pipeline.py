@@ -48,6 +48,17 @@ from curation.report import flagged_thumbnails, write_report
 from curation.sequence import curate_sequence
 
 
+# Set by the command's SIGINT/SIGTERM handler (chdl/cli/curate.py) as it raises KeyboardInterrupt: a
+# KeyboardInterrupt raised while Python runs a weakref callback or __del__ is printed and swallowed ("Exception
+# ignored in ..."), and curate went on to the end; the loops check this between tasks and stop there.
+INTERRUPTED = threading.Event()
+
+
+def _check_interrupted() -> None:
+    if INTERRUPTED.is_set():
+        raise KeyboardInterrupt
+
+
 class CurateError(RuntimeError):
     """A refusal or failure with a one-line message naming the path."""
 
@@ -314,10 +325,13 @@ def _write(plan: Plan, cfg: CurateConfig, writer: DatasetWriter, ctx: dict, out:
             thumbnails.update(thumbs)
             bar.set_postfix_str(f"shards {len(done) + i + 1}/{writer.n_shards}", refresh=False)
             bar.update(n)
+            _check_interrupted()
 
     timings["shards"] = time.perf_counter() - t_shards
     t_report = time.perf_counter()
+    _check_interrupted()
     summary = write_report(out, plan, cfg, html_path, json_path, thumbnails)
+    _check_interrupted()
     writer.finalize()
     timings["report"] = time.perf_counter() - t_report
     return done, pending, summary
@@ -428,6 +442,7 @@ def _curate(source: str | os.PathLike, out: str | os.PathLike, cfg: CurateConfig
                 for run, scores in _run_tasks(_calibration_task, sample, ctx, workers, cluster):
                     per_run.setdefault(run, []).append(scores)
                     bar.update(T)
+                    _check_interrupted()
         except ClusterError as e:  # a dead pool worker, a lost scheduler
             raise CurateError(f"{e}, while measuring the run baselines; nothing was written to {out}") from None
         baselines = [qc.calibrate(per_run.get(r, [])) for r in range(len(plan.runs))]

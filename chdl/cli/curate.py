@@ -44,10 +44,17 @@ def curate(raw: str, out: str, config_path: str | None, workers: int, scheduler:
     # command is the one that resumes it (with --overwrite a rerun starts again)
     argv = [raw, out] + (["--config", config_path] if config_path else []) + \
         (["--bit-depth", str(bit_depth)] if bit_depth is not None else [])
+    from curation.pipeline import INTERRUPTED
+
     def _interrupt(signum, frame):  # SIGTERM (a scheduler, `kill`) ends curate like Ctrl-C does
+        INTERRUPTED.set()  # (checked between tasks too: this raise can be swallowed, see curation.pipeline)
         raise KeyboardInterrupt
 
+    INTERRUPTED.clear()
     previous = signal.signal(signal.SIGTERM, _interrupt)
+    previous_int = signal.getsignal(signal.SIGINT)
+    if previous_int is signal.default_int_handler:  # (a SIGINT ignored by whoever started us stays ignored)
+        signal.signal(signal.SIGINT, _interrupt)
     try:
         cfg = load_config(config_path)
         result = run_curate(raw, out, cfg, workers=workers, scheduler=scheduler, overwrite=overwrite, bit_depth=bit_depth,
@@ -68,6 +75,7 @@ def curate(raw: str, out: str, config_path: str | None, workers: int, scheduler:
         sys.exit(130)
     finally:
         signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGINT, previous_int)
     s = result.summary
     sp = s["splits"]
     click.echo(f"{result.out}: {result.n_sequences} sequences ({sp['train']} train, {sp['val']} val, "
