@@ -759,7 +759,7 @@ class DatasetWriter:
             attrs["provenance"] = {**attrs.get("provenance", {}), **provenance_updates}
         attrs["complete"] = True
         self.group.update_attributes(attrs)  # one (atomic) write of zarr.json; attrs.update writes once per key
-        if isinstance(self.path, Path) and "://" not in str(self.path):
+        if isinstance(self.path, Path):  # (a URL's dataset is built in place: nothing kept aside)
             _remove(previous_path(self.path))  # the dataset this one replaced (create's keep_previous)
 
     @staticmethod
@@ -767,7 +767,7 @@ class DatasetWriter:
         """Put back the dataset that an unfinished replacement of ``path`` moved aside (create's ``keep_previous``),
         deleting the incomplete new one; False (nothing changed) when there is none."""
         path = dataset_path(path)
-        if "://" in str(path) or not previous_path(path).is_dir():
+        if not isinstance(path, Path) or not previous_path(path).is_dir():
             return False
         replaced = path.with_name(f".{path.name}.replaced")
         if path.exists():
@@ -962,7 +962,7 @@ def open_dataset(path: str | os.PathLike, *, check_files: bool = True) -> Datase
         # start over (deterministic, they refuse an existing output without --overwrite)
         provenance = attrs.get("provenance", {})
         written = f"{path}: incomplete dataset ({int(done.sum())}/{done.size} shards written)"
-        if isinstance(path, Path) and "://" not in str(path) and (pid := lock_holder(writer_lock_path(path))):
+        if isinstance(path, Path) and (pid := lock_holder(writer_lock_path(path))):
             raise DatasetIncompleteError(f"{written}: chdl is writing it now (pid {pid}); wait for it to finish")
         resumable = "curate_key" in provenance
         how = "to resume" if resumable else "with --overwrite to make it again (an import does not resume)"

@@ -23,19 +23,25 @@ class LockHeld(RuntimeError):
         self.path, self.pid = path, pid
 
 
+def _try_lock(fd: int) -> str | None:
+    """Take the exclusive lock of the open file ``fd`` if no other process holds it: None then (also where the
+    filesystem has no lock support, ENOLCK: nothing is locked); else the holder's pid as written in the file."""
+    try:
+        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+        if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            return os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+    return None
+
+
 def take_lock(path: Path) -> int:
     """Open ``path`` (created if needed, mode 0644) and take its exclusive lock, held while the returned descriptor is
     open; the file then holds this process's pid. Raises :class:`LockHeld` if another process holds it, OSError
     if the file cannot be created."""
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as e:
-        if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-            return fd  # no lock support here (ENOLCK): unlocked
-        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+    if (holder := _try_lock(fd)) is not None:
         os.close(fd)
-        raise LockHeld(path, holder) from None
+        raise LockHeld(path, holder)
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
     return fd
@@ -60,11 +66,6 @@ def lock_holder(path: Path) -> str | None:
     except OSError:
         return None
     try:
-        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as e:
-        if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-            return os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
-        return None
+        return _try_lock(fd)
     finally:
         os.close(fd)  # (closing drops the lock if it was taken; the file is left as it was)
-    return None

@@ -359,7 +359,7 @@ def _writer_lock(out):
     """Held while ``out`` is curated: a second ``chdl curate`` on the same OUT (which would resume the shards the first
     is writing, or --overwrite them) is refused, naming the first's pid. The lock is ``.<name>.chdl-writer.lock``
     beside OUT (:func:`chdl.locks.take_lock`; OUT itself may not exist yet, or be replaced); none for an fsspec URL."""
-    if "://" in str(out):  # (a upath.UPath is a pathlib.Path too)
+    if not isinstance(out, Path):  # an fsspec URL (a upath.UPath, not a pathlib.Path): no lock files there
         yield
         return
     lock = writer_lock_path(out)
@@ -397,7 +397,7 @@ def _curate(source: str | os.PathLike, out: str | os.PathLike, cfg: CurateConfig
            "sequence_threads": sequence_threads(workers, cluster)}
 
     if cluster is not None:  # a local OUT's folder too, before OUT is made (an OUT workers cannot see was left behind)
-        cluster.check_visible(ctx["run_paths"] + ([str(Path(ctx["out"]).parent)] if "://" not in ctx["out"] else []))
+        cluster.check_visible(ctx["run_paths"] + ([str(out.absolute().parent)] if isinstance(out, Path) else []))
     writer = None
     if out.is_dir() and not any(out.iterdir()):
         out.rmdir()  # an empty folder is as good as none

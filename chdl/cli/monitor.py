@@ -165,9 +165,10 @@ def monitor(ctx, checkpoint, t_in, queue_depth, z_on, z_off, scorer, serve, **pa
 
 def _any_frame_scored(folder) -> bool:
     """Whether scores.jsonl of a monitor folder has a frame with an alert level (past the baseline's warm-up)."""
+    from chdl.monitor.jsonl import read_jsonl
+
     try:
-        with open(folder / "scores.jsonl", "rb") as f:
-            return any(b'"threshold": null' not in line for line in f if line.strip())
+        return any(r.get("threshold") is not None for r in read_jsonl(folder / "scores.jsonl"))
     except OSError:
         return True  # (nothing to say about a folder that cannot be read)
 

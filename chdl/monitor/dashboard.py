@@ -32,7 +32,7 @@ import socket
 import threading
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
@@ -44,6 +44,8 @@ from fastapi.sse import EventSourceResponse, ServerSentEvent
 from starlette.responses import PlainTextResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from chdl.monitor.jsonl import JsonlTail, read_jsonl
+
 log = logging.getLogger(__name__)
 
 STATUS_FORMAT = "chdl.monitor/1"
@@ -51,7 +53,6 @@ LIVE_NAMES = ("frame.png", "prediction.png", "error.png")
 SNAPSHOT_NAME = re.compile(r"\d{6,}\.png")
 PAGE = Path(__file__).parent / "static" / "dashboard.html"
 POLL_S = 0.2  # how often a stream looks at the folder
-CHUNK_BYTES = 1 << 20  # the most of one .jsonl file a stream reads (and sends) per look
 LOOPBACK_NAMES = ("localhost",)
 
 
@@ -95,58 +96,6 @@ def read_status(monitor_dir: Path) -> dict:
         got = status.get("format") if isinstance(status, dict) else type(status).__name__
         raise MonitorFolderError(f"{path}: format: expected {STATUS_FORMAT!r}, got {got!r}")
     return status
-
-
-@dataclass
-class JsonlTail:
-    """Follows one append-only ``.jsonl`` file: each :meth:`read` returns the records completed since
-    the last one. ``offset`` is the byte just past the last complete line read; a partial last line
-    stays unread until its newline is written. The file may not exist yet."""
-
-    path: Path
-    offset: int = 0
-    line: int = 0  # complete lines consumed (for warnings)
-    more: bool = field(default=False, init=False)  # the last read stopped at max_bytes
-
-    def read(self, max_bytes: int | None = CHUNK_BYTES) -> list[dict]:
-        """New complete records (JSON objects), at most about ``max_bytes`` of them; [] if none."""
-        try:
-            with open(self.path, "rb") as f:
-                size = f.seek(0, 2)
-                if size < self.offset:
-                    log.warning("%s: shrank from %d to %d bytes; reading it again from the start",
-                                self.path, self.offset, size)
-                    self.offset, self.line = 0, 0
-                f.seek(self.offset)
-                data = f.read(-1 if max_bytes is None else max_bytes)
-                if max_bytes is not None and len(data) == max_bytes and b"\n" not in data:
-                    data += f.read()  # one line longer than a chunk: take it whole
-        except FileNotFoundError:
-            self.more = False
-            return []
-        end = data.rfind(b"\n") + 1
-        self.more = max_bytes is not None and len(data) >= max_bytes and end > 0
-        records = []
-        for raw in data[:end].splitlines():
-            self.line += 1
-            if not raw.strip():
-                continue
-            try:
-                record = json.loads(raw)
-            except ValueError as e:
-                record = e
-            if isinstance(record, dict):
-                records.append(record)
-            else:
-                log.warning("%s: line %d: not a JSON object (%s); skipped", self.path, self.line,
-                            record if isinstance(record, ValueError) else type(record).__name__)
-        self.offset += end
-        return records
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    """Every complete record of a ``.jsonl`` file (a partial last line left out); [] if it is absent."""
-    return JsonlTail(Path(path)).read(max_bytes=None)
 
 
 def _stat_key(path: Path) -> tuple[int, int, int] | None:
@@ -351,7 +300,7 @@ class DashboardServer:
 
     def stop(self, timeout: float = 10.0) -> None:
         """End the open streams, stop the server and wait for its thread (at most ``timeout`` s). The streams are
-        given two polls first, so that an open page gets the folder's last state (a monitor's final "finished":
+        given three polls first, so that an open page gets the folder's last state (a monitor's final "finished":
         it stayed on "running")."""
         time.sleep(3 * POLL_S)
         self.app.state.closing.set()

@@ -33,6 +33,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from chdl.monitor.jsonl import JsonlTail
+
 FORMAT = "chdl.monitor/1"
 QUEUE_DEPTH = 8
 SCORER_THREADS = 1  # torch intra-op threads of the scoring (see scoring_threads)
@@ -204,7 +206,7 @@ class Monitor:
         ``announce``: called with one line per new event as the capture goes on (the terminal's live alerts)."""
         self.announce = announce
         self._events_seen = 0  # events already announced
-        self._events_offset = 0  # bytes of events.jsonl already read
+        self._events: JsonlTail | None = None  # events.jsonl, followed for announce (from start())
         self.spec = predictor_spec
         self.ctx = mp.get_context("spawn")
         self.queue = self.ctx.Queue(maxsize=depth)
@@ -268,19 +270,13 @@ class Monitor:
 
     def _announce_events(self) -> None:
         """One line per event the scorer wrote since the last call (complete lines of events.jsonl only)."""
+        if self._events is None:
+            self._events = JsonlTail(self.folder / "events.jsonl")
         try:
-            with open(self.folder / "events.jsonl", "rb") as f:
-                f.seek(self._events_offset)
-                data = f.read()
+            events = self._events.read(max_bytes=None)
         except OSError:
             return
-        end = data.rfind(b"\n") + 1
-        self._events_offset += end
-        for line in data[:end].splitlines():
-            try:
-                e = json.loads(line)
-            except ValueError:
-                continue
+        for e in events:
             self._events_seen += 1
             where = f"lane {e.get('lane')} position {e.get('position')}"
             # (the reason names the score, its level, the lane and the position)

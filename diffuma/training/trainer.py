@@ -100,12 +100,9 @@ RUN_FOLDER_ENTRIES = {"checkpoints", "config.yaml", "steps.csv", "epochs.csv", "
                       "eval", LOCK_FILE}
 
 
-def check_run_folder(out: Path, resume: bool = False) -> None:
+def check_run_folder(out: Path) -> None:
     """RunFolderError when ``out`` cannot be a run folder: a file, a chdl/zarr dataset (zarr.json), or a raw
-    recording (manifest.json + frames.jsonl) -- the trainer would write its files into them -- or a run folder
-    another trainer holds (:func:`claim_run_folder`). For a fresh run (not ``resume``) also FileExistsError when
-    it holds a run's checkpoints (``last.pt`` or only ``best.pt``/``epoch_*.pt``: a fresh run replaced them and
-    its logs) or files that are not a run's (a fresh run scattered its files among them)."""
+    recording (manifest.json + frames.jsonl) -- the trainer would write its files into them."""
     if out.exists() and not out.is_dir():
         raise RunFolderError(f"{out}: cannot create the run folder (a file of that name exists)")
     if (out / "zarr.json").is_file():
@@ -113,11 +110,14 @@ def check_run_folder(out: Path, resume: bool = False) -> None:
     if (out / "manifest.json").is_file() and (out / "frames.jsonl").is_file():
         raise RunFolderError(f"{out}: a raw recording (it holds manifest.json and frames.jsonl), not a run folder; "
                              "choose another --out")
-    # asked early, before a checkpoint is read; fit takes the lock for good. Under torchrun only rank 0 asks (as only
-    # it takes the lock): two ranks probing at once found each other's probe ("in use by another chdl train")
-    if int(os.environ.get("RANK", "0")) == 0 and (out / LOCK_FILE).is_file():
-        os.close(claim_run_folder(out))  # (closing it drops this process's lock: fit has not taken it yet)
-    if resume or not out.is_dir():
+
+
+def check_fresh_run_folder(out: Path) -> None:
+    """FileExistsError when a fresh run may not start in the run folder ``out``: it holds a run's checkpoints
+    (``last.pt``, or only ``best.pt``/``epoch_*.pt``: a fresh run replaced them and their logs) or files that are not
+    a run's (a fresh run scattered its files among them). A folder of a run killed before its first checkpoint is
+    fine."""
+    if not out.is_dir():
         return
     saved = sorted(p.name for p in (out / "checkpoints").glob("*.pt")) if (out / "checkpoints").is_dir() else []
     if "last.pt" in saved:
@@ -770,21 +770,25 @@ def build_trainer(config: dict | None, data: str | Path, out: str | Path, resume
                   progress: bool = True) -> Trainer:
     """The Trainer ``train_from_config`` runs: resolved config, dataset, seeded model. See there."""
     out = Path(out)
-    check_run_folder(out, resume)
-    # the folder is claimed now, not when fit starts: a second trainer in between (building a model takes seconds)
-    # found no lock and was told "nothing to resume" or started over the first
-    created = not out.exists()
+    check_run_folder(out)
+    # the folder is claimed now, before anything in it is read, not when fit starts: a second trainer in between
+    # (building a model takes seconds) found no lock and was told "nothing to resume" or started over the first.
+    # Under torchrun only rank 0 takes it (two ranks probing at once found each other's probe).
+    created, new_lock = not out.exists(), not (out / LOCK_FILE).exists()
     lock = claim_run_folder(out) if int(os.environ.get("RANK", "0")) == 0 else None
     try:
+        if not resume:
+            check_fresh_run_folder(out)
         trainer = _build_trainer(config, data, out, resume, progress)
-    except BaseException:
+    except BaseException:  # refused: leave the folder as it was (no lock file, no folder this made)
         if lock is not None:
-            if created:  # nothing but the lock was written: leave no folder behind
+            if new_lock:
                 release_lock(out / LOCK_FILE, lock)
-                with contextlib.suppress(OSError):
-                    out.rmdir()
             else:
                 os.close(lock)
+            if created:
+                with contextlib.suppress(OSError):
+                    out.rmdir()
         raise
     trainer.lock_fd = lock
     return trainer

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import io
 import json
-import logging
 import os
 import select
 import signal
@@ -20,7 +19,7 @@ import pytest
 from PIL import Image
 from starlette.testclient import TestClient
 
-from chdl.monitor.dashboard import (DashboardConfigError, JsonlTail, MonitorFolderError, create_app, is_loopback,
+from chdl.monitor.dashboard import (DashboardConfigError, MonitorFolderError, create_app, is_loopback,
                                     read_status, serve_in_background)
 
 W, H = 80, 60
@@ -116,21 +115,6 @@ def test_status_scores_and_events_leave_a_partial_last_line_out(monitor):
     monitor.append("events.jsonl", line[25:])
     events = client.get("/api/events").json()
     assert [(e["event"], e["frame"], e["lane"]) for e in events] == [(0, 123, 2)]
-
-
-def test_jsonl_tail_reads_new_lines_once_and_skips_a_malformed_one(tmp_path, caplog):
-    path = tmp_path / "scores.jsonl"
-    tail = JsonlTail(path)
-    assert tail.read() == []  # not written yet
-    path.write_text('{"frame": 0}\nnot json\n[1, 2]\n{"frame": 1}\n{"frame"')
-    with caplog.at_level(logging.WARNING):
-        assert tail.read() == [{"frame": 0}, {"frame": 1}]
-    assert f"{path}: line 2: not a JSON object" in caplog.text and f"{path}: line 3:" in caplog.text
-    assert tail.read() == []
-    with open(path, "a") as f:
-        f.write(': 2}\n{"frame": 3}\n')
-    assert tail.read() == [{"frame": 2}, {"frame": 3}]
-    assert tail.offset == path.stat().st_size
 
 
 def test_live_images_and_snapshots_are_served_as_written(monitor):
