@@ -13,3 +13,5 @@ Z_ON = 7.5
 Z_OFF = 3.75
 # The learned scorer's file format (chdl.monitor.learned_score; here so that --help can name it without numpy)
 SCORER_FORMAT = "chdl.monitor-scorer/4"
+# A monitor folder's status.json format: written by chdl.monitor.runtime, checked by chdl.monitor.dashboard
+STATUS_FORMAT = "chdl.monitor/1"

@@ -44,11 +44,11 @@ from fastapi.sse import EventSourceResponse, ServerSentEvent
 from starlette.responses import PlainTextResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from chdl.monitor import STATUS_FORMAT
 from chdl.monitor.jsonl import JsonlTail, read_jsonl
 
 log = logging.getLogger(__name__)
 
-STATUS_FORMAT = "chdl.monitor/1"
 LIVE_NAMES = ("frame.png", "prediction.png", "error.png")
 SNAPSHOT_NAME = re.compile(r"\d{6,}\.png")
 PAGE = Path(__file__).parent / "static" / "dashboard.html"

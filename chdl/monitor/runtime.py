@@ -33,9 +33,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from chdl.monitor import STATUS_FORMAT
 from chdl.monitor.jsonl import JsonlTail
 
-FORMAT = "chdl.monitor/1"
 QUEUE_DEPTH = 8
 SCORER_THREADS = 1  # torch intra-op threads of the scoring (see scoring_threads)
 RESERVE = ".chdl-reserve"  # in the monitor folder while it runs: room for the final status.json on a full disk
@@ -158,7 +158,7 @@ class StatusWriter:
         """``levels``: the alert levels in use, {"z_on", "z_off"} (null in the file where not given)."""
         self.folder, self.shared = folder, shared
         levels = levels or {}
-        self.fields = {"format": FORMAT, "run_id": run_id, "state": "running", "predictor": predictor, "t_in": t_in,
+        self.fields = {"format": STATUS_FORMAT, "run_id": run_id, "state": "running", "predictor": predictor, "t_in": t_in,
                        "scorer": scorer, "z_on": levels.get("z_on"), "z_off": levels.get("z_off"),
                        "frames_captured": 0, "frames_scored": 0, "frames_skipped": 0, "events": 0,
                        "width": 0, "height": 0}
