@@ -106,7 +106,7 @@ class Progress:
 
 
 class _StopSignals:
-    """First SIGINT/SIGTERM: ask the loop to stop after the current frame. Second: KeyboardInterrupt now."""
+    """First SIGINT/SIGTERM/SIGHUP: ask the loop to stop after the current frame. Second: KeyboardInterrupt now."""
 
     def __init__(self) -> None:
         self.requested = False
@@ -119,8 +119,9 @@ class _StopSignals:
 
     def __enter__(self) -> "_StopSignals":
         if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self._previous[sig] = signal.signal(sig, self._handle)
+            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # SIGHUP: the terminal closed
+                if signal.getsignal(sig) is not signal.SIG_IGN:  # (ignored, e.g. under nohup: it stays so)
+                    self._previous[sig] = signal.signal(sig, self._handle)
         return self
 
     def __exit__(self, *exc) -> None:
@@ -219,8 +220,17 @@ def record_bit_depth(applied: CaptureSettings, requested: int | None) -> Capture
     return dataclasses.replace(applied, bit_depth=bits)
 
 
-def default_run_id(alias: str) -> str:
-    return _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ") + f"_{alias}"
+def default_run_id(alias: str, out: str | os.PathLike | None = None) -> str:
+    """``<UTC time to the second>_<alias>``; with ``out``, the first of that, ``..._2``, ``..._3``, ... that is not
+    taken in ``out`` (nor by its monitor folder): back-to-back captures within one second get their own runs."""
+    base = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ") + f"_{alias}"
+    if out is None:
+        return base
+    name, n = base, 1
+    while os.path.lexists(Path(out) / name) or os.path.lexists(Path(out) / f"{name}.monitor"):
+        n += 1
+        name = f"{base}_{n}"
+    return name
 
 
 def run_capture(camera: Camera, stage: Stage, out: str | Path, settings: CaptureSettings, plan: CapturePlan, *,
@@ -245,7 +255,8 @@ def run_capture(camera: Camera, stage: Stage, out: str | Path, settings: Capture
             source = frame_source(camera, mode)
             source.start()
             try:
-                _loop(source, stage, background, applied, plan, stop, counts)
+                _loop(source, stage, background, applied, plan, stop, counts,
+                      given_bits=settings.bit_depth)
             finally:
                 background.finish()  # frames already received are written, even when stopping
             if stop.requested:
@@ -293,7 +304,10 @@ def run_capture(camera: Camera, stage: Stage, out: str | Path, settings: Capture
 
 
 def _loop(source, stage: Stage, out: _BackgroundWriter, applied: CaptureSettings, plan: CapturePlan,
-          stop: _StopSignals, counts: dict) -> None:
+          stop: _StopSignals, counts: dict, given_bits: int | None = None) -> None:
+    """Move, trigger and record every position of ``plan``. ``given_bits``: the bit depth the user gave
+    (``--bit-depth``); a frame with a pixel above 2**given_bits - 1 stops the capture at once (the recording
+    would be refused by chdl curate, naming that frame, perhaps hours later)."""
     frame_timeout = plan.frame_timeout_s or max(1.0, 3.0 / max(applied.fps, 1e-3))
     recent: list[int] = []  # monotonic stamps of the last frames, for the achieved rate
     consecutive = 0
@@ -328,6 +342,9 @@ def _loop(source, stage: Stage, out: _BackgroundWriter, applied: CaptureSettings
                             host_monotonic_ns=got.host_monotonic_ns, status="incomplete" if f.incomplete else "ok",
                             dropped_before=got.dropped_before)
                 recent = (recent + [got.host_monotonic_ns])[-11:]
+                if given_bits is not None and pixels is not None and (top := int(pixels.max())) >= 1 << given_bits:
+                    raise _Stop("error", f"lane {lane} position {p}: pixel values up to {top}, above {(1 << given_bits) - 1}: "
+                                         f"the camera sends more than the {given_bits} significant bits --bit-depth says")
             done += 1
             span = (recent[-1] - recent[0]) / 1e9 if len(recent) > 1 else 0.0
             out.put(pixels, meta, Progress(done=done, total=plan.total, lane=lane, position_index=p,

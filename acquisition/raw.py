@@ -293,6 +293,8 @@ class RecordingWriter:
         path = Path(path)
         if path.exists() and (not path.is_dir() or any(path.iterdir())):
             raise RawFormatError(f"{path}: already exists and is not an empty folder; refusing to overwrite a recording")
+        if why := _inside_other_data(path):
+            raise RawFormatError(f"{path}: inside {why}; choose another output folder")
         manifest = dict(manifest)
         manifest.setdefault("run_id", path.name)
         manifest.setdefault("created", _dt.datetime.now(_dt.timezone.utc).isoformat())
@@ -494,6 +496,18 @@ class Recording:
 
     def __len__(self) -> int:
         return len(self.frames)
+
+
+def _inside_other_data(path: Path) -> str | None:
+    """What a new recording folder ``path`` would sit inside, if that is data of its own: a recording (chdl
+    curate reads only a folder's direct subfolders and would skip the nested run without a word) or a zarr
+    store (a curated dataset: chdl verify and curate --overwrite manage its files). None if neither."""
+    for parent in Path(os.path.abspath(path)).parents:
+        if is_recording(parent):
+            return f"the recording {parent} (a recording in a recording is never curated)"
+        if (parent / "zarr.json").is_file():
+            return f"the zarr store {parent} (a curated dataset)"
+    return None
 
 
 def is_recording(path: str | os.PathLike) -> bool:

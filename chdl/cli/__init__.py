@@ -33,10 +33,14 @@ def _raise_interrupt(signum, frame):
 def _sigterm_as_interrupt():
     """SIGTERM (a scheduler's or `kill`'s stop) raises KeyboardInterrupt as Ctrl-C does, so a command that cleans
     up on Ctrl-C does on SIGTERM too (an import killed so left a half-written dataset and exit 143 without a
-    word). Commands with handlers of their own (curate, train, capture, monitor, the dashboard's server) install
-    them over this one. Returns the previous handler (None where signals cannot be set: not the main thread)."""
+    word). SIGHUP (the terminal closed) too, unless it is ignored (nohup). Commands with handlers of their own
+    (curate, train, capture, monitor, the dashboard's server) install them over this one. Returns the previous
+    handlers by signal (None where signals cannot be set: not the main thread)."""
     try:
-        return signal.signal(signal.SIGTERM, _raise_interrupt)
+        previous = {signal.SIGTERM: signal.signal(signal.SIGTERM, _raise_interrupt)}
+        if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:  # the terminal closed (nohup ignores it: kept so)
+            previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, _raise_interrupt)
+        return previous
     except ValueError:
         return None
 
@@ -93,8 +97,8 @@ class LazyGroup(click.Group):
             click.echo(f"interrupted: chdl {name} stopped before it finished ({hint})", err=True)
             sys.exit(130)
         finally:
-            if previous is not None:
-                signal.signal(signal.SIGTERM, previous)
+            for sig, handler in (previous or {}).items():
+                signal.signal(sig, handler)
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         rows = [(name, help_) for name, (_, _, help_) in COMMANDS.items()]

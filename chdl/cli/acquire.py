@@ -16,7 +16,9 @@ from pathlib import Path
 
 import click
 
-from chdl.cli.options import NON_NEGATIVE, POSITIVE, quiet_option
+from chdl.cli.options import NON_NEGATIVE, POSITIVE, FiniteFloat, quiet_option
+
+STEP_UM = FiniteFloat(min=0, min_open=True, max=1e6)  # a stage step: > 0, at most a metre
 
 PIXEL_FORMATS = ("Mono8", "Mono10", "Mono12", "Mono16")  # Mono10/12: unpacked, GenTL cameras only
 
@@ -92,7 +94,7 @@ def capture_options(f):
         click.option("--run-id", help="Run folder name (default: UTC time + alias; for replay: the source run's id)."),
         click.option("--lanes", default=1, show_default=True, type=click.IntRange(min=1), help="Lane passes to capture."),
         click.option("--positions", default=10, show_default=True, type=click.IntRange(min=1), help="Equidistant positions per lane."),
-        click.option("--step-um", default=100.0, show_default=True, type=POSITIVE, help="Distance between positions (micrometres)."),
+        click.option("--step-um", default=100.0, show_default=True, type=STEP_UM, help="Distance between positions (micrometres, at most 1e6)."),
         click.option("--fps", default=5.0, show_default=True, type=POSITIVE, help="Camera frame rate."),
         click.option("--width", default=800, show_default=True, type=click.IntRange(min=1)),
         click.option("--height", default=600, show_default=True, type=click.IntRange(min=1)),
@@ -169,7 +171,7 @@ def run_captures(ctx, alias, replay, out, run_id, lanes, positions, step_um, fps
             from acquisition.camera_config import load_camera_config
             from acquisition.stage import SimulatedStage
 
-            name = run_id or default_run_id(alias)
+            name = run_id or default_run_id(alias, out)
             if why := check_plain_name(name):  # the alias names the default run folder
                 raise click.UsageError(f"{why}; pass --run-id NAME")
             config = load_camera_config(camera_config, tuple(cti))

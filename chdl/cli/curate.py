@@ -52,6 +52,9 @@ def curate(raw: str, out: str, config_path: str | None, workers: int, scheduler:
 
     INTERRUPTED.clear()
     previous = signal.signal(signal.SIGTERM, _interrupt)
+    previous_hup = signal.getsignal(signal.SIGHUP)
+    if previous_hup is not signal.SIG_IGN:  # the terminal closed (under nohup it stays ignored)
+        signal.signal(signal.SIGHUP, _interrupt)
     previous_int = signal.getsignal(signal.SIGINT)
     if previous_int is signal.default_int_handler:  # (a SIGINT ignored by whoever started us stays ignored)
         signal.signal(signal.SIGINT, _interrupt)
@@ -76,6 +79,7 @@ def curate(raw: str, out: str, config_path: str | None, workers: int, scheduler:
     finally:
         signal.signal(signal.SIGTERM, previous)
         signal.signal(signal.SIGINT, previous_int)
+        signal.signal(signal.SIGHUP, previous_hup)
     s = result.summary
     sp = s["splits"]
     click.echo(f"{result.out}: {result.n_sequences} sequences ({sp['train']} train, {sp['val']} val, "

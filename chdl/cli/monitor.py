@@ -90,7 +90,7 @@ def monitor(ctx, checkpoint, t_in, queue_depth, z_on, z_off, scorer, serve, **pa
             raise click.ClickException(str(e)) from None
         size = (int(settings["height"]), int(settings["width"]))
     else:
-        params["run_id"] = params["run_id"] or default_run_id(params["alias"])
+        params["run_id"] = params["run_id"] or default_run_id(params["alias"], params["out"])
         run_path = params["out"] / params["run_id"]
         size = (params["height"], params["width"])
     folder = monitor_dir(run_path)
@@ -117,6 +117,9 @@ def monitor(ctx, checkpoint, t_in, queue_depth, z_on, z_off, scorer, serve, **pa
         raise KeyboardInterrupt
 
     previous_term = signal.signal(signal.SIGTERM, _terminate)
+    previous_hup = signal.getsignal(signal.SIGHUP)
+    if previous_hup is not signal.SIG_IGN:  # the terminal closed (under nohup it stays ignored)
+        signal.signal(signal.SIGHUP, _terminate)
     try:
         try:
             mon.start(run_path, run_path.name, name, t)
@@ -133,6 +136,7 @@ def monitor(ctx, checkpoint, t_in, queue_depth, z_on, z_off, scorer, serve, **pa
     finally:
         error = mon.finish(state)
         signal.signal(signal.SIGTERM, previous_term)
+        signal.signal(signal.SIGHUP, previous_hup)
         if server is not None:
             server.stop()
         if not results and mon.captured == 0:  # nothing was recorded: leave nothing behind

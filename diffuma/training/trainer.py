@@ -64,7 +64,7 @@ EPOCH_FIELDS = ["epoch", "step", "train_loss", "val_mse", "val_mae", "val_ssim",
 
 
 LOCK_FILE = ".chdl-train.lock"
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)  # SIGHUP: the terminal closed (one ignored, e.g. by nohup, stays ignored)
 
 
 class TrainingDiverged(RuntimeError):
@@ -591,13 +591,14 @@ class Trainer:
 
     # ------------------------------------------------------------------ stopping on SIGINT / SIGTERM
     def _catch_stop_signals(self) -> dict | None:
-        """Installs the SIGINT/SIGTERM handler for the loop (main thread only: elsewhere Python cannot);
+        """Installs the SIGINT/SIGTERM/SIGHUP handler for the loop (main thread only: elsewhere Python cannot);
         returns the handlers it replaced (SIGCHLD's too, which _on_stop_signal may change)."""
         if threading.current_thread() is not threading.main_thread():
             return None
         self._stop_signal = None
         return {signal.SIGCHLD: signal.getsignal(signal.SIGCHLD),
-                **{s: signal.signal(s, self._on_stop_signal) for s in STOP_SIGNALS}}
+                **{s: signal.signal(s, self._on_stop_signal) for s in STOP_SIGNALS
+                   if signal.getsignal(s) is not signal.SIG_IGN}}
 
     @staticmethod
     def _restore_signal_handlers(previous: dict | None) -> None:

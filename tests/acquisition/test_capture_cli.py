@@ -53,6 +53,46 @@ def test_usage_errors(tmp_path):
     assert out.returncode == 1 and f"Error: {tmp_path}: empty folder" in out.stderr
 
 
+def test_a_recording_is_never_written_inside_another_recording_or_a_dataset(tmp_path):
+    """A run inside a recording was never curated (curate reads a folder's direct subfolders) and one inside a
+    zarr store hid among its shards; both were written with exit 0."""
+    args = ("--camera", "sim0", "--width", "64", "--height", "48", "--fps", "500", "--positions", "2", "-q")
+    assert chdl("capture", *args, "--out", tmp_path / "raw", "--run-id", "outer").returncode == 0
+    (tmp_path / "d.zarr" / "sub").mkdir(parents=True)
+    (tmp_path / "d.zarr" / "zarr.json").write_text("{}")
+    for out, what in ((tmp_path / "raw" / "outer", f"inside the recording {tmp_path / 'raw' / 'outer'}"),
+                      (tmp_path / "d.zarr" / "sub", f"inside the zarr store {tmp_path / 'd.zarr'}")):
+        r = chdl("capture", *args, "--out", out, "--run-id", "inner")
+        assert r.returncode == 1 and f"Error: {out / 'inner'}: {what}" in r.stderr, r.stderr
+        assert "choose another output folder" in r.stderr and not (out / "inner").exists()
+
+
+def test_a_wrong_bit_depth_stops_the_capture_at_the_first_frame(tmp_path):
+    """--bit-depth 6 for 8-bit data was recorded with exit 0; chdl curate refused the recording later."""
+    r = chdl("capture", "--camera", "sim0", "--width", "64", "--height", "48", "--fps", "500", "--positions", "5",
+             "--bit-depth", "6", "-q", "--out", tmp_path, "--run-id", "r")
+    assert r.returncode == 1, r.stderr
+    assert "Error: lane 0 position 0: pixel values up to " in r.stderr and ", above 63: the camera sends more than " \
+        "the 6 significant bits --bit-depth says; stopped after 0 of 5 frames" in r.stderr
+    assert Recording.open(tmp_path / "r").manifest["notes"]["stopped_by"] == "error"
+
+
+def test_default_run_ids_of_captures_within_one_second_differ(tmp_path):
+    """The default run id has one-second resolution: a scripted capture right after another was refused ("already
+    exists and is not an empty folder")."""
+    from acquisition.capture import default_run_id
+
+    for _ in range(5):  # (retried if the second turns between the calls)
+        base = default_run_id("sim0")
+        (tmp_path / base).mkdir(exist_ok=True)
+        (tmp_path / f"{base}_2.monitor").mkdir(exist_ok=True)  # a monitor folder takes its run's name too
+        got = default_run_id("sim0", tmp_path)
+        if got.startswith(base):
+            assert got == f"{base}_3" and base.endswith("Z_sim0")
+            return
+    raise AssertionError("the clock's second kept turning")
+
+
 def _same_frames(a: Recording, b: Recording) -> None:
     keys = ("lane", "position_index", "position_um", "frame_id", "device_timestamp_ns", "status", "dropped_before",
             "file", "width", "height", "pixel_format")
@@ -90,10 +130,10 @@ def test_bit_depth_is_recorded_overridden_refused_and_kept_by_a_replay(tmp_path)
     rec = chdl("capture", *args, "--out", tmp_path / "a", "--run-id", "r")  # the simulator's own: 12-bit data
     assert rec.returncode == 0, rec.stderr
     assert Recording.open(tmp_path / "a" / "r").settings["bit_depth"] == 12
-    rec = chdl("capture", *args, "--out", tmp_path / "b", "--run-id", "r", "--bit-depth", "10")  # an override
-    assert rec.returncode == 0 and Recording.open(tmp_path / "b" / "r").settings["bit_depth"] == 10, rec.stderr
+    rec = chdl("capture", *args, "--out", tmp_path / "b", "--run-id", "r", "--bit-depth", "14")  # an override
+    assert rec.returncode == 0 and Recording.open(tmp_path / "b" / "r").settings["bit_depth"] == 14, rec.stderr
     rep = chdl("capture", "--replay", tmp_path / "b" / "r", "--out", tmp_path / "c", "--as-fast-as-possible", "--quiet")
-    assert rep.returncode == 0 and Recording.open(tmp_path / "c" / "r").settings["bit_depth"] == 10, rep.stderr
+    assert rep.returncode == 0 and Recording.open(tmp_path / "c" / "r").settings["bit_depth"] == 14, rep.stderr
     bad = chdl("capture", *args[:3], "Mono8", *args[4:], "--out", tmp_path / "d", "--bit-depth", "12")
     assert bad.returncode == 2 and "Invalid value for --bit-depth: bit depth must be an integer in [1, 8] for " \
         "Mono8 pixels, not int 12" in bad.stderr and not (tmp_path / "d").exists()
@@ -139,7 +179,7 @@ def _long_capture(tmp_path):
     return run, proc
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])  # SIGHUP: the terminal closed
 def test_ctrl_c_stops_cleanly_and_closes_the_device(tmp_path, sig):
     run, proc = _long_capture(tmp_path)
     proc.send_signal(sig)
@@ -200,7 +240,8 @@ def test_real_full_disk(tmp_path):
 
 @pytest.mark.parametrize("args,message", [
     (["--step-um", "nan"], "Invalid value for '--step-um': 'nan' is not a finite number."),
-    (["--step-um", "-5"], "Invalid value for '--step-um': -5.0 is not in the range x>0."),
+    (["--step-um", "-5"], "Invalid value for '--step-um': -5.0 is not in the range 0<x<=1000000.0."),
+    (["--step-um", "1e300"], "Invalid value for '--step-um': 1e+300 is not in the range 0<x<=1000000.0."),
     (["--frame-timeout", "-1"], "Invalid value for '--frame-timeout': -1.0 is not in the range x>0."),
     (["--fps", "inf"], "Invalid value for '--fps': 'inf' is not a finite number."),
     (["--settle-s", "nan"], "Invalid value for '--settle-s'"),

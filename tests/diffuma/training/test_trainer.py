@@ -210,7 +210,7 @@ def _wait_for(predicate, proc, timeout=120):
         time.sleep(0.01)
 
 
-@pytest.mark.parametrize("signum, workers", [("SIGINT", 2), ("SIGTERM", 2), ("SIGTERM", 0)])
+@pytest.mark.parametrize("signum, workers", [("SIGINT", 2), ("SIGTERM", 2), ("SIGTERM", 0), ("SIGHUP", 0)])
 def test_ctrl_c_or_sigterm_checkpoints_the_last_step_and_the_resume_matches(standin, tiny_dataset, tmp_path, signum,
                                                                              workers):
     """A real `chdl train` process signalled mid-epoch with checkpoint_every_steps 0, the signal sent to its whole
