@@ -135,7 +135,8 @@ def dataset_path(path: str | os.PathLike) -> "Path | upath.UPath":
     """Where a dataset (or its report) lives: a local path, or an fsspec URL (``s3://bucket/x.zarr``,
     ``gs://``, ``file://`` ...) as a ``upath.UPath`` with the same interface; zarr opens the URL with its
     fsspec store. The URL's filesystem takes its settings (endpoint, credentials) from fsspec's and
-    its own usual configuration, e.g. ``AWS_ENDPOINT_URL`` and ``AWS_ACCESS_KEY_ID`` for S3."""
+    its own usual configuration, e.g. ``AWS_ENDPOINT_URL`` and ``AWS_ACCESS_KEY_ID`` for S3.
+    DatasetFormatError for a URL of a bucket's root (``s3://bucket``): a dataset is a prefix inside one."""
     if str(path).startswith("file://"):  # a local path written as a URL: the local path (atomic rename, locks)
         from urllib.parse import unquote, urlparse
 
@@ -143,7 +144,11 @@ def dataset_path(path: str | os.PathLike) -> "Path | upath.UPath":
     if "://" in str(path):
         from upath import UPath
 
-        return UPath(str(path))
+        url = UPath(str(path))
+        if len(url.parts) < 2:  # s3://bucket: deleting or replacing "the dataset" would be the bucket itself
+            raise DatasetFormatError(f"{path}: the root of a bucket, not a dataset; name one inside it, e.g. "
+                                     f"{str(path).rstrip('/')}/name.zarr")
+        return url
     return Path(path)
 
 
@@ -967,9 +972,9 @@ def open_dataset(path: str | os.PathLike, *, check_files: bool = True) -> Datase
         resumable = "curate_key" in provenance
         how = "to resume" if resumable else "with --overwrite to make it again (an import does not resume)"
         command = f" ({provenance['command']})" if provenance.get("command") else ""
-        raise DatasetIncompleteError(
-            f"{written}; its writer stopped before the end (interrupted, or an error) — rerun the command that made "
-            f"it{command} {how}")
+        stopped = ("its writer stopped before the end (interrupted, or an error)" if isinstance(path, Path) else
+                   "being written, or its writer stopped before the end (an object store has no lock to tell)")
+        raise DatasetIncompleteError(f"{written}; {stopped} — rerun the command that made it{command} {how}")
     if check_files and (missing := missing_shard_files(group, path)):
         raise DatasetFormatError(f"{path}: {_files_line(missing, 'missing')}; the dataset is damaged on disk "
                                  "(restore the file or recreate the dataset)")

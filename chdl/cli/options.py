@@ -60,3 +60,20 @@ class FiniteFloat(click.FloatRange):
 POSITIVE = FiniteFloat(min=0, min_open=True)  # > 0
 NON_NEGATIVE = FiniteFloat(min=0)  # >= 0
 FINITE = FiniteFloat()
+
+
+class LocalPath(click.Path):
+    """A click.Path that must be a local path. Given a URL (``s3://bucket/x``) click.Path turned it into the local
+    path ``s3:/bucket/x``: outputs went to a folder named ``s3:`` with a success message, and an existing dataset
+    on S3 was "no such dataset". Only ``chdl curate``'s OUT, ``chdl info`` and ``chdl verify`` take object-store
+    URLs; everywhere else a URL is a usage error naming the option."""
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, str) and "://" in value and not value.startswith("file://"):
+            self.fail(f"{value!r} is a URL; this takes a local path (object-store URLs: chdl curate's OUT, chdl info "
+                      "and chdl verify; copy the data to a local folder first)", param, ctx)
+        if isinstance(value, str) and value.startswith("file://"):
+            from urllib.parse import unquote, urlparse
+
+            value = unquote(urlparse(value).path)
+        return super().convert(value, param, ctx)

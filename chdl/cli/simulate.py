@@ -23,7 +23,7 @@ from pathlib import Path
 
 import click
 
-from chdl.cli.options import POSITIVE, FiniteFloat, quiet_option
+from chdl.cli.options import POSITIVE, FiniteFloat, LocalPath, quiet_option
 
 RUN_SEEDS = 10000  # run k of a corpus with seed s uses camera seed s * RUN_SEEDS + k
 CORPUS_FILE = "corpus.json"  # OUT/corpus.json: the arguments a corpus is rendered with (a rerun must match)
@@ -161,7 +161,7 @@ def _cluster_errors_as_click():
 
 
 @simulate.command("corpus")
-@click.argument("out", type=click.Path(file_okay=False, path_type=Path))
+@click.argument("out", type=LocalPath(file_okay=False, path_type=Path))
 @click.option("--sequences", "lanes", type=click.IntRange(1), default=100, show_default=True,
               help="Lane passes (sequences) in total.")
 @click.option("--positions", type=click.IntRange(1), default=10, show_default=True, help="Frames per lane pass.")
@@ -286,7 +286,7 @@ def _count(n: int, noun: str) -> str:
 
 
 @simulate.command("truth")
-@click.argument("runs", nargs=-1, required=True, type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("runs", nargs=-1, required=True, type=LocalPath(exists=True, file_okay=False, path_type=Path))
 @quiet_option()
 def truth(runs: tuple[Path, ...], quiet: bool) -> None:
     """Write RUN/truth/ (fault labels + clean frames) for recordings captured from a sim camera."""
@@ -307,7 +307,7 @@ def truth(runs: tuple[Path, ...], quiet: bool) -> None:
 
 
 @simulate.command("contact-sheet")
-@click.argument("out", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("out", type=LocalPath(dir_okay=False, path_type=Path))
 @click.option("--seed", type=click.IntRange(0), default=0, show_default=True)
 @click.option("--lane", type=click.IntRange(0), default=0, show_default=True)
 @click.option("--tile-width", type=click.IntRange(64, 800), default=320, show_default=True)

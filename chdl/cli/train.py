@@ -13,7 +13,7 @@ from pathlib import Path
 
 import click
 
-from chdl.cli.options import FiniteFloat, quiet_option
+from chdl.cli.options import FiniteFloat, LocalPath, quiet_option
 
 
 def _fail(e: Exception) -> click.ClickException:
@@ -52,12 +52,12 @@ def open_verified_dataset(data: Path, split: str, max_sequences: int | None = No
 
 
 @click.command("train")
-@click.option("--data", required=True, type=click.Path(path_type=Path), help="Curated dataset (zarr folder).")
+@click.option("--data", required=True, type=LocalPath(path_type=Path), help="Curated dataset (zarr folder).")
 @click.option("--config", "config_name", default=None,
               help="Packaged config name (e.g. diffuma_tiny, diffuma_chdl) or a YAML file. Optional with --resume.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override one field, e.g. --set run.lr=3e-4 --set model.l1_weight=0.5 (repeatable).")
-@click.option("--out", required=True, type=click.Path(path_type=Path),
+@click.option("--out", required=True, type=LocalPath(path_type=Path),
               help="Run folder (created): checkpoints, CSV logs, plots, resolved config.")
 @click.option("--resume", is_flag=True, help="Continue the run in --out exactly where its last checkpoint stopped.")
 @quiet_option("--no-progress")
@@ -115,8 +115,8 @@ def train(data, config_name, overrides, out, resume, quiet):
 
 
 @click.command("eval")
-@click.option("--checkpoint", required=True, type=click.Path(path_type=Path, exists=True, dir_okay=False))
-@click.option("--data", required=True, type=click.Path(path_type=Path), help="Curated dataset (zarr folder).")
+@click.option("--checkpoint", required=True, type=LocalPath(path_type=Path, exists=True, dir_okay=False))
+@click.option("--data", required=True, type=LocalPath(path_type=Path), help="Curated dataset (zarr folder).")
 @click.option("--split", default="val", type=click.Choice(["val", "train", "all"]), show_default=True)
 @click.option("--openstl", is_flag=True,
               help="OpenSTL convention: MSE/MAE summed over C*H*W per frame (default: mean per pixel).")
@@ -125,7 +125,7 @@ def train(data, config_name, overrides, out, resume, quiet):
               help="auto = EMA weights when the run kept them.")
 @click.option("--max-sequences", type=click.IntRange(min=1), default=None, help="Evaluate the first N only.")
 @click.option("--num-workers", type=click.IntRange(min=0), default=2, show_default=True)
-@click.option("--out", type=click.Path(path_type=Path), default=None,
+@click.option("--out", type=LocalPath(path_type=Path), default=None,
               help="Folder for eval_[<run>_]<checkpoint>[_<weights>]_<split>_<convention>[_first<N>].json/.md (default: "
                    "<run>/eval/, without the run's name).")
 @click.option("--overwrite", is_flag=True, help="Replace an earlier evaluation of the same split and convention.")
@@ -204,11 +204,11 @@ def _input_kind(path: Path) -> str:
 
 @click.command("predict")
 @click.option("--checkpoint", "checkpoints", required=True, multiple=True,
-              type=click.Path(path_type=Path, exists=True, dir_okay=False),
+              type=LocalPath(path_type=Path, exists=True, dir_okay=False),
               help="A checkpoint; repeat to compare several models on the same sequences.")
-@click.option("--input", "input_", required=True, type=click.Path(path_type=Path, exists=True),
+@click.option("--input", "input_", required=True, type=LocalPath(path_type=Path, exists=True),
               help="A curated dataset (zarr) or one raw recording folder.")
-@click.option("--out", required=True, type=click.Path(path_type=Path), help="Output folder (created).")
+@click.option("--out", required=True, type=LocalPath(path_type=Path), help="Output folder (created).")
 @click.option("--split", default="val", type=click.Choice(["val", "train", "all"]), show_default=True,
               help="Dataset input: which split to take sequences from.")
 @click.option("--max-sequences", type=click.IntRange(min=1), default=4, show_default=True)

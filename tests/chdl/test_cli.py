@@ -135,3 +135,55 @@ def test_ctrl_c_in_a_command_without_its_own_handler_is_one_line_and_exit_130(tm
     assert err.strip().splitlines()[-1] == "interrupted: chdl import stopped before it finished (rerun the same command)"
     assert "Aborted" not in err and "Traceback" not in err
     assert not out.exists()
+
+
+def test_a_url_where_a_local_path_is_needed_is_a_usage_error(tmp_path):
+    """click.Path made `s3://bucket/x` the local `s3:/bucket/x`: outputs went to a folder named `s3:` with a success
+    message and a dataset on S3 was "no such dataset"."""
+    from click.testing import CliRunner
+
+    from chdl.cli import main
+
+    cases = [(["import", "mnist", "--out", "s3://b/m.zarr"], "--out"),
+             (["capture", "--camera", "sim0", "--out", "s3://b/raw"], "--out"),
+             (["train", "--data", "s3://b/x.zarr", "--config", "diffuma_tiny", "--out", str(tmp_path / "r")], "--data"),
+             (["eval", "--checkpoint", __file__, "--data", "gs://b/x.zarr"], "--data"),
+             (["curate", "s3://b/raw", str(tmp_path / "o.zarr")], "RAW")]
+    for args, where in cases:
+        r = CliRunner().invoke(main, args)
+        assert r.exit_code == 2, (args, r.output)
+        assert f"Invalid value for '{where}': '{args[args.index(where) + 1] if where != 'RAW' else 's3://b/raw'}' is a " \
+            "URL; this takes a local path" in r.output, r.output
+    assert not list(tmp_path.iterdir()) and not (tmp_path / "s3:").exists()
+
+
+def test_a_bucket_root_is_never_a_dataset(tmp_path):
+    """`chdl curate RAW s3://empty-bucket` removed the (empty) bucket as "an empty folder" and then failed to create
+    the dataset in it. No request is made: the URL is refused as it is read."""
+    import pytest
+
+    from chdl.dataset import DatasetFormatError, dataset_path
+    from curation.config import CurateConfig
+    from curation.pipeline import CurateError, curate
+
+    for url in ("s3://bucket", "s3://bucket/", "gs://b"):
+        with pytest.raises(DatasetFormatError, match="the root of a bucket, not a dataset; name one inside it"):
+            dataset_path(url)
+    with pytest.raises(CurateError, match=r"^s3://bucket: the root of a bucket, not a dataset; name one inside it, "
+                                          r"e\.g\. s3://bucket/name\.zarr$"):
+        curate(tmp_path, "s3://bucket", CurateConfig())
+    assert str(dataset_path("s3://bucket/x.zarr")) == "s3://bucket/x.zarr"
+
+
+def test_object_store_credential_and_connection_failures_are_one_line(tmp_path):
+    """No credentials gave an 80-line NoCredentialsError traceback (a refused connection, a wrong key: the same)."""
+    import os
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env.update(HOME=str(tmp_path), AWS_ENDPOINT_URL="http://127.0.0.1:9", AWS_MAX_ATTEMPTS="1", AWS_EC2_METADATA_DISABLED="true")
+    for cmd in ("info", "verify"):
+        r = subprocess.run([sys.executable, "-m", "chdl", cmd, "s3://bucket/x.zarr"], capture_output=True, text=True,
+                           env=env, timeout=120)
+        assert r.returncode == 1, r.stderr
+        assert r.stderr.strip() == ("Error: s3://bucket/x.zarr: the object store cannot be used (NoCredentialsError: "
+                                    "Unable to locate credentials)"), r.stderr
