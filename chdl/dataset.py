@@ -974,7 +974,9 @@ def open_dataset(path: str | os.PathLike, *, check_files: bool = True) -> Datase
         command = f" ({provenance['command']})" if provenance.get("command") else ""
         stopped = ("its writer stopped before the end (interrupted, or an error)" if isinstance(path, Path) else
                    "being written, or its writer stopped before the end (an object store has no lock to tell)")
-        raise DatasetIncompleteError(f"{written}; {stopped} — rerun the command that made it{command} {how}")
+        kept = (f"; the dataset it was replacing is kept at {previous_path(path)} until it completes"
+                if isinstance(path, Path) and previous_path(path).is_dir() else "")
+        raise DatasetIncompleteError(f"{written}; {stopped} — rerun the command that made it{command} {how}{kept}")
     if check_files and (missing := missing_shard_files(group, path)):
         raise DatasetFormatError(f"{path}: {_files_line(missing, 'missing')}; the dataset is damaged on disk "
                                  "(restore the file or recreate the dataset)")

@@ -61,12 +61,14 @@ def write_sequences(
     one shard (at least ``frames``). The dataset is marked complete only after the last shard; if anything
     fails on the way (bad input found late, Ctrl-C) the partial output is removed, so nothing half-written
     is left behind — importers are deterministic, a rerun rebuilds the same thing. An existing ``out`` is
-    refused (FileExistsError) unless ``overwrite``.
+    refused (FileExistsError) unless ``overwrite``; the complete dataset an ``overwrite`` replaces is kept aside
+    until the new one is complete and put back if it cannot be (a kill leaves it at ``.<name>.previous``).
     """
     out = Path(out)
     check_room(out, n_sequences, create_kwargs)
     try:  # create inside the try: an interrupt just after the layout is renamed into place removes it too
-        writer = DatasetWriter.create(out, n_sequences=n_sequences, overwrite=overwrite, **create_kwargs)
+        writer = DatasetWriter.create(out, n_sequences=n_sequences, overwrite=overwrite, keep_previous=overwrite,
+                                      **create_kwargs)
         with tqdm(total=n_sequences, desc=desc, unit="seq", file=sys.stderr, disable=not progress) as bar:
             for shard in range(writer.n_shards):
                 rng = writer.shard_range(shard)
@@ -74,8 +76,9 @@ def write_sequences(
                 bar.update(len(rng))
         writer.finalize()
     except BaseException:
-        if marked_incomplete(out):  # ours; never what was there before (a refused --out, a dataset left as it was)
-            shutil.rmtree(out, ignore_errors=True)
+        # an --overwrite cut short puts back the dataset it was replacing (kept aside until the new one is complete)
+        if not DatasetWriter.restore_previous(out) and marked_incomplete(out):
+            shutil.rmtree(out, ignore_errors=True)  # ours; never what was there before (a refused --out)
         raise
     return out
 

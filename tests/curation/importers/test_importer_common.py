@@ -56,3 +56,37 @@ def test_a_dataset_larger_than_the_free_space_is_refused_before_anything_is_writ
         write_sequences(tmp_path / "d.zarr", shard, n_sequences=too_many, progress=False, **LAYOUT)
     assert not (tmp_path / "d.zarr").exists()
     write_sequences(tmp_path / "d.zarr", shard, n_sequences=3, progress=False, **LAYOUT)  # a size that fits
+
+
+@pytest.mark.parametrize("stop", [ValueError("bad input in shard 1"), KeyboardInterrupt()])
+def test_an_overwrite_cut_short_puts_back_the_dataset_it_was_replacing(tmp_path: Path, stop):
+    """An import --overwrite interrupted (Ctrl-C) or failing on late input deleted the complete dataset it replaced,
+    and left nothing: curate --overwrite kept it aside; the importers now do too."""
+    out = tmp_path / "d.zarr"
+    write_sequences(out, shard, n_sequences=3, progress=False, **LAYOUT)
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+
+    def failing(rng: range) -> dict:
+        if rng.start >= 2:
+            raise stop
+        return {**shard(rng), "frames": shard(rng)["frames"] + 100}
+
+    with pytest.raises(type(stop)):
+        write_sequences(out, failing, n_sequences=5, overwrite=True, progress=False, **LAYOUT)
+    assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d.zarr"]  # nothing aside left
+    write_sequences(out, shard, n_sequences=5, overwrite=True, progress=False, **LAYOUT)
+    assert open_dataset(out).n_sequences == 5 and sorted(p.name for p in tmp_path.iterdir()) == ["d.zarr"]
+
+
+def test_an_incomplete_replacement_names_the_dataset_kept_aside(tmp_path: Path):
+    """After a kill (SIGKILL: no cleanup) the replaced dataset waits at .<name>.previous; opening the incomplete
+    new one says where, so that it is not thought lost."""
+    from chdl.dataset import DatasetIncompleteError, DatasetWriter, previous_path
+
+    out = tmp_path / "d.zarr"
+    write_sequences(out, shard, n_sequences=3, progress=False, **LAYOUT)
+    DatasetWriter.create(out, n_sequences=5, overwrite=True, keep_previous=True, **LAYOUT)  # killed right after
+    with pytest.raises(DatasetIncompleteError, match=rf"the dataset it was replacing is kept at {previous_path(out)} "):
+        open_dataset(out)
+    assert open_dataset(previous_path(out)).n_sequences == 3
