@@ -515,8 +515,11 @@ class Trainer:
                                   "continue it or choose another --out")
         if self.dist.main:
             atomic_write_text(self.out / "config.yaml", yaml.safe_dump(self.config, sort_keys=False))
+            # a resume keeps the rows up to its checkpoint; the row of an epoch cut short by run.max_steps (or the
+            # budget) is kept too when nothing is left to train (it was dropped, and never redone)
+            kept_epochs = self.epoch + (1 if self.finished() and self.batch_in_epoch else 0)
             steps_log = _CsvLog(self.out / "steps.csv", list(STEP_FIELDS), "step", self.step if resume else None)
-            epochs_log = _CsvLog(self.out / "epochs.csv", list(EPOCH_FIELDS), "epoch", self.epoch if resume else None)
+            epochs_log = _CsvLog(self.out / "epochs.csv", list(EPOCH_FIELDS), "epoch", kept_epochs if resume else None)
             # a resumed run redoes the steps after its checkpoint: their events from before are purged
             tb = _tensorboard(self.out / "tensorboard", purge_step=self.step + 1 if resume else None)
         self.model.train()

@@ -151,6 +151,11 @@ def test_a_run_that_stops_mid_epoch_validates_its_final_weights(standin, tiny_da
     assert all(float(r["val_mse"]) > 0 for r in epochs)
     best = min(epochs, key=lambda r: float(r["val_mse"]))
     assert load_checkpoint(tmp_path / "r" / "checkpoints" / "best.pt")["step"] == int(best["step"])
+    # a --resume of the finished run trains nothing and keeps every row (it dropped the partial epoch's, for good)
+    logs = {n: (tmp_path / "r" / n).read_bytes() for n in ("steps.csv", "epochs.csv")}
+    again = build_trainer(None, tiny_dataset, tmp_path / "r", resume=True, progress=False)
+    again.fit(resume=True)
+    assert again.step == max_steps and {n: (tmp_path / "r" / n).read_bytes() for n in logs} == logs
 
 
 def test_the_last_epoch_is_validated_whatever_the_cadence(standin, tiny_dataset, tmp_path):
