@@ -181,9 +181,28 @@ def _init_distributed(device_kind: str) -> _Dist:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world == 1:
         return _Dist()
+    _end_with_launcher()
     if not dist.is_initialized():
         dist.init_process_group("nccl" if device_kind == "cuda" else "gloo")
     return _Dist(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
+
+
+def _end_with_launcher(poll_s: float = 0.5) -> None:
+    """A torchrun rank signals itself SIGTERM once when its launcher is gone (its parent changes), and stops as it
+    does on SIGTERM (checkpoint at the step, exit 130). torchrun starts the ranks in sessions of their own, so a
+    launcher killed with SIGKILL (or its process group) left them training to the end, unwatched, holding the
+    run folder's lock. (A thread, not Linux's PR_SET_PDEATHSIG: that signal comes again as each of the
+    launcher's threads exits, and a second stop signal means "abort at once, without saving".)"""
+    import signal
+
+    launcher = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == launcher:
+            time.sleep(poll_s)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="chdl-launcher-watch", daemon=True).start()
 
 
 def shutdown_distributed() -> None:
@@ -666,10 +685,17 @@ class Trainer:
             g["lr"] = lr
         with autocast(self.device, self.amp_dtype):
             loss, logs = self.loss_module(x, y, self.step, self.total_steps)
-        bad = torch.tensor(0.0 if torch.isfinite(loss.detach()).item() else 1.0, device=self.device)
+        # [any rank's loss not finite, loss, logs...]: under torchrun summed over the ranks in one collective, so
+        # that every rank stops together and the logs (steps.csv, epochs.csv's train_loss) are the mean over all
+        # ranks' samples, not rank 0's share alone
+        names = list(logs)
+        shared = torch.stack([torch.tensor(0.0 if torch.isfinite(loss.detach()).item() else 1.0, device=self.device),
+                              loss.detach().float(), *(torch.as_tensor(logs[k], device=self.device).float()
+                                                       for k in names)])
         if self.dist.world_size > 1:
-            dist.all_reduce(bad, op=dist.ReduceOp.MAX)  # every rank stops together
-        if bad.item():
+            dist.all_reduce(shared, op=dist.ReduceOp.SUM)
+            shared[1:] /= self.dist.world_size
+        if shared[0].item() > 0:
             where = (f"last good checkpoint: {self.ckpt_dir / 'last.pt'} (step {self.last_saved_step})"
                      if self.last_saved_step is not None else "no checkpoint had been written yet")
             raise TrainingDiverged(f"loss is {loss.item()} at step {self.step + 1} (epoch {self.epoch + 1}); "
@@ -685,7 +711,7 @@ class Trainer:
         self.scaler.update()
         if self.ema is not None:
             self.ema.update_parameters(self.model)
-        return float(loss.detach()), {k: float(v) for k, v in logs.items()}, grad_norm
+        return float(shared[1]), {k: float(v) for k, v in zip(names, shared[2:])}, grad_norm
 
     def _end_epoch(self, train_loss: float, epochs_log: _CsvLog | None, tb, t0: float) -> None:
         self.epoch += 1

@@ -23,7 +23,17 @@ cfg, data, out, mode = json.loads(sys.argv[1]), sys.argv[2], Path(sys.argv[3]), 
 stop = int(sys.argv[5]) if len(sys.argv) > 5 else None
 if mode == "fresh":
     trainer = build_trainer(cfg, data, out, progress=False)
+    local_losses = []
+    inner = trainer.loss_module
+
+    def recording(*args, **kw):  # each rank's own loss of each step, for the test of the logged (mean) one
+        loss, logs = inner(*args, **kw)
+        local_losses.append(float(loss.detach()))
+        return loss, logs
+
+    trainer.loss_module = recording
     trainer.fit(stop_after_steps=stop)
+    (out / f"local_losses_rank{trainer.dist.rank}.json").write_text(json.dumps(local_losses))
 else:
     trainer = build_trainer(None, data, out, resume=True, progress=False)
     trainer.fit(resume=True)

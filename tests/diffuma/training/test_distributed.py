@@ -42,6 +42,10 @@ def test_torchrun_two_processes_train_resume_and_log_once(tiny_dataset, tmp_path
         assert torch.equal(v, ref[1]["model"][k]), k
     rows = steps(tmp_path / "ref")
     assert [r["step"] for r in rows] == [str(i) for i in range(1, 7)]  # rank 0 alone writes the log
+    # the logged loss is the mean over both ranks' samples (it was rank 0's own half)
+    local = [json.loads((tmp_path / "ref" / f"local_losses_rank{k}.json").read_text()) for k in range(2)]
+    assert local[0] != local[1]
+    assert [float(r["loss"]) for r in rows] == pytest.approx([(a + b) / 2 for a, b in zip(*local)], rel=1e-6)
     ckpt = load_checkpoint(tmp_path / "ref" / "checkpoints" / "last.pt")
     assert ckpt["step"] == 6 and len(ckpt["rng_per_rank"]) == 2  # every rank's RNG state is saved
 
@@ -54,3 +58,40 @@ def test_torchrun_two_processes_train_resume_and_log_once(tiny_dataset, tmp_path
         assert torch.equal(v, resumed[0]["model"][k]), k
         assert torch.equal(v, resumed[1]["model"][k]), k
     assert [r["loss"] for r in steps(tmp_path / "run")] == [r["loss"] for r in rows]
+
+
+@pytest.mark.skipif(not torch.distributed.is_available() or not sys.platform.startswith("linux"),
+                    reason="torch built without distributed / PR_SET_PDEATHSIG is Linux's")
+def test_the_ranks_stop_when_their_launcher_is_killed(tiny_dataset, tmp_path):
+    """kill -9 of torchrun left both ranks (in sessions of their own) training to the end, unwatched, holding the
+    run folder's lock: a --resume was refused as "in use". They now stop as on SIGTERM, checkpointing the step."""
+    import signal
+    import time
+
+    cfg = {**CONFIG, "run": {**CONFIG["run"], "epochs": 40, "checkpoint_every_steps": 0}}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo", "MASTER_ADDR": "127.0.0.1",
+           "STANDIN_STEP_SLEEP": "0.2"}
+    out = tmp_path / "run"
+    launcher = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                                 str(WORKER), json.dumps(cfg), str(tiny_dataset), str(out), "fresh"],
+                                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 120
+    while not ((out / "steps.csv").exists() and len((out / "steps.csv").read_text().splitlines()) >= 3):
+        assert launcher.poll() is None and time.monotonic() < deadline, "the run did not start"
+        time.sleep(0.1)
+    launcher.kill()
+    launcher.wait()
+
+    def ranks() -> list[str]:
+        r = subprocess.run(["pgrep", "-f", str(out)], capture_output=True, text=True)
+        return r.stdout.split()
+
+    deadline = time.monotonic() + 60
+    while ranks() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    left = ranks()
+    for pid in left:  # (never leave them running, whatever the assertion says)
+        os.kill(int(pid), signal.SIGKILL)
+    assert not left, "ranks still running a minute after their launcher was killed"
+    step = load_checkpoint(out / "checkpoints" / "last.pt")["step"]
+    assert 2 <= step < 80  # checkpointed where they stopped (80 = 40 epochs x 2 steps), not run to the end
