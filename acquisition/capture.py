@@ -310,7 +310,9 @@ def _loop(source, stage: Stage, out: _BackgroundWriter, applied: CaptureSettings
     would be refused by chdl curate, naming that frame, perhaps hours later)."""
     frame_timeout = plan.frame_timeout_s or max(1.0, 3.0 / max(applied.fps, 1e-3))
     recent: list[int] = []  # monotonic stamps of the last frames, for the achieved rate
-    consecutive = 0
+    consecutive = discarded_at_first_timeout = 0
+    # buffers the backend received and discarded (Aravis: missing packets), counted as incomplete buffers
+    discarded = lambda: getattr(getattr(source, "camera", None), "incomplete_buffers", 0)  # noqa: E731
     done = 0
     for lane in range(plan.lanes):
         for p, position_um in enumerate(plan.positions_um):
@@ -350,8 +352,14 @@ def _loop(source, stage: Stage, out: _BackgroundWriter, applied: CaptureSettings
             out.put(pixels, meta, Progress(done=done, total=plan.total, lane=lane, position_index=p,
                                            fps=(len(recent) - 1) / span if span > 0 else 0.0,
                                            dropped=source.stats.dropped + counts["dropped_positions"],
-                                           incomplete=source.stats.incomplete))
+                                           incomplete=source.stats.incomplete + discarded()))
+            if consecutive == 1:
+                discarded_at_first_timeout = discarded()
             if consecutive >= plan.max_consecutive_timeouts:
+                if (bad := discarded() - discarded_at_first_timeout) > 0:  # the camera answered, incompletely
+                    raise CameraError(f"camera lost: no complete frame for {consecutive} positions in a row; {bad} "
+                                      f"buffers came incomplete (missing packets: check the link, its MTU and the "
+                                      f"camera's packet delay) (frame timeout {frame_timeout:.2f} s)")
                 raise CameraError(f"camera lost: no frame for {consecutive} positions in a row "
                                   f"(frame timeout {frame_timeout:.2f} s)")
 

@@ -101,7 +101,12 @@ def _stamp() -> tuple[int, int]:
 def _gap(tracker: FrameIdTracker, frame: Frame) -> int:
     """Drops before ``frame``: a replayed frame carries its recorded count, a live one is counted from ids."""
     known = getattr(frame, "dropped_before", None)
-    return known if known is not None else tracker.observe(frame.frame_id)
+    if known is not None:
+        return known
+    # buffers the backend received but discarded (Aravis: missing packets) were not lost on the way: they move the
+    # id counter on, and are counted as incomplete buffers, not as drops of the next frame too
+    before = sum(tracker.observe(i) for i in getattr(frame, "discarded_ids", ()))
+    return before + tracker.observe(frame.frame_id)
 
 
 class SoftwareTriggered:

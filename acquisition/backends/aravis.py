@@ -121,6 +121,7 @@ class AravisCamera(Camera):
         self.alias, self.name, self.options = alias, name, options
         self.info = CameraInfo("", "", "", "", "GEV", "aravis", address=name)
         self.incomplete_buffers = 0  # buffers that arrived with missing packets (discarded, counted)
+        self._discarded: list[int] = []  # their ids since the last frame returned (passed on with it: not drops)
         self._cam = self._stream = None
         self._acquiring = False
         self._lost = False  # the device stopped answering: do not send it any more commands (each would time out)
@@ -210,11 +211,12 @@ class AravisCamera(Camera):
         self._set(self._feature("Height"), int(settings.height))
         rate = self._feature("AcquisitionFrameRate", "AcquisitionFrameRateAbs")
         self._set(rate, float(settings.fps))
-        exposure = None
         if settings.exposure_us is not None:
-            feature = self._feature("ExposureTime", "ExposureTimeAbs")
-            self._set(feature, float(settings.exposure_us))
-            exposure = float(_call("arv_camera_get_float", self._cam, feature.encode()))
+            self._set(self._feature("ExposureTime", "ExposureTimeAbs"), float(settings.exposure_us))
+        # the exposure as the camera reports it, set now or left by an earlier capture (recorded either way: a run
+        # that left 1000 us behind made the next one's frames black with nothing in its manifest to say why)
+        feature = next((f for f in ("ExposureTime", "ExposureTimeAbs") if self._has(f)), None)
+        exposure = float(_call("arv_camera_get_float", self._cam, feature.encode())) if feature else None
         get_int = lambda n: int(_call("arv_camera_get_integer", self._cam, n))  # noqa: E731
         fmt = _call("arv_camera_get_string", self._cam, b"PixelFormat").decode()
         # Mono16: the significant bits from PixelDynamicRangeMax where the camera has it (docs/raw-format.md)
@@ -293,8 +295,11 @@ class AravisCamera(Camera):
             try:
                 if lib.arv_buffer_get_status(buffer) != BUFFER_STATUS_SUCCESS:
                     # missing packets / aborted: its image header may be absent too, so the pixels cannot be
-                    # trusted or even sized. Counted and discarded, as harvesters does for GenTL.
+                    # trusted or even sized. Counted and discarded, as harvesters does for GenTL; its id (the
+                    # GVSP leader's, where it came) is passed on so it is not counted as a drop as well.
                     self.incomplete_buffers += 1
+                    if frame_id := int(lib.arv_buffer_get_frame_id(buffer)):
+                        self._discarded.append(frame_id)
                     continue
                 size = c_size_t()
                 data = lib.arv_buffer_get_data(buffer, byref(size))
@@ -306,10 +311,14 @@ class AravisCamera(Camera):
                 n = w * h * np.dtype(dtype).itemsize
                 if not data or size.value < n:
                     self.incomplete_buffers += 1
+                    if frame_id := int(lib.arv_buffer_get_frame_id(buffer)):
+                        self._discarded.append(frame_id)
                     continue
                 pixels = np.frombuffer(ctypes.string_at(data, n), dtype=dtype).reshape(h, w).copy()
                 frame_id = int(lib.arv_buffer_get_frame_id(buffer))
                 stamp = int(lib.arv_buffer_get_timestamp(buffer)) or None
             finally:
                 lib.arv_stream_push_buffer(self._stream, buffer)  # back to Aravis only after the copy
-            return Frame(pixels=pixels, frame_id=frame_id, device_timestamp_ns=stamp, incomplete=False)
+            discarded, self._discarded = tuple(self._discarded), []
+            return Frame(pixels=pixels, frame_id=frame_id, device_timestamp_ns=stamp, incomplete=False,
+                         discarded_ids=discarded)

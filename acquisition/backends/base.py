@@ -59,6 +59,7 @@ class Frame:
     frame_id: int | None  # device frame counter, if the backend has one
     device_timestamp_ns: int | None  # device clock, if the camera provides one
     incomplete: bool = False  # the buffer arrived partially filled
+    discarded_ids: tuple[int, ...] = ()  # ids of buffers received before it but discarded (incomplete): not drops
 
 
 def sleep_until(deadline: float, timeout_s: float, what: str) -> None:

@@ -44,6 +44,14 @@ PIXEL_FORMATS = tuple(PIXEL_LAYOUTS)
 _EVENT_WAIT_MS = 50  # harvesters waits on the GenTL new-buffer event in slices of this (1 ms default = busy loop)
 
 
+
+def _float_inc(node) -> float | None:
+    """An IFloat node's increment, where it has one (GenApi's HasInc); None otherwise."""
+    try:
+        return float(node.inc) if node.has_inc() else None
+    except Exception:  # noqa: BLE001 - genapi raises its own exception tree
+        return None
+
 class CameraWarning(UserWarning):
     """Something worth telling the user that does not stop the capture (e.g. an unpinned alias)."""
 
@@ -256,9 +264,12 @@ class GenTLCamera(Camera):
                 raise CameraError(f"{where}: {name}={value} refused; valid values: {', '.join(valid)}")
         elif kind in ("IInteger", "IFloat"):
             lo, hi = node.min, node.max
-            step = getattr(node, "inc", None) if kind == "IInteger" else None
-            rng = f"{lo}..{hi}" + (f" in steps of {step}" if step and step > 1 else "")
-            if not lo <= value <= hi or (step and (value - lo) % step):
+            step = getattr(node, "inc", None) if kind == "IInteger" else _float_inc(node)
+            rng = f"{lo}..{hi}" + (f" in steps of {step}" if step and (kind == "IFloat" or step > 1) else "")
+            # an IFloat with an increment (viky's AcquisitionFrameRate: 1.0) rounds a value between its steps
+            # (7.3 became 7.0): refused, as the docs promise, never changed
+            off_grid = step and abs((value - lo) / step - round((value - lo) / step)) > 1e-9
+            if not lo <= value <= hi or off_grid:
                 raise CameraError(f"{where}: {name}={value} refused; valid range {rng}")
         if node.get_access_mode() not in (EAccessMode.RW, EAccessMode.WO):
             raise CameraError(f"{where}: {name} is not writable now (access mode {node.get_access_mode()})")
@@ -266,6 +277,17 @@ class GenTLCamera(Camera):
             node.value = value
         except Exception as e:  # noqa: BLE001 - genapi raises its own exception tree
             raise CameraError(f"{where}: {name}={value} refused ({str(e).split(' : ')[0]})") from None
+
+    def _exposure_us(self) -> float | None:
+        """The exposure the camera reports (ExposureTime, µs), set by this capture or left by an earlier one; None
+        where it has no readable one."""
+        node = self._node("ExposureTime", "ExposureTimeAbs")
+        if node is None or node.get_access_mode() not in (EAccessMode.RO, EAccessMode.RW):
+            return None
+        try:
+            return float(node.value)
+        except Exception:  # noqa: BLE001 - genapi raises its own exception tree
+            return None
 
     def apply(self, settings: CaptureSettings) -> CaptureSettings:
         if settings.pixel_format not in PIXEL_FORMATS:
@@ -283,18 +305,16 @@ class GenTLCamera(Camera):
             enable.value = True
         rate = need("AcquisitionFrameRate", self._node("AcquisitionFrameRate", "AcquisitionFrameRateAbs"))
         self._set(rate, float(settings.fps))
-        exposure = None
         if settings.exposure_us is not None:
             node = need("ExposureTime", self._node("ExposureTime", "ExposureTimeAbs"))
             auto = self._node("ExposureAuto")
             if auto is not None and auto.get_access_mode() == EAccessMode.RW:
                 auto.value = "Off"
             self._set(node, float(settings.exposure_us))
-            exposure = float(node.value)
         nm = self._nm
         fmt = str(nm.PixelFormat.value)
         return CaptureSettings(width=int(nm.Width.value), height=int(nm.Height.value), pixel_format=fmt,
-                               fps=float(rate.value), exposure_us=exposure, bit_depth=self._mono16_bits(fmt))
+                               fps=float(rate.value), exposure_us=self._exposure_us(), bit_depth=self._mono16_bits(fmt))
 
     def _mono16_bits(self, fmt: str) -> int | None:
         """Significant bits of Mono16 data from the camera's PixelDynamicRangeMax, where it has a readable

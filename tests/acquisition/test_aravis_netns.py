@@ -44,9 +44,16 @@ def test_fake_gige_camera_software_trigger_timestamps_and_16_bit_wrap(tmp_path):
     script = (f"ip link set lo up && {{ {FAKE} -i 127.0.0.1 -s FAKE01 & pid=$!; trap 'kill $pid' EXIT; sleep 0.5; "
               f"{chdl} --out {tmp_path / 'raw'} --run-id run --lanes 15 --positions 10 --fps 100 --width 320 --height 240 "
               f"--exposure-us 2000; echo RC=$?; "
-              f"{chdl} --out {tmp_path / 'bad'} --width 4096; echo RC=$?; {sys.executable} {tmp_path / 'check.py'}; }}")
+              f"{chdl} --out {tmp_path / 'bad'} --width 4096; echo RC=$?; "
+              f"{chdl} --out {tmp_path / 'raw'} --run-id left --positions 2 --fps 100 --width 320 --height 240; echo RC=$?; "
+              f"{sys.executable} {tmp_path / 'check.py'}; }}")
     out = subprocess.run(["unshare", "-rn", "sh", "-c", script], capture_output=True, text=True, timeout=120)
-    assert [line for line in out.stdout.splitlines() if line.startswith("RC=")] == ["RC=0", "RC=1"], out.stdout + out.stderr
+    assert [line for line in out.stdout.splitlines() if line.startswith("RC=")] == ["RC=0", "RC=1", "RC=0"], \
+        out.stdout + out.stderr
+    # a capture that does not set the exposure records the one the camera has (left by the first: 2000 us)
+    from acquisition.raw import Recording
+
+    assert Recording.open(tmp_path / "raw" / "left").settings["exposure_us"] == 2000.0
     assert "Error: camera 'arv0' (Fake FAKE01): Width=4096 refused; valid range 1..2048" in out.stderr
     r = json.loads(out.stdout.strip().splitlines()[-1])
     assert r["complete"] and r["n"] == 150 and r["status"] == ["ok"]

@@ -31,6 +31,9 @@ def test_cameras_lists_aliases(tmp_path):
 @pytest.mark.parametrize("args,message", [
     (["--camera", "custom0", "--cti", "/nonexistent/x.cti"], "Error: /nonexistent/x.cti: GenTL producer (.cti) not found"),
     (["--camera", "custom0", "--cti", "viky", "--width", "1000"], "Width=1000 refused; valid range 100..800"),
+    # an IFloat with an increment: 7.3 was rounded to 7.0 and recorded so, exit 0
+    (["--camera", "custom0", "--cti", "viky", "--fps", "7.3"],
+     "AcquisitionFrameRate=7.3 refused; valid range 1.0..200.0 in steps of 1.0"),
     (["--camera", "gige0", "--cti", "viky"], "no GEV device number 0"),
     (["--camera", "custom0", "--cti", "viky", "--trigger", "software"], "'software' not offered by this camera"),
     # no producer at all: the error points a user without hardware to the simulator and `chdl cameras`

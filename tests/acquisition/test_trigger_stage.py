@@ -124,3 +124,18 @@ def test_sleep_until_waits_for_the_deadline_or_times_out():
     with pytest.raises(TimeoutError, match="^too late$"):
         sleep_until(t0 + 10.0, 0.02, "too late")
     assert 0.02 <= time.monotonic() - t0 < 5.0  # slept the timeout, not the 10 s
+
+
+def test_buffers_received_but_discarded_are_not_drops():
+    """Aravis discards a buffer with missing packets (counted as an incomplete buffer); the id gap it leaves was
+    counted again as a drop of the next frame (7 incomplete buffers reported as 10 drops on a lossy link)."""
+    import numpy as np
+
+    from acquisition.backends.base import Frame
+    from acquisition.trigger import _gap
+
+    t = FrameIdTracker()
+    px = np.zeros((2, 2), np.uint8)
+    assert _gap(t, Frame(px, 1, None)) == 0
+    assert _gap(t, Frame(px, 3, None, discarded_ids=(2,))) == 0  # 2 came, incomplete: not lost
+    assert _gap(t, Frame(px, 7, None, discarded_ids=(5,))) == 2  # 4 and 6 never came: lost; 5 discarded
