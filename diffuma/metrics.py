@@ -31,6 +31,8 @@ CONVENTIONS = ("per_pixel", "openstl")
 METRICS = ("mse", "mae", "ssim", "psnr")
 # The SSIM definition used everywhere (Wang et al. 2004 settings, explicit data range of [0, 1] intensities).
 SSIM_KWARGS = dict(gaussian_weights=True, sigma=1.5, use_sample_covariance=False, data_range=1.0)
+# The smallest frame side SSIM_KWARGS can score: skimage's Gaussian window is 2 * int(3.5 * sigma + 0.5) + 1 px
+SSIM_MIN_SIDE = 11
 PSNR_MSE_FLOOR = 1e-10
 # One line per convention, printed under every table and stored in every JSON result.
 CONVENTION_NOTES = {

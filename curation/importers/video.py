@@ -86,16 +86,35 @@ class ClipPlan:
     val_block: tuple[int, int]  # [start, stop) of the kept frames the validation clips use
 
 
+MIN_SIDE = 11  # SSIM's 11 x 11 Gaussian window (diffuma.metrics.SSIM_MIN_SIDE): training validates with it
+MAX_SIDE = 4096
+
+
 def parse_size(text: str) -> tuple[int, int]:
-    """``"120x160"`` -> ``(120, 160)`` (H × W); both at least 1."""
+    """``"120x160"`` -> ``(120, 160)`` (H × W); each side in [MIN_SIDE, MAX_SIDE]. ValueError otherwise (a 6x10
+    dataset imported, then its training ended at the first validation with scikit-image's "win_size exceeds image
+    extent"; 99999x99999 was killed for memory without a word)."""
     parts = text.lower().replace("×", "x").split("x")
     try:
         h, w = (int(p) for p in parts)
     except ValueError:
         raise ValueError(f"size {text!r}: expected HxW, e.g. 120x160") from None
-    if h < 1 or w < 1:
-        raise ValueError(f"size {text!r}: height and width must be at least 1")
+    if not (MIN_SIDE <= h <= MAX_SIDE and MIN_SIDE <= w <= MAX_SIDE):
+        raise ValueError(f"size {text!r}: height and width must be {MIN_SIDE} to {MAX_SIDE} px (SSIM's window is "
+                         f"{MIN_SIDE} x {MIN_SIDE} px)")
     return h, w
+
+
+def _available_memory() -> int | None:
+    """Bytes of memory available now (Linux: MemAvailable), None where unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
 
 
 def center_crop_box(height: int, width: int, size: tuple[int, int]) -> tuple[int, int, int, int]:
@@ -165,6 +184,11 @@ def read_video(path: str | Path, size: tuple[int, int] = SIZE, frame_stride: int
         fourcc = int(cap.get(cv2.CAP_PROP_FOURCC))
         codec = "".join(chr((fourcc >> 8 * i) & 0xFF) for i in range(4)).strip("\x00 ") if fourcc > 0 else ""
         reported = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
+        need = -(-max(reported, 0) // frame_stride) * size[0] * size[1]  # the kept frames, held until written
+        if (free := _available_memory()) is not None and need > 0.8 * free:
+            raise ImporterInputError(f"{path}: {-(-reported // frame_stride):,} frames at {size[0]}x{size[1]} need "
+                                     f"{need / 2**30:.1f} GiB of memory, {free / 2**30:.1f} GiB available: choose a "
+                                     "smaller --size or a larger --frame-stride")
         kept, box, shape = [], None, None
         decoded = 0
         with tqdm(total=reported if reported > 0 else None, desc=f"decode {path.name}", unit="frame",

@@ -97,6 +97,22 @@ def test_crop_box_and_size():
     for bad in ("120", "0x10", "axb"):
         with pytest.raises(ValueError):
             parse_size(bad)
+    from diffuma.metrics import SSIM_MIN_SIDE
+
+    assert parse_size(f"{SSIM_MIN_SIDE}x{SSIM_MIN_SIDE}") == (11, 11) and parse_size("4096x4096") == (4096, 4096)
+    for bad in ("10x16", "6x10", "1x1", "99999x99999"):  # under SSIM's window (training died at validation) / OOM
+        with pytest.raises(ValueError, match="height and width must be 11 to 4096 px"):
+            parse_size(bad)
+
+
+def test_a_size_that_cannot_fit_in_memory_is_refused_before_decoding(videos, monkeypatch):
+    import curation.importers.video as video
+
+    monkeypatch.setattr(video, "_available_memory", lambda: 1_000_000)  # 1 MB
+    with pytest.raises(video.ImporterInputError, match=r"frames at 480x640 need .* GiB of memory, 0\.0 GiB "
+                                                      r"available: choose a smaller --size or a larger --frame-stride"):
+        read_video(videos["a"], (480, 640))
+    assert read_video(videos["a"], (12, 16)).frames.shape[1:] == (12, 16)  # small enough
 
 
 def test_read_video_grayscale_crop_resize_and_stride(videos):

@@ -95,3 +95,17 @@ def test_an_error_in_a_dataloader_worker_is_reported_in_one_line(tiny_dataset, t
     assert "Original Traceback" in str(e.value)  # what torch re-raises: the worker's traceback in the message
     msg = _fail(e.value).message
     assert msg.startswith(f"{data}: cannot read frames (shard file frames/c/") and "\n" not in msg, msg
+
+
+def test_train_refuses_frames_smaller_than_the_ssim_window_before_training(tmp_path):
+    """A 6x10 dataset trained its steps, then ended at the first validation with scikit-image's "win_size exceeds
+    image extent", leaving a run folder without a checkpoint."""
+    from train_helpers import write_moving_square_dataset
+
+    data = write_moving_square_dataset(tmp_path / "small.zarr", h=10, w=16)
+    args = ["train", "--data", data, "--config", "diffuma_tiny", "--out", tmp_path / "run", "-q"]
+    r = CliRunner().invoke(main, list(map(str, args)))
+    assert r.exit_code == 1 and r.output.strip() == (
+        f"Error: {data}: frames of 10x16 px, smaller than the 11 x 11 px window of the SSIM that validation scores "
+        "with; make the dataset at 11 x 11 px or more (or set run.val_every_epochs=0)"), r.output
+    assert not (tmp_path / "run").exists()
