@@ -162,6 +162,11 @@ def load_camera_config(path: str | os.PathLike | None = None, extra_producers: t
     for alias, entry in (parsed.cameras or {}).items():
         entry = validate(_entry_model(entry), entry, str(path), prefix=("cameras", alias),
                          error=CameraError).model_dump(exclude_unset=True)
+        if entry.get("backend") == "sim":  # the simulator's own range checks, named as the file's other errors
+            from acquisition.backends.sim import entry_problem
+
+            if problem := entry_problem(entry):
+                raise CameraError(f"{path}: cameras.{alias}.{problem[0]}: {problem[1]}")
         if "producer" in entry:
             entry["producer"] = _producer(entry["producer"], base)
         entries[alias] = entry

@@ -293,7 +293,8 @@ def run_capture(camera: Camera, stage: Stage, out: str | Path, settings: Capture
         _close(writer, status, stopped_by, message, stats, extra)
     n = writer.frames_written if writer is not None else 0
     if stopped_by is None:  # frames with pixels: a dropped position is a record without one
-        message = f"captured {n - counts['dropped_positions']} frames into {out}"
+        got = n - counts["dropped_positions"]
+        message = f"captured {got} frame{'s' if got != 1 else ''} into {out}"
     else:
         message = f"{message}; stopped after {n} of {plan.total} frames, recording kept (marked incomplete) at {out}"
     return CaptureResult(

@@ -134,8 +134,10 @@ class SimConfig:
         bad = set(self.anomaly_kinds) - set(ANOMALY_KINDS)
         if bad or not self.anomaly_kinds:
             raise ValueError(f"unknown anomaly kinds {sorted(bad)} (known: {', '.join(ANOMALY_KINDS)})")
-        if self.seed < 0 or self.lanes_per_wafer < 1:
-            raise ValueError("seed must be >= 0 and lanes_per_wafer >= 1")
+        if self.seed < 0:
+            raise ValueError(f"seed must be >= 0, not {self.seed}")
+        if self.lanes_per_wafer < 1:
+            raise ValueError(f"lanes_per_wafer must be >= 1, not {self.lanes_per_wafer}")
         return self
 
     def to_dict(self) -> dict:

@@ -65,6 +65,28 @@ class SimStage(Stage):
         return None
 
 
+def entry_problem(options: dict) -> tuple[str, str] | None:
+    """(key, problem) of the first value of a camera-config sim entry that the simulator refuses (the checks
+    SimCamera makes when it opens), or None: so that chdl names the file and the key when it reads the file
+    (``cams.yaml: cameras.a.bit_depth: ...``), as for a wrong type. ``index`` is the key a default seed
+    comes from."""
+    if int(options.get("index", 0)) < 0:
+        return "index", f"must be >= 0, not {options['index']}"
+    sim_opts = {k: v for k, v in options.items() if k not in _CAMERA_OPTIONS}
+    if "bit_depth" in sim_opts and sim_opts["bit_depth"] not in (12, 16):
+        return "bit_depth", f"must be 12 or 16 (the Mono16 data depth; Mono8 is set by PixelFormat), not {sim_opts['bit_depth']}"
+    sim_opts.setdefault("seed", int(options.get("index", 0)))
+    sim_opts.setdefault("bit_depth", 12)
+    try:
+        SimConfig.from_dict({k: v for k, v in sim_opts.items() if k not in _SETTINGS_FIELDS})
+    except (TypeError, ValueError) as e:
+        text = str(e)
+        key = {"unknown fault kinds": "fault_kinds", "unknown anomaly kinds": "anomaly_kinds"}.get(
+            " ".join(text.split()[:3]), text.split()[0])
+        return key, text.removeprefix(key).lstrip(": ")
+    return None
+
+
 class SimCamera(Camera):
     """A simulated dicing-lane microscope camera (see the module docstring)."""
 

@@ -189,7 +189,8 @@ def report_captures(ctx, results) -> None:
     worst = next((r for r in results if r.stopped_by not in (None, "source ended")), None)
     for r in results:
         skipped = (f"{r.skipped} skipped (arrived before the stage settled), " if r.skipped else "")
-        counts = (f"{r.frames} positions ({r.dropped_positions} without a frame), {r.dropped_frames} frames "
+        counts = (f"{r.frames} position{'s' if r.frames != 1 else ''} ({r.dropped_positions} without a frame), "
+                  f"{r.dropped_frames} frames "
                   f"dropped by the device, "
                   f"{r.incomplete} incomplete buffers, {skipped}{r.frames / max(r.elapsed_s, 1e-9):.2f} frames/s")
         if r is worst:

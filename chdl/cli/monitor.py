@@ -157,9 +157,14 @@ def monitor(ctx, checkpoint, t_in, queue_depth, z_on, z_off, scorer, serve, **pa
                    f"{2 * ScorerConfig().min_history} frames of a recording) and this one had {status['frames_scored']} "
                    "scored; monitor longer recordings", err=True)
     if status["frames_skipped"] > status["frames_scored"] and not error:  # most frames unwatched: say so
+        if params["replay"]:
+            advice = ("drop --as-fast-as-possible or raise --queue-depth" if params["afap"] else
+                      "raise --queue-depth, or use a lighter --checkpoint (the scorer is slower than the recording's "
+                      "frame rate on this machine)")
+        else:
+            advice = "lower --fps or raise --queue-depth"
         click.echo(f"warning: {status['frames_skipped']} of {status['frames_captured']} frames were not scored (the scorer "
-                   "fell behind); for a replay drop --as-fast-as-possible or raise --queue-depth; for a camera lower --fps",
-                   err=True)
+                   f"fell behind); {advice}", err=True)
     if error and not (mon.disk_full and any(r.stopped_by == "disk full" for r in results)):
         click.echo(f"error: {error}", err=True)  # (a full disk that stopped the capture too is its one error line)
     report_captures(ctx, results)

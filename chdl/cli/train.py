@@ -196,7 +196,7 @@ def _input_kind(path: Path) -> str:
         runs = []
     if runs:
         raise click.ClickException(
-            f"{path}: a folder of {len(runs)} raw recordings; predict takes ONE recording (e.g. --input {runs[0]}) "
+            f"{path}: a folder of {len(runs)} raw recording{'s' if len(runs) != 1 else ''}; predict takes ONE recording (e.g. --input {runs[0]}) "
             f"or a curated dataset: curate the folder first (chdl curate {path} OUT.zarr), then --input OUT.zarr")
     raise click.ClickException(f"{path}: neither a raw recording (no manifest.json) nor a curated dataset "
                                "(no zarr.json)")

@@ -239,7 +239,7 @@ def plan_clips(n_frames: int, clip_len: int, *, val_fraction: float = VAL_FRACTI
         n_val = max(1, math.floor(val_fraction * n + 0.5))
         if n - n_val - GAP_CLIPS < 1:
             raise ValueError(f"too short to split: {n_frames} frames give {n} clip(s) of {L}, need at least "
-                             f"{n_val + GAP_CLIPS + 1} (train, gap, {n_val} val); or use val_fraction 0")
+                             f"{n_val + GAP_CLIPS + 1} (train, gap, {n_val} val); or use --val-fraction 0")
         val_start = (n - n_val) * L
         gap_start = train_end = val_start - GAP_CLIPS * L
     train = tuple(range(0, train_end - L + 1, train_stride))

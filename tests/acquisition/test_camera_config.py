@@ -60,6 +60,12 @@ def test_no_config_file_and_fallback_aliases(tmp_path, monkeypatch):
     ("cameras:\n  cam0: {backend: sim, seed: 1.5}\n", "cameras.cam0.seed: must be an integer, got 1.5"),
     ("cameras:\n  cam0: {backend: sim, fault_rat: 0.1}\n", "cameras.cam0.fault_rat: unknown key (did you mean 'fault_rate'?)"),
     ("cameras:\n  cam0: {backend: sim, realtime: 'no'}\n", "cameras.cam0.realtime: must be"),
+    # ... and their ranges, named by file and key (were "camera 'cam0': ..." at capture, and index -1 blamed the seed)
+    ("cameras:\n  cam0: {backend: sim, bit_depth: 20}\n", "cameras.cam0.bit_depth: must be 12 or 16 (the Mono16"),
+    ("cameras:\n  cam0: {backend: sim, fault_rate: 2}\n", "cameras.cam0.fault_rate: must be in [0, 1], not 2"),
+    ("cameras:\n  cam0: {backend: sim, index: -1}\n", "cameras.cam0.index: must be >= 0, not -1"),
+    ("cameras:\n  cam0: {backend: sim, lanes_per_wafer: 0}\n", "cameras.cam0.lanes_per_wafer: must be >= 1, not 0"),
+    ("cameras:\n  cam0: {backend: sim, anomaly_kinds: [foo]}\n", "cameras.cam0.anomaly_kinds: unknown anomaly kinds"),
 ])
 def test_bad_config_names_file(tmp_path, text, problem):
     path = tmp_path / "cameras.yaml"
