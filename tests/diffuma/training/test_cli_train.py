@@ -157,7 +157,7 @@ def test_predict_from_dataset_and_from_raw_recording(trained):
     runs.mkdir()
     rec.rename(runs / "rec")
     r = CliRunner().invoke(main, ["predict", "--checkpoint", ckpt, "--input", str(runs), "--out", str(root / "p3")])
-    assert r.exit_code == 1 and "a folder of 1 raw recordings" in r.output and f"chdl curate {runs} OUT.zarr" in r.output
+    assert r.exit_code == 1 and "a folder of 1 raw recording;" in r.output and f"chdl curate {runs} OUT.zarr" in r.output
     assert not (root / "p3").exists()
 
 
