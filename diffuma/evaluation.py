@@ -69,8 +69,10 @@ def evaluate(model: torch.nn.Module, dataset: Dataset, *, convention: str = "per
 
 def evaluate_checkpoint(checkpoint: str | Path, data: str | Path, split: str = "val", convention: str = "per_pixel",
                         batch_size: int | None = None, *, weights: str = "auto", device: str = "auto",
-                        num_workers: int = 0, max_sequences: int | None = None, progress: bool = False) -> dict:
-    """Loads a checkpoint (weights-only) and evaluates it on ``split`` of the dataset at ``data``.
+                        num_workers: int = 0, max_sequences: int | None = None, progress: bool = False,
+                        state: dict | None = None) -> dict:
+    """Loads a checkpoint (weights-only; ``state``: one already loaded from it) and evaluates it on ``split`` of the
+    dataset at ``data``.
 
     Returns a JSON-ready dict: ``checkpoint, data, split, convention, convention_note, model_name, weights
     ("ema"|"model"), step, epoch, in_frames, out_frames, n_sequences, model {overall, per_frame},
@@ -79,7 +81,7 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | Path, split: str = "
     from diffuma.training.checkpoint import build_model_from_checkpoint, load_checkpoint
     from diffuma.training.data import checkpoint_dataset
 
-    state = load_checkpoint(checkpoint)
+    state = state if state is not None else load_checkpoint(checkpoint)
     model, used = build_model_from_checkpoint(state, weights, checkpoint)
     info, run = state["data"], state["config"]["run"]
     dataset = checkpoint_dataset(state, data, split)

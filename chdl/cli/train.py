@@ -126,8 +126,9 @@ def train(data, config_name, overrides, out, resume, quiet):
 @click.option("--max-sequences", type=click.IntRange(min=1), default=None, help="Evaluate the first N only.")
 @click.option("--num-workers", type=click.IntRange(min=0), default=2, show_default=True)
 @click.option("--out", type=LocalPath(path_type=Path), default=None,
-              help="Folder for eval_[<run>_]<checkpoint>[_<weights>]_<split>_<convention>[_first<N>].json/.md (default: "
-                   "<run>/eval/, without the run's name).")
+              help="Folder for eval_[<run>_]<checkpoint>[_<weights>]_<split>_<convention>[_first<N>][_on-<dataset>]"
+                   ".json/.md (default: <run>/eval/, without the run's name; _on-<dataset> for a dataset other than "
+                   "the run's own).")
 @click.option("--overwrite", is_flag=True, help="Replace an earlier evaluation of the same split and convention.")
 @quiet_option()
 def eval_(checkpoint, data, split, openstl, batch_size, weights, max_sequences, num_workers, out, overwrite, quiet):
@@ -152,23 +153,32 @@ def eval_(checkpoint, data, split, openstl, batch_size, weights, max_sequences, 
         check_apart_from_input(out, data, data_folders_too=True)
     except ValueError as e:
         raise click.ClickException(str(e)) from None
-    stem = out / f"eval_{name}"  # best.pt and last.pt side by side
-    earlier = [p for p in (stem.with_suffix(".json"), stem.with_suffix(".md")) if p.exists()]
-    if earlier and not overwrite:
-        raise click.ClickException(f"{earlier[0]}: an earlier evaluation is there (use --overwrite to replace it, "
-                                   "or --out for another folder)")
     reader = open_verified_dataset(data, split, max_sequences, quiet)
     if len(reader.indices(split)) == 0:
         raise click.ClickException(f"{data}: the {split!r} split has no sequences to evaluate")
 
     from chdl.dataset import DatasetFormatError
     from diffuma.evaluation import evaluate_checkpoint, report_markdown
-    from diffuma.training.checkpoint import CheckpointError, atomic_write_text
+    from diffuma.training.checkpoint import CheckpointError, atomic_write_text, load_checkpoint
+    from diffuma.training.data import checkpoint_dataset, dataset_info, dataset_mismatch
 
+    try:  # the checkpoint and the dataset fit each other (frame size, frame counts) before the output is looked at
+        state = load_checkpoint(checkpoint)
+        checkpoint_dataset(state, data, split)
+        foreign = dataset_mismatch(state["data"], dataset_info(data)) is not None
+    except (CheckpointError, DatasetFormatError, ValueError) as e:
+        raise _fail(e) from None
+    if foreign:  # not the dataset the run trained on: its name too, so the two evaluations do not collide
+        name += f"_on-{data.name.removesuffix('.zarr')}"
+    stem = out / f"eval_{name}"  # best.pt and last.pt side by side
+    earlier = [p for p in (stem.with_suffix(".json"), stem.with_suffix(".md")) if p.exists()]
+    if earlier and not overwrite:
+        raise click.ClickException(f"{earlier[0]}: an earlier evaluation is there (use --overwrite to replace it, "
+                                   "or --out for another folder)")
     try:
         result = evaluate_checkpoint(checkpoint, data, split=split, convention=convention, batch_size=batch_size,
                                      weights=weights, num_workers=num_workers, max_sequences=max_sequences,
-                                     progress=not quiet)
+                                     progress=not quiet, state=state)
     except (CheckpointError, DatasetFormatError, ValueError) as e:
         raise _fail(e) from None
     md = report_markdown(result)

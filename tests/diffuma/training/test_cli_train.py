@@ -93,6 +93,22 @@ def test_eval_writes_json_and_markdown_with_baseline_row(trained):
     r = CliRunner().invoke(main, ["eval", "--checkpoint", str(run / "checkpoints" / "last.pt"), "--data", str(data),
                                   "--out", str(shared / "eval_copy_last_val_per_pixel_first1.json"), "-q"])
     assert r.exit_code == 1 and "is a file, not a folder for the evaluation" in r.output
+    # another dataset gets its name in the file (it was "an earlier evaluation is there", and --overwrite destroyed
+    # the run's own); a copy of the training dataset is the same dataset
+    other_data = write_moving_square_dataset(root / "other.zarr", n=6, n_val=2, seed=5)
+    r = CliRunner().invoke(main, args[:4] + [str(other_data)] + args[5:])
+    assert r.exit_code == 0, r.output
+    assert json.loads((run / "eval" / "eval_last_val_per_pixel_on-other.json").read_text())["data"] == str(other_data)
+    import shutil
+
+    shutil.copytree(data, root / "copy.zarr")
+    r = CliRunner().invoke(main, args[:4] + [str(root / "copy.zarr")] + args[5:])
+    assert r.exit_code == 1 and "eval_last_val_per_pixel.json: an earlier evaluation is there" in r.output
+    # a dataset the checkpoint cannot take is said so first, not hidden behind an earlier evaluation's name
+    small = write_moving_square_dataset(root / "small.zarr", n=6, n_val=2, h=12, w=12)
+    (run / "eval" / "eval_last_val_per_pixel_on-small.json").write_text("{}")
+    r = CliRunner().invoke(main, args[:4] + [str(small)] + args[5:])
+    assert r.exit_code == 1 and "earlier evaluation" not in r.output and "12" in r.output, r.output
 
 
 def test_predict_from_dataset_and_from_raw_recording(trained):
