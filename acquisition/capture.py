@@ -361,6 +361,12 @@ def _loop(source, stage: Stage, out: _BackgroundWriter, applied: CaptureSettings
                     raise CameraError(f"camera lost: no complete frame for {consecutive} positions in a row; {bad} "
                                       f"buffers came incomplete (missing packets: check the link, its MTU and the "
                                       f"camera's packet delay) (frame timeout {frame_timeout:.2f} s)")
+                if done == consecutive:  # not one frame since the start: the camera never streamed to us
+                    raise CameraError(f"camera lost: no frame for the first {consecutive} positions (frame timeout "
+                                      f"{frame_timeout:.2f} s); nothing came since the start: a capture stopped just "
+                                      "now may still hold the camera (a GigE Vision camera frees it when its "
+                                      "heartbeat times out, a few seconds), or another program streams from it: "
+                                      "wait and retry")
                 raise CameraError(f"camera lost: no frame for {consecutive} positions in a row "
                                   f"(frame timeout {frame_timeout:.2f} s)")
 
