@@ -189,6 +189,9 @@ def video(videos, out, size, in_frames, out_frames, frame_stride, train_stride, 
         note = (f" [the container lists {listed} frames at that rate; FFmpeg decodes {v['frames_decoded']}: "
                 "empty packets are skipped, so the frame spacing is irregular]"
                 if listed - v["frames_decoded"] > max(1, 0.01 * v["frames_decoded"]) else "")
+        if v.get("ends_early"):  # (older datasets have no such key)
+            note = (f" [warning: the file ends after {v['frames_decoded']} of the {listed} frames its container "
+                    "lists: cut off? only those were imported]")
 
         def span(name):  # "(frames a-b)" of a part that has clips; nothing for an empty one
             a, b = v[f"{name}_frames"]

@@ -68,6 +68,7 @@ class Video:
     crop: tuple[int, int, int, int]  # y0, x0, h, w of the centred crop in the source frame
     frame_stride: int = 1
     name: str = field(default="")
+    last_frame_ms: float = 0.0  # presentation time of the last decoded frame (FFmpeg's), to tell a cut file
 
     def __post_init__(self) -> None:
         self.name = self.name or self.path.name
@@ -189,7 +190,7 @@ def read_video(path: str | Path, size: tuple[int, int] = SIZE, frame_stride: int
             raise ImporterInputError(f"{path}: {-(-reported // frame_stride):,} frames at {size[0]}x{size[1]} need "
                                      f"{need / 2**30:.1f} GiB of memory, {free / 2**30:.1f} GiB available: choose a "
                                      "smaller --size or a larger --frame-stride")
-        kept, box, shape = [], None, None
+        kept, box, shape, last_ms = [], None, None, 0.0
         decoded = 0
         with tqdm(total=reported if reported > 0 else None, desc=f"decode {path.name}", unit="frame",
                   file=sys.stderr, disable=not progress) as bar:
@@ -203,6 +204,7 @@ def read_video(path: str | Path, size: tuple[int, int] = SIZE, frame_stride: int
                     kept.append(gray)
                 elif not cap.grab():
                     break
+                last_ms = cap.get(cv2.CAP_PROP_POS_MSEC)
                 decoded += 1
                 bar.update(1)
             if bar.total != decoded:  # the container's count is an estimate: end the bar at what was decoded
@@ -214,7 +216,18 @@ def read_video(path: str | Path, size: tuple[int, int] = SIZE, frame_stride: int
         raise ImporterInputError(f"{path}: not a video (no frame could be decoded)")
     return Video(path=path, sha256=sha, frames=np.stack(kept), fps=fps, width=int(shape[1]), height=int(shape[0]),
                  codec=codec, frames_decoded=decoded, frames_reported=reported, crop=tuple(int(v) for v in box),
-                 frame_stride=frame_stride)
+                 frame_stride=frame_stride, last_frame_ms=float(last_ms))
+
+
+def ends_early(v: Video) -> bool:
+    """Whether the file ends well before the frames its container lists (cut off: a copy or download stopped),
+    rather than listing more frames than it decodes because empty packets are skipped (then the last frame still
+    comes at the listed duration). Judged from the last decoded frame's presentation time: more than 1 % of the
+    listed frames (at least 2 frame intervals) short of where the last listed frame would be."""
+    if v.frames_reported <= v.frames_decoded or v.fps <= 0 or v.last_frame_ms <= 0:  # (0: no timestamps: unknown)
+        return False
+    expected_ms = (v.frames_reported - 1) * 1000.0 / v.fps
+    return v.last_frame_ms < expected_ms - max(2.0, 0.01 * v.frames_reported) * 1000.0 / v.fps
 
 
 def plan_clips(n_frames: int, clip_len: int, *, val_fraction: float = VAL_FRACTION,
@@ -345,6 +358,7 @@ def import_video(
         per_video.append(dict(
             file=v.name, path=str(v.path), sha256=v.sha256, fps=v.fps, width=v.width, height=v.height, codec=v.codec,
             frames_decoded=v.frames_decoded, frames_reported=v.frames_reported, frames_kept=len(v.frames),
+            ends_early=ends_early(v),
             crop_yxhw=list(v.crop), train_clips=len(pl.train_starts), val_clips=len(pl.val_starts),
             # frames used by each split and the gap between them, [start, stop) in decoded-frame indices
             train_frames=_decoded_range(pl.train_block, k), gap_frames=[pl.gap_block[0] * k, pl.gap_block[1] * k],

@@ -254,3 +254,22 @@ def test_existing_output_refused_unless_overwrite(tmp_path, videos):
     assert r.exit_code == 0 and open_dataset(out).frames.shape[1] == 4
     r = runner.invoke(main, ["import", "video", str(videos["b"]), "--out", str(tmp_path / "y.zarr"), "--size", "12"])
     assert r.exit_code == 2 and "--size" in r.output
+
+
+def test_a_cut_off_file_is_told_apart_from_skipped_empty_packets(tmp_path):
+    """A video cut at 60 % of its bytes imported its first frames with exit 0 and a note blaming skipped empty
+    packets (which leave the last frame at the listed duration); now it is a warning that the file ends early."""
+    from click.testing import CliRunner
+
+    from chdl.cli import main
+    from curation.importers.video import ends_early
+
+    full = write_video(tmp_path / "full.avi", 70, fourcc="MJPG")
+    data = full.read_bytes()
+    (tmp_path / "cut.avi").write_bytes(data[: len(data) * 6 // 10])
+    assert not ends_early(read_video(full, SIZE)) and ends_early(read_video(tmp_path / "cut.avi", SIZE))
+    r = CliRunner().invoke(main, ["import", "video", str(tmp_path / "cut.avi"), "--out", str(tmp_path / "c.zarr"),
+                                  "--size", "24x32", "--in-frames", "2", "--out-frames", "2", "-q"])
+    assert r.exit_code == 0, r.output
+    assert "[warning: the file ends after " in r.output and " of the 70 frames its container lists: cut off?" in r.output
+    assert "empty packets" not in r.output
