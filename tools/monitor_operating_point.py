@@ -60,11 +60,11 @@ def main(argv=None) -> int:
 
         blocker = file_in_the_way(Path(a.out).resolve())
         if Path(a.out).is_dir() or blocker is not None:
-            print(f"error: {a.out}: cannot write the table there ({'a folder' if Path(a.out).is_dir() else f'{blocker} is not a folder'})",
+            print(f"Error: {a.out}: cannot write the table there ({'a folder' if Path(a.out).is_dir() else f'{blocker} is not a folder'})",
                   file=sys.stderr)
             return 1
         if Path(a.out).exists() and not a.overwrite:  # (it replaced one silently)
-            print(f"error: {a.out}: already exists (use --overwrite to replace it)", file=sys.stderr)
+            print(f"Error: {a.out}: already exists (use --overwrite to replace it)", file=sys.stderr)
             return 1
     try:
         return _run(a, ap)
@@ -98,7 +98,7 @@ def _run(a, ap) -> int:
         if a.scorer:
             check_not_fitted_on(a.scorer, runs)
     except ValueError as e:  # anomalies in the "clean" capture, a scorer file that cannot be used or fitted on these
-        print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
+        print(f"Error: {str(e).splitlines()[0]}", file=sys.stderr)
         return 1
     rows = []
     setup = method_setups()  # a checkpoint or scorer file loaded once per frame size, not per recording
@@ -107,7 +107,7 @@ def _run(a, ap) -> int:
         try:
             predictor, cfg = setup(method, a.checkpoint, shape, a.scorer)
         except ValueError as e:  # e.g. a scorer fitted on another frame size
-            print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
+            print(f"Error: {str(e).splitlines()[0]}", file=sys.stderr)
             return 1
         frames = [f for f in rec.frames if f.file is not None and f.status == "ok"]
         with tqdm(total=len(frames), unit="frame", desc=Path(run).name, disable=a.quiet) as bar:

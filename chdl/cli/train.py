@@ -281,12 +281,15 @@ def predict(checkpoints, input_, out, split, max_sequences, weights, batch_size,
 
 def _prediction_labels(checkpoints: list[Path], names: list[str]) -> list[str]:
     """One label per checkpoint: the model's name where it is the only checkpoint of that model; else every one
-    of them is named ``model@run-folder`` (``#k`` added where even those repeat), so the grid tells them apart."""
+    of them is named ``model@run-folder``, ``model@run-folder.best`` for several checkpoints of one run (``#k``
+    added where even those repeat), so the grid tells them apart."""
     def run_name(c: Path) -> str:  # <run>/checkpoints/x.pt -> run; a checkpoint elsewhere -> its file's name
         parent = c.resolve().parent
         return parent.parent.name if parent.name == "checkpoints" else c.stem
 
     labels = [n if names.count(n) == 1 else f"{n}@{run_name(c)}" for c, n in zip(checkpoints, names)]
+    # checkpoints of one run (best.pt and last.pt) are told apart by their files' names; #k only if those repeat too
+    labels = [x if labels.count(x) == 1 else f"{x}.{c.stem}" for c, x in zip(checkpoints, labels)]
     return [x if labels.count(x) == 1 else f"{x}#{k + 1}" for k, x in enumerate(labels)]
 
 

@@ -33,6 +33,7 @@ import functools
 import gzip
 import importlib.util
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -101,7 +102,8 @@ def read_csv_digits(path: str | Path) -> np.ndarray:
     """Read digits stored one per line as 784 comma-separated pixels (+ an optional label) -> (n, 28, 28) uint8."""
     path = Path(path)
     try:
-        with _open_maybe_gz(path) as f:
+        with _open_maybe_gz(path) as f, warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # "Empty input file": reported below, in one line
             table = np.loadtxt(f, delimiter=",", dtype=np.float64, ndmin=2)
     except (OSError, EOFError, ValueError) as e:
         raise ImporterInputError(f"{path}: cannot parse as CSV digits ({e})") from None

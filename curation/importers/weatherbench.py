@@ -309,7 +309,7 @@ def import_weatherbench(
             raise ImporterInputError(f"{root}: no complete {FRAMES}-frame window ({step} h apart) in the {label} "
                                      f"years {yrs[0]}–{yrs[1]} of {', '.join(str(f.folder.name) for f in fields)}")
 
-    bar = tqdm(total=2 * sum(len(f.files) for f in fields), desc="weatherbench read", unit="file",
+    bar = tqdm(total=2 * sum(len(f.files) for f in fields), desc="weatherbench: statistics, then data", unit="file read",
                file=sys.stderr, disable=not progress)
     stats = []
     for fl in fields:

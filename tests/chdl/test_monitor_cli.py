@@ -214,7 +214,7 @@ def test_a_scorer_fitted_on_other_clean_runs_finds_the_injected_anomaly(clean_ru
     spec.loader.exec_module(tool)
     # ... measured on clean recordings it was NOT fitted on (on its own it scores low: a level far too low)
     assert tool.main([str(corpus), "--scorer", str(scorer), "--write-scorer"]) == 1
-    assert capsys.readouterr().err == (f"error: {corpus / 'run_00000'}: {scorer} was fitted on this recording; "
+    assert capsys.readouterr().err == (f"Error: {corpus / 'run_00000'}: {scorer} was fitted on this recording; "
                                        "measure its alert level on other clean recordings\n")
     assert "alert_levels" not in json.loads(scorer.read_text()) or not json.loads(scorer.read_text())["alert_levels"]
     assert tool.main([str(clean_run), "--scorer", str(scorer), "--write-scorer", "--fa-per-hour", "1e6",
@@ -226,7 +226,7 @@ def test_a_scorer_fitted_on_other_clean_runs_finds_the_injected_anomaly(clean_ru
         capsys.readouterr().out
     # an existing --out is replaced only with --overwrite (it was replaced silently)
     assert tool.main([str(clean_run), "--scorer", str(scorer), "--out", str(tmp_path / "op.json"), "-q"]) == 1
-    assert capsys.readouterr().err == f"error: {tmp_path / 'op.json'}: already exists (use --overwrite to replace it)\n"
+    assert capsys.readouterr().err == f"Error: {tmp_path / 'op.json'}: already exists (use --overwrite to replace it)\n"
     assert json.loads(scorer.read_text())["alert_levels"] == {
         "z_on": 3.0, "z_off": 1.5, "target_per_hour": 1e6, "clean_frames": op["clean_frames"],
         "clean_hours": round(op["clean_hours"], 4), "runs": [str(clean_run)]}
@@ -459,7 +459,7 @@ def test_operating_point_tool_refuses_a_recording_with_anomalies(clean_run, monk
     spec.loader.exec_module(tool)
     monkeypatch.setattr(evaluate, "run_truth", lambda rec: SimpleNamespace(anomalies=["crack", "splash"]))
     assert tool.main([str(clean_run)]) == 1
-    assert capsys.readouterr().err == (f"error: {clean_run}: its truth lists 2 process anomalies; the alert level is "
+    assert capsys.readouterr().err == (f"Error: {clean_run}: its truth lists 2 process anomalies; the alert level is "
                                        "measured on clean capture only\n")
 
 
@@ -697,7 +697,7 @@ def test_monitor_eval_fit_scorer_and_the_operating_point_tool_check_their_output
     tool = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tool)
     assert tool.main([str(clean_run), "--out", str(afile / "op.json"), "-q"]) == 1
-    assert capsys.readouterr().err == f"error: {afile / 'op.json'}: cannot write the table there ({afile} is not a folder)\n"
+    assert capsys.readouterr().err == f"Error: {afile / 'op.json'}: cannot write the table there ({afile} is not a folder)\n"
 
 
 def test_monitor_eval_counts_only_recorded_anomalies_and_replaces_an_evaluation_only_when_told(tmp_path):

@@ -174,3 +174,12 @@ def test_no_sequences_at_all_is_refused_naming_both_options(tmp_path: Path):
     assert r.exit_code == 1 and r.output.strip() == ("Error: --train 0 and --val 0: at least one sequence in total is "
                                                      "needed (neither may be negative)")
     assert not (tmp_path / "m.zarr").exists()
+
+
+def test_an_empty_csv_is_one_error_line_without_numpy_warnings(tmp_path):
+    """numpy's "Empty input file" UserWarning (and its source line) came before the Error line."""
+    (tmp_path / "empty.csv").write_text("")
+    r = subprocess.run([sys.executable, "-m", "chdl", "import", "mnist", "--mnist", str(tmp_path / "empty.csv"),
+                        "--out", str(tmp_path / "m.zarr"), "-q"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1 and r.stderr.strip() == \
+        f"Error: {tmp_path / 'empty.csv'}: expected rows of 784 pixels (+ label), got shape (0, 1)", r.stderr

@@ -132,11 +132,14 @@ def test_predict_from_dataset_and_from_raw_recording(trained):
                                   "--out", str(root / "two"), "--max-sequences", "1"])
     assert r.exit_code == 0, r.output
     g2 = zarr.open_group(str(root / "two" / "predictions.zarr"), mode="r")
-    assert g2.attrs["models"] == ["diffuma@run#1", "diffuma@run#2"]  # the same model twice: each one named
-    np.testing.assert_array_equal(g2["prediction/diffuma@run#2"][:], g["prediction/diffuma"][:])
+    assert g2.attrs["models"] == ["diffuma@run.last#1", "diffuma@run.last#2"]  # the same model twice: each one named
+    np.testing.assert_array_equal(g2["prediction/diffuma@run.last#2"][:], g["prediction/diffuma"][:])
     from chdl.cli.train import _prediction_labels
     assert _prediction_labels([Path("a/checkpoints/best.pt"), Path("b/checkpoints/last.pt"), Path("c/checkpoints/x.pt")],
                               ["diffuma", "diffuma", "simvp"]) == ["diffuma@a", "diffuma@b", "simvp"]
+    # best.pt and last.pt of one run are told apart by their files (they were "diffuma@run#1" and "#2")
+    assert _prediction_labels([Path("r/checkpoints/best.pt"), Path("r/checkpoints/last.pt")], ["diffuma", "diffuma"]) \
+        == ["diffuma@r.best", "diffuma@r.last"]
     # checkpoints outside a run folder are named by their file (it took the folder above theirs: "simvp@trial13a")
     assert _prediction_labels([Path("ck/copy.pt"), Path("ck/other.pt")], ["simvp", "simvp"]) == ["simvp@copy",
                                                                                                 "simvp@other"]
