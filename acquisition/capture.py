@@ -252,7 +252,7 @@ def run_capture(camera: Camera, stage: Stage, out: str | Path, settings: Capture
             writer = RecordingWriter.create(out, manifest)
             _reserve(out)
             background = _BackgroundWriter(writer, on_frame)
-            source = frame_source(camera, mode)
+            source = frame_source(camera, mode, applied.fps)
             source.start()
             try:
                 _loop(source, stage, background, applied, plan, stop, counts,

@@ -114,10 +114,15 @@ class SoftwareTriggered:
 
     mode = "software"
 
-    def __init__(self, camera: Camera):
+    def __init__(self, camera: Camera, fps: float | None = None):
+        """``fps``: triggers at most this often (a camera in trigger mode takes a frame per trigger, whatever its
+        AcquisitionFrameRate: Aravis' fake camera at --fps 5 gave a frame every 40 ms); None: as fast as the
+        positions come. Cameras that pace themselves (the simulator, a replay) set ``paces_itself``."""
         self.camera = camera
         self.stats = SourceStats()
         self._tracker = FrameIdTracker()
+        self._period = 1.0 / fps if fps and not getattr(camera, "paces_itself", False) else 0.0
+        self._next = 0.0
 
     def start(self) -> None:
         self.camera.start("software")
@@ -126,6 +131,9 @@ class SoftwareTriggered:
         self.camera.stop()
 
     def next_frame(self, after_ns: int, timeout_s: float) -> Received:
+        if self._period:
+            time.sleep(max(0.0, self._next - time.monotonic()))
+            self._next = time.monotonic() + self._period
         self.camera.software_trigger()
         frame = self.camera.fetch(timeout_s)
         wall, mono = _stamp()
@@ -211,5 +219,6 @@ class StreamedSource:
                 self._cond.wait(remaining)
 
 
-def frame_source(camera: Camera, mode: str) -> SoftwareTriggered | StreamedSource:
-    return SoftwareTriggered(camera) if mode == "software" else StreamedSource(camera, mode)
+def frame_source(camera: Camera, mode: str, fps: float | None = None) -> SoftwareTriggered | StreamedSource:
+    """The frame source of a trigger mode; ``fps`` paces software triggers (:class:`SoftwareTriggered`)."""
+    return SoftwareTriggered(camera, fps) if mode == "software" else StreamedSource(camera, mode)

@@ -42,6 +42,8 @@ def open_replay_camera(alias: str, options: dict, config=None) -> "ReplayCamera"
 
 
 class ReplayCamera(Camera):
+    paces_itself = True  # at the recorded rate, or as fast as possible: never at the capture's fps
+
     def __init__(self, path: str | Path, pace: bool = True):
         self.path = Path(path)
         self.pace = pace

@@ -90,6 +90,8 @@ def entry_problem(options: dict) -> tuple[str, str] | None:
 class SimCamera(Camera):
     """A simulated dicing-lane microscope camera (see the module docstring)."""
 
+    paces_itself = True  # its software trigger waits out the frame period itself (or not, realtime: false)
+
     def __init__(self, alias: str, options: dict | None = None):
         options = dict(options or {})
         self.alias = alias

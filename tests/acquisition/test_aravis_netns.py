@@ -45,7 +45,7 @@ def test_fake_gige_camera_software_trigger_timestamps_and_16_bit_wrap(tmp_path):
               f"{chdl} --out {tmp_path / 'raw'} --run-id run --lanes 15 --positions 10 --fps 100 --width 320 --height 240 "
               f"--exposure-us 2000; echo RC=$?; "
               f"{chdl} --out {tmp_path / 'bad'} --width 4096; echo RC=$?; "
-              f"{chdl} --out {tmp_path / 'raw'} --run-id left --positions 2 --fps 100 --width 320 --height 240; echo RC=$?; "
+              f"{chdl} --out {tmp_path / 'raw'} --run-id left --positions 3 --fps 5 --width 320 --height 240; echo RC=$?; "
               f"{sys.executable} {tmp_path / 'check.py'}; }}")
     out = subprocess.run(["unshare", "-rn", "sh", "-c", script], capture_output=True, text=True, timeout=120)
     assert [line for line in out.stdout.splitlines() if line.startswith("RC=")] == ["RC=0", "RC=1", "RC=0"], \
@@ -53,7 +53,12 @@ def test_fake_gige_camera_software_trigger_timestamps_and_16_bit_wrap(tmp_path):
     # a capture that does not set the exposure records the one the camera has (left by the first: 2000 us)
     from acquisition.raw import Recording
 
-    assert Recording.open(tmp_path / "raw" / "left").settings["exposure_us"] == 2000.0
+    left = Recording.open(tmp_path / "raw" / "left")
+    assert left.settings["exposure_us"] == 2000.0
+    # software triggers come at --fps (the fake camera answers each trigger at once: at --fps 5 a frame came every
+    # 40 ms, and the manifest said 5)
+    stamps = [f.host_monotonic_ns for f in left.frames]
+    assert stamps[-1] - stamps[0] >= 0.3e9, stamps  # two periods of 0.2 s, less the first frame's latency
     assert "Error: camera 'arv0' (Fake FAKE01): Width=4096 refused; valid range 1..2048" in out.stderr
     r = json.loads(out.stdout.strip().splitlines()[-1])
     assert r["complete"] and r["n"] == 150 and r["status"] == ["ok"]
@@ -62,5 +67,6 @@ def test_fake_gige_camera_software_trigger_timestamps_and_16_bit_wrap(tmp_path):
     assert r["settings"] == {"width": 320, "height": 240, "pixel_format": "Mono8", "fps": 100.0, "exposure_us": 2000.0,
                              "bit_depth": 8}
     assert r["timestamps"]  # GigE Vision device timestamps, unlike viky
+
     assert r["decreases"] == [[65535, 1]] and r["drops"] == 0  # the fake camera's 16-bit block ids wrap: no drop
 
