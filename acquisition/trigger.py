@@ -131,11 +131,23 @@ class SoftwareTriggered:
         self.camera.stop()
 
     def next_frame(self, after_ns: int, timeout_s: float) -> Received:
-        if self._period:
-            time.sleep(max(0.0, self._next - time.monotonic()))
-            self._next = time.monotonic() + self._period
-        self.camera.software_trigger()
-        frame = self.camera.fetch(timeout_s)
+        """Trigger and fetch the position's frame. A triggered frame the backend received incomplete and discarded
+        (its ``incomplete_buffers`` count rose; Aravis reports that at once) is triggered again within the
+        position's ``timeout_s``: one lost packet cost the whole timeout, and three in a row ended the run."""
+        deadline = None
+        while True:
+            if self._period:
+                time.sleep(max(0.0, self._next - time.monotonic()))
+                self._next = time.monotonic() + self._period
+            deadline = deadline or time.monotonic() + timeout_s  # from the first trigger
+            discarded = getattr(self.camera, "incomplete_buffers", 0)
+            self.camera.software_trigger()
+            try:
+                frame = self.camera.fetch(max(deadline - time.monotonic(), 1e-3))
+                break
+            except TimeoutError:
+                if getattr(self.camera, "incomplete_buffers", 0) == discarded or time.monotonic() >= deadline:
+                    raise
         wall, mono = _stamp()
         gap = _gap(self._tracker, frame)
         self.stats.delivered += 1

@@ -124,6 +124,7 @@ class AravisCamera(Camera):
         self._discarded: list[int] = []  # their ids since the last frame returned (passed on with it: not drops)
         self._cam = self._stream = None
         self._acquiring = False
+        self._trigger_mode = None
         self._lost = False  # the device stopped answering: do not send it any more commands (each would time out)
 
     def _where(self) -> str:
@@ -259,6 +260,7 @@ class AravisCamera(Camera):
             lib.arv_stream_push_buffer(self._stream, lib.arv_buffer_new(payload, None))
         _call("arv_camera_start_acquisition", self._cam)
         self._acquiring = True
+        self._trigger_mode = trigger_mode
 
     def stop(self) -> None:
         if self._acquiring and self._cam and not self._lost:
@@ -300,6 +302,8 @@ class AravisCamera(Camera):
                     self.incomplete_buffers += 1
                     if frame_id := int(lib.arv_buffer_get_frame_id(buffer)):
                         self._discarded.append(frame_id)
+                    if self._trigger_mode == "software":  # no other frame comes without a trigger: say so now
+                        raise TimeoutError(f"camera {self.alias!r}: the triggered frame came incomplete (discarded)")
                     continue
                 size = c_size_t()
                 data = lib.arv_buffer_get_data(buffer, byref(size))
@@ -313,6 +317,8 @@ class AravisCamera(Camera):
                     self.incomplete_buffers += 1
                     if frame_id := int(lib.arv_buffer_get_frame_id(buffer)):
                         self._discarded.append(frame_id)
+                    if self._trigger_mode == "software":
+                        raise TimeoutError(f"camera {self.alias!r}: the triggered frame came incomplete (discarded)")
                     continue
                 pixels = np.frombuffer(ctypes.string_at(data, n), dtype=dtype).reshape(h, w).copy()
                 frame_id = int(lib.arv_buffer_get_frame_id(buffer))
