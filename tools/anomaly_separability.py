@@ -32,6 +32,9 @@ import cv2
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from cli_args import at_least, numbers, output_file  # noqa: E402
 
 from acquisition.process_anomalies import ANOMALY_KINDS, VISIBILITY_FLOOR, anomaly_area_um2  # noqa: E402
 from acquisition.simulator import FIELD_UM, DicingLaneSimulator, SimConfig  # noqa: E402
@@ -73,12 +76,12 @@ def natural_patches(lanes: int, frames: int, merge_um: float, seed: int) -> np.n
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--lanes", type=int, default=400, help="lane passes rendered (default 400)")
-    ap.add_argument("--frames", type=int, default=10, help="frames per pass (default 10: t = 1..9 compared)")
+    ap.add_argument("--lanes", type=at_least(1), default=400, help="lane passes rendered (default 400)")
+    ap.add_argument("--frames", type=at_least(2), default=10, help="frames per pass (default 10: t = 1..9 compared)")
     ap.add_argument("--merge-um", type=float, default=7.5, help="changes this close count as one patch (um)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--magnitudes", default="0.3,0.4,0.5,0.6,0.8,1.0")
-    ap.add_argument("--json", type=Path, help="also write the numbers here")
+    ap.add_argument("--magnitudes", type=numbers, default="0.3,0.4,0.5,0.6,0.8,1.0")
+    ap.add_argument("--json", type=output_file, help="also write the numbers here")
     args = ap.parse_args(argv)
     nat = natural_patches(args.lanes, args.frames, args.merge_um, args.seed)
     q = np.percentile(nat, [50, 90, 99, 99.9, 100])
@@ -89,7 +92,7 @@ def main(argv=None) -> int:
     print(f"\n| kind | magnitude | onset area (um^2) | clean frames with a natural patch as large | per hour at {FPS:g} fps |")
     print("|---|---|---|---|---|")
     for kind in ANOMALY_KINDS:
-        for m in (float(v) for v in args.magnitudes.split(",")):
+        for m in args.magnitudes:
             area = anomaly_area_um2(kind, m)
             frac = float((nat >= area).mean())
             floor = " (floor)" if abs(m - VISIBILITY_FLOOR) < 1e-9 else ""

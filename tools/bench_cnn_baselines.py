@@ -19,11 +19,15 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import sys
+from pathlib import Path
 
 import torch
 
-from diffuma.bench import amp_dtype_for, measure_throughput
-from diffuma.models.registry import build_model
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from cli_args import at_least, output_file  # noqa: E402
+from diffuma.bench import amp_dtype_for, measure_throughput  # noqa: E402
+from diffuma.models.registry import build_model  # noqa: E402
 
 CASES = [  # (label, model, preset, batch)
     ("SimVP gSTA", "simvp", "default", 16),
@@ -38,9 +42,9 @@ QUICK = [("SimVP gSTA", "simvp", "tiny", 4), ("SimVP IncepU", "simvp", "tiny", 4
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="tiny presets, few steps (< 60 s on 2 CPU cores)")
-    ap.add_argument("--steps", type=int, default=None, help="timed steps per measurement (default 10, quick 2)")
+    ap.add_argument("--steps", type=at_least(1), default=None, help="timed steps per measurement (default 10, quick 2)")
     ap.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    ap.add_argument("--json", default=None, help="also write the results to this JSON file")
+    ap.add_argument("--json", type=output_file, default=None, help="also write the results to this JSON file")
     args = ap.parse_args()
     device = torch.device("cuda" if args.device in ("auto", "cuda") and torch.cuda.is_available() else "cpu")
     amp = amp_dtype_for("auto", device)

@@ -27,6 +27,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from cli_args import at_least, output_file  # noqa: E402
 
 
 def _rss_kib(field: str) -> int:
@@ -135,11 +138,11 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="tiny + small only, 1 repeat (< 60 s)")
     ap.add_argument("--presets", nargs="+", default=None, help="CPU presets (default: tiny small base chdl-full)")
-    ap.add_argument("--batch", type=int, default=1, help="CPU batch size")
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--cuda-batch", type=int, default=2, help="batch size of the CUDA section")
+    ap.add_argument("--batch", type=at_least(1), default=1, help="CPU batch size")
+    ap.add_argument("--repeats", type=at_least(1), default=3)
+    ap.add_argument("--cuda-batch", type=at_least(1), default=2, help="batch size of the CUDA section")
     ap.add_argument("--no-cuda", action="store_true", help="skip the CUDA section")
-    ap.add_argument("--json", type=Path, default=None, help="also write all rows to this JSON file")
+    ap.add_argument("--json", type=output_file, default=None, help="also write all rows to this JSON file")
     ap.add_argument("--_worker", nargs=3, metavar=("PRESET", "MODE", "OVERRIDES"), help=argparse.SUPPRESS)
     args = ap.parse_args()
 
@@ -149,6 +152,10 @@ def main():
         return
 
     presets = args.presets or (["tiny", "small"] if args.quick else ["tiny", "small", "base", "chdl-full"])
+    from diffuma.models.diffuma import PRESETS
+
+    if unknown := [p for p in presets if p not in PRESETS]:
+        ap.error(f"argument --presets: unknown DIFFUMA preset {unknown[0]!r} (known: {', '.join(PRESETS)})")
     repeats = 1 if args.quick else args.repeats
     print(f"# load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs (high = contended timings)")
     rows = []

@@ -26,12 +26,15 @@ import json
 import os
 import platform
 import statistics
+import sys
 import time
 from pathlib import Path
 
 import torch
 
-from diffuma.models.registry import build_model, model_class
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from cli_args import at_least, output_file  # noqa: E402
+from diffuma.models.registry import build_model, model_class  # noqa: E402
 
 FAMILIES = {  # name -> (height, width, T_in, T_out, DIFFUMA presets)
     "lanes": (150, 200, 5, 5, ("tiny",)),
@@ -86,9 +89,9 @@ def measure(family: str, steps: int, seed: int = 0) -> list[dict]:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--families", nargs="+", choices=list(FAMILIES), default=list(FAMILIES))
-    ap.add_argument("--steps", type=int, default=8, help="timed steps per model after one warm-up (median)")
+    ap.add_argument("--steps", type=at_least(1), default=8, help="timed steps per model after one warm-up (median)")
     ap.add_argument("--quick", action="store_true", help="mmnist only, 2 steps")
-    ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--json", type=output_file, default=None)
     args = ap.parse_args(argv)
     if args.quick:
         args.families, args.steps = ["mmnist"], 2

@@ -54,8 +54,11 @@ for fam in $families; do
   dataset "$fam"
   "${chdl[@]}" info "$out/$fam.zarr"
   step "$fam: $models, $minutes min each"
-  rm -rf "$out/bench-$fam"
-  "${chdl[@]}" bench --data "$out/$fam.zarr" --models "$models" --budget-minutes "$minutes" --out "$out/bench-$fam" \
+  # an earlier bench of this family is continued, never deleted (a rerun with other models or minutes is refused
+  # by chdl bench --resume, naming the difference: move that folder away to start afresh)
+  resume=()
+  [ -e "$out/bench-$fam" ] && resume=(--resume)
+  "${chdl[@]}" bench --data "$out/$fam.zarr" --models "$models" --budget-minutes "$minutes" --out "$out/bench-$fam" "${resume[@]}" \
     --set run.batch_size=4 --set run.lr=1e-3 --set run.warmup_steps=20 --set run.num_workers=0 \
     --set run.val_every_epochs=0 --quiet \
     --max-eval-sequences 256

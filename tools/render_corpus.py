@@ -25,6 +25,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tools"))
+
+from cli_args import at_least  # noqa: E402
 
 CHDL_FRAMES = 6000 * 10
 
@@ -87,8 +90,8 @@ def visibility_table() -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="small sample sizes (< 60 s)")
-    ap.add_argument("--frames", type=int, default=None, help="frames per timed stage (default 400, quick 60)")
-    ap.add_argument("--workers", type=int, default=2, help="processes for the parallel corpus timing")
+    ap.add_argument("--frames", type=at_least(20), default=None, help="frames per timed stage (default 400, quick 60)")
+    ap.add_argument("--workers", type=at_least(1), default=2, help="processes for the parallel corpus timing")
     ap.add_argument("--out", type=Path, help="make a corpus here instead of benchmarking (see `chdl simulate corpus --help`)")
     ap.add_argument("--sequences", type=int, default=6000)
     ap.add_argument("--visibility", action="store_true", help="print the fault visibility table and exit")
@@ -97,10 +100,11 @@ def main() -> None:
         visibility_table()
         return
     if args.out is not None:
-        cmd = [sys.executable, "-m", "chdl", "simulate", "corpus", str(args.out), "--sequences", str(args.sequences),
+        # --out as the user typed it, from their folder (the command runs from the repository's: it landed there)
+        cmd = [sys.executable, "-m", "chdl", "simulate", "corpus", os.path.abspath(args.out), "--sequences", str(args.sequences),
                "--workers", str(args.workers), *rest]
         sys.exit(subprocess.call(cmd, cwd=ROOT))
-    n = args.frames or (60 if args.quick else 400)
+    n = args.frames if args.frames is not None else (60 if args.quick else 400)
     n = max(20, n // 10 * 10)
     print(f"simulator benchmark, 800x600 Mono8, {n} frames per stage, {os.cpu_count()} CPUs visible, "
           f"load average {os.getloadavg()[0]:.1f} (above the CPU count = contended: trust the CPU columns)")
