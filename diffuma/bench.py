@@ -351,6 +351,12 @@ def markdown_report(report: dict) -> str:
                  + " |")
     any_t = next((r["throughput"] for r in report["models"].values() if r.get("throughput")), None)
     L += ["", note]
+    # what each row is: a table pasted from here must not read as the default preset (or the paper's v1 when
+    # --set made it smaller)
+    L += ["", "Models: " + "; ".join(
+        f"{label} = {r.get('name', label.split(':')[0])} preset `{r.get('preset', '?')}`"
+        + (", " + ", ".join(f"{k}={v!r}" for k, v in sorted(r["overrides"].items())) if r.get("overrides") else "")
+        for label, r in report["models"].items()) + "."]
     if any_t:
         L += ["", f"Throughput: batch {any_t['batch_size']}, {any_t['device']}, {any_t['precision']}, mean of "
                   f"{any_t['timed_steps']} timed steps after warm-up; train = training_loss + backward + AdamW step."]

@@ -187,3 +187,20 @@ def test_object_store_credential_and_connection_failures_are_one_line(tmp_path):
         assert r.returncode == 1, r.stderr
         assert r.stderr.strip() == ("Error: s3://bucket/x.zarr: the object store cannot be used (NoCredentialsError: "
                                     "Unable to locate credentials)"), r.stderr
+
+
+def test_simulate_contact_sheet_writes_a_png_where_asked_and_only_there(tmp_path):
+    """It wrote PNG bytes into any name (cs.txt) and created a missing folder silently."""
+    from click.testing import CliRunner
+    from PIL import Image
+
+    from chdl.cli import main
+
+    r = CliRunner().invoke(main, ["simulate", "contact-sheet", str(tmp_path / "cs.png"), "--tile-width", "64"])
+    assert r.exit_code == 0, r.output
+    assert Image.open(tmp_path / "cs.png").format == "PNG"
+    for bad, why in ((tmp_path / "cs.txt", "the contact sheet is a PNG: name it .png"),
+                     (tmp_path / "nodir" / "cs.png", f"the folder {tmp_path / 'nodir'} does not exist")):
+        r = CliRunner().invoke(main, ["simulate", "contact-sheet", str(bad), "--tile-width", "64"])
+        assert r.exit_code == 2 and why in r.output, r.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cs.png"]

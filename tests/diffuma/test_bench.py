@@ -83,6 +83,9 @@ def test_bench_end_to_end(tiny_dataset, tmp_path):
                    "Metric convention: `per_pixel`", "| simvp |", "| pastnet |", "samples/s", "| steps | samples |"):
         assert needle in md, needle
     assert md.count("| copy-last-frame |") == md.count("| constant-motion |") == 3  # one row in every table
+    # what each row is (preset, --set overrides): a pasted table read as the default preset
+    presets = {label: r["preset"] for label, r in report["models"].items()}
+    assert f"Models: simvp = simvp preset `{presets['simvp']}`; pastnet = pastnet preset `{presets['pastnet']}`" in md
     for png in ("plots/by_epoch.png", "plots/per_frame.png", "plots/by_pred_len.png", "grid_seq0.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", png
     assert "simvp" in res.output and "copy-last-frame" in res.output and "constant-motion" in res.output
@@ -148,6 +151,8 @@ def test_bench_with_a_time_budget_records_what_each_model_reached(tiny_dataset, 
     assert "used 50% of its budget" in markdown_report(report)
     t["train_seconds"] = 0.95 * 0.002 * 60
     assert "of its budget" not in markdown_report(report)
+    r["overrides"] = {"spatial_hidden": 8, "temporal_hidden": 32}  # --set simvp.spatial_hidden=8 ...: said so
+    assert "Models: simvp = simvp preset `tiny`, spatial_hidden=8, temporal_hidden=32." in markdown_report(report)
     # --resume: the spent budget is not trained again
     stamp = last.stat().st_mtime_ns
     resumed = CliRunner().invoke(main, [*args, "--resume"])
