@@ -277,6 +277,16 @@ class AravisCamera(Camera):
             self._lost = True
             raise CameraError(f"camera {self.alias!r}: software trigger failed ({e})") from None
 
+    def _discard(self, buffer) -> None:
+        """Count an incomplete buffer (it goes back to Aravis unread) and keep its id (the GVSP leader's, where it
+        came) for the next frame, so it is not counted as a drop as well. Under a software trigger no other frame
+        comes without a new trigger: TimeoutError at once, so the capture triggers again."""
+        self.incomplete_buffers += 1
+        if frame_id := int(_aravis().arv_buffer_get_frame_id(buffer)):
+            self._discarded.append(frame_id)
+        if self._trigger_mode == "software":
+            raise TimeoutError(f"camera {self.alias!r}: the triggered frame came incomplete (discarded)")
+
     def fetch(self, timeout_s: float) -> Frame:
         if not self._stream:
             raise CameraError(f"camera {self.alias!r} is not acquiring")
@@ -297,13 +307,8 @@ class AravisCamera(Camera):
             try:
                 if lib.arv_buffer_get_status(buffer) != BUFFER_STATUS_SUCCESS:
                     # missing packets / aborted: its image header may be absent too, so the pixels cannot be
-                    # trusted or even sized. Counted and discarded, as harvesters does for GenTL; its id (the
-                    # GVSP leader's, where it came) is passed on so it is not counted as a drop as well.
-                    self.incomplete_buffers += 1
-                    if frame_id := int(lib.arv_buffer_get_frame_id(buffer)):
-                        self._discarded.append(frame_id)
-                    if self._trigger_mode == "software":  # no other frame comes without a trigger: say so now
-                        raise TimeoutError(f"camera {self.alias!r}: the triggered frame came incomplete (discarded)")
+                    # trusted or even sized. Counted and discarded, as harvesters does for GenTL.
+                    self._discard(buffer)
                     continue
                 size = c_size_t()
                 data = lib.arv_buffer_get_data(buffer, byref(size))
@@ -314,11 +319,7 @@ class AravisCamera(Camera):
                     raise CameraError(f"camera {self.alias!r}: delivered pixel format 0x{fmt:08x}, expected Mono8/Mono16")
                 n = w * h * np.dtype(dtype).itemsize
                 if not data or size.value < n:
-                    self.incomplete_buffers += 1
-                    if frame_id := int(lib.arv_buffer_get_frame_id(buffer)):
-                        self._discarded.append(frame_id)
-                    if self._trigger_mode == "software":
-                        raise TimeoutError(f"camera {self.alias!r}: the triggered frame came incomplete (discarded)")
+                    self._discard(buffer)
                     continue
                 pixels = np.frombuffer(ctypes.string_at(data, n), dtype=dtype).reshape(h, w).copy()
                 frame_id = int(lib.arv_buffer_get_frame_id(buffer))

@@ -44,13 +44,13 @@ PIXEL_FORMATS = tuple(PIXEL_LAYOUTS)
 _EVENT_WAIT_MS = 50  # harvesters waits on the GenTL new-buffer event in slices of this (1 ms default = busy loop)
 
 
-
 def _float_inc(node) -> float | None:
     """An IFloat node's increment, where it has one (GenApi's HasInc); None otherwise."""
     try:
         return float(node.inc) if node.has_inc() else None
     except Exception:  # noqa: BLE001 - genapi raises its own exception tree
         return None
+
 
 class CameraWarning(UserWarning):
     """Something worth telling the user that does not stop the capture (e.g. an unpinned alias)."""
