@@ -47,19 +47,23 @@ def _raise_interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
-def _sigterm_as_interrupt():
-    """SIGTERM (a scheduler's or `kill`'s stop) raises KeyboardInterrupt as Ctrl-C does, so a command that cleans
-    up on Ctrl-C does on SIGTERM too (an import killed so left a half-written dataset and exit 143 without a
-    word). SIGHUP (the terminal closed) too, unless it is ignored (nohup). Commands with handlers of their own
-    (curate, train, capture, monitor, the dashboard's server) install them over this one. Returns the previous
-    handlers by signal (None where signals cannot be set: not the main thread)."""
-    try:
-        previous = {signal.SIGTERM: signal.signal(signal.SIGTERM, _raise_interrupt)}
-        if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:  # the terminal closed (nohup ignores it: kept so)
-            previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, _raise_interrupt)
-        return previous
-    except ValueError:
-        return None
+def catch_stop_signals(handler=_raise_interrupt, sigint: bool = False) -> dict:
+    """Install ``handler`` for SIGTERM (a scheduler's or `kill`'s stop) and SIGHUP (the terminal closed; one that
+    is ignored, under nohup, stays ignored), and with ``sigint`` for SIGINT unless whoever started us changed
+    Python's default (an ignored Ctrl-C stays ignored). Returns the replaced handlers, for
+    :func:`restore_signals`. ValueError outside the main thread (Python sets handlers there only)."""
+    previous = {signal.SIGTERM: signal.signal(signal.SIGTERM, handler)}
+    if signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN:
+        previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, handler)
+    if sigint and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        previous[signal.SIGINT] = signal.signal(signal.SIGINT, handler)
+    return previous
+
+
+def restore_signals(previous: dict | None) -> None:
+    """Put back the handlers :func:`catch_stop_signals` replaced."""
+    for sig, handler in (previous or {}).items():
+        signal.signal(sig, handler)
 
 
 # command name -> (module, attribute, one-line help shown by `chdl --help`)
@@ -104,7 +108,13 @@ class LazyGroup(click.Group):
         monitor-fit-scorer), into temporary folders removed on the way out (predict) or remove what they began
         (import), so rerunning is all it takes; bench and a second Ctrl-C in train keep what they had finished
         (--resume)."""
-        previous = _sigterm_as_interrupt()
+        # SIGTERM and SIGHUP raise KeyboardInterrupt as Ctrl-C does, so a command that cleans up on Ctrl-C does on
+        # them too (an import killed so left a half-written dataset and exit 143 without a word). Commands with
+        # handlers of their own (curate, train, capture, monitor, the dashboard's server) install them over these.
+        try:
+            previous = catch_stop_signals()
+        except ValueError:  # not the main thread: signals cannot be set
+            previous = None
         try:
             return super().invoke(ctx)
         except Exception as e:
@@ -120,8 +130,7 @@ class LazyGroup(click.Group):
             click.echo(f"interrupted: chdl {name} stopped before it finished ({hint})", err=True)
             sys.exit(130)
         finally:
-            for sig, handler in (previous or {}).items():
-                signal.signal(sig, handler)
+            restore_signals(previous)
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         rows = [(name, help_) for name, (_, _, help_) in COMMANDS.items()]

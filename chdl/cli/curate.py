@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import shlex
-import signal
 import sys
 
 import click
 
-from chdl.cli import quiet_abandoned_async
+from chdl.cli import catch_stop_signals, quiet_abandoned_async, restore_signals
 from chdl.cli.options import LocalPath, quiet_option
 
 
@@ -46,18 +45,12 @@ def curate(raw: str, out: str, config_path: str | None, workers: int, scheduler:
         (["--bit-depth", str(bit_depth)] if bit_depth is not None else [])
     from curation.pipeline import INTERRUPTED
 
-    def _interrupt(signum, frame):  # SIGTERM (a scheduler, `kill`) ends curate like Ctrl-C does
+    def _interrupt(signum, frame):  # SIGTERM (a scheduler, `kill`) and SIGHUP end curate like Ctrl-C does
         INTERRUPTED.set()  # (checked between tasks too: this raise can be swallowed, see curation.pipeline)
         raise KeyboardInterrupt
 
     INTERRUPTED.clear()
-    previous = signal.signal(signal.SIGTERM, _interrupt)
-    previous_hup = signal.getsignal(signal.SIGHUP)
-    if previous_hup is not signal.SIG_IGN:  # the terminal closed (under nohup it stays ignored)
-        signal.signal(signal.SIGHUP, _interrupt)
-    previous_int = signal.getsignal(signal.SIGINT)
-    if previous_int is signal.default_int_handler:  # (a SIGINT ignored by whoever started us stays ignored)
-        signal.signal(signal.SIGINT, _interrupt)
+    previous = catch_stop_signals(_interrupt, sigint=True)
     try:
         cfg = load_config(config_path)
         result = run_curate(raw, out, cfg, workers=workers, scheduler=scheduler, overwrite=overwrite, bit_depth=bit_depth,
@@ -77,9 +70,7 @@ def curate(raw: str, out: str, config_path: str | None, workers: int, scheduler:
             click.echo(f"interrupted before {out} was created; nothing was written", err=True)
         sys.exit(130)
     finally:
-        signal.signal(signal.SIGTERM, previous)
-        signal.signal(signal.SIGINT, previous_int)
-        signal.signal(signal.SIGHUP, previous_hup)
+        restore_signals(previous)
     s = result.summary
     sp = s["splits"]
     click.echo(f"{result.out}: {result.n_sequences} sequences ({sp['train']} train, {sp['val']} val, "

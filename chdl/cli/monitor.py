@@ -8,12 +8,12 @@ scorer failed or the monitor folder could not be written (the recording is compl
 from __future__ import annotations
 
 import shutil
-import signal
 import sys
 from pathlib import Path
 
 import click
 
+from chdl.cli import catch_stop_signals, restore_signals
 from chdl.cli.acquire import capture_options, report_captures, run_captures
 from chdl.cli.options import POSITIVE, LocalPath, file_in_the_way, quiet_option
 from chdl.monitor import SCORER_FORMAT, Z_OFF, Z_ON
@@ -113,13 +113,8 @@ def monitor(ctx, checkpoint, t_in, queue_depth, z_on, z_off, scorer, serve, **pa
     server = None
     state, results = "failed", []
 
-    def _terminate(signum, frame):  # SIGTERM before the capture takes it over (and after) ends the run as Ctrl-C does
-        raise KeyboardInterrupt
-
-    previous_term = signal.signal(signal.SIGTERM, _terminate)
-    previous_hup = signal.getsignal(signal.SIGHUP)
-    if previous_hup is not signal.SIG_IGN:  # the terminal closed (under nohup it stays ignored)
-        signal.signal(signal.SIGHUP, _terminate)
+    # SIGTERM and SIGHUP before the capture takes them over (and after) end the run as Ctrl-C does
+    previous = catch_stop_signals()
     try:
         try:
             mon.start(run_path, run_path.name, name, t)
@@ -135,8 +130,7 @@ def monitor(ctx, checkpoint, t_in, queue_depth, z_on, z_off, scorer, serve, **pa
         state = "interrupted"
     finally:
         error = mon.finish(state)
-        signal.signal(signal.SIGTERM, previous_term)
-        signal.signal(signal.SIGHUP, previous_hup)
+        restore_signals(previous)
         if server is not None:
             server.stop()
         if not results and mon.captured == 0:  # nothing was recorded: leave nothing behind
