@@ -163,10 +163,12 @@ def load_camera_config(path: str | os.PathLike | None = None, extra_producers: t
         entry = validate(_entry_model(entry), entry, str(path), prefix=("cameras", alias),
                          error=CameraError).model_dump(exclude_unset=True)
         if entry.get("backend") == "sim":  # the simulator's own range checks, named as the file's other errors
-            from acquisition.backends.sim import entry_problem
+            from acquisition.backends.sim import SimOptionError, sim_config
 
-            if problem := entry_problem(entry):
-                raise CameraError(f"{path}: cameras.{alias}.{problem[0]}: {problem[1]}")
+            try:
+                sim_config(entry)
+            except SimOptionError as e:
+                raise CameraError(f"{path}: cameras.{alias}{'.' if e.key else ': '}{e}") from None
         if "producer" in entry:
             entry["producer"] = _producer(entry["producer"], base)
         entries[alias] = entry

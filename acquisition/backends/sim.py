@@ -65,26 +65,39 @@ class SimStage(Stage):
         return None
 
 
-def entry_problem(options: dict) -> tuple[str, str] | None:
-    """(key, problem) of the first value of a camera-config sim entry that the simulator refuses (the checks
-    SimCamera makes when it opens), or None: so that chdl names the file and the key when it reads the file
-    (``cams.yaml: cameras.a.bit_depth: ...``), as for a wrong type. ``index`` is the key a default seed
-    comes from."""
-    if int(options.get("index", 0)) < 0:
-        return "index", f"must be >= 0, not {options['index']}"
+class SimOptionError(ValueError):
+    """A sim camera option the simulator refuses: ``key`` (None when no one key is to blame) and ``problem``, for a
+    message naming where it came from (the camera config's ``cameras.<alias>.<key>``, or the camera)."""
+
+    def __init__(self, key: str | None, problem: str):
+        super().__init__(f"{key}: {problem}" if key else problem)
+        self.key, self.problem = key, problem
+
+
+def sim_config(options: dict) -> SimConfig:
+    """The simulator configuration of a sim camera's options (a camera-config entry: its camera options aside);
+    SimOptionError naming the first key it refuses. ``index`` is the key a default seed comes from. Checked when
+    the camera config is read (chdl names the file and the key, as for a wrong type) and when the camera opens."""
+    index = int(options.get("index", 0))
+    if index < 0:
+        raise SimOptionError("index", f"must be >= 0, not {options['index']}")
     sim_opts = {k: v for k, v in options.items() if k not in _CAMERA_OPTIONS}
-    if "bit_depth" in sim_opts and sim_opts["bit_depth"] not in (12, 16):
-        return "bit_depth", f"must be 12 or 16 (the Mono16 data depth; Mono8 is set by PixelFormat), not {sim_opts['bit_depth']}"
-    sim_opts.setdefault("seed", int(options.get("index", 0)))
-    sim_opts.setdefault("bit_depth", 12)
+    if bad := sorted(set(sim_opts) & _SETTINGS_FIELDS):
+        raise SimOptionError(bad[0], "a capture setting, not a sim option")
+    sim_opts.setdefault("seed", index)
+    sim_opts.setdefault("bit_depth", 12)  # the Mono16 data depth (Mono8 is always 8)
+    if sim_opts["bit_depth"] not in (12, 16):
+        raise SimOptionError("bit_depth", f"must be 12 or 16 (the Mono16 data depth; Mono8 is set by PixelFormat), "
+                                          f"not {sim_opts['bit_depth']}")
     try:
-        SimConfig.from_dict({k: v for k, v in sim_opts.items() if k not in _SETTINGS_FIELDS})
+        return SimConfig.from_dict(sim_opts)
     except (TypeError, ValueError) as e:
-        text = str(e)
+        text = str(e)  # SimConfig's messages begin with the field they are about
         key = {"unknown fault kinds": "fault_kinds", "unknown anomaly kinds": "anomaly_kinds"}.get(
             " ".join(text.split()[:3]), text.split()[0])
-        return key, text.removeprefix(key).lstrip(": ")
-    return None
+        if key not in {f.name for f in dataclasses.fields(SimConfig)}:
+            raise SimOptionError(None, text) from None
+        raise SimOptionError(key, text.removeprefix(key).lstrip(": ")) from None
 
 
 class SimCamera(Camera):
@@ -99,17 +112,9 @@ class SimCamera(Camera):
         self.realtime = bool(options.get("realtime", True))
         self.scan_positions = int(options.get("positions", 10))
         self.scan_step_um = float(options.get("step_um", 60.0))
-        sim_opts = {k: v for k, v in options.items() if k not in _CAMERA_OPTIONS}
-        sim_opts.setdefault("seed", index)
-        bad = set(sim_opts) & _SETTINGS_FIELDS
-        if bad:
-            raise CameraError(f"camera {alias!r}: {', '.join(sorted(bad))} are capture settings, not sim options")
-        sim_opts.setdefault("bit_depth", 12)  # the Mono16 data depth (Mono8 is always 8)
-        if int(sim_opts["bit_depth"]) == 8:
-            raise CameraError(f"camera {alias!r}: bit_depth is the Mono16 data depth (12 or 16); Mono8 is set by PixelFormat")
         try:
-            self._base = SimConfig.from_dict(sim_opts)
-        except (TypeError, ValueError) as e:
+            self._base = sim_config(options)
+        except SimOptionError as e:
             raise CameraError(f"camera {alias!r}: {e}") from None
         self.info = CameraInfo(vendor="chdl", model=f"DicingLaneSim v{SIM_VERSION}", serial=f"SIM{index:04d}",
                                user_name=alias, transport="Sim", backend="sim", producer=None,
