@@ -131,6 +131,13 @@ class DatasetIncompleteError(DatasetFormatError):
     """A dataset whose writing was interrupted (or is still in progress)."""
 
 
+def file_url_path(url: str) -> str:
+    """The local path a ``file://`` URL names (``file:///data/x%20y.zarr`` -> ``/data/x y.zarr``)."""
+    from urllib.parse import unquote, urlparse
+
+    return unquote(urlparse(url).path)
+
+
 def dataset_path(path: str | os.PathLike) -> "Path | upath.UPath":
     """Where a dataset (or its report) lives: a local path, or an fsspec URL (``s3://bucket/x.zarr``,
     ``gs://``, ``file://`` ...) as a ``upath.UPath`` with the same interface; zarr opens the URL with its
@@ -138,9 +145,7 @@ def dataset_path(path: str | os.PathLike) -> "Path | upath.UPath":
     its own usual configuration, e.g. ``AWS_ENDPOINT_URL`` and ``AWS_ACCESS_KEY_ID`` for S3.
     DatasetFormatError for a URL of a bucket's root (``s3://bucket``): a dataset is a prefix inside one."""
     if str(path).startswith("file://"):  # a local path written as a URL: the local path (atomic rename, locks)
-        from urllib.parse import unquote, urlparse
-
-        return Path(unquote(urlparse(str(path)).path))
+        return Path(file_url_path(str(path)))
     if "://" in str(path):
         from upath import UPath
 

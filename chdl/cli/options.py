@@ -73,7 +73,7 @@ class LocalPath(click.Path):
             self.fail(f"{value!r} is a URL; this takes a local path (object-store URLs: chdl curate's OUT, chdl info "
                       "and chdl verify; copy the data to a local folder first)", param, ctx)
         if isinstance(value, str) and value.startswith("file://"):
-            from urllib.parse import unquote, urlparse
+            from chdl.dataset import file_url_path
 
-            value = unquote(urlparse(value).path)
+            value = file_url_path(value)
         return super().convert(value, param, ctx)
