@@ -68,8 +68,10 @@ class _YamlTuple:
 YamlTuple = _YamlTuple
 
 
-# PyYAML implements YAML 1.1, where `1e-3` (no dot) is a string; YAML 1.2 and every user read it as a
-# number. This loader adds the 1.2 float forms, and refuses a key given twice in one mapping (YAML forbids
+# PyYAML implements YAML 1.1, where `1e-3` (no dot) is a string, `010` is octal 8 and `1:00` is base-60 60;
+# YAML 1.2 and every user read the first as a number and would not expect the other two. This loader reads
+# numbers as YAML 1.2 does (decimal and 0x integers, floats with or without a dot; `010` and `1:00` stay
+# strings, which the schemas then refuse by name), and refuses a key given twice in one mapping (YAML forbids
 # it; PyYAML would keep the last value silently, so `{preset: tiny, preset: small}` trained `small` without a
 # word); everything else is yaml.SafeLoader (no code runs from YAML).
 class _Loader(yaml.SafeLoader):
@@ -86,9 +88,21 @@ class _Loader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
+_NUMBER_TAGS = ("tag:yaml.org,2002:int", "tag:yaml.org,2002:float")
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag not in _NUMBER_TAGS]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:int",
+    re.compile(r"^(?:[-+]?(?:0|[1-9][0-9_]*)|[-+]?0x[0-9a-fA-F_]+)$"),
+    list("-+0123456789"))
 _Loader.add_implicit_resolver(
     "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+    re.compile(r"""^(?:[-+]?[0-9][0-9_]*\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+                |[-+]?\.[0-9][0-9_]*(?:[eE][-+]?[0-9]+)?
+                |[-+]?[0-9][0-9_]*[eE][-+]?[0-9]+
+                |[-+]?\.(?:inf|Inf|INF)
+                |\.(?:nan|NaN|NAN))$""", re.X),
     list("-+0123456789."))
 
 
@@ -158,7 +172,7 @@ def _problem(err: dict) -> str:
     kind, ctx, value = err["type"], err.get("ctx") or {}, err.get("input")
     got = f", got {value!r}"
     if kind == "string_type" and isinstance(value, (int, float)) and not isinstance(value, bool):
-        # (the number is not what was written: YAML reads 0012 as 10 and 1e3 as 1000.0; no quoted suggestion from it)
+        # (the number is not what was written: YAML reads 1e3 as 1000.0 and 1_000 as 1000; no quoted suggestion from it)
         return (f"must be a string, got the number {value!r} (YAML reads unquoted digits as a number: put the value "
                 "in quotes exactly as written, e.g. serial: \"0012\")")
     if kind in _TYPE_WORDS:

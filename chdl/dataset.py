@@ -118,6 +118,7 @@ _SMALL = {
 _PARTIAL = re.compile(r".*\.[0-9a-f]{32}\.partial")  # zarr's atomic-write temp names (LocalStore)
 CHECKSUMS = "shard_checksums"  # (n_shards,) string array: per shard, JSON {file key: {"blake3", "bytes"}}
 _SHARD_ARRAYS = ("frames",) + _PER_SEQUENCE  # arrays stored as one file per shard (and per array)
+_LAYOUT = ("frames",) + tuple(_SMALL) + ("shard_done", CHECKSUMS, "originals", "originals_index")  # create's members
 _READ_BLOCK = 8 << 20  # bytes hashed at a time
 FRAME_DTYPES = (np.dtype(np.uint8), np.dtype(np.uint16))
 _INT_ATTRS = ("n_sequences", "frames_per_sequence", "in_frames", "out_frames", "sequences_per_shard", "n_shards")
@@ -151,6 +152,10 @@ def dataset_path(path: str | os.PathLike) -> "Path | upath.UPath":
 
         url = UPath(str(path))
         if len(url.parts) < 2:  # s3://bucket: deleting or replacing "the dataset" would be the bucket itself
+            if not (url.parts and url.parts[0].strip("/")):
+                scheme = str(path).split("://", 1)[0]
+                raise DatasetFormatError(f"{path}: names no bucket; a dataset is a folder inside one, e.g. "
+                                         f"{scheme}://bucket/name.zarr")
             raise DatasetFormatError(f"{path}: the root of a bucket, not a dataset; name one inside it, e.g. "
                                      f"{str(path).rstrip('/')}/name.zarr")
         return url
@@ -225,7 +230,7 @@ def marked_incomplete(path) -> bool:
     """Whether ``path`` holds a dataset its writer has not marked complete (``complete`` false in its zarr.json):
     one being written, or whose writer was interrupted. False for anything else, complete or unreadable."""
     try:
-        with open(path / "zarr.json") as f:
+        with (path / "zarr.json").open() as f:  # (a Path or an fsspec UPath)
             return json.load(f).get("attributes", {}).get("complete", True) is False
     except (OSError, ValueError, AttributeError):
         return False
@@ -357,6 +362,8 @@ def validate(group: zarr.Group, path: str | os.PathLike) -> None:
         if not isinstance(arr, zarr.Array) or arr.shape != expected or arr.dtype != np.dtype(dtype):
             got = f"{arr.dtype} {arr.shape}" if isinstance(arr, zarr.Array) else "a group"
             raise bad(f"{name} must be {np.dtype(dtype)} {expected} (dims {', '.join(DIMS[name])}), not {got}")
+    if CHECKSUMS not in group and expects_checksums(attrs):
+        raise bad(f"missing array {CHECKSUMS} (this dataset was written with shard checksums: its folder is gone)")
     for name in ("shard_done", CHECKSUMS):
         if name == CHECKSUMS and name not in group:
             continue  # written before checksums were recorded
@@ -399,8 +406,8 @@ def shard_files(group: zarr.Group, shard: int, *, originals: bool = True,
     keys = [k for arr, rows in (arrays or _shard_arrays(group)) for k in _array_files(arr, shard * rows)]
     if originals:
         for name in ("originals", "originals_index"):
-            if str(shard) in group[name]:
-                keys += _array_files(group[name][str(shard)])
+            if str(shard) in group[name]:  # created per shard: its metadata (dtype, shape, codecs) is the shard's too
+                keys += [f"{name}/{shard}/zarr.json"] + _array_files(group[name][str(shard)])
     return keys
 
 
@@ -424,6 +431,22 @@ def file_checksum(path: "Path | upath.UPath", key: str, progress: Callable[[int]
             if progress is not None:
                 progress(len(block))
     return digest.hexdigest(), size
+
+
+METADATA_DIGESTS = "metadata_blake3"  # group attribute: {key: BLAKE3} of every array's and subgroup's zarr.json
+
+
+def _metadata_keys(group: zarr.Group) -> list[str]:
+    """Keys of the metadata documents (``zarr.json``) of the arrays and subgroups that :meth:`DatasetWriter.create`
+    lays out: what decides how the shard files' bytes are read (dtype, byte order, shape, chunks, codecs)."""
+    return sorted(f"{name}/zarr.json" for name in group if name in _LAYOUT)
+
+
+def expects_checksums(attrs: dict) -> bool:
+    """Whether a dataset with these attributes was written by a chdl that records shard checksums, so that a
+    missing ``shard_checksums`` array is damage: one with the metadata digests (2026-12-02 on) or with
+    ``reconstruction_method_bits`` (2026-12-01 on; checksums came on 2026-11-30)."""
+    return METADATA_DIGESTS in attrs or "reconstruction_method_bits" in attrs
 
 
 def _listing(path: "Path | upath.UPath") -> set[str]:
@@ -459,7 +482,7 @@ def _files_line(problems: Sequence[tuple[int, str]], what: str, limit: int = 4) 
 
 @dataclasses.dataclass
 class ShardProblem:
-    shard: int
+    shard: int | None  # None: a metadata document of the whole dataset (an array's zarr.json)
     file: str  # key relative to the dataset
     problem: str  # "missing", "checksum mismatch", "size ...", "no checksum recorded", ...
 
@@ -475,15 +498,21 @@ class VerifyResult:
 
     @property
     def bad_shards(self) -> list[int]:
-        return sorted({p.shard for p in self.problems})
+        return sorted({p.shard for p in self.problems if p.shard is not None})
+
+    @property
+    def bad_metadata(self) -> list[str]:
+        """Metadata documents (``<array>/zarr.json``) that are missing or differ from when the dataset was made."""
+        return [p.file for p in self.problems if p.shard is None]
 
     def error(self) -> str:
-        """One line naming the damaged shard(s) and their first problems (for a refusal)."""
+        """One line naming the damaged shard(s) and metadata and their first problems (for a refusal)."""
         first = "; ".join(f"{p.file}: {p.problem}" for p in self.problems[:3])
         more = f"; and {len(self.problems) - 3} more" if len(self.problems) > 3 else ""
         bad = self.bad_shards
-        return (f"{self.path}: shard{'s' if len(bad) > 1 else ''} {', '.join(map(str, bad[:10]))}"
-                f"{' ...' if len(bad) > 10 else ''} damaged ({first}{more}); the dataset is damaged on disk "
+        what = ([f"shard{'s' if len(bad) > 1 else ''} {', '.join(map(str, bad[:10]))}{' ...' if len(bad) > 10 else ''}"]
+                if bad else []) + (["metadata"] if self.bad_metadata else [])
+        return (f"{self.path}: {' and '.join(what)} damaged ({first}{more}); the dataset is damaged on disk "
                 f"(chdl verify {self.path} lists every bad file)")
 
 
@@ -607,6 +636,10 @@ class DatasetWriter:
                                dimension_names=("shard",))
             group.create_group("originals")
             group.create_group("originals_index")
+            # the metadata documents never change after this: their digests let `verify` see an edited byte
+            # order, dtype or codec, which no shard checksum covers
+            group.update_attributes({METADATA_DIGESTS: {key: file_checksum(building, key)[0]
+                                                        for key in _metadata_keys(group)}})
             try:
                 validate(group, path)
             except DatasetFormatError as e:
@@ -880,6 +913,7 @@ class DatasetReader:
             return VerifyResult(str(self.path), False, len(shards), 0, 0, missing)
         present = _listing(self.path)
         records, problems = self._records(shards, present)
+        problems += self._metadata_problems(present)
         total = sum(int(v.get("bytes", 0)) for r in records.values() for v in r.values() if isinstance(v, dict))
         files = done = 0
         # the bar shows once hashing has taken a second (no flash of a bar for a small dataset)
@@ -907,6 +941,24 @@ class DatasetReader:
                                                              "one recorded when it was written)"))
         problems = sorted({(p.shard, p.file): p for p in reversed(problems)}.values(), key=lambda p: (p.shard, p.file))
         return VerifyResult(str(self.path), True, len(shards), files, done, problems)
+
+    def _metadata_problems(self, present: set[str]) -> list[ShardProblem]:
+        """The metadata documents that differ from the digests recorded at creation (none recorded before
+        2026-12-02: nothing to compare)."""
+        recorded = self.attrs.get(METADATA_DIGESTS)
+        if recorded is None:
+            return []
+        if not isinstance(recorded, dict):
+            return [ShardProblem(None, "zarr.json", f"malformed attribute {METADATA_DIGESTS}")]
+        problems = []
+        for key, want in sorted(recorded.items()):
+            if key not in present:
+                problems.append(ShardProblem(None, key, "missing"))
+            elif file_checksum(self.path, key)[0] != want:
+                problems.append(ShardProblem(None, key, "changed since the dataset was made (its BLAKE3 digest differs "
+                                                        "from the one recorded then: dtype, byte order, shape or codecs "
+                                                        "may read the shard files wrongly)"))
+        return problems
 
     def originals(self) -> list[tuple[int, int, np.ndarray]]:
         """``(sequence, t, pixels (C,H,W))`` of every original frame that a reconstruction replaced."""

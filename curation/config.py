@@ -14,6 +14,8 @@ per-run baselines the thresholds were combined with, so a dataset says exactly h
 
 from __future__ import annotations
 
+import math
+
 from pathlib import Path
 from typing import Annotated
 
@@ -24,7 +26,10 @@ from curation.qc import SCORE_NAMES
 
 __all__ = ["ConfigError", "CurateConfig", "QCConfig", "SplitConfig", "Floors", "ZFactors", "load_config", "validate_config"]
 
-NonNegativeFloat = Annotated[float, Field(ge=0)]
+# Floors and z factors beyond 1e6 mean "never flag" as well as 1e6 does; above ~3e38 they overflowed float32
+# in the report's histograms after every shard was written.
+LARGEST = 1e6
+NonNegativeFloat = Annotated[float, Field(ge=0, le=LARGEST)]
 
 
 class _PerScore(StrictConfig):
@@ -69,6 +74,11 @@ class ZFactors(_PerScore):
     @classmethod
     def _scalar_sets_all(cls, data):
         if isinstance(data, (int, float)) and not isinstance(data, bool):
+            # checked here, so that an error names the key written (qc.z), not the first score it was copied to
+            if not math.isfinite(data):
+                raise ValueError(f"must be a finite number, got {data!r}")
+            if not 0 <= data <= LARGEST:
+                raise ValueError(f"must be in [0, {LARGEST:g}], got {data!r}")
             return {n: data for n in SCORE_NAMES}
         return data
 
@@ -97,16 +107,17 @@ class CurateConfig(StrictConfig):
     out_frames: Annotated[int, Field(ge=1)] = 5  # model target frames
     max_bad_frames: Annotated[int, Field(ge=0)] = 2  # a sequence with more bad (flagged or missing) frames is excluded
     sequences_per_shard: Annotated[int, Field(ge=1)] = 16  # S: sequences per zarr shard, the unit of work of one worker
-    thumbnail_width: Annotated[int, Field(ge=1)] = 160  # px, thumbnails in the QC report
+    thumbnail_width: Annotated[int, Field(ge=16, le=1024)] = 160  # px, thumbnails in the QC report (each one is in the HTML)
 
     @model_validator(mode="after")
     def _fits_in_a_sequence(self):
+        # (the message starts with the key, as a field's own error does: `FILE: key: problem`)
         if self.in_frames + self.out_frames > self.frames_per_sequence:
-            raise ValueError(f"in_frames + out_frames ({self.in_frames} + {self.out_frames}) exceeds "
+            raise ValueError(f"in_frames: in_frames + out_frames ({self.in_frames} + {self.out_frames}) exceeds "
                              f"frames_per_sequence ({self.frames_per_sequence})")
         if self.max_bad_frames > self.frames_per_sequence - 2:
-            raise ValueError(f"max_bad_frames ({self.max_bad_frames}) must be <= frames_per_sequence - 2 "
-                             f"({self.frames_per_sequence - 2})")
+            raise ValueError(f"max_bad_frames: must be <= frames_per_sequence - 2 ({self.frames_per_sequence - 2}), "
+                             f"got {self.max_bad_frames}")
         return self
 
 

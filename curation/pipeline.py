@@ -39,8 +39,8 @@ from tqdm import tqdm
 from acquisition.raw import RawFormatError, Recording
 from chdl.cluster import ClusterError, pool_map_unordered
 from chdl.locks import LockHeld, release_lock, take_lock
-from chdl.dataset import (SPLIT_EXCLUDED, DatasetFormatError, DatasetWriter, dataset_path, refuse_non_dataset,
-                          writer_lock_path)
+from chdl.dataset import (SPLIT_EXCLUDED, DatasetFormatError, DatasetWriter, dataset_path, previous_path,
+                          refuse_non_dataset, writer_lock_path)
 from curation import qc
 from curation.config import CurateConfig
 from curation.plan import Plan, SequencePlan, build_plan
@@ -72,6 +72,31 @@ def report_paths(out: str | os.PathLike) -> tuple[Path, Path]:
     out = dataset_path(out)
     stem = out.name[:-5] if out.name.endswith(".zarr") else out.name
     return out.with_name(stem + ".qc.html"), out.with_name(stem + ".qc.json")
+
+
+def _check_report_owner(out, html_path: Path) -> None:
+    """CurateError where OUT's QC report would be another dataset's: ``x`` and ``x.zarr`` both report to ``x.qc.*``."""
+    other = out.with_name(out.name[:-5]) if out.name.endswith(".zarr") else out.with_name(out.name + ".zarr")
+    if other.exists() and (other / "zarr.json").exists():
+        raise CurateError(f"{out}: its QC report {html_path.name} would replace that of the dataset {other} (x and "
+                          "x.zarr report to the same x.qc.html); choose another name for OUT")
+
+
+def _check_shard_memory(shard_sequences: int, plan: Plan, cfg: CurateConfig, workers: int) -> None:
+    """CurateError where ``workers`` shards of ``shard_sequences`` sequences (each held in memory twice: the frames
+    read and the stored ones) would not fit in the memory available now."""
+    from curation.memory import available_memory
+
+    need = 2 * workers * shard_sequences * cfg.frames_per_sequence * plan.height * plan.width * np.dtype(plan.dtype).itemsize
+    if (free := available_memory()) is not None and need > 0.8 * free:
+        raise CurateError(f"sequences_per_shard {cfg.sequences_per_shard}: {workers} worker(s) holding shards of "
+                          f"{shard_sequences} sequences of {cfg.frames_per_sequence} {plan.width}x{plan.height} frames "
+                          f"need {_size(need)} of memory, {_size(free)} available: set a smaller "
+                          "sequences_per_shard in the config (or fewer --workers)")
+
+
+def _size(n: float) -> str:
+    return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
 
 
 def read_sequence(seq: SequencePlan, run_path: str, height: int, width: int, dtype: np.dtype):
@@ -202,7 +227,7 @@ def _shard_task(task: tuple[int, list[SequencePlan]]) -> tuple[int, int, list[st
     cfg: CurateConfig = c["cfg"]
     T, H, W = cfg.frames_per_sequence, c["height"], c["width"]
     k = len(seqs)
-    frames = _shard_frames_buffer((cfg.sequences_per_shard, T, 1, H, W), c["dtype"])[:k]  # every row set below
+    frames = _shard_frames_buffer((c["sequences_per_shard"], T, 1, H, W), c["dtype"])[:k]  # every row set below
     flags = np.zeros((k, T), np.uint8)
     scores = np.zeros((k, T, len(qc.SCORE_NAMES)), np.float32)
     split = np.zeros(k, np.uint8)
@@ -343,7 +368,8 @@ def curate(source: str | os.PathLike, out: str | os.PathLike, cfg: CurateConfig,
     module docstring), with ``workers`` local processes or on the Dask cluster ``scheduler``
     (``tcp://HOST:PORT`` or ``local:N``, :func:`chdl.cluster.connect`; same bytes either way).
     ``options``: ``overwrite``, ``command`` (recorded in the provenance), ``progress``, ``log``, ``bit_depth``
-    (significant bits of the pixels, overriding the runs' own: :func:`curation.plan.build_plan`).
+    (significant bits of the pixels, overriding the runs' own: :func:`curation.plan.build_plan`), ``state`` (a
+    dict that gets ``created: True`` once OUT is this command's dataset, new or resumed).
     Raises CurateError / PlanError / RawFormatError / ClusterError (one-line messages naming the path)."""
     try:
         out = dataset_path(out)
@@ -383,13 +409,19 @@ def _writer_lock(out):
 
 def _curate(source: str | os.PathLike, out: str | os.PathLike, cfg: CurateConfig, workers: int, cluster, *,
             overwrite: bool = False, command: str = "", progress: bool = True, bit_depth: int | None = None,
-            log: Callable[[str], None] | None = None) -> CurateResult:
+            log: Callable[[str], None] | None = None, state: dict | None = None) -> CurateResult:
     t_start = time.perf_counter()
     log = log or (lambda msg: print(msg, file=sys.stderr))
     out = dataset_path(out)
+    if out.name in ("", ".", ".."):  # (and an empty `.` would be removed as "an empty folder": the working folder)
+        raise CurateError(f"{out}: OUT must name the dataset's own folder (e.g. out.zarr), not {str(out)!r}")
     html_path, json_path = report_paths(out)
+    _check_report_owner(out, html_path)
     timings = {}
     plan = build_plan(source, cfg, bit_depth)
+    # a shard is at most the whole dataset (a larger S only sized the workers' buffers and the shard index)
+    shard_sequences = min(cfg.sequences_per_shard, len(plan.sequences))
+    _check_shard_memory(shard_sequences, plan, cfg, 1 if cluster is not None else workers)
     timings["plan"] = time.perf_counter() - t_start
     for w in plan.warnings:
         log(f"warning: {w}")
@@ -434,9 +466,6 @@ def _curate(source: str | os.PathLike, out: str | os.PathLike, cfg: CurateConfig
         log(f"resuming {out}: {len(writer.done_shards())}/{writer.n_shards} shards already written")
     t_cal = time.perf_counter()
     if writer is None:
-        for p in (html_path, json_path):
-            if overwrite and p.exists():
-                p.unlink()
         sample = _calibration_sample(plan, cfg)
         log(f"measuring run baselines on {len(sample)} sequences")
         per_run: dict[int, list[np.ndarray]] = {}
@@ -467,15 +496,23 @@ def _curate(source: str | os.PathLike, out: str | os.PathLike, cfg: CurateConfig
         try:
             writer = DatasetWriter.create(
                 out, n_sequences=len(plan.sequences), frames_per_sequence=T, channels=1, height=plan.height,
-                width=plan.width, dtype=plan.dtype, sequences_per_shard=cfg.sequences_per_shard,
+                width=plan.width, dtype=plan.dtype, sequences_per_shard=shard_sequences,
                 in_frames=cfg.in_frames, out_frames=cfg.out_frames, pixel_format=plan.pixel_format,
                 max_value=plan.max_value, qc_score_names=qc.SCORE_NAMES,
                 runs=[r.run_id for r in plan.runs], provenance=provenance,
                 extra={"curation": {"report_html": html_path.name, "report_json": json_path.name}},
                 overwrite=overwrite, keep_previous=True)
         except OSError as e:  # nothing is left at OUT: creation is atomic (chdl.dataset)
+            _check_interrupted()  # a stop inside the creation can surface as a vanished temporary folder
             raise CurateError(f"{out}: cannot create dataset ({e.strerror or e})") from None
+        if overwrite and not (isinstance(out, Path) and previous_path(out).is_dir()):
+            for p in (html_path, json_path):  # the reports of the dataset replaced, now gone (one kept aside keeps
+                if p.is_file():               # them: they come back with it, or the new ones replace them at the end)
+                    p.unlink()
+    if state is not None:
+        state["created"] = True  # OUT is now this command's dataset (new, or the one it resumes)
     # baselines always from the stored provenance: a resumed run uses exactly what the first one did
+    ctx["sequences_per_shard"] = writer.sequences_per_shard  # (a resumed dataset's own)
     stored = writer.attrs["provenance"]["config"]["run_baselines"]
     ctx["baselines"] = [stored[r.run_id] for r in plan.runs]
     ctx["thresholds"] = _thresholds(cfg, [qc.Baseline.from_dict(b) for b in ctx["baselines"]])

@@ -835,9 +835,20 @@ def decide(scores: np.ndarray, baseline: Baseline, thr: np.ndarray) -> tuple[np.
     flag from brightness/shading/banding, sharpness must exceed ``ATTRIBUTION_FACTOR`` x its threshold
     to add a vibration flag. Either way the frame is flagged and reconstructed; this only keeps the
     report's per-cause counts honest."""
+    c = counted(scores, baseline, thr)
+    vibration = c[:, I_MISREG] | c[:, I_SHARP]
+    illumination = c[:, I_BRIGHT] | c[:, I_SHADING] | c[:, I_BANDING] | c[:, I_CONTRAST]
+    return vibration, illumination
+
+
+def counted(scores: np.ndarray, baseline: Baseline, thr: np.ndarray) -> np.ndarray:
+    """(T, K) bool: the scores that fire *and* count towards a flag under :func:`decide`'s attribution rules
+    (contrast not where sharpness fired; sharpness not where brightness, shading or banding fired, unless it is
+    beyond ``ATTRIBUTION_FACTOR`` x its threshold). ``thr`` (K,) or per frame (T, K)."""
     fired = exceed(scores, baseline, thr)
     ill_strong = fired[:, I_BRIGHT] | fired[:, I_SHADING] | fired[:, I_BANDING]
     sharp_big = exceed(scores, baseline, thr * ATTRIBUTION_FACTOR)[:, I_SHARP]
-    vibration = fired[:, I_MISREG] | (fired[:, I_SHARP] & (~ill_strong | sharp_big))
-    illumination = ill_strong | (fired[:, I_CONTRAST] & ~fired[:, I_SHARP])
-    return vibration, illumination
+    out = fired.copy()
+    out[:, I_SHARP] &= ~ill_strong | sharp_big
+    out[:, I_CONTRAST] &= ~fired[:, I_SHARP]
+    return out

@@ -37,8 +37,12 @@ def _atomic_write(path: Path, data: bytes) -> None:
         path.write_bytes(data)
         return
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    except OSError as e:  # named by the file the user asked for, not the temporary one
+        tmp.unlink(missing_ok=True)
+        raise type(e)(e.errno, e.strerror, str(path)) from None
 
 
 def _flag_names(bits: int) -> list[str]:
@@ -162,18 +166,37 @@ def _histograms(dev: np.ndarray, thr: dict[str, list[float]]) -> tuple[dict, str
     return out, " ".join(svgs)
 
 
+NOT_COUNTED = {  # why a score beyond its threshold does not count towards a flag (curation.qc.counted)
+    "contrast": "not counted: sharpness fired too, and blur lowers contrast",
+    "sharpness": (f"not counted: an illumination score fired, and flicker or a shadow lowers sharpness (it counts "
+                  f"beyond {qc.ATTRIBUTION_FACTOR:g}x its threshold)"),
+}
+
+
 def why_flagged(scores: np.ndarray, center: np.ndarray, thr: np.ndarray) -> list[dict]:
-    """Which scores fired for one frame (``scores``, ``center``, ``thr`` (K,)), most severe first:
-    [{score, value, center, threshold, deviation, side}] with deviation = value - center (fired when
-    beyond the threshold on the score's side). Empty for a missing frame."""
-    fired = qc.exceed(scores[None], qc.Baseline(list(center), [0.0] * len(center)), thr)[0]
+    """Which scores fired for one frame (``scores``, ``center``, ``thr`` (K,)), counted ones first, most severe
+    first: [{score, value, center, threshold, deviation, side, times_threshold, counted[, note]}] with deviation =
+    value - center (fired when beyond the threshold on the score's side); ``counted`` False (and a ``note``)
+    for a score that the attribution rules leave out of the flags (:func:`curation.qc.counted`);
+    ``times_threshold`` None where the threshold is 0. Empty for a missing frame."""
+    base = qc.Baseline(list(center), [0.0] * len(center))
+    fired = qc.exceed(scores[None], base, thr)[0]
+    counts = qc.counted(scores[None], base, thr)[0]
     out = []
     for k in np.flatnonzero(fired):
         dev = float(scores[k] - center[k])
-        out.append({"score": qc.SCORE_NAMES[k], "value": round(float(scores[k]), 5), "center": round(float(center[k]), 5),
+        name = qc.SCORE_NAMES[k]
+        out.append({"score": name, "value": round(float(scores[k]), 5), "center": round(float(center[k]), 5),
                     "threshold": round(float(thr[k]), 5), "deviation": round(dev, 5), "side": qc.SCORE_SIDES[k],
-                    "times_threshold": round(abs(dev) / max(float(thr[k]), 1e-12), 2)})
-    return sorted(out, key=lambda w: -w["times_threshold"])
+                    "times_threshold": round(abs(dev) / float(thr[k]), 2) if thr[k] > 0 else None,
+                    "counted": bool(counts[k]), **({} if counts[k] else {"note": NOT_COUNTED[name]})})
+    return sorted(out, key=lambda w: (not w["counted"], -(w["times_threshold"] or np.inf)))
+
+
+def _why_text(w: dict) -> str:
+    times = f", {w['times_threshold']:.1f}x" if w["times_threshold"] is not None else ""
+    return (f"{w['score']} {w['value']:.3g} (centre {w['center']:.3g}, deviation {w['deviation']:+.3g}, "
+            f"threshold {w['threshold']:.3g}{times})")
 
 
 def build_summary(out: Path, plan: Plan, cfg: CurateConfig) -> tuple[dict, dict]:
@@ -223,6 +246,8 @@ def build_summary(out: Path, plan: Plan, cfg: CurateConfig) -> tuple[dict, dict]
             excluded.append({"sequence": s.index, "run_id": run_ids[s.run], "lane": s.lane, "window": s.window,
                              "bad_frames": len(bad), "frames": bad,
                              "missing_reasons": {int(t): why for t, why in s.missing_reasons.items()}})
+    missing_why = {(s.index, int(t)): why for s in plan.sequences for t, why in s.missing_reasons.items()}
+    missing_why.update({(u["sequence"], u["t"]): u["problem"] for u in unreadable})
     thr_arr = np.array([[prov_cfg["run_thresholds"][rid][n] for n in qc.SCORE_NAMES] for rid in run_ids])
     z_sequence = float(prov_cfg.get("qc", {}).get("z_sequence", 0.0))  # the sequence's own thresholds (curation.qc)
     flagged = []
@@ -231,6 +256,8 @@ def build_summary(out: Path, plan: Plan, cfg: CurateConfig) -> tuple[dict, dict]
         flagged.append({"sequence": int(n_), "t": int(t), "run_id": run_ids[s.run], "lane": s.lane,
                         "flags": _flag_names(int(flags[n_, t])), "excluded": bool(split[n_] == SPLIT_EXCLUDED),
                         "reconstructed_by": reconstruction_method(int(flags[n_, t])),
+                        **({"missing": missing_why.get((int(n_), int(t)), "frame missing")}
+                           if flags[n_, t] & FLAG_MISSING else {}),
                         "why": why_flagged(scores[n_, t], centers[s.run],
                                            qc.frame_thresholds(scores[n_], thr_arr[s.run], z_sequence)[t]),
                         "scores": {name: (None if not np.isfinite(scores[n_, t, k]) else round(float(scores[n_, t, k]), 5))
@@ -304,13 +331,17 @@ def _render_html(summary: dict, extra: dict, plan: Plan, cfg: CurateConfig,
     for item in items:
         n, t = item["sequence"], item["t"]
         sc = ", ".join(f"{k}={v:.3g}" for k, v in item["scores"].items() if v is not None)
-        why = "; ".join(f"{w['score']} {w['value']:.3g} (centre {w['center']:.3g}, deviation {w['deviation']:+.3g}, "
-                        f"threshold {w['threshold']:.3g}, {w['times_threshold']:.1f}x)" for w in item["why"])
+        why = "; ".join(_why_text(w) for w in item["why"] if w["counted"])
+        why = ("fired: " + why) if why else ""
+        if item.get("missing"):
+            why = f"missing: {item['missing']}" + (f"; {why}" if why else "")
+        if uncounted := [w for w in item["why"] if not w["counted"]]:
+            why += "; also beyond its threshold, " + "; ".join(f"{_why_text(w)} {w['note']}" for w in uncounted)
         cells = "".join(f'<td>{f"<img src={uri!r}>" if uri else "<span class=na>—</span>"}</td>' for uri in thumbs[n, t])
         status = ("excluded" if item["excluded"] else
                   f"reconstructed by {item['reconstructed_by']}" if item["reconstructed_by"] else "")
         rows.append(f"<tr><td>seq {n} t {t}<br>{esc(item['run_id'])} lane {item['lane']}<br>"
-                    f"<b>{esc(', '.join(item['flags']))}</b> {status}<br>{esc('fired: ' + why) if why else ''}"
+                    f"<b>{esc(', '.join(item['flags']))}</b> {status}<br>{esc(why)}"
                     f"<br><small>{esc(sc)}</small></td>{cells}</tr>")
     more = len(summary["flagged_frames"]) - MAX_THUMBNAIL_ROWS
     more_note = f"<p>{more} more flagged frames are listed in the JSON summary only.</p>" if more > 0 else ""

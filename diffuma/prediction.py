@@ -91,7 +91,11 @@ def _write_folder(tmp: Path, inputs, preds, targets, ids, names, max_value, attr
             folder = tmp / "frames" / label / name
             folder.mkdir(parents=True)
             for k, frame in enumerate(p[i]):
-                save_png(folder / f"pred_t{k + 1:02d}.png", frame, max_value)
+                if frame.shape[0] in (1, 3):  # grey or RGB: one PNG
+                    save_png(folder / f"pred_t{k + 1:02d}.png", frame, max_value)
+                else:  # 2 or 4+ channels (WeatherBench u10 + v10): one grey PNG per channel, none dropped
+                    for c in range(frame.shape[0]):
+                        save_png(folder / f"pred_t{k + 1:02d}_c{c}.png", frame[c:c + 1], max_value)
         truth = None if targets is None else targets[i]
         seq_preds = {label: p[i] for label, p in preds.items()}
         side_by_side_gif(tmp / "gifs" / f"{name}.gif", inputs[i], seq_preds, truth, fps=fps)

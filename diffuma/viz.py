@@ -77,9 +77,12 @@ def colorbar_rgb8(height: int, vmax: float, width: int = 64) -> np.ndarray:
 
 def save_png(path: str | Path, frame, max_value: float = 255.0) -> None:
     """One (C, H, W) frame in [0, 1] as a lossless PNG at the dataset's bit depth (8-bit when max_value <= 255,
-    else 16-bit scaled to max_value)."""
+    else 16-bit scaled to max_value): C = 1 grey, C = 3 RGB. ValueError for another C (a PNG holds neither: one
+    file per channel, as :func:`diffuma.prediction.write_predictions` does)."""
     path = Path(path)
     f = np.clip(_np(frame), 0.0, 1.0)
+    if f.shape[0] not in (1, 3):
+        raise ValueError(f"{path}: a PNG holds 1 (grey) or 3 (RGB) channels, not {f.shape[0]}: write one per channel")
     dtype = np.uint8 if max_value <= 255 else np.uint16
     img = (f * max_value + 0.5).astype(dtype)
     img = cv2.cvtColor(img.transpose(1, 2, 0), cv2.COLOR_RGB2BGR) if img.shape[0] == 3 else img[0]

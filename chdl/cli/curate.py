@@ -51,23 +51,31 @@ def curate(raw: str, out: str, config_path: str | None, workers: int, scheduler:
 
     INTERRUPTED.clear()
     previous = catch_stop_signals(_interrupt, sigint=True)
+    state: dict = {}
     try:
         cfg = load_config(config_path)
         result = run_curate(raw, out, cfg, workers=workers, scheduler=scheduler, overwrite=overwrite, bit_depth=bit_depth,
-                            command="chdl curate " + shlex.join(argv),
+                            command="chdl curate " + shlex.join(argv), state=state,
                             progress=not quiet, log=(lambda m: None) if quiet else (lambda m: click.echo(m, err=True)))
     except (ClusterError, ConfigError, CurateError, PlanError, RawFormatError) as e:
         raise click.ClickException(str(e)) from None
     except KeyboardInterrupt:
         quiet_abandoned_async()  # seen in CI and in tests/curation/test_curate_cli.py, ~1 run in 10
-        from chdl.dataset import dataset_path
+        from chdl.dataset import dataset_path, marked_incomplete, previous_path
 
-        if dataset_path(out).exists():
-            how = ("rerun it without --overwrite to resume (the dataset it replaces is kept aside until this one is "
-                   "complete)" if overwrite else "rerun the same command to resume")
-            click.echo(f"interrupted: {out} keeps the shards finished so far; {how}", err=True)
-        else:  # stopped while planning or measuring the baselines: the dataset is created after that
+        path = dataset_path(out)
+        if not path.exists():  # the dataset is created after the baselines
             click.echo(f"interrupted before {out} was created; nothing was written", err=True)
+        elif marked_incomplete(path):  # this command's dataset, new or resumed (or a --overwrite's replacement)
+            kept = previous_path(path).exists()
+            how = ("rerun it without --overwrite to resume" + (" (the dataset it replaces is kept aside until this one "
+                                                                "is complete)" if kept else "")
+                   if overwrite else "rerun the same command to resume")
+            click.echo(f"interrupted: {out} keeps the shards finished so far; {how}", err=True)
+        elif overwrite and not state.get("created"):  # stopped while planning or measuring the baselines
+            click.echo(f"interrupted before {out} was replaced; it is as it was, and nothing was written", err=True)
+        else:  # after the last shard and the report: complete
+            click.echo(f"interrupted after {out} was completed", err=True)
         sys.exit(130)
     finally:
         restore_signals(previous)
@@ -80,7 +88,11 @@ def curate(raw: str, out: str, config_path: str | None, workers: int, scheduler:
                + (f"; resumed after {result.shards_resumed} shards" if result.shards_resumed else "")
                + f"; {result.n_frames / max(result.seconds, 1e-9):.0f} frames/s")
     click.echo(f"QC report: {result.report_html} (summary {result.report_json})")
-    if sp["train"] == 0:
+    if sp["train"] == 0 and sp["val"] == 0:
+        click.echo(f"warning: every sequence was excluded ({sp['excluded']}: more than max_bad_frames flagged or "
+                   "missing frames each; the report says which): chdl train and chdl eval refuse this dataset; check "
+                   "the recordings, or the QC floors and z in the config", err=True)
+    elif sp["train"] == 0:
         click.echo(f"warning: the train split is empty ({sp['val']} val, {sp['excluded']} excluded sequences): chdl "
                    "train refuses this dataset (chdl eval can still use it); record more lanes, or lower "
                    "split.val_fraction or split.block_lanes", err=True)

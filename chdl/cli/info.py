@@ -21,7 +21,10 @@ def info(path: str, as_json: bool) -> None:
         missing = reader.missing_files()
     except DatasetFormatError as e:
         raise click.ClickException(str(e)) from None
-    summary["integrity"] = {"checksums": reader.has_checksums, "missing_files": [k for _, k in missing]}
+    # splits and QC counts are read from qc_flags and split: where their files are gone, zarr reads fill values
+    unreliable = any(not k.startswith(("frames/", "shard_checksums/")) for _, k in missing)
+    summary["integrity"] = {"checksums": reader.has_checksums, "missing_files": [k for _, k in missing],
+                            "counts_unreliable": unreliable}
     damaged = click.ClickException(f"{path}: damaged: {len(missing)} shard file(s) missing (first: "
                                    f"{missing[0][1]})") if missing else None
     if as_json:
@@ -30,6 +33,7 @@ def info(path: str, as_json: bool) -> None:
             raise damaged
         return
     n, t, c, h, w = summary["shape"]
+    caveat = "  (NOT RELIABLE: shard files of these arrays are missing, read as zeros)" if unreliable else ""
     prov = summary["provenance"]
     lines = [
         f"dataset      {summary['path']}  ({summary['schema']})",
@@ -37,11 +41,11 @@ def info(path: str, as_json: bool) -> None:
         f"max_value {summary['max_value']:g}), "
         f"{summary['in_frames']} in -> {summary['out_frames']} out",
         f"storage      {_n(summary['n_shards'], 'shard')} of {_n(summary['sequences_per_shard'], 'sequence')}",
-        "splits       " + ", ".join(f"{k} {v}" for k, v in summary["splits"].items()),
+        "splits       " + ", ".join(f"{k} {v}" for k, v in summary["splits"].items()) + caveat,
         f"qc           {summary['qc_frames_total']} frames; flagged: "
         + ", ".join(f"{k} {v}" for k, v in summary["qc_frames_flagged"].items())
         + ("; reconstructed by " + ", ".join(f"{k} {v}" for k, v in summary["reconstructed_by"].items() if v)
-           if any(summary["reconstructed_by"].values()) else ""),
+           if any(summary["reconstructed_by"].values()) else "") + caveat,
         f"runs         {len(summary['runs'])}: " + ", ".join(summary["runs"][:5]) + (" ..." if len(summary["runs"]) > 5 else ""),
         f"provenance   chdl {prov.get('tool_version', '?')}, created {prov.get('created', '?')}",
     ]
@@ -72,11 +76,12 @@ def verify(path: str, quiet: bool) -> None:
     except DatasetFormatError as e:
         raise click.ClickException(str(e)) from None
     for p in result.problems:
-        click.echo(f"shard {p.shard}: {p.file}: {p.problem}")
-    bad = result.bad_shards
-    if bad:
-        raise click.ClickException(f"{path}: {len(bad)} of {result.shards} shards damaged "
-                                   f"(shard{'s' if len(bad) > 1 else ''} {', '.join(map(str, bad))})")
+        click.echo(f"{'metadata' if p.shard is None else f'shard {p.shard}'}: {p.file}: {p.problem}")
+    bad, meta = result.bad_shards, result.bad_metadata
+    if bad or meta:
+        what = ([f"{len(bad)} of {result.shards} shards damaged (shard{'s' if len(bad) > 1 else ''} "
+                 f"{', '.join(map(str, bad))})"] if bad else []) + ([f"metadata damaged ({', '.join(meta)})"] if meta else [])
+        raise click.ClickException(f"{path}: {'; '.join(what)}")
     if not result.has_checksums:
         click.echo(f"{path}: written before chdl recorded shard checksums: nothing to verify "
                    f"(its {result.shards} frames shard files are present)")

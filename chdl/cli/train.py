@@ -224,7 +224,8 @@ def _input_kind(path: Path) -> str:
 @click.option("--max-sequences", type=click.IntRange(min=1), default=4, show_default=True)
 @click.option("--weights", type=click.Choice(["auto", "ema", "model"]), default="auto", show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=4, show_default=True)
-@click.option("--fps", type=FiniteFloat(min=0.1), default=2.0, show_default=True, help="GIF frame rate.")
+@click.option("--fps", type=FiniteFloat(min=0.1, max=50), default=2.0, show_default=True,
+              help="GIF frame rate (at most 50: a GIF's delays are in 1/100 s, and viewers replace shorter ones).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing --out folder.")
 @quiet_option()
 def predict(checkpoints, input_, out, split, max_sequences, weights, batch_size, fps, overwrite, quiet):

@@ -44,6 +44,7 @@ import numpy as np
 
 from chdl.dataset import SPLIT_TRAIN, SPLIT_VAL
 from curation.importers.common import ImporterInputError, write_sequences
+from curation.memory import available_memory
 
 SIZE = (120, 160)  # (H, W)
 IN_FRAMES = OUT_FRAMES = 5
@@ -104,18 +105,6 @@ def parse_size(text: str) -> tuple[int, int]:
         raise ValueError(f"size {text!r}: height and width must be {MIN_SIDE} to {MAX_SIDE} px (SSIM's window is "
                          f"{MIN_SIDE} x {MIN_SIDE} px)")
     return h, w
-
-
-def _available_memory() -> int | None:
-    """Bytes of memory available now (Linux: MemAvailable), None where unknown."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
 
 
 def center_crop_box(height: int, width: int, size: tuple[int, int]) -> tuple[int, int, int, int]:
@@ -186,7 +175,7 @@ def read_video(path: str | Path, size: tuple[int, int] = SIZE, frame_stride: int
         codec = "".join(chr((fourcc >> 8 * i) & 0xFF) for i in range(4)).strip("\x00 ") if fourcc > 0 else ""
         reported = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
         need = -(-max(reported, 0) // frame_stride) * size[0] * size[1]  # the kept frames, held until written
-        if (free := _available_memory()) is not None and need > 0.8 * free:
+        if (free := available_memory()) is not None and need > 0.8 * free:
             raise ImporterInputError(f"{path}: {-(-reported // frame_stride):,} frames at {size[0]}x{size[1]} need "
                                      f"{need / 2**30:.1f} GiB of memory, {free / 2**30:.1f} GiB available: choose a "
                                      "smaller --size or a larger --frame-stride")

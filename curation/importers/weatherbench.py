@@ -187,6 +187,9 @@ def open_field_file(path: Path, nc_var: str, level: float | None) -> tuple[Field
                                          f"{[float(x) for x in levels]}")
         elif "level" in f.variables and np.asarray(f.variables["level"][()]).size == 1:
             used_level = float(np.asarray(f.variables["level"][()]).ravel()[0])  # e.g. temperature_850
+            if level is not None and level != used_level:  # (it was ignored: the provenance said 500, the data 850)
+                raise ImporterInputError(f"{path}: {nc_var!r} is at one level only, {used_level:g} hPa, not the "
+                                         f"--level {level:g} asked for")
         if "time" not in f.variables:
             raise ImporterInputError(f"{path}: no 'time' coordinate variable")
         tvar = f.variables["time"]

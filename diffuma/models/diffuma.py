@@ -49,7 +49,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import Attention, Mlp, PatchEmbed, resample_abs_pos_embed
 
-from diffuma.models.ssm import MambaBlock, SSMBranch
+from diffuma.models.ssm import BACKENDS, MambaBlock, SSMBranch
 from diffuma.motion import estimate_velocity, extrapolated_shifts, translate, warp
 
 SCAN_ORDERS = ("time", "space", "spacetime")
@@ -110,7 +110,8 @@ class DIFFUMAConfig:
 
     def __post_init__(self):
         choices = {"prior": ("none", "last", "motion"), "time_map_init": ("last", "aligned"), "time_map": ("shared", "full"),
-                   "dit_input": ("input", "prelim"), "recon_loss": ("l1", "mse")}
+                   "dit_input": ("input", "prelim"), "recon_loss": ("l1", "mse"), "beta_schedule": ("linear", "cosine"),
+                   "scan_backend": BACKENDS}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}")
@@ -124,11 +125,21 @@ class DIFFUMAConfig:
         if self.up_kernel < 2 or self.up_kernel % 2:
             raise ValueError(f"up_kernel must be an even number >= 2 (an exact 2x upsampling), got {self.up_kernel}")
         for name in ("diffusion_steps", "dit_heads", "dit_depth", "dit_dim", "patch_size", "mamba_dim", "mamba_depth",
-                     "d_state", "expand"):
+                     "d_state", "expand", "d_conv"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not self.enc_channels or min(self.enc_channels) < 1:
+            raise ValueError(f"enc_channels must be one or more widths >= 1, got {list(self.enc_channels)}")
         if self.dit_dim % self.dit_heads:
             raise ValueError(f"dit_dim ({self.dit_dim}) must be divisible by dit_heads ({self.dit_heads})")
+        if self.dit_dim % 4:  # the 2-D sin-cos positional embedding gives a quarter of the channels to each sin/cos of x/y
+            raise ValueError(f"dit_dim must be a multiple of 4 (the 2-D sin-cos position embedding), got {self.dit_dim}")
+        if not int(self.mlp_ratio * self.dit_dim) >= 1:  # (also refuses NaN)
+            raise ValueError(f"mlp_ratio must give the DiT MLP at least one hidden unit (mlp_ratio x dit_dim >= 1), "
+                             f"got {self.mlp_ratio}")
+        if self.beta_schedule == "linear" and self.diffusion_steps <= 20:  # betas 0.1/T .. 20/T: beyond 1 is NaN noise
+            raise ValueError(f"diffusion_steps must be > 20 with the linear beta_schedule (its betas reach 20 / "
+                             f"diffusion_steps), got {self.diffusion_steps}; use beta_schedule cosine for fewer steps")
         if not self.l1_weight >= 0:                       # also refuses NaN
             raise ValueError(f"l1_weight must be >= 0 (a negative weight rewards reconstruction error), got {self.l1_weight}")
 
@@ -521,8 +532,9 @@ class DIFFUMA(nn.Module):
 
     # --- Diffusion module
     def denoise(self, x_t, t, c, z_tok):
-        """DiT: noised frames x_t (B, T_in, C, H, W) in [-1,1]-scale, t (B,), c (B, dit_dim),
-        z_tok (B, h, w, D) or None -> eps_hat (B, T_in, C, H, W)."""
+        """DiT: noised frames x_t (B, T, C, H, W) in [-1,1]-scale, t (B,), c (B, dit_dim),
+        z_tok (B, h, w, D) or None -> eps_hat (B, T, C, H, W). T is T_out with ``dit_input="prelim"`` (the default:
+        the preliminary prediction is denoised), T_in with ``"input"`` (the paper: the input frames)."""
         B, T, C, H, W = x_t.shape
         p = self.config.patch_size
         gh, gw = math.ceil(H / p), math.ceil(W / p)

@@ -205,8 +205,9 @@ class _LinearRecurrence(torch.autograd.Function):
         return gdA, G, None
 
 
-def selective_scan_torch(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=True, kernel=False):
-    """Pure-PyTorch selective scan, same math and layout as mamba-ssm's `selective_scan_fn`.
+def selective_scan_torch(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=False, kernel=False):
+    """Pure-PyTorch selective scan, same math, layout and defaults as mamba-ssm's `selective_scan_fn`
+    (``delta_softplus`` False unless asked: SSMBranch asks).
     ``kernel``: the recurrence as Triton kernels (the "triton" backend; fp32 CUDA) instead of a loop.
 
     u, delta: (Bt, Dm, L); A: (Dm, N); B, C: (Bt, N, L) (input-dependent); D, delta_bias: (Dm,).
@@ -233,7 +234,7 @@ def selective_scan_torch(u, delta, A, B, C, D=None, delta_bias=None, delta_softp
     return y.to(dtype_in)
 
 
-def selective_scan(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=True, backend=None):
+def selective_scan(u, delta, A, B, C, D=None, delta_bias=None, delta_softplus=False, backend=None):
     """Selective scan with per-call backend dispatch (see module docstring). Shapes as
     `selective_scan_torch`. The fused kernel wants u/delta/B/C in one dtype and A, D, delta_bias
     in fp32; this function does those casts so both paths see identical parameters."""

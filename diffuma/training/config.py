@@ -21,6 +21,7 @@ override single fields; the value is parsed as YAML (``3e-4`` -> float, ``true``
 from __future__ import annotations
 
 import dataclasses
+import re
 import typing
 from importlib import resources
 from pathlib import Path
@@ -142,7 +143,10 @@ def validate_model_section(m: dict, source: str = "", blame: dict | None = None)
     try:
         registry.model_config(name, preset, **overrides)  # the dataclass's own cross-field checks
     except (ValueError, TypeError) as e:
-        named = [k for k in overrides if str(e).startswith(k)]          # the field the message is about
+        # the field the message is about, else another it names that came from a --set (a cross-field rule broken
+        # by an override of the other field: dit_heads=3 against the file's dit_dim)
+        named = [k for k in overrides if str(e).startswith(k)] or \
+                [k for k in overrides if ("model", k) in blame and re.search(rf"\b{re.escape(k)}\b", str(e))]
         raise ConfigError(f"{where(named[0]) if named else at}model ({name}/{preset}): {e}") from None
     return m
 

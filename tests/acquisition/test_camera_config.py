@@ -45,12 +45,12 @@ def test_no_config_file_and_fallback_aliases(tmp_path, monkeypatch):
     ("cameras:\n  cam0: {producer: x.cti}\n", "needs one of serial, user_name, address"),
     ("producers: x.cti\n", "producers: must be a list, got 'x.cti'"),
     ("camera: {}\n", "camera: unknown key (did you mean 'cameras'?)"),
-    # strict types: a serial YAML reads as a number is refused (0012 would be 10), not silently stringified
+    # strict types: a serial YAML reads as a number is refused, not silently stringified
     ("cameras:\n  cam0: {serial: 22470012}\n", "cameras.cam0.serial: must be a string, got the number 22470012 "
                                                 "(YAML reads unquoted digits as a number: put the value in quotes"),
-    # the advice does not repeat YAML's reading (which of 0012 is 10: quoting "10" pinned another camera)
-    ("cameras:\n  cam0: {serial: 0012}\n", "got the number 10 (YAML reads unquoted digits as a number: put the value "
-                                            "in quotes exactly as written, e.g. serial: \"0012\")"),
+    # the advice does not repeat YAML's reading (1e3 is 1000.0: quoting "1000.0" would pin another camera)
+    ("cameras:\n  cam0: {serial: 1e3}\n", "got the number 1000.0 (YAML reads unquoted digits as a number: put the value "
+                                           "in quotes exactly as written, e.g. serial: \"0012\")"),
     ("cameras:\n  cam0: {serail: '1'}\n", "cameras.cam0.serail: unknown key (did you mean 'serial'?)"),
     ("cameras:\n  cam0: {backend: aravis, adress: 10.0.0.2}\n", "cameras.cam0.adress: unknown key (did you mean 'address'?)"),
     ("cameras:\n  cam0: {serial: '1', trigger_line: 1}\n", "cameras.cam0.trigger_line: must be a string"),

@@ -27,6 +27,14 @@ def test_yaml_reads_exponent_floats_without_a_dot_and_runs_no_code():
         load_yaml("a: !!python/object/apply:os.system ['true']\n", "f")
 
 
+def test_yaml_reads_numbers_as_yaml_1_2_not_1_1():
+    """PyYAML's YAML 1.1 read `010` as octal 8 and `1:00` as base-60 60: a curate config's sequences_per_shard: 010
+    was stored as 8 (and 09 refused). Now both stay strings, which the schemas refuse by name."""
+    got = load_yaml("a: 010\nb: '1:00'\nc: 1:00\nd: 0x1F\ne: 1_000\nf: -0\ng: 2.\nh: 1:30.5\ni: .inf\n", "x")
+    assert got == {"a": "010", "b": "1:00", "c": "1:00", "d": 31, "e": 1000, "f": 0, "g": 2.0, "h": "1:30.5",
+                   "i": float("inf")}
+
+
 def test_yaml_refuses_a_key_given_twice_naming_it_and_its_line():
     with pytest.raises(ConfigError, match=r"^f: malformed YAML \(duplicate key 'preset' at line 4, column 3\)$"):
         load_yaml("model:\n  name: diffuma\n  preset: tiny\n  preset: small\n", "f")

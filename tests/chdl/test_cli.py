@@ -54,7 +54,7 @@ def test_info(tmp_path):
     j = json.loads(run("info", str(path), "--json").stdout)
     assert j["reconstructed_by"] == {"motion": 0, "flow": 1, "average": 0, "nearest": 1, "not recorded": 1}
     assert j["shape"] == [2, 10, 1, 6, 8] and j["provenance"]["command"] == "chdl curate x y"
-    assert j["max_value"] == 255 and j["integrity"] == {"checksums": True, "missing_files": []}
+    assert j["max_value"] == 255 and j["integrity"] == {"checksums": True, "missing_files": [], "counts_unreliable": False}
     bad = run("info", str(tmp_path / "nope"))
     assert bad.returncode == 1 and "no such dataset" in bad.stderr
 
@@ -204,3 +204,11 @@ def test_simulate_contact_sheet_writes_a_png_where_asked_and_only_there(tmp_path
         r = CliRunner().invoke(main, ["simulate", "contact-sheet", str(bad), "--tile-width", "64"])
         assert r.exit_code == 2 and why in r.output, r.output
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cs.png"]
+
+
+def test_predict_refuses_a_gif_frame_rate_a_gif_cannot_hold(tmp_path):
+    """--fps 200 wrote GIF delays of 0 (1/100 s units), which viewers play at their own default speed."""
+    (tmp_path / "c.pt").write_bytes(b"")
+    r = run("predict", "--checkpoint", str(tmp_path / "c.pt"), "--input", str(tmp_path), "--out", str(tmp_path / "p"),
+            "--fps", "200")
+    assert r.returncode == 2 and "Invalid value for '--fps': 200.0 is not in the range 0.1<=x<=50." in r.stderr, r.stderr

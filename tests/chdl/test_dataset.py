@@ -1,5 +1,7 @@
 """The curated dataset format: round trip, incompleteness, resume, originals, and the torch Dataset."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -272,16 +274,15 @@ def _flip_byte(file, at=None):
 
 
 def test_every_shard_file_has_its_checksum_recorded(tmp_path):
-    import json
-
     import blake3
 
     path = tmp_path / "d.zarr"
     _write(path, _frames()).finalize()
     g = zarr.open_group(str(path), mode="r")
     record = json.loads(g["shard_checksums"][1].item())
-    # frames, the 7 per-sequence arrays, and the shard's originals (its data and its index)
-    assert sorted(record) == ["frames/c/1/0/0/0/0", "lane/c/1", "originals/1/c/0/0/0/0", "originals_index/1/c/0/0",
+    # frames, the 7 per-sequence arrays, and the shard's originals (its data and its index, each with its metadata)
+    assert sorted(record) == ["frames/c/1/0/0/0/0", "lane/c/1", "originals/1/c/0/0/0/0", "originals/1/zarr.json",
+                              "originals_index/1/c/0/0", "originals_index/1/zarr.json",
                               "position_um/c/1/0", "qc_flags/c/1/0", "qc_scores/c/1/0/0", "run_index/c/1", "split/c/1",
                               "timestamp_ns/c/1/0"]
     for key, want in record.items():
@@ -289,7 +290,7 @@ def test_every_shard_file_has_its_checksum_recorded(tmp_path):
         assert want == {"blake3": blake3.blake3(data).hexdigest(), "bytes": len(data)}, key
     reader = open_dataset(path)
     result = reader.verify()
-    assert reader.has_checksums and result.problems == [] and (result.shards, result.files) == (3, 30)
+    assert reader.has_checksums and result.problems == [] and (result.shards, result.files) == (3, 36)
     assert result.bytes == sum(v["bytes"] for s in range(3) for v in json.loads(g["shard_checksums"][s].item()).values())
 
 
@@ -328,13 +329,40 @@ def test_a_flipped_byte_is_found_by_verify_only_in_its_shard(tmp_path):
         (1, result.problems[0].problem), (2, "missing (the shard's checksum record)")]
 
 
+def test_an_edited_array_metadata_is_found_by_verify_and_refused_by_train(tmp_path):
+    path = tmp_path / "d.zarr"
+    frames = _frames(dtype=np.uint16)
+    _write(path, frames).finalize()
+    meta = path / "frames" / "zarr.json"
+    meta.write_text(meta.read_text().replace('"endian": "little"', '"endian": "big"', 1))  # pixels read byte-swapped
+    reader = open_dataset(path)
+    assert reader.frames[0, 0, 0, 0, 0] != frames[0, 0, 0, 0, 0]  # what a reader would get
+    result = reader.verify()
+    assert result.bad_shards == [] and result.bad_metadata == ["frames/zarr.json"]
+    assert result.error().startswith(f"{path}: metadata damaged (frames/zarr.json: changed since the dataset was made")
+
+
+def test_a_lost_checksum_folder_is_damage_not_an_old_dataset(tmp_path):
+    import shutil
+
+    path = tmp_path / "d.zarr"
+    _write(path, _frames()).finalize()
+    shutil.rmtree(path / "shard_checksums")  # a copy that lost one folder must not pass as "before checksums"
+    with pytest.raises(DatasetFormatError, match=r"missing array shard_checksums \(this dataset was written with shard"):
+        open_dataset(path)
+
+
 def test_a_dataset_written_before_checksums_opens_and_has_nothing_to_verify(tmp_path):
     import shutil
 
     path = tmp_path / "d.zarr"
     frames = _frames()
     _write(path, frames).finalize()
-    shutil.rmtree(path / "shard_checksums")  # what writers before checksums left
+    shutil.rmtree(path / "shard_checksums")  # what writers before checksums left: no checksums, no metadata digests
+    meta = json.loads((path / "zarr.json").read_text())
+    for key in ("metadata_blake3", "reconstruction_method_bits"):
+        del meta["attributes"][key]
+    (path / "zarr.json").write_text(json.dumps(meta))
     reader = open_dataset(path)
     assert not reader.has_checksums
     np.testing.assert_array_equal(reader.frames[:], frames)

@@ -436,7 +436,7 @@ def test_disk_full_is_one_line_and_the_rerun_resumes(tmp_path, size):
 
 @pytest.mark.parametrize("text,needle", [
     ("qc:\n  floors: {sharpness: .nan}\n", "qc.floors.sharpness: must be a finite number, got nan"),
-    ("qc:\n  z: .inf\n", "qc.z.sharpness: must be a finite number, got inf"),
+    ("qc:\n  z: .inf\n", "qc.z: must be a finite number, got inf"),
     ("split:\n  val_fraction: .nan\n", "split.val_fraction: must be a finite number, got nan"),
 ])
 def test_nan_in_a_qc_config_is_refused_with_the_key(raw, tmp_path, text, needle):
@@ -638,3 +638,116 @@ def test_warnings_name_files_as_the_command_named_them(tmp_path):
     assert not any(str(tmp_path) in ln for ln in warnings), warnings
     report = json.loads((tmp_path / "o.qc.json").read_text())["warnings"]  # the report names them the same way
     assert [w.split(":")[0] for w in report] == ["raw/r/frames.jsonl", "raw/r/frames/000007.png"], report
+
+
+def test_a_failed_or_interrupted_overwrite_keeps_the_old_report(raw, tmp_path):
+    """--overwrite deleted the old QC report first, even when the old dataset was then kept or put back (a wrong
+    --bit-depth, a Ctrl-C while measuring the baselines); the dataset's report_html then named a missing file. And the
+    interrupt said "OUT keeps the shards finished so far; rerun without --overwrite to resume" about the untouched
+    old dataset, which that rerun then refused as complete."""
+    import os
+    import signal
+
+    from curation_helpers import SynthSpec
+
+    spec = SynthSpec(height=120, width=160, step_px=8.0, max_value=4095)
+    write_run(tmp_path / "raw16" / "a", lanes=2, spec=spec, fmt="Mono16", bit_depth=12)
+    out = tmp_path / "d.zarr"
+    _curate(tmp_path / "raw16", out)
+    html, js = tmp_path / "d.qc.html", tmp_path / "d.qc.json"
+    before = html.read_bytes(), js.read_bytes()
+    r = _curate(tmp_path / "raw16", out, "--bit-depth", "8", "--overwrite", ok=False)
+    assert r.exit_code == 1 and "above max_value 255" in r.output, r.output
+    assert (html.read_bytes(), js.read_bytes()) == before and open_dataset(out).attrs["max_value"] == 4095
+
+    write_run(tmp_path / "raw" / "r", lanes=200)
+    big = tmp_path / "big.zarr"
+    (tmp_path / "one.yaml").write_text("sequences_per_shard: 50\n")
+    _curate(tmp_path / "raw", big, "--config", tmp_path / "one.yaml")
+    report = (tmp_path / "big.qc.json").read_bytes()
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("sequences_per_shard: 50\nqc:\n  calibration_sequences: 200\n")  # seconds of baselines
+    proc = subprocess.Popen([sys.executable, "-m", "chdl", "curate", str(tmp_path / "raw"), str(big), "--config",
+                             str(cfg), "--overwrite"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    first = proc.stderr.readline()
+    assert first.startswith("measuring run baselines on 200 sequences"), first
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert err.strip().splitlines()[-1] == (f"interrupted before {big} was replaced; it is as it was, and nothing was "
+                                            "written"), err
+    assert (tmp_path / "big.qc.json").read_bytes() == report and open_dataset(big).n_sequences == 200
+
+
+def test_out_must_name_a_folder_of_its_own_and_not_share_a_report(raw, curated, tmp_path):
+    """`chdl curate RAW .` ended in a traceback (an empty working folder would have been removed as "an empty
+    folder"); `x` after `x.zarr` silently replaced x.zarr's report (both report to x.qc.html)."""
+    import os
+    import shutil
+
+    work = tmp_path / "w"
+    work.mkdir()
+    for name in (".", ".."):
+        r = subprocess.run([sys.executable, "-m", "chdl", "curate", str(raw[0]), name, "-q"], cwd=work,
+                           capture_output=True, text=True, timeout=120)
+        assert r.returncode == 1 and r.stderr.count("\n") == 1, r.stderr
+        assert "OUT must name the dataset's own folder" in r.stderr or "inside" in r.stderr, r.stderr
+    assert work.is_dir() and os.listdir(work) == []
+    shutil.copytree(curated, tmp_path / "d.zarr")
+    r = _curate(raw[0], tmp_path / "d", ok=False)
+    _one_line_error(r, f"{tmp_path / 'd'}: its QC report d.qc.html would replace that of the dataset "
+                       f"{tmp_path / 'd.zarr'}")
+    assert not (tmp_path / "d").exists()
+
+
+def test_a_shard_size_beyond_the_dataset_is_one_shard_and_beyond_memory_is_refused(raw, tmp_path, monkeypatch):
+    """sequences_per_shard: 100000 allocated a 27.9 GiB buffer (traceback, an incomplete dataset that the resume
+    crashed on again). A shard now holds at most the whole dataset; shards that cannot fit in memory are refused
+    before anything is written."""
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("sequences_per_shard: 1000000000\n")
+    _curate(raw[0], tmp_path / "o.zarr", "--config", cfg)
+    ds = open_dataset(tmp_path / "o.zarr")
+    assert ds.attrs["sequences_per_shard"] == 6 and ds.attrs["n_shards"] == 1
+    import curation.memory
+
+    monkeypatch.setattr(curation.memory, "available_memory", lambda: 2**20)  # 1 MiB
+    r = _curate(raw[0], tmp_path / "m.zarr", "--config", cfg, ok=False)
+    _one_line_error(r, "sequences_per_shard 1000000000: 1 worker(s) holding shards of 6 sequences of 10 160x120 "
+                       "frames need 2.2 MiB of memory, 1.0 MiB available: set a smaller sequences_per_shard")
+    assert not (tmp_path / "m.zarr").exists()
+
+
+def test_a_report_that_cannot_be_written_is_named_not_its_temporary(raw, tmp_path):
+    (tmp_path / "rep.qc.html").mkdir()
+    r = _curate(raw[0], tmp_path / "rep.zarr", ok=False)
+    _one_line_error(r, f"{tmp_path / 'rep.qc.html'}: cannot write (Is a directory)")
+    assert ".tmp" not in r.output and not (tmp_path / ".rep.qc.html.tmp").exists()
+
+
+def test_every_sequence_excluded_is_warned_as_such(raw, tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("qc: {floors: {sharpness: 0, misregistration_px: 0, brightness: 0, contrast: 0, shading: 0, "
+                   "banding: 0}, z: 0, z_sequence: 0}\nmax_bad_frames: 0\n")
+    r = CliRunner().invoke(main, ["curate", str(raw[0]), str(tmp_path / "o.zarr"), "--config", str(cfg), "-q"])
+    assert r.exit_code == 0, r.output
+    assert "warning: every sequence was excluded (6: more than max_bad_frames" in r.output, r.output
+    assert "lower split.val_fraction" not in r.output
+
+
+def test_info_on_a_damaged_dataset_says_its_counts_are_not_reliable(curated, tmp_path):
+    """With qc_flags' file gone, `chdl info` printed the flag counts read as zeros beside the DAMAGED line."""
+    import shutil
+
+    bad = tmp_path / "bad.zarr"
+    shutil.copytree(curated, bad)
+    (bad / "qc_flags" / "c" / "0" / "0").unlink()
+    r = CliRunner().invoke(main, ["info", str(bad)])
+    assert r.exit_code == 1
+    qc_line = next(ln for ln in r.output.splitlines() if ln.startswith("qc "))
+    assert qc_line.endswith("(NOT RELIABLE: shard files of these arrays are missing, read as zeros)"), r.output
+    j = CliRunner().invoke(main, ["info", str(bad), "--json"])
+    assert json.loads(j.output[:j.output.rindex("}") + 1])["integrity"]["counts_unreliable"] is True
+    ok = CliRunner().invoke(main, ["info", str(curated)])
+    assert ok.exit_code == 0 and "NOT RELIABLE" not in ok.output

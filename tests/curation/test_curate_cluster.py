@@ -233,8 +233,10 @@ def test_out_as_an_s3_url_on_a_cluster(raw, ref, s3, tmp_path):
     info = subprocess.run([sys.executable, "-m", "chdl", "info", url], capture_output=True, text=True, timeout=120)
     assert info.returncode == 0 and "9" in info.stdout, info.stderr
     # the shard checksums (written by the workers, through the store) verify there, and a lost object is named
-    checked = ds.verify()  # every data object but shard_done's and shard_checksums' own
-    assert not checked.problems and checked.files == len([k for k in objects if "/c/" in k]) - 2 * N_SHARDS
+    checked = ds.verify()  # every data object but shard_done's and shard_checksums' own, and originals' metadata
+    originals_meta = [k for k in objects if k.startswith("originals") and k.endswith("/zarr.json") and k.count("/") == 2]
+    assert not checked.problems and checked.files == len([k for k in objects if "/c/" in k]) - 2 * N_SHARDS + \
+        len(originals_meta)
     s3.rm("chdl/lines/d.zarr/frames/c/3/0/0/0/0")
     with pytest.raises(DatasetFormatError, match=r"missing shard file frames/c/3/0/0/0/0 \(shard 3\)"):
         open_dataset(url)

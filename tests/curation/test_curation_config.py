@@ -25,13 +25,20 @@ DOCS = Path(__file__).parents[2] / "docs" / "curation.md"
     ("split: 2", "split: must be a mapping, got 2"),
     # NaN / inf
     ("qc: {floors: {sharpness: .nan}}", "qc.floors.sharpness: must be a finite number, got nan"),
-    ("qc: {z: .inf}", "qc.z.sharpness: must be a finite number, got inf"),
+    ("qc: {z: .inf}", "qc.z: must be a finite number, got inf"),  # the key written, not the score it was copied to
+    ("qc: {z: -1}", "qc.z: must be in [0, 1e+06], got -1"),
+    # beyond "never flag": overflowed float32 in the report after every shard was written
+    ("qc: {floors: {sharpness: 1.7e308}}", "qc.floors.sharpness: must be <= 1e+06, got 1.7e+308"),
+    ("thumbnail_width: 20000", "thumbnail_width: must be <= 1024, got 20000"),  # a 168 MB report at 3 frames/s
+    # YAML 1.1's octal and base-60 integers are not read as numbers (010 was 8, 1:00 was 60)
+    ("sequences_per_shard: 010", "sequences_per_shard: must be an integer, got '010'"),
+    ("max_bad_frames: 1:00", "max_bad_frames: must be an integer, got '1:00'"),
     # out of range, and the rules that relate fields
     ("split: {val_fraction: 1.5}", "split.val_fraction: must be <= 1, got 1.5"),
     ("qc: {floors: {banding: -0.1}}", "qc.floors.banding: must be >= 0, got -0.1"),
     ("sequences_per_shard: 0", "sequences_per_shard: must be >= 1, got 0"),
-    ("in_frames: 8", "in_frames + out_frames (8 + 5) exceeds frames_per_sequence (10)"),
-    ("max_bad_frames: 9", "max_bad_frames (9) must be <= frames_per_sequence - 2 (8)"),
+    ("in_frames: 8", "in_frames: in_frames + out_frames (8 + 5) exceeds frames_per_sequence (10)"),
+    ("max_bad_frames: 9", "max_bad_frames: must be <= frames_per_sequence - 2 (8), got 9"),
     ("qc: [\n", "malformed YAML"),
 ])
 def test_bad_settings_are_one_line_naming_file_and_key(tmp_path, text, message):

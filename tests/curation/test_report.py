@@ -88,3 +88,33 @@ def test_histograms_count_the_extremes_apart_instead_of_drawing_them_into_the_ed
     assert sum(h["counts"]) + h["below"] + h["above"] == 3 * 10  # every frame counted once
     svg = re.findall(r"<svg.*?</svg>", r.report_html.read_text())[k]
     assert f"◀ {h['below']} below" in svg
+
+
+def test_why_lists_only_what_counts_as_fired_and_says_why_the_rest_does_not():
+    """The report listed contrast as "fired" on a frame flagged for vibration alone (contrast does not count where
+    sharpness fired: blur lowers contrast), and sharpness on an illumination frame under the 3x rule."""
+    import numpy as np
+
+    from curation import qc
+    from curation.report import why_flagged
+
+    centre, thr = np.zeros(6), np.array([0.08, 1.0, 0.035, 0.10, 0.10, 0.045])
+    blur = why_flagged(np.array([-0.2, 0.1, 0.0, 0.15, 0.0, 0.0]), centre, thr)  # sharpness and contrast beyond
+    assert [(w["score"], w["counted"]) for w in blur] == [("sharpness", True), ("contrast", False)]
+    assert blur[1]["note"].startswith("not counted: sharpness fired too")
+    vib, ill = qc.decide(np.array([[-0.2, 0.1, 0.0, 0.15, 0.0, 0.0]]), qc.Baseline(list(centre), [0.0] * 6), thr)
+    assert vib[0] and not ill[0]  # what the flags say, and the report with them
+    flicker = why_flagged(np.array([-0.1, 0.0, 0.0, 0.0, 0.0, 0.09]), centre, thr)  # banding 2x, sharpness 1.25x
+    assert [(w["score"], w["counted"]) for w in flicker] == [("banding", True), ("sharpness", False)]
+    assert "beyond 3x its threshold" in flicker[1]["note"]
+    zero = why_flagged(np.array([-0.1, 0.0, 0.0, 0.0, 0.0, 0.0]), centre, np.zeros(6))  # a config with floors 0
+    assert zero[0]["score"] == "sharpness" and zero[0]["times_threshold"] is None  # (was 87010279297.8x)
+
+
+def test_a_missing_frame_says_why_it_is_missing(tmp_path):
+    """A dropped frame was listed with "why": [] (its reason only in the warnings)."""
+    write_run(tmp_path / "raw" / "run-a", lanes=2, drop={(1, 3)}, seed=4)
+    r = curate(tmp_path / "raw", tmp_path / "out.zarr", CurateConfig(), workers=1, progress=False, log=lambda m: None)
+    item = next(f for f in r.summary["flagged_frames"] if (f["sequence"], f["t"]) == (1, 3))
+    assert item["why"] == [] and "dropped" in item["missing"], item
+    assert f"missing: {item['missing']}" in r.report_html.read_text()

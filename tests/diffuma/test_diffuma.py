@@ -174,6 +174,15 @@ def test_decoder_kernel_below_full_resolution_keeps_exact_upsampling():
     ("patch_size", 0, "patch_size must be >= 1"),
     ("scan_pattern", "time,zigzag", "scan_pattern must be a comma list of time, space, spacetime"),
     ("scan_pattern", " , ", "scan_pattern must be a comma list"),
+    # each of these passed the checks and then crashed (a traceback) or trained NaN
+    ("diffusion_steps", 10, r"diffusion_steps must be > 20 with the linear beta_schedule"),  # betas up to 2: NaN
+    ("dit_dim", 30, "dit_dim must be a multiple of 4"),
+    ("enc_channels", (), "enc_channels must be one or more widths >= 1"),
+    ("enc_channels", (8, 0), "enc_channels must be one or more widths >= 1"),
+    ("d_conv", 0, "d_conv must be >= 1"),
+    ("mlp_ratio", 0.0, "mlp_ratio must give the DiT MLP at least one hidden unit"),
+    ("beta_schedule", "quad", "beta_schedule must be one of linear, cosine"),
+    ("scan_backend", "cuda", "scan_backend must be one of auto, torch, fused, triton"),
 ])
 def test_config_values_that_cannot_work_are_refused_with_their_name(field, value, message):
     with pytest.raises(ValueError, match=message):

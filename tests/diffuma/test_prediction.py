@@ -84,3 +84,22 @@ def test_an_output_that_cannot_be_created_is_one_line(tmp_path):
     with pytest.raises(NotADirectoryError):
         _write(tmp_path / "afile" / "p")
     assert sorted(x.name for x in tmp_path.iterdir()) == ["afile"]
+
+
+def test_every_channel_of_a_two_channel_prediction_is_written_as_png(tmp_path):
+    """2-channel data (WeatherBench u10 + v10): pred_tNN.png held channel 0 only, channel 1 was dropped."""
+    import cv2
+
+    rng = np.random.default_rng(0)
+    x = rng.random((1, 2, 2, 8, 8)).astype(np.float32)
+    pred = rng.random((1, 1, 2, 8, 8)).astype(np.float32)
+    out = write_predictions(tmp_path / "p", x, {"m": pred}, None, progress=False, max_value=65535.0)
+    names = sorted(f.name for f in (out / "frames" / "m").rglob("*.png"))
+    assert names == ["pred_t01_c0.png", "pred_t01_c1.png"]
+    for c in range(2):
+        png = cv2.imread(str(next((out / "frames" / "m").rglob(f"pred_t01_c{c}.png"))), cv2.IMREAD_UNCHANGED)
+        np.testing.assert_array_equal(png, (pred[0, 0, c] * 65535 + 0.5).astype(np.uint16))
+    from diffuma.viz import save_png
+
+    with pytest.raises(ValueError, match="a PNG holds 1 .grey. or 3 .RGB. channels, not 2"):
+        save_png(tmp_path / "x.png", pred[0, 0])

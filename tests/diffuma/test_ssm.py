@@ -28,7 +28,7 @@ def scan_inputs(Bt=2, Dm=6, N=4, L=17, dtype=torch.float64, seed=0):
 
 def test_torch_scan_matches_naive_loop_outputs_and_all_grads():
     inp = {k: v.requires_grad_() for k, v in scan_inputs().items()}
-    y = selective_scan_torch(**inp)
+    y = selective_scan_torch(**inp, delta_softplus=True)
     ref_inp = {k: v.detach().clone().requires_grad_() for k, v in inp.items()}
     y_ref = naive_scan(**ref_inp)
     torch.testing.assert_close(y, y_ref, rtol=1e-12, atol=1e-12)
@@ -44,7 +44,7 @@ def test_torch_scan_gradcheck():
     inp = scan_inputs(Bt=1, Dm=2, N=3, L=5, seed=1)
     names = list(inp)
     args = [inp[k].requires_grad_() for k in names]
-    assert torch.autograd.gradcheck(lambda *a: selective_scan_torch(**dict(zip(names, a))), args)
+    assert torch.autograd.gradcheck(lambda *a: selective_scan_torch(**dict(zip(names, a)), delta_softplus=True), args)
 
 
 def _graph_nodes(t):
@@ -63,17 +63,17 @@ def test_autograd_graph_does_not_grow_with_sequence_length():
     sizes = []
     for L in (4, 64):
         inp = {k: v.requires_grad_() for k, v in scan_inputs(L=L).items()}
-        sizes.append(_graph_nodes(selective_scan_torch(**inp)))
+        sizes.append(_graph_nodes(selective_scan_torch(**inp, delta_softplus=True)))
     assert sizes[0] == sizes[1] < 40
 
 
 def test_half_precision_is_upcast_inside():
     inp = scan_inputs(dtype=torch.float32, L=64)
     inp["u"] = inp["u"].bfloat16()
-    y = selective_scan_torch(**inp)
+    y = selective_scan_torch(**inp, delta_softplus=True)
     assert y.dtype == torch.bfloat16
     # same bf16 inputs computed in fp32 throughout: the only difference is the final rounding
-    ref = selective_scan_torch(**{**inp, "u": inp["u"].float()})
+    ref = selective_scan_torch(**{**inp, "u": inp["u"].float()}, delta_softplus=True)
     torch.testing.assert_close(y.float(), ref, rtol=8e-3, atol=8e-3)
     assert (y.float() - ref.bfloat16().float()).abs().max() == 0
 
@@ -157,7 +157,10 @@ def test_backward_branch_is_flipped_forward_scan():
 
 def test_selective_scan_dispatch_on_cpu_uses_torch_path():
     inp = scan_inputs(dtype=torch.float32)
-    torch.testing.assert_close(selective_scan(**inp), selective_scan_torch(**inp), rtol=0, atol=0)
+    torch.testing.assert_close(selective_scan(**inp, delta_softplus=True), selective_scan_torch(**inp, delta_softplus=True),
+                               rtol=0, atol=0)
+    # mamba-ssm's default: no softplus unless asked (it was True here, a trap for a caller of its layout)
+    torch.testing.assert_close(selective_scan(**inp), selective_scan_torch(**{**inp, "delta_softplus": False}))
 
 
 def fake_selective_scan_fn(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
@@ -222,7 +225,7 @@ def test_cuda_scan_matches_torch_scan(backend, dtype, tol):
     outs, grads = [], []
     for b in ("torch", backend):
         leaf = {k: v.detach().clone().requires_grad_() for k, v in inp.items()}
-        y = selective_scan(**leaf, backend=b)
+        y = selective_scan(**leaf, delta_softplus=True, backend=b)
         y.float().square().sum().backward()
         outs.append(y.float())
         grads.append({k: v.grad.float() for k, v in leaf.items()})
@@ -257,7 +260,7 @@ inp = {k: v.float() for k, v in scan_inputs(Bt=2, Dm=6, N=4, L=23).items()}
 outs = []
 for kernel in (False, True):
     leaf = {k: v.clone().requires_grad_() for k, v in inp.items()}
-    y = ssm.selective_scan_torch(**leaf, kernel=kernel)
+    y = ssm.selective_scan_torch(**leaf, delta_softplus=True, kernel=kernel)
     y.square().sum().backward()
     outs.append([y.detach()] + [leaf[k].grad for k in sorted(leaf)])
 for x, y in zip(*outs):

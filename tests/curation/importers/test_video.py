@@ -108,7 +108,7 @@ def test_crop_box_and_size():
 def test_a_size_that_cannot_fit_in_memory_is_refused_before_decoding(videos, monkeypatch):
     import curation.importers.video as video
 
-    monkeypatch.setattr(video, "_available_memory", lambda: 1_000_000)  # 1 MB
+    monkeypatch.setattr(video, "available_memory", lambda: 1_000_000)  # 1 MB
     with pytest.raises(video.ImporterInputError, match=r"frames at 480x640 need .* GiB of memory, 0\.0 GiB "
                                                       r"available: choose a smaller --size or a larger --frame-stride"):
         read_video(videos["a"], (480, 640))

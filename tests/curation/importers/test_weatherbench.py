@@ -209,3 +209,22 @@ def test_parse_years_and_unknown_variable(tmp_path: Path):
     tmp_path.joinpath("wb").mkdir()
     with pytest.raises(ImporterInputError, match="unknown WeatherBench variable 'sst'"):
         import_weatherbench(tmp_path / "wb", tmp_path / "x.zarr", variables=["sst"], progress=False)
+
+
+def test_a_level_other_than_a_single_level_files_own_is_refused(tmp_path: Path):
+    """temperature_850 (a scalar level coordinate) with --level 500 was imported silently: the provenance said 500,
+    the data was at 850 hPa."""
+    r = tmp_path / "wb"
+    for year in (2000, 2001):
+        path = write_file(r, "total_cloud_cover", "tcc", year)
+        with h5netcdf.File(path, "a") as f:
+            f.create_variable("level", (), "i4")[()] = 850
+    args = ["import", "weatherbench", str(r), "--var", "tcc", "--train-years", "2000", "--val-years", "2001"]
+    res = CliRunner().invoke(main, args + ["--level", "500", "--out", str(tmp_path / "x.zarr")])
+    assert res.exit_code == 1 and res.output.strip() == (
+        f"Error: {r / 'total_cloud_cover' / 'total_cloud_cover_2000_5.625deg.nc'}: 'tcc' is at one level only, 850 hPa, "
+        "not the --level 500 asked for"), res.output
+    assert not (tmp_path / "x.zarr").exists()
+    ok = CliRunner().invoke(main, args + ["--level", "850", "--out", str(tmp_path / "y.zarr")])
+    assert ok.exit_code == 0, ok.output
+    assert open_dataset(tmp_path / "y.zarr").attrs["extra"]["variables"][0]["level_hpa"] == 850.0

@@ -237,6 +237,16 @@ def test_a_damaged_or_missing_shard_is_refused_by_name(trained, tmp_path):
     assert p.exit_code == 1 and p.output == refusal and not (tmp_path / "p").exists()
     b = _chdl("bench", "--data", bad, "--models", "simvp", "--epochs", "1", "--preset", "tiny", "--out", tmp_path / "b", "-q")
     assert b.returncode == 1 and b.stderr == refusal and not (tmp_path / "b").exists()  # it trained on it before
+    edited = tmp_path / "edited.zarr"  # a byte order edited in an array's metadata: no shard file changed
+    shutil.copytree(data, edited)
+    meta = edited / "position_um" / "zarr.json"
+    meta.write_text(meta.read_text().replace('"endian": "little"', '"endian": "big"', 1))
+    v = _chdl("verify", edited, "-q")
+    assert v.returncode == 1 and v.stderr == f"Error: {edited}: metadata damaged (position_um/zarr.json)\n", v.stderr
+    assert v.stdout.startswith("metadata: position_um/zarr.json: changed since the dataset was made")
+    e = _chdl("eval", "--checkpoint", ckpt, "--data", edited, "--out", tmp_path / "ev", "-q")
+    assert e.returncode == 1 and e.stderr.startswith(f"Error: {edited}: metadata damaged (position_um/zarr.json: "
+                                                     "changed since the dataset was made") and not (tmp_path / "ev").exists()
     gone = tmp_path / "gone.zarr"
     shutil.copytree(data, gone)
     (gone / "frames" / "c" / "0" / "0" / "0" / "0" / "0").unlink()

@@ -59,6 +59,11 @@ def test_yaml_file_with_overrides_resolves_every_run_field(standin, tmp_path):
     ("model: {name: standin}\n", ["model.hidden=2.5"], r"^--set model\.hidden=2\.5: model\.hidden: must be an integer"),
     ("model: {name: diffuma, preset: tiny}\n", ["model.time_map=bogus"],
      r"^--set model\.time_map=bogus: model \(diffuma/tiny\): time_map must be one of shared, full, got 'bogus'$"),
+    # a cross-field rule broken by a --set of the other field is blamed on that --set (it was blamed on the file)
+    ("model: {name: diffuma, preset: tiny}\n", ["model.dit_heads=3"],
+     r"^--set model\.dit_heads=3: model \(diffuma/tiny\): dit_dim \(64\) must be divisible by dit_heads \(3\)$"),
+    ("model: {name: diffuma, preset: tiny}\n", ["model.prior=none"], r"^--set model\.prior=none: model \(diffuma/tiny\): "
+                                                                     "learned_flow needs a prior"),
     ("model: {name: diffuma}\n", ["model.preset=tiny-mnist"],
      r"^--set model\.preset=tiny-mnist: model\.preset: 'tiny-mnist' is not a preset of diffuma \(did you mean 'tiny-mmnist'\?\)$"),
     # the model's name from --set is blamed on the option (it was blamed on the file), as is a seed NumPy refuses
