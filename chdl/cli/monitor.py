@@ -147,9 +147,11 @@ def monitor(ctx, checkpoint, t_in, queue_depth, z_on, z_off, scorer, serve, **pa
     if ended and status["frames_scored"] and not _any_frame_scored(mon.folder):  # "0 events" would read as all clear
         from chdl.monitor.anomaly_score import ScorerConfig
 
+        most_skipped = status["frames_skipped"] > status["frames_scored"]
         click.echo(f"warning: no frame could alert: the scorer first builds its baseline (about "
                    f"{2 * ScorerConfig().min_history} frames of a recording) and this one had {status['frames_scored']} "
-                   "scored; monitor longer recordings", err=True)
+                   "scored; " + ("most frames were skipped (below)" if most_skipped else "monitor longer recordings"),
+                   err=True)
     if status["frames_skipped"] > status["frames_scored"] and not error:  # most frames unwatched: say so
         if params["replay"]:
             advice = ("drop --as-fast-as-possible or raise --queue-depth" if params["afap"] else
@@ -303,6 +305,17 @@ def _check_output_folder(out: Path) -> None:
         raise click.ClickException(f"{out}: cannot create the output folder: {base} is not writable")
 
 
+def _is_scorer_file(path: Path) -> bool:
+    """Whether ``path`` is a learned scorer file of any version (JSON whose format is chdl.monitor-scorer/N)."""
+    import json
+
+    try:
+        data = json.loads(path.read_bytes())
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and str(data.get("format", "")).startswith(SCORER_FORMAT.split("/")[0] + "/")
+
+
 @click.command("monitor-fit-scorer")
 @click.argument("runs", nargs=-1, required=True, type=LocalPath(exists=True, file_okay=False, path_type=Path))
 @click.option("-o", "--out", type=LocalPath(dir_okay=False, path_type=Path), required=True,
@@ -319,11 +332,22 @@ def monitor_fit_scorer(runs, out, checkpoint, components, no_qc, overwrite, quie
     features of every frame's prediction error, a Gaussian mixture of them. Use it with chdl monitor --scorer."""
     from chdl.monitor.learned_score import fit_recordings
 
+    from diffuma.output_folder import check_apart_from_input
+
     if out.parent != Path("") and not out.parent.is_dir():
-        raise click.ClickException(f"{out}: the folder {out.parent} does not exist")
+        what = "is a file, not a folder" if out.parent.exists() else "does not exist"
+        raise click.ClickException(f"{out}: the folder {out.parent} {what}")
+    for r in runs:  # (-o run/s.json wrote into a recording; with --overwrite, over its manifest.json)
+        try:
+            check_apart_from_input(out, r)
+        except ValueError as e:
+            raise click.ClickException(str(e).replace("choose another --out", "choose another -o")) from None
     if out.exists() and not overwrite:  # it may carry an alert level measured over an hour of clean capture
         raise click.ClickException(f"{out}: already exists (use --overwrite to replace it and its measured alert "
                                    "level, or -o another file)")
+    if out.exists() and not _is_scorer_file(out):
+        raise click.ClickException(f"{out}: not a scorer file ({SCORER_FORMAT.split('/')[0]}/N); --overwrite replaces "
+                                   "only a scorer file: -o another file")
     try:
         learned = fit_recordings(list(runs), checkpoint=checkpoint, components=components, qc=not no_qc,
                                  progress=not quiet)

@@ -45,6 +45,7 @@ import collections
 import dataclasses
 import math
 from pathlib import Path
+from typing import Sequence
 
 import cv2
 import numpy as np
@@ -412,26 +413,46 @@ class LaneStream:
     """Frames of a recording in order -> predictions and scores, one lane pass at a time.
 
     ``push(frame, lane, position_index)`` returns ``(prediction, Scored)`` or None for a frame that is not
-    scored (the first two of a pass, or after a gap in the positions: frames the monitor skipped)."""
+    scored (the first two of a pass, or after a gap in the positions: frames the monitor skipped).
+
+    Frames the acquisition QC flagged (``flagged``, or ``forget`` for the first frames of a pass, flagged late)
+    would make the next frames' predictions wrong (a jerked or dimmed frame moved forward): a flagged frame that
+    was predicted enters the history as its prediction where that is valid (the strip that entered the view
+    stays the frame's own), and the frame after it, whose prediction still carries that strip, cannot raise an
+    alert (:attr:`quarantined`); a flagged first frame, never predicted, leaves the history with the frames before
+    it, and the frame scored now cannot alert either. (Before, the frame after a flagged one raised a process
+    alert on the simulator's sample recording after 6 of its 6 mid-pass acquisition faults.)"""
 
     def __init__(self, predictor, scorer: FrameScorer, keep: int | None = None):
         self.predictor, self.scorer = predictor, scorer
         self.keep = max(getattr(predictor, "t_in", 1), MIN_PREDECESSORS, keep or 0)
-        self.history: list[np.ndarray] = []
+        self.history: list[tuple[int, np.ndarray]] = []  # (position index, frame) of the pass, oldest first
         self.lane = self.position = None
+        self.after_flag = False  # the last frame pushed was flagged
+        self.quarantined = False  # the frame pushed last was predicted from a flagged one: no alert
 
-    def push(self, frame: np.ndarray, lane: int, position_index: int, learn: bool = True):
+    def push(self, frame: np.ndarray, lane: int, position_index: int, learn: bool = True, flagged: bool = False,
+             forget: Sequence[int] = ()):
         if lane != self.lane:
             self.scorer.new_pass()
-            self.history = []
+            self.history, self.after_flag = [], False
         elif self.position is not None and position_index != self.position + 1:
-            self.history = []  # a gap: the motion between the frames we have is not one step
+            self.history, self.after_flag = [], False  # a gap: the motion between the frames we have is not one step
         self.lane, self.position = lane, position_index
+        self.quarantined = self.after_flag
+        if forget:  # first frames flagged late: they and the frames before them leave the history
+            last = max(forget)
+            self.history = [(p, f) for p, f in self.history if p > last]
+            self.quarantined = True
         out = None
+        keep = frame
         if len(self.history) >= MIN_PREDECESSORS:
-            pred, valid = self.predictor.predict(np.stack(self.history))
-            out = pred, self.scorer.score(frame, pred, valid, learn=learn)
-        self.history = (self.history + [frame])[-self.keep:]
+            pred, valid = self.predictor.predict(np.stack([f for _, f in self.history]))
+            out = pred, self.scorer.score(frame, pred, valid, learn=learn and not self.quarantined)
+            if flagged:
+                keep = np.where(valid, pred, frame).astype(frame.dtype, copy=False)
+        self.history = (self.history + [(position_index, keep)])[-self.keep:]
+        self.after_flag = flagged
         return out
 
 
@@ -454,6 +475,7 @@ class FrameResult:
     error: np.ndarray  # (H, W) error map
     features: np.ndarray | None = None  # Scored.features
     earlier: list = dataclasses.field(default_factory=list)  # EarlierFlag of frames before this one, flagged now
+    after_acquisition: bool = False  # predicted from a frame the acquisition QC flagged: cannot raise an alert
 
 
 @dataclasses.dataclass
@@ -466,6 +488,7 @@ class EarlierFlag:
     position: int
     acquisition: str  # "vibration" | "illumination"
     pixels: np.ndarray  # (H, W) in [0, 1]
+    judged_at: int = -1  # the frame with which the QC judged it (reported with the next scored frame)
 
 
 class MonitorPipeline:
@@ -492,14 +515,17 @@ class MonitorPipeline:
         self.indices[position] = index
         flag = self.qc.check(raw, lane, position) if self.qc is not None else None
         scale = np.float32(1.0 / self.max_value)
-        for p, cause, pixels in (self.qc.late if self.qc is not None else []):
-            self.earlier.append(EarlierFlag(self.indices[p], lane, p, cause, pixels.astype(np.float32) * scale))
+        late = self.qc.late if self.qc is not None else []
+        for p, cause, pixels in late:
+            self.earlier.append(EarlierFlag(self.indices[p], lane, p, cause, pixels.astype(np.float32) * scale, index))
         frame = raw.astype(np.float32) * scale
-        out = self.stream.push(frame, lane, position, learn=flag is None)
+        out = self.stream.push(frame, lane, position, learn=flag is None, flagged=flag is not None,
+                               forget=[p for p, _, _ in late])
         if out is None:
             return None
         pred, s = out
         earlier, self.earlier = self.earlier, []
         return FrameResult(frame=index, lane=lane, position=position, score=s.score, threshold=s.threshold,
                            z=s.z, alert=s.alert, new_alert=s.new_alert, acquisition=flag, box=s.box, pixels=frame,
-                           prediction=pred, error=s.error, features=s.features, earlier=earlier)
+                           prediction=pred, error=s.error, features=s.features, earlier=earlier,
+                           after_acquisition=self.stream.quarantined)

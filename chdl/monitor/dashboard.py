@@ -64,6 +64,22 @@ class DashboardConfigError(ValueError):
     """Settings the dashboard refuses (e.g. a non-loopback host without a token); one-line message."""
 
 
+MIN_TOKEN = 8  # characters; `secrets.token_urlsafe()` gives 43
+TOKEN_CHARS = re.compile(r"[!-~]+")  # printable ASCII without spaces: the same bytes in a URL and in a header
+
+
+def check_token(token: str) -> str:
+    """``token`` if it is one the dashboard accepts: at least :data:`MIN_TOKEN` printable ASCII characters, no
+    spaces (HTTP headers are read as Latin-1: a non-ASCII token matched in the URL only; "   " and "x" were
+    accepted for a non-loopback bind). Raises DashboardConfigError (one line) otherwise."""
+    if not token:
+        raise DashboardConfigError("the token is empty")
+    if not TOKEN_CHARS.fullmatch(token) or len(token) < MIN_TOKEN:
+        raise DashboardConfigError(f"the token must be at least {MIN_TOKEN} printable ASCII characters without "
+                                   "spaces (make one with: python -c \"import secrets; print(secrets.token_urlsafe())\")")
+    return token
+
+
 # ---------------------------------------------------------------------------------------------------
 # Reading the folder
 # ---------------------------------------------------------------------------------------------------
@@ -98,6 +114,18 @@ def read_status(monitor_dir: Path) -> dict:
     return status
 
 
+def _line_end(path: Path, offset: int) -> bool:
+    """Whether ``offset`` is 0 or just after a newline of the file ``path`` (a resume point a stream can have sent)."""
+    if offset == 0:
+        return True
+    try:
+        with open(path, "rb") as f:
+            f.seek(offset - 1)
+            return f.read(1) == b"\n"
+    except OSError:
+        return False
+
+
 def _stat_key(path: Path) -> tuple[int, int, int] | None:
     try:
         st = path.stat()
@@ -117,8 +145,11 @@ class FolderFollower:
         self._live_key: tuple | None = None
         if resume_id:  # "<scores offset>.<events offset>" from Last-Event-ID
             m = re.fullmatch(r"(\d+)\.(\d+)", resume_id.strip())
-            if m:
-                self.scores.offset, self.events.offset = int(m[1]), int(m[2])
+            offsets = (int(m[1]), int(m[2])) if m else None
+            # only offsets this folder's files can have sent: at a line's end, within the file (a client's made-up
+            # id printed "events.jsonl: shrank" or "not a JSON object" warnings about intact files); else from the start
+            if offsets and all(_line_end(tail.path, o) for tail, o in zip((self.scores, self.events), offsets)):
+                self.scores.offset, self.events.offset = offsets
 
     @property
     def more(self) -> bool:
@@ -128,7 +159,7 @@ class FolderFollower:
     def poll(self) -> list[ServerSentEvent]:
         """The server-sent events for what changed since the last poll (status, events, scores, live)."""
         out = []
-        key = _stat_key(self.dir / "status.json")
+        key = _stat_key(self.dir / "status.json") if contained(self.dir, self.dir / "status.json") else None
         if key is not None and key != self._status_key:
             try:
                 status = json.loads((self.dir / "status.json").read_bytes())
@@ -138,10 +169,11 @@ class FolderFollower:
                 self._status_key = key
                 out.append(("status", status))
         for name, tail in (("events", self.events), ("scores", self.scores)):
-            records = tail.read()
+            records = tail.read() if contained(self.dir, tail.path) else []
             if records:
                 out.append((name, records))
-        keys = [_stat_key(self.dir / "live" / n) for n in LIVE_NAMES]
+        keys = [_stat_key(self.dir / "live" / n) if contained(self.dir, self.dir / "live" / n) else None
+                for n in LIVE_NAMES]
         if all(keys) and keys != self._live_key:
             self._live_key = keys
             out.append(("live", {"version": str(max(k[1] for k in keys))}))
@@ -152,6 +184,27 @@ class FolderFollower:
 # ---------------------------------------------------------------------------------------------------
 # The app
 # ---------------------------------------------------------------------------------------------------
+
+
+class HostGate:
+    """ASGI middleware for the tokenless (loopback) dashboard: the request's ``Host`` must name this machine's
+    loopback (localhost, 127.0.0.0/8, ::1), else 400. Without it a web page the operator opens could read the
+    dashboard through DNS rebinding (its own name resolved to 127.0.0.1): the browser sends that name as Host."""
+
+    def __init__(self, app: ASGIApp):
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            return await self.app(scope, receive, send)
+        host = dict(scope.get("headers") or []).get(b"host", b"").decode("latin-1").strip().lower()
+        name = host[1:host.find("]")] if host.startswith("[") else host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+        if name and is_loopback(name):
+            return await self.app(scope, receive, send)
+        if scope["type"] == "websocket":
+            return await send({"type": "websocket.close", "code": 1008})
+        await PlainTextResponse(f"Host {host!r} is not this machine's loopback (open http://127.0.0.1:<port>/)",
+                                400)(scope, receive, send)
 
 
 class TokenGate:
@@ -180,7 +233,19 @@ class TokenGate:
         await response(scope, receive, send)
 
 
-def _png(path: Path) -> Response:
+def contained(monitor_dir: Path, path: Path) -> bool:
+    """Whether ``path`` resolves (symbolic links followed) to a file inside ``monitor_dir``: a link planted in a
+    monitor folder (``snapshots/000999.png -> /etc/passwd``, ``live -> /elsewhere``) served the file it points to
+    with the dashboard owner's rights."""
+    try:
+        return path.resolve().is_relative_to(monitor_dir.resolve())
+    except (OSError, RuntimeError):  # a link loop
+        return False
+
+
+def _png(monitor_dir: Path, path: Path) -> Response:
+    if not contained(monitor_dir, path):
+        raise HTTPException(404, f"{path.parent.name}/{path.name}: not a file of this monitor folder")
     try:
         data = path.read_bytes()  # whole, from one inode: a concurrent os.replace cannot tear it
     except (FileNotFoundError, IsADirectoryError):
@@ -192,18 +257,19 @@ def create_app(monitor_dir: Path, token: str | None = None) -> FastAPI:
     """The dashboard's ASGI app over ``monitor_dir`` (a monitor folder; its files may appear later,
     as when the monitor starts the dashboard before its first status).
 
-    ``token``: if set, every request must carry it (see the module docstring).
+    ``token``: if set, every request must carry it (see the module docstring); if not, every request's ``Host``
+    must name the loopback (:class:`HostGate`: no DNS rebinding).
     ``app.state.closing`` (a threading.Event), once set, ends every open stream.
 
     Raises:
         MonitorFolderError: ``monitor_dir`` is not a folder.
-        DashboardConfigError: ``token`` is the empty string.
+        DashboardConfigError: ``token`` is not one :func:`check_token` accepts.
     """
     monitor_dir = Path(monitor_dir)
     if not monitor_dir.is_dir():
         raise MonitorFolderError(_not_a_folder(monitor_dir))
-    if token is not None and not token:
-        raise DashboardConfigError("the token is empty")
+    if token is not None:
+        check_token(token)
     app = FastAPI(title="chdl dashboard", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.monitor_dir = monitor_dir
     app.state.closing = threading.Event()
@@ -212,8 +278,15 @@ def create_app(monitor_dir: Path, token: str | None = None) -> FastAPI:
     def page() -> HTMLResponse:
         return HTMLResponse(PAGE.read_text(encoding="utf-8"), headers={"Cache-Control": "no-store"})
 
+    def own(name: str) -> Path:
+        path = monitor_dir / name
+        if not contained(monitor_dir, path):
+            raise HTTPException(404, f"{name}: not a file of this monitor folder")
+        return path
+
     @app.get("/api/status")
     def status() -> dict:
+        own("status.json")
         try:
             return read_status(monitor_dir)
         except MonitorFolderError as e:
@@ -221,11 +294,11 @@ def create_app(monitor_dir: Path, token: str | None = None) -> FastAPI:
 
     @app.get("/api/events")
     def events() -> list[dict]:
-        return read_jsonl(monitor_dir / "events.jsonl")
+        return read_jsonl(own("events.jsonl"))
 
     @app.get("/api/scores")
     def scores(last: int = Query(1000, ge=1, le=1_000_000)) -> list[dict]:
-        return read_jsonl(monitor_dir / "scores.jsonl")[-last:]
+        return read_jsonl(own("scores.jsonl"))[-last:]
 
     @app.get("/api/stream", response_class=EventSourceResponse)
     async def stream(request: Request) -> AsyncIterator[ServerSentEvent]:
@@ -240,16 +313,18 @@ def create_app(monitor_dir: Path, token: str | None = None) -> FastAPI:
     def live(name: str) -> Response:
         if name not in LIVE_NAMES:
             raise HTTPException(404, f"live/{name}: not a live image (one of {', '.join(LIVE_NAMES)})")
-        return _png(monitor_dir / "live" / name)
+        return _png(monitor_dir, monitor_dir / "live" / name)
 
     @app.get("/snapshots/{name}")
     def snapshot(name: str) -> Response:
         if not SNAPSHOT_NAME.fullmatch(name):
             raise HTTPException(404, f"snapshots/{name}: not a snapshot name (<frame:06d>.png)")
-        return _png(monitor_dir / "snapshots" / name)
+        return _png(monitor_dir, monitor_dir / "snapshots" / name)
 
     if token is not None:
         app.add_middleware(TokenGate, token=token)
+    else:  # loopback only (serve_in_background): only requests that name the loopback
+        app.add_middleware(HostGate)
     return app
 
 
@@ -344,6 +419,7 @@ def serve_in_background(monitor_dir: Path, host: str = "127.0.0.1", port: int = 
             sock.close()
             raise RuntimeError(f"the dashboard server on {host}:{bound_port} did not start")
         time.sleep(0.01)
-    url_host = f"[{host.strip('[]')}]" if ":" in host else host
+    shown = socket.gethostname() if host.strip("[]") in ("0.0.0.0", "::") else host  # (a wildcard is not an address
+    url_host = f"[{shown.strip('[]')}]" if ":" in shown else shown                   # to open: the machine's name is)
     url = f"http://{url_host}:{bound_port}/" + (f"?token={quote(token, safe='')}" if token else "")
     return DashboardServer(url=url, host=host, port=bound_port, app=app, server=server, thread=thread)

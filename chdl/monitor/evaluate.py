@@ -82,7 +82,8 @@ def method_setups():
 
 def score_recording(rec, predictor, scorer: ScorerConfig, qc: bool = True, progress=None) -> list[dict]:
     """Score every frame of an opened :class:`acquisition.raw.Recording`: one dict per scored frame
-    (frame, lane, position, score, threshold, z, alert, new_alert, acquisition, box), with torch's
+    (frame, lane, position, score, threshold, z, alert, new_alert, acquisition, after_acquisition, box, features),
+    with torch's
     thread count as the live scorer process has it (:func:`chdl.monitor.runtime.scoring_threads`)."""
     rows = []
     pipe = None
@@ -95,7 +96,8 @@ def score_recording(rec, predictor, scorer: ScorerConfig, qc: bool = True, progr
             if r is not None:
                 rows.append({"frame": r.frame, "lane": r.lane, "position": r.position, "score": r.score,
                              "threshold": r.threshold, "z": r.z, "alert": r.alert, "new_alert": r.new_alert,
-                             "acquisition": r.acquisition, "box": r.box, "features": r.features})
+                             "acquisition": r.acquisition, "after_acquisition": r.after_acquisition, "box": r.box,
+                             "features": r.features})
     return rows
 
 
@@ -163,9 +165,10 @@ def _check_truth_fits(path: Path, truth, rec) -> None:
                                  f"{i}, which {path} {where}; this truth is not the recording's")
 
 
-def metrics(rows: list[dict], truth: RunTruth) -> dict:
+def metrics(rows: list[dict], truth: RunTruth, frames: set | None = None) -> dict:
     """The module docstring's metrics for one method on one or more recordings (rows of score_recording
-    with a ``run`` key, truth per run in ``truth``: {run: RunTruth})."""
+    with a ``run`` key, truth per run in ``truth``: {run: RunTruth}). ``frames``: the (run, frame) keys the
+    AUROC is computed over (those every compared method scored: like for like), default all scored."""
     from sklearn.metrics import roc_auc_score
 
     y, s = [], []
@@ -180,7 +183,7 @@ def metrics(rows: list[dict], truth: RunTruth) -> dict:
                 events_truth.append((run, a))
     for r in rows:
         k = (r["run"], r["frame"])
-        if not math.isfinite(r["score"]):  # the scorer's warm-up: no score yet
+        if not math.isfinite(r["score"]) or (frames is not None and k not in frames):  # warm-up: no score yet
             continue
         if k in active_vis:
             y.append(1)
@@ -223,7 +226,8 @@ def replay_alerts(rows: list[dict], z_on: float, z_off: float) -> list[dict]:
     """The rows of :func:`score_recording` (in recording order; several recordings told apart by a ``run``
     key) with ``alert`` and ``new_alert`` as the scorer's hysteresis sets them at ``z_on`` / ``z_off``,
     from each row's ``z`` (the score in baseline sigmas): on above ``z_on``, off below ``z_off``, reset at a
-    new lane pass; a frame the acquisition QC flagged raises no alert. Replayed on rows scored once (best
+    new lane pass; a frame the acquisition QC flagged, or predicted from one (``after_acquisition``), raises no
+    alert. Replayed on rows scored once (best
     with alerts off, ``z_on`` = inf), the baseline also holds the frames that would have alerted and were
     left out of it in a live run: exact for the frames before the first alert of a recording, close after."""
     out, alert, key = [], False, None
@@ -233,7 +237,7 @@ def replay_alerts(rows: list[dict], z_on: float, z_off: float) -> list[dict]:
             alert, key = False, k
         was, z = alert, r["z"]
         if math.isfinite(z):
-            alert = (alert and z >= z_off) if (was or r.get("acquisition")) else z > z_on
+            alert = (alert and z >= z_off) if (was or r.get("acquisition") or r.get("after_acquisition")) else z > z_on
         out.append({**r, "alert": alert, "new_alert": alert and not was})
     return out
 
@@ -297,14 +301,20 @@ def find_runs(paths: list) -> list[Path]:
     """Recordings to evaluate: recordings, folders of recordings, or monitor folders (their recording)."""
     from acquisition.raw import RawFormatError, find_recordings
 
-    out = []
+    out, seen = [], {}
     for p in map(Path, paths):
         if p.name.endswith(".monitor") and (p / "status.json").is_file():
             p = p.with_name(p.name[: -len(".monitor")])
         try:
-            out += find_recordings(p)
+            found = find_recordings(p)
         except RawFormatError as e:
             raise EvalError(str(e)) from None
+        for r in found:  # one recording given twice (two spellings, or itself and its folder) would count twice
+            if (key := Path(r).resolve()) in seen:
+                raise EvalError(f"{r}: given twice (also as {seen[key]}): its anomalies and clean frames would "
+                                "count twice; give it once")
+            seen[key] = r
+        out += found
     if not out:
         raise EvalError(f"{', '.join(map(str, paths))}: no recordings found")
     return out
@@ -372,25 +382,35 @@ def evaluate(paths: list, out: str | Path, checkpoint=None, qc: bool = True, pro
     results, rows_by = {}, {}
     total = sum(len(rec.frames) for rec in recs.values()) * len(methods)
     setup = method_setups()
+    shapes = {}
+    for run, rec in recs.items():  # every predictor against every frame size before any scoring (a checkpoint or
+        first = rec.frames[0] if rec.frames else None  # a scorer of another size failed after minutes of it)
+        shapes[run] = rec.read(first).shape if first is not None else None
+        for m in methods:
+            base, scorer = scorer_of.get(m, (m, None))
+            try:
+                setup(base, checkpoint, shapes[run], scorer)  # (cached: the scoring below reuses it)
+            except ValueError as e:
+                raise EvalError(f"{str(e).splitlines()[0]} (those of {run})") from None
     with tqdm(total=total, unit="frame", desc="monitor-eval", disable=not progress) as bar:
         for m in methods:
             rows = []
             for run, rec in recs.items():
-                first = rec.frames[0] if rec.frames else None
-                shape = rec.read(first).shape if first is not None else None
-                try:
-                    base, scorer = scorer_of.get(m, (m, None))
-                    predictor, cfg = setup(base, checkpoint, shape, scorer)
-                except ValueError as e:
-                    raise EvalError(f"{str(e).splitlines()[0]} (those of {run})") from None
+                base, scorer = scorer_of.get(m, (m, None))
+                predictor, cfg = setup(base, checkpoint, shapes[run], scorer)
                 cfg = dataclasses.replace(cfg, **levels[m])
                 for row in score_recording(rec, predictor, cfg, qc=qc):
                     rows.append({**row, "run": run})
                 bar.update(len(rec.frames))
             rows_by[m] = rows
-            results[m] = metrics(rows, truth)
-            results[m]["alert_levels"] = levels[m]
-            results[m]["sweep"] = sweep(rows, truth, swept)
+    # AUROC over the frames every method scored (the block scorers' row-baseline warm-up leaves out frames the
+    # frame difference scores: it had 44/92 positive/negative frames where they had 40/86)
+    common = set.intersection(*({(r["run"], r["frame"]) for r in rows if math.isfinite(r["score"])}
+                                for rows in rows_by.values()))
+    for m, rows in rows_by.items():
+        results[m] = metrics(rows, truth, frames=common)
+        results[m]["alert_levels"] = levels[m]
+        results[m]["sweep"] = sweep(rows, truth, swept)
     out.mkdir(parents=True, exist_ok=True)
     if is_eval_folder(out):  # an earlier evaluation's plots (the CLI replaces one only with --overwrite)
         for stale in out.glob("scores_*.png"):
@@ -402,13 +422,15 @@ def evaluate(paths: list, out: str | Path, checkpoint=None, qc: bool = True, pro
     md = (f"{cut}alerts at z_on {default.z_on:g}, z_off {default.z_off:g}{own} (the table below; the sweep after it "
           "replays others)\n\n" + markdown(results) + "\n\n" + markdown_sweep(results))
     names: list[str] = []
-    for run in recs:
-        name = f"scores_{Path(run).parent.name}_{Path(run).name}"
-        if name in names:  # two runs of one name in folders of one name (elsewhere): the plot of each kept
-            name += f"_{sum(n.startswith(name) for n in names) + 1}"
+    short = [f"{Path(run).parent.name}/{Path(run).name}" for run in recs]
+    for run, title in zip(recs, short):
+        name = base = f"scores_{Path(run).parent.name}_{Path(run).name}"
+        k = 2
+        while name in names:  # two runs of one name in folders of one name (elsewhere): the plot of each kept
+            name, k = f"{base}_{k}", k + 1  # (a run named <name>_3 given first is skipped over, not replaced)
         names.append(name)
         plot_scores(out / f"{name}.png", {m: [r for r in rows_by[m] if r["run"] == run] for m in methods},
-                    truth[run], title=f"{Path(run).parent.name}/{Path(run).name}")
+                    truth[run], title=title if short.count(title) == 1 else str(run))
     # top level: the levels of every method without its own (a --scorer method's are under "methods")
     summary = {"runs": [str(r) for r in runs], "alert_levels": {"z_on": default.z_on, "z_off": default.z_off},
                "methods": results}

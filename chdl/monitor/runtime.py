@@ -376,12 +376,12 @@ def _score_loop(spec, run_path: Path, folder: Path, q, scored, events, ready) ->
             latency = (time.perf_counter() - t0) * 1000
             line = {"frame": r.frame, "lane": r.lane, "position": r.position, "score": _num(r.score),
                     "threshold": _num(r.threshold), "alert": bool(r.alert), "acquisition": r.acquisition,
-                    "latency_ms": round(latency, 2)}
+                    **({"after_acquisition": True} if r.after_acquisition else {}), "latency_ms": round(latency, 2)}
             _live(folder, r)
             for e in r.earlier:  # first frames of a pass, judged by the QC once the third had come
                 n_events = _write_event(ev, folder, n_events, "acquisition", e.frame, e.lane, e.position, None,
                                         f"acquisition QC flagged {e.acquisition} at lane {e.lane} position "
-                                        f"{e.position} (judged with the frames after it, at frame {r.frame})",
+                                        f"{e.position} (judged with the frames after it, at frame {e.judged_at})",
                                         to8(e.pixels))
             if r.acquisition is not None:
                 n_events = _write_event(ev, folder, n_events, "acquisition", r.frame, r.lane, r.position, r,

@@ -10,6 +10,7 @@ import select
 import signal
 import socket
 import subprocess
+import shutil
 import sys
 from pathlib import Path
 
@@ -19,7 +20,7 @@ import pytest
 from PIL import Image
 from starlette.testclient import TestClient
 
-from chdl.monitor.dashboard import (DashboardConfigError, MonitorFolderError, create_app, is_loopback,
+from chdl.monitor.dashboard import (DashboardConfigError, FolderFollower, MonitorFolderError, create_app, is_loopback,
                                     read_status, serve_in_background)
 
 W, H = 80, 60
@@ -101,7 +102,7 @@ def monitor(tmp_path) -> FakeMonitor:
 
 
 def test_status_scores_and_events_leave_a_partial_last_line_out(monitor):
-    client = TestClient(create_app(monitor.dir))
+    client = TestClient(create_app(monitor.dir), base_url="http://127.0.0.1")
     assert client.get("/api/status").json() == monitor.status
     assert [r["frame"] for r in client.get("/api/scores").json()] == [0, 1, 2, 3, 4]
     assert [r["frame"] for r in client.get("/api/scores?last=2").json()] == [3, 4]
@@ -118,7 +119,7 @@ def test_status_scores_and_events_leave_a_partial_last_line_out(monitor):
 
 
 def test_live_images_and_snapshots_are_served_as_written(monitor):
-    client = TestClient(create_app(monitor.dir))
+    client = TestClient(create_app(monitor.dir), base_url="http://127.0.0.1")
     assert client.get("/snapshots/000009.png").status_code == 404  # no such event yet
     monitor.event(9)
     for url, path in [("/live/frame.png", "live/frame.png"), ("/live/error.png", "live/error.png"),
@@ -134,7 +135,7 @@ def test_live_images_and_snapshots_are_served_as_written(monitor):
 def test_only_the_contract_names_are_served(monitor, tmp_path):
     (monitor.dir / "secret.png").write_bytes(b"secret")
     (tmp_path / "outside.png").write_bytes(b"outside")
-    client = TestClient(create_app(monitor.dir))
+    client = TestClient(create_app(monitor.dir), base_url="http://127.0.0.1")
     for url in ["/live/status.json", "/live/..%2Fstatus.json", "/live/%2E%2E%2Fsecret.png", "/live/frame.png.tmp",
                 "/snapshots/..%2F..%2Foutside.png", "/snapshots/..%2Fsecret.png", "/snapshots/12.png",
                 "/snapshots/000001.png%2F..%2F..%2Fstatus.json", "/live/%2E%2E", "/snapshots/%2Fetc%2Fpasswd",
@@ -154,6 +155,67 @@ def test_a_token_is_required_on_every_request(monitor):
     assert client.get("/live/frame.png", headers={"Authorization": "Bearer s3cret-Token"}).status_code == 200
     assert client.get("/", headers={"X-Chdl-Token": "s3cret-Token"}).status_code == 200
     assert client.get("/api/status", params={"token": "s3cret-Tokenü"}).status_code == 403  # non-ASCII: no crash
+
+
+def test_a_link_planted_in_the_folder_serves_nothing_outside_it(monitor, tmp_path):
+    """snapshots/000999.png -> /etc/passwd and live -> another folder were served (200, the outside file's bytes)."""
+    secret = tmp_path / "outside"
+    secret.mkdir()
+    (secret / "frame.png").write_bytes(b"outside-frame")
+    (secret / "passwd").write_bytes(b"root:x:0:0")
+    (monitor.dir / "snapshots").mkdir(exist_ok=True)
+    (monitor.dir / "snapshots" / "000999.png").symlink_to(secret / "passwd")
+    shutil.rmtree(monitor.dir / "live")
+    (monitor.dir / "live").symlink_to(secret)
+    (monitor.dir / "events.jsonl").unlink(missing_ok=True)
+    (tmp_path / "events.jsonl").write_text('{"leaked": 1}\n')
+    (monitor.dir / "events.jsonl").symlink_to(tmp_path / "events.jsonl")
+    client = TestClient(create_app(monitor.dir), base_url="http://127.0.0.1")
+    for url in ["/snapshots/000999.png", "/live/frame.png", "/api/events"]:
+        r = client.get(url)
+        assert r.status_code == 404 and b"outside" not in r.content and b"root:" not in r.content, url
+    follower = FolderFollower(monitor.dir)
+    assert all(e.event in ("status", "scores") for e in follower.poll())  # no events, no live from outside
+    inside = monitor.dir / "snapshots" / "000005.png"  # a link that stays inside the folder is served
+    (monitor.dir / "snapshots" / "000001.png").write_bytes(b"\x89PNG-inside")
+    inside.symlink_to(monitor.dir / "snapshots" / "000001.png")
+    assert client.get("/snapshots/000005.png").content == b"\x89PNG-inside"
+
+
+def test_without_a_token_only_requests_naming_the_loopback_are_served(monitor):
+    """A page on attacker.example resolving its name to 127.0.0.1 (DNS rebinding) read every event: the Host
+    header was not checked."""
+    app = create_app(monitor.dir)
+    for host in ["attacker.example", "attacker.example:8790", "192.168.1.5", "evil.localhost.example"]:
+        r = TestClient(app, base_url=f"http://{host}").get("/api/events")
+        assert r.status_code == 400 and "not this machine's loopback" in r.text, host
+    for host in ["127.0.0.1:8790", "localhost", "localhost:1", "[::1]:8790", "127.0.0.2"]:
+        assert TestClient(app, base_url=f"http://{host}").get("/api/status").status_code == 200, host
+    # with a token, the token is the gate (a non-loopback bind is reached by whatever name the network gives)
+    tokened = TestClient(create_app(monitor.dir, token="s3cret-Token"), base_url="http://dashboard.fab.example")
+    assert tokened.get("/api/status", params={"token": "s3cret-Token"}).status_code == 200
+
+
+@pytest.mark.parametrize("token", ["   ", "x", "short", "café-token-long", "has space inside"])
+def test_weak_or_non_ascii_tokens_are_refused(monitor, token):
+    """"   " and "x" were accepted for a non-loopback bind; a non-ASCII token matched in the URL only (headers are
+    Latin-1)."""
+    with pytest.raises(DashboardConfigError, match="at least 8 printable ASCII characters without spaces"):
+        create_app(monitor.dir, token=token)
+
+
+def test_a_made_up_last_event_id_starts_the_stream_from_the_beginning(monitor, capsys):
+    """Last-Event-ID 99999999.99999999 (or 5.5, mid-line) printed "shrank" / "not a JSON object" warnings about
+    intact files and sent nothing."""
+    monitor.event(7)
+    for made_up in ["99999999.99999999", "5.5", "0.3"]:
+        f = FolderFollower(monitor.dir, made_up)
+        got = {e.event: e.data for e in f.poll()}
+        assert [r["frame"] for r in got["scores"]] == [0, 1, 2, 3, 4] and len(got["events"]) == 1, made_up
+    genuine = FolderFollower(monitor.dir)
+    cursor = genuine.poll()[-1].id
+    assert not any(e.event in ("scores", "events") for e in FolderFollower(monitor.dir, cursor).poll())
+    assert "shrank" not in capsys.readouterr().err
 
 
 def test_non_loopback_needs_a_token_and_folders_are_checked(tmp_path):
@@ -291,7 +353,7 @@ def test_cli_one_line_errors_name_the_folder_or_file(tmp_path, monitor):
 @pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM])
 def test_cli_serves_until_ctrl_c_or_sigterm(monitor, tmp_path, stop_signal):
     token_file = tmp_path / "token"
-    token_file.write_text("tok-123\n")
+    token_file.write_text("tok-12345\n")
     proc = subprocess.Popen([sys.executable, "-m", "chdl", "dashboard", str(monitor.dir), "--port", "0",
                              "--token-file", str(token_file)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
@@ -300,7 +362,7 @@ def test_cli_serves_until_ctrl_c_or_sigterm(monitor, tmp_path, stop_signal):
         assert ready, "no URL printed"
         line = proc.stdout.readline()
         url = line.split(" at ")[1].split()[0]
-        assert url.startswith("http://127.0.0.1:") and url.endswith("/?token=tok-123"), line
+        assert url.startswith("http://127.0.0.1:") and url.endswith("/?token=tok-12345"), line
         status = httpx2.get(url.replace("/?", "/api/status?"), timeout=10)
         assert status.status_code == 200 and status.json()["run_id"] == "run-1"
         assert httpx2.get(url.split("?")[0] + "api/status", timeout=10).status_code == 401
@@ -321,7 +383,7 @@ def test_alert_appears_live_in_headless_chromium(monitor, tmp_path, chromium):
     """A real browser on loopback: the page opens on a running monitor, an alert is appended while it is
     open, and the alert element, its snapshot thumbnail and the new live frame appear; screenshot saved."""
     monitor.score(5, float("nan"))  # Python's json writes NaN; the page shows "-" and leaves it out of the plot
-    with serve_in_background(monitor.dir, token="tok-7") as server:
+    with serve_in_background(monitor.dir, token="tok-77777") as server:
         page = chromium.new_page(viewport={"width": 1280, "height": 800})
         requests, errors = [], []
         page.on("request", lambda req: requests.append(req.url))
@@ -350,7 +412,7 @@ def test_alert_appears_live_in_headless_chromium(monitor, tmp_path, chromium):
         shot = page.screenshot(path=tmp_path / "dashboard.png", full_page=True)
     assert not errors, errors
     origin = f"http://127.0.0.1:{server.port}/"
-    assert requests and all(u.startswith(origin) and "token=tok-7" in u for u in requests), requests
+    assert requests and all(u.startswith(origin) and "token=tok-77777" in u for u in requests), requests
     img = Image.open(io.BytesIO(shot))
     assert img.format == "PNG" and img.size[0] == 1280 and img.size[1] >= 800
     pixels = np.asarray(img.convert("RGB"))

@@ -256,14 +256,25 @@ def test_monitor_fit_scorer_errors_are_one_line(clean_run, tmp_path):
     out = chdl("simulate", "corpus", corpus, "--sequences", "2", "--positions", "6", "--lanes-per-run", "2",
                "--width", "64", "--height", "48", "--fault-rate", "0", "--anomaly-rate", "0.5", "--seed", "3", "-q")
     assert out.returncode == 0, out.stderr
+    (tmp_path / "notes.json").write_text('{"mine": 1}')
+    (tmp_path / "afile").write_text("x")
+    manifest = (clean_run / "manifest.json").read_bytes()
     for args, message in [([corpus, "-o", tmp_path / "s.json"], "process anomalies; fit on clean recordings only"),
                           ([corpus, "-o", tmp_path / "no" / "s.json"], f"the folder {tmp_path / 'no'} does not exist"),
+                          ([corpus, "-o", corpus / "s.json"], "is inside the input"),  # was written into it
+                          # --overwrite replaced the recording's manifest with a scorer (only a scorer file now)
+                          ([clean_run, "-o", clean_run / "manifest.json", "--overwrite"], "is inside the input"),
+                          ([clean_run, "-o", tmp_path / "notes.json", "--overwrite"],
+                           "notes.json: not a scorer file (chdl.monitor-scorer/N); --overwrite replaces only"),
+                          ([clean_run, "-o", tmp_path / "afile" / "s.json"], "the folder "
+                           f"{tmp_path / 'afile'} is a file, not a folder"),
                           # 5 lanes x 10 positions: 30 frames scored (the first of each lane only fill its history); 32 components need 640
                           ([clean_run, "-o", tmp_path / "s.json", "--components", "32"],
                            f"{clean_run}: 30 scored clean frames of 50 recorded are too few to fit 32 components")]:
         fit = chdl("monitor-fit-scorer", *args, "-q")
         assert fit.returncode == 1 and message in fit.stderr and "Traceback" not in fit.stderr
         assert len(fit.stderr.strip().splitlines()) == 1 and not (tmp_path / "s.json").exists()
+    assert (clean_run / "manifest.json").read_bytes() == manifest and (tmp_path / "notes.json").read_text() == '{"mine": 1}'
 
 
 def test_sigkill_leaves_a_readable_recording_and_no_scorer_behind(tmp_path):
@@ -331,6 +342,8 @@ def test_monitor_eval_scores_every_method_on_labelled_runs(tmp_path):
         assert [t["z_on"] for t in m["sweep"]] == [3, 4, 5, 6, 7.5, 8, 10, 12]  # the trade-off, replayed (7.5: default)
         assert all(0.0 <= t["event_recall"] <= 1.0 and t["false_alarms_per_hour"] >= 0 for t in m["sweep"])
         assert m["sweep"][0]["false_alarms"] >= m["sweep"][-1]["false_alarms"]
+    # every method's AUROC over the same frames (the frame difference scored frames the block scorers' warm-up skips)
+    assert len({(m["positive_frames"], m["negative_frames"]) for m in metrics["methods"].values()}) == 1
     md = (tmp_path / "eval" / "metrics.md").read_text()
     assert "| constant-motion |" in md and "AUROC" in ev.stdout
     assert md.startswith("alerts at z_on 7.5, z_off 3.75 (") and "| z_on 7.5 |" in md
@@ -350,6 +363,34 @@ def test_monitor_eval_scores_every_method_on_labelled_runs(tmp_path):
         evaluate([corpus / "run_00000", tmp_path / "m" / "run_00000.monitor"], tmp_path / "eval3", qc=False,
                  progress=False)
     assert not (tmp_path / "eval3").exists()
+    # ... and so would one recording given twice (it counted 6 events for 3, and the clean hours twice)
+    with pytest.raises(EvalError, match=r"run_00000: given twice \(also as .*corpus/run_00000\): its anomalies"):
+        evaluate([corpus / "run_00000", corpus / "." / "run_00000"], tmp_path / "eval3", qc=False, progress=False)
+    with pytest.raises(EvalError, match="given twice"):
+        evaluate([corpus, corpus / "run_00000"], tmp_path / "eval3", qc=False, progress=False)
+    assert not (tmp_path / "eval3").exists()
+
+
+def test_monitor_eval_keeps_a_plot_per_recording_and_checks_every_method_before_scoring(clean_run, tmp_path,
+                                                                                       monkeypatch):
+    """Runs y/cut/run_00000_3, a/cut/run_00000, b/cut/run_00000: b's plot replaced y's (3 runs, 2 plots). And a
+    scorer of another frame size was refused only after the other methods had scored every recording."""
+    from chdl.monitor import evaluate as ev
+
+    runs = [tmp_path / "y" / "cut" / "run_00000_3", tmp_path / "a" / "cut" / "run_00000", tmp_path / "b" / "cut" / "run_00000"]
+    for r in runs:
+        shutil.copytree(clean_run, r)
+    ev.evaluate(runs, tmp_path / "e", qc=False, progress=False, methods=["copy-last"])
+    assert sorted(p.name for p in (tmp_path / "e").glob("*.png")) == [
+        "scores_cut_run_00000.png", "scores_cut_run_00000_2.png", "scores_cut_run_00000_3.png"]
+    scorer = tmp_path / "s.json"
+    fit = chdl("monitor-fit-scorer", clean_run, "-o", scorer, "--components", "1", "--no-qc", "-q")
+    assert fit.returncode == 0, fit.stderr
+    data = json.loads(scorer.read_text())
+    scorer.write_text(json.dumps({**data, "width": 2 * data["width"]}))
+    monkeypatch.setattr(ev, "score_recording", lambda *a, **k: pytest.fail("scored before the scorer was checked"))
+    with pytest.raises(ev.EvalError, match="(those of .*run_00000_3)"):
+        ev.evaluate(runs[:1], tmp_path / "e2", qc=False, progress=False, methods=["copy-last"], scorers=[scorer])
 
 
 @pytest.mark.parametrize("args,message", [

@@ -3,6 +3,7 @@
 import math
 
 import numpy as np
+import pytest
 
 from chdl.monitor.anomaly_score import (ConstantMotion, CopyLast, FrameScorer, LaneStream, RobustBaseline,
                                         ScorerConfig, cut_front_zone, motion_valid)
@@ -247,6 +248,44 @@ def test_a_faulty_first_frame_of_a_pass_is_flagged_late_and_is_no_reference():
                 flagged += [(lane, t)] if r.acquisition else []
                 late += [(e.frame, e.lane, e.position, e.acquisition, r.position) for e in r.earlier]
                 assert all(e.pixels.shape == (150, 200) and e.pixels.max() <= 1.0 for e in r.earlier)
-    # reported with the pass's first scored frame (position 2), by frame index; nothing else flagged
-    assert late == [(1020, 2, 0, "vibration", 2), (1031, 3, 1, "illumination", 2)]
+    # reported with the pass's next scored frame, by frame index; nothing else flagged. A flagged first frame leaves
+    # the history with those before it: with fewer than two predecessors left, the next scored frame is one later
+    # (position 3 after a flagged position 0, 4 after a flagged position 1)
+    assert late == [(1020, 2, 0, "vibration", 3), (1031, 3, 1, "illumination", 4)]
     assert flagged == []
+
+
+@pytest.mark.parametrize("fault", ["jitter", "gain"])
+def test_the_frames_after_an_acquisition_fault_are_not_predicted_from_it(fault):
+    """The frame after a flagged one was predicted from the faulty frame as it was: on samples/sim-200x150 each of 6
+    mid-pass acquisition faults was followed by a false process alert. The flagged frame now enters the history as
+    its prediction, and the next frame (its prediction still holds the faulty entering strip) cannot alert."""
+    from acquisition.simulator import DicingLaneSimulator, Fault, SimConfig
+
+    sim = DicingLaneSimulator(SimConfig(seed=2, width=200, height=150, fault_rate=0.0))
+    bad = {"jitter": Fault("jitter", 1.0, angle=1.2), "gain": Fault("gain", 1.0, phase=1.0)}[fault]
+    z = {}
+    for flagged in (False, True):  # False: what the stream did before (the flag was not passed on)
+        stream = LaneStream(ConstantMotion(5), FrameScorer(ScorerConfig(min_history=5)))
+        for lane in range(3):
+            for t in range(10):
+                px = sim.render(lane, t, fault=bad if (lane, t) == (2, 5) else None).pixels.astype(np.float32) / 255
+                out = stream.push(px, lane, t, learn=(lane, t) != (2, 5), flagged=flagged and (lane, t) == (2, 5))
+                if lane == 2 and out is not None:
+                    z[flagged, t] = out[1].z
+                    assert stream.quarantined == (flagged and t == 6)
+    assert z[False, 5] > 5 and z[True, 5] == z[False, 5]  # the faulty frame itself scores high either way
+    assert z[False, 6] > 5 and z[True, 6] < 3.5  # the next frame: predicted from the prediction, not the fault
+    if fault == "jitter":
+        assert z[False, 7] > 5 and z[True, 7] < 3.5  # (constant motion's step is measured on the frame before too)
+
+
+def test_a_frame_predicted_from_a_flagged_one_cannot_alert():
+    stream = LaneStream(CopyLast(), FrameScorer(ScorerConfig(min_history=2, z_on=0.5, z_off=0.25)))
+    for i in range(8):
+        stream.push(_noise(i) * 0.01, lane=0, position_index=i)
+    stream.push(_noise(8), lane=0, position_index=8, learn=False, flagged=True)  # a flagged, very different frame
+    pred, s = stream.push(_noise(9), lane=0, position_index=9)
+    assert stream.quarantined and s.z > 0.5 and not s.new_alert
+    stream.push(_noise(10) * 0.01, lane=0, position_index=10, forget=[9])  # a late flag: 9 leaves the history
+    assert stream.quarantined and [p for p, _ in stream.history] == [10]
