@@ -226,6 +226,12 @@ def import_moving_mnist(
     if seed < 0 or val_seed < 0:
         raise ValueError(f"seeds must be non-negative (numpy's SeedSequence), got seed {seed}, val_seed {val_seed}")
     train_digits, val_digits, source = load_digits(mnist)  # bad input fails here, before anything is written
+    for pool in (train_digits, val_digits):  # (were "digits of 70×70 do not fit..." and "high <= 0", naming no file)
+        if len(pool) == 0:
+            raise ImporterInputError(f"{source}: holds no digit images")
+        if max(pool.shape[1:]) > IMAGE_SIZE:
+            raise ImporterInputError(f"{source}: digits of {pool.shape[1]}×{pool.shape[2]} px do not fit the "
+                                     f"{IMAGE_SIZE}×{IMAGE_SIZE} canvas (MNIST's are 28×28)")
     pools = {SPLIT_TRAIN: (train_digits, seed), SPLIT_VAL: (val_digits, val_seed)}
 
     def make_shard(rng: range) -> dict:

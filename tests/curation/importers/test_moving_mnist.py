@@ -183,3 +183,20 @@ def test_an_empty_csv_is_one_error_line_without_numpy_warnings(tmp_path):
                         "--out", str(tmp_path / "m.zarr"), "-q"], capture_output=True, text=True, timeout=120)
     assert r.returncode == 1 and r.stderr.strip() == \
         f"Error: {tmp_path / 'empty.csv'}: expected rows of 784 pixels (+ label), got shape (0, 1)", r.stderr
+
+
+@pytest.mark.parametrize("images, problem", [
+    (np.zeros((4, 70, 70), np.uint8), "digits of 70×70 px do not fit the 64×64 canvas"),
+    (np.zeros((0, 28, 28), np.uint8), "holds no digit images"),
+])
+def test_digits_that_cannot_make_sequences_are_refused_naming_the_file(tmp_path: Path, images, problem):
+    """A 70×70 IDX file and an empty pool gave "digits of 70×70 do not fit..." and "high <= 0", naming no file."""
+    d = tmp_path / "idx"
+    d.mkdir()
+    write_idx(d / "train-images-idx3-ubyte", np.full((6, 28, 28), 100, np.uint8))
+    bad = write_idx(d / "t10k-images-idx3-ubyte", images)
+    r = CliRunner().invoke(main, ["import", "mnist", "--out", str(tmp_path / "m.zarr"), "--train", "2", "--val", "1",
+                                  "--mnist", str(d)])
+    assert r.exit_code == 1 and len(r.output.strip().splitlines()) == 1, r.output
+    assert str(bad) in r.output and problem in r.output, r.output
+    assert not (tmp_path / "m.zarr").exists()
