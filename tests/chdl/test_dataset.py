@@ -10,6 +10,7 @@ import zarr
 from chdl.dataset import (FLAG_RECONSTRUCTED, FLAG_VIBRATION, SPLIT_EXCLUDED, SPLIT_TRAIN, SPLIT_VAL,
                           DatasetFormatError, DatasetIncompleteError, DatasetWriter, open_dataset)
 from chdl.torch_dataset import SequenceDataset
+from dataset_helpers import as_written_before_checksums
 
 N, T, C, H, W = 7, 10, 1, 12, 20
 
@@ -353,16 +354,11 @@ def test_a_lost_checksum_folder_is_damage_not_an_old_dataset(tmp_path):
 
 
 def test_a_dataset_written_before_checksums_opens_and_has_nothing_to_verify(tmp_path):
-    import shutil
 
     path = tmp_path / "d.zarr"
     frames = _frames()
     _write(path, frames).finalize()
-    shutil.rmtree(path / "shard_checksums")  # what writers before checksums left: no checksums, no metadata digests
-    meta = json.loads((path / "zarr.json").read_text())
-    for key in ("metadata_blake3", "reconstruction_method_bits"):
-        del meta["attributes"][key]
-    (path / "zarr.json").write_text(json.dumps(meta))
+    as_written_before_checksums(path)  # no checksums, no metadata digests
     reader = open_dataset(path)
     assert not reader.has_checksums
     np.testing.assert_array_equal(reader.frames[:], frames)

@@ -9,6 +9,7 @@ import zarr
 from click.testing import CliRunner
 
 from chdl.cli import main
+from dataset_helpers import as_written_before_checksums
 
 
 def _replace_frames(g, data):
@@ -59,7 +60,7 @@ def test_a_damaged_chunk_is_one_line_from_info_and_train(tiny_dataset, tmp_path,
     dataset, the array and the shard file, also when the read fails in a DataLoader worker process."""
     data = tmp_path / "d.zarr"
     shutil.copytree(tiny_dataset, data)
-    shutil.rmtree(data / "shard_checksums")
+    as_written_before_checksums(data)
     _junk_frames(data)
     args = ["train", "--data", data, "--config", "diffuma_tiny", "--out", tmp_path / "run", "--no-progress",
             "--set", f"run.num_workers={workers}"]

@@ -15,6 +15,7 @@ from click.testing import CliRunner
 from chdl.cli import main
 from diffuma.training import train_from_config
 from diffuma.training.checkpoint import CheckpointWriteError, load_checkpoint, save_checkpoint, verify_checksum
+from dataset_helpers import as_written_before_checksums
 from train_helpers import standin_cli, write_moving_square_dataset
 
 
@@ -47,7 +48,7 @@ def test_resume_refuses_another_dataset_and_accepts_a_moved_copy(stopped_run, ti
                    f"{tiny_dataset} (or a copy of it), or start a new --out")
     assert load_checkpoint(stopped_run / "checkpoints" / "last.pt")["step"] == 2  # nothing trained or written
     # Without shard checksums (a dataset from before chdl recorded them) the creation time tells them apart.
-    shutil.rmtree(other / "shard_checksums")
+    as_written_before_checksums(other)
     code, msg = _train(["--data", other, "--out", stopped_run, "--resume"])
     assert code == 1 and "not the dataset this run was made with" in msg and " created " in msg, msg
     # The same dataset moved elsewhere resumes (the path is not what identifies it) and the run records the new path.
