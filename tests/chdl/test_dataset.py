@@ -354,7 +354,6 @@ def test_a_lost_checksum_folder_is_damage_not_an_old_dataset(tmp_path):
 
 
 def test_a_dataset_written_before_checksums_opens_and_has_nothing_to_verify(tmp_path):
-
     path = tmp_path / "d.zarr"
     frames = _frames()
     _write(path, frames).finalize()
