@@ -400,14 +400,18 @@ def test_alert_appears_live_in_headless_chromium(monitor, tmp_path, chromium):
 
         old_src = page.get_attribute("#live-frame", "src")
         monitor.score(123, 7.25, alert=True)
+        odd = json.loads(monitor.event_line(122, lane=1))  # a box that is not a list stopped every later alert
+        monitor.append("events.jsonl", json.dumps({**odd, "box": "notalist"}) + "\n")
         monitor.event(123, lane=0)
+        page.wait_for_selector('li.alert[data-frame="122"][data-lane="1"]', timeout=10_000)
         alert = page.wait_for_selector('li.alert[data-frame="123"][data-lane="0"]', timeout=10_000)
         assert alert.get_attribute("data-kind") == "process" and "frame 123" in alert.text_content()
-        page.wait_for_function("document.querySelector('li.alert img').naturalWidth === 3 * 80", timeout=10_000)
+        page.wait_for_function("[...document.querySelectorAll('li.alert img')].every(i => i.naturalWidth === 3 * 80)",
+                               timeout=10_000)
         page.wait_for_function(f"document.getElementById('live-frame').src !== {json.dumps(old_src)}",
                                timeout=10_000)
         page.wait_for_function("document.getElementById('scored').textContent === '7'", timeout=10_000)
-        assert page.text_content("#alert-count") == "1"
+        assert page.text_content("#alert-count") == "2"
         assert page.query_selector_all("#timeline circle.alerting") and page.query_selector("#timeline line.event")
         shot = page.screenshot(path=tmp_path / "dashboard.png", full_page=True)
     assert not errors, errors
