@@ -20,6 +20,28 @@ TOOLS = Path(__file__).resolve().parents[1] / "tools"
     (["anomaly_separability.py", "--lanes", "0"], "argument --lanes: must be at least 1, got 0"),
     (["anomaly_separability.py", "--magnitudes", "abc"], "argument --magnitudes: 'abc': expected comma-separated numbers"),
     (["render_corpus.py", "--frames", "0"], "argument --frames: must be at least 20, got 0"),
+    # (2026-12-02) each of these ran, then crashed after measuring, or measured a default instead
+    (["render_corpus.py", "--quik"], "unrecognized arguments: --quik"),  # ran the full benchmark
+    (["bench_curate.py", "--quick", "--lanes", "0"], "argument --lanes: must be at least 1, got 0"),  # 0 meant 40
+    (["bench_curate.py", "--quick", "--repeats", "0"], "argument --repeats: must be at least 1, got 0"),
+    (["bench_curate.py", "--json", "/nonexistent/x.json"], "argument --json: /nonexistent/x.json: the folder"),
+    (["bench_qc_real.py", "--replicas", "0"], "argument --replicas: must be at least 1, got 0"),
+    (["bench_qc_real.py", "--json", "/nonexistent/q.json"], "argument --json: /nonexistent/q.json: the folder"),
+    (["bench_monitor.py", "--frames", "5"], "argument --frames: must be at least 20, got 5"),
+    (["bench_monitor.py", "--threads", "0"], "argument --threads: must be at least 1, got 0"),
+    (["bench_monitor.py", "--scorer", "/nonexistent.json"], "argument --scorer: /nonexistent.json: no such file"),
+    (["bench_loader.py", "--model-rate", "0"], "argument --model-rate: must be more than 0, got 0"),
+    (["bench_loader.py", "--passes", "0"], "argument --passes: must be at least 1, got 0"),
+    (["bench_loader.py", "--data", "/nonexistent.zarr"], "argument --data: /nonexistent.zarr: no such folder"),
+    (["bench_capture.py", "--seconds", "0"], "argument --seconds: must be more than 0, got 0"),
+    (["bench_capture.py", "--json", "/nonexistent/x.json"], "argument --json: /nonexistent/x.json: the folder"),
+    (["bench_checksums.py", "--dir", "/nonexistent"], "argument --dir: /nonexistent: no such folder"),
+    (["monitor_operating_point.py", "run", "--fa-per-hour", "0"], "argument --fa-per-hour: must be more than 0"),
+    (["curate_kill_sweep.py", "/nonexistent", "w", "--every", "1"], "argument raw: /nonexistent: no such folder"),
+    (["curate_kill_sweep.py", "/tmp", "/tmp", "--every", "0"], "argument work: /tmp: exists and is not an empty folder"),
+    (["monitor_viky.py", "--out", "/tmp"], "argument --out: /tmp: exists and is not an empty folder"),  # emptied it
+    (["bench_registration.py", "--videos", "/nonexistent"], "--videos /nonexistent: tree.avi, box.mp4, cup.mp4, "
+                                                            "Megamind.avi missing"),
 ])
 def test_bad_arguments_are_refused_before_measuring(args, error):
     r = subprocess.run([sys.executable, str(TOOLS / args[0]), *args[1:]], capture_output=True, text=True, timeout=120)

@@ -23,7 +23,6 @@ natural patch of all but ~1 in 18,000 frames, if size were all a scorer saw).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -34,7 +33,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from cli_args import at_least, numbers, output_file  # noqa: E402
+from cli_args import at_least, machine, numbers, output_file, write_json  # noqa: E402
 
 from acquisition.process_anomalies import ANOMALY_KINDS, VISIBILITY_FLOOR, anomaly_area_um2  # noqa: E402
 from acquisition.simulator import FIELD_UM, DicingLaneSimulator, SimConfig  # noqa: E402
@@ -87,8 +86,9 @@ def main(argv=None) -> int:
     q = np.percentile(nat, [50, 90, 99, 99.9, 100])
     print(f"natural largest patch per frame ({len(nat)} frames of {args.lanes} lane passes, merge {args.merge_um} um): "
           f"median {q[0]:.0f}, p90 {q[1]:.0f}, p99 {q[2]:.0f}, p99.9 {q[3]:.0f}, max {q[4]:.0f} um^2")
-    res = {"frames": len(nat), "natural_percentiles_um2": dict(zip(("p50", "p90", "p99", "p99.9", "max"), q.tolist())),
-           "kinds": {}}
+    res = {"machine": machine(), "lanes": args.lanes, "frames_per_pass": args.frames, "merge_um": args.merge_um,
+           "seed": args.seed, "frames": len(nat),
+           "natural_percentiles_um2": dict(zip(("p50", "p90", "p99", "p99.9", "max"), q.tolist())), "kinds": {}}
     print(f"\n| kind | magnitude | onset area (um^2) | clean frames with a natural patch as large | per hour at {FPS:g} fps |")
     print("|---|---|---|---|---|")
     for kind in ANOMALY_KINDS:
@@ -99,7 +99,7 @@ def main(argv=None) -> int:
             print(f"| {kind} | {m:g}{floor} | {area:.0f} | {frac:.4f} ({int((nat >= area).sum())}) | {frac * FPS * 3600:.0f} |")
             res["kinds"].setdefault(kind, {})[str(m)] = {"onset_area_um2": area, "clean_fraction": frac}
     if args.json:
-        args.json.write_text(json.dumps(res, indent=1))
+        write_json(args.json, res)
     return 0
 
 

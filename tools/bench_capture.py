@@ -30,6 +30,9 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from cli_args import at_least, more_than, output_file  # noqa: E402
+
 from acquisition.backends import open_camera
 from acquisition.backends.base import CaptureSettings
 from acquisition.camera_config import load_camera_config
@@ -105,23 +108,31 @@ def table(r: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--seconds", type=float, default=130.0, help="capture duration (default 130 s; the target is >= 2 min)")
-    ap.add_argument("--quick", action="store_true", help="20 s smoke run")
-    ap.add_argument("--fps", type=float, default=5.0)
-    ap.add_argument("--width", type=int, default=800)
-    ap.add_argument("--height", type=int, default=600)
-    ap.add_argument("--json", type=Path, default=Path("runs/bench_capture.json"), help="where to write the results")
+    ap.add_argument("--seconds", type=more_than(0), default=None,
+                    help="capture duration (default 130 s, --quick 20 s; the target is >= 2 min)")
+    ap.add_argument("--quick", action="store_true", help="20 s smoke run (unless --seconds says otherwise)")
+    ap.add_argument("--fps", type=more_than(0), default=5.0)
+    ap.add_argument("--width", type=at_least(1), default=800)
+    ap.add_argument("--height", type=at_least(1), default=600)
+    ap.add_argument("--json", type=output_file, default=None,
+                    help="where to write the results (default runs/bench_capture.json, its folder made)")
     ap.add_argument("--keep", action="store_true", help="keep the recording (its path goes into the JSON)")
     args = ap.parse_args(argv)
-    seconds = 20.0 if args.quick else args.seconds
+    seconds = args.seconds if args.seconds is not None else 20.0 if args.quick else 130.0
+    if args.json is None:
+        args.json = Path("runs/bench_capture.json")
+        args.json.parent.mkdir(exist_ok=True)
+    from acquisition.backends.base import CameraError
+
     workdir = Path(tempfile.mkdtemp(prefix="chdl-bench-capture-"))
     try:
         r = bench(seconds, args.fps, args.width, args.height, workdir, args.keep)
+    except CameraError as e:  # a frame rate or size the viky camera does not offer: one line
+        raise SystemExit(f"error: {e}") from None
     finally:
         if not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)
     r["quick"] = args.quick
-    args.json.parent.mkdir(parents=True, exist_ok=True)
     tmp = args.json.with_name(f".{args.json.name}.tmp")
     tmp.write_text(json.dumps(r, indent=2) + "\n")
     os.replace(tmp, args.json)

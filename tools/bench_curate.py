@@ -39,6 +39,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from acquisition.raw import RecordingWriter  # noqa: E402
 from chdl.dataset import FLAG_ILLUMINATION, FLAG_VIBRATION, DatasetWriter, open_dataset  # noqa: E402
@@ -46,6 +47,7 @@ from curation.config import CurateConfig  # noqa: E402
 from curation.pipeline import curate, read_sequence  # noqa: E402
 from curation.plan import build_plan  # noqa: E402
 from curation.reconstruct import reconstruct  # noqa: E402
+from cli_args import at_least, machine, more_than, output_file, write_json  # noqa: E402
 
 T = 10
 
@@ -201,14 +203,19 @@ def detection(ds_path: Path, labels: list[dict]) -> dict:
     rid = ds.attrs["runs"][0]
     center = np.array([prov["run_baselines"][rid]["center"][n] for n in qc.SCORE_NAMES])
     thr = [prov["run_thresholds"][rid][n] for n in qc.SCORE_NAMES]
-    dev = qc.side_deviation(ds.qc_scores.reshape(-1, len(qc.SCORE_NAMES)), center)
+    scores = ds.qc_scores
+    dev = qc.side_deviation(scores.reshape(-1, len(qc.SCORE_NAMES)), center)
+    # each frame's own threshold (the run's, raised by its sequence's spread, x1.5 for misregistration at a
+    # sequence end: what curate compared it with), so "clean max" is read against the right one
+    own = np.concatenate([qc.frame_thresholds(sc, np.asarray(thr), float(prov["qc"]["z_sequence"])) for sc in scores])
     clean = ~fault
     res["score_margins"] = {}
     for k, name in enumerate(qc.SCORE_NAMES):
         v = dev[:, k]
         res["score_margins"][name] = {"threshold": round(thr[k], 4),
                                       "clean_max": round(float(np.nanmax(v[clean])), 4),
-                                      "clean_p99": round(float(np.nanpercentile(v[clean], 99)), 4)}
+                                      "clean_p99": round(float(np.nanpercentile(v[clean], 99)), 4),
+                                      "clean_max_of_own_threshold": round(float(np.nanmax((v / own[:, k])[clean])), 3)}
     return res
 
 
@@ -327,26 +334,26 @@ def _single_thread():
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="small frames and corpora (< 60 s)")
-    ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--width", type=int, default=None, help="frame width (default 800; --quick 320)")
-    ap.add_argument("--lanes", type=int, default=None, help="lanes in the default-rate corpus (default 400; --quick 40)")
-    ap.add_argument("--elevated-lanes", type=int, default=None, help="lanes in the elevated-rate corpus (default 150; --quick 30)")
-    ap.add_argument("--elevated-rate", type=float, default=0.08)
-    ap.add_argument("--seed", type=int, default=1)
-    ap.add_argument("--repeats", type=int, default=2, help="throughput: floor/curate runs each (best kept)")
+    ap.add_argument("--workers", type=at_least(1), default=2)
+    ap.add_argument("--width", type=at_least(16), default=None, help="frame width (default 800; --quick 320)")
+    ap.add_argument("--lanes", type=at_least(1), default=None, help="lanes in the default-rate corpus (default 400; --quick 40)")
+    ap.add_argument("--elevated-lanes", type=at_least(1), default=None, help="lanes in the elevated-rate corpus (default 150; --quick 30)")
+    ap.add_argument("--elevated-rate", type=more_than(0), default=0.08)
+    ap.add_argument("--seed", type=at_least(0), default=1)
+    ap.add_argument("--repeats", type=at_least(1), default=2, help="throughput: floor/curate runs each (best kept)")
     ap.add_argument("--synthetic", action="store_true", help="use curation.synthetic instead of the simulator")
     ap.add_argument("--keep", type=Path, default=None,
                     help="keep corpora and datasets in this folder (a corpus already there with the same parameters is reused)")
-    ap.add_argument("--json", type=Path, default=None, help="write the results here")
+    ap.add_argument("--json", type=output_file, default=None, help="write the results here")
     ap.add_argument("--throughput-only", action="store_true",
                     help="only the throughput figures (no elevated corpus, detection or reconstruction)")
     ap.add_argument("--cpu-only", action="store_true",
                     help="only the single-process CPU cost per frame and stage (no wall-clock runs: fine on a busy machine)")
     a = ap.parse_args()
-    width = a.width or (320 if a.quick else 800)
+    width = a.width if a.width is not None else (320 if a.quick else 800)
     height = width * 3 // 4
-    lanes = a.lanes or (40 if a.quick else 400)
-    elanes = a.elevated_lanes or (30 if a.quick else 150)
+    lanes = a.lanes if a.lanes is not None else (40 if a.quick else 400)
+    elanes = a.elevated_lanes if a.elevated_lanes is not None else (30 if a.quick else 150)
     source = "synthetic"
     if not a.synthetic:
         try:
@@ -358,7 +365,7 @@ def main() -> None:
     work = a.keep or Path(tempfile.mkdtemp(prefix="bench_curate_"))
     work.mkdir(parents=True, exist_ok=True)
     results: dict = {"source": source, "width": width, "height": height, "workers": a.workers,
-                     "cpu_count": os.cpu_count(), "load_avg_at_start": os.getloadavg()}
+                     "machine": machine(), "cpu_count": os.cpu_count(), "load_avg_at_start": os.getloadavg()}
     cfg = CurateConfig()
     try:
         t = time.perf_counter()
@@ -429,7 +436,7 @@ def _finish(results: dict, a: argparse.Namespace) -> None:
     results["load_avg_at_end"] = os.getloadavg()
     _print(results)
     if a.json:
-        a.json.write_text(json.dumps(results, indent=1, default=float) + "\n")
+        write_json(a.json, results)
 
 
 def _print(r: dict) -> None:
@@ -454,8 +461,9 @@ def _print(r: dict) -> None:
         for kind, row in d["per_kind"].items():
             cells = "  ".join(f"{b}: {x['recall']:.2f} (n={x['n']}, cause {x['right_cause']:.2f})" for b, x in row.items())
             print(f"    {kind:8s} {cells}")
-        print("    margins (threshold / clean p99 / clean max): " + ", ".join(
-            f"{n} {m['threshold']}/{m['clean_p99']}/{m['clean_max']}" for n, m in d["score_margins"].items()))
+        print("    margins (run threshold / clean p99 / clean max / clean max as a fraction of its frame's own "
+              "threshold): " + ", ".join(f"{n} {m['threshold']}/{m['clean_p99']}/{m['clean_max']}/"
+                                         f"{m['clean_max_of_own_threshold']}" for n, m in d["score_margins"].items()))
         for lb in d["missed_visible"][:10]:
             print(f"    missed: {lb}")
     rc = r["reconstruction"]

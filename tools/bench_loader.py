@@ -29,6 +29,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from cli_args import at_least, existing_dir, machine, more_than  # noqa: E402
+
 from chdl.dataset import DatasetWriter, open_dataset
 from chdl.torch_dataset import SequenceDataset
 
@@ -112,20 +115,28 @@ def model_rate(data: Path, name: str, preset: str, batch_size: int, steps: int) 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", type=Path, help="an existing curated dataset (default: synthesize one)")
-    ap.add_argument("--sequences", type=int, default=32, help="synthetic sequences (600x800, 10 frames)")
-    ap.add_argument("--workers", type=int, default=2)
-    ap.add_argument("--batch-size", type=int, default=4)
-    ap.add_argument("--passes", type=int, default=3)
+    ap.add_argument("--data", type=existing_dir, help="an existing curated dataset (default: synthesize one)")
+    ap.add_argument("--sequences", type=at_least(1), default=None, help="synthetic sequences (600x800, 10 frames; "
+                                                                        "default 32, --quick 16)")
+    ap.add_argument("--workers", type=at_least(0), default=2)
+    ap.add_argument("--batch-size", type=at_least(1), default=4)
+    ap.add_argument("--passes", type=at_least(1), default=None, help="timed passes (default 3, --quick 1)")
     ap.add_argument("--model", default="diffuma")
     ap.add_argument("--preset", default="chdl-full")
-    ap.add_argument("--model-steps", type=int, default=5)
-    ap.add_argument("--model-rate", type=float, help="compare against this training rate (sequences/s) instead")
+    ap.add_argument("--model-steps", type=at_least(1), default=5)
+    ap.add_argument("--model-rate", type=more_than(0), help="compare against this training rate (sequences/s) instead")
     ap.add_argument("--model-on-cpu", action="store_true", help="measure the model step rate even without CUDA")
-    ap.add_argument("--quick", action="store_true", help="16 sequences, 1 timed pass")
+    ap.add_argument("--quick", action="store_true", help="16 sequences, 1 timed pass (unless given)")
     args = ap.parse_args()
-    if args.quick:
-        args.sequences, args.passes = 16, 1
+    args.sequences = args.sequences if args.sequences is not None else 16 if args.quick else 32
+    args.passes = args.passes if args.passes is not None else 1 if args.quick else 3
+    if args.data is not None:
+        from chdl.dataset import DatasetFormatError
+
+        try:
+            open_dataset(args.data)
+        except DatasetFormatError as e:
+            raise SystemExit(f"error: {e}") from None
     with tempfile.TemporaryDirectory(prefix="bench_loader_") as tmp:
         data = args.data
         if data is None:
@@ -133,7 +144,8 @@ def main() -> int:
             data = synth_dataset(Path(tmp) / "synthetic.zarr", args.sequences)
             print(f"[bench_loader] wrote {args.sequences} synthetic 600x800 sequences in "
                   f"{time.perf_counter() - t0:.1f} s", file=sys.stderr)
-        result = {"cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(), "workers": args.workers,
+        result = {"machine": machine(), "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+                  "workers": args.workers,
                   "batch_size": args.batch_size,
                   "loader": loader_rate(data, args.workers, args.batch_size, args.passes, integer=True),
                   "loader_float32_items": loader_rate(data, args.workers, args.batch_size, args.passes,

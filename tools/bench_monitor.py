@@ -24,6 +24,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from cli_args import at_least, existing_file  # noqa: E402
 
 
 def frames_for(width: int, height: int, n: int):
@@ -52,14 +54,16 @@ def time_pipeline(predictor, frames, max_value=255.0, scorer=None) -> list[float
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--checkpoint", type=Path, default=None)
-    ap.add_argument("--scorer", type=Path, default=None, help="a learned scorer file, also timed with its predictor")
-    ap.add_argument("--threads", type=int, default=1, help="torch/OpenCV threads (chdl monitor's scorer uses 1)")
-    ap.add_argument("--frames", type=int, default=110, help="frames rendered per size (10 per lane pass)")
+    ap.add_argument("--checkpoint", type=existing_file, default=None)
+    ap.add_argument("--scorer", type=existing_file, default=None, help="a learned scorer file, also timed with its predictor")
+    ap.add_argument("--threads", type=at_least(1), default=1, help="torch/OpenCV threads (chdl monitor's scorer uses 1)")
+    ap.add_argument("--frames", type=at_least(20), default=110,
+                    help="frames rendered per size (10 per lane pass; the first pass is an untimed warm-up)")
     ap.add_argument("--force", action="store_true")
     args = ap.parse_args()
     load = os.getloadavg()[0]
-    print(f"# {time.strftime('%Y-%m-%d %H:%M')} {platform.node()} {os.cpu_count()} cores, load {load:.2f}")
+    print(f"# {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} {platform.node()} {os.cpu_count()} cores, "
+          f"load {load:.2f}")
     if load >= 2 and not args.force:
         print(f"machine loaded (1-min load average {load:.2f} >= 2): not timing; rerun when it is quiet or pass --force")
         return
@@ -72,7 +76,10 @@ def main() -> None:
     from chdl.monitor.anomaly_score import CheckpointPredictor, ConstantMotion
     from chdl.monitor.learned_score import LearnedScorer
 
-    learned = LearnedScorer.load(args.scorer) if args.scorer is not None else None
+    try:
+        learned = LearnedScorer.load(args.scorer) if args.scorer is not None else None
+    except ValueError as e:  # (a ScorerFileError: one line naming the file)
+        raise SystemExit(f"error: {e}") from None
 
     tag = "" if load < 2 else " (loaded)"
     print("| size | predictor | p50 ms | p99 ms | keeps up with 5 fps |")

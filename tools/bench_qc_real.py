@@ -53,6 +53,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from acquisition.raw import RecordingWriter  # noqa: E402
 from chdl.dataset import FLAG_ILLUMINATION, FLAG_VIBRATION  # noqa: E402
+from cli_args import at_least, output_file, write_json  # noqa: E402
 from curation import qc  # noqa: E402
 from curation.config import CurateConfig, ZFactors  # noqa: E402
 from curation.pipeline import curate  # noqa: E402
@@ -174,11 +175,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--videos", default="data/opencv-videos", help="folder with the four allowed videos")
     ap.add_argument("--tune", default="cup.mp4,tree.avi", help="clips the floors are tuned on")
-    ap.add_argument("--replicas", type=int, default=4, help="faulty replicas of every window")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--workers", type=int, default=1, help="curate workers (the clips are small; 1 is enough)")
-    ap.add_argument("--keep", help="keep the recordings and datasets here (default: a temporary folder)")
-    ap.add_argument("--json", help="write the results here")
+    ap.add_argument("--replicas", type=at_least(1), default=4, help="faulty replicas of every window")
+    ap.add_argument("--seed", type=at_least(0), default=0)
+    ap.add_argument("--workers", type=at_least(1), default=1, help="curate workers (the clips are small; 1 is enough)")
+    ap.add_argument("--keep", help="keep the recordings and datasets here (default: a temporary folder); rerun with "
+                                   "the same --seed and --replicas to reuse them")
+    ap.add_argument("--json", type=output_file, help="write the results here")
     a = ap.parse_args()
     t0 = time.time()
     cv2.setNumThreads(1)  # no OpenCV thread pool in this process: curate's workers are forked from it
@@ -190,6 +192,13 @@ def main() -> None:
     data = make_replicas(clips, a.replicas, a.seed)
     work = Path(a.keep) if a.keep else Path(tempfile.mkdtemp(prefix="bench_qc_real_"))
     work.mkdir(parents=True, exist_ok=True)
+    params, stamp = {"seed": a.seed, "replicas": a.replicas}, work / "bench_params.json"
+    if stamp.is_file() and json.loads(stamp.read_text()) != params or not stamp.is_file() and (work / "runs").exists():
+        # (its recordings were reused as they were: another seed's faults scored against this seed's labels)
+        made = json.loads(stamp.read_text()) if stamp.is_file() else "unrecorded parameters"
+        raise SystemExit(f"error: --keep {work}: holds recordings made with {made}, not {params}; give another "
+                         "folder or the same --seed and --replicas")
+    stamp.write_text(json.dumps(params))
     res: dict = {}
     try:
         cfg = CurateConfig()
@@ -260,7 +269,7 @@ def main() -> None:
                    "replicas": a.replicas, "seed": a.seed, "visible_from_level": VISIBLE_FROM_LEVEL,
                    "levels": LEVELS}
     if a.json:
-        Path(a.json).write_text(json.dumps(res, indent=1, default=float))
+        write_json(a.json, res)
     report(res)
 
 

@@ -63,6 +63,9 @@ def main() -> None:
     ap.add_argument("--videos", default="data/opencv-videos")
     ap.add_argument("--seed", type=int, default=0)
     a = ap.parse_args()
+    missing = [n for n in ALLOWED if not (Path(a.videos) / n).is_file()]
+    if missing:  # (it printed an empty table, or one of fewer videos, with exit 0)
+        ap.error(f"--videos {a.videos}: {', '.join(missing)} missing (tools/fetch_opencv_videos.sh fetches all four)")
     from skimage.registration import phase_cross_correlation
 
     rng = np.random.default_rng(a.seed)

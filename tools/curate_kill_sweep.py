@@ -27,6 +27,8 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from cli_args import at_least, existing_dir, existing_file, new_or_empty_dir  # noqa: E402
 
 
 OUT = "d.zarr"  # every attempt writes this name in its own folder, so the recorded command is the same
@@ -109,6 +111,9 @@ def sweep(raw: Path, work: Path, config: Path | None = None, every: int = 1, kil
     """Returns {"writes": n, "killed_at": [...], "failures": [(k, why), ...]}."""
     from chdl.dataset import DatasetFormatError, open_dataset
 
+    # absolute: the child processes run inside WORK's subfolders (a relative WORK's writes.txt was not found there)
+    raw, work = Path(raw).absolute(), Path(work).absolute()
+    config = None if config is None else Path(config).absolute()
     args = _curate_args(raw, config)
     ref = work / "ref"
     ref.mkdir(parents=True, exist_ok=True)
@@ -149,10 +154,10 @@ def sweep(raw: Path, work: Path, config: Path | None = None, every: int = 1, kil
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("raw", type=Path)
-    ap.add_argument("work", type=Path)
-    ap.add_argument("--config", type=Path)
-    ap.add_argument("--every", type=int, default=1, help="kill before every N-th write only")
+    ap.add_argument("raw", type=existing_dir)
+    ap.add_argument("work", type=new_or_empty_dir, help="a new or empty folder for the runs")
+    ap.add_argument("--config", type=existing_file)
+    ap.add_argument("--every", type=at_least(1), default=1, help="kill before every N-th write only")
     a = ap.parse_args()
     res = sweep(a.raw, a.work, a.config, a.every)
     print(f"{len(res['killed_at'])} kill points of {res['writes']} writes; {len(res['failures'])} failures")

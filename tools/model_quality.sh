@@ -29,21 +29,29 @@ export OMP_NUM_THREADS="${CHDL_QUALITY_THREADS:-2}"
 mkdir -p "$out"
 step() { printf '\n== %s\n' "$*" >&2; }
 
-dataset() {  # makes $out/<family>.zarr unless it exists
-  local fam="$1" z="$out/$1.zarr"
-  [ -d "$z" ] && return 0
+for fam in $families; do  # all names checked before anything runs (a typo stopped the script after an hour)
+  case "$fam" in lanes|opencv|mmnist) ;; *) echo "unknown family $fam (lanes, opencv, mmnist)" >&2; exit 2 ;; esac
+done
+
+dataset() {  # makes $out/<family>.zarr unless it is there complete; an interrupted one is resumed or made again
+  local fam="$1" z="$out/$1.zarr" again=()
+  if [ -d "$z" ]; then
+    "${chdl[@]}" info "$z" > /dev/null 2>&1 && return 0
+    again=(--overwrite)  # incomplete (or damaged): curate resumes it, an import (which does not resume) starts over
+  fi
   case "$fam" in
     lanes)
-      rm -rf "$out/lanes-raw"
-      "${chdl[@]}" simulate corpus "$out/lanes-raw" --sequences 600 --width 200 --height 150 --seed 7 --workers 2
+      if [ ! -d "$z" ] || [ ! -d "$out/lanes-raw" ]; then
+        rm -rf "$out/lanes-raw" "$z"
+        "${chdl[@]}" simulate corpus "$out/lanes-raw" --sequences 600 --width 200 --height 150 --seed 7 --workers 2
+      fi
       "${chdl[@]}" curate "$out/lanes-raw" "$z" --workers 2 ;;
     opencv)
       bash "$root/tools/fetch_opencv_videos.sh" "$out/opencv-videos"
       "${chdl[@]}" import video "$out"/opencv-videos/{tree.avi,box.mp4,cup.mp4,Megamind.avi} --out "$z" \
-        --size 120x160 --in-frames 5 --out-frames 5 --train-stride 3 --val-stride 5 ;;
+        --size 120x160 --in-frames 5 --out-frames 5 --train-stride 3 --val-stride 5 "${again[@]}" ;;
     mmnist)
-      "${chdl[@]}" import mnist --out "$z" --train 1024 --val 256 ;;
-    *) echo "unknown family $fam (lanes, opencv, mmnist)" >&2; exit 2 ;;
+      "${chdl[@]}" import mnist --out "$z" --train 1024 --val 256 "${again[@]}" ;;
   esac
 }
 

@@ -21,12 +21,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import math
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from cli_args import machine, more_than, write_json  # noqa: E402
 
 
 def check_not_fitted_on(scorer, runs) -> None:
@@ -49,7 +50,7 @@ def main(argv=None) -> int:
     ap.add_argument("--scorer", default=None, help="a learned scorer file (chdl monitor-fit-scorer) fitted with that predictor")
     ap.add_argument("--write-scorer", action="store_true",
                     help="write the chosen level into the --scorer file (its alert_levels)")
-    ap.add_argument("--fa-per-hour", type=float, default=1.0, help="target false alarms per hour (default 1)")
+    ap.add_argument("--fa-per-hour", type=more_than(0), default=1.0, help="target false alarms per hour (default 1)")
     ap.add_argument("--levels", default="3:16:0.5", help="z_on grid start:stop:step (stop inclusive)")
     ap.add_argument("--out", default=None, help="write the table as JSON here")
     ap.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
@@ -59,9 +60,10 @@ def main(argv=None) -> int:
         from chdl.cli.options import file_in_the_way
 
         blocker = file_in_the_way(Path(a.out).resolve())
-        if Path(a.out).is_dir() or blocker is not None:
-            print(f"Error: {a.out}: cannot write the table there ({'a folder' if Path(a.out).is_dir() else f'{blocker} is not a folder'})",
-                  file=sys.stderr)
+        if Path(a.out).is_dir() or blocker is not None or not Path(a.out).resolve().parent.is_dir():
+            why = ("a folder" if Path(a.out).is_dir() else f"{blocker} is not a folder" if blocker is not None else
+                   f"the folder {Path(a.out).parent} does not exist")
+            print(f"Error: {a.out}: cannot write the table there ({why})", file=sys.stderr)
             return 1
         if Path(a.out).exists() and not a.overwrite:  # (it replaced one silently)
             print(f"Error: {a.out}: already exists (use --overwrite to replace it)", file=sys.stderr)
@@ -148,7 +150,8 @@ def _run(a, ap) -> int:
               f"the choice only means no false alarm here; record about {3 / a.fa_per_hour:g} h of clean capture "
               "to show the target")
     if a.out:
-        Path(a.out).write_text(json.dumps(op, indent=2) + "\n")
+        write_json(Path(a.out), {**op, "machine": machine(), "runs": list(a.runs), "scorer": a.scorer,
+                                 "checkpoint": a.checkpoint})
     if a.write_scorer:
         if op["chosen_z_on"] is None:
             print(f"no level qualifies: {a.scorer} left as it was")

@@ -1,6 +1,6 @@
 """Two minutes of `chdl monitor` against the viky GenTL test producer at 5 fps: are frames dropped?
 
-    python tools/monitor_viky.py [--seconds 120] [--out /tmp/monitor-viky]
+    python tools/monitor_viky.py [--seconds 120] [--out NEW_OR_EMPTY_FOLDER]
 
 Runs ``chdl monitor --camera viky0`` (the real GenTL path, the genicam wheel's viky.cti) for ``--seconds``
 at 5 fps, 320x240, 10 positions per lane, then checks the recording: every position has a frame, no frame
@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -21,17 +20,24 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tools"))
+from cli_args import more_than, new_or_empty_dir  # noqa: E402
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--seconds", type=float, default=120.0)
-    ap.add_argument("--out", type=Path, default=Path("/tmp/monitor-viky"))
+    ap.add_argument("--seconds", type=more_than(0), default=120.0)
+    ap.add_argument("--out", type=new_or_empty_dir, default=None,
+                    help="a new or empty folder for the recording (default: a new temporary one, kept); a folder "
+                         "holding anything is refused (this tool deleted it)")
     args = ap.parse_args()
+    import tempfile
+
     from acquisition.raw import Recording
 
-    shutil.rmtree(args.out, ignore_errors=True)
-    args.out.mkdir(parents=True)
+    if args.out is None:
+        args.out = Path(tempfile.mkdtemp(prefix="monitor-viky-"))
+    args.out.mkdir(parents=True, exist_ok=True)
     cfg = args.out / "cameras.yaml"
     cfg.write_text("producers: [viky]\ncameras:\n  viky0: {serial: \"0\"}\n")
     lanes = max(1, int(round(args.seconds * 5 / 10)))
@@ -51,11 +57,19 @@ def main() -> None:
     status = json.loads((args.out / "raw" / "viky.monitor" / "status.json").read_text())
     statuses = {s: sum(f.status == s for f in rec.frames) for s in ("ok", "incomplete", "dropped")}
     readable = all(rec.read(f).shape == (240, 320) for f in rec.frames if f.file)
-    print(json.dumps({"date": time.strftime("%Y-%m-%d %H:%M"), "wall_s": round(wall, 1), "frames": len(rec.frames),
+    mon = args.out / "raw" / "viky.monitor"
+    lat = sorted(r["latency_ms"] for r in map(json.loads, (mon / "scores.jsonl").read_text().splitlines())
+                 if r.get("latency_ms") is not None)
+    kinds = [json.loads(x)["kind"] for x in (mon / "events.jsonl").read_text().splitlines()]
+    pct = (lambda q: round(lat[min(len(lat) - 1, int(q * len(lat)))], 1) if lat else None)
+    print(json.dumps({"date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()), "out": str(args.out),
+                      "wall_s": round(wall, 1), "frames": len(rec.frames),
                       "expected": lanes * 10, "complete": rec.complete, "statuses": statuses,
                       "dropped_frames": notes.get("dropped_frames"), "incomplete_buffers": notes.get("incomplete_buffers"),
                       "readable": readable, "frames_scored": status["frames_scored"],
                       "frames_skipped": status["frames_skipped"], "events": status["events"],
+                      "acquisition_events": kinds.count("acquisition"), "process_events": kinds.count("process"),
+                      "scorer_latency_ms_p50": pct(0.5), "scorer_latency_ms_p99": pct(0.99),
                       "load_1min": round(os.getloadavg()[0], 2)}, indent=1))
     ok = rec.complete and len(rec.frames) == lanes * 10 and statuses["ok"] == len(rec.frames) \
         and not notes.get("dropped_frames") and readable

@@ -90,12 +90,15 @@ def visibility_table() -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="small sample sizes (< 60 s)")
-    ap.add_argument("--frames", type=at_least(20), default=None, help="frames per timed stage (default 400, quick 60)")
+    ap.add_argument("--frames", type=at_least(20), default=None,
+                    help="frames per timed stage, rounded down to whole lane passes of 10 (default 400, quick 60)")
     ap.add_argument("--workers", type=at_least(1), default=2, help="processes for the parallel corpus timing")
     ap.add_argument("--out", type=Path, help="make a corpus here instead of benchmarking (see `chdl simulate corpus --help`)")
     ap.add_argument("--sequences", type=int, default=6000)
     ap.add_argument("--visibility", action="store_true", help="print the fault visibility table and exit")
     args, rest = ap.parse_known_args()
+    if rest and args.out is None:  # (only --out passes options on, to chdl simulate corpus: a typo ran the benchmark)
+        ap.error(f"unrecognized arguments: {' '.join(rest)}")
     if args.visibility:
         visibility_table()
         return
@@ -106,8 +109,10 @@ def main() -> None:
         sys.exit(subprocess.call(cmd, cwd=ROOT))
     n = args.frames if args.frames is not None else (60 if args.quick else 400)
     n = max(20, n // 10 * 10)
+    load = os.getloadavg()[0]
     print(f"simulator benchmark, 800x600 Mono8, {n} frames per stage, {os.cpu_count()} CPUs visible, "
-          f"load average {os.getloadavg()[0]:.1f} (above the CPU count = contended: trust the CPU columns)")
+          f"load average {load:.1f}" + (" (above the CPU count = contended: trust the CPU columns)"
+                                        if load > (os.cpu_count() or 1) else ""))
     rows = [("render (1 process)", *_time_render(n, png=False), 1),
             ("render+png (1 process)", *_time_render(n, png=True), 1),
             ("sim camera -> recording + truth (1 process)", *_time_corpus(n, 1), 1)]
