@@ -111,9 +111,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seconds", type=more_than(0), default=None,
                     help="capture duration (default 130 s, --quick 20 s; the target is >= 2 min)")
     ap.add_argument("--quick", action="store_true", help="20 s smoke run (unless --seconds says otherwise)")
-    ap.add_argument("--fps", type=more_than(0), default=5.0)
-    ap.add_argument("--width", type=at_least(1), default=800)
-    ap.add_argument("--height", type=at_least(1), default=600)
+    ap.add_argument("--fps", type=more_than(0), default=5.0, help="frame rate (default 5; viky offers 1-200)")
+    ap.add_argument("--width", type=at_least(1), default=800, help="frame width (default 800; viky: up to 800)")
+    ap.add_argument("--height", type=at_least(1), default=600, help="frame height (default 600; viky: up to 800)")
     ap.add_argument("--json", type=output_file, default=None,
                     help="where to write the results (default runs/bench_capture.json, its folder made)")
     ap.add_argument("--keep", action="store_true", help="keep the recording (its path goes into the JSON)")

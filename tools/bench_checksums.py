@@ -67,7 +67,7 @@ def write(path: Path, frames: np.ndarray, n: int, checksums: bool) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--quick", action="store_true", help="16 sequences, 1 repeat")
     ap.add_argument("--dir", type=existing_dir, default=None, help="where to write (default: a temporary folder)")
     a = ap.parse_args()
     n, repeats = (16, 1) if a.quick else (64, 3)

@@ -334,12 +334,12 @@ def _single_thread():
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="small frames and corpora (< 60 s)")
-    ap.add_argument("--workers", type=at_least(1), default=2)
+    ap.add_argument("--workers", type=at_least(1), default=2, help="curate worker processes (default 2)")
     ap.add_argument("--width", type=at_least(16), default=None, help="frame width (default 800; --quick 320)")
     ap.add_argument("--lanes", type=at_least(1), default=None, help="lanes in the default-rate corpus (default 400; --quick 40)")
     ap.add_argument("--elevated-lanes", type=at_least(1), default=None, help="lanes in the elevated-rate corpus (default 150; --quick 30)")
-    ap.add_argument("--elevated-rate", type=more_than(0), default=0.08)
-    ap.add_argument("--seed", type=at_least(0), default=1)
+    ap.add_argument("--elevated-rate", type=more_than(0), default=0.08, help="fault rate of the elevated-rate corpus (default 0.08)")
+    ap.add_argument("--seed", type=at_least(0), default=1, help="simulator seed of both corpora (default 1)")
     ap.add_argument("--repeats", type=at_least(1), default=2, help="throughput: floor/curate runs each (best kept)")
     ap.add_argument("--synthetic", action="store_true", help="use curation.synthetic instead of the simulator")
     ap.add_argument("--keep", type=Path, default=None,

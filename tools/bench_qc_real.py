@@ -176,7 +176,7 @@ def main() -> None:
     ap.add_argument("--videos", default="data/opencv-videos", help="folder with the four allowed videos")
     ap.add_argument("--tune", default="cup.mp4,tree.avi", help="clips the floors are tuned on")
     ap.add_argument("--replicas", type=at_least(1), default=4, help="faulty replicas of every window")
-    ap.add_argument("--seed", type=at_least(0), default=0)
+    ap.add_argument("--seed", type=at_least(0), default=0, help="seed of the fault injector (tools/real_faults.py; default 0)")
     ap.add_argument("--workers", type=at_least(1), default=1, help="curate workers (the clips are small; 1 is enough)")
     ap.add_argument("--keep", help="keep the recordings and datasets here (default: a temporary folder); rerun with "
                                    "the same --seed and --replicas to reuse them")

@@ -60,8 +60,8 @@ def shifted(img: np.ndarray, d: np.ndarray) -> np.ndarray:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--videos", default="data/opencv-videos")
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--videos", default="data/opencv-videos", help="folder with the four allowed videos (tools/fetch_opencv_videos.sh)")
+    ap.add_argument("--seed", type=int, default=0, help="seed of the known shifts (default 0)")
     a = ap.parse_args()
     missing = [n for n in ALLOWED if not (Path(a.videos) / n).is_file()]
     if missing:  # (it printed an empty table, or one of fewer videos, with exit 0)

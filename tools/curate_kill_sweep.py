@@ -154,9 +154,9 @@ def sweep(raw: Path, work: Path, config: Path | None = None, every: int = 1, kil
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("raw", type=existing_dir)
+    ap.add_argument("raw", type=existing_dir, help="the recordings to curate (small: every write is a run)")
     ap.add_argument("work", type=new_or_empty_dir, help="a new or empty folder for the runs")
-    ap.add_argument("--config", type=existing_file)
+    ap.add_argument("--config", type=existing_file, help="chdl curate --config (e.g. sequences_per_shard: 1)")
     ap.add_argument("--every", type=at_least(1), default=1, help="kill before every N-th write only")
     a = ap.parse_args()
     res = sweep(a.raw, a.work, a.config, a.every)
