@@ -408,7 +408,8 @@ def refuse_anomalies(recordings: list, what: str) -> None:
 def fit_recordings(paths: list, checkpoint=None, components: int = 4, qc: bool = True, progress: bool = True) -> LearnedScorer:
     """Fit a scorer to clean recordings (recordings or folders of them): every frame scored by the monitor's
     own pipeline (predictor: constant motion, or ``checkpoint``; acquisition QC on unless ``qc=False``;
-    alerts off), the features of every scored frame the QC did not flag. ValueError (one line) for a
+    alerts off), the features of every scored frame the QC did not flag and that was not predicted from one
+    it flagged. ValueError (one line) for a
     recording whose truth lists process anomalies (fit on clean ones only), recordings of different frame
     sizes, or too few frames."""
     from tqdm import tqdm
@@ -440,7 +441,9 @@ def fit_recordings(paths: list, checkpoint=None, components: int = 4, qc: bool =
                     yield f
                     bar.update(1)
             for row in score_recording(rec, predictor, cfg, qc=qc, progress=counted):
-                if row["acquisition"] is None and row["features"] is not None:
+                # not the frames the QC flagged, nor those predicted from one (after_acquisition): their errors
+                # hold the fault, not the lane's normal dynamics
+                if row["acquisition"] is None and not row["after_acquisition"] and row["features"] is not None:
                     feats.append(row["features"])
     if shape is None:
         raise ValueError(f"{', '.join(map(str, paths))}: no frames to fit on")

@@ -279,3 +279,31 @@ def test_a_lone_z_on_below_the_default_z_off_is_a_valid_hysteresis():
     from chdl.monitor import Z_OFF, Z_ON
 
     assert alert_levels(None, z_on=3.0) == {"z_on": 3.0, "z_off": 3.0 * Z_OFF / Z_ON}
+
+
+def test_fitting_leaves_out_flagged_frames_and_the_frames_predicted_from_them(tmp_path, monkeypatch):
+    """The frame after an acquisition fault is predicted from the fault (its error holds it): like the flagged frame,
+    it is no example of the lane's normal errors."""
+    from click.testing import CliRunner
+
+    from chdl.cli import main
+    from chdl.monitor import evaluate
+    from chdl.monitor.learned_score import fit_recordings
+
+    out = tmp_path / "corpus"
+    r = CliRunner().invoke(main, ["simulate", "corpus", str(out), "--sequences", "12", "--positions", "10",
+                                  "--lanes-per-run", "12", "--width", "64", "--height", "48", "--fault-rate", "0", "-q"])
+    assert r.exit_code == 0, r.output
+    real, seen = evaluate.score_recording, []
+
+    def marked(*a, **k):  # of every three scored frames: one flagged, one predicted from a flagged one, one clean
+        rows = real(*a, **k)
+        for i, row in enumerate(rows):
+            row["acquisition"] = "vibration" if i % 3 == 0 else None
+            row["after_acquisition"] = i % 3 == 1
+            seen.append(row["features"])
+        return rows
+
+    monkeypatch.setattr(evaluate, "score_recording", marked)
+    fitted = fit_recordings([out], components=1, qc=False, progress=False)
+    assert fitted.fitted_on["frames"] == sum(1 for i, f in enumerate(seen) if i % 3 == 2 and f is not None) >= 20
