@@ -144,15 +144,15 @@ def monitor(ctx, checkpoint, t_in, queue_depth, z_on, z_off, scorer, serve, **pa
     click.echo(f"monitor: {status['frames_scored']} frames scored, {status['frames_skipped']} skipped, "
                f"{status['events']} events -> {mon.folder}")
     ended = not error and all(r.stopped_by in (None, "source ended") for r in results)
+    most_skipped = status["frames_skipped"] > status["frames_scored"]
     if ended and status["frames_scored"] and not _any_frame_scored(mon.folder):  # "0 events" would read as all clear
         from chdl.monitor.anomaly_score import ScorerConfig
 
-        most_skipped = status["frames_skipped"] > status["frames_scored"]
         click.echo(f"warning: no frame could alert: the scorer first builds its baseline (about "
                    f"{2 * ScorerConfig().min_history} frames of a recording) and this one had {status['frames_scored']} "
                    "scored; " + ("most frames were skipped (below)" if most_skipped else "monitor longer recordings"),
                    err=True)
-    if status["frames_skipped"] > status["frames_scored"] and not error:  # most frames unwatched: say so
+    if most_skipped and not error:  # most frames unwatched: say so
         if params["replay"]:
             advice = ("drop --as-fast-as-possible or raise --queue-depth" if params["afap"] else
                       "raise --queue-depth, or use a lighter --checkpoint (the scorer is slower than the recording's "
@@ -305,17 +305,6 @@ def _check_output_folder(out: Path) -> None:
         raise click.ClickException(f"{out}: cannot create the output folder: {base} is not writable")
 
 
-def _is_scorer_file(path: Path) -> bool:
-    """Whether ``path`` is a learned scorer file of any version (JSON whose format is chdl.monitor-scorer/N)."""
-    import json
-
-    try:
-        data = json.loads(path.read_bytes())
-    except (OSError, ValueError):
-        return False
-    return isinstance(data, dict) and str(data.get("format", "")).startswith(SCORER_FORMAT.split("/")[0] + "/")
-
-
 @click.command("monitor-fit-scorer")
 @click.argument("runs", nargs=-1, required=True, type=LocalPath(exists=True, file_okay=False, path_type=Path))
 @click.option("-o", "--out", type=LocalPath(dir_okay=False, path_type=Path), required=True,
@@ -330,8 +319,7 @@ def _is_scorer_file(path: Path) -> bool:
 def monitor_fit_scorer(runs, out, checkpoint, components, no_qc, overwrite, quiet):
     """Fit a learned frame scorer to CLEAN recordings (RUN folders or folders of runs; no process anomalies):
     features of every frame's prediction error, a Gaussian mixture of them. Use it with chdl monitor --scorer."""
-    from chdl.monitor.learned_score import fit_recordings
-
+    from chdl.monitor.learned_score import fit_recordings, is_scorer_file
     from diffuma.output_folder import check_apart_from_input
 
     if out.parent != Path("") and not out.parent.is_dir():
@@ -345,7 +333,7 @@ def monitor_fit_scorer(runs, out, checkpoint, components, no_qc, overwrite, quie
     if out.exists() and not overwrite:  # it may carry an alert level measured over an hour of clean capture
         raise click.ClickException(f"{out}: already exists (use --overwrite to replace it and its measured alert "
                                    "level, or -o another file)")
-    if out.exists() and not _is_scorer_file(out):
+    if out.exists() and not is_scorer_file(out):
         raise click.ClickException(f"{out}: not a scorer file ({SCORER_FORMAT.split('/')[0]}/N); --overwrite replaces "
                                    "only a scorer file: -o another file")
     try:

@@ -186,6 +186,14 @@ class FolderFollower:
 # ---------------------------------------------------------------------------------------------------
 
 
+def _host_name(host: str) -> str:
+    """The name or address of a ``Host`` header, without its port: ``[::1]:8790`` -> ``::1``, ``localhost:1`` ->
+    ``localhost`` (a bare IPv6 address, several colons and no brackets, is taken whole)."""
+    if host.startswith("["):
+        return host[1:host.find("]")]
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+
+
 class HostGate:
     """ASGI middleware for the tokenless (loopback) dashboard: the request's ``Host`` must name this machine's
     loopback (localhost, 127.0.0.0/8, ::1), else 400. Without it a web page the operator opens could read the
@@ -198,7 +206,7 @@ class HostGate:
         if scope["type"] not in ("http", "websocket"):
             return await self.app(scope, receive, send)
         host = dict(scope.get("headers") or []).get(b"host", b"").decode("latin-1").strip().lower()
-        name = host[1:host.find("]")] if host.startswith("[") else host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+        name = _host_name(host)
         if name and is_loopback(name):
             return await self.app(scope, receive, send)
         if scope["type"] == "websocket":
@@ -243,9 +251,15 @@ def contained(monitor_dir: Path, path: Path) -> bool:
         return False
 
 
-def _png(monitor_dir: Path, path: Path) -> Response:
+def _own(monitor_dir: Path, name: str) -> Path:
+    """``monitor_dir / name`` where it resolves inside the folder (:func:`contained`); else HTTP 404."""
+    path = monitor_dir / name
     if not contained(monitor_dir, path):
-        raise HTTPException(404, f"{path.parent.name}/{path.name}: not a file of this monitor folder")
+        raise HTTPException(404, f"{name}: not a file of this monitor folder")
+    return path
+
+
+def _png(path: Path) -> Response:
     try:
         data = path.read_bytes()  # whole, from one inode: a concurrent os.replace cannot tear it
     except (FileNotFoundError, IsADirectoryError):
@@ -278,15 +292,9 @@ def create_app(monitor_dir: Path, token: str | None = None) -> FastAPI:
     def page() -> HTMLResponse:
         return HTMLResponse(PAGE.read_text(encoding="utf-8"), headers={"Cache-Control": "no-store"})
 
-    def own(name: str) -> Path:
-        path = monitor_dir / name
-        if not contained(monitor_dir, path):
-            raise HTTPException(404, f"{name}: not a file of this monitor folder")
-        return path
-
     @app.get("/api/status")
     def status() -> dict:
-        own("status.json")
+        _own(monitor_dir, "status.json")
         try:
             return read_status(monitor_dir)
         except MonitorFolderError as e:
@@ -294,11 +302,11 @@ def create_app(monitor_dir: Path, token: str | None = None) -> FastAPI:
 
     @app.get("/api/events")
     def events() -> list[dict]:
-        return read_jsonl(own("events.jsonl"))
+        return read_jsonl(_own(monitor_dir, "events.jsonl"))
 
     @app.get("/api/scores")
     def scores(last: int = Query(1000, ge=1, le=1_000_000)) -> list[dict]:
-        return read_jsonl(own("scores.jsonl"))[-last:]
+        return read_jsonl(_own(monitor_dir, "scores.jsonl"))[-last:]
 
     @app.get("/api/stream", response_class=EventSourceResponse)
     async def stream(request: Request) -> AsyncIterator[ServerSentEvent]:
@@ -313,13 +321,13 @@ def create_app(monitor_dir: Path, token: str | None = None) -> FastAPI:
     def live(name: str) -> Response:
         if name not in LIVE_NAMES:
             raise HTTPException(404, f"live/{name}: not a live image (one of {', '.join(LIVE_NAMES)})")
-        return _png(monitor_dir, monitor_dir / "live" / name)
+        return _png(_own(monitor_dir, f"live/{name}"))
 
     @app.get("/snapshots/{name}")
     def snapshot(name: str) -> Response:
         if not SNAPSHOT_NAME.fullmatch(name):
             raise HTTPException(404, f"snapshots/{name}: not a snapshot name (<frame:06d>.png)")
-        return _png(monitor_dir, monitor_dir / "snapshots" / name)
+        return _png(_own(monitor_dir, f"snapshots/{name}"))
 
     if token is not None:
         app.add_middleware(TokenGate, token=token)

@@ -172,6 +172,16 @@ def standardise(feats: np.ndarray, floor: np.ndarray, scale: np.ndarray) -> np.n
     return (np.maximum(feats, floor) - floor) / scale
 
 
+def is_scorer_file(path: str | Path) -> bool:
+    """Whether ``path`` is a scorer file of any version of :data:`FORMAT` (JSON whose ``format`` is
+    ``chdl.monitor-scorer/N``), readable by this chdl or not: what ``monitor-fit-scorer --overwrite`` may replace."""
+    try:
+        data = json.loads(Path(path).read_bytes())
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and str(data.get("format", "")).startswith(FORMAT.split("/")[0] + "/")
+
+
 @dataclasses.dataclass
 class LearnedScorer:
     """A Gaussian mixture over the clean frames' standardised features; :meth:`score` = its negative log
