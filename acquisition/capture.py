@@ -37,6 +37,7 @@ import warnings
 from pathlib import Path
 from typing import Callable
 
+from acquisition import files
 from acquisition.backends.base import Camera, CameraError, CaptureSettings, SourceEnded, Stage
 from acquisition.raw import FORMAT_BITS, FrameRecord, RecordingWriter, check_bit_depth
 from acquisition.trigger import choose_trigger, frame_source
@@ -379,8 +380,7 @@ def _close(writer: RecordingWriter, status: str, stopped_by: str | None, message
         notes["error"] = message
     (writer.path / RESERVE).unlink(missing_ok=True)
     if stopped_by == "disk full":  # free what a half-written frame holds so the manifest can be rewritten
-        for tmp in (writer.path / "frames").glob(".*.tmp"):
-            tmp.unlink(missing_ok=True)
+        files.remove_stale_temporaries(writer.path / "frames")
     try:
         writer.close(status, **notes)
     except OSError:

@@ -25,7 +25,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from acquisition import png
+from acquisition import files, png
 
 RAW_SCHEMA = "chdl.raw/1"
 MANIFEST = "manifest.json"
@@ -254,17 +254,8 @@ def os_problem(e: OSError) -> str:
     return e.strerror or str(e)
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def _atomic_write_json(path: Path, obj: Any) -> None:
-    _atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True, allow_nan=False) + "\n").encode())
+    files.write_text(path, json.dumps(obj, indent=2, sort_keys=True, allow_nan=False) + "\n", durable=True)
 
 
 def encode_png(pixels: np.ndarray, pixel_format: str) -> bytes:
@@ -327,7 +318,7 @@ class RecordingWriter:
         if pixels is not None:
             height, width = pixels.shape[:2]
             rel = f"{FRAMES_DIR}/{index:06d}.png"
-            _atomic_write_bytes(self.path / rel, encode_png(pixels, pixel_format))
+            files.write_bytes(self.path / rel, encode_png(pixels, pixel_format), durable=True)
         else:
             height, width = settings.get("height", 0), settings.get("width", 0)
         meta.setdefault("status", "ok" if pixels is not None else "dropped")

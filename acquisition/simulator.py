@@ -58,6 +58,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from acquisition import files
 from acquisition.process_anomalies import ANOMALY_KINDS, AnomalyTrack, anomaly_box, render_anomalies
 from acquisition.raw import encode_png
 
@@ -679,12 +680,6 @@ class DicingLaneSimulator:
 # Ground truth on disk
 # ----------------------------------------------------------------------------------------------------
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
 def write_truth(run_path: str | os.PathLike, labels: list[dict], cleans: dict[int, np.ndarray], config: SimConfig,
                 anomalies: list[dict] | None = None) -> Path:
     """Write ``<run>/truth/``: labels.jsonl (one line per frame index), clean/NNNNNN.png, simulator.json, and
@@ -693,13 +688,13 @@ def write_truth(run_path: str | os.PathLike, labels: list[dict], cleans: dict[in
     (truth / CLEAN_DIR).mkdir(parents=True, exist_ok=True)
     for index, pixels in sorted(cleans.items()):
         fmt = "Mono8" if pixels.dtype == np.uint8 else "Mono16"
-        _atomic_write(truth / CLEAN_DIR / f"{index:06d}.png", encode_png(pixels, fmt))
+        files.write_bytes(truth / CLEAN_DIR / f"{index:06d}.png", encode_png(pixels, fmt))
     lines = "".join(json.dumps(lb, separators=(",", ":")) + "\n" for lb in sorted(labels, key=lambda d: d["index"]))
-    _atomic_write(truth / CONFIG_FILE, (json.dumps({"sim_version": SIM_VERSION, "config": config.to_dict()},
+    files.write_bytes(truth / CONFIG_FILE, (json.dumps({"sim_version": SIM_VERSION, "config": config.to_dict()},
                                                    indent=2, sort_keys=True) + "\n").encode())
     if anomalies is not None:
-        _atomic_write(truth / ANOMALIES, "".join(json.dumps(a, separators=(",", ":")) + "\n" for a in anomalies).encode())
-    _atomic_write(truth / LABELS, lines.encode())  # written last: its presence marks the truth complete
+        files.write_bytes(truth / ANOMALIES, "".join(json.dumps(a, separators=(",", ":")) + "\n" for a in anomalies).encode())
+    files.write_bytes(truth / LABELS, lines.encode())  # written last: its presence marks the truth complete
     return truth
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import base64
 import html
 import json
-import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -20,6 +19,7 @@ import cv2
 import numpy as np
 import zarr
 
+from acquisition import files
 from acquisition.raw import RawFormatError, Recording
 from chdl.dataset import (FLAG_ILLUMINATION, FLAG_MISSING, FLAG_NAMES, FLAG_RECONSTRUCTED, FLAG_VIBRATION,
                           reconstruction_counts, reconstruction_method,
@@ -36,13 +36,7 @@ def _atomic_write(path: Path, data: bytes) -> None:
     if not isinstance(path, Path):  # an fsspec URL (chdl.dataset.dataset_path): an object is put whole
         path.write_bytes(data)
         return
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    except OSError as e:  # named by the file the user asked for, not the temporary one
-        tmp.unlink(missing_ok=True)
-        raise type(e)(e.errno, e.strerror, str(path)) from None
+    files.write_bytes(path, data)
 
 
 def _flag_names(bits: int) -> list[str]:

@@ -36,7 +36,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import shutil
 import sys
 import time
@@ -46,6 +45,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from acquisition import files
 from diffuma.evaluation import BASELINES, METRIC_FORMATS, result_key
 
 UNDERUSED_BUDGET = 0.9  # a budget run that trained for less than this share of its budget is flagged in the report
@@ -146,10 +146,8 @@ def keep_epoch_checkpoints(trainer, epochs) -> None:
     def save_and_keep(name: str = "last.pt") -> None:
         save(name)
         if name == "last.pt" and trainer.batch_in_epoch == 0 and trainer.epoch in epochs and trainer.dist.main:
-            dst = trainer.ckpt_dir / f"epoch_{trainer.epoch:04d}.pt"
-            tmp = dst.with_name(f".{dst.name}.tmp{os.getpid()}")
-            shutil.copyfile(trainer.ckpt_dir / "last.pt", tmp)
-            os.replace(tmp, dst)
+            with files.replacing(trainer.ckpt_dir / f"epoch_{trainer.epoch:04d}.pt") as tmp:
+                shutil.copyfile(trainer.ckpt_dir / "last.pt", tmp)
 
     trainer.save = save_and_keep
 
@@ -257,25 +255,8 @@ def measure_throughput(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
 
 
 # --------------------------------------------------------------------------------------------------
-# Output: atomic writes, tables, plots
+# Output: tables, plots
 # --------------------------------------------------------------------------------------------------
-
-def _atomic_write(path: Path, data: bytes | str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_bytes(data.encode() if isinstance(data, str) else data)
-    os.replace(tmp, path)
-
-
-def _save_figure(fig, path: Path) -> None:
-    import io
-
-    import matplotlib.pyplot as plt
-
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    _atomic_write(path, buf.getvalue())
 
 
 def _fmt(m: str, v) -> str:
@@ -419,7 +400,9 @@ def write_plots(report: dict, out: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from diffuma.viz import BASELINE_STYLES
+    from diffuma.viz import BASELINE_STYLES, save_figure
+
+    (out / "plots").mkdir(parents=True, exist_ok=True)
 
     conv = report["convention"]
     per = "per pixel" if conv == "per_pixel" else "summed over C·H·W"  # diffuma.metrics.CONVENTIONS
@@ -440,7 +423,7 @@ def write_plots(report: dict, out: Path) -> None:
             ax.set_title(f"{m.upper()} ({conv})")
         axes[0].legend(fontsize=8)
         fig.suptitle(f"{report['split']} metrics by training epoch", y=1.03)
-        _save_figure(fig, out / "plots" / "by_epoch.png")
+        save_figure(fig, out / "plots" / "by_epoch.png", dpi=110)
 
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
     for ax, m in zip(axes, ("mse", "mae", "ssim")):
@@ -456,7 +439,7 @@ def write_plots(report: dict, out: Path) -> None:
         ax.set_ylabel(axis_label[m], fontsize=8)
         ax.set_title(f"{m.upper()} per frame ({conv})")
     axes[0].legend(fontsize=8)
-    _save_figure(fig, out / "plots" / "per_frame.png")
+    save_figure(fig, out / "plots" / "per_frame.png", dpi=110)
 
     if report.get("pred_lens"):
         fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
@@ -474,7 +457,7 @@ def write_plots(report: dict, out: Path) -> None:
             ax.set_xticks(pls)
             ax.set_title(f"{m.upper()} ({conv})")
         axes[0].legend(fontsize=8)
-        _save_figure(fig, out / "plots" / "by_pred_len.png")
+        save_figure(fig, out / "plots" / "by_pred_len.png", dpi=110)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -626,7 +609,7 @@ def run_bench(data: str | Path, models: str, epochs: list[int] | None, out: str 
         report["models"][spec.label] = entry
         if torch.cuda.is_available():
             torch.cuda.empty_cache()  # the next model starts from a clean device
-        _atomic_write(out / "bench.json", json.dumps(report, indent=2))  # progress so far, inspectable
+        files.write_text(out / "bench.json", json.dumps(report, indent=2))  # progress so far, inspectable
 
     # prediction grids: the first sequences of the split, every model's final checkpoint
     report["grids"] = []
@@ -646,7 +629,7 @@ def run_bench(data: str | Path, models: str, epochs: list[int] | None, out: str 
             prediction_grid(out / name, x, y, preds[i], title=f"{split} sequence {i} (after {budget_text})")
             report["grids"].append(name)
     write_plots(report, out)
-    _atomic_write(out / "bench.md", markdown_report(report))
-    _atomic_write(out / "bench.json", json.dumps(report, indent=2))
+    files.write_text(out / "bench.md", markdown_report(report))
+    files.write_text(out / "bench.json", json.dumps(report, indent=2))
     _log(f"wrote {out / 'bench.md'} and {out / 'bench.json'}")
     return report

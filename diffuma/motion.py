@@ -2,7 +2,7 @@
 constant-motion baseline built from the two.
 
 One implementation, used in two places: the constant-motion row of every results table
-(``constant_motion``) and DIFFUMA's motion prior (``motion_prior="motion"``: the preliminary prediction is
+(``constant_motion``) and DIFFUMA's motion prior (config ``prior="motion"``: the preliminary prediction is
 a residual against the last frame moved by this extrapolated motion).
 
 On dicing-lane video the stage moves the wafer by a near-constant step between frames, so the next frame

@@ -7,7 +7,6 @@ to a temporary name and renamed into place.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import cv2
@@ -19,6 +18,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from acquisition import files  # noqa: E402
 from diffuma.evaluation import COPY_LAST_FRAME  # noqa: E402
 from diffuma.motion import CONSTANT_MOTION  # noqa: E402
 
@@ -31,10 +31,6 @@ def _np(a) -> np.ndarray:
     if isinstance(a, torch.Tensor):
         a = a.detach().float().cpu().numpy()
     return np.asarray(a, dtype=np.float32)
-
-
-def _tmp(path: Path) -> Path:
-    return path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
 
 
 def display(frame) -> np.ndarray:
@@ -86,10 +82,10 @@ def save_png(path: str | Path, frame, max_value: float = 255.0) -> None:
     dtype = np.uint8 if max_value <= 255 else np.uint16
     img = (f * max_value + 0.5).astype(dtype)
     img = cv2.cvtColor(img.transpose(1, 2, 0), cv2.COLOR_RGB2BGR) if img.shape[0] == 3 else img[0]
-    tmp = _tmp(path)
-    if not cv2.imwrite(str(tmp), img):
-        raise OSError(f"{path}: could not write PNG")
-    os.replace(tmp, path)
+    ok, png = cv2.imencode(".png", img)
+    if not ok:
+        raise OSError(f"{path}: could not encode PNG")
+    files.write_bytes(path, png.tobytes())
 
 
 def _label(img: np.ndarray, text: str) -> np.ndarray:
@@ -142,10 +138,8 @@ def side_by_side_gif(path: str | Path, inputs, preds, targets=None, fps: float =
             s = max_width / row.shape[1]
             row = cv2.resize(row, (max_width, max(1, round(row.shape[0] * s))), interpolation=cv2.INTER_AREA)
         frames.append(Image.fromarray(row))
-    path = Path(path)
-    tmp = _tmp(path)
-    frames[0].save(tmp, save_all=True, append_images=frames[1:], duration=int(1000 / fps), loop=0)
-    os.replace(tmp, path)
+    with files.replacing(path) as tmp:
+        frames[0].save(tmp, format="GIF", save_all=True, append_images=frames[1:], duration=int(1000 / fps), loop=0)
 
 
 def prediction_grid(path: str | Path, inputs, targets, preds: dict, title: str | None = None,
@@ -199,17 +193,19 @@ def prediction_grid(path: str | Path, inputs, targets, preds: dict, title: str |
         axes[r, 0].set_ylabel(name, fontsize=8)
     if title:
         fig.suptitle(title, fontsize=9)
-    _save_figure(fig, path)
+    save_figure(fig, path)
 
 
-def _save_figure(fig, path: str | Path) -> None:
-    """Lay out, write atomically (tmp + rename) and close a matplotlib figure."""
+def save_figure(fig, path: str | Path, dpi: int = 100) -> None:
+    """Lay out, write whole (acquisition.files.replacing: the old file or the new, never half) and close a
+    matplotlib figure; the format is the file name's suffix. OSError naming ``path`` if it cannot be written."""
     fig.tight_layout()
     path = Path(path)
-    tmp = _tmp(path)
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        with files.replacing(path) as tmp:
+            fig.savefig(tmp, dpi=dpi, format=path.suffix.lstrip(".").lower() or "png")
+    finally:
+        plt.close(fig)
 
 
 def plot_training_dynamics(rows: list[dict], path: str | Path, baselines: dict[str, dict] | None = None,
@@ -242,4 +238,4 @@ def plot_training_dynamics(rows: list[dict], path: str | Path, baselines: dict[s
     axes[0].legend(fontsize=8)
     if title:
         fig.suptitle(title, fontsize=9)
-    _save_figure(fig, path)
+    save_figure(fig, path)

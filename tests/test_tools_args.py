@@ -35,6 +35,8 @@ TOOLS = Path(__file__).resolve().parents[1] / "tools"
     (["bench_loader.py", "--data", "/nonexistent.zarr"], "argument --data: /nonexistent.zarr: no such folder"),
     (["bench_capture.py", "--seconds", "0"], "argument --seconds: must be more than 0, got 0"),
     (["bench_capture.py", "--json", "/nonexistent/x.json"], "argument --json: /nonexistent/x.json: the folder"),
+    (["bench_scale.py", "--sequences", "0"], "argument --sequences: must be at least 1, got 0"),  # (2026-12-02 s16)
+    (["bench_scale.py", "--json", "/nonexistent/s.json"], "argument --json: /nonexistent/s.json: the folder"),
     (["bench_checksums.py", "--dir", "/nonexistent"], "argument --dir: /nonexistent: no such folder"),
     (["monitor_operating_point.py", "run", "--fa-per-hour", "0"], "argument --fa-per-hour: must be more than 0"),
     (["curate_kill_sweep.py", "/nonexistent", "w", "--every", "1"], "argument raw: /nonexistent: no such folder"),

@@ -18,7 +18,6 @@ Targets (issue 3): zero drops, p99 jitter < 20 ms, CPU < 10 % of one core.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import platform
@@ -31,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from cli_args import at_least, more_than, output_file  # noqa: E402
+from cli_args import at_least, more_than, output_file, write_json  # noqa: E402
 
 from acquisition.backends import open_camera
 from acquisition.backends.base import CaptureSettings
@@ -133,9 +132,7 @@ def main(argv: list[str] | None = None) -> int:
         if not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)
     r["quick"] = args.quick
-    tmp = args.json.with_name(f".{args.json.name}.tmp")
-    tmp.write_text(json.dumps(r, indent=2) + "\n")
-    os.replace(tmp, args.json)
+    write_json(args.json, r)
     print(table(r))
     print(f"results: {args.json}")
     return 0 if all(r["pass"].values()) else 1

@@ -17,7 +17,6 @@ trainer's "auto" precision) and reports peak memory.
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import sys
 from pathlib import Path
@@ -25,7 +24,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from cli_args import at_least, output_file  # noqa: E402
+from cli_args import at_least, output_file, write_json  # noqa: E402
 from diffuma.bench import amp_dtype_for, measure_throughput  # noqa: E402
 from diffuma.models.registry import build_model  # noqa: E402
 
@@ -78,8 +77,7 @@ def main() -> None:
               f"{r['train_samples_per_s']:.3g} | {r['infer_samples_per_s']:.3g} |"
               + (f" {r['peak_mem_GiB']:.1f} |" if device.type == "cuda" else ""))
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"where": where, "steps": steps, "rows": rows}, f, indent=2)
+        write_json(args.json, {"where": where, "steps": steps, "rows": rows})
 
 
 if __name__ == "__main__":

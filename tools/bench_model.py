@@ -29,7 +29,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from cli_args import at_least, output_file  # noqa: E402
+from cli_args import at_least, output_file, write_json  # noqa: E402
 
 
 def _rss_kib(field: str) -> int:
@@ -182,9 +182,7 @@ def main():
     else:
         print("# CUDA section skipped (no CUDA device)" if not args.no_cuda else "# CUDA section skipped (--no-cuda)")
     if args.json:
-        tmp = args.json.with_suffix(args.json.suffix + ".tmp")
-        tmp.write_text(json.dumps({"rows": rows, "torch": torch.__version__}, indent=1))
-        os.replace(tmp, args.json)
+        write_json(args.json, {"rows": rows, "torch": torch.__version__})
 
 
 if __name__ == "__main__":

@@ -39,6 +39,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from cli_args import at_least, output_file, write_json  # noqa: E402
 
 FPS_PER_SAW = 5.0
 DAY_S = 86400
@@ -130,15 +132,15 @@ def capacity(fps_per_core: float, bytes_per_frame: float, saws: list[int]) -> li
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--sequences", type=int, default=320)
-    ap.add_argument("--width", type=int, default=800)
-    ap.add_argument("--height", type=int, default=600)
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--sequences", type=at_least(1), default=320, help="lane passes in the corpus (default 320)")
+    ap.add_argument("--width", type=at_least(16), default=800, help="frame width (default 800)")
+    ap.add_argument("--height", type=at_least(16), default=600, help="frame height (default 600)")
+    ap.add_argument("--repeats", type=at_least(1), default=3, help="runs of each configuration, best kept (default 3)")
     ap.add_argument("--quick", action="store_true", help="320x240, 60 sequences, 1 repeat")
     ap.add_argument("--pair-only", action="store_true",
                     help="only local --workers 2 and Dask with 2 workers, back to back (the overhead bar)")
     ap.add_argument("--keep", type=Path, default=None, help="keep (and reuse) the corpus here")
-    ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--json", type=output_file, default=None, help="write the results here")
     a = ap.parse_args()
     if a.quick:
         a.sequences, a.width, a.height, a.repeats = 60, 320, 240, 1
@@ -217,7 +219,7 @@ def main() -> None:
     result["capacity"] = capacity(per_core, storage_per_frame + messages_per_frame, [1, 10, 50, 200])
     print(json.dumps({k: v for k, v in result.items() if k != "runs"}, indent=1))
     if a.json:
-        a.json.write_text(json.dumps(result, indent=1) + "\n")
+        write_json(a.json, result)
     if not a.keep:
         shutil.rmtree(root, ignore_errors=True)
 

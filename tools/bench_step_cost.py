@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
-import json
 import os
 import platform
 import statistics
@@ -33,7 +32,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from cli_args import at_least, output_file  # noqa: E402
+from cli_args import at_least, output_file, write_json  # noqa: E402
 from diffuma.models.registry import build_model, model_class  # noqa: E402
 
 FAMILIES = {  # name -> (height, width, T_in, T_out, DIFFUMA presets)
@@ -106,7 +105,7 @@ def main(argv=None) -> int:
         print(f"| {r['family']} | {r['frame']}, {r['clip']} | {r['model']} `{r['preset']}` | {r['ms_per_step']} | "
               f"{r['ratio_to_simvp']:.2f}× |")
     if args.json:
-        args.json.write_text(json.dumps({"load_at_start": load, "steps": args.steps, "rows": rows}, indent=1))
+        write_json(args.json, {"load_at_start": load, "steps": args.steps, "rows": rows})
     return 0
 
 

@@ -104,11 +104,10 @@ def machine() -> dict:
 
 
 def write_json(path: Path, data) -> None:
-    """``data`` as indented JSON at ``path``, atomically (a temporary name, then a rename): an interrupted write
-    leaves the earlier file or none, never half of one."""
+    """``data`` as indented JSON at ``path``, whole (acquisition.files: an interrupted write leaves the earlier
+    file or none, never half of one)."""
     import json
 
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=1, default=float) + "\n")
-    os.replace(tmp, path)
+    from acquisition import files
+
+    files.write_text(path, json.dumps(data, indent=1, default=float) + "\n")

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import click
 
+from acquisition import files
 from chdl.cli.options import POSITIVE, FiniteFloat, LocalPath, quiet_option
 
 RUN_SEEDS = 10000  # run k of a corpus with seed s uses camera seed s * RUN_SEEDS + k
@@ -137,17 +138,8 @@ def _check_corpus(out: Path, params: dict, n_runs: int) -> bool:
 
 def _write_corpus_file(out: Path, params: dict) -> None:
     """OUT/corpus.json, whole or not at all (a tmp file beside it, fsync, os.replace)."""
-    tmp = out / f".{CORPUS_FILE}.tmp"
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(json.dumps({"format": CORPUS_FORMAT, "parameters": params}, indent=1) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, out / CORPUS_FILE)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
+    files.write_text(out / CORPUS_FILE, json.dumps({"format": CORPUS_FORMAT, "parameters": params}, indent=1) + "\n",
+                     durable=True)
 
 
 @contextlib.contextmanager
@@ -323,9 +315,7 @@ def contact_sheet(out: Path, seed: int, lane: int, tile_width: int) -> None:
         raise click.BadParameter(f"{out}: the folder {out.parent} does not exist", param_hint="OUT")
     img = render_contact_sheet(DicingLaneSimulator(SimConfig(seed=seed, fault_rate=0.0)), lane, tile_width)
     ok, buf = cv2.imencode(".png", img, [cv2.IMWRITE_PNG_COMPRESSION, 9])
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_bytes(buf.tobytes())
-    os.replace(tmp, out)
+    files.write_bytes(out, buf.tobytes())
     click.echo(f"wrote {out} ({img.shape[1]}x{img.shape[0]})")
 
 

@@ -157,9 +157,10 @@ def eval_(checkpoint, data, split, openstl, batch_size, weights, max_sequences, 
     if len(reader.indices(split)) == 0:
         raise click.ClickException(f"{data}: the {split!r} split has no sequences to evaluate")
 
+    from acquisition import files
     from chdl.dataset import DatasetFormatError
     from diffuma.evaluation import evaluate_checkpoint, report_markdown
-    from diffuma.training.checkpoint import CheckpointError, atomic_write_text, load_checkpoint
+    from diffuma.training.checkpoint import CheckpointError, load_checkpoint
     from diffuma.training.data import checkpoint_dataset, dataset_info, dataset_mismatch
 
     try:  # the checkpoint and the dataset fit each other (frame size, frame counts) before the output is looked at
@@ -184,8 +185,8 @@ def eval_(checkpoint, data, split, openstl, batch_size, weights, max_sequences, 
     md = report_markdown(result)
     try:
         out.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(stem.with_suffix(".json"), json.dumps(result, indent=2))
-        atomic_write_text(stem.with_suffix(".md"), md)
+        files.write_text(stem.with_suffix(".json"), json.dumps(result, indent=2))
+        files.write_text(stem.with_suffix(".md"), md)
     except OSError as e:  # a parent that is a file, a read-only folder, disk full
         raise click.ClickException(f"{e.filename or out}: cannot write the evaluation ({e.strerror or e})") from None
     click.echo(md)

@@ -35,13 +35,13 @@ import functools
 import json
 import math
 import textwrap
-import os
 from pathlib import Path
 
 import numpy as np
 
+from acquisition import files
 from chdl.monitor.anomaly_score import ConstantMotion, CopyLast, MonitorPipeline, ScorerConfig
-from chdl.monitor.runtime import atomic_write_bytes, run_max_value, scoring_threads
+from chdl.monitor.runtime import run_max_value, scoring_threads
 
 FPS = 5.0  # CHDL's capture rate, for false alarms per hour
 METHODS = ("frame-difference", "copy-last", "constant-motion")
@@ -434,8 +434,8 @@ def evaluate(paths: list, out: str | Path, checkpoint=None, qc: bool = True, pro
     # top level: the levels of every method without its own (a --scorer method's are under "methods")
     summary = {"runs": [str(r) for r in runs], "alert_levels": {"z_on": default.z_on, "z_off": default.z_off},
                "methods": results}
-    atomic_write_bytes(out / "metrics.json", json.dumps(summary, indent=2).encode() + b"\n")
-    atomic_write_bytes(out / "metrics.md", (md + "\n").encode())
+    files.write_bytes(out / "metrics.json", json.dumps(summary, indent=2).encode() + b"\n")
+    files.write_bytes(out / "metrics.md", (md + "\n").encode())
     return {"methods": results, "markdown": md}
 
 
@@ -510,7 +510,8 @@ def plot_scores(path: Path, rows_by_method: dict, truth: RunTruth, title: str = 
     axes[-1, 0].set_xlabel("frame")
     axes[0, 0].legend(fontsize=7, loc="upper right")
     fig.tight_layout()
-    tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp, dpi=90)
-    plt.close(fig)
-    os.replace(tmp, path)
+    try:
+        with files.replacing(path) as tmp:
+            fig.savefig(tmp, dpi=90, format="png")
+    finally:
+        plt.close(fig)

@@ -283,9 +283,9 @@ class LearnedScorer:
 
     def save(self, path: str | Path) -> None:
         """Write the scorer file atomically (JSON)."""
-        from chdl.monitor.runtime import atomic_write_bytes
+        from acquisition import files
 
-        atomic_write_bytes(Path(path), (json.dumps(self.to_json(), indent=1) + "\n").encode())
+        files.write_bytes(Path(path), (json.dumps(self.to_json(), indent=1) + "\n").encode())
 
     @classmethod
     def load(cls, path: str | Path) -> "LearnedScorer":

@@ -33,6 +33,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from acquisition import files  # (monitor files are views, replaced whole; not durable: the recording is the record)
 from chdl.monitor import STATUS_FORMAT
 from chdl.monitor.jsonl import JsonlTail
 
@@ -87,19 +88,6 @@ def run_max_value(manifest: dict) -> int:
 
     bits = run_bit_depth(manifest)
     return max_value_for_bits(bits if bits is not None else FORMAT_BITS[manifest["settings"]["pixel_format"]])
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Replace ``path`` by ``data`` whole (a tmp file beside it, then os.replace): a reader -- the dashboard,
-    a user -- never sees half a file. No fsync: monitor files are views, the recording is the record."""
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    except BaseException:  # e.g. ENOSPC: no half-written tmp file is left behind
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
 
 
 def _png8(img: np.ndarray) -> bytes:
@@ -181,7 +169,7 @@ class StatusWriter:
         self.fields["frames_scored"] = int(self.shared["scored"].value)
         self.fields["events"] = int(self.shared["events"].value)
         self.fields["updated_utc"] = _dt.datetime.now(_dt.timezone.utc).isoformat()
-        atomic_write_bytes(self.folder / "status.json", (json.dumps(self.fields, indent=1) + "\n").encode())
+        files.write_bytes(self.folder / "status.json", (json.dumps(self.fields, indent=1) + "\n").encode())
 
     def _loop(self) -> None:
         while not self._stop.wait(0.5):
@@ -405,7 +393,7 @@ def _write_event(ev, folder: Path, n: int, kind: str, frame: int, lane: int, pos
     ``scored``: the frame's FrameResult (score, threshold and, for a process event, the box), or None for a
     frame that was not scored (a first frame of a pass the QC flagged late)."""
     snap = f"snapshots/{frame:06d}.png"
-    atomic_write_bytes(folder / snap, _png8(snapshot))
+    files.write_bytes(folder / snap, _png8(snapshot))
     box = scored.box if scored is not None and kind == "process" else None
     ev.write(json.dumps({"event": n, "kind": kind, "frame": frame, "lane": lane, "position": position,
                          "score": _num(scored.score) if scored is not None else None,
@@ -421,6 +409,6 @@ def _num(x: float) -> float | None:
 
 def _live(folder: Path, r) -> None:
     live = folder / "live"
-    atomic_write_bytes(live / "frame.png", _png8(to8(r.pixels)))
-    atomic_write_bytes(live / "prediction.png", _png8(to8(r.prediction)))
-    atomic_write_bytes(live / "error.png", _png8(error_image(r.error)))
+    files.write_bytes(live / "frame.png", _png8(to8(r.pixels)))
+    files.write_bytes(live / "prediction.png", _png8(to8(r.prediction)))
+    files.write_bytes(live / "error.png", _png8(error_image(r.error)))

@@ -9,6 +9,7 @@ from typing import Any, Callable
 
 from tqdm import tqdm
 
+from acquisition import files
 from chdl.dataset import DatasetWriter, marked_incomplete
 
 
@@ -109,12 +110,5 @@ def save_preview(dataset: str | Path, png: str | Path, n: int = 4) -> Path:
     rows = [np.concatenate([*f[:t_in], np.full((H * zoom, 2), 255, np.uint8), *f[t_in:]], axis=1) for f in frames]
     grid = np.concatenate(rows, axis=0)
     png = Path(png)
-    tmp = png.with_name(png.stem + ".tmp.png")
-    try:
-        if not cv2.imwrite(str(tmp), grid):
-            raise OSError(f"{png}: cannot write PNG")
-        tmp.replace(png)
-    except BaseException:  # no stray .tmp.png left (e.g. png is a folder)
-        tmp.unlink(missing_ok=True)
-        raise
+    files.write_bytes(png, cv2.imencode(".png", grid)[1].tobytes())
     return png

@@ -523,8 +523,9 @@ class DIFFUMA(nn.Module):
         return z, base + resid
 
     def condition(self, z):
-        """Mamba features (B, T_in, h, w, D) -> (global condition (B, dit_dim), token condition
-        (B, gh*gw, dit_dim) or None) for the DiT (the paper's second condition c_m)."""
+        """Mamba features (B, T_in, h, w, D) -> (global condition (B, dit_dim), token features (B, h, w, D):
+        the time-mean of z, projected onto the DiT's tokens in ``denoise``; or None) for the DiT (the paper's
+        second condition c_m)."""
         c = self.cond_embedder(z.mean(dim=(1, 2, 3)))                             # (B, dit_dim)
         if self.token_cond is None:
             return c, None

@@ -23,7 +23,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import re
 import warnings
 import zipfile
 from pathlib import Path
@@ -32,9 +31,10 @@ import blake3
 import numpy as np
 import torch
 
+from acquisition import files
+
 CHECKPOINT_FORMAT = "chdl.checkpoint/1"
 CHECKSUM_SUFFIX = ".checksum.json"  # last.pt -> last.pt.checksum.json
-_TMP_NAME = re.compile(r"\..+\.tmp\d+")  # what _tmp_path names (".last.pt.tmp1234"): a write cut short
 
 
 class CheckpointError(ValueError):
@@ -44,21 +44,6 @@ class CheckpointError(ValueError):
 class CheckpointWriteError(CheckpointError):
     """A checkpoint that could not be written (disk full, no permission); the message names the file. Nothing
     of the attempt is left behind: the previous checkpoint of that name is kept as it was."""
-
-
-def _tmp_path(path: Path) -> Path:
-    return path.with_name(f".{path.name}.tmp{os.getpid()}")
-
-
-def remove_stale_tmp_files(folder: str | Path) -> list[Path]:
-    """Removes the temporary files (``.<name>.tmp<pid>``) that a write cut short by a kill left in ``folder``;
-    returns them. Only for a folder no other process writes to (the trainer holds its run folder's lock)."""
-    folder = Path(folder)
-    stale = [p for p in folder.glob(".*.tmp*") if _TMP_NAME.fullmatch(p.name) and p.is_file()] \
-        if folder.is_dir() else []
-    for p in stale:
-        p.unlink(missing_ok=True)
-    return stale
 
 
 class _HashingWriter:
@@ -99,18 +84,17 @@ def save_checkpoint(path: str | Path, state: dict) -> None:
     ``cannot write checkpoint (No space left on device)``, or ``(disk full?)`` when the failure has no errno) if
     any of it cannot be written; the temporary files are removed then and the previous checkpoint is kept."""
     path = Path(path)
-    tmp, record = _tmp_path(path), checksum_path(path)
+    record = checksum_path(path)
     writer = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "wb", buffering=0) as f:
-            writer = _HashingWriter(f)
-            torch.save({"format": CHECKPOINT_FORMAT, **state}, writer)
-        entry = {"blake3": writer.digest.hexdigest(), "bytes": writer.size}
-        atomic_write_text(record, json.dumps({"file": path.name, **entry, "previous": _current_entry(path)}))
-        os.replace(tmp, path)
+        with files.replacing(path) as tmp:  # (its temporary file is removed on any failure)
+            with open(tmp, "wb", buffering=0) as f:
+                writer = _HashingWriter(f)
+                torch.save({"format": CHECKPOINT_FORMAT, **state}, writer)
+            entry = {"blake3": writer.digest.hexdigest(), "bytes": writer.size}
+            files.write_text(record, json.dumps({"file": path.name, **entry, "previous": _current_entry(path)}))
     except (OSError, RuntimeError) as e:  # torch turns some write failures into a RuntimeError of its own
-        tmp.unlink(missing_ok=True)
         cause = e if isinstance(e, OSError) else writer.error if writer is not None else None
         why = cause.strerror if cause is not None and cause.strerror else "disk full?"
         raise CheckpointWriteError(f"{path}: cannot write checkpoint ({why})") from None
@@ -166,17 +150,6 @@ def verify_checksum(path: str | Path) -> None:
                               "delete that record)")
 
 
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Writes a text file (run config, eval report) through a tmp file in the same folder + os.replace; OSError
-    if it cannot (the tmp file is removed then)."""
-    path = Path(path)
-    tmp = _tmp_path(path)
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    except OSError:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def _starts_with(path: Path, magic: bytes) -> bool:

@@ -63,7 +63,7 @@ class RunConfig(StrictConfig):
     lr: PositiveFloat = 1e-3  # peak learning rate
     weight_decay: NonNegativeFloat = 0.01  # decoupled (adamw) or L2 (adam) weight decay
     betas: YamlTuple[Beta, Beta] = (0.9, 0.999)  # Adam betas, each in [0, 1)
-    schedule: Literal["cosine", "onecycle", "constant"] = "cosine"  # cosine: linear warm-up from 0, cosine to min_lr_ratio*lr
+    schedule: Literal["cosine", "onecycle", "constant"] = "cosine"  # cosine: linear warm-up (step s: lr*(s+1)/warmup_steps), cosine to min_lr_ratio*lr
     warmup_steps: NonNegativeInt = 0  # warm-up length in optimiser steps (onecycle: the rising phase)
     min_lr_ratio: Annotated[float, Field(ge=0, le=1)] = 0.0  # cosine: final lr as a fraction of lr
     grad_clip: PositiveFloat | None = 1.0  # clip the global gradient L2 norm to this; None = no clipping

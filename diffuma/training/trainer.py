@@ -48,12 +48,13 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 import chdl
+from acquisition import files
 from chdl.locks import LockHeld, release_lock, take_lock
 from diffuma.evaluation import BASELINES, autocast, evaluate, result_key
 from diffuma.metrics import SSIM_MIN_SIDE
 from diffuma.training.budget import CALIBRATION_STEPS, REPLAN_FRACTION, planned_total_steps, step_time_estimate
-from diffuma.training.checkpoint import (CheckpointError, atomic_write_text, load_checkpoint, load_weights,
-                                         remove_stale_tmp_files, rng_state, save_checkpoint, set_rng_state)
+from diffuma.training.checkpoint import (CheckpointError, load_checkpoint, load_weights, rng_state, save_checkpoint,
+                                         set_rng_state)
 from diffuma.training.config import ConfigError, RunConfig, resolve_config, run_config_from_dict
 from diffuma.training.data import (ResumableSampler, dataset_info, dataset_mismatch, make_loader,
                                    sequence_datasets)
@@ -524,8 +525,8 @@ class Trainer:
         """:meth:`fit` once the run folder is this process's (rank 0) or rank 0's (the other ranks)."""
         last = self.ckpt_dir / "last.pt"
         if self.dist.main:  # what a process killed while writing left behind
-            remove_stale_tmp_files(self.ckpt_dir)
-            remove_stale_tmp_files(self.out)
+            files.remove_stale_temporaries(self.ckpt_dir)
+            files.remove_stale_temporaries(self.out)
         if resume:
             if not last.is_file():
                 raise FileNotFoundError(f"{last}: nothing to resume (no checkpoint in {self.out})")
@@ -534,7 +535,7 @@ class Trainer:
             raise FileExistsError(f"{self.out}: already holds a run (checkpoints/last.pt); pass --resume to "
                                   "continue it or choose another --out")
         if self.dist.main:
-            atomic_write_text(self.out / "config.yaml", yaml.safe_dump(self.config, sort_keys=False))
+            files.write_text(self.out / "config.yaml", yaml.safe_dump(self.config, sort_keys=False))
             # a resume keeps the rows up to its checkpoint; the row of an epoch cut short by run.max_steps (or the
             # budget) is kept too when nothing is left to train (it was dropped, and never redone)
             kept_epochs = self.epoch + (1 if self.finished() and self.batch_in_epoch else 0)

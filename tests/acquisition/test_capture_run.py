@@ -126,25 +126,26 @@ def test_disk_full_stops_with_clear_error_and_readable_recording(config, tmp_pat
     """ENOSPC from the frame writer (simulated here; the real-tmpfs test is in test_capture_cli.py)."""
     import acquisition.raw as raw
 
-    real = raw._atomic_write_bytes
+    from acquisition import files
+
+    real = files.write_bytes
     writes = {"n": 0}
 
-    def filling_disk(path, data):
+    def filling_disk(path, data, durable=False):
         writes["n"] += 1
         if writes["n"] > 4 and path.suffix == ".png":
-            tmp = path.with_name(f".{path.name}.tmp")
-            tmp.write_bytes(data[: len(data) // 2])  # a half-written frame, as a real full disk leaves
+            files.temporary_path(path).write_bytes(data[: len(data) // 2])  # half a frame, as a full disk leaves
             raise OSError(errno.ENOSPC, "No space left on device")
-        real(path, data)
+        real(path, data, durable=durable)
 
-    monkeypatch.setattr(raw, "_atomic_write_bytes", filling_disk)
+    monkeypatch.setattr(raw.files, "write_bytes", filling_disk)
     plan = CapturePlan.evenly(lanes=3, positions=10, step_um=100.0)
     result = run_capture(open_camera("viky0", config), SimulatedStage(), tmp_path / "run", FAST, plan)
     assert result.stopped_by == "disk full" and "disk full (No space left on device)" in result.message
     rec = Recording.open(tmp_path / "run")
     assert not rec.complete and rec.manifest["notes"]["stopped_by"] == "disk full"
     assert len(rec) >= 3 and all(rec.read(f).shape == (240, 320) for f in rec.frames)
-    assert not list((tmp_path / "run" / "frames").glob(".*.tmp"))  # the half-written frame was removed
+    assert not list((tmp_path / "run" / "frames").glob(".*.tmp*"))  # the half-written frame was removed
 
 
 def test_the_recorded_bit_depth_rule():

@@ -296,14 +296,14 @@ def test_simulate_corpus_that_cannot_write_its_runs_is_one_line(tmp_path, monkey
     import acquisition.raw as raw
     from chdl.cli.simulate import simulate
 
-    real = raw._atomic_write_bytes
+    real = raw.files.write_bytes
 
-    def full(path, data):
+    def full(path, data, durable=False):
         if path.suffix == ".png" and path.parent.parent.name == "run_00001":
             raise OSError(errno.ENOSPC, "No space left on device")
-        real(path, data)
+        real(path, data, durable=durable)
 
-    monkeypatch.setattr(raw, "_atomic_write_bytes", full)
+    monkeypatch.setattr(raw.files, "write_bytes", full)
     out = tmp_path / "c"
     args = ["corpus", str(out), "--sequences", "2", "--positions", "2", "--lanes-per-run", "1", "--width", "32",
             "--height", "24", "--workers", "1", "-q"]
@@ -311,7 +311,7 @@ def test_simulate_corpus_that_cannot_write_its_runs_is_one_line(tmp_path, monkey
     assert res.exit_code == 1, res.output + repr(res.exception)
     assert res.output.splitlines() == [f"Error: {out}: disk full (No space left on device); {out} is incomplete: fix "
                                        "that and rerun the same command to resume"]
-    monkeypatch.setattr(raw, "_atomic_write_bytes", real)
+    monkeypatch.setattr(raw.files, "write_bytes", real)
     res = CliRunner().invoke(simulate, args)
     assert res.exit_code == 0 and "wrote 1 recording (" in res.output and "1 finished run kept" in res.output
 

@@ -64,7 +64,7 @@ def test_training_dynamics_axes_name_the_metric_and_convention(tmp_path, monkeyp
     import diffuma.viz as viz
 
     figs = []
-    monkeypatch.setattr(viz, "_save_figure", lambda fig, path: figs.append(fig))
+    monkeypatch.setattr(viz, "save_figure", lambda fig, path, dpi=100: figs.append(fig))
     rows = [{"epoch": e, "val_mse": 1 / e, "val_mae": 1 / e, "val_ssim": 1 - 1 / e} for e in (1, 2)]
     plot_training_dynamics(rows, tmp_path / "dyn.png", title="standin 'tiny', demo/run")
     plot_training_dynamics(rows, tmp_path / "dyn.png", convention="openstl")
