@@ -15,7 +15,16 @@ automatically: whether the encoder is wired to the camera is not something the c
 For ``line``/``freerun`` a background thread (:class:`StreamedSource`) fetches continuously and stamps each
 frame with the host clock the moment it is delivered, so "arrived after the stage settled" is decided on
 arrival time, not on when the capture loop got round to it, and the driver's buffer pool never fills up
-while the loop writes a PNG. Frame-id gaps are counted on *every* delivered frame (skipped ones too), so
+while the loop writes a PNG.
+
+A frame can be delivered long after it was taken: the camera stalled, the host was overloaded, the capture
+process was paused. Where the camera stamps its frames (GigE Vision cameras, Aravis' fake camera), the
+frame's time is placed on the host clock (:class:`ExposureClock`) and that, not its arrival, decides whether
+it was taken after the stage settled (``freerun``, ``line``) or after this position's trigger (``software``).
+Without device timestamps (the viky producer), a software trigger still never takes an earlier trigger's
+frame: frames already waiting are discarded before it triggers, and while an earlier trigger's frame is owed
+the first frame to come is that one (:class:`SoftwareTriggered`); a streamed frame delivered late is then
+judged by its arrival. Frame-id gaps are counted on *every* delivered frame (skipped ones too), so
 ``dropped_before`` only ever counts frames the device produced and the host never received.
 """
 
@@ -84,6 +93,43 @@ class Received:
     host_wall_ns: int
     host_monotonic_ns: int
     dropped_before: int  # frames missing (id gaps) since the previous *taken* frame
+    taken_monotonic_ns: int | None = None  # when it was taken, on the host's monotonic clock (ExposureClock)
+
+    @property
+    def when_ns(self) -> int:
+        """When the frame was taken if the camera says (device timestamp), else when it arrived."""
+        return self.host_monotonic_ns if self.taken_monotonic_ns is None else self.taken_monotonic_ns
+
+
+class ExposureClock:
+    """Places a frame's device timestamp on the host's monotonic clock: device time + the smallest (arrival −
+    device time) seen so far, i.e. the offset between the two clocks plus the shortest delivery latency. A frame
+    that arrives late (queued while the camera stalled or the host was busy) keeps the time it was taken; a
+    frame delivered at the usual latency is placed at its arrival. The offset falls at once to a smaller sample
+    and rises by at most ``DRIFT`` of the time elapsed, so drift between the two clocks is followed but a
+    burst of late frames does not move it; a sample more than ``RESET_S`` above it is a device clock that was
+    reset (the offset starts again there)."""
+
+    DRIFT = 2e-4  # 200 ppm: crystal clocks drift by tens of ppm
+    RESET_S = 60.0
+
+    def __init__(self) -> None:
+        self._offset: int | None = None
+        self._at = 0
+
+    def taken_ns(self, frame: Frame, arrived_monotonic_ns: int) -> int | None:
+        """Host monotonic ns at which ``frame`` was taken; None without a device timestamp, and for the first
+        frame (or the first after a reset): its own latency is the only one known, and it may be a late frame."""
+        stamp = frame.device_timestamp_ns
+        if stamp is None:
+            return None
+        sample = arrived_monotonic_ns - stamp
+        if self._offset is None or sample - self._offset > self.RESET_S * 1e9:
+            self._offset, self._at = sample, arrived_monotonic_ns
+            return None  # nothing to compare it with yet: as a frame without a timestamp
+        self._offset = min(sample, self._offset + int(self.DRIFT * (arrived_monotonic_ns - self._at)))
+        self._at = arrived_monotonic_ns
+        return stamp + self._offset
 
 
 @dataclasses.dataclass
@@ -110,9 +156,20 @@ def _gap(tracker: FrameIdTracker, frame: Frame) -> int:
 
 
 class SoftwareTriggered:
-    """One software trigger per position; the frame it produces is the position's frame."""
+    """One software trigger per position; the frame it produces is the position's frame.
+
+    On a camera whose frames wait in a driver queue (``Camera.queues_frames``) a frame fetched after the trigger
+    may be an earlier trigger's that came late (the camera stalled past the frame timeout). So: frames already
+    waiting are discarded before each trigger (``skipped``); with device timestamps a frame taken before this
+    trigger is discarded too. Without them frames are matched to triggers in order: while ``_owed`` earlier
+    triggers' frames have not come, a frame that comes is held back until a newer one follows; if none does
+    before the timeout, one frame came for two triggers and which one it answers cannot be known, so the
+    position is dropped rather than given a frame that may have been taken at the previous one. A position
+    that times out having received nothing stops owing older frames: they were lost, and one lost trigger
+    costs at most two dropped positions, not the rest of the run."""
 
     mode = "software"
+    DRAIN_MAX = 256  # frames discarded before one trigger at most (a camera that streams although triggered)
 
     def __init__(self, camera: Camera, fps: float | None = None):
         """``fps``: triggers at most this often (a camera in trigger mode takes a frame per trigger, whatever its
@@ -123,6 +180,10 @@ class SoftwareTriggered:
         self._tracker = FrameIdTracker()
         self._period = 1.0 / fps if fps and not getattr(camera, "paces_itself", False) else 0.0
         self._next = 0.0
+        self._queued = bool(getattr(camera, "queues_frames", False))
+        self._clock = ExposureClock()
+        self._owed = 0  # triggers sent whose frame has not come (queued cameras)
+        self._carry = 0  # drops counted on discarded frames, added to the next taken frame
 
     def start(self) -> None:
         self.camera.start("software")
@@ -134,26 +195,80 @@ class SoftwareTriggered:
         """Trigger and fetch the position's frame. A triggered frame the backend received incomplete and discarded
         (its ``incomplete_buffers`` count rose; Aravis reports that at once) is triggered again within the
         position's ``timeout_s``: one lost packet cost the whole timeout, and three in a row ended the run."""
+        if self._queued:
+            self._drain()
         deadline = None
+        sent = received = 0
+        held: Received | None = None  # a frame that may be an earlier trigger's (no device timestamps)
         while True:
             if self._period:
                 time.sleep(max(0.0, self._next - time.monotonic()))
                 self._next = time.monotonic() + self._period
             deadline = deadline or time.monotonic() + timeout_s  # from the first trigger
             discarded = getattr(self.camera, "incomplete_buffers", 0)
+            triggered_ns = time.monotonic_ns()
             self.camera.software_trigger()
+            sent += 1
+            self._owed += 1
             try:
-                frame = self.camera.fetch(max(deadline - time.monotonic(), 1e-3))
+                while True:
+                    frame = self.camera.fetch(max(deadline - time.monotonic(), 1e-3))
+                    received += 1
+                    got = self._receive(frame)
+                    if not self._queued:
+                        break
+                    if got.taken_monotonic_ns is not None:  # the device says when it was taken
+                        if got.taken_monotonic_ns >= triggered_ns:
+                            break
+                        self._discard(got)
+                        continue
+                    if held is not None:  # the frame held back was an earlier trigger's: a newer one came
+                        self._discard(held)
+                        held = None
+                    if self._owed == 0:  # the newest trigger's frame: this position's
+                        break
+                    held = got  # an earlier trigger's, unless that frame was lost: wait for one more
                 break
             except TimeoutError:
-                if getattr(self.camera, "incomplete_buffers", 0) == discarded or time.monotonic() >= deadline:
-                    raise
+                lost = getattr(self.camera, "incomplete_buffers", 0) - discarded
+                self._owed = max(0, self._owed - lost)  # an incomplete buffer discarded: that trigger's frame
+                if lost and time.monotonic() < deadline and held is None:
+                    continue  # trigger again
+                if held is not None:  # one frame came for two triggers: whose is unknowable; the position is dropped
+                    self._discard(held)
+                    self._owed = 0
+                    raise TimeoutError(f"a frame came (id {held.frame.frame_id}) after a trigger whose frame was late; "
+                                       "which trigger it answers is unknown (no device timestamps)") from None
+                if received == 0:  # older triggers' frames did not come while this one was awaited: lost
+                    self._owed = min(self._owed, sent)
+                raise
+        self._owed = 0  # this trigger's frame came: any older one still owed was lost
+        got.dropped_before += self._carry
+        self._carry = 0
+        return got
+
+    def _receive(self, frame: Frame) -> Received:
+        self._owed = max(0, self._owed - 1)  # one trigger answered (frames come in trigger order)
         wall, mono = _stamp()
         gap = _gap(self._tracker, frame)
         self.stats.delivered += 1
         self.stats.dropped += gap
         self.stats.incomplete += frame.incomplete
-        return Received(frame, wall, mono, gap)
+        return Received(frame, wall, mono, gap, self._clock.taken_ns(frame, mono))
+
+    def _discard(self, got: Received) -> None:
+        self._carry += got.dropped_before
+        self.stats.skipped += 1
+
+    def _drain(self) -> None:
+        """Discard the frames already waiting (an earlier trigger's frame that came after its position timed
+        out): the next frame fetched is then this trigger's."""
+        for _ in range(self.DRAIN_MAX):
+            try:
+                frame = self.camera.fetch(1e-3)
+            except TimeoutError:
+                return
+            self._discard(self._receive(frame))
 
 
 class StreamedSource:
@@ -167,6 +282,7 @@ class StreamedSource:
         self.mode = mode
         self.stats = SourceStats()
         self._tracker = FrameIdTracker()
+        self._clock = ExposureClock()
         self._queue: collections.deque = collections.deque()
         self._cond = threading.Condition()
         self._carry = 0  # drops counted on skipped frames, added to the next taken frame
@@ -204,7 +320,7 @@ class StreamedSource:
                 self.stats.incomplete += frame.incomplete
                 if len(self._queue) >= self.MAX_QUEUED:
                     self._skip(self._queue.popleft())
-                self._queue.append(Received(frame, wall, mono, gap))
+                self._queue.append(Received(frame, wall, mono, gap, self._clock.taken_ns(frame, mono)))
                 self._cond.notify_all()
 
     def _skip(self, item: Received) -> None:
@@ -212,13 +328,14 @@ class StreamedSource:
         self.stats.skipped += 1
 
     def next_frame(self, after_ns: int, timeout_s: float) -> Received:
-        """The first frame that arrived at or after ``after_ns`` (monotonic); TimeoutError if none in time."""
+        """The first frame taken (device timestamp, :class:`ExposureClock`) or, without one, arrived at or after
+        ``after_ns`` (monotonic); TimeoutError if none in time."""
         deadline = time.monotonic() + timeout_s
         with self._cond:
             while True:
                 while self._queue:
                     item = self._queue.popleft()
-                    if item.host_monotonic_ns >= after_ns:
+                    if item.when_ns >= after_ns:
                         item.dropped_before += self._carry
                         self._carry = 0
                         return item

@@ -117,6 +117,8 @@ def open_aravis_camera(alias: str, options: dict, config=None) -> "AravisCamera"
 
 
 class AravisCamera(Camera):
+    queues_frames = True  # a late frame waits in the driver's queue (acquisition.trigger)
+
     def __init__(self, alias: str, name: str, options: dict):
         self.alias, self.name, self.options = alias, name, options
         self.info = CameraInfo("", "", "", "", "GEV", "aravis", address=name)

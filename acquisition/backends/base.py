@@ -92,6 +92,10 @@ class Camera(abc.ABC):
     """A camera opened through one backend."""
 
     info: CameraInfo
+    # frames wait in a driver queue until fetched (GenTL, Aravis): a frame fetched after a software trigger may be
+    # an earlier trigger's that came late (acquisition.trigger.SoftwareTriggered sorts them out). False: a frame
+    # is made when it is fetched (the simulator, a replay)
+    queues_frames: bool = False
 
     @abc.abstractmethod
     def open(self) -> None: ...

@@ -170,6 +170,8 @@ class _IncompleteCounter(Callback):
 class GenTLCamera(Camera):
     """One GenTL device, selected by a camera-config entry or the n-th-device-of-a-transport fallback."""
 
+    queues_frames = True  # a late frame waits in the driver's queue (acquisition.trigger)
+
     def __init__(self, alias: str, options: dict, config: CameraConfig):
         self.alias = alias
         self.options = options
