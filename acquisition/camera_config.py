@@ -19,8 +19,8 @@ fallback aliases (``gige0`` ...) work. Format (YAML)::
 
 A relative producer path is relative to the config file. The file is validated by the one config validator
 (acquisition.config_validation): unknown keys in ``gentl`` and ``aravis`` entries are errors with a
-did-you-mean suggestion, values must have the right type (a serial number must be quoted: YAML would read
-``0012`` as the number 10), and every error is one line ``<file>: cameras.<alias>.<key>: <problem>``.
+did-you-mean suggestion, values must have the right type (a serial YAML reads as a number, ``serial: 12``, is refused: quote it;
+``0012`` is the string "0012", chdl reading numbers as YAML 1.2 does), and every error is one line ``<file>: cameras.<alias>.<key>: <problem>``.
 Simulator entries (``backend: sim``) are checked here too, against the simulator's options; entries of other
 backends (``replay``) are passed to the backend, which checks its own options.
 """

@@ -6,7 +6,9 @@ the chosen trigger strategy (:mod:`acquisition.trigger`) and append it to the re
 ``dropped`` (no pixels), so every recording has exactly one record per planned position, in plan order.
 
 How a run ends (``CaptureResult.stopped_by``):
-- ``None``: every position captured; the recording is ``complete``.
+- ``None``: every position visited; the recording is ``complete``. A position whose frame did not come in time
+  is a ``dropped`` record, counted in ``notes.dropped_positions``; a run in which no position got a frame ends
+  as ``"camera lost"``.
 - ``"interrupted"``: SIGINT/SIGTERM. The first signal finishes the current frame and stops; a second one
   interrupts at once. The device is stopped and closed either way.
 - ``"stage"``: the stage did not settle within ``settle_timeout_s``.
@@ -91,6 +93,7 @@ class CaptureResult:
     elapsed_s: float
     settings: CaptureSettings | None = None
     trigger: str | None = None
+    rate_fps: float = 0.0  # frames a second from the first frame received to the last (setup and close left out)
 
 
 @dataclasses.dataclass
@@ -240,7 +243,7 @@ def run_capture(camera: Camera, stage: Stage, out: str | Path, settings: Capture
     """Capture ``plan`` from ``camera`` (not yet opened) into the new recording folder ``out``."""
     out = Path(out)
     started = time.monotonic()
-    counts = {"dropped_positions": 0}
+    counts = {"dropped_positions": 0, "frames": 0, "first_ns": 0, "last_ns": 0}
     writer = source = applied = mode = background = None
     stopped_by, message = None, ""
     with _StopSignals() as stop, camera:
@@ -272,6 +275,9 @@ def run_capture(camera: Camera, stage: Stage, out: str | Path, settings: Capture
             if writer is None:
                 raise  # nothing recorded yet: a plain configuration error
             stopped_by, message = "camera lost", str(e)
+            if stop.requested:  # the user stopped the run while the camera hung (a stalled GigE camera's register
+                # writes time out one after the other): that is an interruption, not a lost camera
+                stopped_by, message = "interrupted", f"interrupted; the camera did not answer ({e})"
         except OSError as e:
             if writer is None or e.errno != errno.ENOSPC:
                 raise
@@ -291,7 +297,7 @@ def run_capture(camera: Camera, stage: Stage, out: str | Path, settings: Capture
     stats = source.stats if source is not None else None
     extra = getattr(camera, "incomplete_buffers", 0)
     if writer is not None:
-        _close(writer, status, stopped_by, message, stats, extra)
+        _close(writer, status, stopped_by, message, stats, extra, counts["dropped_positions"])
     n = writer.frames_written if writer is not None else 0
     if stopped_by is None:  # frames with pixels: a dropped position is a record without one
         got = n - counts["dropped_positions"]
@@ -302,7 +308,8 @@ def run_capture(camera: Camera, stage: Stage, out: str | Path, settings: Capture
         path=out, status=status, stopped_by=stopped_by, message=message, frames=n,
         dropped_positions=counts["dropped_positions"], dropped_frames=stats.dropped if stats else 0,
         incomplete=(stats.incomplete if stats else 0) + extra, skipped=stats.skipped if stats else 0,
-        elapsed_s=time.monotonic() - started, settings=applied, trigger=mode)
+        elapsed_s=time.monotonic() - started, settings=applied, trigger=mode,
+        rate_fps=(counts["frames"] - 1) / span if (span := (counts["last_ns"] - counts["first_ns"]) / 1e9) > 0 else 0.0)
 
 
 def _loop(source, stage: Stage, out: _BackgroundWriter, applied: CaptureSettings, plan: CapturePlan,
@@ -346,6 +353,9 @@ def _loop(source, stage: Stage, out: _BackgroundWriter, applied: CaptureSettings
                             host_monotonic_ns=got.host_monotonic_ns, status="incomplete" if f.incomplete else "ok",
                             dropped_before=got.dropped_before)
                 recent = (recent + [got.host_monotonic_ns])[-11:]
+                counts["frames"] += 1
+                counts["first_ns"] = counts["first_ns"] or got.host_monotonic_ns
+                counts["last_ns"] = got.host_monotonic_ns
                 if given_bits is not None and pixels is not None and (top := int(pixels.max())) >= 1 << given_bits:
                     raise _Stop("error", f"lane {lane} position {p}: pixel values up to {top}, above {(1 << given_bits) - 1}: "
                                          f"the camera sends more than the {given_bits} significant bits --bit-depth says")
@@ -370,10 +380,13 @@ def _loop(source, stage: Stage, out: _BackgroundWriter, applied: CaptureSettings
                                       "wait and retry")
                 raise CameraError(f"camera lost: no frame for {consecutive} positions in a row "
                                   f"(frame timeout {frame_timeout:.2f} s)")
+    if done and counts["dropped_positions"] == done:  # fewer positions than max_consecutive_timeouts, none with a frame
+        raise CameraError(f"camera lost: no frame at any of the {done} positions (frame timeout {frame_timeout:.3g} s)")
 
 
-def _close(writer: RecordingWriter, status: str, stopped_by: str | None, message: str, stats, extra: int) -> None:
-    notes = {"stopped_by": stopped_by, "dropped_frames": stats.dropped if stats else 0,
+def _close(writer: RecordingWriter, status: str, stopped_by: str | None, message: str, stats, extra: int,
+           dropped_positions: int = 0) -> None:
+    notes = {"stopped_by": stopped_by, "dropped_positions": dropped_positions, "dropped_frames": stats.dropped if stats else 0,
              "incomplete_buffers": (stats.incomplete if stats else 0) + extra,
              "skipped_frames": stats.skipped if stats else 0}
     if stopped_by is not None:

@@ -371,7 +371,17 @@ class Recording:
 
     @property
     def complete(self) -> bool:
-        return self.manifest.get("status") == "complete"
+        """The run closed ``complete`` and its index holds every frame line its manifest counted."""
+        return self.manifest.get("status") == "complete" and not self.lines_missing
+
+    @property
+    def lines_missing(self) -> int:
+        """Frame lines a run that closed ``complete`` counted in its manifest and its index no longer holds (cut
+        or edited after the run closed); 0 for a run that did not close complete."""
+        promised = self.manifest.get("frames")
+        if self.manifest.get("status") != "complete" or not isinstance(promised, int):
+            return 0
+        return max(0, promised - len(self.frames))
 
     @property
     def settings(self) -> dict:

@@ -224,14 +224,14 @@ def build_plan(source: str | os.PathLike, cfg: CurateConfig, bit_depth: int | No
         if run_id in seen_ids:
             raise PlanError(f"{manifest}: run_id {run_id!r} is also the id of {seen_ids[run_id]}; run ids must be unique")
         seen_ids[run_id] = path
-        if not rec.complete:
+        if rec.manifest.get("status") != "complete":
             warnings.append(f"{manifest}: run is {rec.manifest.get('status')!r}, not complete; using the lane sequences it holds")
         if rec.torn_tail:
             warnings.append(f"{index_file}: last line torn (capture was cut off); ignored")
-        promised = rec.manifest.get("frames")
-        if rec.complete and isinstance(promised, int) and promised > len(rec.frames):
-            warnings.append(f"{index_file}: holds {len(rec.frames)} of the {promised} frames manifest.json counts (the "
-                            f"index was cut short); the other {promised - len(rec.frames)} are not curated")
+        if rec.lines_missing:
+            warnings.append(f"{index_file}: holds {len(rec.frames)} of the {len(rec.frames) + rec.lines_missing} frames "
+                            f"manifest.json counts (the index was cut short); the other {rec.lines_missing} are not "
+                            "curated")
         P = _positions_per_lane(rec)
         if P < T:
             raise PlanError(f"{manifest}: {P} positions per lane, fewer than the {T} frames of a sequence")

@@ -56,12 +56,43 @@ class CameraWarning(UserWarning):
     """Something worth telling the user that does not stop the capture (e.g. an unpinned alias)."""
 
 
+# the GenTL entry points (GenTL standard 1.5, section 6) a producer must export; checked before it is loaded here
+GENTL_SYMBOLS = ("GCGetInfo", "GCInitLib", "GCCloseLib", "TLOpen", "TLClose", "TLUpdateInterfaceList",
+                 "TLOpenInterface", "IFUpdateDeviceList", "IFOpenDevice", "DevOpenDataStream", "DSAnnounceBuffer",
+                 "DSStartAcquisition", "EventGetData")
+_PROBE = ("import ctypes, sys\n"
+          "try:\n    lib = ctypes.CDLL(sys.argv[1])\n"
+          "except OSError as e:\n    print(str(e).split(': ')[-1]); sys.exit(3)\n"
+          "print(' '.join(s for s in sys.argv[2:] if not hasattr(lib, s)))\n")
+
+
 def check_producer(path: str) -> None:
-    """Open and close the producer once: CameraError naming the file if it is missing or not a GenTL producer."""
+    """Open and close the producer once: CameraError naming the file if it is missing or not a GenTL producer.
+    The library is first loaded in a child process (``python -I -S``, ~50 ms), which also checks that it exports
+    the GenTL entry points: a truncated or foreign shared library loaded here killed chdl outright (SIGBUS,
+    SIGSEGV) with no message."""
     import os
+    import signal
+    import subprocess
+    import sys
 
     if not os.path.isfile(path):
         raise CameraError(f"{path}: GenTL producer (.cti) not found")
+    try:
+        probe = subprocess.run([sys.executable, "-I", "-S", "-c", _PROBE, path, *GENTL_SYMBOLS], capture_output=True,
+                               text=True, timeout=60)
+    except subprocess.TimeoutExpired:
+        raise CameraError(f"{path}: not a valid GenTL producer (loading it did not finish in 60 s)") from None
+    said = probe.stdout.strip()
+    if probe.returncode < 0:
+        raise CameraError(f"{path}: not a valid GenTL producer (loading it killed a test process with "
+                          f"{signal.Signals(-probe.returncode).name}: a truncated or damaged file?)")
+    if probe.returncode != 0:
+        raise CameraError(f"{path}: not a valid GenTL producer ({said or probe.stderr.strip()[-200:]})")
+    if said:
+        missing = said.split()
+        raise CameraError(f"{path}: not a GenTL producer (a shared library that does not export "
+                          f"{', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''})")
     producer = GenTLProducer.create_producer()
     try:
         producer.open(path)
@@ -126,20 +157,29 @@ def _matches(info: CameraInfo, entry: dict) -> bool:
     return False
 
 
+def _ranked(devices, transport: str) -> list:
+    """The devices of one transport in fallback-alias order (``custom0``, ``custom1``, ...): by serial, then by
+    producer path, then as discovered. One order for listing (``chdl cameras``) and opening: the same camera seen
+    through two producers has the same serial twice, and its aliases were listed twice and opened otherwise."""
+    of_kind = [(k, x) for k, x in enumerate(devices) if x[1].transport == transport]
+    return [x for _, x in sorted(of_kind, key=lambda kx: (kx[1][1].serial, kx[1][1].producer or "", kx[0]))]
+
+
 def _fallback(devices, transport: str, index: int):
-    of_kind = sorted((x for x in devices if x[1].transport == transport), key=lambda x: x[1].serial)
-    return of_kind[index] if index < len(of_kind) else None
+    ranked = _ranked(devices, transport)
+    return ranked[index] if index < len(ranked) else None
 
 
-def _alias_for(info: CameraInfo, devices, config: CameraConfig) -> str:
+def _alias_for(device, devices, config: CameraConfig) -> str:
+    """The alias ``chdl cameras`` lists for ``device`` (a ``(DeviceInfo, CameraInfo)`` of ``devices``)."""
+    info = device[1]
     for alias, entry in config.cameras.items():
         if entry.get("backend", "gentl") == "gentl" and _matches(info, entry):
             return alias
     prefix = next((p for p, t in FALLBACK_TRANSPORTS.items() if t == info.transport), None)
     if prefix is None:
         return "-"
-    rank = [x[1].serial for x in sorted((x for x in devices if x[1].transport == info.transport), key=lambda x: x[1].serial)]
-    return f"{prefix}{rank.index(info.serial)}"
+    return f"{prefix}{next(k for k, x in enumerate(_ranked(devices, info.transport)) if x is device)}"
 
 
 def list_gentl_cameras(config: CameraConfig) -> list[tuple[str, CameraInfo]]:
@@ -150,7 +190,7 @@ def list_gentl_cameras(config: CameraConfig) -> list[tuple[str, CameraInfo]]:
     h = _harvester(producers)
     try:
         devices = _devices(h, producers)
-        return [(_alias_for(info, devices, config), info) for _, info in devices]
+        return [(_alias_for(device, devices, config), device[1]) for device in devices]
     finally:
         h.reset()
 
@@ -216,11 +256,15 @@ class GenTLCamera(Camera):
                           f"{transport} device #{index} by serial order: {found[1].model} serial {found[1].serial}. "
                           "Pin it to a serial number in the camera config.", CameraWarning, stacklevel=3)
             return found
-        for d, info in devices:
-            if _matches(info, self.options):
-                return d, info
         key = next(f"{k}={self.options[k]!r}" for k in KEYS if self.options.get(k))
-        raise CameraError(f"camera {self.alias!r} ({key}) not found (devices seen: {seen})")
+        found = [(d, info) for d, info in devices if _matches(info, self.options)]
+        if len(found) > 1:  # (the first was opened, silently)
+            where = "; ".join(f"{i.model} serial {i.serial!r} through {i.producer or '?'}" for _, i in found)
+            raise CameraError(f"camera {self.alias!r} ({key}) matches {len(found)} devices ({where}): name one "
+                              "producer in its entry ('producer: PATH') or pin it by another key")
+        if not found:
+            raise CameraError(f"camera {self.alias!r} ({key}) not found (devices seen: {seen})")
+        return found[0]
 
     def close(self) -> None:
         if self._ia is not None:

@@ -35,6 +35,15 @@ def recorded_settings(recording: Recording) -> CaptureSettings:
         raise CameraError(f"replay: {recording.path / 'manifest.json'}: malformed settings {s!r}") from None
 
 
+def recorded_plan(recording: Recording) -> tuple[int, list[float]]:
+    """(lanes, positions_um) of the plan a recording was made with (from its manifest; derived from its frames for
+    a manifest without a plan)."""
+    plan = recording.manifest.get("plan") or {}
+    positions_um = plan.get("positions_um") or sorted({f.position_um for f in recording.frames})
+    lanes = int(plan.get("lanes") or (max((f.lane for f in recording.frames), default=0) + 1))
+    return lanes, [float(p) for p in positions_um]
+
+
 def open_replay_camera(alias: str, options: dict, config=None) -> "ReplayCamera":
     if not options.get("path"):
         raise CameraError(f"camera {alias!r}: a replay camera needs 'path' (a recording folder)")
@@ -49,8 +58,11 @@ class ReplayCamera(Camera):
         self.pace = pace
         self.recording: Recording | None = None
         self.info = CameraInfo("", "", "", "", "Replay", "replay", address=str(self.path))
-        self._next = 0  # index of the record the next trigger releases
-        self._pending: tuple[int, float] | None = None  # (record index, monotonic time it is due)
+        self._next = 0  # place in the plan (lane * positions + position) the next trigger releases
+        self._pending: tuple[int | None, float] | None = None  # (record index or None: never recorded, when due)
+        self._by_place: dict[tuple[int, int], int] = {}  # (lane, position_index) -> record index
+        self._positions = 1
+        self._end = 0  # one past the plan place of the last record
         self._t0: float | None = None
 
     def open(self) -> None:
@@ -63,6 +75,19 @@ class ReplayCamera(Camera):
                                user_name=cam.get("user_name", ""), transport=cam.get("transport", ""),
                                backend="replay", producer=None, address=str(self.path))
         self._next, self._pending, self._t0 = 0, None, None
+        # each trigger releases the record of the plan place it stands for, found by the record's own lane and
+        # position (a recording missing a line replayed every later frame one position early, into the next lane)
+        self._positions = len(recorded_plan(self.recording)[1]) or 1
+        self._by_place = {}
+        for r in self.recording.frames:
+            if (place := (r.lane, r.position_index)) in self._by_place:
+                raise CameraError(f"replay: {self.path / 'frames.jsonl'}: lane {r.lane} position {r.position_index} "
+                                  f"recorded twice (frames {self._by_place[place]} and {r.index})")
+            if not 0 <= r.position_index < self._positions:
+                raise CameraError(f"replay: {self.path / 'frames.jsonl'}: frame {r.index} has position "
+                                  f"{r.position_index}, outside the plan's {self._positions} positions")
+            self._by_place[place] = r.index
+        self._end = max((lane * self._positions + p + 1 for lane, p in self._by_place), default=0)
 
     def close(self) -> None:
         self.recording = None
@@ -95,15 +120,16 @@ class ReplayCamera(Camera):
 
     def software_trigger(self) -> None:
         frames = self._rec.frames
-        if self._next >= len(frames):
+        if self._next >= self._end:
             raise SourceEnded(f"replay: end of recording {self.path} after {len(frames)} frames")
         now = time.monotonic()
         if self._t0 is None:
             self._t0 = now
+        index = self._by_place.get(divmod(self._next, self._positions))
         due = now
-        if self.pace:
-            due = self._t0 + (frames[self._next].host_monotonic_ns - frames[0].host_monotonic_ns) / 1e9
-        self._pending = (self._next, due)
+        if self.pace and index is not None:
+            due = self._t0 + (frames[index].host_monotonic_ns - frames[0].host_monotonic_ns) / 1e9
+        self._pending = (index, due)
         self._next += 1
 
     def fetch(self, timeout_s: float) -> Frame:
@@ -111,6 +137,10 @@ class ReplayCamera(Camera):
             time.sleep(timeout_s)
             raise TimeoutError("replay: no trigger pending")
         index, due = self._pending
+        if index is None:
+            self._pending = None
+            lane, position = divmod(self._next - 1, self._positions)
+            raise TimeoutError(f"replay: lane {lane} position {position} was never recorded")
         wait = due - time.monotonic()
         if wait > timeout_s:
             time.sleep(timeout_s)

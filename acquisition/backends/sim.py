@@ -17,7 +17,10 @@ Behaviour, like a real camera where it matters to capture code:
 * triggers: ``software`` (each trigger renders one frame, at most ``fps`` frames a second: a trigger within
   the previous frame's period waits for its end) and ``freerun`` (frames at ``fps``); both paced in real
   time unless ``realtime: false``.
-* frame ids count from 0 since ``open``; device timestamps are ``frame_id / fps`` on a simulated clock.
+* frame ids count from 0 since ``open``. Device timestamps: in real time, the device clock is the host's monotonic
+  clock since ``open``, read when the frame is taken (a capture whose stage takes 0.5 s to settle has frames
+  ~0.5 s apart on both clocks; they were stamped ``frame_id / fps``, 0.2 s apart at 5 fps, whatever happened);
+  with ``realtime: false`` (rendered at once) ``frame_id / fps`` on a simulated clock.
 * the scene: the attached stage's lane and position (the view's centre); scene time ``t`` counts frames
   since the stage arrived on its current lane. Without a stage the camera scans on its own:
   ``positions`` (10) frames ``step_um`` (60 um) apart per lane, then the next lane.
@@ -136,6 +139,7 @@ class SimCamera(Camera):
     # -- lifecycle -------------------------------------------------------------------------------
     def open(self) -> None:
         self._opened = True
+        self._clock0 = time.monotonic_ns()  # the simulated device clock starts at open (real time)
         self._frame_id = 0
         self._lane = None
         self._configure()
@@ -226,12 +230,13 @@ class SimCamera(Camera):
         return self._render()
 
     def _render(self) -> Frame:
+        taken = time.monotonic_ns() - self._clock0  # (read before rendering: the exposure comes first)
         stage = self._stage
         if stage.lane != self._lane:
             self._lane, self._t = stage.lane, 0
         out = self.last = self._sim.render(stage.lane, self._t, stage.position_um)
-        frame = Frame(pixels=out.pixels, frame_id=self._frame_id,
-                      device_timestamp_ns=int(round(self._frame_id * 1e9 / self.settings.fps)), incomplete=False)
+        stamp = taken if self.realtime else int(round(self._frame_id * 1e9 / self.settings.fps))
+        frame = Frame(pixels=out.pixels, frame_id=self._frame_id, device_timestamp_ns=stamp, incomplete=False)
         self._frame_id += 1
         self._t += 1
         if self._own_stage:  # scan on our own: next position, then the next lane

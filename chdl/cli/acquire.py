@@ -192,11 +192,15 @@ def report_captures(ctx, results) -> None:
         counts = (f"{r.frames} position{'s' if r.frames != 1 else ''} ({r.dropped_positions} without a frame), "
                   f"{r.dropped_frames} frames "
                   f"dropped by the device, "
-                  f"{r.incomplete} incomplete buffers, {skipped}{r.frames / max(r.elapsed_s, 1e-9):.2f} frames/s")
+                  f"{r.incomplete} incomplete buffers, {skipped}{r.rate_fps:.2f} frames/s")
         if r is worst:
             click.echo(f"{r.path}: {counts}")            # what went wrong follows once, as the error line
         else:
             click.echo(f"{r.message} ({counts})")
+            if r.dropped_positions and r.stopped_by is None:
+                click.echo(f"warning: {r.path}: {r.dropped_positions} of {r.frames} positions got no frame in time "
+                           "(recorded as dropped, notes.dropped_positions; a slow camera needs a longer "
+                           "--frame-timeout)", err=True)
     if worst is not None:
         if worst.stopped_by == "interrupted":
             # one line: the capture's own message says how far it got ("interrupted; stopped after 23 of 200
@@ -216,20 +220,21 @@ def replay_run_path(run: Path, out: Path, run_id: str | None) -> Path:
 
 def _replay_one(run: Path, out: Path, run_id: str | None, pace: bool, frame_timeout: float | None, quiet: bool,
                 on_record=None):
-    from acquisition.backends.replay import ReplayCamera, recorded_settings
+    from acquisition.backends.replay import ReplayCamera, recorded_plan, recorded_settings
     from acquisition.capture import CapturePlan
     from acquisition.raw import Recording
     from acquisition.stage import SimulatedStage
 
     rec = Recording.open(run)
+    if rec.lines_missing:  # (it replayed as complete: source_complete true, a frame short)
+        click.echo(f"warning: {run / 'frames.jsonl'}: holds {len(rec.frames)} of the {len(rec.frames) + rec.lines_missing} "
+                   "frames manifest.json counts (the index was cut short); replayed as an incomplete recording", err=True)
     camera = ReplayCamera(run, pace=pace)
     settings = recorded_settings(rec)
-    plan_m = rec.manifest.get("plan") or {}
-    positions_um = plan_m.get("positions_um") or sorted({f.position_um for f in rec.frames})
-    lanes = int(plan_m.get("lanes") or (max((f.lane for f in rec.frames), default=0) + 1))
+    lanes, positions_um = recorded_plan(rec)
     stamps = [f.host_monotonic_ns for f in rec.frames]
     longest_gap = max((b - a for a, b in zip(stamps, stamps[1:])), default=0) / 1e9 if pace else 0.0
-    plan = CapturePlan(lanes=lanes, positions_um=[float(p) for p in positions_um], trigger="software",
+    plan = CapturePlan(lanes=lanes, positions_um=positions_um, trigger="software",
                        frame_timeout_s=frame_timeout or longest_gap + 1.0, max_consecutive_timeouts=rec.manifest.get("frames", len(rec.frames)) + 1)
     notes = {"replay_of": str(run.resolve()), "source_run_id": rec.manifest.get("run_id"), "paced": pace,
              "source_complete": rec.complete}

@@ -28,6 +28,31 @@ def test_cameras_lists_aliases(tmp_path):
     assert len(sim["address"]) > 40 and any(ln.endswith(sim["address"]) for ln in table.stdout.splitlines())
 
 
+def test_one_camera_seen_through_two_producers_has_one_alias_per_device(tmp_path):
+    """viky.cti and a copy of it: custom0/2/4 were listed twice and custom1/3/5 never, --camera custom1 opened the
+    device listed as custom0, and a config entry {serial: "1"} opened the first of two matching devices silently."""
+    import os
+    import shutil
+
+    import genicam
+
+    copy = tmp_path / "viky2.cti"
+    shutil.copy(os.path.join(os.path.dirname(genicam.__file__), "viky.cti"), copy)
+    out = chdl("cameras", "--cti", "viky", "--cti", copy, "--json")
+    assert out.returncode == 0, out.stderr
+    rows = [r for r in json.loads(out.stdout) if r["backend"] == "gentl"]
+    assert sorted(r["alias"] for r in rows) == [f"custom{k}" for k in range(6)]
+    listed = next(r for r in rows if r["alias"] == "custom1")
+    r = chdl("capture", "--camera", "custom1", "--cti", "viky", "--cti", copy, "--positions", "1", "-q",
+             "--out", tmp_path, "--run-id", "c1")
+    assert r.returncode == 0, r.stderr
+    camera = Recording.open(tmp_path / "c1").manifest["camera"]
+    assert (camera["serial"], camera.get("producer")) == (listed["serial"], listed["producer"]), camera
+    (tmp_path / "two.yaml").write_text(f'producers: [viky, {copy}]\ncameras:\n  a: {{serial: "1"}}\n')
+    r = chdl("capture", "--camera", "a", "--camera-config", tmp_path / "two.yaml", "--out", tmp_path, "-q")
+    assert r.returncode == 1 and "camera 'a' (serial='1') matches 2 devices" in r.stderr, r.stderr
+
+
 @pytest.mark.parametrize("args,message", [
     (["--camera", "custom0", "--cti", "/nonexistent/x.cti"], "Error: /nonexistent/x.cti: GenTL producer (.cti) not found"),
     (["--camera", "custom0", "--cti", "viky", "--width", "1000"], "Width=1000 refused; valid range 100..800"),
@@ -78,6 +103,21 @@ def test_a_wrong_bit_depth_stops_the_capture_at_the_first_frame(tmp_path):
     assert "Error: lane 0 position 0: pixel values up to " in r.stderr and ", above 63: the camera sends more than " \
         "the 6 significant bits --bit-depth says; stopped after 0 of 5 frames" in r.stderr
     assert Recording.open(tmp_path / "r").manifest["notes"]["stopped_by"] == "error"
+
+
+def test_positions_without_a_frame_are_counted_and_a_run_without_any_frame_fails(tmp_path):
+    """With viky at 5 fps a 1 ms frame timeout gets no frame: 2 positions (fewer than the 3 in a row that mean
+    'camera lost') were 'captured 0 frames', status complete, exit 0, and the manifest counted nothing."""
+    r = chdl("capture", "--camera", "custom0", "--cti", "viky", "--positions", "2", "--frame-timeout", "0.001", "-q",
+             "--out", tmp_path, "--run-id", "none")
+    assert r.returncode == 1 and "Error: camera lost: no frame at any of the 2 positions (frame timeout 0.001 s)" \
+        in r.stderr, r.stderr
+    rec = Recording.open(tmp_path / "none")
+    assert not rec.complete and rec.manifest["notes"]["dropped_positions"] == 2
+    r = chdl("capture", "--camera", "sim0", "--width", "64", "--height", "48", "--fps", "50", "--positions", "4", "-q",
+             "--out", tmp_path, "--run-id", "all")
+    assert r.returncode == 0 and "(4 positions (0 without a frame)" in r.stdout and "warning" not in r.stderr
+    assert Recording.open(tmp_path / "all").manifest["notes"]["dropped_positions"] == 0
 
 
 def test_default_run_ids_of_captures_within_one_second_differ(tmp_path):
@@ -142,6 +182,32 @@ def test_bit_depth_is_recorded_overridden_refused_and_kept_by_a_replay(tmp_path)
         "Mono8 pixels, not int 12" in bad.stderr and not (tmp_path / "d").exists()
     bad = chdl("capture", "--replay", tmp_path / "b" / "r", "--out", tmp_path / "e", "--bit-depth", "12")
     assert bad.returncode == 2 and "--bit-depth does not apply to --replay" in bad.stderr
+
+
+def test_a_replay_puts_every_frame_at_its_recorded_place(tmp_path):
+    """A recording that lost the line of lane 0 position 3 (index renumbered, so the file is valid) was replayed
+    one position early from there on: lane 1's first frame became lane 0 position 9. Now each record goes to its
+    own lane and position and the missing one is a dropped position; a place recorded twice is refused."""
+    import json
+
+    src = tmp_path / "src"
+    r = chdl("capture", "--camera", "sim0", "--out", tmp_path, "--run-id", "src", "--lanes", "2", "--positions", "5",
+             "--width", "64", "--height", "48", "--fps", "50", "-q")
+    assert r.returncode == 0, r.stderr
+    lines = [json.loads(line) for line in (src / "frames.jsonl").read_text().splitlines()]
+    del lines[3]
+    for i, line in enumerate(lines):
+        line["index"] = i
+    (src / "frames.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    r = chdl("capture", "--replay", src, "--out", tmp_path / "out", "--as-fast-as-possible", "-q")
+    assert r.returncode == 0, r.stderr
+    got = [(f.lane, f.position_index, f.frame_id, f.status) for f in Recording.open(tmp_path / "out" / "src").frames]
+    want = [(f["lane"], f["position_index"], f["frame_id"], f["status"]) for f in lines]
+    assert got == want[:3] + [(0, 3, None, "dropped")] + want[3:], got
+    (src / "frames.jsonl").write_text("".join(json.dumps({**line, "position_index": 2} if line["index"] == 4 else line)
+                                              + "\n" for line in lines))
+    r = chdl("capture", "--replay", src, "--out", tmp_path / "out2", "--as-fast-as-possible", "-q")
+    assert r.returncode == 1 and "lane 1 position 2 recorded twice (frames 4 and 6)" in r.stderr, r.stderr
 
 
 def test_replay_keeps_dropped_and_incomplete_frames(tmp_path):

@@ -169,3 +169,29 @@ def test_the_recorded_bit_depth_rule():
         assert record_bit_depth(s("Mono12", 13), None).bit_depth == 12
     with pytest.raises(CameraError, match=r"--bit-depth 9 refused: bit depth must be an integer in \[1, 8\] for Mono8"):
         record_bit_depth(s("Mono8"), 9)
+
+
+def test_ctrl_c_while_the_camera_hangs_is_an_interruption(config, tmp_path):
+    """Ctrl-C while a stalled GigE camera's software trigger timed out was recorded as 'camera lost', exit 1: the
+    user stopped the run, so it is 'interrupted' (exit 130), the camera's failure named in the message."""
+    import os
+    import signal
+
+    from acquisition.backends.base import CameraError
+
+    camera = open_camera("sim0", config)  # (viky has no software trigger)
+    trigger, calls = camera.software_trigger, {"n": 0}
+
+    def hanging_trigger():
+        calls["n"] += 1
+        if calls["n"] == 3:
+            os.kill(os.getpid(), signal.SIGINT)  # the user presses Ctrl-C while the trigger hangs ...
+            raise CameraError("camera 'sim0': software trigger failed (write_register timeout)")  # ... then it fails
+        trigger()
+
+    camera.software_trigger = hanging_trigger
+    result = run_capture(camera, SimulatedStage(), tmp_path / "run", FAST, CapturePlan.evenly(lanes=1, positions=10,
+                                                                                              step_um=100.0))
+    assert result.stopped_by == "interrupted", result.message
+    assert result.message.startswith("interrupted; the camera did not answer (camera 'sim0': software trigger failed")
+    assert Recording.open(tmp_path / "run").manifest["notes"]["stopped_by"] == "interrupted"

@@ -90,6 +90,27 @@ def test_missing_and_invalid_cti_are_clear_errors(tmp_path):
         list_cameras(config)
 
 
+def test_a_damaged_or_foreign_library_is_refused_without_loading_it(tmp_path):
+    """A truncated producer killed chdl with SIGBUS, a shared library that is no producer with SIGSEGV (after 60
+    lines of harvesters' complaints): no message, exit 135 / 139."""
+    import glob
+    import os
+
+    import genicam
+    import numpy
+
+    viky = os.path.join(os.path.dirname(genicam.__file__), "viky.cti")
+    cut = tmp_path / "cut.cti"
+    cut.write_bytes(open(viky, "rb").read(100_000))
+    with pytest.raises(CameraError, match=rf"{cut}: not a valid GenTL producer \(loading it killed a test process "
+                                          r"with SIGBUS"):
+        check_producer(str(cut))
+    foreign = sorted(glob.glob(os.path.join(os.path.dirname(numpy.__file__), "**", "_multiarray_umath*.so"),
+                               recursive=True))[0]  # a shared library every install has
+    with pytest.raises(CameraError, match=r"not a GenTL producer \(a shared library that does not export GCGetInfo"):
+        check_producer(foreign)
+
+
 def test_sigint_handler_is_restored(config):
     before = signal.getsignal(signal.SIGINT)
     with open_camera("viky0", config):

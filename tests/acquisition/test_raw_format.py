@@ -50,6 +50,17 @@ def test_exception_marks_incomplete_and_torn_tail_is_skipped(tmp_path):
     assert len(rec) == 1 and rec.torn_tail
 
 
+def test_a_complete_run_whose_index_lost_lines_reads_as_incomplete(tmp_path):
+    """A complete run's frames.jsonl cut by one line after it closed was read as complete (a replay said
+    source_complete: true and stopped a frame short)."""
+    _record(tmp_path / "run")
+    index = tmp_path / "run" / "frames.jsonl"
+    index.write_text("".join(index.read_text().splitlines(keepends=True)[:-1]))
+    rec = Recording.open(tmp_path / "run")
+    assert not rec.complete and len(rec) == 3 and rec.lines_missing == 1
+    assert Recording.open(tmp_path / "run").manifest["status"] == "complete"  # (as the run closed)
+
+
 def test_errors_name_the_file(tmp_path):
     _record(tmp_path / "run")
     (tmp_path / "run" / "frames" / "000001.png").write_bytes(b"\x89PNG\r\n")
