@@ -297,13 +297,15 @@ def run_capture(camera: Camera, stage: Stage, out: str | Path, settings: Capture
     stats = source.stats if source is not None else None
     extra = getattr(camera, "incomplete_buffers", 0)
     if writer is not None:
-        _close(writer, status, stopped_by, message, stats, extra, counts["dropped_positions"])
+        closed = _close(writer, status, stopped_by, message, stats, extra, counts["dropped_positions"])
     n = writer.frames_written if writer is not None else 0
     if stopped_by is None:  # frames with pixels: a dropped position is a record without one
         got = n - counts["dropped_positions"]
         message = f"captured {got} frame{'s' if got != 1 else ''} into {out}"
     else:
-        message = f"{message}; stopped after {n} of {plan.total} frames, recording kept (marked incomplete) at {out}"
+        marked = "marked incomplete" if writer is None or closed else \
+            "its manifest could not be closed: it says 'recording', read as incomplete"
+        message = f"{message}; stopped after {n} of {plan.total} frames, recording kept ({marked}) at {out}"
     return CaptureResult(
         path=out, status=status, stopped_by=stopped_by, message=message, frames=n,
         dropped_positions=counts["dropped_positions"], dropped_frames=stats.dropped if stats else 0,
@@ -385,7 +387,9 @@ def _loop(source, stage: Stage, out: _BackgroundWriter, applied: CaptureSettings
 
 
 def _close(writer: RecordingWriter, status: str, stopped_by: str | None, message: str, stats, extra: int,
-           dropped_positions: int = 0) -> None:
+           dropped_positions: int = 0) -> bool:
+    """Close the recording with ``status``; False if its manifest could not be rewritten (a full disk even after
+    the reserve was freed): it then keeps status "recording", which every reader reports as incomplete."""
     notes = {"stopped_by": stopped_by, "dropped_positions": dropped_positions, "dropped_frames": stats.dropped if stats else 0,
              "incomplete_buffers": (stats.incomplete if stats else 0) + extra,
              "skipped_frames": stats.skipped if stats else 0}
@@ -397,4 +401,5 @@ def _close(writer: RecordingWriter, status: str, stopped_by: str | None, message
     try:
         writer.close(status, **notes)
     except OSError:
-        pass  # the manifest keeps status "recording", which every reader reports as incomplete
+        return False
+    return True

@@ -58,7 +58,7 @@ from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 
 from acquisition.raw import FORMAT_BITS  # pixel_format -> the bits it holds (the raw format's table)
-from chdl.locks import lock_holder
+from chdl.locks import lock_holder, writer_lock_path
 
 if TYPE_CHECKING:  # annotations only: fsspec URLs (dataset_path) are universal_pathlib paths
     import upath
@@ -214,12 +214,6 @@ def _frames_shard_bound(frames_array: zarr.Array, frames: np.ndarray) -> int:
     return frames.nbytes + len(frames) * 64 + frames_array.shards[0] * 16 + 4
 
 
-def writer_lock_path(path: Path) -> Path:
-    """The lock file a process writing the dataset ``path`` holds (``chdl curate``: curation.pipeline), beside it:
-    the dataset itself may not exist yet, or be replaced."""
-    return path.parent / f".{path.name}.chdl-writer.lock"
-
-
 def previous_path(path: Path) -> Path:
     """Where a complete dataset waits while ``--overwrite`` replaces it (:meth:`DatasetWriter.create`'s
     ``keep_previous``), beside it."""
@@ -293,8 +287,11 @@ def read_array(array: zarr.Array, selection: Any, path: str | os.PathLike) -> np
         row = (selection if isinstance(selection, tuple) else (selection,))[0]
         files = _array_files(array, int(row)) if _is_int(row) and 0 <= row < array.shape[0] else []
         where = f"shard file {files[0]}: " if files else ""
+        writer = lock_holder(writer_lock_path(Path(path))) if not isinstance(path, str) or "://" not in path else None
+        why = (f"another chdl process (pid {writer}) is writing or replacing the dataset while this one reads it"
+               if writer else "the dataset is damaged on disk")  # (chdl verify passed a dataset replaced meanwhile)
         raise DatasetFormatError(f"{path}: cannot read {array.path} ({where}{type(e).__name__}: {first}); "
-                                 "the dataset is damaged on disk") from None
+                                 f"{why}") from None
 
 
 def _is_int(v: Any) -> bool:

@@ -9,9 +9,11 @@ nothing is locked, as before locks existed.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 
@@ -69,3 +71,34 @@ def lock_holder(path: Path) -> str | None:
         return _try_lock(fd)
     finally:
         os.close(fd)  # (closing drops the lock if it was taken; the file is left as it was)
+
+
+class OutputInUse(RuntimeError):
+    """Another chdl process is writing the output; the message names it and the holder's pid."""
+
+
+def writer_lock_path(path: Path) -> Path:
+    """The lock file of the process writing the output ``path`` (a dataset, a corpus, an evaluation, predictions),
+    beside it (``.<name>.chdl-writer.lock``): the output itself may not exist yet, or be replaced."""
+    return path.parent / f".{path.name}.chdl-writer.lock"
+
+
+@contextlib.contextmanager
+def exclusive_output(path: Path) -> Iterator[None]:
+    """Held while this process writes ``path``: a second chdl process writing it (``--overwrite`` or not) is refused
+    with :class:`OutputInUse`, "<path>: in use by another chdl process writing it (pid N); wait for it to end or
+    stop it". Before, two writers raced: each checked the output was free, then one replaced the other's result
+    (or, with --overwrite, both moved the old one aside and it was lost). Creates ``path``'s parent folder;
+    OSError if it cannot."""
+    path = Path(path)
+    lock = writer_lock_path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = take_lock(lock)
+    except LockHeld as e:
+        raise OutputInUse(f"{path}: in use by another chdl process writing it (pid {e.pid}); wait for it to end or "
+                          "stop it") from None
+    try:
+        yield
+    finally:
+        release_lock(lock, fd)

@@ -38,9 +38,9 @@ from tqdm import tqdm
 
 from acquisition.raw import RawFormatError, Recording
 from chdl.cluster import ClusterError, pool_map_unordered
-from chdl.locks import LockHeld, release_lock, take_lock
 from chdl.dataset import (SPLIT_EXCLUDED, DatasetFormatError, DatasetWriter, dataset_path, previous_path,
-                          refuse_non_dataset, writer_lock_path)
+                          refuse_non_dataset)
+from chdl.locks import OutputInUse, exclusive_output
 from curation import qc
 from curation.config import CurateConfig
 from curation.plan import Plan, SequencePlan, build_plan
@@ -392,19 +392,15 @@ def _writer_lock(out):
     if not isinstance(out, Path):  # an fsspec URL (a upath.UPath, not a pathlib.Path): no lock files there
         yield
         return
-    lock = writer_lock_path(out)
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        fd = take_lock(lock)
-    except LockHeld as e:
-        raise CurateError(f"{out}: in use by another chdl process writing it (pid {e.pid}); wait for it to end or "
-                          "stop it") from None
-    except OSError as e:
-        raise CurateError(f"{out}: cannot create the dataset's folder ({e.strerror or e})") from None
-    try:
+    with contextlib.ExitStack() as held:
+        try:
+            held.enter_context(exclusive_output(out))
+        except OutputInUse as e:
+            raise CurateError(str(e)) from None
+        except OSError as e:  # the writer lock goes beside OUT: a read-only folder, a file on the way
+            what = f"cannot write in {out.parent}" if out.parent.is_dir() else "cannot create the dataset's folder"
+            raise CurateError(f"{out}: {what} ({e.strerror or e})") from None
         yield
-    finally:
-        release_lock(lock, fd)
 
 
 def _curate(source: str | os.PathLike, out: str | os.PathLike, cfg: CurateConfig, workers: int, cluster, *,
@@ -531,8 +527,10 @@ def _curate(source: str | os.PathLike, out: str | os.PathLike, cfg: CurateConfig
         raise PixelRangeError(f"{e} and --overwrite ({out} was begun with the wrong bit depth)") from None
     except OSError as e:  # disk full, permissions, a vanished folder: what is written so far stays resumable
         where = e.filename or out
+        kept = f" (the dataset it replaces waits at {previous_path(out)} until then)" if previous_path(out).exists() \
+            else ""
         raise CurateError(f"{where}: cannot write ({e.strerror or e}); {out} is incomplete — fix that and rerun "
-                          "the same command to resume") from None
+                          f"the same command to resume{kept}") from None
     return CurateResult(out, html_path, json_path, len(plan.sequences), len(plan.sequences) * T,
                         len(pending), len(done), time.perf_counter() - t_start, summary,
                         {k: round(v, 3) for k, v in timings.items()})

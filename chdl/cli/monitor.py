@@ -7,6 +7,7 @@ scorer failed or the monitor folder could not be written (the recording is compl
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -15,7 +16,7 @@ import click
 
 from chdl.cli import catch_stop_signals, restore_signals
 from chdl.cli.acquire import capture_options, report_captures, run_captures
-from chdl.cli.options import POSITIVE, LocalPath, file_in_the_way, quiet_option
+from chdl.cli.options import POSITIVE, LocalPath, file_in_the_way, output_lock, quiet_option
 from chdl.monitor import SCORER_FORMAT, Z_OFF, Z_ON
 
 
@@ -247,11 +248,16 @@ def monitor_eval(runs, checkpoint, out, no_qc, z_on, z_off, scorers, overwrite, 
     """Frame AUROC, event recall, detection latency and false alarms per hour on labelled (simulated)
     recordings (RUN folders, folders of runs, or monitor output folders), for every predictor next to the
     frame-difference and copy-last baselines."""
+    given = _given_levels(z_on, z_off)
+    _check_output_folder(out)
+    with output_lock(out):  # a second monitor-eval into --out is refused (it replaced the first's results silently)
+        _monitor_eval(runs, checkpoint, out, no_qc, given, z_on, z_off, scorers, overwrite, quiet)
+
+
+def _monitor_eval(runs, checkpoint, out, no_qc, given, z_on, z_off, scorers, overwrite, quiet):
     from chdl.monitor.evaluate import EvalError, evaluate
     from chdl.monitor.learned_score import LearnedScorer
 
-    given = _given_levels(z_on, z_off)
-    _check_output_folder(out)
     _check_eval_folder(out, runs, overwrite)
     for path in scorers:  # each file readable, and its levels with the given ones a valid hysteresis
         try:
@@ -336,12 +342,17 @@ def monitor_fit_scorer(runs, out, checkpoint, components, no_qc, overwrite, quie
     if out.exists() and not is_scorer_file(out):
         raise click.ClickException(f"{out}: not a scorer file ({SCORER_FORMAT.split('/')[0]}/N); --overwrite replaces "
                                    "only a scorer file: -o another file")
+    if not os.access(out.parent if str(out.parent) else ".", os.W_OK):  # before the fit, not after it
+        raise click.ClickException(f"{out}: cannot write the scorer (the folder {out.parent} is not writable)")
     try:
         learned = fit_recordings(list(runs), checkpoint=checkpoint, components=components, qc=not no_qc,
                                  progress=not quiet)
     except ValueError as e:  # EvalError, a checkpoint or recording that cannot be used, too few frames
         raise click.ClickException(str(e).splitlines()[0]) from None
-    learned.save(out)
+    try:
+        learned.save(out)
+    except OSError as e:  # a full disk (a traceback before): the earlier scorer file, if any, is kept
+        raise click.ClickException(f"{out}: cannot write the scorer ({e.strerror or e})") from None
     click.echo(f"fitted on {learned.fitted_on['frames']} clean frames ({learned.predictor}, "
                f"{learned.width}x{learned.height}) -> {out}")
     click.echo(f"its alert level and test weights are not measured yet (--scorer uses z_on {Z_ON:g} and no splash or "

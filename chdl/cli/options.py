@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 from pathlib import Path
 
@@ -77,3 +78,21 @@ class LocalPath(click.Path):
 
             value = file_url_path(value)
         return super().convert(value, param, ctx)
+
+
+@contextlib.contextmanager
+def output_lock(out: Path):
+    """Held while a command writes ``out``: :func:`chdl.locks.exclusive_output`, its refusal (another chdl process
+    writes ``out``) or a folder it cannot create as one click error."""
+    from chdl.locks import OutputInUse, exclusive_output
+
+    with contextlib.ExitStack() as held:
+        try:
+            held.enter_context(exclusive_output(Path(out)))
+        except OutputInUse as e:
+            raise click.ClickException(str(e)) from None
+        except OSError as e:  # the writer lock goes beside ``out``: a read-only folder, a file on the way
+            where = Path(out).parent
+            what = f"cannot write in {where}" if where.is_dir() else "cannot create the folder it goes in"
+            raise click.ClickException(f"{out}: {what} ({e.strerror or e})") from None
+        yield

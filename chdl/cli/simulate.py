@@ -24,7 +24,7 @@ from pathlib import Path
 import click
 
 from acquisition import files
-from chdl.cli.options import POSITIVE, FiniteFloat, LocalPath, quiet_option
+from chdl.cli.options import POSITIVE, FiniteFloat, LocalPath, output_lock, quiet_option
 
 RUN_SEEDS = 10000  # run k of a corpus with seed s uses camera seed s * RUN_SEEDS + k
 CORPUS_FILE = "corpus.json"  # OUT/corpus.json: the arguments a corpus is rendered with (a rerun must match)
@@ -194,6 +194,11 @@ def corpus(out: Path, lanes: int, positions: int, step_um: float, lanes_per_run:
     params = {"sequences": lanes, "positions": positions, "step_um": step_um, "lanes_per_run": lanes_per_run,
               "seed": seed, "width": width, "height": height, "pixel_format": pixel_format, "bit_depth": int(bit_depth),
               "fault_rate": fault_rate, "anomaly_rate": anomaly_rate, "sim_version": SIM_VERSION}
+    with output_lock(out):  # a second render into OUT is refused (it cleared the first's run in progress)
+        _corpus(out, params, n_runs, workers, scheduler, quiet)
+
+
+def _corpus(out: Path, params: dict, n_runs: int, workers: int, scheduler: str | None, quiet: bool) -> None:
     new = _check_corpus(out, params, n_runs)
     try:
         _render_corpus(out, params, new, n_runs, workers, scheduler, quiet)
@@ -296,6 +301,10 @@ def truth(runs: tuple[Path, ...], quiet: bool) -> None:
                            f"{counts['visible']} visible, {counts['anomalies']} process anomalies)")
         except (RawFormatError, ValueError) as e:
             raise click.ClickException(str(e)) from None
+        except OSError as e:  # a full disk, a read-only recording (a traceback before); each file is replaced whole
+            what = "disk full" if e.errno == errno.ENOSPC else "cannot write"
+            raise click.ClickException(f"{e.filename or path}: {what} ({e.strerror or e}); rerun to write the truth "
+                                       "again") from None
 
 
 @simulate.command("contact-sheet")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import click
 
-from chdl.cli.options import FiniteFloat, LocalPath, quiet_option
+from chdl.cli.options import FiniteFloat, LocalPath, output_lock, quiet_option
 
 
 def _fail(e: Exception) -> click.ClickException:
@@ -172,23 +172,26 @@ def eval_(checkpoint, data, split, openstl, batch_size, weights, max_sequences, 
     if foreign:  # not the dataset the run trained on: its name too, so the two evaluations do not collide
         name += f"_on-{data.name.removesuffix('.zarr')}"
     stem = out / f"eval_{name}"  # best.pt and last.pt side by side
-    earlier = [p for p in (stem.with_suffix(".json"), stem.with_suffix(".md")) if p.exists()]
-    if earlier and not overwrite:
-        raise click.ClickException(f"{earlier[0]}: an earlier evaluation is there (use --overwrite to replace it, "
-                                   "or --out for another folder)")
-    try:
-        result = evaluate_checkpoint(checkpoint, data, split=split, convention=convention, batch_size=batch_size,
-                                     weights=weights, num_workers=num_workers, max_sequences=max_sequences,
-                                     progress=not quiet, state=state)
-    except (CheckpointError, DatasetFormatError, ValueError) as e:
-        raise _fail(e) from None
-    md = report_markdown(result)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        files.write_text(stem.with_suffix(".json"), json.dumps(result, indent=2))
-        files.write_text(stem.with_suffix(".md"), md)
-    except OSError as e:  # a parent that is a file, a read-only folder, disk full
-        raise click.ClickException(f"{e.filename or out}: cannot write the evaluation ({e.strerror or e})") from None
+    with output_lock(out):  # a second eval into --out is refused (it replaced the first one's files)
+        earlier = [p for p in (stem.with_suffix(".json"), stem.with_suffix(".md")) if p.exists()]
+        if earlier and not overwrite:
+            raise click.ClickException(f"{earlier[0]}: an earlier evaluation is there (use --overwrite to replace it, "
+                                       "or --out for another folder)")
+        try:
+            result = evaluate_checkpoint(checkpoint, data, split=split, convention=convention, batch_size=batch_size,
+                                         weights=weights, num_workers=num_workers, max_sequences=max_sequences,
+                                         progress=not quiet, state=state)
+        except (CheckpointError, DatasetFormatError, ValueError) as e:
+            raise _fail(e) from None
+        md = report_markdown(result)
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            # both files or neither (a full disk left the .json alone, and the rerun refused it as "earlier")
+            with files.replacing(stem.with_suffix(".json")) as tmp_json, files.replacing(stem.with_suffix(".md")) as tmp_md:
+                tmp_json.write_text(json.dumps(result, indent=2))
+                tmp_md.write_text(md)
+        except OSError as e:  # a parent that is a file, a read-only folder, disk full
+            raise click.ClickException(f"{e.filename or out}: cannot write the evaluation ({e.strerror or e})") from None
     click.echo(md)
     click.echo(f"wrote {stem}.json and {stem}.md")
 
@@ -235,8 +238,14 @@ def predict(checkpoints, input_, out, split, max_sequences, weights, batch_size,
     With several --checkpoint options every model predicts the same sequences (they must share frame counts and
     frame size); the GIFs and grids show them side by side.
     """
-    from diffuma.output_folder import check_output_folder
+    with output_lock(out):  # one writer: two into one --out gave a false success or an error about a temporary
+        _predict(checkpoints, input_, out, split, max_sequences, weights, batch_size, fps, overwrite, quiet)
 
+
+def _predict(checkpoints, input_, out, split, max_sequences, weights, batch_size, fps, overwrite, quiet):
+    from diffuma.output_folder import check_output_folder, remove_stale_temporaries
+
+    remove_stale_temporaries(out)  # a killed run's (its process is gone), also when this run is refused below
     try:  # before any work: not the input, not a dataset or recording, not a full folder without --overwrite
         check_output_folder(out, input_, overwrite)
     except (FileExistsError, ValueError) as e:

@@ -11,6 +11,7 @@ from tqdm import tqdm
 
 from acquisition import files
 from chdl.dataset import DatasetWriter, marked_incomplete
+from chdl.locks import OutputInUse, exclusive_output
 
 
 class ImporterInputError(ValueError):
@@ -67,6 +68,15 @@ def write_sequences(
     """
     out = Path(out)
     check_room(out, n_sequences, create_kwargs)
+    try:  # one writer at a time: two --overwrite imports raced and the dataset they replaced was lost
+        with exclusive_output(out):
+            return _write_sequences(out, make_shard, n_sequences, overwrite, desc, progress, create_kwargs)
+    except OutputInUse as e:
+        raise ImporterInputError(str(e)) from None
+
+
+def _write_sequences(out: Path, make_shard, n_sequences: int, overwrite: bool, desc: str, progress: bool,
+                     create_kwargs: dict) -> Path:
     try:  # create inside the try: an interrupt just after the layout is renamed into place removes it too
         writer = DatasetWriter.create(out, n_sequences=n_sequences, overwrite=overwrite, keep_previous=overwrite,
                                       **create_kwargs)

@@ -114,6 +114,18 @@ def check_run_folder(out: Path) -> None:
                              "choose another --out")
 
 
+def resume_checkpoint(out: Path) -> Path:
+    """The checkpoint ``--resume`` continues from: ``checkpoints/last.pt``; where there is none but a ``best.pt``,
+    that one (the end of an epoch writes best.pt, then last.pt: when the first last.pt could not be written, a full
+    disk, best.pt holds exactly the state it would have held). FileNotFoundError naming last.pt if neither exists."""
+    last, best = out / "checkpoints" / "last.pt", out / "checkpoints" / "best.pt"
+    if last.is_file():
+        return last
+    if best.is_file():
+        return best
+    raise FileNotFoundError(f"{last}: nothing to resume (no checkpoint in {out})")
+
+
 def check_fresh_run_folder(out: Path) -> None:
     """FileExistsError when a fresh run may not start in the run folder ``out``: it holds a run's checkpoints
     (``last.pt``, or only ``best.pt``/``epoch_*.pt``: a fresh run replaced them and their logs) or files that are not
@@ -125,6 +137,9 @@ def check_fresh_run_folder(out: Path) -> None:
     if "last.pt" in saved:
         raise FileExistsError(f"{out}: already holds a run (checkpoints/last.pt); pass --resume to continue it or "
                               "choose another --out")
+    if "best.pt" in saved:
+        raise FileExistsError(f"{out}: already holds a run whose last.pt was never written (checkpoints/best.pt); "
+                              "pass --resume to continue it from best.pt, or choose another --out")
     if saved:
         raise FileExistsError(f"{out}: already holds a run's checkpoints ({', '.join(saved[:3])}) but no last.pt to "
                               "resume from; choose another --out (or move that run away to start anew here)")
@@ -146,8 +161,9 @@ def claim_run_folder(out: Path) -> int:
     except LockHeld as e:
         raise RunFolderError(f"{out}: the folder is in use by another chdl train (pid {e.pid}); wait for it to "
                              "end or stop it, or choose another --out") from None
-    except OSError as e:
-        raise RunFolderError(f"{out}: cannot create the run folder ({e.strerror or e})") from None
+    except OSError as e:  # (an existing folder: its lock file could not be made, e.g. read-only)
+        what = "cannot write in the run folder" if out.is_dir() else "cannot create the run folder"
+        raise RunFolderError(f"{out}: {what} ({e.strerror or e})") from None
 
 
 def seed_everything(seed: int) -> None:
@@ -528,9 +544,7 @@ class Trainer:
             files.remove_stale_temporaries(self.ckpt_dir)
             files.remove_stale_temporaries(self.out)
         if resume:
-            if not last.is_file():
-                raise FileNotFoundError(f"{last}: nothing to resume (no checkpoint in {self.out})")
-            self.load(last)
+            self.load(resume_checkpoint(self.out))
         elif last.exists():
             raise FileExistsError(f"{self.out}: already holds a run (checkpoints/last.pt); pass --resume to "
                                   "continue it or choose another --out")
@@ -828,10 +842,7 @@ def build_trainer(config: dict | None, data: str | Path, out: str | Path, resume
 
 def _build_trainer(config: dict | None, data: str | Path, out: Path, resume: bool, progress: bool) -> Trainer:
     if resume:
-        last = out / "checkpoints" / "last.pt"
-        if not last.is_file():
-            raise FileNotFoundError(f"{last}: nothing to resume (no checkpoint in {out})")
-        saved = load_checkpoint(last)["config"]
+        saved = load_checkpoint(resume_checkpoint(out))["config"]
         if config is None:
             config = {"model": {k: v for k, v in saved["model"].items() if k not in DATA_FIELDS},
                       "run": saved["run"]}

@@ -197,8 +197,8 @@ def test_a_fresh_run_starts_only_in_a_new_empty_or_unfinished_run_folder(standin
     (old / "checkpoints").mkdir(parents=True)
     (old / "checkpoints" / "best.pt").write_bytes(b"a SimVP run's weights")
     assert _train(["--data", tiny_dataset, "--config", cfg, "--out", old]) == (
-        1, f"Error: {old}: already holds a run's checkpoints (best.pt) but no last.pt to resume from; choose another "
-           "--out (or move that run away to start anew here)")
+        1, f"Error: {old}: already holds a run whose last.pt was never written (checkpoints/best.pt); pass --resume "
+           "to continue it from best.pt, or choose another --out")
     assert (old / "checkpoints" / "best.pt").read_bytes() == b"a SimVP run's weights"
     notes = tmp_path / "notes"
     notes.mkdir()
@@ -266,3 +266,32 @@ def test_config_errors_found_against_the_data_or_the_machine_name_where_the_valu
         code, msg = _train(["--data", tiny_dataset, "--config", cfg, "--out", tmp_path / "b"])
         assert (code, msg) == (1, f"Error: {cfg}: run.device is cuda but torch.cuda.is_available() is False"), msg
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_a_run_whose_first_last_pt_could_not_be_written_resumes_from_best_pt(standin, tiny_dataset, tmp_path,
+                                                                             monkeypatch):
+    """A full disk after the first epoch's best.pt, before its last.pt: --resume said 'nothing to resume' and a fresh
+    start 'already holds a run's checkpoints': the run could be neither continued nor restarted."""
+    from pathlib import Path
+
+    from diffuma.training import trainer as trainer_module
+
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(_config(epochs=2, val_every_epochs=1, checkpoint_every_steps=0)))
+    run = tmp_path / "run"
+    real, failed = trainer_module.save_checkpoint, []
+
+    def full_disk_once(path, state):
+        if Path(path).name == "last.pt" and not failed:
+            failed.append(path)
+            raise CheckpointWriteError(f"{path}: cannot write checkpoint (No space left on device)")
+        real(path, state)
+
+    monkeypatch.setattr(trainer_module, "save_checkpoint", full_disk_once)
+    code, msg = _train(["--data", tiny_dataset, "--config", tmp_path / "c.yaml", "--out", run])
+    assert code == 1 and "last.pt: cannot write checkpoint (No space left on device)" in msg, msg
+    assert sorted(p.name for p in (run / "checkpoints").glob("*.pt")) == ["best.pt"]
+    code, msg = _train(["--data", tiny_dataset, "--config", tmp_path / "c.yaml", "--out", run])
+    assert code == 1 and "pass --resume to continue it from best.pt" in msg, msg
+    code, msg = _train(["--data", tiny_dataset, "--out", run, "--resume"])
+    assert code == 0, msg
+    assert load_checkpoint(run / "checkpoints" / "last.pt")["epoch"] == 2
