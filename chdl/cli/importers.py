@@ -67,7 +67,10 @@ def _run(fn, *args, inputs: list = (), preview: Path | None = None, **kwargs) ->
     except (ImporterInputError, FileExistsError, ValueError) as e:
         raise click.ClickException(str(e).replace("\n", " ")) from None
     except OSError as e:  # a parent that is a file, a read-only folder, disk full: the importer removed its output
-        raise click.ClickException(f"{e.filename or out}: cannot write the dataset ({e.strerror or e})") from None
+        where = e.filename or out
+        if f"/.{Path(out).name}." in f"/{where}":  # its working copy (.x.zarr.creating, .previous): the user's name
+            where = out
+        raise click.ClickException(f"{where}: cannot write the dataset ({e.strerror or e})") from None
     summary = open_dataset(out).summary()
     shape = "×".join(str(d) for d in summary["shape"])
     click.echo(f"wrote {out}: {shape} {summary['dtype']} (train {summary['splits']['train']}, "

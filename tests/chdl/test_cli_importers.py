@@ -97,3 +97,18 @@ def test_sigterm_removes_the_half_written_dataset_and_says_so(tmp_path):
     assert proc.returncode == 130, err
     assert err.strip().splitlines()[-1] == "interrupted: chdl import stopped before it finished (rerun the same command)"
     assert not out.exists()
+
+
+def test_a_read_only_folder_is_named_as_the_user_gave_it(tmp_path, video):
+    """--out in a read-only folder said 'tfs/.clips.zarr.creating: cannot write the dataset': a name the user never
+    gave (a working copy, the writer's lock beside it). A private read-only tmpfs (skipped where none can be made)."""
+    from process_helpers import can_mount_tmpfs
+
+    if not can_mount_tmpfs():
+        pytest.skip("needs `unshare -m` and mount rights for a private tmpfs")
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    script = (f"mount -t tmpfs -o size=1m tmpfs {ro} && mount -o remount,ro {ro} && "
+              f"{sys.executable} -m chdl import video {video} --out {ro / 'clips.zarr'} -q")
+    r = subprocess.run(["unshare", "-rm", "sh", "-c", script], capture_output=True, text=True, timeout=120)
+    assert _error(r) == f"Error: {ro / 'clips.zarr'}: cannot write the dataset (Read-only file system)"
