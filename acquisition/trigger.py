@@ -155,7 +155,32 @@ def _gap(tracker: FrameIdTracker, frame: Frame) -> int:
     return before + tracker.observe(frame.frame_id)
 
 
-class SoftwareTriggered:
+class _FrameSource:
+    """What both frame sources share: a delivered frame stamped and counted (stats, id gaps, when the camera
+    says it was taken), and a frame skipped (its drops carried on to the next frame taken)."""
+
+    def __init__(self, camera: Camera):
+        self.camera = camera
+        self.stats = SourceStats()
+        self._tracker = FrameIdTracker()
+        self._clock = ExposureClock()
+        self._carry = 0  # drops counted on skipped frames, added to the next taken frame
+
+    def _received(self, frame: Frame) -> Received:
+        """``frame`` stamped with the host clock now (it was just delivered) and counted."""
+        wall, mono = _stamp()
+        gap = _gap(self._tracker, frame)
+        self.stats.delivered += 1
+        self.stats.dropped += gap
+        self.stats.incomplete += frame.incomplete
+        return Received(frame, wall, mono, gap, self._clock.taken_ns(frame, mono))
+
+    def _skip(self, item: Received) -> None:
+        self._carry += item.dropped_before
+        self.stats.skipped += 1
+
+
+class SoftwareTriggered(_FrameSource):
     """One software trigger per position; the frame it produces is the position's frame.
 
     On a camera whose frames wait in a driver queue (``Camera.queues_frames``) a frame fetched after the trigger
@@ -175,15 +200,11 @@ class SoftwareTriggered:
         """``fps``: triggers at most this often (a camera in trigger mode takes a frame per trigger, whatever its
         AcquisitionFrameRate: Aravis' fake camera at --fps 5 gave a frame every 40 ms); None: as fast as the
         positions come. Cameras that pace themselves (the simulator, a replay) set ``paces_itself``."""
-        self.camera = camera
-        self.stats = SourceStats()
-        self._tracker = FrameIdTracker()
+        super().__init__(camera)
         self._period = 1.0 / fps if fps and not getattr(camera, "paces_itself", False) else 0.0
         self._next = 0.0
         self._queued = bool(getattr(camera, "queues_frames", False))
-        self._clock = ExposureClock()
         self._owed = 0  # triggers sent whose frame has not come (queued cameras)
-        self._carry = 0  # drops counted on discarded frames, added to the next taken frame
 
     def start(self) -> None:
         self.camera.start("software")
@@ -214,16 +235,16 @@ class SoftwareTriggered:
                 while True:
                     frame = self.camera.fetch(max(deadline - time.monotonic(), 1e-3))
                     received += 1
-                    got = self._receive(frame)
+                    got = self._received(frame)
                     if not self._queued:
                         break
                     if got.taken_monotonic_ns is not None:  # the device says when it was taken
                         if got.taken_monotonic_ns >= triggered_ns:
                             break
-                        self._discard(got)
+                        self._skip(got)
                         continue
                     if held is not None:  # the frame held back was an earlier trigger's: a newer one came
-                        self._discard(held)
+                        self._skip(held)
                         held = None
                     if self._owed == 0:  # the newest trigger's frame: this position's
                         break
@@ -235,7 +256,7 @@ class SoftwareTriggered:
                 if lost and time.monotonic() < deadline and held is None:
                     continue  # trigger again
                 if held is not None:  # one frame came for two triggers: whose is unknowable; the position is dropped
-                    self._discard(held)
+                    self._skip(held)
                     self._owed = 0
                     raise TimeoutError(f"a frame came (id {held.frame.frame_id}) after a trigger whose frame was late; "
                                        "which trigger it answers is unknown (no device timestamps)") from None
@@ -247,18 +268,9 @@ class SoftwareTriggered:
         self._carry = 0
         return got
 
-    def _receive(self, frame: Frame) -> Received:
+    def _received(self, frame: Frame) -> Received:
         self._owed = max(0, self._owed - 1)  # one trigger answered (frames come in trigger order)
-        wall, mono = _stamp()
-        gap = _gap(self._tracker, frame)
-        self.stats.delivered += 1
-        self.stats.dropped += gap
-        self.stats.incomplete += frame.incomplete
-        return Received(frame, wall, mono, gap, self._clock.taken_ns(frame, mono))
-
-    def _discard(self, got: Received) -> None:
-        self._carry += got.dropped_before
-        self.stats.skipped += 1
+        return super()._received(frame)
 
     def _drain(self) -> None:
         """Discard the frames already waiting (an earlier trigger's frame that came after its position timed
@@ -268,24 +280,20 @@ class SoftwareTriggered:
                 frame = self.camera.fetch(1e-3)
             except TimeoutError:
                 return
-            self._discard(self._receive(frame))
+            self._skip(self._received(frame))
 
 
-class StreamedSource:
+class StreamedSource(_FrameSource):
     """Frames arrive on their own (free-run or line trigger); a thread fetches and stamps them."""
 
     POLL_S = 0.2  # the grabber thread's fetch timeout: how quickly it notices stop()
     MAX_QUEUED = 64  # beyond this the oldest queued frames are skipped (only the newest matter)
 
     def __init__(self, camera: Camera, mode: str):
-        self.camera = camera
+        super().__init__(camera)
         self.mode = mode
-        self.stats = SourceStats()
-        self._tracker = FrameIdTracker()
-        self._clock = ExposureClock()
         self._queue: collections.deque = collections.deque()
         self._cond = threading.Condition()
-        self._carry = 0  # drops counted on skipped frames, added to the next taken frame
         self._error: BaseException | None = None
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
@@ -312,20 +320,12 @@ class StreamedSource:
                     self._error = e
                     self._cond.notify_all()
                 return
-            wall, mono = _stamp()
-            gap = _gap(self._tracker, frame)
+            got = self._received(frame)  # (this thread alone counts delivered frames: outside the lock)
             with self._cond:
-                self.stats.delivered += 1
-                self.stats.dropped += gap
-                self.stats.incomplete += frame.incomplete
                 if len(self._queue) >= self.MAX_QUEUED:
                     self._skip(self._queue.popleft())
-                self._queue.append(Received(frame, wall, mono, gap, self._clock.taken_ns(frame, mono)))
+                self._queue.append(got)
                 self._cond.notify_all()
-
-    def _skip(self, item: Received) -> None:
-        self._carry += item.dropped_before
-        self.stats.skipped += 1
 
     def next_frame(self, after_ns: int, timeout_s: float) -> Received:
         """The first frame taken (device timestamp, :class:`ExposureClock`) or, without one, arrived at or after

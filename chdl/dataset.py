@@ -214,6 +214,12 @@ def _frames_shard_bound(frames_array: zarr.Array, frames: np.ndarray) -> int:
     return frames.nbytes + len(frames) * 64 + frames_array.shards[0] * 16 + 4
 
 
+def writer_pid(path) -> str | None:
+    """The pid of the chdl process writing the local dataset ``path`` now (its writer lock,
+    :func:`chdl.locks.writer_lock_path`); None if none is, and for an fsspec URL (an object store has no lock)."""
+    return lock_holder(writer_lock_path(path)) if isinstance(path, Path) else None
+
+
 def previous_path(path: Path) -> Path:
     """Where a complete dataset waits while ``--overwrite`` replaces it (:meth:`DatasetWriter.create`'s
     ``keep_previous``), beside it."""
@@ -287,7 +293,7 @@ def read_array(array: zarr.Array, selection: Any, path: str | os.PathLike) -> np
         row = (selection if isinstance(selection, tuple) else (selection,))[0]
         files = _array_files(array, int(row)) if _is_int(row) and 0 <= row < array.shape[0] else []
         where = f"shard file {files[0]}: " if files else ""
-        writer = lock_holder(writer_lock_path(Path(path))) if not isinstance(path, str) or "://" not in path else None
+        writer = writer_pid(path)
         why = (f"another chdl process (pid {writer}) is writing or replacing the dataset while this one reads it"
                if writer else "the dataset is damaged on disk")  # (chdl verify passed a dataset replaced meanwhile)
         raise DatasetFormatError(f"{path}: cannot read {array.path} ({where}{type(e).__name__}: {first}); "
@@ -1021,7 +1027,7 @@ def open_dataset(path: str | os.PathLike, *, check_files: bool = True) -> Datase
         # start over (deterministic, they refuse an existing output without --overwrite)
         provenance = attrs.get("provenance", {})
         written = f"{path}: incomplete dataset ({int(done.sum())}/{done.size} shards written)"
-        if isinstance(path, Path) and (pid := lock_holder(writer_lock_path(path))):
+        if pid := writer_pid(path):
             raise DatasetIncompleteError(f"{written}: chdl is writing it now (pid {pid}); wait for it to finish")
         resumable = "curate_key" in provenance
         how = "to resume" if resumable else "with --overwrite to make it again (an import does not resume)"

@@ -73,7 +73,11 @@ def lock_holder(path: Path) -> str | None:
         os.close(fd)  # (closing drops the lock if it was taken; the file is left as it was)
 
 
-class OutputInUse(RuntimeError):
+class OutputLockError(RuntimeError):
+    """The writer lock of an output cannot be taken; the message (one line) names the output and why."""
+
+
+class OutputInUse(OutputLockError):
     """Another chdl process is writing the output; the message names it and the holder's pid."""
 
 
@@ -89,15 +93,19 @@ def exclusive_output(path: Path) -> Iterator[None]:
     with :class:`OutputInUse`, "<path>: in use by another chdl process writing it (pid N); wait for it to end or
     stop it". Before, two writers raced: each checked the output was free, then one replaced the other's result
     (or, with --overwrite, both moved the old one aside and it was lost). Creates ``path``'s parent folder;
-    OSError if it cannot."""
+    :class:`OutputLockError` if it cannot, or cannot make the lock file there ("<path>: cannot write in <parent>
+    (Read-only file system)"; errno and the OSError as its cause)."""
     path = Path(path)
     lock = writer_lock_path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         fd = take_lock(lock)
     except LockHeld as e:
         raise OutputInUse(f"{path}: in use by another chdl process writing it (pid {e.pid}); wait for it to end or "
                           "stop it") from None
+    except OSError as e:  # a read-only folder, a file on the way
+        what = f"cannot write in {path.parent}" if path.parent.is_dir() else "cannot create the folder it goes in"
+        raise OutputLockError(f"{path}: {what} ({e.strerror or e})") from e
     try:
         yield
     finally:

@@ -40,7 +40,7 @@ from acquisition.raw import RawFormatError, Recording
 from chdl.cluster import ClusterError, pool_map_unordered
 from chdl.dataset import (SPLIT_EXCLUDED, DatasetFormatError, DatasetWriter, dataset_path, previous_path,
                           refuse_non_dataset)
-from chdl.locks import OutputInUse, exclusive_output
+from chdl.locks import OutputLockError, exclusive_output
 from curation import qc
 from curation.config import CurateConfig
 from curation.plan import Plan, SequencePlan, build_plan
@@ -395,11 +395,8 @@ def _writer_lock(out):
     with contextlib.ExitStack() as held:
         try:
             held.enter_context(exclusive_output(out))
-        except OutputInUse as e:
+        except OutputLockError as e:  # another writer, or a folder the lock cannot go in
             raise CurateError(str(e)) from None
-        except OSError as e:  # the writer lock goes beside OUT: a read-only folder, a file on the way
-            what = f"cannot write in {out.parent}" if out.parent.is_dir() else "cannot create the dataset's folder"
-            raise CurateError(f"{out}: {what} ({e.strerror or e})") from None
         yield
 
 

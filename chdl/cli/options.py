@@ -83,16 +83,12 @@ class LocalPath(click.Path):
 @contextlib.contextmanager
 def output_lock(out: Path):
     """Held while a command writes ``out``: :func:`chdl.locks.exclusive_output`, its refusal (another chdl process
-    writes ``out``) or a folder it cannot create as one click error."""
-    from chdl.locks import OutputInUse, exclusive_output
+    writes ``out``, or the lock cannot be made) as one click error."""
+    from chdl.locks import OutputLockError, exclusive_output
 
     with contextlib.ExitStack() as held:
         try:
             held.enter_context(exclusive_output(Path(out)))
-        except OutputInUse as e:
+        except OutputLockError as e:
             raise click.ClickException(str(e)) from None
-        except OSError as e:  # the writer lock goes beside ``out``: a read-only folder, a file on the way
-            where = Path(out).parent
-            what = f"cannot write in {where}" if where.is_dir() else "cannot create the folder it goes in"
-            raise click.ClickException(f"{out}: {what} ({e.strerror or e})") from None
         yield

@@ -492,6 +492,8 @@ def plot_scores(path: Path, rows_by_method: dict, truth: RunTruth, title: str = 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from diffuma.viz import save_figure
+
     n = len(rows_by_method)
     fig, axes = plt.subplots(n, 1, figsize=(12, 2.2 * n), sharex=True, squeeze=False)
     for ax, (m, rows) in zip(axes[:, 0], rows_by_method.items()):
@@ -509,9 +511,4 @@ def plot_scores(path: Path, rows_by_method: dict, truth: RunTruth, title: str = 
                          "blue: alert level = baseline median + z_on·σ)", fontsize=9)
     axes[-1, 0].set_xlabel("frame")
     axes[0, 0].legend(fontsize=7, loc="upper right")
-    fig.tight_layout()
-    try:
-        with files.replacing(path) as tmp:
-            fig.savefig(tmp, dpi=90, format="png")
-    finally:
-        plt.close(fig)
+    save_figure(fig, path, dpi=90)

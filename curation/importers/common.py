@@ -11,7 +11,7 @@ from tqdm import tqdm
 
 from acquisition import files
 from chdl.dataset import DatasetWriter, marked_incomplete
-from chdl.locks import OutputInUse, exclusive_output
+from chdl.locks import OutputInUse, OutputLockError, exclusive_output
 
 
 class ImporterInputError(ValueError):
@@ -73,6 +73,8 @@ def write_sequences(
             return _write_sequences(out, make_shard, n_sequences, overwrite, desc, progress, create_kwargs)
     except OutputInUse as e:
         raise ImporterInputError(str(e)) from None
+    except OutputLockError as e:  # a folder the lock cannot go in: as any write there fails (chdl import names --out)
+        raise e.__cause__ from None
 
 
 def _write_sequences(out: Path, make_shard, n_sequences: int, overwrite: bool, desc: str, progress: bool,

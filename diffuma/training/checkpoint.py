@@ -150,8 +150,6 @@ def verify_checksum(path: str | Path) -> None:
                               "delete that record)")
 
 
-
-
 def _starts_with(path: Path, magic: bytes) -> bool:
     with open(path, "rb") as f:
         return f.read(len(magic)) == magic
