@@ -91,7 +91,7 @@ def _run_parameters(run: Path, k: int) -> dict:
         return {"positions": plan["positions"], "step_um": float(plan["step_um"]),
                 "seed": seed if rest == 0 else f"(camera sim{address.netloc})", "width": settings["width"],
                 "height": settings["height"], "pixel_format": settings["pixel_format"],
-                "bit_depth": int(query["bit_depth"]), "fault_rate": float(query["fault_rate"]),
+                "bit_depth": 8 if settings["pixel_format"] == "Mono8" else int(query["bit_depth"]), "fault_rate": float(query["fault_rate"]),
                 "anomaly_rate": float(query.get("anomaly_rate", 0.0)), "sim_version": int(query["sim_version"]),
                 "lanes": plan["lanes"]}
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
@@ -113,7 +113,10 @@ def _check_corpus(out: Path, params: dict, n_runs: int) -> bool:
     if made is not None:
         if not isinstance(made, dict) or made.get("format") != CORPUS_FORMAT or not isinstance(made.get("parameters"), dict):
             raise click.ClickException(f"{file}: not a corpus parameter file ({CORPUS_FORMAT}){advice}")
-        if diff := _differences(made["parameters"], params):
+        made = made["parameters"]
+        if made.get("pixel_format") == "Mono8":  # before 2026-12-02 a Mono8 corpus recorded the unused Mono16 depth
+            made = {**made, "bit_depth": 8}
+        if diff := _differences(made, params):
             raise click.ClickException(f"{out}: a corpus rendered with other arguments: {diff}{advice}")
         return False
     others = sorted(p.name for p in out.iterdir() if not (p.name.startswith("run_") and p.name[4:].isdigit() and p.is_dir())
@@ -164,8 +167,8 @@ def _cluster_errors_as_click():
 @click.option("--width", type=click.IntRange(16, 3200), default=800, show_default=True)
 @click.option("--height", type=click.IntRange(16, 2400), default=600, show_default=True)
 @click.option("--pixel-format", type=click.Choice(["Mono8", "Mono16"]), default="Mono8", show_default=True)
-@click.option("--bit-depth", type=click.Choice(["12", "16"]), default="12", show_default=True,
-              help="Data depth of Mono16 frames.")
+@click.option("--bit-depth", type=click.Choice(["12", "16"]), default=None,
+              help="Data depth of Mono16 frames  [default: 12; Mono8 frames are 8 bits].")
 @click.option("--fault-rate", type=FiniteFloat(0, 1), default=0.013, show_default=True,
               help="Probability that a frame is faulty.")
 @click.option("--anomaly-rate", type=FiniteFloat(0, 1), default=0.0, show_default=True,
@@ -176,7 +179,7 @@ def _cluster_errors_as_click():
               help="Render the runs on a Dask cluster instead of --workers processes (see chdl curate --scheduler).")
 @quiet_option()
 def corpus(out: Path, lanes: int, positions: int, step_um: float, lanes_per_run: int, seed: int, width: int, height: int,
-           pixel_format: str, bit_depth: str, fault_rate: float, anomaly_rate: float, workers: int, scheduler: str | None,
+           pixel_format: str, bit_depth: str | None, fault_rate: float, anomaly_rate: float, workers: int, scheduler: str | None,
            quiet: bool) -> None:
     """Render a labelled corpus of --sequences lane passes into raw recordings (with truth/) under OUT.
     Rerun with the same arguments, it resumes; other arguments are refused (OUT/corpus.json has them)."""
@@ -185,6 +188,8 @@ def corpus(out: Path, lanes: int, positions: int, step_um: float, lanes_per_run:
     n_runs = -(-lanes // lanes_per_run)
     if n_runs > RUN_SEEDS:
         raise click.UsageError(f"at most {RUN_SEEDS} runs per corpus (raise --lanes-per-run)")
+    if pixel_format == "Mono8" and bit_depth is not None:
+        raise click.UsageError(f"--bit-depth {bit_depth} is the depth of Mono16 data; Mono8 frames are 8 bits")
     if out.exists() and not out.is_dir():
         raise click.ClickException(f"{out}: exists and is not a folder")
     try:
@@ -192,7 +197,8 @@ def corpus(out: Path, lanes: int, positions: int, step_um: float, lanes_per_run:
     except OSError as e:  # a file on the way, a read-only folder
         raise click.ClickException(f"{e.filename or out}: cannot create the corpus folder ({e.strerror or e})") from None
     params = {"sequences": lanes, "positions": positions, "step_um": step_um, "lanes_per_run": lanes_per_run,
-              "seed": seed, "width": width, "height": height, "pixel_format": pixel_format, "bit_depth": int(bit_depth),
+              "seed": seed, "width": width, "height": height, "pixel_format": pixel_format,
+              "bit_depth": 8 if pixel_format == "Mono8" else int(bit_depth or 12),  # the data's, as the runs record it
               "fault_rate": fault_rate, "anomaly_rate": anomaly_rate, "sim_version": SIM_VERSION}
     with output_lock(out):  # a second render into OUT is refused (it cleared the first's run in progress)
         _corpus(out, params, n_runs, workers, scheduler, quiet)
@@ -229,7 +235,7 @@ def _render_corpus(out: Path, params: dict, new: bool, n_runs: int, workers: int
                 continue
             _clear_partial_sim_run(run)
         options = {"alias": f"sim{seed * RUN_SEEDS + k}", "index": seed * RUN_SEEDS + k, "fault_rate": fault_rate,
-                   "bit_depth": params["bit_depth"]}
+                   "bit_depth": max(12, params["bit_depth"])}  # the sim camera's Mono16 depth (Mono8 is set by PixelFormat)
         if anomaly_rate:
             options["anomaly_rate"] = anomaly_rate
         jobs.append((str(run.absolute()), options, settings, n, positions, params["step_um"]))

@@ -226,7 +226,11 @@ def test_simulate_corpus_resumes_only_with_the_arguments_it_was_made_with(tmp_pa
     made = json.loads((out / "corpus.json").read_text())
     assert made["format"] == "chdl.sim-corpus/1" and made["parameters"] == {
         "sequences": 3, "positions": 2, "step_um": 60.0, "lanes_per_run": 1, "seed": 0, "width": 32, "height": 24,
-        "pixel_format": "Mono8", "bit_depth": 12, "fault_rate": 0.013, "anomaly_rate": 0.0, "sim_version": 1}
+        "pixel_format": "Mono8", "bit_depth": 8, "fault_rate": 0.013, "anomaly_rate": 0.0, "sim_version": 1}
+    # the data depth, as the runs record it (a Mono8 corpus said 12: --bit-depth's unused Mono16 default)
+    assert Recording.open(out / "run_00000").manifest["settings"].get("bit_depth", 8) == 8
+    res = CliRunner().invoke(simulate, args + ["--bit-depth", "16"])
+    assert res.exit_code == 2 and "--bit-depth 16 is the depth of Mono16 data; Mono8 frames are 8 bits" in res.output
     shutil.rmtree(out / "run_00002")  # as a killed corpus leaves it: the last run not finished
     before = sorted((p.name, p.stat().st_mtime_ns) for p in out.iterdir())
     advice = f"; use another folder, or delete {out} to render it anew"
@@ -236,9 +240,12 @@ def test_simulate_corpus_resumes_only_with_the_arguments_it_was_made_with(tmp_pa
         assert res.exit_code == 1, res.output
         assert res.output.splitlines() == [f"Error: {out}: a corpus rendered with other arguments: {diff}{advice}"]
         assert sorted((p.name, p.stat().st_mtime_ns) for p in out.iterdir()) == before
+    old = {"format": made["format"], "parameters": {**made["parameters"], "bit_depth": 12}}
+    (out / "corpus.json").write_text(json.dumps(old))  # as a Mono8 corpus recorded it before 2026-12-02
     res = CliRunner().invoke(simulate, args + ["--workers", "2"])  # how it is rendered is not what it is
     assert res.exit_code == 0 and "wrote 1 recording (" in res.output and "2 finished runs kept" in res.output
     assert Recording.open(out / "run_00002").manifest["settings"]["width"] == 32
+    (out / "corpus.json").write_text(json.dumps(made))
     # made before corpus.json: judged by its finished runs' manifests
     (out / "corpus.json").unlink()
     res = CliRunner().invoke(simulate, args + ["--height", "30"])
