@@ -55,7 +55,7 @@ def check_output_folder(out: str | Path, source: str | Path | None = None, overw
                               "refusing to delete it even with --overwrite")
 
 
-def remove_stale_temporaries(out: Path) -> None:
+def remove_stale_working_folders(out: Path) -> None:
     """Delete the temporary folders (``.<name>.tmp<pid>``) that earlier runs into ``out`` left when they were
     killed: those whose process is gone."""
     for tmp in out.parent.glob(f".{out.name}.tmp*"):

@@ -28,7 +28,7 @@ import zarr
 from tqdm import tqdm
 
 from diffuma.evaluation import autocast
-from diffuma.output_folder import check_output_folder, remove_stale_temporaries
+from diffuma.output_folder import check_output_folder, remove_stale_working_folders
 from diffuma.viz import prediction_grid, save_png, side_by_side_gif
 
 
@@ -56,7 +56,7 @@ def write_predictions(out: str | Path, inputs, preds: dict, targets=None, *, seq
     process was killed, by the next run into ``out``). OSError (disk full, a read-only folder) as raised."""
     out = Path(out)
     check_output_folder(out, overwrite=overwrite)
-    remove_stale_temporaries(out)
+    remove_stale_working_folders(out)
     inputs = np.asarray(inputs, dtype=np.float32)
     preds = {str(k): np.asarray(v, dtype=np.float32) for k, v in preds.items()}
     targets = None if targets is None else np.asarray(targets, dtype=np.float32)

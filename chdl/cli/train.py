@@ -243,9 +243,9 @@ def predict(checkpoints, input_, out, split, max_sequences, weights, batch_size,
 
 
 def _predict(checkpoints, input_, out, split, max_sequences, weights, batch_size, fps, overwrite, quiet):
-    from diffuma.output_folder import check_output_folder, remove_stale_temporaries
+    from diffuma.output_folder import check_output_folder, remove_stale_working_folders
 
-    remove_stale_temporaries(out)  # a killed run's (its process is gone), also when this run is refused below
+    remove_stale_working_folders(out)  # a killed run's (its process is gone), also when this run is refused below
     try:  # before any work: not the input, not a dataset or recording, not a full folder without --overwrite
         check_output_folder(out, input_, overwrite)
     except (FileExistsError, ValueError) as e:
