@@ -140,9 +140,15 @@ def weatherbench(root, out, variables, train_years, val_years, level, step, stri
     """WeatherBench 5.625° ERA5 netCDF (ROOT/<variable folder>/*.nc) as 12 → 12 hourly sequences."""
     from curation.importers.weatherbench import import_weatherbench
 
-    _run(import_weatherbench, root, out, inputs=[root], variables=list(variables), train_years=_years(train_years, "--train-years"),
-         val_years=_years(val_years, "--val-years"), level=level, step=step, stride=stride, overwrite=overwrite, preview=preview,
-         progress=not quiet)
+    from chdl.dataset import open_dataset
+
+    out = _run(import_weatherbench, root, out, inputs=[root], variables=list(variables),
+               train_years=_years(train_years, "--train-years"), val_years=_years(val_years, "--val-years"), level=level,
+               step=step, stride=stride, overwrite=overwrite, preview=preview, progress=not quiet)
+    skipped = open_dataset(out).attrs["extra"]["skipped_windows"]
+    if any(skipped.values()):  # a file cut short, a gap: the dataset holds fewer windows than its years
+        click.echo(f"warning: {skipped['train']} train and {skipped['val']} val windows of the chosen years were "
+                   "skipped: hours missing in the files (extra.skipped_windows)", err=True)
 
 
 def _size(value: str) -> tuple[int, int]:

@@ -16,7 +16,8 @@ Sequences (defaults follow OpenSTL's WeatherBench-S, the setting the DIFFUMA pap
 * 12 input + 12 target frames, ``step`` hours apart (default 1: the hourly data as is);
 * a new sequence every ``stride`` hours (default 24: non-overlapping days — OpenSTL slides by 1 hour,
   which stores every frame 24 times; ``--stride 1`` reproduces that). A window must lie inside one
-  split's years and have every frame present; windows across a gap are skipped and counted;
+  split's years and have every frame present; windows across a gap, or where a year's file ends early, are
+  skipped and counted (``chdl import`` warns); a requested year with no data at all is refused;
 * train years 2010–2015; val years 2017–2018. OpenSTL trains on 2010–2015, validates on 2016 and
   reports its test metrics on 2017–2018; the val split of a chdl dataset is what ``chdl eval``/``bench``
   report on, so it holds the test years. ``--val-years 2016`` gives OpenSTL's validation year instead;
@@ -251,19 +252,35 @@ def scan_field(root: Path, name: str, years: set[int], level: float | None) -> F
 
 
 def window_starts(hours_present: np.ndarray, years: tuple[int, int], step: int, stride: int) -> tuple[np.ndarray, int]:
-    """Start times (ns) of complete FRAMES-long windows inside ``years``; also how many were skipped for gaps."""
+    """Start times (ns) of complete FRAMES-long windows inside ``years``; also how many windows of those years
+    were skipped because a frame is missing: within the files, and where the files do not reach (a year cut
+    short, a file missing at either end of the range). The windows lie on a ``stride``-hour grid over the whole
+    of ``years``, in phase with the first hour present."""
     lo = np.datetime64(f"{years[0]:04d}-01-01T00:00", "ns").astype(np.int64)
     hi = np.datetime64(f"{years[1] + 1:04d}-01-01T00:00", "ns").astype(np.int64)  # exclusive
     inside = hours_present[(hours_present >= lo) & (hours_present < hi)]
     if len(inside) == 0:
         return np.zeros(0, np.int64), 0
-    span = (FRAMES - 1) * step * HOUR_NS
-    n = (int(inside[-1]) - int(inside[0]) - span) // (stride * HOUR_NS) + 1  # integer maths: ns overflow float64
-    starts = inside[0] + np.arange(max(n, 0), dtype=np.int64) * (stride * HOUR_NS)
+    span, stride_ns = (FRAMES - 1) * step * HOUR_NS, stride * HOUR_NS
+    first = lo + (int(inside[0]) - lo) % stride_ns
+    n = (hi - 1 - first - span) // stride_ns + 1  # integer maths: ns overflow float64
+    starts = first + np.arange(max(n, 0), dtype=np.int64) * stride_ns
     offsets = np.arange(FRAMES, dtype=np.int64) * step * HOUR_NS
     wanted = starts[:, None] + offsets[None, :]
     ok = np.isin(wanted, inside).all(axis=1)
     return starts[ok], int((~ok).sum())
+
+
+def _year_list(years: list[int]) -> str:
+    """[2010, 2011, 2012, 2015] -> "2010–2012, 2015"."""
+    parts, i = [], 0
+    while i < len(years):
+        j = i
+        while j + 1 < len(years) and years[j + 1] == years[j] + 1:
+            j += 1
+        parts.append(str(years[i]) if i == j else f"{years[i]}–{years[j]}")
+        i = j + 1
+    return ", ".join(parts)
 
 
 def import_weatherbench(
@@ -305,6 +322,13 @@ def import_weatherbench(
                                      f"({len(fl.times)} vs {len(times)})")
         if not (np.allclose(fl.lat, fields[0].lat) and np.allclose(fl.lon, fields[0].lon)):
             raise ImporterInputError(f"{fl.folder}: lat/lon coordinates differ from {fields[0].folder}")
+    present = set(years_of(times).tolist())
+    for label, yrs in (("train", train_years), ("val", val_years)):
+        absent = [y for y in range(yrs[0], yrs[1] + 1) if y not in present]
+        if absent:  # a partial download would make a dataset that claims years it does not hold
+            raise ImporterInputError(f"{', '.join(str(f.folder) for f in fields)}: no data for {label} year"
+                                     f"{'s' if len(absent) > 1 else ''} {_year_list(absent)} (--{label}-years "
+                                     f"{yrs[0]}{'' if yrs[0] == yrs[1] else f'–{yrs[1]}'}); add their files or narrow --{label}-years")
     train_starts, train_skipped = window_starts(times, train_years, step, stride)
     val_starts, val_skipped = window_starts(times, val_years, step, stride)
     for label, starts, yrs in (("train", train_starts, train_years), ("val", val_starts, val_years)):

@@ -148,8 +148,34 @@ def test_windows_across_a_gap_are_skipped(tmp_path: Path):
                               val_years=(2001, 2001), progress=False)
     ds = open_dataset(out)
     assert list(ds.split) == [SPLIT_TRAIN] * 2 + [SPLIT_VAL] * 3
-    assert ds.attrs["extra"]["skipped_windows"] == {"train": 1, "val": 0}
+    # the broken day, and every day of the years the 72-hour files do not reach (2000 has 366 days, 2001 365)
+    assert ds.attrs["extra"]["skipped_windows"] == {"train": 1 + 363, "val": 362}
     assert (np.diff(ds.group["timestamp_ns"][:], axis=1) == 3600 * 10**9).all()
+
+
+def test_years_without_data_are_refused_and_files_cut_short_are_warned_about(tmp_path: Path):
+    """Requested years with no file were dropped without a word (--train-years 2010-2015 on a download of
+    2014-2016 wrote a dataset that claimed 2010-2015); a year whose file ends early lost its windows uncounted."""
+    r = tmp_path / "wb"
+    for year in (2001, 2003, 2004):
+        write_file(r, "total_cloud_cover", "tcc", year)
+    out = tmp_path / "t.zarr"
+    res = CliRunner().invoke(main, ["import", "weatherbench", str(r), "--var", "tcc", "--out", str(out),
+                                    "--train-years", "1999-2003", "--val-years", "2004"])
+    assert res.exit_code == 1 and not out.exists()
+    assert res.output.splitlines() == [
+        f"Error: {r / 'total_cloud_cover'}: no data for train years 1999–2000, 2002 (--train-years 1999–2003); "
+        "add their files or narrow --train-years"]
+    # every year present, one cut short after 40 hours: its third day is skipped and counted, with a warning
+    write_file(r, "total_cloud_cover", "tcc", 2002, drop=slice(40, None))
+    res = CliRunner().invoke(main, ["import", "weatherbench", str(r), "--var", "tcc", "--out", str(out),
+                                    "--train-years", "2001-2003", "--val-years", "2004", "-q"])
+    assert res.exit_code == 0, res.output
+    skipped = open_dataset(out).attrs["extra"]["skipped_windows"]
+    assert skipped == {"train": (365 - 3) + (365 - 1) + (365 - 3), "val": 366 - 3}
+    assert f"warning: {skipped['train']} train and {skipped['val']} val windows of the chosen years were skipped" \
+        in res.output
+    assert open_dataset(out).frames.shape[0] == 3 + 1 + 3 + 3
 
 
 def test_cli_end_to_end_with_preview_and_overwrite(root: Path, tmp_path: Path):
@@ -174,7 +200,8 @@ def test_cli_end_to_end_with_preview_and_overwrite(root: Path, tmp_path: Path):
     ("wrong_grid", "grid is 16×32"),
     ("empty_folder", "empty folder"),
     ("no_folder", "no such folder"),
-    ("no_val_years", "no complete 24-frame window"),
+    ("no_val_years", "no data for val year 2005 (--val-years 2005)"),
+    ("no_val_window", "no complete 24-frame window"),
 ])
 def test_bad_input_is_a_one_line_error_naming_the_file(tmp_path: Path, case: str, expect: str):
     r = tmp_path / "wb"
@@ -191,6 +218,8 @@ def test_bad_input_is_a_one_line_error_naming_the_file(tmp_path: Path, case: str
         for p in bad.glob("*.nc"):
             p.unlink()
         bad.rmdir()
+    elif case == "no_val_window":
+        write_file(r, "total_cloud_cover", "tcc", 2001, drop=slice(10, None))
     else:
         write_file(r, "total_cloud_cover", "tcc", 2001)
     out = tmp_path / "x.zarr"
@@ -198,7 +227,7 @@ def test_bad_input_is_a_one_line_error_naming_the_file(tmp_path: Path, case: str
     res = CliRunner().invoke(main, ["import", "weatherbench", str(r), "--var", "tcc", "--out", str(out), *years])
     assert res.exit_code == 1
     line = res.output.strip()
-    assert len(line.splitlines()) == 1 and expect in line and str(bad if case != "no_val_years" else r) in line
+    assert len(line.splitlines()) == 1 and expect in line and str(bad if case != "no_val_window" else r) in line
     assert not out.exists()
 
 
