@@ -58,3 +58,26 @@ def test_render_corpus_writes_where_the_user_is(tmp_path):
                        timeout=300, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "c" / "corpus.json").is_file() and not (TOOLS.parent / "c").exists()
+
+
+def test_quickstart_deletes_only_a_folder_it_made(tmp_path):
+    """CHDL_DEMO_DIR=<someone's folder> deleted it (rm -rf before anything else); now only an empty folder or one
+    an earlier quickstart marked (.chdl-demo) is replaced. CHDL=false stops the run at its first command."""
+    env = {"PATH": "/usr/bin:/bin", "CHDL": "false"}
+
+    def quickstart(demo):
+        return subprocess.run(["bash", str(TOOLS / "quickstart.sh")], env={**env, "CHDL_DEMO_DIR": str(demo)},
+                              capture_output=True, text=True)
+
+    victim = tmp_path / "thesis"
+    (victim / "notes").mkdir(parents=True)
+    (victim / "notes" / "ch1.txt").write_text("x")
+    res = quickstart(victim)
+    assert res.returncode == 1 and (victim / "notes" / "ch1.txt").read_text() == "x"
+    assert f"quickstart: {victim} exists and is not an earlier demo (no .chdl-demo in it)" in res.stderr
+    demo = tmp_path / "demo"
+    res = quickstart(demo)  # new: made and marked, then `false` fails the capture step
+    assert res.returncode == 1 and (demo / ".chdl-demo").is_file() and "1/5 capture" in res.stderr
+    (demo / "old-output").mkdir()
+    res = quickstart(demo)  # an earlier demo: started afresh
+    assert res.returncode == 1 and not (demo / "old-output").exists() and (demo / ".chdl-demo").is_file()

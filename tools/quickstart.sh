@@ -13,8 +13,15 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 read -r -a chdl <<< "${CHDL:-$root/.venv/bin/chdl}"
 demo="${CHDL_DEMO_DIR:-$root/demo}"
 epochs="${CHDL_DEMO_EPOCHS:-6}"
+# rerunning starts afresh, but only a folder an earlier quickstart made (it holds .chdl-demo) is deleted:
+# CHDL_DEMO_DIR=~/thesis must not wipe a thesis
+if [ -e "$demo" ] && ! [ -f "$demo/.chdl-demo" ] && [ -n "$(ls -A "$demo" 2>/dev/null || echo x)" ]; then
+  echo "quickstart: $demo exists and is not an earlier demo (no .chdl-demo in it); choose another CHDL_DEMO_DIR" >&2
+  exit 1
+fi
 rm -rf "$demo"
 mkdir -p "$demo"
+echo "made by tools/quickstart.sh; the next run deletes this folder" > "$demo/.chdl-demo"
 step() { printf '\n== %s\n' "$*" >&2; }
 
 step "1/5 capture: replay samples/sim-200x150"
