@@ -130,7 +130,7 @@ def viky_cti() -> str:
 
 def default_config_path() -> Path | None:
     if os.environ.get(ENV_CONFIG):
-        return Path(os.environ[ENV_CONFIG])
+        return Path(os.environ[ENV_CONFIG]).expanduser()  # "~/x.yaml" quoted in a unit file, as --cti expands it
     base = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config")
     path = base / "chdl" / "cameras.yaml"
     return path if path.is_file() else None

@@ -63,8 +63,10 @@ def write_bytes(path: str | os.PathLike, data: bytes, *, durable: bool = False) 
 
 
 def write_text(path: str | os.PathLike, text: str, *, durable: bool = False) -> None:
-    """Replaces ``path`` by ``text`` (UTF-8) whole (:func:`replacing`). OSError naming ``path`` if it cannot."""
-    write_bytes(path, text.encode("utf-8"), durable=durable)
+    """Replaces ``path`` by ``text`` (UTF-8) whole (:func:`replacing`). OSError naming ``path`` if it cannot.
+    A file name of another encoding in ``text`` (a surrogate escape, as Python decodes it) is written as
+    ``\\udce4``: curate's report on a run folder named in Latin-1 failed at the end, every rerun."""
+    write_bytes(path, text.encode("utf-8", "backslashreplace"), durable=durable)
 
 
 def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:

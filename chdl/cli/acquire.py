@@ -16,7 +16,7 @@ from pathlib import Path
 
 import click
 
-from chdl.cli.options import NON_NEGATIVE, POSITIVE, FiniteFloat, LocalPath, quiet_option
+from chdl.cli.options import NON_NEGATIVE, POSITIVE, FiniteFloat, LocalPath, OutputPath, quiet_option
 
 STEP_UM = FiniteFloat(min=0, min_open=True, max=1e6)  # a stage step: > 0, at most a metre
 
@@ -89,7 +89,7 @@ def capture_options(f):
         click.option("--camera", "alias", metavar="ALIAS", help="Camera alias (camera config entry, or gige<N>/u3v<N>/custom<N>/sim<N>)."),
         click.option("--replay", type=LocalPath(exists=True, file_okay=False, path_type=Path),
                      help="Replay a recording (or a folder of recordings) instead of using a camera."),
-        click.option("--out", required=True, type=LocalPath(file_okay=False, path_type=Path),
+        click.option("--out", required=True, type=OutputPath(file_okay=False, path_type=Path),
                      help="Folder of runs; each run is written to OUT/<run-id>/."),
         click.option("--run-id", help="Run folder name (default: UTC time + alias; for replay: the source run's id)."),
         click.option("--lanes", default=1, show_default=True, type=click.IntRange(min=1), help="Lane passes to capture."),

@@ -6,7 +6,7 @@ import os
 
 import click
 
-from chdl.cli.options import FINITE, LocalPath, quiet_option
+from chdl.cli.options import FINITE, LocalPath, OutputPath, quiet_option
 
 
 @click.command("bench")
@@ -24,7 +24,7 @@ from chdl.cli.options import FINITE, LocalPath, quiet_option
               help="Prediction lengths for the metric-by-length table, e.g. 3,6,9,12.")
 @click.option("--pred-len-mode", type=click.Choice(["retrain", "horizon"]), default="retrain", show_default=True,
               help="retrain: one run per length (as the paper); horizon: first k frames of the main runs.")
-@click.option("--out", required=True, type=LocalPath(file_okay=False), help="Output folder.")
+@click.option("--out", required=True, type=OutputPath(file_okay=False), help="Output folder.")
 @click.option("--preset", default="default", show_default=True, help="Model preset for models given without one.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="run.<field>=v (all runs), model.<field>=v (all models) or <model>.<field>=v; repeatable.")

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import shlex
 import sys
+from pathlib import Path
 
 import click
 
 from chdl.cli import catch_stop_signals, quiet_abandoned_async, restore_signals
-from chdl.cli.options import LocalPath, quiet_option
+from chdl.cli.options import LocalPath, checked_path_text, quiet_option, through_link
 
 
 @click.command("curate")
@@ -37,6 +38,11 @@ def curate(raw: str, out: str, config_path: str | None, workers: int, scheduler:
     from curation.pipeline import CurateError, curate as run_curate
     from curation.plan import PlanError
 
+    if "://" not in out:  # a local OUT (a URL is the object store's): written through a symlink to its folder
+        def refuse(message):
+            raise click.BadParameter(message, param_hint="'OUT'")
+
+        out = str(through_link(Path(checked_path_text(out, refuse))))
     if scheduler is not None and workers > 1:
         raise click.UsageError("--workers is for local processes; with --scheduler use local:N or the cluster's workers")
     # --workers / --scheduler / --overwrite are left out: they do not change a byte of the dataset, and the recorded

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from chdl.cli.options import FINITE, FiniteFloat, LocalPath, file_in_the_way, quiet_option
+from chdl.cli.options import FINITE, FiniteFloat, LocalPath, OutputPath, file_in_the_way, quiet_option
 
 
 def _command_line() -> str:
@@ -90,7 +90,7 @@ def import_() -> None:
 
 
 @import_.command("mnist")
-@click.option("--out", "out", type=LocalPath(path_type=Path), required=True, help="Dataset to write (.zarr).")
+@click.option("--out", "out", type=OutputPath(path_type=Path), required=True, help="Dataset to write (.zarr).")
 @click.option("--train", "n_train", type=click.IntRange(min=0), default=10_000, show_default=True,
               help="Training sequences.")
 @click.option("--val", "n_val", type=click.IntRange(min=0), default=10_000, show_default=True,
@@ -122,7 +122,7 @@ def _years(value: str, flag: str) -> tuple[int, int]:
 
 @import_.command("weatherbench")
 @click.argument("root", type=LocalPath(path_type=Path))
-@click.option("--out", "out", type=LocalPath(path_type=Path), required=True, help="Dataset to write (.zarr).")
+@click.option("--out", "out", type=OutputPath(path_type=Path), required=True, help="Dataset to write (.zarr).")
 @click.option("--var", "variables", multiple=True, required=True,
               help="Variable short name (t2m, t, r, u, v, u10, v10, tcc, z, tp); repeat for several channels.")
 @click.option("--train-years", default="2010-2015", show_default=True, help="Inclusive years.")
@@ -162,7 +162,7 @@ def _size(value: str) -> tuple[int, int]:
 
 @import_.command("video")
 @click.argument("videos", nargs=-1, required=True, type=LocalPath(path_type=Path))
-@click.option("--out", "out", type=LocalPath(path_type=Path), required=True, help="Dataset to write (.zarr).")
+@click.option("--out", "out", type=OutputPath(path_type=Path), required=True, help="Dataset to write (.zarr).")
 @click.option("--size", default="120x160", show_default=True,
               help="Frame size HxW: centred crop to this aspect, then area-interpolated resize.")
 @click.option("--in-frames", type=click.IntRange(min=1), default=5, show_default=True, help="Input frames per clip.")

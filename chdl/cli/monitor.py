@@ -16,7 +16,7 @@ import click
 
 from chdl.cli import catch_stop_signals, restore_signals
 from chdl.cli.acquire import capture_options, report_captures, run_captures
-from chdl.cli.options import POSITIVE, LocalPath, file_in_the_way, output_lock, quiet_option
+from chdl.cli.options import POSITIVE, LocalPath, OutputPath, file_in_the_way, output_lock, quiet_option
 from chdl.monitor import SCORER_FORMAT, Z_OFF, Z_ON
 
 
@@ -231,7 +231,7 @@ def _dashboard():
 @click.argument("runs", nargs=-1, required=True, type=LocalPath(exists=True, file_okay=False, path_type=Path))
 @click.option("--checkpoint", type=LocalPath(exists=True, dir_okay=False, path_type=Path), default=None,
               help="Also evaluate this model as the predictor.")
-@click.option("--out", type=LocalPath(file_okay=False, path_type=Path), required=True,
+@click.option("--out", type=OutputPath(file_okay=False, path_type=Path), required=True,
               help="Folder for metrics.json, metrics.md and the score plots.")
 @click.option("--no-qc", is_flag=True, help="Skip the acquisition QC (faster; no acquisition flags).")
 @click.option("--z-on", type=POSITIVE, default=None,

@@ -77,7 +77,44 @@ class LocalPath(click.Path):
             from chdl.dataset import file_url_path
 
             value = file_url_path(value)
+        if isinstance(value, str):
+            value = checked_path_text(value, lambda message: self.fail(message, param, ctx))
         return super().convert(value, param, ctx)
+
+
+class OutputPath(LocalPath):
+    """A :class:`LocalPath` that a command writes (or replaces): a symlink there is followed to its folder
+    (:func:`through_link`), so the output lands where the link points."""
+
+    def convert(self, value, param, ctx):
+        converted = super().convert(value, param, ctx)
+        followed = through_link(Path(converted))
+        if followed == Path(converted):
+            return converted
+        return followed if isinstance(converted, Path) else str(followed)
+
+
+def checked_path_text(value: str, fail) -> str:
+    """``value`` with a leading ``~`` expanded (a quoted ``"~/x"`` made a folder named ``~`` here, while --cti
+    expanded it); ``fail(message)`` if it is not valid UTF-8 (bytes of another encoding: the reports, logs and
+    plots that name it cannot, so curate finished its shards and then failed on the HTML report, every rerun)."""
+    import os
+
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        fail(f"{value.encode('utf-8', 'backslashreplace').decode()}: the name is not valid UTF-8 (bytes of another "
+             "encoding); rename it")
+    return os.path.expanduser(value) if value.startswith("~") else value
+
+
+def through_link(path: Path) -> Path:
+    """The folder an output symlink points to (``path`` itself if it is not one): an output written *through* the
+    link. ``--overwrite`` replaced the link by a new folder (on the small disk, the old data left stale on the
+    big one the link pointed at), and predict refused only after all its work."""
+    import os
+
+    return Path(os.path.realpath(path)) if os.path.islink(path) else path
 
 
 @contextlib.contextmanager

@@ -24,7 +24,7 @@ from pathlib import Path
 import click
 
 from acquisition import files
-from chdl.cli.options import POSITIVE, FiniteFloat, LocalPath, output_lock, quiet_option
+from chdl.cli.options import POSITIVE, FiniteFloat, LocalPath, OutputPath, output_lock, quiet_option
 
 RUN_SEEDS = 10000  # run k of a corpus with seed s uses camera seed s * RUN_SEEDS + k
 CORPUS_FILE = "corpus.json"  # OUT/corpus.json: the arguments a corpus is rendered with (a rerun must match)
@@ -156,7 +156,7 @@ def _cluster_errors_as_click():
 
 
 @simulate.command("corpus")
-@click.argument("out", type=LocalPath(file_okay=False, path_type=Path))
+@click.argument("out", type=OutputPath(file_okay=False, path_type=Path))
 @click.option("--sequences", "lanes", type=click.IntRange(1), default=100, show_default=True,
               help="Lane passes (sequences) in total.")
 @click.option("--positions", type=click.IntRange(1), default=10, show_default=True, help="Frames per lane pass.")

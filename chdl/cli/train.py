@@ -13,7 +13,7 @@ from pathlib import Path
 
 import click
 
-from chdl.cli.options import FiniteFloat, LocalPath, output_lock, quiet_option
+from chdl.cli.options import FiniteFloat, LocalPath, OutputPath, output_lock, quiet_option
 
 
 def _fail(e: Exception) -> click.ClickException:
@@ -57,7 +57,7 @@ def open_verified_dataset(data: Path, split: str, max_sequences: int | None = No
               help="Packaged config name (e.g. diffuma_tiny, diffuma_chdl) or a YAML file. Optional with --resume.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override one field, e.g. --set run.lr=3e-4 --set model.l1_weight=0.5 (repeatable).")
-@click.option("--out", required=True, type=LocalPath(path_type=Path),
+@click.option("--out", required=True, type=OutputPath(path_type=Path),
               help="Run folder (created): checkpoints, CSV logs, plots, resolved config.")
 @click.option("--resume", is_flag=True, help="Continue the run in --out exactly where its last checkpoint stopped.")
 @quiet_option("--no-progress")
@@ -125,7 +125,7 @@ def train(data, config_name, overrides, out, resume, quiet):
               help="auto = EMA weights when the run kept them.")
 @click.option("--max-sequences", type=click.IntRange(min=1), default=None, help="Evaluate the first N only.")
 @click.option("--num-workers", type=click.IntRange(min=0), default=2, show_default=True)
-@click.option("--out", type=LocalPath(path_type=Path), default=None,
+@click.option("--out", type=OutputPath(path_type=Path), default=None,
               help="Folder for eval_[<run>_]<checkpoint>[_<weights>]_<split>_<convention>[_first<N>][_on-<dataset>]"
                    ".json/.md (default: <run>/eval/, without the run's name; _on-<dataset> for a dataset other than "
                    "the run's own).")
@@ -222,7 +222,7 @@ def _input_kind(path: Path) -> str:
               help="A checkpoint; repeat to compare several models on the same sequences.")
 @click.option("--input", "input_", required=True, type=LocalPath(path_type=Path, exists=True),
               help="A curated dataset (zarr) or one raw recording folder.")
-@click.option("--out", required=True, type=LocalPath(path_type=Path), help="Output folder (created).")
+@click.option("--out", required=True, type=OutputPath(path_type=Path), help="Output folder (created).")
 @click.option("--split", default="val", type=click.Choice(["val", "train", "all"]), show_default=True,
               help="Dataset input: which split to take sequences from.")
 @click.option("--max-sequences", type=click.IntRange(min=1), default=4, show_default=True)

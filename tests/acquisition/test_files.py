@@ -67,3 +67,10 @@ def test_the_temporary_sits_beside_the_file_and_names_this_process(tmp_path):
     tmp = files.temporary_path(tmp_path / "a.json")
     assert tmp.parent == tmp_path and tmp.name == f".a.json.tmp{os.getpid()}"
     assert files.TEMPORARY_NAME.fullmatch(tmp.name)
+
+
+def test_write_text_escapes_a_name_of_another_encoding(tmp_path):
+    """A Latin-1 file name decodes to a surrogate escape, which UTF-8 cannot encode: the report that named one
+    failed after all the work; it is written as a backslash escape."""
+    files.write_text(tmp_path / "r.html", "run lat\udce4 done")
+    assert (tmp_path / "r.html").read_bytes() == b"run lat\\udce4 done"

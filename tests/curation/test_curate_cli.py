@@ -589,6 +589,36 @@ def test_out_as_a_file_url(raw, tmp_path):
     assert open_dataset(tmp_path / "u.zarr").n_sequences == 6 and (tmp_path / "u.qc.html").is_file()
 
 
+def test_an_out_that_is_a_symlink_is_written_through_and_odd_names_are_handled(raw, curated, tmp_path, monkeypatch):
+    """--overwrite through a symlinked OUT replaced the link by a new folder (the new dataset on the small disk, the
+    old one left stale where the link pointed). A name that is not UTF-8 is refused before any work (curate wrote
+    every shard, then failed on the report, every rerun); a quoted "~/x.zarr" made a folder named "~"; a run
+    folder inside RAW named in Latin-1 is written into the report as an escape (acquisition.files.write_text)."""
+    import shutil
+
+    big = tmp_path / "big"
+    big.mkdir()
+    shutil.copytree(curated, big / "d.zarr")
+    (tmp_path / "link.zarr").symlink_to(big / "d.zarr")
+    r = CliRunner().invoke(main, ["curate", str(raw[0]), str(tmp_path / "link.zarr"), "--overwrite", "--quiet"])
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "link.zarr").is_symlink() and (big / "d.qc.html").is_file()
+    assert not (tmp_path / "link.qc.html").exists() and open_dataset(tmp_path / "link.zarr").n_sequences == 6
+    assert not list(tmp_path.glob(".link*")) and sorted(p.name for p in big.iterdir()) == [
+        "d.qc.html", "d.qc.json", "d.zarr"]
+    r = CliRunner().invoke(main, ["curate", str(raw[0]), str(tmp_path / "lat\udce4.zarr"), "--quiet"])
+    assert r.exit_code == 2 and "lat\\udce4.zarr: the name is not valid UTF-8 (bytes of another encoding); " \
+        "rename it" in r.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["big", "link.zarr"]
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    latin = tmp_path / "raw" / "lauf-\udce4"
+    shutil.copytree(raw[0] / "run-a", latin)
+    r = CliRunner().invoke(main, ["curate", str(tmp_path / "raw"), "~/h.zarr", "--quiet"])
+    assert r.exit_code == 0, r.output
+    assert open_dataset(tmp_path / "home" / "h.zarr").n_sequences == 6 and not (tmp_path / "~").exists()
+    assert "lauf-\\udce4" in (tmp_path / "home" / "h.qc.json").read_text()  # (JSON's escape)
+
+
 def test_an_interrupted_overwrite_keeps_the_replaced_dataset_until_the_resume_completes(tmp_path):
     """Ctrl-C during `curate --overwrite` said "rerun the same command to resume", but that command (with --overwrite)
     starts again; the recorded command carried --overwrite too. The replaced dataset waits aside meanwhile."""
