@@ -158,6 +158,13 @@ def dataset_path(path: str | os.PathLike) -> "Path | upath.UPath":
                                          f"{scheme}://bucket/name.zarr")
             raise DatasetFormatError(f"{path}: the root of a bucket, not a dataset; name one inside it, e.g. "
                                      f"{str(path).rstrip('/')}/name.zarr")
+        try:
+            url.fs  # the filesystem's package (s3fs, gcsfs ...): its absence was a 65-line traceback
+        except ImportError as e:
+            scheme = str(path).split("://", 1)[0]
+            how = "pip install 'chdl[scale]'" if scheme in ("s3", "s3a") else "install its fsspec package"
+            raise DatasetFormatError(f"{path}: {scheme}:// URLs need a package that is not installed ({how}; "
+                                     f"{str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
         return url
     return Path(path)
 

@@ -8,7 +8,7 @@ import torch
 import zarr
 
 from chdl.dataset import (FLAG_RECONSTRUCTED, FLAG_VIBRATION, SPLIT_EXCLUDED, SPLIT_TRAIN, SPLIT_VAL,
-                          DatasetFormatError, DatasetIncompleteError, DatasetWriter, open_dataset)
+                          DatasetFormatError, DatasetIncompleteError, DatasetWriter, dataset_path, open_dataset)
 from chdl.torch_dataset import SequenceDataset
 from dataset_helpers import as_written_before_checksums
 
@@ -444,3 +444,14 @@ def test_what_is_not_a_finished_dataset_is_named_for_what_it_is(tmp_path):
         open_dataset(path)
     with pytest.raises(FileExistsError, match="already exists, an incomplete dataset .its writer stopped before the end, or is still running."):
         _write(path, _frames())
+
+
+def test_a_url_whose_filesystem_package_is_missing_is_one_line():
+    """s3:// without s3fs, gs:// without gcsfs: chdl info / verify / curate printed a 65-line traceback."""
+    import importlib.util
+
+    if importlib.util.find_spec("gcsfs") is not None:
+        pytest.skip("gcsfs is installed here")
+    with pytest.raises(DatasetFormatError, match=r"^gs://b/x\.zarr: gs:// URLs need a package that is not installed "
+                                                 r"\(install its fsspec package; .*gcsfs"):
+        dataset_path("gs://b/x.zarr")
