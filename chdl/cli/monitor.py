@@ -143,6 +143,7 @@ def monitor(ctx, checkpoint, t_in, queue_depth, z_on, z_off, scorer, serve, **pa
         ctx.exit(130)
     status = mon.status.fields  # as written last (or, if that failed, as it would have been)
     click.echo(f"monitor: {status['frames_scored']} frames scored, {status['frames_skipped']} skipped, "
+               f"{status['frames_unscored']} unscored (no history yet in their lane pass), "
                f"{status['events']} events -> {mon.folder}")
     ended = not error and all(r.stopped_by in (None, "source ended") for r in results)
     most_skipped = status["frames_skipped"] > status["frames_scored"]

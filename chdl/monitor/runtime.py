@@ -148,7 +148,7 @@ class StatusWriter:
         levels = levels or {}
         self.fields = {"format": STATUS_FORMAT, "run_id": run_id, "state": "running", "predictor": predictor, "t_in": t_in,
                        "scorer": scorer, "z_on": levels.get("z_on"), "z_off": levels.get("z_off"),
-                       "frames_captured": 0, "frames_scored": 0, "frames_skipped": 0, "events": 0,
+                       "frames_captured": 0, "frames_scored": 0, "frames_skipped": 0, "frames_unscored": 0, "events": 0,
                        "width": 0, "height": 0}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="chdl-monitor-status", daemon=True)
@@ -167,6 +167,7 @@ class StatusWriter:
     def write(self, **fields) -> None:
         self.fields.update(fields)
         self.fields["frames_scored"] = int(self.shared["scored"].value)
+        self.fields["frames_unscored"] = int(self.shared["unscored"].value)
         self.fields["events"] = int(self.shared["events"].value)
         self.fields["updated_utc"] = _dt.datetime.now(_dt.timezone.utc).isoformat()
         files.write_bytes(self.folder / "status.json", (json.dumps(self.fields, indent=1) + "\n").encode())
@@ -198,8 +199,9 @@ class Monitor:
         self.spec = predictor_spec
         self.ctx = mp.get_context("spawn")
         self.queue = self.ctx.Queue(maxsize=depth)
-        self.shared = {"scored": self.ctx.Value("q", 0), "events": self.ctx.Value("q", 0),
-                       "ready": self.ctx.Event()}
+        # frames_captured = scored + skipped + unscored once the scorer has drained its queue
+        self.shared = {"scored": self.ctx.Value("q", 0), "unscored": self.ctx.Value("q", 0),
+                       "events": self.ctx.Value("q", 0), "ready": self.ctx.Event()}
         self.errors = self.ctx.Queue()
         self.proc = None
         self.status: StatusWriter | None = None
@@ -228,8 +230,9 @@ class Monitor:
         except OSError as e:
             raise MonitorError(write_problem(e, self.folder)) from None
         self.proc = self.ctx.Process(target=score_worker, name="chdl-monitor-scorer",
-                                     args=(self.spec, str(run_path), str(self.folder), self.queue, self.shared["scored"],
-                                           self.shared["events"], self.shared["ready"], self.errors), daemon=True)
+                                     args=(self.spec, str(run_path), str(self.folder), self.queue,
+                                           {k: self.shared[k] for k in ("scored", "unscored", "events")},
+                                           self.shared["ready"], self.errors), daemon=True)
         with _sigint_deferred():
             self.proc.start()
         while not self.shared["ready"].wait(0.2):  # the predictor is loaded before the first frame is taken
@@ -251,6 +254,8 @@ class Monitor:
                 self.queue.put_nowait((record.index, record.lane, record.position_index, record.file, self.max_value))
             except queue.Full:
                 self.skipped += 1
+        else:
+            _count(self.shared["unscored"])
         if self.status is not None:
             self.status.fields.update(frames_captured=self.captured, frames_skipped=self.skipped)
         if self.announce is not None and int(self.shared["events"].value) > self._events_seen:
@@ -311,8 +316,15 @@ def scorer_name(scorer_file: str | None) -> str:
     return "block-z" if scorer_file is None else f"learned:{scorer_file}"
 
 
-def score_worker(spec: dict, run_path: str, folder: str, q, scored, events, ready, errors) -> None:
-    """The scoring process: records from ``q`` until None (or the parent is gone). Ctrl-C is the parent's to
+def _count(value) -> None:
+    """Add one to a shared counter that two processes write."""
+    with value.get_lock():
+        value.value += 1
+
+
+def score_worker(spec: dict, run_path: str, folder: str, q, counters: dict, ready, errors) -> None:
+    """The scoring process: records from ``q`` until None (or the parent is gone); ``counters``: the shared
+    "scored", "unscored" (no history yet in its lane pass, unreadable) and "events". Ctrl-C is the parent's to
     handle (it reaches the whole process group): SIGINT is ignored here. Errors go to ``errors`` as
     (one line, disk full?)."""
     import traceback
@@ -320,7 +332,7 @@ def score_worker(spec: dict, run_path: str, folder: str, q, scored, events, read
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # before unblocking: one pending since the start is discarded
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     try:
-        _score_loop(spec, Path(run_path), Path(folder), q, scored, events, ready)
+        _score_loop(spec, Path(run_path), Path(folder), q, counters, ready)
     except BaseException as e:  # noqa: BLE001 - reported to the parent as one line
         if isinstance(e, OSError) and e.errno == errno.ENOSPC:  # a full disk: the folder and "disk full", no traceback
             errors.put((write_problem(e, folder), True))
@@ -329,7 +341,7 @@ def score_worker(spec: dict, run_path: str, folder: str, q, scored, events, read
         traceback.print_exc()
 
 
-def _score_loop(spec, run_path: Path, folder: Path, q, scored, events, ready) -> None:
+def _score_loop(spec, run_path: Path, folder: Path, q, counters: dict, ready) -> None:
     import torch
 
     from chdl.monitor.anomaly_score import MonitorPipeline, ScorerConfig, make_predictor
@@ -355,11 +367,13 @@ def _score_loop(spec, run_path: Path, folder: Path, q, scored, events, ready) ->
             t0 = time.perf_counter()
             raw = cv2.imread(str(run_path / file), cv2.IMREAD_UNCHANGED)
             if raw is None:
+                _count(counters["unscored"])
                 continue
             if pipe is None:
                 pipe = MonitorPipeline(predictor, max_value, ScorerConfig(**spec.get("scorer", {})))
             r = pipe.push(index, lane, position, raw)
-            if r is None:
+            if r is None:  # its lane pass has fewer than T_in frames before it (a pass's start, after a skip)
+                _count(counters["unscored"])
                 continue
             latency = (time.perf_counter() - t0) * 1000
             line = {"frame": r.frame, "lane": r.lane, "position": r.position, "score": _num(r.score),
@@ -381,10 +395,10 @@ def _score_loop(spec, run_path: Path, folder: Path, q, scored, events, ready) ->
                                         f"prediction error {r.score:.2f} above threshold {r.threshold:.2f} "
                                         f"({unit}) at lane {r.lane} position {r.position}",
                                         snapshot_image(r.pixels, r.prediction, r.error, r.box))
-            events.value = n_events
+            counters["events"].value = n_events
             scores.write(json.dumps(line) + "\n")
             scores.flush()
-            scored.value += 1
+            counters["scored"].value += 1
 
 
 def _write_event(ev, folder: Path, n: int, kind: str, frame: int, lane: int, position: int, scored, reason: str,

@@ -24,7 +24,7 @@ ENV = {**os.environ, "CHDL_CAMERAS": "", "GENICAM_GENTL64_PATH": "", "XDG_CONFIG
 W, H = 120, 90
 INJECTED = 36  # lane 3, position 6 of a 5 x 10 recording
 STATUS_KEYS = {"format", "run_id", "state", "predictor", "t_in", "scorer", "z_on", "z_off", "frames_captured",
-               "frames_scored", "frames_skipped",
+               "frames_scored", "frames_skipped", "frames_unscored",
                "events", "width", "height", "updated_utc"}
 SCORE_KEYS = {"frame", "lane", "position", "score", "threshold", "alert", "acquisition", "latency_ms"}
 EVENT_KEYS = {"event", "kind", "frame", "lane", "position", "score", "threshold", "box", "reason", "snapshot"}
@@ -57,7 +57,7 @@ def test_clean_replay_no_events_and_recording_identical_to_capture(clean_run, tm
     mon = chdl("monitor", "--replay", clean_run, "--out", tmp_path / "m", "--as-fast-as-possible", "--queue-depth", "100",
                "--z-on", "9.5", "-q")
     assert mon.returncode == 0, mon.stderr
-    assert "40 frames scored, 0 skipped, 0 events" in mon.stdout
+    assert "40 frames scored, 0 skipped, 10 unscored (no history yet in their lane pass), 0 events" in mon.stdout
     cap = chdl("capture", "--replay", clean_run, "--out", tmp_path / "c", "--as-fast-as-possible", "-q")
     assert cap.returncode == 0, cap.stderr
     a, b = tmp_path / "m" / "run_00000", tmp_path / "c" / "run_00000"
@@ -75,7 +75,9 @@ def test_clean_replay_no_events_and_recording_identical_to_capture(clean_run, tm
         ("chdl.monitor/1", "finished", "constant-motion", 5, "block-z")
     from chdl.monitor import Z_OFF, Z_ON
     assert (status["z_on"], status["z_off"]) == (9.5, 9.5 * Z_OFF / Z_ON)  # --z-on as given, z_off the same fraction of it
-    assert (status["frames_captured"], status["frames_scored"], status["frames_skipped"], status["events"]) == (50, 40, 0, 0)
+    # every frame counted once: a lane pass's first two have no history (they were in no count)
+    assert (status["frames_captured"], status["frames_scored"], status["frames_skipped"], status["frames_unscored"],
+            status["events"]) == (50, 40, 0, 10, 0)
     assert (status["width"], status["height"]) == (W, H)
     scores = _lines(folder / "scores.jsonl")
     assert len(scores) == 40 and all(set(s) == SCORE_KEYS for s in scores)
@@ -419,7 +421,8 @@ def test_a_slow_scorer_skips_frames_and_says_so_the_recording_keeps_them_all(cle
     status = json.loads((tmp_path / "m" / "run_00000.monitor" / "status.json").read_text())
     assert status["frames_captured"] == 50 and status["frames_skipped"] > 0
     assert status["frames_scored"] == len(_lines(tmp_path / "m" / "run_00000.monitor" / "scores.jsonl")) < 40
-    assert f"{status['frames_skipped']} skipped" in mon.stdout
+    assert f"{status['frames_skipped']} skipped, {status['frames_unscored']} unscored" in mon.stdout
+    assert status["frames_scored"] + status["frames_skipped"] + status["frames_unscored"] == 50
     # most frames unscored is a warning on stderr, not only a count
     warned = f"warning: {status['frames_skipped']} of 50 frames were not scored" in mon.stderr
     assert warned == (status["frames_skipped"] > status["frames_scored"]), mon.stderr
@@ -602,7 +605,7 @@ def test_ctrl_c_to_the_process_group_is_an_interrupted_run_not_a_failed_one(clea
     assert "Traceback" not in err and "KeyboardInterrupt" not in err and "error" not in err.lower(), err
     status = json.loads((tmp_path / "m" / "run_00000.monitor" / "status.json").read_text())
     assert status["state"] == "interrupted"
-    assert f"monitor: {status['frames_scored']} frames scored, 0 skipped, 0 events" in out
+    assert f"monitor: {status['frames_scored']} frames scored, 0 skipped, {status['frames_unscored']} unscored" in out
     assert 0 < status["frames_scored"] <= status["frames_captured"] < 50
     rec = Recording.open(tmp_path / "m" / "run_00000")
     assert not rec.complete and len(rec) == status["frames_captured"] and all(rec.read(f).shape == (H, W) for f in rec.frames)
