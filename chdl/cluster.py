@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import functools
 import platform
 import sys
 import threading
@@ -126,31 +125,13 @@ def _versions() -> dict[str, str]:
 
     import chdl
 
-    return {"chdl": chdl.__version__, "chdl code": _code_fingerprint(), "numpy": numpy.__version__,
+    from chdl.provenance import code_fingerprint
+
+    # (the packages whose code decides the bytes a task writes: two checkouts of one version with other edits
+    # differ here; workers started from another tree passed the version check)
+    return {"chdl": chdl.__version__, "chdl code": code_fingerprint(("acquisition", "curation", "chdl")), "numpy": numpy.__version__,
             "scipy": scipy.__version__, "zarr": zarr.__version__, "numcodecs": numcodecs.__version__,
             "opencv": cv2.__version__, "python": ".".join(platform.python_version_tuple()[:2])}
-
-
-@functools.lru_cache(maxsize=1)
-def _code_fingerprint() -> str:
-    """A BLAKE3 digest (16 hex digits) of the source of the packages whose code decides the bytes a task writes
-    (acquisition, curation, chdl): two checkouts of one version with other edits differ here (workers started
-    from another tree passed the version check)."""
-    import importlib.util
-    from pathlib import Path
-
-    import blake3
-
-    h = blake3.blake3()
-    for package in ("acquisition", "curation", "chdl"):
-        spec = importlib.util.find_spec(package)
-        root = Path(spec.origin).parent if spec and spec.origin else None
-        if root is None:
-            continue
-        for f in sorted(root.rglob("*.py")):
-            h.update(f"{package}/{f.relative_to(root).as_posix()}\0".encode())
-            h.update(f.read_bytes())
-    return h.hexdigest()[:16]
 
 
 def _missing(paths: list[str]) -> list[str]:

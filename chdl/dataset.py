@@ -605,8 +605,10 @@ class DatasetWriter:
         provenance = dict(provenance or {})
         provenance.setdefault("created", _dt.datetime.now(_dt.timezone.utc).isoformat())
         from chdl import __version__
+        from chdl.provenance import code_version
 
         provenance.setdefault("tool_version", __version__)
+        provenance.setdefault("code", code_version())
         attrs = {
             "schema": SCHEMA,
             "complete": False,
@@ -865,6 +867,20 @@ class DatasetReader:
     def has_checksums(self) -> bool:
         """Whether the dataset records shard checksums (False: written before chdl recorded them)."""
         return CHECKSUMS in self.group
+
+    def identity(self) -> dict:
+        """What tells this dataset from another wherever it lies (a path can move): ``frames_shape`` (N, T, C, H, W),
+        ``created`` (its provenance's creation time), and ``content``: the BLAKE3 digest (64 hex digits) of its
+        per-shard checksum records, which hold the digest of every shard file (frames, split, QC arrays: the whole
+        content, keyed by paths inside it), or None for a dataset written before chdl recorded shard checksums. A
+        copy or a moved dataset keeps all three. Checkpoints, ``chdl eval`` and ``chdl bench`` record it; ``chdl
+        info`` prints ``content``."""
+        content = None
+        if self.has_checksums:
+            records = np.asarray(read_array(self.group[CHECKSUMS], slice(None), self.path)).reshape(-1)
+            content = blake3.blake3("\n".join(str(r) for r in records).encode()).hexdigest()
+        return {"frames_shape": [int(n) for n in self.frames.shape],
+                "created": str(self.attrs.get("provenance", {}).get("created", "")), "content": content}
 
     def shards_of(self, sequences: Sequence[int]) -> list[int]:
         """The shards that hold the given sequence indices, sorted."""

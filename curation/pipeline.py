@@ -309,6 +309,14 @@ class CurateResult:
     timings: dict  # seconds per phase: plan, calibrate, shards, report
 
 
+def _curate_code() -> str:
+    """The digest of the code that decides a curated dataset's bytes (acquisition, curation, chdl): recorded as
+    ``provenance.curate_code``; a resume by other code is warned about (the version string alone never changed)."""
+    from chdl.provenance import code_fingerprint
+
+    return code_fingerprint(("acquisition", "curation", "chdl"))
+
+
 def _key(plan: Plan, cfg: CurateConfig) -> str:
     from chdl import __version__
 
@@ -457,6 +465,10 @@ def _curate(source: str | os.PathLike, out: str | os.PathLike, cfg: CurateConfig
                               + "; rerun that command to resume, or use --overwrite to start anew")
         writer.remove_interrupted_writes()
         log(f"resuming {out}: {len(writer.done_shards())}/{writer.n_shards} shards already written")
+        began = writer.attrs.get("provenance", {}).get("curate_code")
+        if began is not None and began != _curate_code() and writer.done_shards():
+            log(f"warning: {out} was begun by other code (source digest {began}, now {_curate_code()}: chdl.provenance); "
+                "its shards so far were written by that code, the rest by this one; --overwrite makes it anew")
     t_cal = time.perf_counter()
     if writer is None:
         sample = _calibration_sample(plan, cfg)
@@ -478,6 +490,7 @@ def _curate(source: str | os.PathLike, out: str | os.PathLike, cfg: CurateConfig
             "source_runs": [r.path for r in plan.runs],
             "bit_depth": {"bits": plan.bit_depth, "from": plan.bit_depth_from},
             "curate_key": key,
+            "curate_code": _curate_code(),
             "config": {
                 **cfg.to_dict(),
                 "qc_score_names": list(qc.SCORE_NAMES),

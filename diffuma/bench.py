@@ -315,6 +315,12 @@ def markdown_report(report: dict) -> str:
     head = (f"{report['split']} split of `{ds['path']}`: {report['n_sequences']} sequences, "
             f"{ds['in_frames']}→{ds['out_frames']} frames of {ds['channels']}×{ds['height']}×{ds['width']}; "
             f"every model trained for {_budget_text(report)} with the same run settings.")
+    if "code" in report:  # (benches written before 2026-12-02 do not record it)
+        code, content = report["code"], ds["identity"].get("content")
+        head += (f" Dataset content {content[:16] if content else 'not recorded'}; chdl {code['chdl']}, commit "
+                 f"{(code['git_commit'] or 'unknown')[:12]}{' (edited)' if code['git_dirty'] else ''}, code "
+                 f"{code['code']}, torch {code.get('torch')}; seeds "
+                 f"{', '.join(sorted({str(r.get('seed')) for r in report['models'].values()}))}.")
     L = ["# Benchmark", "", head, ""]
     # Overall
     L += ["## Overall (final weights)", "",
@@ -474,6 +480,7 @@ def run_bench(data: str | Path, models: str, epochs: list[int] | None, out: str 
     The budget is ``epochs`` (epoch counts) or ``budget_minutes`` (minutes of training time per model), not
     both."""
     from chdl.dataset import open_dataset
+    from chdl.provenance import code_version
     from chdl.torch_dataset import SequenceDataset
     from diffuma.evaluation import evaluate_checkpoint
     from diffuma.metrics import CONVENTION_NOTES, CONVENTIONS
@@ -539,7 +546,11 @@ def run_bench(data: str | Path, models: str, epochs: list[int] | None, out: str 
         "epochs": epochs, "budget_minutes": budget_minutes,
         "pred_lens": pred_lens, "pred_len_mode": pred_len_mode if pred_lens else None,
         "dataset": {"path": str(data), "in_frames": t_in, "out_frames": t_out, "channels": int(C),
-                    "height": int(H), "width": int(W), "frames_per_sequence": T},
+                    "height": int(H), "width": int(W), "frames_per_sequence": T,
+                    # what a cited row can be traced to: the data wherever it lies, and the code
+                    "path_resolved": str(Path(data).resolve()), "max_value": float(reader.attrs["max_value"]),
+                    "identity": reader.identity()},
+        "code": code_version(torch=True),
         "run": run, "models": {},
         **{result_key(name): None for name in BASELINES},
         **{f"{result_key(name)}_by_pred_len": {} for name in BASELINES},
@@ -578,6 +589,8 @@ def run_bench(data: str | Path, models: str, epochs: list[int] | None, out: str 
         # training split, as the run trained
         state = load_checkpoint(ck)
         entry["training"] = training_record(state)
+        entry["seed"] = int(state["config"]["run"]["seed"])
+        entry["checkpoint"], entry["checkpoint_blake3"] = str(ck), res["checkpoint_blake3"]
         model, _ = build_model_from_checkpoint(state, source=ck)
         entry["params"] = int(sum(p.numel() for p in model.parameters()))
         entry["model_config"] = state["model_config"]

@@ -76,7 +76,9 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | Path, split: str = "
 
     Returns a JSON-ready dict: ``checkpoint, data, split, convention, convention_note, model_name, weights
     ("ema"|"model"), step, epoch, in_frames, out_frames, n_sequences, model {overall, per_frame},
-    copy_last_frame {overall, per_frame}, constant_motion {overall, per_frame}`` (one key per ``BASELINES`` row).
+    copy_last_frame {overall, per_frame}, constant_motion {overall, per_frame}`` (one key per ``BASELINES`` row),
+    and what the numbers can be traced to (:func:`evaluation_record`). ``notes``: what a reader of the numbers
+    must know (a checkpoint chosen on this very split; a dataset declaring other frame counts than the model's).
     """
     from diffuma.training.checkpoint import build_model_from_checkpoint, load_checkpoint
     from diffuma.training.data import checkpoint_dataset
@@ -87,7 +89,8 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | Path, split: str = "
     dataset = checkpoint_dataset(state, data, split)
     dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
                        ("cpu" if device == "auto" else device))
-    res = evaluate(model.to(dev), dataset, convention=convention, batch_size=batch_size or run["batch_size"],
+    batch_size = batch_size or run["batch_size"]
+    res = evaluate(model.to(dev), dataset, convention=convention, batch_size=batch_size,
                    device=dev, max_sequences=max_sequences, num_workers=num_workers, progress=progress)
     return {
         "checkpoint": str(checkpoint), "data": str(data), "split": split, "convention": convention,
@@ -95,7 +98,41 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | Path, split: str = "
         "step": state["step"], "epoch": state["epoch"], "in_frames": info["in_frames"],
         "out_frames": info["out_frames"], "n_sequences": res["model"]["n_sequences"],
         "model": res["model"], **{result_key(name): res[result_key(name)] for name in BASELINES},
+        **evaluation_record(state, checkpoint, data, split, batch_size=batch_size, device=dev,
+                            max_sequences=max_sequences),
     }
+
+
+def evaluation_record(state: dict, checkpoint: str | Path, data: str | Path, split: str, *, batch_size: int,
+                      device: torch.device, max_sequences: int | None) -> dict:
+    """What an evaluation's numbers can be traced to, and the notes a reader must see: ``checkpoint_blake3``
+    (the file's digest), ``data_path`` (absolute), ``data_identity`` (:meth:`chdl.dataset.DatasetReader.identity`:
+    shape, creation time, content digest), ``max_value``, ``frame_offset``, ``batch_size``, ``device``,
+    ``precision`` (float32: no autocast), ``max_sequences``, ``code`` (this code, :func:`chdl.provenance.code_version`),
+    ``trained_with`` (the checkpoint's ``code``, null before chdl recorded it) and ``notes`` (a list of lines)."""
+    from chdl.dataset import open_dataset
+    from chdl.provenance import code_version
+    from diffuma.training.checkpoint import file_digest
+
+    reader = open_dataset(data)
+    identity = reader.identity()
+    notes = []
+    declared = (int(reader.attrs["in_frames"]), int(reader.attrs["out_frames"]))
+    trained = (state["data"]["in_frames"], state["data"]["out_frames"])
+    if declared != trained:  # the model predicts what it was trained for; the dataset's protocol is another
+        notes.append(f"the dataset declares {declared[0]}->{declared[1]} frames; this checkpoint predicts "
+                     f"{trained[0]}->{trained[1]}, and was scored so: not the dataset's own protocol")
+    selected = state.get("selected")
+    saved_identity = state["data"].get("identity") or {}
+    if selected and selected.get("split") == split and saved_identity.get("content") == identity["content"] \
+            and saved_identity.get("frames_shape") == identity["frames_shape"]:
+        notes.append(f"this checkpoint was chosen by its {selected.get('by')} on this split (best.pt): its numbers "
+                     "here are optimistic; cite a checkpoint chosen otherwise, e.g. last.pt (as chdl bench does)")
+    return {"checkpoint_blake3": file_digest(checkpoint)[0], "data_path": str(Path(data).resolve()),
+            "data_identity": identity, "max_value": float(reader.attrs["max_value"]),
+            "frame_offset": int(state["config"]["run"].get("frame_offset", 0)), "batch_size": int(batch_size),
+            "device": device.type, "precision": "float32", "max_sequences": max_sequences,
+            "code": code_version(torch=True), "trained_with": state.get("code"), "notes": notes}
 
 
 # How tables print each metric (eval's and bench's Markdown): a fixed precision per metric, trailing zeros kept
@@ -127,9 +164,19 @@ def markdown_table(rows: dict[str, dict], convention: str, title: str | None = N
 
 
 def report_markdown(result: dict) -> str:
-    """The Markdown table of an ``evaluate_checkpoint`` result (the model's row, then one row per baseline)."""
+    """The Markdown table of an ``evaluate_checkpoint`` result (the model's row, then one row per baseline), with
+    its notes and what it was computed from (checkpoint and dataset digests, code)."""
     title = (f"{result['model_name']} on {Path(result['data']).name} [{result['split']}], "
              f"{result['n_sequences']} sequences, {result['in_frames']}→{result['out_frames']} frames, "
              f"step {result['step']} ({result['weights']} weights)")
     rows = {result["model_name"]: result["model"], **{name: result[result_key(name)] for name in BASELINES}}
-    return markdown_table(rows, result["convention"], title)
+    lines = [f"**Note:** {n}" for n in result.get("notes", [])]
+    if "checkpoint_blake3" in result:
+        code = result["code"]
+        content = result["data_identity"].get("content")
+        lines.append(f"Computed from `{result['checkpoint']}` (BLAKE3 {result['checkpoint_blake3'][:16]}) on "
+                     f"`{result['data_path']}` (content {content[:16] if content else 'not recorded'}), batch "
+                     f"{result['batch_size']}, {result['device']} {result['precision']}; chdl {code['chdl']}, "
+                     f"commit {(code['git_commit'] or 'unknown')[:12]}{' (edited)' if code['git_dirty'] else ''}, "
+                     f"code {code['code']}, torch {code.get('torch')}.")
+    return markdown_table(rows, result["convention"], title) + ("\n" + "\n\n".join(lines) + "\n" if lines else "")

@@ -25,6 +25,7 @@ def info(path: str, as_json: bool) -> None:
     unreliable = any(not k.startswith(("frames/", "shard_checksums/")) for _, k in missing)
     summary["integrity"] = {"checksums": reader.has_checksums, "missing_files": [k for _, k in missing],
                             "counts_unreliable": unreliable}
+    summary["content"] = reader.identity()["content"] if not missing else None  # (a digest of records that are gone)
     damaged = click.ClickException(f"{path}: damaged: {len(missing)} shard file(s) missing (first: "
                                    f"{missing[0][1]})") if missing else None
     if as_json:
@@ -47,8 +48,13 @@ def info(path: str, as_json: bool) -> None:
         + ("; reconstructed by " + ", ".join(f"{k} {v}" for k, v in summary["reconstructed_by"].items() if v)
            if any(summary["reconstructed_by"].values()) else "") + caveat,
         f"runs         {len(summary['runs'])}: " + ", ".join(summary["runs"][:5]) + (" ..." if len(summary["runs"]) > 5 else ""),
-        f"provenance   chdl {prov.get('tool_version', '?')}, created {prov.get('created', '?')}",
+        f"provenance   chdl {prov.get('tool_version', '?')}"
+        + (f" (commit {(prov['code'].get('git_commit') or 'unknown')[:12]}{' edited' if prov['code'].get('git_dirty') else ''}"
+           f", code {prov['code'].get('code')})" if isinstance(prov.get("code"), dict) else "")
+        + f", created {prov.get('created', '?')}",
     ]
+    if summary.get("content"):
+        lines.append(f"content      BLAKE3 {summary['content']}  (the identity checkpoints, eval and bench record)")
     if prov.get("command"):
         lines.append(f"command      {prov['command']}")
     if missing:

@@ -193,6 +193,8 @@ def eval_(checkpoint, data, split, openstl, batch_size, weights, max_sequences, 
         except OSError as e:  # a parent that is a file, a read-only folder, disk full
             raise click.ClickException(f"{e.filename or out}: cannot write the evaluation ({e.strerror or e})") from None
     click.echo(md)
+    for note in result["notes"]:
+        click.echo(f"note: {note}", err=True)
     click.echo(f"wrote {stem}.json and {stem}.md")
 
 

@@ -4,7 +4,7 @@ opens them (no pickled classes, nothing executed on load).
 Keys (format "chdl.checkpoint/1", docs/training.md "Checkpoints"):
     format, chdl_version, config {model, run} (resolved), model_name, model_config (the model dataclass as a
     dict), data {path, in_frames, out_frames, channels, height, width, max_value, pixel_format, identity
-    (diffuma.training.data.dataset_identity; absent in older checkpoints)},
+    (chdl.dataset.DatasetReader.identity; absent in older checkpoints)},
     model (state_dict), ema (state_dict or None), ema_n_averaged, optimizer, scaler (or None),
     step (optimiser steps done), epoch (current epoch, 0-based), batch_in_epoch (batches of that epoch done),
     rng {torch, cuda, numpy, python} (rank 0), rng_per_rank (every rank's, under torchrun; else None),

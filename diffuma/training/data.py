@@ -7,18 +7,16 @@ import itertools
 import signal
 from pathlib import Path
 
-import blake3
-import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
-from chdl.dataset import CHECKSUMS, open_dataset, read_array
+from chdl.dataset import open_dataset
 from chdl.torch_dataset import SequenceDataset
 
 
 def dataset_info(path: str | Path, in_frames: int | None = None, out_frames: int | None = None) -> dict:
     """What a model needs to know about a dataset (and a checkpoint records): frame counts, shape, range, and
-    the dataset's identity (:func:`dataset_identity`; a resume compares it, :func:`dataset_mismatch`).
+    the dataset's identity (:meth:`chdl.dataset.DatasetReader.identity`; a resume compares it, :func:`dataset_mismatch`).
 
     in/out frame counts come from the dataset attributes unless given.
     """
@@ -31,22 +29,8 @@ def dataset_info(path: str | Path, in_frames: int | None = None, out_frames: int
         "channels": int(c), "height": int(h), "width": int(w),
         "max_value": float(reader.attrs["max_value"]),
         "pixel_format": str(reader.attrs.get("pixel_format", "")),
-        "identity": dataset_identity(reader),
+        "identity": reader.identity(),
     }
-
-
-def dataset_identity(reader) -> dict:
-    """What tells one dataset from another wherever it lies (a path can move): ``frames_shape`` (N, T, C, H, W),
-    ``created`` (its provenance's creation time), and ``content``: the BLAKE3 digest of its per-shard checksum
-    records, which hold the digest of every shard file (frames, split, QC arrays: the dataset's whole content,
-    keyed by paths inside it), or None for a dataset written before chdl recorded shard checksums. A copy or a
-    moved dataset keeps all three."""
-    content = None
-    if reader.has_checksums:
-        records = np.asarray(read_array(reader.group[CHECKSUMS], slice(None), reader.path)).reshape(-1)
-        content = blake3.blake3("\n".join(str(r) for r in records).encode()).hexdigest()
-    return {"frames_shape": [int(n) for n in reader.frames.shape],
-            "created": str(reader.attrs.get("provenance", {}).get("created", "")), "content": content}
 
 
 def dataset_mismatch(saved: dict, current: dict) -> str | None:

@@ -50,6 +50,7 @@ from tqdm import tqdm
 import chdl
 from acquisition import files
 from chdl.locks import LockHeld, release_lock, take_lock
+from chdl.provenance import code_version
 from diffuma.evaluation import BASELINES, autocast, evaluate, result_key
 from diffuma.metrics import SSIM_MIN_SIDE
 from diffuma.training.budget import CALIBRATION_STEPS, REPLAN_FRACTION, planned_total_steps, step_time_estimate
@@ -347,6 +348,7 @@ class Trainer:
         self.step_cap = self.total_steps                 # run.epochs / run.max_steps: a budget plan never exceeds it
         self.step = self.epoch = self.batch_in_epoch = 0
         self.best_val_mse = math.inf
+        self.code = code_version(torch=True)  # the code that writes this run's checkpoints (chdl.provenance)
         # Sum and count of this epoch's step losses (checkpointed, so a resumed epoch's train_loss in
         # epochs.csv averages every step of the epoch, not only those after the resume).
         self.epoch_loss_sum, self.epoch_loss_n = 0.0, 0
@@ -377,6 +379,7 @@ class Trainer:
         """The checkpoint dict; ``rngs`` = every rank's ``rng_state()`` (one entry without torchrun)."""
         return {
             "chdl_version": getattr(chdl, "__version__", "unknown"),
+            "code": self.code,
             "config": self.config,
             "model_name": self.config["model"]["name"],
             "model_config": dataclasses.asdict(self.model.config),
@@ -403,7 +406,11 @@ class Trainer:
             rngs = [None] * self.dist.world_size
             dist.all_gather_object(rngs, rng_state())
         if self.dist.main:
-            save_checkpoint(self.ckpt_dir / name, self.state(rngs))
+            state = self.state(rngs)
+            if name == "best.pt":  # chdl eval says so when it scores this checkpoint on the split that chose it
+                state["selected"] = {"by": "validation MSE", "split": "val",
+                                     "max_sequences": self.run.val_max_sequences}
+            save_checkpoint(self.ckpt_dir / name, state)
         if name == "last.pt":
             self.last_saved_step = self.step
 
@@ -464,8 +471,9 @@ class Trainer:
             with torch.random.fork_rng(devices=devices):  # validation never shifts the training RNG stream
                 res = evaluate(model, self.val_set, batch_size=self.run.val_batch_size or self.run.batch_size,
                                device=self.device, max_sequences=self.run.val_max_sequences,
-                               with_baselines=self.baselines_val is None, amp_dtype=self.amp_dtype,
-                               progress=self.progress)
+                               # float32 as chdl eval (no autocast): on a GPU the bf16 numbers of validation
+                               # differed from chdl eval's of the same weights, and chose best.pt by them
+                               with_baselines=self.baselines_val is None, progress=self.progress)
         finally:
             self._validating = False
         self.model.train()

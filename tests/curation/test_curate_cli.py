@@ -149,7 +149,14 @@ def test_overwrite_workers_and_resume_give_the_same_dataset(raw, curated, tmp_pa
     with pytest.raises(DatasetIncompleteError):
         open_dataset(res)
     monkeypatch.setattr(pipeline, "_shard_task", real)
-    r = _curate(raw[0], res, "--config", cfg, "--workers", 2)
+    began = zarr.open_group(str(res), mode="r").attrs["provenance"]["curate_code"]
+    assert began == pipeline._curate_code() and len(began) == 16
+    # resumed by other code (a git pull between the two): allowed, and said, since the shards then mix
+    monkeypatch.setattr(pipeline, "_curate_code", lambda: "0123456789abcdef")
+    r = CliRunner().invoke(main, ["curate", str(raw[0]), str(res), "--config", str(cfg), "--workers", "2"])
+    assert r.exit_code == 0, r.output
+    assert (f"warning: {res} was begun by other code (source digest {began}, now 0123456789abcdef: chdl.provenance); "
+            "its shards so far were written by that code") in r.output
     # a different config does not resume silently
     for p in (ref, par, res):
         assert open_dataset(p).attrs["complete"]

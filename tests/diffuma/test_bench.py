@@ -89,6 +89,15 @@ def test_bench_end_to_end(tiny_dataset, tmp_path):
     for png in ("plots/by_epoch.png", "plots/per_frame.png", "plots/by_pred_len.png", "grid_seq0.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", png
     assert "simvp" in res.output and "copy-last-frame" in res.output and "constant-motion" in res.output
+    # what a cited row can be traced to: the data's content, the code, each run's seed and checkpoint digest
+    from chdl.provenance import code_fingerprint
+    from diffuma.training.checkpoint import file_digest
+
+    assert report["dataset"]["identity"]["content"] and report["dataset"]["path_resolved"] == str(tiny_dataset.resolve())
+    assert report["code"]["code"] == code_fingerprint() and report["dataset"]["max_value"] == 255.0
+    for label, r in report["models"].items():
+        assert r["seed"] == 0 and r["checkpoint_blake3"] == file_digest(r["checkpoint"])[0]
+    assert f"Dataset content {report['dataset']['identity']['content'][:16]}; chdl " in md and "seeds 0." in md
 
 
 def test_bench_pred_len_retrains_per_length(tiny_dataset, tmp_path):

@@ -111,6 +111,44 @@ def test_eval_writes_json_and_markdown_with_baseline_row(trained):
     assert r.exit_code == 1 and "earlier evaluation" not in r.output and "12" in r.output, r.output
 
 
+def test_eval_records_what_its_numbers_come_from_and_notes_what_a_reader_must_know(trained, tmp_path):
+    """A cited number must be traceable: the eval JSON named the checkpoint and dataset only by the paths typed
+    (two datasets of other content gave the same JSON), no code version, no batch size or device. best.pt scored on
+    the split that chose it, and a dataset declaring other frame counts than the model's, passed without a word."""
+    from chdl.provenance import code_fingerprint
+    from diffuma.training.checkpoint import file_digest
+
+    root, data, run = trained
+    best = run / "checkpoints" / "best.pt"
+    assert torch.load(best, weights_only=True)["selected"] == {"by": "validation MSE", "split": "val",
+                                                                "max_sequences": 8}  # (diffuma_tiny)
+    state = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
+    assert "selected" not in state and state["code"]["code"] == code_fingerprint() and state["code"]["torch"]
+    r = CliRunner().invoke(main, ["eval", "--checkpoint", str(best), "--data", str(data), "--num-workers", "0",
+                                  "--out", str(tmp_path / "e"), "-q"])
+    assert r.exit_code == 0, r.output
+    result = json.loads((tmp_path / "e" / f"eval_{run.name}_best_val_per_pixel.json").read_text())
+    assert result["checkpoint_blake3"] == file_digest(best)[0] and result["data_path"] == str(data.resolve())
+    assert result["data_identity"] == state["data"]["identity"] and result["data_identity"]["content"]
+    assert (result["max_value"], result["frame_offset"], result["batch_size"], result["device"], result["precision"]) \
+        == (255.0, 0, 2, "cpu", "float32")
+    assert result["code"]["code"] == code_fingerprint() and result["trained_with"] == state["code"]
+    assert result["notes"] == ["this checkpoint was chosen by its validation MSE on this split (best.pt): its numbers "
+                               "here are optimistic; cite a checkpoint chosen otherwise, e.g. last.pt (as chdl bench "
+                               "does)"]
+    assert f"note: {result['notes'][0]}" in r.output
+    md = (tmp_path / "e" / f"eval_{run.name}_best_val_per_pixel.md").read_text()
+    assert f"**Note:** {result['notes'][0]}" in md and f"BLAKE3 {result['checkpoint_blake3'][:16]}" in md
+    # the same frames declaring 3 -> 7: scored 5 -> 5 as the model predicts, and said so; another split: no best note
+    declared = write_moving_square_dataset(tmp_path / "d37.zarr", n=6, n_val=2, in_frames=3, out_frames=7, seed=3)
+    r = CliRunner().invoke(main, ["eval", "--checkpoint", str(best), "--data", str(declared), "--num-workers", "0",
+                                  "--split", "train", "--out", str(tmp_path / "e"), "-q"])
+    assert r.exit_code == 0, r.output
+    result = json.loads((tmp_path / "e" / f"eval_{run.name}_best_train_per_pixel_on-d37.json").read_text())
+    assert result["notes"] == ["the dataset declares 3->7 frames; this checkpoint predicts 5->5, and was scored so: "
+                               "not the dataset's own protocol"]
+
+
 def test_predict_from_dataset_and_from_raw_recording(trained):
     root, data, run = trained
     ckpt = str(run / "checkpoints" / "last.pt")
