@@ -7,4 +7,6 @@ Two things live in this package and are kept apart:
 * the click command line (:mod:`chdl.cli`), which composes every stage.
 """
 
-__version__ = "0.1.0"
+# Raised at each release (0.2.0, 2026-12-02: provenance, traceable eval and bench records). Between releases the
+# git commit and the source digest that chdl.provenance records tell builds apart; the string alone cannot.
+__version__ = "0.2.0"
