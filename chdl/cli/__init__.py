@@ -128,7 +128,9 @@ class LazyGroup(click.Group):
         except KeyboardInterrupt:
             quiet_abandoned_async()
             name = ctx.invoked_subcommand or ""
-            hint = "rerun with --resume to continue" if name in ("bench", "train") else "rerun the same command"
+            hint = {"bench": "rerun with --resume to continue",  # (setup was cut short: no step has run)
+                    "train": "rerun with --resume if it wrote <out>/checkpoints/last.pt, else the same command"
+                    }.get(name, "rerun the same command")
             click.echo(f"interrupted: chdl {name} stopped before it finished ({hint})", err=True)
             sys.exit(130)
         finally:

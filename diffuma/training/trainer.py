@@ -417,8 +417,8 @@ class Trainer:
     def load(self, path: Path) -> None:
         state = load_checkpoint(path)
         self._check_same_dataset(state["data"])
-        if state["config"] != self.config:
-            raise ResumeConfigMismatch(path, _config_diff(state["config"], self.config))
+        if _without_how(state["config"]) != _without_how(self.config):
+            raise ResumeConfigMismatch(path, _config_diff(_without_how(state["config"]), _without_how(self.config)))
         load_weights(self.model, state["model"], path)
         if self.ema is not None:
             if state.get("ema") is None:
@@ -793,6 +793,16 @@ def _max_over_ranks(value: float, device: torch.device) -> float:
     t = torch.tensor(value, dtype=torch.float64, device=device)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return float(t)
+
+
+# run settings that change how a run is carried out, not a number it produces (CPU runs are bit-identical with
+# 0 or 2 loader workers, whatever the checkpoint and log cadence): a resume may change them
+RESUME_MAY_CHANGE = ("num_workers", "checkpoint_every_steps", "log_every_steps")
+
+
+def _without_how(config: dict) -> dict:
+    """``config`` without the ``run`` settings of :data:`RESUME_MAY_CHANGE`."""
+    return {**config, "run": {k: v for k, v in config.get("run", {}).items() if k not in RESUME_MAY_CHANGE}}
 
 
 def _config_diff(a: dict, b: dict) -> str:

@@ -295,3 +295,17 @@ def test_a_run_whose_first_last_pt_could_not_be_written_resumes_from_best_pt(sta
     code, msg = _train(["--data", tiny_dataset, "--out", run, "--resume"])
     assert code == 0, msg
     assert load_checkpoint(run / "checkpoints" / "last.pt")["epoch"] == 2
+
+
+def test_a_resume_may_change_how_the_run_is_carried_out_not_what_it_computes(stopped_run, tiny_dataset):
+    """--resume --set run.num_workers=2 was refused ("resume with a different config"), though the loader's worker
+    count changes no number; a setting that does (lr) is still refused, naming it."""
+    config = stopped_run / "config.yaml"
+    code, msg = _train(["--data", tiny_dataset, "--out", stopped_run, "--resume", "--config", config,
+                        "--set", "run.lr=0.01"])
+    assert code == 1 and "resume with a different config (run.lr: saved 0.003 vs given 0.01)" in msg, msg
+    code, msg = _train(["--data", tiny_dataset, "--out", stopped_run, "--resume", "--config", config,
+                        "--set", "run.num_workers=1", "--set", "run.log_every_steps=2"])
+    assert code == 0, msg
+    state = load_checkpoint(stopped_run / "checkpoints" / "last.pt")
+    assert state["step"] == 6 and state["config"]["run"]["num_workers"] == 1
