@@ -258,17 +258,18 @@ def build_plan(source: str | os.PathLike, cfg: CurateConfig, bit_depth: int | No
                 why = "dropped by the camera/host"
             elif f.status == "incomplete":
                 why = "incomplete buffer"
-            elif (f.width, f.height) != (w, h):
-                why = f"size {f.width}x{f.height} differs from the run's {w}x{h}"
+            elif (f.width, f.height) != (w, h):  # what its line in the index says (the file may hold another)
+                why = f"its record gives size {f.width}x{f.height}, not the run's {w}x{h}"
             elif f.pixel_format != fmt:
-                why = f"pixel format {f.pixel_format} differs from the run's {fmt}"
+                why = f"its record gives pixel format {f.pixel_format}, not the run's {fmt}"
             else:
                 why = _file_problem(rec, f)
             if why is not None:
                 if f.position_index not in lane_map:
                     problems[key] = why
                     if f.status != "dropped":
-                        where = rec.path / f.file if f.file else index_file
+                        # a record's own values: the index names it (the PNG was blamed for its record's size)
+                        where = index_file if why.startswith("its record") or not f.file else rec.path / f.file
                         warnings.append(f"{where}: {why}; frame {f.index} (lane {f.lane}, position {f.position_index}) treated as missing")
                 continue
             if f.position_index in lane_map:
