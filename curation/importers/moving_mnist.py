@@ -227,11 +227,12 @@ def import_moving_mnist(
     if seed < 0 or val_seed < 0:
         raise ValueError(f"seeds must be non-negative (numpy's SeedSequence), got seed {seed}, val_seed {val_seed}")
     train_digits, val_digits, source = load_digits(mnist)  # bad input fails here, before anything is written
+    where = source.split("; ")[0]  # the file(s), without the split note ("x.idx; fixed 80/20 digit split: ...")
     for pool in (train_digits, val_digits):  # (were "digits of 70×70 do not fit..." and "high <= 0", naming no file)
         if len(pool) == 0:
-            raise ImporterInputError(f"{source}: holds no digit images")
+            raise ImporterInputError(f"{where}: holds no digit images")
         if max(pool.shape[1:]) > IMAGE_SIZE:
-            raise ImporterInputError(f"{source}: digits of {pool.shape[1]}×{pool.shape[2]} px do not fit the "
+            raise ImporterInputError(f"{where}: digits of {pool.shape[1]}×{pool.shape[2]} px do not fit the "
                                      f"{IMAGE_SIZE}×{IMAGE_SIZE} canvas (MNIST's are 28×28)")
     pools = {SPLIT_TRAIN: (train_digits, seed), SPLIT_VAL: (val_digits, val_seed)}
 
@@ -250,7 +251,8 @@ def import_moving_mnist(
     config = dict(generator="Srivastava et al. 2015 bouncing MNIST", image_size=IMAGE_SIZE, n_digits=N_DIGITS,
                   frames=FRAMES, step_length=STEP_LENGTH, n_train=n_train, n_val=n_val, seed=seed,
                   val_seed=val_seed, digits_source=source, train_digits=len(train_digits),
-                  val_digits=len(val_digits))
+                  val_digits=len(val_digits),
+                  digit_size=[int(n) for n in train_digits.shape[1:]])  # 28x28 for MNIST; larger ones move less
     return write_sequences(
         out, make_shard, n_sequences=n_train + n_val, overwrite=overwrite, desc="moving mnist", progress=progress,
         frames_per_sequence=FRAMES, channels=1, height=IMAGE_SIZE, width=IMAGE_SIZE, dtype=np.uint8,

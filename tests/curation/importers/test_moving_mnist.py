@@ -198,5 +198,10 @@ def test_digits_that_cannot_make_sequences_are_refused_naming_the_file(tmp_path:
     r = CliRunner().invoke(main, ["import", "mnist", "--out", str(tmp_path / "m.zarr"), "--train", "2", "--val", "1",
                                   "--mnist", str(d)])
     assert r.exit_code == 1 and len(r.output.strip().splitlines()) == 1, r.output
-    assert str(bad) in r.output and problem in r.output, r.output
+    assert str(bad) in r.output and problem in r.output and "digit split" not in r.output, r.output
     assert not (tmp_path / "m.zarr").exists()
+    # one file, split 80/20 here: the error names it alone (it read "<file>; fixed 80/20 digit split: digits ...")
+    r = CliRunner().invoke(main, ["import", "mnist", "--out", str(tmp_path / "m.zarr"), "--train", "2", "--val", "1",
+                                  "--mnist", str(bad)])
+    if len(images):
+        assert r.output.strip() == f"Error: {bad}: {problem} (MNIST's are 28×28)", r.output
