@@ -78,3 +78,20 @@ def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:
     for p in stale:
         p.unlink(missing_ok=True)
     return stale
+
+
+def file_in_the_way(path: str | os.PathLike) -> Path | None:
+    """The nearest path above ``path`` that exists and is not a folder (``out.txt`` for ``out.txt/x/y.json``; a
+    broken symlink too): what makes ``path`` impossible to create; None if there is none."""
+    return next((a for a in Path(path).parents if os.path.lexists(a) and not a.is_dir()), None)
+
+
+def cannot_create(path: str | os.PathLike, error: OSError) -> str:
+    """Why the folder ``path`` (or one above it) could not be made, for a one-line message: "<x> is a file, not a
+    folder" where one is in the way (the OS says only "File exists" or "Not a directory"), else the OS's reason."""
+    blocker = file_in_the_way(Path(path) / "_")
+    if blocker is not None:
+        kind = "a broken symlink" if blocker.is_symlink() and not blocker.exists() else "a file"
+        return f"{blocker} is {kind}, not a folder"
+    return error.strerror or str(error)
+

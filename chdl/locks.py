@@ -16,6 +16,8 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
+from acquisition import files
+
 
 class LockHeld(RuntimeError):
     """Another process holds the lock; ``pid`` is what it wrote into the lock file ("unknown" if nothing)."""
@@ -104,6 +106,9 @@ def exclusive_output(path: Path) -> Iterator[None]:
         raise OutputInUse(f"{path}: in use by another chdl process writing it (pid {e.pid}); wait for it to end or "
                           "stop it") from None
     except OSError as e:  # a read-only folder, a file on the way
+        if files.file_in_the_way(path) is not None:  # ("... (File exists)" did not say which file)
+            raise OutputLockError(f"{path}: cannot create the folder it goes in: "
+                                  f"{files.cannot_create(path.parent, e)}") from e
         what = f"cannot write in {path.parent}" if path.parent.is_dir() else "cannot create the folder it goes in"
         raise OutputLockError(f"{path}: {what} ({e.strerror or e})") from e
     try:

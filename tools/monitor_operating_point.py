@@ -57,7 +57,7 @@ def main(argv=None) -> int:
     ap.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     a = ap.parse_args(argv)
     if a.out:  # before minutes of scoring: a place the table can be written
-        from chdl.cli.options import file_in_the_way
+        from acquisition.files import file_in_the_way
 
         blocker = file_in_the_way(Path(a.out).resolve())
         if Path(a.out).is_dir() or blocker is not None or not Path(a.out).resolve().parent.is_dir():

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import json
 import sys
 import warnings
@@ -36,6 +37,11 @@ def _user_errors():
     except (CameraError, RawFormatError) as e:
         raise click.ClickException(str(e)) from None
     except OSError as e:  # e.g. the output folder cannot be created, or the disk is full before the first frame
+        from acquisition.files import cannot_create
+
+        if e.errno in (errno.ENOTDIR, errno.EEXIST) and e.filename:  # a file where a folder must go: say which
+            raise click.ClickException(f"{e.filename}: cannot create the folder: {cannot_create(e.filename, e)}") \
+                from None
         raise click.ClickException(f"{e.filename or ''}: {e.strerror or e}".lstrip(": ")) from None
     finally:
         warnings.showwarning = previous

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import click
 
-from chdl.cli.options import FINITE, FiniteFloat, LocalPath, OutputPath, file_in_the_way, quiet_option
+from acquisition.files import file_in_the_way
+from chdl.cli.options import FINITE, FiniteFloat, LocalPath, OutputPath, quiet_option
 
 
 def _command_line() -> str:

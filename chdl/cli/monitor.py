@@ -16,7 +16,8 @@ import click
 
 from chdl.cli import catch_stop_signals, restore_signals
 from chdl.cli.acquire import capture_options, report_captures, run_captures
-from chdl.cli.options import POSITIVE, LocalPath, OutputPath, file_in_the_way, output_lock, quiet_option
+from acquisition.files import file_in_the_way
+from chdl.cli.options import POSITIVE, LocalPath, OutputPath, output_lock, quiet_option
 from chdl.monitor import SCORER_FORMAT, Z_OFF, Z_ON
 
 

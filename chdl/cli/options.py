@@ -11,12 +11,6 @@ import click
 _ALIAS_SEEN = "chdl.quiet_alias"
 
 
-def file_in_the_way(path: Path) -> Path | None:
-    """The nearest existing folder above ``path`` that is a file instead (``out.txt`` for ``out.txt/x/y.json``):
-    what makes an output path impossible to create; None if there is none."""
-    return next((a for a in Path(path).parents if a.exists() and not a.is_dir()), None)
-
-
 def quiet_option(*old_spellings: str, help: str = "No progress bars (results, warnings and errors still print)."):
     """``--quiet/-q``: no progress bars (results, warnings and errors still print).
 

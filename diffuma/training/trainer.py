@@ -163,8 +163,11 @@ def claim_run_folder(out: Path) -> int:
         raise RunFolderError(f"{out}: the folder is in use by another chdl train (pid {e.pid}); wait for it to "
                              "end or stop it, or choose another --out") from None
     except OSError as e:  # (an existing folder: its lock file could not be made, e.g. read-only)
-        what = "cannot write in the run folder" if out.is_dir() else "cannot create the run folder"
-        raise RunFolderError(f"{out}: {what} ({e.strerror or e})") from None
+        if out.is_dir():
+            raise RunFolderError(f"{out}: cannot write in the run folder ({e.strerror or e})") from None
+        why = files.cannot_create(out, e)  # "<x> is a file, not a folder" where one is in the way
+        raise RunFolderError(f"{out}: cannot create the run folder" + (f": {why}" if " is a " in why else f" ({why})")) \
+            from None
 
 
 def seed_everything(seed: int) -> None:

@@ -74,3 +74,19 @@ def test_write_text_escapes_a_name_of_another_encoding(tmp_path):
     failed after all the work; it is written as a backslash escape."""
     files.write_text(tmp_path / "r.html", "run lat\udce4 done")
     assert (tmp_path / "r.html").read_bytes() == b"run lat\\udce4 done"
+
+
+def test_cannot_create_names_the_file_in_the_way(tmp_path):
+    """A file (or a broken symlink) where an output folder must go: the OS says "File exists" or "Not a directory"
+    and the commands said that (train, capture, curate, eval each in other words); now the file is named."""
+    (tmp_path / "afile").write_text("x")
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere")
+    for parent, kind in (("afile", "a file"), ("dangling", "a broken symlink")):
+        target = tmp_path / parent / "run" / "frames"
+        with pytest.raises(OSError) as e:
+            target.mkdir(parents=True)
+        assert files.file_in_the_way(target) == tmp_path / parent
+        assert files.cannot_create(target, e.value) == f"{tmp_path / parent} is {kind}, not a folder"
+    with pytest.raises(OSError) as e:
+        os.mkdir(tmp_path / "a" / "b")  # no file in the way: the OS's own reason
+    assert files.cannot_create(tmp_path / "a" / "b", e.value) == "No such file or directory"

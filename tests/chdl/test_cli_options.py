@@ -26,3 +26,19 @@ def test_output_paths_follow_a_symlink_and_expand_a_quoted_home(tmp_path, monkey
                           ("~/x", tmp_path / "home" / "x"), (tmp_path / "plain", tmp_path / "plain")]:
         r = CliRunner().invoke(cmd, ["--out", str(given)])
         assert r.exit_code == 0 and r.output.strip() == str(expect), (given, r.output)
+
+
+def test_an_output_under_a_file_is_one_line_naming_the_file(tmp_path):
+    """capture said "afile/r/sim-200x150/frames: Not a directory", curate and eval "(File exists)"."""
+    from chdl.cli import main
+
+    samples = Path(__file__).resolve().parents[2] / "samples" / "sim-200x150"
+    (tmp_path / "afile").write_text("x")
+    r = CliRunner().invoke(main, ["capture", "--replay", str(samples), "--out", str(tmp_path / "afile" / "r"),
+                                  "--as-fast-as-possible", "-q"])
+    assert r.exit_code == 1 and r.output.strip().splitlines() == [
+        f"Error: {tmp_path / 'afile' / 'r' / 'sim-200x150' / 'frames'}: cannot create the folder: "
+        f"{tmp_path / 'afile'} is a file, not a folder"], r.output
+    r = CliRunner().invoke(main, ["curate", str(samples), str(tmp_path / "afile" / "x.zarr"), "-q"])
+    assert r.exit_code == 1 and r.output.strip() == (f"Error: {tmp_path / 'afile' / 'x.zarr'}: cannot create the "
+                                                     f"folder it goes in: {tmp_path / 'afile'} is a file, not a folder")

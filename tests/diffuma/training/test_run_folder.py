@@ -167,7 +167,8 @@ def test_an_out_that_cannot_be_a_run_folder_is_one_line(standin, tiny_dataset, t
     cfg = tmp_path / "c.yaml"
     cfg.write_text(yaml.safe_dump(_config()))
     (tmp_path / "afile").write_text("x")
-    for out, why in ((tmp_path / "afile" / "run", "cannot create the run folder (Not a directory)"),
+    for out, why in ((tmp_path / "afile" / "run", f"cannot create the run folder: {tmp_path / 'afile'} is a file, "
+                                                  "not a folder"),  # (it said "(Not a directory)")
                      (tmp_path / "afile", "cannot create the run folder (a file of that name exists)")):
         assert _train(["--data", tiny_dataset, "--config", cfg, "--out", out]) == (1, f"Error: {out}: {why}")
     # A dataset or a raw recording is not a run folder: nothing is written into them.
