@@ -87,11 +87,11 @@ def file_in_the_way(path: str | os.PathLike) -> Path | None:
 
 
 def cannot_create(path: str | os.PathLike, error: OSError) -> str:
-    """Why the folder ``path`` (or one above it) could not be made, for a one-line message: "<x> is a file, not a
-    folder" where one is in the way (the OS says only "File exists" or "Not a directory"), else the OS's reason."""
+    """How a one-line "cannot create ..." message about the folder ``path`` ends: ": <x> is a file, not a folder"
+    (or a broken symlink) where one is in the way above it (the OS says only "File exists" or "Not a directory"),
+    else " (<the OS's reason>)"."""
     blocker = file_in_the_way(Path(path) / "_")
     if blocker is not None:
         kind = "a broken symlink" if blocker.is_symlink() and not blocker.exists() else "a file"
-        return f"{blocker} is {kind}, not a folder"
-    return error.strerror or str(error)
-
+        return f": {blocker} is {kind}, not a folder"
+    return f" ({error.strerror or error})"

@@ -40,7 +40,7 @@ def _user_errors():
         from acquisition.files import cannot_create
 
         if e.errno in (errno.ENOTDIR, errno.EEXIST) and e.filename:  # a file where a folder must go: say which
-            raise click.ClickException(f"{e.filename}: cannot create the folder: {cannot_create(e.filename, e)}") \
+            raise click.ClickException(f"{e.filename}: cannot create the folder{cannot_create(e.filename, e)}") \
                 from None
         raise click.ClickException(f"{e.filename or ''}: {e.strerror or e}".lstrip(": ")) from None
     finally:

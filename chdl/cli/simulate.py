@@ -195,7 +195,7 @@ def corpus(out: Path, lanes: int, positions: int, step_um: float, lanes_per_run:
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:  # a file on the way, a read-only folder
-        raise click.ClickException(f"{e.filename or out}: cannot create the corpus folder ({e.strerror or e})") from None
+        raise click.ClickException(f"{out}: cannot create the corpus folder{files.cannot_create(out, e)}") from None
     params = {"sequences": lanes, "positions": positions, "step_um": step_um, "lanes_per_run": lanes_per_run,
               "seed": seed, "width": width, "height": height, "pixel_format": pixel_format,
               "bit_depth": 8 if pixel_format == "Mono8" else int(bit_depth or 12),  # the data's, as the runs record it

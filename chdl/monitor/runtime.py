@@ -219,8 +219,8 @@ class Monitor:
             for sub in ("snapshots", "live"):
                 (self.folder / sub).mkdir(exist_ok=True)
         except OSError as e:  # OUT is a file, a read-only folder, ...
-            raise MonitorError(f"{e.filename or self.folder}: cannot create the monitor folder "
-                               f"({e.strerror or e})") from None
+            raise MonitorError(f"{self.folder}: cannot create the monitor folder"
+                               f"{files.cannot_create(self.folder, e)}") from None
         scoring = self.spec.get("scorer", {})
         try:
             for name in ("scores.jsonl", "events.jsonl"):

@@ -165,9 +165,7 @@ def claim_run_folder(out: Path) -> int:
     except OSError as e:  # (an existing folder: its lock file could not be made, e.g. read-only)
         if out.is_dir():
             raise RunFolderError(f"{out}: cannot write in the run folder ({e.strerror or e})") from None
-        why = files.cannot_create(out, e)  # "<x> is a file, not a folder" where one is in the way
-        raise RunFolderError(f"{out}: cannot create the run folder" + (f": {why}" if " is a " in why else f" ({why})")) \
-            from None
+        raise RunFolderError(f"{out}: cannot create the run folder{files.cannot_create(out, e)}") from None
 
 
 def seed_everything(seed: int) -> None:

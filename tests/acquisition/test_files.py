@@ -86,7 +86,7 @@ def test_cannot_create_names_the_file_in_the_way(tmp_path):
         with pytest.raises(OSError) as e:
             target.mkdir(parents=True)
         assert files.file_in_the_way(target) == tmp_path / parent
-        assert files.cannot_create(target, e.value) == f"{tmp_path / parent} is {kind}, not a folder"
+        assert files.cannot_create(target, e.value) == f": {tmp_path / parent} is {kind}, not a folder"
     with pytest.raises(OSError) as e:
         os.mkdir(tmp_path / "a" / "b")  # no file in the way: the OS's own reason
-    assert files.cannot_create(tmp_path / "a" / "b", e.value) == "No such file or directory"
+    assert files.cannot_create(tmp_path / "a" / "b", e.value) == " (No such file or directory)"

@@ -707,10 +707,10 @@ def test_an_output_folder_that_cannot_be_made_is_one_line(tmp_path, monkeypatch,
     from chdl.cli import main
 
     if case == "a file on the way":
-        out, why = tmp_path / "afile", "Not a directory"
+        out, why = tmp_path / "afile", f": {tmp_path / 'afile'} is a file, not a folder"  # ("(Not a directory)")
         out.write_text("")
     else:  # simulated: root writes into read-only folders
-        out, why = tmp_path / "ro", "Permission denied"
+        out, why = tmp_path / "ro", " (Permission denied)"
 
         def refused(self, *a, **k):
             raise PermissionError(errno.EACCES, "Permission denied", str(self))
@@ -719,7 +719,7 @@ def test_an_output_folder_that_cannot_be_made_is_one_line(tmp_path, monkeypatch,
     res = CliRunner().invoke(main, ["monitor", "--camera", "sim0", "--out", f"{out}/", "--run-id", "r", "--lanes", "1",
                                     "--positions", "3", "--width", "64", "--height", "48"])
     assert res.exit_code == 1, res.output + repr(res.exception)
-    assert res.output.splitlines() == [f"Error: {out / 'r.monitor'}: cannot create the monitor folder ({why})"]
+    assert res.output.splitlines() == [f"Error: {out / 'r.monitor'}: cannot create the monitor folder{why}"]
 
 
 def test_monitor_eval_fit_scorer_and_the_operating_point_tool_check_their_outputs_first(clean_run, tmp_path, capsys):
