@@ -7,6 +7,7 @@ to a temporary name and renamed into place.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import cv2
@@ -199,11 +200,15 @@ def prediction_grid(path: str | Path, inputs, targets, preds: dict, title: str |
 def save_figure(fig, path: str | Path, dpi: int = 100) -> None:
     """Lay out, write whole (acquisition.files.replacing: the old file or the new, never half) and close a
     matplotlib figure; the format is the file name's suffix. OSError naming ``path`` if it cannot be written."""
-    fig.tight_layout()
     path = Path(path)
     try:
-        with files.replacing(path) as tmp:
-            fig.savefig(tmp, dpi=dpi, format=path.suffix.lstrip(".").lower() or "png")
+        # a title naming a run folder in a script DejaVu Sans lacks (CJK): its glyphs are boxes, and matplotlib's
+        # four warnings per plot broke through --quiet; the figure is written all the same
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r"Glyph \d+ .* missing from font")
+            fig.tight_layout()
+            with files.replacing(path) as tmp:
+                fig.savefig(tmp, dpi=dpi, format=path.suffix.lstrip(".").lower() or "png")
     finally:
         plt.close(fig)
 

@@ -76,3 +76,19 @@ def test_training_dynamics_axes_name_the_metric_and_convention(tmp_path, monkeyp
     finally:
         for fig in figs:
             viz.plt.close(fig)
+
+
+def test_a_title_in_a_script_the_font_lacks_writes_the_figure_without_warnings(tmp_path):
+    """`chdl train --out "晶圆 运行/run"`: matplotlib printed four "Glyph ... missing" warnings per plot, -q or not."""
+    import warnings
+
+    import matplotlib.pyplot as plt
+
+    from diffuma.viz import save_figure
+
+    fig, ax = plt.subplots()
+    ax.set_title("晶圆 运行")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        save_figure(fig, tmp_path / "t.png")
+    assert (tmp_path / "t.png").read_bytes()[:4] == b"\x89PNG"
