@@ -359,4 +359,5 @@ def monitor_fit_scorer(runs, out, checkpoint, components, no_qc, overwrite, quie
                f"{learned.width}x{learned.height}) -> {out}")
     click.echo(f"its alert level and test weights are not measured yet (--scorer uses z_on {Z_ON:g} and no splash or "
                f"crack test until then): measure them on OTHER clean "
-               f"recordings with python tools/monitor_operating_point.py CLEAN_RUNS... --scorer {out} --write-scorer")
+               f"recordings with python tools/monitor_operating_point.py CLEAN_RUNS... --scorer {out} --write-scorer "
+               "(a script of chdl's source tree, not of the installed package)")
