@@ -609,6 +609,7 @@ class DatasetWriter:
 
         provenance.setdefault("tool_version", __version__)
         provenance.setdefault("code", code_version())
+        provenance.setdefault("cwd", os.getcwd())  # where `command` ran: its paths may be relative to it
         attrs = {
             "schema": SCHEMA,
             "complete": False,
@@ -1055,6 +1056,8 @@ def open_dataset(path: str | os.PathLike, *, check_files: bool = True) -> Datase
         resumable = "curate_key" in provenance
         how = "to resume" if resumable else "with --overwrite to make it again (an import does not resume)"
         command = f" ({provenance['command']})" if provenance.get("command") else ""
+        if command and provenance.get("cwd") and provenance["cwd"] != os.getcwd():  # its relative paths: from there
+            command = f" (in {provenance['cwd']}: {provenance['command']})"
         stopped = ("its writer stopped before the end (interrupted, or an error)" if isinstance(path, Path) else
                    "being written, or its writer stopped before the end (an object store has no lock to tell)")
         kept = (f"; the dataset it was replacing is kept at {previous_path(path)} until it completes"

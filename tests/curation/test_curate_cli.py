@@ -2,6 +2,8 @@
 and the bad-input list (each a one-line error naming the file, or a warning + report entry)."""
 
 import json
+import os
+import re
 import subprocess
 import sys
 
@@ -538,7 +540,7 @@ def test_an_interrupt_before_the_dataset_exists_says_nothing_was_written(tmp_pat
     assert err.strip().splitlines()[-1] == f"interrupted before {out} was created; nothing was written", err
 
 
-def test_resuming_with_other_arguments_names_the_command_that_made_the_dataset(tmp_path):
+def test_resuming_with_other_arguments_names_the_command_that_made_the_dataset(tmp_path, monkeypatch):
     """It said only "made from other inputs or settings; rerun with the original arguments" (which ones?)."""
     from chdl.dataset import DatasetWriter
 
@@ -550,6 +552,17 @@ def test_resuming_with_other_arguments_names_the_command_that_made_the_dataset(t
     assert r.exit_code == 1 and r.output.strip().splitlines()[-1] == (
         f"Error: {out}: an incomplete dataset made from other inputs or settings (by chdl curate raw d.zarr "
         "--config mine.yaml); rerun that command to resume, or use --overwrite to start anew")
+    # read from another folder, the hint says where its relative paths hold (it printed them bare)
+    made_in = zarr.open_group(str(out), mode="r").attrs["provenance"]["cwd"]
+    assert made_in == os.getcwd()
+    with pytest.raises(DatasetIncompleteError, match=r"rerun the command that made it \(chdl curate raw d\.zarr"):
+        open_dataset(out)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    with pytest.raises(DatasetIncompleteError, match=rf"rerun the command that made it \(in {re.escape(made_in)}: "
+                                                     r"chdl curate raw d\.zarr --config mine\.yaml\) to resume"):
+        open_dataset(out)
 
 
 def test_a_second_curate_on_the_same_output_is_refused_while_the_first_runs(tmp_path):
