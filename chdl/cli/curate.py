@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from chdl.cli import catch_stop_signals, quiet_abandoned_async, restore_signals
-from chdl.cli.options import LocalPath, checked_path_text, quiet_option, through_link
+from chdl.cli.options import LocalPath, check_output_name, checked_path_text, quiet_option, through_link
 
 
 @click.command("curate")
@@ -42,7 +42,9 @@ def curate(raw: str, out: str, config_path: str | None, workers: int, scheduler:
         def refuse(message):
             raise click.BadParameter(message, param_hint="'OUT'")
 
-        out = str(through_link(Path(checked_path_text(out, refuse))))
+        out = checked_path_text(out, refuse)
+        check_output_name(Path(out), refuse)
+        out = str(through_link(Path(out)))
     if scheduler is not None and workers > 1:
         raise click.UsageError("--workers is for local processes; with --scheduler use local:N or the cluster's workers")
     # --workers / --scheduler / --overwrite are left out: they do not change a byte of the dataset, and the recorded

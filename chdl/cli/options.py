@@ -82,10 +82,25 @@ class OutputPath(LocalPath):
 
     def convert(self, value, param, ctx):
         converted = super().convert(value, param, ctx)
+        check_output_name(Path(converted), lambda message: self.fail(message, param, ctx))
         followed = through_link(Path(converted))
         if followed == Path(converted):
             return converted
         return followed if isinstance(converted, Path) else str(followed)
+
+
+# the longest name chdl gives a working file beside an output: ".<name>.chdl-writer.lock" (chdl.locks)
+WORKING_NAME_EXTRA = len("..chdl-writer.lock")
+NAME_MAX = 255  # bytes in one file name (Linux filesystems)
+
+
+def check_output_name(path: Path, fail) -> None:
+    """``fail(message)`` if the output's name leaves no room for the working files chdl writes beside it (its
+    lock, ``.<name>.creating``): a 250-byte name the OS accepts failed with "File name too long" after a check."""
+    size = len(path.name.encode("utf-8", "surrogateescape"))
+    if size > NAME_MAX - WORKING_NAME_EXTRA:
+        fail(f"{path}: the name is {size} bytes; chdl's working files beside an output (.<name>.chdl-writer.lock) "
+             f"need it to be at most {NAME_MAX - WORKING_NAME_EXTRA}")
 
 
 def checked_path_text(value: str, fail) -> str:

@@ -42,3 +42,18 @@ def test_an_output_under_a_file_is_one_line_naming_the_file(tmp_path):
     r = CliRunner().invoke(main, ["curate", str(samples), str(tmp_path / "afile" / "x.zarr"), "-q"])
     assert r.exit_code == 1 and r.output.strip() == (f"Error: {tmp_path / 'afile' / 'x.zarr'}: cannot create the "
                                                      f"folder it goes in: {tmp_path / 'afile'} is a file, not a folder")
+
+
+def test_an_output_name_too_long_for_the_working_files_beside_it_is_refused_first(tmp_path):
+    """A 245-byte name is valid on Linux, but `.<name>.chdl-writer.lock` is not: curate and predict failed with
+    "cannot write in . (File name too long)"."""
+    from chdl.cli import main
+    from chdl.cli.options import NAME_MAX, WORKING_NAME_EXTRA
+
+    longest = NAME_MAX - WORKING_NAME_EXTRA
+    name = "a" * (longest + 1 - len(".zarr")) + ".zarr"
+    r = CliRunner().invoke(main, ["curate", str(tmp_path), str(tmp_path / name), "-q"])
+    assert r.exit_code == 2 and f"the name is {longest + 1} bytes; chdl's working files beside an output " \
+        f"(.<name>.chdl-writer.lock) need it to be at most {longest}" in r.output, r.output
+    assert list(tmp_path.iterdir()) == []
+    (tmp_path / ("b" * longest)).with_name("." + "b" * longest + ".chdl-writer.lock").touch()  # the longest fits
