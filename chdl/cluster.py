@@ -27,6 +27,8 @@ import threading
 import uuid
 from typing import Any, Callable, Iterable, Iterator
 
+from chdl.provenance import code_fingerprint
+
 LOCAL_PREFIX = "local:"
 CONNECT_TIMEOUT_S = 20  # reaching the scheduler
 WORKERS_TIMEOUT_S = 60  # a running scheduler without any worker
@@ -124,8 +126,6 @@ def _versions() -> dict[str, str]:
     import zarr
 
     import chdl
-
-    from chdl.provenance import code_fingerprint
 
     # (the packages whose code decides the bytes a task writes: two checkouts of one version with other edits
     # differ here; workers started from another tree passed the version check)

@@ -9,7 +9,7 @@ an attempt costs what curation costs), kills the child with SIGKILL at write num
 same command in a fresh child and compares the result with the reference:
 
 * every file of the dataset byte for byte, except the group's ``zarr.json`` whose attributes are
-  compared with ``provenance.created`` left out (a timestamp of the first attempt);
+  compared with ``provenance.created`` and ``cwd`` left out (when and where the first attempt ran);
 * the QC report JSON, and the HTML byte for byte.
 
 Usage: python tools/curate_kill_sweep.py [--every N] RAW WORKDIR  (also used by
@@ -97,7 +97,8 @@ def _snapshot(out: Path) -> dict:
             data = p.read_bytes()
             if p == out / "zarr.json":
                 meta = json.loads(data)
-                meta["attributes"]["provenance"].pop("created", None)
+                for key in ("created", "cwd"):  # when and where the command ran
+                    meta["attributes"]["provenance"].pop(key, None)
                 data = json.dumps(meta, sort_keys=True).encode()
             files[str(p.relative_to(out))] = data
     stem = out.name[:-5] if out.name.endswith(".zarr") else out.name

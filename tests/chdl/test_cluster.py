@@ -135,7 +135,7 @@ def test_checks_name_the_worker(dask_cluster, tmp_path, monkeypatch):
         c.check_versions()
     monkeypatch.undo()
     # the same version number from another tree (other code) is refused too: it passed before
-    monkeypatch.setattr(cl, "_code_fingerprint", lambda: "0123456789abcdef")
+    monkeypatch.setattr(cl, "code_fingerprint", lambda packages: "0123456789abcdef")
     with pytest.raises(cl.ClusterError, match=r"worker tcp://127\.0\.0\.1:\d+ runs chdl code [0-9a-f]{16} \(here "
                                               r"0123456789abcdef\)"):
         c.check_versions()
