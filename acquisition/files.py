@@ -62,11 +62,16 @@ def write_bytes(path: str | os.PathLike, data: bytes, *, durable: bool = False) 
         tmp.write_bytes(data)
 
 
+def encode_text(text: str) -> bytes:
+    """``text`` as UTF-8, a file name of another encoding in it (a surrogate escape, as Python decodes one) written
+    as ``\\udce4``: a report or log naming such a folder failed after all the work, every rerun."""
+    return text.encode("utf-8", "backslashreplace")
+
+
 def write_text(path: str | os.PathLike, text: str, *, durable: bool = False) -> None:
-    """Replaces ``path`` by ``text`` (UTF-8) whole (:func:`replacing`). OSError naming ``path`` if it cannot.
-    A file name of another encoding in ``text`` (a surrogate escape, as Python decodes it) is written as
-    ``\\udce4``: curate's report on a run folder named in Latin-1 failed at the end, every rerun."""
-    write_bytes(path, text.encode("utf-8", "backslashreplace"), durable=durable)
+    """Replaces ``path`` by ``text`` (:func:`encode_text`) whole (:func:`replacing`). OSError naming ``path`` if it
+    cannot."""
+    write_bytes(path, encode_text(text), durable=durable)
 
 
 def remove_stale_temporaries(folder: str | os.PathLike) -> list[Path]:

@@ -579,7 +579,7 @@ class DatasetWriter:
             raise ValueError("a dataset needs at least one sequence")
         if in_frames + out_frames > frames_per_sequence:
             raise ValueError(f"in_frames + out_frames ({in_frames}+{out_frames}) exceeds frames_per_sequence ({frames_per_sequence})")
-        if path.exists() and overwrite:
+        if path.exists():  # a file or someone's folder: --overwrite would not help, so do not suggest it
             refuse_non_dataset(path)
         if path.exists() and not overwrite:
             what = "already exists"  # say what it is: an interrupted run of the same command is the usual case

@@ -395,6 +395,6 @@ def write_report(out: Path, plan: Plan, cfg: CurateConfig, html_path: Path, json
     of :func:`flagged_thumbnails`} made by the curate workers; flagged frames without them are read
     back from the dataset."""
     summary, extra = build_summary(out, plan, cfg)
-    _atomic_write(html_path, _render_html(summary, extra, plan, cfg, thumbnails or {}).encode())
+    _atomic_write(html_path, files.encode_text(_render_html(summary, extra, plan, cfg, thumbnails or {})))
     _atomic_write(json_path, (json.dumps(summary, indent=1, sort_keys=False) + "\n").encode())
     return summary

@@ -538,7 +538,10 @@ def run_bench(data: str | Path, models: str, epochs: list[int] | None, out: str 
                              f"predicted frames{after} (--pred-len {pred_lens[-1]})")
     if (out / "bench.json").exists() and not resume:
         raise BenchError(f"{out}: already holds a bench (bench.json); use --resume or another --out")
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:  # a file where the folder goes, a read-only parent (it was a traceback)
+        raise BenchError(f"{out}: cannot create the bench folder{files.cannot_create(out, e)}") from None
 
     report: dict = {
         "schema": "chdl.bench/1", "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

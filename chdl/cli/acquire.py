@@ -204,9 +204,12 @@ def report_captures(ctx, results) -> None:
         else:
             click.echo(f"{r.message} ({counts})")
             if r.dropped_positions and r.stopped_by is None:
-                click.echo(f"warning: {r.path}: {r.dropped_positions} of {r.frames} positions got no frame in time "
-                           "(recorded as dropped, notes.dropped_positions; a slow camera needs a longer "
-                           "--frame-timeout)", err=True)
+                replay = bool(ctx.params.get("replay"))  # (it blamed the camera's speed for a bad recorded frame)
+                why = ("the recording replayed has no usable frame there: see the warnings above" if replay
+                       else "a slow camera needs a longer --frame-timeout")
+                click.echo(f"warning: {r.path}: {r.dropped_positions} of {r.frames} positions got no frame"
+                           f"{'' if replay else ' in time'} (recorded as dropped, notes.dropped_positions; {why})",
+                           err=True)
     if worst is not None:
         if worst.stopped_by == "interrupted":
             # one line: the capture's own message says how far it got ("interrupted; stopped after 23 of 200

@@ -44,7 +44,9 @@ def curate(raw: str, out: str, config_path: str | None, workers: int, scheduler:
 
         out = checked_path_text(out, refuse)
         check_output_name(Path(out), refuse)
-        out = str(through_link(Path(out)))
+        if (followed := through_link(Path(out))) != Path(out):  # the folder a link points to: the same checks
+            out = checked_path_text(str(followed), refuse)
+            check_output_name(followed, refuse)
     if scheduler is not None and workers > 1:
         raise click.UsageError("--workers is for local processes; with --scheduler use local:N or the cluster's workers")
     # --workers / --scheduler / --overwrite are left out: they do not change a byte of the dataset, and the recorded

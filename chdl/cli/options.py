@@ -82,10 +82,15 @@ class OutputPath(LocalPath):
 
     def convert(self, value, param, ctx):
         converted = super().convert(value, param, ctx)
-        check_output_name(Path(converted), lambda message: self.fail(message, param, ctx))
+        def fail(message):
+            self.fail(message, param, ctx)
+
+        check_output_name(Path(converted), fail)
         followed = through_link(Path(converted))
         if followed == Path(converted):
             return converted
+        checked_path_text(str(followed), fail)  # the folder a link points to: the same checks
+        check_output_name(followed, fail)
         return followed if isinstance(converted, Path) else str(followed)
 
 

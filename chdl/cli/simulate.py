@@ -327,7 +327,8 @@ def contact_sheet(out: Path, seed: int, lane: int, tile_width: int) -> None:
     if out.suffix.lower() != ".png":  # (PNG bytes went into any name given, cs.txt included)
         raise click.BadParameter(f"{out}: the contact sheet is a PNG: name it .png", param_hint="OUT")
     if not out.parent.is_dir():  # (created silently before: a typo in the folder made a new one)
-        raise click.BadParameter(f"{out}: the folder {out.parent} does not exist", param_hint="OUT")
+        what = "is a file, not a folder" if os.path.lexists(out.parent) else "does not exist"
+        raise click.BadParameter(f"{out}: the folder {out.parent} {what}", param_hint="OUT")
     img = render_contact_sheet(DicingLaneSimulator(SimConfig(seed=seed, fault_rate=0.0)), lane, tile_width)
     ok, buf = cv2.imencode(".png", img, [cv2.IMWRITE_PNG_COMPRESSION, 9])
     files.write_bytes(out, buf.tobytes())

@@ -188,8 +188,8 @@ def eval_(checkpoint, data, split, openstl, batch_size, weights, max_sequences, 
             out.mkdir(parents=True, exist_ok=True)
             # both files or neither (a full disk left the .json alone, and the rerun refused it as "earlier")
             with files.replacing(stem.with_suffix(".json")) as tmp_json, files.replacing(stem.with_suffix(".md")) as tmp_md:
-                tmp_json.write_text(json.dumps(result, indent=2))
-                tmp_md.write_text(md)
+                tmp_json.write_text(json.dumps(result, indent=2))  # (json escapes what UTF-8 cannot hold)
+                tmp_md.write_bytes(files.encode_text(md))  # a dataset under a folder named in Latin-1
         except OSError as e:  # a parent that is a file, a read-only folder, disk full
             raise click.ClickException(f"{e.filename or out}: cannot write the evaluation ({e.strerror or e})") from None
     click.echo(md)

@@ -435,7 +435,7 @@ def evaluate(paths: list, out: str | Path, checkpoint=None, qc: bool = True, pro
     summary = {"runs": [str(r) for r in runs], "alert_levels": {"z_on": default.z_on, "z_off": default.z_off},
                "methods": results}
     files.write_bytes(out / "metrics.json", json.dumps(summary, indent=2).encode() + b"\n")
-    files.write_bytes(out / "metrics.md", (md + "\n").encode())
+    files.write_text(out / "metrics.md", md + "\n")
     return {"methods": results, "markdown": md}
 
 

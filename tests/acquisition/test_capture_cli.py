@@ -378,6 +378,10 @@ def test_replay_records_an_unreadable_source_frame_as_dropped_and_goes_on(tmp_pa
     warned = [x for x in out.stderr.splitlines() if x.startswith("warning: replay:")]
     assert len(warned) == 2 and bad.name in warned[0] and gone.name in warned[1], out.stderr
     assert all(x.endswith("recorded as a dropped frame") for x in warned)
+    # the closing warning blames the recording, not a camera's speed (it advised a longer --frame-timeout)
+    assert (f"warning: {tmp_path / 'out' / 'src'}: 2 of 4 positions got no frame (recorded as dropped, "
+            "notes.dropped_positions; the recording replayed has no usable frame there: see the warnings above)"
+            in out.stderr), out.stderr
     # the summary counts frames with pixels (it said "captured 4 frames" with 2 of them dropped)
     assert out.stdout.startswith(f"captured 2 frames into {tmp_path / 'out' / 'src'} (4 positions (2 without a frame), "), out.stdout
     rec = Recording.open(tmp_path / "out" / "src")

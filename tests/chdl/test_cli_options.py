@@ -29,7 +29,8 @@ def test_output_paths_follow_a_symlink_and_expand_a_quoted_home(tmp_path, monkey
 
 
 def test_an_output_under_a_file_is_one_line_naming_the_file(tmp_path):
-    """capture said "afile/r/sim-200x150/frames: Not a directory", curate and eval "(File exists)"."""
+    """capture said "afile/r/sim-200x150/frames: Not a directory", curate and eval "(File exists)", contact-sheet
+    "the folder afile does not exist"; import --out afile suggested --overwrite, which then refused."""
     from chdl.cli import main
 
     samples = Path(__file__).resolve().parents[2] / "samples" / "sim-200x150"
@@ -39,6 +40,10 @@ def test_an_output_under_a_file_is_one_line_naming_the_file(tmp_path):
     assert r.exit_code == 1 and r.output.strip().splitlines() == [
         f"Error: {tmp_path / 'afile' / 'r' / 'sim-200x150' / 'frames'}: cannot create the folder: "
         f"{tmp_path / 'afile'} is a file, not a folder"], r.output
+    r = CliRunner().invoke(main, ["simulate", "contact-sheet", str(tmp_path / "afile" / "x.png")])
+    assert r.exit_code == 2 and f"the folder {tmp_path / 'afile'} is a file, not a folder" in r.output, r.output
+    r = CliRunner().invoke(main, ["import", "mnist", "--out", str(tmp_path / "afile"), "--train", "1", "--val", "0"])
+    assert r.exit_code == 1 and "exists and is not a zarr dataset" in r.output and "use --overwrite" not in r.output
     r = CliRunner().invoke(main, ["curate", str(samples), str(tmp_path / "afile" / "x.zarr"), "-q"])
     assert r.exit_code == 1 and r.output.strip() == (f"Error: {tmp_path / 'afile' / 'x.zarr'}: cannot create the "
                                                      f"folder it goes in: {tmp_path / 'afile'} is a file, not a folder")

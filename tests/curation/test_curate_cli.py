@@ -633,6 +633,10 @@ def test_an_out_that_is_a_symlink_is_written_through_and_odd_names_are_handled(r
     assert r.exit_code == 2 and "lat\\udce4.zarr: the name is not valid UTF-8 (bytes of another encoding); " \
         "rename it" in r.output
     assert sorted(p.name for p in tmp_path.iterdir()) == ["big", "link.zarr"]
+    (tmp_path / "to-latin.zarr").symlink_to(tmp_path / "lat\udce4.zarr")  # through a link, the same refusal
+    r = CliRunner().invoke(main, ["curate", str(raw[0]), str(tmp_path / "to-latin.zarr"), "--quiet"])
+    assert r.exit_code == 2 and "lat\\udce4.zarr: the name is not valid UTF-8" in r.output, r.output
+    (tmp_path / "to-latin.zarr").unlink()
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     latin = tmp_path / "raw" / "lauf-\udce4"
     shutil.copytree(raw[0] / "run-a", latin)

@@ -169,6 +169,16 @@ def test_bench_with_a_time_budget_records_what_each_model_reached(tiny_dataset, 
     assert last.stat().st_mtime_ns == stamp
 
 
+def test_an_out_under_a_file_is_one_line(tiny_dataset, tmp_path):
+    """`chdl bench --out afile/x` was a 30-line NotADirectoryError traceback."""
+    (tmp_path / "afile").write_text("x")
+    out = tmp_path / "afile" / "x"
+    res = CliRunner().invoke(main, ["bench", "--data", str(tiny_dataset), "--models", "simvp", "--epochs", "1",
+                                    "--out", str(out), *BASE])
+    assert res.exit_code == 1 and res.output == (f"Error: {out}: cannot create the bench folder: {tmp_path / 'afile'} "
+                                                 "is a file, not a folder\n"), res.output
+
+
 def test_epochs_and_budget_minutes_together_are_a_one_line_error(tiny_dataset, tmp_path):
     out = tmp_path / "bench"
     res = CliRunner().invoke(main, ["bench", "--data", str(tiny_dataset), "--models", "simvp", "--epochs", "1",
