@@ -81,3 +81,15 @@ def test_quickstart_deletes_only_a_folder_it_made(tmp_path):
     (demo / "old-output").mkdir()
     res = quickstart(demo)  # an earlier demo: started afresh
     assert res.returncode == 1 and not (demo / "old-output").exists() and (demo / ".chdl-demo").is_file()
+
+
+def test_quickstart_follows_a_symlink_to_an_earlier_demo(tmp_path):
+    """CHDL_DEMO_DIR=link (to an earlier demo): the link was replaced by a new folder, the old demo left behind."""
+    (tmp_path / "demo").mkdir()
+    (tmp_path / "demo" / ".chdl-demo").write_text("x")
+    (tmp_path / "demo" / "old").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "demo")
+    res = subprocess.run(["bash", str(TOOLS / "quickstart.sh")], capture_output=True, text=True,
+                         env={"PATH": "/usr/bin:/bin", "CHDL": "false", "CHDL_DEMO_DIR": str(tmp_path / "link")})
+    assert res.returncode == 1 and (tmp_path / "link").is_symlink() and not (tmp_path / "demo" / "old").exists()
+    assert (tmp_path / "demo" / ".chdl-demo").is_file()

@@ -11,7 +11,7 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 # CHDL may be a command with arguments, e.g. CHDL="python -m chdl" (split on spaces)
 read -r -a chdl <<< "${CHDL:-$root/.venv/bin/chdl}"
-demo="${CHDL_DEMO_DIR:-$root/demo}"
+demo="$(realpath -m "${CHDL_DEMO_DIR:-$root/demo}")"  # a symlink: the folder it points to (as chdl's --out)
 epochs="${CHDL_DEMO_EPOCHS:-6}"
 # rerunning starts afresh, but only a folder an earlier quickstart made (it holds .chdl-demo) is deleted:
 # CHDL_DEMO_DIR=~/thesis must not wipe a thesis

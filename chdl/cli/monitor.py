@@ -162,7 +162,7 @@ def monitor(ctx, checkpoint, t_in, queue_depth, z_on, z_off, scorer, serve, **pa
                       "frame rate on this machine)")
         else:
             advice = "lower --fps or raise --queue-depth"
-        click.echo(f"warning: {status['frames_skipped']} of {status['frames_captured']} frames were not scored (the scorer "
+        click.echo(f"warning: {status['frames_skipped']} of {status['frames_captured']} frames were skipped (the scorer "
                    f"fell behind); {advice}", err=True)
     if error and not (mon.disk_full and any(r.stopped_by == "disk full" for r in results)):
         click.echo(f"error: {error}", err=True)  # (a full disk that stopped the capture too is its one error line)
