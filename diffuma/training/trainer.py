@@ -418,8 +418,12 @@ class Trainer:
     def load(self, path: Path) -> None:
         state = load_checkpoint(path)
         self._check_same_dataset(state["data"])
-        if _without_how(state["config"]) != _without_how(self.config):
-            raise ResumeConfigMismatch(path, _config_diff(_without_how(state["config"]), _without_how(self.config)))
+        # the model as built (a preset's value given explicitly is the same model), the run without how it is run
+        saved = {**_without_how(state["config"]), "model": {"name": state["model_name"], **state["model_config"]}}
+        given = {**_without_how(self.config), "model": {"name": self.config["model"]["name"],
+                                                        **dataclasses.asdict(self.model.config)}}
+        if _plain(saved) != _plain(given):
+            raise ResumeConfigMismatch(path, _config_diff(_plain(saved), _plain(given)))
         load_weights(self.model, state["model"], path)
         if self.ema is not None:
             if state.get("ema") is None:
@@ -804,6 +808,13 @@ RESUME_MAY_CHANGE = ("num_workers", "checkpoint_every_steps", "log_every_steps")
 def _without_how(config: dict) -> dict:
     """``config`` without the ``run`` settings of :data:`RESUME_MAY_CHANGE`."""
     return {**config, "run": {k: v for k, v in config.get("run", {}).items() if k not in RESUME_MAY_CHANGE}}
+
+
+def _plain(x):
+    """Tuples as lists, recursively: a config from YAML and a model config from its dataclass compare alike."""
+    if isinstance(x, dict):
+        return {k: _plain(v) for k, v in x.items()}
+    return [_plain(v) for v in x] if isinstance(x, (list, tuple)) else x
 
 
 def _config_diff(a: dict, b: dict) -> str:

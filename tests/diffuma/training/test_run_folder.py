@@ -310,3 +310,16 @@ def test_a_resume_may_change_how_the_run_is_carried_out_not_what_it_computes(sto
     assert code == 0, msg
     state = load_checkpoint(stopped_run / "checkpoints" / "last.pt")
     assert state["step"] == 6 and state["config"]["run"]["num_workers"] == 1
+
+
+def test_a_resume_given_a_preset_value_explicitly_is_the_same_model(stopped_run, tiny_dataset):
+    """--set model.X=<the value its preset gives> was refused ("saved None vs given 32"): the model is the same. An
+    other value is refused, naming the model field as built."""
+    config = stopped_run / "config.yaml"
+    assert "hidden" not in yaml.safe_load(config.read_text())["model"]  # the preset's (8)
+    code, msg = _train(["--data", tiny_dataset, "--out", stopped_run, "--resume", "--config", config,
+                        "--set", "model.hidden=16"])
+    assert code == 1 and "resume with a different config (model.hidden: saved 8 vs given 16)" in msg, msg
+    code, msg = _train(["--data", tiny_dataset, "--out", stopped_run, "--resume", "--config", config,
+                        "--set", "model.hidden=8"])
+    assert code == 0, msg
