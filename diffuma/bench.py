@@ -428,7 +428,8 @@ def write_plots(report: dict, out: Path) -> None:
             ax.set_ylabel(axis_label[m], fontsize=8)
             ax.set_title(f"{m.upper()} ({conv})")
         axes[0].legend(fontsize=8)
-        fig.suptitle(f"{report['split']} metrics by training epoch", y=1.03)
+        fig.suptitle(f"{report['split']} metrics by training epoch ({report.get('n_sequences', '?')} sequences)")
+        # (y=1.03 put it above the canvas: save_figure's tight_layout keeps a default-placed title inside)
         save_figure(fig, out / "plots" / "by_epoch.png", dpi=110)
 
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
@@ -445,6 +446,7 @@ def write_plots(report: dict, out: Path) -> None:
         ax.set_ylabel(axis_label[m], fontsize=8)
         ax.set_title(f"{m.upper()} per frame ({conv})")
     axes[0].legend(fontsize=8)
+    fig.suptitle(f"{report['split']} split, {report.get('n_sequences', '?')} sequences: final weights of each model")
     save_figure(fig, out / "plots" / "per_frame.png", dpi=110)
 
     if report.get("pred_lens"):
@@ -463,6 +465,8 @@ def write_plots(report: dict, out: Path) -> None:
             ax.set_xticks(pls)
             ax.set_title(f"{m.upper()} ({conv})")
         axes[0].legend(fontsize=8)
+        fig.suptitle(f"{report['split']} split, {report.get('n_sequences', '?')} sequences, by prediction length "
+                     f"({report.get('pred_len_mode')})")
         save_figure(fig, out / "plots" / "by_pred_len.png", dpi=110)
 
 
