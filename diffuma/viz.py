@@ -82,11 +82,28 @@ def save_png(path: str | Path, frame, max_value: float = 255.0) -> None:
         raise ValueError(f"{path}: a PNG holds 1 (grey) or 3 (RGB) channels, not {f.shape[0]}: write one per channel")
     dtype = np.uint8 if max_value <= 255 else np.uint16
     img = (f * max_value + 0.5).astype(dtype)
-    img = cv2.cvtColor(img.transpose(1, 2, 0), cv2.COLOR_RGB2BGR) if img.shape[0] == 3 else img[0]
+    channels = img.shape[0]
+    img = cv2.cvtColor(img.transpose(1, 2, 0), cv2.COLOR_RGB2BGR) if channels == 3 else img[0]
     ok, png = cv2.imencode(".png", img)
     if not ok:
         raise OSError(f"{path}: could not encode PNG")
-    files.write_bytes(path, png.tobytes())
+    bits = int(max_value).bit_length()
+    if dtype == np.uint16 and bits < 16 and max_value == 2 ** bits - 1:  # 12-bit data in 16-bit samples
+        png = _with_sbit(png.tobytes(), bits, channels)
+    files.write_bytes(path, bytes(png))
+
+
+def _with_sbit(png: bytes, bits: int, channels: int) -> bytes:
+    """``png`` with an sBIT chunk after IHDR (PNG spec 11.3.3.4): its samples hold ``bits`` significant bits, e.g.
+    12-bit data stored as 0..4095 in 16-bit samples. The values stay the dataset's integers (as the raw format's
+    frames); a viewer that reads sBIT can show them at full brightness, one that does not shows them dark."""
+    import struct
+    import zlib
+
+    data = bytes([bits] * channels)
+    chunk = struct.pack(">I", len(data)) + b"sBIT" + data + struct.pack(">I", zlib.crc32(b"sBIT" + data))
+    end_of_ihdr = 8 + 4 + 4 + 13 + 4  # signature, then IHDR's length, type, 13 data bytes and CRC
+    return png[:end_of_ihdr] + chunk + png[end_of_ihdr:]
 
 
 def _label(img: np.ndarray, text: str) -> np.ndarray:

@@ -13,6 +13,15 @@ def test_save_png_keeps_the_source_bit_depth(tmp_path):
     img = cv2.imread(str(tmp_path / "a.png"), cv2.IMREAD_UNCHANGED)
     assert img.dtype == np.uint16 and img.shape == (4, 6)
     np.testing.assert_array_equal(img, np.round(frame[0] * 4095).astype(np.uint16))
+    # the PNG says its samples hold 12 significant bits (sBIT): viewers showed 0..4095 in 16 bits near-black, with
+    # nothing telling them otherwise; PIL reads it (and the chunk's CRC) as a check that the file is well formed
+    with Image.open(tmp_path / "a.png") as im:
+        im.verify()  # every chunk's CRC
+    assert (tmp_path / "a.png").read_bytes()[33:42] == b"\x00\x00\x00\x01sBIT\x0c"
+    save_png(tmp_path / "c.png", np.stack([frame[0]] * 3), max_value=4095)  # RGB: one sBIT byte per channel
+    assert b"\x00\x00\x00\x03sBIT\x0c\x0c\x0c" in (tmp_path / "c.png").read_bytes()
+    save_png(tmp_path / "d.png", frame, max_value=65535)  # all 16 bits significant: no sBIT
+    assert b"sBIT" not in (tmp_path / "d.png").read_bytes()
     save_png(tmp_path / "b.png", frame * 2, max_value=255)  # clipped to [0, 1]
     img = cv2.imread(str(tmp_path / "b.png"), cv2.IMREAD_UNCHANGED)
     assert img.dtype == np.uint8 and img.max() == 255
