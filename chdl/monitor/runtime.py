@@ -101,18 +101,35 @@ def to8(x: np.ndarray, scale: float = 1.0) -> np.ndarray:
 
 
 def error_image(error: np.ndarray) -> np.ndarray:
-    """The error map as an 8-bit image: sqrt of the squared error (an absolute error), x4 for contrast."""
-    return to8(np.sqrt(np.maximum(error, 0)), 4.0)
+    """The error map as an 8-bit image: sqrt of the squared error (an absolute error), x4 for contrast, so an
+    |error| of :data:`ERROR_SATURATES` (0.25) or more is white."""
+    return to8(np.sqrt(np.maximum(error, 0)), 1.0 / ERROR_SATURATES)
+
+
+ERROR_SATURATES = 1.0 / 4.0  # |error| (intensity, 0-1) shown white in an error map (error_image's x4)
 
 
 def snapshot_image(pixels: np.ndarray, prediction: np.ndarray, error: np.ndarray, box) -> np.ndarray:
-    """frame | prediction | error map side by side (8-bit, the box drawn on the frame and the error map)."""
+    """frame | prediction | error map side by side (8-bit, the box drawn on the frame and the error map), under a
+    strip naming the panels and the error map's scale; white 2-pixel gaps between them (a grey one vanished on
+    grey wafer). (H, W) frames give a (label + H, 3 W + 4) image."""
     f, p, e = to8(pixels), to8(prediction), error_image(error)
     if box is not None:
         for img in (f, e):
             cv2.rectangle(img, (box[0], box[1]), (box[2] - 1, box[3] - 1), 255, 1)
-    gap = np.full((f.shape[0], 2), 128, np.uint8)
-    return np.concatenate([f, gap, p, gap, e], 1)
+    h, w = f.shape
+    gap = np.full((h, 2), 255, np.uint8)
+    row = np.concatenate([f, gap, p, gap, e], 1)
+    scale = float(np.clip(w / 400.0, 0.3, 1.0))  # text that fits a panel of 64 pixels, and is readable at 800
+    strip = np.zeros((int(22 * scale) + 6, row.shape[1]), np.uint8)
+    labels = (("frame",), ("prediction", "pred"),
+              (f"|error|, white >= {ERROR_SATURATES:g}", f"|error| 0-{ERROR_SATURATES:g}", "|err|"))
+    for i, choices in enumerate(labels):  # the longest that fits its panel
+        text = next((t for t in choices if cv2.getTextSize(t, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)[0][0] <= w - 4),
+                    choices[-1])
+        cv2.putText(strip, text, (i * (w + 2) + 3, strip.shape[0] - 5), cv2.FONT_HERSHEY_SIMPLEX, scale, 255, 1,
+                    cv2.LINE_AA)
+    return np.concatenate([strip, row], 0)
 
 
 @contextlib.contextmanager

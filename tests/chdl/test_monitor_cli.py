@@ -112,7 +112,10 @@ def test_injected_anomaly_raises_a_process_event_at_its_frame_and_lane(clean_run
     x0, y0, x1, y1 = e["box"]
     assert x0 <= 70 < x1 and y0 <= 38 < y1 and (x1 - x0) <= 40 and (y1 - y0) <= 30
     snap = cv2.imread(str(folder / e["snapshot"]), cv2.IMREAD_UNCHANGED)
-    assert snap.shape == (H, 3 * W + 4) and e["snapshot"] == f"snapshots/{INJECTED:06d}.png"
+    # frame | prediction | error map under a strip naming them (it had no labels, no scale, grey gaps)
+    strip = snap.shape[0] - H
+    assert snap.shape[1] == 3 * W + 4 and 6 <= strip <= 30 and e["snapshot"] == f"snapshots/{INJECTED:06d}.png"
+    assert snap[:strip].max() == 255 and (snap[strip:, W] == 255).all() and (snap[strip:, 2 * W + 2] == 255).all()
     scores = {s["frame"]: s for s in _lines(folder / "scores.jsonl")}
     assert scores[INJECTED]["alert"] and not scores[INJECTED - 1]["alert"]
     # without -q each event is a line in the terminal as it comes (the summary's count was all it said)
@@ -152,7 +155,7 @@ def test_a_jerked_frame_is_an_acquisition_event_and_its_snapshot_has_no_box(clea
     assert [(e["kind"], e["box"]) for e in events] == [("acquisition", None)], events
     assert "vibration" in events[0]["reason"]
     snap = cv2.imread(str(folder / events[0]["snapshot"]), cv2.IMREAD_UNCHANGED)
-    assert np.array_equal(snap[:, :W], pixels)
+    assert np.array_equal(snap[-H:, :W], pixels)  # (under the label strip)
 
 
 def test_a_defocused_first_frame_of_a_pass_is_a_late_acquisition_event(clean_run, tmp_path):
