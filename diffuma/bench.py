@@ -486,7 +486,7 @@ def run_bench(data: str | Path, models: str, epochs: list[int] | None, out: str 
     from chdl.dataset import open_dataset
     from chdl.provenance import code_version
     from chdl.torch_dataset import SequenceDataset
-    from diffuma.evaluation import evaluate_checkpoint
+    from diffuma.evaluation import NonFinitePredictions, check_ssim_size, evaluate_checkpoint
     from diffuma.metrics import CONVENTION_NOTES, CONVENTIONS
     from diffuma.training.checkpoint import build_model_from_checkpoint, load_checkpoint
     from diffuma.training.config import ConfigError, resolve_config
@@ -517,6 +517,10 @@ def run_bench(data: str | Path, models: str, epochs: list[int] | None, out: str 
     attrs = reader.attrs
     T = int(attrs["frames_per_sequence"])
     _, _, C, H, W = reader.frames.shape
+    try:  # before any training (it trained, then crashed in scikit-image; and train's hint, val_every_epochs=0,
+        check_ssim_size(int(H), int(W), data)  # does not apply: the bench always scores SSIM)
+    except ValueError as e:
+        raise BenchError(str(e)) from None
     t_in = int(run.get("in_frames") or attrs["in_frames"])
     t_out = int(run.get("out_frames") or attrs["out_frames"])
     offset = int(run.get("frame_offset") or 0)
@@ -565,7 +569,10 @@ def run_bench(data: str | Path, models: str, epochs: list[int] | None, out: str 
     budget_text = _budget_text(report)
 
     def evaluate(ck: Path) -> dict:
-        return evaluate_checkpoint(ck, data, split=split, convention=convention, max_sequences=max_eval_sequences)
+        try:
+            return evaluate_checkpoint(ck, data, split=split, convention=convention, max_sequences=max_eval_sequences)
+        except NonFinitePredictions as e:  # a NaN row looked like "not measured" in bench.md, NaN in bench.json
+            raise BenchError(str(e)) from None
 
     def final_checkpoint(run_dir: Path) -> Path:
         """The weights a run ends with: the last epoch's checkpoint, or last.pt when a budget ended it."""

@@ -15,7 +15,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
-from diffuma.metrics import CONVENTION_NOTES, MetricAccumulator, copy_last_frame
+from diffuma.metrics import CONVENTION_NOTES, SSIM_MIN_SIDE, MetricAccumulator, copy_last_frame
 from diffuma.motion import CONSTANT_MOTION, constant_motion
 
 COPY_LAST_FRAME = "copy-last-frame"  # the row name of the baseline in every table
@@ -27,6 +27,30 @@ BASELINES = {COPY_LAST_FRAME: copy_last_frame, CONSTANT_MOTION: constant_motion}
 def result_key(name: str) -> str:
     """The JSON key of a baseline row: "copy-last-frame" -> "copy_last_frame"."""
     return name.replace("-", "_")
+
+
+class NonFinitePredictions(ValueError):
+    """A model predicted NaN or infinite values: its weights diverged. Metrics of such predictions would be NaN,
+    written as ordinary numbers (and as bare ``NaN`` in JSON, which strict parsers refuse)."""
+
+
+def check_finite(pred: torch.Tensor, what: str = "the model") -> None:
+    """:class:`NonFinitePredictions` if ``pred`` (N, T, C, H, W) holds a NaN or an infinity, naming how many of
+    the N sequences do."""
+    bad = ~torch.isfinite(pred.reshape(len(pred), -1)).all(dim=1)
+    if bad.any():
+        raise NonFinitePredictions(f"{what} predicts NaN or infinite values ({int(bad.sum())} of {len(pred)} "
+                                   "sequences of a batch): its weights diverged; train again with a lower run.lr, "
+                                   "run.warmup_steps or run.grad_clip")
+
+
+def check_ssim_size(height: int, width: int, where) -> None:
+    """ValueError naming ``where`` when frames are smaller than SSIM's window (every evaluation scores SSIM):
+    eval and bench crashed with scikit-image's "win_size exceeds image extent ... at least 7x7"."""
+    if min(height, width) < SSIM_MIN_SIDE:
+        raise ValueError(f"{where}: frames of {height}x{width} px, smaller than the {SSIM_MIN_SIDE} x {SSIM_MIN_SIDE} "
+                         "px window of the SSIM that every evaluation scores; make the dataset at "
+                         f"{SSIM_MIN_SIDE} x {SSIM_MIN_SIDE} px or more")
 
 
 def autocast(device: torch.device, amp_dtype: torch.dtype | None):
@@ -61,6 +85,7 @@ def evaluate(model: torch.nn.Module, dataset: Dataset, *, convention: str = "per
         x = x.to(device, non_blocking=True)
         with autocast(device, amp_dtype):
             pred = model(x)
+        check_finite(pred)
         acc.update(pred.float(), y)
         for name, base in baselines.items():
             base.update(BASELINES[name](x, y.shape[1]), y)
@@ -87,11 +112,15 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | Path, split: str = "
     model, used = build_model_from_checkpoint(state, weights, checkpoint)
     info, run = state["data"], state["config"]["run"]
     dataset = checkpoint_dataset(state, data, split)
+    check_ssim_size(info["height"], info["width"], data)
     dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
                        ("cpu" if device == "auto" else device))
     batch_size = batch_size or run["batch_size"]
-    res = evaluate(model.to(dev), dataset, convention=convention, batch_size=batch_size,
-                   device=dev, max_sequences=max_sequences, num_workers=num_workers, progress=progress)
+    try:
+        res = evaluate(model.to(dev), dataset, convention=convention, batch_size=batch_size,
+                       device=dev, max_sequences=max_sequences, num_workers=num_workers, progress=progress)
+    except NonFinitePredictions as e:  # the checkpoint named: which one diverged
+        raise NonFinitePredictions(f"{checkpoint}: {str(e).replace('the model', 'its model', 1)}") from None
     return {
         "checkpoint": str(checkpoint), "data": str(data), "split": split, "convention": convention,
         "convention_note": CONVENTION_NOTES[convention], "model_name": state["model_name"], "weights": used,

@@ -27,7 +27,7 @@ import torch
 import zarr
 from tqdm import tqdm
 
-from diffuma.evaluation import autocast
+from diffuma.evaluation import autocast, check_finite
 from diffuma.output_folder import check_output_folder, remove_stale_working_folders
 from diffuma.viz import prediction_grid, save_png, side_by_side_gif
 
@@ -43,7 +43,9 @@ def predict(model: torch.nn.Module, inputs, batch_size: int = 4, device: str | t
     for i in range(0, len(x_all), batch_size):
         x = x_all[i:i + batch_size].to(device)
         with autocast(device, amp_dtype):
-            outs.append(model(x).float().clamp_(0, 1).cpu())
+            pred = model(x).float()
+        check_finite(pred)  # (NaN went into the PNGs as garbage, exit 0)
+        outs.append(pred.clamp_(0, 1).cpu())
     return torch.cat(outs)
 
 

@@ -51,7 +51,7 @@ import chdl
 from acquisition import files
 from chdl.locks import LockHeld, release_lock, take_lock
 from chdl.provenance import code_version
-from diffuma.evaluation import BASELINES, autocast, evaluate, result_key
+from diffuma.evaluation import BASELINES, NonFinitePredictions, autocast, evaluate, result_key
 from diffuma.metrics import SSIM_MIN_SIDE
 from diffuma.training.budget import CALIBRATION_STEPS, REPLAN_FRACTION, planned_total_steps, step_time_estimate
 from diffuma.training.checkpoint import (CheckpointError, load_checkpoint, load_weights, rng_state, save_checkpoint,
@@ -466,6 +466,18 @@ class Trainer:
                   f"chdl did), only its path {there}: cannot check that {here} is the same data", file=sys.stderr)
 
     # ------------------------------------------------------------------ validation
+    @contextlib.contextmanager
+    def _diverged_in_validation(self):
+        """Predictions that are not finite stop the run as a NaN loss does (a finite last loss, then weights that
+        predict NaN: epochs.csv held nan and the run ended as if it had trained, exit 0)."""
+        try:
+            yield
+        except NonFinitePredictions as e:
+            where = (f"last good checkpoint: {self.ckpt_dir / 'last.pt'} (step {self.last_saved_step})"
+                     if self.last_saved_step is not None else "no checkpoint had been written yet")
+            raise TrainingDiverged(f"validation after step {self.step}: {e}; training "
+                                   f"stopped, {where}") from None
+
     def validate(self) -> dict | None:
         if len(self.val_set) == 0:
             return None
@@ -473,7 +485,8 @@ class Trainer:
         devices = [self.device] if self.device.type == "cuda" else []
         self._validating = True
         try:
-            with torch.random.fork_rng(devices=devices):  # validation never shifts the training RNG stream
+            with torch.random.fork_rng(devices=devices), self._diverged_in_validation():
+                # (fork_rng: validation never shifts the training RNG stream)
                 res = evaluate(model, self.val_set, batch_size=self.run.val_batch_size or self.run.batch_size,
                                device=self.device, max_sequences=self.run.val_max_sequences,
                                # float32 as chdl eval (no autocast): on a GPU the bf16 numbers of validation

@@ -169,6 +169,22 @@ def test_bench_with_a_time_budget_records_what_each_model_reached(tiny_dataset, 
     assert last.stat().st_mtime_ns == stamp
 
 
+def test_frames_smaller_than_the_ssim_window_are_refused_before_training(tmp_path):
+    """8x8 frames: bench told to set run.val_every_epochs=0, which then trained and crashed in scikit-image."""
+    data = tmp_path / "s8.zarr"
+    writer = DatasetWriter.create(data, n_sequences=4, frames_per_sequence=8, channels=1, height=8, width=8,
+                                  dtype=np.uint8, sequences_per_shard=4, in_frames=3, out_frames=3)
+    writer.write_shard(0, frames=np.zeros((4, 8, 1, 8, 8), np.uint8),
+                       split=np.array([SPLIT_TRAIN] * 3 + [SPLIT_VAL], np.uint8))
+    writer.finalize()
+    res = CliRunner().invoke(main, ["bench", "--data", str(data), "--models", "simvp", "--epochs", "1",
+                                    "--out", str(tmp_path / "b"), *BASE])
+    assert res.exit_code == 1 and res.output == (f"Error: {data}: frames of 8x8 px, smaller than the 11 x 11 px window of "
+                                                 "the SSIM that every evaluation scores; make the dataset at 11 x 11 px "
+                                                 "or more\n"), res.output
+    assert not (tmp_path / "b").exists()
+
+
 def test_an_out_under_a_file_is_one_line(tiny_dataset, tmp_path):
     """`chdl bench --out afile/x` was a 30-line NotADirectoryError traceback."""
     (tmp_path / "afile").write_text("x")

@@ -333,3 +333,27 @@ def test_eval_and_bench_do_not_write_into_the_dataset(trained, tmp_path):
     assert e.returncode == 1 and e.stderr == (f"Error: {other}: a dataset (it holds zarr.json), not an output folder; "
                                               "choose another --out\n")
     assert sorted(p.name for p in data.iterdir()) == sorted(p.name for p in other.iterdir())  # nothing added
+
+
+def test_eval_and_predict_refuse_a_checkpoint_whose_model_predicts_nan(trained, tmp_path):
+    """A diverged checkpoint (weights NaN) was scored `| diffuma | nan | ...`, bare NaN in the JSON, exit 0, and
+    predict wrote garbage PNGs."""
+    from diffuma.training.checkpoint import save_checkpoint
+
+    root, data, run = trained
+    state = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
+    for weights in (state["model"], state["ema"] or {}):
+        for v in weights.values():
+            if v.is_floating_point():
+                v.fill_(float("nan"))
+    bad = tmp_path / "diverged.pt"
+    save_checkpoint(bad, state)
+    r = CliRunner().invoke(main, ["eval", "--checkpoint", str(bad), "--data", str(data), "--num-workers", "0",
+                                  "--out", str(tmp_path / "e"), "-q"])
+    assert r.exit_code == 1 and r.output.strip().splitlines() == [
+        f"Error: {bad}: its model predicts NaN or infinite values (2 of 2 sequences of a batch): its weights diverged; "
+        "train again with a lower run.lr, run.warmup_steps or run.grad_clip"], r.output
+    assert not (tmp_path / "e").exists() or not list((tmp_path / "e").glob("*.json"))
+    r = CliRunner().invoke(main, ["predict", "--checkpoint", str(bad), "--input", str(data), "--out",
+                                  str(tmp_path / "p"), "-q"])
+    assert r.exit_code == 1 and "its model predicts NaN or infinite values" in r.output and not (tmp_path / "p").exists()

@@ -147,3 +147,41 @@ def test_markdown_tables_give_psnr_in_db_and_a_fixed_precision_per_column():
     assert f"| {COPY_LAST_FRAME} | PSNR (dB) | 7.00 | 7.00 |" in md and "| PSNR |" not in md
     assert "| PSNR (dB) ↑ |" in md
     assert rows["model"]["per_frame"][0]["mse"] == 141.55  # the values themselves are untouched
+
+
+def test_a_model_that_predicts_nan_is_an_error_not_nan_metrics():
+    """A diverged model's NaN predictions gave `| diffuma | nan | nan |`, bare NaN in the JSON and exit 0 (eval,
+    predict, bench), and training ended as if it had trained."""
+    from diffuma.evaluation import NonFinitePredictions, check_finite, check_ssim_size
+
+    class Diverged(torch.nn.Module):
+        def forward(self, x):  # one of the batch's sequences NaN
+            out = x[:, -1:].repeat(1, 2, 1, 1, 1).clone()
+            out[1] = float("nan")
+            return out
+
+    with pytest.raises(NonFinitePredictions, match=r"^the model predicts NaN or infinite values \(1 of 4 sequences "
+                                                   r"of a batch\): its weights diverged"):
+        evaluate(Diverged(), ConstantFrames(), batch_size=4)
+    check_finite(torch.zeros(2, 1, 1, 4, 4))
+    with pytest.raises(NonFinitePredictions):
+        check_finite(torch.full((2, 1, 1, 4, 4), float("inf")))
+    check_ssim_size(11, 40, "d.zarr")
+    with pytest.raises(ValueError, match=r"^d\.zarr: frames of 10x10 px, smaller than the 11 x 11 px window"):
+        check_ssim_size(10, 10, "d.zarr")
+
+
+def test_validation_that_predicts_nan_stops_the_run_as_diverged(standin, tiny_dataset, tmp_path, monkeypatch):
+    from diffuma.evaluation import NonFinitePredictions
+    from diffuma.training import trainer as trainer_module
+    from diffuma.training.trainer import TrainingDiverged, build_trainer
+
+    def diverged(*a, **k):
+        raise NonFinitePredictions("the model predicts NaN or infinite values (1 of 3 sequences of a batch): ...")
+
+    monkeypatch.setattr(trainer_module, "evaluate", diverged)
+    config = {"model": {"name": "standin", "preset": "tiny"},
+              "run": {"epochs": 1, "batch_size": 3, "num_workers": 0, "val_every_epochs": 1}}
+    with pytest.raises(TrainingDiverged, match=r"^validation after step 3: the model predicts NaN .*; "
+                                               r"training stopped, no checkpoint had been written yet"):
+        build_trainer(config, tiny_dataset, tmp_path / "run", progress=False).fit()
