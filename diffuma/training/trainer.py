@@ -560,8 +560,18 @@ class Trainer:
         try:
             return self._fit_locked(resume, stop_after_steps)
         finally:
+            self._end_loader_workers()
             if lock is not None:
                 os.close(lock)  # releases the run folder's lock
+
+    def _end_loader_workers(self) -> None:
+        """Stop the loader's persistent worker processes now, not when the garbage collector gets to them: in a
+        process that trains again (chdl bench, one model after another) the next loader forked its workers while
+        the last one's still existed, and their collection printed "can only test a child process" tracebacks."""
+        iterator = getattr(self.loader, "_iterator", None)  # (torch keeps a persistent iterator there)
+        if iterator is not None and hasattr(iterator, "_shutdown_workers"):
+            iterator._shutdown_workers()
+        self.loader._iterator = None
 
     def _fit_locked(self, resume: bool, stop_after_steps: int | None) -> Path:
         """:meth:`fit` once the run folder is this process's (rank 0) or rank 0's (the other ranks)."""

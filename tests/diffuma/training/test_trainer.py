@@ -330,3 +330,13 @@ def test_the_last_step_is_logged_even_off_the_logging_interval(standin, tiny_dat
     cfg["run"].update(log_every_steps=10, max_steps=3)
     out = train_from_config(cfg, tiny_dataset, tmp_path / "short", progress=False)
     assert [int(r["step"]) for r in _rows(out / "steps.csv")] == [3]
+
+
+def test_fit_ends_its_loader_workers(standin, tiny_dataset, tmp_path):
+    """The persistent loader workers outlived fit(): chdl bench's next model forked its own while they existed, and
+    their late collection printed "can only test a child process" tracebacks (2 of 2 two-model benches)."""
+    import multiprocessing
+
+    trainer = build_trainer(_config(epochs=1, num_workers=2), tiny_dataset, tmp_path / "run", progress=False)
+    trainer.fit()
+    assert trainer.loader._iterator is None and multiprocessing.active_children() == []
