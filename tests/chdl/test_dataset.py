@@ -264,7 +264,7 @@ def test_create_refuses_what_readers_refuse_and_writes_nothing(tmp_path):
     with pytest.raises(ValueError, match="refusing to create a dataset .pixel_format Mono8 means uint8 frames"):
         _write(tmp_path / "d.zarr", _frames(dtype=np.uint16), pixel_format="Mono8")
     assert list(tmp_path.iterdir()) == []
-    _write(tmp_path / "d.zarr", _frames(dtype=np.uint16), pixel_format="Mono12").finalize()
+    _write(tmp_path / "d.zarr", _frames(dtype=np.uint16) & 4095, pixel_format="Mono12").finalize()  # (12-bit values)
     assert open_dataset(tmp_path / "d.zarr").attrs["max_value"] == 4095  # the format's default
 
 
@@ -455,3 +455,18 @@ def test_a_url_whose_filesystem_package_is_missing_is_one_line():
     with pytest.raises(DatasetFormatError, match=r"^gs://b/x\.zarr: gs:// URLs need a package that is not installed "
                                                  r"\(install its fsspec package; .*gcsfs"):
         dataset_path("gs://b/x.zarr")
+
+
+def test_a_shard_with_pixels_above_max_value_is_refused(tmp_path):
+    """uint16 noise over 0..65535 into a max_value 4095 dataset was written; eval then printed a copy-last PSNR of
+    -18 dB as a per-pixel [0, 1] result."""
+    path = tmp_path / "d.zarr"
+    w = DatasetWriter.create(path, n_sequences=2, frames_per_sequence=4, channels=1, height=4, width=4,
+                             dtype=np.uint16, max_value=4095, sequences_per_shard=2, in_frames=2, out_frames=2)
+    frames = np.full((2, 4, 1, 4, 4), 4095, np.uint16)
+    frames[1, 2, 0, 1, 1] = 4096
+    with pytest.raises(ValueError, match=rf"^{path}: shard 0: a pixel value of 4096 is above the dataset's max_value 4095$"):
+        w.write_shard(0, frames=frames)
+    frames[1, 2, 0, 1, 1] = 4095
+    w.write_shard(0, frames=frames)  # at max_value: fine
+    w.finalize()
