@@ -155,6 +155,11 @@ def monitor(ctx, checkpoint, t_in, queue_depth, z_on, z_off, scorer, serve, **pa
                    f"{2 * ScorerConfig().min_history} frames of a recording) and this one had {status['frames_scored']} "
                    "scored; " + ("most frames were skipped (below)" if most_skipped else "monitor longer recordings"),
                    err=True)
+    if ended and not status["frames_scored"] and status["frames_unscored"] and not most_skipped:
+        # "0 events" would read as all clear (lane passes of 2 positions: no frame has the history it needs)
+        click.echo(f"warning: no frame could be scored: all {status['frames_unscored']} came with too little history "
+                   "in their lane pass (a pass needs 3 positions or more: the predictor uses the 2 frames before the "
+                   "one it predicts)", err=True)
     if most_skipped and not error:  # most frames unwatched: say so
         if params["replay"]:
             advice = ("drop --as-fast-as-possible or raise --queue-depth" if params["afap"] else

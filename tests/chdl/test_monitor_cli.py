@@ -791,3 +791,13 @@ def test_monitor_eval_counts_only_recorded_anomalies_and_replaces_an_evaluation_
     assert mon.returncode == 0, mon.stderr
     status = json.loads((tmp_path / "m" / "run_00000.monitor" / "status.json").read_text())
     assert status["state"] == "finished" and status["frames_captured"] == n
+
+
+def test_lane_passes_too_short_to_score_are_warned_about(tmp_path):
+    """Passes of 2 positions: nothing can be predicted, and the run ended "0 frames scored ... 0 events" (all clear?)."""
+    mon = chdl("monitor", "--camera", "sim0", "--out", tmp_path / "m", "--lanes", "3", "--positions", "2",
+               "--width", "64", "--height", "48", "--fps", "20", "-q")
+    assert mon.returncode == 0, mon.stderr
+    assert "monitor: 0 frames scored, 0 skipped, 6 unscored" in mon.stdout
+    assert ("warning: no frame could be scored: all 6 came with too little history in their lane pass (a pass needs 3 "
+            "positions or more") in mon.stderr, mon.stderr
