@@ -231,11 +231,11 @@ def save_figure(fig, path: str | Path, dpi: int = 100) -> None:
 
 
 def plot_training_dynamics(rows: list[dict], path: str | Path, baselines: dict[str, dict] | None = None,
-                           title: str | None = None, convention: str = "per_pixel") -> None:
+                           title: str | None = None, convention: str = "per_pixel", model: str = "model") -> None:
     """The paper's training-dynamics figure: validation MSE, MAE and SSIM per epoch (rows as in epochs.csv),
     with each baseline's values ``{row name: {mse, mae, ssim, ...}}`` (e.g. copy-last-frame, constant-motion) as
     horizontal lines in its ``BASELINE_STYLES`` style when given; ``title`` (the run: model, validation set)
-    above the three panels. The y axes name the metric and its ``convention`` (``diffuma.metrics.CONVENTIONS``;
+    above the three panels; ``model`` names the trained model's line. The y axes name the metric and its ``convention`` (``diffuma.metrics.CONVENTIONS``;
     the trainer validates per pixel), on [0, 1] intensities."""
     pts = [r for r in rows if r.get("val_mse") not in (None, "")]
     if not pts:
@@ -246,7 +246,7 @@ def plot_training_dynamics(rows: list[dict], path: str | Path, baselines: dict[s
     fig, axes = plt.subplots(1, 3, figsize=(11, 3.2))
     for ax, m, label in zip(axes, ("mse", "mae", "ssim"), ("MSE ↓", "MAE ↓", "SSIM ↑")):
         ax.set_ylabel(ylabel[m])
-        ax.plot(epochs, [float(r[f"val_{m}"]) for r in pts], "o-", label="model")
+        ax.plot(epochs, [float(r[f"val_{m}"]) for r in pts], "o-", label=model)
         for name, values in (baselines or {}).items():
             ax.axhline(values[m], label=name, **BASELINE_STYLES.get(name, {}))
         ax.set_xlabel("epoch")

@@ -801,7 +801,8 @@ class Trainer:
                 n_val = len(self.val_set) if self.run.val_max_sequences is None else \
                     min(len(self.val_set), self.run.val_max_sequences)
                 plot_training_dynamics(epochs_log.rows, self.out / "training_dynamics.png", baselines=self.baselines_val,
-                                       title=dynamics_title(self.config["model"], self.out, n_val, len(self.val_set)))
+                                       title=dynamics_title(self.config["model"], self.out, n_val, len(self.val_set)),
+                                       model=self.config["model"]["name"])  # (the legend said "model")
         if val is not None and val["mse"] < self.best_val_mse:
             self.best_val_mse = val["mse"]
             self.save("best.pt")
