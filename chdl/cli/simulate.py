@@ -348,10 +348,12 @@ def render_contact_sheet(sim, lane: int, tile_width: int = 320):
     tw, th = tile_width, tile_width * cfg.height // cfg.width
     bar = 22
 
+    gap = 4  # white pixels right of each tile: neighbouring tiles touched, their edges only a jump in the image
+
     def tile(pixels, text):
         small = cv2.resize(pixels, (tw, th), interpolation=cv2.INTER_AREA)
-        canvas = np.full((th + bar, tw), 255, np.uint8)
-        canvas[bar:] = small
+        canvas = np.full((th + bar, tw + gap), 255, np.uint8)
+        canvas[bar:, :tw] = small
         cv2.putText(canvas, text, (4, bar - 6), cv2.FONT_HERSHEY_SIMPLEX, 0.45, 0, 1, cv2.LINE_AA)
         return canvas
 

@@ -198,7 +198,9 @@ def test_simulate_contact_sheet_writes_a_png_where_asked_and_only_there(tmp_path
 
     r = CliRunner().invoke(main, ["simulate", "contact-sheet", str(tmp_path / "cs.png"), "--tile-width", "64"])
     assert r.exit_code == 0, r.output
-    assert Image.open(tmp_path / "cs.png").format == "PNG"
+    im = Image.open(tmp_path / "cs.png")
+    assert im.format == "PNG" and im.size[0] == 5 * (64 + 4)  # five tiles a row, each with a white gap after it
+    assert all(v == 255 for v in [im.getpixel((64 + k, 30)) for k in range(4)])  # (tiles touched: no edge to see)
     for bad, why in ((tmp_path / "cs.txt", "the contact sheet is a PNG: name it .png"),
                      (tmp_path / "nodir" / "cs.png", f"the folder {tmp_path / 'nodir'} does not exist")):
         r = CliRunner().invoke(main, ["simulate", "contact-sheet", str(bad), "--tile-width", "64"])
