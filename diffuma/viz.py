@@ -132,8 +132,21 @@ def side_by_side_gif(path: str | Path, inputs, preds, targets=None, fps: float =
     n_out = len(next(iter(preds.values())))
     mw = min_panel_width
 
+    # Panels are shrunk to fit max_width *before* they are labelled (the whole row was shrunk after: at 800x600, or
+    # with several models, the labels and the colour bar's numbers ended a few pixels tall); the bar keeps its width.
+    ph, pw = rgb8(inputs[0], mw).shape[:2]
+    n_panels = 1 + (targets is not None) + len(preds) * (1 + (targets is not None))
+    bar_w = 64 if targets is not None else 0
+    fit = min(1.0, (max_width - bar_w - 4 * n_panels) / (n_panels * pw))
+    size = (max(1, int(pw * fit)), max(1, int(ph * fit)))
+
     def rgb(f):
-        return rgb8(f, mw)
+        img = rgb8(f, mw)
+        return img if fit == 1.0 else cv2.resize(img, size, interpolation=cv2.INTER_AREA)
+
+    def error_panel(p, y):
+        img = error_rgb8(p, y, vmax, mw)
+        return img if fit == 1.0 else cv2.resize(img, size, interpolation=cv2.INTER_AREA)
 
     blank = np.zeros_like(rgb(inputs[0]))
     frames = []
@@ -146,7 +159,7 @@ def side_by_side_gif(path: str | Path, inputs, preds, targets=None, fps: float =
         for name, p in preds.items():
             panels.append(_label(rgb(p[k]) if k >= 0 else blank, f"{name} t+{k + 1}" if k >= 0 else name))
             if targets is not None:
-                panels.append(_label(error_rgb8(p[k], targets[k], vmax, mw) if k >= 0 else blank,
+                panels.append(_label(error_panel(p[k], targets[k]) if k >= 0 else blank,
                                      f"|error| 0..{vmax:.3f}"))
         if targets is not None:
             panels.append(_label(colorbar_rgb8(blank.shape[0], vmax), "|error|"))

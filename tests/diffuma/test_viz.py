@@ -101,3 +101,17 @@ def test_a_title_in_a_script_the_font_lacks_writes_the_figure_without_warnings(t
         warnings.simplefilter("error")
         save_figure(fig, tmp_path / "t.png")
     assert (tmp_path / "t.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_gif_panels_are_fitted_before_their_labels(tmp_path):
+    """800x600 frames, three models: the whole row was shrunk to 1600 px after labelling, so labels and the colour
+    bar's numbers ended about 4 px tall; now the panels are shrunk first and the label strips keep their height."""
+    rng = np.random.default_rng(0)
+    x, y = rng.random((2, 1, 600, 800)), rng.random((2, 1, 600, 800))
+    side_by_side_gif(tmp_path / "g.gif", x, {"a": y * 0.9, "b": y * 0.8, "c": y * 0.7}, y, max_width=1600)
+    im = Image.open(tmp_path / "g.gif")
+    assert im.size[0] <= 1600
+    im.seek(3)
+    row = np.asarray(im.convert("RGB")).astype(int)
+    strip = next(r for r in range(row.shape[0]) if row[r, :100].mean() > 40)  # the first row of the noise frame
+    assert strip >= 18 and row[:strip, :100].max() > 200  # a label strip of 18 px or more, with its text (it was 7)
