@@ -337,6 +337,7 @@ def test_fit_ends_its_loader_workers(standin, tiny_dataset, tmp_path):
     their late collection printed "can only test a child process" tracebacks (2 of 2 two-model benches)."""
     import multiprocessing
 
+    before = set(multiprocessing.active_children())  # (other tests' daemons may still live in this process)
     trainer = build_trainer(_config(epochs=1, num_workers=2), tiny_dataset, tmp_path / "run", progress=False)
     trainer.fit()
-    assert trainer.loader._iterator is None and multiprocessing.active_children() == []
+    assert trainer.loader._iterator is None and set(multiprocessing.active_children()) <= before
