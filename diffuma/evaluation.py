@@ -34,12 +34,12 @@ class NonFinitePredictions(ValueError):
     written as ordinary numbers (and as bare ``NaN`` in JSON, which strict parsers refuse)."""
 
 
-def check_finite(pred: torch.Tensor, what: str = "the model") -> None:
+def check_finite(pred: torch.Tensor, name: str = "the model") -> None:
     """:class:`NonFinitePredictions` if ``pred`` (N, T, C, H, W) holds a NaN or an infinity, naming how many of
     the N sequences do."""
     bad = ~torch.isfinite(pred.reshape(len(pred), -1)).all(dim=1)
     if bad.any():
-        raise NonFinitePredictions(f"{what} predicts NaN or infinite values ({int(bad.sum())} of {len(pred)} "
+        raise NonFinitePredictions(f"{name} predicts NaN or infinite values ({int(bad.sum())} of {len(pred)} "
                                    "sequences of a batch): its weights diverged; train again with a lower run.lr, "
                                    "run.warmup_steps or run.grad_clip")
 
@@ -64,12 +64,13 @@ def autocast(device: torch.device, amp_dtype: torch.dtype | None):
 def evaluate(model: torch.nn.Module, dataset: Dataset, *, convention: str = "per_pixel", batch_size: int = 4,
              device: str | torch.device = "cpu", max_sequences: int | None = None, num_workers: int = 0,
              with_baselines: bool = True, amp_dtype: torch.dtype | None = None,
-             progress: bool = False) -> dict:
+             progress: bool = False, name: str = "the model") -> dict:
     """Runs ``model`` over (the first ``max_sequences`` of) ``dataset`` in order.
 
     Returns ``{"model": metrics, "copy_last_frame": metrics, "constant_motion": metrics}`` (one entry per
     ``BASELINES`` row, keyed by ``result_key``, only if ``with_baselines``), each as
-    ``MetricAccumulator.result()``. Leaves the model in eval mode.
+    ``MetricAccumulator.result()``. Leaves the model in eval mode. :class:`NonFinitePredictions` naming the model
+    as ``name`` if it predicts NaN or infinity.
     """
     device = torch.device(device)
     if max_sequences is not None and max_sequences < len(dataset):
@@ -85,7 +86,7 @@ def evaluate(model: torch.nn.Module, dataset: Dataset, *, convention: str = "per
         x = x.to(device, non_blocking=True)
         with autocast(device, amp_dtype):
             pred = model(x)
-        check_finite(pred)
+        check_finite(pred, name)
         acc.update(pred.float(), y)
         for name, base in baselines.items():
             base.update(BASELINES[name](x, y.shape[1]), y)
@@ -116,11 +117,9 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | Path, split: str = "
     dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
                        ("cpu" if device == "auto" else device))
     batch_size = batch_size or run["batch_size"]
-    try:
-        res = evaluate(model.to(dev), dataset, convention=convention, batch_size=batch_size,
-                       device=dev, max_sequences=max_sequences, num_workers=num_workers, progress=progress)
-    except NonFinitePredictions as e:  # the checkpoint named: which one diverged
-        raise NonFinitePredictions(f"{checkpoint}: {str(e).replace('the model', 'its model', 1)}") from None
+    res = evaluate(model.to(dev), dataset, convention=convention, batch_size=batch_size, device=dev,
+                   max_sequences=max_sequences, num_workers=num_workers, progress=progress,
+                   name=f"{checkpoint}: its model")  # (which checkpoint diverged)
     return {
         "checkpoint": str(checkpoint), "data": str(data), "split": split, "convention": convention,
         "convention_note": CONVENTION_NOTES[convention], "model_name": state["model_name"], "weights": used,

@@ -34,8 +34,9 @@ from diffuma.viz import prediction_grid, save_png, side_by_side_gif
 
 @torch.inference_mode()
 def predict(model: torch.nn.Module, inputs, batch_size: int = 4, device: str | torch.device = "cpu",
-            amp_dtype: torch.dtype | None = None) -> torch.Tensor:
-    """Model predictions (N, T_out, C, H, W) float32 on the CPU, clipped to [0, 1]."""
+            amp_dtype: torch.dtype | None = None, name: str = "the model") -> torch.Tensor:
+    """Model predictions (N, T_out, C, H, W) float32 on the CPU, clipped to [0, 1].
+    :class:`diffuma.evaluation.NonFinitePredictions` naming the model as ``name`` if it predicts NaN or infinity."""
     device = torch.device(device)
     x_all = torch.as_tensor(np.asarray(inputs, dtype=np.float32))
     model.eval().to(device)
@@ -44,7 +45,7 @@ def predict(model: torch.nn.Module, inputs, batch_size: int = 4, device: str | t
         x = x_all[i:i + batch_size].to(device)
         with autocast(device, amp_dtype):
             pred = model(x).float()
-        check_finite(pred)  # (NaN went into the PNGs as garbage, exit 0)
+        check_finite(pred, name)  # (NaN went into the PNGs as garbage, exit 0)
         outs.append(pred.clamp_(0, 1).cpu())
     return torch.cat(outs)
 

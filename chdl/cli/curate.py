@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from chdl.cli import catch_stop_signals, quiet_abandoned_async, restore_signals
-from chdl.cli.options import LocalPath, check_output_name, checked_path_text, quiet_option, through_link
+from chdl.cli.options import LocalPath, checked_output, checked_path_text, quiet_option
 
 
 @click.command("curate")
@@ -43,10 +43,8 @@ def curate(raw: str, out: str, config_path: str | None, workers: int, scheduler:
             raise click.BadParameter(message, param_hint="'OUT'")
 
         out = checked_path_text(out, refuse)
-        check_output_name(Path(out), refuse)
-        if (followed := through_link(Path(out))) != Path(out):  # the folder a link points to: the same checks
-            out = checked_path_text(str(followed), refuse)
-            check_output_name(followed, refuse)
+        if (followed := checked_output(Path(out), refuse)) != Path(out):  # (else OUT as typed, for the record)
+            out = str(followed)
     if scheduler is not None and workers > 1:
         raise click.UsageError("--workers is for local processes; with --scheduler use local:N or the cluster's workers")
     # --workers / --scheduler / --overwrite are left out: they do not change a byte of the dataset, and the recorded

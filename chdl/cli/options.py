@@ -82,15 +82,9 @@ class OutputPath(LocalPath):
 
     def convert(self, value, param, ctx):
         converted = super().convert(value, param, ctx)
-        def fail(message):
-            self.fail(message, param, ctx)
-
-        check_output_name(Path(converted), fail)
-        followed = through_link(Path(converted))
+        followed = checked_output(Path(converted), lambda message: self.fail(message, param, ctx))
         if followed == Path(converted):
             return converted
-        checked_path_text(str(followed), fail)  # the folder a link points to: the same checks
-        check_output_name(followed, fail)
         return followed if isinstance(converted, Path) else str(followed)
 
 
@@ -120,6 +114,18 @@ def checked_path_text(value: str, fail) -> str:
         fail(f"{value.encode('utf-8', 'backslashreplace').decode()}: the name is not valid UTF-8 (bytes of another "
              "encoding); rename it")
     return os.path.expanduser(value) if value.startswith("~") else value
+
+
+def checked_output(path: Path, fail) -> Path:
+    """The local output ``path`` (its text already :func:`checked_path_text`), or the folder it links to
+    (:func:`through_link`), after the output checks: its name leaves room for chdl's working files
+    (:func:`check_output_name`), and a linked-to folder passes the text checks too. ``fail(message)`` otherwise."""
+    check_output_name(path, fail)
+    followed = through_link(path)
+    if followed != path:
+        checked_path_text(str(followed), fail)
+        check_output_name(followed, fail)
+    return followed
 
 
 def through_link(path: Path) -> Path:

@@ -258,7 +258,6 @@ def _predict(checkpoints, input_, out, split, max_sequences, weights, batch_size
 
     import torch
 
-    from diffuma.evaluation import NonFinitePredictions
     from diffuma.prediction import predict as run_model, write_predictions
     from diffuma.training.checkpoint import CheckpointError, build_model_from_checkpoint, load_checkpoint
 
@@ -279,10 +278,8 @@ def _predict(checkpoints, input_, out, split, max_sequences, weights, batch_size
         labels = _prediction_labels(checkpoints, [s["model_name"] for s in states])
         for c, s, label in zip(checkpoints, states, labels):
             model, w = build_model_from_checkpoint(s, weights, c)
-            try:
-                preds[label] = run_model(model, inputs, batch_size=batch_size, device=device).numpy()
-            except NonFinitePredictions as e:  # which checkpoint
-                raise NonFinitePredictions(f"{c}: {str(e).replace('the model', 'its model', 1)}") from None
+            preds[label] = run_model(model, inputs, batch_size=batch_size, device=device,
+                                     name=f"{c}: its model").numpy()  # (which checkpoint diverged)
             used.append(w)
         attrs = {"checkpoints": [str(c) for c in checkpoints], "weights": used, "source": str(input_),
                  "steps": [s["step"] for s in states]}
