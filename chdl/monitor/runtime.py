@@ -100,13 +100,13 @@ def to8(x: np.ndarray, scale: float = 1.0) -> np.ndarray:
     return np.clip(x * (255.0 * scale), 0, 255).astype(np.uint8)
 
 
+ERROR_SATURATES = 1.0 / 4.0  # |error| (intensity, 0-1) shown white in an error map (error_image's x4)
+
+
 def error_image(error: np.ndarray) -> np.ndarray:
     """The error map as an 8-bit image: sqrt of the squared error (an absolute error), x4 for contrast, so an
     |error| of :data:`ERROR_SATURATES` (0.25) or more is white."""
     return to8(np.sqrt(np.maximum(error, 0)), 1.0 / ERROR_SATURATES)
-
-
-ERROR_SATURATES = 1.0 / 4.0  # |error| (intensity, 0-1) shown white in an error map (error_image's x4)
 
 
 def snapshot_image(pixels: np.ndarray, prediction: np.ndarray, error: np.ndarray, box) -> np.ndarray:
@@ -389,7 +389,7 @@ def _score_loop(spec, run_path: Path, folder: Path, q, counters: dict, ready) ->
             if pipe is None:
                 pipe = MonitorPipeline(predictor, max_value, ScorerConfig(**spec.get("scorer", {})))
             r = pipe.push(index, lane, position, raw)
-            if r is None:  # its lane pass has fewer than T_in frames before it (a pass's start, after a skip)
+            if r is None:  # fewer than MIN_PREDECESSORS frames before it in its lane pass (a pass's start, a skip)
                 _count(counters["unscored"])
                 continue
             latency = (time.perf_counter() - t0) * 1000
