@@ -134,13 +134,13 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | Path, split: str = "
 def evaluation_record(state: dict, checkpoint: str | Path, data: str | Path, split: str, *, batch_size: int,
                       device: torch.device, max_sequences: int | None) -> dict:
     """What an evaluation's numbers can be traced to, and the notes a reader must see: ``checkpoint_blake3``
-    (the file's digest), ``data_path`` (absolute), ``data_identity`` (:meth:`chdl.dataset.DatasetReader.identity`:
+    (the digest of the bytes ``state`` was loaded from: :func:`diffuma.training.checkpoint.load_checkpoint`), ``data_path`` (absolute), ``data_identity`` (:meth:`chdl.dataset.DatasetReader.identity`:
     shape, creation time, content digest), ``max_value``, ``frame_offset``, ``batch_size``, ``device``,
     ``precision`` (float32: no autocast), ``max_sequences``, ``code`` (this code, :func:`chdl.provenance.code_version`),
     ``trained_with`` (the checkpoint's ``code``, null before chdl recorded it) and ``notes`` (a list of lines)."""
     from chdl.dataset import open_dataset
     from chdl.provenance import code_version
-    from diffuma.training.checkpoint import file_digest
+    from diffuma.training.checkpoint import LOADED_DIGEST
 
     reader = open_dataset(data)
     identity = reader.identity()
@@ -156,7 +156,7 @@ def evaluation_record(state: dict, checkpoint: str | Path, data: str | Path, spl
             and saved_identity.get("frames_shape") == identity["frames_shape"]:
         notes.append(f"this checkpoint was chosen by its {selected.get('by')} on this split (best.pt): its numbers "
                      "here are optimistic; cite a checkpoint chosen otherwise, e.g. last.pt (as chdl bench does)")
-    return {"checkpoint_blake3": file_digest(checkpoint)[0], "data_path": str(Path(data).resolve()),
+    return {"checkpoint_blake3": state[LOADED_DIGEST], "data_path": str(Path(data).resolve()),
             "data_identity": identity, "max_value": float(reader.attrs["max_value"]),
             "frame_offset": int(state["config"]["run"].get("frame_offset", 0)), "batch_size": int(batch_size),
             "device": device.type, "precision": "float32", "max_sequences": max_sequences,

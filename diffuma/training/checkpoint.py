@@ -15,11 +15,14 @@ Integrity: every checkpoint written here has a checksum record beside it, ``<nam
 digest and size of the file, written atomically before the checkpoint is renamed into place, with the record
 it replaces kept as ``previous`` so that a kill between the two renames still leaves a matching pair);
 :func:`load_checkpoint` refuses a file that matches neither ("checksum mismatch: damaged"). A checkpoint
-without a record (written before chdl recorded them, or copied without it) loads unverified.
+without a record (written before chdl recorded them, or copied without it) loads unverified. The file is read
+once: the bytes checked are the bytes loaded, and the loaded dict carries their digest as ``loaded_blake3`` (not
+a key of the file: what an evaluation records, even when training replaces the file meanwhile).
 """
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import random
@@ -35,6 +38,7 @@ from acquisition import files
 
 CHECKPOINT_FORMAT = "chdl.checkpoint/1"
 CHECKSUM_SUFFIX = ".checksum.json"  # last.pt -> last.pt.checksum.json
+LOADED_DIGEST = "loaded_blake3"  # load_checkpoint's digest of the bytes it loaded; never written to a file
 
 
 class CheckpointError(ValueError):
@@ -91,7 +95,8 @@ def save_checkpoint(path: str | Path, state: dict) -> None:
         with files.replacing(path) as tmp:  # (its temporary file is removed on any failure)
             with open(tmp, "wb", buffering=0) as f:
                 writer = _HashingWriter(f)
-                torch.save({"format": CHECKPOINT_FORMAT, **state}, writer)
+                torch.save({"format": CHECKPOINT_FORMAT, **{k: v for k, v in state.items() if k != LOADED_DIGEST}},
+                           writer)
             entry = {"blake3": writer.digest.hexdigest(), "bytes": writer.size}
             files.write_text(record, json.dumps({"file": path.name, **entry, "previous": _current_entry(path)}))
     except (OSError, RuntimeError) as e:  # torch turns some write failures into a RuntimeError of its own
@@ -124,11 +129,12 @@ def file_digest(path: str | Path) -> tuple[str, int]:
     return digest.hexdigest(), os.path.getsize(path)
 
 
-def verify_checksum(path: str | Path) -> None:
+def verify_checksum(path: str | Path, read: tuple[str, int] | None = None) -> None:
     """Compares the checkpoint at ``path`` with its checksum record (:func:`checksum_path`): CheckpointError
     (one line naming the file: "checksum mismatch: damaged") when it matches neither the recorded digest nor
     the one the record replaced; an unreadable record is an error naming the record. No record: nothing to
-    check (checkpoints written before chdl recorded checksums, or copied without their record)."""
+    check (checkpoints written before chdl recorded checksums, or copied without their record). ``read``:
+    the (BLAKE3 hex digest, size) of the bytes already read from ``path`` (else the file is hashed here)."""
     path = Path(path)
     record = checksum_path(path)
     if not record.is_file():
@@ -140,7 +146,7 @@ def verify_checksum(path: str | Path) -> None:
         raise CheckpointError(f"{record}: unreadable checksum record of {path.name} ({type(e).__name__}); delete "
                               "it to load the checkpoint unverified") from None
     try:
-        digest, size = file_digest(path)
+        digest, size = read or file_digest(path)
     except OSError as e:
         raise CheckpointError(f"{path}: cannot read checkpoint ({e.strerror or e})") from None
     if (digest, size) not in accepted:
@@ -150,30 +156,29 @@ def verify_checksum(path: str | Path) -> None:
                               "delete that record)")
 
 
-def _starts_with(path: Path, magic: bytes) -> bool:
-    with open(path, "rb") as f:
-        return f.read(len(magic)) == magic
-
-
 def load_checkpoint(path: str | Path) -> dict:
     """Loads a checkpoint on the CPU with ``weights_only=True``; CheckpointError if unreadable, foreign, or
-    damaged (its checksum record disagrees: :func:`verify_checksum`)."""
+    damaged (its checksum record disagrees: :func:`verify_checksum`). The file is read once; the dict returned
+    carries the BLAKE3 digest of the bytes loaded as ``LOADED_DIGEST`` ("loaded_blake3")."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint not found")
-    verify_checksum(path)
+    try:
+        blob = path.read_bytes()
+    except OSError as e:
+        raise CheckpointError(f"{path}: cannot read checkpoint ({e.strerror or e})") from None
+    digest = blake3.blake3(blob).hexdigest()
+    verify_checksum(path, (digest, len(blob)))
     try:
         with warnings.catch_warnings():  # torch's multi-line notes on legacy pickles: the one-line error says it
             warnings.simplefilter("ignore", UserWarning)
-            state = torch.load(path, map_location="cpu", weights_only=True)
+            state = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unpickling failure means "not a usable checkpoint"
-        if _starts_with(path, b"PK\x03\x04") and not zipfile.is_zipfile(path):
+        if blob.startswith(b"PK\x03\x04") and not zipfile.is_zipfile(io.BytesIO(blob)):
             # torch's zip format with its end cut off (a copy or download that stopped): torch says
             # "Invalid argument" or "failed finding central directory" depending on where the cut is
             raise CheckpointError(f"{path}: truncated or damaged checkpoint (a torch zip archive whose central "
                                   "directory cannot be read)") from None
-        if isinstance(e, OSError):
-            raise CheckpointError(f"{path}: cannot read checkpoint ({e.strerror or e})") from None
         # anything else is torch.load failing on the content: a text file gives KeyError, a foreign pickle an
         # UnpicklingError with 6+ lines about torch's weights_only default -- say what it means instead
         raise CheckpointError(f"{path}: not a loadable checkpoint (not a torch file, or it holds objects other than "
@@ -184,6 +189,7 @@ def load_checkpoint(path: str | Path) -> dict:
     why = _check_structure(state)
     if why:
         raise CheckpointError(f"{path}: malformed checkpoint ({why})")
+    state[LOADED_DIGEST] = digest
     return state
 
 

@@ -149,6 +149,27 @@ def test_eval_records_what_its_numbers_come_from_and_notes_what_a_reader_must_kn
                                "not the dataset's own protocol"]
 
 
+def test_eval_records_the_digest_of_the_bytes_it_loaded(trained, tmp_path):
+    """The eval JSON's checkpoint_blake3 was a second read of the file after the evaluation: a last.pt that a
+    running training replaced meanwhile was recorded with the new file's digest beside the old file's numbers."""
+    import shutil
+
+    from diffuma.evaluation import evaluate_checkpoint
+    from diffuma.training.checkpoint import LOADED_DIGEST, file_digest, load_checkpoint, save_checkpoint
+
+    root, data, run = trained
+    ck = tmp_path / "last.pt"
+    shutil.copy(run / "checkpoints" / "last.pt", ck)
+    shutil.copy(run / "checkpoints" / "last.pt.checksum.json", tmp_path / "last.pt.checksum.json")
+    loaded = file_digest(ck)[0]
+    state = load_checkpoint(ck)
+    assert state[LOADED_DIGEST] == loaded
+    save_checkpoint(ck, {**state, "step": state["step"] + 1})  # training writes the next last.pt
+    assert file_digest(ck)[0] != loaded and LOADED_DIGEST not in torch.load(ck, weights_only=True)
+    result = evaluate_checkpoint(ck, data, state=state, max_sequences=2)
+    assert result["checkpoint_blake3"] == loaded and result["step"] == state["step"]
+
+
 def test_predict_from_dataset_and_from_raw_recording(trained):
     root, data, run = trained
     ckpt = str(run / "checkpoints" / "last.pt")
