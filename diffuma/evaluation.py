@@ -44,13 +44,14 @@ def check_finite(pred: torch.Tensor, name: str = "the model") -> None:
                                    "run.warmup_steps or run.grad_clip")
 
 
-def check_ssim_size(height: int, width: int, where) -> None:
+def check_ssim_size(height: int, width: int, where, scored_by: str = "every evaluation", other_way: str = "") -> None:
     """ValueError naming ``where`` when frames are smaller than SSIM's window (every evaluation scores SSIM):
-    eval and bench crashed with scikit-image's "win_size exceeds image extent ... at least 7x7"."""
+    eval and bench crashed with scikit-image's "win_size exceeds image extent ... at least 7x7". ``scored_by``:
+    what scores SSIM there (the trainer: "validation"); ``other_way``: another way out, said in brackets."""
     if min(height, width) < SSIM_MIN_SIDE:
         raise ValueError(f"{where}: frames of {height}x{width} px, smaller than the {SSIM_MIN_SIDE} x {SSIM_MIN_SIDE} "
-                         "px window of the SSIM that every evaluation scores; make the dataset at "
-                         f"{SSIM_MIN_SIDE} x {SSIM_MIN_SIDE} px or more")
+                         f"px window of the SSIM that {scored_by} scores; make the dataset at "
+                         f"{SSIM_MIN_SIDE} x {SSIM_MIN_SIDE} px or more" + (f" ({other_way})" if other_way else ""))
 
 
 def autocast(device: torch.device, amp_dtype: torch.dtype | None):

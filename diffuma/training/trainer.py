@@ -51,8 +51,7 @@ import chdl
 from acquisition import files
 from chdl.locks import LockHeld, release_lock, take_lock
 from chdl.provenance import code_version
-from diffuma.evaluation import BASELINES, NonFinitePredictions, autocast, evaluate, result_key
-from diffuma.metrics import SSIM_MIN_SIDE
+from diffuma.evaluation import BASELINES, NonFinitePredictions, autocast, check_ssim_size, evaluate, result_key
 from diffuma.training.budget import CALIBRATION_STEPS, REPLAN_FRACTION, planned_total_steps, step_time_estimate
 from diffuma.training.checkpoint import (CheckpointError, load_checkpoint, load_weights, rng_state, save_checkpoint,
                                          set_rng_state)
@@ -913,10 +912,11 @@ def _build_trainer(config: dict | None, data: str | Path, out: Path, resume: boo
             raise ConfigError(f"model.{k} {cfg['model'][k]!r} differs from the dataset's {info[k]!r} ({data}): it comes "
                               f"from the dataset; {how}")
     cfg["model"].update({k: info[k] for k in DATA_FIELDS})
-    if min(info["height"], info["width"]) < SSIM_MIN_SIDE and run.val_every_epochs > 0:  # found after training before
-        raise ConfigError(f"{data}: frames of {info['height']}x{info['width']} px, smaller than the "
-                          f"{SSIM_MIN_SIDE} x {SSIM_MIN_SIDE} px window of the SSIM that validation scores with; make "
-                          f"the dataset at {SSIM_MIN_SIDE} x {SSIM_MIN_SIDE} px or more (or set run.val_every_epochs=0)")
+    if run.val_every_epochs > 0:  # (found after the first epoch's training before)
+        try:
+            check_ssim_size(info["height"], info["width"], data, "validation", "or set run.val_every_epochs=0")
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
     train_set, val_set = sequence_datasets(data, info, run.frame_offset)
     from diffuma.models.registry import build_model
 

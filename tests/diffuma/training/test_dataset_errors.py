@@ -107,6 +107,6 @@ def test_train_refuses_frames_smaller_than_the_ssim_window_before_training(tmp_p
     args = ["train", "--data", data, "--config", "diffuma_tiny", "--out", tmp_path / "run", "-q"]
     r = CliRunner().invoke(main, list(map(str, args)))
     assert r.exit_code == 1 and r.output.strip() == (
-        f"Error: {data}: frames of 10x16 px, smaller than the 11 x 11 px window of the SSIM that validation scores "
-        "with; make the dataset at 11 x 11 px or more (or set run.val_every_epochs=0)"), r.output
+        f"Error: {data}: frames of 10x16 px, smaller than the 11 x 11 px window of the SSIM that validation scores; "
+        "make the dataset at 11 x 11 px or more (or set run.val_every_epochs=0)"), r.output
     assert not (tmp_path / "run").exists()
