@@ -102,34 +102,56 @@ class Received:
 
 
 class ExposureClock:
-    """Places a frame's device timestamp on the host's monotonic clock: device time + the smallest (arrival −
-    device time) seen so far, i.e. the offset between the two clocks plus the shortest delivery latency. A frame
-    that arrives late (queued while the camera stalled or the host was busy) keeps the time it was taken; a
-    frame delivered at the usual latency is placed at its arrival. The offset falls at once to a smaller sample
-    and rises by at most ``DRIFT`` of the time elapsed, so drift between the two clocks is followed but a
-    burst of late frames does not move it; a sample more than ``RESET_S`` above it is a device clock that was
-    reset (the offset starts again there)."""
+    """Places a frame's device timestamp on the host's clock: device time + the smallest (arrival − device time)
+    seen so far, i.e. the offset between the two clocks plus the shortest delivery latency. A frame that arrives
+    late (queued while the camera stalled or the host was busy) keeps the time it was taken; a frame delivered at
+    the usual latency is placed at its arrival. The offset falls at once to a smaller sample and rises by at most
+    ``DRIFT`` of the time elapsed, so drift between the two clocks is followed but a burst of late frames does not
+    move it; a sample more than ``RESET_S`` above it is a device clock that was reset (the offset starts again
+    there); :meth:`restart` starts it again on the next frame.
 
-    DRIFT = 2e-4  # 200 ppm: crystal clocks drift by tens of ppm
+    Arrival times are the host's *raw* monotonic clock (``CLOCK_MONOTONIC_RAW``, :func:`raw_monotonic_ns`): its
+    crystal, which NTP never slews. ``CLOCK_MONOTONIC`` is slewed (ntpd by up to 500 ppm, chrony by far more
+    while it corrects an offset), and against it a camera's crystal can seem to drift faster than any cap: the
+    estimate then fell behind, every frame looked taken before its trigger, and a camera delivering every frame
+    on time ended the run as "camera lost" (a 500 ppm difference: after 347 frames). Two crystals differ by
+    tens of ppm."""
+
+    DRIFT = 5e-4  # 500 ppm: two crystals of +-100 ppm each, with 2.5x margin; a late burst moves it <= 0.5 ms/s
     RESET_S = 60.0
 
     def __init__(self) -> None:
         self._offset: int | None = None
         self._at = 0
 
-    def taken_ns(self, frame: Frame, arrived_monotonic_ns: int) -> int | None:
-        """Host monotonic ns at which ``frame`` was taken; None without a device timestamp, and for the first
-        frame (or the first after a reset): its own latency is the only one known, and it may be a late frame."""
+    def restart(self) -> None:
+        """Forget the offset: the next frame with a timestamp starts it again (when frames judged taken before
+        their trigger mean the estimate, not the camera, is wrong)."""
+        self._offset = None
+
+    def taken_ns(self, frame: Frame, arrived_ns: int) -> int | None:
+        """When ``frame`` was taken, on the clock of ``arrived_ns`` (its arrival); None without a device
+        timestamp, and for the first frame (or the first after a reset): its own latency is the only one known,
+        and it may be a late frame."""
         stamp = frame.device_timestamp_ns
         if stamp is None:
             return None
-        sample = arrived_monotonic_ns - stamp
+        sample = arrived_ns - stamp
         if self._offset is None or sample - self._offset > self.RESET_S * 1e9:
-            self._offset, self._at = sample, arrived_monotonic_ns
+            self._offset, self._at = sample, arrived_ns
             return None  # nothing to compare it with yet: as a frame without a timestamp
-        self._offset = min(sample, self._offset + int(self.DRIFT * (arrived_monotonic_ns - self._at)))
-        self._at = arrived_monotonic_ns
+        self._offset = min(sample, self._offset + int(self.DRIFT * (arrived_ns - self._at)))
+        self._at = arrived_ns
         return stamp + self._offset
+
+
+def raw_monotonic_ns() -> int:
+    """The host's raw monotonic clock in ns (Linux ``CLOCK_MONOTONIC_RAW``: not slewed by NTP); the monotonic
+    clock where the platform has no raw one."""
+    return time.clock_gettime_ns(_RAW_CLOCK)
+
+
+_RAW_CLOCK = getattr(time, "CLOCK_MONOTONIC_RAW", time.CLOCK_MONOTONIC)
 
 
 @dataclasses.dataclass
@@ -140,8 +162,9 @@ class SourceStats:
     incomplete: int = 0  # frames flagged incomplete by the backend
 
 
-def _stamp() -> tuple[int, int]:
-    return time.time_ns(), time.monotonic_ns()
+def _stamp() -> tuple[int, int, int]:
+    """(wall, monotonic, raw monotonic) ns, now."""
+    return time.time_ns(), time.monotonic_ns(), raw_monotonic_ns()
 
 
 def _gap(tracker: FrameIdTracker, frame: Frame) -> int:
@@ -168,12 +191,14 @@ class _FrameSource:
 
     def _received(self, frame: Frame) -> Received:
         """``frame`` stamped with the host clock now (it was just delivered) and counted."""
-        wall, mono = _stamp()
+        wall, mono, raw = _stamp()
         gap = _gap(self._tracker, frame)
         self.stats.delivered += 1
         self.stats.dropped += gap
         self.stats.incomplete += frame.incomplete
-        return Received(frame, wall, mono, gap, self._clock.taken_ns(frame, mono))
+        taken = self._clock.taken_ns(frame, raw)  # (on the raw clock, then moved onto the monotonic one by the
+        # difference of the two now: they part by NTP's slew, <= 0.05 % of a delivery latency)
+        return Received(frame, wall, mono, gap, None if taken is None else taken + (mono - raw))
 
     def _skip(self, item: Received) -> None:
         self._carry += item.dropped_before
@@ -191,7 +216,9 @@ class SoftwareTriggered(_FrameSource):
     before the timeout, one frame came for two triggers and which one it answers cannot be known, so the
     position is dropped rather than given a frame that may have been taken at the previous one. A position
     that times out having received nothing stops owing older frames: they were lost, and one lost trigger
-    costs at most two dropped positions, not the rest of the run."""
+    costs at most two dropped positions, not the rest of the run. A position that times out after frames judged
+    taken before its trigger restarts the :class:`ExposureClock`: if the estimate was wrong, not the camera,
+    one position is lost, not every later one."""
 
     mode = "software"
     DRAIN_MAX = 256  # frames discarded before one trigger at most (a camera that streams although triggered)
@@ -219,7 +246,7 @@ class SoftwareTriggered(_FrameSource):
         if self._queued:
             self._drain()
         deadline = None
-        sent = received = 0
+        sent = received = early = 0
         held: Received | None = None  # a frame that may be an earlier trigger's (no device timestamps)
         while True:
             if self._period:
@@ -242,6 +269,7 @@ class SoftwareTriggered(_FrameSource):
                         if got.taken_monotonic_ns >= triggered_ns:
                             break
                         self._skip(got)
+                        early += 1
                         continue
                     if held is not None:  # the frame held back was an earlier trigger's: a newer one came
                         self._skip(held)
@@ -251,6 +279,8 @@ class SoftwareTriggered(_FrameSource):
                     held = got  # an earlier trigger's, unless that frame was lost: wait for one more
                 break
             except TimeoutError:
+                if early:  # only frames "taken before the trigger" came: the clock estimate may be what is wrong
+                    self._clock.restart()
                 lost = getattr(self.camera, "incomplete_buffers", 0) - discarded
                 self._owed = max(0, self._owed - lost)  # an incomplete buffer discarded: that trigger's frame
                 if lost and time.monotonic() < deadline and held is None:
@@ -329,8 +359,10 @@ class StreamedSource(_FrameSource):
 
     def next_frame(self, after_ns: int, timeout_s: float) -> Received:
         """The first frame taken (device timestamp, :class:`ExposureClock`) or, without one, arrived at or after
-        ``after_ns`` (monotonic); TimeoutError if none in time."""
+        ``after_ns`` (monotonic); TimeoutError if none in time (after frames that arrived after ``after_ns`` but
+        were judged taken before it, the :class:`ExposureClock` restarts: its estimate may be what is wrong)."""
         deadline = time.monotonic() + timeout_s
+        early = False
         with self._cond:
             while True:
                 while self._queue:
@@ -339,11 +371,14 @@ class StreamedSource(_FrameSource):
                         item.dropped_before += self._carry
                         self._carry = 0
                         return item
+                    early = early or item.host_monotonic_ns >= after_ns
                     self._skip(item)
                 if self._error is not None:
                     raise self._error
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
+                    if early:
+                        self._clock.restart()
                     raise TimeoutError(f"no frame within {timeout_s:.3f} s after the stage settled")
                 self._cond.wait(remaining)
 
