@@ -175,12 +175,14 @@ def test_software_triggered_frames_come_at_most_at_the_frame_rate(tmp_path):
     frames a second (it delivered at render speed while the manifest and the device timestamps said fps), so host
     and device times agree. ``realtime: false`` renders at once (corpora, tests)."""
     settings = CaptureSettings(64, 48, "Mono8", 20.0, None)
-    run_capture(SimCamera("sim0", {"index": 0}), SimulatedStage(), tmp_path / "paced", settings, CapturePlan.evenly(1, 5, 60.0))
+    run_capture(SimCamera("sim0", {"index": 0}), SimulatedStage(), tmp_path / "paced", settings, CapturePlan.evenly(1, 6, 60.0))
     rec = Recording.open(tmp_path / "paced")
     host = np.diff([f.host_monotonic_ns for f in rec.frames]) / 1e9
     device = np.diff([f.device_timestamp_ns for f in rec.frames]) / 1e9
-    # host times are stamped after rendering: each gap is 1/fps plus the difference of two render times
-    assert len(host) == 4 and host.sum() >= 4 * 0.05 - 0.015 and np.all(device >= 0.05 - 0.01)
+    # host times are stamped after rendering: each gap is 1/fps plus the difference of two render times, so the
+    # gaps sum to 4/fps plus the last render time minus the first; the first render is the slow one (the wafer is
+    # drawn), and on a loaded machine its gap came out 0.03 s: the first gap is left out (unpaced: ~1 ms a gap)
+    assert len(host) == 5 and host[1:].sum() >= 4 * 0.05 - 0.015 and np.all(device >= 0.05 - 0.01)
     assert np.all(np.abs(device - host) < 0.04)  # the device clock is read when the frame is taken
     # a stage that takes 0.15 s to settle: frames are taken 0.15 s apart, and the device clock says so (it said
     # frame_id / fps, 0.05 s apart, whatever happened)
