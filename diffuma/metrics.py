@@ -1,7 +1,8 @@
 """Prediction-quality metrics: MSE, MAE, SSIM and PSNR, overall and per predicted frame.
 
 Every number is computed on intensities in [0, 1] (the range ``chdl.torch_dataset.SequenceDataset``
-yields); predictions are clipped to [0, 1] first, targets already are.
+yields); predictions are clipped to [0, 1] first (``openstl``: after MSE/MAE, as OpenSTL does), targets
+already are in it.
 
 Two conventions, named in every table this toolkit writes (docs/training.md, "Metric conventions"):
 
@@ -9,16 +10,22 @@ Two conventions, named in every table this toolkit writes (docs/training.md, "Me
     MSE = mean over every pixel of every predicted frame of every sequence of (pred - true)^2.
     MAE = the same with |pred - true|. Per-frame values average over sequences, channels and pixels of
     that horizon step only.
-``openstl``
-    As OpenSTL's ``MSE``/``MAE`` with ``spatial_norm=False``: the squared (absolute) error is SUMMED over
-    C*H*W of each frame, then averaged over sequences and frames. Equals ``per_pixel`` x C*H*W.
-
-In both conventions:
     SSIM = ``skimage.metrics.structural_similarity`` per frame, Gaussian window sigma=1.5 (11x11 taps),
            ``use_sample_covariance=False``, ``data_range=1.0``, K1=0.01, K2=0.03 (Wang et al. 2004), channels
            averaged (``channel_axis``), then averaged over sequences and frames.
-    PSNR = 10*log10(1 / MSE_frame) per frame (per-pixel MSE of that frame on [0, 1]), averaged over
-           sequences and frames; MSE_frame is floored at 1e-10 so a perfect frame scores 100 dB, not inf.
+``openstl``
+    OpenSTL's ``metric()`` (``openstl/core/metrics.py``), the code behind its published tables:
+    MSE/MAE as its ``MSE``/``MAE`` with ``spatial_norm=False``: the squared (absolute) error is SUMMED over
+    C*H*W of each frame, then averaged over sequences and frames, computed on the predictions *before* they
+    are clipped (equals ``per_pixel`` x C*H*W for predictions inside [0, 1]).
+    SSIM = its ``cal_ssim(..., multichannel=True)`` with no data range, as the scikit-image versions that accepted
+           that call ran it: a 7x7 uniform window, sample covariance, and for float images the data range of the
+           dtype, 2.0 (-1..1); on the clipped predictions.
+
+In both conventions:
+    PSNR = 10*log10(1 / MSE_frame) per frame (per-pixel MSE of that frame on [0, 1], clipped predictions),
+           averaged over sequences and frames; MSE_frame is floored at 1e-10 so a perfect frame scores 100 dB
+           (OpenSTL: inf).
 """
 
 from __future__ import annotations
@@ -29,18 +36,24 @@ from skimage.metrics import structural_similarity
 
 CONVENTIONS = ("per_pixel", "openstl")
 METRICS = ("mse", "mae", "ssim", "psnr")
-# The SSIM definition used everywhere (Wang et al. 2004 settings, explicit data range of [0, 1] intensities).
+# The SSIM definition (Wang et al. 2004 settings, explicit data range of [0, 1] intensities).
 SSIM_KWARGS = dict(gaussian_weights=True, sigma=1.5, use_sample_covariance=False, data_range=1.0)
-# The smallest frame side SSIM_KWARGS can score: skimage's Gaussian window is 2 * int(3.5 * sigma + 0.5) + 1 px
+# OpenSTL's SSIM: cal_ssim(pred, true, multichannel=True) and no data range, a call today's scikit-image refuses;
+# the versions that ran it used a 7x7 uniform window with sample covariance and, for float images, the float
+# dtype's range -1..1 as data range. Its published SSIMs were computed so; with data range 1 they come out lower.
+OPENSTL_SSIM_KWARGS = dict(win_size=7, gaussian_weights=False, use_sample_covariance=True, data_range=2.0)
+SSIM_BY_CONVENTION = {"per_pixel": SSIM_KWARGS, "openstl": OPENSTL_SSIM_KWARGS}
+# The smallest frame side both SSIMs can score: skimage's Gaussian window is 2 * int(3.5 * sigma + 0.5) + 1 px
 SSIM_MIN_SIDE = 11
 PSNR_MSE_FLOOR = 1e-10
 # One line per convention, printed under every table and stored in every JSON result.
 CONVENTION_NOTES = {
     "per_pixel": "MSE/MAE = mean per pixel on [0,1] intensities; SSIM = skimage, Gaussian window sigma 1.5, "
                  "data_range 1.0, no sample covariance; PSNR = mean over frames of 10·log10(1/MSE_frame).",
-    "openstl": "MSE/MAE = per-frame error SUMMED over C·H·W on [0,1] intensities, averaged over frames "
-               "(OpenSTL, spatial_norm=False); SSIM = skimage, Gaussian window sigma 1.5, data_range 1.0, no "
-               "sample covariance; PSNR = mean over frames of 10·log10(1/MSE_frame per pixel).",
+    "openstl": "OpenSTL's metric(): MSE/MAE = per-frame error SUMMED over C·H·W on [0,1] intensities, averaged over "
+               "frames (spatial_norm=False), predictions not clipped; SSIM = skimage 7x7 uniform window, sample "
+               "covariance, data_range 2.0 (its old defaults for floats); PSNR = mean over frames of "
+               "10·log10(1/MSE_frame per pixel).",
 }
 
 
@@ -65,24 +78,29 @@ class MetricAccumulator:
         self.count = 0
 
     def update(self, pred, target) -> None:
-        p = np.clip(_as_numpy(pred), 0.0, 1.0)
+        raw = _as_numpy(pred)
+        p = np.clip(raw, 0.0, 1.0)
         t = _as_numpy(target)
         if p.shape != t.shape or p.ndim != 5:
             raise ValueError(f"prediction {p.shape} and target {t.shape} must both be (B, T, C, H, W)")
         b, n_t, c = p.shape[:3]
-        err = (p - t).reshape(b, n_t, -1)
-        mse_pix = (err**2).mean(-1)  # (B, T) per-pixel MSE of each frame
-        mae_pix = np.abs(err).mean(-1)
-        scale = 1.0 if self.convention == "per_pixel" else float(err.shape[-1])  # openstl: sum over C*H*W
-        psnr = 10.0 * np.log10(1.0 / np.maximum(mse_pix, PSNR_MSE_FLOOR))
+        if min(p.shape[-2:]) < SSIM_MIN_SIDE:  # (skimage's own error names 7x7, which these frames may exceed)
+            raise ValueError(f"frames of {p.shape[-2]}x{p.shape[-1]} px, smaller than the {SSIM_MIN_SIDE} x "
+                             f"{SSIM_MIN_SIDE} px window of the SSIM these metrics score")
+        openstl = self.convention == "openstl"
+        err = ((raw if openstl else p) - t).reshape(b, n_t, -1)  # (OpenSTL's MSE/MAE come before its clipping)
+        scale = float(err.shape[-1]) if openstl else 1.0  # openstl: summed over C*H*W
+        clipped_mse = ((p - t).reshape(b, n_t, -1) ** 2).mean(-1) if openstl else (err**2).mean(-1)
+        psnr = 10.0 * np.log10(1.0 / np.maximum(clipped_mse, PSNR_MSE_FLOOR))
+        ssim_kwargs = SSIM_BY_CONVENTION[self.convention]
         ssim = np.empty((b, n_t))
         for i in range(b):
             for k in range(n_t):
                 if c == 1:
-                    ssim[i, k] = structural_similarity(t[i, k, 0], p[i, k, 0], **SSIM_KWARGS)
+                    ssim[i, k] = structural_similarity(t[i, k, 0], p[i, k, 0], **ssim_kwargs)
                 else:
-                    ssim[i, k] = structural_similarity(t[i, k], p[i, k], channel_axis=0, **SSIM_KWARGS)
-        batch = {"mse": mse_pix * scale, "mae": mae_pix * scale, "ssim": ssim, "psnr": psnr}
+                    ssim[i, k] = structural_similarity(t[i, k], p[i, k], channel_axis=0, **ssim_kwargs)
+        batch = {"mse": (err**2).mean(-1) * scale, "mae": np.abs(err).mean(-1) * scale, "ssim": ssim, "psnr": psnr}
         if self.sums is None:
             self.sums = {m: np.zeros(n_t) for m in METRICS}
         elif len(self.sums["mse"]) != n_t:
