@@ -280,7 +280,8 @@ class RecordingWriter:
 
     @classmethod
     def create(cls, path: str | os.PathLike, manifest: dict) -> "RecordingWriter":
-        """Start a recording in ``path`` (created; an existing non-empty folder is refused)."""
+        """Start a recording in ``path`` (created; an existing non-empty folder is refused, and so is a folder
+        another writer claims at the same time: ``frames/`` is created exclusively). RawFormatError naming it."""
         path = Path(path)
         if path.exists() and (not path.is_dir() or any(path.iterdir())):
             raise RawFormatError(f"{path}: already exists and is not an empty folder; refusing to overwrite a recording")
@@ -295,7 +296,11 @@ class RecordingWriter:
         why = validate_manifest(manifest)
         if why:  # refuse to write what the reader would refuse
             raise RawFormatError(f"{path / MANIFEST}: {why}")
-        (path / FRAMES_DIR).mkdir(parents=True, exist_ok=True)
+        try:  # the claim: of two writers that found the folder free at once, one creates frames/, the other stops
+            (path / FRAMES_DIR).mkdir(parents=True)
+        except FileExistsError:  # (two captures with the same --run-id shared one index, then neither was readable)
+            raise RawFormatError(f"{path}: another capture started writing there at the same time; refusing to "
+                                 "share a recording (choose another --run-id)") from None
         _atomic_write_json(path / MANIFEST, manifest)
         return cls(path, manifest)
 

@@ -233,8 +233,11 @@ class Monitor:
         self.folder = monitor_dir(run_path)
         try:
             self.folder.mkdir(parents=True, exist_ok=True)
-            for sub in ("snapshots", "live"):
-                (self.folder / sub).mkdir(exist_ok=True)
+            for sub in ("snapshots", "live"):  # created exclusively: the claim on the folder
+                (self.folder / sub).mkdir()
+        except FileExistsError:  # a monitor of the same run id, started at the same time, has it
+            raise MonitorError(f"{self.folder}: another monitor started writing there at the same time (choose "
+                               "another --run-id or --out)") from None
         except OSError as e:  # OUT is a file, a read-only folder, ...
             raise MonitorError(f"{self.folder}: cannot create the monitor folder"
                                f"{files.cannot_create(self.folder, e)}") from None

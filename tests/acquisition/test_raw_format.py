@@ -236,3 +236,21 @@ def test_a_dataset_given_where_recordings_are_expected_says_so(tmp_path):
     (ds / "zarr.json").write_text("{}")
     with pytest.raises(RawFormatError, match=r"out\.zarr: a curated dataset \(it holds zarr\.json\), not raw recordings"):
         find_recordings(ds)
+
+
+def test_two_writers_that_find_one_folder_free_at_once_do_not_share_it(tmp_path, monkeypatch):
+    """Two captures with the same --run-id (or the same default id, started within one second) both passed the
+    "not empty" check, then shared one frames.jsonl (indices 0, 1, 0, 2, 1, ...): neither recording was readable.
+    Here the other writer claims the folder between this one's check and its claim."""
+    import acquisition.raw as raw
+
+    check = raw._inside_other_data
+
+    def the_other_writer_meanwhile(path):
+        (path / raw.FRAMES_DIR).mkdir(parents=True)
+        return check(path)
+
+    monkeypatch.setattr(raw, "_inside_other_data", the_other_writer_meanwhile)
+    with pytest.raises(RawFormatError, match=r"same: another capture started writing there at the same time"):
+        RecordingWriter.create(tmp_path / "same", MANIFEST)
+    assert not (tmp_path / "same" / "manifest.json").exists()

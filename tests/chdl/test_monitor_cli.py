@@ -801,3 +801,15 @@ def test_lane_passes_too_short_to_score_are_warned_about(tmp_path):
     assert "monitor: 0 frames scored, 0 skipped, 6 unscored" in mon.stdout
     assert ("warning: no frame could be scored: all 6 came with too little history in their lane pass (a pass needs 3 "
             "positions or more") in mon.stderr, mon.stderr
+
+
+def test_two_monitors_that_find_one_folder_free_at_once_do_not_share_it(tmp_path):
+    """The monitor folder was created with exist_ok: two monitors of one run id, started at once, both passed the
+    CLI's "not empty" check and wrote one events.jsonl and status.json. Here the other has just claimed it."""
+    from chdl.monitor.runtime import Monitor, MonitorError, monitor_dir
+
+    run = tmp_path / "run1"
+    (monitor_dir(run) / "snapshots").mkdir(parents=True)  # the other monitor, a moment earlier
+    with pytest.raises(MonitorError, match=r"run1\.monitor: another monitor started writing there at the same time"):
+        Monitor({}).start(run, "run1", "constant-motion", 2)
+    assert not (monitor_dir(run) / "status.json").exists()
