@@ -3,8 +3,11 @@ how the schedule length is planned when the run is bounded by time instead of ep
 
 Training time is the summed wall-clock of the optimiser steps, each counted from the moment the loop asks
 the loader for its batch to the end of its update (data wait, host-to-device copy, forward, backward,
-optimiser step, EMA update). Validation, checkpoint writes and logging are not counted. The trainer keeps
-the running total (``Trainer.train_seconds``) in every checkpoint.
+optimiser step, EMA update). Validation, checkpoint writes and logging are not counted, nor is a pause: a step
+during which the process was stopped and continued (SIGSTOP or Ctrl-Z, then SIGCONT) counts as the median of
+the recent steps, and the trainer says so (a 20 s pause in a 30 s budget had cut the run to 5 of its 31 steps,
+the lr still at its peak). A machine that stalls without stopping the process (a suspended VM) is still
+charged. The trainer keeps the running total (``Trainer.train_seconds``) in every checkpoint.
 
 The lr schedule (cosine and onecycle anneal towards ``total_steps``) and PredRNN-v2's scheduled sampling
 (``step / total_steps``) need the run's length in steps up front, so a budget run plans it once, after its

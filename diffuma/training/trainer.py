@@ -27,6 +27,7 @@ signal aborts at once. A resume then ends exactly where an uninterrupted run wou
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import csv
 import dataclasses
@@ -367,6 +368,10 @@ class Trainer:
         self._calibration_s: list[float] = []
         self._since_plan_s: list[float] | None = []   # step times after the plan, until the re-plan (then None)
         self._step_started = 0.0
+        # SIGCONT: the process was stopped (SIGSTOP, Ctrl-Z) and continued. A step it fell in is charged as the
+        # median of the recent steps, not its wall-clock (a 20 s pause used up a 30 s budget: 5 steps, not 31)
+        self._continued = self._continued_at_step_start = 0
+        self._recent_step_s: collections.deque = collections.deque(maxlen=32)
         self._stop_signal: int | None = None  # SIGINT/SIGTERM received during fit (_on_stop_signal)
         self._validating = False  # inside validate() (what a stop signal waits for, _on_stop_signal)
 
@@ -501,13 +506,26 @@ class Trainer:
     # ------------------------------------------------------------------ training time and the budget
     def _start_step_clock(self) -> None:
         """Marks the start of a step: the loop is about to ask the loader for its batch."""
+        self._continued_at_step_start = self._continued
         self._step_started = self.clock()
+
+    def _on_continue(self, signum, frame) -> None:
+        """SIGCONT: the process was stopped and has been continued; the step in progress is not charged in full."""
+        self._continued += 1
 
     def _charge_step(self, batch_size: int) -> None:
         """Counts the step that just ended as training time (since ``_start_step_clock``) and samples seen. A
         budget run plans its schedule length once CALIBRATION_STEPS steps are timed, and once more from the later
         steps when REPLAN_FRACTION of the budget is spent (diffuma.training.budget)."""
         seconds = self.clock() - self._step_started
+        if self._continued != self._continued_at_step_start and self._recent_step_s:
+            typical = sorted(self._recent_step_s)[len(self._recent_step_s) // 2]
+            if seconds > typical and self.dist.main:
+                tqdm.write(f"step {self.step}: the process was stopped and continued during it (SIGSTOP or Ctrl-Z, "
+                           f"then SIGCONT); its {seconds:.1f} s count as {typical:.3g} s of training time (the median "
+                           "step), so a pause does not use up run.max_minutes", file=sys.stderr)
+            seconds = min(seconds, typical)
+        self._recent_step_s.append(seconds)
         if self.budget_s is not None and self.dist.world_size > 1:
             seconds = _max_over_ranks(seconds, self.device)  # every rank takes the same stop decisions
         self.train_seconds += seconds
@@ -664,12 +682,14 @@ class Trainer:
 
     # ------------------------------------------------------------------ stopping on SIGINT / SIGTERM
     def _catch_stop_signals(self) -> dict | None:
-        """Installs the SIGINT/SIGTERM/SIGHUP handler for the loop (main thread only: elsewhere Python cannot);
-        returns the handlers it replaced (SIGCHLD's too, which _on_stop_signal may change)."""
+        """Installs the SIGINT/SIGTERM/SIGHUP handler for the loop and the SIGCONT one (:meth:`_on_continue`; main
+        thread only: elsewhere Python cannot); returns the handlers it replaced (SIGCHLD's too, which
+        _on_stop_signal may change)."""
         if threading.current_thread() is not threading.main_thread():
             return None
         self._stop_signal = None
-        return {signal.SIGCHLD: signal.getsignal(signal.SIGCHLD),
+        return {signal.SIGCHLD: signal.getsignal(signal.SIGCHLD), signal.SIGCONT: signal.signal(signal.SIGCONT,
+                                                                                                self._on_continue),
                 **{s: signal.signal(s, self._on_stop_signal) for s in STOP_SIGNALS
                    if signal.getsignal(s) is not signal.SIG_IGN}}
 

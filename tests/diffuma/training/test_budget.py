@@ -114,3 +114,26 @@ def test_a_killed_budget_run_resumes_the_same_schedule_with_the_budget_left(stan
     for k, v in ref.model.state_dict().items():
         assert torch.equal(v, resumed.model.state_dict()[k]), k
     assert _lrs(tmp_path / "run") == _lrs(tmp_path / "ref")
+
+
+def test_a_paused_process_does_not_use_up_its_budget(standin, tiny_dataset, tmp_path, capfd):
+    """SIGSTOP (or Ctrl-Z) for 20 s during a 30 s budget run: the pause was charged as training time in full, the
+    plan was made from it, and the run stopped after 5 steps of its 31 with the lr still at its peak, exit 0,
+    without a word. Now the step the SIGCONT fell in counts as the median step, and it is said."""
+    import os
+    import signal
+
+    t = build_trainer(_config(), tiny_dataset, tmp_path / "run", progress=False)
+    pause = {"s": 0.0}
+
+    def clock():  # 2 s a step; step 3 is paused for 20 s: continued (SIGCONT) as it ends
+        if t.step == 3 and not pause["s"]:
+            pause["s"] = 20.0
+            os.kill(os.getpid(), signal.SIGCONT)
+        return 2.0 * t.step + (pause["s"] if t.step >= 3 else 0.0)
+
+    t.clock = clock
+    t.fit()
+    assert t.planned_steps == t.total_steps == t.step == 30 and t.train_seconds == 60.0  # as if never paused
+    assert "step 3: the process was stopped and continued during it" in capfd.readouterr().err
+    assert signal.getsignal(signal.SIGCONT) == signal.SIG_DFL  # the handler is the trainer's only during fit
