@@ -422,3 +422,27 @@ def test_alert_appears_live_in_headless_chromium(monitor, tmp_path, chromium):
     pixels = np.asarray(img.convert("RGB"))
     assert pixels.std() > 10 and len(np.unique(pixels.reshape(-1, 3), axis=0)) > 100  # not blank
     assert (tmp_path / "dashboard.png").read_bytes() == shot
+
+
+def test_a_monitor_that_stopped_updating_is_judged_by_this_pages_own_clock(monitor, chromium):
+    """The page judged "no update for N s" by this browser's Date.now() minus the monitor's updated_utc: a viewer on
+    another PC whose clock ran 30 s ahead saw every running monitor as stopped, one behind never saw a dead one.
+    Now it counts from when it saw updated_utc change. Here the browser's clock is days ahead of the status."""
+    import time
+
+    with serve_in_background(monitor.dir, token="tok-77777") as server:
+        page = chromium.new_page()
+        page.clock.install()  # (the page's timers and clocks advance only as the test says)
+        page.goto(server.url)
+        page.wait_for_selector('#state[data-state="running"]', timeout=10_000)
+        page.clock.run_for(10_000)  # two staleness checks: 10 s since this page saw the status change
+        assert page.text_content("#state") == "running"
+        page.clock.run_for(30_000)
+        assert page.text_content("#state").startswith("running? (no update for 40 s")
+        monitor.write_status(updated_utc="2026-11-30T10:00:45Z")  # the monitor is alive after all
+        deadline = time.monotonic() + 10
+        while page.text_content("#state") != "running" and time.monotonic() < deadline:
+            page.clock.run_for(500)
+            time.sleep(0.1)
+        page.clock.run_for(10_000)
+        assert page.text_content("#state") == "running"
