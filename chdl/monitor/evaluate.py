@@ -43,7 +43,7 @@ from acquisition import files
 from chdl.monitor.anomaly_score import ConstantMotion, CopyLast, MonitorPipeline, ScorerConfig
 from chdl.monitor.runtime import run_max_value, scoring_threads
 
-FPS = 5.0  # CHDL's capture rate, for false alarms per hour
+FPS = 5.0  # CHDL's capture rate, for false alarms per hour (of the clean frames scored: docs/monitor.md)
 METHODS = ("frame-difference", "copy-last", "constant-motion")
 SWEEP_LEVELS = (3.0, 4.0, 5.0, 6.0, 8.0, 10.0, 12.0)  # alert levels (z_on) replayed in metrics.json's "sweep"
 
@@ -467,7 +467,7 @@ def markdown(results: dict) -> str:
         return "—" if v is None else fmt.format(v)
 
     lines = ["| method | AUROC | event recall (all / scorable) | within 1 frame | latency median / max (frames) | "
-             "false alarms / h (clean 5 fps) |", "|---|---|---|---|---|---|"]
+             "false alarms / h (scored clean frames at 5 fps) |", "|---|---|---|---|---|---|"]
     for m, r in results.items():
         lines.append(f"| {m} | {f(r['auroc'])} | {f(r['event_recall'])} / {f(r['recall_scorable'])} "
                      f"({r['events']} events) | {f(r['within_one_frame'])} | {f(r['latency_frames_median'], '{:.1f}')} / "
