@@ -317,6 +317,22 @@ def max_value_for_bits(bits: int) -> int:
     return (1 << int(bits)) - 1
 
 
+def _pixel_problem(values, max_value: float) -> str | None:
+    """Why ``values`` cannot be stored as pixels of a dataset with this ``max_value`` (None if they can):
+    not integers, or outside 0..max_value. Unsigned data whose dtype cannot exceed max_value is not scanned
+    (Mono8 into max_value 255: curate's hot path)."""
+    v = np.asarray(values)
+    if v.dtype.kind not in "ui":
+        return (f"pixel values of dtype {v.dtype}, not integers (store the camera's integers; intensities in [0, 1] "
+                "are read as stored / max_value: multiply by max_value and round)")
+    if v.size == 0 or (v.dtype.kind == "u" and np.iinfo(v.dtype).max <= max_value):
+        return None
+    lo, hi = int(v.min()), int(v.max())
+    if lo < 0 or hi > max_value:
+        return f"a pixel value of {hi if hi > max_value else lo}, outside 0..{max_value:g} (the dataset's max_value)"
+    return None
+
+
 def validate(group: zarr.Group, path: str | os.PathLike) -> None:
     """Check a dataset's attributes and arrays against each other and against this format: the schema,
     every array present with its dimensions, dtype and extents (N sequences, T frames, K scores,
@@ -733,19 +749,26 @@ class DatasetWriter:
     ) -> None:
         """Write every array's part of shard ``shard`` (all its sequences at once), then mark it done.
 
-        ``originals`` lists ``(sequence_within_shard, t, pixels (C,H,W))`` for each frame whose stored
-        pixels are a reconstruction, so the original is kept. ValueError (naming the dataset and shard) for pixels
-        above the dataset's ``max_value`` (12-bit data with a value over 4095): the metrics then read intensities
-        above 1, e.g. a copy-last PSNR of -18 dB, without a word (``chdl curate`` checked its inputs; direct
-        writers did not).
+        ``frames`` (k, T, C, H, W) and the pixels of ``originals``: integers in 0..``max_value`` (the dataset's
+        ``attrs``), as the camera gave them. ``split``: one code per sequence, 0 train, 1 val, 2 excluded
+        (``SPLIT_CODES``). An array left out is written as its fill value: ``split`` 2 (every sequence excluded),
+        ``qc_flags`` 0, ``qc_scores`` NaN, ``run_index`` / ``lane`` -1, ``position_um`` NaN, ``timestamp_ns`` -1.
+        ``originals`` lists ``(sequence_within_shard, t, pixels (C,H,W))`` for each frame whose stored pixels are
+        a reconstruction, so the original is kept.
+
+        ValueError naming the dataset and shard, before anything is written, for pixels that are not integers
+        (float intensities in [0, 1] were stored as 0, all black) or lie outside 0..max_value (they wrapped
+        around: 256 stored as 0 in uint8, or 12-bit data over 4095 read back as intensities above 1), and for
+        split codes other than 0, 1, 2 (255 and 7 were stored, then counted by no split and read as "all").
         """
+        where = f"{self.path}: shard {shard}"
         max_value = float(self.attrs["max_value"])
-        if max_value < np.iinfo(self.group["frames"].dtype).max:  # (uint8 at 255, uint16 at 65535: nothing to check)
-            top = max([int(np.max(frames)) if np.size(frames) else 0]
-                      + [int(np.max(p)) for _, _, p in originals if np.size(p)])
-            if top > max_value:
-                raise ValueError(f"{self.path}: shard {shard}: a pixel value of {top} is above the dataset's max_value "
-                                 f"{max_value:g}")
+        for name, values in [("frames", frames)] + [("originals", p) for _, _, p in originals]:
+            if why := _pixel_problem(values, max_value):
+                raise ValueError(f"{where}: {name}: {why}")
+        if split is not None and (bad := np.setdiff1d(np.asarray(split), list(SPLIT_CODES.values()))).size:
+            raise ValueError(f"{where}: split code {bad[0].item()!r} (known: "
+                             f"{', '.join(f'{v} {k}' for k, v in SPLIT_CODES.items())})")
         # zarr's default (write_empty_chunks=False) scans every chunk for the fill value before writing it:
         # 40% of the write CPU on 800x600 frames (3.66 -> 2.22 ms a frame measured). Writing all-fill
         # chunks instead changes nothing on read.
@@ -868,6 +891,9 @@ class DatasetReader:
     def indices(self, split: str = "all") -> np.ndarray:
         """Sequence indices of a split ("train", "val", "excluded", or "all" = train + val)."""
         codes = self.split
+        if (bad := np.setdiff1d(codes, list(SPLIT_CODES.values()))).size:  # (written before write_shard checked)
+            raise DatasetFormatError(f"{self.path}: split: code {bad[0]} at sequence "
+                                     f"{int(np.flatnonzero(codes == bad[0])[0])} (known: 0 train, 1 val, 2 excluded)")
         if split == "all":
             return np.flatnonzero(codes != SPLIT_EXCLUDED)
         if split not in SPLIT_CODES:

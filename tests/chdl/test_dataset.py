@@ -465,8 +465,50 @@ def test_a_shard_with_pixels_above_max_value_is_refused(tmp_path):
                              dtype=np.uint16, max_value=4095, sequences_per_shard=2, in_frames=2, out_frames=2)
     frames = np.full((2, 4, 1, 4, 4), 4095, np.uint16)
     frames[1, 2, 0, 1, 1] = 4096
-    with pytest.raises(ValueError, match=rf"^{path}: shard 0: a pixel value of 4096 is above the dataset's max_value 4095$"):
+    with pytest.raises(ValueError, match=rf"^{path}: shard 0: frames: a pixel value of 4096, outside 0..4095 \(the "
+                                         r"dataset's max_value\)$"):
         w.write_shard(0, frames=frames)
     frames[1, 2, 0, 1, 1] = 4095
     w.write_shard(0, frames=frames)  # at max_value: fine
     w.finalize()
+
+
+def test_pixels_a_dtype_cannot_hold_and_unknown_split_codes_are_refused(tmp_path):
+    """A fresh-user trial from Python: float frames in [0, 1) were stored as 0 (all black), a float 299.99 as 43 and
+    an int 256 as 0 in a uint8 dataset, and split codes -1 and 7 were stored (255, 7): chdl info counted them in no
+    split, indices("all") returned them, and train, eval and verify accepted the dataset."""
+    path = tmp_path / "d.zarr"
+    w = DatasetWriter.create(path, n_sequences=4, frames_per_sequence=4, channels=1, height=4, width=4,
+                             dtype=np.uint8, max_value=255, sequences_per_shard=4, in_frames=2, out_frames=2)
+    ok = np.full((4, 4, 1, 4, 4), 200, np.uint8)
+    for frames, why in [(ok / 255.0, r"frames: pixel values of dtype float64, not integers"),
+                        (ok.astype(np.int64) + 56, r"frames: a pixel value of 256, outside 0\.\.255"),
+                        (ok.astype(np.int16) - 201, r"frames: a pixel value of -1, outside 0\.\.255")]:
+        with pytest.raises(ValueError, match=rf"^{path}: shard 0: {why}"):
+            w.write_shard(0, frames=frames)
+    with pytest.raises(ValueError, match=r"shard 0: originals: a pixel value of 300"):
+        w.write_shard(0, frames=ok, originals=[(0, 1, np.full((1, 4, 4), 300))])
+    with pytest.raises(ValueError, match=rf"^{path}: shard 0: split code 7 \(known: 0 train, 1 val, 2 excluded\)$"):
+        w.write_shard(0, frames=ok, split=np.array([0, 1, 2, 7]))
+    assert not w.group["shard_done"][0]  # nothing of a refused shard was marked written
+    w.write_shard(0, frames=ok.astype(np.int64), split=np.array([0, 1, 2, 0]))  # integers in range: any int dtype
+    w.finalize()
+    assert list(open_dataset(path).indices("all")) == [0, 1, 3]
+    # a dataset written before the check: its unknown code is named when a split is read
+    group = zarr.open_group(str(path), mode="r+")
+    group["split"][3] = 7
+    with pytest.raises(DatasetFormatError, match=r"split: code 7 at sequence 3 \(known: 0 train, 1 val, 2 excluded\)"):
+        open_dataset(path).indices("all")
+
+
+def test_the_writing_example_of_the_format_docs_runs(tmp_path, monkeypatch):
+    """docs/dataset-format.md's "Writing a dataset of your own" (a fresh-user trial had to read the code to use the
+    writer: there was no example), run as written; the result opens with its splits."""
+    from pathlib import Path
+
+    text = (Path(__file__).parents[2] / "docs" / "dataset-format.md").read_text()
+    block = text.split("Writing a dataset of your own")[1].split("```python")[1].split("```")[0]
+    monkeypatch.chdir(tmp_path)
+    exec(compile(block, "dataset-format.md", "exec"), {})
+    reader = open_dataset(tmp_path / "mine.zarr")
+    assert (len(reader.indices("train")), len(reader.indices("val")), reader.attrs["max_value"]) == (32, 8, 4095)
