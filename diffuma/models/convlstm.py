@@ -39,6 +39,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from diffuma.models.registry import check_frames
 from diffuma.models.rnn_common import from_patches, glorot_init_, log_value, to_patches
 
 
@@ -98,6 +99,9 @@ class ConvLSTMCell(nn.Module):
 
 
 class ConvLSTM(nn.Module):
+    """ConvLSTM (Shi et al., NeurIPS 2015): stacked convolutional LSTM cells over patched frames, rolled out
+    frame by frame; forward: (B, T_in, C, H, W) in [0, 1] (any T_in) -> (B, T_out, C, H, W) in [0, 1]."""
+
     Config = ConvLSTMConfig
 
     def __init__(self, config: ConvLSTMConfig):
@@ -144,7 +148,8 @@ class ConvLSTM(nn.Module):
         return from_patches(torch.stack(out, dim=1), cfg.patch, H, W)   # (B, n_out, C, H, W)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, T_in, C, H, W) in [0, 1] -> (B, T_out, C, H, W) in [0, 1]."""
+        """(B, T_in, C, H, W) in [0, 1] -> (B, T_out, C, H, W) in [0, 1]; ValueError for another C."""
+        check_frames(self, x, any_in_frames=True)
         return torch.sigmoid(self._logits(x, self.config.out_frames))
 
     def training_loss(self, x: torch.Tensor, y: torch.Tensor, step: int = 0, total_steps: int = 1):

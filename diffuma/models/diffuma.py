@@ -49,6 +49,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import Attention, Mlp, PatchEmbed, resample_abs_pos_embed
 
+from diffuma.models.registry import check_frames
 from diffuma.models.ssm import BACKENDS, MambaBlock, SSMBranch
 from diffuma.motion import estimate_velocity, extrapolated_shifts, translate, warp
 
@@ -368,6 +369,11 @@ def sincos_pos_embed_2d(dim, gh, gw):
 # ----------------------------------------------------------------------------- the model
 
 class DIFFUMA(nn.Module):
+    """DIFFUMA (Xie et al.): a bidirectional-Mamba path predicts the T_out frames from the T_in observed ones, and a
+    DiT-style diffusion path, conditioned on the Mamba features, adds a residual of fine detail (eqs. 4-10; what
+    follows the paper and what was chosen where it is vague: docs/model.md). forward: (B, T_in, C, H, W) in
+    [0, 1] -> (B, T_out, C, H, W); training_loss(x, y) -> eq. 10."""
+
     Config = DIFFUMAConfig
 
     def __init__(self, config: DIFFUMAConfig):
@@ -568,7 +574,9 @@ class DIFFUMA(nn.Module):
         return prelim + residual                                                  # (B, T_out, C, H, W)
 
     def forward(self, x):
-        """Deterministic prediction (eq. 7): x (B, T_in, C, H, W) in [0,1] -> (B, T_out, C, H, W)."""
+        """Deterministic prediction (eq. 7): x (B, T_in, C, H, W) in [0,1] -> (B, T_out, C, H, W). ValueError for
+        another T_in or C (:func:`diffuma.models.registry.check_frames`)."""
+        check_frames(self, x)
         z, prelim = self.mamba_path(x)
         c, z_tok = self.condition(z)
         t0 = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)

@@ -47,6 +47,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from diffuma.models.registry import check_frames
 from diffuma.models.rnn_common import (SS_STOP, from_patches, glorot_init_, next_frame_objective, rollout,
                                        scheduled_sampling_eta, to_patches, truth_mask)
 
@@ -138,6 +139,10 @@ class E3DLSTMCell(nn.Module):
 
 
 class E3DLSTM(nn.Module):
+    """E3D-LSTM (Wang et al., ICLR 2019): LSTM cells with 3-D convolutions over a short window of frames and a
+    recall gate attending to their own history; forward: (B, T_in, C, H, W) in [0, 1] (any T_in) ->
+    (B, T_out, C, H, W)."""
+
     Config = E3DLSTMConfig
 
     def __init__(self, config: E3DLSTMConfig):
@@ -187,6 +192,8 @@ class E3DLSTM(nn.Module):
         return rollout(step, frames, n_steps, use_true)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, T_in, C, H, W) in [0, 1] -> (B, T_out, C, H, W); ValueError for another C."""
+        check_frames(self, x, any_in_frames=True)
         cfg = self.config
         B, T, C, H, W = x.shape                                    # (B, T_in, C, H, W) in [0, 1]
         frames = to_patches(x, cfg.patch)                          # (B, T_in, C*p*p, h, w)

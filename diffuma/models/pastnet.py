@@ -48,6 +48,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from diffuma.models.registry import check_frames
 from diffuma.models.simvp import IncepUTranslator, align_frames, log_value, pad_to_multiple
 
 
@@ -56,7 +57,7 @@ class PastNetConfig:
     in_frames: int = 10            # T_in: observed frames
     out_frames: int = 10           # T_out: predicted frames
     channels: int = 1              # C: image channels
-    height: int = 64               # H (any size; padded internally)
+    height: int = 64               # H it is built for (padded to a multiple; other sizes must pad alike)
     width: int = 64                # W
     # --- FPG: Fourier-based physics-guided module
     patch_size: int = 16           # p: FPG patch side (power of two >= 4)
@@ -305,6 +306,9 @@ class VectorQuantizer(nn.Module):
 # --------------------------------------------------------------------------------------------------
 
 class PastNet(nn.Module):
+    """PastNet (Wu et al., 2023): a Fourier-domain physics path (FPG) and a vector-quantised local path, summed;
+    forward: (B, T_in, C, H, W) in [0, 1] at a size padding to the grid it was built for -> (B, T_out, C, H, W)."""
+
     Config = PastNetConfig
 
     def __init__(self, config: PastNetConfig):
@@ -376,6 +380,15 @@ class PastNet(nn.Module):
         return y[..., :H, :W], vq_loss, perplexity                # (B, T_out, C, H, W)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, T_in, C, H, W) in [0, 1] -> (B, T_out, C, H, W); ValueError for another T_in or C, or a size that
+        pads to another grid than the configured one (the FPG's spectral filters are built for it)."""
+        check_frames(self, x)
+        cfg, m = self.config, self.multiple
+        grid = (-(-cfg.height // m) * m, -(-cfg.width // m) * m)
+        if (-(-x.shape[-2] // m) * m, -(-x.shape[-1] // m) * m) != grid:
+            raise ValueError(f"PastNet: frames of {x.shape[-2]}x{x.shape[-1]} px; it was built for "
+                             f"{cfg.height}x{cfg.width} (padded to {grid[0]}x{grid[1]}, the grid of its spectral "
+                             f"filters): sizes that pad to that grid work")
         return self._predict(x)[0]
 
     def training_loss(self, x: torch.Tensor, y: torch.Tensor, step: int = 0, total_steps: int = 1):

@@ -43,6 +43,7 @@ from typing import Callable
 import torch
 import torch.nn as nn
 
+from diffuma.models.registry import check_frames
 from diffuma.models.rnn_common import (SS_STOP, from_patches, glorot_init_, next_frame_objective, rollout,
                                        scheduled_sampling_eta, to_patches, truth_mask)
 
@@ -108,6 +109,9 @@ class STLSTMCell(nn.Module):
 
 
 class PredRNN(nn.Module):
+    """PredRNN (Wang et al., NeurIPS 2017): ST-LSTM cells with a spatiotemporal memory that zigzags through the
+    layers, rolled out frame by frame; forward: (B, T_in, C, H, W) in [0, 1] (any T_in) -> (B, T_out, C, H, W)."""
+
     Config = PredRNNConfig
 
     def __init__(self, config: PredRNNConfig):
@@ -152,6 +156,8 @@ class PredRNN(nn.Module):
         return rollout(step, frames, n_steps, use_true)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, T_in, C, H, W) in [0, 1] -> (B, T_out, C, H, W); ValueError for another C."""
+        check_frames(self, x, any_in_frames=True)
         cfg = self.config
         B, T, C, H, W = x.shape                                   # (B, T_in, C, H, W) in [0, 1]
         frames = to_patches(x, cfg.patch)                         # (B, T_in, C*p*p, h, w)

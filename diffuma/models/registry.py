@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 
+import torch
 import torch.nn as nn
 
 # name -> "module:Class". The class has a ``Config`` dataclass attribute and its module a PRESETS dict.
@@ -56,3 +57,15 @@ def model_config(name: str, preset: str | None = "default", **overrides):
 def build_model(name: str, preset: str | None = "default", **overrides) -> nn.Module:
     """Instantiate a registered model from a preset plus field overrides."""
     return model_class(name)(model_config(name, preset, **overrides))
+
+
+def check_frames(model: nn.Module, x: torch.Tensor, *, any_in_frames: bool = False) -> None:
+    """ValueError (one line naming the model and both shapes) unless ``x`` is (B, T_in, C, H, W) with the model
+    config's ``channels`` and, unless ``any_in_frames`` (the recurrent models), its ``in_frames``. A wrong input
+    gave torch's own error, naming neither ("mat1 and mat2 shapes cannot be multiplied (768x6 and 4x3)")."""
+    cfg = model.config
+    want = ("B", "any" if any_in_frames else cfg.in_frames, cfg.channels, "H", "W")
+    got = tuple(x.shape)
+    if len(got) != 5 or any(isinstance(w, int) and g != w for g, w in zip(got, want)):
+        raise ValueError(f"{type(model).__name__}: input of shape {got}; it takes (B, T_in, C, H, W) = "
+                         f"({', '.join(map(str, want))}): T_in input frames of C channels")

@@ -39,6 +39,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from diffuma.models.registry import check_frames
+
 
 @dataclass
 class SimVPConfig:
@@ -299,6 +301,10 @@ def log_value(t: torch.Tensor) -> float:
 # --------------------------------------------------------------------------------------------------
 
 class SimVP(nn.Module):
+    """SimVP (Gao et al., CVPR 2022; gSTA: SimVPv2, Tan et al. 2022): a CNN encoder, a translator over the
+    T_in x hidden channels stacked, and a decoder, all frames at once; forward: (B, T_in, C, H, W) in [0, 1] ->
+    (B, T_out, C, H, W)."""
+
     Config = SimVPConfig
 
     def __init__(self, config: SimVPConfig):
@@ -346,6 +352,8 @@ class SimVP(nn.Module):
                 nn.init.constant_(m.layer_scale2, 1e-2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, T_in, C, H, W) in [0, 1] -> (B, T_out, C, H, W); ValueError for another T_in or C."""
+        check_frames(self, x)
         cfg = self.config
         B, T, C, H, W = x.shape                                  # (B, T_in, C, H, W) in [0, 1]
         xp = pad_to_multiple(x, self.stride)                     # (B, T_in, C, Hp, Wp)

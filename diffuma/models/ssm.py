@@ -311,7 +311,8 @@ class SSMBranch(nn.Module):
         x_dbl = self.x_proj(x.transpose(1, 2))                                      # (B, L, R+2N)
         dt, Bm, Cm = x_dbl.split([self.dt_rank, self.d_state, self.d_state], dim=-1)
         delta = F.linear(dt, self.dt_proj.weight).transpose(1, 2)                   # (B, Dm, L)
-        A = -torch.exp(self.A_log.float())                                          # (Dm, N)
+        # A in fp32 at least, as Mamba's reference computes it (half-precision weights), and fp64 in an fp64 model
+        A = -torch.exp(self.A_log.to(torch.promote_types(self.A_log.dtype, torch.float32)))   # (Dm, N)
         return selective_scan(x, delta, A, Bm.transpose(1, 2), Cm.transpose(1, 2),  # B, C: (B, N, L)
                               self.D, self.dt_proj.bias, delta_softplus=True, backend=backend)
 

@@ -281,3 +281,20 @@ def test_triton_recurrence_matches_the_torch_loop_in_the_interpreter():
     r = subprocess.run([sys.executable, "-c", _TRITON_INTERPRETED], capture_output=True, text=True, cwd=root,
                        env={**os.environ, "PYTHONPATH": root}, timeout=120)
     assert r.returncode == 0 and r.stdout.strip().endswith("ok"), r.stderr[-3000:]
+
+
+def test_an_fp64_branch_computes_A_in_fp64():
+    """SSMBranch cast A_log to fp32 whatever the model's dtype: an fp64 model was fp64 everywhere but A (relative
+    error 3e-10 against an fp64 reference with A_log values fp32 cannot hold, found from Python by a researcher)."""
+    torch.manual_seed(0)
+    branch = ssm.SSMBranch(6, 4, 4).double()
+    with torch.no_grad():
+        branch.A_log.add_(torch.rand_like(branch.A_log) * 1e-3)  # values fp32 rounds
+    x = torch.randn(2, 6, 9, dtype=torch.float64)
+    xc = causal_conv1d(x, branch.conv_weight, branch.conv_bias, "silu")
+    dt, Bm, Cm = branch.x_proj(xc.transpose(1, 2)).split([branch.dt_rank, branch.d_state, branch.d_state], dim=-1)
+    delta = F.linear(dt, branch.dt_proj.weight).transpose(1, 2)
+    ref = naive_scan(xc, delta, -torch.exp(branch.A_log), Bm.transpose(1, 2), Cm.transpose(1, 2), branch.D,
+                     branch.dt_proj.bias)
+    out = branch(x)
+    assert out.dtype == torch.float64 and torch.allclose(out, ref, rtol=1e-13, atol=1e-13)
