@@ -671,6 +671,8 @@ class Trainer:
                                 tb if self.dist.main else None, t0)
             if self.last_saved_step != self.step:
                 self.save()
+            if self._stop_requested():  # (heard during the last validation: the run is done, the caller is told
+                self._stop()            # so, e.g. chdl bench, which went on to train every other model)
         finally:
             self._restore_signal_handlers(previous_handlers)
             if self.dist.main:

@@ -341,3 +341,24 @@ def test_fit_ends_its_loader_workers(standin, tiny_dataset, tmp_path):
     trainer = build_trainer(_config(epochs=1, num_workers=2), tiny_dataset, tmp_path / "run", progress=False)
     trainer.fit()
     assert trainer.loader._iterator is None and set(multiprocessing.active_children()) <= before
+
+
+def test_a_stop_heard_during_the_last_validation_is_reported_to_the_caller(standin, tiny_dataset, tmp_path):
+    """Ctrl-C during the final validation: fit printed "stopping: finishing the validation in progress", then
+    returned as if nothing had been asked, and chdl bench went on to train every remaining model and exited 0."""
+    import signal
+
+    from diffuma.training.trainer import TrainingInterrupted
+
+    trainer = build_trainer(_config(epochs=1), tiny_dataset, tmp_path / "run", progress=False)
+    validate = trainer.validate
+
+    def validate_then_ctrl_c(*args, **kwargs):
+        result = validate(*args, **kwargs)
+        trainer._on_stop_signal(signal.SIGINT, None)
+        return result
+
+    trainer.validate = validate_then_ctrl_c
+    with pytest.raises(TrainingInterrupted):
+        trainer.fit()
+    assert load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["step"] == trainer.step == trainer.total_steps
