@@ -8,6 +8,8 @@ constant-motion baseline is ``diffuma.motion.constant_motion``.
 
 from __future__ import annotations
 
+import os
+
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -78,7 +80,10 @@ def evaluate(model: torch.nn.Module, dataset: Dataset, *, convention: str = "per
         dataset = Subset(dataset, range(max_sequences))
     if len(dataset) == 0:
         raise ValueError("nothing to evaluate: the split has no sequences")
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+    # no more loader workers than batches or cores: --num-workers 100000 started workers of ~0.5 GB until the
+    # machine stalled (12 for one batch on 2 cores); more cannot read faster
+    workers = min(num_workers, -(-len(dataset) // batch_size), os.cpu_count() or 1)
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers,
                         pin_memory=device.type == "cuda")
     acc = MetricAccumulator(convention)
     baselines = {name: MetricAccumulator(convention) for name in (BASELINES if with_baselines else ())}

@@ -7,8 +7,10 @@ lists them.
 
 from __future__ import annotations
 
+import errno
 import importlib
 import logging
+import os
 import signal
 import sys
 import warnings
@@ -136,10 +138,41 @@ class LazyGroup(click.Group):
         finally:
             restore_signals(previous)
 
+    def main(self, *args, **kwargs):
+        """click's main, with a standard output that cannot be written (``> /dev/full``, a full disk) as one line
+        naming it, exit 1, instead of a 30-line traceback (the work done stays done: a capture's recording is
+        complete). A closed pipe (``| head``) stays click's: silent, exit 1."""
+        try:
+            return super().main(*args, **kwargs)
+        except OSError as e:
+            if e.errno == errno.EPIPE or not _stdout_fails(e):
+                raise
+            click.echo(f"Error: stdout: {e.strerror or e}", err=True)
+            sys.exit(1)
+
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         rows = [(name, help_) for name, (_, _, help_) in COMMANDS.items()]
         with formatter.section("Commands"):
             formatter.write_dl(rows)
+
+
+def _stdout_fails(e: OSError) -> bool:
+    """Whether ``e`` was raised writing to standard output (click.echo to it, or flushing it); if so standard output
+    is pointed at /dev/null, so that the interpreter's flush at exit does not fail (and print) again."""
+    tb = e.__traceback__
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    target = tb.tb_frame.f_locals.get("file") if tb.tb_frame.f_code.co_name == "echo" else None
+    if target not in (sys.stdout, getattr(sys.stdout, "buffer", None)):
+        try:
+            sys.stdout.flush()
+            return False
+        except OSError:
+            pass
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return True
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})

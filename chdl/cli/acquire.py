@@ -17,9 +17,8 @@ from pathlib import Path
 
 import click
 
-from chdl.cli.options import NON_NEGATIVE, POSITIVE, FiniteFloat, LocalPath, OutputPath, quiet_option
+from chdl.cli.options import NON_NEGATIVE, PLAN_COUNT, POSITIVE, STEP_UM, LocalPath, OutputPath, quiet_option
 
-STEP_UM = FiniteFloat(min=0, min_open=True, max=1e6)  # a stage step: > 0, at most a metre
 
 PIXEL_FORMATS = ("Mono8", "Mono10", "Mono12", "Mono16")  # Mono10/12: unpacked, GenTL cameras only
 
@@ -98,8 +97,9 @@ def capture_options(f):
         click.option("--out", required=True, type=OutputPath(file_okay=False, path_type=Path),
                      help="Folder of runs; each run is written to OUT/<run-id>/."),
         click.option("--run-id", help="Run folder name (default: UTC time + alias; for replay: the source run's id)."),
-        click.option("--lanes", default=1, show_default=True, type=click.IntRange(min=1), help="Lane passes to capture."),
-        click.option("--positions", default=10, show_default=True, type=click.IntRange(min=1), help="Equidistant positions per lane."),
+        click.option("--lanes", default=1, show_default=True, type=PLAN_COUNT, help="Lane passes to capture (at most 100000)."),
+        click.option("--positions", default=10, show_default=True, type=PLAN_COUNT,
+                     help="Equidistant positions per lane (at most 100000)."),
         click.option("--step-um", default=100.0, show_default=True, type=STEP_UM, help="Distance between positions (micrometres, at most 1e6)."),
         click.option("--fps", default=5.0, show_default=True, type=POSITIVE, help="Camera frame rate."),
         click.option("--width", default=800, show_default=True, type=click.IntRange(min=1)),

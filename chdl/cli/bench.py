@@ -6,7 +6,7 @@ import os
 
 import click
 
-from chdl.cli.options import FINITE, LocalPath, OutputPath, quiet_option
+from chdl.cli.options import POSITIVE, LocalPath, OutputPath, quiet_option
 
 
 @click.command("bench")
@@ -17,7 +17,7 @@ from chdl.cli.options import FINITE, LocalPath, OutputPath, quiet_option
 @click.option("--epochs", default=None,
               help="Epoch counts to report; each model trains once for the largest, evaluated at each "
                    "[default: 10,20,40 unless --budget-minutes].")
-@click.option("--budget-minutes", type=FINITE, default=None,
+@click.option("--budget-minutes", type=POSITIVE, default=None,
               help="Instead of --epochs: train every model for this many minutes of training time (optimiser "
                    "steps; validation excluded), one after the other, and evaluate each at the end.")
 @click.option("--pred-len", "pred_len", default=None,

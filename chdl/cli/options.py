@@ -55,6 +55,10 @@ class FiniteFloat(click.FloatRange):
 POSITIVE = FiniteFloat(min=0, min_open=True)  # > 0
 NON_NEGATIVE = FiniteFloat(min=0)  # >= 0
 FINITE = FiniteFloat()
+STEP_UM = FiniteFloat(min=0, min_open=True, max=1e6)  # a stage step (micrometres): > 0, at most a metre
+# A lane pass's positions and a capture's lane passes: 1..100000 (the plan lists every position in the manifest;
+# 1e8 positions took 15 GB and wrote a 2 GB manifest.json for a recording of no frame)
+PLAN_COUNT = click.IntRange(1, 100_000)
 
 
 class LocalPath(click.Path):

@@ -24,7 +24,7 @@ from pathlib import Path
 import click
 
 from acquisition import files
-from chdl.cli.options import POSITIVE, FiniteFloat, LocalPath, OutputPath, output_lock, quiet_option
+from chdl.cli.options import PLAN_COUNT, STEP_UM, FiniteFloat, LocalPath, OutputPath, output_lock, quiet_option
 
 RUN_SEEDS = 10000  # run k of a corpus with seed s uses camera seed s * RUN_SEEDS + k
 CORPUS_FILE = "corpus.json"  # OUT/corpus.json: the arguments a corpus is rendered with (a rerun must match)
@@ -159,9 +159,9 @@ def _cluster_errors_as_click():
 @click.argument("out", type=OutputPath(file_okay=False, path_type=Path))
 @click.option("--sequences", "lanes", type=click.IntRange(1), default=100, show_default=True,
               help="Lane passes (sequences) in total.")
-@click.option("--positions", type=click.IntRange(1), default=10, show_default=True, help="Frames per lane pass.")
-@click.option("--step-um", type=POSITIVE, default=60.0, show_default=True,
-              help="Stage step between positions.")
+@click.option("--positions", type=PLAN_COUNT, default=10, show_default=True, help="Frames per lane pass (at most 100000).")
+@click.option("--step-um", type=STEP_UM, default=60.0, show_default=True,
+              help="Stage step between positions (micrometres, at most 1e6).")
 @click.option("--lanes-per-run", type=click.IntRange(1), default=50, show_default=True, help="Lane passes per recording.")
 @click.option("--seed", type=click.IntRange(0), default=0, show_default=True)
 @click.option("--width", type=click.IntRange(16, 3200), default=800, show_default=True)

@@ -214,3 +214,18 @@ def test_predict_refuses_a_gif_frame_rate_a_gif_cannot_hold(tmp_path):
     r = run("predict", "--checkpoint", str(tmp_path / "c.pt"), "--input", str(tmp_path), "--out", str(tmp_path / "p"),
             "--fps", "200")
     assert r.returncode == 2 and "Invalid value for '--fps': 200.0 is not in the range 0.1<=x<=50." in r.stderr, r.stderr
+
+
+def test_a_standard_output_that_cannot_be_written_is_one_line():
+    """chdl info DATA > /dev/full (likewise --version, --help, a capture that had finished its recording) ended with
+    a 30-line OSError traceback."""
+    import os
+
+    if not os.path.exists("/dev/full"):
+        import pytest
+
+        pytest.skip("no /dev/full here")
+    for args in (["--version"], ["model-info"]):
+        with open("/dev/full", "w") as full:
+            r = subprocess.run([sys.executable, "-m", "chdl", *args], stdout=full, stderr=subprocess.PIPE, text=True)
+        assert r.returncode == 1 and r.stderr == "Error: stdout: No space left on device\n", (args, r.stderr)

@@ -211,7 +211,6 @@ def test_epochs_and_budget_minutes_together_are_a_one_line_error(tiny_dataset, t
     (["--models", "simvp", "--set", "run.nosuchfield=1"], "nosuchfield"),
     (["--models", "simvp", "--set", "simvp.translator=lstm"], "translator"),
     (["--models", "simvp", "--epochs", "0"], ">= 1"),
-    (["--models", "simvp", "--budget-minutes", "0"], "--budget-minutes must be > 0"),
     # a max_steps that ends the runs before the last epoch asked for (it trained, then failed on the missing checkpoint)
     (["--models", "simvp", "--epochs", "1,2", "--set", "run.max_steps=3"],
      "--set run.max_steps=3 ends every run before epoch 2 (4 steps of 2 per epoch), which --epochs asks for"),
@@ -222,6 +221,14 @@ def test_bench_bad_requests_fail_cleanly(tiny_dataset, tmp_path, extra, message)
     assert res.exit_code == 1, res.output
     assert message in res.output
     assert not (out / "bench.json").exists()
+
+
+@pytest.mark.parametrize("minutes", ["0", "-1"])
+def test_a_budget_of_no_time_is_a_usage_error(tiny_dataset, tmp_path, minutes):
+    """Exit 1 from bench's own check, while click's range checks on the other options exit 2 (a CLI sweep)."""
+    res = CliRunner().invoke(main, ["bench", "--data", str(tiny_dataset), "--out", str(tmp_path / "b"), *BASE,
+                                    "--models", "simvp", "--budget-minutes", minutes])
+    assert res.exit_code == 2 and "Invalid value for '--budget-minutes'" in res.output, res.output
 
 
 def test_budget_text_says_1_epoch_not_1_epochs():

@@ -188,3 +188,18 @@ def test_validation_that_predicts_nan_stops_the_run_as_diverged(standin, tiny_da
     with pytest.raises(TrainingDiverged, match=r"^validation after step 3: the model predicts NaN .*; "
                                                r"training stopped, no checkpoint had been written yet"):
         build_trainer(config, tiny_dataset, tmp_path / "run", progress=False).fit()
+
+
+def test_no_more_loader_workers_than_batches_or_cores(monkeypatch):
+    """chdl eval --num-workers 100000 started loader workers of ~0.5 GB each until the machine stalled (load 421 on
+    2 cores), and 12 for a single batch."""
+    import os
+
+    import diffuma.evaluation as evaluation
+
+    asked = []
+    real = evaluation.DataLoader
+    monkeypatch.setattr(evaluation, "DataLoader", lambda *a, **k: asked.append(k["num_workers"]) or real(*a, **{
+        **k, "num_workers": 0}))
+    evaluate(Constant(0.5), ConstantFrames(), batch_size=3, num_workers=100_000)  # 4 sequences: 2 batches
+    assert asked == [min(2, os.cpu_count())]
