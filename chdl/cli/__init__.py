@@ -139,9 +139,12 @@ class LazyGroup(click.Group):
             restore_signals(previous)
 
     def main(self, *args, **kwargs):
-        """click's main, with a standard output that cannot be written (``> /dev/full``, a full disk) as one line
+        """click's main, with progress bars thinned out when standard error is not a terminal, and a standard output
+        that cannot be written (``> /dev/full``, a full disk) as one line
         naming it, exit 1, instead of a 30-line traceback (the work done stays done: a capture's recording is
         complete). A closed pipe (``| head``) stays click's: silent, exit 1."""
+        if not sys.stderr.isatty():  # a log file: a progress update every 30 s, not ten a second on one \r-joined
+            os.environ.setdefault("TQDM_MININTERVAL", "30")  # line (tqdm reads it when imported; the user's wins)
         try:
             return super().main(*args, **kwargs)
         except OSError as e:
