@@ -636,9 +636,9 @@ class Trainer:
                     now = time.perf_counter()
                     rate = x.shape[0] * self.dist.world_size / max(now - t_last, 1e-9)
                     t_last = now
-                    bar.update(1)
                     bar.set_postfix(loss=f"{loss:.4g}", lr=f"{self.optimizer.param_groups[0]['lr']:.2e}",
-                                    seq_s=f"{rate:.1f}")
+                                    seq_s=f"{rate:.1f}", refresh=False)  # (drawn by update: at its mininterval)
+                    bar.update(1)
                     last_step = self.step >= self.total_steps or self.budget_spent()
                     # every log_every_steps-th step, and the last one (a run shorter than log_every_steps logged none)
                     if self.dist.main and (self.step % self.run.log_every_steps == 0 or last_step):

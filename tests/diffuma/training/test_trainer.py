@@ -362,3 +362,24 @@ def test_a_stop_heard_during_the_last_validation_is_reported_to_the_caller(stand
     with pytest.raises(TrainingInterrupted):
         trainer.fit()
     assert load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["step"] == trainer.step == trainer.total_steps
+
+
+def test_the_training_bar_is_redrawn_at_its_interval_not_every_step(standin, tiny_dataset, tmp_path, capfd,
+                                                                    monkeypatch):
+    """The loss/lr postfix redrew the bar at every step (set_postfix refreshes by default): a log file got a \r-joined
+    update per step whatever tqdm's interval. With an interval no step reaches, each epoch's bar is drawn twice (opened,
+    closed), not once more per step."""
+    import tqdm as tqdm_module
+
+    import diffuma.training.trainer as trainer_module
+
+    class Patient(tqdm_module.tqdm):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **{**kwargs, "mininterval": 3600})
+
+    monkeypatch.setattr(trainer_module, "tqdm", Patient)
+    trainer = build_trainer(_config(epochs=10, checkpoint_every_steps=0, val_every_epochs=0), tiny_dataset,
+                            tmp_path / "run", progress=True)
+    trainer.fit()
+    err = capfd.readouterr().err
+    assert trainer.step == 30 and err.count("\r") <= 10 * 2, err.count("\r")
