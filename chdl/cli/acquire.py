@@ -102,9 +102,10 @@ def capture_options(f):
                      help="Equidistant positions per lane (at most 100000)."),
         click.option("--step-um", default=100.0, show_default=True, type=STEP_UM, help="Distance between positions (micrometres, at most 1e6)."),
         click.option("--fps", default=5.0, show_default=True, type=POSITIVE, help="Camera frame rate."),
-        click.option("--width", default=800, show_default=True, type=click.IntRange(min=1)),
-        click.option("--height", default=600, show_default=True, type=click.IntRange(min=1)),
-        click.option("--pixel-format", default="Mono8", show_default=True, type=click.Choice(PIXEL_FORMATS)),
+        click.option("--width", default=800, show_default=True, type=click.IntRange(min=1), help="Frame width (pixels)."),
+        click.option("--height", default=600, show_default=True, type=click.IntRange(min=1), help="Frame height (pixels)."),
+        click.option("--pixel-format", default="Mono8", show_default=True, type=click.Choice(PIXEL_FORMATS),
+                     help="GenICam PixelFormat (what the camera offers; Mono10/12 unpacked, in 16-bit pixels)."),
         click.option("--exposure-us", type=POSITIVE, default=None, help="Exposure time (default: leave the camera's)."),
         click.option("--bit-depth", type=click.IntRange(1, 16), default=None,
                      help="Significant bits of the pixel values, recorded in the manifest (default: the pixel format's; "

@@ -163,18 +163,21 @@ def _cluster_errors_as_click():
 @click.option("--step-um", type=STEP_UM, default=60.0, show_default=True,
               help="Stage step between positions (micrometres, at most 1e6).")
 @click.option("--lanes-per-run", type=click.IntRange(1), default=50, show_default=True, help="Lane passes per recording.")
-@click.option("--seed", type=click.IntRange(0), default=0, show_default=True)
-@click.option("--width", type=click.IntRange(16, 3200), default=800, show_default=True)
-@click.option("--height", type=click.IntRange(16, 2400), default=600, show_default=True)
-@click.option("--pixel-format", type=click.Choice(["Mono8", "Mono16"]), default="Mono8", show_default=True)
+@click.option("--seed", type=click.IntRange(0), default=0, show_default=True,
+              help="Seed of the corpus: the same seed and options give the same frames.")
+@click.option("--width", type=click.IntRange(16, 3200), default=800, show_default=True, help="Frame width (pixels).")
+@click.option("--height", type=click.IntRange(16, 2400), default=600, show_default=True, help="Frame height (pixels).")
+@click.option("--pixel-format", type=click.Choice(["Mono8", "Mono16"]), default="Mono8", show_default=True,
+              help="Pixel format of the frames (Mono16 holds --bit-depth bits).")
 @click.option("--bit-depth", type=click.Choice(["12", "16"]), default=None,
-              help="Data depth of Mono16 frames  [default: 12; Mono8 frames are 8 bits].")
+              help="Data depth of Mono16 frames (Mono8 frames are 8 bits)  [default: 12]")
 @click.option("--fault-rate", type=FiniteFloat(0, 1), default=0.013, show_default=True,
               help="Probability that a frame is faulty.")
 @click.option("--anomaly-rate", type=FiniteFloat(0, 1), default=0.0, show_default=True,
               help="Probability that a frame begins a process anomaly (chipping burst, crack, debris splash, kerf "
                    "widening; labelled in truth/anomalies.jsonl).")
-@click.option("--workers", type=click.IntRange(1), default=min(2, os.cpu_count() or 1), show_default=True)
+@click.option("--workers", type=click.IntRange(1), default=min(2, os.cpu_count() or 1), show_default=True,
+              help="Processes rendering recordings in parallel.")
 @click.option("--scheduler", default=None, metavar="tcp://HOST:PORT|local:N",
               help="Render the runs on a Dask cluster instead of --workers processes (see chdl curate --scheduler).")
 @quiet_option()
@@ -315,9 +318,10 @@ def truth(runs: tuple[Path, ...], quiet: bool) -> None:
 
 @simulate.command("contact-sheet")
 @click.argument("out", type=LocalPath(dir_okay=False, path_type=Path))
-@click.option("--seed", type=click.IntRange(0), default=0, show_default=True)
-@click.option("--lane", type=click.IntRange(0), default=0, show_default=True)
-@click.option("--tile-width", type=click.IntRange(64, 800), default=320, show_default=True)
+@click.option("--seed", type=click.IntRange(0), default=0, show_default=True, help="Seed of the lanes drawn.")
+@click.option("--lane", type=click.IntRange(0), default=0, show_default=True, help="Lane index to draw.")
+@click.option("--tile-width", type=click.IntRange(64, 800), default=320, show_default=True,
+              help="Width of each tile (pixels).")
 def contact_sheet(out: Path, seed: int, lane: int, tile_width: int) -> None:
     """Save a PNG: a clean lane pass, its kerf at fixed wafer position, and every fault kind at 4 magnitudes."""
     import cv2

@@ -115,16 +115,19 @@ def train(data, config_name, overrides, out, resume, quiet):
 
 
 @click.command("eval")
-@click.option("--checkpoint", required=True, type=LocalPath(path_type=Path, exists=True, dir_okay=False))
+@click.option("--checkpoint", required=True, type=LocalPath(path_type=Path, exists=True, dir_okay=False),
+              help="A checkpoint chdl train wrote (e.g. RUN/checkpoints/last.pt).")
 @click.option("--data", required=True, type=LocalPath(path_type=Path), help="Curated dataset (zarr folder).")
-@click.option("--split", default="val", type=click.Choice(["val", "train", "all"]), show_default=True)
+@click.option("--split", default="val", type=click.Choice(["val", "train", "all"]), show_default=True,
+              help="The dataset's sequences to score (all = train + val).")
 @click.option("--openstl", is_flag=True,
               help="OpenSTL convention: MSE/MAE summed over C*H*W per frame (default: mean per pixel).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Default: the run's batch size.")
 @click.option("--weights", type=click.Choice(["auto", "ema", "model"]), default="auto", show_default=True,
               help="auto = EMA weights when the run kept them.")
 @click.option("--max-sequences", type=click.IntRange(min=1), default=None, help="Evaluate the first N only.")
-@click.option("--num-workers", type=click.IntRange(min=0), default=2, show_default=True)
+@click.option("--num-workers", type=click.IntRange(min=0), default=2, show_default=True,
+              help="Data-loader worker processes (at most one per batch and per core).")
 @click.option("--out", type=OutputPath(path_type=Path), default=None,
               help="Folder for eval_[<run>_]<checkpoint>[_<weights>]_<split>_<convention>[_first<N>][_on-<dataset>]"
                    ".json/.md (default: <run>/eval/, without the run's name; _on-<dataset> for a dataset other than "
@@ -227,9 +230,12 @@ def _input_kind(path: Path) -> str:
 @click.option("--out", required=True, type=OutputPath(path_type=Path), help="Output folder (created).")
 @click.option("--split", default="val", type=click.Choice(["val", "train", "all"]), show_default=True,
               help="Dataset input: which split to take sequences from.")
-@click.option("--max-sequences", type=click.IntRange(min=1), default=4, show_default=True)
-@click.option("--weights", type=click.Choice(["auto", "ema", "model"]), default="auto", show_default=True)
-@click.option("--batch-size", type=click.IntRange(min=1), default=4, show_default=True)
+@click.option("--max-sequences", type=click.IntRange(min=1), default=4, show_default=True,
+              help="Sequences to predict (the first of the split).")
+@click.option("--weights", type=click.Choice(["auto", "ema", "model"]), default="auto", show_default=True,
+              help="auto: the EMA weights when the checkpoint has them.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=4, show_default=True,
+              help="Sequences per forward pass.")
 @click.option("--fps", type=FiniteFloat(min=0.1, max=50), default=2.0, show_default=True,
               help="GIF frame rate (at most 50: a GIF's delays are in 1/100 s, and viewers replace shorter ones).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing --out folder.")

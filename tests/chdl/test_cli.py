@@ -246,3 +246,25 @@ def test_progress_into_a_log_file_is_thinned_out(monkeypatch):
     monkeypatch.setenv("TQDM_MININTERVAL", "5")
     main.main(["model-info", "--help"], standalone_mode=False)
     assert os.environ["TQDM_MININTERVAL"] == "5"
+
+
+def test_every_option_of_every_command_says_what_it_is():
+    """A CLI sweep found 17 options with no help at all (capture --width/--height/--pixel-format, eval --checkpoint,
+    --split, --num-workers, predict --weights, simulate corpus --seed, ...)."""
+    import click
+
+    from chdl.cli import main
+
+    ctx = click.Context(main)
+    missing = []
+
+    def walk(cmd, path):
+        if isinstance(cmd, click.Group):
+            for name in cmd.list_commands(ctx):
+                walk(cmd.get_command(ctx, name), f"{path} {name}")
+            return
+        missing.extend(f"{path} {p.opts[0]}" for p in cmd.params
+                       if isinstance(p, click.Option) and not p.hidden and not p.help)
+
+    walk(main, "chdl")
+    assert not missing, missing
