@@ -322,7 +322,8 @@ def truth(runs: tuple[Path, ...], quiet: bool) -> None:
 @click.option("--lane", type=click.IntRange(0), default=0, show_default=True, help="Lane index to draw.")
 @click.option("--tile-width", type=click.IntRange(64, 800), default=320, show_default=True,
               help="Width of each tile (pixels).")
-def contact_sheet(out: Path, seed: int, lane: int, tile_width: int) -> None:
+@click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
+def contact_sheet(out: Path, seed: int, lane: int, tile_width: int, overwrite: bool) -> None:
     """Save a PNG: a clean lane pass, its kerf at fixed wafer position, and every fault kind at 4 magnitudes."""
     import cv2
 
@@ -333,6 +334,8 @@ def contact_sheet(out: Path, seed: int, lane: int, tile_width: int) -> None:
     if not out.parent.is_dir():  # (created silently before: a typo in the folder made a new one)
         what = "is a file, not a folder" if os.path.lexists(out.parent) else "does not exist"
         raise click.BadParameter(f"{out}: the folder {out.parent} {what}", param_hint="OUT")
+    if os.path.lexists(out) and not overwrite:  # (replaced silently; eval, predict and import refuse too)
+        raise click.ClickException(f"{out}: already exists; pass --overwrite to replace it")
     img = render_contact_sheet(DicingLaneSimulator(SimConfig(seed=seed, fault_rate=0.0)), lane, tile_width)
     ok, buf = cv2.imencode(".png", img, [cv2.IMWRITE_PNG_COMPRESSION, 9])
     files.write_bytes(out, buf.tobytes())

@@ -206,6 +206,13 @@ def test_simulate_contact_sheet_writes_a_png_where_asked_and_only_there(tmp_path
         r = CliRunner().invoke(main, ["simulate", "contact-sheet", str(bad), "--tile-width", "64"])
         assert r.exit_code == 2 and why in r.output, r.output
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cs.png"]
+    before = (tmp_path / "cs.png").read_bytes()  # an existing picture is kept unless --overwrite (it was replaced)
+    r = CliRunner().invoke(main, ["simulate", "contact-sheet", str(tmp_path / "cs.png"), "--tile-width", "80"])
+    assert r.exit_code == 1 and "cs.png: already exists; pass --overwrite" in r.output
+    assert (tmp_path / "cs.png").read_bytes() == before
+    r = CliRunner().invoke(main, ["simulate", "contact-sheet", str(tmp_path / "cs.png"), "--tile-width", "80",
+                                  "--overwrite"])
+    assert r.exit_code == 0 and Image.open(tmp_path / "cs.png").size[0] == 5 * (80 + 4)
 
 
 def test_predict_refuses_a_gif_frame_rate_a_gif_cannot_hold(tmp_path):
