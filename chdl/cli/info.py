@@ -47,7 +47,8 @@ def info(path: str, as_json: bool) -> None:
         + ", ".join(f"{k} {v}" for k, v in summary["qc_frames_flagged"].items())
         + ("; reconstructed by " + ", ".join(f"{k} {v}" for k, v in summary["reconstructed_by"].items() if v)
            if any(summary["reconstructed_by"].values()) else "") + caveat,
-        f"runs         {len(summary['runs'])}: " + ", ".join(summary["runs"][:5]) + (" ..." if len(summary["runs"]) > 5 else ""),
+        (f"runs         {len(summary['runs'])}: " + ", ".join(summary["runs"][:5]) + (" ..." if len(summary["runs"]) > 5 else "")
+         if summary["runs"] else "runs         none recorded (a dataset written without raw recordings)"),
         f"provenance   chdl {prov.get('tool_version', '?')}"
         + (f" (commit {(prov['code'].get('git_commit') or 'unknown')[:12]}{' edited' if prov['code'].get('git_dirty') else ''}"
            f", code {prov['code'].get('code')})" if isinstance(prov.get("code"), dict) else "")

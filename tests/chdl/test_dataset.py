@@ -512,3 +512,9 @@ def test_the_writing_example_of_the_format_docs_runs(tmp_path, monkeypatch):
     exec(compile(block, "dataset-format.md", "exec"), {})
     reader = open_dataset(tmp_path / "mine.zarr")
     assert (len(reader.indices("train")), len(reader.indices("val")), reader.attrs["max_value"]) == (32, 8, 4095)
+    from click.testing import CliRunner
+
+    from chdl.cli import main
+
+    r = CliRunner().invoke(main, ["info", str(tmp_path / "mine.zarr")])  # (it printed "runs         0: ")
+    assert r.exit_code == 0 and "runs         none recorded (a dataset written without raw recordings)" in r.output
