@@ -423,16 +423,18 @@ def _score_loop(spec, run_path: Path, folder: Path, q, counters: dict, ready) ->
 
 def _write_event(ev, folder: Path, n: int, kind: str, frame: int, lane: int, position: int, scored, reason: str,
                  snapshot: np.ndarray) -> int:
-    """Write event number ``n`` (a line of events.jsonl, flushed) and its snapshot image; return n + 1.
+    """Write event number ``n`` (a line of events.jsonl, flushed, with ``raised_utc``: when it was raised, ISO 8601
+    UTC to the millisecond) and its snapshot image; return n + 1.
     ``scored``: the frame's FrameResult (score, threshold and, for a process event, the box), or None for a
     frame that was not scored (a first frame of a pass the QC flagged late)."""
     snap = f"snapshots/{frame:06d}.png"
     files.write_bytes(folder / snap, _png8(snapshot))
     box = scored.box if scored is not None and kind == "process" else None
+    raised = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="milliseconds")  # (operators asked "when?")
     ev.write(json.dumps({"event": n, "kind": kind, "frame": frame, "lane": lane, "position": position,
                          "score": _num(scored.score) if scored is not None else None,
                          "threshold": _num(scored.threshold) if scored is not None else None,
-                         "box": box, "reason": reason, "snapshot": snap}) + "\n")
+                         "box": box, "reason": reason, "snapshot": snap, "raised_utc": raised}) + "\n")
     ev.flush()
     return n + 1
 

@@ -27,7 +27,8 @@ STATUS_KEYS = {"format", "run_id", "state", "predictor", "t_in", "scorer", "z_on
                "frames_scored", "frames_skipped", "frames_unscored",
                "events", "width", "height", "updated_utc"}
 SCORE_KEYS = {"frame", "lane", "position", "score", "threshold", "alert", "acquisition", "latency_ms"}
-EVENT_KEYS = {"event", "kind", "frame", "lane", "position", "score", "threshold", "box", "reason", "snapshot"}
+EVENT_KEYS = {"event", "kind", "frame", "lane", "position", "score", "threshold", "box", "reason", "snapshot",
+              "raised_utc"}
 
 
 def chdl(*args, timeout=180):
@@ -109,6 +110,11 @@ def test_injected_anomaly_raises_a_process_event_at_its_frame_and_lane(clean_run
     assert [(e["event"], e["kind"], e["frame"], e["lane"], e["position"]) for e in events] == [(0, "process", INJECTED, 3, 6)]
     e = events[0]
     assert set(e) == EVENT_KEYS and e["score"] > e["threshold"]
+    import datetime
+
+    raised = datetime.datetime.fromisoformat(e["raised_utc"])  # when (events had no time: a fresh-user trial)
+    assert raised.utcoffset() == datetime.timedelta(0) and abs(datetime.datetime.now(datetime.timezone.utc) - raised) \
+        < datetime.timedelta(minutes=10)
     x0, y0, x1, y1 = e["box"]
     assert x0 <= 70 < x1 and y0 <= 38 < y1 and (x1 - x0) <= 40 and (y1 - y0) <= 30
     snap = cv2.imread(str(folder / e["snapshot"]), cv2.IMREAD_UNCHANGED)
