@@ -81,7 +81,8 @@ class FakeMonitor:
         self._replace(self.dir / snapshot, png_bytes(frame + 3000, width=3 * W))
         record = {"event": self.n_events, "kind": kind, "frame": frame, "lane": lane, "position": frame % 10,
                   "score": 7.25, "threshold": 3.0, "box": [10, 12, 30, 40],
-                  "reason": "prediction error 7.2x the running baseline", "snapshot": snapshot}
+                  "reason": "prediction error 7.2x the running baseline", "snapshot": snapshot,
+                  "raised_utc": "2026-11-30T10:00:01.250+00:00"}
         self.n_events += 1
         return json.dumps(record) + "\n"
 
@@ -384,7 +385,7 @@ def test_alert_appears_live_in_headless_chromium(monitor, tmp_path, chromium):
     open, and the alert element, its snapshot thumbnail and the new live frame appear; screenshot saved."""
     monitor.score(5, float("nan"))  # Python's json writes NaN; the page shows "-" and leaves it out of the plot
     with serve_in_background(monitor.dir, token="tok-77777") as server:
-        page = chromium.new_page(viewport={"width": 1280, "height": 800})
+        page = chromium.new_page(viewport={"width": 1280, "height": 800}, timezone_id="UTC")
         requests, errors = [], []
         page.on("request", lambda req: requests.append(req.url))
         page.on("pageerror", lambda exc: errors.append(str(exc)))
@@ -406,6 +407,7 @@ def test_alert_appears_live_in_headless_chromium(monitor, tmp_path, chromium):
         page.wait_for_selector('li.alert[data-frame="122"][data-lane="1"]', timeout=10_000)
         alert = page.wait_for_selector('li.alert[data-frame="123"][data-lane="0"]', timeout=10_000)
         assert alert.get_attribute("data-kind") == "process" and "frame 123" in alert.text_content()
+        assert "10:00:01" in alert.text_content()  # when it was raised, in the page's zone (UTC here)
         page.wait_for_function("[...document.querySelectorAll('li.alert img')].every(i => i.naturalWidth === 3 * 80)",
                                timeout=10_000)
         page.wait_for_function(f"document.getElementById('live-frame').src !== {json.dumps(old_src)}",
