@@ -7,9 +7,10 @@ monitor and a finished one alike, in the monitor's process (``chdl monitor --ser
 - ``GET /`` the page (``chdl/monitor/static/dashboard.html``: HTML, CSS and JS in one file, nothing
   fetched from elsewhere);
 - ``GET /api/status`` ``status.json``; ``GET /api/events`` every complete line of ``events.jsonl``;
-  ``GET /api/scores?last=N`` the last N complete lines of ``scores.jsonl``;
+  ``GET /api/scores?last=N`` the last N complete lines of ``scores.jsonl`` (read from its end);
 - ``GET /api/stream`` server-sent events, as they appear in the folder: ``status`` (the status object),
-  ``scores`` and ``events`` (lists of new records), ``live`` (``{"version": str}`` when the live images
+  ``scores`` and ``events`` (lists of new records; a new stream starts with every event and the last
+  ``STREAM_SCORES`` scores), ``live`` (``{"version": str}`` when the live images
   were replaced). Each carries an id (``<scores offset>.<events offset>``) so that a reconnecting
   ``EventSource`` resumes where it stopped;
 - ``GET /live/{frame,prediction,error}.png`` and ``GET /snapshots/<frame:06d>.png``: only these names,
@@ -45,7 +46,7 @@ from starlette.responses import PlainTextResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from chdl.monitor import STATUS_FORMAT
-from chdl.monitor.jsonl import JsonlTail, read_jsonl
+from chdl.monitor.jsonl import JsonlTail, read_jsonl, tail_offset
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +54,7 @@ LIVE_NAMES = ("frame.png", "prediction.png", "error.png")
 SNAPSHOT_NAME = re.compile(r"\d{6,}\.png")
 PAGE = Path(__file__).parent / "static" / "dashboard.html"
 POLL_S = 0.2  # how often a stream looks at the folder
+STREAM_SCORES = 1000  # scores a new stream starts with: the page's timeline keeps its last 600 (WINDOW)
 LOOPBACK_NAMES = ("localhost",)
 
 
@@ -139,7 +141,10 @@ class FolderFollower:
 
     def __init__(self, monitor_dir: Path, resume_id: str | None = None):
         self.dir = monitor_dir
-        self.scores = JsonlTail(monitor_dir / "scores.jsonl")
+        # a new stream starts at the last STREAM_SCORES scores (all the page keeps), not an 8-hour run's whole
+        # history (21 MB, ~30 s before a new page was current); every event is sent
+        self.scores = JsonlTail(monitor_dir / "scores.jsonl",
+                                offset=tail_offset(monitor_dir / "scores.jsonl", STREAM_SCORES))
         self.events = JsonlTail(monitor_dir / "events.jsonl")
         self._status_key: tuple | None = None
         self._live_key: tuple | None = None
@@ -306,7 +311,7 @@ def create_app(monitor_dir: Path, token: str | None = None) -> FastAPI:
 
     @app.get("/api/scores")
     def scores(last: int = Query(1000, ge=1, le=1_000_000)) -> list[dict]:
-        return read_jsonl(_own(monitor_dir, "scores.jsonl"))[-last:]
+        return read_jsonl(_own(monitor_dir, "scores.jsonl"), last=last)
 
     @app.get("/api/stream", response_class=EventSourceResponse)
     async def stream(request: Request) -> AsyncIterator[ServerSentEvent]:

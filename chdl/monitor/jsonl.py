@@ -61,6 +61,34 @@ class JsonlTail:
         return records
 
 
-def read_jsonl(path: Path) -> list[dict]:
-    """Every complete record of a ``.jsonl`` file (a partial last line left out); [] if it is absent."""
-    return JsonlTail(Path(path)).read(max_bytes=None)
+def read_jsonl(path: Path, last: int | None = None) -> list[dict]:
+    """Every complete record of a ``.jsonl`` file (a partial last line left out), or those of its ``last`` complete
+    lines, read from the end of the file (:func:`tail_offset`); [] if it is absent."""
+    path = Path(path)
+    return JsonlTail(path, offset=0 if last is None else tail_offset(path, last)).read(max_bytes=None)
+
+
+def tail_offset(path: Path, lines: int, block: int = 1 << 16) -> int:
+    """The byte offset at which the last ``lines`` complete lines of ``path`` begin (a partial last line is not one
+    of them), found by counting newlines in blocks read backwards from the end: the dashboard's ``?last=N`` and a
+    new stream read the recent scores without parsing all of an 8-hour run's 144,000 lines (1.9 s and 175 MB a
+    request before). 0 if the file has no more lines than that, or is absent."""
+    need = lines + 1  # newlines from the end: the last complete line's own, then one before each of the `lines`
+    try:
+        with open(path, "rb") as f:
+            pos = f.seek(0, 2)
+            while pos > 0:
+                step = min(block, pos)
+                pos -= step
+                f.seek(pos)
+                chunk = f.read(step)
+                found = chunk.count(b"\n")
+                if found >= need:
+                    cut = len(chunk)
+                    for _ in range(need):
+                        cut = chunk.rfind(b"\n", 0, cut)
+                    return pos + cut + 1
+                need -= found
+    except FileNotFoundError:
+        pass
+    return 0

@@ -119,6 +119,22 @@ def test_status_scores_and_events_leave_a_partial_last_line_out(monitor):
     assert [(e["event"], e["frame"], e["lane"]) for e in events] == [(0, 123, 2)]
 
 
+def test_a_long_run_is_read_from_its_end(monitor):
+    """A new stream sent an 8-hour run's whole scores.jsonl (21 MB; a new page was current after ~34 s), though the
+    page keeps the last 600; now it starts at the last STREAM_SCORES scores, and every event."""
+    from chdl.monitor.dashboard import STREAM_SCORES, FolderFollower
+
+    for frame in range(5, STREAM_SCORES + 300):
+        monitor.append("scores.jsonl", json.dumps({"frame": frame, "lane": 0, "score": 0.5}) + "\n")
+    monitor.event(7)
+    sent = {name: data for name, data in [(m.event, m.data) for m in FolderFollower(monitor.dir).poll()]}
+    assert [r["frame"] for r in sent["scores"]] == list(range(300, STREAM_SCORES + 300))
+    assert [e["frame"] for e in sent["events"]] == [7]
+    client = TestClient(create_app(monitor.dir), base_url="http://127.0.0.1")
+    assert [r["frame"] for r in client.get("/api/scores?last=3").json()] == [STREAM_SCORES + 297, STREAM_SCORES + 298,
+                                                                              STREAM_SCORES + 299]
+
+
 def test_live_images_and_snapshots_are_served_as_written(monitor):
     client = TestClient(create_app(monitor.dir), base_url="http://127.0.0.1")
     assert client.get("/snapshots/000009.png").status_code == 404  # no such event yet

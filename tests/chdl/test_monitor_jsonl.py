@@ -18,3 +18,21 @@ def test_jsonl_tail_reads_new_lines_once_and_skips_a_malformed_one(tmp_path, cap
         f.write(': 2}\n{"frame": 3}\n')
     assert tail.read() == [{"frame": 2}, {"frame": 3}]
     assert tail.offset == path.stat().st_size
+
+
+def test_the_last_lines_are_found_from_the_end_whatever_the_block(tmp_path):
+    """The dashboard's ?last=N parsed all of scores.jsonl (an 8-hour run: 1.9 s and 175 MB a request); tail_offset
+    finds where the last N complete lines begin by reading blocks backwards, a partial last line not counted."""
+    from chdl.monitor.jsonl import read_jsonl, tail_offset
+
+    path = tmp_path / "scores.jsonl"
+    assert tail_offset(path, 3) == 0 and read_jsonl(path, last=3) == []  # absent
+    lines = [f'{{"frame": {i}, "pad": "{"x" * (i % 7)}"}}\n' for i in range(50)]
+    path.write_text("".join(lines) + '{"frame": 50, "pa')  # the monitor mid-write
+    whole = "".join(lines)
+    for block in (1, 5, 64, 1 << 16):
+        for n in (1, 2, 49):
+            assert tail_offset(path, n, block) == len(whole.encode()) - len("".join(lines[-n:]).encode()), (block, n)
+        assert tail_offset(path, 50, block) == 0 and tail_offset(path, 80, block) == 0
+    assert [r["frame"] for r in read_jsonl(path, last=3)] == [47, 48, 49]
+    assert len(read_jsonl(path)) == 50
