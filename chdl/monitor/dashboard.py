@@ -27,6 +27,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import logging
+import math
 import re
 import secrets
 import socket
@@ -41,8 +42,8 @@ import anyio
 import uvicorn
 from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, Response
-from fastapi.sse import EventSourceResponse, ServerSentEvent
-from starlette.responses import PlainTextResponse
+from fastapi.sse import KEEPALIVE_COMMENT, ServerSentEvent, format_sse_event
+from starlette.responses import PlainTextResponse, StreamingResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from chdl.monitor import STATUS_FORMAT
@@ -55,6 +56,7 @@ SNAPSHOT_NAME = re.compile(r"\d{6,}\.png")
 PAGE = Path(__file__).parent / "static" / "dashboard.html"
 POLL_S = 0.2  # how often a stream looks at the folder
 STREAM_SCORES = 1000  # scores a new stream starts with: the page's timeline keeps its last 600 (WINDOW)
+KEEPALIVE_S = 15.0  # a stream with nothing to send sends a comment this often (proxies, dead-client detection)
 LOOPBACK_NAMES = ("localhost",)
 
 
@@ -128,6 +130,31 @@ def _line_end(path: Path, offset: int) -> bool:
         return False
 
 
+def _file_identity(path: Path) -> tuple[int, int, int] | None:
+    """(device, inode, size) of a file, None if absent: which file a path names, and how far it is written."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    return st.st_dev, st.st_ino, st.st_size
+
+
+def _sse_bytes(event: ServerSentEvent) -> bytes:
+    """One server-sent event on the wire: its data as JSON, NaN and infinities as null (Python's json writes NaN,
+    which a browser's JSON.parse refuses)."""
+    return format_sse_event(data_str=json.dumps(_finite(event.data)), event=event.event, id=event.id)
+
+
+def _finite(value):
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
+
+
 def _stat_key(path: Path) -> tuple[int, int, int] | None:
     try:
         st = path.stat()
@@ -141,11 +168,14 @@ class FolderFollower:
 
     def __init__(self, monitor_dir: Path, resume_id: str | None = None):
         self.dir = monitor_dir
+        self._start(resume_id)
+
+    def _start(self, resume_id: str | None = None) -> None:
+        """Where the stream begins: from ``resume_id``'s offsets, else at the last STREAM_SCORES scores."""
         # a new stream starts at the last STREAM_SCORES scores (all the page keeps), not an 8-hour run's whole
         # history (21 MB, ~30 s before a new page was current); every event is sent
-        self.scores = JsonlTail(monitor_dir / "scores.jsonl",
-                                offset=tail_offset(monitor_dir / "scores.jsonl", STREAM_SCORES))
-        self.events = JsonlTail(monitor_dir / "events.jsonl")
+        self.scores = JsonlTail(self.dir / "scores.jsonl", offset=tail_offset(self.dir / "scores.jsonl", STREAM_SCORES))
+        self.events = JsonlTail(self.dir / "events.jsonl")
         self._status_key: tuple | None = None
         self._live_key: tuple | None = None
         if resume_id:  # "<scores offset>.<events offset>" from Last-Event-ID
@@ -155,6 +185,20 @@ class FolderFollower:
             # id printed "events.jsonl: shrank" or "not a JSON object" warnings about intact files); else from the start
             if offsets and all(_line_end(tail.path, o) for tail, o in zip((self.scores, self.events), offsets)):
                 self.scores.offset, self.events.offset = offsets
+        self._files = {tail.path: _file_identity(tail.path) for tail in (self.scores, self.events)}
+        self._run_id: str | None = None
+
+    def _replaced(self, status: dict | None) -> str | None:
+        """Why the folder now holds another run than this stream has sent (None if it does not): its .jsonl files
+        are other files (the folder was deleted and written again) or shorter than what was sent, or status.json
+        names another run. A page kept the old run's alerts under the new run's name, and lost the new ones."""
+        if status is not None and self._run_id is not None and status.get("run_id") != self._run_id:
+            return f"the folder now holds run {status.get('run_id')!r}"
+        for tail in (self.scores, self.events):
+            now, seen = _file_identity(tail.path), self._files[tail.path]
+            if now is not None and ((seen is not None and now[:2] != seen[:2]) or now[2] < tail.offset):
+                return f"{tail.path.name} was replaced"
+        return None
 
     @property
     def more(self) -> bool:
@@ -165,14 +209,22 @@ class FolderFollower:
         """The server-sent events for what changed since the last poll (status, events, scores, live)."""
         out = []
         key = _stat_key(self.dir / "status.json") if contained(self.dir, self.dir / "status.json") else None
+        status = None
         if key is not None and key != self._status_key:
             try:
                 status = json.loads((self.dir / "status.json").read_bytes())
             except (OSError, ValueError):
                 status = None  # replaced atomically, so only a foreign writer gets here; try again
-            if isinstance(status, dict):
-                self._status_key = key
-                out.append(("status", status))
+            status = status if isinstance(status, dict) else None
+        if (why := self._replaced(status)) is not None:  # the page starts again (it reloads); so does this stream
+            self._start()
+            return [ServerSentEvent(event="reset", data={"reason": why}, id="0.0")]
+        if status is not None:
+            self._status_key, self._run_id = key, status.get("run_id")
+            out.append(("status", status))
+        for tail in (self.scores, self.events):
+            if (ident := _file_identity(tail.path)) is not None:
+                self._files[tail.path] = ident
         for name, tail in (("events", self.events), ("scores", self.scores)):
             records = tail.read() if contained(self.dir, tail.path) else []
             if records:
@@ -212,7 +264,7 @@ class HostGate:
             return await self.app(scope, receive, send)
         host = dict(scope.get("headers") or []).get(b"host", b"").decode("latin-1").strip().lower()
         name = _host_name(host)
-        if name and is_loopback(name):
+        if name and is_loopback(name) and not any(c in host for c in ", \t"):  # ("127.0.0.1:8765, evil.example")
             return await self.app(scope, receive, send)
         if scope["type"] == "websocket":
             return await send({"type": "websocket.close", "code": 1008})
@@ -293,11 +345,11 @@ def create_app(monitor_dir: Path, token: str | None = None) -> FastAPI:
     app.state.monitor_dir = monitor_dir
     app.state.closing = threading.Event()
 
-    @app.get("/", response_class=HTMLResponse)
+    @app.api_route("/", response_class=HTMLResponse, methods=["GET", "HEAD"])  # (HEAD: uptime checks; it was 405)
     def page() -> HTMLResponse:
         return HTMLResponse(PAGE.read_text(encoding="utf-8"), headers={"Cache-Control": "no-store"})
 
-    @app.get("/api/status")
+    @app.api_route("/api/status", methods=["GET", "HEAD"])
     def status() -> dict:
         _own(monitor_dir, "status.json")
         try:
@@ -305,30 +357,46 @@ def create_app(monitor_dir: Path, token: str | None = None) -> FastAPI:
         except MonitorFolderError as e:
             raise HTTPException(503, str(e)) from None
 
-    @app.get("/api/events")
+    @app.api_route("/api/events", methods=["GET", "HEAD"])
     def events() -> list[dict]:
         return read_jsonl(_own(monitor_dir, "events.jsonl"))
 
-    @app.get("/api/scores")
+    @app.api_route("/api/scores", methods=["GET", "HEAD"])
     def scores(last: int = Query(1000, ge=1, le=1_000_000)) -> list[dict]:
         return read_jsonl(_own(monitor_dir, "scores.jsonl"), last=last)
 
-    @app.get("/api/stream", response_class=EventSourceResponse)
-    async def stream(request: Request) -> AsyncIterator[ServerSentEvent]:
+    @app.get("/api/stream")
+    async def stream(request: Request) -> StreamingResponse:
         follower = FolderFollower(monitor_dir, request.headers.get("last-event-id"))
-        while not app.state.closing.is_set():
-            for event in follower.poll():
-                yield event
-            if not follower.more:
-                await anyio.sleep(POLL_S)
 
-    @app.get("/live/{name}")
+        async def body() -> AsyncIterator[bytes]:
+            # the folder is read in a worker thread: a new page's history (a long run's MBs) held up every other
+            # request before (/api/status took 3-23 s while one to five streams started). Starlette's own
+            # streaming response, not FastAPI's EventSourceResponse: that one's keepalive task raised a 70-line
+            # BrokenResourceError traceback for many clients that closed a stream (fastapi discussion 15725).
+            quiet = 0.0
+            while not app.state.closing.is_set():
+                events = await anyio.to_thread.run_sync(follower.poll)
+                for event in events:
+                    yield _sse_bytes(event)
+                quiet = 0.0 if events else quiet
+                if not follower.more:
+                    await anyio.sleep(POLL_S)
+                    quiet += POLL_S
+                    if quiet >= KEEPALIVE_S:
+                        yield KEEPALIVE_COMMENT
+                        quiet = 0.0
+
+        return StreamingResponse(body(), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+    @app.api_route("/live/{name}", methods=["GET", "HEAD"])
     def live(name: str) -> Response:
         if name not in LIVE_NAMES:
             raise HTTPException(404, f"live/{name}: not a live image (one of {', '.join(LIVE_NAMES)})")
         return _png(_own(monitor_dir, f"live/{name}"))
 
-    @app.get("/snapshots/{name}")
+    @app.api_route("/snapshots/{name}", methods=["GET", "HEAD"])
     def snapshot(name: str) -> Response:
         if not SNAPSHOT_NAME.fullmatch(name):
             raise HTTPException(404, f"snapshots/{name}: not a snapshot name (<frame:06d>.png)")

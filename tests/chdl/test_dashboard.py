@@ -135,6 +135,39 @@ def test_a_long_run_is_read_from_its_end(monitor):
                                                                               STREAM_SCORES + 299]
 
 
+def test_a_folder_written_again_by_another_run_restarts_the_stream(monitor, tmp_path):
+    """rm -rf the folder and a new run written there, under an open page: it listed the old run's alerts under the
+    new run's name (event numbers restart, and the page drops numbers it has seen) and never the new ones; a
+    new file longer than the old read position was read from mid-line. Now one "reset", then the new run."""
+    import shutil
+
+    from chdl.monitor.dashboard import FolderFollower
+
+    monitor.event(3)
+    follower = FolderFollower(monitor.dir)
+    assert [e for e, _ in [(m.event, m.data) for m in follower.poll()]][:3] == ["status", "events", "scores"]
+    shutil.rmtree(monitor.dir)
+    again = FakeMonitor(tmp_path)  # the same folder, another run
+    again.write_status(run_id="run-2")
+    for frame in range(40):
+        again.score(frame)
+    again.event(25)
+    reset = follower.poll()
+    assert [(m.event, m.data["reason"]) for m in reset] == [("reset", "the folder now holds run 'run-2'")]
+    sent = {m.event: m.data for m in follower.poll()}
+    assert sent["status"]["run_id"] == "run-2" and [e["frame"] for e in sent["events"]] == [25]
+    assert [r["frame"] for r in sent["scores"]] == list(range(40))
+
+
+def test_head_is_answered_wherever_get_is(monitor):
+    """HEAD / and HEAD /live/frame.png were 405 (uptime checkers use HEAD)."""
+    client = TestClient(create_app(monitor.dir), base_url="http://127.0.0.1")
+    for path in ("/", "/api/status", "/live/frame.png"):
+        r = client.head(path)
+        assert r.status_code == 200 and r.content == b"" and r.headers["content-length"] != "0", path
+    assert client.head("/live/nothing.png").status_code == 404
+
+
 def test_live_images_and_snapshots_are_served_as_written(monitor):
     client = TestClient(create_app(monitor.dir), base_url="http://127.0.0.1")
     assert client.get("/snapshots/000009.png").status_code == 404  # no such event yet
@@ -206,6 +239,9 @@ def test_without_a_token_only_requests_naming_the_loopback_are_served(monitor):
     for host in ["attacker.example", "attacker.example:8790", "192.168.1.5", "evil.localhost.example"]:
         r = TestClient(app, base_url=f"http://{host}").get("/api/events")
         assert r.status_code == 400 and "not this machine's loopback" in r.text, host
+    client = TestClient(app, base_url="http://127.0.0.1:8790")
+    r = client.get("/api/events", headers={"Host": "127.0.0.1:8790, evil.example"})  # (split at the last colon: 200)
+    assert r.status_code == 400
     for host in ["127.0.0.1:8790", "localhost", "localhost:1", "[::1]:8790", "127.0.0.2"]:
         assert TestClient(app, base_url=f"http://{host}").get("/api/status").status_code == 200, host
     # with a token, the token is the gate (a non-loopback bind is reached by whatever name the network gives)
@@ -440,6 +476,31 @@ def test_alert_appears_live_in_headless_chromium(monitor, tmp_path, chromium):
     pixels = np.asarray(img.convert("RGB"))
     assert pixels.std() > 10 and len(np.unique(pixels.reshape(-1, 3), axis=0)) > 100  # not blank
     assert (tmp_path / "dashboard.png").read_bytes() == shot
+
+
+def test_a_page_lists_the_newest_alerts_and_starts_over_for_a_new_run(monitor, tmp_path, chromium):
+    """2,000 alerts made 46,600 DOM nodes and fetched 1,999 snapshots at once; a folder written again by another run
+    left the old run's alerts on the page. Now the newest 200 are listed (the count says all), thumbnails load
+    lazily, and the page reloads itself onto the new run."""
+    import shutil
+
+    for k in range(250):
+        monitor.append("events.jsonl", monitor.event_line(1000 + k))
+    monitor.write_status(events=250)
+    with serve_in_background(monitor.dir) as server:
+        page = chromium.new_page()
+        page.goto(server.url)
+        page.wait_for_function("document.getElementById('alert-count').textContent === '250'", timeout=10_000)
+        assert len(page.query_selector_all("li.alert")) == 200
+        assert page.query_selector("li.alert").get_attribute("data-frame") == "1249"  # the newest first
+        assert page.eval_on_selector("li.alert img", "i => i.loading") == "lazy"
+        shutil.rmtree(monitor.dir)
+        again = FakeMonitor(tmp_path)
+        again.write_status(run_id="run-2")
+        again.event(7)
+        page.wait_for_function("document.getElementById('run-id').textContent === 'run-2' && "
+                               "document.getElementById('alert-count').textContent === '1'", timeout=15_000)
+        assert [li.get_attribute("data-frame") for li in page.query_selector_all("li.alert")] == ["7"]
 
 
 def test_a_monitor_that_stopped_updating_is_judged_by_this_pages_own_clock(monitor, chromium):
