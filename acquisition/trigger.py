@@ -317,6 +317,7 @@ class StreamedSource(_FrameSource):
     """Frames arrive on their own (free-run or line trigger); a thread fetches and stamps them."""
 
     POLL_S = 0.2  # the grabber thread's fetch timeout: how quickly it notices stop()
+    STALL_S = 0.5  # a wait that returns this long after its deadline means the host stalled: one more timeout
     MAX_QUEUED = 64  # beyond this the oldest queued frames are skipped (only the newest matter)
 
     def __init__(self, camera: Camera, mode: str):
@@ -362,7 +363,7 @@ class StreamedSource(_FrameSource):
         ``after_ns`` (monotonic); TimeoutError if none in time (after frames that arrived after ``after_ns`` but
         were judged taken before it, the :class:`ExposureClock` restarts: its estimate may be what is wrong)."""
         deadline = time.monotonic() + timeout_s
-        early = False
+        early = stalled = False
         with self._cond:
             while True:
                 while self._queue:
@@ -376,6 +377,12 @@ class StreamedSource(_FrameSource):
                 if self._error is not None:
                     raise self._error
                 remaining = deadline - time.monotonic()
+                if remaining <= -self.STALL_S and not stalled:
+                    # this wait came back long after its deadline: the host stalled (the process stopped, the
+                    # machine overloaded), not the camera, and the grabber thread had no turn either; it gets one
+                    # more timeout (a 3 s SIGSTOP dropped a position, blaming "a slow camera", 2 times in 3)
+                    stalled, deadline = True, time.monotonic() + timeout_s
+                    continue
                 if remaining <= 0:
                     if early:
                         self._clock.restart()

@@ -226,11 +226,16 @@ class SimCamera(Camera):
                 self._next_due = max(self._next_due, time.monotonic()) + 1.0 / self.settings.fps
         elif self.realtime:
             sleep_until(self._next_due, timeout_s, f"{self.alias}: no frame within {timeout_s} s")
-            self._next_due = max(self._next_due + 1.0 / self.settings.fps, time.monotonic() - 1.0)
+            # a frame due while the host did not fetch (a stall) waited in the camera's queue: it was taken when it
+            # was due, and says so (a 3 s pause gave five frames stamped 3-4 ms apart at 5 fps); at most 1 s of them
+            due = self._next_due = max(self._next_due, time.monotonic() - 1.0)
+            self._next_due += 1.0 / self.settings.fps
+            return self._render(taken_s=due)
         return self._render()
 
-    def _render(self) -> Frame:
-        taken = time.monotonic_ns() - self._clock0  # (read before rendering: the exposure comes first)
+    def _render(self, taken_s: float | None = None) -> Frame:
+        """The next frame; ``taken_s``: when it was taken (time.monotonic), else now."""
+        taken = (time.monotonic_ns() if taken_s is None else int(taken_s * 1e9)) - self._clock0  # (before rendering)
         stage = self._stage
         if stage.lane != self._lane:
             self._lane, self._t = stage.lane, 0

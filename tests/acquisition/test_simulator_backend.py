@@ -87,6 +87,21 @@ def test_without_a_stage_the_camera_scans_lanes_itself():
     assert np.array_equal(got[3], sim.render(1, 0, 0.0).pixels)
 
 
+def test_free_run_frames_queued_during_a_host_stall_say_when_they_were_taken():
+    """After the capture process was paused for 3 s in free-run, the frames that had waited came at once stamped
+    3-4 ms apart at 5 fps: the camera stamped them when they were rendered, not when they were due."""
+    import time
+
+    with SimCamera("sim0", {"index": 0, "positions": 50}) as cam:
+        cam.apply(CaptureSettings(64, 48, "Mono8", 20.0, None))
+        cam.start("freerun")
+        cam.fetch(1.0)
+        time.sleep(0.5)  # the host does not fetch: ten frames fall due meanwhile
+        stamps = [cam.fetch(1.0).device_timestamp_ns for _ in range(6)]
+    gaps = np.diff(stamps) / 1e9
+    assert np.allclose(gaps, 0.05, atol=0.002), gaps  # one period apart, as taken (they were fetched at once)
+
+
 def test_capture_from_the_sim_camera_is_a_valid_recording_with_truth(tmp_path):
     camera = SimCamera("sim2", {"index": 2, "fault_rate": 0.2})
     result = run_capture(camera, SimulatedStage(), tmp_path / "run", SETTINGS, CapturePlan.evenly(3, 5, 60.0))

@@ -337,3 +337,55 @@ def test_the_exposure_clock_follows_two_crystals_hundreds_of_ppm_apart():
         if placed is not None:
             errors.append(placed - taken)
     assert 0 <= min(errors) and max(errors[100:]) <= 4 * ms
+
+
+def test_a_streamed_wait_that_the_host_overslept_gets_one_more_timeout(monkeypatch):
+    """chdl capture stopped (SIGSTOP) for 3 s in free-run: its wait for the next frame came back long after the
+    deadline, before the grabber thread had fetched anything, and the position was dropped with "a slow camera
+    needs a longer --frame-timeout". A wait that returns STALL_S past its deadline now gets one more timeout.
+    The clock is the test's: the first wait oversleeps by 2 s, the frame comes in the second."""
+    import types
+
+    import acquisition.trigger as trigger
+
+    now = [100.0]
+    fake = types.SimpleNamespace(**{k: getattr(time, k) for k in dir(time) if not k.startswith("_")})
+    fake.monotonic = lambda: now[0]
+    monkeypatch.setattr(trigger, "time", fake)
+    cam = _Scripted()
+    source = trigger.StreamedSource(cam, "freerun")
+    waits = []
+
+    class Stalling:
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def wait(self, timeout):
+            waits.append(timeout)
+            if len(waits) == 1:
+                now[0] += timeout + 2.0  # the process was stopped: back 2 s late, nothing fetched meanwhile
+            else:
+                now[0] += 0.01
+                source._queue.append(source._received(cam_frame(7)))  # the grabber's turn comes
+
+    def cam_frame(i):
+        import numpy as np
+
+        from acquisition.backends.base import Frame
+
+        return Frame(np.full((2, 2), i, np.uint8), i, None)
+
+    source._cond = Stalling()
+    got = source.next_frame(0, 0.2)
+    assert got.frame.frame_id == 7 and waits == pytest.approx([0.2, 0.2])
+
+    class OnTime(Stalling):
+        def wait(self, timeout):
+            now[0] += timeout
+
+    source._cond = OnTime()  # a wait that comes back on time and empty: a timeout, as before
+    with pytest.raises(TimeoutError):
+        source.next_frame(0, 0.2)
