@@ -135,8 +135,8 @@ def monitor(ctx, checkpoint, t_in, queue_depth, z_on, z_off, scorer, serve, **pa
         restore_signals(previous)
         if server is not None:
             server.stop()
-        if not results and mon.captured == 0:  # nothing was recorded: leave nothing behind
-            shutil.rmtree(mon.folder, ignore_errors=True)
+        if not results and mon.captured == 0 and mon.folder is not None:  # nothing recorded: leave nothing behind
+            shutil.rmtree(mon.folder, ignore_errors=True)  # (mon.folder: set once this monitor claimed it)
             if new_out and params["out"].is_dir() and not any(params["out"].iterdir()):
                 params["out"].rmdir()
     if not results:

@@ -228,19 +228,20 @@ class Monitor:
         self.disk_full = False  # an error of the scorer or of status.json was ENOSPC
 
     def start(self, run_path: Path, run_id: str, predictor_name: str, t_in: int) -> Path:
-        """Create the monitor folder and start the scorer. MonitorError (one line) if the folder cannot be
-        made or written."""
-        self.folder = monitor_dir(run_path)
+        """Create (claim) the monitor folder and start the scorer; ``self.folder`` is set once the folder is this
+        monitor's. MonitorError (one line) if the folder cannot be made or written, or another monitor claimed it."""
+        folder = monitor_dir(run_path)
         try:
-            self.folder.mkdir(parents=True, exist_ok=True)
+            folder.mkdir(parents=True, exist_ok=True)
             for sub in ("snapshots", "live"):  # created exclusively: the claim on the folder
-                (self.folder / sub).mkdir()
+                (folder / sub).mkdir()
         except FileExistsError:  # a monitor of the same run id, started at the same time, has it
-            raise MonitorError(f"{self.folder}: another monitor started writing there at the same time (choose "
+            raise MonitorError(f"{folder}: another monitor started writing there at the same time (choose "
                                "another --run-id or --out)") from None
         except OSError as e:  # OUT is a file, a read-only folder, ...
-            raise MonitorError(f"{self.folder}: cannot create the monitor folder"
-                               f"{files.cannot_create(self.folder, e)}") from None
+            raise MonitorError(f"{folder}: cannot create the monitor folder{files.cannot_create(folder, e)}") from None
+        self.folder = folder  # ours from here (only then may the caller remove it: the loser of a claim removed the
+        # winner's folder, scores and events with it)
         scoring = self.spec.get("scorer", {})
         try:
             for name in ("scores.jsonl", "events.jsonl"):
