@@ -518,19 +518,25 @@ class Trainer:
         budget run plans its schedule length once CALIBRATION_STEPS steps are timed, and once more from the later
         steps when REPLAN_FRACTION of the budget is spent (diffuma.training.budget)."""
         seconds = self.clock() - self._step_started
-        if self._continued != self._continued_at_step_start and self._recent_step_s:
-            typical = sorted(self._recent_step_s)[len(self._recent_step_s) // 2]
+        timed = True  # a step whose time tells how long steps take (for the median and the budget's plan)
+        if self._continued != self._continued_at_step_start:
+            # the first step of a run or of a resumed process has no other to compare with: it counts nothing, and
+            # is no sample of a step's time (it was charged in full: a 20 s pause there ended a 30 s run at 10 steps)
+            timed = bool(self._recent_step_s)
+            typical = sorted(self._recent_step_s)[len(self._recent_step_s) // 2] if timed else 0.0
             if seconds > typical and self.dist.main:
                 tqdm.write(f"step {self.step}: the process was stopped and continued during it (SIGSTOP or Ctrl-Z, "
-                           f"then SIGCONT); its {seconds:.1f} s count as {typical:.3g} s of training time (the median "
-                           "step), so a pause does not use up run.max_minutes", file=sys.stderr)
+                           f"then SIGCONT); its {seconds:.1f} s count as {typical:.3g} s of training time ("
+                           f"{'the median step' if timed else 'no step before it to measure it by'}), so a pause "
+                           "does not use up run.max_minutes", file=sys.stderr)
             seconds = min(seconds, typical)
-        self._recent_step_s.append(seconds)
+        if timed:
+            self._recent_step_s.append(seconds)
         if self.budget_s is not None and self.dist.world_size > 1:
             seconds = _max_over_ranks(seconds, self.device)  # every rank takes the same stop decisions
         self.train_seconds += seconds
         self.samples_seen += batch_size * self.dist.world_size
-        if self.budget_s is None:
+        if self.budget_s is None or not timed:
             return
         if self.planned_steps is None:
             self._calibration_s.append(seconds)

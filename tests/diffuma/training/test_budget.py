@@ -137,3 +137,25 @@ def test_a_paused_process_does_not_use_up_its_budget(standin, tiny_dataset, tmp_
     assert t.planned_steps == t.total_steps == t.step == 30 and t.train_seconds == 60.0  # as if never paused
     assert "step 3: the process was stopped and continued during it" in capfd.readouterr().err
     assert signal.getsignal(signal.SIGCONT) == signal.SIG_DFL  # the handler is the trainer's only during fit
+
+
+def test_a_pause_in_the_first_step_is_not_charged_either(standin, tiny_dataset, tmp_path, capfd):
+    """A run (or a resumed process) paused in its first step had no step to compare with, and was charged in full:
+    a 20 s pause ended a 30 s run at 10 steps, without a word. That step now counts nothing and is no sample."""
+    import os
+    import signal
+
+    t = build_trainer(_config(), tiny_dataset, tmp_path / "run", progress=False)
+    pause = {"s": 0.0}
+
+    def clock():  # 2 s a step; the first is paused for 20 s: continued (SIGCONT) as it ends
+        if t.step == 1 and not pause["s"]:
+            pause["s"] = 20.0
+            os.kill(os.getpid(), signal.SIGCONT)
+        return 2.0 * t.step + (pause["s"] if t.step >= 1 else 0.0)
+
+    t.clock = clock
+    t.fit()
+    # step 1 counts 0 s and is not a calibration sample: steps 2-6 calibrate (10 s), then (60 - 10) / 2 = 25 more
+    assert t.planned_steps == t.step == 31 and t.train_seconds == 60.0
+    assert "step 1: the process was stopped and continued during it" in capfd.readouterr().err
