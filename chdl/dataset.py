@@ -762,6 +762,7 @@ class DatasetWriter:
         split codes other than 0, 1, 2 (255 and 7 were stored, then counted by no split and read as "all").
         """
         where = f"{self.path}: shard {shard}"
+        frames = np.asarray(frames)  # (a list of arrays: AttributeError 'list' object has no attribute 'shape')
         max_value = float(self.attrs["max_value"])
         for name, values in [("frames", frames)] + [("originals", p) for _, _, p in originals]:
             if why := _pixel_problem(values, max_value):
@@ -1047,7 +1048,8 @@ class DatasetReader:
             "out_frames": self.attrs["out_frames"],
             "sequences_per_shard": self.attrs["sequences_per_shard"],
             "n_shards": self.attrs["n_shards"],
-            "splits": {name: int((split == code).sum()) for name, code in SPLIT_CODES.items()},
+            "splits": {name: int((split == code).sum()) for name, code in SPLIT_CODES.items()}
+            | {f"unknown code {c}": int((split == c).sum()) for c in np.setdiff1d(split, list(SPLIT_CODES.values()))},
             "qc_frames_flagged": {name: int(((flags & bit) != 0).sum()) for bit, name in FLAG_NAMES.items()},
             "reconstructed_by": reconstruction_counts(flags),
             "qc_frames_total": int(flags.size),

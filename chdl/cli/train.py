@@ -100,7 +100,8 @@ def train(data, config_name, overrides, out, resume, quiet):
         run_dir = train_from_config(config, data, out, resume=resume, progress=not quiet)
     except TrainingInterrupted as e:  # Ctrl-C / SIGTERM: last.pt holds the last completed step
         if main_rank:
-            click.echo(f"interrupted at step {e.step}; rerun with --resume to continue", err=True)
+            click.echo(f"interrupted after the last step ({e.step}): training is complete, {e.checkpoint} holds it"
+                       if e.finished else f"interrupted at step {e.step}; rerun with --resume to continue", err=True)
         sys.exit(130)
     except ConfigError as e:  # raised where the config meets the machine or the data: say where its value came from
         raise _fail(attribute(e, *raw[1:]) if raw else e) from None
@@ -121,7 +122,8 @@ def train(data, config_name, overrides, out, resume, quiet):
 @click.option("--split", default="val", type=click.Choice(["val", "train", "all"]), show_default=True,
               help="The dataset's sequences to score (all = train + val).")
 @click.option("--openstl", is_flag=True,
-              help="OpenSTL convention: MSE/MAE summed over C*H*W per frame (default: mean per pixel).")
+              help="OpenSTL's metric(): MSE/MAE summed over C*H*W per frame on unclipped predictions, SSIM with a "
+                   "7x7 uniform window and data range 2.0 (default: per-pixel means, Gaussian SSIM, range 1.0).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Default: the run's batch size.")
 @click.option("--weights", type=click.Choice(["auto", "ema", "model"]), default="auto", show_default=True,
               help="auto = EMA weights when the run kept them.")
@@ -265,7 +267,7 @@ def _predict(checkpoints, input_, out, split, max_sequences, weights, batch_size
     import torch
 
     from diffuma.prediction import predict as run_model, write_predictions
-    from diffuma.training.checkpoint import CheckpointError, build_model_from_checkpoint, load_checkpoint
+    from diffuma.training.checkpoint import LOADED_DIGEST, CheckpointError, build_model_from_checkpoint, load_checkpoint
 
     try:
         states = [load_checkpoint(c) for c in checkpoints]
@@ -288,7 +290,8 @@ def _predict(checkpoints, input_, out, split, max_sequences, weights, batch_size
                                      name=f"{c}: its model").numpy()  # (which checkpoint diverged)
             used.append(w)
         attrs = {"checkpoints": [str(c) for c in checkpoints], "weights": used, "source": str(input_),
-                 "steps": [s["step"] for s in states]}
+                 "steps": [s["step"] for s in states],
+                 "checkpoint_blake3": [s[LOADED_DIGEST] for s in states]}  # (the bytes loaded, as eval records)
         write_predictions(out, inputs, preds, targets, sequence_ids=ids, max_value=max_value, attrs=attrs,
                           fps=fps, overwrite=overwrite, progress=not quiet)
     except (CheckpointError, FileExistsError, ValueError) as e:  # RawFormatError/DatasetFormatError are ValueErrors

@@ -155,6 +155,7 @@ class ConvLSTM(nn.Module):
     def training_loss(self, x: torch.Tensor, y: torch.Tensor, step: int = 0, total_steps: int = 1):
         """The paper's objective: per-pixel cross-entropy of the T_out forecast frames (or MSE).
         Deterministic (no sampling); ``step``/``total_steps`` are unused."""
+        check_frames(self, x, any_in_frames=True)
         logits = self._logits(x, y.shape[1])
         mse = F.mse_loss(torch.sigmoid(logits), y)
         if self.config.loss == "mse":

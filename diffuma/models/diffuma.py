@@ -605,6 +605,7 @@ class DIFFUMA(nn.Module):
 
     def training_loss(self, x, y, step: int = 0, total_steps: int = 1):
         """Eq. 10: L_diff + l1_weight * L_rec(final, y) (L1 by default). Returns (loss, logs)."""
+        check_frames(self, x)
         parts = self.losses(x, y)
         loss = total_loss(parts["loss_diff"], parts["loss_rec"], self.config.l1_weight)
         logs = {k: float("nan") if v.is_meta else v.item() for k, v in parts.items() if k.startswith("loss")}

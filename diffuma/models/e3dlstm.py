@@ -202,6 +202,7 @@ class E3DLSTM(nn.Module):
 
     def training_loss(self, x: torch.Tensor, y: torch.Tensor, step: int = 0, total_steps: int = 1):
         """E3D-LSTM's objective: next-frame MSE + L1 over the clip, scheduled sampling in the forecast."""
+        check_frames(self, x, any_in_frames=True)
         cfg = self.config
         eta = scheduled_sampling_eta(step, total_steps, cfg.ss_stop)
         use_true = truth_mask(x.shape[0], x.shape[1], y.shape[1], 1.0, eta)

@@ -382,6 +382,11 @@ class PastNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, T_in, C, H, W) in [0, 1] -> (B, T_out, C, H, W); ValueError for another T_in or C, or a size that
         pads to another grid than the configured one (the FPG's spectral filters are built for it)."""
+        self._check(x)
+        return self._predict(x)[0]
+
+    def _check(self, x: torch.Tensor) -> None:
+        """ValueError for another T_in or C (check_frames), or a size that pads to another grid than the built one."""
         check_frames(self, x)
         cfg, m = self.config, self.multiple
         grid = (-(-cfg.height // m) * m, -(-cfg.width // m) * m)
@@ -389,10 +394,10 @@ class PastNet(nn.Module):
             raise ValueError(f"PastNet: frames of {x.shape[-2]}x{x.shape[-1]} px; it was built for "
                              f"{cfg.height}x{cfg.width} (padded to {grid[0]}x{grid[1]}, the grid of its spectral "
                              f"filters): sizes that pad to that grid work")
-        return self._predict(x)[0]
 
     def training_loss(self, x: torch.Tensor, y: torch.Tensor, step: int = 0, total_steps: int = 1):
         """PastNet's objective: MSE(prediction, target) + VQ (commitment [+ codebook]) loss."""
+        self._check(x)
         pred, vq_loss, perplexity = self._predict(x)
         mse = F.mse_loss(pred, y)
         loss = mse + vq_loss

@@ -179,4 +179,5 @@ class PredRNN(nn.Module):
 
     def training_loss(self, x: torch.Tensor, y: torch.Tensor, step: int = 0, total_steps: int = 1):
         """PredRNN's objective: next-frame MSE with scheduled sampling driven by step / total_steps."""
+        check_frames(self, x, any_in_frames=True)
         return self._objective(x, y, step, total_steps)

@@ -36,6 +36,7 @@ import torch.nn.functional as F
 
 from diffuma.models.predrnn import PRESETS as PREDRNN_PRESETS
 from diffuma.models.predrnn import PredRNN, PredRNNConfig
+from diffuma.models.registry import check_frames
 from diffuma.models.rnn_common import (RSS_ALPHA, RSS_END, RSS_START, glorot_init_, log_value,
                                        reverse_sampling_etas, truth_mask)
 
@@ -90,6 +91,7 @@ class PredRNNv2(PredRNN):
 
     def training_loss(self, x: torch.Tensor, y: torch.Tensor, step: int = 0, total_steps: int = 1):
         """PredRNN-v2's objective: next-frame MSE + beta * decoupling loss, under RSS."""
+        check_frames(self, x, any_in_frames=True)
         per_step: list[torch.Tensor] = []
         mse, logs = self._objective(x, y, step, total_steps, on_step=lambda inc: per_step.append(self._decoupling(inc)))
         decouple = torch.stack(per_step).mean()

@@ -92,9 +92,10 @@ class TrainingInterrupted(KeyboardInterrupt):
     """SIGINT/SIGTERM stopped the run; ``last.pt`` holds step ``step`` (``--resume`` continues from there). A
     KeyboardInterrupt, so callers that do not know it treat it as the Ctrl-C it is."""
 
-    def __init__(self, step: int, checkpoint: Path):
+    def __init__(self, step: int, checkpoint: Path, finished: bool = False):
+        """``finished``: the signal came after the last step (during the final validation): the run is complete."""
         super().__init__(f"interrupted at step {step}")
-        self.step, self.checkpoint = step, checkpoint
+        self.step, self.checkpoint, self.finished = step, checkpoint, finished
 
 
 # what a run folder holds (RUN_FILES in chdl/cli/train.py, the lock, eval/ and predict/ outputs): a fresh run
@@ -735,7 +736,7 @@ class Trainer:
         """Writes last.pt at the last completed step (unless it holds it already), then raises TrainingInterrupted."""
         if self.last_saved_step != self.step:
             self.save()
-        raise TrainingInterrupted(self.step, self.ckpt_dir / "last.pt")
+        raise TrainingInterrupted(self.step, self.ckpt_dir / "last.pt", self.finished())
 
     def _batches(self):
         """The epoch's batches. A loader error after a stop signal (a worker killed by the same signal) stops the

@@ -490,7 +490,8 @@ def test_a_page_lists_the_newest_alerts_and_starts_over_for_a_new_run(monitor, t
     with serve_in_background(monitor.dir) as server:
         page = chromium.new_page()
         page.goto(server.url)
-        page.wait_for_function("document.getElementById('alert-count').textContent === '250'", timeout=10_000)
+        page.wait_for_function("document.getElementById('alert-count').textContent === '250 (newest 200 listed)'",
+                               timeout=10_000)
         assert len(page.query_selector_all("li.alert")) == 200
         assert page.query_selector("li.alert").get_attribute("data-frame") == "1249"  # the newest first
         assert page.eval_on_selector("li.alert img", "i => i.loading") == "lazy"

@@ -499,6 +499,12 @@ def test_pixels_a_dtype_cannot_hold_and_unknown_split_codes_are_refused(tmp_path
     group["split"][3] = 7
     with pytest.raises(DatasetFormatError, match=r"split: code 7 at sequence 3 \(known: 0 train, 1 val, 2 excluded\)"):
         open_dataset(path).indices("all")
+    from click.testing import CliRunner
+
+    from chdl.cli import main
+
+    r = CliRunner().invoke(main, ["info", str(path)])  # (it counted 3 of 4 sequences, naming nothing)
+    assert "splits       train 1, val 1, excluded 1, unknown code 7 1" in r.output, r.output
 
 
 def test_the_writing_example_of_the_format_docs_runs(tmp_path, monkeypatch):

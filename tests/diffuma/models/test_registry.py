@@ -23,6 +23,8 @@ def test_a_wrong_frame_count_or_channel_count_is_one_line_naming_the_model(name)
         else:
             with pytest.raises(ValueError, match=r"input of shape \(1, 6, 1, 16, 16\)"):
                 model(torch.rand(1, 6, 1, 16, 16))
+    with pytest.raises(ValueError, match=r"input of shape \(1, 4, 3, 16, 16\)"):  # the training objective too
+        model.train().training_loss(torch.rand(1, 4, 3, 16, 16), torch.rand(1, 2, 3, 16, 16))
 
 
 def test_pastnet_takes_the_sizes_that_pad_to_its_grid():

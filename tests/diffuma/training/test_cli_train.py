@@ -179,6 +179,9 @@ def test_predict_from_dataset_and_from_raw_recording(trained):
     assert r.exit_code == 0, r.output
     g = zarr.open_group(str(out / "predictions.zarr"), mode="r")
     assert g.attrs["models"] == ["diffuma"] and g.attrs["sequence_ids"] == ["4"]  # the first val sequence
+    from diffuma.training.checkpoint import file_digest
+
+    assert g.attrs["checkpoint_blake3"] == [file_digest(ckpt)[0]]  # what the predictions came from (it was not said)
     assert g["prediction/diffuma"].shape == (1, 5, 1, 16, 16) and g["target"].shape == (1, 5, 1, 16, 16)
     pngs = sorted((out / "frames" / "diffuma" / "seq_4").glob("*.png"))
     assert len(pngs) == 5 and np.asarray(Image.open(pngs[0])).shape == (16, 16)

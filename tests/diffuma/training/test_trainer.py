@@ -359,8 +359,9 @@ def test_a_stop_heard_during_the_last_validation_is_reported_to_the_caller(stand
         return result
 
     trainer.validate = validate_then_ctrl_c
-    with pytest.raises(TrainingInterrupted):
+    with pytest.raises(TrainingInterrupted) as stop:
         trainer.fit()
+    assert stop.value.finished  # (chdl train then says the training is complete, not "rerun with --resume")
     assert load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["step"] == trainer.step == trainer.total_steps
 
 
