@@ -130,15 +130,6 @@ def _line_end(path: Path, offset: int) -> bool:
         return False
 
 
-def _file_identity(path: Path) -> tuple[int, int, int] | None:
-    """(device, inode, size) of a file, None if absent: which file a path names, and how far it is written."""
-    try:
-        st = path.stat()
-    except FileNotFoundError:
-        return None
-    return st.st_dev, st.st_ino, st.st_size
-
-
 def _sse_bytes(event: ServerSentEvent) -> bytes:
     """One server-sent event on the wire: its data as JSON, NaN and infinities as null (Python's json writes NaN,
     which a browser's JSON.parse refuses)."""
@@ -156,6 +147,7 @@ def _finite(value):
 
 
 def _stat_key(path: Path) -> tuple[int, int, int] | None:
+    """(inode, mtime ns, size) of a file, None if absent: which file a path names, when and how far it was written."""
     try:
         st = path.stat()
     except FileNotFoundError:
@@ -185,7 +177,7 @@ class FolderFollower:
             # id printed "events.jsonl: shrank" or "not a JSON object" warnings about intact files); else from the start
             if offsets and all(_line_end(tail.path, o) for tail, o in zip((self.scores, self.events), offsets)):
                 self.scores.offset, self.events.offset = offsets
-        self._files = {tail.path: _file_identity(tail.path) for tail in (self.scores, self.events)}
+        self._files = {tail.path: _stat_key(tail.path) for tail in (self.scores, self.events)}
         self._run_id: str | None = None
 
     def _replaced(self, status: dict | None) -> str | None:
@@ -195,8 +187,8 @@ class FolderFollower:
         if status is not None and self._run_id is not None and status.get("run_id") != self._run_id:
             return f"the folder now holds run {status.get('run_id')!r}"
         for tail in (self.scores, self.events):
-            now, seen = _file_identity(tail.path), self._files[tail.path]
-            if now is not None and ((seen is not None and now[:2] != seen[:2]) or now[2] < tail.offset):
+            now, seen = _stat_key(tail.path), self._files[tail.path]
+            if now is not None and ((seen is not None and now[0] != seen[0]) or now[2] < tail.offset):
                 return f"{tail.path.name} was replaced"
         return None
 
@@ -223,7 +215,7 @@ class FolderFollower:
             self._status_key, self._run_id = key, status.get("run_id")
             out.append(("status", status))
         for tail in (self.scores, self.events):
-            if (ident := _file_identity(tail.path)) is not None:
+            if (ident := _stat_key(tail.path)) is not None:
                 self._files[tail.path] = ident
         for name, tail in (("events", self.events), ("scores", self.scores)):
             records = tail.read() if contained(self.dir, tail.path) else []

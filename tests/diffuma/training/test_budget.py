@@ -116,23 +116,31 @@ def test_a_killed_budget_run_resumes_the_same_schedule_with_the_budget_left(stan
     assert _lrs(tmp_path / "run") == _lrs(tmp_path / "ref")
 
 
+def _paused_in_step(trainer, step: int, pause_s: float = 20.0):
+    """A clock (s) for ``trainer``: 2 s a step, and step ``step`` takes ``pause_s`` more, the process stopped and
+    continued (a real SIGCONT to this process) as it ends."""
+    import os
+    import signal
+
+    paused = []
+
+    def clock():
+        if trainer.step == step and not paused:
+            paused.append(True)
+            os.kill(os.getpid(), signal.SIGCONT)
+        return 2.0 * trainer.step + (pause_s if trainer.step >= step else 0.0)
+
+    return clock
+
+
 def test_a_paused_process_does_not_use_up_its_budget(standin, tiny_dataset, tmp_path, capfd):
     """SIGSTOP (or Ctrl-Z) for 20 s during a 30 s budget run: the pause was charged as training time in full, the
     plan was made from it, and the run stopped after 5 steps of its 31 with the lr still at its peak, exit 0,
     without a word. Now the step the SIGCONT fell in counts as the median step, and it is said."""
-    import os
     import signal
 
     t = build_trainer(_config(), tiny_dataset, tmp_path / "run", progress=False)
-    pause = {"s": 0.0}
-
-    def clock():  # 2 s a step; step 3 is paused for 20 s: continued (SIGCONT) as it ends
-        if t.step == 3 and not pause["s"]:
-            pause["s"] = 20.0
-            os.kill(os.getpid(), signal.SIGCONT)
-        return 2.0 * t.step + (pause["s"] if t.step >= 3 else 0.0)
-
-    t.clock = clock
+    t.clock = _paused_in_step(t, 3)
     t.fit()
     assert t.planned_steps == t.total_steps == t.step == 30 and t.train_seconds == 60.0  # as if never paused
     assert "step 3: the process was stopped and continued during it" in capfd.readouterr().err
@@ -142,19 +150,8 @@ def test_a_paused_process_does_not_use_up_its_budget(standin, tiny_dataset, tmp_
 def test_a_pause_in_the_first_step_is_not_charged_either(standin, tiny_dataset, tmp_path, capfd):
     """A run (or a resumed process) paused in its first step had no step to compare with, and was charged in full:
     a 20 s pause ended a 30 s run at 10 steps, without a word. That step now counts nothing and is no sample."""
-    import os
-    import signal
-
     t = build_trainer(_config(), tiny_dataset, tmp_path / "run", progress=False)
-    pause = {"s": 0.0}
-
-    def clock():  # 2 s a step; the first is paused for 20 s: continued (SIGCONT) as it ends
-        if t.step == 1 and not pause["s"]:
-            pause["s"] = 20.0
-            os.kill(os.getpid(), signal.SIGCONT)
-        return 2.0 * t.step + (pause["s"] if t.step >= 1 else 0.0)
-
-    t.clock = clock
+    t.clock = _paused_in_step(t, 1)
     t.fit()
     # step 1 counts 0 s and is not a calibration sample: steps 2-6 calibrate (10 s), then (60 - 10) / 2 = 25 more
     assert t.planned_steps == t.step == 31 and t.train_seconds == 60.0
