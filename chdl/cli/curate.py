@@ -26,7 +26,7 @@ from chdl.cli.options import LocalPath, checked_output, checked_path_text, quiet
               help="Significant bits of the pixel values (max_value = 2^N - 1), overriding what the runs record; "
                    "for Mono16 runs recorded without it (default then: the full 16 bits, with a warning).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing dataset at OUT.")
-@quiet_option(help="No progress bar or progress messages on stderr (warnings, the summary and errors still print).")
+@quiet_option(help="No progress bar or per-run warnings on stderr (the summary and errors still print).")
 def curate(raw: str, out: str, config_path: str | None, workers: int, scheduler: str | None,
            bit_depth: int | None, overwrite: bool, quiet: bool) -> None:
     """QC, reconstruct and pack the recordings in RAW (one run folder or a folder of runs) into the
@@ -64,7 +64,7 @@ def curate(raw: str, out: str, config_path: str | None, workers: int, scheduler:
         cfg = load_config(config_path)
         result = run_curate(raw, out, cfg, workers=workers, scheduler=scheduler, overwrite=overwrite, bit_depth=bit_depth,
                             command="chdl curate " + shlex.join(argv), state=state,
-                            progress=not quiet, log=lambda m: _log(m, quiet))
+                            progress=not quiet, log=(lambda m: None) if quiet else (lambda m: click.echo(m, err=True)))
     except (ClusterError, ConfigError, CurateError, PlanError, RawFormatError) as e:
         raise click.ClickException(str(e)) from None
     except KeyboardInterrupt:
@@ -110,9 +110,3 @@ def curate(raw: str, out: str, config_path: str | None, workers: int, scheduler:
                    err=True)
     if s["warnings"]:
         click.echo(f"{len(s['warnings'])} warning(s); see the report", err=True)
-
-
-def _log(message: str, quiet: bool) -> None:
-    """Curate's messages on stderr; with -q only its warnings, as every other command's -q (they were dropped too)."""
-    if not quiet or message.startswith("warning:"):
-        click.echo(message, err=True)
