@@ -94,6 +94,11 @@ def reconstruction_method(flags: int) -> str | None:
 SPLIT_TRAIN, SPLIT_VAL, SPLIT_EXCLUDED = 0, 1, 2
 SPLIT_CODES = {"train": SPLIT_TRAIN, "val": SPLIT_VAL, "excluded": SPLIT_EXCLUDED}
 
+
+def unknown_split_codes(codes) -> np.ndarray:
+    """The values of ``codes`` that are no split code (``SPLIT_CODES``), sorted; empty if every one is."""
+    return np.setdiff1d(np.asarray(codes), list(SPLIT_CODES.values()))
+
 DIMS = {
     "frames": ("sequence", "time", "channel", "height", "width"),
     "qc_flags": ("sequence", "time"),
@@ -767,7 +772,7 @@ class DatasetWriter:
         for name, values in [("frames", frames)] + [("originals", p) for _, _, p in originals]:
             if why := _pixel_problem(values, max_value):
                 raise ValueError(f"{where}: {name}: {why}")
-        if split is not None and (bad := np.setdiff1d(np.asarray(split), list(SPLIT_CODES.values()))).size:
+        if split is not None and (bad := unknown_split_codes(split)).size:
             raise ValueError(f"{where}: split code {bad[0].item()!r} (known: "
                              f"{', '.join(f'{v} {k}' for k, v in SPLIT_CODES.items())})")
         # zarr's default (write_empty_chunks=False) scans every chunk for the fill value before writing it:
@@ -892,7 +897,7 @@ class DatasetReader:
     def indices(self, split: str = "all") -> np.ndarray:
         """Sequence indices of a split ("train", "val", "excluded", or "all" = train + val)."""
         codes = self.split
-        if (bad := np.setdiff1d(codes, list(SPLIT_CODES.values()))).size:  # (written before write_shard checked)
+        if (bad := unknown_split_codes(codes)).size:  # (written before write_shard checked)
             raise DatasetFormatError(f"{self.path}: split: code {bad[0]} at sequence "
                                      f"{int(np.flatnonzero(codes == bad[0])[0])} (known: 0 train, 1 val, 2 excluded)")
         if split == "all":
@@ -1049,7 +1054,7 @@ class DatasetReader:
             "sequences_per_shard": self.attrs["sequences_per_shard"],
             "n_shards": self.attrs["n_shards"],
             "splits": {name: int((split == code).sum()) for name, code in SPLIT_CODES.items()}
-            | {f"unknown code {c}": int((split == c).sum()) for c in np.setdiff1d(split, list(SPLIT_CODES.values()))},
+            | {f"unknown code {c}": int((split == c).sum()) for c in unknown_split_codes(split)},
             "qc_frames_flagged": {name: int(((flags & bit) != 0).sum()) for bit, name in FLAG_NAMES.items()},
             "reconstructed_by": reconstruction_counts(flags),
             "qc_frames_total": int(flags.size),

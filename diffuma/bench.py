@@ -486,7 +486,8 @@ def run_bench(data: str | Path, models: str, epochs: list[int] | None, out: str 
     from chdl.dataset import open_dataset
     from chdl.provenance import code_version
     from chdl.torch_dataset import SequenceDataset
-    from diffuma.evaluation import NonFinitePredictions, check_ssim_size, evaluate_checkpoint
+    from diffuma.evaluation import NonFinitePredictions, evaluate_checkpoint
+    from diffuma.metrics import check_ssim_size
     from diffuma.metrics import CONVENTION_NOTES, CONVENTIONS
     from diffuma.training.checkpoint import build_model_from_checkpoint, load_checkpoint
     from diffuma.training.config import ConfigError, resolve_config

@@ -17,7 +17,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
-from diffuma.metrics import CONVENTION_NOTES, SSIM_MIN_SIDE, MetricAccumulator, copy_last_frame
+from diffuma.metrics import CONVENTION_NOTES, MetricAccumulator, check_ssim_size, copy_last_frame
 from diffuma.motion import CONSTANT_MOTION, constant_motion
 
 COPY_LAST_FRAME = "copy-last-frame"  # the row name of the baseline in every table
@@ -44,16 +44,6 @@ def check_finite(pred: torch.Tensor, name: str = "the model") -> None:
         raise NonFinitePredictions(f"{name} predicts NaN or infinite values ({int(bad.sum())} of {len(pred)} "
                                    "sequences of a batch): its weights diverged; train again with a lower run.lr, "
                                    "run.warmup_steps or run.grad_clip")
-
-
-def check_ssim_size(height: int, width: int, where, scored_by: str = "every evaluation", other_way: str = "") -> None:
-    """ValueError naming ``where`` when frames are smaller than SSIM's window (every evaluation scores SSIM):
-    eval and bench crashed with scikit-image's "win_size exceeds image extent ... at least 7x7". ``scored_by``:
-    what scores SSIM there (the trainer: "validation"); ``other_way``: another way out, said in brackets."""
-    if min(height, width) < SSIM_MIN_SIDE:
-        raise ValueError(f"{where}: frames of {height}x{width} px, smaller than the {SSIM_MIN_SIDE} x {SSIM_MIN_SIDE} "
-                         f"px window of the SSIM that {scored_by} scores; make the dataset at "
-                         f"{SSIM_MIN_SIDE} x {SSIM_MIN_SIDE} px or more" + (f" ({other_way})" if other_way else ""))
 
 
 def autocast(device: torch.device, amp_dtype: torch.dtype | None):

@@ -57,6 +57,18 @@ CONVENTION_NOTES = {
 }
 
 
+def check_ssim_size(height: int, width: int, where=None, scored_by: str = "every evaluation",
+                    other_way: str = "") -> None:
+    """ValueError (naming ``where`` when given) when frames are smaller than SSIM's window (every evaluation scores
+    SSIM): eval and bench crashed with scikit-image's "win_size exceeds image extent ... at least 7x7", which such
+    frames may exceed. ``scored_by``: what scores SSIM there (the trainer: "validation"); ``other_way``: another way
+    out, said in brackets."""
+    if min(height, width) < SSIM_MIN_SIDE:
+        raise ValueError(("" if where is None else f"{where}: ") + f"frames of {height}x{width} px, smaller than the {SSIM_MIN_SIDE} x {SSIM_MIN_SIDE} "
+                         f"px window of the SSIM that {scored_by} scores; make the dataset at "
+                         f"{SSIM_MIN_SIDE} x {SSIM_MIN_SIDE} px or more" + (f" ({other_way})" if other_way else ""))
+
+
 def _as_numpy(a) -> np.ndarray:
     if isinstance(a, torch.Tensor):
         a = a.detach().to("cpu", torch.float64).numpy()
@@ -84,13 +96,12 @@ class MetricAccumulator:
         if p.shape != t.shape or p.ndim != 5:
             raise ValueError(f"prediction {p.shape} and target {t.shape} must both be (B, T, C, H, W)")
         b, n_t, c = p.shape[:3]
-        if min(p.shape[-2:]) < SSIM_MIN_SIDE:  # (skimage's own error names 7x7, which these frames may exceed)
-            raise ValueError(f"frames of {p.shape[-2]}x{p.shape[-1]} px, smaller than the {SSIM_MIN_SIDE} x "
-                             f"{SSIM_MIN_SIDE} px window of the SSIM these metrics score")
+        check_ssim_size(*p.shape[-2:])
         openstl = self.convention == "openstl"
         err = ((raw if openstl else p) - t).reshape(b, n_t, -1)  # (OpenSTL's MSE/MAE come before its clipping)
         scale = float(err.shape[-1]) if openstl else 1.0  # openstl: summed over C*H*W
-        clipped_mse = ((p - t).reshape(b, n_t, -1) ** 2).mean(-1) if openstl else (err**2).mean(-1)
+        mse = (err**2).mean(-1)  # (B, T) per-pixel MSE of each frame
+        clipped_mse = ((p - t).reshape(b, n_t, -1) ** 2).mean(-1) if openstl else mse
         psnr = 10.0 * np.log10(1.0 / np.maximum(clipped_mse, PSNR_MSE_FLOOR))
         ssim_kwargs = SSIM_BY_CONVENTION[self.convention]
         ssim = np.empty((b, n_t))
@@ -100,7 +111,7 @@ class MetricAccumulator:
                     ssim[i, k] = structural_similarity(t[i, k, 0], p[i, k, 0], **ssim_kwargs)
                 else:
                     ssim[i, k] = structural_similarity(t[i, k], p[i, k], channel_axis=0, **ssim_kwargs)
-        batch = {"mse": (err**2).mean(-1) * scale, "mae": np.abs(err).mean(-1) * scale, "ssim": ssim, "psnr": psnr}
+        batch = {"mse": mse * scale, "mae": np.abs(err).mean(-1) * scale, "ssim": ssim, "psnr": psnr}
         if self.sums is None:
             self.sums = {m: np.zeros(n_t) for m in METRICS}
         elif len(self.sums["mse"]) != n_t:

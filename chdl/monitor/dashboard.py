@@ -180,14 +180,15 @@ class FolderFollower:
         self._files = {tail.path: _stat_key(tail.path) for tail in (self.scores, self.events)}
         self._run_id: str | None = None
 
-    def _replaced(self, status: dict | None) -> str | None:
+    def _replaced(self, status: dict | None, files: dict) -> str | None:
         """Why the folder now holds another run than this stream has sent (None if it does not): its .jsonl files
-        are other files (the folder was deleted and written again) or shorter than what was sent, or status.json
-        names another run. A page kept the old run's alerts under the new run's name, and lost the new ones."""
+        (``files``: their :func:`_stat_key` now) are other files (the folder was deleted and written again) or
+        shorter than what was sent, or status.json names another run. A page kept the old run's alerts under the
+        new run's name, and lost the new ones."""
         if status is not None and self._run_id is not None and status.get("run_id") != self._run_id:
             return f"the folder now holds run {status.get('run_id')!r}"
         for tail in (self.scores, self.events):
-            now, seen = _stat_key(tail.path), self._files[tail.path]
+            now, seen = files[tail.path], self._files[tail.path]
             if now is not None and ((seen is not None and now[0] != seen[0]) or now[2] < tail.offset):
                 return f"{tail.path.name} was replaced"
         return None
@@ -208,15 +209,14 @@ class FolderFollower:
             except (OSError, ValueError):
                 status = None  # replaced atomically, so only a foreign writer gets here; try again
             status = status if isinstance(status, dict) else None
-        if (why := self._replaced(status)) is not None:  # the page starts again (it reloads); so does this stream
-            self._start()
+        files = {tail.path: _stat_key(tail.path) for tail in (self.scores, self.events)}
+        if (why := self._replaced(status, files)) is not None:  # the page starts again (it reloads); so does this
+            self._start()                                         # stream
             return [ServerSentEvent(event="reset", data={"reason": why}, id="0.0")]
         if status is not None:
             self._status_key, self._run_id = key, status.get("run_id")
             out.append(("status", status))
-        for tail in (self.scores, self.events):
-            if (ident := _stat_key(tail.path)) is not None:
-                self._files[tail.path] = ident
+        self._files.update({path: key for path, key in files.items() if key is not None})
         for name, tail in (("events", self.events), ("scores", self.scores)):
             records = tail.read() if contained(self.dir, tail.path) else []
             if records:

@@ -52,7 +52,8 @@ import chdl
 from acquisition import files
 from chdl.locks import LockHeld, release_lock, take_lock
 from chdl.provenance import code_version
-from diffuma.evaluation import BASELINES, NonFinitePredictions, autocast, check_ssim_size, evaluate, result_key
+from diffuma.evaluation import BASELINES, NonFinitePredictions, autocast, evaluate, result_key
+from diffuma.metrics import check_ssim_size
 from diffuma.training.budget import CALIBRATION_STEPS, REPLAN_FRACTION, planned_total_steps, step_time_estimate
 from diffuma.training.checkpoint import (CheckpointError, load_checkpoint, load_weights, rng_state, save_checkpoint,
                                          set_rng_state)
