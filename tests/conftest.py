@@ -11,6 +11,7 @@ import pytest
 MAX_WORKERS = 4  # many cores would otherwise start as many workers, each with torch and the processes its tests start
 
 
+@pytest.hookimpl(optionalhook=True)  # a hook of pytest-xdist: `-p no:xdist` works too
 def pytest_xdist_auto_num_workers(config):
     """`-n auto`: one worker per usable core, at most MAX_WORKERS."""
     return max(1, min(len(os.sched_getaffinity(0)), MAX_WORKERS))
