@@ -93,11 +93,12 @@ def pool_map_unordered(fn: Callable, tasks: list, workers: int, context, initial
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
     from concurrent.futures.process import BrokenProcessPool
 
-    pool = ProcessPoolExecutor(min(workers, len(tasks)), mp_context=context, initializer=initializer,
-                               initargs=initargs)
+    pool = ProcessPoolExecutor(min(workers, len(tasks)), mp_context=context, initializer=_started_worker,
+                               initargs=(initializer, initargs))
     finished = False
     try:
-        pending = {pool.submit(fn, t) for t in tasks}
+        with _stop_signals_blocked():  # (the first submit forks the workers)
+            pending = {pool.submit(fn, t) for t in tasks}
         while pending:
             done, pending = wait(pending, return_when=FIRST_COMPLETED)
             for future in done:
@@ -115,6 +116,40 @@ def pool_map_unordered(fn: Callable, tasks: list, workers: int, context, initial
                 with contextlib.suppress(Exception):
                     proc.terminate()
         pool.shutdown(wait=True, cancel_futures=True)
+
+
+STOP_SIGNALS = ("SIGINT", "SIGTERM", "SIGHUP")
+
+
+@contextlib.contextmanager
+def _stop_signals_blocked():
+    """Ctrl-C, SIGTERM and SIGHUP held back from this thread while it forks pool workers; one that arrives meanwhile
+    is delivered when the block ends. A forked worker starts with the parent's handlers, which raise
+    KeyboardInterrupt: a Ctrl-C to the process group during a fork ran them in the child's at-fork hooks, before
+    init_pool_worker could ignore it, and printed "Exception ignored ... KeyboardInterrupt" tracebacks (1 curate in
+    15 interrupted at start; more under load). The child inherits the block and lifts it in _started_worker."""
+    import signal
+
+    if not hasattr(signal, "pthread_sigmask") or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held = {getattr(signal, name) for name in STOP_SIGNALS if hasattr(signal, name)}
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)
+
+
+def _started_worker(initializer: Callable | None, initargs: tuple) -> None:
+    """A pool worker's first code: the caller's set-up (init_pool_worker's handlers), then the stop signals that
+    _stop_signals_blocked held back from the fork are let through."""
+    import signal
+
+    if initializer is not None:
+        initializer(*initargs)
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {getattr(signal, n) for n in STOP_SIGNALS if hasattr(signal, n)})
 
 
 def _versions() -> dict[str, str]:

@@ -29,6 +29,7 @@ import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 from typing import Callable
 
@@ -67,6 +68,11 @@ class PixelRangeError(CurateError):
     """A pixel above the dataset's max_value: the bit depth is wrong (``_check_range``)."""
 
 
+class RecordingGoneError(CurateError):
+    """A recording's frames folder vanished while it was being curated (``read_sequence``): a mount dropped, a
+    folder moved or deleted. Its frames are not missing frames: the shard fails and the dataset stays resumable."""
+
+
 def report_paths(out: str | os.PathLike) -> tuple[Path, Path]:
     """The QC report files beside a dataset: ``x.zarr`` -> ``x.qc.html``, ``x.qc.json``."""
     out = dataset_path(out)
@@ -100,7 +106,9 @@ def _size(n: float) -> str:
 
 
 def read_sequence(seq: SequencePlan, run_path: str, height: int, width: int, dtype: np.dtype):
-    """(frames (T,H,W), available (T,), {t: error}) — an unreadable frame file is a missing frame."""
+    """(frames (T,H,W), available (T,), {t: error}) — an unreadable frame file is a missing frame.
+    RecordingGoneError when the folder holding an unreadable frame is gone: a network mount that dropped mid-run
+    had turned every later frame into a "missing" one, and curate finished a complete dataset of blanks, exit 0."""
     T = len(seq.records)
     frames = np.zeros((T, height, width), dtype)
     available = np.zeros(T, bool)
@@ -113,6 +121,10 @@ def read_sequence(seq: SequencePlan, run_path: str, height: int, width: int, dty
             frames[t] = rec.read(r)
             available[t] = True
         except RawFormatError as e:
+            folder = (Path(run_path) / r.file).parent if r.file is not None else None  # (None: a dropped frame)
+            if folder is not None and not folder.is_dir():
+                raise RecordingGoneError(f"{folder}: the recording's folder is gone (moved, deleted or unmounted) "
+                                         "while it was being curated") from None
             errors[t] = str(e)
     return frames, available, errors
 
@@ -354,7 +366,8 @@ def _write(plan: Plan, cfg: CurateConfig, writer: DatasetWriter, ctx: dict, out:
         thumbnails = {}
         for i, (shard, n, warns, thumbs) in enumerate(_run_tasks(_shard_task, tasks, ctx, workers, cluster)):
             for w in warns:  # above the bar while it shows; through `log` (silent with --quiet) otherwise
-                (bar.write if progress else log)(f"warning: {plan.as_given(w)}")
+                (partial(bar.write, file=sys.stderr) if progress else log)(f"warning: {plan.as_given(w)}")  # (tqdm's
+                # write goes to stdout unless told: `curate > out 2> err` put thousands of warnings in out)
             thumbnails.update(thumbs)
             bar.set_postfix_str(f"shards {len(done) + i + 1}/{writer.n_shards}", refresh=False)
             bar.update(n)
@@ -531,6 +544,9 @@ def _curate(source: str | os.PathLike, out: str | os.PathLike, cfg: CurateConfig
                                         cluster, log)
     except ClusterError as e:  # a dead pool worker, a lost scheduler, a task that killed its workers
         raise CurateError(f"{e}; {out} keeps the shards finished so far: rerun the same command to resume") from None
+    except RecordingGoneError as e:
+        raise CurateError(f"{e}; {out} keeps the shards finished so far: put the recording back and rerun the same "
+                          "command to resume") from None
     except PixelRangeError as e:  # found in a shard: OUT was made with the wrong max_value, a resume cannot mend it
         if DatasetWriter.restore_previous(out):  # an --overwrite that cannot finish: the dataset it replaced is back
             raise PixelRangeError(f"{e}; {out} is the dataset that was there before, untouched") from None

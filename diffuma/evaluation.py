@@ -146,6 +146,10 @@ def evaluation_record(state: dict, checkpoint: str | Path, data: str | Path, spl
     if declared != trained:  # the model predicts what it was trained for; the dataset's protocol is another
         notes.append(f"the dataset declares {declared[0]}->{declared[1]} frames; this checkpoint predicts "
                      f"{trained[0]}->{trained[1]}, and was scored so: not the dataset's own protocol")
+    trained_max, max_value = state["data"].get("max_value"), float(reader.attrs["max_value"])
+    if trained_max is not None and float(trained_max) != max_value:  # e.g. a 12-bit run curated as 16-bit before
+        notes.append(f"this checkpoint was trained on frames scaled by max_value {float(trained_max):g}; this dataset "
+                     f"is scaled by {max_value:g}: its intensities in [0, 1] are not the ones the model learned")
     selected = state.get("selected")
     saved_identity = state["data"].get("identity") or {}
     if selected and selected.get("split") == split and saved_identity.get("content") == identity["content"] \
@@ -153,7 +157,7 @@ def evaluation_record(state: dict, checkpoint: str | Path, data: str | Path, spl
         notes.append(f"this checkpoint was chosen by its {selected.get('by')} on this split (best.pt): its numbers "
                      "here are optimistic; cite a checkpoint chosen otherwise, e.g. last.pt (as chdl bench does)")
     return {"checkpoint_blake3": state[LOADED_DIGEST], "data_path": str(Path(data).resolve()),
-            "data_identity": identity, "max_value": float(reader.attrs["max_value"]),
+            "data_identity": identity, "max_value": max_value,
             "frame_offset": int(state["config"]["run"].get("frame_offset", 0)), "batch_size": int(batch_size),
             "device": device.type, "precision": "float32", "max_sequences": max_sequences,
             "code": code_version(torch=True), "trained_with": state.get("code"), "notes": notes}

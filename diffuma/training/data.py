@@ -35,22 +35,26 @@ def dataset_info(path: str | Path, in_frames: int | None = None, out_frames: int
 
 def dataset_mismatch(saved: dict, current: dict) -> str | None:
     """Why the dataset ``current`` describes (:func:`dataset_info`) is not the one a checkpoint's ``saved`` data
-    was made with; None when it is. Compared: the frames' shape, max_value, and the content digest when both
-    have one, else the creation time. A checkpoint without an identity (written before chdl recorded it) is
-    not compared here (None): the caller can only compare paths."""
+    was made with; None when it is. Compared: the frames' shape (N,T,C,H,W from the identity; C,H,W alone for a
+    checkpoint written before chdl recorded the identity), max_value, and the content digest when both have one,
+    else the creation time. Content and creation time need the identity: without it the caller can only compare
+    paths."""
     a, b = saved.get("identity"), current.get("identity")
-    if not isinstance(a, dict) or not isinstance(b, dict):
-        return None
+    both = isinstance(a, dict) and isinstance(b, dict)
     why = []
-    if a.get("frames_shape") != b.get("frames_shape"):
+    if both and a.get("frames_shape") != b.get("frames_shape"):
         why.append(f"frames {_shape(a.get('frames_shape'))} vs {_shape(b.get('frames_shape'))} (N,T,C,H,W)")
-    if saved.get("max_value") != current.get("max_value"):
+    chw = [(saved.get(k), current.get(k)) for k in ("channels", "height", "width")]
+    if not both and all(s is not None for s, _ in chw) and any(s != c for s, c in chw):
+        why.append(f"frames {'x'.join(str(s) for s, _ in chw)} vs {'x'.join(str(c) for _, c in chw)} (C,H,W)")
+    if saved.get("max_value") is not None and saved.get("max_value") != current.get("max_value"):
         why.append(f"max_value {saved.get('max_value')} vs {current.get('max_value')}")
-    if a.get("content") and b.get("content"):
-        if a["content"] != b["content"]:
-            why.append("its content differs (the shard checksums recorded in the two datasets are not the same)")
-    elif a.get("created") != b.get("created"):
-        why.append(f"created {a.get('created') or '?'} vs {b.get('created') or '?'}")
+    if both:
+        if a.get("content") and b.get("content"):
+            if a["content"] != b["content"]:
+                why.append("its content differs (the shard checksums recorded in the two datasets are not the same)")
+        elif a.get("created") != b.get("created"):
+            why.append(f"created {a.get('created') or '?'} vs {b.get('created') or '?'}")
     return "; ".join(why) or None
 
 

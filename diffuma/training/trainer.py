@@ -461,7 +461,7 @@ class Trainer:
         """ConfigError naming both datasets when the run's checkpoint was made with another dataset than
         ``self.data_info``'s (diffuma.training.data.dataset_mismatch: shape, max_value, content or creation
         time; not the path, so a moved or copied dataset resumes). A checkpoint from before chdl recorded the
-        identity can only be compared by path: a different path is a warning then."""
+        identity is compared by frame size and max_value, and by path: a different path is a warning then."""
         here, there = self.data_info.get("path"), saved.get("path")
         why = dataset_mismatch(saved, self.data_info)
         if why:
@@ -469,7 +469,8 @@ class Trainer:
                               f"{there} (or a copy of it), or start a new --out")
         if "identity" not in saved and here != there and self.dist.main:
             print(f"warning: the run's checkpoint does not record which dataset it was made with (written before "
-                  f"chdl did), only its path {there}: cannot check that {here} is the same data", file=sys.stderr)
+                  f"chdl did), only its path {there} and its frame size and max_value (the same): cannot check that {here} is the same "
+                  f"data", file=sys.stderr)
 
     # ------------------------------------------------------------------ validation
     @contextlib.contextmanager

@@ -200,3 +200,38 @@ def _profiling() -> bool:
 
 def test_local_cluster_workers_do_not_profile(dask_cluster):
     assert set(dask_cluster[1].run(_profiling).values()) == {False}
+
+
+def _mask_now(_=None):
+    import signal
+
+    return sorted(int(s) for s in signal.pthread_sigmask(signal.SIG_BLOCK, []))
+
+
+_AT_SETUP = []
+
+
+def _record_mask_at_setup():
+    _AT_SETUP.append(_mask_now())
+
+
+def _setup_mask(_):
+    return _AT_SETUP[0], _mask_now()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="fork and pthread_sigmask")
+def test_pool_workers_are_forked_with_the_stop_signals_held_until_their_set_up_is_done():
+    """A Ctrl-C to the process group while curate forked its workers ran the parent's KeyboardInterrupt handler in
+    the child's at-fork hooks ("Exception ignored in: <function _after_fork ...>" tracebacks on an interrupt that
+    should print one line). The fork now happens with SIGINT/SIGTERM/SIGHUP blocked; the child lifts the block
+    after its set-up (init_pool_worker's handlers), and the parent's mask is as before."""
+    import multiprocessing as mp
+    import signal
+
+    before = _mask_now()
+    [(at_setup, in_task)] = list(cl.pool_map_unordered(_setup_mask, [0], 1, mp.get_context("fork"),
+                                                       initializer=_record_mask_at_setup))
+    stops = {int(signal.SIGINT), int(signal.SIGTERM), int(signal.SIGHUP)}
+    assert stops <= set(at_setup)  # held while the worker sets itself up ...
+    assert not stops & set(in_task)  # ... and let through for its tasks
+    assert _mask_now() == before

@@ -808,3 +808,37 @@ def test_info_on_a_damaged_dataset_says_its_counts_are_not_reliable(curated, tmp
     assert json.loads(j.output[:j.output.rindex("}") + 1])["integrity"]["counts_unreliable"] is True
     ok = CliRunner().invoke(main, ["info", str(curated)])
     assert ok.exit_code == 0 and "NOT RELIABLE" not in ok.output
+
+
+def test_a_recording_that_vanishes_mid_run_fails_the_run_and_the_rerun_resumes(tmp_path, monkeypatch):
+    """A network mount dropped (or the folder moved) during curate: every later frame was "treated as missing" and
+    curate finished a complete dataset of blanks, exit 0, that `chdl verify` passed. Now the shard fails, the command
+    says so in one line, and once the folder is back the rerun resumes."""
+    import shutil
+
+    from curation import pipeline
+
+    raw = tmp_path / "raw"
+    write_run(raw / "r", lanes=4)
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("sequences_per_shard: 1\n")
+    out = tmp_path / "d.zarr"
+    real, calls = pipeline._shard_task, []
+
+    def vanishing(task):
+        calls.append(task)
+        if len(calls) == 2:  # (in-process: --workers 1) before the second shard: the folder is gone
+            shutil.move(raw / "r" / "frames", tmp_path / "away")
+        return real(task)
+
+    monkeypatch.setattr(pipeline, "_shard_task", vanishing)
+    r = _curate(raw, out, "--config", cfg, "--workers", "1", ok=False)
+    assert r.exit_code == 1
+    assert r.output.strip().splitlines()[-1] == (
+        f"Error: {raw / 'r' / 'frames'}: the recording's folder is gone (moved, deleted or unmounted) while it was being "
+        f"curated; {out} keeps the shards finished so far: put the recording back and rerun the same command to resume")
+    assert "incomplete dataset" in CliRunner().invoke(main, ["info", str(out)]).output
+    shutil.move(tmp_path / "away", raw / "r" / "frames")
+    monkeypatch.setattr(pipeline, "_shard_task", real)
+    _curate(raw, out, "--config", cfg, "--workers", "1")
+    assert not (zarr.open_array(out / "qc_flags", mode="r")[:] & FLAG_MISSING).any()

@@ -149,6 +149,23 @@ def test_eval_records_what_its_numbers_come_from_and_notes_what_a_reader_must_kn
                                "not the dataset's own protocol"]
 
 
+def test_eval_notes_a_checkpoint_trained_at_another_max_value(trained):
+    """A model trained on a Mono16 dataset of 12-bit data (max_value 65535, intensities 0-0.06) evaluated on its
+    12-bit re-curation (4095) gave a normal table and no word of the different scaling."""
+    import torch
+
+    from diffuma.evaluation import evaluation_record
+    from diffuma.training.checkpoint import load_checkpoint
+
+    root, data, run = trained
+    state = load_checkpoint(run / "checkpoints" / "last.pt")
+    assert evaluation_record(state, run, data, "val", batch_size=2, device=torch.device("cpu"), max_sequences=None)["notes"] == []
+    state["data"]["max_value"] = 65535.0
+    assert evaluation_record(state, run, data, "val", batch_size=2, device=torch.device("cpu"), max_sequences=None)["notes"] == [
+        "this checkpoint was trained on frames scaled by max_value 65535; this dataset is scaled by 255: its "
+        "intensities in [0, 1] are not the ones the model learned"]
+
+
 def test_eval_records_the_digest_of_the_bytes_it_loaded(trained, tmp_path):
     """The eval JSON's checkpoint_blake3 was a second read of the file after the evaluation: a last.pt that a
     running training replaced meanwhile was recorded with the new file's digest beside the old file's numbers."""

@@ -3,6 +3,7 @@ trainer at a time holds the folder, a checkpoint that cannot be written is one l
 (and a killed write's leftovers are removed), and a --out that cannot be a run folder is one line."""
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -15,6 +16,7 @@ from click.testing import CliRunner
 from chdl.cli import main
 from diffuma.training import train_from_config
 from diffuma.training.checkpoint import CheckpointWriteError, load_checkpoint, save_checkpoint, verify_checksum
+from diffuma.training.config import ConfigError
 from dataset_helpers import as_written_before_checksums
 from train_helpers import standin_cli, write_moving_square_dataset
 
@@ -62,20 +64,28 @@ def test_resume_refuses_another_dataset_and_accepts_a_moved_copy(stopped_run, ti
 
 def test_a_checkpoint_without_a_dataset_identity_resumes_with_a_warning_when_the_path_differs(stopped_run, tiny_dataset,
                                                                                               tmp_path, capsys):
-    """Checkpoints from before chdl recorded the dataset's identity can only be compared by path."""
+    """Checkpoints from before chdl recorded the dataset's identity are compared by frame size, max_value and path.
+    (A run trained on a Mono16 dataset at max_value 65535 resumed on its 12-bit re-curation at 4095 with only the
+    path warning, and the checkpoint then recorded 4095.)"""
     from diffuma.training.checkpoint import checksum_path
 
     ck = stopped_run / "checkpoints" / "last.pt"
-    state = torch.load(ck, weights_only=True)
-    del state["data"]["identity"]
-    torch.save(state, ck)
-    checksum_path(ck).unlink()
+    original = torch.load(ck, weights_only=True)
     moved = tmp_path / "moved.zarr"
     shutil.copytree(tiny_dataset, moved)
+    for key, value, why in (("max_value", 4095.0, "max_value 4095.0 vs 255.0"), ("height", 32, "frames 1x32x16 vs 1x16x16 (C,H,W)")):
+        state = {**original, "data": {**original["data"], key: value}}
+        del state["data"]["identity"]
+        torch.save(state, ck)
+        checksum_path(ck).unlink(missing_ok=True)
+        with pytest.raises(ConfigError, match=re.escape(f"not the dataset this run was made with ({tiny_dataset}): {why}")):
+            train_from_config(None, moved, stopped_run, resume=True, progress=False)
+    state = {**original, "data": {k: v for k, v in original["data"].items() if k != "identity"}}
+    torch.save(state, ck)
     train_from_config(None, moved, stopped_run, resume=True, progress=False)
-    assert capsys.readouterr().err.strip() == (
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
         "warning: the run's checkpoint does not record which dataset it was made with (written before chdl did), only "
-        f"its path {tiny_dataset}: cannot check that {moved} is the same data")
+        f"its path {tiny_dataset} and its frame size and max_value (the same): cannot check that {moved} is the same data")
 
 
 def test_a_second_trainer_on_a_run_folder_is_refused_while_the_first_runs(standin, tiny_dataset, tmp_path):
