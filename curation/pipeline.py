@@ -329,10 +329,11 @@ def _curate_code() -> str:
     return code_fingerprint(("acquisition", "curation", "chdl"))
 
 
-def _key(plan: Plan, cfg: CurateConfig) -> str:
+def _key(plan: Plan, cfg: CurateConfig, version: str | None = None) -> str:
+    """The resume key of these inputs and settings as chdl ``version`` (default: this one) computes it."""
     from chdl import __version__
 
-    material = {"plan": plan.key_material(), "config": cfg.to_dict(), "tool_version": __version__}
+    material = {"plan": plan.key_material(), "config": cfg.to_dict(), "tool_version": version or __version__}
     return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()
 
 
@@ -471,8 +472,15 @@ def _curate(source: str | os.PathLike, out: str | os.PathLike, cfg: CurateConfig
     if writer is not None:
         if writer.complete:
             raise CurateError(f"{out}: already exists (a complete dataset); use --overwrite to replace it")
-        if writer.attrs.get("provenance", {}).get("curate_key") != key:
-            made_by = writer.attrs.get("provenance", {}).get("command")
+        stored = writer.attrs.get("provenance", {})
+        began_as = stored.get("tool_version")
+        if stored.get("curate_key") != key and isinstance(began_as, str) and stored.get("curate_key") == \
+                _key(plan, cfg, began_as):  # the same inputs and settings, begun by another chdl version
+            from chdl import __version__ as now
+            log(f"warning: {out} was begun by chdl {began_as}, this is chdl {now}; resuming it (the same inputs and "
+                "settings)")
+        elif stored.get("curate_key") != key:
+            made_by = stored.get("command")
             raise CurateError(f"{out}: an incomplete dataset made from other inputs or settings"
                               + (f" (by {made_by})" if made_by else "")
                               + "; rerun that command to resume, or use --overwrite to start anew")

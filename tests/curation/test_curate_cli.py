@@ -188,6 +188,27 @@ def test_incomplete_dataset_from_other_settings_is_not_resumed(raw, tmp_path, mo
     assert r.exit_code == 1 and "other inputs or settings" in r.output
 
 
+def test_an_incomplete_dataset_begun_by_another_chdl_version_resumes_with_a_warning(raw, curated, tmp_path,
+                                                                                     monkeypatch):
+    """The version is part of the resume key: a curate begun by chdl 0.1.0 and interrupted was refused by 0.2.0 as
+    "made from other inputs or settings (by chdl curate RAW OUT); rerun that command to resume" -- the command just
+    run. The same inputs and settings under another version now resume, with a warning naming both versions."""
+    import curation.pipeline as pipeline
+    from chdl import __version__
+
+    out = tmp_path / "x.zarr"
+    monkeypatch.setattr(pipeline, "_shard_task", lambda task: (_ for _ in ()).throw(KeyboardInterrupt))
+    monkeypatch.setattr("chdl.__version__", "0.0.1")  # (read at call time by the key and the dataset writer)
+    _curate(raw[0], out, ok=False)
+    monkeypatch.undo()
+    assert json.loads((out / "zarr.json").read_text())["attributes"]["provenance"]["tool_version"] == "0.0.1"
+    r = CliRunner().invoke(main, ["curate", str(raw[0]), str(out)])
+    assert r.exit_code == 0, r.output
+    assert f"warning: {out} was begun by chdl 0.0.1, this is chdl {__version__}; resuming it" in r.output
+    np.testing.assert_array_equal(zarr.open_array(out / "frames", mode="r")[:],
+                                  zarr.open_array(curated / "frames", mode="r")[:])
+
+
 def test_subprocess_cli_and_progress(raw, tmp_path):
     out = tmp_path / "p.zarr"
     p = subprocess.run([sys.executable, "-m", "chdl", "curate", str(raw[0] / "run-a"), str(out)],
