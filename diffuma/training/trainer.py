@@ -425,7 +425,14 @@ class Trainer:
         state = load_checkpoint(path)
         self._check_same_dataset(state["data"])
         # the model as built (a preset's value given explicitly is the same model), the run without how it is run
-        saved = {**_without_how(state["config"]), "model": {"name": state["model_name"], **state["model_config"]}}
+        # (a field added to the model since the checkpoint was written takes its dataclass default, as
+        # checkpoint.build_model_from_checkpoint does: runs of 11-30 were refused as "saved None vs given 4")
+        defaults = {f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()
+                    for f in dataclasses.fields(self.model.config)
+                    if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING} \
+            if state["model_name"] == self.config["model"]["name"] else {}
+        saved = {**_without_how(state["config"]),
+                 "model": {"name": state["model_name"], **defaults, **state["model_config"]}}
         given = {**_without_how(self.config), "model": {"name": self.config["model"]["name"],
                                                         **dataclasses.asdict(self.model.config)}}
         if _plain(saved) != _plain(given):

@@ -322,6 +322,22 @@ def test_a_resume_may_change_how_the_run_is_carried_out_not_what_it_computes(sto
     assert state["step"] == 6 and state["config"]["run"]["num_workers"] == 1
 
 
+def test_a_checkpoint_from_before_a_model_field_existed_resumes(stopped_run, tiny_dataset):
+    """Runs of 11-30 saved no model.up_kernel / time_map / prior_gate (added later); their resume was refused as
+    "resume with a different config (model.up_kernel: saved None vs given 4)" with no config given, while eval built
+    the same model from the field's default. The missing field now takes its default on resume too."""
+    from diffuma.training.checkpoint import checksum_path
+
+    ck = stopped_run / "checkpoints" / "last.pt"
+    state = torch.load(ck, weights_only=True)
+    assert state["model_config"].pop("nan_at_step") == -1  # as if the field did not exist when the run was made
+    torch.save(state, ck)
+    checksum_path(ck).unlink(missing_ok=True)
+    code, msg = _train(["--data", tiny_dataset, "--out", stopped_run, "--resume"])
+    assert code == 0, msg
+    assert load_checkpoint(ck)["step"] == 6
+
+
 def test_a_resume_given_a_preset_value_explicitly_is_the_same_model(stopped_run, tiny_dataset):
     """--set model.X=<the value its preset gives> was refused ("saved None vs given 32"): the model is the same. An
     other value is refused, naming the model field as built."""
