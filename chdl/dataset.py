@@ -59,6 +59,7 @@ from zarr.core.sync import sync
 
 from acquisition.raw import FORMAT_BITS  # pixel_format -> the bits it holds (the raw format's table)
 from chdl.locks import lock_holder, writer_lock_path
+from chdl.provenance import newer_format
 
 if TYPE_CHECKING:  # annotations only: fsspec URLs (dataset_path) are universal_pathlib paths
     import upath
@@ -350,6 +351,9 @@ def validate(group: zarr.Group, path: str | os.PathLike) -> None:
     def bad(why: str) -> DatasetFormatError:
         return DatasetFormatError(f"{path}: malformed dataset ({why})")
 
+    if newer_format(attrs.get("schema"), SCHEMA):
+        raise DatasetFormatError(f"{path}: a dataset of schema {attrs['schema']} (made by a newer chdl); this chdl "
+                                 f"reads {SCHEMA}: upgrade chdl to use it")
     if attrs.get("schema") != SCHEMA:
         raise DatasetFormatError(f"{path}: not a chdl dataset (schema {attrs.get('schema')!r}, expected {SCHEMA!r})")
     missing = [name for name in ("frames", "shard_done") + _PER_SEQUENCE if name not in group]

@@ -67,3 +67,14 @@ def code_version(torch: bool = False) -> dict:
 
         out["torch"] = str(torch_.__version__)  # (a str subclass that weights_only loading refuses)
     return out
+
+
+def newer_format(got: object, expected: str) -> bool:
+    """Whether ``got`` names a later version of the on-disk format ``expected`` (e.g. ``"chdl.dataset/2"`` against
+    ``"chdl.dataset/1"``): a file a newer chdl wrote, to be refused with "upgrade chdl", not as "not a chdl file"."""
+    if not isinstance(got, str):
+        return False
+    name, _, version = got.rpartition("/")
+    expected_name, _, expected_version = expected.rpartition("/")
+    return (name == expected_name and version.isdigit() and expected_version.isdigit()
+            and int(version) > int(expected_version))

@@ -45,6 +45,7 @@ from chdl.monitor.runtime import run_max_value, scoring_threads
 
 FPS = 5.0  # CHDL's capture rate, for false alarms per hour (of the clean frames scored: docs/monitor.md)
 METHODS = ("frame-difference", "copy-last", "constant-motion")
+METRICS_FORMAT = "chdl.monitor-eval/1"  # metrics.json's "format"
 SWEEP_LEVELS = (3.0, 4.0, 5.0, 6.0, 8.0, 10.0, 12.0)  # alert levels (z_on) replayed in metrics.json's "sweep"
 
 
@@ -432,8 +433,12 @@ def evaluate(paths: list, out: str | Path, checkpoint=None, qc: bool = True, pro
         plot_scores(out / f"{name}.png", {m: [r for r in rows_by[m] if r["run"] == run] for m in methods},
                     truth[run], title=title if short.count(title) == 1 else str(run))
     # top level: the levels of every method without its own (a --scorer method's are under "methods")
-    summary = {"runs": [str(r) for r in runs], "alert_levels": {"z_on": default.z_on, "z_off": default.z_off},
-               "methods": results}
+    from chdl.provenance import code_version
+
+    # format and code: the numbers of one corpus moved between versions (the AUROC basis changed on 12-02), and a
+    # metrics.json did not say which code made it
+    summary = {"format": METRICS_FORMAT, "code": code_version(), "runs": [str(r) for r in runs],
+               "alert_levels": {"z_on": default.z_on, "z_off": default.z_off}, "methods": results}
     files.write_bytes(out / "metrics.json", json.dumps(summary, indent=2).encode() + b"\n")
     files.write_text(out / "metrics.md", md + "\n")
     return {"methods": results, "markdown": md}

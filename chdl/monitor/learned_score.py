@@ -68,6 +68,7 @@ import cv2
 import numpy as np
 
 from chdl.monitor import SCORER_FORMAT as FORMAT  # the file format (defined where --help can read it)
+from chdl.provenance import newer_format
 
 FEATURES = ("z1", "z2", "z3", "elongation", "log_mass", "change_area")  # the mixture's
 TESTS = ("splash_area", "crack_length")  # tested one by one beside the mixture (frame_features: after FEATURES)
@@ -301,6 +302,9 @@ class LearnedScorer:
         if isinstance(d, dict) and d.get("format") in OLD_FORMATS:
             raise ScorerFileError(f"{path}: a scorer file of format {d['format']} ({OLD_FORMATS[d['format']]}); "
                                   f"this chdl reads {FORMAT}: fit it again with chdl monitor-fit-scorer")
+        if isinstance(d, dict) and newer_format(d.get("format"), FORMAT):
+            raise ScorerFileError(f"{path}: a scorer file of format {d['format']} (made by a newer chdl); this chdl "
+                                  f"reads {FORMAT}: upgrade chdl to use it")
         if not isinstance(d, dict) or d.get("format") != FORMAT:
             got = d.get("format") if isinstance(d, dict) else type(d).__name__
             raise ScorerFileError(f"{path}: not a scorer file (format {got!r}, expected {FORMAT!r})")

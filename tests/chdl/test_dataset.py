@@ -117,6 +117,10 @@ def test_refuses_overwrite_and_bad_paths(tmp_path):
     zarr.open_group(str(tmp_path / "other.zarr"), mode="w")
     with pytest.raises(DatasetFormatError, match="not a chdl dataset"):
         open_dataset(tmp_path / "other.zarr")
+    zarr.open_group(str(tmp_path / "newer.zarr"), mode="w").attrs["schema"] = "chdl.dataset/2"
+    with pytest.raises(DatasetFormatError, match=r"newer.zarr: a dataset of schema chdl.dataset/2 \(made by a newer "
+                       r"chdl\); this chdl reads chdl.dataset/1: upgrade chdl to use it$"):
+        open_dataset(tmp_path / "newer.zarr")
 
 
 def test_write_shard_checks_shapes(tmp_path):

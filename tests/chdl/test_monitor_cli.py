@@ -345,6 +345,8 @@ def test_monitor_eval_scores_every_method_on_labelled_runs(tmp_path):
     ev = chdl("monitor-eval", corpus, "--out", tmp_path / "eval", "--no-qc", "-q")
     assert ev.returncode == 0, ev.stderr
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    from chdl.provenance import code_fingerprint
+    assert metrics["format"] == "chdl.monitor-eval/1" and metrics["code"]["code"] == code_fingerprint()  # which code
     assert list(metrics["methods"]) == ["frame-difference", "copy-last", "constant-motion"]
     assert metrics["alert_levels"] == {"z_on": 7.5, "z_off": 3.75}  # the levels in use, not only those given
     for m in metrics["methods"].values():

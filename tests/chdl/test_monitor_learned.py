@@ -136,6 +136,8 @@ def test_scorer_file_round_trip(fitted, tmp_path):
     ('{"format": "chdl.monitor-scorer/2"}', "chdl.monitor-scorer/2 (without the splash and crack tests); this chdl reads"),
     ('{"format": "chdl.monitor-scorer/3"}', "chdl.monitor-scorer/3 (without the crack test); this chdl reads"),
     ("[1, 2]", "not a scorer file (format 'list'"),
+    ('{"format": "chdl.monitor-scorer/9"}', "a scorer file of format chdl.monitor-scorer/9 (made by a newer chdl); "
+     "this chdl reads chdl.monitor-scorer/4: upgrade chdl to use it"),
     ("DROP:weights", "scorer file lacks 'weights'"),
     ("SET:features=[\"z1\"]", "bad scorer file: features ['z1']"),
     ("SET:means=[[1, 2]]", "bad scorer file: means: expected finite numbers of shape"),

@@ -49,6 +49,10 @@ EDITS = {
     "no model key": (lambda s: s.pop("model"), "malformed checkpoint (no 'model' key)"),
     "config type": (lambda s: s.update(config=[1]), "malformed checkpoint ('config' must be a dict, not list)"),
     "data": (lambda s: s["data"].update(max_value=0), "malformed checkpoint (data.max_value must be a positive number"),
+    # a newer chdl's file says so (it was "not a chdl checkpoint"), another file names what it holds
+    "newer format": (lambda s: s.update(format="chdl.checkpoint/2"), "a checkpoint of format chdl.checkpoint/2 (made by "
+                     "a newer chdl); this chdl reads chdl.checkpoint/1: upgrade chdl to use it"),
+    "other format": (lambda s: s.update(format="x/1"), "not a chdl checkpoint (format 'x/1', expected 'chdl.checkpoint/1')"),
 }
 
 
