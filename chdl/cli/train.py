@@ -281,6 +281,10 @@ def _predict(checkpoints, input_, out, split, max_sequences, weights, batch_size
             inputs, targets, ids, max_value = _recording_sequences(input_, info, max_sequences)
         else:
             inputs, targets, ids, max_value = _dataset_sequences(input_, states[0], split, max_sequences)
+        for c, s in zip(checkpoints, states):  # (as eval notes it: the intensities are not the ones it learned)
+            if s["data"].get("max_value") is not None and float(s["data"]["max_value"]) != float(max_value):
+                click.echo(f"warning: {c} was trained on frames scaled by max_value {float(s['data']['max_value']):g}; "
+                           f"{input_} is scaled by {float(max_value):g}", err=True)
         device = "cuda" if torch.cuda.is_available() else "cpu"
         preds, used = {}, []
         labels = _prediction_labels(checkpoints, [s["model_name"] for s in states])

@@ -205,6 +205,18 @@ def test_predict_from_dataset_and_from_raw_recording(trained):
     gif = Image.open(out / "gifs" / "seq_4.gif")
     assert gif.n_frames == 10 and gif.size[0] == 4 * 160 + 4 * 4 + 64  # input | truth | prediction | error | bar
     assert (out / "grids" / "seq_4.png").is_file()
+    assert "warning" not in r.output
+    # a checkpoint trained at another max_value: said (as eval notes it), the predictions still made
+    import torch
+
+    state = torch.load(ckpt, weights_only=True)
+    state["data"]["max_value"] = 4095.0
+    torch.save(state, root / "at4095.pt")
+    r = CliRunner().invoke(main, ["predict", "--checkpoint", str(root / "at4095.pt"), "--input", str(data), "--out",
+                                  str(root / "p4095"), "--max-sequences", "1", "-q"])
+    assert r.exit_code == 0, r.output
+    assert f"warning: {root / 'at4095.pt'} was trained on frames scaled by max_value 4095; {data} is scaled by 255" \
+        in r.output
 
     # Two checkpoints (the same run twice here) predict the same sequences side by side.
     r = CliRunner().invoke(main, ["predict", "--checkpoint", ckpt, "--checkpoint", ckpt, "--input", str(data),
