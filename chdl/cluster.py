@@ -121,6 +121,13 @@ def pool_map_unordered(fn: Callable, tasks: list, workers: int, context, initial
 STOP_SIGNALS = ("SIGINT", "SIGTERM", "SIGHUP")
 
 
+def _stop_signal_set() -> set:
+    """STOP_SIGNALS as this platform has them (for pthread_sigmask)."""
+    import signal
+
+    return {getattr(signal, name) for name in STOP_SIGNALS if hasattr(signal, name)}
+
+
 @contextlib.contextmanager
 def _stop_signals_blocked():
     """Ctrl-C, SIGTERM and SIGHUP held back from this thread while it forks pool workers; one that arrives meanwhile
@@ -133,8 +140,7 @@ def _stop_signals_blocked():
     if not hasattr(signal, "pthread_sigmask") or threading.current_thread() is not threading.main_thread():
         yield
         return
-    held = {getattr(signal, name) for name in STOP_SIGNALS if hasattr(signal, name)}
-    before = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, _stop_signal_set())
     try:
         yield
     finally:
@@ -149,7 +155,7 @@ def _started_worker(initializer: Callable | None, initargs: tuple) -> None:
     if initializer is not None:
         initializer(*initargs)
     if hasattr(signal, "pthread_sigmask"):
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, {getattr(signal, n) for n in STOP_SIGNALS if hasattr(signal, n)})
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _stop_signal_set())
 
 
 def _versions() -> dict[str, str]:

@@ -351,9 +351,8 @@ def validate(group: zarr.Group, path: str | os.PathLike) -> None:
     def bad(why: str) -> DatasetFormatError:
         return DatasetFormatError(f"{path}: malformed dataset ({why})")
 
-    if newer_format(attrs.get("schema"), SCHEMA):
-        raise DatasetFormatError(f"{path}: a dataset of schema {attrs['schema']} (made by a newer chdl); this chdl "
-                                 f"reads {SCHEMA}: upgrade chdl to use it")
+    if newer := newer_format("dataset of schema", attrs.get("schema"), SCHEMA):
+        raise DatasetFormatError(f"{path}: {newer}")
     if attrs.get("schema") != SCHEMA:
         raise DatasetFormatError(f"{path}: not a chdl dataset (schema {attrs.get('schema')!r}, expected {SCHEMA!r})")
     missing = [name for name in ("frames", "shard_done") + _PER_SEQUENCE if name not in group]

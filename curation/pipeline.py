@@ -473,20 +473,21 @@ def _curate(source: str | os.PathLike, out: str | os.PathLike, cfg: CurateConfig
         if writer.complete:
             raise CurateError(f"{out}: already exists (a complete dataset); use --overwrite to replace it")
         stored = writer.attrs.get("provenance", {})
-        began_as = stored.get("tool_version")
-        if stored.get("curate_key") != key and isinstance(began_as, str) and stored.get("curate_key") == \
-                _key(plan, cfg, began_as):  # the same inputs and settings, begun by another chdl version
-            from chdl import __version__ as now
-            log(f"warning: {out} was begun by chdl {began_as}, this is chdl {now}; resuming it (the same inputs and "
-                "settings)")
-        elif stored.get("curate_key") != key:
-            made_by = stored.get("command")
-            raise CurateError(f"{out}: an incomplete dataset made from other inputs or settings"
-                              + (f" (by {made_by})" if made_by else "")
-                              + "; rerun that command to resume, or use --overwrite to start anew")
+        if stored.get("curate_key") != key:
+            began_as = stored.get("tool_version")
+            if isinstance(began_as, str) and stored.get("curate_key") == _key(plan, cfg, began_as):
+                from chdl import __version__ as now  # the same inputs and settings, begun by another chdl version
+
+                log(f"warning: {out} was begun by chdl {began_as}, this is chdl {now}; resuming it (the same inputs "
+                    "and settings)")
+            else:
+                made_by = stored.get("command")
+                raise CurateError(f"{out}: an incomplete dataset made from other inputs or settings"
+                                  + (f" (by {made_by})" if made_by else "")
+                                  + "; rerun that command to resume, or use --overwrite to start anew")
         writer.remove_interrupted_writes()
         log(f"resuming {out}: {len(writer.done_shards())}/{writer.n_shards} shards already written")
-        began = writer.attrs.get("provenance", {}).get("curate_code")
+        began = stored.get("curate_code")
         if began is not None and began != _curate_code() and writer.done_shards():
             log(f"warning: {out} was begun by other code (source digest {began}, now {_curate_code()}: chdl.provenance); "
                 "its shards so far were written by that code, the rest by this one; --overwrite makes it anew")

@@ -137,6 +137,7 @@ def evaluation_record(state: dict, checkpoint: str | Path, data: str | Path, spl
     from chdl.dataset import open_dataset
     from chdl.provenance import code_version
     from diffuma.training.checkpoint import LOADED_DIGEST
+    from diffuma.training.data import other_max_value
 
     reader = open_dataset(data)
     identity = reader.identity()
@@ -146,9 +147,9 @@ def evaluation_record(state: dict, checkpoint: str | Path, data: str | Path, spl
     if declared != trained:  # the model predicts what it was trained for; the dataset's protocol is another
         notes.append(f"the dataset declares {declared[0]}->{declared[1]} frames; this checkpoint predicts "
                      f"{trained[0]}->{trained[1]}, and was scored so: not the dataset's own protocol")
-    trained_max, max_value = state["data"].get("max_value"), float(reader.attrs["max_value"])
-    if trained_max is not None and float(trained_max) != max_value:  # e.g. a 12-bit run curated as 16-bit before
-        notes.append(f"this checkpoint was trained on frames scaled by max_value {float(trained_max):g}; this dataset "
+    max_value = float(reader.attrs["max_value"])
+    if (trained_max := other_max_value(state["data"], max_value)) is not None:  # e.g. 12-bit data curated as 16-bit
+        notes.append(f"this checkpoint was trained on frames scaled by max_value {trained_max:g}; this dataset "
                      f"is scaled by {max_value:g}: its intensities in [0, 1] are not the ones the model learned")
     selected = state.get("selected")
     saved_identity = state["data"].get("identity") or {}

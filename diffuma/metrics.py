@@ -64,8 +64,8 @@ def check_ssim_size(height: int, width: int, where=None, scored_by: str = "every
     frames may exceed. ``scored_by``: what scores SSIM there (the trainer: "validation"); ``other_way``: another way
     out, said in brackets."""
     if min(height, width) < SSIM_MIN_SIDE:
-        raise ValueError(("" if where is None else f"{where}: ") + f"frames of {height}x{width} px, smaller than the {SSIM_MIN_SIDE} x {SSIM_MIN_SIDE} "
-                         f"px window of the SSIM that {scored_by} scores; make the dataset at "
+        raise ValueError(("" if where is None else f"{where}: ") + f"frames of {height}x{width} px, smaller than the "
+                         f"{SSIM_MIN_SIDE} x {SSIM_MIN_SIDE} px window of the SSIM that {scored_by} scores; make the dataset at "
                          f"{SSIM_MIN_SIDE} x {SSIM_MIN_SIDE} px or more" + (f" ({other_way})" if other_way else ""))
 
 

@@ -268,6 +268,7 @@ def _predict(checkpoints, input_, out, split, max_sequences, weights, batch_size
 
     from diffuma.prediction import predict as run_model, write_predictions
     from diffuma.training.checkpoint import LOADED_DIGEST, CheckpointError, build_model_from_checkpoint, load_checkpoint
+    from diffuma.training.data import other_max_value
 
     try:
         states = [load_checkpoint(c) for c in checkpoints]
@@ -282,9 +283,9 @@ def _predict(checkpoints, input_, out, split, max_sequences, weights, batch_size
         else:
             inputs, targets, ids, max_value = _dataset_sequences(input_, states[0], split, max_sequences)
         for c, s in zip(checkpoints, states):  # (as eval notes it: the intensities are not the ones it learned)
-            if s["data"].get("max_value") is not None and float(s["data"]["max_value"]) != float(max_value):
-                click.echo(f"warning: {c} was trained on frames scaled by max_value {float(s['data']['max_value']):g}; "
-                           f"{input_} is scaled by {float(max_value):g}", err=True)
+            if (trained_max := other_max_value(s["data"], max_value)) is not None:
+                click.echo(f"warning: {c} was trained on frames scaled by max_value {trained_max:g}; {input_} is "
+                           f"scaled by {float(max_value):g}", err=True)
         device = "cuda" if torch.cuda.is_available() else "cpu"
         preds, used = {}, []
         labels = _prediction_labels(checkpoints, [s["model_name"] for s in states])

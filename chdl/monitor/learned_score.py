@@ -302,9 +302,8 @@ class LearnedScorer:
         if isinstance(d, dict) and d.get("format") in OLD_FORMATS:
             raise ScorerFileError(f"{path}: a scorer file of format {d['format']} ({OLD_FORMATS[d['format']]}); "
                                   f"this chdl reads {FORMAT}: fit it again with chdl monitor-fit-scorer")
-        if isinstance(d, dict) and newer_format(d.get("format"), FORMAT):
-            raise ScorerFileError(f"{path}: a scorer file of format {d['format']} (made by a newer chdl); this chdl "
-                                  f"reads {FORMAT}: upgrade chdl to use it")
+        if isinstance(d, dict) and (newer := newer_format("scorer file of format", d.get("format"), FORMAT)):
+            raise ScorerFileError(f"{path}: {newer}")
         if not isinstance(d, dict) or d.get("format") != FORMAT:
             got = d.get("format") if isinstance(d, dict) else type(d).__name__
             raise ScorerFileError(f"{path}: not a scorer file (format {got!r}, expected {FORMAT!r})")

@@ -185,9 +185,9 @@ def load_checkpoint(path: str | Path) -> dict:
         raise CheckpointError(f"{path}: not a loadable checkpoint (not a torch file, or it holds objects other than "
                               "tensors and plain data, which chdl refuses to unpickle: checkpoints are loaded "
                               f"weights-only so that no code in them runs; {type(e).__name__})") from None
-    if isinstance(state, dict) and newer_format(state.get("format"), CHECKPOINT_FORMAT):
-        raise CheckpointError(f"{path}: a checkpoint of format {state['format']} (made by a newer chdl); this chdl "
-                              f"reads {CHECKPOINT_FORMAT}: upgrade chdl to use it")
+    newer = isinstance(state, dict) and newer_format("checkpoint of format", state.get("format"), CHECKPOINT_FORMAT)
+    if newer:
+        raise CheckpointError(f"{path}: {newer}")
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         got = state.get("format") if isinstance(state, dict) else type(state).__name__
         raise CheckpointError(f"{path}: not a chdl checkpoint (format {got!r}, expected {CHECKPOINT_FORMAT!r})")

@@ -47,7 +47,7 @@ def dataset_mismatch(saved: dict, current: dict) -> str | None:
     chw = [(saved.get(k), current.get(k)) for k in ("channels", "height", "width")]
     if not both and all(s is not None for s, _ in chw) and any(s != c for s, c in chw):
         why.append(f"frames {'x'.join(str(s) for s, _ in chw)} vs {'x'.join(str(c) for _, c in chw)} (C,H,W)")
-    if saved.get("max_value") is not None and saved.get("max_value") != current.get("max_value"):
+    if other_max_value(saved, current.get("max_value")) is not None:
         why.append(f"max_value {saved.get('max_value')} vs {current.get('max_value')}")
     if both:
         if a.get("content") and b.get("content"):
@@ -56,6 +56,15 @@ def dataset_mismatch(saved: dict, current: dict) -> str | None:
         elif a.get("created") != b.get("created"):
             why.append(f"created {a.get('created') or '?'} vs {b.get('created') or '?'}")
     return "; ".join(why) or None
+
+
+def other_max_value(saved: dict, max_value: float | None) -> float | None:
+    """The max_value a checkpoint's ``saved`` data (its ``data``) was scaled by, when it is not ``max_value``; None
+    when they are the same or the checkpoint records none. Resume refuses such data, eval and predict say so."""
+    trained = saved.get("max_value")
+    if trained is None or (max_value is not None and float(trained) == float(max_value)):
+        return None
+    return float(trained)
 
 
 def _shape(shape) -> str:

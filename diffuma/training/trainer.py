@@ -426,10 +426,10 @@ class Trainer:
         self._check_same_dataset(state["data"])
         # the model as built (a preset's value given explicitly is the same model), the run without how it is run
         # (a field added to the model since the checkpoint was written takes its dataclass default, as
-        # checkpoint.build_model_from_checkpoint does: runs of 11-30 were refused as "saved None vs given 4")
-        defaults = {f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()
-                    for f in dataclasses.fields(self.model.config)
-                    if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING} \
+        # checkpoint.build_model_from_checkpoint builds it: runs of 11-30 were refused as "saved None vs given 4")
+        from diffuma.models.registry import model_config
+
+        defaults = dataclasses.asdict(model_config(state["model_name"], None)) \
             if state["model_name"] == self.config["model"]["name"] else {}
         saved = {**_without_how(state["config"]),
                  "model": {"name": state["model_name"], **defaults, **state["model_config"]}}
@@ -476,8 +476,8 @@ class Trainer:
                               f"{there} (or a copy of it), or start a new --out")
         if "identity" not in saved and here != there and self.dist.main:
             print(f"warning: the run's checkpoint does not record which dataset it was made with (written before "
-                  f"chdl did), only its path {there} and its frame size and max_value (the same): cannot check that {here} is the same "
-                  f"data", file=sys.stderr)
+                  f"chdl did), only its path {there} and its frame size and max_value (the same): cannot check that "
+                  f"{here} is the same data", file=sys.stderr)
 
     # ------------------------------------------------------------------ validation
     @contextlib.contextmanager
