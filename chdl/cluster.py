@@ -8,7 +8,8 @@ The tasks are the ones the local path runs in its process pool — whole shards 
 recordings for ``chdl simulate corpus`` — so one task still owns its output. A task whose worker is lost
 is rerun on another worker by the scheduler (up to ``distributed.scheduler.allowed-failures`` times), and
 a rerun rewrites the same bytes. Workers must run the same chdl / NumPy / SciPy / zarr / numcodecs /
-OpenCV / Python versions as the client (checked on connecting: other versions could write other bytes)
+OpenCV / Python versions as the client (other versions could write other bytes): checked on connecting, and
+by every task before it runs (once per worker process and map call), so a worker that joins later is checked too
 and see the inputs and outputs at the same paths or URLs (:meth:`Cluster.check_visible`).
 
 Dask is imported here only, and only when a cluster is used: ``import chdl``, ``import curation`` and
@@ -187,12 +188,29 @@ _installed = {"token": None}
 _install_lock = threading.Lock()
 
 
-def _run_task(fn: Callable, task: Any, init: Callable | None, ctx: Any, token: str) -> Any:
-    if init is not None:
-        with _install_lock:
-            if _installed["token"] != token:
+class WorkerVersionError(RuntimeError):
+    """Raised in a task on a worker whose versions differ from the client's (see :func:`_run_task`)."""
+
+
+def _version_diff(mine: dict[str, str], theirs: dict[str, str]) -> list[str]:
+    """``"NAME THEIRS (here MINE)"`` for every entry of :func:`_versions` that differs; ``mine`` is the client's."""
+    return [f"{k} {theirs.get(k)} (here {v})" for k, v in mine.items() if theirs.get(k) != v]
+
+
+def _run_task(fn: Callable, task: Any, init: Callable | None, ctx: Any, token: str, versions: dict[str, str]) -> Any:
+    # Once per worker process and map call: the versions check. Cluster.check_versions asks the workers there
+    # at connect time; a worker that joins later (other code, other packages) would otherwise write other bytes
+    # unchecked (found in a trial: flipped bytes that `chdl verify` passed), so every task carries the client's.
+    with _install_lock:
+        if _installed["token"] != token:
+            diff = _version_diff(versions, _versions())
+            if diff:
+                from distributed import get_worker
+
+                raise WorkerVersionError(f"worker {get_worker().address} runs {', '.join(diff)}")
+            if init is not None:
                 init(ctx)
-                _installed["token"] = token
+            _installed["token"] = token
     return fn(task)
 
 
@@ -221,7 +239,7 @@ class Cluster:
             raise ClusterError(f"{self.spec}: a worker could not report its package versions ({type(e).__name__}: "
                                f"{e}); does chdl import on every worker?".replace("\n", " ")) from None
         for worker, theirs in sorted(reports.items()):
-            diff = [f"{k} {theirs.get(k)} (here {v})" for k, v in mine.items() if theirs.get(k) != v]
+            diff = _version_diff(mine, theirs)
             if diff:
                 raise ClusterError(f"{self.spec}: worker {worker} runs {', '.join(diff)}; "
                                    "byte-identical output needs the same versions everywhere")
@@ -247,7 +265,9 @@ class Cluster:
 
         token = uuid.uuid4().hex
         name = getattr(fn, "__name__", "task")
-        futures = [self.client.submit(_run_task, fn, t, init, ctx, token, key=f"chdl-{name}-{i}-{token}", pure=False)
+        versions = _versions()
+        futures = [self.client.submit(_run_task, fn, t, init, ctx, token, versions, key=f"chdl-{name}-{i}-{token}",
+                                      pure=False)
                    for i, t in enumerate(tasks)]
         try:
             for future, result in as_completed(futures, with_results=True):
@@ -255,6 +275,9 @@ class Cluster:
                     raise ClusterError(f"{self.spec}: the Dask scheduler cancelled the work (it was lost or "
                                        "restarted)")
                 yield result
+        except WorkerVersionError as e:  # a worker that joined after the connect-time check
+            raise ClusterError(f"{self.spec}: {e} (it joined after the start); byte-identical output needs the same "
+                               "versions everywhere: stop that worker") from None
         except KilledWorker as e:
             raise ClusterError(f"{self.spec}: task {e.task} was running on {e.allowed_failures + 1} workers "
                                "that died; see the worker logs") from None

@@ -48,7 +48,8 @@ def _predictor_spec(checkpoint: Path | None, t_in: int, size: tuple | None = Non
                                    f"the monitored frames are 1x{size[0]}x{size[1]}: train one at this size or capture "
                                    "at its size")
     name = f"{state['model_name']}:{checkpoint}"
-    return {"predictor": "checkpoint", "checkpoint": str(checkpoint)}, name, int(state["data"]["in_frames"])
+    return ({"predictor": "checkpoint", "checkpoint": str(checkpoint), "trained_max_value": data.get("max_value")},
+            name, int(state["data"]["in_frames"]))
 
 
 @click.command("monitor")
@@ -146,6 +147,8 @@ def monitor(ctx, checkpoint, t_in, queue_depth, z_on, z_off, scorer, serve, **pa
     click.echo(f"monitor: {status['frames_scored']} frames scored, {status['frames_skipped']} skipped, "
                f"{status['frames_unscored']} unscored (no history yet in their lane pass), "
                f"{status['events']} events -> {mon.folder}")
+    for warning in mon.warnings:
+        click.echo(f"warning: {warning}", err=True)
     ended = not error and all(r.stopped_by in (None, "source ended") for r in results)
     most_skipped = status["frames_skipped"] > status["frames_scored"]
     if ended and status["frames_scored"] and not _any_frame_scored(mon.folder):  # "0 events" would read as all clear

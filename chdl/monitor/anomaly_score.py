@@ -192,6 +192,7 @@ class CheckpointPredictor:
         state = load_checkpoint(self.path)
         info = state["data"]
         self.t_in = int(info["in_frames"])
+        self.trained_max_value = info.get("max_value")  # the intensity scale it learned (None: not recorded)
         if shape is not None and (info["channels"], info["height"], info["width"]) != (1, *shape):
             raise ValueError(f"{self.path}: trained on frames {info['channels']}x{info['height']}x{info['width']} "
                              f"(C,H,W), the frames to predict are 1x{shape[0]}x{shape[1]}")
@@ -214,6 +215,19 @@ class CheckpointPredictor:
             pred = self.model(x)[0, 0, 0].float().clamp(0, 1).cpu().numpy()
             v = estimate_velocity(x)
         return pred, motion_valid(pred.shape, (float(v[0, 0]), float(v[0, 1])))
+
+
+def scale_mismatch(checkpoint: str | Path, trained_max_value: float | None, max_value: float) -> str | None:
+    """The warning for a checkpoint trained on frames scaled by another max_value than the monitored ones'
+    (e.g. a Mono16 dataset of 12-bit data against a 12-bit recording: its predictions are off by 16x), or None.
+    As ``chdl eval`` and ``chdl predict`` say it (``diffuma.training.data.other_max_value``)."""
+    from diffuma.training.data import other_max_value
+
+    trained = other_max_value({"max_value": trained_max_value}, max_value)
+    if trained is None:
+        return None
+    return (f"{checkpoint} was trained on frames scaled by max_value {trained:g}; these frames are scaled by "
+            f"{float(max_value):g}, so its predictions (and the scores) are not the ones it learned")
 
 
 def make_predictor(name: str, checkpoint: str | Path | None = None, t_in: int = 5,

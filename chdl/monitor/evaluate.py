@@ -383,16 +383,22 @@ def evaluate(paths: list, out: str | Path, checkpoint=None, qc: bool = True, pro
     results, rows_by = {}, {}
     total = sum(len(rec.frames) for rec in recs.values()) * len(methods)
     setup = method_setups()
-    shapes = {}
+    shapes, notes = {}, []
     for run, rec in recs.items():  # every predictor against every frame size before any scoring (a checkpoint or
         first = rec.frames[0] if rec.frames else None  # a scorer of another size failed after minutes of it)
         shapes[run] = rec.read(first).shape if first is not None else None
         for m in methods:
             base, scorer = scorer_of.get(m, (m, None))
             try:
-                setup(base, checkpoint, shapes[run], scorer)  # (cached: the scoring below reuses it)
+                predictor, _ = setup(base, checkpoint, shapes[run], scorer)  # (cached: the scoring below reuses it)
             except ValueError as e:
                 raise EvalError(f"{str(e).splitlines()[0]} (those of {run})") from None
+            if hasattr(predictor, "trained_max_value"):  # a checkpoint: trained at this recording's intensity scale?
+                from chdl.monitor.anomaly_score import scale_mismatch
+
+                if (note := scale_mismatch(checkpoint, predictor.trained_max_value, run_max_value(rec.manifest))) \
+                        and f"{note} ({run})" not in notes:
+                    notes.append(f"{note} ({run})")
     with tqdm(total=total, unit="frame", desc="monitor-eval", disable=not progress) as bar:
         for m in methods:
             rows = []
@@ -420,6 +426,7 @@ def evaluate(paths: list, out: str | Path, checkpoint=None, qc: bool = True, pro
                   if (v["z_on"], v["z_off"]) != (default.z_on, default.z_off))
     cut = "".join(f"note: {run} ends at frame {max(t.lanes, default=-1)}: {t.left_out} anomal{'y' if t.left_out == 1 else 'ies'} "
                   "of its truth after that are not counted\n\n" for run, t in truth.items() if t.left_out)
+    cut += "".join(f"note: {n}\n\n" for n in notes)
     md = (f"{cut}alerts at z_on {default.z_on:g}, z_off {default.z_off:g}{own} (the table below; the sweep after it "
           "replays others)\n\n" + markdown(results) + "\n\n" + markdown_sweep(results))
     names: list[str] = []
@@ -438,7 +445,8 @@ def evaluate(paths: list, out: str | Path, checkpoint=None, qc: bool = True, pro
     # format and code: the numbers of one corpus moved between versions (the AUROC basis changed on 12-02), and a
     # metrics.json did not say which code made it
     summary = {"format": METRICS_FORMAT, "code": code_version(), "runs": [str(r) for r in runs],
-               "alert_levels": {"z_on": default.z_on, "z_off": default.z_off}, "methods": results}
+               "alert_levels": {"z_on": default.z_on, "z_off": default.z_off}, "methods": results,
+               **({"notes": notes} if notes else {})}
     files.write_bytes(out / "metrics.json", json.dumps(summary, indent=2).encode() + b"\n")
     files.write_text(out / "metrics.md", md + "\n")
     return {"methods": results, "markdown": md}

@@ -226,6 +226,7 @@ class Monitor:
         self.max_value = 0  # of the recording's pixels (run_max_value), read from its manifest at the first frame
         self.folder: Path | None = None
         self.disk_full = False  # an error of the scorer or of status.json was ENOSPC
+        self.warnings: list[str] = []  # found while monitoring (e.g. a checkpoint trained at another max_value)
 
     def start(self, run_path: Path, run_id: str, predictor_name: str, t_in: int) -> Path:
         """Create (claim) the monitor folder and start the scorer; ``self.folder`` is set once the folder is this
@@ -266,6 +267,14 @@ class Monitor:
         if self.captured == 0:  # the recording's manifest exists from here on
             manifest = json.loads((run_path / "manifest.json").read_text(encoding="utf-8"))
             self.max_value = run_max_value(manifest)
+            if self.spec.get("checkpoint") is not None:
+                from chdl.monitor.anomaly_score import scale_mismatch
+
+                warning = scale_mismatch(self.spec["checkpoint"], self.spec.get("trained_max_value"), self.max_value)
+                if warning is not None:
+                    self.warnings.append(warning)
+                    if self.announce is not None:
+                        self.announce(f"warning: {warning}")
             if self.status is not None:
                 settings = manifest.get("settings", {})
                 self.status.fields.update(width=int(settings.get("width", 0)), height=int(settings.get("height", 0)))

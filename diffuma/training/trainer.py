@@ -575,6 +575,14 @@ class Trainer:
         budget's plan) taken, or the training-time budget spent."""
         return self.epoch >= self.run.epochs or self.step >= self.total_steps or self.budget_spent()
 
+    def _end_reason(self) -> str:
+        """Why :meth:`finished` is true, for a message."""
+        if self.budget_spent():
+            return f"its {self.run.max_minutes:g}-minute training budget spent"
+        if self.epoch >= self.run.epochs:
+            return f"{self.run.epochs} epoch{'s' if self.run.epochs != 1 else ''} done"
+        return f"all {self.total_steps} planned steps done"
+
     def budget_spent(self) -> bool:
         """True when run.max_minutes is set and the training time has reached it."""
         return self.budget_s is not None and self.train_seconds >= self.budget_s
@@ -614,6 +622,11 @@ class Trainer:
             files.remove_stale_temporaries(self.out)
         if resume:
             self.load(resume_checkpoint(self.out))
+            if self.finished():  # nothing left to train: the folder stays as it is (a resume wrote config.yaml and a
+                if self.dist.main:  # new tensorboard events file, and said nothing)
+                    print(f"nothing to resume: {self.out} finished at step {self.step} ({self._end_reason()}); its "
+                          "files are unchanged", file=sys.stderr)
+                return self.out
         elif last.exists():
             raise FileExistsError(f"{self.out}: already holds a run (checkpoints/last.pt); pass --resume to "
                                   "continue it or choose another --out")

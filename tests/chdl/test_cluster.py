@@ -141,6 +141,16 @@ def test_checks_name_the_worker(dask_cluster, tmp_path, monkeypatch):
         c.check_versions()
 
 
+def test_every_task_checks_its_worker_versions(dask_cluster, monkeypatch):
+    # a worker that joins after connect() was never checked: each task now carries the client's versions
+    c = cl.Cluster(dask_cluster[1], "tcp://x:1")
+    assert sorted(c.map_unordered(_context_and_pid, [0, 1], _install, {"k": 1}))[0][:2] == (0, {"k": 1})
+    monkeypatch.setattr(cl, "code_fingerprint", lambda packages: "0123456789abcdef")  # (the client's, not theirs)
+    with pytest.raises(cl.ClusterError, match=r"^tcp://x:1: worker tcp://127\.0\.0\.1:\d+ runs chdl code [0-9a-f]{16} "
+                                              r"\(here 0123456789abcdef\) \(it joined after the start\)"):
+        list(c.map_unordered(_context_and_pid, list(range(4)), _install, {"k": 2}))
+
+
 def _corpus_bytes(root):
     """Every file of a corpus, but the host timestamps (in frames.jsonl) and creation times (manifest)."""
     import json

@@ -825,3 +825,56 @@ def test_two_monitors_that_find_one_folder_free_at_once_do_not_share_it(tmp_path
     # not the loser's to remove: chdl monitor removes mon.folder when it recorded nothing, and it removed the
     # winner's folder, scores and events with it (a verification trial: 5 times in 6)
     assert loser.folder is None
+
+
+def _last_frame_model(monkeypatch, trained_max_value):
+    """diffuma.training.checkpoint's loaders replaced: a 'checkpoint' of this frame size trained at
+    ``trained_max_value``, whose model predicts the last frame."""
+    import torch
+
+    from diffuma.training import checkpoint as ck
+
+    class LastFrame(torch.nn.Module):
+        def forward(self, x):  # (B, T, C, H, W) -> (B, 1, C, H, W)
+            return x[:, -1:]
+
+    state = {"model_name": "diffuma", "model_config": {},
+             "data": {"in_frames": 5, "channels": 1, "height": H, "width": W, "max_value": trained_max_value}}
+    monkeypatch.setattr(ck, "load_checkpoint", lambda path: state)
+    monkeypatch.setattr(ck, "build_model_from_checkpoint", lambda s, weights, path: (LastFrame(), weights))
+
+
+def test_monitor_eval_notes_a_checkpoint_trained_at_another_max_value(clean_run, tmp_path, monkeypatch):
+    """A model trained on 16-bit-scaled frames (e.g. a Mono16 dataset of 12-bit data) scoring 8-bit frames: the
+    evaluation says so in its table and its metrics.json (eval and predict do too); at the same scale, no note."""
+    from chdl.monitor import evaluate as ev
+
+    model = tmp_path / "m.pt"
+    model.write_bytes(b"stands for a checkpoint")
+    _last_frame_model(monkeypatch, 65535)
+    res = ev.evaluate([clean_run], tmp_path / "e", checkpoint=model, qc=False, progress=False, methods=[])
+    note = (f"note: {model} was trained on frames scaled by max_value 65535; these frames are scaled by 255, so its "
+            f"predictions (and the scores) are not the ones it learned ({clean_run})")
+    assert note in res["markdown"].splitlines()
+    assert json.loads((tmp_path / "e" / "metrics.json").read_text())["notes"] == [note.removeprefix("note: ")]
+    _last_frame_model(monkeypatch, 255)
+    res = ev.evaluate([clean_run], tmp_path / "e2", checkpoint=model, qc=False, progress=False, methods=[])
+    assert "max_value" not in res["markdown"] and "notes" not in json.loads((tmp_path / "e2" / "metrics.json").read_text())
+
+
+def test_monitor_warns_of_a_checkpoint_trained_at_another_max_value(clean_run, monkeypatch):
+    """The live monitor learns the recording's scale at its first frame: a checkpoint trained at another one is
+    announced then (above the bar) and kept for the summary's warnings."""
+    from types import SimpleNamespace
+
+    from chdl.monitor.runtime import Monitor
+
+    said = []
+    frame = SimpleNamespace(index=0, lane=0, position_index=0, file=None, status="dropped")  # (not queued)
+    for trained, expected in ((65535, 1), (255, 0), (None, 0)):
+        mon = Monitor({"predictor": "checkpoint", "checkpoint": "m.pt", "trained_max_value": trained},
+                      announce=said.append)
+        mon.offer(clean_run, frame)
+        assert len(mon.warnings) == expected and mon.max_value == 255
+    assert said == ["warning: m.pt was trained on frames scaled by max_value 65535; these frames are scaled by 255, "
+                    "so its predictions (and the scores) are not the ones it learned"]

@@ -349,3 +349,20 @@ def test_a_resume_given_a_preset_value_explicitly_is_the_same_model(stopped_run,
     code, msg = _train(["--data", tiny_dataset, "--out", stopped_run, "--resume", "--config", config,
                         "--set", "model.hidden=8"])
     assert code == 0, msg
+
+
+def test_resuming_a_finished_run_says_so_and_changes_nothing(stopped_run, tiny_dataset):
+    """A second --resume of a run that had finished exited 0 silently, rewrote config.yaml and added a tensorboard
+    events file; it now says there is nothing to resume and leaves every file as it was."""
+    code, msg = _train(["--data", tiny_dataset, "--out", stopped_run, "--resume"])
+    assert code == 0 and "nothing to resume" not in msg, msg
+    def files():  # (but the lock, which every trainer takes)
+        return {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in stopped_run.rglob("*")
+                if p.is_file() and p.name != ".chdl-train.lock"}
+
+    before = files()
+    code, msg = _train(["--data", tiny_dataset, "--out", stopped_run, "--resume"])
+    assert code == 0, msg
+    assert (f"nothing to resume: {stopped_run} finished at step 6 (2 epochs done); its files are "
+            "unchanged") in msg.splitlines()
+    assert files() == before
