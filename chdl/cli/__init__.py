@@ -31,7 +31,10 @@ def quiet_abandoned_async() -> None:
 def object_store_error(e: BaseException) -> str | None:
     """One line for an object store's connection or credential failure (botocore's, through s3fs and zarr: a
     missing endpoint, no or wrong credentials, access refused), found anywhere in ``e``'s chain; None for any
-    other error. It names the URLs of the command line, which say which store it was."""
+    other error (and for a ClickException: the one line a command made of it, e.g. curate's, which says what to
+    rerun). It names the URLs of the command line, which say which store it was."""
+    if isinstance(e, click.ClickException):
+        return None
     seen = set()
     while e is not None and id(e) not in seen:
         seen.add(id(e))

@@ -67,6 +67,14 @@ def curate(raw: str, out: str, config_path: str | None, workers: int, scheduler:
                             progress=not quiet, log=(lambda m: None) if quiet else (lambda m: click.echo(m, err=True)))
     except (ClusterError, ConfigError, CurateError, PlanError, RawFormatError) as e:
         raise click.ClickException(str(e)) from None
+    except Exception as e:  # an object store that stopped answering mid-run: what is written so far stays resumable
+        from chdl.cli import object_store_error
+
+        if state.get("created") and (line := object_store_error(e)) is not None:
+            quiet_abandoned_async()
+            raise click.ClickException(f"{line}; {out} keeps the shards finished so far: rerun the same command to "
+                                       "resume once the store answers") from None
+        raise  # (before OUT was created: the store's one line, from chdl.cli, says all there is)
     except KeyboardInterrupt:
         quiet_abandoned_async()  # seen in CI and in tests/curation/test_curate_cli.py, ~1 run in 10
         from chdl.dataset import dataset_path, marked_incomplete, previous_path

@@ -45,7 +45,9 @@ def info(path: str, as_json: bool) -> None:
         "splits       " + ", ".join(f"{k} {v}" for k, v in summary["splits"].items()) + caveat,
         f"qc           {summary['qc_frames_total']} frames; flagged: "
         + ", ".join(f"{k} {v}" for k, v in summary["qc_frames_flagged"].items())
-        + ("; reconstructed by " + ", ".join(f"{k} {v}" for k, v in summary["reconstructed_by"].items() if v)
+        + ("; reconstructed by " + ", ".join(f"{k} {v}" if k != "not recorded" else  # (a dataset from before 12-01)
+                                             f"a method not recorded {v} (written before chdl stored it)"
+                                             for k, v in summary["reconstructed_by"].items() if v)
            if any(summary["reconstructed_by"].values()) else "") + caveat,
         (f"runs         {len(summary['runs'])}: " + ", ".join(summary["runs"][:5]) + (" ..." if len(summary["runs"]) > 5 else "")
          if summary["runs"] else "runs         none recorded (a dataset written without raw recordings)"),

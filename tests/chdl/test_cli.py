@@ -50,7 +50,8 @@ def test_info(tmp_path):
     assert r.returncode == 0, r.stderr
     assert "2 sequences x 10 frames x 1x6x8 uint8" in r.stdout and "train 1, val 1" in r.stdout
     assert "(Mono8, max_value 255)" in r.stdout and "integrity    every shard file present; BLAKE3" in r.stdout
-    assert "vibration 1, illumination 1, reconstructed 3, missing 1; reconstructed by flow 1, nearest 1, not recorded 1" in r.stdout
+    assert ("vibration 1, illumination 1, reconstructed 3, missing 1; reconstructed by flow 1, nearest 1, a method "
+            "not recorded 1 (written before chdl stored it)") in r.stdout
     j = json.loads(run("info", str(path), "--json").stdout)
     assert j["reconstructed_by"] == {"motion": 0, "flow": 1, "average": 0, "nearest": 1, "not recorded": 1}
     assert j["shape"] == [2, 10, 1, 6, 8] and j["provenance"]["command"] == "chdl curate x y"

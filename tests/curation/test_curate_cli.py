@@ -863,3 +863,27 @@ def test_a_recording_that_vanishes_mid_run_fails_the_run_and_the_rerun_resumes(t
     monkeypatch.setattr(pipeline, "_shard_task", real)
     _curate(raw, out, "--config", cfg, "--workers", "1")
     assert not (zarr.open_array(out / "qc_flags", mode="r")[:] & FLAG_MISSING).any()
+
+
+@pytest.mark.parametrize("created", [True, False])
+def test_an_object_store_that_stops_answering_mid_run_is_one_line_saying_the_rerun_resumes(tmp_path, monkeypatch,
+                                                                                           created):
+    """A moto S3 server stopped mid-curate gave "s3://chdl/d.zarr: the object store cannot be used
+    (EndpointConnectionError: ...)" and no word that the dataset begun there resumes; before OUT exists there is
+    nothing to resume, and the line says none."""
+    from botocore.exceptions import EndpointConnectionError
+
+    from curation import pipeline
+
+    def store_gone(raw, out, cfg, state, **kw):
+        state["created"] = created
+        raise RuntimeError("zarr store") from EndpointConnectionError(endpoint_url="http://127.0.0.1:9/b/d.zarr/x")
+
+    monkeypatch.setattr(pipeline, "curate", store_gone)
+    r = CliRunner().invoke(main, ["curate", str(tmp_path), "s3://b/d.zarr", "-q"])
+    assert r.exit_code == 1, r.output
+    line = r.output.strip()
+    assert "\n" not in line and line.startswith("Error: ")
+    assert "the object store cannot be used (EndpointConnectionError: Could not connect to the endpoint URL" in line
+    assert line.endswith("; s3://b/d.zarr keeps the shards finished so far: rerun the same command to resume once "
+                         "the store answers") == created, line
