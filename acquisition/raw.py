@@ -26,6 +26,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from acquisition import files, png
+from acquisition.format_versions import newer_format
 
 RAW_SCHEMA = "chdl.raw/1"
 MANIFEST = "manifest.json"
@@ -166,6 +167,8 @@ def validate_manifest(manifest: Any) -> str | None:
     reads from ``settings`` and ``plan``; the keys it does not read are free."""
     if not isinstance(manifest, dict):
         return "malformed manifest (expected a JSON object)"
+    if newer := newer_format("recording of schema", manifest.get("schema"), RAW_SCHEMA):
+        return newer
     if manifest.get("schema") != RAW_SCHEMA:
         return f"unsupported schema {manifest.get('schema')!r} (expected {RAW_SCHEMA!r})"
     if manifest.get("status") not in RUN_STATUSES:

@@ -59,7 +59,7 @@ from zarr.core.sync import sync
 
 from acquisition.raw import FORMAT_BITS  # pixel_format -> the bits it holds (the raw format's table)
 from chdl.locks import lock_holder, writer_lock_path
-from chdl.provenance import newer_format
+from acquisition.format_versions import newer_format
 
 if TYPE_CHECKING:  # annotations only: fsspec URLs (dataset_path) are universal_pathlib paths
     import upath

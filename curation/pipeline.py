@@ -134,6 +134,7 @@ def read_sequence(seq: SequencePlan, run_path: str, height: int, width: int, dty
 # ---------------------------------------------------------------------------------------------------
 
 _CTX: dict = {}
+SHOWN_WARNINGS = 20  # warnings printed per curate; the rest are counted in one line (the QC report has them all)
 SEQUENCE_THREADS = 2  # at most this many sequences curated concurrently inside one shard task (see _shard_task)
 
 
@@ -348,13 +349,33 @@ def _calibration_sample(plan: Plan, cfg: CurateConfig) -> list[tuple[int, Sequen
     return tasks
 
 
+class _Warnings:
+    """The warnings of one curate on stderr: the first :data:`SHOWN_WARNINGS`, then one line saying how many more
+    the QC report lists (a recording with thousands of unreadable frames printed a line for each)."""
+
+    def __init__(self, report: Path, log: Callable[[str], None]):
+        self.report, self.log, self.n = report, log, 0
+
+    def say(self, warning: str, write: Callable[[str], None] | None = None) -> None:
+        self.n += 1
+        if self.n <= SHOWN_WARNINGS:
+            (write or self.log)(f"warning: {warning}")
+
+    def close(self, write: Callable[[str], None] | None = None) -> None:
+        if self.n > SHOWN_WARNINGS:
+            (write or self.log)(f"warning: {self.n - SHOWN_WARNINGS} more warnings not shown ({self.n} in all; the QC "
+                                f"report lists every one: {self.report})")
+            self.n = SHOWN_WARNINGS  # (said once)
+
+
 def _thresholds(cfg: CurateConfig, baselines: list[qc.Baseline]) -> list[np.ndarray]:
     return [qc.thresholds(cfg.qc.floors, cfg.qc.z, b) for b in baselines]
 
 
 def _write(plan: Plan, cfg: CurateConfig, writer: DatasetWriter, ctx: dict, out: Path, html_path: Path,
            json_path: Path, workers: int, progress: bool, timings: dict,
-           cluster=None, log: Callable[[str], None] = print) -> tuple[set[int], list[int], dict]:
+           cluster=None, log: Callable[[str], None] = print, warnings: _Warnings | None = None
+           ) -> tuple[set[int], list[int], dict]:
     """The shards not yet done, the QC report, then finalize: (shards done before, shards written, summary)."""
     T = cfg.frames_per_sequence
     t_shards = time.perf_counter()
@@ -362,18 +383,22 @@ def _write(plan: Plan, cfg: CurateConfig, writer: DatasetWriter, ctx: dict, out:
     pending = [s for s in range(writer.n_shards) if s not in done]
     tasks = [(s, [plan.sequences[i] for i in writer.shard_range(s)]) for s in pending]
     n_pending = sum(len(seqs) for _, seqs in tasks) * T
+    warnings = warnings or _Warnings(html_path, log)
     with tqdm(total=n_pending, unit="frame", desc="curate", file=sys.stderr, disable=not progress,
               dynamic_ncols=True) as bar:
+        # above the bar while it shows; through `log` (silent with --quiet) otherwise (tqdm's write goes to stdout
+        # unless told: `curate > out 2> err` put thousands of warnings in out)
+        write = partial(bar.write, file=sys.stderr) if progress else log
         thumbnails = {}
         for i, (shard, n, warns, thumbs) in enumerate(_run_tasks(_shard_task, tasks, ctx, workers, cluster)):
-            for w in warns:  # above the bar while it shows; through `log` (silent with --quiet) otherwise
-                (partial(bar.write, file=sys.stderr) if progress else log)(f"warning: {plan.as_given(w)}")  # (tqdm's
-                # write goes to stdout unless told: `curate > out 2> err` put thousands of warnings in out)
+            for w in warns:
+                warnings.say(plan.as_given(w), write)
             thumbnails.update(thumbs)
             bar.set_postfix_str(f"shards {len(done) + i + 1}/{writer.n_shards}", refresh=False)
             bar.update(n)
             _check_interrupted()
 
+    warnings.close()
     timings["shards"] = time.perf_counter() - t_shards
     t_report = time.perf_counter()
     _check_interrupted()
@@ -438,8 +463,9 @@ def _curate(source: str | os.PathLike, out: str | os.PathLike, cfg: CurateConfig
     shard_sequences = min(cfg.sequences_per_shard, len(plan.sequences))
     _check_shard_memory(shard_sequences, plan, cfg, 1 if cluster is not None else workers)
     timings["plan"] = time.perf_counter() - t_start
+    warnings = _Warnings(html_path, log)
     for w in plan.warnings:
-        log(f"warning: {w}")
+        warnings.say(w)
     key = _key(plan, cfg)
     T = cfg.frames_per_sequence
     ctx = {"out": str(out.absolute()), "run_paths": [r.path for r in plan.runs], "height": plan.height, "width": plan.width,
@@ -550,7 +576,7 @@ def _curate(source: str | os.PathLike, out: str | os.PathLike, cfg: CurateConfig
     timings["calibrate"] = time.perf_counter() - t_cal
     try:
         done, pending, summary = _write(plan, cfg, writer, ctx, out, html_path, json_path, workers, progress, timings,
-                                        cluster, log)
+                                        cluster, log, warnings)
     except ClusterError as e:  # a dead pool worker, a lost scheduler, a task that killed its workers
         raise CurateError(f"{e}; {out} keeps the shards finished so far: rerun the same command to resume") from None
     except RecordingGoneError as e:

@@ -68,7 +68,7 @@ import cv2
 import numpy as np
 
 from chdl.monitor import SCORER_FORMAT as FORMAT  # the file format (defined where --help can read it)
-from chdl.provenance import newer_format
+from acquisition.format_versions import newer_format
 
 FEATURES = ("z1", "z2", "z3", "elongation", "log_mass", "change_area")  # the mixture's
 TESTS = ("splash_area", "crack_length")  # tested one by one beside the mixture (frame_features: after FEATURES)

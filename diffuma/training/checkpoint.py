@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from acquisition import files
-from chdl.provenance import newer_format
+from acquisition.format_versions import newer_format
 
 CHECKPOINT_FORMAT = "chdl.checkpoint/1"
 CHECKSUM_SUFFIX = ".checksum.json"  # last.pt -> last.pt.checksum.json

@@ -167,6 +167,20 @@ def test_malformed_manifest_names_the_key(tmp_path, edit, needle):
     assert msg.startswith(f"{path}: malformed manifest (") and needle in msg, msg
 
 
+@pytest.mark.parametrize("schema, message", [
+    ("chdl.raw/2", "a recording of schema chdl.raw/2 (made by a newer chdl); this chdl reads chdl.raw/1: upgrade "
+                   "chdl to use it"),  # (it was "unsupported schema", like any other file's)
+    ("other/1", "unsupported schema 'other/1' (expected 'chdl.raw/1')"),
+])
+def test_a_recording_of_a_newer_schema_says_to_upgrade(tmp_path, schema, message):
+    _record(tmp_path / "run")
+    path = tmp_path / "run" / "manifest.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "schema": schema}))
+    with pytest.raises(RawFormatError) as e:
+        Recording.open(tmp_path / "run")
+    assert str(e.value) == f"{path}: {message}"
+
+
 def test_writer_refuses_what_the_reader_refuses(tmp_path):
     with pytest.raises(RawFormatError, match="plan.positions_um.0. must be a finite number"):
         RecordingWriter.create(tmp_path / "a", {**MANIFEST, "plan": {"positions_um": [float("nan")]}})

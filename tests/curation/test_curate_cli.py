@@ -887,3 +887,22 @@ def test_an_object_store_that_stops_answering_mid_run_is_one_line_saying_the_rer
     assert "the object store cannot be used (EndpointConnectionError: Could not connect to the endpoint URL" in line
     assert line.endswith("; s3://b/d.zarr keeps the shards finished so far: rerun the same command to resume once "
                          "the store answers") == created, line
+
+
+def test_warnings_beyond_the_first_ones_are_counted_in_one_line(tmp_path, monkeypatch):
+    """A recording with thousands of unreadable frames printed a warning line for each (4786 in a trial); the
+    first SHOWN_WARNINGS are printed, the rest counted in one line that points to the report, which lists all."""
+    from curation import pipeline
+
+    run = tmp_path / "raw" / "r"
+    write_run(run, lanes=4)
+    for i in range(7):
+        (run / "frames" / f"{i:06d}.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 100)
+    monkeypatch.setattr(pipeline, "SHOWN_WARNINGS", 3)
+    r = CliRunner().invoke(main, ["curate", str(tmp_path / "raw"), str(tmp_path / "o.zarr")])
+    assert r.exit_code == 0, r.output
+    warned = [line for line in r.output.splitlines() if line.startswith("warning: ")]
+    assert len(warned) == 4 and all("truncated or corrupt" in w for w in warned[:3]), r.output
+    assert warned[3] == (f"warning: 4 more warnings not shown (7 in all; the QC report lists every one: "
+                         f"{tmp_path / 'o.qc.html'})")
+    assert sum("truncated or corrupt" in w for w in json.loads((tmp_path / "o.qc.json").read_text())["warnings"]) == 7
