@@ -282,3 +282,12 @@ def test_every_option_of_every_command_says_what_it_is():
 
     walk(main, "chdl")
     assert not missing, missing
+
+
+def test_python_m_chdl_is_not_shadowed_by_a_users_file_in_the_working_folder(tmp_path):
+    """`python -m chdl` in a folder holding an acquisition.py imported that file in place of chdl's package."""
+    for name in ("acquisition", "curation", "diffuma"):
+        (tmp_path / f"{name}.py").write_text('raise SystemExit("the user\'s file was imported")\n')
+    r = subprocess.run([sys.executable, "-m", "chdl", "info", str(tmp_path / "none.zarr")], capture_output=True,
+                       text=True, cwd=tmp_path, timeout=120)
+    assert r.returncode == 1 and r.stderr.strip() == f"Error: {tmp_path / 'none.zarr'}: no such dataset", r.stderr
