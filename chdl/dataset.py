@@ -914,6 +914,29 @@ class DatasetReader:
         """Whether the dataset records shard checksums (False: written before chdl recorded them)."""
         return CHECKSUMS in self.group
 
+    def sequence_keys(self, indices: Sequence[int]) -> list[str | None]:
+        """Per sequence of ``indices``, a 16-hex-digit BLAKE3 digest of where its frames came from (source run
+        name, lane, capture times of its first and last recorded frame), which a re-curation of the same recording
+        (another split, other QC settings) gives again; None for a sequence without that record (imported data:
+        lane -1 or no capture time). Checkpoints record those of their training sequences, so an evaluation can
+        say when it scores sequences the model was trained on (:func:`diffuma.evaluation.evaluation_record`)."""
+        idx = np.asarray(indices, dtype=np.int64)
+        if idx.size == 0:
+            return []
+        runs = self.attrs.get("runs") or []
+        run_index = read_array(self.group["run_index"], slice(None), self.path)[idx]
+        lane = read_array(self.group["lane"], slice(None), self.path)[idx]
+        times = read_array(self.group["timestamp_ns"], slice(None), self.path)[idx]
+        keys: list[str | None] = []
+        for r, ln, t in zip(run_index.tolist(), lane.tolist(), times.tolist()):
+            known = [x for x in t if x >= 0]  # (a dropped frame has no capture time)
+            if ln < 0 or not known or not 0 <= r < len(runs):
+                keys.append(None)
+                continue
+            source = f"{Path(str(runs[r])).name}\0{ln}\0{known[0]}\0{known[-1]}"
+            keys.append(blake3.blake3(source.encode()).hexdigest()[:16])
+        return keys
+
     def identity(self) -> dict:
         """What tells this dataset from another wherever it lies (a path can move): ``frames_shape`` (N, T, C, H, W),
         ``created`` (its provenance's creation time), and ``content``: the BLAKE3 digest (64 hex digits) of its

@@ -105,8 +105,11 @@ def _size(n: float) -> str:
     return f"{n / 2**30:.1f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
 
 
-def read_sequence(seq: SequencePlan, run_path: str, height: int, width: int, dtype: np.dtype):
-    """(frames (T,H,W), available (T,), {t: error}) — an unreadable frame file is a missing frame.
+def read_sequence(seq: SequencePlan, run_path: str, height: int, width: int, dtype: np.dtype,
+                  max_value: float | None = None):
+    """(frames (T,H,W), available (T,), {t: error}) — an unreadable frame file is a missing frame, and so is,
+    given ``max_value``, a frame that carries no image (:func:`curation.qc.no_image`: a sequence of them
+    passed QC, which compares frames with each other; its pixels are zeroed like a missing frame's).
     RecordingGoneError when the folder holding an unreadable frame is gone: a network mount that dropped mid-run
     had turned every later frame into a "missing" one, and curate finished a complete dataset of blanks, exit 0."""
     T = len(seq.records)
@@ -120,6 +123,9 @@ def read_sequence(seq: SequencePlan, run_path: str, height: int, width: int, dty
         try:
             frames[t] = rec.read(r)
             available[t] = True
+            if max_value is not None and (why := qc.no_image(frames[t], max_value)):
+                errors[t] = f"{Path(run_path) / r.file}: {why}"
+                frames[t], available[t] = 0, False
         except RawFormatError as e:
             folder = (Path(run_path) / r.file).parent if r.file is not None else None  # (None: a dropped frame)
             if folder is not None and not folder.is_dir():
@@ -211,7 +217,8 @@ def _init_pool_worker(ctx: dict) -> None:
 def _calibration_task(task: tuple[int, SequencePlan]) -> tuple[int, np.ndarray]:
     run, seq = task
     c = _CTX
-    frames, available, _ = read_sequence(seq, c["run_paths"][run], c["height"], c["width"], c["dtype"])
+    frames, available, _ = read_sequence(seq, c["run_paths"][run], c["height"], c["width"], c["dtype"],
+                                         c["max_value"])
     _check_range(frames, seq)
     return run, qc.measure(frames, available, c["max_value"])
 
@@ -249,7 +256,7 @@ def _shard_task(task: tuple[int, list[SequencePlan]]) -> tuple[int, int, list[st
 
     def one(i: int):
         seq = seqs[i]
-        raw, available, errors = read_sequence(seq, c["run_paths"][seq.run], H, W, c["dtype"])
+        raw, available, errors = read_sequence(seq, c["run_paths"][seq.run], H, W, c["dtype"], c["max_value"])
         _check_range(raw, seq)
         res = curate_sequence(raw, available, c["baselines"][seq.run], c["thresholds"][seq.run],
                               cfg.max_bad_frames, c["max_value"], cfg.qc.z_sequence)

@@ -215,8 +215,10 @@ def build_summary(out: Path, plan: Plan, cfg: CurateConfig) -> tuple[dict, dict]
         for t, rec in enumerate(s.records):
             if rec is not None and flags[s.index, t] & FLAG_MISSING:
                 try:
-                    Recording(Path(plan.runs[s.run].path), {}, [], False).read(rec)
-                    why = "unreadable when curated"
+                    pixels = Recording(Path(plan.runs[s.run].path), {}, [], False).read(rec)
+                    blank = qc.no_image(pixels, plan.max_value)
+                    why = plan.as_given(f"{Path(plan.runs[s.run].path) / rec.file}: {blank}") if blank else \
+                        "unreadable when curated"
                 except RawFormatError as e:
                     why = plan.as_given(str(e))
                 unreadable.append({"sequence": s.index, "t": t, "problem": why})

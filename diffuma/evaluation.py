@@ -127,6 +127,13 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | Path, split: str = "
     }
 
 
+def saved_identity_matches(state: dict, identity: dict) -> bool:
+    """Whether the dataset of ``identity`` (:meth:`chdl.dataset.DatasetReader.identity`) is the one the checkpoint
+    ``state`` was trained on (content digest and frame shape)."""
+    saved = state["data"].get("identity") or {}
+    return saved.get("content") == identity["content"] and saved.get("frames_shape") == identity["frames_shape"]
+
+
 def evaluation_record(state: dict, checkpoint: str | Path, data: str | Path, split: str, *, batch_size: int,
                       device: torch.device, max_sequences: int | None) -> dict:
     """What an evaluation's numbers can be traced to, and the notes a reader must see: ``checkpoint_blake3``
@@ -151,10 +158,16 @@ def evaluation_record(state: dict, checkpoint: str | Path, data: str | Path, spl
     if (trained_max := other_max_value(state["data"], max_value)) is not None:  # e.g. 12-bit data curated as 16-bit
         notes.append(f"this checkpoint was trained on frames scaled by max_value {trained_max:g}; this dataset "
                      f"is scaled by {max_value:g}: its intensities in [0, 1] are not the ones the model learned")
+    trained_on = set(state["data"].get("train_sequences") or [])
+    scored = reader.indices(split)[:max_sequences]
+    if trained_on and (seen := sum(k in trained_on for k in reader.sequence_keys(scored))):
+        notes.append(f"{seen} of the {len(scored)} sequences scored here were training sequences of this checkpoint "
+                     "(the same recording, lane and capture times): its numbers here are optimistic")
+    elif split != "val" and not trained_on and saved_identity_matches(state, identity):
+        notes.append(f"scored on the {split} split of the dataset this checkpoint was trained on: its training "
+                     "sequences are among them, so its numbers here are optimistic")
     selected = state.get("selected")
-    saved_identity = state["data"].get("identity") or {}
-    if selected and selected.get("split") == split and saved_identity.get("content") == identity["content"] \
-            and saved_identity.get("frames_shape") == identity["frames_shape"]:
+    if selected and selected.get("split") == split and saved_identity_matches(state, identity):
         notes.append(f"this checkpoint was chosen by its {selected.get('by')} on this split (best.pt): its numbers "
                      "here are optimistic; cite a checkpoint chosen otherwise, e.g. last.pt (as chdl bench does)")
     return {"checkpoint_blake3": state[LOADED_DIGEST], "data_path": str(Path(data).resolve()),

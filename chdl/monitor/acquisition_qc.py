@@ -22,6 +22,10 @@ and the third against those of them not flagged. A first frame flagged then is r
 flagged (nothing before it) and, as a reference, made two clean frames after it look like illumination
 faults (frames 62 and 63 of samples/sim-200x150, 2026-12-01). From the fourth frame on each frame is
 judged on arrival against up to 4 before it. A pass of two frames is not judged.
+
+**A frame that carries no image** (``curation.qc.no_image``: a lens cap, the lamp off) is flagged "no image" on
+arrival, before any comparison: frames like it agree with each other, so a stream of them raised nothing. It is
+no reference, and the comparison window starts again after it.
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ FIRST_JUDGED = 3  # the first frames of a pass are judged together once this man
 
 
 class AcquisitionQC:
-    """``check(frame, lane, position)`` -> None | "vibration" | "illumination" for the frame, and in ``late``
+    """``check(frame, lane, position)`` -> None | "vibration" | "illumination" | "no image" for the frame, and in ``late``
     the earlier frames of its pass judged only now (module docstring); frames of one stream, in order (a gap
     in the positions, frames the monitor skipped, restarts the comparison window)."""
 
@@ -57,6 +61,10 @@ class AcquisitionQC:
 
     def check(self, frame: np.ndarray, lane: int, position: int) -> str | None:
         self.late = []
+        if qc.no_image(frame, self.max_value):  # (curate treats it as missing): no reference for the next frames,
+            self.lane, self.position = lane, position  # whose window starts again after it
+            self.frames, self.positions, self.usable, self.judged = [], [], [], 0
+            return "no image"
         if lane != self.lane:
             if len(self.lane_scores) >= 5:
                 self.done_lanes = (self.done_lanes + [np.stack(self.lane_scores)])[-20:]

@@ -482,7 +482,7 @@ class FrameResult:
     z: float  # the score in baseline sigmas above the baseline median (Scored.z)
     alert: bool
     new_alert: bool
-    acquisition: str | None  # None | "vibration" | "illumination"
+    acquisition: str | None  # None | "vibration" | "illumination" | "no image"
     box: list[int] | None
     pixels: np.ndarray  # (H, W) in [0, 1]
     prediction: np.ndarray  # (H, W) in [0, 1]

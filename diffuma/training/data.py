@@ -30,6 +30,10 @@ def dataset_info(path: str | Path, in_frames: int | None = None, out_frames: int
         "max_value": float(reader.attrs["max_value"]),
         "pixel_format": str(reader.attrs.get("pixel_format", "")),
         "identity": reader.identity(),
+        # where the training sequences came from (chdl.dataset.DatasetReader.sequence_keys; imported data has no
+        # such record): an evaluation notes sequences it scores that the model was trained on (a re-curation of
+        # the same recording with another split puts training lanes into "val")
+        "train_sequences": [k for k in reader.sequence_keys(reader.indices("train")) if k is not None],
     }
 
 

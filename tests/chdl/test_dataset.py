@@ -528,3 +528,26 @@ def test_the_writing_example_of_the_format_docs_runs(tmp_path, monkeypatch):
 
     r = CliRunner().invoke(main, ["info", str(tmp_path / "mine.zarr")])  # (it printed "runs         0: ")
     assert r.exit_code == 0 and "runs         none recorded (a dataset written without raw recordings)" in r.output
+
+
+def test_sequence_keys_name_where_frames_came_from_not_how_they_were_split(tmp_path):
+    """The same lane and capture times give the same key in another dataset (another split, another run folder);
+    imported data (lane -1) and sequences without capture times have none."""
+    def write(path, lane, times, runs=("/a/run_00000",)):
+        w = DatasetWriter.create(path, n_sequences=3, frames_per_sequence=4, channels=1, height=4, width=4,
+                                 sequences_per_shard=3, in_frames=2, out_frames=2, runs=list(runs))
+        w.write_shard(0, frames=np.zeros((3, 4, 1, 4, 4), np.uint8), split=np.array([0, 1, 0], np.uint8),
+                      run_index=np.zeros(3, np.int32), lane=np.array(lane, np.int32), timestamp_ns=np.array(times))
+        w.finalize()
+        return open_dataset(path).sequence_keys([0, 1, 2])
+
+    times = np.arange(12, dtype=np.int64).reshape(3, 4) * 10**8
+    a = write(tmp_path / "a.zarr", [0, 1, 2], times)
+    assert all(len(k) == 16 for k in a) and len(set(a)) == 3
+    dropped = times.copy()
+    dropped[1, -1] = -1  # a dropped last frame: the sequence is still told by its recorded frames
+    b = write(tmp_path / "b.zarr", [0, 1, 2], dropped, runs=("/elsewhere/run_00000",))
+    assert b[0] == a[0] and b[2] == a[2] and b[1] is not None
+    assert write(tmp_path / "c.zarr", [-1, -1, 2], times)[:2] == [None, None]
+    assert write(tmp_path / "d.zarr", [0, 1, 2], np.full((3, 4), -1))[0] is None
+    assert write(tmp_path / "e.zarr", [0, 1, 2], times + 1) != a  # other captures

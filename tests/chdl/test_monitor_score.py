@@ -289,3 +289,21 @@ def test_a_frame_predicted_from_a_flagged_one_cannot_alert():
     assert stream.quarantined and s.z > 0.5 and not s.new_alert
     stream.push(_noise(10) * 0.01, lane=0, position_index=10, forget=[9])  # a late flag: 9 leaves the history
     assert stream.quarantined and [p for p, _ in stream.history] == [10]
+
+
+def test_a_frame_without_an_image_is_an_acquisition_flag_and_no_reference():
+    """A stream gone black (lens cap, lamp off) raised nothing: its frames agree with each other. Each is flagged
+    "no image" on arrival; the frames after it are compared with each other again, not with it."""
+    from acquisition.simulator import DicingLaneSimulator, SimConfig
+    from chdl.monitor.acquisition_qc import AcquisitionQC
+
+    sim = DicingLaneSimulator(SimConfig(seed=0, width=200, height=150, fault_rate=0.0))
+    qc = AcquisitionQC(255.0)
+    black = np.zeros((150, 200), np.uint8)
+    flags = []
+    for lane in range(3):
+        for p in range(10):
+            frame = black if (lane == 1 and p >= 6) or (lane == 2 and p == 4) else sim.render(lane, p).pixels
+            flags.append(qc.check(frame, lane, p))
+    assert [i for i, f in enumerate(flags) if f] == [16, 17, 18, 19, 24] and set(filter(None, flags)) == {"no image"}
+    assert qc.frames and not any(np.array_equal(f, black) for f in qc.frames)

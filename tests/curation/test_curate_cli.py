@@ -906,3 +906,27 @@ def test_warnings_beyond_the_first_ones_are_counted_in_one_line(tmp_path, monkey
     assert warned[3] == (f"warning: 4 more warnings not shown (7 in all; the QC report lists every one: "
                          f"{tmp_path / 'o.qc.html'})")
     assert sum("truncated or corrupt" in w for w in json.loads((tmp_path / "o.qc.json").read_text())["warnings"]) == 7
+
+
+def test_frames_without_an_image_are_treated_as_missing(tmp_path):
+    """A lane pass with the lens capped and one frame with the lamp off passed QC (which compares frames with each
+    other) into the dataset as black training sequences; now they are missing frames, named in the report: the
+    capped pass is excluded, the single frame reconstructed."""
+    import cv2
+
+    run = tmp_path / "raw" / "r"
+    truth = write_run(run, lanes=4)
+    for lane, t in [(1, t) for t in range(T)] + [(2, 4)]:
+        cv2.imwrite(str(run / "frames" / f"{lane * T + t:06d}.png"), np.zeros_like(truth[lane, t][0]))
+    r = CliRunner().invoke(main, ["curate", str(tmp_path / "raw"), str(tmp_path / "o.zarr")])
+    assert r.exit_code == 0, r.output
+    ds = open_dataset(tmp_path / "o.zarr")
+    assert ds.split[1] == SPLIT_EXCLUDED and (ds.qc_flags[1] == FLAG_MISSING).all()
+    assert ds.qc_flags[2, 4] & ~np.uint8(RECONSTRUCTION_MASK) == FLAG_MISSING | FLAG_RECONSTRUCTED
+    assert psnr(ds.frames[2, 4, 0], truth[2, 4][1]) > 25
+    assert not (ds.qc_flags[[0, 3]] & FLAG_MISSING).any()
+    s = json.loads((tmp_path / "o.qc.json").read_text())
+    blank = f"{run / 'frames' / '000024.png'}: no image (its pixels' standard deviation is 0.00% of full scale, under 1%"
+    assert any(u["problem"].startswith(blank) for u in s["unreadable_frames"]), s["unreadable_frames"]
+    assert len(s["unreadable_frames"]) == T + 1
+    assert f"warning: {blank}" in r.output

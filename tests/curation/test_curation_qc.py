@@ -388,3 +388,18 @@ def test_scipy_phase_correlation_agrees_with_opencv(width):
         d_near, peak_near = qc.spectrum_shift(fa, fb, a.shape, near=np.array([dx, dy]) + 1.0, radius=3)
         np.testing.assert_array_equal(d_near, d)
         assert peak_near == peak
+
+
+def test_a_frame_without_an_image_is_told_apart_from_dark_and_flat_ones():
+    """A lens cap, the lamp off, a sensor saturated all over: what is left is noise and a few hot pixels; every
+    frame of real or simulated content spreads far wider (>= 17.6 % of full scale on the development videos)."""
+    rng = np.random.default_rng(0)
+    dark = np.clip(rng.normal(2, 1, (600, 800)), 0, 255).astype(np.uint8)
+    dark[rng.integers(0, 600, 30), rng.integers(0, 800, 30)] = 255  # hot pixels
+    assert "no image (its pixels' standard deviation is" in qc.no_image(dark, 255)
+    assert qc.no_image(np.full((60, 80), 255, np.uint8), 255).startswith("no image (its pixels' standard deviation "
+                                                                         "is 0.00% of full scale, under 1%")
+    frames, _ = make_sequence(SynthSpec(), 0, {})
+    assert all(qc.no_image(f, 255) is None for f in frames)
+    assert qc.no_image((frames[0].astype(np.uint16) * 16), 4095) is None  # 12-bit data in Mono16: its own scale
+    assert qc.no_image((frames[0].astype(np.uint16) * 16), 65535 * 40) is not None  # (the scale decides)

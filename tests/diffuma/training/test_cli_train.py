@@ -166,6 +166,33 @@ def test_eval_notes_a_checkpoint_trained_at_another_max_value(trained):
         "intensities in [0, 1] are not the ones the model learned"]
 
 
+def test_eval_notes_sequences_the_checkpoint_was_trained_on(trained, tmp_path):
+    """The same recording curated again with another split put 14 of 24 training lanes into "val", and eval scored
+    them as validation without a word; so did --split train. The checkpoint records where its training sequences
+    came from, and eval counts those it scores."""
+    from diffuma.evaluation import evaluation_record
+    from diffuma.training.checkpoint import load_checkpoint
+
+    root, data, run = trained
+    state = load_checkpoint(run / "checkpoints" / "last.pt")
+    assert len(state["data"]["train_sequences"]) == 4  # (n=6, n_val=2)
+
+    def notes(dataset, split="val"):
+        return evaluation_record(state, run, dataset, split, batch_size=2, device=torch.device("cpu"),
+                                 max_sequences=None)["notes"]
+
+    assert notes(data) == []
+    resplit = write_moving_square_dataset(tmp_path / "resplit.zarr", n=6, split=[1, 0, 1, 0, 0, 1])
+    assert notes(resplit) == ["2 of the 3 sequences scored here were training sequences of this checkpoint (the same "
+                              "recording, lane and capture times): its numbers here are optimistic"]
+    assert notes(data, "train")[0].startswith("4 of the 4 sequences scored here were training sequences")
+    assert notes(write_moving_square_dataset(tmp_path / "other.zarr", n=6, seed=5)) == []  # other captures
+    state["data"].pop("train_sequences")  # a checkpoint from before chdl recorded them: the split is all it knows
+    assert notes(data, "all") == ["scored on the all split of the dataset this checkpoint was trained on: its "
+                                  "training sequences are among them, so its numbers here are optimistic"]
+    assert notes(data) == []
+
+
 def test_eval_records_the_digest_of_the_bytes_it_loaded(trained, tmp_path):
     """The eval JSON's checkpoint_blake3 was a second read of the file after the evaluation: a last.pt that a
     running training replaced meanwhile was recorded with the new file's digest beside the old file's numbers."""
