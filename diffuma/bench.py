@@ -46,7 +46,7 @@ import numpy as np
 import torch
 
 from acquisition import files
-from diffuma.evaluation import BASELINES, METRIC_FORMATS, result_key
+from diffuma.evaluation import BASELINES, METRIC_FORMATS, baseline_predictions, result_key
 
 UNDERUSED_BUDGET = 0.9  # a budget run that trained for less than this share of its budget is flagged in the report
 BUDGET_EPOCHS = 10**6  # run.epochs of a --budget-minutes run: a cap the budget always reaches first
@@ -294,16 +294,30 @@ def _budget_text(report: dict) -> str:
     return f"{n} epoch{'' if n == 1 else 's'}"
 
 
+def underused_budget(report: dict, training: dict | None) -> float | None:
+    """The share of its budget a budget run trained for, when it is under ``UNDERUSED_BUDGET`` (not an
+    equal-compute row); None otherwise (and for epoch runs)."""
+    if not training or report.get("budget_minutes") is None:
+        return None
+    used = (training.get("train_seconds") or 0.0) / (report["budget_minutes"] * 60)
+    return used if used < UNDERUSED_BUDGET else None
+
+
 def terminal_summary(report: dict) -> list[str]:
     """The lines ``chdl bench`` prints at the end: final MSE/MAE/SSIM per model (with the steps and samples it
-    reached) and per baseline, labels padded to the longest one so the columns line up, then the convention."""
+    reached, and a warning where a budget run used too little of its budget) and per baseline, labels padded to
+    the longest one so the columns line up, then the split when it is not val, and the convention."""
     rows = {label: (r["final"]["overall"], r.get("training")) for label, r in report["models"].items()}
     rows.update({name: (report[result_key(name)]["overall"], None) for name in BASELINES})
     width = max(map(len, rows), default=0)
     lines = []
     for label, (o, training) in rows.items():
         reached = f"  ({training['steps']} steps, {training['samples']} samples)" if training else ""
+        if (used := underused_budget(report, training)) is not None:  # (bench.md says so; the terminal did not)
+            reached += f"  -- used {used:.0%} of its budget: not an equal-compute row"
         lines.append(f"  {label:<{width}}  MSE {o['mse']:.5g}  MAE {o['mae']:.5g}  SSIM {o['ssim']:.4f}{reached}")
+    if report.get("split", "val") != "val":
+        lines.append(f"  scored on the {report['split']} split")
     return lines + [f"  metric convention: {report['convention']}"]
 
 
@@ -314,7 +328,7 @@ def markdown_report(report: dict) -> str:
     baselines = {name: report[result_key(name)] for name in BASELINES}
     head = (f"{report['split']} split of `{ds['path']}`: {report['n_sequences']} sequences, "
             f"{ds['in_frames']}→{ds['out_frames']} frames of {ds['channels']}×{ds['height']}×{ds['width']}; "
-            f"every model trained for {_budget_text(report)} with the same run settings.")
+            f"every model given {_budget_text(report)} with the same run settings.")
     if "code" in report:  # (benches written before 2026-12-02 do not record it)
         code, content = report["code"], ds["identity"].get("content")
         head += (f" Dataset content {content[:16] if content else 'not recorded'}; chdl {code['chdl']}, commit "
@@ -324,17 +338,19 @@ def markdown_report(report: dict) -> str:
     L = ["# Benchmark", "", head, ""]
     # Overall
     L += ["## Overall (final weights)", "",
-          "| model | params | steps | samples | train time | train samples/s | inference samples/s "
-          "| MSE ↓ | MAE ↓ | SSIM ↑ | PSNR (dB) ↑ |",
-          "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+          "| model | params | steps | samples | train time | samples/s in training | timed train samples/s "
+          "| timed inference samples/s | MSE ↓ | MAE ↓ | SSIM ↑ | PSNR (dB) ↑ |",
+          "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for label, r in report["models"].items():
         t, tr = r.get("throughput") or {}, r.get("training") or {}
         o = r["final"]["overall"]
+        reached = tr["samples"] / tr["train_seconds"] if tr.get("samples") and tr.get("train_seconds") else None
         L.append(f"| {label} | {r['params'] / 1e6:.2f}M | {tr.get('steps', '–')} | {tr.get('samples') or '–'} | "
-                 f"{_fmt_seconds(tr.get('train_seconds'))} | {_fmt_rate(t.get('train_samples_per_s'))} | "
+                 f"{_fmt_seconds(tr.get('train_seconds'))} | {_fmt_rate(reached)} | "
+                 f"{_fmt_rate(t.get('train_samples_per_s'))} | "
                  f"{_fmt_rate(t.get('infer_samples_per_s'))} | " + " | ".join(_fmt(m, o[m]) for m in METRIC_FORMATS) + " |")
     for name, b in baselines.items():
-        L.append(f"| {name} | 0 | – | – | – | – | – | " + " | ".join(_fmt(m, b["overall"][m]) for m in METRIC_FORMATS)
+        L.append(f"| {name} | 0 | – | – | – | – | – | – | " + " | ".join(_fmt(m, b["overall"][m]) for m in METRIC_FORMATS)
                  + " |")
     any_t = next((r["throughput"] for r in report["models"].values() if r.get("throughput")), None)
     L += ["", note]
@@ -348,20 +364,20 @@ def markdown_report(report: dict) -> str:
         L += ["", f"Throughput: batch {any_t['batch_size']}, {any_t['device']}, {any_t['precision']}, mean of "
                   f"{any_t['timed_steps']} timed steps after warm-up; train = training_loss + backward + AdamW step."]
     L += ["", "Train time = wall-clock of the optimiser steps and their data loading (validation and checkpoints "
-              "excluded); samples = training sequences seen."]
+              "excluded); samples = training sequences seen; samples/s in training = samples / train time (what the "
+              "budget bought, on this machine as loaded then); the timed columns are a separate pass after training, "
+              "one model alone on a fixed batch, so they compare the models' cost, not the run's."]
     if report.get("budget_minutes") is not None:
         L += ["", f"Budget: {report['budget_minutes']:g} min of training time per model, one model after the other "
                   "on this machine; the schedule length was planned from each model's first steps and once more "
                   "at 10 % of the budget (diffuma.training.budget). Stopped by:", ""]
-        budget_s = report["budget_minutes"] * 60
         for label, r in report["models"].items():
             tr = r["training"]
             line = f"- {label}: {tr['stopped_by']}, " + (
                 f"{tr['steps']} of {tr['planned_steps']} planned steps" if tr["planned_steps"] is not None else
                 f"{tr['steps']} steps, before the schedule was planned (the budget ran out during the first "
                 "timed steps)")
-            used = (tr.get("train_seconds") or 0.0) / budget_s
-            if used < UNDERUSED_BUDGET:
+            if (used := underused_budget(report, tr)) is not None:
                 line += (f" -- **used {used:.0%} of its budget**: its steps got faster after the schedule was planned "
                          "(a busier machine while it planned?); not an equal-compute row, re-run it on a quiet machine")
             L.append(line)
@@ -654,7 +670,8 @@ def run_bench(data: str | Path, models: str, epochs: list[int] | None, out: str 
             del model
         for i, (x, y) in enumerate(seqs):
             name = f"grid_seq{i}.png"
-            prediction_grid(out / name, x, y, preds[i], title=f"{split} sequence {i} (after {budget_text})")
+            preds[i] |= {k: v[0] for k, v in baseline_predictions(x[None], t_out).items()}  # (the tables' rows too)
+            prediction_grid(out / name, x, y, preds[i], title=f"{split} sequence {i} (each model given {budget_text})")
             report["grids"].append(name)
     write_plots(report, out)
     files.write_text(out / "bench.md", markdown_report(report))

@@ -26,6 +26,12 @@ COPY_LAST_FRAME = "copy-last-frame"  # the row name of the baseline in every tab
 BASELINES = {COPY_LAST_FRAME: copy_last_frame, CONSTANT_MOTION: constant_motion}
 
 
+def baseline_predictions(x: torch.Tensor, out_frames: int) -> dict[str, torch.Tensor]:
+    """Every baseline's prediction of (B, T_in, C, H, W) inputs: {row name: (B, T_out, C, H, W)} in [0, 1], for the
+    pictures (prediction grids) as the tables have them: the model's rows beside what it must beat."""
+    return {name: fn(x, out_frames).clamp(0, 1) for name, fn in BASELINES.items()}
+
+
 def result_key(name: str) -> str:
     """The JSON key of a baseline row: "copy-last-frame" -> "copy_last_frame"."""
     return name.replace("-", "_")

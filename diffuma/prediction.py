@@ -27,7 +27,7 @@ import torch
 import zarr
 from tqdm import tqdm
 
-from diffuma.evaluation import autocast, check_finite
+from diffuma.evaluation import autocast, baseline_predictions, check_finite
 from diffuma.output_folder import check_output_folder, remove_stale_working_folders
 from diffuma.viz import prediction_grid, save_png, side_by_side_gif
 
@@ -103,4 +103,6 @@ def _write_folder(tmp: Path, inputs, preds, targets, ids, names, max_value, attr
         seq_preds = {label: p[i] for label, p in preds.items()}
         side_by_side_gif(tmp / "gifs" / f"{name}.gif", inputs[i], seq_preds, truth, fps=fps)
         if truth is not None:
-            prediction_grid(tmp / "grids" / f"{name}.png", inputs[i], truth, seq_preds, title=name)
+            baselines = baseline_predictions(torch.from_numpy(inputs[i][None]), truth.shape[0])  # (as in the tables)
+            prediction_grid(tmp / "grids" / f"{name}.png", inputs[i], truth,
+                            seq_preds | {k: v[0].numpy() for k, v in baselines.items()}, title=name)

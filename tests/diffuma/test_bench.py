@@ -265,3 +265,24 @@ def test_bench_tables_print_metrics_as_eval_does():
 
     assert [_fmt("mse", 0.0141), _fmt("mse", 0.0086286), _fmt("mae", 248.0), _fmt("ssim", 0.5), _fmt("psnr", 30.0)] == \
         ["0.014100", "0.0086286", "248.00", "0.5000", "30.00"]
+
+
+def test_the_terminal_summary_says_when_a_row_is_not_equal_compute_or_not_on_val():
+    """bench.md flagged a budget run that trained 78 of its 120 s ("not an equal-compute row"); the terminal
+    summary, which is what a user reads, did not, nor which split it scored when not val."""
+    from diffuma.bench import terminal_summary
+    from diffuma.evaluation import BASELINES
+
+    def overall(mse):
+        return {"overall": {"mse": mse, "mae": 0.01, "ssim": 0.9}}
+
+    report = {"convention": "per_pixel", "budget_minutes": 2.0, "split": "train", "models": {
+        "diffuma:tiny": {"final": overall(0.003), "training": {"steps": 57, "samples": 228, "train_seconds": 78.3}},
+        "simvp:tiny": {"final": overall(0.005), "training": {"steps": 131, "samples": 524, "train_seconds": 120.1}}},
+        **{result_key(name): overall(0.02) for name in BASELINES}}
+    lines = terminal_summary(report)
+    assert lines[0].endswith("(57 steps, 228 samples)  -- used 65% of its budget: not an equal-compute row")
+    assert lines[1].endswith("(131 steps, 524 samples)")
+    assert lines[-2:] == ["  scored on the train split", "  metric convention: per_pixel"]
+    report["split"] = "val"
+    assert "split" not in " ".join(terminal_summary(report))

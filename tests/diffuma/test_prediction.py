@@ -103,3 +103,23 @@ def test_every_channel_of_a_two_channel_prediction_is_written_as_png(tmp_path):
 
     with pytest.raises(ValueError, match="a PNG holds 1 .grey. or 3 .RGB. channels, not 2"):
         save_png(tmp_path / "x.png", pred[0, 0])
+
+
+def test_the_grids_show_the_baselines_beside_the_models(tmp_path, monkeypatch):
+    """The grids showed the models alone; whether DIFFUMA beats constant motion (what the tables decide) could not
+    be seen in any picture. Their rows now include copy-last-frame and constant-motion, as the tables do; the
+    frames, GIFs and predictions.zarr hold the models' predictions only."""
+    import zarr
+
+    from diffuma.evaluation import BASELINES
+
+    drawn = []
+    monkeypatch.setattr(prediction, "prediction_grid", lambda path, x, y, preds, title=None: drawn.append(preds))
+    x = np.zeros((1, 3, 1, 8, 8), np.float32)
+    x[0, :, 0] = np.array([0.2, 0.4, 0.6], np.float32)[:, None, None]  # (brightening: the copy is the last frame)
+    write_predictions(tmp_path / "p", x, {"m": np.full((1, 2, 1, 8, 8), 0.5, np.float32)},
+                      np.zeros((1, 2, 1, 8, 8), np.float32), progress=False)
+    assert list(drawn[0]) == ["m", *BASELINES]
+    np.testing.assert_allclose(drawn[0]["copy-last-frame"], np.full((2, 1, 8, 8), 0.6, np.float32))
+    assert list(zarr.open_group(str(tmp_path / "p" / "predictions.zarr"), mode="r").attrs["models"]) == ["m"]
+    assert sorted(p.name for p in (tmp_path / "p" / "frames").iterdir()) == ["m"]
