@@ -294,6 +294,25 @@ def _budget_text(report: dict) -> str:
     return f"{n} epoch{'' if n == 1 else 's'}"
 
 
+def machine() -> dict:
+    """The machine a bench ran on, for its report: CPU model (``/proc/cpuinfo``, else ``platform.processor()``),
+    cores this process may use, torch's intra-op threads, the CUDA device if any, and the 1-minute load average
+    (a shared machine's load moves a budget bench's figures: equal wall time is equal compute only alike)."""
+    import os
+    import platform
+
+    cpu = platform.processor() or None
+    try:
+        cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                    if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return {"cpu": cpu, "cores": cores, "torch_threads": torch.get_num_threads(),
+            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+            "load_average_1min": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None}
+
+
 def underused_budget(report: dict, training: dict | None) -> float | None:
     """The share of its budget a budget run trained for, when it is under ``UNDERUSED_BUDGET`` (not an
     equal-compute row); None otherwise (and for epoch runs)."""
@@ -335,6 +354,11 @@ def markdown_report(report: dict) -> str:
                  f"{(code['git_commit'] or 'unknown')[:12]}{' (edited)' if code['git_dirty'] else ''}, code "
                  f"{code['code']}, torch {code.get('torch')}; seeds "
                  f"{', '.join(sorted({str(r.get('seed')) for r in report['models'].values()}))}.")
+    if "machine" in report:  # (benches written before 2026-12-02 do not record it)
+        m = report["machine"]
+        head += (f" Machine: {m['cpu'] or 'CPU not known'}, {m['cores']} cores, torch {m['torch_threads']} "
+                 f"threads{', ' + m['cuda'] if m.get('cuda') else ''}; load average {m['load_average_1min']} at the "
+                 f"start, {m.get('load_average_1min_end', '?')} at the end.")
     L = ["# Benchmark", "", head, ""]
     # Overall
     L += ["## Overall (final weights)", "",
@@ -578,7 +602,7 @@ def run_bench(data: str | Path, models: str, epochs: list[int] | None, out: str 
                     # what a cited row can be traced to: the data wherever it lies, and the code
                     "path_resolved": str(Path(data).resolve()), "max_value": float(reader.attrs["max_value"]),
                     "identity": reader.identity()},
-        "code": code_version(torch=True),
+        "code": code_version(torch=True), "machine": machine(),
         "run": run, "models": {},
         **{result_key(name): None for name in BASELINES},
         **{f"{result_key(name)}_by_pred_len": {} for name in BASELINES},
@@ -673,6 +697,7 @@ def run_bench(data: str | Path, models: str, epochs: list[int] | None, out: str 
             preds[i] |= {k: v[0] for k, v in baseline_predictions(x[None], t_out).items()}  # (the tables' rows too)
             prediction_grid(out / name, x, y, preds[i], title=f"{split} sequence {i} (each model given {budget_text})")
             report["grids"].append(name)
+    report["machine"]["load_average_1min_end"] = machine()["load_average_1min"]
     write_plots(report, out)
     files.write_text(out / "bench.md", markdown_report(report))
     files.write_text(out / "bench.json", json.dumps(report, indent=2))

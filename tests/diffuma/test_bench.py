@@ -98,6 +98,10 @@ def test_bench_end_to_end(tiny_dataset, tmp_path):
     for label, r in report["models"].items():
         assert r["seed"] == 0 and r["checkpoint_blake3"] == file_digest(r["checkpoint"])[0]
     assert f"Dataset content {report['dataset']['identity']['content'][:16]}; chdl " in md and "seeds 0." in md
+    # ... and the machine it ran on, loaded how (equal wall time is equal compute only on alike machines)
+    m = report["machine"]
+    assert m["cores"] >= 1 and m["torch_threads"] >= 1 and m["load_average_1min"] >= 0 <= m["load_average_1min_end"]
+    assert f"Machine: {m['cpu'] or 'CPU not known'}, {m['cores']} cores, torch {m['torch_threads']} threads" in md
 
 
 def test_bench_pred_len_retrains_per_length(tiny_dataset, tmp_path):
