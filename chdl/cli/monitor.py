@@ -88,20 +88,26 @@ def monitor(ctx, checkpoint, t_in, queue_depth, z_on, z_off, scorer, serve, **pa
             if len(runs) != 1:
                 raise click.UsageError(f"--replay {params['replay']}: monitor replays a single recording, found {len(runs)}")
             run_path = replay_run_path(runs[0], params["out"], params["run_id"])
-            settings = Recording.open(runs[0]).manifest["settings"]
+            manifest = Recording.open(runs[0]).manifest
         except RawFormatError as e:
             raise click.ClickException(str(e)) from None
-        size = (int(settings["height"]), int(settings["width"]))
+        size = (int(manifest["settings"]["height"]), int(manifest["settings"]["width"]))
     else:
         params["run_id"] = params["run_id"] or default_run_id(params["alias"], params["out"])
         run_path = params["out"] / params["run_id"]
         size = (params["height"], params["width"])
+        manifest = {"plan": {"step_um": params["step_um"]}}
     folder = monitor_dir(run_path)
     if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
         raise click.ClickException(f"{folder}: already exists and is not empty (choose another --run-id or --out)")
     serve_in_background = _dashboard() if serve else None
     spec, name, t = _predictor_spec(checkpoint, t_in, size)
     learned = _check_scorer(scorer, checkpoint, size) if scorer is not None else None
+    if learned is not None:  # a scorer fitted at another stage step: its level does not hold (false alarms)
+        from chdl.monitor.learned_score import stage_step_um
+
+        if (warning := learned.step_mismatch(stage_step_um(manifest))) is not None:
+            click.echo(f"warning: {warning}", err=True)
     spec["scorer"] = _alert_levels(z_on, z_off, learned)
     if scorer is not None:
         spec["scorer"]["scorer_file"] = str(scorer.resolve())

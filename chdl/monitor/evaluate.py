@@ -393,6 +393,12 @@ def evaluate(paths: list, out: str | Path, checkpoint=None, qc: bool = True, pro
                 predictor, _ = setup(base, checkpoint, shapes[run], scorer)  # (cached: the scoring below reuses it)
             except ValueError as e:
                 raise EvalError(f"{str(e).splitlines()[0]} (those of {run})") from None
+            if scorer is not None:  # a learned scorer fitted at another stage step: its level does not hold there
+                from chdl.monitor.learned_score import LearnedScorer, stage_step_um
+
+                if (note := LearnedScorer.load(scorer).step_mismatch(stage_step_um(rec.manifest))) \
+                        and f"{note} ({run})" not in notes:
+                    notes.append(f"{note} ({run})")
             if hasattr(predictor, "trained_max_value"):  # a checkpoint: trained at this recording's intensity scale?
                 from chdl.monitor.anomaly_score import scale_mismatch
 

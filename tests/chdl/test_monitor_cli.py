@@ -198,13 +198,30 @@ def test_a_scorer_fitted_on_other_clean_runs_finds_the_injected_anomaly(clean_ru
     assert fit.returncode == 0, fit.stderr
     assert f"fitted on 150 clean frames (constant-motion, {W}x{H}) -> {scorer}" in fit.stdout  # 160 scored, 10 warm-up
     assert f"--scorer {scorer} --write-scorer" in fit.stdout  # how to measure its alert level, said where it is needed
+    fitted = json.loads(scorer.read_text())
+    assert fitted["fitted_on"]["stage_step_um"] == [60.0]  # simulate corpus's default step
+    other_step = tmp_path / "step100.scorer.json"  # as if fitted on lanes stepped as chdl capture's default
+    other_step.write_text(json.dumps({**fitted, "fitted_on": {**fitted["fitted_on"], "stage_step_um": [100.0]}}))
     run = _inject(clean_run, tmp_path)
     mon = chdl("monitor", "--replay", run, "--out", tmp_path / "m", "--as-fast-as-possible", "--queue-depth", "100",
                "--scorer", scorer, "-q")
     assert mon.returncode == 0, mon.stderr
+    assert "warning" not in mon.stderr  # (fitted at this recording's stage step)
     folder = tmp_path / "m" / "run_00000.monitor"
     events = _lines(folder / "events.jsonl")
     assert [(e["kind"], e["frame"], e["lane"], e["position"]) for e in events] == [("process", INJECTED, 3, 6)]
+    # a scorer fitted at another stage step: its level does not hold there (a README user got 11-15 false alarms in
+    # 54 clean frames): said before the capture starts
+    from click.testing import CliRunner
+
+    from chdl.cli import main
+
+    (tmp_path / "m2" / run.name).mkdir(parents=True)  # (then it stops there, before it records: no second replay)
+    other = CliRunner().invoke(main, ["monitor", "--replay", str(run), "--out", str(tmp_path / "m2"),
+                                      "--scorer", str(other_step), "-q"])
+    assert other.exit_code == 1 and "already exists" in other.output, other.output
+    assert (f"warning: {other_step} was fitted on lanes stepped 100 µm between frames, these step 60 µm: its alert "
+            "level may not hold (false alarms); fit one on clean recordings stepped like these") in other.output
     assert "learned score" in events[0]["reason"]
     status = json.loads((folder / "status.json").read_text())
     assert status["scorer"] == f"learned:{scorer}"

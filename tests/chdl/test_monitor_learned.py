@@ -309,3 +309,15 @@ def test_fitting_leaves_out_flagged_frames_and_the_frames_predicted_from_them(tm
     monkeypatch.setattr(evaluate, "score_recording", marked)
     fitted = fit_recordings([out], components=1, qc=False, progress=False)
     assert fitted.fitted_on["frames"] == sum(1 for i, f in enumerate(seen) if i % 3 == 2 and f is not None) >= 20
+
+
+def test_a_scorer_warns_of_lanes_stepped_otherwise_than_those_it_was_fitted_on(fitted):
+    from chdl.monitor.learned_score import STEP_TOLERANCE, stage_step_um
+
+    assert stage_step_um({"plan": {"step_um": 60}}) == 60.0 and stage_step_um({}) is None
+    fitted = LearnedScorer.load(fitted)
+    fitted.fitted_on = {"stage_step_um": [60.0]}
+    assert fitted.step_mismatch(60.0 * (1 + STEP_TOLERANCE)) is None and fitted.step_mismatch(None) is None
+    assert "fitted on lanes stepped 60 µm between frames, these step 100 µm" in fitted.step_mismatch(100.0)
+    fitted.fitted_on = {}  # fitted before chdl recorded the step: nothing to compare
+    assert fitted.step_mismatch(100.0) is None
