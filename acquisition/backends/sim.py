@@ -285,9 +285,11 @@ def open_sim_camera(alias: str, options: dict, config=None) -> SimCamera:
 
 
 def list_sim_cameras(config) -> list[tuple[str, CameraInfo]]:
-    """``sim0`` always, plus every alias the camera config maps to the sim backend."""
-    rows = [("sim0", SimCamera("sim0", {"index": 0}).info)]
-    for alias, entry in (getattr(config, "cameras", None) or {}).items():
+    """Every alias the camera config maps to the sim backend, and the built-in ``sim0`` unless the config gives that
+    alias a camera of its own (it was listed twice, once with a camera that ``--camera sim0`` did not select)."""
+    configured = getattr(config, "cameras", None) or {}
+    rows = [] if "sim0" in configured else [("sim0", SimCamera("sim0", {"index": 0}).info)]
+    for alias, entry in configured.items():
         if entry.get("backend") == "sim":
             try:
                 rows.append((alias, SimCamera(alias, entry).info))

@@ -121,9 +121,11 @@ def train(data, config_name, overrides, out, resume, quiet):
 @click.option("--data", required=True, type=LocalPath(path_type=Path), help="Curated dataset (zarr folder).")
 @click.option("--split", default="val", type=click.Choice(["val", "train", "all"]), show_default=True,
               help="The dataset's sequences to score (all = train + val).")
-@click.option("--openstl", is_flag=True,
-              help="OpenSTL's metric(): MSE/MAE summed over C*H*W per frame on unclipped predictions, SSIM with a "
-                   "7x7 uniform window and data range 2.0 (default: per-pixel means, Gaussian SSIM, range 1.0).")
+@click.option("--convention", type=click.Choice(["per_pixel", "openstl"]), default=None,
+              help="Metric convention, as chdl bench's: per_pixel (default: per-pixel means, Gaussian SSIM, range 1.0) "
+                   "or openstl (OpenSTL's metric(): MSE/MAE summed over C*H*W per frame on unclipped predictions, SSIM "
+                   "with a 7x7 uniform window and data range 2.0).")
+@click.option("--openstl", is_flag=True, hidden=True, help="The same as --convention openstl (the older spelling).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Default: the run's batch size.")
 @click.option("--weights", type=click.Choice(["auto", "ema", "model"]), default="auto", show_default=True,
               help="auto = EMA weights when the run kept them.")
@@ -136,10 +138,12 @@ def train(data, config_name, overrides, out, resume, quiet):
                    "the run's own).")
 @click.option("--overwrite", is_flag=True, help="Replace an earlier evaluation of the same split and convention.")
 @quiet_option()
-def eval_(checkpoint, data, split, openstl, batch_size, weights, max_sequences, num_workers, out, overwrite, quiet):
+def eval_(checkpoint, data, split, convention, openstl, batch_size, weights, max_sequences, num_workers, out, overwrite, quiet):
     """Evaluate a checkpoint: MSE, MAE, SSIM, PSNR overall and per predicted frame, next to the copy-last-frame
     and constant-motion baselines."""
-    convention = "openstl" if openstl else "per_pixel"
+    if openstl and convention == "per_pixel":
+        raise click.UsageError("--openstl and --convention per_pixel contradict each other; give one")
+    convention = "openstl" if openstl else convention or "per_pixel"
     parent = checkpoint.resolve().parent
     run_dir = parent.parent if parent.name == "checkpoints" else parent
     # the file name says what was evaluated: the checkpoint, non-default weights, split, convention, a subset; in a

@@ -28,6 +28,19 @@ def test_cameras_lists_aliases(tmp_path):
     assert len(sim["address"]) > 40 and any(ln.endswith(sim["address"]) for ln in table.stdout.splitlines())
 
 
+def test_a_configured_sim0_is_listed_once_with_the_camera_it_selects(tmp_path):
+    """A config mapping sim0 to a sim camera of seed 3 listed sim0 twice: the built-in seed-0 camera, which
+    `--camera sim0` no longer selects, and the configured one."""
+    from acquisition.backends.sim import list_sim_cameras
+    from acquisition.camera_config import load_camera_config
+
+    config = tmp_path / "cams.yaml"
+    config.write_text("cameras:\n  sim0: {backend: sim, seed: 3}\n  line2: {backend: sim, seed: 4}\n")
+    rows = list_sim_cameras(load_camera_config(config, ()))
+    assert [a for a, _ in rows] == ["sim0", "line2"] and "seed=3" in rows[0][1].address
+    assert [a for a, _ in list_sim_cameras(load_camera_config(None, ()))] == ["sim0"]  # the built-in one
+
+
 def test_one_camera_seen_through_two_producers_has_one_alias_per_device(tmp_path):
     """viky.cti and a copy of it: custom0/2/4 were listed twice and custom1/3/5 never, --camera custom1 opened the
     device listed as custom0, and a config entry {serial: "1"} opened the first of two matching devices silently."""

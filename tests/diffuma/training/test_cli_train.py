@@ -437,3 +437,21 @@ def test_eval_and_predict_refuse_a_checkpoint_whose_model_predicts_nan(trained, 
     r = CliRunner().invoke(main, ["predict", "--checkpoint", str(bad), "--input", str(data), "--out",
                                   str(tmp_path / "p"), "-q"])
     assert r.exit_code == 1 and "its model predicts NaN or infinite values" in r.output and not (tmp_path / "p").exists()
+
+
+def test_eval_takes_the_convention_as_bench_does(trained, tmp_path):
+    """bench took --convention openstl, eval --openstl: each refused the other's spelling. eval takes --convention
+    now (--openstl kept as the older spelling of the same)."""
+    root, data, run = trained
+    args = ["eval", "--checkpoint", str(run / "checkpoints" / "last.pt"), "--data", str(data), "--num-workers", "0",
+            "--out", str(tmp_path), "-q"]
+    r = CliRunner().invoke(main, [*args, "--convention", "openstl"])
+    assert r.exit_code == 0, r.output
+    first = json.loads((tmp_path / f"eval_{run.name}_last_val_openstl.json").read_text())
+    assert first["convention"] == "openstl" and first["model"]["overall"]["mse"] > 1  # (summed over C*H*W)
+    r = CliRunner().invoke(main, [*args, "--openstl", "--overwrite"])
+    assert r.exit_code == 0, r.output
+    again = json.loads((tmp_path / f"eval_{run.name}_last_val_openstl.json").read_text())
+    assert again["model"]["overall"] == first["model"]["overall"]
+    r = CliRunner().invoke(main, [*args, "--openstl", "--convention", "per_pixel"])
+    assert r.exit_code == 2 and "--openstl and --convention per_pixel contradict each other" in r.output
