@@ -169,6 +169,18 @@ def run_captures(ctx, alias, replay, out, run_id, lanes, positions, step_um, fps
             runs = find_recordings(replay)
             if run_id and len(runs) > 1:
                 raise click.UsageError("--run-id needs a single recording to replay")
+            # every destination is checked before any run is replayed: one taken halfway through a folder of runs
+            # left the folder half-replayed
+            seen: dict[Path, Path] = {}
+            for run in runs:
+                dest = replay_run_path(run, out, run_id)
+                if dest in seen:
+                    raise click.ClickException(f"{dest}: {seen[dest]} and {run} both replay to it (the same run id); "
+                                               "replay them one at a time with --run-id")
+                if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
+                    raise click.ClickException(f"{dest}: already exists and is not an empty folder; refusing to "
+                                               "overwrite a recording (choose another --out); nothing was replayed")
+                seen[dest] = run
             for run in runs:
                 results.append(_replay_one(run, out, run_id, not afap, frame_timeout, quiet, on_record))
                 if results[-1].stopped_by == "interrupted":

@@ -402,3 +402,19 @@ def test_replay_records_an_unreadable_source_frame_as_dropped_and_goes_on(tmp_pa
     assert [f.status for f in rec.frames] == ["ok", "dropped", "dropped", "ok"]
     for i in (0, 3):
         assert np.array_equal(rec.read(rec.frames[i]), src.read(src.frames[i]))
+
+
+def test_replaying_a_folder_checks_every_destination_before_it_replays_any(tmp_path):
+    """`capture --replay raw/ --out replayed/` after one run of raw/ had been replayed there: the other run was
+    replayed, then the command stopped at the taken one, leaving the folder half-replayed."""
+    for run_id in ("a", "b"):
+        r = chdl("capture", "--camera", "sim0", "--out", tmp_path / "raw", "--run-id", run_id, "--positions", "2",
+                 "--width", "64", "--height", "48", "-q")
+        assert r.returncode == 0, r.stderr
+    r = chdl("capture", "--replay", tmp_path / "raw" / "b", "--out", tmp_path / "rep", "--as-fast-as-possible", "-q")
+    assert r.returncode == 0, r.stderr
+    r = chdl("capture", "--replay", tmp_path / "raw", "--out", tmp_path / "rep", "--as-fast-as-possible", "-q")
+    assert r.returncode == 1 and r.stderr.strip() == (
+        f"Error: {tmp_path / 'rep' / 'b'}: already exists and is not an empty folder; refusing to overwrite a "
+        "recording (choose another --out); nothing was replayed"), r.stderr
+    assert sorted(p.name for p in (tmp_path / "rep").iterdir()) == ["b"]  # a was not replayed first
