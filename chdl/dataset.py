@@ -1037,6 +1037,11 @@ class DatasetReader:
         problems = sorted({(p.shard, p.file): p for p in reversed(problems)}.values(), key=lambda p: (p.shard, p.file))
         return VerifyResult(str(self.path), True, len(shards), files, done, problems)
 
+    def metadata_problems(self) -> list[ShardProblem]:
+        """The metadata documents (``zarr.json`` of every array) missing or changed since the dataset was made, by
+        their recorded digests (a few small files: cheap; ``chdl info`` checks them, ``verify`` too)."""
+        return self._metadata_problems(_listing(self.path))
+
     def _metadata_problems(self, present: set[str]) -> list[ShardProblem]:
         """The metadata documents that differ from the digests recorded at creation (none recorded before
         2026-12-02: nothing to compare)."""

@@ -19,6 +19,7 @@ def info(path: str, as_json: bool) -> None:
         reader = open_dataset(path, check_files=False)  # a dataset with missing files is summarised, then refused
         summary = reader.summary()
         missing = reader.missing_files()
+        metadata = reader.metadata_problems()  # (a changed byte order reads every position wrong, silently)
     except DatasetFormatError as e:
         raise click.ClickException(str(e)) from None
     # splits and QC counts are read from qc_flags and split: where their files are gone, zarr reads fill values
@@ -26,8 +27,10 @@ def info(path: str, as_json: bool) -> None:
     summary["integrity"] = {"checksums": reader.has_checksums, "missing_files": [k for _, k in missing],
                             "counts_unreliable": unreliable}
     summary["content"] = reader.identity()["content"] if not missing else None  # (a digest of records that are gone)
+    summary["integrity"]["metadata_problems"] = [f"{p.file}: {p.problem}" for p in metadata]
     damaged = click.ClickException(f"{path}: damaged: {len(missing)} shard file(s) missing (first: "
-                                   f"{missing[0][1]})") if missing else None
+                                   f"{missing[0][1]})") if missing else \
+        click.ClickException(f"{path}: metadata damaged ({', '.join(p.file for p in metadata)})") if metadata else None
     if as_json:
         click.echo(json.dumps(summary, indent=2))
         if damaged:
@@ -60,10 +63,14 @@ def info(path: str, as_json: bool) -> None:
         lines.append(f"content      BLAKE3 {summary['content']}  (the identity checkpoints, eval and bench record)")
     if prov.get("command"):
         lines.append(f"command      {prov['command']}")
+    if metadata:
+        lines.append(f"integrity    DAMAGED: metadata {'; '.join(f'{p.file}: {p.problem}' for p in metadata)}")
     if missing:
         shards = sorted({s for s, _ in missing})
         lines.append(f"integrity    DAMAGED: {len(missing)} shard file(s) missing, shard(s) "
                      f"{', '.join(map(str, shards[:10]))}{' ...' if len(shards) > 10 else ''} (chdl verify {path} lists them)")
+    elif metadata:  # (its line above says what is wrong)
+        pass
     elif reader.has_checksums:
         lines.append(f"integrity    every shard file present; BLAKE3 checksum recorded for each (chdl verify {path} checks them)")
     else:

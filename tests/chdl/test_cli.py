@@ -55,7 +55,8 @@ def test_info(tmp_path):
     j = json.loads(run("info", str(path), "--json").stdout)
     assert j["reconstructed_by"] == {"motion": 0, "flow": 1, "average": 0, "nearest": 1, "not recorded": 1}
     assert j["shape"] == [2, 10, 1, 6, 8] and j["provenance"]["command"] == "chdl curate x y"
-    assert j["max_value"] == 255 and j["integrity"] == {"checksums": True, "missing_files": [], "counts_unreliable": False}
+    assert j["max_value"] == 255 and j["integrity"] == {"checksums": True, "missing_files": [], "counts_unreliable": False,
+                                                       "metadata_problems": []}
     bad = run("info", str(tmp_path / "nope"))
     assert bad.returncode == 1 and "no such dataset" in bad.stderr
 

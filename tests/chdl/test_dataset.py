@@ -345,6 +345,15 @@ def test_an_edited_array_metadata_is_found_by_verify_and_refused_by_train(tmp_pa
     result = reader.verify()
     assert result.bad_shards == [] and result.bad_metadata == ["frames/zarr.json"]
     assert result.error().startswith(f"{path}: metadata damaged (frames/zarr.json: changed since the dataset was made")
+    # chdl info said "every shard file present; BLAKE3 checksum recorded for each", exit 0: a clean bill of health
+    from click.testing import CliRunner
+
+    from chdl.cli import main
+
+    r = CliRunner().invoke(main, ["info", str(path)])
+    assert r.exit_code == 1 and "integrity    DAMAGED: metadata frames/zarr.json: changed since" in r.output
+    assert "every shard file present" not in r.output
+    assert r.output.strip().splitlines()[-1] == f"Error: {path}: metadata damaged (frames/zarr.json)"
 
 
 def test_a_lost_checksum_folder_is_damage_not_an_old_dataset(tmp_path):
