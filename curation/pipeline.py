@@ -527,7 +527,7 @@ def _curate(source: str | os.PathLike, out: str | os.PathLike, cfg: CurateConfig
     t_cal = time.perf_counter()
     if writer is None:
         sample = _calibration_sample(plan, cfg)
-        log(f"measuring run baselines on {len(sample)} sequences")
+        log(f"measuring run baselines on {len(sample)} sequence{'s' if len(sample) != 1 else ''}")
         per_run: dict[int, list[np.ndarray]] = {}
         try:  # (the bar shows once this has taken a second: a few sequences need none)
             with tqdm(total=len(sample) * T, unit="frame", desc="baselines", file=sys.stderr, disable=not progress,
@@ -538,6 +538,10 @@ def _curate(source: str | os.PathLike, out: str | os.PathLike, cfg: CurateConfig
                     _check_interrupted()
         except ClusterError as e:  # a dead pool worker, a lost scheduler
             raise CurateError(f"{e}, while measuring the run baselines; nothing was written to {out}") from None
+        except PixelRangeError as e:  # (OUT is made after the baselines: an --overwrite has not touched it yet)
+            kept = f"{out} is the dataset that was there before, untouched" if out.exists() else \
+                f"nothing was written to {out}"
+            raise PixelRangeError(f"{e}; {kept}") from None
         baselines = [qc.calibrate(per_run.get(r, [])) for r in range(len(plan.runs))]
         thresholds = _thresholds(cfg, baselines)
         provenance = {

@@ -157,3 +157,30 @@ def test_an_overwrite_that_cannot_finish_puts_the_previous_dataset_back(tmp_path
     assert chdl("curate", tmp_path / "bad", out, "--config", tmp_path / "c.yaml", "--bit-depth", "16", "--overwrite",
                 "--quiet").returncode == 0
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+
+
+def test_a_pixel_above_found_while_measuring_the_baselines_says_what_became_of_out(tmp_path):
+    """Found in a calibration sequence, before OUT is made: the error gave no word about OUT, which for an
+    --overwrite is the dataset that was there, untouched (docs/curation.md said so)."""
+    import json
+
+    import cv2
+
+    spec = SynthSpec(height=120, width=160, step_px=8.0, max_value=4095)
+    run = tmp_path / "raw" / "a"
+    write_run(run, lanes=2, spec=spec, fmt="Mono16", bit_depth=12)
+    rec = json.loads((run / "frames.jsonl").read_text().splitlines()[3])  # lane 0: a calibration sequence
+    bright = cv2.imread(str(run / rec["file"]), cv2.IMREAD_UNCHANGED)
+    bright[5, 5] = 60000
+    cv2.imwrite(str(run / rec["file"]), bright)
+    out = tmp_path / "d.zarr"
+    p = chdl("curate", tmp_path / "raw", out, "--quiet")
+    assert p.returncode == 1 and p.stderr.strip().endswith(f"; nothing was written to {out}"), p.stderr
+    assert not out.exists()
+    p = chdl("curate", tmp_path / "raw", out, "--quiet", "--bit-depth", "16")
+    assert p.returncode == 0, p.stderr
+    before = (out / "zarr.json").read_bytes()
+    p = chdl("curate", tmp_path / "raw", out, "--quiet", "--bit-depth", "12", "--overwrite")
+    assert p.returncode == 1 and p.stderr.strip().endswith(
+        f"give the right --bit-depth; {out} is the dataset that was there before, untouched"), p.stderr
+    assert (out / "zarr.json").read_bytes() == before
