@@ -92,6 +92,11 @@ MIN_SIDE = 11  # SSIM's 11 x 11 Gaussian window (diffuma.metrics.SSIM_MIN_SIDE):
 MAX_SIDE = 4096
 
 
+# FFmpeg's text-mode decoders (its tty demuxer opens any text file as "video": ANSI art, binary text, XBIN, iCE Draw):
+# a README given by mistake was imported as frames of rendered characters, or refused as "too short"
+TEXT_CODECS = {"ansi", "bintext", "xbin", "idf"}
+
+
 def parse_size(text: str) -> tuple[int, int]:
     """``"120x160"`` -> ``(120, 160)`` (H × W); each side in [MIN_SIDE, MAX_SIDE]. ValueError otherwise (a 6x10
     dataset imported, then its training ended at the first validation with scikit-image's "win_size exceeds image
@@ -173,6 +178,9 @@ def read_video(path: str | Path, size: tuple[int, int] = SIZE, frame_stride: int
         fps = float(cap.get(cv2.CAP_PROP_FPS))
         fourcc = int(cap.get(cv2.CAP_PROP_FOURCC))
         codec = "".join(chr((fourcc >> 8 * i) & 0xFF) for i in range(4)).strip("\x00 ") if fourcc > 0 else ""
+        if codec.lower() in TEXT_CODECS:  # FFmpeg renders any text file as "video" through its tty demuxer
+            raise ImporterInputError(f"{path}: not a video (a text file: FFmpeg would render its characters as "
+                                     f"frames, codec {codec!r})")
         reported = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
         need = -(-max(reported, 0) // frame_stride) * size[0] * size[1]  # the kept frames, held until written
         if (free := available_memory()) is not None and need > 0.8 * free:

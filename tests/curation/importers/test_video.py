@@ -221,10 +221,13 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
 def test_bad_input_is_one_line_naming_the_file_and_writes_nothing(tmp_path, videos):
     not_video = tmp_path / "notes.mp4"
     not_video.write_text("not a video\n")
+    text = tmp_path / "README.txt"  # FFmpeg's tty demuxer "decodes" it: frames of rendered characters
+    text.write_text("a line of text\n" * 2000)
     out = tmp_path / "x.zarr"
     cases = [
         (tmp_path / "missing.avi", "no such file"),
         (not_video, "not a video"),
+        (text, "not a video (a text file"),
         (videos["short"], "too short for one clip"),
         (videos["twelve"], "too short to split"),  # 12 frames = 1 clip of 10: no room for train, gap and val
     ]
