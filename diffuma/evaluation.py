@@ -20,6 +20,7 @@ from tqdm import tqdm
 from diffuma.metrics import CONVENTION_NOTES, MetricAccumulator, check_ssim_size, copy_last_frame
 from diffuma.motion import CONSTANT_MOTION, constant_motion
 
+FEW_SEQUENCES = 10  # an evaluation of fewer sequences says they are too few to cite
 COPY_LAST_FRAME = "copy-last-frame"  # the row name of the baseline in every table
 # Every table's baseline rows, in this order: row name -> f(x (B, T_in, C, H, W) in [0, 1], T_out) ->
 # (B, T_out, C, H, W) prediction. Their JSON key is ``result_key(row name)``.
@@ -155,6 +156,10 @@ def evaluation_record(state: dict, checkpoint: str | Path, data: str | Path, spl
     reader = open_dataset(data)
     identity = reader.identity()
     notes = []
+    scored = reader.indices(split)[:max_sequences]
+    if len(scored) < FEW_SEQUENCES:
+        notes.append(f"only {len(scored)} sequence{'s' if len(scored) != 1 else ''} scored: too few for a figure to "
+                     "cite " + ("(see the confidence half-widths)" if len(scored) > 1 else "(its spread cannot be measured)"))
     declared = (int(reader.attrs["in_frames"]), int(reader.attrs["out_frames"]))
     trained = (state["data"]["in_frames"], state["data"]["out_frames"])
     if declared != trained:  # the model predicts what it was trained for; the dataset's protocol is another
@@ -165,7 +170,6 @@ def evaluation_record(state: dict, checkpoint: str | Path, data: str | Path, spl
         notes.append(f"this checkpoint was trained on frames scaled by max_value {trained_max:g}; this dataset "
                      f"is scaled by {max_value:g}: its intensities in [0, 1] are not the ones the model learned")
     trained_on = set(state["data"].get("train_sequences") or [])
-    scored = reader.indices(split)[:max_sequences]
     if trained_on and (seen := sum(k in trained_on for k in reader.sequence_keys(scored))):
         notes.append(f"{seen} of the {len(scored)} sequences scored here were training sequences of this checkpoint "
                      "(the same recording, lane and capture times): its numbers here are optimistic")
@@ -200,6 +204,13 @@ def markdown_table(rows: dict[str, dict], convention: str, title: str | None = N
     for name, r in rows.items():
         lines.append(f"| {name} | " + " | ".join(fmt[m].format(r["overall"][m]) for m in fmt) + " |")
     lines += ["", note, ""]
+    spread = {name: r["ci95"] for name, r in rows.items() if all((r.get("ci95") or {}).get(m) is not None for m in fmt)}
+    if spread:  # how far a mean could move with other sequences (one --max-sequences 1 table read as a result)
+        n = next(iter(rows.values()))["n_sequences"]
+        lines += [f"95 % confidence half-widths of these means over the {n} sequences (Student's t on the per-sequence "
+                  "means; sequences of one recording are not independent, so these are lower bounds): "
+                  + "; ".join(f"{name} " + ", ".join(f"{label[m]} ±{fmt[m].format(c[m])}" for m in fmt)
+                              for name, c in spread.items()), ""]
     n_t = max(len(r["per_frame"]) for r in rows.values())
     lines += ["Per predicted frame:", "",
               "| model | metric | " + " | ".join(f"t+{k + 1}" for k in range(n_t)) + " |",

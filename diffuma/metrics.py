@@ -30,6 +30,8 @@ In both conventions:
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 from skimage.metrics import structural_similarity
@@ -79,7 +81,10 @@ class MetricAccumulator:
     """Accumulates per-frame metric sums over batches of (B, T_out, C, H, W) predictions.
 
     ``update(pred, target)`` per batch, then ``result()`` -> ``{"overall": {mse, mae, ssim, psnr},
-    "per_frame": [{"frame": 1, mse, mae, ssim, psnr}, ...], "n_sequences": N, "convention": ...}``.
+    "per_frame": [{"frame": 1, mse, mae, ssim, psnr}, ...], "n_sequences": N, "convention": ...,
+    "ci95": {mse, mae, ssim, psnr}}``. ``ci95``: the half-width of a 95 % confidence interval of each overall mean
+    over the sequences (Student's t on the per-sequence means; None for one sequence). Sequences of one recording
+    are not independent samples, so read it as a lower bound on the uncertainty.
     """
 
     def __init__(self, convention: str = "per_pixel"):
@@ -87,6 +92,7 @@ class MetricAccumulator:
             raise ValueError(f"unknown metric convention {convention!r}; choose one of {', '.join(CONVENTIONS)}")
         self.convention = convention
         self.sums: dict[str, np.ndarray] | None = None
+        self.squares = {m: 0.0 for m in METRICS}  # sum over sequences of (the sequence's mean over its frames)^2
         self.count = 0
 
     def update(self, pred, target) -> None:
@@ -118,6 +124,7 @@ class MetricAccumulator:
             raise ValueError(f"batch has {n_t} predicted frames, earlier batches had {len(self.sums['mse'])}")
         for m in METRICS:
             self.sums[m] += batch[m].sum(0)
+            self.squares[m] += float((batch[m].mean(1) ** 2).sum())
         self.count += b
 
     def result(self) -> dict:
@@ -132,7 +139,19 @@ class MetricAccumulator:
             # means is the mean over all frames (and, for per_pixel MSE/MAE, over all pixels).
             "overall": {m: float(per_frame[m].mean()) for m in METRICS},
             "per_frame": [{"frame": k + 1, **{m: float(per_frame[m][k]) for m in METRICS}} for k in range(n_t)],
+            "ci95": {m: self._ci95(float(per_frame[m].mean()), self.squares[m]) for m in METRICS},
         }
+
+    def _ci95(self, mean: float, squares: float) -> float | None:
+        """Half-width of the 95 % t-interval of ``mean``, the mean of ``self.count`` per-sequence values whose
+        squares sum to ``squares``."""
+        n = self.count
+        if n < 2:
+            return None
+        from scipy.stats import t
+
+        var = max(squares - n * mean * mean, 0.0) / (n - 1)
+        return float(t.ppf(0.975, n - 1) * math.sqrt(var / n))
 
 
 def compute_metrics(pred, target, convention: str = "per_pixel") -> dict:

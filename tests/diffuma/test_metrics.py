@@ -118,3 +118,24 @@ def test_copy_last_frame_and_bad_input():
         compute_metrics(np.zeros((1, 2, 1, 4, 4)), np.zeros((1, 3, 1, 4, 4)))
     with pytest.raises(ValueError, match="unknown metric convention"):
         MetricAccumulator("psnr_only")
+
+
+def test_each_mean_comes_with_its_95_percent_t_interval_over_the_sequences():
+    """A table of one or a few sequences read like any other; each overall mean now has the half-width of its 95 %
+    confidence interval over the sequences (Student's t on the per-sequence means)."""
+    from scipy.stats import t
+
+    from diffuma.metrics import MetricAccumulator
+
+    target = torch.zeros(4, 2, 1, 12, 12)
+    pred = torch.stack([torch.full((2, 1, 12, 12), v) for v in (0.1, 0.2, 0.3, 0.4)])  # per-sequence MSE v^2
+    acc = MetricAccumulator()
+    acc.update(pred[:3], target[:3])
+    acc.update(pred[3:], target[3:])  # (over batches)
+    res = acc.result()
+    mse = np.array([0.01, 0.04, 0.09, 0.16])
+    assert res["overall"]["mse"] == pytest.approx(mse.mean())
+    assert res["ci95"]["mse"] == pytest.approx(t.ppf(0.975, 3) * mse.std(ddof=1) / 2, rel=1e-6)
+    one = MetricAccumulator()
+    one.update(pred[:1], target[:1])
+    assert one.result()["ci95"] == {"mse": None, "mae": None, "ssim": None, "psnr": None}

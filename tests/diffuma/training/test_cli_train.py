@@ -133,20 +133,24 @@ def test_eval_records_what_its_numbers_come_from_and_notes_what_a_reader_must_kn
     assert (result["max_value"], result["frame_offset"], result["batch_size"], result["device"], result["precision"]) \
         == (255.0, 0, 2, "cpu", "float32")
     assert result["code"]["code"] == code_fingerprint() and result["trained_with"] == state["code"]
-    assert result["notes"] == ["this checkpoint was chosen by its validation MSE on this split (best.pt): its numbers "
+    assert result["notes"] == ["only 2 sequences scored: too few for a figure to cite (see the confidence half-widths)",
+                               "this checkpoint was chosen by its validation MSE on this split (best.pt): its numbers "
                                "here are optimistic; cite a checkpoint chosen otherwise, e.g. last.pt (as chdl bench "
                                "does)"]
-    assert f"note: {result['notes'][0]}" in r.output
+    assert f"note: {result['notes'][1]}" in r.output
+    # how far each mean could move with other sequences: a 95 % t-interval over the 2 scored
+    assert all(v > 0 for v in result["model"]["ci95"].values())
     md = (tmp_path / "e" / f"eval_{run.name}_best_val_per_pixel.md").read_text()
-    assert f"**Note:** {result['notes'][0]}" in md and f"BLAKE3 {result['checkpoint_blake3'][:16]}" in md
+    assert "95 % confidence half-widths of these means over the 2 sequences" in md and "diffuma MSE ±" in md
+    assert f"**Note:** {result['notes'][1]}" in md and f"BLAKE3 {result['checkpoint_blake3'][:16]}" in md
     # the same frames declaring 3 -> 7: scored 5 -> 5 as the model predicts, and said so; another split: no best note
     declared = write_moving_square_dataset(tmp_path / "d37.zarr", n=6, n_val=2, in_frames=3, out_frames=7, seed=3)
     r = CliRunner().invoke(main, ["eval", "--checkpoint", str(best), "--data", str(declared), "--num-workers", "0",
                                   "--split", "train", "--out", str(tmp_path / "e"), "-q"])
     assert r.exit_code == 0, r.output
     result = json.loads((tmp_path / "e" / f"eval_{run.name}_best_train_per_pixel_on-d37.json").read_text())
-    assert result["notes"] == ["the dataset declares 3->7 frames; this checkpoint predicts 5->5, and was scored so: "
-                               "not the dataset's own protocol"]
+    assert result["notes"][1:] == ["the dataset declares 3->7 frames; this checkpoint predicts 5->5, and was scored so: "
+                                   "not the dataset's own protocol"]
 
 
 def test_eval_notes_a_checkpoint_trained_at_another_max_value(trained):
@@ -159,9 +163,13 @@ def test_eval_notes_a_checkpoint_trained_at_another_max_value(trained):
 
     root, data, run = trained
     state = load_checkpoint(run / "checkpoints" / "last.pt")
-    assert evaluation_record(state, run, data, "val", batch_size=2, device=torch.device("cpu"), max_sequences=None)["notes"] == []
+    def notes():  # (but "only 2 sequences scored")
+        return evaluation_record(state, run, data, "val", batch_size=2, device=torch.device("cpu"),
+                                 max_sequences=None)["notes"][1:]
+
+    assert notes() == []
     state["data"]["max_value"] = 65535.0
-    assert evaluation_record(state, run, data, "val", batch_size=2, device=torch.device("cpu"), max_sequences=None)["notes"] == [
+    assert notes() == [
         "this checkpoint was trained on frames scaled by max_value 65535; this dataset is scaled by 255: its "
         "intensities in [0, 1] are not the ones the model learned"]
 
@@ -177,9 +185,9 @@ def test_eval_notes_sequences_the_checkpoint_was_trained_on(trained, tmp_path):
     state = load_checkpoint(run / "checkpoints" / "last.pt")
     assert len(state["data"]["train_sequences"]) == 4  # (n=6, n_val=2)
 
-    def notes(dataset, split="val"):
-        return evaluation_record(state, run, dataset, split, batch_size=2, device=torch.device("cpu"),
-                                 max_sequences=None)["notes"]
+    def notes(dataset, split="val"):  # (but "only N sequences scored": these are tiny)
+        return [n for n in evaluation_record(state, run, dataset, split, batch_size=2, device=torch.device("cpu"),
+                                             max_sequences=None)["notes"] if not n.startswith("only ")]
 
     assert notes(data) == []
     resplit = write_moving_square_dataset(tmp_path / "resplit.zarr", n=6, split=[1, 0, 1, 0, 0, 1])
