@@ -184,8 +184,6 @@ class CheckpointPredictor:
     checkpoint that cannot be loaded or was trained on another frame size."""
 
     def __init__(self, path: str | Path, shape: tuple[int, int] | None = None, device: str = "cpu"):
-        import torch
-
         from diffuma.training.checkpoint import build_model_from_checkpoint, load_checkpoint
 
         self.path = Path(path)
@@ -200,8 +198,8 @@ class CheckpointPredictor:
         self.model.to(device)
         self.device = device
         self.name = f"{state['model_name']}:{self.path.name}"
-        self.fallback = ConstantMotion(self.t_in)
-        torch.set_grad_enabled(False)
+        self.fallback = ConstantMotion(self.t_in)  # (predict runs under inference_mode: no global grad switch, which
+        # in-process monitor-eval and monitor-fit-scorer left off for everything after them)
 
     def predict(self, history: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         import torch

@@ -895,3 +895,19 @@ def test_monitor_warns_of_a_checkpoint_trained_at_another_max_value(clean_run, m
         assert len(mon.warnings) == expected and mon.max_value == 255
     assert said == ["warning: m.pt was trained on frames scaled by max_value 65535; these frames are scaled by 255, "
                     "so its predictions (and the scores) are not the ones it learned"]
+
+
+def test_a_checkpoint_predictor_leaves_autograd_as_it_found_it(tmp_path, monkeypatch):
+    """CheckpointPredictor switched gradients off for the whole process: after an in-process monitor-eval every
+    training step in it failed ("element 0 of tensors does not require grad")."""
+    import torch
+
+    from chdl.monitor.anomaly_score import CheckpointPredictor
+
+    _last_frame_model(monkeypatch, 255)
+    model = tmp_path / "m.pt"
+    model.write_bytes(b"stands for a checkpoint")
+    predictor = CheckpointPredictor(model, (H, W))
+    assert torch.is_grad_enabled()
+    pred, _ = predictor.predict(np.random.default_rng(0).random((5, H, W), dtype=np.float32))
+    assert pred.shape == (H, W) and torch.is_grad_enabled()
