@@ -102,6 +102,12 @@ def _run(a, ap) -> int:
     except ValueError as e:  # anomalies in the "clean" capture, a scorer file that cannot be used or fitted on these
         print(f"Error: {str(e).splitlines()[0]}", file=sys.stderr)
         return 1
+    if a.scorer:  # a level measured on lanes stepped otherwise than the scorer's is not the level it has on its own
+        from chdl.monitor.learned_score import LearnedScorer, stage_step_um
+
+        scorer = LearnedScorer.load(a.scorer)
+        for warning in dict.fromkeys(w for rec in recs if (w := scorer.step_mismatch(stage_step_um(rec.manifest)))):
+            print(f"warning: {warning}", file=sys.stderr)
     rows = []
     setup = method_setups()  # a checkpoint or scorer file loaded once per frame size, not per recording
     for run, rec in zip(runs, recs):

@@ -531,6 +531,11 @@ def test_operating_point_tool_refuses_a_recording_with_anomalies(clean_run, monk
     spec.loader.exec_module(tool)
     monkeypatch.setattr(evaluate, "run_truth", lambda rec: SimpleNamespace(anomalies=["crack", "splash"]))
     assert tool.main([str(clean_run)]) == 1
+    monkeypatch.undo()
+    capsys.readouterr()
+    assert tool.main([str(clean_run), "--scorer", str(other_step), "--levels", "8:9:1"]) == 0  # (measured, with a word)
+    assert (f"warning: {other_step} was fitted on lanes stepped 100 µm between frames, these step 60 µm"
+            in capsys.readouterr().err)
     assert capsys.readouterr().err == (f"Error: {clean_run}: its truth lists 2 process anomalies; the alert level is "
                                        "measured on clean capture only\n")
 
