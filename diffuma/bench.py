@@ -47,6 +47,7 @@ import torch
 
 from acquisition import files
 from diffuma.evaluation import BASELINES, METRIC_FORMATS, baseline_predictions, result_key
+from diffuma.flops import train_flops_per_sample
 
 UNDERUSED_BUDGET = 0.9  # a budget run that trained for less than this share of its budget is flagged in the report
 BUDGET_EPOCHS = 10**6  # run.epochs of a --budget-minutes run: a cap the budget always reaches first
@@ -362,19 +363,21 @@ def markdown_report(report: dict) -> str:
     L = ["# Benchmark", "", head, ""]
     # Overall
     L += ["## Overall (final weights)", "",
-          "| model | params | steps | samples | train time | samples/s in training | timed train samples/s "
-          "| timed inference samples/s | MSE ↓ | MAE ↓ | SSIM ↑ | PSNR (dB) ↑ |",
-          "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+          "| model | params | steps | samples | train compute (GFLOP) | train time | samples/s in training "
+          "| timed train samples/s | timed inference samples/s | MSE ↓ | MAE ↓ | SSIM ↑ | PSNR (dB) ↑ |",
+          "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for label, r in report["models"].items():
         t, tr = r.get("throughput") or {}, r.get("training") or {}
         o = r["final"]["overall"]
         reached = tr["samples"] / tr["train_seconds"] if tr.get("samples") and tr.get("train_seconds") else None
+        per_sample = r.get("gflops_train_sample")  # (benches written before 2026-12-02 do not record it)
+        compute = f"{per_sample * tr['samples']:,.0f}" if per_sample is not None and tr.get("samples") else "–"
         L.append(f"| {label} | {r['params'] / 1e6:.2f}M | {tr.get('steps', '–')} | {tr.get('samples') or '–'} | "
-                 f"{_fmt_seconds(tr.get('train_seconds'))} | {_fmt_rate(reached)} | "
+                 f"{compute} | {_fmt_seconds(tr.get('train_seconds'))} | {_fmt_rate(reached)} | "
                  f"{_fmt_rate(t.get('train_samples_per_s'))} | "
                  f"{_fmt_rate(t.get('infer_samples_per_s'))} | " + " | ".join(_fmt(m, o[m]) for m in METRIC_FORMATS) + " |")
     for name, b in baselines.items():
-        L.append(f"| {name} | 0 | – | – | – | – | – | – | " + " | ".join(_fmt(m, b["overall"][m]) for m in METRIC_FORMATS)
+        L.append(f"| {name} | 0 | – | – | – | – | – | – | – | " + " | ".join(_fmt(m, b["overall"][m]) for m in METRIC_FORMATS)
                  + " |")
     any_t = next((r["throughput"] for r in report["models"].values() if r.get("throughput")), None)
     L += ["", note]
@@ -388,7 +391,9 @@ def markdown_report(report: dict) -> str:
         L += ["", f"Throughput: batch {any_t['batch_size']}, {any_t['device']}, {any_t['precision']}, mean of "
                   f"{any_t['timed_steps']} timed steps after warm-up; train = training_loss + backward + AdamW step."]
     L += ["", "Train time = wall-clock of the optimiser steps and their data loading (validation and checkpoints "
-              "excluded); samples = training sequences seen; samples/s in training = samples / train time (what the "
+              "excluded); samples = training sequences seen; train compute = samples x the FLOPs of one sample's "
+              "training step (forward + backward, diffuma.flops; elementwise ops such as the selective scan's "
+              "recurrence are not counted); samples/s in training = samples / train time (what the "
               "budget bought, on this machine as loaded then); the timed columns are a separate pass after training, "
               "one model alone on a fixed batch, so they compare the models' cost, not the run's."]
     if report.get("budget_minutes") is not None:
@@ -649,6 +654,9 @@ def run_bench(data: str | Path, models: str, epochs: list[int] | None, out: str 
         model, _ = build_model_from_checkpoint(state, source=ck)
         entry["params"] = int(sum(p.numel() for p in model.parameters()))
         entry["model_config"] = state["model_config"]
+        # what equal time bought: FLOPs per training sample (counted on the meta device), times the samples seen
+        entry["gflops_train_sample"] = train_flops_per_sample(state["model_name"], state["model_config"], t_in, t_out,
+                                                              int(C), int(H), int(W)) / 1e9
         if throughput_steps > 0:
             rc = state["config"]["run"]
             device = torch.device("cuda" if rc["device"] != "cpu" and torch.cuda.is_available() else "cpu")

@@ -1,17 +1,13 @@
-"""`chdl model-info`: parameter counts and FLOPs of model presets at given frame sizes/counts.
+"""`chdl model-info`: parameter counts and FLOPs of model presets at given frame sizes/counts (counted by
+:mod:`diffuma.flops`, which says how)."""
 
-FLOPs are counted with torch.utils.flop_counter.FlopCounterMode (matmuls, convolutions, attention;
-elementwise ops -- including the selective scan's recurrence -- are not counted) on the "meta"
-device, so even the full 600x800 preset is counted without allocating or computing anything.
-One formula is replaced: torch's convolution-backward count ignores ``groups`` in the weight gradient, so a
-depthwise conv's backward counted ``groups`` times too much (SimVP's training step: 29x its forward pass);
-:func:`_conv_backward_flop` counts each gradient at the forward convolution's cost.
-"""
 from __future__ import annotations
 
 import json
 
 import click
+
+from diffuma.flops import measure
 
 
 def _parse_size(text: str) -> tuple[int, int]:
@@ -30,57 +26,6 @@ def _parse_frames(text: str) -> tuple[int, int]:
     except (ValueError, AssertionError):
         raise click.BadParameter(f"{text!r}: expected IN:OUT frame counts, e.g. 5:1") from None
     return a, b
-
-
-def _conv_backward_flop(grad_out_shape, x_shape, w_shape, _bias, _stride, _padding, _dilation, transposed,
-                        _output_padding, _groups, output_mask, out_shape=None, **kwargs) -> int:
-    """FLOPs of aten.convolution_backward: the input gradient and the weight gradient each cost what the forward
-    convolution costs (the same multiply-adds, regrouped), grouped and depthwise convolutions included."""
-    from torch.utils.flop_counter import conv_flop_count
-
-    forward = conv_flop_count(list(x_shape), list(w_shape), list(grad_out_shape), transposed)
-    return forward * (int(bool(output_mask[0])) + int(bool(output_mask[1])))
-
-
-def count_flops(model, x, y=None) -> int:
-    """FLOPs of model(x) (or, with y, of training_loss(x, y) forward + backward)."""
-    import torch
-    from torch.utils.flop_counter import FlopCounterMode
-
-    counter = FlopCounterMode(display=False,
-                              custom_mapping={torch.ops.aten.convolution_backward: _conv_backward_flop})
-    with counter:
-        if y is None:
-            with torch.no_grad():
-                model(x)
-        else:
-            loss, _ = model.training_loss(x, y)
-            loss.backward()
-    return counter.get_total_flops()
-
-
-def measure(name: str, preset: str, size=None, frames=None, batch: int = 1, train: bool = False) -> dict:
-    """Params and FLOPs for one (model, preset, size, frames). Counted on the meta device."""
-    import torch
-    from diffuma.models.registry import build_model, model_config
-
-    overrides = {}
-    if size is not None:
-        overrides.update(height=size[0], width=size[1])
-    if frames is not None:
-        overrides.update(in_frames=frames[0], out_frames=frames[1])
-    cfg = model_config(name, preset, **overrides)
-    with torch.device("meta"):
-        model = build_model(name, preset, **overrides)
-        x = torch.rand(batch, cfg.in_frames, cfg.channels, cfg.height, cfg.width)
-        y = torch.rand(batch, cfg.out_frames, cfg.channels, cfg.height, cfg.width)
-        row = {"model": name, "preset": preset, "frames": f"{cfg.in_frames}->{cfg.out_frames}",
-               "size": f"{cfg.height}x{cfg.width}", "channels": cfg.channels, "batch": batch,
-               "params": sum(p.numel() for p in model.parameters()),
-               "gflops_forward": count_flops(model.eval(), x) / 1e9}
-        if train:
-            row["gflops_train_step"] = count_flops(model.train(), x, y) / 1e9
-    return row
 
 
 @click.command("model-info")

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from chdl.cli.model import count_flops, measure
+from diffuma.flops import count_flops, measure
 
 
 class _Conv(torch.nn.Module):

@@ -72,6 +72,8 @@ def test_bench_end_to_end(tiny_dataset, tmp_path):
         # 6 train sequences in batches of 3, 2 epochs: 4 steps, 12 samples
         assert (r["training"]["steps"], r["training"]["samples"]) == (4, 12)
         assert r["training"]["budget_minutes"] is None and r["training"]["train_seconds"] > 0
+        # what the time bought, comparable across models: FLOPs per training sample (x samples, in bench.md)
+        assert r["gflops_train_sample"] > 0
     copy = report["copy_last_frame"]["overall"]
     assert 0 < copy["mse"] < 1 and copy["ssim"] < 1  # the square moves, so copying the last frame errs
     motion = report["constant_motion"]
@@ -80,7 +82,8 @@ def test_bench_end_to_end(tiny_dataset, tmp_path):
     assert report["constant_motion_by_pred_len"]["3"]["mse"] == pytest.approx(motion["overall"]["mse"])
     md = (out / "bench.md").read_text()
     for needle in ("## Overall", "## Metric by epoch", "## Metric by prediction length", "copy-last-frame",
-                   "Metric convention: `per_pixel`", "| simvp |", "| pastnet |", "samples/s", "| steps | samples |"):
+                   "Metric convention: `per_pixel`", "| simvp |", "| pastnet |", "samples/s",
+                   "| steps | samples | train compute (GFLOP) |"):
         assert needle in md, needle
     assert md.count("| copy-last-frame |") == md.count("| constant-motion |") == 3  # one row in every table
     # what each row is (preset, --set overrides): a pasted table read as the default preset
@@ -153,7 +156,7 @@ def test_bench_with_a_time_budget_records_what_each_model_reached(tiny_dataset, 
     assert r["by_epoch"] == {} and r["final"]["n_sequences"] == 2  # the final weights (last.pt), evaluated
     assert torch.load(last, weights_only=True)["step"] == t["steps"]
     md = (out / "bench.md").read_text()
-    assert "0.002 min of training time" in md and "| steps | samples | train time |" in md
+    assert "0.002 min of training time" in md and "| steps | samples | train compute (GFLOP) | train time |" in md
     assert "| simvp | " in md and f"- simvp: {t['stopped_by']}, {t['steps']} " in md
     assert "## Metric by epoch" not in md and not (out / "plots" / "by_epoch.png").exists()
     assert md.count("| copy-last-frame |") == md.count("| constant-motion |") == 1
