@@ -46,7 +46,7 @@ import numpy as np
 import torch
 
 from acquisition import files
-from diffuma.evaluation import BASELINES, METRIC_FORMATS, baseline_predictions, result_key
+from diffuma.evaluation import BASELINES, METRIC_FORMATS, baseline_predictions, paired_line, result_key
 from diffuma.flops import train_flops_per_sample
 
 UNDERUSED_BUDGET = 0.9  # a budget run that trained for less than this share of its budget is flagged in the report
@@ -387,6 +387,7 @@ def markdown_report(report: dict) -> str:
         f"{label} = {r.get('name', label.split(':')[0])} preset `{r.get('preset', '?')}`"
         + (", " + ", ".join(f"{k}={v!r}" for k, v in sorted(r["overrides"].items())) if r.get("overrides") else "")
         for label, r in report["models"].items()) + "."]
+    L += ["", *(paired_line(label, r["paired"]) for label, r in report["models"].items() if r.get("paired"))]
     if any_t:
         L += ["", f"Throughput: batch {any_t['batch_size']}, {any_t['device']}, {any_t['precision']}, mean of "
                   f"{any_t['timed_steps']} timed steps after warm-up; train = training_loss + backward + AdamW step."]
@@ -640,6 +641,7 @@ def run_bench(data: str | Path, models: str, epochs: list[int] | None, out: str 
         _log(f"{spec.label}: evaluating the final weights ({ck.name})")
         res = evaluate(ck)
         entry["final"] = res["model"]
+        entry["paired"] = res["paired"]  # against each baseline, sequence by sequence
         if epochs:
             entry["by_epoch"][str(epochs[-1])] = {"overall": res["model"]["overall"], "checkpoint": str(ck)}
         for name in BASELINES:

@@ -17,7 +17,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
-from diffuma.metrics import CONVENTION_NOTES, MetricAccumulator, check_ssim_size, copy_last_frame
+from diffuma.metrics import CONVENTION_NOTES, MetricAccumulator, check_ssim_size, copy_last_frame, paired_comparison
 from diffuma.motion import CONSTANT_MOTION, constant_motion
 
 FEW_SEQUENCES = 10  # an evaluation of fewer sequences says they are too few to cite
@@ -93,7 +93,9 @@ def evaluate(model: torch.nn.Module, dataset: Dataset, *, convention: str = "per
         acc.update(pred.float(), y)
         for name, base in baselines.items():
             base.update(BASELINES[name](x, y.shape[1]), y)
-    return {"model": acc.result(), **{result_key(name): base.result() for name, base in baselines.items()}}
+    return {"model": acc.result(), **{result_key(name): base.result() for name, base in baselines.items()},
+            **({"paired": {result_key(name): paired_comparison(acc, base) for name, base in baselines.items()}}
+               if baselines else {})}
 
 
 def evaluate_checkpoint(checkpoint: str | Path, data: str | Path, split: str = "val", convention: str = "per_pixel",
@@ -129,6 +131,7 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | Path, split: str = "
         "step": state["step"], "epoch": state["epoch"], "in_frames": info["in_frames"],
         "out_frames": info["out_frames"], "n_sequences": res["model"]["n_sequences"],
         "model": res["model"], **{result_key(name): res[result_key(name)] for name in BASELINES},
+        "paired": res["paired"],
         **evaluation_record(state, checkpoint, data, split, batch_size=batch_size, device=dev,
                             max_sequences=max_sequences),
     }
@@ -222,6 +225,21 @@ def markdown_table(rows: dict[str, dict], convention: str, title: str | None = N
     return "\n".join(lines)
 
 
+def paired_line(model_name: str, paired: dict) -> str:
+    """One line of :func:`diffuma.metrics.paired_comparison` results against every baseline: MSE and SSIM."""
+    fmt = METRIC_FORMATS
+
+    def one(m: str, c: dict) -> str:
+        word = {"mse": "lower", "ssim": "higher"}[m]
+        ci = f" ± {fmt[m].format(c['ci95'])}" if c["ci95"] is not None else ""
+        return (f"{m.upper()} {word} on {c['wins']} of {c['n']}, mean difference {fmt[m].format(c['mean_difference'])}"
+                f"{ci}")
+    parts = [f"against {name}: " + "; ".join(one(m, paired[result_key(name)][m]) for m in ("mse", "ssim"))
+             for name in BASELINES if result_key(name) in paired]
+    return (f"Paired, sequence by sequence ({model_name} − baseline, 95 % t-interval of the mean difference): "
+            + " | ".join(parts))
+
+
 def report_markdown(result: dict) -> str:
     """The Markdown table of an ``evaluate_checkpoint`` result (the model's row, then one row per baseline), with
     its notes and what it was computed from (checkpoint and dataset digests, code)."""
@@ -230,6 +248,8 @@ def report_markdown(result: dict) -> str:
              f"step {result['step']} ({result['weights']} weights)")
     rows = {result["model_name"]: result["model"], **{name: result[result_key(name)] for name in BASELINES}}
     lines = [f"**Note:** {n}" for n in result.get("notes", [])]
+    if result.get("paired"):  # (results written before 2026-12-02 have none)
+        lines.append(paired_line(result["model_name"], result["paired"]))
     if "checkpoint_blake3" in result:
         code = result["code"]
         content = result["data_identity"].get("content")

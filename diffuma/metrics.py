@@ -92,7 +92,7 @@ class MetricAccumulator:
             raise ValueError(f"unknown metric convention {convention!r}; choose one of {', '.join(CONVENTIONS)}")
         self.convention = convention
         self.sums: dict[str, np.ndarray] | None = None
-        self.squares = {m: 0.0 for m in METRICS}  # sum over sequences of (the sequence's mean over its frames)^2
+        self.per_sequence: dict[str, list[np.ndarray]] = {m: [] for m in METRICS}  # each sequence's mean over its frames
         self.count = 0
 
     def update(self, pred, target) -> None:
@@ -124,7 +124,7 @@ class MetricAccumulator:
             raise ValueError(f"batch has {n_t} predicted frames, earlier batches had {len(self.sums['mse'])}")
         for m in METRICS:
             self.sums[m] += batch[m].sum(0)
-            self.squares[m] += float((batch[m].mean(1) ** 2).sum())
+            self.per_sequence[m].append(batch[m].mean(1))
         self.count += b
 
     def result(self) -> dict:
@@ -139,19 +139,39 @@ class MetricAccumulator:
             # means is the mean over all frames (and, for per_pixel MSE/MAE, over all pixels).
             "overall": {m: float(per_frame[m].mean()) for m in METRICS},
             "per_frame": [{"frame": k + 1, **{m: float(per_frame[m][k]) for m in METRICS}} for k in range(n_t)],
-            "ci95": {m: self._ci95(float(per_frame[m].mean()), self.squares[m]) for m in METRICS},
+            "ci95": {m: ci95(self.sequence_values(m)) for m in METRICS},
         }
 
-    def _ci95(self, mean: float, squares: float) -> float | None:
-        """Half-width of the 95 % t-interval of ``mean``, the mean of ``self.count`` per-sequence values whose
-        squares sum to ``squares``."""
-        n = self.count
-        if n < 2:
-            return None
-        from scipy.stats import t
+    def sequence_values(self, metric: str) -> np.ndarray:
+        """(N,) each sequence's mean of ``metric`` over its predicted frames, in the order they came."""
+        return np.concatenate(self.per_sequence[metric]) if self.per_sequence[metric] else np.zeros(0)
 
-        var = max(squares - n * mean * mean, 0.0) / (n - 1)
-        return float(t.ppf(0.975, n - 1) * math.sqrt(var / n))
+
+def ci95(values: np.ndarray) -> float | None:
+    """Half-width of the 95 % Student-t confidence interval of the mean of ``values``; None for fewer than 2."""
+    n = len(values)
+    if n < 2:
+        return None
+    from scipy.stats import t
+
+    return float(t.ppf(0.975, n - 1) * np.std(values, ddof=1) / math.sqrt(n))
+
+
+HIGHER_IS_BETTER = {"mse": False, "mae": False, "ssim": True, "psnr": True}
+
+
+def paired_comparison(model: MetricAccumulator, baseline: MetricAccumulator) -> dict:
+    """The model against a baseline on the same sequences, sequence by sequence (what an unpaired interval cannot
+    tell: two rows whose intervals overlap can differ on every sequence the same way). Per metric: ``wins`` (the
+    sequences where the model is better), ``n``, ``mean_difference`` (model - baseline) and its ``ci95``."""
+    out = {}
+    for m in METRICS:
+        a, b = model.sequence_values(m), baseline.sequence_values(m)
+        d = a - b
+        better = d > 0 if HIGHER_IS_BETTER[m] else d < 0
+        out[m] = {"wins": int(better.sum()), "n": int(len(d)), "mean_difference": float(d.mean()) if len(d) else None,
+                  "ci95": ci95(d)}
+    return out
 
 
 def compute_metrics(pred, target, convention: str = "per_pixel") -> dict:

@@ -74,6 +74,7 @@ def test_bench_end_to_end(tiny_dataset, tmp_path):
         assert r["training"]["budget_minutes"] is None and r["training"]["train_seconds"] > 0
         # what the time bought, comparable across models: FLOPs per training sample (x samples, in bench.md)
         assert r["gflops_train_sample"] > 0
+        assert r["paired"]["constant_motion"]["mse"]["n"] == report["n_sequences"]  # sequence by sequence
     copy = report["copy_last_frame"]["overall"]
     assert 0 < copy["mse"] < 1 and copy["ssim"] < 1  # the square moves, so copying the last frame errs
     motion = report["constant_motion"]
@@ -86,6 +87,7 @@ def test_bench_end_to_end(tiny_dataset, tmp_path):
                    "| steps | samples | train compute (GFLOP) |"):
         assert needle in md, needle
     assert md.count("| copy-last-frame |") == md.count("| constant-motion |") == 3  # one row in every table
+    assert md.count("Paired, sequence by sequence") == 2  # one line per model
     # what each row is (preset, --set overrides): a pasted table read as the default preset
     presets = {label: r["preset"] for label, r in report["models"].items()}
     assert f"Models: simvp = simvp preset `{presets['simvp']}`; pastnet = pastnet preset `{presets['pastnet']}`" in md

@@ -142,6 +142,8 @@ def test_eval_records_what_its_numbers_come_from_and_notes_what_a_reader_must_kn
     assert all(v > 0 for v in result["model"]["ci95"].values())
     md = (tmp_path / "e" / f"eval_{run.name}_best_val_per_pixel.md").read_text()
     assert "95 % confidence half-widths of these means over the 2 sequences" in md and "diffuma MSE ±" in md
+    assert "Paired, sequence by sequence (diffuma − baseline, 95 % t-interval of the mean difference): against " \
+           "copy-last-frame: MSE lower on " in md and result["paired"]["constant_motion"]["mse"]["n"] == 2
     assert f"**Note:** {result['notes'][1]}" in md and f"BLAKE3 {result['checkpoint_blake3'][:16]}" in md
     # the same frames declaring 3 -> 7: scored 5 -> 5 as the model predicts, and said so; another split: no best note
     declared = write_moving_square_dataset(tmp_path / "d37.zarr", n=6, n_val=2, in_frames=3, out_frames=7, seed=3)
