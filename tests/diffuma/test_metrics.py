@@ -143,7 +143,7 @@ def test_each_mean_comes_with_its_95_percent_t_interval_over_the_sequences():
 
 def test_a_paired_comparison_tells_what_overlapping_intervals_cannot():
     """The quickstart's DIFFUMA and constant-motion MSE intervals overlap (0.00302 ± 0.00068 and 0.00319 ±
-    0.00069), though DIFFUMA is lower on every sequence: compared sequence by sequence, the difference shows."""
+    0.00069), though DIFFUMA is lower on 22 of its 24 sequences: compared sequence by sequence, the difference shows."""
     from scipy.stats import t
 
     from diffuma.metrics import MetricAccumulator, paired_comparison
