@@ -39,10 +39,24 @@ def _try_lock(fd: int) -> str | None:
 
 
 def take_lock(path: Path) -> int:
-    """Open ``path`` (created if needed, mode 0644) and take its exclusive lock, held while the returned descriptor is
-    open; the file then holds this process's pid. Raises :class:`LockHeld` if another process holds it, OSError
-    if the file cannot be created."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    """Open ``path`` (created if needed, mode 0666 less the umask: group-writable under umask 002, so a colleague's
+    chdl can take it after this process ends) and take its exclusive lock, held while the returned descriptor is
+    open; the file then holds this process's pid. Raises :class:`LockHeld` if another process holds it (another
+    user's too), OSError if the file cannot be created, or if a lock file another user left cannot be opened or
+    replaced by this one (its ``strerror`` says so and names the file)."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    except PermissionError:  # another user's lock file (0644 before 2026-12-02): held, or left by a process that ended
+        if not os.path.lexists(path):
+            raise
+        if (holder := lock_holder(path)) is not None:
+            raise LockHeld(path, holder) from None
+        try:  # nothing holds it: replace it (the folder is writable, or the claim fails further on anyway)
+            os.unlink(path)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError:
+            raise PermissionError(errno.EACCES, f"a lock file another user left, which no process holds and this user "
+                                                f"can neither open nor remove: remove {path}") from None
     if (holder := _try_lock(fd)) is not None:
         os.close(fd)
         raise LockHeld(path, holder)
@@ -64,15 +78,25 @@ def release_lock(path: Path, fd: int) -> None:
 
 def lock_holder(path: Path) -> str | None:
     """The pid (as written) of the process that holds the lock file ``path`` now, None if none does (or there is
-    no such file). It asks by trying the lock: for that instant this process holds it."""
+    no such file). It asks by trying a shared lock on the file opened for reading (so it can ask about another
+    user's lock file, which it may not write: it answered "none" there, and `chdl info` called a running curate
+    stopped): for that instant this process holds that. The holder asking about its own lock gets its own pid,
+    without a lock being tried (closing the file would drop every lock this process has on it)."""
     try:
-        fd = os.open(path, os.O_RDWR)
+        fd = os.open(path, os.O_RDONLY)
     except OSError:
         return None
     try:
-        return _try_lock(fd)
+        if os.pread(fd, 32, 0).decode(errors="replace").strip() == str(os.getpid()):
+            return str(os.getpid())
+        fcntl.lockf(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError as e:
+        if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            return os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+        return None
     finally:
         os.close(fd)  # (closing drops the lock if it was taken; the file is left as it was)
+    return None
 
 
 class OutputLockError(RuntimeError):

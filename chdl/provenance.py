@@ -37,16 +37,19 @@ def code_fingerprint(packages: tuple[str, ...] = PACKAGES) -> str:
 
 
 @functools.lru_cache(maxsize=1)
-def git_state() -> dict:
-    """``{"commit": 40 hex digits, "dirty": bool}`` of the git checkout chdl is imported from, or both None where it
-    is not one (an installed wheel) or git is not there. ``dirty``: tracked files differ from the commit."""
-    root = Path(__file__).resolve().parents[1]
+def git_state(root: Path | None = None) -> dict:
+    """``{"commit": 40 hex digits, "dirty": bool}`` of the git checkout chdl is imported from (or ``root``), or both
+    None where it is not one (an installed wheel) or git is not there. ``dirty``: tracked files differ from the
+    commit."""
+    root = Path(root) if root is not None else Path(__file__).resolve().parents[1]
     if not (root / ".git").exists():
         return {"commit": None, "dirty": None}
     try:
         def git(*args: str) -> str:
-            return subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=10,
-                                  check=True).stdout.strip()
+            # safe.directory: on a shared install the checkout belongs to another user, and git refuses it as of
+            # "dubious ownership": every other user's datasets and evals recorded commit null
+            return subprocess.run(["git", "-c", f"safe.directory={root}", "-C", str(root), *args], capture_output=True,
+                                  text=True, timeout=10, check=True).stdout.strip()
 
         return {"commit": git("rev-parse", "HEAD"),
                 "dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}

@@ -74,3 +74,49 @@ def test_an_import_refuses_a_dataset_another_process_writes(held):
                         overwrite=True, progress=False, frames_per_sequence=2, in_frames=1, out_frames=1, height=8,
                         width=8)
     assert not out.exists()
+
+
+def test_lock_files_follow_the_umask_so_a_group_member_can_take_them_next(tmp_path):
+    """Lock files were made 0644 whatever the umask: under umask 002 on a shared folder, a colleague (same group)
+    could not resume an interrupted curate or training ("cannot write in . (Permission denied)")."""
+    import os
+
+    from chdl.locks import release_lock, take_lock
+
+    old = os.umask(0o002)
+    try:
+        fd = take_lock(tmp_path / "a.lock")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a.lock").stat().st_mode & 0o777 == 0o664
+    release_lock(tmp_path / "a.lock", fd)
+
+
+def test_another_users_lock_file_is_taken_over_when_no_one_holds_it_and_named_when_someone_does(held, tmp_path,
+                                                                                                 monkeypatch):
+    """This user cannot open another user's lock file for writing (emulated: os.open refuses it, as the kernel does
+    for a 0644 file of another user). Left by a process that ended, it is replaced; held by a running process, the
+    holder is named (it was "Permission denied" in both cases, and `chdl info` called a running curate stopped)."""
+    import os
+
+    from chdl.locks import LockHeld, lock_holder, release_lock, take_lock
+
+    real_open = os.open
+
+    def as_another_user(path, flags, *mode):
+        if str(path) in others and os.path.exists(path) and os.stat(path).st_ino == others[str(path)] \
+                and flags & (os.O_RDWR | os.O_WRONLY):
+            raise PermissionError(13, "Permission denied")
+        return real_open(path, flags, *mode)
+
+    stale = tmp_path / "stale.lock"
+    stale.write_text("999999\n")  # its process ended
+    out, pid = held
+    others = {str(stale): stale.stat().st_ino, str(writer_lock_path(out)): writer_lock_path(out).stat().st_ino}
+    monkeypatch.setattr(os, "open", as_another_user)
+    assert lock_holder(writer_lock_path(out)) == str(pid) and lock_holder(stale) is None
+    with pytest.raises(LockHeld, match=rf"locked by pid {pid}"):
+        take_lock(writer_lock_path(out))
+    fd = take_lock(stale)  # replaced: a new file of this user's
+    assert stale.read_text() == f"{os.getpid()}\n" and lock_holder(stale) == str(os.getpid())
+    release_lock(stale, fd)
