@@ -535,7 +535,14 @@ def find_recordings(path: str | os.PathLike) -> list[Path]:
         raise RawFormatError(f"{path}: not a recording or a folder of recordings")
     if is_recording(path):
         return [path]
-    runs = sorted(p for p in path.iterdir() if p.is_dir() and is_recording(p))
+    folders = sorted(p for p in path.iterdir() if p.is_dir())
+    # a folder this user may not look into (another user's, mode 700) may be a recording: left out, a third of a
+    # shared corpus went missing from a dataset without a word
+    for p in folders:
+        if not os.access(p, os.R_OK | os.X_OK):
+            raise RawFormatError(f"{p}: this user may not look inside it (permissions; another user's folder?), so "
+                                 f"whether it is a recording cannot be told: give read access, or move it out of {path}")
+    runs = [p for p in folders if is_recording(p)]
     if not runs:
         what = "empty folder" if not any(path.iterdir()) else f"no recordings inside (no subfolder has {MANIFEST})"
         if (path / "zarr.json").is_file():  # the other way round from `chdl info RECORDING`

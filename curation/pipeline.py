@@ -68,6 +68,11 @@ class PixelRangeError(CurateError):
     """A pixel above the dataset's max_value: the bit depth is wrong (``_check_range``)."""
 
 
+class FramePermissionError(CurateError):
+    """A frame file (or its folder) this user may not read (``read_sequence``): on a shared server, another user's
+    file. It is not a missing frame: curate had reconstructed it into the dataset and exited 0."""
+
+
 class RecordingGoneError(CurateError):
     """A recording's frames folder vanished while it was being curated (``read_sequence``): a mount dropped, a
     folder moved or deleted. Its frames are not missing frames: the shard fails and the dataset stays resumable."""
@@ -131,6 +136,12 @@ def read_sequence(seq: SequencePlan, run_path: str, height: int, width: int, dty
             if folder is not None and not folder.is_dir():
                 raise RecordingGoneError(f"{folder}: the recording's folder is gone (moved, deleted or unmounted) "
                                          "while it was being curated") from None
+            if folder is not None and not (os.access(folder, os.X_OK) and (not (Path(run_path) / r.file).exists()
+                                                                            or os.access(Path(run_path) / r.file,
+                                                                                         os.R_OK))):
+                raise FramePermissionError(f"{Path(run_path) / r.file}: this user may not read it (permissions; "
+                                           "another user's file?), which does not make it a missing frame: give the "
+                                           "curating user read access") from None
             errors[t] = str(e)
     return frames, available, errors
 
@@ -593,6 +604,9 @@ def _curate(source: str | os.PathLike, out: str | os.PathLike, cfg: CurateConfig
     except RecordingGoneError as e:
         raise CurateError(f"{e}; {out} keeps the shards finished so far: put the recording back and rerun the same "
                           "command to resume") from None
+    except FramePermissionError as e:
+        raise CurateError(f"{e}, then rerun the same command: {out} keeps the shards finished so far and resumes") \
+            from None
     except PixelRangeError as e:  # found in a shard: OUT was made with the wrong max_value, a resume cannot mend it
         if DatasetWriter.restore_previous(out):  # an --overwrite that cannot finish: the dataset it replaced is back
             raise PixelRangeError(f"{e}; {out} is the dataset that was there before, untouched") from None

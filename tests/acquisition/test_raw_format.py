@@ -268,3 +268,20 @@ def test_two_writers_that_find_one_folder_free_at_once_do_not_share_it(tmp_path,
     with pytest.raises(RawFormatError, match=r"same: another capture started writing there at the same time"):
         RecordingWriter.create(tmp_path / "same", MANIFEST)
     assert not (tmp_path / "same" / "manifest.json").exists()
+
+
+def test_a_folder_this_user_may_not_look_into_is_not_silently_left_out(tmp_path, monkeypatch):
+    """Another user's recording (mode 700) among a folder of runs was skipped: curate made a dataset of the others,
+    exit 0. Whether it is a recording cannot be told, so it is named (emulated: os.access says no, as it does for
+    such a folder; root may look anywhere)."""
+    import os
+
+    _record(tmp_path / "runs" / "a")
+    (tmp_path / "runs" / "b").mkdir()
+    real = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode, **kw: False if str(p).endswith("/b") else real(p, mode, **kw))
+    with pytest.raises(RawFormatError, match=r"runs/b: this user may not look inside it \(permissions; another "
+                                             r"user's folder\?\), so whether it is a recording cannot be told"):
+        find_recordings(tmp_path / "runs")
+    monkeypatch.undo()
+    assert find_recordings(tmp_path / "runs") == [tmp_path / "runs" / "a"]

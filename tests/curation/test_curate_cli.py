@@ -930,3 +930,27 @@ def test_frames_without_an_image_are_treated_as_missing(tmp_path):
     assert any(u["problem"].startswith(blank) for u in s["unreadable_frames"]), s["unreadable_frames"]
     assert len(s["unreadable_frames"]) == T + 1
     assert f"warning: {blank}" in r.output
+
+
+def test_a_frame_this_user_may_not_read_stops_the_run_instead_of_becoming_a_missing_frame(tmp_path, monkeypatch):
+    """On a shared server a frame file of another user's (mode 600) was 'missing' and reconstructed into the
+    dataset, exit 0 (emulated: os.access says no, as it does for such a file; root may read anything)."""
+    import os
+
+    run = tmp_path / "raw" / "r"
+    write_run(run, lanes=4)
+    private = run / "frames" / "000014.png"
+    real, real_read = os.access, np.fromfile
+
+    def fromfile(file, *a, **kw):  # what reading another user's 0600 file gives
+        if str(file) == str(private):
+            raise PermissionError(13, "Permission denied", str(file))
+        return real_read(file, *a, **kw)
+
+    monkeypatch.setattr(os, "access", lambda p, mode, **kw: False if str(p) == str(private) else real(p, mode, **kw))
+    monkeypatch.setattr(np, "fromfile", fromfile)
+    r = CliRunner().invoke(main, ["curate", str(tmp_path / "raw"), str(tmp_path / "o.zarr"), "--workers", "1", "-q"])
+    assert r.exit_code == 1, r.output
+    assert r.output.strip().splitlines()[-1].startswith(
+        f"Error: {private}: this user may not read it (permissions; another user's file?), which does not make it a "
+        "missing frame: give the curating user read access")
