@@ -521,6 +521,9 @@ class ShardProblem:
     problem: str  # "missing", "checksum mismatch", "size ...", "no checksum recorded", ...
 
 
+PERMISSION_PROBLEM = "this user may not read it"  # a ShardProblem that is not damage (the file's permissions)
+
+
 @dataclasses.dataclass
 class VerifyResult:
     path: str
@@ -546,6 +549,9 @@ class VerifyResult:
         bad = self.bad_shards
         what = ([f"shard{'s' if len(bad) > 1 else ''} {', '.join(map(str, bad[:10]))}{' ...' if len(bad) > 10 else ''}"]
                 if bad else []) + (["metadata"] if self.bad_metadata else [])
+        if all(p.problem.startswith(PERMISSION_PROBLEM) for p in self.problems):
+            return (f"{self.path}: {' and '.join(what)} cannot be read by this user ({first}{more}); not damage: "
+                    f"give this user read access (chdl verify {self.path} lists every such file)")
         return (f"{self.path}: {' and '.join(what)} damaged ({first}{more}); the dataset is damaged on disk "
                 f"(chdl verify {self.path} lists every bad file)")
 
@@ -1025,6 +1031,9 @@ class DatasetReader:
                         continue
                     try:
                         digest, size = file_checksum(self.path, key, bar.update)
+                    except PermissionError as e:  # not damage: an admin re-curated or deleted a healthy dataset for it
+                        problems.append(ShardProblem(s, key, f"{PERMISSION_PROBLEM} ({e.strerror or e})"))
+                        continue
                     except OSError as e:
                         problems.append(ShardProblem(s, key, f"unreadable ({e.strerror or e})"))
                         continue

@@ -7,7 +7,7 @@ import json
 import click
 
 from chdl.cli.options import quiet_option
-from chdl.dataset import DatasetFormatError, open_dataset
+from chdl.dataset import PERMISSION_PROBLEM, DatasetFormatError, open_dataset
 
 
 @click.command("info")
@@ -94,6 +94,10 @@ def verify(path: str, quiet: bool) -> None:
     for p in result.problems:
         click.echo(f"{'metadata' if p.shard is None else f'shard {p.shard}'}: {p.file}: {p.problem}")
     bad, meta = result.bad_shards, result.bad_metadata
+    if result.problems and all(p.problem.startswith(PERMISSION_PROBLEM) for p in result.problems):
+        raise click.ClickException(f"{path}: {len(result.problems)} file(s) of shard(s) {', '.join(map(str, bad))} "
+                                   "cannot be read by this user: not damage (give this user read access, then verify "
+                                   "again)")
     if bad or meta:
         what = ([f"{len(bad)} of {result.shards} shards damaged (shard{'s' if len(bad) > 1 else ''} "
                  f"{', '.join(map(str, bad))})"] if bad else []) + ([f"metadata damaged ({', '.join(meta)})"] if meta else [])

@@ -564,3 +564,33 @@ def test_sequence_keys_name_where_frames_came_from_not_how_they_were_split(tmp_p
     assert write(tmp_path / "c.zarr", [-1, -1, 2], times)[:2] == [None, None]
     assert write(tmp_path / "d.zarr", [0, 1, 2], np.full((3, 4), -1))[0] is None
     assert write(tmp_path / "e.zarr", [0, 1, 2], times + 1) != a  # other captures
+
+
+def test_a_shard_this_user_may_not_read_is_not_called_damage(tmp_path, monkeypatch):
+    """A healthy shard file of another user's (mode 600) was "damaged on disk" in verify, train and eval: an
+    admin could re-curate or delete a healthy dataset for it (emulated: reading it raises PermissionError, as it
+    does for such a file; root may read anything)."""
+    from click.testing import CliRunner
+
+    from chdl import dataset as ds
+    from chdl.cli import main
+
+    path = tmp_path / "d.zarr"
+    _write(path, _frames()).finalize()
+    private = "frames/c/1/0/0/0/0"
+    real = ds.file_checksum
+
+    def checksum(p, key, *a, **kw):
+        if key == private:
+            raise PermissionError(13, "Permission denied")
+        return real(p, key, *a, **kw)
+
+    monkeypatch.setattr(ds, "file_checksum", checksum)
+    result = open_dataset(path).verify()
+    assert [(p.shard, p.file, p.problem) for p in result.problems] == [
+        (1, private, "this user may not read it (Permission denied)")]
+    assert result.error().startswith(f"{path}: shard 1 cannot be read by this user (") and "not damage" in result.error()
+    r = CliRunner().invoke(main, ["verify", str(path), "-q"])
+    assert r.exit_code == 1 and r.output.strip().splitlines()[-1] == (
+        f"Error: {path}: 1 file(s) of shard(s) 1 cannot be read by this user: not damage (give this user read "
+        "access, then verify again)"), r.output
