@@ -850,10 +850,14 @@ class DatasetWriter:
             self._member(CHECKSUMS)[shard] = json.dumps(record, sort_keys=True, separators=(",", ":"))
         self._member("shard_done")[shard] = 1
 
+    previous_left: str | None = None  # the replaced dataset finalize could not remove, and why
+
     def finalize(self, **provenance_updates: Any) -> None:
         """Mark the dataset complete. DatasetIncompleteError if any shard is still missing. Removes the
         temporary files that zarr's local store leaves when a writer is killed mid-file
-        (:meth:`remove_interrupted_writes`)."""
+        (:meth:`remove_interrupted_writes`), and the dataset this one replaced; where that cannot be removed (another
+        user's files), :attr:`previous_left` says where it is and why (the new dataset is complete: an --overwrite
+        over a colleague's dataset said "incomplete ... rerun to resume", and a rerun would curate it all again)."""
         missing = sorted(set(range(self.n_shards)) - self.done_shards())
         if missing:
             raise DatasetIncompleteError(f"{self.path}: cannot finalize, {len(missing)} shard(s) not written (first: {missing[0]})")
@@ -864,7 +868,10 @@ class DatasetWriter:
         attrs["complete"] = True
         self.group.update_attributes(attrs)  # one (atomic) write of zarr.json; attrs.update writes once per key
         if isinstance(self.path, Path):  # (a URL's dataset is built in place: nothing kept aside)
-            _remove(previous_path(self.path))  # the dataset this one replaced (create's keep_previous)
+            try:
+                _remove(previous_path(self.path))  # the dataset this one replaced (create's keep_previous)
+            except OSError as e:  # (another user's files): this one is complete all the same; the caller says so
+                self.previous_left = f"{previous_path(self.path)} ({e.strerror or e})"
 
     @staticmethod
     def restore_previous(path) -> bool:

@@ -423,6 +423,9 @@ def _write(plan: Plan, cfg: CurateConfig, writer: DatasetWriter, ctx: dict, out:
     summary = write_report(out, plan, cfg, html_path, json_path, thumbnails)
     _check_interrupted()
     writer.finalize()
+    if writer.previous_left:
+        log(f"warning: {out} is complete, but the dataset it replaced could not be removed: {writer.previous_left}; "
+            "remove it by hand")
     timings["report"] = time.perf_counter() - t_report
     return done, pending, summary
 

@@ -954,3 +954,30 @@ def test_a_frame_this_user_may_not_read_stops_the_run_instead_of_becoming_a_miss
     assert r.output.strip().splitlines()[-1].startswith(
         f"Error: {private}: this user may not read it (permissions; another user's file?), which does not make it a "
         "missing frame: give the curating user read access")
+
+
+def test_an_overwrite_that_cannot_remove_the_dataset_it_replaced_says_the_new_one_is_complete(tmp_path, monkeypatch):
+    """--overwrite over a colleague's dataset (files this user may not delete) said "OUT is incomplete - rerun to
+    resume" though the new dataset was complete, and left the old one hidden beside it (emulated: removing it raises
+    PermissionError, as it does there)."""
+    import shutil
+
+    from chdl import dataset as ds
+
+    write_run(tmp_path / "raw" / "r", lanes=4)
+    out = tmp_path / "d.zarr"
+    assert CliRunner().invoke(main, ["curate", str(tmp_path / "raw"), str(out), "-q"]).exit_code == 0
+    real = ds._remove
+
+    def remove(path):
+        if path.name == ".d.zarr.previous" and path.exists():
+            raise PermissionError(13, "Permission denied", str(path / "zarr.json"))
+        real(path)
+
+    monkeypatch.setattr(ds, "_remove", remove)
+    r = CliRunner().invoke(main, ["curate", str(tmp_path / "raw"), str(out), "--overwrite"])
+    assert r.exit_code == 0, r.output
+    assert (f"warning: {out} is complete, but the dataset it replaced could not be removed: "
+            f"{tmp_path / '.d.zarr.previous'} (Permission denied); remove it by hand") in r.output
+    assert open_dataset(out).attrs["complete"] and (tmp_path / ".d.zarr.previous").is_dir()
+    shutil.rmtree(tmp_path / ".d.zarr.previous")
