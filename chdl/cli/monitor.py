@@ -70,8 +70,11 @@ def _predictor_spec(checkpoint: Path | None, t_in: int, size: tuple | None = Non
               help="A learned scorer file (chdl monitor-fit-scorer) fitted with this predictor on clean recordings. "
                    "Default: the largest block z-score.")
 @click.option("--serve", is_flag=True, help="Serve the live dashboard on 127.0.0.1 (chdl.monitor.dashboard).")
+@click.option("--token-file", type=LocalPath(path_type=Path, dir_okay=False), default=None,
+              help="With --serve: require the token in this file on every request (?token=...). Loopback is open to "
+                   "every user of this machine: on a shared server, give one.")
 @click.pass_context
-def monitor(ctx, checkpoint, t_in, queue_depth, z_on, z_off, scorer, serve, **params):
+def monitor(ctx, checkpoint, t_in, queue_depth, z_on, z_off, scorer, serve, token_file, **params):
     """Capture (exactly as chdl capture) while a separate process predicts and scores every frame; process
     anomalies and acquisition-QC flags are written as events beside the recording, in OUT/<run-id>.monitor/."""
     from acquisition.capture import default_run_id
@@ -100,6 +103,11 @@ def monitor(ctx, checkpoint, t_in, queue_depth, z_on, z_off, scorer, serve, **pa
     folder = monitor_dir(run_path)
     if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
         raise click.ClickException(f"{folder}: already exists and is not empty (choose another --run-id or --out)")
+    if token_file is not None and not serve:
+        raise click.UsageError("--token-file is for --serve")
+    from chdl.cli.dashboard import _token
+
+    token = _token(None, token_file) if token_file is not None else None
     serve_in_background = _dashboard() if serve else None
     spec, name, t = _predictor_spec(checkpoint, t_in, size)
     learned = _check_scorer(scorer, checkpoint, size) if scorer is not None else None
@@ -130,7 +138,7 @@ def monitor(ctx, checkpoint, t_in, queue_depth, z_on, z_off, scorer, serve, **pa
         except MonitorError as e:
             raise click.ClickException(str(e)) from None
         if serve_in_background is not None:
-            server = serve_in_background(mon.folder)
+            server = serve_in_background(mon.folder, token=token)
             click.echo(f"dashboard: {server.url}", err=True)
         results = run_captures(ctx, **params, on_record=mon.offer)
         stops = {r.stopped_by for r in results} - {None, "source ended"}  # (all of an incomplete source replayed)

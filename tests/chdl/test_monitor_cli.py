@@ -3,6 +3,7 @@ anomaly, byte-identical recordings next to `chdl capture`, SIGKILL."""
 
 import importlib.util
 import json
+import re
 import os
 import shutil
 import signal
@@ -915,3 +916,16 @@ def test_a_checkpoint_predictor_leaves_autograd_as_it_found_it(tmp_path, monkeyp
     assert torch.is_grad_enabled()
     pred, _ = predictor.predict(np.random.default_rng(0).random((5, H, W), dtype=np.float32))
     assert pred.shape == (H, W) and torch.is_grad_enabled()
+
+
+def test_monitor_serve_takes_a_token_file(clean_run, tmp_path):
+    """Loopback is open to every user of a shared server: a user without read access to the monitor folder read
+    the live frames through it. `chdl dashboard` took a token; `monitor --serve` now does too."""
+    token = tmp_path / "token"
+    token.write_text("s3cret-token-of-the-line\n")
+    r = chdl("monitor", "--replay", clean_run, "--out", tmp_path / "m", "--token-file", token, "-q")
+    assert r.returncode == 2 and "--token-file is for --serve" in r.stderr
+    r = chdl("monitor", "--replay", clean_run, "--out", tmp_path / "m", "--as-fast-as-possible", "--queue-depth", "100",
+             "--serve", "--token-file", token, "-q")
+    assert r.returncode == 0, r.stderr
+    assert re.search(r"^dashboard: http://127\.0\.0\.1:\d+/\?token=s3cret-token-of-the-line$", r.stderr, re.M), r.stderr
