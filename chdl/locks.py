@@ -133,7 +133,9 @@ def exclusive_output(path: Path) -> Iterator[None]:
         if files.file_in_the_way(path) is not None:  # ("... (File exists)" did not say which file)
             raise OutputLockError(f"{path}: cannot create the folder it goes in"
                                   f"{files.cannot_create(path.parent, e)}") from e
-        what = f"cannot write in {path.parent}" if path.parent.is_dir() else "cannot create the folder it goes in"
+        # (the folder as an absolute path: "cannot write in ." did not say which folder)
+        what = f"cannot write in {path.parent.absolute()}" if path.parent.is_dir() else \
+            "cannot create the folder it goes in"
         raise OutputLockError(f"{path}: {what} ({e.strerror or e})") from e
     try:
         yield
