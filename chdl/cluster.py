@@ -188,6 +188,12 @@ _installed = {"token": None}
 _install_lock = threading.Lock()
 
 
+def _worker_label(address: str, name: Any) -> str:
+    """A worker as errors name it: its address, and the name given with ``dask worker --name`` (what its operator
+    knows it by; a LocalCluster's are numbers, left out)."""
+    return f"{address} ({name})" if isinstance(name, str) and name != address else address
+
+
 class WorkerVersionError(RuntimeError):
     """Raised in a task on a worker whose versions differ from the client's (see :func:`_run_task`)."""
 
@@ -207,7 +213,8 @@ def _run_task(fn: Callable, task: Any, init: Callable | None, ctx: Any, token: s
             if diff:
                 from distributed import get_worker
 
-                raise WorkerVersionError(f"worker {get_worker().address} runs {', '.join(diff)}")
+                worker = get_worker()
+                raise WorkerVersionError(f"worker {_worker_label(worker.address, worker.name)} runs {', '.join(diff)}")
             if init is not None:
                 init(ctx)
             _installed["token"] = token
@@ -229,6 +236,11 @@ class Cluster:
     def n_workers(self) -> int:
         return len(self.client.scheduler_info(n_workers=-1)["workers"])
 
+    def _label(self, address: str) -> str:
+        """:func:`_worker_label` of the worker at ``address``."""
+        info = self.client.scheduler_info(n_workers=-1)["workers"].get(address, {})
+        return _worker_label(address, info.get("name"))
+
     def check_versions(self) -> None:
         """ClusterError naming the first worker whose package versions (or chdl code) differ from this process's,
         or that cannot tell (chdl does not import there)."""
@@ -241,7 +253,7 @@ class Cluster:
         for worker, theirs in sorted(reports.items()):
             diff = _version_diff(mine, theirs)
             if diff:
-                raise ClusterError(f"{self.spec}: worker {worker} runs {', '.join(diff)}; "
+                raise ClusterError(f"{self.spec}: worker {self._label(worker)} runs {', '.join(diff)}; "
                                    "byte-identical output needs the same versions everywhere")
 
     def check_visible(self, paths: Iterable[str]) -> None:
@@ -249,7 +261,7 @@ class Cluster:
         paths = [str(p) for p in paths]
         for worker, missing in sorted(self.client.run(_missing, paths).items()):
             if missing:
-                raise ClusterError(f"{self.spec}: worker {worker} cannot see {missing[0]} "
+                raise ClusterError(f"{self.spec}: worker {self._label(worker)} cannot see {missing[0]} "
                                    f"({len(missing)} of {len(paths)} paths); workers need the inputs and "
                                    "the output on shared storage, at the same path or URL")
 

@@ -245,3 +245,10 @@ def test_pool_workers_are_forked_with_the_stop_signals_held_until_their_set_up_i
     assert stops <= set(at_setup)  # held while the worker sets itself up ...
     assert not stops & set(in_task)  # ... and let through for its tasks
     assert _mask_now() == before
+
+
+def test_workers_are_named_as_their_operators_know_them():
+    """Errors named a worker by address only; `dask worker --name gpu-node-3` is what its operator knows."""
+    assert cl._worker_label("tcp://10.0.0.7:40123", "gpu-node-3") == "tcp://10.0.0.7:40123 (gpu-node-3)"
+    assert cl._worker_label("tcp://10.0.0.7:40123", 0) == "tcp://10.0.0.7:40123"  # a LocalCluster's number
+    assert cl._worker_label("tcp://10.0.0.7:40123", "tcp://10.0.0.7:40123") == "tcp://10.0.0.7:40123"
