@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 from pathlib import Path
@@ -44,6 +45,12 @@ def dashboard(monitor_dir: Path, host: str, port: int, token: str | None, token_
                                         serve_in_background)
 
     token = _token(token, token_file)
+    # a file the server will read that this user may not (another user's, on a shared server): it served 500s and
+    # printed tracebacks for every request
+    for name in ("scores.jsonl", "events.jsonl"):
+        if (monitor_dir / name).exists() and not os.access(monitor_dir / name, os.R_OK):
+            raise click.ClickException(f"{monitor_dir / name}: this user may not read it (permissions; another "
+                                       "user's monitor folder?): give read access")
     try:
         read_status(monitor_dir)
         handle = serve_in_background(monitor_dir, host=host, port=port, token=token)

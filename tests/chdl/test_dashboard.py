@@ -526,3 +526,21 @@ def test_a_monitor_that_stopped_updating_is_judged_by_this_pages_own_clock(monit
             time.sleep(0.1)
         page.clock.run_for(10_000)
         assert page.text_content("#state") == "running"
+
+
+def test_cli_refuses_a_monitor_folder_whose_files_this_user_may_not_read(monitor, monkeypatch):
+    """Another user's scores.jsonl (mode 600): the server started, then answered 500 with tracebacks on the console
+    (emulated: os.access says no, as it does for such a file; root may read anything)."""
+    import os
+
+    from click.testing import CliRunner
+
+    from chdl.cli import main
+
+    private = monitor.dir / "scores.jsonl"
+    private.touch()
+    real = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode, **kw: False if str(p) == str(private) else real(p, mode, **kw))
+    r = CliRunner().invoke(main, ["dashboard", str(monitor.dir), "--port", "0"])
+    assert r.exit_code == 1 and r.output.strip() == (f"Error: {private}: this user may not read it (permissions; "
+                                                     "another user's monitor folder?): give read access")
