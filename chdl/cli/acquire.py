@@ -41,6 +41,8 @@ def _user_errors():
         if e.errno in (errno.ENOTDIR, errno.EEXIST) and e.filename:  # a file where a folder must go: say which
             raise click.ClickException(f"{e.filename}: cannot create the folder{cannot_create(e.filename, e)}") \
                 from None
+        if e.errno in (errno.EROFS, errno.EACCES, errno.EPERM) and e.filename:  # ("raw: Read-only file system")
+            raise click.ClickException(f"{e.filename}: cannot write the recording there ({e.strerror})") from None
         raise click.ClickException(f"{e.filename or ''}: {e.strerror or e}".lstrip(": ")) from None
     finally:
         warnings.showwarning = previous

@@ -321,6 +321,18 @@ def test_real_full_disk(tmp_path):
     assert state["status"] == "incomplete" and state["notes"]["stopped_by"] == "disk full"  # the reserve made room to close
 
 
+@pytest.mark.skipif(not can_mount_tmpfs(), reason="needs `unshare -m` and mount rights for a private tmpfs")
+def test_a_read_only_output_says_the_recording_cannot_be_written_there(tmp_path):
+    """It said only "Error: raw: Read-only file system"."""
+    disk = tmp_path / "ro"
+    disk.mkdir()
+    script = (f"mount -t tmpfs -o ro,size=64k tmpfs {disk} && {sys.executable} -m chdl capture --camera sim0 "
+              f"--out {disk / 'raw'} --positions 2 --width 64 --height 48 --quiet")
+    out = subprocess.run(["unshare", "-m", "sh", "-c", script], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 1 and out.stderr.strip() == (
+        f"Error: {disk / 'raw'}: cannot write the recording there (Read-only file system)"), out.stderr
+
+
 @pytest.mark.parametrize("args,message", [
     (["--step-um", "nan"], "Invalid value for '--step-um': 'nan' is not a finite number."),
     (["--step-um", "-5"], "Invalid value for '--step-um': -5.0 is not in the range 0<x<=1000000.0."),
