@@ -88,7 +88,7 @@ def no_image(frame: np.ndarray, max_value: float) -> str | None:
     if spread >= NO_IMAGE_SPREAD:
         return None
     return (f"no image (its pixels' standard deviation is {spread:.2%} of full scale, under "
-            f"{NO_IMAGE_SPREAD:.0%}: a lens cap, the lamp off or no exposure?)")
+            f"{NO_IMAGE_SPREAD:.0%}: a lens cap, the lamp off, no exposure, or a sensor saturated all over?)")
 
 
 def _down(img: np.ndarray, f: int) -> np.ndarray:

@@ -46,7 +46,7 @@ import numpy as np
 import torch
 
 from acquisition import files
-from diffuma.evaluation import BASELINES, METRIC_FORMATS, baseline_predictions, paired_line, result_key
+from diffuma.evaluation import BASELINES, METRIC_FORMATS, baseline_predictions, ci95_line, paired_line, result_key
 from diffuma.flops import train_flops_per_sample
 
 UNDERUSED_BUDGET = 0.9  # a budget run that trained for less than this share of its budget is flagged in the report
@@ -338,6 +338,7 @@ def terminal_summary(report: dict) -> list[str]:
         lines.append(f"  {label:<{width}}  MSE {o['mse']:.5g}  MAE {o['mae']:.5g}  SSIM {o['ssim']:.4f}{reached}")
     if report.get("split", "val") != "val":
         lines.append(f"  scored on the {report['split']} split")
+    lines += [f"  note ({label}): {n}" for label, r in report["models"].items() for n in r.get("notes", [])]
     return lines + [f"  metric convention: {report['convention']}"]
 
 
@@ -387,7 +388,12 @@ def markdown_report(report: dict) -> str:
         f"{label} = {r.get('name', label.split(':')[0])} preset `{r.get('preset', '?')}`"
         + (", " + ", ".join(f"{k}={v!r}" for k, v in sorted(r["overrides"].items())) if r.get("overrides") else "")
         for label, r in report["models"].items()) + "."]
+    final_rows = {label: r["final"] for label, r in report["models"].items()}
+    final_rows.update({name: b for name, b in baselines.items()})
+    if line := ci95_line(final_rows):
+        L += ["", line]
     L += ["", *(paired_line(label, r["paired"]) for label, r in report["models"].items() if r.get("paired"))]
+    L += [f"\n**Note** ({label}): {n}" for label, r in report["models"].items() for n in r.get("notes", [])]
     if any_t:
         L += ["", f"Throughput: batch {any_t['batch_size']}, {any_t['device']}, {any_t['precision']}, mean of "
                   f"{any_t['timed_steps']} timed steps after warm-up; train = training_loss + backward + AdamW step."]
@@ -642,6 +648,7 @@ def run_bench(data: str | Path, models: str, epochs: list[int] | None, out: str 
         res = evaluate(ck)
         entry["final"] = res["model"]
         entry["paired"] = res["paired"]  # against each baseline, sequence by sequence
+        entry["notes"] = res.get("notes", [])  # as eval gives them (few sequences, training sequences scored, ...)
         if epochs:
             entry["by_epoch"][str(epochs[-1])] = {"overall": res["model"]["overall"], "checkpoint": str(ck)}
         for name in BASELINES:

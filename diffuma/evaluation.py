@@ -8,6 +8,7 @@ constant-motion baseline is ``diffuma.motion.constant_motion``.
 
 from __future__ import annotations
 
+import math
 import os
 
 from contextlib import nullcontext
@@ -194,6 +195,21 @@ def evaluation_record(state: dict, checkpoint: str | Path, data: str | Path, spl
 METRIC_FORMATS = {"mse": "{:#.5g}", "mae": "{:#.5g}", "ssim": "{:.4f}", "psnr": "{:.2f}"}
 
 
+def ci95_line(rows: dict[str, dict]) -> str | None:
+    """The line under a results table giving each row's 95 % confidence half-widths (``ci95`` of
+    :class:`diffuma.metrics.MetricAccumulator` results); None where they are not known (one sequence, old results)."""
+    fmt = METRIC_FORMATS
+    label = {"mse": "MSE", "mae": "MAE", "ssim": "SSIM", "psnr": "PSNR (dB)"}
+    spread = {name: r["ci95"] for name, r in rows.items() if all((r.get("ci95") or {}).get(m) is not None for m in fmt)}
+    if not spread:
+        return None
+    n = next(iter(rows.values()))["n_sequences"]
+    return (f"95 % confidence half-widths of these means over the {n} sequences (Student's t on the per-sequence "
+            "means; sequences of one recording are not independent, so these are lower bounds): "
+            + "; ".join(f"{name} " + ", ".join(f"{label[m]} ±{fmt[m].format(c[m])}" for m in fmt)
+                        for name, c in spread.items()))
+
+
 def markdown_table(rows: dict[str, dict], convention: str, title: str | None = None) -> str:
     """A Markdown report of ``{row name: metrics}`` (``MetricAccumulator.result()`` dicts): the overall table
     and the per-horizon table, with the metric convention spelled out under each. Numbers keep a fixed precision
@@ -207,13 +223,8 @@ def markdown_table(rows: dict[str, dict], convention: str, title: str | None = N
     for name, r in rows.items():
         lines.append(f"| {name} | " + " | ".join(fmt[m].format(r["overall"][m]) for m in fmt) + " |")
     lines += ["", note, ""]
-    spread = {name: r["ci95"] for name, r in rows.items() if all((r.get("ci95") or {}).get(m) is not None for m in fmt)}
-    if spread:  # how far a mean could move with other sequences (one --max-sequences 1 table read as a result)
-        n = next(iter(rows.values()))["n_sequences"]
-        lines += [f"95 % confidence half-widths of these means over the {n} sequences (Student's t on the per-sequence "
-                  "means; sequences of one recording are not independent, so these are lower bounds): "
-                  + "; ".join(f"{name} " + ", ".join(f"{label[m]} ±{fmt[m].format(c[m])}" for m in fmt)
-                              for name, c in spread.items()), ""]
+    if line := ci95_line(rows):
+        lines += [line, ""]
     n_t = max(len(r["per_frame"]) for r in rows.values())
     lines += ["Per predicted frame:", "",
               "| model | metric | " + " | ".join(f"t+{k + 1}" for k in range(n_t)) + " |",
@@ -227,13 +238,14 @@ def markdown_table(rows: dict[str, dict], convention: str, title: str | None = N
 
 def paired_line(model_name: str, paired: dict) -> str:
     """One line of :func:`diffuma.metrics.paired_comparison` results against every baseline: MSE and SSIM."""
-    fmt = METRIC_FORMATS
 
     def one(m: str, c: dict) -> str:
         word = {"mse": "lower", "ssim": "higher"}[m]
-        ci = f" ± {fmt[m].format(c['ci95'])}" if c["ci95"] is not None else ""
-        return (f"{m.upper()} {word} on {c['wins']} of {c['n']}, mean difference {fmt[m].format(c['mean_difference'])}"
-                f"{ci}")
+        d, h = c["mean_difference"], c["ci95"]
+        # both at one scale, in plain decimals ("-0.00017402 ± 4.7402e-05" mixed two notations)
+        places = max(4, 2 - math.floor(math.log10(max(abs(d), abs(h or 0.0), 1e-12))))
+        ci = f" ± {h:.{places}f}" if h is not None else ""
+        return f"{m.upper()} {word} on {c['wins']} of {c['n']}, mean difference {d:+.{places}f}{ci}"
     parts = [f"against {name}: " + "; ".join(one(m, paired[result_key(name)][m]) for m in ("mse", "ssim"))
              for name in BASELINES if result_key(name) in paired]
     return (f"Paired, sequence by sequence ({model_name} − baseline, 95 % t-interval of the mean difference): "
@@ -244,7 +256,8 @@ def report_markdown(result: dict) -> str:
     """The Markdown table of an ``evaluate_checkpoint`` result (the model's row, then one row per baseline), with
     its notes and what it was computed from (checkpoint and dataset digests, code)."""
     title = (f"{result['model_name']} on {Path(result['data']).name} [{result['split']}], "
-             f"{result['n_sequences']} sequences, {result['in_frames']}→{result['out_frames']} frames, "
+             f"{result['n_sequences']} sequence{'s' if result['n_sequences'] != 1 else ''}, "
+             f"{result['in_frames']}→{result['out_frames']} frames, "
              f"step {result['step']} ({result['weights']} weights)")
     rows = {result["model_name"]: result["model"], **{name: result[result_key(name)] for name in BASELINES}}
     lines = [f"**Note:** {n}" for n in result.get("notes", [])]

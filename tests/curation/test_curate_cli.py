@@ -929,6 +929,8 @@ def test_frames_without_an_image_are_treated_as_missing(tmp_path):
     blank = f"{run / 'frames' / '000024.png'}: no image (its pixels' standard deviation is 0.00% of full scale, under 1%"
     assert any(u["problem"].startswith(blank) for u in s["unreadable_frames"]), s["unreadable_frames"]
     assert len(s["unreadable_frames"]) == T + 1
+    excluded = next(e for e in s["excluded_sequences"] if e["lane"] == 1)  # (its table said only "missing")
+    assert len(excluded["missing_reasons"]) == T and all("no image" in w for w in excluded["missing_reasons"].values())
     assert f"warning: {blank}" in r.output
 
 

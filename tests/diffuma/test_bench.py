@@ -88,6 +88,10 @@ def test_bench_end_to_end(tiny_dataset, tmp_path):
         assert needle in md, needle
     assert md.count("| copy-last-frame |") == md.count("| constant-motion |") == 3  # one row in every table
     assert md.count("Paired, sequence by sequence") == 2  # one line per model
+    assert "95 % confidence half-widths of these means over the" in md  # as eval's table has it
+    # the notes eval gives, per model (this split is tiny): in bench.md, bench.json and the terminal
+    assert all(any(n.startswith("only ") for n in r["notes"]) for r in report["models"].values())
+    assert "**Note** (simvp): only " in md and "note (simvp): only " in res.output
     # what each row is (preset, --set overrides): a pasted table read as the default preset
     presets = {label: r["preset"] for label, r in report["models"].items()}
     assert f"Models: simvp = simvp preset `{presets['simvp']}`; pastnet = pastnet preset `{presets['pastnet']}`" in md
