@@ -542,6 +542,11 @@ class VerifyResult:
         """Metadata documents (``<array>/zarr.json``) that are missing or differ from when the dataset was made."""
         return [p.file for p in self.problems if p.shard is None]
 
+    @property
+    def permissions_only(self) -> bool:
+        """Every problem is a file this user may not read (:data:`PERMISSION_PROBLEM`): not damage."""
+        return bool(self.problems) and all(p.problem.startswith(PERMISSION_PROBLEM) for p in self.problems)
+
     def error(self) -> str:
         """One line naming the damaged shard(s) and metadata and their first problems (for a refusal)."""
         first = "; ".join(f"{p.file}: {p.problem}" for p in self.problems[:3])
@@ -549,7 +554,7 @@ class VerifyResult:
         bad = self.bad_shards
         what = ([f"shard{'s' if len(bad) > 1 else ''} {', '.join(map(str, bad[:10]))}{' ...' if len(bad) > 10 else ''}"]
                 if bad else []) + (["metadata"] if self.bad_metadata else [])
-        if all(p.problem.startswith(PERMISSION_PROBLEM) for p in self.problems):
+        if self.permissions_only:
             return (f"{self.path}: {' and '.join(what)} cannot be read by this user ({first}{more}); not damage: "
                     f"give this user read access (chdl verify {self.path} lists every such file)")
         return (f"{self.path}: {' and '.join(what)} damaged ({first}{more}); the dataset is damaged on disk "

@@ -27,6 +27,11 @@ class LockHeld(RuntimeError):
         self.path, self.pid = path, pid
 
 
+def _written_pid(fd: int) -> str:
+    """The pid a lock file holds (as its holder wrote it), "unknown" if nothing."""
+    return os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+
+
 def _try_lock(fd: int) -> str | None:
     """Take the exclusive lock of the open file ``fd`` if no other process holds it: None then (also where the
     filesystem has no lock support, ENOLCK: nothing is locked); else the holder's pid as written in the file."""
@@ -34,7 +39,7 @@ def _try_lock(fd: int) -> str | None:
         fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as e:
         if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-            return os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            return _written_pid(fd)
     return None
 
 
@@ -87,12 +92,12 @@ def lock_holder(path: Path) -> str | None:
     except OSError:
         return None
     try:
-        if os.pread(fd, 32, 0).decode(errors="replace").strip() == str(os.getpid()):
+        if _written_pid(fd) == str(os.getpid()):
             return str(os.getpid())
         fcntl.lockf(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
     except OSError as e:
         if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-            return os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            return _written_pid(fd)
         return None
     finally:
         os.close(fd)  # (closing drops the lock if it was taken; the file is left as it was)

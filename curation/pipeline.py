@@ -136,10 +136,9 @@ def read_sequence(seq: SequencePlan, run_path: str, height: int, width: int, dty
             if folder is not None and not folder.is_dir():
                 raise RecordingGoneError(f"{folder}: the recording's folder is gone (moved, deleted or unmounted) "
                                          "while it was being curated") from None
-            if folder is not None and not (os.access(folder, os.X_OK) and (not (Path(run_path) / r.file).exists()
-                                                                            or os.access(Path(run_path) / r.file,
-                                                                                         os.R_OK))):
-                raise FramePermissionError(f"{Path(run_path) / r.file}: this user may not read it (permissions; "
+            file = Path(run_path) / r.file if r.file is not None else None
+            if file is not None and (not os.access(folder, os.X_OK) or file.exists() and not os.access(file, os.R_OK)):
+                raise FramePermissionError(f"{file}: this user may not read it (permissions; "
                                            "another user's file?), which does not make it a missing frame: give the "
                                            "curating user read access") from None
             errors[t] = str(e)

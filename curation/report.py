@@ -235,19 +235,18 @@ def build_summary(out: Path, plan: Plan, cfg: CurateConfig) -> tuple[dict, dict]
                         "excluded": int((split[sel] == SPLIT_EXCLUDED).sum()),
                         **{name: count(bit, sel) for bit, name in FLAG_NAMES.items()},
                         "thresholds": prov_cfg["run_thresholds"][rid], "baseline": prov_cfg["run_baselines"][rid]})
+    # why each missing frame is missing: never recorded (the plan), or on disk but unreadable or without an image
+    missing_why = {(s.index, int(t)): why for s in plan.sequences for t, why in s.missing_reasons.items()}
+    missing_why.update({(u["sequence"], u["t"]): u["problem"] for u in unreadable})
     excluded = []
-    unreadable_why = {(u["sequence"], u["t"]): u["problem"] for u in unreadable}
     for s in plan.sequences:
         if split[s.index] == SPLIT_EXCLUDED:
             bad = {int(t): _flag_names(int(flags[s.index, t])) for t in range(T) if flags[s.index, t]}
-            # why each missing frame is missing: never recorded (the plan), or on disk but unreadable or without an
-            # image (the table said only "missing" for frames that were all on disk)
-            why = {int(t): w for t, w in s.missing_reasons.items()}
-            why.update({t: unreadable_why[s.index, t] for t in range(T) if (s.index, t) in unreadable_why})
+            # (the table said only "missing" for frames that were all on disk)
             excluded.append({"sequence": s.index, "run_id": run_ids[s.run], "lane": s.lane, "window": s.window,
-                             "bad_frames": len(bad), "frames": bad, "missing_reasons": why})
-    missing_why = {(s.index, int(t)): why for s in plan.sequences for t, why in s.missing_reasons.items()}
-    missing_why.update({(u["sequence"], u["t"]): u["problem"] for u in unreadable})
+                             "bad_frames": len(bad), "frames": bad,
+                             "missing_reasons": {t: missing_why[s.index, t] for t in range(T)
+                                                 if (s.index, t) in missing_why}})
     thr_arr = np.array([[prov_cfg["run_thresholds"][rid][n] for n in qc.SCORE_NAMES] for rid in run_ids])
     z_sequence = float(prov_cfg.get("qc", {}).get("z_sequence", 0.0))  # the sequence's own thresholds (curation.qc)
     flagged = []

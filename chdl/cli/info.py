@@ -7,7 +7,7 @@ import json
 import click
 
 from chdl.cli.options import quiet_option
-from chdl.dataset import PERMISSION_PROBLEM, DatasetFormatError, open_dataset
+from chdl.dataset import DatasetFormatError, open_dataset
 
 
 @click.command("info")
@@ -28,9 +28,11 @@ def info(path: str, as_json: bool) -> None:
                             "counts_unreliable": unreliable}
     summary["content"] = reader.identity()["content"] if not missing else None  # (a digest of records that are gone)
     summary["integrity"]["metadata_problems"] = [f"{p.file}: {p.problem}" for p in metadata]
-    damaged = click.ClickException(f"{path}: damaged: {len(missing)} shard file(s) missing (first: "
-                                   f"{missing[0][1]})") if missing else \
-        click.ClickException(f"{path}: metadata damaged ({', '.join(p.file for p in metadata)})") if metadata else None
+    damaged = None
+    if missing:
+        damaged = click.ClickException(f"{path}: damaged: {len(missing)} shard file(s) missing (first: {missing[0][1]})")
+    elif metadata:
+        damaged = click.ClickException(f"{path}: metadata damaged ({', '.join(p.file for p in metadata)})")
     if as_json:
         click.echo(json.dumps(summary, indent=2))
         if damaged:
@@ -69,12 +71,10 @@ def info(path: str, as_json: bool) -> None:
         shards = sorted({s for s, _ in missing})
         lines.append(f"integrity    DAMAGED: {len(missing)} shard file(s) missing, shard(s) "
                      f"{', '.join(map(str, shards[:10]))}{' ...' if len(shards) > 10 else ''} (chdl verify {path} lists them)")
-    elif metadata:  # (its line above says what is wrong)
-        pass
-    elif reader.has_checksums:
-        lines.append(f"integrity    every shard file present; BLAKE3 checksum recorded for each (chdl verify {path} checks them)")
-    else:
-        lines.append("integrity    shard files present; no checksums (written before chdl recorded them)")
+    elif not metadata:  # (else its DAMAGED line above says what is wrong)
+        lines.append(f"integrity    every shard file present; BLAKE3 checksum recorded for each (chdl verify {path} checks "
+                     "them)" if reader.has_checksums else
+                     "integrity    shard files present; no checksums (written before chdl recorded them)")
     click.echo("\n".join(lines))
     if damaged:
         raise damaged
@@ -94,7 +94,7 @@ def verify(path: str, quiet: bool) -> None:
     for p in result.problems:
         click.echo(f"{'metadata' if p.shard is None else f'shard {p.shard}'}: {p.file}: {p.problem}")
     bad, meta = result.bad_shards, result.bad_metadata
-    if result.problems and all(p.problem.startswith(PERMISSION_PROBLEM) for p in result.problems):
+    if result.permissions_only:
         raise click.ClickException(f"{path}: {len(result.problems)} file(s) of shard(s) {', '.join(map(str, bad))} "
                                    "cannot be read by this user: not damage (give this user read access, then verify "
                                    "again)")

@@ -384,6 +384,9 @@ def evaluate(paths: list, out: str | Path, checkpoint=None, qc: bool = True, pro
     total = sum(len(rec.frames) for rec in recs.values()) * len(methods)
     setup = method_setups()
     shapes, notes = {}, []
+    from chdl.monitor.learned_score import LearnedScorer, stage_step_um
+
+    learned = {f: LearnedScorer.load(f) for _, f in scorer_of.values()}  # (their stage steps, per recording below)
     for run, rec in recs.items():  # every predictor against every frame size before any scoring (a checkpoint or
         first = rec.frames[0] if rec.frames else None  # a scorer of another size failed after minutes of it)
         shapes[run] = rec.read(first).shape if first is not None else None
@@ -394,10 +397,7 @@ def evaluate(paths: list, out: str | Path, checkpoint=None, qc: bool = True, pro
             except ValueError as e:
                 raise EvalError(f"{str(e).splitlines()[0]} (those of {run})") from None
             if scorer is not None:  # a learned scorer fitted at another stage step: its level does not hold there
-                from chdl.monitor.learned_score import LearnedScorer, stage_step_um
-
-                if (note := LearnedScorer.load(scorer).step_mismatch(stage_step_um(rec.manifest))) \
-                        and f"{note} ({run})" not in notes:
+                if (note := learned[scorer].step_mismatch(stage_step_um(rec.manifest))) and f"{note} ({run})" not in notes:
                     notes.append(f"{note} ({run})")
             if hasattr(predictor, "trained_max_value"):  # a checkpoint: trained at this recording's intensity scale?
                 from chdl.monitor.anomaly_score import scale_mismatch
