@@ -468,6 +468,17 @@ def file_checksum(path: "Path | upath.UPath", key: str, progress: Callable[[int]
 
 
 METADATA_DIGESTS = "metadata_blake3"  # group attribute: {key: BLAKE3} of every array's and subgroup's zarr.json
+ATTRIBUTE_DIGESTS = "attributes_blake3"  # group attribute: {attribute: BLAKE3, 16 hex digits} of every other one
+
+
+def attribute_digests(attrs: dict) -> dict[str, str]:
+    """Per group attribute but ``attributes_blake3`` itself, the first 16 hex digits of the BLAKE3 digest of its value
+    as canonical JSON (sorted keys, no spaces). :meth:`DatasetWriter.finalize` records them on the attributes as
+    stored, so that ``verify`` and ``info`` can name an attribute edited afterwards (a ``max_value`` changed from 4095
+    to 65535 passes every other check and reads every frame 16x darker)."""
+    return {key: blake3.blake3(json.dumps(value, sort_keys=True, separators=(",", ":"))
+                               .encode()).hexdigest()[:16]
+            for key, value in attrs.items() if key != ATTRIBUTE_DIGESTS}
 
 
 def _metadata_keys(group: zarr.Group) -> list[str]:
@@ -540,7 +551,7 @@ class VerifyResult:
     @property
     def bad_metadata(self) -> list[str]:
         """Metadata documents (``<array>/zarr.json``) that are missing or differ from when the dataset was made."""
-        return [p.file for p in self.problems if p.shard is None]
+        return list(dict.fromkeys(p.file for p in self.problems if p.shard is None))
 
     @property
     def permissions_only(self) -> bool:
@@ -871,7 +882,12 @@ class DatasetWriter:
         if provenance_updates:
             attrs["provenance"] = {**attrs.get("provenance", {}), **provenance_updates}
         attrs["complete"] = True
+        attrs.pop(ATTRIBUTE_DIGESTS, None)
         self.group.update_attributes(attrs)  # one (atomic) write of zarr.json; attrs.update writes once per key
+        # the digests of the attributes as stored (read back: JSON is what a reader compares), in a second write: a
+        # kill between the two leaves a complete dataset without them, checked as one from before they existed
+        stored = dict(_open_group(self.path, "r").attrs)
+        self.group.update_attributes({**stored, ATTRIBUTE_DIGESTS: attribute_digests(stored)})
         if isinstance(self.path, Path):  # (a URL's dataset is built in place: nothing kept aside)
             try:
                 _remove(previous_path(self.path))  # the dataset this one replaced (create's keep_previous)
@@ -1064,14 +1080,14 @@ class DatasetReader:
         return self._metadata_problems(_listing(self.path))
 
     def _metadata_problems(self, present: set[str]) -> list[ShardProblem]:
-        """The metadata documents that differ from the digests recorded at creation (none recorded before
-        2026-12-02: nothing to compare)."""
+        """The group attributes and metadata documents that differ from the digests recorded when the dataset was
+        made (none recorded before 2026-12-02, no attribute digests before 2026-12-03: nothing to compare)."""
+        problems = self._attribute_problems()
         recorded = self.attrs.get(METADATA_DIGESTS)
         if recorded is None:
-            return []
+            return problems
         if not isinstance(recorded, dict):
-            return [ShardProblem(None, "zarr.json", f"malformed attribute {METADATA_DIGESTS}")]
-        problems = []
+            return problems + [ShardProblem(None, "zarr.json", f"malformed attribute {METADATA_DIGESTS}")]
         for key, want in sorted(recorded.items()):
             if key not in present:
                 problems.append(ShardProblem(None, key, "missing"))
@@ -1080,6 +1096,23 @@ class DatasetReader:
                                                         "from the one recorded then: dtype, byte order, shape or codecs "
                                                         "may read the shard files wrongly)"))
         return problems
+
+    def _attribute_problems(self) -> list[ShardProblem]:
+        """The group attributes changed, removed or added since :meth:`DatasetWriter.finalize` recorded their digests:
+        one problem of file ``zarr.json`` naming each, or none."""
+        attrs = dict(self.attrs)
+        recorded = attrs.get(ATTRIBUTE_DIGESTS)
+        if recorded is None:
+            return []
+        if not isinstance(recorded, dict) or not all(isinstance(v, str) for v in recorded.values()):
+            return [ShardProblem(None, "zarr.json", f"malformed attribute {ATTRIBUTE_DIGESTS}")]
+        now = attribute_digests(attrs)
+        edits = [f"{key} {'removed' if key not in now else 'added' if key not in recorded else 'changed'}"
+                 for key in sorted(set(recorded) | set(now)) if now.get(key) != recorded.get(key)]
+        if not edits:
+            return []
+        return [ShardProblem(None, "zarr.json", f"attribute{'s' if len(edits) > 1 else ''} edited after the dataset was "
+                                                f"finished (by {ATTRIBUTE_DIGESTS}): {', '.join(edits)}")]
 
     def originals(self) -> list[tuple[int, int, np.ndarray]]:
         """``(sequence, t, pixels (C,H,W))`` of every original frame that a reconstruction replaced."""

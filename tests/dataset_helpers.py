@@ -11,6 +11,6 @@ def as_written_before_checksums(path: Path) -> None:
     and lacks the array is damaged, not old)."""
     shutil.rmtree(path / "shard_checksums")
     meta = json.loads((path / "zarr.json").read_text())
-    for key in ("metadata_blake3", "reconstruction_method_bits"):
+    for key in ("metadata_blake3", "reconstruction_method_bits", "attributes_blake3"):
         meta["attributes"].pop(key, None)
     (path / "zarr.json").write_text(json.dumps(meta))

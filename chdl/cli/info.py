@@ -7,7 +7,7 @@ import json
 import click
 
 from chdl.cli.options import quiet_option
-from chdl.dataset import DatasetFormatError, open_dataset
+from chdl.dataset import DatasetFormatError, VerifyResult, open_dataset
 
 
 @click.command("info")
@@ -31,8 +31,8 @@ def info(path: str, as_json: bool) -> None:
     damaged = None
     if missing:
         damaged = click.ClickException(f"{path}: damaged: {len(missing)} shard file(s) missing (first: {missing[0][1]})")
-    elif metadata:
-        damaged = click.ClickException(f"{path}: metadata damaged ({', '.join(p.file for p in metadata)})")
+    elif metadata:  # (the line train, eval and verify give: the first problems, the attribute an edit changed)
+        damaged = click.ClickException(VerifyResult(path, reader.has_checksums, 0, 0, 0, metadata).error())
     if as_json:
         click.echo(json.dumps(summary, indent=2))
         if damaged:

@@ -7,8 +7,8 @@ import pytest
 import torch
 import zarr
 
-from chdl.dataset import (FLAG_RECONSTRUCTED, FLAG_VIBRATION, SPLIT_EXCLUDED, SPLIT_TRAIN, SPLIT_VAL,
-                          DatasetFormatError, DatasetIncompleteError, DatasetWriter, dataset_path, open_dataset)
+from chdl.dataset import (ATTRIBUTE_DIGESTS, FLAG_RECONSTRUCTED, FLAG_VIBRATION, SPLIT_EXCLUDED, SPLIT_TRAIN,
+                          SPLIT_VAL, DatasetFormatError, DatasetIncompleteError, DatasetWriter, dataset_path, open_dataset)
 from chdl.torch_dataset import SequenceDataset
 from dataset_helpers import as_written_before_checksums
 
@@ -258,11 +258,18 @@ def test_any_bad_value_in_any_attribute_is_refused_or_harmless(tmp_path):
                 refused += 1
                 continue
             r = CliRunner().invoke(main, ["info", str(path)])
-            if r.exit_code == 1 and key == "metadata_blake3":  # (info checks the metadata digests: refused by name)
-                assert r.output.strip().splitlines()[-1] == f"Error: {path}: metadata damaged (zarr.json)", r.output
-                refused += 1
-                continue
-            assert r.exit_code == 0 and summary["path"] == str(path), (key, bad, r.output)
+            # every edit after the dataset was finished is named by the attribute digests: info refuses it, and train,
+            # eval and verify with it (the same check); an edit to those digests themselves is damage too, but null
+            # reads as a dataset from before they existed
+            unchanged = json.dumps(bad, sort_keys=True) == json.dumps(attrs[key], sort_keys=True)
+            if unchanged or (key == ATTRIBUTE_DIGESTS and bad is None):
+                assert r.exit_code == 0 and summary["path"] == str(path), (key, bad, r.output)
+            else:
+                assert r.exit_code == 1, (key, bad, r.output)
+                last = r.output.strip().splitlines()[-1]
+                named = "" if key == ATTRIBUTE_DIGESTS else f"attribute edited after the dataset was finished (by "
+                assert last.startswith(f"Error: {path}: metadata damaged (zarr.json: {named}"), (key, bad, last)
+                assert key == ATTRIBUTE_DIGESTS or f"): {key} changed" in last, (key, bad, last)
             x, y = SequenceDataset(path, "train")[0]
             assert torch.isfinite(x).all() and float(x.max()) <= 1.0, (key, bad)
     assert refused > 80, refused
@@ -357,7 +364,42 @@ def test_an_edited_array_metadata_is_found_by_verify_and_refused_by_train(tmp_pa
     r = CliRunner().invoke(main, ["info", str(path)])
     assert r.exit_code == 1 and "integrity    DAMAGED: metadata frames/zarr.json: changed since" in r.output
     assert "every shard file present" not in r.output
-    assert r.output.strip().splitlines()[-1] == f"Error: {path}: metadata damaged (frames/zarr.json)"
+    assert r.output.strip().splitlines()[-1].startswith(f"Error: {path}: metadata damaged (frames/zarr.json: changed since")
+
+
+def test_an_attribute_edited_after_the_dataset_was_finished_is_named_by_verify_info_and_train(tmp_path):
+    """Attribute edits that stay self-consistent pass `validate` (an in_frames of 3 of 10, a provenance rewritten):
+    the digests recorded at finalize name each changed, added or removed attribute; a dataset without them (from
+    before 2026-12-03) is not checked."""
+    from click.testing import CliRunner
+
+    from chdl.cli import main
+
+    path = tmp_path / "d.zarr"
+    _write(path, _frames()).finalize()
+    assert open_dataset(path).verify().problems == []
+    doc = path / "zarr.json"
+    meta = json.loads(doc.read_text())
+    assert set(meta["attributes"][ATTRIBUTE_DIGESTS]) == set(meta["attributes"]) - {ATTRIBUTE_DIGESTS}
+    meta["attributes"]["in_frames"] = 3
+    meta["attributes"]["provenance"]["command"] = "chdl curate other/ d.zarr"
+    del meta["attributes"]["extra"]
+    meta["attributes"]["note"] = "hand-edited"
+    doc.write_text(json.dumps(meta))
+    result = open_dataset(path).verify()
+    assert [p.problem for p in result.problems] == [
+        f"attributes edited after the dataset was finished (by {ATTRIBUTE_DIGESTS}): extra removed, in_frames changed, "
+        "note added, provenance changed"]
+    assert result.bad_metadata == ["zarr.json"] and result.bad_shards == []
+    r = CliRunner().invoke(main, ["info", str(path)])
+    assert r.exit_code == 1 and "integrity    DAMAGED: metadata zarr.json: attributes edited after" in r.output
+    assert r.output.strip().splitlines()[-1].startswith(
+        f"Error: {path}: metadata damaged (zarr.json: attributes edited after the dataset was finished")
+    r = CliRunner().invoke(main, ["verify", str(path)])
+    assert r.exit_code == 1 and "extra removed" in r.output
+    del meta["attributes"][ATTRIBUTE_DIGESTS]  # as a chdl before 2026-12-03 wrote it: nothing to compare
+    doc.write_text(json.dumps(meta))
+    assert open_dataset(path).verify().problems == []
 
 
 def test_a_lost_checksum_folder_is_damage_not_an_old_dataset(tmp_path):
