@@ -267,7 +267,7 @@ def test_any_bad_value_in_any_attribute_is_refused_or_harmless(tmp_path):
             else:
                 assert r.exit_code == 1, (key, bad, r.output)
                 last = r.output.strip().splitlines()[-1]
-                named = "" if key == ATTRIBUTE_DIGESTS else f"attribute edited after the dataset was finished (by "
+                named = "" if key == ATTRIBUTE_DIGESTS else "attribute edited after the dataset was finished (by "
                 assert last.startswith(f"Error: {path}: metadata damaged (zarr.json: {named}"), (key, bad, last)
                 assert key == ATTRIBUTE_DIGESTS or f"): {key} changed" in last, (key, bad, last)
             x, y = SequenceDataset(path, "train")[0]
