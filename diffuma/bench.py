@@ -46,7 +46,8 @@ import numpy as np
 import torch
 
 from acquisition import files
-from diffuma.evaluation import BASELINES, METRIC_FORMATS, baseline_predictions, ci95_line, paired_line, result_key
+from diffuma.evaluation import (BASELINES, METRIC_FORMATS, baseline_predictions, ci95_line, paired_line,
+                                per_sequence_csv, result_key)
 from diffuma.flops import train_flops_per_sample
 
 UNDERUSED_BUDGET = 0.9  # a budget run that trained for less than this share of its budget is flagged in the report
@@ -194,6 +195,20 @@ def training_record(state: dict) -> dict:
                                       planned)}
 
 
+RECIPE_KEYS = ("optimizer", "lr", "weight_decay", "betas", "schedule", "warmup_steps", "min_lr_ratio", "grad_clip",
+               "batch_size", "precision", "ema_decay", "seed", "frame_offset")
+
+
+def training_recipe(state: dict) -> dict:
+    """The run settings a methods section states (``RECIPE_KEYS`` of the checkpoint's resolved ``run`` config: the
+    defaults included, not only what was overridden), the model's loss weights where its config has them, and
+    ``train_sequences``: the size of the training split it drew from."""
+    run = state["config"]["run"]
+    recipe = {k: run.get(k) for k in RECIPE_KEYS}
+    recipe["train_sequences"] = state["data"].get("n_train")  # (None in a checkpoint from before 2026-12-03)
+    return recipe
+
+
 def _horizon(result: dict, k: int) -> dict:
     """Overall metrics over the first k predicted frames (every metric is a mean over frames)."""
     frames = result["per_frame"][:k]
@@ -262,6 +277,11 @@ def measure_throughput(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
 
 def _fmt(m: str, v) -> str:
     return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else METRIC_FORMATS[m].format(v)
+
+
+def _fmt_params(n: int) -> str:
+    """A parameter count: 0.262M, 10.2M; under 10,000 as the number itself (a 733-parameter model read 0.00M)."""
+    return f"{n:,}" if n < 10_000 else f"{n / 1e6:.3g}M"
 
 
 def _fmt_rate(v) -> str:
@@ -373,7 +393,7 @@ def markdown_report(report: dict) -> str:
         reached = tr["samples"] / tr["train_seconds"] if tr.get("samples") and tr.get("train_seconds") else None
         per_sample = r.get("gflops_train_sample")  # (benches written before 2026-12-02 do not record it)
         compute = f"{per_sample * tr['samples']:,.0f}" if per_sample is not None and tr.get("samples") else "–"
-        L.append(f"| {label} | {r['params'] / 1e6:.2f}M | {tr.get('steps', '–')} | {tr.get('samples') or '–'} | "
+        L.append(f"| {label} | {_fmt_params(r['params'])} | {tr.get('steps', '–')} | {tr.get('samples') or '–'} | "
                  f"{compute} | {_fmt_seconds(tr.get('train_seconds'))} | {_fmt_rate(reached)} | "
                  f"{_fmt_rate(t.get('train_samples_per_s'))} | "
                  f"{_fmt_rate(t.get('infer_samples_per_s'))} | " + " | ".join(_fmt(m, o[m]) for m in METRIC_FORMATS) + " |")
@@ -394,6 +414,13 @@ def markdown_report(report: dict) -> str:
         L += ["", line]
     L += ["", *(paired_line(label, r["paired"]) for label, r in report["models"].items() if r.get("paired"))]
     L += [f"\n**Note** ({label}): {n}" for label, r in report["models"].items() for n in r.get("notes", [])]
+    recipes = {label: r["recipe"] for label, r in report["models"].items() if r.get("recipe")}
+    if recipes:  # (benches written before 2026-12-03 do not record it) the resolved settings, defaults included
+        keys = [k for k in (*RECIPE_KEYS, "train_sequences") if any(rc.get(k) is not None for rc in recipes.values())]
+        L += ["", "Training recipe (each run's resolved settings, defaults included; docs/training.md):", "",
+              "| model | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]
+        L += [f"| {label} | " + " | ".join("–" if rc.get(k) is None else str(rc[k]) for k in keys) + " |"
+              for label, rc in recipes.items()]
     if any_t:
         L += ["", f"Throughput: batch {any_t['batch_size']}, {any_t['device']}, {any_t['precision']}, mean of "
                   f"{any_t['timed_steps']} timed steps after warm-up; train = training_loss + backward + AdamW step."]
@@ -654,18 +681,27 @@ def run_bench(data: str | Path, models: str, epochs: list[int] | None, out: str 
         for name in BASELINES:
             report[result_key(name)] = report[result_key(name)] or res[result_key(name)]
         report["n_sequences"] = res["n_sequences"]
+        report["sequences"] = res["sequences"]  # (dataset indices, the order of every per_sequence list)
         # steps, samples and training time reached; parameter count and throughput, on one batch of the
         # training split, as the run trained
         state = load_checkpoint(ck)
         entry["training"] = training_record(state)
         entry["seed"] = int(state["config"]["run"]["seed"])
+        entry["recipe"] = training_recipe(state)
         entry["checkpoint"], entry["checkpoint_blake3"] = str(ck), res["checkpoint_blake3"]
         model, _ = build_model_from_checkpoint(state, source=ck)
         entry["params"] = int(sum(p.numel() for p in model.parameters()))
         entry["model_config"] = state["model_config"]
         # what equal time bought: FLOPs per training sample (counted on the meta device), times the samples seen
-        entry["gflops_train_sample"] = train_flops_per_sample(state["model_name"], state["model_config"], t_in, t_out,
-                                                              int(C), int(H), int(W)) / 1e9
+        try:
+            entry["gflops_train_sample"] = train_flops_per_sample(state["model_name"], state["model_config"], t_in,
+                                                                  t_out, int(C), int(H), int(W)) / 1e9
+        except Exception as e:  # (a model whose training_loss cannot run on the meta device: its row, not the bench)
+            entry["gflops_train_sample"] = None
+            entry["notes"].append(f"FLOPs not counted: its training_loss does not run on the meta device "
+                                  f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}; docs/model.md, "
+                                  "\"Adding a model\")")
+            _log(f"{spec.label}: warning: {entry['notes'][-1]}")
         if throughput_steps > 0:
             rc = state["config"]["run"]
             device = torch.device("cuda" if rc["device"] != "cpu" and torch.cuda.is_available() else "cpu")
@@ -712,11 +748,16 @@ def run_bench(data: str | Path, models: str, epochs: list[int] | None, out: str 
         for i, (x, y) in enumerate(seqs):
             name = f"grid_seq{i}.png"
             preds[i] |= {k: v[0] for k, v in baseline_predictions(x[None], t_out).items()}  # (the tables' rows too)
-            prediction_grid(out / name, x, y, preds[i], title=f"{split} sequence {i} (each model given {budget_text})")
+            index = report["sequences"][i]  # (the dataset's index: chdl predict's seq_<index>, per_sequence.csv's)
+            prediction_grid(out / name, x, y, preds[i], title=f"{split} sequence {i}, dataset index {index} (each model "
+                                                              f"given {budget_text})")
             report["grids"].append(name)
     report["machine"]["load_average_1min_end"] = machine()["load_average_1min"]
     write_plots(report, out)
     files.write_text(out / "bench.md", markdown_report(report))
+    files.write_text(out / "per_sequence.csv", per_sequence_csv(report["sequences"], {
+        **{label: r["final"] for label, r in report["models"].items()},
+        **{result_key(name): report[result_key(name)] for name in BASELINES}}))
     files.write_text(out / "bench.json", json.dumps(report, indent=2))
-    _log(f"wrote {out / 'bench.md'} and {out / 'bench.json'}")
+    _log(f"wrote {out / 'bench.md'}, {out / 'bench.json'} and {out / 'per_sequence.csv'} (each row's value per sequence)")
     return report

@@ -18,7 +18,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 from tqdm import tqdm
 
-from diffuma.metrics import CONVENTION_NOTES, MetricAccumulator, check_ssim_size, copy_last_frame, paired_comparison
+from diffuma.metrics import (CONVENTION_NOTES, METRICS, MetricAccumulator, check_ssim_size, copy_last_frame,
+                             paired_comparison)
 from diffuma.motion import CONSTANT_MOTION, constant_motion
 
 FEW_SEQUENCES = 10  # an evaluation of fewer sequences says they are too few to cite
@@ -147,7 +148,8 @@ def saved_identity_matches(state: dict, identity: dict) -> bool:
 
 def evaluation_record(state: dict, checkpoint: str | Path, data: str | Path, split: str, *, batch_size: int,
                       device: torch.device, max_sequences: int | None) -> dict:
-    """What an evaluation's numbers can be traced to, and the notes a reader must see: ``checkpoint_blake3``
+    """What an evaluation's numbers can be traced to, and the notes a reader must see: ``sequences`` (the dataset
+    indices scored, in the order of the rows' ``per_sequence`` values), ``checkpoint_blake3``
     (the digest of the bytes ``state`` was loaded from: :func:`diffuma.training.checkpoint.load_checkpoint`), ``data_path`` (absolute), ``data_identity`` (:meth:`chdl.dataset.DatasetReader.identity`:
     shape, creation time, content digest), ``max_value``, ``frame_offset``, ``batch_size``, ``device``,
     ``precision`` (float32: no autocast), ``max_sequences``, ``code`` (this code, :func:`chdl.provenance.code_version`),
@@ -184,11 +186,29 @@ def evaluation_record(state: dict, checkpoint: str | Path, data: str | Path, spl
     if selected and selected.get("split") == split and saved_identity_matches(state, identity):
         notes.append(f"this checkpoint was chosen by its {selected.get('by')} on this split (best.pt): its numbers "
                      "here are optimistic; cite a checkpoint chosen otherwise, e.g. last.pt (as chdl bench does)")
-    return {"checkpoint_blake3": state[LOADED_DIGEST], "data_path": str(Path(data).resolve()),
+    return {"sequences": [int(i) for i in scored],  # (dataset indices, in the order of every per_sequence list)
+            "checkpoint_blake3": state[LOADED_DIGEST], "data_path": str(Path(data).resolve()),
             "data_identity": identity, "max_value": max_value,
             "frame_offset": int(state["config"]["run"].get("frame_offset", 0)), "batch_size": int(batch_size),
             "device": device.type, "precision": "float32", "max_sequences": max_sequences,
             "code": code_version(torch=True), "trained_with": state.get("code"), "notes": notes}
+
+
+def per_sequence_csv(sequences: list[int], rows: dict[str, dict]) -> str:
+    """The per-sequence means of ``{row name: MetricAccumulator.result()}`` as CSV, one line per row and sequence:
+    ``sequence,row,mse,mae,ssim,psnr``, sequence being the dataset index (``sequences``, in the order scored) and
+    every value exact (Python's repr). For one's own significance tests and plots (chdl's own is
+    :func:`diffuma.metrics.paired_comparison`); eval writes it for its model and baselines, bench for all its rows."""
+    import csv
+    import io
+
+    buf = io.StringIO()
+    out = csv.writer(buf, lineterminator="\n")
+    out.writerow(["sequence", "row", *METRICS])
+    for name, r in rows.items():
+        for k, index in enumerate(sequences):
+            out.writerow([index, name, *(repr(r["per_sequence"][m][k]) for m in METRICS)])
+    return buf.getvalue()
 
 
 # How tables print each metric (eval's and bench's Markdown): a fixed precision per metric, trailing zeros kept
@@ -250,6 +270,12 @@ def paired_line(model_name: str, paired: dict) -> str:
              for name in BASELINES if result_key(name) in paired]
     return (f"Paired, sequence by sequence ({model_name} − baseline, 95 % t-interval of the mean difference): "
             + " | ".join(parts))
+
+
+def result_rows(result: dict) -> dict[str, dict]:
+    """``{row name: metrics}`` of an :func:`evaluate_checkpoint` result: the model (by its name), then each baseline
+    (by its ``result_key``)."""
+    return {result["model_name"]: result["model"], **{result_key(name): result[result_key(name)] for name in BASELINES}}
 
 
 def report_markdown(result: dict) -> str:

@@ -82,7 +82,7 @@ class MetricAccumulator:
 
     ``update(pred, target)`` per batch, then ``result()`` -> ``{"overall": {mse, mae, ssim, psnr},
     "per_frame": [{"frame": 1, mse, mae, ssim, psnr}, ...], "n_sequences": N, "convention": ...,
-    "ci95": {mse, mae, ssim, psnr}}``. ``ci95``: the half-width of a 95 % confidence interval of each overall mean
+    "ci95": {mse, mae, ssim, psnr}, "per_sequence": {mse: [N values], ...}}``. ``ci95``: the half-width of a 95 % confidence interval of each overall mean
     over the sequences (Student's t on the per-sequence means; None for one sequence). Sequences of one recording
     are not independent samples, so read it as a lower bound on the uncertainty.
     """
@@ -140,6 +140,8 @@ class MetricAccumulator:
             "overall": {m: float(per_frame[m].mean()) for m in METRICS},
             "per_frame": [{"frame": k + 1, **{m: float(per_frame[m][k]) for m in METRICS}} for k in range(n_t)],
             "ci95": {m: ci95(self.sequence_values(m)) for m in METRICS},
+            # each sequence's mean over its predicted frames, in the order scored: for one's own tests and plots
+            "per_sequence": {m: [float(v) for v in self.sequence_values(m)] for m in METRICS},
         }
 
     def sequence_values(self, metric: str) -> np.ndarray:

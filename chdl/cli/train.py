@@ -134,7 +134,7 @@ def train(data, config_name, overrides, out, resume, quiet):
               help="Data-loader worker processes (at most one per batch and per core).")
 @click.option("--out", type=OutputPath(path_type=Path), default=None,
               help="Folder for eval_[<run>_]<checkpoint>[_<weights>]_<split>_<convention>[_first<N>][_on-<dataset>]"
-                   ".json/.md (default: <run>/eval/, without the run's name; _on-<dataset> for a dataset other than "
+                   ".json/.md/.csv (default: <run>/eval/, without the run's name; _on-<dataset> for a dataset other than "
                    "the run's own).")
 @click.option("--overwrite", is_flag=True, help="Replace an earlier evaluation of the same split and convention.")
 @quiet_option()
@@ -168,7 +168,7 @@ def eval_(checkpoint, data, split, convention, openstl, batch_size, weights, max
 
     from acquisition import files
     from chdl.dataset import DatasetFormatError
-    from diffuma.evaluation import evaluate_checkpoint, report_markdown
+    from diffuma.evaluation import evaluate_checkpoint, per_sequence_csv, report_markdown, result_rows
     from diffuma.training.checkpoint import CheckpointError, load_checkpoint
     from diffuma.training.data import checkpoint_dataset, dataset_info, dataset_mismatch
 
@@ -182,7 +182,7 @@ def eval_(checkpoint, data, split, convention, openstl, batch_size, weights, max
         name += f"_on-{data.name.removesuffix('.zarr')}"
     stem = out / f"eval_{name}"  # best.pt and last.pt side by side
     with output_lock(out):  # a second eval into --out is refused (it replaced the first one's files)
-        earlier = [p for p in (stem.with_suffix(".json"), stem.with_suffix(".md")) if p.exists()]
+        earlier = [p for p in (stem.with_suffix(".json"), stem.with_suffix(".md"), stem.with_suffix(".csv")) if p.exists()]
         if earlier and not overwrite:
             raise click.ClickException(f"{earlier[0]}: an earlier evaluation is there (use --overwrite to replace it, "
                                        "or --out for another folder)")
@@ -195,16 +195,18 @@ def eval_(checkpoint, data, split, convention, openstl, batch_size, weights, max
         md = report_markdown(result)
         try:
             out.mkdir(parents=True, exist_ok=True)
-            # both files or neither (a full disk left the .json alone, and the rerun refused it as "earlier")
-            with files.replacing(stem.with_suffix(".json")) as tmp_json, files.replacing(stem.with_suffix(".md")) as tmp_md:
+            # every file or none (a full disk left the .json alone, and the rerun refused it as "earlier")
+            with (files.replacing(stem.with_suffix(".json")) as tmp_json, files.replacing(stem.with_suffix(".md")) as tmp_md,
+                  files.replacing(stem.with_suffix(".csv")) as tmp_csv):
                 tmp_json.write_text(json.dumps(result, indent=2))  # (json escapes what UTF-8 cannot hold)
                 tmp_md.write_bytes(files.encode_text(md))  # a dataset under a folder named in Latin-1
+                tmp_csv.write_text(per_sequence_csv(result["sequences"], result_rows(result)))
         except OSError as e:  # a parent that is a file, a read-only folder, disk full
             raise click.ClickException(f"{e.filename or out}: cannot write the evaluation ({e.strerror or e})") from None
     click.echo(md)
     for note in result["notes"]:
         click.echo(f"note: {note}", err=True)
-    click.echo(f"wrote {stem}.json and {stem}.md")
+    click.echo(f"wrote {stem}.json, {stem}.md and {stem}.csv (per sequence)")
 
 
 def _input_kind(path: Path) -> str:

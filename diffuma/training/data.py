@@ -30,6 +30,7 @@ def dataset_info(path: str | Path, in_frames: int | None = None, out_frames: int
         "max_value": float(reader.attrs["max_value"]),
         "pixel_format": str(reader.attrs.get("pixel_format", "")),
         "identity": reader.identity(),
+        "n_train": int(len(reader.indices("train"))),  # (the training split's size: bench's recipe table states it)
         # where the training sequences came from (chdl.dataset.DatasetReader.sequence_keys; imported data has no
         # such record): an evaluation notes sequences it scores that the model was trained on (a re-curation of
         # the same recording with another split puts training lanes into "val")

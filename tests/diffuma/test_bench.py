@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -111,6 +112,76 @@ def test_bench_end_to_end(tiny_dataset, tmp_path):
     m = report["machine"]
     assert m["cores"] >= 1 and m["torch_threads"] >= 1 and m["load_average_1min"] >= 0 <= m["load_average_1min_end"]
     assert f"Machine: {m['cpu'] or 'CPU not known'}, {m['cores']} cores, torch {m['torch_threads']} threads" in md
+    # a methods section's recipe, resolved (the defaults too, not only what was overridden), and the split's size
+    for r in report["models"].values():
+        assert r["recipe"]["optimizer"] == "adamw" and r["recipe"]["lr"] > 0 and r["recipe"]["train_sequences"] == 6
+        assert r["recipe"]["batch_size"] == 3 and r["recipe"]["grad_clip"] == 1.0
+    assert "| model | optimizer | lr | weight_decay |" in md and "| simvp | adamw |" in md
+    # per sequence, every row, for one's own tests: the dataset indices, and values whose means are the table's
+    import csv
+
+    from chdl.dataset import open_dataset
+
+    assert report["sequences"] == open_dataset(tiny_dataset).indices("val").tolist()
+    rows = list(csv.DictReader((out / "per_sequence.csv").open()))
+    assert {x["row"] for x in rows} == {"simvp", "pastnet", "copy_last_frame", "constant_motion"}
+    for row, r in (("simvp", report["models"]["simvp"]["final"]), ("copy_last_frame", report["copy_last_frame"])):
+        values = [float(x["mse"]) for x in rows if x["row"] == row]
+        assert [int(x["sequence"]) for x in rows if x["row"] == row] == report["sequences"]
+        assert values == r["per_sequence"]["mse"] and sum(values) / len(values) == pytest.approx(r["overall"]["mse"])
+
+
+@dataclasses.dataclass
+class ExampleConfig:
+    in_frames: int = 5  # input frames (the trainer sets the data fields from the dataset)
+    out_frames: int = 5  # predicted frames
+    channels: int = 1  # channels per frame
+    height: int = 64  # frame height, px
+    width: int = 64  # frame width, px
+
+
+class ItemLoggingModel(torch.nn.Module):
+    """A model added as docs/model.md ("Adding a model") says, but logging with float(tensor), which works in
+    training and not on the meta device where bench counts FLOPs. Registered by the test below."""
+
+    Config = ExampleConfig
+
+    def __init__(self, config: ExampleConfig):
+        super().__init__()
+        self.config = config
+        self.conv = torch.nn.Conv2d(config.in_frames * config.channels, config.out_frames * config.channels, 3,
+                                    padding=1)
+
+    def forward(self, x):
+        b, t, c, h, w = x.shape  # (B, T_in, C, H, W) -> (B, T_out, C, H, W)
+        return self.conv(x.reshape(b, t * c, h, w)).reshape(b, self.config.out_frames, c, h, w)
+
+    def training_loss(self, x, y, step=0, total_steps=1):
+        mse = torch.nn.functional.mse_loss(self(x), y)
+        return mse, {"mse": float(mse.detach())}  # (Tensor.item() cannot be called on meta tensors)
+
+
+PRESETS = {"default": {}, "tiny": {}}  # (the registry reads a model's presets from its module)
+
+
+def test_a_model_whose_flops_cannot_be_counted_still_gets_its_row(tiny_dataset, tmp_path, monkeypatch):
+    """A user's model that cannot run on the meta device: bench used to end in a traceback after every model had
+    trained; now that row has no FLOPs ("–") and a note saying why, and everything else is there."""
+    from diffuma.models import registry
+
+    monkeypatch.setitem(registry.MODELS, "itemlog", f"{__name__}:ItemLoggingModel")
+    out = tmp_path / "bench"
+    res = CliRunner().invoke(main, ["bench", "--data", str(tiny_dataset), "--models", "itemlog,simvp", "--epochs", "1",
+                                    "--out", str(out), *BASE])
+    assert res.exit_code == 0, res.output + repr(res.exception)
+    report = json.loads((out / "bench.json").read_text())
+    r = report["models"]["itemlog"]
+    assert r["gflops_train_sample"] is None and report["models"]["simvp"]["gflops_train_sample"] > 0
+    assert any(n.startswith("FLOPs not counted: its training_loss does not run on the meta device") for n in r["notes"])
+    md = (out / "bench.md").read_text()
+    row = next(line for line in md.splitlines() if line.startswith("| itemlog |"))
+    assert row.split(" | ")[4] == "–" and f"| {r['params']:,} |" in row  # (a small model: its count, not 0.00M)
+    assert "**Note** (itemlog): FLOPs not counted" in md
 
 
 def test_bench_pred_len_retrains_per_length(tiny_dataset, tmp_path):

@@ -60,6 +60,22 @@ def test_eval_writes_json_and_markdown_with_baseline_row(trained):
     assert "| diffuma |" in md and "| copy-last-frame |" in md and "`per_pixel`" in md
     assert "| constant-motion |" in md and len(result["constant_motion"]["per_frame"]) == 5
     assert "| constant-motion |" in r.output  # the console shows the same Markdown
+    # per sequence, for one's own tests: the JSON's lists and the CSV hold the same values, whose means are the table's
+    import csv
+
+    from chdl.dataset import open_dataset
+
+    assert result["sequences"] == open_dataset(data).indices("val").tolist()
+    rows = list(csv.DictReader((run / "eval" / "eval_last_val_per_pixel.csv").open()))
+    assert [(int(x["sequence"]), x["row"]) for x in rows] == [
+        (i, row) for row in ("diffuma", "copy_last_frame", "constant_motion") for i in result["sequences"]]
+    for row, key in (("diffuma", "model"), ("copy_last_frame", "copy_last_frame"), ("constant_motion", "constant_motion")):
+        for m in ("mse", "mae", "ssim", "psnr"):
+            values = [float(x[m]) for x in rows if x["row"] == row]
+            assert values == result[key]["per_sequence"][m]  # (exact: repr round-trips)
+            if m != "psnr":  # (PSNR's overall is per frame, not the mean of the sequences' means)
+                assert abs(sum(values) / len(values) - result[key]["overall"][m]) < 1e-9
+    assert result["model"]["per_sequence"]["mse"] != result["copy_last_frame"]["per_sequence"]["mse"]
     # An earlier evaluation is not replaced silently (as predict): --overwrite replaces it.
     before = (run / "eval" / "eval_last_val_per_pixel.json").read_bytes()
     args = ["eval", "--checkpoint", str(run / "checkpoints" / "last.pt"), "--data", str(data), "--num-workers", "0", "-q"]
