@@ -506,6 +506,19 @@ def _listing(path: "Path | upath.UPath") -> set[str]:
     return out
 
 
+def _without_capture_times(record: str) -> str:
+    """A shard's checksum record (JSON) without its ``timestamp_ns`` files, canonical (sorted keys, no spaces); the
+    record as it is when it cannot be read (the digest then differs, as the damage does)."""
+    try:
+        files = json.loads(record)
+    except ValueError:
+        return record
+    if not isinstance(files, dict):
+        return record
+    return json.dumps({k: v for k, v in files.items() if not k.startswith("timestamp_ns/")}, sort_keys=True,
+                      separators=(",", ":"))
+
+
 def missing_shard_files(group: zarr.Group, path: "Path | upath.UPath") -> list[tuple[int, str]]:
     """``(shard, key)`` of every shard file of a complete dataset that is not there, from one listing and no
     reads: the files of ``frames``, every per-sequence array and ``shard_checksums``; for a dataset written
@@ -973,17 +986,20 @@ class DatasetReader:
 
     def identity(self) -> dict:
         """What tells this dataset from another wherever it lies (a path can move): ``frames_shape`` (N, T, C, H, W),
-        ``created`` (its provenance's creation time), and ``content``: the BLAKE3 digest (64 hex digits) of its
+        ``created`` (its provenance's creation time), ``content``: the BLAKE3 digest (64 hex digits) of its
         per-shard checksum records, which hold the digest of every shard file (frames, split, QC arrays: the whole
-        content, keyed by paths inside it), or None for a dataset written before chdl recorded shard checksums. A
-        copy or a moved dataset keeps all three. Checkpoints, ``chdl eval`` and ``chdl bench`` record it; ``chdl
-        info`` prints ``content``."""
-        content = None
+        content, keyed by paths inside it), and ``data``: the same without the capture times (``timestamp_ns``), so
+        the same frames, splits, QC results and positions give the same digest wherever and whenever they were
+        recorded (a replayed recording, a re-run of the simulator with the same seed: ``content`` differs there);
+        both None for a dataset written before chdl recorded shard checksums. A copy or a moved dataset keeps all
+        four. Checkpoints, ``chdl eval`` and ``chdl bench`` record it; ``chdl info`` prints both digests."""
+        content = data = None
         if self.has_checksums:
             records = np.asarray(read_array(self.group[CHECKSUMS], slice(None), self.path)).reshape(-1)
             content = blake3.blake3("\n".join(str(r) for r in records).encode()).hexdigest()
+            data = blake3.blake3("\n".join(_without_capture_times(str(r)) for r in records).encode()).hexdigest()
         return {"frames_shape": [int(n) for n in self.frames.shape],
-                "created": str(self.attrs.get("provenance", {}).get("created", "")), "content": content}
+                "created": str(self.attrs.get("provenance", {}).get("created", "")), "content": content, "data": data}
 
     def shards_of(self, sequences: Sequence[int]) -> list[int]:
         """The shards that hold the given sequence indices, sorted."""

@@ -371,8 +371,9 @@ def markdown_report(report: dict) -> str:
             f"{ds['in_frames']}→{ds['out_frames']} frames of {ds['channels']}×{ds['height']}×{ds['width']}; "
             f"every model given {_budget_text(report)} with the same run settings.")
     if "code" in report:  # (benches written before 2026-12-02 do not record it)
-        code, content = report["code"], ds["identity"].get("content")
-        head += (f" Dataset content {content[:16] if content else 'not recorded'}; chdl {code['chdl']}, commit "
+        code, content, data = report["code"], ds["identity"].get("content"), ds["identity"].get("data")
+        head += (f" Dataset content {content[:16] if content else 'not recorded'}"
+                 f"{', data ' + data[:16] if data else ''}; chdl {code['chdl']}, commit "
                  f"{(code['git_commit'] or 'unknown')[:12]}{' (edited)' if code['git_dirty'] else ''}, code "
                  f"{code['code']}, torch {code.get('torch')}; seeds "
                  f"{', '.join(sorted({str(r.get('seed')) for r in report['models'].values()}))}.")

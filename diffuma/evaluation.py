@@ -291,9 +291,10 @@ def report_markdown(result: dict) -> str:
         lines.append(paired_line(result["model_name"], result["paired"]))
     if "checkpoint_blake3" in result:
         code = result["code"]
-        content = result["data_identity"].get("content")
+        content, data = result["data_identity"].get("content"), result["data_identity"].get("data")
         lines.append(f"Computed from `{result['checkpoint']}` (BLAKE3 {result['checkpoint_blake3'][:16]}) on "
-                     f"`{result['data_path']}` (content {content[:16] if content else 'not recorded'}), batch "
+                     f"`{result['data_path']}` (content {content[:16] if content else 'not recorded'}"
+                     f"{', data ' + data[:16] if data else ''}), batch "
                      f"{result['batch_size']}, {result['device']} {result['precision']}; chdl {code['chdl']}, "
                      f"commit {(code['git_commit'] or 'unknown')[:12]}{' (edited)' if code['git_dirty'] else ''}, "
                      f"code {code['code']}, torch {code.get('torch')}.")

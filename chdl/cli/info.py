@@ -26,7 +26,8 @@ def info(path: str, as_json: bool) -> None:
     unreliable = any(not k.startswith(("frames/", "shard_checksums/")) for _, k in missing)
     summary["integrity"] = {"checksums": reader.has_checksums, "missing_files": [k for _, k in missing],
                             "counts_unreliable": unreliable}
-    summary["content"] = reader.identity()["content"] if not missing else None  # (a digest of records that are gone)
+    identity = reader.identity() if not missing else {}  # (digests of records that are gone: none)
+    summary["content"], summary["data"] = identity.get("content"), identity.get("data")
     summary["integrity"]["metadata_problems"] = [f"{p.file}: {p.problem}" for p in metadata]
     damaged = None
     if missing:
@@ -63,6 +64,8 @@ def info(path: str, as_json: bool) -> None:
     ]
     if summary.get("content"):
         lines.append(f"content      BLAKE3 {summary['content']}  (the identity checkpoints, eval and bench record)")
+        lines.append(f"data         BLAKE3 {summary['data']}  (the same without capture times: a replay of the same "
+                     "recording, or the simulator with the same seed, gives it again)")
     if prov.get("command"):
         lines.append(f"command      {prov['command']}")
     if metadata:

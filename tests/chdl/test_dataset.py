@@ -19,7 +19,7 @@ def _frames(seed=0, dtype=np.uint8):
     return np.random.default_rng(seed).integers(0, np.iinfo(dtype).max, (N, T, C, H, W), dtype=dtype)
 
 
-def _write(path, frames, *, shards=None, **kw):
+def _write(path, frames, *, shards=None, captured_at=0, **kw):
     w = DatasetWriter.create(path, n_sequences=N, frames_per_sequence=T, channels=C, height=H, width=W,
                              dtype=frames.dtype, sequences_per_shard=3, qc_score_names=["sharpness"],
                              runs=["run-a", "run-b"], **kw)
@@ -32,7 +32,7 @@ def _write(path, frames, *, shards=None, **kw):
                       qc_scores=np.full((k, T, 1), 0.5, np.float32),
                       split=np.array([[SPLIT_TRAIN, SPLIT_VAL, SPLIT_EXCLUDED][i % 3] for i in r], np.uint8),
                       run_index=np.array([i % 2 for i in r]), lane=np.array(list(r)),
-                      position_um=np.tile(np.arange(T) * 500.0, (k, 1)), timestamp_ns=np.zeros((k, T), np.int64),
+                      position_um=np.tile(np.arange(T) * 500.0, (k, 1)), timestamp_ns=np.full((k, T), captured_at, np.int64),
                       originals=[(0, 4, np.full((C, H, W), 7, frames.dtype))])
     return w
 
@@ -400,6 +400,26 @@ def test_an_attribute_edited_after_the_dataset_was_finished_is_named_by_verify_i
     del meta["attributes"][ATTRIBUTE_DIGESTS]  # as a chdl before 2026-12-03 wrote it: nothing to compare
     doc.write_text(json.dumps(meta))
     assert open_dataset(path).verify().problems == []
+
+
+def test_the_data_digest_leaves_out_capture_times_and_nothing_else(tmp_path):
+    """The same frames, splits and QC recorded at another time (a replay, the simulator with the same seed): the
+    same ``data`` digest, another ``content``; one grey level more in one frame: another ``data`` digest too."""
+    frames = _frames()
+    _write(tmp_path / "a.zarr", frames).finalize()
+    _write(tmp_path / "b.zarr", frames, captured_at=1_700_000_000_000_000_000).finalize()
+    changed = frames.copy()
+    changed[3, 2, 0, 1, 1] ^= 1
+    _write(tmp_path / "c.zarr", changed).finalize()
+    a, b, c = (open_dataset(tmp_path / f"{x}.zarr").identity() for x in "abc")
+    assert a["data"] == b["data"] and a["content"] != b["content"]
+    assert c["data"] != a["data"] and len(a["data"]) == 64
+    from click.testing import CliRunner
+
+    from chdl.cli import main
+
+    r = CliRunner().invoke(main, ["info", str(tmp_path / "b.zarr")])
+    assert f"data         BLAKE3 {a['data']}  (the same without capture times" in r.output
 
 
 def test_a_lost_checksum_folder_is_damage_not_an_old_dataset(tmp_path):

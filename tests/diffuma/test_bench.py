@@ -107,7 +107,8 @@ def test_bench_end_to_end(tiny_dataset, tmp_path):
     assert report["code"]["code"] == code_fingerprint() and report["dataset"]["max_value"] == 255.0
     for label, r in report["models"].items():
         assert r["seed"] == 0 and r["checkpoint_blake3"] == file_digest(r["checkpoint"])[0]
-    assert f"Dataset content {report['dataset']['identity']['content'][:16]}; chdl " in md and "seeds 0." in md
+    ident = report['dataset']['identity']
+    assert f"Dataset content {ident['content'][:16]}, data {ident['data'][:16]}; chdl " in md and "seeds 0." in md
     # ... and the machine it ran on, loaded how (equal wall time is equal compute only on alike machines)
     m = report["machine"]
     assert m["cores"] >= 1 and m["torch_threads"] >= 1 and m["load_average_1min"] >= 0 <= m["load_average_1min_end"]
