@@ -43,10 +43,14 @@ for name in "${ALLOWED[@]}"; do
   members+=("${found[0]}")
 done
 
-# 3. extract ONLY those members (explicit paths), unpack .gz, copy to OUT_DIR
+# 3. extract ONLY those members (explicit paths), unpack .gz, copy to OUT_DIR; and the package's copyright file,
+#    whose terms the videos come under (its "Files: *" stanza: Debian lists no separate ones for samples/data)
 mkdir -p "$tmp/x"
 dpkg-deb --fsys-tarfile "$deb" | tar -x -C "$tmp/x" -- "${members[@]}"
 mkdir -p "$out"
+dpkg-deb --fsys-tarfile "$deb" | tar -xO -- ./usr/share/doc/opencv-doc/copyright > "$out/COPYRIGHT.part"
+mv -f -- "$out/COPYRIGHT.part" "$out/COPYRIGHT"
+echo "COPYRIGHT <- ./usr/share/doc/opencv-doc/copyright" >&2
 for i in "${!ALLOWED[@]}"; do
   name="${ALLOWED[$i]}"
   src="$tmp/x/${members[$i]#./}"
