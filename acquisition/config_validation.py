@@ -156,7 +156,12 @@ def error_line(exc: ValidationError, model: type[BaseModel], source: str, *, pre
     if err["type"] == "extra_forbidden":
         text = unknown_key(dotted, loc[-1], _fields_at(model, loc[:-1]))
     else:
-        text = f"{dotted}: {_problem(err)}" if dotted else _problem(err)
+        problem = _problem(err)
+        # a model's own check names the field it is about first ("test_fraction: ..."): one dotted key, not two parts
+        field = problem.split(": ", 1)[0] if err["type"] == "value_error" and ": " in problem else None
+        if field is not None and field in _fields_at(model, loc):
+            dotted, problem = ".".join(filter(None, (dotted, field))), problem.split(": ", 1)[1]
+        text = f"{dotted}: {problem}" if dotted else problem
     return f"{source}: {text}" if source else text
 
 

@@ -7,7 +7,7 @@ frames, S sequences per shard, K QC scores)::
     frames          (N, T, C, H, W) uint8|uint16   chunk (1,T,C,H,W), shard (S,T,C,H,W), blosc zstd
     qc_flags        (N, T) uint8                    FLAG_* bits
     qc_scores       (N, T, K) float32               detector scores, names in attrs["qc_score_names"]
-    split           (N,) uint8                      SPLIT_TRAIN / SPLIT_VAL / SPLIT_EXCLUDED
+    split           (N,) uint8                      SPLIT_TRAIN / SPLIT_VAL / SPLIT_TEST / SPLIT_EXCLUDED
     run_index       (N,) int32                      index into attrs["runs"]
     lane            (N,) int32
     position_um     (N, T) float64
@@ -92,8 +92,8 @@ def reconstruction_method(flags: int) -> str | None:
     code = (int(flags) & RECONSTRUCTION_MASK) >> RECONSTRUCTION_SHIFT
     return RECONSTRUCTION_METHODS[code - 1] if 1 <= code <= len(RECONSTRUCTION_METHODS) else None
 
-SPLIT_TRAIN, SPLIT_VAL, SPLIT_EXCLUDED = 0, 1, 2
-SPLIT_CODES = {"train": SPLIT_TRAIN, "val": SPLIT_VAL, "excluded": SPLIT_EXCLUDED}
+SPLIT_TRAIN, SPLIT_VAL, SPLIT_EXCLUDED, SPLIT_TEST = 0, 1, 2, 3  # (test came on 2026-12-03: the next free code)
+SPLIT_CODES = {"train": SPLIT_TRAIN, "val": SPLIT_VAL, "test": SPLIT_TEST, "excluded": SPLIT_EXCLUDED}
 
 
 def unknown_split_codes(codes) -> np.ndarray:
@@ -793,7 +793,7 @@ class DatasetWriter:
         """Write every array's part of shard ``shard`` (all its sequences at once), then mark it done.
 
         ``frames`` (k, T, C, H, W) and the pixels of ``originals``: integers in 0..``max_value`` (the dataset's
-        ``attrs``), as the camera gave them. ``split``: one code per sequence, 0 train, 1 val, 2 excluded
+        ``attrs``), as the camera gave them. ``split``: one code per sequence, 0 train, 1 val, 2 excluded, 3 test
         (``SPLIT_CODES``). An array left out is written as its fill value: ``split`` 2 (every sequence excluded),
         ``qc_flags`` 0, ``qc_scores`` NaN, ``run_index`` / ``lane`` -1, ``position_um`` NaN, ``timestamp_ns`` -1.
         ``originals`` lists ``(sequence_within_shard, t, pixels (C,H,W))`` for each frame whose stored pixels are
@@ -945,11 +945,12 @@ class DatasetReader:
         return read_array(self.group["split"], slice(None), self.path)
 
     def indices(self, split: str = "all") -> np.ndarray:
-        """Sequence indices of a split ("train", "val", "excluded", or "all" = train + val)."""
+        """Sequence indices of a split ("train", "val", "test", "excluded", or "all" = every one not excluded)."""
         codes = self.split
         if (bad := unknown_split_codes(codes)).size:  # (written before write_shard checked)
             raise DatasetFormatError(f"{self.path}: split: code {bad[0]} at sequence "
-                                     f"{int(np.flatnonzero(codes == bad[0])[0])} (known: 0 train, 1 val, 2 excluded)")
+                                     f"{int(np.flatnonzero(codes == bad[0])[0])} (known: "
+                                     f"{', '.join(f'{v} {k}' for k, v in SPLIT_CODES.items())})")
         if split == "all":
             return np.flatnonzero(codes != SPLIT_EXCLUDED)
         if split not in SPLIT_CODES:

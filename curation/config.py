@@ -6,7 +6,7 @@ subset can be overridden from a YAML file (``chdl curate --config qc.yaml``), e.
       z: {misregistration_px: 6.0}   # or one number for all six scores
       z_sequence: 4.0
     max_bad_frames: 2
-    split: {block_lanes: 2, seed: 0, val_fraction: 0.5}
+    split: {block_lanes: 2, seed: 0, val_fraction: 0.5, test_fraction: 0.0}
 
 Everything here is recorded in the dataset's provenance (``provenance.config``), together with the
 per-run baselines the thresholds were combined with, so a dataset says exactly how it was curated.
@@ -94,9 +94,19 @@ class QCConfig(StrictConfig):
 
 
 class SplitConfig(StrictConfig):
-    block_lanes: Annotated[int, Field(ge=1)] = 2  # lanes per block; a block goes wholly to train or val
+    block_lanes: Annotated[int, Field(ge=1)] = 2  # lanes per block; a block goes wholly to one split
     val_fraction: Annotated[float, Field(ge=0, le=1)] = 0.5  # the paper splits evenly
+    # a held-out test split, dealt like val: never trained on or used to choose a checkpoint (0: none, the paper's
+    # train/val; chdl eval --split test scores it)
+    test_fraction: Annotated[float, Field(ge=0, le=1)] = 0.0
     seed: int = 0  # order in which blocks are dealt (deterministic)
+
+    @model_validator(mode="after")
+    def _fractions_leave_some_for_training(self):
+        if self.val_fraction + self.test_fraction > 1:
+            raise ValueError(f"test_fraction: val_fraction + test_fraction ({self.val_fraction} + {self.test_fraction}) "
+                             "exceeds 1")
+        return self
 
 
 class CurateConfig(StrictConfig):

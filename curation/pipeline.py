@@ -351,7 +351,10 @@ def _key(plan: Plan, cfg: CurateConfig, version: str | None = None) -> str:
     """The resume key of these inputs and settings as chdl ``version`` (default: this one) computes it."""
     from chdl import __version__
 
-    material = {"plan": plan.key_material(), "config": cfg.to_dict(), "tool_version": version or __version__}
+    config = cfg.to_dict()
+    if config["split"]["test_fraction"] == 0:  # (no test split: the key of these settings before test existed)
+        del config["split"]["test_fraction"]
+    material = {"plan": plan.key_material(), "config": config, "tool_version": version or __version__}
     return hashlib.sha256(json.dumps(material, sort_keys=True).encode()).hexdigest()
 
 

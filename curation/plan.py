@@ -10,9 +10,9 @@ excluded. Such problems are warnings and report entries; problems that make a wh
 (malformed manifest, runs of different sizes or pixel formats, no usable sequence) are errors.
 
 Split: lanes are grouped into blocks of ``split.block_lanes`` consecutive lanes of one run; a block goes
-wholly to train or val, so neighbouring sequences (same lane, adjacent lanes) never straddle the
-split. Blocks are dealt in a seeded hash order to whichever split keeps the val share closest to
-``val_fraction`` (the paper's even split by default). Sequences already known to be excluded (too many
+wholly to train, val or test, so neighbouring sequences (same lane, adjacent lanes) never straddle the
+split. Blocks are dealt in a seeded hash order to whichever split keeps the val and test shares closest to
+``val_fraction`` and ``test_fraction`` (the paper's even train/val split and no test by default). Sequences already known to be excluded (too many
 missing frames) do not count towards the balance.
 """
 
@@ -28,7 +28,7 @@ import numpy as np
 
 from acquisition.raw import (FORMAT_BITS, PIXEL_DTYPES, FrameRecord, Recording, check_bit_depth, find_recordings,
                             os_problem, run_bit_depth)
-from chdl.dataset import SPLIT_TRAIN, SPLIT_VAL, max_value_for_bits
+from chdl.dataset import SPLIT_TEST, SPLIT_TRAIN, SPLIT_VAL, max_value_for_bits
 from curation.config import CurateConfig
 
 
@@ -55,7 +55,7 @@ class SequencePlan:
     position_um: list[float]  # per t (NaN unknown)
     timestamp_ns: list[int]  # per t (-1 unknown)
     missing_reasons: dict[int, str]  # t -> why it is missing
-    split: int = 0  # SPLIT_TRAIN / SPLIT_VAL; SPLIT_EXCLUDED is decided after QC (or here, if too many missing)
+    split: int = 0  # SPLIT_TRAIN / SPLIT_VAL / SPLIT_TEST; SPLIT_EXCLUDED is decided after QC (or if too many missing)
 
     @property
     def n_missing(self) -> int:
@@ -306,7 +306,10 @@ def build_plan(source: str | os.PathLike, cfg: CurateConfig, bit_depth: int | No
 
 
 def assign_split(plan: Plan, cfg: CurateConfig) -> None:
-    """Deterministic train/val split by blocks of lanes (see module docstring)."""
+    """Deterministic train/val(/test) split by blocks of lanes (see module docstring). Each block, in the seeded
+    order, goes to test if that brings the test share nearer ``test_fraction`` of the sequences dealt so far, else to
+    val by the same rule for ``val_fraction``, else to train. With ``test_fraction`` 0 no block goes to test and the
+    rule is the two-way one from before test existed, to the bit: datasets curated then are curated the same now."""
     blocks: dict[tuple[int, int], list[SequencePlan]] = {}
     for s in plan.sequences:
         blocks.setdefault((s.run, s.lane // cfg.split.block_lanes), []).append(s)
@@ -315,14 +318,18 @@ def assign_split(plan: Plan, cfg: CurateConfig) -> None:
         run_id = plan.runs[key[0]].run_id
         return hashlib.sha256(f"{cfg.split.seed}:{run_id}:{key[1]}".encode()).hexdigest()
 
-    frac = cfg.split.val_fraction
-    n_val = n_all = 0
+    def nearer(count: int, n: int, fraction: float, total: int) -> bool:  # do n more bring count nearer its target?
+        return abs(count + n - fraction * total) < abs(count - fraction * total)
+
+    n_val = n_test = n_all = 0
     for key in sorted(blocks, key=order):
         members = blocks[key]
         n = sum(s.n_missing <= cfg.max_bad_frames for s in members)
         total = n_all + n
-        to_val = abs(n_val + n - frac * total) < abs(n_val - frac * total)
+        side = (SPLIT_TEST if nearer(n_test, n, cfg.split.test_fraction, total) else
+                SPLIT_VAL if nearer(n_val, n, cfg.split.val_fraction, total) else SPLIT_TRAIN)
         for s in members:
-            s.split = SPLIT_VAL if to_val else SPLIT_TRAIN
-        n_val += n if to_val else 0
+            s.split = side
+        n_val += n if side == SPLIT_VAL else 0
+        n_test += n if side == SPLIT_TEST else 0
         n_all = total

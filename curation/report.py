@@ -23,7 +23,7 @@ from acquisition import files
 from acquisition.raw import RawFormatError, Recording
 from chdl.dataset import (FLAG_ILLUMINATION, FLAG_MISSING, FLAG_NAMES, FLAG_RECONSTRUCTED, FLAG_VIBRATION,
                           reconstruction_counts, reconstruction_method,
-                          SPLIT_EXCLUDED, SPLIT_TRAIN, SPLIT_VAL)
+                          SPLIT_EXCLUDED, SPLIT_TEST, SPLIT_TRAIN, SPLIT_VAL)
 from curation import qc
 from curation.config import CurateConfig
 from curation.plan import Plan
@@ -267,7 +267,7 @@ def build_summary(out: Path, plan: Plan, cfg: CurateConfig) -> tuple[dict, dict]
         "dataset": str(out),
         "sequences": N, "frames_per_sequence": T, "frames": N * T,
         "splits": {"train": int((split == SPLIT_TRAIN).sum()), "val": int((split == SPLIT_VAL).sum()),
-                   "excluded": int((split == SPLIT_EXCLUDED).sum())},
+                   "test": int((split == SPLIT_TEST).sum()), "excluded": int((split == SPLIT_EXCLUDED).sum())},
         "flags": {name: count(bit) for bit, name in FLAG_NAMES.items()},
         "reconstructed_by": reconstruction_counts(flags),
         "flags_note": (f"{int(both.sum())} frame(s) carry both the vibration and the illumination flag and are "
@@ -365,6 +365,7 @@ def _render_html(summary: dict, extra: dict, plan: Plan, cfg: CurateConfig,
     warn = "".join(f"<li>{esc(w)}</li>" for w in summary["warnings"]) or "<li>none</li>"
     by_method = ", ".join(f"{m} {n}" for m, n in summary["reconstructed_by"].items() if n) or "none"
     sp = summary["splits"]
+    test = f"test {sp['test']}, " if sp.get("test") else ""  # (a held-out split only where curate made one)
     return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>chdl curate QC report: {esc(Path(summary['dataset']).name)}</title>
 <style>
@@ -374,7 +375,7 @@ img{{display:block}} .na{{color:#999}} small{{color:#555}}
 </style></head><body>
 <h1>QC report — {esc(summary['dataset'])}</h1>
 <p>{summary['sequences']} sequences × {T} frames = {summary['frames']} frames.
-Train {sp['train']}, val {sp['val']}, excluded {sp['excluded']} (more than {summary['max_bad_frames']} bad frames).
+Train {sp['train']}, val {sp['val']}, {test}excluded {sp['excluded']} (more than {summary['max_bad_frames']} bad frames).
 Flagged (vibration or illumination): {100 * summary['flagged_fraction']:.2f}% of frames.</p>
 <h2>Counts per flag</h2>{flag_table}<p>{esc(summary['flags_note'])}.
 Reconstructed frames by method (chosen per frame by the self-check, docs/curation.md): {esc(by_method)}.</p>

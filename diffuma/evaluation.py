@@ -179,7 +179,7 @@ def evaluation_record(state: dict, checkpoint: str | Path, data: str | Path, spl
     if trained_on and (seen := sum(k in trained_on for k in reader.sequence_keys(scored))):
         notes.append(f"{seen} of the {len(scored)} sequences scored here were training sequences of this checkpoint "
                      "(the same recording, lane and capture times): its numbers here are optimistic")
-    elif split != "val" and not trained_on and saved_identity_matches(state, identity):
+    elif split in ("train", "all") and not trained_on and saved_identity_matches(state, identity):
         notes.append(f"scored on the {split} split of the dataset this checkpoint was trained on: its training "
                      "sequences are among them, so its numbers here are optimistic")
     selected = state.get("selected")

@@ -30,8 +30,8 @@ from chdl.cli.options import POSITIVE, LocalPath, OutputPath, quiet_option
               help="run.<field>=v (all runs), model.<field>=v (all models) or <model>.<field>=v; repeatable.")
 @click.option("--convention", type=click.Choice(["per_pixel", "openstl"]), default="per_pixel", show_default=True,
               help="Metric convention (docs/training.md).")
-@click.option("--split", type=click.Choice(["val", "train", "all"]), default="val", show_default=True,
-              help="Split to evaluate on.")
+@click.option("--split", type=click.Choice(["val", "test", "train", "all"]), default="val", show_default=True,
+              help="Split to evaluate on (test: the held-out split curate makes with split.test_fraction).")
 @click.option("--max-eval-sequences", type=click.IntRange(min=1), default=None,
               help="Evaluate on the first N sequences of the split only.")
 @click.option("--grid-sequences", type=click.IntRange(min=0), default=2, show_default=True,

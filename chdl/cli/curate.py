@@ -98,7 +98,8 @@ def curate(raw: str, out: str, config_path: str | None, workers: int, scheduler:
     s = result.summary
     sp = s["splits"]
     click.echo(f"{result.out}: {result.n_sequences} sequences ({sp['train']} train, {sp['val']} val, "
-               f"{sp['excluded']} excluded), {result.n_frames} frames; flagged vibration {s['flags']['vibration']}, "
+               + (f"{sp['test']} test, " if sp.get("test") else "")
+               + f"{sp['excluded']} excluded), {result.n_frames} frames; flagged vibration {s['flags']['vibration']}, "
                f"illumination {s['flags']['illumination']}, missing {s['flags']['missing']}, "
                f"reconstructed {s['flags']['reconstructed']}"
                + (f"; resumed after {result.shards_resumed} shards" if result.shards_resumed else "")

@@ -48,7 +48,7 @@ def info(path: str, as_json: bool) -> None:
         f"max_value {summary['max_value']:g}), "
         f"{summary['in_frames']} in -> {summary['out_frames']} out",
         f"storage      {_n(summary['n_shards'], 'shard')} of {_n(summary['sequences_per_shard'], 'sequence')}",
-        "splits       " + ", ".join(f"{k} {v}" for k, v in summary["splits"].items()) + caveat,
+        "splits       " + ", ".join(f"{k} {v}" for k, v in summary["splits"].items() if v or k != "test") + caveat,
         f"qc           {summary['qc_frames_total']} frames; flagged: "
         + ", ".join(f"{k} {v}" for k, v in summary["qc_frames_flagged"].items())
         + ("; reconstructed by " + ", ".join(f"{k} {v}" if k != "not recorded" else  # (a dataset from before 12-01)

@@ -119,8 +119,9 @@ def train(data, config_name, overrides, out, resume, quiet):
 @click.option("--checkpoint", required=True, type=LocalPath(path_type=Path, exists=True, dir_okay=False),
               help="A checkpoint chdl train wrote (e.g. RUN/checkpoints/last.pt).")
 @click.option("--data", required=True, type=LocalPath(path_type=Path), help="Curated dataset (zarr folder).")
-@click.option("--split", default="val", type=click.Choice(["val", "train", "all"]), show_default=True,
-              help="The dataset's sequences to score (all = train + val).")
+@click.option("--split", default="val", type=click.Choice(["val", "test", "train", "all"]), show_default=True,
+              help="The dataset's sequences to score (test: the held-out split of split.test_fraction; all = every "
+                   "sequence not excluded).")
 @click.option("--convention", type=click.Choice(["per_pixel", "openstl"]), default=None,
               help="Metric convention, as chdl bench's: per_pixel (default: per-pixel means, Gaussian SSIM, range 1.0) "
                    "or openstl (OpenSTL's metric(): MSE/MAE summed over C*H*W per frame on unclipped predictions, SSIM "
@@ -236,7 +237,7 @@ def _input_kind(path: Path) -> str:
 @click.option("--input", "input_", required=True, type=LocalPath(path_type=Path, exists=True),
               help="A curated dataset (zarr) or one raw recording folder.")
 @click.option("--out", required=True, type=OutputPath(path_type=Path), help="Output folder (created).")
-@click.option("--split", default="val", type=click.Choice(["val", "train", "all"]), show_default=True,
+@click.option("--split", default="val", type=click.Choice(["val", "test", "train", "all"]), show_default=True,
               help="Dataset input: which split to take sequences from.")
 @click.option("--max-sequences", type=click.IntRange(min=1), default=4, show_default=True,
               help="Sequences to predict (the first of the split).")

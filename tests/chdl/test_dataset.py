@@ -49,7 +49,7 @@ def test_round_trip(tmp_path, dtype):
     assert list(ds.indices("train")) == [0, 3, 6] and list(ds.indices("val")) == [1, 4]
     assert list(ds.indices("all")) == [0, 1, 3, 4, 6]
     s = ds.summary()
-    assert s["splits"] == {"train": 3, "val": 2, "excluded": 2}
+    assert s["splits"] == {"train": 3, "val": 2, "test": 0, "excluded": 2}
     assert s["qc_frames_flagged"]["vibration"] == 3 and s["qc_frames_flagged"]["reconstructed"] == 3
     originals = ds.originals()
     assert [(q, t) for q, t, _ in originals] == [(0, 4), (3, 4), (6, 4)]
@@ -567,7 +567,7 @@ def test_pixels_a_dtype_cannot_hold_and_unknown_split_codes_are_refused(tmp_path
             w.write_shard(0, frames=frames)
     with pytest.raises(ValueError, match=r"shard 0: originals: a pixel value of 300"):
         w.write_shard(0, frames=ok, originals=[(0, 1, np.full((1, 4, 4), 300))])
-    with pytest.raises(ValueError, match=rf"^{path}: shard 0: split code 7 \(known: 0 train, 1 val, 2 excluded\)$"):
+    with pytest.raises(ValueError, match=rf"^{path}: shard 0: split code 7 \(known: 0 train, 1 val, 3 test, 2 excluded\)$"):
         w.write_shard(0, frames=ok, split=np.array([0, 1, 2, 7]))
     assert not w.group["shard_done"][0]  # nothing of a refused shard was marked written
     w.write_shard(0, frames=ok.astype(np.int64), split=np.array([0, 1, 2, 0]))  # integers in range: any int dtype
@@ -576,7 +576,7 @@ def test_pixels_a_dtype_cannot_hold_and_unknown_split_codes_are_refused(tmp_path
     # a dataset written before the check: its unknown code is named when a split is read
     group = zarr.open_group(str(path), mode="r+")
     group["split"][3] = 7
-    with pytest.raises(DatasetFormatError, match=r"split: code 7 at sequence 3 \(known: 0 train, 1 val, 2 excluded\)"):
+    with pytest.raises(DatasetFormatError, match=r"split: code 7 at sequence 3 \(known: 0 train, 1 val, 3 test, 2 excluded\)"):
         open_dataset(path).indices("all")
     from click.testing import CliRunner
 

@@ -84,6 +84,30 @@ def test_dataset_contents(raw, curated):
     assert np.isfinite(ds.qc_scores).all()
 
 
+def test_a_held_out_test_split_when_the_config_asks_for_one(raw, curated, tmp_path):
+    """split.test_fraction deals whole lane blocks to a test split (code 3), which curate, the QC report and chdl info
+    count; the frames and QC of every sequence are those of the dataset without it."""
+    from chdl.dataset import SPLIT_TEST
+
+    cfg = tmp_path / "split.yaml"
+    cfg.write_text("split: {block_lanes: 1, val_fraction: 0.2, test_fraction: 0.4}\n")
+    out = tmp_path / "t.zarr"
+    r = _curate(raw[0], out, "--config", cfg)
+    ds, before = open_dataset(out), open_dataset(curated)
+    split = ds.split
+    assert split[3] == SPLIT_EXCLUDED and (split == SPLIT_TEST).sum() == 2 and (split == 1).sum() == 1  # of 5 kept
+    assert list(ds.indices("test")) == list(np.flatnonzero(split == SPLIT_TEST))
+    assert set(ds.indices("all")) == {0, 1, 2, 4, 5}  # (all: every sequence not excluded, test included)
+    assert f"({(split == 0).sum()} train, 1 val, 2 test, 1 excluded)" in r.output
+    np.testing.assert_array_equal(ds.frames[:], before.frames[:])
+    np.testing.assert_array_equal(ds.qc_flags, before.qc_flags)
+    summary = json.loads(out.with_name("t.qc.json").read_text())
+    assert summary["splits"]["test"] == 2 and "val 1, test 2, excluded 1" in out.with_name("t.qc.html").read_text()
+    info = CliRunner().invoke(main, ["info", str(out)])
+    assert "splits       train 2, val 1, test 2, excluded 1" in info.output, info.output
+    assert "test" not in CliRunner().invoke(main, ["info", str(curated)]).output.split("splits")[1].split("\n")[0]
+
+
 def test_report(curated):
     html = curated.with_name("d.qc.html").read_text()
     summary = json.loads(curated.with_name("d.qc.json").read_text())

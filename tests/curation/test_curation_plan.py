@@ -46,6 +46,65 @@ def test_split_is_even_deterministic_and_keeps_lane_blocks_together():
     assert all(s.split == SPLIT_TRAIN for s in a.sequences)
 
 
+def _two_way_split_before_test(plan: Plan, cfg: CurateConfig) -> list[int]:
+    """The train/val rule as it was before the test split (2026-12-02), verbatim: the oracle that datasets curated
+    before then are curated the same now."""
+    import hashlib
+
+    blocks = {}
+    for s in plan.sequences:
+        blocks.setdefault((s.run, s.lane // cfg.split.block_lanes), []).append(s)
+    order = lambda key: hashlib.sha256(f"{cfg.split.seed}:{plan.runs[key[0]].run_id}:{key[1]}".encode()).hexdigest()
+    out, frac, n_val, n_all = {}, cfg.split.val_fraction, 0, 0
+    for key in sorted(blocks, key=order):
+        members = blocks[key]
+        n = sum(s.n_missing <= cfg.max_bad_frames for s in members)
+        total = n_all + n
+        to_val = abs(n_val + n - frac * total) < abs(n_val - frac * total)
+        out.update({s.index: SPLIT_VAL if to_val else SPLIT_TRAIN for s in members})
+        n_val += n if to_val else 0
+        n_all = total
+    return [out[s.index] for s in plan.sequences]
+
+
+@pytest.mark.parametrize("val_fraction", [0.5, 0.2, 0.3, 1 / 3, 0.0, 1.0])
+@pytest.mark.parametrize("seed", [0, 1, 5])
+def test_without_a_test_split_the_split_is_the_one_from_before(val_fraction, seed):
+    cfg = CurateConfig()
+    cfg.split.val_fraction, cfg.split.seed, cfg.split.block_lanes = val_fraction, seed, 1 + seed % 3
+    plan = _fake_plan({"r1": 37, "r2": 23, "r3": 5})
+    plan.sequences[4].records[:] = [None] * T  # all missing: it does not count towards the balance
+    assign_split(plan, cfg)
+    assert [s.split for s in plan.sequences] == _two_way_split_before_test(plan, cfg)
+
+
+def test_a_test_split_takes_its_share_in_whole_blocks_and_never_changes_with_val():
+    from chdl.dataset import SPLIT_TEST
+
+    cfg = CurateConfig()
+    cfg.split.val_fraction, cfg.split.test_fraction = 0.2, 0.2
+    plan = _fake_plan({"r1": 60, "r2": 40})
+    assign_split(plan, cfg)
+    got = [s.split for s in plan.sequences]
+    for code, share in ((SPLIT_TEST, 0.2), (SPLIT_VAL, 0.2), (SPLIT_TRAIN, 0.6)):
+        assert abs(got.count(code) - share * len(got)) <= cfg.split.block_lanes, (code, got.count(code))
+    blocks = {}
+    for s in plan.sequences:
+        blocks.setdefault((s.run, s.lane // 2), set()).add(s.split)
+    assert all(len(v) == 1 for v in blocks.values())  # a block never straddles two splits
+    # the test split is dealt first, so other val fractions leave it where it was: a held-out set stays held out
+    cfg.split.val_fraction = 0.4
+    assign_split(plan, cfg)
+    assert [s.split == SPLIT_TEST for s in plan.sequences] == [x == SPLIT_TEST for x in got]
+
+
+def test_fractions_that_leave_nothing_to_train_on_are_refused():
+    from curation.config import ConfigError, validate_config
+
+    with pytest.raises(ConfigError, match=r"split\.test_fraction: .*val_fraction \+ test_fraction \(0\.6 \+ 0\.5\) exceeds 1"):
+        validate_config({"split": {"val_fraction": 0.6, "test_fraction": 0.5}}, "c.yaml")
+
+
 def test_grouping_windows_and_missing_positions(tmp_path):
     run = tmp_path / "r"
     write_run(run, lanes=3, drop={(0, 1)}, skip={(2, 9)})

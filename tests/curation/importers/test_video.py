@@ -178,7 +178,7 @@ def test_cli_imports_videos_with_time_block_split_and_provenance(tmp_path, video
     res = check_dataset(out, files, L=5)
     ds = res["ds"]
     # a: 60 frames = 12 clips -> 2 val (frames 50-59), gap 45-49, 9 train; b: 37 = 7 clips (+2 tail) -> 1 val, 5 train
-    assert ds.summary()["splits"] == {"train": 14, "val": 3, "excluded": 0}
+    assert ds.summary()["splits"] == {"train": 14, "val": 3, "test": 0, "excluded": 0}
     assert res["used"][(0, SPLIT_VAL)] == set(range(50, 60)) and res["used"][(1, SPLIT_VAL)] == set(range(30, 35))
     assert ds.attrs["in_frames"] == 3 and ds.attrs["out_frames"] == 2 and ds.attrs["max_value"] == 255
     assert ds.attrs["runs"] == ["a.avi", "b.avi"]
@@ -199,12 +199,12 @@ def test_overlapping_train_clips_and_frame_stride_never_touch_val(tmp_path, vide
     out = import_video(files, tmp_path / "o.zarr", size=SIZE, in_frames=3, out_frames=2, train_stride=2,
                        val_stride=3, progress=False)
     res = check_dataset(out, files, L=5)
-    assert res["ds"].summary()["splits"] == {"train": 21 + 11, "val": 2 + 1, "excluded": 0}
+    assert res["ds"].summary()["splits"] == {"train": 21 + 11, "val": 2 + 1, "test": 0, "excluded": 0}
     out = import_video([videos["a"]], tmp_path / "s.zarr", size=SIZE, in_frames=2, out_frames=2, frame_stride=2,
                        train_stride=1, progress=False)
     res = check_dataset(out, [videos["a"]], L=4, frame_stride=2)  # 30 kept frames: 7 clips, 1 val
     assert res["ds"].attrs["provenance"]["config"]["frame_stride"] == 2
-    assert res["ds"].summary()["splits"] == {"train": 17, "val": 1, "excluded": 0}
+    assert res["ds"].summary()["splits"] == {"train": 17, "val": 1, "test": 0, "excluded": 0}
 
 
 def test_mp4_input(tmp_path):

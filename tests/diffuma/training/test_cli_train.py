@@ -240,6 +240,37 @@ def test_eval_records_the_digest_of_the_bytes_it_loaded(trained, tmp_path):
     assert result["checkpoint_blake3"] == loaded and result["step"] == state["step"]
 
 
+def test_a_test_split_is_never_trained_on_and_eval_scores_it_without_a_note(tmp_path):
+    from chdl.dataset import SPLIT_TEST, open_dataset
+
+    data = write_moving_square_dataset(tmp_path / "t.zarr", n=8, split=[0, 0, 0, 0, 1, 1, SPLIT_TEST, SPLIT_TEST])
+    run = tmp_path / "run"
+    r = CliRunner().invoke(main, ["train", "--data", str(data), "--config", "diffuma_tiny", "--out", str(run),
+                                  "--set", "run.max_steps=1", "--set", "run.batch_size=2", "--no-progress"])
+    assert r.exit_code == 0, r.output
+    state = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
+    reader = open_dataset(data)
+    assert state["data"]["n_train"] == 4 and set(state["data"]["train_sequences"]) == set(
+        reader.sequence_keys(reader.indices("train")))  # (the model saw the train split only)
+    assert (state["samples_seen"], state["step"]) == (2, 1)
+    r = CliRunner().invoke(main, ["eval", "--checkpoint", str(run / "checkpoints" / "last.pt"), "--data", str(data),
+                                  "--split", "test", "--num-workers", "0", "-q"])
+    assert r.exit_code == 0, r.output
+    result = json.loads((run / "eval" / "eval_last_test_per_pixel.json").read_text())
+    assert result["split"] == "test" and result["sequences"] == [6, 7]
+    assert not [n for n in result["notes"] if "optimistic" in n], result["notes"]  # (held out: nothing to warn of)
+    # a checkpoint that does not record its training sequences knows only the split: test is held out like val
+    from diffuma.evaluation import evaluation_record
+    from diffuma.training.checkpoint import load_checkpoint
+
+    old = load_checkpoint(run / "checkpoints" / "last.pt")
+    old["data"].pop("train_sequences")
+    notes = {split: [n for n in evaluation_record(old, run, data, split, batch_size=2, device=torch.device("cpu"),
+                                                  max_sequences=None)["notes"] if "optimistic" in n]
+             for split in ("test", "all")}
+    assert notes["test"] == [] and notes["all"][0].startswith("scored on the all split of the dataset this checkpoint")
+
+
 def test_predict_from_dataset_and_from_raw_recording(trained):
     root, data, run = trained
     ckpt = str(run / "checkpoints" / "last.pt")
