@@ -61,6 +61,20 @@ def test_a_complete_run_whose_index_lost_lines_reads_as_incomplete(tmp_path):
     assert Recording.open(tmp_path / "run").manifest["status"] == "complete"  # (as the run closed)
 
 
+def test_a_frame_index_out_of_sequence_is_refused_naming_the_line(tmp_path):
+    """Curation maps records to frames by position: a skipped, repeated or reordered line (two runs' indexes
+    concatenated, a line lost in the middle) would give pixels another frame's lane, position and time."""
+    _record(tmp_path / "run")
+    index = tmp_path / "run" / "frames.jsonl"
+    lines = index.read_text().splitlines(keepends=True)
+    for broken, line, got, expected in ((lines[:1] + lines[2:], 2, 2, 1), (lines[:2] + lines[1:], 3, 1, 2),
+                                        ([lines[1], lines[0], *lines[2:]], 1, 1, 0)):
+        index.write_text("".join(broken))
+        with pytest.raises(RawFormatError, match=rf"frames\.jsonl:{line}: frame index {got} out of sequence "
+                                                 rf"\(expected {expected}\)$"):
+            Recording.open(tmp_path / "run")
+
+
 def test_errors_name_the_file(tmp_path):
     _record(tmp_path / "run")
     (tmp_path / "run" / "frames" / "000001.png").write_bytes(b"\x89PNG\r\n")

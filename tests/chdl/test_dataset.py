@@ -337,12 +337,15 @@ def test_a_flipped_byte_is_found_by_verify_only_in_its_shard(tmp_path):
     assert result.bad_shards == [1] and [p.file for p in result.problems] == ["frames/c/1/0/0/0/0"]
     assert result.problems[0].problem.startswith("checksum mismatch")
     assert reader.verify([0, 2]).problems == []  # the shards a command reads are all it checks
+    assert reader.verify([0, 2]).shards == 2 and reader.verify([1]).bad_shards == [1]  # (shard 0 is one of them)
     assert result.error() == (f"{path}: shard 1 damaged (frames/c/1/0/0/0/0: checksum mismatch (its BLAKE3 digest "
                               "differs from the one recorded when it was written)); the dataset is damaged on disk (chdl verify "
                               f"{path} lists every bad file)")
     (path / "shard_checksums" / "c" / "2").unlink()  # a lost record is a problem too, named
     assert [(p.shard, p.problem) for p in open_dataset(path, check_files=False).verify().problems] == [
         (1, result.problems[0].problem), (2, "missing (the shard's checksum record)")]
+    _flip_byte(path / "frames" / "c" / "0" / "0" / "0" / "0" / "0")  # the first shard is checked like any other
+    assert open_dataset(path, check_files=False).verify([0]).bad_shards == [0]
 
 
 def test_an_edited_array_metadata_is_found_by_verify_and_refused_by_train(tmp_path):
@@ -414,6 +417,11 @@ def test_the_data_digest_leaves_out_capture_times_and_nothing_else(tmp_path):
     a, b, c = (open_dataset(tmp_path / f"{x}.zarr").identity() for x in "abc")
     assert a["data"] == b["data"] and a["content"] != b["content"]
     assert c["data"] != a["data"] and len(a["data"]) == 64
+    assert c["content"] != a["content"]  # (c differs in shard 1 only: every shard counts)
+    import shutil
+
+    shutil.copytree(tmp_path / "c.zarr", tmp_path / "copy" / "c.zarr")  # a copy elsewhere is the same dataset
+    assert open_dataset(tmp_path / "copy" / "c.zarr").identity() == c
     from click.testing import CliRunner
 
     from chdl.cli import main
@@ -626,6 +634,10 @@ def test_sequence_keys_name_where_frames_came_from_not_how_they_were_split(tmp_p
     assert write(tmp_path / "c.zarr", [-1, -1, 2], times)[:2] == [None, None]
     assert write(tmp_path / "d.zarr", [0, 1, 2], np.full((3, 4), -1))[0] is None
     assert write(tmp_path / "e.zarr", [0, 1, 2], times + 1) != a  # other captures
+    later_end = times.copy()
+    later_end[:, -1] += 10**6  # the same first capture, another last one (e.g. other frames_per_sequence)
+    assert not set(write(tmp_path / "f.zarr", [0, 1, 2], later_end)) & set(a)
+    assert b[1] != a[1]  # (the dropped last frame: the sequence ends at another recorded frame)
 
 
 def test_a_shard_this_user_may_not_read_is_not_called_damage(tmp_path, monkeypatch):

@@ -307,3 +307,28 @@ def test_a_frame_without_an_image_is_an_acquisition_flag_and_no_reference():
             flags.append(qc.check(frame, lane, p))
     assert [i for i, f in enumerate(flags) if f] == [16, 17, 18, 19, 24] and set(filter(None, flags)) == {"no image"}
     assert qc.frames and not any(np.array_equal(f, black) for f in qc.frames)
+
+
+def test_the_spread_is_normal_consistent():
+    """sigma = 1.4826 x MAD (the spread of a normal distribution): the z_on / z_off operating points were measured on
+    it, so a plain MAD would move every alert level by a factor of 1.48."""
+    from chdl.monitor.anomaly_score import robust_stats
+
+    assert robust_stats(np.array([1.0, 2.0, 3.0, 4.0, 10.0]), 0.0) == (3.0, 1.4826 * 1.0)  # |v - 3|: 2 1 0 1 7
+    assert robust_stats(np.array([1.0, 2.0, 3.0, 4.0, 10.0]), 2.0) == (3.0, 2.0)  # the floor
+
+
+def test_a_new_lane_pass_starts_with_the_alert_off_and_flagged_frames_can_end_an_alert():
+    s = FrameScorer(CFG)
+    valid, _ = _warm(s, 14)
+    assert s.score(_with_blob(_noise(20), 40, 24), _noise(2020), valid).alert
+    s.new_pass()  # an alert still on at the end of one lane does not carry into the next
+    assert s.alert is False
+    first = s.score(_with_blob(_noise(21), 40, 24), _noise(2021), valid)
+    assert first.alert and first.new_alert  # an anomaly at the start of the next lane is a new event
+    # a frame the acquisition QC flagged (learn=False) neither raises an alert nor holds one the score no longer bears
+    kept = s.score(_with_blob(_noise(22), 40, 24), _noise(2022), valid, learn=False)
+    assert kept.alert and not kept.new_alert
+    ended = s.score(_noise(23), _noise(2023), valid, learn=False)
+    assert not ended.alert
+    assert not s.score(_with_blob(_noise(24), 40, 24), _noise(2024), valid, learn=False).alert

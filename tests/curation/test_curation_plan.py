@@ -78,6 +78,22 @@ def test_without_a_test_split_the_split_is_the_one_from_before(val_fraction, see
     assert [s.split for s in plan.sequences] == _two_way_split_before_test(plan, cfg)
 
 
+def test_sequences_that_will_be_excluded_do_not_count_towards_the_shares():
+    """A run whose lanes all miss too many frames: its blocks are dealt, but only usable sequences balance the split
+    (counting them, val among the usable ones drifted far from val_fraction)."""
+    for seed in range(6):
+        for dead, good in ((30, 30), (10, 40), (60, 20)):
+            cfg = CurateConfig()
+            cfg.split.seed = seed
+            plan = _fake_plan({"dead": dead, "good": good})
+            for s in plan.sequences[:dead]:
+                s.records[:] = [None] * T
+            assign_split(plan, cfg)
+            usable = [s.split for s in plan.sequences[dead:]]
+            # within half a block of the target (counting the dead ones too, up to three sequences off)
+            assert abs(usable.count(SPLIT_VAL) - 0.5 * len(usable)) <= 1, (seed, dead, good)
+
+
 def test_a_test_split_takes_its_share_in_whole_blocks_and_never_changes_with_val():
     from chdl.dataset import SPLIT_TEST
 

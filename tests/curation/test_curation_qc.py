@@ -403,3 +403,42 @@ def test_a_frame_without_an_image_is_told_apart_from_dark_and_flat_ones():
     assert all(qc.no_image(f, 255) is None for f in frames)
     assert qc.no_image((frames[0].astype(np.uint16) * 16), 4095) is None  # 12-bit data in Mono16: its own scale
     assert qc.no_image((frames[0].astype(np.uint16) * 16), 65535 * 40) is not None  # (the scale decides)
+
+
+def test_strong_blur_counts_as_vibration_even_with_an_exposure_fault():
+    """On a frame whose brightness fired, sharpness counts only beyond ATTRIBUTION_FACTOR x its threshold (flicker
+    bands lower it a little); alone it counts from 1x. Contrast never counts where sharpness fired."""
+    K = len(qc.SCORE_NAMES)
+    base = qc.Baseline([0.0] * K, [1.0] * K)
+    thr = np.ones(K)
+    scores = np.zeros((4, K))
+    scores[0, qc.I_BRIGHT], scores[0, qc.I_SHARP] = 2.0, -2.0 * qc.ATTRIBUTION_FACTOR  # exposure + strong blur
+    scores[1, qc.I_BRIGHT], scores[1, qc.I_SHARP] = 2.0, -1.5  # exposure + a small sharpness drop: exposure only
+    scores[2, qc.I_SHARP] = -1.5  # blur alone
+    scores[3, qc.I_SHARP], scores[3, qc.I_CONTRAST] = -1.5, 2.0  # blur that lowers contrast: not an exposure fault
+    vibration, illumination = qc.decide(scores, base, thr)
+    assert vibration.tolist() == [True, False, True, True]
+    assert illumination.tolist() == [True, True, False, False]
+
+
+def test_the_frame_just_past_a_light_step_at_an_edge_is_part_of_it():
+    """Two edge frames at one light level, the rest at another: each frame's brightness against the median of its
+    neighbours gives the first frame past the step about half the step, the other way; it is marked with them."""
+    v = np.array([0.1, 0.1, -0.05, 0, 0, 0, 0, 0, 0, 0])
+    assert qc.light_steps_at_edges(v, np.full(10, 0.06)).tolist() == [True] * 3 + [False] * 7
+    v[2] = -0.09  # more than 0.75 of the step the other way: a fault of its own, not the step's echo
+    assert qc.light_steps_at_edges(v, np.full(10, 0.06)).tolist() == [True] * 2 + [False] * 8
+
+
+def test_without_a_frame_to_check_on_auto_copies_at_the_ends_and_averages_inside():
+    """"No extrapolation without evidence": with too few good frames for the self-check, a sequence end gets the
+    nearest good frame's copy, a frame between two good ones their average."""
+    frames = np.random.default_rng(0).integers(0, 255, (10, 32, 48), np.uint8)
+    chosen = {}
+    out, done = reconstruct(frames, np.array([False, True, True] + [False] * 7), method="auto", chosen=chosen)
+    assert chosen == {0: "nearest", **{t: "nearest" for t in range(3, 10)}}
+    np.testing.assert_array_equal(out[0], frames[1])
+    np.testing.assert_array_equal(out[9], frames[2])
+    chosen = {}
+    reconstruct(frames, np.array([True, False, True] + [False] * 7), method="auto", chosen=chosen)
+    assert chosen[1] == "average" and chosen[5] == "nearest"

@@ -68,6 +68,9 @@ def test_openstl_convention_is_openstls_metric_function():
     assert r["overall"]["ssim"] == pytest.approx(np.mean(ref))
     per_pixel = compute_metrics(pred, target)["overall"]
     assert per_pixel["mse"] * 20 * 24 * 2 < r["overall"]["mse"] and abs(per_pixel["ssim"] - r["overall"]["ssim"]) > 1e-3
+    # PSNR is of the clipped prediction in both conventions (a per-frame mean of 10 log10(1 / MSE))
+    frame_mse = ((clipped - target) ** 2).mean(axis=(2, 3, 4))
+    assert r["overall"]["psnr"] == pytest.approx(np.mean(10 * np.log10(1 / frame_mse))) == per_pixel["psnr"]
 
 
 def test_frames_smaller_than_the_ssim_window_are_refused_naming_the_limit():
@@ -159,3 +162,6 @@ def test_a_paired_comparison_tells_what_overlapping_intervals_cannot():
     assert (p["mse"]["wins"], p["mse"]["n"]) == (4, 4) and p["mse"]["mean_difference"] == pytest.approx(d.mean())
     assert p["mse"]["ci95"] == pytest.approx(t.ppf(0.975, 3) * d.std(ddof=1) / 2, rel=1e-5)
     assert p["psnr"]["wins"] == 4 and p["psnr"]["mean_difference"] > 0  # higher is better there
+    # a tie is no win: a model that learnt to copy the baseline is better on no sequence, in any metric
+    same = paired_comparison(base, base)
+    assert all(same[m]["wins"] == 0 and same[m]["mean_difference"] == 0 for m in ("mse", "mae", "ssim", "psnr"))

@@ -213,6 +213,16 @@ def test_eval_notes_sequences_the_checkpoint_was_trained_on(trained, tmp_path):
                               "recording, lane and capture times): its numbers here are optimistic"]
     assert notes(data, "train")[0].startswith("4 of the 4 sequences scored here were training sequences")
     assert notes(write_moving_square_dataset(tmp_path / "other.zarr", n=6, seed=5)) == []  # other captures
+    # --max-sequences: the notes are about the sequences scored, not the whole split
+    first2 = evaluation_record(state, run, data, "train", batch_size=2, device=torch.device("cpu"), max_sequences=2)
+    assert first2["sequences"] == [0, 1] and first2["notes"][0].startswith("only 2 sequences scored")
+    assert first2["notes"][1].startswith("2 of the 2 sequences scored here were training sequences")
+    # best.pt was chosen on val: said for val of this dataset, and for no other split
+    best = load_checkpoint(run / "checkpoints" / "best.pt")
+    chosen = {split: [n for n in evaluation_record(best, run, data, split, batch_size=2, device=torch.device("cpu"),
+                                                   max_sequences=None)["notes"] if n.startswith("this checkpoint was chosen")]
+              for split in ("val", "train", "all")}
+    assert len(chosen["val"]) == 1 and chosen["train"] == chosen["all"] == []
     state["data"].pop("train_sequences")  # a checkpoint from before chdl recorded them: the split is all it knows
     assert notes(data, "all") == ["scored on the all split of the dataset this checkpoint was trained on: its "
                                   "training sequences are among them, so its numbers here are optimistic"]

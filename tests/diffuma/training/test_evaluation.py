@@ -169,6 +169,11 @@ def test_a_model_that_predicts_nan_is_an_error_not_nan_metrics():
     check_finite(torch.zeros(2, 1, 1, 4, 4))
     with pytest.raises(NonFinitePredictions):
         check_finite(torch.full((2, 1, 1, 4, 4), float("inf")))
+    for bad in (float("nan"), float("inf"), -float("inf")):  # one pixel of one frame is enough (a partly diverged model)
+        one = torch.zeros(3, 2, 1, 4, 4)
+        one[2, 1, 0, 3, 0] = bad
+        with pytest.raises(NonFinitePredictions, match=r"\(1 of 3 sequences of a batch\)"):
+            check_finite(one)
     check_ssim_size(11, 40, "d.zarr")
     with pytest.raises(ValueError, match=r"^d\.zarr: frames of 10x10 px, smaller than the 11 x 11 px window"):
         check_ssim_size(10, 10, "d.zarr")

@@ -384,3 +384,17 @@ def test_the_training_bar_is_redrawn_at_its_interval_not_every_step(standin, tin
     trainer.fit()
     err = capfd.readouterr().err
     assert trainer.step == 30 and err.count("\r") <= 10 * 2, err.count("\r")
+
+
+def test_best_pt_holds_the_epoch_with_the_lowest_validation_mse(standin, tiny_dataset, tmp_path, monkeypatch):
+    """best.pt is what eval and bench call "chosen by its validation MSE": the epoch with the lowest one, not the
+    latest (validation MSE 0.3, 0.1, 0.2 over three epochs: epoch 2's weights)."""
+    from diffuma.training.trainer import Trainer
+
+    scores = iter([0.3, 0.1, 0.2])
+    monkeypatch.setattr(Trainer, "validate", lambda self: {"mse": next(scores), "mae": 0.1, "ssim": 0.5, "psnr": 20.0})
+    out = train_from_config(_config(epochs=3), tiny_dataset, tmp_path / "run", progress=False)
+    best, last = (load_checkpoint(out / "checkpoints" / name) for name in ("best.pt", "last.pt"))
+    assert best["best_val_mse"] == 0.1 and best["epoch"] == 2 and last["epoch"] == 3
+    epochs = _rows(out / "epochs.csv")
+    assert int(min(epochs, key=lambda r: float(r["val_mse"]))["step"]) == best["step"] < last["step"]
