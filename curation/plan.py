@@ -12,8 +12,8 @@ excluded. Such problems are warnings and report entries; problems that make a wh
 Split: lanes are grouped into blocks of ``split.block_lanes`` consecutive lanes of one run; a block goes
 wholly to train, val or test, so neighbouring sequences (same lane, adjacent lanes) never straddle the
 split. Blocks are dealt in a seeded hash order to whichever split keeps the val and test shares closest to
-``val_fraction`` and ``test_fraction`` (the paper's even train/val split and no test by default). Sequences already known to be excluded (too many
-missing frames) do not count towards the balance.
+``val_fraction`` and ``test_fraction`` (the paper's even train/val split and no test by default).
+Sequences already known to be excluded (too many missing frames) do not count towards the balance.
 """
 
 from __future__ import annotations

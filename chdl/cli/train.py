@@ -183,7 +183,7 @@ def eval_(checkpoint, data, split, convention, openstl, batch_size, weights, max
         name += f"_on-{data.name.removesuffix('.zarr')}"
     stem = out / f"eval_{name}"  # best.pt and last.pt side by side
     with output_lock(out):  # a second eval into --out is refused (it replaced the first one's files)
-        earlier = [p for p in (stem.with_suffix(".json"), stem.with_suffix(".md"), stem.with_suffix(".csv")) if p.exists()]
+        earlier = [p for p in (stem.with_suffix(x) for x in (".json", ".md", ".csv")) if p.exists()]
         if earlier and not overwrite:
             raise click.ClickException(f"{earlier[0]}: an earlier evaluation is there (use --overwrite to replace it, "
                                        "or --out for another folder)")
@@ -197,7 +197,8 @@ def eval_(checkpoint, data, split, convention, openstl, batch_size, weights, max
         try:
             out.mkdir(parents=True, exist_ok=True)
             # every file or none (a full disk left the .json alone, and the rerun refused it as "earlier")
-            with (files.replacing(stem.with_suffix(".json")) as tmp_json, files.replacing(stem.with_suffix(".md")) as tmp_md,
+            with (files.replacing(stem.with_suffix(".json")) as tmp_json,
+                  files.replacing(stem.with_suffix(".md")) as tmp_md,
                   files.replacing(stem.with_suffix(".csv")) as tmp_csv):
                 tmp_json.write_text(json.dumps(result, indent=2))  # (json escapes what UTF-8 cannot hold)
                 tmp_md.write_bytes(files.encode_text(md))  # a dataset under a folder named in Latin-1
