@@ -96,6 +96,13 @@ SPLIT_TRAIN, SPLIT_VAL, SPLIT_EXCLUDED, SPLIT_TEST = 0, 1, 2, 3  # (test came on
 SPLIT_CODES = {"train": SPLIT_TRAIN, "val": SPLIT_VAL, "test": SPLIT_TEST, "excluded": SPLIT_EXCLUDED}
 
 
+def empty_split(path, split: str) -> str:
+    """The one line eval, predict and bench give for a split without sequences (for test: how to make one)."""
+    how = (" (curate with split.test_fraction above 0 to hold one out: docs/curation.md, \"Split\")"
+           if split == "test" else "")
+    return f"{path}: the {split!r} split has no sequences{how}"
+
+
 def unknown_split_codes(codes) -> np.ndarray:
     """The values of ``codes`` that are no split code (``SPLIT_CODES``), sorted; empty if every one is."""
     return np.setdiff1d(np.asarray(codes), list(SPLIT_CODES.values()))
@@ -894,12 +901,11 @@ class DatasetWriter:
         attrs = dict(self.group.attrs)
         if provenance_updates:
             attrs["provenance"] = {**attrs.get("provenance", {}), **provenance_updates}
-        attrs["complete"] = True
         attrs.pop(ATTRIBUTE_DIGESTS, None)
         self.group.update_attributes(attrs)  # one (atomic) write of zarr.json; attrs.update writes once per key
-        # the digests of the attributes as stored (read back: JSON is what a reader compares), in a second write: a
-        # kill between the two leaves a complete dataset without them, checked as one from before they existed
-        stored = dict(_open_group(self.path, "r").attrs)
+        # then "complete" and the digests of the attributes as stored (read back: JSON is what a reader compares),
+        # in one more write: a kill between the two leaves an incomplete dataset, which the rerun finalizes
+        stored = {**_open_group(self.path, "r").attrs, "complete": True}
         self.group.update_attributes({**stored, ATTRIBUTE_DIGESTS: attribute_digests(stored)})
         if isinstance(self.path, Path):  # (a URL's dataset is built in place: nothing kept aside)
             try:
@@ -1119,8 +1125,11 @@ class DatasetReader:
         one problem of file ``zarr.json`` naming each, or none."""
         attrs = dict(self.attrs)
         recorded = attrs.get(ATTRIBUTE_DIGESTS)
-        if recorded is None:
-            return []
+        if recorded is None:  # written before 2026-12-03, unless it knows the test split, which came after them
+            codes = attrs.get("split_codes")
+            return ([ShardProblem(None, "zarr.json", f"attribute {ATTRIBUTE_DIGESTS} removed (a dataset whose "
+                                                     "split_codes know test was written with it)")]
+                    if isinstance(codes, dict) and "test" in codes else [])
         if not isinstance(recorded, dict) or not all(isinstance(v, str) for v in recorded.values()):
             return [ShardProblem(None, "zarr.json", f"malformed attribute {ATTRIBUTE_DIGESTS}")]
         now = attribute_digests(attrs)

@@ -48,7 +48,7 @@ import torch
 from acquisition import files
 from diffuma.evaluation import (BASELINES, METRIC_FORMATS, baseline_predictions, ci95_line, paired_line,
                                 per_sequence_csv, result_key)
-from diffuma.flops import train_flops_per_sample
+from diffuma.flops import format_params, train_flops_per_sample
 
 UNDERUSED_BUDGET = 0.9  # a budget run that trained for less than this share of its budget is flagged in the report
 BUDGET_EPOCHS = 10**6  # run.epochs of a --budget-minutes run: a cap the budget always reaches first
@@ -201,10 +201,13 @@ RECIPE_KEYS = ("optimizer", "lr", "weight_decay", "betas", "schedule", "warmup_s
 
 def training_recipe(state: dict) -> dict:
     """The run settings a methods section states (``RECIPE_KEYS`` of the checkpoint's resolved ``run`` config: the
-    defaults included, not only what was overridden), the model's loss weights where its config has them, and
+    defaults included, not only what was overridden; precision and device as "auto" resolved), and
     ``train_sequences``: the size of the training split it drew from."""
     run = state["config"]["run"]
     recipe = {k: run.get(k) for k in RECIPE_KEYS}
+    # "auto" as it resolved (checkpoints from before 2026-12-03 record only the setting)
+    recipe["precision"] = state.get("precision_used") or recipe["precision"]
+    recipe["device"] = state.get("device_used") or run.get("device")
     recipe["train_sequences"] = state["data"].get("n_train")  # (None in a checkpoint from before 2026-12-03)
     return recipe
 
@@ -277,11 +280,6 @@ def measure_throughput(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
 
 def _fmt(m: str, v) -> str:
     return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else METRIC_FORMATS[m].format(v)
-
-
-def _fmt_params(n: int) -> str:
-    """A parameter count: 0.262M, 10.2M; under 10,000 as the number itself (a 733-parameter model read 0.00M)."""
-    return f"{n:,}" if n < 10_000 else f"{n / 1e6:.3g}M"
 
 
 def _fmt_rate(v) -> str:
@@ -394,7 +392,7 @@ def markdown_report(report: dict) -> str:
         reached = tr["samples"] / tr["train_seconds"] if tr.get("samples") and tr.get("train_seconds") else None
         per_sample = r.get("gflops_train_sample")  # (benches written before 2026-12-02 do not record it)
         compute = f"{per_sample * tr['samples']:,.0f}" if per_sample is not None and tr.get("samples") else "–"
-        L.append(f"| {label} | {_fmt_params(r['params'])} | {tr.get('steps', '–')} | {tr.get('samples') or '–'} | "
+        L.append(f"| {label} | {format_params(r['params'])} | {tr.get('steps', '–')} | {tr.get('samples') or '–'} | "
                  f"{compute} | {_fmt_seconds(tr.get('train_seconds'))} | {_fmt_rate(reached)} | "
                  f"{_fmt_rate(t.get('train_samples_per_s'))} | "
                  f"{_fmt_rate(t.get('infer_samples_per_s'))} | " + " | ".join(_fmt(m, o[m]) for m in METRIC_FORMATS) + " |")
@@ -417,10 +415,11 @@ def markdown_report(report: dict) -> str:
     L += [f"\n**Note** ({label}): {n}" for label, r in report["models"].items() for n in r.get("notes", [])]
     recipes = {label: r["recipe"] for label, r in report["models"].items() if r.get("recipe")}
     if recipes:  # (benches written before 2026-12-03 do not record it) the resolved settings, defaults included
-        keys = [k for k in (*RECIPE_KEYS, "train_sequences") if any(rc.get(k) is not None for rc in recipes.values())]
-        L += ["", "Training recipe (each run's resolved settings, defaults included; docs/training.md):", "",
+        keys = [*RECIPE_KEYS, "device", "train_sequences"]
+        L += ["", "Training recipe (each run's resolved settings, defaults included; none = off: no EMA, no gradient "
+                  "clipping; docs/training.md):", "",
               "| model | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]
-        L += [f"| {label} | " + " | ".join("–" if rc.get(k) is None else str(rc[k]) for k in keys) + " |"
+        L += [f"| {label} | " + " | ".join("none" if rc.get(k) is None else str(rc[k]) for k in keys) + " |"
               for label, rc in recipes.items()]
     if any_t:
         L += ["", f"Throughput: batch {any_t['batch_size']}, {any_t['device']}, {any_t['precision']}, mean of "
@@ -563,7 +562,7 @@ def run_bench(data: str | Path, models: str, epochs: list[int] | None, out: str 
 
     The budget is ``epochs`` (epoch counts) or ``budget_minutes`` (minutes of training time per model), not
     both."""
-    from chdl.dataset import open_dataset
+    from chdl.dataset import empty_split, open_dataset
     from chdl.provenance import code_version
     from chdl.torch_dataset import SequenceDataset
     from diffuma.evaluation import NonFinitePredictions, evaluate_checkpoint
@@ -606,7 +605,7 @@ def run_bench(data: str | Path, models: str, epochs: list[int] | None, out: str 
     t_out = int(run.get("out_frames") or attrs["out_frames"])
     offset = int(run.get("frame_offset") or 0)
     if len(reader.indices(split)) == 0:
-        raise BenchError(f"{data}: the {split!r} split has no sequences to evaluate on")
+        raise BenchError(empty_split(data, split))
     if len(reader.indices("train")) == 0:
         raise BenchError(f"{data}: the train split has no sequences to train on")
     if epochs and run.get("max_steps"):  # the epoch checkpoints the tables read would never be written

@@ -140,10 +140,13 @@ def evaluate_checkpoint(checkpoint: str | Path, data: str | Path, split: str = "
 
 
 def saved_identity_matches(state: dict, identity: dict) -> bool:
-    """Whether the dataset of ``identity`` (:meth:`chdl.dataset.DatasetReader.identity`) is the one the checkpoint
-    ``state`` was trained on (content digest and frame shape)."""
+    """Whether the dataset of ``identity`` (:meth:`chdl.dataset.DatasetReader.identity`) holds what the checkpoint
+    ``state`` was trained on: the same frame shape and content digest, or the same data digest (a replay of the
+    recording curated the same way: its frames, splits and QC, with other capture times)."""
     saved = state["data"].get("identity") or {}
-    return saved.get("content") == identity["content"] and saved.get("frames_shape") == identity["frames_shape"]
+    same_data = bool(saved.get("data")) and saved.get("data") == identity.get("data")
+    return saved.get("frames_shape") == identity["frames_shape"] and (saved.get("content") == identity["content"]
+                                                                      or same_data)
 
 
 def evaluation_record(state: dict, checkpoint: str | Path, data: str | Path, split: str, *, batch_size: int,
@@ -179,9 +182,11 @@ def evaluation_record(state: dict, checkpoint: str | Path, data: str | Path, spl
     if trained_on and (seen := sum(k in trained_on for k in reader.sequence_keys(scored))):
         notes.append(f"{seen} of the {len(scored)} sequences scored here were training sequences of this checkpoint "
                      "(the same recording, lane and capture times): its numbers here are optimistic")
-    elif split in ("train", "all") and not trained_on and saved_identity_matches(state, identity):
-        notes.append(f"scored on the {split} split of the dataset this checkpoint was trained on: its training "
-                     "sequences are among them, so its numbers here are optimistic")
+    elif (split in ("train", "all") and saved_identity_matches(state, identity)
+          # the keys cannot tell: a checkpoint without them, or the same data with other capture times (a replay)
+          and (not trained_on or (state["data"].get("identity") or {}).get("content") != identity["content"])):
+        notes.append(f"scored on the {split} split of the dataset this checkpoint was trained on (or a copy of its "
+                     "data): its training sequences are among them, so its numbers here are optimistic")
     selected = state.get("selected")
     if selected and selected.get("split") == split and saved_identity_matches(state, identity):
         notes.append(f"this checkpoint was chosen by its {selected.get('by')} on this split (best.pt): its numbers "

@@ -21,6 +21,12 @@ def _conv_backward_flop(grad_out_shape, x_shape, w_shape, _bias, _stride, _paddi
     return forward * (int(bool(output_mask[0])) + int(bool(output_mask[1])))
 
 
+def format_params(n: int) -> str:
+    """A parameter count as tables print it: 0.262M, 10.2M; under 10,000 the count itself (a 733-parameter model
+    read 0.00M)."""
+    return f"{n:,}" if n < 10_000 else f"{n / 1e6:.3g}M"
+
+
 def count_flops(model, x, y=None) -> int:
     """FLOPs of model(x) (or, with y, of training_loss(x, y) forward + backward)."""
     import torch
@@ -33,7 +39,7 @@ def count_flops(model, x, y=None) -> int:
             with torch.no_grad():
                 model(x)
         else:
-            loss, _ = model.training_loss(x, y)
+            loss, _ = model.training_loss(x, y, step=0, total_steps=1)  # (as the trainer calls it: keywords)
             loss.backward()
     return counter.get_total_flops()
 

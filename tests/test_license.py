@@ -27,3 +27,11 @@ def test_citation_file_names_this_version_and_licence():
     assert {"title", "authors", "message"} <= set(cff)
     paper = cff["references"][0]
     assert paper["title"].startswith("DIFFUMA: High-Fidelity") and paper["authors"][0]["family-names"] == "Xie"
+    # only keys the CFF 1.2.0 schema allows where they stand (an affiliation on the reference made the file invalid
+    # for GitHub's "Cite this repository" and cffconvert)
+    person = {"family-names", "given-names", "name-particle", "name-suffix", "affiliation", "email", "orcid"}
+    assert set(cff) <= {"cff-version", "message", "title", "type", "authors", "version", "license", "abstract",
+                        "keywords", "references", "repository-code", "url", "doi", "date-released"}
+    assert all(set(a) <= {"name"} | person for a in cff["authors"])
+    assert set(paper) <= {"type", "title", "authors", "notes", "year", "journal", "doi", "url", "abstract"}
+    assert all(set(a) <= person for a in paper["authors"])

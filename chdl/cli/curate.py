@@ -97,25 +97,39 @@ def curate(raw: str, out: str, config_path: str | None, workers: int, scheduler:
         restore_signals(previous)
     s = result.summary
     sp = s["splits"]
+    asked = cfg.split.test_fraction > 0  # (a test split is counted wherever one was asked for, empty or not)
     click.echo(f"{result.out}: {result.n_sequences} sequences ({sp['train']} train, {sp['val']} val, "
-               + (f"{sp['test']} test, " if sp.get("test") else "")
+               + (f"{sp['test']} test, " if sp.get("test") or asked else "")
                + f"{sp['excluded']} excluded), {result.n_frames} frames; flagged vibration {s['flags']['vibration']}, "
                f"illumination {s['flags']['illumination']}, missing {s['flags']['missing']}, "
                f"reconstructed {s['flags']['reconstructed']}"
                + (f"; resumed after {result.shards_resumed} shards" if result.shards_resumed else "")
                + f"; {result.n_frames / max(result.seconds, 1e-9):.0f} frames/s")
     click.echo(f"QC report: {result.report_html} (summary {result.report_json})")
-    if sp["train"] == 0 and sp["val"] == 0:
-        click.echo(f"warning: every sequence was excluded ({sp['excluded']}: more than max_bad_frames flagged or "
-                   "missing frames each; the report says which): chdl train and chdl eval refuse this dataset; check "
-                   "the recordings, or the QC floors and z in the config", err=True)
-    elif sp["train"] == 0:
-        click.echo(f"warning: the train split is empty ({sp['val']} val, {sp['excluded']} excluded sequences): chdl "
-                   "train refuses this dataset (chdl eval can still use it); record more lanes, or lower "
-                   "split.val_fraction or split.block_lanes", err=True)
-    elif sp["val"] == 0:
-        click.echo(f"warning: the validation split is empty ({sp['train']} train sequences): chdl train will run "
-                   "without validation; raise split.val_fraction, lower split.block_lanes or record more lanes",
-                   err=True)
+    for line in split_warnings(sp, cfg.split):
+        click.echo(f"warning: {line}", err=True)
     if s["warnings"]:
         click.echo(f"{len(s['warnings'])} warning(s); see the report", err=True)
+
+
+def split_warnings(sp: dict, split) -> list[str]:
+    """What a user must hear about the split counts ``sp`` (train, val, test, excluded) that the settings ``split``
+    (``curation.config.SplitConfig``) made: a split that training or evaluation will find empty."""
+    test, out = sp.get("test", 0), []
+    if sp["train"] == sp["val"] == test == 0:
+        out.append(f"every sequence was excluded ({sp['excluded']}: more than max_bad_frames flagged or missing frames "
+                   "each; the report says which): chdl train and chdl eval refuse this dataset; check the recordings, "
+                   "or the QC floors and z in the config")
+    elif sp["train"] == 0:
+        tested = f"{test} test, " if test or split.test_fraction > 0 else ""
+        out.append(f"the train split is empty ({sp['val']} val, {tested}{sp['excluded']} excluded sequences): chdl "
+                   "train refuses this dataset (chdl eval can still score it); record more lanes, or lower "
+                   f"split.val_fraction{', split.test_fraction' if tested else ''} or split.block_lanes")
+    elif sp["val"] == 0:
+        out.append(f"the validation split is empty ({sp['train']} train sequences): chdl train will run without "
+                   "validation; raise split.val_fraction, lower split.block_lanes or record more lanes")
+    if split.test_fraction > 0 and test == 0 and sp["train"] + sp["val"] > 0:
+        out.append(f"split.test_fraction {split.test_fraction:g} asked for a test split, but no block of "
+                   f"{split.block_lanes} lane(s) went to it ({sp['train'] + sp['val']} usable sequences): raise "
+                   "split.test_fraction, lower split.block_lanes or record more lanes")
+    return out

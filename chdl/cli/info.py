@@ -42,13 +42,19 @@ def info(path: str, as_json: bool) -> None:
     n, t, c, h, w = summary["shape"]
     caveat = "  (NOT RELIABLE: shard files of these arrays are missing, read as zeros)" if unreliable else ""
     prov = summary["provenance"]
+    # a test split is listed where it has sequences or curate was asked for one (then an empty one is said)
+    config = prov.get("config") if isinstance(prov, dict) else None
+    split_cfg = config.get("split") if isinstance(config, dict) else None
+    fraction = split_cfg.get("test_fraction") if isinstance(split_cfg, dict) else None
+    asked = isinstance(fraction, (int, float)) and fraction > 0
     lines = [
         f"dataset      {summary['path']}  ({summary['schema']})",
         f"frames       {n} sequences x {t} frames x {c}x{h}x{w} {summary['dtype']} ({summary['pixel_format']}, "
         f"max_value {summary['max_value']:g}), "
         f"{summary['in_frames']} in -> {summary['out_frames']} out",
         f"storage      {_n(summary['n_shards'], 'shard')} of {_n(summary['sequences_per_shard'], 'sequence')}",
-        "splits       " + ", ".join(f"{k} {v}" for k, v in summary["splits"].items() if v or k != "test") + caveat,
+        "splits       " + ", ".join(f"{k} {v}" for k, v in summary["splits"].items() if v or k != "test" or asked)
+        + caveat,
         f"qc           {summary['qc_frames_total']} frames; flagged: "
         + ", ".join(f"{k} {v}" for k, v in summary["qc_frames_flagged"].items())
         + ("; reconstructed by " + ", ".join(f"{k} {v}" if k != "not recorded" else  # (a dataset from before 12-01)
@@ -65,7 +71,7 @@ def info(path: str, as_json: bool) -> None:
     if summary.get("content"):
         lines.append(f"content      BLAKE3 {summary['content']}  (the identity checkpoints, eval and bench record)")
         lines.append(f"data         BLAKE3 {summary['data']}  (the same without capture times: a replay of the same "
-                     "recording, or the simulator with the same seed, gives it again)")
+                     "recording curated the same way gives it again)")
     if prov.get("command"):
         lines.append(f"command      {prov['command']}")
     if metadata:

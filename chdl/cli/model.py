@@ -7,7 +7,7 @@ import json
 
 import click
 
-from diffuma.flops import measure
+from diffuma.flops import format_params, measure
 
 
 def _parse_size(text: str) -> tuple[int, int]:
@@ -67,7 +67,7 @@ def model_info(name, presets, sizes, frames, batch, train, as_json):
     click.echo(head + f"   (batch {batch})")
     for r in rows:
         line = (f"{r['model']:<10} {r['preset']:<{pw}} {r['frames']:>7} {r['size']:>9} {r['channels']:>2} "
-                f"{r['params'] / 1e6:>10.3f}M {r['gflops_forward']:>11.3f}")
+                f"{format_params(r['params']):>11} {r['gflops_forward']:>11.3f}")
         if train:
             line += f" {r['gflops_train_step']:>13.3f}"
         click.echo(line)

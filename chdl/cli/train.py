@@ -165,7 +165,9 @@ def eval_(checkpoint, data, split, convention, openstl, batch_size, weights, max
         raise click.ClickException(str(e)) from None
     reader = open_verified_dataset(data, split, max_sequences, quiet)
     if len(reader.indices(split)) == 0:
-        raise click.ClickException(f"{data}: the {split!r} split has no sequences to evaluate")
+        from chdl.dataset import empty_split
+
+        raise click.ClickException(empty_split(data, split))
 
     from acquisition import files
     from chdl.dataset import DatasetFormatError

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
-from chdl.dataset import open_dataset
+from chdl.dataset import empty_split, open_dataset
 from chdl.torch_dataset import SequenceDataset
 
 
@@ -41,8 +41,8 @@ def dataset_info(path: str | Path, in_frames: int | None = None, out_frames: int
 def dataset_mismatch(saved: dict, current: dict) -> str | None:
     """Why the dataset ``current`` describes (:func:`dataset_info`) is not the one a checkpoint's ``saved`` data
     was made with; None when it is. Compared: the frames' shape (N,T,C,H,W from the identity; C,H,W alone for a
-    checkpoint written before chdl recorded the identity), max_value, and the content digest when both have one,
-    else the creation time. Content and creation time need the identity: without it the caller can only compare
+    checkpoint written before chdl recorded the identity), max_value, and the content digest when both have one
+    (or the data digest: a replay of the recording curated the same way is the same data), else the creation time. Content and creation time need the identity: without it the caller can only compare
     paths."""
     a, b = saved.get("identity"), current.get("identity")
     both = isinstance(a, dict) and isinstance(b, dict)
@@ -56,7 +56,7 @@ def dataset_mismatch(saved: dict, current: dict) -> str | None:
         why.append(f"max_value {saved.get('max_value')} vs {current.get('max_value')}")
     if both:
         if a.get("content") and b.get("content"):
-            if a["content"] != b["content"]:
+            if a["content"] != b["content"] and not (a.get("data") and a.get("data") == b.get("data")):
                 why.append("its content differs (the shard checksums recorded in the two datasets are not the same)")
         elif a.get("created") != b.get("created"):
             why.append(f"created {a.get('created') or '?'} vs {b.get('created') or '?'}")
@@ -96,7 +96,7 @@ def checkpoint_dataset(state: dict, path: str | Path, split: str) -> SequenceDat
         raise ValueError(f"{path}: frames are {tuple(ds.frame_shape)} (C,H,W) but the checkpoint was trained on "
                          f"{expected}")
     if len(ds) == 0:
-        raise ValueError(f"{path}: split {split!r} has no sequences")
+        raise ValueError(empty_split(path, split))
     return ds
 
 

@@ -403,6 +403,9 @@ class Trainer:
             "best_val_mse": self.best_val_mse,
             "train_seconds": self.train_seconds, "samples_seen": self.samples_seen,
             "planned_total_steps": self.planned_steps,
+            # what run.precision "auto" and run.device "auto" resolved to (bench's recipe table states them)
+            "precision_used": {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(self.amp_dtype, "fp32"),
+            "device_used": self.device.type,
             "elapsed_s": self.elapsed_before if self._t0 is None else time.perf_counter() - self._t0,
         }
 

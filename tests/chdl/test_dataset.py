@@ -259,10 +259,10 @@ def test_any_bad_value_in_any_attribute_is_refused_or_harmless(tmp_path):
                 continue
             r = CliRunner().invoke(main, ["info", str(path)])
             # every edit after the dataset was finished is named by the attribute digests: info refuses it, and train,
-            # eval and verify with it (the same check); an edit to those digests themselves is damage too, but null
-            # reads as a dataset from before they existed
+            # eval and verify with it (the same check); an edit to those digests themselves is damage too (null as
+            # well: a dataset that knows the test split was written with them)
             unchanged = json.dumps(bad, sort_keys=True) == json.dumps(attrs[key], sort_keys=True)
-            if unchanged or (key == ATTRIBUTE_DIGESTS and bad is None):
+            if unchanged:
                 assert r.exit_code == 0 and summary["path"] == str(path), (key, bad, r.output)
             else:
                 assert r.exit_code == 1, (key, bad, r.output)
@@ -400,7 +400,11 @@ def test_an_attribute_edited_after_the_dataset_was_finished_is_named_by_verify_i
         f"Error: {path}: metadata damaged (zarr.json: attributes edited after the dataset was finished")
     r = CliRunner().invoke(main, ["verify", str(path)])
     assert r.exit_code == 1 and "extra removed" in r.output
-    del meta["attributes"][ATTRIBUTE_DIGESTS]  # as a chdl before 2026-12-03 wrote it: nothing to compare
+    del meta["attributes"][ATTRIBUTE_DIGESTS]  # lost: damage, since a dataset that knows the test split has them
+    doc.write_text(json.dumps(meta))
+    assert [p.problem for p in open_dataset(path).verify().problems] == [
+        f"attribute {ATTRIBUTE_DIGESTS} removed (a dataset whose split_codes know test was written with it)"]
+    del meta["attributes"]["split_codes"]["test"]  # as a chdl before 2026-12-03 wrote it: nothing to compare
     doc.write_text(json.dumps(meta))
     assert open_dataset(path).verify().problems == []
 
@@ -427,7 +431,7 @@ def test_the_data_digest_leaves_out_capture_times_and_nothing_else(tmp_path):
     from chdl.cli import main
 
     r = CliRunner().invoke(main, ["info", str(tmp_path / "b.zarr")])
-    assert f"data         BLAKE3 {a['data']}  (the same without capture times" in r.output
+    assert f"data         BLAKE3 {a['data']}  (the same without capture times: a replay of the same " in r.output
 
 
 def test_a_lost_checksum_folder_is_damage_not_an_old_dataset(tmp_path):

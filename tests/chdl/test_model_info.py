@@ -16,7 +16,7 @@ class _Conv(torch.nn.Module):
     def forward(self, x):
         return self.b(self.a(x))
 
-    def training_loss(self, x, y):
+    def training_loss(self, x, y, step=0, total_steps=1):  # (the model contract: the trainer passes both)
         return (self(x) - y).square().mean(), {}
 
 
@@ -30,6 +30,17 @@ def test_backward_of_grouped_convolutions_costs_twice_their_forward(groups, tran
     assert count_flops(model, x) == forward_a + forward_b
     # a: forward + weight gradient (its input needs none); b: forward + input gradient + weight gradient
     assert count_flops(model, x, y) == 2 * forward_a + 3 * forward_b
+
+
+def test_a_training_loss_written_as_the_contract_says_is_counted():
+    """docs/model.md gives training_loss(x, y, step, total_steps) with no defaults; model-info and bench called it
+    as training_loss(x, y) (every built-in model has defaults) and a model written from the docs failed there."""
+    class Literal(_Conv):
+        def training_loss(self, x, y, step, total_steps):
+            return (self(x) - y).square().mean(), {}
+
+    x, y = torch.randn(2, 8, 12, 12), torch.randn(2, 64, 12, 12)
+    assert count_flops(Literal(1, False), x, y) == count_flops(_Conv(1, False), x, y) > 0
 
 
 def test_simvp_training_step_is_about_three_forward_passes():

@@ -106,6 +106,18 @@ def test_a_held_out_test_split_when_the_config_asks_for_one(raw, curated, tmp_pa
     info = CliRunner().invoke(main, ["info", str(out)])
     assert "splits       train 2, val 1, test 2, excluded 1" in info.output, info.output
     assert "test" not in CliRunner().invoke(main, ["info", str(curated)]).output.split("splits")[1].split("\n")[0]
+    # every usable sequence to test: the train split is empty, not "every sequence was excluded"
+    cfg.write_text("split: {block_lanes: 1, val_fraction: 0.0, test_fraction: 1.0}\n")
+    r = _curate(raw[0], tmp_path / "all.zarr", "--config", cfg)
+    assert "(0 train, 0 val, 5 test, 1 excluded)" in r.output and "every sequence was excluded" not in r.output
+    assert ("warning: the train split is empty (0 val, 5 test, 1 excluded sequences): chdl train refuses this dataset "
+            "(chdl eval can still score it)") in r.output
+    # a test split asked for and too small to get one block: said, and counted as 0 (not left out of the counts)
+    cfg.write_text("split: {block_lanes: 1, val_fraction: 0.5, test_fraction: 0.01}\n")
+    r = _curate(raw[0], tmp_path / "few.zarr", "--config", cfg)
+    assert "val, 0 test, 1 excluded)" in r.output
+    assert "warning: split.test_fraction 0.01 asked for a test split, but no block of 1 lane(s) went to it" in r.output
+    assert ", test 0, excluded 1" in CliRunner().invoke(main, ["info", str(tmp_path / "few.zarr")]).output
 
 
 def test_report(curated):

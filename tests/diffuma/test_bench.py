@@ -117,6 +117,8 @@ def test_bench_end_to_end(tiny_dataset, tmp_path):
     for r in report["models"].values():
         assert r["recipe"]["optimizer"] == "adamw" and r["recipe"]["lr"] > 0 and r["recipe"]["train_sequences"] == 6
         assert r["recipe"]["batch_size"] == 3 and r["recipe"]["grad_clip"] == 1.0
+        assert r["recipe"]["precision"] == "fp32" and r["recipe"]["device"] == "cpu"  # ("auto" as it resolved)
+    assert "| none |" in md  # (no EMA: said, not a column left out)
     assert "| model | optimizer | lr | weight_decay |" in md and "| simvp | adamw |" in md
     # per sequence, every row, for one's own tests: the dataset indices, and values whose means are the table's
     import csv

@@ -223,9 +223,19 @@ def test_eval_notes_sequences_the_checkpoint_was_trained_on(trained, tmp_path):
                                                    max_sequences=None)["notes"] if n.startswith("this checkpoint was chosen")]
               for split in ("val", "train", "all")}
     assert len(chosen["val"]) == 1 and chosen["train"] == chosen["all"] == []
+    # a replay of the recording curated the same way: other capture times (the keys cannot tell), the same data
+    replay = write_moving_square_dataset(tmp_path / "replay.zarr", n=6, n_val=2, captured_later_ns=10**15)
+    from chdl.dataset import open_dataset
+    from diffuma.training.data import dataset_info, dataset_mismatch
+
+    assert open_dataset(replay).identity()["data"] == open_dataset(data).identity()["data"]
+    assert notes(replay) == [] and notes(replay, "all")[0].startswith("scored on the all split of the dataset this "
+                                                                      "checkpoint was trained on (or a copy of its data)")
+    assert dataset_mismatch(state["data"], dataset_info(replay)) is None  # (a resume on it is a resume on its data)
     state["data"].pop("train_sequences")  # a checkpoint from before chdl recorded them: the split is all it knows
-    assert notes(data, "all") == ["scored on the all split of the dataset this checkpoint was trained on: its "
-                                  "training sequences are among them, so its numbers here are optimistic"]
+    assert notes(data, "all") == ["scored on the all split of the dataset this checkpoint was trained on (or a copy "
+                                  "of its data): its training sequences are among them, so its numbers here are "
+                                  "optimistic"]
     assert notes(data) == []
 
 
@@ -269,6 +279,16 @@ def test_a_test_split_is_never_trained_on_and_eval_scores_it_without_a_note(tmp_
     result = json.loads((run / "eval" / "eval_last_test_per_pixel.json").read_text())
     assert result["split"] == "test" and result["sequences"] == [6, 7]
     assert not [n for n in result["notes"] if "optimistic" in n], result["notes"]  # (held out: nothing to warn of)
+    # a dataset curated without a test split: eval, predict and bench say how to make one, in the same words
+    plain = write_moving_square_dataset(tmp_path / "plain.zarr", n=8)
+    want = (f"Error: {plain}: the 'test' split has no sequences (curate with split.test_fraction above 0 to hold one "
+            "out: docs/curation.md, \"Split\")")
+    ckpt = str(run / "checkpoints" / "last.pt")
+    for args in (["eval", "--checkpoint", ckpt, "--data", str(plain), "--out", str(tmp_path / "e")],
+                 ["predict", "--checkpoint", ckpt, "--input", str(plain), "--out", str(tmp_path / "p")],
+                 ["bench", "--data", str(plain), "--models", "simvp", "--epochs", "1", "--out", str(tmp_path / "b")]):
+        r = CliRunner().invoke(main, [*args, "--split", "test", "-q"])
+        assert r.exit_code == 1 and r.output.strip() == want, (args[0], r.output)
     # a checkpoint that does not record its training sequences knows only the split: test is held out like val
     from diffuma.evaluation import evaluation_record
     from diffuma.training.checkpoint import load_checkpoint

@@ -9,10 +9,11 @@ from chdl.dataset import DatasetWriter
 
 
 def write_moving_square_dataset(path, n=12, n_val=4, t=10, h=16, w=16, in_frames=5, out_frames=5, seed=0,
-                                split=None):
+                                split=None, captured_later_ns=0):
     """A small curated dataset of a bright square moving one pixel per frame over a noisy background: easy
     enough that a few training steps visibly lower the loss. Sequence i is lane i of run "r0", captured at
-    ``seed * 10**12 + (i * t + k) * 200 ms``; ``split``: codes per sequence (default: the last ``n_val`` val)."""
+    ``seed * 10**12 + (i * t + k) * 200 ms`` (plus ``captured_later_ns``: a replay of the same frames); ``split``:
+    codes per sequence (default: the last ``n_val`` val)."""
     rng = np.random.default_rng(seed)
     frames = (rng.integers(0, 30, size=(n, t, 1, h, w))).astype(np.uint8)
     for i in range(n):
@@ -21,7 +22,7 @@ def write_moving_square_dataset(path, n=12, n_val=4, t=10, h=16, w=16, in_frames
             xs = (x0 + k) % (w - 4)
             frames[i, k, 0, y0:y0 + 4, xs:xs + 4] = 220
     split = np.array([0] * (n - n_val) + [1] * n_val if split is None else split, np.uint8)
-    times = seed * 10**12 + np.arange(n * t, dtype=np.int64).reshape(n, t) * 200_000_000
+    times = captured_later_ns + seed * 10**12 + np.arange(n * t, dtype=np.int64).reshape(n, t) * 200_000_000
     wr = DatasetWriter.create(path, n_sequences=n, frames_per_sequence=t, channels=1, height=h, width=w,
                               sequences_per_shard=4, in_frames=in_frames, out_frames=out_frames, runs=["r0"])
     for s in range(wr.n_shards):
