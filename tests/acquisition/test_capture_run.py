@@ -122,6 +122,16 @@ def test_silent_camera_ends_as_lost_after_consecutive_timeouts(config, tmp_path)
     assert "no frame for 2 positions in a row" in result.message and "first" not in result.message
 
 
+def test_a_run_shorter_than_the_timeout_limit_without_a_frame_is_a_lost_camera(config, tmp_path):
+    """Fewer positions than max_consecutive_timeouts, none with a frame: a lost camera, not "complete, 0 frames"."""
+    cam = open_camera("viky0", config)
+    cam.fetch = lambda timeout_s: (_ for _ in ()).throw(TimeoutError("nothing"))
+    plan = CapturePlan.evenly(lanes=1, positions=2, step_um=100.0, frame_timeout_s=0.05, max_consecutive_timeouts=3)
+    result = run_capture(cam, SimulatedStage(), tmp_path / "short", FAST, plan)
+    assert result.stopped_by == "camera lost" and "no frame at any of the 2 positions" in result.message
+    assert result.status == "incomplete" and not Recording.open(tmp_path / "short").complete
+
+
 def test_disk_full_stops_with_clear_error_and_readable_recording(config, tmp_path, monkeypatch):
     """ENOSPC from the frame writer (simulated here; the real-tmpfs test is in test_capture_cli.py)."""
     import acquisition.raw as raw

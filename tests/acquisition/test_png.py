@@ -119,3 +119,14 @@ def test_header_is_read_without_decoding_and_a_deflate_bomb_is_refused():
         png.decode(bomb)  # inflates at most one byte past what the header promises
     with pytest.raises(png.PNGError, match="not a PNG"):
         png.header(b"GIF89a" + bytes(40))
+
+
+def test_the_header_is_read_only_with_its_crc_intact(tmp_path):
+    """png.header (what a file holds, without decoding it) checks the IHDR CRC: a flipped size byte is an error,
+    not a frame of another size."""
+    ok, data = cv2.imencode(".png", np.zeros((6, 9), np.uint8))
+    data = bytearray(data.tobytes())
+    assert png.header(bytes(data[:png.HEADER_BYTES])) == (9, 6, 8, 0)
+    data[19] ^= 0x10  # the width's low byte
+    with pytest.raises(png.PNGError, match="CRC mismatch in the IHDR chunk"):
+        png.header(bytes(data[:png.HEADER_BYTES]))

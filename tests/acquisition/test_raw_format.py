@@ -299,3 +299,13 @@ def test_a_folder_this_user_may_not_look_into_is_not_silently_left_out(tmp_path,
         find_recordings(tmp_path / "runs")
     monkeypatch.undo()
     assert find_recordings(tmp_path / "runs") == [tmp_path / "runs" / "a"]
+
+
+def test_only_a_later_version_of_the_same_format_is_newer():
+    """The 'upgrade chdl' refusal is for chdl.X/N+1 of the format expected, not for another format's name."""
+    from acquisition.format_versions import newer_format
+
+    assert newer_format("dataset of schema", "chdl.dataset/2", "chdl.dataset/1").startswith("a dataset of schema "
+                                                                                            "chdl.dataset/2 (made by")
+    for other in ("chdl.dataset/1", "chdl.raw/5", "other.fmt/5", "chdl.dataset/x", 2, None):
+        assert newer_format("dataset of schema", other, "chdl.dataset/1") is None, other

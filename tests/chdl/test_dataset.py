@@ -160,6 +160,20 @@ def test_torch_dataset_integer_mode_matches_float(tmp_path):
     torch.testing.assert_close(as_int.to_unit(y)[2], as_float[2][1], rtol=0, atol=0)
 
 
+def test_torch_dataset_takes_its_frames_after_the_offset(tmp_path):
+    """run.frame_offset is validated and recorded by the trainer; the frames it reads must start there too, in
+    float and in integer mode (frame t of every sequence holds the value 10 t here)."""
+    frames = np.broadcast_to((np.arange(T) * 10).astype(np.uint8)[None, :, None, None, None], (N, T, C, H, W)).copy()
+    _write(tmp_path / "d.zarr", frames).finalize()
+    for integer in (False, True):
+        ds = SequenceDataset(tmp_path / "d.zarr", split="train", in_frames=2, out_frames=3, frame_offset=4,
+                             integer=integer)
+        x, y = ds[0]
+        if not integer:
+            x, y = x * 255, y * 255
+        assert x[:, 0, 0, 0].round().tolist() == [40, 50] and y[:, 0, 0, 0].round().tolist() == [60, 70, 80]
+
+
 # ------------------------------------------------------------------------------------------------
 # one validation of a dataset's metadata, used by every reader (info, train, eval, predict) and resume
 # ------------------------------------------------------------------------------------------------

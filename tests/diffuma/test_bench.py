@@ -373,3 +373,12 @@ def test_the_terminal_summary_says_when_a_row_is_not_equal_compute_or_not_on_val
     assert lines[-2:] == ["  scored on the train split", "  metric convention: per_pixel"]
     report["split"] = "val"
     assert "split" not in " ".join(terminal_summary(report))
+
+
+@pytest.mark.parametrize("text", ["0,2", "-1", "2,x"])
+def test_epoch_and_length_lists_take_positive_integers_only(text):
+    from diffuma.bench import BenchError, parse_int_list
+
+    with pytest.raises(BenchError, match=r"^--pred-len: "):
+        parse_int_list(text, "--pred-len")
+    assert parse_int_list("3, 1,3", "--pred-len") == [1, 3] and parse_int_list("", "--pred-len") == []

@@ -112,11 +112,27 @@ def test_spacetime_scan_mixes_space_and_time_scan_does_not():
     assert far > 0 and near > 0
 
 
+def test_the_scan_pattern_is_cycled_over_the_blocks(monkeypatch):
+    """Block i scans in order i mod len(pattern): with the default "time,spacetime" a time-only stack (every block
+    the first order) would lose all spatial mixing without an error."""
+    m = tiny(scan_pattern="time,spacetime", mamba_depth=3)
+    seen = []
+    real = type(m)._scan
+    monkeypatch.setattr(type(m), "_scan", lambda self, block, z, order: seen.append(order) or real(self, block, z, order))
+    m.mamba_mix(torch.randn(1, 5, 6, 7, m.config.mamba_dim))
+    assert seen == ["time", "spacetime", "time"]
+
+
 def test_q_sample_and_schedules():
     m = tiny()
     x0 = torch.randn(3, 5, 1, 8, 8)
     noise = torch.randn_like(x0)
     torch.testing.assert_close(dm.q_sample(x0, torch.zeros(3, dtype=torch.long), noise, m.alpha_bar), x0)
+    # x_t = sqrt(ab_t) x0 + sqrt(1 - ab_t) eps at any t (at t = 0 every form of the noise term agrees)
+    t = torch.tensor([1, 500, m.config.diffusion_steps])
+    ab = m.alpha_bar[t].view(3, 1, 1, 1, 1)
+    torch.testing.assert_close(dm.q_sample(torch.zeros_like(x0), t, noise, m.alpha_bar), (1 - ab).sqrt() * noise)
+    torch.testing.assert_close(dm.q_sample(x0, t, torch.zeros_like(x0), m.alpha_bar), ab.sqrt() * x0)
     assert m.alpha_bar.shape == (m.config.diffusion_steps + 1,) and m.alpha_bar[0] == 1
     assert torch.all(m.alpha_bar[1:] < m.alpha_bar[:-1]) and m.alpha_bar[-1] < 1e-4
     ab_cos = torch.cumprod(1 - dm.make_beta_schedule("cosine", 1000), 0)
@@ -350,6 +366,28 @@ def test_loss_is_diffusion_mse_plus_l1_weight_times_l1_of_forward():
         torch.testing.assert_close(gb - ga, (hi - lo) * g, rtol=1e-3, atol=1e-5 * scale, msg=name)
         changed += bool(g.abs().max() > 1e-3 * scale)
     assert changed > 10                                                 # the L1 term reaches many parameters
+
+
+def test_the_diffusion_loss_does_not_train_the_preliminary_prediction(monkeypatch):
+    """dit_input "prelim": the DiT denoises a detached, noised copy of P (docs/model.md), so L_diff alone (l1_weight 0)
+    sends no gradient into the decoder that makes P; and t is drawn from 1..T (t = 0 is the clean input, never
+    noised in training)."""
+    m = _randomise_zero_params(tiny(l1_weight=0.0, diffusion_steps=4, beta_schedule="cosine"))
+    assert m.config.dit_input == "prelim"
+    drawn = []
+    real = dm.q_sample
+    monkeypatch.setattr(dm, "q_sample", lambda x0, t, noise, ab: drawn.append(t) or real(x0, t, noise, ab))
+    x, y = torch.rand(2, 5, 1, 32, 32), torch.rand(2, 5, 1, 32, 32)
+    torch.manual_seed(1)
+    loss, _ = m.training_loss(x, y)
+    loss.backward()
+    decoder = {n: p.grad for n, p in m.named_parameters() if n.startswith("decoder.")}
+    assert decoder and all(g is None or not g.any() for g in decoder.values())
+    assert any(p.grad is not None and p.grad.any() for n, p in m.named_parameters() if n.startswith("dit"))
+    with torch.no_grad():
+        for _ in range(40):
+            m.training_loss(x[:1], y[:1])
+    assert set(torch.cat(drawn).tolist()) == {1, 2, 3, 4}
 
 
 def test_scan_backend_forced_by_config_and_env(monkeypatch):
