@@ -78,3 +78,60 @@ def test_each_method_s_plot_axis_names_its_own_score():
     assert score_unit("frame-difference") == "score: log10 whole-frame MSE vs the previous frame"
     assert score_unit("constant-motion") == "score: largest block z of the error"
     assert score_unit("constant-motion+scorer:s.json") == "score: −log density of the error features"
+
+
+def test_metrics_on_hand_made_rows():
+    """Every number of metrics() checked on rows and truth made by hand: the detection window (onset to one frame
+    after the last active frame), what is scorable (onset_t >= 2), the latency (the first alert of an anomaly),
+    the one-frame tolerance of false alarms after an anomaly, the clean frames of the hours, and the AUROC's
+    positives and negatives (the frames of an invisible anomaly left out, warm-up frames too)."""
+    from chdl.monitor.evaluate import RunTruth, metrics
+
+    def anomaly(frames, onset_t, visible=True):
+        return {"lane": 0, "onset_frame": frames[0], "frames": frames, "onset_t": onset_t, "visible": visible}
+
+    anomalies = [anomaly([10, 11, 12], 3),  # A: alerted at 11 (latency 1) and at 13 (one after its last frame)
+                 anomaly([20, 21], 1),  # B: alerted at its onset (latency 0); too early in its pass to be scorable
+                 anomaly([25], 2),  # D: alerted only the frame after it (26): detected, latency 1
+                 anomaly([30], 4, visible=False),  # C: invisible, scored high; the alert at 31 is tolerated
+                 anomaly([44, 45], 5)]  # E: never alerted
+    truth = {"r": RunTruth(50, {i: 0 for i in range(50)}, {i: i for i in range(50)}, anomalies)}
+    scores = {i: 1.0 for i in (10, 11, 12, 20, 21, 25)} | {44: 0.5, 45: 0.5, 30: 10.0, 40: 2.0, 0: math.nan, 1: math.nan}
+    alerts = {11, 13, 20, 26, 31, 40}  # 40: the only false alarm
+    rows = [{"run": "r", "lane": 0, "frame": i, "score": scores.get(i, 0.0), "new_alert": i in alerts}
+            for i in range(50)]
+    m = metrics(rows, truth)
+    clean = 50 - 9  # the frames no anomaly (visible or not) is active in, warm-up included
+    hours = clean / FPS / 3600
+    assert m["events"] == 4 and m["event_recall"] == 3 / 4  # A, B, D of the four visible ones
+    assert m["events_scorable"] == 3 and m["recall_scorable"] == 2 / 3  # A, D, E; A and D found
+    assert m["latency_frames_median"] == 1.0 and m["latency_frames_max"] == 1  # latencies 1, 0, 1
+    assert m["within_one_frame"] == 1.0
+    assert m["false_alarms"] == 1 and math.isclose(m["clean_hours"], hours)
+    assert math.isclose(m["false_alarms_per_hour"], 1 / hours)
+    # 8 visible active frames; 41 clean frames less the 2 warm-up ones; C's frame neither
+    assert (m["positive_frames"], m["negative_frames"]) == (8, 39)
+    assert math.isclose(m["auroc"], 38 / 39)  # every positive above every negative but frame 40's 2.0
+
+
+def test_offline_scoring_leaves_out_incomplete_frames(tmp_path):
+    """A frame the camera delivered only partly (status "incomplete") has pixels in the recording but is no
+    image of the sample: score_recording scores it no more than a dropped one (the pass resumes after the gap)."""
+    import numpy as np
+
+    from acquisition.raw import Recording, RecordingWriter
+    from chdl.monitor.anomaly_score import ScorerConfig
+    from chdl.monitor.evaluate import method_setup, score_recording
+
+    manifest = {"camera": {"vendor": "test"}, "settings": {"width": 64, "height": 48, "pixel_format": "Mono8", "fps": 5},
+                "plan": {"lanes": 1, "positions": 8}}
+    with RecordingWriter.create(tmp_path / "run", manifest) as w:
+        for i in range(8):
+            pixels = np.random.default_rng(i).integers(100, 140, (48, 64), dtype=np.uint8)
+            w.append(pixels, lane=0, position_index=i, position_um=60.0 * i, frame_id=i, device_timestamp_ns=None,
+                     host_wall_ns=1000 + i, host_monotonic_ns=2000 + i, **({"status": "incomplete"} if i == 3 else {}))
+    rec = Recording.open(tmp_path / "run")
+    assert [f.status for f in rec.frames].count("incomplete") == 1
+    predictor, _ = method_setup("copy-last")
+    rows = score_recording(rec, predictor, ScorerConfig(), qc=False)
+    assert [r["frame"] for r in rows] == [2, 6, 7]  # two frames of history before each score; 3 never seen

@@ -1,5 +1,6 @@
 """chdl.monitor.jsonl: following a monitor folder's .jsonl files while they are written."""
 
+import json
 import logging
 
 from chdl.monitor.jsonl import JsonlTail
@@ -36,3 +37,34 @@ def test_the_last_lines_are_found_from_the_end_whatever_the_block(tmp_path):
         assert tail_offset(path, 50, block) == 0 and tail_offset(path, 80, block) == 0
     assert [r["frame"] for r in read_jsonl(path, last=3)] == [47, 48, 49]
     assert len(read_jsonl(path)) == 50
+
+
+def test_jsonl_tail_reads_a_file_rewritten_shorter_from_the_start(tmp_path, caplog):
+    """A scores.jsonl truncated and written again (a monitor restarted into the same folder) is shorter than the
+    offset reached: the tail starts over at its beginning instead of waiting past its end for ever."""
+    path = tmp_path / "scores.jsonl"
+    path.write_text("".join(f'{{"frame": {i}, "pad": "xxxxxxxx"}}\n' for i in range(5)))
+    tail = JsonlTail(path)
+    assert len(tail.read()) == 5
+    path.write_text('{"frame": 0}\n')
+    with caplog.at_level(logging.WARNING):
+        assert tail.read() == [{"frame": 0}]
+    assert "shrank" in caplog.text and tail.offset == path.stat().st_size and tail.line == 1
+    with open(path, "a") as f:
+        f.write('{"frame": 1}\n')
+    assert tail.read() == [{"frame": 1}]
+
+
+def test_jsonl_tail_takes_a_line_longer_than_a_chunk_whole(tmp_path):
+    """A record longer than the chunk a read takes (CHUNK_BYTES) has no newline within it: the tail took
+    nothing and never moved on; it reads that line whole, and the short record after it comes too."""
+    from chdl.monitor.jsonl import CHUNK_BYTES
+
+    path = tmp_path / "scores.jsonl"
+    long = {"frame": 0, "pad": "x" * (CHUNK_BYTES + 100)}
+    path.write_text(json.dumps(long) + '\n{"frame": 1}\n')
+    tail = JsonlTail(path)
+    got = tail.read() + tail.read()
+    assert got == [long, {"frame": 1}] and tail.offset == path.stat().st_size
+    small = JsonlTail(path)  # the same with a small chunk
+    assert small.read(max_bytes=64) + small.read(max_bytes=64) == [long, {"frame": 1}]

@@ -321,3 +321,19 @@ def test_a_scorer_warns_of_lanes_stepped_otherwise_than_those_it_was_fitted_on(f
     assert "fitted on lanes stepped 60 µm between frames, these step 100 µm" in fitted.step_mismatch(100.0)
     fitted.fitted_on = {}  # fitted before chdl recorded the step: nothing to compare
     assert fitted.step_mismatch(100.0) is None
+
+
+def test_features_below_their_floor_count_as_the_floor(fitted):
+    """Features are raised to their clean medians before scaling (only "more than usual" counts): without that a
+    frame quieter than the clean ones (fewer particles, a smaller error) scored as unusual as a louder one."""
+    from chdl.monitor.learned_score import standardise
+
+    floor, scale = np.array([1.0, 2.0, -3.0]), np.array([2.0, 0.5, 1.0])
+    np.testing.assert_array_equal(standardise(np.array([[0.0, -5.0, -4.0], [3.0, 2.5, -3.0]]), floor, scale),
+                                  [[0.0, 0.0, 0.0], [1.0, 1.0, 0.0]])
+    scorer = LearnedScorer.load(fitted)
+    at_floor = np.r_[scorer.floor, np.zeros(len(TESTS))]
+    quieter = np.r_[scorer.floor - 3 * scorer.scale, np.zeros(len(TESTS))]
+    assert math.isfinite(scorer.score(at_floor))
+    assert scorer.score(quieter) == scorer.score(at_floor)
+    assert scorer.nll(quieter) == scorer.nll(at_floor)
