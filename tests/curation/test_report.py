@@ -118,3 +118,39 @@ def test_a_missing_frame_says_why_it_is_missing(tmp_path):
     item = next(f for f in r.summary["flagged_frames"] if (f["sequence"], f["t"]) == (1, 3))
     assert item["why"] == [] and "dropped" in item["missing"], item
     assert f"missing: {item['missing']}" in r.report_html.read_text()
+
+
+def test_counts_per_run_and_totals(tmp_path):
+    """Each run's row counts its own sequences' exclusions and flags (not every run's); ``frames`` is N * T;
+    ``flagged_fraction`` counts vibration or illumination flags only (a missing frame is not one); and a frame
+    flagged at t = 0 has no previous frame (not the sequence's last frame shown as its neighbour)."""
+    import json
+
+    from chdl.dataset import FLAG_ILLUMINATION, FLAG_VIBRATION, open_dataset
+    from curation_helpers import T
+
+    write_run(tmp_path / "raw" / "run-a", lanes=5, faults=FAULTS, drop={(2, 9)}, seed=4)
+    write_run(tmp_path / "raw" / "run-b", lanes=3, seed=2)  # clean
+    r = curate(tmp_path / "raw", tmp_path / "out.zarr", CurateConfig(), workers=1, progress=False, log=lambda m: None)
+    summary = json.loads(r.report_json.read_text())
+    runs = {run["run_id"]: run for run in summary["runs"]}
+    assert set(runs) == {"run-a", "run-b"}
+    assert runs["run-a"]["sequences"] == 5 and runs["run-b"]["sequences"] == 3
+    for key in ("excluded", "vibration", "illumination", "reconstructed", "missing"):
+        assert runs["run-b"][key] == 0, (key, runs["run-b"])
+    assert runs["run-a"]["excluded"] == 1 and runs["run-a"]["missing"] == 1
+    assert runs["run-a"]["vibration"] >= 3 and runs["run-a"]["illumination"] >= 2, runs["run-a"]
+    for key in ("vibration", "illumination", "reconstructed", "missing"):
+        assert summary["flags"][key] == runs["run-a"][key]  # the totals: run-b adds none
+    assert summary["splits"]["excluded"] == 1
+    N = summary["sequences"]
+    assert N == 8 and summary["frames_per_sequence"] == T and summary["frames"] == N * T
+    flags = open_dataset(r.out).group["qc_flags"][:]
+    vib_or_ill = int(((flags & (FLAG_VIBRATION | FLAG_ILLUMINATION)) != 0).sum())
+    assert summary["flags"]["missing"] == 1  # present, and not counted as flagged
+    assert summary["flagged_fraction"] == round(vib_or_ill / (N * T), 6) > 0
+    # the illumination fault at lane 1, t 0: the first cell (previous frame) is the placeholder, the next is a picture
+    html = r.report_html.read_text()
+    row = re.search(r"<tr><td>seq 1 t 0<br>.*?</tr>", html).group(0)
+    cells = re.findall(r"<td>(<img src=.*?>|<span class=na>—</span>)</td>", row)
+    assert len(cells) == 4 and cells[0] == "<span class=na>—</span>" and cells[3].startswith("<img"), [c[:40] for c in cells]

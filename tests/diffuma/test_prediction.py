@@ -123,3 +123,32 @@ def test_the_grids_show_the_baselines_beside_the_models(tmp_path, monkeypatch):
     np.testing.assert_allclose(drawn[0]["copy-last-frame"], np.full((2, 1, 8, 8), 0.6, np.float32))
     assert list(zarr.open_group(str(tmp_path / "p" / "predictions.zarr"), mode="r").attrs["models"]) == ["m"]
     assert sorted(p.name for p in (tmp_path / "p" / "frames").iterdir()) == ["m"]
+
+
+def test_predicted_frames_are_numbered_from_t01_and_clamped_to_the_unit_range(tmp_path):
+    """The first predicted frame is pred_t01 (the frame after the last input), not pred_t00; a model's values
+    outside [0, 1] are clipped before they reach predictions.zarr and the PNGs."""
+    import cv2
+    import torch
+    import zarr
+
+    from diffuma.prediction import predict
+
+    class Overshoot(torch.nn.Module):  # predicts 3 frames of -2 (left half) and +2 (right half)
+        def forward(self, x):
+            out = torch.full((x.shape[0], 3, *x.shape[2:]), -2.0)
+            out[..., x.shape[-1] // 2:] = 2.0
+            return out
+
+    x = np.full((2, 2, 1, 8, 8), 0.5, np.float32)
+    pred = predict(Overshoot(), x, batch_size=1)
+    assert pred.shape == (2, 3, 1, 8, 8) and pred.min() == 0.0 and pred.max() == 1.0
+    out = write_predictions(tmp_path / "p", x, {"m": pred}, None, progress=False)
+    stored = zarr.open_group(str(out / "predictions.zarr"), mode="r")["prediction/m"][:]
+    assert stored.min() == 0.0 and stored.max() == 1.0
+    np.testing.assert_array_equal(stored, pred.numpy())
+    for seq in ("seq_0", "seq_1"):
+        folder = out / "frames" / "m" / seq
+        assert sorted(f.name for f in folder.iterdir()) == ["pred_t01.png", "pred_t02.png", "pred_t03.png"]
+        png = cv2.imread(str(folder / "pred_t01.png"), cv2.IMREAD_UNCHANGED)
+        assert (png[:, :4] == 0).all() and (png[:, 4:] == 255).all()

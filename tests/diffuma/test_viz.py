@@ -115,3 +115,15 @@ def test_gif_panels_are_fitted_before_their_labels(tmp_path):
     row = np.asarray(im.convert("RGB")).astype(int)
     strip = next(r for r in range(row.shape[0]) if row[r, 120:200].mean() > 40)  # the first row of the noise frame
     assert strip >= 18 and row[:strip, :100].max() > 200  # a label strip of 18 px or more, with its text (it was 7)
+
+
+def test_an_rgb_frame_is_written_so_that_its_colours_read_back(tmp_path):
+    """OpenCV writes BGR: an RGB frame saved without the conversion read back with red and blue swapped."""
+    red = np.zeros((3, 4, 6))
+    red[0] = 1.0
+    save_png(tmp_path / "red.png", red)
+    bgr = cv2.imread(str(tmp_path / "red.png"), cv2.IMREAD_UNCHANGED)
+    assert bgr.shape == (4, 6, 3) and bgr.dtype == np.uint8
+    assert (bgr[..., 2] == 255).all() and (bgr[..., 0] == 0).all() and (bgr[..., 1] == 0).all()
+    with Image.open(tmp_path / "red.png") as im:  # (what a viewer shows)
+        assert im.mode == "RGB" and im.getpixel((0, 0)) == (255, 0, 0)
