@@ -1,6 +1,7 @@
 """The ``sim`` camera backend: Contract 2 behaviour, recordings through the real capture path, truth, corpora."""
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -295,6 +296,33 @@ def test_simulate_corpus_does_not_write_into_a_folder_that_is_not_a_corpus(tmp_p
     res = CliRunner().invoke(simulate, ["corpus", str(rec), *args])
     assert res.exit_code == 1 and "exists and is not a corpus folder (it holds frames, frames.jsonl, manifest.json, ...)" in res.output
     assert sorted(p.name for p in rec.iterdir()) == before
+
+
+def test_a_run_interrupted_before_its_manifest_is_redone_and_a_foreign_one_refused(tmp_path):
+    """A corpus stopped between a run's claim (its empty frames/) and its manifest: the rerun redoes the run (it
+    refused it as "not a simulated run", which failed a CI run of the Ctrl-C test); a run folder holding anything
+    else without a sim manifest is still refused, untouched."""
+    from chdl.cli.simulate import simulate
+
+    out = tmp_path / "c"
+    args = ["corpus", str(out), "--sequences", "2", "--positions", "2", "--lanes-per-run", "1", "--width", "32",
+            "--height", "24", "--workers", "1", "-q"]
+    assert CliRunner().invoke(simulate, args).exit_code == 0
+    run = out / "run_00001"
+    shutil.rmtree(run)
+    (run / "frames").mkdir(parents=True)
+    (run / ".manifest.json.tmp4242").write_text("{")
+    res = CliRunner().invoke(simulate, args)
+    assert res.exit_code == 0 and "wrote 1 recording (" in res.output and "1 finished run kept" in res.output, res.output
+    assert Recording.open(run).complete
+    for stray in ("frames/000000.png", "notes.txt"):
+        shutil.rmtree(run)
+        (run / "frames").mkdir(parents=True)
+        (run / stray).write_bytes(b"x")
+        res = CliRunner().invoke(simulate, args)
+        assert res.exit_code == 1 and res.output.splitlines() == [
+            f"Error: {run}: exists and is not a simulated run; refusing to overwrite it"], res.output
+        assert (run / stray).read_bytes() == b"x"
 
 
 @pytest.mark.parametrize("case", ["a file on the way", "a read-only folder"])
