@@ -167,3 +167,78 @@ def test_fetch_timeout_raises_timeout_error(config):
         with pytest.raises(TimeoutError, match="no frame within"):
             cam.fetch(0.1)
         cam.stop()
+
+
+class _StandInNode:
+    """A GenApi node viky does not have (PixelDynamicRangeMax; a fractional-step IFloat), with what the backend
+    reads of one: value, access mode, and for a number its range and increment."""
+
+    def __init__(self, name, value, access=None, lo=None, hi=None, inc=None):
+        from genicam.genapi import EAccessMode
+
+        self.node = type("Node", (), {"name": name})()
+        self._value, self.access = value, EAccessMode.RO if access is None else access
+        self.min, self.max, self.inc = lo, hi, inc
+
+    def get_access_mode(self):
+        return self.access
+
+    def has_inc(self):
+        return self.inc is not None
+
+    @property
+    def value(self):
+        if isinstance(self._value, Exception):
+            raise self._value
+        return self._value
+
+    @value.setter
+    def value(self, v):
+        self._value = v
+
+
+def test_mono16_significant_bits_come_from_pixel_dynamic_range_max(config, monkeypatch):
+    """A Mono16 camera's PixelDynamicRangeMax gives the significant bits (4095 -> 12); unreadable, not readable now,
+    a nonsense value or no such node -> None (unknown); other formats -> None (their format defines them). viky has
+    no such node: a stand-in answers for it, the rest of the node map is viky's."""
+    from genicam.genapi import EAccessMode
+
+    with open_camera("viky0", config) as cam:
+        real, stand_in = cam._node, {}
+        monkeypatch.setattr(cam, "_node", lambda *names: stand_in.get(names, real(*names)))
+        assert cam._mono16_bits("Mono16") is None  # no such node (viky's own node map)
+        for value, bits in ((4095, 12), (1023, 10), (65535, 16), (4096, 13)):
+            stand_in[("PixelDynamicRangeMax",)] = _StandInNode("PixelDynamicRangeMax", value)
+            assert cam._mono16_bits("Mono16") == bits
+            assert cam._mono16_bits("Mono8") is None and cam._mono16_bits("Mono12") is None
+        stand_in[("PixelDynamicRangeMax",)] = _StandInNode("PixelDynamicRangeMax", 4095, EAccessMode.RW)
+        assert cam._mono16_bits("Mono16") == 12
+        for node in (_StandInNode("PixelDynamicRangeMax", 4095, EAccessMode.NA),
+                     _StandInNode("PixelDynamicRangeMax", RuntimeError("cannot read")),
+                     _StandInNode("PixelDynamicRangeMax", 0), _StandInNode("PixelDynamicRangeMax", -1)):
+            stand_in[("PixelDynamicRangeMax",)] = node
+            assert cam._mono16_bits("Mono16") is None
+
+
+def test_a_float_setting_between_the_steps_of_its_increment_is_refused_not_rounded(config):
+    """An IFloat with an increment rounds a value between its steps: such a value is refused, naming the grid, and a
+    value on the grid is written. viky's AcquisitionFrameRate (1.0..200.0 in steps of 1.0): 6.7 (below the step
+    as well as 7.3 above it) refused, 7.0 applied. The grid starts at the feature's minimum and is judged with
+    float tolerance: a stand-in IFloat 0.25..10.0 in steps of 0.1 takes 0.35 and 0.95, refuses 0.3."""
+    with open_camera("viky0", config) as cam:
+        for fps in (6.7, 7.3):
+            with pytest.raises(CameraError, match=rf"AcquisitionFrameRate={fps} refused; valid range 1\.0\.\.200\.0 "
+                                                  r"in steps of 1\.0"):
+                cam.apply(CaptureSettings(640, 480, "Mono8", fps))
+        assert cam.apply(CaptureSettings(640, 480, "Mono8", 7.0)).fps == 7.0
+        assert cam._ia.remote_device.node_map.AcquisitionFrameRate.value == 7.0
+        from genicam.genapi import EAccessMode
+
+        IFloat = type("IFloat", (_StandInNode,), {})  # the backend tells node kinds by their class name
+        node = IFloat("Gain", 1.0, EAccessMode.RW, lo=0.25, hi=10.0, inc=0.1)
+        for on_grid in (0.35, 0.95, 10.0 - 0.05):
+            cam._set(node, on_grid)
+            assert node.value == on_grid
+        with pytest.raises(CameraError, match=r"Gain=0\.3 refused; valid range 0\.25\.\.10\.0 in steps of 0\.1"):
+            cam._set(node, 0.3)
+        assert node.value == 9.95

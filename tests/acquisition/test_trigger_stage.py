@@ -389,3 +389,27 @@ def test_a_streamed_wait_that_the_host_overslept_gets_one_more_timeout(monkeypat
     source._cond = OnTime()  # a wait that comes back on time and empty: a timeout, as before
     with pytest.raises(TimeoutError):
         source.next_frame(0, 0.2)
+
+
+def test_incomplete_buffers_counted_before_this_trigger_do_not_trigger_it_again():
+    """Only a buffer discarded *after* this position's trigger (``incomplete_buffers`` rose past the count taken just
+    before it) is re-triggered: buffers discarded at earlier positions left the count at 3, and a camera that now
+    sends nothing must time out after one trigger, not be triggered again and again until the deadline."""
+    from acquisition.trigger import SoftwareTriggered
+
+    class Silent:
+        incomplete_buffers = 3  # discarded at earlier positions
+
+        def __init__(self):
+            self.triggers = 0
+
+        def software_trigger(self):
+            self.triggers += 1
+
+        def fetch(self, timeout_s):
+            raise TimeoutError("nothing")
+
+    cam = Silent()
+    with pytest.raises(TimeoutError):
+        SoftwareTriggered(cam).next_frame(0, timeout_s=0.05)
+    assert cam.triggers == 1

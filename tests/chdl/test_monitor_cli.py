@@ -146,6 +146,48 @@ def test_a_recording_too_short_for_the_baseline_says_no_frame_could_alert(clean_
            "this one had " in mon.stderr and " scored; monitor longer recordings" in mon.stderr, mon.stderr
 
 
+def test_an_incomplete_frame_is_neither_scored_nor_a_reference(clean_run, tmp_path):
+    """A buffer the camera delivered partially (frame INJECTED recorded with status "incomplete", its lower half
+    never filled) is not scored: the live monitor's records go through Monitor.offer to the scorer's loop (run here
+    in this process, as the scoring process runs it), and that frame gets no score line and no event (scored, its
+    black half would be an alert), it is counted unscored; and it is no reference either: its lane pass starts its
+    history again after it, so the two frames after it are unscored too (docs/monitor.md, frames_unscored)."""
+    from chdl.monitor.runtime import Monitor, _score_loop
+
+    run = tmp_path / "src" / "run_00000"
+    shutil.copytree(clean_run, run)
+    f = Recording.open(run).frames[INJECTED]
+    pixels = Recording.open(run).read(f).copy()
+    pixels[H // 2:] = 0
+    (run / f.file).write_bytes(encode_png(pixels, "Mono8"))
+    index = _lines(run / "frames.jsonl")
+    index[INJECTED]["status"] = "incomplete"
+    (run / "frames.jsonl").write_text("".join(json.dumps(r) + "\n" for r in index))
+    records = Recording.open(run).frames
+    assert (records[INJECTED].status, records[INJECTED].file) == ("incomplete", f.file)
+    spec = {"predictor": "constant-motion", "t_in": 5}
+    mon = Monitor(spec, depth=len(records) + 1)
+    for r in records:
+        mon.offer(run, r)
+    mon.queue.put(None)
+    folder = tmp_path / "m"
+    folder.mkdir()
+    for sub in ("snapshots", "live"):
+        (folder / sub).mkdir()
+    import torch
+
+    threads = torch.get_num_threads()  # (the loop sets the scoring process's count: this process's is restored)
+    try:
+        _score_loop(spec, run, folder, mon.queue, {k: mon.shared[k] for k in ("scored", "unscored", "events")},
+                    mon.shared["ready"])
+    finally:
+        torch.set_num_threads(threads)
+    scored = [s["frame"] for s in _lines(folder / "scores.jsonl")]
+    assert INJECTED not in scored and (folder / "events.jsonl").read_text() == ""
+    assert INJECTED + 1 not in scored and INJECTED + 2 not in scored and INJECTED + 3 in scored
+    assert (len(scored), mon.skipped, mon.shared["unscored"].value, mon.shared["events"].value) == (37, 0, 13, 0)
+
+
 def test_a_jerked_frame_is_an_acquisition_event_and_its_snapshot_has_no_box(clean_run, tmp_path):
     """A frame moved 6 px against its lane (vibration): the acquisition QC's event, box null, and the snapshot's
     frame panel is the recorded frame itself (no rectangle drawn from the error map's blob)."""

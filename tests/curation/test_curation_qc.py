@@ -238,6 +238,33 @@ def test_motion_compensated_reconstruction_beats_both_references(bad):
         assert p["motion"] > 25, p
 
 
+def test_motion_extrapolation_at_the_ends_carries_the_step_on_and_weighs_by_inverse_distance():
+    """At a sequence end, "motion" takes the per-frame displacement d(n1 -> n2) / (n2 - n1) from the two
+    nearest good frames, warps both to the end frame's position and blends them with weights 1/|t - n|
+    (module docstring). Content moves by an exact (-8, -1) px per frame and the light rises by K grey levels
+    per frame, which no warp follows: the texture is rebuilt pixel for pixel, the light level is the
+    inverse-distance blend of the neighbours' (good frames 3 and 8 only: frame 9 weighs them 1 : 1/6, frame 0
+    1/3 : 1/8). Equal weights, the nearer frame alone or 1/d^2 miss that level by 3 grey levels or more."""
+    import cv2
+
+    rng = np.random.default_rng(0)
+    canvas = cv2.GaussianBlur(rng.random((120 + 10, 160 + 80), np.float32), (0, 0), 2.0)
+    canvas = (canvas - canvas.min()) / np.ptp(canvas)
+    K = 6.0
+    texture = np.stack([20 + 160 * canvas[t:t + 120, 8 * t:8 * t + 160] for t in range(10)])
+    frames = np.rint(texture + K * np.arange(10, dtype=np.float32)[:, None, None]).astype(np.uint8)
+    good = np.zeros(10, bool)
+    good[[3, 8]] = True
+    out, done = reconstruct(frames, good, method="motion")
+    assert done == [0, 1, 2, 4, 5, 6, 7, 9]
+    # t, (n1, n2), the pixels both warped neighbours cover (n2 is carried 6 resp. 8 frames), 2 px in from the edges
+    for t, (n1, n2), both in ((9, (8, 3), np.s_[2:112, 2:110]), (0, (3, 8), np.s_[10:-2, 66:-2])):
+        w1, w2 = 1 / abs(t - n1), 1 / abs(t - n2)
+        light = K * (w1 * n1 + w2 * n2) / (w1 + w2)
+        err = out[t][both].astype(np.float32) - (texture[t][both] + light)
+        assert abs(err.mean()) < 1.0 and np.abs(err).mean() < 1.0, (t, err.mean(), np.abs(err).mean())
+
+
 def test_reconstruction_needs_two_good_frames():
     frames, _ = make_sequence(SPEC, 6)
     good = np.zeros(10, bool)

@@ -276,3 +276,23 @@ def test_a_cut_off_file_is_told_apart_from_skipped_empty_packets(tmp_path):
     assert r.exit_code == 0, r.output
     assert "[warning: the file ends after " in r.output and " of the 70 frames its container lists: cut off?" in r.output
     assert "empty packets" not in r.output
+
+
+def test_ends_early_tolerates_two_frames_or_one_percent_of_the_listed_frames():
+    """A file "ends early" only when its last decoded frame comes more than max(2 frame intervals, 1 % of the listed
+    frames) before where the last listed frame would be ((listed - 1) / fps): within that, fewer frames than listed
+    are skipped empty packets. Not early when it decodes as many frames as listed, or without fps or timestamps."""
+    from curation.importers.video import Video, ends_early
+
+    def video(reported, last_ms, decoded=None, fps=25.0):  # 40 ms a frame at 25 fps
+        return Video(path=Path("v.avi"), sha256="", frames=np.zeros((1, 1, 1), np.uint8), fps=fps, width=1, height=1,
+                     codec="FFV1", frames_decoded=reported - 10 if decoded is None else decoded,
+                     frames_reported=reported, crop=(0, 0, 1, 1), last_frame_ms=last_ms)
+
+    # 100 listed: the last at 3960 ms; 2 intervals (80 ms) tolerated, 1 % would be only 1
+    assert not ends_early(video(100, 3890.0)) and ends_early(video(100, 3870.0))
+    # 1000 listed: the last at 39960 ms; 1 % (10 intervals, 400 ms) tolerated
+    assert not ends_early(video(1000, 39600.0)) and ends_early(video(1000, 39500.0))
+    assert not ends_early(video(100, 1000.0, decoded=100))  # every listed frame decoded: nothing missing
+    assert not ends_early(video(100, 1000.0, fps=0.0))  # no frame rate: unknown
+    assert not ends_early(video(100, 0.0))  # no timestamps: unknown
