@@ -332,6 +332,16 @@ def machine() -> dict:
             "load_average_1min": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None}
 
 
+def _previous_report(out: Path) -> dict:
+    """The bench.json a resumed bench wrote before ({} if there is none or it cannot be read: then its
+    figures are measured again)."""
+    try:
+        previous = json.loads((out / "bench.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return previous if isinstance(previous, dict) else {}
+
+
 def underused_budget(report: dict, training: dict | None) -> float | None:
     """The share of its budget a budget run trained for, when it is under ``UNDERUSED_BUDGET`` (not an
     equal-compute row); None otherwise (and for epoch runs)."""
@@ -380,6 +390,13 @@ def markdown_report(report: dict) -> str:
         head += (f" Machine: {m['cpu'] or 'CPU not known'}, {m['cores']} cores, torch {m['torch_threads']} "
                  f"threads{', ' + m['cuda'] if m.get('cuda') else ''}; load average {m['load_average_1min']} at the "
                  f"start, {m.get('load_average_1min_end', '?')} at the end.")
+    if report.get("resumed"):
+        head += f" Begun {report['created']}, resumed {', '.join(report['resumed'])}."
+    trained = {label: r["trained_under"] for label, r in report["models"].items() if r.get("trained_under")}
+    if trained:  # (benches written before 2026-12-03 do not record it) what each budget ran beside
+        head += " Trained: " + "; ".join(
+            f"{label} from {t['at']}, load average {t['load_average_1min']} before, {t['load_average_1min_end']} "
+            "after" for label, t in trained.items()) + "."
     L = ["# Benchmark", "", head, ""]
     # Overall
     L += ["## Overall (final weights)", "",
@@ -631,8 +648,10 @@ def run_bench(data: str | Path, models: str, epochs: list[int] | None, out: str 
     except OSError as e:  # a file where the folder goes, a read-only parent (it was a traceback)
         raise BenchError(f"{out}: cannot create the bench folder{files.cannot_create(out, e)}") from None
 
+    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    previous = _previous_report(out) if resume else {}
     report: dict = {
-        "schema": "chdl.bench/1", "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "schema": "chdl.bench/1", "created": previous.get("created", now),
         "convention": convention, "convention_note": CONVENTION_NOTES[convention], "split": split,
         "epochs": epochs, "budget_minutes": budget_minutes,
         "pred_lens": pred_lens, "pred_len_mode": pred_len_mode if pred_lens else None,
@@ -646,6 +665,8 @@ def run_bench(data: str | Path, models: str, epochs: list[int] | None, out: str 
         **{result_key(name): None for name in BASELINES},
         **{f"{result_key(name)}_by_pred_len": {} for name in BASELINES},
     }
+    if previous:  # a resumed bench keeps when it began; each resume is listed
+        report["resumed"] = [*previous.get("resumed", []), now]
     budget_text = _budget_text(report)
 
     def evaluate(ck: Path) -> dict:
@@ -662,10 +683,18 @@ def run_bench(data: str | Path, models: str, epochs: list[int] | None, out: str 
     for spec in specs:
         safe = spec.label.replace(":", "-")
         kept = f" (keeping epoch{'s' if len(epochs) > 1 else ''} {', '.join(map(str, epochs))})" if epochs else ""
-        _log(f"{spec.label}: training for {budget_text}{kept}")
+        if resume and (out / "runs" / safe / "checkpoints" / "last.pt").is_file():
+            _log(f"{spec.label}: resuming its run (trained for {budget_text} in all{kept}; a finished run is kept "
+                 "as it is)")
+        else:
+            _log(f"{spec.label}: training for {budget_text}{kept}")
+        before = {"at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                  "load_average_1min": machine()["load_average_1min"]}
         run_dir = train_run(spec, run, data, out / "runs" / safe, epochs, resume=resume, progress=progress)
         entry: dict = {"name": spec.name, "preset": spec.preset, "overrides": spec.overrides,
                        "run_dir": str(run_dir), "by_epoch": {}, "by_pred_len": {}}
+        # the conditions its training ran under (equal wall time is equal compute only on a machine loaded alike)
+        entry["trained_under"] = {**before, "load_average_1min_end": machine()["load_average_1min"]}
         for e in epochs[:-1]:
             ck = epoch_checkpoint(run_dir, e)
             _log(f"{spec.label}: evaluating epoch {e}")
@@ -689,6 +718,10 @@ def run_bench(data: str | Path, models: str, epochs: list[int] | None, out: str 
         entry["seed"] = int(state["config"]["run"]["seed"])
         entry["recipe"] = training_recipe(state)
         entry["checkpoint"], entry["checkpoint_blake3"] = str(ck), res["checkpoint_blake3"]
+        prev = (previous.get("models") or {}).get(spec.label) or {}
+        unchanged = prev.get("checkpoint_blake3") == res["checkpoint_blake3"]  # trained before this resume
+        if unchanged and prev.get("trained_under"):
+            entry["trained_under"] = prev["trained_under"]  # (not this resume's idle machine)
         model, _ = build_model_from_checkpoint(state, source=ck)
         entry["params"] = int(sum(p.numel() for p in model.parameters()))
         entry["model_config"] = state["model_config"]
@@ -702,7 +735,9 @@ def run_bench(data: str | Path, models: str, epochs: list[int] | None, out: str 
                                   f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}; docs/model.md, "
                                   "\"Adding a model\")")
             _log(f"{spec.label}: warning: {entry['notes'][-1]}")
-        if throughput_steps > 0:
+        if throughput_steps > 0 and unchanged and prev.get("throughput"):
+            entry["throughput"] = prev["throughput"]  # the same weights: the pass timed when it was trained
+        elif throughput_steps > 0:
             rc = state["config"]["run"]
             device = torch.device("cuda" if rc["device"] != "cpu" and torch.cuda.is_available() else "cpu")
             ds = SequenceDataset(data, "train", in_frames=t_in, out_frames=t_out, frame_offset=offset)
@@ -757,7 +792,7 @@ def run_bench(data: str | Path, models: str, epochs: list[int] | None, out: str 
     files.write_text(out / "bench.md", markdown_report(report))
     files.write_text(out / "per_sequence.csv", per_sequence_csv(report["sequences"], {
         **{label: r["final"] for label, r in report["models"].items()},
-        **{result_key(name): report[result_key(name)] for name in BASELINES}}))
+        **{name: report[result_key(name)] for name in BASELINES}}))  # (rows named as in bench.md)
     files.write_text(out / "bench.json", json.dumps(report, indent=2))
     _log(f"wrote {out / 'bench.md'}, {out / 'bench.json'} and {out / 'per_sequence.csv'} (each row's value per sequence)")
     return report

@@ -279,8 +279,8 @@ def paired_line(model_name: str, paired: dict) -> str:
 
 def result_rows(result: dict) -> dict[str, dict]:
     """``{row name: metrics}`` of an :func:`evaluate_checkpoint` result: the model (by its name), then each baseline
-    (by its ``result_key``)."""
-    return {result["model_name"]: result["model"], **{result_key(name): result[result_key(name)] for name in BASELINES}}
+    by the name its Markdown row has ("copy-last-frame"; the JSON key is ``result_key``'s)."""
+    return {result["model_name"]: result["model"], **{name: result[result_key(name)] for name in BASELINES}}
 
 
 def report_markdown(result: dict) -> str:

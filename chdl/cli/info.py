@@ -54,7 +54,7 @@ def info(path: str, as_json: bool) -> None:
         f"{summary['in_frames']} in -> {summary['out_frames']} out",
         f"storage      {_n(summary['n_shards'], 'shard')} of {_n(summary['sequences_per_shard'], 'sequence')}",
         "splits       " + ", ".join(f"{k} {v}" for k, v in summary["splits"].items() if v or k != "test" or asked)
-        + caveat,
+        + _split_rule(split_cfg) + caveat,
         f"qc           {summary['qc_frames_total']} frames; flagged: "
         + ", ".join(f"{k} {v}" for k, v in summary["qc_frames_flagged"].items())
         + ("; reconstructed by " + ", ".join(f"{k} {v}" if k != "not recorded" else  # (a dataset from before 12-01)
@@ -117,6 +117,20 @@ def verify(path: str, quiet: bool) -> None:
         return
     click.echo(f"{path}: {_n(result.shards, 'shard')}, {_n(result.files, 'file')}, {result.bytes / 2**20:.1f} MiB: every "
                "checksum matches")
+
+
+def _split_rule(split_cfg) -> str:
+    """`` (lane blocks of 2, val 0.5, test 0.2, seed 0)``: the rule curate dealt the splits by, where recorded
+    (test only where asked for, as the count)."""
+    if not isinstance(split_cfg, dict):
+        return ""
+    parts = [f"{label} {split_cfg[key]:g}" for label, key in (("val", "val_fraction"), ("test", "test_fraction"))
+             if isinstance(split_cfg.get(key), (int, float)) and (key == "val_fraction" or split_cfg[key] > 0)]
+    if isinstance(split_cfg.get("block_lanes"), int):
+        parts.insert(0, f"lane blocks of {split_cfg['block_lanes']}")
+    if isinstance(split_cfg.get("seed"), int):
+        parts.append(f"seed {split_cfg['seed']}")
+    return f"  ({', '.join(parts)})" if parts else ""
 
 
 def _n(count: int, noun: str) -> str:

@@ -231,7 +231,9 @@ def _corpus(out: Path, params: dict, n_runs: int, workers: int, scheduler: str |
         raise click.ClickException(f"{e.filename or out}: {what} ({e.strerror or e}); {out} is incomplete: fix that "
                                    "and rerun the same command to resume") from None
     except KeyboardInterrupt:  # Ctrl-C: finished runs are kept, a half-written one is redone by the rerun
-        click.echo(f"interrupted: {out} is incomplete; rerun the same command to resume", err=True)
+        done = sum(_run_done(out / f"run_{k:05d}") for k in range(n_runs))
+        click.echo(f"interrupted: {out} is incomplete ({done} of {_count(n_runs, 'run')} finished, kept); rerun the "
+                   "same command to resume", err=True)
         raise SystemExit(130) from None
 
 
@@ -243,7 +245,7 @@ def _render_corpus(out: Path, params: dict, new: bool, n_runs: int, workers: int
     fault_rate, anomaly_rate = params["fault_rate"], params["anomaly_rate"]
     settings = dict(width=params["width"], height=params["height"], pixel_format=params["pixel_format"], fps=5.0,
                     exposure_us=None)
-    jobs, skipped = [], 0
+    jobs, skipped, redone = [], 0, 0
     for k in range(n_runs):
         run = out / f"run_{k:05d}"
         n = min(lanes_per_run, lanes - k * lanes_per_run)
@@ -252,6 +254,7 @@ def _render_corpus(out: Path, params: dict, new: bool, n_runs: int, workers: int
                 skipped += 1
                 continue
             _clear_partial_sim_run(run)
+            redone += 1
         options = {"alias": f"sim{seed * RUN_SEEDS + k}", "index": seed * RUN_SEEDS + k, "fault_rate": fault_rate,
                    "bit_depth": max(12, params["bit_depth"])}  # the sim camera's Mono16 depth (Mono8 is set by PixelFormat)
         if anomaly_rate:
@@ -288,7 +291,8 @@ def _render_corpus(out: Path, params: dict, new: bool, n_runs: int, workers: int
             bar.update(r["frames"])
     anomalies = f", {done['anomalies']} process anomalies" if anomaly_rate else ""
     click.echo(f"wrote {_count(len(jobs), 'recording')} ({done['frames']} frames, {done['faulty']} faulty{anomalies}) "
-               f"to {out}" + (f"; {_count(skipped, 'finished run')} kept" if skipped else ""))
+               f"to {out}" + (f"; {_count(skipped, 'finished run')} kept" if skipped else "")
+               + (f"; {_count(redone, 'half-written run')} rendered again" if redone else ""))
 
 
 def _resumable(results, out: Path):

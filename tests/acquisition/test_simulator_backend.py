@@ -313,7 +313,8 @@ def test_a_run_interrupted_before_its_manifest_is_redone_and_a_foreign_one_refus
     (run / "frames").mkdir(parents=True)
     (run / ".manifest.json.tmp4242").write_text("{")
     res = CliRunner().invoke(simulate, args)
-    assert res.exit_code == 0 and "wrote 1 recording (" in res.output and "1 finished run kept" in res.output, res.output
+    assert res.exit_code == 0 and "wrote 1 recording (" in res.output, res.output
+    assert "; 1 finished run kept; 1 half-written run rendered again" in res.output, res.output
     assert Recording.open(run).complete
     for stray in ("frames/000000.png", "notes.txt"):
         shutil.rmtree(run)
@@ -421,7 +422,13 @@ def test_ctrl_c_on_simulate_corpus_is_one_line_and_the_rerun_finishes_it(tmp_pat
     os.killpg(proc.pid, signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
-    assert err.strip().splitlines() == [f"interrupted: {out} is incomplete; rerun the same command to resume"], err
+    lines = err.strip().splitlines()
+    finished = sum((out / f"run_{k:05d}" / "truth" / "labels.jsonl").is_file() for k in range(4))
+    assert lines == [f"interrupted: {out} is incomplete ({finished} of 4 runs finished, kept); rerun the same command "
+                     "to resume"], err
+    begun = sum((out / f"run_{k:05d}").exists() for k in range(4)) - finished
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert again.returncode == 0 and "wrote" in again.stdout, again.stderr
+    assert (f"; {begun} half-written run{'s' if begun > 1 else ''} rendered again" in again.stdout) == (begun > 0)
+    assert begun > 0, "the interrupt came before any run began: the test checks nothing of the resume"
     assert all(Recording.open(out / f"run_{k:05d}").complete for k in range(4))

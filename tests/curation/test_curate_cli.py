@@ -104,7 +104,8 @@ def test_a_held_out_test_split_when_the_config_asks_for_one(raw, curated, tmp_pa
     summary = json.loads(out.with_name("t.qc.json").read_text())
     assert summary["splits"]["test"] == 2 and "val 1, test 2, excluded 1" in out.with_name("t.qc.html").read_text()
     info = CliRunner().invoke(main, ["info", str(out)])
-    assert "splits       train 2, val 1, test 2, excluded 1" in info.output, info.output
+    assert "splits       train 2, val 1, test 2, excluded 1  (lane blocks of 1, val 0.2, test 0.4, seed 0)" \
+        in info.output, info.output
     assert "test" not in CliRunner().invoke(main, ["info", str(curated)]).output.split("splits")[1].split("\n")[0]
     # every usable sequence to test: the train split is empty, not "every sequence was excluded"
     cfg.write_text("split: {block_lanes: 1, val_fraction: 0.0, test_fraction: 1.0}\n")

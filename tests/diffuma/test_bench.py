@@ -127,8 +127,8 @@ def test_bench_end_to_end(tiny_dataset, tmp_path):
 
     assert report["sequences"] == open_dataset(tiny_dataset).indices("val").tolist()
     rows = list(csv.DictReader((out / "per_sequence.csv").open()))
-    assert {x["row"] for x in rows} == {"simvp", "pastnet", "copy_last_frame", "constant_motion"}
-    for row, r in (("simvp", report["models"]["simvp"]["final"]), ("copy_last_frame", report["copy_last_frame"])):
+    assert {x["row"] for x in rows} == {"simvp", "pastnet", "copy-last-frame", "constant-motion"}
+    for row, r in (("simvp", report["models"]["simvp"]["final"]), ("copy-last-frame", report["copy_last_frame"])):
         values = [float(x["mse"]) for x in rows if x["row"] == row]
         assert [int(x["sequence"]) for x in rows if x["row"] == row] == report["sequences"]
         assert values == r["per_sequence"]["mse"] and sum(values) / len(values) == pytest.approx(r["overall"]["mse"])
@@ -249,11 +249,22 @@ def test_bench_with_a_time_budget_records_what_each_model_reached(tiny_dataset, 
     assert "of its budget" not in markdown_report(report)
     r["overrides"] = {"spatial_hidden": 8, "temporal_hidden": 32}  # --set simvp.spatial_hidden=8 ...: said so
     assert "Models: simvp = simvp preset `tiny`, spatial_hidden=8, temporal_hidden=32." in markdown_report(report)
-    # --resume: the spent budget is not trained again
+    # --resume: the spent budget is not trained again, and the report keeps when and under what load the models
+    # trained and their timed pass (a resume rewrote them with its own idle machine's: another model looked faster)
+    assert r["trained_under"]["load_average_1min"] is not None and r["trained_under"]["at"] >= report["created"]
     stamp = last.stat().st_mtime_ns
     resumed = CliRunner().invoke(main, [*args, "--resume"])
     assert resumed.exit_code == 0, resumed.output + repr(resumed.exception)
     assert last.stat().st_mtime_ns == stamp
+    assert "simvp: resuming its run (trained for 0.002 min of training time in all; a finished run is kept" \
+        in resumed.output and "simvp: training for" not in resumed.output
+    again = json.loads((out / "bench.json").read_text())
+    assert again["created"] == report["created"] and len(again["resumed"]) == 1
+    assert again["models"]["simvp"]["trained_under"] == r["trained_under"]
+    assert again["models"]["simvp"]["throughput"] == r["throughput"]
+    md = (out / "bench.md").read_text()
+    assert f"Begun {report['created']}, resumed {again['resumed'][0]}." in md
+    assert f"Trained: simvp from {r['trained_under']['at']}, load average" in md
 
 
 def test_frames_smaller_than_the_ssim_window_are_refused_before_training(tmp_path):

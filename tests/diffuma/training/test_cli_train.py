@@ -68,8 +68,8 @@ def test_eval_writes_json_and_markdown_with_baseline_row(trained):
     assert result["sequences"] == open_dataset(data).indices("val").tolist()
     rows = list(csv.DictReader((run / "eval" / "eval_last_val_per_pixel.csv").open()))
     assert [(int(x["sequence"]), x["row"]) for x in rows] == [
-        (i, row) for row in ("diffuma", "copy_last_frame", "constant_motion") for i in result["sequences"]]
-    for row, key in (("diffuma", "model"), ("copy_last_frame", "copy_last_frame"), ("constant_motion", "constant_motion")):
+        (i, row) for row in ("diffuma", "copy-last-frame", "constant-motion") for i in result["sequences"]]
+    for row, key in (("diffuma", "model"), ("copy-last-frame", "copy_last_frame"), ("constant-motion", "constant_motion")):
         for m in ("mse", "mae", "ssim", "psnr"):
             values = [float(x[m]) for x in rows if x["row"] == row]
             assert values == result[key]["per_sequence"][m]  # (exact: repr round-trips)
