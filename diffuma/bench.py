@@ -755,8 +755,11 @@ def run_bench(data: str | Path, models: str, epochs: list[int] | None, out: str 
             if k == t_out:
                 res_k = {"model": entry["final"], **{result_key(n): report[result_key(n)] for n in BASELINES}}
             else:
-                _log(f"{spec.label}: training for {budget_text} to predict {k} frames")
-                sub = train_run(spec, {**run, "out_frames": k}, data, out / "runs" / f"{safe}-pl{k}", epochs[-1:],
+                sub_dir = out / "runs" / f"{safe}-pl{k}"
+                again = resume and (sub_dir / "checkpoints" / "last.pt").is_file()
+                _log(f"{spec.label}: {'resuming its run' if again else 'training'} for {budget_text} to predict {k} "
+                     f"frames{' (a finished run is kept as it is)' if again else ''}")
+                sub = train_run(spec, {**run, "out_frames": k}, data, sub_dir, epochs[-1:],
                                 resume=resume, progress=progress)
                 res_k = evaluate(final_checkpoint(sub))
             entry["by_pred_len"][str(k)] = res_k["model"]["overall"]

@@ -316,7 +316,7 @@ def test_a_run_interrupted_before_its_manifest_is_redone_and_a_foreign_one_refus
     assert res.exit_code == 0 and "wrote 1 recording (" in res.output, res.output
     assert "; 1 finished run kept; 1 half-written run rendered again" in res.output, res.output
     assert Recording.open(run).complete
-    for stray in ("frames/000000.png", "notes.txt"):
+    for stray in ("frames/000000.png", "notes.txt", ".notes.txt.tmp12"):  # (only the manifest's temporary is a claim)
         shutil.rmtree(run)
         (run / "frames").mkdir(parents=True)
         (run / stray).write_bytes(b"x")
@@ -324,6 +324,29 @@ def test_a_run_interrupted_before_its_manifest_is_redone_and_a_foreign_one_refus
         assert res.exit_code == 1 and res.output.splitlines() == [
             f"Error: {run}: exists and is not a simulated run; refusing to overwrite it"], res.output
         assert (run / stray).read_bytes() == b"x"
+
+
+def test_ctrl_c_on_simulate_corpus_counts_every_finished_run_it_keeps(tmp_path, monkeypatch):
+    """The interrupt's line counts the finished runs on disk, the last one included, out of all the corpus's runs
+    (deterministic: the interrupt comes before any job of the rerun renders)."""
+    import chdl.cli.simulate as sim_cli
+    from chdl.cli.simulate import simulate
+
+    out = tmp_path / "c"
+    args = ["corpus", str(out), "--sequences", "3", "--positions", "2", "--lanes-per-run", "1", "--width", "32",
+            "--height", "24", "--workers", "1", "-q"]
+    assert CliRunner().invoke(simulate, args).exit_code == 0
+    shutil.rmtree(out / "run_00001")  # runs 0 and 2 finished, run 1 not begun
+
+    def interrupted(results, out):
+        raise KeyboardInterrupt
+        yield
+
+    monkeypatch.setattr(sim_cli, "_resumable", interrupted)
+    res = CliRunner().invoke(simulate, args)
+    assert res.exit_code == 130, res.output
+    assert res.stderr.splitlines() == [f"interrupted: {out} is incomplete (2 of 3 runs finished, kept); rerun the "
+                                       "same command to resume"], res.output
 
 
 @pytest.mark.parametrize("case", ["a file on the way", "a read-only folder"])

@@ -113,6 +113,8 @@ def test_a_held_out_test_split_when_the_config_asks_for_one(raw, curated, tmp_pa
     assert "(0 train, 0 val, 5 test, 1 excluded)" in r.output and "every sequence was excluded" not in r.output
     assert ("warning: the train split is empty (0 val, 5 test, 1 excluded sequences): chdl train refuses this dataset "
             "(chdl eval can still score it)") in r.output
+    assert "excluded 1  (lane blocks of 1, val 0, test 1, seed 0)" in CliRunner().invoke(
+        main, ["info", str(tmp_path / "all.zarr")]).output  # (val is said even when nothing went to it)
     # a test split asked for and too small to get one block: said, and counted as 0 (not left out of the counts)
     cfg.write_text("split: {block_lanes: 1, val_fraction: 0.5, test_fraction: 0.01}\n")
     r = _curate(raw[0], tmp_path / "few.zarr", "--config", cfg)

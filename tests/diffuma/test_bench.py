@@ -209,6 +209,9 @@ def test_bench_pred_len_retrains_per_length(tiny_dataset, tmp_path):
     resumed = CliRunner().invoke(main, [*args, "--resume"])
     assert resumed.exit_code == 0, resumed.output + repr(resumed.exception)
     assert ck.stat().st_mtime_ns == stamp and (out / "bench.md").is_file()
+    assert "simvp:tiny: training for " in res.output and "to predict 2 frames\n" in res.output
+    assert "simvp:tiny: resuming its run for " in resumed.output
+    assert "to predict 2 frames (a finished run is kept as it is)" in resumed.output, resumed.output
     assert json.loads((out / "bench.json").read_text())["models"]["simvp:tiny"]["final"] == r["final"]
     # resumed with another --set: one line saying what differs and what to do (it said "resume with a different
     # config ... start a new --out", naming the trainer's checkpoint)
@@ -265,6 +268,64 @@ def test_bench_with_a_time_budget_records_what_each_model_reached(tiny_dataset, 
     md = (out / "bench.md").read_text()
     assert f"Begun {report['created']}, resumed {again['resumed'][0]}." in md
     assert f"Trained: simvp from {r['trained_under']['at']}, load average" in md
+
+
+def test_a_resumed_bench_keeps_what_it_measured_for_the_same_weights_only(tiny_dataset, tmp_path, monkeypatch):
+    """A bench resumed keeps when it began, each earlier resume, and the training conditions and timed pass of a model
+    whose final weights are those it recorded; what it lacks (a bench from before 2026-12-03) or what belongs to
+    other weights (a run trained again) is measured now. --resume on a fresh folder is a first bench."""
+    import os
+
+    from diffuma.bench import _previous_report
+
+    loads = iter(range(1, 10_000))  # each reading of the load average a higher one: which reading went where
+    monkeypatch.setattr(os, "getloadavg", lambda: (float(next(loads)), 0.0, 0.0))
+    out = tmp_path / "bench"
+    args = ["bench", "--data", str(tiny_dataset), "--models", "simvp", "--budget-minutes", "0.002", "--out", str(out),
+            *BASE, "--grid-sequences", "0", "--resume"]
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == 0, res.output + repr(res.exception)
+    assert "simvp: training for 0.002 min" in res.output and "resuming" not in res.output
+    bench = out / "bench.json"
+    report = json.loads(bench.read_text())
+    assert "resumed" not in report and "resumed" not in (out / "bench.md").read_text()
+    tu, m = report["models"]["simvp"]["trained_under"], report["machine"]
+    assert m["load_average_1min"] < tu["load_average_1min"] < tu["load_average_1min_end"] < m["load_average_1min_end"]
+    assert (f"Trained: simvp from {tu['at']}, load average {tu['load_average_1min']} before, "
+            f"{tu['load_average_1min_end']} after.") in (out / "bench.md").read_text()
+
+    def resume_with(edit) -> dict:
+        j = json.loads(bench.read_text())
+        edit(j["models"]["simvp"], j)
+        bench.write_text(json.dumps(j))
+        r = CliRunner().invoke(main, args)
+        assert r.exit_code == 0, r.output + repr(r.exception)
+        return json.loads(bench.read_text())
+
+    then = {"at": "2000-01-01T00:00:00Z", "load_average_1min": 0.5, "load_average_1min_end": 0.75}
+    timed = {**report["models"]["simvp"]["throughput"], "timed": "when it was trained"}
+    # the same weights: kept as recorded
+    again = resume_with(lambda s, j: (s.update(trained_under=then, throughput=timed),
+                                      j.update(created="2000-01-01T00:00:00Z", resumed=["2000-01-02T00:00:00Z"])))
+    assert again["created"] == "2000-01-01T00:00:00Z" and again["resumed"][0] == "2000-01-02T00:00:00Z"
+    assert len(again["resumed"]) == 2 and again["resumed"][1] > "2000-01-02T00:00:00Z"
+    assert again["models"]["simvp"]["trained_under"] == then and again["models"]["simvp"]["throughput"] == timed
+    assert (f"Begun 2000-01-01T00:00:00Z, resumed 2000-01-02T00:00:00Z, {again['resumed'][1]}. Trained: simvp from "
+            "2000-01-01T00:00:00Z, load average 0.5 before, 0.75 after.") in (out / "bench.md").read_text()
+    # a bench that recorded neither (written before they were, or timed with --throughput-steps 0): measured now
+    again = resume_with(lambda s, j: (s.pop("trained_under"), s.pop("throughput")))
+    assert set(again["models"]["simvp"]["trained_under"]) == {"at", "load_average_1min", "load_average_1min_end"}
+    assert set(again["models"]["simvp"]["throughput"]) == set(timed) - {"timed"}
+    # other weights than the bench recorded: nothing of theirs is carried over
+    again = resume_with(lambda s, j: s.update(checkpoint_blake3="0" * 64, trained_under=then, throughput=timed))
+    assert again["models"]["simvp"]["trained_under"]["at"] > then["at"]
+    assert "timed" not in again["models"]["simvp"]["throughput"]
+    # a bench.json that cannot be read, or is not a report: nothing to keep (it is measured again)
+    for text in ("{", "[1, 2]", "\udcff"):
+        bench.write_bytes(text.encode("utf-8", "surrogateescape"))
+        assert _previous_report(out) == {}
+    bench.unlink()
+    assert _previous_report(out) == {}
 
 
 def test_frames_smaller_than_the_ssim_window_are_refused_before_training(tmp_path):
