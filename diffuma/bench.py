@@ -154,6 +154,16 @@ def keep_epoch_checkpoints(trainer, epochs) -> None:
     trainer.save = save_and_keep
 
 
+def resumes(run_dir: Path, resume: bool) -> bool:
+    """Whether ``--resume`` continues a run in ``run_dir`` (it has a checkpoint) rather than starting it."""
+    return resume and (run_dir / "checkpoints" / "last.pt").is_file()
+
+
+def _utc_now() -> str:
+    """The time now, as bench.json records times: ``2026-12-03T06:35:00Z``."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
 def train_run(spec: ModelSpec, run: dict, data: Path, out: Path, keep_epochs, *, resume: bool = False,
               progress: bool = True) -> Path:
     """One training run (``diffuma.training.trainer.build_trainer`` + ``fit``, i.e. ``train_from_config``) to
@@ -161,7 +171,7 @@ def train_run(spec: ModelSpec, run: dict, data: Path, out: Path, keep_epochs, *,
     ``resume``, a run already in ``out`` continues (a finished one is left as it is)."""
     from diffuma.training.trainer import ResumeConfigMismatch, build_trainer
 
-    resume = resume and (out / "checkpoints" / "last.pt").is_file()
+    resume = resumes(out, resume)
     config = {"model": {"name": spec.name, "preset": spec.preset, **spec.overrides}, "run": dict(run)}
     try:
         trainer = build_trainer(config, data, out, resume=resume, progress=progress)
@@ -648,7 +658,7 @@ def run_bench(data: str | Path, models: str, epochs: list[int] | None, out: str 
     except OSError as e:  # a file where the folder goes, a read-only parent (it was a traceback)
         raise BenchError(f"{out}: cannot create the bench folder{files.cannot_create(out, e)}") from None
 
-    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    now = _utc_now()
     previous = _previous_report(out) if resume else {}
     report: dict = {
         "schema": "chdl.bench/1", "created": previous.get("created", now),
@@ -683,13 +693,12 @@ def run_bench(data: str | Path, models: str, epochs: list[int] | None, out: str 
     for spec in specs:
         safe = spec.label.replace(":", "-")
         kept = f" (keeping epoch{'s' if len(epochs) > 1 else ''} {', '.join(map(str, epochs))})" if epochs else ""
-        if resume and (out / "runs" / safe / "checkpoints" / "last.pt").is_file():
+        if resumes(out / "runs" / safe, resume):
             _log(f"{spec.label}: resuming its run (trained for {budget_text} in all{kept}; a finished run is kept "
                  "as it is)")
         else:
             _log(f"{spec.label}: training for {budget_text}{kept}")
-        before = {"at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                  "load_average_1min": machine()["load_average_1min"]}
+        before = {"at": _utc_now(), "load_average_1min": machine()["load_average_1min"]}
         run_dir = train_run(spec, run, data, out / "runs" / safe, epochs, resume=resume, progress=progress)
         entry: dict = {"name": spec.name, "preset": spec.preset, "overrides": spec.overrides,
                        "run_dir": str(run_dir), "by_epoch": {}, "by_pred_len": {}}
@@ -756,7 +765,7 @@ def run_bench(data: str | Path, models: str, epochs: list[int] | None, out: str 
                 res_k = {"model": entry["final"], **{result_key(n): report[result_key(n)] for n in BASELINES}}
             else:
                 sub_dir = out / "runs" / f"{safe}-pl{k}"
-                again = resume and (sub_dir / "checkpoints" / "last.pt").is_file()
+                again = resumes(sub_dir, resume)
                 _log(f"{spec.label}: {'resuming its run' if again else 'training'} for {budget_text} to predict {k} "
                      f"frames{' (a finished run is kept as it is)' if again else ''}")
                 sub = train_run(spec, {**run, "out_frames": k}, data, sub_dir, epochs[-1:],
