@@ -271,6 +271,19 @@ def encode_png(pixels: np.ndarray, pixel_format: str) -> bytes:
     return png.encode(pixels)
 
 
+def only_a_claim(path: Path) -> bool:
+    """True if the folder ``path`` holds nothing but what :meth:`RecordingWriter.create` makes before the manifest
+    lands: an empty ``frames/`` (the writer's claim) and a temporary manifest. A writer stopped in that instant
+    leaves just that; it is no recording, and no one else's files."""
+    for p in Path(path).iterdir():
+        if p.name == FRAMES_DIR and p.is_dir() and not any(p.iterdir()):
+            continue
+        if p.is_file() and files.TEMPORARY_NAME.fullmatch(p.name) and p.name.startswith(f".{MANIFEST}.tmp"):
+            continue
+        return False
+    return True
+
+
 class RecordingWriter:
     """Appends frames to a new recording. Use as a context manager; an exception closes it incomplete."""
 

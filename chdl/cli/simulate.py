@@ -58,29 +58,18 @@ def _run_done(run: Path) -> bool:
 
 def _clear_partial_sim_run(run: Path) -> None:
     """Remove a half-written run of a previous corpus invocation; refuse anything that is not one."""
+    from acquisition.raw import only_a_claim
+
     manifest = run / "manifest.json"
     try:
         camera = json.loads(manifest.read_text()).get("camera", {})
     except (OSError, ValueError):
         camera = {}
-    if camera.get("backend") != "sim" and not _only_a_claim(run):
+    # (a run stopped between the writer's claim and its manifest holds only that claim: the rerun refused it as
+    # someone else's folder)
+    if camera.get("backend") != "sim" and not only_a_claim(run):
         raise click.ClickException(f"{run}: exists and is not a simulated run; refusing to overwrite it")
     shutil.rmtree(run)
-
-
-def _only_a_claim(run: Path) -> bool:
-    """True if ``run`` holds nothing but what ``RecordingWriter.create`` makes before its manifest lands: an
-    empty ``frames/`` (the writer's claim) and a temporary manifest (a corpus interrupted in that instant left
-    just that, and its rerun refused the run as someone else's folder)."""
-    from acquisition.raw import FRAMES_DIR, MANIFEST
-
-    for p in run.iterdir():
-        if p.name == FRAMES_DIR and p.is_dir() and not any(p.iterdir()):
-            continue
-        if p.is_file() and files.TEMPORARY_NAME.fullmatch(p.name) and p.name.startswith(f".{MANIFEST}.tmp"):
-            continue
-        return False
-    return True
 
 
 def _option(key: str) -> str:

@@ -284,6 +284,25 @@ def test_two_writers_that_find_one_folder_free_at_once_do_not_share_it(tmp_path,
     assert not (tmp_path / "same" / "manifest.json").exists()
 
 
+def test_only_a_claim_is_what_a_writer_stopped_before_its_manifest_leaves(tmp_path):
+    """An empty frames/ and a temporary manifest are a writer's claim and nothing more; a started recording, a frame,
+    another temporary file or any other file are not."""
+    from acquisition.raw import only_a_claim
+
+    claim = tmp_path / "claim"
+    (claim / "frames").mkdir(parents=True)
+    assert only_a_claim(claim)
+    (claim / ".manifest.json.tmp4242").write_text("{")
+    assert only_a_claim(claim)
+    for stray in ("frames/000000.png", ".notes.txt.tmp12", "notes.txt"):
+        other = tmp_path / stray.replace("/", "_")
+        (other / "frames").mkdir(parents=True)
+        (other / stray).write_bytes(b"x")
+        assert not only_a_claim(other), stray
+    with RecordingWriter.create(tmp_path / "rec", MANIFEST):
+        assert not only_a_claim(tmp_path / "rec")  # (the manifest has landed)
+
+
 def test_a_folder_this_user_may_not_look_into_is_not_silently_left_out(tmp_path, monkeypatch):
     """Another user's recording (mode 700) among a folder of runs was skipped: curate made a dataset of the others,
     exit 0. Whether it is a recording cannot be told, so it is named (emulated: os.access says no, as it does for
