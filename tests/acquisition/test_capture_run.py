@@ -208,16 +208,11 @@ def test_ctrl_c_while_the_camera_hangs_is_an_interruption(config, tmp_path):
     assert Recording.open(tmp_path / "run").manifest["notes"]["stopped_by"] == "interrupted"
 
 
-class _ScriptedCamera(Camera):
-    """A software-triggered camera implementing the backend interface whose outcome at each stage position the test
-    chooses (``outcome(position_index)``, the stage at 100 um a position): "ok" (the trigger's frame), "silent"
-    (nothing: the fetch times out) or "incomplete" (the backend received the frame with packets missing and
-    discarded it, counting it in ``incomplete_buffers``, as Aravis does). Deterministic: no clock, no thread."""
+class _TestCamera(Camera):
+    """What the fake cameras below share: nothing to open, close or stop, settings applied as given, and the
+    trigger modes in ``MODES``."""
 
-    def __init__(self, outcome):
-        self.outcome = outcome
-        self.info = CameraInfo("test", "Scripted", "0", "", "Custom", "test")
-        self.incomplete_buffers, self.triggers, self.stage, self.pending = 0, 0, None, False
+    MODES: set[str] = set()
 
     def open(self):
         pass
@@ -229,13 +224,27 @@ class _ScriptedCamera(Camera):
         return settings
 
     def trigger_modes(self):
-        return {"software"}
+        return self.MODES
 
     def start(self, trigger_mode):
-        self._require_trigger_mode(trigger_mode, "scripted")
+        self._require_trigger_mode(trigger_mode, self.info.model)
 
     def stop(self):
         pass
+
+
+class _ScriptedCamera(_TestCamera):
+    """A software-triggered camera implementing the backend interface whose outcome at each stage position the test
+    chooses (``outcome(position_index)``, the stage at 100 um a position): "ok" (the trigger's frame), "silent"
+    (nothing: the fetch times out) or "incomplete" (the backend received the frame with packets missing and
+    discarded it, counting it in ``incomplete_buffers``, as Aravis does). Deterministic: no clock, no thread."""
+
+    MODES = {"software"}
+
+    def __init__(self, outcome):
+        self.outcome = outcome
+        self.info = CameraInfo("test", "Scripted", "0", "", "Custom", "test")
+        self.incomplete_buffers, self.triggers, self.stage, self.pending = 0, 0, None, False
 
     def attach_stage(self, stage):
         self.stage = stage
@@ -283,10 +292,12 @@ def test_incomplete_buffers_before_a_run_of_timeouts_do_not_blame_the_link(tmp_p
     assert "buffers came incomplete" in result.message
 
 
-class _EncoderCamera(Camera):
+class _EncoderCamera(_TestCamera):
     """A camera whose trigger line the stage's encoder fires: a frame comes only when :meth:`fire` is called (viky has
     no line trigger). :meth:`fire` returns once the capture's grabber thread has received, stamped and queued the
     frame (it has asked for the next one), so the frame's arrival is ordered against the stage deterministically."""
+
+    MODES = {"line", "freerun"}
 
     def __init__(self):
         import queue
@@ -295,24 +306,6 @@ class _EncoderCamera(Camera):
         self.info = CameraInfo("test", "Encoder", "0", "", "Custom", "test")
         self._frames, self._cond = queue.Queue(), threading.Condition()
         self.delivered = self.asked_after = 0  # frames fetched; frames fetched before the latest fetch began
-
-    def open(self):
-        pass
-
-    def close(self):
-        pass
-
-    def apply(self, settings):
-        return settings
-
-    def trigger_modes(self):
-        return {"line", "freerun"}
-
-    def start(self, trigger_mode):
-        self._require_trigger_mode(trigger_mode, "encoder")
-
-    def stop(self):
-        pass
 
     def fire(self):
         n = self.delivered + 1
