@@ -20,6 +20,7 @@ import errno
 import json
 import math
 import os
+import time
 from pathlib import Path, PurePosixPath
 from typing import Any, Iterator
 
@@ -284,6 +285,57 @@ def only_a_claim(path: Path) -> bool:
     return True
 
 
+CLAIM_GRACE_S = 60.0  # a claim with no temporary manifest (stopped between the two) is someone's for this long
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def abandoned_claim(path: Path) -> bool:
+    """True if ``path`` is :func:`only_a_claim` and its writer is gone: no process has the pid in its temporary
+    manifest's name (``.manifest.json.tmp<pid>``), or, with no temporary manifest (stopped between the two),
+    its ``frames/`` is over CLAIM_GRACE_S old. A capture stopped in that instant (Ctrl-C, a kill) left a folder
+    that refused every rerun with the same --run-id; it holds no frame and no metadata."""
+    path = Path(path)
+    if not path.is_dir() or not only_a_claim(path):
+        return False
+    temporaries = [p for p in path.iterdir() if p.is_file()]
+    if temporaries:
+        return not any(_running(int(p.name.rsplit(".tmp", 1)[1])) for p in temporaries)
+    try:
+        return time.time() - (path / FRAMES_DIR).stat().st_mtime > CLAIM_GRACE_S
+    except OSError:
+        return False
+
+
+def free_for_a_recording(path: str | os.PathLike) -> bool:
+    """True if a recording may be started in ``path``: it does not exist, is an empty folder, or holds only an
+    :func:`abandoned_claim` (which :meth:`RecordingWriter.create` takes over)."""
+    path = Path(path)
+    return not path.exists() or (path.is_dir() and (not any(path.iterdir()) or abandoned_claim(path)))
+
+
+def _take_over(path: Path) -> None:
+    """Clear an abandoned claim in ``path`` for a new one. Renaming its ``frames/`` away is atomic, so of two
+    writers taking it over at once one renames it and both then race for the new claim as for a free folder."""
+    gone = path / f".{FRAMES_DIR}.abandoned{os.getpid()}"
+    try:
+        (path / FRAMES_DIR).rename(gone)
+    except FileNotFoundError:  # the other writer took it
+        return
+    gone.rmdir()
+    for p in path.iterdir():  # the gone writer's temporary manifest
+        if p.is_file() and files.TEMPORARY_NAME.fullmatch(p.name) and not _running(int(p.name.rsplit(".tmp", 1)[1])):
+            p.unlink(missing_ok=True)
+
+
 class RecordingWriter:
     """Appends frames to a new recording. Use as a context manager; an exception closes it incomplete."""
 
@@ -299,7 +351,7 @@ class RecordingWriter:
         """Start a recording in ``path`` (created; an existing non-empty folder is refused, and so is a folder
         another writer claims at the same time: ``frames/`` is created exclusively). RawFormatError naming it."""
         path = Path(path)
-        if path.exists() and (not path.is_dir() or any(path.iterdir())):
+        if not free_for_a_recording(path):
             raise RawFormatError(f"{path}: already exists and is not an empty folder; refusing to overwrite a recording")
         if why := _inside_other_data(path):
             raise RawFormatError(f"{path}: inside {why}; choose another output folder")
@@ -312,6 +364,8 @@ class RecordingWriter:
         why = validate_manifest(manifest)
         if why:  # refuse to write what the reader would refuse
             raise RawFormatError(f"{path / MANIFEST}: {why}")
+        if abandoned_claim(path):  # (judged again: another writer may have claimed the folder since the check)
+            _take_over(path)
         try:  # the claim: of two writers that found the folder free at once, one creates frames/, the other stops
             (path / FRAMES_DIR).mkdir(parents=True)
         except FileExistsError:  # (two captures with the same --run-id shared one index, then neither was readable)

@@ -166,7 +166,7 @@ def run_captures(ctx, alias, replay, out, run_id, lanes, positions, step_um, fps
     results = []
     with _user_errors():
         if replay:
-            from acquisition.raw import find_recordings
+            from acquisition.raw import find_recordings, free_for_a_recording
 
             runs = find_recordings(replay)
             if run_id and len(runs) > 1:
@@ -179,7 +179,7 @@ def run_captures(ctx, alias, replay, out, run_id, lanes, positions, step_um, fps
                 if dest in seen:
                     raise click.ClickException(f"{dest}: {seen[dest]} and {run} both replay to it (the same run id); "
                                                "replay them one at a time with --run-id")
-                if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
+                if not free_for_a_recording(dest):
                     raise click.ClickException(f"{dest}: already exists and is not an empty folder; refusing to "
                                                "overwrite a recording (choose another --out); nothing was replayed")
                 seen[dest] = run

@@ -119,7 +119,9 @@ def monitor(ctx, checkpoint, t_in, queue_depth, z_on, z_off, scorer, serve, toke
     spec["scorer"] = _alert_levels(z_on, z_off, learned)
     if scorer is not None:
         spec["scorer"]["scorer_file"] = str(scorer.resolve())
-    if run_path.exists():
+    from acquisition.raw import free_for_a_recording
+
+    if not free_for_a_recording(run_path):
         raise click.ClickException(f"{run_path}: already exists (choose another --run-id or --out)")
     new_out = not params["out"].exists()
     from tqdm import tqdm

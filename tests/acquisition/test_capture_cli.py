@@ -430,3 +430,25 @@ def test_replaying_a_folder_checks_every_destination_before_it_replays_any(tmp_p
         f"Error: {tmp_path / 'rep' / 'b'}: already exists and is not an empty folder; refusing to overwrite a "
         "recording (choose another --out); nothing was replayed"), r.stderr
     assert sorted(p.name for p in (tmp_path / "rep").iterdir()) == ["b"]  # a was not replayed first
+
+
+def test_a_capture_stopped_before_its_manifest_is_rerun_under_the_same_run_id(tmp_path):
+    """A capture stopped between its claim (an empty frames/) and its manifest left a folder that refused every rerun
+    with the same --run-id, live or replayed, as "not an empty folder". The rerun now records there; a folder with a
+    frame in it is still refused."""
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()  # a writer that is gone: its pid names the temporary manifest
+    for run_id in ("live", "replayed"):
+        (tmp_path / "out" / run_id / "frames").mkdir(parents=True)
+        (tmp_path / "out" / run_id / f".manifest.json.tmp{child.pid}").write_text('{"camera"')
+    args = ("--width", "64", "--height", "48", "--positions", "2", "-q", "--out", tmp_path / "out")
+    r = chdl("capture", "--camera", "sim0", "--run-id", "live", *args)
+    assert r.returncode == 0, r.stderr
+    live = Recording.open(tmp_path / "out" / "live")
+    assert live.complete and len(live.frames) == 2
+    assert not [p.name for p in live.path.iterdir() if p.name.startswith(".")]
+    r = chdl("capture", "--replay", live.path, "--run-id", "replayed", "--as-fast-as-possible", *args[-3:])
+    assert r.returncode == 0, r.stderr
+    _same_frames(live, Recording.open(tmp_path / "out" / "replayed"))
+    r = chdl("capture", "--camera", "sim0", "--run-id", "live", *args)
+    assert r.returncode == 1 and "live: already exists and is not an empty folder" in r.stderr, r.stderr

@@ -303,6 +303,45 @@ def test_only_a_claim_is_what_a_writer_stopped_before_its_manifest_leaves(tmp_pa
         assert not only_a_claim(tmp_path / "rec")  # (the manifest has landed)
 
 
+def _dead_pid() -> int:
+    import subprocess
+    import sys
+
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def test_a_claim_whose_writer_is_gone_is_taken_over_and_a_live_ones_is_not(tmp_path):
+    """A capture stopped between its claim (frames/) and its manifest left a folder every rerun with the same
+    --run-id refused as "not an empty folder". Such a claim is taken over once its writer is gone; a running
+    writer's claim (its pid in the temporary manifest's name, or a fresh claim with none) is still refused."""
+    import os
+
+    from acquisition.raw import CLAIM_GRACE_S, abandoned_claim, free_for_a_recording
+
+    dead, live, fresh, old = (tmp_path / n for n in ("dead", "live", "fresh", "old"))
+    for claim in (dead, live, fresh, old):
+        (claim / "frames").mkdir(parents=True)
+    (dead / f".manifest.json.tmp{_dead_pid()}").write_text("{")
+    (live / f".manifest.json.tmp{os.getpid()}").write_text("{")
+    then = (old / "frames").stat().st_mtime - CLAIM_GRACE_S - 1
+    os.utime(old / "frames", (then, then))
+    assert [abandoned_claim(c) for c in (dead, live, fresh, old)] == [True, False, False, True]
+    assert [free_for_a_recording(c) for c in (dead, live, fresh, old)] == [True, False, False, True]
+    for claim in (live, fresh):
+        with pytest.raises(RawFormatError, match="already exists and is not an empty folder"):
+            RecordingWriter.create(claim, MANIFEST)
+    for claim in (dead, old):
+        with RecordingWriter.create(claim, MANIFEST) as w:
+            w.append(np.zeros((6, 8), np.uint8), **_meta(0))
+        assert not [p for p in claim.iterdir() if p.name.startswith(".")]
+        assert len(Recording.open(claim).frames) == 1
+    (tmp_path / "rec" / "frames").mkdir(parents=True)
+    (tmp_path / "rec" / "frames" / "000000.png").write_bytes(b"x")  # a frame: a recording, not a claim
+    assert not free_for_a_recording(tmp_path / "rec") and free_for_a_recording(tmp_path / "none")
+
+
 def test_a_folder_this_user_may_not_look_into_is_not_silently_left_out(tmp_path, monkeypatch):
     """Another user's recording (mode 700) among a folder of runs was skipped: curate made a dataset of the others,
     exit 0. Whether it is a recording cannot be told, so it is named (emulated: os.access says no, as it does for

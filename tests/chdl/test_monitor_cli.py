@@ -260,6 +260,7 @@ def test_a_scorer_fitted_on_other_clean_runs_finds_the_injected_anomaly(clean_ru
     from chdl.cli import main
 
     (tmp_path / "m2" / run.name).mkdir(parents=True)  # (then it stops there, before it records: no second replay)
+    (tmp_path / "m2" / run.name / "notes.txt").write_text("taken")
     other = CliRunner().invoke(main, ["monitor", "--replay", str(run), "--out", str(tmp_path / "m2"),
                                       "--scorer", str(other_step), "-q"])
     assert other.exit_code == 1 and "already exists" in other.output, other.output
