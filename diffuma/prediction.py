@@ -53,7 +53,8 @@ def predict(model: torch.nn.Module, inputs, batch_size: int = 4, device: str | t
 def write_predictions(out: str | Path, inputs, preds: dict, targets=None, *, sequence_ids=None,
                       max_value: float = 255.0, attrs: dict | None = None, fps: float = 2.0, overwrite: bool = False,
                       progress: bool = True) -> Path:
-    """Writes the output folder described in the module docstring; ``preds`` = {label: (N, T_out, C, H, W)}.
+    """Writes the output folder described in the module docstring; ``preds`` = {label: (N, T_out, C, H, W)},
+    clipped to [0, 1] as :func:`predict` clips.
     Returns ``out``. Refuses what :func:`check_output_folder` refuses; the folder is built as a temporary
     sibling and renamed into place, which is removed if anything fails or the run is interrupted (and, if the
     process was killed, by the next run into ``out``). OSError (disk full, a read-only folder) as raised."""
@@ -61,7 +62,9 @@ def write_predictions(out: str | Path, inputs, preds: dict, targets=None, *, seq
     check_output_folder(out, overwrite=overwrite)
     remove_stale_working_folders(out)
     inputs = np.asarray(inputs, dtype=np.float32)
-    preds = {str(k): np.asarray(v, dtype=np.float32) for k, v in preds.items()}
+    # (clipped as predict() clips: a caller's own unclipped array went into predictions.zarr as it was, outside the
+    # [0, 1] the format states, while its PNGs were clipped)
+    preds = {str(k): np.clip(np.asarray(v, dtype=np.float32), 0.0, 1.0) for k, v in preds.items()}
     targets = None if targets is None else np.asarray(targets, dtype=np.float32)
     ids = [str(s) for s in (sequence_ids if sequence_ids is not None else range(len(inputs)))]
     names = [f"seq_{s}" for s in ids]

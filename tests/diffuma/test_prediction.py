@@ -152,3 +152,8 @@ def test_predicted_frames_are_numbered_from_t01_and_clamped_to_the_unit_range(tm
         assert sorted(f.name for f in folder.iterdir()) == ["pred_t01.png", "pred_t02.png", "pred_t03.png"]
         png = cv2.imread(str(folder / "pred_t01.png"), cv2.IMREAD_UNCHANGED)
         assert (png[:, :4] == 0).all() and (png[:, 4:] == 255).all()
+    # an array given as it is, not through predict(): clipped the same (it was stored at -2 and 2)
+    raw = Overshoot()(torch.from_numpy(x)).numpy()
+    out = write_predictions(tmp_path / "q", x, {"m": raw}, None, progress=False)
+    np.testing.assert_array_equal(zarr.open_group(str(out / "predictions.zarr"), mode="r")["prediction/m"][:],
+                                  pred.numpy())
