@@ -5,7 +5,8 @@
 Runs ``chdl monitor --camera viky0`` (the real GenTL path, the genicam wheel's viky.cti) for ``--seconds``
 at 5 fps, 320x240, 10 positions per lane, then checks the recording: every position has a frame, no frame
 dropped or incomplete, the recording complete and readable like a plain capture (same manifest keys and
-index fields), and how many frames the scorer scored and skipped. Not a test: it takes minutes.
+index fields), the capture's pace kept (no free-run frame skipped, no gap of two frame intervals), and how many
+frames the scorer scored and skipped. Not a test: it takes minutes.
 """
 
 from __future__ import annotations
@@ -62,10 +63,18 @@ def main() -> None:
                  if r.get("latency_ms") is not None)
     kinds = [json.loads(x)["kind"] for x in (mon / "events.jsonl").read_text().splitlines()]
     pct = (lambda q: round(lat[min(len(lat) - 1, int(q * len(lat)))], 1) if lat else None)
+    # the capture's own pace: a stalled writer thread fills the capture's queue, and free-run frames that arrive
+    # while it waits are skipped (notes.skipped_frames), every position still getting a later frame
+    t = [f.host_monotonic_ns / 1e9 for f in rec.frames]
+    gaps = [b - a for a, b in zip(t, t[1:])]
+    rate = (len(t) - 1) / (t[-1] - t[0]) if len(t) > 1 and t[-1] > t[0] else None
     print(json.dumps({"date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()), "out": str(args.out),
                       "wall_s": round(wall, 1), "frames": len(rec.frames),
                       "expected": lanes * 10, "complete": rec.complete, "statuses": statuses,
                       "dropped_frames": notes.get("dropped_frames"), "incomplete_buffers": notes.get("incomplete_buffers"),
+                      "skipped_frames": notes.get("skipped_frames"),
+                      "frames_per_s": None if rate is None else round(rate, 3),
+                      "longest_gap_s": round(max(gaps), 3) if gaps else None,
                       "readable": readable, "frames_scored": status["frames_scored"],
                       "frames_skipped": status["frames_skipped"], "events": status["events"],
                       "acquisition_events": kinds.count("acquisition"), "process_events": kinds.count("process"),
@@ -73,7 +82,12 @@ def main() -> None:
                       "load_1min": round(os.getloadavg()[0], 2)}, indent=1))
     ok = rec.complete and len(rec.frames) == lanes * 10 and statuses["ok"] == len(rec.frames) \
         and not notes.get("dropped_frames") and readable
+    kept_pace = not notes.get("skipped_frames") and (not gaps or max(gaps) < 2 / 5)
     print("zero dropped frames, recording complete" if ok else "FRAMES LOST OR RECORDING INCOMPLETE")
+    print("the capture kept its 5 fps pace" if kept_pace else
+          f"THE CAPTURE STALLED: {notes.get('skipped_frames')} free-run frames skipped, longest gap "
+          f"{max(gaps, default=0):.2f} s")
+    ok = ok and kept_pace
     sys.exit(0 if ok else 1)
 
 

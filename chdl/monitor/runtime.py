@@ -214,6 +214,13 @@ class Monitor:
         self._events_seen = 0  # events already announced
         self._events: JsonlTail | None = None  # events.jsonl, followed for announce (from start())
         self.spec = predictor_spec
+        # what offer() needs at the first frame, imported now: imported there, in the capture's writer thread,
+        # chdl.dataset (zarr) held that thread 2-10 s at viky's first lane, the capture queue filled behind it and
+        # free-run frames were skipped (a 3.8 s gap at frame 18, 3.4 frames/s against a plain capture's 5.0)
+        import chdl.dataset  # noqa: F401
+        if predictor_spec.get("checkpoint") is not None:  # (scale_mismatch)
+            import chdl.monitor.anomaly_score  # noqa: F401
+            import diffuma.training.data  # noqa: F401
         self.ctx = mp.get_context("spawn")
         self.queue = self.ctx.Queue(maxsize=depth)
         # frames_captured = scored + skipped + unscored once the scorer has drained its queue

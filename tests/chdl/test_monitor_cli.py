@@ -945,6 +945,27 @@ def test_monitor_warns_of_a_checkpoint_trained_at_another_max_value(clean_run, m
                     "so its predictions (and the scores) are not the ones it learned"]
 
 
+def test_offering_the_first_frame_imports_nothing(clean_run):
+    """Monitor.offer runs in the capture's writer thread: at the first frame it imported chdl.dataset (zarr), which
+    held that thread 2-10 s on a 2-core machine, filled the capture's queue and made a viky capture skip free-run
+    frames (3.4 frames/s against a plain capture's 5.0). Everything it needs is imported when the Monitor is made
+    (in a fresh interpreter: this one has imported it all already)."""
+    code = textwrap.dedent("""
+        import json, sys
+        from pathlib import Path
+        from types import SimpleNamespace
+        from chdl.monitor.runtime import Monitor
+        mon = Monitor({"predictor": "checkpoint", "checkpoint": "m.pt", "trained_max_value": 255})
+        before = set(sys.modules)
+        mon.offer(Path(sys.argv[1]), SimpleNamespace(index=0, lane=0, position_index=0, file=None, status="dropped"))
+        print(json.dumps([mon.max_value, sorted(set(sys.modules) - before)]))
+    """)
+    out = subprocess.run([sys.executable, "-c", code, str(clean_run)], capture_output=True, text=True,
+                         cwd=Path(__file__).parents[2], timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout) == [255, []]
+
+
 def test_a_checkpoint_predictor_leaves_autograd_as_it_found_it(tmp_path, monkeypatch):
     """CheckpointPredictor switched gradients off for the whole process: after an in-process monitor-eval every
     training step in it failed ("element 0 of tensors does not require grad")."""
