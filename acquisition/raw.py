@@ -201,6 +201,9 @@ def validate_manifest(manifest: Any) -> str | None:
     settings = manifest.get("settings") or {}
     if "pixel_format" in settings and not isinstance(settings["pixel_format"], str):
         return f"malformed manifest (settings.pixel_format must be a string, not {_describe(settings['pixel_format'])})"
+    if "pixel_format" in settings and settings["pixel_format"] not in PIXEL_DTYPES:  # (a replay of one crashed)
+        return (f"malformed manifest (unsupported settings.pixel_format {settings['pixel_format']!r}; supported: "
+                f"{', '.join(PIXEL_DTYPES)})")
     if settings.get("bit_depth") is not None and (why := check_bit_depth(settings.get("pixel_format"), settings["bit_depth"])):
         return f"malformed manifest (settings.{why.replace('bit depth', 'bit_depth', 1)})"
     plan = manifest.get("plan") or {}

@@ -107,9 +107,7 @@ def _settings(rec: Recording) -> tuple[int, int, str]:
     if missing:
         raise PlanError(f"{manifest}: malformed manifest (settings need width, height, pixel_format; "
                         f"missing {', '.join(missing)})")
-    w, h, fmt = s["width"], s["height"], s["pixel_format"]  # types checked by Recording.open
-    if fmt not in PIXEL_DTYPES:
-        raise PlanError(f"{manifest}: unsupported pixel format {fmt!r} (supported: {', '.join(PIXEL_DTYPES)})")
+    w, h, fmt = s["width"], s["height"], s["pixel_format"]  # types and pixel format checked by Recording.open
     if w < 16 or h < 16:
         raise PlanError(f"{manifest}: frame size {w}x{h} is too small to curate (need at least 16x16)")
     return w, h, fmt

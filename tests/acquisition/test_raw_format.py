@@ -167,6 +167,8 @@ def test_missing_field_and_non_utf8_bytes(tmp_path):
     (lambda m: m.update(settings=[1]), "settings must be an object"),
     (lambda m: m.update(camera="viky"), "camera must be an object, not str 'viky'"),  # replay crashed on it
     (lambda m: m.update(camera={"transport": ["x"]}), "camera.transport must be a string, not list"),
+    (lambda m: m["settings"].update(pixel_format="RGB8"),  # a replay of it ended in a traceback, its folder left
+     "unsupported settings.pixel_format 'RGB8'; supported: Mono8, Mono10, Mono12, Mono16"),
 ])
 def test_malformed_manifest_names_the_key(tmp_path, edit, needle):
     _record(tmp_path / "run")
