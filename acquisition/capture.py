@@ -41,7 +41,8 @@ from typing import Callable
 
 from acquisition import files
 from acquisition.backends.base import Camera, CameraError, CaptureSettings, SourceEnded, Stage
-from acquisition.raw import FORMAT_BITS, FrameRecord, RecordingWriter, check_bit_depth
+from acquisition.raw import (FORMAT_BITS, FRAMES_DIR, FRAMES_INDEX, MANIFEST, FrameRecord, RecordingWriter,
+                             check_bit_depth)
 from acquisition.trigger import choose_trigger, frame_source
 
 
@@ -242,6 +243,7 @@ def run_capture(camera: Camera, stage: Stage, out: str | Path, settings: Capture
                 notes: dict | None = None) -> CaptureResult:
     """Capture ``plan`` from ``camera`` (not yet opened) into the new recording folder ``out``."""
     out = Path(out)
+    made_out = not out.exists()  # (a folder of the user's, given empty, is emptied again, not removed)
     started = time.monotonic()
     counts = {"dropped_positions": 0, "frames": 0, "first_ns": 0, "last_ns": 0}
     writer = source = applied = mode = background = None
@@ -302,6 +304,10 @@ def run_capture(camera: Camera, stage: Stage, out: str | Path, settings: Capture
     if stopped_by is None:  # frames with pixels: a dropped position is a record without one
         got = n - counts["dropped_positions"]
         message = f"captured {got} frame{'s' if got != 1 else ''} into {out}"
+    elif writer is not None and n == 0 and _remove_empty(out, made_out):
+        # stopped before its first frame (a refused --bit-depth, Ctrl-C, the camera lost): a recording of no frame
+        # was kept, and curating the folder of runs then failed on it (its settings differ from the rerun's)
+        message = f"{message}; stopped before the first frame: nothing recorded, {out} removed"
     else:
         marked = "marked incomplete" if writer is None or closed else \
             "its manifest could not be closed: it says 'recording', read as incomplete"
@@ -384,6 +390,23 @@ def _loop(source, stage: Stage, out: _BackgroundWriter, applied: CaptureSettings
                                   f"(frame timeout {frame_timeout:.2f} s)")
     if done and counts["dropped_positions"] == done:  # fewer positions than max_consecutive_timeouts, none with a frame
         raise CameraError(f"camera lost: no frame at any of the {done} positions (frame timeout {frame_timeout:.3g} s)")
+
+
+def _remove_empty(out: Path, made_out: bool) -> bool:
+    """Remove what a recording of no frame wrote into ``out`` (the folder too if this capture made it); False
+    if something else is there or it could not be removed (it is then kept, as any stopped recording)."""
+    ours = {MANIFEST, FRAMES_INDEX, FRAMES_DIR, RESERVE}
+    try:
+        if any(p.name not in ours for p in out.iterdir()) or any((out / FRAMES_DIR).iterdir()):
+            return False
+        for name in (RESERVE, FRAMES_INDEX, MANIFEST):  # frames/ last: stopped between, what is left is a claim
+            (out / name).unlink(missing_ok=True)
+        (out / FRAMES_DIR).rmdir()
+        if made_out:
+            out.rmdir()
+    except OSError:
+        return False
+    return True
 
 
 def _close(writer: RecordingWriter, status: str, stopped_by: str | None, message: str, stats, extra: int,

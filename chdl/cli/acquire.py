@@ -215,7 +215,8 @@ def report_captures(ctx, results) -> None:
                   f"dropped by the device, "
                   f"{r.incomplete} incomplete buffers, {skipped}{r.rate_fps:.2f} frames/s")
         if r is worst:
-            click.echo(f"{r.path}: {counts}")            # what went wrong follows once, as the error line
+            if r.frames or r.path.exists():  # (a capture stopped before its first frame removed its folder)
+                click.echo(f"{r.path}: {counts}")  # what went wrong follows once, as the error line
         else:
             click.echo(f"{r.message} ({counts})")
             if r.dropped_positions and r.stopped_by is None:

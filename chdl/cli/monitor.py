@@ -152,7 +152,8 @@ def monitor(ctx, checkpoint, t_in, queue_depth, z_on, z_off, scorer, serve, toke
         restore_signals(previous)
         if server is not None:
             server.stop()
-        if not results and mon.captured == 0 and mon.folder is not None:  # nothing recorded: leave nothing behind
+        if mon.captured == 0 and mon.folder is not None:  # nothing recorded: leave nothing behind (a capture stopped
+            # before its first frame removes its recording too)
             shutil.rmtree(mon.folder, ignore_errors=True)  # (mon.folder: set once this monitor claimed it)
             if new_out and params["out"].is_dir() and not any(params["out"].iterdir()):
                 params["out"].rmdir()
@@ -160,6 +161,8 @@ def monitor(ctx, checkpoint, t_in, queue_depth, z_on, z_off, scorer, serve, toke
         click.echo("interrupted before the capture began: nothing recorded", err=True)
         ctx.exit(130)
     status = mon.status.fields  # as written last (or, if that failed, as it would have been)
+    if mon.captured == 0:  # stopped before the first frame: its folder is gone, the capture's error says why
+        report_captures(ctx, results)
     click.echo(f"monitor: {status['frames_scored']} frames scored, {status['frames_skipped']} skipped, "
                f"{status['frames_unscored']} unscored (no history yet in their lane pass), "
                f"{status['events']} events -> {mon.folder}")

@@ -108,14 +108,27 @@ def test_a_recording_is_never_written_inside_another_recording_or_a_dataset(tmp_
         assert "choose another output folder" in r.stderr and not (out / "inner").exists()
 
 
-def test_a_wrong_bit_depth_stops_the_capture_at_the_first_frame(tmp_path):
-    """--bit-depth 6 for 8-bit data was recorded with exit 0; chdl curate refused the recording later."""
-    r = chdl("capture", "--camera", "sim0", "--width", "64", "--height", "48", "--fps", "500", "--positions", "5",
-             "--bit-depth", "6", "-q", "--out", tmp_path, "--run-id", "r")
+def test_a_wrong_bit_depth_stops_the_capture_at_the_first_frame_and_leaves_nothing(tmp_path):
+    """--bit-depth 6 for 8-bit data was recorded with exit 0; chdl curate refused the recording later. Then the refused
+    capture kept a recording of no frame, and curating the folder of runs failed on it after a corrected rerun (its
+    bit depth differs from the rerun's): a capture stopped before its first frame leaves nothing, live or monitored."""
+    args = ("--camera", "sim0", "--width", "64", "--height", "48", "--fps", "500", "--positions", "5", "-q",
+            "--out", tmp_path / "raw")
+    r = chdl("capture", *args, "--bit-depth", "6", "--run-id", "r")
     assert r.returncode == 1, r.stderr
     assert "Error: lane 0 position 0: pixel values up to " in r.stderr and ", above 63: the camera sends more than " \
-        "the 6 significant bits --bit-depth says; stopped after 0 of 5 frames" in r.stderr
-    assert Recording.open(tmp_path / "r").manifest["notes"]["stopped_by"] == "error"
+        f"the 6 significant bits --bit-depth says; stopped before the first frame: nothing recorded, " \
+        f"{tmp_path / 'raw' / 'r'} removed" in r.stderr
+    assert list((tmp_path / "raw").iterdir()) == []
+    (tmp_path / "raw" / "mine").mkdir()  # a folder the user made, given empty: emptied again, kept
+    r = chdl("capture", *args, "--bit-depth", "6", "--run-id", "mine")
+    assert r.returncode == 1 and list((tmp_path / "raw").iterdir()) == [tmp_path / "raw" / "mine"], r.stderr
+    assert list((tmp_path / "raw" / "mine").iterdir()) == []
+    r = chdl("monitor", *args, "--bit-depth", "6", "--run-id", "m")
+    assert r.returncode == 1 and "nothing recorded" in r.stderr, r.stderr
+    assert sorted(p.name for p in (tmp_path / "raw").iterdir()) == ["mine"]
+    r = chdl("capture", *args, "--run-id", "r")
+    assert r.returncode == 0 and Recording.open(tmp_path / "raw" / "r").complete, r.stderr
 
 
 def test_positions_without_a_frame_are_counted_and_a_run_without_any_frame_fails(tmp_path):
@@ -452,3 +465,21 @@ def test_a_capture_stopped_before_its_manifest_is_rerun_under_the_same_run_id(tm
     _same_frames(live, Recording.open(tmp_path / "out" / "replayed"))
     r = chdl("capture", "--camera", "sim0", "--run-id", "live", *args)
     assert r.returncode == 1 and "live: already exists and is not an empty folder" in r.stderr, r.stderr
+
+
+def test_replaying_a_recording_of_a_pixel_format_chdl_cannot_read_is_one_line_and_writes_nothing(tmp_path):
+    """A manifest saying RGB8: `capture --replay` ended in a traceback from the PNG encoder and left an incomplete
+    recording of 0 frames behind (curate said it in one line)."""
+    r = chdl("capture", "--camera", "sim0", "--out", tmp_path / "raw", "--run-id", "r", "--positions", "2",
+             "--width", "64", "--height", "48", "-q")
+    assert r.returncode == 0, r.stderr
+    manifest = tmp_path / "raw" / "r" / "manifest.json"
+    m = json.loads(manifest.read_text())
+    m["settings"]["pixel_format"] = "RGB8"
+    manifest.write_text(json.dumps(m))
+    for command in (("capture",), ("monitor",)):
+        r = chdl(*command, "--replay", tmp_path / "raw" / "r", "--out", tmp_path / "rep", "--as-fast-as-possible", "-q")
+        assert r.returncode == 1 and r.stderr.strip().splitlines() == [
+            f"Error: {manifest}: malformed manifest (unsupported settings.pixel_format 'RGB8'; supported: Mono8, "
+            "Mono10, Mono12, Mono16)"], (command, r.stderr)
+        assert not (tmp_path / "rep").exists()
