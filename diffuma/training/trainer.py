@@ -571,7 +571,16 @@ class Trainer:
         """Progress-bar label: "epoch 3/10", or "epoch 3 (10 min budget)" when the run is bounded by time."""
         if self.budget_s is not None:
             return f"epoch {self.epoch + 1} ({self.run.max_minutes:g} min budget)"
-        return f"epoch {self.epoch + 1}/{self.run.epochs}"
+        epochs = min(self.run.epochs, -(-self.total_steps // max(self.steps_per_epoch, 1)))  # (run.max_steps may end it early)
+        return f"epoch {self.epoch + 1}/{epochs}"
+
+    def _bar_total(self) -> int:
+        """The steps this epoch's progress bar counts to: the epoch's batches, or fewer where run.max_steps ends the
+        run inside it (the bar stopped at 20 %, its ETA that of the whole epoch); a time budget's run keeps the
+        epoch's (its end is a time, not a step)."""
+        if self.budget_s is not None:
+            return self.steps_per_epoch
+        return min(self.steps_per_epoch, self.batch_in_epoch + max(self.total_steps - self.step, 0))
 
     def finished(self) -> bool:
         """True when the run has nothing left to train: run.epochs done, the planned steps (run.max_steps or a
@@ -651,7 +660,7 @@ class Trainer:
                 if self._stop_requested():
                     self._stop()
                 self.sampler.set_epoch(self.epoch, skip=self.batch_in_epoch * self.run.batch_size)
-                bar = tqdm(total=self.steps_per_epoch, initial=self.batch_in_epoch, unit="step", dynamic_ncols=True,
+                bar = tqdm(total=self._bar_total(), initial=self.batch_in_epoch, unit="step", dynamic_ncols=True,
                            desc=self._bar_label(), disable=not self.progress)
                 t_last = time.perf_counter()
                 self._start_step_clock()

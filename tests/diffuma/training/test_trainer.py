@@ -140,6 +140,25 @@ def test_max_steps_stops_mid_epoch_and_sets_schedule_length(standin, tiny_datase
     assert load_checkpoint(tmp_path / "r" / "checkpoints" / "last.pt")["step"] == 4
 
 
+def test_the_progress_bar_counts_to_run_max_steps(standin, tiny_dataset, tmp_path, monkeypatch):
+    """run.max_steps=4 at 3 steps an epoch and run.epochs=3: the bars said "epoch 1/3" and "epoch 2/3" and counted
+    to 3 each, the second stopping at 1 of 3 (its ETA that of a whole epoch)."""
+    import diffuma.training.trainer as trainer
+
+    bars, real = [], trainer.tqdm
+
+    def spy(*args, **kw):
+        bars.append((kw["desc"], kw["total"], kw["initial"]))
+        return real(*args, **{**kw, "disable": True})
+
+    monkeypatch.setattr(trainer, "tqdm", spy)
+    build_trainer(_config(max_steps=4), tiny_dataset, tmp_path / "r", progress=True).fit()
+    assert bars == [("epoch 1/2", 3, 0), ("epoch 2/2", 1, 0)]
+    bars.clear()
+    build_trainer(_config(epochs=2), tiny_dataset, tmp_path / "full", progress=True).fit()
+    assert bars == [("epoch 1/2", 3, 0), ("epoch 2/2", 3, 0)]
+
+
 @pytest.mark.parametrize("max_steps, rows", [(2, [(1, 2)]), (4, [(1, 3), (2, 4)])])
 def test_a_run_that_stops_mid_epoch_validates_its_final_weights(standin, tiny_dataset, tmp_path, max_steps, rows):
     """run.max_steps inside an epoch (3 steps an epoch here): the partial epoch gets its epochs.csv row with a
