@@ -88,6 +88,20 @@ def _flip_one_byte(path):
     path.write_bytes(bytes(data))
 
 
+def _flip_one_tensor_byte(path) -> str:
+    """Changes one byte in the middle of the checkpoint's largest zip member (a tensor's data); returns its name."""
+    import struct
+    import zipfile
+
+    with zipfile.ZipFile(path) as z:
+        info = max(z.infolist(), key=lambda i: i.file_size)
+    data = bytearray(path.read_bytes())
+    names, extra = struct.unpack_from("<HH", data, info.header_offset + 26)  # the local header's two lengths
+    data[info.header_offset + 30 + names + extra + info.file_size // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+    return info.filename
+
+
 def test_a_damaged_checkpoint_is_refused_by_resume_eval_and_predict(run, tiny_dataset, tmp_path, standin):
     """One flipped byte: the checksum recorded when the checkpoint was written no longer matches (torch alone
     loads such a file without complaint); without its record (an older or copied checkpoint) it loads."""
@@ -115,6 +129,16 @@ def test_a_damaged_checkpoint_is_refused_by_resume_eval_and_predict(run, tiny_da
     legacy = tmp_path / "legacy.pt"
     shutil.copyfile(run / "checkpoints" / "last.pt", legacy)
     assert load_checkpoint(legacy)["step"] == 1
+    # ... unless its zip archive's own CRC-32 says a member is damaged (a byte changed in the largest tensor's data,
+    # which torch.load takes as it is: eval gave slightly different numbers, exit 0)
+    copied = tmp_path / "copied.pt"
+    shutil.copyfile(legacy, copied)
+    member = _flip_one_tensor_byte(copied)
+    torch.load(copied, weights_only=True)  # what went unnoticed
+    r = CliRunner().invoke(main, ["eval", "--checkpoint", str(copied), "--data", str(tiny_dataset), "--out",
+                                  str(tmp_path / "e2"), "-q"])
+    assert (r.exit_code, r.output.strip()) == (1, f"Error: {copied}: damaged checkpoint (the CRC-32 of {member} in "
+                                                  "its torch zip archive does not match its bytes)"), r.output
     # An unreadable record is named.
     checksum_path(legacy).write_text("{not json")
     with pytest.raises(CheckpointError, match=rf"^{checksum_path(legacy)}: unreadable checksum record of legacy.pt "):
