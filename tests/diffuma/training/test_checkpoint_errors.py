@@ -89,12 +89,13 @@ def _flip_one_byte(path):
 
 
 def _flip_one_tensor_byte(path) -> str:
-    """Changes one byte in the middle of the checkpoint's largest zip member (a tensor's data); returns its name."""
+    """Changes one byte in the middle of the checkpoint's largest tensor storage (zip member <name>/data/<k>);
+    returns the member's name."""
     import struct
     import zipfile
 
     with zipfile.ZipFile(path) as z:
-        info = max(z.infolist(), key=lambda i: i.file_size)
+        info = max((i for i in z.infolist() if "/data/" in i.filename), key=lambda i: i.file_size)  # (a storage)
     data = bytearray(path.read_bytes())
     names, extra = struct.unpack_from("<HH", data, info.header_offset + 26)  # the local header's two lengths
     data[info.header_offset + 30 + names + extra + info.file_size // 2] ^= 0x01
