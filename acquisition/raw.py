@@ -325,6 +325,19 @@ def free_for_a_recording(path: str | os.PathLike) -> bool:
     return not path.exists() or (path.is_dir() and (not any(path.iterdir()) or abandoned_claim(path)))
 
 
+def taken(path: str | os.PathLike) -> str:
+    """Why no recording may be started in ``path`` (not :func:`free_for_a_recording`), one line naming it: what is
+    there, when it is a recording (a rerun after Ctrl-C met "not an empty folder" with no word of what to do)."""
+    path = Path(path)
+    try:
+        rec = Recording.open(path)
+    except (RawFormatError, OSError):
+        return f"{path}: already exists and is not an empty folder; refusing to overwrite a recording"
+    state = "complete" if rec.complete else "incomplete"
+    return (f"{path}: already holds a recording ({state}, {len(rec)} frame{'s' if len(rec) != 1 else ''}); refusing "
+            "to overwrite it (move it away to record there again)")
+
+
 def _take_over(path: Path) -> None:
     """Clear an abandoned claim in ``path`` for a new one. Renaming its ``frames/`` away is atomic, so of two
     writers taking it over at once one renames it and both then race for the new claim as for a free folder."""
@@ -355,7 +368,7 @@ class RecordingWriter:
         another writer claims at the same time: ``frames/`` is created exclusively). RawFormatError naming it."""
         path = Path(path)
         if not free_for_a_recording(path):
-            raise RawFormatError(f"{path}: already exists and is not an empty folder; refusing to overwrite a recording")
+            raise RawFormatError(taken(path))
         if why := _inside_other_data(path):
             raise RawFormatError(f"{path}: inside {why}; choose another output folder")
         manifest = dict(manifest)
@@ -594,6 +607,11 @@ def is_recording(path: str | os.PathLike) -> bool:
     return os.path.lexists(Path(path) / MANIFEST)
 
 
+def _lost_its_manifest(path: Path) -> bool:
+    """Whether ``path`` holds a frame index but no manifest: a recording whose manifest.json was deleted."""
+    return (path / FRAMES_INDEX).is_file() and not is_recording(path)
+
+
 def find_recordings(path: str | os.PathLike) -> list[Path]:
     """``path`` itself if it is a recording, else the recordings directly inside it, sorted by name."""
     path = Path(path)
@@ -605,6 +623,9 @@ def find_recordings(path: str | os.PathLike) -> list[Path]:
         raise RawFormatError(f"{path}: not a recording or a folder of recordings")
     if is_recording(path):
         return [path]
+    if _lost_its_manifest(path):
+        raise RawFormatError(f"{path}: a recording without its {MANIFEST} ({FRAMES_INDEX} is there); it cannot be read "
+                             "without it: restore it from a copy")
     folders = sorted(p for p in path.iterdir() if p.is_dir())
     # a folder this user may not look into (another user's, mode 700) may be a recording: left out, a third of a
     # shared corpus went missing from a dataset without a word
@@ -613,6 +634,10 @@ def find_recordings(path: str | os.PathLike) -> list[Path]:
             raise RawFormatError(f"{p}: this user may not look inside it (permissions; another user's folder?), so "
                                  f"whether it is a recording cannot be told: give read access, or move it out of {path}")
     runs = [p for p in folders if is_recording(p)]
+    for p in folders:  # (left out without a word, the rest of the folder curated)
+        if p not in runs and _lost_its_manifest(p):
+            raise RawFormatError(f"{p}: a recording without its {MANIFEST} ({FRAMES_INDEX} is there); it cannot be "
+                                 f"read without it: restore it from a copy, or move it out of {path}")
     if not runs:
         what = "empty folder" if not any(path.iterdir()) else f"no recordings inside (no subfolder has {MANIFEST})"
         if (path / "zarr.json").is_file():  # the other way round from `chdl info RECORDING`

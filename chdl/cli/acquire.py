@@ -166,7 +166,7 @@ def run_captures(ctx, alias, replay, out, run_id, lanes, positions, step_um, fps
     results = []
     with _user_errors():
         if replay:
-            from acquisition.raw import find_recordings, free_for_a_recording
+            from acquisition.raw import find_recordings, free_for_a_recording, taken
 
             runs = find_recordings(replay)
             if run_id and len(runs) > 1:
@@ -180,8 +180,8 @@ def run_captures(ctx, alias, replay, out, run_id, lanes, positions, step_um, fps
                     raise click.ClickException(f"{dest}: {seen[dest]} and {run} both replay to it (the same run id); "
                                                "replay them one at a time with --run-id")
                 if not free_for_a_recording(dest):
-                    raise click.ClickException(f"{dest}: already exists and is not an empty folder; refusing to "
-                                               "overwrite a recording (choose another --out); nothing was replayed")
+                    raise click.ClickException(f"{taken(dest)}; choose another --out or --run-id; nothing was "
+                                               "replayed")
                 seen[dest] = run
             for run in runs:
                 results.append(_replay_one(run, out, run_id, not afap, frame_timeout, quiet, on_record))

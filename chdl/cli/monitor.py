@@ -119,10 +119,10 @@ def monitor(ctx, checkpoint, t_in, queue_depth, z_on, z_off, scorer, serve, toke
     spec["scorer"] = _alert_levels(z_on, z_off, learned)
     if scorer is not None:
         spec["scorer"]["scorer_file"] = str(scorer.resolve())
-    from acquisition.raw import free_for_a_recording
+    from acquisition.raw import free_for_a_recording, taken
 
     if not free_for_a_recording(run_path):
-        raise click.ClickException(f"{run_path}: already exists (choose another --run-id or --out)")
+        raise click.ClickException(f"{taken(run_path)}; choose another --run-id or --out")
     new_out = not params["out"].exists()
     from tqdm import tqdm
 

@@ -440,8 +440,8 @@ def test_replaying_a_folder_checks_every_destination_before_it_replays_any(tmp_p
     assert r.returncode == 0, r.stderr
     r = chdl("capture", "--replay", tmp_path / "raw", "--out", tmp_path / "rep", "--as-fast-as-possible", "-q")
     assert r.returncode == 1 and r.stderr.strip() == (
-        f"Error: {tmp_path / 'rep' / 'b'}: already exists and is not an empty folder; refusing to overwrite a "
-        "recording (choose another --out); nothing was replayed"), r.stderr
+        f"Error: {tmp_path / 'rep' / 'b'}: already holds a recording (complete, 2 frames); refusing to overwrite it "
+        "(move it away to record there again); choose another --out or --run-id; nothing was replayed"), r.stderr
     assert sorted(p.name for p in (tmp_path / "rep").iterdir()) == ["b"]  # a was not replayed first
 
 
@@ -464,7 +464,15 @@ def test_a_capture_stopped_before_its_manifest_is_rerun_under_the_same_run_id(tm
     assert r.returncode == 0, r.stderr
     _same_frames(live, Recording.open(tmp_path / "out" / "replayed"))
     r = chdl("capture", "--camera", "sim0", "--run-id", "live", *args)
-    assert r.returncode == 1 and "live: already exists and is not an empty folder" in r.stderr, r.stderr
+    assert r.returncode == 1 and r.stderr.strip() == (  # (it said "not an empty folder", nothing of what to do)
+        f"Error: {live.path}: already holds a recording (complete, 2 frames); refusing to overwrite it (move it away "
+        "to record there again)"), r.stderr
+    (tmp_path / "out" / "other").mkdir()
+    (tmp_path / "out" / "other" / "notes.txt").write_text("mine")
+    r = chdl("capture", "--camera", "sim0", "--run-id", "other", *args)
+    assert r.returncode == 1 and r.stderr.strip() == (
+        f"Error: {tmp_path / 'out' / 'other'}: already exists and is not an empty folder; refusing to overwrite a "
+        "recording"), r.stderr
 
 
 def test_replaying_a_recording_of_a_pixel_format_chdl_cannot_read_is_one_line_and_writes_nothing(tmp_path):
