@@ -98,6 +98,17 @@ class Plan:
                 "bit_depth": self.bit_depth}
 
 
+def _spans(positions: list[int]) -> str:
+    """[3, 4, 5, 8] -> "3-5, 8" (sorted positions)."""
+    runs: list[list[int]] = []
+    for p in positions:
+        if runs and p == runs[-1][1] + 1:
+            runs[-1][1] = p
+        else:
+            runs.append([p, p])
+    return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in runs)
+
+
 def _settings(rec: Recording) -> tuple[int, int, str]:
     manifest = rec.path / "manifest.json"
     s = rec.manifest.get("settings")
@@ -287,9 +298,11 @@ def build_plan(source: str | os.PathLike, cfg: CurateConfig, bit_depth: int | No
                 records = [got.get(p) for p in pos]
                 reasons = {t: problems.get((lane, p), "position never recorded")
                            for t, p in enumerate(pos) if records[t] is None}
-                for t, why in reasons.items():
-                    if why == "position never recorded":
-                        warnings.append(f"{index_file}: lane {lane} position {pos[t]} never recorded; treated as missing")
+                never = [pos[t] for t, why in reasons.items() if why == "position never recorded"]
+                if never:  # one line a window (a lane cut off was one line a position)
+                    what = (f"position {never[0]}" if len(never) == 1 else
+                            f"positions {_spans(never)} ({len(never)} of {T})")
+                    warnings.append(f"{index_file}: lane {lane} {what} never recorded; treated as missing")
                 um = [float(r.position_um) if r is not None else
                       (planned_um[p] if p < len(planned_um) else float("nan")) for r, p in zip(records, pos)]
                 ts = [int(r.host_wall_ns) if r is not None else -1 for r in records]

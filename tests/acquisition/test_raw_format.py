@@ -344,6 +344,26 @@ def test_a_claim_whose_writer_is_gone_is_taken_over_and_a_live_ones_is_not(tmp_p
     assert not free_for_a_recording(tmp_path / "rec") and free_for_a_recording(tmp_path / "none")
 
 
+def test_a_recording_that_lost_its_manifest_is_named_not_left_out(tmp_path):
+    """A run whose manifest.json was deleted: given itself, the error said "no recordings inside (no subfolder has
+    manifest.json)"; in a folder of runs it was left out without a word and the others curated."""
+    for name in ("a", "b"):
+        _record(tmp_path / "raw" / name)
+    (tmp_path / "raw" / "b" / "manifest.json").unlink()
+    b = tmp_path / "raw" / "b"
+    with pytest.raises(RawFormatError) as e:
+        find_recordings(b)
+    assert str(e.value) == f"{b}: a recording without its manifest.json (frames.jsonl is there); it cannot be read " \
+        "without it: restore it from a copy"
+    with pytest.raises(RawFormatError) as e:
+        find_recordings(tmp_path / "raw")
+    assert str(e.value) == f"{b}: a recording without its manifest.json (frames.jsonl is there); it cannot be read " \
+        f"without it: restore it from a copy, or move it out of {tmp_path / 'raw'}"
+    (tmp_path / "raw" / "notes").mkdir()  # any other folder is still no business of find_recordings
+    b.rename(tmp_path / "lost")
+    assert find_recordings(tmp_path / "raw") == [tmp_path / "raw" / "a"]
+
+
 def test_a_folder_this_user_may_not_look_into_is_not_silently_left_out(tmp_path, monkeypatch):
     """Another user's recording (mode 700) among a folder of runs was skipped: curate made a dataset of the others,
     exit 0. Whether it is a recording cannot be told, so it is named (emulated: os.access says no, as it does for

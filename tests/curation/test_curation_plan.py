@@ -123,7 +123,7 @@ def test_fractions_that_leave_nothing_to_train_on_are_refused():
 
 def test_grouping_windows_and_missing_positions(tmp_path):
     run = tmp_path / "r"
-    write_run(run, lanes=3, drop={(0, 1)}, skip={(2, 9)})
+    write_run(run, lanes=3, drop={(0, 1)}, skip={(2, 9), (1, 2), (1, 3), (1, 4), (1, 7)})
     m = json.loads((run / "manifest.json").read_text())
     plan = build_plan(run, CurateConfig())
     assert len(plan.sequences) == 3 and plan.height == 120 and plan.width == 160 and plan.pixel_format == "Mono8"
@@ -131,8 +131,11 @@ def test_grouping_windows_and_missing_positions(tmp_path):
     assert s0.records[1] is None and s0.missing_reasons == {1: "dropped by the camera/host"}
     assert s2.missing_reasons == {9: "position never recorded"}
     assert s2.position_um[9] == m["plan"]["positions_um"][9]  # from the plan when never recorded
-    assert [r.position_index for r in plan.sequences[1].records] == list(range(T))
-    assert any("position 9 never recorded" in w for w in plan.warnings)
+    assert [r.position_index for r in plan.sequences[1].records if r is not None] == [0, 1, 5, 6, 8, 9]
+    # one line a window (a lane cut off was one line a position)
+    assert [w.split(": ", 1)[1] for w in plan.warnings if "never recorded" in w] == [
+        "lane 1 positions 2-4, 7 (4 of 10) never recorded; treated as missing",
+        "lane 2 position 9 never recorded; treated as missing"]
     assert not any("dropped" in w for w in plan.warnings)  # a dropped frame is routine, not a warning
 
 
