@@ -14,6 +14,6 @@ if sys.path and not sys.flags.safe_path:
     if first != Path(chdl.__file__).resolve().parents[1]:
         del sys.path[0]
 
-from chdl.cli import main  # noqa: E402 (after the path is safe)
+from chdl.cli import run  # noqa: E402 (after the path is safe)
 
-main()
+run()

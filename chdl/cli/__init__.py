@@ -185,3 +185,24 @@ def _stdout_fails(e: OSError) -> bool:
 @click.version_option(chdl.__version__, prog_name="chdl")
 def main() -> None:
     """chdl: capture, curate and predict wafer dicing-lane video (DIFFUMA)."""
+
+
+def _exit_now(signum, frame) -> None:
+    os._exit(130)
+
+
+def run() -> None:
+    """The program (the ``chdl`` console script, ``python -m chdl``): :func:`main`, and once a command exits on an
+    interrupt (status 130), another Ctrl-C, SIGTERM or SIGHUP while the interpreter shuts down ends it at once and
+    quietly. Python joins worker threads at exit, and a second signal there (GNU ``timeout`` sends its signal to the
+    command and again to its process group; a user presses Ctrl-C twice) printed "Exception ignored in: <module
+    'threading'>" and a traceback after the command's own one line. What the command wrote is complete or resumable
+    already; the threads still running are what a rerun redoes."""
+    try:
+        main()
+    except SystemExit as e:
+        if e.code == 130:
+            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+                if signal.getsignal(sig) is not signal.SIG_IGN:  # (under nohup SIGHUP stays ignored)
+                    signal.signal(sig, _exit_now)
+        raise

@@ -292,3 +292,28 @@ def test_python_m_chdl_is_not_shadowed_by_a_users_file_in_the_working_folder(tmp
     r = subprocess.run([sys.executable, "-m", "chdl", "info", str(tmp_path / "none.zarr")], capture_output=True,
                        text=True, cwd=tmp_path, timeout=120)
     assert r.returncode == 1 and r.stderr.strip() == f"Error: {tmp_path / 'none.zarr'}: no such dataset", r.stderr
+
+
+def test_a_second_interrupt_while_the_program_exits_ends_it_quietly():
+    """After Ctrl-C a command exits 130 and Python joins its worker threads; a second SIGINT there (GNU timeout signals
+    the command and then its process group; a user presses Ctrl-C twice) printed "Exception ignored in: <module
+    'threading'>" and a KeyboardInterrupt traceback after curate's one line (a trial, 1 run in 12). Here a command
+    stand-in leaves a thread busy for 5 s and the second signal comes 0.3 s into the exit: chdl ends at once, 130,
+    nothing on stderr."""
+    import time
+
+    code = """if True:
+        import concurrent.futures, os, signal, threading, time
+        import chdl.cli as cli
+
+        def command():
+            concurrent.futures.ThreadPoolExecutor(1).submit(time.sleep, 5)  # joined at exit
+            threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT)).start()
+            raise SystemExit(130)
+
+        cli.main = command
+        cli.run()
+    """
+    t0 = time.monotonic()
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert (out.returncode, out.stderr) == (130, "") and time.monotonic() - t0 < 4.5, out.stderr
