@@ -297,7 +297,9 @@ def _open_group(path: Path, mode: str) -> zarr.Group:
     try:
         group = zarr.open_group(str(path), mode=mode, zarr_format=3)
     except Exception as e:  # zarr raises a variety of errors for malformed metadata
-        raise DatasetFormatError(f"{path}: cannot open zarr group ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+        # (named by its zarr.json: the group's metadata is what zarr could not read)
+        raise DatasetFormatError(f"{path / 'zarr.json'}: cannot open zarr group "
+                                 f"({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
     validate(group, path)
     return group
 

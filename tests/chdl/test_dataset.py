@@ -121,6 +121,11 @@ def test_refuses_overwrite_and_bad_paths(tmp_path):
     with pytest.raises(DatasetFormatError, match=r"newer.zarr: a dataset of schema chdl.dataset/2 \(made by a newer "
                        r"chdl\); this chdl reads chdl.dataset/1: upgrade chdl to use it$"):
         open_dataset(tmp_path / "newer.zarr")
+    # a damaged group metadata document is named (it said only "d.zarr: cannot open zarr group (Invalid control ...")
+    meta = tmp_path / "d.zarr" / "zarr.json"
+    meta.write_bytes(meta.read_bytes()[:40] + b"\x01" + meta.read_bytes()[40:])
+    with pytest.raises(DatasetFormatError, match=rf"^{meta}: cannot open zarr group \(.+\)$"):
+        open_dataset(tmp_path / "d.zarr")
 
 
 def test_write_shard_checks_shapes(tmp_path):
