@@ -317,3 +317,37 @@ def test_a_second_interrupt_while_the_program_exits_ends_it_quietly():
     t0 = time.monotonic()
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert (out.returncode, out.stderr) == (130, "") and time.monotonic() - t0 < 4.5, out.stderr
+
+
+def test_the_simulate_corpus_bar_follows_the_frames_on_disk(tmp_path):
+    """The render bar moved only when a run finished: the default corpus (two runs on two workers) sat at 0 % for
+    minutes and jumped to 100 %. It follows the runs' frames.jsonl lines while they render, and a finished run's
+    count as its result gives it."""
+    import io
+    import time
+
+    from tqdm import tqdm
+
+    from chdl.cli.simulate import _FramesOnDisk
+
+    a, b = tmp_path / "run_00000", tmp_path / "run_00001"
+    a.mkdir()
+    bar = tqdm(total=20, file=io.StringIO())
+
+    def shown(n):
+        deadline = time.monotonic() + 10
+        while bar.n != n and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return bar.n
+
+    with _FramesOnDisk(bar, [a, b], every_s=0.01) as progress:  # (b not started yet: no folder)
+        (a / "frames.jsonl").write_text("{}\n" * 3 + '{"torn')
+        assert shown(3) == 3
+        b.mkdir()
+        (b / "frames.jsonl").write_text("{}\n" * 4)
+        assert shown(7) == 7
+        progress.finished(a, 10)
+        assert bar.n == 14
+        progress.finished(b, 10)
+        assert bar.n == 20
+    assert bar.n == 20
