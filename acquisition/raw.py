@@ -607,6 +607,15 @@ def is_recording(path: str | os.PathLike) -> bool:
     return os.path.lexists(Path(path) / MANIFEST)
 
 
+VIDEO_SUFFIXES = (".avi", ".mp4", ".mkv", ".mov", ".m4v", ".webm", ".mpg", ".mpeg", ".wmv")  # what users hand in
+VIDEO_HINT = "chdl import video makes a dataset of it, without QC (docs/importers.md)"
+
+
+def looks_like_video(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is named like a video file (a user's footage given where a recording or dataset belongs)."""
+    return Path(path).suffix.lower() in VIDEO_SUFFIXES
+
+
 def _lost_its_manifest(path: Path) -> bool:
     """Whether ``path`` holds a frame index but no manifest: a recording whose manifest.json was deleted."""
     return (path / FRAMES_INDEX).is_file() and not is_recording(path)
@@ -620,7 +629,8 @@ def find_recordings(path: str | os.PathLike) -> list[Path]:
     except OSError as e:
         raise RawFormatError(f"{path}: {os_problem(e)}") from None
     if not path.is_dir():
-        raise RawFormatError(f"{path}: not a recording or a folder of recordings")
+        video = f"; it is a video file: {VIDEO_HINT}" if looks_like_video(path) else ""
+        raise RawFormatError(f"{path}: not a recording or a folder of recordings{video}")
     if is_recording(path):
         return [path]
     if _lost_its_manifest(path):
@@ -640,6 +650,8 @@ def find_recordings(path: str | os.PathLike) -> list[Path]:
                                  f"read without it: restore it from a copy, or move it out of {path}")
     if not runs:
         what = "empty folder" if not any(path.iterdir()) else f"no recordings inside (no subfolder has {MANIFEST})"
+        if any(looks_like_video(p) for p in path.iterdir() if p.is_file()):
+            what += f"; it holds video files: {VIDEO_HINT.replace('of it', 'of them')}"
         if (path / "zarr.json").is_file():  # the other way round from `chdl info RECORDING`
             what = ("a curated dataset (it holds zarr.json), not raw recordings: give the recordings it was made "
                     "from (chdl info shows its command)")

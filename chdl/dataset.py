@@ -57,7 +57,7 @@ from zarr.core.array_spec import ArrayConfig, ArraySpec
 from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 
-from acquisition.raw import FORMAT_BITS  # pixel_format -> the bits it holds (the raw format's table)
+from acquisition.raw import FORMAT_BITS, VIDEO_HINT, looks_like_video  # (FORMAT_BITS: the raw format's table)
 from chdl.locks import lock_holder, writer_lock_path
 from acquisition.format_versions import newer_format
 
@@ -293,6 +293,8 @@ def _open_group(path: Path, mode: str) -> zarr.Group:
             hint = f"; it is a raw recording: curate it first (chdl curate {path} OUT.zarr)"
         elif path.is_dir() and any((p / "manifest.json").is_file() for p in path.iterdir() if p.is_dir()):
             hint = f"; it holds raw recordings: curate them first (chdl curate {path} OUT.zarr)"
+        elif path.is_file() and looks_like_video(path):
+            hint = f"; it is a video file: {VIDEO_HINT}"
         raise DatasetFormatError(f"{path}: not a zarr v3 group (no zarr.json){hint}")
     try:
         group = zarr.open_group(str(path), mode=mode, zarr_format=3)
@@ -364,7 +366,11 @@ def validate(group: zarr.Group, path: str | os.PathLike) -> None:
         raise DatasetFormatError(f"{path}: {newer}")
     if attrs.get("schema") != SCHEMA:
         raise DatasetFormatError(f"{path}: not a chdl dataset (schema {attrs.get('schema')!r}, expected {SCHEMA!r})")
-    missing = [name for name in ("frames", "shard_done") + _PER_SEQUENCE if name not in group]
+    # every member opened once, here: an array whose zarr.json zarr cannot parse (damaged, or empty as an interrupted
+    # copy leaves it) ended info, verify, train and eval in a JSONDecodeError traceback
+    arrays = {name: _member(group, name, path) for name in dict.fromkeys(("frames", "shard_done") + _PER_SEQUENCE
+                                                                         + tuple(_SMALL) + (CHECKSUMS,))}
+    missing = [name for name in ("frames", "shard_done") + _PER_SEQUENCE if arrays[name] is None]
     if missing:
         raise bad(f"missing arrays: {', '.join(missing)}")
     for key in _INT_ATTRS:
@@ -380,7 +386,7 @@ def validate(group: zarr.Group, path: str | os.PathLike) -> None:
                       ("complete", bool)):
         if not isinstance(attrs.get(key), kind):
             raise bad(f"attribute {key} must be a {kind.__name__}, not {attrs.get(key)!r}")
-    frames = group["frames"]
+    frames = arrays["frames"]
     if not isinstance(frames, zarr.Array) or frames.ndim != 5:
         raise bad(f"frames must be a 5-D array {DIMS['frames']}, not {getattr(frames, 'ndim', 'a group')}-D")
     if frames.dtype not in FRAME_DTYPES:
@@ -400,21 +406,34 @@ def validate(group: zarr.Group, path: str | os.PathLike) -> None:
                   f"not {frames.dtype} with {max_value!r}")
     extent = {"sequence": N, "time": T, "score": len(attrs["qc_score_names"])}
     for name, (dtype, _) in _SMALL.items():
-        arr = group[name]
+        arr = arrays[name]
         expected = tuple(extent[d] for d in DIMS[name])
         if not isinstance(arr, zarr.Array) or arr.shape != expected or arr.dtype != np.dtype(dtype):
             got = f"{arr.dtype} {arr.shape}" if isinstance(arr, zarr.Array) else "a group"
             raise bad(f"{name} must be {np.dtype(dtype)} {expected} (dims {', '.join(DIMS[name])}), not {got}")
-    if CHECKSUMS not in group and expects_checksums(attrs):
+    if arrays[CHECKSUMS] is None and expects_checksums(attrs):
         raise bad(f"missing array {CHECKSUMS} (this dataset was written with shard checksums: its folder is gone)")
     for name in ("shard_done", CHECKSUMS):
-        if name == CHECKSUMS and name not in group:
+        if name == CHECKSUMS and arrays[name] is None:
             continue  # written before checksums were recorded
-        arr = group[name]
+        arr = arrays[name]
         if not isinstance(arr, zarr.Array) or arr.shape != (attrs["n_shards"],):
             raise bad(f"{name} must have one entry per shard ({attrs['n_shards']}), not shape {getattr(arr, 'shape', None)}")
-    if CHECKSUMS in group and group[CHECKSUMS].dtype.kind not in "TUO":
-        raise bad(f"{CHECKSUMS} must hold strings, not {group[CHECKSUMS].dtype}")
+    if arrays[CHECKSUMS] is not None and arrays[CHECKSUMS].dtype.kind not in "TUO":
+        raise bad(f"{CHECKSUMS} must hold strings, not {arrays[CHECKSUMS].dtype}")
+
+
+def _member(group: zarr.Group, name: str, path: str | os.PathLike):
+    """``group[name]`` (an array, or a group where an array belongs), None if there is none; DatasetFormatError
+    naming its ``zarr.json`` if zarr cannot read that document."""
+    try:
+        return group[name]
+    except KeyError:
+        return None
+    except Exception as e:  # noqa: BLE001 - zarr raises JSONDecodeError, ValueError, TypeError... for bad metadata
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise DatasetFormatError(f"{str(path).rstrip('/')}/{name}/zarr.json: cannot read the array's metadata "
+                                 f"({first})") from None
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -1171,6 +1190,7 @@ class DatasetReader:
             "qc_frames_flagged": {name: int(((flags & bit) != 0).sum()) for bit, name in FLAG_NAMES.items()},
             "reconstructed_by": reconstruction_counts(flags),
             "qc_frames_total": int(flags.size),
+            "qc_score_names": list(self.attrs["qc_score_names"]),  # none: QC did not run (chdl import)
             "runs": self.attrs["runs"],
             "provenance": self.attrs["provenance"],
         }

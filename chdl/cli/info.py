@@ -55,12 +55,7 @@ def info(path: str, as_json: bool) -> None:
         f"storage      {_n(summary['n_shards'], 'shard')} of {_n(summary['sequences_per_shard'], 'sequence')}",
         "splits       " + ", ".join(f"{k} {v}" for k, v in summary["splits"].items() if v or k != "test" or asked)
         + _split_rule(split_cfg) + caveat,
-        f"qc           {summary['qc_frames_total']} frames; flagged: "
-        + ", ".join(f"{k} {v}" for k, v in summary["qc_frames_flagged"].items())
-        + ("; reconstructed by " + ", ".join(f"{k} {v}" if k != "not recorded" else  # (a dataset from before 12-01)
-                                             f"a method not recorded {v} (written before chdl stored it)"
-                                             for k, v in summary["reconstructed_by"].items() if v)
-           if any(summary["reconstructed_by"].values()) else "") + caveat,
+        _qc_line(summary) + caveat,
         (f"runs         {len(summary['runs'])}: " + ", ".join(summary["runs"][:5]) + (" ..." if len(summary["runs"]) > 5 else "")
          if summary["runs"] else "runs         none recorded (a dataset written without raw recordings)"),
         f"provenance   chdl {prov.get('tool_version', '?')}"
@@ -117,6 +112,22 @@ def verify(path: str, quiet: bool) -> None:
         return
     click.echo(f"{path}: {_n(result.shards, 'shard')}, {_n(result.files, 'file')}, {result.bytes / 2**20:.1f} MiB: every "
                "checksum matches")
+
+
+def _qc_line(summary: dict) -> str:
+    """The ``qc`` line: frames flagged by kind and reconstructed by method, or that QC never ran (a dataset of
+    ``chdl import``: its zero counts read as "checked, all clean", and a trial's six injected faults went in)."""
+    if not summary["qc_score_names"]:
+        flagged = {k: v for k, v in summary["qc_frames_flagged"].items() if v}
+        return (f"qc           not run: {summary['qc_frames_total']} frames not checked for vibration or illumination "
+                "(a dataset written without chdl curate, e.g. by chdl import; chdl curate runs QC on raw recordings)"
+                + ("; flagged: " + ", ".join(f"{k} {v}" for k, v in flagged.items()) if flagged else ""))
+    return (f"qc           {summary['qc_frames_total']} frames; flagged: "
+            + ", ".join(f"{k} {v}" for k, v in summary["qc_frames_flagged"].items())
+            + ("; reconstructed by " + ", ".join(f"{k} {v}" if k != "not recorded" else  # (a dataset from before 12-01)
+                                                 f"a method not recorded {v} (written before chdl stored it)"
+                                                 for k, v in summary["reconstructed_by"].items() if v)
+               if any(summary["reconstructed_by"].values()) else ""))
 
 
 def _split_rule(split_cfg) -> str:

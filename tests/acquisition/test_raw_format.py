@@ -364,6 +364,23 @@ def test_a_recording_that_lost_its_manifest_is_named_not_left_out(tmp_path):
     assert find_recordings(tmp_path / "raw") == [tmp_path / "raw" / "a"]
 
 
+def test_a_video_file_given_as_a_recording_says_how_to_import_it(tmp_path):
+    """`chdl curate clip.avi` / `chdl curate videos/` said only "not a recording" / "no recordings inside": a user's
+    own footage goes in through chdl import video."""
+    (tmp_path / "videos").mkdir()
+    (tmp_path / "videos" / "clip.AVI").write_bytes(b"x")
+    hint = "chdl import video makes a dataset of {}, without QC (docs/importers.md)"
+    with pytest.raises(RawFormatError) as e:
+        find_recordings(tmp_path / "videos" / "clip.AVI")
+    assert str(e.value).endswith("not a recording or a folder of recordings; it is a video file: " + hint.format("it"))
+    with pytest.raises(RawFormatError) as e:
+        find_recordings(tmp_path / "videos")
+    assert str(e.value).endswith("; it holds video files: " + hint.format("them"))
+    (tmp_path / "notes.txt").write_text("x")
+    with pytest.raises(RawFormatError, match=r"notes.txt: not a recording or a folder of recordings$"):
+        find_recordings(tmp_path / "notes.txt")
+
+
 def test_a_folder_this_user_may_not_look_into_is_not_silently_left_out(tmp_path, monkeypatch):
     """Another user's recording (mode 700) among a folder of runs was skipped: curate made a dataset of the others,
     exit 0. Whether it is a recording cannot be told, so it is named (emulated: os.access says no, as it does for

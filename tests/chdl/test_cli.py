@@ -37,7 +37,8 @@ def test_every_command_resolves():
 def test_info(tmp_path):
     path = tmp_path / "d.zarr"
     w = DatasetWriter.create(path, n_sequences=2, frames_per_sequence=10, channels=1, height=6, width=8,
-                             sequences_per_shard=2, runs=["r"], provenance={"command": "chdl curate x y"})
+                             sequences_per_shard=2, runs=["r"], provenance={"command": "chdl curate x y"},
+                             qc_score_names=["sharpness"])
     flags = np.zeros((2, 10), np.uint8)
     flags[0, 3] = FLAG_VIBRATION | FLAG_RECONSTRUCTED | reconstruction_bits("flow")
     flags[1, 2] = FLAG_MISSING | FLAG_RECONSTRUCTED | reconstruction_bits("nearest")
@@ -59,6 +60,17 @@ def test_info(tmp_path):
                                                        "metadata_problems": []}
     bad = run("info", str(tmp_path / "nope"))
     assert bad.returncode == 1 and "no such dataset" in bad.stderr
+    # a dataset QC never ran on (chdl import): its zero counts read as "checked, all clean"
+    imported = tmp_path / "i.zarr"
+    w = DatasetWriter.create(imported, n_sequences=2, frames_per_sequence=10, channels=1, height=6, width=8,
+                             sequences_per_shard=2, runs=[], provenance={"command": "chdl import video a.mp4"})
+    w.write_shard(0, frames=np.zeros((2, 10, 1, 6, 8), np.uint8), split=np.array([0, 1]))
+    w.finalize()
+    r = run("info", str(imported))
+    assert r.returncode == 0 and ("qc           not run: 20 frames not checked for vibration or illumination (a "
+                                  "dataset written without chdl curate, e.g. by chdl import; chdl curate runs QC on raw "
+                                  "recordings)\n") in r.stdout, r.stdout
+    assert json.loads(run("info", str(imported), "--json").stdout)["qc_score_names"] == []
 
 
 # Every command that shows progress bars, by its path under `chdl`.

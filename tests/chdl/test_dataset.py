@@ -121,6 +121,10 @@ def test_refuses_overwrite_and_bad_paths(tmp_path):
     with pytest.raises(DatasetFormatError, match=r"newer.zarr: a dataset of schema chdl.dataset/2 \(made by a newer "
                        r"chdl\); this chdl reads chdl.dataset/1: upgrade chdl to use it$"):
         open_dataset(tmp_path / "newer.zarr")
+    (tmp_path / "clip.mp4").write_bytes(b"x")  # a user's footage given as a dataset
+    with pytest.raises(DatasetFormatError, match=r"clip.mp4: not a zarr v3 group \(no zarr.json\); it is a video file: "
+                                                 r"chdl import video makes a dataset of it, without QC"):
+        open_dataset(tmp_path / "clip.mp4")
     # a damaged group metadata document is named (it said only "d.zarr: cannot open zarr group (Invalid control ...")
     meta = tmp_path / "d.zarr" / "zarr.json"
     meta.write_bytes(meta.read_bytes()[:40] + b"\x01" + meta.read_bytes()[40:])
@@ -533,6 +537,26 @@ def test_a_lost_shard_done_file_is_damage_and_a_dataset_being_written_says_so(tm
     finally:
         holder.kill()
         holder.wait()
+
+
+@pytest.mark.parametrize("array, damage", [("frames", lambda b: b[:100] + b"\x00\x01" + b[102:]),
+                                          ("split", lambda b: b"")])  # (empty: as an interrupted copy leaves it)
+def test_a_damaged_array_metadata_document_is_one_line_naming_it(tmp_path, array, damage):
+    """A damaged frames/zarr.json or an empty split/zarr.json ended info, verify, train and eval in a JSONDecodeError
+    traceback (the group's own zarr.json was named already)."""
+    from click.testing import CliRunner
+
+    from chdl.cli import main
+
+    _write(tmp_path / "d.zarr", _frames()).finalize()
+    meta = tmp_path / "d.zarr" / array / "zarr.json"
+    meta.write_bytes(damage(meta.read_bytes()))
+    with pytest.raises(DatasetFormatError, match=rf"^{meta}: cannot read the array's metadata \(.+\)$"):
+        open_dataset(tmp_path / "d.zarr")
+    for command in ("info", "verify"):
+        r = CliRunner().invoke(main, [command, str(tmp_path / "d.zarr")])
+        assert r.exit_code == 1 and r.output.startswith(f"Error: {meta}: cannot read the array's metadata (") \
+            and len(r.output.strip().splitlines()) == 1, r.output
 
 
 def test_what_is_not_a_finished_dataset_is_named_for_what_it_is(tmp_path):
