@@ -25,6 +25,7 @@ import copy
 import platform
 import sys
 import threading
+import time
 import uuid
 from typing import Any, Callable, Iterable, Iterator
 
@@ -33,6 +34,7 @@ from chdl.provenance import code_fingerprint
 LOCAL_PREFIX = "local:"
 CONNECT_TIMEOUT_S = 20  # reaching the scheduler
 WORKERS_TIMEOUT_S = 60  # a running scheduler without any worker
+NO_WORKER_GRACE_S = 10.0  # mid-run, how long the scheduler may have no worker before the command says so
 
 
 def init_pool_worker() -> None:
@@ -224,9 +226,10 @@ def _run_task(fn: Callable, task: Any, init: Callable | None, ctx: Any, token: s
 class Cluster:
     """A connected Dask client. Use :func:`connect`."""
 
-    def __init__(self, client, spec: str):
+    def __init__(self, client, spec: str, log: Callable[[str], None] | None = None):
         self.client = client
         self.spec = spec
+        self.log = log or (lambda msg: print(msg, file=sys.stderr))
 
     @property
     def address(self) -> str:
@@ -281,6 +284,8 @@ class Cluster:
         futures = [self.client.submit(_run_task, fn, t, init, ctx, token, versions, key=f"chdl-{name}-{i}-{token}",
                                       pure=False)
                    for i, t in enumerate(tasks)]
+        done = threading.Event()
+        threading.Thread(target=self.watch_workers, args=(done,), name="chdl-dask-workers", daemon=True).start()
         try:
             for future, result in as_completed(futures, with_results=True):
                 if future.cancelled() or isinstance(result, CancelledError):  # (handed back, not raised)
@@ -297,8 +302,31 @@ class Cluster:
             raise ClusterError(f"{self.spec}: lost the Dask scheduler ({type(e).__name__}: {e})".replace("\n", " ")) \
                 from None
         finally:
+            done.set()
             with contextlib.suppress(Exception):  # (nothing to cancel on a scheduler that is gone)
                 self.client.cancel(futures)
+
+    def watch_workers(self, done: threading.Event, every_s: float = 1.0) -> None:
+        """Until ``done``: say when the scheduler has had no worker for NO_WORKER_GRACE_S (every worker stopped or
+        lost: the work then waits for one to join, and a curate sat at its bar for minutes without a word), and
+        when one joins again. Reads the client's view of the scheduler, which it refreshes every few seconds."""
+        since, said = None, False
+        while not done.wait(every_s):
+            try:
+                n = len(self.client.scheduler_info()["workers"])
+            except Exception:  # noqa: BLE001 - a scheduler that is gone: map_unordered says so
+                continue
+            if n:
+                if said:
+                    self.log(f"{self.spec}: a Dask worker joined; the work goes on")
+                since, said = None, False
+                continue
+            since = since if since is not None else time.monotonic()
+            if not said and time.monotonic() - since >= NO_WORKER_GRACE_S:
+                self.log(f"warning: {self.spec}: the Dask scheduler has had no worker for {NO_WORKER_GRACE_S:g} s "
+                         "(stopped or lost); the work waits for one to join (Ctrl-C stops it: rerun the command to "
+                         "resume)")
+                said = True
 
 
 def local_cluster(n_workers: int):
@@ -319,6 +347,32 @@ def local_cluster(n_workers: int):
                             config=config)
 
 
+def _probe(spec: str) -> None:
+    """Fail at once where the address cannot be a scheduler: a port out of range, or nothing listening there
+    (connection refused). The client retries a refused connection until CONNECT_TIMEOUT_S (a mistyped port took 20
+    s and read as a timeout). A slow or filtered network is left to the client's own timeout. (The scheduler, when it
+    is there, logs at INFO that a connection closed before its handshake.)"""
+    import socket
+    import urllib.parse
+
+    url = urllib.parse.urlsplit(spec)
+    if url.scheme not in ("tcp", "tls"):
+        return
+    try:
+        host, port = url.hostname, url.port
+    except ValueError:
+        raise ClusterError(f"--scheduler {spec}: the port must be a number from 1 to 65535") from None
+    if not host or not port:
+        return
+    try:
+        socket.create_connection((host, port), timeout=5).close()
+    except ConnectionRefusedError:
+        raise ClusterError(f"{spec}: nothing listens there (connection refused): is the Dask scheduler running, and "
+                           "at this host and port?") from None
+    except OSError:
+        pass
+
+
 def _client(spec: str):
     """A ``distributed.Client`` of the scheduler at ``spec``, or ClusterError (one line) if none answers as a Dask
     scheduler within CONNECT_TIMEOUT_S. The client is made in a thread that is given up on after that time: its own
@@ -326,6 +380,7 @@ def _client(spec: str):
     a server that sends something else made it read a length of 2.8 EiB and fail with MemoryError)."""
     from distributed import Client
 
+    _probe(spec)
     box: dict = {}
 
     def make():
@@ -404,6 +459,6 @@ def _connect(spec: str, log: Callable[[str], None]) -> Iterator[Cluster]:
                 client.wait_for_workers(1, timeout=WORKERS_TIMEOUT_S)
             except TimeoutError:
                 raise ClusterError(f"{spec}: no Dask worker joined the scheduler within {WORKERS_TIMEOUT_S} s") from None
-        cluster = Cluster(client, spec)
+        cluster = Cluster(client, spec, log)
         cluster.check_versions()
         yield cluster

@@ -37,10 +37,18 @@ def test_unreachable_scheduler_is_a_one_line_error(tmp_path, monkeypatch):
     with socket.socket() as s:  # a loopback port nobody listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    monkeypatch.setattr(cl, "CONNECT_TIMEOUT_S", 1)
+    import time
+
+    t0 = time.monotonic()  # (refused at once: the client's own retries took its whole 20 s timeout)
     r = CliRunner().invoke(main, ["curate", str(tmp_path), str(tmp_path / "o.zarr"), "--scheduler",
                                   f"tcp://127.0.0.1:{port}"])
-    _one_line_error(r, f"tcp://127.0.0.1:{port}", "cannot reach the Dask scheduler")
+    _one_line_error(r, f"tcp://127.0.0.1:{port}: nothing listens there (connection refused): is the Dask scheduler "
+                       "running, and at this host and port?")
+    assert time.monotonic() - t0 < 10
+    r = CliRunner().invoke(main, ["curate", str(tmp_path), str(tmp_path / "o.zarr"), "--scheduler",
+                                  "tcp://localhost:99999"])
+    _one_line_error(r, "--scheduler tcp://localhost:99999: the port must be a number from 1 to 65535")
+    assert time.monotonic() - t0 < 10
 
 
 @pytest.mark.parametrize("greeting", [b"SSH-2.0-OpenSSH_9.6\r\n", None])
@@ -252,3 +260,27 @@ def test_workers_are_named_as_their_operators_know_them():
     assert cl._worker_label("tcp://10.0.0.7:40123", "gpu-node-3") == "tcp://10.0.0.7:40123 (gpu-node-3)"
     assert cl._worker_label("tcp://10.0.0.7:40123", 0) == "tcp://10.0.0.7:40123"  # a LocalCluster's number
     assert cl._worker_label("tcp://10.0.0.7:40123", "tcp://10.0.0.7:40123") == "tcp://10.0.0.7:40123"
+
+
+def test_a_scheduler_left_without_workers_mid_run_is_said_and_so_is_a_worker_joining(monkeypatch):
+    """Every worker killed mid-curate: the bar sat at 0 % for minutes without a word (the work waits for a worker to
+    join). The client's view of the scheduler, polled: no worker for NO_WORKER_GRACE_S is said once, a worker joining
+    again is said, and a brief gap is not."""
+    import threading
+
+    views = iter([1, 0, 1, 0, 0, 0, 0, 2, 2])  # workers seen at each poll
+
+    class Client:
+        def scheduler_info(self):
+            n = next(views, None)
+            if n is None:
+                done.set()
+                return {"workers": {"w": {}}}
+            return {"workers": {f"w{k}": {} for k in range(n)}}
+
+    said, done = [], threading.Event()
+    monkeypatch.setattr(cl, "NO_WORKER_GRACE_S", 0.025)
+    cl.Cluster(Client(), "tcp://127.0.0.1:8786", said.append).watch_workers(done, every_s=0.01)
+    assert said == ["warning: tcp://127.0.0.1:8786: the Dask scheduler has had no worker for 0.025 s (stopped or lost); "
+                    "the work waits for one to join (Ctrl-C stops it: rerun the command to resume)",
+                    "tcp://127.0.0.1:8786: a Dask worker joined; the work goes on"]
