@@ -337,6 +337,7 @@ class CurateResult:
     seconds: float
     summary: dict
     timings: dict  # seconds per phase: plan, calibrate, shards, report
+    frames_written: int = 0  # frames of the shards written by this run (n_frames less the resumed shards')
 
 
 def _curate_code() -> str:
@@ -624,4 +625,5 @@ def _curate(source: str | os.PathLike, out: str | os.PathLike, cfg: CurateConfig
                           f"the same command to resume{kept}") from None
     return CurateResult(out, html_path, json_path, len(plan.sequences), len(plan.sequences) * T,
                         len(pending), len(done), time.perf_counter() - t_start, summary,
-                        {k: round(v, 3) for k, v in timings.items()})
+                        {k: round(v, 3) for k, v in timings.items()},
+                        sum(len(writer.shard_range(s)) for s in pending) * T)

@@ -104,7 +104,8 @@ def curate(raw: str, out: str, config_path: str | None, workers: int, scheduler:
                f"illumination {s['flags']['illumination']}, missing {s['flags']['missing']}, "
                f"reconstructed {s['flags']['reconstructed']}"
                + (f"; resumed after {result.shards_resumed} shards" if result.shards_resumed else "")
-               + f"; {result.n_frames / max(result.seconds, 1e-9):.0f} frames/s")
+               # the rate of this run's frames (it counted the resumed shards' frames too)
+               + f"; {result.frames_written / max(result.seconds, 1e-9):.0f} frames/s")
     click.echo(f"QC report: {result.report_html} (summary {result.report_json})")
     for line in split_warnings(sp, cfg.split):
         click.echo(f"warning: {line}", err=True)

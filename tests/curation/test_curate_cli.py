@@ -194,8 +194,15 @@ def test_overwrite_workers_and_resume_give_the_same_dataset(raw, curated, tmp_pa
     assert began == pipeline._curate_code() and len(began) == 16
     # resumed by other code (a git pull between the two): allowed, and said, since the shards then mix
     monkeypatch.setattr(pipeline, "_curate_code", lambda: "0123456789abcdef")
+    results, real_curate = [], pipeline.curate
+    monkeypatch.setattr(pipeline, "curate", lambda *a, **k: results.append(real_curate(*a, **k)) or results[-1])
     r = CliRunner().invoke(main, ["curate", str(raw[0]), str(res), "--config", str(cfg), "--workers", "2"])
     assert r.exit_code == 0, r.output
+    # the summary's rate is of this run's frames (it divided all of them, the resumed shard's too, by this run's time)
+    done = results[0]
+    assert done.shards_resumed == 1 and done.frames_written == done.n_frames - 2 * 10 > 0
+    rate = float(re.search(r"; (\d+) frames/s", r.output).group(1))
+    assert rate == pytest.approx(done.frames_written / done.seconds, abs=1)
     assert (f"warning: {res} was begun by other code (source digest {began}, now 0123456789abcdef: chdl.provenance); "
             "its shards so far were written by that code") in r.output
     # a different config does not resume silently
