@@ -537,7 +537,9 @@ class Trainer:
             # is no sample of a step's time (it was charged in full: a 20 s pause there ended a 30 s run at 10 steps)
             timed = bool(self._recent_step_s)
             typical = sorted(self._recent_step_s)[len(self._recent_step_s) // 2] if timed else 0.0
-            if seconds > typical and self.dist.main:
+            # (not when a stop signal came with it: GNU timeout and batch schedulers send SIGCONT right after their
+            # SIGINT/SIGTERM, in case the process was stopped, and nothing was)
+            if seconds > typical and self.dist.main and self._stop_signal is None:
                 tqdm.write(f"step {self.step}: the process was stopped and continued during it (SIGSTOP or Ctrl-Z, "
                            f"then SIGCONT); its {seconds:.1f} s count as {typical:.3g} s of training time ("
                            f"{'the median step' if timed else 'no step before it to measure it by'}), so a pause "

@@ -156,3 +156,28 @@ def test_a_pause_in_the_first_step_is_not_charged_either(standin, tiny_dataset, 
     # step 1 counts 0 s and is not a calibration sample: steps 2-6 calibrate (10 s), then (60 - 10) / 2 = 25 more
     assert t.planned_steps == t.step == 31 and t.train_seconds == 60.0
     assert "step 1: the process was stopped and continued during it" in capfd.readouterr().err
+
+
+def test_the_sigcont_a_stop_signal_brings_is_no_pause(standin, tiny_dataset, tmp_path, capfd):
+    """GNU timeout (and batch schedulers) send SIGCONT right after their SIGINT/SIGTERM, in case the process was
+    stopped: `timeout -s INT 25 chdl train` said "the process was stopped and continued during it" when nothing had
+    been. With a stop signal in, the SIGCONT is not announced; the run stops at that step as any interrupted one."""
+    import os
+    import signal
+
+    from diffuma.training import TrainingInterrupted
+
+    t = build_trainer(_config(), tiny_dataset, tmp_path / "run", progress=False)
+    sent = []
+
+    def clock():
+        if t.step == 3 and not sent:
+            sent.append(True)
+            os.kill(os.getpid(), signal.SIGINT)  # as timeout -s INT does: the signal, then SIGCONT
+            os.kill(os.getpid(), signal.SIGCONT)
+        return 2.0 * t.step + (20.0 if t.step >= 3 else 0.0)
+
+    t.clock = clock
+    with pytest.raises(TrainingInterrupted):
+        t.fit()
+    assert t.step == 3 and "stopped and continued" not in capfd.readouterr().err
