@@ -201,8 +201,12 @@ class WorkerVersionError(RuntimeError):
 
 
 def _version_diff(mine: dict[str, str], theirs: dict[str, str]) -> list[str]:
-    """``"NAME THEIRS (here MINE)"`` for every entry of :func:`_versions` that differs; ``mine`` is the client's."""
-    return [f"{k} {theirs.get(k)} (here {v})" for k, v in mine.items() if theirs.get(k) != v]
+    """``"NAME THEIRS (here MINE)"`` for every entry of :func:`_versions` that differs; ``mine`` is the client's.
+    The chdl code digest is said for what it is (a trial could not match it with anything chdl prints)."""
+    return [f"{k} {theirs.get(k)} (here {v})" if k != "chdl code" else
+            f"other chdl source code (its acquisition, curation and chdl packages digest to {theirs.get(k)}, here to "
+            f"{v}: the same version with other edits; start the worker from the same checkout or install)"
+            for k, v in mine.items() if theirs.get(k) != v]
 
 
 def _run_task(fn: Callable, task: Any, init: Callable | None, ctx: Any, token: str, versions: dict[str, str]) -> Any:

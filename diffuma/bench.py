@@ -89,6 +89,7 @@ def parse_models(text: str, preset: str, overrides: list[str]) -> tuple[list[Mod
     ``--set run.<field>=v`` applies to every run; ``--set model.<field>=v`` to every model (each must have the
     field); ``--set <model>.<field>=v`` (a registry name) to that model only. Values are parsed as YAML."""
     from acquisition.config_validation import load_yaml
+    from acquisition.config_validation import did_you_mean
     from diffuma.models.registry import list_models, list_presets, model_config
 
     known = list_models()
@@ -96,10 +97,10 @@ def parse_models(text: str, preset: str, overrides: list[str]) -> tuple[list[Mod
     for item in [m.strip() for m in text.split(",") if m.strip()]:
         name, _, p = item.partition(":")
         if name not in known:
-            raise BenchError(f"--models: unknown model {name!r} (known: {', '.join(known)})")
+            raise BenchError(f"--models: unknown model {name!r}{did_you_mean(name, known)}")
         p = p or preset
         if p not in list_presets(name):
-            raise BenchError(f"--models: {name} has no preset {p!r} (presets: {', '.join(list_presets(name))})")
+            raise BenchError(f"--models: {name} has no preset {p!r}{did_you_mean(p, list_presets(name))}")
         if any(s.label == item for s in specs):
             raise BenchError(f"--models: {item!r} is listed twice")
         specs.append(ModelSpec(item, name, p, {}))
@@ -323,6 +324,18 @@ def _budget_text(report: dict) -> str:
     return f"{n} epoch{'' if n == 1 else 's'}"
 
 
+def busy_machine(m: dict, budget_minutes: float | None) -> str | None:
+    """The warning for a time-budget bench begun on a machine whose 1-minute load average already exceeds its cores
+    (``m``: :func:`machine`), else None. A trial's 0.5-minute budget bought DIFFUMA 20 steps and SimVP 8 at load 3-4 on
+    2 cores, against 102 and 94 on the idle machine: the figures are then the load's as much as the models'."""
+    load, cores = m.get("load_average_1min"), m.get("cores")
+    if budget_minutes is None or load is None or not cores or load <= cores:
+        return None
+    return (f"load average {load:g} on {cores} core{'s' if cores != 1 else ''} before the bench began: other work "
+            "shares this machine, so each model's time budget buys fewer steps, by however much the load takes "
+            "while it trains (bench.md records it); measure on an idle machine to compare models")
+
+
 def machine() -> dict:
     """The machine a bench ran on, for its report: CPU model (``/proc/cpuinfo``, else ``platform.processor()``),
     cores this process may use, torch's intra-op threads, the CUDA device if any, and the 1-minute load average
@@ -397,8 +410,9 @@ def markdown_report(report: dict) -> str:
                  f"{', '.join(sorted({str(r.get('seed')) for r in report['models'].values()}))}.")
     if "machine" in report:  # (benches written before 2026-12-02 do not record it)
         m = report["machine"]
-        head += (f" Machine: {m['cpu'] or 'CPU not known'}, {m['cores']} cores, torch {m['torch_threads']} "
-                 f"threads{', ' + m['cuda'] if m.get('cuda') else ''}; load average {m['load_average_1min']} at the "
+        threads = m["torch_threads"]
+        head += (f" Machine: {m['cpu'] or 'CPU not known'}, {m['cores']} cores, torch {threads} "
+                 f"thread{'' if threads == 1 else 's'}{', ' + m['cuda'] if m.get('cuda') else ''}; load average {m['load_average_1min']} at the "
                  f"start, {m.get('load_average_1min_end', '?')} at the end.")
     if report.get("resumed"):
         head += f" Begun {report['created']}, resumed {', '.join(report['resumed'])}."
@@ -678,6 +692,8 @@ def run_bench(data: str | Path, models: str, epochs: list[int] | None, out: str 
     if previous:  # a resumed bench keeps when it began; each resume is listed
         report["resumed"] = [*previous.get("resumed", []), now]
     budget_text = _budget_text(report)
+    if (busy := busy_machine(report["machine"], budget_minutes)) is not None:
+        _log(f"warning: {busy}")
 
     def evaluate(ck: Path) -> dict:
         try:

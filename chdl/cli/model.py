@@ -41,14 +41,15 @@ def _parse_frames(text: str) -> tuple[int, int]:
 def model_info(name, presets, sizes, frames, batch, train, as_json):
     """Print parameter counts and FLOPs (FlopCounterMode, meta device) per preset, frame size and
     frame count. Example: chdl model-info --preset chdl-full --size 600x800 --frames 5:1 --train"""
+    from acquisition.config_validation import did_you_mean
     from diffuma.models.registry import list_models, list_presets
 
     if name not in list_models():
-        raise click.UsageError(f"unknown model {name!r} (known: {', '.join(list_models())})")
+        raise click.UsageError(f"unknown model {name!r}{did_you_mean(name, list_models())}")
     known = list_presets(name)
     for p in presets:
         if p not in known:
-            raise click.UsageError(f"unknown preset {p!r} for {name} (known: {', '.join(known)})")
+            raise click.UsageError(f"unknown preset {p!r} for {name}{did_you_mean(p, known)}")
     rows = []
     for preset in presets or known:
         for size in sizes or [None]:

@@ -320,7 +320,10 @@ def import_video(
             plan = plan_clips(len(v.frames), L, **plan_kw)
         except ValueError as e:
             stride_note = f" (1 in {frame_stride} of {v.frames_decoded} decoded)" if frame_stride > 1 else ""
-            raise ImporterInputError(f"{p}: {e}{stride_note}") from None
+            # (a cut-off file too short to import said only "too short"; a longer one is warned of being cut off)
+            cut = (f"; it ends after {v.frames_decoded} of the {v.frames_reported} frames its container lists: cut "
+                   "off (a copy or download that stopped)?" if ends_early(v) else "")
+            raise ImporterInputError(f"{p}: {e}{stride_note}{cut}") from None
         videos.append(v)
         plans.append(plan)
 

@@ -144,8 +144,10 @@ def test_checks_name_the_worker(dask_cluster, tmp_path, monkeypatch):
     monkeypatch.undo()
     # the same version number from another tree (other code) is refused too: it passed before
     monkeypatch.setattr(cl, "code_fingerprint", lambda packages: "0123456789abcdef")
-    with pytest.raises(cl.ClusterError, match=r"worker tcp://127\.0\.0\.1:\d+ runs chdl code [0-9a-f]{16} \(here "
-                                              r"0123456789abcdef\)"):
+    with pytest.raises(cl.ClusterError, match=r"worker tcp://127\.0\.0\.1:\d+ runs other chdl source code \(its "
+                                              r"acquisition, curation and chdl packages digest to [0-9a-f]{16}, here to "
+                                              r"0123456789abcdef: the same version with other edits; start the worker "
+                                              r"from the same checkout or install\)"):
         c.check_versions()
 
 
@@ -154,8 +156,8 @@ def test_every_task_checks_its_worker_versions(dask_cluster, monkeypatch):
     c = cl.Cluster(dask_cluster[1], "tcp://x:1")
     assert sorted(c.map_unordered(_context_and_pid, [0, 1], _install, {"k": 1}))[0][:2] == (0, {"k": 1})
     monkeypatch.setattr(cl, "code_fingerprint", lambda packages: "0123456789abcdef")  # (the client's, not theirs)
-    with pytest.raises(cl.ClusterError, match=r"^tcp://x:1: worker tcp://127\.0\.0\.1:\d+ runs chdl code [0-9a-f]{16} "
-                                              r"\(here 0123456789abcdef\) \(it joined after the start\)"):
+    with pytest.raises(cl.ClusterError, match=r"^tcp://x:1: worker tcp://127\.0\.0\.1:\d+ runs other chdl source "
+                                              r"code \(.* here to 0123456789abcdef: .*\) \(it joined after the start\)"):
         list(c.map_unordered(_context_and_pid, list(range(4)), _install, {"k": 2}))
 
 

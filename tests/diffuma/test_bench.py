@@ -112,7 +112,8 @@ def test_bench_end_to_end(tiny_dataset, tmp_path):
     # ... and the machine it ran on, loaded how (equal wall time is equal compute only on alike machines)
     m = report["machine"]
     assert m["cores"] >= 1 and m["torch_threads"] >= 1 and m["load_average_1min"] >= 0 <= m["load_average_1min_end"]
-    assert f"Machine: {m['cpu'] or 'CPU not known'}, {m['cores']} cores, torch {m['torch_threads']} threads" in md
+    threads = f"{m['torch_threads']} thread{'' if m['torch_threads'] == 1 else 's'}"  # ("torch 1 threads")
+    assert f"Machine: {m['cpu'] or 'CPU not known'}, {m['cores']} cores, torch {threads}" in md
     # a methods section's recipe, resolved (the defaults too, not only what was overridden), and the split's size
     for r in report["models"].values():
         assert r["recipe"]["optimizer"] == "adamw" and r["recipe"]["lr"] > 0 and r["recipe"]["train_sequences"] == 6
@@ -365,6 +366,8 @@ def test_epochs_and_budget_minutes_together_are_a_one_line_error(tiny_dataset, t
 
 @pytest.mark.parametrize("extra,message", [
     (["--models", "simvp,nosuchmodel"], "unknown model 'nosuchmodel'"),
+    (["--models", "simvpp"], "--models: unknown model 'simvpp' (did you mean 'simvp'?)"),  # (it listed them all)
+    (["--models", "simvp:tinny"], "--models: simvp has no preset 'tinny' (did you mean 'tiny'?)"),
     (["--models", "simvp", "--pred-len", "9"],
      "sequences have 8 frames, too few for 3 input + 9 predicted frames (--pred-len 9)"),
     (["--models", "simvp", "--set", "run.nosuchfield=1"], "nosuchfield"),
@@ -454,3 +457,15 @@ def test_epoch_and_length_lists_take_positive_integers_only(text):
     with pytest.raises(BenchError, match=r"^--pred-len: "):
         parse_int_list(text, "--pred-len")
     assert parse_int_list("3, 1,3", "--pred-len") == [1, 3] and parse_int_list("", "--pred-len") == []
+
+
+def test_a_budget_bench_on_a_busy_machine_says_so():
+    """A 0.5-minute budget bench at load 3-4 on 2 cores gave DIFFUMA 20 steps and SimVP 8 (102 and 94 idle), without
+    a word until bench.md's header: it now warns when it begins (an epoch bench is not bought by time: no warning)."""
+    from diffuma.bench import busy_machine
+
+    busy = {"cores": 2, "load_average_1min": 3.5}
+    assert busy_machine(busy, 0.5).startswith("load average 3.5 on 2 cores before the bench began: other work shares")
+    assert busy_machine(busy, None) is None
+    assert busy_machine({"cores": 2, "load_average_1min": 1.9}, 0.5) is None
+    assert busy_machine({"cores": 2, "load_average_1min": None}, 0.5) is None

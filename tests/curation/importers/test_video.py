@@ -276,6 +276,11 @@ def test_a_cut_off_file_is_told_apart_from_skipped_empty_packets(tmp_path):
     assert r.exit_code == 0, r.output
     assert "[warning: the file ends after " in r.output and " of the 70 frames its container lists: cut off?" in r.output
     assert "empty packets" not in r.output
+    # too short for a clip once cut: the error says it is cut off too (it said only "too short for one clip")
+    r = CliRunner().invoke(main, ["import", "video", str(tmp_path / "cut.avi"), "--out", str(tmp_path / "s.zarr"),
+                                  "--size", "24x32", "--in-frames", "25", "--out-frames", "25", "-q"])
+    assert r.exit_code == 1 and "too short for one clip" in r.output and " of the 70 frames its container lists: cut " \
+        "off (a copy or download that stopped)?" in r.output, r.output
 
 
 def test_ends_early_tolerates_two_frames_or_one_percent_of_the_listed_frames():
