@@ -608,7 +608,8 @@ def is_recording(path: str | os.PathLike) -> bool:
 
 
 VIDEO_SUFFIXES = (".avi", ".mp4", ".mkv", ".mov", ".m4v", ".webm", ".mpg", ".mpeg", ".wmv")  # what users hand in
-VIDEO_HINT = "chdl import video makes a dataset of it, without QC (docs/importers.md)"
+VIDEO_HINT = ("chdl import recordings writes it as a raw recording for chdl curate (QC), chdl import video makes a "
+              "dataset of it without QC (docs/importers.md)")
 
 
 def looks_like_video(path: str | os.PathLike) -> bool:
@@ -651,7 +652,8 @@ def find_recordings(path: str | os.PathLike) -> list[Path]:
     if not runs:
         what = "empty folder" if not any(path.iterdir()) else f"no recordings inside (no subfolder has {MANIFEST})"
         if any(looks_like_video(p) for p in path.iterdir() if p.is_file()):
-            what += f"; it holds video files: {VIDEO_HINT.replace('of it', 'of them')}"
+            what += ("; it holds video files: " + VIDEO_HINT.replace("writes it as a raw recording", "writes each as a "
+                                                                     "raw recording").replace("of it", "of them"))
         if (path / "zarr.json").is_file():  # the other way round from `chdl info RECORDING`
             what = ("a curated dataset (it holds zarr.json), not raw recordings: give the recordings it was made "
                     "from (chdl info shows its command)")

@@ -77,7 +77,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "capture": ("chdl.cli.acquire", "capture", "Capture lane passes from a camera (or replay a recording) into a raw recording."),
     "simulate": ("chdl.cli.simulate", "simulate", "Render simulated dicing-lane recordings with ground-truth fault labels."),
     "curate": ("chdl.cli.curate", "curate", "QC, reconstruct and pack raw recordings into a curated zarr dataset."),
-    "import": ("chdl.cli.importers", "import_", "Import public benchmarks (Moving MNIST, WeatherBench) and video files into the dataset format."),
+    "import": ("chdl.cli.importers", "import_", "Import public benchmarks (Moving MNIST, WeatherBench) and video files into the dataset format (or videos as raw recordings)."),
     "info": ("chdl.cli.info", "info", "Summarise a curated dataset (shape, splits, QC counts, provenance)."),
     "verify": ("chdl.cli.info", "verify", "Check every shard file of a curated dataset against its recorded checksum."),
     "model-info": ("chdl.cli.model", "model_info", "Print parameter counts and FLOPs of the model presets."),

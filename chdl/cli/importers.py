@@ -87,7 +87,8 @@ def _run(fn, *args, inputs: list = (), preview: Path | None = None, **kwargs) ->
 
 @click.group("import")
 def import_() -> None:
-    """Import public benchmarks and video files into the chdl dataset format (docs/importers.md)."""
+    """Import public benchmarks and video files into the chdl dataset format, or video files as raw recordings
+    for chdl curate's QC (docs/importers.md)."""
 
 
 @import_.command("mnist")
@@ -209,3 +210,39 @@ def video(videos, out, size, in_frames, out_frames, frame_stride, train_stride, 
 
         click.echo(f"  {v['file']}: {v['frames_decoded']} frames at {v['fps']:.2f} fps, {v['width']}x{v['height']} "
                    f"-> train {v['train_clips']} clips{span('train')}, val {v['val_clips']}{span('val')}{note}")
+
+
+@import_.command("recordings")
+@click.argument("videos", nargs=-1, required=True, type=LocalPath(path_type=Path))
+@click.option("--out", "out", type=OutputPath(path_type=Path), required=True,
+              help="Folder of raw recordings to write into: one recording OUT/<video file stem>/ per video.")
+@click.option("--size", default="120x160", show_default=True,
+              help="Frame size HxW: centred crop to this aspect, then area-interpolated resize.")
+@click.option("--frame-stride", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Keep every K-th decoded frame.")
+@click.option("--positions", type=click.IntRange(min=2), default=10, show_default=True,
+              help="Consecutive frames per lane pass (a curated sequence is one pass).")
+@quiet_option()
+def recordings(videos, out, size, frame_stride, positions, quiet):
+    """Video files as raw recordings (lane passes of --positions consecutive frames), so that chdl curate runs its
+    QC on your footage (an imported dataset has none) and chdl monitor --replay can watch it."""
+    os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
+    from acquisition.raw import Recording
+    from curation.importers.common import ImporterInputError
+    from curation.importers.video import video_to_recordings
+
+    _check_paths(out, list(videos), None)
+    try:
+        runs = video_to_recordings(list(videos), out, size=_size(size), frame_stride=frame_stride,
+                                   positions=positions, progress=not quiet)
+    except (ImporterInputError, ValueError) as e:
+        raise click.ClickException(str(e).replace("\n", " ")) from None
+    except OSError as e:  # a parent that is a file, a read-only folder, disk full: the recordings begun are removed
+        raise click.ClickException(f"{e.filename or out}: cannot write the recording ({e.strerror or e})") from None
+    for run in runs:
+        rec = Recording.open(run)
+        notes = rec.manifest["notes"]["source"]
+        left = f", the last {notes['frames_left_out']} left out (less than a pass)" if notes["frames_left_out"] else ""
+        click.echo(f"wrote {run}: {len(rec)} frames in {rec.manifest['plan']['lanes']} lane passes of {positions}"
+                   f"{left}")
+    click.echo(f"next: chdl curate {out} OUT.zarr (QC, reconstruction and the dataset)")

@@ -373,3 +373,65 @@ def import_video(
         pixel_format="Mono8", max_value=255, runs=[v.name for v in videos],
         provenance=dict(command=command or " ".join(sys.argv), source_runs=[v.name for v in videos], config=config),
         extra=extra)
+
+
+def video_to_recordings(paths: Sequence[str | Path], out: str | Path, *, size: tuple[int, int] = SIZE,
+                        frame_stride: int = 1, positions: int = 10, step_um: float = 60.0,
+                        progress: bool = True) -> list[Path]:
+    """Decode each video of ``paths`` (as :func:`read_video`: gray, centred crop, resized to ``size`` = (H, W),
+    every ``frame_stride``-th frame) and write it as a raw recording ``out/<file stem>`` (the file names where two
+    stems are alike; docs/raw-format.md):
+    lane passes of ``positions`` consecutive frames, ``step_um`` apart, Mono8 at the video's frame rate over the
+    stride; the frames after the last whole pass are left out. That is the input ``chdl curate`` runs QC on (an
+    imported dataset has none) and ``chdl monitor --replay`` watches. Returns the recordings' paths.
+
+    Every destination is checked before any video is decoded (an existing one is refused: ImporterInputError);
+    a video too short for one pass, or one that does not decode, is ImporterInputError naming it. The recordings
+    this call began are removed if it fails or is interrupted, so nothing half-written stays behind."""
+    import shutil
+    import time
+
+    from acquisition.raw import RecordingWriter, free_for_a_recording, taken
+
+    out = Path(out)
+    if positions < 1 or not math.isfinite(step_um) or step_um <= 0:
+        raise ValueError(f"positions must be >= 1 and step_um > 0, not {positions} and {step_um}")
+    paths = [Path(p) for p in paths]
+    stems = [p.stem for p in paths]  # (clip.avi -> clip: a folder named like a video read as one)
+    names = stems if len(set(stems)) == len(stems) else [n.replace("/", "_") for n in _run_names(paths)]
+    runs = [out / name for name in names]
+    for run in runs:
+        if not free_for_a_recording(run):
+            raise ImporterInputError(f"{taken(run)}; choose another --out")
+    made: list[Path] = []
+    try:
+        for p, run in zip(paths, runs):
+            v = read_video(p, size, frame_stride, progress=progress)
+            lanes = len(v.frames) // positions
+            if lanes < 1:
+                raise ImporterInputError(f"{p}: too short for one lane pass: {len(v.frames)} frame(s), a pass is "
+                                         f"{positions} (--positions)")
+            fps = v.fps / frame_stride if v.fps > 0 else 5.0
+            manifest = {"camera": {"vendor": "video file", "model": v.codec, "serial": v.sha256[:16],
+                                   "user_name": p.name, "transport": "file"},
+                        "settings": {"width": size[1], "height": size[0], "pixel_format": "Mono8", "fps": fps,
+                                     "exposure_us": None, "bit_depth": 8},
+                        "plan": {"lanes": lanes, "positions": positions, "step_um": step_um,
+                                 "positions_um": [k * step_um for k in range(positions)]},
+                        "notes": {"source": {"file": str(p), "sha256": v.sha256, "fps": v.fps,
+                                             "frames_decoded": v.frames_decoded, "frame_stride": frame_stride,
+                                             "crop_yxhw": list(v.crop), "frames_left_out": len(v.frames) - lanes * positions}}}
+            made.append(run)
+            t0_wall, t0_mono = time.time_ns(), time.monotonic_ns()
+            with RecordingWriter.create(run, manifest) as w:
+                for i in range(lanes * positions):
+                    dt = int(round(i * 1e9 / fps))  # the video's own clock: one frame per 1/fps
+                    w.append(v.frames[i], lane=i // positions, position_index=i % positions,
+                             position_um=(i % positions) * step_um, frame_id=i * frame_stride,
+                             device_timestamp_ns=None, host_wall_ns=t0_wall + dt, host_monotonic_ns=t0_mono + dt)
+                w.close("complete", stopped_by=None)
+    except BaseException:  # an error, Ctrl-C: the recordings begun here go, the user's files stay
+        for run in made:
+            shutil.rmtree(run, ignore_errors=True)
+        raise
+    return runs

@@ -369,13 +369,15 @@ def test_a_video_file_given_as_a_recording_says_how_to_import_it(tmp_path):
     own footage goes in through chdl import video."""
     (tmp_path / "videos").mkdir()
     (tmp_path / "videos" / "clip.AVI").write_bytes(b"x")
-    hint = "chdl import video makes a dataset of {}, without QC (docs/importers.md)"
+    hint = ("chdl import recordings writes {} raw recording for chdl curate (QC), chdl import video makes a dataset of "
+            "{} without QC (docs/importers.md)")
     with pytest.raises(RawFormatError) as e:
         find_recordings(tmp_path / "videos" / "clip.AVI")
-    assert str(e.value).endswith("not a recording or a folder of recordings; it is a video file: " + hint.format("it"))
+    assert str(e.value).endswith("not a recording or a folder of recordings; it is a video file: "
+                                 + hint.format("it as a", "it"))
     with pytest.raises(RawFormatError) as e:
         find_recordings(tmp_path / "videos")
-    assert str(e.value).endswith("; it holds video files: " + hint.format("them"))
+    assert str(e.value).endswith("; it holds video files: " + hint.format("each as a", "them"))
     (tmp_path / "notes.txt").write_text("x")
     with pytest.raises(RawFormatError, match=r"notes.txt: not a recording or a folder of recordings$"):
         find_recordings(tmp_path / "notes.txt")

@@ -75,7 +75,7 @@ def test_info(tmp_path):
 
 # Every command that shows progress bars, by its path under `chdl`.
 PROGRESS_COMMANDS = [("capture",), ("simulate", "corpus"), ("simulate", "truth"), ("curate",), ("import", "mnist"),
-                     ("import", "weatherbench"), ("import", "video"), ("train",), ("eval",), ("predict",), ("bench",),
+                     ("import", "weatherbench"), ("import", "video"), ("import", "recordings"), ("train",), ("eval",), ("predict",), ("bench",),
                      ("verify",)]
 
 

@@ -301,3 +301,55 @@ def test_ends_early_tolerates_two_frames_or_one_percent_of_the_listed_frames():
     assert not ends_early(video(100, 1000.0, decoded=100))  # every listed frame decoded: nothing missing
     assert not ends_early(video(100, 1000.0, fps=0.0))  # no frame rate: unknown
     assert not ends_early(video(100, 0.0))  # no timestamps: unknown
+
+
+def _panning_video(path: Path, n: int, shake_at: int | None = None) -> Path:
+    """A textured scene panning 2 px a frame (160x120, lossless FFV1); frame ``shake_at`` jerked 8 px sideways."""
+    rng = np.random.default_rng(3)
+    tex = cv2.GaussianBlur((rng.random((120, 160 + 2 * n)) * 255).astype(np.uint8), (0, 0), 2)
+    tex = cv2.normalize(tex, None, 0, 255, cv2.NORM_MINMAX)
+    writer = cv2.VideoWriter(str(path), cv2.CAP_FFMPEG, cv2.VideoWriter_fourcc(*"FFV1"), 5.0, (160, 120), True)
+    for i in range(n):
+        f = np.ascontiguousarray(tex[:, 2 * i: 2 * i + 160])
+        if i == shake_at:
+            f = np.ascontiguousarray(np.roll(f, 8, axis=1))
+        writer.write(cv2.cvtColor(f, cv2.COLOR_GRAY2BGR))
+    writer.release()
+    return path
+
+
+def test_videos_become_raw_recordings_that_curate_runs_qc_on(tmp_path):
+    """A user's own footage: `chdl import video` makes a dataset without QC (a trial's six injected faults went in
+    unflagged) and curate took no video. `chdl import recordings` writes each video as a raw recording of lane passes
+    of --positions frames; curate then flags the jerked frame, and only it."""
+    from click.testing import CliRunner
+
+    from acquisition.raw import Recording
+    from chdl.cli import main
+    from chdl.dataset import FLAG_ILLUMINATION, FLAG_VIBRATION, open_dataset
+
+    video = _panning_video(tmp_path / "pan.avi", 65, shake_at=23)
+    r = CliRunner().invoke(main, ["import", "recordings", str(video), "--out", str(tmp_path / "raw"), "-q"])
+    assert r.exit_code == 0, r.output
+    assert f"wrote {tmp_path / 'raw' / 'pan'}: 60 frames in 6 lane passes of 10, the last 5 left out" in r.output
+    rec = Recording.open(tmp_path / "raw" / "pan")
+    assert rec.complete and rec.manifest["plan"]["lanes"] == 6 and rec.settings["bit_depth"] == 8
+    assert rec.manifest["notes"]["source"]["frames_left_out"] == 5
+    decoded = read_video(video, (120, 160)).frames
+    assert [(f.lane, f.position_index) for f in rec.frames[:12]] == [(i // 10, i % 10) for i in range(12)]
+    assert all(np.array_equal(rec.read(f), decoded[f.index]) for f in rec.frames)
+    r = CliRunner().invoke(main, ["curate", str(tmp_path / "raw"), str(tmp_path / "d.zarr"), "-q"])
+    assert r.exit_code == 0, r.output
+    flags = open_dataset(tmp_path / "d.zarr").qc_flags
+    assert [tuple(map(int, i)) for i in np.argwhere(flags & (FLAG_VIBRATION | FLAG_ILLUMINATION))] == [(2, 3)], flags
+    # an existing recording is refused by name before any video is decoded; a video too short for a pass is one line
+    # and takes the recordings this command began with it
+    r = CliRunner().invoke(main, ["import", "recordings", str(video), "--out", str(tmp_path / "raw"), "-q"])
+    assert r.exit_code == 1 and r.output.strip() == (f"Error: {tmp_path / 'raw' / 'pan'}: already holds a recording "
+                                                     "(complete, 60 frames); refusing to overwrite it (move it away to "
+                                                     "record there again); choose another --out"), r.output
+    short = _panning_video(tmp_path / "short.avi", 6)
+    r = CliRunner().invoke(main, ["import", "recordings", str(video), str(short), "--out", str(tmp_path / "two"), "-q"])
+    assert r.exit_code == 1 and r.output.strip() == (f"Error: {short}: too short for one lane pass: 6 frame(s), a pass "
+                                                     "is 10 (--positions)"), r.output
+    assert not (tmp_path / "two" / "pan").exists()
