@@ -353,3 +353,24 @@ def test_videos_become_raw_recordings_that_curate_runs_qc_on(tmp_path):
     assert r.exit_code == 1 and r.output.strip() == (f"Error: {short}: too short for one lane pass: 6 frame(s), a pass "
                                                      "is 10 (--positions)"), r.output
     assert not (tmp_path / "two" / "pan").exists()
+
+
+def test_an_interrupted_video_to_recordings_leaves_no_recording(tmp_path, monkeypatch):
+    """Ctrl-C in the middle of writing a recording: the recordings this call began are removed (a half-written one
+    would be curated as an incomplete run)."""
+    from acquisition.raw import RecordingWriter
+    from curation.importers.video import video_to_recordings
+
+    video = _panning_video(tmp_path / "pan.avi", 30)
+    real, calls = RecordingWriter.append, []
+
+    def interrupted(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 15:
+            raise KeyboardInterrupt
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(RecordingWriter, "append", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        video_to_recordings([video], tmp_path / "raw", progress=False)
+    assert len(calls) == 15 and list((tmp_path / "raw").iterdir()) == []
