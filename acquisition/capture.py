@@ -304,10 +304,10 @@ def run_capture(camera: Camera, stage: Stage, out: str | Path, settings: Capture
     if stopped_by is None:  # frames with pixels: a dropped position is a record without one
         got = n - counts["dropped_positions"]
         message = f"captured {got} frame{'s' if got != 1 else ''} into {out}"
-    elif writer is not None and n == 0 and _remove_empty(out, made_out):
+    elif writer is not None and n == 0 and (done := _remove_empty(out, made_out)) is not None:
         # stopped before its first frame (a refused --bit-depth, Ctrl-C, the camera lost): a recording of no frame
         # was kept, and curating the folder of runs then failed on it (its settings differ from the rerun's)
-        message = f"{message}; stopped before the first frame: nothing recorded, {out} removed"
+        message = f"{message}; stopped before the first frame: nothing recorded, {out} {done}"
     else:
         marked = "marked incomplete" if writer is None or closed else \
             "its manifest could not be closed: it says 'recording', read as incomplete"
@@ -392,21 +392,22 @@ def _loop(source, stage: Stage, out: _BackgroundWriter, applied: CaptureSettings
         raise CameraError(f"camera lost: no frame at any of the {done} positions (frame timeout {frame_timeout:.3g} s)")
 
 
-def _remove_empty(out: Path, made_out: bool) -> bool:
-    """Remove what a recording of no frame wrote into ``out`` (the folder too if this capture made it); False
-    if something else is there or it could not be removed (it is then kept, as any stopped recording)."""
+def _remove_empty(out: Path, made_out: bool) -> str | None:
+    """Remove what a recording of no frame wrote into ``out``, and the folder if this capture made it: "removed",
+    or "emptied" for a folder of the user's; None if something else is there or it could not be removed (it is then
+    kept, as any stopped recording)."""
     ours = {MANIFEST, FRAMES_INDEX, FRAMES_DIR, RESERVE}
     try:
         if any(p.name not in ours for p in out.iterdir()) or any((out / FRAMES_DIR).iterdir()):
-            return False
+            return None
         for name in (RESERVE, FRAMES_INDEX, MANIFEST):  # frames/ last: stopped between, what is left is a claim
             (out / name).unlink(missing_ok=True)
         (out / FRAMES_DIR).rmdir()
         if made_out:
             out.rmdir()
     except OSError:
-        return False
-    return True
+        return None
+    return "removed" if made_out else "emptied"
 
 
 def _close(writer: RecordingWriter, status: str, stopped_by: str | None, message: str, stats, extra: int,

@@ -234,7 +234,8 @@ def recordings(videos, out, size, frame_stride, positions, quiet):
     _check_paths(out, list(videos), None)
     try:
         runs = video_to_recordings(list(videos), out, size=_size(size), frame_stride=frame_stride,
-                                   positions=positions, progress=not quiet)
+                                   positions=positions, progress=not quiet,
+                                   warn=lambda line: click.echo(f"warning: {line}", err=True))
     except (ImporterInputError, ValueError) as e:
         raise click.ClickException(str(e).replace("\n", " ")) from None
     except OSError as e:  # a parent that is a file, a read-only folder, disk full: the recordings begun are removed

@@ -375,19 +375,33 @@ def import_video(
         extra=extra)
 
 
+def recording_names(paths: Sequence[Path]) -> list[str]:
+    """The run folder of each video: its file stem (``clip.avi`` -> ``clip``: a folder named like a video read as
+    one), the later of two alike stems ``<stem>_2``, ``<stem>_3``... in the order given (the manifest records the
+    source file)."""
+    names: list[str] = []
+    for p in paths:
+        name, k = p.stem or "video", 2
+        while name in names:
+            name, k = f"{p.stem}_{k}", k + 1
+        names.append(name)
+    return names
+
+
 def video_to_recordings(paths: Sequence[str | Path], out: str | Path, *, size: tuple[int, int] = SIZE,
                         frame_stride: int = 1, positions: int = 10, step_um: float = 60.0,
-                        progress: bool = True) -> list[Path]:
+                        progress: bool = True, warn=None) -> list[Path]:
     """Decode each video of ``paths`` (as :func:`read_video`: gray, centred crop, resized to ``size`` = (H, W),
-    every ``frame_stride``-th frame) and write it as a raw recording ``out/<file stem>`` (the file names where two
-    stems are alike; docs/raw-format.md):
-    lane passes of ``positions`` consecutive frames, ``step_um`` apart, Mono8 at the video's frame rate over the
-    stride; the frames after the last whole pass are left out. That is the input ``chdl curate`` runs QC on (an
-    imported dataset has none) and ``chdl monitor --replay`` watches. Returns the recordings' paths.
+    every ``frame_stride``-th frame) and write it as a raw recording ``out/<name>`` (:func:`recording_names`;
+    docs/raw-format.md): lane passes of ``positions`` consecutive frames, ``step_um`` apart, Mono8 at the video's
+    frame rate over the stride; the frames after the last whole pass are left out. That is the input ``chdl
+    curate`` runs QC on (an imported dataset has none) and ``chdl monitor --replay`` watches. Returns the
+    recordings' paths. ``warn``: called with one line per video that ends before the frames its container lists.
 
-    Every destination is checked before any video is decoded (an existing one is refused: ImporterInputError);
-    a video too short for one pass, or one that does not decode, is ImporterInputError naming it. The recordings
-    this call began are removed if it fails or is interrupted, so nothing half-written stays behind."""
+    Before any video is decoded: a file given twice, an ``out`` that is a file and an existing destination are
+    ImporterInputError. A video too short for one pass, or one that does not decode, is ImporterInputError naming
+    it. The recordings this call made, and ``out`` if it made it and left it empty, are removed if it fails or is
+    interrupted (another writer's recording in the same place is left alone: its claim is not ours)."""
     import shutil
     import time
 
@@ -397,12 +411,19 @@ def video_to_recordings(paths: Sequence[str | Path], out: str | Path, *, size: t
     if positions < 1 or not math.isfinite(step_um) or step_um <= 0:
         raise ValueError(f"positions must be >= 1 and step_um > 0, not {positions} and {step_um}")
     paths = [Path(p) for p in paths]
-    stems = [p.stem for p in paths]  # (clip.avi -> clip: a folder named like a video read as one)
-    names = stems if len(set(stems)) == len(stems) else [n.replace("/", "_") for n in _run_names(paths)]
-    runs = [out / name for name in names]
+    seen: dict[Path, Path] = {}
+    for p in paths:
+        key = p.resolve()
+        if key in seen:
+            raise ImporterInputError(f"{p}: given twice ({seen[key]} is the same file)")
+        seen[key] = p
+    if out.exists() and not out.is_dir():
+        raise ImporterInputError(f"{out}: --out is a file, not a folder of recordings")
+    runs = [out / name for name in recording_names(paths)]
     for run in runs:
         if not free_for_a_recording(run):
             raise ImporterInputError(f"{taken(run)}; choose another --out")
+    made_out = not out.exists()
     made: list[Path] = []
     try:
         for p, run in zip(paths, runs):
@@ -411,6 +432,10 @@ def video_to_recordings(paths: Sequence[str | Path], out: str | Path, *, size: t
             if lanes < 1:
                 raise ImporterInputError(f"{p}: too short for one lane pass: {len(v.frames)} frame(s), a pass is "
                                          f"{positions} (--positions)")
+            cut = ends_early(v)
+            if cut and warn is not None:
+                warn(f"{p}: the file ends after {v.frames_decoded} of the {v.frames_reported} frames its container "
+                     "lists: cut off? only those were written")
             fps = v.fps / frame_stride if v.fps > 0 else 5.0
             manifest = {"camera": {"vendor": "video file", "model": v.codec, "serial": v.sha256[:16],
                                    "user_name": p.name, "transport": "file"},
@@ -419,19 +444,23 @@ def video_to_recordings(paths: Sequence[str | Path], out: str | Path, *, size: t
                         "plan": {"lanes": lanes, "positions": positions, "step_um": step_um,
                                  "positions_um": [k * step_um for k in range(positions)]},
                         "notes": {"source": {"file": str(p), "sha256": v.sha256, "fps": v.fps,
-                                             "frames_decoded": v.frames_decoded, "frame_stride": frame_stride,
-                                             "crop_yxhw": list(v.crop), "frames_left_out": len(v.frames) - lanes * positions}}}
-            made.append(run)
+                                             "frames_decoded": v.frames_decoded, "frames_reported": v.frames_reported,
+                                             "ends_early": cut, "frame_stride": frame_stride,
+                                             "crop_yxhw": list(v.crop),
+                                             "frames_left_out": len(v.frames) - lanes * positions}}}
             t0_wall, t0_mono = time.time_ns(), time.monotonic_ns()
             with RecordingWriter.create(run, manifest) as w:
+                made.append(run)  # (only once it is ours: a folder another writer claimed first is theirs)
                 for i in range(lanes * positions):
                     dt = int(round(i * 1e9 / fps))  # the video's own clock: one frame per 1/fps
                     w.append(v.frames[i], lane=i // positions, position_index=i % positions,
                              position_um=(i % positions) * step_um, frame_id=i * frame_stride,
                              device_timestamp_ns=None, host_wall_ns=t0_wall + dt, host_monotonic_ns=t0_mono + dt)
                 w.close("complete", stopped_by=None)
-    except BaseException:  # an error, Ctrl-C: the recordings begun here go, the user's files stay
+    except BaseException:  # an error, Ctrl-C: the recordings made here go, the user's files stay
         for run in made:
             shutil.rmtree(run, ignore_errors=True)
+        if made_out and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()
         raise
     return runs

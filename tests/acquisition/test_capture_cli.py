@@ -123,6 +123,7 @@ def test_a_wrong_bit_depth_stops_the_capture_at_the_first_frame_and_leaves_nothi
     (tmp_path / "raw" / "mine").mkdir()  # a folder the user made, given empty: emptied again, kept
     r = chdl("capture", *args, "--bit-depth", "6", "--run-id", "mine")
     assert r.returncode == 1 and list((tmp_path / "raw").iterdir()) == [tmp_path / "raw" / "mine"], r.stderr
+    assert f"nothing recorded, {tmp_path / 'raw' / 'mine'} emptied" in r.stderr  # (it said "removed")
     assert list((tmp_path / "raw" / "mine").iterdir()) == []
     r = chdl("monitor", *args, "--bit-depth", "6", "--run-id", "m")
     assert r.returncode == 1 and "nothing recorded" in r.stderr, r.stderr

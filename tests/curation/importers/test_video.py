@@ -352,7 +352,7 @@ def test_videos_become_raw_recordings_that_curate_runs_qc_on(tmp_path):
     r = CliRunner().invoke(main, ["import", "recordings", str(video), str(short), "--out", str(tmp_path / "two"), "-q"])
     assert r.exit_code == 1 and r.output.strip() == (f"Error: {short}: too short for one lane pass: 6 frame(s), a pass "
                                                      "is 10 (--positions)"), r.output
-    assert not (tmp_path / "two" / "pan").exists()
+    assert not (tmp_path / "two").exists()  # (the folder it made too: it stayed behind, empty)
 
 
 def test_an_interrupted_video_to_recordings_leaves_no_recording(tmp_path, monkeypatch):
@@ -373,4 +373,54 @@ def test_an_interrupted_video_to_recordings_leaves_no_recording(tmp_path, monkey
     monkeypatch.setattr(RecordingWriter, "append", interrupted)
     with pytest.raises(KeyboardInterrupt):
         video_to_recordings([video], tmp_path / "raw", progress=False)
-    assert len(calls) == 15 and list((tmp_path / "raw").iterdir()) == []
+    assert len(calls) == 15 and not (tmp_path / "raw").exists()  # (the folder it made goes too)
+
+
+def test_import_recordings_refuses_before_decoding_and_a_loser_leaves_the_winners_recording(tmp_path, monkeypatch):
+    """Found by a trial: the same file given twice was written, then deleted, then refused as "already holds a
+    recording"; an --out that is a file failed after decoding; a second import into the same folder, started while
+    the first decoded, deleted the first one's recording as it was being written (its cleanup took the folder it had
+    lost the claim to); a cut-off file went in without a word; a new --out stayed behind, empty, after a failure."""
+    from click.testing import CliRunner
+
+    import curation.importers.video as video_mod
+    from acquisition.raw import Recording, RecordingWriter
+    from chdl.cli import main
+
+    video = _panning_video(tmp_path / "pan.avi", 20)
+
+    def run(*args):
+        return CliRunner().invoke(main, ["import", "recordings", *map(str, args), "-q"])
+
+    r = run(video, tmp_path / "." / "pan.avi", "--out", tmp_path / "twice")
+    assert r.exit_code == 1 and r.output.strip() == f"Error: {tmp_path / '.' / 'pan.avi'}: given twice ({video} is " \
+                                                    "the same file)", r.output
+    (tmp_path / "file").write_text("x")
+    r = run(video, "--out", tmp_path / "file")
+    assert r.exit_code == 1 and r.output.strip() == f"Error: {tmp_path / 'file'}: --out is a file, not a folder of " \
+                                                    "recordings", r.output
+    assert not (tmp_path / "twice").exists()
+    # the other import claims raw/pan while this one decodes: this one stops in one line, the other's stays whole
+    real_read = video_mod.read_video
+
+    def the_other_import_meanwhile(*args, **kwargs):
+        with RecordingWriter.create(tmp_path / "raw" / "pan", {"camera": {}, "settings": {
+                "width": 160, "height": 120, "pixel_format": "Mono8", "fps": 5.0}}) as w:
+            w.append(np.zeros((120, 160), np.uint8), lane=0, position_index=0, position_um=0.0, frame_id=0,
+                     device_timestamp_ns=None, host_wall_ns=0, host_monotonic_ns=0)
+        return real_read(*args, **kwargs)
+
+    monkeypatch.setattr(video_mod, "read_video", the_other_import_meanwhile)
+    r = run(video, "--out", tmp_path / "raw")
+    assert r.exit_code == 1 and "raw/pan: already holds a recording (complete, 1 frame)" in r.output, r.output
+    assert len(Recording.open(tmp_path / "raw" / "pan")) == 1  # the winner's, untouched
+    monkeypatch.undo()
+    # a cut-off file is written as far as it goes, with a warning, and recorded as such
+    data = (tmp_path / "pan.avi").read_bytes()
+    long = _panning_video(tmp_path / "long.avi", 60)
+    (tmp_path / "cut.avi").write_bytes(long.read_bytes()[: len(long.read_bytes()) * 6 // 10])
+    r = run(tmp_path / "cut.avi", "--out", tmp_path / "cut")
+    assert r.exit_code == 0 and " of the 60 frames its container lists: cut off? only those were written" in r.output, \
+        r.output
+    assert Recording.open(tmp_path / "cut" / "cut").manifest["notes"]["source"]["ends_early"] is True
+    assert data  # (the first video untouched by all this)
