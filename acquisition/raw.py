@@ -291,7 +291,9 @@ def only_a_claim(path: Path) -> bool:
 CLAIM_GRACE_S = 60.0  # a claim with no temporary manifest (stopped between the two) is someone's for this long
 
 
-def _running(pid: int) -> bool:
+def _writer_running(temporary: Path) -> bool:
+    """Whether the process whose pid names the temporary file ``temporary`` (``.<name>.tmp<pid>``) still runs."""
+    pid = int(temporary.name.rsplit(".tmp", 1)[1])
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -311,7 +313,7 @@ def abandoned_claim(path: Path) -> bool:
         return False
     temporaries = [p for p in path.iterdir() if p.is_file()]
     if temporaries:
-        return not any(_running(int(p.name.rsplit(".tmp", 1)[1])) for p in temporaries)
+        return not any(_writer_running(p) for p in temporaries)
     try:
         return time.time() - (path / FRAMES_DIR).stat().st_mtime > CLAIM_GRACE_S
     except OSError:
@@ -348,7 +350,7 @@ def _take_over(path: Path) -> None:
         return
     gone.rmdir()
     for p in path.iterdir():  # the gone writer's temporary manifest
-        if p.is_file() and files.TEMPORARY_NAME.fullmatch(p.name) and not _running(int(p.name.rsplit(".tmp", 1)[1])):
+        if p.is_file() and files.TEMPORARY_NAME.fullmatch(p.name) and not _writer_running(p):
             p.unlink(missing_ok=True)
 
 
@@ -608,8 +610,11 @@ def is_recording(path: str | os.PathLike) -> bool:
 
 
 VIDEO_SUFFIXES = (".avi", ".mp4", ".mkv", ".mov", ".m4v", ".webm", ".mpg", ".mpeg", ".wmv")  # what users hand in
-VIDEO_HINT = ("chdl import recordings writes it as a raw recording for chdl curate (QC), chdl import video makes a "
-              "dataset of it without QC (docs/importers.md)")
+def video_hint(several: bool = False) -> str:
+    """What to do with a user's video file(s) given where a recording or dataset belongs."""
+    each, them = ("each as a", "them") if several else ("it as a", "it")
+    return (f"chdl import recordings writes {each} raw recording for chdl curate (QC), chdl import video makes a "
+            f"dataset of {them} without QC (docs/importers.md)")
 
 
 def looks_like_video(path: str | os.PathLike) -> bool:
@@ -617,9 +622,13 @@ def looks_like_video(path: str | os.PathLike) -> bool:
     return Path(path).suffix.lower() in VIDEO_SUFFIXES
 
 
-def _lost_its_manifest(path: Path) -> bool:
-    """Whether ``path`` holds a frame index but no manifest: a recording whose manifest.json was deleted."""
-    return (path / FRAMES_INDEX).is_file() and not is_recording(path)
+def _check_manifest_kept(path: Path, within: Path | None = None) -> None:
+    """RawFormatError if ``path`` holds a frame index but no manifest (a recording whose manifest.json was deleted),
+    saying to move it out of ``within`` where it sits in a folder of runs."""
+    if (path / FRAMES_INDEX).is_file() and not is_recording(path):
+        away = f", or move it out of {within}" if within is not None else ""
+        raise RawFormatError(f"{path}: a recording without its {MANIFEST} ({FRAMES_INDEX} is there); it cannot be "
+                             f"read without it: restore it from a copy{away}")
 
 
 def find_recordings(path: str | os.PathLike) -> list[Path]:
@@ -630,13 +639,11 @@ def find_recordings(path: str | os.PathLike) -> list[Path]:
     except OSError as e:
         raise RawFormatError(f"{path}: {os_problem(e)}") from None
     if not path.is_dir():
-        video = f"; it is a video file: {VIDEO_HINT}" if looks_like_video(path) else ""
+        video = f"; it is a video file: {video_hint()}" if looks_like_video(path) else ""
         raise RawFormatError(f"{path}: not a recording or a folder of recordings{video}")
     if is_recording(path):
         return [path]
-    if _lost_its_manifest(path):
-        raise RawFormatError(f"{path}: a recording without its {MANIFEST} ({FRAMES_INDEX} is there); it cannot be read "
-                             "without it: restore it from a copy")
+    _check_manifest_kept(path)
     folders = sorted(p for p in path.iterdir() if p.is_dir())
     # a folder this user may not look into (another user's, mode 700) may be a recording: left out, a third of a
     # shared corpus went missing from a dataset without a word
@@ -646,14 +653,11 @@ def find_recordings(path: str | os.PathLike) -> list[Path]:
                                  f"whether it is a recording cannot be told: give read access, or move it out of {path}")
     runs = [p for p in folders if is_recording(p)]
     for p in folders:  # (left out without a word, the rest of the folder curated)
-        if p not in runs and _lost_its_manifest(p):
-            raise RawFormatError(f"{p}: a recording without its {MANIFEST} ({FRAMES_INDEX} is there); it cannot be "
-                                 f"read without it: restore it from a copy, or move it out of {path}")
+        _check_manifest_kept(p, within=path)
     if not runs:
         what = "empty folder" if not any(path.iterdir()) else f"no recordings inside (no subfolder has {MANIFEST})"
         if any(looks_like_video(p) for p in path.iterdir() if p.is_file()):
-            what += ("; it holds video files: " + VIDEO_HINT.replace("writes it as a raw recording", "writes each as a "
-                                                                     "raw recording").replace("of it", "of them"))
+            what += f"; it holds video files: {video_hint(several=True)}"
         if (path / "zarr.json").is_file():  # the other way round from `chdl info RECORDING`
             what = ("a curated dataset (it holds zarr.json), not raw recordings: give the recordings it was made "
                     "from (chdl info shows its command)")

@@ -57,7 +57,7 @@ from zarr.core.array_spec import ArrayConfig, ArraySpec
 from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 
-from acquisition.raw import FORMAT_BITS, VIDEO_HINT, looks_like_video  # (FORMAT_BITS: the raw format's table)
+from acquisition.raw import FORMAT_BITS, looks_like_video, video_hint  # (FORMAT_BITS: the raw format's table)
 from chdl.locks import lock_holder, writer_lock_path
 from acquisition.format_versions import newer_format
 
@@ -177,7 +177,7 @@ def dataset_path(path: str | os.PathLike) -> "Path | upath.UPath":
             scheme = str(path).split("://", 1)[0]
             how = "pip install 'chdl[scale]'" if scheme in ("s3", "s3a") else "install its fsspec package"
             raise DatasetFormatError(f"{path}: {scheme}:// URLs need a package that is not installed ({how}; "
-                                     f"{str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+                                     f"{_first_line(e)})") from None
         return url
     return Path(path)
 
@@ -294,14 +294,13 @@ def _open_group(path: Path, mode: str) -> zarr.Group:
         elif path.is_dir() and any((p / "manifest.json").is_file() for p in path.iterdir() if p.is_dir()):
             hint = f"; it holds raw recordings: curate them first (chdl curate {path} OUT.zarr)"
         elif path.is_file() and looks_like_video(path):
-            hint = f"; it is a video file: {VIDEO_HINT}"
+            hint = f"; it is a video file: {video_hint()}"
         raise DatasetFormatError(f"{path}: not a zarr v3 group (no zarr.json){hint}")
     try:
         group = zarr.open_group(str(path), mode=mode, zarr_format=3)
     except Exception as e:  # zarr raises a variety of errors for malformed metadata
         # (named by its zarr.json: the group's metadata is what zarr could not read)
-        raise DatasetFormatError(f"{path / 'zarr.json'}: cannot open zarr group "
-                                 f"({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+        raise DatasetFormatError(f"{path / 'zarr.json'}: cannot open zarr group ({_first_line(e)})") from None
     validate(group, path)
     return group
 
@@ -431,9 +430,13 @@ def _member(group: zarr.Group, name: str, path: str | os.PathLike):
     except KeyError:
         return None
     except Exception as e:  # noqa: BLE001 - zarr raises JSONDecodeError, ValueError, TypeError... for bad metadata
-        first = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise DatasetFormatError(f"{str(path).rstrip('/')}/{name}/zarr.json: cannot read the array's metadata "
-                                 f"({first})") from None
+                                 f"({_first_line(e)})") from None
+
+
+def _first_line(e: BaseException) -> str:
+    """The first line of an exception's message (its type's name when it has none), for a one-line error."""
+    return str(e).splitlines()[0] if str(e) else type(e).__name__
 
 
 # ---------------------------------------------------------------------------------------------------

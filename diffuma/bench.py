@@ -88,8 +88,7 @@ def parse_models(text: str, preset: str, overrides: list[str]) -> tuple[list[Mod
 
     ``--set run.<field>=v`` applies to every run; ``--set model.<field>=v`` to every model (each must have the
     field); ``--set <model>.<field>=v`` (a registry name) to that model only. Values are parsed as YAML."""
-    from acquisition.config_validation import load_yaml
-    from acquisition.config_validation import did_you_mean
+    from acquisition.config_validation import did_you_mean, load_yaml
     from diffuma.models.registry import list_models, list_presets, model_config
 
     known = list_models()
