@@ -98,8 +98,8 @@ SPLIT_CODES = {"train": SPLIT_TRAIN, "val": SPLIT_VAL, "test": SPLIT_TEST, "excl
 
 def empty_split(path, split: str) -> str:
     """The one line eval, predict and bench give for a split without sequences (for test: how to make one)."""
-    how = (" (curate with split.test_fraction above 0 to hold one out: docs/curation.md, \"Split\"; chdl import "
-           "makes train and val splits only)" if split == "test" else "")
+    how = (" (curate with split.test_fraction above 0 to hold one out: docs/curation.md, \"Split\"; or chdl "
+           "import video --test-fraction; the other imports make train and val splits only)" if split == "test" else "")
     return f"{path}: the {split!r} split has no sequences{how}"
 
 

@@ -74,8 +74,9 @@ def _run(fn, *args, inputs: list = (), preview: Path | None = None, **kwargs) ->
         raise click.ClickException(f"{where}: cannot write the dataset ({e.strerror or e})") from None
     summary = open_dataset(out).summary()
     shape = "×".join(str(d) for d in summary["shape"])
+    test = f", test {summary['splits']['test']}" if summary["splits"].get("test") else ""
     click.echo(f"wrote {out}: {shape} {summary['dtype']} (train {summary['splits']['train']}, "
-               f"val {summary['splits']['val']} sequences)")
+               f"val {summary['splits']['val']}{test} sequences)")
     if preview is not None:
         try:
             click.echo(f"preview {save_preview(out, preview)}")
@@ -180,11 +181,14 @@ def _size(value: str) -> tuple[int, int]:
 @click.option("--val-fraction", type=FiniteFloat(0, 1, max_open=True), default=0.2, show_default=True,
               help="Share of each video's non-overlapping clips, at its end, held out for validation "
                    "(after a one-clip gap).")
+@click.option("--test-fraction", type=FiniteFloat(0, 1, max_open=True), default=0.0, show_default=True,
+              help="Share of each video's clips, after the validation block (and another one-clip gap), held "
+                   "out as a test split for `chdl eval --split test` (0: none).")
 @click.option("--preview", type=LocalPath(path_type=Path), default=None, help="Also write a PNG grid of sequences.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing dataset at --out.")
 @quiet_option()
-def video(videos, out, size, in_frames, out_frames, frame_stride, train_stride, val_stride, val_fraction, preview,
-          overwrite, quiet):
+def video(videos, out, size, in_frames, out_frames, frame_stride, train_stride, val_stride, val_fraction,
+          test_fraction, preview, overwrite, quiet):
     """Video files (any format FFmpeg decodes) as grayscale clips, split by time blocks within each video."""
     # FFmpeg's own decoder messages ("moov atom not found", h264 slice warnings) would otherwise go to
     # stderr; a bad file is reported as one line naming it. Set OPENCV_FFMPEG_LOGLEVEL=24 to see them.
@@ -194,7 +198,8 @@ def video(videos, out, size, in_frames, out_frames, frame_stride, train_stride, 
 
     out = _run(import_video, list(videos), out, inputs=list(videos), size=_size(size), in_frames=in_frames, out_frames=out_frames,
                frame_stride=frame_stride, train_stride=train_stride, val_stride=val_stride,
-               val_fraction=val_fraction, overwrite=overwrite, preview=preview, progress=not quiet)
+               val_fraction=val_fraction, test_fraction=test_fraction, overwrite=overwrite, preview=preview,
+               progress=not quiet)
     for v in open_dataset(out).attrs["extra"]["videos"]:
         listed = v["frames_reported"]
         note = (f" [the container lists {listed} frames at that rate; FFmpeg decodes {v['frames_decoded']}: "
@@ -209,7 +214,8 @@ def video(videos, out, size, in_frames, out_frames, frame_stride, train_stride, 
             return f" (frames {a}-{b - 1})" if v[f"{name}_clips"] and b > a else ""
 
         click.echo(f"  {v['file']}: {v['frames_decoded']} frames at {v['fps']:.2f} fps, {v['width']}x{v['height']} "
-                   f"-> train {v['train_clips']} clips{span('train')}, val {v['val_clips']}{span('val')}{note}")
+                   f"-> train {v['train_clips']} clips{span('train')}, val {v['val_clips']}{span('val')}"
+                   + (f", test {v['test_clips']}{span('test')}" if v.get("test_clips") else "") + note)
 
 
 @import_.command("recordings")

@@ -13,17 +13,22 @@ system FFmpeg) before anything is written, so bad input fails early and leaves n
 Clips and the split, per video, on the kept frames ``0 … F-1`` and clip length ``L = in + out``:
 
 * the video is divided into ``n = F // L`` non-overlapping clips from frame 0 (a tail of ``< L`` frames
-  is dropped); ``n_val = max(1, round(val_fraction · n))`` of them, the LAST ones, form the validation
-  block (frames ``[(n - n_val)·L, F)``); the clip before it is a gap that no clip uses; everything
-  before the gap is the training block ``[0, (n - n_val - 1)·L)``;
+  is dropped); in time order it is ``train | gap | val | gap | test``: the LAST
+  ``n_test = max(1, round(test_fraction · n))`` clips form the test block (none when ``test_fraction``
+  is 0, the default), the ``n_val = max(1, round(val_fraction · n))`` clips before it (and its one-clip
+  gap) the validation block, and everything before the validation block's gap the training block;
+  a gap is one clip that no clip uses. The last block also holds the tail;
 * training clips start every ``train_stride`` frames inside the training block (default ``L``:
-  non-overlapping; smaller values give overlapping training clips); validation clips start every
-  ``val_stride`` frames inside the validation block (default ``L``). Whatever the strides, no
-  validation frame is in a training clip, and at least ``L`` unused frames separate the two blocks;
-* so a video needs at least ``L`` kept frames for one clip, and ``3·L`` (train, gap, val) when
-  ``val_fraction > 0``; shorter videos are an input error naming the file.
+  non-overlapping; smaller values give overlapping training clips); validation and test clips start
+  every ``val_stride`` frames inside their blocks (default ``L``). Whatever the strides, no frame is
+  in clips of two splits, and at least ``L`` unused frames separate neighbouring blocks;
+* so a video needs at least ``L`` kept frames for one clip, ``3·L`` (train, gap, val) when
+  ``val_fraction > 0``, and ``L`` more per held-out clip and gap beyond that; shorter videos are an
+  input error naming the file.
 
-Sequences are stored train first, then val, each in (video, time) order; ``run_index`` is the video.
+Sequences are stored train first, then val, then test, each in (video, time) order; ``run_index`` is the
+video. A test split is what ``chdl eval --split test`` and ``chdl bench`` report on once validation has
+chosen the checkpoint (the same convention as curate's ``split.test_fraction``).
 Provenance (``attrs.provenance.config``) records each source file's name and sha256, the frame stride,
 size, strides and split rule; ``attrs.extra.videos`` the per-video details (fps, resolution, codec,
 frames decoded, crop box, the frame ranges of each block, clips per split) and ``attrs.extra.
@@ -42,14 +47,15 @@ from typing import Sequence
 
 import numpy as np
 
-from chdl.dataset import SPLIT_TRAIN, SPLIT_VAL
+from chdl.dataset import SPLIT_TEST, SPLIT_TRAIN, SPLIT_VAL
 from curation.importers.common import ImporterInputError, write_sequences
 from curation.memory import available_memory
 
 SIZE = (120, 160)  # (H, W)
 IN_FRAMES = OUT_FRAMES = 5
 VAL_FRACTION = 0.2
-GAP_CLIPS = 1  # unused clips between the training and the validation block of each video
+TEST_FRACTION = 0.0  # no test split unless asked for (curate's split.test_fraction defaults to 0 too)
+GAP_CLIPS = 1  # unused clips between neighbouring blocks (train | gap | val | gap | test) of each video
 SEQUENCES_PER_SHARD = 32  # 32 × 10 × 120 × 160 = 6 MB raw per shard at the defaults
 
 
@@ -86,6 +92,9 @@ class ClipPlan:
     train_block: tuple[int, int]  # [start, stop) of the kept frames the training clips use
     gap_block: tuple[int, int]  # [start, stop): the one-clip gap before the validation block (unused)
     val_block: tuple[int, int]  # [start, stop) of the kept frames the validation clips use
+    test_starts: tuple[int, ...] = ()
+    test_gap_block: tuple[int, int] = (0, 0)  # [start, stop): the one-clip gap before the test block (unused)
+    test_block: tuple[int, int] = (0, 0)  # [start, stop) of the kept frames the test clips use
 
 
 MIN_SIDE = 11  # SSIM's 11 x 11 Gaussian window (diffuma.metrics.SSIM_MIN_SIDE): training validates with it
@@ -227,36 +236,64 @@ def ends_early(v: Video) -> bool:
     return v.last_frame_ms < expected_ms - max(2.0, 0.01 * v.frames_reported) * 1000.0 / v.fps
 
 
-def plan_clips(n_frames: int, clip_len: int, *, val_fraction: float = VAL_FRACTION,
-               train_stride: int | None = None, val_stride: int | None = None) -> ClipPlan:
-    """Clip starts of one video of ``n_frames`` kept frames (module docstring: the time-block split).
+def check_fractions(val_fraction: float, test_fraction: float) -> None:
+    """ValueError unless both held-out fractions are in [0, 1) and leave room for training (sum < 1)."""
+    for name, f in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
+        if not 0 <= f < 1:
+            raise ValueError(f"{name} must be in [0, 1), not {f}")
+    if val_fraction + test_fraction >= 1:
+        raise ValueError(f"val_fraction + test_fraction must be below 1, not {val_fraction + test_fraction:g}")
 
-    ValueError if the video is too short: fewer than ``clip_len`` frames, or (with validation) fewer than
-    three clips' worth (train, gap, val).
+
+def plan_clips(n_frames: int, clip_len: int, *, val_fraction: float = VAL_FRACTION,
+               train_stride: int | None = None, val_stride: int | None = None,
+               test_fraction: float = TEST_FRACTION) -> ClipPlan:
+    """Clip starts of one video of ``n_frames`` kept frames (module docstring: the time-block split
+    ``train | gap | val | gap | test``; ``val_stride`` spaces the test clips too).
+
+    ValueError if the fractions are out of range, or the video is too short: fewer than ``clip_len``
+    frames, or too few clips for one training clip beside the held-out blocks and their gaps.
     """
     L = clip_len
     train_stride, val_stride = train_stride or L, val_stride or L
     if L < 1 or train_stride < 1 or val_stride < 1:
         raise ValueError("clip length and strides must be at least 1")
-    if not 0 <= val_fraction < 1:
-        raise ValueError(f"val_fraction must be in [0, 1), not {val_fraction}")
+    check_fractions(val_fraction, test_fraction)
     n = n_frames // L
     if n < 1:
         raise ValueError(f"too short for one clip: {n_frames} frame(s), a clip needs {L}")
-    if val_fraction == 0:
-        train_end = gap_start = val_start = n_frames
-    else:
-        n_val = max(1, math.floor(val_fraction * n + 0.5))
-        if n - n_val - GAP_CLIPS < 1:
-            raise ValueError(f"too short to split: {n_frames} frames give {n} clip(s) of {L}, need at least "
-                             f"{n_val + GAP_CLIPS + 1} (train, gap, {n_val} val); or use --val-fraction 0")
-        val_start = (n - n_val) * L
-        gap_start = train_end = val_start - GAP_CLIPS * L
-    train = tuple(range(0, train_end - L + 1, train_stride))
-    val = tuple(range(val_start, n_frames - L + 1, val_stride)) if val_start < n_frames else ()
+
+    def held(f: float) -> int:
+        return 0 if f == 0 else max(1, math.floor(f * n + 0.5))
+
+    n_val, n_test = held(val_fraction), held(test_fraction)
+    gap_val, gap_test = GAP_CLIPS * (n_val > 0), GAP_CLIPS * (n_test > 0)
+    if n - n_val - n_test - gap_val - gap_test < 1:
+        parts = ", ".join(p for p in ("train", "gap" if n_val else "", f"{n_val} val" if n_val else "",
+                                      "gap" if n_test else "", f"{n_test} test" if n_test else "") if p)
+        raise ValueError(f"too short to split: {n_frames} frames give {n} clip(s) of {L}, need at least "
+                         f"{n_val + n_test + gap_val + gap_test + 1} ({parts}); or lower --val-fraction"
+                         f"{' / --test-fraction' if n_test else ''} (0: no such block)")
+    # block boundaries in kept frames, from the end: the last held-out block also takes the tail (< L frames)
+    test_start = (n - n_test) * L if n_test else n_frames
+    val_stop = test_start - gap_test * L
+    val_start = (n - n_test - gap_test - n_val) * L if n_val else val_stop
+    train_stop = val_start - gap_val * L
+    if not n_val and not n_test:  # everything is training, the tail included
+        train_stop = val_start = val_stop = n_frames
+    if n_val and not n_test:
+        val_stop = n_frames
+
+    def starts(a: int, b: int, stride: int) -> tuple[int, ...]:
+        return tuple(range(a, b - L + 1, stride))
+
+    train, val, test = (starts(0, train_stop, train_stride), starts(val_start, val_stop, val_stride),
+                        starts(test_start, n_frames, val_stride) if n_test else ())
     return ClipPlan(n_frames=n_frames, clip_len=L, train_starts=train, val_starts=val,
-                    train_block=(0, train[-1] + L if train else 0), gap_block=(gap_start, val_start),
-                    val_block=(val_start, val[-1] + L if val else val_start))
+                    train_block=(0, train[-1] + L if train else 0), gap_block=(train_stop, val_start),
+                    val_block=(val_start, val[-1] + L if val else val_start),
+                    test_starts=test, test_gap_block=(val_stop, test_start) if n_test else (n_frames, n_frames),
+                    test_block=(test_start, test[-1] + L) if test else (n_frames, n_frames))
 
 
 def _decoded_range(block: tuple[int, int], frame_stride: int) -> list[int]:
@@ -281,6 +318,7 @@ def import_video(
     train_stride: int | None = None,
     val_stride: int | None = None,
     val_fraction: float = VAL_FRACTION,
+    test_fraction: float = TEST_FRACTION,
     overwrite: bool = False,
     progress: bool = True,
     command: str | None = None,
@@ -299,9 +337,9 @@ def import_video(
     L = in_frames + out_frames
     if frame_stride < 1 or (train_stride is not None and train_stride < 1) or (val_stride is not None and val_stride < 1):
         raise ValueError("frame_stride, train_stride and val_stride must be at least 1")
-    if not 0 <= val_fraction < 1:
-        raise ValueError(f"val_fraction must be in [0, 1), not {val_fraction}")
-    plan_kw = dict(val_fraction=val_fraction, train_stride=train_stride, val_stride=val_stride)
+    check_fractions(val_fraction, test_fraction)
+    plan_kw = dict(val_fraction=val_fraction, test_fraction=test_fraction, train_stride=train_stride,
+                   val_stride=val_stride)
     out_path = Path(out)
     if out_path.exists() and not overwrite:
         raise FileExistsError(f"{out_path}: already exists (use --overwrite to replace it)")
@@ -327,9 +365,10 @@ def import_video(
         videos.append(v)
         plans.append(plan)
 
-    # Sequence table: train first, then val; (video, kept-frame start) each.
-    table = [(SPLIT_TRAIN, vi, s) for vi, pl in enumerate(plans) for s in pl.train_starts]
-    table += [(SPLIT_VAL, vi, s) for vi, pl in enumerate(plans) for s in pl.val_starts]
+    # Sequence table: train first, then val, then test; (video, kept-frame start) each.
+    table = [(code, vi, s) for code, key in ((SPLIT_TRAIN, "train_starts"), (SPLIT_VAL, "val_starts"),
+                                             (SPLIT_TEST, "test_starts"))
+             for vi, pl in enumerate(plans) for s in getattr(pl, key)]
     H, W = size
 
     def make_shard(rng: range) -> dict:
@@ -347,9 +386,12 @@ def import_video(
     sources = [dict(file=v.name, sha256=v.sha256, bytes=v.path.stat().st_size) for v in videos]
     config = dict(
         sources=sources, size=[H, W], in_frames=in_frames, out_frames=out_frames, frame_stride=frame_stride,
-        train_stride=train_stride or L, val_stride=val_stride or L, val_fraction=val_fraction, gap_clips=GAP_CLIPS,
-        split_rule="per video: the last round(val_fraction * n) of its n non-overlapping clips are val, the clip "
-                   "before them is an unused gap, training clips come from the frames before the gap",
+        train_stride=train_stride or L, val_stride=val_stride or L, val_fraction=val_fraction,
+        test_fraction=test_fraction, gap_clips=GAP_CLIPS,
+        split_rule="per video, its n non-overlapping clips in time order train | gap | val | gap | test: the last "
+                   "round(test_fraction * n) are test, the round(val_fraction * n) before them (and a one-clip "
+                   "unused gap) val, training clips come from the frames before the val block's gap; a block "
+                   "with fraction 0 and its gap are left out",
         preprocessing="grayscale (cv2.COLOR_BGR2GRAY, BT.601), centred crop to the target aspect, cv2.INTER_AREA resize",
         decoder=f"OpenCV {cv2.__version__} FFmpeg backend (opencv-python-headless)")
     per_video = []
@@ -360,11 +402,14 @@ def import_video(
             frames_decoded=v.frames_decoded, frames_reported=v.frames_reported, frames_kept=len(v.frames),
             ends_early=ends_early(v),
             crop_yxhw=list(v.crop), train_clips=len(pl.train_starts), val_clips=len(pl.val_starts),
-            # frames used by each split and the gap between them, [start, stop) in decoded-frame indices
+            test_clips=len(pl.test_starts),
+            # frames used by each split and the gaps between them, [start, stop) in decoded-frame indices
             train_frames=_decoded_range(pl.train_block, k), gap_frames=[pl.gap_block[0] * k, pl.gap_block[1] * k],
-            val_frames=_decoded_range(pl.val_block, k)))
+            val_frames=_decoded_range(pl.val_block, k),
+            test_gap_frames=[pl.test_gap_block[0] * k, pl.test_gap_block[1] * k],
+            test_frames=_decoded_range(pl.test_block, k)))
     extra = dict(benchmark="video", **{key: config[key] for key in ("size", "frame_stride", "train_stride", "val_stride",
-                                                                     "val_fraction", "gap_clips")},
+                                                                     "val_fraction", "test_fraction", "gap_clips")},
                  videos=per_video, clip_start_frame=[s * frame_stride for _, _, s in table])
     return write_sequences(
         out_path, make_shard, n_sequences=len(table), overwrite=overwrite, desc="video", progress=progress,

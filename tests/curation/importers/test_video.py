@@ -19,7 +19,7 @@ import pytest
 from click.testing import CliRunner
 
 from chdl.cli import main
-from chdl.dataset import SPLIT_TRAIN, SPLIT_VAL, open_dataset
+from chdl.dataset import SPLIT_TEST, SPLIT_TRAIN, SPLIT_VAL, open_dataset
 from chdl.torch_dataset import SequenceDataset
 from curation.importers.common import ImporterInputError
 from curation.importers.video import center_crop_box, import_video, parse_size, plan_clips, read_video
@@ -89,6 +89,36 @@ def test_plan_is_a_time_block_split_with_a_one_clip_gap():
         plan_clips(29, 10)
 
 
+def test_plan_with_a_test_block_is_train_gap_val_gap_test():
+    p = plan_clips(107, 10, val_fraction=0.2, test_fraction=0.2, val_stride=5)  # 10 clips + a tail of 7
+    assert p.train_starts == (0, 10, 20, 30) and p.val_starts == (50, 55, 60) and p.test_starts == (80, 85, 90, 95)
+    assert (p.gap_block, p.val_block, p.test_gap_block, p.test_block) == ((40, 50), (50, 70), (70, 80), (80, 105))
+    p = plan_clips(57, 10, val_fraction=0, test_fraction=0.2)  # a test block without validation: train | gap | test
+    assert p.train_starts == (0, 10, 20) and p.val_starts == () and p.test_starts == (40,)
+    assert plan_clips(100, 10, val_fraction=0.2).test_starts == ()  # no test block unless asked for
+    rng = np.random.default_rng(1)
+    for _ in range(400):
+        L, n = int(rng.integers(2, 12)), int(rng.integers(1, 400))
+        kw = dict(val_fraction=float(rng.choice([0, 0.1, 0.2, 0.3])), test_fraction=float(rng.choice([0.05, 0.1, 0.2, 0.4])),
+                  train_stride=int(rng.integers(1, 2 * L)), val_stride=int(rng.integers(1, 2 * L)))
+        clips = n // L
+        held = [0 if f == 0 else max(1, int(np.floor(f * clips + 0.5))) for f in (kw["val_fraction"], kw["test_fraction"])]
+        try:
+            p = plan_clips(n, L, **kw)
+        except ValueError as e:
+            assert "too short" in str(e) and (clips < 1 or clips - sum(held) - (held[0] > 0) - 1 < 1), (n, L, kw)
+            continue
+        assert p.train_starts and p.test_starts and bool(p.val_starts) == (held[0] > 0)
+        assert min(p.test_starts) == (clips - held[1]) * L and max(p.test_starts) + L <= n  # the last grid clips
+        blocks = [[s for s in starts] for starts in (p.train_starts, p.val_starts, p.test_starts) if starts]
+        for before, after in zip(blocks, blocks[1:]):  # at least one clip of unused frames between neighbours
+            assert max(before) + L - 1 + L < min(after), (n, L, kw, p)
+    with pytest.raises(ValueError, match="too short to split.*1 test"):
+        plan_clips(39, 10, test_fraction=0.1)  # 3 clips: train, gap, 1 val, gap, 1 test needs 5
+    with pytest.raises(ValueError, match="must be below 1"):
+        plan_clips(100, 10, val_fraction=0.5, test_fraction=0.5)
+
+
 def test_crop_box_and_size():
     assert center_crop_box(480, 640, (120, 160)) == (0, 0, 480, 640)
     assert center_crop_box(528, 720, (120, 160)) == (0, 8, 528, 704)  # wider: crop the width
@@ -147,20 +177,24 @@ def check_dataset(out: Path, videos: list[Path], L: int, frame_stride: int = 1) 
     assert frames.dtype == np.uint8 and frames.shape[1:] == (L, 1, *SIZE)
     extra = ds.attrs["extra"]
     assert len(extra["clip_start_frame"]) == len(frames)
-    used = {(r, s): set() for r in range(len(videos)) for s in (SPLIT_TRAIN, SPLIT_VAL)}
+    used = {(r, s): set() for r in range(len(videos)) for s in (SPLIT_TRAIN, SPLIT_VAL, SPLIT_TEST)}
     for i, seq in enumerate(frames):
         idx = [frame_index(f) for f in seq[:, 0]]
         start = extra["clip_start_frame"][i]
         assert idx == [start + t * frame_stride for t in range(L)]  # consecutive (kept) frames of one video
         used[(int(run[i]), int(split[i]))].update(idx)
-    assert list(split) == sorted(split)  # train first, then val
+    order = {SPLIT_TRAIN: 0, SPLIT_VAL: 1, SPLIT_TEST: 2}
+    assert [order[int(c)] for c in split] == sorted(order[int(c)] for c in split)  # train first, then val, then test
     for r, meta in enumerate(extra["videos"]):
-        train, val = used[(r, SPLIT_TRAIN)], used[(r, SPLIT_VAL)]
-        assert train and val and not train & val
+        train, val, test = used[(r, SPLIT_TRAIN)], used[(r, SPLIT_VAL)], used[(r, SPLIT_TEST)]
+        assert train and val and not train & val and not test & (train | val)
         assert max(train) + L * frame_stride <= min(val)  # a full clip of unused frames between the blocks
-        assert meta["train_clips"] == int(((run == r) & (split == SPLIT_TRAIN)).sum())
-        assert meta["val_clips"] == int(((run == r) & (split == SPLIT_VAL)).sum())
-        assert meta["train_frames"] == [min(train), max(train) + 1] and meta["val_frames"] == [min(val), max(val) + 1]
+        if test:
+            assert max(val) + L * frame_stride <= min(test)
+        for name, code, frames in (("train", SPLIT_TRAIN, train), ("val", SPLIT_VAL, val), ("test", SPLIT_TEST, test)):
+            assert meta.get(f"{name}_clips", 0) == int(((run == r) & (split == code)).sum())
+            if frames:
+                assert meta[f"{name}_frames"] == [min(frames), max(frames) + 1]
     return dict(ds=ds, used=used)
 
 
@@ -192,6 +226,30 @@ def test_cli_imports_videos_with_time_block_split_and_provenance(tmp_path, video
     assert meta["frames_decoded"] == 60 and meta["gap_frames"] == [45, 50] and meta["crop_yxhw"] == [0, 5, 64, 85]
     x, y = SequenceDataset(out, split="val")[0]
     assert tuple(x.shape) == (3, 1, 24, 32) and tuple(y.shape) == (2, 1, 24, 32) and float(x.max()) <= 1
+
+
+def test_cli_holds_out_a_test_block_after_validation(tmp_path, videos):
+    out = tmp_path / "t.zarr"
+    r = CliRunner().invoke(main, ["import", "video", str(videos["a"]), str(videos["b"]), "--out", str(out), "--size",
+                                  "24x32", "--in-frames", "3", "--out-frames", "2", "--test-fraction", "0.2"])
+    assert r.exit_code == 0, r.output
+    # a: 12 clips of 5 -> train 0-29 (6), gap 30-34, val 35-44 (2), gap 45-49, test 50-59 (2)
+    assert "a.avi: 60 frames at 25.00 fps, 96x64 -> train 6 clips (frames 0-29), val 2 (frames 35-44), test 2 (frames 50-59)" in r.output
+    assert "(train 9, val 3, test 3 sequences)" in r.output  # b: 7 clips (+2 frames) -> 3 train, 1 val, 1 test
+    res = check_dataset(out, [videos["a"], videos["b"]], L=5)
+    assert res["used"][(1, SPLIT_TEST)] == set(range(30, 35)) and res["used"][(1, SPLIT_VAL)] == set(range(20, 25))
+    ds = res["ds"]
+    assert ds.summary()["splits"] == {"train": 9, "val": 3, "test": 3, "excluded": 0}
+    assert ds.attrs["provenance"]["config"]["test_fraction"] == 0.2 and ds.attrs["extra"]["test_fraction"] == 0.2
+    assert ds.attrs["extra"]["videos"][0]["test_gap_frames"] == [45, 50]
+    x, y = SequenceDataset(out, split="test")[0]  # what chdl eval --split test reads
+    assert [frame_index(f) for f in x[:, 0].mul(255).round().byte().numpy()] == [50, 51, 52]
+    # fractions that leave no room for training are refused before decoding, in one line
+    proc = run_cli(str(videos["a"]), "--out", str(tmp_path / "u.zarr"), "--val-fraction", "0.5", "--test-fraction", "0.5")
+    assert proc.returncode == 1 and proc.stderr.strip() == "Error: val_fraction + test_fraction must be below 1, not 1"
+    assert not (tmp_path / "u.zarr").exists()
+    proc = run_cli(str(videos["a"]), "--out", str(tmp_path / "w.zarr"), "--test-fraction", "0.3", "--val-fraction", "0.4")
+    assert proc.returncode == 1 and "too short to split" in proc.stderr and "a.avi" in proc.stderr, proc.stderr
 
 
 def test_overlapping_train_clips_and_frame_stride_never_touch_val(tmp_path, videos):

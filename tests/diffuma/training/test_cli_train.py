@@ -282,7 +282,8 @@ def test_a_test_split_is_never_trained_on_and_eval_scores_it_without_a_note(tmp_
     # a dataset curated without a test split: eval, predict and bench say how to make one, in the same words
     plain = write_moving_square_dataset(tmp_path / "plain.zarr", n=8)
     want = (f"Error: {plain}: the 'test' split has no sequences (curate with split.test_fraction above 0 to hold one "
-            "out: docs/curation.md, \"Split\"; chdl import makes train and val splits only)")
+            "out: docs/curation.md, \"Split\"; or chdl import video --test-fraction; the other imports make train and "
+            "val splits only)")
     ckpt = str(run / "checkpoints" / "last.pt")
     for args in (["eval", "--checkpoint", ckpt, "--data", str(plain), "--out", str(tmp_path / "e")],
                  ["predict", "--checkpoint", ckpt, "--input", str(plain), "--out", str(tmp_path / "p")],
