@@ -194,7 +194,7 @@ def video(videos, out, size, in_frames, out_frames, frame_stride, train_stride, 
     # stderr; a bad file is reported as one line naming it. Set OPENCV_FFMPEG_LOGLEVEL=24 to see them.
     os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
     from chdl.dataset import open_dataset
-    from curation.importers.video import import_video
+    from curation.importers.video import enlargement, import_video
 
     out = _run(import_video, list(videos), out, inputs=list(videos), size=_size(size), in_frames=in_frames, out_frames=out_frames,
                frame_stride=frame_stride, train_stride=train_stride, val_stride=val_stride,
@@ -208,6 +208,8 @@ def video(videos, out, size, in_frames, out_frames, frame_stride, train_stride, 
         if v.get("ends_early"):  # (older datasets have no such key)
             note = (f" [warning: the file ends after {v['frames_decoded']} of the {listed} frames its container "
                     "lists: cut off? only those were imported]")
+        if enlargement(v["crop_yxhw"], _size(size)):
+            note += f" [note: {enlargement(v['crop_yxhw'], _size(size))}]"
 
         def span(name):  # "(frames a-b)" of a part that has clips; nothing for an empty one
             a, b = v[f"{name}_frames"]

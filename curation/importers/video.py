@@ -148,6 +148,16 @@ def to_gray(frame: np.ndarray, size: tuple[int, int]) -> tuple[np.ndarray, tuple
     return np.ascontiguousarray(crop), box
 
 
+def enlargement(crop_yxhw, size: tuple[int, int]) -> str:
+    """"" when the centred crop ``(y0, x0, h, w)`` is at least ``size`` = (H, W); otherwise a phrase saying it
+    was enlarged (INTER_AREA then interpolates: the extra pixels carry no detail of the scene)."""
+    h, w = crop_yxhw[2], crop_yxhw[3]
+    H, W = size
+    if h >= H and w >= W:
+        return ""
+    return f"its {w}x{h} crop was enlarged to {W}x{H} (--size is larger than the source: interpolated, no added detail)"
+
+
 def file_sha256(path: Path) -> str:
     with open(path, "rb") as f:
         return hashlib.file_digest(f, "sha256").hexdigest()
@@ -481,6 +491,8 @@ def video_to_recordings(paths: Sequence[str | Path], out: str | Path, *, size: t
             if cut and warn is not None:
                 warn(f"{p}: the file ends after {v.frames_decoded} of the {v.frames_reported} frames its container "
                      "lists: cut off? only those were written")
+            if enlargement(v.crop, size) and warn is not None:
+                warn(f"{p}: {enlargement(v.crop, size)}")
             fps = v.fps / frame_stride if v.fps > 0 else 5.0
             manifest = {"camera": {"vendor": "video file", "model": v.codec, "serial": v.sha256[:16],
                                    "user_name": p.name, "transport": "file"},

@@ -265,6 +265,21 @@ def test_overlapping_train_clips_and_frame_stride_never_touch_val(tmp_path, vide
     assert res["ds"].summary()["splits"] == {"train": 17, "val": 1, "test": 0, "excluded": 0}
 
 
+def test_a_size_larger_than_the_source_is_said_for_each_file(tmp_path, videos):
+    """Sources are 96x64 (crop 85x64 at 4:3): --size 120x160 enlarges them, and both commands say so per file."""
+    r = CliRunner().invoke(main, ["import", "video", str(videos["a"]), "--out", str(tmp_path / "big.zarr"), "--size",
+                                  "120x160", "-q"])
+    assert r.exit_code == 0, r.output
+    assert "[note: its 85x64 crop was enlarged to 160x120 (--size is larger than the source" in r.output, r.output
+    r = CliRunner().invoke(main, ["import", "video", str(videos["a"]), "--out", str(tmp_path / "small.zarr"), "--size",
+                                  "48x64", "-q"])
+    assert r.exit_code == 0 and "enlarged" not in r.output, r.output  # 85x64 -> 64x48: smaller, no note
+    r = CliRunner().invoke(main, ["import", "recordings", str(videos["a"]), "--out", str(tmp_path / "raw"), "--size",
+                                  "120x160", "-q"])
+    assert r.exit_code == 0, r.output
+    assert f"warning: {videos['a']}: its 85x64 crop was enlarged to 160x120" in r.output, r.output
+
+
 def test_mp4_input(tmp_path):
     src = write_video(tmp_path / "m.mp4", 30, fourcc="mp4v")
     out = import_video([src], tmp_path / "m.zarr", size=SIZE, progress=False)
