@@ -244,6 +244,7 @@ def run_capture(camera: Camera, stage: Stage, out: str | Path, settings: Capture
     """Capture ``plan`` from ``camera`` (not yet opened) into the new recording folder ``out``."""
     out = Path(out)
     made_out = not out.exists()  # (a folder of the user's, given empty, is emptied again, not removed)
+    made_above = [d for d in out.parents if not d.exists()]  # e.g. the new OUT of `capture --out OUT`, innermost first
     started = time.monotonic()
     counts = {"dropped_positions": 0, "frames": 0, "first_ns": 0, "last_ns": 0}
     writer = source = applied = mode = background = None
@@ -262,7 +263,7 @@ def run_capture(camera: Camera, stage: Stage, out: str | Path, settings: Capture
             source.start()
             try:
                 _loop(source, stage, background, applied, plan, stop, counts,
-                      given_bits=settings.bit_depth)
+                      given_bits=settings.bit_depth, camera_name=camera_label(camera.info))
             finally:
                 background.finish()  # frames already received are written, even when stopping
             if stop.requested:
@@ -304,7 +305,7 @@ def run_capture(camera: Camera, stage: Stage, out: str | Path, settings: Capture
     if stopped_by is None:  # frames with pixels: a dropped position is a record without one
         got = n - counts["dropped_positions"]
         message = f"captured {got} frame{'s' if got != 1 else ''} into {out}"
-    elif writer is not None and n == 0 and (done := _remove_empty(out, made_out)) is not None:
+    elif writer is not None and n == 0 and (done := _remove_empty(out, made_out, made_above)) is not None:
         # stopped before its first frame (a refused --bit-depth, Ctrl-C, the camera lost): a recording of no frame
         # was kept, and curating the folder of runs then failed on it (its settings differ from the rerun's)
         message = f"{message}; stopped before the first frame: nothing recorded, {out} {done}"
@@ -321,10 +322,10 @@ def run_capture(camera: Camera, stage: Stage, out: str | Path, settings: Capture
 
 
 def _loop(source, stage: Stage, out: _BackgroundWriter, applied: CaptureSettings, plan: CapturePlan,
-          stop: _StopSignals, counts: dict, given_bits: int | None = None) -> None:
+          stop: _StopSignals, counts: dict, given_bits: int | None = None, camera_name: str = "the camera") -> None:
     """Move, trigger and record every position of ``plan``. ``given_bits``: the bit depth the user gave
     (``--bit-depth``); a frame with a pixel above 2**given_bits - 1 stops the capture at once (the recording
-    would be refused by chdl curate, naming that frame, perhaps hours later)."""
+    would be refused by chdl curate, naming that frame, perhaps hours later), naming ``camera_name``."""
     frame_timeout = plan.frame_timeout_s or max(1.0, 3.0 / max(applied.fps, 1e-3))
     recent: list[int] = []  # monotonic stamps of the last frames, for the achieved rate
     consecutive = discarded_at_first_timeout = 0
@@ -365,8 +366,9 @@ def _loop(source, stage: Stage, out: _BackgroundWriter, applied: CaptureSettings
                 counts["first_ns"] = counts["first_ns"] or got.host_monotonic_ns
                 counts["last_ns"] = got.host_monotonic_ns
                 if given_bits is not None and pixels is not None and (top := int(pixels.max())) >= 1 << given_bits:
-                    raise _Stop("error", f"lane {lane} position {p}: pixel values up to {top}, above {(1 << given_bits) - 1}: "
-                                         f"the camera sends more than the {given_bits} significant bits --bit-depth says")
+                    raise _Stop("error", f"{camera_name}, lane {lane} position {p}: pixel values up to {top}, above "
+                                         f"{(1 << given_bits) - 1}: the camera sends more than the {given_bits} "
+                                         "significant bits --bit-depth says")
             done += 1
             span = (recent[-1] - recent[0]) / 1e9 if len(recent) > 1 else 0.0
             out.put(pixels, meta, Progress(done=done, total=plan.total, lane=lane, position_index=p,
@@ -392,10 +394,16 @@ def _loop(source, stage: Stage, out: _BackgroundWriter, applied: CaptureSettings
         raise CameraError(f"camera lost: no frame at any of the {done} positions (frame timeout {frame_timeout:.3g} s)")
 
 
-def _remove_empty(out: Path, made_out: bool) -> str | None:
+def camera_label(info) -> str:
+    """A camera as a message names it: vendor, model and serial (``CameraInfo``), e.g. "chdl DicingLaneSim v1 (serial SIM0000)"."""
+    return " ".join(x for x in (info.vendor, info.model) if x) + (f" (serial {info.serial})" if info.serial else "")
+
+
+def _remove_empty(out: Path, made_out: bool, made_above: list[Path] = ()) -> str | None:
     """Remove what a recording of no frame wrote into ``out``, and the folder if this capture made it: "removed",
     or "emptied" for a folder of the user's; None if something else is there or it could not be removed (it is then
-    kept, as any stopped recording)."""
+    kept, as any stopped recording). The folders above ``out`` this capture made (``made_above``, innermost first)
+    go too while empty: a new ``--out`` left with nothing in it."""
     ours = {MANIFEST, FRAMES_INDEX, FRAMES_DIR, RESERVE}
     try:
         if any(p.name not in ours for p in out.iterdir()) or any((out / FRAMES_DIR).iterdir()):
@@ -407,6 +415,11 @@ def _remove_empty(out: Path, made_out: bool) -> str | None:
             out.rmdir()
     except OSError:
         return None
+    for d in made_above if made_out else ():
+        try:
+            d.rmdir()  # (refused while another capture writes into it: then it and those above stay)
+        except OSError:
+            break
     return "removed" if made_out else "emptied"
 
 

@@ -116,10 +116,13 @@ def test_a_wrong_bit_depth_stops_the_capture_at_the_first_frame_and_leaves_nothi
             "--out", tmp_path / "raw")
     r = chdl("capture", *args, "--bit-depth", "6", "--run-id", "r")
     assert r.returncode == 1, r.stderr
-    assert "Error: lane 0 position 0: pixel values up to " in r.stderr and ", above 63: the camera sends more than " \
-        f"the 6 significant bits --bit-depth says; stopped before the first frame: nothing recorded, " \
-        f"{tmp_path / 'raw' / 'r'} removed" in r.stderr
-    assert list((tmp_path / "raw").iterdir()) == []
+    assert "Error: chdl DicingLaneSim v1 (serial SIM0000), lane 0 position 0: pixel values up to " in r.stderr and ", above 63: the " \
+        f"camera sends more than the 6 significant bits --bit-depth says; stopped before the first frame: nothing " \
+        f"recorded, {tmp_path / 'raw' / 'r'} removed" in r.stderr
+    assert not (tmp_path / "raw").exists()  # the new --out went with its empty run folder
+    (tmp_path / "raw").mkdir()  # an --out of the user's stays
+    r = chdl("capture", *args, "--bit-depth", "6", "--run-id", "r")
+    assert r.returncode == 1 and list((tmp_path / "raw").iterdir()) == [], r.stderr
     (tmp_path / "raw" / "mine").mkdir()  # a folder the user made, given empty: emptied again, kept
     r = chdl("capture", *args, "--bit-depth", "6", "--run-id", "mine")
     assert r.returncode == 1 and list((tmp_path / "raw").iterdir()) == [tmp_path / "raw" / "mine"], r.stderr
