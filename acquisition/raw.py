@@ -639,7 +639,7 @@ def find_recordings(path: str | os.PathLike) -> list[Path]:
     except OSError as e:
         raise RawFormatError(f"{path}: {os_problem(e)}") from None
     if not path.is_dir():
-        video = f"; it is a video file: {video_hint()}" if looks_like_video(path) else ""
+        video = f"; it is named like a video file: {video_hint()}" if looks_like_video(path) else ""
         raise RawFormatError(f"{path}: not a recording or a folder of recordings{video}")
     if is_recording(path):
         return [path]

@@ -294,7 +294,7 @@ def _open_group(path: Path, mode: str) -> zarr.Group:
         elif path.is_dir() and any((p / "manifest.json").is_file() for p in path.iterdir() if p.is_dir()):
             hint = f"; it holds raw recordings: curate them first (chdl curate {path} OUT.zarr)"
         elif path.is_file() and looks_like_video(path):
-            hint = f"; it is a video file: {video_hint()}"
+            hint = f"; it is named like a video file: {video_hint()}"
         raise DatasetFormatError(f"{path}: not a zarr v3 group (no zarr.json){hint}")
     try:
         group = zarr.open_group(str(path), mode=mode, zarr_format=3)

@@ -72,6 +72,8 @@ def train(data, config_name, overrides, out, resume, quiet):
     from diffuma.training.config import ConfigError, attribute, read_config, resolve_config
 
     main_rank = int(os.environ.get("RANK", "0")) == 0
+    if data.is_file():  # never a dataset (a video, an archive): say so before asking for --config
+        open_verified_dataset(data, "all", quiet=True)
     if config_name is None and not resume:
         raise click.UsageError("--config is required (only --resume can do without it)")
     if config_name is None and overrides:

@@ -373,7 +373,7 @@ def test_a_video_file_given_as_a_recording_says_how_to_import_it(tmp_path):
             "{} without QC (docs/importers.md)")
     with pytest.raises(RawFormatError) as e:
         find_recordings(tmp_path / "videos" / "clip.AVI")
-    assert str(e.value).endswith("not a recording or a folder of recordings; it is a video file: "
+    assert str(e.value).endswith("not a recording or a folder of recordings; it is named like a video file: "
                                  + hint.format("it as a", "it"))
     with pytest.raises(RawFormatError) as e:
         find_recordings(tmp_path / "videos")

@@ -122,7 +122,7 @@ def test_refuses_overwrite_and_bad_paths(tmp_path):
                        r"chdl\); this chdl reads chdl.dataset/1: upgrade chdl to use it$"):
         open_dataset(tmp_path / "newer.zarr")
     (tmp_path / "clip.mp4").write_bytes(b"x")  # a user's footage given as a dataset
-    with pytest.raises(DatasetFormatError, match=r"clip.mp4: not a zarr v3 group \(no zarr.json\); it is a video file: "
+    with pytest.raises(DatasetFormatError, match=r"clip.mp4: not a zarr v3 group \(no zarr.json\); it is named like a video file: "
                                                  r"chdl import recordings writes it as a raw recording for chdl curate \(QC\), chdl import video makes a dataset of it without QC"):
         open_dataset(tmp_path / "clip.mp4")
     # a damaged group metadata document is named (it said only "d.zarr: cannot open zarr group (Invalid control ...")

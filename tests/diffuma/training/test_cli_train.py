@@ -409,6 +409,12 @@ def test_real_cli_reports_config_errors_in_one_line(tmp_path):
     assert r.returncode == 1
     assert r.stderr.strip() == "Error: --set run.epocs=3: run.epocs: unknown key (did you mean 'epochs'?)"
     assert not (tmp_path / "run").exists()
+    clip = tmp_path / "clip.mp4"  # footage given as --data, --config forgotten: the data's problem is said first
+    clip.write_bytes(b"\0" * 64)
+    r = subprocess.run([sys.executable, "-m", "chdl", "train", "--data", str(clip), "--out", str(tmp_path / "run")],
+                       capture_output=True, text=True)
+    assert r.returncode == 1 and r.stderr.startswith(f"Error: {clip}: not a zarr v3 group") and \
+        "named like a video file: chdl import recordings" in r.stderr and "--config" not in r.stderr, r.stderr
 
 
 def _chdl(*args):
