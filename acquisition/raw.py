@@ -20,6 +20,7 @@ import errno
 import json
 import math
 import os
+import socket
 import time
 from pathlib import Path, PurePosixPath
 from typing import Any, Iterator
@@ -293,7 +294,23 @@ CLAIM_GRACE_S = 60.0  # a claim with no temporary manifest (stopped between the 
 
 def _writer_running(temporary: Path) -> bool:
     """Whether the process whose pid names the temporary file ``temporary`` (``.<name>.tmp<pid>``) still runs."""
-    pid = int(temporary.name.rsplit(".tmp", 1)[1])
+    return _running(int(temporary.name.rsplit(".tmp", 1)[1]))
+
+
+def live_writer(manifest: dict) -> int | None:
+    """The pid of the process writing this recording now, if any: its manifest says ``status`` "recording" and
+    ``writer`` names a process of this host that still runs (None for a finished recording, one whose writer
+    was killed, one written on another host or before chdl recorded its writer)."""
+    writer = manifest.get("writer")
+    if manifest.get("status") != "recording" or not isinstance(writer, dict):
+        return None
+    pid = writer.get("pid")
+    if writer.get("host") != socket.gethostname() or not isinstance(pid, int) or isinstance(pid, bool) or pid < 1:
+        return None
+    return pid if _running(pid) else None
+
+
+def _running(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -335,8 +352,12 @@ def taken(path: str | os.PathLike) -> str:
         rec = Recording.open(path)
     except (RawFormatError, OSError):
         return f"{path}: already exists and is not an empty folder; refusing to overwrite a recording"
+    n = f"{len(rec)} frame{'s' if len(rec) != 1 else ''}"
+    if (pid := live_writer(rec.manifest)) is not None:  # (two captures of one run id: "move it away" misled)
+        return (f"{path}: another chdl process (pid {pid}) is recording there now ({n} so far); refusing to share "
+                "a recording")
     state = "complete" if rec.complete else "incomplete"
-    return (f"{path}: already holds a recording ({state}, {len(rec)} frame{'s' if len(rec) != 1 else ''}); refusing "
+    return (f"{path}: already holds a recording ({state}, {n}); refusing "
             "to overwrite it (move it away to record there again)")
 
 
@@ -379,6 +400,7 @@ class RecordingWriter:
         manifest.setdefault("notes", {})
         manifest["schema"] = RAW_SCHEMA
         manifest["status"] = "recording"
+        manifest["writer"] = {"pid": os.getpid(), "host": socket.gethostname()}  # (live_writer: who records now)
         why = validate_manifest(manifest)
         if why:  # refuse to write what the reader would refuse
             raise RawFormatError(f"{path / MANIFEST}: {why}")

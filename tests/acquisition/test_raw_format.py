@@ -1,6 +1,7 @@
 """The raw recording format: round trip, torn tails, and one-line errors that name the file."""
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -342,6 +343,30 @@ def test_a_claim_whose_writer_is_gone_is_taken_over_and_a_live_ones_is_not(tmp_p
     (tmp_path / "rec" / "frames").mkdir(parents=True)
     (tmp_path / "rec" / "frames" / "000000.png").write_bytes(b"x")  # a frame: a recording, not a claim
     assert not free_for_a_recording(tmp_path / "rec") and free_for_a_recording(tmp_path / "none")
+
+
+def test_a_recording_being_written_is_refused_as_such_not_as_one_to_move_away(tmp_path):
+    """Two captures of one --run-id: the later was told the first's live recording "already holds a recording
+    (incomplete, 1 frame) ... move it away". The manifest names its writer (pid, host) while it records."""
+    import socket
+
+    from acquisition.raw import live_writer, taken
+
+    with RecordingWriter.create(tmp_path / "rec", MANIFEST) as w:
+        w.append(np.zeros((6, 8), np.uint8), **_meta(0))
+        manifest = json.loads((tmp_path / "rec" / "manifest.json").read_text())
+        assert manifest["writer"] == {"pid": os.getpid(), "host": socket.gethostname()}
+        assert live_writer(manifest) == os.getpid()
+        assert taken(tmp_path / "rec") == (f"{tmp_path / 'rec'}: another chdl process (pid {os.getpid()}) is recording "
+                                           "there now (1 frame so far); refusing to share a recording")
+        with pytest.raises(RawFormatError, match="is recording there now"):
+            RecordingWriter.create(tmp_path / "rec", MANIFEST)
+    assert taken(tmp_path / "rec").endswith("already holds a recording (complete, 1 frame); refusing to overwrite it "
+                                            "(move it away to record there again)")
+    for writer, status in (({"pid": _dead_pid(), "host": socket.gethostname()}, "recording"),  # killed
+                           ({"pid": os.getpid(), "host": socket.gethostname() + "-other"}, "recording"),
+                           ({"pid": os.getpid(), "host": socket.gethostname()}, "complete"), (None, "recording")):
+        assert live_writer({"status": status, "writer": writer}) is None, (writer, status)
 
 
 def test_a_recording_that_lost_its_manifest_is_named_not_left_out(tmp_path):
