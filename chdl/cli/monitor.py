@@ -170,13 +170,8 @@ def monitor(ctx, checkpoint, t_in, queue_depth, z_on, z_off, scorer, serve, toke
         click.echo(f"warning: {warning}", err=True)
     ended = not error and all(r.stopped_by in (None, "source ended") for r in results)
     most_skipped = status["frames_skipped"] > status["frames_scored"]
-    if ended and status["frames_scored"] and not _any_frame_scored(mon.folder):  # "0 events" would read as all clear
-        from chdl.monitor.anomaly_score import ScorerConfig
-
-        click.echo(f"warning: no frame could alert: the scorer first builds its baseline (about "
-                   f"{2 * ScorerConfig().min_history} frames of a recording) and this one had {status['frames_scored']} "
-                   "scored; " + ("most frames were skipped (below)" if most_skipped else "monitor longer recordings"),
-                   err=True)
+    if ended and status["frames_scored"] and (why := _why_no_frame_could_alert(mon.folder, most_skipped)):
+        click.echo(f"warning: no frame could alert: {why}", err=True)  # ("0 events" would read as all clear)
     if ended and not status["frames_scored"] and status["frames_unscored"] and not most_skipped:
         # "0 events" would read as all clear (lane passes of 2 positions: no frame has the history it needs)
         click.echo(f"warning: no frame could be scored: all {status['frames_unscored']} came with too little history "
@@ -198,14 +193,30 @@ def monitor(ctx, checkpoint, t_in, queue_depth, z_on, z_off, scorer, serve, toke
         ctx.exit(1)
 
 
-def _any_frame_scored(folder) -> bool:
-    """Whether scores.jsonl of a monitor folder has a frame with an alert level (past the baseline's warm-up)."""
+def _why_no_frame_could_alert(folder, most_skipped: bool) -> str | None:
+    """Why no scored frame of a monitor folder had an alert level (None if one had, or scores.jsonl cannot be read):
+    the scorer's baseline was never built, for too few scored frames or because the acquisition QC flagged them."""
+    from collections import Counter
+
+    from chdl.monitor.anomaly_score import ScorerConfig
     from chdl.monitor.jsonl import read_jsonl
 
     try:
-        return any(r.get("threshold") is not None for r in read_jsonl(folder / "scores.jsonl"))
+        rows = list(read_jsonl(folder / "scores.jsonl"))
     except OSError:
-        return True  # (nothing to say about a folder that cannot be read)
+        return None
+    if any(r.get("threshold") is not None for r in rows):
+        return None
+    flagged = Counter(r["acquisition"] for r in rows if r.get("acquisition"))
+    clean = len(rows) - sum(flagged.values())
+    causes = ", ".join(f"{n} {cause}" for cause, n in flagged.most_common())
+    if clean == 0 and rows:  # (a lens cap on for the whole run, 12-bit data read as 16-bit: every frame 'no image')
+        return (f"every one of the {len(rows)} scored frames was flagged by the acquisition QC ({causes}; events.jsonl "
+                "lists them), and a flagged frame neither builds the scorer's baseline nor raises a process alert")
+    also = f" ({causes} flagged by the acquisition QC are left out of it)" if flagged else ""
+    return (f"the scorer first builds its baseline (about {2 * ScorerConfig().min_history} frames of a recording) and "
+            f"this one had {clean} scored frames to build it from{also}; "
+            + ("most frames were skipped (below)" if most_skipped else "monitor longer recordings"))
 
 
 def _given_levels(z_on: float | None, z_off: float | None) -> dict:

@@ -498,9 +498,9 @@ class EarlierFlag:
     frame: int
     lane: int
     position: int
-    acquisition: str  # "vibration" | "illumination"
+    acquisition: str  # "vibration" | "illumination" | "no image"
     pixels: np.ndarray  # (H, W) in [0, 1]
-    judged_at: int = -1  # the frame with which the QC judged it (reported with the next scored frame)
+    judged_at: int = -1  # the frame with which the QC judged it (itself: flagged on arrival, but not scored)
 
 
 class MonitorPipeline:
@@ -521,6 +521,12 @@ class MonitorPipeline:
     def predictor(self):
         return self.stream.predictor
 
+    def take_earlier(self) -> list[EarlierFlag]:
+        """The QC flags of frames not reported yet (judged late, or flagged on arrival but not scored); cleared. A
+        scored frame's result carries them; after an unscored frame the caller takes them here."""
+        earlier, self.earlier = self.earlier, []
+        return earlier
+
     def push(self, index: int, lane: int, position: int, raw: np.ndarray) -> FrameResult | None:
         if lane != self.stream.lane:
             self.indices = {}
@@ -533,10 +539,12 @@ class MonitorPipeline:
         frame = raw.astype(np.float32) * scale
         out = self.stream.push(frame, lane, position, learn=flag is None, flagged=flag is not None,
                                forget=[p for p, _, _ in late])
-        if out is None:
+        if out is None:  # not scored (a pass's first frames), but a flag on arrival ("no image") is still reported
+            if flag is not None:
+                self.earlier.append(EarlierFlag(index, lane, position, flag, frame, index))
             return None
         pred, s = out
-        earlier, self.earlier = self.earlier, []
+        earlier = self.take_earlier()
         return FrameResult(frame=index, lane=lane, position=position, score=s.score, threshold=s.threshold,
                            z=s.z, alert=s.alert, new_alert=s.new_alert, acquisition=flag, box=s.box, pixels=frame,
                            prediction=pred, error=s.error, features=s.features, earlier=earlier,

@@ -411,17 +411,15 @@ def _score_loop(spec, run_path: Path, folder: Path, q, counters: dict, ready) ->
             r = pipe.push(index, lane, position, raw)
             if r is None:  # fewer than MIN_PREDECESSORS frames before it in its lane pass (a pass's start, a skip)
                 _count(counters["unscored"])
+                n_events = _earlier_events(ev, folder, n_events, pipe.take_earlier())  # (a first frame with no image)
+                counters["events"].value = n_events
                 continue
             latency = (time.perf_counter() - t0) * 1000
             line = {"frame": r.frame, "lane": r.lane, "position": r.position, "score": _num(r.score),
                     "threshold": _num(r.threshold), "alert": bool(r.alert), "acquisition": r.acquisition,
                     **({"after_acquisition": True} if r.after_acquisition else {}), "latency_ms": round(latency, 2)}
             _live(folder, r)
-            for e in r.earlier:  # first frames of a pass, judged by the QC once the third had come
-                n_events = _write_event(ev, folder, n_events, "acquisition", e.frame, e.lane, e.position, None,
-                                        f"acquisition QC flagged {e.acquisition} at lane {e.lane} position "
-                                        f"{e.position} (judged with the frames after it, at frame {e.judged_at})",
-                                        to8(e.pixels))
+            n_events = _earlier_events(ev, folder, n_events, r.earlier)
             if r.acquisition is not None:
                 n_events = _write_event(ev, folder, n_events, "acquisition", r.frame, r.lane, r.position, r,
                                         f"acquisition QC flagged {r.acquisition} at lane {r.lane} position {r.position}",
@@ -436,6 +434,18 @@ def _score_loop(spec, run_path: Path, folder: Path, q, counters: dict, ready) ->
             scores.write(json.dumps(line) + "\n")
             scores.flush()
             counters["scored"].value += 1
+
+
+def _earlier_events(ev, folder: Path, n_events: int, earlier) -> int:
+    """Acquisition events of frames reported apart from a scored frame's own: first frames of a pass judged once the
+    third had come, and unscored frames flagged on arrival (no image). Returns the new event count."""
+    for e in earlier:
+        when = ("on arrival; not scored: too little history in its lane pass" if e.judged_at == e.frame
+                else f"judged with the frames after it, at frame {e.judged_at}")
+        n_events = _write_event(ev, folder, n_events, "acquisition", e.frame, e.lane, e.position, None,
+                                f"acquisition QC flagged {e.acquisition} at lane {e.lane} position {e.position} "
+                                f"({when})", to8(e.pixels))
+    return n_events
 
 
 def _write_event(ev, folder: Path, n: int, kind: str, frame: int, lane: int, position: int, scored, reason: str,

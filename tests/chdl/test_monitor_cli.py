@@ -143,7 +143,34 @@ def test_a_recording_too_short_for_the_baseline_says_no_frame_could_alert(clean_
     mon = chdl("monitor", "--replay", run, "--out", tmp_path / "m", "--as-fast-as-possible", "-q")
     assert mon.returncode == 0, mon.stderr
     assert "warning: no frame could alert: the scorer first builds its baseline (about 20 frames of a recording) and " \
-           "this one had " in mon.stderr and " scored; monitor longer recordings" in mon.stderr, mon.stderr
+           "this one had 7 scored frames to build it from; monitor longer recordings" in mon.stderr, mon.stderr
+
+
+def test_frames_without_an_image_are_events_scored_or_not_and_a_dark_run_says_why_nothing_alerts(clean_run, tmp_path):
+    """Frames that carry no image were reported only where they were scored: the first two of each pass had no
+    event. A run of nothing but such frames warned that it was too short for the baseline (80 frames 'scored')."""
+    run = tmp_path / "dark" / "run_00000"
+    shutil.copytree(clean_run, run)
+    index = _lines(run / "frames.jsonl")
+    black = [r for r in index if r["lane"] == 1 and r["position_index"] in (0, 1, 5)]
+    for r in black:
+        cv2.imwrite(str(run / r["file"]), np.zeros((H, W), np.uint8))
+    mon = chdl("monitor", "--replay", run, "--out", tmp_path / "m", "--as-fast-as-possible", "--queue-depth", "100",
+               "--z-on", "9.5", "-q")
+    assert mon.returncode == 0, mon.stderr
+    events = _lines(tmp_path / "m" / "run_00000.monitor" / "events.jsonl")
+    dark = [(e["frame"], e["kind"]) for e in events if "no image" in e["reason"]]
+    assert dark == [(r["index"], "acquisition") for r in black], events
+    first = next(e for e in events if e["frame"] == black[0]["index"])
+    assert "(on arrival; not scored: too little history in its lane pass)" in first["reason"], first
+    for r in index:  # every frame black: no baseline, and the warning says so
+        cv2.imwrite(str(run / r["file"]), np.zeros((H, W), np.uint8))
+    mon = chdl("monitor", "--replay", run, "--out", tmp_path / "m2", "--as-fast-as-possible", "--queue-depth", "100", "-q")
+    assert mon.returncode == 0, mon.stderr
+    assert "warning: no frame could alert: every one of the 40 scored frames was flagged by the acquisition QC " \
+           "(40 no image; events.jsonl lists them)" in mon.stderr, mon.stderr
+    assert "monitor longer recordings" not in mon.stderr
+    assert len(_lines(tmp_path / "m2" / "run_00000.monitor" / "events.jsonl")) == 50  # one per frame, scored or not
 
 
 def test_an_incomplete_frame_is_neither_scored_nor_a_reference(clean_run, tmp_path):
