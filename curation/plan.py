@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from acquisition.raw import (FORMAT_BITS, PIXEL_DTYPES, FrameRecord, Recording, check_bit_depth, find_recordings,
+from acquisition.raw import (FORMAT_BITS, PIXEL_DTYPES, FrameRecord, RawFormatError, Recording, check_bit_depth, find_recordings,
                             os_problem, run_bit_depth)
 from chdl.dataset import SPLIT_TEST, SPLIT_TRAIN, SPLIT_VAL, max_value_for_bits
 from curation.config import CurateConfig
@@ -187,11 +187,30 @@ def _bit_depth(rec: Recording, fmt: str, warnings: list[str]) -> tuple[int, str]
     bits = run_bit_depth(rec.manifest)
     if bits is not None:
         return bits, "manifest" if (rec.settings.get("bit_depth") is not None) else "pixel format"
+    seen = _bits_seen(rec)
+    hint = (f"; its first frame's pixels reach {seen[0]}, which {seen[1]} bits hold: if the camera delivers "
+            f"{seen[1]}, rerun with chdl curate --bit-depth {seen[1]} (at {FORMAT_BITS[fmt]} bits such frames are "
+            "dim, and those whose pixels spread less than 1 % of full scale count as carrying no image)"
+            if seen is not None and seen[1] < FORMAT_BITS[fmt] else
+            "; if the camera delivers fewer significant bits, rerun with chdl curate --bit-depth N (e.g. 12)")
     warnings.append(f"{rec.path / 'manifest.json'}: no settings.bit_depth (recorded before chdl recorded bit depth, "
                     f"or the camera could not tell): using the full {FORMAT_BITS[fmt]} bits of {fmt} (max_value "
-                    f"{max_value_for_bits(FORMAT_BITS[fmt])}); if the camera delivers fewer significant bits, rerun "
-                    "with chdl curate --bit-depth N (e.g. 12)")
+                    f"{max_value_for_bits(FORMAT_BITS[fmt])}){hint}")
     return FORMAT_BITS[fmt], "pixel format"
+
+
+def _bits_seen(rec: Recording) -> tuple[int, int] | None:
+    """(largest pixel value, the bits it needs, at least 8) of the run's first readable frame; None if none reads.
+    One frame, so only a hint: a dark first frame can need fewer bits than the camera delivers."""
+    for r in rec.frames:
+        if r.file is None:
+            continue
+        try:
+            top = int(rec.read(r).max())
+        except (RawFormatError, OSError, ValueError):
+            continue
+        return top, max(8, top.bit_length())
+    return None
 
 
 def build_plan(source: str | os.PathLike, cfg: CurateConfig, bit_depth: int | None = None) -> Plan:

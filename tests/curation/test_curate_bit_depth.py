@@ -48,15 +48,42 @@ def test_a_mono16_recording_without_bit_depth_warns_and_uses_the_full_range_unle
     assert p.returncode == 0, p.stderr
     manifest = tmp_path / "raw" / "old" / "manifest.json"
     line = next(ln for ln in p.stderr.splitlines() if "bit_depth" in ln)
-    assert line == (f"warning: {manifest}: no settings.bit_depth (recorded before chdl recorded bit depth, or the "
-                    "camera could not tell): using the full 16 bits of Mono16 (max_value 65535); if the camera "
-                    "delivers fewer significant bits, rerun with chdl curate --bit-depth N (e.g. 12)")
+    assert line.startswith(f"warning: {manifest}: no settings.bit_depth (recorded before chdl recorded bit depth, or "
+                           "the camera could not tell): using the full 16 bits of Mono16 (max_value 65535); its first "
+                           "frame's pixels reach "), line
+    # the bits the data needs are named (12-bit data at 16 bits can read as frames without an image, all excluded)
+    assert "which 12 bits hold: if the camera delivers 12, rerun with chdl curate --bit-depth 12" in line, line
     assert open_dataset(tmp_path / "a.zarr").attrs["max_value"] == 65535
     p = chdl("curate", tmp_path / "raw", tmp_path / "b.zarr", "--bit-depth", "12", "--quiet")
     assert p.returncode == 0, p.stderr
     ds = open_dataset(tmp_path / "b.zarr")
     assert ds.attrs["max_value"] == 4095 and ds.attrs["provenance"]["bit_depth"] == {"bits": 12, "from": "--bit-depth"}
     assert "--bit-depth 12" in ds.attrs["provenance"]["command"]
+
+
+def test_twelve_bit_frames_read_at_sixteen_bits_that_exclude_everything_point_to_the_bit_depth(tmp_path):
+    """The simulator's 12-bit frames in Mono16, their bit depth deleted: at max_value 65535 every frame spreads
+    over < 1 % of full scale and counts as carrying no image, so every sequence was excluded, and neither the
+    ~40 'no image' warnings nor the final one said the bit depth was the likely cause."""
+    import json
+
+    assert chdl("simulate", "corpus", tmp_path / "raw", "--sequences", "4", "--lanes-per-run", "4", "--width", "200",
+                "--height", "150", "--pixel-format", "Mono16", "--fault-rate", "0", "-q").returncode == 0
+    manifest = tmp_path / "raw" / "run_00000" / "manifest.json"
+    m = json.loads(manifest.read_text())
+    del m["settings"]["bit_depth"]
+    manifest.write_text(json.dumps(m))
+    p = chdl("curate", tmp_path / "raw", tmp_path / "d.zarr")
+    assert p.returncode == 0, p.stderr
+    first = p.stderr.splitlines()[0]
+    assert "which 12 bits hold: if the camera delivers 12, rerun with chdl curate --bit-depth 12" in first, p.stderr
+    assert "warning: every sequence was excluded (4: " in p.stderr and "or the QC floors and z in the config; or the " \
+        "bit depth: 16 bits were assumed for Mono16 runs that did not record theirs (rerun with --bit-depth N" in p.stderr
+    report = json.loads((tmp_path / "d.qc.json").read_text())
+    assert "--bit-depth 12" in report["warnings"][0], report["warnings"][0]
+    p = chdl("curate", tmp_path / "raw", tmp_path / "e.zarr", "--bit-depth", "12", "--quiet")
+    assert p.returncode == 0 and "excluded" not in p.stderr, p.stderr
+    assert open_dataset(tmp_path / "e.zarr").summary()["splits"]["excluded"] == 0
 
 
 def test_bit_depth_refusals(tmp_path):
