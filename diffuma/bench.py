@@ -364,6 +364,31 @@ def _previous_report(out: Path) -> dict:
     return previous if isinstance(previous, dict) else {}
 
 
+def _not_the_same_bench(previous: dict, asked: dict) -> str | None:
+    """Why a resume with ``asked`` (models, epochs, budget_minutes, pred_lens, pred_len_mode, convention, split)
+    would not continue the bench ``previous`` (its bench.json), or None. A resume with fewer --models or without
+    its --pred-len rewrote bench.json without their rows, exit 0. (bench.json before 2026-12-03 has no "asked":
+    its models are those it holds rows of, and the other options its top-level keys.)"""
+    before = previous.get("asked") or {k: previous.get(k) for k in asked if k != "models"}
+    diffs = []
+    for key, option in (("epochs", "--epochs"), ("budget_minutes", "--budget-minutes"), ("pred_lens", "--pred-len"),
+                        ("pred_len_mode", "--pred-len-mode"), ("convention", "--convention"), ("split", "--split")):
+        if key in before and before[key] != asked[key]:
+            diffs.append(f"{option} {_option_text(before[key])} (given: {_option_text(asked[key])})")
+    if "models" in before:
+        if before["models"] != asked["models"]:
+            diffs.append(f"--models {','.join(before['models'])} (given: {','.join(asked['models'])})")
+    elif missing := [m for m in previous.get("models") or {} if m not in asked["models"]]:
+        diffs.append(f"--models with {','.join(missing)} (given: {','.join(asked['models'])})")
+    return f"it was begun with {'; '.join(diffs)}" if diffs else None
+
+
+def _option_text(value) -> str:
+    if value is None or value == []:
+        return "none"
+    return ",".join(map(str, value)) if isinstance(value, list) else str(value)
+
+
 def underused_budget(report: dict, training: dict | None) -> float | None:
     """The share of its budget a budget run trained for, when it is under ``UNDERUSED_BUDGET`` (not an
     equal-compute row); None otherwise (and for epoch runs)."""
@@ -626,6 +651,9 @@ def run_bench(data: str | Path, models: str, epochs: list[int] | None, out: str 
         raise BenchError("--epochs: give at least one epoch count >= 1")
     pred_lens = sorted({int(k) for k in pred_lens})
     specs, run = parse_models(models, preset, list(overrides))
+    for key, option in (("epochs", "--epochs"), ("max_minutes", "--budget-minutes")):
+        if key in run:  # (it was overridden without a word: --epochs 1 --set run.epochs=3 trained 1 epoch)
+            raise BenchError(f"--set run.{key}: the bench sets it from {option}; give {option} instead")
     run = ({**run, "epochs": epochs[-1]} if budget_minutes is None else
            {**run, "epochs": BUDGET_EPOCHS, "max_minutes": float(budget_minutes)})
     for s in specs:
@@ -673,6 +701,11 @@ def run_bench(data: str | Path, models: str, epochs: list[int] | None, out: str 
 
     now = _utc_now()
     previous = _previous_report(out) if resume else {}
+    asked = {"models": [s_.label for s_ in specs], "epochs": epochs, "budget_minutes": budget_minutes,
+             "pred_lens": pred_lens, "pred_len_mode": pred_len_mode if pred_lens else None, "convention": convention,
+             "split": split}
+    if previous and (why := _not_the_same_bench(previous, asked)):
+        raise BenchError(f"{out}: {why}; resume with the options of the bench you resume, or choose another --out")
     report: dict = {
         "schema": "chdl.bench/1", "created": previous.get("created", now),
         "convention": convention, "convention_note": CONVENTION_NOTES[convention], "split": split,
@@ -684,7 +717,7 @@ def run_bench(data: str | Path, models: str, epochs: list[int] | None, out: str 
                     "path_resolved": str(Path(data).resolve()), "max_value": float(reader.attrs["max_value"]),
                     "identity": reader.identity()},
         "code": code_version(torch=True), "machine": machine(),
-        "run": run, "models": {},
+        "run": run, "asked": asked, "models": {},
         **{result_key(name): None for name in BASELINES},
         **{f"{result_key(name)}_by_pred_len": {} for name in BASELINES},
     }

@@ -222,6 +222,30 @@ def test_bench_pred_len_retrains_per_length(tiny_dataset, tmp_path):
         "saved 0.003 vs given 0.5); resume with the --models, --preset, --epochs/--budget-minutes and --set of the "
         "bench you resume, or choose another --out")
     assert ck.stat().st_mtime_ns == stamp
+    # resumed without its --pred-len, or with other --models: refused before anything (it rewrote bench.json without
+    # their rows, exit 0); an older bench.json without "asked" still keeps its models' rows
+    before = (out / "bench.json").read_bytes()
+    def with_option(option: str, value: str) -> list[str]:
+        i = args.index(option)
+        return [*args[:i + 1], value, *args[i + 2:]]
+
+    for option, value, said in (("--pred-len", "2", "--pred-len 2,3 (given: 2)"),
+                                ("--models", "simvp:tiny,convlstm", "--models simvp:tiny (given: simvp:tiny,convlstm)"),
+                                ("--convention", "per_pixel", "--convention openstl (given: per_pixel)")):
+        r2 = CliRunner().invoke(main, [*with_option(option, value), "--resume"])
+        assert r2.exit_code == 1 and r2.output.strip().splitlines()[-1] == (
+            f"Error: {out}: it was begun with {said}; resume with the options of the bench you resume, or choose "
+            "another --out"), r2.output
+        assert (out / "bench.json").read_bytes() == before
+    old = json.loads(before)
+    del old["asked"]
+    (out / "bench.json").write_text(json.dumps(old))
+    r2 = CliRunner().invoke(main, [*with_option("--models", "simvp"), "--resume"])
+    assert r2.exit_code == 1 and "it was begun with --models with simvp:tiny (given: simvp)" in r2.output, r2.output
+    # --set run.epochs was overridden by --epochs without a word
+    r2 = CliRunner().invoke(main, [*with_option("--out", str(tmp_path / "b2")), "--set", "run.epochs=3"])
+    assert r2.exit_code == 1 and r2.output.strip().splitlines()[-1] == (
+        "Error: --set run.epochs: the bench sets it from --epochs; give --epochs instead"), r2.output
 
 
 def test_bench_with_a_time_budget_records_what_each_model_reached(tiny_dataset, tmp_path):
