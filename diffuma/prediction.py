@@ -82,8 +82,8 @@ def write_predictions(out: str | Path, inputs, preds: dict, targets=None, *, seq
 
 
 def _write_folder(tmp: Path, inputs, preds, targets, ids, names, max_value, attrs, fps, progress) -> None:
-    for sub in ("frames", "gifs", "grids"):
-        (tmp / sub).mkdir(parents=True)
+    for sub in ("frames", "gifs") + (("grids",) if targets is not None else ()):  # (grids need the truth: a pure
+        (tmp / sub).mkdir(parents=True)  # forecast left an empty grids/)
     group = zarr.open_group(str(tmp / "predictions.zarr"), mode="w", zarr_format=3,
                             attributes={**(attrs or {}), "models": list(preds), "sequence_ids": ids,
                                         "max_value": float(max_value)})

@@ -151,12 +151,11 @@ def eval_(checkpoint, data, split, convention, openstl, batch_size, weights, max
     run_dir = parent.parent if parent.name == "checkpoints" else parent
     # the file name says what was evaluated: the checkpoint, non-default weights, split, convention, a subset; in a
     # folder given with --out (several runs' evaluations side by side) the run's folder name comes first
-    name = "_".join([checkpoint.stem] + ([weights] if weights != "auto" else []) + [split, convention]
-                    + ([f"first{max_sequences}"] if max_sequences else []))
+    parts = [checkpoint.stem] + ([weights] if weights != "auto" else []) + [split, convention]
     if out is None:  # <run>/eval for a checkpoint in <run>/checkpoints/, else next to the checkpoint
         out = run_dir / "eval"
     else:
-        name = f"{run_dir.name}_{name}"
+        parts.insert(0, run_dir.name)
     if out.exists() and not out.is_dir():
         raise click.ClickException(f"{out}: is a file, not a folder for the evaluation; choose another --out")
     from diffuma.output_folder import check_apart_from_input
@@ -170,6 +169,9 @@ def eval_(checkpoint, data, split, convention, openstl, batch_size, weights, max
         from chdl.dataset import empty_split
 
         raise click.ClickException(empty_split(data, split))
+    if max_sequences and max_sequences < len(reader.indices(split)):  # a subset (all of them: no suffix)
+        parts.append(f"first{max_sequences}")
+    name = "_".join(parts)
 
     from acquisition import files
     from chdl.dataset import DatasetFormatError

@@ -37,6 +37,13 @@ def test_overwrite_replaces_an_earlier_prediction_and_nothing_else(tmp_path):
         assert sorted(x.name for x in folder.iterdir()) == sorted(files)  # untouched
 
 
+def test_a_pure_forecast_has_no_grids_folder(tmp_path):
+    """Grids need the truth: a forecast of a recording too short for a full window left an empty grids/."""
+    x = np.zeros((1, 2, 1, 8, 8), np.float32)
+    write_predictions(tmp_path / "p", x, {"m": x[:, :1] + 0.5}, None, progress=False)
+    assert sorted(x.name for x in (tmp_path / "p").iterdir()) == ["frames", "gifs", "predictions.zarr"]
+
+
 def test_the_input_or_a_folder_inside_or_around_it_is_refused(tmp_path):
     data = tmp_path / "data.zarr"
     data.mkdir()

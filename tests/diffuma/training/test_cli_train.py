@@ -95,6 +95,10 @@ def test_eval_writes_json_and_markdown_with_baseline_row(trained):
     assert r.exit_code == 0, r.output
     assert json.loads((run / "eval" / "eval_step2_val_per_pixel_first1.json").read_text())["checkpoint"].endswith("step2.pt")
     assert json.loads((run / "eval" / "eval_last_val_per_pixel.json").read_text())["n_sequences"] == 2
+    # --max-sequences at or above the split's size scores all of it: no _first<N> (it named 100 for 2 scored)
+    r = CliRunner().invoke(main, args + ["--max-sequences", "100", "--weights", "model"])
+    assert r.exit_code == 0 and (run / "eval" / "eval_last_model_val_per_pixel.json").is_file(), r.output
+    assert not list((run / "eval").glob("*first100*"))
     # several runs' evaluations in one --out folder: each file names its run (two runs' last.pt collided there)
     shared = root / "shared"
     for r_ in (run, root / "copy"):
