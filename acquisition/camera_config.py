@@ -147,6 +147,9 @@ def load_camera_config(path: str | os.PathLike | None = None, extra_producers: t
     """Read the camera config (``path``, else the default location); ``extra_producers`` are --cti paths."""
     path = Path(path) if path is not None else default_config_path()
     producers = [_producer(p, Path.cwd()) for p in extra_producers]
+    for p in producers:  # given on the command line: a wrong path is said even when the camera is not GenTL's
+        if not os.path.isfile(p):  # (capture --camera sim0 --cti /missing.cti recorded, exit 0)
+            raise CameraError(f"{p}: GenTL producer (.cti) not found")
     if path is None:
         return CameraConfig("no camera config file", producers, {})
     try:

@@ -68,6 +68,8 @@ def test_one_camera_seen_through_two_producers_has_one_alias_per_device(tmp_path
 
 @pytest.mark.parametrize("args,message", [
     (["--camera", "custom0", "--cti", "/nonexistent/x.cti"], "Error: /nonexistent/x.cti: GenTL producer (.cti) not found"),
+    # the sim camera needs no producer, but one given that does not exist is said (it recorded, exit 0)
+    (["--camera", "sim0", "--cti", "/nonexistent/x.cti"], "Error: /nonexistent/x.cti: GenTL producer (.cti) not found"),
     (["--camera", "custom0", "--cti", "viky", "--width", "1000"], "Width=1000 refused; valid range 100..800"),
     # an IFloat with an increment: 7.3 was rounded to 7.0 and recorded so, exit 0
     (["--camera", "custom0", "--cti", "viky", "--fps", "7.3"],
