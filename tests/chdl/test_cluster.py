@@ -174,7 +174,7 @@ def _corpus_bytes(root):
                 recs = [json.loads(line) for line in data.splitlines()]
                 data = [{k: v for k, v in r.items() if not k.startswith("host_")} for r in recs]
             elif f == "manifest.json":
-                data = {k: v for k, v in json.loads(data).items() if k not in ("created", "finished")}
+                data = {k: v for k, v in json.loads(data).items() if k not in ("created", "finished", "writer")}
             out[os.path.relpath(p, root)] = data
     return out
 

@@ -68,7 +68,9 @@ def test_clean_replay_no_events_and_recording_identical_to_capture(clean_run, tm
     assert all((a / "frames" / n).read_bytes() == (b / "frames" / n).read_bytes() for n in names)
     assert _index_without_host_times(a) == _index_without_host_times(b)
     ma, mb = (json.loads((r / "manifest.json").read_text()) for r in (a, b))
-    assert {k: v for k, v in ma.items() if k != "created"} == {k: v for k, v in mb.items() if k != "created"}
+    per_process = ("created", "writer")  # (when, and which process: the rest is the same)
+    assert {k: v for k, v in ma.items() if k not in per_process} == {k: v for k, v in mb.items() if k not in per_process}
+    assert ma["writer"]["pid"] != mb["writer"]["pid"]
     assert sorted(p.name for p in a.iterdir()) == sorted(p.name for p in b.iterdir())  # nothing of the monitor inside
     folder = tmp_path / "m" / "run_00000.monitor"
     status = json.loads((folder / "status.json").read_text())
