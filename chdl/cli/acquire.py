@@ -154,6 +154,9 @@ def check_capture_params(ctx, alias, replay, run_id, afap, pixel_format=None, bi
         raise click.BadParameter(why, param_hint="--bit-depth")
 
 
+DEFAULT_NAME_TRIES = 5  # default run ids tried when others claim them first (the same camera started at once)
+
+
 def run_captures(ctx, alias, replay, out, run_id, lanes, positions, step_um, fps, width, height, pixel_format,
                  exposure_us, bit_depth, trigger, settle_s, frame_timeout, afap, quiet, camera_config, cti, on_record=None):
     """Run the capture(s) a ``chdl capture`` command line asks for; returns their CaptureResults.
@@ -192,15 +195,25 @@ def run_captures(ctx, alias, replay, out, run_id, lanes, positions, step_um, fps
             from acquisition.camera_config import load_camera_config
             from acquisition.stage import SimulatedStage
 
-            name = run_id or default_run_id(alias, out)
-            if why := check_plain_name(name):  # the alias names the default run folder
-                raise click.UsageError(f"{why}; pass --run-id NAME")
+            from acquisition.raw import RawFormatError, free_for_a_recording
+
             config = load_camera_config(camera_config, tuple(cti))
-            camera = open_camera(alias, config)
             plan = CapturePlan.evenly(lanes, positions, step_um, trigger=trigger, frame_timeout_s=frame_timeout)
             settings = CaptureSettings(width, height, pixel_format, fps, exposure_us, bit_depth)
-            results.append(_run(camera, SimulatedStage(settle_s), out / name,
-                                settings, plan, {"alias": alias}, quiet, on_record))
+            for attempt in range(DEFAULT_NAME_TRIES):
+                name = run_id or default_run_id(alias, out)
+                if why := check_plain_name(name):  # the alias names the default run folder
+                    raise click.UsageError(f"{why}; pass --run-id NAME")
+                camera = open_camera(alias, config)
+                try:
+                    results.append(_run(camera, SimulatedStage(settle_s), out / name,
+                                        settings, plan, {"alias": alias}, quiet, on_record))
+                    break
+                except RawFormatError:
+                    # a default name another capture claimed while this one opened its camera (two started in one
+                    # second): the next free one, as for back-to-back captures; a --run-id is the user's to change
+                    if run_id is not None or free_for_a_recording(out / name) or attempt == DEFAULT_NAME_TRIES - 1:
+                        raise
     return results
 
 

@@ -497,3 +497,25 @@ def test_replaying_a_recording_of_a_pixel_format_chdl_cannot_read_is_one_line_an
             f"Error: {manifest}: malformed manifest (unsupported settings.pixel_format 'RGB8'; supported: Mono8, "
             "Mono10, Mono12, Mono16)"], (command, r.stderr)
         assert not (tmp_path / "rep").exists()
+
+
+def test_a_default_run_id_another_capture_claimed_meanwhile_moves_on_to_the_next(tmp_path, monkeypatch):
+    """Two captures of the sim camera started in one second both picked the free default name; the later one, which
+    lost the race for the folder while opening its camera, failed instead of taking `_2` as a later capture does."""
+    from click.testing import CliRunner
+
+    import acquisition.capture
+    from chdl.cli import main
+
+    args = ["capture", "--camera", "sim0", "--width", "64", "--height", "48", "--fps", "500", "--positions", "2", "-q",
+            "--out", str(tmp_path / "raw")]
+    first = "20990101T000000Z_sim0"
+    assert chdl(*args, "--run-id", first).returncode == 0  # the other capture's recording, already there
+    picked = iter([first, f"{first}_2"])  # what each pick saw: the name free, then (the folder taken) the next one
+    monkeypatch.setattr(acquisition.capture, "default_run_id", lambda alias, out=None: next(picked))
+    monkeypatch.setenv("CHDL_CAMERAS", "")
+    r = CliRunner().invoke(main, args)
+    assert r.exit_code == 0, r.output
+    assert Recording.open(tmp_path / "raw" / f"{first}_2").complete and len(Recording.open(tmp_path / "raw" / first)) == 2
+    r = CliRunner().invoke(main, [*args, "--run-id", first])  # a name the user gave is not changed
+    assert r.exit_code == 1 and f"{tmp_path / 'raw' / first}: already holds a recording (complete" in r.output, r.output
