@@ -134,7 +134,8 @@ class LazyGroup(click.Group):
             quiet_abandoned_async()
             name = ctx.invoked_subcommand or ""
             hint = {"bench": "rerun with --resume to continue",  # (setup was cut short: no step has run)
-                    "train": "rerun with --resume if it wrote <out>/checkpoints/last.pt, else the same command"
+                    "train": ("rerun with --resume if its --out folder holds checkpoints/last.pt, else the same "
+                              "command")
                     }.get(name, "rerun the same command")
             click.echo(f"interrupted: chdl {name} stopped before it finished ({hint})", err=True)
             sys.exit(130)
@@ -187,22 +188,31 @@ def main() -> None:
     """chdl: capture, curate and predict wafer dicing-lane video (DIFFUMA)."""
 
 
-def _exit_now(signum, frame) -> None:
-    os._exit(130)
+def _exit_with(status: int):
+    """A signal handler that flushes what the command printed and ends the process at once with ``status``."""
+    def handler(signum, frame) -> None:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except Exception:  # (closed, or the signal came in the middle of a flush)
+                pass
+        os._exit(status)
+    return handler
 
 
 def run() -> None:
-    """The program (the ``chdl`` console script, ``python -m chdl``): :func:`main`, and once a command exits on an
-    interrupt (status 130), another Ctrl-C, SIGTERM or SIGHUP while the interpreter shuts down ends it at once and
-    quietly. Python joins worker threads at exit, and a second signal there (GNU ``timeout`` sends its signal to the
-    command and again to its process group; a user presses Ctrl-C twice) printed "Exception ignored in: <module
-    'threading'>" and a traceback after the command's own one line. What the command wrote is complete or resumable
-    already; the threads still running are what a rerun redoes."""
+    """The program (the ``chdl`` console script, ``python -m chdl``): :func:`main`, and once a command has exited, a
+    Ctrl-C, SIGTERM or SIGHUP while the interpreter shuts down ends it at once and quietly, with the command's own
+    exit status. Python joins worker threads and tears torch down at exit (up to ~2 s after train's last line): a
+    signal there printed "Exception ignored in: <module 'threading'>" and a traceback after an interrupted command's
+    one line (GNU ``timeout`` sends its signal to the command and again to its process group; a user presses Ctrl-C
+    twice), or killed a finished one with a raw signal status. What the command wrote is complete (or, after an
+    interrupt, resumable) already; the threads still running are what a rerun redoes."""
     try:
         main()
     except SystemExit as e:
-        if e.code == 130:
-            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-                if signal.getsignal(sig) is not signal.SIG_IGN:  # (under nohup SIGHUP stays ignored)
-                    signal.signal(sig, _exit_now)
+        status = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            if signal.getsignal(sig) is not signal.SIG_IGN:  # (under nohup SIGHUP stays ignored)
+                signal.signal(sig, _exit_with(status))
         raise

@@ -101,8 +101,11 @@ def monitor(ctx, checkpoint, t_in, queue_depth, z_on, z_off, scorer, serve, toke
         size = (params["height"], params["width"])
         manifest = {"plan": {"step_um": params["step_um"]}}
     folder = monitor_dir(run_path)
-    if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
-        raise click.ClickException(f"{folder}: already exists and is not empty (choose another --run-id or --out)")
+    try:
+        if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
+            raise click.ClickException(f"{folder}: already exists and is not empty (choose another --run-id or --out)")
+    except OSError as e:  # a run id too long for the ".monitor" suffix (it was a traceback): as the capture says it
+        raise click.ClickException(f"{folder}: cannot create the monitor folder ({e.strerror or e})") from None
     if token_file is not None and not serve:
         raise click.UsageError("--token-file is for --serve")
     from chdl.cli.dashboard import _token

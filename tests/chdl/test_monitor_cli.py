@@ -175,6 +175,18 @@ def test_frames_without_an_image_are_events_scored_or_not_and_a_dark_run_says_wh
     assert len(_lines(tmp_path / "m2" / "run_00000.monitor" / "events.jsonl")) == 50  # one per frame, scored or not
 
 
+def test_a_run_name_too_long_for_the_monitor_folder_is_one_line(clean_run, tmp_path):
+    """A 250-character run name is a valid folder, but its "<name>.monitor" is too long: a traceback (stat)."""
+    run = tmp_path / "raw" / ("L" * 250)
+    shutil.copytree(clean_run, run)
+    m = json.loads((run / "manifest.json").read_text())
+    (run / "manifest.json").write_text(json.dumps({**m, "run_id": run.name}))
+    mon = chdl("monitor", "--replay", run, "--out", tmp_path / "m", "--as-fast-as-possible", "-q")
+    folder = tmp_path / "m" / f"{run.name}.monitor"
+    assert mon.returncode == 1 and mon.stderr.strip() == \
+        f"Error: {folder}: cannot create the monitor folder (File name too long)", mon.stderr
+
+
 def test_an_incomplete_frame_is_neither_scored_nor_a_reference(clean_run, tmp_path):
     """A buffer the camera delivered partially (frame INJECTED recorded with status "incomplete", its lower half
     never filled) is not scored: the live monitor's records go through Monitor.offer to the scorer's loop (run here
