@@ -756,8 +756,12 @@ class Trainer:
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         if self.dist.main and self.progress:  # say at once that it was heard: a validation pass can take minutes
             what = "the validation in progress" if self._validating else "the current step"
+            unsaved = self.step - (self.last_saved_step or 0)  # (what a second signal would throw away)
+            lost = (f": the {unsaved} step{'s' if unsaved != 1 else ''} since "
+                    + (f"last.pt (step {self.last_saved_step})" if self.last_saved_step is not None else "the start")
+                    + " would be lost" if unsaved else "")
             tqdm.write(f"stopping: finishing {what}, then saving last.pt (a second Ctrl-C stops at once, "
-                       f"without saving)", file=sys.stderr)
+                       f"without saving{lost})", file=sys.stderr)
 
     def _stop_requested(self) -> bool:
         """Whether a stop signal arrived (under torchrun: on any rank, so that all ranks stop at the same step)."""

@@ -329,9 +329,11 @@ def test_a_stop_signal_is_acknowledged_at_once_naming_what_it_waits_for(standin,
 
     trainer = build_trainer(_config(epochs=1), tiny_dataset, tmp_path / "run", progress=True)
     trainer._validating = True
+    trainer.step = 6  # steps done, none saved yet: what a second Ctrl-C would throw away is said (a trial lost them)
     trainer._on_stop_signal(signal.SIGINT, None)
     err = capsys.readouterr().err
-    assert "stopping: finishing the validation in progress, then saving last.pt" in err
+    assert "stopping: finishing the validation in progress, then saving last.pt (a second Ctrl-C stops at once, " \
+           "without saving: the 6 steps since the start would be lost)" in err, err
     assert trainer._stop_signal == signal.SIGINT
     with pytest.raises(KeyboardInterrupt):  # a second one stops at once
         trainer._on_stop_signal(signal.SIGINT, None)
