@@ -97,9 +97,18 @@ SPLIT_CODES = {"train": SPLIT_TRAIN, "val": SPLIT_VAL, "test": SPLIT_TEST, "excl
 
 
 def empty_split(path, split: str) -> str:
-    """The one line eval, predict and bench give for a split without sequences (for test: how to make one)."""
+    """The one line eval, predict and bench give for a split without sequences: for test, how to make one; for
+    another, the splits the dataset does have (a dataset imported with a test block and no validation)."""
     how = (" (curate with split.test_fraction above 0 to hold one out: docs/curation.md, \"Split\"; or chdl "
            "import video --test-fraction; the other imports make train and val splits only)" if split == "test" else "")
+    if split != "test":
+        try:
+            counts = {k: v for k, v in open_dataset(path).summary()["splits"].items() if v and k not in (split, "excluded")}
+        except (DatasetFormatError, OSError, KeyError):
+            counts = {}
+        if counts:
+            how = (f" (it has {', '.join(f'{k} {v}' for k, v in counts.items())}: "
+                   f"--split {'test' if 'test' in counts else next(iter(counts))})")
     return f"{path}: the {split!r} split has no sequences{how}"
 
 

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import os
-import shlex
 from pathlib import Path
 
 import click
 
 from acquisition.files import file_in_the_way
-from chdl.cli.options import FINITE, FiniteFloat, LocalPath, OutputPath, quiet_option
+from chdl.cli.options import FINITE, FiniteFloat, LocalPath, OutputPath, quiet_option, shell_word
 
 
 def _command_line() -> str:
@@ -25,12 +24,12 @@ def _command_line() -> str:
             continue
         value = ctx.params.get(param.name)
         if isinstance(param, click.Argument):
-            parts += [str(v) for v in value] if isinstance(value, (tuple, list)) else [str(value)]
+            parts += [shell_word(v) for v in value] if isinstance(value, (tuple, list)) else [shell_word(value)]
         elif value is not None and value is not False and value != () and value != param.default:  # 0 is a value
             flag = param.opts[0]
             values = value if param.multiple else [value]
-            parts += [flag] if param.is_flag else [x for v in values for x in (flag, str(v))]
-    return shlex.join(parts)
+            parts += [flag] if param.is_flag else [x for v in values for x in (flag, shell_word(v))]
+    return " ".join(parts)
 
 
 def _check_paths(out: Path, inputs: list, preview: Path | None) -> None:
@@ -193,6 +192,10 @@ def video(videos, out, size, in_frames, out_frames, frame_stride, train_stride, 
     # FFmpeg's own decoder messages ("moov atom not found", h264 slice warnings) would otherwise go to
     # stderr; a bad file is reported as one line naming it. Set OPENCV_FFMPEG_LOGLEVEL=24 to see them.
     os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
+    if val_fraction + test_fraction >= 1:  # (said with the options' names, before anything is decoded)
+        raise click.BadParameter(f"--val-fraction {val_fraction:g} + --test-fraction {test_fraction:g} = "
+                                 f"{val_fraction + test_fraction:g}: must be below 1 (no clip left for training)",
+                                 param_hint="'--test-fraction'")
     from chdl.dataset import open_dataset
     from curation.importers.video import enlargement, import_video
 
@@ -254,4 +257,4 @@ def recordings(videos, out, size, frame_stride, positions, quiet):
         left = f", the last {notes['frames_left_out']} left out (less than a pass)" if notes["frames_left_out"] else ""
         click.echo(f"wrote {run}: {len(rec)} frames in {rec.manifest['plan']['lanes']} lane passes of {positions}"
                    f"{left}")
-    click.echo(f"next: chdl curate {out} OUT.zarr (QC, reconstruction and the dataset)")
+    click.echo(f"next: chdl curate {shell_word(out)} OUT.zarr (QC, reconstruction and the dataset)")

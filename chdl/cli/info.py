@@ -6,7 +6,7 @@ import json
 
 import click
 
-from chdl.cli.options import quiet_option
+from chdl.cli.options import quiet_option, shell_word
 from chdl.dataset import DatasetFormatError, VerifyResult, open_dataset
 
 
@@ -74,9 +74,9 @@ def info(path: str, as_json: bool) -> None:
     if missing:
         shards = sorted({s for s, _ in missing})
         lines.append(f"integrity    DAMAGED: {len(missing)} shard file(s) missing, shard(s) "
-                     f"{', '.join(map(str, shards[:10]))}{' ...' if len(shards) > 10 else ''} (chdl verify {path} lists them)")
+                     f"{', '.join(map(str, shards[:10]))}{' ...' if len(shards) > 10 else ''} (chdl verify {shell_word(path)} lists them)")
     elif not metadata:  # (else its DAMAGED line above says what is wrong)
-        lines.append(f"integrity    every shard file present; BLAKE3 checksum recorded for each (chdl verify {path} checks "
+        lines.append(f"integrity    every shard file present; BLAKE3 checksum recorded for each (chdl verify {shell_word(path)} checks "
                      "them)" if reader.has_checksums else
                      "integrity    shard files present; no checksums (written before chdl recorded them)")
     click.echo("\n".join(lines))

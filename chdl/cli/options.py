@@ -97,6 +97,16 @@ WORKING_NAME_EXTRA = len("..chdl-writer.lock")
 NAME_MAX = 255  # bytes in one file name (Linux filesystems)
 
 
+def shell_word(value) -> str:
+    """``value`` as one word a shell reads back as that path: quoted where needed (spaces, non-ASCII), and with
+    ``./`` before a path that starts with ``-`` (``Path("./-x")`` prints as ``-x``, which a command reads as an
+    option). For the commands chdl records and suggests, so that they can be pasted."""
+    import shlex
+
+    text = str(value)
+    return shlex.quote(f"./{text}" if isinstance(value, Path) and text.startswith("-") else text)
+
+
 def check_output_name(path: Path, fail) -> None:
     """``fail(message)`` if the output's name leaves no room for the working files chdl writes beside it (its
     lock, ``.<name>.creating``): a 250-byte name the OS accepts failed with "File name too long" after a check."""

@@ -257,12 +257,13 @@ def check_fractions(val_fraction: float, test_fraction: float) -> None:
 
 def plan_clips(n_frames: int, clip_len: int, *, val_fraction: float = VAL_FRACTION,
                train_stride: int | None = None, val_stride: int | None = None,
-               test_fraction: float = TEST_FRACTION) -> ClipPlan:
+               test_fraction: float = TEST_FRACTION, frames_note: str = "") -> ClipPlan:
     """Clip starts of one video of ``n_frames`` kept frames (module docstring: the time-block split
     ``train | gap | val | gap | test``; ``val_stride`` spaces the test clips too).
 
     ValueError if the fractions are out of range, or the video is too short: fewer than ``clip_len``
-    frames, or too few clips for one training clip beside the held-out blocks and their gaps.
+    frames, or too few clips for one training clip beside the held-out blocks and their gaps (``frames_note``
+    follows the frame count there, e.g. " (1 in 2 of 80 decoded)").
     """
     L = clip_len
     train_stride, val_stride = train_stride or L, val_stride or L
@@ -271,7 +272,7 @@ def plan_clips(n_frames: int, clip_len: int, *, val_fraction: float = VAL_FRACTI
     check_fractions(val_fraction, test_fraction)
     n = n_frames // L
     if n < 1:
-        raise ValueError(f"too short for one clip: {n_frames} frame(s), a clip needs {L}")
+        raise ValueError(f"too short for one clip: {n_frames} frame(s){frames_note}, a clip needs {L}")
 
     def held(f: float) -> int:
         return 0 if f == 0 else max(1, math.floor(f * n + 0.5))
@@ -281,7 +282,7 @@ def plan_clips(n_frames: int, clip_len: int, *, val_fraction: float = VAL_FRACTI
     if n - n_val - n_test - gap_val - gap_test < 1:
         parts = ", ".join(p for p in ("train", "gap" if n_val else "", f"{n_val} val" if n_val else "",
                                       "gap" if n_test else "", f"{n_test} test" if n_test else "") if p)
-        raise ValueError(f"too short to split: {n_frames} frames give {n} clip(s) of {L}, need at least "
+        raise ValueError(f"too short to split: {n_frames} frames{frames_note} give {n} clip(s) of {L}, need at least "
                          f"{n_val + n_test + gap_val + gap_test + 1} ({parts}); or lower --val-fraction"
                          f"{' / --test-fraction' if n_test else ''} (0: no such block)")
     # block boundaries in kept frames, from the end: the last held-out block also takes the tail (< L frames)
@@ -364,14 +365,14 @@ def import_video(
         if v.sha256 in seen:
             raise ImporterInputError(f"{p}: same content as {seen[v.sha256]} (sha256 {v.sha256[:12]}…)")
         seen[v.sha256] = p
+        stride_note = f" (1 in {frame_stride} of {v.frames_decoded} decoded)" if frame_stride > 1 else ""
         try:
-            plan = plan_clips(len(v.frames), L, **plan_kw)
+            plan = plan_clips(len(v.frames), L, frames_note=stride_note, **plan_kw)
         except ValueError as e:
-            stride_note = f" (1 in {frame_stride} of {v.frames_decoded} decoded)" if frame_stride > 1 else ""
             # (a cut-off file too short to import said only "too short"; a longer one is warned of being cut off)
             cut = (f"; it ends after {v.frames_decoded} of the {v.frames_reported} frames its container lists: cut "
                    "off (a copy or download that stopped)?" if ends_early(v) else "")
-            raise ImporterInputError(f"{p}: {e}{stride_note}{cut}") from None
+            raise ImporterInputError(f"{p}: {e}{cut}") from None
         videos.append(v)
         plans.append(plan)
 

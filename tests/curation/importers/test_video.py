@@ -244,9 +244,21 @@ def test_cli_holds_out_a_test_block_after_validation(tmp_path, videos):
     assert ds.attrs["extra"]["videos"][0]["test_gap_frames"] == [45, 50]
     x, y = SequenceDataset(out, split="test")[0]  # what chdl eval --split test reads
     assert [frame_index(f) for f in x[:, 0].mul(255).round().byte().numpy()] == [50, 51, 52]
+    # the frame stride's note follows the frame count, not the hint after it
+    with pytest.raises(ImporterInputError, match=r"too short to split: 30 frames \(1 in 2 of 60 decoded\) give 3 "
+                                                 r"clip\(s\) of 10, .*\(0: no such block\)$"):
+        import_video([videos["a"]], tmp_path / "st.zarr", size=SIZE, frame_stride=2, test_fraction=0.2, progress=False)
+    # a dataset with a test block and no validation: eval/predict/bench on 'val' point to --split test
+    from chdl.dataset import empty_split
+
+    no_val = import_video([videos["a"]], tmp_path / "nv.zarr", size=SIZE, in_frames=3, out_frames=2, val_fraction=0,
+                          test_fraction=0.2, progress=False)
+    assert empty_split(no_val, "val") == f"{no_val}: the 'val' split has no sequences (it has train 9, test 2: --split test)"
     # fractions that leave no room for training are refused before decoding, in one line
     proc = run_cli(str(videos["a"]), "--out", str(tmp_path / "u.zarr"), "--val-fraction", "0.5", "--test-fraction", "0.5")
-    assert proc.returncode == 1 and proc.stderr.strip() == "Error: val_fraction + test_fraction must be below 1, not 1"
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1] == \
+        "Error: Invalid value for '--test-fraction': --val-fraction 0.5 + --test-fraction 0.5 = 1: must be below 1 " \
+        "(no clip left for training)", proc.stderr
     assert not (tmp_path / "u.zarr").exists()
     proc = run_cli(str(videos["a"]), "--out", str(tmp_path / "w.zarr"), "--test-fraction", "0.3", "--val-fraction", "0.4")
     assert proc.returncode == 1 and "too short to split" in proc.stderr and "a.avi" in proc.stderr, proc.stderr
@@ -497,3 +509,24 @@ def test_import_recordings_refuses_before_decoding_and_a_loser_leaves_the_winner
         r.output
     assert Recording.open(tmp_path / "cut" / "cut").manifest["notes"]["source"]["ends_early"] is True
     assert data  # (the first video untouched by all this)
+
+
+def test_the_recorded_and_suggested_commands_can_be_pasted(tmp_path, videos):
+    """`./-dash.mp4` was recorded as `-dash.mp4` (an option to a shell), and `chdl info` / `import recordings`
+    suggested `chdl verify out Ä.zarr` / `chdl curate rec Ä OUT.zarr` unquoted."""
+    import shlex
+    import shutil
+
+    shutil.copy(videos["a"], tmp_path / "-dash clip.avi")
+    env_cmd = [sys.executable, "-m", "chdl"]
+    r = subprocess.run([*env_cmd, "import", "video", "./-dash clip.avi", "--out", "out Ä.zarr", "--size", "24x32", "-q"],
+                       capture_output=True, text=True, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    command = open_dataset(tmp_path / "out Ä.zarr").attrs["provenance"]["command"]
+    assert command == "chdl import video './-dash clip.avi' --out 'out Ä.zarr' --size 24x32", command
+    assert shlex.split(command)[3] == "./-dash clip.avi"
+    info = subprocess.run([*env_cmd, "info", "out Ä.zarr"], capture_output=True, text=True, cwd=tmp_path)
+    assert "(chdl verify 'out Ä.zarr' checks them)" in info.stdout, info.stdout
+    rec = subprocess.run([*env_cmd, "import", "recordings", "./-dash clip.avi", "--out", "-rec Ä", "-q"],
+                         capture_output=True, text=True, cwd=tmp_path)
+    assert rec.returncode == 0 and "next: chdl curate './-rec Ä' OUT.zarr" in rec.stdout, rec.stdout + rec.stderr
