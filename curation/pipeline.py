@@ -338,6 +338,7 @@ class CurateResult:
     summary: dict
     timings: dict  # seconds per phase: plan, calibrate, shards, report
     frames_written: int = 0  # frames of the shards written by this run (n_frames less the resumed shards')
+    bit_depth: dict | None = None  # {"bits", "from"}: the significant bits and where they came from (provenance's)
 
 
 def _curate_code() -> str:
@@ -626,4 +627,5 @@ def _curate(source: str | os.PathLike, out: str | os.PathLike, cfg: CurateConfig
     return CurateResult(out, html_path, json_path, len(plan.sequences), len(plan.sequences) * T,
                         len(pending), len(done), time.perf_counter() - t_start, summary,
                         {k: round(v, 3) for k, v in timings.items()},
-                        sum(len(writer.shard_range(s)) for s in pending) * T)
+                        sum(len(writer.shard_range(s)) for s in pending) * T,
+                        {"bits": plan.bit_depth, "from": plan.bit_depth_from})

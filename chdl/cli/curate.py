@@ -107,9 +107,7 @@ def curate(raw: str, out: str, config_path: str | None, workers: int, scheduler:
                # the rate of this run's frames (it counted the resumed shards' frames too)
                + f"; {result.frames_written / max(result.seconds, 1e-9):.0f} frames/s")
     click.echo(f"QC report: {result.report_html} (summary {result.report_json})")
-    from chdl.dataset import open_dataset
-
-    depth = open_dataset(result.out).attrs["provenance"].get("bit_depth") or {}
+    depth = result.bit_depth or {}
     unsure_bits = depth.get("from") == "pixel format" and depth.get("bits") == 16  # (Mono16 that did not say)
     for line in split_warnings(sp, cfg.split, unsure_bits):
         click.echo(f"warning: {line}", err=True)
@@ -125,9 +123,10 @@ def split_warnings(sp: dict, split, unsure_bits: bool = False) -> list[str]:
     if sp["train"] == sp["val"] == test == 0:
         out.append(f"every sequence was excluded ({sp['excluded']}: more than max_bad_frames flagged or missing frames "
                    "each; the report says which): chdl train and chdl eval refuse this dataset; check the recordings, "
-                   "or the QC floors and z in the config" + ("; or the bit depth: 16 bits were assumed for Mono16 runs that did not record "
-                                                  "theirs (rerun with --bit-depth N; the report's warnings name the "
-                                                  "bits their frames need)" if unsure_bits else ""))
+                   "or the QC floors and z in the config"
+                   + ("; or the bit depth: 16 bits were assumed for Mono16 runs that did not record theirs (rerun "
+                      "with --bit-depth N; the report's warnings name the bits their frames need)"
+                      if unsure_bits else ""))
     elif sp["train"] == 0:
         tested = f"{test} test, " if test or split.test_fraction > 0 else ""
         out.append(f"the train split is empty ({sp['val']} val, {tested}{sp['excluded']} excluded sequences): chdl "

@@ -199,7 +199,8 @@ def video(videos, out, size, in_frames, out_frames, frame_stride, train_stride, 
     from chdl.dataset import open_dataset
     from curation.importers.video import enlargement, import_video
 
-    out = _run(import_video, list(videos), out, inputs=list(videos), size=_size(size), in_frames=in_frames, out_frames=out_frames,
+    size = _size(size)
+    out = _run(import_video, list(videos), out, inputs=list(videos), size=size, in_frames=in_frames, out_frames=out_frames,
                frame_stride=frame_stride, train_stride=train_stride, val_stride=val_stride,
                val_fraction=val_fraction, test_fraction=test_fraction, overwrite=overwrite, preview=preview,
                progress=not quiet)
@@ -211,8 +212,8 @@ def video(videos, out, size, in_frames, out_frames, frame_stride, train_stride, 
         if v.get("ends_early"):  # (older datasets have no such key)
             note = (f" [warning: the file ends after {v['frames_decoded']} of the {listed} frames its container "
                     "lists: cut off? only those were imported]")
-        if enlargement(v["crop_yxhw"], _size(size)):
-            note += f" [note: {enlargement(v['crop_yxhw'], _size(size))}]"
+        if enlarged := enlargement(v["crop_yxhw"], size):
+            note += f" [note: {enlarged}]"
 
         def span(name):  # "(frames a-b)" of a part that has clips; nothing for an empty one
             a, b = v[f"{name}_frames"]

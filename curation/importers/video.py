@@ -492,8 +492,8 @@ def video_to_recordings(paths: Sequence[str | Path], out: str | Path, *, size: t
             if cut and warn is not None:
                 warn(f"{p}: the file ends after {v.frames_decoded} of the {v.frames_reported} frames its container "
                      "lists: cut off? only those were written")
-            if enlargement(v.crop, size) and warn is not None:
-                warn(f"{p}: {enlargement(v.crop, size)}")
+            if (enlarged := enlargement(v.crop, size)) and warn is not None:
+                warn(f"{p}: {enlarged}")
             fps = v.fps / frame_stride if v.fps > 0 else 5.0
             manifest = {"camera": {"vendor": "video file", "model": v.codec, "serial": v.sha256[:16],
                                    "user_name": p.name, "transport": "file"},
