@@ -147,7 +147,8 @@ def keep_epoch_checkpoints(trainer, epochs) -> None:
 
     def save_and_keep(name: str = "last.pt") -> None:
         save(name)
-        if name == "last.pt" and trainer.batch_in_epoch == 0 and trainer.epoch in epochs and trainer.dist.main:
+        if name == "last.pt" and trainer.batch_in_epoch == 0 and trainer.epoch in epochs and trainer.dist.main \
+                and trainer.pending_log is None:  # (not before the epoch's validation: a stop's last.pt)
             with files.replacing(trainer.ckpt_dir / f"epoch_{trainer.epoch:04d}.pt") as tmp:
                 shutil.copyfile(trainer.ckpt_dir / "last.pt", tmp)
 

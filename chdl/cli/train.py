@@ -103,7 +103,9 @@ def train(data, config_name, overrides, out, resume, quiet):
     except TrainingInterrupted as e:  # Ctrl-C / SIGTERM: last.pt holds the last completed step
         if main_rank:
             click.echo(f"interrupted after the last step ({e.step}): training is complete, {e.checkpoint} holds it"
-                       if e.finished else f"interrupted at step {e.step}; rerun with --resume to continue", err=True)
+                       if e.finished else f"interrupted at step {e.step}, before its validation; rerun with --resume "
+                       "to validate and continue" if e.validation_pending
+                       else f"interrupted at step {e.step}; rerun with --resume to continue", err=True)
         sys.exit(130)
     except ConfigError as e:  # raised where the config meets the machine or the data: say where its value came from
         raise _fail(attribute(e, *raw[1:]) if raw else e) from None

@@ -9,7 +9,9 @@ Keys (format "chdl.checkpoint/1", docs/training.md "Checkpoints"):
     step (optimiser steps done), epoch (current epoch, 0-based), batch_in_epoch (batches of that epoch done),
     rng {torch, cuda, numpy, python} (rank 0), rng_per_rank (every rank's, under torchrun; else None),
     best_val_mse, train_seconds (training time of the steps so far), samples_seen, planned_total_steps (the
-    schedule length a run.max_minutes budget planned, diffuma.training.budget; else None).
+    schedule length a run.max_minutes budget planned, diffuma.training.budget; else None), pending_log
+    ({epoch, train_loss} of an epoch whose validation a stop left for the resume; else None; absent in older
+    checkpoints).
 
 Integrity: every checkpoint written here has a checksum record beside it, ``<name>.checksum.json`` (BLAKE3
 digest and size of the file, written atomically before the checkpoint is renamed into place, with the record

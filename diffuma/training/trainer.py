@@ -21,8 +21,11 @@ Run folder (``out``)::
     .chdl-train.lock         the run folder's lock: one trainer at a time (:func:`claim_run_folder`)
 
 Stopping: SIGINT (Ctrl-C) or SIGTERM during ``fit`` stops after the current step (or the validation in
-progress), writes ``last.pt`` at the last completed step and raises :class:`TrainingInterrupted`; a second
-signal aborts at once. A resume then ends exactly where an uninterrupted run would.
+progress), writes ``last.pt`` at the last completed step and raises :class:`TrainingInterrupted`. A signal heard
+before an epoch's validation begins stops before it; a second signal during a validation abandons it: either
+way ``last.pt`` records the validation as pending (``pending_log``) and the resume runs it first. Any other
+second signal (a third during a validation) aborts at once. A resume then ends exactly where an uninterrupted
+run would.
 """
 
 from __future__ import annotations
@@ -93,10 +96,17 @@ class TrainingInterrupted(KeyboardInterrupt):
     """SIGINT/SIGTERM stopped the run; ``last.pt`` holds step ``step`` (``--resume`` continues from there). A
     KeyboardInterrupt, so callers that do not know it treat it as the Ctrl-C it is."""
 
-    def __init__(self, step: int, checkpoint: Path, finished: bool = False):
-        """``finished``: the signal came after the last step (during the final validation): the run is complete."""
+    def __init__(self, step: int, checkpoint: Path, finished: bool = False, validation_pending: bool = False):
+        """``finished``: the signal came after the last step (during the final validation): the run is complete.
+        ``validation_pending``: it stopped before (or in) an epoch's validation, which the resume runs first."""
         super().__init__(f"interrupted at step {step}")
         self.step, self.checkpoint, self.finished = step, checkpoint, finished
+        self.validation_pending = validation_pending
+
+
+class _ValidationAbandoned(BaseException):
+    """Raised by the stop-signal handler into a validation in progress at the second signal (not an Exception:
+    nothing on the way may swallow it)."""
 
 
 # what a run folder holds (RUN_FILES in chdl/cli/train.py, the lock, eval/ and predict/ outputs): a fresh run
@@ -376,6 +386,10 @@ class Trainer:
         self._recent_step_s: collections.deque = collections.deque(maxlen=32)
         self._stop_signal: int | None = None  # SIGINT/SIGTERM received during fit (_on_stop_signal)
         self._validating = False  # inside validate() (what a stop signal waits for, _on_stop_signal)
+        self._abandoning = False  # a second signal abandoned the validation: a third aborts at once
+        # an epoch whose validation (and epochs.csv row, best.pt) a stop left undone: {"epoch", "train_loss"};
+        # saved in the checkpoint, run first by the resume
+        self.pending_log: dict | None = None
 
     # ------------------------------------------------------------------ checkpoints
     @property
@@ -407,6 +421,7 @@ class Trainer:
             "precision_used": {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(self.amp_dtype, "fp32"),
             "device_used": self.device.type,
             "elapsed_s": self.elapsed_before if self._t0 is None else time.perf_counter() - self._t0,
+            "pending_log": self.pending_log,
         }
 
     def save(self, name: str = "last.pt") -> None:
@@ -453,6 +468,7 @@ class Trainer:
         # Checkpoints older than the running epoch loss: the epoch's mean then covers the steps after the resume.
         self.epoch_loss_sum, self.epoch_loss_n = state.get("epoch_loss_sum", 0.0), state.get("epoch_loss_n", 0)
         self.best_val_mse = state["best_val_mse"]
+        self.pending_log = state.get("pending_log")
         self.last_saved_step = self.step
         self.train_seconds = state.get("train_seconds", 0.0)
         self.elapsed_before = state.get("elapsed_s", self.train_seconds)  # older checkpoints: training time
@@ -636,7 +652,7 @@ class Trainer:
             files.remove_stale_temporaries(self.out)
         if resume:
             self.load(resume_checkpoint(self.out))
-            if self.finished():  # nothing left to train: the folder stays as it is (a resume wrote config.yaml and a
+            if self.finished() and self.pending_log is None:  # nothing left to train: the folder stays as it is (a resume wrote config.yaml and a
                 if self.dist.main:  # new tensorboard events file, and said nothing)
                     print(f"nothing to resume: {self.out} finished at step {self.step} ({self._end_reason()}); its "
                           "files are unchanged", file=sys.stderr)
@@ -649,6 +665,8 @@ class Trainer:
             # a resume keeps the rows up to its checkpoint; the row of an epoch cut short by run.max_steps (or the
             # budget) is kept too when nothing is left to train (it was dropped, and never redone)
             kept_epochs = self.epoch + (1 if self.finished() and self.batch_in_epoch else 0)
+            if self.pending_log is not None:  # (its row was never written)
+                kept_epochs = self.pending_log["epoch"] - 1
             steps_log = _CsvLog(self.out / "steps.csv", list(STEP_FIELDS), "step", self.step if resume else None)
             epochs_log = _CsvLog(self.out / "epochs.csv", list(EPOCH_FIELDS), "epoch", kept_epochs if resume else None)
             # a resumed run redoes the steps after its checkpoint: their events from before are purged
@@ -658,6 +676,11 @@ class Trainer:
         done_now = 0
         previous_handlers = self._catch_stop_signals()
         try:
+            if self.pending_log is not None:  # the validation a stop left undone, before anything else
+                self._log_epoch(self.pending_log["epoch"], self.pending_log["train_loss"], True,
+                                epochs_log if self.dist.main else None, tb if self.dist.main else None, t0)
+                self.pending_log = None
+                self.save()
             while not self.finished():
                 if self._stop_requested():
                     self._stop()
@@ -751,15 +774,22 @@ class Trainer:
         in progress, so it is set aside: the loader reports the dead workers when the next batch is asked for,
         and _batches stops there."""
         if self._stop_signal is not None:
+            if self._validating and self.dist.world_size == 1 and not self._abandoning:
+                self._abandoning = True  # (_log_epoch saves last.pt with the validation pending)
+                raise _ValidationAbandoned
             raise KeyboardInterrupt
         self._stop_signal = signum
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         if self.dist.main and self.progress:  # say at once that it was heard: a validation pass can take minutes
-            what = "the validation in progress" if self._validating else "the current step"
+            if self._validating and self.dist.world_size == 1:
+                tqdm.write("stopping: finishing the validation in progress, then saving last.pt (a second Ctrl-C "
+                           "skips the rest of it and saves last.pt now; the resume validates first)", file=sys.stderr)
+                return
             unsaved = self.step - (self.last_saved_step or 0)  # (what a second signal would throw away)
             lost = (f": the {unsaved} step{'s' if unsaved != 1 else ''} since "
                     + (f"last.pt (step {self.last_saved_step})" if self.last_saved_step is not None else "the start")
                     + " would be lost" if unsaved else "")
+            what = "the validation in progress" if self._validating else "the current step"
             tqdm.write(f"stopping: finishing {what}, then saving last.pt (a second Ctrl-C stops at once, "
                        f"without saving{lost})", file=sys.stderr)
 
@@ -777,6 +807,14 @@ class Trainer:
         if self.last_saved_step != self.step:
             self.save()
         raise TrainingInterrupted(self.step, self.ckpt_dir / "last.pt", self.finished())
+
+    def _stop_with_validation_pending(self, epoch: int, train_loss: float) -> None:
+        """Writes last.pt with epoch ``epoch``'s validation and epochs.csv row left for the resume (``pending_log``),
+        then raises TrainingInterrupted. The training RNG is as it was before the validation (it runs in fork_rng),
+        so the resumed run still ends bit for bit as an uninterrupted one."""
+        self.pending_log = {"epoch": epoch, "train_loss": train_loss}
+        self.save()
+        raise TrainingInterrupted(self.step, self.ckpt_dir / "last.pt", validation_pending=True)
 
     def _batches(self):
         """The epoch's batches. A loader error after a stop signal (a worker killed by the same signal) stops the
@@ -848,8 +886,16 @@ class Trainer:
         MSE is the lowest so far. A resumed run drops the row of an epoch it had not finished (_CsvLog)."""
         val = None
         if validate:
+            if self._stop_requested():  # heard in the epoch's last step: stop now, not after a validation of minutes
+                self._stop_with_validation_pending(epoch, train_loss)
             if self.dist.main:
-                val = self.validate()
+                try:
+                    val = self.validate()
+                except _ValidationAbandoned:  # a second signal (one process only: _on_stop_signal)
+                    if self.progress:
+                        tqdm.write(f"stopping now: validation skipped, saving last.pt (step {self.step})",
+                                   file=sys.stderr)
+                    self._stop_with_validation_pending(epoch, train_loss)
             if self.dist.world_size > 1:  # the other ranks wait here, then learn the result
                 box = [val]
                 dist.broadcast_object_list(box, src=0)

@@ -407,6 +407,37 @@ def test_empty_validation_split_warns_and_the_closing_message_lists_only_written
     assert not (tmp_path / "run" / "training_dynamics.png").exists()
 
 
+def test_a_stop_before_the_validation_says_the_resume_validates(standin, tmp_path, monkeypatch):
+    """Ctrl-C in an epoch's last step stops before that epoch's validation: exit 130, a line that says the resume
+    validates first, and the resume writes that epoch's epochs.csv row."""
+    import signal
+
+    from diffuma.training.trainer import Trainer
+
+    data = write_moving_square_dataset(tmp_path / "d.zarr", n=4, n_val=2)
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("model: {name: standin, preset: tiny}\nrun: {epochs: 3, batch_size: 4, num_workers: 0}\n")
+    step = Trainer._train_step
+
+    def ctrl_c_in_epoch_2s_last_step(self, *args):
+        if self.step + 1 == 2 * self.steps_per_epoch:
+            self._on_stop_signal(signal.SIGINT, None)
+        return step(self, *args)
+
+    monkeypatch.setattr(Trainer, "_train_step", ctrl_c_in_epoch_2s_last_step)
+    run = tmp_path / "run"
+    r = CliRunner().invoke(main, ["train", "--data", str(data), "--config", str(cfg), "--out", str(run), "-q"])
+    assert r.exit_code == 130, r.output
+    assert r.output.strip().splitlines()[-1] == \
+        "interrupted at step 2, before its validation; rerun with --resume to validate and continue"
+    assert [row.split(",")[:2] for row in (run / "epochs.csv").read_text().strip().splitlines()[1:]] == [["1", "1"]]
+    monkeypatch.setattr(Trainer, "_train_step", step)
+    r = CliRunner().invoke(main, ["train", "--data", str(data), "--out", str(run), "--resume", "-q"])
+    assert r.exit_code == 0, r.output
+    rows = (run / "epochs.csv").read_text().strip().splitlines()[1:]
+    assert [row.split(",")[:2] for row in rows] == [["1", "1"], ["2", "2"], ["3", "3"]]
+
+
 def test_real_cli_reports_config_errors_in_one_line(tmp_path):
     r = subprocess.run([sys.executable, "-m", "chdl", "train", "--data", str(tmp_path), "--config", "diffuma_tiny",
                         "--set", "run.epocs=3", "--out", str(tmp_path / "run")], capture_output=True, text=True)

@@ -262,9 +262,12 @@ def test_ctrl_c_or_sigterm_checkpoints_the_last_step_and_the_resume_matches(stan
     os.killpg(proc.pid, getattr(signal, signum))
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, (out, err)
-    m = re.fullmatch(r"interrupted at step (\d+); rerun with --resume to continue", err.strip())
+    m = re.fullmatch(r"interrupted at step (\d+); rerun with --resume to continue"  # (at an epoch's end:)
+                     r"|interrupted at step (\d+), before its validation; rerun with --resume to validate and continue",
+                     err.strip())
     assert m, err
-    stopped_at = int(m.group(1))
+    stopped_at = int(m.group(1) or m.group(2))
+    assert (m.group(2) is not None) == (stopped_at % 3 == 0)  # (3 steps an epoch)
     assert 2 <= stopped_at < 12
     assert load_checkpoint(run / "checkpoints" / "last.pt")["step"] == stopped_at
     assert [int(r["step"]) for r in _rows(steps)] == list(range(1, stopped_at + 1))
@@ -327,16 +330,26 @@ def test_a_stop_signal_is_acknowledged_at_once_naming_what_it_waits_for(standin,
     minutes) that is a while, so the trainer says at once what it is finishing (not under -q)."""
     import signal
 
+    from diffuma.training.trainer import _ValidationAbandoned
+
     trainer = build_trainer(_config(epochs=1), tiny_dataset, tmp_path / "run", progress=True)
-    trainer._validating = True
     trainer.step = 6  # steps done, none saved yet: what a second Ctrl-C would throw away is said (a trial lost them)
     trainer._on_stop_signal(signal.SIGINT, None)
     err = capsys.readouterr().err
-    assert "stopping: finishing the validation in progress, then saving last.pt (a second Ctrl-C stops at once, " \
+    assert "stopping: finishing the current step, then saving last.pt (a second Ctrl-C stops at once, " \
            "without saving: the 6 steps since the start would be lost)" in err, err
     assert trainer._stop_signal == signal.SIGINT
     with pytest.raises(KeyboardInterrupt):  # a second one stops at once
         trainer._on_stop_signal(signal.SIGINT, None)
+    during = build_trainer(_config(epochs=1), tiny_dataset, tmp_path / "during", progress=True)
+    during._validating = True  # a second signal during a validation abandons it, and saves: nothing is lost
+    during._on_stop_signal(signal.SIGINT, None)
+    assert "stopping: finishing the validation in progress, then saving last.pt (a second Ctrl-C skips the rest " \
+           "of it and saves last.pt now; the resume validates first)" in capsys.readouterr().err
+    with pytest.raises(_ValidationAbandoned):
+        during._on_stop_signal(signal.SIGINT, None)
+    with pytest.raises(KeyboardInterrupt):  # a third (say, while last.pt is being written) stops at once
+        during._on_stop_signal(signal.SIGINT, None)
     quiet = build_trainer(_config(epochs=1), tiny_dataset, tmp_path / "quiet", progress=False)
     quiet._on_stop_signal(signal.SIGINT, None)
     assert capsys.readouterr().err == ""
@@ -384,6 +397,98 @@ def test_a_stop_heard_during_the_last_validation_is_reported_to_the_caller(stand
         trainer.fit()
     assert stop.value.finished  # (chdl train then says the training is complete, not "rerun with --resume")
     assert load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["step"] == trainer.step == trainer.total_steps
+
+
+def _same_run(run, ref):
+    """``run`` (stopped and resumed) ends as ``ref`` (never stopped): weights, every column of steps.csv and
+    epochs.csv but the timings (elapsed_s, samples_per_s), and best.pt's epoch."""
+    assert run.step == ref.step
+    for k, v in ref.model.state_dict().items():
+        assert torch.equal(v, run.model.state_dict()[k]), k
+
+    def rows(out, name):
+        return [{k: v for k, v in r.items() if k not in ("elapsed_s", "samples_per_s")} for r in _rows(out / name)]
+
+    assert rows(run.out, "steps.csv") == rows(ref.out, "steps.csv")
+    assert rows(run.out, "epochs.csv") == rows(ref.out, "epochs.csv")
+    assert load_checkpoint(run.ckpt_dir / "best.pt")["epoch"] == load_checkpoint(ref.ckpt_dir / "best.pt")["epoch"]
+
+
+@pytest.mark.parametrize("during", [True, False])
+def test_a_stop_before_or_in_a_validation_saves_it_as_pending_and_the_resume_runs_it(standin, tiny_dataset, tmp_path,
+                                                                                      monkeypatch, during):
+    """during: Ctrl-C twice in epoch 2's validation (the second used to abort without saving: 3 steps since
+    epoch 1's last.pt lost); else Ctrl-C in epoch 2's last step (fit used to validate for minutes before it
+    stopped). Either way last.pt holds step 6 with epoch 2's validation pending, and the resume validates it
+    first and ends bit for bit as a run never stopped."""
+    import signal
+
+    import diffuma.training.trainer as trainer_module
+    from diffuma.training.trainer import TrainingInterrupted
+
+    cfg = _config(checkpoint_every_steps=0)  # 3 epochs of 3 steps
+    ref = build_trainer(cfg, tiny_dataset, tmp_path / "ref", progress=False)
+    ref.fit()
+    trainer = build_trainer(cfg, tiny_dataset, tmp_path / "run", progress=False)
+    evaluate = trainer_module.evaluate
+    if during:
+
+        def ctrl_c_twice_in_epoch_2(*args, **kwargs):
+            if trainer.epoch == 2:
+                trainer._on_stop_signal(signal.SIGINT, None)
+                trainer._on_stop_signal(signal.SIGINT, None)
+            return evaluate(*args, **kwargs)
+
+        monkeypatch.setattr(trainer_module, "evaluate", ctrl_c_twice_in_epoch_2)
+    else:
+        step = trainer._train_step
+
+        def ctrl_c_in_step_6(*args):
+            if trainer.step == 5:
+                trainer._on_stop_signal(signal.SIGINT, None)
+            return step(*args)
+
+        trainer._train_step = ctrl_c_in_step_6
+    with pytest.raises(TrainingInterrupted) as stop:
+        trainer.fit()
+    assert stop.value.validation_pending and not stop.value.finished and stop.value.step == 6
+    saved = load_checkpoint(trainer.ckpt_dir / "last.pt")
+    assert saved["step"] == 6 and saved["pending_log"]["epoch"] == 2
+    assert [int(r["epoch"]) for r in _rows(trainer.out / "epochs.csv")] == [1]
+    monkeypatch.setattr(trainer_module, "evaluate", evaluate)
+    resumed = build_trainer(None, tiny_dataset, trainer.out, resume=True, progress=False)
+    resumed.fit(resume=True)
+    assert load_checkpoint(resumed.ckpt_dir / "last.pt")["pending_log"] is None
+    _same_run(resumed, ref)
+
+
+def test_a_stop_before_the_final_validation_is_not_a_finished_run(standin, tiny_dataset, tmp_path):
+    """Ctrl-C in the run's very last step: the steps are all done but the final validation (its epochs.csv row,
+    best.pt) is not, so the run is not reported complete and its resume does that validation, not "nothing to
+    resume"."""
+    import signal
+
+    from diffuma.training.trainer import TrainingInterrupted
+
+    cfg = _config(epochs=2, checkpoint_every_steps=0, max_steps=5)  # stops mid-epoch 2: a partial epoch's row
+    ref = build_trainer(cfg, tiny_dataset, tmp_path / "ref", progress=False)
+    ref.fit()
+    trainer = build_trainer(cfg, tiny_dataset, tmp_path / "run", progress=False)
+    step = trainer._train_step
+
+    def ctrl_c_in_the_last_step(*args):
+        if trainer.step == 4:
+            trainer._on_stop_signal(signal.SIGINT, None)
+        return step(*args)
+
+    trainer._train_step = ctrl_c_in_the_last_step
+    with pytest.raises(TrainingInterrupted) as stop:
+        trainer.fit()
+    assert stop.value.validation_pending and not stop.value.finished and trainer.finished()
+    resumed = build_trainer(None, tiny_dataset, trainer.out, resume=True, progress=False)
+    resumed.fit(resume=True)
+    assert [int(r["step"]) for r in _rows(resumed.out / "epochs.csv")] == [3, 5]
+    _same_run(resumed, ref)
 
 
 def test_the_training_bar_is_redrawn_at_its_interval_not_every_step(standin, tiny_dataset, tmp_path, capfd,
