@@ -652,8 +652,10 @@ class Trainer:
             files.remove_stale_temporaries(self.out)
         if resume:
             self.load(resume_checkpoint(self.out))
-            if self.finished() and self.pending_log is None:  # nothing left to train: the folder stays as it is (a resume wrote config.yaml and a
-                if self.dist.main:  # new tensorboard events file, and said nothing)
+            # nothing left to train (nor a validation a stop left pending): the folder stays as it is (a resume
+            # wrote config.yaml and a new tensorboard events file, and said nothing)
+            if self.finished() and self.pending_log is None:
+                if self.dist.main:
                     print(f"nothing to resume: {self.out} finished at step {self.step} ({self._end_reason()}); its "
                           "files are unchanged", file=sys.stderr)
                 return self.out
