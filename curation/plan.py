@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from acquisition.raw import (FORMAT_BITS, PIXEL_DTYPES, FrameRecord, RawFormatError, Recording, check_bit_depth, find_recordings,
-                            os_problem, run_bit_depth)
+                            live_writer, os_problem, run_bit_depth)
 from chdl.dataset import SPLIT_TEST, SPLIT_TRAIN, SPLIT_VAL, max_value_for_bits
 from curation.config import CurateConfig
 
@@ -229,6 +229,9 @@ def build_plan(source: str | os.PathLike, cfg: CurateConfig, bit_depth: int | No
     for path in paths:
         rec = Recording.open(path)  # RawFormatError: malformed manifest / frame index
         manifest = rec.path / "manifest.json"
+        if (pid := live_writer(rec.manifest)) is not None:  # (its lanes to come read as "never recorded")
+            raise PlanError(f"{rec.path}: chdl (pid {pid}) is recording it now ({len(rec.frames)} frames so far); "
+                            "curate it once that capture has ended")
         index_file = rec.path / "frames.jsonl"
         w, h, fmt = _settings(rec)
         if ref is None:
@@ -241,13 +244,20 @@ def build_plan(source: str | os.PathLike, cfg: CurateConfig, bit_depth: int | No
             if why := check_bit_depth(fmt, bit_depth):
                 raise PlanError(f"{manifest}: --bit-depth {bit_depth} refused: {why}")
             depth = (bit_depth, "--bit-depth", manifest)
+            if (recorded := rec.settings.get("bit_depth")) is not None and recorded != bit_depth:
+                # (mixed runs told to share one depth: the lower-depth run's frames came out as "no image")
+                warnings.append(f"{manifest}: --bit-depth {bit_depth} overrides the {recorded} significant bits this "
+                                f"run recorded" + (f": its pixels fill 1/{2 ** (bit_depth - recorded)} of the range, and "
+                                "its frames may read as dark or as no image; curate runs of one bit depth together"
+                                if bit_depth > recorded else ""))
         else:
             bits, origin = _bit_depth(rec, fmt, warnings)
             if depth is None:
                 depth = (bits, origin, manifest)
             elif bits != depth[0]:
                 raise PlanError(f"{manifest}: {bits} significant bits differ from {depth[2]} ({depth[0]}); curate runs of "
-                                "one bit depth together, or set one with --bit-depth N")
+                                "one bit depth together (one chdl curate each), or, if one of them recorded it "
+                                "wrongly, set the right one with --bit-depth N")
         run_id = str(rec.manifest.get("run_id") or path.name)
         if run_id in seen_ids:
             raise PlanError(f"{manifest}: run_id {run_id!r} is also the id of {seen_ids[run_id]}; run ids must be unique")

@@ -108,25 +108,29 @@ def curate(raw: str, out: str, config_path: str | None, workers: int, scheduler:
                + f"; {result.frames_written / max(result.seconds, 1e-9):.0f} frames/s")
     click.echo(f"QC report: {result.report_html} (summary {result.report_json})")
     depth = result.bit_depth or {}
-    unsure_bits = depth.get("from") == "pixel format" and depth.get("bits") == 16  # (Mono16 that did not say)
-    for line in split_warnings(sp, cfg.split, unsure_bits):
+    bits_note = None  # why the bit depth may be what excluded every sequence
+    if depth.get("from") == "pixel format" and depth.get("bits") == 16:  # (Mono16 that did not say)
+        bits_note = ("16 bits were assumed for Mono16 runs that did not record theirs (rerun with --bit-depth N; the "
+                     "report's warnings name the bits their frames need)")
+    elif depth.get("from") == "--bit-depth" and any("overrides the" in w for w in s["warnings"]):
+        bits_note = (f"--bit-depth {depth.get('bits')} is not what some runs recorded (the report's warnings name "
+                     "them)")
+    for line in split_warnings(sp, cfg.split, bits_note):
         click.echo(f"warning: {line}", err=True)
     if s["warnings"]:
         click.echo(f"{len(s['warnings'])} warning(s); see the report", err=True)
 
 
-def split_warnings(sp: dict, split, unsure_bits: bool = False) -> list[str]:
+def split_warnings(sp: dict, split, bits_note: str | None = None) -> list[str]:
     """What a user must hear about the split counts ``sp`` (train, val, test, excluded) that the settings ``split``
-    (``curation.config.SplitConfig``) made: a split that training or evaluation will find empty. ``unsure_bits``:
-    the bit depth was assumed (16 bits of a Mono16 run that did not record it), which can exclude every sequence."""
+    (``curation.config.SplitConfig``) made: a split that training or evaluation will find empty. ``bits_note``: why
+    the bit depth is in doubt (assumed, or given against what runs recorded), which can exclude every sequence."""
     test, out = sp.get("test", 0), []
     if sp["train"] == sp["val"] == test == 0:
         out.append(f"every sequence was excluded ({sp['excluded']}: more than max_bad_frames flagged or missing frames "
                    "each; the report says which): chdl train and chdl eval refuse this dataset; check the recordings, "
                    "or the QC floors and z in the config"
-                   + ("; or the bit depth: 16 bits were assumed for Mono16 runs that did not record theirs (rerun "
-                      "with --bit-depth N; the report's warnings name the bits their frames need)"
-                      if unsure_bits else ""))
+                   + (f"; or the bit depth: {bits_note}" if bits_note else ""))
     elif sp["train"] == 0:
         tested = f"{test} test, " if test or split.test_fraction > 0 else ""
         out.append(f"the train split is empty ({sp['val']} val, {tested}{sp['excluded']} excluded sequences): chdl "

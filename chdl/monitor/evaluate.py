@@ -81,19 +81,30 @@ def method_setups():
     return functools.cache(method_setup)
 
 
-def score_recording(rec, predictor, scorer: ScorerConfig, qc: bool = True, progress=None) -> list[dict]:
+def score_recording(rec, predictor, scorer: ScorerConfig, qc: bool = True, progress=None,
+                    unreadable: list | None = None) -> list[dict]:
     """Score every frame of an opened :class:`acquisition.raw.Recording`: one dict per scored frame
     (frame, lane, position, score, threshold, z, alert, new_alert, acquisition, after_acquisition, box, features),
     with torch's
-    thread count as the live scorer process has it (:func:`chdl.monitor.runtime.scoring_threads`)."""
+    thread count as the live scorer process has it (:func:`chdl.monitor.runtime.scoring_threads`). A frame file
+    that cannot be read (gone, not a PNG, truncated) is left out, as the live scorer leaves it unscored; its
+    RawFormatError's message is appended to ``unreadable``."""
+    from acquisition.raw import RawFormatError
+
     rows = []
     pipe = None
     frames = [f for f in rec.frames if f.file is not None and f.status == "ok"]
     with scoring_threads():  # as the live monitor's scorer process
         for f in (progress(frames) if progress else frames):
+            try:
+                pixels = rec.read(f)
+            except RawFormatError as e:
+                if unreadable is not None:
+                    unreadable.append(str(e))
+                continue
             if pipe is None:
                 pipe = MonitorPipeline(predictor, run_max_value(rec.manifest), scorer, qc=qc)
-            r = pipe.push(f.index, f.lane, f.position_index, rec.read(f))
+            r = pipe.push(f.index, f.lane, f.position_index, pixels)
             if r is not None:
                 rows.append({"frame": r.frame, "lane": r.lane, "position": r.position, "score": r.score,
                              "threshold": r.threshold, "z": r.z, "alert": r.alert, "new_alert": r.new_alert,
@@ -298,6 +309,24 @@ class EvalError(ValueError):
     """A run that cannot be evaluated (one line, naming the folder)."""
 
 
+def _frame_shape(rec, run: str) -> tuple | None:
+    """The frame shape of the recording ``rec`` (the folder ``run``): its first readable frame's; None when it
+    has no frames. EvalError when none of them can be read."""
+    from acquisition.raw import RawFormatError
+
+    first_error = None
+    for f in rec.frames:
+        if f.file is None or f.status != "ok":
+            continue
+        try:
+            return rec.read(f).shape
+        except RawFormatError as e:
+            first_error = first_error or e
+    if first_error is not None:
+        raise EvalError(f"{run}: none of its frames can be read (first: {first_error})")
+    return None
+
+
 def find_runs(paths: list) -> list[Path]:
     """Recordings to evaluate: recordings, folders of recordings, or monitor folders (their recording)."""
     from acquisition.raw import RawFormatError, find_recordings
@@ -350,13 +379,16 @@ def evaluate(paths: list, out: str | Path, checkpoint=None, qc: bool = True, pro
     each one more method, ``<predictor>+scorer:<file name>`` (its predictor: :func:`learned_method`)."""
     from tqdm import tqdm
 
-    from acquisition.raw import Recording
+    from acquisition.raw import RawFormatError, Recording
 
     out = Path(out)
     runs = find_runs(paths)
     recs, truth = {}, {}
     for r in runs:
-        rec = Recording.open(r)
+        try:  # (a malformed manifest or frame index: one line, as chdl curate and chdl monitor --replay say it)
+            rec = Recording.open(r)
+        except RawFormatError as e:
+            raise EvalError(str(e)) from None
         try:
             truth[str(r)] = run_truth(rec)
         except ValueError as e:
@@ -388,8 +420,7 @@ def evaluate(paths: list, out: str | Path, checkpoint=None, qc: bool = True, pro
 
     learned = {f: LearnedScorer.load(f) for _, f in scorer_of.values()}  # (their stage steps, per recording below)
     for run, rec in recs.items():  # every predictor against every frame size before any scoring (a checkpoint or
-        first = rec.frames[0] if rec.frames else None  # a scorer of another size failed after minutes of it)
-        shapes[run] = rec.read(first).shape if first is not None else None
+        shapes[run] = _frame_shape(rec, run)  # a scorer of another size failed after minutes of it)
         for m in methods:
             base, scorer = scorer_of.get(m, (m, None))
             try:
@@ -405,6 +436,7 @@ def evaluate(paths: list, out: str | Path, checkpoint=None, qc: bool = True, pro
                 if (note := scale_mismatch(checkpoint, predictor.trained_max_value, run_max_value(rec.manifest))) \
                         and f"{note} ({run})" not in notes:
                     notes.append(f"{note} ({run})")
+    unreadable = {}  # run -> the messages of its frames that could not be read (the same for every method)
     with tqdm(total=total, unit="frame", desc="monitor-eval", disable=not progress) as bar:
         for m in methods:
             rows = []
@@ -412,10 +444,16 @@ def evaluate(paths: list, out: str | Path, checkpoint=None, qc: bool = True, pro
                 base, scorer = scorer_of.get(m, (m, None))
                 predictor, cfg = setup(base, checkpoint, shapes[run], scorer)
                 cfg = dataclasses.replace(cfg, **levels[m])
-                for row in score_recording(rec, predictor, cfg, qc=qc):
+                unreadable[run] = []
+                for row in score_recording(rec, predictor, cfg, qc=qc, unreadable=unreadable[run]):
                     rows.append({**row, "run": run})
                 bar.update(len(rec.frames))
             rows_by[m] = rows
+    for run, why in unreadable.items():
+        if why:
+            notes.append(f"{len(why)} frame{'s' if len(why) != 1 else ''} of {run} could not be read and "
+                         f"{'were' if len(why) != 1 else 'was'} not scored, as chdl monitor leaves them "
+                         f"(first: {why[0]})")
     # AUROC over the frames every method scored (the block scorers' row-baseline warm-up leaves out frames the
     # frame difference scores: it had 44/92 positive/negative frames where they had 40/86)
     common = set.intersection(*({(r["run"], r["frame"]) for r in rows if math.isfinite(r["score"])}

@@ -443,6 +443,34 @@ def test_monitor_eval_refuses_truth_that_is_not_the_recordings(clean_run, tmp_pa
     assert bad.returncode == 1 and "anomalies.jsonl:1: an anomaly of lane 4 at frame 999" in bad.stderr, bad.stderr
 
 
+def test_monitor_eval_of_a_damaged_recording_is_one_line_or_a_note(clean_run, tmp_path):
+    """A malformed frame index or manifest: one line naming the file, exit 1, nothing written (a traceback before);
+    a frame file that does not decode is left unscored, as chdl monitor leaves it, and the results say so."""
+    index = tmp_path / "index" / "run_00000"
+    shutil.copytree(clean_run, index)
+    lines = (index / "frames.jsonl").read_text().splitlines(keepends=True)
+    (index / "frames.jsonl").write_text("".join(lines[:6] + ['{"garbage": \n'] + lines[7:]))
+    bad = chdl("monitor-eval", index, "--out", tmp_path / "e1", "--no-qc", "-q")
+    assert bad.returncode == 1 and bad.stderr.startswith(f"Error: {index / 'frames.jsonl'}:7: malformed frame record"), \
+        bad.stderr
+    assert len(bad.stderr.strip().splitlines()) == 1 and not (tmp_path / "e1").exists()
+    manifest = tmp_path / "manifest" / "run_00000"
+    shutil.copytree(clean_run, manifest)
+    (manifest / "manifest.json").write_text('{"x":')
+    bad = chdl("monitor-eval", manifest, "--out", tmp_path / "e2", "--no-qc", "-q")
+    assert bad.returncode == 1 and bad.stderr.startswith(f"Error: {manifest / 'manifest.json'}: malformed JSON"), \
+        bad.stderr
+    frame = tmp_path / "frame" / "run_00000"
+    shutil.copytree(clean_run, frame)
+    (frame / _lines(frame / "frames.jsonl")[0]["file"]).write_text("garbage")  # the very first frame
+    (frame / _lines(frame / "frames.jsonl")[23]["file"]).write_bytes(b"")
+    ok = chdl("monitor-eval", frame, "--out", tmp_path / "e3", "--no-qc", "-q")
+    assert ok.returncode == 0, ok.stderr
+    notes = json.loads((tmp_path / "e3" / "metrics.json").read_text())["notes"]
+    assert any(n.startswith(f"2 frames of {frame} could not be read and were not scored") for n in notes), notes
+    assert "could not be read" in (tmp_path / "e3" / "metrics.md").read_text()
+
+
 def test_monitor_eval_scores_every_method_on_labelled_runs(tmp_path):
     corpus = tmp_path / "corpus"
     out = chdl("simulate", "corpus", corpus, "--sequences", "4", "--positions", "10", "--lanes-per-run", "4",

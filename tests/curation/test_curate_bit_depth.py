@@ -98,6 +98,16 @@ def test_bit_depth_refusals(tmp_path):
     p = chdl("curate", tmp_path / "mixed", tmp_path / "d.zarr", "--quiet")
     assert p.returncode == 1 and "16 significant bits differ from" in p.stderr and "--bit-depth N" in p.stderr
     assert not (tmp_path / "d.zarr").exists()
+    # told to curate both at 16 bits, the 12-bit run is named (its frames read as "no image", all dropped, and no
+    # word said why); the 16-bit run is not
+    p = chdl("curate", tmp_path / "mixed", tmp_path / "d.zarr", "--bit-depth", "16")
+    assert p.returncode == 0, p.stderr
+    told = [ln for ln in p.stderr.splitlines() if "overrides" in ln]
+    assert told == [f"warning: {tmp_path / 'mixed' / 'a' / 'manifest.json'}: --bit-depth 16 overrides the 12 "
+                    "significant bits this run recorded: its pixels fill 1/16 of the range, and its frames may read "
+                    "as dark or as no image; curate runs of one bit depth together"], p.stderr
+    assert "or the bit depth: --bit-depth 16 is not what some runs recorded (the report's warnings name them)" in \
+        p.stderr  # (both runs' frames here are 12-bit data: every sequence excluded)
 
 
 def test_pixels_above_the_bit_depth_are_refused_by_name(tmp_path):
@@ -211,3 +221,25 @@ def test_a_pixel_above_found_while_measuring_the_baselines_says_what_became_of_o
     assert p.returncode == 1 and p.stderr.strip().endswith(
         f"give the right --bit-depth; {out} is the dataset that was there before, untouched"), p.stderr
     assert (out / "zarr.json").read_bytes() == before
+
+
+def test_a_run_being_recorded_now_is_refused_by_name(tmp_path):
+    """A capture still writing the run (its manifest's writer is a live process of this host): its lanes still to
+    come were curated as "never recorded; treated as missing", exit 0. A run whose writer is gone is curated."""
+    import os
+    import socket
+
+    run = tmp_path / "raw" / "live"
+    write_run(run, lanes=2)
+    manifest = json.loads((run / "manifest.json").read_text())
+    manifest.update(status="recording", writer={"pid": os.getpid(), "host": socket.gethostname()})
+    (run / "manifest.json").write_text(json.dumps(manifest))
+    p = chdl("curate", tmp_path / "raw", tmp_path / "d.zarr", "--quiet")
+    assert p.returncode == 1 and p.stderr == (f"Error: {run}: chdl (pid {os.getpid()}) is recording it now (20 frames "
+                                              "so far); curate it once that capture has ended\n"), p.stderr
+    assert not (tmp_path / "d.zarr").exists()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    manifest["writer"]["pid"] = int(dead.stdout)  # (a pid of a process that has ended: its writer was killed)
+    (run / "manifest.json").write_text(json.dumps(manifest))
+    p = chdl("curate", tmp_path / "raw", tmp_path / "d.zarr")
+    assert p.returncode == 0 and "run is 'recording', not complete" in p.stderr, p.stderr
