@@ -392,7 +392,7 @@ class RecordingWriter:
         path = Path(path)
         if not free_for_a_recording(path):
             raise RawFormatError(taken(path))
-        if why := _inside_other_data(path):
+        if why := inside_other_data(path):
             raise RawFormatError(f"{path}: inside {why}; choose another output folder")
         manifest = dict(manifest)
         manifest.setdefault("run_id", path.name)
@@ -614,10 +614,11 @@ class Recording:
         return len(self.frames)
 
 
-def _inside_other_data(path: Path) -> str | None:
-    """What a new recording folder ``path`` would sit inside, if that is data of its own: a recording (chdl
-    curate reads only a folder's direct subfolders and would skip the nested run without a word) or a zarr
-    store (a curated dataset: chdl verify and curate --overwrite manage its files). None if neither."""
+def inside_other_data(path: Path) -> str | None:
+    """What a new recording folder (or curated dataset) ``path`` would sit inside, if that is data of its own: a
+    recording (chdl curate reads only a folder's direct subfolders and would skip the nested run without a word;
+    a recording is a camera's output, not a place for other files) or a zarr store (a curated dataset: chdl
+    verify and curate --overwrite manage its files). None if neither."""
     for parent in Path(os.path.abspath(path)).parents:
         if is_recording(parent):
             return f"the recording {parent} (a recording in a recording is never curated)"

@@ -80,6 +80,8 @@ class ZFactors(_PerScore):
             if not 0 <= data <= LARGEST:
                 raise ValueError(f"must be in [0, {LARGEST:g}], got {data!r}")
             return {n: data for n in SCORE_NAMES}
+        if not isinstance(data, dict):  # (a quoted "3" was told "must be a mapping": a number is allowed too)
+            raise ValueError(f"must be a number (for all six scores) or a mapping of score to number, got {data!r}")
         return data
 
 
@@ -121,13 +123,18 @@ class CurateConfig(StrictConfig):
 
     @model_validator(mode="after")
     def _fits_in_a_sequence(self):
-        # (the message starts with the key, as a field's own error does: `FILE: key: problem`)
+        # (the message starts with the key, as a field's own error does: `FILE: key: problem`; the key is one the
+        # file set: `frames_per_sequence: 3` alone was reported against in_frames, which it did not mention)
+        given = self.model_fields_set
         if self.in_frames + self.out_frames > self.frames_per_sequence:
-            raise ValueError(f"in_frames: in_frames + out_frames ({self.in_frames} + {self.out_frames}) exceeds "
+            key = next((k for k in ("in_frames", "out_frames", "frames_per_sequence") if k in given), "in_frames")
+            raise ValueError(f"{key}: in_frames + out_frames ({self.in_frames} + {self.out_frames}) exceeds "
                              f"frames_per_sequence ({self.frames_per_sequence})")
         if self.max_bad_frames > self.frames_per_sequence - 2:
-            raise ValueError(f"max_bad_frames: must be <= frames_per_sequence - 2 ({self.frames_per_sequence - 2}), "
-                             f"got {self.max_bad_frames}")
+            key = "frames_per_sequence" if "frames_per_sequence" in given and "max_bad_frames" not in given \
+                else "max_bad_frames"
+            raise ValueError(f"{key}: max_bad_frames ({self.max_bad_frames}) must be <= frames_per_sequence - 2 "
+                             f"({self.frames_per_sequence - 2})")
         return self
 
 

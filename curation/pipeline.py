@@ -37,7 +37,7 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from acquisition.raw import RawFormatError, Recording
+from acquisition.raw import RawFormatError, Recording, inside_other_data
 from chdl.cluster import ClusterError, pool_map_unordered
 from chdl.dataset import (SPLIT_EXCLUDED, DatasetFormatError, DatasetWriter, dataset_path, previous_path,
                           refuse_non_dataset)
@@ -447,6 +447,8 @@ def curate(source: str | os.PathLike, out: str | os.PathLike, cfg: CurateConfig,
         out = dataset_path(out)
     except DatasetFormatError as e:
         raise CurateError(str(e)) from None
+    if isinstance(out, Path) and (why := inside_other_data(out)):  # (capture refuses the same; before the lock
+        raise CurateError(f"{out}: inside {why}; choose another output path")  # makes folders for it)
     with _writer_lock(out):
         if scheduler is None:
             return _curate(source, out, cfg, workers, None, **options)

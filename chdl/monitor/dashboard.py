@@ -237,10 +237,15 @@ class FolderFollower:
 
 def _host_name(host: str) -> str:
     """The name or address of a ``Host`` header, without its port: ``[::1]:8790`` -> ``::1``, ``localhost:1`` ->
-    ``localhost`` (a bare IPv6 address, several colons and no brackets, is taken whole)."""
+    ``localhost`` (a bare IPv6 address, several colons and no brackets, is taken whole); "" for a header that is
+    not ``name[:port]`` with a port of digits (``127.0.0.1:1@evil.example`` was read as 127.0.0.1)."""
     if host.startswith("["):
-        return host[1:host.find("]")]
-    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+        name, _, rest = host[1:].partition("]")
+        return name if rest == "" or (rest[:1] == ":" and rest[1:].isdigit()) else ""
+    if host.count(":") == 1:
+        name, port = host.split(":")
+        return name if port.isdigit() and port.isascii() else ""
+    return host
 
 
 class HostGate:

@@ -275,13 +275,13 @@ def test_two_writers_that_find_one_folder_free_at_once_do_not_share_it(tmp_path,
     Here the other writer claims the folder between this one's check and its claim."""
     import acquisition.raw as raw
 
-    check = raw._inside_other_data
+    check = raw.inside_other_data
 
     def the_other_writer_meanwhile(path):
         (path / raw.FRAMES_DIR).mkdir(parents=True)
         return check(path)
 
-    monkeypatch.setattr(raw, "_inside_other_data", the_other_writer_meanwhile)
+    monkeypatch.setattr(raw, "inside_other_data", the_other_writer_meanwhile)
     with pytest.raises(RawFormatError, match=r"same: another capture started writing there at the same time"):
         RecordingWriter.create(tmp_path / "same", MANIFEST)
     assert not (tmp_path / "same" / "manifest.json").exists()

@@ -242,6 +242,8 @@ def test_without_a_token_only_requests_naming_the_loopback_are_served(monitor):
     client = TestClient(app, base_url="http://127.0.0.1:8790")
     r = client.get("/api/events", headers={"Host": "127.0.0.1:8790, evil.example"})  # (split at the last colon: 200)
     assert r.status_code == 400
+    for host in ["127.0.0.1:1@evil.example", "[::1]x.example", "[::1]:80x", "localhost:"]:  # (the port was not read)
+        assert client.get("/api/events", headers={"Host": host}).status_code == 400, host
     for host in ["127.0.0.1:8790", "localhost", "localhost:1", "[::1]:8790", "127.0.0.2"]:
         assert TestClient(app, base_url=f"http://{host}").get("/api/status").status_code == 200, host
     # with a token, the token is the gate (a non-loopback bind is reached by whatever name the network gives)

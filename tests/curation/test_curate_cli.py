@@ -826,6 +826,18 @@ def test_out_must_name_a_folder_of_its_own_and_not_share_a_report(raw, curated, 
     _one_line_error(r, f"{tmp_path / 'd'}: its QC report d.qc.html would replace that of the dataset "
                        f"{tmp_path / 'd.zarr'}")
     assert not (tmp_path / "d").exists()
+    # inside a recording (a dataset and its report among a camera's files) or inside another dataset: capture
+    # refuses to record there, and curate wrote there
+    run = tmp_path / "raw"
+    shutil.copytree(raw[0] / "run-a", run)
+    before = sorted(p.name for p in run.iterdir())
+    r = _curate(run, run / "w.zarr", ok=False)
+    _one_line_error(r, f"{run / 'w.zarr'}: inside the recording {run} (a recording in a recording is never curated); "
+                       "choose another output path")
+    assert sorted(p.name for p in run.iterdir()) == before
+    r = _curate(run, tmp_path / "d.zarr" / "sub" / "e.zarr", ok=False)
+    _one_line_error(r, f"inside the zarr store {tmp_path / 'd.zarr'} (a curated dataset)")
+    assert not (tmp_path / "d.zarr" / "sub").exists()
 
 
 def test_a_shard_size_beyond_the_dataset_is_one_shard_and_beyond_memory_is_refused(raw, tmp_path, monkeypatch):

@@ -38,7 +38,14 @@ DOCS = Path(__file__).parents[2] / "docs" / "curation.md"
     ("qc: {floors: {banding: -0.1}}", "qc.floors.banding: must be >= 0, got -0.1"),
     ("sequences_per_shard: 0", "sequences_per_shard: must be >= 1, got 0"),
     ("in_frames: 8", "in_frames: in_frames + out_frames (8 + 5) exceeds frames_per_sequence (10)"),
-    ("max_bad_frames: 9", "max_bad_frames: must be <= frames_per_sequence - 2 (8), got 9"),
+    ("max_bad_frames: 9", "max_bad_frames: max_bad_frames (9) must be <= frames_per_sequence - 2 (8)"),
+    # the key named is one the file set (frames_per_sequence alone was reported against in_frames)
+    ("frames_per_sequence: 3", "frames_per_sequence: in_frames + out_frames (5 + 5) exceeds frames_per_sequence (3)"),
+    ("{frames_per_sequence: 6, in_frames: 2}", "in_frames: in_frames + out_frames (2 + 5) exceeds frames_per_sequence (6)"),
+    ("out_frames: 6", "out_frames: in_frames + out_frames (5 + 6) exceeds frames_per_sequence (10)"),
+    ("{frames_per_sequence: 3, in_frames: 1, out_frames: 1}", "frames_per_sequence: max_bad_frames (2) must be <= "
+                                                              "frames_per_sequence - 2 (1)"),
+    ("qc: {z: \"3\"}", "qc.z: must be a number (for all six scores) or a mapping of score to number, got '3'"),
     ("qc: [\n", "malformed YAML"),
 ])
 def test_bad_settings_are_one_line_naming_file_and_key(tmp_path, text, message):
