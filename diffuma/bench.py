@@ -654,7 +654,9 @@ def run_bench(data: str | Path, models: str, epochs: list[int] | None, out: str 
     specs, run = parse_models(models, preset, list(overrides))
     for key, option in (("epochs", "--epochs"), ("max_minutes", "--budget-minutes")):
         if key in run:  # (it was overridden without a word: --epochs 1 --set run.epochs=3 trained 1 epoch)
-            raise BenchError(f"--set run.{key}: the bench sets it from {option}; give {option} instead")
+            raise BenchError(f"--set run.{key}: the bench sets it from {option}" + (
+                "; give --epochs instead (and no --budget-minutes) for an epoch bench"
+                if key == "epochs" and budget_minutes is not None else f"; give {option} instead"))
     run = ({**run, "epochs": epochs[-1]} if budget_minutes is None else
            {**run, "epochs": BUDGET_EPOCHS, "max_minutes": float(budget_minutes)})
     for s in specs:
@@ -743,7 +745,7 @@ def run_bench(data: str | Path, models: str, epochs: list[int] | None, out: str 
         safe = spec.label.replace(":", "-")
         kept = f" (keeping epoch{'s' if len(epochs) > 1 else ''} {', '.join(map(str, epochs))})" if epochs else ""
         if resumes(out / "runs" / safe, resume):
-            _log(f"{spec.label}: resuming its run (trained for {budget_text} in all{kept}; a finished run is kept "
+            _log(f"{spec.label}: resuming its run (to train for {budget_text} in all{kept}; a finished run is kept "
                  "as it is)")
         else:
             _log(f"{spec.label}: training for {budget_text}{kept}")

@@ -59,11 +59,13 @@ class _HashingWriter:
     """The file object ``torch.save`` writes to: passes every byte to an unbuffered file (so a full disk is an
     OSError with its errno at the write that failed, not torch's "basic_ios::clear: iostream error") and
     hashes it on the way (no second read of the file). ``error``: the first OSError a write raised (torch may
-    replace it by a RuntimeError of its own while it closes the archive)."""
+    replace it by a RuntimeError of its own while it closes the archive); ``interrupted``: a KeyboardInterrupt
+    (Ctrl-C) arrived during a write, which torch turns into that RuntimeError too."""
 
     def __init__(self, file):
         self.file, self.digest, self.size = file, blake3.blake3(), 0
         self.error: OSError | None = None
+        self.interrupted = False
 
     def write(self, data) -> int:
         whole = view = memoryview(data).cast("B")
@@ -72,6 +74,9 @@ class _HashingWriter:
                 view = view[self.file.write(view):]
         except OSError as e:
             self.error = self.error or e
+            raise
+        except KeyboardInterrupt:
+            self.interrupted = True
             raise
         self.digest.update(whole)
         self.size += len(whole)
@@ -105,6 +110,8 @@ def save_checkpoint(path: str | Path, state: dict) -> None:
             entry = {"blake3": writer.digest.hexdigest(), "bytes": writer.size}
             files.write_text(record, json.dumps({"file": path.name, **entry, "previous": _current_entry(path)}))
     except (OSError, RuntimeError) as e:  # torch turns some write failures into a RuntimeError of its own
+        if writer is not None and writer.interrupted:  # a Ctrl-C, not a write failure (it said "disk full?")
+            raise KeyboardInterrupt from None
         cause = e if isinstance(e, OSError) else writer.error if writer is not None else None
         why = cause.strerror if cause is not None and cause.strerror else "disk full?"
         raise CheckpointWriteError(f"{path}: cannot write checkpoint ({why})") from None

@@ -387,6 +387,7 @@ class Trainer:
         self._stop_signal: int | None = None  # SIGINT/SIGTERM received during fit (_on_stop_signal)
         self._validating = False  # inside validate() (what a stop signal waits for, _on_stop_signal)
         self._abandoning = False  # a second signal abandoned the validation: a third aborts at once
+        self._saving = False  # a checkpoint is being written: signals wait for it (save)
         # an epoch whose validation (and epochs.csv row, best.pt) a stop left undone: {"epoch", "train_loss"};
         # saved in the checkpoint, run first by the resume
         self.pending_log: dict | None = None
@@ -435,7 +436,11 @@ class Trainer:
             if name == "best.pt":  # chdl eval says so when it scores this checkpoint on the split that chose it
                 state["selected"] = {"by": "validation MSE", "split": "val",
                                      "max_sequences": self.run.val_max_sequences}
-            save_checkpoint(self.ckpt_dir / name, state)
+            self._saving = True  # (a Ctrl-C inside torch.save lost the stop's checkpoint: _on_stop_signal)
+            try:
+                save_checkpoint(self.ckpt_dir / name, state)
+            finally:
+                self._saving = False
         if name == "last.pt":
             self.last_saved_step = self.step
 
@@ -606,8 +611,9 @@ class Trainer:
         return self.epoch >= self.run.epochs or self.step >= self.total_steps or self.budget_spent()
 
     def _end_reason(self) -> str:
-        """Why :meth:`finished` is true, for a message."""
-        if self.budget_spent():
+        """Why :meth:`finished` is true, for a message (a budget's planned steps all taken: those, not the budget,
+        which a run that ended on its schedule has spent too)."""
+        if self.budget_spent() and self.step < self.total_steps:
             return f"its {self.run.max_minutes:g}-minute training budget spent"
         if self.epoch >= self.run.epochs:
             return f"{self.run.epochs} epoch{'s' if self.run.epochs != 1 else ''} done"
@@ -677,11 +683,12 @@ class Trainer:
         self._t0 = t0 = time.perf_counter() - self.elapsed_before
         done_now = 0
         previous_handlers = self._catch_stop_signals()
+        bar = None
         try:
             if self.pending_log is not None:  # the validation a stop left undone, before anything else
-                self._log_epoch(self.pending_log["epoch"], self.pending_log["train_loss"], True,
+                pending, self.pending_log = self.pending_log, None  # (best.pt written by it must not carry it)
+                self._log_epoch(pending["epoch"], pending["train_loss"], True,
                                 epochs_log if self.dist.main else None, tb if self.dist.main else None, t0)
-                self.pending_log = None
                 self.save()
             while not self.finished():
                 if self._stop_requested():
@@ -742,6 +749,8 @@ class Trainer:
             if self._stop_requested():  # (heard during the last validation: the run is done, the caller is told
                 self._stop()            # so, e.g. chdl bench, which went on to train every other model)
         finally:
+            if bar is not None:  # (a stop raised in the loop: the bar, closed later, was redrawn after the
+                bar.close()      # closing message)
             self._restore_signal_handlers(previous_handlers)
             if self.dist.main:
                 steps_log.close()
@@ -775,6 +784,10 @@ class Trainer:
         process group (a scheduler's stop); torch's SIGCHLD handler would then raise in the middle of the step
         in progress, so it is set aside: the loader reports the dead workers when the next batch is asked for,
         and _batches stops there."""
+        if self._stop_signal is not None and self._saving:  # a second (or third) signal while a checkpoint is
+            if self.dist.main and self.progress:  # written: it is finished first (a second or so); torch.save cut
+                tqdm.write("stopping: a checkpoint is being written; it is finished first", file=sys.stderr)
+            return  # short lost the stop's last.pt, and was reported as a full disk
         if self._stop_signal is not None:
             if self._validating and self.dist.world_size == 1 and not self._abandoning:
                 self._abandoning = True  # (_log_epoch saves last.pt with the validation pending)
@@ -783,16 +796,17 @@ class Trainer:
         self._stop_signal = signum
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         if self.dist.main and self.progress:  # say at once that it was heard: a validation pass can take minutes
+            again = "a second Ctrl-C" if signum == signal.SIGINT else f"a second {signal.Signals(signum).name}"
             if self._validating and self.dist.world_size == 1:
-                tqdm.write("stopping: finishing the validation in progress, then saving last.pt (a second Ctrl-C "
-                           "skips the rest of it and saves last.pt now; the resume validates first)", file=sys.stderr)
+                tqdm.write(f"stopping: finishing the validation in progress, then saving last.pt ({again} skips "
+                           "the rest of it and saves last.pt now; the resume validates first)", file=sys.stderr)
                 return
             unsaved = self.step - (self.last_saved_step or 0)  # (what a second signal would throw away)
             lost = (f": the {unsaved} step{'s' if unsaved != 1 else ''} since "
                     + (f"last.pt (step {self.last_saved_step})" if self.last_saved_step is not None else "the start")
                     + " would be lost" if unsaved else "")
             what = "the validation in progress" if self._validating else "the current step"
-            tqdm.write(f"stopping: finishing {what}, then saving last.pt (a second Ctrl-C stops at once, "
+            tqdm.write(f"stopping: finishing {what}, then saving last.pt ({again} stops at once, "
                        f"without saving{lost})", file=sys.stderr)
 
     def _stop_requested(self) -> bool:

@@ -252,6 +252,10 @@ def test_bench_with_a_time_budget_records_what_each_model_reached(tiny_dataset, 
     out = tmp_path / "bench"
     args = ["bench", "--data", str(tiny_dataset), "--models", "simvp", "--budget-minutes", "0.002", "--out", str(out),
             *BASE]
+    epochs = CliRunner().invoke(main, [*args, "--set", "run.epochs=3"])  # (it said "give --epochs instead")
+    assert epochs.exit_code == 1 and epochs.output.strip().splitlines()[-1] == (
+        "Error: --set run.epochs: the bench sets it from --epochs; give --epochs instead (and no --budget-minutes) "
+        "for an epoch bench"), epochs.output
     res = CliRunner().invoke(main, args)
     assert res.exit_code == 0, res.output + repr(res.exception)
     report = json.loads((out / "bench.json").read_text())
@@ -284,7 +288,7 @@ def test_bench_with_a_time_budget_records_what_each_model_reached(tiny_dataset, 
     resumed = CliRunner().invoke(main, [*args, "--resume"])
     assert resumed.exit_code == 0, resumed.output + repr(resumed.exception)
     assert last.stat().st_mtime_ns == stamp
-    assert "simvp: resuming its run (trained for 0.002 min of training time in all; a finished run is kept" \
+    assert "simvp: resuming its run (to train for 0.002 min of training time in all; a finished run is kept" \
         in resumed.output and "simvp: training for" not in resumed.output
     again = json.loads((out / "bench.json").read_text())
     assert again["created"] == report["created"] and len(again["resumed"]) == 1

@@ -64,6 +64,9 @@ def test_budget_plans_the_schedule_from_the_first_steps_and_completes_it(standin
     state = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
     assert (state["step"], state["planned_total_steps"], state["train_seconds"], state["samples_seen"]) == (
         30, 30, 60.0, 80)
+    # it ended on its schedule, which spent the budget exactly: a resume says the schedule ended it (it said
+    # "its 1-minute training budget spent" where the record says stopped_by schedule)
+    assert t.budget_spent() and t._end_reason() == "all 30 planned steps done"
 
 
 def test_a_run_slower_than_its_first_steps_is_re_planned_and_completes_its_schedule(standin, tiny_dataset, tmp_path):
@@ -87,7 +90,7 @@ def test_budget_stops_training_when_the_clock_passes_it(standin, tiny_dataset, t
                        else 25.0 + 4.0 * (t.step - 10))
     t.fit()
     assert t.planned_steps == 21 and t.step == 19 and t.train_seconds == 61.0
-    assert t.budget_spent()
+    assert t.budget_spent() and t._end_reason() == "its 1-minute training budget spent"
     state = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
     assert state["step"] == 19 and stop_reason(state["step"], state["train_seconds"], 60.0, 21) == "budget"
     # resuming a spent budget trains nothing

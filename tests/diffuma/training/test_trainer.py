@@ -411,7 +411,9 @@ def _same_run(run, ref):
 
     assert rows(run.out, "steps.csv") == rows(ref.out, "steps.csv")
     assert rows(run.out, "epochs.csv") == rows(ref.out, "epochs.csv")
-    assert load_checkpoint(run.ckpt_dir / "best.pt")["epoch"] == load_checkpoint(ref.ckpt_dir / "best.pt")["epoch"]
+    best, ref_best = load_checkpoint(run.ckpt_dir / "best.pt"), load_checkpoint(ref.ckpt_dir / "best.pt")
+    assert best["epoch"] == ref_best["epoch"]
+    assert best["pending_log"] is ref_best["pending_log"] is None  # (the resume's best.pt carried the stop's)
 
 
 @pytest.mark.parametrize("during", [True, False])
@@ -489,6 +491,65 @@ def test_a_stop_before_the_final_validation_is_not_a_finished_run(standin, tiny_
     resumed.fit(resume=True)
     assert [int(r["step"]) for r in _rows(resumed.out / "epochs.csv")] == [3, 5]
     _same_run(resumed, ref)
+
+
+def test_a_second_signal_while_the_stop_writes_last_pt_waits_for_it(standin, tiny_dataset, tmp_path, monkeypatch):
+    """A Ctrl-C inside torch.save (the user pressing again while the stop's last.pt was written) cut the write
+    short: "cannot write checkpoint (disk full?)", exit 1, and no last.pt. It waits for the write now."""
+    import signal
+
+    import diffuma.training.trainer as trainer_module
+    from diffuma.training.trainer import TrainingInterrupted
+
+    trainer = build_trainer(_config(checkpoint_every_steps=0), tiny_dataset, tmp_path / "run", progress=False)
+    step, save = trainer._train_step, trainer_module.save_checkpoint
+
+    def ctrl_c_in_step_1(*args):
+        if trainer.step == 0:
+            trainer._on_stop_signal(signal.SIGINT, None)
+        return step(*args)
+
+    def ctrl_c_while_saving(path, state):
+        trainer._on_stop_signal(signal.SIGINT, None)  # (raised KeyboardInterrupt into torch.save's writes)
+        save(path, state)
+
+    trainer._train_step = ctrl_c_in_step_1
+    monkeypatch.setattr(trainer_module, "save_checkpoint", ctrl_c_while_saving)
+    with pytest.raises(TrainingInterrupted):
+        trainer.fit()
+    assert load_checkpoint(trainer.ckpt_dir / "last.pt")["step"] == 1
+
+
+def test_a_ctrl_c_inside_a_checkpoint_write_is_an_interrupt_not_a_full_disk(tmp_path, monkeypatch):
+    """torch turns an exception raised by the file it writes into a RuntimeError; a KeyboardInterrupt there was
+    reported as "cannot write checkpoint (disk full?)". It stays a KeyboardInterrupt, and the checkpoint before
+    it stays whole."""
+    from diffuma.training import checkpoint
+
+    path = tmp_path / "last.pt"
+    checkpoint.save_checkpoint(path, {"step": 1, "weights": torch.zeros(1000)})
+    before = path.read_bytes()
+    init = checkpoint._HashingWriter.__init__
+
+    class CtrlCOnTheSecondWrite:
+        def __init__(self, file):
+            self.file, self.calls = file, 0
+
+        def write(self, data):
+            self.calls += 1
+            if self.calls == 2:
+                raise KeyboardInterrupt
+            return self.file.write(data)
+
+        def flush(self):
+            self.file.flush()
+
+    monkeypatch.setattr(checkpoint._HashingWriter, "__init__", lambda self, f: init(self, CtrlCOnTheSecondWrite(f)))
+    with pytest.raises(KeyboardInterrupt):
+        checkpoint.save_checkpoint(path, {"step": 2, "weights": torch.ones(1000)})
+    monkeypatch.undo()
+    assert path.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == \
+        ["last.pt", "last.pt.checksum.json"]
 
 
 def test_the_training_bar_is_redrawn_at_its_interval_not_every_step(standin, tiny_dataset, tmp_path, capfd,
