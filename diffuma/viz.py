@@ -7,6 +7,8 @@ to a temporary name and renamed into place.
 
 from __future__ import annotations
 
+import re
+import textwrap
 import warnings
 from pathlib import Path
 
@@ -173,6 +175,21 @@ def side_by_side_gif(path: str | Path, inputs, preds, targets=None, fps: float =
         frames[0].save(tmp, format="GIF", save_all=True, append_images=frames[1:], duration=int(1000 / fps), loop=0)
 
 
+def row_label(name: str, row_inches: float, fontsize: float = 8) -> str:
+    """``name`` broken into lines that fit a row ``row_inches`` tall as a vertical axis label (about 0.7 em a
+    character), after a space, ``@`` or ``:`` where it can (``diffuma@B2_pending`` ran into the next row's
+    label), inside a word where one is longer than a line."""
+    width = max(6, int(row_inches * 72 / (0.7 * fontsize)))
+    pieces = [w for part in re.split(r"(?<=[@: ])", name) for w in textwrap.wrap(part, width, drop_whitespace=False)
+              or [part]]
+    lines = [""]
+    for piece in pieces:
+        if lines[-1] and len(lines[-1] + piece.rstrip()) > width:
+            lines.append("")
+        lines[-1] += piece if lines[-1] else piece.lstrip()
+    return "\n".join(line.rstrip() for line in lines)
+
+
 def prediction_grid(path: str | Path, inputs, targets, preds: dict, title: str | None = None,
                     errors: bool = True, cell_inches: float = 1.6) -> None:
     """A paper-style figure for one sequence: a row of inputs, a row of ground truth, then one row of
@@ -221,7 +238,7 @@ def prediction_grid(path: str | Path, inputs, targets, preds: dict, title: str |
                 ax.set_title(f"t{c - len(inputs) + 1}", fontsize=8)
             elif r == 1:
                 ax.set_title(f"t+{c + 1}", fontsize=8)
-        axes[r, 0].set_ylabel(name, fontsize=8)
+        axes[r, 0].set_ylabel(row_label(name, cell_inches * h / w), fontsize=8)
     if title:
         fig.suptitle(title, fontsize=9)
     save_figure(fig, path)

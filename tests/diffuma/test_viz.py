@@ -127,3 +127,17 @@ def test_an_rgb_frame_is_written_so_that_its_colours_read_back(tmp_path):
     assert (bgr[..., 2] == 255).all() and (bgr[..., 0] == 0).all() and (bgr[..., 1] == 0).all()
     with Image.open(tmp_path / "red.png") as im:  # (what a viewer shows)
         assert im.mode == "RGB" and im.getpixel((0, 0)) == (255, 0, 0)
+
+
+def test_row_labels_are_broken_to_fit_their_row():
+    """A long model label (`|error| diffuma@B2_pending`) ran into the next row's label: it is broken into lines no
+    longer than the row is tall, after a space, @ or : where it can, and a short one is kept whole."""
+    from diffuma.viz import row_label
+
+    assert row_label("Ground truth", 1.2) == "Ground truth"
+    assert row_label("diffuma@B2_pending", 1.2) == "diffuma@\nB2_pending"
+    assert row_label("|error| constant motion (the last frame moved)", 1.2) == \
+        "|error|\nconstant motion\n(the last frame\nmoved)"
+    long = row_label("x" * 40, 1.2)
+    assert long.replace("\n", "") == "x" * 40 and max(map(len, long.splitlines())) == 15  # 1.2 in at 8 pt
+    assert max(map(len, row_label("|error| diffuma@B2_pending", 0.5).splitlines())) == 6
