@@ -148,6 +148,9 @@ def error_line(exc: ValidationError, model: type[BaseModel], source: str, *, pre
     """The first error of ``exc`` as ``<source or blamed option>: <dotted key>: <problem>``."""
     err = exc.errors(include_url=False)[0]
     loc = tuple(err["loc"])
+    if err["type"] == "missing" and loc and isinstance(loc[-1], int) and isinstance(err.get("input"), (list, tuple)):
+        # a list too short for a fixed-length field (betas: [0.9]) said "run.betas.1: is required"
+        loc, err = loc[:-1], {**err, "type": "too_short_list"}
     for key, option in (blame or {}).items():
         if (prefix + loc)[:len(key)] == tuple(key):
             source = option
@@ -191,6 +194,8 @@ def _problem(err: dict) -> str:
         return f"must be one of {ctx.get('expected', '?')}{got}"
     if kind == "missing":
         return "is required"
+    if kind == "too_short_list":
+        return f"has too few items ({len(value)}){got}"
     if kind in ("too_short", "too_long"):
         return f"must have {ctx.get('min_length', ctx.get('max_length'))} items{got}"
     if kind == "value_error":

@@ -49,6 +49,8 @@ def test_yaml_refuses_a_key_given_twice_naming_it_and_its_line():
     ({"count": 1.0}, None, "f.yaml: count: must be an integer, got 1.0"),
     ({"pair": [1, 2]}, None, None),  # a YAML list is a tuple; ints are exact floats
     ({"pair": [1, True]}, None, "f.yaml: pair.1: must be a number, got True"),
+    ({"pair": [1]}, None, "f.yaml: pair: has too few items (1), got [1]"),  # (it said "pair.1: is required")
+    ({"pair": [1, 2, 3]}, None, "f.yaml: pair: must have 2 items, got [1, 2, 3]"),
     ({"inner": {"rat": 2.0}}, None, "f.yaml: inner.rat: unknown key (did you mean 'rate'?)"),
     ({"inner": {"rate": float("nan")}}, {("inner", "rate"): "--set inner.rate=nan"},
      "--set inner.rate=nan: inner.rate: must be a finite number, got nan"),
