@@ -659,11 +659,14 @@ def run_bench(data: str | Path, models: str, epochs: list[int] | None, out: str 
                 if key == "epochs" and budget_minutes is not None else f"; give {option} instead"))
     run = ({**run, "epochs": epochs[-1]} if budget_minutes is None else
            {**run, "epochs": BUDGET_EPOCHS, "max_minutes": float(budget_minutes)})
+    # an error names the --set that gave the value, as chdl train's does (it said "--set: run.lr: ...")
+    blame = {("run", key.strip().partition(".")[2]): f"--set {text}"
+             for text in overrides if (key := text.partition("=")[0]).strip().startswith("run.")}
     for s in specs:
         try:
-            resolve_config({"model": {"name": s.name, "preset": s.preset, **s.overrides}, "run": run})
+            resolve_config({"model": {"name": s.name, "preset": s.preset, **s.overrides}, "run": run}, blame=blame)
         except ConfigError as e:
-            raise BenchError(f"--set: {e}") from e
+            raise BenchError(str(e) if str(e).startswith("--set ") else f"--set: {e}") from e
     reader = open_dataset(data)  # DatasetIncompleteError / DatasetFormatError name the path
     attrs = reader.attrs
     T = int(attrs["frames_per_sequence"])

@@ -252,6 +252,9 @@ def test_bench_with_a_time_budget_records_what_each_model_reached(tiny_dataset, 
     out = tmp_path / "bench"
     args = ["bench", "--data", str(tiny_dataset), "--models", "simvp", "--budget-minutes", "0.002", "--out", str(out),
             *BASE]
+    bad = CliRunner().invoke(main, [*args, "--set", "run.lr=abc"])  # named as chdl train names it ("--set: run.lr")
+    assert bad.exit_code == 1 and bad.output.strip().splitlines()[-1] == \
+        "Error: --set run.lr=abc: run.lr: must be a number, got 'abc'", bad.output
     epochs = CliRunner().invoke(main, [*args, "--set", "run.epochs=3"])  # (it said "give --epochs instead")
     assert epochs.exit_code == 1 and epochs.output.strip().splitlines()[-1] == (
         "Error: --set run.epochs: the bench sets it from --epochs; give --epochs instead (and no --budget-minutes) "
