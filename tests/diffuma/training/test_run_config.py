@@ -41,7 +41,7 @@ def test_yaml_file_with_overrides_resolves_every_run_field(standin, tmp_path):
     ("model: {name: standin}\nrun: {lr: true}\n", [], r"run\.lr: must be a number, got True$"),
     ("model: {name: standin}\nrun: {eval_with_ema: 1}\n", [], r"run\.eval_with_ema: must be true or false, got 1$"),
     ("model: {name: standin, hidden: 4.0}\n", [], r"c\.yaml: model\.hidden: must be an integer, got 4\.0$"),
-    ("model: {name: standin}\nrun: {betas: [0.9]}\n", [], r"run\.betas\.1: is required"),
+    ("model: {name: standin}\nrun: {betas: [0.9]}\n", [], r"run\.betas: has too few items \(1\), got \[0\.9\]"),
     ("model: {name: standin}\nrun: {betas: [0.9, '0.99']}\n", [], r"run\.betas\.1: must be a number"),
     ("model: {name: standin}\nrun: [1]\n", [], r"c\.yaml: run: must be a mapping, got \[1\]$"),
     # NaN / inf
