@@ -339,6 +339,7 @@ class CurateResult:
     timings: dict  # seconds per phase: plan, calibrate, shards, report
     frames_written: int = 0  # frames of the shards written by this run (n_frames less the resumed shards')
     bit_depth: dict | None = None  # {"bits", "from"}: the significant bits and where they came from (provenance's)
+    bit_depth_overridden: int = 0  # runs whose recorded bits a --bit-depth overrode (Plan.bit_depth_overridden)
 
 
 def _curate_code() -> str:
@@ -630,4 +631,4 @@ def _curate(source: str | os.PathLike, out: str | os.PathLike, cfg: CurateConfig
                         len(pending), len(done), time.perf_counter() - t_start, summary,
                         {k: round(v, 3) for k, v in timings.items()},
                         sum(len(writer.shard_range(s)) for s in pending) * T,
-                        {"bits": plan.bit_depth, "from": plan.bit_depth_from})
+                        {"bits": plan.bit_depth, "from": plan.bit_depth_from}, plan.bit_depth_overridden)

@@ -72,6 +72,7 @@ class Plan:
     warnings: list[str]  # one line each, naming the file
     bit_depth: int = 8  # significant bits of the pixel values (see build_plan)
     bit_depth_from: str = "pixel format"  # where bit_depth comes from: "manifest", "--bit-depth" or "pixel format"
+    bit_depth_overridden: int = 0  # runs whose recorded bit depth a --bit-depth overrides (each one warned about)
 
     @property
     def dtype(self) -> np.dtype:
@@ -225,6 +226,7 @@ def build_plan(source: str | os.PathLike, cfg: CurateConfig, bit_depth: int | No
     sequences: list[SequencePlan] = []
     ref: tuple[int, int, str, Path] | None = None
     depth: tuple[int, str, Path] | None = None  # (bits, where from, manifest) of the first run
+    overridden = 0  # runs whose recorded bits --bit-depth overrides
     seen_ids: dict[str, Path] = {}
     for path in paths:
         rec = Recording.open(path)  # RawFormatError: malformed manifest / frame index
@@ -245,6 +247,7 @@ def build_plan(source: str | os.PathLike, cfg: CurateConfig, bit_depth: int | No
                 raise PlanError(f"{manifest}: --bit-depth {bit_depth} refused: {why}")
             depth = (bit_depth, "--bit-depth", manifest)
             if (recorded := rec.settings.get("bit_depth")) is not None and recorded != bit_depth:
+                overridden += 1
                 # (mixed runs told to share one depth: the lower-depth run's frames came out as "no image")
                 warnings.append(f"{manifest}: --bit-depth {bit_depth} overrides the {recorded} significant bits this "
                                 f"run recorded" + (f": its pixels fill 1/{2 ** (bit_depth - recorded)} of the range, and "
@@ -340,7 +343,7 @@ def build_plan(source: str | os.PathLike, cfg: CurateConfig, bit_depth: int | No
         raise PlanError(f"{source}: no lane sequences of {T} frames in {len(runs)} recording(s)")
     assert ref is not None and depth is not None
     plan = Plan(runs, sequences, height=ref[1], width=ref[0], pixel_format=ref[2], warnings=warnings,
-                bit_depth=depth[0], bit_depth_from=depth[1])
+                bit_depth=depth[0], bit_depth_from=depth[1], bit_depth_overridden=overridden)
     assign_split(plan, cfg)
     return plan
 

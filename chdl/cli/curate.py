@@ -112,9 +112,9 @@ def curate(raw: str, out: str, config_path: str | None, workers: int, scheduler:
     if depth.get("from") == "pixel format" and depth.get("bits") == 16:  # (Mono16 that did not say)
         bits_note = ("16 bits were assumed for Mono16 runs that did not record theirs (rerun with --bit-depth N; the "
                      "report's warnings name the bits their frames need)")
-    elif depth.get("from") == "--bit-depth" and any("overrides the" in w for w in s["warnings"]):
-        bits_note = (f"--bit-depth {depth.get('bits')} is not what some runs recorded (the report's warnings name "
-                     "them)")
+    elif result.bit_depth_overridden:
+        bits_note = (f"--bit-depth {depth.get('bits')} is not what {result.bit_depth_overridden} run(s) recorded "
+                     "(the report's warnings name them)")
     for line in split_warnings(sp, cfg.split, bits_note):
         click.echo(f"warning: {line}", err=True)
     if s["warnings"]:

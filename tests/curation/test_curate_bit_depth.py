@@ -106,7 +106,7 @@ def test_bit_depth_refusals(tmp_path):
     assert told == [f"warning: {tmp_path / 'mixed' / 'a' / 'manifest.json'}: --bit-depth 16 overrides the 12 "
                     "significant bits this run recorded: its pixels fill 1/16 of the range, and its frames may read "
                     "as dark or as no image; curate runs of one bit depth together"], p.stderr
-    assert "or the bit depth: --bit-depth 16 is not what some runs recorded (the report's warnings name them)" in \
+    assert "or the bit depth: --bit-depth 16 is not what 1 run(s) recorded (the report's warnings name them)" in \
         p.stderr  # (both runs' frames here are 12-bit data: every sequence excluded)
 
 
