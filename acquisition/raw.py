@@ -621,7 +621,8 @@ def inside_other_data(path: Path) -> str | None:
     verify and curate --overwrite manage its files). None if neither."""
     for parent in Path(os.path.abspath(path)).parents:
         if is_recording(parent):
-            return f"the recording {parent} (a recording in a recording is never curated)"
+            return (f"the recording {parent} (a recording's folder holds its own files only: a recording nested "
+                    "in it is never curated)")
         if (parent / "zarr.json").is_file():
             return f"the zarr store {parent} (a curated dataset)"
     return None

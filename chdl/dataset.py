@@ -269,18 +269,29 @@ def refuse_non_dataset(path) -> None:
     """FileExistsError (one line) unless ``path`` is a zarr dataset (it holds zarr.json) or an empty folder: what
     ``--overwrite`` may replace. Anything else there (a file, the input video, a folder of someone's work) is
     never deleted, whatever the flag says; nor is a dataset that holds more than zarr's own files (a training run
-    someone put inside it: every entry must be zarr.json or a zarr array or group, hidden ones aside)."""
+    someone put inside it: every entry must be zarr.json or a zarr array or group, hidden ones aside, and not a
+    chdl dataset of its own, which zarr would count as a member group)."""
     if path.is_dir() and not any(path.iterdir()):
         return
     if path.is_dir() and (path / "zarr.json").is_file():
         foreign = sorted(p.name for p in path.iterdir()
-                         if p.name != "zarr.json" and not p.name.startswith(".") and not (p / "zarr.json").is_file())
+                         if p.name != "zarr.json" and not p.name.startswith(".")
+                         and (not (p / "zarr.json").is_file() or _is_chdl_dataset(p)))
         if not foreign:
             return
         raise FileExistsError(f"{path}: a dataset that also holds other files ({', '.join(foreign[:3])}"
                               f"{', ...' if len(foreign) > 3 else ''}); refusing to delete them even with --overwrite "
                               "(move them out first)")
     raise FileExistsError(f"{path}: exists and is not a zarr dataset; refusing to delete it even with --overwrite")
+
+
+def _is_chdl_dataset(path: Path) -> bool:
+    """Whether the zarr node at ``path`` is the group of a chdl dataset (its zarr.json's ``schema`` attribute)."""
+    try:
+        meta = json.loads((path / "zarr.json").read_text(encoding="utf-8"))
+        return str((meta.get("attributes") or {}).get("schema", "")).startswith("chdl.dataset")
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def _remove(path: Path) -> None:

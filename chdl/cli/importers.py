@@ -39,6 +39,10 @@ def _check_paths(out: Path, inputs: list, preview: Path | None) -> None:
         if given is not None and given.exists() and (out.resolve() == given.resolve() or out.resolve() in given.resolve().parents):
             raise click.ClickException(f"{out}: {'is' if out.resolve() == given.resolve() else 'holds'} the input "
                                        f"{given}; choose another --out")
+    from acquisition.raw import inside_other_data
+
+    if why := inside_other_data(out):  # (write_sequences checks it too; here before any decoding)
+        raise click.ClickException(f"{out}: inside {why}; choose another --out")
     for path, what in ((out, "--out"), (preview, "--preview")):
         blocker = file_in_the_way(path) if path is not None else None
         if blocker is not None:
@@ -244,10 +248,11 @@ def recordings(videos, out, size, frame_stride, positions, quiet):
     from curation.importers.video import video_to_recordings
 
     _check_paths(out, list(videos), None)
+    kept = []
     try:
         runs = video_to_recordings(list(videos), out, size=_size(size), frame_stride=frame_stride,
                                    positions=positions, progress=not quiet,
-                                   warn=lambda line: click.echo(f"warning: {line}", err=True))
+                                   warn=lambda line: click.echo(f"warning: {line}", err=True), kept=kept)
     except (ImporterInputError, ValueError) as e:
         raise click.ClickException(str(e).replace("\n", " ")) from None
     except OSError as e:  # a parent that is a file, a read-only folder, disk full: the recordings begun are removed
@@ -256,6 +261,7 @@ def recordings(videos, out, size, frame_stride, positions, quiet):
         rec = Recording.open(run)
         notes = rec.manifest["notes"]["source"]
         left = f", the last {notes['frames_left_out']} left out (less than a pass)" if notes["frames_left_out"] else ""
-        click.echo(f"wrote {run}: {len(rec)} frames in {rec.manifest['plan']['lanes']} lane passes of {positions}"
-                   f"{left}")
+        before = " (imported before, from the same video with the same options)" if run in kept else ""
+        click.echo(f"{'kept' if before else 'wrote'} {run}{before}: {len(rec)} frames in "
+                   f"{rec.manifest['plan']['lanes']} lane passes of {positions}{left}")
     click.echo(f"next: chdl curate {shell_word(out)} OUT.zarr (QC, reconstruction and the dataset)")

@@ -201,6 +201,10 @@ def corpus(out: Path, lanes: int, positions: int, step_um: float, lanes_per_run:
         raise click.UsageError(f"--bit-depth {bit_depth} is the depth of Mono16 data; Mono8 frames are 8 bits")
     if out.exists() and not out.is_dir():
         raise click.ClickException(f"{out}: exists and is not a folder")
+    from acquisition.raw import inside_other_data
+
+    if why := inside_other_data(out / "run_00000"):  # where its runs go (a traceback from the first run's writer,
+        raise click.ClickException(f"{out}: inside {why}; choose another OUT")  # after corpus.json was written)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:  # a file on the way, a read-only folder

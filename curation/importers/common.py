@@ -10,6 +10,7 @@ from typing import Any, Callable
 from tqdm import tqdm
 
 from acquisition import files
+from acquisition.raw import inside_other_data
 from chdl.dataset import DatasetWriter, marked_incomplete
 from chdl.locks import OutputInUse, OutputLockError, exclusive_output
 
@@ -67,6 +68,8 @@ def write_sequences(
     until the new one is complete and put back if it cannot be (a kill leaves it at ``.<name>.previous``).
     """
     out = Path(out)
+    if why := inside_other_data(out):  # (curate and capture refused it; an --overwrite of the outer one deleted it)
+        raise ImporterInputError(f"{out}: inside {why}; choose another --out")
     check_room(out, n_sequences, create_kwargs)
     try:  # one writer at a time: two --overwrite imports raced and the dataset they replaced was lost
         with exclusive_output(out):

@@ -444,9 +444,27 @@ def recording_names(paths: Sequence[Path]) -> list[str]:
     return names
 
 
+def _imported_before(run: Path, video: Path, size: tuple[int, int], frame_stride: int, positions: int,
+                     step_um: float) -> bool:
+    """Whether ``run`` holds a complete recording that :func:`video_to_recordings` made from this very video
+    (its sha256) with these options: what a rerun after a SIGKILL finds of the videos it had finished."""
+    from acquisition.raw import RawFormatError, Recording
+
+    try:
+        rec = Recording.open(run)
+    except (RawFormatError, OSError):
+        return False
+    m = rec.manifest
+    source = (m.get("notes") or {}).get("source") or {}
+    settings, plan = m.get("settings") or {}, m.get("plan") or {}
+    return (rec.complete and source.get("frame_stride") == frame_stride and plan.get("positions") == positions
+            and plan.get("step_um") == step_um and (settings.get("height"), settings.get("width")) == tuple(size)
+            and source.get("sha256") == file_sha256(video))
+
+
 def video_to_recordings(paths: Sequence[str | Path], out: str | Path, *, size: tuple[int, int] = SIZE,
                         frame_stride: int = 1, positions: int = 10, step_um: float = 60.0,
-                        progress: bool = True, warn=None) -> list[Path]:
+                        progress: bool = True, warn=None, kept: list | None = None) -> list[Path]:
     """Decode each video of ``paths`` (as :func:`read_video`: gray, centred crop, resized to ``size`` = (H, W),
     every ``frame_stride``-th frame) and write it as a raw recording ``out/<name>`` (:func:`recording_names`;
     docs/raw-format.md): lane passes of ``positions`` consecutive frames, ``step_um`` apart, Mono8 at the video's
@@ -455,7 +473,8 @@ def video_to_recordings(paths: Sequence[str | Path], out: str | Path, *, size: t
     recordings' paths. ``warn``: called with one line per video that ends before the frames its container lists.
 
     Before any video is decoded: a file given twice, an ``out`` that is a file and an existing destination are
-    ImporterInputError. A video too short for one pass, or one that does not decode, is ImporterInputError naming
+    ImporterInputError, except a complete recording made from the same video with the same options, which is kept
+    as it is and appended to ``kept`` (a rerun after a SIGKILL imports only what it had not finished). A video too short for one pass, or one that does not decode, is ImporterInputError naming
     it. The recordings this call made, and ``out`` if it made it and left it empty, are removed if it fails or is
     interrupted (another writer's recording in the same place is left alone: its claim is not ours)."""
     import shutil
@@ -476,13 +495,20 @@ def video_to_recordings(paths: Sequence[str | Path], out: str | Path, *, size: t
     if out.exists() and not out.is_dir():
         raise ImporterInputError(f"{out}: --out is a file, not a folder of recordings")
     runs = [out / name for name in recording_names(paths)]
-    for run in runs:
+    done = set()  # recordings a run before this one finished: kept
+    for p, run in zip(paths, runs):
         if not free_for_a_recording(run):
-            raise ImporterInputError(f"{taken(run)}; choose another --out")
+            if not _imported_before(run, p, size, frame_stride, positions, step_um):
+                raise ImporterInputError(f"{taken(run)}; choose another --out")
+            done.add(run)
+            if kept is not None:
+                kept.append(run)
     made_out = not out.exists()
     made: list[Path] = []
     try:
         for p, run in zip(paths, runs):
+            if run in done:
+                continue
             v = read_video(p, size, frame_stride, progress=progress)
             lanes = len(v.frames) // positions
             if lanes < 1:

@@ -298,6 +298,25 @@ def test_simulate_corpus_does_not_write_into_a_folder_that_is_not_a_corpus(tmp_p
     assert sorted(p.name for p in rec.iterdir()) == before
 
 
+def test_simulate_corpus_inside_a_dataset_or_a_recording_is_one_line_and_writes_nothing(tmp_path):
+    """It was a traceback from the first run's writer, after corpus.json was written inside the dataset (which then
+    blocked an --overwrite of that dataset as "holds other files")."""
+    import json
+
+    ds = tmp_path / "d.zarr"
+    ds.mkdir()
+    (ds / "zarr.json").write_text(json.dumps({"zarr_format": 3, "node_type": "group", "attributes": {}}))
+    run = tmp_path / "raw" / "r"
+    run.mkdir(parents=True)
+    (run / "manifest.json").write_text("{}")
+    for out, what in ((ds / "corp", f"the zarr store {ds} (a curated dataset)"), (run / "corp", f"the recording {run}")):
+        r = subprocess.run([sys.executable, "-m", "chdl", "simulate", "corpus", str(out), "--sequences", "2",
+                            "--width", "64", "--height", "48", "-q"], capture_output=True, text=True, timeout=120)
+        assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+        assert r.stderr.startswith(f"Error: {out}: inside {what}") and r.stderr.count("\n") == 1, r.stderr
+        assert not out.exists()
+
+
 def test_a_run_interrupted_before_its_manifest_is_redone_and_a_foreign_one_refused(tmp_path):
     """A corpus stopped between a run's claim (its empty frames/) and its manifest: the rerun redoes the run (it
     refused it as "not a simulated run", which failed a CI run of the Ctrl-C test); a run folder holding anything

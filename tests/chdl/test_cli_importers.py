@@ -61,6 +61,19 @@ def test_overwrite_never_deletes_what_is_not_a_dataset_nor_the_input(tmp_path, v
     r = chdl("import", "video", video, "--out", inside, "--overwrite", "--size", "24x32", "-q")
     assert r.returncode == 0, r.stderr
     assert tuple(open_dataset(inside).summary()["shape"][-2:]) == (24, 32)
+    # a dataset inside the dataset (or inside a recording): refused, as curate and capture refuse it; one made
+    # there before is someone's data that --overwrite of the outer one deleted without a word
+    assert _error(chdl("import", "video", video, "--out", inside / "inner.zarr", "-q")) == \
+        f"Error: {inside / 'inner.zarr'}: inside the zarr store {inside} (a curated dataset); choose another --out"
+    assert _error(chdl("import", "mnist", "--out", inside / "m.zarr", "--train", "2", "--val", "1", "-q")) == \
+        f"Error: {inside / 'm.zarr'}: inside the zarr store {inside} (a curated dataset); choose another --out"
+    assert not (inside / "inner.zarr").exists() and not (inside / "m.zarr").exists()
+    assert chdl("import", "mnist", "--out", tmp_path / "m.zarr", "--train", "2", "--val", "1", "-q").returncode == 0
+    (tmp_path / "m.zarr").rename(inside / "inner.zarr")  # (made there by an older chdl)
+    assert _error(chdl("import", "video", video, "--out", inside, "--overwrite", "--size", "24x32", "-q")) == \
+        f"Error: {inside}: a dataset that also holds other files (inner.zarr); refusing to delete them even with " \
+        "--overwrite (move them out first)"
+    assert open_dataset(inside / "inner.zarr").n_sequences == 3
 
 
 def test_paths_that_cannot_be_written_are_one_line_before_any_work(tmp_path, video):

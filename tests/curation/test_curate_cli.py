@@ -832,8 +832,8 @@ def test_out_must_name_a_folder_of_its_own_and_not_share_a_report(raw, curated, 
     shutil.copytree(raw[0] / "run-a", run)
     before = sorted(p.name for p in run.iterdir())
     r = _curate(run, run / "w.zarr", ok=False)
-    _one_line_error(r, f"{run / 'w.zarr'}: inside the recording {run} (a recording in a recording is never curated); "
-                       "choose another output path")
+    _one_line_error(r, f"{run / 'w.zarr'}: inside the recording {run} (a recording's folder holds its own files "
+                       "only: a recording nested in it is never curated); choose another output path")
     assert sorted(p.name for p in run.iterdir()) == before
     r = _curate(run, tmp_path / "d.zarr" / "sub" / "e.zarr", ok=False)
     _one_line_error(r, f"inside the zarr store {tmp_path / 'd.zarr'} (a curated dataset)")

@@ -427,12 +427,24 @@ def test_videos_become_raw_recordings_that_curate_runs_qc_on(tmp_path):
     assert r.exit_code == 0, r.output
     flags = open_dataset(tmp_path / "d.zarr").qc_flags
     assert [tuple(map(int, i)) for i in np.argwhere(flags & (FLAG_VIBRATION | FLAG_ILLUMINATION))] == [(2, 3)], flags
-    # an existing recording is refused by name before any video is decoded; a video too short for a pass is one line
-    # and takes the recordings this command began with it
-    r = CliRunner().invoke(main, ["import", "recordings", str(video), "--out", str(tmp_path / "raw"), "-q"])
+    # an existing recording is refused by name before any video is decoded, unless it is this video's with these
+    # options (a rerun after a SIGKILL: the recordings it had finished are kept, only the rest is imported; the
+    # documented "remove it and rerun" met "already holds a recording" for the finished ones); a video too short
+    # for a pass is one line and takes the recordings this command began with it
+    r = CliRunner().invoke(main, ["import", "recordings", str(video), "--out", str(tmp_path / "raw"), "-q",
+                                  "--size", "60x80"])
     assert r.exit_code == 1 and r.output.strip() == (f"Error: {tmp_path / 'raw' / 'pan'}: already holds a recording "
                                                      "(complete, 60 frames); refusing to overwrite it (move it away to "
                                                      "record there again); choose another --out"), r.output
+    other = _panning_video(tmp_path / "other.avi", 20)
+    before = (tmp_path / "raw" / "pan" / "frames.jsonl").read_bytes()
+    r = CliRunner().invoke(main, ["import", "recordings", str(video), str(other), "--out", str(tmp_path / "raw"),
+                                  "-q"])
+    assert r.exit_code == 0, r.output
+    assert f"kept {tmp_path / 'raw' / 'pan'} (imported before, from the same video with the same options): 60 " \
+           "frames in 6 lane passes of 10, the last 5 left out (less than a pass)" in r.output, r.output
+    assert f"wrote {tmp_path / 'raw' / 'other'}: 20 frames" in r.output
+    assert (tmp_path / "raw" / "pan" / "frames.jsonl").read_bytes() == before
     short = _panning_video(tmp_path / "short.avi", 6)
     r = CliRunner().invoke(main, ["import", "recordings", str(video), str(short), "--out", str(tmp_path / "two"), "-q"])
     assert r.exit_code == 1 and r.output.strip() == (f"Error: {short}: too short for one lane pass: 6 frame(s), a pass "
