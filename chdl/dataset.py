@@ -335,12 +335,26 @@ def read_array(array: zarr.Array, selection: Any, path: str | os.PathLike) -> np
         first = (str(e).splitlines() or [""])[0][:200]
         row = (selection if isinstance(selection, tuple) else (selection,))[0]
         files = _array_files(array, int(row)) if _is_int(row) and 0 <= row < array.shape[0] else []
+        if not files and array.path != "frames":  # a whole small array: which of its files (one a shard) fails
+            files = _unreadable_file(array)
         where = f"shard file {files[0]}: " if files else ""
         writer = writer_pid(path)
         why = (f"another chdl process (pid {writer}) is writing or replacing the dataset while this one reads it"
                if writer else "the dataset is damaged on disk")  # (chdl verify passed a dataset replaced meanwhile)
         raise DatasetFormatError(f"{path}: cannot read {array.path} ({where}{type(e).__name__}: {first}); "
                                  f"{why}") from None
+
+
+def _unreadable_file(array: zarr.Array) -> list[str]:
+    """The key of the first storage unit of ``array`` that cannot be read (``[]`` if each reads alone): read unit by
+    unit, for an error that named no file (a damaged ``qc_flags`` shard: "cannot read qc_flags")."""
+    unit = (array.shards or array.chunks)[0]
+    for start in range(0, array.shape[0], unit):
+        try:
+            array[start:start + unit]
+        except Exception:  # noqa: BLE001 - as read_array
+            return _array_files(array, start)
+    return []
 
 
 def _is_int(v: Any) -> bool:

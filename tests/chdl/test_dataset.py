@@ -492,6 +492,16 @@ def test_a_shard_that_fails_to_decode_is_named_by_its_file(tmp_path):
     assert str(e.value).startswith(f"{path}: cannot read frames (shard file frames/c/2/0/0/0/0: RuntimeError: ")
 
 
+def test_a_damaged_small_array_read_whole_is_named_by_its_file(tmp_path):
+    """qc_flags read whole (chdl info, the split of train and eval) said "cannot read qc_flags" and no file."""
+    path = tmp_path / "d.zarr"
+    _write(path, _frames()).finalize()
+    (path / "qc_flags" / "c" / "1" / "0").write_bytes(b"xx")
+    with pytest.raises(DatasetFormatError) as e:
+        open_dataset(path).qc_flags
+    assert str(e.value).startswith(f"{path}: cannot read qc_flags (shard file qc_flags/c/1/0: RuntimeError: "), e.value
+
+
 def test_only_zarr_temporaries_are_removed_on_resume_and_finalize(tmp_path):
     path = tmp_path / "d.zarr"
     w = _write(path, _frames(), shards=[0, 1])
