@@ -1268,6 +1268,8 @@ def open_dataset(path: str | os.PathLike, *, check_files: bool = True) -> Datase
             raise DatasetIncompleteError(f"{written}: chdl is writing it now (pid {pid}); wait for it to finish")
         resumable = "curate_key" in provenance
         how = "to resume" if resumable else "with --overwrite to make it again (an import does not resume)"
+        if not resumable and "--overwrite" in str(provenance.get("command", "")).split():  # (it said it twice)
+            how = "to make it again (an import does not resume)"
         command = f" ({provenance['command']})" if provenance.get("command") else ""
         if command and provenance.get("cwd") and provenance["cwd"] != os.getcwd():  # its relative paths: from there
             command = f" (in {provenance['cwd']}: {provenance['command']})"

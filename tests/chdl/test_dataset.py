@@ -586,6 +586,11 @@ def test_what_is_not_a_finished_dataset_is_named_for_what_it_is(tmp_path):
     with pytest.raises(DatasetIncompleteError, match=r"rerun the command that made it \(chdl import mnist --out d.zarr\) "
                        "with --overwrite"):
         open_dataset(path)
+    again = tmp_path / "e.zarr"  # a command that had --overwrite already: not "(... --overwrite) with --overwrite"
+    _write(again, _frames(), shards=[0], provenance={"command": "chdl import mnist --out e.zarr --overwrite"})
+    with pytest.raises(DatasetIncompleteError, match=r"rerun the command that made it \(chdl import mnist --out e.zarr "
+                       r"--overwrite\) to make it again \(an import does not resume\)"):
+        open_dataset(again)
     with pytest.raises(FileExistsError, match="already exists, an incomplete dataset .its writer stopped before the end, or is still running."):
         _write(path, _frames())
 
