@@ -356,6 +356,11 @@ def import_video(
         raise FileExistsError(f"{out_path}: already exists (use --overwrite to replace it)")
 
     # Decode and check everything first: bad input is found before anything is written.
+    given: dict[Path, Path] = {}
+    for p in map(Path, paths):  # the same file twice: said before decoding, as import recordings says it
+        if (key := p.resolve()) in given:
+            raise ImporterInputError(f"{p}: given twice ({given[key]} is the same file)")
+        given[key] = p
     videos: list[Video] = []
     plans: list[ClipPlan] = []
     seen: dict[str, Path] = {}

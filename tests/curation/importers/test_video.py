@@ -324,8 +324,12 @@ def test_bad_input_is_one_line_naming_the_file_and_writes_nothing(tmp_path, vide
         assert len(lines) == 1 and str(bad) in lines[0] and problem in lines[0], proc.stderr
         assert proc.stderr.rstrip().endswith(lines[0])  # the error comes last, after any bar
         assert not out.exists()
-    with pytest.raises(ImporterInputError, match="same content as"):
+    with pytest.raises(ImporterInputError, match=r"given twice \(.* is the same file\)"):  # (before decoding)
         import_video([videos["a"], videos["a"]], out, size=SIZE, progress=False)
+    copy = tmp_path / "copy.avi"
+    copy.write_bytes(Path(videos["a"]).read_bytes())
+    with pytest.raises(ImporterInputError, match="same content as"):  # another file with the same bytes
+        import_video([videos["a"], copy], out, size=SIZE, progress=False)
     assert not out.exists()
 
 
