@@ -388,6 +388,7 @@ class Trainer:
         self._validating = False  # inside validate() (what a stop signal waits for, _on_stop_signal)
         self._abandoning = False  # a second signal abandoned the validation: a third aborts at once
         self._saving = False  # a checkpoint is being written: signals wait for it (save)
+        self._in_epoch_end = False  # an epoch's validation, log and checkpoints (_closing_epoch)
         # an epoch whose validation (and epochs.csv row, best.pt) a stop left undone: {"epoch", "train_loss"};
         # saved in the checkpoint, run first by the resume
         self.pending_log: dict | None = None
@@ -687,9 +688,10 @@ class Trainer:
         try:
             if self.pending_log is not None:  # the validation a stop left undone, before anything else
                 pending, self.pending_log = self.pending_log, None  # (best.pt written by it must not carry it)
-                self._log_epoch(pending["epoch"], pending["train_loss"], True,
-                                epochs_log if self.dist.main else None, tb if self.dist.main else None, t0)
-                self.save()
+                with self._closing_epoch():
+                    self._log_epoch(pending["epoch"], pending["train_loss"], True,
+                                    epochs_log if self.dist.main else None, tb if self.dist.main else None, t0)
+                    self.save()
             while not self.finished():
                 if self._stop_requested():
                     self._stop()
@@ -738,9 +740,11 @@ class Trainer:
                 if self.batch_in_epoch < self.steps_per_epoch:
                     # max_steps, the planned steps or the budget reached mid-epoch: the final weights are
                     # validated as a partial epoch (its row's step says where it ended), so best.pt covers them
-                    self._log_epoch(self.epoch + 1, self.epoch_loss_sum / max(self.epoch_loss_n, 1),
-                                    self.run.val_every_epochs > 0, epochs_log if self.dist.main else None,
-                                    tb if self.dist.main else None, t0)
+                    with self._closing_epoch():
+                        self._log_epoch(self.epoch + 1, self.epoch_loss_sum / max(self.epoch_loss_n, 1),
+                                        self.run.val_every_epochs > 0, epochs_log if self.dist.main else None,
+                                        tb if self.dist.main else None, t0)
+                        self.save()
                     break
                 self._end_epoch(self.epoch_loss_sum / max(self.epoch_loss_n, 1), epochs_log if self.dist.main else None,
                                 tb if self.dist.main else None, t0)
@@ -784,10 +788,14 @@ class Trainer:
         process group (a scheduler's stop); torch's SIGCHLD handler would then raise in the middle of the step
         in progress, so it is set aside: the loader reports the dead workers when the next batch is asked for,
         and _batches stops there."""
-        if self._stop_signal is not None and self._saving:  # a second (or third) signal while a checkpoint is
-            if self.dist.main and self.progress:  # written: it is finished first (a second or so); torch.save cut
-                tqdm.write("stopping: a checkpoint is being written; it is finished first", file=sys.stderr)
-            return  # short lost the stop's last.pt, and was reported as a full disk
+        if self._stop_signal is not None and (self._saving or (self._in_epoch_end and not self._validating)):
+            # a second (or third) signal while a checkpoint or a validated epoch's results are written: they are
+            # finished first (a second or so); torch.save cut short lost the stop's last.pt and was reported as a
+            # full disk, and one just after a validation lost the epoch
+            if self.dist.main and self.progress:
+                what = "a checkpoint is" if self._saving else "the epoch's results are"
+                tqdm.write(f"stopping: {what} being written; finished first, then last.pt", file=sys.stderr)
+            return
         if self._stop_signal is not None:
             if self._validating and self.dist.world_size == 1 and not self._abandoning:
                 self._abandoning = True  # (_log_epoch saves last.pt with the validation pending)
@@ -893,8 +901,20 @@ class Trainer:
         self.epoch_loss_sum, self.epoch_loss_n = 0.0, 0
         # every val_every_epochs-th epoch, and the run's last one whatever the cadence (best.pt covers the end)
         validate = self.run.val_every_epochs > 0 and (self.epoch % self.run.val_every_epochs == 0 or self.finished())
-        self._log_epoch(self.epoch, train_loss, validate, epochs_log, tb, t0)
-        self.save()
+        with self._closing_epoch():
+            self._log_epoch(self.epoch, train_loss, validate, epochs_log, tb, t0)
+            self.save()
+
+    @contextlib.contextmanager
+    def _closing_epoch(self):
+        """An epoch's validation, its epochs.csv row, plot and best.pt, then last.pt: a further stop signal after
+        the validation waits for the rest (a second or so), as during a checkpoint write (_on_stop_signal); one
+        there aborted and lost the epoch, although the first signal's message had promised a save."""
+        self._in_epoch_end = True
+        try:
+            yield
+        finally:
+            self._in_epoch_end = False
 
     def _log_epoch(self, epoch: int, train_loss: float, validate: bool, epochs_log: _CsvLog | None, tb,
                    t0: float) -> None:

@@ -520,6 +520,34 @@ def test_a_second_signal_while_the_stop_writes_last_pt_waits_for_it(standin, tin
     assert load_checkpoint(trainer.ckpt_dir / "last.pt")["step"] == 1
 
 
+def test_a_second_signal_just_after_a_validation_waits_for_the_epochs_results(standin, tiny_dataset, tmp_path):
+    """A trial's second Ctrl-C landed after the validation had returned, while epochs.csv and the plot were written:
+    it aborted, and the epoch (6 steps and its validation) was lost although the first signal had promised a save.
+    It now waits for the epoch's results and last.pt."""
+    import signal
+
+    from diffuma.training.trainer import TrainingInterrupted
+
+    trainer = build_trainer(_config(checkpoint_every_steps=0), tiny_dataset, tmp_path / "run", progress=False)
+    validate = trainer.validate
+
+    def ctrl_c_then_again_as_it_returns():
+        if trainer.epoch == 2:
+            trainer._on_stop_signal(signal.SIGINT, None)
+            result = validate()
+            trainer._on_stop_signal(signal.SIGINT, None)  # (_validating is False again here)
+            return result
+        return validate()
+
+    trainer.validate = ctrl_c_then_again_as_it_returns
+    with pytest.raises(TrainingInterrupted) as stop:
+        trainer.fit()
+    assert not stop.value.validation_pending
+    saved = load_checkpoint(trainer.ckpt_dir / "last.pt")
+    assert saved["step"] == 6 and saved["epoch"] == 2 and saved["pending_log"] is None
+    assert [int(r["epoch"]) for r in _rows(trainer.out / "epochs.csv")] == [1, 2]
+
+
 def test_a_ctrl_c_inside_a_checkpoint_write_is_an_interrupt_not_a_full_disk(tmp_path, monkeypatch):
     """torch turns an exception raised by the file it writes into a RuntimeError; a KeyboardInterrupt there was
     reported as "cannot write checkpoint (disk full?)". It stays a KeyboardInterrupt, and the checkpoint before
