@@ -299,15 +299,31 @@ def _writer_running(temporary: Path) -> bool:
 
 def live_writer(manifest: dict) -> int | None:
     """The pid of the process writing this recording now, if any: its manifest says ``status`` "recording" and
-    ``writer`` names a process of this host that still runs (None for a finished recording, one whose writer
-    was killed, one written on another host or before chdl recorded its writer)."""
+    ``writer`` names a process of this host that still runs, the very one that wrote it (its ``started``, where
+    recorded: a pid reused after the writer was killed, or after a reboot, is another process) (None for a
+    finished recording, one whose writer was killed, one written on another host or before chdl recorded its
+    writer)."""
     writer = manifest.get("writer")
     if manifest.get("status") != "recording" or not isinstance(writer, dict):
         return None
     pid = writer.get("pid")
     if writer.get("host") != socket.gethostname() or not isinstance(pid, int) or isinstance(pid, bool) or pid < 1:
         return None
-    return pid if _running(pid) else None
+    if not _running(pid):
+        return None
+    started = writer.get("started")
+    return None if started is not None and (now := process_start(pid)) is not None and now != started else pid
+
+
+def process_start(pid: int) -> str | None:
+    """What tells process ``pid`` from a later one with the same pid: this boot's id and the process's start time
+    in clock ticks since boot (``/proc``, Linux); None where it cannot be read (no ``/proc``, another OS)."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return f"{boot}:{stat.rsplit(')', 1)[1].split()[19]}"  # field 22, counted after the command's ")"
+    except (OSError, IndexError):
+        return None
 
 
 def _running(pid: int) -> bool:
@@ -400,7 +416,8 @@ class RecordingWriter:
         manifest.setdefault("notes", {})
         manifest["schema"] = RAW_SCHEMA
         manifest["status"] = "recording"
-        manifest["writer"] = {"pid": os.getpid(), "host": socket.gethostname()}  # (live_writer: who records now)
+        manifest["writer"] = {"pid": os.getpid(), "host": socket.gethostname(),  # (live_writer: who records now)
+                              **({"started": started} if (started := process_start(os.getpid())) else {})}
         why = validate_manifest(manifest)
         if why:  # refuse to write what the reader would refuse
             raise RawFormatError(f"{path / MANIFEST}: {why}")

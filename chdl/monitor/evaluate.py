@@ -309,6 +309,25 @@ class EvalError(ValueError):
     """A run that cannot be evaluated (one line, naming the folder)."""
 
 
+def recording_notes(rec, run) -> list[str]:
+    """What the results of the opened recording ``rec`` (the folder ``run``) must say about it: a recording still
+    being written or not closed complete, a torn last index line, index lines lost (chdl curate warns of each;
+    monitor-eval scored such runs without a word)."""
+    from acquisition.raw import live_writer
+
+    notes = []
+    if (pid := live_writer(rec.manifest)) is not None:
+        notes.append(f"{run}: chdl (pid {pid}) was recording it: the {len(rec.frames)} frames it held then were scored")
+    elif (status := rec.manifest.get("status")) != "complete":
+        notes.append(f"{run}: run is {status!r}, not complete: the {len(rec.frames)} frames it holds were scored")
+    if rec.torn_tail:
+        notes.append(f"{run}: the last line of frames.jsonl is torn (capture cut off): that frame was not scored")
+    if rec.lines_missing:
+        notes.append(f"{run}: frames.jsonl holds {len(rec.frames)} of the {len(rec.frames) + rec.lines_missing} "
+                     "frames manifest.json counts: the others were not scored")
+    return notes
+
+
 def _frame_shape(rec, run: str) -> tuple | None:
     """The frame shape of the recording ``rec`` (the folder ``run``): its first readable frame's; None when it
     has no frames. EvalError when none of them can be read."""
@@ -383,12 +402,13 @@ def evaluate(paths: list, out: str | Path, checkpoint=None, qc: bool = True, pro
 
     out = Path(out)
     runs = find_runs(paths)
-    recs, truth = {}, {}
+    recs, truth, notes = {}, {}, []
     for r in runs:
         try:  # (a malformed manifest or frame index: one line, as chdl curate and chdl monitor --replay say it)
             rec = Recording.open(r)
         except RawFormatError as e:
             raise EvalError(str(e)) from None
+        notes += recording_notes(rec, r)
         try:
             truth[str(r)] = run_truth(rec)
         except ValueError as e:
@@ -415,7 +435,7 @@ def evaluate(paths: list, out: str | Path, checkpoint=None, qc: bool = True, pro
     results, rows_by = {}, {}
     total = sum(len(rec.frames) for rec in recs.values()) * len(methods)
     setup = method_setups()
-    shapes, notes = {}, []
+    shapes = {}
     from chdl.monitor.learned_score import LearnedScorer, stage_step_um
 
     learned = {f: LearnedScorer.load(f) for _, f in scorer_of.values()}  # (their stage steps, per recording below)

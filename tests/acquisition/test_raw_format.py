@@ -350,12 +350,14 @@ def test_a_recording_being_written_is_refused_as_such_not_as_one_to_move_away(tm
     (incomplete, 1 frame) ... move it away". The manifest names its writer (pid, host) while it records."""
     import socket
 
-    from acquisition.raw import live_writer, taken
+    from acquisition.raw import live_writer, process_start, taken
 
     with RecordingWriter.create(tmp_path / "rec", MANIFEST) as w:
         w.append(np.zeros((6, 8), np.uint8), **_meta(0))
         manifest = json.loads((tmp_path / "rec" / "manifest.json").read_text())
-        assert manifest["writer"] == {"pid": os.getpid(), "host": socket.gethostname()}
+        assert manifest["writer"] == {"pid": os.getpid(), "host": socket.gethostname(),
+                                      "started": process_start(os.getpid())}
+        assert manifest["writer"]["started"]  # (Linux: /proc)
         assert live_writer(manifest) == os.getpid()
         assert taken(tmp_path / "rec") == (f"{tmp_path / 'rec'}: another chdl process (pid {os.getpid()}) is recording "
                                            "there now (1 frame so far); refusing to share a recording")
@@ -365,7 +367,10 @@ def test_a_recording_being_written_is_refused_as_such_not_as_one_to_move_away(tm
                                             "(move it away to record there again)")
     for writer, status in (({"pid": _dead_pid(), "host": socket.gethostname()}, "recording"),  # killed
                            ({"pid": os.getpid(), "host": socket.gethostname() + "-other"}, "recording"),
-                           ({"pid": os.getpid(), "host": socket.gethostname()}, "complete"), (None, "recording")):
+                           ({"pid": os.getpid(), "host": socket.gethostname()}, "complete"), (None, "recording"),
+                           # a killed writer's pid taken by another process since (or after a reboot): not the writer
+                           ({"pid": os.getpid(), "host": socket.gethostname(), "started": "another boot:1"},
+                            "recording")):
         assert live_writer({"status": status, "writer": writer}) is None, (writer, status)
 
 

@@ -469,6 +469,23 @@ def test_monitor_eval_of_a_damaged_recording_is_one_line_or_a_note(clean_run, tm
     notes = json.loads((tmp_path / "e3" / "metrics.json").read_text())["notes"]
     assert any(n.startswith(f"2 frames of {frame} could not be read and were not scored") for n in notes), notes
     assert "could not be read" in (tmp_path / "e3" / "metrics.md").read_text()
+    # a torn last index line and a run not closed complete: noted, as curate warns of them (scored without a word)
+    torn = tmp_path / "torn" / "run_00000"
+    shutil.copytree(clean_run, torn)
+    index = (torn / "frames.jsonl").read_bytes()
+    (torn / "frames.jsonl").write_bytes(index[:-40])
+    manifest = json.loads((torn / "manifest.json").read_text())
+    ok = chdl("monitor-eval", torn, "--out", tmp_path / "e4", "--no-qc", "-q")
+    assert ok.returncode == 0, ok.stderr
+    notes = json.loads((tmp_path / "e4" / "metrics.json").read_text())["notes"]
+    assert f"{torn}: the last line of frames.jsonl is torn (capture cut off): that frame was not scored" in notes
+    assert f"{torn}: frames.jsonl holds 49 of the 50 frames manifest.json counts: the others were not scored" in notes
+    manifest["status"] = "incomplete"
+    (torn / "manifest.json").write_text(json.dumps(manifest))
+    (torn / "frames.jsonl").write_bytes(index)
+    ok = chdl("monitor-eval", torn, "--out", tmp_path / "e5", "--no-qc", "-q")
+    assert json.loads((tmp_path / "e5" / "metrics.json").read_text())["notes"] == [
+        f"{torn}: run is 'incomplete', not complete: the 50 frames it holds were scored"]
 
 
 def test_monitor_eval_scores_every_method_on_labelled_runs(tmp_path):
