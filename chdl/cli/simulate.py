@@ -203,8 +203,8 @@ def corpus(out: Path, lanes: int, positions: int, step_um: float, lanes_per_run:
         raise click.ClickException(f"{out}: exists and is not a folder")
     from acquisition.raw import inside_other_data
 
-    if why := inside_other_data(out / "run_00000"):  # where its runs go (a traceback from the first run's writer,
-        raise click.ClickException(f"{out}: inside {why}; choose another OUT")  # after corpus.json was written)
+    if why := inside_other_data(out):  # (a traceback from the first run's writer, after corpus.json was written; OUT
+        raise click.ClickException(f"{out}: inside {why}; choose another OUT")  # itself: not a corpus, below)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:  # a file on the way, a read-only folder
