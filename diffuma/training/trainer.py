@@ -782,7 +782,9 @@ class Trainer:
             signal.signal(s, handler)
 
     def _on_stop_signal(self, signum, frame) -> None:
-        """The first signal asks the loop to stop at the next step boundary; a second one aborts at once.
+        """The first signal asks the loop to stop at the next step boundary (or after the validation in progress).
+        A second one skips the rest of a validation (one process: _ValidationAbandoned, last.pt saved with it
+        pending), waits while a checkpoint or a validated epoch's results are written, and else aborts at once.
 
         The loader's workers ignore SIGINT (data.ignore_stop_signals) but die of a SIGTERM sent to the whole
         process group (a scheduler's stop); torch's SIGCHLD handler would then raise in the middle of the step
