@@ -23,9 +23,25 @@ def quiet_abandoned_async() -> None:
     """After an interrupt: zarr's store calls that it cut short are coroutines never awaited, and Python would warn
     about each at exit, and asyncio would log their tasks and futures ("Task was destroyed but it is pending!",
     "Future exception was never retrieved") when they are collected (seen after Ctrl-C in curate and SIGTERM in
-    import). The work they were doing is the work a rerun redoes: nothing to report."""
+    import), and a coroutine collected after its loop closed prints "Exception ignored in: <coroutine ...>
+    RuntimeError: Event loop is closed" at exit (CI, a Ctrl-C of curate --overwrite: 5 tracebacks after its one
+    line). The work they were doing is the work a rerun redoes: nothing to report."""
+    import inspect
+
     warnings.filterwarnings("ignore", message=r"coroutine .* was never awaited", category=RuntimeWarning)
     logging.getLogger("asyncio").setLevel(logging.CRITICAL + 1)
+    previous = sys.unraisablehook
+    if getattr(previous, "_chdl_quiet", False):
+        return
+
+    def hook(unraisable) -> None:
+        if (inspect.iscoroutine(unraisable.object) and isinstance(unraisable.exc_value, RuntimeError)
+                and str(unraisable.exc_value) == "Event loop is closed"):
+            return
+        previous(unraisable)
+
+    hook._chdl_quiet = True
+    sys.unraisablehook = hook
 
 
 def object_store_error(e: BaseException) -> str | None:
