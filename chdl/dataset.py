@@ -289,7 +289,7 @@ def _is_chdl_dataset(path: Path) -> bool:
     """Whether the zarr node at ``path`` is the group of a chdl dataset (its zarr.json's ``schema`` attribute)."""
     try:
         meta = json.loads((path / "zarr.json").read_text(encoding="utf-8"))
-        return str((meta.get("attributes") or {}).get("schema", "")).startswith("chdl.dataset")
+        return str((meta.get("attributes") or {}).get("schema", "")).startswith(SCHEMA.rsplit("/", 1)[0] + "/")
     except (OSError, ValueError, AttributeError):
         return False
 

@@ -356,11 +356,7 @@ def import_video(
         raise FileExistsError(f"{out_path}: already exists (use --overwrite to replace it)")
 
     # Decode and check everything first: bad input is found before anything is written.
-    given: dict[Path, Path] = {}
-    for p in map(Path, paths):  # the same file twice: said before decoding, as import recordings says it
-        if (key := p.resolve()) in given:
-            raise ImporterInputError(f"{p}: given twice ({given[key]} is the same file)")
-        given[key] = p
+    refuse_a_file_given_twice(paths)
     videos: list[Video] = []
     plans: list[ClipPlan] = []
     seen: dict[str, Path] = {}
@@ -449,6 +445,17 @@ def recording_names(paths: Sequence[Path]) -> list[str]:
     return names
 
 
+def refuse_a_file_given_twice(paths: Sequence[str | Path]) -> None:
+    """ImporterInputError naming the second of two ``paths`` that are one file (``a.mp4 ./a.mp4``), before any
+    decoding (:func:`import_video` and :func:`video_to_recordings`; other files of the same content are found by
+    their sha256 once decoded)."""
+    seen: dict[Path, Path] = {}
+    for p in map(Path, paths):
+        if (key := p.resolve()) in seen:
+            raise ImporterInputError(f"{p}: given twice ({seen[key]} is the same file)")
+        seen[key] = p
+
+
 def _imported_before(run: Path, video: Path, size: tuple[int, int], frame_stride: int, positions: int,
                      step_um: float) -> bool:
     """Whether ``run`` holds a complete recording that :func:`video_to_recordings` made from this very video
@@ -479,9 +486,10 @@ def video_to_recordings(paths: Sequence[str | Path], out: str | Path, *, size: t
 
     Before any video is decoded: a file given twice, an ``out`` that is a file and an existing destination are
     ImporterInputError, except a complete recording made from the same video with the same options, which is kept
-    as it is and appended to ``kept`` (a rerun after a SIGKILL imports only what it had not finished). A video too short for one pass, or one that does not decode, is ImporterInputError naming
-    it. The recordings this call made, and ``out`` if it made it and left it empty, are removed if it fails or is
-    interrupted (another writer's recording in the same place is left alone: its claim is not ours)."""
+    as it is and appended to ``kept`` (a rerun after a SIGKILL imports only what it had not finished). A video too
+    short for one pass, or one that does not decode, is ImporterInputError naming it. The recordings this call
+    made, and ``out`` if it made it and left it empty, are removed if it fails or is interrupted (another writer's
+    recording in the same place is left alone: its claim is not ours)."""
     import shutil
     import time
 
@@ -491,23 +499,18 @@ def video_to_recordings(paths: Sequence[str | Path], out: str | Path, *, size: t
     if positions < 1 or not math.isfinite(step_um) or step_um <= 0:
         raise ValueError(f"positions must be >= 1 and step_um > 0, not {positions} and {step_um}")
     paths = [Path(p) for p in paths]
-    seen: dict[Path, Path] = {}
-    for p in paths:
-        key = p.resolve()
-        if key in seen:
-            raise ImporterInputError(f"{p}: given twice ({seen[key]} is the same file)")
-        seen[key] = p
+    refuse_a_file_given_twice(paths)
     if out.exists() and not out.is_dir():
         raise ImporterInputError(f"{out}: --out is a file, not a folder of recordings")
     runs = [out / name for name in recording_names(paths)]
-    done = set()  # recordings a run before this one finished: kept
+    done = []  # recordings a run before this one finished: kept
     for p, run in zip(paths, runs):
         if not free_for_a_recording(run):
             if not _imported_before(run, p, size, frame_stride, positions, step_um):
                 raise ImporterInputError(f"{taken(run)}; choose another --out")
-            done.add(run)
-            if kept is not None:
-                kept.append(run)
+            done.append(run)
+    if kept is not None:
+        kept.extend(done)
     made_out = not out.exists()
     made: list[Path] = []
     try:

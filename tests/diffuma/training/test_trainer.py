@@ -399,6 +399,21 @@ def test_a_stop_heard_during_the_last_validation_is_reported_to_the_caller(stand
     assert load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["step"] == trainer.step == trainer.total_steps
 
 
+def _ctrl_c_in_step(trainer, n: int) -> None:
+    """Makes ``trainer`` hear a Ctrl-C (its stop-signal handler, called as the signal would call it) as its step
+    ``n`` begins."""
+    import signal
+
+    step = trainer._train_step
+
+    def ctrl_c_then_step(*args):
+        if trainer.step == n - 1:
+            trainer._on_stop_signal(signal.SIGINT, None)
+        return step(*args)
+
+    trainer._train_step = ctrl_c_then_step
+
+
 def _same_run(run, ref):
     """``run`` (stopped and resumed) ends as ``ref`` (never stopped): weights, every column of steps.csv and
     epochs.csv but the timings (elapsed_s, samples_per_s), and best.pt's epoch."""
@@ -443,14 +458,7 @@ def test_a_stop_before_or_in_a_validation_saves_it_as_pending_and_the_resume_run
 
         monkeypatch.setattr(trainer_module, "evaluate", ctrl_c_twice_in_epoch_2)
     else:
-        step = trainer._train_step
-
-        def ctrl_c_in_step_6(*args):
-            if trainer.step == 5:
-                trainer._on_stop_signal(signal.SIGINT, None)
-            return step(*args)
-
-        trainer._train_step = ctrl_c_in_step_6
+        _ctrl_c_in_step(trainer, 6)
     with pytest.raises(TrainingInterrupted) as stop:
         trainer.fit()
     assert stop.value.validation_pending and not stop.value.finished and stop.value.step == 6
@@ -468,22 +476,13 @@ def test_a_stop_before_the_final_validation_is_not_a_finished_run(standin, tiny_
     """Ctrl-C in the run's very last step: the steps are all done but the final validation (its epochs.csv row,
     best.pt) is not, so the run is not reported complete and its resume does that validation, not "nothing to
     resume"."""
-    import signal
-
     from diffuma.training.trainer import TrainingInterrupted
 
     cfg = _config(epochs=2, checkpoint_every_steps=0, max_steps=5)  # stops mid-epoch 2: a partial epoch's row
     ref = build_trainer(cfg, tiny_dataset, tmp_path / "ref", progress=False)
     ref.fit()
     trainer = build_trainer(cfg, tiny_dataset, tmp_path / "run", progress=False)
-    step = trainer._train_step
-
-    def ctrl_c_in_the_last_step(*args):
-        if trainer.step == 4:
-            trainer._on_stop_signal(signal.SIGINT, None)
-        return step(*args)
-
-    trainer._train_step = ctrl_c_in_the_last_step
+    _ctrl_c_in_step(trainer, 5)  # the last step
     with pytest.raises(TrainingInterrupted) as stop:
         trainer.fit()
     assert stop.value.validation_pending and not stop.value.finished and trainer.finished()
@@ -502,18 +501,13 @@ def test_a_second_signal_while_the_stop_writes_last_pt_waits_for_it(standin, tin
     from diffuma.training.trainer import TrainingInterrupted
 
     trainer = build_trainer(_config(checkpoint_every_steps=0), tiny_dataset, tmp_path / "run", progress=False)
-    step, save = trainer._train_step, trainer_module.save_checkpoint
-
-    def ctrl_c_in_step_1(*args):
-        if trainer.step == 0:
-            trainer._on_stop_signal(signal.SIGINT, None)
-        return step(*args)
+    save = trainer_module.save_checkpoint
 
     def ctrl_c_while_saving(path, state):
         trainer._on_stop_signal(signal.SIGINT, None)  # (raised KeyboardInterrupt into torch.save's writes)
         save(path, state)
 
-    trainer._train_step = ctrl_c_in_step_1
+    _ctrl_c_in_step(trainer, 1)
     monkeypatch.setattr(trainer_module, "save_checkpoint", ctrl_c_while_saving)
     with pytest.raises(TrainingInterrupted):
         trainer.fit()
